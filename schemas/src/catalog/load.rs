@@ -1,0 +1,869 @@
+//! Loading and checking a catalog directory.
+//!
+//! Every `*.toml` file below the directory (sorted by path) may hold any of the arrays
+//! `[[sku]]`, `[[customer]]`, `[[contract]]` and `[[rate_card]]`. All problems are collected, each
+//! naming the file, the entry and the fix, so one `meterflow catalog check` run shows them all.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use super::*;
+use crate::money::{Amount, DecimalError, Quantity, UnitPrice};
+use crate::pricing::Tier;
+
+/// One problem in a catalog.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CatalogError {
+    pub file: PathBuf,
+    /// e.g. `rate_card "standard" version 2, price for sku "tokens"`.
+    pub entry: String,
+    pub message: String,
+    pub fix: String,
+}
+
+impl fmt::Display for CatalogError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: {}: {}\n    fix: {}",
+            self.file.display(),
+            self.entry,
+            self.message,
+            self.fix
+        )
+    }
+}
+
+/// All problems found in a catalog.
+#[derive(Clone, Debug, thiserror::Error)]
+pub struct CatalogErrors(pub Vec<CatalogError>);
+
+impl fmt::Display for CatalogErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "the catalog has {} problem(s):", self.0.len())?;
+        for e in &self.0 {
+            writeln!(f, "  {e}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct CatalogFile {
+    #[serde(default)]
+    sku: Vec<SkuDef>,
+    #[serde(default)]
+    customer: Vec<CustomerDef>,
+    #[serde(default)]
+    contract: Vec<ContractDef>,
+    #[serde(default)]
+    rate_card: Vec<RateCardDef>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SkuDef {
+    id: String,
+    unit: String,
+    #[serde(default)]
+    description: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CustomerDef {
+    id: String,
+    #[serde(default)]
+    name: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ContractDef {
+    id: String,
+    customer: String,
+    rate_card: String,
+    /// Pin to this rate-card version (grandfathering).
+    version: Option<u32>,
+    starts: String,
+    ends: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RateCardDef {
+    id: String,
+    version: u32,
+    effective_from: String,
+    currency: String,
+    #[serde(default)]
+    price: Vec<PriceDef>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PriceDef {
+    sku: String,
+    region: Option<String>,
+    model: String,
+    unit_price: Option<DecimalText>,
+    #[serde(default)]
+    tiers: Vec<TierDef>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TierDef {
+    up_to: Option<DecimalText>,
+    unit_price: DecimalText,
+    flat_fee: Option<DecimalText>,
+}
+
+/// A decimal written as a TOML string or integer. Floats are refused: they are binary
+/// approximations and would put rounding into prices.
+struct DecimalText(String);
+
+impl<'de> Deserialize<'de> for DecimalText {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = DecimalText;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a decimal as a string, e.g. \"0.0001\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<DecimalText, E> {
+                Ok(DecimalText(v.to_owned()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<DecimalText, E> {
+                Ok(DecimalText(v.to_string()))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<DecimalText, E> {
+                Err(E::custom(format!(
+                    "{v} is a TOML float, which is inexact; write it as a string: \"{v}\""
+                )))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+struct Loader {
+    errors: Vec<CatalogError>,
+    catalog: Catalog,
+}
+
+impl Loader {
+    fn err(
+        &mut self,
+        file: &Path,
+        entry: impl Into<String>,
+        message: impl Into<String>,
+        fix: impl Into<String>,
+    ) {
+        self.errors.push(CatalogError {
+            file: file.to_owned(),
+            entry: entry.into(),
+            message: message.into(),
+            fix: fix.into(),
+        });
+    }
+
+    fn time(&mut self, file: &Path, entry: &str, key: &str, text: &str) -> Option<EventTime> {
+        match EventTime::parse_rfc3339(text) {
+            Ok(t) => Some(t),
+            Err(why) => {
+                self.err(
+                    file,
+                    entry,
+                    format!("{key} `{text}` is not an RFC 3339 time: {why}"),
+                    format!("write {key} like \"2026-01-01T00:00:00Z\""),
+                );
+                None
+            }
+        }
+    }
+
+    fn decimal<T>(
+        &mut self,
+        file: &Path,
+        entry: &str,
+        key: &str,
+        text: &DecimalText,
+        parse: fn(&str) -> Result<T, DecimalError>,
+    ) -> Option<T> {
+        match parse(&text.0) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.err(file, entry, format!("{key} `{}` is {e}", text.0), format!("write {key} as a decimal string with at most 9 fractional digits, e.g. \"0.0001\""));
+                None
+            }
+        }
+    }
+}
+
+/// Reads and checks every `*.toml` file below `dir`.
+pub fn load_dir(dir: &Path) -> Result<Catalog, CatalogErrors> {
+    let mut files = Vec::new();
+    collect_toml(dir, &mut files).map_err(|e| {
+        CatalogErrors(vec![CatalogError {
+            file: dir.to_owned(),
+            entry: "directory".into(),
+            message: format!("cannot read the catalog directory: {e}"),
+            fix: "pass --catalog with a directory of *.toml catalog files (see docs/catalog.md)"
+                .into(),
+        }])
+    })?;
+    files.sort();
+    let mut parsed = Vec::new();
+    let mut loader = Loader {
+        errors: Vec::new(),
+        catalog: Catalog::default(),
+    };
+    if files.is_empty() {
+        loader.err(dir, "directory", "no *.toml files found", "add catalog files (skus, customers, contracts, rate cards); `meterflow demo` writes an example");
+    }
+    for file in files {
+        match std::fs::read_to_string(&file).map_err(|e| e.to_string()).and_then(|s| toml::from_str::<CatalogFile>(&s).map_err(|e| e.to_string())) {
+            Ok(f) => parsed.push((file, f)),
+            Err(e) => loader.err(&file, "file", e.trim().to_string(), "fix the TOML at the line shown; allowed arrays are [[sku]], [[customer]], [[contract]], [[rate_card]]"),
+        }
+    }
+    build(&mut loader, &parsed);
+    if loader.errors.is_empty() {
+        loader.catalog.index();
+        Ok(loader.catalog)
+    } else {
+        Err(CatalogErrors(loader.errors))
+    }
+}
+
+/// Parses one TOML text as a whole catalog (tests and embedded examples).
+pub fn from_toml_str(text: &str) -> Result<Catalog, CatalogErrors> {
+    let file = PathBuf::from("<inline>");
+    let mut loader = Loader {
+        errors: Vec::new(),
+        catalog: Catalog::default(),
+    };
+    match toml::from_str::<CatalogFile>(text) {
+        Ok(f) => build(&mut loader, &[(file, f)]),
+        Err(e) => loader.err(
+            &file,
+            "file",
+            e.to_string(),
+            "fix the TOML at the line shown",
+        ),
+    }
+    if loader.errors.is_empty() {
+        loader.catalog.index();
+        Ok(loader.catalog)
+    } else {
+        Err(CatalogErrors(loader.errors))
+    }
+}
+
+fn collect_toml(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            collect_toml(&path, out)?;
+        } else if path.extension().is_some_and(|e| e == "toml") {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+fn build(l: &mut Loader, files: &[(PathBuf, CatalogFile)]) {
+    let mut sku_seen: BTreeMap<&str, &Path> = BTreeMap::new();
+    for (file, f) in files {
+        for s in &f.sku {
+            let entry = format!("sku \"{}\"", s.id);
+            if let Some(prev) = sku_seen.insert(&s.id, file) {
+                l.err(
+                    file,
+                    &entry,
+                    format!("defined twice (also in {})", prev.display()),
+                    "give each SKU one definition",
+                );
+                continue;
+            }
+            if s.unit.trim().is_empty() {
+                l.err(
+                    file,
+                    &entry,
+                    "unit is empty",
+                    "name the unit events report, e.g. unit = \"tokens\"",
+                );
+            }
+            l.catalog.skus.push(Sku {
+                id: s.id.clone(),
+                unit: s.unit.clone(),
+                description: s.description.clone(),
+            });
+        }
+    }
+    let mut customer_seen: BTreeMap<&str, &Path> = BTreeMap::new();
+    for (file, f) in files {
+        for c in &f.customer {
+            if let Some(prev) = customer_seen.insert(&c.id, file) {
+                l.err(
+                    file,
+                    format!("customer \"{}\"", c.id),
+                    format!("defined twice (also in {})", prev.display()),
+                    "give each customer one definition",
+                );
+                continue;
+            }
+            l.catalog.customers.push(Customer {
+                id: c.id.clone(),
+                name: if c.name.is_empty() {
+                    c.id.clone()
+                } else {
+                    c.name.clone()
+                },
+            });
+        }
+    }
+    l.catalog.index();
+    build_rate_cards(l, files);
+    l.catalog.index();
+    build_contracts(l, files);
+}
+
+fn build_rate_cards(l: &mut Loader, files: &[(PathBuf, CatalogFile)]) {
+    // Group every version by card id, remembering where each was defined.
+    let mut cards: BTreeMap<&str, Vec<(&Path, &RateCardDef)>> = BTreeMap::new();
+    for (file, f) in files {
+        for rc in &f.rate_card {
+            cards.entry(&rc.id).or_default().push((file, rc));
+        }
+    }
+    let mut regions: BTreeMap<String, RegionIdx> = BTreeMap::new();
+    for (_, f) in files {
+        for p in f.rate_card.iter().flat_map(|rc| &rc.price) {
+            if let Some(r) = &p.region {
+                let n = regions.len() as u32;
+                regions.entry(r.clone()).or_insert(RegionIdx(n));
+            }
+        }
+    }
+    l.catalog.regions = vec![String::new(); regions.len()];
+    for (name, ix) in &regions {
+        l.catalog.regions[ix.ix()] = name.clone();
+    }
+    l.catalog.index();
+
+    for (card_id, mut defs) in cards {
+        let card_ix = RateCardIdx(l.catalog.rate_cards.len() as u32);
+        defs.sort_by_key(|(_, d)| d.version);
+        let currency = defs[0].1.currency.clone();
+        let mut versions: Vec<RateCardVersion> = Vec::new();
+        for (file, def) in defs {
+            let entry = format!("rate_card \"{card_id}\" version {}", def.version);
+            if versions.iter().any(|v| v.version == def.version) {
+                l.err(file, &entry, "version defined twice", "versions are immutable once published: add a new version number instead of editing or repeating one");
+                continue;
+            }
+            if def.currency.len() != 3 || !def.currency.bytes().all(|b| b.is_ascii_uppercase()) {
+                l.err(
+                    file,
+                    &entry,
+                    format!("currency `{}` is not an ISO 4217 code", def.currency),
+                    "write a three-letter code such as \"USD\"",
+                );
+            }
+            if def.currency != currency {
+                l.err(file, &entry, format!("currency {} differs from version {}'s {currency}", def.currency, versions.first().map_or(0, |v| v.version)), "an invoice never mixes currencies: keep one currency per rate card, or create a new rate card");
+            }
+            let Some(effective_from) = l.time(file, &entry, "effective_from", &def.effective_from)
+            else {
+                continue;
+            };
+            if let Some(prev) = versions.last() {
+                if effective_from <= prev.effective_from {
+                    l.err(
+                        file,
+                        &entry,
+                        format!(
+                            "effective_from {effective_from} is not after version {}'s {}",
+                            prev.version, prev.effective_from
+                        ),
+                        "give each new version a later effective_from than the one before",
+                    );
+                }
+            }
+            let mut prices: FxHashMap<SkuIdx, Vec<PriceIdx>> = FxHashMap::default();
+            for pd in &def.price {
+                let pentry = format!("{entry}, price for sku \"{}\"", pd.sku);
+                let Some(sku) = l.catalog.sku(&pd.sku) else {
+                    l.err(
+                        file,
+                        &pentry,
+                        "unknown sku",
+                        "define it in a [[sku]] entry first, or fix the spelling",
+                    );
+                    continue;
+                };
+                let region = pd.region.as_deref().and_then(|r| l.catalog.region(r));
+                let Some(model) = price_model(l, file, &pentry, pd) else {
+                    continue;
+                };
+                let list = prices.entry(sku).or_default();
+                if list
+                    .iter()
+                    .any(|p| l.catalog.prices[p.ix()].region == region)
+                {
+                    l.err(
+                        file,
+                        &pentry,
+                        format!(
+                            "region {} priced twice",
+                            pd.region.as_deref().unwrap_or("(default)")
+                        ),
+                        "keep one price per sku and region in a version",
+                    );
+                    continue;
+                }
+                let ix = PriceIdx(l.catalog.prices.len() as u32);
+                l.catalog.prices.push(Price {
+                    rate_card: card_ix,
+                    version: def.version,
+                    effective_from,
+                    sku,
+                    region,
+                    currency: Arc::from(def.currency.as_str()),
+                    model,
+                });
+                list.push(ix);
+                // Region-specific prices are tried before the default.
+                let prices_ref = &l.catalog.prices;
+                list.sort_by_key(|p| prices_ref[p.ix()].region.is_none());
+            }
+            versions.push(RateCardVersion {
+                version: def.version,
+                effective_from,
+                prices,
+            });
+        }
+        l.catalog.rate_cards.push(RateCard {
+            id: card_id.to_string(),
+            currency,
+            versions,
+        });
+    }
+}
+
+fn price_model(l: &mut Loader, file: &Path, entry: &str, pd: &PriceDef) -> Option<PriceModel> {
+    match pd.model.as_str() {
+        "per_unit" => {
+            if !pd.tiers.is_empty() {
+                l.err(
+                    file,
+                    entry,
+                    "per_unit takes unit_price, not tiers",
+                    "remove tiers, or use model = \"graduated\" or \"volume\"",
+                );
+                return None;
+            }
+            let Some(text) = &pd.unit_price else {
+                l.err(
+                    file,
+                    entry,
+                    "per_unit needs unit_price",
+                    "add unit_price = \"0.0001\"",
+                );
+                return None;
+            };
+            let unit_price = l.decimal(file, entry, "unit_price", text, UnitPrice::parse)?;
+            if unit_price.is_negative() {
+                l.err(
+                    file,
+                    entry,
+                    "unit_price is negative",
+                    "prices are non-negative; give discounts as their own catalog entries",
+                );
+                return None;
+            }
+            Some(PriceModel::PerUnit { unit_price })
+        }
+        "graduated" | "volume" => {
+            if pd.unit_price.is_some() {
+                l.err(
+                    file,
+                    entry,
+                    format!("{} takes tiers, not unit_price", pd.model),
+                    "move the price into tiers = [{ unit_price = \"...\" }]",
+                );
+                return None;
+            }
+            let tiers = tiers(l, file, entry, &pd.tiers)?;
+            Some(if pd.model == "graduated" {
+                PriceModel::Graduated { tiers }
+            } else {
+                PriceModel::Volume { tiers }
+            })
+        }
+        other => {
+            l.err(
+                file,
+                entry,
+                format!("unknown model `{other}`"),
+                "use per_unit, graduated or volume",
+            );
+            None
+        }
+    }
+}
+
+fn tiers(l: &mut Loader, file: &Path, entry: &str, defs: &[TierDef]) -> Option<Vec<Tier>> {
+    if defs.is_empty() {
+        l.err(
+            file,
+            entry,
+            "no tiers",
+            "add at least one tier; the last one has no up_to",
+        );
+        return None;
+    }
+    let mut out = Vec::new();
+    let mut ok = true;
+    for (i, t) in defs.iter().enumerate() {
+        let tentry = format!("{entry}, tier {}", i + 1);
+        let last = i + 1 == defs.len();
+        let up_to = match (&t.up_to, last) {
+            (Some(_), true) => {
+                l.err(
+                    file,
+                    &tentry,
+                    "the last tier has an up_to bound",
+                    "remove up_to from the last tier so every quantity has a tier",
+                );
+                ok = false;
+                None
+            }
+            (None, false) => {
+                l.err(
+                    file,
+                    &tentry,
+                    "only the last tier may omit up_to",
+                    "give this tier an up_to bound (inclusive)",
+                );
+                ok = false;
+                None
+            }
+            (Some(text), false) => l.decimal(file, &tentry, "up_to", text, Quantity::parse),
+            (None, true) => None,
+        };
+        if let (Some(up), Some(prev)) = (up_to, out.last().and_then(|p: &Tier| p.up_to)) {
+            if up <= prev {
+                l.err(
+                    file,
+                    &tentry,
+                    format!("up_to {up} is not above the previous tier's {prev}"),
+                    "make tier bounds strictly increasing",
+                );
+                ok = false;
+            }
+        }
+        if up_to.is_some_and(|u| u <= Quantity::ZERO) {
+            l.err(
+                file,
+                &tentry,
+                "up_to must be positive",
+                "tier bounds start above zero",
+            );
+            ok = false;
+        }
+        let unit_price = l.decimal(file, &tentry, "unit_price", &t.unit_price, UnitPrice::parse);
+        let flat_fee = match &t.flat_fee {
+            Some(text) => l.decimal(file, &tentry, "flat_fee", text, Amount::parse_price),
+            None => Some(Amount::ZERO),
+        };
+        match (unit_price, flat_fee) {
+            (Some(unit_price), Some(flat_fee))
+                if !unit_price.is_negative() && !flat_fee.is_negative() =>
+            {
+                out.push(Tier {
+                    up_to,
+                    unit_price,
+                    flat_fee,
+                });
+            }
+            (Some(_), Some(_)) => {
+                l.err(
+                    file,
+                    &tentry,
+                    "negative unit_price or flat_fee",
+                    "prices and fees are non-negative",
+                );
+                ok = false;
+            }
+            _ => ok = false,
+        }
+    }
+    ok.then_some(out)
+}
+
+fn build_contracts(l: &mut Loader, files: &[(PathBuf, CatalogFile)]) {
+    let mut seen: BTreeMap<&str, &Path> = BTreeMap::new();
+    for (file, f) in files {
+        for c in &f.contract {
+            let entry = format!("contract \"{}\"", c.id);
+            if let Some(prev) = seen.insert(&c.id, file) {
+                l.err(
+                    file,
+                    &entry,
+                    format!("defined twice (also in {})", prev.display()),
+                    "give each contract one definition; amend it with a new contract id and dates",
+                );
+                continue;
+            }
+            let customer = l.catalog.customer(&c.customer);
+            if customer.is_none() {
+                l.err(
+                    file,
+                    &entry,
+                    format!("unknown customer `{}`", c.customer),
+                    "define the customer in a [[customer]] entry, or fix the spelling",
+                );
+            }
+            let card = l
+                .catalog
+                .rate_cards
+                .iter()
+                .position(|r| r.id == c.rate_card);
+            if card.is_none() {
+                l.err(
+                    file,
+                    &entry,
+                    format!("unknown rate_card `{}`", c.rate_card),
+                    "define the rate card in a [[rate_card]] entry, or fix the spelling",
+                );
+            }
+            if let (Some(v), Some(card)) = (c.version, card) {
+                if !l.catalog.rate_cards[card]
+                    .versions
+                    .iter()
+                    .any(|x| x.version == v)
+                {
+                    l.err(
+                        file,
+                        &entry,
+                        format!(
+                            "pins version {v} of rate card `{}`, which does not exist",
+                            c.rate_card
+                        ),
+                        "pin an existing version, or remove `version` to follow the latest",
+                    );
+                }
+            }
+            let starts = l.time(file, &entry, "starts", &c.starts);
+            let ends = match &c.ends {
+                Some(e) => l.time(file, &entry, "ends", e).map(Some),
+                None => Some(None),
+            };
+            if let (Some(s), Some(Some(e))) = (starts, ends) {
+                if e <= s {
+                    l.err(
+                        file,
+                        &entry,
+                        format!("ends {e} is not after starts {s}"),
+                        "set ends (exclusive) after starts, or omit it",
+                    );
+                }
+            }
+            if let (Some(customer), Some(card), Some(starts), Some(ends)) =
+                (customer, card, starts, ends)
+            {
+                l.catalog.contracts.push(Contract {
+                    id: c.id.clone(),
+                    customer,
+                    rate_card: RateCardIdx(card as u32),
+                    pinned_version: c.version,
+                    starts,
+                    ends,
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[[sku]]
+id = "tokens"
+unit = "tokens"
+
+[[customer]]
+id = "acme"
+
+[[rate_card]]
+id = "std"
+version = 1
+effective_from = "2026-01-01T00:00:00Z"
+currency = "USD"
+[[rate_card.price]]
+sku = "tokens"
+model = "graduated"
+tiers = [{ up_to = "1000", unit_price = "0.01", flat_fee = "5" }, { unit_price = "0.005" }]
+[[rate_card.price]]
+sku = "tokens"
+region = "eu"
+model = "per_unit"
+unit_price = "0.02"
+
+[[rate_card]]
+id = "std"
+version = 2
+effective_from = "2026-06-01T00:00:00Z"
+currency = "USD"
+[[rate_card.price]]
+sku = "tokens"
+model = "per_unit"
+unit_price = 1
+
+[[contract]]
+id = "c1"
+customer = "acme"
+rate_card = "std"
+starts = "2026-01-01T00:00:00Z"
+
+[[contract]]
+id = "c2"
+customer = "acme"
+rate_card = "std"
+version = 1
+starts = "2026-01-01T00:00:00Z"
+ends = "2027-01-01T00:00:00Z"
+"#;
+
+    fn t(s: &str) -> EventTime {
+        EventTime::parse_rfc3339(s).unwrap()
+    }
+
+    #[test]
+    fn versions_follow_the_event_time_unless_pinned() {
+        let cat = from_toml_str(GOOD).unwrap();
+        let c1 = &cat.contracts[cat.contract("c1").unwrap().ix()];
+        let c2 = &cat.contracts[cat.contract("c2").unwrap().ix()];
+        assert_eq!(
+            cat.version_at(c1, t("2026-05-31T23:59:59Z"))
+                .unwrap()
+                .version,
+            1
+        );
+        assert_eq!(
+            cat.version_at(c1, t("2026-06-01T00:00:00Z"))
+                .unwrap()
+                .version,
+            2
+        );
+        assert_eq!(
+            cat.version_at(c2, t("2026-07-01T00:00:00Z"))
+                .unwrap()
+                .version,
+            1
+        );
+        assert!(cat.version_at(c1, t("2025-12-31T00:00:00Z")).is_none());
+    }
+
+    #[test]
+    fn region_specific_prices_win_over_the_default() {
+        let cat = from_toml_str(GOOD).unwrap();
+        let c2 = &cat.contracts[cat.contract("c2").unwrap().ix()];
+        let sku = cat.sku("tokens").unwrap();
+        let eu = cat.region("eu");
+        let at = t("2026-03-01T00:00:00Z");
+        assert_eq!(
+            cat.price(cat.price_for(c2, sku, eu, at).unwrap())
+                .model
+                .name(),
+            "per_unit"
+        );
+        assert_eq!(
+            cat.price(cat.price_for(c2, sku, None, at).unwrap())
+                .model
+                .name(),
+            "graduated"
+        );
+    }
+
+    #[test]
+    fn errors_name_the_entry_and_the_fix() {
+        let bad = GOOD.replace("up_to = \"1000\"", "up_to = 0.5").replace(
+            "customer = \"acme\"\nrate_card = \"std\"\nstarts",
+            "customer = \"nobody\"\nrate_card = \"std\"\nstarts",
+        );
+        let errs = from_toml_str(&bad).unwrap_err().0;
+        let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert!(text.iter().any(|e| e.contains("TOML float")), "{text:?}");
+        let bad = GOOD.replace(
+            "customer = \"acme\"\nrate_card = \"std\"\nstarts",
+            "customer = \"nobody\"\nrate_card = \"std\"\nstarts",
+        );
+        let errs = from_toml_str(&bad).unwrap_err().0;
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].entry, "contract \"c1\"");
+        assert!(errs[0].message.contains("unknown customer `nobody`"));
+        assert!(errs[0].fix.contains("[[customer]]"));
+    }
+
+    #[test]
+    fn a_published_version_cannot_be_repeated_or_reordered() {
+        let bad = GOOD.replace(
+            "version = 2\neffective_from = \"2026-06-01T00:00:00Z\"",
+            "version = 1\neffective_from = \"2026-06-01T00:00:00Z\"",
+        );
+        let errs = from_toml_str(&bad).unwrap_err().0;
+        assert!(
+            errs.iter()
+                .any(|e| e.message == "version defined twice" && e.fix.contains("immutable")),
+            "{errs:?}"
+        );
+        let bad = GOOD.replace("2026-06-01T00:00:00Z", "2025-06-01T00:00:00Z");
+        let errs = from_toml_str(&bad).unwrap_err().0;
+        assert!(
+            errs.iter()
+                .any(|e| e.message.contains("is not after version 1")),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn tier_shapes_are_checked() {
+        let bad = GOOD.replace(
+            "{ unit_price = \"0.005\" }",
+            "{ up_to = \"500\", unit_price = \"0.005\" }",
+        );
+        let errs = from_toml_str(&bad).unwrap_err().0;
+        assert!(
+            errs.iter()
+                .any(|e| e.message.contains("last tier has an up_to")),
+            "{errs:?}"
+        );
+        let bad = GOOD.replace("model = \"graduated\"", "model = \"stairs\"");
+        assert!(from_toml_str(&bad)
+            .unwrap_err()
+            .0
+            .iter()
+            .any(|e| e.message.contains("unknown model `stairs`")));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let bad = GOOD.replace("unit = \"tokens\"", "unit = \"tokens\"\nunits = \"x\"");
+        let errs = from_toml_str(&bad).unwrap_err().0;
+        assert!(
+            errs[0].message.contains("unknown field `units`"),
+            "{errs:?}"
+        );
+    }
+}

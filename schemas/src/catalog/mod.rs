@@ -1,0 +1,200 @@
+//! The catalog: customers, contracts, SKUs and versioned rate cards — pricing as configuration.
+//!
+//! A catalog is loaded from a directory of TOML files (see [`load`] and `docs/catalog.md`). In
+//! memory, every entity has a dense index (`CustomerIdx`, `ContractIdx`, ...) so the dataflow
+//! carries small integers, and names are resolved back only when rows are written.
+
+mod load;
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+pub use load::{from_toml_str, load_dir, CatalogError, CatalogErrors};
+
+use crate::hashing::FxHashMap;
+use crate::pricing::PriceModel;
+use crate::time::EventTime;
+
+macro_rules! index_type {
+    ($name:ident) => {
+        #[derive(
+            Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+        )]
+        pub struct $name(pub u32);
+        impl $name {
+            pub fn ix(self) -> usize {
+                self.0 as usize
+            }
+        }
+    };
+}
+
+index_type!(CustomerIdx);
+index_type!(ContractIdx);
+index_type!(SkuIdx);
+index_type!(RateCardIdx);
+index_type!(PriceIdx);
+index_type!(RegionIdx);
+
+#[derive(Clone, Debug)]
+pub struct Customer {
+    pub id: String,
+    pub name: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct Sku {
+    pub id: String,
+    pub unit: String,
+    pub description: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct Contract {
+    pub id: String,
+    pub customer: CustomerIdx,
+    pub rate_card: RateCardIdx,
+    /// A pinned version (grandfathering); `None` follows the version effective at event time.
+    pub pinned_version: Option<u32>,
+    pub starts: EventTime,
+    /// Exclusive end; `None` runs until further notice.
+    pub ends: Option<EventTime>,
+}
+
+impl Contract {
+    pub fn active_at(&self, t: EventTime) -> bool {
+        t >= self.starts && self.ends.is_none_or(|end| t < end)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct RateCard {
+    pub id: String,
+    pub currency: String,
+    /// Sorted by `effective_from`; immutable once published.
+    pub versions: Vec<RateCardVersion>,
+}
+
+#[derive(Clone, Debug)]
+pub struct RateCardVersion {
+    pub version: u32,
+    pub effective_from: EventTime,
+    /// Prices of this version, by SKU: region-specific entries first, then the default (if any).
+    pub prices: FxHashMap<SkuIdx, Vec<PriceIdx>>,
+}
+
+/// One priced SKU within one rate-card version.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Price {
+    pub rate_card: RateCardIdx,
+    pub version: u32,
+    pub effective_from: EventTime,
+    pub sku: SkuIdx,
+    /// `None` prices every region not priced explicitly.
+    pub region: Option<RegionIdx>,
+    pub currency: Arc<str>,
+    pub model: PriceModel,
+}
+
+/// Why no price applies to an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RateMiss {
+    /// No version of the rate card is effective at the event time (or the pinned one is missing).
+    NoVersion,
+    /// The version has no price for the SKU (in this region).
+    SkuNotPriced,
+}
+
+/// The whole catalog, read-only once loaded; shared by all workers.
+#[derive(Clone, Debug, Default)]
+pub struct Catalog {
+    pub customers: Vec<Customer>,
+    pub contracts: Vec<Contract>,
+    pub skus: Vec<Sku>,
+    pub rate_cards: Vec<RateCard>,
+    pub prices: Vec<Price>,
+    pub regions: Vec<String>,
+    customer_ix: FxHashMap<String, CustomerIdx>,
+    contract_ix: FxHashMap<String, ContractIdx>,
+    sku_ix: FxHashMap<String, SkuIdx>,
+    region_ix: FxHashMap<String, RegionIdx>,
+}
+
+impl Catalog {
+    pub fn customer(&self, id: &str) -> Option<CustomerIdx> {
+        self.customer_ix.get(id).copied()
+    }
+    pub fn contract(&self, id: &str) -> Option<ContractIdx> {
+        self.contract_ix.get(id).copied()
+    }
+    pub fn sku(&self, id: &str) -> Option<SkuIdx> {
+        self.sku_ix.get(id).copied()
+    }
+    pub fn region(&self, name: &str) -> Option<RegionIdx> {
+        self.region_ix.get(name).copied()
+    }
+    pub fn region_name(&self, r: Option<RegionIdx>) -> &str {
+        r.map_or("*", |r| &self.regions[r.ix()])
+    }
+    pub fn price(&self, p: PriceIdx) -> &Price {
+        &self.prices[p.ix()]
+    }
+
+    /// The rate-card version that prices `contract` at `t`: the pinned one, or the latest whose
+    /// `effective_from` is not after `t`.
+    pub fn version_at(&self, contract: &Contract, t: EventTime) -> Option<&RateCardVersion> {
+        let card = &self.rate_cards[contract.rate_card.ix()];
+        match contract.pinned_version {
+            Some(v) => card.versions.iter().find(|x| x.version == v),
+            None => card.versions.iter().rev().find(|x| x.effective_from <= t),
+        }
+    }
+
+    /// The price for `sku` in `region` under `contract` at `t`.
+    pub fn price_for(
+        &self,
+        contract: &Contract,
+        sku: SkuIdx,
+        region: Option<RegionIdx>,
+        t: EventTime,
+    ) -> Result<PriceIdx, RateMiss> {
+        let version = self.version_at(contract, t).ok_or(RateMiss::NoVersion)?;
+        let candidates = version.prices.get(&sku).ok_or(RateMiss::SkuNotPriced)?;
+        candidates
+            .iter()
+            .copied()
+            .find(|p| {
+                let r = self.prices[p.ix()].region;
+                r.is_none() || r == region
+            })
+            .ok_or(RateMiss::SkuNotPriced)
+    }
+
+    pub(crate) fn index(&mut self) {
+        self.customer_ix = self
+            .customers
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.id.clone(), CustomerIdx(i as u32)))
+            .collect();
+        self.contract_ix = self
+            .contracts
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.id.clone(), ContractIdx(i as u32)))
+            .collect();
+        self.sku_ix = self
+            .skus
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.id.clone(), SkuIdx(i as u32)))
+            .collect();
+        self.region_ix = self
+            .regions
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.clone(), RegionIdx(i as u32)))
+            .collect();
+    }
+}

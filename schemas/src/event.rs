@@ -1,0 +1,101 @@
+//! A validated usage event, as it travels through the dataflow.
+//!
+//! Catalog references are resolved to dense indices at validation; only what the output rows
+//! need in text (event id, free-form metadata) is kept as text.
+
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::{ContractIdx, CustomerIdx, PriceIdx, SkuIdx};
+use crate::hashing::EventKey;
+use crate::money::Quantity;
+use crate::time::EventTime;
+
+/// Where a record came from: a file (by index in the run's inputs) and byte offset, or a Kafka
+/// topic-partition and offset.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct Lineage {
+    pub source: u32,
+    pub offset: u64,
+}
+
+/// An explicit correction of an earlier event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum CorrectionAction {
+    /// Adds the (signed) quantity to the original's usage.
+    Amend,
+    /// Cancels the original; the event repeats the original's fields with the quantity negated.
+    Void,
+}
+
+impl CorrectionAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CorrectionAction::Amend => "amend",
+            CorrectionAction::Void => "void",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Correction {
+    pub action: CorrectionAction,
+    pub original_event_id: Box<str>,
+    pub original_key: EventKey,
+    /// For a void: the payload fingerprint the original must have had.
+    pub original_fingerprint: u64,
+}
+
+/// The environment an event was produced in. Only billable environments are priced; the others
+/// are validated, deduplicated, counted and written to `usage_events`, never priced.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Environment {
+    /// Index into `validation.billable_environments`.
+    Billable(u8),
+    Other(Box<str>),
+}
+
+/// Free-form pricing metadata carried for lineage and queries.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Metadata {
+    pub region: Option<Box<str>>,
+    pub plan: Option<Box<str>>,
+    pub marketplace: Option<Box<str>>,
+    /// Canonical JSON object (keys sorted) of `metadata.attributes`, if any.
+    pub attributes: Option<Box<str>>,
+}
+
+/// A usage event that passed validation.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct UsageEvent {
+    pub key: EventKey,
+    /// Fingerprint of the payload (everything but the id and integrity fields): tells a retry
+    /// from a conflicting reuse of the same `event_id`.
+    pub fingerprint: u64,
+    pub event_id: Box<str>,
+    pub customer: CustomerIdx,
+    pub contract: ContractIdx,
+    pub sku: SkuIdx,
+    /// The price (rate-card version, region) in effect for this event.
+    pub price: PriceIdx,
+    pub quantity: Quantity,
+    pub time: EventTime,
+    pub environment: Environment,
+    pub metadata: Metadata,
+    pub correction: Option<Correction>,
+    pub lineage: Lineage,
+}
+
+impl UsageEvent {
+    pub fn billable(&self) -> bool {
+        matches!(self.environment, Environment::Billable(_))
+    }
+    /// Dedup routing: corrections go where their original lives, so the original's state is local.
+    pub fn route(&self) -> u64 {
+        match &self.correction {
+            Some(c) => c.original_key.route(),
+            None => self.key.route(),
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! A small catalog and event builders for tests across the workspace.
+
+use crate::canonical::{checksum_of, sign, Canonical, CanonicalFields};
+use crate::catalog::{from_toml_str, Catalog};
+use crate::money::Quantity;
+use crate::time::EventTime;
+
+/// Two customers, three SKUs, a rate card with a mid-month change and a pinned contract.
+pub const CATALOG: &str = r#"
+[[sku]]
+id = "api_calls"
+unit = "requests"
+
+[[sku]]
+id = "tokens"
+unit = "tokens"
+
+[[sku]]
+id = "storage"
+unit = "GB"
+
+[[customer]]
+id = "acme"
+name = "Acme Corp"
+
+[[customer]]
+id = "globex"
+name = "Globex"
+
+[[rate_card]]
+id = "standard"
+version = 1
+effective_from = "2026-01-01T00:00:00Z"
+currency = "USD"
+[[rate_card.price]]
+sku = "api_calls"
+model = "per_unit"
+unit_price = "0.001"
+[[rate_card.price]]
+sku = "tokens"
+model = "graduated"
+tiers = [{ up_to = "1000", unit_price = "0.01", flat_fee = "5" }, { up_to = "10000", unit_price = "0.005", flat_fee = "1" }, { unit_price = "0.001" }]
+[[rate_card.price]]
+sku = "storage"
+model = "volume"
+tiers = [{ up_to = "100", unit_price = "0.1" }, { unit_price = "0.05", flat_fee = "2" }]
+[[rate_card.price]]
+sku = "api_calls"
+region = "eu-west-1"
+model = "per_unit"
+unit_price = "0.0012"
+
+[[rate_card]]
+id = "standard"
+version = 2
+effective_from = "2026-11-15T00:00:00Z"
+currency = "USD"
+[[rate_card.price]]
+sku = "api_calls"
+model = "per_unit"
+unit_price = "0.0008"
+[[rate_card.price]]
+sku = "tokens"
+model = "graduated"
+tiers = [{ up_to = "1000", unit_price = "0.02", flat_fee = "5" }, { up_to = "10000", unit_price = "0.004", flat_fee = "1" }, { unit_price = "0.001" }]
+[[rate_card.price]]
+sku = "storage"
+model = "volume"
+tiers = [{ up_to = "100", unit_price = "0.1" }, { unit_price = "0.04", flat_fee = "2" }]
+
+[[contract]]
+id = "acme-2026"
+customer = "acme"
+rate_card = "standard"
+starts = "2026-01-01T00:00:00Z"
+
+[[contract]]
+id = "globex-legacy"
+customer = "globex"
+rate_card = "standard"
+version = 1
+starts = "2026-01-01T00:00:00Z"
+ends = "2027-01-01T00:00:00Z"
+"#;
+
+pub fn catalog() -> Catalog {
+    from_toml_str(CATALOG).expect("fixture catalog is valid")
+}
+
+/// A native event line for the fixture catalog.
+pub fn event(
+    id: &str,
+    customer: &str,
+    contract: &str,
+    sku: &str,
+    unit: &str,
+    quantity: &str,
+    time: &str,
+) -> String {
+    format!(
+        r#"{{"event_id":"{id}","customer_id":"{customer}","contract_id":"{contract}","sku":"{sku}","unit":"{unit}","quantity":"{quantity}","timestamp":"{time}","environment":"production"}}"#
+    )
+}
+
+/// An acme api_calls event (the most common shape in tests).
+pub fn api(id: &str, quantity: &str, time: &str) -> String {
+    event(
+        id,
+        "acme",
+        "acme-2026",
+        "api_calls",
+        "requests",
+        quantity,
+        time,
+    )
+}
+
+/// Canonical bytes for a plain event (no metadata, no correction).
+pub fn canonical_of(
+    id: &str,
+    customer: &str,
+    contract: &str,
+    sku: &str,
+    unit: &str,
+    quantity: &str,
+    time: &str,
+    environment: &str,
+) -> Vec<u8> {
+    let mut c = Canonical::default();
+    c.render(&CanonicalFields {
+        event_id: id,
+        customer_id: customer,
+        contract_id: contract,
+        sku,
+        unit,
+        quantity: Quantity::parse(quantity).unwrap(),
+        time: EventTime::parse_rfc3339(time).unwrap(),
+        environment,
+        region: "",
+        plan: "",
+        marketplace: "",
+        attributes: "",
+        correction: None,
+    })
+    .to_vec()
+}
+
+pub fn checksum(canonical: &[u8]) -> String {
+    checksum_of(canonical)
+}
+
+pub fn signature(key: &[u8], canonical: &[u8]) -> String {
+    sign(key, canonical)
+}

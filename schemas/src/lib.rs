@@ -1,0 +1,18 @@
+//! meterflow's plain data types: the usage event contract and its validation, the catalog
+//! (contracts and versioned rate cards), pricing math, rejections and output rows.
+//!
+//! No dataflow and no I/O here: everything is a pure function of its inputs, so it is unit-tested
+//! directly and shared by the dataflow (`meterflow-operators`), the binary and the benchmark baseline.
+
+pub mod canonical;
+pub mod catalog;
+pub mod event;
+#[doc(hidden)]
+pub mod fixtures;
+pub mod hashing;
+pub mod money;
+pub mod pricing;
+pub mod rejection;
+pub mod time;
+pub mod validate;
+pub mod wire;

@@ -1,0 +1,187 @@
+use proptest::prelude::*;
+
+use super::*;
+
+fn q(s: &str) -> Quantity {
+    Quantity::parse(s).unwrap()
+}
+fn p(s: &str) -> UnitPrice {
+    UnitPrice::parse(s).unwrap()
+}
+fn a(s: &str) -> Amount {
+    Amount::parse_price(s).unwrap()
+}
+fn tier(up_to: Option<&str>, price: &str, fee: &str) -> Tier {
+    Tier {
+        up_to: up_to.map(q),
+        unit_price: p(price),
+        flat_fee: a(fee),
+    }
+}
+
+/// 0..=5 at 1.00 (+10 fee), 5..=10 at 0.50 (+2 fee), beyond at 0.10.
+fn three_tiers() -> Vec<Tier> {
+    vec![
+        tier(Some("5"), "1", "10"),
+        tier(Some("10"), "0.5", "2"),
+        tier(None, "0.1", "0"),
+    ]
+}
+
+fn one(model: &PriceModel, quantity: &str) -> Amount {
+    price_period(&[Segment {
+        model,
+        quantity: q(quantity),
+    }])
+    .total()
+}
+
+#[test]
+fn per_unit_is_quantity_times_price() {
+    let m = PriceModel::PerUnit {
+        unit_price: p("0.000002"),
+    };
+    assert_eq!(one(&m, "1500000"), a("3"));
+    assert_eq!(one(&m, "0.5"), a("0.000001"));
+    assert_eq!(one(&m, "0"), a("0"));
+}
+
+#[test]
+fn graduated_bounds_are_inclusive() {
+    let m = PriceModel::Graduated {
+        tiers: three_tiers(),
+    };
+    // Zero usage still pays the first tier's flat fee.
+    assert_eq!(one(&m, "0"), a("10"));
+    // Exactly at the bound stays in tier 1: 5 × 1 + 10.
+    assert_eq!(one(&m, "5"), a("15"));
+    // Just above enters tier 2 and pays its fee: 15 + 0.001 × 0.5 + 2.
+    assert_eq!(one(&m, "5.001"), a("17.0005"));
+    // 15 + (5 × 0.5 + 2) + (2 × 0.1).
+    assert_eq!(one(&m, "12"), a("19.7"));
+}
+
+#[test]
+fn volume_prices_everything_at_the_reached_tier() {
+    let m = PriceModel::Volume {
+        tiers: three_tiers(),
+    };
+    assert_eq!(one(&m, "0"), a("10"));
+    assert_eq!(one(&m, "5"), a("15"));
+    assert_eq!(one(&m, "5.001"), a("4.5005"));
+    assert_eq!(one(&m, "12"), a("1.2"));
+}
+
+#[test]
+fn a_version_change_mid_period_continues_the_tier_position() {
+    let v1 = PriceModel::Graduated {
+        tiers: three_tiers(),
+    };
+    let v2 = PriceModel::Graduated {
+        tiers: vec![
+            tier(Some("5"), "2", "10"),
+            tier(Some("10"), "1", "2"),
+            tier(None, "0.2", "0"),
+        ],
+    };
+    // 4 units under v1 (tier 1), then 4 under v2: 1 more in tier 1 at 2.00, 3 in tier 2 at 1.00.
+    let charge = price_period(&[
+        Segment {
+            model: &v1,
+            quantity: q("4"),
+        },
+        Segment {
+            model: &v2,
+            quantity: q("4"),
+        },
+    ]);
+    assert_eq!(charge.total(), a("4") + a("10") + a("2") + a("3") + a("2"));
+    // The first tier's fee is charged once, by the first segment only.
+    let fees: Vec<_> = charge.tiers.iter().map(|t| (t.segment, t.tier)).collect();
+    assert_eq!(fees, vec![(0, 0), (1, 0), (1, 1)]);
+}
+
+#[test]
+fn volume_across_versions_uses_the_period_total() {
+    let v1 = PriceModel::Volume {
+        tiers: three_tiers(),
+    };
+    let v2 = PriceModel::Volume {
+        tiers: vec![tier(Some("5"), "2", "1"), tier(None, "0.2", "3")],
+    };
+    let charge = price_period(&[
+        Segment {
+            model: &v1,
+            quantity: q("4"),
+        },
+        Segment {
+            model: &v2,
+            quantity: q("4"),
+        },
+    ]);
+    // total 8: v1 tier 2 (0.5) for 4, v2 tier 2 (0.2) for 4, plus v2's tier-2 fee once.
+    assert_eq!(charge.total(), a("2") + a("0.8") + a("3"));
+}
+
+#[test]
+fn net_negative_usage_is_priced_at_zero() {
+    let m = PriceModel::PerUnit { unit_price: p("1") };
+    assert_eq!(one(&m, "-3"), a("0"));
+}
+
+fn tiers_strategy() -> impl Strategy<Value = Vec<Tier>> {
+    (
+        1usize..5,
+        proptest::collection::vec((1i64..1000, 0i64..5000, 0i64..3000), 5),
+    )
+        .prop_map(|(n, raw)| {
+            let mut bound = 0i128;
+            raw.into_iter()
+                .take(n)
+                .enumerate()
+                .map(|(i, (width, price, fee))| {
+                    bound += width as i128 * 1_000_000_000;
+                    Tier {
+                        up_to: if i + 1 == n {
+                            None
+                        } else {
+                            Some(Quantity(bound))
+                        },
+                        unit_price: UnitPrice(price as i128 * 1_000_000),
+                        flat_fee: Amount(fee as i128 * 10_000_000_000_000_000),
+                    }
+                })
+                .collect()
+        })
+}
+
+proptest! {
+    #[test]
+    fn graduated_total_is_the_sum_of_tier_slices(tiers in tiers_strategy(), units in 0i64..10_000, frac in 0i64..1_000_000_000) {
+        let qty = Quantity(units as i128 * 1_000_000_000 + frac as i128);
+        let m = PriceModel::Graduated { tiers: tiers.clone() };
+        let charge = price_period(&[Segment { model: &m, quantity: qty }]);
+        let slices: Quantity = charge.tiers.iter().map(|t| t.quantity).sum();
+        prop_assert_eq!(slices, qty);
+        let by_hand: Amount = charge.tiers.iter().map(|t| tiers[t.tier].unit_price.times(t.quantity)).sum::<Amount>()
+            + charge.tiers.iter().filter(|t| t.tier == 0 || t.quantity > Quantity::ZERO).map(|t| tiers[t.tier].flat_fee).sum::<Amount>();
+        prop_assert_eq!(charge.total(), by_hand);
+    }
+
+    #[test]
+    fn graduated_and_per_unit_are_monotonic(tiers in tiers_strategy(), x in 0i64..5_000, y in 0i64..5_000) {
+        let (lo, hi) = (Quantity::from_units(x.min(y)), Quantity::from_units(x.max(y)));
+        for m in [PriceModel::Graduated { tiers: tiers.clone() }, PriceModel::PerUnit { unit_price: tiers[0].unit_price }] {
+            let at = |v| price_period(&[Segment { model: &m, quantity: v }]).total();
+            prop_assert!(at(lo) <= at(hi));
+        }
+    }
+
+    #[test]
+    fn splitting_a_segment_under_one_version_changes_nothing(tiers in tiers_strategy(), x in 0i64..5_000, y in 0i64..5_000) {
+        let m = PriceModel::Graduated { tiers };
+        let whole = price_period(&[Segment { model: &m, quantity: Quantity::from_units(x + y) }]).total();
+        let split = price_period(&[Segment { model: &m, quantity: Quantity::from_units(x) }, Segment { model: &m, quantity: Quantity::from_units(y) }]).total();
+        prop_assert_eq!(whole, split);
+    }
+}
