@@ -99,3 +99,52 @@ impl UsageEvent {
         }
     }
 }
+
+impl UsageEvent {
+    /// The event as native JSON, with catalog ids and normalized values. Used as the payload of
+    /// rejections decided after decoding (the original bytes are not kept that long).
+    pub fn to_native_json(
+        &self,
+        catalog: &crate::catalog::Catalog,
+        billable_environments: &[String],
+    ) -> String {
+        let environment = match &self.environment {
+            Environment::Billable(i) => billable_environments
+                .get(*i as usize)
+                .map_or("billable", |s| s.as_str()),
+            Environment::Other(name) => name,
+        };
+        let mut metadata = serde_json::Map::new();
+        for (k, v) in [
+            ("region", &self.metadata.region),
+            ("plan", &self.metadata.plan),
+            ("marketplace", &self.metadata.marketplace),
+        ] {
+            if let Some(v) = v {
+                metadata.insert(k.into(), serde_json::Value::String(v.to_string()));
+            }
+        }
+        if let Some(attrs) = &self.metadata.attributes {
+            if let Ok(v) = serde_json::from_str(attrs) {
+                metadata.insert("attributes".into(), v);
+            }
+        }
+        let mut obj = serde_json::json!({
+            "event_id": &*self.event_id,
+            "customer_id": catalog.customers[self.customer.ix()].id,
+            "contract_id": catalog.contracts[self.contract.ix()].id,
+            "sku": catalog.skus[self.sku.ix()].id,
+            "unit": catalog.skus[self.sku.ix()].unit,
+            "quantity": self.quantity.to_string(),
+            "timestamp": self.time.to_string(),
+            "environment": environment,
+        });
+        if !metadata.is_empty() {
+            obj["metadata"] = serde_json::Value::Object(metadata);
+        }
+        if let Some(c) = &self.correction {
+            obj["correction"] = serde_json::json!({ "action": c.action.as_str(), "original_event_id": &*c.original_event_id });
+        }
+        obj.to_string()
+    }
+}

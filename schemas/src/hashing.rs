@@ -5,9 +5,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 /// The idempotency key of an event: a 128-bit hash of its `event_id`.
 ///
-/// The low 64 bits pick the dedup table slot; the high 64 bits pick the worker and are the
-/// fingerprint stored in the slot, so a false duplicate needs two ids that agree on all 128 bits
-/// seen by one probe sequence.
+/// The high 64 bits pick the worker and are the tag kept in the dedup table.
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
 )]
@@ -20,9 +18,6 @@ impl EventKey {
     /// Which worker owns this key (timely masks or reduces it by the number of workers).
     pub fn route(self) -> u64 {
         (self.0 >> 64) as u64
-    }
-    pub fn slot_hash(self) -> u64 {
-        self.0 as u64
     }
 }
 

@@ -13,6 +13,7 @@ pub mod hashing;
 pub mod money;
 pub mod pricing;
 pub mod rejection;
+pub mod rows;
 pub mod time;
 pub mod validate;
 pub mod wire;

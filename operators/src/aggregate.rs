@@ -1,0 +1,111 @@
+//! Pre-aggregation: folds each epoch's billable usage into one update per
+//! (price, line, invoice period) before it enters differential.
+//!
+//! (data, time, diff): for epoch `t`, emits at `t` one update `((price, (line, invoice_period)), t,
+//! UsageSum)` per distinct key seen in `t` on this worker, once the input frontier passes `t`.
+//! State: one map per unfinished epoch (bounded by the source's flow control). The diff type
+//! [`UsageSum`] carries event count and quantity, so differential accumulates usage directly.
+
+use std::collections::{BTreeMap, HashMap};
+
+use differential_dataflow::difference::{Abelian, IsZero, Monoid, Multiply, Semigroup};
+use differential_dataflow::{AsCollection, VecCollection};
+use meterflow_schemas::catalog::PriceIdx;
+use meterflow_schemas::hashing::FxBuild;
+use meterflow_schemas::money::Quantity;
+use meterflow_schemas::rows::{LineKey, UsageDelta};
+use meterflow_schemas::time::Period;
+use serde::{Deserialize, Serialize};
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::StreamVec;
+
+use crate::Epoch;
+
+/// Accumulated usage: the diff type of the usage collection.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct UsageSum {
+    pub events: i64,
+    pub quantity: Quantity,
+}
+
+impl IsZero for UsageSum {
+    fn is_zero(&self) -> bool {
+        self.events == 0 && self.quantity == Quantity::ZERO
+    }
+}
+
+impl Semigroup for UsageSum {
+    fn plus_equals(&mut self, rhs: &Self) {
+        self.events += rhs.events;
+        self.quantity += rhs.quantity;
+    }
+}
+
+impl Monoid for UsageSum {
+    fn zero() -> Self {
+        UsageSum::default()
+    }
+}
+
+impl Abelian for UsageSum {
+    fn negate(&mut self) {
+        self.events = -self.events;
+        self.quantity = -self.quantity;
+    }
+}
+
+impl Multiply<isize> for UsageSum {
+    type Output = UsageSum;
+    fn multiply(self, rhs: &isize) -> UsageSum {
+        UsageSum {
+            events: self.events * *rhs as i64,
+            quantity: Quantity(self.quantity.0 * *rhs as i128),
+        }
+    }
+}
+
+/// Usage keyed for the rate join.
+pub type UsageRecord = (PriceIdx, (LineKey, Period));
+
+pub fn pre_aggregate<'s>(
+    usage: StreamVec<'s, Epoch, UsageDelta>,
+) -> VecCollection<'s, Epoch, UsageRecord, UsageSum> {
+    let mut pending: BTreeMap<Epoch, (Capability<Epoch>, HashMap<UsageRecord, UsageSum, FxBuild>)> =
+        BTreeMap::new();
+    usage
+        .unary_frontier(Pipeline, "PreAggregate", move |_cap, _info| {
+            move |(input, frontier), output| {
+                input.for_each_stamp(|cap, data| {
+                    let Some(&epoch) = cap.least() else { return };
+                    let (_, sums) = pending.entry(epoch).or_insert_with(|| {
+                        (cap.retain_least(0).expect("stamped"), HashMap::default())
+                    });
+                    for d in data.flat_map(|d| d.drain(..)) {
+                        let s = sums
+                            .entry((d.price, (d.line, d.invoice_period)))
+                            .or_default();
+                        s.events += 1;
+                        s.quantity += d.quantity;
+                    }
+                });
+                while let Some(entry) = pending.first_entry() {
+                    if frontier.frontier().less_equal(entry.key()) {
+                        break;
+                    }
+                    let epoch = *entry.key();
+                    let (cap, sums) = entry.remove();
+                    let mut session = output.session(&cap);
+                    for (record, sum) in sums {
+                        if !sum.is_zero() {
+                            session.give((record, epoch, sum));
+                        }
+                    }
+                }
+            }
+        })
+        .as_collection()
+}

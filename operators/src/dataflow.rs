@@ -1,0 +1,262 @@
+//! The meterflow dataflow, box by box as in the architecture picture, and its execution on one
+//! thread, several threads, or a cluster of processes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use differential_dataflow::AsCollection;
+use meterflow_schemas::catalog::{Catalog, PriceIdx};
+use meterflow_schemas::money::Rounding;
+use meterflow_schemas::rejection::Rejection;
+use meterflow_schemas::rows::{AcceptedEvent, Counts, DuplicateRow, InvoiceLine, RatedRow};
+use meterflow_schemas::validate::ValidationRules;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::vec::Broadcast;
+use timely::dataflow::operators::{Concat, Probe, ToStream};
+use timely::dataflow::{ProbeHandle, Scope, StreamVec};
+
+use crate::accounting::{Totals, TotalsWriter};
+use crate::aggregate::pre_aggregate;
+use crate::decode::decode;
+use crate::dedup::{dedup, Deduplicator};
+use crate::price::{price, Priced};
+use crate::rate_join::rate_join;
+use crate::sink::{sink, TableWriter};
+use crate::source::{source, ChunkReader};
+use crate::watermark::LatenessPolicy;
+use crate::{Epoch, Fatal};
+
+/// What every worker needs to build the dataflow.
+#[derive(Clone)]
+pub struct Plan {
+    pub catalog: Arc<Catalog>,
+    pub rules: Arc<ValidationRules>,
+    pub policy: LatenessPolicy,
+    pub rounding: Rounding,
+    /// How many epochs a source may run ahead of completed work.
+    pub max_epochs_ahead: u64,
+}
+
+/// A signed row of a derived table: (row, epoch, +1 / -1).
+pub type Signed<R> = (R, Epoch, isize);
+
+/// One worker's input and outputs. Derived tables (invoice lines, rated usage) and counts are
+/// gathered on worker 0; the others are written by each worker for its own share.
+pub struct WorkerIo {
+    pub reader: Box<dyn ChunkReader>,
+    pub usage_events: Box<dyn TableWriter<AcceptedEvent>>,
+    pub rejections: Box<dyn TableWriter<Rejection>>,
+    pub duplicates: Box<dyn TableWriter<DuplicateRow>>,
+    pub invoice_lines: Box<dyn TableWriter<Signed<InvoiceLine>>>,
+    pub rated_usage: Box<dyn TableWriter<Signed<RatedRow>>>,
+}
+
+/// Builds the dataflow in `scope`; returns a probe that completes when every output has been
+/// handed to its writer.
+pub fn build<'s>(
+    scope: Scope<'s, Epoch>,
+    plan: &Plan,
+    io: WorkerIo,
+    totals: Totals,
+    fatal: Fatal,
+) -> ProbeHandle<Epoch> {
+    let done = ProbeHandle::new();
+    let chunks = source(
+        scope,
+        io.reader,
+        done.clone(),
+        plan.max_epochs_ahead,
+        fatal.clone(),
+    );
+    let decoded = decode(chunks, plan.rules.clone(), plan.catalog.clone());
+    let watermarks = decoded.stats.broadcast();
+    let deduper = Deduplicator::new(
+        plan.policy,
+        plan.catalog.clone(),
+        plan.rules.billable_environments.clone().into(),
+    );
+    let deduped = dedup(decoded.events, watermarks, deduper);
+    let usage = pre_aggregate(deduped.usage);
+    let rated = rate_join(usage, prices(scope, &plan.catalog));
+    let priced = price(rated, plan.rounding).inner.probe_with(&done);
+
+    let (lines, rated_rows) = split_priced(priced);
+    sink(
+        deduped.accepted.probe_with(&done),
+        "usage_events",
+        Pipeline,
+        io.usage_events,
+        fatal.clone(),
+    );
+    sink(
+        decoded
+            .rejections
+            .concat(deduped.rejections)
+            .probe_with(&done),
+        "rejections",
+        Pipeline,
+        io.rejections,
+        fatal.clone(),
+    );
+    sink(
+        deduped.duplicates.probe_with(&done),
+        "duplicates",
+        Pipeline,
+        io.duplicates,
+        fatal.clone(),
+    );
+    sink(
+        lines.probe_with(&done),
+        "invoice_lines",
+        to_worker_zero(),
+        io.invoice_lines,
+        fatal.clone(),
+    );
+    sink(
+        rated_rows.probe_with(&done),
+        "rated_usage",
+        to_worker_zero(),
+        io.rated_usage,
+        fatal.clone(),
+    );
+    let counts: StreamVec<'s, Epoch, Counts> = decoded.counts.concat(deduped.counts);
+    sink(
+        counts.probe_with(&done),
+        "counts",
+        to_worker_zero(),
+        Box::new(TotalsWriter(totals)),
+        fatal,
+    );
+    done
+}
+
+fn to_worker_zero<D: 'static>() -> Exchange<D, impl FnMut(&D) -> u64> {
+    Exchange::new(|_: &D| 0u64)
+}
+
+/// The catalog's prices as a collection, introduced by worker 0 at the first epoch.
+fn prices<'s>(
+    scope: Scope<'s, Epoch>,
+    catalog: &Catalog,
+) -> differential_dataflow::VecCollection<
+    's,
+    Epoch,
+    (PriceIdx, meterflow_schemas::catalog::Price),
+    isize,
+> {
+    let mine: Vec<_> = if scope.index() == 0 {
+        catalog
+            .prices
+            .iter()
+            .enumerate()
+            .map(|(i, p)| ((PriceIdx(i as u32), p.clone()), 0 as Epoch, 1isize))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    mine.to_stream(scope).as_collection()
+}
+
+fn split_priced<'s>(
+    priced: StreamVec<'s, Epoch, Signed<Priced>>,
+) -> (
+    StreamVec<'s, Epoch, Signed<InvoiceLine>>,
+    StreamVec<'s, Epoch, Signed<RatedRow>>,
+) {
+    use timely::dataflow::operators::vec::Map;
+    let lines = priced.clone().flat_map(|(p, t, d)| match p {
+        Priced::Line(l) => Some((l, t, d)),
+        Priced::Rated(_) => None,
+    });
+    let rated = priced.flat_map(|(p, t, d)| match p {
+        Priced::Rated(r) => Some((r, t, d)),
+        Priced::Line(_) => None,
+    });
+    (lines, rated)
+}
+
+/// How to run: threads per process, and the cluster if more than one process.
+#[derive(Clone, Debug)]
+pub struct Cluster {
+    pub threads: usize,
+    pub process: usize,
+    /// `host:port` of every process; empty for a single process.
+    pub addresses: Vec<String>,
+}
+
+impl Cluster {
+    pub fn local(threads: usize) -> Cluster {
+        Cluster {
+            threads: threads.max(1),
+            process: 0,
+            addresses: Vec::new(),
+        }
+    }
+
+    fn timely_config(&self) -> timely::Config {
+        let communication = if self.addresses.len() > 1 {
+            timely::CommunicationConfig::Cluster {
+                threads: self.threads,
+                process: self.process,
+                addresses: self.addresses.clone(),
+                report: false,
+                zerocopy: false,
+            }
+        } else if self.threads > 1 {
+            timely::CommunicationConfig::Process(self.threads)
+        } else {
+            timely::CommunicationConfig::Thread
+        };
+        timely::Config {
+            communication,
+            worker: timely::WorkerConfig::default(),
+        }
+    }
+}
+
+/// Runs the dataflow to completion on every worker of this process. `make_io` builds each
+/// worker's I/O from (worker index, number of workers). `on_progress` is called on worker 0 about
+/// every `progress_every` with the running totals.
+pub fn execute<F, G>(
+    cluster: &Cluster,
+    plan: Plan,
+    make_io: F,
+    totals: Totals,
+    fatal: Fatal,
+    progress_every: Duration,
+    on_progress: G,
+) -> Result<(), String>
+where
+    F: Fn(usize, usize) -> Result<WorkerIo, String> + Send + Sync + 'static,
+    G: Fn(&Counts) + Send + Sync + 'static,
+{
+    let guards = timely::execute(cluster.timely_config(), move |worker| {
+        let (index, peers) = (worker.index(), worker.peers());
+        let io = match make_io(index, peers) {
+            Ok(io) => io,
+            Err(e) => {
+                fatal.set(e);
+                return;
+            }
+        };
+        let (plan, totals, fatal) = (plan.clone(), totals.clone(), fatal.clone());
+        let totals_for_progress = totals.clone();
+        let _done =
+            worker.dataflow::<Epoch, _, _>(|scope| build(scope, &plan, io, totals, fatal.clone()));
+        let mut last_report = std::time::Instant::now();
+        while worker.step_or_park(Some(Duration::from_millis(5))) {
+            if fatal.is_set() {
+                break;
+            }
+            if index == 0 && last_report.elapsed() >= progress_every {
+                on_progress(&totals_for_progress.snapshot());
+                last_report = std::time::Instant::now();
+            }
+        }
+    })?;
+    let results = guards.join();
+    for r in results {
+        r?;
+    }
+    Ok(())
+}

@@ -1,0 +1,131 @@
+//! Decode + validate: splits chunks into records and validates each against the event contract
+//! and the catalog.
+//!
+//! (data, time, diff): for a chunk at epoch `t`, emits at `t` every valid event on `events`, every
+//! bad record on `rejections` (raw payload, reason, message, lineage), one [`EpochStats`] on
+//! `stats` (the latest valid event time in the chunk, which feeds the watermark) and the chunk's
+//! [`Counts`]. Stateless apart from the validator's scratch buffer; holds no capabilities.
+
+use std::sync::Arc;
+
+use meterflow_schemas::catalog::Catalog;
+use meterflow_schemas::event::{Lineage, UsageEvent};
+use meterflow_schemas::rejection::Rejection;
+use meterflow_schemas::rows::Counts;
+use meterflow_schemas::time::EventTime;
+use meterflow_schemas::validate::{ValidationRules, Validator};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::StreamVec;
+
+use crate::source::Chunk;
+use crate::Epoch;
+
+/// What one chunk says about event time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct EpochStats {
+    pub epoch: Epoch,
+    /// The latest event time among the chunk's valid events.
+    pub max_time: Option<EventTime>,
+}
+
+pub struct Decoded<'s> {
+    pub events: StreamVec<'s, Epoch, UsageEvent>,
+    pub rejections: StreamVec<'s, Epoch, Rejection>,
+    pub stats: StreamVec<'s, Epoch, EpochStats>,
+    pub counts: StreamVec<'s, Epoch, Counts>,
+}
+
+type Out<D> = OutputBuilder<Epoch, CapacityContainerBuilder<Vec<D>>>;
+
+pub fn decode<'s>(
+    chunks: StreamVec<'s, Epoch, Chunk>,
+    rules: Arc<ValidationRules>,
+    catalog: Arc<Catalog>,
+) -> Decoded<'s> {
+    let mut builder = OperatorBuilder::new("Decode".to_owned(), chunks.scope());
+    let mut input = builder.new_input(chunks, Pipeline);
+    let (events_out, events) = builder.new_output();
+    let (rejections_out, rejections) = builder.new_output();
+    let (stats_out, stats) = builder.new_output();
+    let (counts_out, counts) = builder.new_output();
+    let mut events_out: Out<UsageEvent> = OutputBuilder::from(events_out);
+    let mut rejections_out: Out<Rejection> = OutputBuilder::from(rejections_out);
+    let mut stats_out: Out<EpochStats> = OutputBuilder::from(stats_out);
+    let mut counts_out: Out<Counts> = OutputBuilder::from(counts_out);
+    let mut validator = Validator::new(rules, catalog);
+
+    builder.build(move |_capabilities| {
+        move |_frontiers| {
+            let mut events_h = events_out.activate();
+            let mut rejections_h = rejections_out.activate();
+            let mut stats_h = stats_out.activate();
+            let mut counts_h = counts_out.activate();
+            input.for_each_stamp(|cap, data| {
+                let mut events_s = events_h.session(&cap);
+                let mut rejections_s = rejections_h.session(&cap);
+                let now = EventTime::now();
+                for chunk in data.flat_map(|d| d.drain(..)) {
+                    let mut counts = Counts {
+                        bytes: chunk.bytes.len() as u64,
+                        ..Counts::default()
+                    };
+                    let mut max_time: Option<EventTime> = None;
+                    for (offset, line) in records(&chunk.bytes) {
+                        counts.received += 1;
+                        let lineage = Lineage {
+                            source: chunk.source,
+                            offset: chunk.base_offset + offset as u64,
+                        };
+                        match validator.validate(line, lineage, now) {
+                            Ok(ev) => {
+                                max_time = max_time.max(Some(ev.time));
+                                events_s.give(ev);
+                            }
+                            Err(r) => {
+                                counts.reject(r.reason);
+                                rejections_s.give(r);
+                            }
+                        }
+                    }
+                    stats_h.session(&cap).give(EpochStats {
+                        epoch: chunk.epoch,
+                        max_time,
+                    });
+                    counts_h.session(&cap).give(counts);
+                }
+            });
+        }
+    });
+    Decoded {
+        events,
+        rejections,
+        stats,
+        counts,
+    }
+}
+
+/// The non-blank lines of a chunk with their offsets; a trailing `\r` is dropped.
+pub fn records(bytes: &[u8]) -> impl Iterator<Item = (usize, &[u8])> {
+    let mut start = 0;
+    std::iter::from_fn(move || loop {
+        if start >= bytes.len() {
+            return None;
+        }
+        let end = memchr::memchr(b'\n', &bytes[start..]).map_or(bytes.len(), |i| start + i);
+        let at = start;
+        let mut line = &bytes[start..end];
+        start = end + 1;
+        if let Some(stripped) = line.strip_suffix(b"\r") {
+            line = stripped;
+        }
+        if line.is_empty()
+            || (line[0].is_ascii_whitespace() && line.iter().all(|b| b.is_ascii_whitespace()))
+        {
+            continue;
+        }
+        return Some((at, line));
+    })
+}

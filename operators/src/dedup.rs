@@ -1,0 +1,331 @@
+//! Dedup by idempotency key, with lateness decided against the event-time watermark.
+//!
+//! Inputs: valid events, exchanged by key (corrections by their original's key, so the original's
+//! state is local), and the broadcast per-epoch stats that define the watermark.
+//!
+//! (data, time, diff): events of epoch `t` are decided once every earlier epoch is complete on
+//! both inputs (so the watermark `W(t)` is known and earlier epochs went first), in arrival order,
+//! which within an epoch is input order. Every event leaves at time `t` in exactly one of:
+//! `accepted` (with service/invoice period and arrival class, plus a compact `usage` delta when
+//! billable), `duplicates`, or `rejections` (`timestamp_too_old`, `conflicting_duplicate`,
+//! `correction_*`). Capabilities for `t` are held only while epoch `t` is stashed.
+//!
+//! State: a [`DedupTable`] of keys within the dedup horizon (bounded by `W - horizon`) and the
+//! stash of not-yet-decidable epochs (bounded by the source's flow control).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use meterflow_schemas::catalog::Catalog;
+use meterflow_schemas::event::{CorrectionAction, UsageEvent};
+use meterflow_schemas::rejection::{Reason, Rejection};
+use meterflow_schemas::rows::{AcceptedEvent, Counts, DuplicateRow, LineKey, UsageDelta};
+use meterflow_schemas::time::EventTime;
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::StreamVec;
+
+use crate::decode::EpochStats;
+use crate::dedup_table::{payload_of, DedupTable, Seen};
+use crate::watermark::{LatenessPolicy, Verdict, WatermarkTracker};
+use crate::Epoch;
+
+pub struct Deduped<'s> {
+    pub accepted: StreamVec<'s, Epoch, AcceptedEvent>,
+    pub usage: StreamVec<'s, Epoch, UsageDelta>,
+    pub duplicates: StreamVec<'s, Epoch, DuplicateRow>,
+    pub rejections: StreamVec<'s, Epoch, Rejection>,
+    pub counts: StreamVec<'s, Epoch, Counts>,
+}
+
+type Out<D> = OutputBuilder<Epoch, CapacityContainerBuilder<Vec<D>>>;
+
+/// Where each event of an epoch went.
+enum Decision {
+    Accept(AcceptedEvent),
+    Duplicate(DuplicateRow),
+    Reject(Rejection),
+}
+
+/// The per-worker dedup state machine, separate from the operator plumbing so it can be tested
+/// directly.
+pub struct Deduplicator {
+    policy: LatenessPolicy,
+    catalog: Arc<Catalog>,
+    billable_environments: Arc<[String]>,
+    table: DedupTable,
+    reported_keys: i64,
+    reported_bytes: i64,
+}
+
+impl Deduplicator {
+    pub fn new(
+        policy: LatenessPolicy,
+        catalog: Arc<Catalog>,
+        billable_environments: Arc<[String]>,
+    ) -> Deduplicator {
+        Deduplicator {
+            policy,
+            catalog,
+            billable_environments,
+            table: DedupTable::default(),
+            reported_keys: 0,
+            reported_bytes: 0,
+        }
+    }
+
+    pub fn table(&self) -> &DedupTable {
+        &self.table
+    }
+
+    /// Starts an epoch whose watermark is `w`.
+    pub fn begin_epoch(&mut self, w: EventTime) {
+        self.table.forget_before(self.policy.forget_before(w));
+    }
+
+    fn decide(&mut self, ev: UsageEvent, w: EventTime, counts: &mut Counts) -> Decision {
+        let (service, invoice, arrival) = match self.policy.classify(w, ev.time) {
+            Verdict::TooOld => {
+                let msg = format!(
+                    "event time {} is older than the watermark {w} minus the dedup horizon {}",
+                    ev.time, self.policy.dedup_horizon
+                );
+                return Decision::Reject(self.rejection(&ev, Reason::TimestampTooOld, msg));
+            }
+            Verdict::Accept {
+                service,
+                invoice,
+                arrival,
+            } => (service, invoice, arrival),
+        };
+        if let Some(c) = &ev.correction {
+            if self.table.get(ev.key).is_none() {
+                match self.table.get(c.original_key) {
+                    None => {
+                        let msg = format!(
+                            "original event `{}` was not seen within the dedup horizon",
+                            c.original_event_id
+                        );
+                        return Decision::Reject(self.rejection(
+                            &ev,
+                            Reason::CorrectionUnknownOriginal,
+                            msg,
+                        ));
+                    }
+                    Some(o) if o.voided => {
+                        let msg = format!(
+                            "original event `{}` was already voided",
+                            c.original_event_id
+                        );
+                        return Decision::Reject(self.rejection(
+                            &ev,
+                            Reason::CorrectionAfterVoid,
+                            msg,
+                        ));
+                    }
+                    Some(o)
+                        if c.action == CorrectionAction::Void
+                            && o.payload != payload_of(c.original_fingerprint) =>
+                    {
+                        let msg = format!(
+                            "void does not repeat the fields of `{}` with the quantity negated",
+                            c.original_event_id
+                        );
+                        return Decision::Reject(self.rejection(
+                            &ev,
+                            Reason::CorrectionMismatch,
+                            msg,
+                        ));
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        match self.table.insert_new(ev.key, ev.fingerprint, ev.time) {
+            Seen::Duplicate => {
+                counts.duplicates += 1;
+                Decision::Duplicate(DuplicateRow {
+                    event_id: ev.event_id,
+                    key: ev.key,
+                    time: ev.time,
+                    lineage: ev.lineage,
+                })
+            }
+            Seen::Conflict => {
+                let msg = format!(
+                    "event_id `{}` was already accepted with a different payload",
+                    ev.event_id
+                );
+                Decision::Reject(self.rejection(&ev, Reason::ConflictingDuplicate, msg))
+            }
+            Seen::New => {
+                if let Some(c) = &ev.correction {
+                    counts.corrections += 1;
+                    if c.action == CorrectionAction::Void {
+                        self.table.mark_voided(c.original_key);
+                    }
+                }
+                counts.accepted += 1;
+                match arrival {
+                    meterflow_schemas::rows::Arrival::OutOfOrder => counts.out_of_order += 1,
+                    meterflow_schemas::rows::Arrival::Late => counts.late += 1,
+                    meterflow_schemas::rows::Arrival::OnTime => {}
+                }
+                Decision::Accept(AcceptedEvent {
+                    event: ev,
+                    service_period: service,
+                    invoice_period: invoice,
+                    arrival,
+                })
+            }
+        }
+    }
+
+    fn rejection(&self, ev: &UsageEvent, reason: Reason, message: String) -> Rejection {
+        let mut r = Rejection::new(reason, None, message);
+        r.event_id = Some(ev.event_id.clone());
+        r.raw = ev
+            .to_native_json(&self.catalog, &self.billable_environments)
+            .into();
+        r.lineage = ev.lineage;
+        r
+    }
+
+    /// The compact pricing input of an accepted billable event.
+    pub fn usage_of(&self, a: &AcceptedEvent) -> UsageDelta {
+        let ev = &a.event;
+        UsageDelta {
+            line: LineKey {
+                customer: ev.customer,
+                contract: ev.contract,
+                sku: ev.sku,
+                region: self.catalog.price(ev.price).region,
+                service_period: a.service_period,
+            },
+            invoice_period: a.invoice_period,
+            price: ev.price,
+            quantity: ev.quantity,
+        }
+    }
+
+    /// Table size changes since the last report, as gauge deltas.
+    fn report_table(&mut self, counts: &mut Counts) {
+        let keys = self.table.len() as i64;
+        let bytes = self.table.allocated_bytes() as i64;
+        counts.dedup_keys += keys - self.reported_keys;
+        counts.dedup_bytes += bytes - self.reported_bytes;
+        self.reported_keys = keys;
+        self.reported_bytes = bytes;
+    }
+}
+
+/// Capabilities for each output at one epoch.
+struct EpochCaps {
+    caps: Vec<Capability<Epoch>>,
+}
+
+pub fn dedup<'s>(
+    events: StreamVec<'s, Epoch, UsageEvent>,
+    stats: StreamVec<'s, Epoch, EpochStats>,
+    dedup: Deduplicator,
+) -> Deduped<'s> {
+    let mut builder = OperatorBuilder::new("Dedup".to_owned(), events.scope());
+    let mut events_in = builder.new_input(events, Exchange::new(|e: &UsageEvent| e.route()));
+    let mut stats_in = builder.new_input(stats, Pipeline);
+    let (accepted_out, accepted) = builder.new_output();
+    let (usage_out, usage) = builder.new_output();
+    let (duplicates_out, duplicates) = builder.new_output();
+    let (rejections_out, rejections) = builder.new_output();
+    let (counts_out, counts) = builder.new_output();
+    let mut accepted_out: Out<AcceptedEvent> = OutputBuilder::from(accepted_out);
+    let mut usage_out: Out<UsageDelta> = OutputBuilder::from(usage_out);
+    let mut duplicates_out: Out<DuplicateRow> = OutputBuilder::from(duplicates_out);
+    let mut rejections_out: Out<Rejection> = OutputBuilder::from(rejections_out);
+    let mut counts_out: Out<Counts> = OutputBuilder::from(counts_out);
+
+    let mut dedup = dedup;
+    let mut tracker = WatermarkTracker::default();
+    let mut stash: BTreeMap<Epoch, (EpochCaps, Vec<UsageEvent>)> = BTreeMap::new();
+    let mut current: Option<(Epoch, EventTime)> = None;
+
+    builder.build(move |_capabilities| {
+        move |frontiers| {
+            stats_in.for_each(|_cap, data| data.iter().for_each(|s| tracker.observe(s)));
+            events_in.for_each_stamp(|cap, data| {
+                let Some(&epoch) = cap.least() else { return };
+                let entry = stash.entry(epoch).or_insert_with(|| {
+                    (
+                        EpochCaps {
+                            caps: (0..5).map(|port| cap.delayed(&epoch, port)).collect(),
+                        },
+                        Vec::new(),
+                    )
+                });
+                for batch in data {
+                    entry.1.append(batch);
+                }
+            });
+
+            let (events_frontier, stats_frontier) =
+                (frontiers[0].frontier(), frontiers[1].frontier());
+            while let Some(entry) = stash.first_entry() {
+                let epoch = *entry.key();
+                if events_frontier.less_than(&epoch) || stats_frontier.less_than(&epoch) {
+                    break;
+                }
+                let w = match current {
+                    Some((e, w)) if e == epoch => w,
+                    _ => {
+                        let w = tracker.watermark_for(epoch);
+                        dedup.begin_epoch(w);
+                        current = Some((epoch, w));
+                        w
+                    }
+                };
+                let (caps, batch) = entry.remove();
+                let [accepted_cap, usage_cap, duplicates_cap, rejections_cap, counts_cap] =
+                    &caps.caps[..]
+                else {
+                    unreachable!("five outputs")
+                };
+                let mut accepted_h = accepted_out.activate();
+                let mut usage_h = usage_out.activate();
+                let mut duplicates_h = duplicates_out.activate();
+                let mut rejections_h = rejections_out.activate();
+                let mut accepted_s = accepted_h.session(accepted_cap);
+                let mut usage_s = usage_h.session(usage_cap);
+                let mut duplicates_s = duplicates_h.session(duplicates_cap);
+                let mut rejections_s = rejections_h.session(rejections_cap);
+                let mut counts = Counts::default();
+                for ev in batch {
+                    match dedup.decide(ev, w, &mut counts) {
+                        Decision::Accept(a) => {
+                            if a.event.billable() {
+                                counts.billable += 1;
+                                usage_s.give(dedup.usage_of(&a));
+                            }
+                            accepted_s.give(a);
+                        }
+                        Decision::Duplicate(d) => duplicates_s.give(d),
+                        Decision::Reject(r) => {
+                            counts.reject(r.reason);
+                            rejections_s.give(r);
+                        }
+                    }
+                }
+                dedup.report_table(&mut counts);
+                counts_out.activate().session(counts_cap).give(counts);
+            }
+        }
+    });
+    Deduped {
+        accepted,
+        usage,
+        duplicates,
+        rejections,
+        counts,
+    }
+}

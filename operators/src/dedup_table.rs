@@ -1,0 +1,253 @@
+//! The dedup operator's state: a compact open-addressing table of the idempotency keys seen
+//! within the dedup horizon.
+//!
+//! A slot is 16 bytes: 64 bits of the key's 128-bit hash (the tag, which also picks the slot), 32
+//! bits of the payload fingerprint (retry vs conflicting reuse), and the event time in minutes with
+//! one flag bit (voided). Two different events are only taken for duplicates if 96 bits agree
+//! (tag and payload); a tag-only collision (about n²/2^65 for n keys in one worker) shows up as a
+//! visible `conflicting_duplicate` rejection, never as silently dropped usage. Linear probing keeps the load at most 3/4; after a resize the survivors
+//! fill a quarter to a half of the table, so a growing table costs 21–43 bytes per key and one
+//! that also forgets settles at 21–64 bytes per live key. Keys whose event time falls behind `watermark - horizon` are dropped
+//! whenever the table would otherwise grow, so memory follows the keys inside the horizon, not the
+//! length of the stream.
+
+use meterflow_schemas::hashing::EventKey;
+use meterflow_schemas::time::EventTime;
+
+#[derive(Clone, Copy, Default)]
+#[repr(C)]
+struct Slot {
+    /// High 64 bits of the key hash; 0 marks an empty slot.
+    tag: u64,
+    payload: u32,
+    /// Event time in minutes since the epoch; the top bit marks a voided event.
+    minute: u32,
+}
+
+const VOIDED: u32 = 1 << 31;
+const MINUTE_MASK: u32 = VOIDED - 1;
+const MIN_CAPACITY: usize = 1024;
+
+/// What the table knew about a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub payload: u32,
+    pub voided: bool,
+}
+
+/// The outcome of [`DedupTable::insert_new`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Seen {
+    /// First time: inserted.
+    New,
+    /// Seen before with this payload.
+    Duplicate,
+    /// Seen before with a different payload.
+    Conflict,
+}
+
+pub struct DedupTable {
+    slots: Vec<Slot>,
+    len: usize,
+    /// Keys older than this (in minutes) may be dropped.
+    forget_before: u32,
+}
+
+impl Default for DedupTable {
+    fn default() -> Self {
+        DedupTable {
+            slots: vec![Slot::default(); MIN_CAPACITY],
+            len: 0,
+            forget_before: 0,
+        }
+    }
+}
+
+fn tag_of(key: EventKey) -> u64 {
+    ((key.0 >> 64) as u64).max(1)
+}
+
+pub fn payload_of(fingerprint: u64) -> u32 {
+    (fingerprint ^ (fingerprint >> 32)) as u32
+}
+
+impl DedupTable {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Bytes held by the table.
+    pub fn allocated_bytes(&self) -> usize {
+        self.slots.capacity() * std::mem::size_of::<Slot>()
+    }
+
+    /// Allows keys with event times before `t` to be dropped at the next resize.
+    pub fn forget_before(&mut self, t: EventTime) {
+        self.forget_before = self.forget_before.max(t.minutes_u32());
+    }
+
+    fn find(&self, key: EventKey) -> Result<usize, usize> {
+        let mask = self.slots.len() - 1;
+        let tag = tag_of(key);
+        let mut i = home_of_tag(tag, mask);
+        loop {
+            let s = &self.slots[i];
+            if s.tag == tag {
+                return Ok(i);
+            }
+            if s.tag == 0 {
+                return Err(i);
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    pub fn get(&self, key: EventKey) -> Option<Entry> {
+        self.find(key).ok().map(|i| {
+            let s = &self.slots[i];
+            Entry {
+                payload: s.payload,
+                voided: s.minute & VOIDED != 0,
+            }
+        })
+    }
+
+    /// Records `key` unless already present; reports what was there.
+    pub fn insert_new(&mut self, key: EventKey, fingerprint: u64, time: EventTime) -> Seen {
+        let payload = payload_of(fingerprint);
+        match self.find(key) {
+            Ok(i) if self.slots[i].payload == payload => Seen::Duplicate,
+            Ok(_) => Seen::Conflict,
+            Err(mut i) => {
+                if (self.len + 1) * 4 > self.slots.len() * 3 {
+                    self.resize();
+                    i = self.find(key).expect_err("key is absent");
+                }
+                self.slots[i] = Slot {
+                    tag: tag_of(key),
+                    payload,
+                    minute: time.minutes_u32().min(MINUTE_MASK),
+                };
+                self.len += 1;
+                Seen::New
+            }
+        }
+    }
+
+    /// Marks an existing key as voided; returns false if it is absent.
+    pub fn mark_voided(&mut self, key: EventKey) -> bool {
+        match self.find(key) {
+            Ok(i) => {
+                self.slots[i].minute |= VOIDED;
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Drops forgotten keys, then sizes the table so the survivors fill at most half of it.
+    fn resize(&mut self) {
+        let forget = self.forget_before;
+        let live = self
+            .slots
+            .iter()
+            .filter(|s| s.tag != 0 && (s.minute & MINUTE_MASK) >= forget)
+            .count();
+        let capacity = ((live + 1) * 2).next_power_of_two().max(MIN_CAPACITY);
+        let old = std::mem::replace(&mut self.slots, vec![Slot::default(); capacity]);
+        let mask = capacity - 1;
+        for s in old
+            .into_iter()
+            .filter(|s| s.tag != 0 && (s.minute & MINUTE_MASK) >= forget)
+        {
+            let mut i = home_of_tag(s.tag, mask);
+            while self.slots[i].tag != 0 {
+                i = (i + 1) & mask;
+            }
+            self.slots[i] = s;
+        }
+        self.len = live;
+    }
+}
+
+/// Where a key's probe sequence starts. Derived from the stored tag so a resize can re-place keys.
+fn home_of_tag(tag: u64, mask: usize) -> usize {
+    (tag.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 17) as usize & mask
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(i: u64) -> EventKey {
+        EventKey::of(&format!("evt-{i}"))
+    }
+
+    #[test]
+    fn distinguishes_new_duplicate_and_conflict() {
+        let mut t = DedupTable::default();
+        let at = EventTime(60_000 * 100);
+        assert_eq!(t.insert_new(key(1), 42, at), Seen::New);
+        assert_eq!(t.insert_new(key(1), 42, at), Seen::Duplicate);
+        assert_eq!(t.insert_new(key(1), 43, at), Seen::Conflict);
+        assert_eq!(t.insert_new(key(2), 42, at), Seen::New);
+        assert_eq!(t.len(), 2);
+    }
+
+    #[test]
+    fn keeps_every_key_across_growth_and_drops_only_forgotten_ones() {
+        let mut t = DedupTable::default();
+        for i in 0..100_000u64 {
+            assert_eq!(
+                t.insert_new(key(i), i, EventTime((i as i64) * 60_000)),
+                Seen::New
+            );
+        }
+        for i in 0..100_000u64 {
+            assert_eq!(
+                t.get(key(i)).map(|e| e.payload),
+                Some(payload_of(i)),
+                "key {i}"
+            );
+        }
+        // Forget the first half; the next growth drops them.
+        t.forget_before(EventTime(50_000 * 60_000));
+        for i in 100_000..200_000u64 {
+            t.insert_new(key(i), i, EventTime((i as i64) * 60_000));
+        }
+        assert!(t.get(key(10)).is_none());
+        assert!(t.get(key(60_000)).is_some());
+        assert!(t.get(key(199_999)).is_some());
+        assert_eq!(t.len(), 150_000);
+    }
+
+    #[test]
+    fn memory_plateaus_on_an_endless_stream() {
+        let mut t = DedupTable::default();
+        let mut peak = 0;
+        for i in 0..2_000_000u64 {
+            let minute = i / 100; // 100 keys per minute
+            t.insert_new(key(i), i, EventTime(minute as i64 * 60_000));
+            // Horizon of 1000 minutes = 100k live keys.
+            t.forget_before(EventTime((minute as i64 - 1000) * 60_000));
+            if i > 500_000 {
+                peak = peak.max(t.allocated_bytes());
+            }
+        }
+        let per_live_key = peak as f64 / 100_000.0;
+        assert!(per_live_key <= 48.0, "{per_live_key} bytes per live key");
+    }
+
+    #[test]
+    fn voids_are_remembered() {
+        let mut t = DedupTable::default();
+        t.insert_new(key(1), 7, EventTime(0));
+        assert!(t.mark_voided(key(1)));
+        assert!(t.get(key(1)).unwrap().voided);
+        assert!(!t.mark_voided(key(2)));
+    }
+}

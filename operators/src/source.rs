@@ -1,0 +1,259 @@
+//! The source: hands raw chunks of input to the dataflow, one epoch per chunk.
+//!
+//! (data, time, diff): emits one [`Chunk`] at time `chunk.epoch`, then downgrades its capability
+//! to the epoch of its next chunk; drops the capability after the last chunk. Epochs come from the
+//! input's shape (a chunk is a fixed byte range of a file), never from the wall clock or the worker
+//! count, so results are the same with any number of workers.
+//!
+//! Flow control: a worker does not start an epoch more than `max_epochs_ahead` beyond what the
+//! whole dataflow has completed, so state stashed for unfinished epochs stays bounded.
+//!
+//! Errors: an I/O error keeps the capability (downstream must not believe the input complete),
+//! records the error for the driver and stops reading; the driver then fails the run.
+
+use std::rc::Rc;
+
+use timely::dataflow::operators::generic::operator::source as timely_source;
+use timely::dataflow::{ProbeHandle, Scope, StreamVec};
+
+use crate::{Epoch, Fatal};
+
+/// A byte range of one input, holding whole records (newline-delimited).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Chunk {
+    pub epoch: Epoch,
+    /// Index of the input (file) in the run.
+    pub source: u32,
+    /// Byte offset of `bytes[0]` within the input.
+    pub base_offset: u64,
+    pub bytes: Vec<u8>,
+}
+
+/// Yields this worker's chunks in increasing epoch order.
+pub trait ChunkReader: 'static {
+    /// The epoch of the next chunk, without reading it.
+    fn peek_epoch(&mut self) -> Option<Epoch>;
+    fn next_chunk(&mut self) -> Option<std::io::Result<Chunk>>;
+}
+
+pub fn source<'s>(
+    scope: Scope<'s, Epoch>,
+    mut reader: Box<dyn ChunkReader>,
+    completed: ProbeHandle<Epoch>,
+    max_epochs_ahead: u64,
+    fatal: Fatal,
+) -> StreamVec<'s, Epoch, Chunk> {
+    timely_source(scope, "Source", move |capability, info| {
+        let activator = Rc::new(scope.activator_for(info.address));
+        let mut cap = Some(capability);
+        move |output| {
+            let Some(c) = cap.as_mut() else { return };
+            if fatal.is_set() {
+                return;
+            }
+            let Some(epoch) = reader.peek_epoch() else {
+                cap = None;
+                return;
+            };
+            if *c.time() < epoch {
+                c.downgrade(&epoch);
+            }
+            let done_through = completed.with_frontier(|f| f.as_option().copied());
+            if done_through.is_some_and(|done| epoch > done + max_epochs_ahead) {
+                activator.activate();
+                return;
+            }
+            match reader.next_chunk() {
+                Some(Ok(chunk)) => {
+                    output.session(&c).give(chunk);
+                    match reader.peek_epoch() {
+                        Some(next) => c.downgrade(&next),
+                        None => cap = None,
+                    }
+                }
+                Some(Err(e)) => fatal.set(format!("reading input failed: {e}")),
+                None => cap = None,
+            }
+            if cap.is_some() {
+                activator.activate();
+            }
+        }
+    })
+}
+
+/// Random access to an input's bytes (a file, or memory).
+pub trait ReadAt: 'static {
+    fn len(&self) -> u64;
+    /// Reads up to `buf.len()` bytes at `offset`; returns how many were read (0 at the end).
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<usize>;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl ReadAt for Vec<u8> {
+    fn len(&self) -> u64 {
+        self.as_slice().len() as u64
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
+        let start = (offset as usize).min(self.as_slice().len());
+        let n = buf.len().min(self.as_slice().len() - start);
+        buf[..n].copy_from_slice(&self[start..start + n]);
+        Ok(n)
+    }
+}
+
+/// Splits inputs into fixed-size chunks and yields those of one worker: chunk `k` (counting
+/// across all inputs in order) belongs to worker `k % workers`, and is epoch `k`. A record belongs
+/// to the chunk holding its first byte, so every record is read exactly once, whatever the
+/// number of workers.
+pub struct StripedReader<R: ReadAt> {
+    inputs: Vec<R>,
+    chunk_bytes: u64,
+    /// (input, chunk index within it, epoch) of this worker's chunks, in order.
+    plan: std::collections::VecDeque<(usize, u64, Epoch)>,
+}
+
+impl<R: ReadAt> StripedReader<R> {
+    pub fn new(inputs: Vec<R>, chunk_bytes: u64, worker: usize, workers: usize) -> Self {
+        let chunk_bytes = chunk_bytes.max(1);
+        let mut plan = std::collections::VecDeque::new();
+        let mut epoch: Epoch = 0;
+        for (i, input) in inputs.iter().enumerate() {
+            let chunks = input.len().div_ceil(chunk_bytes);
+            for c in 0..chunks {
+                if epoch % workers as u64 == worker as u64 {
+                    plan.push_back((i, c, epoch));
+                }
+                epoch += 1;
+            }
+        }
+        StripedReader {
+            inputs,
+            chunk_bytes,
+            plan,
+        }
+    }
+
+    /// Total number of epochs across all inputs.
+    pub fn epochs(inputs: &[R], chunk_bytes: u64) -> u64 {
+        inputs
+            .iter()
+            .map(|i| i.len().div_ceil(chunk_bytes.max(1)))
+            .sum()
+    }
+
+    fn read(&self, input: usize, chunk: u64) -> std::io::Result<(u64, Vec<u8>)> {
+        let src = &self.inputs[input];
+        let size = src.len();
+        let start = chunk * self.chunk_bytes;
+        let end = (start + self.chunk_bytes).min(size);
+        // Skip the tail of a record that started in the previous chunk.
+        let begin = if start == 0 {
+            0
+        } else {
+            next_line_start(src, start - 1, size)?
+        };
+        if begin >= end {
+            return Ok((begin, Vec::new()));
+        }
+        // Finish the record that crosses `end`.
+        let finish = if end >= size {
+            size
+        } else {
+            next_line_start(src, end - 1, size)?
+        };
+        let mut bytes = vec![0u8; (finish - begin) as usize];
+        read_exact_at(src, begin, &mut bytes)?;
+        Ok((begin, bytes))
+    }
+}
+
+/// The offset just after the first `\n` at or after `from` (or `size`).
+fn next_line_start<R: ReadAt>(src: &R, from: u64, size: u64) -> std::io::Result<u64> {
+    let mut buf = [0u8; 8192];
+    let mut at = from;
+    while at < size {
+        let n = src.read_at(at, &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        if let Some(i) = memchr::memchr(b'\n', &buf[..n]) {
+            return Ok(at + i as u64 + 1);
+        }
+        at += n as u64;
+    }
+    Ok(size)
+}
+
+fn read_exact_at<R: ReadAt>(src: &R, mut offset: u64, mut buf: &mut [u8]) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        let n = src.read_at(offset, buf)?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "input shrank while reading",
+            ));
+        }
+        offset += n as u64;
+        buf = &mut buf[n..];
+    }
+    Ok(())
+}
+
+impl<R: ReadAt> ChunkReader for StripedReader<R> {
+    fn peek_epoch(&mut self) -> Option<Epoch> {
+        self.plan.front().map(|p| p.2)
+    }
+    fn next_chunk(&mut self) -> Option<std::io::Result<Chunk>> {
+        let (input, chunk, epoch) = self.plan.pop_front()?;
+        Some(self.read(input, chunk).map(|(base_offset, bytes)| Chunk {
+            epoch,
+            source: input as u32,
+            base_offset,
+            bytes,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all_records(data: &[u8], chunk: u64, workers: usize) -> Vec<(Epoch, u64, Vec<u8>)> {
+        let mut out = Vec::new();
+        for w in 0..workers {
+            let mut r = StripedReader::new(vec![data.to_vec()], chunk, w, workers);
+            while let Some(c) = r.next_chunk() {
+                let c = c.unwrap();
+                for (off, line) in crate::decode::records(&c.bytes) {
+                    out.push((c.epoch, c.base_offset + off as u64, line.to_vec()));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn every_record_once_whatever_the_chunking() {
+        let mut data = Vec::new();
+        for i in 0..200 {
+            data.extend_from_slice(format!("record-{i}-{}\n", "x".repeat(i % 37)).as_bytes());
+        }
+        data.extend_from_slice(b"last-without-newline");
+        let expected: Vec<Vec<u8>> = crate::decode::records(&data)
+            .map(|(_, l)| l.to_vec())
+            .collect();
+        for chunk in [1, 7, 64, 1000, 1 << 20] {
+            let one = all_records(&data, chunk, 1);
+            let lines: Vec<Vec<u8>> = one.iter().map(|r| r.2.clone()).collect();
+            assert_eq!(lines, expected, "chunk {chunk}");
+            assert_eq!(
+                all_records(&data, chunk, 3),
+                one,
+                "epochs and offsets do not depend on workers"
+            );
+        }
+    }
+}

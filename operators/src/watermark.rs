@@ -1,0 +1,201 @@
+//! Event-time watermark and lateness.
+//!
+//! The watermark for epoch `t` is the latest valid event time seen in all epochs before `t`
+//! (across every worker). It is known once the stats stream's frontier has passed `t - 1`, and it
+//! depends only on the input, never on the worker count or on scheduling.
+//!
+//! Against that watermark `W`, with billing periods of `period` and a `tolerance`:
+//! - an event older than `W - dedup_horizon` is too old (its duplicates may have been forgotten);
+//! - a period `P` is closed once `W >= end(P) + tolerance`; an event for a closed period is
+//!   accepted as late and billed as an adjustment in the period containing `W`;
+//! - otherwise the event counts in its own period (out of order if it is behind `W`).
+
+use std::collections::BTreeMap;
+
+use meterflow_schemas::rows::Arrival;
+use meterflow_schemas::time::{EventTime, Period, PeriodUnit, Span};
+
+use crate::decode::EpochStats;
+use crate::Epoch;
+
+/// The lateness rules of a run.
+#[derive(Clone, Copy, Debug)]
+pub struct LatenessPolicy {
+    pub period: PeriodUnit,
+    pub tolerance: Span,
+    pub dedup_horizon: Span,
+}
+
+/// Where an event goes, given the watermark.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    TooOld,
+    Accept {
+        service: Period,
+        invoice: Period,
+        arrival: Arrival,
+    },
+}
+
+impl LatenessPolicy {
+    pub fn classify(&self, watermark: EventTime, t: EventTime) -> Verdict {
+        let service = self.period.period_of(t);
+        if watermark == EventTime::MIN {
+            return Verdict::Accept {
+                service,
+                invoice: service,
+                arrival: Arrival::OnTime,
+            };
+        }
+        if t < watermark.minus(self.dedup_horizon) {
+            return Verdict::TooOld;
+        }
+        if watermark >= self.period.end_of(service).plus(self.tolerance) {
+            return Verdict::Accept {
+                service,
+                invoice: self.period.period_of(watermark),
+                arrival: Arrival::Late,
+            };
+        }
+        let arrival = if t < watermark {
+            Arrival::OutOfOrder
+        } else {
+            Arrival::OnTime
+        };
+        Verdict::Accept {
+            service,
+            invoice: service,
+            arrival,
+        }
+    }
+
+    /// Events before this time can no longer be accepted, so dedup state for them may go.
+    pub fn forget_before(&self, watermark: EventTime) -> EventTime {
+        if watermark == EventTime::MIN {
+            EventTime::MIN
+        } else {
+            watermark.minus(self.dedup_horizon)
+        }
+    }
+}
+
+/// Folds per-epoch maxima into the watermark, epoch by epoch.
+#[derive(Default)]
+pub struct WatermarkTracker {
+    pending: BTreeMap<Epoch, EventTime>,
+    /// Latest time over all epochs folded so far.
+    folded: Option<EventTime>,
+    folded_through: Option<Epoch>,
+}
+
+impl WatermarkTracker {
+    pub fn observe(&mut self, stats: &EpochStats) {
+        if let Some(t) = stats.max_time {
+            let e = self.pending.entry(stats.epoch).or_insert(t);
+            *e = (*e).max(t);
+        }
+    }
+
+    /// The watermark for `epoch`. Call only once every epoch before it has been observed, and
+    /// with non-decreasing epochs.
+    pub fn watermark_for(&mut self, epoch: Epoch) -> EventTime {
+        debug_assert!(self.folded_through.is_none_or(|f| f <= epoch));
+        while let Some((&e, &t)) = self.pending.first_key_value() {
+            if e >= epoch {
+                break;
+            }
+            self.folded = self.folded.max(Some(t));
+            self.pending.pop_first();
+        }
+        self.folded_through = Some(epoch);
+        self.folded.unwrap_or(EventTime::MIN)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> EventTime {
+        EventTime::parse_rfc3339(s).unwrap()
+    }
+
+    fn policy() -> LatenessPolicy {
+        LatenessPolicy {
+            period: PeriodUnit::Month,
+            tolerance: Span::hours(1),
+            dedup_horizon: Span::days(7),
+        }
+    }
+
+    #[test]
+    fn periods_close_after_the_tolerance() {
+        let p = policy();
+        let oct = PeriodUnit::Month.period_of(t("2026-10-31T23:00:00Z"));
+        let nov = PeriodUnit::Month.period_of(t("2026-11-01T00:00:00Z"));
+        // Watermark 30 minutes into November: October is still open.
+        let w = t("2026-11-01T00:30:00Z");
+        assert_eq!(
+            p.classify(w, t("2026-10-31T23:00:00Z")),
+            Verdict::Accept {
+                service: oct,
+                invoice: oct,
+                arrival: Arrival::OutOfOrder
+            }
+        );
+        // Exactly end + tolerance: closed, billed in November as an adjustment.
+        let w = t("2026-11-01T01:00:00Z");
+        assert_eq!(
+            p.classify(w, t("2026-10-31T23:00:00Z")),
+            Verdict::Accept {
+                service: oct,
+                invoice: nov,
+                arrival: Arrival::Late
+            }
+        );
+        assert_eq!(
+            p.classify(w, t("2026-11-02T00:00:00Z")),
+            Verdict::Accept {
+                service: nov,
+                invoice: nov,
+                arrival: Arrival::OnTime
+            }
+        );
+        // Older than the dedup horizon.
+        assert_eq!(p.classify(w, t("2026-10-24T00:59:59Z")), Verdict::TooOld);
+        // No watermark yet: everything is on time.
+        assert!(matches!(
+            p.classify(EventTime::MIN, t("2020-01-01T00:00:00Z")),
+            Verdict::Accept {
+                arrival: Arrival::OnTime,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn the_watermark_only_uses_earlier_epochs() {
+        let mut w = WatermarkTracker::default();
+        w.observe(&EpochStats {
+            epoch: 0,
+            max_time: Some(EventTime(10)),
+        });
+        w.observe(&EpochStats {
+            epoch: 1,
+            max_time: Some(EventTime(5)),
+        });
+        w.observe(&EpochStats {
+            epoch: 2,
+            max_time: Some(EventTime(30)),
+        });
+        w.observe(&EpochStats {
+            epoch: 3,
+            max_time: None,
+        });
+        assert_eq!(w.watermark_for(0), EventTime::MIN);
+        assert_eq!(w.watermark_for(1), EventTime(10));
+        assert_eq!(w.watermark_for(2), EventTime(10));
+        assert_eq!(w.watermark_for(3), EventTime(30));
+        assert_eq!(w.watermark_for(9), EventTime(30));
+    }
+}

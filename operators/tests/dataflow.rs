@@ -1,0 +1,259 @@
+//! Deterministic dataflow tests: chosen inputs, chunked into chosen epochs, asserting on the
+//! (data, time, diff) that leaves.
+
+use meterflow_operators::testing::{plan, run, RunOutput};
+use meterflow_schemas::fixtures::{self, api, event};
+use meterflow_schemas::money::{Amount, Quantity};
+use meterflow_schemas::rejection::Reason;
+use meterflow_schemas::rows::{Arrival, LineKind};
+
+fn lines(records: &[String]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for r in records {
+        out.extend_from_slice(r.as_bytes());
+        out.push(b'\n');
+    }
+    out
+}
+
+/// One record per epoch: chunk size 1 byte makes every line its own chunk.
+fn run_each_own_epoch(records: &[String], workers: usize) -> RunOutput {
+    run(&lines(records), plan(fixtures::catalog()), workers, 1).expect("run succeeds")
+}
+
+fn amount(s: &str) -> Amount {
+    Amount::parse_price(s).unwrap()
+}
+
+#[test]
+fn duplicates_are_counted_once_and_conflicts_rejected() {
+    let records = vec![
+        api("e1", "10", "2026-11-01T00:00:00Z"),
+        api("e1", "10", "2026-11-01T00:00:00Z"),
+        api("e2", "5", "2026-11-02T00:00:00Z"),
+        api("e2", "6", "2026-11-02T00:00:00Z"),
+        "{not json".to_string(),
+    ];
+    for workers in [1, 2] {
+        let out = run_each_own_epoch(&records, workers);
+        let c = &out.counts;
+        assert_eq!(
+            (c.received, c.accepted, c.duplicates, c.rejected),
+            (5, 2, 1, 2),
+            "workers={workers}"
+        );
+        assert!(c.balanced());
+        assert_eq!(c.rejected_for(Reason::ConflictingDuplicate), 1);
+        assert_eq!(c.rejected_for(Reason::MalformedJson), 1);
+        let lines = out.current_lines();
+        assert_eq!(lines.len(), 1);
+        let (line, _) = lines.iter().next().unwrap();
+        assert_eq!(line.quantity, Quantity::from_units(15));
+        assert_eq!(line.amount_exact, amount("0.015"));
+        assert_eq!(line.amount, amount("0.02"));
+        assert_eq!(line.kind, LineKind::Usage);
+        // Rounded once to cents, half-even: 0.015 → 0.02.
+        assert_eq!(line.amount.format_fixed(2), "0.02");
+    }
+}
+
+#[test]
+fn each_epoch_emits_a_retraction_and_a_new_line() {
+    let records = vec![
+        api("e1", "10", "2026-11-01T00:00:00Z"),
+        api("e2", "5", "2026-11-02T00:00:00Z"),
+    ];
+    let out = run_each_own_epoch(&records, 1);
+    let mut changes: Vec<(Quantity, u64, isize)> = out
+        .invoice_lines
+        .iter()
+        .map(|(l, t, d)| (l.quantity, *t, *d))
+        .collect();
+    changes.sort_by_key(|c| (c.1, c.2));
+    // Epoch of e1: +10. Epoch of e2: -10 then +15.
+    let first = changes[0].1;
+    assert_eq!(
+        changes,
+        vec![
+            (Quantity::from_units(10), first, 1),
+            (Quantity::from_units(10), changes[1].1, -1),
+            (Quantity::from_units(15), changes[2].1, 1)
+        ]
+    );
+    assert!(changes[1].1 > first);
+}
+
+#[test]
+fn a_late_event_becomes_an_adjustment_in_the_open_period() {
+    // October usage, then November moves the watermark past October's end + 1h, then a late
+    // October event arrives.
+    let records = vec![
+        api("oct-1", "100", "2026-10-20T00:00:00Z"),
+        api("nov-1", "1", "2026-11-03T00:00:00Z"),
+        api("oct-late", "50", "2026-10-31T12:00:00Z"),
+        api("oct-in-window", "7", "2026-10-31T23:30:00Z"),
+    ];
+    for workers in [1, 2] {
+        let out = run_each_own_epoch(&records, workers);
+        assert_eq!(
+            out.counts.late, 2,
+            "both October events after the close are late"
+        );
+        let late: Vec<_> = out
+            .accepted
+            .iter()
+            .filter(|a| a.arrival == Arrival::Late)
+            .collect();
+        assert_eq!(late.len(), 2);
+        let lines = out.current_lines();
+        let adjustment: Vec<_> = lines
+            .keys()
+            .filter(|l| l.kind == LineKind::Adjustment)
+            .collect();
+        assert_eq!(adjustment.len(), 1);
+        let adj = adjustment[0];
+        assert_eq!(adj.quantity, Quantity::from_units(57));
+        assert_eq!(adj.amount_exact, amount("0.057"));
+        assert!(
+            adj.invoice_period > adj.key.service_period,
+            "billed in November for October"
+        );
+        let usage_oct = lines
+            .keys()
+            .find(|l| l.kind == LineKind::Usage && l.key.service_period == adj.key.service_period)
+            .unwrap();
+        assert_eq!(
+            usage_oct.quantity,
+            Quantity::from_units(100),
+            "the closed October line is not rewritten"
+        );
+    }
+}
+
+#[test]
+fn in_window_out_of_order_events_count_in_their_own_period() {
+    let records = vec![
+        api("a", "1", "2026-11-02T00:00:00Z"),
+        api("b", "2", "2026-11-01T00:00:00Z"),
+    ];
+    let out = run_each_own_epoch(&records, 1);
+    assert_eq!(out.counts.out_of_order, 1);
+    assert_eq!(out.counts.late, 0);
+    assert_eq!(
+        out.current_lines().keys().next().unwrap().quantity,
+        Quantity::from_units(3)
+    );
+}
+
+#[test]
+fn a_void_retracts_its_original() {
+    let t = "2026-11-01T00:00:00Z";
+    let void = |id: &str, q: &str| {
+        api(id, q, t).replace(
+            r#""environment""#,
+            r#""correction":{"action":"void","original_event_id":"orig"},"environment""#,
+        )
+    };
+    let records = vec![
+        api("orig", "40", t),
+        api("other", "2", t),
+        void("v1", "-40"),
+        void("v2", "-40"),
+        void("v3", "-40"),
+    ];
+    let out = run_each_own_epoch(&records, 2);
+    let c = &out.counts;
+    assert_eq!(c.corrections, 1);
+    assert_eq!(c.duplicates, 0);
+    assert_eq!(
+        c.rejected_for(Reason::CorrectionAfterVoid),
+        2,
+        "a voided event cannot be voided again"
+    );
+    let current = out.current_lines();
+    assert_eq!(
+        current.keys().next().unwrap().quantity,
+        Quantity::from_units(2)
+    );
+    // The history shows the 42 line retracted, replaced by the 2 line.
+    assert!(out
+        .invoice_lines
+        .iter()
+        .any(|(l, _, d)| l.quantity == Quantity::from_units(42) && *d == -1));
+}
+
+#[test]
+fn a_mismatched_void_or_unknown_original_is_rejected() {
+    let t = "2026-11-01T00:00:00Z";
+    let records = vec![
+        api("orig", "40", t),
+        api("v1", "-30", t).replace(
+            r#""environment""#,
+            r#""correction":{"action":"void","original_event_id":"orig"},"environment""#,
+        ),
+        api("a1", "-5", t).replace(
+            r#""environment""#,
+            r#""correction":{"action":"amend","original_event_id":"nope"},"environment""#,
+        ),
+    ];
+    let out = run_each_own_epoch(&records, 1);
+    assert_eq!(out.counts.rejected_for(Reason::CorrectionMismatch), 1);
+    assert_eq!(
+        out.counts.rejected_for(Reason::CorrectionUnknownOriginal),
+        1
+    );
+    let r = out
+        .rejections
+        .iter()
+        .find(|r| r.reason == Reason::CorrectionMismatch)
+        .unwrap();
+    assert!(
+        r.raw.contains("\"v1\""),
+        "dedup-stage rejections carry the event: {}",
+        r.raw
+    );
+}
+
+#[test]
+fn too_old_for_the_dedup_horizon() {
+    let records = vec![
+        api("new", "1", "2026-11-20T00:00:00Z"),
+        api("old", "1", "2026-11-10T00:00:00Z"),
+    ];
+    let out = run_each_own_epoch(&records, 1);
+    assert_eq!(out.counts.rejected_for(Reason::TimestampTooOld), 1);
+}
+
+#[test]
+fn a_rate_change_mid_period_prices_each_side_at_its_version() {
+    // tokens: v1 tiers 0..1000 @0.01 (+5), 1000..10000 @0.005 (+1); v2 (from Nov 15) @0.02 / 0.004.
+    let tok = |id: &str, q: &str, t: &str| event(id, "acme", "acme-2026", "tokens", "tokens", q, t);
+    let records = vec![
+        tok("t1", "800", "2026-11-10T00:00:00Z"),
+        tok("t2", "400", "2026-11-16T00:00:00Z"),
+    ];
+    let out = run_each_own_epoch(&records, 2);
+    let lines = out.current_lines();
+    assert_eq!(lines.len(), 1);
+    let line = lines.keys().next().unwrap();
+    // v1: 800 × 0.01 + 5; v2 continues at 800: 200 × 0.02 + 200 × 0.004 + 1.
+    assert_eq!(
+        line.amount_exact,
+        amount("8") + amount("5") + amount("4") + amount("0.8") + amount("1")
+    );
+    let rated = out.current_rated();
+    assert_eq!(
+        rated.len(),
+        3,
+        "one row per (version, tier) touched: {rated:?}"
+    );
+}
+
+#[test]
+fn sandbox_usage_is_counted_but_not_priced() {
+    let records = vec![api("s1", "5", "2026-11-01T00:00:00Z").replace("production", "sandbox")];
+    let out = run_each_own_epoch(&records, 1);
+    assert_eq!((out.counts.accepted, out.counts.billable), (1, 0));
+    assert!(out.current_lines().is_empty());
+    assert_eq!(out.accepted.len(), 1);
+}

@@ -1,0 +1,187 @@
+//! What meterflow writes: accepted usage, duplicates, rated usage, invoice lines and the
+//! accounting counts. Derived rows (rated usage, invoice lines) are signed: `sign = +1` adds a row,
+//! `sign = -1` retracts an earlier one, so `sum(x * sign)` is always the current truth.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::{ContractIdx, CustomerIdx, PriceIdx, RegionIdx, SkuIdx};
+use crate::event::{Lineage, UsageEvent};
+use crate::hashing::EventKey;
+use crate::money::{Amount, Quantity};
+use crate::rejection::Reason;
+use crate::time::{EventTime, Period};
+
+/// How an accepted event arrived relative to the event-time watermark.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Arrival {
+    /// At or ahead of the watermark.
+    OnTime,
+    /// Behind the watermark but its period was still open (inside the tolerance): counted in its
+    /// own period.
+    OutOfOrder,
+    /// Its period had closed: billed as an adjustment in the current open period.
+    Late,
+}
+
+impl Arrival {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Arrival::OnTime => "on_time",
+            Arrival::OutOfOrder => "out_of_order",
+            Arrival::Late => "late",
+        }
+    }
+}
+
+/// A deduplicated, accepted event with the periods it counts in.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct AcceptedEvent {
+    pub event: UsageEvent,
+    /// The period the usage happened in.
+    pub service_period: Period,
+    /// The period whose invoice carries it (later than `service_period` for late events).
+    pub invoice_period: Period,
+    pub arrival: Arrival,
+}
+
+/// A record recognised as a repeat of an accepted event (same id, same payload).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct DuplicateRow {
+    pub event_id: Box<str>,
+    pub key: EventKey,
+    pub time: EventTime,
+    pub lineage: Lineage,
+}
+
+/// The compact slice of an accepted billable event that pricing needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct UsageDelta {
+    pub line: LineKey,
+    pub invoice_period: Period,
+    pub price: PriceIdx,
+    pub quantity: Quantity,
+}
+
+/// What an invoice line is about: one SKU of one contract in one service period (and price
+/// region, since regions may carry their own tiers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct LineKey {
+    pub customer: CustomerIdx,
+    pub contract: ContractIdx,
+    pub sku: SkuIdx,
+    pub region: Option<RegionIdx>,
+    pub service_period: Period,
+}
+
+/// Usage billed in its own period, or an adjustment for a period that had closed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum LineKind {
+    Usage,
+    Adjustment,
+}
+
+impl LineKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LineKind::Usage => "usage",
+            LineKind::Adjustment => "adjustment",
+        }
+    }
+}
+
+/// One invoice line (signed on output).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct InvoiceLine {
+    pub key: LineKey,
+    pub invoice_period: Period,
+    pub kind: LineKind,
+    pub currency: Arc<str>,
+    pub events: i64,
+    pub quantity: Quantity,
+    /// Exact amount (18 fractional digits).
+    pub amount_exact: Amount,
+    /// Rounded once, to the currency's minor unit.
+    pub amount: Amount,
+}
+
+/// One tier of one price contributing to an invoice line (signed on output).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RatedRow {
+    pub key: LineKey,
+    pub invoice_period: Period,
+    pub price: PriceIdx,
+    pub tier: u32,
+    pub quantity: Quantity,
+    pub amount: Amount,
+}
+
+/// The accounting of a run: `received == accepted + rejected + duplicates` always holds once all
+/// input is processed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    pub received: u64,
+    pub bytes: u64,
+    pub accepted: u64,
+    /// Accepted events from billable environments (the rest are counted, never priced).
+    pub billable: u64,
+    pub duplicates: u64,
+    pub rejected: u64,
+    /// Rejections by [`Reason`], indexed like `Reason::ALL`.
+    pub rejected_by_reason: Vec<u64>,
+    pub out_of_order: u64,
+    pub late: u64,
+    pub corrections: u64,
+    /// Gauge: idempotency keys held by the dedup tables (all workers).
+    pub dedup_keys: i64,
+    /// Gauge: bytes allocated by the dedup tables (all workers).
+    pub dedup_bytes: i64,
+}
+
+impl Counts {
+    pub fn reject(&mut self, reason: Reason) {
+        if self.rejected_by_reason.is_empty() {
+            self.rejected_by_reason = vec![0; Reason::ALL.len()];
+        }
+        self.rejected += 1;
+        self.rejected_by_reason[reason as usize] += 1;
+    }
+
+    pub fn merge(&mut self, o: &Counts) {
+        self.received += o.received;
+        self.bytes += o.bytes;
+        self.accepted += o.accepted;
+        self.billable += o.billable;
+        self.duplicates += o.duplicates;
+        self.rejected += o.rejected;
+        if self.rejected_by_reason.len() < o.rejected_by_reason.len() {
+            self.rejected_by_reason
+                .resize(o.rejected_by_reason.len(), 0);
+        }
+        for (a, b) in self
+            .rejected_by_reason
+            .iter_mut()
+            .zip(&o.rejected_by_reason)
+        {
+            *a += b;
+        }
+        self.out_of_order += o.out_of_order;
+        self.late += o.late;
+        self.corrections += o.corrections;
+        self.dedup_keys += o.dedup_keys;
+        self.dedup_bytes += o.dedup_bytes;
+    }
+
+    /// `received == accepted + rejected + duplicates`.
+    pub fn balanced(&self) -> bool {
+        self.received == self.accepted + self.rejected + self.duplicates
+    }
+
+    pub fn rejected_for(&self, reason: Reason) -> u64 {
+        self.rejected_by_reason
+            .get(reason as usize)
+            .copied()
+            .unwrap_or(0)
+    }
+}
