@@ -1,0 +1,166 @@
+//! Property test: for in-window input, the streaming result equals a naive batch computation,
+//! whatever the order, duplication, chunking or number of workers.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use meterflow_operators::testing::{plan, run};
+use meterflow_schemas::catalog::Catalog;
+use meterflow_schemas::fixtures::{self, event};
+use meterflow_schemas::money::{minor_unit_digits, Amount, Quantity, Rounding};
+use meterflow_schemas::pricing::{price_period, Segment};
+use meterflow_schemas::rows::{InvoiceLine, LineKey, LineKind};
+use meterflow_schemas::time::{EventTime, PeriodUnit};
+use proptest::prelude::*;
+
+#[derive(Clone, Debug)]
+struct Ev {
+    id: usize,
+    contract: usize,
+    sku: usize,
+    milli_units: i64,
+    minute: i64,
+}
+
+const CONTRACTS: [(&str, &str); 2] = [("acme", "acme-2026"), ("globex", "globex-legacy")];
+const SKUS: [(&str, &str); 3] = [
+    ("api_calls", "requests"),
+    ("tokens", "tokens"),
+    ("storage", "GB"),
+];
+/// 2026-11-10T00:00Z; the window spans six days across the Nov 15 rate change.
+const START_MS: i64 = 1_794_268_800_000;
+
+impl Ev {
+    fn time(&self) -> EventTime {
+        EventTime(START_MS + self.minute * 60_000)
+    }
+    fn quantity(&self) -> Quantity {
+        Quantity(self.milli_units as i128 * 1_000_000)
+    }
+    fn line(&self) -> String {
+        let (customer, contract) = CONTRACTS[self.contract];
+        let (sku, unit) = SKUS[self.sku];
+        event(
+            &format!("ev-{}", self.id),
+            customer,
+            contract,
+            sku,
+            unit,
+            &self.quantity().to_string(),
+            &self.time().to_string(),
+        )
+    }
+}
+
+/// The naive oracle: group distinct events by line and price, price each group directly.
+fn oracle(catalog: &Catalog, events: &[Ev]) -> BTreeMap<InvoiceLine, isize> {
+    let mut groups: BTreeMap<LineKey, BTreeMap<(EventTime, u32, u32), (i64, Quantity)>> =
+        BTreeMap::new();
+    for e in events {
+        let contract_ix = catalog.contract(CONTRACTS[e.contract].1).unwrap();
+        let contract = &catalog.contracts[contract_ix.ix()];
+        let sku = catalog.sku(SKUS[e.sku].0).unwrap();
+        let price_ix = catalog.price_for(contract, sku, None, e.time()).unwrap();
+        let price = catalog.price(price_ix);
+        let key = LineKey {
+            customer: contract.customer,
+            contract: contract_ix,
+            sku,
+            region: price.region,
+            service_period: PeriodUnit::Month.period_of(e.time()),
+        };
+        let g = groups
+            .entry(key)
+            .or_default()
+            .entry((price.effective_from, price.version, price_ix.0))
+            .or_default();
+        g.0 += 1;
+        g.1 += e.quantity();
+    }
+    let mut out = BTreeMap::new();
+    for (key, segments) in groups {
+        let models: Vec<_> = segments
+            .keys()
+            .map(|(_, _, p)| &catalog.prices[*p as usize])
+            .collect();
+        let priced = price_period(
+            &models
+                .iter()
+                .zip(segments.values())
+                .map(|(p, (_, q))| Segment {
+                    model: &p.model,
+                    quantity: *q,
+                })
+                .collect::<Vec<_>>(),
+        );
+        let currency = models[0].currency.clone();
+        let exact: Amount = priced.total();
+        let line = InvoiceLine {
+            key,
+            invoice_period: key.service_period,
+            kind: LineKind::Usage,
+            events: segments.values().map(|(n, _)| n).sum(),
+            quantity: segments.values().map(|(_, q)| *q).sum(),
+            amount: exact.round_to(minor_unit_digits(&currency), Rounding::HalfEven),
+            amount_exact: exact,
+            currency,
+        };
+        out.insert(line, 1);
+    }
+    out
+}
+
+fn events() -> impl Strategy<Value = Vec<Ev>> {
+    proptest::collection::vec(
+        (0usize..2, 0usize..3, 0i64..5_000_000, 0i64..(6 * 24 * 60)),
+        1..50,
+    )
+    .prop_map(|v| {
+        v.into_iter()
+            .enumerate()
+            .map(|(id, (contract, sku, milli_units, minute))| Ev {
+                id,
+                contract,
+                sku,
+                milli_units,
+                minute,
+            })
+            .collect()
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, .. ProptestConfig::default() })]
+
+    #[test]
+    fn streaming_equals_the_batch_oracle(events in events(), dup_seed in any::<u64>(), chunk in prop_oneof![Just(1u64), Just(97), Just(4096)]) {
+        let catalog = fixtures::catalog();
+        let expected = oracle(&catalog, &events);
+
+        // Duplicate some events and shuffle everything (deterministically from the seed).
+        let mut records: Vec<String> = events.iter().map(Ev::line).collect();
+        let mut rng = dup_seed | 1;
+        let mut next = || { rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17; rng };
+        for i in 0..events.len() {
+            if next() % 4 == 0 { records.push(events[i].line()); }
+        }
+        for i in (1..records.len()).rev() {
+            let j = (next() % (i as u64 + 1)) as usize;
+            records.swap(i, j);
+        }
+        let input: Vec<u8> = records.iter().flat_map(|r| r.bytes().chain(std::iter::once(b'\n'))).collect();
+
+        let mut results = BTreeSet::new();
+        for workers in [1, 2] {
+            let out = run(&input, plan(fixtures::catalog()), workers, chunk).unwrap();
+            prop_assert!(out.counts.balanced());
+            prop_assert_eq!(out.counts.accepted as usize, events.len());
+            prop_assert_eq!(out.counts.duplicates as usize, records.len() - events.len());
+            prop_assert_eq!(out.counts.late, 0);
+            let lines = out.current_lines();
+            prop_assert_eq!(&lines, &expected, "workers={}", workers);
+            results.insert(format!("{lines:?}"));
+        }
+        prop_assert_eq!(results.len(), 1);
+    }
+}
