@@ -1,1 +1,322 @@
-fn main() {}
+//! The `meterflow` command line.
+
+mod config;
+mod demo;
+mod file_sink;
+mod file_source;
+mod gen;
+mod preview;
+mod run;
+mod tables;
+mod trace;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use meterflow_operators::dataflow::Cluster;
+use meterflow_schemas::catalog::{load_dir, CatalogErrors};
+use meterflow_schemas::time::EventTime;
+
+use crate::config::ConfigError;
+
+#[derive(Parser)]
+#[command(
+    name = "meterflow",
+    version,
+    about = "Streaming usage-to-cash: usage events in, exact invoice lines out."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Rate usage events from files (or stdin) into output tables and an invoice preview.
+    Run {
+        /// Input JSONL files (native events or CloudEvents, one per line); `-` reads stdin.
+        #[arg(long, short = 'i', required = true, num_args = 1..)]
+        input: Vec<PathBuf>,
+        /// Catalog directory (customers, contracts, SKUs, rate cards as TOML).
+        #[arg(long, short = 'c')]
+        catalog: PathBuf,
+        /// Output directory for the tables, counts.json and invoice_preview.txt.
+        #[arg(long, short = 'o', default_value = "out")]
+        out: PathBuf,
+        /// Configuration file (see meterflow.example.toml); defaults apply without one.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        /// No progress line and no preview on stdout.
+        #[arg(long, short = 'q')]
+        quiet: bool,
+    },
+    /// Generate a realistic sample, run it, and show the invoice preview and where every record went.
+    Demo {
+        /// Directory for the sample catalog, events and outputs.
+        #[arg(long, default_value = "meterflow-demo")]
+        dir: PathBuf,
+        /// Worker threads.
+        #[arg(long, short = 'w', default_value_t = 1)]
+        workers: usize,
+    },
+    /// Write synthetic events and a matching catalog for benchmarks.
+    Gen {
+        /// Output directory (events.jsonl and catalog/).
+        #[arg(long, short = 'o')]
+        out: PathBuf,
+        /// Records to write, duplicates and invalid ones included.
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+        #[arg(long, default_value_t = 1000)]
+        customers: u32,
+        /// Customer skew: 1 is uniform; larger concentrates traffic on few customers.
+        #[arg(long, default_value_t = 1.5)]
+        skew: f64,
+        #[arg(long, default_value_t = 0.05)]
+        dup_rate: f64,
+        #[arg(long, default_value_t = 0.01)]
+        late_rate: f64,
+        #[arg(long, default_value_t = 0.005)]
+        invalid_rate: f64,
+        /// Share of events with a sha256 checksum.
+        #[arg(long, default_value_t = 0.0)]
+        checksum_rate: f64,
+        /// Share of events in CloudEvents envelopes.
+        #[arg(long, default_value_t = 0.0)]
+        cloudevents_rate: f64,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// First event time (RFC 3339).
+        #[arg(long, default_value = "2026-09-01T00:00:00Z")]
+        start: String,
+        /// Days of event time the stream spans.
+        #[arg(long, default_value_t = 60)]
+        days: i64,
+    },
+    /// Catalog tools.
+    Catalog {
+        #[command(subcommand)]
+        command: CatalogCommand,
+    },
+    /// Follow one event id through the output tables.
+    Trace {
+        /// Output directory of a run.
+        #[arg(long, short = 'o', default_value = "out")]
+        out: PathBuf,
+        event_id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum CatalogCommand {
+    /// Validate a catalog directory; every problem names its file, entry and fix.
+    Check { dir: PathBuf },
+}
+
+#[derive(clap::Args)]
+struct ClusterArgs {
+    /// Worker threads per process (default: workers.threads from the config, else 1).
+    #[arg(long, short = 'w')]
+    workers: Option<usize>,
+    /// Number of processes in a timely cluster.
+    #[arg(long, short = 'n', default_value_t = 1)]
+    processes: usize,
+    /// Index of this process in the cluster.
+    #[arg(long, short = 'p', default_value_t = 0)]
+    process: usize,
+    /// File with one host:port per process.
+    #[arg(long)]
+    hostfile: Option<PathBuf>,
+}
+
+impl ClusterArgs {
+    fn cluster(&self) -> anyhow::Result<Cluster> {
+        let mut addresses = Vec::new();
+        if self.processes > 1 {
+            let hostfile = self.hostfile.as_ref().ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--processes {} needs --hostfile with one host:port per line",
+                    self.processes
+                )
+            })?;
+            let text = std::fs::read_to_string(hostfile).map_err(|e| {
+                anyhow::anyhow!("cannot read --hostfile {}: {e}", hostfile.display())
+            })?;
+            addresses = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .take(self.processes)
+                .map(String::from)
+                .collect();
+            if addresses.len() < self.processes {
+                anyhow::bail!(
+                    "--hostfile {} lists {} addresses but --processes is {}",
+                    hostfile.display(),
+                    addresses.len(),
+                    self.processes
+                );
+            }
+            if self.process >= self.processes {
+                anyhow::bail!(
+                    "--process {} must be below --processes {}",
+                    self.process,
+                    self.processes
+                );
+            }
+        }
+        Ok(Cluster {
+            threads: self.workers.unwrap_or(0),
+            process: self.process,
+            addresses,
+        })
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("METERFLOW_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    match dispatch(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            if e.is::<ConfigError>() || e.is::<CatalogErrors>() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Run {
+            input,
+            catalog,
+            out,
+            config,
+            cluster,
+            quiet,
+        } => {
+            let args = run::RunArgs {
+                inputs: input,
+                catalog,
+                out: out.clone(),
+                config,
+                cluster: cluster.cluster()?,
+                quiet,
+            };
+            let report = run::run(&args)?;
+            if !quiet {
+                println!("{}", report.preview);
+            }
+            summarize(&report, &out);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo { dir, workers } => {
+            let (report, story) = demo::demo(&dir, workers)?;
+            println!(
+                "meterflow demo: {} records from {} through catalog {}",
+                report.counts.received,
+                dir.join("events.jsonl").display(),
+                dir.join("catalog").display()
+            );
+            println!("{}", report.preview);
+            println!("{story}");
+            summarize(&report, &dir.join("out"));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Gen {
+            out,
+            events,
+            customers,
+            skew,
+            dup_rate,
+            late_rate,
+            invalid_rate,
+            checksum_rate,
+            cloudevents_rate,
+            seed,
+            start,
+            days,
+        } => {
+            let start = EventTime::parse_rfc3339(&start)
+                .map_err(|why| anyhow::anyhow!("--start `{start}` is not RFC 3339: {why}"))?;
+            if customers == 0 {
+                anyhow::bail!("--customers must be at least 1");
+            }
+            let args = gen::GenArgs {
+                out: out.clone(),
+                events,
+                customers,
+                skew,
+                dup_rate,
+                late_rate,
+                invalid_rate,
+                checksum_rate,
+                cloudevents_rate,
+                seed,
+                start,
+                days,
+            };
+            let s = gen::generate(&args)?;
+            println!(
+                "wrote {} records ({} duplicates, {} late, {} invalid) to {} and a catalog of {customers} customers to {}",
+                s.records,
+                s.duplicates,
+                s.late,
+                s.invalid,
+                out.join("events.jsonl").display(),
+                out.join("catalog").display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Catalog {
+            command: CatalogCommand::Check { dir },
+        } => {
+            let c = load_dir(&dir)?;
+            let versions: usize = c.rate_cards.iter().map(|r| r.versions.len()).sum();
+            println!(
+                "catalog {} is valid: {} customers, {} contracts, {} SKUs, {} rate cards ({versions} versions, {} prices)",
+                dir.display(),
+                c.customers.len(),
+                c.contracts.len(),
+                c.skus.len(),
+                c.rate_cards.len(),
+                c.prices.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Trace { out, event_id } => {
+            print!("{}", trace::trace(&out, &event_id)?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn summarize(report: &run::RunReport, out: &std::path::Path) {
+    let c = &report.counts;
+    let secs = report.elapsed.as_secs_f64();
+    eprintln!(
+        "processed {} records in {:.2}s ({:.0}/s): accepted {}, duplicates {}, rejected {} — received = accepted + rejected + duplicates {}; peak memory {:.1} MiB; tables in {}",
+        c.received,
+        secs,
+        c.received as f64 / secs.max(1e-9),
+        c.accepted,
+        c.duplicates,
+        c.rejected,
+        if c.balanced() { "holds" } else { "BROKEN" },
+        report.peak_rss_bytes as f64 / (1 << 20) as f64,
+        out.display()
+    );
+}

@@ -1,0 +1,375 @@
+//! meterflow's configuration: one typed TOML file (`meterflow.example.toml` documents every key),
+//! defaults in code, secrets from the environment or files. Unknown keys and bad values stop
+//! start-up with the key's name and the fix.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use meterflow_operators::dataflow::Plan;
+use meterflow_operators::watermark::LatenessPolicy;
+use meterflow_schemas::catalog::Catalog;
+use meterflow_schemas::money::{Quantity, Rounding};
+use meterflow_schemas::time::{PeriodUnit, Span};
+use meterflow_schemas::validate::{IntegrityMode, ValidationRules};
+use meterflow_schemas::wire::EnvelopeRules;
+use serde::Deserialize;
+
+/// A configuration problem, naming the key and the fix.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration error in {file}: {message}\n    fix: {fix}")]
+pub struct ConfigError {
+    pub file: String,
+    pub message: String,
+    pub fix: String,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// How input is cut into epochs.
+    pub input: InputConfig,
+    /// What a valid usage event is.
+    pub validation: ValidationConfig,
+    /// Checksums and signatures.
+    pub integrity: IntegrityConfig,
+    /// Deduplication by idempotency key.
+    pub dedup: DedupConfig,
+    /// Event-time watermark and lateness.
+    pub watermark: WatermarkConfig,
+    /// Billing periods and rounding.
+    pub billing: BillingConfig,
+    /// Output files.
+    pub output: OutputConfig,
+    /// Parallelism.
+    pub workers: WorkersConfig,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InputConfig {
+    /// Bytes per chunk; each chunk is one epoch (one step of event time progress). Larger chunks
+    /// batch more work per step; smaller ones lower latency.
+    pub chunk_bytes: u64,
+    /// How many epochs a reader may run ahead of completed work (bounds memory).
+    pub max_epochs_ahead: u64,
+}
+
+impl Default for InputConfig {
+    fn default() -> Self {
+        InputConfig {
+            chunk_bytes: 4 << 20,
+            max_epochs_ahead: 8,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ValidationConfig {
+    /// Environments that are billed; events from others are counted, never priced.
+    pub billable_environments: Vec<String>,
+    /// Largest accepted |quantity|, as a decimal string.
+    pub max_quantity: String,
+    /// How far ahead of the wall clock an event time may be.
+    pub clock_skew: Span,
+    /// Largest accepted record, in bytes.
+    pub max_event_bytes: usize,
+    /// Accepted CloudEvents `type` values.
+    pub cloudevent_types: Vec<String>,
+}
+
+impl Default for ValidationConfig {
+    fn default() -> Self {
+        let d = ValidationRules::default();
+        ValidationConfig {
+            billable_environments: d.billable_environments,
+            max_quantity: d.max_quantity.to_string(),
+            clock_skew: d.clock_skew,
+            max_event_bytes: d.max_event_bytes,
+            cloudevent_types: d.envelope.cloudevent_types,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct IntegrityConfig {
+    /// off | verify (check when present) | require (checksum or signature) | require_signature.
+    pub mode: IntegrityMode,
+    /// HMAC keys by `signature.key_id`; each from an environment variable or a file.
+    pub keys: BTreeMap<String, SecretSource>,
+}
+
+/// Where a secret comes from. Secrets never live in the config file itself.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretSource {
+    /// Name of an environment variable holding the key.
+    pub env: Option<String>,
+    /// Path of a file holding the key (trailing newline ignored).
+    pub file: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DedupConfig {
+    /// How long an idempotency key is remembered (event time). Older events are rejected as
+    /// `timestamp_too_old`, because their duplicates could no longer be recognised.
+    pub horizon: Span,
+}
+
+impl Default for DedupConfig {
+    fn default() -> Self {
+        DedupConfig {
+            horizon: Span::days(7),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WatermarkConfig {
+    /// How long after its end a period stays open for out-of-order events.
+    pub tolerance: Span,
+}
+
+impl Default for WatermarkConfig {
+    fn default() -> Self {
+        WatermarkConfig {
+            tolerance: Span::hours(1),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct BillingConfig {
+    /// Billing period: month (UTC calendar months), day or hour.
+    pub period: PeriodUnit,
+    /// Rounding to the currency's minor unit, once per invoice line: half_even, half_up, down, up.
+    pub rounding: Rounding,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutputConfig {
+    /// How often derived tables (invoice lines, rated usage) are flushed, consolidated.
+    pub flush_interval: Span,
+}
+
+impl Default for OutputConfig {
+    fn default() -> Self {
+        OutputConfig {
+            flush_interval: Span(1000),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkersConfig {
+    /// Worker threads per process (`-w` overrides).
+    pub threads: usize,
+}
+
+impl Default for WorkersConfig {
+    fn default() -> Self {
+        WorkersConfig { threads: 1 }
+    }
+}
+
+impl Config {
+    /// Reads a config file, or the defaults when `path` is `None`.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let Some(path) = path else {
+            return Ok(Config::default());
+        };
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            message: format!("cannot read: {e}"),
+            fix: "pass --config with the path of a TOML file (see meterflow.example.toml)".into(),
+        })?;
+        Config::parse(&text, &file)
+    }
+
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| {
+            let message = e.message().to_string();
+            let fix = if message.contains("unknown field") {
+                "remove or correct the key; every allowed key is listed in meterflow.example.toml"
+                    .to_string()
+            } else {
+                "correct the value at the line shown; meterflow.example.toml documents each key"
+                    .to_string()
+            };
+            let at = e
+                .span()
+                .map(|s| format!(" (at byte {})", s.start))
+                .unwrap_or_default();
+            ConfigError {
+                file: file.to_string(),
+                message: format!("{message}{at}"),
+                fix,
+            }
+        })
+    }
+
+    /// Checks values and resolves secrets into the rules of a run.
+    pub fn validation_rules(&self, file: &str) -> Result<ValidationRules, ConfigError> {
+        let err = |message: String, fix: &str| ConfigError {
+            file: file.to_string(),
+            message,
+            fix: fix.to_string(),
+        };
+        let max_quantity = Quantity::parse(&self.validation.max_quantity).map_err(|e| {
+            err(
+                format!(
+                    "validation.max_quantity `{}` is {e}",
+                    self.validation.max_quantity
+                ),
+                "write a positive decimal string, e.g. \"1000000000000\"",
+            )
+        })?;
+        if max_quantity <= Quantity::ZERO {
+            return Err(err(
+                "validation.max_quantity must be positive".into(),
+                "write a positive decimal string",
+            ));
+        }
+        if self.validation.billable_environments.is_empty() {
+            return Err(err(
+                "validation.billable_environments is empty: nothing would be billed".into(),
+                "list at least one environment, e.g. [\"production\"]",
+            ));
+        }
+        if self.validation.billable_environments.len() > 255 {
+            return Err(err(
+                "validation.billable_environments lists more than 255 environments".into(),
+                "list fewer billable environments",
+            ));
+        }
+        let mut keys = HashMap::new();
+        for (id, source) in &self.integrity.keys {
+            let key = match (&source.env, &source.file) {
+                (Some(var), None) => std::env::var(var).map_err(|_| {
+                    err(
+                        format!("integrity.keys.{id}: environment variable {var} is not set"),
+                        &format!(
+                            "export {var}=<the producer's HMAC key> before starting meterflow"
+                        ),
+                    )
+                })?,
+                (None, Some(path)) => std::fs::read_to_string(path)
+                    .map_err(|e| {
+                        err(
+                            format!("integrity.keys.{id}: cannot read {}: {e}", path.display()),
+                            "point file at a readable file holding the key",
+                        )
+                    })?
+                    .trim_end_matches(['\n', '\r'])
+                    .to_string(),
+                _ => {
+                    return Err(err(
+                        format!("integrity.keys.{id} needs exactly one of env or file"),
+                        "write { env = \"VAR\" } or { file = \"/path/to/key\" }",
+                    ))
+                }
+            };
+            if key.is_empty() {
+                return Err(err(
+                    format!("integrity.keys.{id} is empty"),
+                    "provide a non-empty HMAC key",
+                ));
+            }
+            keys.insert(id.clone(), key.into_bytes());
+        }
+        if matches!(self.integrity.mode, IntegrityMode::RequireSignature) && keys.is_empty() {
+            return Err(err(
+                "integrity.mode = require_signature but no integrity.keys are configured".into(),
+                "configure the producers' keys under [integrity.keys]",
+            ));
+        }
+        if self.input.chunk_bytes < 1024 {
+            return Err(err(
+                format!(
+                    "input.chunk_bytes = {} is too small",
+                    self.input.chunk_bytes
+                ),
+                "use at least 1024 (default 4194304)",
+            ));
+        }
+        Ok(ValidationRules {
+            billable_environments: self.validation.billable_environments.clone(),
+            max_quantity,
+            clock_skew: self.validation.clock_skew,
+            max_event_bytes: self.validation.max_event_bytes,
+            max_id_bytes: 256,
+            integrity: self.integrity.mode,
+            keys,
+            envelope: EnvelopeRules {
+                cloudevent_types: self.validation.cloudevent_types.clone(),
+            },
+        })
+    }
+
+    pub fn plan(&self, rules: ValidationRules, catalog: Catalog) -> Plan {
+        Plan {
+            catalog: Arc::new(catalog),
+            rules: Arc::new(rules),
+            policy: LatenessPolicy {
+                period: self.billing.period,
+                tolerance: self.watermark.tolerance,
+                dedup_horizon: self.dedup.horizon,
+            },
+            rounding: self.billing.rounding,
+            max_epochs_ahead: self.input.max_epochs_ahead.max(1),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_file_is_the_defaults() {
+        let text = include_str!("../../meterflow.example.toml");
+        let c = Config::parse(text, "meterflow.example.toml").unwrap();
+        let d = Config::default();
+        assert_eq!(format!("{c:?}"), format!("{d:?}"));
+    }
+
+    #[test]
+    fn unknown_keys_name_themselves() {
+        let e = Config::parse("[dedup]\nhorizonn = \"7d\"\n", "x.toml").unwrap_err();
+        assert!(e.message.contains("unknown field `horizonn`"), "{e}");
+        assert!(e.fix.contains("meterflow.example.toml"));
+    }
+
+    #[test]
+    fn bad_values_say_how_to_write_them() {
+        let e = Config::parse("[watermark]\ntolerance = \"1 hour\"\n", "x.toml").unwrap_err();
+        assert!(e.message.contains("not a duration"), "{e}");
+        let e = Config::parse("[billing]\nrounding = \"nearest\"\n", "x.toml").unwrap_err();
+        assert!(e.message.contains("half_even"), "{e}");
+    }
+
+    #[test]
+    fn secrets_come_from_the_environment() {
+        let c = Config::parse("[integrity]\nmode = \"require_signature\"\n[integrity.keys.p1]\nenv = \"METERFLOW_TEST_KEY_NOT_SET\"\n", "x.toml").unwrap();
+        let e = c.validation_rules("x.toml").unwrap_err();
+        assert!(
+            e.message.contains("METERFLOW_TEST_KEY_NOT_SET is not set"),
+            "{e}"
+        );
+        std::env::set_var("METERFLOW_TEST_KEY_SET", "s3cret");
+        let c = Config::parse(
+            "[integrity.keys.p1]\nenv = \"METERFLOW_TEST_KEY_SET\"\n",
+            "x.toml",
+        )
+        .unwrap();
+        assert_eq!(c.validation_rules("x.toml").unwrap().keys["p1"], b"s3cret");
+    }
+}

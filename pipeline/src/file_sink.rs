@@ -1,0 +1,457 @@
+//! The embedded output: one directory per table under `--out`, one CSV file per worker
+//! (`usage_events/part-0.csv`, ...), with a header row. Derived tables are written by worker 0
+//! only, consolidated per flush, with a `sign` column (+1 add, -1 retract) and the flush `batch`.
+//! Query them with anything that reads CSV, e.g. `clickhouse local`, DuckDB or pandas; see
+//! `docs/outputs.md`.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use meterflow_operators::dataflow::Signed;
+use meterflow_operators::sink::TableWriter;
+use meterflow_operators::Epoch;
+use meterflow_schemas::catalog::Catalog;
+use meterflow_schemas::event::{Environment, Lineage};
+use meterflow_schemas::rejection::Rejection;
+use meterflow_schemas::rows::{AcceptedEvent, DuplicateRow, InvoiceLine, LineKey, RatedRow};
+use meterflow_schemas::time::{EventTime, Period, PeriodUnit};
+
+pub const TABLES: [&str; 5] = [
+    "usage_events",
+    "rejections",
+    "duplicates",
+    "rated_usage",
+    "invoice_lines",
+];
+
+const USAGE_HEADER: &str = "event_id,customer_id,contract_id,sku,unit,quantity,event_time,environment,billable,region,plan,marketplace,attributes,correction_action,correction_of,rate_card,rate_card_version,price_region,service_period,invoice_period,arrival,source,offset";
+const REJECTION_HEADER: &str =
+    "reason,field,message,remediation,event_id,source,offset,raw_payload";
+const DUPLICATE_HEADER: &str = "event_id,event_time,source,offset";
+const RATED_HEADER: &str = "customer_id,contract_id,sku,region,service_period,invoice_period,rate_card,rate_card_version,model,tier,quantity,amount,currency,sign,batch";
+const INVOICE_HEADER: &str = "customer_id,contract_id,sku,region,service_period,invoice_period,line_type,currency,events,quantity,amount,amount_exact,sign,batch";
+
+/// What every writer needs to turn indices back into names.
+pub struct Names {
+    pub catalog: Arc<Catalog>,
+    pub sources: Vec<String>,
+    pub billable_environments: Vec<String>,
+    pub period: PeriodUnit,
+}
+
+/// Removes the table directories of an earlier run, so stale parts never mix with new ones.
+pub fn prepare_out_dir(out: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(out)?;
+    for t in TABLES {
+        let dir = out.join(t);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)?;
+        }
+        std::fs::create_dir_all(&dir)?;
+    }
+    Ok(())
+}
+
+fn part_path(out: &Path, table: &str, worker: usize) -> PathBuf {
+    out.join(table).join(format!("part-{worker}.csv"))
+}
+
+/// A CSV file being written.
+struct CsvFile {
+    out: BufWriter<File>,
+    row: Vec<u8>,
+    path: PathBuf,
+}
+
+impl CsvFile {
+    fn create(path: PathBuf, header: &str) -> Result<CsvFile, String> {
+        let file =
+            File::create(&path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        let mut out = BufWriter::with_capacity(1 << 20, file);
+        out.write_all(header.as_bytes())
+            .and_then(|_| out.write_all(b"\n"))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        Ok(CsvFile {
+            out,
+            row: Vec::with_capacity(512),
+            path,
+        })
+    }
+
+    fn end_row(&mut self) -> Result<(), String> {
+        let last = self.row.len() - 1;
+        self.row[last] = b'\n';
+        let r = self
+            .out
+            .write_all(&self.row)
+            .map_err(|e| format!("cannot write {}: {e}", self.path.display()));
+        self.row.clear();
+        r
+    }
+
+    fn flush(&mut self) -> Result<(), String> {
+        self.out
+            .flush()
+            .map_err(|e| format!("cannot write {}: {e}", self.path.display()))
+    }
+}
+
+/// Appends a CSV field and a comma, quoting when needed.
+fn field(row: &mut Vec<u8>, s: &str) {
+    if s.bytes().any(|b| matches!(b, b',' | b'"' | b'\n' | b'\r')) {
+        row.push(b'"');
+        for b in s.bytes() {
+            if b == b'"' {
+                row.push(b'"');
+            }
+            row.push(b);
+        }
+        row.push(b'"');
+    } else {
+        row.extend_from_slice(s.as_bytes());
+    }
+    row.push(b',');
+}
+
+fn display(row: &mut Vec<u8>, v: impl std::fmt::Display) {
+    let _ = write!(row, "{v},");
+}
+
+/// RFC 3339 with milliseconds, without going through `fmt`.
+fn time_field(row: &mut Vec<u8>, t: EventTime) {
+    let c = t.civil();
+    let mut b = *b"0000-00-00T00:00:00.000Z,";
+    let mut put = |at: usize, width: usize, mut v: u64| {
+        for i in (0..width).rev() {
+            b[at + i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(0, 4, c.year.clamp(0, 9999) as u64);
+    put(5, 2, c.month as u64);
+    put(8, 2, c.day as u64);
+    put(11, 2, c.hour as u64);
+    put(14, 2, c.minute as u64);
+    put(17, 2, c.second as u64);
+    put(20, 3, c.millis as u64);
+    row.extend_from_slice(&b);
+}
+
+impl Names {
+    fn lineage(&self, row: &mut Vec<u8>, l: Lineage) {
+        field(
+            row,
+            self.sources
+                .get(l.source as usize)
+                .map_or("?", |s| s.as_str()),
+        );
+        display(row, l.offset);
+    }
+
+    fn period(&self, row: &mut Vec<u8>, p: Period) {
+        field(row, &self.period.label(p));
+    }
+
+    fn line_key(&self, row: &mut Vec<u8>, k: &LineKey) {
+        let c = &self.catalog;
+        field(row, &c.customers[k.customer.ix()].id);
+        field(row, &c.contracts[k.contract.ix()].id);
+        field(row, &c.skus[k.sku.ix()].id);
+        field(row, c.region_name(k.region));
+        self.period(row, k.service_period);
+    }
+}
+
+/// `usage_events`: every accepted event, one row each.
+pub struct UsageEventsWriter {
+    csv: CsvFile,
+    names: Arc<Names>,
+}
+
+impl UsageEventsWriter {
+    pub fn create(out: &Path, worker: usize, names: Arc<Names>) -> Result<Self, String> {
+        Ok(UsageEventsWriter {
+            csv: CsvFile::create(part_path(out, "usage_events", worker), USAGE_HEADER)?,
+            names,
+        })
+    }
+}
+
+impl TableWriter<AcceptedEvent> for UsageEventsWriter {
+    fn write(&mut self, rows: &mut Vec<AcceptedEvent>) -> Result<(), String> {
+        let n = &*self.names;
+        let c = &n.catalog;
+        for a in rows.drain(..) {
+            let e = &a.event;
+            let row = &mut self.csv.row;
+            field(row, &e.event_id);
+            field(row, &c.customers[e.customer.ix()].id);
+            field(row, &c.contracts[e.contract.ix()].id);
+            let sku = &c.skus[e.sku.ix()];
+            field(row, &sku.id);
+            field(row, &sku.unit);
+            display(row, e.quantity);
+            time_field(row, e.time);
+            match &e.environment {
+                Environment::Billable(i) => field(row, &n.billable_environments[*i as usize]),
+                Environment::Other(name) => field(row, name),
+            }
+            row.extend_from_slice(if e.billable() { b"1," } else { b"0," });
+            for v in [
+                &e.metadata.region,
+                &e.metadata.plan,
+                &e.metadata.marketplace,
+                &e.metadata.attributes,
+            ] {
+                field(row, v.as_deref().unwrap_or(""));
+            }
+            match &e.correction {
+                Some(k) => {
+                    field(row, k.action.as_str());
+                    field(row, &k.original_event_id);
+                }
+                None => row.extend_from_slice(b",,"),
+            }
+            let price = c.price(e.price);
+            field(row, &c.rate_cards[price.rate_card.ix()].id);
+            display(row, price.version);
+            field(row, c.region_name(price.region));
+            n.period(row, a.service_period);
+            n.period(row, a.invoice_period);
+            field(row, a.arrival.as_str());
+            n.lineage(row, e.lineage);
+            self.csv.end_row()?;
+        }
+        Ok(())
+    }
+    fn frontier(&mut self, f: Option<Epoch>) -> Result<(), String> {
+        if f.is_none() {
+            self.csv.flush()?;
+        }
+        Ok(())
+    }
+}
+
+/// `rejections`: every bad record with reason, remediation and the raw payload.
+pub struct RejectionsWriter {
+    csv: CsvFile,
+    names: Arc<Names>,
+}
+
+impl RejectionsWriter {
+    pub fn create(out: &Path, worker: usize, names: Arc<Names>) -> Result<Self, String> {
+        Ok(RejectionsWriter {
+            csv: CsvFile::create(part_path(out, "rejections", worker), REJECTION_HEADER)?,
+            names,
+        })
+    }
+}
+
+impl TableWriter<Rejection> for RejectionsWriter {
+    fn write(&mut self, rows: &mut Vec<Rejection>) -> Result<(), String> {
+        for r in rows.drain(..) {
+            let row = &mut self.csv.row;
+            field(row, r.reason.code());
+            field(row, r.field.as_deref().unwrap_or(""));
+            field(row, &r.message);
+            field(row, r.reason.remediation());
+            field(row, r.event_id.as_deref().unwrap_or(""));
+            self.names.lineage(row, r.lineage);
+            field(row, &r.raw);
+            self.csv.end_row()?;
+        }
+        Ok(())
+    }
+    fn frontier(&mut self, f: Option<Epoch>) -> Result<(), String> {
+        if f.is_none() {
+            self.csv.flush()?;
+        }
+        Ok(())
+    }
+}
+
+/// `duplicates`: every record recognised as a retry of an accepted event.
+pub struct DuplicatesWriter {
+    csv: CsvFile,
+    names: Arc<Names>,
+}
+
+impl DuplicatesWriter {
+    pub fn create(out: &Path, worker: usize, names: Arc<Names>) -> Result<Self, String> {
+        Ok(DuplicatesWriter {
+            csv: CsvFile::create(part_path(out, "duplicates", worker), DUPLICATE_HEADER)?,
+            names,
+        })
+    }
+}
+
+impl TableWriter<DuplicateRow> for DuplicatesWriter {
+    fn write(&mut self, rows: &mut Vec<DuplicateRow>) -> Result<(), String> {
+        for d in rows.drain(..) {
+            let row = &mut self.csv.row;
+            field(row, &d.event_id);
+            time_field(row, d.time);
+            self.names.lineage(row, d.lineage);
+            self.csv.end_row()?;
+        }
+        Ok(())
+    }
+    fn frontier(&mut self, f: Option<Epoch>) -> Result<(), String> {
+        if f.is_none() {
+            self.csv.flush()?;
+        }
+        Ok(())
+    }
+}
+
+/// Buffers signed rows, consolidates them, and writes the non-zero ones every flush interval and
+/// at the end. Keeps the current state (rows with their net multiplicity) for the preview.
+pub struct SignedWriter<R: Ord + Clone> {
+    csv: CsvFile,
+    names: Arc<Names>,
+    pending: BTreeMap<R, isize>,
+    current: Arc<Mutex<BTreeMap<R, isize>>>,
+    format: fn(&Names, &R, &mut Vec<u8>),
+    every: Duration,
+    last: Instant,
+    batch: u64,
+}
+
+impl<R: Ord + Clone + 'static> SignedWriter<R> {
+    fn flush_pending(&mut self) -> Result<(), String> {
+        self.batch += 1;
+        let mut current = self.current.lock().expect("current rows");
+        for (r, diff) in std::mem::take(&mut self.pending) {
+            if diff == 0 {
+                continue;
+            }
+            let sign: &[u8] = if diff > 0 { b"1," } else { b"-1," };
+            for _ in 0..diff.unsigned_abs() {
+                (self.format)(&self.names, &r, &mut self.csv.row);
+                self.csv.row.extend_from_slice(sign);
+                display(&mut self.csv.row, self.batch);
+                self.csv.end_row()?;
+            }
+            let e = current.entry(r.clone()).or_insert(0);
+            *e += diff;
+            if *e == 0 {
+                current.remove(&r);
+            }
+        }
+        drop(current);
+        self.csv.flush()?;
+        self.last = Instant::now();
+        Ok(())
+    }
+}
+
+impl<R: Ord + Clone + 'static> TableWriter<Signed<R>> for SignedWriter<R> {
+    fn write(&mut self, rows: &mut Vec<Signed<R>>) -> Result<(), String> {
+        for (r, _epoch, diff) in rows.drain(..) {
+            *self.pending.entry(r).or_insert(0) += diff;
+        }
+        Ok(())
+    }
+    fn frontier(&mut self, f: Option<Epoch>) -> Result<(), String> {
+        if f.is_none() || self.last.elapsed() >= self.every {
+            self.flush_pending()?;
+        }
+        Ok(())
+    }
+}
+
+fn format_invoice_line(n: &Names, l: &InvoiceLine, row: &mut Vec<u8>) {
+    n.line_key(row, &l.key);
+    n.period(row, l.invoice_period);
+    field(row, l.kind.as_str());
+    field(row, &l.currency);
+    display(row, l.events);
+    display(row, l.quantity);
+    let digits = meterflow_schemas::money::minor_unit_digits(&l.currency);
+    field(row, &l.amount.format_fixed(digits));
+    display(row, l.amount_exact);
+}
+
+fn format_rated(n: &Names, r: &RatedRow, row: &mut Vec<u8>) {
+    let c = &n.catalog;
+    n.line_key(row, &r.key);
+    n.period(row, r.invoice_period);
+    let price = c.price(r.price);
+    field(row, &c.rate_cards[price.rate_card.ix()].id);
+    display(row, price.version);
+    field(row, price.model.name());
+    display(row, r.tier + 1);
+    display(row, r.quantity);
+    display(row, r.amount);
+    field(row, &price.currency);
+}
+
+pub fn invoice_lines_writer(
+    out: &Path,
+    worker: usize,
+    names: Arc<Names>,
+    every: Duration,
+    current: Arc<Mutex<BTreeMap<InvoiceLine, isize>>>,
+) -> Result<SignedWriter<InvoiceLine>, String> {
+    Ok(SignedWriter {
+        csv: CsvFile::create(part_path(out, "invoice_lines", worker), INVOICE_HEADER)?,
+        names,
+        pending: BTreeMap::new(),
+        current,
+        format: format_invoice_line,
+        every,
+        last: Instant::now(),
+        batch: 0,
+    })
+}
+
+pub fn rated_usage_writer(
+    out: &Path,
+    worker: usize,
+    names: Arc<Names>,
+    every: Duration,
+) -> Result<SignedWriter<RatedRow>, String> {
+    Ok(SignedWriter {
+        csv: CsvFile::create(part_path(out, "rated_usage", worker), RATED_HEADER)?,
+        names,
+        pending: BTreeMap::new(),
+        current: Arc::default(),
+        format: format_rated,
+        every,
+        last: Instant::now(),
+        batch: 0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_fields_are_quoted_only_when_needed() {
+        let mut row = Vec::new();
+        field(&mut row, "plain");
+        field(&mut row, "a,b");
+        field(&mut row, "say \"hi\"\nbye");
+        assert_eq!(
+            String::from_utf8(row).unwrap(),
+            "plain,\"a,b\",\"say \"\"hi\"\"\nbye\","
+        );
+    }
+
+    #[test]
+    fn times_match_the_display_form() {
+        for ms in [0i64, 1_794_268_800_123, 951_782_400_000, 4_102_444_799_999] {
+            let mut row = Vec::new();
+            time_field(&mut row, EventTime(ms));
+            assert_eq!(
+                String::from_utf8(row).unwrap(),
+                format!("{},", EventTime(ms))
+            );
+        }
+    }
+}

@@ -1,0 +1,269 @@
+//! `meterflow gen`: synthetic usage at scale, for benchmarks and load tests. Deterministic for a
+//! given seed. Writes `events.jsonl` and a matching `catalog/` into the output directory.
+
+use std::fmt::Write as _;
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+
+use anyhow::Context;
+use meterflow_schemas::canonical::{checksum_of, Canonical, CanonicalFields};
+use meterflow_schemas::money::Quantity;
+use meterflow_schemas::time::{EventTime, Span};
+
+/// Shape of the generated stream.
+#[derive(Clone, Debug)]
+pub struct GenArgs {
+    pub out: PathBuf,
+    /// Records to write, duplicates and invalid ones included.
+    pub events: u64,
+    pub customers: u32,
+    /// Customer skew: customer `floor(n · u^skew)` for uniform `u`; 1 is uniform, larger values
+    /// concentrate traffic on the first customers.
+    pub skew: f64,
+    pub dup_rate: f64,
+    pub late_rate: f64,
+    pub invalid_rate: f64,
+    /// Share of events carrying a `sha256:` checksum.
+    pub checksum_rate: f64,
+    /// Share of events sent as CloudEvents envelopes.
+    pub cloudevents_rate: f64,
+    pub seed: u64,
+    pub start: EventTime,
+    pub days: i64,
+}
+
+/// What was written.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct GenSummary {
+    pub records: u64,
+    pub duplicates: u64,
+    pub late: u64,
+    pub invalid: u64,
+    pub bytes: u64,
+}
+
+const SKUS: [(&str, &str); 3] = [
+    ("api_calls", "requests"),
+    ("tokens", "tokens"),
+    ("storage", "GB"),
+];
+
+/// xorshift64*: fast, deterministic, good enough for load shapes.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    pub fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    pub fn chance(&mut self, p: f64) -> bool {
+        self.unit() < p
+    }
+}
+
+/// The catalog for `customers` generated customers: one contract each on a rate card whose
+/// second version takes effect halfway through the generated time span.
+pub fn catalog_toml(customers: u32, start: EventTime, days: i64) -> String {
+    let mid = start.plus(Span::days(days / 2));
+    let mut s = String::new();
+    for (sku, unit) in SKUS {
+        let _ = writeln!(s, "[[sku]]\nid = \"{sku}\"\nunit = \"{unit}\"\n");
+    }
+    for (version, from, api, tok1, tok2, st) in [
+        (1, start, "0.0004", "0.00002", "0.00001", "0.1"),
+        (2, mid, "0.0003", "0.000025", "0.000008", "0.09"),
+    ] {
+        let _ = writeln!(
+            s,
+            "[[rate_card]]\nid = \"standard\"\nversion = {version}\neffective_from = \"{from}\"\ncurrency = \"USD\"\n\
+             [[rate_card.price]]\nsku = \"api_calls\"\nmodel = \"per_unit\"\nunit_price = \"{api}\"\n\
+             [[rate_card.price]]\nsku = \"tokens\"\nmodel = \"graduated\"\ntiers = [{{ up_to = \"1000000\", unit_price = \"{tok1}\", flat_fee = \"10\" }}, {{ unit_price = \"{tok2}\" }}]\n\
+             [[rate_card.price]]\nsku = \"storage\"\nmodel = \"volume\"\ntiers = [{{ up_to = \"1000\", unit_price = \"{st}\" }}, {{ unit_price = \"0.05\", flat_fee = \"5\" }}]\n"
+        );
+    }
+    let contract_start = start.minus(Span::days(30));
+    for c in 0..customers {
+        let _ = writeln!(
+            s,
+            "[[customer]]\nid = \"cus-{c:06}\"\nname = \"Customer {c}\"\n"
+        );
+        let _ = writeln!(s, "[[contract]]\nid = \"ctr-{c:06}\"\ncustomer = \"cus-{c:06}\"\nrate_card = \"standard\"\nstarts = \"{contract_start}\"\n");
+    }
+    s
+}
+
+pub fn generate(args: &GenArgs) -> anyhow::Result<GenSummary> {
+    std::fs::create_dir_all(args.out.join("catalog"))
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    std::fs::write(
+        args.out.join("catalog").join("catalog.toml"),
+        catalog_toml(args.customers, args.start, args.days),
+    )
+    .context("cannot write the catalog")?;
+    let path = args.out.join("events.jsonl");
+    let file = std::fs::File::create(&path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    let mut w = BufWriter::with_capacity(1 << 22, file);
+    let summary = write_events(args, &mut w)?;
+    w.flush()?;
+    Ok(summary)
+}
+
+/// Writes the event stream to `w`.
+pub fn write_events(args: &GenArgs, w: &mut impl Write) -> anyhow::Result<GenSummary> {
+    let mut rng = Rng::new(args.seed);
+    let mut summary = GenSummary::default();
+    let span_ms = Span::days(args.days).millis();
+    let mut recent: Vec<Vec<u8>> = Vec::with_capacity(1024);
+    let mut line = String::with_capacity(512);
+    let mut canonical = Canonical::default();
+    let n = args.events.max(1);
+    for i in 0..args.events {
+        line.clear();
+        if !recent.is_empty() && rng.chance(args.dup_rate) {
+            let j = rng.below(recent.len() as u64) as usize;
+            w.write_all(&recent[j])?;
+            summary.duplicates += 1;
+        } else if rng.chance(args.invalid_rate) {
+            invalid_record(&mut rng, i, &mut line);
+            line.push('\n');
+            w.write_all(line.as_bytes())?;
+            summary.invalid += 1;
+        } else {
+            let base = args.start.millis() + (span_ms as i128 * i as i128 / n as i128) as i64;
+            let mut t = base + rng.below(60_000) as i64;
+            if rng.chance(args.late_rate) {
+                t -= 2 * 3_600_000 + rng.below(70 * 3_600_000) as i64;
+                summary.late += 1;
+            }
+            let customer = ((args.customers as f64) * rng.unit().powf(args.skew)) as u32
+                % args.customers.max(1);
+            let sku = rng.below(3) as usize;
+            let quantity = match sku {
+                0 => Quantity::from_units(1 + rng.below(100) as i64),
+                1 => Quantity::from_units(1 + rng.below(5000) as i64),
+                _ => Quantity(rng.below(10_000) as i128 * 1_000_000 + 1_000_000),
+            };
+            let fields = Fields {
+                id: i,
+                customer,
+                sku,
+                quantity,
+                time: EventTime(t),
+            };
+            let checksum = rng
+                .chance(args.checksum_rate)
+                .then(|| fields.checksum(&mut canonical));
+            if rng.chance(args.cloudevents_rate) {
+                fields.write_cloudevent(&mut line, checksum.as_deref());
+            } else {
+                fields.write_native(&mut line, checksum.as_deref());
+            }
+            line.push('\n');
+            w.write_all(line.as_bytes())?;
+            if recent.len() < 1024 {
+                recent.push(line.as_bytes().to_vec());
+            } else {
+                let slot = rng.below(1024) as usize;
+                recent[slot].clear();
+                recent[slot].extend_from_slice(line.as_bytes());
+            }
+        }
+        summary.records += 1;
+    }
+    Ok(summary)
+}
+
+struct Fields {
+    id: u64,
+    customer: u32,
+    sku: usize,
+    quantity: Quantity,
+    time: EventTime,
+}
+
+impl Fields {
+    fn checksum(&self, c: &mut Canonical) -> String {
+        let (id, customer, contract) = (
+            format!("evt-{:012}", self.id),
+            format!("cus-{:06}", self.customer),
+            format!("ctr-{:06}", self.customer),
+        );
+        let (sku, unit) = SKUS[self.sku];
+        let bytes = c.render(&CanonicalFields {
+            event_id: &id,
+            customer_id: &customer,
+            contract_id: &contract,
+            sku,
+            unit,
+            quantity: self.quantity,
+            time: self.time,
+            environment: "production",
+            region: "",
+            plan: "",
+            marketplace: "",
+            attributes: "",
+            correction: None,
+        });
+        checksum_of(bytes)
+    }
+
+    fn write_native(&self, s: &mut String, checksum: Option<&str>) {
+        let (sku, unit) = SKUS[self.sku];
+        let _ = write!(
+            s,
+            r#"{{"event_id":"evt-{:012}","customer_id":"cus-{:06}","contract_id":"ctr-{:06}","sku":"{sku}","unit":"{unit}","quantity":"{}","timestamp":"{}","environment":"production""#,
+            self.id, self.customer, self.customer, self.quantity, self.time
+        );
+        if let Some(c) = checksum {
+            let _ = write!(s, r#","checksum":"{c}""#);
+        }
+        s.push('}');
+    }
+
+    fn write_cloudevent(&self, s: &mut String, checksum: Option<&str>) {
+        let (sku, unit) = SKUS[self.sku];
+        let _ = write!(
+            s,
+            r#"{{"specversion":"1.0","id":"evt-{:012}","source":"/loadgen","type":"com.meterflow.usage.v1","subject":"cus-{:06}","time":"{}","data":{{"contract_id":"ctr-{:06}","sku":"{sku}","unit":"{unit}","quantity":{},"environment":"production""#,
+            self.id, self.customer, self.time, self.customer, self.quantity
+        );
+        if let Some(c) = checksum {
+            let _ = write!(s, r#","checksum":"{c}""#);
+        }
+        s.push_str("}}");
+    }
+}
+
+fn invalid_record(rng: &mut Rng, i: u64, s: &mut String) {
+    let _ = match rng.below(5) {
+        0 => write!(s, r#"{{"event_id":"bad-{i}","customer_id":"cus-000001","#),
+        1 => write!(
+            s,
+            r#"{{"event_id":"bad-{i}","customer_id":"cus-000001","contract_id":"ctr-000001","sku":"api_calls","unit":"requests","timestamp":"2026-10-01T00:00:00Z","environment":"production"}}"#
+        ),
+        2 => write!(
+            s,
+            r#"{{"event_id":"bad-{i}","customer_id":"nobody","contract_id":"ctr-000001","sku":"api_calls","unit":"requests","quantity":"1","timestamp":"2026-10-01T00:00:00Z","environment":"production"}}"#
+        ),
+        3 => write!(
+            s,
+            r#"{{"event_id":"bad-{i}","customer_id":"cus-000001","contract_id":"ctr-000001","sku":"api_calls","unit":"requests","quantity":"-5","timestamp":"2026-10-01T00:00:00Z","environment":"production"}}"#
+        ),
+        _ => write!(
+            s,
+            r#"{{"event_id":"bad-{i}","customer_id":"cus-000001","contract_id":"ctr-000001","sku":"api_calls","unit":"GB","quantity":"1","timestamp":"2026-10-01T00:00:00Z","environment":"production"}}"#
+        ),
+    };
+}

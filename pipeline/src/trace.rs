@@ -1,0 +1,165 @@
+//! `meterflow trace`: where did an event end up? Follows one event id through the output tables:
+//! its source and offset, the rate-card version and tiers that priced it, and the invoice line
+//! it is part of — or the rejection that stopped it, and any duplicate copies.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::path::Path;
+
+use crate::tables::{read_table, Row};
+
+fn get<'a>(r: &'a Row, k: &str) -> &'a str {
+    r.get(k).map_or("", |s| s.as_str())
+}
+
+/// Rows of a signed table summed by their content (without `sign` and `batch`): the current rows.
+pub fn current_rows(rows: &[Row]) -> Vec<Row> {
+    let mut net: BTreeMap<Row, i64> = BTreeMap::new();
+    for r in rows {
+        let sign: i64 = get(r, "sign").parse().unwrap_or(0);
+        let mut key = r.clone();
+        key.remove("sign");
+        key.remove("batch");
+        *net.entry(key).or_insert(0) += sign;
+    }
+    net.into_iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(r, _)| r)
+        .collect()
+}
+
+pub fn trace(out: &Path, event_id: &str) -> std::io::Result<String> {
+    let mut s = String::new();
+    let usage: Vec<Row> = read_table(out, "usage_events")?
+        .into_iter()
+        .filter(|r| get(r, "event_id") == event_id)
+        .collect();
+    let duplicates: Vec<Row> = read_table(out, "duplicates")?
+        .into_iter()
+        .filter(|r| get(r, "event_id") == event_id)
+        .collect();
+    let rejections: Vec<Row> = read_table(out, "rejections")?
+        .into_iter()
+        .filter(|r| get(r, "event_id") == event_id)
+        .collect();
+    let _ = writeln!(s, "event {event_id}");
+    if usage.is_empty() && duplicates.is_empty() && rejections.is_empty() {
+        let _ = writeln!(
+            s,
+            "  not found in {} (usage_events, duplicates, rejections)",
+            out.display()
+        );
+        return Ok(s);
+    }
+    for u in &usage {
+        let _ = writeln!(
+            s,
+            "  accepted from {} at byte offset {}",
+            get(u, "source"),
+            get(u, "offset")
+        );
+        let _ = writeln!(
+            s,
+            "    {} / {} / {}: {} {} at {} ({}{})",
+            get(u, "customer_id"),
+            get(u, "contract_id"),
+            get(u, "sku"),
+            get(u, "quantity"),
+            get(u, "unit"),
+            get(u, "event_time"),
+            get(u, "environment"),
+            if get(u, "correction_action").is_empty() {
+                String::new()
+            } else {
+                format!(
+                    ", {} of {}",
+                    get(u, "correction_action"),
+                    get(u, "correction_of")
+                )
+            }
+        );
+        let _ = writeln!(
+            s,
+            "    priced by rate card {} version {}; service period {}, invoice period {}, arrival {}",
+            get(u, "rate_card"),
+            get(u, "rate_card_version"),
+            get(u, "service_period"),
+            get(u, "invoice_period"),
+            get(u, "arrival")
+        );
+        if get(u, "billable") != "1" {
+            let _ = writeln!(
+                s,
+                "    not billable (environment {}): counted, never priced",
+                get(u, "environment")
+            );
+            continue;
+        }
+        let same_line = |r: &Row| {
+            [
+                "customer_id",
+                "contract_id",
+                "sku",
+                "service_period",
+                "invoice_period",
+            ]
+            .iter()
+            .all(|k| get(r, k) == get(u, k))
+                && get(r, "region") == get(u, "price_region")
+        };
+        for r in current_rows(&read_table(out, "rated_usage")?)
+            .iter()
+            .filter(|r| same_line(r) && get(r, "rate_card_version") == get(u, "rate_card_version"))
+        {
+            let _ = writeln!(
+                s,
+                "    rated: {} version {} {} tier {}: {} for {} {} (region {})",
+                get(r, "rate_card"),
+                get(r, "rate_card_version"),
+                get(r, "model"),
+                get(r, "tier"),
+                get(r, "quantity"),
+                get(r, "amount"),
+                get(r, "currency"),
+                get(r, "region")
+            );
+        }
+        for l in current_rows(&read_table(out, "invoice_lines")?)
+            .iter()
+            .filter(|r| same_line(r))
+        {
+            let _ = writeln!(
+                s,
+                "    invoice line ({}): {} {} over {} events = {} {} (exact {}), region {}",
+                get(l, "line_type"),
+                get(l, "quantity"),
+                get(u, "unit"),
+                get(l, "events"),
+                get(l, "amount"),
+                get(l, "currency"),
+                get(l, "amount_exact"),
+                get(l, "region")
+            );
+        }
+    }
+    for d in &duplicates {
+        let _ = writeln!(
+            s,
+            "  duplicate copy from {} at byte offset {} (counted, not billed)",
+            get(d, "source"),
+            get(d, "offset")
+        );
+    }
+    for r in &rejections {
+        let _ = writeln!(
+            s,
+            "  rejected from {} at byte offset {}: {} ({})",
+            get(r, "source"),
+            get(r, "offset"),
+            get(r, "reason"),
+            get(r, "message")
+        );
+        let _ = writeln!(s, "    remediation: {}", get(r, "remediation"));
+    }
+    Ok(s)
+}
