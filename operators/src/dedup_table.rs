@@ -5,9 +5,9 @@
 //! bits of the payload fingerprint (retry vs conflicting reuse), and the event time in minutes with
 //! one flag bit (voided). Two different events are only taken for duplicates if 96 bits agree
 //! (tag and payload); a tag-only collision (about n²/2^65 for n keys in one worker) shows up as a
-//! visible `conflicting_duplicate` rejection, never as silently dropped usage. Linear probing keeps the load at most 3/4; after a resize the survivors
-//! fill a quarter to a half of the table, so a growing table costs 21–43 bytes per key and one
-//! that also forgets settles at 21–64 bytes per live key. Keys whose event time falls behind `watermark - horizon` are dropped
+//! visible `conflicting_duplicate` rejection, never as silently dropped usage. Linear probing keeps the load at most 3/4; a resize sizes the table
+//! (any size, not a power of two) so the survivors fill exactly half of it. The table therefore
+//! costs 21–32 bytes per live key, growing or forgetting. Keys whose event time falls behind `watermark - horizon` are dropped
 //! whenever the table would otherwise grow, so memory follows the keys inside the horizon, not the
 //! length of the stream.
 
@@ -91,9 +91,9 @@ impl DedupTable {
     }
 
     fn find(&self, key: EventKey) -> Result<usize, usize> {
-        let mask = self.slots.len() - 1;
+        let capacity = self.slots.len();
         let tag = tag_of(key);
-        let mut i = home_of_tag(tag, mask);
+        let mut i = home_of_tag(tag, capacity);
         loop {
             let s = &self.slots[i];
             if s.tag == tag {
@@ -102,7 +102,10 @@ impl DedupTable {
             if s.tag == 0 {
                 return Err(i);
             }
-            i = (i + 1) & mask;
+            i += 1;
+            if i == capacity {
+                i = 0;
+            }
         }
     }
 
@@ -149,7 +152,7 @@ impl DedupTable {
         }
     }
 
-    /// Drops forgotten keys, then sizes the table so the survivors fill at most half of it.
+    /// Drops forgotten keys, then sizes the table so the survivors fill half of it.
     fn resize(&mut self) {
         let forget = self.forget_before;
         let live = self
@@ -157,16 +160,18 @@ impl DedupTable {
             .iter()
             .filter(|s| s.tag != 0 && (s.minute & MINUTE_MASK) >= forget)
             .count();
-        let capacity = ((live + 1) * 2).next_power_of_two().max(MIN_CAPACITY);
+        let capacity = ((live + 1) * 2).max(MIN_CAPACITY);
         let old = std::mem::replace(&mut self.slots, vec![Slot::default(); capacity]);
-        let mask = capacity - 1;
         for s in old
             .into_iter()
             .filter(|s| s.tag != 0 && (s.minute & MINUTE_MASK) >= forget)
         {
-            let mut i = home_of_tag(s.tag, mask);
+            let mut i = home_of_tag(s.tag, capacity);
             while self.slots[i].tag != 0 {
-                i = (i + 1) & mask;
+                i += 1;
+                if i == capacity {
+                    i = 0;
+                }
             }
             self.slots[i] = s;
         }
@@ -174,9 +179,11 @@ impl DedupTable {
     }
 }
 
-/// Where a key's probe sequence starts. Derived from the stored tag so a resize can re-place keys.
-fn home_of_tag(tag: u64, mask: usize) -> usize {
-    (tag.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 17) as usize & mask
+/// Where a key's probe sequence starts: the tag mapped onto `0..capacity` (multiply-high).
+/// Derived from the stored tag so a resize can re-place keys.
+fn home_of_tag(tag: u64, capacity: usize) -> usize {
+    let mixed = tag.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (tag >> 29);
+    ((mixed as u128 * capacity as u128) >> 64) as usize
 }
 
 #[cfg(test)]
@@ -223,6 +230,8 @@ mod tests {
         assert!(t.get(key(60_000)).is_some());
         assert!(t.get(key(199_999)).is_some());
         assert_eq!(t.len(), 150_000);
+        let per_key = t.allocated_bytes() as f64 / t.len() as f64;
+        assert!((21.0..=32.5).contains(&per_key), "{per_key} bytes per key");
     }
 
     #[test]
@@ -239,7 +248,7 @@ mod tests {
             }
         }
         let per_live_key = peak as f64 / 100_000.0;
-        assert!(per_live_key <= 48.0, "{per_live_key} bytes per live key");
+        assert!(per_live_key <= 34.0, "{per_live_key} bytes per live key");
     }
 
     #[test]

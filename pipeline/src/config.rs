@@ -195,24 +195,38 @@ impl Config {
     }
 
     pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
-        toml::from_str(text).map_err(|e| {
-            let message = e.message().to_string();
-            let fix = if message.contains("unknown field") {
-                "remove or correct the key; every allowed key is listed in meterflow.example.toml"
-                    .to_string()
-            } else {
-                "correct the value at the line shown; meterflow.example.toml documents each key"
-                    .to_string()
-            };
-            let at = e
-                .span()
-                .map(|s| format!(" (at byte {})", s.start))
+        let error = |message: String, span: Option<std::ops::Range<usize>>, fix: &str| {
+            let at = span
+                .map(|s| {
+                    format!(
+                        " (line {})",
+                        text[..s.start.min(text.len())].lines().count().max(1)
+                    )
+                })
                 .unwrap_or_default();
             ConfigError {
                 file: file.to_string(),
                 message: format!("{message}{at}"),
-                fix,
+                fix: fix.to_string(),
             }
+        };
+        let de = toml::Deserializer::parse(text).map_err(|e| {
+            error(
+                e.message().to_string(),
+                e.span(),
+                "fix the TOML syntax at the line shown",
+            )
+        })?;
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            let message = inner.message().to_string();
+            let fix = if message.contains("unknown field") {
+                "remove or correct the key; every allowed key is listed in meterflow.example.toml"
+            } else {
+                "correct the value; meterflow.example.toml documents each key"
+            };
+            error(format!("{key}: {message}"), inner.span(), fix)
         })
     }
 
@@ -344,14 +358,23 @@ mod tests {
     #[test]
     fn unknown_keys_name_themselves() {
         let e = Config::parse("[dedup]\nhorizonn = \"7d\"\n", "x.toml").unwrap_err();
-        assert!(e.message.contains("unknown field `horizonn`"), "{e}");
+        assert!(
+            e.message
+                .contains("dedup.horizonn: unknown field `horizonn`"),
+            "{e}"
+        );
         assert!(e.fix.contains("meterflow.example.toml"));
     }
 
     #[test]
     fn bad_values_say_how_to_write_them() {
         let e = Config::parse("[watermark]\ntolerance = \"1 hour\"\n", "x.toml").unwrap_err();
-        assert!(e.message.contains("not a duration"), "{e}");
+        assert!(
+            e.message
+                .starts_with("watermark.tolerance: `1 hour` has unknown unit"),
+            "{e}"
+        );
+        assert!(e.message.ends_with("(line 2)"), "{e}");
         let e = Config::parse("[billing]\nrounding = \"nearest\"\n", "x.toml").unwrap_err();
         assert!(e.message.contains("half_even"), "{e}");
     }

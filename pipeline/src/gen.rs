@@ -42,6 +42,9 @@ pub struct GenSummary {
     pub bytes: u64,
 }
 
+/// How many recent records a retry may repeat.
+const RECENT: usize = 256;
+
 const SKUS: [(&str, &str); 3] = [
     ("api_calls", "requests"),
     ("tokens", "tokens"),
@@ -76,12 +79,14 @@ impl Rng {
 /// second version takes effect halfway through the generated time span.
 pub fn catalog_toml(customers: u32, start: EventTime, days: i64) -> String {
     let mid = start.plus(Span::days(days / 2));
+    // Version 1 starts before the stream, so late events at its very beginning are priced too.
+    let first = start.minus(Span::days(30));
     let mut s = String::new();
     for (sku, unit) in SKUS {
         let _ = writeln!(s, "[[sku]]\nid = \"{sku}\"\nunit = \"{unit}\"\n");
     }
     for (version, from, api, tok1, tok2, st) in [
-        (1, start, "0.0004", "0.00002", "0.00001", "0.1"),
+        (1, first, "0.0004", "0.00002", "0.00001", "0.1"),
         (2, mid, "0.0003", "0.000025", "0.000008", "0.09"),
     ] {
         let _ = writeln!(
@@ -125,7 +130,8 @@ pub fn write_events(args: &GenArgs, w: &mut impl Write) -> anyhow::Result<GenSum
     let mut rng = Rng::new(args.seed);
     let mut summary = GenSummary::default();
     let span_ms = Span::days(args.days).millis();
-    let mut recent: Vec<Vec<u8>> = Vec::with_capacity(1024);
+    let mut recent: std::collections::VecDeque<Vec<u8>> =
+        std::collections::VecDeque::with_capacity(RECENT);
     let mut line = String::with_capacity(512);
     let mut canonical = Canonical::default();
     let n = args.events.max(1);
@@ -172,13 +178,15 @@ pub fn write_events(args: &GenArgs, w: &mut impl Write) -> anyhow::Result<GenSum
             }
             line.push('\n');
             w.write_all(line.as_bytes())?;
-            if recent.len() < 1024 {
-                recent.push(line.as_bytes().to_vec());
+            // Retries repeat recent events: keep the last RECENT distinct records.
+            let mut slot = if recent.len() == RECENT {
+                recent.pop_front().unwrap_or_default()
             } else {
-                let slot = rng.below(1024) as usize;
-                recent[slot].clear();
-                recent[slot].extend_from_slice(line.as_bytes());
-            }
+                Vec::new()
+            };
+            slot.clear();
+            slot.extend_from_slice(line.as_bytes());
+            recent.push_back(slot);
         }
         summary.records += 1;
     }

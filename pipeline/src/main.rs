@@ -1,15 +1,5 @@
 //! The `meterflow` command line.
 
-mod config;
-mod demo;
-mod file_sink;
-mod file_source;
-mod gen;
-mod preview;
-mod run;
-mod tables;
-mod trace;
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -18,7 +8,8 @@ use meterflow_operators::dataflow::Cluster;
 use meterflow_schemas::catalog::{load_dir, CatalogErrors};
 use meterflow_schemas::time::EventTime;
 
-use crate::config::ConfigError;
+use meterflow::config::ConfigError;
+use meterflow::{demo, gen, run, trace};
 
 #[derive(Parser)]
 #[command(

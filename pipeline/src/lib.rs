@@ -1,0 +1,12 @@
+//! The meterflow application: configuration, file sources and sinks, the `run`, `demo`, `gen`
+//! and `trace` commands. The binary (`main.rs`) is a thin command-line layer over this library.
+
+pub mod config;
+pub mod demo;
+pub mod file_sink;
+pub mod file_source;
+pub mod gen;
+pub mod preview;
+pub mod run;
+pub mod tables;
+pub mod trace;

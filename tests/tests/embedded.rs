@@ -1,0 +1,359 @@
+//! The `meterflow` binary end to end on the embedded default: files in, tables out.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use meterflow::tables::{read_table, Row};
+use meterflow::trace::current_rows;
+use meterflow_tests::{meterflow, meterflow_bin, meterflow_ok, Scratch};
+
+fn counts(out: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(out.join("counts.json")).unwrap()).unwrap()
+}
+
+fn n(v: &serde_json::Value, k: &str) -> u64 {
+    v[k].as_u64()
+        .unwrap_or_else(|| panic!("counts.json has no {k}"))
+}
+
+fn gen(dir: &Path, events: u64) {
+    meterflow_ok(&[
+        "gen",
+        "--out",
+        dir.to_str().unwrap(),
+        "--events",
+        &events.to_string(),
+        "--customers",
+        "40",
+        "--checksum-rate",
+        "0.2",
+        "--cloudevents-rate",
+        "0.2",
+        "--seed",
+        "7",
+    ]);
+}
+
+fn run(dir: &Path, out: &str, workers: &str) -> std::path::PathBuf {
+    let out = dir.join(out);
+    meterflow_ok(&[
+        "run",
+        "--input",
+        dir.join("events.jsonl").to_str().unwrap(),
+        "--catalog",
+        dir.join("catalog").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--config",
+        dir.join("small-chunks.toml").to_str().unwrap(),
+        "-w",
+        workers,
+        "--quiet",
+    ]);
+    out
+}
+
+fn key(r: &Row, cols: &[&str]) -> Vec<String> {
+    cols.iter()
+        .map(|c| r.get(*c).cloned().unwrap_or_default())
+        .collect()
+}
+
+#[test]
+fn the_demo_shows_every_kind_of_record() {
+    let s = Scratch::new("demo");
+    let out = meterflow_ok(&["demo", "--dir", s.path().to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    for expected in [
+        "invoice 2026-11 (draft)",
+        "adjustment",
+        "duplicate copy",
+        "conflicting_duplicate",
+        "void of evt-void-target",
+        "(holds)",
+        "version 2",
+        "fix:",
+    ] {
+        assert!(
+            text.contains(expected),
+            "demo output lacks `{expected}`:\n{text}"
+        );
+    }
+    let c = counts(&s.path().join("out"));
+    assert!(c["balanced"].as_bool().unwrap());
+    assert_eq!(n(&c, "late"), 2);
+    assert_eq!(n(&c, "corrections"), 2);
+    assert!(n(&c, "duplicates") > 50);
+    assert_eq!(n(&c, "non_billable"), 20);
+}
+
+#[test]
+fn one_and_two_workers_write_the_same_money_and_lose_nothing() {
+    let s = Scratch::new("workers");
+    gen(s.path(), 30_000);
+    std::fs::write(
+        s.path().join("small-chunks.toml"),
+        "[input]\nchunk_bytes = 65536\n",
+    )
+    .unwrap();
+    let one = run(s.path(), "out1", "1");
+    let two = run(s.path(), "out2", "2");
+    let (c1, c2) = (counts(&one), counts(&two));
+    for k in [
+        "received",
+        "accepted",
+        "duplicates",
+        "rejected",
+        "late",
+        "out_of_order",
+        "billable",
+    ] {
+        assert_eq!(n(&c1, k), n(&c2, k), "{k}");
+    }
+    assert_eq!(n(&c1, "received"), 30_000);
+    assert!(n(&c1, "late") > 0 && n(&c1, "duplicates") > 0 && n(&c1, "rejected") > 0);
+
+    // Every record ends in exactly one table.
+    for out in [&one, &two] {
+        let c = counts(out);
+        let rows = |t: &str| read_table(out, t).unwrap().len() as u64;
+        assert_eq!(rows("usage_events"), n(&c, "accepted"));
+        assert_eq!(rows("duplicates"), n(&c, "duplicates"));
+        assert_eq!(rows("rejections"), n(&c, "rejected"));
+        assert_eq!(
+            rows("usage_events") + rows("duplicates") + rows("rejections"),
+            n(&c, "received")
+        );
+    }
+
+    // The current invoice lines are identical, row for row.
+    let cols = [
+        "customer_id",
+        "contract_id",
+        "sku",
+        "region",
+        "service_period",
+        "invoice_period",
+        "line_type",
+        "events",
+        "quantity",
+        "amount",
+        "amount_exact",
+    ];
+    let current = |out: &Path| {
+        let mut v: Vec<Vec<String>> = current_rows(&read_table(out, "invoice_lines").unwrap())
+            .iter()
+            .map(|r| key(r, &cols))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(current(&one), current(&two));
+    assert!(
+        current(&one).iter().any(|l| l[6] == "adjustment"),
+        "late events produced adjustments"
+    );
+}
+
+/// Reconciliation: re-derive each line's quantity from the accepted events with a plain
+/// aggregation, and compare with the streaming invoice lines.
+#[test]
+fn invoice_quantities_reconcile_with_accepted_usage() {
+    let s = Scratch::new("reconcile");
+    gen(s.path(), 20_000);
+    std::fs::write(
+        s.path().join("small-chunks.toml"),
+        "[input]\nchunk_bytes = 32768\n",
+    )
+    .unwrap();
+    let out = run(s.path(), "out", "2");
+    let mut from_events: BTreeMap<Vec<String>, (i64, f64)> = BTreeMap::new();
+    for r in read_table(&out, "usage_events")
+        .unwrap()
+        .iter()
+        .filter(|r| r["billable"] == "1")
+    {
+        let k = key(
+            r,
+            &[
+                "customer_id",
+                "contract_id",
+                "sku",
+                "price_region",
+                "service_period",
+                "invoice_period",
+            ],
+        );
+        let e = from_events.entry(k).or_default();
+        e.0 += 1;
+        e.1 += r["quantity"].parse::<f64>().unwrap();
+    }
+    let mut from_lines: BTreeMap<Vec<String>, (i64, f64)> = BTreeMap::new();
+    for r in current_rows(&read_table(&out, "invoice_lines").unwrap()) {
+        let k = key(
+            &r,
+            &[
+                "customer_id",
+                "contract_id",
+                "sku",
+                "region",
+                "service_period",
+                "invoice_period",
+            ],
+        );
+        from_lines.insert(
+            k,
+            (r["events"].parse().unwrap(), r["quantity"].parse().unwrap()),
+        );
+    }
+    assert_eq!(
+        from_events.keys().collect::<Vec<_>>(),
+        from_lines.keys().collect::<Vec<_>>()
+    );
+    for (k, (events, q)) in &from_events {
+        let (le, lq) = from_lines[k];
+        assert_eq!(*events, le, "{k:?}");
+        assert!(
+            (q - lq).abs() < 1e-6 * q.abs().max(1.0),
+            "{k:?}: {q} vs {lq}"
+        );
+    }
+}
+
+#[test]
+fn stdin_gives_the_same_result_as_a_file() {
+    let s = Scratch::new("stdin");
+    gen(s.path(), 5_000);
+    std::fs::write(
+        s.path().join("small-chunks.toml"),
+        "[input]\nchunk_bytes = 16384\n",
+    )
+    .unwrap();
+    let from_file = run(s.path(), "file", "1");
+    let out = s.path().join("stdin");
+    let mut child = Command::new(meterflow_bin())
+        .args([
+            "run",
+            "--input",
+            "-",
+            "--catalog",
+            s.path().join("catalog").to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--config",
+            s.path().join("small-chunks.toml").to_str().unwrap(),
+            "--quiet",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .env("METERFLOW_LOG", "warn")
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&std::fs::read(s.path().join("events.jsonl")).unwrap())
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let money = |o: &Path| {
+        let mut v: Vec<_> = current_rows(&read_table(o, "invoice_lines").unwrap())
+            .into_iter()
+            .map(|mut r| {
+                r.remove("batch");
+                r
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(money(&from_file), money(&out));
+    assert_eq!(counts(&from_file)["received"], counts(&out)["received"]);
+}
+
+#[test]
+fn a_bad_config_stops_start_up_naming_the_key() {
+    let s = Scratch::new("badconfig");
+    gen(s.path(), 10);
+    std::fs::write(
+        s.path().join("bad.toml"),
+        "[dedup]\nhorizon = \"7d\"\nwindow = \"1h\"\n",
+    )
+    .unwrap();
+    let out = meterflow(&[
+        "run",
+        "-i",
+        s.path().join("events.jsonl").to_str().unwrap(),
+        "-c",
+        s.path().join("catalog").to_str().unwrap(),
+        "-o",
+        s.path().join("o").to_str().unwrap(),
+        "--config",
+        s.path().join("bad.toml").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("unknown field `window`") && err.contains("fix:"),
+        "{err}"
+    );
+}
+
+#[test]
+fn catalog_check_lists_every_problem_with_its_fix() {
+    let s = Scratch::new("badcatalog");
+    std::fs::write(
+        s.path().join("a.toml"),
+        "[[sku]]\nid = \"x\"\nunit = \"u\"\n[[customer]]\nid = \"c\"\n[[rate_card]]\nid = \"r\"\nversion = 1\neffective_from = \"2026-01-01T00:00:00Z\"\ncurrency = \"usd\"\n[[rate_card.price]]\nsku = \"y\"\nmodel = \"per_unit\"\nunit_price = \"1\"\n[[contract]]\nid = \"k\"\ncustomer = \"nobody\"\nrate_card = \"r\"\nstarts = \"2026-01-01T00:00:00Z\"\n",
+    )
+    .unwrap();
+    let out = meterflow(&["catalog", "check", s.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        "3 problem(s)",
+        "a.toml: rate_card \"r\" version 1: currency `usd`",
+        "unknown sku",
+        "contract \"k\": unknown customer `nobody`",
+        "fix: ",
+    ] {
+        assert!(err.contains(expected), "missing `{expected}` in:\n{err}");
+    }
+    let s2 = Scratch::new("goodcatalog");
+    meterflow_ok(&["demo", "--dir", s2.path().to_str().unwrap()]);
+    let ok = meterflow_ok(&[
+        "catalog",
+        "check",
+        s2.path().join("catalog").to_str().unwrap(),
+    ]);
+    assert!(
+        String::from_utf8_lossy(&ok.stdout).contains("is valid: 3 customers, 3 contracts, 3 SKUs")
+    );
+}
+
+#[test]
+fn trace_follows_an_event_to_its_invoice_line() {
+    let s = Scratch::new("trace");
+    meterflow_ok(&["demo", "--dir", s.path().to_str().unwrap()]);
+    let out = meterflow_ok(&[
+        "trace",
+        "--out",
+        s.path().join("out").to_str().unwrap(),
+        "evt-late-1",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("service period 2026-10, invoice period 2026-11, arrival late"),
+        "{text}"
+    );
+    assert!(text.contains("invoice line (adjustment)"), "{text}");
+    let out = meterflow_ok(&[
+        "trace",
+        "--out",
+        s.path().join("out").to_str().unwrap(),
+        "evt-neg",
+    ]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("rejected from"));
+}
