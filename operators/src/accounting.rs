@@ -15,6 +15,7 @@ use crate::Epoch;
 #[derive(Clone, Default)]
 pub struct Totals {
     inner: Arc<Mutex<(Counts, Option<Epoch>, bool)>>,
+    pub clock: LatencyClock,
 }
 
 impl Totals {
@@ -46,5 +47,65 @@ impl TableWriter<Counts> for TotalsWriter {
         g.1 = frontier;
         g.2 = frontier.is_none();
         Ok(())
+    }
+}
+
+/// When each epoch was read and when the whole dataflow finished it: epoch latency, the time from
+/// reading a chunk to every output derived from it reaching its writer.
+#[derive(Clone, Default)]
+pub struct LatencyClock {
+    inner: Arc<Mutex<ClockState>>,
+}
+
+#[derive(Default)]
+struct ClockState {
+    started: std::collections::BTreeMap<Epoch, std::time::Instant>,
+    micros: Vec<u64>,
+}
+
+/// Latency percentiles in milliseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Latency {
+    pub epochs: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+impl LatencyClock {
+    pub fn start(&self, epoch: Epoch) {
+        self.inner
+            .lock()
+            .expect("clock lock")
+            .started
+            .insert(epoch, std::time::Instant::now());
+    }
+
+    /// Every epoch before `frontier` (all, if `None`) is complete now.
+    pub fn complete_before(&self, frontier: Option<Epoch>) {
+        let mut g = self.inner.lock().expect("clock lock");
+        let now = std::time::Instant::now();
+        while let Some((&e, &t)) = g.started.first_key_value() {
+            if frontier.is_some_and(|f| e >= f) {
+                break;
+            }
+            g.started.pop_first();
+            g.micros.push(now.duration_since(t).as_micros() as u64);
+        }
+    }
+
+    pub fn latency(&self) -> Latency {
+        let mut v = self.inner.lock().expect("clock lock").micros.clone();
+        if v.is_empty() {
+            return Latency::default();
+        }
+        v.sort_unstable();
+        let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize] as f64 / 1000.0;
+        Latency {
+            epochs: v.len(),
+            p50_ms: at(0.5),
+            p99_ms: at(0.99),
+            max_ms: at(1.0),
+        }
     }
 }

@@ -67,6 +67,7 @@ pub fn build<'s>(
         done.clone(),
         plan.max_epochs_ahead,
         fatal.clone(),
+        totals.clock.clone(),
     );
     let decoded = decode(chunks, plan.rules.clone(), plan.catalog.clone());
     let watermarks = decoded.stats.broadcast();
@@ -241,17 +242,24 @@ where
         };
         let (plan, totals, fatal) = (plan.clone(), totals.clone(), fatal.clone());
         let totals_for_progress = totals.clone();
-        let _done =
+        let done =
             worker.dataflow::<Epoch, _, _>(|scope| build(scope, &plan, io, totals, fatal.clone()));
         let mut last_report = std::time::Instant::now();
         while worker.step_or_park(Some(Duration::from_millis(5))) {
             if fatal.is_set() {
                 break;
             }
-            if index == 0 && last_report.elapsed() >= progress_every {
-                on_progress(&totals_for_progress.snapshot());
-                last_report = std::time::Instant::now();
+            if index == 0 {
+                let frontier = done.with_frontier(|f| f.as_option().copied());
+                totals_for_progress.clock.complete_before(frontier);
+                if last_report.elapsed() >= progress_every {
+                    on_progress(&totals_for_progress.snapshot());
+                    last_report = std::time::Instant::now();
+                }
             }
+        }
+        if index == 0 {
+            totals_for_progress.clock.complete_before(None);
         }
     })?;
     let results = guards.join();

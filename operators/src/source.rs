@@ -16,6 +16,7 @@ use std::rc::Rc;
 use timely::dataflow::operators::generic::operator::source as timely_source;
 use timely::dataflow::{ProbeHandle, Scope, StreamVec};
 
+use crate::accounting::LatencyClock;
 use crate::{Epoch, Fatal};
 
 /// A byte range of one input, holding whole records (newline-delimited).
@@ -42,6 +43,7 @@ pub fn source<'s>(
     completed: ProbeHandle<Epoch>,
     max_epochs_ahead: u64,
     fatal: Fatal,
+    clock: LatencyClock,
 ) -> StreamVec<'s, Epoch, Chunk> {
     timely_source(scope, "Source", move |capability, info| {
         let activator = Rc::new(scope.activator_for(info.address));
@@ -65,6 +67,7 @@ pub fn source<'s>(
             }
             match reader.next_chunk() {
                 Some(Ok(chunk)) => {
+                    clock.start(chunk.epoch);
                     output.session(&c).give(chunk);
                     match reader.peek_epoch() {
                         Some(next) => c.downgrade(&next),

@@ -7,11 +7,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use meterflow_operators::accounting::Totals;
+use meterflow_operators::accounting::{Latency, Totals};
 use meterflow_operators::dataflow::{execute, Cluster, WorkerIo};
 use meterflow_operators::source::{ChunkReader, ReadAt, StripedReader};
 use meterflow_operators::Fatal;
 use meterflow_schemas::catalog::load_dir;
+use meterflow_schemas::money::Amount;
 use meterflow_schemas::rejection::Reason;
 use meterflow_schemas::rows::{Counts, InvoiceLine};
 
@@ -38,6 +39,10 @@ pub struct RunArgs {
 /// What a run produced.
 pub struct RunReport {
     pub counts: Counts,
+    /// Sum of the exact amounts of the current invoice lines.
+    pub invoice_total_exact: Amount,
+    /// Read-to-output latency of epochs.
+    pub latency: Latency,
     pub preview: String,
     pub elapsed: Duration,
     pub peak_rss_bytes: u64,
@@ -153,6 +158,11 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
     let preview = preview::render(&lines, &plan.catalog, plan.policy.period);
     let report = RunReport {
         counts,
+        latency: totals.clock.latency(),
+        invoice_total_exact: lines
+            .iter()
+            .map(|(l, n)| Amount(l.amount_exact.0 * *n as i128))
+            .sum(),
         preview,
         elapsed: started.elapsed(),
         peak_rss_bytes: peak_rss_bytes(),
@@ -196,6 +206,8 @@ fn write_counts(out: &Path, r: &RunReport) -> anyhow::Result<()> {
         "elapsed_seconds": secs,
         "events_per_second": if secs > 0.0 { c.received as f64 / secs } else { 0.0 },
         "peak_rss_bytes": r.peak_rss_bytes,
+        "invoice_total_exact": r.invoice_total_exact.to_string(),
+        "epoch_latency_ms": { "epochs": r.latency.epochs, "p50": r.latency.p50_ms, "p99": r.latency.p99_ms, "max": r.latency.max_ms },
     });
     std::fs::write(
         out.join("counts.json"),

@@ -674,6 +674,56 @@ mod tests {
     }
 
     #[test]
+    fn the_published_json_schema_lists_exactly_the_decoded_fields() {
+        let schema: serde_json::Value =
+            serde_json::from_str(include_str!("../usage_event.schema.json")).unwrap();
+        let mut published: Vec<&str> = schema["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str())
+            .collect();
+        published.sort();
+        let mut decoded = NATIVE_NAMES.to_vec();
+        decoded.sort();
+        assert_eq!(published, decoded);
+        let mut required: Vec<&str> = schema["required"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        required.sort();
+        // Every required field is reported as missing_field by validation.
+        for field in &required {
+            let line = crate::fixtures::api("e", "1", "2026-11-01T00:00:00Z");
+            let without = strip_field(&line, field);
+            let mut v = crate::validate::Validator::new(
+                Default::default(),
+                std::sync::Arc::new(crate::fixtures::catalog()),
+            );
+            let r = v
+                .validate(
+                    without.as_bytes(),
+                    Default::default(),
+                    crate::time::EventTime::now(),
+                )
+                .unwrap_err();
+            assert_eq!(
+                (r.reason, r.field.as_deref()),
+                (Reason::MissingField, Some(*field)),
+                "{without}"
+            );
+        }
+    }
+
+    fn strip_field(line: &str, field: &str) -> String {
+        let mut v: serde_json::Map<String, serde_json::Value> = serde_json::from_str(line).unwrap();
+        v.remove(field);
+        serde_json::Value::Object(v).to_string()
+    }
+
+    #[test]
     fn cloudevents_map_to_native_fields() {
         let ev = ok(
             r#"{"specversion":"1.0","id":"e1","source":"/api","type":"com.meterflow.usage.v1","subject":"acme","time":"2026-11-01T00:00:00Z","traceparent":"x","data":{"contract_id":"c","sku":"s","unit":"u","quantity":1}}"#,

@@ -1,0 +1,294 @@
+//! The naive baseline: the same work as `meterflow run` — read, parse, validate, dedup with a
+//! horizon, classify lateness, aggregate, price, write the same tables — in one thread with
+//! std HashMaps, pricing once at the end. It shares meterflow's pure functions (validation,
+//! pricing math, CSV writers) so the comparison measures the engine, not different code.
+//!
+//! usage: baseline <events.jsonl> <catalog dir> <out dir> [chunk bytes]
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use meterflow::file_sink::{
+    invoice_lines_writer, prepare_out_dir, rated_usage_writer, DuplicatesWriter, Names,
+    RejectionsWriter, UsageEventsWriter,
+};
+use meterflow::file_source::FileInput;
+use meterflow_operators::decode::records;
+use meterflow_operators::price::{price_line, Priced};
+use meterflow_operators::rate_join::SegmentPrice;
+use meterflow_operators::sink::TableWriter;
+use meterflow_operators::source::{ChunkReader, StripedReader};
+use meterflow_operators::watermark::{LatenessPolicy, Verdict};
+use meterflow_schemas::catalog::{load_dir, PriceIdx};
+use meterflow_schemas::event::{CorrectionAction, Lineage};
+use meterflow_schemas::hashing::EventKey;
+use meterflow_schemas::money::{Quantity, Rounding};
+use meterflow_schemas::rejection::{Reason, Rejection};
+use meterflow_schemas::rows::{AcceptedEvent, Counts, DuplicateRow, InvoiceLine, LineKey};
+use meterflow_schemas::time::{EventTime, Period, PeriodUnit, Span};
+use meterflow_schemas::validate::{ValidationRules, Validator};
+
+struct Seen {
+    fingerprint: u64,
+    time: EventTime,
+    voided: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    anyhow::ensure!(
+        args.len() >= 4,
+        "usage: baseline <events.jsonl> <catalog dir> <out dir> [chunk bytes]"
+    );
+    let (input, catalog_dir, out) = (
+        PathBuf::from(&args[1]),
+        PathBuf::from(&args[2]),
+        PathBuf::from(&args[3]),
+    );
+    let chunk_bytes: u64 = args
+        .get(4)
+        .map_or(Ok(4 << 20), |s| s.parse())
+        .context("chunk bytes")?;
+    let started = Instant::now();
+
+    let catalog = Arc::new(load_dir(&catalog_dir)?);
+    let rules = Arc::new(ValidationRules::default());
+    let policy = LatenessPolicy {
+        period: PeriodUnit::Month,
+        tolerance: Span::hours(1),
+        dedup_horizon: Span::days(7),
+    };
+    prepare_out_dir(&out)?;
+    let names = Arc::new(Names {
+        catalog: catalog.clone(),
+        sources: vec![input.display().to_string()],
+        billable_environments: rules.billable_environments.clone(),
+        period: policy.period,
+    });
+    let mut usage_out =
+        UsageEventsWriter::create(&out, 0, names.clone()).map_err(anyhow::Error::msg)?;
+    let mut rejections_out =
+        RejectionsWriter::create(&out, 0, names.clone()).map_err(anyhow::Error::msg)?;
+    let mut duplicates_out =
+        DuplicatesWriter::create(&out, 0, names.clone()).map_err(anyhow::Error::msg)?;
+    let lines_current = Arc::default();
+    let mut lines_out = invoice_lines_writer(
+        &out,
+        0,
+        names.clone(),
+        std::time::Duration::ZERO,
+        lines_current,
+    )
+    .map_err(anyhow::Error::msg)?;
+    let mut rated_out = rated_usage_writer(&out, 0, names.clone(), std::time::Duration::ZERO)
+        .map_err(anyhow::Error::msg)?;
+
+    let mut validator = Validator::new(rules.clone(), catalog.clone());
+    let mut seen: HashMap<EventKey, Seen> = HashMap::new();
+    let mut usage: HashMap<(LineKey, Period, PriceIdx), (i64, Quantity)> = HashMap::new();
+    let mut counts = Counts::default();
+    let mut watermark = EventTime::MIN;
+    let mut evict_at = 1 << 20;
+    let mut reader = StripedReader::new(vec![FileInput::open(&input)?], chunk_bytes, 0, 1);
+    let (mut accepted, mut rejected, mut duplicates) = (Vec::new(), Vec::new(), Vec::new());
+    let now = EventTime::now();
+
+    while let Some(chunk) = reader.next_chunk() {
+        let chunk = chunk?;
+        counts.bytes += chunk.bytes.len() as u64;
+        let mut chunk_max = watermark;
+        for (offset, line) in records(&chunk.bytes) {
+            counts.received += 1;
+            let lineage = Lineage {
+                source: 0,
+                offset: chunk.base_offset + offset as u64,
+            };
+            let ev = match validator.validate(line, lineage, now) {
+                Ok(ev) => ev,
+                Err(r) => {
+                    counts.reject(r.reason);
+                    rejected.push(r);
+                    continue;
+                }
+            };
+            chunk_max = chunk_max.max(ev.time);
+            let reject = |reason: Reason| {
+                let mut r = Rejection::new(reason, None, reason.code());
+                r.event_id = Some(ev.event_id.clone());
+                r.lineage = ev.lineage;
+                r
+            };
+            let (service, invoice, arrival) = match policy.classify(watermark, ev.time) {
+                Verdict::TooOld => {
+                    counts.reject(Reason::TimestampTooOld);
+                    rejected.push(reject(Reason::TimestampTooOld));
+                    continue;
+                }
+                Verdict::Accept {
+                    service,
+                    invoice,
+                    arrival,
+                } => (service, invoice, arrival),
+            };
+            if let Some(prior) = seen.get(&ev.key) {
+                if prior.fingerprint == ev.fingerprint {
+                    counts.duplicates += 1;
+                    duplicates.push(DuplicateRow {
+                        event_id: ev.event_id,
+                        key: ev.key,
+                        time: ev.time,
+                        lineage: ev.lineage,
+                    });
+                } else {
+                    counts.reject(Reason::ConflictingDuplicate);
+                    rejected.push(reject(Reason::ConflictingDuplicate));
+                }
+                continue;
+            }
+            if let Some(c) = &ev.correction {
+                let problem = match seen.get(&c.original_key) {
+                    None => Some(Reason::CorrectionUnknownOriginal),
+                    Some(o) if o.voided => Some(Reason::CorrectionAfterVoid),
+                    Some(o)
+                        if c.action == CorrectionAction::Void
+                            && o.fingerprint != c.original_fingerprint =>
+                    {
+                        Some(Reason::CorrectionMismatch)
+                    }
+                    Some(_) => None,
+                };
+                if let Some(reason) = problem {
+                    counts.reject(reason);
+                    rejected.push(reject(reason));
+                    continue;
+                }
+                counts.corrections += 1;
+                if c.action == CorrectionAction::Void {
+                    seen.get_mut(&c.original_key).expect("checked").voided = true;
+                }
+            }
+            seen.insert(
+                ev.key,
+                Seen {
+                    fingerprint: ev.fingerprint,
+                    time: ev.time,
+                    voided: false,
+                },
+            );
+            counts.accepted += 1;
+            match arrival {
+                meterflow_schemas::rows::Arrival::OutOfOrder => counts.out_of_order += 1,
+                meterflow_schemas::rows::Arrival::Late => counts.late += 1,
+                meterflow_schemas::rows::Arrival::OnTime => {}
+            }
+            if ev.billable() {
+                counts.billable += 1;
+                let line = LineKey {
+                    customer: ev.customer,
+                    contract: ev.contract,
+                    sku: ev.sku,
+                    region: catalog.price(ev.price).region,
+                    service_period: service,
+                };
+                let e = usage.entry((line, invoice, ev.price)).or_default();
+                e.0 += 1;
+                e.1 += ev.quantity;
+            }
+            accepted.push(AcceptedEvent {
+                event: ev,
+                service_period: service,
+                invoice_period: invoice,
+                arrival,
+            });
+        }
+        watermark = chunk_max;
+        usage_out.write(&mut accepted).map_err(anyhow::Error::msg)?;
+        rejections_out
+            .write(&mut rejected)
+            .map_err(anyhow::Error::msg)?;
+        duplicates_out
+            .write(&mut duplicates)
+            .map_err(anyhow::Error::msg)?;
+        if seen.len() > evict_at {
+            let forget = policy.forget_before(watermark);
+            seen.retain(|_, s| s.time >= forget);
+            evict_at = (seen.len() * 2).max(1 << 20);
+        }
+    }
+
+    // Price every line once, at the end.
+    let mut by_line: BTreeMap<
+        LineKey,
+        Vec<(
+            (Period, SegmentPrice),
+            meterflow_operators::aggregate::UsageSum,
+        )>,
+    > = BTreeMap::new();
+    for ((line, invoice, price_ix), (events, quantity)) in usage {
+        let p = catalog.price(price_ix);
+        let segment = SegmentPrice {
+            effective_from: p.effective_from,
+            version: p.version,
+            price: price_ix,
+            currency: p.currency.clone(),
+            model: p.model.clone(),
+        };
+        by_line.entry(line).or_default().push((
+            (invoice, segment),
+            meterflow_operators::aggregate::UsageSum { events, quantity },
+        ));
+    }
+    let (mut lines, mut rated) = (Vec::new(), Vec::new());
+    for (key, mut values) in by_line {
+        values.sort();
+        let input: Vec<(&(Period, SegmentPrice), _)> =
+            values.iter().map(|(v, s)| (v, *s)).collect();
+        for p in price_line(&key, &input, Rounding::HalfEven) {
+            match p {
+                Priced::Line(l) => lines.push((l, 0, 1)),
+                Priced::Rated(r) => rated.push((r, 0, 1)),
+            }
+        }
+    }
+    let invoice_total: meterflow_schemas::money::Amount = lines
+        .iter()
+        .map(|(l, _, _): &(InvoiceLine, u64, isize)| l.amount_exact)
+        .sum();
+    lines_out.write(&mut lines).map_err(anyhow::Error::msg)?;
+    rated_out.write(&mut rated).map_err(anyhow::Error::msg)?;
+    for w in [&mut usage_out as &mut dyn TableWriter<AcceptedEvent>] {
+        w.frontier(None).map_err(anyhow::Error::msg)?;
+    }
+    rejections_out.frontier(None).map_err(anyhow::Error::msg)?;
+    duplicates_out.frontier(None).map_err(anyhow::Error::msg)?;
+    lines_out.frontier(None).map_err(anyhow::Error::msg)?;
+    rated_out.frontier(None).map_err(anyhow::Error::msg)?;
+
+    let secs = started.elapsed().as_secs_f64();
+    let json = serde_json::json!({
+        "received": counts.received,
+        "accepted": counts.accepted,
+        "billable": counts.billable,
+        "duplicates": counts.duplicates,
+        "rejected": counts.rejected,
+        "late": counts.late,
+        "out_of_order": counts.out_of_order,
+        "balanced": counts.balanced(),
+        "dedup_keys": seen.len(),
+        "dedup_bytes": seen.capacity() * (std::mem::size_of::<(EventKey, Seen)>() + 1),
+        "dedup_bytes_per_key": (seen.capacity() * (std::mem::size_of::<(EventKey, Seen)>() + 1)) as f64 / seen.len().max(1) as f64,
+        "invoice_total_exact": invoice_total.to_string(),
+        "elapsed_seconds": secs,
+        "events_per_second": counts.received as f64 / secs,
+        "peak_rss_bytes": meterflow::run::peak_rss_bytes(),
+    });
+    std::fs::write(
+        out.join("counts.json"),
+        serde_json::to_string_pretty(&json)? + "\n",
+    )?;
+    println!("{json}");
+    Ok(())
+}

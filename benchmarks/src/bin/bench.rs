@@ -1,0 +1,240 @@
+//! The end-to-end benchmark: generates N events (default 10M: ~5% duplicates, 1% late, 0.5%
+//! invalid), runs `meterflow run` with 1 and 2 workers and the naive baseline on them, checks
+//! that all three agree on the counts and the invoice total, and prints events/s, epoch latency,
+//! peak RSS and dedup bytes per key side by side.
+//!
+//! usage: bench [--events N] [--dir DIR] [--customers N] [--chunk-bytes N] [--checksum-rate F]
+//!              [--runs N]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use serde_json::Value;
+
+struct Args {
+    events: u64,
+    dir: PathBuf,
+    customers: u32,
+    chunk_bytes: u64,
+    checksum_rate: f64,
+    runs: usize,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let mut a = Args {
+        events: 10_000_000,
+        dir: PathBuf::from("target/bench-data"),
+        customers: 1000,
+        chunk_bytes: 4 << 20,
+        checksum_rate: 0.0,
+        runs: 1,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--events" => a.events = value()?.parse()?,
+            "--dir" => a.dir = PathBuf::from(value()?),
+            "--customers" => a.customers = value()?.parse()?,
+            "--chunk-bytes" => a.chunk_bytes = value()?.parse()?,
+            "--checksum-rate" => a.checksum_rate = value()?.parse()?,
+            "--runs" => a.runs = value()?.parse()?,
+            other => bail!("unknown flag {other}; see the header of benchmarks/src/bin/bench.rs"),
+        }
+    }
+    Ok(a)
+}
+
+/// Binaries next to this one (target/release).
+fn sibling(name: &str) -> PathBuf {
+    std::env::current_exe()
+        .expect("own path")
+        .with_file_name(name)
+}
+
+fn run(cmd: &mut Command) -> anyhow::Result<f64> {
+    let start = Instant::now();
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(start.elapsed().as_secs_f64())
+}
+
+fn counts(out: &Path) -> anyhow::Result<Value> {
+    Ok(serde_json::from_str(&std::fs::read_to_string(
+        out.join("counts.json"),
+    )?)?)
+}
+
+struct Measured {
+    name: String,
+    seconds: f64,
+    counts: Value,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = parse_args()?;
+    // The meterflow binary lives in another package: build it (a no-op when fresh).
+    let status = Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "meterflow",
+            "--bin",
+            "meterflow",
+        ])
+        .status()?;
+    anyhow::ensure!(status.success(), "building meterflow failed");
+    let meterflow = sibling("meterflow");
+    let baseline = sibling("baseline");
+
+    std::fs::create_dir_all(&args.dir)?;
+    let data = args.dir.join(format!(
+        "{}-events-{}-customers-{}-checksums",
+        args.events, args.customers, args.checksum_rate
+    ));
+    if !data.join("events.jsonl").exists() {
+        eprintln!("generating {} events into {}", args.events, data.display());
+        let secs = run(Command::new(&meterflow).args([
+            "gen",
+            "--out",
+            data.to_str().unwrap(),
+            "--events",
+            &args.events.to_string(),
+            "--customers",
+            &args.customers.to_string(),
+            "--checksum-rate",
+            &args.checksum_rate.to_string(),
+        ]))?;
+        eprintln!("generated in {secs:.1}s");
+    }
+    let events = data.join("events.jsonl");
+    let catalog = data.join("catalog");
+    let config = data.join("bench.toml");
+    std::fs::write(
+        &config,
+        format!("[input]\nchunk_bytes = {}\n", args.chunk_bytes),
+    )?;
+    let bytes = std::fs::metadata(&events)?.len();
+
+    let mut results: Vec<Measured> = Vec::new();
+    for round in 0..args.runs {
+        let out = args.dir.join("out-baseline");
+        let secs = run(Command::new(&baseline).args([
+            events.to_str().unwrap(),
+            catalog.to_str().unwrap(),
+            out.to_str().unwrap(),
+            &args.chunk_bytes.to_string(),
+        ]))?;
+        results.push(Measured {
+            name: format!("baseline (1 thread, HashMaps) #{round}"),
+            seconds: secs,
+            counts: counts(&out)?,
+        });
+        for workers in [1, 2] {
+            let out = args.dir.join(format!("out-w{workers}"));
+            let secs = run(Command::new(&meterflow).env("METERFLOW_LOG", "warn").args([
+                "run",
+                "--input",
+                events.to_str().unwrap(),
+                "--catalog",
+                catalog.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+                "--config",
+                config.to_str().unwrap(),
+                "-w",
+                &workers.to_string(),
+                "--quiet",
+            ]))?;
+            results.push(Measured {
+                name: format!("meterflow -w {workers} #{round}"),
+                seconds: secs,
+                counts: counts(&out)?,
+            });
+        }
+    }
+
+    // All runs must agree on what happened to every record and on the money.
+    let reference = &results[0].counts;
+    for r in &results[1..] {
+        for k in [
+            "received",
+            "accepted",
+            "duplicates",
+            "rejected",
+            "late",
+            "billable",
+            "invoice_total_exact",
+        ] {
+            anyhow::ensure!(
+                r.counts[k] == reference[k],
+                "{} disagrees with the baseline on {k}: {} vs {}",
+                r.name,
+                r.counts[k],
+                reference[k]
+            );
+        }
+    }
+
+    let received = reference["received"].as_u64().unwrap_or(0) as f64;
+    let best = |prefix: &str| {
+        results
+            .iter()
+            .filter(|r| r.name.starts_with(prefix))
+            .map(|r| r.seconds)
+            .fold(f64::INFINITY, f64::min)
+    };
+    let baseline_secs = best("baseline");
+    println!(
+        "\n{} records ({:.2} GB): {} accepted, {} duplicates, {} rejected, {} late; invoice total {} (all runs agree)",
+        received,
+        bytes as f64 / 1e9,
+        reference["accepted"],
+        reference["duplicates"],
+        reference["rejected"],
+        reference["late"],
+        reference["invoice_total_exact"].as_str().unwrap_or("?")
+    );
+    println!("\n| run | seconds | events/s | vs baseline | epoch latency p50 / p99 (ms) | peak RSS (MiB) | dedup bytes/key |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for r in &results {
+        let lat = &r.counts["epoch_latency_ms"];
+        let latency = if lat.is_null() {
+            "n/a (prices at end)".to_string()
+        } else {
+            format!(
+                "{:.0} / {:.0}",
+                lat["p50"].as_f64().unwrap_or(0.0),
+                lat["p99"].as_f64().unwrap_or(0.0)
+            )
+        };
+        println!(
+            "| {} | {:.2} | {:.0} | {:.2}x | {} | {:.0} | {:.1} |",
+            r.name,
+            r.seconds,
+            received / r.seconds,
+            baseline_secs / r.seconds,
+            latency,
+            r.counts["peak_rss_bytes"].as_f64().unwrap_or(0.0) / (1 << 20) as f64,
+            r.counts["dedup_bytes_per_key"].as_f64().unwrap_or(0.0)
+        );
+    }
+    let w2 = best("meterflow -w 2");
+    println!(
+        "\nmeterflow -w 2: {:.0} events/s, {:.2}x the baseline",
+        received / w2,
+        baseline_secs / w2
+    );
+    Ok(())
+}
