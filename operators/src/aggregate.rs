@@ -1,9 +1,13 @@
-//! Pre-aggregation: folds each epoch's billable usage into one update per
+//! Pre-aggregation: folds each pricing round's billable usage into one update per
 //! (price, line, invoice period) before it enters differential.
 //!
-//! (data, time, diff): for epoch `t`, emits at `t` one update `((price, (line, invoice_period)), t,
-//! UsageSum)` per distinct key seen in `t` on this worker, once the input frontier passes `t`.
-//! State: one map per unfinished epoch (bounded by the source's flow control). The diff type
+//! A pricing round is `epochs_per_round` consecutive epochs; invoice lines are re-priced once per
+//! round instead of once per epoch, which trades a little latency for much less churn.
+//!
+//! (data, time, diff): for the round ending at epoch `r`, emits at `r` one update
+//! `((price, (line, invoice_period)), r, UsageSum)` per distinct key seen in the round on this
+//! worker, once the input frontier passes `r`. State: one map per unfinished round (bounded by the
+//! source's flow control). The diff type
 //! [`UsageSum`] carries event count and quantity, so differential accumulates usage directly.
 
 use std::collections::{BTreeMap, HashMap};
@@ -71,8 +75,15 @@ impl Multiply<isize> for UsageSum {
 /// Usage keyed for the rate join.
 pub type UsageRecord = (PriceIdx, (LineKey, Period));
 
+/// The last epoch of the pricing round holding `epoch`, for rounds of `epochs_per_round`.
+pub fn round_end(epoch: Epoch, epochs_per_round: u64) -> Epoch {
+    let k = epochs_per_round.max(1);
+    (epoch / k) * k + (k - 1)
+}
+
 pub fn pre_aggregate<'s>(
     usage: StreamVec<'s, Epoch, UsageDelta>,
+    epochs_per_round: u64,
 ) -> VecCollection<'s, Epoch, UsageRecord, UsageSum> {
     let mut pending: BTreeMap<Epoch, (Capability<Epoch>, HashMap<UsageRecord, UsageSum, FxBuild>)> =
         BTreeMap::new();
@@ -81,9 +92,10 @@ pub fn pre_aggregate<'s>(
             move |(input, frontier), output| {
                 input.for_each_stamp(|cap, data| {
                     let Some(&epoch) = cap.least() else { return };
-                    let (_, sums) = pending.entry(epoch).or_insert_with(|| {
-                        (cap.retain_least(0).expect("stamped"), HashMap::default())
-                    });
+                    let round = round_end(epoch, epochs_per_round);
+                    let (_, sums) = pending
+                        .entry(round)
+                        .or_insert_with(|| (cap.delayed(&round, 0), HashMap::default()));
                     for d in data.flat_map(|d| d.drain(..)) {
                         let s = sums
                             .entry((d.price, (d.line, d.invoice_period)))
@@ -96,12 +108,12 @@ pub fn pre_aggregate<'s>(
                     if frontier.frontier().less_equal(entry.key()) {
                         break;
                     }
-                    let epoch = *entry.key();
+                    let round = *entry.key();
                     let (cap, sums) = entry.remove();
                     let mut session = output.session(&cap);
                     for (record, sum) in sums {
                         if !sum.is_zero() {
-                            session.give((record, epoch, sum));
+                            session.give((record, round, sum));
                         }
                     }
                 }

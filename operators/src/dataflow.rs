@@ -33,8 +33,10 @@ pub struct Plan {
     pub rules: Arc<ValidationRules>,
     pub policy: LatenessPolicy,
     pub rounding: Rounding,
-    /// How many epochs a source may run ahead of completed work.
+    /// How many epochs a source may run ahead of deduplicated work.
     pub max_epochs_ahead: u64,
+    /// Invoice lines are re-priced once per this many epochs.
+    pub epochs_per_round: u64,
 }
 
 /// A signed row of a derived table: (row, epoch, +1 / -1).
@@ -60,11 +62,13 @@ pub fn build<'s>(
     totals: Totals,
     fatal: Fatal,
 ) -> ProbeHandle<Epoch> {
+    // `admitted`: how far dedup has got (flow control); `done`: how far every output has got.
+    let admitted = ProbeHandle::new();
     let done = ProbeHandle::new();
     let chunks = source(
         scope,
         io.reader,
-        done.clone(),
+        admitted.clone(),
         plan.max_epochs_ahead,
         fatal.clone(),
         totals.clock.clone(),
@@ -77,7 +81,7 @@ pub fn build<'s>(
         plan.rules.billable_environments.clone().into(),
     );
     let deduped = dedup(decoded.events, watermarks, deduper);
-    let usage = pre_aggregate(deduped.usage);
+    let usage = pre_aggregate(deduped.usage.probe_with(&admitted), plan.epochs_per_round);
     let rated = rate_join(usage, prices(scope, &plan.catalog));
     let priced = price(rated, plan.rounding).inner.probe_with(&done);
 

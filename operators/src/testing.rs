@@ -64,6 +64,7 @@ pub fn plan(catalog: Catalog) -> Plan {
         },
         rounding: Rounding::HalfEven,
         max_epochs_ahead: 16,
+        epochs_per_round: 1,
     }
 }
 

@@ -156,12 +156,16 @@ pub struct BillingConfig {
 pub struct OutputConfig {
     /// How often derived tables (invoice lines, rated usage) are flushed, consolidated.
     pub flush_interval: Span,
+    /// Invoice lines are re-priced once per this many epochs (chunks): fewer retractions and
+    /// less work per event, at the cost of that much latency.
+    pub price_every_epochs: u64,
 }
 
 impl Default for OutputConfig {
     fn default() -> Self {
         OutputConfig {
             flush_interval: Span(1000),
+            price_every_epochs: 4,
         }
     }
 }
@@ -339,6 +343,7 @@ impl Config {
             },
             rounding: self.billing.rounding,
             max_epochs_ahead: self.input.max_epochs_ahead.max(1),
+            epochs_per_round: self.output.price_every_epochs.max(1),
         }
     }
 }

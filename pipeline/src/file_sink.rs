@@ -15,7 +15,8 @@ use meterflow_operators::dataflow::Signed;
 use meterflow_operators::sink::TableWriter;
 use meterflow_operators::Epoch;
 use meterflow_schemas::catalog::Catalog;
-use meterflow_schemas::event::{Environment, Lineage};
+use meterflow_schemas::event::{Environment, Lineage, Metadata};
+use meterflow_schemas::money::{Amount, Quantity};
 use meterflow_schemas::rejection::Rejection;
 use meterflow_schemas::rows::{AcceptedEvent, DuplicateRow, InvoiceLine, LineKey, RatedRow};
 use meterflow_schemas::time::{EventTime, Period, PeriodUnit};
@@ -38,9 +39,20 @@ const INVOICE_HEADER: &str = "customer_id,contract_id,sku,region,service_period,
 /// What every writer needs to turn indices back into names.
 pub struct Names {
     pub catalog: Arc<Catalog>,
-    pub sources: Vec<String>,
     pub billable_environments: Vec<String>,
     pub period: PeriodUnit,
+}
+
+/// `sources.csv`: the inputs of the run, by the index the tables' `source` column uses.
+pub fn write_sources(out: &Path, sources: &[String]) -> std::io::Result<()> {
+    let mut row = b"source,path\n".to_vec();
+    for (i, s) in sources.iter().enumerate() {
+        int(&mut row, i);
+        field(&mut row, s);
+        let last = row.len() - 1;
+        row[last] = b'\n';
+    }
+    std::fs::write(out.join("sources.csv"), row)
 }
 
 /// Removes the table directories of an earlier run, so stale parts never mix with new ones.
@@ -117,8 +129,37 @@ fn field(row: &mut Vec<u8>, s: &str) {
     row.push(b',');
 }
 
-fn display(row: &mut Vec<u8>, v: impl std::fmt::Display) {
-    let _ = write!(row, "{v},");
+/// Appends an integer and a comma.
+fn int(row: &mut Vec<u8>, v: impl itoa::Integer) {
+    row.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+    row.push(b',');
+}
+
+/// Appends a fixed-point value (`v / 10^scale`) without trailing zeros, and a comma.
+fn scaled(row: &mut Vec<u8>, v: i128, scale: u32) {
+    meterflow_schemas::money::push_scaled(row, v, scale);
+    row.push(b',');
+}
+
+/// Period labels, cached: a writer sees the same few periods over and over.
+#[derive(Default)]
+struct Labels(Vec<(Period, String)>);
+
+impl Labels {
+    fn write(&mut self, unit: PeriodUnit, row: &mut Vec<u8>, p: Period) {
+        let label = match self.0.iter().position(|(q, _)| *q == p) {
+            Some(i) => &self.0[i].1,
+            None => {
+                if self.0.len() >= 8 {
+                    self.0.remove(0);
+                }
+                self.0.push((p, unit.label(p)));
+                &self.0[self.0.len() - 1].1
+            }
+        };
+        row.extend_from_slice(label.as_bytes());
+        row.push(b',');
+    }
 }
 
 /// RFC 3339 with milliseconds, without going through `fmt`.
@@ -142,14 +183,10 @@ fn time_field(row: &mut Vec<u8>, t: EventTime) {
 }
 
 impl Names {
+    /// `source` is the input's index in `sources.csv`; `offset` the record's byte offset in it.
     fn lineage(&self, row: &mut Vec<u8>, l: Lineage) {
-        field(
-            row,
-            self.sources
-                .get(l.source as usize)
-                .map_or("?", |s| s.as_str()),
-        );
-        display(row, l.offset);
+        int(row, l.source);
+        int(row, l.offset);
     }
 
     fn period(&self, row: &mut Vec<u8>, p: Period) {
@@ -170,6 +207,7 @@ impl Names {
 pub struct UsageEventsWriter {
     csv: CsvFile,
     names: Arc<Names>,
+    labels: Labels,
 }
 
 impl UsageEventsWriter {
@@ -177,6 +215,7 @@ impl UsageEventsWriter {
         Ok(UsageEventsWriter {
             csv: CsvFile::create(part_path(out, "usage_events", worker), USAGE_HEADER)?,
             names,
+            labels: Labels::default(),
         })
     }
 }
@@ -185,6 +224,7 @@ impl TableWriter<AcceptedEvent> for UsageEventsWriter {
     fn write(&mut self, rows: &mut Vec<AcceptedEvent>) -> Result<(), String> {
         let n = &*self.names;
         let c = &n.catalog;
+        let no_metadata = Metadata::default();
         for a in rows.drain(..) {
             let e = &a.event;
             let row = &mut self.csv.row;
@@ -194,19 +234,15 @@ impl TableWriter<AcceptedEvent> for UsageEventsWriter {
             let sku = &c.skus[e.sku.ix()];
             field(row, &sku.id);
             field(row, &sku.unit);
-            display(row, e.quantity);
+            scaled(row, e.quantity.0, Quantity::SCALE);
             time_field(row, e.time);
             match &e.environment {
                 Environment::Billable(i) => field(row, &n.billable_environments[*i as usize]),
                 Environment::Other(name) => field(row, name),
             }
             row.extend_from_slice(if e.billable() { b"1," } else { b"0," });
-            for v in [
-                &e.metadata.region,
-                &e.metadata.plan,
-                &e.metadata.marketplace,
-                &e.metadata.attributes,
-            ] {
+            let m = e.metadata.as_deref().unwrap_or(&no_metadata);
+            for v in [&m.region, &m.plan, &m.marketplace, &m.attributes] {
                 field(row, v.as_deref().unwrap_or(""));
             }
             match &e.correction {
@@ -218,10 +254,10 @@ impl TableWriter<AcceptedEvent> for UsageEventsWriter {
             }
             let price = c.price(e.price);
             field(row, &c.rate_cards[price.rate_card.ix()].id);
-            display(row, price.version);
+            int(row, price.version);
             field(row, c.region_name(price.region));
-            n.period(row, a.service_period);
-            n.period(row, a.invoice_period);
+            self.labels.write(n.period, row, a.service_period);
+            self.labels.write(n.period, row, a.invoice_period);
             field(row, a.arrival.as_str());
             n.lineage(row, e.lineage);
             self.csv.end_row()?;
@@ -333,7 +369,7 @@ impl<R: Ord + Clone + 'static> SignedWriter<R> {
             for _ in 0..diff.unsigned_abs() {
                 (self.format)(&self.names, &r, &mut self.csv.row);
                 self.csv.row.extend_from_slice(sign);
-                display(&mut self.csv.row, self.batch);
+                int(&mut self.csv.row, self.batch);
                 self.csv.end_row()?;
             }
             let e = current.entry(r.clone()).or_insert(0);
@@ -369,11 +405,11 @@ fn format_invoice_line(n: &Names, l: &InvoiceLine, row: &mut Vec<u8>) {
     n.period(row, l.invoice_period);
     field(row, l.kind.as_str());
     field(row, &l.currency);
-    display(row, l.events);
-    display(row, l.quantity);
+    int(row, l.events);
+    scaled(row, l.quantity.0, Quantity::SCALE);
     let digits = meterflow_schemas::money::minor_unit_digits(&l.currency);
     field(row, &l.amount.format_fixed(digits));
-    display(row, l.amount_exact);
+    scaled(row, l.amount_exact.0, Amount::SCALE);
 }
 
 fn format_rated(n: &Names, r: &RatedRow, row: &mut Vec<u8>) {
@@ -382,11 +418,11 @@ fn format_rated(n: &Names, r: &RatedRow, row: &mut Vec<u8>) {
     n.period(row, r.invoice_period);
     let price = c.price(r.price);
     field(row, &c.rate_cards[price.rate_card.ix()].id);
-    display(row, price.version);
+    int(row, price.version);
     field(row, price.model.name());
-    display(row, r.tier + 1);
-    display(row, r.quantity);
-    display(row, r.amount);
+    int(row, r.tier + 1);
+    scaled(row, r.quantity.0, Quantity::SCALE);
+    scaled(row, r.amount.0, Amount::SCALE);
     field(row, &price.currency);
 }
 

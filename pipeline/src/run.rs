@@ -18,8 +18,8 @@ use meterflow_schemas::rows::{Counts, InvoiceLine};
 
 use crate::config::Config;
 use crate::file_sink::{
-    invoice_lines_writer, prepare_out_dir, rated_usage_writer, DuplicatesWriter, Names,
-    RejectionsWriter, UsageEventsWriter,
+    invoice_lines_writer, prepare_out_dir, rated_usage_writer, write_sources, DuplicatesWriter,
+    Names, RejectionsWriter, UsageEventsWriter,
 };
 use crate::file_source::{FileInput, NoInput, StdinReader};
 use crate::preview;
@@ -78,13 +78,20 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
     prepare_out_dir(&args.out)
         .with_context(|| format!("cannot prepare output directory {}", args.out.display()))?;
 
+    let sources: Vec<String> = args
+        .inputs
+        .iter()
+        .map(|p| {
+            if p.as_os_str() == "-" {
+                "(stdin)".to_string()
+            } else {
+                p.display().to_string()
+            }
+        })
+        .collect();
+    write_sources(&args.out, &sources).context("cannot write sources.csv")?;
     let names = Arc::new(Names {
         catalog: plan.catalog.clone(),
-        sources: args
-            .inputs
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect(),
         billable_environments: plan.rules.billable_environments.clone(),
         period: plan.policy.period,
     });

@@ -28,8 +28,25 @@ pub fn current_rows(rows: &[Row]) -> Vec<Row> {
         .collect()
 }
 
+/// Input paths by the index the tables' `source` column holds.
+fn sources(out: &Path) -> BTreeMap<String, String> {
+    let text = std::fs::read_to_string(out.join("sources.csv")).unwrap_or_default();
+    crate::tables::parse_csv(&text)
+        .into_iter()
+        .skip(1)
+        .filter_map(|r| Some((r.first()?.clone(), r.get(1)?.clone())))
+        .collect()
+}
+
 pub fn trace(out: &Path, event_id: &str) -> std::io::Result<String> {
     let mut s = String::new();
+    let paths = sources(out);
+    let source = |r: &Row| {
+        paths
+            .get(get(r, "source"))
+            .cloned()
+            .unwrap_or_else(|| get(r, "source").to_string())
+    };
     let usage: Vec<Row> = read_table(out, "usage_events")?
         .into_iter()
         .filter(|r| get(r, "event_id") == event_id)
@@ -55,7 +72,7 @@ pub fn trace(out: &Path, event_id: &str) -> std::io::Result<String> {
         let _ = writeln!(
             s,
             "  accepted from {} at byte offset {}",
-            get(u, "source"),
+            source(u),
             get(u, "offset")
         );
         let _ = writeln!(
@@ -146,7 +163,7 @@ pub fn trace(out: &Path, event_id: &str) -> std::io::Result<String> {
         let _ = writeln!(
             s,
             "  duplicate copy from {} at byte offset {} (counted, not billed)",
-            get(d, "source"),
+            source(d),
             get(d, "offset")
         );
     }
@@ -154,7 +171,7 @@ pub fn trace(out: &Path, event_id: &str) -> std::io::Result<String> {
         let _ = writeln!(
             s,
             "  rejected from {} at byte offset {}: {} ({})",
-            get(r, "source"),
+            source(r),
             get(r, "offset"),
             get(r, "reason"),
             get(r, "message")

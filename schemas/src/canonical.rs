@@ -27,7 +27,7 @@ use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
 use crate::hashing::fingerprint;
-use crate::money::Quantity;
+use crate::money::{push_scaled, Quantity};
 use crate::time::EventTime;
 
 /// The fields of the canonical form, already parsed.
@@ -57,7 +57,6 @@ pub struct Canonical {
 
 impl Canonical {
     pub fn render(&mut self, f: &CanonicalFields<'_>) -> &[u8] {
-        use std::io::Write;
         let b = &mut self.buf;
         b.clear();
         b.extend_from_slice(b"meterflow.v1\nevent_id=");
@@ -74,12 +73,11 @@ impl Canonical {
             b.extend_from_slice(v.as_bytes());
             b.push(b'\n');
         }
-        let _ = write!(
-            b,
-            "quantity={}\ntimestamp={}\n",
-            f.quantity,
-            f.time.millis()
-        );
+        b.extend_from_slice(b"quantity=");
+        push_scaled(b, f.quantity.0, Quantity::SCALE);
+        b.extend_from_slice(b"\ntimestamp=");
+        b.extend_from_slice(itoa::Buffer::new().format(f.time.millis()).as_bytes());
+        b.push(b'\n');
         for (k, v) in [
             ("environment=", f.environment),
             ("region=", f.region),

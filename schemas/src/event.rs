@@ -82,8 +82,9 @@ pub struct UsageEvent {
     pub quantity: Quantity,
     pub time: EventTime,
     pub environment: Environment,
-    pub metadata: Metadata,
-    pub correction: Option<Correction>,
+    /// Boxed: most events carry none, and events are moved often.
+    pub metadata: Option<Box<Metadata>>,
+    pub correction: Option<Box<Correction>>,
     pub lineage: Lineage,
 }
 
@@ -115,16 +116,18 @@ impl UsageEvent {
             Environment::Other(name) => name,
         };
         let mut metadata = serde_json::Map::new();
+        let none = Metadata::default();
+        let m = self.metadata.as_deref().unwrap_or(&none);
         for (k, v) in [
-            ("region", &self.metadata.region),
-            ("plan", &self.metadata.plan),
-            ("marketplace", &self.metadata.marketplace),
+            ("region", &m.region),
+            ("plan", &m.plan),
+            ("marketplace", &m.marketplace),
         ] {
             if let Some(v) = v {
                 metadata.insert(k.into(), serde_json::Value::String(v.to_string()));
             }
         }
-        if let Some(attrs) = &self.metadata.attributes {
+        if let Some(attrs) = &m.attributes {
             if let Ok(v) = serde_json::from_str(attrs) {
                 metadata.insert("attributes".into(), v);
             }

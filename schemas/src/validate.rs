@@ -370,19 +370,12 @@ impl Validator {
                 } else {
                     0
                 };
-                Some(Correction {
+                Some(Box::new(Correction {
                     action,
                     original_event_id: original.into(),
                     original_key: EventKey::of(original),
                     original_fingerprint,
-                })
-            }
-        };
-        let boxed = |s: &str| {
-            if s.is_empty() {
-                None
-            } else {
-                Some(Box::from(s))
+                }))
             }
         };
         Ok(UsageEvent {
@@ -396,12 +389,7 @@ impl Validator {
             quantity,
             time,
             environment,
-            metadata: Metadata {
-                region: boxed(region),
-                plan: boxed(plan),
-                marketplace: boxed(marketplace),
-                attributes: boxed(&attributes),
-            },
+            metadata: metadata(region, plan, marketplace, &attributes),
             correction,
             lineage,
         })
@@ -454,6 +442,30 @@ impl Validator {
             _ => Ok(()),
         }
     }
+}
+
+fn metadata(
+    region: &str,
+    plan: &str,
+    marketplace: &str,
+    attributes: &str,
+) -> Option<Box<Metadata>> {
+    let boxed = |s: &str| {
+        if s.is_empty() {
+            None
+        } else {
+            Some(Box::from(s))
+        }
+    };
+    if region.is_empty() && plan.is_empty() && marketplace.is_empty() && attributes.is_empty() {
+        return None;
+    }
+    Some(Box::new(Metadata {
+        region: boxed(region),
+        plan: boxed(plan),
+        marketplace: boxed(marketplace),
+        attributes: boxed(attributes),
+    }))
 }
 
 fn parse_quantity(text: &str, max: Quantity) -> Checked<Quantity> {

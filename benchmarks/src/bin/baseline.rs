@@ -64,7 +64,6 @@ fn main() -> anyhow::Result<()> {
     prepare_out_dir(&out)?;
     let names = Arc::new(Names {
         catalog: catalog.clone(),
-        sources: vec![input.display().to_string()],
         billable_environments: rules.billable_environments.clone(),
         period: policy.period,
     });
@@ -228,14 +227,7 @@ fn main() -> anyhow::Result<()> {
         )>,
     > = BTreeMap::new();
     for ((line, invoice, price_ix), (events, quantity)) in usage {
-        let p = catalog.price(price_ix);
-        let segment = SegmentPrice {
-            effective_from: p.effective_from,
-            version: p.version,
-            price: price_ix,
-            currency: p.currency.clone(),
-            model: p.model.clone(),
-        };
+        let segment = SegmentPrice::of(price_ix, catalog.price(price_ix));
         by_line.entry(line).or_default().push((
             (invoice, segment),
             meterflow_operators::aggregate::UsageSum { events, quantity },

@@ -320,7 +320,7 @@ fn regions_pick_their_price() {
     let cat = v.catalog().clone();
     assert_eq!(cat.region_name(cat.price(ev.price).region), "eu-west-1");
     assert_eq!(
-        ev.metadata.attributes.as_deref(),
+        ev.metadata.as_ref().unwrap().attributes.as_deref(),
         Some(r#"{"a":"x","b":1}"#)
     );
 }
