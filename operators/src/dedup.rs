@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use meterflow_schemas::catalog::Catalog;
 use meterflow_schemas::event::{CorrectionAction, UsageEvent};
+use meterflow_schemas::hashing::EventKey;
 use meterflow_schemas::rejection::{Reason, Rejection};
 use meterflow_schemas::rows::{AcceptedEvent, Counts, DuplicateRow, LineKey, UsageDelta};
 use meterflow_schemas::time::EventTime;
@@ -40,6 +41,8 @@ pub struct Deduped<'s> {
     pub rejections: StreamVec<'s, Epoch, Rejection>,
     pub counts: StreamVec<'s, Epoch, Counts>,
 }
+
+const PREFETCH_DISTANCE: usize = 8;
 
 type Out<D> = OutputBuilder<Epoch, CapacityContainerBuilder<Vec<D>>>;
 
@@ -248,7 +251,7 @@ pub fn dedup<'s>(
 
     let mut dedup = dedup;
     let mut tracker = WatermarkTracker::default();
-    let mut stash: BTreeMap<Epoch, (EpochCaps, Vec<UsageEvent>)> = BTreeMap::new();
+    let mut stash: BTreeMap<Epoch, (EpochCaps, Vec<Vec<UsageEvent>>)> = BTreeMap::new();
     let mut current: Option<(Epoch, EventTime)> = None;
 
     builder.build(move |_capabilities| {
@@ -264,9 +267,8 @@ pub fn dedup<'s>(
                         Vec::new(),
                     )
                 });
-                for batch in data {
-                    entry.1.append(batch);
-                }
+                // Keep the containers as they came: no copying of events.
+                entry.1.extend(data.map(std::mem::take));
             });
 
             let (events_frontier, stats_frontier) =
@@ -300,7 +302,12 @@ pub fn dedup<'s>(
                 let mut duplicates_s = duplicates_h.session(duplicates_cap);
                 let mut rejections_s = rejections_h.session(rejections_cap);
                 let mut counts = Counts::default();
-                for ev in batch {
+                // Keys a few events ahead are prefetched: the table is large and lookups are random.
+                let keys: Vec<EventKey> = batch.iter().flatten().map(|e| e.key).collect();
+                for (i, ev) in batch.into_iter().flatten().enumerate() {
+                    if let Some(ahead) = keys.get(i + PREFETCH_DISTANCE) {
+                        dedup.table().prefetch(*ahead);
+                    }
                     match dedup.decide(ev, w, &mut counts) {
                         Decision::Accept(a) => {
                             if a.event.billable() {

@@ -109,6 +109,20 @@ impl DedupTable {
         }
     }
 
+    /// Hints the CPU to load `key`'s home slot, ahead of a lookup.
+    #[inline]
+    pub fn prefetch(&self, key: EventKey) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let home = home_of_tag(tag_of(key), self.slots.len());
+            let ptr = self.slots.as_ptr().wrapping_add(home) as *const i8;
+            // SAFETY: prefetching is a hint; it never faults, whatever the address.
+            unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(ptr) };
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = key;
+    }
+
     pub fn get(&self, key: EventKey) -> Option<Entry> {
         self.find(key).ok().map(|i| {
             let s = &self.slots[i];

@@ -19,7 +19,7 @@ use crate::hashing::EventKey;
 use crate::money::{DecimalError, Quantity};
 use crate::rejection::{Reason, Rejection};
 use crate::time::{EventTime, Span};
-use crate::wire::{decode, EnvelopeRules, Text, WireEvent};
+use crate::wire::{decode_into, EnvelopeRules, Text, WireEvent};
 
 /// How strictly integrity fields are enforced.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -154,7 +154,8 @@ impl Validator {
                 ),
             )
         } else {
-            decode(bytes, &self.rules.envelope).and_then(|wire| {
+            let mut wire = WireEvent::default();
+            decode_into(bytes, &self.rules.envelope, &mut wire).and_then(|()| {
                 self.check(&wire, lineage, now).map_err(|mut r| {
                     r.event_id = wire.event_id.as_deref().map(Box::from);
                     r

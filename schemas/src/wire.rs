@@ -333,45 +333,37 @@ struct Envelope<'a> {
     subject: Option<Text<'a>>,
     time: Option<Text<'a>>,
     datacontenttype: Option<Text<'a>>,
-    data: Option<WireEvent<'a>>,
+    data: Option<Box<WireEvent<'a>>>,
     data_base64: bool,
 }
 
 /// The top level: native fields and CloudEvents attributes side by side; which one it was is
-/// settled after the whole object is read.
-struct TopLevel<'a> {
-    native: WireEvent<'a>,
+/// settled after the whole object is read. Native fields are written straight into the caller's
+/// [`WireEvent`], which is large, so it is never moved.
+struct TopLevel<'m, 'a> {
+    native: &'m mut WireEvent<'a>,
     envelope: Envelope<'a>,
     /// First key that is neither (an extension attribute if this is a CloudEvent).
     other_key: Option<String>,
     any_native: Option<&'static str>,
 }
 
-struct TopSeed;
+struct TopSeed<'t, 'm, 'a>(&'t mut TopLevel<'m, 'a>);
 
-impl<'de> Visitor<'de> for TopSeed {
-    type Value = TopLevel<'de>;
+impl<'de> Visitor<'de> for TopSeed<'_, '_, 'de> {
+    type Value = ();
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a JSON object")
     }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut top = TopLevel {
-            native: WireEvent::default(),
-            envelope: Envelope::default(),
-            other_key: None,
-            any_native: None,
-        };
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let top = self.0;
         let e = &mut top.envelope;
         while let Some(key) = map.next_key_seed(TextSeed)? {
             let k = key.as_ref();
-            if native_field(&mut top.native, k, Place::Native, &mut map)? {
-                top.any_native.get_or_insert(
-                    NATIVE_NAMES
-                        .iter()
-                        .find(|n| **n == k)
-                        .copied()
-                        .unwrap_or("event_id"),
-                );
+            if native_field(top.native, k, Place::Native, &mut map)? {
+                if top.any_native.is_none() {
+                    top.any_native = NATIVE_NAMES.iter().find(|n| **n == k).copied();
+                }
                 continue;
             }
             match k {
@@ -393,7 +385,7 @@ impl<'de> Visitor<'de> for TopSeed {
                 }
             }
         }
-        Ok(top)
+        Ok(())
     }
 }
 
@@ -415,19 +407,19 @@ const NATIVE_NAMES: [&str; 12] = [
 struct DataSeed;
 
 impl<'de> DeserializeSeed<'de> for DataSeed {
-    type Value = WireEvent<'de>;
+    type Value = Box<WireEvent<'de>>;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_map(self)
     }
 }
 
 impl<'de> Visitor<'de> for DataSeed {
-    type Value = WireEvent<'de>;
+    type Value = Box<WireEvent<'de>>;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a JSON object")
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut ev = WireEvent::default();
+        let mut ev = Box::<WireEvent>::default();
         while let Some(key) = map.next_key_seed(TextSeed)? {
             if !native_field(&mut ev, &key, Place::Data, &mut map)? {
                 return Err(unknown(&format!("data.{key}")));
@@ -452,12 +444,30 @@ impl Default for EnvelopeRules {
     }
 }
 
-/// Decodes one record. Errors are rejections without raw payload or lineage (the caller adds them).
-pub fn decode<'a>(bytes: &'a [u8], rules: &EnvelopeRules) -> Result<WireEvent<'a>, Rejection> {
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let top = de
-        .deserialize_map(TopSeed)
-        .and_then(|t| de.end().map(|_| t))
+/// Decodes one record into `out` (a default [`WireEvent`]). Errors are rejections without raw
+/// payload or lineage (the caller adds them).
+pub fn decode_into<'a>(
+    bytes: &'a [u8],
+    rules: &EnvelopeRules,
+    out: &mut WireEvent<'a>,
+) -> Result<(), Rejection> {
+    // One UTF-8 check for the whole record; the parser then skips it per string.
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        Rejection::new(
+            Reason::MalformedJson,
+            None,
+            format!("not UTF-8 (invalid byte at offset {})", e.valid_up_to()),
+        )
+    })?;
+    let mut de = serde_json::Deserializer::from_str(text);
+    let mut top = TopLevel {
+        native: out,
+        envelope: Envelope::default(),
+        other_key: None,
+        any_native: None,
+    };
+    de.deserialize_map(TopSeed(&mut top))
+        .and_then(|_| de.end())
         .map_err(classify)?;
     if top.envelope.specversion.is_none() {
         let env = &top.envelope;
@@ -478,15 +488,8 @@ pub fn decode<'a>(bytes: &'a [u8], rules: &EnvelopeRules) -> Result<WireEvent<'a
                 format!("unknown field `{k}` (a CloudEvent would also need `specversion`)"),
             ));
         }
-        return Ok(top.native);
+        return Ok(());
     }
-    from_cloudevent(top, rules)
-}
-
-fn from_cloudevent<'a>(
-    top: TopLevel<'a>,
-    rules: &EnvelopeRules,
-) -> Result<WireEvent<'a>, Rejection> {
     if let Some(name) = top.any_native {
         return Err(Rejection::new(
             Reason::UnknownField,
@@ -494,7 +497,21 @@ fn from_cloudevent<'a>(
             format!("`{name}` belongs inside `data` in a CloudEvents envelope"),
         ));
     }
-    let env = top.envelope;
+    *top.native = from_cloudevent(top.envelope, rules)?;
+    Ok(())
+}
+
+/// Decodes one record (see [`decode_into`]).
+pub fn decode<'a>(bytes: &'a [u8], rules: &EnvelopeRules) -> Result<WireEvent<'a>, Rejection> {
+    let mut ev = WireEvent::default();
+    decode_into(bytes, rules, &mut ev)?;
+    Ok(ev)
+}
+
+fn from_cloudevent<'a>(
+    env: Envelope<'a>,
+    rules: &EnvelopeRules,
+) -> Result<WireEvent<'a>, Rejection> {
     let bad = |msg: String| Err(Rejection::new(Reason::UnsupportedEnvelope, None, msg));
     if env.specversion.as_deref() != Some("1.0") {
         return bad(format!(
@@ -554,7 +571,7 @@ fn from_cloudevent<'a>(
         }
         _ => {}
     }
-    Ok(ev)
+    Ok(*ev)
 }
 
 /// Turns a serde_json error into a rejection with a reason and the field at fault.
