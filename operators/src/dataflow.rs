@@ -22,7 +22,7 @@ use crate::dedup::{dedup, Deduplicator};
 use crate::price::{price, Priced};
 use crate::rate_join::rate_join;
 use crate::sink::{sink, TableWriter};
-use crate::source::{source, ChunkReader};
+use crate::source::{source, BufferPool, ChunkReader};
 use crate::watermark::LatenessPolicy;
 use crate::{Epoch, Fatal};
 
@@ -64,6 +64,7 @@ pub fn build<'s>(
 ) -> ProbeHandle<Epoch> {
     // `admitted`: how far dedup has got (flow control); `done`: how far every output has got.
     let admitted = ProbeHandle::new();
+    let pool = BufferPool::default();
     let done = ProbeHandle::new();
     let chunks = source(
         scope,
@@ -72,8 +73,9 @@ pub fn build<'s>(
         plan.max_epochs_ahead,
         fatal.clone(),
         totals.clock.clone(),
+        pool.clone(),
     );
-    let decoded = decode(chunks, plan.rules.clone(), plan.catalog.clone());
+    let decoded = decode(chunks, pool, plan.rules.clone(), plan.catalog.clone());
     let watermarks = decoded.stats.broadcast();
     let deduper = Deduplicator::new(
         plan.policy,

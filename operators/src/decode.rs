@@ -20,7 +20,7 @@ use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::StreamVec;
 
-use crate::source::Chunk;
+use crate::source::{recycle, BufferPool, Chunk};
 use crate::Epoch;
 
 /// What one chunk says about event time.
@@ -42,6 +42,7 @@ type Out<D> = OutputBuilder<Epoch, CapacityContainerBuilder<Vec<D>>>;
 
 pub fn decode<'s>(
     chunks: StreamVec<'s, Epoch, Chunk>,
+    pool: BufferPool,
     rules: Arc<ValidationRules>,
     catalog: Arc<Catalog>,
 ) -> Decoded<'s> {
@@ -95,6 +96,7 @@ pub fn decode<'s>(
                         max_time,
                     });
                     counts_h.session(&cap).give(counts);
+                    recycle(&pool, chunk.bytes);
                 }
             });
         }

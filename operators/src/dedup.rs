@@ -31,7 +31,7 @@ use timely::dataflow::StreamVec;
 
 use crate::decode::EpochStats;
 use crate::dedup_table::{payload_of, DedupTable, Seen};
-use crate::watermark::{LatenessPolicy, Verdict, WatermarkTracker};
+use crate::watermark::{EpochLateness, LatenessPolicy, Verdict, WatermarkTracker};
 use crate::Epoch;
 
 pub struct Deduped<'s> {
@@ -62,6 +62,7 @@ pub struct Deduplicator {
     table: DedupTable,
     reported_keys: i64,
     reported_bytes: i64,
+    lateness: EpochLateness,
 }
 
 impl Deduplicator {
@@ -77,6 +78,7 @@ impl Deduplicator {
             table: DedupTable::default(),
             reported_keys: 0,
             reported_bytes: 0,
+            lateness: policy.at(EventTime::MIN),
         }
     }
 
@@ -87,10 +89,11 @@ impl Deduplicator {
     /// Starts an epoch whose watermark is `w`.
     pub fn begin_epoch(&mut self, w: EventTime) {
         self.table.forget_before(self.policy.forget_before(w));
+        self.lateness = self.policy.at(w);
     }
 
     fn decide(&mut self, ev: UsageEvent, w: EventTime, counts: &mut Counts) -> Decision {
-        let (service, invoice, arrival) = match self.policy.classify(w, ev.time) {
+        let (service, invoice, arrival) = match self.lateness.classify(ev.time) {
             Verdict::TooOld => {
                 let msg = format!(
                     "event time {} is older than the watermark {w} minus the dedup horizon {}",

@@ -34,7 +34,21 @@ pub struct Chunk {
 pub trait ChunkReader: 'static {
     /// The epoch of the next chunk, without reading it.
     fn peek_epoch(&mut self) -> Option<Epoch>;
-    fn next_chunk(&mut self) -> Option<std::io::Result<Chunk>>;
+    /// The next chunk, read into `buf` (a recycled buffer; its contents are discarded).
+    fn next_chunk(&mut self, buf: Vec<u8>) -> Option<std::io::Result<Chunk>>;
+}
+
+/// Chunk buffers handed back by decode for the source to reuse, so input is read into warm
+/// memory instead of fresh pages. One per worker (both operators run on the worker's thread).
+pub type BufferPool = std::rc::Rc<std::cell::RefCell<Vec<Vec<u8>>>>;
+
+/// Keeps a few buffers; more would only hold memory.
+pub fn recycle(pool: &BufferPool, mut buf: Vec<u8>) {
+    let mut p = pool.borrow_mut();
+    if p.len() < 4 {
+        buf.clear();
+        p.push(buf);
+    }
 }
 
 pub fn source<'s>(
@@ -44,6 +58,7 @@ pub fn source<'s>(
     max_epochs_ahead: u64,
     fatal: Fatal,
     clock: LatencyClock,
+    pool: BufferPool,
 ) -> StreamVec<'s, Epoch, Chunk> {
     timely_source(scope, "Source", move |capability, info| {
         let activator = Rc::new(scope.activator_for(info.address));
@@ -65,7 +80,8 @@ pub fn source<'s>(
                 activator.activate();
                 return;
             }
-            match reader.next_chunk() {
+            let buf = pool.borrow_mut().pop().unwrap_or_default();
+            match reader.next_chunk(buf) {
                 Some(Ok(chunk)) => {
                     clock.start(chunk.epoch);
                     output.session(&c).give(chunk);
@@ -146,7 +162,13 @@ impl<R: ReadAt> StripedReader<R> {
             .sum()
     }
 
-    fn read(&self, input: usize, chunk: u64) -> std::io::Result<(u64, Vec<u8>)> {
+    fn read(
+        &self,
+        input: usize,
+        chunk: u64,
+        mut bytes: Vec<u8>,
+    ) -> std::io::Result<(u64, Vec<u8>)> {
+        bytes.clear();
         let src = &self.inputs[input];
         let size = src.len();
         let start = chunk * self.chunk_bytes;
@@ -158,7 +180,7 @@ impl<R: ReadAt> StripedReader<R> {
             next_line_start(src, start - 1, size)?
         };
         if begin >= end {
-            return Ok((begin, Vec::new()));
+            return Ok((begin, bytes));
         }
         // Finish the record that crosses `end`.
         let finish = if end >= size {
@@ -166,7 +188,7 @@ impl<R: ReadAt> StripedReader<R> {
         } else {
             next_line_start(src, end - 1, size)?
         };
-        let mut bytes = vec![0u8; (finish - begin) as usize];
+        bytes.resize((finish - begin) as usize, 0);
         read_exact_at(src, begin, &mut bytes)?;
         Ok((begin, bytes))
     }
@@ -208,14 +230,17 @@ impl<R: ReadAt> ChunkReader for StripedReader<R> {
     fn peek_epoch(&mut self) -> Option<Epoch> {
         self.plan.front().map(|p| p.2)
     }
-    fn next_chunk(&mut self) -> Option<std::io::Result<Chunk>> {
+    fn next_chunk(&mut self, buf: Vec<u8>) -> Option<std::io::Result<Chunk>> {
         let (input, chunk, epoch) = self.plan.pop_front()?;
-        Some(self.read(input, chunk).map(|(base_offset, bytes)| Chunk {
-            epoch,
-            source: input as u32,
-            base_offset,
-            bytes,
-        }))
+        Some(
+            self.read(input, chunk, buf)
+                .map(|(base_offset, bytes)| Chunk {
+                    epoch,
+                    source: input as u32,
+                    base_offset,
+                    bytes,
+                }),
+        )
     }
 }
 
@@ -227,7 +252,7 @@ mod tests {
         let mut out = Vec::new();
         for w in 0..workers {
             let mut r = StripedReader::new(vec![data.to_vec()], chunk, w, workers);
-            while let Some(c) = r.next_chunk() {
+            while let Some(c) = r.next_chunk(Vec::new()) {
                 let c = c.unwrap();
                 for (off, line) in crate::decode::records(&c.bytes) {
                     out.push((c.epoch, c.base_offset + off as u64, line.to_vec()));

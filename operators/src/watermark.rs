@@ -39,25 +39,68 @@ pub enum Verdict {
 
 impl LatenessPolicy {
     pub fn classify(&self, watermark: EventTime, t: EventTime) -> Verdict {
-        let service = self.period.period_of(t);
-        if watermark == EventTime::MIN {
-            return Verdict::Accept {
-                service,
-                invoice: service,
-                arrival: Arrival::OnTime,
-            };
+        self.at(watermark).classify(t)
+    }
+
+    /// The rules for one epoch, with everything that depends only on the watermark precomputed.
+    pub fn at(&self, watermark: EventTime) -> EpochLateness {
+        let known = watermark != EventTime::MIN;
+        EpochLateness {
+            unit: self.period,
+            watermark,
+            too_old_before: self.forget_before(watermark),
+            // The period holding `W - tolerance` is the earliest still open: its end plus the
+            // tolerance lies after W; every earlier period's does not.
+            open_from: if known {
+                self.period.period_of(watermark.minus(self.tolerance)).0
+            } else {
+                EventTime::MIN
+            },
+            late_invoice: self
+                .period
+                .period_of(if known { watermark } else { EventTime(0) }),
+            cached: (EventTime(1), EventTime(0), Period(EventTime(0))),
         }
-        if t < watermark.minus(self.dedup_horizon) {
+    }
+
+    /// Events before this time can no longer be accepted, so dedup state for them may go.
+    pub fn forget_before(&self, watermark: EventTime) -> EventTime {
+        if watermark == EventTime::MIN {
+            EventTime::MIN
+        } else {
+            watermark.minus(self.dedup_horizon)
+        }
+    }
+}
+
+/// Lateness decisions against one watermark.
+#[derive(Clone, Copy, Debug)]
+pub struct EpochLateness {
+    unit: PeriodUnit,
+    watermark: EventTime,
+    too_old_before: EventTime,
+    /// Start of the earliest open period; events before it are late.
+    open_from: EventTime,
+    /// Where late events are billed: the period holding the watermark.
+    late_invoice: Period,
+    /// The last service period seen, as `[start, end)`: events mostly share it.
+    cached: (EventTime, EventTime, Period),
+}
+
+impl EpochLateness {
+    pub fn classify(&mut self, t: EventTime) -> Verdict {
+        if t < self.too_old_before {
             return Verdict::TooOld;
         }
-        if watermark >= self.period.end_of(service).plus(self.tolerance) {
+        let service = self.service_period(t);
+        if t < self.open_from {
             return Verdict::Accept {
                 service,
-                invoice: self.period.period_of(watermark),
+                invoice: self.late_invoice,
                 arrival: Arrival::Late,
             };
         }
-        let arrival = if t < watermark {
+        let arrival = if t < self.watermark {
             Arrival::OutOfOrder
         } else {
             Arrival::OnTime
@@ -69,13 +112,14 @@ impl LatenessPolicy {
         }
     }
 
-    /// Events before this time can no longer be accepted, so dedup state for them may go.
-    pub fn forget_before(&self, watermark: EventTime) -> EventTime {
-        if watermark == EventTime::MIN {
-            EventTime::MIN
-        } else {
-            watermark.minus(self.dedup_horizon)
+    fn service_period(&mut self, t: EventTime) -> Period {
+        let (start, end, period) = self.cached;
+        if t >= start && t < end {
+            return period;
         }
+        let period = self.unit.period_of(t);
+        self.cached = (period.0, self.unit.end_of(period), period);
+        period
     }
 }
 

@@ -60,8 +60,9 @@ impl ChunkReader for StdinReader {
         (!self.done || !self.carry.is_empty()).then_some(self.epoch)
     }
 
-    fn next_chunk(&mut self) -> Option<std::io::Result<Chunk>> {
-        let mut buf = std::mem::take(&mut self.carry);
+    fn next_chunk(&mut self, mut buf: Vec<u8>) -> Option<std::io::Result<Chunk>> {
+        buf.clear();
+        buf.append(&mut self.carry);
         let mut stdin = std::io::stdin().lock();
         while !self.done && (buf.len() < self.chunk_bytes || memchr_last(&buf).is_none()) {
             let start = buf.len();
@@ -108,7 +109,7 @@ impl ChunkReader for NoInput {
     fn peek_epoch(&mut self) -> Option<Epoch> {
         None
     }
-    fn next_chunk(&mut self) -> Option<std::io::Result<Chunk>> {
+    fn next_chunk(&mut self, _: Vec<u8>) -> Option<std::io::Result<Chunk>> {
         None
     }
 }

@@ -95,10 +95,12 @@ fn main() -> anyhow::Result<()> {
     let (mut accepted, mut rejected, mut duplicates) = (Vec::new(), Vec::new(), Vec::new());
     let now = EventTime::now();
 
-    while let Some(chunk) = reader.next_chunk() {
+    let mut spare = Vec::new();
+    while let Some(chunk) = reader.next_chunk(std::mem::take(&mut spare)) {
         let chunk = chunk?;
         counts.bytes += chunk.bytes.len() as u64;
         let mut chunk_max = watermark;
+        let mut lateness = policy.at(watermark);
         for (offset, line) in records(&chunk.bytes) {
             counts.received += 1;
             let lineage = Lineage {
@@ -120,7 +122,7 @@ fn main() -> anyhow::Result<()> {
                 r.lineage = ev.lineage;
                 r
             };
-            let (service, invoice, arrival) = match policy.classify(watermark, ev.time) {
+            let (service, invoice, arrival) = match lateness.classify(ev.time) {
                 Verdict::TooOld => {
                     counts.reject(Reason::TimestampTooOld);
                     rejected.push(reject(Reason::TimestampTooOld));
@@ -204,6 +206,7 @@ fn main() -> anyhow::Result<()> {
             });
         }
         watermark = chunk_max;
+        spare = chunk.bytes;
         usage_out.write(&mut accepted).map_err(anyhow::Error::msg)?;
         rejections_out
             .write(&mut rejected)
