@@ -166,20 +166,65 @@ impl DedupTable {
         }
     }
 
-    /// Drops forgotten keys, then sizes the table so the survivors fill half of it.
+    /// Makes room: drops forgotten keys in place, and reallocates only when the survivors fill
+    /// more than half of the table (grow) or less than a fifth (shrink), to twice their number.
     fn resize(&mut self) {
+        self.purge();
+        let capacity = self.slots.len();
+        if self.len * 2 > capacity || (self.len * 5 < capacity && capacity > MIN_CAPACITY) {
+            self.reallocate(((self.len + 1) * 2).max(MIN_CAPACITY));
+        }
+    }
+
+    /// Removes forgotten keys without reallocating (linear-probing deletion with backward shift).
+    fn purge(&mut self) {
         let forget = self.forget_before;
-        let live = self
-            .slots
-            .iter()
-            .filter(|s| s.tag != 0 && (s.minute & MINUTE_MASK) >= forget)
-            .count();
-        let capacity = ((live + 1) * 2).max(MIN_CAPACITY);
+        let capacity = self.slots.len();
+        let mut i = 0;
+        while i < capacity {
+            let s = self.slots[i];
+            if s.tag != 0 && (s.minute & MINUTE_MASK) < forget {
+                self.delete_at(i);
+                // A later entry may have moved into `i`: look at it again.
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Empties slot `hole` and shifts back the entries of its cluster that probe past it.
+    fn delete_at(&mut self, mut hole: usize) {
+        let capacity = self.slots.len();
+        self.slots[hole] = Slot::default();
+        self.len -= 1;
+        let mut j = hole;
+        loop {
+            j += 1;
+            if j == capacity {
+                j = 0;
+            }
+            let s = self.slots[j];
+            if s.tag == 0 {
+                return;
+            }
+            let home = home_of_tag(s.tag, capacity);
+            // `s` may stay if its home lies cyclically in (hole, j].
+            let stays = if hole <= j {
+                hole < home && home <= j
+            } else {
+                hole < home || home <= j
+            };
+            if !stays {
+                self.slots[hole] = s;
+                self.slots[j] = Slot::default();
+                hole = j;
+            }
+        }
+    }
+
+    fn reallocate(&mut self, capacity: usize) {
         let old = std::mem::replace(&mut self.slots, vec![Slot::default(); capacity]);
-        for s in old
-            .into_iter()
-            .filter(|s| s.tag != 0 && (s.minute & MINUTE_MASK) >= forget)
-        {
+        for s in old.into_iter().filter(|s| s.tag != 0) {
             let mut i = home_of_tag(s.tag, capacity);
             while self.slots[i].tag != 0 {
                 i += 1;
@@ -189,7 +234,6 @@ impl DedupTable {
             }
             self.slots[i] = s;
         }
-        self.len = live;
     }
 }
 
@@ -263,6 +307,60 @@ mod tests {
         }
         let per_live_key = peak as f64 / 100_000.0;
         assert!(per_live_key <= 34.0, "{per_live_key} bytes per live key");
+    }
+
+    /// The table against a plain map, through growth, purges and shrinks: a key inside the
+    /// horizon is always known; one outside it may be forgotten.
+    #[test]
+    fn agrees_with_a_map_through_purges() {
+        use std::collections::HashMap;
+        let mut t = DedupTable::default();
+        let mut model: HashMap<u64, u64> = HashMap::new();
+        let mut horizon = 0u64;
+        let mut rng = 12345u64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        for step in 0..300_000u64 {
+            let minute = step / 50;
+            if step % 1000 == 0 {
+                horizon = minute.saturating_sub(2000);
+                t.forget_before(EventTime(horizon as i64 * 60_000));
+            }
+            // Mostly new ids, some repeats of random earlier ones.
+            let id = if step % 7 == 0 {
+                next() % (step + 1)
+            } else {
+                step
+            };
+            let seen = t.insert_new(key(id), id, EventTime(minute as i64 * 60_000));
+            match model.get(&id) {
+                Some(m) if *m >= horizon => assert_eq!(
+                    seen,
+                    Seen::Duplicate,
+                    "step {step}: id {id} inside the horizon"
+                ),
+                Some(_) => assert!(seen == Seen::Duplicate || seen == Seen::New, "step {step}"),
+                None => assert_eq!(seen, Seen::New, "step {step}: id {id} never seen"),
+            }
+            if seen == Seen::New {
+                model.insert(id, minute);
+            }
+        }
+        let kept = model.values().filter(|m| **m >= horizon).count();
+        assert!(
+            t.len() >= kept,
+            "{} stored, {kept} inside the horizon",
+            t.len()
+        );
+        let per_key = t.allocated_bytes() as f64 / kept as f64;
+        assert!(
+            per_key <= 45.0,
+            "{per_key} bytes per key inside the horizon"
+        );
     }
 
     #[test]
