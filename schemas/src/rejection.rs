@@ -160,3 +160,22 @@ impl Rejection {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_unique_and_documented() {
+        let doc = include_str!("../../docs/event-contract.md");
+        let mut codes: Vec<&str> = Reason::ALL.iter().map(|r| r.code()).collect();
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i, "Reason::ALL is in declaration order");
+            assert!(doc.contains(&format!("| `{}` |", r.code())), "docs/event-contract.md lacks a row for {}", r.code());
+            assert!(!r.remediation().is_empty());
+        }
+        codes.sort();
+        codes.dedup();
+        assert_eq!(codes.len(), Reason::ALL.len());
+    }
+}
