@@ -75,6 +75,9 @@ impl Multiply<isize> for UsageSum {
 /// Usage keyed for the rate join.
 pub type UsageRecord = (PriceIdx, (LineKey, Period));
 
+/// One pricing round's usage on this worker.
+type Sums = HashMap<UsageRecord, UsageSum, FxBuild>;
+
 /// The last epoch of the pricing round holding `epoch`, for rounds of `epochs_per_round`.
 pub fn round_end(epoch: Epoch, epochs_per_round: u64) -> Epoch {
     let k = epochs_per_round.max(1);
@@ -85,8 +88,7 @@ pub fn pre_aggregate<'s>(
     usage: StreamVec<'s, Epoch, UsageDelta>,
     epochs_per_round: u64,
 ) -> VecCollection<'s, Epoch, UsageRecord, UsageSum> {
-    let mut pending: BTreeMap<Epoch, (Capability<Epoch>, HashMap<UsageRecord, UsageSum, FxBuild>)> =
-        BTreeMap::new();
+    let mut pending: BTreeMap<Epoch, (Capability<Epoch>, Sums)> = BTreeMap::new();
     usage
         .unary_frontier(Pipeline, "PreAggregate", move |_cap, _info| {
             move |(input, frontier), output| {

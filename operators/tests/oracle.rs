@@ -54,8 +54,8 @@ impl Ev {
 
 /// The naive oracle: group distinct events by line and price, price each group directly.
 fn oracle(catalog: &Catalog, events: &[Ev]) -> BTreeMap<InvoiceLine, isize> {
-    let mut groups: BTreeMap<LineKey, BTreeMap<(EventTime, u32, u32), (i64, Quantity)>> =
-        BTreeMap::new();
+    type Segments = BTreeMap<(EventTime, u32, u32), (i64, Quantity)>;
+    let mut groups: BTreeMap<LineKey, Segments> = BTreeMap::new();
     for e in events {
         let contract_ix = catalog.contract(CONTRACTS[e.contract].1).unwrap();
         let contract = &catalog.contracts[contract_ix.ix()];
@@ -141,8 +141,8 @@ proptest! {
         let mut records: Vec<String> = events.iter().map(Ev::line).collect();
         let mut rng = dup_seed | 1;
         let mut next = || { rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17; rng };
-        for i in 0..events.len() {
-            if next() % 4 == 0 { records.push(events[i].line()); }
+        for e in &events {
+            if next() % 4 == 0 { records.push(e.line()); }
         }
         for i in (1..records.len()).rev() {
             let j = (next() % (i as u64 + 1)) as usize;

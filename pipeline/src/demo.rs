@@ -231,11 +231,7 @@ impl Writer {
             quantity: q,
             time: t,
             environment: "production",
-            region: "",
-            plan: "",
-            marketplace: "",
-            attributes: "",
-            correction: None,
+            ..Default::default()
         }))
     }
 }

@@ -189,159 +189,168 @@ impl Names {
         int(row, l.offset);
     }
 
-    fn period(&self, row: &mut Vec<u8>, p: Period) {
-        field(row, &self.period.label(p));
-    }
-
-    fn line_key(&self, row: &mut Vec<u8>, k: &LineKey) {
+    fn line_key(&self, labels: &mut Labels, row: &mut Vec<u8>, k: &LineKey) {
         let c = &self.catalog;
         field(row, &c.customers[k.customer.ix()].id);
         field(row, &c.contracts[k.contract.ix()].id);
         field(row, &c.skus[k.sku.ix()].id);
         field(row, c.region_name(k.region));
-        self.period(row, k.service_period);
+        labels.write(self.period, row, k.service_period);
+    }
+}
+
+/// Formats one row of a table into the row buffer.
+type Format<D> = fn(&Names, &mut Labels, &D, &mut Vec<u8>);
+
+/// Writes each row as it arrives: the per-worker tables (`usage_events`, `rejections`,
+/// `duplicates`). Flushed when the input is complete.
+pub struct RowsWriter<D> {
+    csv: CsvFile,
+    names: Arc<Names>,
+    labels: Labels,
+    format: Format<D>,
+}
+
+impl<D> RowsWriter<D> {
+    fn create(
+        out: &Path,
+        table: &str,
+        header: &str,
+        worker: usize,
+        names: Arc<Names>,
+        format: Format<D>,
+    ) -> Result<Self, String> {
+        Ok(RowsWriter {
+            csv: CsvFile::create(part_path(out, table, worker), header)?,
+            names,
+            labels: Labels::default(),
+            format,
+        })
+    }
+}
+
+impl<D: 'static> TableWriter<D> for RowsWriter<D> {
+    fn write(&mut self, rows: &mut Vec<D>) -> Result<(), String> {
+        for r in rows.drain(..) {
+            (self.format)(&self.names, &mut self.labels, &r, &mut self.csv.row);
+            self.csv.end_row()?;
+        }
+        Ok(())
+    }
+    fn frontier(&mut self, f: Option<Epoch>) -> Result<(), String> {
+        if f.is_none() {
+            self.csv.flush()?;
+        }
+        Ok(())
     }
 }
 
 /// `usage_events`: every accepted event, one row each.
-pub struct UsageEventsWriter {
-    csv: CsvFile,
+pub fn usage_events_writer(
+    out: &Path,
+    worker: usize,
     names: Arc<Names>,
-    labels: Labels,
-}
-
-impl UsageEventsWriter {
-    pub fn create(out: &Path, worker: usize, names: Arc<Names>) -> Result<Self, String> {
-        Ok(UsageEventsWriter {
-            csv: CsvFile::create(part_path(out, "usage_events", worker), USAGE_HEADER)?,
-            names,
-            labels: Labels::default(),
-        })
-    }
-}
-
-impl TableWriter<AcceptedEvent> for UsageEventsWriter {
-    fn write(&mut self, rows: &mut Vec<AcceptedEvent>) -> Result<(), String> {
-        let n = &*self.names;
-        let c = &n.catalog;
-        let no_metadata = Metadata::default();
-        for a in rows.drain(..) {
-            let e = &a.event;
-            let row = &mut self.csv.row;
-            field(row, &e.event_id);
-            field(row, &c.customers[e.customer.ix()].id);
-            field(row, &c.contracts[e.contract.ix()].id);
-            let sku = &c.skus[e.sku.ix()];
-            field(row, &sku.id);
-            field(row, &sku.unit);
-            scaled(row, e.quantity.0, Quantity::SCALE);
-            time_field(row, e.time);
-            match &e.environment {
-                Environment::Billable(i) => field(row, &n.billable_environments[*i as usize]),
-                Environment::Other(name) => field(row, name),
-            }
-            row.extend_from_slice(if e.billable() { b"1," } else { b"0," });
-            let m = e.metadata.as_deref().unwrap_or(&no_metadata);
-            for v in [&m.region, &m.plan, &m.marketplace, &m.attributes] {
-                field(row, v.as_deref().unwrap_or(""));
-            }
-            match &e.correction {
-                Some(k) => {
-                    field(row, k.action.as_str());
-                    field(row, &k.original_event_id);
-                }
-                None => row.extend_from_slice(b",,"),
-            }
-            let price = c.price(e.price);
-            field(row, &c.rate_cards[price.rate_card.ix()].id);
-            int(row, price.version);
-            field(row, c.region_name(price.region));
-            self.labels.write(n.period, row, a.service_period);
-            self.labels.write(n.period, row, a.invoice_period);
-            field(row, a.arrival.as_str());
-            n.lineage(row, e.lineage);
-            self.csv.end_row()?;
-        }
-        Ok(())
-    }
-    fn frontier(&mut self, f: Option<Epoch>) -> Result<(), String> {
-        if f.is_none() {
-            self.csv.flush()?;
-        }
-        Ok(())
-    }
+) -> Result<RowsWriter<AcceptedEvent>, String> {
+    RowsWriter::create(
+        out,
+        "usage_events",
+        USAGE_HEADER,
+        worker,
+        names,
+        format_usage_event,
+    )
 }
 
 /// `rejections`: every bad record with reason, remediation and the raw payload.
-pub struct RejectionsWriter {
-    csv: CsvFile,
+pub fn rejections_writer(
+    out: &Path,
+    worker: usize,
     names: Arc<Names>,
-}
-
-impl RejectionsWriter {
-    pub fn create(out: &Path, worker: usize, names: Arc<Names>) -> Result<Self, String> {
-        Ok(RejectionsWriter {
-            csv: CsvFile::create(part_path(out, "rejections", worker), REJECTION_HEADER)?,
-            names,
-        })
-    }
-}
-
-impl TableWriter<Rejection> for RejectionsWriter {
-    fn write(&mut self, rows: &mut Vec<Rejection>) -> Result<(), String> {
-        for r in rows.drain(..) {
-            let row = &mut self.csv.row;
-            field(row, r.reason.code());
-            field(row, r.field.as_deref().unwrap_or(""));
-            field(row, &r.message);
-            field(row, r.reason.remediation());
-            field(row, r.event_id.as_deref().unwrap_or(""));
-            self.names.lineage(row, r.lineage);
-            field(row, &r.raw);
-            self.csv.end_row()?;
-        }
-        Ok(())
-    }
-    fn frontier(&mut self, f: Option<Epoch>) -> Result<(), String> {
-        if f.is_none() {
-            self.csv.flush()?;
-        }
-        Ok(())
-    }
+) -> Result<RowsWriter<Rejection>, String> {
+    RowsWriter::create(
+        out,
+        "rejections",
+        REJECTION_HEADER,
+        worker,
+        names,
+        format_rejection,
+    )
 }
 
 /// `duplicates`: every record recognised as a retry of an accepted event.
-pub struct DuplicatesWriter {
-    csv: CsvFile,
+pub fn duplicates_writer(
+    out: &Path,
+    worker: usize,
     names: Arc<Names>,
+) -> Result<RowsWriter<DuplicateRow>, String> {
+    RowsWriter::create(
+        out,
+        "duplicates",
+        DUPLICATE_HEADER,
+        worker,
+        names,
+        format_duplicate,
+    )
 }
 
-impl DuplicatesWriter {
-    pub fn create(out: &Path, worker: usize, names: Arc<Names>) -> Result<Self, String> {
-        Ok(DuplicatesWriter {
-            csv: CsvFile::create(part_path(out, "duplicates", worker), DUPLICATE_HEADER)?,
-            names,
-        })
+const NO_METADATA: Metadata = Metadata {
+    region: None,
+    plan: None,
+    marketplace: None,
+    attributes: None,
+};
+
+fn format_usage_event(n: &Names, labels: &mut Labels, a: &AcceptedEvent, row: &mut Vec<u8>) {
+    let c = &n.catalog;
+    let e = &a.event;
+    field(row, &e.event_id);
+    field(row, &c.customers[e.customer.ix()].id);
+    field(row, &c.contracts[e.contract.ix()].id);
+    let sku = &c.skus[e.sku.ix()];
+    field(row, &sku.id);
+    field(row, &sku.unit);
+    scaled(row, e.quantity.0, Quantity::SCALE);
+    time_field(row, e.time);
+    match &e.environment {
+        Environment::Billable(i) => field(row, &n.billable_environments[*i as usize]),
+        Environment::Other(name) => field(row, name),
     }
+    row.extend_from_slice(if e.billable() { b"1," } else { b"0," });
+    let m = e.metadata.as_deref().unwrap_or(&NO_METADATA);
+    for v in [&m.region, &m.plan, &m.marketplace, &m.attributes] {
+        field(row, v.as_deref().unwrap_or(""));
+    }
+    match &e.correction {
+        Some(k) => {
+            field(row, k.action.as_str());
+            field(row, &k.original_event_id);
+        }
+        None => row.extend_from_slice(b",,"),
+    }
+    let price = c.price(e.price);
+    field(row, &c.rate_cards[price.rate_card.ix()].id);
+    int(row, price.version);
+    field(row, c.region_name(price.region));
+    labels.write(n.period, row, a.service_period);
+    labels.write(n.period, row, a.invoice_period);
+    field(row, a.arrival.as_str());
+    n.lineage(row, e.lineage);
 }
 
-impl TableWriter<DuplicateRow> for DuplicatesWriter {
-    fn write(&mut self, rows: &mut Vec<DuplicateRow>) -> Result<(), String> {
-        for d in rows.drain(..) {
-            let row = &mut self.csv.row;
-            field(row, &d.event_id);
-            time_field(row, d.time);
-            self.names.lineage(row, d.lineage);
-            self.csv.end_row()?;
-        }
-        Ok(())
-    }
-    fn frontier(&mut self, f: Option<Epoch>) -> Result<(), String> {
-        if f.is_none() {
-            self.csv.flush()?;
-        }
-        Ok(())
-    }
+fn format_rejection(n: &Names, _: &mut Labels, r: &Rejection, row: &mut Vec<u8>) {
+    field(row, r.reason.code());
+    field(row, r.field.as_deref().unwrap_or(""));
+    field(row, &r.message);
+    field(row, r.reason.remediation());
+    field(row, r.event_id.as_deref().unwrap_or(""));
+    n.lineage(row, r.lineage);
+    field(row, &r.raw);
+}
+
+fn format_duplicate(n: &Names, _: &mut Labels, d: &DuplicateRow, row: &mut Vec<u8>) {
+    field(row, &d.event_id);
+    time_field(row, d.time);
+    n.lineage(row, d.lineage);
 }
 
 /// Buffers signed rows, consolidates them, and writes the non-zero ones every flush interval and
@@ -351,7 +360,8 @@ pub struct SignedWriter<R: Ord + Clone> {
     names: Arc<Names>,
     pending: BTreeMap<R, isize>,
     current: Arc<Mutex<BTreeMap<R, isize>>>,
-    format: fn(&Names, &R, &mut Vec<u8>),
+    labels: Labels,
+    format: Format<R>,
     every: Duration,
     last: Instant,
     batch: u64,
@@ -367,7 +377,7 @@ impl<R: Ord + Clone + 'static> SignedWriter<R> {
             }
             let sign: &[u8] = if diff > 0 { b"1," } else { b"-1," };
             for _ in 0..diff.unsigned_abs() {
-                (self.format)(&self.names, &r, &mut self.csv.row);
+                (self.format)(&self.names, &mut self.labels, &r, &mut self.csv.row);
                 self.csv.row.extend_from_slice(sign);
                 int(&mut self.csv.row, self.batch);
                 self.csv.end_row()?;
@@ -400,9 +410,9 @@ impl<R: Ord + Clone + 'static> TableWriter<Signed<R>> for SignedWriter<R> {
     }
 }
 
-fn format_invoice_line(n: &Names, l: &InvoiceLine, row: &mut Vec<u8>) {
-    n.line_key(row, &l.key);
-    n.period(row, l.invoice_period);
+fn format_invoice_line(n: &Names, labels: &mut Labels, l: &InvoiceLine, row: &mut Vec<u8>) {
+    n.line_key(labels, row, &l.key);
+    labels.write(n.period, row, l.invoice_period);
     field(row, l.kind.as_str());
     field(row, &l.currency);
     int(row, l.events);
@@ -412,10 +422,10 @@ fn format_invoice_line(n: &Names, l: &InvoiceLine, row: &mut Vec<u8>) {
     scaled(row, l.amount_exact.0, Amount::SCALE);
 }
 
-fn format_rated(n: &Names, r: &RatedRow, row: &mut Vec<u8>) {
+fn format_rated(n: &Names, labels: &mut Labels, r: &RatedRow, row: &mut Vec<u8>) {
     let c = &n.catalog;
-    n.line_key(row, &r.key);
-    n.period(row, r.invoice_period);
+    n.line_key(labels, row, &r.key);
+    labels.write(n.period, row, r.invoice_period);
     let price = c.price(r.price);
     field(row, &c.rate_cards[price.rate_card.ix()].id);
     int(row, price.version);
@@ -438,6 +448,7 @@ pub fn invoice_lines_writer(
         names,
         pending: BTreeMap::new(),
         current,
+        labels: Labels::default(),
         format: format_invoice_line,
         every,
         last: Instant::now(),
@@ -456,6 +467,7 @@ pub fn rated_usage_writer(
         names,
         pending: BTreeMap::new(),
         current: Arc::default(),
+        labels: Labels::default(),
         format: format_rated,
         every,
         last: Instant::now(),

@@ -10,26 +10,49 @@ use meterflow_schemas::canonical::{checksum_of, Canonical, CanonicalFields};
 use meterflow_schemas::money::Quantity;
 use meterflow_schemas::time::{EventTime, Span};
 
-/// Shape of the generated stream.
-#[derive(Clone, Debug)]
+/// Shape of the generated stream (the flags of `meterflow gen`).
+#[derive(Clone, Debug, clap::Args)]
 pub struct GenArgs {
+    /// Output directory (events.jsonl and catalog/).
+    #[arg(long, short = 'o')]
     pub out: PathBuf,
     /// Records to write, duplicates and invalid ones included.
+    #[arg(long, default_value_t = 1_000_000)]
     pub events: u64,
+    /// Customers (and contracts) in the generated catalog.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
     pub customers: u32,
     /// Customer skew: customer `floor(n · u^skew)` for uniform `u`; 1 is uniform, larger values
     /// concentrate traffic on the first customers.
+    #[arg(long, default_value_t = 1.5)]
     pub skew: f64,
+    /// Share of records that repeat a recent event (producer retries).
+    #[arg(long, default_value_t = 0.05)]
     pub dup_rate: f64,
+    /// Share of events sent 2 to 72 hours after their event time.
+    #[arg(long, default_value_t = 0.01)]
     pub late_rate: f64,
+    /// Share of records that are invalid (several kinds).
+    #[arg(long, default_value_t = 0.005)]
     pub invalid_rate: f64,
     /// Share of events carrying a `sha256:` checksum.
+    #[arg(long, default_value_t = 0.0)]
     pub checksum_rate: f64,
     /// Share of events sent as CloudEvents envelopes.
+    #[arg(long, default_value_t = 0.0)]
     pub cloudevents_rate: f64,
+    #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// First event time (RFC 3339).
+    #[arg(long, default_value = "2026-09-01T00:00:00Z", value_parser = parse_time)]
     pub start: EventTime,
+    /// Days of event time the stream spans.
+    #[arg(long, default_value_t = 60)]
     pub days: i64,
+}
+
+fn parse_time(text: &str) -> Result<EventTime, String> {
+    EventTime::parse_rfc3339(text).map_err(|why| format!("`{text}` is not RFC 3339: {why}"))
 }
 
 /// What was written.
@@ -58,17 +81,17 @@ impl Rng {
     pub fn new(seed: u64) -> Rng {
         Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
     }
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
     pub fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
+        self.next_u64() % n.max(1)
     }
     pub fn chance(&mut self, p: f64) -> bool {
         self.unit() < p
@@ -218,11 +241,7 @@ impl Fields {
             quantity: self.quantity,
             time: self.time,
             environment: "production",
-            region: "",
-            plan: "",
-            marketplace: "",
-            attributes: "",
-            correction: None,
+            ..Default::default()
         });
         checksum_of(bytes)
     }

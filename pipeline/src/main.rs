@@ -6,7 +6,6 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use meterflow_operators::dataflow::Cluster;
 use meterflow_schemas::catalog::{load_dir, CatalogErrors};
-use meterflow_schemas::time::EventTime;
 
 use meterflow::config::ConfigError;
 use meterflow::{demo, gen, run, trace};
@@ -54,39 +53,7 @@ enum Command {
         workers: usize,
     },
     /// Write synthetic events and a matching catalog for benchmarks.
-    Gen {
-        /// Output directory (events.jsonl and catalog/).
-        #[arg(long, short = 'o')]
-        out: PathBuf,
-        /// Records to write, duplicates and invalid ones included.
-        #[arg(long, default_value_t = 1_000_000)]
-        events: u64,
-        #[arg(long, default_value_t = 1000)]
-        customers: u32,
-        /// Customer skew: 1 is uniform; larger concentrates traffic on few customers.
-        #[arg(long, default_value_t = 1.5)]
-        skew: f64,
-        #[arg(long, default_value_t = 0.05)]
-        dup_rate: f64,
-        #[arg(long, default_value_t = 0.01)]
-        late_rate: f64,
-        #[arg(long, default_value_t = 0.005)]
-        invalid_rate: f64,
-        /// Share of events with a sha256 checksum.
-        #[arg(long, default_value_t = 0.0)]
-        checksum_rate: f64,
-        /// Share of events in CloudEvents envelopes.
-        #[arg(long, default_value_t = 0.0)]
-        cloudevents_rate: f64,
-        #[arg(long, default_value_t = 42)]
-        seed: u64,
-        /// First event time (RFC 3339).
-        #[arg(long, default_value = "2026-09-01T00:00:00Z")]
-        start: String,
-        /// Days of event time the stream spans.
-        #[arg(long, default_value_t = 60)]
-        days: i64,
-    },
+    Gen(gen::GenArgs),
     /// Catalog tools.
     Catalog {
         #[command(subcommand)]
@@ -227,48 +194,17 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             summarize(&report, &dir.join("out"));
             Ok(ExitCode::SUCCESS)
         }
-        Command::Gen {
-            out,
-            events,
-            customers,
-            skew,
-            dup_rate,
-            late_rate,
-            invalid_rate,
-            checksum_rate,
-            cloudevents_rate,
-            seed,
-            start,
-            days,
-        } => {
-            let start = EventTime::parse_rfc3339(&start)
-                .map_err(|why| anyhow::anyhow!("--start `{start}` is not RFC 3339: {why}"))?;
-            if customers == 0 {
-                anyhow::bail!("--customers must be at least 1");
-            }
-            let args = gen::GenArgs {
-                out: out.clone(),
-                events,
-                customers,
-                skew,
-                dup_rate,
-                late_rate,
-                invalid_rate,
-                checksum_rate,
-                cloudevents_rate,
-                seed,
-                start,
-                days,
-            };
+        Command::Gen(args) => {
             let s = gen::generate(&args)?;
             println!(
-                "wrote {} records ({} duplicates, {} late, {} invalid) to {} and a catalog of {customers} customers to {}",
+                "wrote {} records ({} duplicates, {} late, {} invalid) to {} and a catalog of {} customers to {}",
                 s.records,
                 s.duplicates,
                 s.late,
                 s.invalid,
-                out.join("events.jsonl").display(),
-                out.join("catalog").display()
+                args.out.join("events.jsonl").display(),
+                args.customers,
+                args.out.join("catalog").display()
             );
             Ok(ExitCode::SUCCESS)
         }

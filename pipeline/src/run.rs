@@ -18,8 +18,8 @@ use meterflow_schemas::rows::{Counts, InvoiceLine};
 
 use crate::config::Config;
 use crate::file_sink::{
-    invoice_lines_writer, prepare_out_dir, rated_usage_writer, write_sources, DuplicatesWriter,
-    Names, RejectionsWriter, UsageEventsWriter,
+    duplicates_writer, invoice_lines_writer, prepare_out_dir, rated_usage_writer,
+    rejections_writer, usage_events_writer, write_sources, Names,
 };
 use crate::file_source::{FileInput, NoInput, StdinReader};
 use crate::preview;
@@ -120,9 +120,9 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
         let n = io_names.clone();
         Ok(WorkerIo {
             reader,
-            usage_events: Box::new(UsageEventsWriter::create(&out, index, n.clone())?),
-            rejections: Box::new(RejectionsWriter::create(&out, index, n.clone())?),
-            duplicates: Box::new(DuplicatesWriter::create(&out, index, n.clone())?),
+            usage_events: Box::new(usage_events_writer(&out, index, n.clone())?),
+            rejections: Box::new(rejections_writer(&out, index, n.clone())?),
+            duplicates: Box::new(duplicates_writer(&out, index, n.clone())?),
             invoice_lines: Box::new(invoice_lines_writer(
                 &out,
                 index,

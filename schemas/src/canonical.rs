@@ -30,7 +30,9 @@ use crate::hashing::fingerprint;
 use crate::money::{push_scaled, Quantity};
 use crate::time::EventTime;
 
-/// The fields of the canonical form, already parsed.
+/// The fields of the canonical form, already parsed. `Default` is empty metadata and no
+/// correction.
+#[derive(Default)]
 pub struct CanonicalFields<'a> {
     pub event_id: &'a str,
     pub customer_id: &'a str,

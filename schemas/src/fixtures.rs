@@ -2,8 +2,6 @@
 
 use crate::canonical::{checksum_of, sign, Canonical, CanonicalFields};
 use crate::catalog::{from_toml_str, Catalog};
-use crate::money::Quantity;
-use crate::time::EventTime;
 
 /// Two customers, three SKUs, a rate card with a mid-month change and a pinned contract.
 pub const CATALOG: &str = r#"
@@ -115,34 +113,9 @@ pub fn api(id: &str, quantity: &str, time: &str) -> String {
     )
 }
 
-/// Canonical bytes for a plain event (no metadata, no correction).
-pub fn canonical_of(
-    id: &str,
-    customer: &str,
-    contract: &str,
-    sku: &str,
-    unit: &str,
-    quantity: &str,
-    time: &str,
-    environment: &str,
-) -> Vec<u8> {
-    let mut c = Canonical::default();
-    c.render(&CanonicalFields {
-        event_id: id,
-        customer_id: customer,
-        contract_id: contract,
-        sku,
-        unit,
-        quantity: Quantity::parse(quantity).unwrap(),
-        time: EventTime::parse_rfc3339(time).unwrap(),
-        environment,
-        region: "",
-        plan: "",
-        marketplace: "",
-        attributes: "",
-        correction: None,
-    })
-    .to_vec()
+/// Canonical bytes of `fields`.
+pub fn canonical_of(fields: &CanonicalFields<'_>) -> Vec<u8> {
+    Canonical::default().render(fields).to_vec()
 }
 
 pub fn checksum(canonical: &[u8]) -> String {

@@ -119,7 +119,7 @@ pub fn format_scaled(v: i128, scale: u32, f: &mut impl fmt::Write) -> fmt::Resul
         return write!(f, "{sign}{int}");
     }
     let mut digits = scale as usize;
-    while frac % 10 == 0 {
+    while frac.is_multiple_of(10) {
         frac /= 10;
         digits -= 1;
     }

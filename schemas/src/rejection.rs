@@ -171,7 +171,11 @@ mod tests {
         let mut codes: Vec<&str> = Reason::ALL.iter().map(|r| r.code()).collect();
         for (i, r) in Reason::ALL.iter().enumerate() {
             assert_eq!(*r as usize, i, "Reason::ALL is in declaration order");
-            assert!(doc.contains(&format!("| `{}` |", r.code())), "docs/event-contract.md lacks a row for {}", r.code());
+            assert!(
+                doc.contains(&format!("| `{}` |", r.code())),
+                "docs/event-contract.md lacks a row for {}",
+                r.code()
+            );
             assert!(!r.remediation().is_empty());
         }
         codes.sort();

@@ -14,7 +14,9 @@ const MS_PER_HOUR: i64 = 60 * MS_PER_MINUTE;
 const MS_PER_DAY: i64 = 24 * MS_PER_HOUR;
 
 /// A point in event time: milliseconds since 1970-01-01T00:00:00Z.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct EventTime(pub i64);
 
 impl EventTime {
@@ -46,8 +48,8 @@ impl EventTime {
             return Err("too short for RFC 3339 (expected e.g. 2026-11-01T12:00:00Z)");
         }
         let year = digits(b, 0, 4)? as i64;
-        let month = digits(b, 5, 2)? as u32;
-        let day = digits(b, 8, 2)? as u32;
+        let month = digits(b, 5, 2)?;
+        let day = digits(b, 8, 2)?;
         let hour = digits(b, 11, 2)? as i64;
         let minute = digits(b, 14, 2)? as i64;
         let second = digits(b, 17, 2)? as i64;

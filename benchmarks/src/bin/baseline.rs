@@ -12,10 +12,11 @@ use std::time::Instant;
 
 use anyhow::Context;
 use meterflow::file_sink::{
-    invoice_lines_writer, prepare_out_dir, rated_usage_writer, DuplicatesWriter, Names,
-    RejectionsWriter, UsageEventsWriter,
+    duplicates_writer, invoice_lines_writer, prepare_out_dir, rated_usage_writer,
+    rejections_writer, usage_events_writer, Names,
 };
 use meterflow::file_source::FileInput;
+use meterflow_operators::aggregate::UsageSum;
 use meterflow_operators::decode::records;
 use meterflow_operators::price::{price_line, Priced};
 use meterflow_operators::rate_join::SegmentPrice;
@@ -67,12 +68,11 @@ fn main() -> anyhow::Result<()> {
         billable_environments: rules.billable_environments.clone(),
         period: policy.period,
     });
-    let mut usage_out =
-        UsageEventsWriter::create(&out, 0, names.clone()).map_err(anyhow::Error::msg)?;
+    let mut usage_out = usage_events_writer(&out, 0, names.clone()).map_err(anyhow::Error::msg)?;
     let mut rejections_out =
-        RejectionsWriter::create(&out, 0, names.clone()).map_err(anyhow::Error::msg)?;
+        rejections_writer(&out, 0, names.clone()).map_err(anyhow::Error::msg)?;
     let mut duplicates_out =
-        DuplicatesWriter::create(&out, 0, names.clone()).map_err(anyhow::Error::msg)?;
+        duplicates_writer(&out, 0, names.clone()).map_err(anyhow::Error::msg)?;
     let lines_current = Arc::default();
     let mut lines_out = invoice_lines_writer(
         &out,
@@ -222,19 +222,14 @@ fn main() -> anyhow::Result<()> {
     }
 
     // Price every line once, at the end.
-    let mut by_line: BTreeMap<
-        LineKey,
-        Vec<(
-            (Period, SegmentPrice),
-            meterflow_operators::aggregate::UsageSum,
-        )>,
-    > = BTreeMap::new();
+    type Rated = Vec<((Period, SegmentPrice), UsageSum)>;
+    let mut by_line: BTreeMap<LineKey, Rated> = BTreeMap::new();
     for ((line, invoice, price_ix), (events, quantity)) in usage {
         let segment = SegmentPrice::of(price_ix, catalog.price(price_ix));
-        by_line.entry(line).or_default().push((
-            (invoice, segment),
-            meterflow_operators::aggregate::UsageSum { events, quantity },
-        ));
+        by_line
+            .entry(line)
+            .or_default()
+            .push(((invoice, segment), UsageSum { events, quantity }));
     }
     let (mut lines, mut rated) = (Vec::new(), Vec::new());
     for (key, mut values) in by_line {
@@ -254,7 +249,8 @@ fn main() -> anyhow::Result<()> {
         .sum();
     lines_out.write(&mut lines).map_err(anyhow::Error::msg)?;
     rated_out.write(&mut rated).map_err(anyhow::Error::msg)?;
-    for w in [&mut usage_out as &mut dyn TableWriter<AcceptedEvent>] {
+    {
+        let w = &mut usage_out as &mut dyn TableWriter<AcceptedEvent>;
         w.frontier(None).map_err(anyhow::Error::msg)?;
     }
     rejections_out.frontier(None).map_err(anyhow::Error::msg)?;

@@ -232,16 +232,17 @@ fn the_fingerprint_ignores_formatting_but_not_content() {
 #[test]
 fn integrity_checksums_and_signatures() {
     let t = "2026-11-01T10:00:00Z";
-    let canon = fixtures::canonical_of(
-        "e1",
-        "acme",
-        "acme-2026",
-        "api_calls",
-        "requests",
-        "3",
-        t,
-        "production",
-    );
+    let canon = fixtures::canonical_of(&crate::canonical::CanonicalFields {
+        event_id: "e1",
+        customer_id: "acme",
+        contract_id: "acme-2026",
+        sku: "api_calls",
+        unit: "requests",
+        quantity: Quantity::from_units(3),
+        time: EventTime::parse_rfc3339(t).unwrap(),
+        environment: "production",
+        ..Default::default()
+    });
     let with = |extra: &str| {
         api("e1", "3", t).replace(r#""environment""#, &format!(r#"{extra},"environment""#))
     };
