@@ -102,7 +102,7 @@ pub fn pre_aggregate<'s>(
                         let s = sums
                             .entry((d.price, (d.line, d.invoice_period)))
                             .or_default();
-                        s.events += 1;
+                        s.events += d.events;
                         s.quantity += d.quantity;
                     }
                 });

@@ -213,6 +213,7 @@ impl Deduplicator {
             },
             invoice_period: a.invoice_period,
             price: ev.price,
+            events: ev.line_events(),
             quantity: ev.quantity,
         }
     }

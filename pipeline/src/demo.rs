@@ -16,6 +16,7 @@ use meterflow_schemas::time::EventTime;
 
 use crate::gen::Rng;
 use crate::run::{run, RunArgs, RunReport};
+use crate::tables::read_table;
 use crate::trace::trace;
 
 pub const CATALOG: &str = r#"# The demo catalog: three customers, three SKUs, one rate card with a change on Nov 15.
@@ -135,15 +136,28 @@ id = "initech-2026"
 customer = "initech"
 rate_card = "standard"
 starts = "2026-03-01T00:00:00Z"
+
+[[customer]]
+id = "hooli"
+name = "Hooli"
+
+[[contract]]
+id = "hooli-2026"
+customer = "hooli"
+rate_card = "standard"
+starts = "2026-01-01T00:00:00Z"
 "#;
 
-const DEMO_CONFIG: &str = "# The demo's configuration (defaults except for small chunks).\n[input]\nchunk_bytes = 1024\n\n[watermark]\ntolerance = \"1h\"\n\n[dedup]\nhorizon = \"7d\"\n";
+const DEMO_CONFIG: &str = "# The demo's configuration: defaults, except small chunks (so event time advances every few\n# records, as on a live stream) and a flush after every pricing round (so invoice_lines shows\n# every retraction instead of consolidating them away).\n[input]\nchunk_bytes = 1024\n\n[output]\nflush_interval = \"0ms\"\n\n[watermark]\ntolerance = \"1h\"\n\n[dedup]\nhorizon = \"7d\"\n";
 
-const CUSTOMERS: [(&str, &str); 3] = [
+/// The background traffic comes from the first three; Hooli only sends the event it later voids.
+const CUSTOMERS: [(&str, &str); 4] = [
     ("acme", "acme-2026"),
     ("globex", "globex-legacy"),
     ("initech", "initech-2026"),
+    ("hooli", "hooli-2026"),
 ];
+const HOOLI: usize = 3;
 const SKUS: [(&str, &str); 3] = [
     ("api_calls", "requests"),
     ("tokens", "tokens"),
@@ -254,6 +268,7 @@ pub fn events() -> Vec<String> {
     let nov_3 = t("2026-11-03T00:00:00Z");
     let mut placed_ooo = false;
     let mut placed_late = false;
+    let mut void_target_time = None;
     for i in 0..n {
         let time = EventTime(start + (end - start) * i / n + rng.below(60_000) as i64);
         let c = rng.below(3) as usize;
@@ -316,7 +331,19 @@ pub fn events() -> Vec<String> {
             placed_late = true;
         }
         if i == 2000 {
-            showcase(&mut w, time);
+            void_target_time = Some(showcase(&mut w, time));
+        }
+        if let (2100, Some(target_time)) = (i, void_target_time) {
+            // A hundred events later (a later pricing round), Hooli voids its only event.
+            w.native(
+                "evt-void-1",
+                HOOLI,
+                1,
+                Quantity::from_units(-30_000),
+                target_time,
+                "production",
+                r#","correction":{"action":"void","original_event_id":"evt-void-target"}"#,
+            );
         }
         if i == 2600 {
             // After the Nov 15 rate change: acme moves to version 2, grandfathered globex stays on 1.
@@ -343,22 +370,22 @@ pub fn events() -> Vec<String> {
     w.lines
 }
 
-fn showcase(w: &mut Writer, now: EventTime) {
+/// Writes the showcase records; returns the time of the event voided later.
+fn showcase(w: &mut Writer, now: EventTime) -> EventTime {
     let at = |m: i64| EventTime(now.millis() - m * 60_000);
     let q = Quantity::from_units;
     w.native("evt-retry-1", 0, 0, q(120), at(30), "production", "");
     w.native("evt-retry-1", 0, 0, q(120), at(30), "production", "");
     w.native("evt-conflict", 2, 0, q(10), at(29), "production", "");
     w.native("evt-conflict", 2, 0, q(99), at(29), "production", "");
-    w.native("evt-void-target", 1, 1, q(30_000), at(28), "production", "");
     w.native(
-        "evt-void-1",
+        "evt-void-target",
+        HOOLI,
         1,
-        1,
-        q(-30_000),
+        q(30_000),
         at(28),
         "production",
-        r#","correction":{"action":"void","original_event_id":"evt-void-target"}"#,
+        "",
     );
     w.native("evt-amend-target", 2, 1, q(1_000), at(27), "production", "");
     w.native(
@@ -438,6 +465,7 @@ fn showcase(w: &mut Writer, now: EventTime) {
         r#""sku":"gpu_hours","unit":"hours""#,
     );
     w.lines.push(last);
+    at(28)
 }
 
 /// Writes the demo inputs into `dir`, runs them, and returns the report and a narrative.
@@ -523,6 +551,39 @@ fn narrate(report: &RunReport, out: &Path) -> anyhow::Result<String> {
         let _ = writeln!(s, "\n# {id}: {what}");
         s.push_str(&trace(out, id)?);
     }
+    let _ = writeln!(
+        s,
+        "\nThe void as signed rows: every invoice_lines row of Hooli, in order"
+    );
+    let _ = writeln!(
+        s,
+        "  {:>5} {:>4}  {:<10} {:<8} {:>14} {:>10}",
+        "batch", "sign", "sku", "period", "quantity", "amount"
+    );
+    let mut hooli: Vec<_> = read_table(out, "invoice_lines")?
+        .into_iter()
+        .filter(|r| r["customer_id"] == "hooli")
+        .collect();
+    hooli.sort_by_key(|r| {
+        (
+            r["batch"].parse::<u64>().unwrap_or(0),
+            r["sign"].parse::<i64>().unwrap_or(0),
+        )
+    });
+    for r in &hooli {
+        let _ = writeln!(
+            s,
+            "  {:>5} {:>4}  {:<10} {:<8} {:>14} {:>10} {}",
+            r["batch"],
+            r["sign"],
+            r["sku"],
+            r["service_period"],
+            r["quantity"],
+            r["amount"],
+            r["currency"]
+        );
+    }
+    let _ = writeln!(s, "  sum(amount * sign) = 0: the voided usage is gone from the invoice, and its history stays.");
     let _ = writeln!(s, "\nTables written to {}:", out.display());
     for t in crate::file_sink::TABLES {
         let _ = writeln!(s, "  {}/{t}/part-*.csv", out.display());

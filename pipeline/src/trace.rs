@@ -141,10 +141,17 @@ pub fn trace(out: &Path, event_id: &str) -> std::io::Result<String> {
                 get(r, "region")
             );
         }
-        for l in current_rows(&read_table(out, "invoice_lines")?)
-            .iter()
+        let lines: Vec<Row> = current_rows(&read_table(out, "invoice_lines")?)
+            .into_iter()
             .filter(|r| same_line(r))
-        {
+            .collect();
+        if lines.is_empty() {
+            let _ = writeln!(
+                s,
+                "    no current invoice line: every event behind it was voided"
+            );
+        }
+        for l in &lines {
             let _ = writeln!(
                 s,
                 "    invoice line ({}): {} {} over {} events = {} {} (exact {}), region {}",

@@ -92,6 +92,16 @@ impl UsageEvent {
     pub fn billable(&self) -> bool {
         matches!(self.environment, Environment::Billable(_))
     }
+    /// How this event changes the count of events behind its invoice line: an original adds
+    /// one, a void takes its original's away, an amend changes only the quantity.
+    pub fn line_events(&self) -> i64 {
+        match self.correction.as_deref().map(|c| c.action) {
+            None => 1,
+            Some(CorrectionAction::Void) => -1,
+            Some(CorrectionAction::Amend) => 0,
+        }
+    }
+
     /// Dedup routing: corrections go where their original lives, so the original's state is local.
     pub fn route(&self) -> u64 {
         match &self.correction {

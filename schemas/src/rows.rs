@@ -61,6 +61,9 @@ pub struct UsageDelta {
     pub line: LineKey,
     pub invoice_period: Period,
     pub price: PriceIdx,
+    /// How the event changes the line's event count: +1, or -1 for a void (it cancels its
+    /// original, so a line whose events are all voided disappears), or 0 for an amend.
+    pub events: i64,
     pub quantity: Quantity,
 }
 

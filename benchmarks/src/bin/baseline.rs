@@ -195,7 +195,7 @@ fn main() -> anyhow::Result<()> {
                     service_period: service,
                 };
                 let e = usage.entry((line, invoice, ev.price)).or_default();
-                e.0 += 1;
+                e.0 += ev.line_events();
                 e.1 += ev.quantity;
             }
             accepted.push(AcceptedEvent {
