@@ -257,3 +257,21 @@ fn sandbox_usage_is_counted_but_not_priced() {
     assert!(out.current_lines().is_empty());
     assert_eq!(out.accepted.len(), 1);
 }
+
+#[test]
+fn voiding_every_event_of_a_line_retracts_the_line() {
+    let t = "2026-11-01T00:00:00Z";
+    let tokens = |id: &str, q: &str| event(id, "acme", "acme-2026", "tokens", "tokens", q, t);
+    let void = tokens("v1", "-500").replace(
+        r#""environment""#,
+        r#""correction":{"action":"void","original_event_id":"only"},"environment""#,
+    );
+    let out = run_each_own_epoch(&[tokens("only", "500"), void], 1);
+    assert!(
+        out.current_lines().is_empty(),
+        "no line, not even the first tier's flat fee: {:?}",
+        out.current_lines()
+    );
+    let history: Vec<isize> = out.invoice_lines.iter().map(|(_, _, d)| *d).collect();
+    assert_eq!(history, vec![1, -1]);
+}

@@ -75,6 +75,7 @@ fn the_demo_shows_every_kind_of_record() {
         "(holds)",
         "version 2",
         "fix:",
+        "The void as signed rows",
     ] {
         assert!(
             text.contains(expected),
