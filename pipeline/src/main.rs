@@ -166,6 +166,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             cluster,
             quiet,
         } => {
+            let process = cluster.process;
             let args = run::RunArgs {
                 inputs: input,
                 catalog,
@@ -175,6 +176,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 quiet,
             };
             let report = run::run(&args)?;
+            if process != 0 {
+                eprintln!("process {process} finished; process 0 reports the totals, the preview and counts.json");
+                return Ok(ExitCode::SUCCESS);
+            }
             if !quiet {
                 println!("{}", report.preview);
             }
