@@ -20,15 +20,17 @@ use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::StreamVec;
 
-use crate::source::{recycle, BufferPool, Chunk};
+use crate::source::{recycle, BufferPool, Chunk, Position};
 use crate::Epoch;
 
-/// What one chunk says about event time.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// What one chunk says about event time and input progress.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct EpochStats {
     pub epoch: Epoch,
     /// The latest event time among the chunk's valid events.
     pub max_time: Option<EventTime>,
+    /// Where the reader stands after the chunk (Kafka partitions), for progress commits.
+    pub positions: Vec<Position>,
 }
 
 pub struct Decoded<'s> {
@@ -68,18 +70,14 @@ pub fn decode<'s>(
                 let mut events_s = events_h.session(&cap);
                 let mut rejections_s = rejections_h.session(&cap);
                 let now = EventTime::now();
-                for chunk in data.flat_map(|d| d.drain(..)) {
+                for mut chunk in data.flat_map(|d| d.drain(..)) {
                     let mut counts = Counts {
                         bytes: chunk.bytes.len() as u64,
                         ..Counts::default()
                     };
                     let mut max_time: Option<EventTime> = None;
-                    for (offset, line) in records(&chunk.bytes) {
+                    for_each_record(&chunk, |lineage, line| {
                         counts.received += 1;
-                        let lineage = Lineage {
-                            source: chunk.source,
-                            offset: chunk.base_offset + offset as u64,
-                        };
                         match validator.validate(line, lineage, now) {
                             Ok(ev) => {
                                 max_time = max_time.max(Some(ev.time));
@@ -90,10 +88,11 @@ pub fn decode<'s>(
                                 rejections_s.give(r);
                             }
                         }
-                    }
+                    });
                     stats_h.session(&cap).give(EpochStats {
                         epoch: chunk.epoch,
                         max_time,
+                        positions: std::mem::take(&mut chunk.positions),
                     });
                     counts_h.session(&cap).give(counts);
                     recycle(&pool, chunk.bytes);
@@ -106,6 +105,66 @@ pub fn decode<'s>(
         rejections,
         stats,
         counts,
+    }
+}
+
+/// The records of a chunk with their lineage: the lines of a file chunk, or the events of each
+/// message — one JSON object, newline-delimited objects, or a JSON array of objects (batches
+/// are first-class). A message that is an unreadable array, or empty, is one (bad) record, so it
+/// is rejected rather than lost.
+pub fn for_each_record(chunk: &Chunk, mut f: impl FnMut(Lineage, &[u8])) {
+    if chunk.messages.is_empty() {
+        for (offset, line) in records(&chunk.bytes) {
+            f(
+                Lineage {
+                    source: chunk.source,
+                    partition: 0,
+                    offset: chunk.base_offset + offset as u64,
+                    record: 0,
+                },
+                line,
+            );
+        }
+        return;
+    }
+    for m in &chunk.messages {
+        let payload = &chunk.bytes[m.start as usize..(m.start + m.len) as usize];
+        let base = Lineage {
+            source: m.source,
+            partition: m.partition,
+            offset: m.offset,
+            record: 0,
+        };
+        match payload.iter().find(|b| !b.is_ascii_whitespace()) {
+            Some(b'[') => {
+                match serde_json::from_slice::<Vec<&serde_json::value::RawValue>>(payload) {
+                    Ok(items) => {
+                        for (i, item) in items.iter().enumerate() {
+                            f(
+                                Lineage {
+                                    record: i as u32,
+                                    ..base
+                                },
+                                item.get().as_bytes(),
+                            );
+                        }
+                    }
+                    Err(_) => f(base, payload),
+                }
+            }
+            Some(_) => {
+                for (i, (_, line)) in records(payload).enumerate() {
+                    f(
+                        Lineage {
+                            record: i as u32,
+                            ..base
+                        },
+                        line,
+                    );
+                }
+            }
+            None => f(base, payload),
+        }
     }
 }
 

@@ -1,9 +1,11 @@
 //! The source: hands raw chunks of input to the dataflow, one epoch per chunk.
 //!
 //! (data, time, diff): emits one [`Chunk`] at time `chunk.epoch`, then downgrades its capability
-//! to the epoch of its next chunk; drops the capability after the last chunk. Epochs come from the
-//! input's shape (a chunk is a fixed byte range of a file), never from the wall clock or the worker
-//! count, so results are the same with any number of workers.
+//! to the epoch of its next chunk; drops the capability when the reader is done. For files,
+//! epochs come from the input's shape (a chunk is a fixed byte range), never from the wall clock or
+//! the worker count, so results are the same with any number of workers. For Kafka, each worker
+//! cuts its partitions' messages into one chunk per epoch interval, and records the offsets
+//! reached so progress can be committed with the outputs.
 //!
 //! Flow control: a worker does not start an epoch more than `max_epochs_ahead` beyond what the
 //! whole dataflow has completed, so state stashed for unfinished epochs stays bounded.
@@ -19,23 +21,59 @@ use timely::dataflow::{ProbeHandle, Scope, StreamVec};
 use crate::accounting::LatencyClock;
 use crate::{Epoch, Fatal};
 
-/// A byte range of one input, holding whole records (newline-delimited).
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+/// Input for one epoch: either a byte range of a file holding whole newline-delimited records
+/// (`messages` empty), or a run of Kafka messages laid end to end in `bytes`.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Chunk {
     pub epoch: Epoch,
-    /// Index of the input (file) in the run.
+    /// Index of the input (file or topic) in the run.
     pub source: u32,
-    /// Byte offset of `bytes[0]` within the input.
+    /// For a file: byte offset of `bytes[0]` within it.
     pub base_offset: u64,
     pub bytes: Vec<u8>,
+    /// For messages: where each one lies in `bytes`.
+    pub messages: Vec<MessageSpan>,
+    /// Where the reader stands after this chunk, per partition it reads (what a commit records).
+    pub positions: Vec<Position>,
+}
+
+/// One message within a chunk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MessageSpan {
+    pub start: u32,
+    pub len: u32,
+    pub source: u32,
+    pub partition: i32,
+    pub offset: u64,
+}
+
+/// The next offset to read from a partition.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+pub struct Position {
+    pub source: u32,
+    pub partition: i32,
+    pub next_offset: u64,
+}
+
+/// What a reader has for the source.
+pub enum Read {
+    Chunk(Chunk),
+    /// Nothing yet (the epoch is still open): ask again shortly.
+    Pending,
+    /// The input is finished.
+    Done,
+    Failed(std::io::Error),
 }
 
 /// Yields this worker's chunks in increasing epoch order.
 pub trait ChunkReader: 'static {
     /// The epoch of the next chunk, without reading it.
     fn peek_epoch(&mut self) -> Option<Epoch>;
-    /// The next chunk, read into `buf` (a recycled buffer; its contents are discarded).
-    fn next_chunk(&mut self, buf: Vec<u8>) -> Option<std::io::Result<Chunk>>;
+    /// The next chunk, read into `buf` (a recycled buffer; its contents are discarded). Must not
+    /// block for long: the worker runs the rest of the dataflow in between.
+    fn next_chunk(&mut self, buf: Vec<u8>) -> Read;
 }
 
 /// Chunk buffers handed back by decode for the source to reuse, so input is read into warm
@@ -82,7 +120,7 @@ pub fn source<'s>(
             }
             let buf = pool.borrow_mut().pop().unwrap_or_default();
             match reader.next_chunk(buf) {
-                Some(Ok(chunk)) => {
+                Read::Chunk(chunk) => {
                     clock.start(chunk.epoch);
                     output.session(&c).give(chunk);
                     match reader.peek_epoch() {
@@ -90,8 +128,12 @@ pub fn source<'s>(
                         None => cap = None,
                     }
                 }
-                Some(Err(e)) => fatal.set(format!("reading input failed: {e}")),
-                None => cap = None,
+                Read::Pending => {
+                    activator.activate_after(std::time::Duration::from_millis(1));
+                    return;
+                }
+                Read::Failed(e) => fatal.set(format!("reading input failed: {e}")),
+                Read::Done => cap = None,
             }
             if cap.is_some() {
                 activator.activate();
@@ -152,6 +194,11 @@ impl<R: ReadAt> StripedReader<R> {
             chunk_bytes,
             plan,
         }
+    }
+
+    /// Drops the chunks of epochs up to and including `epoch` (already committed by an earlier run).
+    pub fn skip_through(&mut self, epoch: Epoch) {
+        self.plan.retain(|p| p.2 > epoch);
     }
 
     /// Total number of epochs across all inputs.
@@ -230,17 +277,20 @@ impl<R: ReadAt> ChunkReader for StripedReader<R> {
     fn peek_epoch(&mut self) -> Option<Epoch> {
         self.plan.front().map(|p| p.2)
     }
-    fn next_chunk(&mut self, buf: Vec<u8>) -> Option<std::io::Result<Chunk>> {
-        let (input, chunk, epoch) = self.plan.pop_front()?;
-        Some(
-            self.read(input, chunk, buf)
-                .map(|(base_offset, bytes)| Chunk {
-                    epoch,
-                    source: input as u32,
-                    base_offset,
-                    bytes,
-                }),
-        )
+    fn next_chunk(&mut self, buf: Vec<u8>) -> Read {
+        let Some((input, chunk, epoch)) = self.plan.pop_front() else {
+            return Read::Done;
+        };
+        match self.read(input, chunk, buf) {
+            Ok((base_offset, bytes)) => Read::Chunk(Chunk {
+                epoch,
+                source: input as u32,
+                base_offset,
+                bytes,
+                ..Chunk::default()
+            }),
+            Err(e) => Read::Failed(e),
+        }
     }
 }
 
@@ -252,8 +302,7 @@ mod tests {
         let mut out = Vec::new();
         for w in 0..workers {
             let mut r = StripedReader::new(vec![data.to_vec()], chunk, w, workers);
-            while let Some(c) = r.next_chunk(Vec::new()) {
-                let c = c.unwrap();
+            while let Read::Chunk(c) = r.next_chunk(Vec::new()) {
                 for (off, line) in crate::decode::records(&c.bytes) {
                     out.push((c.epoch, c.base_offset + off as u64, line.to_vec()));
                 }

@@ -223,18 +223,22 @@ mod tests {
         w.observe(&EpochStats {
             epoch: 0,
             max_time: Some(EventTime(10)),
+            positions: Vec::new(),
         });
         w.observe(&EpochStats {
             epoch: 1,
             max_time: Some(EventTime(5)),
+            positions: Vec::new(),
         });
         w.observe(&EpochStats {
             epoch: 2,
             max_time: Some(EventTime(30)),
+            positions: Vec::new(),
         });
         w.observe(&EpochStats {
             epoch: 3,
             max_time: None,
+            positions: Vec::new(),
         });
         assert_eq!(w.watermark_for(0), EventTime::MIN);
         assert_eq!(w.watermark_for(1), EventTime(10));

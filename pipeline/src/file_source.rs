@@ -2,11 +2,11 @@
 //! by all workers, or standard input read by worker 0.
 
 use std::fs::File;
-use std::io::Read;
+use std::io::Read as _;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use meterflow_operators::source::{Chunk, ChunkReader, ReadAt};
+use meterflow_operators::source::{Chunk, ChunkReader, Read, ReadAt};
 use meterflow_operators::Epoch;
 
 /// A file read by offset, so every worker reads its own chunks without sharing a cursor.
@@ -60,7 +60,8 @@ impl ChunkReader for StdinReader {
         (!self.done || !self.carry.is_empty()).then_some(self.epoch)
     }
 
-    fn next_chunk(&mut self, mut buf: Vec<u8>) -> Option<std::io::Result<Chunk>> {
+    /// Blocks on stdin: there is nothing else for this input to wait for.
+    fn next_chunk(&mut self, mut buf: Vec<u8>) -> Read {
         buf.clear();
         buf.append(&mut self.carry);
         let mut stdin = std::io::stdin().lock();
@@ -74,11 +75,11 @@ impl ChunkReader for StdinReader {
                 }
                 Ok(n) => buf.truncate(start + n),
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => buf.truncate(start),
-                Err(e) => return Some(Err(e)),
+                Err(e) => return Read::Failed(e),
             }
         }
         if buf.is_empty() && self.done {
-            return None;
+            return Read::Done;
         }
         // Keep a trailing partial record for the next chunk.
         if !self.done {
@@ -91,10 +92,11 @@ impl ChunkReader for StdinReader {
             source: self.source,
             base_offset: self.offset,
             bytes: buf,
+            ..Chunk::default()
         };
         self.offset += chunk.bytes.len() as u64;
         self.epoch += 1;
-        Some(Ok(chunk))
+        Read::Chunk(chunk)
     }
 }
 
@@ -109,7 +111,7 @@ impl ChunkReader for NoInput {
     fn peek_epoch(&mut self) -> Option<Epoch> {
         None
     }
-    fn next_chunk(&mut self, _: Vec<u8>) -> Option<std::io::Result<Chunk>> {
-        None
+    fn next_chunk(&mut self, _: Vec<u8>) -> Read {
+        Read::Done
     }
 }

@@ -11,13 +11,15 @@ use crate::money::Quantity;
 use crate::time::EventTime;
 
 /// Where a record came from: a file (by index in the run's inputs) and byte offset, or a Kafka
-/// topic-partition and offset.
+/// topic (by index), partition and offset. `record` numbers the events of a batched message.
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
 )]
 pub struct Lineage {
     pub source: u32,
+    pub partition: i32,
     pub offset: u64,
+    pub record: u32,
 }
 
 /// An explicit correction of an earlier event.

@@ -21,7 +21,7 @@ use meterflow_operators::decode::records;
 use meterflow_operators::price::{price_line, Priced};
 use meterflow_operators::rate_join::SegmentPrice;
 use meterflow_operators::sink::TableWriter;
-use meterflow_operators::source::{ChunkReader, StripedReader};
+use meterflow_operators::source::{ChunkReader, Read, StripedReader};
 use meterflow_operators::watermark::{LatenessPolicy, Verdict};
 use meterflow_schemas::catalog::{load_dir, PriceIdx};
 use meterflow_schemas::event::{CorrectionAction, Lineage};
@@ -96,8 +96,12 @@ fn main() -> anyhow::Result<()> {
     let now = EventTime::now();
 
     let mut spare = Vec::new();
-    while let Some(chunk) = reader.next_chunk(std::mem::take(&mut spare)) {
-        let chunk = chunk?;
+    loop {
+        let chunk = match reader.next_chunk(std::mem::take(&mut spare)) {
+            Read::Chunk(c) => c,
+            Read::Failed(e) => return Err(e.into()),
+            Read::Pending | Read::Done => break,
+        };
         counts.bytes += chunk.bytes.len() as u64;
         let mut chunk_max = watermark;
         let mut lateness = policy.at(watermark);
@@ -105,7 +109,9 @@ fn main() -> anyhow::Result<()> {
             counts.received += 1;
             let lineage = Lineage {
                 source: 0,
+                partition: 0,
                 offset: chunk.base_offset + offset as u64,
+                record: 0,
             };
             let ev = match validator.validate(line, lineage, now) {
                 Ok(ev) => ev,

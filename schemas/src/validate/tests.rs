@@ -12,7 +12,9 @@ fn run(v: &mut Validator, line: &str) -> Result<UsageEvent, Rejection> {
         line.as_bytes(),
         Lineage {
             source: 0,
+            partition: 0,
             offset: 7,
+            record: 0,
         },
         EventTime::parse_rfc3339(NOW).unwrap(),
     )
@@ -165,7 +167,9 @@ fn rejections_keep_the_raw_record_and_lineage() {
         r.lineage,
         Lineage {
             source: 0,
-            offset: 7
+            partition: 0,
+            offset: 7,
+            record: 0
         }
     );
     assert_eq!(r.event_id.as_deref(), Some("e9"));

@@ -1,0 +1,203 @@
+//! ClickHouse tables of meterflow, as numbered migrations. Every statement runs on ClickHouse
+//! 18.16 (what Debian ships) and on current ClickHouse: no `DateTime64`, no TTL, no codecs, no
+//! `Map`, no `LowCardinality`. Checked against both in the test suite.
+//!
+//! Design (see `docs/clickhouse.md`):
+//! - Facts (`usage_events`, `rejections`, `duplicates`) are plain `MergeTree`, partitioned by
+//!   month, ordered for the per-customer / per-SKU / per-period queries data teams run.
+//! - Derived tables (`invoice_lines`, `rated_usage`, `line_usage`) are signed rows in
+//!   `VersionedCollapsingMergeTree(sign, version)`: a retraction carries the version of the row it
+//!   cancels, so rows collapse correctly whatever order parts merge in, and
+//!   `sum(x * sign)` is right before and after merges.
+//! - Every row carries the `epoch` that wrote it; `sink_progress` records the last epoch whose
+//!   rows are all in ClickHouse, with the input offsets behind it. On restart, rows of later
+//!   (incomplete) epochs are deleted and the input resumes after the recorded offsets.
+
+/// One migration: applied once, in order, recorded in `schema_migrations`.
+pub struct Migration {
+    pub id: u32,
+    pub name: &'static str,
+    pub sql: &'static str,
+}
+
+/// The statements that create meterflow's tables, with `{db}` standing for the database.
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        id: 1,
+        name: "usage_events",
+        sql: "CREATE TABLE IF NOT EXISTS {db}.usage_events (
+    event_id String,
+    customer_id String,
+    contract_id String,
+    sku String,
+    unit String,
+    quantity Decimal(38, 9),
+    event_time DateTime,
+    event_time_ms Int64,
+    environment String,
+    billable UInt8,
+    region String,
+    plan String,
+    marketplace String,
+    attributes String,
+    correction_action String,
+    correction_of String,
+    rate_card String,
+    rate_card_version UInt32,
+    price_region String,
+    service_period String,
+    invoice_period String,
+    arrival String,
+    fingerprint UInt64,
+    source String,
+    partition Int32,
+    offset UInt64,
+    epoch UInt64
+) ENGINE = MergeTree()
+PARTITION BY toYYYYMM(event_time)
+ORDER BY (customer_id, sku, event_time, event_id)",
+    },
+    Migration {
+        id: 2,
+        name: "rejections",
+        sql: "CREATE TABLE IF NOT EXISTS {db}.rejections (
+    reason String,
+    field String,
+    message String,
+    remediation String,
+    event_id String,
+    source String,
+    partition Int32,
+    offset UInt64,
+    raw_payload String,
+    rejected_at DateTime,
+    epoch UInt64
+) ENGINE = MergeTree()
+PARTITION BY toYYYYMM(rejected_at)
+ORDER BY (reason, rejected_at, source, partition, offset)",
+    },
+    Migration {
+        id: 3,
+        name: "duplicates",
+        sql: "CREATE TABLE IF NOT EXISTS {db}.duplicates (
+    event_id String,
+    event_time DateTime,
+    event_time_ms Int64,
+    source String,
+    partition Int32,
+    offset UInt64,
+    epoch UInt64
+) ENGINE = MergeTree()
+PARTITION BY toYYYYMM(event_time)
+ORDER BY (event_id, source, partition, offset)",
+    },
+    Migration {
+        id: 4,
+        name: "invoice_lines",
+        sql: "CREATE TABLE IF NOT EXISTS {db}.invoice_lines (
+    customer_id String,
+    contract_id String,
+    sku String,
+    region String,
+    service_period String,
+    invoice_period String,
+    line_type String,
+    currency String,
+    events Int64,
+    quantity Decimal(38, 9),
+    amount Decimal(38, 9),
+    amount_exact Decimal(38, 18),
+    sign Int8,
+    version UInt64,
+    epoch UInt64
+) ENGINE = VersionedCollapsingMergeTree(sign, version)
+ORDER BY (customer_id, invoice_period, contract_id, sku, region, service_period, line_type)",
+    },
+    Migration {
+        id: 5,
+        name: "rated_usage",
+        sql: "CREATE TABLE IF NOT EXISTS {db}.rated_usage (
+    customer_id String,
+    contract_id String,
+    sku String,
+    region String,
+    service_period String,
+    invoice_period String,
+    rate_card String,
+    rate_card_version UInt32,
+    model String,
+    tier UInt32,
+    quantity Decimal(38, 9),
+    amount Decimal(38, 18),
+    currency String,
+    sign Int8,
+    version UInt64,
+    epoch UInt64
+) ENGINE = VersionedCollapsingMergeTree(sign, version)
+ORDER BY (customer_id, invoice_period, contract_id, sku, region, service_period, rate_card, rate_card_version, tier)",
+    },
+    Migration {
+        id: 6,
+        name: "line_usage",
+        sql: "CREATE TABLE IF NOT EXISTS {db}.line_usage (
+    customer_id String,
+    contract_id String,
+    sku String,
+    region String,
+    service_period String,
+    invoice_period String,
+    rate_card String,
+    rate_card_version UInt32,
+    events Int64,
+    quantity Decimal(38, 9),
+    sign Int8,
+    version UInt64,
+    epoch UInt64
+) ENGINE = VersionedCollapsingMergeTree(sign, version)
+ORDER BY (customer_id, contract_id, sku, region, service_period, invoice_period, rate_card, rate_card_version)",
+    },
+    Migration {
+        id: 7,
+        name: "sink_progress",
+        sql: "CREATE TABLE IF NOT EXISTS {db}.sink_progress (
+    pipeline String,
+    epoch UInt64,
+    committed_at DateTime,
+    watermark_ms Int64,
+    offsets String,
+    counts String
+) ENGINE = MergeTree()
+ORDER BY (pipeline, epoch)",
+    },
+    Migration {
+        id: 8,
+        name: "catalog_changes",
+        sql: "CREATE TABLE IF NOT EXISTS {db}.catalog_changes (
+    changed_at DateTime,
+    actor String,
+    entity String,
+    entity_id String,
+    version UInt32,
+    action String,
+    diff String
+) ENGINE = MergeTree()
+PARTITION BY toYYYYMM(changed_at)
+ORDER BY (entity, entity_id, changed_at)",
+    },
+];
+
+/// The table that records applied migrations (created before any migration runs).
+pub const MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS {db}.schema_migrations (
+    id UInt32,
+    name String,
+    applied_at DateTime
+) ENGINE = MergeTree()
+ORDER BY id";
+
+/// Tables whose rows carry the `epoch` that wrote them (deleted beyond the last commit on restart).
+pub const EPOCH_TABLES: [&str; 6] = ["usage_events", "rejections", "duplicates", "invoice_lines", "rated_usage", "line_usage"];
+
+/// A statement with the database filled in.
+pub fn for_database(sql: &str, db: &str) -> String {
+    sql.replace("{db}", db)
+}
