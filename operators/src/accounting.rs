@@ -19,6 +19,11 @@ pub struct Totals {
 }
 
 impl Totals {
+    /// Starts from the counts of an earlier run (a resumed run).
+    pub fn seed(&self, counts: Counts) {
+        self.inner.lock().expect("totals lock").0 = counts.without_gauges();
+    }
+
     pub fn snapshot(&self) -> Counts {
         self.inner.lock().expect("totals lock").0.clone()
     }
@@ -35,14 +40,14 @@ impl Totals {
 pub struct TotalsWriter(pub Totals);
 
 impl TableWriter<Counts> for TotalsWriter {
-    fn write(&mut self, rows: &mut Vec<Counts>) -> Result<(), String> {
+    fn write(&mut self, _: Epoch, rows: &mut Vec<Counts>) -> Result<(), String> {
         let mut g = self.0.inner.lock().expect("totals lock");
         for c in rows.drain(..) {
             g.0.merge(&c);
         }
         Ok(())
     }
-    fn frontier(&mut self, frontier: Option<Epoch>) -> Result<(), String> {
+    fn flush(&mut self, frontier: Option<Epoch>) -> Result<(), String> {
         let mut g = self.0.inner.lock().expect("totals lock");
         g.1 = frontier;
         g.2 = frontier.is_none();

@@ -84,13 +84,21 @@ pub fn round_end(epoch: Epoch, epochs_per_round: u64) -> Epoch {
     (epoch / k) * k + (k - 1)
 }
 
+/// `seed` is usage restored from the sinks by a resumed run; it enters with the first round,
+/// starting at `first_epoch`.
 pub fn pre_aggregate<'s>(
     usage: StreamVec<'s, Epoch, UsageDelta>,
     epochs_per_round: u64,
+    first_epoch: Epoch,
+    seed: Vec<(UsageRecord, UsageSum)>,
 ) -> VecCollection<'s, Epoch, UsageRecord, UsageSum> {
     let mut pending: BTreeMap<Epoch, (Capability<Epoch>, Sums)> = BTreeMap::new();
     usage
-        .unary_frontier(Pipeline, "PreAggregate", move |_cap, _info| {
+        .unary_frontier(Pipeline, "PreAggregate", move |cap, _info| {
+            if !seed.is_empty() {
+                let round = round_end(first_epoch, epochs_per_round);
+                pending.insert(round, (cap.delayed(&round), seed.into_iter().collect()));
+            }
             move |(input, frontier), output| {
                 input.for_each_stamp(|cap, data| {
                     let Some(&epoch) = cap.least() else { return };

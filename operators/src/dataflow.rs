@@ -8,20 +8,23 @@ use differential_dataflow::AsCollection;
 use meterflow_schemas::catalog::{Catalog, PriceIdx};
 use meterflow_schemas::money::Rounding;
 use meterflow_schemas::rejection::Rejection;
-use meterflow_schemas::rows::{AcceptedEvent, Counts, DuplicateRow, InvoiceLine, RatedRow};
+use meterflow_schemas::rows::{
+    AcceptedEvent, Counts, DuplicateRow, InvoiceLine, LineUsage, RatedRow,
+};
 use meterflow_schemas::validate::ValidationRules;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::vec::Broadcast;
-use timely::dataflow::operators::{Concat, Probe, ToStream};
+use timely::dataflow::operators::{Concat, Concatenate, Exchange as ExchangeOp, Probe, ToStream};
 use timely::dataflow::{ProbeHandle, Scope, StreamVec};
 
 use crate::accounting::{Totals, TotalsWriter};
-use crate::aggregate::pre_aggregate;
+use crate::aggregate::{pre_aggregate, UsageRecord, UsageSum};
 use crate::decode::decode;
-use crate::dedup::{dedup, Deduplicator};
+use crate::dedup::{dedup, DedupSeed, Deduplicator};
 use crate::price::{price, Priced};
+use crate::progress::{commit_progress, Progress, ProgressStore};
 use crate::rate_join::rate_join;
-use crate::sink::{sink, TableWriter};
+use crate::sink::{sink, FlushPolicy, TableWriter};
 use crate::source::{source, BufferPool, ChunkReader};
 use crate::watermark::LatenessPolicy;
 use crate::{Epoch, Fatal};
@@ -42,8 +45,9 @@ pub struct Plan {
 /// A signed row of a derived table: (row, epoch, +1 / -1).
 pub type Signed<R> = (R, Epoch, isize);
 
-/// One worker's input and outputs. Derived tables (invoice lines, rated usage) and counts are
-/// gathered on worker 0; the others are written by each worker for its own share.
+/// One worker's input and outputs. Derived tables (invoice lines, rated usage, line usage),
+/// counts and progress are gathered on worker 0; the others are written by each worker for its
+/// own share.
 pub struct WorkerIo {
     pub reader: Box<dyn ChunkReader>,
     pub usage_events: Box<dyn TableWriter<AcceptedEvent>>,
@@ -51,18 +55,42 @@ pub struct WorkerIo {
     pub duplicates: Box<dyn TableWriter<DuplicateRow>>,
     pub invoice_lines: Box<dyn TableWriter<Signed<InvoiceLine>>>,
     pub rated_usage: Box<dyn TableWriter<Signed<RatedRow>>>,
+    pub line_usage: Box<dyn TableWriter<Signed<LineUsage>>>,
+    pub progress: Box<dyn ProgressStore>,
+    /// When the per-worker tables flush.
+    pub facts_flush: FlushPolicy,
+    /// When the derived tables flush.
+    pub derived_flush: FlushPolicy,
 }
 
-/// Builds the dataflow in `scope`; returns a probe that completes when every output has been
-/// handed to its writer.
+/// State a resumed run starts from, rebuilt from the sinks by the caller.
+#[derive(Default)]
+pub struct Resume {
+    /// The last committed point; `None` for a fresh run.
+    pub progress: Option<Progress>,
+    /// Idempotency keys still inside the dedup horizon.
+    pub dedup: Vec<DedupSeed>,
+    /// Accumulated usage per (price, (line, invoice period)): the pricing input.
+    pub usage: Vec<(UsageRecord, UsageSum)>,
+}
+
+impl Resume {
+    /// The first epoch the resumed run reads.
+    pub fn first_epoch(&self) -> Epoch {
+        self.progress.as_ref().map_or(0, |p| p.epoch + 1)
+    }
+}
+
+/// Builds the dataflow in `scope`; returns a probe that completes when every output is durable.
 pub fn build<'s>(
     scope: Scope<'s, Epoch>,
     plan: &Plan,
     io: WorkerIo,
+    resume: &Resume,
     totals: Totals,
     fatal: Fatal,
 ) -> ProbeHandle<Epoch> {
-    // `admitted`: how far dedup has got (flow control); `done`: how far every output has got.
+    // `admitted`: how far dedup has got (flow control); `done`: how far every output is durable.
     let admitted = ProbeHandle::new();
     let pool = BufferPool::default();
     let done = ProbeHandle::new();
@@ -76,62 +104,104 @@ pub fn build<'s>(
         pool.clone(),
     );
     let decoded = decode(chunks, pool, plan.rules.clone(), plan.catalog.clone());
-    let watermarks = decoded.stats.broadcast();
-    let deduper = Deduplicator::new(
+    let watermarks = decoded.stats.clone().broadcast();
+    let start_watermark = resume.progress.as_ref().and_then(|p| p.watermark);
+    let mut deduper = Deduplicator::new(
         plan.policy,
         plan.catalog.clone(),
         plan.rules.billable_environments.clone().into(),
     );
-    let deduped = dedup(decoded.events, watermarks, deduper);
-    let usage = pre_aggregate(deduped.usage.probe_with(&admitted), plan.epochs_per_round);
+    deduper.seed(
+        resume
+            .dedup
+            .iter()
+            .filter(|s| s.key.route() % scope.peers() as u64 == scope.index() as u64),
+    );
+    let deduped = dedup(decoded.events, watermarks, deduper, start_watermark);
+    let seed = if scope.index() == 0 {
+        resume.usage.clone()
+    } else {
+        Vec::new()
+    };
+    let usage = pre_aggregate(
+        deduped.usage.probe_with(&admitted),
+        plan.epochs_per_round,
+        resume.first_epoch(),
+        seed,
+    );
     let rated = rate_join(usage, prices(scope, &plan.catalog));
-    let priced = price(rated, plan.rounding).inner.probe_with(&done);
+    let priced = price(rated, plan.rounding).inner;
 
-    let (lines, rated_rows) = split_priced(priced);
-    sink(
-        deduped.accepted.probe_with(&done),
-        "usage_events",
-        Pipeline,
-        io.usage_events,
-        fatal.clone(),
-    );
-    sink(
-        decoded
-            .rejections
-            .concat(deduped.rejections)
-            .probe_with(&done),
-        "rejections",
-        Pipeline,
-        io.rejections,
-        fatal.clone(),
-    );
-    sink(
-        deduped.duplicates.probe_with(&done),
-        "duplicates",
-        Pipeline,
-        io.duplicates,
-        fatal.clone(),
-    );
-    sink(
-        lines.probe_with(&done),
-        "invoice_lines",
-        to_worker_zero(),
-        io.invoice_lines,
-        fatal.clone(),
-    );
-    sink(
-        rated_rows.probe_with(&done),
-        "rated_usage",
-        to_worker_zero(),
-        io.rated_usage,
-        fatal.clone(),
-    );
+    let (lines, rated_rows, line_usage) = split_priced(priced);
+    let facts = io.facts_flush;
+    let derived = io.derived_flush;
+    let durable = [
+        sink(
+            deduped.accepted,
+            "usage_events",
+            Pipeline,
+            io.usage_events,
+            facts,
+            fatal.clone(),
+        ),
+        sink(
+            decoded.rejections.concat(deduped.rejections),
+            "rejections",
+            Pipeline,
+            io.rejections,
+            facts,
+            fatal.clone(),
+        ),
+        sink(
+            deduped.duplicates,
+            "duplicates",
+            Pipeline,
+            io.duplicates,
+            facts,
+            fatal.clone(),
+        ),
+        sink(
+            lines,
+            "invoice_lines",
+            to_worker_zero(),
+            io.invoice_lines,
+            derived,
+            fatal.clone(),
+        ),
+        sink(
+            rated_rows,
+            "rated_usage",
+            to_worker_zero(),
+            io.rated_usage,
+            derived,
+            fatal.clone(),
+        ),
+        sink(
+            line_usage,
+            "line_usage",
+            to_worker_zero(),
+            io.line_usage,
+            derived,
+            fatal.clone(),
+        ),
+    ];
     let counts: StreamVec<'s, Epoch, Counts> = decoded.counts.concat(deduped.counts);
-    sink(
-        counts.probe_with(&done),
+    let counted = sink(
+        counts.clone(),
         "counts",
         to_worker_zero(),
         Box::new(TotalsWriter(totals)),
+        FlushPolicy::every(Duration::ZERO),
+        fatal.clone(),
+    );
+    let all_durable = scope.concatenate(durable).concat(counted).probe_with(&done);
+    commit_progress(
+        all_durable,
+        decoded.stats.exchange(|_| 0),
+        counts.exchange(|_| 0),
+        plan.epochs_per_round,
+        resume.progress.clone(),
+        io.progress,
         fatal,
     );
     done
@@ -164,22 +234,35 @@ fn prices<'s>(
     mine.to_stream(scope).as_collection()
 }
 
-fn split_priced<'s>(
-    priced: StreamVec<'s, Epoch, Signed<Priced>>,
-) -> (
+type Split<'s> = (
     StreamVec<'s, Epoch, Signed<InvoiceLine>>,
     StreamVec<'s, Epoch, Signed<RatedRow>>,
-) {
+    StreamVec<'s, Epoch, Signed<LineUsage>>,
+);
+
+fn split_priced<'s>(priced: StreamVec<'s, Epoch, Signed<Priced>>) -> Split<'s> {
     use timely::dataflow::operators::vec::Map;
     let lines = priced.clone().flat_map(|(p, t, d)| match p {
         Priced::Line(l) => Some((l, t, d)),
-        Priced::Rated(_) => None,
+        _ => None,
     });
-    let rated = priced.flat_map(|(p, t, d)| match p {
+    let rated = priced.clone().flat_map(|(p, t, d)| match p {
         Priced::Rated(r) => Some((r, t, d)),
-        Priced::Line(_) => None,
+        _ => None,
     });
-    (lines, rated)
+    let usage = priced.flat_map(|(p, t, d)| match p {
+        Priced::Usage(u) => Some((u, t, d)),
+        _ => None,
+    });
+    (lines, rated, usage)
+}
+
+/// Everything a run shares between its workers.
+pub struct Execution {
+    pub plan: Plan,
+    pub resume: Arc<Resume>,
+    pub totals: Totals,
+    pub fatal: Fatal,
 }
 
 /// How to run: threads per process, and the cluster if more than one process.
@@ -226,10 +309,8 @@ impl Cluster {
 /// every `progress_every` with the running totals.
 pub fn execute<F, G>(
     cluster: &Cluster,
-    plan: Plan,
+    run: Execution,
     make_io: F,
-    totals: Totals,
-    fatal: Fatal,
     progress_every: Duration,
     on_progress: G,
 ) -> Result<(), String>
@@ -237,6 +318,12 @@ where
     F: Fn(usize, usize) -> Result<WorkerIo, String> + Send + Sync + 'static,
     G: Fn(&Counts) + Send + Sync + 'static,
 {
+    let Execution {
+        plan,
+        resume,
+        totals,
+        fatal,
+    } = run;
     let guards = timely::execute(cluster.timely_config(), move |worker| {
         let (index, peers) = (worker.index(), worker.peers());
         let io = match make_io(index, peers) {
@@ -248,8 +335,9 @@ where
         };
         let (plan, totals, fatal) = (plan.clone(), totals.clone(), fatal.clone());
         let totals_for_progress = totals.clone();
-        let done =
-            worker.dataflow::<Epoch, _, _>(|scope| build(scope, &plan, io, totals, fatal.clone()));
+        let done = worker.dataflow::<Epoch, _, _>(|scope| {
+            build(scope, &plan, io, &resume, totals, fatal.clone())
+        });
         let mut last_report = std::time::Instant::now();
         while worker.step_or_park(Some(Duration::from_millis(5))) {
             if fatal.is_set() {

@@ -46,6 +46,15 @@ const PREFETCH_DISTANCE: usize = 8;
 
 type Out<D> = OutputBuilder<Epoch, CapacityContainerBuilder<Vec<D>>>;
 
+/// One idempotency key of an accepted event, as a resumed run reloads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DedupSeed {
+    pub key: EventKey,
+    pub fingerprint: u64,
+    pub time: EventTime,
+    pub voided: bool,
+}
+
 /// Where each event of an epoch went.
 enum Decision {
     Accept(AcceptedEvent),
@@ -79,6 +88,16 @@ impl Deduplicator {
             reported_keys: 0,
             reported_bytes: 0,
             lateness: policy.at(EventTime::MIN),
+        }
+    }
+
+    /// Loads keys remembered by an earlier run (rebuilt from `usage_events` on resume).
+    pub fn seed<'a>(&mut self, seeds: impl Iterator<Item = &'a DedupSeed>) {
+        for s in seeds {
+            self.table.insert_new(s.key, s.fingerprint, s.time);
+            if s.voided {
+                self.table.mark_voided(s.key);
+            }
         }
     }
 
@@ -238,6 +257,7 @@ pub fn dedup<'s>(
     events: StreamVec<'s, Epoch, UsageEvent>,
     stats: StreamVec<'s, Epoch, EpochStats>,
     dedup: Deduplicator,
+    start_watermark: Option<EventTime>,
 ) -> Deduped<'s> {
     let mut builder = OperatorBuilder::new("Dedup".to_owned(), events.scope());
     let mut events_in = builder.new_input(events, Exchange::new(|e: &UsageEvent| e.route()));
@@ -254,7 +274,7 @@ pub fn dedup<'s>(
     let mut counts_out: Out<Counts> = OutputBuilder::from(counts_out);
 
     let mut dedup = dedup;
-    let mut tracker = WatermarkTracker::default();
+    let mut tracker = WatermarkTracker::starting_at(start_watermark);
     let mut stash: BTreeMap<Epoch, (EpochCaps, Vec<Vec<UsageEvent>>)> = BTreeMap::new();
     let mut current: Option<(Epoch, EventTime)> = None;
 

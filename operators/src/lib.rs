@@ -13,7 +13,9 @@ pub mod dedup;
 pub mod dedup_table;
 pub mod memory;
 pub mod price;
+pub mod progress;
 pub mod rate_join;
+pub mod signed;
 pub mod sink;
 pub mod source;
 #[doc(hidden)]

@@ -2,25 +2,55 @@
 
 use std::sync::{Arc, Mutex};
 
+use crate::signed::{Change, SignedState};
 use crate::sink::TableWriter;
 use crate::Epoch;
 
-/// Collects every row it is given.
-pub struct Collect<D>(pub Arc<Mutex<Vec<D>>>);
+/// Collects every row it is given, with the epoch it came at.
+pub struct Collect<D>(pub Arc<Mutex<Vec<(Epoch, D)>>>);
 
-impl<D> Collect<D> {
-    pub fn new() -> (Self, Arc<Mutex<Vec<D>>>) {
-        let rows = Arc::new(Mutex::new(Vec::new()));
-        (Collect(rows.clone()), rows)
+impl<D: 'static> TableWriter<D> for Collect<D> {
+    fn write(&mut self, epoch: Epoch, rows: &mut Vec<D>) -> Result<(), String> {
+        self.0
+            .lock()
+            .expect("collect lock")
+            .extend(rows.drain(..).map(|r| (epoch, r)));
+        Ok(())
+    }
+    fn flush(&mut self, _: Option<Epoch>) -> Result<(), String> {
+        Ok(())
     }
 }
 
-impl<D: 'static> TableWriter<D> for Collect<D> {
-    fn write(&mut self, rows: &mut Vec<D>) -> Result<(), String> {
-        self.0.lock().expect("collect lock").append(rows);
+/// A signed table kept in memory through [`SignedState`], as a database table would be: records
+/// the changes written at each flush.
+pub struct SignedCollect<R: Ord + Clone> {
+    pub state: SignedState<R>,
+    pub written: Arc<Mutex<Vec<Change<R>>>>,
+    flushes: u64,
+}
+
+impl<R: Ord + Clone> SignedCollect<R> {
+    pub fn new(state: SignedState<R>, written: Arc<Mutex<Vec<Change<R>>>>) -> Self {
+        SignedCollect {
+            state,
+            written,
+            flushes: 0,
+        }
+    }
+}
+
+impl<R: Ord + Clone + 'static> TableWriter<(R, Epoch, isize)> for SignedCollect<R> {
+    fn write(&mut self, _: Epoch, rows: &mut Vec<(R, Epoch, isize)>) -> Result<(), String> {
+        for (r, _, d) in rows.drain(..) {
+            self.state.update(r, d);
+        }
         Ok(())
     }
-    fn frontier(&mut self, _: Option<Epoch>) -> Result<(), String> {
+    fn flush(&mut self, frontier: Option<Epoch>) -> Result<(), String> {
+        self.flushes += 1;
+        let changes = self.state.changes(frontier, self.flushes);
+        self.written.lock().expect("written lock").extend(changes);
         Ok(())
     }
 }

@@ -20,7 +20,7 @@ use differential_dataflow::VecCollection;
 use meterflow_schemas::catalog::PriceIdx;
 use meterflow_schemas::money::{minor_unit_digits, Amount, Quantity, Rounding};
 use meterflow_schemas::pricing::{price_period, Segment};
-use meterflow_schemas::rows::{InvoiceLine, LineKey, LineKind, RatedRow};
+use meterflow_schemas::rows::{InvoiceLine, LineKey, LineKind, LineUsage, RatedRow};
 use meterflow_schemas::time::Period;
 use serde::{Deserialize, Serialize};
 
@@ -33,6 +33,7 @@ use crate::Epoch;
 pub enum Priced {
     Line(InvoiceLine),
     Rated(RatedRow),
+    Usage(LineUsage),
 }
 
 pub fn price<'s>(
@@ -67,6 +68,15 @@ pub fn price_line(
         return out;
     };
     let digits = minor_unit_digits(&currency);
+    for ((invoice_period, segment), sum) in input {
+        out.push(Priced::Usage(LineUsage {
+            key: *key,
+            invoice_period: *invoice_period,
+            price: segment.price,
+            events: sum.events,
+            quantity: sum.quantity,
+        }));
+    }
     let mut before = Charge::default();
     for period in invoice_periods {
         let upto = charge(input.iter().filter(|((p, _), _)| *p <= period));

@@ -1,61 +1,129 @@
-//! Sinks: hand each output table's rows to a [`TableWriter`] (files, ClickHouse, ...).
+//! Sinks: hand each output table's rows to a [`TableWriter`] (files, ClickHouse, ...), and report
+//! how far the table is durable.
 //!
-//! (data, time, diff): consumes rows as they arrive and tells the writer how far the input is
-//! complete (its frontier), so writers can commit or flush at epoch boundaries; `None` means the
-//! input is complete. Holds no capabilities. A writer error is recorded as fatal for the run —
-//! never swallowed — and the driver stops with it.
+//! (data, time, diff): consumes rows as they arrive. Once the input frontier has passed some
+//! epochs and the [`FlushPolicy`] says so (enough rows, enough time, or the input is complete), it
+//! asks the writer to make everything durable, then downgrades its output capability to that
+//! frontier. The output carries no data: its frontier *is* the table's durable frontier, which
+//! the progress committer waits for before recording input offsets. So progress never runs ahead
+//! of the data. Holds one capability: the first epoch not yet durable.
+//!
+//! A writer that cannot make progress (a database down) retries inside `flush` with backoff; the
+//! worker stalls, and the sources stall with it, so memory stays bounded. A writer error it
+//! cannot retry is recorded as fatal for the run and the capability is kept: nothing downstream
+//! is told the data is complete.
+
+use std::time::{Duration, Instant};
 
 use timely::dataflow::channels::pact::ParallelizationContract;
-use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::StreamVec;
-use timely::progress::Antichain;
 
 use crate::{Epoch, Fatal};
 
 /// Receives one table's rows.
 pub trait TableWriter<D>: 'static {
-    fn write(&mut self, rows: &mut Vec<D>) -> Result<(), String>;
-    /// Every row at a time before `frontier` has been written; `None`: no more rows will come.
-    fn frontier(&mut self, frontier: Option<Epoch>) -> Result<(), String>;
+    /// Buffers or writes rows of `epoch` (draining `rows`); they need not be durable yet.
+    fn write(&mut self, epoch: Epoch, rows: &mut Vec<D>) -> Result<(), String>;
+    /// Makes every row written so far durable. Input before `frontier` is complete (`None`:
+    /// all input is complete).
+    fn flush(&mut self, frontier: Option<Epoch>) -> Result<(), String>;
+}
+
+/// When a sink flushes.
+#[derive(Clone, Copy, Debug)]
+pub struct FlushPolicy {
+    /// Flush once this many rows are waiting.
+    pub max_rows: usize,
+    /// Flush completed epochs at least this often.
+    pub max_delay: Duration,
+}
+
+impl FlushPolicy {
+    pub fn every(max_delay: Duration) -> FlushPolicy {
+        FlushPolicy {
+            max_rows: usize::MAX,
+            max_delay,
+        }
+    }
 }
 
 /// A writer that discards rows (for tables a run does not keep).
 pub struct Discard;
 
 impl<D> TableWriter<D> for Discard {
-    fn write(&mut self, rows: &mut Vec<D>) -> Result<(), String> {
+    fn write(&mut self, _: Epoch, rows: &mut Vec<D>) -> Result<(), String> {
         rows.clear();
         Ok(())
     }
-    fn frontier(&mut self, _: Option<Epoch>) -> Result<(), String> {
+    fn flush(&mut self, _: Option<Epoch>) -> Result<(), String> {
         Ok(())
     }
 }
 
+/// Sinks `stream` into `writer`; returns the table's durable-frontier stream.
 pub fn sink<'s, D, P>(
     stream: StreamVec<'s, Epoch, D>,
     name: &str,
     pact: P,
     mut writer: Box<dyn TableWriter<D>>,
+    policy: FlushPolicy,
     fatal: Fatal,
-) where
+) -> StreamVec<'s, Epoch, ()>
+where
     D: Clone + 'static,
     P: ParallelizationContract<Epoch, Vec<D>>,
 {
     let table = name.to_owned();
-    let mut last: Option<Antichain<Epoch>> = None;
-    stream.sink(pact, name, move |(input, frontier)| {
-        input.for_each(|_cap, data| {
-            if let Err(e) = writer.write(data) {
-                fatal.set(format!("writing {table} failed: {e}"));
+    let mut builder = OperatorBuilder::new(format!("Sink {name}"), stream.scope());
+    let activator = stream
+        .scope()
+        .activator_for(builder.operator_info().address);
+    let mut input = builder.new_input(stream, pact);
+    let (_output, durable) = builder.new_output::<Vec<()>>();
+    builder.build(move |mut capabilities| {
+        let mut cap = capabilities.pop();
+        let mut waiting = 0usize;
+        let mut last_flush = Instant::now();
+        move |frontiers| {
+            input.for_each_stamp(|stamp, data| {
+                let Some(&epoch) = stamp.least() else { return };
+                for batch in data {
+                    waiting += batch.len();
+                    if let Err(e) = writer.write(epoch, batch) {
+                        fatal.set(format!("writing {table} failed: {e}"));
+                    }
+                }
+            });
+            if fatal.is_set() {
+                return;
             }
-        });
-        let now = frontier.frontier().to_owned();
-        if last.as_ref() != Some(&now) {
-            if let Err(e) = writer.frontier(now.as_option().copied()) {
-                fatal.set(format!("flushing {table} failed: {e}"));
+            let frontier = frontiers[0].frontier().as_option().copied();
+            let Some(c) = cap.as_mut() else { return };
+            let advanced = frontier.is_none_or(|f| f > *c.time());
+            if !advanced {
+                return;
             }
-            last = Some(now);
+            let due = frontier.is_none()
+                || waiting == 0
+                || waiting >= policy.max_rows
+                || last_flush.elapsed() >= policy.max_delay;
+            if !due {
+                activator.activate_after(policy.max_delay.saturating_sub(last_flush.elapsed()));
+                return;
+            }
+            match writer.flush(frontier) {
+                Ok(()) => {
+                    waiting = 0;
+                    last_flush = Instant::now();
+                    match frontier {
+                        Some(f) => c.downgrade(&f),
+                        None => cap = None,
+                    }
+                }
+                Err(e) => fatal.set(format!("flushing {table} failed: {e}")),
+            }
         }
     });
+    durable
 }

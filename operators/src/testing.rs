@@ -7,25 +7,33 @@ use std::time::Duration;
 use meterflow_schemas::catalog::Catalog;
 use meterflow_schemas::money::Rounding;
 use meterflow_schemas::rejection::Rejection;
-use meterflow_schemas::rows::{AcceptedEvent, Counts, DuplicateRow, InvoiceLine, RatedRow};
+use meterflow_schemas::rows::{
+    AcceptedEvent, Counts, DuplicateRow, InvoiceLine, LineUsage, RatedRow,
+};
 use meterflow_schemas::time::{PeriodUnit, Span};
 use meterflow_schemas::validate::ValidationRules;
 
 use crate::accounting::Totals;
-use crate::dataflow::{execute, Cluster, Plan, Signed, WorkerIo};
-use crate::memory::Collect;
+use crate::dataflow::{execute, Cluster, Execution, Plan, Resume, Signed, WorkerIo};
+use crate::memory::{Collect, SignedCollect};
+use crate::progress::{Progress, ProgressStore};
+use crate::signed::SignedState;
+use crate::sink::FlushPolicy;
 use crate::source::StripedReader;
 use crate::watermark::LatenessPolicy;
-use crate::Fatal;
+use crate::{Epoch, Fatal};
 
 /// Everything a run produced.
 #[derive(Debug, Default)]
 pub struct RunOutput {
-    pub accepted: Vec<AcceptedEvent>,
+    /// Accepted events with the epoch that accepted them.
+    pub accepted: Vec<(Epoch, AcceptedEvent)>,
     pub rejections: Vec<Rejection>,
     pub duplicates: Vec<DuplicateRow>,
     pub invoice_lines: Vec<Signed<InvoiceLine>>,
     pub rated_usage: Vec<Signed<RatedRow>>,
+    pub line_usage: Vec<Signed<LineUsage>>,
+    pub progress: Vec<Progress>,
     pub counts: Counts,
 }
 
@@ -76,55 +84,171 @@ pub fn run(
     workers: usize,
     chunk_bytes: u64,
 ) -> Result<RunOutput, String> {
+    run_with(
+        input,
+        plan,
+        workers,
+        chunk_bytes,
+        Resume::default(),
+        |_, _| {},
+    )
+}
+
+fn changes<R>(c: &Arc<Mutex<Vec<crate::signed::Change<R>>>>) -> Vec<Signed<R>> {
+    std::mem::take(&mut *c.lock().expect("written"))
+        .into_iter()
+        .map(|c| (c.row, c.version, c.sign as isize))
+        .collect()
+}
+
+/// Rows a derived table already holds when a run resumes: (row, multiplicity, version).
+#[derive(Clone, Debug, Default)]
+pub struct Held {
+    pub invoice_lines: Vec<(InvoiceLine, isize, u64)>,
+    pub rated_usage: Vec<(RatedRow, isize, u64)>,
+    pub line_usage: Vec<(LineUsage, isize, u64)>,
+}
+
+/// As [`run`], but resuming from `resume` (epochs up to its progress are skipped), with derived
+/// tables that hold `held` and write only changes, as a database sink does. The derived rows of
+/// the output are the changes written: `(row, version, sign)`.
+pub fn run_resumed(
+    input: &[u8],
+    plan: Plan,
+    workers: usize,
+    chunk_bytes: u64,
+    resume: Resume,
+    held: Held,
+) -> Result<RunOutput, String> {
+    let first_round = crate::aggregate::round_end(resume.first_epoch(), plan.epochs_per_round);
+    let tables = (
+        Mutex::new(Some(SignedState::resumed(held.invoice_lines, first_round))),
+        Mutex::new(Some(SignedState::resumed(held.rated_usage, first_round))),
+        Mutex::new(Some(SignedState::resumed(held.line_usage, first_round))),
+    );
+    let written = (
+        Arc::new(Mutex::new(Vec::new())),
+        Arc::new(Mutex::new(Vec::new())),
+        Arc::new(Mutex::new(Vec::new())),
+    );
+    let w = written.clone();
+    let tables = Arc::new(tables);
+    let out = run_with(
+        input,
+        plan,
+        workers,
+        chunk_bytes,
+        resume,
+        move |io: &mut WorkerIo, index| {
+            if index == 0 {
+                io.invoice_lines = Box::new(SignedCollect::new(
+                    tables.0.lock().expect("held").take().unwrap_or_default(),
+                    w.0.clone(),
+                ));
+                io.rated_usage = Box::new(SignedCollect::new(
+                    tables.1.lock().expect("held").take().unwrap_or_default(),
+                    w.1.clone(),
+                ));
+                io.line_usage = Box::new(SignedCollect::new(
+                    tables.2.lock().expect("held").take().unwrap_or_default(),
+                    w.2.clone(),
+                ));
+            }
+        },
+    )?;
+    Ok(RunOutput {
+        invoice_lines: changes(&written.0),
+        rated_usage: changes(&written.1),
+        line_usage: changes(&written.2),
+        ..out
+    })
+}
+
+fn run_with(
+    input: &[u8],
+    plan: Plan,
+    workers: usize,
+    chunk_bytes: u64,
+    resume: Resume,
+    adapt: impl Fn(&mut WorkerIo, usize) + Send + Sync + 'static,
+) -> Result<RunOutput, String> {
     let data = Arc::new(input.to_vec());
-    let (accepted_w, accepted) = Collect::new();
-    let (rejections_w, rejections) = Collect::new();
-    let (duplicates_w, duplicates) = Collect::new();
-    let (lines_w, lines) = Collect::new();
-    let (rated_w, rated) = Collect::new();
-    let writers = Arc::new(Mutex::new((
-        accepted_w.0,
-        rejections_w.0,
-        duplicates_w.0,
-        lines_w.0,
-        rated_w.0,
-    )));
+    let out = Outputs::default();
     let totals = Totals::default();
+    if let Some(p) = &resume.progress {
+        totals.seed(p.counts.clone());
+    }
     let fatal = Fatal::default();
+    let skip = resume.progress.as_ref().map(|p| p.epoch);
+    let writers = out.clone();
     let make_io = move |index: usize, peers: usize| {
-        let w = writers.lock().expect("writers");
-        Ok(WorkerIo {
-            reader: Box::new(StripedReader::new(
-                vec![(*data).clone()],
-                chunk_bytes,
-                index,
-                peers,
-            )),
-            usage_events: Box::new(Collect(w.0.clone())),
-            rejections: Box::new(Collect(w.1.clone())),
-            duplicates: Box::new(Collect(w.2.clone())),
-            invoice_lines: Box::new(Collect(w.3.clone())),
-            rated_usage: Box::new(Collect(w.4.clone())),
-        })
+        let mut reader = StripedReader::new(vec![(*data).clone()], chunk_bytes, index, peers);
+        if let Some(e) = skip {
+            reader.skip_through(e);
+        }
+        let mut io = WorkerIo {
+            reader: Box::new(reader),
+            usage_events: Box::new(Collect(writers.accepted.clone())),
+            rejections: Box::new(Collect(writers.rejections.clone())),
+            duplicates: Box::new(Collect(writers.duplicates.clone())),
+            invoice_lines: Box::new(Collect(writers.invoice_lines.clone())),
+            rated_usage: Box::new(Collect(writers.rated_usage.clone())),
+            line_usage: Box::new(Collect(writers.line_usage.clone())),
+            progress: Box::new(Commits(writers.progress.clone())),
+            facts_flush: FlushPolicy::every(Duration::ZERO),
+            derived_flush: FlushPolicy::every(Duration::ZERO),
+        };
+        adapt(&mut io, index);
+        Ok(io)
+    };
+    let run = Execution {
+        plan,
+        resume: Arc::new(resume),
+        totals: totals.clone(),
+        fatal: fatal.clone(),
     };
     execute(
         &Cluster::local(workers),
-        plan,
+        run,
         make_io,
-        totals.clone(),
-        fatal.clone(),
         Duration::from_secs(3600),
         |_| {},
     )?;
     if let Some(e) = fatal.take() {
         return Err(e);
     }
+    let rows = |r: &Rows<_>| take(r).into_iter().map(|(_, row)| row).collect();
     Ok(RunOutput {
-        accepted: take(&accepted),
-        rejections: take(&rejections),
-        duplicates: take(&duplicates),
-        invoice_lines: take(&lines),
-        rated_usage: take(&rated),
+        accepted: take(&out.accepted),
+        rejections: take(&out.rejections).into_iter().map(|(_, r)| r).collect(),
+        duplicates: take(&out.duplicates).into_iter().map(|(_, r)| r).collect(),
+        invoice_lines: rows(&out.invoice_lines),
+        rated_usage: take(&out.rated_usage).into_iter().map(|(_, r)| r).collect(),
+        line_usage: take(&out.line_usage).into_iter().map(|(_, r)| r).collect(),
+        progress: take(&out.progress),
         counts: totals.snapshot(),
     })
+}
+
+type Rows<D> = Arc<Mutex<Vec<(Epoch, D)>>>;
+
+#[derive(Clone, Default)]
+struct Outputs {
+    accepted: Rows<AcceptedEvent>,
+    rejections: Rows<Rejection>,
+    duplicates: Rows<DuplicateRow>,
+    invoice_lines: Rows<Signed<InvoiceLine>>,
+    rated_usage: Rows<Signed<RatedRow>>,
+    line_usage: Rows<Signed<LineUsage>>,
+    progress: Arc<Mutex<Vec<Progress>>>,
+}
+
+/// Records every progress commit.
+struct Commits(Arc<Mutex<Vec<Progress>>>);
+
+impl ProgressStore for Commits {
+    fn commit(&mut self, p: &Progress) -> Result<(), String> {
+        self.0.lock().expect("commits").push(p.clone());
+        Ok(())
+    }
 }

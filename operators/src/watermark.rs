@@ -133,6 +133,14 @@ pub struct WatermarkTracker {
 }
 
 impl WatermarkTracker {
+    /// A tracker that already saw `watermark` (a resumed run).
+    pub fn starting_at(watermark: Option<EventTime>) -> WatermarkTracker {
+        WatermarkTracker {
+            folded: watermark,
+            ..WatermarkTracker::default()
+        }
+    }
+
     pub fn observe(&mut self, stats: &EpochStats) {
         if let Some(t) = stats.max_time {
             let e = self.pending.entry(stats.epoch).or_insert(t);

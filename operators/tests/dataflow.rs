@@ -102,7 +102,7 @@ fn a_late_event_becomes_an_adjustment_in_the_open_period() {
         let late: Vec<_> = out
             .accepted
             .iter()
-            .filter(|a| a.arrival == Arrival::Late)
+            .filter(|(_, a)| a.arrival == Arrival::Late)
             .collect();
         assert_eq!(late.len(), 2);
         let lines = out.current_lines();

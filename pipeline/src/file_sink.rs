@@ -9,24 +9,27 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use meterflow_operators::dataflow::Signed;
+use meterflow_operators::signed::SignedState;
 use meterflow_operators::sink::TableWriter;
 use meterflow_operators::Epoch;
 use meterflow_schemas::catalog::Catalog;
 use meterflow_schemas::event::{Environment, Lineage, Metadata};
 use meterflow_schemas::money::{Amount, Quantity};
 use meterflow_schemas::rejection::Rejection;
-use meterflow_schemas::rows::{AcceptedEvent, DuplicateRow, InvoiceLine, LineKey, RatedRow};
+use meterflow_schemas::rows::{
+    AcceptedEvent, DuplicateRow, InvoiceLine, LineKey, LineUsage, RatedRow,
+};
 use meterflow_schemas::time::{EventTime, Period, PeriodUnit};
 
-pub const TABLES: [&str; 5] = [
+pub const TABLES: [&str; 6] = [
     "usage_events",
     "rejections",
     "duplicates",
     "rated_usage",
     "invoice_lines",
+    "line_usage",
 ];
 
 const USAGE_HEADER: &str = "event_id,customer_id,contract_id,sku,unit,quantity,event_time,environment,billable,region,plan,marketplace,attributes,correction_action,correction_of,rate_card,rate_card_version,price_region,service_period,invoice_period,arrival,source,offset";
@@ -34,6 +37,7 @@ const REJECTION_HEADER: &str =
     "reason,field,message,remediation,event_id,source,offset,raw_payload";
 const DUPLICATE_HEADER: &str = "event_id,event_time,source,offset";
 const RATED_HEADER: &str = "customer_id,contract_id,sku,region,service_period,invoice_period,rate_card,rate_card_version,model,tier,quantity,amount,currency,sign,batch";
+const LINE_USAGE_HEADER: &str = "customer_id,contract_id,sku,region,service_period,invoice_period,rate_card,rate_card_version,events,quantity,sign,batch";
 const INVOICE_HEADER: &str = "customer_id,contract_id,sku,region,service_period,invoice_period,line_type,currency,events,quantity,amount,amount_exact,sign,batch";
 
 /// What every writer needs to turn indices back into names.
@@ -230,18 +234,15 @@ impl<D> RowsWriter<D> {
 }
 
 impl<D: 'static> TableWriter<D> for RowsWriter<D> {
-    fn write(&mut self, rows: &mut Vec<D>) -> Result<(), String> {
+    fn write(&mut self, _: Epoch, rows: &mut Vec<D>) -> Result<(), String> {
         for r in rows.drain(..) {
             (self.format)(&self.names, &mut self.labels, &r, &mut self.csv.row);
             self.csv.end_row()?;
         }
         Ok(())
     }
-    fn frontier(&mut self, f: Option<Epoch>) -> Result<(), String> {
-        if f.is_none() {
-            self.csv.flush()?;
-        }
-        Ok(())
+    fn flush(&mut self, _: Option<Epoch>) -> Result<(), String> {
+        self.csv.flush()
     }
 }
 
@@ -353,60 +354,44 @@ fn format_duplicate(n: &Names, _: &mut Labels, d: &DuplicateRow, row: &mut Vec<u
     n.lineage(row, d.lineage);
 }
 
-/// Buffers signed rows, consolidates them, and writes the non-zero ones every flush interval and
-/// at the end. Keeps the current state (rows with their net multiplicity) for the preview.
+/// A signed table: consolidates the dataflow's updates and writes the changes at each flush
+/// (retractions first), numbering flushes in the `batch` column. Shares the rows it holds, for
+/// the preview.
 pub struct SignedWriter<R: Ord + Clone> {
     csv: CsvFile,
     names: Arc<Names>,
-    pending: BTreeMap<R, isize>,
+    state: SignedState<R>,
     current: Arc<Mutex<BTreeMap<R, isize>>>,
     labels: Labels,
     format: Format<R>,
-    every: Duration,
-    last: Instant,
     batch: u64,
 }
 
-impl<R: Ord + Clone + 'static> SignedWriter<R> {
-    fn flush_pending(&mut self) -> Result<(), String> {
-        self.batch += 1;
-        let mut current = self.current.lock().expect("current rows");
-        for (r, diff) in std::mem::take(&mut self.pending) {
-            if diff == 0 {
-                continue;
-            }
-            let sign: &[u8] = if diff > 0 { b"1," } else { b"-1," };
-            for _ in 0..diff.unsigned_abs() {
-                (self.format)(&self.names, &mut self.labels, &r, &mut self.csv.row);
-                self.csv.row.extend_from_slice(sign);
-                int(&mut self.csv.row, self.batch);
-                self.csv.end_row()?;
-            }
-            let e = current.entry(r.clone()).or_insert(0);
-            *e += diff;
-            if *e == 0 {
-                current.remove(&r);
-            }
-        }
-        drop(current);
-        self.csv.flush()?;
-        self.last = Instant::now();
-        Ok(())
-    }
-}
-
 impl<R: Ord + Clone + 'static> TableWriter<Signed<R>> for SignedWriter<R> {
-    fn write(&mut self, rows: &mut Vec<Signed<R>>) -> Result<(), String> {
+    fn write(&mut self, _: Epoch, rows: &mut Vec<Signed<R>>) -> Result<(), String> {
         for (r, _epoch, diff) in rows.drain(..) {
-            *self.pending.entry(r).or_insert(0) += diff;
+            self.state.update(r, diff);
         }
         Ok(())
     }
-    fn frontier(&mut self, f: Option<Epoch>) -> Result<(), String> {
-        if f.is_none() || self.last.elapsed() >= self.every {
-            self.flush_pending()?;
+
+    fn flush(&mut self, frontier: Option<Epoch>) -> Result<(), String> {
+        let changes = self.state.changes(frontier, self.batch + 1);
+        if changes.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        self.batch += 1;
+        for c in changes {
+            (self.format)(&self.names, &mut self.labels, &c.row, &mut self.csv.row);
+            self.csv
+                .row
+                .extend_from_slice(if c.sign > 0 { b"1," } else { b"-1," });
+            int(&mut self.csv.row, c.version);
+            self.csv.end_row()?;
+        }
+        *self.current.lock().expect("current rows") =
+            self.state.held().map(|(r, n)| (r.clone(), n)).collect();
+        self.csv.flush()
     }
 }
 
@@ -436,43 +421,85 @@ fn format_rated(n: &Names, labels: &mut Labels, r: &RatedRow, row: &mut Vec<u8>)
     field(row, &price.currency);
 }
 
+fn signed_writer<R: Ord + Clone>(
+    out: &Path,
+    table: &str,
+    header: &str,
+    worker: usize,
+    names: Arc<Names>,
+    current: Arc<Mutex<BTreeMap<R, isize>>>,
+    format: Format<R>,
+) -> Result<SignedWriter<R>, String> {
+    Ok(SignedWriter {
+        csv: CsvFile::create(part_path(out, table, worker), header)?,
+        names,
+        state: SignedState::default(),
+        current,
+        labels: Labels::default(),
+        format,
+        batch: 0,
+    })
+}
+
+/// `invoice_lines`; `current` receives the lines it holds after each flush.
 pub fn invoice_lines_writer(
     out: &Path,
     worker: usize,
     names: Arc<Names>,
-    every: Duration,
     current: Arc<Mutex<BTreeMap<InvoiceLine, isize>>>,
 ) -> Result<SignedWriter<InvoiceLine>, String> {
-    Ok(SignedWriter {
-        csv: CsvFile::create(part_path(out, "invoice_lines", worker), INVOICE_HEADER)?,
+    signed_writer(
+        out,
+        "invoice_lines",
+        INVOICE_HEADER,
+        worker,
         names,
-        pending: BTreeMap::new(),
         current,
-        labels: Labels::default(),
-        format: format_invoice_line,
-        every,
-        last: Instant::now(),
-        batch: 0,
-    })
+        format_invoice_line,
+    )
 }
 
 pub fn rated_usage_writer(
     out: &Path,
     worker: usize,
     names: Arc<Names>,
-    every: Duration,
 ) -> Result<SignedWriter<RatedRow>, String> {
-    Ok(SignedWriter {
-        csv: CsvFile::create(part_path(out, "rated_usage", worker), RATED_HEADER)?,
+    signed_writer(
+        out,
+        "rated_usage",
+        RATED_HEADER,
+        worker,
         names,
-        pending: BTreeMap::new(),
-        current: Arc::default(),
-        labels: Labels::default(),
-        format: format_rated,
-        every,
-        last: Instant::now(),
-        batch: 0,
-    })
+        Arc::default(),
+        format_rated,
+    )
+}
+
+pub fn line_usage_writer(
+    out: &Path,
+    worker: usize,
+    names: Arc<Names>,
+) -> Result<SignedWriter<LineUsage>, String> {
+    signed_writer(
+        out,
+        "line_usage",
+        LINE_USAGE_HEADER,
+        worker,
+        names,
+        Arc::default(),
+        format_line_usage,
+    )
+}
+
+fn format_line_usage(n: &Names, labels: &mut Labels, u: &LineUsage, row: &mut Vec<u8>) {
+    let c = &n.catalog;
+    n.line_key(labels, row, &u.key);
+    labels.write(n.period, row, u.invoice_period);
+    let price = c.price(u.price);
+    field(row, &c.rate_cards[price.rate_card.ix()].id);
+    int(row, price.version);
+    int(row, u.events);
+    scaled(row, u.quantity.0, Quantity::SCALE);
 }
 
 #[cfg(test)]

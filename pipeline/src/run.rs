@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use meterflow_operators::accounting::{Latency, Totals};
-use meterflow_operators::dataflow::{execute, Cluster, WorkerIo};
+use meterflow_operators::dataflow::{execute, Cluster, Execution, Resume, WorkerIo};
+use meterflow_operators::progress::NoProgress;
+use meterflow_operators::sink::FlushPolicy;
 use meterflow_operators::source::{ChunkReader, ReadAt, StripedReader};
 use meterflow_operators::Fatal;
 use meterflow_schemas::catalog::load_dir;
@@ -18,8 +20,8 @@ use meterflow_schemas::rows::{Counts, InvoiceLine};
 
 use crate::config::Config;
 use crate::file_sink::{
-    duplicates_writer, invoice_lines_writer, prepare_out_dir, rated_usage_writer,
-    rejections_writer, usage_events_writer, write_sources, Names,
+    duplicates_writer, invoice_lines_writer, line_usage_writer, prepare_out_dir,
+    rated_usage_writer, rejections_writer, usage_events_writer, write_sources, Names,
 };
 use crate::file_source::{FileInput, NoInput, StdinReader};
 use crate::preview;
@@ -127,16 +129,19 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
                 &out,
                 index,
                 n.clone(),
-                flush_every,
                 io_lines.clone(),
             )?),
-            rated_usage: Box::new(rated_usage_writer(&out, index, n, flush_every)?),
+            rated_usage: Box::new(rated_usage_writer(&out, index, n.clone())?),
+            line_usage: Box::new(line_usage_writer(&out, index, n)?),
+            progress: Box::new(NoProgress),
+            facts_flush: FlushPolicy::every(flush_every),
+            derived_flush: FlushPolicy::every(flush_every),
         })
     };
 
     let totals = Totals::default();
     let fatal = Fatal::default();
-    let progress = Progress::new(total_bytes, args.quiet, stdin);
+    let progress = ProgressLine::new(total_bytes, args.quiet, stdin);
     tracing::info!(
         inputs = args.inputs.len(),
         bytes = total_bytes,
@@ -144,12 +149,16 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
         processes = cluster.addresses.len().max(1),
         "run started"
     );
+    let execution = Execution {
+        plan: plan.clone(),
+        resume: Arc::new(Resume::default()),
+        totals: totals.clone(),
+        fatal: fatal.clone(),
+    };
     execute(
         &cluster,
-        plan.clone(),
+        execution,
         make_io,
-        totals.clone(),
-        fatal.clone(),
         Duration::from_millis(250),
         move |c| progress.show(c),
     )
@@ -238,7 +247,7 @@ pub fn peak_rss_bytes() -> u64 {
 }
 
 /// A progress line on stderr: redrawn in place on a terminal, a log line every few seconds otherwise.
-struct Progress {
+struct ProgressLine {
     total_bytes: u64,
     quiet: bool,
     terminal: bool,
@@ -246,9 +255,9 @@ struct Progress {
     last_log: Mutex<Instant>,
 }
 
-impl Progress {
-    fn new(total_bytes: u64, quiet: bool, stdin: bool) -> Progress {
-        Progress {
+impl ProgressLine {
+    fn new(total_bytes: u64, quiet: bool, stdin: bool) -> ProgressLine {
+        ProgressLine {
             total_bytes: if stdin { 0 } else { total_bytes },
             quiet,
             terminal: std::io::stderr().is_terminal(),

@@ -120,6 +120,17 @@ pub struct RatedRow {
     pub amount: Amount,
 }
 
+/// The usage behind an invoice line, per price (rate-card version and region): the pricing
+/// input, kept so a restarted pipeline can rebuild it (signed on output).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct LineUsage {
+    pub key: LineKey,
+    pub invoice_period: Period,
+    pub price: PriceIdx,
+    pub events: i64,
+    pub quantity: Quantity,
+}
+
 /// The accounting of a run: `received == accepted + rejected + duplicates` always holds once all
 /// input is processed.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -174,6 +185,13 @@ impl Counts {
         self.corrections += o.corrections;
         self.dedup_keys += o.dedup_keys;
         self.dedup_bytes += o.dedup_bytes;
+    }
+
+    /// The counters without the gauges (for a resumed run, whose dedup table reports afresh).
+    pub fn without_gauges(mut self) -> Counts {
+        self.dedup_keys = 0;
+        self.dedup_bytes = 0;
+        self
     }
 
     /// `received == accepted + rejected + duplicates`.

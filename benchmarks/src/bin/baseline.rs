@@ -74,16 +74,9 @@ fn main() -> anyhow::Result<()> {
     let mut duplicates_out =
         duplicates_writer(&out, 0, names.clone()).map_err(anyhow::Error::msg)?;
     let lines_current = Arc::default();
-    let mut lines_out = invoice_lines_writer(
-        &out,
-        0,
-        names.clone(),
-        std::time::Duration::ZERO,
-        lines_current,
-    )
-    .map_err(anyhow::Error::msg)?;
-    let mut rated_out = rated_usage_writer(&out, 0, names.clone(), std::time::Duration::ZERO)
-        .map_err(anyhow::Error::msg)?;
+    let mut lines_out =
+        invoice_lines_writer(&out, 0, names.clone(), lines_current).map_err(anyhow::Error::msg)?;
+    let mut rated_out = rated_usage_writer(&out, 0, names.clone()).map_err(anyhow::Error::msg)?;
 
     let mut validator = Validator::new(rules.clone(), catalog.clone());
     let mut seen: HashMap<EventKey, Seen> = HashMap::new();
@@ -213,12 +206,14 @@ fn main() -> anyhow::Result<()> {
         }
         watermark = chunk_max;
         spare = chunk.bytes;
-        usage_out.write(&mut accepted).map_err(anyhow::Error::msg)?;
+        usage_out
+            .write(0, &mut accepted)
+            .map_err(anyhow::Error::msg)?;
         rejections_out
-            .write(&mut rejected)
+            .write(0, &mut rejected)
             .map_err(anyhow::Error::msg)?;
         duplicates_out
-            .write(&mut duplicates)
+            .write(0, &mut duplicates)
             .map_err(anyhow::Error::msg)?;
         if seen.len() > evict_at {
             let forget = policy.forget_before(watermark);
@@ -246,6 +241,7 @@ fn main() -> anyhow::Result<()> {
             match p {
                 Priced::Line(l) => lines.push((l, 0, 1)),
                 Priced::Rated(r) => rated.push((r, 0, 1)),
+                Priced::Usage(_) => {}
             }
         }
     }
@@ -253,16 +249,16 @@ fn main() -> anyhow::Result<()> {
         .iter()
         .map(|(l, _, _): &(InvoiceLine, u64, isize)| l.amount_exact)
         .sum();
-    lines_out.write(&mut lines).map_err(anyhow::Error::msg)?;
-    rated_out.write(&mut rated).map_err(anyhow::Error::msg)?;
+    lines_out.write(0, &mut lines).map_err(anyhow::Error::msg)?;
+    rated_out.write(0, &mut rated).map_err(anyhow::Error::msg)?;
     {
         let w = &mut usage_out as &mut dyn TableWriter<AcceptedEvent>;
-        w.frontier(None).map_err(anyhow::Error::msg)?;
+        w.flush(None).map_err(anyhow::Error::msg)?;
     }
-    rejections_out.frontier(None).map_err(anyhow::Error::msg)?;
-    duplicates_out.frontier(None).map_err(anyhow::Error::msg)?;
-    lines_out.frontier(None).map_err(anyhow::Error::msg)?;
-    rated_out.frontier(None).map_err(anyhow::Error::msg)?;
+    rejections_out.flush(None).map_err(anyhow::Error::msg)?;
+    duplicates_out.flush(None).map_err(anyhow::Error::msg)?;
+    lines_out.flush(None).map_err(anyhow::Error::msg)?;
+    rated_out.flush(None).map_err(anyhow::Error::msg)?;
 
     let secs = started.elapsed().as_secs_f64();
     let json = serde_json::json!({

@@ -1,0 +1,180 @@
+//! Progress: which epochs are completely in the sinks, and where the input stood after them.
+//!
+//! (data, time, diff): on worker 0, consumes the sinks' durable frontiers, the per-epoch
+//! [`EpochStats`] (event time and reader positions) and the per-epoch [`Counts`]. When every sink
+//! is durable past a pricing-round end `R` (and stats and counts for epochs up to `R` are in), it
+//! commits [`Progress`] for `R` to a [`ProgressStore`]: the reader positions, the watermark and
+//! the cumulative counts through `R`. A restart resumes exactly there: later epochs' rows are
+//! removed from the sinks, the input is re-read from the positions, and state is rebuilt from
+//! the tables. Commits happen only at round ends because invoice lines are priced per round.
+//!
+//! State: the stats and counts of epochs not yet committed.
+
+use std::collections::BTreeMap;
+
+use meterflow_schemas::rows::Counts;
+use meterflow_schemas::time::EventTime;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::StreamVec;
+
+use crate::aggregate::round_end;
+use crate::decode::EpochStats;
+use crate::source::Position;
+use crate::{Epoch, Fatal};
+
+/// A committed point of the run.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Progress {
+    /// Every output of epochs up to and including this one is durable.
+    pub epoch: Epoch,
+    /// The watermark after `epoch`: the latest valid event time seen.
+    pub watermark: Option<EventTime>,
+    /// Where each partition's reader stood after `epoch`.
+    pub positions: Vec<Position>,
+    /// Cumulative counts through `epoch`.
+    pub counts: Counts,
+}
+
+/// Where progress is recorded (with the data, so both survive together).
+pub trait ProgressStore: 'static {
+    fn commit(&mut self, progress: &Progress) -> Result<(), String>;
+}
+
+/// Records nothing (runs that do not resume).
+pub struct NoProgress;
+
+impl ProgressStore for NoProgress {
+    fn commit(&mut self, _: &Progress) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// The latest pricing-round end before the frontier `complete` (`None`: input complete, so the
+/// round holding the last epoch seen).
+fn commit_target(
+    complete: Option<Epoch>,
+    last_seen: Option<Epoch>,
+    epochs_per_round: u64,
+) -> Option<Epoch> {
+    match complete {
+        None => last_seen.map(|e| round_end(e, epochs_per_round)),
+        Some(0) => None,
+        Some(f) => {
+            let r = round_end(f - 1, epochs_per_round);
+            if r == f - 1 {
+                Some(r)
+            } else {
+                r.checked_sub(epochs_per_round)
+            }
+        }
+    }
+}
+
+/// Commits progress on worker 0 (see the module docs). `start` is the progress a resumed run
+/// starts from.
+pub fn commit_progress<'s>(
+    durable: StreamVec<'s, Epoch, ()>,
+    stats: StreamVec<'s, Epoch, EpochStats>,
+    counts: StreamVec<'s, Epoch, Counts>,
+    epochs_per_round: u64,
+    start: Option<Progress>,
+    mut store: Box<dyn ProgressStore>,
+    fatal: Fatal,
+) {
+    let mut builder = OperatorBuilder::new("CommitProgress".to_owned(), durable.scope());
+    let mut durable_in = builder.new_input(durable, Pipeline);
+    let mut stats_in = builder.new_input(stats, Pipeline);
+    let mut counts_in = builder.new_input(counts, Pipeline);
+    builder.build(move |_capabilities| {
+        let mut pending: BTreeMap<Epoch, (Option<EventTime>, Vec<Position>, Counts)> =
+            BTreeMap::new();
+        let mut committed_through = start.as_ref().map(|p| p.epoch);
+        let mut committed = start.unwrap_or_default();
+        committed.counts = std::mem::take(&mut committed.counts).without_gauges();
+        let mut positions: BTreeMap<(u32, i32), u64> = committed
+            .positions
+            .iter()
+            .map(|p| ((p.source, p.partition), p.next_offset))
+            .collect();
+        let mut last_seen: Option<Epoch> = None;
+        move |frontiers| {
+            durable_in.for_each(|_, _| {});
+            stats_in.for_each(|_, data| {
+                for s in data.drain(..) {
+                    let e = pending.entry(s.epoch).or_default();
+                    e.0 = e.0.max(s.max_time);
+                    e.1.extend(s.positions);
+                    last_seen = last_seen.max(Some(s.epoch));
+                }
+            });
+            counts_in.for_each_stamp(|cap, data| {
+                let Some(&epoch) = cap.least() else { return };
+                let e = pending.entry(epoch).or_default();
+                for c in data.flatten() {
+                    e.2.merge(c);
+                }
+            });
+            if fatal.is_set() {
+                return;
+            }
+            // Epochs before `complete` are durable in every sink and fully described here.
+            let complete = frontiers
+                .iter()
+                .map(|f| f.frontier().as_option().copied())
+                .reduce(|a, b| match (a, b) {
+                    (Some(x), Some(y)) => Some(x.min(y)),
+                    (x, None) | (None, x) => x,
+                });
+            let Some(target) = commit_target(complete.flatten(), last_seen, epochs_per_round)
+            else {
+                return;
+            };
+            if committed_through.is_some_and(|c| target <= c) {
+                return;
+            }
+            while let Some(entry) = pending.first_entry() {
+                if *entry.key() > target {
+                    break;
+                }
+                let (max_time, ps, c) = entry.remove();
+                committed.watermark = committed.watermark.max(max_time);
+                for p in ps {
+                    positions.insert((p.source, p.partition), p.next_offset);
+                }
+                committed.counts.merge(&c);
+            }
+            committed.epoch = target;
+            committed.positions = positions
+                .iter()
+                .map(|(&(source, partition), &next_offset)| Position {
+                    source,
+                    partition,
+                    next_offset,
+                })
+                .collect();
+            match store.commit(&committed) {
+                Ok(()) => committed_through = Some(target),
+                Err(e) => fatal.set(format!("committing progress failed: {e}")),
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::commit_target;
+
+    #[test]
+    fn commits_land_on_round_ends() {
+        // Rounds of 4 epochs end at 3, 7, 11, ...
+        assert_eq!(commit_target(Some(0), None, 4), None);
+        assert_eq!(commit_target(Some(3), Some(5), 4), None);
+        assert_eq!(commit_target(Some(4), Some(5), 4), Some(3));
+        assert_eq!(commit_target(Some(7), Some(9), 4), Some(3));
+        assert_eq!(commit_target(Some(8), Some(9), 4), Some(7));
+        assert_eq!(commit_target(None, Some(9), 4), Some(11));
+        assert_eq!(commit_target(None, None, 4), None);
+        assert_eq!(commit_target(Some(5), Some(5), 1), Some(4));
+    }
+}

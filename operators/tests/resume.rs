@@ -1,0 +1,275 @@
+//! Exactly once across a restart, without infrastructure: run the whole input once; then, for
+//! several committed points, rebuild the state a restarted pipeline would load from its tables,
+//! run again from there, and check the tables end up exactly as after the uninterrupted run.
+
+use std::collections::BTreeMap;
+
+use meterflow_operators::aggregate::UsageSum;
+use meterflow_operators::dataflow::Resume;
+use meterflow_operators::dedup::DedupSeed;
+use meterflow_operators::progress::Progress;
+use meterflow_operators::testing::{consolidate, plan, run, run_resumed, Held, RunOutput};
+use meterflow_operators::Epoch;
+use meterflow_schemas::event::CorrectionAction;
+use meterflow_schemas::fixtures::{self, event};
+
+fn input() -> Vec<u8> {
+    let mut lines = Vec::new();
+    let skus = [
+        ("api_calls", "requests"),
+        ("tokens", "tokens"),
+        ("storage", "GB"),
+    ];
+    let contracts = [("acme", "acme-2026"), ("globex", "globex-legacy")];
+    // Oct 20 .. Nov 12, in order, with retries (some of events several rounds back, so they
+    // straddle commits), a month end crossing and late October events.
+    let mut sent = Vec::new();
+    for i in 0..600i64 {
+        let minute = i * 55;
+        let t = meterflow_schemas::time::EventTime(1_792_454_400_000 + minute * 60_000);
+        let (customer, contract) = contracts[(i % 2) as usize];
+        let (sku, unit) = skus[(i % 3) as usize];
+        let q = format!("{}", 1 + (i * 37) % 900);
+        let line = event(
+            &format!("e{i}"),
+            customer,
+            contract,
+            sku,
+            unit,
+            &q,
+            &t.to_string(),
+        );
+        lines.push(line.clone());
+        sent.push(line);
+        if i % 9 == 0 {
+            lines.push(sent[(i as usize).saturating_sub(40)].clone());
+        }
+        if i == 450 {
+            // October usage arriving in November: adjustments.
+            lines.push(event(
+                "late-1",
+                "acme",
+                "acme-2026",
+                "tokens",
+                "tokens",
+                "700",
+                "2026-10-31T20:00:00Z",
+            ));
+            lines.push(event(
+                "late-2",
+                "globex",
+                "globex-legacy",
+                "storage",
+                "GB",
+                "55",
+                "2026-10-31T21:00:00Z",
+            ));
+        }
+        if i == 300 {
+            // Void an earlier event.
+            let original = event(
+                "e290",
+                contracts[0].0,
+                contracts[0].1,
+                skus[2].0,
+                skus[2].1,
+                &format!("{}", 1 + (290 * 37) % 900),
+                &meterflow_schemas::time::EventTime(1_792_454_400_000 + 290 * 55 * 60_000)
+                    .to_string(),
+            );
+            let void = original.replace("\"e290\"", "\"void-290\"").replace(
+                &format!("\"quantity\":\"{}\"", 1 + (290 * 37) % 900),
+                &format!("\"quantity\":\"-{}\"", 1 + (290 * 37) % 900),
+            );
+            lines.push(void.replace(
+                r#""environment""#,
+                r#""correction":{"action":"void","original_event_id":"e290"},"environment""#,
+            ));
+        }
+    }
+    lines.push("{broken".into());
+    lines.join("\n").into_bytes()
+}
+
+/// The state a restarted pipeline rebuilds from its tables at committed point `p`.
+fn state_at(full: &RunOutput, p: &Progress, horizon_ms: i64) -> (Resume, Held) {
+    let through = p.epoch;
+    let accepted: Vec<_> = full
+        .accepted
+        .iter()
+        .filter(|(e, _)| *e <= through)
+        .map(|(_, a)| &a.event)
+        .collect();
+    let voided: Vec<_> = accepted
+        .iter()
+        .filter_map(|e| {
+            e.correction
+                .as_ref()
+                .filter(|c| c.action == CorrectionAction::Void)
+                .map(|c| c.original_key)
+        })
+        .collect();
+    let forget_before = p.watermark.map_or(i64::MIN, |w| w.0 - horizon_ms);
+    let dedup = accepted
+        .iter()
+        .filter(|e| e.time.0 >= forget_before)
+        .map(|e| DedupSeed {
+            key: e.key,
+            fingerprint: e.fingerprint,
+            time: e.time,
+            voided: voided.contains(&e.key),
+        })
+        .collect();
+    let line_usage = held_at(&full.line_usage, through);
+    let usage = line_usage
+        .iter()
+        .map(|(u, n, _)| {
+            (
+                (u.price, (u.key, u.invoice_period)),
+                UsageSum {
+                    events: u.events * *n as i64,
+                    quantity: meterflow_schemas::money::Quantity(u.quantity.0 * *n as i128),
+                },
+            )
+        })
+        .collect();
+    let resume = Resume {
+        progress: Some(p.clone()),
+        dedup,
+        usage,
+    };
+    (
+        resume,
+        Held {
+            invoice_lines: held_at(&full.invoice_lines, through),
+            rated_usage: held_at(&full.rated_usage, through),
+            line_usage,
+        },
+    )
+}
+
+/// The rows a signed table holds after the epochs up to `through` are durable.
+fn held_at<R: Ord + Clone>(rows: &[(R, Epoch, isize)], through: Epoch) -> Vec<(R, isize, u64)> {
+    consolidate(
+        rows.iter()
+            .filter(|(_, t, _)| *t <= through)
+            .map(|(r, _, d)| (r.clone(), *d)),
+    )
+    .into_iter()
+    .map(|(r, n)| (r, n, 0u64))
+    .collect()
+}
+
+fn current<R: Ord + Clone>(
+    before: &[(R, isize, u64)],
+    after: &[(R, Epoch, isize)],
+) -> BTreeMap<R, isize> {
+    consolidate(
+        before
+            .iter()
+            .map(|(r, n, _)| (r.clone(), *n))
+            .chain(after.iter().map(|(r, _, d)| (r.clone(), *d))),
+    )
+}
+
+#[test]
+fn a_restart_from_any_commit_ends_where_an_uninterrupted_run_does() {
+    let input = input();
+    let mut p = plan(fixtures::catalog());
+    p.epochs_per_round = 3;
+    let chunk = 2048;
+    let full = run(&input, p.clone(), 1, chunk).unwrap();
+    assert!(full.counts.balanced());
+    assert!(full.counts.late >= 2 && full.counts.duplicates > 0 && full.counts.corrections == 1);
+    assert!(full.progress.len() >= 5, "commits: {}", full.progress.len());
+    let last = full.progress.last().unwrap();
+    assert_eq!(
+        (last.counts.received, last.counts.accepted),
+        (full.counts.received, full.counts.accepted),
+        "the final commit covers everything"
+    );
+    for w in full.progress.windows(2) {
+        assert!(
+            w[0].epoch < w[1].epoch && (w[0].epoch + 1) % 3 == 0,
+            "commits land on round ends"
+        );
+    }
+
+    let full_lines = consolidate(full.invoice_lines.iter().map(|(r, _, d)| (r.clone(), *d)));
+    let full_usage = consolidate(full.line_usage.iter().map(|(r, _, d)| (r.clone(), *d)));
+    let full_rated = consolidate(full.rated_usage.iter().map(|(r, _, d)| (r.clone(), *d)));
+    let n = full.progress.len();
+    for (k, commit) in [
+        full.progress[0].clone(),
+        full.progress[n / 3].clone(),
+        full.progress[2 * n / 3].clone(),
+        full.progress[n - 2].clone(),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        for workers in [1, 2] {
+            let (resume, held) = state_at(&full, &commit, 7 * 24 * 3_600_000);
+            let again =
+                run_resumed(&input, p.clone(), workers, chunk, resume, held.clone()).unwrap();
+            let at = format!(
+                "restart #{k} after epoch {} with {workers} workers",
+                commit.epoch
+            );
+            assert_eq!(
+                current(&held.invoice_lines, &again.invoice_lines),
+                full_lines,
+                "{at}: invoice lines"
+            );
+            assert_eq!(
+                current(&held.line_usage, &again.line_usage),
+                full_usage,
+                "{at}: line usage"
+            );
+            assert_eq!(
+                current(&held.rated_usage, &again.rated_usage),
+                full_rated,
+                "{at}: rated usage"
+            );
+            let c = &again.counts;
+            let f = &full.counts;
+            assert_eq!(
+                (
+                    c.received,
+                    c.accepted,
+                    c.duplicates,
+                    c.rejected,
+                    c.late,
+                    c.corrections
+                ),
+                (
+                    f.received,
+                    f.accepted,
+                    f.duplicates,
+                    f.rejected,
+                    f.late,
+                    f.corrections
+                ),
+                "{at}: counts"
+            );
+            let mut ids: Vec<_> = full
+                .accepted
+                .iter()
+                .filter(|(e, _)| *e <= commit.epoch)
+                .chain(again.accepted.iter())
+                .map(|(e, a)| (a.event.event_id.clone(), *e, a.arrival, a.invoice_period))
+                .collect();
+            let mut all: Vec<_> = full
+                .accepted
+                .iter()
+                .map(|(e, a)| (a.event.event_id.clone(), *e, a.arrival, a.invoice_period))
+                .collect();
+            ids.sort();
+            all.sort();
+            assert_eq!(
+                ids, all,
+                "{at}: every event accepted once, in the same epoch and period"
+            );
+        }
+    }
+}
