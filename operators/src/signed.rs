@@ -4,7 +4,8 @@
 //! Derived rows arrive as differential updates `(row, time, diff)`. A writer feeds them in with
 //! [`SignedState::update`] and, at each flush, takes the [`Change`]s to write: updates that
 //! cancel within a flush are never written, a retraction carries the version of the row it
-//! cancels (what `VersionedCollapsingMergeTree` needs), and an insertion gets the flush's version.
+//! cancels (so the history shows which row each retraction undoes), and an insertion gets the
+//! flush's version.
 //!
 //! A resumed run starts from the rows the table already holds. The dataflow re-derives those rows
 //! from restored state and emits them again in the first pricing round. The state absorbs that
@@ -108,9 +109,14 @@ impl<R: Ord + Clone> SignedState<R> {
                 self.held.remove(&row);
             }
         }
-        // Retractions first: a reader of a collapsing table then always sees old before new.
+        // Retractions first: a reader of the table in insertion order sees old before new.
         retractions.extend(insertions);
         retractions
+    }
+
+    /// The highest version among the rows held.
+    pub fn max_version(&self) -> u64 {
+        self.held.values().map(|(_, v)| *v).max().unwrap_or(0)
     }
 
     /// The rows the table holds now.

@@ -43,6 +43,10 @@ pub struct Config {
     pub output: OutputConfig,
     /// Parallelism.
     pub workers: WorkersConfig,
+    /// The ClickHouse sink (production outputs); off unless `url` is set.
+    pub clickhouse: crate::clickhouse_client::ClickHouseConfig,
+    /// The Kafka source (production input); off unless `brokers` is set.
+    pub kafka: crate::kafka_source::KafkaConfig,
 }
 
 #[derive(Debug, Deserialize)]

@@ -487,6 +487,7 @@ pub fn demo(dir: &Path, workers: usize) -> anyhow::Result<(RunReport, String)> {
         catalog: catalog_dir,
         out: out.clone(),
         config: Some(config),
+        clickhouse_url: None,
         cluster: Cluster::local(workers),
         quiet: true,
     };

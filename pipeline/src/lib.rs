@@ -1,11 +1,16 @@
 //! The meterflow application: configuration, file sources and sinks, the `run`, `demo`, `gen`
 //! and `trace` commands. The binary (`main.rs`) is a thin command-line layer over this library.
 
+pub mod clickhouse_client;
+pub mod clickhouse_migrate;
+pub mod clickhouse_restore;
+pub mod clickhouse_sink;
 pub mod config;
 pub mod demo;
 pub mod file_sink;
 pub mod file_source;
 pub mod gen;
+pub mod kafka_source;
 pub mod preview;
 pub mod run;
 pub mod tables;

@@ -23,10 +23,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Rate usage events from files (or stdin) into output tables and an invoice preview.
+    /// Rate usage events from files, stdin or Kafka into output tables (CSV or ClickHouse) and an
+    /// invoice preview.
     Run {
         /// Input JSONL files (native events or CloudEvents, one per line); `-` reads stdin.
-        #[arg(long, short = 'i', required = true, num_args = 1..)]
+        /// Without --input, the Kafka topics of the config ([kafka]) are read.
+        #[arg(long, short = 'i', num_args = 1..)]
         input: Vec<PathBuf>,
         /// Catalog directory (customers, contracts, SKUs, rate cards as TOML).
         #[arg(long, short = 'c')]
@@ -37,6 +39,10 @@ enum Command {
         /// Configuration file (see meterflow.example.toml); defaults apply without one.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Write to ClickHouse at this HTTP URL (overrides clickhouse.url); resumes after the
+        /// last committed epoch.
+        #[arg(long)]
+        clickhouse_url: Option<String>,
         #[command(flatten)]
         cluster: ClusterArgs,
         /// No progress line and no preview on stdout.
@@ -54,6 +60,15 @@ enum Command {
     },
     /// Write synthetic events and a matching catalog for benchmarks.
     Gen(gen::GenArgs),
+    /// Create or upgrade meterflow's ClickHouse database and tables.
+    Migrate {
+        /// Configuration file with the [clickhouse] section.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// ClickHouse HTTP URL (overrides clickhouse.url).
+        #[arg(long)]
+        clickhouse_url: Option<String>,
+    },
     /// Catalog tools.
     Catalog {
         #[command(subcommand)]
@@ -163,6 +178,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             catalog,
             out,
             config,
+            clickhouse_url,
             cluster,
             quiet,
         } => {
@@ -172,6 +188,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 catalog,
                 out: out.clone(),
                 config,
+                clickhouse_url,
                 cluster: cluster.cluster()?,
                 quiet,
             };
@@ -184,6 +201,36 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{}", report.preview);
             }
             summarize(&report, &out);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Migrate {
+            config,
+            clickhouse_url,
+        } => {
+            let mut cfg = meterflow::config::Config::load(config.as_deref())?;
+            if let Some(url) = clickhouse_url {
+                cfg.clickhouse.url = url;
+            }
+            if !cfg.clickhouse.enabled() {
+                anyhow::bail!("no ClickHouse configured; set [clickhouse] url in the config or pass --clickhouse-url");
+            }
+            let ch = meterflow::clickhouse_client::ClickHouse::connect(&cfg.clickhouse)
+                .map_err(anyhow::Error::msg)?;
+            let (major, minor) = ch.version().map_err(anyhow::Error::msg)?;
+            let applied =
+                meterflow::clickhouse_migrate::migrate(&ch).map_err(anyhow::Error::msg)?;
+            if applied.is_empty() {
+                println!(
+                    "database `{}` on ClickHouse {major}.{minor} is up to date",
+                    cfg.clickhouse.database
+                );
+            } else {
+                println!(
+                    "database `{}` on ClickHouse {major}.{minor}: applied {}",
+                    cfg.clickhouse.database,
+                    applied.join(", ")
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo { dir, workers } => {

@@ -8,9 +8,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use meterflow_operators::accounting::{Latency, Totals};
-use meterflow_operators::dataflow::{execute, Cluster, Execution, Resume, WorkerIo};
-use meterflow_operators::progress::NoProgress;
+use meterflow_operators::aggregate::round_end;
+use meterflow_operators::dataflow::{execute, Cluster, Execution, Signed, WorkerIo};
+use meterflow_operators::progress::{NoProgress, ProgressStore};
+use meterflow_operators::signed::SignedState;
 use meterflow_operators::sink::FlushPolicy;
+use meterflow_operators::sink::TableWriter;
 use meterflow_operators::source::{ChunkReader, ReadAt, StripedReader};
 use meterflow_operators::Fatal;
 use meterflow_schemas::catalog::load_dir;
@@ -18,22 +21,30 @@ use meterflow_schemas::money::Amount;
 use meterflow_schemas::rejection::Reason;
 use meterflow_schemas::rows::{Counts, InvoiceLine};
 
+use crate::clickhouse_client::ClickHouse;
+use crate::clickhouse_migrate::check_migrated;
+use crate::clickhouse_restore::{restore, Restored};
+use crate::clickhouse_sink::{self as ch_sink, ChNames, ClickHouseProgress};
 use crate::config::Config;
 use crate::file_sink::{
     duplicates_writer, invoice_lines_writer, line_usage_writer, prepare_out_dir,
     rated_usage_writer, rejections_writer, usage_events_writer, write_sources, Names,
 };
 use crate::file_source::{FileInput, NoInput, StdinReader};
+use crate::kafka_source::{partitions, KafkaConfig, KafkaReader};
 use crate::preview;
 
 /// Everything `meterflow run` needs.
 #[derive(Clone, Debug)]
 pub struct RunArgs {
-    /// Input files; `-` reads standard input.
+    /// Input files; `-` reads standard input. Empty: read the Kafka topics of the config.
     pub inputs: Vec<PathBuf>,
     pub catalog: PathBuf,
+    /// Where the CSV tables go (embedded default), and `counts.json` and the preview in any case.
     pub out: PathBuf,
     pub config: Option<PathBuf>,
+    /// Overrides `clickhouse.url` of the config.
+    pub clickhouse_url: Option<String>,
     pub cluster: Cluster,
     pub quiet: bool,
 }
@@ -50,13 +61,36 @@ pub struct RunReport {
     pub peak_rss_bytes: u64,
 }
 
+/// Where events come from.
+enum Input {
+    Files(Vec<PathBuf>),
+    Stdin,
+    Kafka {
+        cfg: KafkaConfig,
+        partitions: Vec<(String, i32)>,
+    },
+}
+
+impl Input {
+    fn sources(&self) -> Vec<String> {
+        match self {
+            Input::Files(paths) => paths.iter().map(|p| p.display().to_string()).collect(),
+            Input::Stdin => vec!["(stdin)".into()],
+            Input::Kafka { cfg, .. } => cfg.topics.clone(),
+        }
+    }
+}
+
 pub fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
     let started = Instant::now();
     let config_name = args
         .config
         .as_ref()
         .map_or("(defaults)".to_string(), |p| p.display().to_string());
-    let config = Config::load(args.config.as_deref())?;
+    let mut config = Config::load(args.config.as_deref())?;
+    if let Some(url) = &args.clickhouse_url {
+        config.clickhouse.url = url.clone();
+    }
     let rules = config.validation_rules(&config_name)?;
     let catalog = load_dir(&args.catalog)?;
     let plan = config.plan(rules, catalog);
@@ -64,62 +98,159 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
     if cluster.threads == 0 {
         cluster.threads = config.workers.threads.max(1);
     }
-    let stdin = args.inputs.iter().any(|p| p.as_os_str() == "-");
-    if stdin && args.inputs.len() > 1 {
-        bail!("`-` (standard input) cannot be combined with files; pass either files or -");
-    }
-    if args.inputs.is_empty() {
-        bail!("no input given; pass --input <file.jsonl>... or --input - for standard input");
-    }
-    let mut total_bytes = 0;
-    for p in args.inputs.iter().filter(|p| p.as_os_str() != "-") {
-        total_bytes += FileInput::open(p)
-            .with_context(|| format!("cannot open input {}", p.display()))?
-            .len();
-    }
-    prepare_out_dir(&args.out)
-        .with_context(|| format!("cannot prepare output directory {}", args.out.display()))?;
+    let input = choose_input(args, &config)?;
+    let total_bytes = match &input {
+        Input::Files(paths) => paths
+            .iter()
+            .map(|p| {
+                FileInput::open(p)
+                    .map(|f| f.len())
+                    .with_context(|| format!("cannot open input {}", p.display()))
+            })
+            .sum::<anyhow::Result<u64>>()?,
+        _ => 0,
+    };
+    let sources = input.sources();
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create output directory {}", args.out.display()))?;
 
-    let sources: Vec<String> = args
-        .inputs
+    // Outputs: ClickHouse (resuming from its last commit), or the embedded CSV tables.
+    let totals = Totals::default();
+    let restored = if config.clickhouse.enabled() {
+        let ch = ClickHouse::connect(&config.clickhouse).map_err(anyhow::Error::msg)?;
+        let (major, minor) = ch.version().map_err(anyhow::Error::msg)?;
+        tracing::info!(url = %config.clickhouse.url, version = %format!("{major}.{minor}"), "clickhouse connected");
+        check_migrated(&ch).map_err(anyhow::Error::msg)?;
+        restore(
+            &ch,
+            &plan.catalog,
+            plan.policy.period,
+            plan.policy.dedup_horizon,
+            &sources,
+        )
+        .map_err(anyhow::Error::msg)?
+    } else {
+        prepare_out_dir(&args.out)
+            .with_context(|| format!("cannot prepare output directory {}", args.out.display()))?;
+        write_sources(&args.out, &sources).context("cannot write sources.csv")?;
+        Restored::default()
+    };
+    if let Some(p) = &restored.resume.progress {
+        totals.seed(p.counts.clone());
+    }
+    let first_epoch = restored.resume.first_epoch();
+    let committed = restored.resume.progress.as_ref().map(|p| p.epoch);
+    let resume_positions: BTreeMap<(u32, i32), u64> = restored
+        .resume
+        .progress
         .iter()
-        .map(|p| {
-            if p.as_os_str() == "-" {
-                "(stdin)".to_string()
-            } else {
-                p.display().to_string()
-            }
+        .flat_map(|p| {
+            p.positions
+                .iter()
+                .map(|pos| ((pos.source, pos.partition), pos.next_offset))
         })
         .collect();
-    write_sources(&args.out, &sources).context("cannot write sources.csv")?;
-    let names = Arc::new(Names {
-        catalog: plan.catalog.clone(),
-        billable_environments: plan.rules.billable_environments.clone(),
-        period: plan.policy.period,
-    });
+    let first_round = round_end(first_epoch, plan.epochs_per_round);
+    let held = Mutex::new(Some((
+        restored.invoice_lines,
+        restored.rated_usage,
+        restored.line_usage,
+    )));
+
     let current_lines: Arc<Mutex<BTreeMap<InvoiceLine, isize>>> = Arc::default();
     let flush_every = Duration::from_millis(config.output.flush_interval.millis().max(0) as u64);
     let chunk_bytes = config.input.chunk_bytes;
-    let (inputs, out) = (args.inputs.clone(), args.out.clone());
-    let (io_names, io_lines) = (names.clone(), current_lines.clone());
+    let out = args.out.clone();
+    let io_lines = current_lines.clone();
+    let ch_cfg = config.clickhouse.clone();
+    let billable = plan.rules.billable_environments.clone();
+    let (catalog, period) = (plan.catalog.clone(), plan.policy.period);
     let make_io = move |index: usize, peers: usize| -> Result<WorkerIo, String> {
-        let reader: Box<dyn ChunkReader> = if stdin {
-            if index == 0 {
-                Box::new(StdinReader::new(chunk_bytes, 0))
-            } else {
-                Box::new(NoInput)
+        let reader: Box<dyn ChunkReader> = match &input {
+            Input::Stdin if index == 0 => Box::new(StdinReader::new(chunk_bytes, 0)),
+            Input::Stdin => Box::new(NoInput),
+            Input::Files(paths) => {
+                let files = paths
+                    .iter()
+                    .map(|p| {
+                        FileInput::open(p)
+                            .map_err(|e| format!("cannot open input {}: {e}", p.display()))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                let mut r = StripedReader::new(files, chunk_bytes, index, peers);
+                if let Some(e) = committed {
+                    r.skip_through(e);
+                }
+                Box::new(r)
             }
-        } else {
-            let files = inputs
-                .iter()
-                .map(|p| {
-                    FileInput::open(p)
-                        .map_err(|e| format!("cannot open input {}: {e}", p.display()))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            Box::new(StripedReader::new(files, chunk_bytes, index, peers))
+            Input::Kafka { cfg, partitions } => Box::new(KafkaReader::new(
+                cfg,
+                partitions,
+                index,
+                peers,
+                first_epoch,
+                &resume_positions,
+            )?),
         };
-        let n = io_names.clone();
+        if ch_cfg.enabled() {
+            let names = Arc::new(ChNames {
+                catalog: catalog.clone(),
+                sources: sources.clone(),
+                billable_environments: billable.clone(),
+                period,
+            });
+            let connect = || ClickHouse::connect(&ch_cfg);
+            // Only worker 0 receives derived rows and commits progress; it holds the restored rows.
+            let (lines, rated, usage) = if index == 0 {
+                held.lock().expect("held rows").take().unwrap_or_default()
+            } else {
+                Default::default()
+            };
+            let policy = FlushPolicy {
+                max_rows: ch_cfg.flush_rows,
+                max_delay: Duration::from_millis(ch_cfg.flush_interval.millis().max(0) as u64),
+            };
+            let progress: Box<dyn ProgressStore> = if index == 0 {
+                Box::new(ClickHouseProgress {
+                    ch: connect()?,
+                    sources: sources.clone(),
+                })
+            } else {
+                Box::new(NoProgress)
+            };
+            return Ok(WorkerIo {
+                reader,
+                usage_events: Box::new(ch_sink::usage_events(connect()?, names.clone())),
+                rejections: Box::new(ch_sink::rejections(connect()?, names.clone())),
+                duplicates: Box::new(ch_sink::duplicates(connect()?, names.clone())),
+                invoice_lines: Box::new(LinesPreview(
+                    ch_sink::invoice_lines(
+                        connect()?,
+                        names.clone(),
+                        SignedState::resumed(lines, first_round),
+                    ),
+                    io_lines.clone(),
+                )),
+                rated_usage: Box::new(ch_sink::rated_usage(
+                    connect()?,
+                    names.clone(),
+                    SignedState::resumed(rated, first_round),
+                )),
+                line_usage: Box::new(ch_sink::line_usage(
+                    connect()?,
+                    names,
+                    SignedState::resumed(usage, first_round),
+                )),
+                progress,
+                facts_flush: policy,
+                derived_flush: policy,
+            });
+        }
+        let n = Arc::new(Names {
+            catalog: catalog.clone(),
+            billable_environments: billable.clone(),
+            period,
+        });
         Ok(WorkerIo {
             reader,
             usage_events: Box::new(usage_events_writer(&out, index, n.clone())?),
@@ -139,19 +270,12 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
         })
     };
 
-    let totals = Totals::default();
     let fatal = Fatal::default();
-    let progress = ProgressLine::new(total_bytes, args.quiet, stdin);
-    tracing::info!(
-        inputs = args.inputs.len(),
-        bytes = total_bytes,
-        workers = cluster.threads,
-        processes = cluster.addresses.len().max(1),
-        "run started"
-    );
+    let progress = ProgressLine::new(total_bytes, args.quiet, total_bytes == 0);
+    tracing::info!(sources = ?sources_for_log(args), workers = cluster.threads, processes = cluster.addresses.len().max(1), first_epoch, "run started");
     let execution = Execution {
         plan: plan.clone(),
-        resume: Arc::new(Resume::default()),
+        resume: Arc::new(restored.resume),
         totals: totals.clone(),
         fatal: fatal.clone(),
     };
@@ -192,6 +316,58 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
         }
     }
     Ok(report)
+}
+
+fn sources_for_log(args: &RunArgs) -> Vec<String> {
+    args.inputs
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect()
+}
+
+fn choose_input(args: &RunArgs, config: &Config) -> anyhow::Result<Input> {
+    let stdin = args.inputs.iter().any(|p| p.as_os_str() == "-");
+    if stdin && args.inputs.len() > 1 {
+        bail!("`-` (standard input) cannot be combined with files; pass either files or -");
+    }
+    if stdin {
+        return Ok(Input::Stdin);
+    }
+    if !args.inputs.is_empty() {
+        return Ok(Input::Files(args.inputs.clone()));
+    }
+    if config.kafka.enabled() {
+        config.kafka.check().map_err(anyhow::Error::msg)?;
+        let partitions = partitions(&config.kafka).map_err(anyhow::Error::msg)?;
+        tracing::info!(brokers = %config.kafka.brokers, topics = ?config.kafka.topics, partitions = partitions.len(), "kafka input");
+        return Ok(Input::Kafka {
+            cfg: config.kafka.clone(),
+            partitions,
+        });
+    }
+    bail!("no input given; pass --input <file.jsonl>..., --input - for standard input, or configure [kafka] brokers and topics")
+}
+
+/// The invoice-lines writer, also sharing the lines it holds for the preview.
+struct LinesPreview(
+    ch_sink::SignedTable<InvoiceLine>,
+    Arc<Mutex<BTreeMap<InvoiceLine, isize>>>,
+);
+
+impl TableWriter<Signed<InvoiceLine>> for LinesPreview {
+    fn write(
+        &mut self,
+        epoch: meterflow_operators::Epoch,
+        rows: &mut Vec<Signed<InvoiceLine>>,
+    ) -> Result<(), String> {
+        self.0.write(epoch, rows)
+    }
+    fn flush(&mut self, frontier: Option<meterflow_operators::Epoch>) -> Result<(), String> {
+        self.0.flush(frontier)?;
+        *self.1.lock().expect("current rows") =
+            self.0.held().map(|(r, n)| (r.clone(), n)).collect();
+        Ok(())
+    }
 }
 
 /// `counts.json`: the accounting of the run, with rejections by reason code.

@@ -5,10 +5,11 @@
 //! Design (see `docs/clickhouse.md`):
 //! - Facts (`usage_events`, `rejections`, `duplicates`) are plain `MergeTree`, partitioned by
 //!   month, ordered for the per-customer / per-SKU / per-period queries data teams run.
-//! - Derived tables (`invoice_lines`, `rated_usage`, `line_usage`) are signed rows in
-//!   `VersionedCollapsingMergeTree(sign, version)`: a retraction carries the version of the row it
-//!   cancels, so rows collapse correctly whatever order parts merge in, and
-//!   `sum(x * sign)` is right before and after merges.
+//! - Derived tables (`invoice_lines`, `rated_usage`, `line_usage`) are append-only signed rows in
+//!   plain `MergeTree`: nothing is ever collapsed away, so the history of every line stays
+//!   auditable, and `sum(x * sign)` is always the current truth. A retraction carries the
+//!   `version` of the row it cancels. (A collapsing engine would merge the pairs away and lose
+//!   exactly the history finance audits; add one as a materialized view if compaction matters.)
 //! - Every row carries the `epoch` that wrote it; `sink_progress` records the last epoch whose
 //!   rows are all in ClickHouse, with the input offsets behind it. On restart, rows of later
 //!   (incomplete) epochs are deleted and the input resumes after the recorded offsets.
@@ -110,8 +111,8 @@ ORDER BY (event_id, source, partition, offset)",
     sign Int8,
     version UInt64,
     epoch UInt64
-) ENGINE = VersionedCollapsingMergeTree(sign, version)
-ORDER BY (customer_id, invoice_period, contract_id, sku, region, service_period, line_type)",
+) ENGINE = MergeTree()
+ORDER BY (customer_id, invoice_period, contract_id, sku, region, service_period, line_type, version)",
     },
     Migration {
         id: 5,
@@ -133,8 +134,8 @@ ORDER BY (customer_id, invoice_period, contract_id, sku, region, service_period,
     sign Int8,
     version UInt64,
     epoch UInt64
-) ENGINE = VersionedCollapsingMergeTree(sign, version)
-ORDER BY (customer_id, invoice_period, contract_id, sku, region, service_period, rate_card, rate_card_version, tier)",
+) ENGINE = MergeTree()
+ORDER BY (customer_id, invoice_period, contract_id, sku, region, service_period, rate_card, rate_card_version, tier, version)",
     },
     Migration {
         id: 6,
@@ -153,8 +154,8 @@ ORDER BY (customer_id, invoice_period, contract_id, sku, region, service_period,
     sign Int8,
     version UInt64,
     epoch UInt64
-) ENGINE = VersionedCollapsingMergeTree(sign, version)
-ORDER BY (customer_id, contract_id, sku, region, service_period, invoice_period, rate_card, rate_card_version)",
+) ENGINE = MergeTree()
+ORDER BY (customer_id, contract_id, sku, region, service_period, invoice_period, rate_card, rate_card_version, version)",
     },
     Migration {
         id: 7,
@@ -195,7 +196,14 @@ pub const MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS {db}.schema_migra
 ORDER BY id";
 
 /// Tables whose rows carry the `epoch` that wrote them (deleted beyond the last commit on restart).
-pub const EPOCH_TABLES: [&str; 6] = ["usage_events", "rejections", "duplicates", "invoice_lines", "rated_usage", "line_usage"];
+pub const EPOCH_TABLES: [&str; 6] = [
+    "usage_events",
+    "rejections",
+    "duplicates",
+    "invoice_lines",
+    "rated_usage",
+    "line_usage",
+];
 
 /// A statement with the database filled in.
 pub fn for_database(sql: &str, db: &str) -> String {

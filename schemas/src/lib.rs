@@ -6,6 +6,7 @@
 
 pub mod canonical;
 pub mod catalog;
+pub mod ddl;
 pub mod event;
 #[doc(hidden)]
 pub mod fixtures;

@@ -334,6 +334,26 @@ impl PeriodUnit {
         }
     }
 
+    /// The period a [`PeriodUnit::label`] names.
+    pub fn parse_label(self, label: &str) -> Option<Period> {
+        let b = label.as_bytes();
+        let num = |at: usize, n: usize| -> Option<i64> {
+            std::str::from_utf8(b.get(at..at + n)?).ok()?.parse().ok()
+        };
+        let (year, month) = (num(0, 4)?, num(5, 2)? as u32);
+        if !(1..=12).contains(&month) {
+            return None;
+        }
+        let (day, hour) = match self {
+            PeriodUnit::Month if b.len() == 7 => (1, 0),
+            PeriodUnit::Day if b.len() == 10 => (num(8, 2)? as u32, 0),
+            PeriodUnit::Hour if b.len() == 13 => (num(8, 2)? as u32, num(11, 2)?),
+            _ => return None,
+        };
+        let p = Period(EventTime::from_civil(year, month, day).plus(Span::hours(hour)));
+        (self.label(p) == label).then_some(p)
+    }
+
     /// A label for `p`: `2026-11` (month), `2026-11-22` (day), `2026-11-22T13` (hour).
     pub fn label(self, p: Period) -> String {
         let c = p.0.civil();
@@ -405,6 +425,13 @@ mod tests {
             t("2027-01-01T00:00:00Z")
         );
         assert_eq!(u.label(p), "2024-02");
+        assert_eq!(u.parse_label("2024-02"), Some(p));
+        assert_eq!(
+            PeriodUnit::Hour.parse_label("2026-11-22T13"),
+            Some(PeriodUnit::Hour.period_of(t("2026-11-22T13:59:00Z")))
+        );
+        assert_eq!(PeriodUnit::Day.parse_label("2026-02-30"), None);
+        assert_eq!(u.parse_label("2024-2"), None);
         assert_eq!(
             PeriodUnit::Hour.label(PeriodUnit::Hour.period_of(t("2026-11-22T13:59:00Z"))),
             "2026-11-22T13"

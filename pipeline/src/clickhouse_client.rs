@@ -1,0 +1,200 @@
+//! The connection to ClickHouse: settings, a small blocking facade over the official async
+//! client, retries with backoff, and server-version detection.
+//!
+//! Every operation retries while the server is unreachable or answers with a transient error
+//! (overloaded, too many parts, timeouts): waits grow from 100 ms to 5 s and the operation
+//! never gives up, so an outage stalls the pipeline rather than losing data. Errors that no
+//! retry can fix (a bad query, a missing table) are returned at once.
+
+use std::future::Future;
+use std::time::Duration;
+
+use clickhouse::{Client, Row, RowOwned, RowRead, RowWrite};
+use serde::Deserialize;
+
+/// `[clickhouse]` in the config.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClickHouseConfig {
+    /// HTTP endpoint, e.g. `http://127.0.0.1:8123`. Empty: write the embedded CSV tables instead.
+    pub url: String,
+    /// Database holding meterflow's tables (created by `meterflow migrate`).
+    pub database: String,
+    pub user: String,
+    /// Name of the environment variable holding the password (never the password itself).
+    pub password_env: Option<String>,
+    /// Flush a table once this many rows are waiting.
+    pub flush_rows: usize,
+    /// Flush completed epochs at least this often.
+    pub flush_interval: meterflow_schemas::time::Span,
+}
+
+impl Default for ClickHouseConfig {
+    fn default() -> Self {
+        ClickHouseConfig {
+            url: String::new(),
+            database: "meterflow".into(),
+            user: "default".into(),
+            password_env: None,
+            flush_rows: 100_000,
+            flush_interval: meterflow_schemas::time::Span(1000),
+        }
+    }
+}
+
+impl ClickHouseConfig {
+    pub fn enabled(&self) -> bool {
+        !self.url.is_empty()
+    }
+}
+
+/// A ClickHouse connection with its own single-threaded runtime: meterflow's workers are plain
+/// threads, and each sink blocks on its own inserts.
+pub struct ClickHouse {
+    client: Client,
+    runtime: tokio::runtime::Runtime,
+    pub database: String,
+}
+
+/// Whether a failed operation may succeed if tried again.
+fn retryable(e: &clickhouse::error::Error) -> bool {
+    use clickhouse::error::Error;
+    match e {
+        Error::Network(_) | Error::TimedOut => true,
+        // Server-side codes worth waiting out: timeouts, network, memory, too many parts or
+        // queries, read-only table (e.g. during a restart).
+        Error::BadResponse(msg) => [
+            "Code: 159",
+            "Code: 209",
+            "Code: 210",
+            "Code: 241",
+            "Code: 242",
+            "Code: 252",
+            "Code: 202",
+            "Code: 394",
+        ]
+        .iter()
+        .any(|c| msg.contains(c)),
+        _ => false,
+    }
+}
+
+impl ClickHouse {
+    pub fn connect(cfg: &ClickHouseConfig) -> Result<ClickHouse, String> {
+        let mut client = Client::default()
+            .with_url(&cfg.url)
+            .with_user(&cfg.user)
+            .with_validation(false);
+        if let Some(var) = &cfg.password_env {
+            let password = std::env::var(var).map_err(|_| format!("clickhouse.password_env names {var}, which is not set; export it before starting meterflow"))?;
+            client = client.with_password(password);
+        }
+        if cfg.database.is_empty()
+            || !cfg
+                .database
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
+            return Err(format!(
+                "clickhouse.database `{}` must be letters, digits and underscores",
+                cfg.database
+            ));
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the ClickHouse client runtime: {e}"))?;
+        Ok(ClickHouse {
+            client,
+            runtime,
+            database: cfg.database.clone(),
+        })
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Runs `op` until it succeeds or fails in a way no retry can fix.
+    pub fn retry<T, F, Fut>(&self, what: &str, mut op: F) -> Result<T, String>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = clickhouse::error::Result<T>>,
+    {
+        let mut delay = Duration::from_millis(100);
+        let mut attempt = 1u32;
+        loop {
+            match self.runtime.block_on(op(self.client.clone())) {
+                Ok(v) => {
+                    if attempt > 1 {
+                        tracing::info!(what, attempt, "clickhouse is back");
+                    }
+                    return Ok(v);
+                }
+                Err(e) if retryable(&e) => {
+                    tracing::warn!(what, attempt, error = %e, retry_in_ms = delay.as_millis() as u64, "clickhouse unavailable; retrying");
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                    attempt += 1;
+                }
+                Err(e) => return Err(format!("{what}: {e}")),
+            }
+        }
+    }
+
+    /// Runs a statement (with `{db}` replaced by the database).
+    pub fn execute(&self, sql: &str) -> Result<(), String> {
+        let sql = sql.replace("{db}", &self.database);
+        self.retry(&first_words(&sql), |c| {
+            let sql = sql.clone();
+            async move { c.query(&sql).execute().await }
+        })
+    }
+
+    /// Fetches all rows of a query (with `{db}` replaced by the database).
+    pub fn fetch<T: RowOwned + RowRead>(&self, sql: &str) -> Result<Vec<T>, String> {
+        let sql = sql.replace("{db}", &self.database);
+        self.retry(&first_words(&sql), |c| {
+            let sql = sql.clone();
+            async move { c.query(&sql).fetch_all::<T>().await }
+        })
+    }
+
+    /// Inserts `rows` into `table` in one request, retrying the whole batch until it is in.
+    pub fn insert<'r, T: Row + RowWrite>(
+        &self,
+        table: &str,
+        rows: &[T::Value<'r>],
+    ) -> Result<(), String> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let target = format!("{}.{table}", self.database);
+        self.retry(&format!("insert into {table}"), |c| {
+            let target = target.clone();
+            async move {
+                let mut insert = c.insert_unescaped::<T>(&target).await?;
+                for r in rows {
+                    insert.write(r).await?;
+                }
+                insert.end().await
+            }
+        })
+    }
+
+    /// The server version, e.g. `(18, 16)` or `(24, 8)`.
+    pub fn version(&self) -> Result<(u32, u32), String> {
+        #[derive(Row, Deserialize)]
+        struct V {
+            version: String,
+        }
+        let rows: Vec<V> = self.fetch("SELECT version() AS version")?;
+        let text = rows.first().map(|v| v.version.clone()).unwrap_or_default();
+        let mut parts = text.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+        Ok((parts.next().unwrap_or(0), parts.next().unwrap_or(0)))
+    }
+}
+
+fn first_words(sql: &str) -> String {
+    sql.split_whitespace().take(4).collect::<Vec<_>>().join(" ")
+}

@@ -1,0 +1,441 @@
+//! Restart: bring ClickHouse back to the last committed point and rebuild the pipeline's state
+//! from it.
+//!
+//! 1. Read the last `sink_progress` row (epoch `R`, reader offsets, watermark, counts).
+//! 2. Delete rows written by epochs after `R`. They belong to a run that died before committing,
+//!    and the input after `R` will be read again. The delete waits until the mutations finish.
+//! 3. Rebuild what the dataflow held at `R`: idempotency keys inside the dedup horizon (from
+//!    `usage_events`), the pricing input (from `line_usage`), and the rows each signed table holds
+//!    (so the resumed run writes only real changes).
+//!
+//! The names in the tables are mapped back through the current catalog. A name the catalog no
+//! longer knows stops the restart with an error that names it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use clickhouse::Row;
+use meterflow_operators::aggregate::UsageSum;
+use meterflow_operators::dataflow::Resume;
+use meterflow_operators::dedup::DedupSeed;
+use meterflow_operators::progress::Progress;
+use meterflow_operators::source::Position;
+use meterflow_schemas::catalog::{Catalog, PriceIdx, RegionIdx, SkuIdx};
+use meterflow_schemas::ddl::EPOCH_TABLES;
+use meterflow_schemas::hashing::EventKey;
+use meterflow_schemas::money::{Amount, Quantity};
+use meterflow_schemas::rows::{Counts, InvoiceLine, LineKey, LineKind, LineUsage, RatedRow};
+use meterflow_schemas::time::{EventTime, Period, PeriodUnit, Span};
+use serde::Deserialize;
+
+use crate::clickhouse_client::ClickHouse;
+use crate::clickhouse_sink::RecordedOffset;
+
+/// What a restart loads.
+#[derive(Default)]
+pub struct Restored {
+    pub resume: Resume,
+    pub invoice_lines: Vec<(InvoiceLine, isize, u64)>,
+    pub rated_usage: Vec<(RatedRow, isize, u64)>,
+    pub line_usage: Vec<(LineUsage, isize, u64)>,
+}
+
+#[derive(Row, Deserialize)]
+struct ProgressRow {
+    epoch: u64,
+    watermark_ms: i64,
+    offsets: String,
+    counts: String,
+}
+
+#[derive(Row, Deserialize)]
+struct Count {
+    n: u64,
+}
+
+#[derive(Row, Deserialize)]
+struct KeyRow {
+    event_id: String,
+    fingerprint: u64,
+    event_time_ms: i64,
+}
+
+#[derive(Row, Deserialize)]
+struct VoidRow {
+    correction_of: String,
+}
+
+#[derive(Row, Deserialize)]
+struct LineRow {
+    customer_id: String,
+    contract_id: String,
+    sku: String,
+    region: String,
+    service_period: String,
+    invoice_period: String,
+    line_type: String,
+    currency: String,
+    events: i64,
+    quantity: i128,
+    amount: i128,
+    amount_exact: i128,
+    n: i64,
+    v: u64,
+}
+
+#[derive(Row, Deserialize)]
+struct RatedRowCh {
+    customer_id: String,
+    contract_id: String,
+    sku: String,
+    region: String,
+    service_period: String,
+    invoice_period: String,
+    rate_card: String,
+    rate_card_version: u32,
+    tier: u32,
+    quantity: i128,
+    amount: i128,
+    n: i64,
+    v: u64,
+}
+
+#[derive(Row, Deserialize)]
+struct LineUsageRow {
+    customer_id: String,
+    contract_id: String,
+    sku: String,
+    region: String,
+    service_period: String,
+    invoice_period: String,
+    rate_card: String,
+    rate_card_version: u32,
+    events: i64,
+    quantity: i128,
+    n: i64,
+    v: u64,
+}
+
+/// Maps table text back to catalog indices.
+struct Lookup<'a> {
+    catalog: &'a Catalog,
+    period: PeriodUnit,
+    prices: HashMap<(String, u32, SkuIdx, Option<RegionIdx>), PriceIdx>,
+}
+
+impl<'a> Lookup<'a> {
+    fn new(catalog: &'a Catalog, period: PeriodUnit) -> Lookup<'a> {
+        let prices = catalog
+            .prices
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                (
+                    (
+                        catalog.rate_cards[p.rate_card.ix()].id.clone(),
+                        p.version,
+                        p.sku,
+                        p.region,
+                    ),
+                    PriceIdx(i as u32),
+                )
+            })
+            .collect();
+        Lookup {
+            catalog,
+            period,
+            prices,
+        }
+    }
+
+    fn missing(what: &str, name: &str) -> String {
+        format!("the tables name {what} `{name}`, which the catalog no longer has; restore it to the catalog (entries are never removed while their usage is billed)")
+    }
+
+    fn key(
+        &self,
+        customer: &str,
+        contract: &str,
+        sku: &str,
+        region: &str,
+        service: &str,
+    ) -> Result<LineKey, String> {
+        let c = self.catalog;
+        Ok(LineKey {
+            customer: c
+                .customer(customer)
+                .ok_or_else(|| Self::missing("customer", customer))?,
+            contract: c
+                .contract(contract)
+                .ok_or_else(|| Self::missing("contract", contract))?,
+            sku: c.sku(sku).ok_or_else(|| Self::missing("sku", sku))?,
+            region: self.region(region)?,
+            service_period: self.period(service)?,
+        })
+    }
+
+    fn region(&self, name: &str) -> Result<Option<RegionIdx>, String> {
+        if name == "*" {
+            Ok(None)
+        } else {
+            self.catalog
+                .region(name)
+                .map(Some)
+                .ok_or_else(|| Self::missing("region", name))
+        }
+    }
+
+    fn period(&self, label: &str) -> Result<Period, String> {
+        self.period.parse_label(label).ok_or_else(|| {
+            format!(
+                "period `{label}` does not match billing.period = {:?}",
+                self.period
+            )
+        })
+    }
+
+    fn price(
+        &self,
+        card: &str,
+        version: u32,
+        sku: SkuIdx,
+        region: Option<RegionIdx>,
+    ) -> Result<PriceIdx, String> {
+        self.prices
+            .get(&(card.to_string(), version, sku, region))
+            .copied()
+            .ok_or_else(|| Self::missing("rate-card price", &format!("{card} v{version}")))
+    }
+}
+
+/// Runs steps 1–3 for a run whose inputs are `sources` (by index).
+pub fn restore(
+    ch: &ClickHouse,
+    catalog: &Arc<Catalog>,
+    period: PeriodUnit,
+    dedup_horizon: Span,
+    sources: &[String],
+) -> Result<Restored, String> {
+    let last: Vec<ProgressRow> = ch.fetch("SELECT epoch, watermark_ms, offsets, counts FROM {db}.sink_progress ORDER BY epoch DESC LIMIT 1")?;
+    let progress = match last.into_iter().next() {
+        None => None,
+        Some(p) => {
+            let offsets: Vec<RecordedOffset> = serde_json::from_str(&p.offsets)
+                .map_err(|e| format!("sink_progress.offsets is unreadable: {e}"))?;
+            let counts: Counts = serde_json::from_str(&p.counts)
+                .map_err(|e| format!("sink_progress.counts is unreadable: {e}"))?;
+            let positions = offsets
+                .into_iter()
+                .filter_map(|o| {
+                    sources
+                        .iter()
+                        .position(|s| *s == o.source)
+                        .map(|i| Position {
+                            source: i as u32,
+                            partition: o.partition,
+                            next_offset: o.next_offset,
+                        })
+                })
+                .collect();
+            Some(Progress {
+                epoch: p.epoch,
+                watermark: (p.watermark_ms != i64::MIN).then_some(EventTime(p.watermark_ms)),
+                positions,
+                counts,
+            })
+        }
+    };
+    delete_uncommitted(ch, progress.as_ref().map(|p| p.epoch))?;
+    let Some(progress) = progress else {
+        return Ok(Restored::default());
+    };
+    tracing::info!(
+        epoch = progress.epoch,
+        "resuming after the last committed epoch"
+    );
+
+    let lookup = Lookup::new(catalog, period);
+    let forget_before = progress
+        .watermark
+        .map_or(i64::MIN, |w| w.minus(dedup_horizon).0);
+    let keys: Vec<KeyRow> = ch.fetch(&format!("SELECT event_id, fingerprint, event_time_ms FROM {{db}}.usage_events WHERE event_time_ms >= {forget_before}"))?;
+    let voids: Vec<VoidRow> = ch.fetch(&format!("SELECT correction_of FROM {{db}}.usage_events WHERE correction_action = 'void' AND event_time_ms >= {forget_before}"))?;
+    let voided: std::collections::HashSet<EventKey> = voids
+        .iter()
+        .map(|v| EventKey::of(&v.correction_of))
+        .collect();
+    let dedup = keys
+        .into_iter()
+        .map(|k| {
+            let key = EventKey::of(&k.event_id);
+            DedupSeed {
+                key,
+                fingerprint: k.fingerprint,
+                time: EventTime(k.event_time_ms),
+                voided: voided.contains(&key),
+            }
+        })
+        .collect();
+
+    let invoice_lines = held_lines(ch, &lookup)?;
+    let rated_usage = held_rated(ch, &lookup)?;
+    let line_usage = held_usage(ch, &lookup)?;
+    let usage = line_usage
+        .iter()
+        .map(|(u, n, _)| {
+            (
+                (u.price, (u.key, u.invoice_period)),
+                UsageSum {
+                    events: u.events * *n as i64,
+                    quantity: Quantity(u.quantity.0 * *n as i128),
+                },
+            )
+        })
+        .collect();
+    Ok(Restored {
+        resume: Resume {
+            progress: Some(progress),
+            dedup,
+            usage,
+        },
+        invoice_lines,
+        rated_usage,
+        line_usage,
+    })
+}
+
+/// Deletes rows of epochs after `committed` (every row if nothing was committed).
+fn delete_uncommitted(ch: &ClickHouse, committed: Option<u64>) -> Result<(), String> {
+    let condition = match committed {
+        Some(e) => format!("epoch > {e}"),
+        None => "epoch >= 0".to_string(),
+    };
+    for table in EPOCH_TABLES {
+        let rows: Vec<Count> = ch.fetch(&format!(
+            "SELECT count() AS n FROM {{db}}.{table} WHERE {condition}"
+        ))?;
+        if rows.first().is_none_or(|c| c.n == 0) {
+            continue;
+        }
+        tracing::info!(
+            table,
+            rows = rows[0].n,
+            "removing rows of an uncommitted epoch"
+        );
+        ch.execute(&format!(
+            "ALTER TABLE {{db}}.{table} DELETE WHERE {condition}"
+        ))?;
+        loop {
+            let pending: Vec<Count> = ch.fetch(&format!("SELECT count() AS n FROM system.mutations WHERE database = '{{db}}' AND table = '{table}' AND is_done = 0"))?;
+            if pending.first().is_none_or(|c| c.n == 0) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+    Ok(())
+}
+
+/// The rows a signed table holds: per identity (its sorting key) and version, the inserted row's
+/// values where insertions outnumber retractions. Values are aggregated, not grouped on:
+/// ClickHouse 18.16 crashes when grouping by `Decimal128` columns.
+fn held_query(table: &str, identity: &str, values: &[&str]) -> String {
+    let picked: Vec<String> = values
+        .iter()
+        .map(|v| format!("anyIf({v}, sign > 0) AS {v}"))
+        .collect();
+    format!(
+        "SELECT {identity}, {}, sum(sign) AS n, version AS v FROM {{db}}.{table} GROUP BY {identity}, version HAVING n != 0",
+        picked.join(", ")
+    )
+}
+
+fn held_lines(ch: &ClickHouse, l: &Lookup) -> Result<Vec<(InvoiceLine, isize, u64)>, String> {
+    let rows: Vec<LineRow> = ch.fetch(&held_query(
+        "invoice_lines",
+        "customer_id, contract_id, sku, region, service_period, invoice_period, line_type",
+        &["currency", "events", "quantity", "amount", "amount_exact"],
+    ))?;
+    rows.into_iter()
+        .map(|r| {
+            let line = InvoiceLine {
+                key: l.key(
+                    &r.customer_id,
+                    &r.contract_id,
+                    &r.sku,
+                    &r.region,
+                    &r.service_period,
+                )?,
+                invoice_period: l.period(&r.invoice_period)?,
+                kind: if r.line_type == "adjustment" {
+                    LineKind::Adjustment
+                } else {
+                    LineKind::Usage
+                },
+                currency: r.currency.into(),
+                events: r.events,
+                quantity: Quantity(r.quantity),
+                amount_exact: Amount(r.amount_exact),
+                amount: Amount(r.amount * 1_000_000_000),
+            };
+            Ok((line, r.n as isize, r.v))
+        })
+        .collect()
+}
+
+fn held_rated(ch: &ClickHouse, l: &Lookup) -> Result<Vec<(RatedRow, isize, u64)>, String> {
+    let rows: Vec<RatedRowCh> = ch.fetch(&held_query(
+        "rated_usage",
+        "customer_id, contract_id, sku, region, service_period, invoice_period, rate_card, rate_card_version, tier",
+        &["quantity", "amount"],
+    ))?;
+    rows.into_iter()
+        .map(|r| {
+            let key = l.key(
+                &r.customer_id,
+                &r.contract_id,
+                &r.sku,
+                &r.region,
+                &r.service_period,
+            )?;
+            let price = l.price(&r.rate_card, r.rate_card_version, key.sku, key.region)?;
+            let row = RatedRow {
+                key,
+                invoice_period: l.period(&r.invoice_period)?,
+                price,
+                tier: r.tier.saturating_sub(1),
+                quantity: Quantity(r.quantity),
+                amount: Amount(r.amount),
+            };
+            Ok((row, r.n as isize, r.v))
+        })
+        .collect()
+}
+
+fn held_usage(ch: &ClickHouse, l: &Lookup) -> Result<Vec<(LineUsage, isize, u64)>, String> {
+    let rows: Vec<LineUsageRow> = ch.fetch(&held_query(
+        "line_usage",
+        "customer_id, contract_id, sku, region, service_period, invoice_period, rate_card, rate_card_version",
+        &["events", "quantity"],
+    ))?;
+    rows.into_iter()
+        .map(|r| {
+            let key = l.key(
+                &r.customer_id,
+                &r.contract_id,
+                &r.sku,
+                &r.region,
+                &r.service_period,
+            )?;
+            let price = l.price(&r.rate_card, r.rate_card_version, key.sku, key.region)?;
+            let row = LineUsage {
+                key,
+                invoice_period: l.period(&r.invoice_period)?,
+                price,
+                events: r.events,
+                quantity: Quantity(r.quantity),
+            };
+            Ok((row, r.n as isize, r.v))
+        })
+        .collect()
+}

@@ -1,0 +1,612 @@
+//! The ClickHouse sink: every output table of a run, written with the official client in
+//! RowBinary, in batches bounded by rows and time (the sink's [`FlushPolicy`]).
+//!
+//! Rows are buffered until the sink flushes, then inserted as one batch per table. A batch that
+//! fails to insert is retried as a whole (see [`ClickHouse::retry`]), so a ClickHouse outage
+//! stalls the pipeline without dropping anything. Each row carries the epoch that wrote it. Signed
+//! tables go through [`SignedState`], so a retraction carries the version of the row it cancels,
+//! and a resumed run writes only real changes. Progress is committed to `sink_progress` after
+//! every table is durable through the committed epoch.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use clickhouse::Row;
+use meterflow_operators::dataflow::Signed;
+use meterflow_operators::progress::{Progress, ProgressStore};
+use meterflow_operators::signed::{Change, SignedState};
+use meterflow_operators::sink::TableWriter;
+use meterflow_operators::Epoch;
+use meterflow_schemas::catalog::Catalog;
+use meterflow_schemas::event::{Environment, Lineage, Metadata};
+use meterflow_schemas::rejection::Rejection;
+use meterflow_schemas::rows::{
+    AcceptedEvent, DuplicateRow, InvoiceLine, LineKey, LineUsage, RatedRow,
+};
+use meterflow_schemas::time::{EventTime, Period, PeriodUnit};
+use serde::Serialize;
+
+use crate::clickhouse_client::ClickHouse;
+
+/// What the writers need to turn indices back into names.
+pub struct ChNames {
+    pub catalog: Arc<Catalog>,
+    /// Input names by source index: file paths or topic names.
+    pub sources: Vec<String>,
+    pub billable_environments: Vec<String>,
+    pub period: PeriodUnit,
+}
+
+impl ChNames {
+    fn source(&self, l: Lineage) -> &str {
+        self.sources
+            .get(l.source as usize)
+            .map_or("?", |s| s.as_str())
+    }
+}
+
+/// Labels of the periods a batch mentions, so rows can borrow them.
+struct PeriodLabels(BTreeMap<Period, String>);
+
+impl PeriodLabels {
+    fn of(unit: PeriodUnit, periods: impl Iterator<Item = Period>) -> PeriodLabels {
+        PeriodLabels(periods.map(|p| (p, unit.label(p))).collect())
+    }
+    fn get(&self, p: Period) -> &str {
+        self.0.get(&p).map_or("", |s| s.as_str())
+    }
+}
+
+fn seconds(t: EventTime) -> u32 {
+    t.0.div_euclid(1000).clamp(0, u32::MAX as i64) as u32
+}
+
+#[derive(Row, Serialize)]
+struct UsageRow<'a> {
+    event_id: &'a str,
+    customer_id: &'a str,
+    contract_id: &'a str,
+    sku: &'a str,
+    unit: &'a str,
+    quantity: i128,
+    event_time: u32,
+    event_time_ms: i64,
+    environment: &'a str,
+    billable: u8,
+    region: &'a str,
+    plan: &'a str,
+    marketplace: &'a str,
+    attributes: &'a str,
+    correction_action: &'a str,
+    correction_of: &'a str,
+    rate_card: &'a str,
+    rate_card_version: u32,
+    price_region: &'a str,
+    service_period: &'a str,
+    invoice_period: &'a str,
+    arrival: &'a str,
+    fingerprint: u64,
+    source: &'a str,
+    partition: i32,
+    offset: u64,
+    epoch: u64,
+}
+
+#[derive(Row, Serialize)]
+struct RejectionRow<'a> {
+    reason: &'a str,
+    field: &'a str,
+    message: &'a str,
+    remediation: &'a str,
+    event_id: &'a str,
+    source: &'a str,
+    partition: i32,
+    offset: u64,
+    raw_payload: &'a str,
+    rejected_at: u32,
+    epoch: u64,
+}
+
+#[derive(Row, Serialize)]
+struct DuplicateRowCh<'a> {
+    event_id: &'a str,
+    event_time: u32,
+    event_time_ms: i64,
+    source: &'a str,
+    partition: i32,
+    offset: u64,
+    epoch: u64,
+}
+
+const NO_METADATA: Metadata = Metadata {
+    region: None,
+    plan: None,
+    marketplace: None,
+    attributes: None,
+};
+
+/// One fact table (`usage_events`, `rejections` or `duplicates`): rows buffered with their epoch.
+pub struct FactsWriter<D> {
+    ch: ClickHouse,
+    names: Arc<ChNames>,
+    buffer: Vec<(Epoch, D)>,
+    insert: fn(&ClickHouse, &ChNames, &[(Epoch, D)]) -> Result<(), String>,
+}
+
+impl<D: 'static> TableWriter<D> for FactsWriter<D> {
+    fn write(&mut self, epoch: Epoch, rows: &mut Vec<D>) -> Result<(), String> {
+        self.buffer.extend(rows.drain(..).map(|r| (epoch, r)));
+        Ok(())
+    }
+    fn flush(&mut self, _: Option<Epoch>) -> Result<(), String> {
+        (self.insert)(&self.ch, &self.names, &self.buffer)?;
+        self.buffer.clear();
+        Ok(())
+    }
+}
+
+pub fn usage_events(ch: ClickHouse, names: Arc<ChNames>) -> FactsWriter<AcceptedEvent> {
+    FactsWriter {
+        ch,
+        names,
+        buffer: Vec::new(),
+        insert: insert_usage,
+    }
+}
+
+pub fn rejections(ch: ClickHouse, names: Arc<ChNames>) -> FactsWriter<Rejection> {
+    FactsWriter {
+        ch,
+        names,
+        buffer: Vec::new(),
+        insert: insert_rejections,
+    }
+}
+
+pub fn duplicates(ch: ClickHouse, names: Arc<ChNames>) -> FactsWriter<DuplicateRow> {
+    FactsWriter {
+        ch,
+        names,
+        buffer: Vec::new(),
+        insert: insert_duplicates,
+    }
+}
+
+fn insert_usage(
+    ch: &ClickHouse,
+    n: &ChNames,
+    rows: &[(Epoch, AcceptedEvent)],
+) -> Result<(), String> {
+    let c = &n.catalog;
+    let labels = PeriodLabels::of(
+        n.period,
+        rows.iter()
+            .flat_map(|(_, a)| [a.service_period, a.invoice_period]),
+    );
+    let out: Vec<UsageRow> = rows
+        .iter()
+        .map(|(epoch, a)| {
+            let e = &a.event;
+            let m = e.metadata.as_deref().unwrap_or(&NO_METADATA);
+            let sku = &c.skus[e.sku.ix()];
+            let price = c.price(e.price);
+            UsageRow {
+                event_id: &e.event_id,
+                customer_id: &c.customers[e.customer.ix()].id,
+                contract_id: &c.contracts[e.contract.ix()].id,
+                sku: &sku.id,
+                unit: &sku.unit,
+                quantity: e.quantity.0,
+                event_time: seconds(e.time),
+                event_time_ms: e.time.0,
+                environment: match &e.environment {
+                    Environment::Billable(i) => &n.billable_environments[*i as usize],
+                    Environment::Other(name) => name,
+                },
+                billable: e.billable() as u8,
+                region: m.region.as_deref().unwrap_or(""),
+                plan: m.plan.as_deref().unwrap_or(""),
+                marketplace: m.marketplace.as_deref().unwrap_or(""),
+                attributes: m.attributes.as_deref().unwrap_or(""),
+                correction_action: e.correction.as_ref().map_or("", |k| k.action.as_str()),
+                correction_of: e.correction.as_ref().map_or("", |k| &k.original_event_id),
+                rate_card: &c.rate_cards[price.rate_card.ix()].id,
+                rate_card_version: price.version,
+                price_region: c.region_name(price.region),
+                service_period: labels.get(a.service_period),
+                invoice_period: labels.get(a.invoice_period),
+                arrival: a.arrival.as_str(),
+                fingerprint: e.fingerprint,
+                source: n.source(e.lineage),
+                partition: e.lineage.partition,
+                offset: e.lineage.offset,
+                epoch: *epoch,
+            }
+        })
+        .collect();
+    ch.insert::<UsageRow<'static>>("usage_events", &out)
+}
+
+fn insert_rejections(
+    ch: &ClickHouse,
+    n: &ChNames,
+    rows: &[(Epoch, Rejection)],
+) -> Result<(), String> {
+    let now = seconds(EventTime::now());
+    let out: Vec<RejectionRow> = rows
+        .iter()
+        .map(|(epoch, r)| RejectionRow {
+            reason: r.reason.code(),
+            field: r.field.as_deref().unwrap_or(""),
+            message: &r.message,
+            remediation: r.reason.remediation(),
+            event_id: r.event_id.as_deref().unwrap_or(""),
+            source: n.source(r.lineage),
+            partition: r.lineage.partition,
+            offset: r.lineage.offset,
+            raw_payload: &r.raw,
+            rejected_at: now,
+            epoch: *epoch,
+        })
+        .collect();
+    ch.insert::<RejectionRow<'static>>("rejections", &out)
+}
+
+fn insert_duplicates(
+    ch: &ClickHouse,
+    n: &ChNames,
+    rows: &[(Epoch, DuplicateRow)],
+) -> Result<(), String> {
+    let out: Vec<DuplicateRowCh> = rows
+        .iter()
+        .map(|(epoch, d)| DuplicateRowCh {
+            event_id: &d.event_id,
+            event_time: seconds(d.time),
+            event_time_ms: d.time.0,
+            source: n.source(d.lineage),
+            partition: d.lineage.partition,
+            offset: d.lineage.offset,
+            epoch: *epoch,
+        })
+        .collect();
+    ch.insert::<DuplicateRowCh<'static>>("duplicates", &out)
+}
+
+/// The identity columns every derived row starts with.
+struct KeyText<'a> {
+    customer_id: &'a str,
+    contract_id: &'a str,
+    sku: &'a str,
+    region: &'a str,
+}
+
+fn key_text<'a>(c: &'a Catalog, k: &LineKey) -> KeyText<'a> {
+    KeyText {
+        customer_id: &c.customers[k.customer.ix()].id,
+        contract_id: &c.contracts[k.contract.ix()].id,
+        sku: &c.skus[k.sku.ix()].id,
+        region: c.region_name(k.region),
+    }
+}
+
+#[derive(Row, Serialize)]
+struct InvoiceLineRow<'a> {
+    customer_id: &'a str,
+    contract_id: &'a str,
+    sku: &'a str,
+    region: &'a str,
+    service_period: &'a str,
+    invoice_period: &'a str,
+    line_type: &'a str,
+    currency: &'a str,
+    events: i64,
+    quantity: i128,
+    amount: i128,
+    amount_exact: i128,
+    sign: i8,
+    version: u64,
+    epoch: u64,
+}
+
+#[derive(Row, Serialize)]
+struct RatedRowCh<'a> {
+    customer_id: &'a str,
+    contract_id: &'a str,
+    sku: &'a str,
+    region: &'a str,
+    service_period: &'a str,
+    invoice_period: &'a str,
+    rate_card: &'a str,
+    rate_card_version: u32,
+    model: &'a str,
+    tier: u32,
+    quantity: i128,
+    amount: i128,
+    currency: &'a str,
+    sign: i8,
+    version: u64,
+    epoch: u64,
+}
+
+#[derive(Row, Serialize)]
+struct LineUsageRow<'a> {
+    customer_id: &'a str,
+    contract_id: &'a str,
+    sku: &'a str,
+    region: &'a str,
+    service_period: &'a str,
+    invoice_period: &'a str,
+    rate_card: &'a str,
+    rate_card_version: u32,
+    events: i64,
+    quantity: i128,
+    sign: i8,
+    version: u64,
+    epoch: u64,
+}
+
+/// Amounts rounded to minor units, stored as `Decimal(38, 9)`.
+const AMOUNT_TO_9: i128 = 1_000_000_000;
+
+/// A signed table (`invoice_lines`, `rated_usage`, `line_usage`).
+pub struct SignedTable<R: Ord + Clone> {
+    ch: ClickHouse,
+    names: Arc<ChNames>,
+    state: SignedState<R>,
+    /// The latest epoch rows arrived at.
+    epoch: Epoch,
+    /// The version of the last flush: versions only grow, so no two flushes share one.
+    version: u64,
+    insert: fn(&ClickHouse, &ChNames, &[Change<R>], Epoch) -> Result<(), String>,
+}
+
+impl<R: Ord + Clone + 'static> TableWriter<Signed<R>> for SignedTable<R> {
+    fn write(&mut self, epoch: Epoch, rows: &mut Vec<Signed<R>>) -> Result<(), String> {
+        self.epoch = self.epoch.max(epoch);
+        for (r, _, d) in rows.drain(..) {
+            self.state.update(r, d);
+        }
+        Ok(())
+    }
+    fn flush(&mut self, frontier: Option<Epoch>) -> Result<(), String> {
+        // The rows of this flush reflect every epoch before the frontier: stamp them with the
+        // last of those (a restart deletes them unless it is committed), and version them after
+        // every earlier flush.
+        let stamp = frontier.map_or(self.epoch, |f| f.saturating_sub(1).max(self.epoch));
+        let version = stamp.max(self.version + 1);
+        let changes = self.state.changes(frontier, version);
+        if changes.is_empty() {
+            return Ok(());
+        }
+        (self.insert)(&self.ch, &self.names, &changes, stamp)?;
+        self.version = version;
+        Ok(())
+    }
+}
+
+impl<R: Ord + Clone> SignedTable<R> {
+    /// The rows the table holds now.
+    pub fn held(&self) -> impl Iterator<Item = (&R, isize)> {
+        self.state.held()
+    }
+}
+
+pub fn invoice_lines(
+    ch: ClickHouse,
+    names: Arc<ChNames>,
+    state: SignedState<InvoiceLine>,
+) -> SignedTable<InvoiceLine> {
+    SignedTable {
+        version: state.max_version(),
+        ch,
+        names,
+        state,
+        epoch: 0,
+        insert: insert_lines,
+    }
+}
+
+pub fn rated_usage(
+    ch: ClickHouse,
+    names: Arc<ChNames>,
+    state: SignedState<RatedRow>,
+) -> SignedTable<RatedRow> {
+    SignedTable {
+        version: state.max_version(),
+        ch,
+        names,
+        state,
+        epoch: 0,
+        insert: insert_rated,
+    }
+}
+
+pub fn line_usage(
+    ch: ClickHouse,
+    names: Arc<ChNames>,
+    state: SignedState<LineUsage>,
+) -> SignedTable<LineUsage> {
+    SignedTable {
+        version: state.max_version(),
+        ch,
+        names,
+        state,
+        epoch: 0,
+        insert: insert_line_usage,
+    }
+}
+
+fn insert_lines(
+    ch: &ClickHouse,
+    n: &ChNames,
+    changes: &[Change<InvoiceLine>],
+    epoch: Epoch,
+) -> Result<(), String> {
+    let labels = PeriodLabels::of(
+        n.period,
+        changes
+            .iter()
+            .flat_map(|c| [c.row.key.service_period, c.row.invoice_period]),
+    );
+    let out: Vec<InvoiceLineRow> = changes
+        .iter()
+        .map(|c| {
+            let l = &c.row;
+            let k = key_text(&n.catalog, &l.key);
+            InvoiceLineRow {
+                customer_id: k.customer_id,
+                contract_id: k.contract_id,
+                sku: k.sku,
+                region: k.region,
+                service_period: labels.get(l.key.service_period),
+                invoice_period: labels.get(l.invoice_period),
+                line_type: l.kind.as_str(),
+                currency: &l.currency,
+                events: l.events,
+                quantity: l.quantity.0,
+                amount: l.amount.0 / AMOUNT_TO_9,
+                amount_exact: l.amount_exact.0,
+                sign: c.sign,
+                version: c.version,
+                epoch,
+            }
+        })
+        .collect();
+    ch.insert::<InvoiceLineRow<'static>>("invoice_lines", &out)
+}
+
+fn insert_rated(
+    ch: &ClickHouse,
+    n: &ChNames,
+    changes: &[Change<RatedRow>],
+    epoch: Epoch,
+) -> Result<(), String> {
+    let c = &n.catalog;
+    let labels = PeriodLabels::of(
+        n.period,
+        changes
+            .iter()
+            .flat_map(|c| [c.row.key.service_period, c.row.invoice_period]),
+    );
+    let out: Vec<RatedRowCh> = changes
+        .iter()
+        .map(|ch| {
+            let r = &ch.row;
+            let k = key_text(c, &r.key);
+            let price = c.price(r.price);
+            RatedRowCh {
+                customer_id: k.customer_id,
+                contract_id: k.contract_id,
+                sku: k.sku,
+                region: k.region,
+                service_period: labels.get(r.key.service_period),
+                invoice_period: labels.get(r.invoice_period),
+                rate_card: &c.rate_cards[price.rate_card.ix()].id,
+                rate_card_version: price.version,
+                model: price.model.name(),
+                tier: r.tier + 1,
+                quantity: r.quantity.0,
+                amount: r.amount.0,
+                currency: &price.currency,
+                sign: ch.sign,
+                version: ch.version,
+                epoch,
+            }
+        })
+        .collect();
+    ch.insert::<RatedRowCh<'static>>("rated_usage", &out)
+}
+
+fn insert_line_usage(
+    ch: &ClickHouse,
+    n: &ChNames,
+    changes: &[Change<LineUsage>],
+    epoch: Epoch,
+) -> Result<(), String> {
+    let c = &n.catalog;
+    let labels = PeriodLabels::of(
+        n.period,
+        changes
+            .iter()
+            .flat_map(|c| [c.row.key.service_period, c.row.invoice_period]),
+    );
+    let out: Vec<LineUsageRow> = changes
+        .iter()
+        .map(|ch| {
+            let u = &ch.row;
+            let k = key_text(c, &u.key);
+            let price = c.price(u.price);
+            LineUsageRow {
+                customer_id: k.customer_id,
+                contract_id: k.contract_id,
+                sku: k.sku,
+                region: k.region,
+                service_period: labels.get(u.key.service_period),
+                invoice_period: labels.get(u.invoice_period),
+                rate_card: &c.rate_cards[price.rate_card.ix()].id,
+                rate_card_version: price.version,
+                events: u.events,
+                quantity: u.quantity.0,
+                sign: ch.sign,
+                version: ch.version,
+                epoch,
+            }
+        })
+        .collect();
+    ch.insert::<LineUsageRow<'static>>("line_usage", &out)
+}
+
+#[derive(Row, Serialize)]
+struct ProgressRow<'a> {
+    epoch: u64,
+    committed_at: u32,
+    watermark_ms: i64,
+    offsets: &'a str,
+    counts: &'a str,
+}
+
+/// Commits progress into `sink_progress`.
+pub struct ClickHouseProgress {
+    pub ch: ClickHouse,
+    /// Source names, recorded with each offset.
+    pub sources: Vec<String>,
+}
+
+/// One recorded reader position.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RecordedOffset {
+    pub source: String,
+    pub partition: i32,
+    pub next_offset: u64,
+}
+
+impl ProgressStore for ClickHouseProgress {
+    fn commit(&mut self, p: &Progress) -> Result<(), String> {
+        let offsets: Vec<RecordedOffset> = p
+            .positions
+            .iter()
+            .map(|pos| RecordedOffset {
+                source: self
+                    .sources
+                    .get(pos.source as usize)
+                    .cloned()
+                    .unwrap_or_default(),
+                partition: pos.partition,
+                next_offset: pos.next_offset,
+            })
+            .collect();
+        let offsets = serde_json::to_string(&offsets).map_err(|e| e.to_string())?;
+        let counts = serde_json::to_string(&p.counts).map_err(|e| e.to_string())?;
+        let row = ProgressRow {
+            epoch: p.epoch,
+            committed_at: seconds(EventTime::now()),
+            watermark_ms: p.watermark.map_or(i64::MIN, |w| w.0),
+            offsets: &offsets,
+            counts: &counts,
+        };
+        self.ch
+            .insert::<ProgressRow<'static>>("sink_progress", &[row])?;
+        tracing::debug!(epoch = p.epoch, "progress committed");
+        Ok(())
+    }
+}
