@@ -27,29 +27,23 @@ impl<D: 'static> TableWriter<D> for Collect<D> {
 pub struct SignedCollect<R: Ord + Clone> {
     pub state: SignedState<R>,
     pub written: Arc<Mutex<Vec<Change<R>>>>,
-    flushes: u64,
 }
 
 impl<R: Ord + Clone> SignedCollect<R> {
     pub fn new(state: SignedState<R>, written: Arc<Mutex<Vec<Change<R>>>>) -> Self {
-        SignedCollect {
-            state,
-            written,
-            flushes: 0,
-        }
+        SignedCollect { state, written }
     }
 }
 
 impl<R: Ord + Clone + 'static> TableWriter<(R, Epoch, isize)> for SignedCollect<R> {
     fn write(&mut self, _: Epoch, rows: &mut Vec<(R, Epoch, isize)>) -> Result<(), String> {
-        for (r, _, d) in rows.drain(..) {
-            self.state.update(r, d);
+        for (r, t, d) in rows.drain(..) {
+            self.state.update(r, t, d);
         }
         Ok(())
     }
     fn flush(&mut self, frontier: Option<Epoch>) -> Result<(), String> {
-        self.flushes += 1;
-        let changes = self.state.changes(frontier, self.flushes);
+        let changes = self.state.changes(frontier);
         self.written.lock().expect("written lock").extend(changes);
         Ok(())
     }

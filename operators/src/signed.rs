@@ -2,10 +2,13 @@
 //! what the dataflow says.
 //!
 //! Derived rows arrive as differential updates `(row, time, diff)`. A writer feeds them in with
-//! [`SignedState::update`] and, at each flush, takes the [`Change`]s to write: updates that
-//! cancel within a flush are never written, a retraction carries the version of the row it
-//! cancels (so the history shows which row each retraction undoes), and an insertion gets the
-//! flush's version.
+//! [`SignedState::update`] and, at each flush, takes the [`Change`]s of every completed time, in
+//! time order. Updates that cancel within one time are never written. An insertion is versioned
+//! and stamped with its time. A retraction is stamped with its time and carries the version of
+//! the row it cancels, so the history shows which row each retraction undoes.
+//!
+//! Changes are never merged across times. A restart deletes the rows of times after the last
+//! commit, and that must never take away a change that belongs to a committed time.
 //!
 //! A resumed run starts from the rows the table already holds. The dataflow re-derives those rows
 //! from restored state and emits them again in the first pricing round. The state absorbs that
@@ -23,15 +26,15 @@ pub struct Change<R> {
     pub sign: i8,
     /// The version of the inserted row (for a retraction: of the row it cancels).
     pub version: u64,
+    /// The time (epoch) whose output this change is.
+    pub epoch: Epoch,
 }
 
 pub struct SignedState<R: Ord + Clone> {
-    pending: BTreeMap<R, isize>,
+    /// Updates not yet written, by time.
+    pending: BTreeMap<Epoch, BTreeMap<R, isize>>,
     /// Rows the table holds, with their multiplicity and version.
     held: BTreeMap<R, (isize, u64)>,
-    /// Rows restored from the table, absorbed once the frontier passes this epoch.
-    restored_until: Option<Epoch>,
-    restored: Vec<(R, isize)>,
 }
 
 impl<R: Ord + Clone> Default for SignedState<R> {
@@ -39,84 +42,81 @@ impl<R: Ord + Clone> Default for SignedState<R> {
         SignedState {
             pending: BTreeMap::new(),
             held: BTreeMap::new(),
-            restored_until: None,
-            restored: Vec::new(),
         }
     }
 }
 
 impl<R: Ord + Clone> SignedState<R> {
     /// A table that already holds `rows` (row, net multiplicity, version), which the dataflow
-    /// will emit again by the end of the pricing round ending at `round_end`.
+    /// will emit again at the pricing round ending at `round_end`.
     pub fn resumed(rows: Vec<(R, isize, u64)>, round_end: Epoch) -> SignedState<R> {
         let mut s = SignedState::default();
         for (row, n, version) in rows {
             if n != 0 {
                 s.held.insert(row.clone(), (n, version));
-                s.restored.push((row, n));
+                *s.pending
+                    .entry(round_end)
+                    .or_default()
+                    .entry(row)
+                    .or_insert(0) -= n;
             }
         }
-        s.restored_until = Some(round_end);
         s
     }
 
-    pub fn update(&mut self, row: R, diff: isize) {
-        *self.pending.entry(row).or_insert(0) += diff;
+    pub fn update(&mut self, row: R, epoch: Epoch, diff: isize) {
+        *self
+            .pending
+            .entry(epoch)
+            .or_default()
+            .entry(row)
+            .or_insert(0) += diff;
     }
 
-    /// The changes to write now, given that input before `frontier` is complete; `version` is
-    /// the version of rows inserted by this flush.
-    pub fn changes(&mut self, frontier: Option<Epoch>, version: u64) -> Vec<Change<R>> {
-        if let Some(until) = self.restored_until {
-            if frontier.is_none_or(|f| f > until) {
-                // The dataflow has re-emitted the restored rows; they are already in the table.
-                for (row, n) in std::mem::take(&mut self.restored) {
-                    *self.pending.entry(row).or_insert(0) -= n;
+    /// The changes of every time before `frontier` (all, if `None`), in time order.
+    pub fn changes(&mut self, frontier: Option<Epoch>) -> Vec<Change<R>> {
+        let mut out = Vec::new();
+        while let Some(entry) = self.pending.first_entry() {
+            let epoch = *entry.key();
+            if frontier.is_some_and(|f| epoch >= f) {
+                break;
+            }
+            let updates = entry.remove();
+            let mut insertions = Vec::new();
+            for (row, diff) in updates {
+                if diff == 0 {
+                    continue;
                 }
-                self.restored_until = None;
-            }
-        }
-        if self.restored_until.is_some() {
-            return Vec::new();
-        }
-        let mut retractions = Vec::new();
-        let mut insertions = Vec::new();
-        for (row, diff) in std::mem::take(&mut self.pending) {
-            if diff == 0 {
-                continue;
-            }
-            let held = self.held.entry(row.clone()).or_insert((0, version));
-            if diff < 0 {
-                for _ in 0..diff.unsigned_abs() {
-                    retractions.push(Change {
-                        row: row.clone(),
-                        sign: -1,
-                        version: held.1,
-                    });
+                let held = self.held.entry(row.clone()).or_insert((0, epoch));
+                if diff < 0 {
+                    for _ in 0..diff.unsigned_abs() {
+                        out.push(Change {
+                            row: row.clone(),
+                            sign: -1,
+                            version: held.1,
+                            epoch,
+                        });
+                    }
+                } else {
+                    held.1 = epoch;
+                    for _ in 0..diff {
+                        insertions.push(Change {
+                            row: row.clone(),
+                            sign: 1,
+                            version: epoch,
+                            epoch,
+                        });
+                    }
                 }
-            } else {
-                held.1 = version;
-                for _ in 0..diff {
-                    insertions.push(Change {
-                        row: row.clone(),
-                        sign: 1,
-                        version,
-                    });
+                held.0 += diff;
+                if held.0 == 0 {
+                    self.held.remove(&row);
                 }
             }
-            held.0 += diff;
-            if held.0 == 0 {
-                self.held.remove(&row);
-            }
+            // Within a time, retractions first: a reader in insertion order sees old before new.
+            out.extend(insertions);
         }
-        // Retractions first: a reader of the table in insertion order sees old before new.
-        retractions.extend(insertions);
-        retractions
-    }
-
-    /// The highest version among the rows held.
-    pub fn max_version(&self) -> u64 {
-        self.held.values().map(|(_, v)| *v).max().unwrap_or(0)
+        out
     }
 
     /// The rows the table holds now.
@@ -129,63 +129,43 @@ impl<R: Ord + Clone> SignedState<R> {
 mod tests {
     use super::*;
 
+    fn c(row: &'static str, sign: i8, version: u64, epoch: Epoch) -> Change<&'static str> {
+        Change {
+            row,
+            sign,
+            version,
+            epoch,
+        }
+    }
+
     #[test]
-    fn cancelling_updates_are_never_written_and_retractions_keep_versions() {
+    fn changes_come_per_time_and_retractions_keep_versions() {
         let mut s = SignedState::default();
-        s.update("a", 1);
-        s.update("b", 1);
-        s.update("b", -1);
+        s.update("a", 3, 1);
+        s.update("b", 3, 1);
+        s.update("b", 3, -1);
+        s.update("a", 7, -1);
+        s.update("c", 7, 1);
+        s.update("d", 9, 1);
+        // Time 9 is not complete yet: it stays.
         assert_eq!(
-            s.changes(Some(1), 1),
-            vec![Change {
-                row: "a",
-                sign: 1,
-                version: 1
-            }]
-        );
-        s.update("a", -1);
-        s.update("c", 1);
-        assert_eq!(
-            s.changes(Some(2), 2),
-            vec![
-                Change {
-                    row: "a",
-                    sign: -1,
-                    version: 1
-                },
-                Change {
-                    row: "c",
-                    sign: 1,
-                    version: 2
-                }
-            ]
+            s.changes(Some(8)),
+            vec![c("a", 1, 3, 3), c("a", -1, 3, 7), c("c", 1, 7, 7)]
         );
         assert_eq!(s.held().collect::<Vec<_>>(), vec![(&"c", 1)]);
+        assert_eq!(s.changes(None), vec![c("d", 1, 9, 9)]);
     }
 
     #[test]
     fn a_resumed_table_absorbs_the_re_emitted_rows() {
         let mut s = SignedState::resumed(vec![("a", 1, 7), ("b", 1, 7)], 11);
-        // Nothing happens before the first round ends, even if the frontier moves.
-        assert!(s.changes(Some(9), 9).is_empty());
-        // The dataflow re-emits a and b, and b has changed into b2.
-        s.update("a", 1);
-        s.update("b2", 1);
-        let changes = s.changes(Some(12), 12);
+        assert!(s.changes(Some(9)).is_empty());
+        // The dataflow re-emits a and b at 11, and b has changed into b2.
+        s.update("a", 11, 1);
+        s.update("b2", 11, 1);
         assert_eq!(
-            changes,
-            vec![
-                Change {
-                    row: "b",
-                    sign: -1,
-                    version: 7
-                },
-                Change {
-                    row: "b2",
-                    sign: 1,
-                    version: 12
-                }
-            ]
+            s.changes(Some(12)),
+            vec![c("b", -1, 7, 11), c("b2", 1, 11, 11)]
         );
     }
 }

@@ -1,12 +1,17 @@
 //! Restart: bring ClickHouse back to the last committed point and rebuild the pipeline's state
 //! from it.
 //!
-//! 1. Read the last `sink_progress` row (epoch `R`, reader offsets, watermark, counts).
-//! 2. Delete rows written by epochs after `R`. They belong to a run that died before committing,
-//!    and the input after `R` will be read again. The delete waits until the mutations finish.
-//! 3. Rebuild what the dataflow held at `R`: idempotency keys inside the dedup horizon (from
-//!    `usage_events`), the pricing input (from `line_usage`), and the rows each signed table holds
-//!    (so the resumed run writes only real changes).
+//! 1. Wait for inserts still running on the server (a killed run's last batch).
+//! 2. Read the last `sink_progress` row of the latest generation (epoch `R`, reader offsets,
+//!    watermark, counts) and start a new generation, recorded at once with `R`. Every row the new
+//!    generation writes carries its number.
+//! 3. Delete rows written by epochs after `R`. They belong to a run that died before committing,
+//!    and the input after `R` will be read again. The delete waits until the mutations finish. A
+//!    killed run's insert can still land a moment later; its rows carry an older generation and
+//!    an epoch after `R`, and the new generation sweeps them up at its first commits.
+//! 4. Rebuild what the dataflow held at `R` from rows of epochs up to `R` only: idempotency keys
+//!    inside the dedup horizon (from `usage_events`), the pricing input (from `line_usage`), and
+//!    the rows each signed table holds, so the resumed run writes only real changes.
 //!
 //! The names in the tables are mapped back through the current catalog. A name the catalog no
 //! longer knows stops the restart with an error that names it.
@@ -34,6 +39,8 @@ use crate::clickhouse_sink::RecordedOffset;
 /// What a restart loads.
 #[derive(Default)]
 pub struct Restored {
+    /// The generation this start writes as.
+    pub generation: u32,
     pub resume: Resume,
     pub invoice_lines: Vec<(InvoiceLine, isize, u64)>,
     pub rated_usage: Vec<(RatedRow, isize, u64)>,
@@ -42,6 +49,7 @@ pub struct Restored {
 
 #[derive(Row, Deserialize)]
 struct ProgressRow {
+    generation: u32,
     epoch: u64,
     watermark_ms: i64,
     offsets: String,
@@ -216,7 +224,11 @@ pub fn restore(
     dedup_horizon: Span,
     sources: &[String],
 ) -> Result<Restored, String> {
-    let last: Vec<ProgressRow> = ch.fetch("SELECT epoch, watermark_ms, offsets, counts FROM {db}.sink_progress ORDER BY epoch DESC LIMIT 1")?;
+    // A run killed in the middle of an insert may have left it running on the server; it must
+    // land (or fail) before we read progress and delete what it wrote.
+    settle_inserts(ch)?;
+    let last: Vec<ProgressRow> = ch.fetch("SELECT generation, epoch, watermark_ms, offsets, counts FROM {db}.sink_progress ORDER BY generation DESC, epoch DESC LIMIT 1")?;
+    let generation = last.first().map_or(1, |p| p.generation + 1);
     let progress = match last.into_iter().next() {
         None => None,
         Some(p) => {
@@ -245,21 +257,31 @@ pub fn restore(
             })
         }
     };
+    if let Some(p) = &progress {
+        // The new generation starts at `R`: later restarts resume from its rows, never from a late
+        // commit of a killed predecessor.
+        crate::clickhouse_sink::write_progress(ch, generation, p, sources)?;
+    }
     delete_uncommitted(ch, progress.as_ref().map(|p| p.epoch))?;
     let Some(progress) = progress else {
-        return Ok(Restored::default());
+        return Ok(Restored {
+            generation,
+            ..Restored::default()
+        });
     };
     tracing::info!(
         epoch = progress.epoch,
+        generation,
         "resuming after the last committed epoch"
     );
+    let upto = format!("epoch <= {}", progress.epoch);
 
     let lookup = Lookup::new(catalog, period);
     let forget_before = progress
         .watermark
         .map_or(i64::MIN, |w| w.minus(dedup_horizon).0);
-    let keys: Vec<KeyRow> = ch.fetch(&format!("SELECT event_id, fingerprint, event_time_ms FROM {{db}}.usage_events WHERE event_time_ms >= {forget_before}"))?;
-    let voids: Vec<VoidRow> = ch.fetch(&format!("SELECT correction_of FROM {{db}}.usage_events WHERE correction_action = 'void' AND event_time_ms >= {forget_before}"))?;
+    let keys: Vec<KeyRow> = ch.fetch(&format!("SELECT event_id, fingerprint, event_time_ms FROM {{db}}.usage_events WHERE event_time_ms >= {forget_before} AND {upto}"))?;
+    let voids: Vec<VoidRow> = ch.fetch(&format!("SELECT correction_of FROM {{db}}.usage_events WHERE correction_action = 'void' AND event_time_ms >= {forget_before} AND {upto}"))?;
     let voided: std::collections::HashSet<EventKey> = voids
         .iter()
         .map(|v| EventKey::of(&v.correction_of))
@@ -277,9 +299,9 @@ pub fn restore(
         })
         .collect();
 
-    let invoice_lines = held_lines(ch, &lookup)?;
-    let rated_usage = held_rated(ch, &lookup)?;
-    let line_usage = held_usage(ch, &lookup)?;
+    let invoice_lines = held_lines(ch, &lookup, &upto)?;
+    let rated_usage = held_rated(ch, &lookup, &upto)?;
+    let line_usage = held_usage(ch, &lookup, &upto)?;
     let usage = line_usage
         .iter()
         .map(|(u, n, _)| {
@@ -293,6 +315,7 @@ pub fn restore(
         })
         .collect();
     Ok(Restored {
+        generation,
         resume: Resume {
             progress: Some(progress),
             dedup,
@@ -304,12 +327,30 @@ pub fn restore(
     })
 }
 
+/// Deletes rows a killed predecessor's late inserts landed: an older generation and an epoch
+/// after the one this generation resumed from.
+pub fn sweep_stale(
+    ch: &ClickHouse,
+    generation: u32,
+    resumed_after: Option<u64>,
+) -> Result<(), String> {
+    let condition = format!(
+        "generation < {generation} AND epoch {}",
+        resumed_after.map_or(">= 0".to_string(), |e| format!("> {e}"))
+    );
+    delete_where(ch, &condition)
+}
+
 /// Deletes rows of epochs after `committed` (every row if nothing was committed).
 fn delete_uncommitted(ch: &ClickHouse, committed: Option<u64>) -> Result<(), String> {
     let condition = match committed {
         Some(e) => format!("epoch > {e}"),
         None => "epoch >= 0".to_string(),
     };
+    delete_where(ch, &condition)
+}
+
+fn delete_where(ch: &ClickHouse, condition: &str) -> Result<(), String> {
     for table in EPOCH_TABLES {
         let rows: Vec<Count> = ch.fetch(&format!(
             "SELECT count() AS n FROM {{db}}.{table} WHERE {condition}"
@@ -336,25 +377,45 @@ fn delete_uncommitted(ch: &ClickHouse, committed: Option<u64>) -> Result<(), Str
     Ok(())
 }
 
+/// Waits until no insert into the database is running (one left by a killed run).
+fn settle_inserts(ch: &ClickHouse) -> Result<(), String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let running: Vec<Count> = ch.fetch("SELECT count() AS n FROM system.processes WHERE startsWith(query, 'INSERT INTO {db}.')")?;
+        if running.first().is_none_or(|c| c.n == 0) {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err("inserts into the database are still running after 2 minutes; is another meterflow writing to it? One database serves one pipeline".into());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 /// The rows a signed table holds: per identity (its sorting key) and version, the inserted row's
 /// values where insertions outnumber retractions. Values are aggregated, not grouped on:
 /// ClickHouse 18.16 crashes when grouping by `Decimal128` columns.
-fn held_query(table: &str, identity: &str, values: &[&str]) -> String {
+fn held_query(table: &str, identity: &str, values: &[&str], upto: &str) -> String {
     let picked: Vec<String> = values
         .iter()
         .map(|v| format!("anyIf({v}, sign > 0) AS {v}"))
         .collect();
     format!(
-        "SELECT {identity}, {}, sum(sign) AS n, version AS v FROM {{db}}.{table} GROUP BY {identity}, version HAVING n != 0",
+        "SELECT {identity}, {}, sum(sign) AS n, version AS v FROM {{db}}.{table} WHERE {upto} GROUP BY {identity}, version HAVING n != 0",
         picked.join(", ")
     )
 }
 
-fn held_lines(ch: &ClickHouse, l: &Lookup) -> Result<Vec<(InvoiceLine, isize, u64)>, String> {
+fn held_lines(
+    ch: &ClickHouse,
+    l: &Lookup,
+    upto: &str,
+) -> Result<Vec<(InvoiceLine, isize, u64)>, String> {
     let rows: Vec<LineRow> = ch.fetch(&held_query(
         "invoice_lines",
         "customer_id, contract_id, sku, region, service_period, invoice_period, line_type",
         &["currency", "events", "quantity", "amount", "amount_exact"],
+        upto,
     ))?;
     rows.into_iter()
         .map(|r| {
@@ -383,11 +444,16 @@ fn held_lines(ch: &ClickHouse, l: &Lookup) -> Result<Vec<(InvoiceLine, isize, u6
         .collect()
 }
 
-fn held_rated(ch: &ClickHouse, l: &Lookup) -> Result<Vec<(RatedRow, isize, u64)>, String> {
+fn held_rated(
+    ch: &ClickHouse,
+    l: &Lookup,
+    upto: &str,
+) -> Result<Vec<(RatedRow, isize, u64)>, String> {
     let rows: Vec<RatedRowCh> = ch.fetch(&held_query(
         "rated_usage",
         "customer_id, contract_id, sku, region, service_period, invoice_period, rate_card, rate_card_version, tier",
         &["quantity", "amount"],
+        upto,
     ))?;
     rows.into_iter()
         .map(|r| {
@@ -412,11 +478,16 @@ fn held_rated(ch: &ClickHouse, l: &Lookup) -> Result<Vec<(RatedRow, isize, u64)>
         .collect()
 }
 
-fn held_usage(ch: &ClickHouse, l: &Lookup) -> Result<Vec<(LineUsage, isize, u64)>, String> {
+fn held_usage(
+    ch: &ClickHouse,
+    l: &Lookup,
+    upto: &str,
+) -> Result<Vec<(LineUsage, isize, u64)>, String> {
     let rows: Vec<LineUsageRow> = ch.fetch(&held_query(
         "line_usage",
         "customer_id, contract_id, sku, region, service_period, invoice_period, rate_card, rate_card_version",
         &["events", "quantity"],
+        upto,
     ))?;
     rows.into_iter()
         .map(|r| {

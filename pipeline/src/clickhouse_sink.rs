@@ -35,6 +35,8 @@ pub struct ChNames {
     pub sources: Vec<String>,
     pub billable_environments: Vec<String>,
     pub period: PeriodUnit,
+    /// This start of the pipeline (see `clickhouse_restore`).
+    pub generation: u32,
 }
 
 impl ChNames {
@@ -90,6 +92,7 @@ struct UsageRow<'a> {
     partition: i32,
     offset: u64,
     epoch: u64,
+    generation: u32,
 }
 
 #[derive(Row, Serialize)]
@@ -105,6 +108,7 @@ struct RejectionRow<'a> {
     raw_payload: &'a str,
     rejected_at: u32,
     epoch: u64,
+    generation: u32,
 }
 
 #[derive(Row, Serialize)]
@@ -116,6 +120,7 @@ struct DuplicateRowCh<'a> {
     partition: i32,
     offset: u64,
     epoch: u64,
+    generation: u32,
 }
 
 const NO_METADATA: Metadata = Metadata {
@@ -221,6 +226,7 @@ fn insert_usage(
                 partition: e.lineage.partition,
                 offset: e.lineage.offset,
                 epoch: *epoch,
+                generation: n.generation,
             }
         })
         .collect();
@@ -247,6 +253,7 @@ fn insert_rejections(
             raw_payload: &r.raw,
             rejected_at: now,
             epoch: *epoch,
+            generation: n.generation,
         })
         .collect();
     ch.insert::<RejectionRow<'static>>("rejections", &out)
@@ -267,6 +274,7 @@ fn insert_duplicates(
             partition: d.lineage.partition,
             offset: d.lineage.offset,
             epoch: *epoch,
+            generation: n.generation,
         })
         .collect();
     ch.insert::<DuplicateRowCh<'static>>("duplicates", &out)
@@ -306,6 +314,7 @@ struct InvoiceLineRow<'a> {
     sign: i8,
     version: u64,
     epoch: u64,
+    generation: u32,
 }
 
 #[derive(Row, Serialize)]
@@ -326,6 +335,7 @@ struct RatedRowCh<'a> {
     sign: i8,
     version: u64,
     epoch: u64,
+    generation: u32,
 }
 
 #[derive(Row, Serialize)]
@@ -343,6 +353,7 @@ struct LineUsageRow<'a> {
     sign: i8,
     version: u64,
     epoch: u64,
+    generation: u32,
 }
 
 /// Amounts rounded to minor units, stored as `Decimal(38, 9)`.
@@ -353,34 +364,21 @@ pub struct SignedTable<R: Ord + Clone> {
     ch: ClickHouse,
     names: Arc<ChNames>,
     state: SignedState<R>,
-    /// The latest epoch rows arrived at.
-    epoch: Epoch,
-    /// The version of the last flush: versions only grow, so no two flushes share one.
-    version: u64,
-    insert: fn(&ClickHouse, &ChNames, &[Change<R>], Epoch) -> Result<(), String>,
+    insert: fn(&ClickHouse, &ChNames, &[Change<R>]) -> Result<(), String>,
 }
 
 impl<R: Ord + Clone + 'static> TableWriter<Signed<R>> for SignedTable<R> {
-    fn write(&mut self, epoch: Epoch, rows: &mut Vec<Signed<R>>) -> Result<(), String> {
-        self.epoch = self.epoch.max(epoch);
-        for (r, _, d) in rows.drain(..) {
-            self.state.update(r, d);
+    fn write(&mut self, _: Epoch, rows: &mut Vec<Signed<R>>) -> Result<(), String> {
+        for (r, t, d) in rows.drain(..) {
+            self.state.update(r, t, d);
         }
         Ok(())
     }
     fn flush(&mut self, frontier: Option<Epoch>) -> Result<(), String> {
-        // The rows of this flush reflect every epoch before the frontier: stamp them with the
-        // last of those (a restart deletes them unless it is committed), and version them after
-        // every earlier flush.
-        let stamp = frontier.map_or(self.epoch, |f| f.saturating_sub(1).max(self.epoch));
-        let version = stamp.max(self.version + 1);
-        let changes = self.state.changes(frontier, version);
-        if changes.is_empty() {
-            return Ok(());
-        }
-        (self.insert)(&self.ch, &self.names, &changes, stamp)?;
-        self.version = version;
-        Ok(())
+        // Each change is stamped with the round it belongs to: a restart deletes exactly the
+        // rounds after the last commit.
+        let changes = self.state.changes(frontier);
+        (self.insert)(&self.ch, &self.names, &changes)
     }
 }
 
@@ -397,11 +395,9 @@ pub fn invoice_lines(
     state: SignedState<InvoiceLine>,
 ) -> SignedTable<InvoiceLine> {
     SignedTable {
-        version: state.max_version(),
         ch,
         names,
         state,
-        epoch: 0,
         insert: insert_lines,
     }
 }
@@ -412,11 +408,9 @@ pub fn rated_usage(
     state: SignedState<RatedRow>,
 ) -> SignedTable<RatedRow> {
     SignedTable {
-        version: state.max_version(),
         ch,
         names,
         state,
-        epoch: 0,
         insert: insert_rated,
     }
 }
@@ -427,11 +421,9 @@ pub fn line_usage(
     state: SignedState<LineUsage>,
 ) -> SignedTable<LineUsage> {
     SignedTable {
-        version: state.max_version(),
         ch,
         names,
         state,
-        epoch: 0,
         insert: insert_line_usage,
     }
 }
@@ -440,7 +432,6 @@ fn insert_lines(
     ch: &ClickHouse,
     n: &ChNames,
     changes: &[Change<InvoiceLine>],
-    epoch: Epoch,
 ) -> Result<(), String> {
     let labels = PeriodLabels::of(
         n.period,
@@ -468,19 +459,15 @@ fn insert_lines(
                 amount_exact: l.amount_exact.0,
                 sign: c.sign,
                 version: c.version,
-                epoch,
+                epoch: c.epoch,
+                generation: n.generation,
             }
         })
         .collect();
     ch.insert::<InvoiceLineRow<'static>>("invoice_lines", &out)
 }
 
-fn insert_rated(
-    ch: &ClickHouse,
-    n: &ChNames,
-    changes: &[Change<RatedRow>],
-    epoch: Epoch,
-) -> Result<(), String> {
+fn insert_rated(ch: &ClickHouse, n: &ChNames, changes: &[Change<RatedRow>]) -> Result<(), String> {
     let c = &n.catalog;
     let labels = PeriodLabels::of(
         n.period,
@@ -510,7 +497,8 @@ fn insert_rated(
                 currency: &price.currency,
                 sign: ch.sign,
                 version: ch.version,
-                epoch,
+                epoch: ch.epoch,
+                generation: n.generation,
             }
         })
         .collect();
@@ -521,7 +509,6 @@ fn insert_line_usage(
     ch: &ClickHouse,
     n: &ChNames,
     changes: &[Change<LineUsage>],
-    epoch: Epoch,
 ) -> Result<(), String> {
     let c = &n.catalog;
     let labels = PeriodLabels::of(
@@ -549,7 +536,8 @@ fn insert_line_usage(
                 quantity: u.quantity.0,
                 sign: ch.sign,
                 version: ch.version,
-                epoch,
+                epoch: ch.epoch,
+                generation: n.generation,
             }
         })
         .collect();
@@ -557,19 +545,27 @@ fn insert_line_usage(
 }
 
 #[derive(Row, Serialize)]
-struct ProgressRow<'a> {
-    epoch: u64,
-    committed_at: u32,
-    watermark_ms: i64,
-    offsets: &'a str,
-    counts: &'a str,
+pub(crate) struct ProgressRow<'a> {
+    pub generation: u32,
+    pub epoch: u64,
+    pub committed_at: u32,
+    pub watermark_ms: i64,
+    pub offsets: &'a str,
+    pub counts: &'a str,
 }
 
-/// Commits progress into `sink_progress`.
+/// Commits progress into `sink_progress`, and sweeps up after a killed predecessor.
 pub struct ClickHouseProgress {
     pub ch: ClickHouse,
     /// Source names, recorded with each offset.
     pub sources: Vec<String>,
+    pub generation: u32,
+    /// The epoch this start resumed after; a predecessor's rows beyond it are garbage.
+    pub resumed_after: Option<Epoch>,
+    /// Until when to look for late rows of a killed predecessor.
+    pub sweep_until: std::time::Instant,
+    /// When the last sweep ran (sweeps run at most once a second).
+    pub last_sweep: Option<std::time::Instant>,
 }
 
 /// One recorded reader position.
@@ -580,33 +576,51 @@ pub struct RecordedOffset {
     pub next_offset: u64,
 }
 
+/// Writes one `sink_progress` row.
+pub(crate) fn write_progress(
+    ch: &ClickHouse,
+    generation: u32,
+    p: &Progress,
+    sources: &[String],
+) -> Result<(), String> {
+    let offsets: Vec<RecordedOffset> = p
+        .positions
+        .iter()
+        .map(|pos| RecordedOffset {
+            source: sources
+                .get(pos.source as usize)
+                .cloned()
+                .unwrap_or_default(),
+            partition: pos.partition,
+            next_offset: pos.next_offset,
+        })
+        .collect();
+    let offsets = serde_json::to_string(&offsets).map_err(|e| e.to_string())?;
+    let counts = serde_json::to_string(&p.counts).map_err(|e| e.to_string())?;
+    let row = ProgressRow {
+        generation,
+        epoch: p.epoch,
+        committed_at: seconds(EventTime::now()),
+        watermark_ms: p.watermark.map_or(i64::MIN, |w| w.0),
+        offsets: &offsets,
+        counts: &counts,
+    };
+    ch.insert::<ProgressRow<'static>>("sink_progress", &[row])
+}
+
 impl ProgressStore for ClickHouseProgress {
     fn commit(&mut self, p: &Progress) -> Result<(), String> {
-        let offsets: Vec<RecordedOffset> = p
-            .positions
-            .iter()
-            .map(|pos| RecordedOffset {
-                source: self
-                    .sources
-                    .get(pos.source as usize)
-                    .cloned()
-                    .unwrap_or_default(),
-                partition: pos.partition,
-                next_offset: pos.next_offset,
-            })
-            .collect();
-        let offsets = serde_json::to_string(&offsets).map_err(|e| e.to_string())?;
-        let counts = serde_json::to_string(&p.counts).map_err(|e| e.to_string())?;
-        let row = ProgressRow {
-            epoch: p.epoch,
-            committed_at: seconds(EventTime::now()),
-            watermark_ms: p.watermark.map_or(i64::MIN, |w| w.0),
-            offsets: &offsets,
-            counts: &counts,
-        };
-        self.ch
-            .insert::<ProgressRow<'static>>("sink_progress", &[row])?;
+        write_progress(&self.ch, self.generation, p, &self.sources)?;
         tracing::debug!(epoch = p.epoch, "progress committed");
+        let now = std::time::Instant::now();
+        if now < self.sweep_until
+            && self
+                .last_sweep
+                .is_none_or(|t| now.duration_since(t) >= std::time::Duration::from_secs(1))
+        {
+            crate::clickhouse_restore::sweep_stale(&self.ch, self.generation, self.resumed_after)?;
+            self.last_sweep = Some(now);
+        }
         Ok(())
     }
 }

@@ -559,7 +559,7 @@ fn narrate(report: &RunReport, out: &Path) -> anyhow::Result<String> {
     let _ = writeln!(
         s,
         "  {:>5} {:>4}  {:<10} {:<8} {:>14} {:>10}",
-        "batch", "sign", "sku", "period", "quantity", "amount"
+        "version", "sign", "sku", "period", "quantity", "amount"
     );
     let mut hooli: Vec<_> = read_table(out, "invoice_lines")?
         .into_iter()
@@ -567,7 +567,7 @@ fn narrate(report: &RunReport, out: &Path) -> anyhow::Result<String> {
         .collect();
     hooli.sort_by_key(|r| {
         (
-            r["batch"].parse::<u64>().unwrap_or(0),
+            r["version"].parse::<u64>().unwrap_or(0),
             r["sign"].parse::<i64>().unwrap_or(0),
         )
     });
@@ -575,7 +575,7 @@ fn narrate(report: &RunReport, out: &Path) -> anyhow::Result<String> {
         let _ = writeln!(
             s,
             "  {:>5} {:>4}  {:<10} {:<8} {:>14} {:>10} {}",
-            r["batch"],
+            r["version"],
             r["sign"],
             r["sku"],
             r["service_period"],

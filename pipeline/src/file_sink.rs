@@ -36,9 +36,9 @@ const USAGE_HEADER: &str = "event_id,customer_id,contract_id,sku,unit,quantity,e
 const REJECTION_HEADER: &str =
     "reason,field,message,remediation,event_id,source,offset,raw_payload";
 const DUPLICATE_HEADER: &str = "event_id,event_time,source,offset";
-const RATED_HEADER: &str = "customer_id,contract_id,sku,region,service_period,invoice_period,rate_card,rate_card_version,model,tier,quantity,amount,currency,sign,batch";
-const LINE_USAGE_HEADER: &str = "customer_id,contract_id,sku,region,service_period,invoice_period,rate_card,rate_card_version,events,quantity,sign,batch";
-const INVOICE_HEADER: &str = "customer_id,contract_id,sku,region,service_period,invoice_period,line_type,currency,events,quantity,amount,amount_exact,sign,batch";
+const RATED_HEADER: &str = "customer_id,contract_id,sku,region,service_period,invoice_period,rate_card,rate_card_version,model,tier,quantity,amount,currency,sign,version";
+const LINE_USAGE_HEADER: &str = "customer_id,contract_id,sku,region,service_period,invoice_period,rate_card,rate_card_version,events,quantity,sign,version";
+const INVOICE_HEADER: &str = "customer_id,contract_id,sku,region,service_period,invoice_period,line_type,currency,events,quantity,amount,amount_exact,sign,version";
 
 /// What every writer needs to turn indices back into names.
 pub struct Names {
@@ -354,9 +354,9 @@ fn format_duplicate(n: &Names, _: &mut Labels, d: &DuplicateRow, row: &mut Vec<u
     n.lineage(row, d.lineage);
 }
 
-/// A signed table: consolidates the dataflow's updates and writes the changes at each flush
-/// (retractions first), numbering flushes in the `batch` column. Shares the rows it holds, for
-/// the preview.
+/// A signed table: consolidates the dataflow's updates per pricing round and writes the changes
+/// at each flush (retractions first); `version` is the round that inserted a row (for a
+/// retraction: the row it cancels). Shares the rows it holds, for the preview.
 pub struct SignedWriter<R: Ord + Clone> {
     csv: CsvFile,
     names: Arc<Names>,
@@ -364,23 +364,21 @@ pub struct SignedWriter<R: Ord + Clone> {
     current: Arc<Mutex<BTreeMap<R, isize>>>,
     labels: Labels,
     format: Format<R>,
-    batch: u64,
 }
 
 impl<R: Ord + Clone + 'static> TableWriter<Signed<R>> for SignedWriter<R> {
     fn write(&mut self, _: Epoch, rows: &mut Vec<Signed<R>>) -> Result<(), String> {
-        for (r, _epoch, diff) in rows.drain(..) {
-            self.state.update(r, diff);
+        for (r, epoch, diff) in rows.drain(..) {
+            self.state.update(r, epoch, diff);
         }
         Ok(())
     }
 
     fn flush(&mut self, frontier: Option<Epoch>) -> Result<(), String> {
-        let changes = self.state.changes(frontier, self.batch + 1);
+        let changes = self.state.changes(frontier);
         if changes.is_empty() {
             return Ok(());
         }
-        self.batch += 1;
         for c in changes {
             (self.format)(&self.names, &mut self.labels, &c.row, &mut self.csv.row);
             self.csv
@@ -437,7 +435,6 @@ fn signed_writer<R: Ord + Clone>(
         current,
         labels: Labels::default(),
         format,
-        batch: 0,
     })
 }
 

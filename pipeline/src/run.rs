@@ -140,6 +140,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
     }
     let first_epoch = restored.resume.first_epoch();
     let committed = restored.resume.progress.as_ref().map(|p| p.epoch);
+    let generation = restored.generation;
     let resume_positions: BTreeMap<(u32, i32), u64> = restored
         .resume
         .progress
@@ -198,6 +199,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
                 sources: sources.clone(),
                 billable_environments: billable.clone(),
                 period,
+                generation,
             });
             let connect = || ClickHouse::connect(&ch_cfg);
             // Only worker 0 receives derived rows and commits progress; it holds the restored rows.
@@ -214,6 +216,10 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
                 Box::new(ClickHouseProgress {
                     ch: connect()?,
                     sources: sources.clone(),
+                    generation,
+                    resumed_after: committed,
+                    sweep_until: std::time::Instant::now() + Duration::from_secs(30),
+                    last_sweep: None,
                 })
             } else {
                 Box::new(NoProgress)

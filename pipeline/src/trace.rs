@@ -12,14 +12,14 @@ fn get<'a>(r: &'a Row, k: &str) -> &'a str {
     r.get(k).map_or("", |s| s.as_str())
 }
 
-/// Rows of a signed table summed by their content (without `sign` and `batch`): the current rows.
+/// Rows of a signed table summed by their content (without `sign` and `version`): the current rows.
 pub fn current_rows(rows: &[Row]) -> Vec<Row> {
     let mut net: BTreeMap<Row, i64> = BTreeMap::new();
     for r in rows {
         let sign: i64 = get(r, "sign").parse().unwrap_or(0);
         let mut key = r.clone();
         key.remove("sign");
-        key.remove("batch");
+        key.remove("version");
         *net.entry(key).or_insert(0) += sign;
     }
     net.into_iter()

@@ -10,9 +10,11 @@
 //!   auditable, and `sum(x * sign)` is always the current truth. A retraction carries the
 //!   `version` of the row it cancels. (A collapsing engine would merge the pairs away and lose
 //!   exactly the history finance audits; add one as a materialized view if compaction matters.)
-//! - Every row carries the `epoch` that wrote it; `sink_progress` records the last epoch whose
-//!   rows are all in ClickHouse, with the input offsets behind it. On restart, rows of later
-//!   (incomplete) epochs are deleted and the input resumes after the recorded offsets.
+//! - Every row carries the `epoch` that wrote it and the `generation` (one per start of the
+//!   pipeline) of the writer; `sink_progress` records the last epoch whose rows are all in
+//!   ClickHouse, with the input offsets behind it. On restart, rows of later (incomplete) epochs are
+//!   deleted, including any that a killed writer's in-flight insert lands late (recognised by their
+//!   older generation), and the input resumes after the recorded offsets.
 
 /// One migration: applied once, in order, recorded in `schema_migrations`.
 pub struct Migration {
@@ -53,7 +55,8 @@ pub const MIGRATIONS: &[Migration] = &[
     source String,
     partition Int32,
     offset UInt64,
-    epoch UInt64
+    epoch UInt64,
+    generation UInt32
 ) ENGINE = MergeTree()
 PARTITION BY toYYYYMM(event_time)
 ORDER BY (customer_id, sku, event_time, event_id)",
@@ -72,7 +75,8 @@ ORDER BY (customer_id, sku, event_time, event_id)",
     offset UInt64,
     raw_payload String,
     rejected_at DateTime,
-    epoch UInt64
+    epoch UInt64,
+    generation UInt32
 ) ENGINE = MergeTree()
 PARTITION BY toYYYYMM(rejected_at)
 ORDER BY (reason, rejected_at, source, partition, offset)",
@@ -87,7 +91,8 @@ ORDER BY (reason, rejected_at, source, partition, offset)",
     source String,
     partition Int32,
     offset UInt64,
-    epoch UInt64
+    epoch UInt64,
+    generation UInt32
 ) ENGINE = MergeTree()
 PARTITION BY toYYYYMM(event_time)
 ORDER BY (event_id, source, partition, offset)",
@@ -110,7 +115,8 @@ ORDER BY (event_id, source, partition, offset)",
     amount_exact Decimal(38, 18),
     sign Int8,
     version UInt64,
-    epoch UInt64
+    epoch UInt64,
+    generation UInt32
 ) ENGINE = MergeTree()
 ORDER BY (customer_id, invoice_period, contract_id, sku, region, service_period, line_type, version)",
     },
@@ -133,7 +139,8 @@ ORDER BY (customer_id, invoice_period, contract_id, sku, region, service_period,
     currency String,
     sign Int8,
     version UInt64,
-    epoch UInt64
+    epoch UInt64,
+    generation UInt32
 ) ENGINE = MergeTree()
 ORDER BY (customer_id, invoice_period, contract_id, sku, region, service_period, rate_card, rate_card_version, tier, version)",
     },
@@ -153,7 +160,8 @@ ORDER BY (customer_id, invoice_period, contract_id, sku, region, service_period,
     quantity Decimal(38, 9),
     sign Int8,
     version UInt64,
-    epoch UInt64
+    epoch UInt64,
+    generation UInt32
 ) ENGINE = MergeTree()
 ORDER BY (customer_id, contract_id, sku, region, service_period, invoice_period, rate_card, rate_card_version, version)",
     },
@@ -161,14 +169,14 @@ ORDER BY (customer_id, contract_id, sku, region, service_period, invoice_period,
         id: 7,
         name: "sink_progress",
         sql: "CREATE TABLE IF NOT EXISTS {db}.sink_progress (
-    pipeline String,
+    generation UInt32,
     epoch UInt64,
     committed_at DateTime,
     watermark_ms Int64,
     offsets String,
     counts String
 ) ENGINE = MergeTree()
-ORDER BY (pipeline, epoch)",
+ORDER BY (generation, epoch)",
     },
     Migration {
         id: 8,

@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+pub mod servers;
+
 /// The `meterflow` binary built alongside these tests.
 pub fn meterflow_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");

@@ -21,7 +21,7 @@ fn lines(out: &Path) -> Vec<Vec<String>> {
         .into_iter()
         .map(|r| {
             r.into_iter()
-                .filter(|(k, _)| k != "batch")
+                .filter(|(k, _)| k != "version")
                 .map(|(_, v)| v)
                 .collect()
         })

@@ -263,7 +263,7 @@ fn stdin_gives_the_same_result_as_a_file() {
         let mut v: Vec<_> = current_rows(&read_table(o, "invoice_lines").unwrap())
             .into_iter()
             .map(|mut r| {
-                r.remove("batch");
+                r.remove("version");
                 r
             })
             .collect();

@@ -1,0 +1,231 @@
+//! Real servers for the integration tests, started on loopback ports under a scratch directory
+//! and stopped when dropped: ClickHouse (the Debian package, 18.16) and tansu (a Kafka-protocol
+//! broker) on sqlite storage, which keeps offsets exact across restarts.
+//!
+//! The binaries are installed by `deploy/install-test-servers.sh` (run by `deploy/test.sh`).
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !ready() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not become ready within {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn find_binary(name: &str, also: &[&str]) -> PathBuf {
+    let home = std::env::var("HOME").unwrap_or_default();
+    let mut candidates: Vec<PathBuf> = also.iter().map(PathBuf::from).collect();
+    candidates.push(Path::new(&home).join(".cargo/bin").join(name));
+    for dir in std::env::var("PATH").unwrap_or_default().split(':') {
+        candidates.push(Path::new(dir).join(name));
+    }
+    candidates
+        .into_iter()
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("`{name}` is not installed; run deploy/install-test-servers.sh"))
+}
+
+/// A ClickHouse server of its own.
+pub struct ClickHouseServer {
+    child: Option<Child>,
+    dir: PathBuf,
+    pub http_port: u16,
+    config: PathBuf,
+}
+
+impl ClickHouseServer {
+    pub fn start(dir: &Path) -> ClickHouseServer {
+        let dir = dir.join("clickhouse");
+        for sub in ["data", "tmp", "log", "user_files"] {
+            std::fs::create_dir_all(dir.join(sub)).expect("clickhouse dirs");
+        }
+        let (http_port, tcp_port) = (free_port(), free_port());
+        let d = dir.display();
+        let config = dir.join("config.xml");
+        std::fs::write(
+            &config,
+            format!(
+                "<yandex>
+  <logger><level>warning</level><log>{d}/log/clickhouse.log</log><errorlog>{d}/log/err.log</errorlog><console>0</console></logger>
+  <http_port>{http_port}</http_port>
+  <tcp_port>{tcp_port}</tcp_port>
+  <listen_host>127.0.0.1</listen_host>
+  <path>{d}/data/</path>
+  <tmp_path>{d}/tmp/</tmp_path>
+  <user_files_path>{d}/user_files/</user_files_path>
+  <users_config>{d}/users.xml</users_config>
+  <default_profile>default</default_profile>
+  <default_database>default</default_database>
+  <mark_cache_size>268435456</mark_cache_size>
+</yandex>
+"
+            ),
+        )
+        .expect("clickhouse config");
+        std::fs::write(
+            dir.join("users.xml"),
+            "<yandex>
+  <profiles><default><max_memory_usage>4000000000</max_memory_usage></default></profiles>
+  <users><default><password></password><networks><ip>127.0.0.1</ip><ip>::1</ip></networks><profile>default</profile><quota>default</quota></default></users>
+  <quotas><default><interval><duration>3600</duration><queries>0</queries><errors>0</errors><result_rows>0</result_rows><read_rows>0</read_rows><execution_time>0</execution_time></interval></default></quotas>
+</yandex>
+",
+        )
+        .expect("clickhouse users");
+        let mut s = ClickHouseServer {
+            child: None,
+            dir,
+            http_port,
+            config,
+        };
+        s.resume();
+        s
+    }
+
+    /// Starts (again) on the same data directory and port.
+    pub fn resume(&mut self) {
+        let bin = find_binary(
+            "clickhouse-server",
+            &["/usr/sbin/clickhouse-server", "/usr/bin/clickhouse-server"],
+        );
+        let log = std::fs::File::create(self.dir.join("log/stdout.log")).expect("log");
+        let child = Command::new(bin)
+            .arg(format!("--config-file={}", self.config.display()))
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("clickhouse-server starts");
+        self.child = Some(child);
+        let port = self.http_port;
+        wait_for("clickhouse", Duration::from_secs(60), || {
+            self.query("SELECT 1").is_ok_and(|r| r.trim() == "1")
+        });
+        let _ = port;
+    }
+
+    /// Kills the server (as a crash would).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    /// Runs a query over HTTP; returns the TSV answer.
+    pub fn query(&self, sql: &str) -> Result<String, String> {
+        http_post(self.http_port, sql)
+    }
+}
+
+impl Drop for ClickHouseServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A minimal HTTP POST to ClickHouse on loopback (keeps the tests free of an HTTP client).
+fn http_post(port: u16, body: &str) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))
+        .map_err(|e| e.to_string())?;
+    write!(
+        s,
+        "POST / HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .map_err(|e| e.to_string())?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).map_err(|e| e.to_string())?;
+    let (head, body) = resp.split_once("\r\n\r\n").ok_or("bad HTTP response")?;
+    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
+        return Err(format!("{}: {body}", head.lines().next().unwrap_or("")));
+    }
+    Ok(body.to_string())
+}
+
+/// A tansu broker on sqlite storage.
+pub struct Tansu {
+    child: Child,
+    pub port: u16,
+    bin: PathBuf,
+}
+
+impl Tansu {
+    pub fn start(dir: &Path) -> Tansu {
+        let bin = find_binary("tansu", &[]);
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let db = dir.join("tansu.db");
+        let log = std::fs::File::create(dir.join("tansu.log")).expect("log");
+        let child = Command::new(&bin)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                &format!("sqlite://{}", db.display()),
+            ])
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("tansu starts");
+        wait_for("tansu", Duration::from_secs(30), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        Tansu { child, port, bin }
+    }
+
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn create_topic(&self, name: &str, partitions: u32) {
+        let out = Command::new(&self.bin)
+            .args([
+                "topic",
+                "create",
+                "--broker",
+                &format!("tcp://127.0.0.1:{}", self.port),
+                "--partitions",
+                &partitions.to_string(),
+                name,
+            ])
+            .output()
+            .expect("tansu topic create");
+        assert!(
+            out.status.success(),
+            "topic create failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
