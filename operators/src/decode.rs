@@ -31,6 +31,17 @@ pub struct EpochStats {
     pub max_time: Option<EventTime>,
     /// Where the reader stands after the chunk (Kafka partitions), for progress commits.
     pub positions: Vec<Position>,
+    /// Per Kafka partition of the reader: the latest valid event time in the chunk and whether
+    /// the partition had been read to its end (per-partition watermarks).
+    pub partitions: Vec<PartitionTime>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PartitionTime {
+    pub source: u32,
+    pub partition: i32,
+    pub max_time: Option<EventTime>,
+    pub caught_up: bool,
 }
 
 pub struct Decoded<'s> {
@@ -76,11 +87,33 @@ pub fn decode<'s>(
                         ..Counts::default()
                     };
                     let mut max_time: Option<EventTime> = None;
+                    let mut partitions: Vec<PartitionTime> = chunk
+                        .partitions
+                        .iter()
+                        .map(|p| PartitionTime {
+                            source: p.source,
+                            partition: p.partition,
+                            max_time: None,
+                            caught_up: p.caught_up,
+                        })
+                        .collect();
+                    let mut last = 0;
                     for_each_record(&chunk, |lineage, line| {
                         counts.received += 1;
                         match validator.validate(line, lineage, now) {
                             Ok(ev) => {
                                 max_time = max_time.max(Some(ev.time));
+                                // Messages come in runs from one partition: check the last one first.
+                                let same = |p: &PartitionTime| {
+                                    p.source == ev.lineage.source
+                                        && p.partition == ev.lineage.partition
+                                };
+                                if !partitions.get(last).is_some_and(same) {
+                                    last = partitions.iter().position(same).unwrap_or(last);
+                                }
+                                if let Some(p) = partitions.get_mut(last).filter(|p| same(p)) {
+                                    p.max_time = p.max_time.max(Some(ev.time));
+                                }
                                 events_s.give(ev);
                             }
                             Err(r) => {
@@ -93,6 +126,7 @@ pub fn decode<'s>(
                         epoch: chunk.epoch,
                         max_time,
                         positions: std::mem::take(&mut chunk.positions),
+                        partitions,
                     });
                     counts_h.session(&cap).give(counts);
                     recycle(&pool, chunk.bytes);

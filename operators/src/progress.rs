@@ -21,6 +21,7 @@ use timely::dataflow::StreamVec;
 use crate::aggregate::round_end;
 use crate::decode::EpochStats;
 use crate::source::Position;
+use crate::watermark::WatermarkTracker;
 use crate::{Epoch, Fatal};
 
 /// A committed point of the run.
@@ -28,7 +29,7 @@ use crate::{Epoch, Fatal};
 pub struct Progress {
     /// Every output of epochs up to and including this one is durable.
     pub epoch: Epoch,
-    /// The watermark after `epoch`: the latest valid event time seen.
+    /// The watermark after `epoch` (see [`WatermarkTracker`]).
     pub watermark: Option<EventTime>,
     /// Where each partition's reader stood after `epoch`.
     pub positions: Vec<Position>,
@@ -87,8 +88,9 @@ pub fn commit_progress<'s>(
     let mut stats_in = builder.new_input(stats, Pipeline);
     let mut counts_in = builder.new_input(counts, Pipeline);
     builder.build(move |_capabilities| {
-        let mut pending: BTreeMap<Epoch, (Option<EventTime>, Vec<Position>, Counts)> =
-            BTreeMap::new();
+        let mut pending: BTreeMap<Epoch, (Vec<Position>, Counts)> = BTreeMap::new();
+        // The same watermark the deduplicator computes, so a resumed run continues from it.
+        let mut tracker = WatermarkTracker::starting_at(start.as_ref().and_then(|p| p.watermark));
         let mut committed_through = start.as_ref().map(|p| p.epoch);
         let mut committed = start.unwrap_or_default();
         committed.counts = std::mem::take(&mut committed.counts).without_gauges();
@@ -101,10 +103,13 @@ pub fn commit_progress<'s>(
         move |frontiers| {
             durable_in.for_each(|_, _| {});
             stats_in.for_each(|_, data| {
-                for s in data.drain(..) {
-                    let e = pending.entry(s.epoch).or_default();
-                    e.0 = e.0.max(s.max_time);
-                    e.1.extend(s.positions);
+                for mut s in data.drain(..) {
+                    tracker.observe(&s);
+                    pending
+                        .entry(s.epoch)
+                        .or_default()
+                        .0
+                        .append(&mut s.positions);
                     last_seen = last_seen.max(Some(s.epoch));
                 }
             });
@@ -112,7 +117,7 @@ pub fn commit_progress<'s>(
                 let Some(&epoch) = cap.least() else { return };
                 let e = pending.entry(epoch).or_default();
                 for c in data.flatten() {
-                    e.2.merge(c);
+                    e.1.merge(c);
                 }
             });
             if fatal.is_set() {
@@ -137,14 +142,15 @@ pub fn commit_progress<'s>(
                 if *entry.key() > target {
                     break;
                 }
-                let (max_time, ps, c) = entry.remove();
-                committed.watermark = committed.watermark.max(max_time);
+                let (ps, c) = entry.remove();
                 for p in ps {
                     positions.insert((p.source, p.partition), p.next_offset);
                 }
                 committed.counts.merge(&c);
             }
             committed.epoch = target;
+            committed.watermark =
+                Some(tracker.watermark_for(target + 1)).filter(|&w| w != EventTime::MIN);
             committed.positions = positions
                 .iter()
                 .map(|(&(source, partition), &next_offset)| Position {

@@ -35,6 +35,18 @@ pub struct Chunk {
     pub messages: Vec<MessageSpan>,
     /// Where the reader stands after this chunk, per partition it reads (what a commit records).
     pub positions: Vec<Position>,
+    /// For messages: every partition the reader is assigned and whether it had read all there
+    /// was when the chunk was cut (drives per-partition watermarks).
+    pub partitions: Vec<PartitionState>,
+}
+
+/// Whether a partition had a backlog when a chunk was cut.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PartitionState {
+    pub source: u32,
+    pub partition: i32,
+    /// Everything the broker held for the partition had been read.
+    pub caught_up: bool,
 }
 
 /// One message within a chunk.

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use meterflow_schemas::rows::Arrival;
 use meterflow_schemas::time::{EventTime, Period, PeriodUnit, Span};
 
-use crate::decode::EpochStats;
+use crate::decode::{EpochStats, PartitionTime};
 use crate::Epoch;
 
 /// The lateness rules of a run.
@@ -123,44 +123,79 @@ impl EpochLateness {
     }
 }
 
-/// Folds per-epoch maxima into the watermark, epoch by epoch.
+/// Folds per-epoch statistics into the watermark, epoch by epoch.
+///
+/// Files are read in order, so their watermark is the latest event time read. Kafka partitions
+/// are read side by side and one may race ahead of another (a backlog replayed after downtime):
+/// there the watermark is the minimum, over partitions that still have a backlog, of the latest
+/// time read from each, so an event waiting in a slow partition is not judged against a fast
+/// one. Partitions read to their end do not hold it back; a partition with a backlog but nothing
+/// read yet holds it where it is. The watermark never moves backwards.
 #[derive(Default)]
 pub struct WatermarkTracker {
-    pending: BTreeMap<Epoch, EventTime>,
+    pending: BTreeMap<Epoch, (Option<EventTime>, Vec<PartitionTime>)>,
     /// Latest time over all epochs folded so far.
-    folded: Option<EventTime>,
+    latest: Option<EventTime>,
+    /// Per Kafka partition: latest time read and whether it was read to its end.
+    partitions: BTreeMap<(u32, i32), (Option<EventTime>, bool)>,
+    /// The watermark handed out last.
+    floor: Option<EventTime>,
     folded_through: Option<Epoch>,
 }
 
 impl WatermarkTracker {
-    /// A tracker that already saw `watermark` (a resumed run).
+    /// A tracker that already reached `watermark` (a resumed run).
     pub fn starting_at(watermark: Option<EventTime>) -> WatermarkTracker {
         WatermarkTracker {
-            folded: watermark,
+            latest: watermark,
+            floor: watermark,
             ..WatermarkTracker::default()
         }
     }
 
     pub fn observe(&mut self, stats: &EpochStats) {
-        if let Some(t) = stats.max_time {
-            let e = self.pending.entry(stats.epoch).or_insert(t);
-            *e = (*e).max(t);
-        }
+        let (max, partitions) = self.pending.entry(stats.epoch).or_default();
+        *max = (*max).max(stats.max_time);
+        partitions.extend_from_slice(&stats.partitions);
     }
 
     /// The watermark for `epoch`. Call only once every epoch before it has been observed, and
     /// with non-decreasing epochs.
     pub fn watermark_for(&mut self, epoch: Epoch) -> EventTime {
         debug_assert!(self.folded_through.is_none_or(|f| f <= epoch));
-        while let Some((&e, &t)) = self.pending.first_key_value() {
-            if e >= epoch {
+        while let Some(entry) = self.pending.first_entry() {
+            if *entry.key() >= epoch {
                 break;
             }
-            self.folded = self.folded.max(Some(t));
-            self.pending.pop_first();
+            let (max, partitions) = entry.remove();
+            self.latest = self.latest.max(max);
+            for p in partitions {
+                let state = self
+                    .partitions
+                    .entry((p.source, p.partition))
+                    .or_insert((None, false));
+                state.0 = state.0.max(p.max_time);
+                state.1 = p.caught_up;
+            }
         }
         self.folded_through = Some(epoch);
-        self.folded.unwrap_or(EventTime::MIN)
+        let candidate = if self.partitions.is_empty() {
+            self.latest
+        } else {
+            // `None` (nothing read yet) orders first, so it holds the watermark.
+            let mut behind = self
+                .partitions
+                .values()
+                .filter(|(_, caught_up)| !caught_up)
+                .map(|(latest, _)| *latest)
+                .peekable();
+            match behind.peek() {
+                None => self.latest,
+                Some(_) => behind.min().flatten(),
+            }
+        };
+        self.floor = self.floor.max(candidate);
+        self.floor.unwrap_or(EventTime::MIN)
     }
 }
 
@@ -232,26 +267,80 @@ mod tests {
             epoch: 0,
             max_time: Some(EventTime(10)),
             positions: Vec::new(),
+            partitions: Vec::new(),
         });
         w.observe(&EpochStats {
             epoch: 1,
             max_time: Some(EventTime(5)),
             positions: Vec::new(),
+            partitions: Vec::new(),
         });
         w.observe(&EpochStats {
             epoch: 2,
             max_time: Some(EventTime(30)),
             positions: Vec::new(),
+            partitions: Vec::new(),
         });
         w.observe(&EpochStats {
             epoch: 3,
             max_time: None,
             positions: Vec::new(),
+            partitions: Vec::new(),
         });
         assert_eq!(w.watermark_for(0), EventTime::MIN);
         assert_eq!(w.watermark_for(1), EventTime(10));
         assert_eq!(w.watermark_for(2), EventTime(10));
         assert_eq!(w.watermark_for(3), EventTime(30));
         assert_eq!(w.watermark_for(9), EventTime(30));
+    }
+
+    fn kafka(epoch: Epoch, parts: &[(i32, Option<i64>, bool)]) -> EpochStats {
+        EpochStats {
+            epoch,
+            max_time: parts.iter().filter_map(|p| p.1).max().map(EventTime),
+            positions: Vec::new(),
+            partitions: parts
+                .iter()
+                .map(|&(partition, t, caught_up)| PartitionTime {
+                    source: 0,
+                    partition,
+                    max_time: t.map(EventTime),
+                    caught_up,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_partition_racing_ahead_does_not_move_the_watermark_past_a_slow_one() {
+        let mut w = WatermarkTracker::default();
+        // Partition 1 has a backlog but delivered nothing yet: no watermark.
+        w.observe(&kafka(0, &[(0, Some(1_000), false), (1, None, false)]));
+        assert_eq!(w.watermark_for(1), EventTime::MIN);
+        // Both delivered: the slower one decides.
+        w.observe(&kafka(1, &[(0, Some(9_000), false), (1, Some(100), false)]));
+        assert_eq!(w.watermark_for(2), EventTime(100));
+        // Partition 0 is read to its end: only the backlogged one holds the watermark.
+        w.observe(&kafka(2, &[(0, None, true), (1, Some(500), false)]));
+        assert_eq!(w.watermark_for(3), EventTime(500));
+        // Everything read: the latest time read anywhere.
+        w.observe(&kafka(3, &[(0, None, true), (1, Some(600), true)]));
+        assert_eq!(w.watermark_for(4), EventTime(9_000));
+        // New backlog on partition 1 (it has read up to 600): never backwards.
+        w.observe(&kafka(4, &[(0, None, true), (1, None, false)]));
+        assert_eq!(w.watermark_for(5), EventTime(9_000));
+    }
+
+    #[test]
+    fn a_resumed_tracker_holds_its_watermark_until_every_backlog_reports() {
+        let mut w = WatermarkTracker::starting_at(Some(EventTime(700)));
+        w.observe(&kafka(10, &[(0, Some(5_000), false), (1, None, false)]));
+        assert_eq!(w.watermark_for(10), EventTime(700));
+        assert_eq!(w.watermark_for(11), EventTime(700));
+        w.observe(&kafka(
+            11,
+            &[(0, Some(5_000), false), (1, Some(2_000), false)],
+        ));
+        assert_eq!(w.watermark_for(12), EventTime(2_000));
     }
 }

@@ -14,9 +14,12 @@
 //! dropped, and the pipeline waits.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::CString;
 use std::time::{Duration, Instant};
 
-use meterflow_operators::source::{Chunk, ChunkReader, MessageSpan, Position, Read};
+use meterflow_operators::source::{
+    Chunk, ChunkReader, MessageSpan, PartitionState, Position, Read,
+};
 use meterflow_operators::Epoch;
 use meterflow_schemas::time::Span;
 use rdkafka::config::ClientConfig;
@@ -153,6 +156,8 @@ pub struct KafkaReader {
     /// This worker's partitions: (source index = topic index, partition).
     assigned: Vec<(u32, i32)>,
     topic_index: BTreeMap<String, u32>,
+    /// Topic names by source index, for librdkafka calls.
+    topic_names: Vec<CString>,
     next_offsets: BTreeMap<(u32, i32), u64>,
     at_end: BTreeSet<(u32, i32)>,
     epoch: Epoch,
@@ -161,6 +166,9 @@ pub struct KafkaReader {
     max_bytes: usize,
     exit_when_idle: Option<Duration>,
     last_message: Instant,
+    last_end_check: Instant,
+    last_warning: Option<Instant>,
+    start_latest: bool,
     bytes: Vec<u8>,
     messages: Vec<MessageSpan>,
     done: bool,
@@ -214,6 +222,14 @@ impl KafkaReader {
         Ok(KafkaReader {
             consumer,
             assigned,
+            topic_names: cfg
+                .topics
+                .iter()
+                .map(|t| {
+                    CString::new(t.as_str())
+                        .map_err(|_| format!("kafka topic `{t}` contains a NUL byte"))
+                })
+                .collect::<Result<_, _>>()?,
             topic_index,
             next_offsets,
             at_end: BTreeSet::new(),
@@ -225,6 +241,9 @@ impl KafkaReader {
                 .exit_when_idle
                 .map(|s| Duration::from_millis(s.millis().max(0) as u64)),
             last_message: Instant::now(),
+            last_end_check: Instant::now(),
+            last_warning: None,
+            start_latest: cfg.start_from == "latest",
             bytes: Vec::new(),
             messages: Vec::new(),
             done: false,
@@ -259,24 +278,99 @@ impl KafkaReader {
                     }
                 }
                 Some(Err(KafkaError::PartitionEOF(p))) => {
-                    if let Some(&(source, partition)) =
-                        self.assigned.iter().find(|(_, part)| *part == p)
-                    {
-                        self.at_end.insert((source, partition));
+                    // The event names no topic: use it only when the partition number is unique.
+                    let mut matching = self.assigned.iter().filter(|(_, part)| *part == p);
+                    if let (Some(&key), None) = (matching.next(), matching.next()) {
+                        self.at_end.insert(key);
                     }
                 }
                 Some(Err(e)) => {
-                    tracing::warn!(error = %e, "kafka poll failed; librdkafka retries");
+                    // Trouble with the broker is not idleness: the quiet period restarts, and
+                    // an end seen before it proves nothing about now.
+                    self.last_message = Instant::now();
+                    self.at_end.clear();
+                    if self
+                        .last_warning
+                        .is_none_or(|t| t.elapsed() >= Duration::from_secs(5))
+                    {
+                        tracing::warn!(error = %e, "kafka poll failed; librdkafka reconnects and retries");
+                        self.last_warning = Some(Instant::now());
+                    }
                     return;
                 }
             }
         }
     }
 
-    fn idle_at_end(&self) -> bool {
-        self.exit_when_idle.is_some_and(|idle| {
-            self.at_end.len() == self.assigned.len() && self.last_message.elapsed() >= idle
-        })
+    /// Whether everything the broker held for the partition, as of librdkafka's last fetch
+    /// response, has been read (no network round trip).
+    fn caught_up(&self, source: u32, partition: i32) -> bool {
+        if self.at_end.contains(&(source, partition)) {
+            return true;
+        }
+        let Some(&next) = self.next_offsets.get(&(source, partition)) else {
+            return false;
+        };
+        let (mut low, mut high) = (-1i64, -1i64);
+        // SAFETY: the consumer's handle is alive for the call, the topic name is a valid C
+        // string, and librdkafka only writes the two offsets.
+        let err = unsafe {
+            rdkafka::bindings::rd_kafka_get_watermark_offsets(
+                self.consumer.client().native_ptr(),
+                self.topic_names[source as usize].as_ptr(),
+                partition,
+                &mut low,
+                &mut high,
+            )
+        };
+        err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
+            && high >= 0
+            && next as i64 >= high
+    }
+
+    /// True once nothing arrived for `exit_when_idle` and every partition is read to its end, as
+    /// the broker says now: a broker that is down is never "at the end", so an outage does not
+    /// end a backfill early.
+    fn idle_at_end(&mut self) -> bool {
+        let Some(idle) = self.exit_when_idle else {
+            return false;
+        };
+        if self.last_message.elapsed() < idle
+            || self.last_end_check.elapsed() < Duration::from_millis(250)
+        {
+            return false;
+        }
+        self.last_end_check = Instant::now();
+        let names: BTreeMap<u32, &String> = self.topic_index.iter().map(|(t, &i)| (i, t)).collect();
+        let mut unreachable = false;
+        let at_end = self.assigned.iter().all(|&(source, partition)| {
+            let Ok((low, high)) =
+                self.consumer
+                    .fetch_watermarks(names[&source], partition, Duration::from_secs(2))
+            else {
+                unreachable = true;
+                return false;
+            };
+            // A partition ending in transaction markers never reaches its high watermark; the
+            // end-of-partition event covers it.
+            self.at_end.contains(&(source, partition))
+                || match self.next_offsets.get(&(source, partition)) {
+                    Some(&next) => next as i64 >= high,
+                    None => self.start_latest || high <= low,
+                }
+        });
+        if unreachable {
+            self.last_message = Instant::now();
+            self.at_end.clear();
+        }
+        if at_end {
+            tracing::info!(
+                partitions = self.assigned.len(),
+                idle_ms = idle.as_millis() as u64,
+                "every partition read to its end and idle; finishing"
+            );
+        }
+        at_end
     }
 }
 
@@ -319,6 +413,15 @@ impl ChunkReader for KafkaReader {
             bytes: buf,
             messages: std::mem::take(&mut self.messages),
             positions,
+            partitions: self
+                .assigned
+                .iter()
+                .map(|&(source, partition)| PartitionState {
+                    source,
+                    partition,
+                    caught_up: self.caught_up(source, partition),
+                })
+                .collect(),
         };
         self.epoch += 1;
         self.epoch_started = Instant::now();

@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+pub mod kafka;
+pub mod oracle;
 pub mod servers;
 
 /// The `meterflow` binary built alongside these tests.
@@ -23,7 +25,7 @@ pub fn meterflow_bin() -> PathBuf {
     bin
 }
 
-/// A fresh scratch directory under the target directory, removed when dropped.
+/// A fresh scratch directory under the target directory, removed when the test passes.
 pub struct Scratch(pub PathBuf);
 
 impl Scratch {
@@ -45,8 +47,13 @@ impl Scratch {
 }
 
 impl Drop for Scratch {
+    /// Kept when the test failed, for its logs and outputs.
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        if std::thread::panicking() {
+            eprintln!("scratch directory kept: {}", self.0.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
     }
 }
 

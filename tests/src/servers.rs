@@ -166,19 +166,33 @@ fn http_post(port: u16, body: &str) -> Result<String, String> {
 
 /// A tansu broker on sqlite storage.
 pub struct Tansu {
-    child: Child,
+    child: Option<Child>,
     pub port: u16,
     bin: PathBuf,
+    dir: PathBuf,
 }
 
 impl Tansu {
     pub fn start(dir: &Path) -> Tansu {
-        let bin = find_binary("tansu", &[]);
-        let port = free_port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let db = dir.join("tansu.db");
-        let log = std::fs::File::create(dir.join("tansu.log")).expect("log");
-        let child = Command::new(&bin)
+        let mut t = Tansu {
+            child: None,
+            port: free_port(),
+            bin: find_binary("tansu", &[]),
+            dir: dir.to_path_buf(),
+        };
+        t.resume();
+        t
+    }
+
+    /// Starts the broker (again) on the same port and storage.
+    pub fn resume(&mut self) {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("tansu.log"))
+            .expect("log");
+        let child = Command::new(&self.bin)
             .args([
                 "broker",
                 "--listener-url",
@@ -186,16 +200,27 @@ impl Tansu {
                 "--advertised-listener-url",
                 &url,
                 "--storage-engine",
-                &format!("sqlite://{}", db.display()),
+                // tansu resolves the path against its working directory.
+                "sqlite://tansu.db",
             ])
+            .current_dir(&self.dir)
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()
             .expect("tansu starts");
+        self.child = Some(child);
+        let port = self.port;
         wait_for("tansu", Duration::from_secs(30), || {
             std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
         });
-        Tansu { child, port, bin }
+    }
+
+    /// SIGKILL: the broker disappears mid-conversation.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 
     pub fn brokers(&self) -> String {
@@ -225,7 +250,6 @@ impl Tansu {
 
 impl Drop for Tansu {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }

@@ -1,0 +1,166 @@
+//! Comparing what a run left in ClickHouse with the embedded run of the same input (the oracle):
+//! record counts, rejections by reason, the pricing input and the money on every invoice line.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use meterflow::tables::read_table;
+use meterflow::trace::current_rows;
+use meterflow_schemas::money::{Amount, Quantity};
+
+use crate::servers::ClickHouseServer;
+
+/// Money per invoice line identity: (amount_exact, quantity, events).
+pub type Money = BTreeMap<Vec<String>, (Amount, Quantity, i64)>;
+
+const IDENTITY: [&str; 7] = [
+    "customer_id",
+    "contract_id",
+    "sku",
+    "region",
+    "service_period",
+    "invoice_period",
+    "line_type",
+];
+
+pub fn from_clickhouse(ch: &ClickHouseServer) -> Money {
+    let cols = IDENTITY.join(", ");
+    let tsv = ch
+        .query(&format!("SELECT {cols}, toString(sum(amount_exact * sign)), toString(sum(quantity * sign)), sum(events * sign) FROM meterflow.invoice_lines GROUP BY {cols} HAVING sum(sign) != 0 FORMAT TabSeparated"))
+        .unwrap();
+    tsv.lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            (
+                f[..7].iter().map(|s| s.to_string()).collect(),
+                (
+                    Amount::parse(f[7]).unwrap(),
+                    Quantity::parse(f[8]).unwrap(),
+                    f[9].parse().unwrap(),
+                ),
+            )
+        })
+        .collect()
+}
+
+pub fn from_csv(out: &Path) -> Money {
+    current_rows(&read_table(out, "invoice_lines").unwrap())
+        .into_iter()
+        .map(|r| {
+            (
+                IDENTITY.iter().map(|k| r[*k].clone()).collect(),
+                (
+                    Amount::parse(&r["amount_exact"]).unwrap(),
+                    Quantity::parse(&r["quantity"]).unwrap(),
+                    r["events"].parse().unwrap(),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// Fails with the lines that differ (not the whole table).
+pub fn assert_same(got: &Money, want: &Money, what: &str) {
+    let mut diffs = Vec::new();
+    for (k, v) in want {
+        if got.get(k) != Some(v) {
+            diffs.push(format!("{k:?}: got {:?}, want {v:?}", got.get(k)));
+        }
+    }
+    for (k, v) in got {
+        if !want.contains_key(k) {
+            diffs.push(format!("{k:?}: got {v:?}, want nothing"));
+        }
+    }
+    assert!(
+        diffs.is_empty(),
+        "{what}: {} invoice lines differ:\n{}",
+        diffs.len(),
+        diffs
+            .iter()
+            .take(10)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+pub fn count(ch: &ClickHouseServer, sql: &str) -> u64 {
+    ch.query(sql).unwrap().trim().parse().unwrap()
+}
+
+pub fn reasons(ch: &ClickHouseServer) -> BTreeMap<String, u64> {
+    ch.query("SELECT reason, count() FROM meterflow.rejections GROUP BY reason FORMAT TabSeparated")
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let (r, n) = l.split_once('\t').unwrap();
+            (r.to_string(), n.parse().unwrap())
+        })
+        .collect()
+}
+
+pub fn counts_json(out: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(out.join("counts.json")).unwrap()).unwrap()
+}
+
+/// Asserts that ClickHouse holds exactly what the embedded run wrote to `oracle` (its CSV output
+/// directory): the same records accepted, rejected (by reason) and marked duplicate, each event
+/// accepted once, the pricing input equal to the accepted usage, and the same money per line.
+pub fn assert_clickhouse_matches(ch: &ClickHouseServer, oracle: &Path, what: &str) {
+    let (money, counts) = (from_csv(oracle), counts_json(oracle));
+    let accepted = count(ch, "SELECT count() FROM meterflow.usage_events");
+    let rejected = count(ch, "SELECT count() FROM meterflow.rejections");
+    let duplicates = count(ch, "SELECT count() FROM meterflow.duplicates");
+    assert_eq!(
+        accepted,
+        counts["accepted"].as_u64().unwrap(),
+        "{what}: accepted"
+    );
+    assert_eq!(
+        rejected,
+        counts["rejected"].as_u64().unwrap(),
+        "{what}: rejected"
+    );
+    assert_eq!(
+        duplicates,
+        counts["duplicates"].as_u64().unwrap(),
+        "{what}: duplicates"
+    );
+    assert_eq!(
+        accepted + rejected + duplicates,
+        counts["received"].as_u64().unwrap(),
+        "{what}: received = accepted + rejected + duplicates"
+    );
+    let expected: BTreeMap<String, u64> = counts["rejected_by_reason"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_u64().unwrap()))
+        .collect();
+    assert_eq!(reasons(ch), expected, "{what}: rejections by reason");
+    let distinct = count(ch, "SELECT uniqExact(event_id) FROM meterflow.usage_events");
+    assert_eq!(distinct, accepted, "{what}: no event accepted twice");
+    // Where every accepted event was billed, and what the pricing input holds.
+    let placed = |sql: &str| ch.query(sql).unwrap();
+    let by_period = "SELECT service_period, invoice_period, count(), toString(sum(quantity)) FROM meterflow.usage_events WHERE billable = 1 GROUP BY service_period, invoice_period ORDER BY service_period, invoice_period";
+    let in_pricing = "SELECT service_period, invoice_period, sum(events * sign), toString(sum(quantity * sign)) FROM meterflow.line_usage GROUP BY service_period, invoice_period HAVING sum(sign) != 0 ORDER BY service_period, invoice_period";
+    assert_eq!(
+        placed(in_pricing),
+        placed(by_period),
+        "{what}: the pricing input holds exactly the accepted usage"
+    );
+    assert_same(&from_clickhouse(ch), &money, what);
+    let committed: serde_json::Value = serde_json::from_str(
+        ch.query("SELECT counts FROM meterflow.sink_progress ORDER BY epoch DESC LIMIT 1")
+            .unwrap()
+            .trim()
+            .replace("\\\\", "\\")
+            .as_str(),
+    )
+    .unwrap();
+    assert_eq!(
+        committed["received"], counts["received"],
+        "{what}: the last commit counts every record"
+    );
+}
