@@ -38,6 +38,10 @@ pub struct GenArgs {
     /// Share of events carrying a `sha256:` checksum.
     #[arg(long, default_value_t = 0.0)]
     pub checksum_rate: f64,
+    /// Share of records that correct a recent event of the same customer: a void (the original
+    /// repeated with its quantity negated) or an amend taking back part of the quantity.
+    #[arg(long, default_value_t = 0.0)]
+    pub correction_rate: f64,
     /// Share of events sent as CloudEvents envelopes.
     #[arg(long, default_value_t = 0.0)]
     pub cloudevents_rate: f64,
@@ -62,6 +66,7 @@ pub struct GenSummary {
     pub duplicates: u64,
     pub late: u64,
     pub invalid: u64,
+    pub corrections: u64,
     pub bytes: u64,
 }
 
@@ -155,6 +160,8 @@ pub fn write_events(args: &GenArgs, w: &mut impl Write) -> anyhow::Result<GenSum
     let span_ms = Span::days(args.days).millis();
     let mut recent: std::collections::VecDeque<Vec<u8>> =
         std::collections::VecDeque::with_capacity(RECENT);
+    // Recent events that may still be corrected (native ones; never voided yet).
+    let mut originals: Vec<Fields> = Vec::with_capacity(RECENT);
     let mut line = String::with_capacity(512);
     let mut canonical = Canonical::default();
     let n = args.events.max(1);
@@ -164,6 +171,24 @@ pub fn write_events(args: &GenArgs, w: &mut impl Write) -> anyhow::Result<GenSum
             let j = rng.below(recent.len() as u64) as usize;
             w.write_all(&recent[j])?;
             summary.duplicates += 1;
+        } else if !originals.is_empty() && rng.chance(args.correction_rate) {
+            let j = rng.below(originals.len() as u64) as usize;
+            let original = if rng.chance(0.5) {
+                // Voided once, then never corrected again.
+                let o = originals.swap_remove(j);
+                o.write_correction(i, "void", o.quantity, &mut line);
+                o
+            } else {
+                let o = originals[j];
+                let back = Quantity(o.quantity.0 / 2);
+                o.write_correction(i, "amend", back, &mut line);
+                o
+            };
+            debug_assert!(original.id < i);
+            line.push('\n');
+            w.write_all(line.as_bytes())?;
+            remember(&mut recent, &line);
+            summary.corrections += 1;
         } else if rng.chance(args.invalid_rate) {
             invalid_record(&mut rng, i, &mut line);
             line.push('\n');
@@ -201,21 +226,32 @@ pub fn write_events(args: &GenArgs, w: &mut impl Write) -> anyhow::Result<GenSum
             }
             line.push('\n');
             w.write_all(line.as_bytes())?;
-            // Retries repeat recent events: keep the last RECENT distinct records.
-            let mut slot = if recent.len() == RECENT {
-                recent.pop_front().unwrap_or_default()
-            } else {
-                Vec::new()
-            };
-            slot.clear();
-            slot.extend_from_slice(line.as_bytes());
-            recent.push_back(slot);
+            remember(&mut recent, &line);
+            if args.correction_rate > 0.0 && quantity.0 > 0 {
+                if originals.len() == RECENT {
+                    originals.swap_remove(rng.below(RECENT as u64) as usize);
+                }
+                originals.push(fields);
+            }
         }
         summary.records += 1;
     }
     Ok(summary)
 }
 
+/// Retries repeat recent records: keep the last RECENT distinct ones.
+fn remember(recent: &mut std::collections::VecDeque<Vec<u8>>, line: &str) {
+    let mut slot = if recent.len() == RECENT {
+        recent.pop_front().unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    slot.clear();
+    slot.extend_from_slice(line.as_bytes());
+    recent.push_back(slot);
+}
+
+#[derive(Clone, Copy)]
 struct Fields {
     id: u64,
     customer: u32,
@@ -257,6 +293,17 @@ impl Fields {
             let _ = write!(s, r#","checksum":"{c}""#);
         }
         s.push('}');
+    }
+
+    /// A correction (record `id`) of this event, taking back `quantity`: the original's fields
+    /// with the quantity negated, as the contract asks of a void.
+    fn write_correction(&self, id: u64, action: &str, quantity: Quantity, s: &mut String) {
+        let (sku, unit) = SKUS[self.sku];
+        let _ = write!(
+            s,
+            r#"{{"event_id":"evt-{id:012}","customer_id":"cus-{:06}","contract_id":"ctr-{:06}","sku":"{sku}","unit":"{unit}","quantity":"-{quantity}","timestamp":"{}","environment":"production","correction":{{"action":"{action}","original_event_id":"evt-{:012}"}}}}"#,
+            self.customer, self.customer, self.time, self.id
+        );
     }
 
     fn write_cloudevent(&self, s: &mut String, checksum: Option<&str>) {

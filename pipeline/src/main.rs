@@ -249,11 +249,12 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Gen(args) => {
             let s = gen::generate(&args)?;
             println!(
-                "wrote {} records ({} duplicates, {} late, {} invalid) to {} and a catalog of {} customers to {}",
+                "wrote {} records ({} duplicates, {} late, {} invalid, {} corrections) to {} and a catalog of {} customers to {}",
                 s.records,
                 s.duplicates,
                 s.late,
                 s.invalid,
+                s.corrections,
                 args.out.join("events.jsonl").display(),
                 args.customers,
                 args.out.join("catalog").display()

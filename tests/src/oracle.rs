@@ -107,7 +107,12 @@ pub fn counts_json(out: &Path) -> serde_json::Value {
 /// Asserts that ClickHouse holds exactly what the embedded run wrote to `oracle` (its CSV output
 /// directory): the same records accepted, rejected (by reason) and marked duplicate, each event
 /// accepted once, the pricing input equal to the accepted usage, and the same money per line.
-pub fn assert_clickhouse_matches(ch: &ClickHouseServer, oracle: &Path, what: &str) {
+/// Returns the oracle's counts, so a test can check its stream had what it means to test.
+pub fn assert_clickhouse_matches(
+    ch: &ClickHouseServer,
+    oracle: &Path,
+    what: &str,
+) -> serde_json::Value {
     let (money, counts) = (from_csv(oracle), counts_json(oracle));
     let accepted = count(ch, "SELECT count() FROM meterflow.usage_events");
     let rejected = count(ch, "SELECT count() FROM meterflow.rejections");
@@ -143,7 +148,7 @@ pub fn assert_clickhouse_matches(ch: &ClickHouseServer, oracle: &Path, what: &st
     assert_eq!(distinct, accepted, "{what}: no event accepted twice");
     // Where every accepted event was billed, and what the pricing input holds.
     let placed = |sql: &str| ch.query(sql).unwrap();
-    let by_period = "SELECT service_period, invoice_period, count(), toString(sum(quantity)) FROM meterflow.usage_events WHERE billable = 1 GROUP BY service_period, invoice_period ORDER BY service_period, invoice_period";
+    let by_period = "SELECT service_period, invoice_period, sum(multiIf(correction_action = 'void', -1, correction_action = 'amend', 0, 1)), toString(sum(quantity)) FROM meterflow.usage_events WHERE billable = 1 GROUP BY service_period, invoice_period ORDER BY service_period, invoice_period";
     let in_pricing = "SELECT service_period, invoice_period, sum(events * sign), toString(sum(quantity * sign)) FROM meterflow.line_usage GROUP BY service_period, invoice_period HAVING sum(sign) != 0 ORDER BY service_period, invoice_period";
     assert_eq!(
         placed(in_pricing),
@@ -163,4 +168,15 @@ pub fn assert_clickhouse_matches(ch: &ClickHouseServer, oracle: &Path, what: &st
         committed["received"], counts["received"],
         "{what}: the last commit counts every record"
     );
+    counts
+}
+
+/// Asserts that the oracle's counts show at least one of each `kinds` (e.g. `corrections`).
+pub fn assert_stream_has(counts: &serde_json::Value, kinds: &[&str]) {
+    for kind in kinds {
+        assert!(
+            counts[*kind].as_u64().unwrap_or(0) > 0,
+            "the test stream has no {kind}: {counts}"
+        );
+    }
 }

@@ -5,9 +5,18 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use meterflow_tests::oracle::{assert_clickhouse_matches, count};
+use meterflow_tests::oracle::{assert_clickhouse_matches, assert_stream_has, count};
 use meterflow_tests::servers::ClickHouseServer;
 use meterflow_tests::{meterflow_bin, meterflow_ok, Scratch};
+
+/// A long stream has all of these (late: periods that closed before their events arrived).
+const EVERY_KIND: &[&str] = &[
+    "duplicates",
+    "rejected",
+    "corrections",
+    "late",
+    "out_of_order",
+];
 
 struct Fixture {
     dir: Scratch,
@@ -27,6 +36,8 @@ impl Fixture {
             "50",
             "--checksum-rate",
             "0.1",
+            "--correction-rate",
+            "0.02",
             "--seed",
             "5",
         ]);
@@ -66,10 +77,12 @@ impl Fixture {
             .unwrap()
     }
 
-    fn assert_matches_oracle(&self, what: &str) {
+    /// `kinds`: what the stream must have had for the comparison to mean something.
+    fn assert_matches_oracle(&self, what: &str, kinds: &[&str]) {
         let a = self.args("oracle", false);
         meterflow_ok(&a.iter().map(|s| s.as_str()).collect::<Vec<_>>());
-        assert_clickhouse_matches(&self.ch, &self.dir.path().join("oracle"), what);
+        let counts = assert_clickhouse_matches(&self.ch, &self.dir.path().join("oracle"), what);
+        assert_stream_has(&counts, kinds);
     }
 }
 
@@ -82,7 +95,7 @@ fn clickhouse_holds_what_the_embedded_run_writes_and_a_rerun_changes_nothing() {
             .map(|s| s.as_str())
             .collect::<Vec<_>>(),
     );
-    f.assert_matches_oracle("first run");
+    f.assert_matches_oracle("first run", &["duplicates", "rejected", "corrections"]);
     let rows_before = count(&f.ch, "SELECT count() FROM meterflow.invoice_lines");
     meterflow_ok(
         &f.args("again", true)
@@ -95,7 +108,7 @@ fn clickhouse_holds_what_the_embedded_run_writes_and_a_rerun_changes_nothing() {
         rows_before,
         "a completed run resumed writes nothing"
     );
-    f.assert_matches_oracle("rerun");
+    f.assert_matches_oracle("rerun", &[]);
     // The documented queries work on this server.
     let totals = f.ch.query("SELECT customer_id, invoice_period, currency, sum(amount * sign) FROM meterflow.invoice_lines GROUP BY customer_id, invoice_period, currency").unwrap();
     assert!(totals.lines().count() > 10);
@@ -130,7 +143,7 @@ fn sigkill_at_random_points_then_restart_counts_every_unit_exactly_once() {
         }
     }
     assert!(kills >= 3, "the run was killed {kills} times");
-    f.assert_matches_oracle(&format!("after {kills} SIGKILLs"));
+    f.assert_matches_oracle(&format!("after {kills} SIGKILLs"), EVERY_KIND);
 }
 
 #[test]
@@ -146,5 +159,5 @@ fn a_clickhouse_outage_mid_stream_loses_nothing() {
     );
     f.ch.resume();
     assert!(child.wait().unwrap().success());
-    f.assert_matches_oracle("after a ClickHouse outage");
+    f.assert_matches_oracle("after a ClickHouse outage", EVERY_KIND);
 }
