@@ -145,6 +145,7 @@ impl ClickHouse {
     /// Runs a statement (with `{db}` replaced by the database).
     pub fn execute(&self, sql: &str) -> Result<(), String> {
         let sql = sql.replace("{db}", &self.database);
+        log_statement(&sql);
         self.retry(&first_words(&sql), |c| {
             let sql = sql.clone();
             async move { c.query(&sql).execute().await }
@@ -154,6 +155,7 @@ impl ClickHouse {
     /// Fetches all rows of a query (with `{db}` replaced by the database).
     pub fn fetch<T: RowOwned + RowRead>(&self, sql: &str) -> Result<Vec<T>, String> {
         let sql = sql.replace("{db}", &self.database);
+        log_statement(&sql);
         self.retry(&first_words(&sql), |c| {
             let sql = sql.clone();
             async move { c.query(&sql).fetch_all::<T>().await }
@@ -170,6 +172,11 @@ impl ClickHouse {
             return Ok(());
         }
         let target = format!("{}.{table}", self.database);
+        // What the insert relies on: these columns exist with these names.
+        log_statement(&format!(
+            "SELECT {} FROM {target} LIMIT 0",
+            T::COLUMN_NAMES.join(", ")
+        ));
         self.retry(&format!("insert into {table}"), |c| {
             let target = target.clone();
             async move {
@@ -192,6 +199,32 @@ impl ClickHouse {
         let text = rows.first().map(|v| v.version.clone()).unwrap_or_default();
         let mut parts = text.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
         Ok((parts.next().unwrap_or(0), parts.next().unwrap_or(0)))
+    }
+}
+
+/// With `METERFLOW_SQL_LOG=<file>`, every distinct statement meterflow sends to ClickHouse is
+/// appended to the file (`;` and a blank line after each), so the test suite can replay exactly
+/// those statements on current ClickHouse.
+fn log_statement(sql: &str) {
+    use std::collections::HashSet;
+    use std::io::Write;
+    use std::sync::{Mutex, OnceLock};
+    static LOG: OnceLock<Option<Mutex<(std::fs::File, HashSet<String>)>>> = OnceLock::new();
+    let log = LOG.get_or_init(|| {
+        let path = std::env::var_os("METERFLOW_SQL_LOG")?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .ok()?;
+        Some(Mutex::new((file, HashSet::new())))
+    });
+    if let Some(log) = log {
+        let mut guard = log.lock().unwrap_or_else(|e| e.into_inner());
+        let (file, seen) = &mut *guard;
+        if seen.insert(sql.to_string()) {
+            let _ = write!(file, "{};\n\n", sql.trim_end());
+        }
     }
 }
 

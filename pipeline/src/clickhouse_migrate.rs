@@ -2,7 +2,7 @@
 //! once each in order, and recorded in `schema_migrations`, so running it again is harmless.
 
 use clickhouse::Row;
-use meterflow_schemas::ddl::{MIGRATIONS, MIGRATIONS_TABLE};
+use meterflow_schemas::ddl::{for_database, MIGRATIONS, MIGRATIONS_TABLE};
 use serde::{Deserialize, Serialize};
 
 use crate::clickhouse_client::ClickHouse;
@@ -42,6 +42,15 @@ pub fn migrate(ch: &ClickHouse) -> Result<Vec<&'static str>, String> {
         done.push(m.name);
     }
     Ok(done)
+}
+
+/// Every statement `migrate` may run, for `database`, each followed by `;` and a blank line.
+pub fn script(database: &str) -> String {
+    std::iter::once("CREATE DATABASE IF NOT EXISTS {db}")
+        .chain(std::iter::once(MIGRATIONS_TABLE))
+        .chain(MIGRATIONS.iter().map(|m| m.sql))
+        .map(|sql| format!("{};\n\n", for_database(sql, database)))
+        .collect()
 }
 
 /// Fails unless every migration is applied (a run must not write into a half-made schema).

@@ -68,6 +68,9 @@ enum Command {
         /// ClickHouse HTTP URL (overrides clickhouse.url).
         #[arg(long)]
         clickhouse_url: Option<String>,
+        /// Print the statements (for the configured database) instead of applying them.
+        #[arg(long)]
+        print: bool,
     },
     /// Catalog tools.
     Catalog {
@@ -206,10 +209,18 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Migrate {
             config,
             clickhouse_url,
+            print,
         } => {
             let mut cfg = meterflow::config::Config::load(config.as_deref())?;
             if let Some(url) = clickhouse_url {
                 cfg.clickhouse.url = url;
+            }
+            if print {
+                print!(
+                    "{}",
+                    meterflow::clickhouse_migrate::script(&cfg.clickhouse.database)
+                );
+                return Ok(ExitCode::SUCCESS);
             }
             if !cfg.clickhouse.enabled() {
                 anyhow::bail!("no ClickHouse configured; set [clickhouse] url in the config or pass --clickhouse-url");

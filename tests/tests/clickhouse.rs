@@ -2,6 +2,7 @@
 //! written like the embedded run, restarts after SIGKILL at random points, and an outage of
 //! ClickHouse in the middle of a run — with exactly the same totals every time.
 
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -160,4 +161,79 @@ fn a_clickhouse_outage_mid_stream_loses_nothing() {
     f.ch.resume();
     assert!(child.wait().unwrap().success());
     f.assert_matches_oracle("after a ClickHouse outage", EVERY_KIND);
+}
+
+#[test]
+fn every_statement_meterflow_sends_and_every_documented_query_run_on_current_clickhouse() {
+    // Record what meterflow sends to the 18.16 server: migrations, a run killed part-way (so
+    // the restart deletes and restores), and the run that finishes.
+    let work = Scratch::new("ch-current-sql");
+    let log = work.path().join("sql.log");
+    std::env::set_var("METERFLOW_SQL_LOG", &log);
+    let f = Fixture::new("ch-current", 80_000);
+    let mut child = f.spawn("sql");
+    std::thread::sleep(Duration::from_millis(1500));
+    if child.try_wait().unwrap().is_none() {
+        child.kill().unwrap();
+    }
+    child.wait().unwrap();
+    meterflow_ok(
+        &f.args("sql", true)
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>(),
+    );
+    let dump = work.path().join("dump");
+    std::fs::create_dir_all(&dump).unwrap();
+    let tables = f
+        .ch
+        .query("SELECT name FROM system.tables WHERE database = 'meterflow' FORMAT TabSeparated")
+        .unwrap();
+    for table in tables.lines() {
+        let rows =
+            f.ch.query(&format!(
+                "SELECT * FROM meterflow.{table} FORMAT TabSeparatedWithNamesAndTypes"
+            ))
+            .unwrap();
+        std::fs::write(dump.join(format!("{table}.tsv")), rows).unwrap();
+    }
+    // The CSV queries of docs/outputs.md read the demo's output.
+    let demo = work.path().join("demo");
+    meterflow_ok(&["demo", "--dir", demo.to_str().unwrap()]);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let out = Command::new("python3")
+        .arg(root.join("tests/chdb_check.py"))
+        .arg("--log")
+        .arg(&log)
+        .arg("--dump")
+        .arg(&dump)
+        .arg("--docs")
+        .arg(root.join("docs/clickhouse.md"))
+        .arg("--csv-docs")
+        .arg(root.join("docs/outputs.md"))
+        .arg("--csv-out")
+        .arg(demo.join("out"))
+        .arg("--http")
+        .arg(f.ch.url())
+        .output()
+        .expect("python3 runs");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{report}");
+    assert!(
+        out.status.success(),
+        "current ClickHouse refused statements:\n{report}"
+    );
+    let sent = std::fs::read_to_string(&log).unwrap();
+    for kind in [
+        "CREATE TABLE",
+        "ALTER TABLE",
+        "sink_progress",
+        "usage_events WHERE",
+    ] {
+        assert!(sent.contains(kind), "no `{kind}` statement was recorded");
+    }
 }
