@@ -358,3 +358,23 @@ fn trace_follows_an_event_to_its_invoice_line() {
     ]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("rejected from"));
 }
+
+#[test]
+fn the_compose_config_is_valid() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let out = meterflow_ok(&[
+        "migrate",
+        "--print",
+        "--config",
+        root.join("deploy/meterflow.compose.toml").to_str().unwrap(),
+    ]);
+    let sql = String::from_utf8_lossy(&out.stdout);
+    assert!(sql.contains("CREATE TABLE IF NOT EXISTS meterflow.invoice_lines"));
+    // A misspelt key is refused, naming it.
+    let dir = Scratch::new("compose-config");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[kafka]\nbroker = \"kafka:9092\"\n").unwrap();
+    let out = meterflow(&["migrate", "--print", "--config", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("kafka.broker"));
+}
