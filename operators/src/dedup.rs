@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use meterflow_schemas::catalog::Catalog;
-use meterflow_schemas::event::{CorrectionAction, UsageEvent};
+use meterflow_schemas::event::{CorrectionAction, Lineage, UsageEvent};
 use meterflow_schemas::hashing::EventKey;
 use meterflow_schemas::rejection::{Reason, Rejection};
 use meterflow_schemas::rows::{AcceptedEvent, Counts, DuplicateRow, LineKey, UsageDelta};
@@ -253,6 +253,32 @@ struct EpochCaps {
     caps: Vec<Capability<Epoch>>,
 }
 
+/// An epoch's events in input order: by source, partition, offset and record. Containers from
+/// different readers (stripes of a file, other workers' partitions) arrive in any order, and
+/// the first copy of an id, or an original before its correction, must not depend on that.
+/// Within a Kafka partition this is the partition's order; across partitions no order exists,
+/// and this one is at least the same in every run.
+fn in_stream_order(mut batch: Vec<Vec<UsageEvent>>) -> Vec<UsageEvent> {
+    batch.retain(|c| !c.is_empty());
+    let mut events = if batch.len() == 1 {
+        batch.pop().unwrap_or_default()
+    } else {
+        batch.into_iter().flatten().collect()
+    };
+    if events.windows(2).all(|w| w[0].lineage <= w[1].lineage) {
+        return events;
+    }
+    let mut order: Vec<(Lineage, u32)> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.lineage, i as u32))
+        .collect();
+    order.sort_unstable();
+    let mut slots: Vec<Option<UsageEvent>> = events.drain(..).map(Some).collect();
+    events.extend(order.iter().filter_map(|&(_, i)| slots[i as usize].take()));
+    events
+}
+
 pub fn dedup<'s>(
     events: StreamVec<'s, Epoch, UsageEvent>,
     stats: StreamVec<'s, Epoch, EpochStats>,
@@ -326,9 +352,10 @@ pub fn dedup<'s>(
                 let mut duplicates_s = duplicates_h.session(duplicates_cap);
                 let mut rejections_s = rejections_h.session(rejections_cap);
                 let mut counts = Counts::default();
+                let events = in_stream_order(batch);
                 // Keys a few events ahead are prefetched: the table is large and lookups are random.
-                let keys: Vec<EventKey> = batch.iter().flatten().map(|e| e.key).collect();
-                for (i, ev) in batch.into_iter().flatten().enumerate() {
+                let keys: Vec<EventKey> = events.iter().map(|e| e.key).collect();
+                for (i, ev) in events.into_iter().enumerate() {
                     if let Some(ahead) = keys.get(i + PREFETCH_DISTANCE) {
                         dedup.table().prefetch(*ahead);
                     }

@@ -177,7 +177,8 @@ impl ClickHouse {
             "SELECT {} FROM {target} LIMIT 0",
             T::COLUMN_NAMES.join(", ")
         ));
-        self.retry(&format!("insert into {table}"), |c| {
+        let started = std::time::Instant::now();
+        let result = self.retry(&format!("insert into {table}"), |c| {
             let target = target.clone();
             async move {
                 let mut insert = c.insert_unescaped::<T>(&target).await?;
@@ -186,7 +187,14 @@ impl ClickHouse {
                 }
                 insert.end().await
             }
-        })
+        });
+        tracing::debug!(
+            table,
+            rows = rows.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "clickhouse insert"
+        );
+        result
     }
 
     /// The server version, e.g. `(18, 16)` or `(24, 8)`.

@@ -361,7 +361,8 @@ pub struct SignedWriter<R: Ord + Clone> {
     csv: CsvFile,
     names: Arc<Names>,
     state: SignedState<R>,
-    current: Arc<Mutex<BTreeMap<R, isize>>>,
+    current: Arc<HeldRows<R>>,
+    worker: usize,
     labels: Labels,
     format: Format<R>,
 }
@@ -387,8 +388,7 @@ impl<R: Ord + Clone + 'static> TableWriter<Signed<R>> for SignedWriter<R> {
             int(&mut self.csv.row, c.version);
             self.csv.end_row()?;
         }
-        *self.current.lock().expect("current rows") =
-            self.state.held().map(|(r, n)| (r.clone(), n)).collect();
+        self.current.set(self.worker, self.state.held());
         self.csv.flush()
     }
 }
@@ -419,13 +419,54 @@ fn format_rated(n: &Names, labels: &mut Labels, r: &RatedRow, row: &mut Vec<u8>)
     field(row, &price.currency);
 }
 
+/// The rows each worker's signed writer holds after its latest flush (for the preview). Workers
+/// hold disjoint rows; [`HeldRows::all`] merges them.
+pub struct HeldRows<R>(Mutex<BTreeMap<usize, BTreeMap<R, isize>>>);
+
+impl<R> Default for HeldRows<R> {
+    fn default() -> Self {
+        HeldRows(Mutex::new(BTreeMap::new()))
+    }
+}
+
+impl<R: Ord + Clone> HeldRows<R> {
+    pub fn new() -> Arc<HeldRows<R>> {
+        Arc::default()
+    }
+
+    /// Replaces what `worker` holds.
+    pub fn set<'a>(&self, worker: usize, rows: impl Iterator<Item = (&'a R, isize)>)
+    where
+        R: 'a,
+    {
+        let rows = rows.map(|(r, n)| (r.clone(), n)).collect();
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(worker, rows);
+    }
+
+    /// What every worker holds.
+    pub fn all(&self) -> BTreeMap<R, isize> {
+        let by_worker = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut all = BTreeMap::new();
+        for rows in by_worker.values() {
+            for (r, n) in rows {
+                *all.entry(r.clone()).or_insert(0) += n;
+            }
+        }
+        all.retain(|_, n| *n != 0);
+        all
+    }
+}
+
 fn signed_writer<R: Ord + Clone>(
     out: &Path,
     table: &str,
     header: &str,
     worker: usize,
     names: Arc<Names>,
-    current: Arc<Mutex<BTreeMap<R, isize>>>,
+    current: Arc<HeldRows<R>>,
     format: Format<R>,
 ) -> Result<SignedWriter<R>, String> {
     Ok(SignedWriter {
@@ -433,6 +474,7 @@ fn signed_writer<R: Ord + Clone>(
         names,
         state: SignedState::default(),
         current,
+        worker,
         labels: Labels::default(),
         format,
     })
@@ -443,7 +485,7 @@ pub fn invoice_lines_writer(
     out: &Path,
     worker: usize,
     names: Arc<Names>,
-    current: Arc<Mutex<BTreeMap<InvoiceLine, isize>>>,
+    current: Arc<HeldRows<InvoiceLine>>,
 ) -> Result<SignedWriter<InvoiceLine>, String> {
     signed_writer(
         out,
@@ -467,7 +509,7 @@ pub fn rated_usage_writer(
         RATED_HEADER,
         worker,
         names,
-        Arc::default(),
+        HeldRows::new(),
         format_rated,
     )
 }
@@ -483,7 +525,7 @@ pub fn line_usage_writer(
         LINE_USAGE_HEADER,
         worker,
         names,
-        Arc::default(),
+        HeldRows::new(),
         format_line_usage,
     )
 }

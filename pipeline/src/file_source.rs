@@ -32,11 +32,16 @@ impl ReadAt for FileInput {
     }
 }
 
-/// Standard input, cut into chunks at line ends. Only worker 0 reads it.
+/// Standard input, cut into chunks exactly as a file of the same bytes would be: chunk `k` holds
+/// the records that start in `[k·C, (k+1)·C)` of the stream. So epochs, and with them the
+/// watermark and every lateness decision, do not depend on how the pipe delivers the bytes.
+/// Only worker 0 reads it.
 pub struct StdinReader {
-    chunk_bytes: usize,
+    chunk_bytes: u64,
+    /// Stream bytes from `offset` on, read but not yet handed out.
     carry: Vec<u8>,
     offset: u64,
+    chunk: u64,
     epoch: Epoch,
     source: u32,
     done: bool,
@@ -45,13 +50,36 @@ pub struct StdinReader {
 impl StdinReader {
     pub fn new(chunk_bytes: u64, source: u32) -> StdinReader {
         StdinReader {
-            chunk_bytes: chunk_bytes as usize,
+            chunk_bytes: chunk_bytes.max(1),
             carry: Vec::new(),
             offset: 0,
+            chunk: 0,
             epoch: 0,
             source,
             done: false,
         }
+    }
+
+    /// Reads until `carry` holds a line end at or after index `from`, or stdin ends.
+    fn fill_past(&mut self, from: usize) -> std::io::Result<()> {
+        let mut stdin = std::io::stdin().lock();
+        while !self.done && (self.carry.len() <= from || !self.carry[from..].contains(&b'\n')) {
+            let start = self.carry.len();
+            self.carry.resize(start + 65536, 0);
+            match stdin.read(&mut self.carry[start..]) {
+                Ok(0) => {
+                    self.carry.truncate(start);
+                    self.done = true;
+                }
+                Ok(n) => self.carry.truncate(start + n),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => self.carry.truncate(start),
+                Err(e) => {
+                    self.carry.truncate(start);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -62,30 +90,27 @@ impl ChunkReader for StdinReader {
 
     /// Blocks on stdin: there is nothing else for this input to wait for.
     fn next_chunk(&mut self, mut buf: Vec<u8>) -> Read {
+        let end = (self.chunk + 1) * self.chunk_bytes;
         buf.clear();
-        buf.append(&mut self.carry);
-        let mut stdin = std::io::stdin().lock();
-        while !self.done && (buf.len() < self.chunk_bytes || memchr_last(&buf).is_none()) {
-            let start = buf.len();
-            buf.resize(self.chunk_bytes.max(start + 65536), 0);
-            match stdin.read(&mut buf[start..]) {
-                Ok(0) => {
-                    buf.truncate(start);
-                    self.done = true;
-                }
-                Ok(n) => buf.truncate(start + n),
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => buf.truncate(start),
-                Err(e) => return Read::Failed(e),
+        if end > self.offset {
+            // The record that crosses `end` belongs here: take through the first line end at or
+            // after byte `end - 1`.
+            let from = (end - 1 - self.offset) as usize;
+            if let Err(e) = self.fill_past(from) {
+                return Read::Failed(e);
             }
+            let take = match self
+                .carry
+                .get(from..)
+                .and_then(|t| t.iter().position(|&b| b == b'\n'))
+            {
+                Some(i) => from + i + 1,
+                None => self.carry.len(),
+            };
+            buf.extend(self.carry.drain(..take));
         }
-        if buf.is_empty() && self.done {
+        if buf.is_empty() && self.done && self.carry.is_empty() {
             return Read::Done;
-        }
-        // Keep a trailing partial record for the next chunk.
-        if !self.done {
-            if let Some(last_nl) = memchr_last(&buf) {
-                self.carry = buf.split_off(last_nl + 1);
-            }
         }
         let chunk = Chunk {
             epoch: self.epoch,
@@ -95,13 +120,10 @@ impl ChunkReader for StdinReader {
             ..Chunk::default()
         };
         self.offset += chunk.bytes.len() as u64;
+        self.chunk += 1;
         self.epoch += 1;
         Read::Chunk(chunk)
     }
-}
-
-fn memchr_last(b: &[u8]) -> Option<usize> {
-    b.iter().rposition(|&c| c == b'\n')
 }
 
 /// A worker with nothing to read.

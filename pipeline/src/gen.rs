@@ -161,7 +161,8 @@ pub fn write_events(args: &GenArgs, w: &mut impl Write) -> anyhow::Result<GenSum
     let mut recent: std::collections::VecDeque<Vec<u8>> =
         std::collections::VecDeque::with_capacity(RECENT);
     // Recent events that may still be corrected (native ones; never voided yet).
-    let mut originals: Vec<Fields> = Vec::with_capacity(RECENT);
+    let mut originals: std::collections::VecDeque<Fields> =
+        std::collections::VecDeque::with_capacity(RECENT);
     let mut line = String::with_capacity(512);
     let mut canonical = Canonical::default();
     let n = args.events.max(1);
@@ -175,7 +176,9 @@ pub fn write_events(args: &GenArgs, w: &mut impl Write) -> anyhow::Result<GenSum
             let j = rng.below(originals.len() as u64) as usize;
             let original = if rng.chance(0.5) {
                 // Voided once, then never corrected again.
-                let o = originals.swap_remove(j);
+                let Some(o) = originals.remove(j) else {
+                    unreachable!("index below the length")
+                };
                 o.write_correction(i, "void", o.quantity, &mut line);
                 o
             } else {
@@ -228,10 +231,11 @@ pub fn write_events(args: &GenArgs, w: &mut impl Write) -> anyhow::Result<GenSum
             w.write_all(line.as_bytes())?;
             remember(&mut recent, &line);
             if args.correction_rate > 0.0 && quantity.0 > 0 {
+                // Corrections follow their originals closely: only the latest RECENT events.
                 if originals.len() == RECENT {
-                    originals.swap_remove(rng.below(RECENT as u64) as usize);
+                    originals.pop_front();
                 }
-                originals.push(fields);
+                originals.push_back(fields);
             }
         }
         summary.records += 1;

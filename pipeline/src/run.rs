@@ -28,7 +28,7 @@ use crate::clickhouse_sink::{self as ch_sink, ChNames, ClickHouseProgress};
 use crate::config::Config;
 use crate::file_sink::{
     duplicates_writer, invoice_lines_writer, line_usage_writer, prepare_out_dir,
-    rated_usage_writer, rejections_writer, usage_events_writer, write_sources, Names,
+    rated_usage_writer, rejections_writer, usage_events_writer, write_sources, HeldRows, Names,
 };
 use crate::file_source::{FileInput, NoInput, StdinReader};
 use crate::kafka_source::{partitions, KafkaConfig, KafkaReader};
@@ -158,7 +158,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
         restored.line_usage,
     )));
 
-    let current_lines: Arc<Mutex<BTreeMap<InvoiceLine, isize>>> = Arc::default();
+    let current_lines: Arc<HeldRows<InvoiceLine>> = HeldRows::new();
     let flush_every = Duration::from_millis(config.output.flush_interval.millis().max(0) as u64);
     let chunk_bytes = config.input.chunk_bytes;
     let out = args.out.clone();
@@ -236,6 +236,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
                         SignedState::resumed(lines, first_round),
                     ),
                     io_lines.clone(),
+                    index,
                 )),
                 rated_usage: Box::new(ch_sink::rated_usage(
                     connect()?,
@@ -300,7 +301,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
     if !args.quiet && std::io::stderr().is_terminal() {
         eprintln!();
     }
-    let lines = current_lines.lock().expect("lines").clone();
+    let lines = current_lines.all();
     let preview = preview::render(&lines, &plan.catalog, plan.policy.period);
     let report = RunReport {
         counts,
@@ -357,7 +358,8 @@ fn choose_input(args: &RunArgs, config: &Config) -> anyhow::Result<Input> {
 /// The invoice-lines writer, also sharing the lines it holds for the preview.
 struct LinesPreview(
     ch_sink::SignedTable<InvoiceLine>,
-    Arc<Mutex<BTreeMap<InvoiceLine, isize>>>,
+    Arc<HeldRows<InvoiceLine>>,
+    usize,
 );
 
 impl TableWriter<Signed<InvoiceLine>> for LinesPreview {
@@ -370,8 +372,7 @@ impl TableWriter<Signed<InvoiceLine>> for LinesPreview {
     }
     fn flush(&mut self, frontier: Option<meterflow_operators::Epoch>) -> Result<(), String> {
         self.0.flush(frontier)?;
-        *self.1.lock().expect("current rows") =
-            self.0.held().map(|(r, n)| (r.clone(), n)).collect();
+        self.1.set(self.2, self.0.held());
         Ok(())
     }
 }

@@ -28,13 +28,17 @@ impl ProducerContext for Deliveries {
     }
 }
 
-/// The key of a record: its customer (native `customer_id` or CloudEvents `subject`), if it parses.
+/// The key of a record: its customer (native `customer_id` or CloudEvents `subject`). A plain
+/// scan for the quoted field, as producers that build their own JSON do; records without one
+/// have no key.
 fn key_of(line: &str) -> Option<String> {
-    let v: serde_json::Value = serde_json::from_str(line).ok()?;
-    v.get("customer_id")
-        .or_else(|| v.get("subject"))
-        .and_then(|id| id.as_str())
-        .map(str::to_string)
+    ["\"customer_id\":\"", "\"subject\":\""]
+        .iter()
+        .find_map(|field| {
+            let start = line.find(field)? + field.len();
+            let len = line[start..].find('"')?;
+            Some(line[start..start + len].to_string())
+        })
 }
 
 /// How records are grouped into messages.
@@ -76,9 +80,100 @@ fn send(
     }
 }
 
-/// Produces `lines` to the `partitions` partitions of `topic` with an idempotent producer,
-/// keeping each key's records in order, and waits until every message is acknowledged.
-/// Returns the number of messages sent.
+/// A producer of usage records to the partitions of one topic, keeping each key's records in
+/// order: a per-partition pending batch is sent before a single message to the same partition.
+pub struct UsageProducer {
+    producer: ThreadedProducer<Deliveries>,
+    topic: String,
+    partitions: u32,
+    batching: Batching,
+    pending: Vec<Vec<String>>,
+    records: usize,
+    /// Messages sent so far.
+    pub messages: usize,
+}
+
+impl UsageProducer {
+    /// An idempotent producer (no duplicates from producer retries).
+    pub fn new(brokers: &str, topic: &str, partitions: u32, batching: Batching) -> UsageProducer {
+        let producer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .set("queue.buffering.max.messages", "1000000")
+            .set("queue.buffering.max.kbytes", "1048576")
+            .create_with_context(Deliveries::default())
+            .expect("producer");
+        UsageProducer {
+            producer,
+            topic: topic.to_string(),
+            partitions,
+            batching,
+            pending: vec![Vec::new(); partitions as usize],
+            records: 0,
+            messages: 0,
+        }
+    }
+
+    fn flush_partition(&mut self, p: usize) {
+        if self.pending[p].is_empty() {
+            return;
+        }
+        let key = key_of(&self.pending[p][0]);
+        let payload = self.pending[p].join("\n");
+        send(
+            &self.producer,
+            &self.topic,
+            p as i32,
+            key.as_deref(),
+            &payload,
+        );
+        self.pending[p].clear();
+        self.messages += 1;
+    }
+
+    /// Queues `lines` (batched records may wait for their batch to fill).
+    pub fn send_lines(&mut self, lines: &[&str]) {
+        for line in lines {
+            let i = self.records;
+            self.records += 1;
+            let key = key_of(line);
+            let p = match &key {
+                Some(k) => partition_of(k, self.partitions),
+                None => (i % self.partitions as usize) as i32,
+            } as usize;
+            let b = self.batching;
+            if b.every > 0 && i % b.every == b.every - 1 {
+                self.pending[p].push(line.to_string());
+                if self.pending[p].len() >= b.size.max(1) {
+                    self.flush_partition(p);
+                }
+            } else {
+                self.flush_partition(p);
+                send(&self.producer, &self.topic, p as i32, key.as_deref(), line);
+                self.messages += 1;
+            }
+        }
+    }
+
+    /// Sends every pending batch and waits until every message is acknowledged.
+    pub fn flush(&mut self) {
+        for p in 0..self.partitions as usize {
+            self.flush_partition(p);
+        }
+        self.producer
+            .flush(Duration::from_secs(120))
+            .expect("every message acknowledged");
+        assert_eq!(
+            self.producer.context().failed.load(Ordering::Relaxed),
+            0,
+            "the broker refused messages"
+        );
+    }
+}
+
+/// Produces `lines` to the `partitions` partitions of `topic` and waits until every message is
+/// acknowledged. Returns the number of messages sent.
 pub fn produce(
     brokers: &str,
     topic: &str,
@@ -86,57 +181,8 @@ pub fn produce(
     lines: &[&str],
     batching: Batching,
 ) -> usize {
-    let producer: ThreadedProducer<Deliveries> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .create_with_context(Deliveries::default())
-        .expect("producer");
-    // Pending batch per partition: flushed before a single message to the same partition, so
-    // order within a partition is the order of `lines`.
-    let mut pending: Vec<Vec<&str>> = vec![Vec::new(); partitions as usize];
-    let mut messages = 0;
-    let flush = |p: usize, pending: &mut Vec<Vec<&str>>, messages: &mut usize| {
-        if !pending[p].is_empty() {
-            let key = key_of(pending[p][0]);
-            send(
-                &producer,
-                topic,
-                p as i32,
-                key.as_deref(),
-                &pending[p].join("\n"),
-            );
-            pending[p].clear();
-            *messages += 1;
-        }
-    };
-    for (i, line) in lines.iter().enumerate() {
-        let key = key_of(line);
-        let p = match &key {
-            Some(k) => partition_of(k, partitions),
-            None => (i % partitions as usize) as i32,
-        } as usize;
-        if batching.every > 0 && i % batching.every == batching.every - 1 {
-            pending[p].push(line);
-            if pending[p].len() >= batching.size.max(1) {
-                flush(p, &mut pending, &mut messages);
-            }
-        } else {
-            flush(p, &mut pending, &mut messages);
-            send(&producer, topic, p as i32, key.as_deref(), line);
-            messages += 1;
-        }
-    }
-    for p in 0..partitions as usize {
-        flush(p, &mut pending, &mut messages);
-    }
-    producer
-        .flush(Duration::from_secs(120))
-        .expect("every message acknowledged");
-    assert_eq!(
-        producer.context().failed.load(Ordering::Relaxed),
-        0,
-        "the broker refused messages"
-    );
-    messages
+    let mut producer = UsageProducer::new(brokers, topic, partitions, batching);
+    producer.send_lines(lines);
+    producer.flush();
+    producer.messages
 }

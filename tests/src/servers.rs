@@ -131,6 +131,11 @@ impl ClickHouseServer {
         format!("http://127.0.0.1:{}", self.http_port)
     }
 
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Runs a query over HTTP; returns the TSV answer.
     pub fn query(&self, sql: &str) -> Result<String, String> {
         http_post(self.http_port, sql)
@@ -144,7 +149,7 @@ impl Drop for ClickHouseServer {
 }
 
 /// A minimal HTTP POST to ClickHouse on loopback (keeps the tests free of an HTTP client).
-fn http_post(port: u16, body: &str) -> Result<String, String> {
+pub fn http_post(port: u16, body: &str) -> Result<String, String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(Duration::from_secs(60)))

@@ -1,0 +1,523 @@
+//! The end-to-end benchmark on one machine: producer → Kafka-protocol broker → `meterflow run`
+//! → ClickHouse, everything real and on loopback. The broker is librdkafka's mock cluster (it
+//! speaks the Kafka protocol on a real port; it runs inside this process), ClickHouse is the
+//! Debian server (18.16) started under a scratch directory, and meterflow is the release binary
+//! in a process of its own, reading the topic and writing every table to ClickHouse.
+//!
+//! 1. Throughput, for one event per message and for batched messages (NDJSON, `--batch`
+//!    events each): the topic is filled first, then meterflow drains it. Events/s is records
+//!    durably committed in ClickHouse (`sink_progress`) divided by the time from meterflow's
+//!    start to the commit that covers the last one. The baseline, measured in the same run, is
+//!    a bare rdkafka consumer reading the same topic from the same broker without doing anything
+//!    with the messages: the ceiling the broker and client allow on this machine.
+//! 2. Latency at a fixed offered load (`--rate` events/s for `--seconds`): the producer records
+//!    when it sent each 10 ms slice of events; a poller reads the committed record count every
+//!    10 ms. A slice's latency is from its send to the first commit whose count covers it. A
+//!    commit comes after every row derived from those epochs (invoice lines included) is in
+//!    ClickHouse, so this is event produced → invoice line durable and visible.
+//!
+//! usage: e2e [--events N] [--partitions P] [--batch N] [--rate R] [--seconds S]
+//!            [--workers W] [--dir DIR] [--customers N] [--extra 'TOML'] [--latency-only]
+//!
+//! `--extra` adds dotted keys to meterflow's config, e.g.
+//! `--extra 'output.price_every_epochs = 2\nclickhouse.flush_interval = "200ms"'`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context};
+use meterflow_tests::kafka::{Batching, UsageProducer};
+use meterflow_tests::servers::{http_post, ClickHouseServer};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::mocking::MockCluster;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+struct Args {
+    events: u64,
+    partitions: u32,
+    batch: usize,
+    rate: u64,
+    seconds: u64,
+    workers: usize,
+    customers: u32,
+    dir: PathBuf,
+    /// Dotted TOML keys added to meterflow's config.
+    extra: String,
+    latency_only: bool,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let mut a = Args {
+        events: 1_000_000,
+        partitions: 64,
+        batch: 100,
+        rate: 50_000,
+        seconds: 20,
+        workers: 2,
+        customers: 1000,
+        dir: PathBuf::from("target/bench-data"),
+        extra: String::new(),
+        latency_only: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--events" => a.events = value()?.parse()?,
+            "--partitions" => a.partitions = value()?.parse()?,
+            "--batch" => a.batch = value()?.parse()?,
+            "--rate" => a.rate = value()?.parse()?,
+            "--seconds" => a.seconds = value()?.parse()?,
+            "--workers" => a.workers = value()?.parse()?,
+            "--customers" => a.customers = value()?.parse()?,
+            "--dir" => a.dir = PathBuf::from(value()?),
+            "--latency-only" => a.latency_only = true,
+            "--extra" => a.extra = value()?.replace("\\n", "\n"),
+            other => bail!("unknown flag {other}; see the header of benchmarks/src/bin/e2e.rs"),
+        }
+    }
+    Ok(a)
+}
+
+fn sibling(name: &str) -> PathBuf {
+    std::env::current_exe()
+        .expect("own path")
+        .with_file_name(name)
+}
+
+fn check(out: std::process::Output, what: &str) -> anyhow::Result<String> {
+    ensure!(
+        out.status.success(),
+        "{what} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Records covered by the latest commit in `db` (ClickHouse's HTTP port `port`).
+fn committed(port: u16, db: &str) -> u64 {
+    http_post(
+        port,
+        &format!("SELECT max(visitParamExtractUInt(counts, 'received')) FROM {db}.sink_progress"),
+    )
+    .ok()
+    .and_then(|s| s.trim().parse().ok())
+    .unwrap_or(0)
+}
+
+struct Env<'a> {
+    meterflow: &'a Path,
+    work: &'a Path,
+    catalog: &'a Path,
+    brokers: String,
+    ch: &'a ClickHouseServer,
+    workers: usize,
+    partitions: u32,
+    extra: String,
+}
+
+impl Env<'_> {
+    /// Migrates a fresh database and starts meterflow on `topic`.
+    fn start(&self, name: &str, topic: &str, idle: &str) -> anyhow::Result<(Child, String)> {
+        let db = format!("bench_{name}");
+        let config = self.work.join(format!("{name}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "clickhouse.url = \"{}\"\nclickhouse.database = \"{db}\"\nkafka.brokers = \"{}\"\n\
+                 kafka.topics = [\"{topic}\"]\nkafka.exit_when_idle = \"{idle}\"\n{}\n",
+                self.ch.url(),
+                self.brokers,
+                self.extra
+            ),
+        )?;
+        check(
+            Command::new(self.meterflow)
+                .args(["migrate", "--config", config.to_str().unwrap()])
+                .output()?,
+            "meterflow migrate",
+        )?;
+        let log = std::fs::File::create(self.work.join(format!("{name}.log")))?;
+        let child = Command::new(self.meterflow)
+            .args([
+                "run",
+                "--config",
+                config.to_str().unwrap(),
+                "--catalog",
+                self.catalog.to_str().unwrap(),
+                "--out",
+                self.work.join(format!("{name}-out")).to_str().unwrap(),
+                "-w",
+                &self.workers.to_string(),
+                "-q",
+            ])
+            .env(
+                "METERFLOW_LOG",
+                std::env::var("E2E_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?;
+        Ok((child, db))
+    }
+
+    fn peak_rss_mib(&self, name: &str) -> anyhow::Result<f64> {
+        let counts: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
+            self.work.join(format!("{name}-out/counts.json")),
+        )?)?;
+        ensure!(
+            counts["balanced"] == true,
+            "{name}: accounting does not balance"
+        );
+        Ok(counts["peak_rss_bytes"].as_f64().unwrap_or(0.0) / (1 << 20) as f64)
+    }
+}
+
+/// A bare consumer reading every partition of `topic` to its end: messages and bytes per second.
+fn bare_consume(brokers: &str, topic: &str, partitions: u32, messages: usize) -> (f64, u64) {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "bench-baseline")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions as i32 {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .expect("partition");
+    }
+    consumer.assign(&tpl).expect("assign");
+    let start = Instant::now();
+    let (mut n, mut bytes) = (0usize, 0u64);
+    while n < messages {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            n += 1;
+            bytes += m.payload().map_or(0, |p| p.len() as u64);
+        }
+        if start.elapsed() > Duration::from_secs(300) {
+            break;
+        }
+    }
+    (start.elapsed().as_secs_f64(), bytes)
+}
+
+struct Throughput {
+    mode: String,
+    messages: usize,
+    produce_s: f64,
+    baseline_s: f64,
+    meterflow_s: f64,
+    rss_mib: f64,
+    /// CPU seconds while meterflow ran: meterflow (incl. its exit-when-idle wait), ClickHouse,
+    /// broker.
+    cpu: [f64; 3],
+}
+
+fn throughput(
+    env: &Env,
+    cluster: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    lines: &[&str],
+    mode: &str,
+    batching: Batching,
+) -> anyhow::Result<Throughput> {
+    let topic = format!("usage-{mode}");
+    cluster.create_topic(&topic, env.partitions as i32, 1)?;
+    let t = Instant::now();
+    let mut producer = UsageProducer::new(&env.brokers, &topic, env.partitions, batching);
+    producer.send_lines(lines);
+    producer.flush();
+    let produce_s = t.elapsed().as_secs_f64();
+    let messages = producer.messages;
+    drop(producer);
+    let (baseline_s, _) = bare_consume(&env.brokers, &topic, env.partitions, messages);
+    let cpu_before = cpu_split(env.ch);
+    let start = Instant::now();
+    let (mut child, db) = env.start(mode, &topic, "2s")?;
+    let total = lines.len() as u64;
+    let meterflow_s = loop {
+        if committed(env.ch.http_port, &db) >= total {
+            break start.elapsed().as_secs_f64();
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!(
+                "meterflow ({mode}) exited with {status} before committing all {total} records \
+                 (committed {}); the mock broker keeps ~5 MB per partition: raise --partitions",
+                committed(env.ch.http_port, &db)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    ensure!(child.wait()?.success(), "meterflow ({mode}) failed");
+    let cpu_after = cpu_split(env.ch);
+    let cpu: Vec<f64> = (0..3).map(|i| cpu_after[i] - cpu_before[i]).collect();
+    Ok(Throughput {
+        cpu: [cpu[0], cpu[1], cpu[2]],
+        mode: mode.to_string(),
+        messages,
+        produce_s,
+        baseline_s,
+        meterflow_s,
+        rss_mib: env.peak_rss_mib(mode)?,
+    })
+}
+
+/// CPU seconds (user + system) from a `/proc/<pid>/stat` line: its own (fields 14, 15) or its
+/// waited-for children's (16, 17).
+fn cpu_seconds(pid: &str, children: bool) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r.split_whitespace().collect())
+        .unwrap_or_default();
+    let (a, b) = if children { (13, 14) } else { (11, 12) };
+    let ticks: f64 = [a, b]
+        .iter()
+        .filter_map(|&i| rest.get(i).and_then(|v| v.parse::<f64>().ok()))
+        .sum();
+    ticks / 100.0
+}
+
+/// CPU seconds so far of: waited-for children (meterflow runs), ClickHouse, this process (the
+/// in-process broker, producer and bare consumer).
+fn cpu_split(ch: &ClickHouseServer) -> [f64; 3] {
+    let ch_pid = ch.pid().map(|p| p.to_string()).unwrap_or_default();
+    [
+        cpu_seconds("self", true),
+        cpu_seconds(&ch_pid, false),
+        cpu_seconds("self", false),
+    ]
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = parse_args()?;
+    let status = Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "meterflow",
+            "--bin",
+            "meterflow",
+        ])
+        .status()?;
+    ensure!(status.success(), "building meterflow failed");
+    let meterflow = sibling("meterflow");
+
+    let data = args.dir.join(format!(
+        "e2e-{}-events-{}-customers",
+        args.events, args.customers
+    ));
+    if !data.join("events.jsonl").exists() {
+        eprintln!("generating {} events into {}", args.events, data.display());
+        check(
+            Command::new(&meterflow)
+                .args([
+                    "gen",
+                    "--out",
+                    data.to_str().unwrap(),
+                    "--events",
+                    &args.events.to_string(),
+                    "--customers",
+                    &args.customers.to_string(),
+                ])
+                .output()?,
+            "meterflow gen",
+        )?;
+    }
+    let text = std::fs::read_to_string(data.join("events.jsonl"))?;
+    let lines: Vec<&str> = text.lines().collect();
+
+    let work = std::env::temp_dir().join(format!("meterflow-e2e-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+    let ch = ClickHouseServer::start(&work);
+    let cluster = MockCluster::new(1)?;
+    let env = Env {
+        meterflow: &meterflow,
+        work: &work,
+        catalog: &data.join("catalog"),
+        brokers: cluster.bootstrap_servers(),
+        ch: &ch,
+        workers: args.workers,
+        partitions: args.partitions,
+        extra: args.extra.clone(),
+    };
+    eprintln!(
+        "broker {} ({} partitions), ClickHouse {}, meterflow -w {}",
+        env.brokers,
+        args.partitions,
+        ch.url(),
+        args.workers
+    );
+
+    let mut results = Vec::new();
+    for (mode, batching) in [
+        ("single", Batching { every: 0, size: 1 }),
+        (
+            "batched",
+            Batching {
+                every: 1,
+                size: args.batch,
+            },
+        ),
+    ] {
+        if args.latency_only {
+            break;
+        }
+        eprintln!("throughput: {mode}");
+        results.push(throughput(&env, &cluster, &lines, mode, batching)?);
+    }
+
+    // Latency at a fixed offered load.
+    eprintln!("latency: {} events/s for {} s", args.rate, args.seconds);
+    let topic = "usage-latency";
+    cluster.create_topic(topic, args.partitions as i32, 1)?;
+    let (mut child, db) = env.start("latency", topic, "3s")?;
+    std::thread::sleep(Duration::from_secs(2)); // meterflow connects and restores
+    let polls: Arc<Mutex<Vec<(Instant, u64)>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let poller = {
+        let (polls, stop, port, db) = (polls.clone(), stop.clone(), ch.http_port, db.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let n = committed(port, &db);
+                polls.lock().unwrap().push((Instant::now(), n));
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    let mut producer = UsageProducer::new(
+        &env.brokers,
+        topic,
+        args.partitions,
+        Batching { every: 0, size: 1 },
+    );
+    let per_slice = (args.rate / 100).max(1) as usize;
+    let slices = (args.seconds * 100) as usize;
+    let mut sent: Vec<(Instant, u64)> = Vec::with_capacity(slices);
+    let begin = Instant::now();
+    let mut next = 0usize;
+    for k in 0..slices {
+        let due = begin + Duration::from_millis(10 * k as u64);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let end = (next + per_slice).min(lines.len());
+        producer.send_lines(&lines[next..end]);
+        next = end;
+        sent.push((Instant::now(), next as u64));
+        if next == lines.len() {
+            break;
+        }
+    }
+    producer.flush();
+    let offered = next as f64 / begin.elapsed().as_secs_f64();
+    let total = next as u64;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while committed(ch.http_port, &db) < total && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, Ordering::Relaxed);
+    poller.join().unwrap();
+    ensure!(child.wait()?.success(), "meterflow (latency) failed");
+    let polls = polls.lock().unwrap().clone();
+    let mut latencies: Vec<f64> = sent
+        .iter()
+        .filter_map(|&(at, count)| {
+            polls
+                .iter()
+                .find(|&&(t, n)| t >= at && n >= count)
+                .map(|&(t, _)| (t - at).as_secs_f64() * 1000.0)
+        })
+        .collect();
+    ensure!(
+        latencies.len() == sent.len(),
+        "{} of {} slices were never committed",
+        sent.len() - latencies.len(),
+        sent.len()
+    );
+    latencies.sort_by(f64::total_cmp);
+    let latency_rss = env.peak_rss_mib("latency")?;
+    if std::env::var_os("E2E_DEBUG").is_some() {
+        let polls_changes: Vec<String> = polls
+            .windows(2)
+            .filter(|w| w[1].1 != w[0].1)
+            .map(|w| {
+                format!(
+                    "{:.0}ms:{}",
+                    (w[1].0 - begin).as_secs_f64() * 1000.0,
+                    w[1].1
+                )
+            })
+            .collect();
+        eprintln!("commits seen: {}", polls_changes.join(" "));
+        eprintln!(
+            "{}",
+            std::fs::read_to_string(work.join("latency-out/counts.json")).unwrap_or_default()
+        );
+        eprintln!("{}", ch.query(&format!("SELECT epoch, committed_at, visitParamExtractUInt(counts, 'received') FROM {db}.sink_progress ORDER BY generation, epoch FORMAT TSV")).unwrap_or_default());
+    }
+
+    println!(
+        "\n{} records ({} customers), {} partitions, meterflow -w {}, ClickHouse 18.16, librdkafka mock broker; all on this machine\n",
+        lines.len(),
+        args.customers,
+        args.partitions,
+        args.workers
+    );
+    println!("| messages | Kafka messages | produce (s) | bare consumer: msgs/s | bare consumer: events/s | meterflow → ClickHouse: s | events/s | vs bare consumer | peak RSS (MiB) |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in &results {
+        let events = lines.len() as f64;
+        println!(
+            "| {} | {} | {:.1} | {:.0} | {:.0} | {:.2} | {:.0} | {:.2}x | {:.0} |",
+            r.mode,
+            r.messages,
+            r.produce_s,
+            r.messages as f64 / r.baseline_s,
+            events / r.baseline_s,
+            r.meterflow_s,
+            events / r.meterflow_s,
+            r.baseline_s / r.meterflow_s,
+            r.rss_mib
+        );
+    }
+    println!(
+        "\nCPU seconds while meterflow drained the topic (2 cores = 2 CPU seconds per second):\n"
+    );
+    println!("| messages | wall (s) | meterflow | ClickHouse | broker (mock, in the harness) |");
+    println!("|---|---:|---:|---:|---:|");
+    for r in &results {
+        println!(
+            "| {} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            r.mode, r.meterflow_s, r.cpu[0], r.cpu[1], r.cpu[2]
+        );
+    }
+    println!(
+        "\nlatency at {offered:.0} events/s offered for {} s ({} slices of 10 ms): event produced → committed in ClickHouse p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; peak RSS {latency_rss:.0} MiB",
+        args.seconds,
+        sent.len(),
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        latencies.last().copied().unwrap_or(f64::NAN)
+    );
+    drop(ch);
+    if std::env::var_os("E2E_DEBUG").is_none() {
+        let _ = std::fs::remove_dir_all(&work);
+    }
+    Ok(())
+}
