@@ -56,7 +56,8 @@ impl TableWriter<Counts> for TotalsWriter {
 }
 
 /// When each epoch was read and when the whole dataflow finished it: epoch latency, the time from
-/// reading a chunk to every output derived from it reaching its writer.
+/// reading a chunk to every output derived from it being durable (flushed by its sink, so it
+/// includes the sinks' flush interval).
 #[derive(Clone, Default)]
 pub struct LatencyClock {
     inner: Arc<Mutex<ClockState>>,

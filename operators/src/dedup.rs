@@ -258,16 +258,22 @@ struct EpochCaps {
 /// the first copy of an id, or an original before its correction, must not depend on that.
 /// Within a Kafka partition this is the partition's order; across partitions no order exists,
 /// and this one is at least the same in every run.
-fn in_stream_order(mut batch: Vec<Vec<UsageEvent>>) -> Vec<UsageEvent> {
+///
+/// Usually each container is a sorted run and runs do not overlap (file stripes): then only the
+/// containers are reordered, and no event moves.
+fn in_stream_order(mut batch: Vec<Vec<UsageEvent>>) -> Vec<Vec<UsageEvent>> {
     batch.retain(|c| !c.is_empty());
-    let mut events = if batch.len() == 1 {
-        batch.pop().unwrap_or_default()
-    } else {
-        batch.into_iter().flatten().collect()
-    };
-    if events.windows(2).all(|w| w[0].lineage <= w[1].lineage) {
-        return events;
+    let sorted = |c: &Vec<UsageEvent>| c.windows(2).all(|w| w[0].lineage <= w[1].lineage);
+    if batch.iter().all(sorted) {
+        batch.sort_by_key(|c| c[0].lineage);
+        let disjoint = batch
+            .windows(2)
+            .all(|w| w[0][w[0].len() - 1].lineage <= w[1][0].lineage);
+        if disjoint {
+            return batch;
+        }
     }
+    let mut events: Vec<UsageEvent> = batch.into_iter().flatten().collect();
     let mut order: Vec<(Lineage, u32)> = events
         .iter()
         .enumerate()
@@ -276,7 +282,7 @@ fn in_stream_order(mut batch: Vec<Vec<UsageEvent>>) -> Vec<UsageEvent> {
     order.sort_unstable();
     let mut slots: Vec<Option<UsageEvent>> = events.drain(..).map(Some).collect();
     events.extend(order.iter().filter_map(|&(_, i)| slots[i as usize].take()));
-    events
+    vec![events]
 }
 
 pub fn dedup<'s>(
@@ -352,10 +358,10 @@ pub fn dedup<'s>(
                 let mut duplicates_s = duplicates_h.session(duplicates_cap);
                 let mut rejections_s = rejections_h.session(rejections_cap);
                 let mut counts = Counts::default();
-                let events = in_stream_order(batch);
+                let batch = in_stream_order(batch);
                 // Keys a few events ahead are prefetched: the table is large and lookups are random.
-                let keys: Vec<EventKey> = events.iter().map(|e| e.key).collect();
-                for (i, ev) in events.into_iter().enumerate() {
+                let keys: Vec<EventKey> = batch.iter().flatten().map(|e| e.key).collect();
+                for (i, ev) in batch.into_iter().flatten().enumerate() {
                     if let Some(ahead) = keys.get(i + PREFETCH_DISTANCE) {
                         dedup.table().prefetch(*ahead);
                     }
