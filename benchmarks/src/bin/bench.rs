@@ -15,6 +15,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
+use meterflow_benchmarks::{generate_once, meterflow_binary, sibling};
 use serde_json::Value;
 
 struct Args {
@@ -59,13 +60,6 @@ fn parse_args() -> anyhow::Result<Args> {
     Ok(a)
 }
 
-/// Binaries next to this one (target/release).
-fn sibling(name: &str) -> PathBuf {
-    std::env::current_exe()
-        .expect("own path")
-        .with_file_name(name)
-}
-
 fn run(cmd: &mut Command) -> anyhow::Result<f64> {
     let start = Instant::now();
     let out = cmd
@@ -95,19 +89,7 @@ struct Measured {
 
 fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
-    // The meterflow binary lives in another package: build it (a no-op when fresh).
-    let status = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "meterflow",
-            "--bin",
-            "meterflow",
-        ])
-        .status()?;
-    anyhow::ensure!(status.success(), "building meterflow failed");
-    let meterflow = sibling("meterflow");
+    let meterflow = meterflow_binary()?;
     let baseline = sibling("baseline");
 
     std::fs::create_dir_all(&args.dir)?;
@@ -115,21 +97,18 @@ fn main() -> anyhow::Result<()> {
         "{}-events-{}-customers-{}-checksums",
         args.events, args.customers, args.checksum_rate
     ));
-    if !data.join("events.jsonl").exists() {
-        eprintln!("generating {} events into {}", args.events, data.display());
-        let secs = run(Command::new(&meterflow).args([
-            "gen",
-            "--out",
-            data.to_str().unwrap(),
-            "--events",
-            &args.events.to_string(),
-            "--customers",
-            &args.customers.to_string(),
-            "--checksum-rate",
-            &args.checksum_rate.to_string(),
-        ]))?;
-        eprintln!("generated in {secs:.1}s");
-    }
+    generate_once(
+        &meterflow,
+        &data,
+        &[
+            "--events".into(),
+            args.events.to_string(),
+            "--customers".into(),
+            args.customers.to_string(),
+            "--checksum-rate".into(),
+            args.checksum_rate.to_string(),
+        ],
+    )?;
     let events = data.join("events.jsonl");
     let catalog = data.join("catalog");
     let config = data.join("bench.toml");

@@ -29,6 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
+use meterflow_benchmarks::{generate_once, meterflow_binary};
 use meterflow_tests::kafka::{Batching, UsageProducer};
 use meterflow_tests::servers::{http_post, ClickHouseServer};
 use rdkafka::config::ClientConfig;
@@ -82,12 +83,6 @@ fn parse_args() -> anyhow::Result<Args> {
         }
     }
     Ok(a)
-}
-
-fn sibling(name: &str) -> PathBuf {
-    std::env::current_exe()
-        .expect("own path")
-        .with_file_name(name)
 }
 
 fn check(out: std::process::Output, what: &str) -> anyhow::Result<String> {
@@ -304,40 +299,21 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
-    let status = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "meterflow",
-            "--bin",
-            "meterflow",
-        ])
-        .status()?;
-    ensure!(status.success(), "building meterflow failed");
-    let meterflow = sibling("meterflow");
-
+    let meterflow = meterflow_binary()?;
     let data = args.dir.join(format!(
         "e2e-{}-events-{}-customers",
         args.events, args.customers
     ));
-    if !data.join("events.jsonl").exists() {
-        eprintln!("generating {} events into {}", args.events, data.display());
-        check(
-            Command::new(&meterflow)
-                .args([
-                    "gen",
-                    "--out",
-                    data.to_str().unwrap(),
-                    "--events",
-                    &args.events.to_string(),
-                    "--customers",
-                    &args.customers.to_string(),
-                ])
-                .output()?,
-            "meterflow gen",
-        )?;
-    }
+    generate_once(
+        &meterflow,
+        &data,
+        &[
+            "--events".into(),
+            args.events.to_string(),
+            "--customers".into(),
+            args.customers.to_string(),
+        ],
+    )?;
     let text = std::fs::read_to_string(data.join("events.jsonl"))?;
     let lines: Vec<&str> = text.lines().collect();
 

@@ -1,0 +1,52 @@
+//! What meterflow's benchmark harnesses share: the release binary they measure and the cached
+//! generated input.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{ensure, Context};
+
+/// A binary next to the running one (target/release).
+pub fn sibling(name: &str) -> PathBuf {
+    std::env::current_exe()
+        .expect("own path")
+        .with_file_name(name)
+}
+
+/// Builds the `meterflow` release binary (a no-op when fresh: it lives in another package) and
+/// returns its path.
+pub fn meterflow_binary() -> anyhow::Result<PathBuf> {
+    let status = Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "meterflow",
+            "--bin",
+            "meterflow",
+        ])
+        .status()?;
+    ensure!(status.success(), "building meterflow failed");
+    Ok(sibling("meterflow"))
+}
+
+/// `meterflow gen --out data <flags>` unless `data/events.jsonl` already exists.
+pub fn generate_once(meterflow: &Path, data: &Path, flags: &[String]) -> anyhow::Result<()> {
+    if data.join("events.jsonl").exists() {
+        return Ok(());
+    }
+    eprintln!("generating into {} ({})", data.display(), flags.join(" "));
+    let out = Command::new(meterflow)
+        .arg("gen")
+        .arg("--out")
+        .arg(data)
+        .args(flags)
+        .output()
+        .with_context(|| format!("cannot start {}", meterflow.display()))?;
+    ensure!(
+        out.status.success(),
+        "meterflow gen failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
