@@ -566,6 +566,8 @@ pub struct ClickHouseProgress {
     pub sweep_until: std::time::Instant,
     /// When the last sweep ran (sweeps run at most once a second).
     pub last_sweep: Option<std::time::Instant>,
+    /// With Kafka input: the consumer group the committed positions are mirrored to.
+    pub group: Option<crate::kafka_source::GroupOffsets>,
 }
 
 /// One recorded reader position.
@@ -612,6 +614,9 @@ impl ProgressStore for ClickHouseProgress {
     fn commit(&mut self, p: &Progress) -> Result<(), String> {
         write_progress(&self.ch, self.generation, p, &self.sources)?;
         tracing::debug!(epoch = p.epoch, "progress committed");
+        if let Some(group) = &mut self.group {
+            group.commit(&p.positions);
+        }
         let now = std::time::Instant::now();
         if now < self.sweep_until
             && self

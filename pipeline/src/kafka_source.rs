@@ -23,7 +23,7 @@ use meterflow_operators::source::{
 use meterflow_operators::Epoch;
 use meterflow_schemas::time::Span;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -37,7 +37,8 @@ pub struct KafkaConfig {
     pub brokers: String,
     /// Usage topics to consume.
     pub topics: Vec<String>,
-    /// Consumer group (for monitoring; progress itself is stored with the outputs).
+    /// Consumer group whose committed offsets mirror the durable progress (for lag monitoring;
+    /// progress itself is stored with the outputs).
     pub group_id: String,
     /// Where a pipeline with no committed progress starts: `earliest` or `latest`.
     pub start_from: String,
@@ -148,6 +149,78 @@ pub fn partitions(cfg: &KafkaConfig) -> Result<Vec<(String, i32)>, String> {
     }
     out.sort();
     Ok(out)
+}
+
+/// Commits the pipeline's durable positions to the consumer group, for lag monitoring only:
+/// progress itself lives with the outputs (`sink_progress`), and a failed commit here is logged,
+/// never fatal. Commits are asynchronous; the last one is made synchronously at shutdown, waiting
+/// at most a few seconds (a broker that is down does not hold up the exit).
+pub struct GroupOffsets {
+    consumer: Option<BaseConsumer>,
+    /// Topic name by source index.
+    topics: Vec<String>,
+    last: Option<TopicPartitionList>,
+}
+
+impl GroupOffsets {
+    pub fn new(cfg: &KafkaConfig) -> Result<GroupOffsets, String> {
+        let consumer = cfg
+            .client_config()?
+            .create()
+            .map_err(|e| format!("cannot create a Kafka consumer: {e}"))?;
+        Ok(GroupOffsets {
+            consumer: Some(consumer),
+            topics: cfg.topics.clone(),
+            last: None,
+        })
+    }
+
+    pub fn commit(&mut self, positions: &[Position]) {
+        let mut tpl = TopicPartitionList::new();
+        for p in positions {
+            let Some(topic) = self.topics.get(p.source as usize) else {
+                continue;
+            };
+            if let Err(e) =
+                tpl.add_partition_offset(topic, p.partition, Offset::Offset(p.next_offset as i64))
+            {
+                tracing::warn!(topic, partition = p.partition, error = %e, "cannot list a Kafka offset");
+            }
+        }
+        let Some(consumer) = &self.consumer else {
+            return;
+        };
+        if tpl.count() == 0 {
+            return;
+        }
+        if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+            tracing::warn!(error = %e, "committing offsets to the Kafka consumer group failed (monitoring only)");
+        }
+        self.last = Some(tpl);
+    }
+}
+
+impl Drop for GroupOffsets {
+    fn drop(&mut self) {
+        let (Some(consumer), Some(tpl)) = (self.consumer.take(), self.last.take()) else {
+            return;
+        };
+        let (done, wait) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let result = consumer.commit(&tpl, CommitMode::Sync);
+            drop(tpl);
+            let _ = done.send(result);
+        });
+        match wait.recv_timeout(Duration::from_secs(5)) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "final commit to the Kafka consumer group failed (monitoring only)")
+            }
+            Err(_) => tracing::warn!(
+                "final commit to the Kafka consumer group timed out (monitoring only)"
+            ),
+        }
+    }
 }
 
 /// One worker's consumer.

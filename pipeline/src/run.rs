@@ -31,7 +31,7 @@ use crate::file_sink::{
     rated_usage_writer, rejections_writer, usage_events_writer, write_sources, HeldRows, Names,
 };
 use crate::file_source::{FileInput, NoInput, StdinReader};
-use crate::kafka_source::{partitions, KafkaConfig, KafkaReader};
+use crate::kafka_source::{partitions, GroupOffsets, KafkaConfig, KafkaReader};
 use crate::preview;
 
 /// Everything `meterflow run` needs.
@@ -220,6 +220,10 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
                     resumed_after: committed,
                     sweep_until: std::time::Instant::now() + Duration::from_secs(30),
                     last_sweep: None,
+                    group: match &input {
+                        Input::Kafka { cfg, .. } => Some(GroupOffsets::new(cfg)?),
+                        _ => None,
+                    },
                 })
             } else {
                 Box::new(NoProgress)

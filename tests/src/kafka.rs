@@ -186,3 +186,36 @@ pub fn produce(
     producer.flush();
     producer.messages
 }
+
+/// The consumer group's committed offset and the high watermark of every partition of `topic`.
+pub fn group_offsets(brokers: &str, group: &str, topic: &str, partitions: u32) -> Vec<(i64, i64)> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::topic_partition_list::TopicPartitionList;
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions as i32 {
+        tpl.add_partition(topic, p);
+    }
+    let committed = consumer
+        .committed_offsets(tpl, Duration::from_secs(20))
+        .expect("committed offsets");
+    let out = (0..partitions as i32)
+        .map(|p| {
+            let c = committed
+                .find_partition(topic, p)
+                .and_then(|e| e.offset().to_raw())
+                .unwrap_or(-1);
+            let (_, high) = consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(20))
+                .expect("watermarks");
+            (c, high)
+        })
+        .collect();
+    // Lists from the consumer must go before it does (or its shutdown hangs).
+    drop(committed);
+    out
+}

@@ -12,7 +12,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use meterflow_tests::kafka::{produce, Batching};
+use meterflow_tests::kafka::{group_offsets, produce, Batching};
 use meterflow_tests::oracle::{assert_clickhouse_matches, assert_stream_has};
 use meterflow_tests::servers::{ClickHouseServer, Tansu};
 use meterflow_tests::{meterflow_bin, meterflow_ok, Scratch};
@@ -198,6 +198,17 @@ fn kafka_to_clickhouse_through_sigkills_counts_every_unit_exactly_once() {
     producer.join().unwrap();
     f.run_to_the_end();
     f.assert_matches_oracle(&format!("after {kills} SIGKILLs while producing"));
+    // The consumer group mirrors the committed positions, so lag monitors see the truth.
+    for (partition, (committed, high)) in
+        group_offsets(&f.broker.brokers(), "meterflow", TOPIC, f.partitions)
+            .into_iter()
+            .enumerate()
+    {
+        assert_eq!(
+            committed, high,
+            "partition {partition}: committed offset vs end"
+        );
+    }
 }
 
 #[test]
