@@ -59,8 +59,12 @@ def main():
     import chdb
 
     sent = [sql for sql, _ in statements(open(args.log).read())]
-    creates = [s for s in sent if s.upper().startswith("CREATE")]
-    others = [s for s in sent if not s.upper().startswith("CREATE")]
+    def is_ddl(sql):
+        up = sql.upper()
+        return up.startswith("CREATE") or (up.startswith("ALTER") and "ADD COLUMN" in up)
+
+    creates = [s for s in sent if is_ddl(s)]
+    others = [s for s in sent if not is_ddl(s)]
     if not creates:
         sys.exit(f"{args.log} holds no CREATE statements: was METERFLOW_SQL_LOG set for `meterflow migrate`?")
 

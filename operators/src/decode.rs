@@ -20,7 +20,7 @@ use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::StreamVec;
 
-use crate::source::{recycle, BufferPool, Chunk, Position};
+use crate::source::{recycle, BufferPool, Chunk, MessageSpan, Position};
 use crate::Epoch;
 
 /// What one chunk says about event time and input progress.
@@ -98,7 +98,7 @@ pub fn decode<'s>(
                         })
                         .collect();
                     let mut last = 0;
-                    for_each_record(&chunk, |lineage, line| {
+                    for_each_record(&chunk, |lineage, line, message| {
                         counts.received += 1;
                         match validator.validate(line, lineage, now) {
                             Ok(ev) => {
@@ -116,8 +116,11 @@ pub fn decode<'s>(
                                 }
                                 events_s.give(ev);
                             }
-                            Err(r) => {
+                            Err(mut r) => {
                                 counts.reject(r.reason);
+                                if let Some(m) = message {
+                                    r.kafka = chunk.kafka_meta(m);
+                                }
                                 rejections_s.give(r);
                             }
                         }
@@ -146,7 +149,7 @@ pub fn decode<'s>(
 /// message — one JSON object, newline-delimited objects, or a JSON array of objects (batches
 /// are first-class). A message that is an unreadable array, or empty, is one (bad) record, so it
 /// is rejected rather than lost.
-pub fn for_each_record(chunk: &Chunk, mut f: impl FnMut(Lineage, &[u8])) {
+pub fn for_each_record(chunk: &Chunk, mut f: impl FnMut(Lineage, &[u8], Option<&MessageSpan>)) {
     if chunk.messages.is_empty() {
         for (offset, line) in records(&chunk.bytes) {
             f(
@@ -157,6 +160,7 @@ pub fn for_each_record(chunk: &Chunk, mut f: impl FnMut(Lineage, &[u8])) {
                     record: 0,
                 },
                 line,
+                None,
             );
         }
         return;
@@ -180,10 +184,11 @@ pub fn for_each_record(chunk: &Chunk, mut f: impl FnMut(Lineage, &[u8])) {
                                     ..base
                                 },
                                 item.get().as_bytes(),
+                                Some(m),
                             );
                         }
                     }
-                    Err(_) => f(base, payload),
+                    Err(_) => f(base, payload, Some(m)),
                 }
             }
             Some(_) => {
@@ -194,10 +199,11 @@ pub fn for_each_record(chunk: &Chunk, mut f: impl FnMut(Lineage, &[u8])) {
                             ..base
                         },
                         line,
+                        Some(m),
                     );
                 }
             }
-            None => f(base, payload),
+            None => f(base, payload, Some(m)),
         }
     }
 }

@@ -19,6 +19,8 @@ use timely::dataflow::operators::generic::operator::source as timely_source;
 use timely::dataflow::{ProbeHandle, Scope, StreamVec};
 
 use crate::accounting::LatencyClock;
+use meterflow_schemas::rejection::KafkaMeta;
+
 use crate::{Epoch, Fatal};
 
 /// Input for one epoch: either a byte range of a file holding whole newline-delimited records
@@ -35,9 +37,29 @@ pub struct Chunk {
     pub messages: Vec<MessageSpan>,
     /// Where the reader stands after this chunk, per partition it reads (what a commit records).
     pub positions: Vec<Position>,
+    /// For messages: their keys and headers, laid end to end (see [`MessageSpan`]).
+    pub meta: Vec<u8>,
     /// For messages: every partition the reader is assigned and whether it had read all there
     /// was when the chunk was cut (drives per-partition watermarks).
     pub partitions: Vec<PartitionState>,
+}
+
+impl Chunk {
+    /// A message's key and headers, kept on the rejections of its records.
+    pub fn kafka_meta(&self, m: &MessageSpan) -> Option<Box<KafkaMeta>> {
+        let text = |start: u32, len: u32| {
+            self.meta
+                .get(start as usize..(start + len) as usize)
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default()
+        };
+        (m.key_len > 0 || m.headers_len > 0).then(|| {
+            Box::new(KafkaMeta {
+                key: text(m.meta_start, m.key_len),
+                headers: text(m.meta_start + m.key_len, m.headers_len),
+            })
+        })
+    }
 }
 
 /// Whether a partition had a backlog when a chunk was cut.
@@ -57,6 +79,10 @@ pub struct MessageSpan {
     pub source: u32,
     pub partition: i32,
     pub offset: u64,
+    /// Where the message's key, then its headers as a JSON object, lie in [`Chunk::meta`].
+    pub meta_start: u32,
+    pub key_len: u32,
+    pub headers_len: u32,
 }
 
 /// The next offset to read from a partition.

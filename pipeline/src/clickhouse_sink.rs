@@ -109,6 +109,8 @@ struct RejectionRow<'a> {
     rejected_at: u32,
     epoch: u64,
     generation: u32,
+    kafka_key: &'a str,
+    kafka_headers: &'a str,
 }
 
 #[derive(Row, Serialize)]
@@ -254,6 +256,8 @@ fn insert_rejections(
             rejected_at: now,
             epoch: *epoch,
             generation: n.generation,
+            kafka_key: r.kafka.as_ref().map_or("", |k| k.key.as_str()),
+            kafka_headers: r.kafka.as_ref().map_or("", |k| k.headers.as_str()),
         })
         .collect();
     ch.insert::<RejectionRow<'static>>("rejections", &out)

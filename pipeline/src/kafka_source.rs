@@ -25,7 +25,7 @@ use meterflow_schemas::time::Span;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
+use rdkafka::message::{Headers, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde::Deserialize;
 
@@ -244,6 +244,8 @@ pub struct KafkaReader {
     start_latest: bool,
     bytes: Vec<u8>,
     messages: Vec<MessageSpan>,
+    /// Keys and headers of `messages`.
+    meta: Vec<u8>,
     done: bool,
 }
 
@@ -319,6 +321,7 @@ impl KafkaReader {
             start_latest: cfg.start_from == "latest",
             bytes: Vec::new(),
             messages: Vec::new(),
+            meta: Vec::new(),
             done: false,
         })
     }
@@ -334,12 +337,28 @@ impl KafkaReader {
                     };
                     let payload = m.payload().unwrap_or_default();
                     let offset = m.offset().max(0) as u64;
+                    let meta_start = self.meta.len();
+                    let key = m.key().unwrap_or_default();
+                    self.meta.extend_from_slice(key);
+                    if let Some(headers) = m.headers() {
+                        let map: BTreeMap<&str, String> = headers
+                            .iter()
+                            .map(|h| {
+                                let value = h.value.map(String::from_utf8_lossy);
+                                (h.key, value.map(|v| v.into_owned()).unwrap_or_default())
+                            })
+                            .collect();
+                        let _ = serde_json::to_writer(&mut self.meta, &map);
+                    }
                     self.messages.push(MessageSpan {
                         start: self.bytes.len() as u32,
                         len: payload.len() as u32,
                         source,
                         partition: m.partition(),
                         offset,
+                        meta_start: meta_start as u32,
+                        key_len: key.len() as u32,
+                        headers_len: (self.meta.len() - meta_start - key.len()) as u32,
                     });
                     self.bytes.extend_from_slice(payload);
                     self.next_offsets
@@ -485,6 +504,7 @@ impl ChunkReader for KafkaReader {
             base_offset: 0,
             bytes: buf,
             messages: std::mem::take(&mut self.messages),
+            meta: std::mem::take(&mut self.meta),
             positions,
             partitions: self
                 .assigned

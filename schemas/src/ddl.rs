@@ -193,6 +193,11 @@ ORDER BY (generation, epoch)",
 PARTITION BY toYYYYMM(changed_at)
 ORDER BY (entity, entity_id, changed_at)",
     },
+    Migration {
+        id: 9,
+        name: "rejections_kafka_key_and_headers",
+        sql: "ALTER TABLE {db}.rejections ADD COLUMN kafka_key String, ADD COLUMN kafka_headers String",
+    },
 ];
 
 /// The table that records applied migrations (created before any migration runs).

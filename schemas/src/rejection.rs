@@ -146,6 +146,15 @@ pub struct Rejection {
     pub event_id: Option<Box<str>>,
     pub raw: Box<str>,
     pub lineage: Lineage,
+    /// For a record read from Kafka: its message's key and headers.
+    pub kafka: Option<Box<KafkaMeta>>,
+}
+
+/// A Kafka message's key (lossy UTF-8) and headers (a JSON object of name → value).
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct KafkaMeta {
+    pub key: String,
+    pub headers: String,
 }
 
 impl Rejection {
@@ -157,6 +166,7 @@ impl Rejection {
             event_id: None,
             raw: Box::from(""),
             lineage: Lineage::default(),
+            kafka: None,
         }
     }
 }

@@ -1,12 +1,14 @@
 //! Producing usage records to a real broker the way platforms do: keyed by customer (so a
 //! customer's events, their retries and their corrections stay in order in one partition), mostly
-//! one event per message, some messages carrying an NDJSON batch of events.
+//! one event per message, some messages carrying an NDJSON batch of events, optionally with a
+//! header on every message.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
@@ -64,9 +66,16 @@ fn send(
     partition: i32,
     key: Option<&str>,
     payload: &str,
+    header: Option<&(String, String)>,
 ) {
     loop {
         let mut record = BaseRecord::to(topic).partition(partition).payload(payload);
+        if let Some((name, value)) = header {
+            record = record.headers(OwnedHeaders::new().insert(Header {
+                key: name,
+                value: Some(value),
+            }));
+        }
         if let Some(k) = key {
             record = record.key(k);
         }
@@ -89,6 +98,7 @@ pub struct UsageProducer {
     batching: Batching,
     pending: Vec<Vec<String>>,
     records: usize,
+    header: Option<(String, String)>,
     /// Messages sent so far.
     pub messages: usize,
 }
@@ -111,8 +121,15 @@ impl UsageProducer {
             batching,
             pending: vec![Vec::new(); partitions as usize],
             records: 0,
+            header: None,
             messages: 0,
         }
+    }
+
+    /// Puts this header on every message.
+    pub fn with_header(mut self, name: &str, value: &str) -> UsageProducer {
+        self.header = Some((name.to_string(), value.to_string()));
+        self
     }
 
     fn flush_partition(&mut self, p: usize) {
@@ -127,6 +144,7 @@ impl UsageProducer {
             p as i32,
             key.as_deref(),
             &payload,
+            self.header.as_ref(),
         );
         self.pending[p].clear();
         self.messages += 1;
@@ -150,7 +168,14 @@ impl UsageProducer {
                 }
             } else {
                 self.flush_partition(p);
-                send(&self.producer, &self.topic, p as i32, key.as_deref(), line);
+                send(
+                    &self.producer,
+                    &self.topic,
+                    p as i32,
+                    key.as_deref(),
+                    line,
+                    self.header.as_ref(),
+                );
                 self.messages += 1;
             }
         }
