@@ -8,8 +8,11 @@
 //! the progress committer waits for before recording input offsets. So progress never runs ahead
 //! of the data. Holds one capability: the first epoch not yet durable.
 //!
-//! A writer that cannot make progress (a database down) retries inside `flush` with backoff; the
-//! worker stalls, and the sources stall with it, so memory stays bounded. A writer error it
+//! A writer may flush in the background ([`TableWriter::start_flush`]): the worker goes on
+//! buffering rows while the flush runs, one flush per table at a time, and the capability moves
+//! only when it has finished. A writer that cannot make progress (a database down) retries with
+//! backoff; its frontier stops, the sources stop `max_epochs_ahead` later, so memory stays
+//! bounded. A writer error it
 //! cannot retry is recorded as fatal for the run and the capability is kept: nothing downstream
 //! is told the data is complete.
 
@@ -28,6 +31,16 @@ pub trait TableWriter<D>: 'static {
     /// Makes every row written so far durable. Input before `frontier` is complete (`None`:
     /// all input is complete).
     fn flush(&mut self, frontier: Option<Epoch>) -> Result<(), String>;
+    /// Starts making every row written so far durable without waiting for it, as `flush` would
+    /// (`Ok(false)`: nothing to start, or this writer cannot; `flush` is called instead).
+    fn start_flush(&mut self, frontier: Option<Epoch>) -> Result<bool, String> {
+        let _ = frontier;
+        Ok(false)
+    }
+    /// Whether the flush last started has finished (rows written meanwhile are not part of it).
+    fn flush_done(&mut self) -> Result<bool, String> {
+        Ok(true)
+    }
 }
 
 /// When a sink flushes.
@@ -61,6 +74,9 @@ impl<D> TableWriter<D> for Discard {
     }
 }
 
+/// How often a sink looks whether a background flush has finished.
+const POLL: Duration = Duration::from_millis(2);
+
 /// Sinks `stream` into `writer`; returns the table's durable-frontier stream.
 pub fn sink<'s, D, P>(
     stream: StreamVec<'s, Epoch, D>,
@@ -85,6 +101,8 @@ where
         let mut cap = capabilities.pop();
         let mut waiting = 0usize;
         let mut last_flush = Instant::now();
+        // The frontier of a flush that runs in the background.
+        let mut in_flight: Option<Option<Epoch>> = None;
         move |frontiers| {
             input.for_each_stamp(|stamp, data| {
                 let Some(&epoch) = stamp.least() else { return };
@@ -97,6 +115,26 @@ where
             });
             if fatal.is_set() {
                 return;
+            }
+            if let Some(target) = in_flight {
+                match writer.flush_done() {
+                    Ok(true) => {
+                        in_flight = None;
+                        match (target, cap.as_mut()) {
+                            (Some(f), Some(c)) => c.downgrade(&f),
+                            (None, _) => cap = None,
+                            (Some(_), None) => {}
+                        }
+                    }
+                    Ok(false) => {
+                        activator.activate_after(POLL);
+                        return;
+                    }
+                    Err(e) => {
+                        fatal.set(format!("flushing {table} failed: {e}"));
+                        return;
+                    }
+                }
             }
             let frontier = frontiers[0].frontier().as_option().copied();
             let Some(c) = cap.as_mut() else { return };
@@ -111,6 +149,20 @@ where
             if !due {
                 activator.activate_after(policy.max_delay.saturating_sub(last_flush.elapsed()));
                 return;
+            }
+            match writer.start_flush(frontier) {
+                Ok(true) => {
+                    waiting = 0;
+                    last_flush = Instant::now();
+                    in_flight = Some(frontier);
+                    activator.activate_after(POLL);
+                    return;
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    fatal.set(format!("flushing {table} failed: {e}"));
+                    return;
+                }
             }
             match writer.flush(frontier) {
                 Ok(()) => {

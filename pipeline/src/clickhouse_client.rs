@@ -163,6 +163,7 @@ impl ClickHouse {
     }
 
     /// Inserts `rows` into `table` in one request, retrying the whole batch until it is in.
+    /// For tables where a repeated row is harmless (`sink_progress`); see [`Self::insert_batch`].
     pub fn insert<'r, T: Row + RowWrite>(
         &self,
         table: &str,
@@ -171,30 +172,142 @@ impl ClickHouse {
         if rows.is_empty() {
             return Ok(());
         }
-        let target = format!("{}.{table}", self.database);
-        // What the insert relies on: these columns exist with these names.
-        log_statement(&format!(
-            "SELECT {} FROM {target} LIMIT 0",
-            T::COLUMN_NAMES.join(", ")
-        ));
+        let target = self.insert_target::<T>(table);
+        self.retry(&format!("insert into {table}"), |c| {
+            Self::send::<T>(c, target.clone(), None, rows)
+        })
+    }
+
+    /// Inserts one batch exactly once, even when the connection breaks mid-insert. Every row
+    /// carries `batch` (see [`BatchId`]). After a failed attempt, meterflow waits until the
+    /// attempt is no longer running on the server, then counts the batch's rows: all there, the
+    /// batch is in (the server wrote it and the answer was lost); none, it is sent again; some
+    /// (a batch spanning partitions writes one part per partition), they are deleted and the
+    /// batch is sent again. Retrying blindly would bill those rows twice.
+    pub fn insert_batch<'r, T: Row + RowWrite>(
+        &self,
+        table: &str,
+        id: BatchId,
+        rows: &[T::Value<'r>],
+    ) -> Result<(), String> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let target = self.insert_target::<T>(table);
         let started = std::time::Instant::now();
-        let result = self.retry(&format!("insert into {table}"), |c| {
-            let target = target.clone();
-            async move {
-                let mut insert = c.insert_unescaped::<T>(&target).await?;
-                for r in rows {
-                    insert.write(r).await?;
+        let mut delay = Duration::from_millis(100);
+        for attempt in 1u32.. {
+            let query_id = format!(
+                "meterflow-{}-{table}-g{}-b{}-a{attempt}",
+                self.database, id.generation, id.batch
+            );
+            let sent = self.runtime.block_on(Self::send::<T>(
+                self.client.clone(),
+                target.clone(),
+                Some(&query_id),
+                rows,
+            ));
+            match sent {
+                Ok(()) => break,
+                Err(e) if retryable(&e) => {
+                    tracing::warn!(table, attempt, error = %e, retry_in_ms = delay.as_millis() as u64, "clickhouse unavailable; checking whether the batch landed before retrying");
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                    let held = self.batch_rows(table, id, &query_id)?;
+                    if held == rows.len() as u64 {
+                        tracing::info!(
+                            table,
+                            batch = id.batch,
+                            "the batch had landed before the connection broke"
+                        );
+                        break;
+                    }
+                    if held > 0 {
+                        tracing::warn!(
+                            table,
+                            batch = id.batch,
+                            held,
+                            rows = rows.len(),
+                            "removing the part of a batch that landed"
+                        );
+                        self.delete_where(table, &id.condition())?;
+                    }
                 }
-                insert.end().await
+                Err(e) => return Err(format!("insert into {table}: {e}")),
             }
-        });
+        }
         tracing::debug!(
             table,
             rows = rows.len(),
             ms = started.elapsed().as_millis() as u64,
             "clickhouse insert"
         );
-        result
+        Ok(())
+    }
+
+    /// The rows of batch `id` in `table`, once the attempt `query_id` has stopped running.
+    fn batch_rows(&self, table: &str, id: BatchId, query_id: &str) -> Result<u64, String> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(300);
+        loop {
+            let running: Vec<Count> = self.fetch(&format!(
+                "SELECT count() AS n FROM system.processes WHERE query_id = '{query_id}'"
+            ))?;
+            if running.first().is_none_or(|c| c.n == 0) {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(format!(
+                    "insert {query_id} is still running after 5 minutes"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let held: Vec<Count> = self.fetch(&format!(
+            "SELECT count() AS n FROM {{db}}.{table} WHERE {}",
+            id.condition()
+        ))?;
+        Ok(held.first().map_or(0, |c| c.n))
+    }
+
+    /// Deletes the rows of `table` matching `condition` and waits until they are gone
+    /// (`ALTER TABLE ... DELETE` runs as a background mutation).
+    pub fn delete_where(&self, table: &str, condition: &str) -> Result<(), String> {
+        self.execute(&format!(
+            "ALTER TABLE {{db}}.{table} DELETE WHERE {condition}"
+        ))?;
+        loop {
+            let pending: Vec<Count> = self.fetch(&format!("SELECT count() AS n FROM system.mutations WHERE database = '{{db}}' AND table = '{table}' AND is_done = 0"))?;
+            if pending.first().is_none_or(|c| c.n == 0) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn insert_target<T: Row>(&self, table: &str) -> String {
+        let target = format!("{}.{table}", self.database);
+        // What the insert relies on: these columns exist with these names.
+        log_statement(&format!(
+            "SELECT {} FROM {target} LIMIT 0",
+            T::COLUMN_NAMES.join(", ")
+        ));
+        target
+    }
+
+    async fn send<'r, T: Row + RowWrite>(
+        c: Client,
+        target: String,
+        query_id: Option<&str>,
+        rows: &[T::Value<'r>],
+    ) -> clickhouse::error::Result<()> {
+        let mut insert = c.insert_unescaped::<T>(&target).await?;
+        if let Some(id) = query_id {
+            insert = insert.with_setting("query_id", id);
+        }
+        for r in rows {
+            insert.write(r).await?;
+        }
+        insert.end().await
     }
 
     /// The server version, e.g. `(18, 16)` or `(24, 8)`.
@@ -208,6 +321,29 @@ impl ClickHouse {
         let mut parts = text.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
         Ok((parts.next().unwrap_or(0), parts.next().unwrap_or(0)))
     }
+}
+
+/// Which insert a row of an epoch table came from: `(generation, batch)` is unique, so an
+/// insert whose outcome is unknown can be checked (see [`ClickHouse::insert_batch`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchId {
+    pub generation: u32,
+    /// The writing worker in the top 24 bits, its batch counter (from 1) below.
+    pub batch: u64,
+}
+
+impl BatchId {
+    fn condition(self) -> String {
+        format!(
+            "generation = {} AND batch = {}",
+            self.generation, self.batch
+        )
+    }
+}
+
+#[derive(Row, Deserialize)]
+pub struct Count {
+    pub n: u64,
 }
 
 /// With `METERFLOW_SQL_LOG=<file>`, every distinct statement meterflow sends to ClickHouse is

@@ -33,7 +33,7 @@ use meterflow_schemas::rows::{Counts, InvoiceLine, LineKey, LineKind, LineUsage,
 use meterflow_schemas::time::{EventTime, Period, PeriodUnit, Span};
 use serde::Deserialize;
 
-use crate::clickhouse_client::ClickHouse;
+use crate::clickhouse_client::{ClickHouse, Count};
 use crate::clickhouse_sink::RecordedOffset;
 
 /// What a restart loads.
@@ -54,11 +54,6 @@ struct ProgressRow {
     watermark_ms: i64,
     offsets: String,
     counts: String,
-}
-
-#[derive(Row, Deserialize)]
-struct Count {
-    n: u64,
 }
 
 #[derive(Row, Deserialize)]
@@ -363,16 +358,7 @@ fn delete_where(ch: &ClickHouse, condition: &str) -> Result<(), String> {
             rows = rows[0].n,
             "removing rows of an uncommitted epoch"
         );
-        ch.execute(&format!(
-            "ALTER TABLE {{db}}.{table} DELETE WHERE {condition}"
-        ))?;
-        loop {
-            let pending: Vec<Count> = ch.fetch(&format!("SELECT count() AS n FROM system.mutations WHERE database = '{{db}}' AND table = '{table}' AND is_done = 0"))?;
-            if pending.first().is_none_or(|c| c.n == 0) {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
+        ch.delete_where(table, condition)?;
     }
     Ok(())
 }

@@ -9,7 +9,7 @@
 //! every table is durable through the committed epoch.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 
 use clickhouse::Row;
 use meterflow_operators::dataflow::Signed;
@@ -26,7 +26,7 @@ use meterflow_schemas::rows::{
 use meterflow_schemas::time::{EventTime, Period, PeriodUnit};
 use serde::Serialize;
 
-use crate::clickhouse_client::ClickHouse;
+use crate::clickhouse_client::{BatchId, ClickHouse};
 
 /// What the writers need to turn indices back into names.
 pub struct ChNames {
@@ -37,6 +37,8 @@ pub struct ChNames {
     pub period: PeriodUnit,
     /// This start of the pipeline (see `clickhouse_restore`).
     pub generation: u32,
+    /// The timely worker writing (its batches are numbered apart from other workers').
+    pub worker: u32,
 }
 
 impl ChNames {
@@ -93,6 +95,7 @@ struct UsageRow<'a> {
     offset: u64,
     epoch: u64,
     generation: u32,
+    batch: u64,
 }
 
 #[derive(Row, Serialize)]
@@ -111,6 +114,7 @@ struct RejectionRow<'a> {
     generation: u32,
     kafka_key: &'a str,
     kafka_headers: &'a str,
+    batch: u64,
 }
 
 #[derive(Row, Serialize)]
@@ -123,6 +127,7 @@ struct DuplicateRowCh<'a> {
     offset: u64,
     epoch: u64,
     generation: u32,
+    batch: u64,
 }
 
 const NO_METADATA: Metadata = Metadata {
@@ -132,56 +137,137 @@ const NO_METADATA: Metadata = Metadata {
     attributes: None,
 };
 
-/// One fact table (`usage_events`, `rejections` or `duplicates`): rows buffered with their epoch.
-pub struct FactsWriter<D> {
-    ch: ClickHouse,
-    names: Arc<ChNames>,
-    buffer: Vec<(Epoch, D)>,
-    insert: fn(&ClickHouse, &ChNames, &[(Epoch, D)]) -> Result<(), String>,
+type InsertFn<T> = fn(&ClickHouse, &ChNames, BatchId, &[T]) -> Result<(), String>;
+
+/// Inserts a table's batches on a thread of its own, one batch at a time, so that a flush does
+/// not stall the timely worker and the tables insert side by side. The insert retries with
+/// backoff while ClickHouse is down, so a batch is either in or still being tried.
+struct Inserter<T> {
+    batches: mpsc::Sender<Vec<T>>,
+    results: mpsc::Receiver<Result<(), String>>,
+    in_flight: bool,
 }
 
-impl<D: 'static> TableWriter<D> for FactsWriter<D> {
+impl<T: Send + 'static> Inserter<T> {
+    fn spawn(ch: ClickHouse, names: Arc<ChNames>, insert: InsertFn<T>, table: &str) -> Inserter<T> {
+        let (batches, todo) = mpsc::channel::<Vec<T>>();
+        let (done, results) = mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name(format!("insert {table}"))
+            .spawn(move || {
+                let mut id = BatchId {
+                    generation: names.generation,
+                    batch: u64::from(names.worker) << 40,
+                };
+                for batch in todo {
+                    id.batch += 1;
+                    if done.send(insert(&ch, &names, id, &batch)).is_err() {
+                        break;
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(table, error = %e, "cannot start an insert thread");
+        }
+        Inserter {
+            batches,
+            results,
+            in_flight: false,
+        }
+    }
+
+    fn start(&mut self, batch: Vec<T>) -> Result<(), String> {
+        self.batches
+            .send(batch)
+            .map_err(|_| "the insert thread is gone".to_string())?;
+        self.in_flight = true;
+        Ok(())
+    }
+
+    fn done(&mut self) -> Result<bool, String> {
+        if !self.in_flight {
+            return Ok(true);
+        }
+        match self.results.try_recv() {
+            Ok(result) => {
+                self.in_flight = false;
+                result.map(|()| true)
+            }
+            Err(mpsc::TryRecvError::Empty) => Ok(false),
+            Err(mpsc::TryRecvError::Disconnected) => Err("the insert thread is gone".into()),
+        }
+    }
+
+    /// Waits for the batch in flight, if any.
+    fn wait(&mut self) -> Result<(), String> {
+        if !self.in_flight {
+            return Ok(());
+        }
+        self.in_flight = false;
+        self.results
+            .recv()
+            .map_err(|_| "the insert thread is gone".to_string())?
+    }
+}
+
+/// One fact table (`usage_events`, `rejections` or `duplicates`): rows buffered with their epoch.
+pub struct FactsWriter<D> {
+    buffer: Vec<(Epoch, D)>,
+    inserter: Inserter<(Epoch, D)>,
+}
+
+impl<D: Send + 'static> TableWriter<D> for FactsWriter<D> {
     fn write(&mut self, epoch: Epoch, rows: &mut Vec<D>) -> Result<(), String> {
         self.buffer.extend(rows.drain(..).map(|r| (epoch, r)));
         Ok(())
     }
-    fn flush(&mut self, _: Option<Epoch>) -> Result<(), String> {
-        (self.insert)(&self.ch, &self.names, &self.buffer)?;
-        self.buffer.clear();
+    fn flush(&mut self, frontier: Option<Epoch>) -> Result<(), String> {
+        if self.start_flush(frontier)? {
+            self.inserter.wait()?;
+        }
         Ok(())
+    }
+    fn start_flush(&mut self, _: Option<Epoch>) -> Result<bool, String> {
+        self.inserter.wait()?;
+        if self.buffer.is_empty() {
+            return Ok(false);
+        }
+        self.inserter.start(std::mem::take(&mut self.buffer))?;
+        Ok(true)
+    }
+    fn flush_done(&mut self) -> Result<bool, String> {
+        self.inserter.done()
+    }
+}
+
+fn facts<D: Send + 'static>(
+    ch: ClickHouse,
+    names: Arc<ChNames>,
+    insert: InsertFn<(Epoch, D)>,
+    table: &str,
+) -> FactsWriter<D> {
+    FactsWriter {
+        buffer: Vec::new(),
+        inserter: Inserter::spawn(ch, names, insert, table),
     }
 }
 
 pub fn usage_events(ch: ClickHouse, names: Arc<ChNames>) -> FactsWriter<AcceptedEvent> {
-    FactsWriter {
-        ch,
-        names,
-        buffer: Vec::new(),
-        insert: insert_usage,
-    }
+    facts(ch, names, insert_usage, "usage_events")
 }
 
 pub fn rejections(ch: ClickHouse, names: Arc<ChNames>) -> FactsWriter<Rejection> {
-    FactsWriter {
-        ch,
-        names,
-        buffer: Vec::new(),
-        insert: insert_rejections,
-    }
+    facts(ch, names, insert_rejections, "rejections")
 }
 
 pub fn duplicates(ch: ClickHouse, names: Arc<ChNames>) -> FactsWriter<DuplicateRow> {
-    FactsWriter {
-        ch,
-        names,
-        buffer: Vec::new(),
-        insert: insert_duplicates,
-    }
+    facts(ch, names, insert_duplicates, "duplicates")
 }
 
 fn insert_usage(
     ch: &ClickHouse,
     n: &ChNames,
+    id: BatchId,
     rows: &[(Epoch, AcceptedEvent)],
 ) -> Result<(), String> {
     let c = &n.catalog;
@@ -229,15 +315,17 @@ fn insert_usage(
                 offset: e.lineage.offset,
                 epoch: *epoch,
                 generation: n.generation,
+                batch: id.batch,
             }
         })
         .collect();
-    ch.insert::<UsageRow<'static>>("usage_events", &out)
+    ch.insert_batch::<UsageRow<'static>>("usage_events", id, &out)
 }
 
 fn insert_rejections(
     ch: &ClickHouse,
     n: &ChNames,
+    id: BatchId,
     rows: &[(Epoch, Rejection)],
 ) -> Result<(), String> {
     let now = seconds(EventTime::now());
@@ -256,16 +344,18 @@ fn insert_rejections(
             rejected_at: now,
             epoch: *epoch,
             generation: n.generation,
+            batch: id.batch,
             kafka_key: r.kafka.as_ref().map_or("", |k| k.key.as_str()),
             kafka_headers: r.kafka.as_ref().map_or("", |k| k.headers.as_str()),
         })
         .collect();
-    ch.insert::<RejectionRow<'static>>("rejections", &out)
+    ch.insert_batch::<RejectionRow<'static>>("rejections", id, &out)
 }
 
 fn insert_duplicates(
     ch: &ClickHouse,
     n: &ChNames,
+    id: BatchId,
     rows: &[(Epoch, DuplicateRow)],
 ) -> Result<(), String> {
     let out: Vec<DuplicateRowCh> = rows
@@ -279,9 +369,10 @@ fn insert_duplicates(
             offset: d.lineage.offset,
             epoch: *epoch,
             generation: n.generation,
+            batch: id.batch,
         })
         .collect();
-    ch.insert::<DuplicateRowCh<'static>>("duplicates", &out)
+    ch.insert_batch::<DuplicateRowCh<'static>>("duplicates", id, &out)
 }
 
 /// The identity columns every derived row starts with.
@@ -319,6 +410,7 @@ struct InvoiceLineRow<'a> {
     version: u64,
     epoch: u64,
     generation: u32,
+    batch: u64,
 }
 
 #[derive(Row, Serialize)]
@@ -340,6 +432,7 @@ struct RatedRowCh<'a> {
     version: u64,
     epoch: u64,
     generation: u32,
+    batch: u64,
 }
 
 #[derive(Row, Serialize)]
@@ -358,6 +451,7 @@ struct LineUsageRow<'a> {
     version: u64,
     epoch: u64,
     generation: u32,
+    batch: u64,
 }
 
 /// Amounts rounded to minor units, stored as `Decimal(38, 9)`.
@@ -365,13 +459,11 @@ const AMOUNT_TO_9: i128 = 1_000_000_000;
 
 /// A signed table (`invoice_lines`, `rated_usage`, `line_usage`).
 pub struct SignedTable<R: Ord + Clone> {
-    ch: ClickHouse,
-    names: Arc<ChNames>,
     state: SignedState<R>,
-    insert: fn(&ClickHouse, &ChNames, &[Change<R>]) -> Result<(), String>,
+    inserter: Inserter<Change<R>>,
 }
 
-impl<R: Ord + Clone + 'static> TableWriter<Signed<R>> for SignedTable<R> {
+impl<R: Ord + Clone + Send + 'static> TableWriter<Signed<R>> for SignedTable<R> {
     fn write(&mut self, _: Epoch, rows: &mut Vec<Signed<R>>) -> Result<(), String> {
         for (r, t, d) in rows.drain(..) {
             self.state.update(r, t, d);
@@ -379,10 +471,37 @@ impl<R: Ord + Clone + 'static> TableWriter<Signed<R>> for SignedTable<R> {
         Ok(())
     }
     fn flush(&mut self, frontier: Option<Epoch>) -> Result<(), String> {
+        if self.start_flush(frontier)? {
+            self.inserter.wait()?;
+        }
+        Ok(())
+    }
+    fn start_flush(&mut self, frontier: Option<Epoch>) -> Result<bool, String> {
+        self.inserter.wait()?;
         // Each change is stamped with the round it belongs to: a restart deletes exactly the
         // rounds after the last commit.
         let changes = self.state.changes(frontier);
-        (self.insert)(&self.ch, &self.names, &changes)
+        if changes.is_empty() {
+            return Ok(false);
+        }
+        self.inserter.start(changes)?;
+        Ok(true)
+    }
+    fn flush_done(&mut self) -> Result<bool, String> {
+        self.inserter.done()
+    }
+}
+
+fn signed<R: Ord + Clone + Send + 'static>(
+    ch: ClickHouse,
+    names: Arc<ChNames>,
+    state: SignedState<R>,
+    insert: InsertFn<Change<R>>,
+    table: &str,
+) -> SignedTable<R> {
+    SignedTable {
+        state,
+        inserter: Inserter::spawn(ch, names, insert, table),
     }
 }
 
@@ -398,12 +517,7 @@ pub fn invoice_lines(
     names: Arc<ChNames>,
     state: SignedState<InvoiceLine>,
 ) -> SignedTable<InvoiceLine> {
-    SignedTable {
-        ch,
-        names,
-        state,
-        insert: insert_lines,
-    }
+    signed(ch, names, state, insert_lines, "invoice_lines")
 }
 
 pub fn rated_usage(
@@ -411,12 +525,7 @@ pub fn rated_usage(
     names: Arc<ChNames>,
     state: SignedState<RatedRow>,
 ) -> SignedTable<RatedRow> {
-    SignedTable {
-        ch,
-        names,
-        state,
-        insert: insert_rated,
-    }
+    signed(ch, names, state, insert_rated, "rated_usage")
 }
 
 pub fn line_usage(
@@ -424,17 +533,13 @@ pub fn line_usage(
     names: Arc<ChNames>,
     state: SignedState<LineUsage>,
 ) -> SignedTable<LineUsage> {
-    SignedTable {
-        ch,
-        names,
-        state,
-        insert: insert_line_usage,
-    }
+    signed(ch, names, state, insert_line_usage, "line_usage")
 }
 
 fn insert_lines(
     ch: &ClickHouse,
     n: &ChNames,
+    id: BatchId,
     changes: &[Change<InvoiceLine>],
 ) -> Result<(), String> {
     let labels = PeriodLabels::of(
@@ -465,13 +570,19 @@ fn insert_lines(
                 version: c.version,
                 epoch: c.epoch,
                 generation: n.generation,
+                batch: id.batch,
             }
         })
         .collect();
-    ch.insert::<InvoiceLineRow<'static>>("invoice_lines", &out)
+    ch.insert_batch::<InvoiceLineRow<'static>>("invoice_lines", id, &out)
 }
 
-fn insert_rated(ch: &ClickHouse, n: &ChNames, changes: &[Change<RatedRow>]) -> Result<(), String> {
+fn insert_rated(
+    ch: &ClickHouse,
+    n: &ChNames,
+    id: BatchId,
+    changes: &[Change<RatedRow>],
+) -> Result<(), String> {
     let c = &n.catalog;
     let labels = PeriodLabels::of(
         n.period,
@@ -503,15 +614,17 @@ fn insert_rated(ch: &ClickHouse, n: &ChNames, changes: &[Change<RatedRow>]) -> R
                 version: ch.version,
                 epoch: ch.epoch,
                 generation: n.generation,
+                batch: id.batch,
             }
         })
         .collect();
-    ch.insert::<RatedRowCh<'static>>("rated_usage", &out)
+    ch.insert_batch::<RatedRowCh<'static>>("rated_usage", id, &out)
 }
 
 fn insert_line_usage(
     ch: &ClickHouse,
     n: &ChNames,
+    id: BatchId,
     changes: &[Change<LineUsage>],
 ) -> Result<(), String> {
     let c = &n.catalog;
@@ -542,10 +655,11 @@ fn insert_line_usage(
                 version: ch.version,
                 epoch: ch.epoch,
                 generation: n.generation,
+                batch: id.batch,
             }
         })
         .collect();
-    ch.insert::<LineUsageRow<'static>>("line_usage", &out)
+    ch.insert_batch::<LineUsageRow<'static>>("line_usage", id, &out)
 }
 
 #[derive(Row, Serialize)]

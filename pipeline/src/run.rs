@@ -200,6 +200,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
                 billable_environments: billable.clone(),
                 period,
                 generation,
+                worker: index as u32,
             });
             let connect = || ClickHouse::connect(&ch_cfg);
             // Only worker 0 receives derived rows and commits progress; it holds the restored rows.
@@ -378,6 +379,17 @@ impl TableWriter<Signed<InvoiceLine>> for LinesPreview {
         self.0.flush(frontier)?;
         self.1.set(self.2, self.0.held());
         Ok(())
+    }
+    fn start_flush(
+        &mut self,
+        frontier: Option<meterflow_operators::Epoch>,
+    ) -> Result<bool, String> {
+        let started = self.0.start_flush(frontier)?;
+        self.1.set(self.2, self.0.held());
+        Ok(started)
+    }
+    fn flush_done(&mut self) -> Result<bool, String> {
+        self.0.flush_done()
     }
 }
 

@@ -15,6 +15,9 @@
 //!   ClickHouse, with the input offsets behind it. On restart, rows of later (incomplete) epochs are
 //!   deleted, including any that a killed writer's in-flight insert lands late (recognised by their
 //!   older generation), and the input resumes after the recorded offsets.
+//! - Every row also carries the `batch` (insert) that wrote it, unique within a generation and
+//!   table, so an insert whose answer was lost can be checked before it is sent again
+//!   (migrations 10-15).
 
 /// One migration: applied once, in order, recorded in `schema_migrations`.
 pub struct Migration {
@@ -197,6 +200,36 @@ ORDER BY (entity, entity_id, changed_at)",
         id: 9,
         name: "rejections_kafka_key_and_headers",
         sql: "ALTER TABLE {db}.rejections ADD COLUMN kafka_key String, ADD COLUMN kafka_headers String",
+    },
+    Migration {
+        id: 10,
+        name: "usage_events_batch",
+        sql: "ALTER TABLE {db}.usage_events ADD COLUMN batch UInt64",
+    },
+    Migration {
+        id: 11,
+        name: "rejections_batch",
+        sql: "ALTER TABLE {db}.rejections ADD COLUMN batch UInt64",
+    },
+    Migration {
+        id: 12,
+        name: "duplicates_batch",
+        sql: "ALTER TABLE {db}.duplicates ADD COLUMN batch UInt64",
+    },
+    Migration {
+        id: 13,
+        name: "invoice_lines_batch",
+        sql: "ALTER TABLE {db}.invoice_lines ADD COLUMN batch UInt64",
+    },
+    Migration {
+        id: 14,
+        name: "rated_usage_batch",
+        sql: "ALTER TABLE {db}.rated_usage ADD COLUMN batch UInt64",
+    },
+    Migration {
+        id: 15,
+        name: "line_usage_batch",
+        sql: "ALTER TABLE {db}.line_usage ADD COLUMN batch UInt64",
     },
 ];
 

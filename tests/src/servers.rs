@@ -258,3 +258,116 @@ impl Drop for Tansu {
         self.kill();
     }
 }
+
+/// A TCP proxy in front of ClickHouse that loses the answer to every `every`-th insert: the
+/// server has written the rows, but the client sees its connection drop, as when a network
+/// path or a load balancer fails at the wrong moment.
+pub struct AnswerLosingProxy {
+    pub port: u16,
+    /// Inserts whose answer was dropped so far.
+    pub lost: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl AnswerLosingProxy {
+    pub fn start(upstream: u16, every: usize) -> AnswerLosingProxy {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let lost = Arc::new(AtomicUsize::new(0));
+        let inserts = Arc::new(AtomicUsize::new(0));
+        let lost_out = lost.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                let insert_sent = Arc::new(AtomicBool::new(false));
+                let (c2, s2) = (
+                    client.try_clone().expect("clone"),
+                    server.try_clone().expect("clone"),
+                );
+                let flag = insert_sent.clone();
+                // Requests: forwarded as they are; remembers when one is an insert.
+                std::thread::spawn(move || {
+                    pump(client, server, |chunk| {
+                        let text = String::from_utf8_lossy(chunk);
+                        if text.starts_with("POST /?query=INSERT") {
+                            flag.store(true, Ordering::SeqCst);
+                        }
+                        Forward::Pass
+                    })
+                });
+                let (lost, inserts) = (lost.clone(), inserts.clone());
+                // Answers: the answer to every `every`-th insert is read to its end (the server
+                // has finished the insert) and dropped with the connection.
+                std::thread::spawn(move || {
+                    let mut swallowed: Option<Vec<u8>> = None;
+                    pump(s2, c2, |chunk| {
+                        if let Some(held) = swallowed.as_mut() {
+                            held.extend_from_slice(chunk);
+                        } else if insert_sent.swap(false, Ordering::SeqCst)
+                            && (inserts.fetch_add(1, Ordering::SeqCst) + 1) % every == 0
+                        {
+                            swallowed = Some(chunk.to_vec());
+                        } else {
+                            return Forward::Pass;
+                        }
+                        if swallowed
+                            .as_ref()
+                            .is_some_and(|h| h.ends_with(b"\r\n0\r\n\r\n"))
+                        {
+                            lost.fetch_add(1, Ordering::SeqCst);
+                            return Forward::Close;
+                        }
+                        Forward::Hold
+                    })
+                });
+            }
+        });
+        AnswerLosingProxy {
+            port,
+            lost: lost_out,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+enum Forward {
+    Pass,
+    /// Keep the chunk back.
+    Hold,
+    /// Close both connections.
+    Close,
+}
+
+/// Copies `from` to `to`, chunk by chunk, as `decide` says; then closes both.
+fn pump(
+    mut from: std::net::TcpStream,
+    mut to: std::net::TcpStream,
+    mut decide: impl FnMut(&[u8]) -> Forward,
+) {
+    use std::io::{Read, Write};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        match decide(&buf[..n]) {
+            Forward::Pass => {
+                if to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+            Forward::Hold => {}
+            Forward::Close => break,
+        }
+    }
+    let _ = from.shutdown(std::net::Shutdown::Both);
+    let _ = to.shutdown(std::net::Shutdown::Both);
+}

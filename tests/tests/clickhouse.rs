@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use meterflow_tests::oracle::{assert_clickhouse_matches, assert_stream_has, count};
-use meterflow_tests::servers::ClickHouseServer;
+use meterflow_tests::servers::{AnswerLosingProxy, ClickHouseServer};
 use meterflow_tests::{meterflow_bin, meterflow_ok, Scratch};
 
 /// A long stream has all of these (late: periods that closed before their events arrived).
@@ -161,6 +161,23 @@ fn a_clickhouse_outage_mid_stream_loses_nothing() {
     f.ch.resume();
     assert!(child.wait().unwrap().success());
     f.assert_matches_oracle("after a ClickHouse outage", EVERY_KIND);
+}
+
+#[test]
+fn an_insert_whose_answer_is_lost_is_written_once() {
+    // ClickHouse writes every third insert but its answer never arrives: meterflow must find
+    // the batch already there rather than insert it again (which would bill it twice).
+    let f = Fixture::new("ch-lost-answer", 30_000);
+    let proxy = AnswerLosingProxy::start(f.ch.http_port, 3);
+    let mut args = f.args("lost", false);
+    args.extend(["--clickhouse-url".into(), proxy.url()]);
+    meterflow_ok(&args.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+    let lost = proxy.lost.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(lost >= 3, "only {lost} answers were lost");
+    f.assert_matches_oracle(
+        &format!("after {lost} lost insert answers"),
+        &["duplicates", "rejected", "corrections"],
+    );
 }
 
 #[test]
