@@ -21,6 +21,7 @@ use crate::accounting::{Totals, TotalsWriter};
 use crate::aggregate::{pre_aggregate, UsageRecord, UsageSum};
 use crate::decode::decode;
 use crate::dedup::{dedup, DedupSeed, Deduplicator};
+use crate::invoice::invoice;
 use crate::price::{price, Priced};
 use crate::progress::{commit_progress, Progress, ProgressStore};
 use crate::rate_join::rate_join;
@@ -130,7 +131,13 @@ pub fn build<'s>(
         seed,
     );
     let rated = rate_join(usage, prices(scope, &plan.catalog));
-    let priced = price(rated, plan.rounding).inner;
+    let priced = price(rated, plan.rounding);
+    let usage_lines = priced.clone().flat_map(|p| match p {
+        Priced::Line(l) => Some(l),
+        _ => None,
+    });
+    let derived = invoice(usage_lines, plan.catalog.clone(), plan.rounding).map(Priced::Line);
+    let priced = priced.concat(derived).inner;
 
     let (lines, rated_rows, line_usage) = split_priced(priced);
     let facts = io.facts_flush;

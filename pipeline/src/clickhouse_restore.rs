@@ -171,7 +171,9 @@ impl<'a> Lookup<'a> {
             contract: c
                 .contract(contract)
                 .ok_or_else(|| Self::missing("contract", contract))?,
-            sku: c.sku(sku).ok_or_else(|| Self::missing("sku", sku))?,
+            sku: c
+                .sku_or_invoice(sku)
+                .ok_or_else(|| Self::missing("sku", sku))?,
             region: self.region(region)?,
             service_period: self.period(service)?,
         })
@@ -414,11 +416,12 @@ fn held_lines(
                     &r.service_period,
                 )?,
                 invoice_period: l.period(&r.invoice_period)?,
-                kind: if r.line_type == "adjustment" {
-                    LineKind::Adjustment
-                } else {
-                    LineKind::Usage
-                },
+                kind: LineKind::parse(&r.line_type).ok_or_else(|| {
+                    format!(
+                        "invoice_lines holds line_type `{}`, which this meterflow does not know; run the version that wrote it",
+                        r.line_type
+                    )
+                })?,
                 currency: r.currency.into(),
                 events: r.events,
                 quantity: Quantity(r.quantity),

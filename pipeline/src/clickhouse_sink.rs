@@ -387,7 +387,7 @@ fn key_text<'a>(c: &'a Catalog, k: &LineKey) -> KeyText<'a> {
     KeyText {
         customer_id: &c.customers[k.customer.ix()].id,
         contract_id: &c.contracts[k.contract.ix()].id,
-        sku: &c.skus[k.sku.ix()].id,
+        sku: c.sku_id(k.sku),
         region: c.region_name(k.region),
     }
 }

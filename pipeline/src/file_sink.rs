@@ -197,7 +197,7 @@ impl Names {
         let c = &self.catalog;
         field(row, &c.customers[k.customer.ix()].id);
         field(row, &c.contracts[k.contract.ix()].id);
-        field(row, &c.skus[k.sku.ix()].id);
+        field(row, c.sku_id(k.sku));
         field(row, c.region_name(k.region));
         labels.write(self.period, row, k.service_period);
     }

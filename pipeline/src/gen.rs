@@ -53,6 +53,11 @@ pub struct GenArgs {
     /// Days of event time the stream spans.
     #[arg(long, default_value_t = 60)]
     pub days: i64,
+    /// Give the catalog contract terms and taxes: subscription fees, discounts (per SKU, and
+    /// promotions with date ranges), minimum and maximum spend, and customer tax rates, spread
+    /// over the customers.
+    #[arg(long)]
+    pub terms: bool,
 }
 
 fn parse_time(text: &str) -> Result<EventTime, String> {
@@ -105,7 +110,7 @@ impl Rng {
 
 /// The catalog for `customers` generated customers: one contract each on a rate card whose
 /// second version takes effect halfway through the generated time span.
-pub fn catalog_toml(customers: u32, start: EventTime, days: i64) -> String {
+pub fn catalog_toml(customers: u32, start: EventTime, days: i64, terms: bool) -> String {
     let mid = start.plus(Span::days(days / 2));
     // Version 1 starts before the stream, so late events at its very beginning are priced too.
     let first = start.minus(Span::days(30));
@@ -126,14 +131,45 @@ pub fn catalog_toml(customers: u32, start: EventTime, days: i64) -> String {
         );
     }
     let contract_start = start.minus(Span::days(30));
+    if terms {
+        s.push_str("[[tax]]\nid = \"vat-19\"\nname = \"VAT 19%\"\nrate = \"0.19\"\n\n[[tax]]\nid = \"gst-10\"\nname = \"GST 10%\"\nrate = \"0.1\"\n\n");
+    }
     for c in 0..customers {
+        let tax = match c % 3 {
+            _ if !terms => "",
+            0 => "tax = \"vat-19\"\n",
+            1 => "tax = \"gst-10\"\n",
+            _ => "",
+        };
         let _ = writeln!(
             s,
-            "[[customer]]\nid = \"cus-{c:06}\"\nname = \"Customer {c}\"\n"
+            "[[customer]]\nid = \"cus-{c:06}\"\nname = \"Customer {c}\"\n{tax}"
         );
-        let _ = writeln!(s, "[[contract]]\nid = \"ctr-{c:06}\"\ncustomer = \"cus-{c:06}\"\nrate_card = \"standard\"\nstarts = \"{contract_start}\"\n");
+        let _ = writeln!(s, "[[contract]]\nid = \"ctr-{c:06}\"\ncustomer = \"cus-{c:06}\"\nrate_card = \"standard\"\nstarts = \"{contract_start}\"");
+        if terms {
+            contract_terms(&mut s, c, start.plus(Span::days(days / 2)));
+        }
+        s.push('\n');
     }
     s
+}
+
+/// Terms for contract `c`, spread so every kind of invoice line appears.
+fn contract_terms(s: &mut String, c: u32, promotion_from: EventTime) {
+    if c.is_multiple_of(5) {
+        s.push_str("minimum_spend = \"400\"\n");
+    } else if c % 6 == 3 {
+        s.push_str("maximum_spend = \"60\"\n");
+    }
+    if c.is_multiple_of(4) {
+        s.push_str("[[contract.fee]]\nname = \"platform\"\namount = \"49\"\n");
+    }
+    if c.is_multiple_of(7) {
+        s.push_str("[[contract.discount]]\nname = \"tokens 12.5% off\"\nsku = \"tokens\"\npercent = \"12.5\"\n");
+    }
+    if c % 2 == 1 {
+        let _ = writeln!(s, "[[contract.discount]]\nname = \"autumn promotion\"\namount = \"5\"\nfrom = \"{promotion_from}\"");
+    }
 }
 
 pub fn generate(args: &GenArgs) -> anyhow::Result<GenSummary> {
@@ -141,7 +177,7 @@ pub fn generate(args: &GenArgs) -> anyhow::Result<GenSummary> {
         .with_context(|| format!("cannot create {}", args.out.display()))?;
     std::fs::write(
         args.out.join("catalog").join("catalog.toml"),
-        catalog_toml(args.customers, args.start, args.days),
+        catalog_toml(args.customers, args.start, args.days, args.terms),
     )
     .context("cannot write the catalog")?;
     let path = args.out.join("events.jsonl");

@@ -8,7 +8,7 @@ use meterflow_operators::dataflow::Cluster;
 use meterflow_schemas::catalog::{load_dir, CatalogErrors};
 
 use meterflow::config::ConfigError;
-use meterflow::{demo, gen, run, trace};
+use meterflow::{demo, gen, preview, run, trace};
 
 #[derive(Parser)]
 #[command(
@@ -77,6 +77,11 @@ enum Command {
         #[command(subcommand)]
         command: CatalogCommand,
     },
+    /// Invoice tools.
+    Invoice {
+        #[command(subcommand)]
+        command: InvoiceCommand,
+    },
     /// Follow one event id through the output tables.
     Trace {
         /// Output directory of a run.
@@ -90,6 +95,32 @@ enum Command {
 enum CatalogCommand {
     /// Validate a catalog directory; every problem names its file, entry and fix.
     Check { dir: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum InvoiceCommand {
+    /// Show the current draft invoice (lines, subtotal, discounts, tax, total) of a customer,
+    /// from a run's output directory or, with --clickhouse-url or a config, from ClickHouse.
+    Preview {
+        /// Customer id (all customers when omitted).
+        #[arg(long)]
+        customer: Option<String>,
+        /// Invoice period label, e.g. 2026-11 (all periods when omitted).
+        #[arg(long)]
+        period: Option<String>,
+        /// Output directory of an embedded run.
+        #[arg(long, short = 'o', default_value = "out")]
+        out: PathBuf,
+        /// Read from ClickHouse at this HTTP URL instead (overrides clickhouse.url).
+        #[arg(long)]
+        clickhouse_url: Option<String>,
+        /// Configuration file; its [clickhouse] section selects ClickHouse.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Catalog directory, for customer names and units.
+        #[arg(long, short = 'c')]
+        catalog: Option<PathBuf>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -286,6 +317,44 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 c.rate_cards.len(),
                 c.prices.len()
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Invoice {
+            command:
+                InvoiceCommand::Preview {
+                    customer,
+                    period,
+                    out,
+                    clickhouse_url,
+                    config,
+                    catalog,
+                },
+        } => {
+            let mut cfg = meterflow::config::Config::load(config.as_deref())?;
+            if let Some(url) = clickhouse_url {
+                cfg.clickhouse.url = url;
+            }
+            let catalog = catalog.map(|d| load_dir(&d)).transpose()?;
+            let filter = preview::Filter {
+                customer: customer.clone(),
+                period,
+            };
+            let lines = if cfg.clickhouse.enabled() {
+                let ch = meterflow::clickhouse_client::ClickHouse::connect(&cfg.clickhouse)
+                    .map_err(anyhow::Error::msg)?;
+                preview::from_clickhouse(&ch, &filter)
+            } else {
+                preview::from_output(&out, &filter)
+            }
+            .map_err(anyhow::Error::msg)?;
+            if lines.is_empty() {
+                if let Some(c) = customer {
+                    anyhow::bail!(
+                        "no invoice lines for customer `{c}` (check the id and --period)"
+                    );
+                }
+            }
+            print!("{}", preview::render_lines(lines, catalog.as_ref()));
             Ok(ExitCode::SUCCESS)
         }
         Command::Trace { out, event_id } => {

@@ -1,81 +1,282 @@
-//! The invoice preview: current draft invoice lines per customer and invoice period.
+//! The invoice preview: the current draft invoice per customer and invoice period — its lines,
+//! then usage, subscription, discounts, commitment true-up, cap, subtotal, tax and total per
+//! currency. Rendered at the end of a run, and by `meterflow invoice preview` from a run's
+//! output directory or from ClickHouse.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
+use std::path::Path;
 
 use meterflow_schemas::catalog::Catalog;
 use meterflow_schemas::money::{minor_unit_digits, Amount};
-use meterflow_schemas::rows::InvoiceLine;
+use meterflow_schemas::rows::{InvoiceLine, LineKind};
 use meterflow_schemas::time::PeriodUnit;
 
-/// Renders the current lines (rows with a positive net multiplicity) as a text table.
+use crate::clickhouse_client::ClickHouse;
+
+/// One current invoice line, by name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PreviewLine {
+    pub customer: String,
+    pub invoice_period: String,
+    pub contract: String,
+    pub kind: LineKind,
+    /// Empty for lines about the whole invoice.
+    pub sku: String,
+    pub service_period: String,
+    pub region: String,
+    pub events: i64,
+    /// As written in the tables (exact decimal text).
+    pub quantity: String,
+    pub amount: Amount,
+    pub currency: String,
+}
+
+/// Which invoices to show.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    pub customer: Option<String>,
+    pub period: Option<String>,
+}
+
+impl Filter {
+    fn keeps(&self, l: &PreviewLine) -> bool {
+        self.customer.as_ref().is_none_or(|c| *c == l.customer)
+            && self.period.as_ref().is_none_or(|p| *p == l.invoice_period)
+    }
+}
+
+/// The preview of a run's current lines (rows with a positive net multiplicity).
 pub fn render(
     lines: &BTreeMap<InvoiceLine, isize>,
     catalog: &Catalog,
     period: PeriodUnit,
 ) -> String {
-    let mut by_invoice: BTreeMap<(String, String), Vec<&InvoiceLine>> = BTreeMap::new();
-    for (line, n) in lines {
-        if *n > 0 {
-            let customer = catalog.customers[line.key.customer.ix()].id.clone();
-            by_invoice
-                .entry((customer, period.label(line.invoice_period)))
-                .or_default()
-                .push(line);
+    let rows = lines
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(l, _)| PreviewLine {
+            customer: catalog.customers[l.key.customer.ix()].id.clone(),
+            invoice_period: period.label(l.invoice_period),
+            contract: catalog.contracts[l.key.contract.ix()].id.clone(),
+            kind: l.kind,
+            sku: catalog.sku_id(l.key.sku).to_string(),
+            service_period: period.label(l.key.service_period),
+            region: catalog.region_name(l.key.region).to_string(),
+            events: l.events,
+            quantity: l.quantity.to_string(),
+            amount: l.amount,
+            currency: l.currency.to_string(),
+        })
+        .collect();
+    render_lines(rows, Some(catalog))
+}
+
+/// The current lines of a run's output directory (its `invoice_lines` table).
+pub fn from_output(out: &Path, filter: &Filter) -> Result<Vec<PreviewLine>, String> {
+    let rows = crate::tables::read_table(out, "invoice_lines").map_err(|e| {
+        format!(
+            "cannot read {}: {e}; pass the output directory of a run (-o)",
+            out.join("invoice_lines").display()
+        )
+    })?;
+    let get = |r: &crate::tables::Row, k: &str| r.get(k).cloned().unwrap_or_default();
+    let mut lines = Vec::new();
+    for r in crate::trace::current_rows(&rows) {
+        let line = PreviewLine {
+            customer: get(&r, "customer_id"),
+            invoice_period: get(&r, "invoice_period"),
+            contract: get(&r, "contract_id"),
+            kind: parse_kind(&get(&r, "line_type"))?,
+            sku: get(&r, "sku"),
+            service_period: get(&r, "service_period"),
+            region: get(&r, "region"),
+            events: get(&r, "events").parse().unwrap_or(0),
+            quantity: get(&r, "quantity"),
+            amount: Amount::parse(&get(&r, "amount"))
+                .map_err(|e| format!("invoice_lines: amount `{}`: {e}", get(&r, "amount")))?,
+            currency: get(&r, "currency"),
+        };
+        if filter.keeps(&line) {
+            lines.push(line);
         }
     }
+    Ok(lines)
+}
+
+/// The current lines in ClickHouse.
+pub fn from_clickhouse(ch: &ClickHouse, filter: &Filter) -> Result<Vec<PreviewLine>, String> {
+    #[derive(clickhouse::Row, serde::Deserialize)]
+    struct R {
+        customer_id: String,
+        invoice_period: String,
+        contract_id: String,
+        line_type: String,
+        sku: String,
+        service_period: String,
+        region: String,
+        currency: String,
+        events: i64,
+        quantity: String,
+        amount: String,
+    }
+    let quote = |s: &str| s.replace('\\', "\\\\").replace('\'', "\\'");
+    let mut conditions = vec!["1".to_string()];
+    if let Some(c) = &filter.customer {
+        conditions.push(format!("customer_id = '{}'", quote(c)));
+    }
+    if let Some(p) = &filter.period {
+        conditions.push(format!("invoice_period = '{}'", quote(p)));
+    }
+    let rows: Vec<R> = ch.fetch(&format!(
+        "SELECT customer_id, invoice_period, contract_id, line_type, sku, service_period, region, currency, \
+         sum(events * sign) AS events, toString(sum(quantity * sign)) AS quantity, toString(sum(amount * sign)) AS amount \
+         FROM {{db}}.invoice_lines WHERE {} \
+         GROUP BY customer_id, invoice_period, contract_id, line_type, sku, service_period, region, currency \
+         HAVING sum(sign) > 0",
+        conditions.join(" AND ")
+    ))?;
+    rows.into_iter()
+        .map(|r| {
+            Ok(PreviewLine {
+                kind: parse_kind(&r.line_type)?,
+                amount: Amount::parse(&r.amount)
+                    .map_err(|e| format!("invoice_lines: amount `{}`: {e}", r.amount))?,
+                customer: r.customer_id,
+                invoice_period: r.invoice_period,
+                contract: r.contract_id,
+                sku: r.sku,
+                service_period: r.service_period,
+                region: r.region,
+                events: r.events,
+                quantity: trim_zeros(&r.quantity),
+                currency: r.currency,
+            })
+        })
+        .collect()
+}
+
+fn parse_kind(text: &str) -> Result<LineKind, String> {
+    LineKind::parse(text).ok_or_else(|| format!("unknown line_type `{text}`"))
+}
+
+fn trim_zeros(decimal: &str) -> String {
+    if decimal.contains('.') {
+        decimal
+            .trim_end_matches('0')
+            .trim_end_matches('.')
+            .to_string()
+    } else {
+        decimal.to_string()
+    }
+}
+
+/// Renders lines as one draft invoice per customer and invoice period. With a catalog, customer
+/// names and SKU units are shown.
+pub fn render_lines(mut lines: Vec<PreviewLine>, catalog: Option<&Catalog>) -> String {
     let mut s = String::new();
-    if by_invoice.is_empty() {
+    if lines.is_empty() {
         s.push_str("(no billable usage)\n");
         return s;
     }
-    for ((customer, invoice_period), mut rows) in by_invoice {
-        let name = &catalog.customers[catalog.customer(&customer).expect("customer").ix()].name;
-        rows.sort_by_key(|l| {
-            (
-                l.key.contract,
-                l.key.sku,
-                l.key.service_period,
-                l.kind,
-                l.key.region,
-            )
-        });
+    lines.sort();
+    let mut invoices: BTreeMap<(String, String), Vec<PreviewLine>> = BTreeMap::new();
+    for l in lines {
+        invoices
+            .entry((l.customer.clone(), l.invoice_period.clone()))
+            .or_default()
+            .push(l);
+    }
+    for ((customer, invoice_period), rows) in invoices {
+        let name = catalog
+            .and_then(|c| {
+                c.customer(&customer)
+                    .map(|i| c.customers[i.ix()].name.clone())
+            })
+            .unwrap_or_else(|| customer.clone());
         let _ = writeln!(
             s,
             "\n{name} ({customer}) — invoice {invoice_period} (draft)"
         );
         let _ = writeln!(
             s,
-            "  {:<18} {:<12} {:<10} {:<10} {:<11} {:>7} {:>16} {:>14}",
+            "  {:<18} {:<12} {:<10} {:<10} {:<12} {:>7} {:>16} {:>14}",
             "contract", "sku", "region", "service", "type", "events", "quantity", "amount"
         );
-        let mut totals: BTreeMap<&str, Amount> = BTreeMap::new();
-        for l in rows {
+        let mut totals: BTreeMap<&str, BTreeMap<LineKind, Amount>> = BTreeMap::new();
+        for l in &rows {
             let digits = minor_unit_digits(&l.currency);
-            let sku = &catalog.skus[l.key.sku.ix()];
+            let unit = catalog
+                .and_then(|c| c.sku(&l.sku).map(|i| c.skus[i.ix()].unit.as_str()))
+                .unwrap_or("");
+            let quantity = if l.kind.is_usage() {
+                format!("{} {unit}", l.quantity).trim_end().to_string()
+            } else {
+                String::new()
+            };
             let _ = writeln!(
                 s,
-                "  {:<18} {:<12} {:<10} {:<10} {:<11} {:>7} {:>16} {:>10} {}",
-                catalog.contracts[l.key.contract.ix()].id,
-                sku.id,
-                catalog.region_name(l.key.region),
-                period.label(l.key.service_period),
+                "  {:<18} {:<12} {:<10} {:<10} {:<12} {:>7} {:>16} {:>10} {}",
+                l.contract,
+                if l.sku.is_empty() {
+                    "(invoice)"
+                } else {
+                    &l.sku
+                },
+                if l.kind.is_usage() { &l.region } else { "" },
+                l.service_period,
                 l.kind.as_str(),
-                l.events,
-                format!("{} {}", l.quantity, sku.unit),
+                if l.kind.is_usage() {
+                    l.events.to_string()
+                } else {
+                    String::new()
+                },
+                quantity,
                 l.amount.format_fixed(digits),
                 l.currency
             );
-            *totals.entry(&l.currency).or_default() += l.amount;
+            *totals
+                .entry(&l.currency)
+                .or_default()
+                .entry(l.kind)
+                .or_default() += l.amount;
         }
-        for (currency, total) in totals {
-            let _ = writeln!(
-                s,
-                "  {:>101} {:>10} {}",
-                "subtotal",
-                total.format_fixed(minor_unit_digits(currency)),
-                currency
-            );
+        for (currency, by_kind) in totals {
+            let digits = minor_unit_digits(currency);
+            let sum = |kinds: &[LineKind]| -> Amount {
+                kinds
+                    .iter()
+                    .map(|k| by_kind.get(k).copied().unwrap_or_default())
+                    .sum()
+            };
+            let mut summary = vec![("usage", sum(&[LineKind::Usage, LineKind::Adjustment]))];
+            for (label, kind) in [
+                ("subscription", LineKind::Subscription),
+                ("discounts", LineKind::Discount),
+                ("commitment true-up", LineKind::Commitment),
+                ("spend cap", LineKind::Cap),
+            ] {
+                if by_kind.contains_key(&kind) {
+                    summary.push((label, sum(&[kind])));
+                }
+            }
+            let net: Amount = by_kind
+                .iter()
+                .filter(|(k, _)| **k != LineKind::Tax)
+                .map(|(_, a)| *a)
+                .sum();
+            summary.push(("subtotal", net));
+            summary.push(("tax", sum(&[LineKind::Tax])));
+            summary.push(("total", net + sum(&[LineKind::Tax])));
+            for (label, amount) in summary {
+                let _ = writeln!(
+                    s,
+                    "  {:>102} {:>10} {}",
+                    label,
+                    amount.format_fixed(digits),
+                    currency
+                );
+            }
         }
     }
     s

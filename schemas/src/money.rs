@@ -280,6 +280,19 @@ impl Amount {
         parse_scaled(text, QUANTITY_SCALE).map(|v| Amount(v * Q_ONE))
     }
 
+    /// `self × fraction` (a rate or a percentage as a fraction), exact to 18 fractional digits
+    /// (and exact outright for amounts of at most 9 fractional digits, such as rounded money).
+    pub fn times_fraction(self, fraction: UnitPrice) -> Amount {
+        let nanos = self.0 / Q_ONE;
+        let rest = self.0 % Q_ONE;
+        Amount(
+            nanos
+                .checked_mul(fraction.0)
+                .and_then(|w| w.checked_add(rest * fraction.0 / Q_ONE))
+                .expect("amount × fraction exceeds 1.7e20 currency units"),
+        )
+    }
+
     /// Rounds to `digits` fractional digits with `rule`, returning the rounded value still at
     /// amount scale (so it can be compared and summed with unrounded amounts).
     pub fn round_to(self, digits: u32, rule: Rounding) -> Amount {

@@ -78,19 +78,56 @@ pub struct LineKey {
     pub service_period: Period,
 }
 
-/// Usage billed in its own period, or an adjustment for a period that had closed.
+/// What an invoice line is. Kept apart so that revenue recognition can separate subscription
+/// from usage, and finance can see every discount, true-up, cap and tax on its own line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum LineKind {
+    /// Usage billed in its own period.
     Usage,
+    /// Late usage of a period that had closed, billed in the open one.
     Adjustment,
+    /// Flat recurring fees of the contract.
+    Subscription,
+    /// Discounts (negative): per SKU or for the whole invoice.
+    Discount,
+    /// The commitment true-up: what brings the period up to the minimum spend.
+    Commitment,
+    /// The spend cap (negative): what takes the period down to the maximum spend.
+    Cap,
+    /// Tax on the period's net amount.
+    Tax,
 }
 
 impl LineKind {
+    pub const ALL: [LineKind; 7] = [
+        LineKind::Usage,
+        LineKind::Adjustment,
+        LineKind::Subscription,
+        LineKind::Discount,
+        LineKind::Commitment,
+        LineKind::Cap,
+        LineKind::Tax,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             LineKind::Usage => "usage",
             LineKind::Adjustment => "adjustment",
+            LineKind::Subscription => "subscription",
+            LineKind::Discount => "discount",
+            LineKind::Commitment => "commitment",
+            LineKind::Cap => "cap",
+            LineKind::Tax => "tax",
         }
+    }
+
+    pub fn parse(text: &str) -> Option<LineKind> {
+        LineKind::ALL.into_iter().find(|k| k.as_str() == text)
+    }
+
+    /// Lines priced from usage (the rest are derived per invoice from them).
+    pub fn is_usage(self) -> bool {
+        matches!(self, LineKind::Usage | LineKind::Adjustment)
     }
 }
 

@@ -171,6 +171,26 @@ pub fn assert_clickhouse_matches(
     counts
 }
 
+/// The line types (`usage`, `discount`, `tax`, ...) among the current invoice lines of an
+/// embedded run's output.
+pub fn line_types(out: &Path) -> std::collections::BTreeSet<String> {
+    current_rows(&read_table(out, "invoice_lines").unwrap())
+        .into_iter()
+        .map(|r| r["line_type"].clone())
+        .collect()
+}
+
+/// Asserts that an embedded run's invoice has every line type in `kinds`.
+pub fn assert_invoice_has(out: &Path, kinds: &[&str]) {
+    let have = line_types(out);
+    for k in kinds {
+        assert!(
+            have.contains(*k),
+            "the invoice lines have no `{k}` line (only {have:?}): the test would not check it"
+        );
+    }
+}
+
 /// Asserts that the oracle's counts show at least one of each `kinds` (e.g. `corrections`).
 pub fn assert_stream_has(counts: &serde_json::Value, kinds: &[&str]) {
     for kind in kinds {

@@ -6,7 +6,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use meterflow_tests::oracle::{assert_clickhouse_matches, assert_stream_has, count};
+use meterflow_tests::oracle::{
+    assert_clickhouse_matches, assert_invoice_has, assert_stream_has, count,
+};
 use meterflow_tests::servers::{AnswerLosingProxy, ClickHouseServer};
 use meterflow_tests::{meterflow_bin, meterflow_ok, Scratch};
 
@@ -17,6 +19,17 @@ const EVERY_KIND: &[&str] = &[
     "corrections",
     "late",
     "out_of_order",
+];
+
+/// Every type of invoice line (the generated catalog has contract terms and taxes).
+const EVERY_LINE: &[&str] = &[
+    "usage",
+    "adjustment",
+    "subscription",
+    "discount",
+    "commitment",
+    "cap",
+    "tax",
 ];
 
 struct Fixture {
@@ -41,6 +54,7 @@ impl Fixture {
             "0.02",
             "--seed",
             "5",
+            "--terms",
         ]);
         std::fs::write(dir.path().join("small.toml"), "[input]\nchunk_bytes = 131072\n\n[output]\nprice_every_epochs = 2\n\n[clickhouse]\nflush_interval = \"100ms\"\n").unwrap();
         let ch = ClickHouseServer::start(dir.path());
@@ -84,6 +98,7 @@ impl Fixture {
         meterflow_ok(&a.iter().map(|s| s.as_str()).collect::<Vec<_>>());
         let counts = assert_clickhouse_matches(&self.ch, &self.dir.path().join("oracle"), what);
         assert_stream_has(&counts, kinds);
+        assert_invoice_has(&self.dir.path().join("oracle"), EVERY_LINE);
     }
 }
 
@@ -97,6 +112,16 @@ fn clickhouse_holds_what_the_embedded_run_writes_and_a_rerun_changes_nothing() {
             .collect::<Vec<_>>(),
     );
     f.assert_matches_oracle("first run", &["duplicates", "rejected", "corrections"]);
+    // The invoice preview reads the same invoice from ClickHouse as from the embedded output.
+    let preview = |source: &[&str]| {
+        let mut a = vec!["invoice", "preview", "--customer", "cus-000000"];
+        a.extend_from_slice(source);
+        String::from_utf8(meterflow_ok(&a).stdout).unwrap()
+    };
+    let oracle = f.dir.path().join("oracle");
+    let from_files = preview(&["-o", oracle.to_str().unwrap()]);
+    assert!(from_files.contains("total"), "{from_files}");
+    assert_eq!(preview(&["--clickhouse-url", &f.ch.url()]), from_files);
     let rows_before = count(&f.ch, "SELECT count() FROM meterflow.invoice_lines");
     meterflow_ok(
         &f.args("again", true)

@@ -44,6 +44,7 @@ fn two_processes_agree_with_one() {
         "30",
         "--seed",
         "11",
+        "--terms",
     ]);
     std::fs::write(dir.join("c.toml"), "[input]\nchunk_bytes = 16384\n").unwrap();
     std::fs::write(

@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use meterflow_tests::kafka::{group_offsets, produce, Batching, UsageProducer};
-use meterflow_tests::oracle::{assert_clickhouse_matches, assert_stream_has};
+use meterflow_tests::oracle::{assert_clickhouse_matches, assert_invoice_has, assert_stream_has};
 use meterflow_tests::servers::{ClickHouseServer, Tansu};
 use meterflow_tests::{meterflow_bin, meterflow_ok, Scratch};
 use rdkafka::mocking::MockCluster;
@@ -56,6 +56,7 @@ impl Fixture {
             "0.05",
             "--seed",
             "11",
+            "--terms",
         ]);
         let lines = std::fs::read_to_string(d.join("events.jsonl"))
             .unwrap()
@@ -170,6 +171,10 @@ impl Fixture {
         assert_stream_has(
             &counts,
             &["duplicates", "rejected", "corrections", "out_of_order"],
+        );
+        assert_invoice_has(
+            &d.join("oracle"),
+            &["usage", "subscription", "discount", "commitment", "tax"],
         );
     }
 }

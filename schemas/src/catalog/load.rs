@@ -12,7 +12,9 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use super::*;
-use crate::money::{Amount, DecimalError, Quantity, UnitPrice};
+use crate::money::{
+    minor_unit_digits, Amount, DecimalError, Quantity, Rounding, UnitPrice, AMOUNT_SCALE,
+};
 use crate::pricing::Tier;
 
 /// One problem in a catalog.
@@ -63,6 +65,36 @@ struct CatalogFile {
     contract: Vec<ContractDef>,
     #[serde(default)]
     rate_card: Vec<RateCardDef>,
+    #[serde(default)]
+    tax: Vec<TaxDef>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TaxDef {
+    id: String,
+    #[serde(default)]
+    name: String,
+    rate: DecimalText,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FeeDef {
+    name: String,
+    amount: DecimalText,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DiscountDef {
+    #[serde(default)]
+    name: String,
+    sku: Option<String>,
+    percent: Option<DecimalText>,
+    amount: Option<DecimalText>,
+    from: Option<String>,
+    until: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -80,6 +112,8 @@ struct CustomerDef {
     id: String,
     #[serde(default)]
     name: String,
+    /// The `[[tax]]` of the customer's jurisdiction.
+    tax: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -92,6 +126,12 @@ struct ContractDef {
     version: Option<u32>,
     starts: String,
     ends: Option<String>,
+    #[serde(default)]
+    fee: Vec<FeeDef>,
+    #[serde(default)]
+    discount: Vec<DiscountDef>,
+    minimum_spend: Option<DecimalText>,
+    maximum_spend: Option<DecimalText>,
 }
 
 #[derive(Deserialize)]
@@ -307,9 +347,22 @@ fn build(l: &mut Loader, files: &[(PathBuf, CatalogFile)]) {
             });
         }
     }
+    build_taxes(l, files);
     let mut customer_seen: BTreeMap<&str, &Path> = BTreeMap::new();
     for (file, f) in files {
         for c in &f.customer {
+            let tax = c.tax.as_ref().and_then(|t| {
+                let found = l.catalog.taxes.iter().position(|x| &x.id == t);
+                if found.is_none() {
+                    l.err(
+                        file,
+                        format!("customer \"{}\"", c.id),
+                        format!("unknown tax `{t}`"),
+                        "define it in a [[tax]] entry (id, name, rate), or fix the spelling",
+                    );
+                }
+                found.map(|i| TaxIdx(i as u32))
+            });
             if let Some(prev) = customer_seen.insert(&c.id, file) {
                 l.err(
                     file,
@@ -326,6 +379,7 @@ fn build(l: &mut Loader, files: &[(PathBuf, CatalogFile)]) {
                 } else {
                     c.name.clone()
                 },
+                tax,
             });
         }
     }
@@ -333,6 +387,185 @@ fn build(l: &mut Loader, files: &[(PathBuf, CatalogFile)]) {
     build_rate_cards(l, files);
     l.catalog.index();
     build_contracts(l, files);
+}
+
+fn build_taxes(l: &mut Loader, files: &[(PathBuf, CatalogFile)]) {
+    for (file, f) in files {
+        for t in &f.tax {
+            let entry = format!("tax \"{}\"", t.id);
+            if l.catalog.taxes.iter().any(|x| x.id == t.id) {
+                l.err(
+                    file,
+                    &entry,
+                    "defined twice",
+                    "give each tax one definition",
+                );
+                continue;
+            }
+            let Some(rate) = l.decimal(file, &entry, "rate", &t.rate, UnitPrice::parse) else {
+                continue;
+            };
+            if rate.is_negative() || rate > UnitPrice::parse("1").expect("one") {
+                l.err(
+                    file,
+                    &entry,
+                    format!("rate {rate} is not between 0 and 1"),
+                    "write the rate as a fraction: 19% is rate = \"0.19\"",
+                );
+                continue;
+            }
+            l.catalog.taxes.push(Tax {
+                id: t.id.clone(),
+                name: if t.name.is_empty() {
+                    t.id.clone()
+                } else {
+                    t.name.clone()
+                },
+                rate,
+            });
+        }
+    }
+}
+
+/// A contract's fees, discounts and spend bounds, checked against its currency's minor unit.
+fn contract_terms(
+    l: &mut Loader,
+    file: &Path,
+    entry: &str,
+    c: &ContractDef,
+    currency: Option<&str>,
+) -> ContractTerms {
+    let digits = currency.map_or(AMOUNT_SCALE, minor_unit_digits);
+    let money = |l: &mut Loader, key: &str, text: &DecimalText| -> Option<Amount> {
+        let a = l.decimal(file, entry, key, text, Amount::parse_price)?;
+        if a.is_negative() {
+            l.err(
+                file,
+                entry,
+                format!("{key} {a} is negative"),
+                format!("write {key} as a positive amount"),
+            );
+            return None;
+        }
+        if a.round_to(digits, Rounding::Down) != a {
+            l.err(
+                file,
+                entry,
+                format!(
+                    "{key} {a} has more fractional digits than {} allows ({digits})",
+                    currency.unwrap_or("the currency")
+                ),
+                format!("write {key} in whole minor units of the currency"),
+            );
+            return None;
+        }
+        Some(a)
+    };
+    let mut terms = ContractTerms::default();
+    for f in &c.fee {
+        if let Some(a) = money(l, &format!("fee \"{}\" amount", f.name), &f.amount) {
+            terms.fees.push((f.name.clone(), a));
+        }
+    }
+    terms.minimum_spend = c
+        .minimum_spend
+        .as_ref()
+        .and_then(|t| money(l, "minimum_spend", t));
+    terms.maximum_spend = c
+        .maximum_spend
+        .as_ref()
+        .and_then(|t| money(l, "maximum_spend", t));
+    if let (Some(lo), Some(hi)) = (terms.minimum_spend, terms.maximum_spend) {
+        if hi < lo {
+            l.err(
+                file,
+                entry,
+                format!("maximum_spend {hi} is below minimum_spend {lo}"),
+                "raise maximum_spend to at least minimum_spend, or drop one of them",
+            );
+        }
+    }
+    for (i, d) in c.discount.iter().enumerate() {
+        let what = if d.name.is_empty() {
+            format!("discount {}", i + 1)
+        } else {
+            format!("discount \"{}\"", d.name)
+        };
+        let sku = match &d.sku {
+            None => Some(None),
+            Some(s) => match l.catalog.sku(s) {
+                Some(x) => Some(Some(x)),
+                None => {
+                    l.err(
+                        file,
+                        entry,
+                        format!("{what}: unknown sku `{s}`"),
+                        "name a defined [[sku]], or omit sku to discount the whole invoice",
+                    );
+                    None
+                }
+            },
+        };
+        let off = match (&d.percent, &d.amount) {
+            (Some(p), None) => l
+                .decimal(file, entry, &format!("{what} percent"), p, UnitPrice::parse)
+                .and_then(|p| {
+                    let hundred = UnitPrice::parse("100").expect("100");
+                    if p.is_negative() || p > hundred {
+                        l.err(
+                            file,
+                            entry,
+                            format!("{what}: percent {p} is not between 0 and 100"),
+                            "write percent = \"10\" for 10% off",
+                        );
+                        return None;
+                    }
+                    Some(DiscountOff::Percent(UnitPrice(p.0 / 100)))
+                }),
+            (None, Some(a)) => money(l, &format!("{what} amount"), a).map(DiscountOff::Fixed),
+            _ => {
+                l.err(file, entry, format!("{what} needs exactly one of percent and amount"), "write percent = \"10\" (10% off) or amount = \"50\" (50 off per invoice period)");
+                None
+            }
+        };
+        let from = d
+            .from
+            .as_ref()
+            .map(|t| l.time(file, entry, &format!("{what} from"), t));
+        let until = d
+            .until
+            .as_ref()
+            .map(|t| l.time(file, entry, &format!("{what} until"), t));
+        if matches!(from, Some(None)) || matches!(until, Some(None)) {
+            continue;
+        }
+        let (from, until) = (from.flatten(), until.flatten());
+        if let (Some(f), Some(u)) = (from, until) {
+            if u <= f {
+                l.err(
+                    file,
+                    entry,
+                    format!("{what}: until {u} is not after from {f}"),
+                    "set until (exclusive) after from",
+                );
+                continue;
+            }
+        }
+        if let (Some(sku), Some(off)) = (sku, off) {
+            terms.discounts.push(Discount {
+                name: if d.name.is_empty() {
+                    what
+                } else {
+                    d.name.clone()
+                },
+                sku,
+                off,
+                from,
+                until,
+            });
+        }
+    }
+    terms
 }
 
 fn build_rate_cards(l: &mut Loader, files: &[(PathBuf, CatalogFile)]) {
@@ -677,6 +910,8 @@ fn build_contracts(l: &mut Loader, files: &[(PathBuf, CatalogFile)]) {
                     );
                 }
             }
+            let currency = card.map(|i| l.catalog.rate_cards[i].currency.clone());
+            let terms = contract_terms(l, file, &entry, c, currency.as_deref());
             if let (Some(customer), Some(card), Some(starts), Some(ends)) =
                 (customer, card, starts, ends)
             {
@@ -687,6 +922,7 @@ fn build_contracts(l: &mut Loader, files: &[(PathBuf, CatalogFile)]) {
                     pinned_version: c.version,
                     starts,
                     ends,
+                    terms,
                 });
             }
         }
@@ -794,6 +1030,89 @@ ends = "2027-01-01T00:00:00Z"
                 .name(),
             "graduated"
         );
+    }
+
+    #[test]
+    fn contract_terms_and_taxes_load() {
+        let text = GOOD.replace(
+            "[[customer]]\nid = \"acme\"\n",
+            "[[tax]]\nid = \"de\"\nname = \"VAT DE\"\nrate = \"0.19\"\n\n[[customer]]\nid = \"acme\"\ntax = \"de\"\n",
+        ).replace(
+            "rate_card = \"std\"\nstarts = \"2026-01-01T00:00:00Z\"\n",
+            "rate_card = \"std\"\nstarts = \"2026-01-01T00:00:00Z\"\nminimum_spend = \"100\"\nmaximum_spend = \"1000.50\"\n\
+             [[contract.fee]]\nname = \"platform\"\namount = \"49\"\n\
+             [[contract.discount]]\nsku = \"tokens\"\npercent = \"12.5\"\n\
+             [[contract.discount]]\nname = \"launch\"\namount = \"5\"\nfrom = \"2026-02-01T00:00:00Z\"\nuntil = \"2026-03-01T00:00:00Z\"\n",
+        );
+        let c = from_toml_str(&text).unwrap();
+        assert_eq!(c.customers[0].tax, Some(TaxIdx(0)));
+        assert_eq!(c.taxes[0].rate, UnitPrice::parse("0.19").unwrap());
+        let t = &c.contracts[0].terms;
+        assert_eq!(
+            t.fees,
+            vec![("platform".to_string(), Amount::parse_price("49").unwrap())]
+        );
+        assert_eq!(t.minimum_spend, Some(Amount::parse_price("100").unwrap()));
+        assert_eq!(
+            t.maximum_spend,
+            Some(Amount::parse_price("1000.5").unwrap())
+        );
+        assert_eq!(t.discounts[0].sku, c.sku("tokens"));
+        assert_eq!(
+            t.discounts[0].off,
+            DiscountOff::Percent(UnitPrice::parse("0.125").unwrap())
+        );
+        assert_eq!(t.discounts[1].name, "launch");
+        assert!(
+            !t.discounts[1].applies_in(EventTime::parse_rfc3339("2026-01-01T00:00:00Z").unwrap())
+        );
+        assert!(
+            t.discounts[1].applies_in(EventTime::parse_rfc3339("2026-02-01T00:00:00Z").unwrap())
+        );
+        assert!(
+            !t.discounts[1].applies_in(EventTime::parse_rfc3339("2026-03-01T00:00:00Z").unwrap())
+        );
+    }
+
+    #[test]
+    fn bad_contract_terms_name_the_fix() {
+        let with = |terms: &str| {
+            let text = GOOD.replace(
+                "rate_card = \"std\"\nstarts = \"2026-01-01T00:00:00Z\"\n",
+                &format!("rate_card = \"std\"\nstarts = \"2026-01-01T00:00:00Z\"\n{terms}"),
+            );
+            from_toml_str(&text)
+                .unwrap_err()
+                .0
+                .iter()
+                .map(|e| format!("{}: {} / {}", e.entry, e.message, e.fix))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        let e = with("minimum_spend = \"10.001\"\n");
+        assert!(
+            e.contains("more fractional digits than USD allows (2)"),
+            "{e}"
+        );
+        let e = with("minimum_spend = \"10\"\nmaximum_spend = \"5\"\n");
+        assert!(
+            e.contains("maximum_spend 5 is below minimum_spend 10"),
+            "{e}"
+        );
+        let e = with("[[contract.discount]]\npercent = \"10\"\namount = \"5\"\n");
+        assert!(e.contains("exactly one of percent and amount"), "{e}");
+        let e = with("[[contract.discount]]\npercent = \"110\"\n");
+        assert!(e.contains("not between 0 and 100"), "{e}");
+        let e = with("[[contract.discount]]\nsku = \"nope\"\namount = \"1\"\n");
+        assert!(e.contains("unknown sku `nope`"), "{e}");
+        let e = with("[[contract.fee]]\nname = \"x\"\namount = \"-1\"\n");
+        assert!(e.contains("negative"), "{e}");
+        let text = GOOD.replace(
+            "[[customer]]\nid = \"acme\"\n",
+            "[[customer]]\nid = \"acme\"\ntax = \"mars\"\n",
+        );
+        let e = from_toml_str(&text).unwrap_err().0;
+        assert!(e[0].message.contains("unknown tax `mars`") && e[0].fix.contains("[[tax]]"));
     }
 
     #[test]

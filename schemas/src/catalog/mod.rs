@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 pub use load::{from_toml_str, load_dir, CatalogError, CatalogErrors};
 
 use crate::hashing::FxHashMap;
+use crate::money::{Amount, UnitPrice};
 use crate::pricing::PriceModel;
 use crate::time::EventTime;
 
@@ -36,11 +37,67 @@ index_type!(SkuIdx);
 index_type!(RateCardIdx);
 index_type!(PriceIdx);
 index_type!(RegionIdx);
+index_type!(TaxIdx);
+
+impl SkuIdx {
+    /// Stands for "the whole invoice" on lines that belong to no single SKU (subscription fees,
+    /// invoice-wide discounts, commitments, caps, tax).
+    pub const INVOICE: SkuIdx = SkuIdx(u32::MAX);
+}
 
 #[derive(Clone, Debug)]
 pub struct Customer {
     pub id: String,
     pub name: String,
+    /// The tax that applies to the customer's invoices (its jurisdiction), if any.
+    pub tax: Option<TaxIdx>,
+}
+
+/// A tax rate of one jurisdiction (`[[tax]]`).
+#[derive(Clone, Debug)]
+pub struct Tax {
+    pub id: String,
+    pub name: String,
+    /// A fraction: `0.19` is 19%.
+    pub rate: UnitPrice,
+}
+
+/// A discount of a contract (`[[contract.discount]]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Discount {
+    pub name: String,
+    /// Only this SKU's usage; `None`: the whole invoice.
+    pub sku: Option<SkuIdx>,
+    pub off: DiscountOff,
+    /// The invoice periods it applies to: those starting in `from`..`until`.
+    pub from: Option<EventTime>,
+    pub until: Option<EventTime>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DiscountOff {
+    /// A fraction of the amount it applies to: `0.1` is 10% off.
+    Percent(UnitPrice),
+    /// A fixed amount per invoice period, never more than the amount it applies to.
+    Fixed(Amount),
+}
+
+impl Discount {
+    pub fn applies_in(&self, period_start: EventTime) -> bool {
+        self.from.is_none_or(|f| period_start >= f) && self.until.is_none_or(|u| period_start < u)
+    }
+}
+
+/// What a contract adds to each invoice beyond its usage.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ContractTerms {
+    /// Flat recurring fees per invoice period (subscriptions), by name.
+    pub fees: Vec<(String, Amount)>,
+    pub discounts: Vec<Discount>,
+    /// Minimum spend per invoice period: a commitment true-up line makes up the difference.
+    pub minimum_spend: Option<Amount>,
+    /// Maximum spend per invoice period: a cap line takes off the excess.
+    pub maximum_spend: Option<Amount>,
 }
 
 #[derive(Clone, Debug)]
@@ -60,6 +117,7 @@ pub struct Contract {
     pub starts: EventTime,
     /// Exclusive end; `None` runs until further notice.
     pub ends: Option<EventTime>,
+    pub terms: ContractTerms,
 }
 
 impl Contract {
@@ -115,6 +173,7 @@ pub struct Catalog {
     pub rate_cards: Vec<RateCard>,
     pub prices: Vec<Price>,
     pub regions: Vec<String>,
+    pub taxes: Vec<Tax>,
     customer_ix: FxHashMap<String, CustomerIdx>,
     contract_ix: FxHashMap<String, ContractIdx>,
     sku_ix: FxHashMap<String, SkuIdx>,
@@ -136,6 +195,26 @@ impl Catalog {
     }
     pub fn region_name(&self, r: Option<RegionIdx>) -> &str {
         r.map_or("*", |r| &self.regions[r.ix()])
+    }
+    /// A SKU's id, or `""` for [`SkuIdx::INVOICE`].
+    pub fn sku_id(&self, s: SkuIdx) -> &str {
+        if s == SkuIdx::INVOICE {
+            ""
+        } else {
+            &self.skus[s.ix()].id
+        }
+    }
+    /// The SKU named `id`; `""` is [`SkuIdx::INVOICE`].
+    pub fn sku_or_invoice(&self, id: &str) -> Option<SkuIdx> {
+        if id.is_empty() {
+            Some(SkuIdx::INVOICE)
+        } else {
+            self.sku(id)
+        }
+    }
+    /// The currency a contract bills in (its rate card's).
+    pub fn currency_of(&self, c: ContractIdx) -> &str {
+        &self.rate_cards[self.contracts[c.ix()].rate_card.ix()].currency
     }
     pub fn price(&self, p: PriceIdx) -> &Price {
         &self.prices[p.ix()]

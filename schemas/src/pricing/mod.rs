@@ -15,6 +15,7 @@
 //! - Net negative usage (a correction larger than what it corrects) is priced at zero.
 
 mod graduated;
+pub mod invoice;
 mod per_unit;
 mod volume;
 

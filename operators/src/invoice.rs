@@ -1,0 +1,88 @@
+//! Invoice-level lines: per contract and invoice period, the subscription fees, discounts,
+//! commitment true-up, spend cap and tax, derived from the period's usage and adjustment lines
+//! (rules in `meterflow_schemas::pricing::invoice`).
+//!
+//! (data, time, diff): a differential `reduce` keyed by (customer, contract, invoice period)
+//! over the rounded amounts of the period's usage lines. When a usage line changes, the
+//! period's derived lines are recomputed and only their difference leaves, as signed rows like
+//! every other invoice line. Contracts without terms and customers without tax skip the stage.
+//!
+//! State: one arrangement entry per usage line of a contract with terms, and one per derived
+//! line; compacted as the frontier advances.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use differential_dataflow::VecCollection;
+use meterflow_schemas::catalog::{Catalog, ContractIdx, CustomerIdx, SkuIdx};
+use meterflow_schemas::money::{minor_unit_digits, Amount, Quantity, Rounding};
+use meterflow_schemas::pricing::invoice::invoice_lines;
+use meterflow_schemas::rows::{InvoiceLine, LineKey};
+use meterflow_schemas::time::Period;
+
+use crate::Epoch;
+
+type InvoiceKey = (CustomerIdx, ContractIdx, Period);
+/// A usage line as the invoice stage sees it: SKU, rounded amount, currency.
+type LineAmount = (SkuIdx, Amount, Arc<str>);
+
+pub fn invoice<'s>(
+    lines: VecCollection<'s, Epoch, InvoiceLine, isize>,
+    catalog: Arc<Catalog>,
+    rounding: Rounding,
+) -> VecCollection<'s, Epoch, InvoiceLine, isize> {
+    let has_terms = {
+        let c = catalog.clone();
+        move |l: &InvoiceLine| {
+            c.contracts[l.key.contract.ix()].terms != Default::default()
+                || c.customers[l.key.customer.ix()].tax.is_some()
+        }
+    };
+    lines
+        .flat_map(move |l| {
+            let keep = l.kind.is_usage() && has_terms(&l);
+            keep.then_some((
+                (l.key.customer, l.key.contract, l.invoice_period),
+                (l.key.sku, l.amount, l.currency),
+            ))
+        })
+        .reduce_named(
+            "Invoice",
+            move |&(customer, contract, period): &InvoiceKey,
+                  input: &[(&LineAmount, isize)],
+                  output: &mut Vec<(InvoiceLine, isize)>| {
+                let Some(currency) = input.first().map(|((_, _, c), _)| c.clone()) else {
+                    return;
+                };
+                let mut usage: BTreeMap<SkuIdx, Amount> = BTreeMap::new();
+                for ((sku, amount, _), n) in input {
+                    *usage.entry(*sku).or_default() += Amount(amount.0 * *n as i128);
+                }
+                let terms = &catalog.contracts[contract.ix()].terms;
+                let tax = catalog.customers[customer.ix()]
+                    .tax
+                    .map(|t| &catalog.taxes[t.ix()]);
+                let digits = minor_unit_digits(&currency);
+                for d in invoice_lines(terms, tax, period.0, &usage, digits, rounding) {
+                    let line = InvoiceLine {
+                        key: LineKey {
+                            customer,
+                            contract,
+                            sku: d.sku,
+                            region: None,
+                            service_period: period,
+                        },
+                        invoice_period: period,
+                        kind: d.kind,
+                        currency: currency.clone(),
+                        events: 0,
+                        quantity: Quantity::ZERO,
+                        amount_exact: d.amount_exact,
+                        amount: d.amount,
+                    };
+                    output.push((line, 1));
+                }
+            },
+        )
+        .map(|(_, line)| line)
+}

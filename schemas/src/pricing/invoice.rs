@@ -1,0 +1,365 @@
+//! The invoice-level lines of one contract in one invoice period, derived from its usage lines:
+//! subscription fees, discounts, the commitment true-up, the spend cap and tax.
+//!
+//! Rules (the contract with finance, see `docs/pricing.md`):
+//! - Everything is computed from the **rounded** amounts of the lines it applies to (what the
+//!   invoice shows), and each derived line is rounded once, to the currency's minor unit. So
+//!   the invoice adds up: with a commitment, the total is exactly the minimum spend.
+//! - Order: subscription fees; then discounts per SKU (on that SKU's usage and adjustment
+//!   lines); then invoice-wide discounts (on usage, adjustments and fees net of SKU discounts);
+//!   then the commitment true-up (up to `minimum_spend`); then the cap (down to
+//!   `maximum_spend`); then tax on the net of all of the above.
+//! - A discount never takes more than the amount it applies to, and never applies to a negative
+//!   amount. Discounts apply to invoice periods that start inside their `from`..`until` range.
+//! - Lines worth zero are not emitted.
+
+use std::collections::BTreeMap;
+
+use crate::catalog::{ContractTerms, DiscountOff, SkuIdx, Tax};
+use crate::money::{Amount, Rounding};
+use crate::rows::LineKind;
+use crate::time::EventTime;
+
+/// One derived line: its kind, the SKU it concerns ([`SkuIdx::INVOICE`] for the whole invoice),
+/// its exact amount and its amount rounded to the minor unit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DerivedLine {
+    pub kind: LineKind,
+    pub sku: SkuIdx,
+    pub amount_exact: Amount,
+    pub amount: Amount,
+}
+
+/// The derived lines of one invoice period, from the rounded amounts of its usage and
+/// adjustment lines by SKU.
+pub fn invoice_lines(
+    terms: &ContractTerms,
+    tax: Option<&Tax>,
+    period_start: EventTime,
+    usage: &BTreeMap<SkuIdx, Amount>,
+    digits: u32,
+    rounding: Rounding,
+) -> Vec<DerivedLine> {
+    let mut out = Vec::new();
+    let push = |out: &mut Vec<DerivedLine>, kind, sku, exact: Amount| -> Amount {
+        let amount = exact.round_to(digits, rounding);
+        if amount != Amount::ZERO || exact != Amount::ZERO {
+            out.push(DerivedLine {
+                kind,
+                sku,
+                amount_exact: exact,
+                amount,
+            });
+        }
+        amount
+    };
+    let mut net: Amount = usage.values().copied().sum();
+    let fees: Amount = terms.fees.iter().map(|(_, a)| *a).sum();
+    net += push(&mut out, LineKind::Subscription, SkuIdx::INVOICE, fees);
+
+    let active = || {
+        terms
+            .discounts
+            .iter()
+            .filter(|d| d.applies_in(period_start))
+    };
+    let mut by_sku: BTreeMap<SkuIdx, Amount> = BTreeMap::new();
+    for d in active() {
+        if let Some(sku) = d.sku {
+            let base = usage.get(&sku).copied().unwrap_or_default();
+            let taken = by_sku.entry(sku).or_default();
+            *taken += off(d.off, base - *taken, digits, rounding);
+        }
+    }
+    for (sku, taken) in by_sku {
+        net += push(&mut out, LineKind::Discount, sku, -taken);
+    }
+    let mut invoice_wide = Amount::ZERO;
+    for d in active().filter(|d| d.sku.is_none()) {
+        invoice_wide += off(d.off, net - invoice_wide, digits, rounding);
+    }
+    net += push(&mut out, LineKind::Discount, SkuIdx::INVOICE, -invoice_wide);
+
+    if let Some(min) = terms.minimum_spend {
+        if net < min {
+            net += push(&mut out, LineKind::Commitment, SkuIdx::INVOICE, min - net);
+        }
+    }
+    if let Some(max) = terms.maximum_spend {
+        if net > max {
+            net += push(&mut out, LineKind::Cap, SkuIdx::INVOICE, max - net);
+        }
+    }
+    if let Some(tax) = tax {
+        push(
+            &mut out,
+            LineKind::Tax,
+            SkuIdx::INVOICE,
+            net.times_fraction(tax.rate),
+        );
+    }
+    out
+}
+
+/// What a discount takes off `base` (never more than `base`, nothing off a negative base),
+/// rounded to the minor unit so later steps work on invoice amounts.
+fn off(d: DiscountOff, base: Amount, digits: u32, rounding: Rounding) -> Amount {
+    if base <= Amount::ZERO {
+        return Amount::ZERO;
+    }
+    let wanted = match d {
+        DiscountOff::Percent(f) => base.times_fraction(f).round_to(digits, rounding),
+        DiscountOff::Fixed(a) => a,
+    };
+    if wanted > base {
+        base
+    } else {
+        wanted
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::catalog::Discount;
+    use crate::money::UnitPrice;
+
+    fn a(s: &str) -> Amount {
+        Amount::parse_price(s).unwrap()
+    }
+    fn t(s: &str) -> EventTime {
+        EventTime::parse_rfc3339(s).unwrap()
+    }
+    const NOV: &str = "2026-11-01T00:00:00Z";
+    const TOKENS: SkuIdx = SkuIdx(1);
+    const CALLS: SkuIdx = SkuIdx(2);
+
+    fn usage(lines: &[(SkuIdx, &str)]) -> BTreeMap<SkuIdx, Amount> {
+        lines.iter().map(|(s, v)| (*s, a(v))).collect()
+    }
+    fn percent(sku: Option<SkuIdx>, pct: &str) -> Discount {
+        Discount {
+            name: format!("{pct}% off"),
+            sku,
+            off: DiscountOff::Percent(UnitPrice(UnitPrice::parse(pct).unwrap().0 / 100)),
+            from: None,
+            until: None,
+        }
+    }
+    fn fixed(sku: Option<SkuIdx>, amount: &str) -> Discount {
+        Discount {
+            name: format!("{amount} off"),
+            sku,
+            off: DiscountOff::Fixed(a(amount)),
+            from: None,
+            until: None,
+        }
+    }
+    fn vat() -> Tax {
+        Tax {
+            id: "vat".into(),
+            name: "VAT".into(),
+            rate: UnitPrice::parse("0.19").unwrap(),
+        }
+    }
+    fn lines(
+        terms: &ContractTerms,
+        tax: Option<&Tax>,
+        u: &[(SkuIdx, &str)],
+    ) -> Vec<(LineKind, SkuIdx, Amount)> {
+        invoice_lines(terms, tax, t(NOV), &usage(u), 2, Rounding::HalfEven)
+            .into_iter()
+            .map(|l| (l.kind, l.sku, l.amount))
+            .collect()
+    }
+    fn total(u: &[(SkuIdx, &str)], derived: &[(LineKind, SkuIdx, Amount)]) -> Amount {
+        usage(u).values().copied().sum::<Amount>() + derived.iter().map(|l| l.2).sum()
+    }
+
+    #[test]
+    fn no_terms_and_no_tax_add_nothing() {
+        assert!(lines(&ContractTerms::default(), None, &[(TOKENS, "12.34")]).is_empty());
+    }
+
+    #[test]
+    fn subscription_fees_are_one_line() {
+        let terms = ContractTerms {
+            fees: vec![("platform".into(), a("49")), ("support".into(), a("10.50"))],
+            ..Default::default()
+        };
+        assert_eq!(
+            lines(&terms, None, &[(TOKENS, "0")]),
+            vec![(LineKind::Subscription, SkuIdx::INVOICE, a("59.50"))]
+        );
+    }
+
+    #[test]
+    fn a_sku_discount_takes_its_share_of_that_sku_only_and_rounds_once() {
+        let terms = ContractTerms {
+            discounts: vec![percent(Some(TOKENS), "12.5")],
+            ..Default::default()
+        };
+        // 12.5% of 10.01 = 1.25125 -> 1.25 (half even).
+        assert_eq!(
+            lines(&terms, None, &[(TOKENS, "10.01"), (CALLS, "100")]),
+            vec![(LineKind::Discount, TOKENS, a("-1.25"))]
+        );
+    }
+
+    #[test]
+    fn a_fixed_discount_never_exceeds_what_it_applies_to() {
+        let terms = ContractTerms {
+            fees: vec![("platform".into(), a("3"))],
+            discounts: vec![fixed(None, "50"), fixed(Some(TOKENS), "7")],
+            ..Default::default()
+        };
+        let got = lines(&terms, None, &[(TOKENS, "5"), (CALLS, "2")]);
+        assert_eq!(
+            got,
+            vec![
+                (LineKind::Subscription, SkuIdx::INVOICE, a("3")),
+                (LineKind::Discount, TOKENS, a("-5")),
+                (LineKind::Discount, SkuIdx::INVOICE, a("-5")),
+            ]
+        );
+        assert_eq!(total(&[(TOKENS, "5"), (CALLS, "2")], &got), Amount::ZERO);
+    }
+
+    #[test]
+    fn discounts_apply_only_inside_their_dates() {
+        let mut promo = fixed(None, "5");
+        promo.from = Some(t("2026-11-15T00:00:00Z"));
+        let terms = ContractTerms {
+            discounts: vec![promo.clone()],
+            ..Default::default()
+        };
+        // The November period starts before the promotion: no discount.
+        assert!(lines(&terms, None, &[(TOKENS, "20")]).is_empty());
+        promo.from = Some(t(NOV));
+        promo.until = Some(t("2026-12-01T00:00:00Z"));
+        let terms = ContractTerms {
+            discounts: vec![promo],
+            ..Default::default()
+        };
+        assert_eq!(lines(&terms, None, &[(TOKENS, "20")]).len(), 1);
+    }
+
+    #[test]
+    fn a_commitment_tops_up_to_the_minimum_exactly() {
+        let terms = ContractTerms {
+            fees: vec![("platform".into(), a("49"))],
+            discounts: vec![percent(None, "10")],
+            minimum_spend: Some(a("400")),
+            ..Default::default()
+        };
+        let u = [(TOKENS, "263.95")];
+        let got = lines(&terms, None, &u);
+        // (263.95 + 49) * 10% = 31.295 -> 31.30 (half even); 400 - 281.65 = 118.35.
+        assert_eq!(
+            got,
+            vec![
+                (LineKind::Subscription, SkuIdx::INVOICE, a("49")),
+                (LineKind::Discount, SkuIdx::INVOICE, a("-31.30")),
+                (LineKind::Commitment, SkuIdx::INVOICE, a("118.35")),
+            ]
+        );
+        assert_eq!(total(&u, &got), a("400"));
+        // At or above the minimum there is no true-up line.
+        assert!(lines(&terms, None, &[(TOKENS, "500")])
+            .iter()
+            .all(|l| l.0 != LineKind::Commitment));
+    }
+
+    #[test]
+    fn a_commitment_applies_at_zero_usage() {
+        let terms = ContractTerms {
+            minimum_spend: Some(a("100")),
+            ..Default::default()
+        };
+        assert_eq!(
+            lines(&terms, None, &[(TOKENS, "0")]),
+            vec![(LineKind::Commitment, SkuIdx::INVOICE, a("100"))]
+        );
+    }
+
+    #[test]
+    fn a_cap_takes_off_the_excess_and_tax_follows_the_capped_amount() {
+        let terms = ContractTerms {
+            maximum_spend: Some(a("60")),
+            ..Default::default()
+        };
+        let u = [(TOKENS, "70.10"), (CALLS, "5")];
+        let got = lines(&terms, Some(&vat()), &u);
+        assert_eq!(
+            got,
+            vec![
+                (LineKind::Cap, SkuIdx::INVOICE, a("-15.10")),
+                (LineKind::Tax, SkuIdx::INVOICE, a("11.40")),
+            ]
+        );
+        assert_eq!(total(&u, &got), a("71.40"));
+        // Exactly at the cap: no cap line.
+        assert_eq!(lines(&terms, None, &[(TOKENS, "60")]), vec![]);
+    }
+
+    #[test]
+    fn tax_is_on_the_net_and_rounded_once() {
+        // 19% of 10.05 = 1.9095 -> 1.91.
+        assert_eq!(
+            lines(
+                &ContractTerms::default(),
+                Some(&vat()),
+                &[(TOKENS, "10.05")]
+            ),
+            vec![(LineKind::Tax, SkuIdx::INVOICE, a("1.91"))]
+        );
+    }
+
+    fn cents() -> impl Strategy<Value = i64> {
+        0i64..10_000_000
+    }
+
+    proptest! {
+        /// With a minimum and a maximum, the net invoice lands inside them, and discounts
+        /// never make it negative.
+        #[test]
+        fn the_net_stays_between_minimum_and_maximum(
+            tok in cents(), calls in cents(), fee in cents(), pct in 0u32..100, lo in cents(), span in cents()
+        ) {
+            let c = |v: i64| Amount(v as i128 * 10i128.pow(16));
+            let terms = ContractTerms {
+                fees: vec![("fee".into(), c(fee))],
+                discounts: vec![percent(Some(TOKENS), &pct.to_string()), fixed(None, "1")],
+                minimum_spend: Some(c(lo)),
+                maximum_spend: Some(c(lo + span)),
+            };
+            let u: BTreeMap<SkuIdx, Amount> = [(TOKENS, c(tok)), (CALLS, c(calls))].into();
+            let derived = invoice_lines(&terms, None, t(NOV), &u, 2, Rounding::HalfEven);
+            let net = u.values().copied().sum::<Amount>() + derived.iter().map(|l| l.amount).sum();
+            prop_assert!(net >= c(lo) && net <= c(lo + span), "net {net} outside {}..{}", c(lo), c(lo + span));
+            for l in &derived {
+                prop_assert_eq!(l.amount, l.amount.round_to(2, Rounding::HalfEven));
+            }
+        }
+
+        /// More usage never lowers the invoice total (fees, discounts, commitment, cap, tax).
+        #[test]
+        fn totals_are_monotonic_in_usage(tok in cents(), extra in cents(), pct in 0u32..100) {
+            let c = |v: i64| Amount(v as i128 * 10i128.pow(16));
+            let terms = ContractTerms {
+                fees: vec![("fee".into(), c(4900))],
+                discounts: vec![percent(None, &pct.to_string())],
+                minimum_spend: Some(c(100_000)),
+                maximum_spend: None,
+            };
+            let invoice = |v: i64| {
+                let u: BTreeMap<SkuIdx, Amount> = [(TOKENS, c(v))].into();
+                let d = invoice_lines(&terms, Some(&vat()), t(NOV), &u, 2, Rounding::HalfEven);
+                u.values().copied().sum::<Amount>() + d.iter().map(|l| l.amount).sum()
+            };
+            prop_assert!(invoice(tok + extra) >= invoice(tok));
+        }
+    }
+}
