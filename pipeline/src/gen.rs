@@ -55,7 +55,7 @@ pub struct GenArgs {
     pub days: i64,
     /// Give the catalog contract terms and taxes: subscription fees, discounts (per SKU, and
     /// promotions with date ranges), minimum and maximum spend, and customer tax rates, spread
-    /// over the customers.
+    /// over the customers; and price API calls in packages from rate-card version 2.
     #[arg(long)]
     pub terms: bool,
 }
@@ -122,10 +122,17 @@ pub fn catalog_toml(customers: u32, start: EventTime, days: i64, terms: bool) ->
         (1, first, "0.0004", "0.00002", "0.00001", "0.1"),
         (2, mid, "0.0003", "0.000025", "0.000008", "0.09"),
     ] {
+        // With terms, version 2 sells API calls in packages (the position carries over from
+        // version 1's per-unit usage).
+        let api = if terms && version == 2 {
+            "model = \"package\"\npackage_size = \"1000\"\npackage_price = \"0.35\"\nfree_units = \"500\"".to_string()
+        } else {
+            format!("model = \"per_unit\"\nunit_price = \"{api}\"")
+        };
         let _ = writeln!(
             s,
             "[[rate_card]]\nid = \"standard\"\nversion = {version}\neffective_from = \"{from}\"\ncurrency = \"USD\"\n\
-             [[rate_card.price]]\nsku = \"api_calls\"\nmodel = \"per_unit\"\nunit_price = \"{api}\"\n\
+             [[rate_card.price]]\nsku = \"api_calls\"\n{api}\n\
              [[rate_card.price]]\nsku = \"tokens\"\nmodel = \"graduated\"\ntiers = [{{ up_to = \"1000000\", unit_price = \"{tok1}\", flat_fee = \"10\" }}, {{ unit_price = \"{tok2}\" }}]\n\
              [[rate_card.price]]\nsku = \"storage\"\nmodel = \"volume\"\ntiers = [{{ up_to = \"1000\", unit_price = \"{st}\" }}, {{ unit_price = \"0.05\", flat_fee = \"5\" }}]\n"
         );

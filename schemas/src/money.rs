@@ -244,6 +244,8 @@ fixed_point!(
 );
 
 impl Quantity {
+    /// The raw value of one unit.
+    pub const SCALE_ONE: i128 = Q_ONE;
     pub fn from_units(units: i64) -> Quantity {
         Quantity(units as i128 * Q_ONE)
     }

@@ -15,7 +15,7 @@ use super::*;
 use crate::money::{
     minor_unit_digits, Amount, DecimalError, Quantity, Rounding, UnitPrice, AMOUNT_SCALE,
 };
-use crate::pricing::Tier;
+use crate::pricing::{Package, Tier};
 
 /// One problem in a catalog.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -154,6 +154,11 @@ struct PriceDef {
     unit_price: Option<DecimalText>,
     #[serde(default)]
     tiers: Vec<TierDef>,
+    /// Package model: units per package, price per package, free units, `up` or `down`.
+    package_size: Option<DecimalText>,
+    package_price: Option<DecimalText>,
+    free_units: Option<DecimalText>,
+    rounding: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -692,6 +697,19 @@ fn build_rate_cards(l: &mut Loader, files: &[(PathBuf, CatalogFile)]) {
 }
 
 fn price_model(l: &mut Loader, file: &Path, entry: &str, pd: &PriceDef) -> Option<PriceModel> {
+    let package_keys = pd.package_size.is_some()
+        || pd.package_price.is_some()
+        || pd.free_units.is_some()
+        || pd.rounding.is_some();
+    if package_keys && pd.model != "package" {
+        l.err(
+            file,
+            entry,
+            format!("package_size, package_price, free_units and rounding belong to model = \"package\", not {}", pd.model),
+            "remove them, or set model = \"package\"",
+        );
+        return None;
+    }
     match pd.model.as_str() {
         "per_unit" => {
             if !pd.tiers.is_empty() {
@@ -741,16 +759,72 @@ fn price_model(l: &mut Loader, file: &Path, entry: &str, pd: &PriceDef) -> Optio
                 PriceModel::Volume { tiers }
             })
         }
+        "package" => package(l, file, entry, pd),
         other => {
             l.err(
                 file,
                 entry,
                 format!("unknown model `{other}`"),
-                "use per_unit, graduated or volume",
+                "use per_unit, graduated, volume or package",
             );
             None
         }
     }
+}
+
+fn package(l: &mut Loader, file: &Path, entry: &str, pd: &PriceDef) -> Option<PriceModel> {
+    if pd.unit_price.is_some() || !pd.tiers.is_empty() {
+        l.err(
+            file,
+            entry,
+            "package takes package_size and package_price, not unit_price or tiers",
+            "write package_size = \"1000\" and package_price = \"2.50\"",
+        );
+        return None;
+    }
+    let (Some(size), Some(price)) = (&pd.package_size, &pd.package_price) else {
+        l.err(
+            file,
+            entry,
+            "package needs package_size and package_price",
+            "write package_size = \"1000\" and package_price = \"2.50\"",
+        );
+        return None;
+    };
+    let size = l.decimal(file, entry, "package_size", size, Quantity::parse)?;
+    let price = l.decimal(file, entry, "package_price", price, UnitPrice::parse)?;
+    let free_units = match &pd.free_units {
+        Some(f) => l.decimal(file, entry, "free_units", f, Quantity::parse)?,
+        None => Quantity::ZERO,
+    };
+    if size <= Quantity::ZERO || price.is_negative() || free_units.is_negative() {
+        l.err(
+            file,
+            entry,
+            "package_size must be positive, package_price and free_units not negative",
+            "fix the package numbers",
+        );
+        return None;
+    }
+    let round_up = match pd.rounding.as_deref() {
+        None | Some("up") => true,
+        Some("down") => false,
+        Some(other) => {
+            l.err(
+                file,
+                entry,
+                format!("rounding `{other}` is neither `up` nor `down`"),
+                "rounding = \"up\" charges a started package (default); \"down\" only complete ones",
+            );
+            return None;
+        }
+    };
+    Some(PriceModel::Package(Package {
+        size,
+        price,
+        free_units,
+        round_up,
+    }))
 }
 
 fn tiers(l: &mut Loader, file: &Path, entry: &str, defs: &[TierDef]) -> Option<Vec<Tier>> {

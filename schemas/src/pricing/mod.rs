@@ -16,6 +16,7 @@
 
 mod graduated;
 pub mod invoice;
+pub mod package;
 mod per_unit;
 mod volume;
 
@@ -32,12 +33,26 @@ pub struct Tier {
     pub flat_fee: Amount,
 }
 
+/// Usage sold in packages (see [`package`]).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Package {
+    /// Units per package (positive).
+    pub size: Quantity,
+    /// Price of one package.
+    pub price: UnitPrice,
+    /// Units per period that are free before packages count.
+    pub free_units: Quantity,
+    /// Charge a started package whole (`true`, the default) or only complete ones.
+    pub round_up: bool,
+}
+
 /// How a SKU is priced within one rate-card version.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum PriceModel {
     PerUnit { unit_price: UnitPrice },
     Graduated { tiers: Vec<Tier> },
     Volume { tiers: Vec<Tier> },
+    Package(Package),
 }
 
 impl PriceModel {
@@ -46,6 +61,7 @@ impl PriceModel {
             PriceModel::PerUnit { .. } => "per_unit",
             PriceModel::Graduated { .. } => "graduated",
             PriceModel::Volume { .. } => "volume",
+            PriceModel::Package(_) => "package",
         }
     }
 }
@@ -106,6 +122,7 @@ pub fn price_period(segments: &[Segment<'_>]) -> PeriodCharge {
             }
             PriceModel::Graduated { tiers } => graduated::charge(tiers, &ctx, &mut out.tiers),
             PriceModel::Volume { tiers } => volume::charge(tiers, &ctx, &mut out.tiers),
+            PriceModel::Package(p) => package::charge(p, &ctx, &mut out.tiers),
         }
         position += q;
     }

@@ -185,3 +185,74 @@ proptest! {
         prop_assert_eq!(whole, split);
     }
 }
+
+fn package(size: &str, price: &str, free: &str, round_up: bool) -> PriceModel {
+    PriceModel::Package(Package {
+        size: q(size),
+        price: p(price),
+        free_units: q(free),
+        round_up,
+    })
+}
+
+#[test]
+fn package_charges_a_started_package_whole_by_default() {
+    let m = package("1000", "2.5", "0", true);
+    assert_eq!(one(&m, "0"), a("0"));
+    assert_eq!(one(&m, "0.001"), a("2.5"));
+    assert_eq!(one(&m, "1000"), a("2.5"));
+    assert_eq!(one(&m, "1000.001"), a("5"));
+}
+
+#[test]
+fn package_rounding_down_charges_complete_packages_only() {
+    let m = package("1000", "2.5", "0", false);
+    assert_eq!(one(&m, "999.999"), a("0"));
+    assert_eq!(one(&m, "1999"), a("2.5"));
+    assert_eq!(one(&m, "2000"), a("5"));
+}
+
+#[test]
+fn package_free_units_come_first() {
+    let m = package("100", "1", "500", true);
+    assert_eq!(one(&m, "500"), a("0"));
+    assert_eq!(one(&m, "500.5"), a("1"));
+    assert_eq!(one(&m, "600"), a("1"));
+    assert_eq!(one(&m, "601"), a("2"));
+}
+
+#[test]
+fn package_carries_the_position_across_a_rate_change() {
+    // 600 units at v1 (2.50 per 1000) start package 1; 600 more at v2 (3.00) complete it and
+    // start package 2, which v2 pays for.
+    let (v1, v2) = (
+        package("1000", "2.5", "0", true),
+        package("1000", "3", "0", true),
+    );
+    let c = price_period(&[
+        Segment {
+            model: &v1,
+            quantity: q("600"),
+        },
+        Segment {
+            model: &v2,
+            quantity: q("600"),
+        },
+    ]);
+    assert_eq!(c.total(), a("5.5"));
+}
+
+proptest! {
+    /// Package totals never fall as usage grows, and equal packages × price in one segment.
+    #[test]
+    fn package_is_monotonic(units in 0u64..100_000, extra in 0u64..10_000, free in 0u64..2_000, up in any::<bool>()) {
+        let m = package("250", "1.25", &free.to_string(), up);
+        let x = one(&m, &units.to_string());
+        let y = one(&m, &(units + extra).to_string());
+        prop_assert!(y >= x);
+        let billable = units.saturating_sub(free);
+        let n = if up { billable.div_ceil(250) } else { billable / 250 };
+        let cents = n * 125;
+        prop_assert_eq!(x, a(&format!("{}.{:02}", cents / 100, cents % 100)));
+    }
+}
