@@ -2,13 +2,14 @@
 //! commitment true-up, spend cap and tax, derived from the period's usage and adjustment lines
 //! (rules in `meterflow_schemas::pricing::invoice`).
 //!
-//! (data, time, diff): a differential `reduce` keyed by (customer, contract, invoice period)
-//! over the rounded amounts of the period's usage lines. When a usage line changes, the
-//! period's derived lines are recomputed and only their difference leaves, as signed rows like
-//! every other invoice line. Contracts without terms and customers without tax skip the stage.
+//! (data, time, diff): a differential `reduce` keyed by (customer, contract) over the rounded
+//! amounts of its usage lines by invoice period (credits carry from period to period). When a
+//! usage line changes, the contract's derived lines are recomputed and only their difference
+//! leaves, as signed rows like every other invoice line. Contracts without terms and customers
+//! without tax skip the stage.
 //!
 //! State: one arrangement entry per usage line of a contract with terms, and one per derived
-//! line; compacted as the frontier advances.
+//! line; compacted as the frontier advances. Recomputing a contract costs its periods × SKUs.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,15 +17,15 @@ use std::sync::Arc;
 use differential_dataflow::VecCollection;
 use meterflow_schemas::catalog::{Catalog, ContractIdx, CustomerIdx, SkuIdx};
 use meterflow_schemas::money::{minor_unit_digits, Amount, Quantity, Rounding};
-use meterflow_schemas::pricing::invoice::invoice_lines;
+use meterflow_schemas::pricing::invoice::contract_lines;
 use meterflow_schemas::rows::{InvoiceLine, LineKey};
-use meterflow_schemas::time::Period;
+use meterflow_schemas::time::{EventTime, Period};
 
 use crate::Epoch;
 
-type InvoiceKey = (CustomerIdx, ContractIdx, Period);
-/// A usage line as the invoice stage sees it: SKU, rounded amount, currency.
-type LineAmount = (SkuIdx, Amount, Arc<str>);
+type InvoiceKey = (CustomerIdx, ContractIdx);
+/// A usage line as the invoice stage sees it: invoice period, SKU, rounded amount, currency.
+type LineAmount = (Period, SkuIdx, Amount, Arc<str>);
 
 pub fn invoice<'s>(
     lines: VecCollection<'s, Epoch, InvoiceLine, isize>,
@@ -42,28 +43,33 @@ pub fn invoice<'s>(
         .flat_map(move |l| {
             let keep = l.kind.is_usage() && has_terms(&l);
             keep.then_some((
-                (l.key.customer, l.key.contract, l.invoice_period),
-                (l.key.sku, l.amount, l.currency),
+                (l.key.customer, l.key.contract),
+                (l.invoice_period, l.key.sku, l.amount, l.currency),
             ))
         })
         .reduce_named(
             "Invoice",
-            move |&(customer, contract, period): &InvoiceKey,
+            move |&(customer, contract): &InvoiceKey,
                   input: &[(&LineAmount, isize)],
                   output: &mut Vec<(InvoiceLine, isize)>| {
-                let Some(currency) = input.first().map(|((_, _, c), _)| c.clone()) else {
+                let Some(currency) = input.first().map(|((_, _, _, c), _)| c.clone()) else {
                     return;
                 };
-                let mut usage: BTreeMap<SkuIdx, Amount> = BTreeMap::new();
-                for ((sku, amount, _), n) in input {
-                    *usage.entry(*sku).or_default() += Amount(amount.0 * *n as i128);
+                let mut periods: BTreeMap<EventTime, BTreeMap<SkuIdx, Amount>> = BTreeMap::new();
+                for ((period, sku, amount, _), n) in input {
+                    *periods
+                        .entry(period.0)
+                        .or_default()
+                        .entry(*sku)
+                        .or_default() += Amount(amount.0 * *n as i128);
                 }
                 let terms = &catalog.contracts[contract.ix()].terms;
                 let tax = catalog.customers[customer.ix()]
                     .tax
                     .map(|t| &catalog.taxes[t.ix()]);
                 let digits = minor_unit_digits(&currency);
-                for d in invoice_lines(terms, tax, period.0, &usage, digits, rounding) {
+                for (start, d) in contract_lines(terms, tax, &periods, digits, rounding) {
+                    let period = Period(start);
                     let line = InvoiceLine {
                         key: LineKey {
                             customer,

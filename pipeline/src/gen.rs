@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use meterflow_schemas::canonical::{checksum_of, Canonical, CanonicalFields};
 use meterflow_schemas::money::Quantity;
-use meterflow_schemas::time::{EventTime, Span};
+use meterflow_schemas::time::{EventTime, PeriodUnit, Span};
 
 /// Shape of the generated stream (the flags of `meterflow gen`).
 #[derive(Clone, Debug, clap::Args)]
@@ -154,7 +154,12 @@ pub fn catalog_toml(customers: u32, start: EventTime, days: i64, terms: bool) ->
         );
         let _ = writeln!(s, "[[contract]]\nid = \"ctr-{c:06}\"\ncustomer = \"cus-{c:06}\"\nrate_card = \"standard\"\nstarts = \"{contract_start}\"");
         if terms {
-            contract_terms(&mut s, c, start.plus(Span::days(days / 2)));
+            contract_terms(
+                &mut s,
+                c,
+                PeriodUnit::Month.period_of(start).0,
+                start.plus(Span::days(days / 2)),
+            );
         }
         s.push('\n');
     }
@@ -162,7 +167,7 @@ pub fn catalog_toml(customers: u32, start: EventTime, days: i64, terms: bool) ->
 }
 
 /// Terms for contract `c`, spread so every kind of invoice line appears.
-fn contract_terms(s: &mut String, c: u32, promotion_from: EventTime) {
+fn contract_terms(s: &mut String, c: u32, period_start: EventTime, promotion_from: EventTime) {
     if c.is_multiple_of(5) {
         s.push_str("minimum_spend = \"400\"\n");
     } else if c % 6 == 3 {
@@ -173,6 +178,11 @@ fn contract_terms(s: &mut String, c: u32, promotion_from: EventTime) {
     }
     if c.is_multiple_of(7) {
         s.push_str("[[contract.discount]]\nname = \"tokens 12.5% off\"\nsku = \"tokens\"\npercent = \"12.5\"\n");
+    }
+    if c % 9 == 2 {
+        // A prepaid grant, and a smaller one that expires mid-stream and burns first.
+        let _ = writeln!(s, "[[contract.credit]]\nname = \"prepaid\"\namount = \"300\"\ngranted = \"{period_start}\"\n\
+             [[contract.credit]]\nname = \"welcome\"\namount = \"40\"\ngranted = \"{period_start}\"\nexpires = \"{promotion_from}\"");
     }
     if c % 2 == 1 {
         let _ = writeln!(s, "[[contract.discount]]\nname = \"autumn promotion\"\namount = \"5\"\nfrom = \"{promotion_from}\"");

@@ -335,26 +335,35 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 cfg.clickhouse.url = url;
             }
             let catalog = catalog.map(|d| load_dir(&d)).transpose()?;
-            let filter = preview::Filter {
+            // Every period is read (credit balances need the history); --period selects what
+            // is shown.
+            let load = preview::Filter {
+                customer: customer.clone(),
+                period: None,
+            };
+            let show = preview::Filter {
                 customer: customer.clone(),
                 period,
             };
             let lines = if cfg.clickhouse.enabled() {
                 let ch = meterflow::clickhouse_client::ClickHouse::connect(&cfg.clickhouse)
                     .map_err(anyhow::Error::msg)?;
-                preview::from_clickhouse(&ch, &filter)
+                preview::from_clickhouse(&ch, &load)
             } else {
-                preview::from_output(&out, &filter)
+                preview::from_output(&out, &load)
             }
             .map_err(anyhow::Error::msg)?;
-            if lines.is_empty() {
+            if !lines.iter().any(|l| show.keeps(l)) {
                 if let Some(c) = customer {
                     anyhow::bail!(
                         "no invoice lines for customer `{c}` (check the id and --period)"
                     );
                 }
             }
-            print!("{}", preview::render_lines(lines, catalog.as_ref()));
+            print!(
+                "{}",
+                preview::render_lines(lines, catalog.as_ref(), cfg.billing.period, &show)
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Trace { out, event_id } => {

@@ -40,7 +40,7 @@ pub struct Filter {
 }
 
 impl Filter {
-    fn keeps(&self, l: &PreviewLine) -> bool {
+    pub fn keeps(&self, l: &PreviewLine) -> bool {
         self.customer.as_ref().is_none_or(|c| *c == l.customer)
             && self.period.as_ref().is_none_or(|p| *p == l.invoice_period)
     }
@@ -69,7 +69,7 @@ pub fn render(
             currency: l.currency.to_string(),
         })
         .collect();
-    render_lines(rows, Some(catalog))
+    render_lines(rows, Some(catalog), period, &Filter::default())
 }
 
 /// The current lines of a run's output directory (its `invoice_lines` table).
@@ -171,15 +171,26 @@ fn trim_zeros(decimal: &str) -> String {
     }
 }
 
-/// Renders lines as one draft invoice per customer and invoice period. With a catalog, customer
-/// names and SKU units are shown.
-pub fn render_lines(mut lines: Vec<PreviewLine>, catalog: Option<&Catalog>) -> String {
+/// Renders lines as one draft invoice per customer and invoice period (those `filter` keeps).
+/// With a catalog, customer names and SKU units are shown, and after each contract's latest
+/// invoice its prepaid credit: what is left and how long it lasts at the current burn (this
+/// needs every period's lines, so pass them all and select periods with `filter`).
+pub fn render_lines(
+    mut lines: Vec<PreviewLine>,
+    catalog: Option<&Catalog>,
+    unit: PeriodUnit,
+    filter: &Filter,
+) -> String {
     let mut s = String::new();
+    lines.sort();
+    let credit_notes = catalog
+        .map(|c| credit_status(c, &lines, unit))
+        .unwrap_or_default();
+    lines.retain(|l| filter.keeps(l));
     if lines.is_empty() {
         s.push_str("(no billable usage)\n");
         return s;
     }
-    lines.sort();
     let mut invoices: BTreeMap<(String, String), Vec<PreviewLine>> = BTreeMap::new();
     for l in lines {
         invoices
@@ -255,6 +266,7 @@ pub fn render_lines(mut lines: Vec<PreviewLine>, catalog: Option<&Catalog>) -> S
                 ("discounts", LineKind::Discount),
                 ("commitment true-up", LineKind::Commitment),
                 ("spend cap", LineKind::Cap),
+                ("credits", LineKind::Credit),
             ] {
                 if by_kind.contains_key(&kind) {
                     summary.push((label, sum(&[kind])));
@@ -278,6 +290,102 @@ pub fn render_lines(mut lines: Vec<PreviewLine>, catalog: Option<&Catalog>) -> S
                 );
             }
         }
+        let contracts: std::collections::BTreeSet<&str> =
+            rows.iter().map(|l| l.contract.as_str()).collect();
+        for contract in contracts {
+            if let Some((last, note)) = credit_notes.get(contract) {
+                if *last == invoice_period {
+                    let _ = writeln!(s, "  {note}");
+                }
+            }
+        }
     }
     s
+}
+
+/// Per contract with credit grants: its latest invoice period and a line on its credit.
+/// Replays the burn of the `credit` lines over the grants in the pipeline's order.
+fn credit_status(
+    catalog: &Catalog,
+    lines: &[PreviewLine],
+    unit: PeriodUnit,
+) -> BTreeMap<String, (String, String)> {
+    let mut out = BTreeMap::new();
+    let mut used: BTreeMap<&str, BTreeMap<&str, Amount>> = BTreeMap::new();
+    for l in lines {
+        let per_period = used.entry(&l.contract).or_default();
+        let e = per_period.entry(&l.invoice_period).or_default();
+        if l.kind == LineKind::Credit {
+            *e -= l.amount;
+        }
+    }
+    for (contract, periods) in used {
+        let Some(ci) = catalog.contract(contract) else {
+            continue;
+        };
+        let grants = &catalog.contracts[ci.ix()].terms.credits;
+        if grants.is_empty() {
+            continue;
+        }
+        let mut balances: Vec<Amount> = grants.iter().map(|g| g.amount).collect();
+        let mut last = None;
+        // Burn since the first period that used credit.
+        let (mut burnt, mut burning) = (Amount::ZERO, 0i128);
+        for (label, amount) in &periods {
+            let Some(p) = unit.parse_label(label) else {
+                continue;
+            };
+            let mut left = *amount;
+            for (g, b) in grants.iter().zip(balances.iter_mut()) {
+                if left > Amount::ZERO && g.usable_in(p.0) && *b > Amount::ZERO {
+                    let take = if *b < left { *b } else { left };
+                    *b -= take;
+                    left -= take;
+                }
+            }
+            if burning > 0 || *amount > Amount::ZERO {
+                burnt += *amount;
+                burning += 1;
+            }
+            last = Some((label.to_string(), p));
+        }
+        let Some((label, p)) = last else { continue };
+        let end = unit.end_of(p);
+        let remaining: Amount = grants
+            .iter()
+            .zip(&balances)
+            .filter(|(g, _)| g.expires.is_none_or(|e| e > end))
+            .map(|(_, b)| *b)
+            .sum();
+        let currency = catalog.currency_of(ci);
+        let digits = minor_unit_digits(currency);
+        let per_period = Amount(burnt.0 / burning.max(1));
+        let lasts = if per_period <= Amount::ZERO || remaining <= Amount::ZERO {
+            String::new()
+        } else {
+            let more = remaining.0.div_euclid(per_period.0);
+            let mut q = p;
+            for _ in 0..more.min(1200) {
+                q = unit.period_of(unit.end_of(q));
+            }
+            format!(
+                "; at {} {currency} per period it runs out in period {}",
+                per_period
+                    .round_to(digits, meterflow_schemas::money::Rounding::HalfEven)
+                    .format_fixed(digits),
+                unit.label(unit.period_of(unit.end_of(q)))
+            )
+        };
+        out.insert(
+            contract.to_string(),
+            (
+                label,
+                format!(
+                    "prepaid credit left after this invoice: {} {currency}{lasts}",
+                    remaining.format_fixed(digits)
+                ),
+            ),
+        );
+    }
+    out
 }

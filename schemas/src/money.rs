@@ -213,6 +213,11 @@ macro_rules! fixed_point {
                 self.0 += o.0;
             }
         }
+        impl std::ops::SubAssign for $name {
+            fn sub_assign(&mut self, o: $name) {
+                self.0 -= o.0;
+            }
+        }
         impl Neg for $name {
             type Output = $name;
             fn neg(self) -> $name {

@@ -96,10 +96,12 @@ pub enum LineKind {
     Cap,
     /// Tax on the period's net amount.
     Tax,
+    /// Prepaid credit used (negative).
+    Credit,
 }
 
 impl LineKind {
-    pub const ALL: [LineKind; 7] = [
+    pub const ALL: [LineKind; 8] = [
         LineKind::Usage,
         LineKind::Adjustment,
         LineKind::Subscription,
@@ -107,6 +109,7 @@ impl LineKind {
         LineKind::Commitment,
         LineKind::Cap,
         LineKind::Tax,
+        LineKind::Credit,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -118,6 +121,7 @@ impl LineKind {
             LineKind::Commitment => "commitment",
             LineKind::Cap => "cap",
             LineKind::Tax => "tax",
+            LineKind::Credit => "credit",
         }
     }
 

@@ -30,6 +30,7 @@ const EVERY_LINE: &[&str] = &[
     "commitment",
     "cap",
     "tax",
+    "credit",
 ];
 
 struct Fixture {

@@ -174,7 +174,14 @@ impl Fixture {
         );
         assert_invoice_has(
             &d.join("oracle"),
-            &["usage", "subscription", "discount", "commitment", "tax"],
+            &[
+                "usage",
+                "subscription",
+                "discount",
+                "commitment",
+                "tax",
+                "credit",
+            ],
         );
     }
 }

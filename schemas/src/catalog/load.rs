@@ -132,6 +132,19 @@ struct ContractDef {
     discount: Vec<DiscountDef>,
     minimum_spend: Option<DecimalText>,
     maximum_spend: Option<DecimalText>,
+    #[serde(default)]
+    credit: Vec<CreditDef>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreditDef {
+    name: String,
+    amount: DecimalText,
+    #[serde(default)]
+    priority: u32,
+    granted: String,
+    expires: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -490,6 +503,37 @@ fn contract_terms(
             );
         }
     }
+    for g in &c.credit {
+        let what = format!("credit \"{}\"", g.name);
+        let amount = money(l, &format!("{what} amount"), &g.amount);
+        let granted = l.time(file, entry, &format!("{what} granted"), &g.granted);
+        let expires = match &g.expires {
+            Some(t) => l.time(file, entry, &format!("{what} expires"), t).map(Some),
+            None => Some(None),
+        };
+        if let (Some(amount), Some(granted), Some(expires)) = (amount, granted, expires) {
+            if expires.is_some_and(|e| e <= granted) {
+                l.err(
+                    file,
+                    entry,
+                    format!("{what}: expires is not after granted"),
+                    "set expires (exclusive) after granted, or omit it",
+                );
+                continue;
+            }
+            terms.credits.push(CreditGrant {
+                name: g.name.clone(),
+                amount,
+                priority: g.priority,
+                granted,
+                expires,
+            });
+        }
+    }
+    // Burn order: priority, then earliest expiry (never-expiring last), then as written.
+    terms
+        .credits
+        .sort_by_key(|g| (g.priority, g.expires.is_none(), g.expires));
     for (i, d) in c.discount.iter().enumerate() {
         let what = if d.name.is_empty() {
             format!("discount {}", i + 1)

@@ -88,6 +88,26 @@ impl Discount {
     }
 }
 
+/// A prepaid credit grant of a contract (`[[contract.credit]]`): burnt down by the contract's
+/// invoices, by priority, then earliest expiry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CreditGrant {
+    pub name: String,
+    pub amount: Amount,
+    /// Lower burns first.
+    pub priority: u32,
+    /// Usable for invoice periods starting at or after this time ...
+    pub granted: EventTime,
+    /// ... and before this one.
+    pub expires: Option<EventTime>,
+}
+
+impl CreditGrant {
+    pub fn usable_in(&self, period_start: EventTime) -> bool {
+        period_start >= self.granted && self.expires.is_none_or(|e| period_start < e)
+    }
+}
+
 /// What a contract adds to each invoice beyond its usage.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ContractTerms {
@@ -98,6 +118,8 @@ pub struct ContractTerms {
     pub minimum_spend: Option<Amount>,
     /// Maximum spend per invoice period: a cap line takes off the excess.
     pub maximum_spend: Option<Amount>,
+    /// Prepaid credits, in burn order (priority, then earliest expiry, then as written).
+    pub credits: Vec<CreditGrant>,
 }
 
 #[derive(Clone, Debug)]

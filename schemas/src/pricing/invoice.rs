@@ -8,7 +8,11 @@
 //! - Order: subscription fees; then discounts per SKU (on that SKU's usage and adjustment
 //!   lines); then invoice-wide discounts (on usage, adjustments and fees net of SKU discounts);
 //!   then the commitment true-up (up to `minimum_spend`); then the cap (down to
-//!   `maximum_spend`); then tax on the net of all of the above.
+//!   `maximum_spend`); then prepaid credits; then tax on the net of all of the above.
+//! - Credits burn across a contract's invoice periods in period order: each period uses the
+//!   grants usable in it (granted at or before its start, expiring after it), by priority, then
+//!   earliest expiry, never more than the period's net. What a period uses is gone for the
+//!   periods after it.
 //! - A discount never takes more than the amount it applies to, and never applies to a negative
 //!   amount. Discounts apply to invoice periods that start inside their `from`..`until` range.
 //! - Lines worth zero are not emitted.
@@ -30,8 +34,27 @@ pub struct DerivedLine {
     pub amount: Amount,
 }
 
-/// The derived lines of one invoice period, from the rounded amounts of its usage and
-/// adjustment lines by SKU.
+/// The derived lines of every invoice period of one contract (by period start), from the
+/// rounded amounts of their usage and adjustment lines by SKU; credits carry from period to
+/// period.
+pub fn contract_lines(
+    terms: &ContractTerms,
+    tax: Option<&Tax>,
+    periods: &BTreeMap<EventTime, BTreeMap<SkuIdx, Amount>>,
+    digits: u32,
+    rounding: Rounding,
+) -> Vec<(EventTime, DerivedLine)> {
+    let mut balances: Vec<Amount> = terms.credits.iter().map(|g| g.amount).collect();
+    let mut out = Vec::new();
+    for (start, usage) in periods {
+        for line in period_lines(terms, tax, *start, usage, digits, rounding, &mut balances) {
+            out.push((*start, line));
+        }
+    }
+    out
+}
+
+/// The derived lines of one invoice period with every credit grant at its full amount.
 pub fn invoice_lines(
     terms: &ContractTerms,
     tax: Option<&Tax>,
@@ -39,6 +62,28 @@ pub fn invoice_lines(
     usage: &BTreeMap<SkuIdx, Amount>,
     digits: u32,
     rounding: Rounding,
+) -> Vec<DerivedLine> {
+    let mut balances: Vec<Amount> = terms.credits.iter().map(|g| g.amount).collect();
+    period_lines(
+        terms,
+        tax,
+        period_start,
+        usage,
+        digits,
+        rounding,
+        &mut balances,
+    )
+}
+
+/// One period's derived lines; burns `balances` (one per grant of `terms.credits`).
+fn period_lines(
+    terms: &ContractTerms,
+    tax: Option<&Tax>,
+    period_start: EventTime,
+    usage: &BTreeMap<SkuIdx, Amount>,
+    digits: u32,
+    rounding: Rounding,
+    balances: &mut [Amount],
 ) -> Vec<DerivedLine> {
     let mut out = Vec::new();
     let push = |out: &mut Vec<DerivedLine>, kind, sku, exact: Amount| -> Amount {
@@ -90,6 +135,19 @@ pub fn invoice_lines(
             net += push(&mut out, LineKind::Cap, SkuIdx::INVOICE, max - net);
         }
     }
+    let mut used = Amount::ZERO;
+    for (grant, balance) in terms.credits.iter().zip(balances.iter_mut()) {
+        let left = net - used;
+        if left <= Amount::ZERO {
+            break;
+        }
+        if grant.usable_in(period_start) && *balance > Amount::ZERO {
+            let take = if *balance < left { *balance } else { left };
+            *balance -= take;
+            used += take;
+        }
+    }
+    net += push(&mut out, LineKind::Credit, SkuIdx::INVOICE, -used);
     if let Some(tax) = tax {
         push(
             &mut out,
@@ -123,7 +181,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::catalog::Discount;
+    use crate::catalog::{CreditGrant, Discount};
     use crate::money::UnitPrice;
 
     fn a(s: &str) -> Amount {
@@ -317,6 +375,71 @@ mod tests {
         );
     }
 
+    fn grant(name: &str, amount: &str, priority: u32, expires: Option<&str>) -> CreditGrant {
+        CreditGrant {
+            name: name.into(),
+            amount: a(amount),
+            priority,
+            granted: t("2026-10-01T00:00:00Z"),
+            expires: expires.map(t),
+        }
+    }
+
+    #[test]
+    fn credits_burn_across_periods_by_priority_then_expiry() {
+        // As loaded: priority first, then the earliest expiry.
+        let terms = ContractTerms {
+            minimum_spend: Some(a("10")),
+            credits: vec![
+                grant("promo", "30", 0, Some("2026-12-01T00:00:00Z")),
+                grant("prepaid", "100", 0, None),
+                grant("late", "500", 1, None),
+            ],
+            ..Default::default()
+        };
+        let periods: BTreeMap<EventTime, BTreeMap<SkuIdx, Amount>> = [
+            // Before the grants: no credit.
+            (t("2026-09-01T00:00:00Z"), usage(&[(TOKENS, "25")])),
+            // 60: promo 30 and prepaid 30.
+            (t("2026-10-01T00:00:00Z"), usage(&[(TOKENS, "60")])),
+            // 5 + true-up 5 = 10, from prepaid (promo is gone).
+            (t("2026-11-01T00:00:00Z"), usage(&[(TOKENS, "5")])),
+            // 200: the rest of prepaid (60), then 140 of the priority-1 grant.
+            (t("2026-12-01T00:00:00Z"), usage(&[(TOKENS, "200")])),
+        ]
+        .into();
+        let credit: Vec<(EventTime, Amount)> =
+            contract_lines(&terms, Some(&vat()), &periods, 2, Rounding::HalfEven)
+                .into_iter()
+                .filter(|(_, l)| l.kind == LineKind::Credit)
+                .map(|(p, l)| (p, l.amount))
+                .collect();
+        assert_eq!(
+            credit,
+            vec![
+                (t("2026-10-01T00:00:00Z"), a("-60")),
+                (t("2026-11-01T00:00:00Z"), a("-10")),
+                (t("2026-12-01T00:00:00Z"), a("-200")),
+            ]
+        );
+        // A fully credited period owes no tax.
+        let lines = contract_lines(&terms, Some(&vat()), &periods, 2, Rounding::HalfEven);
+        assert!(lines
+            .iter()
+            .all(|(p, l)| l.kind != LineKind::Tax || *p == t("2026-09-01T00:00:00Z")));
+    }
+
+    #[test]
+    fn an_expired_credit_is_not_used() {
+        let terms = ContractTerms {
+            credits: vec![grant("promo", "30", 0, Some("2026-11-01T00:00:00Z"))],
+            ..Default::default()
+        };
+        let periods: BTreeMap<EventTime, BTreeMap<SkuIdx, Amount>> =
+            [(t("2026-11-01T00:00:00Z"), usage(&[(TOKENS, "60")]))].into();
+        assert!(contract_lines(&terms, None, &periods, 2, Rounding::HalfEven).is_empty());
+    }
+
     fn cents() -> impl Strategy<Value = i64> {
         0i64..10_000_000
     }
@@ -334,6 +457,7 @@ mod tests {
                 discounts: vec![percent(Some(TOKENS), &pct.to_string()), fixed(None, "1")],
                 minimum_spend: Some(c(lo)),
                 maximum_spend: Some(c(lo + span)),
+                credits: vec![],
             };
             let u: BTreeMap<SkuIdx, Amount> = [(TOKENS, c(tok)), (CALLS, c(calls))].into();
             let derived = invoice_lines(&terms, None, t(NOV), &u, 2, Rounding::HalfEven);
@@ -353,6 +477,7 @@ mod tests {
                 discounts: vec![percent(None, &pct.to_string())],
                 minimum_spend: Some(c(100_000)),
                 maximum_spend: None,
+                credits: vec![],
             };
             let invoice = |v: i64| {
                 let u: BTreeMap<SkuIdx, Amount> = [(TOKENS, c(v))].into();
