@@ -9,7 +9,7 @@ use meterflow_schemas::catalog::{Catalog, PriceIdx};
 use meterflow_schemas::money::Rounding;
 use meterflow_schemas::rejection::Rejection;
 use meterflow_schemas::rows::{
-    AcceptedEvent, Counts, DuplicateRow, InvoiceLine, LineUsage, RatedRow,
+    AcceptedEvent, Counts, DuplicateRow, EntitlementSignal, InvoiceLine, LineUsage, RatedRow,
 };
 use meterflow_schemas::validate::ValidationRules;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
@@ -21,6 +21,7 @@ use crate::accounting::{Totals, TotalsWriter};
 use crate::aggregate::{pre_aggregate, UsageRecord, UsageSum};
 use crate::decode::decode;
 use crate::dedup::{dedup, DedupSeed, Deduplicator};
+use crate::entitlements::entitlement_signals;
 use crate::invoice::invoice;
 use crate::price::{price, Priced};
 use crate::progress::{commit_progress, Progress, ProgressStore};
@@ -57,6 +58,7 @@ pub struct WorkerIo {
     pub invoice_lines: Box<dyn TableWriter<Signed<InvoiceLine>>>,
     pub rated_usage: Box<dyn TableWriter<Signed<RatedRow>>>,
     pub line_usage: Box<dyn TableWriter<Signed<LineUsage>>>,
+    pub entitlement_signals: Box<dyn TableWriter<Signed<EntitlementSignal>>>,
     pub progress: Box<dyn ProgressStore>,
     /// When the per-worker tables flush.
     pub facts_flush: FlushPolicy,
@@ -136,6 +138,12 @@ pub fn build<'s>(
         Priced::Line(l) => Some(l),
         _ => None,
     });
+    let signals = entitlement_signals(
+        usage_lines.clone(),
+        plan.catalog.clone(),
+        plan.policy.period,
+    )
+    .inner;
     let derived = invoice(usage_lines, plan.catalog.clone(), plan.rounding).map(Priced::Line);
     let priced = priced.concat(derived).inner;
 
@@ -188,6 +196,14 @@ pub fn build<'s>(
             "line_usage",
             to_worker_zero(),
             io.line_usage,
+            derived,
+            fatal.clone(),
+        ),
+        sink(
+            signals,
+            "entitlement_signals",
+            to_worker_zero(),
+            io.entitlement_signals,
             derived,
             fatal.clone(),
         ),

@@ -11,6 +11,7 @@ pub mod dataflow;
 pub mod decode;
 pub mod dedup;
 pub mod dedup_table;
+pub mod entitlements;
 pub mod invoice;
 pub mod memory;
 pub mod price;

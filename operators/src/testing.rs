@@ -8,7 +8,7 @@ use meterflow_schemas::catalog::Catalog;
 use meterflow_schemas::money::Rounding;
 use meterflow_schemas::rejection::Rejection;
 use meterflow_schemas::rows::{
-    AcceptedEvent, Counts, DuplicateRow, InvoiceLine, LineUsage, RatedRow,
+    AcceptedEvent, Counts, DuplicateRow, EntitlementSignal, InvoiceLine, LineUsage, RatedRow,
 };
 use meterflow_schemas::time::{PeriodUnit, Span};
 use meterflow_schemas::validate::ValidationRules;
@@ -33,6 +33,7 @@ pub struct RunOutput {
     pub invoice_lines: Vec<Signed<InvoiceLine>>,
     pub rated_usage: Vec<Signed<RatedRow>>,
     pub line_usage: Vec<Signed<LineUsage>>,
+    pub entitlement_signals: Vec<Signed<EntitlementSignal>>,
     pub progress: Vec<Progress>,
     pub counts: Counts,
 }
@@ -194,6 +195,7 @@ fn run_with(
             invoice_lines: Box::new(Collect(writers.invoice_lines.clone())),
             rated_usage: Box::new(Collect(writers.rated_usage.clone())),
             line_usage: Box::new(Collect(writers.line_usage.clone())),
+            entitlement_signals: Box::new(Collect(writers.entitlement_signals.clone())),
             progress: Box::new(Commits(writers.progress.clone())),
             facts_flush: FlushPolicy::every(Duration::ZERO),
             derived_flush: FlushPolicy::every(Duration::ZERO),
@@ -225,6 +227,10 @@ fn run_with(
         invoice_lines: rows(&out.invoice_lines),
         rated_usage: take(&out.rated_usage).into_iter().map(|(_, r)| r).collect(),
         line_usage: take(&out.line_usage).into_iter().map(|(_, r)| r).collect(),
+        entitlement_signals: take(&out.entitlement_signals)
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect(),
         progress: take(&out.progress),
         counts: totals.snapshot(),
     })
@@ -240,6 +246,7 @@ struct Outputs {
     invoice_lines: Rows<Signed<InvoiceLine>>,
     rated_usage: Rows<Signed<RatedRow>>,
     line_usage: Rows<Signed<LineUsage>>,
+    entitlement_signals: Rows<Signed<EntitlementSignal>>,
     progress: Arc<Mutex<Vec<Progress>>>,
 }
 

@@ -275,3 +275,37 @@ fn voiding_every_event_of_a_line_retracts_the_line() {
     let history: Vec<isize> = out.invoice_lines.iter().map(|(_, _, d)| *d).collect();
     assert_eq!(history, vec![1, -1]);
 }
+
+#[test]
+fn a_threshold_signal_fires_once_and_a_void_retracts_it() {
+    use meterflow_schemas::entitlement::SignalKind;
+    let catalog = meterflow_schemas::catalog::from_toml_str(&fixtures::CATALOG.replace(
+        "rate_card = \"standard\"\nstarts = \"2026-01-01T00:00:00Z\"\n\n[[contract]]",
+        "rate_card = \"standard\"\nstarts = \"2026-01-01T00:00:00Z\"\n[[contract.entitlement]]\nsku = \"api_calls\"\nincluded = \"100\"\n\n[[contract]]",
+    ))
+    .unwrap();
+    assert_eq!(catalog.contracts[0].entitlements.len(), 1);
+    let t = "2026-11-01T00:00:00Z";
+    let records = vec![
+        api("a", "40", t),
+        api("b", "15", t), // 55: crosses 50%
+        api("c", "5", t),  // 60: nothing new
+        api("v", "-15", t).replace(
+            r#""environment""#,
+            r#""correction":{"action":"void","original_event_id":"b"},"environment""#,
+        ), // back to 45: the 50% signal is retracted
+    ];
+    for workers in [1, 2] {
+        let out = run(&lines(&records), plan(catalog.clone()), workers, 1).unwrap();
+        let history: Vec<(u32, isize)> = out
+            .entitlement_signals
+            .iter()
+            .filter(|(s, _, _)| s.kind == SignalKind::Threshold)
+            .map(|(s, _, d)| (s.percent, *d))
+            .collect();
+        assert_eq!(history, vec![(50, 1), (50, -1)], "workers={workers}");
+        let fired = &out.entitlement_signals[0].0;
+        assert_eq!(fired.at, Quantity::from_units(50));
+        assert_eq!(fired.allowance, Quantity::from_units(100));
+    }
+}

@@ -27,9 +27,12 @@ use meterflow_operators::progress::Progress;
 use meterflow_operators::source::Position;
 use meterflow_schemas::catalog::{Catalog, PriceIdx, RegionIdx, SkuIdx};
 use meterflow_schemas::ddl::EPOCH_TABLES;
+use meterflow_schemas::entitlement::SignalKind;
 use meterflow_schemas::hashing::EventKey;
 use meterflow_schemas::money::{Amount, Quantity};
-use meterflow_schemas::rows::{Counts, InvoiceLine, LineKey, LineKind, LineUsage, RatedRow};
+use meterflow_schemas::rows::{
+    Counts, EntitlementSignal, InvoiceLine, LineKey, LineKind, LineUsage, RatedRow,
+};
 use meterflow_schemas::time::{EventTime, Period, PeriodUnit, Span};
 use serde::Deserialize;
 
@@ -45,6 +48,7 @@ pub struct Restored {
     pub invoice_lines: Vec<(InvoiceLine, isize, u64)>,
     pub rated_usage: Vec<(RatedRow, isize, u64)>,
     pub line_usage: Vec<(LineUsage, isize, u64)>,
+    pub entitlement_signals: Vec<(EntitlementSignal, isize, u64)>,
 }
 
 #[derive(Row, Deserialize)]
@@ -299,6 +303,7 @@ pub fn restore(
     let invoice_lines = held_lines(ch, &lookup, &upto)?;
     let rated_usage = held_rated(ch, &lookup, &upto)?;
     let line_usage = held_usage(ch, &lookup, &upto)?;
+    let entitlement_signals = held_signals(ch, &lookup, &upto)?;
     let usage = line_usage
         .iter()
         .map(|(u, n, _)| {
@@ -321,6 +326,7 @@ pub fn restore(
         invoice_lines,
         rated_usage,
         line_usage,
+        entitlement_signals,
     })
 }
 
@@ -461,6 +467,53 @@ fn held_rated(
                 tier: r.tier.saturating_sub(1),
                 quantity: Quantity(r.quantity),
                 amount: Amount(r.amount),
+            };
+            Ok((row, r.n as isize, r.v))
+        })
+        .collect()
+}
+
+fn held_signals(
+    ch: &ClickHouse,
+    l: &Lookup,
+    upto: &str,
+) -> Result<Vec<(EntitlementSignal, isize, u64)>, String> {
+    #[derive(Row, Deserialize)]
+    struct R {
+        customer_id: String,
+        contract_id: String,
+        sku: String,
+        period: String,
+        signal: String,
+        percent: u32,
+        at_quantity: i128,
+        allowance: i128,
+        n: i64,
+        v: u64,
+    }
+    let rows: Vec<R> = ch.fetch(&held_query(
+        "entitlement_signals",
+        "customer_id, contract_id, sku, period, signal, percent",
+        &["at_quantity", "allowance"],
+        upto,
+    ))?;
+    rows.into_iter()
+        .map(|r| {
+            let key = l.key(&r.customer_id, &r.contract_id, &r.sku, "*", &r.period)?;
+            let row = EntitlementSignal {
+                customer: key.customer,
+                contract: key.contract,
+                sku: key.sku,
+                period: key.service_period,
+                kind: SignalKind::parse(&r.signal).ok_or_else(|| {
+                    format!(
+                        "entitlement_signals holds signal `{}`, which this meterflow does not know",
+                        r.signal
+                    )
+                })?,
+                percent: r.percent,
+                at: Quantity(r.at_quantity),
+                allowance: Quantity(r.allowance),
             };
             Ok((row, r.n as isize, r.v))
         })

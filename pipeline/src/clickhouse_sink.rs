@@ -21,7 +21,7 @@ use meterflow_schemas::catalog::Catalog;
 use meterflow_schemas::event::{Environment, Lineage, Metadata};
 use meterflow_schemas::rejection::Rejection;
 use meterflow_schemas::rows::{
-    AcceptedEvent, DuplicateRow, InvoiceLine, LineKey, LineUsage, RatedRow,
+    AcceptedEvent, DuplicateRow, EntitlementSignal, InvoiceLine, LineKey, LineUsage, RatedRow,
 };
 use meterflow_schemas::time::{EventTime, Period, PeriodUnit};
 use serde::Serialize;
@@ -660,6 +660,63 @@ fn insert_line_usage(
         })
         .collect();
     ch.insert_batch::<LineUsageRow<'static>>("line_usage", id, &out)
+}
+
+#[derive(Row, Serialize)]
+struct SignalRow<'a> {
+    customer_id: &'a str,
+    contract_id: &'a str,
+    sku: &'a str,
+    period: &'a str,
+    signal: &'a str,
+    percent: u32,
+    at_quantity: i128,
+    allowance: i128,
+    sign: i8,
+    version: u64,
+    epoch: u64,
+    generation: u32,
+    batch: u64,
+}
+
+pub fn entitlement_signals(
+    ch: ClickHouse,
+    names: Arc<ChNames>,
+    state: SignedState<EntitlementSignal>,
+) -> SignedTable<EntitlementSignal> {
+    signed(ch, names, state, insert_signals, "entitlement_signals")
+}
+
+fn insert_signals(
+    ch: &ClickHouse,
+    n: &ChNames,
+    id: BatchId,
+    changes: &[Change<EntitlementSignal>],
+) -> Result<(), String> {
+    let c = &n.catalog;
+    let labels = PeriodLabels::of(n.period, changes.iter().map(|c| c.row.period));
+    let out: Vec<SignalRow> = changes
+        .iter()
+        .map(|ch| {
+            let e = &ch.row;
+            SignalRow {
+                customer_id: &c.customers[e.customer.ix()].id,
+                contract_id: &c.contracts[e.contract.ix()].id,
+                sku: c.sku_id(e.sku),
+                period: labels.get(e.period),
+                signal: e.kind.as_str(),
+                percent: e.percent,
+                at_quantity: e.at.0,
+                allowance: e.allowance.0,
+                sign: ch.sign,
+                version: ch.version,
+                epoch: ch.epoch,
+                generation: n.generation,
+                batch: id.batch,
+            }
+        })
+        .collect();
+    ch.insert_batch::<SignalRow<'static>>("entitlement_signals", id, &out)
 }
 
 #[derive(Row, Serialize)]

@@ -19,17 +19,18 @@ use meterflow_schemas::event::{Environment, Lineage, Metadata};
 use meterflow_schemas::money::{Amount, Quantity};
 use meterflow_schemas::rejection::Rejection;
 use meterflow_schemas::rows::{
-    AcceptedEvent, DuplicateRow, InvoiceLine, LineKey, LineUsage, RatedRow,
+    AcceptedEvent, DuplicateRow, EntitlementSignal, InvoiceLine, LineKey, LineUsage, RatedRow,
 };
 use meterflow_schemas::time::{EventTime, Period, PeriodUnit};
 
-pub const TABLES: [&str; 6] = [
+pub const TABLES: [&str; 7] = [
     "usage_events",
     "rejections",
     "duplicates",
     "rated_usage",
     "invoice_lines",
     "line_usage",
+    "entitlement_signals",
 ];
 
 const USAGE_HEADER: &str = "event_id,customer_id,contract_id,sku,unit,quantity,event_time,environment,billable,region,plan,marketplace,attributes,correction_action,correction_of,rate_card,rate_card_version,price_region,service_period,invoice_period,arrival,source,offset";
@@ -38,6 +39,8 @@ const REJECTION_HEADER: &str =
 const DUPLICATE_HEADER: &str = "event_id,event_time,source,offset";
 const RATED_HEADER: &str = "customer_id,contract_id,sku,region,service_period,invoice_period,rate_card,rate_card_version,model,tier,quantity,amount,currency,sign,version";
 const LINE_USAGE_HEADER: &str = "customer_id,contract_id,sku,region,service_period,invoice_period,rate_card,rate_card_version,events,quantity,sign,version";
+const SIGNAL_HEADER: &str =
+    "customer_id,contract_id,sku,period,signal,percent,at_quantity,allowance,sign,version";
 const INVOICE_HEADER: &str = "customer_id,contract_id,sku,region,service_period,invoice_period,line_type,currency,events,quantity,amount,amount_exact,sign,version";
 
 /// What every writer needs to turn indices back into names.
@@ -527,6 +530,34 @@ pub fn line_usage_writer(
         names,
         HeldRows::new(),
         format_line_usage,
+    )
+}
+
+fn format_signal(n: &Names, labels: &mut Labels, e: &EntitlementSignal, row: &mut Vec<u8>) {
+    let c = &n.catalog;
+    field(row, &c.customers[e.customer.ix()].id);
+    field(row, &c.contracts[e.contract.ix()].id);
+    field(row, c.sku_id(e.sku));
+    labels.write(n.period, row, e.period);
+    field(row, e.kind.as_str());
+    int(row, e.percent);
+    scaled(row, e.at.0, Quantity::SCALE);
+    scaled(row, e.allowance.0, Quantity::SCALE);
+}
+
+pub fn entitlement_signals_writer(
+    out: &Path,
+    worker: usize,
+    names: Arc<Names>,
+) -> Result<SignedWriter<EntitlementSignal>, String> {
+    signed_writer(
+        out,
+        "entitlement_signals",
+        SIGNAL_HEADER,
+        worker,
+        names,
+        HeldRows::new(),
+        format_signal,
     )
 }
 

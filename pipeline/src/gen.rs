@@ -184,6 +184,12 @@ fn contract_terms(s: &mut String, c: u32, period_start: EventTime, promotion_fro
         let _ = writeln!(s, "[[contract.credit]]\nname = \"prepaid\"\namount = \"300\"\ngranted = \"{period_start}\"\n\
              [[contract.credit]]\nname = \"welcome\"\namount = \"40\"\ngranted = \"{period_start}\"\nexpires = \"{promotion_from}\"");
     }
+    if c.is_multiple_of(3) {
+        s.push_str("[[contract.entitlement]]\nsku = \"tokens\"\nincluded = \"400000\"\nsoft_limit = \"800000\"\nhard_limit = \"1200000\"\nrollover = true\nrollover_cap = \"100000\"\n");
+    }
+    if c % 4 == 1 {
+        s.push_str("[[contract.entitlement]]\nsku = \"api_calls\"\nincluded = \"2000\"\nthresholds = [80, 100]\n");
+    }
     if c % 2 == 1 {
         let _ = writeln!(s, "[[contract.discount]]\nname = \"autumn promotion\"\namount = \"5\"\nfrom = \"{promotion_from}\"");
     }

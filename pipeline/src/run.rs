@@ -27,8 +27,9 @@ use crate::clickhouse_restore::{restore, Restored};
 use crate::clickhouse_sink::{self as ch_sink, ChNames, ClickHouseProgress};
 use crate::config::Config;
 use crate::file_sink::{
-    duplicates_writer, invoice_lines_writer, line_usage_writer, prepare_out_dir,
-    rated_usage_writer, rejections_writer, usage_events_writer, write_sources, HeldRows, Names,
+    duplicates_writer, entitlement_signals_writer, invoice_lines_writer, line_usage_writer,
+    prepare_out_dir, rated_usage_writer, rejections_writer, usage_events_writer, write_sources,
+    HeldRows, Names,
 };
 use crate::file_source::{FileInput, NoInput, StdinReader};
 use crate::kafka_source::{partitions, GroupOffsets, KafkaConfig, KafkaReader};
@@ -156,6 +157,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
         restored.invoice_lines,
         restored.rated_usage,
         restored.line_usage,
+        restored.entitlement_signals,
     )));
 
     let current_lines: Arc<HeldRows<InvoiceLine>> = HeldRows::new();
@@ -204,7 +206,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
             });
             let connect = || ClickHouse::connect(&ch_cfg);
             // Only worker 0 receives derived rows and commits progress; it holds the restored rows.
-            let (lines, rated, usage) = if index == 0 {
+            let (lines, rated, usage, signals) = if index == 0 {
                 held.lock().expect("held rows").take().unwrap_or_default()
             } else {
                 Default::default()
@@ -250,8 +252,13 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
                 )),
                 line_usage: Box::new(ch_sink::line_usage(
                     connect()?,
-                    names,
+                    names.clone(),
                     SignedState::resumed(usage, first_round),
+                )),
+                entitlement_signals: Box::new(ch_sink::entitlement_signals(
+                    connect()?,
+                    names,
+                    SignedState::resumed(signals, first_round),
                 )),
                 progress,
                 facts_flush: policy,
@@ -275,7 +282,8 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
                 io_lines.clone(),
             )?),
             rated_usage: Box::new(rated_usage_writer(&out, index, n.clone())?),
-            line_usage: Box::new(line_usage_writer(&out, index, n)?),
+            line_usage: Box::new(line_usage_writer(&out, index, n.clone())?),
+            entitlement_signals: Box::new(entitlement_signals_writer(&out, index, n)?),
             progress: Box::new(NoProgress),
             facts_flush: FlushPolicy::every(flush_every),
             derived_flush: FlushPolicy::every(flush_every),

@@ -231,6 +231,26 @@ ORDER BY (entity, entity_id, changed_at)",
         name: "line_usage_batch",
         sql: "ALTER TABLE {db}.line_usage ADD COLUMN batch UInt64",
     },
+    Migration {
+        id: 16,
+        name: "entitlement_signals",
+        sql: "CREATE TABLE IF NOT EXISTS {db}.entitlement_signals (
+    customer_id String,
+    contract_id String,
+    sku String,
+    period String,
+    signal String,
+    percent UInt32,
+    at_quantity Decimal(38, 9),
+    allowance Decimal(38, 9),
+    sign Int8,
+    version UInt64,
+    epoch UInt64,
+    generation UInt32,
+    batch UInt64
+) ENGINE = MergeTree()
+ORDER BY (customer_id, contract_id, sku, period, signal, percent, version)",
+    },
 ];
 
 /// The table that records applied migrations (created before any migration runs).
@@ -242,13 +262,14 @@ pub const MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS {db}.schema_migra
 ORDER BY id";
 
 /// Tables whose rows carry the `epoch` that wrote them (deleted beyond the last commit on restart).
-pub const EPOCH_TABLES: [&str; 6] = [
+pub const EPOCH_TABLES: [&str; 7] = [
     "usage_events",
     "rejections",
     "duplicates",
     "invoice_lines",
     "rated_usage",
     "line_usage",
+    "entitlement_signals",
 ];
 
 /// A statement with the database filled in.

@@ -7,6 +7,7 @@
 pub mod canonical;
 pub mod catalog;
 pub mod ddl;
+pub mod entitlement;
 pub mod event;
 #[doc(hidden)]
 pub mod fixtures;

@@ -150,6 +150,23 @@ pub struct InvoiceLine {
     pub amount: Amount,
 }
 
+/// An entitlement signal of one contract, SKU and service period (signed on output: `+1` when
+/// usage crosses, `-1` if a correction brings it back below).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct EntitlementSignal {
+    pub customer: CustomerIdx,
+    pub contract: ContractIdx,
+    pub sku: SkuIdx,
+    pub period: Period,
+    pub kind: crate::entitlement::SignalKind,
+    /// The threshold's percentage of the allowance (0 for limits).
+    pub percent: u32,
+    /// The quantity at which the signal fires.
+    pub at: Quantity,
+    /// The period's allowance (included plus rollover).
+    pub allowance: Quantity,
+}
+
 /// One tier of one price contributing to an invoice line (signed on output).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct RatedRow {

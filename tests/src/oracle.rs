@@ -156,6 +156,9 @@ pub fn assert_clickhouse_matches(
         "{what}: the pricing input holds exactly the accepted usage"
     );
     assert_same(&from_clickhouse(ch), &money, what);
+    let want = signals_from_csv(oracle);
+    let got = signals_from_clickhouse(ch);
+    assert_eq!(got, want, "{what}: entitlement signals");
     let committed: serde_json::Value = serde_json::from_str(
         ch.query("SELECT counts FROM meterflow.sink_progress ORDER BY epoch DESC LIMIT 1")
             .unwrap()
@@ -169,6 +172,55 @@ pub fn assert_clickhouse_matches(
         "{what}: the last commit counts every record"
     );
     counts
+}
+
+type SignalSet = std::collections::BTreeSet<(Vec<String>, Quantity, Quantity)>;
+
+/// Current entitlement signals of an embedded run: identity, `at_quantity`, `allowance`.
+pub fn signals_from_csv(out: &Path) -> SignalSet {
+    current_rows(&read_table(out, "entitlement_signals").unwrap())
+        .into_iter()
+        .map(|r| {
+            (
+                [
+                    "customer_id",
+                    "contract_id",
+                    "sku",
+                    "period",
+                    "signal",
+                    "percent",
+                ]
+                .iter()
+                .map(|k| r[*k].clone())
+                .collect(),
+                Quantity::parse(&r["at_quantity"]).unwrap(),
+                Quantity::parse(&r["allowance"]).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Current entitlement signals in ClickHouse, like [`signals_from_csv`]. Signs are summed here:
+/// ClickHouse 18.16 crashes when grouping by a `Decimal128` column, even through `toString`.
+pub fn signals_from_clickhouse(ch: &ClickHouseServer) -> SignalSet {
+    let mut net: BTreeMap<(Vec<String>, Quantity, Quantity), i64> = BTreeMap::new();
+    for l in ch
+        .query("SELECT customer_id, contract_id, sku, period, signal, percent, toString(at_quantity), toString(allowance), sign FROM meterflow.entitlement_signals FORMAT TabSeparated")
+        .unwrap()
+        .lines()
+    {
+        let f: Vec<&str> = l.split('\t').collect();
+        let key = (
+            f[..6].iter().map(|s| s.to_string()).collect(),
+            Quantity::parse(f[6]).unwrap(),
+            Quantity::parse(f[7]).unwrap(),
+        );
+        *net.entry(key).or_default() += f[8].parse::<i64>().unwrap();
+    }
+    net.into_iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(k, _)| k)
+        .collect()
 }
 
 /// The line types (`usage`, `discount`, `tax`, ...) among the current invoice lines of an

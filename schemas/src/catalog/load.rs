@@ -12,6 +12,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use super::*;
+use crate::entitlement::Entitlement;
 use crate::money::{
     minor_unit_digits, Amount, DecimalError, Quantity, Rounding, UnitPrice, AMOUNT_SCALE,
 };
@@ -134,6 +135,21 @@ struct ContractDef {
     maximum_spend: Option<DecimalText>,
     #[serde(default)]
     credit: Vec<CreditDef>,
+    #[serde(default)]
+    entitlement: Vec<EntitlementDef>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EntitlementDef {
+    sku: String,
+    included: DecimalText,
+    thresholds: Option<Vec<u32>>,
+    soft_limit: Option<DecimalText>,
+    hard_limit: Option<DecimalText>,
+    #[serde(default)]
+    rollover: bool,
+    rollover_cap: Option<DecimalText>,
 }
 
 #[derive(Deserialize)]
@@ -617,6 +633,97 @@ fn contract_terms(
     terms
 }
 
+fn entitlements(
+    l: &mut Loader,
+    file: &Path,
+    entry: &str,
+    defs: &[EntitlementDef],
+) -> Vec<Entitlement> {
+    let mut out: Vec<Entitlement> = Vec::new();
+    for d in defs {
+        let what = format!("entitlement for `{}`", d.sku);
+        let Some(sku) = l.catalog.sku(&d.sku) else {
+            l.err(
+                file,
+                entry,
+                format!("{what}: unknown sku"),
+                "name a defined [[sku]]",
+            );
+            continue;
+        };
+        if out.iter().any(|e| e.sku == sku) {
+            l.err(
+                file,
+                entry,
+                format!("{what}: given twice"),
+                "give each SKU one entitlement per contract",
+            );
+            continue;
+        }
+        let qty = |l: &mut Loader, key: &str, t: &DecimalText| -> Option<Quantity> {
+            let v = l.decimal(file, entry, &format!("{what} {key}"), t, Quantity::parse)?;
+            if v.is_negative() {
+                l.err(
+                    file,
+                    entry,
+                    format!("{what}: {key} is negative"),
+                    format!("write {key} as a quantity of at least 0"),
+                );
+                return None;
+            }
+            Some(v)
+        };
+        let Some(included) = qty(l, "included", &d.included) else {
+            continue;
+        };
+        let soft = d.soft_limit.as_ref().map(|t| qty(l, "soft_limit", t));
+        let hard = d.hard_limit.as_ref().map(|t| qty(l, "hard_limit", t));
+        let cap = d.rollover_cap.as_ref().map(|t| qty(l, "rollover_cap", t));
+        if [soft, hard, cap].iter().any(|x| matches!(x, Some(None))) {
+            continue;
+        }
+        let (soft_limit, hard_limit, rollover_cap) =
+            (soft.flatten(), hard.flatten(), cap.flatten());
+        if let (Some(s), Some(h)) = (soft_limit, hard_limit) {
+            if h < s {
+                l.err(file, entry, format!("{what}: hard_limit {h} is below soft_limit {s}"), "the hard limit blocks, the soft one warns: put the soft limit at or below the hard one");
+                continue;
+            }
+        }
+        if rollover_cap.is_some() && !d.rollover {
+            l.err(
+                file,
+                entry,
+                format!("{what}: rollover_cap without rollover = true"),
+                "set rollover = true, or remove rollover_cap",
+            );
+            continue;
+        }
+        let mut thresholds = d.thresholds.clone().unwrap_or_else(|| vec![50, 90, 100]);
+        thresholds.sort_unstable();
+        thresholds.dedup();
+        if thresholds.first() == Some(&0) {
+            l.err(
+                file,
+                entry,
+                format!("{what}: a threshold of 0%"),
+                "thresholds are percentages of the allowance above 0, e.g. [50, 90, 100]",
+            );
+            continue;
+        }
+        out.push(Entitlement {
+            sku,
+            included,
+            thresholds,
+            soft_limit,
+            hard_limit,
+            rollover: d.rollover,
+            rollover_cap,
+        });
+    }
+    out
+}
+
 fn build_rate_cards(l: &mut Loader, files: &[(PathBuf, CatalogFile)]) {
     // Group every version by card id, remembering where each was defined.
     let mut cards: BTreeMap<&str, Vec<(&Path, &RateCardDef)>> = BTreeMap::new();
@@ -1030,6 +1137,7 @@ fn build_contracts(l: &mut Loader, files: &[(PathBuf, CatalogFile)]) {
             }
             let currency = card.map(|i| l.catalog.rate_cards[i].currency.clone());
             let terms = contract_terms(l, file, &entry, c, currency.as_deref());
+            let entitlements = entitlements(l, file, &entry, &c.entitlement);
             if let (Some(customer), Some(card), Some(starts), Some(ends)) =
                 (customer, card, starts, ends)
             {
@@ -1041,6 +1149,7 @@ fn build_contracts(l: &mut Loader, files: &[(PathBuf, CatalogFile)]) {
                     starts,
                     ends,
                     terms,
+                    entitlements,
                 });
             }
         }

@@ -140,6 +140,8 @@ pub struct Contract {
     /// Exclusive end; `None` runs until further notice.
     pub ends: Option<EventTime>,
     pub terms: ContractTerms,
+    /// Included quantities and limits per SKU (at most one per SKU).
+    pub entitlements: Vec<crate::entitlement::Entitlement>,
 }
 
 impl Contract {

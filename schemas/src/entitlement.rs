@@ -1,0 +1,231 @@
+//! Entitlements: what a contract includes of a SKU per period, and the signals usage raises as
+//! it crosses thresholds of it (50%, 90%, 100% by default), a soft limit and a hard limit.
+//!
+//! Rules (see `docs/entitlements.md`):
+//! - Usage is counted per **service period** (when it happened), late usage included, net of
+//!   corrections, summed over price regions.
+//! - The allowance of a period is `included` plus, with rollover, the unused allowance of the
+//!   period before (never below zero, capped at `rollover_cap`, so it never compounds beyond
+//!   the cap). A period without usage leaves its whole allowance unused.
+//! - A threshold signal exists while usage is at or above `percent × allowance / 100`; soft
+//!   and hard limit signals while usage is at or above the limit. Signals are rows of a signed
+//!   table: one `+1` when crossed, one `-1` if a correction brings usage back below.
+
+use serde::{Deserialize, Serialize};
+
+use crate::money::Quantity;
+use crate::time::EventTime;
+
+/// `[[contract.entitlement]]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entitlement {
+    pub sku: crate::catalog::SkuIdx,
+    /// Included quantity per period.
+    pub included: Quantity,
+    /// Percentages of the allowance that raise a signal, ascending.
+    pub thresholds: Vec<u32>,
+    /// Above it the product should warn; usage keeps being billed as overage.
+    pub soft_limit: Option<Quantity>,
+    /// Above it the product may block.
+    pub hard_limit: Option<Quantity>,
+    /// Unused allowance carries into the next period, up to `rollover_cap` (no cap: all of it).
+    pub rollover: bool,
+    pub rollover_cap: Option<Quantity>,
+}
+
+/// What a signal says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum SignalKind {
+    Threshold,
+    SoftLimit,
+    HardLimit,
+}
+
+impl SignalKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SignalKind::Threshold => "threshold",
+            SignalKind::SoftLimit => "soft_limit",
+            SignalKind::HardLimit => "hard_limit",
+        }
+    }
+    pub fn parse(text: &str) -> Option<SignalKind> {
+        [
+            SignalKind::Threshold,
+            SignalKind::SoftLimit,
+            SignalKind::HardLimit,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == text)
+    }
+}
+
+/// One signal of one period.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Signal {
+    pub kind: SignalKind,
+    /// The threshold's percentage (0 for limits).
+    pub percent: u32,
+    /// The quantity at which it fires.
+    pub at: Quantity,
+    /// The period's allowance (included plus rollover).
+    pub allowance: Quantity,
+}
+
+/// Every signal of every period (by start) of one contract and SKU, from its net usage per
+/// period. `next` gives the start of the period after a given one (for rollover into periods
+/// without usage).
+pub fn signals(
+    e: &Entitlement,
+    usage: &std::collections::BTreeMap<EventTime, Quantity>,
+    next: impl Fn(EventTime) -> EventTime,
+) -> Vec<(EventTime, Signal)> {
+    let mut out = Vec::new();
+    let (Some(&first), Some(&last)) = (usage.keys().next(), usage.keys().next_back()) else {
+        return out;
+    };
+    let mut rolled = Quantity::ZERO;
+    let mut start = first;
+    while start <= last {
+        let used = usage.get(&start).copied().unwrap_or_default();
+        let allowance = e.included + rolled;
+        for &pct in &e.thresholds {
+            let at = Quantity(allowance.0 * pct as i128 / 100);
+            if used >= at && allowance > Quantity::ZERO {
+                out.push((
+                    start,
+                    Signal {
+                        kind: SignalKind::Threshold,
+                        percent: pct,
+                        at,
+                        allowance,
+                    },
+                ));
+            }
+        }
+        for (kind, limit) in [
+            (SignalKind::SoftLimit, e.soft_limit),
+            (SignalKind::HardLimit, e.hard_limit),
+        ] {
+            if let Some(at) = limit {
+                if used >= at {
+                    out.push((
+                        start,
+                        Signal {
+                            kind,
+                            percent: 0,
+                            at,
+                            allowance,
+                        },
+                    ));
+                }
+            }
+        }
+        let unused = (allowance - used).max(Quantity::ZERO);
+        rolled = if e.rollover {
+            e.rollover_cap.map_or(unused, |cap| unused.min(cap))
+        } else {
+            Quantity::ZERO
+        };
+        start = next(start);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::catalog::SkuIdx;
+    use crate::time::PeriodUnit;
+
+    fn q(s: &str) -> Quantity {
+        Quantity::parse(s).unwrap()
+    }
+    fn t(s: &str) -> EventTime {
+        EventTime::parse_rfc3339(s).unwrap()
+    }
+    fn next(t: EventTime) -> EventTime {
+        let m = PeriodUnit::Month;
+        m.end_of(m.period_of(t))
+    }
+    fn ent() -> Entitlement {
+        Entitlement {
+            sku: SkuIdx(0),
+            included: q("1000"),
+            thresholds: vec![50, 90, 100],
+            soft_limit: Some(q("1200")),
+            hard_limit: Some(q("1500")),
+            rollover: false,
+            rollover_cap: None,
+        }
+    }
+    fn fired(e: &Entitlement, usage: &[(&str, &str)]) -> Vec<(String, SignalKind, u32, Quantity)> {
+        let u: BTreeMap<EventTime, Quantity> = usage.iter().map(|(p, v)| (t(p), q(v))).collect();
+        signals(e, &u, next)
+            .into_iter()
+            .map(|(p, s)| {
+                (
+                    p.to_string()[..7].to_string(),
+                    s.kind,
+                    s.percent,
+                    s.allowance,
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn thresholds_fire_at_their_bound_not_before() {
+        let e = ent();
+        assert!(fired(&e, &[("2026-11-01T00:00:00Z", "499.999")]).is_empty());
+        let at_half = fired(&e, &[("2026-11-01T00:00:00Z", "500")]);
+        assert_eq!(
+            at_half,
+            vec![("2026-11".into(), SignalKind::Threshold, 50, q("1000"))]
+        );
+        let over = fired(&e, &[("2026-11-01T00:00:00Z", "1500")]);
+        let kinds: Vec<_> = over.iter().map(|s| (s.1, s.2)).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (SignalKind::Threshold, 50),
+                (SignalKind::Threshold, 90),
+                (SignalKind::Threshold, 100),
+                (SignalKind::SoftLimit, 0),
+                (SignalKind::HardLimit, 0),
+            ]
+        );
+    }
+
+    #[test]
+    fn unused_allowance_rolls_over_up_to_the_cap_into_the_next_period_only() {
+        let mut e = ent();
+        e.rollover = true;
+        e.rollover_cap = Some(q("300"));
+        let got = fired(
+            &e,
+            &[
+                ("2026-09-01T00:00:00Z", "100"), // 900 unused, 300 roll over
+                ("2026-10-01T00:00:00Z", "650"), // allowance 1300: 650 is exactly 50%
+                ("2026-12-01T00:00:00Z", "650"), // November used nothing: 300 roll into December
+            ],
+        );
+        assert_eq!(
+            got,
+            vec![
+                ("2026-10".into(), SignalKind::Threshold, 50, q("1300")),
+                ("2026-12".into(), SignalKind::Threshold, 50, q("1300")),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_signal_goes_away_when_usage_falls_back_below() {
+        let e = ent();
+        assert_eq!(fired(&e, &[("2026-11-01T00:00:00Z", "950")]).len(), 2);
+        // A void of 100 takes usage to 850: only the 50% signal remains.
+        assert_eq!(fired(&e, &[("2026-11-01T00:00:00Z", "850")]).len(), 1);
+    }
+}
