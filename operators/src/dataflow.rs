@@ -59,6 +59,8 @@ pub struct WorkerIo {
     pub rated_usage: Box<dyn TableWriter<Signed<RatedRow>>>,
     pub line_usage: Box<dyn TableWriter<Signed<LineUsage>>>,
     pub entitlement_signals: Box<dyn TableWriter<Signed<EntitlementSignal>>>,
+    /// Invoice lines under the contracts' shadow rate cards.
+    pub shadow_invoice_lines: Box<dyn TableWriter<Signed<InvoiceLine>>>,
     pub progress: Box<dyn ProgressStore>,
     /// When the per-worker tables flush.
     pub facts_flush: FlushPolicy,
@@ -132,7 +134,14 @@ pub fn build<'s>(
         resume.first_epoch(),
         seed,
     );
-    let rated = rate_join(usage, prices(scope, &plan.catalog));
+    let price_list = prices(scope, &plan.catalog);
+    let shadow_lines = shadow(
+        usage.clone(),
+        price_list.clone(),
+        plan.catalog.clone(),
+        plan.rounding,
+    );
+    let rated = rate_join(usage, price_list);
     let priced = price(rated, plan.rounding);
     let usage_lines = priced.clone().flat_map(|p| match p {
         Priced::Line(l) => Some(l),
@@ -200,6 +209,14 @@ pub fn build<'s>(
             fatal.clone(),
         ),
         sink(
+            shadow_lines,
+            "shadow_invoice_lines",
+            to_worker_zero(),
+            io.shadow_invoice_lines,
+            derived,
+            fatal.clone(),
+        ),
+        sink(
             signals,
             "entitlement_signals",
             to_worker_zero(),
@@ -255,6 +272,35 @@ fn prices<'s>(
         Vec::new()
     };
     mine.to_stream(scope).as_collection()
+}
+
+/// Shadow billing: the usage of contracts with a shadow rate card, priced by that card's latest
+/// version (usage lines, then the contract's fees, discounts, commitments, caps, credits and
+/// tax), apart from the live lines.
+fn shadow<'s>(
+    usage: differential_dataflow::VecCollection<'s, Epoch, UsageRecord, UsageSum>,
+    prices: differential_dataflow::VecCollection<
+        's,
+        Epoch,
+        (PriceIdx, meterflow_schemas::catalog::Price),
+        isize,
+    >,
+    catalog: Arc<Catalog>,
+    rounding: Rounding,
+) -> StreamVec<'s, Epoch, Signed<InvoiceLine>> {
+    let c = catalog.clone();
+    let shadow_usage = usage.flat_map(move |(_live, (line, period)): UsageRecord| {
+        let contract = &c.contracts[line.contract.ix()];
+        contract.shadow?;
+        let price = c.shadow_price_for(contract, line.sku, line.region)?;
+        Some((price, (line, period)))
+    });
+    let lines = price(rate_join(shadow_usage, prices), rounding).flat_map(|p| match p {
+        Priced::Line(l) => Some(l),
+        _ => None,
+    });
+    let derived = invoice(lines.clone(), catalog, rounding);
+    lines.concat(derived).inner
 }
 
 type Split<'s> = (

@@ -34,6 +34,7 @@ pub struct RunOutput {
     pub rated_usage: Vec<Signed<RatedRow>>,
     pub line_usage: Vec<Signed<LineUsage>>,
     pub entitlement_signals: Vec<Signed<EntitlementSignal>>,
+    pub shadow_invoice_lines: Vec<Signed<InvoiceLine>>,
     pub progress: Vec<Progress>,
     pub counts: Counts,
 }
@@ -196,6 +197,7 @@ fn run_with(
             rated_usage: Box::new(Collect(writers.rated_usage.clone())),
             line_usage: Box::new(Collect(writers.line_usage.clone())),
             entitlement_signals: Box::new(Collect(writers.entitlement_signals.clone())),
+            shadow_invoice_lines: Box::new(Collect(writers.shadow_invoice_lines.clone())),
             progress: Box::new(Commits(writers.progress.clone())),
             facts_flush: FlushPolicy::every(Duration::ZERO),
             derived_flush: FlushPolicy::every(Duration::ZERO),
@@ -227,6 +229,7 @@ fn run_with(
         invoice_lines: rows(&out.invoice_lines),
         rated_usage: take(&out.rated_usage).into_iter().map(|(_, r)| r).collect(),
         line_usage: take(&out.line_usage).into_iter().map(|(_, r)| r).collect(),
+        shadow_invoice_lines: rows(&out.shadow_invoice_lines),
         entitlement_signals: take(&out.entitlement_signals)
             .into_iter()
             .map(|(_, r)| r)
@@ -247,6 +250,7 @@ struct Outputs {
     rated_usage: Rows<Signed<RatedRow>>,
     line_usage: Rows<Signed<LineUsage>>,
     entitlement_signals: Rows<Signed<EntitlementSignal>>,
+    shadow_invoice_lines: Rows<Signed<InvoiceLine>>,
     progress: Arc<Mutex<Vec<Progress>>>,
 }
 

@@ -309,3 +309,45 @@ fn a_threshold_signal_fires_once_and_a_void_retracts_it() {
         assert_eq!(fired.allowance, Quantity::from_units(100));
     }
 }
+
+#[test]
+fn shadow_lines_equal_live_lines_when_the_shadow_card_is_the_live_one() {
+    // acme follows the card; after 2026-11-15 its live price is version 2, which is also the
+    // latest version the shadow card prices by.
+    let catalog = meterflow_schemas::catalog::from_toml_str(&format!(
+        "shadow_rate_card = \"standard\"\n{}",
+        fixtures::CATALOG
+    ))
+    .unwrap();
+    let after = "2026-11-20T00:00:00Z";
+    let before = "2026-11-02T00:00:00Z";
+    let tokens =
+        |id: &str, q: &str, t: &str| event(id, "acme", "acme-2026", "tokens", "tokens", q, t);
+    let same = vec![
+        api("a", "1200", after),
+        tokens("b", "5000", after),
+        api("c", "7", after),
+    ];
+    let out = run(&lines(&same), plan(catalog.clone()), 2, 64).unwrap();
+    let current = |rows: &[(meterflow_schemas::rows::InvoiceLine, u64, isize)]| {
+        let mut net: std::collections::BTreeMap<_, isize> = Default::default();
+        for (l, _, d) in rows {
+            *net.entry(l.clone()).or_default() += d;
+        }
+        net.retain(|_, n| *n != 0);
+        net
+    };
+    let live = current(&out.invoice_lines);
+    assert!(!live.is_empty());
+    assert_eq!(current(&out.shadow_invoice_lines), live);
+    // Before the change, live usage is priced by version 1 and the shadow by version 2.
+    let earlier = vec![tokens("d", "5000", before)];
+    let out = run(&lines(&earlier), plan(catalog), 1, 64).unwrap();
+    let total = |m: &std::collections::BTreeMap<meterflow_schemas::rows::InvoiceLine, isize>| {
+        m.keys().map(|l| l.amount_exact).sum::<Amount>()
+    };
+    assert_ne!(
+        total(&current(&out.shadow_invoice_lines)),
+        total(&current(&out.invoice_lines))
+    );
+}

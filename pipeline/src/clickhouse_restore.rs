@@ -49,6 +49,7 @@ pub struct Restored {
     pub rated_usage: Vec<(RatedRow, isize, u64)>,
     pub line_usage: Vec<(LineUsage, isize, u64)>,
     pub entitlement_signals: Vec<(EntitlementSignal, isize, u64)>,
+    pub shadow_invoice_lines: Vec<(InvoiceLine, isize, u64)>,
 }
 
 #[derive(Row, Deserialize)]
@@ -300,7 +301,8 @@ pub fn restore(
         })
         .collect();
 
-    let invoice_lines = held_lines(ch, &lookup, &upto)?;
+    let invoice_lines = held_lines(ch, "invoice_lines", &lookup, &upto)?;
+    let shadow_invoice_lines = held_lines(ch, "shadow_invoice_lines", &lookup, &upto)?;
     let rated_usage = held_rated(ch, &lookup, &upto)?;
     let line_usage = held_usage(ch, &lookup, &upto)?;
     let entitlement_signals = held_signals(ch, &lookup, &upto)?;
@@ -327,6 +329,7 @@ pub fn restore(
         rated_usage,
         line_usage,
         entitlement_signals,
+        shadow_invoice_lines,
     })
 }
 
@@ -402,11 +405,12 @@ fn held_query(table: &str, identity: &str, values: &[&str], upto: &str) -> Strin
 
 fn held_lines(
     ch: &ClickHouse,
+    table: &str,
     l: &Lookup,
     upto: &str,
 ) -> Result<Vec<(InvoiceLine, isize, u64)>, String> {
     let rows: Vec<LineRow> = ch.fetch(&held_query(
-        "invoice_lines",
+        table,
         "customer_id, contract_id, sku, region, service_period, invoice_period, line_type",
         &["currency", "events", "quantity", "amount", "amount_exact"],
         upto,

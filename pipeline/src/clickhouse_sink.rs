@@ -542,6 +542,40 @@ fn insert_lines(
     id: BatchId,
     changes: &[Change<InvoiceLine>],
 ) -> Result<(), String> {
+    insert_lines_into(ch, n, id, changes, "invoice_lines")
+}
+
+fn insert_shadow_lines(
+    ch: &ClickHouse,
+    n: &ChNames,
+    id: BatchId,
+    changes: &[Change<InvoiceLine>],
+) -> Result<(), String> {
+    insert_lines_into(ch, n, id, changes, "shadow_invoice_lines")
+}
+
+/// `shadow_invoice_lines`: invoice lines under the contracts' shadow rate cards.
+pub fn shadow_invoice_lines(
+    ch: ClickHouse,
+    names: Arc<ChNames>,
+    state: SignedState<InvoiceLine>,
+) -> SignedTable<InvoiceLine> {
+    signed(
+        ch,
+        names,
+        state,
+        insert_shadow_lines,
+        "shadow_invoice_lines",
+    )
+}
+
+fn insert_lines_into(
+    ch: &ClickHouse,
+    n: &ChNames,
+    id: BatchId,
+    changes: &[Change<InvoiceLine>],
+    table: &str,
+) -> Result<(), String> {
     let labels = PeriodLabels::of(
         n.period,
         changes
@@ -574,7 +608,7 @@ fn insert_lines(
             }
         })
         .collect();
-    ch.insert_batch::<InvoiceLineRow<'static>>("invoice_lines", id, &out)
+    ch.insert_batch::<InvoiceLineRow<'static>>(table, id, &out)
 }
 
 fn insert_rated(

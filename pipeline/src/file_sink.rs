@@ -23,7 +23,7 @@ use meterflow_schemas::rows::{
 };
 use meterflow_schemas::time::{EventTime, Period, PeriodUnit};
 
-pub const TABLES: [&str; 7] = [
+pub const TABLES: [&str; 8] = [
     "usage_events",
     "rejections",
     "duplicates",
@@ -31,6 +31,7 @@ pub const TABLES: [&str; 7] = [
     "invoice_lines",
     "line_usage",
     "entitlement_signals",
+    "shadow_invoice_lines",
 ];
 
 const USAGE_HEADER: &str = "event_id,customer_id,contract_id,sku,unit,quantity,event_time,environment,billable,region,plan,marketplace,attributes,correction_action,correction_of,rate_card,rate_card_version,price_region,service_period,invoice_period,arrival,source,offset";
@@ -497,6 +498,23 @@ pub fn invoice_lines_writer(
         worker,
         names,
         current,
+        format_invoice_line,
+    )
+}
+
+/// `shadow_invoice_lines`: invoice lines under the contracts' shadow rate cards.
+pub fn shadow_invoice_lines_writer(
+    out: &Path,
+    worker: usize,
+    names: Arc<Names>,
+) -> Result<SignedWriter<InvoiceLine>, String> {
+    signed_writer(
+        out,
+        "shadow_invoice_lines",
+        INVOICE_HEADER,
+        worker,
+        names,
+        HeldRows::new(),
         format_invoice_line,
     )
 }

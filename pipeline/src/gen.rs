@@ -115,6 +115,10 @@ pub fn catalog_toml(customers: u32, start: EventTime, days: i64, terms: bool) ->
     // Version 1 starts before the stream, so late events at its very beginning are priced too.
     let first = start.minus(Span::days(30));
     let mut s = String::new();
+    if terms {
+        // Shadow billing: every contract is also priced by a proposed rate card.
+        s.push_str("shadow_rate_card = \"proposal-2027\"\n\n");
+    }
     for (sku, unit) in SKUS {
         let _ = writeln!(s, "[[sku]]\nid = \"{sku}\"\nunit = \"{unit}\"\n");
     }
@@ -139,6 +143,14 @@ pub fn catalog_toml(customers: u32, start: EventTime, days: i64, terms: bool) ->
     }
     let contract_start = start.minus(Span::days(30));
     if terms {
+        let proposal_from = start.plus(Span::days(days));
+        let _ = writeln!(
+            s,
+            "[[rate_card]]\nid = \"proposal-2027\"\nversion = 1\neffective_from = \"{proposal_from}\"\ncurrency = \"USD\"\n\
+             [[rate_card.price]]\nsku = \"api_calls\"\nmodel = \"per_unit\"\nunit_price = \"0.00035\"\n\
+             [[rate_card.price]]\nsku = \"tokens\"\nmodel = \"volume\"\ntiers = [{{ up_to = \"500000\", unit_price = \"0.00002\" }}, {{ unit_price = \"0.000012\", flat_fee = \"5\" }}]\n\
+             [[rate_card.price]]\nsku = \"storage\"\nmodel = \"per_unit\"\nunit_price = \"0.08\"\n"
+        );
         s.push_str("[[tax]]\nid = \"vat-19\"\nname = \"VAT 19%\"\nrate = \"0.19\"\n\n[[tax]]\nid = \"gst-10\"\nname = \"GST 10%\"\nrate = \"0.1\"\n\n");
     }
     for c in 0..customers {

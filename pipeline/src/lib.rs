@@ -13,5 +13,6 @@ pub mod gen;
 pub mod kafka_source;
 pub mod preview;
 pub mod run;
+pub mod shadow;
 pub mod tables;
 pub mod trace;

@@ -82,6 +82,11 @@ enum Command {
         #[command(subcommand)]
         command: InvoiceCommand,
     },
+    /// Shadow billing tools.
+    Shadow {
+        #[command(subcommand)]
+        command: ShadowCommand,
+    },
     /// Follow one event id through the output tables.
     Trace {
         /// Output directory of a run.
@@ -120,6 +125,24 @@ enum InvoiceCommand {
         /// Catalog directory, for customer names and units.
         #[arg(long, short = 'c')]
         catalog: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ShadowCommand {
+    /// Live against shadow totals per customer, contract and invoice period, with the
+    /// difference in money and percent; from a run's output or from ClickHouse.
+    Report {
+        #[arg(long)]
+        customer: Option<String>,
+        #[arg(long)]
+        period: Option<String>,
+        #[arg(long, short = 'o', default_value = "out")]
+        out: PathBuf,
+        #[arg(long)]
+        clickhouse_url: Option<String>,
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -363,6 +386,44 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             print!(
                 "{}",
                 preview::render_lines(lines, catalog.as_ref(), cfg.billing.period, &show)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Shadow {
+            command:
+                ShadowCommand::Report {
+                    customer,
+                    period,
+                    out,
+                    clickhouse_url,
+                    config,
+                },
+        } => {
+            let mut cfg = meterflow::config::Config::load(config.as_deref())?;
+            if let Some(url) = clickhouse_url {
+                cfg.clickhouse.url = url;
+            }
+            let filter = preview::Filter { customer, period };
+            let (live, shadow) = if cfg.clickhouse.enabled() {
+                let ch = meterflow::clickhouse_client::ClickHouse::connect(&cfg.clickhouse)
+                    .map_err(anyhow::Error::msg)?;
+                (
+                    preview::table_from_clickhouse(&ch, "invoice_lines", &filter),
+                    preview::table_from_clickhouse(&ch, "shadow_invoice_lines", &filter),
+                )
+            } else {
+                (
+                    preview::table_from_output(&out, "invoice_lines", &filter),
+                    preview::table_from_output(&out, "shadow_invoice_lines", &filter),
+                )
+            };
+            let (live, shadow) = (
+                live.map_err(anyhow::Error::msg)?,
+                shadow.map_err(anyhow::Error::msg)?,
+            );
+            print!(
+                "{}",
+                meterflow::shadow::render(&meterflow::shadow::deltas(&live, &shadow))
             );
             Ok(ExitCode::SUCCESS)
         }

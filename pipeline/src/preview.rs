@@ -74,10 +74,19 @@ pub fn render(
 
 /// The current lines of a run's output directory (its `invoice_lines` table).
 pub fn from_output(out: &Path, filter: &Filter) -> Result<Vec<PreviewLine>, String> {
-    let rows = crate::tables::read_table(out, "invoice_lines").map_err(|e| {
+    table_from_output(out, "invoice_lines", filter)
+}
+
+/// The current lines of `table` (`invoice_lines` or `shadow_invoice_lines`) of a run's output.
+pub fn table_from_output(
+    out: &Path,
+    table: &str,
+    filter: &Filter,
+) -> Result<Vec<PreviewLine>, String> {
+    let rows = crate::tables::read_table(out, table).map_err(|e| {
         format!(
             "cannot read {}: {e}; pass the output directory of a run (-o)",
-            out.join("invoice_lines").display()
+            out.join(table).display()
         )
     })?;
     let get = |r: &crate::tables::Row, k: &str| r.get(k).cloned().unwrap_or_default();
@@ -106,6 +115,15 @@ pub fn from_output(out: &Path, filter: &Filter) -> Result<Vec<PreviewLine>, Stri
 
 /// The current lines in ClickHouse.
 pub fn from_clickhouse(ch: &ClickHouse, filter: &Filter) -> Result<Vec<PreviewLine>, String> {
+    table_from_clickhouse(ch, "invoice_lines", filter)
+}
+
+/// The current lines of `table` in ClickHouse.
+pub fn table_from_clickhouse(
+    ch: &ClickHouse,
+    table: &str,
+    filter: &Filter,
+) -> Result<Vec<PreviewLine>, String> {
     #[derive(clickhouse::Row, serde::Deserialize)]
     struct R {
         customer_id: String,
@@ -131,7 +149,7 @@ pub fn from_clickhouse(ch: &ClickHouse, filter: &Filter) -> Result<Vec<PreviewLi
     let rows: Vec<R> = ch.fetch(&format!(
         "SELECT customer_id, invoice_period, contract_id, line_type, sku, service_period, region, currency, \
          sum(events * sign) AS events, toString(sum(quantity * sign)) AS quantity, toString(sum(amount * sign)) AS amount \
-         FROM {{db}}.invoice_lines WHERE {} \
+         FROM {{db}}.{table} WHERE {} \
          GROUP BY customer_id, invoice_period, contract_id, line_type, sku, service_period, region, currency \
          HAVING sum(sign) > 0",
         conditions.join(" AND ")

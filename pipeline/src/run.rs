@@ -28,8 +28,8 @@ use crate::clickhouse_sink::{self as ch_sink, ChNames, ClickHouseProgress};
 use crate::config::Config;
 use crate::file_sink::{
     duplicates_writer, entitlement_signals_writer, invoice_lines_writer, line_usage_writer,
-    prepare_out_dir, rated_usage_writer, rejections_writer, usage_events_writer, write_sources,
-    HeldRows, Names,
+    prepare_out_dir, rated_usage_writer, rejections_writer, shadow_invoice_lines_writer,
+    usage_events_writer, write_sources, HeldRows, Names,
 };
 use crate::file_source::{FileInput, NoInput, StdinReader};
 use crate::kafka_source::{partitions, GroupOffsets, KafkaConfig, KafkaReader};
@@ -158,6 +158,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
         restored.rated_usage,
         restored.line_usage,
         restored.entitlement_signals,
+        restored.shadow_invoice_lines,
     )));
 
     let current_lines: Arc<HeldRows<InvoiceLine>> = HeldRows::new();
@@ -206,7 +207,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
             });
             let connect = || ClickHouse::connect(&ch_cfg);
             // Only worker 0 receives derived rows and commits progress; it holds the restored rows.
-            let (lines, rated, usage, signals) = if index == 0 {
+            let (lines, rated, usage, signals, shadow) = if index == 0 {
                 held.lock().expect("held rows").take().unwrap_or_default()
             } else {
                 Default::default()
@@ -257,8 +258,13 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
                 )),
                 entitlement_signals: Box::new(ch_sink::entitlement_signals(
                     connect()?,
-                    names,
+                    names.clone(),
                     SignedState::resumed(signals, first_round),
+                )),
+                shadow_invoice_lines: Box::new(ch_sink::shadow_invoice_lines(
+                    connect()?,
+                    names,
+                    SignedState::resumed(shadow, first_round),
                 )),
                 progress,
                 facts_flush: policy,
@@ -283,7 +289,8 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
             )?),
             rated_usage: Box::new(rated_usage_writer(&out, index, n.clone())?),
             line_usage: Box::new(line_usage_writer(&out, index, n.clone())?),
-            entitlement_signals: Box::new(entitlement_signals_writer(&out, index, n)?),
+            entitlement_signals: Box::new(entitlement_signals_writer(&out, index, n.clone())?),
+            shadow_invoice_lines: Box::new(shadow_invoice_lines_writer(&out, index, n)?),
             progress: Box::new(NoProgress),
             facts_flush: FlushPolicy::every(flush_every),
             derived_flush: FlushPolicy::every(flush_every),

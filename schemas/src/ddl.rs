@@ -251,6 +251,30 @@ ORDER BY (entity, entity_id, changed_at)",
 ) ENGINE = MergeTree()
 ORDER BY (customer_id, contract_id, sku, period, signal, percent, version)",
     },
+    Migration {
+        id: 17,
+        name: "shadow_invoice_lines",
+        sql: "CREATE TABLE IF NOT EXISTS {db}.shadow_invoice_lines (
+    customer_id String,
+    contract_id String,
+    sku String,
+    region String,
+    service_period String,
+    invoice_period String,
+    line_type String,
+    currency String,
+    events Int64,
+    quantity Decimal(38, 9),
+    amount Decimal(38, 9),
+    amount_exact Decimal(38, 18),
+    sign Int8,
+    version UInt64,
+    epoch UInt64,
+    generation UInt32,
+    batch UInt64
+) ENGINE = MergeTree()
+ORDER BY (customer_id, invoice_period, contract_id, sku, region, service_period, line_type, version)",
+    },
 ];
 
 /// The table that records applied migrations (created before any migration runs).
@@ -262,7 +286,7 @@ pub const MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS {db}.schema_migra
 ORDER BY id";
 
 /// Tables whose rows carry the `epoch` that wrote them (deleted beyond the last commit on restart).
-pub const EPOCH_TABLES: [&str; 7] = [
+pub const EPOCH_TABLES: [&str; 8] = [
     "usage_events",
     "rejections",
     "duplicates",
@@ -270,6 +294,7 @@ pub const EPOCH_TABLES: [&str; 7] = [
     "rated_usage",
     "line_usage",
     "entitlement_signals",
+    "shadow_invoice_lines",
 ];
 
 /// A statement with the database filled in.

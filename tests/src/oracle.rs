@@ -24,9 +24,14 @@ const IDENTITY: [&str; 7] = [
 ];
 
 pub fn from_clickhouse(ch: &ClickHouseServer) -> Money {
+    table_from_clickhouse(ch, "invoice_lines")
+}
+
+/// Money per line of `invoice_lines` or `shadow_invoice_lines` in ClickHouse.
+pub fn table_from_clickhouse(ch: &ClickHouseServer, table: &str) -> Money {
     let cols = IDENTITY.join(", ");
     let tsv = ch
-        .query(&format!("SELECT {cols}, toString(sum(amount_exact * sign)), toString(sum(quantity * sign)), sum(events * sign) FROM meterflow.invoice_lines GROUP BY {cols} HAVING sum(sign) != 0 FORMAT TabSeparated"))
+        .query(&format!("SELECT {cols}, toString(sum(amount_exact * sign)), toString(sum(quantity * sign)), sum(events * sign) FROM meterflow.{table} GROUP BY {cols} HAVING sum(sign) != 0 FORMAT TabSeparated"))
         .unwrap();
     tsv.lines()
         .map(|l| {
@@ -44,7 +49,12 @@ pub fn from_clickhouse(ch: &ClickHouseServer) -> Money {
 }
 
 pub fn from_csv(out: &Path) -> Money {
-    current_rows(&read_table(out, "invoice_lines").unwrap())
+    table_from_csv(out, "invoice_lines")
+}
+
+/// Money per line of an embedded run's `invoice_lines` or `shadow_invoice_lines`.
+pub fn table_from_csv(out: &Path, table: &str) -> Money {
+    current_rows(&read_table(out, table).unwrap())
         .into_iter()
         .map(|r| {
             (
@@ -156,6 +166,11 @@ pub fn assert_clickhouse_matches(
         "{what}: the pricing input holds exactly the accepted usage"
     );
     assert_same(&from_clickhouse(ch), &money, what);
+    assert_same(
+        &table_from_clickhouse(ch, "shadow_invoice_lines"),
+        &table_from_csv(oracle, "shadow_invoice_lines"),
+        &format!("{what}: shadow lines"),
+    );
     let want = signals_from_csv(oracle);
     let got = signals_from_clickhouse(ch);
     assert_eq!(got, want, "{what}: entitlement signals");

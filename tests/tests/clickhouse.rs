@@ -123,6 +123,18 @@ fn clickhouse_holds_what_the_embedded_run_writes_and_a_rerun_changes_nothing() {
     let from_files = preview(&["-o", oracle.to_str().unwrap()]);
     assert!(from_files.contains("total"), "{from_files}");
     assert_eq!(preview(&["--clickhouse-url", &f.ch.url()]), from_files);
+    // So does the shadow report, and it has shadow-priced usage to report.
+    let report = |source: &[&str]| {
+        let mut a = vec!["shadow", "report"];
+        a.extend_from_slice(source);
+        String::from_utf8(meterflow_ok(&a).stdout).unwrap()
+    };
+    let from_files = report(&["-o", oracle.to_str().unwrap()]);
+    assert!(
+        from_files.lines().any(|l| l.starts_with("all ")),
+        "{from_files}"
+    );
+    assert_eq!(report(&["--clickhouse-url", &f.ch.url()]), from_files);
     let rows_before = count(&f.ch, "SELECT count() FROM meterflow.invoice_lines");
     meterflow_ok(
         &f.args("again", true)

@@ -68,6 +68,8 @@ struct CatalogFile {
     rate_card: Vec<RateCardDef>,
     #[serde(default)]
     tax: Vec<TaxDef>,
+    /// Shadow rate card for every contract that names none of its own.
+    shadow_rate_card: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -137,6 +139,8 @@ struct ContractDef {
     credit: Vec<CreditDef>,
     #[serde(default)]
     entitlement: Vec<EntitlementDef>,
+    /// Price this contract's usage under this rate card too, side by side (shadow billing).
+    shadow_rate_card: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -1069,6 +1073,20 @@ fn tiers(l: &mut Loader, file: &Path, entry: &str, defs: &[TierDef]) -> Option<V
 
 fn build_contracts(l: &mut Loader, files: &[(PathBuf, CatalogFile)]) {
     let mut seen: BTreeMap<&str, &Path> = BTreeMap::new();
+    let mut default_shadow: Option<(&Path, &str)> = None;
+    for (file, f) in files {
+        if let Some(card) = &f.shadow_rate_card {
+            if let Some((prev, _)) = default_shadow {
+                l.err(
+                    file,
+                    "shadow_rate_card",
+                    format!("set twice (also in {})", prev.display()),
+                    "set the catalog-wide shadow_rate_card in one file",
+                );
+            }
+            default_shadow = Some((file, card));
+        }
+    }
     for (file, f) in files {
         for c in &f.contract {
             let entry = format!("contract \"{}\"", c.id);
@@ -1138,6 +1156,59 @@ fn build_contracts(l: &mut Loader, files: &[(PathBuf, CatalogFile)]) {
             let currency = card.map(|i| l.catalog.rate_cards[i].currency.clone());
             let terms = contract_terms(l, file, &entry, c, currency.as_deref());
             let entitlements = entitlements(l, file, &entry, &c.entitlement);
+            let shadow = match c
+                .shadow_rate_card
+                .as_deref()
+                .or(default_shadow.map(|d| d.1))
+            {
+                None => None,
+                Some(name) => {
+                    match l.catalog.rate_cards.iter().position(|r| r.id == name) {
+                        None => {
+                            l.err(file, &entry, format!("unknown shadow_rate_card `{name}`"), "define the rate card in a [[rate_card]] entry, or fix the spelling");
+                            None
+                        }
+                        Some(i)
+                            if currency
+                                .as_deref()
+                                .is_some_and(|cur| cur != l.catalog.rate_cards[i].currency) =>
+                        {
+                            l.err(file, &entry, format!("shadow_rate_card `{name}` bills in {}, the contract in {}", l.catalog.rate_cards[i].currency, currency.as_deref().unwrap_or("?")), "shadow billing compares like with like: give the shadow card the contract's currency");
+                            None
+                        }
+                        Some(i) => {
+                            // Every SKU the live card prices must have a shadow price, or shadow
+                            // totals would silently leave usage out.
+                            let shadow_skus: Vec<SkuIdx> = l.catalog.rate_cards[i]
+                                .versions
+                                .last()
+                                .map(|v| v.prices.keys().copied().collect())
+                                .unwrap_or_default();
+                            let missing: Vec<String> = card
+                                .map(|live| {
+                                    let mut skus: Vec<SkuIdx> = l.catalog.rate_cards[live]
+                                        .versions
+                                        .iter()
+                                        .flat_map(|v| v.prices.keys().copied())
+                                        .filter(|s| !shadow_skus.contains(s))
+                                        .collect();
+                                    skus.sort();
+                                    skus.dedup();
+                                    skus.iter()
+                                        .map(|s| l.catalog.skus[s.ix()].id.clone())
+                                        .collect()
+                                })
+                                .unwrap_or_default();
+                            if missing.is_empty() {
+                                Some(RateCardIdx(i as u32))
+                            } else {
+                                l.err(file, &entry, format!("shadow_rate_card `{name}` (latest version) does not price {}", missing.join(", ")), "price every SKU of the contract's rate card in the shadow card");
+                                None
+                            }
+                        }
+                    }
+                }
+            };
             if let (Some(customer), Some(card), Some(starts), Some(ends)) =
                 (customer, card, starts, ends)
             {
@@ -1150,6 +1221,7 @@ fn build_contracts(l: &mut Loader, files: &[(PathBuf, CatalogFile)]) {
                     ends,
                     terms,
                     entitlements,
+                    shadow,
                 });
             }
         }

@@ -142,6 +142,8 @@ pub struct Contract {
     pub terms: ContractTerms,
     /// Included quantities and limits per SKU (at most one per SKU).
     pub entitlements: Vec<crate::entitlement::Entitlement>,
+    /// A rate card its usage is also priced by, side by side (shadow billing).
+    pub shadow: Option<RateCardIdx>,
 }
 
 impl Contract {
@@ -252,6 +254,22 @@ impl Catalog {
             Some(v) => card.versions.iter().find(|x| x.version == v),
             None => card.versions.iter().rev().find(|x| x.effective_from <= t),
         }
+    }
+
+    /// The price of `sku` in `region` under `contract`'s shadow rate card: its latest version
+    /// (a shadow card is a proposal as it stands, whatever its effective date).
+    pub fn shadow_price_for(
+        &self,
+        contract: &Contract,
+        sku: SkuIdx,
+        region: Option<RegionIdx>,
+    ) -> Option<PriceIdx> {
+        let card = &self.rate_cards[contract.shadow?.ix()];
+        let version = card.versions.last()?;
+        version.prices.get(&sku)?.iter().copied().find(|p| {
+            let r = self.prices[p.ix()].region;
+            r.is_none() || r == region
+        })
     }
 
     /// The price for `sku` in `region` under `contract` at `t`.
