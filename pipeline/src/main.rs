@@ -8,7 +8,7 @@ use meterflow_operators::dataflow::Cluster;
 use meterflow_schemas::catalog::{load_dir, CatalogErrors};
 
 use meterflow::config::ConfigError;
-use meterflow::{demo, gen, preview, run, trace};
+use meterflow::{catalog_log, demo, gen, preview, run, trace};
 
 #[derive(Parser)]
 #[command(
@@ -100,6 +100,50 @@ enum Command {
 enum CatalogCommand {
     /// Validate a catalog directory; every problem names its file, entry and fix.
     Check { dir: PathBuf },
+    /// Validate a catalog directory and record what changed since the log's last state (who,
+    /// when, which fields, before and after) in the change log.
+    Record {
+        dir: PathBuf,
+        /// Who made the change (default: METERFLOW_ACTOR, else $USER).
+        #[arg(long)]
+        actor: Option<String>,
+        #[command(flatten)]
+        log: LogArgs,
+    },
+    /// Print the catalog change log.
+    Log {
+        #[command(flatten)]
+        log: LogArgs,
+    },
+}
+
+/// Where the catalog change log lives: a JSON-lines file, or ClickHouse's `catalog_changes`.
+#[derive(clap::Args)]
+struct LogArgs {
+    #[arg(long, default_value = "catalog_changes.jsonl")]
+    log: PathBuf,
+    /// Use ClickHouse at this HTTP URL instead (overrides clickhouse.url).
+    #[arg(long)]
+    clickhouse_url: Option<String>,
+    /// Configuration file; its [clickhouse] section selects ClickHouse.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+impl LogArgs {
+    fn clickhouse(&self) -> anyhow::Result<Option<meterflow::clickhouse_client::ClickHouse>> {
+        let mut cfg = meterflow::config::Config::load(self.config.as_deref())?;
+        if let Some(url) = &self.clickhouse_url {
+            cfg.clickhouse.url = url.clone();
+        }
+        if !cfg.clickhouse.enabled() {
+            return Ok(None);
+        }
+        Ok(Some(
+            meterflow::clickhouse_client::ClickHouse::connect(&cfg.clickhouse)
+                .map_err(anyhow::Error::msg)?,
+        ))
+    }
 }
 
 #[derive(Subcommand)]
@@ -424,6 +468,40 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             print!(
                 "{}",
                 meterflow::shadow::render(&meterflow::shadow::deltas(&live, &shadow))
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Catalog {
+            command: CatalogCommand::Record { dir, actor, log },
+        } => {
+            load_dir(&dir)?;
+            let ch = log.clickhouse()?;
+            let store = match &ch {
+                Some(ch) => catalog_log::Store::ClickHouse(ch),
+                None => catalog_log::Store::File(&log.log),
+            };
+            let actor = actor.unwrap_or_else(|| {
+                catalog_log::actor(&std::env::var("USER").unwrap_or_else(|_| "unknown".into()))
+            });
+            let rows = catalog_log::record(&dir, &actor, &store).map_err(anyhow::Error::msg)?;
+            if rows.is_empty() {
+                println!("no changes since the last recorded catalog");
+            } else {
+                print!("{}", catalog_log::render(&rows));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Catalog {
+            command: CatalogCommand::Log { log },
+        } => {
+            let ch = log.clickhouse()?;
+            let store = match &ch {
+                Some(ch) => catalog_log::Store::ClickHouse(ch),
+                None => catalog_log::Store::File(&log.log),
+            };
+            print!(
+                "{}",
+                catalog_log::render(&store.read().map_err(anyhow::Error::msg)?)
             );
             Ok(ExitCode::SUCCESS)
         }

@@ -122,6 +122,19 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
         let (major, minor) = ch.version().map_err(anyhow::Error::msg)?;
         tracing::info!(url = %config.clickhouse.url, version = %format!("{major}.{minor}"), "clickhouse connected");
         check_migrated(&ch).map_err(anyhow::Error::msg)?;
+        // Every catalog a production pipeline bills with is in the change log.
+        let recorded = crate::catalog_log::record(
+            &args.catalog,
+            &crate::catalog_log::actor("meterflow run"),
+            &crate::catalog_log::Store::ClickHouse(&ch),
+        )
+        .map_err(anyhow::Error::msg)?;
+        if !recorded.is_empty() {
+            tracing::info!(
+                changes = recorded.len(),
+                "catalog changes recorded in catalog_changes"
+            );
+        }
         restore(
             &ch,
             &plan.catalog,

@@ -135,12 +135,27 @@ fn clickhouse_holds_what_the_embedded_run_writes_and_a_rerun_changes_nothing() {
         "{from_files}"
     );
     assert_eq!(report(&["--clickhouse-url", &f.ch.url()]), from_files);
+    // The run recorded the catalog it billed with; an unchanged catalog adds nothing later.
+    let log = String::from_utf8(
+        meterflow_ok(&["catalog", "log", "--clickhouse-url", &f.ch.url()]).stdout,
+    )
+    .unwrap();
+    assert!(
+        log.contains("meterflow run  added contract `ctr-000000`"),
+        "{log}"
+    );
+    let changes_before = count(&f.ch, "SELECT count() FROM meterflow.catalog_changes");
     let rows_before = count(&f.ch, "SELECT count() FROM meterflow.invoice_lines");
     meterflow_ok(
         &f.args("again", true)
             .iter()
             .map(|s| s.as_str())
             .collect::<Vec<_>>(),
+    );
+    assert_eq!(
+        count(&f.ch, "SELECT count() FROM meterflow.catalog_changes"),
+        changes_before,
+        "an unchanged catalog records no changes"
     );
     assert_eq!(
         count(&f.ch, "SELECT count() FROM meterflow.invoice_lines"),

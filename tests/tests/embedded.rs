@@ -497,3 +497,83 @@ fn the_compose_config_is_valid() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("kafka.broker"));
 }
+
+#[test]
+fn catalog_changes_are_recorded_with_who_and_what_and_published_versions_stay_immutable() {
+    let s = Scratch::new("catalog-log");
+    let dir = s.path();
+    gen(dir, 100);
+    let cat = dir.join("catalog");
+    let log = dir.join("changes.jsonl");
+    let record = |actor: &str| {
+        meterflow(&[
+            "catalog",
+            "record",
+            cat.to_str().unwrap(),
+            "--actor",
+            actor,
+            "--log",
+            log.to_str().unwrap(),
+        ])
+    };
+    let first = record("ana");
+    assert!(first.status.success());
+    let text = String::from_utf8_lossy(&first.stdout).to_string();
+    assert!(text.contains("ana  added contract `ctr-000000`"), "{text}");
+    assert!(
+        text.contains("added rate_card `standard` version 2"),
+        "{text}"
+    );
+    // Nothing changed: nothing recorded.
+    let again = String::from_utf8(record("ana").stdout).unwrap();
+    assert!(again.contains("no changes"), "{again}");
+    // A contract term changes and a rate-card version is added.
+    let file = cat.join("catalog.toml");
+    let toml = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(
+        &file,
+        toml.replacen("minimum_spend = \"400\"", "minimum_spend = \"450\"", 1)
+            + "\n[[rate_card]]\nid = \"standard\"\nversion = 3\neffective_from = \"2027-06-01T00:00:00Z\"\ncurrency = \"USD\"\n\
+               [[rate_card.price]]\nsku = \"api_calls\"\nmodel = \"per_unit\"\nunit_price = \"0.0002\"\n\
+               [[rate_card.price]]\nsku = \"tokens\"\nmodel = \"per_unit\"\nunit_price = \"0.00001\"\n\
+               [[rate_card.price]]\nsku = \"storage\"\nmodel = \"per_unit\"\nunit_price = \"0.07\"\n",
+    )
+    .unwrap();
+    let second = String::from_utf8(record("bob").stdout).unwrap();
+    assert!(
+        second.contains("bob  changed contract `ctr-000000`"),
+        "{second}"
+    );
+    assert!(
+        second.contains(r#"minimum_spend: "400" -> "450""#),
+        "{second}"
+    );
+    assert!(
+        second.contains("bob  added rate_card `standard` version 3"),
+        "{second}"
+    );
+    // Editing a published version is refused and leaves the log as it was.
+    let before = std::fs::read_to_string(&log).unwrap();
+    let toml = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(
+        &file,
+        toml.replace("unit_price = \"0.07\"", "unit_price = \"0.06\""),
+    )
+    .unwrap();
+    let refused = record("eve");
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("rate_card `standard` version 3 is already published and immutable")
+            && err.contains("publish the change as version 4"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), before);
+    let full =
+        String::from_utf8(meterflow_ok(&["catalog", "log", "--log", log.to_str().unwrap()]).stdout)
+            .unwrap();
+    assert!(
+        full.contains("ana  added") && full.contains("bob  changed"),
+        "{full}"
+    );
+}

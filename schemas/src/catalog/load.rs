@@ -344,7 +344,8 @@ pub fn from_toml_str(text: &str) -> Result<Catalog, CatalogErrors> {
     }
 }
 
-fn collect_toml(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+/// Every `*.toml` file below `dir` (unsorted).
+pub fn collect_toml(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
         if path.is_dir() {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-pub use load::{from_toml_str, load_dir, CatalogError, CatalogErrors};
+pub use load::{collect_toml, from_toml_str, load_dir, CatalogError, CatalogErrors};
 
 use crate::hashing::FxHashMap;
 use crate::money::{Amount, UnitPrice};
