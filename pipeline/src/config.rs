@@ -47,6 +47,8 @@ pub struct Config {
     pub clickhouse: crate::clickhouse_client::ClickHouseConfig,
     /// The Kafka source (production input); off unless `brokers` is set.
     pub kafka: crate::kafka_source::KafkaConfig,
+    /// Alert delivery to a webhook; off unless `webhook_url` is set.
+    pub alerts: crate::alerts::AlertsConfig,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,6 +1,7 @@
 //! The meterflow application: configuration, file sources and sinks, the `run`, `demo`, `gen`
 //! and `trace` commands. The binary (`main.rs`) is a thin command-line layer over this library.
 
+pub mod alerts;
 pub mod catalog_log;
 pub mod clickhouse_client;
 pub mod clickhouse_migrate;

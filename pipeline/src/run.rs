@@ -93,6 +93,20 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
         config.clickhouse.url = url.clone();
     }
     let rules = config.validation_rules(&config_name)?;
+    let alert_format = if config.alerts.enabled() {
+        Some(
+            config
+                .alerts
+                .check()
+                .map_err(|(message, fix)| crate::config::ConfigError {
+                    file: config_name.clone(),
+                    message,
+                    fix,
+                })?,
+        )
+    } else {
+        None
+    };
     let catalog = load_dir(&args.catalog)?;
     let plan = config.plan(rules, catalog);
     let mut cluster = args.cluster.clone();
@@ -182,7 +196,26 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
     let ch_cfg = config.clickhouse.clone();
     let billable = plan.rules.billable_environments.clone();
     let (catalog, period) = (plan.catalog.clone(), plan.policy.period);
+    let alerts_cfg = config.alerts.clone();
+    let (alert_catalog, alert_unit) = (plan.catalog.clone(), plan.policy.period);
     let make_io = move |index: usize, peers: usize| -> Result<WorkerIo, String> {
+        // Worker 0 receives every signal; it alone sends alerts.
+        let alerting =
+            |inner: Box<dyn meterflow_operators::sink::TableWriter<_>>,
+             held|
+             -> Result<Box<dyn meterflow_operators::sink::TableWriter<_>>, String> {
+                match (&alert_format, index) {
+                    (Some(format), 0) => Ok(Box::new(crate::alerts::AlertingWriter::new(
+                        inner,
+                        crate::alerts::Webhook::new(&alerts_cfg, format.clone())?,
+                        alert_catalog.clone(),
+                        alert_unit,
+                        held,
+                        first_round,
+                    ))),
+                    _ => Ok(inner),
+                }
+            };
         let reader: Box<dyn ChunkReader> = match &input {
             Input::Stdin if index == 0 => Box::new(StdinReader::new(chunk_bytes, 0)),
             Input::Stdin => Box::new(NoInput),
@@ -269,11 +302,14 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
                     names.clone(),
                     SignedState::resumed(usage, first_round),
                 )),
-                entitlement_signals: Box::new(ch_sink::entitlement_signals(
-                    connect()?,
-                    names.clone(),
-                    SignedState::resumed(signals, first_round),
-                )),
+                entitlement_signals: alerting(
+                    Box::new(ch_sink::entitlement_signals(
+                        connect()?,
+                        names.clone(),
+                        SignedState::resumed(signals.clone(), first_round),
+                    )),
+                    signals,
+                )?,
                 shadow_invoice_lines: Box::new(ch_sink::shadow_invoice_lines(
                     connect()?,
                     names,
@@ -302,7 +338,10 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
             )?),
             rated_usage: Box::new(rated_usage_writer(&out, index, n.clone())?),
             line_usage: Box::new(line_usage_writer(&out, index, n.clone())?),
-            entitlement_signals: Box::new(entitlement_signals_writer(&out, index, n.clone())?),
+            entitlement_signals: alerting(
+                Box::new(entitlement_signals_writer(&out, index, n.clone())?),
+                Vec::new(),
+            )?,
             shadow_invoice_lines: Box::new(shadow_invoice_lines_writer(&out, index, n)?),
             progress: Box::new(NoProgress),
             facts_flush: FlushPolicy::every(flush_every),

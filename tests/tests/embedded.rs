@@ -577,3 +577,160 @@ fn catalog_changes_are_recorded_with_who_and_what_and_published_versions_stay_im
         "{full}"
     );
 }
+
+/// A webhook endpoint on loopback: records every request body; answers `fail_first` requests
+/// (all when `None`) with `503`, the rest with `202`.
+struct Receiver {
+    port: u16,
+    bodies: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    failed: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Receiver {
+    fn start(fail_first: Option<usize>) -> Receiver {
+        use std::io::{BufRead, BufReader, Read};
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let failed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (b, f) = (bodies.clone(), failed.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut length = 0usize;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    let lower = line.to_ascii_lowercase();
+                    if let Some(v) = lower.strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0u8; length];
+                if reader.read_exact(&mut body).is_err() {
+                    continue;
+                }
+                let fail = fail_first.is_none_or(|n| f.load(Ordering::SeqCst) < n);
+                let status = if fail {
+                    f.fetch_add(1, Ordering::SeqCst);
+                    "503 Service Unavailable"
+                } else {
+                    b.lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&body).into_owned());
+                    "202 Accepted"
+                };
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 {status}\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+                );
+            }
+        });
+        Receiver {
+            port,
+            bodies,
+            failed,
+        }
+    }
+}
+
+#[test]
+fn entitlement_alerts_reach_a_webhook_once_each_with_retries_and_a_dead_letter_file() {
+    let s = Scratch::new("alerts");
+    let dir = s.path();
+    gen(dir, 20_000);
+    std::env::set_var("METERFLOW_TEST_PD_KEY", "R0UT1NG");
+    let run_with = |receiver: &Receiver, out: &str, attempts: u32| {
+        let config = dir.join(format!("{out}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "[alerts]\nwebhook_url = \"http://127.0.0.1:{}/hook\"\nformat = \"pagerduty\"\nrouting_key_env = \"METERFLOW_TEST_PD_KEY\"\nmax_attempts = {attempts}\ndead_letter = \"{}\"\n",
+                receiver.port,
+                dir.join(format!("{out}-dead.jsonl")).display()
+            ),
+        )
+        .unwrap();
+        meterflow_ok(&[
+            "run",
+            "-i",
+            dir.join("events.jsonl").to_str().unwrap(),
+            "-c",
+            dir.join("catalog").to_str().unwrap(),
+            "-o",
+            dir.join(out).to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+            "-q",
+        ]);
+    };
+    // The endpoint fails twice, then accepts: every alert arrives, none twice.
+    let ok = Receiver::start(Some(2));
+    run_with(&ok, "out", 6);
+    assert_eq!(ok.failed.load(std::sync::atomic::Ordering::SeqCst), 2);
+    let events: Vec<serde_json::Value> = ok
+        .bodies
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|b| serde_json::from_str(b).unwrap())
+        .collect();
+    assert!(!events.is_empty(), "the stream crosses entitlements");
+    let mut open = std::collections::BTreeSet::new();
+    for e in &events {
+        assert_eq!(e["routing_key"], "R0UT1NG");
+        assert_eq!(e["payload"]["source"], "meterflow");
+        let key = e["dedup_key"].as_str().unwrap().to_string();
+        match e["event_action"].as_str().unwrap() {
+            "trigger" => assert!(open.insert(key), "{e}: paged twice"),
+            "resolve" => assert!(open.remove(&key), "{e}: resolved without a trigger"),
+            other => panic!("unexpected event_action {other}"),
+        }
+    }
+    // What stays open is exactly the signals the table holds now.
+    let current: std::collections::BTreeSet<String> =
+        current_rows(&read_table(&dir.join("out"), "entitlement_signals").unwrap())
+            .iter()
+            .map(|r| {
+                format!(
+                    "meterflow:entitlement:{}:{}:{}:{}:{}:{}",
+                    r["customer_id"],
+                    r["contract_id"],
+                    r["sku"],
+                    r["period"],
+                    r["signal"],
+                    r["percent"]
+                )
+            })
+            .collect();
+    assert_eq!(open, current);
+    for e in &events {
+        let want = match e["payload"]["custom_details"]["signal"].as_str().unwrap() {
+            "hard_limit" => "critical",
+            "soft_limit" => "warning",
+            _ => "info",
+        };
+        assert_eq!(e["payload"]["severity"], want, "{e}");
+    }
+    // An endpoint that stays down: the run finishes and every alert is in the dead-letter file.
+    let down = Receiver::start(None);
+    run_with(&down, "down", 2);
+    let dead = std::fs::read_to_string(dir.join("down-dead.jsonl")).unwrap();
+    let dead: Vec<serde_json::Value> = dead
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(dead.len(), events.len());
+    assert!(dead
+        .iter()
+        .all(|d| d["error"].as_str().unwrap().contains("503")));
+    assert_eq!(
+        down.failed.load(std::sync::atomic::Ordering::SeqCst),
+        2 * events.len(),
+        "two attempts each"
+    );
+}

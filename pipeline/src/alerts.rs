@@ -1,0 +1,415 @@
+//! Alert delivery: entitlement signals sent to a webhook as generic JSON, a Slack message or a
+//! PagerDuty Events v2 event.
+//!
+//! An alert fires when a signal becomes active (usage crossed a threshold or limit) and is
+//! resolved when a correction takes it back. Alerts go out after the signal rows are durable
+//! in their table, each with a dedup key stable across runs
+//! (`meterflow:entitlement:<customer>:<contract>:<sku>:<period>:<signal>:<percent>`), so a
+//! repeat never pages twice: the sender tracks which signals are active (a resumed run starts
+//! from the signals ClickHouse holds) and sends only changes, and PagerDuty dedups on the key.
+//! A failed delivery is retried with backoff (429, 5xx, network errors); once `max_attempts` are
+//! spent, or on another 4xx, the alert goes to the dead-letter file with the reason, and the
+//! pipeline goes on.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use meterflow_operators::dataflow::Signed;
+use meterflow_operators::signed::SignedState;
+use meterflow_operators::sink::TableWriter;
+use meterflow_operators::Epoch;
+use meterflow_schemas::catalog::Catalog;
+use meterflow_schemas::entitlement::SignalKind;
+use meterflow_schemas::rows::EntitlementSignal;
+use meterflow_schemas::time::{EventTime, PeriodUnit, Span};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// `[alerts]` in the config.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsConfig {
+    /// Where alerts are POSTed (http or https). Empty: no alerts.
+    pub webhook_url: String,
+    /// `json` (generic), `slack` (incoming webhook) or `pagerduty` (Events API v2).
+    pub format: String,
+    /// For `pagerduty`: the environment variable holding the integration's routing key.
+    pub routing_key_env: Option<String>,
+    /// Attempts per alert before it goes to the dead-letter file.
+    pub max_attempts: u32,
+    /// Per-request timeout.
+    pub timeout: Span,
+    /// Alerts that could not be delivered, one JSON object per line.
+    pub dead_letter: PathBuf,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        AlertsConfig {
+            webhook_url: String::new(),
+            format: "json".into(),
+            routing_key_env: None,
+            max_attempts: 6,
+            timeout: Span(5000),
+            dead_letter: PathBuf::from("alerts-dead-letter.jsonl"),
+        }
+    }
+}
+
+impl AlertsConfig {
+    pub fn enabled(&self) -> bool {
+        !self.webhook_url.is_empty()
+    }
+
+    /// Checks the settings; the error names the key and the fix.
+    pub fn check(&self) -> Result<Format, (String, String)> {
+        let format = match self.format.as_str() {
+            "json" => Format::Json,
+            "slack" => Format::Slack,
+            "pagerduty" => {
+                let var = self.routing_key_env.as_ref().ok_or_else(|| {
+                    (
+                        "alerts.format = \"pagerduty\" needs alerts.routing_key_env".to_string(),
+                        "name the environment variable holding the routing key, e.g. routing_key_env = \"PD_ROUTING_KEY\"".to_string(),
+                    )
+                })?;
+                let key = std::env::var(var).map_err(|_| {
+                    (
+                        format!("alerts.routing_key_env names {var}, which is not set"),
+                        format!("export {var}=<the PagerDuty integration's routing key>"),
+                    )
+                })?;
+                Format::PagerDuty { routing_key: key }
+            }
+            other => {
+                return Err((
+                    format!("alerts.format `{other}` is not json, slack or pagerduty"),
+                    "set alerts.format to \"json\", \"slack\" or \"pagerduty\"".into(),
+                ))
+            }
+        };
+        if !(self.webhook_url.starts_with("http://") || self.webhook_url.starts_with("https://"))
+            || self.webhook_url.parse::<hyper::Uri>().is_err()
+        {
+            return Err((
+                format!(
+                    "alerts.webhook_url `{}` is not an http(s) URL",
+                    self.webhook_url
+                ),
+                "write the full URL, e.g. \"https://hooks.slack.com/services/...\"".into(),
+            ));
+        }
+        if self.max_attempts == 0 {
+            return Err((
+                "alerts.max_attempts is 0".into(),
+                "allow at least one attempt".into(),
+            ));
+        }
+        Ok(format)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub enum Format {
+    Json,
+    Slack,
+    PagerDuty { routing_key: String },
+}
+
+/// Sends alerts to one webhook, with retries and a dead-letter file.
+pub struct Webhook {
+    url: hyper::Uri,
+    url_text: String,
+    format: Format,
+    max_attempts: u32,
+    timeout: Duration,
+    dead_letter: PathBuf,
+    runtime: tokio::runtime::Runtime,
+    client: hyper_util::client::legacy::Client<
+        hyper_tls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+        Full<Bytes>,
+    >,
+}
+
+impl Webhook {
+    pub fn new(cfg: &AlertsConfig, format: Format) -> Result<Webhook, String> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the alert sender: {e}"))?;
+        let client = {
+            let _guard = runtime.enter();
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build(hyper_tls::HttpsConnector::new())
+        };
+        Ok(Webhook {
+            url: cfg
+                .webhook_url
+                .parse()
+                .map_err(|e| format!("alerts.webhook_url: {e}"))?,
+            url_text: cfg.webhook_url.clone(),
+            format,
+            max_attempts: cfg.max_attempts,
+            timeout: Duration::from_millis(cfg.timeout.millis().max(1) as u64),
+            dead_letter: cfg.dead_letter.clone(),
+            runtime,
+            client,
+        })
+    }
+
+    /// Delivers one alert: retried with backoff, dead-lettered when it cannot be.
+    pub fn deliver(&self, alert: &Alert) -> Result<(), String> {
+        let body = alert.payload(&self.format).to_string();
+        let mut delay = Duration::from_millis(200);
+        let mut last_error = String::new();
+        for attempt in 1..=self.max_attempts {
+            match self.post(&body) {
+                Ok(()) => return Ok(()),
+                Err((error, retry)) => {
+                    tracing::warn!(dedup_key = %alert.dedup_key, attempt, %error, "alert not delivered");
+                    last_error = error;
+                    if !retry {
+                        break;
+                    }
+                    if attempt < self.max_attempts {
+                        std::thread::sleep(delay);
+                        delay = (delay * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+        }
+        let line = json!({
+            "at": EventTime::now().to_string(),
+            "url": self.url_text,
+            "error": last_error,
+            "dedup_key": alert.dedup_key,
+            "payload": serde_json::from_str::<Value>(&body).unwrap_or(Value::Null),
+        });
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.dead_letter)
+            .map_err(|e| format!("cannot open {}: {e}", self.dead_letter.display()))?;
+        writeln!(f, "{line}").map_err(|e| format!("{}: {e}", self.dead_letter.display()))?;
+        f.sync_all()
+            .map_err(|e| format!("{}: {e}", self.dead_letter.display()))?;
+        tracing::error!(dedup_key = %alert.dedup_key, dead_letter = %self.dead_letter.display(), "alert dead-lettered");
+        Ok(())
+    }
+
+    /// One POST; the error says whether a retry may succeed.
+    fn post(&self, body: &str) -> Result<(), (String, bool)> {
+        let request = hyper::Request::post(self.url.clone())
+            .header("content-type", "application/json")
+            .header("user-agent", "meterflow")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .map_err(|e| (e.to_string(), false))?;
+        self.runtime.block_on(async {
+            let response = tokio::time::timeout(self.timeout, self.client.request(request))
+                .await
+                .map_err(|_| (format!("no answer within {:?}", self.timeout), true))?
+                .map_err(|e| (e.to_string(), true))?;
+            let status = response.status();
+            let text = response
+                .into_body()
+                .collect()
+                .await
+                .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+                .unwrap_or_default();
+            if status.is_success() {
+                Ok(())
+            } else {
+                let retry = status.as_u16() == 429 || status.is_server_error();
+                Err((format!("HTTP {status}: {}", text.trim()), retry))
+            }
+        })
+    }
+}
+
+/// One alert: a signal that became active (`firing`) or went away (`resolved`).
+#[derive(Clone, Debug)]
+pub struct Alert {
+    pub dedup_key: String,
+    pub firing: bool,
+    pub summary: String,
+    pub details: Value,
+    pub signal: SignalKind,
+    pub customer: String,
+    pub sku: String,
+}
+
+impl Alert {
+    pub fn of(s: &EntitlementSignal, firing: bool, catalog: &Catalog, unit: PeriodUnit) -> Alert {
+        let customer = catalog.customers[s.customer.ix()].id.clone();
+        let contract = catalog.contracts[s.contract.ix()].id.clone();
+        let sku = catalog.sku_id(s.sku).to_string();
+        let period = unit.label(s.period);
+        let what = match s.kind {
+            SignalKind::Threshold => format!("{}% of the included {}", s.percent, s.allowance),
+            SignalKind::SoftLimit => format!("the soft limit of {}", s.at),
+            SignalKind::HardLimit => format!("the hard limit of {}", s.at),
+        };
+        let summary = if firing {
+            format!("{customer} ({contract}) used {what} {sku} in {period}")
+        } else {
+            format!(
+                "{customer} ({contract}) is back below {what} {sku} in {period} after a correction"
+            )
+        };
+        Alert {
+            dedup_key: format!(
+                "meterflow:entitlement:{customer}:{contract}:{sku}:{period}:{}:{}",
+                s.kind.as_str(),
+                s.percent
+            ),
+            firing,
+            summary,
+            details: json!({
+                "customer_id": customer,
+                "contract_id": contract,
+                "sku": sku,
+                "period": period,
+                "signal": s.kind.as_str(),
+                "percent": s.percent,
+                "at_quantity": s.at.to_string(),
+                "allowance": s.allowance.to_string(),
+            }),
+            signal: s.kind,
+            customer,
+            sku,
+        }
+    }
+
+    pub fn payload(&self, format: &Format) -> Value {
+        let status = if self.firing { "firing" } else { "resolved" };
+        match format {
+            Format::Json => json!({
+                "source": "meterflow",
+                "kind": "entitlement",
+                "status": status,
+                "dedup_key": self.dedup_key,
+                "summary": self.summary,
+                "details": self.details,
+            }),
+            Format::Slack => json!({
+                "text": format!(
+                    "{} meterflow: {} (`{}`)",
+                    if self.firing { ":warning:" } else { ":white_check_mark:" },
+                    self.summary,
+                    self.dedup_key
+                ),
+            }),
+            Format::PagerDuty { routing_key } => json!({
+                "routing_key": routing_key,
+                "event_action": if self.firing { "trigger" } else { "resolve" },
+                "dedup_key": self.dedup_key,
+                "payload": {
+                    "summary": self.summary,
+                    "source": "meterflow",
+                    "severity": match self.signal {
+                        SignalKind::HardLimit => "critical",
+                        SignalKind::SoftLimit => "warning",
+                        SignalKind::Threshold => "info",
+                    },
+                    "component": self.sku,
+                    "group": self.customer,
+                    "class": "entitlement",
+                    "custom_details": self.details,
+                },
+            }),
+        }
+    }
+}
+
+/// Wraps the `entitlement_signals` writer: once a flush has made signal rows durable, alerts
+/// go out for the signals that became active or went away.
+pub struct AlertingWriter {
+    inner: Box<dyn TableWriter<Signed<EntitlementSignal>>>,
+    webhook: Webhook,
+    catalog: Arc<Catalog>,
+    unit: PeriodUnit,
+    /// The signal rows, as the table holds them (absorbs a resumed run's re-emission).
+    state: SignedState<EntitlementSignal>,
+    rows: BTreeMap<EntitlementSignal, isize>,
+    /// Dedup keys alerted as active.
+    alerted: BTreeSet<String>,
+}
+
+impl AlertingWriter {
+    /// `held`: the signal rows a resumed run's table holds (row, multiplicity, version), which
+    /// the dataflow emits again at the round ending at `round_end`; they are not alerted again.
+    pub fn new(
+        inner: Box<dyn TableWriter<Signed<EntitlementSignal>>>,
+        webhook: Webhook,
+        catalog: Arc<Catalog>,
+        unit: PeriodUnit,
+        held: Vec<(EntitlementSignal, isize, u64)>,
+        round_end: Epoch,
+    ) -> AlertingWriter {
+        let rows: BTreeMap<EntitlementSignal, isize> = held
+            .iter()
+            .filter(|(_, n, _)| *n > 0)
+            .map(|(r, n, _)| (r.clone(), *n))
+            .collect();
+        let alerted = rows
+            .keys()
+            .map(|r| Alert::of(r, true, &catalog, unit).dedup_key)
+            .collect();
+        AlertingWriter {
+            inner,
+            webhook,
+            state: SignedState::resumed(held, round_end),
+            catalog,
+            unit,
+            rows,
+            alerted,
+        }
+    }
+}
+
+impl TableWriter<Signed<EntitlementSignal>> for AlertingWriter {
+    fn write(
+        &mut self,
+        epoch: Epoch,
+        rows: &mut Vec<Signed<EntitlementSignal>>,
+    ) -> Result<(), String> {
+        for (r, t, d) in rows.iter() {
+            self.state.update(r.clone(), *t, *d);
+        }
+        self.inner.write(epoch, rows)
+    }
+
+    fn flush(&mut self, frontier: Option<Epoch>) -> Result<(), String> {
+        self.inner.flush(frontier)?;
+        let mut touched: BTreeMap<String, EntitlementSignal> = BTreeMap::new();
+        for c in self.state.changes(frontier) {
+            let n = self.rows.entry(c.row.clone()).or_default();
+            *n += c.sign as isize;
+            if *n == 0 {
+                self.rows.remove(&c.row);
+            }
+            let key = Alert::of(&c.row, true, &self.catalog, self.unit).dedup_key;
+            touched.insert(key, c.row);
+        }
+        for (key, row) in touched {
+            let active = self.rows.iter().any(|(r, n)| {
+                *n > 0 && Alert::of(r, true, &self.catalog, self.unit).dedup_key == key
+            });
+            if active != self.alerted.contains(&key) {
+                self.webhook
+                    .deliver(&Alert::of(&row, active, &self.catalog, self.unit))?;
+                if active {
+                    self.alerted.insert(key);
+                } else {
+                    self.alerted.remove(&key);
+                }
+            }
+        }
+        Ok(())
+    }
+}
