@@ -34,8 +34,11 @@ use serde_json::{json, Value};
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AlertsConfig {
-    /// Where alerts are POSTed (http or https). Empty: no alerts.
+    /// Where alerts are POSTed (http or https). Empty: no webhook.
     pub webhook_url: String,
+    /// Also publish every alert to this Kafka topic (on the `[kafka]` brokers), keyed by its
+    /// dedup key, for the product to consume.
+    pub kafka_topic: Option<String>,
     /// `json` (generic), `slack` (incoming webhook) or `pagerduty` (Events API v2).
     pub format: String,
     /// For `pagerduty`: the environment variable holding the integration's routing key.
@@ -52,6 +55,7 @@ impl Default for AlertsConfig {
     fn default() -> Self {
         AlertsConfig {
             webhook_url: String::new(),
+            kafka_topic: None,
             format: "json".into(),
             routing_key_env: None,
             max_attempts: 6,
@@ -63,11 +67,32 @@ impl Default for AlertsConfig {
 
 impl AlertsConfig {
     pub fn enabled(&self) -> bool {
-        !self.webhook_url.is_empty()
+        !self.webhook_url.is_empty() || self.kafka_topic.is_some()
     }
 
-    /// Checks the settings; the error names the key and the fix.
-    pub fn check(&self) -> Result<Format, (String, String)> {
+    /// Checks the settings; the error names the key and the fix. `None`: no webhook.
+    pub fn check(&self, kafka_brokers: &str) -> Result<Option<Format>, (String, String)> {
+        if let Some(topic) = &self.kafka_topic {
+            if topic.trim().is_empty() {
+                return Err((
+                    "alerts.kafka_topic is empty".into(),
+                    "name the topic, e.g. kafka_topic = \"meterflow.signals\"".into(),
+                ));
+            }
+            if kafka_brokers.is_empty() {
+                return Err((
+                    format!("alerts.kafka_topic = \"{topic}\" but kafka.brokers is not set"),
+                    "set [kafka] brokers (and any settings) for the cluster to publish to".into(),
+                ));
+            }
+        }
+        if self.webhook_url.is_empty() {
+            return Ok(None);
+        }
+        self.check_webhook().map(Some)
+    }
+
+    fn check_webhook(&self) -> Result<Format, (String, String)> {
         let format = match self.format.as_str() {
             "json" => Format::Json,
             "slack" => Format::Slack,
@@ -231,6 +256,98 @@ impl Webhook {
     }
 }
 
+/// Where alerts go.
+pub trait AlertSink {
+    /// Hands over one alert (a webhook delivers it now).
+    fn deliver(&mut self, alert: &Alert) -> Result<(), String>;
+    /// Waits until every alert handed over is delivered.
+    fn finish(&mut self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+impl AlertSink for Webhook {
+    fn deliver(&mut self, alert: &Alert) -> Result<(), String> {
+        Webhook::deliver(self, alert)
+    }
+}
+
+/// Publishes alerts to a Kafka topic, keyed by dedup key, as the generic JSON payload. A broker
+/// that is down is waited for (never dropped): `finish` retries the flush with backoff.
+pub struct KafkaAlerts {
+    producer: rdkafka::producer::BaseProducer,
+    topic: String,
+}
+
+impl KafkaAlerts {
+    pub fn new(
+        kafka: &crate::kafka_source::KafkaConfig,
+        topic: &str,
+    ) -> Result<KafkaAlerts, String> {
+        let mut c = rdkafka::ClientConfig::new();
+        c.set("bootstrap.servers", &kafka.brokers)
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5");
+        for (k, v) in &kafka.settings {
+            c.set(k, v);
+        }
+        for (k, var) in &kafka.secret_settings {
+            let v = std::env::var(var).map_err(|_| {
+                format!("kafka.secret_settings.{k} names {var}, which is not set; export it before starting meterflow")
+            })?;
+            c.set(k, v);
+        }
+        let producer = c
+            .create()
+            .map_err(|e| format!("cannot create the alert producer: {e}"))?;
+        Ok(KafkaAlerts {
+            producer,
+            topic: topic.to_string(),
+        })
+    }
+}
+
+impl AlertSink for KafkaAlerts {
+    fn deliver(&mut self, alert: &Alert) -> Result<(), String> {
+        use rdkafka::producer::{BaseRecord, Producer};
+        let body = alert.payload(&Format::Json).to_string();
+        loop {
+            let record = BaseRecord::to(&self.topic)
+                .key(&alert.dedup_key)
+                .payload(&body);
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ),
+                    _,
+                )) => {
+                    self.producer.poll(Duration::from_millis(100));
+                }
+                Err((e, _)) => return Err(format!("publishing an alert to {}: {e}", self.topic)),
+            }
+            let _ = self.producer.flush(Duration::from_millis(0));
+        }
+    }
+
+    fn finish(&mut self) -> Result<(), String> {
+        use rdkafka::producer::Producer;
+        let mut delay = Duration::from_millis(200);
+        loop {
+            match self.producer.flush(Duration::from_secs(10)) {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    tracing::warn!(topic = %self.topic, error = %e, "alerts not yet acknowledged by Kafka; waiting");
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
+
 /// One alert: a signal that became active (`firing`) or went away (`resolved`).
 #[derive(Clone, Debug)]
 pub struct Alert {
@@ -330,7 +447,7 @@ impl Alert {
 /// go out for the signals that became active or went away.
 pub struct AlertingWriter {
     inner: Box<dyn TableWriter<Signed<EntitlementSignal>>>,
-    webhook: Webhook,
+    sinks: Vec<Box<dyn AlertSink>>,
     catalog: Arc<Catalog>,
     unit: PeriodUnit,
     /// The signal rows, as the table holds them (absorbs a resumed run's re-emission).
@@ -345,7 +462,7 @@ impl AlertingWriter {
     /// the dataflow emits again at the round ending at `round_end`; they are not alerted again.
     pub fn new(
         inner: Box<dyn TableWriter<Signed<EntitlementSignal>>>,
-        webhook: Webhook,
+        sinks: Vec<Box<dyn AlertSink>>,
         catalog: Arc<Catalog>,
         unit: PeriodUnit,
         held: Vec<(EntitlementSignal, isize, u64)>,
@@ -362,7 +479,7 @@ impl AlertingWriter {
             .collect();
         AlertingWriter {
             inner,
-            webhook,
+            sinks,
             state: SignedState::resumed(held, round_end),
             catalog,
             unit,
@@ -401,14 +518,19 @@ impl TableWriter<Signed<EntitlementSignal>> for AlertingWriter {
                 *n > 0 && Alert::of(r, true, &self.catalog, self.unit).dedup_key == key
             });
             if active != self.alerted.contains(&key) {
-                self.webhook
-                    .deliver(&Alert::of(&row, active, &self.catalog, self.unit))?;
+                let alert = Alert::of(&row, active, &self.catalog, self.unit);
+                for sink in &mut self.sinks {
+                    sink.deliver(&alert)?;
+                }
                 if active {
                     self.alerted.insert(key);
                 } else {
                     self.alerted.remove(&key);
                 }
             }
+        }
+        for sink in &mut self.sinks {
+            sink.finish()?;
         }
         Ok(())
     }

@@ -97,7 +97,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
         Some(
             config
                 .alerts
-                .check()
+                .check(&config.kafka.brokers)
                 .map_err(|(message, fix)| crate::config::ConfigError {
                     file: config_name.clone(),
                     message,
@@ -197,6 +197,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
     let billable = plan.rules.billable_environments.clone();
     let (catalog, period) = (plan.catalog.clone(), plan.policy.period);
     let alerts_cfg = config.alerts.clone();
+    let alerts_kafka = config.kafka.clone();
     let (alert_catalog, alert_unit) = (plan.catalog.clone(), plan.policy.period);
     let make_io = move |index: usize, peers: usize| -> Result<WorkerIo, String> {
         // Worker 0 receives every signal; it alone sends alerts.
@@ -204,17 +205,30 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
             |inner: Box<dyn meterflow_operators::sink::TableWriter<_>>,
              held|
              -> Result<Box<dyn meterflow_operators::sink::TableWriter<_>>, String> {
-                match (&alert_format, index) {
-                    (Some(format), 0) => Ok(Box::new(crate::alerts::AlertingWriter::new(
-                        inner,
-                        crate::alerts::Webhook::new(&alerts_cfg, format.clone())?,
-                        alert_catalog.clone(),
-                        alert_unit,
-                        held,
-                        first_round,
-                    ))),
-                    _ => Ok(inner),
+                let (Some(format), 0) = (&alert_format, index) else {
+                    return Ok(inner);
+                };
+                let mut sinks: Vec<Box<dyn crate::alerts::AlertSink>> = Vec::new();
+                if let Some(format) = format {
+                    sinks.push(Box::new(crate::alerts::Webhook::new(
+                        &alerts_cfg,
+                        format.clone(),
+                    )?));
                 }
+                if let Some(topic) = &alerts_cfg.kafka_topic {
+                    sinks.push(Box::new(crate::alerts::KafkaAlerts::new(
+                        &alerts_kafka,
+                        topic,
+                    )?));
+                }
+                Ok(Box::new(crate::alerts::AlertingWriter::new(
+                    inner,
+                    sinks,
+                    alert_catalog.clone(),
+                    alert_unit,
+                    held,
+                    first_round,
+                )))
             };
         let reader: Box<dyn ChunkReader> = match &input {
             Input::Stdin if index == 0 => Box::new(StdinReader::new(chunk_bytes, 0)),

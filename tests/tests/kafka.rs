@@ -319,3 +319,94 @@ fn rejections_keep_the_kafka_key_and_headers() {
         "every record was read"
     );
 }
+
+#[test]
+fn entitlement_alerts_are_published_to_a_kafka_topic_keyed_by_dedup_key() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::Message;
+    let dir = Scratch::new("kafka-alerts");
+    let d = dir.path();
+    meterflow_ok(&[
+        "gen",
+        "--out",
+        d.to_str().unwrap(),
+        "--events",
+        "20000",
+        "--customers",
+        "40",
+        "--correction-rate",
+        "0.03",
+        "--seed",
+        "7",
+        "--terms",
+    ]);
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("signals", 1, 1).unwrap();
+    let config = d.join("alerts.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[kafka]\nbrokers = \"{}\"\n\n[alerts]\nkafka_topic = \"signals\"\n",
+            cluster.bootstrap_servers()
+        ),
+    )
+    .unwrap();
+    meterflow_ok(&[
+        "run",
+        "-i",
+        d.join("events.jsonl").to_str().unwrap(),
+        "-c",
+        d.join("catalog").to_str().unwrap(),
+        "-o",
+        d.join("out").to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+        "-q",
+    ]);
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap_servers())
+        .set("group.id", "alerts-test")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "true")
+        .create()
+        .unwrap();
+    consumer.subscribe(&["signals"]).unwrap();
+    let mut open = std::collections::BTreeSet::new();
+    let mut messages = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the topic was not read to its end"
+        );
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                messages += 1;
+                let key = String::from_utf8(m.key().unwrap().to_vec()).unwrap();
+                let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+                assert_eq!(v["dedup_key"], key.as_str());
+                match v["status"].as_str().unwrap() {
+                    "firing" => assert!(open.insert(key), "{v}: published twice"),
+                    "resolved" => assert!(open.remove(&key), "{v}: resolved before firing"),
+                    other => panic!("status {other}"),
+                }
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break,
+            Some(Err(e)) => panic!("{e}"),
+            None => {}
+        }
+    }
+    assert!(messages > 0, "the stream crosses entitlements");
+    let current: std::collections::BTreeSet<String> = meterflow::trace::current_rows(
+        &meterflow::tables::read_table(&d.join("out"), "entitlement_signals").unwrap(),
+    )
+    .iter()
+    .map(|r| {
+        format!(
+            "meterflow:entitlement:{}:{}:{}:{}:{}:{}",
+            r["customer_id"], r["contract_id"], r["sku"], r["period"], r["signal"], r["percent"]
+        )
+    })
+    .collect();
+    assert_eq!(open, current, "what stays open is what the table holds");
+}
