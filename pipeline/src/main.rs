@@ -132,18 +132,28 @@ struct LogArgs {
 
 impl LogArgs {
     fn clickhouse(&self) -> anyhow::Result<Option<meterflow::clickhouse_client::ClickHouse>> {
-        let mut cfg = meterflow::config::Config::load(self.config.as_deref())?;
-        if let Some(url) = &self.clickhouse_url {
-            cfg.clickhouse.url = url.clone();
-        }
-        if !cfg.clickhouse.enabled() {
-            return Ok(None);
-        }
-        Ok(Some(
-            meterflow::clickhouse_client::ClickHouse::connect(&cfg.clickhouse)
-                .map_err(anyhow::Error::msg)?,
-        ))
+        Ok(open_clickhouse(self.config.as_deref(), self.clickhouse_url.as_ref())?.1)
     }
+}
+
+/// The config, and a ClickHouse connection when `url` or the config's `[clickhouse]` names one.
+fn open_clickhouse(
+    config: Option<&std::path::Path>,
+    url: Option<&String>,
+) -> anyhow::Result<(
+    meterflow::config::Config,
+    Option<meterflow::clickhouse_client::ClickHouse>,
+)> {
+    let mut cfg = meterflow::config::Config::load(config)?;
+    if let Some(url) = url {
+        cfg.clickhouse.url = url.clone();
+    }
+    if !cfg.clickhouse.enabled() {
+        return Ok((cfg, None));
+    }
+    let ch = meterflow::clickhouse_client::ClickHouse::connect(&cfg.clickhouse)
+        .map_err(anyhow::Error::msg)?;
+    Ok((cfg, Some(ch)))
 }
 
 #[derive(Subcommand)]
@@ -397,10 +407,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     catalog,
                 },
         } => {
-            let mut cfg = meterflow::config::Config::load(config.as_deref())?;
-            if let Some(url) = clickhouse_url {
-                cfg.clickhouse.url = url;
-            }
+            let (cfg, ch) = open_clickhouse(config.as_deref(), clickhouse_url.as_ref())?;
             let catalog = catalog.map(|d| load_dir(&d)).transpose()?;
             // Every period is read (credit balances need the history); --period selects what
             // is shown.
@@ -412,12 +419,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 customer: customer.clone(),
                 period,
             };
-            let lines = if cfg.clickhouse.enabled() {
-                let ch = meterflow::clickhouse_client::ClickHouse::connect(&cfg.clickhouse)
-                    .map_err(anyhow::Error::msg)?;
-                preview::from_clickhouse(&ch, &load)
-            } else {
-                preview::from_output(&out, &load)
+            let lines = match &ch {
+                Some(ch) => preview::from_clickhouse(ch, &load),
+                None => preview::from_output(&out, &load),
             }
             .map_err(anyhow::Error::msg)?;
             if !lines.iter().any(|l| show.keeps(l)) {
@@ -443,28 +447,14 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     config,
                 },
         } => {
-            let mut cfg = meterflow::config::Config::load(config.as_deref())?;
-            if let Some(url) = clickhouse_url {
-                cfg.clickhouse.url = url;
-            }
+            let (_, ch) = open_clickhouse(config.as_deref(), clickhouse_url.as_ref())?;
             let filter = preview::Filter { customer, period };
-            let (live, shadow) = if cfg.clickhouse.enabled() {
-                let ch = meterflow::clickhouse_client::ClickHouse::connect(&cfg.clickhouse)
-                    .map_err(anyhow::Error::msg)?;
-                (
-                    preview::table_from_clickhouse(&ch, "invoice_lines", &filter),
-                    preview::table_from_clickhouse(&ch, "shadow_invoice_lines", &filter),
-                )
-            } else {
-                (
-                    preview::table_from_output(&out, "invoice_lines", &filter),
-                    preview::table_from_output(&out, "shadow_invoice_lines", &filter),
-                )
+            let read = |table: &str| match &ch {
+                Some(ch) => preview::table_from_clickhouse(ch, table, &filter),
+                None => preview::table_from_output(&out, table, &filter),
             };
-            let (live, shadow) = (
-                live.map_err(anyhow::Error::msg)?,
-                shadow.map_err(anyhow::Error::msg)?,
-            );
+            let live = read("invoice_lines").map_err(anyhow::Error::msg)?;
+            let shadow = read("shadow_invoice_lines").map_err(anyhow::Error::msg)?;
             print!(
                 "{}",
                 meterflow::shadow::render(&meterflow::shadow::deltas(&live, &shadow))
