@@ -21,7 +21,7 @@ use crate::accounting::{Totals, TotalsWriter};
 use crate::aggregate::{pre_aggregate, UsageRecord, UsageSum};
 use crate::decode::decode;
 use crate::dedup::{dedup, DedupSeed, Deduplicator};
-use crate::entitlements::entitlement_signals;
+use crate::entitlements::{credit_burn_signals, entitlement_signals};
 use crate::invoice::invoice;
 use crate::price::{price, Priced};
 use crate::progress::{commit_progress, Progress, ProgressStore};
@@ -147,13 +147,16 @@ pub fn build<'s>(
         Priced::Line(l) => Some(l),
         _ => None,
     });
-    let signals = entitlement_signals(
-        usage_lines.clone(),
+    let derived_lines = invoice(usage_lines.clone(), plan.catalog.clone(), plan.rounding);
+    let burn = credit_burn_signals(
+        derived_lines.clone(),
         plan.catalog.clone(),
         plan.policy.period,
-    )
-    .inner;
-    let derived = invoice(usage_lines, plan.catalog.clone(), plan.rounding).map(Priced::Line);
+    );
+    let signals = entitlement_signals(usage_lines, plan.catalog.clone(), plan.policy.period)
+        .concat(burn)
+        .inner;
+    let derived = derived_lines.map(Priced::Line);
     let priced = priced.concat(derived).inner;
 
     let (lines, rated_rows, line_usage) = split_priced(priced);

@@ -79,3 +79,54 @@ pub fn entitlement_signals<'s>(
         )
         .map(|(_, signal)| signal)
 }
+
+/// Burn-rate signals (`credit_burn`): per contract with expiring credit grants, the periods
+/// after which the credit left is projected to run out before the grants expire (rules in
+/// `meterflow_schemas::pricing::invoice::credit_burn`). Keyed by (customer, contract) over the
+/// contract's `credit` lines; recomputed, and only the difference emitted, when they change.
+pub fn credit_burn_signals<'s>(
+    lines: VecCollection<'s, Epoch, InvoiceLine, isize>,
+    catalog: Arc<Catalog>,
+    unit: PeriodUnit,
+) -> VecCollection<'s, Epoch, EntitlementSignal, isize> {
+    use meterflow_schemas::entitlement::SignalKind;
+    use meterflow_schemas::money::Amount;
+    use meterflow_schemas::pricing::invoice::credit_burn;
+    lines
+        .flat_map(|l| {
+            (l.kind == meterflow_schemas::rows::LineKind::Credit).then_some((
+                (l.key.customer, l.key.contract),
+                (l.invoice_period, l.amount),
+            ))
+        })
+        .reduce_named(
+            "CreditBurn",
+            move |&(customer, contract): &(CustomerIdx, ContractIdx),
+                  input: &[(&(Period, Amount), isize)],
+                  output: &mut Vec<(EntitlementSignal, isize)>| {
+                let grants = &catalog.contracts[contract.ix()].terms.credits;
+                let mut used: BTreeMap<EventTime, Amount> = BTreeMap::new();
+                for ((period, amount), n) in input {
+                    *used.entry(period.0).or_default() += Amount(-amount.0 * *n as i128);
+                }
+                let next = |t: EventTime| unit.end_of(unit.period_of(t));
+                for b in credit_burn(grants, &used, next) {
+                    let to_quantity = |a: Amount| Quantity(a.0 / 1_000_000_000);
+                    output.push((
+                        EntitlementSignal {
+                            customer,
+                            contract,
+                            sku: SkuIdx::INVOICE,
+                            period: Period(b.period),
+                            kind: SignalKind::CreditBurn,
+                            percent: 0,
+                            at: to_quantity(b.remaining),
+                            allowance: to_quantity(b.per_period),
+                        },
+                        1,
+                    ));
+                }
+            },
+        )
+        .map(|(_, s)| s)
+}

@@ -370,8 +370,16 @@ impl Alert {
             SignalKind::Threshold => format!("{}% of the included {}", s.percent, s.allowance),
             SignalKind::SoftLimit => format!("the soft limit of {}", s.at),
             SignalKind::HardLimit => format!("the hard limit of {}", s.at),
+            SignalKind::CreditBurn => String::new(),
         };
-        let summary = if firing {
+        let summary = if s.kind == SignalKind::CreditBurn {
+            let currency = catalog.currency_of(s.contract);
+            if firing {
+                format!("{customer} ({contract}): prepaid credit is burning faster than planned: {} {currency} left after {period} at {} {currency} a period runs out before the grants expire", s.at, s.allowance)
+            } else {
+                format!("{customer} ({contract}): prepaid credit is back on plan after {period}")
+            }
+        } else if firing {
             format!("{customer} ({contract}) used {what} {sku} in {period}")
         } else {
             format!(
@@ -430,7 +438,7 @@ impl Alert {
                     "source": "meterflow",
                     "severity": match self.signal {
                         SignalKind::HardLimit => "critical",
-                        SignalKind::SoftLimit => "warning",
+                        SignalKind::SoftLimit | SignalKind::CreditBurn => "warning",
                         SignalKind::Threshold => "info",
                     },
                     "component": self.sku,

@@ -192,8 +192,10 @@ fn contract_terms(s: &mut String, c: u32, period_start: EventTime, promotion_fro
         s.push_str("[[contract.discount]]\nname = \"tokens 12.5% off\"\nsku = \"tokens\"\npercent = \"12.5\"\n");
     }
     if c % 9 == 2 {
-        // A prepaid grant, and a smaller one that expires mid-stream and burns first.
-        let _ = writeln!(s, "[[contract.credit]]\nname = \"prepaid\"\namount = \"300\"\ngranted = \"{period_start}\"\n\
+        // A prepaid grant for four months (heavy users burn it faster: credit_burn signals),
+        // and a smaller one that expires mid-stream and burns first.
+        let prepaid_expires = period_start.plus(Span::days(122));
+        let _ = writeln!(s, "[[contract.credit]]\nname = \"prepaid\"\namount = \"300\"\ngranted = \"{period_start}\"\nexpires = \"{prepaid_expires}\"\n\
              [[contract.credit]]\nname = \"welcome\"\namount = \"40\"\ngranted = \"{period_start}\"\nexpires = \"{promotion_from}\"");
     }
     if c.is_multiple_of(3) {

@@ -39,6 +39,9 @@ pub enum SignalKind {
     Threshold,
     SoftLimit,
     HardLimit,
+    /// Prepaid credit is burning fast enough to run out before its grants expire (for that
+    /// signal, `at` is the credit left and `allowance` the average burn per period).
+    CreditBurn,
 }
 
 impl SignalKind {
@@ -47,6 +50,7 @@ impl SignalKind {
             SignalKind::Threshold => "threshold",
             SignalKind::SoftLimit => "soft_limit",
             SignalKind::HardLimit => "hard_limit",
+            SignalKind::CreditBurn => "credit_burn",
         }
     }
     pub fn parse(text: &str) -> Option<SignalKind> {
@@ -54,6 +58,7 @@ impl SignalKind {
             SignalKind::Threshold,
             SignalKind::SoftLimit,
             SignalKind::HardLimit,
+            SignalKind::CreditBurn,
         ]
         .into_iter()
         .find(|k| k.as_str() == text)

@@ -19,7 +19,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::catalog::{ContractTerms, DiscountOff, SkuIdx, Tax};
+use crate::catalog::{ContractTerms, CreditGrant, DiscountOff, SkuIdx, Tax};
 use crate::money::{Amount, Rounding};
 use crate::rows::LineKind;
 use crate::time::EventTime;
@@ -49,6 +49,85 @@ pub fn contract_lines(
     for (start, usage) in periods {
         for line in period_lines(terms, tax, *start, usage, digits, rounding, &mut balances) {
             out.push((*start, line));
+        }
+    }
+    out
+}
+
+/// A period after which prepaid credit is projected to run out before its grants expire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CreditBurn {
+    pub period: EventTime,
+    /// Credit left after the period (grants still usable after it).
+    pub remaining: Amount,
+    /// Average credit used per period since credit was first used.
+    pub per_period: Amount,
+    /// The period in which it runs out at that rate.
+    pub runs_out: EventTime,
+    /// The end of the last remaining grant (exclusive).
+    pub planned_until: EventTime,
+}
+
+/// Burn-rate check after each period that used credit: at the average burn since the first use,
+/// does the credit left run out before the latest expiry among the grants holding it? Grants
+/// without expiry have no plan to run ahead of. `used`: credit used per period (positive);
+/// `next`: the start of the period after a given one.
+pub fn credit_burn(
+    grants: &[CreditGrant],
+    used: &BTreeMap<EventTime, Amount>,
+    next: impl Fn(EventTime) -> EventTime,
+) -> Vec<CreditBurn> {
+    let mut balances: Vec<Amount> = grants.iter().map(|g| g.amount).collect();
+    let mut out = Vec::new();
+    let (mut burnt, mut periods) = (Amount::ZERO, 0i128);
+    for (&start, &amount) in used {
+        let mut left = amount;
+        for (g, b) in grants.iter().zip(balances.iter_mut()) {
+            if left > Amount::ZERO && g.usable_in(start) && *b > Amount::ZERO {
+                let take = if *b < left { *b } else { left };
+                *b -= take;
+                left -= take;
+            }
+        }
+        if periods > 0 || amount > Amount::ZERO {
+            burnt += amount;
+            periods += 1;
+        }
+        let end = next(start);
+        let holding: Vec<(&CreditGrant, Amount)> = grants
+            .iter()
+            .zip(balances.iter().copied())
+            .filter(|(g, b)| *b > Amount::ZERO && g.expires.is_none_or(|e| e > end))
+            .collect();
+        let remaining: Amount = holding.iter().map(|(_, b)| *b).sum();
+        if periods == 0
+            || remaining <= Amount::ZERO
+            || holding.iter().any(|(g, _)| g.expires.is_none())
+        {
+            continue;
+        }
+        let per_period = Amount(burnt.0 / periods);
+        if per_period <= Amount::ZERO {
+            continue;
+        }
+        let planned_until = holding
+            .iter()
+            .filter_map(|(g, _)| g.expires)
+            .max()
+            .expect("every holding grant expires");
+        // Full periods the remaining credit pays for; it runs out in the one after them.
+        let mut runs_out = end;
+        for _ in 0..remaining.0.div_euclid(per_period.0).min(1200) {
+            runs_out = next(runs_out);
+        }
+        if next(runs_out) <= planned_until {
+            out.push(CreditBurn {
+                period: start,
+                remaining,
+                per_period,
+                runs_out,
+                planned_until,
+            });
         }
     }
     out
@@ -181,7 +260,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::catalog::{CreditGrant, Discount};
+    use crate::catalog::Discount;
     use crate::money::UnitPrice;
 
     fn a(s: &str) -> Amount {
@@ -438,6 +517,34 @@ mod tests {
         let periods: BTreeMap<EventTime, BTreeMap<SkuIdx, Amount>> =
             [(t("2026-11-01T00:00:00Z"), usage(&[(TOKENS, "60")]))].into();
         assert!(contract_lines(&terms, None, &periods, 2, Rounding::HalfEven).is_empty());
+    }
+
+    #[test]
+    fn a_fast_burn_is_flagged_and_a_slow_one_is_not() {
+        let next = |t: EventTime| {
+            let m = crate::time::PeriodUnit::Month;
+            m.end_of(m.period_of(t))
+        };
+        let mut g = grant("annual", "300", 0, Some("2027-01-01T00:00:00Z"));
+        g.granted = t("2026-09-01T00:00:00Z");
+        let used = |a: &str, b: &str| -> BTreeMap<EventTime, Amount> {
+            [
+                (t("2026-09-01T00:00:00Z"), self::a(a)),
+                (t("2026-10-01T00:00:00Z"), self::a(b)),
+            ]
+            .into()
+        };
+        // 100 a month: 200 left after September lasts October and November, runs out in
+        // December, before the grant ends on 2027-01-01.
+        let fast = credit_burn(std::slice::from_ref(&g), &used("100", "100"), next);
+        assert_eq!(fast.len(), 2);
+        assert_eq!(fast[1].remaining, a("100"));
+        assert_eq!(fast[1].runs_out, t("2026-12-01T00:00:00Z"));
+        // 50 a month lasts into 2027: no flag.
+        assert!(credit_burn(std::slice::from_ref(&g), &used("50", "50"), next).is_empty());
+        // A grant without expiry has no plan to run ahead of.
+        g.expires = None;
+        assert!(credit_burn(&[g], &used("100", "100"), next).is_empty());
     }
 
     fn cents() -> impl Strategy<Value = i64> {
