@@ -16,9 +16,10 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use meterflow_schemas::catalog::Catalog;
+use meterflow_schemas::catalog::{Aggregation, Catalog};
 use meterflow_schemas::event::{CorrectionAction, Lineage, UsageEvent};
 use meterflow_schemas::hashing::EventKey;
+use meterflow_schemas::money::Quantity;
 use meterflow_schemas::rejection::{Reason, Rejection};
 use meterflow_schemas::rows::{AcceptedEvent, Counts, DuplicateRow, LineKey, UsageDelta};
 use meterflow_schemas::time::EventTime;
@@ -233,7 +234,10 @@ impl Deduplicator {
             invoice_period: a.invoice_period,
             price: ev.price,
             events: ev.line_events(),
-            quantity: ev.quantity,
+            quantity: match self.catalog.skus[ev.sku.ix()].aggregation {
+                Aggregation::Sum => ev.quantity,
+                Aggregation::Count => Quantity::from_units(ev.line_events()),
+            },
         }
     }
 

@@ -351,3 +351,40 @@ fn shadow_lines_equal_live_lines_when_the_shadow_card_is_the_live_one() {
         total(&current(&out.invoice_lines))
     );
 }
+
+#[test]
+fn a_count_meter_bills_events_not_quantities() {
+    let catalog = meterflow_schemas::catalog::from_toml_str(&fixtures::CATALOG.replacen(
+        "unit = \"requests\"",
+        "unit = \"requests\"\naggregation = \"count\"",
+        1,
+    ))
+    .unwrap();
+    let t = "2026-11-01T00:00:00Z";
+    let records = vec![
+        api("a", "10", t),
+        api("b", "5", t),
+        api("c", "7", t),
+        api("v", "-5", t).replace(
+            r#""environment""#,
+            r#""correction":{"action":"void","original_event_id":"b"},"environment""#,
+        ),
+        api("m", "-3", t).replace(
+            r#""environment""#,
+            r#""correction":{"action":"amend","original_event_id":"c"},"environment""#,
+        ),
+    ];
+    for workers in [1, 2] {
+        let out = run(&lines(&records), plan(catalog.clone()), workers, 1).unwrap();
+        let current = out.current_lines();
+        assert_eq!(current.len(), 1);
+        let (line, _) = current.iter().next().unwrap();
+        assert_eq!(
+            out.counts.corrections, 2,
+            "the void and the amend are accepted"
+        );
+        // a and c count; b was voided; the amend of c counts nothing.
+        assert_eq!(line.quantity, Quantity::from_units(2), "workers={workers}");
+        assert_eq!(line.events, 2);
+    }
+}

@@ -107,6 +107,8 @@ struct SkuDef {
     unit: String,
     #[serde(default)]
     description: String,
+    /// `sum` (default) or `count`.
+    aggregation: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -379,10 +381,24 @@ fn build(l: &mut Loader, files: &[(PathBuf, CatalogFile)]) {
                     "name the unit events report, e.g. unit = \"tokens\"",
                 );
             }
+            let aggregation = match s.aggregation.as_deref() {
+                None | Some("sum") => Aggregation::Sum,
+                Some("count") => Aggregation::Count,
+                Some(other) => {
+                    l.err(
+                        file,
+                        &entry,
+                        format!("aggregation `{other}` is not supported"),
+                        "use aggregation = \"sum\" (default) or \"count\"",
+                    );
+                    Aggregation::Sum
+                }
+            };
             l.catalog.skus.push(Sku {
                 id: s.id.clone(),
                 unit: s.unit.clone(),
                 description: s.description.clone(),
+                aggregation,
             });
         }
     }

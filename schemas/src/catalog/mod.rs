@@ -127,6 +127,18 @@ pub struct Sku {
     pub id: String,
     pub unit: String,
     pub description: String,
+    /// How a period's events make its billable quantity.
+    pub aggregation: Aggregation,
+}
+
+/// How a meter's events add up to the quantity that is priced.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Aggregation {
+    /// The sum of the events' quantities (net of corrections).
+    #[default]
+    Sum,
+    /// The number of events (a void takes its original back out; an amend counts nothing).
+    Count,
 }
 
 #[derive(Clone, Debug)]
