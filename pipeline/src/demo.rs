@@ -36,9 +36,15 @@ id = "storage"
 unit = "GB"
 description = "Stored GB, volume-priced"
 
+[[tax]]
+id = "us-sales"
+name = "Sales tax 8.25%"
+rate = "0.0825"
+
 [[customer]]
 id = "acme"
 name = "Acme Corp"
+tax = "us-sales"
 
 [[customer]]
 id = "globex"
@@ -122,6 +128,20 @@ id = "acme-2026"
 customer = "acme"
 rate_card = "standard"
 starts = "2026-01-01T00:00:00Z"
+minimum_spend = "2000"      # commitment: a true-up line tops each month up to 2000
+
+[[contract.fee]]            # subscription
+name = "platform"
+amount = "49"
+
+[[contract.discount]]       # 10% off tokens
+sku = "tokens"
+percent = "10"
+
+[[contract.entitlement]]    # 100k tokens included a month: signals at 50/90/100%
+sku = "tokens"
+included = "100000"
+soft_limit = "150000"
 
 [[contract]]
 id = "globex-legacy"

@@ -152,6 +152,9 @@ fn the_demo_shows_every_kind_of_record() {
         "version 2",
         "fix:",
         "The void as signed rows",
+        "subscription",
+        "commitment true-up",
+        "tax",
     ] {
         assert!(
             text.contains(expected),
@@ -164,6 +167,11 @@ fn the_demo_shows_every_kind_of_record() {
     assert_eq!(n(&c, "corrections"), 2);
     assert!(n(&c, "duplicates") > 50);
     assert_eq!(n(&c, "non_billable"), 20);
+    let signals = read_table(&s.path().join("out"), "entitlement_signals").unwrap();
+    assert!(
+        signals.iter().any(|r| r["signal"] == "soft_limit"),
+        "the demo crosses acme's token entitlement"
+    );
 }
 
 #[test]
