@@ -161,25 +161,32 @@ enum InvoiceCommand {
     /// Show the current draft invoice (lines, subtotal, discounts, tax, total) of a customer,
     /// from a run's output directory or, with --clickhouse-url or a config, from ClickHouse.
     Preview {
-        /// Customer id (all customers when omitted).
-        #[arg(long)]
-        customer: Option<String>,
-        /// Invoice period label, e.g. 2026-11 (all periods when omitted).
-        #[arg(long)]
-        period: Option<String>,
-        /// Output directory of an embedded run.
-        #[arg(long, short = 'o', default_value = "out")]
-        out: PathBuf,
-        /// Read from ClickHouse at this HTTP URL instead (overrides clickhouse.url).
-        #[arg(long)]
-        clickhouse_url: Option<String>,
-        /// Configuration file; its [clickhouse] section selects ClickHouse.
-        #[arg(long)]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        source: InvoiceSource,
         /// Catalog directory, for customer names and units.
         #[arg(long, short = 'c')]
         catalog: Option<PathBuf>,
     },
+}
+
+/// Which invoices to read, and where from.
+#[derive(clap::Args)]
+struct InvoiceSource {
+    /// Customer id (all customers when omitted).
+    #[arg(long)]
+    customer: Option<String>,
+    /// Invoice period label, e.g. 2026-11 (all periods when omitted).
+    #[arg(long)]
+    period: Option<String>,
+    /// Output directory of an embedded run.
+    #[arg(long, short = 'o', default_value = "out")]
+    out: PathBuf,
+    /// Read from ClickHouse at this HTTP URL instead (overrides clickhouse.url).
+    #[arg(long)]
+    clickhouse_url: Option<String>,
+    /// Configuration file; its [clickhouse] section selects ClickHouse.
+    #[arg(long)]
+    config: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -187,16 +194,8 @@ enum ShadowCommand {
     /// Live against shadow totals per customer, contract and invoice period, with the
     /// difference in money and percent; from a run's output or from ClickHouse.
     Report {
-        #[arg(long)]
-        customer: Option<String>,
-        #[arg(long)]
-        period: Option<String>,
-        #[arg(long, short = 'o', default_value = "out")]
-        out: PathBuf,
-        #[arg(long)]
-        clickhouse_url: Option<String>,
-        #[arg(long)]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        source: InvoiceSource,
     },
 }
 
@@ -399,11 +398,14 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Invoice {
             command:
                 InvoiceCommand::Preview {
-                    customer,
-                    period,
-                    out,
-                    clickhouse_url,
-                    config,
+                    source:
+                        InvoiceSource {
+                            customer,
+                            period,
+                            out,
+                            clickhouse_url,
+                            config,
+                        },
                     catalog,
                 },
         } => {
@@ -440,11 +442,14 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Shadow {
             command:
                 ShadowCommand::Report {
-                    customer,
-                    period,
-                    out,
-                    clickhouse_url,
-                    config,
+                    source:
+                        InvoiceSource {
+                            customer,
+                            period,
+                            out,
+                            clickhouse_url,
+                            config,
+                        },
                 },
         } => {
             let (_, ch) = open_clickhouse(config.as_deref(), clickhouse_url.as_ref())?;
