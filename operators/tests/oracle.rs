@@ -164,3 +164,39 @@ proptest! {
         prop_assert_eq!(results.len(), 1);
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, .. ProptestConfig::default() })]
+
+    /// Shadow billing with the live card as its own shadow: for usage the live card prices by
+    /// its latest version (acme follows the card; every event after the Nov 15 change), the
+    /// shadow lines are the live lines, whatever the events and the worker count.
+    #[test]
+    fn live_equals_shadow_when_the_shadow_card_is_the_live_card(events in events(), workers in 1usize..3) {
+        let catalog = meterflow_schemas::catalog::from_toml_str(&format!(
+            "shadow_rate_card = \"standard\"\n{}",
+            fixtures::CATALOG
+        ))
+        .unwrap();
+        let events: Vec<Ev> = events
+            .into_iter()
+            .map(|e| Ev { contract: 0, minute: 5 * 24 * 60 + e.minute % (24 * 60), ..e })
+            .collect();
+        let input: Vec<u8> = events
+            .iter()
+            .flat_map(|e| e.line().into_bytes().into_iter().chain(std::iter::once(b'\n')))
+            .collect();
+        let out = run(&input, plan(catalog), workers, 97).unwrap();
+        let current = |rows: &[(InvoiceLine, u64, isize)]| {
+            let mut net: BTreeMap<InvoiceLine, isize> = BTreeMap::new();
+            for (l, _, d) in rows {
+                *net.entry(l.clone()).or_default() += d;
+            }
+            net.retain(|_, n| *n != 0);
+            net
+        };
+        let live = current(&out.invoice_lines);
+        prop_assert!(!live.is_empty());
+        prop_assert_eq!(current(&out.shadow_invoice_lines), live);
+    }
+}
