@@ -137,17 +137,20 @@ struct Charge {
 }
 
 fn charge<'a>(usage: impl Iterator<Item = &'a (&'a (Period, SegmentPrice), UsageSum)>) -> Charge {
-    // Net quantity per segment price, in version order.
-    let mut per_price: BTreeMap<&SegmentPrice, Quantity> = BTreeMap::new();
+    // Net events and quantity per segment price, in version order.
+    let mut per_price: BTreeMap<&SegmentPrice, (i64, Quantity)> = BTreeMap::new();
     for ((_, segment), sum) in usage {
-        *per_price.entry(segment).or_default() += sum.quantity;
+        let e = per_price.entry(segment).or_default();
+        e.0 += sum.events;
+        e.1 += sum.quantity;
     }
     let prices: Vec<&SegmentPrice> = per_price.keys().copied().collect();
     let segments: Vec<Segment> = per_price
         .iter()
-        .map(|(s, q)| Segment {
+        .map(|(s, (n, q))| Segment {
             model: &s.model,
             quantity: *q,
+            events: *n,
         })
         .collect();
     let priced = price_period(&segments);

@@ -90,6 +90,7 @@ fn oracle(catalog: &Catalog, events: &[Ev]) -> BTreeMap<InvoiceLine, isize> {
                 .map(|(p, (_, q))| Segment {
                     model: &p.model,
                     quantity: *q,
+                    events: 0,
                 })
                 .collect::<Vec<_>>(),
         );

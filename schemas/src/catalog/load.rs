@@ -16,7 +16,7 @@ use crate::entitlement::Entitlement;
 use crate::money::{
     minor_unit_digits, Amount, DecimalError, Quantity, Rounding, UnitPrice, AMOUNT_SCALE,
 };
-use crate::pricing::{Package, Tier};
+use crate::pricing::{Package, Percentage, Tier};
 
 /// One problem in a catalog.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -194,6 +194,11 @@ struct PriceDef {
     package_price: Option<DecimalText>,
     free_units: Option<DecimalText>,
     rounding: Option<String>,
+    /// Percentage model: percent of the transaction amount, fee per transaction, free
+    /// transactions (`free_units` is shared with the package model).
+    percent: Option<DecimalText>,
+    fixed_fee: Option<DecimalText>,
+    free_events: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -871,8 +876,22 @@ fn build_rate_cards(l: &mut Loader, files: &[(PathBuf, CatalogFile)]) {
 fn price_model(l: &mut Loader, file: &Path, entry: &str, pd: &PriceDef) -> Option<PriceModel> {
     let package_keys = pd.package_size.is_some()
         || pd.package_price.is_some()
-        || pd.free_units.is_some()
+        || (pd.free_units.is_some() && pd.model != "percentage")
         || pd.rounding.is_some();
+    let percentage_keys =
+        pd.percent.is_some() || pd.fixed_fee.is_some() || pd.free_events.is_some();
+    if percentage_keys && pd.model != "percentage" {
+        l.err(
+            file,
+            entry,
+            format!(
+                "percent, fixed_fee and free_events belong to model = \"percentage\", not {}",
+                pd.model
+            ),
+            "remove them, or set model = \"percentage\"",
+        );
+        return None;
+    }
     if package_keys && pd.model != "package" {
         l.err(
             file,
@@ -932,16 +951,67 @@ fn price_model(l: &mut Loader, file: &Path, entry: &str, pd: &PriceDef) -> Optio
             })
         }
         "package" => package(l, file, entry, pd),
+        "percentage" => percentage(l, file, entry, pd),
         other => {
             l.err(
                 file,
                 entry,
                 format!("unknown model `{other}`"),
-                "use per_unit, graduated, volume or package",
+                "use per_unit, graduated, volume, package or percentage",
             );
             None
         }
     }
+}
+
+fn percentage(l: &mut Loader, file: &Path, entry: &str, pd: &PriceDef) -> Option<PriceModel> {
+    if pd.unit_price.is_some() || !pd.tiers.is_empty() {
+        l.err(
+            file,
+            entry,
+            "percentage takes percent and fixed_fee, not unit_price or tiers",
+            "write percent = \"2.9\" and fixed_fee = \"0.30\"",
+        );
+        return None;
+    }
+    let Some(percent) = &pd.percent else {
+        l.err(
+            file,
+            entry,
+            "percentage needs percent",
+            "write percent = \"2.9\" for 2.9% of each transaction amount",
+        );
+        return None;
+    };
+    let percent = l.decimal(file, entry, "percent", percent, UnitPrice::parse)?;
+    let fixed_fee = match &pd.fixed_fee {
+        Some(f) => l.decimal(file, entry, "fixed_fee", f, Amount::parse_price)?,
+        None => Amount::ZERO,
+    };
+    let free_units = match &pd.free_units {
+        Some(f) => l.decimal(file, entry, "free_units", f, Quantity::parse)?,
+        None => Quantity::ZERO,
+    };
+    let hundred = UnitPrice::parse("100").expect("100");
+    if percent.is_negative()
+        || percent > hundred
+        || fixed_fee.is_negative()
+        || free_units.is_negative()
+    {
+        l.err(
+            file,
+            entry,
+            "percent must be between 0 and 100, fixed_fee and free_units not negative",
+            "fix the percentage numbers",
+        );
+        return None;
+    }
+    Some(PriceModel::Percentage(Percentage {
+        rate: UnitPrice(percent.0 / 100),
+        fixed_fee,
+        free_units,
+        free_events: pd.free_events.unwrap_or(0) as i64,
+    }))
 }
 
 fn package(l: &mut Loader, file: &Path, entry: &str, pd: &PriceDef) -> Option<PriceModel> {

@@ -18,6 +18,7 @@ mod graduated;
 pub mod invoice;
 pub mod package;
 mod per_unit;
+pub mod percentage;
 mod volume;
 
 use serde::{Deserialize, Serialize};
@@ -53,6 +54,21 @@ pub enum PriceModel {
     Graduated { tiers: Vec<Tier> },
     Volume { tiers: Vec<Tier> },
     Package(Package),
+    Percentage(Percentage),
+}
+
+/// A share of transaction amounts plus a fee per transaction (see [`percentage`]). Events of a
+/// percentage SKU report the transaction amount as their quantity.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Percentage {
+    /// A fraction: `0.029` is 2.9%.
+    pub rate: UnitPrice,
+    /// Charged per transaction.
+    pub fixed_fee: Amount,
+    /// Transaction amount per period that is free of the percentage.
+    pub free_units: Quantity,
+    /// Transactions per period that are free of the fixed fee.
+    pub free_events: i64,
 }
 
 impl PriceModel {
@@ -62,6 +78,7 @@ impl PriceModel {
             PriceModel::Graduated { .. } => "graduated",
             PriceModel::Volume { .. } => "volume",
             PriceModel::Package(_) => "package",
+            PriceModel::Percentage(_) => "percentage",
         }
     }
 }
@@ -71,6 +88,8 @@ impl PriceModel {
 pub struct Segment<'a> {
     pub model: &'a PriceModel,
     pub quantity: Quantity,
+    /// Net events (the percentage model's per-event fee counts them).
+    pub events: i64,
 }
 
 /// What one tier of one segment contributed.
@@ -105,6 +124,7 @@ pub fn price_period(segments: &[Segment<'_>]) -> PeriodCharge {
         .sum();
     let mut out = PeriodCharge::default();
     let mut position = Quantity::ZERO;
+    let mut events_before = 0i64;
     let last = segments.len().saturating_sub(1);
     for (i, seg) in segments.iter().enumerate() {
         let q = seg.quantity.max(Quantity::ZERO);
@@ -115,6 +135,8 @@ pub fn price_period(segments: &[Segment<'_>]) -> PeriodCharge {
             start: position,
             quantity: q,
             period_total: total,
+            events_before,
+            events: seg.events.max(0),
         };
         match seg.model {
             PriceModel::PerUnit { unit_price } => {
@@ -123,8 +145,10 @@ pub fn price_period(segments: &[Segment<'_>]) -> PeriodCharge {
             PriceModel::Graduated { tiers } => graduated::charge(tiers, &ctx, &mut out.tiers),
             PriceModel::Volume { tiers } => volume::charge(tiers, &ctx, &mut out.tiers),
             PriceModel::Package(p) => package::charge(p, &ctx, &mut out.tiers),
+            PriceModel::Percentage(p) => percentage::charge(p, &ctx, &mut out.tiers),
         }
         position += q;
+        events_before += seg.events.max(0);
     }
     out
 }
@@ -138,6 +162,9 @@ pub(crate) struct SegmentContext {
     pub start: Quantity,
     pub quantity: Quantity,
     pub period_total: Quantity,
+    /// Events of the period before this segment, and in it.
+    pub events_before: i64,
+    pub events: i64,
 }
 
 /// Lower (exclusive) bound of tier `i`: the previous tier's `up_to`, or zero.

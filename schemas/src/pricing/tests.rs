@@ -32,6 +32,7 @@ fn one(model: &PriceModel, quantity: &str) -> Amount {
     price_period(&[Segment {
         model,
         quantity: q(quantity),
+        events: 0,
     }])
     .total()
 }
@@ -89,10 +90,12 @@ fn a_version_change_mid_period_continues_the_tier_position() {
         Segment {
             model: &v1,
             quantity: q("4"),
+            events: 0,
         },
         Segment {
             model: &v2,
             quantity: q("4"),
+            events: 0,
         },
     ]);
     assert_eq!(charge.total(), a("4") + a("10") + a("2") + a("3") + a("2"));
@@ -113,10 +116,12 @@ fn volume_across_versions_uses_the_period_total() {
         Segment {
             model: &v1,
             quantity: q("4"),
+            events: 0,
         },
         Segment {
             model: &v2,
             quantity: q("4"),
+            events: 0,
         },
     ]);
     // total 8: v1 tier 2 (0.5) for 4, v2 tier 2 (0.2) for 4, plus v2's tier-2 fee once.
@@ -160,7 +165,7 @@ proptest! {
     fn graduated_total_is_the_sum_of_tier_slices(tiers in tiers_strategy(), units in 0i64..10_000, frac in 0i64..1_000_000_000) {
         let qty = Quantity(units as i128 * 1_000_000_000 + frac as i128);
         let m = PriceModel::Graduated { tiers: tiers.clone() };
-        let charge = price_period(&[Segment { model: &m, quantity: qty }]);
+        let charge = price_period(&[Segment { model: &m, quantity: qty, events: 0 }]);
         let slices: Quantity = charge.tiers.iter().map(|t| t.quantity).sum();
         prop_assert_eq!(slices, qty);
         let by_hand: Amount = charge.tiers.iter().map(|t| tiers[t.tier].unit_price.times(t.quantity)).sum::<Amount>()
@@ -172,7 +177,7 @@ proptest! {
     fn graduated_and_per_unit_are_monotonic(tiers in tiers_strategy(), x in 0i64..5_000, y in 0i64..5_000) {
         let (lo, hi) = (Quantity::from_units(x.min(y)), Quantity::from_units(x.max(y)));
         for m in [PriceModel::Graduated { tiers: tiers.clone() }, PriceModel::PerUnit { unit_price: tiers[0].unit_price }] {
-            let at = |v| price_period(&[Segment { model: &m, quantity: v }]).total();
+            let at = |v| price_period(&[Segment { model: &m, quantity: v, events: 0 }]).total();
             prop_assert!(at(lo) <= at(hi));
         }
     }
@@ -180,8 +185,8 @@ proptest! {
     #[test]
     fn splitting_a_segment_under_one_version_changes_nothing(tiers in tiers_strategy(), x in 0i64..5_000, y in 0i64..5_000) {
         let m = PriceModel::Graduated { tiers };
-        let whole = price_period(&[Segment { model: &m, quantity: Quantity::from_units(x + y) }]).total();
-        let split = price_period(&[Segment { model: &m, quantity: Quantity::from_units(x) }, Segment { model: &m, quantity: Quantity::from_units(y) }]).total();
+        let whole = price_period(&[Segment { model: &m, quantity: Quantity::from_units(x + y), events: 0 }]).total();
+        let split = price_period(&[Segment { model: &m, quantity: Quantity::from_units(x), events: 0 }, Segment { model: &m, quantity: Quantity::from_units(y), events: 0 }]).total();
         prop_assert_eq!(whole, split);
     }
 }
@@ -233,10 +238,12 @@ fn package_carries_the_position_across_a_rate_change() {
         Segment {
             model: &v1,
             quantity: q("600"),
+            events: 0,
         },
         Segment {
             model: &v2,
             quantity: q("600"),
+            events: 0,
         },
     ]);
     assert_eq!(c.total(), a("5.5"));
@@ -255,4 +262,62 @@ proptest! {
         let cents = n * 125;
         prop_assert_eq!(x, a(&format!("{}.{:02}", cents / 100, cents % 100)));
     }
+}
+
+fn percentage(pct: &str, fee: &str, free_units: &str, free_events: i64) -> PriceModel {
+    PriceModel::Percentage(Percentage {
+        rate: UnitPrice(p(pct).0 / 100),
+        fixed_fee: a(fee),
+        free_units: q(free_units),
+        free_events,
+    })
+}
+
+fn with_events(model: &PriceModel, quantity: &str, events: i64) -> Amount {
+    price_period(&[Segment {
+        model,
+        quantity: q(quantity),
+        events,
+    }])
+    .total()
+}
+
+#[test]
+fn percentage_is_rate_times_amount_plus_a_fee_per_transaction() {
+    // Three payments totalling 100.00 at 2.9% + 0.30: 2.90 + 0.90.
+    let m = percentage("2.9", "0.30", "0", 0);
+    assert_eq!(with_events(&m, "100", 3), a("3.8"));
+    assert_eq!(with_events(&m, "0", 0), a("0"));
+    // The first transaction is free of the fee; the first 50.00 of the percentage.
+    assert_eq!(
+        with_events(&percentage("2.9", "0.30", "0", 1), "100", 3),
+        a("3.5")
+    );
+    assert_eq!(
+        with_events(&percentage("2.9", "0.30", "50", 0), "100", 3),
+        a("2.35")
+    );
+}
+
+#[test]
+fn percentage_free_allowances_carry_across_a_rate_change() {
+    let (v1, v2) = (
+        percentage("3", "0.25", "40", 2),
+        percentage("2", "0.20", "40", 2),
+    );
+    let c = price_period(&[
+        Segment {
+            model: &v1,
+            quantity: q("30"),
+            events: 1,
+        },
+        Segment {
+            model: &v2,
+            quantity: q("70"),
+            events: 3,
+        },
+    ]);
+    // v1: 30 of amount all free, 1 event free. v2: 10 more free, 60 × 2% = 1.20; 1 more free
+    // event, then 2 × 0.20 = 0.40.
+    assert_eq!(c.total(), a("1.6"));
 }
