@@ -32,13 +32,13 @@ pub fn invoice<'s>(
     catalog: Arc<Catalog>,
     rounding: Rounding,
 ) -> VecCollection<'s, Epoch, InvoiceLine, isize> {
-    let has_terms = {
-        let c = catalog.clone();
-        move |l: &InvoiceLine| {
-            c.contracts[l.key.contract.ix()].terms != Default::default()
-                || c.customers[l.key.customer.ix()].tax.is_some()
-        }
-    };
+    // Which contracts get invoice-level lines, decided once rather than per line.
+    let with_terms: Vec<bool> = catalog
+        .contracts
+        .iter()
+        .map(|c| c.terms != Default::default() || catalog.customers[c.customer.ix()].tax.is_some())
+        .collect();
+    let has_terms = move |l: &InvoiceLine| with_terms[l.key.contract.ix()];
     lines
         .flat_map(move |l| {
             let keep = l.kind.is_usage() && has_terms(&l);

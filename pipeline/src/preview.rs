@@ -353,14 +353,7 @@ fn credit_status(
             let Some(p) = unit.parse_label(label) else {
                 continue;
             };
-            let mut left = *amount;
-            for (g, b) in grants.iter().zip(balances.iter_mut()) {
-                if left > Amount::ZERO && g.usable_in(p.0) && *b > Amount::ZERO {
-                    let take = if *b < left { *b } else { left };
-                    *b -= take;
-                    left -= take;
-                }
-            }
+            meterflow_schemas::pricing::invoice::burn(grants, &mut balances, p.0, *amount);
             if burning > 0 || *amount > Amount::ZERO {
                 burnt += *amount;
                 burning += 1;

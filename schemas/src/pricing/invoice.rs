@@ -54,6 +54,30 @@ pub fn contract_lines(
     out
 }
 
+/// Takes up to `wanted` from the grants usable in the period starting at `period_start`, in
+/// burn order (`grants` are sorted by priority, then earliest expiry); returns what it took.
+/// `balances` holds what is left of each grant.
+pub fn burn(
+    grants: &[CreditGrant],
+    balances: &mut [Amount],
+    period_start: EventTime,
+    wanted: Amount,
+) -> Amount {
+    let mut used = Amount::ZERO;
+    for (grant, balance) in grants.iter().zip(balances.iter_mut()) {
+        let left = wanted - used;
+        if left <= Amount::ZERO {
+            break;
+        }
+        if grant.usable_in(period_start) && *balance > Amount::ZERO {
+            let take = if *balance < left { *balance } else { left };
+            *balance -= take;
+            used += take;
+        }
+    }
+    used
+}
+
 /// A period after which prepaid credit is projected to run out before its grants expire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CreditBurn {
@@ -81,14 +105,7 @@ pub fn credit_burn(
     let mut out = Vec::new();
     let (mut burnt, mut periods) = (Amount::ZERO, 0i128);
     for (&start, &amount) in used {
-        let mut left = amount;
-        for (g, b) in grants.iter().zip(balances.iter_mut()) {
-            if left > Amount::ZERO && g.usable_in(start) && *b > Amount::ZERO {
-                let take = if *b < left { *b } else { left };
-                *b -= take;
-                left -= take;
-            }
-        }
+        burn(grants, &mut balances, start, amount);
         if periods > 0 || amount > Amount::ZERO {
             burnt += amount;
             periods += 1;
@@ -214,18 +231,7 @@ fn period_lines(
             net += push(&mut out, LineKind::Cap, SkuIdx::INVOICE, max - net);
         }
     }
-    let mut used = Amount::ZERO;
-    for (grant, balance) in terms.credits.iter().zip(balances.iter_mut()) {
-        let left = net - used;
-        if left <= Amount::ZERO {
-            break;
-        }
-        if grant.usable_in(period_start) && *balance > Amount::ZERO {
-            let take = if *balance < left { *balance } else { left };
-            *balance -= take;
-            used += take;
-        }
-    }
+    let used = burn(&terms.credits, balances, period_start, net);
     net += push(&mut out, LineKind::Credit, SkuIdx::INVOICE, -used);
     if let Some(tax) = tax {
         push(
