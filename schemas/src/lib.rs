@@ -4,6 +4,7 @@
 //! No dataflow and no I/O here: everything is a pure function of its inputs, so it is unit-tested
 //! directly and shared by the dataflow (`meterflow-operators`), the binary and the benchmark baseline.
 
+pub mod anomaly;
 pub mod canonical;
 pub mod catalog;
 pub mod ddl;

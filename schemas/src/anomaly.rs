@@ -1,0 +1,1000 @@
+//! Usage anomalies: spikes, drops and silent meters per customer × SKU, judged bucket by bucket
+//! (hourly by default) against a seasonal, robust baseline.
+//!
+//! ## The rule
+//!
+//! A *meter* is one customer's usage of one SKU, summed into buckets of event time. A bucket is
+//! *reported* when it holds events. For bucket `h`:
+//!
+//! - **Baseline.** The same bucket on each of the last `weeks` weeks (weekly seasonality), when at
+//!   least 3 of them are known; otherwise the same bucket on up to 5 of the last 14 days of the same
+//!   kind (weekday or weekend: daily seasonality without mixing Sundays into Mondays), when at
+//!   least 3 are known. A bucket is known from the meter's first reported bucket within the
+//!   baseline's reach on; earlier ones are history meterflow has not seen, not zeros. No baseline,
+//!   no verdict: a new meter never pages.
+//! - **Expected** is the median of the baseline. The **score** is robust and on a log scale, since
+//!   usage varies by ratios (a spike to 3× and a drop to ⅓ score alike): with
+//!   `l(x) = ln(x + min_volume / 10)`, score = `(l(observed) − median l(baseline)) / scale`, where
+//!   `scale` is 1.4826 × the median absolute deviation of `l(baseline)`, but at least
+//!   `ln(1 + relative_floor)` (so a perfectly regular meter does not page for a small wobble).
+//! - **Spike:** score ≥ `threshold` and observed ≥ `min_volume`. Judged on open buckets too (usage
+//!   only grows a spike), so it fires before the hour ends.
+//! - **Drop:** a closed, reported bucket with score ≤ −`threshold` and expected ≥ `min_volume`.
+//! - **Silent meter:** `silent_after` closed buckets in a row without events, each of which
+//!   expected at least `min_volume`. One anomaly per silence, at the first bucket where it holds.
+//! - **Severity:** `critical` at twice the threshold and for silent meters, else `warning`.
+//!
+//! A bucket is *closed* once the event-time watermark has passed its end. The verdict of bucket
+//! `h` depends only on the buckets in `[h − reach, h]` and on whether `h` is closed, and it is
+//! recomputed whenever one of them changes (a late event, a correction). So the anomalies are a
+//! function of the usage and the watermark, not of arrival order or of restarts; a verdict that
+//! no longer holds is retracted.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::{Catalog, CustomerIdx, SkuIdx};
+use crate::money::Quantity;
+use crate::time::{EventTime, Span};
+
+const DAY_MS: i64 = 86_400_000;
+
+/// The `[anomalies]` section of the configuration.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AnomalyRules {
+    /// Off: no usage buckets and no anomalies are computed.
+    pub enabled: bool,
+    /// Bucket length; must divide a day (5m, 15m, 1h, 2h, ...).
+    pub bucket: Span,
+    /// Weeks of history in the weekly baseline (1 to 8).
+    pub weeks: u32,
+    /// Robust score (in spreads) at which a spike or drop is reported.
+    pub threshold: f64,
+    /// The smallest relative deviation that counts: the score's scale is at least this fraction
+    /// of the expected value.
+    pub relative_floor: f64,
+    /// Usage per bucket below which nobody is paged: a spike must reach it, a drop or a silence
+    /// must expect it.
+    #[serde(with = "quantity_text")]
+    pub min_volume: Quantity,
+    /// `min_volume` for particular SKUs, by SKU id.
+    #[serde(with = "quantity_map")]
+    pub min_volume_by_sku: BTreeMap<String, Quantity>,
+    /// Buckets in a row without events that make a silent meter.
+    pub silent_after: u32,
+}
+
+impl Default for AnomalyRules {
+    fn default() -> Self {
+        AnomalyRules {
+            enabled: true,
+            bucket: Span::hours(1),
+            weeks: 4,
+            threshold: 6.0,
+            relative_floor: 0.15,
+            min_volume: Quantity::from_units(100),
+            min_volume_by_sku: BTreeMap::new(),
+            silent_after: 3,
+        }
+    }
+}
+
+impl AnomalyRules {
+    /// The first problem with the rules, as (key, fix).
+    pub fn check(&self) -> Result<(), (String, String)> {
+        let b = self.bucket.millis();
+        if b < 60_000 || DAY_MS % b != 0 {
+            return Err((
+                format!("anomalies.bucket: `{}` does not divide a day into whole buckets of at least a minute", self.bucket),
+                "use a bucket such as 5m, 15m, 30m, 1h, 2h, 6h or 1d".into(),
+            ));
+        }
+        if !(1..=8).contains(&self.weeks) {
+            return Err((
+                format!("anomalies.weeks: {} is out of range", self.weeks),
+                "use 1 to 8 weeks of weekly baseline".into(),
+            ));
+        }
+        if !(self.threshold.is_finite() && self.threshold > 0.0) {
+            return Err((
+                format!("anomalies.threshold: {} is not a positive score", self.threshold),
+                "use a robust score such as 6".into(),
+            ));
+        }
+        if !(self.relative_floor.is_finite() && self.relative_floor >= 0.0) {
+            return Err((
+                format!(
+                    "anomalies.relative_floor: {} is not a fraction",
+                    self.relative_floor
+                ),
+                "use a fraction of the expected value such as 0.15".into(),
+            ));
+        }
+        if self.silent_after == 0 {
+            return Err((
+                "anomalies.silent_after: 0 buckets".into(),
+                "use 1 or more buckets in a row without events".into(),
+            ));
+        }
+        if self.min_volume.is_negative() {
+            return Err((
+                "anomalies.min_volume: negative".into(),
+                "use a quantity of 0 or more".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn buckets_per_day(&self) -> i64 {
+        DAY_MS / self.bucket.millis()
+    }
+
+    /// How far back (in buckets) a verdict looks.
+    pub fn reach(&self) -> i64 {
+        self.buckets_per_day() * 7 * self.weeks.max(2) as i64 + self.silent_after as i64
+    }
+
+    /// The bucket holding `t`.
+    pub fn bucket_of(&self, t: EventTime) -> i64 {
+        t.0.div_euclid(self.bucket.millis())
+    }
+
+    pub fn start_of(&self, bucket: i64) -> EventTime {
+        EventTime(bucket * self.bucket.millis())
+    }
+
+    fn min_volume_for(&self, catalog: &Catalog, sku: SkuIdx) -> Quantity {
+        let id = &catalog.skus[sku.ix()].id;
+        self.min_volume_by_sku
+            .get(id.as_ref() as &str)
+            .copied()
+            .unwrap_or(self.min_volume)
+    }
+}
+
+mod quantity_text {
+    use super::Quantity;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(q: &Quantity, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(q)
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Quantity, D::Error> {
+        let text = String::deserialize(d)?;
+        Quantity::parse(&text).map_err(|e| {
+            serde::de::Error::custom(format!("`{text}` is not a quantity ({e}); write it as a string such as \"100\" or \"2.5\""))
+        })
+    }
+}
+
+mod quantity_map {
+    use std::collections::BTreeMap;
+
+    use super::Quantity;
+    use serde::ser::SerializeMap;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(m: &BTreeMap<String, Quantity>, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(m.len()))?;
+        for (k, v) in m {
+            map.serialize_entry(k, &v.to_string())?;
+        }
+        map.end()
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<String, Quantity>, D::Error> {
+        let raw = BTreeMap::<String, String>::deserialize(d)?;
+        raw.into_iter()
+            .map(|(k, v)| {
+                Quantity::parse(&v).map(|q| (k.clone(), q)).map_err(|e| {
+                    serde::de::Error::custom(format!(
+                        "{k} = `{v}` is not a quantity ({e}); write it as a string such as \"100\""
+                    ))
+                })
+            })
+            .collect()
+    }
+}
+
+/// What kind of anomaly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AnomalyKind {
+    Spike,
+    Drop,
+    Silent,
+}
+
+impl AnomalyKind {
+    pub const ALL: [AnomalyKind; 3] = [AnomalyKind::Spike, AnomalyKind::Drop, AnomalyKind::Silent];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AnomalyKind::Spike => "spike",
+            AnomalyKind::Drop => "drop",
+            AnomalyKind::Silent => "silent",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<AnomalyKind> {
+        AnomalyKind::ALL.into_iter().find(|k| k.as_str() == text)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Warning,
+    Critical,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Warning => "warning",
+            Severity::Critical => "critical",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Severity> {
+        [Severity::Warning, Severity::Critical]
+            .into_iter()
+            .find(|s| s.as_str() == text)
+    }
+}
+
+/// Which history the expected value comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Baseline {
+    /// The same bucket on this many previous weeks.
+    Weekly(u8),
+    /// The same bucket on this many previous days of the same kind (weekday or weekend).
+    Daily(u8),
+}
+
+impl Baseline {
+    pub fn label(self) -> String {
+        match self {
+            Baseline::Weekly(n) => format!("weekly:{n}"),
+            Baseline::Daily(n) => format!("daily:{n}"),
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Baseline> {
+        let (kind, n) = text.split_once(':')?;
+        let n: u8 = n.parse().ok()?;
+        match kind {
+            "weekly" => Some(Baseline::Weekly(n)),
+            "daily" => Some(Baseline::Daily(n)),
+            _ => None,
+        }
+    }
+
+    fn describe(self, buckets: i64) -> String {
+        let same = if buckets == 1 {
+            "the same hour"
+        } else {
+            "the same hours"
+        };
+        match self {
+            Baseline::Weekly(n) => format!("{same} on the {n} previous weeks"),
+            Baseline::Daily(n) => format!("{same} on {n} recent days of the same kind"),
+        }
+    }
+}
+
+/// One anomaly of one meter (signed on output).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Anomaly {
+    pub customer: CustomerIdx,
+    pub sku: SkuIdx,
+    pub kind: AnomalyKind,
+    /// The window: from the first bucket concerned to the end of the last.
+    pub start: EventTime,
+    pub end: EventTime,
+    /// Usage in the window.
+    pub observed: Quantity,
+    /// What the baseline expected for the window.
+    pub expected: Quantity,
+    /// Robust score in hundredths (0 for silent meters).
+    pub score_centi: i64,
+    pub severity: Severity,
+    pub baseline: Baseline,
+}
+
+impl Anomaly {
+    pub fn score(&self) -> f64 {
+        self.score_centi as f64 / 100.0
+    }
+
+    /// A sentence for people: what happened, against what, how sure.
+    pub fn explain(&self, catalog: &Catalog) -> String {
+        let customer = &catalog.customers[self.customer.ix()].id;
+        let sku = &catalog.skus[self.sku.ix()].id;
+        let hours = (self.end.0 - self.start.0) as f64 / 3_600_000.0;
+        let buckets = if hours == 1.0 { 1 } else { 2 };
+        let window = format!("{} to {}", short_time(self.start), short_time(self.end));
+        let basis = self.baseline.describe(buckets);
+        let (obs, exp) = (self.observed, self.expected);
+        match self.kind {
+            AnomalyKind::Spike => format!(
+                "{customer} used {} {sku} from {window}, {} times the {} expected from {basis} (robust score {:.2})",
+                trimmed(obs), ratio(obs, exp), trimmed(exp), self.score()
+            ),
+            AnomalyKind::Drop => format!(
+                "{customer} used {} {sku} from {window}, {}% of the {} expected from {basis} (robust score {:.2})",
+                trimmed(obs), percent(obs, exp), trimmed(exp), self.score()
+            ),
+            AnomalyKind::Silent => format!(
+                "{customer} reported no {sku} from {window}; {} was expected from {basis}; check the meter and its producer",
+                trimmed(exp)
+            ),
+        }
+    }
+}
+
+fn short_time(t: EventTime) -> String {
+    let c = t.civil();
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02} UTC",
+        c.year, c.month, c.day, c.hour, c.minute
+    )
+}
+
+/// A quantity without trailing zeros.
+fn trimmed(q: Quantity) -> String {
+    let s = q.to_string();
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    }
+}
+
+fn ratio(a: Quantity, b: Quantity) -> String {
+    if b.0 <= 0 {
+        return "∞".into();
+    }
+    format!("{:.1}", a.0 as f64 / b.0 as f64)
+}
+
+fn percent(a: Quantity, b: Quantity) -> String {
+    if b.0 <= 0 {
+        return "0".into();
+    }
+    format!("{:.0}", 100.0 * a.0 as f64 / b.0 as f64)
+}
+
+/// Usage of one meter in one bucket.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Bucket {
+    pub events: i64,
+    pub quantity: Quantity,
+}
+
+impl Bucket {
+    fn reported(&self) -> bool {
+        self.events != 0 || self.quantity != Quantity::ZERO
+    }
+}
+
+/// A bucket of one meter, as written to `usage_buckets` (signed on output).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct BucketRow {
+    pub customer: CustomerIdx,
+    pub sku: SkuIdx,
+    pub start: EventTime,
+    pub usage: Bucket,
+}
+
+/// One customer's usage of one SKU.
+pub type MeterKey = (CustomerIdx, SkuIdx);
+
+#[derive(Default)]
+struct Meter {
+    buckets: BTreeMap<i64, Bucket>,
+    /// The current verdict of each bucket that has one.
+    verdicts: BTreeMap<i64, Anomaly>,
+    /// The earliest bucket whose data changed since the last evaluation.
+    dirty_from: Option<i64>,
+}
+
+impl Meter {
+    fn at(&self, b: i64) -> Bucket {
+        self.buckets.get(&b).copied().unwrap_or_default()
+    }
+}
+
+/// The streaming detector: usage goes in bucket by bucket, the watermark closes buckets, and
+/// verdicts come out as signed changes.
+///
+/// Usage can change up to the dedup horizon behind the watermark, so verdicts older than that
+/// are final and forgotten, and the buckets they were judged from with them: what it holds is
+/// bounded by the horizon plus the baseline's reach.
+pub struct Detector {
+    rules: AnomalyRules,
+    /// Buckets before this one are closed.
+    closed_upto: i64,
+    /// Verdicts more than this many buckets behind the closed ones are final.
+    final_lag: i64,
+    /// Buckets more than this many behind the closed ones are no longer needed.
+    data_lag: i64,
+    meters: HashMap<MeterKey, Meter>,
+    min_volume: Vec<Quantity>,
+}
+
+impl Detector {
+    /// `horizon`: how far behind the watermark usage can still change (the dedup horizon).
+    pub fn new(rules: AnomalyRules, horizon: Span, catalog: &Catalog) -> Detector {
+        let bucket = rules.bucket.millis();
+        let final_lag = (horizon.millis() + bucket - 1).div_euclid(bucket) + 1;
+        let data_lag = final_lag + rules.reach() + rules.silent_after as i64 + 1;
+        let min_volume = (0..catalog.skus.len())
+            .map(|i| rules.min_volume_for(catalog, SkuIdx(i as u32)))
+            .collect();
+        Detector {
+            rules,
+            closed_upto: i64::MIN,
+            final_lag,
+            data_lag,
+            meters: HashMap::new(),
+            min_volume,
+        }
+    }
+
+    pub fn rules(&self) -> &AnomalyRules {
+        &self.rules
+    }
+
+    /// At watermark `w`: the earliest bucket start still held, and the earliest window end of a
+    /// verdict still held (what a resumed run restores).
+    pub fn held_from(&self, w: EventTime) -> (EventTime, EventTime) {
+        let closed = self.closed_before(w);
+        (
+            self.rules.start_of(closed.saturating_sub(self.data_lag)),
+            self.rules.start_of(closed.saturating_sub(self.final_lag) + 1),
+        )
+    }
+
+    fn closed_before(&self, w: EventTime) -> i64 {
+        if w == EventTime::MIN {
+            return i64::MIN;
+        }
+        // Bucket b is closed when its end, (b + 1) × bucket, is at or before the watermark.
+        (w.0 + 1).div_euclid(self.rules.bucket.millis())
+    }
+
+    /// Restores a meter's bucket (a resumed run); emits nothing.
+    pub fn seed_bucket(&mut self, key: MeterKey, start: EventTime, usage: Bucket) {
+        let b = self.rules.bucket_of(start);
+        self.meters.entry(key).or_default().buckets.insert(b, usage);
+    }
+
+    /// Restores a verdict the output already holds (a resumed run).
+    pub fn seed_verdict(&mut self, a: Anomaly) {
+        let b = self.rules.bucket_of(EventTime(a.end.0 - 1));
+        self.meters
+            .entry((a.customer, a.sku))
+            .or_default()
+            .verdicts
+            .insert(b, a);
+    }
+
+    /// Continues from watermark `w` (a resumed run, whose buckets and verdicts up to `w` are
+    /// seeded).
+    pub fn resume_at(&mut self, w: EventTime) {
+        self.closed_upto = self.closed_before(w);
+    }
+
+    /// Everything held: the buckets and verdicts (what a resumed run re-emits).
+    pub fn held(&self) -> (Vec<BucketRow>, Vec<Anomaly>) {
+        let mut rows = Vec::new();
+        let mut verdicts = Vec::new();
+        for (&(customer, sku), m) in &self.meters {
+            for (&b, &usage) in &m.buckets {
+                rows.push(BucketRow {
+                    customer,
+                    sku,
+                    start: self.rules.start_of(b),
+                    usage,
+                });
+            }
+            verdicts.extend(m.verdicts.values().cloned());
+        }
+        (rows, verdicts)
+    }
+
+    /// Adds usage to a bucket; returns the bucket before and after.
+    pub fn add(&mut self, key: MeterKey, t: EventTime, usage: Bucket) -> (Bucket, Bucket) {
+        let b = self.rules.bucket_of(t);
+        let m = self.meters.entry(key).or_default();
+        let slot = m.buckets.entry(b).or_default();
+        let before = *slot;
+        slot.events += usage.events;
+        slot.quantity += usage.quantity;
+        let after = *slot;
+        if !after.reported() {
+            m.buckets.remove(&b);
+        }
+        m.dirty_from = Some(m.dirty_from.map_or(b, |d| d.min(b)));
+        (before, after)
+    }
+
+    /// Moves to watermark `w`: judges the buckets that changed or closed, forgets what is final,
+    /// and pushes the changed verdicts as (anomaly, +1 / -1).
+    pub fn advance(&mut self, w: EventTime, out: &mut Vec<(Anomaly, isize)>) {
+        let closed = self.closed_before(w).max(self.closed_upto);
+        let final_before = closed.saturating_sub(self.final_lag);
+        let forget = closed.saturating_sub(self.data_lag);
+        let first_closing = self.closed_upto.max(final_before);
+        let min_volume = &self.min_volume;
+        let rules = &self.rules;
+        for (&key, m) in self.meters.iter_mut() {
+            let last_data = m.buckets.keys().next_back().copied();
+            let mut from = m.dirty_from.take();
+            if first_closing < closed {
+                from = Some(from.map_or(first_closing, |f| f.min(first_closing)));
+            }
+            // A verdict changes only at or after the earliest change, and not once final.
+            let Some(from) = from.map(|f| f.max(final_before)) else {
+                continue;
+            };
+            let last_verdict = m.verdicts.keys().next_back().copied();
+            let upto = closed
+                .max(last_data.map_or(i64::MIN, |d| d + 1))
+                .max(last_verdict.map_or(i64::MIN, |v| v + 1));
+            let judge = Judge {
+                rules,
+                min_volume: min_volume[key.1.ix()],
+                meter: m,
+            };
+            let fresh: Vec<(i64, Option<Anomaly>)> = (from..upto)
+                .map(|h| (h, judge.verdict(key, h, h < closed)))
+                .collect();
+            for (h, v) in fresh {
+                let old = match &v {
+                    Some(a) => m.verdicts.insert(h, a.clone()),
+                    None => m.verdicts.remove(&h),
+                };
+                if old != v {
+                    if let Some(o) = old {
+                        out.push((o, -1));
+                    }
+                    if let Some(a) = v {
+                        out.push((a, 1));
+                    }
+                }
+            }
+        }
+        self.closed_upto = closed;
+        self.meters.retain(|_, m| {
+            m.buckets.retain(|&b, _| b >= forget);
+            m.verdicts.retain(|&b, _| b >= final_before);
+            !m.buckets.is_empty() || !m.verdicts.is_empty()
+        });
+    }
+}
+
+struct Judge<'a> {
+    rules: &'a AnomalyRules,
+    min_volume: Quantity,
+    meter: &'a Meter,
+}
+
+impl Judge<'_> {
+    /// The verdict of bucket `h`.
+    fn verdict(&self, key: MeterKey, h: i64, closed: bool) -> Option<Anomaly> {
+        let now = self.meter.at(h);
+        if now.reported() {
+            let x = self.expectation(h)?;
+            let (expected, baseline) = (x.expected, x.baseline);
+            let score = x.score(now.quantity);
+            let t = self.rules.threshold;
+            let kind = if score >= t && now.quantity >= self.min_volume {
+                AnomalyKind::Spike
+            } else if closed && score <= -t && expected >= self.min_volume {
+                AnomalyKind::Drop
+            } else {
+                return None;
+            };
+            let severity = if score.abs() >= 2.0 * t {
+                Severity::Critical
+            } else {
+                Severity::Warning
+            };
+            return Some(Anomaly {
+                customer: key.0,
+                sku: key.1,
+                kind,
+                start: self.rules.start_of(h),
+                end: self.rules.start_of(h + 1),
+                observed: now.quantity,
+                expected,
+                score_centi: (score * 100.0).round() as i64,
+                severity,
+                baseline,
+            });
+        }
+        if !closed {
+            return None;
+        }
+        let n = self.rules.silent_after as i64;
+        let silent_at = |e: i64| -> Option<(Quantity, Baseline)> {
+            let mut expected = Quantity::ZERO;
+            let mut basis = None;
+            for b in e - n + 1..=e {
+                if self.meter.at(b).reported() {
+                    return None;
+                }
+                let x = self.expectation(b)?;
+                if x.expected < self.min_volume {
+                    return None;
+                }
+                expected += x.expected;
+                basis = Some(x.baseline);
+            }
+            Some((expected, basis?))
+        };
+        let (expected, baseline) = silent_at(h)?;
+        if silent_at(h - 1).is_some() {
+            return None;
+        }
+        Some(Anomaly {
+            customer: key.0,
+            sku: key.1,
+            kind: AnomalyKind::Silent,
+            start: self.rules.start_of(h - n + 1),
+            end: self.rules.start_of(h + 1),
+            observed: Quantity::ZERO,
+            expected,
+            score_centi: 0,
+            severity: Severity::Critical,
+            baseline,
+        })
+    }
+
+    /// (expected, scale, baseline) of bucket `h`, or `None` without enough known history.
+    fn expectation(&self, h: i64) -> Option<Expectation> {
+        let per_day = self.rules.buckets_per_day();
+        let week = 7 * per_day;
+        // Known from the first reported bucket within reach; `h` itself counts.
+        let reach_from = h - self.rules.reach();
+        let first = self
+            .meter
+            .buckets
+            .range(reach_from..=h)
+            .find(|(_, b)| b.reported())
+            .map(|(&b, _)| b)?;
+        let known = |b: i64| b >= first;
+        let weekly: Vec<i128> = (1..=self.rules.weeks as i64)
+            .map(|k| h - k * week)
+            .filter(|&b| known(b))
+            .map(|b| self.meter.at(b).quantity.0)
+            .collect();
+        let (refs, baseline) = if weekly.len() >= 3 {
+            let n = weekly.len() as u8;
+            (weekly, Baseline::Weekly(n))
+        } else {
+            let weekend = is_weekend(self.rules.start_of(h));
+            let daily: Vec<i128> = (1..=14)
+                .map(|k| h - k * per_day)
+                .filter(|&b| known(b) && is_weekend(self.rules.start_of(b)) == weekend)
+                .take(5)
+                .map(|b| self.meter.at(b).quantity.0)
+                .collect();
+            if daily.len() < 3 {
+                return None;
+            }
+            let n = daily.len() as u8;
+            (daily, Baseline::Daily(n))
+        };
+        let expected = median(refs.clone());
+        // Scores are on a log scale: usage varies by ratios (a busy hour is busy by a factor),
+        // so a spike to 3× and a drop to ⅓ score alike.
+        let c = (self.min_volume.0 as f64 / 10.0).max(Quantity::SCALE_ONE as f64);
+        let log = |q: i128| (q.max(0) as f64 + c).ln();
+        let mut logs: Vec<f64> = refs.iter().map(|&r| log(r)).collect();
+        let center = median_f64(&mut logs);
+        let mut dev: Vec<f64> = logs.iter().map(|l| (l - center).abs()).collect();
+        let spread = 1.4826 * median_f64(&mut dev);
+        let scale = spread.max((1.0 + self.rules.relative_floor).ln()).max(1e-9);
+        Some(Expectation {
+            expected: Quantity(expected),
+            center,
+            scale,
+            c,
+            baseline,
+        })
+    }
+}
+
+struct Expectation {
+    expected: Quantity,
+    /// Median of the baseline on the log scale.
+    center: f64,
+    scale: f64,
+    /// Added before taking logs, so tiny values do not score wildly.
+    c: f64,
+    baseline: Baseline,
+}
+
+impl Expectation {
+    fn score(&self, observed: Quantity) -> f64 {
+        ((observed.0.max(0) as f64 + self.c).ln() - self.center) / self.scale
+    }
+}
+
+fn median_f64(v: &mut [f64]) -> f64 {
+    v.sort_unstable_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// The median; the lower middle of an even count rounded toward the upper (exact, integer).
+fn median(mut v: Vec<i128>) -> i128 {
+    v.sort_unstable();
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]).div_euclid(2)
+    }
+}
+
+/// Saturday or Sunday (UTC).
+fn is_weekend(t: EventTime) -> bool {
+    // 1970-01-01 was a Thursday.
+    let weekday = (t.0.div_euclid(DAY_MS) + 4).rem_euclid(7);
+    weekday == 0 || weekday == 6
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::catalog as demo_catalog;
+
+    const H: i64 = 3_600_000;
+
+    fn rules() -> AnomalyRules {
+        AnomalyRules {
+            min_volume: Quantity::from_units(10),
+            ..AnomalyRules::default()
+        }
+    }
+
+    /// A meter with a daily shape, weekends at half, for `days` days from a Monday.
+    fn feed(d: &mut Detector, key: MeterKey, days: i64, shape: impl Fn(i64) -> i64) {
+        let monday = EventTime::from_civil(2026, 10, 5).0;
+        for hour in 0..days * 24 {
+            let units = shape(hour);
+            if units > 0 {
+                d.add(
+                    key,
+                    EventTime(monday + hour * H),
+                    Bucket {
+                        events: 1,
+                        quantity: Quantity::from_units(units),
+                    },
+                );
+            }
+        }
+    }
+
+    fn normal(hour: i64) -> i64 {
+        let h = hour % 24;
+        let day = hour / 24 % 7;
+        let base = if (8..20).contains(&h) { 1000 } else { 200 };
+        let wiggle = (hour * 7919 % 13) * 5;
+        if day >= 5 {
+            base / 2 + wiggle
+        } else {
+            base + wiggle
+        }
+    }
+
+    fn detector() -> (Detector, MeterKey) {
+        let c = demo_catalog();
+        let key = (CustomerIdx(0), SkuIdx(0));
+        (Detector::new(rules(), Span::days(7), &c), key)
+    }
+
+    fn run(shape: impl Fn(i64) -> i64, days: i64) -> Vec<(Anomaly, isize)> {
+        let (mut d, key) = detector();
+        feed(&mut d, key, days, shape);
+        let monday = EventTime::from_civil(2026, 10, 5).0;
+        let mut out = Vec::new();
+        d.advance(EventTime(monday + days * 24 * H), &mut out);
+        out
+    }
+
+    #[test]
+    fn a_regular_meter_has_no_anomalies() {
+        assert!(run(normal, 35).is_empty());
+    }
+
+    #[test]
+    fn a_spike_on_a_tuesday_afternoon_is_found_against_previous_tuesdays() {
+        // Day 29 is a Tuesday (day 0 is a Monday).
+        let at = 29 * 24 + 14;
+        let out = run(|h| if h == at { normal(h) * 10 } else { normal(h) }, 35);
+        assert_eq!(out.len(), 1, "{out:?}");
+        let (a, n) = &out[0];
+        assert_eq!((a.kind, *n), (AnomalyKind::Spike, 1));
+        assert_eq!(a.baseline, Baseline::Weekly(4));
+        assert_eq!(a.severity, Severity::Critical);
+        assert_eq!(a.observed, Quantity::from_units(normal(at) * 10));
+        let text = a.explain(&demo_catalog());
+        assert!(text.contains("times the"), "{text}");
+    }
+
+    #[test]
+    fn a_drop_and_a_silence_are_told_apart() {
+        let drop_at = 30 * 24 + 10;
+        let silent = 31 * 24 + 9..31 * 24 + 14;
+        let out = run(
+            |h| {
+                if h == drop_at {
+                    normal(h) / 5
+                } else if silent.contains(&h) {
+                    0
+                } else {
+                    normal(h)
+                }
+            },
+            35,
+        );
+        let kinds: Vec<_> = out.iter().map(|(a, _)| (a.kind, a.start)).collect();
+        let monday = EventTime::from_civil(2026, 10, 5).0;
+        assert_eq!(
+            kinds,
+            {
+                let mut k = vec![
+                    (AnomalyKind::Drop, EventTime(monday + drop_at * H)),
+                    (AnomalyKind::Silent, EventTime(monday + silent.start * H)),
+                ];
+                k.sort();
+                k
+            },
+            "{out:?}"
+        );
+        let silence = out
+            .iter()
+            .find(|(a, _)| a.kind == AnomalyKind::Silent)
+            .unwrap();
+        assert_eq!(silence.0.end.0 - silence.0.start.0, 3 * H);
+    }
+
+    #[test]
+    fn weekends_are_judged_against_weekends() {
+        // Under three weeks of history: a Saturday at weekday volume is a spike against recent
+        // weekend days, a Monday at weekday volume is not.
+        let sat = 19 * 24 + 12;
+        let mon = 15 * 24 + 12;
+        let out = run(
+            |h| {
+                if h == sat {
+                    2000
+                } else if h == mon {
+                    1040
+                } else {
+                    normal(h)
+                }
+            },
+            20,
+        );
+        let monday = EventTime::from_civil(2026, 10, 5).0;
+        let found: Vec<_> = out.iter().map(|(a, _)| (a.kind, a.start)).collect();
+        assert_eq!(found, vec![(AnomalyKind::Spike, EventTime(monday + sat * H))]);
+        assert!(matches!(out[0].0.baseline, Baseline::Daily(_)));
+    }
+
+    #[test]
+    fn a_new_meter_and_a_tiny_meter_never_page() {
+        assert!(run(|h| if h == 30 { 50_000 } else { normal(h) }, 2).is_empty());
+        assert!(run(|h| if h % 24 == 3 { 8 } else { 1 }, 35).is_empty());
+    }
+
+    #[test]
+    fn a_late_correction_retracts_its_spike() {
+        let (mut d, key) = detector();
+        let at = 29 * 24 + 14;
+        feed(&mut d, key, 35, |h| if h == at { normal(h) * 5 } else { normal(h) });
+        let monday = EventTime::from_civil(2026, 10, 5).0;
+        let end = EventTime(monday + 35 * 24 * H);
+        let mut out = Vec::new();
+        d.advance(end, &mut out);
+        assert_eq!(out.len(), 1);
+        out.clear();
+        d.add(
+            key,
+            EventTime(monday + at * H),
+            Bucket {
+                events: 0,
+                quantity: Quantity::from_units(-normal(at) * 4),
+            },
+        );
+        d.advance(end, &mut out);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].1, -1);
+    }
+
+    #[test]
+    fn a_spike_fires_before_its_hour_closes() {
+        let (mut d, key) = detector();
+        let at = 29 * 24 + 14;
+        feed(&mut d, key, 29, normal);
+        let monday = EventTime::from_civil(2026, 10, 5).0;
+        d.add(
+            key,
+            EventTime(monday + at * H + 60_000),
+            Bucket {
+                events: 1,
+                quantity: Quantity::from_units(10_000),
+            },
+        );
+        let mut out = Vec::new();
+        // The watermark is still inside the hour.
+        d.advance(EventTime(monday + at * H + 120_000), &mut out);
+        let spikes: Vec<_> = out
+            .iter()
+            .filter(|(a, _)| a.kind == AnomalyKind::Spike)
+            .collect();
+        assert_eq!(spikes.len(), 1, "{out:?}");
+    }
+
+    #[test]
+    fn verdicts_do_not_depend_on_how_often_the_watermark_moves() {
+        let shape = |h: i64| match h {
+            h if h == 29 * 24 + 14 => 9000,
+            h if (30 * 24 + 2..30 * 24 + 20).contains(&h) => 0,
+            h if h == 31 * 24 + 11 => 50,
+            h => normal(h),
+        };
+        let all_at_once = run(shape, 35);
+        let (mut d, key) = detector();
+        let monday = EventTime::from_civil(2026, 10, 5).0;
+        let mut stepped: BTreeMap<Anomaly, isize> = BTreeMap::new();
+        let mut out = Vec::new();
+        for hour in 0..35 * 24 {
+            let units = shape(hour);
+            if units > 0 {
+                d.add(
+                    key,
+                    EventTime(monday + hour * H + 1),
+                    Bucket {
+                        events: 1,
+                        quantity: Quantity::from_units(units),
+                    },
+                );
+            }
+            if hour % 5 == 0 {
+                d.advance(EventTime(monday + hour * H), &mut out);
+            }
+        }
+        d.advance(EventTime(monday + 35 * 24 * H), &mut out);
+        for (a, n) in out {
+            *stepped.entry(a).or_default() += n;
+        }
+        stepped.retain(|_, n| *n != 0);
+        let once: BTreeMap<Anomaly, isize> = all_at_once.into_iter().collect();
+        assert_eq!(stepped, once);
+        assert_eq!(once.len(), 3, "{once:?}");
+    }
+
+    #[test]
+    fn bad_rules_name_their_key() {
+        let r = AnomalyRules {
+            bucket: Span::minutes(7),
+            ..AnomalyRules::default()
+        };
+        assert!(r.check().unwrap_err().0.starts_with("anomalies.bucket"));
+        assert!(AnomalyRules::default().check().is_ok());
+    }
+}
