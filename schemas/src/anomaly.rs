@@ -571,8 +571,16 @@ impl Detector {
         }
         self.closed_upto = closed;
         self.meters.retain(|_, m| {
-            m.buckets.retain(|&b, _| b >= forget);
-            m.verdicts.retain(|&b, _| b >= final_before);
+            while m.buckets.first_key_value().is_some_and(|(&b, _)| b < forget) {
+                m.buckets.pop_first();
+            }
+            while m
+                .verdicts
+                .first_key_value()
+                .is_some_and(|(&b, _)| b < final_before)
+            {
+                m.verdicts.pop_first();
+            }
             !m.buckets.is_empty() || !m.verdicts.is_empty()
         });
     }
