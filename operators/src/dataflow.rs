@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use differential_dataflow::AsCollection;
+use meterflow_schemas::anomaly::{Anomaly, AnomalyRules, BucketRow};
 use meterflow_schemas::catalog::{Catalog, PriceIdx};
 use meterflow_schemas::money::Rounding;
 use meterflow_schemas::rejection::Rejection;
@@ -19,6 +20,7 @@ use timely::dataflow::{ProbeHandle, Scope, StreamVec};
 
 use crate::accounting::{Totals, TotalsWriter};
 use crate::aggregate::{pre_aggregate, UsageRecord, UsageSum};
+use crate::anomalies::{anomalies, AnomalySeed, Start};
 use crate::decode::decode;
 use crate::dedup::{dedup, DedupSeed, Deduplicator};
 use crate::entitlements::{credit_burn_signals, entitlement_signals};
@@ -42,6 +44,8 @@ pub struct Plan {
     pub max_epochs_ahead: u64,
     /// Invoice lines are re-priced once per this many epochs.
     pub epochs_per_round: u64,
+    /// Usage buckets and anomaly detection.
+    pub anomalies: AnomalyRules,
 }
 
 /// A signed row of a derived table: (row, epoch, +1 / -1).
@@ -61,6 +65,9 @@ pub struct WorkerIo {
     pub entitlement_signals: Box<dyn TableWriter<Signed<EntitlementSignal>>>,
     /// Invoice lines under the contracts' shadow rate cards.
     pub shadow_invoice_lines: Box<dyn TableWriter<Signed<InvoiceLine>>>,
+    /// Usage per customer, SKU and bucket (hour), the history anomalies are judged against.
+    pub usage_buckets: Box<dyn TableWriter<Signed<BucketRow>>>,
+    pub anomalies: Box<dyn TableWriter<Signed<Anomaly>>>,
     pub progress: Box<dyn ProgressStore>,
     /// When the per-worker tables flush.
     pub facts_flush: FlushPolicy,
@@ -77,6 +84,8 @@ pub struct Resume {
     pub dedup: Vec<DedupSeed>,
     /// Accumulated usage per (price, (line, invoice period)): the pricing input.
     pub usage: Vec<(UsageRecord, UsageSum)>,
+    /// Usage buckets and verdicts the anomaly detectors held.
+    pub anomalies: AnomalySeed,
 }
 
 impl Resume {
@@ -122,7 +131,22 @@ pub fn build<'s>(
             .iter()
             .filter(|s| s.key.route() % scope.peers() as u64 == scope.index() as u64),
     );
-    let deduped = dedup(decoded.events, watermarks, deduper, start_watermark);
+    let deduped = dedup(decoded.events, watermarks.clone(), deduper, start_watermark);
+    let detected = plan.anomalies.enabled.then(|| {
+        anomalies(
+            deduped.usage.clone(),
+            watermarks,
+            plan.anomalies.clone(),
+            plan.policy.dedup_horizon,
+            plan.catalog.clone(),
+            Start {
+                first_epoch: resume.first_epoch(),
+                watermark: start_watermark,
+                epochs_per_round: plan.epochs_per_round,
+            },
+            &resume.anomalies,
+        )
+    });
     let seed = if scope.index() == 0 {
         resume.usage.clone()
     } else {
@@ -162,7 +186,7 @@ pub fn build<'s>(
     let (lines, rated_rows, line_usage) = split_priced(priced);
     let facts = io.facts_flush;
     let derived = io.derived_flush;
-    let durable = [
+    let mut durable = vec![
         sink(
             deduped.accepted,
             "usage_events",
@@ -228,6 +252,24 @@ pub fn build<'s>(
             fatal.clone(),
         ),
     ];
+    if let Some(found) = detected {
+        durable.push(sink(
+            found.buckets,
+            "usage_buckets",
+            to_worker_zero(),
+            io.usage_buckets,
+            derived,
+            fatal.clone(),
+        ));
+        durable.push(sink(
+            found.anomalies,
+            "anomalies",
+            to_worker_zero(),
+            io.anomalies,
+            derived,
+            fatal.clone(),
+        ));
+    }
     let counts: StreamVec<'s, Epoch, Counts> = decoded.counts.concat(deduped.counts);
     let counted = sink(
         counts.clone(),

@@ -238,6 +238,7 @@ impl Deduplicator {
                 Aggregation::Sum => ev.quantity,
                 Aggregation::Count => Quantity::from_units(ev.line_events()),
             },
+            time: ev.time,
         }
     }
 

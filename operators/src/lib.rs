@@ -7,6 +7,7 @@
 
 pub mod accounting;
 pub mod aggregate;
+pub mod anomalies;
 pub mod dataflow;
 pub mod decode;
 pub mod dedup;

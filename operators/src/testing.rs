@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use meterflow_schemas::anomaly::{Anomaly, BucketRow};
 use meterflow_schemas::catalog::Catalog;
 use meterflow_schemas::money::Rounding;
 use meterflow_schemas::rejection::Rejection;
@@ -34,6 +35,8 @@ pub struct RunOutput {
     pub rated_usage: Vec<Signed<RatedRow>>,
     pub line_usage: Vec<Signed<LineUsage>>,
     pub entitlement_signals: Vec<Signed<EntitlementSignal>>,
+    pub usage_buckets: Vec<Signed<BucketRow>>,
+    pub anomalies: Vec<Signed<Anomaly>>,
     pub shadow_invoice_lines: Vec<Signed<InvoiceLine>>,
     pub progress: Vec<Progress>,
     pub counts: Counts,
@@ -75,6 +78,7 @@ pub fn plan(catalog: Catalog) -> Plan {
         rounding: Rounding::HalfEven,
         max_epochs_ahead: 16,
         epochs_per_round: 1,
+        anomalies: meterflow_schemas::anomaly::AnomalyRules::default(),
     }
 }
 
@@ -109,6 +113,8 @@ pub struct Held {
     pub invoice_lines: Vec<(InvoiceLine, isize, u64)>,
     pub rated_usage: Vec<(RatedRow, isize, u64)>,
     pub line_usage: Vec<(LineUsage, isize, u64)>,
+    pub usage_buckets: Vec<(BucketRow, isize, u64)>,
+    pub anomalies: Vec<(Anomaly, isize, u64)>,
 }
 
 /// As [`run`], but resuming from `resume` (epochs up to its progress are skipped), with derived
@@ -127,8 +133,12 @@ pub fn run_resumed(
         Mutex::new(Some(SignedState::resumed(held.invoice_lines, first_round))),
         Mutex::new(Some(SignedState::resumed(held.rated_usage, first_round))),
         Mutex::new(Some(SignedState::resumed(held.line_usage, first_round))),
+        Mutex::new(Some(SignedState::resumed(held.usage_buckets, first_round))),
+        Mutex::new(Some(SignedState::resumed(held.anomalies, first_round))),
     );
     let written = (
+        Arc::new(Mutex::new(Vec::new())),
+        Arc::new(Mutex::new(Vec::new())),
         Arc::new(Mutex::new(Vec::new())),
         Arc::new(Mutex::new(Vec::new())),
         Arc::new(Mutex::new(Vec::new())),
@@ -155,6 +165,14 @@ pub fn run_resumed(
                     tables.2.lock().expect("held").take().unwrap_or_default(),
                     w.2.clone(),
                 ));
+                io.usage_buckets = Box::new(SignedCollect::new(
+                    tables.3.lock().expect("held").take().unwrap_or_default(),
+                    w.3.clone(),
+                ));
+                io.anomalies = Box::new(SignedCollect::new(
+                    tables.4.lock().expect("held").take().unwrap_or_default(),
+                    w.4.clone(),
+                ));
             }
         },
     )?;
@@ -162,6 +180,8 @@ pub fn run_resumed(
         invoice_lines: changes(&written.0),
         rated_usage: changes(&written.1),
         line_usage: changes(&written.2),
+        usage_buckets: changes(&written.3),
+        anomalies: changes(&written.4),
         ..out
     })
 }
@@ -198,6 +218,8 @@ fn run_with(
             line_usage: Box::new(Collect(writers.line_usage.clone())),
             entitlement_signals: Box::new(Collect(writers.entitlement_signals.clone())),
             shadow_invoice_lines: Box::new(Collect(writers.shadow_invoice_lines.clone())),
+            usage_buckets: Box::new(Collect(writers.usage_buckets.clone())),
+            anomalies: Box::new(Collect(writers.anomalies.clone())),
             progress: Box::new(Commits(writers.progress.clone())),
             facts_flush: FlushPolicy::every(Duration::ZERO),
             derived_flush: FlushPolicy::every(Duration::ZERO),
@@ -234,6 +256,11 @@ fn run_with(
             .into_iter()
             .map(|(_, r)| r)
             .collect(),
+        usage_buckets: take(&out.usage_buckets)
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect(),
+        anomalies: take(&out.anomalies).into_iter().map(|(_, r)| r).collect(),
         progress: take(&out.progress),
         counts: totals.snapshot(),
     })
@@ -251,6 +278,8 @@ struct Outputs {
     line_usage: Rows<Signed<LineUsage>>,
     entitlement_signals: Rows<Signed<EntitlementSignal>>,
     shadow_invoice_lines: Rows<Signed<InvoiceLine>>,
+    usage_buckets: Rows<Signed<BucketRow>>,
+    anomalies: Rows<Signed<Anomaly>>,
     progress: Arc<Mutex<Vec<Progress>>>,
 }
 

@@ -5,13 +5,16 @@
 use std::collections::BTreeMap;
 
 use meterflow_operators::aggregate::UsageSum;
+use meterflow_operators::anomalies::AnomalySeed;
 use meterflow_operators::dataflow::Resume;
 use meterflow_operators::dedup::DedupSeed;
 use meterflow_operators::progress::Progress;
 use meterflow_operators::testing::{consolidate, plan, run, run_resumed, Held, RunOutput};
 use meterflow_operators::Epoch;
+use meterflow_schemas::anomaly::{AnomalyRules, BucketRow, Detector};
 use meterflow_schemas::event::CorrectionAction;
 use meterflow_schemas::fixtures::{self, event};
+use meterflow_schemas::time::{EventTime, Span};
 
 fn input() -> Vec<u8> {
     let mut lines = Vec::new();
@@ -92,7 +95,12 @@ fn input() -> Vec<u8> {
 }
 
 /// The state a restarted pipeline rebuilds from its tables at committed point `p`.
-fn state_at(full: &RunOutput, p: &Progress, horizon_ms: i64) -> (Resume, Held) {
+fn state_at(
+    full: &RunOutput,
+    p: &Progress,
+    horizon_ms: i64,
+    rules: &AnomalyRules,
+) -> (Resume, Held) {
     let through = p.epoch;
     let accepted: Vec<_> = full
         .accepted
@@ -133,10 +141,26 @@ fn state_at(full: &RunOutput, p: &Progress, horizon_ms: i64) -> (Resume, Held) {
             )
         })
         .collect();
+    // The detectors hold buckets and verdicts from a point behind the watermark on; so does
+    // what a restart loads (see `clickhouse_restore`).
+    let detector = Detector::new(rules.clone(), Span(horizon_ms), &fixtures::catalog());
+    let (buckets_from, verdicts_from) = detector.held_from(p.watermark.unwrap_or(EventTime::MIN));
+    let usage_buckets: Vec<_> = held_at(&full.usage_buckets, through)
+        .into_iter()
+        .filter(|(b, _, _)| b.start >= buckets_from)
+        .collect();
+    let anomalies: Vec<_> = held_at(&full.anomalies, through)
+        .into_iter()
+        .filter(|(a, _, _)| a.end >= verdicts_from)
+        .collect();
     let resume = Resume {
         progress: Some(p.clone()),
         dedup,
         usage,
+        anomalies: AnomalySeed {
+            buckets: usage_buckets.iter().map(|(b, _, _)| *b).collect(),
+            anomalies: anomalies.iter().map(|(a, _, _)| a.clone()).collect(),
+        },
     };
     (
         resume,
@@ -144,6 +168,8 @@ fn state_at(full: &RunOutput, p: &Progress, horizon_ms: i64) -> (Resume, Held) {
             invoice_lines: held_at(&full.invoice_lines, through),
             rated_usage: held_at(&full.rated_usage, through),
             line_usage,
+            usage_buckets,
+            anomalies,
         },
     )
 }
@@ -177,6 +203,10 @@ fn a_restart_from_any_commit_ends_where_an_uninterrupted_run_does() {
     let input = input();
     let mut p = plan(fixtures::catalog());
     p.epochs_per_round = 3;
+    // Sparse meters: with a low floor, usage after quiet stretches is judged a spike, so there
+    // are verdicts (and retractions) to carry across restarts.
+    p.anomalies.min_volume = meterflow_schemas::money::Quantity::from_units(1);
+    p.anomalies.min_events = 0;
     let chunk = 2048;
     let full = run(&input, p.clone(), 1, chunk).unwrap();
     assert!(full.counts.balanced());
@@ -198,6 +228,12 @@ fn a_restart_from_any_commit_ends_where_an_uninterrupted_run_does() {
     let full_lines = consolidate(full.invoice_lines.iter().map(|(r, _, d)| (r.clone(), *d)));
     let full_usage = consolidate(full.line_usage.iter().map(|(r, _, d)| (r.clone(), *d)));
     let full_rated = consolidate(full.rated_usage.iter().map(|(r, _, d)| (r.clone(), *d)));
+    let full_buckets = consolidate(full.usage_buckets.iter().map(|(r, _, d)| (*r, *d)));
+    let full_anomalies = consolidate(full.anomalies.iter().map(|(r, _, d)| (r.clone(), *d)));
+    assert!(
+        full_anomalies.len() >= 3,
+        "the input has anomalies to carry: {full_anomalies:?}"
+    );
     let n = full.progress.len();
     for (k, commit) in [
         full.progress[0].clone(),
@@ -209,7 +245,7 @@ fn a_restart_from_any_commit_ends_where_an_uninterrupted_run_does() {
     .enumerate()
     {
         for workers in [1, 2] {
-            let (resume, held) = state_at(&full, &commit, 7 * 24 * 3_600_000);
+            let (resume, held) = state_at(&full, &commit, 7 * 24 * 3_600_000, &p.anomalies);
             let again =
                 run_resumed(&input, p.clone(), workers, chunk, resume, held.clone()).unwrap();
             let at = format!(
@@ -231,6 +267,37 @@ fn a_restart_from_any_commit_ends_where_an_uninterrupted_run_does() {
                 full_rated,
                 "{at}: rated usage"
             );
+            // Buckets and verdicts older than what a restart loads stay in the table as written.
+            let (buckets_from, verdicts_from) =
+                Detector::new(p.anomalies.clone(), Span::days(7), &fixtures::catalog())
+                    .held_from(commit.watermark.unwrap_or(EventTime::MIN));
+            let older = |rows: &[(BucketRow, Epoch, isize)]| {
+                rows.iter()
+                    .filter(|(b, t, _)| *t <= commit.epoch && b.start < buckets_from)
+                    .map(|(b, t, d)| (*b, *t, *d))
+                    .collect::<Vec<_>>()
+            };
+            let mut buckets = current(&held.usage_buckets, &again.usage_buckets);
+            for (b, n) in consolidate(
+                older(&full.usage_buckets)
+                    .into_iter()
+                    .map(|(b, _, d)| (b, d)),
+            ) {
+                *buckets.entry(b).or_default() += n;
+            }
+            buckets.retain(|_, n| *n != 0);
+            assert_eq!(buckets, full_buckets, "{at}: usage buckets");
+            let mut anomalies = current(&held.anomalies, &again.anomalies);
+            for (a, n) in consolidate(
+                full.anomalies
+                    .iter()
+                    .filter(|(a, t, _)| *t <= commit.epoch && a.end < verdicts_from)
+                    .map(|(a, _, d)| (a.clone(), *d)),
+            ) {
+                *anomalies.entry(a).or_default() += n;
+            }
+            anomalies.retain(|_, n| *n != 0);
+            assert_eq!(anomalies, full_anomalies, "{at}: anomalies");
             let c = &again.counts;
             let f = &full.counts;
             assert_eq!(

@@ -23,6 +23,7 @@ use meterflow_operators::dataflow::Signed;
 use meterflow_operators::signed::SignedState;
 use meterflow_operators::sink::TableWriter;
 use meterflow_operators::Epoch;
+use meterflow_schemas::anomaly::Anomaly;
 use meterflow_schemas::catalog::Catalog;
 use meterflow_schemas::entitlement::SignalKind;
 use meterflow_schemas::rows::EntitlementSignal;
@@ -355,13 +356,23 @@ pub struct Alert {
     pub firing: bool,
     pub summary: String,
     pub details: Value,
-    pub signal: SignalKind,
+    /// `entitlement` or `anomaly`.
+    pub class: &'static str,
+    /// PagerDuty severity: `info`, `warning` or `critical`.
+    pub severity: &'static str,
     pub customer: String,
     pub sku: String,
 }
 
-impl Alert {
-    pub fn of(s: &EntitlementSignal, firing: bool, catalog: &Catalog, unit: PeriodUnit) -> Alert {
+/// A row that alerts: an entitlement signal or an anomaly.
+pub trait Alertable: Ord + Clone + 'static {
+    /// The alert for this row becoming active (`firing`) or going away.
+    fn alert(&self, firing: bool, catalog: &Catalog, unit: PeriodUnit) -> Alert;
+}
+
+impl Alertable for EntitlementSignal {
+    fn alert(&self, firing: bool, catalog: &Catalog, unit: PeriodUnit) -> Alert {
+        let s = self;
         let customer = catalog.customers[s.customer.ix()].id.clone();
         let contract = catalog.contracts[s.contract.ix()].id.clone();
         let sku = catalog.sku_id(s.sku).to_string();
@@ -404,18 +415,66 @@ impl Alert {
                 "at_quantity": s.at.to_string(),
                 "allowance": s.allowance.to_string(),
             }),
-            signal: s.kind,
+            class: "entitlement",
+            severity: match s.kind {
+                SignalKind::HardLimit => "critical",
+                SignalKind::SoftLimit | SignalKind::CreditBurn => "warning",
+                SignalKind::Threshold => "info",
+            },
             customer,
             sku,
         }
     }
+}
 
+impl Alertable for Anomaly {
+    fn alert(&self, firing: bool, catalog: &Catalog, _unit: PeriodUnit) -> Alert {
+        let customer = catalog.customers[self.customer.ix()].id.to_string();
+        let sku = catalog.sku_id(self.sku).to_string();
+        let summary = if firing {
+            self.explain(catalog)
+        } else {
+            format!(
+                "resolved: the {} of {customer} {sku} from {} no longer holds after a correction",
+                self.kind.as_str(),
+                self.start
+            )
+        };
+        Alert {
+            dedup_key: format!(
+                "meterflow:anomaly:{customer}:{sku}:{}:{}",
+                self.kind.as_str(),
+                self.start
+            ),
+            firing,
+            summary,
+            details: json!({
+                "customer_id": customer,
+                "sku": sku,
+                "kind": self.kind.as_str(),
+                "window_start": self.start.to_string(),
+                "window_end": self.end.to_string(),
+                "observed": self.observed.to_string(),
+                "expected": self.expected.to_string(),
+                "score": self.score(),
+                "severity": self.severity.as_str(),
+                "baseline": self.baseline.label(),
+            }),
+            class: "anomaly",
+            severity: self.severity.as_str(),
+            customer,
+            sku,
+        }
+    }
+}
+
+impl Alert {
     pub fn payload(&self, format: &Format) -> Value {
         let status = if self.firing { "firing" } else { "resolved" };
         match format {
             Format::Json => json!({
                 "source": "meterflow",
-                "kind": "entitlement",
+                "kind": self.class,
                 "status": status,
                 "dedup_key": self.dedup_key,
                 "summary": self.summary,
@@ -436,14 +495,10 @@ impl Alert {
                 "payload": {
                     "summary": self.summary,
                     "source": "meterflow",
-                    "severity": match self.signal {
-                        SignalKind::HardLimit => "critical",
-                        SignalKind::SoftLimit | SignalKind::CreditBurn => "warning",
-                        SignalKind::Threshold => "info",
-                    },
+                    "severity": self.severity,
                     "component": self.sku,
                     "group": self.customer,
-                    "class": "entitlement",
+                    "class": self.class,
                     "custom_details": self.details,
                 },
             }),
@@ -451,39 +506,39 @@ impl Alert {
     }
 }
 
-/// Wraps the `entitlement_signals` writer: once a flush has made signal rows durable, alerts
-/// go out for the signals that became active or went away.
-pub struct AlertingWriter {
-    inner: Box<dyn TableWriter<Signed<EntitlementSignal>>>,
+/// Wraps the writer of a table that alerts (`entitlement_signals`, `anomalies`): once a flush
+/// has made rows durable, alerts go out for those that became active or went away.
+pub struct AlertingWriter<R: Alertable> {
+    inner: Box<dyn TableWriter<Signed<R>>>,
     sinks: Vec<Box<dyn AlertSink>>,
     catalog: Arc<Catalog>,
     unit: PeriodUnit,
     /// The signal rows, as the table holds them (absorbs a resumed run's re-emission).
-    state: SignedState<EntitlementSignal>,
-    rows: BTreeMap<EntitlementSignal, isize>,
+    state: SignedState<R>,
+    rows: BTreeMap<R, isize>,
     /// Dedup keys alerted as active.
     alerted: BTreeSet<String>,
 }
 
-impl AlertingWriter {
+impl<R: Alertable> AlertingWriter<R> {
     /// `held`: the signal rows a resumed run's table holds (row, multiplicity, version), which
     /// the dataflow emits again at the round ending at `round_end`; they are not alerted again.
     pub fn new(
-        inner: Box<dyn TableWriter<Signed<EntitlementSignal>>>,
+        inner: Box<dyn TableWriter<Signed<R>>>,
         sinks: Vec<Box<dyn AlertSink>>,
         catalog: Arc<Catalog>,
         unit: PeriodUnit,
-        held: Vec<(EntitlementSignal, isize, u64)>,
+        held: Vec<(R, isize, u64)>,
         round_end: Epoch,
-    ) -> AlertingWriter {
-        let rows: BTreeMap<EntitlementSignal, isize> = held
+    ) -> AlertingWriter<R> {
+        let rows: BTreeMap<R, isize> = held
             .iter()
             .filter(|(_, n, _)| *n > 0)
             .map(|(r, n, _)| (r.clone(), *n))
             .collect();
         let alerted = rows
             .keys()
-            .map(|r| Alert::of(r, true, &catalog, unit).dedup_key)
+            .map(|r| r.alert(true, &catalog, unit).dedup_key)
             .collect();
         AlertingWriter {
             inner,
@@ -497,12 +552,8 @@ impl AlertingWriter {
     }
 }
 
-impl TableWriter<Signed<EntitlementSignal>> for AlertingWriter {
-    fn write(
-        &mut self,
-        epoch: Epoch,
-        rows: &mut Vec<Signed<EntitlementSignal>>,
-    ) -> Result<(), String> {
+impl<R: Alertable> TableWriter<Signed<R>> for AlertingWriter<R> {
+    fn write(&mut self, epoch: Epoch, rows: &mut Vec<Signed<R>>) -> Result<(), String> {
         for (r, t, d) in rows.iter() {
             self.state.update(r.clone(), *t, *d);
         }
@@ -511,22 +562,23 @@ impl TableWriter<Signed<EntitlementSignal>> for AlertingWriter {
 
     fn flush(&mut self, frontier: Option<Epoch>) -> Result<(), String> {
         self.inner.flush(frontier)?;
-        let mut touched: BTreeMap<String, EntitlementSignal> = BTreeMap::new();
+        let mut touched: BTreeMap<String, R> = BTreeMap::new();
         for c in self.state.changes(frontier) {
             let n = self.rows.entry(c.row.clone()).or_default();
             *n += c.sign as isize;
             if *n == 0 {
                 self.rows.remove(&c.row);
             }
-            let key = Alert::of(&c.row, true, &self.catalog, self.unit).dedup_key;
+            let key = c.row.alert(true, &self.catalog, self.unit).dedup_key;
             touched.insert(key, c.row);
         }
         for (key, row) in touched {
-            let active = self.rows.iter().any(|(r, n)| {
-                *n > 0 && Alert::of(r, true, &self.catalog, self.unit).dedup_key == key
-            });
+            let active = self
+                .rows
+                .iter()
+                .any(|(r, n)| *n > 0 && r.alert(true, &self.catalog, self.unit).dedup_key == key);
             if active != self.alerted.contains(&key) {
-                let alert = Alert::of(&row, active, &self.catalog, self.unit);
+                let alert = row.alert(active, &self.catalog, self.unit);
                 for sink in &mut self.sinks {
                     sink.deliver(&alert)?;
                 }

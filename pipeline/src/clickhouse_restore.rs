@@ -21,11 +21,15 @@ use std::sync::Arc;
 
 use clickhouse::Row;
 use meterflow_operators::aggregate::UsageSum;
+use meterflow_operators::anomalies::AnomalySeed;
 use meterflow_operators::dataflow::Resume;
 use meterflow_operators::dedup::DedupSeed;
 use meterflow_operators::progress::Progress;
 use meterflow_operators::source::Position;
-use meterflow_schemas::catalog::{Catalog, PriceIdx, RegionIdx, SkuIdx};
+use meterflow_schemas::anomaly::{
+    Anomaly, AnomalyKind, AnomalyRules, Baseline, Bucket, BucketRow, Detector, Severity,
+};
+use meterflow_schemas::catalog::{Catalog, CustomerIdx, PriceIdx, RegionIdx, SkuIdx};
 use meterflow_schemas::ddl::EPOCH_TABLES;
 use meterflow_schemas::entitlement::SignalKind;
 use meterflow_schemas::hashing::EventKey;
@@ -50,6 +54,8 @@ pub struct Restored {
     pub line_usage: Vec<(LineUsage, isize, u64)>,
     pub entitlement_signals: Vec<(EntitlementSignal, isize, u64)>,
     pub shadow_invoice_lines: Vec<(InvoiceLine, isize, u64)>,
+    pub usage_buckets: Vec<(BucketRow, isize, u64)>,
+    pub anomalies: Vec<(Anomaly, isize, u64)>,
 }
 
 #[derive(Row, Deserialize)]
@@ -184,6 +190,15 @@ impl<'a> Lookup<'a> {
         })
     }
 
+    fn meter(&self, customer: &str, sku: &str) -> Result<(CustomerIdx, SkuIdx), String> {
+        let c = self.catalog;
+        Ok((
+            c.customer(customer)
+                .ok_or_else(|| Self::missing("customer", customer))?,
+            c.sku(sku).ok_or_else(|| Self::missing("sku", sku))?,
+        ))
+    }
+
     fn region(&self, name: &str) -> Result<Option<RegionIdx>, String> {
         if name == "*" {
             Ok(None)
@@ -225,6 +240,7 @@ pub fn restore(
     period: PeriodUnit,
     dedup_horizon: Span,
     sources: &[String],
+    anomaly_rules: &AnomalyRules,
 ) -> Result<Restored, String> {
     // A run killed in the middle of an insert may have left it running on the server; it must
     // land (or fail) before we read progress and delete what it wrote.
@@ -306,6 +322,18 @@ pub fn restore(
     let rated_usage = held_rated(ch, &lookup, &upto)?;
     let line_usage = held_usage(ch, &lookup, &upto)?;
     let entitlement_signals = held_signals(ch, &lookup, &upto)?;
+    // The anomaly detectors hold buckets and verdicts from a point behind the watermark on.
+    let (buckets_from, verdicts_from) =
+        Detector::new(anomaly_rules.clone(), dedup_horizon, catalog)
+            .held_from(progress.watermark.unwrap_or(EventTime::MIN));
+    let (usage_buckets, anomalies) = if anomaly_rules.enabled {
+        (
+            held_buckets(ch, &lookup, &upto, buckets_from)?,
+            held_anomalies(ch, &lookup, &upto, verdicts_from)?,
+        )
+    } else {
+        Default::default()
+    };
     let usage = line_usage
         .iter()
         .map(|(u, n, _)| {
@@ -324,7 +352,13 @@ pub fn restore(
             progress: Some(progress),
             dedup,
             usage,
+            anomalies: AnomalySeed {
+                buckets: usage_buckets.iter().map(|(b, _, _)| *b).collect(),
+                anomalies: anomalies.iter().map(|(a, _, _)| a.clone()).collect(),
+            },
         },
+        usage_buckets,
+        anomalies,
         invoice_lines,
         rated_usage,
         line_usage,
@@ -518,6 +552,110 @@ fn held_signals(
                 percent: r.percent,
                 at: Quantity(r.at_quantity),
                 allowance: Quantity(r.allowance),
+            };
+            Ok((row, r.n as isize, r.v))
+        })
+        .collect()
+}
+
+/// `DateTime` seconds of a time, for a `WHERE` clause.
+fn since(column: &str, t: EventTime) -> String {
+    let s = t.0.div_euclid(1000).max(0);
+    format!("{column} >= toDateTime({s})")
+}
+
+fn held_buckets(
+    ch: &ClickHouse,
+    l: &Lookup,
+    upto: &str,
+    from: EventTime,
+) -> Result<Vec<(BucketRow, isize, u64)>, String> {
+    #[derive(Row, Deserialize)]
+    struct R {
+        customer_id: String,
+        sku: String,
+        bucket_start: u32,
+        events: i64,
+        quantity: i128,
+        n: i64,
+        v: u64,
+    }
+    let rows: Vec<R> = ch.fetch(&held_query(
+        "usage_buckets",
+        "customer_id, sku, bucket_start",
+        &["events", "quantity"],
+        &format!("{upto} AND {}", since("bucket_start", from)),
+    ))?;
+    rows.into_iter()
+        .map(|r| {
+            let (customer, sku) = l.meter(&r.customer_id, &r.sku)?;
+            let row = BucketRow {
+                customer,
+                sku,
+                start: EventTime(r.bucket_start as i64 * 1000),
+                usage: Bucket {
+                    events: r.events,
+                    quantity: Quantity(r.quantity),
+                },
+            };
+            Ok((row, r.n as isize, r.v))
+        })
+        .collect()
+}
+
+fn held_anomalies(
+    ch: &ClickHouse,
+    l: &Lookup,
+    upto: &str,
+    from: EventTime,
+) -> Result<Vec<(Anomaly, isize, u64)>, String> {
+    #[derive(Row, Deserialize)]
+    struct R {
+        customer_id: String,
+        sku: String,
+        kind: String,
+        window_start: u32,
+        window_end: u32,
+        observed: i128,
+        expected: i128,
+        score: i64,
+        severity: String,
+        baseline: String,
+        n: i64,
+        v: u64,
+    }
+    let rows: Vec<R> = ch.fetch(&held_query(
+        "anomalies",
+        "customer_id, sku, kind, window_start",
+        &[
+            "window_end",
+            "observed",
+            "expected",
+            "score",
+            "severity",
+            "baseline",
+        ],
+        &format!("{upto} AND {}", since("window_end", from)),
+    ))?;
+    let unknown = |what: &str, v: &str| {
+        format!("anomalies holds {what} `{v}`, which this meterflow does not know; run the version that wrote it")
+    };
+    rows.into_iter()
+        .map(|r| {
+            let (customer, sku) = l.meter(&r.customer_id, &r.sku)?;
+            let row = Anomaly {
+                customer,
+                sku,
+                kind: AnomalyKind::parse(&r.kind).ok_or_else(|| unknown("kind", &r.kind))?,
+                start: EventTime(r.window_start as i64 * 1000),
+                end: EventTime(r.window_end as i64 * 1000),
+                observed: Quantity(r.observed),
+                expected: Quantity(r.expected),
+                score_centi: r.score,
+                severity: Severity::parse(&r.severity)
+                    .ok_or_else(|| unknown("severity", &r.severity))?,
+                baseline: Baseline::parse(&r.baseline)
+                    .ok_or_else(|| unknown("baseline", &r.baseline))?,
             };
             Ok((row, r.n as isize, r.v))
         })

@@ -17,6 +17,7 @@ use meterflow_operators::progress::{Progress, ProgressStore};
 use meterflow_operators::signed::{Change, SignedState};
 use meterflow_operators::sink::TableWriter;
 use meterflow_operators::Epoch;
+use meterflow_schemas::anomaly::{Anomaly, BucketRow};
 use meterflow_schemas::catalog::Catalog;
 use meterflow_schemas::event::{Environment, Lineage, Metadata};
 use meterflow_schemas::rejection::Rejection;
@@ -751,6 +752,118 @@ fn insert_signals(
         })
         .collect();
     ch.insert_batch::<SignalRow<'static>>("entitlement_signals", id, &out)
+}
+
+#[derive(Row, Serialize)]
+struct BucketRowCh<'a> {
+    customer_id: &'a str,
+    sku: &'a str,
+    bucket_start: u32,
+    events: i64,
+    quantity: i128,
+    sign: i8,
+    version: u64,
+    epoch: u64,
+    generation: u32,
+    batch: u64,
+}
+
+pub fn usage_buckets(
+    ch: ClickHouse,
+    names: Arc<ChNames>,
+    state: SignedState<BucketRow>,
+) -> SignedTable<BucketRow> {
+    signed(ch, names, state, insert_buckets, "usage_buckets")
+}
+
+fn insert_buckets(
+    ch: &ClickHouse,
+    n: &ChNames,
+    id: BatchId,
+    changes: &[Change<BucketRow>],
+) -> Result<(), String> {
+    let c = &n.catalog;
+    let out: Vec<BucketRowCh> = changes
+        .iter()
+        .map(|ch| {
+            let b = &ch.row;
+            BucketRowCh {
+                customer_id: &c.customers[b.customer.ix()].id,
+                sku: c.sku_id(b.sku),
+                bucket_start: seconds(b.start),
+                events: b.usage.events,
+                quantity: b.usage.quantity.0,
+                sign: ch.sign,
+                version: ch.version,
+                epoch: ch.epoch,
+                generation: n.generation,
+                batch: id.batch,
+            }
+        })
+        .collect();
+    ch.insert_batch::<BucketRowCh<'static>>("usage_buckets", id, &out)
+}
+
+#[derive(Row, Serialize)]
+struct AnomalyRow<'a> {
+    customer_id: &'a str,
+    sku: &'a str,
+    kind: &'a str,
+    window_start: u32,
+    window_end: u32,
+    observed: i128,
+    expected: i128,
+    score: i64,
+    severity: &'a str,
+    baseline: String,
+    explanation: String,
+    sign: i8,
+    version: u64,
+    epoch: u64,
+    generation: u32,
+    batch: u64,
+}
+
+pub fn anomalies(
+    ch: ClickHouse,
+    names: Arc<ChNames>,
+    state: SignedState<Anomaly>,
+) -> SignedTable<Anomaly> {
+    signed(ch, names, state, insert_anomalies, "anomalies")
+}
+
+fn insert_anomalies(
+    ch: &ClickHouse,
+    n: &ChNames,
+    id: BatchId,
+    changes: &[Change<Anomaly>],
+) -> Result<(), String> {
+    let c = &n.catalog;
+    let out: Vec<AnomalyRow> = changes
+        .iter()
+        .map(|ch| {
+            let a = &ch.row;
+            AnomalyRow {
+                customer_id: &c.customers[a.customer.ix()].id,
+                sku: c.sku_id(a.sku),
+                kind: a.kind.as_str(),
+                window_start: seconds(a.start),
+                window_end: seconds(a.end),
+                observed: a.observed.0,
+                expected: a.expected.0,
+                score: a.score_centi,
+                severity: a.severity.as_str(),
+                baseline: a.baseline.label(),
+                explanation: a.explain(c),
+                sign: ch.sign,
+                version: ch.version,
+                epoch: ch.epoch,
+                generation: n.generation,
+                batch: id.batch,
+            }
+        })
+        .collect();
+    ch.insert_batch::<AnomalyRow<'static>>("anomalies", id, &out)
 }
 
 #[derive(Row, Serialize)]

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use meterflow_operators::dataflow::Plan;
 use meterflow_operators::watermark::LatenessPolicy;
+use meterflow_schemas::anomaly::AnomalyRules;
 use meterflow_schemas::catalog::Catalog;
 use meterflow_schemas::money::{Quantity, Rounding};
 use meterflow_schemas::time::{PeriodUnit, Span};
@@ -49,6 +50,8 @@ pub struct Config {
     pub kafka: crate::kafka_source::KafkaConfig,
     /// Alert delivery to a webhook; off unless `webhook_url` is set.
     pub alerts: crate::alerts::AlertsConfig,
+    /// Usage buckets and anomaly detection (spikes, drops, silent meters).
+    pub anomalies: AnomalyRules,
 }
 
 #[derive(Debug, Deserialize)]
@@ -247,6 +250,9 @@ impl Config {
             message,
             fix: fix.to_string(),
         };
+        self.anomalies
+            .check()
+            .map_err(|(message, fix)| err(message, &fix))?;
         let max_quantity = Quantity::parse(&self.validation.max_quantity).map_err(|e| {
             err(
                 format!(
@@ -350,6 +356,7 @@ impl Config {
             rounding: self.billing.rounding,
             max_epochs_ahead: self.input.max_epochs_ahead.max(1),
             epochs_per_round: self.output.price_every_epochs.max(1),
+            anomalies: self.anomalies.clone(),
         }
     }
 }

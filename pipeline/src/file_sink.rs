@@ -14,6 +14,7 @@ use meterflow_operators::dataflow::Signed;
 use meterflow_operators::signed::SignedState;
 use meterflow_operators::sink::TableWriter;
 use meterflow_operators::Epoch;
+use meterflow_schemas::anomaly::{Anomaly, BucketRow};
 use meterflow_schemas::catalog::Catalog;
 use meterflow_schemas::event::{Environment, Lineage, Metadata};
 use meterflow_schemas::money::{Amount, Quantity};
@@ -23,7 +24,7 @@ use meterflow_schemas::rows::{
 };
 use meterflow_schemas::time::{EventTime, Period, PeriodUnit};
 
-pub const TABLES: [&str; 8] = [
+pub const TABLES: [&str; 10] = [
     "usage_events",
     "rejections",
     "duplicates",
@@ -32,6 +33,8 @@ pub const TABLES: [&str; 8] = [
     "line_usage",
     "entitlement_signals",
     "shadow_invoice_lines",
+    "usage_buckets",
+    "anomalies",
 ];
 
 const USAGE_HEADER: &str = "event_id,customer_id,contract_id,sku,unit,quantity,event_time,environment,billable,region,plan,marketplace,attributes,correction_action,correction_of,rate_card,rate_card_version,price_region,service_period,invoice_period,arrival,source,offset";
@@ -42,6 +45,8 @@ const RATED_HEADER: &str = "customer_id,contract_id,sku,region,service_period,in
 const LINE_USAGE_HEADER: &str = "customer_id,contract_id,sku,region,service_period,invoice_period,rate_card,rate_card_version,events,quantity,sign,version";
 const SIGNAL_HEADER: &str =
     "customer_id,contract_id,sku,period,signal,percent,at_quantity,allowance,sign,version";
+const BUCKET_HEADER: &str = "customer_id,sku,bucket_start,events,quantity,sign,version";
+const ANOMALY_HEADER: &str = "customer_id,sku,kind,window_start,window_end,observed,expected,score,severity,baseline,explanation,sign,version";
 const INVOICE_HEADER: &str = "customer_id,contract_id,sku,region,service_period,invoice_period,line_type,currency,events,quantity,amount,amount_exact,sign,version";
 
 /// What every writer needs to turn indices back into names.
@@ -576,6 +581,62 @@ pub fn entitlement_signals_writer(
         names,
         HeldRows::new(),
         format_signal,
+    )
+}
+
+fn format_bucket(n: &Names, _: &mut Labels, b: &BucketRow, row: &mut Vec<u8>) {
+    let c = &n.catalog;
+    field(row, &c.customers[b.customer.ix()].id);
+    field(row, c.sku_id(b.sku));
+    time_field(row, b.start);
+    int(row, b.usage.events);
+    scaled(row, b.usage.quantity.0, Quantity::SCALE);
+}
+
+pub fn usage_buckets_writer(
+    out: &Path,
+    worker: usize,
+    names: Arc<Names>,
+) -> Result<SignedWriter<BucketRow>, String> {
+    signed_writer(
+        out,
+        "usage_buckets",
+        BUCKET_HEADER,
+        worker,
+        names,
+        HeldRows::new(),
+        format_bucket,
+    )
+}
+
+fn format_anomaly(n: &Names, _: &mut Labels, a: &Anomaly, row: &mut Vec<u8>) {
+    let c = &n.catalog;
+    field(row, &c.customers[a.customer.ix()].id);
+    field(row, c.sku_id(a.sku));
+    field(row, a.kind.as_str());
+    time_field(row, a.start);
+    time_field(row, a.end);
+    scaled(row, a.observed.0, Quantity::SCALE);
+    scaled(row, a.expected.0, Quantity::SCALE);
+    scaled(row, a.score_centi as i128, 2);
+    field(row, a.severity.as_str());
+    field(row, &a.baseline.label());
+    field(row, &a.explain(c));
+}
+
+pub fn anomalies_writer(
+    out: &Path,
+    worker: usize,
+    names: Arc<Names>,
+) -> Result<SignedWriter<Anomaly>, String> {
+    signed_writer(
+        out,
+        "anomalies",
+        ANOMALY_HEADER,
+        worker,
+        names,
+        HeldRows::new(),
+        format_anomaly,
     )
 }
 

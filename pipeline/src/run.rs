@@ -27,9 +27,10 @@ use crate::clickhouse_restore::{restore, Restored};
 use crate::clickhouse_sink::{self as ch_sink, ChNames, ClickHouseProgress};
 use crate::config::Config;
 use crate::file_sink::{
-    duplicates_writer, entitlement_signals_writer, invoice_lines_writer, line_usage_writer,
-    prepare_out_dir, rated_usage_writer, rejections_writer, shadow_invoice_lines_writer,
-    usage_events_writer, write_sources, HeldRows, Names,
+    anomalies_writer, duplicates_writer, entitlement_signals_writer, invoice_lines_writer,
+    line_usage_writer, prepare_out_dir, rated_usage_writer, rejections_writer,
+    shadow_invoice_lines_writer, usage_buckets_writer, usage_events_writer, write_sources,
+    HeldRows, Names,
 };
 use crate::file_source::{FileInput, NoInput, StdinReader};
 use crate::kafka_source::{partitions, GroupOffsets, KafkaConfig, KafkaReader};
@@ -155,6 +156,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
             plan.policy.period,
             plan.policy.dedup_horizon,
             &sources,
+            &plan.anomalies,
         )
         .map_err(anyhow::Error::msg)?
     } else {
@@ -186,6 +188,8 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
         restored.line_usage,
         restored.entitlement_signals,
         restored.shadow_invoice_lines,
+        restored.usage_buckets,
+        restored.anomalies,
     )));
 
     let current_lines: Arc<HeldRows<InvoiceLine>> = HeldRows::new();
@@ -200,36 +204,17 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
     let alerts_kafka = config.kafka.clone();
     let (alert_catalog, alert_unit) = (plan.catalog.clone(), plan.policy.period);
     let make_io = move |index: usize, peers: usize| -> Result<WorkerIo, String> {
-        // Worker 0 receives every signal; it alone sends alerts.
-        let alerting =
-            |inner: Box<dyn meterflow_operators::sink::TableWriter<_>>,
-             held|
-             -> Result<Box<dyn meterflow_operators::sink::TableWriter<_>>, String> {
-                let (Some(format), 0) = (&alert_format, index) else {
-                    return Ok(inner);
-                };
-                let mut sinks: Vec<Box<dyn crate::alerts::AlertSink>> = Vec::new();
-                if let Some(format) = format {
-                    sinks.push(Box::new(crate::alerts::Webhook::new(
-                        &alerts_cfg,
-                        format.clone(),
-                    )?));
-                }
-                if let Some(topic) = &alerts_cfg.kafka_topic {
-                    sinks.push(Box::new(crate::alerts::KafkaAlerts::new(
-                        &alerts_kafka,
-                        topic,
-                    )?));
-                }
-                Ok(Box::new(crate::alerts::AlertingWriter::new(
-                    inner,
-                    sinks,
-                    alert_catalog.clone(),
-                    alert_unit,
-                    held,
-                    first_round,
-                )))
-            };
+        let alerts = AlertTables {
+            format: &alert_format,
+            index,
+            config: &alerts_cfg,
+            kafka: &alerts_kafka,
+            catalog: &alert_catalog,
+            unit: alert_unit,
+            round_end: first_round,
+        };
+        let alerting = |inner, held| alerts.wrap(inner, held);
+        let alerting_anomalies = |inner, held| alerts.wrap(inner, held);
         let reader: Box<dyn ChunkReader> = match &input {
             Input::Stdin if index == 0 => Box::new(StdinReader::new(chunk_bytes, 0)),
             Input::Stdin => Box::new(NoInput),
@@ -267,7 +252,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
             });
             let connect = || ClickHouse::connect(&ch_cfg);
             // Only worker 0 receives derived rows and commits progress; it holds the restored rows.
-            let (lines, rated, usage, signals, shadow) = if index == 0 {
+            let (lines, rated, usage, signals, shadow, buckets, anomalies) = if index == 0 {
                 held.lock().expect("held rows").take().unwrap_or_default()
             } else {
                 Default::default()
@@ -326,9 +311,22 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
                 )?,
                 shadow_invoice_lines: Box::new(ch_sink::shadow_invoice_lines(
                     connect()?,
-                    names,
+                    names.clone(),
                     SignedState::resumed(shadow, first_round),
                 )),
+                usage_buckets: Box::new(ch_sink::usage_buckets(
+                    connect()?,
+                    names.clone(),
+                    SignedState::resumed(buckets, first_round),
+                )),
+                anomalies: alerting_anomalies(
+                    Box::new(ch_sink::anomalies(
+                        connect()?,
+                        names,
+                        SignedState::resumed(anomalies.clone(), first_round),
+                    )),
+                    anomalies,
+                )?,
                 progress,
                 facts_flush: policy,
                 derived_flush: policy,
@@ -356,7 +354,9 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
                 Box::new(entitlement_signals_writer(&out, index, n.clone())?),
                 Vec::new(),
             )?,
-            shadow_invoice_lines: Box::new(shadow_invoice_lines_writer(&out, index, n)?),
+            shadow_invoice_lines: Box::new(shadow_invoice_lines_writer(&out, index, n.clone())?),
+            usage_buckets: Box::new(usage_buckets_writer(&out, index, n.clone())?),
+            anomalies: alerting_anomalies(Box::new(anomalies_writer(&out, index, n)?), Vec::new())?,
             progress: Box::new(NoProgress),
             facts_flush: FlushPolicy::every(flush_every),
             derived_flush: FlushPolicy::every(flush_every),
@@ -574,5 +574,53 @@ impl ProgressLine {
                 *last = Instant::now();
             }
         }
+    }
+}
+
+/// What the tables that alert (`entitlement_signals`, `anomalies`) need to send alerts.
+struct AlertTables<'a> {
+    /// `None`: alerting is off; `Some(None)`: to Kafka only.
+    format: &'a Option<Option<crate::alerts::Format>>,
+    index: usize,
+    config: &'a crate::alerts::AlertsConfig,
+    kafka: &'a crate::kafka_source::KafkaConfig,
+    catalog: &'a Arc<meterflow_schemas::catalog::Catalog>,
+    unit: meterflow_schemas::time::PeriodUnit,
+    round_end: meterflow_operators::Epoch,
+}
+
+type Writer<R> =
+    Box<dyn meterflow_operators::sink::TableWriter<meterflow_operators::dataflow::Signed<R>>>;
+
+impl AlertTables<'_> {
+    /// Worker 0 receives every row of these tables; it alone sends alerts.
+    fn wrap<R: crate::alerts::Alertable>(
+        &self,
+        inner: Writer<R>,
+        held: Vec<(R, isize, u64)>,
+    ) -> Result<Writer<R>, String> {
+        let (Some(format), 0) = (self.format, self.index) else {
+            return Ok(inner);
+        };
+        let mut sinks: Vec<Box<dyn crate::alerts::AlertSink>> = Vec::new();
+        if let Some(format) = format {
+            sinks.push(Box::new(crate::alerts::Webhook::new(
+                self.config,
+                format.clone(),
+            )?));
+        }
+        if let Some(topic) = &self.config.kafka_topic {
+            sinks.push(Box::new(crate::alerts::KafkaAlerts::new(
+                self.kafka, topic,
+            )?));
+        }
+        Ok(Box::new(crate::alerts::AlertingWriter::new(
+            inner,
+            sinks,
+            self.catalog.clone(),
+            self.unit,
+            held,
+            self.round_end,
+        )))
     }
 }

@@ -10,8 +10,10 @@
 //!   least 3 of them are known; otherwise the same bucket on up to 5 of the last 14 days of the same
 //!   kind (weekday or weekend: daily seasonality without mixing Sundays into Mondays), when at
 //!   least 3 are known. A bucket is known from the meter's first reported bucket within the
-//!   baseline's reach on; earlier ones are history meterflow has not seen, not zeros. No baseline,
-//!   no verdict: a new meter never pages.
+//!   baseline's reach on; earlier ones are history meterflow has not seen, not zeros. At least
+//!   the median bucket of the baseline must hold `min_events` events: a meter that reports only a
+//!   few times an hour is too sparse to judge hour by hour. No baseline, no verdict: a new meter
+//!   never pages.
 //! - **Expected** is the median of the baseline. The **score** is robust and on a log scale, since
 //!   usage varies by ratios (a spike to 3× and a drop to ⅓ score alike): with
 //!   `l(x) = ln(x + min_volume / 10)`, score = `(l(observed) − median l(baseline)) / scale`, where
@@ -64,6 +66,9 @@ pub struct AnomalyRules {
     pub min_volume_by_sku: BTreeMap<String, Quantity>,
     /// Buckets in a row without events that make a silent meter.
     pub silent_after: u32,
+    /// Events per bucket the baseline must usually hold (its median): a meter with fewer at that
+    /// time of day is too sparse to judge bucket by bucket (use a longer bucket for it).
+    pub min_events: u32,
 }
 
 impl Default for AnomalyRules {
@@ -77,6 +82,7 @@ impl Default for AnomalyRules {
             min_volume: Quantity::from_units(100),
             min_volume_by_sku: BTreeMap::new(),
             silent_after: 3,
+            min_events: 5,
         }
     }
 }
@@ -99,7 +105,10 @@ impl AnomalyRules {
         }
         if !(self.threshold.is_finite() && self.threshold > 0.0) {
             return Err((
-                format!("anomalies.threshold: {} is not a positive score", self.threshold),
+                format!(
+                    "anomalies.threshold: {} is not a positive score",
+                    self.threshold
+                ),
                 "use a robust score such as 6".into(),
             ));
         }
@@ -164,7 +173,9 @@ mod quantity_text {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Quantity, D::Error> {
         let text = String::deserialize(d)?;
         Quantity::parse(&text).map_err(|e| {
-            serde::de::Error::custom(format!("`{text}` is not a quantity ({e}); write it as a string such as \"100\" or \"2.5\""))
+            serde::de::Error::custom(format!(
+                "`{text}` is not a quantity ({e}); write it as a string such as \"100\" or \"2.5\""
+            ))
         })
     }
 }
@@ -176,7 +187,10 @@ mod quantity_map {
     use serde::ser::SerializeMap;
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(m: &BTreeMap<String, Quantity>, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer>(
+        m: &BTreeMap<String, Quantity>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         let mut map = s.serialize_map(Some(m.len()))?;
         for (k, v) in m {
             map.serialize_entry(k, &v.to_string())?;
@@ -369,7 +383,9 @@ fn percent(a: Quantity, b: Quantity) -> String {
 }
 
 /// Usage of one meter in one bucket.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct Bucket {
     pub events: i64,
     pub quantity: Quantity,
@@ -452,10 +468,14 @@ impl Detector {
     /// At watermark `w`: the earliest bucket start still held, and the earliest window end of a
     /// verdict still held (what a resumed run restores).
     pub fn held_from(&self, w: EventTime) -> (EventTime, EventTime) {
+        if w == EventTime::MIN {
+            return (EventTime::MIN, EventTime::MIN);
+        }
         let closed = self.closed_before(w);
         (
             self.rules.start_of(closed.saturating_sub(self.data_lag)),
-            self.rules.start_of(closed.saturating_sub(self.final_lag) + 1),
+            self.rules
+                .start_of(closed.saturating_sub(self.final_lag) + 1),
         )
     }
 
@@ -571,7 +591,11 @@ impl Detector {
         }
         self.closed_upto = closed;
         self.meters.retain(|_, m| {
-            while m.buckets.first_key_value().is_some_and(|(&b, _)| b < forget) {
+            while m
+                .buckets
+                .first_key_value()
+                .is_some_and(|(&b, _)| b < forget)
+            {
                 m.buckets.pop_first();
             }
             while m
@@ -630,24 +654,9 @@ impl Judge<'_> {
             return None;
         }
         let n = self.rules.silent_after as i64;
-        let silent_at = |e: i64| -> Option<(Quantity, Baseline)> {
-            let mut expected = Quantity::ZERO;
-            let mut basis = None;
-            for b in e - n + 1..=e {
-                if self.meter.at(b).reported() {
-                    return None;
-                }
-                let x = self.expectation(b)?;
-                if x.expected < self.min_volume {
-                    return None;
-                }
-                expected += x.expected;
-                basis = Some(x.baseline);
-            }
-            Some((expected, basis?))
-        };
-        let (expected, baseline) = silent_at(h)?;
-        if silent_at(h - 1).is_some() {
+        let (expected, baseline) = self.silent_at(h, n)?;
+        // One anomaly per silence: at its first bucket that qualifies.
+        if self.silent_at(h - 1, n).is_some() {
             return None;
         }
         Some(Anomaly {
@@ -664,7 +673,27 @@ impl Judge<'_> {
         })
     }
 
-    /// (expected, scale, baseline) of bucket `h`, or `None` without enough known history.
+    /// Whether the `n` buckets up to `e` are a silence: none reported, each expecting at least
+    /// `min_volume`; with what they expected in all.
+    fn silent_at(&self, e: i64, n: i64) -> Option<(Quantity, Baseline)> {
+        // Cheap test first: most buckets are not the end of `n` empty ones.
+        if self.meter.buckets.range(e - n + 1..=e).next().is_some() {
+            return None;
+        }
+        let mut expected = Quantity::ZERO;
+        let mut basis = None;
+        for b in (e - n + 1..=e).rev() {
+            let x = self.expectation(b)?;
+            if x.expected < self.min_volume {
+                return None;
+            }
+            expected += x.expected;
+            basis.get_or_insert(x.baseline);
+        }
+        Some((expected, basis?))
+    }
+
+    /// The expectation of bucket `h`, or `None` without enough known history.
     fn expectation(&self, h: i64) -> Option<Expectation> {
         let per_day = self.rules.buckets_per_day();
         let week = 7 * per_day;
@@ -677,21 +706,19 @@ impl Judge<'_> {
             .find(|(_, b)| b.reported())
             .map(|(&b, _)| b)?;
         let known = |b: i64| b >= first;
-        let weekly: Vec<i128> = (1..=self.rules.weeks as i64)
+        let weekly: Vec<i64> = (1..=self.rules.weeks as i64)
             .map(|k| h - k * week)
             .filter(|&b| known(b))
-            .map(|b| self.meter.at(b).quantity.0)
             .collect();
-        let (refs, baseline) = if weekly.len() >= 3 {
+        let (days, baseline) = if weekly.len() >= 3 {
             let n = weekly.len() as u8;
             (weekly, Baseline::Weekly(n))
         } else {
             let weekend = is_weekend(self.rules.start_of(h));
-            let daily: Vec<i128> = (1..=14)
+            let daily: Vec<i64> = (1..=14)
                 .map(|k| h - k * per_day)
                 .filter(|&b| known(b) && is_weekend(self.rules.start_of(b)) == weekend)
                 .take(5)
-                .map(|b| self.meter.at(b).quantity.0)
                 .collect();
             if daily.len() < 3 {
                 return None;
@@ -699,6 +726,17 @@ impl Judge<'_> {
             let n = daily.len() as u8;
             (daily, Baseline::Daily(n))
         };
+        // Too few events at this time of day or week are noise, not a baseline: the meter
+        // must usually report `min_events` per bucket then.
+        let events = median(
+            days.iter()
+                .map(|&b| self.meter.at(b).events as i128)
+                .collect(),
+        );
+        if events < self.rules.min_events as i128 {
+            return None;
+        }
+        let refs: Vec<i128> = days.iter().map(|&b| self.meter.at(b).quantity.0).collect();
         let expected = median(refs.clone());
         // Scores are on a log scale: usage varies by ratios (a busy hour is busy by a factor),
         // so a spike to 3× and a drop to ⅓ score alike.
@@ -787,7 +825,7 @@ mod tests {
                     key,
                     EventTime(monday + hour * H),
                     Bucket {
-                        events: 1,
+                        events: (units + 9) / 10,
                         quantity: Quantity::from_units(units),
                     },
                 );
@@ -899,7 +937,10 @@ mod tests {
         );
         let monday = EventTime::from_civil(2026, 10, 5).0;
         let found: Vec<_> = out.iter().map(|(a, _)| (a.kind, a.start)).collect();
-        assert_eq!(found, vec![(AnomalyKind::Spike, EventTime(monday + sat * H))]);
+        assert_eq!(
+            found,
+            vec![(AnomalyKind::Spike, EventTime(monday + sat * H))]
+        );
         assert!(matches!(out[0].0.baseline, Baseline::Daily(_)));
     }
 
@@ -913,7 +954,13 @@ mod tests {
     fn a_late_correction_retracts_its_spike() {
         let (mut d, key) = detector();
         let at = 29 * 24 + 14;
-        feed(&mut d, key, 35, |h| if h == at { normal(h) * 5 } else { normal(h) });
+        feed(&mut d, key, 35, |h| {
+            if h == at {
+                normal(h) * 5
+            } else {
+                normal(h)
+            }
+        });
         let monday = EventTime::from_civil(2026, 10, 5).0;
         let end = EventTime(monday + 35 * 24 * H);
         let mut out = Vec::new();
@@ -943,7 +990,7 @@ mod tests {
             key,
             EventTime(monday + at * H + 60_000),
             Bucket {
-                events: 1,
+                events: 1000,
                 quantity: Quantity::from_units(10_000),
             },
         );
@@ -977,7 +1024,7 @@ mod tests {
                     key,
                     EventTime(monday + hour * H + 1),
                     Bucket {
-                        events: 1,
+                        events: (units + 9) / 10,
                         quantity: Quantity::from_units(units),
                     },
                 );

@@ -275,6 +275,48 @@ ORDER BY (customer_id, contract_id, sku, period, signal, percent, version)",
 ) ENGINE = MergeTree()
 ORDER BY (customer_id, invoice_period, contract_id, sku, region, service_period, line_type, version)",
     },
+    Migration {
+        id: 18,
+        name: "usage_buckets",
+        sql: "CREATE TABLE IF NOT EXISTS {db}.usage_buckets (
+    customer_id String,
+    sku String,
+    bucket_start DateTime,
+    events Int64,
+    quantity Decimal(38, 9),
+    sign Int8,
+    version UInt64,
+    epoch UInt64,
+    generation UInt32,
+    batch UInt64
+) ENGINE = MergeTree()
+PARTITION BY toYYYYMM(bucket_start)
+ORDER BY (customer_id, sku, bucket_start, version)",
+    },
+    Migration {
+        id: 19,
+        name: "anomalies",
+        sql: "CREATE TABLE IF NOT EXISTS {db}.anomalies (
+    customer_id String,
+    sku String,
+    kind String,
+    window_start DateTime,
+    window_end DateTime,
+    observed Decimal(38, 9),
+    expected Decimal(38, 9),
+    score Decimal(18, 2),
+    severity String,
+    baseline String,
+    explanation String,
+    sign Int8,
+    version UInt64,
+    epoch UInt64,
+    generation UInt32,
+    batch UInt64
+) ENGINE = MergeTree()
+PARTITION BY toYYYYMM(window_start)
+ORDER BY (customer_id, sku, window_start, kind, version)",
+    },
 ];
 
 /// The table that records applied migrations (created before any migration runs).
@@ -286,7 +328,7 @@ pub const MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS {db}.schema_migra
 ORDER BY id";
 
 /// Tables whose rows carry the `epoch` that wrote them (deleted beyond the last commit on restart).
-pub const EPOCH_TABLES: [&str; 8] = [
+pub const EPOCH_TABLES: [&str; 10] = [
     "usage_events",
     "rejections",
     "duplicates",
@@ -295,6 +337,8 @@ pub const EPOCH_TABLES: [&str; 8] = [
     "line_usage",
     "entitlement_signals",
     "shadow_invoice_lines",
+    "usage_buckets",
+    "anomalies",
 ];
 
 /// A statement with the database filled in.

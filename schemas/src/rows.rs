@@ -65,6 +65,8 @@ pub struct UsageDelta {
     /// original, so a line whose events are all voided disappears), or 0 for an amend.
     pub events: i64,
     pub quantity: Quantity,
+    /// When the usage happened (usage buckets and anomalies).
+    pub time: EventTime,
 }
 
 /// What an invoice line is about: one SKU of one contract in one service period (and price

@@ -58,6 +58,8 @@ struct Meter {
     weekend: f64,
     growth_per_week: f64,
     noise: f64,
+    /// Units per event.
+    event_size: f64,
 }
 
 impl Meter {
@@ -113,7 +115,9 @@ fn args() -> Args {
             "--injections" => a.injections = next().parse().expect("--injections K"),
             "--seed" => a.seed = next().parse().expect("--seed S"),
             "--late-percent" => a.late_percent = next().parse().expect("--late-percent P"),
-            other => panic!("unknown argument {other}; see the usage at the top of anomaly_eval.rs"),
+            other => {
+                panic!("unknown argument {other}; see the usage at the top of anomaly_eval.rs")
+            }
         }
         i += 2;
     }
@@ -136,6 +140,7 @@ fn main() {
                 weekend: rng.range(0.25, 1.0),
                 growth_per_week: rng.range(-0.01, 0.04),
                 noise: rng.range(0.05, 0.2),
+                event_size: 10f64.powf(rng.range(0.0, 1.0)),
             }
         })
         .collect();
@@ -200,7 +205,7 @@ fn main() {
     let key = |m: usize| (CustomerIdx(m as u32), SkuIdx(0));
     let mut verdicts: BTreeMap<Anomaly, isize> = BTreeMap::new();
     let mut out = Vec::new();
-    let mut late: Vec<(usize, i64, Quantity)> = Vec::new();
+    let mut late: Vec<(usize, i64, Quantity, i64)> = Vec::new();
     let started = Instant::now();
     let mut evaluated_hours = 0u64;
     for hour in 0..hours {
@@ -213,17 +218,19 @@ fn main() {
             if q.0 <= 0 {
                 continue;
             }
+            let events = ((units / m.event_size).round() as i64).max(1);
             // Some usage arrives an hour late (a retrying producer): the verdicts must not care.
             if rng.below(100) < a.late_percent {
-                late.push((i, hour, q));
+                late.push((i, hour, q, events));
                 continue;
             }
-            detector.add(key(i), EventTime(monday + hour * H + 1), bucket(q));
+            detector.add(key(i), EventTime(monday + hour * H + 1), bucket(q, events));
         }
-        let (arriving, waiting): (Vec<_>, Vec<_>) = late.drain(..).partition(|&(_, h, _)| h < hour);
+        let (arriving, waiting): (Vec<_>, Vec<_>) =
+            late.drain(..).partition(|&(_, h, _, _)| h < hour);
         late = waiting;
-        for (i, h, q) in arriving {
-            detector.add(key(i), EventTime(monday + h * H + 1), bucket(q));
+        for (i, h, q, e) in arriving {
+            detector.add(key(i), EventTime(monday + h * H + 1), bucket(q, e));
         }
         detector.advance(EventTime(monday + (hour + 1) * H - 1), &mut out);
         evaluated_hours += meters.len() as u64;
@@ -231,8 +238,8 @@ fn main() {
             *verdicts.entry(anomaly).or_default() += n;
         }
     }
-    for (i, h, q) in std::mem::take(&mut late) {
-        detector.add(key(i), EventTime(monday + h * H + 1), bucket(q));
+    for (i, h, q, e) in std::mem::take(&mut late) {
+        detector.add(key(i), EventTime(monday + h * H + 1), bucket(q, e));
     }
     detector.advance(EventTime(monday + hours * H), &mut out);
     for (anomaly, n) in out.drain(..) {
@@ -293,8 +300,8 @@ fn main() {
         a.late_percent
     );
     println!(
-        "rules: threshold {}, relative_floor {}, min_volume {}, silent_after {}, weeks {}",
-        rules.threshold, rules.relative_floor, rules.min_volume, rules.silent_after, rules.weeks
+        "rules: threshold {}, relative_floor {}, min_volume {}, min_events {}, silent_after {}, weeks {}",
+        rules.threshold, rules.relative_floor, rules.min_volume, rules.min_events, rules.silent_after, rules.weeks
     );
     println!("kind     detected  correct  injected(eligible)  found");
     for (kind, (d, ok, inj, f)) in &per_kind {
@@ -304,9 +311,7 @@ fn main() {
         "precision {precision:.3} ({true_positives}/{})  recall {recall:.3} ({found}/{eligible})",
         detected.len()
     );
-    println!(
-        "below min_volume: {below} injections, {found_below} found anyway (not counted)"
-    );
+    println!("below min_volume: {below} injections, {found_below} found anyway (not counted)");
     println!(
         "detector: {:.0} meter-hours/s ({} meter-hours in {:.2} s)",
         evaluated_hours as f64 / elapsed.as_secs_f64(),
@@ -344,9 +349,9 @@ fn main() {
     }
 }
 
-fn bucket(q: Quantity) -> Bucket {
+fn bucket(q: Quantity, events: i64) -> Bucket {
     Bucket {
-        events: 1,
+        events,
         quantity: q,
     }
 }

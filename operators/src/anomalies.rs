@@ -1,0 +1,259 @@
+//! Usage buckets and anomalies (rules in `meterflow_schemas::anomaly`).
+//!
+//! (data, time, diff): billable usage is summed per (customer, SKU, bucket) on each worker for a
+//! pricing round, and the sums of round `r` leave at `r` once the round is complete. They are
+//! exchanged by meter to the worker that owns it, whose [`Detector`] adds them, moves to the
+//! watermark of round `r` (the same watermark dedup judges lateness by) and emits, at `r`:
+//! the changed `usage_buckets` rows (old total `-1`, new total `+1`) and the changed anomalies
+//! (`+1` when found, `-1` when a later change undoes one). Rounds without usage on a worker still
+//! move its detector, so a meter that went quiet is noticed.
+//!
+//! A resumed run seeds each worker's detector with its meters' buckets and verdicts, and
+//! re-emits them at the first round, as every signed table's state expects.
+//!
+//! State: the detector (bounded by the dedup horizon plus the baseline's reach) and one map of
+//! sums per unfinished round (bounded by the source's flow control).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use meterflow_schemas::anomaly::{Anomaly, AnomalyRules, Bucket, BucketRow, Detector, MeterKey};
+use meterflow_schemas::catalog::Catalog;
+use meterflow_schemas::hashing::FxBuild;
+use meterflow_schemas::rows::UsageDelta;
+use meterflow_schemas::time::{EventTime, Span};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::generic::{Operator, OutputBuilder};
+use timely::dataflow::operators::Capability;
+use timely::dataflow::StreamVec;
+
+use crate::aggregate::round_end;
+use crate::dataflow::Signed;
+use crate::decode::EpochStats;
+use crate::watermark::WatermarkTracker;
+use crate::Epoch;
+
+/// What a resumed run restores: buckets and verdicts held at the last commit.
+#[derive(Clone, Default)]
+pub struct AnomalySeed {
+    pub buckets: Vec<BucketRow>,
+    pub anomalies: Vec<Anomaly>,
+}
+
+pub struct Anomalies<'s> {
+    pub buckets: StreamVec<'s, Epoch, Signed<BucketRow>>,
+    pub anomalies: StreamVec<'s, Epoch, Signed<Anomaly>>,
+}
+
+/// Where a run starts.
+pub struct Start {
+    pub first_epoch: Epoch,
+    pub watermark: Option<EventTime>,
+    pub epochs_per_round: u64,
+}
+
+type Sum = (MeterKey, EventTime, Bucket);
+type Out<D> = OutputBuilder<Epoch, CapacityContainerBuilder<Vec<D>>>;
+
+fn owner(key: &MeterKey) -> u64 {
+    // Spread meters over workers; a customer's SKUs stay together.
+    (key.0 .0 as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ key.1 .0 as u64
+}
+
+/// `stats`: every epoch's stats on every worker (broadcast), which define the watermark.
+pub fn anomalies<'s>(
+    usage: StreamVec<'s, Epoch, UsageDelta>,
+    stats: StreamVec<'s, Epoch, EpochStats>,
+    rules: AnomalyRules,
+    horizon: Span,
+    catalog: Arc<Catalog>,
+    start: Start,
+    seed: &AnomalySeed,
+) -> Anomalies<'s> {
+    let sums = bucket_sums(usage, rules.bucket, start.epochs_per_round);
+    let scope = sums.scope();
+    let (index, peers) = (scope.index() as u64, scope.peers() as u64);
+    let mut detector = Detector::new(rules, horizon, &catalog);
+    for b in seed
+        .buckets
+        .iter()
+        .filter(|b| owner(&(b.customer, b.sku)) % peers == index)
+    {
+        detector.seed_bucket((b.customer, b.sku), b.start, b.usage);
+    }
+    for a in seed
+        .anomalies
+        .iter()
+        .filter(|a| owner(&(a.customer, a.sku)) % peers == index)
+    {
+        detector.seed_verdict(a.clone());
+    }
+    if let Some(w) = start.watermark {
+        detector.resume_at(w);
+    }
+
+    let mut builder = OperatorBuilder::new("Anomalies".to_owned(), scope);
+    let mut sums_in = builder.new_input(sums, Exchange::new(|s: &Sum| owner(&s.0)));
+    let mut stats_in = builder.new_input(stats, Pipeline);
+    let (buckets_out, buckets) = builder.new_output();
+    let (anomalies_out, anomalies) = builder.new_output();
+    let mut buckets_out: Out<Signed<BucketRow>> = OutputBuilder::from(buckets_out);
+    let mut anomalies_out: Out<Signed<Anomaly>> = OutputBuilder::from(anomalies_out);
+    let k = start.epochs_per_round;
+    let first_round = round_end(start.first_epoch, k);
+    let mut tracker = WatermarkTracker::starting_at(start.watermark);
+    let mut pending: BTreeMap<Epoch, Vec<Sum>> = BTreeMap::new();
+    let mut last_round: Option<Epoch> = None;
+    let resumed = start.watermark.is_some();
+
+    builder.build(move |mut capabilities| {
+        // One capability per output, kept at the next round that may still emit.
+        let mut caps: Option<(Capability<Epoch>, Capability<Epoch>)> = {
+            let mut c = capabilities.drain(..);
+            match (c.next(), c.next()) {
+                (Some(mut b), Some(mut a)) => {
+                    b.downgrade(&first_round);
+                    a.downgrade(&first_round);
+                    Some((b, a))
+                }
+                _ => None,
+            }
+        };
+        let mut reemit = resumed;
+        move |frontiers| {
+            stats_in.for_each(|_cap, data| data.iter().for_each(|s| tracker.observe(s)));
+            sums_in.for_each_stamp(|cap, data| {
+                let Some(&epoch) = cap.least() else { return };
+                let round = round_end(epoch, k);
+                let sums = pending.entry(round).or_default();
+                for d in data.flat_map(|d| d.drain(..)) {
+                    sums.push(d);
+                }
+            });
+            let Some((held_b, held_a)) = caps.as_mut() else {
+                return;
+            };
+            let mut buckets_h = buckets_out.activate();
+            let mut anomalies_h = anomalies_out.activate();
+            if std::mem::take(&mut reemit) {
+                let (rows, verdicts) = detector.held();
+                let (cb, ca) = (held_b.delayed(&first_round), held_a.delayed(&first_round));
+                let mut s = buckets_h.session(&cb);
+                for r in rows {
+                    s.give((r, first_round, 1));
+                }
+                drop(s);
+                let mut s = anomalies_h.session(&ca);
+                for a in verdicts {
+                    s.give((a, first_round, 1));
+                }
+            }
+            // The least time either input may still bring.
+            let done = [frontiers[0].frontier(), frontiers[1].frontier()]
+                .iter()
+                .filter_map(|f| f.iter().min().copied())
+                .min();
+            // Complete rounds, in order: those with usage, then the last one (for the watermark).
+            let complete = |r: Epoch| done.is_none_or(|d| r < d);
+            let mut rounds: Vec<Epoch> = pending.keys().copied().filter(|&r| complete(r)).collect();
+            let latest = match done {
+                None => last_round.max(rounds.last().copied()),
+                Some(d) if d > k - 1 => Some(round_end(d - k, k)).filter(|&r| r >= first_round),
+                Some(_) => None,
+            };
+            if let Some(l) = latest {
+                if rounds.last().is_none_or(|&r| r < l) && last_round.is_none_or(|r| r < l) {
+                    rounds.push(l);
+                }
+            }
+            let mut changed: HashMap<BucketRow, isize, FxBuild> = HashMap::default();
+            let mut verdicts = Vec::new();
+            for r in rounds {
+                let sums = pending.remove(&r).unwrap_or_default();
+                for (key, t, usage) in sums {
+                    let (before, after) = detector.add(key, t, usage);
+                    let row = |u: Bucket| BucketRow {
+                        customer: key.0,
+                        sku: key.1,
+                        start: detector.rules().start_of(detector.rules().bucket_of(t)),
+                        usage: u,
+                    };
+                    if before != Bucket::default() {
+                        *changed.entry(row(before)).or_default() -= 1;
+                    }
+                    if after != Bucket::default() {
+                        *changed.entry(row(after)).or_default() += 1;
+                    }
+                }
+                detector.advance(tracker.watermark_for(r), &mut verdicts);
+                let (cb, ca) = (held_b.delayed(&r), held_a.delayed(&r));
+                let mut s = buckets_h.session(&cb);
+                for (row, n) in changed.drain() {
+                    if n != 0 {
+                        s.give((row, r, n));
+                    }
+                }
+                drop(s);
+                let mut s = anomalies_h.session(&ca);
+                for (a, n) in verdicts.drain(..) {
+                    s.give((a, r, n));
+                }
+                last_round = Some(r);
+            }
+            match done {
+                None => caps = None,
+                Some(d) => {
+                    let next = round_end(d, k).max(first_round);
+                    if *held_b.time() < next {
+                        held_b.downgrade(&next);
+                        held_a.downgrade(&next);
+                    }
+                }
+            }
+        }
+    });
+    Anomalies { buckets, anomalies }
+}
+
+/// Each round's billable usage on this worker, summed per (meter, bucket).
+fn bucket_sums<'s>(
+    usage: StreamVec<'s, Epoch, UsageDelta>,
+    bucket: Span,
+    epochs_per_round: u64,
+) -> StreamVec<'s, Epoch, Sum> {
+    type Sums = HashMap<(MeterKey, i64), Bucket, FxBuild>;
+    let mut pending: BTreeMap<Epoch, (Capability<Epoch>, Sums)> = BTreeMap::new();
+    let ms = bucket.millis();
+    usage.unary_frontier(Pipeline, "BucketSums", move |_cap, _info| {
+        move |(input, frontier), output| {
+            input.for_each_stamp(|cap, data| {
+                let Some(&epoch) = cap.least() else { return };
+                let round = round_end(epoch, epochs_per_round);
+                let (_, sums) = pending
+                    .entry(round)
+                    .or_insert_with(|| (cap.delayed(&round, 0), HashMap::default()));
+                for d in data.flat_map(|d| d.drain(..)) {
+                    let b = sums
+                        .entry(((d.line.customer, d.line.sku), d.time.0.div_euclid(ms)))
+                        .or_default();
+                    b.events += d.events;
+                    b.quantity += d.quantity;
+                }
+            });
+            while let Some(entry) = pending.first_entry() {
+                if frontier.frontier().less_equal(entry.key()) {
+                    break;
+                }
+                let (cap, sums) = entry.remove();
+                let mut session = output.session(&cap);
+                for ((key, b), usage) in sums {
+                    if usage != Bucket::default() {
+                        session.give((key, EventTime(b * ms), usage));
+                    }
+                }
+            }
+        }
+    })
+}
