@@ -3,7 +3,8 @@
 //! (data, time, diff): billable usage is summed per (customer, SKU, bucket) on each worker for a
 //! pricing round, and the sums of round `r` leave at `r` once the round is complete. They are
 //! exchanged by meter to the worker that owns it, whose [`Detector`] adds them, moves to the
-//! watermark of round `r` (the same watermark dedup judges lateness by) and emits, at `r`:
+//! watermark after round `r` (folded from the same per-epoch stats dedup judges lateness by)
+//! and emits, at `r`:
 //! the changed `usage_buckets` rows (old total `-1`, new total `+1`) and the changed anomalies
 //! (`+1` when found, `-1` when a later change undoes one). Rounds without usage on a worker still
 //! move its detector, so a meter that went quiet is noticed.
@@ -50,6 +51,9 @@ pub struct Anomalies<'s> {
 /// Where a run starts.
 pub struct Start {
     pub first_epoch: Epoch,
+    /// A resumed run (its detectors are seeded and re-emit what they hold).
+    pub resumed: bool,
+    /// The watermark it resumes at (a resumed run may have none yet).
     pub watermark: Option<EventTime>,
     pub epochs_per_round: u64,
 }
@@ -106,7 +110,7 @@ pub fn anomalies<'s>(
     let mut tracker = WatermarkTracker::starting_at(start.watermark);
     let mut pending: BTreeMap<Epoch, Vec<Sum>> = BTreeMap::new();
     let mut last_round: Option<Epoch> = None;
-    let resumed = start.watermark.is_some();
+    let resumed = start.resumed;
 
     builder.build(move |mut capabilities| {
         // One capability per output, kept at the next round that may still emit.
@@ -187,7 +191,10 @@ pub fn anomalies<'s>(
                         *changed.entry(row(after)).or_default() += 1;
                     }
                 }
-                detector.advance(tracker.watermark_for(r), &mut verdicts);
+                // The watermark after the round: the round's own usage counts (dedup judges an
+                // epoch by the watermark before it). At the end of the input this closes every
+                // bucket the input has passed, however the input was cut into epochs.
+                detector.advance(tracker.watermark_for(r + 1), &mut verdicts);
                 let (cb, ca) = (held_b.delayed(&r), held_a.delayed(&r));
                 let mut s = buckets_h.session(&cb);
                 for (row, n) in changed.drain() {

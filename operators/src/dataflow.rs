@@ -141,6 +141,7 @@ pub fn build<'s>(
             plan.catalog.clone(),
             Start {
                 first_epoch: resume.first_epoch(),
+                resumed: resume.progress.is_some(),
                 watermark: start_watermark,
                 epochs_per_round: plan.epochs_per_round,
             },

@@ -626,15 +626,10 @@ fn held_anomalies(
     }
     let rows: Vec<R> = ch.fetch(&held_query(
         "anomalies",
-        "customer_id, sku, kind, window_start",
-        &[
-            "window_end",
-            "observed",
-            "expected",
-            "score",
-            "severity",
-            "baseline",
-        ],
+        // `window_end` is part of the identity (fixed for a window), so the filter below reads
+        // the column, not an aggregate of it.
+        "customer_id, sku, kind, window_start, window_end",
+        &["observed", "expected", "score", "severity", "baseline"],
         &format!("{upto} AND {}", since("window_end", from)),
     ))?;
     let unknown = |what: &str, v: &str| {

@@ -174,6 +174,15 @@ pub fn assert_clickhouse_matches(
     let want = signals_from_csv(oracle);
     let got = signals_from_clickhouse(ch);
     assert_eq!(got, want, "{what}: entitlement signals");
+    let want = buckets_from_csv(oracle);
+    assert!(!want.is_empty(), "{what}: the run has usage buckets");
+    assert_same_rows(&buckets_from_clickhouse(ch), &want, what, "usage buckets");
+    assert_same_rows(
+        &anomalies_from_clickhouse(ch),
+        &anomalies_from_csv(oracle),
+        what,
+        "anomalies",
+    );
     let committed: serde_json::Value = serde_json::from_str(
         ch.query("SELECT counts FROM meterflow.sink_progress ORDER BY epoch DESC LIMIT 1")
             .unwrap()
@@ -187,6 +196,103 @@ pub fn assert_clickhouse_matches(
         "{what}: the last commit counts every record"
     );
     counts
+}
+
+/// Current rows of a signed table, one normalised string per field.
+pub type RowSet = std::collections::BTreeSet<Vec<String>>;
+
+/// Asserts that ClickHouse holds the rows of the embedded run, naming the differences.
+fn assert_same_rows(got: &RowSet, want: &RowSet, what: &str, table: &str) {
+    assert!(
+        got == want,
+        "{what}: {table} differ; only in ClickHouse: {:?}; only in the embedded run: {:?}",
+        got.difference(want).collect::<Vec<_>>(),
+        want.difference(got).collect::<Vec<_>>()
+    );
+}
+
+/// RFC 3339 (as in the embedded output) to Unix seconds.
+fn unix(text: &str) -> String {
+    let t = meterflow_schemas::time::EventTime::parse_rfc3339(text).unwrap();
+    t.0.div_euclid(1000).to_string()
+}
+
+fn decimal(text: &str) -> String {
+    Quantity::parse(text).unwrap().to_string()
+}
+
+/// Current `usage_buckets` of an embedded run: customer, SKU, start (Unix s), events, quantity.
+pub fn buckets_from_csv(out: &Path) -> RowSet {
+    current_rows(&read_table(out, "usage_buckets").unwrap())
+        .into_iter()
+        .map(|r| {
+            vec![
+                r["customer_id"].clone(),
+                r["sku"].clone(),
+                unix(&r["bucket_start"]),
+                r["events"].clone(),
+                decimal(&r["quantity"]),
+            ]
+        })
+        .collect()
+}
+
+/// Current `usage_buckets` in ClickHouse, like [`buckets_from_csv`] (signs summed here).
+pub fn buckets_from_clickhouse(ch: &ClickHouseServer) -> RowSet {
+    current_from_clickhouse(
+        ch,
+        "SELECT customer_id, sku, toUnixTimestamp(bucket_start), events, toString(quantity), sign FROM meterflow.usage_buckets FORMAT TabSeparated",
+        &[4],
+    )
+}
+
+/// Current `anomalies` of an embedded run: customer, SKU, kind, window (Unix s), observed,
+/// expected, score, severity, baseline.
+pub fn anomalies_from_csv(out: &Path) -> RowSet {
+    current_rows(&read_table(out, "anomalies").unwrap())
+        .into_iter()
+        .map(|r| {
+            vec![
+                r["customer_id"].clone(),
+                r["sku"].clone(),
+                r["kind"].clone(),
+                unix(&r["window_start"]),
+                unix(&r["window_end"]),
+                decimal(&r["observed"]),
+                decimal(&r["expected"]),
+                decimal(&r["score"]),
+                r["severity"].clone(),
+                r["baseline"].clone(),
+            ]
+        })
+        .collect()
+}
+
+/// Current `anomalies` in ClickHouse, like [`anomalies_from_csv`].
+pub fn anomalies_from_clickhouse(ch: &ClickHouseServer) -> RowSet {
+    current_from_clickhouse(
+        ch,
+        "SELECT customer_id, sku, kind, toUnixTimestamp(window_start), toUnixTimestamp(window_end), toString(observed), toString(expected), toString(score), severity, baseline, sign FROM meterflow.anomalies FORMAT TabSeparated",
+        &[5, 6, 7],
+    )
+}
+
+/// Rows of a TabSeparated query whose last field is the sign, with the signs summed (client
+/// side: ClickHouse 18.16 crashes grouping by a `Decimal128`); `decimals` are normalised.
+fn current_from_clickhouse(ch: &ClickHouseServer, sql: &str, decimals: &[usize]) -> RowSet {
+    let mut net: BTreeMap<Vec<String>, i64> = BTreeMap::new();
+    for l in ch.query(sql).unwrap().lines() {
+        let mut f: Vec<String> = l.split('\t').map(str::to_string).collect();
+        let sign: i64 = f.pop().unwrap().parse().unwrap();
+        for &i in decimals {
+            f[i] = decimal(&f[i]);
+        }
+        *net.entry(f).or_default() += sign;
+    }
+    net.into_iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(k, _)| k)
+        .collect()
 }
 
 type SignalSet = std::collections::BTreeSet<(Vec<String>, Quantity, Quantity)>;

@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use meterflow_tests::oracle::{
-    assert_clickhouse_matches, assert_invoice_has, assert_stream_has, count,
+    anomalies_from_csv, assert_clickhouse_matches, assert_invoice_has, assert_stream_has, count,
 };
 use meterflow_tests::servers::{AnswerLosingProxy, ClickHouseServer};
 use meterflow_tests::{meterflow_bin, meterflow_ok, Scratch};
@@ -57,7 +57,7 @@ impl Fixture {
             "5",
             "--terms",
         ]);
-        std::fs::write(dir.path().join("small.toml"), "[input]\nchunk_bytes = 131072\n\n[output]\nprice_every_epochs = 2\n\n[clickhouse]\nflush_interval = \"100ms\"\n").unwrap();
+        std::fs::write(dir.path().join("small.toml"), "[input]\nchunk_bytes = 131072\n\n[output]\nprice_every_epochs = 2\n\n# Sparse generated meters: low floors, so there are anomalies to compare across kills.\n[anomalies]\nmin_volume = \"1\"\nmin_events = 0\n\n[clickhouse]\nflush_interval = \"100ms\"\n").unwrap();
         let ch = ClickHouseServer::start(dir.path());
         meterflow_ok(&["migrate", "--clickhouse-url", &ch.url()]);
         Fixture { dir, ch }
@@ -99,6 +99,12 @@ impl Fixture {
         meterflow_ok(&a.iter().map(|s| s.as_str()).collect::<Vec<_>>());
         let counts = assert_clickhouse_matches(&self.ch, &self.dir.path().join("oracle"), what);
         assert_stream_has(&counts, kinds);
+        let anomalies = anomalies_from_csv(&self.dir.path().join("oracle"));
+        assert!(
+            anomalies.len() >= 10,
+            "{what}: the stream has anomalies to compare ({})",
+            anomalies.len()
+        );
         assert_invoice_has(&self.dir.path().join("oracle"), EVERY_LINE);
     }
 }

@@ -69,13 +69,13 @@ impl Fixture {
         meterflow_ok(&["migrate", "--clickhouse-url", &ch.url()]);
         std::fs::write(
             d.join("oracle.toml"),
-            "[input]\nchunk_bytes = 131072\n\n[output]\nprice_every_epochs = 2\n",
+            "[input]\nchunk_bytes = 131072\n\n[output]\nprice_every_epochs = 2\n\n[anomalies]\nmin_volume = \"1\"\nmin_events = 0\n",
         )
         .unwrap();
         std::fs::write(
             d.join("kafka.toml"),
             format!(
-                "[output]\nprice_every_epochs = 2\n\n[clickhouse]\nflush_interval = \"100ms\"\n\n\
+                "[output]\nprice_every_epochs = 2\n\n[anomalies]\nmin_volume = \"1\"\nmin_events = 0\n\n[clickhouse]\nflush_interval = \"100ms\"\n\n\
                  [kafka]\nbrokers = \"{}\"\ntopics = [\"{TOPIC}\"]\nepoch_interval = \"100ms\"\n\
                  exit_when_idle = \"{idle}\"\n",
                 broker.brokers()
