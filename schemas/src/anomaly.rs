@@ -414,8 +414,12 @@ struct Meter {
     buckets: BTreeMap<i64, Bucket>,
     /// The current verdict of each bucket that has one.
     verdicts: BTreeMap<i64, Anomaly>,
-    /// The earliest bucket whose data changed since the last evaluation.
-    dirty_from: Option<i64>,
+    /// Buckets that gained or lost all their usage since the last evaluation: every verdict
+    /// within reach after them may change (what a meter's history is known from may move).
+    flipped: Vec<i64>,
+    /// Buckets whose usage changed (and had usage before and after): only the verdicts that
+    /// look at them may change.
+    touched: Vec<i64>,
 }
 
 impl Meter {
@@ -539,7 +543,11 @@ impl Detector {
         if !after.reported() {
             m.buckets.remove(&b);
         }
-        m.dirty_from = Some(m.dirty_from.map_or(b, |d| d.min(b)));
+        if before.reported() && after.reported() {
+            m.touched.push(b);
+        } else {
+            m.flipped.push(b);
+        }
         (before, after)
     }
 
@@ -555,6 +563,14 @@ impl Detector {
         let fresh_start = self.closed_upto == i64::MIN;
         let min_volume = &self.min_volume;
         let rules = &self.rules;
+        let (reach, n) = (rules.reach(), rules.silent_after as i64);
+        // A verdict looks at its own bucket, the baseline's days and weeks before it, and the
+        // `silent_after` buckets before each of those.
+        let (day, week) = (rules.buckets_per_day(), 7 * rules.buckets_per_day());
+        let offsets: Vec<i64> = std::iter::once(0)
+            .chain((1..=14).map(|k| k * day))
+            .chain((1..=rules.weeks as i64).map(|k| k * week))
+            .collect();
         for (&key, m) in self.meters.iter_mut() {
             let last_data = m.buckets.keys().next_back().copied();
             // Buckets that close now (from the first one on, after a fresh start: the watermark
@@ -565,24 +581,46 @@ impl Detector {
                 Some(self.closed_upto)
             }
             .filter(|&f| f < closed);
-            let from = match (m.dirty_from.take(), first_closing) {
-                (Some(d), Some(c)) => d.min(c),
-                (d, c) => match d.or(c) {
-                    Some(f) => f,
-                    None => continue,
-                },
-            }
-            .max(changeable);
             let last_verdict = m.verdicts.keys().next_back().copied();
             let upto = closed
                 .max(last_data.map_or(i64::MIN, |d| d + 1))
                 .max(last_verdict.map_or(i64::MIN, |v| v + 1));
+            // The buckets whose verdict may have changed, as intervals.
+            let mut spans: Vec<(i64, i64)> = Vec::new();
+            let mut span = |from: i64, to: i64| {
+                let (from, to) = (from.max(changeable), to.min(upto));
+                if from < to {
+                    spans.push((from, to));
+                }
+            };
+            if let Some(c) = first_closing {
+                span(c, closed);
+            }
+            for c in std::mem::take(&mut m.flipped) {
+                span(c, c.saturating_add(reach + n + 1));
+            }
+            for c in std::mem::take(&mut m.touched) {
+                for o in offsets.iter() {
+                    span(c + o, c + o + n + 1);
+                }
+            }
+            if spans.is_empty() {
+                continue;
+            }
+            spans.sort_unstable();
+            let mut judge_at: Vec<i64> = Vec::new();
+            let mut next = i64::MIN;
+            for (from, to) in spans {
+                judge_at.extend(from.max(next)..to);
+                next = next.max(to);
+            }
             let judge = Judge {
                 rules,
                 min_volume: min_volume[key.1.ix()],
                 meter: m,
             };
-            let fresh: Vec<(i64, Option<Anomaly>)> = (from..upto)
+            let fresh: Vec<(i64, Option<Anomaly>)> = judge_at
+                .into_iter()
                 .map(|h| (h, judge.verdict(key, h, h < closed)))
                 .collect();
             for (h, v) in fresh {
