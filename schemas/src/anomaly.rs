@@ -755,46 +755,60 @@ impl Judge<'_> {
             .find(|(_, b)| b.reported())
             .map(|(&b, _)| b)?;
         let known = |b: i64| b >= first;
-        let weekly: Vec<i64> = (1..=self.rules.weeks as i64)
-            .map(|k| h - k * week)
-            .filter(|&b| known(b))
-            .collect();
-        let (days, baseline) = if weekly.len() >= 3 {
-            let n = weekly.len() as u8;
-            (weekly, Baseline::Weekly(n))
+        // At most 8 weeks or 5 days: fixed arrays, no allocation (this runs for every meter
+        // and bucket).
+        let mut refs = [Bucket::default(); 8];
+        let mut n = 0;
+        for k in 1..=self.rules.weeks.min(8) as i64 {
+            let b = h - k * week;
+            if known(b) {
+                refs[n] = self.meter.at(b);
+                n += 1;
+            }
+        }
+        let baseline = if n >= 3 {
+            Baseline::Weekly(n as u8)
         } else {
             let weekend = is_weekend(self.rules.start_of(h));
-            let daily: Vec<i64> = (1..=14)
-                .map(|k| h - k * per_day)
-                .filter(|&b| known(b) && is_weekend(self.rules.start_of(b)) == weekend)
-                .take(5)
-                .collect();
-            if daily.len() < 3 {
+            n = 0;
+            for k in 1..=14 {
+                let b = h - k * per_day;
+                if n < 5 && known(b) && is_weekend(self.rules.start_of(b)) == weekend {
+                    refs[n] = self.meter.at(b);
+                    n += 1;
+                }
+            }
+            if n < 3 {
                 return None;
             }
-            let n = daily.len() as u8;
-            (daily, Baseline::Daily(n))
+            Baseline::Daily(n as u8)
         };
+        let refs = &refs[..n];
         // Too few events at this time of day or week are noise, not a baseline: the meter
         // must usually report `min_events` per bucket then.
-        let events = median(
-            days.iter()
-                .map(|&b| self.meter.at(b).events as i128)
-                .collect(),
-        );
-        if events < self.rules.min_events as i128 {
+        let mut events = [0i128; 8];
+        let mut quantities = [0i128; 8];
+        for (i, r) in refs.iter().enumerate() {
+            events[i] = r.events as i128;
+            quantities[i] = r.quantity.0;
+        }
+        if median(&mut events[..n]) < self.rules.min_events as i128 {
             return None;
         }
-        let refs: Vec<i128> = days.iter().map(|&b| self.meter.at(b).quantity.0).collect();
-        let expected = median(refs.clone());
         // Scores are on a log scale: usage varies by ratios (a busy hour is busy by a factor),
         // so a spike to 3× and a drop to ⅓ score alike.
         let c = (self.min_volume.0 as f64 / 10.0).max(Quantity::SCALE_ONE as f64);
-        let log = |q: i128| (q.max(0) as f64 + c).ln();
-        let mut logs: Vec<f64> = refs.iter().map(|&r| log(r)).collect();
-        let center = median_f64(&mut logs);
-        let mut dev: Vec<f64> = logs.iter().map(|l| (l - center).abs()).collect();
-        let spread = 1.4826 * median_f64(&mut dev);
+        let mut logs = [0f64; 8];
+        for i in 0..n {
+            logs[i] = (quantities[i].max(0) as f64 + c).ln();
+        }
+        let expected = median(&mut quantities[..n]);
+        let center = median_f64(&mut logs[..n]);
+        let mut dev = [0f64; 8];
+        for i in 0..n {
+            dev[i] = (logs[i] - center).abs();
+        }
+        let spread = 1.4826 * median_f64(&mut dev[..n]);
         let scale = spread.max((1.0 + self.rules.relative_floor).ln()).max(1e-9);
         Some(Expectation {
             expected: Quantity(expected),
@@ -833,7 +847,7 @@ fn median_f64(v: &mut [f64]) -> f64 {
 }
 
 /// The median; the lower middle of an even count rounded toward the upper (exact, integer).
-fn median(mut v: Vec<i128>) -> i128 {
+fn median(v: &mut [i128]) -> i128 {
     v.sort_unstable();
     let n = v.len();
     if n % 2 == 1 {
