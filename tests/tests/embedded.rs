@@ -742,3 +742,116 @@ fn entitlement_alerts_reach_a_webhook_once_each_with_retries_and_a_dead_letter_f
         "two attempts each"
     );
 }
+
+#[test]
+fn anomalies_land_in_their_table_and_page_on_call_once_each() {
+    use meterflow_schemas::fixtures::{api, CATALOG};
+    use meterflow_schemas::time::EventTime;
+    let s = Scratch::new("anomaly-alerts");
+    let dir = s.path();
+    std::fs::create_dir_all(dir.join("catalog")).unwrap();
+    std::fs::write(dir.join("catalog/catalog.toml"), CATALOG).unwrap();
+    // Five weeks of acme's api_calls, twelve events an hour, busier by day; a burst on day 29
+    // (a Tuesday) at 14:00, and nothing on day 31 from 09:00 to 15:00.
+    let monday = EventTime::from_civil(2026, 9, 7).0;
+    let h = 3_600_000i64;
+    let mut events = String::new();
+    for hour in 0..35 * 24i64 {
+        let (day, of_day) = (hour / 24, hour % 24);
+        if day == 31 && (9..15).contains(&of_day) {
+            continue;
+        }
+        let size = if (8..20).contains(&of_day) {
+            "50"
+        } else {
+            "10"
+        };
+        let burst = if day == 29 && of_day == 14 { 24 } else { 12 };
+        for i in 0..burst {
+            let t = EventTime(monday + hour * h + i * 150_000);
+            let q = if i >= 12 { "500" } else { size };
+            events.push_str(&api(&format!("e{hour}-{i}"), q, &t.to_string()));
+            events.push('\n');
+        }
+    }
+    std::fs::write(dir.join("events.jsonl"), events).unwrap();
+    let receiver = Receiver::start(Some(1));
+    let config = dir.join("alerts.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[alerts]\nwebhook_url = \"http://127.0.0.1:{}/hook\"\nformat = \"json\"\ndead_letter = \"{}\"\n",
+            receiver.port,
+            dir.join("dead.jsonl").display()
+        ),
+    )
+    .unwrap();
+    meterflow_ok(&[
+        "run",
+        "-i",
+        dir.join("events.jsonl").to_str().unwrap(),
+        "-c",
+        dir.join("catalog").to_str().unwrap(),
+        "-o",
+        dir.join("out").to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+        "-q",
+    ]);
+    let rows = current_rows(&read_table(&dir.join("out"), "anomalies").unwrap());
+    let mut found: Vec<(String, String)> = rows
+        .iter()
+        .map(|r| (r["kind"].clone(), r["window_start"].clone()))
+        .collect();
+    found.sort_by(|a, b| a.1.cmp(&b.1));
+    assert_eq!(
+        found,
+        vec![
+            (
+                "spike".to_string(),
+                EventTime(monday + (29 * 24 + 14) * h).to_string()
+            ),
+            (
+                "silent".to_string(),
+                EventTime(monday + (31 * 24 + 9) * h).to_string()
+            ),
+        ],
+        "{rows:?}"
+    );
+    let silent = rows.iter().find(|r| r["kind"] == "silent").unwrap();
+    assert!(
+        silent["explanation"].contains("reported no api_calls"),
+        "{silent:?}"
+    );
+    // On-call hears of each once (the first delivery failed and was retried), as anomalies.
+    let bodies = receiver.bodies.lock().unwrap().clone();
+    let anomalies: Vec<serde_json::Value> = bodies
+        .iter()
+        .map(|b| serde_json::from_str::<serde_json::Value>(b).unwrap())
+        .filter(|e| e["kind"] == "anomaly")
+        .collect();
+    let mut keys: Vec<&str> = anomalies
+        .iter()
+        .map(|e| e["dedup_key"].as_str().unwrap())
+        .collect();
+    keys.sort_by_key(|k| k[k.find(":2026-").unwrap()..].to_string());
+    assert_eq!(
+        keys,
+        vec![
+            format!(
+                "meterflow:anomaly:acme:api_calls:spike:{}",
+                EventTime(monday + (29 * 24 + 14) * h)
+            ),
+            format!(
+                "meterflow:anomaly:acme:api_calls:silent:{}",
+                EventTime(monday + (31 * 24 + 9) * h)
+            ),
+        ],
+        "{bodies:?}"
+    );
+    assert!(anomalies.iter().all(|e| e["status"] == "firing"));
+    assert!(anomalies
+        .iter()
+        .all(|e| e["details"]["severity"] == "critical"));
+    assert_eq!(receiver.failed.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
