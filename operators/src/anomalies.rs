@@ -18,11 +18,17 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use meterflow_schemas::anomaly::{Anomaly, AnomalyRules, Bucket, BucketRow, Detector, MeterKey};
-use meterflow_schemas::catalog::Catalog;
+use differential_dataflow::VecCollection;
+use meterflow_schemas::anomaly::{
+    cost_anomaly, Anomaly, AnomalyRules, Bucket, BucketRow, Detector, MeterKey,
+};
+use meterflow_schemas::catalog::{Catalog, CustomerIdx, SkuIdx};
 use meterflow_schemas::hashing::FxBuild;
+use meterflow_schemas::money::Amount;
+use meterflow_schemas::rows::RatedRow;
 use meterflow_schemas::rows::UsageDelta;
 use meterflow_schemas::time::{EventTime, Span};
+use meterflow_schemas::time::{Period, PeriodUnit};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
@@ -263,4 +269,46 @@ fn bucket_sums<'s>(
             }
         }
     })
+}
+
+/// Cost anomalies: per customer, SKU and service period, the gross margin of the usage whose
+/// rate card gives a `unit_cost` (rules in `meterflow_schemas::anomaly::cost_anomaly`).
+///
+/// (data, time, diff): a differential `reduce` over the rated rows (one per tier and rate-card
+/// version), so a margin that falls under the floor inserts an anomaly and one that recovers
+/// (a correction, a late event at a better price) retracts it. A new cost changes the row.
+///
+/// State: one arrangement entry per rated row of a costed price, one per anomaly.
+pub fn cost_anomalies<'s>(
+    rated: VecCollection<'s, Epoch, RatedRow, isize>,
+    catalog: Arc<Catalog>,
+    rules: AnomalyRules,
+    unit: PeriodUnit,
+) -> VecCollection<'s, Epoch, Anomaly, isize> {
+    let c = catalog.clone();
+    rated
+        .flat_map(move |r| {
+            let unit_cost = c.price(r.price).unit_cost?;
+            Some((
+                (r.key.customer, r.key.sku, r.key.service_period),
+                (r.amount, unit_cost.times(r.quantity)),
+            ))
+        })
+        .reduce_named(
+            "CostAnomalies",
+            move |&(customer, sku, period): &(CustomerIdx, SkuIdx, Period),
+                  input: &[(&(Amount, Amount), isize)],
+                  output: &mut Vec<(Anomaly, isize)>| {
+                let (mut revenue, mut cost) = (Amount::ZERO, Amount::ZERO);
+                for ((a, c), n) in input {
+                    revenue += Amount(a.0 * *n as i128);
+                    cost += Amount(c.0 * *n as i128);
+                }
+                let window = (period.0, unit.end_of(period));
+                if let Some(a) = cost_anomaly(&rules, (customer, sku), window, revenue, cost) {
+                    output.push((a, 1));
+                }
+            },
+        )
+        .map(|(_, a)| a)
 }

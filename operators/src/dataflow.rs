@@ -20,7 +20,7 @@ use timely::dataflow::{ProbeHandle, Scope, StreamVec};
 
 use crate::accounting::{Totals, TotalsWriter};
 use crate::aggregate::{pre_aggregate, UsageRecord, UsageSum};
-use crate::anomalies::{anomalies, AnomalySeed, Start};
+use crate::anomalies::{anomalies, cost_anomalies, AnomalySeed, Start};
 use crate::decode::decode;
 use crate::dedup::{dedup, DedupSeed, Deduplicator};
 use crate::entitlements::{credit_burn_signals, entitlement_signals};
@@ -181,6 +181,18 @@ pub fn build<'s>(
     let signals = entitlement_signals(usage_lines, plan.catalog.clone(), plan.policy.period)
         .concat(burn)
         .inner;
+    let costs = plan.anomalies.enabled.then(|| {
+        cost_anomalies(
+            priced.clone().flat_map(|p| match p {
+                Priced::Rated(r) => Some(r),
+                _ => None,
+            }),
+            plan.catalog.clone(),
+            plan.anomalies.clone(),
+            plan.policy.period,
+        )
+        .inner
+    });
     let derived = derived_lines.map(Priced::Line);
     let priced = priced.concat(derived).inner;
 
@@ -262,8 +274,12 @@ pub fn build<'s>(
             derived,
             fatal.clone(),
         ));
+        let found_anomalies = match costs {
+            Some(c) => found.anomalies.concat(c),
+            None => found.anomalies,
+        };
         durable.push(sink(
-            found.anomalies,
+            found_anomalies,
             "anomalies",
             to_worker_zero(),
             io.anomalies,

@@ -448,3 +448,44 @@ fn a_spike_and_a_silent_meter_are_found_whatever_the_epochs_and_workers() {
         "same rows either way"
     );
 }
+
+#[test]
+fn a_margin_under_the_floor_is_a_cost_anomaly_until_a_correction_lifts_it() {
+    use meterflow_operators::testing::consolidate;
+    use meterflow_schemas::anomaly::{AnomalyKind, Baseline, Severity};
+    // api_calls bill 0.001 and cost 0.0009 to serve: a 10% gross margin, under the 20% floor.
+    let catalog = meterflow_schemas::catalog::from_toml_str(&fixtures::CATALOG.replacen(
+        "model = \"per_unit\"\nunit_price = \"0.001\"",
+        "model = \"per_unit\"\nunit_price = \"0.001\"\nunit_cost = \"0.0009\"",
+        1,
+    ))
+    .unwrap();
+    let t = "2026-10-05T10:00:00Z";
+    let void_b = api("v", "-20000", t).replace(
+        r#""environment""#,
+        r#""correction":{"action":"void","original_event_id":"b"},"environment""#,
+    );
+    let records = vec![
+        api("a", "5000", t),  // cost 4.5: under min_cost, nobody is paged
+        api("b", "20000", t), // cost 22.5 against 25 billed
+        void_b,               // back to cost 4.5
+    ];
+    for workers in [1, 2] {
+        let out = run(&lines(&records), plan(catalog.clone()), workers, 1).unwrap();
+        let history: Vec<(AnomalyKind, isize)> =
+            out.anomalies.iter().map(|(a, _, d)| (a.kind, *d)).collect();
+        assert_eq!(
+            history,
+            vec![(AnomalyKind::Cost, 1), (AnomalyKind::Cost, -1)],
+            "workers={workers}"
+        );
+        let a = &out.anomalies[0].0;
+        assert_eq!(a.observed, Quantity::parse("22.5").unwrap());
+        assert_eq!(a.expected, Quantity::parse("25").unwrap());
+        assert_eq!((a.score_centi, a.severity), (1000, Severity::Warning));
+        assert_eq!(a.baseline, Baseline::Margin(20));
+        let text = a.explain(&catalog);
+        assert!(text.contains("gross margin of 10.00%"), "{text}");
+        assert!(consolidate(out.anomalies.iter().map(|(a, _, d)| (a.clone(), *d))).is_empty());
+    }
+}

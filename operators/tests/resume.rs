@@ -11,7 +11,7 @@ use meterflow_operators::dedup::DedupSeed;
 use meterflow_operators::progress::Progress;
 use meterflow_operators::testing::{consolidate, plan, run, run_resumed, Held, RunOutput};
 use meterflow_operators::Epoch;
-use meterflow_schemas::anomaly::{AnomalyRules, BucketRow, Detector};
+use meterflow_schemas::anomaly::{AnomalyKind, AnomalyRules, BucketRow, Detector};
 use meterflow_schemas::event::CorrectionAction;
 use meterflow_schemas::fixtures::{self, event};
 use meterflow_schemas::time::{EventTime, Span};
@@ -151,7 +151,7 @@ fn state_at(
         .collect();
     let anomalies: Vec<_> = held_at(&full.anomalies, through)
         .into_iter()
-        .filter(|(a, _, _)| a.end >= verdicts_from)
+        .filter(|(a, _, _)| a.kind == AnomalyKind::Cost || a.end >= verdicts_from)
         .collect();
     let resume = Resume {
         progress: Some(p.clone()),
@@ -291,7 +291,9 @@ fn a_restart_from_any_commit_ends_where_an_uninterrupted_run_does() {
             for (a, n) in consolidate(
                 full.anomalies
                     .iter()
-                    .filter(|(a, t, _)| *t <= commit.epoch && a.end < verdicts_from)
+                    .filter(|(a, t, _)| {
+                        *t <= commit.epoch && a.kind != AnomalyKind::Cost && a.end < verdicts_from
+                    })
                     .map(|(a, _, d)| (a.clone(), *d)),
             ) {
                 *anomalies.entry(a).or_default() += n;

@@ -630,7 +630,12 @@ fn held_anomalies(
         // the column, not an aggregate of it.
         "customer_id, sku, kind, window_start, window_end",
         &["observed", "expected", "score", "severity", "baseline"],
-        &format!("{upto} AND {}", since("window_end", from)),
+        // Cost anomalies are re-derived from the pricing state, all of them; the detector's
+        // only from where it holds them.
+        &format!(
+            "{upto} AND (kind = 'cost' OR {})",
+            since("window_end", from)
+        ),
     ))?;
     let unknown = |what: &str, v: &str| {
         format!("anomalies holds {what} `{v}`, which this meterflow does not know; run the version that wrote it")

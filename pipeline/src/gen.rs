@@ -133,12 +133,19 @@ pub fn catalog_toml(customers: u32, start: EventTime, days: i64, terms: bool) ->
         } else {
             format!("model = \"per_unit\"\nunit_price = \"{api}\"")
         };
+        // With terms, tokens and storage carry what they cost to serve: heavy users in the
+        // cheap tiers fall under the margin floor (cost anomalies).
+        let (tok_cost, st_cost) = if terms {
+            ("unit_cost = \"0.000009\"\n", "unit_cost = \"0.07\"\n")
+        } else {
+            ("", "")
+        };
         let _ = writeln!(
             s,
             "[[rate_card]]\nid = \"standard\"\nversion = {version}\neffective_from = \"{from}\"\ncurrency = \"USD\"\n\
              [[rate_card.price]]\nsku = \"api_calls\"\n{api}\n\
-             [[rate_card.price]]\nsku = \"tokens\"\nmodel = \"graduated\"\ntiers = [{{ up_to = \"1000000\", unit_price = \"{tok1}\", flat_fee = \"10\" }}, {{ unit_price = \"{tok2}\" }}]\n\
-             [[rate_card.price]]\nsku = \"storage\"\nmodel = \"volume\"\ntiers = [{{ up_to = \"1000\", unit_price = \"{st}\" }}, {{ unit_price = \"0.05\", flat_fee = \"5\" }}]\n"
+             [[rate_card.price]]\nsku = \"tokens\"\nmodel = \"graduated\"\ntiers = [{{ up_to = \"1000000\", unit_price = \"{tok1}\", flat_fee = \"10\" }}, {{ unit_price = \"{tok2}\" }}]\n{tok_cost}\
+             [[rate_card.price]]\nsku = \"storage\"\nmodel = \"volume\"\ntiers = [{{ up_to = \"1000\", unit_price = \"{st}\" }}, {{ unit_price = \"0.05\", flat_fee = \"5\" }}]\n{st_cost}"
         );
     }
     let contract_start = start.minus(Span::days(30));

@@ -37,7 +37,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::{Catalog, CustomerIdx, SkuIdx};
-use crate::money::Quantity;
+use crate::money::{Amount, Quantity};
 use crate::time::{EventTime, Span};
 
 const DAY_MS: i64 = 86_400_000;
@@ -69,6 +69,12 @@ pub struct AnomalyRules {
     /// Events per bucket the baseline must usually hold (its median): a meter with fewer at that
     /// time of day is too sparse to judge bucket by bucket (use a longer bucket for it).
     pub min_events: u32,
+    /// Cost anomalies: the gross margin (percent of what usage bills) below which a customer's
+    /// SKU in a period is reported, where the rate card gives a `unit_cost`.
+    pub min_margin_percent: u8,
+    /// Cost (in the rate card's currency) below which a low margin pages nobody.
+    #[serde(with = "quantity_text")]
+    pub min_cost: Quantity,
 }
 
 impl Default for AnomalyRules {
@@ -83,6 +89,8 @@ impl Default for AnomalyRules {
             min_volume_by_sku: BTreeMap::new(),
             silent_after: 3,
             min_events: 5,
+            min_margin_percent: 20,
+            min_cost: Quantity::from_units(10),
         }
     }
 }
@@ -125,6 +133,15 @@ impl AnomalyRules {
             return Err((
                 "anomalies.silent_after: 0 buckets".into(),
                 "use 1 or more buckets in a row without events".into(),
+            ));
+        }
+        if self.min_margin_percent > 100 {
+            return Err((
+                format!(
+                    "anomalies.min_margin_percent: {} is over 100",
+                    self.min_margin_percent
+                ),
+                "use a gross-margin floor from 0 to 100 percent".into(),
             ));
         }
         if self.min_volume.is_negative() {
@@ -220,16 +237,24 @@ pub enum AnomalyKind {
     Spike,
     Drop,
     Silent,
+    /// Gross margin under the floor: usage costs too much to serve for what it is billed.
+    Cost,
 }
 
 impl AnomalyKind {
-    pub const ALL: [AnomalyKind; 3] = [AnomalyKind::Spike, AnomalyKind::Drop, AnomalyKind::Silent];
+    pub const ALL: [AnomalyKind; 4] = [
+        AnomalyKind::Spike,
+        AnomalyKind::Drop,
+        AnomalyKind::Silent,
+        AnomalyKind::Cost,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             AnomalyKind::Spike => "spike",
             AnomalyKind::Drop => "drop",
             AnomalyKind::Silent => "silent",
+            AnomalyKind::Cost => "cost",
         }
     }
 
@@ -267,6 +292,8 @@ pub enum Baseline {
     Weekly(u8),
     /// The same bucket on this many previous days of the same kind (weekday or weekend).
     Daily(u8),
+    /// A cost anomaly: the gross-margin floor, in percent.
+    Margin(u8),
 }
 
 impl Baseline {
@@ -274,6 +301,7 @@ impl Baseline {
         match self {
             Baseline::Weekly(n) => format!("weekly:{n}"),
             Baseline::Daily(n) => format!("daily:{n}"),
+            Baseline::Margin(n) => format!("margin:{n}"),
         }
     }
 
@@ -283,6 +311,7 @@ impl Baseline {
         match kind {
             "weekly" => Some(Baseline::Weekly(n)),
             "daily" => Some(Baseline::Daily(n)),
+            "margin" => Some(Baseline::Margin(n)),
             _ => None,
         }
     }
@@ -296,6 +325,7 @@ impl Baseline {
         match self {
             Baseline::Weekly(n) => format!("{same} on the {n} previous weeks"),
             Baseline::Daily(n) => format!("{same} on {n} recent days of the same kind"),
+            Baseline::Margin(n) => format!("a {n}% gross-margin floor"),
         }
     }
 }
@@ -346,6 +376,10 @@ impl Anomaly {
                 "{customer} reported no {sku} from {window}; {} was expected from {basis}; check the meter and its producer",
                 trimmed(exp)
             ),
+            AnomalyKind::Cost => format!(
+                "{customer}'s {sku} from {window} cost {} to serve and bills {}: a gross margin of {:.2}%, under {basis}; check the rate card and the customer's discounts",
+                trimmed(obs), trimmed(exp), self.score()
+            ),
         }
     }
 }
@@ -380,6 +414,49 @@ fn percent(a: Quantity, b: Quantity) -> String {
         return "0".into();
     }
     format!("{:.0}", 100.0 * a.0 as f64 / b.0 as f64)
+}
+
+/// The cost anomaly of a customer's SKU in a period, if its gross margin is under the floor:
+/// `revenue` is what the usage bills (exact, before invoice-level terms), `cost` what it costs
+/// to serve (`unit_cost × quantity`).
+pub fn cost_anomaly(
+    rules: &AnomalyRules,
+    meter: MeterKey,
+    window: (EventTime, EventTime),
+    revenue: Amount,
+    cost: Amount,
+) -> Option<Anomaly> {
+    let to_quantity = |a: Amount| Quantity(a.0 / 1_000_000_000);
+    let (revenue_q, cost_q) = (to_quantity(revenue), to_quantity(cost));
+    if cost_q < rules.min_cost || cost.0 <= 0 {
+        return None;
+    }
+    // margin < floor  ⇔  (revenue − cost) × 100 < floor × revenue, exactly.
+    let floor = rules.min_margin_percent as i128;
+    if (revenue.0 - cost.0) * 100 >= floor * revenue.0 {
+        return None;
+    }
+    let margin_centi = if revenue.0 > 0 {
+        ((revenue.0 - cost.0) as f64 / revenue.0 as f64 * 10_000.0).round() as i64
+    } else {
+        -10_000
+    };
+    Some(Anomaly {
+        customer: meter.0,
+        sku: meter.1,
+        kind: AnomalyKind::Cost,
+        start: window.0,
+        end: window.1,
+        observed: cost_q,
+        expected: revenue_q,
+        score_centi: margin_centi,
+        severity: if revenue.0 < cost.0 {
+            Severity::Critical
+        } else {
+            Severity::Warning
+        },
+        baseline: Baseline::Margin(rules.min_margin_percent),
+    })
 }
 
 /// Usage of one meter in one bucket.
@@ -497,8 +574,12 @@ impl Detector {
         self.meters.entry(key).or_default().buckets.insert(b, usage);
     }
 
-    /// Restores a verdict the output already holds (a resumed run).
+    /// Restores a verdict the output already holds (a resumed run). Cost anomalies are not the
+    /// detector's.
     pub fn seed_verdict(&mut self, a: Anomaly) {
+        if a.kind == AnomalyKind::Cost {
+            return;
+        }
         let b = self.rules.bucket_of(EventTime(a.end.0 - 1));
         self.meters
             .entry((a.customer, a.sku))

@@ -373,3 +373,30 @@ pub fn assert_stream_has(counts: &serde_json::Value, kinds: &[&str]) {
         );
     }
 }
+
+/// The dedup keys of the alerts that should be open after an embedded run: its current
+/// entitlement signals and anomalies.
+pub fn open_alert_keys(out: &Path) -> std::collections::BTreeSet<String> {
+    let signals = current_rows(&read_table(out, "entitlement_signals").unwrap());
+    let anomalies = current_rows(&read_table(out, "anomalies").unwrap());
+    signals
+        .iter()
+        .map(|r| {
+            format!(
+                "meterflow:entitlement:{}:{}:{}:{}:{}:{}",
+                r["customer_id"],
+                r["contract_id"],
+                r["sku"],
+                r["period"],
+                r["signal"],
+                r["percent"]
+            )
+        })
+        .chain(anomalies.iter().map(|r| {
+            format!(
+                "meterflow:anomaly:{}:{}:{}:{}",
+                r["customer_id"], r["sku"], r["kind"], r["window_start"]
+            )
+        }))
+        .collect()
+}

@@ -155,6 +155,7 @@ fn main() {
             AnomalyKind::Spike => (1 + rng.below(3) as i64, rng.range(2.5, 10.0)),
             AnomalyKind::Drop => (1 + rng.below(4) as i64, rng.range(0.05, 0.35)),
             AnomalyKind::Silent => (4 + rng.below(9) as i64, 0.0),
+            AnomalyKind::Cost => unreachable!("only usage anomalies are injected"),
         };
         let from = warmup + rng.below((hours - warmup - 24) as u64) as i64;
         // One injection per meter and week at most, so ground truth stays unambiguous.
@@ -182,6 +183,7 @@ fn main() {
                     >= rules.silent_after as i64
             }
             AnomalyKind::Drop => peak * (1.0 - factor) >= min_volume && peak >= 1.3 * min_volume,
+            AnomalyKind::Cost => false,
         };
         injections.push(Injection {
             meter,

@@ -199,6 +199,8 @@ struct PriceDef {
     percent: Option<DecimalText>,
     fixed_fee: Option<DecimalText>,
     free_events: Option<u32>,
+    /// What a unit costs the seller (cost of goods), for margin anomalies.
+    unit_cost: Option<DecimalText>,
 }
 
 #[derive(Deserialize)]
@@ -828,6 +830,25 @@ fn build_rate_cards(l: &mut Loader, files: &[(PathBuf, CatalogFile)]) {
                 let Some(model) = price_model(l, file, &pentry, pd) else {
                     continue;
                 };
+                let unit_cost = match &pd.unit_cost {
+                    None => None,
+                    Some(text) => {
+                        let Some(c) = l.decimal(file, &pentry, "unit_cost", text, UnitPrice::parse)
+                        else {
+                            continue;
+                        };
+                        if c.is_negative() {
+                            l.err(
+                                file,
+                                &pentry,
+                                "unit_cost is negative",
+                                "write what one unit costs to serve, 0 or more",
+                            );
+                            continue;
+                        }
+                        Some(c)
+                    }
+                };
                 let list = prices.entry(sku).or_default();
                 if list
                     .iter()
@@ -853,6 +874,7 @@ fn build_rate_cards(l: &mut Loader, files: &[(PathBuf, CatalogFile)]) {
                     region,
                     currency: Arc::from(def.currency.as_str()),
                     model,
+                    unit_cost,
                 });
                 list.push(ix);
                 // Region-specific prices are tried before the default.

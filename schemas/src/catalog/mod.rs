@@ -191,6 +191,8 @@ pub struct Price {
     pub region: Option<RegionIdx>,
     pub currency: Arc<str>,
     pub model: PriceModel,
+    /// What a unit costs to serve (cost of goods), when the rate card says: margin anomalies.
+    pub unit_cost: Option<UnitPrice>,
 }
 
 /// Why no price applies to an event.
