@@ -394,32 +394,7 @@ fn a_spike_and_a_silent_meter_are_found_whatever_the_epochs_and_workers() {
     use meterflow_operators::testing::consolidate;
     use meterflow_schemas::anomaly::AnomalyKind;
     use meterflow_schemas::time::EventTime;
-    // Five weeks of api_calls from acme, twelve events an hour, busier by day; on day 29 (a
-    // Tuesday) at 14:00 a burst, on day 31 from 09:00 to 15:00 nothing.
-    let monday = EventTime::from_civil(2026, 9, 7).0;
-    let h = 3_600_000i64;
-    let mut records = Vec::new();
-    for hour in 0..35 * 24i64 {
-        let (day, of_day) = (hour / 24, hour % 24);
-        if day == 31 && (9..15).contains(&of_day) {
-            continue;
-        }
-        let size = if (8..20).contains(&of_day) {
-            "50"
-        } else {
-            "10"
-        };
-        for i in 0..12 {
-            let t = EventTime(monday + hour * h + i * 300_000);
-            records.push(api(&format!("e{hour}-{i}"), size, &t.to_string()));
-        }
-        if day == 29 && of_day == 14 {
-            for i in 0..12 {
-                let t = EventTime(monday + hour * h + i * 300_000 + 1000);
-                records.push(api(&format!("burst{i}"), "500", &t.to_string()));
-            }
-        }
-    }
+    let (records, spike, silence) = fixtures::anomaly_stream();
     let mut seen = Vec::new();
     for (workers, chunk) in [(1, 4096), (2, 4096), (2, 100_000)] {
         let out = run(&lines(&records), plan(fixtures::catalog()), workers, chunk).unwrap();
@@ -428,10 +403,7 @@ fn a_spike_and_a_silent_meter_are_found_whatever_the_epochs_and_workers() {
             found.keys().map(|a| (a.kind, a.start)).collect();
         assert_eq!(
             kinds,
-            vec![
-                (AnomalyKind::Spike, EventTime(monday + (29 * 24 + 14) * h)),
-                (AnomalyKind::Silent, EventTime(monday + (31 * 24 + 9) * h)),
-            ],
+            vec![(AnomalyKind::Spike, spike), (AnomalyKind::Silent, silence)],
             "workers={workers} chunk={chunk}"
         );
         let buckets = consolidate(out.usage_buckets.iter().map(|(b, _, d)| (*b, *d)));

@@ -125,3 +125,40 @@ pub fn checksum(canonical: &[u8]) -> String {
 pub fn signature(key: &[u8], canonical: &[u8]) -> String {
     sign(key, canonical)
 }
+
+/// Five weeks of acme's api_calls from Monday 2026-09-07, twelve events an hour (50 units each
+/// by day, 10 by night), with a burst of twelve more of 500 on day 29 (a Tuesday) at 14:00 and
+/// nothing on day 31 from 09:00 to 15:00: one spike and one silent meter. Returns the records
+/// and the starts of the spike's and the silence's windows.
+pub fn anomaly_stream() -> (Vec<String>, crate::time::EventTime, crate::time::EventTime) {
+    use crate::time::EventTime;
+    let monday = EventTime::from_civil(2026, 9, 7).0;
+    let h = 3_600_000i64;
+    let mut records = Vec::new();
+    for hour in 0..35 * 24i64 {
+        let (day, of_day) = (hour / 24, hour % 24);
+        if day == 31 && (9..15).contains(&of_day) {
+            continue;
+        }
+        let size = if (8..20).contains(&of_day) {
+            "50"
+        } else {
+            "10"
+        };
+        for i in 0..12 {
+            let t = EventTime(monday + hour * h + i * 300_000);
+            records.push(api(&format!("e{hour}-{i}"), size, &t.to_string()));
+        }
+        if day == 29 && of_day == 14 {
+            for i in 0..12 {
+                let t = EventTime(monday + hour * h + i * 300_000 + 1000);
+                records.push(api(&format!("burst{i}"), "500", &t.to_string()));
+            }
+        }
+    }
+    (
+        records,
+        EventTime(monday + (29 * 24 + 14) * h),
+        EventTime(monday + (31 * 24 + 9) * h),
+    )
+}

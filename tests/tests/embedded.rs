@@ -739,35 +739,14 @@ fn entitlement_alerts_reach_a_webhook_once_each_with_retries_and_a_dead_letter_f
 
 #[test]
 fn anomalies_land_in_their_table_and_page_on_call_once_each() {
-    use meterflow_schemas::fixtures::{api, CATALOG};
-    use meterflow_schemas::time::EventTime;
+    use meterflow_schemas::fixtures::{anomaly_stream, CATALOG};
     let s = Scratch::new("anomaly-alerts");
     let dir = s.path();
     std::fs::create_dir_all(dir.join("catalog")).unwrap();
     std::fs::write(dir.join("catalog/catalog.toml"), CATALOG).unwrap();
-    // Five weeks of acme's api_calls, twelve events an hour, busier by day; a burst on day 29
-    // (a Tuesday) at 14:00, and nothing on day 31 from 09:00 to 15:00.
-    let monday = EventTime::from_civil(2026, 9, 7).0;
-    let h = 3_600_000i64;
-    let mut events = String::new();
-    for hour in 0..35 * 24i64 {
-        let (day, of_day) = (hour / 24, hour % 24);
-        if day == 31 && (9..15).contains(&of_day) {
-            continue;
-        }
-        let size = if (8..20).contains(&of_day) {
-            "50"
-        } else {
-            "10"
-        };
-        let burst = if day == 29 && of_day == 14 { 24 } else { 12 };
-        for i in 0..burst {
-            let t = EventTime(monday + hour * h + i * 150_000);
-            let q = if i >= 12 { "500" } else { size };
-            events.push_str(&api(&format!("e{hour}-{i}"), q, &t.to_string()));
-            events.push('\n');
-        }
-    }
+    // One spike and one silent meter in five weeks of acme's api_calls.
+    let (records, spike, silence) = anomaly_stream();
+    let events = records.join("\n") + "\n";
     std::fs::write(dir.join("events.jsonl"), events).unwrap();
     let receiver = Receiver::start(Some(1));
     let config = dir.join("alerts.toml");
@@ -801,14 +780,8 @@ fn anomalies_land_in_their_table_and_page_on_call_once_each() {
     assert_eq!(
         found,
         vec![
-            (
-                "spike".to_string(),
-                EventTime(monday + (29 * 24 + 14) * h).to_string()
-            ),
-            (
-                "silent".to_string(),
-                EventTime(monday + (31 * 24 + 9) * h).to_string()
-            ),
+            ("spike".to_string(), spike.to_string()),
+            ("silent".to_string(), silence.to_string()),
         ],
         "{rows:?}"
     );
@@ -832,14 +805,8 @@ fn anomalies_land_in_their_table_and_page_on_call_once_each() {
     assert_eq!(
         keys,
         vec![
-            format!(
-                "meterflow:anomaly:acme:api_calls:spike:{}",
-                EventTime(monday + (29 * 24 + 14) * h)
-            ),
-            format!(
-                "meterflow:anomaly:acme:api_calls:silent:{}",
-                EventTime(monday + (31 * 24 + 9) * h)
-            ),
+            format!("meterflow:anomaly:acme:api_calls:spike:{spike}"),
+            format!("meterflow:anomaly:acme:api_calls:silent:{silence}"),
         ],
         "{bodies:?}"
     );
