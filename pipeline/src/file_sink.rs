@@ -365,12 +365,13 @@ fn format_duplicate(n: &Names, _: &mut Labels, d: &DuplicateRow, row: &mut Vec<u
 
 /// A signed table: consolidates the dataflow's updates per pricing round and writes the changes
 /// at each flush (retractions first); `version` is the round that inserted a row (for a
-/// retraction: the row it cancels). Shares the rows it holds, for the preview.
+/// retraction: the row it cancels). `invoice_lines` shares the rows it holds at the end, for
+/// the preview.
 pub struct SignedWriter<R: Ord + Clone> {
     csv: CsvFile,
     names: Arc<Names>,
     state: SignedState<R>,
-    current: Arc<HeldRows<R>>,
+    current: Option<Arc<HeldRows<R>>>,
     worker: usize,
     labels: Labels,
     format: Format<R>,
@@ -386,6 +387,11 @@ impl<R: Ord + Clone + 'static> TableWriter<Signed<R>> for SignedWriter<R> {
 
     fn flush(&mut self, frontier: Option<Epoch>) -> Result<(), String> {
         let changes = self.state.changes(frontier);
+        // The preview reads the rows once the run is over: copying them at every flush would
+        // cost a copy of the whole table each time.
+        if let (None, Some(current)) = (frontier, &self.current) {
+            current.set(self.worker, self.state.held());
+        }
         if changes.is_empty() {
             return Ok(());
         }
@@ -397,7 +403,6 @@ impl<R: Ord + Clone + 'static> TableWriter<Signed<R>> for SignedWriter<R> {
             int(&mut self.csv.row, c.version);
             self.csv.end_row()?;
         }
-        self.current.set(self.worker, self.state.held());
         self.csv.flush()
     }
 }
@@ -475,7 +480,7 @@ fn signed_writer<R: Ord + Clone>(
     header: &str,
     worker: usize,
     names: Arc<Names>,
-    current: Arc<HeldRows<R>>,
+    current: Option<Arc<HeldRows<R>>>,
     format: Format<R>,
 ) -> Result<SignedWriter<R>, String> {
     Ok(SignedWriter {
@@ -502,7 +507,7 @@ pub fn invoice_lines_writer(
         INVOICE_HEADER,
         worker,
         names,
-        current,
+        Some(current),
         format_invoice_line,
     )
 }
@@ -519,7 +524,7 @@ pub fn shadow_invoice_lines_writer(
         INVOICE_HEADER,
         worker,
         names,
-        HeldRows::new(),
+        None,
         format_invoice_line,
     )
 }
@@ -535,7 +540,7 @@ pub fn rated_usage_writer(
         RATED_HEADER,
         worker,
         names,
-        HeldRows::new(),
+        None,
         format_rated,
     )
 }
@@ -551,7 +556,7 @@ pub fn line_usage_writer(
         LINE_USAGE_HEADER,
         worker,
         names,
-        HeldRows::new(),
+        None,
         format_line_usage,
     )
 }
@@ -579,7 +584,7 @@ pub fn entitlement_signals_writer(
         SIGNAL_HEADER,
         worker,
         names,
-        HeldRows::new(),
+        None,
         format_signal,
     )
 }
@@ -604,7 +609,7 @@ pub fn usage_buckets_writer(
         BUCKET_HEADER,
         worker,
         names,
-        HeldRows::new(),
+        None,
         format_bucket,
     )
 }
@@ -635,7 +640,7 @@ pub fn anomalies_writer(
         ANOMALY_HEADER,
         worker,
         names,
-        HeldRows::new(),
+        None,
         format_anomaly,
     )
 }

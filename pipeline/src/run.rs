@@ -458,7 +458,10 @@ impl TableWriter<Signed<InvoiceLine>> for LinesPreview {
     }
     fn flush(&mut self, frontier: Option<meterflow_operators::Epoch>) -> Result<(), String> {
         self.0.flush(frontier)?;
-        self.1.set(self.2, self.0.held());
+        // The preview reads the lines once the run is over.
+        if frontier.is_none() {
+            self.1.set(self.2, self.0.held());
+        }
         Ok(())
     }
     fn start_flush(
@@ -466,7 +469,9 @@ impl TableWriter<Signed<InvoiceLine>> for LinesPreview {
         frontier: Option<meterflow_operators::Epoch>,
     ) -> Result<bool, String> {
         let started = self.0.start_flush(frontier)?;
-        self.1.set(self.2, self.0.held());
+        if frontier.is_none() {
+            self.1.set(self.2, self.0.held());
+        }
         Ok(started)
     }
     fn flush_done(&mut self) -> Result<bool, String> {
