@@ -75,9 +75,6 @@ impl Multiply<isize> for UsageSum {
 /// Usage keyed for the rate join.
 pub type UsageRecord = (PriceIdx, (LineKey, Period));
 
-/// One pricing round's usage on this worker.
-type Sums = HashMap<UsageRecord, UsageSum, FxBuild>;
-
 /// The last epoch of the pricing round holding `epoch`, for rounds of `epochs_per_round`.
 pub fn round_end(epoch: Epoch, epochs_per_round: u64) -> Epoch {
     let k = epochs_per_round.max(1);
@@ -92,42 +89,65 @@ pub fn pre_aggregate<'s>(
     first_epoch: Epoch,
     seed: Vec<(UsageRecord, UsageSum)>,
 ) -> VecCollection<'s, Epoch, UsageRecord, UsageSum> {
-    let mut pending: BTreeMap<Epoch, (Capability<Epoch>, Sums)> = BTreeMap::new();
-    usage
-        .unary_frontier(Pipeline, "PreAggregate", move |cap, _info| {
-            if !seed.is_empty() {
-                let round = round_end(first_epoch, epochs_per_round);
-                pending.insert(round, (cap.delayed(&round), seed.into_iter().collect()));
-            }
-            move |(input, frontier), output| {
-                input.for_each_stamp(|cap, data| {
-                    let Some(&epoch) = cap.least() else { return };
-                    let round = round_end(epoch, epochs_per_round);
-                    let (_, sums) = pending
-                        .entry(round)
-                        .or_insert_with(|| (cap.delayed(&round, 0), HashMap::default()));
-                    for d in data.flat_map(|d| d.drain(..)) {
-                        let s = sums
-                            .entry((d.price, (d.line, d.invoice_period)))
-                            .or_default();
-                        s.events += d.events;
-                        s.quantity += d.quantity;
-                    }
-                });
-                while let Some(entry) = pending.first_entry() {
-                    if frontier.frontier().less_equal(entry.key()) {
-                        break;
-                    }
-                    let round = *entry.key();
-                    let (cap, sums) = entry.remove();
-                    let mut session = output.session(&cap);
-                    for (record, sum) in sums {
-                        if !sum.is_zero() {
-                            session.give((record, round, sum));
-                        }
+    round_sums(
+        usage,
+        "PreAggregate",
+        epochs_per_round,
+        (first_epoch, seed),
+        |d| (d.price, (d.line, d.invoice_period)),
+    )
+    .as_collection()
+}
+
+/// One pricing round's usage on this worker, per key.
+type Sums<K> = HashMap<K, UsageSum, FxBuild>;
+
+/// Each pricing round's usage on this worker, summed per `key`: for the round ending at `r`,
+/// one `(key, r, sum)` per key with a non-zero sum, once the input frontier passes `r`.
+/// `seed` (first epoch, sums) enters with the round holding that epoch.
+pub fn round_sums<'s, K>(
+    usage: StreamVec<'s, Epoch, UsageDelta>,
+    name: &str,
+    epochs_per_round: u64,
+    seed: (Epoch, Vec<(K, UsageSum)>),
+    key: impl Fn(&UsageDelta) -> K + 'static,
+) -> StreamVec<'s, Epoch, (K, Epoch, UsageSum)>
+where
+    K: std::hash::Hash + Eq + Clone + 'static,
+{
+    let mut pending: BTreeMap<Epoch, (Capability<Epoch>, Sums<K>)> = BTreeMap::new();
+    let (first_epoch, seed) = seed;
+    usage.unary_frontier(Pipeline, name, move |cap, _info| {
+        if !seed.is_empty() {
+            let round = round_end(first_epoch, epochs_per_round);
+            pending.insert(round, (cap.delayed(&round), seed.into_iter().collect()));
+        }
+        move |(input, frontier), output| {
+            input.for_each_stamp(|cap, data| {
+                let Some(&epoch) = cap.least() else { return };
+                let round = round_end(epoch, epochs_per_round);
+                let (_, sums) = pending
+                    .entry(round)
+                    .or_insert_with(|| (cap.delayed(&round, 0), HashMap::default()));
+                for d in data.flat_map(|d| d.drain(..)) {
+                    let s = sums.entry(key(&d)).or_default();
+                    s.events += d.events;
+                    s.quantity += d.quantity;
+                }
+            });
+            while let Some(entry) = pending.first_entry() {
+                if frontier.frontier().less_equal(entry.key()) {
+                    break;
+                }
+                let round = *entry.key();
+                let (cap, sums) = entry.remove();
+                let mut session = output.session(&cap);
+                for (k, sum) in sums {
+                    if !sum.is_zero() {
+                        session.give((k, round, sum));
                     }
                 }
             }
-        })
-        .as_collection()
+        }
+    })
 }

@@ -25,18 +25,16 @@ use meterflow_schemas::anomaly::{
 use meterflow_schemas::catalog::{Catalog, CustomerIdx, SkuIdx};
 use meterflow_schemas::hashing::FxBuild;
 use meterflow_schemas::money::Amount;
-use meterflow_schemas::rows::RatedRow;
-use meterflow_schemas::rows::UsageDelta;
-use meterflow_schemas::time::{EventTime, Span};
-use meterflow_schemas::time::{Period, PeriodUnit};
+use meterflow_schemas::rows::{RatedRow, UsageDelta};
+use meterflow_schemas::time::{EventTime, Period, PeriodUnit, Span};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
-use timely::dataflow::operators::generic::{Operator, OutputBuilder};
+use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::StreamVec;
 
-use crate::aggregate::round_end;
+use crate::aggregate::{round_end, round_sums};
 use crate::dataflow::Signed;
 use crate::decode::EpochStats;
 use crate::watermark::WatermarkTracker;
@@ -187,7 +185,7 @@ pub fn anomalies<'s>(
                     let row = |u: Bucket| BucketRow {
                         customer: key.0,
                         sku: key.1,
-                        start: detector.rules().start_of(detector.rules().bucket_of(t)),
+                        start: t,
                         usage: u,
                     };
                     if before != Bucket::default() {
@@ -230,44 +228,27 @@ pub fn anomalies<'s>(
     Anomalies { buckets, anomalies }
 }
 
-/// Each round's billable usage on this worker, summed per (meter, bucket).
+/// Each round's billable usage on this worker, summed per (meter, bucket start).
 fn bucket_sums<'s>(
     usage: StreamVec<'s, Epoch, UsageDelta>,
     bucket: Span,
     epochs_per_round: u64,
 ) -> StreamVec<'s, Epoch, Sum> {
-    type Sums = HashMap<(MeterKey, i64), Bucket, FxBuild>;
-    let mut pending: BTreeMap<Epoch, (Capability<Epoch>, Sums)> = BTreeMap::new();
+    use timely::dataflow::operators::vec::Map;
     let ms = bucket.millis();
-    usage.unary_frontier(Pipeline, "BucketSums", move |_cap, _info| {
-        move |(input, frontier), output| {
-            input.for_each_stamp(|cap, data| {
-                let Some(&epoch) = cap.least() else { return };
-                let round = round_end(epoch, epochs_per_round);
-                let (_, sums) = pending
-                    .entry(round)
-                    .or_insert_with(|| (cap.delayed(&round, 0), HashMap::default()));
-                for d in data.flat_map(|d| d.drain(..)) {
-                    let b = sums
-                        .entry(((d.line.customer, d.line.sku), d.time.0.div_euclid(ms)))
-                        .or_default();
-                    b.events += d.events;
-                    b.quantity += d.quantity;
-                }
-            });
-            while let Some(entry) = pending.first_entry() {
-                if frontier.frontier().less_equal(entry.key()) {
-                    break;
-                }
-                let (cap, sums) = entry.remove();
-                let mut session = output.session(&cap);
-                for ((key, b), usage) in sums {
-                    if usage != Bucket::default() {
-                        session.give((key, EventTime(b * ms), usage));
-                    }
-                }
-            }
-        }
+    round_sums(
+        usage,
+        "BucketSums",
+        epochs_per_round,
+        (0, Vec::new()),
+        move |d| ((d.line.customer, d.line.sku), d.time.0.div_euclid(ms)),
+    )
+    .map(move |((key, b), _, sum)| {
+        let usage = Bucket {
+            events: sum.events,
+            quantity: sum.quantity,
+        };
+        (key, EventTime(b * ms), usage)
     })
 }
 

@@ -213,8 +213,6 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
             unit: alert_unit,
             round_end: first_round,
         };
-        let alerting = |inner, held| alerts.wrap(inner, held);
-        let alerting_anomalies = |inner, held| alerts.wrap(inner, held);
         let reader: Box<dyn ChunkReader> = match &input {
             Input::Stdin if index == 0 => Box::new(StdinReader::new(chunk_bytes, 0)),
             Input::Stdin => Box::new(NoInput),
@@ -301,7 +299,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
                     names.clone(),
                     SignedState::resumed(usage, first_round),
                 )),
-                entitlement_signals: alerting(
+                entitlement_signals: alerts.wrap(
                     Box::new(ch_sink::entitlement_signals(
                         connect()?,
                         names.clone(),
@@ -319,7 +317,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
                     names.clone(),
                     SignedState::resumed(buckets, first_round),
                 )),
-                anomalies: alerting_anomalies(
+                anomalies: alerts.wrap(
                     Box::new(ch_sink::anomalies(
                         connect()?,
                         names,
@@ -350,13 +348,13 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
             )?),
             rated_usage: Box::new(rated_usage_writer(&out, index, n.clone())?),
             line_usage: Box::new(line_usage_writer(&out, index, n.clone())?),
-            entitlement_signals: alerting(
+            entitlement_signals: alerts.wrap(
                 Box::new(entitlement_signals_writer(&out, index, n.clone())?),
                 Vec::new(),
             )?,
             shadow_invoice_lines: Box::new(shadow_invoice_lines_writer(&out, index, n.clone())?),
             usage_buckets: Box::new(usage_buckets_writer(&out, index, n.clone())?),
-            anomalies: alerting_anomalies(Box::new(anomalies_writer(&out, index, n)?), Vec::new())?,
+            anomalies: alerts.wrap(Box::new(anomalies_writer(&out, index, n)?), Vec::new())?,
             progress: Box::new(NoProgress),
             facts_flush: FlushPolicy::every(flush_every),
             derived_flush: FlushPolicy::every(flush_every),

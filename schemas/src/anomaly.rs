@@ -542,10 +542,6 @@ impl Detector {
         }
     }
 
-    pub fn rules(&self) -> &AnomalyRules {
-        &self.rules
-    }
-
     /// At watermark `w`: the earliest bucket start still held, and the earliest window end of a
     /// verdict still held (what a resumed run restores).
     pub fn held_from(&self, w: EventTime) -> (EventTime, EventTime) {

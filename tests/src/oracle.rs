@@ -295,53 +295,36 @@ fn current_from_clickhouse(ch: &ClickHouseServer, sql: &str, decimals: &[usize])
         .collect()
 }
 
-type SignalSet = std::collections::BTreeSet<(Vec<String>, Quantity, Quantity)>;
-
 /// Current entitlement signals of an embedded run: identity, `at_quantity`, `allowance`.
-pub fn signals_from_csv(out: &Path) -> SignalSet {
+pub fn signals_from_csv(out: &Path) -> RowSet {
     current_rows(&read_table(out, "entitlement_signals").unwrap())
         .into_iter()
         .map(|r| {
-            (
-                [
-                    "customer_id",
-                    "contract_id",
-                    "sku",
-                    "period",
-                    "signal",
-                    "percent",
-                ]
-                .iter()
-                .map(|k| r[*k].clone())
-                .collect(),
-                Quantity::parse(&r["at_quantity"]).unwrap(),
-                Quantity::parse(&r["allowance"]).unwrap(),
-            )
+            let mut row: Vec<String> = [
+                "customer_id",
+                "contract_id",
+                "sku",
+                "period",
+                "signal",
+                "percent",
+            ]
+            .iter()
+            .map(|k| r[*k].clone())
+            .collect();
+            row.push(decimal(&r["at_quantity"]));
+            row.push(decimal(&r["allowance"]));
+            row
         })
         .collect()
 }
 
-/// Current entitlement signals in ClickHouse, like [`signals_from_csv`]. Signs are summed here:
-/// ClickHouse 18.16 crashes when grouping by a `Decimal128` column, even through `toString`.
-pub fn signals_from_clickhouse(ch: &ClickHouseServer) -> SignalSet {
-    let mut net: BTreeMap<(Vec<String>, Quantity, Quantity), i64> = BTreeMap::new();
-    for l in ch
-        .query("SELECT customer_id, contract_id, sku, period, signal, percent, toString(at_quantity), toString(allowance), sign FROM meterflow.entitlement_signals FORMAT TabSeparated")
-        .unwrap()
-        .lines()
-    {
-        let f: Vec<&str> = l.split('\t').collect();
-        let key = (
-            f[..6].iter().map(|s| s.to_string()).collect(),
-            Quantity::parse(f[6]).unwrap(),
-            Quantity::parse(f[7]).unwrap(),
-        );
-        *net.entry(key).or_default() += f[8].parse::<i64>().unwrap();
-    }
-    net.into_iter()
-        .filter(|(_, n)| *n > 0)
-        .map(|(k, _)| k)
-        .collect()
+/// Current entitlement signals in ClickHouse, like [`signals_from_csv`].
+pub fn signals_from_clickhouse(ch: &ClickHouseServer) -> RowSet {
+    current_from_clickhouse(
+        ch,
+        "SELECT customer_id, contract_id, sku, period, signal, percent, toString(at_quantity), toString(allowance), sign FROM meterflow.entitlement_signals FORMAT TabSeparated",
+        &[6, 7],
+    )
 }
 
 /// The line types (`usage`, `discount`, `tax`, ...) among the current invoice lines of an
