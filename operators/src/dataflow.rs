@@ -10,11 +10,14 @@ use meterflow_schemas::catalog::{Catalog, PriceIdx};
 use meterflow_schemas::money::Rounding;
 use meterflow_schemas::rejection::Rejection;
 use meterflow_schemas::rows::{
-    AcceptedEvent, Counts, DuplicateRow, EntitlementSignal, InvoiceLine, LineUsage, RatedRow,
+    AcceptedEvent, Counts, DuplicateRow, EntitlementSignal, InvoiceLine, LineKey, LineUsage,
+    RatedRow, UsageDelta,
 };
 use meterflow_schemas::validate::ValidationRules;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::vec::Broadcast;
+use timely::dataflow::operators::vec::Filter;
 use timely::dataflow::operators::{Concat, Concatenate, Exchange as ExchangeOp, Probe, ToStream};
 use timely::dataflow::{ProbeHandle, Scope, StreamVec};
 
@@ -25,6 +28,7 @@ use crate::decode::decode;
 use crate::dedup::{dedup, DedupSeed, Deduplicator};
 use crate::entitlements::{credit_burn_signals, entitlement_signals};
 use crate::invoice::invoice;
+use crate::meters::{meter_usage, Reading};
 use crate::price::{price, Priced};
 use crate::progress::{commit_progress, Progress, ProgressStore};
 use crate::rate_join::rate_join;
@@ -86,6 +90,9 @@ pub struct Resume {
     pub usage: Vec<(UsageRecord, UsageSum)>,
     /// Usage buckets and verdicts the anomaly detectors held.
     pub anomalies: AnomalySeed,
+    /// Readings of non-additive meters on lines that can still change (their pricing input
+    /// is not in `usage`; see [`crate::meters::reloads_readings`]).
+    pub readings: Vec<(LineKey, Reading, isize)>,
 }
 
 impl Resume {
@@ -132,9 +139,11 @@ pub fn build<'s>(
             .filter(|s| s.key.route() % scope.peers() as u64 == scope.index() as u64),
     );
     let deduped = dedup(decoded.events, watermarks.clone(), deduper, start_watermark);
+    let all_usage = deduped.usage.probe_with(&admitted);
+    let (additive, readings) = split_meters(all_usage, &plan.catalog);
     let detected = plan.anomalies.enabled.then(|| {
         anomalies(
-            deduped.usage.clone(),
+            additive.clone(),
             watermarks,
             plan.anomalies.clone(),
             plan.policy.dedup_horizon,
@@ -148,17 +157,24 @@ pub fn build<'s>(
             &resume.anomalies,
         )
     });
-    let seed = if scope.index() == 0 {
-        resume.usage.clone()
+    let (seed, reading_seed) = if scope.index() == 0 {
+        (resume.usage.clone(), resume.readings.clone())
     } else {
-        Vec::new()
+        Default::default()
     };
-    let usage = pre_aggregate(
-        deduped.usage.probe_with(&admitted),
-        plan.epochs_per_round,
-        resume.first_epoch(),
-        seed,
+    let first = resume.first_epoch();
+    let readings = readings.concat(
+        reading_seed
+            .into_iter()
+            .map(move |(line, r, n)| ((line, r), first, n))
+            .to_stream(scope)
+            .as_collection(),
     );
+    let usage = pre_aggregate(additive, plan.epochs_per_round, first, seed).concat(meter_usage(
+        readings,
+        plan.catalog.clone(),
+        plan.epochs_per_round,
+    ));
     let price_list = prices(scope, &plan.catalog);
     let shadow_lines = shadow(
         usage.clone(),
@@ -307,6 +323,45 @@ pub fn build<'s>(
         fatal,
     );
     done
+}
+
+type Readings<'s> = differential_dataflow::VecCollection<'s, Epoch, (LineKey, Reading), isize>;
+
+/// Usage of additive meters (sum, count) as it comes, and readings of the others.
+fn split_meters<'s>(
+    usage: StreamVec<'s, Epoch, UsageDelta>,
+    catalog: &Arc<Catalog>,
+) -> (StreamVec<'s, Epoch, UsageDelta>, Readings<'s>) {
+    let additive: Vec<bool> = catalog
+        .skus
+        .iter()
+        .map(|s| s.aggregation.is_additive())
+        .collect();
+    if additive.iter().all(|a| *a) {
+        let none = Vec::<((LineKey, Reading), Epoch, isize)>::new()
+            .to_stream(usage.scope())
+            .as_collection();
+        return (usage, none);
+    }
+    let catalog = catalog.clone();
+    let readings = usage
+        .clone()
+        .unary(Pipeline, "Readings", move |_cap, _info| {
+            move |input, output| {
+                input.for_each_stamp(|cap, data| {
+                    let Some(&epoch) = cap.least() else { return };
+                    let mut session = output.session(&cap);
+                    for d in data.flat_map(|d| d.iter()) {
+                        let aggregation = catalog.skus[d.line.sku.ix()].aggregation;
+                        if let Some((line, r, n)) = Reading::of(d, aggregation) {
+                            session.give(((line, r), epoch, n));
+                        }
+                    }
+                });
+            }
+        })
+        .as_collection();
+    (usage.filter(move |d| additive[d.line.sku.ix()]), readings)
 }
 
 fn to_worker_zero<D: 'static>() -> Exchange<D, impl FnMut(&D) -> u64> {

@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use meterflow_schemas::catalog::{Aggregation, Catalog};
+use meterflow_schemas::catalog::{distinct_value, Aggregation, Catalog};
 use meterflow_schemas::event::{CorrectionAction, Lineage, UsageEvent};
 use meterflow_schemas::hashing::EventKey;
 use meterflow_schemas::money::Quantity;
@@ -223,6 +223,7 @@ impl Deduplicator {
     /// The compact pricing input of an accepted billable event.
     pub fn usage_of(&self, a: &AcceptedEvent) -> UsageDelta {
         let ev = &a.event;
+        let sku = &self.catalog.skus[ev.sku.ix()];
         UsageDelta {
             line: LineKey {
                 customer: ev.customer,
@@ -234,11 +235,19 @@ impl Deduplicator {
             invoice_period: a.invoice_period,
             price: ev.price,
             events: ev.line_events(),
-            quantity: match self.catalog.skus[ev.sku.ix()].aggregation {
-                Aggregation::Sum => ev.quantity,
+            quantity: match sku.aggregation {
                 Aggregation::Count => Quantity::from_units(ev.line_events()),
+                _ => ev.quantity,
             },
             time: ev.time,
+            distinct: match (&sku.aggregation, &sku.unique_by) {
+                (Aggregation::UniqueCount, Some(key)) => {
+                    let attributes = ev.metadata.as_deref().and_then(|m| m.attributes.as_deref());
+                    // Validation rejected events without the attribute.
+                    distinct_value(attributes, key).unwrap_or_default()
+                }
+                _ => 0,
+            },
         }
     }
 

@@ -15,6 +15,7 @@ pub mod dedup_table;
 pub mod entitlements;
 pub mod invoice;
 pub mod memory;
+pub mod meters;
 pub mod price;
 pub mod progress;
 pub mod rate_join;

@@ -389,6 +389,182 @@ fn a_count_meter_bills_events_not_quantities() {
     }
 }
 
+/// Readings of acme's peak, distinct-count and gauge meters in November (the rate card changes
+/// on the 15th).
+fn meter_readings() -> Vec<String> {
+    let m = |id: &str, sku: &str, unit: &str, q: &str, day: u32| {
+        event(
+            id,
+            "acme",
+            "acme-2026",
+            sku,
+            unit,
+            q,
+            &format!("2026-11-{day:02}T12:00:00Z"),
+        )
+    };
+    let mut r = Vec::new();
+    for i in 1..=12 {
+        let u = m(&format!("u{i}"), "active_users", "users", "1", 3);
+        r.push(fixtures::with_user(&u, &format!("user-{i}")));
+    }
+    // user-1 again, and a reading of user-13 that is voided.
+    let again = m("u1-again", "active_users", "users", "1", 9);
+    r.push(fixtures::with_user(&again, "user-1"));
+    let u13 = fixtures::with_user(&m("u13", "active_users", "users", "1", 9), "user-13");
+    r.push(u13.clone());
+    r.push(fixtures::void_of(&u13, "u13", "1", "void-u13"));
+    let s2 = m("s2", "seats", "seats", "12", 3);
+    r.extend([
+        m("s1", "seats", "seats", "5", 2),
+        s2.clone(),
+        fixtures::void_of(&s2, "s2", "12", "void-s2"),
+        m("d1", "disk", "GB", "100", 2),
+        m("s3", "seats", "seats", "8", 20),
+        m("d3", "disk", "GB", "40", 20),
+        // Arrives last, but is not the latest reading.
+        m("d2", "disk", "GB", "300", 14),
+    ]);
+    r
+}
+
+#[test]
+fn peak_distinct_and_latest_meters_bill_their_period_whatever_the_epochs_and_workers() {
+    let records = meter_readings();
+    let catalog = fixtures::catalog();
+    let want = |sku: &str| catalog.sku(sku).unwrap();
+    for (workers, chunk) in [(1, 1), (2, 1), (1, 1 << 20), (2, 300)] {
+        let out = run(&lines(&records), plan(catalog.clone()), workers, chunk).unwrap();
+        assert!(out.counts.balanced());
+        assert_eq!(out.counts.rejected, 0, "{:?}", out.rejections);
+        let got = |sku: &str| {
+            let current = out.current_lines();
+            let mut ls = current.keys().filter(|l| l.key.sku == want(sku));
+            let l = ls.next().unwrap_or_else(|| panic!("{sku} has a line"));
+            assert!(ls.next().is_none(), "{sku}: one line");
+            (l.events, l.quantity, l.amount)
+        };
+        let at = format!("workers={workers} chunk={chunk}");
+        // Peak 12 voided: the peak is 8; a reading after the 15th prices it at version 2 (12).
+        assert_eq!(
+            got("seats"),
+            (2, Quantity::from_units(8), amount("96")),
+            "{at}"
+        );
+        // 12 distinct users (user-13 voided, user-1 twice): 2 above the 10 free, at 2.5.
+        assert_eq!(
+            got("active_users"),
+            (13, Quantity::from_units(12), amount("5")),
+            "{at}"
+        );
+        // The last reading by event time is the 20th's 40 GB, though the 14th's came after it.
+        assert_eq!(
+            got("disk"),
+            (3, Quantity::from_units(40), amount("10")),
+            "{at}"
+        );
+    }
+}
+
+#[test]
+fn a_late_higher_peak_is_billed_as_an_adjustment_of_the_increase() {
+    let records = vec![
+        event(
+            "s1",
+            "acme",
+            "acme-2026",
+            "seats",
+            "seats",
+            "10",
+            "2026-10-05T00:00:00Z",
+        ),
+        event(
+            "s2",
+            "acme",
+            "acme-2026",
+            "seats",
+            "seats",
+            "3",
+            "2026-11-02T00:00:00Z",
+        ),
+        // Past the tolerance: October's peak rises from 10 to 25.
+        event(
+            "s3",
+            "acme",
+            "acme-2026",
+            "seats",
+            "seats",
+            "25",
+            "2026-10-30T00:00:00Z",
+        ),
+    ];
+    let out = run_each_own_epoch(&records, 1);
+    let seats = fixtures::catalog().sku("seats").unwrap();
+    let october_period = meterflow_schemas::time::Period(
+        meterflow_schemas::time::EventTime::from_civil(2026, 10, 1),
+    );
+    let october: Vec<_> = out
+        .current_lines()
+        .into_keys()
+        .filter(|l| l.key.sku == seats && l.key.service_period == october_period)
+        .map(|l| (l.kind, l.events, l.quantity, l.amount))
+        .collect();
+    assert_eq!(
+        october,
+        vec![
+            (LineKind::Usage, 1, Quantity::from_units(10), amount("100")),
+            (
+                LineKind::Adjustment,
+                1,
+                Quantity::from_units(15),
+                amount("150")
+            ),
+        ]
+    );
+}
+
+#[test]
+fn an_amend_of_a_reading_is_rejected_and_a_unique_count_needs_its_attribute() {
+    let records = vec![
+        event(
+            "s1",
+            "acme",
+            "acme-2026",
+            "seats",
+            "seats",
+            "10",
+            "2026-11-05T00:00:00Z",
+        ),
+        event(
+            "s1-fix",
+            "acme",
+            "acme-2026",
+            "seats",
+            "seats",
+            "-2",
+            "2026-11-05T00:00:00Z",
+        )
+        .replace(
+            r#""environment""#,
+            r#""correction":{"action":"amend","original_event_id":"s1"},"environment""#,
+        ),
+        event(
+            "u1",
+            "acme",
+            "acme-2026",
+            "active_users",
+            "users",
+            "1",
+            "2026-11-05T00:00:00Z",
+        ),
+    ];
+    let out = run_each_own_epoch(&records, 1);
+    assert_eq!(out.counts.rejected_for(Reason::AmendNotSupported), 1);
+    assert_eq!(out.counts.rejected_for(Reason::MissingField), 1);
+    let fields: Vec<_> = out.rejections.iter().map(|r| r.field.as_deref()).collect();
+    assert!(fields.contains(&Some("metadata.attributes")), "{fields:?}");
+}
+
 #[test]
 fn a_spike_and_a_silent_meter_are_found_whatever_the_epochs_and_workers() {
     use meterflow_operators::testing::consolidate;

@@ -6,14 +6,17 @@ use std::collections::BTreeMap;
 
 use meterflow_operators::aggregate::UsageSum;
 use meterflow_operators::anomalies::AnomalySeed;
+use meterflow_operators::dataflow::Plan;
 use meterflow_operators::dataflow::Resume;
-use meterflow_operators::dedup::DedupSeed;
+use meterflow_operators::dedup::{DedupSeed, Deduplicator};
+use meterflow_operators::meters::{reloads_readings, Reading};
 use meterflow_operators::progress::Progress;
 use meterflow_operators::testing::{consolidate, plan, run, run_resumed, Held, RunOutput};
 use meterflow_operators::Epoch;
-use meterflow_schemas::anomaly::{AnomalyKind, AnomalyRules, BucketRow, Detector};
+use meterflow_schemas::anomaly::{AnomalyKind, BucketRow, Detector};
 use meterflow_schemas::event::CorrectionAction;
 use meterflow_schemas::fixtures::{self, event};
+use meterflow_schemas::rows::LineKey;
 use meterflow_schemas::time::{EventTime, Span};
 
 fn input() -> Vec<u8> {
@@ -27,6 +30,7 @@ fn input() -> Vec<u8> {
     // Oct 20 .. Nov 12, in order, with retries (some of events several rounds back, so they
     // straddle commits), a month end crossing and late October events.
     let mut sent = Vec::new();
+    let mut readings: Vec<(String, String)> = Vec::new();
     for i in 0..600i64 {
         let minute = i * 55;
         let t = meterflow_schemas::time::EventTime(1_792_454_400_000 + minute * 60_000);
@@ -47,6 +51,53 @@ fn input() -> Vec<u8> {
         if i % 9 == 0 {
             lines.push(sent[(i as usize).saturating_sub(40)].clone());
         }
+        if i % 4 == 1 || i % 4 == 2 {
+            // Readings of the peak, distinct-count and gauge meters.
+            let id = format!("m{i}");
+            let reading = match (i / 4) % 3 {
+                0 => event(
+                    &id,
+                    customer,
+                    contract,
+                    "seats",
+                    "seats",
+                    &format!("{}", 1 + (i * 13) % 40),
+                    &t.to_string(),
+                ),
+                1 => fixtures::with_user(
+                    &event(
+                        &id,
+                        customer,
+                        contract,
+                        "active_users",
+                        "users",
+                        "1",
+                        &t.to_string(),
+                    ),
+                    &format!("u{}", (i * 7) % 23),
+                ),
+                _ => event(
+                    &id,
+                    customer,
+                    contract,
+                    "disk",
+                    "GB",
+                    &format!("{}", 100 + (i * 7) % 500),
+                    &t.to_string(),
+                ),
+            };
+            lines.push(reading.clone());
+            readings.push((id, reading));
+        }
+        if i == 380 {
+            // Void a seats reading and a distinct user's reading.
+            for (id, line) in readings.clone() {
+                if id == "m1" || id == "m5" {
+                    let q = if id == "m1" { "14" } else { "1" };
+                    lines.push(fixtures::void_of(&line, &id, q, &format!("void-{id}")));
+                }
+            }
+        }
         if i == 450 {
             // October usage arriving in November: adjustments.
             lines.push(event(
@@ -66,6 +117,37 @@ fn input() -> Vec<u8> {
                 "GB",
                 "55",
                 "2026-10-31T21:00:00Z",
+            ));
+            // A late peak, a late new user and a late but earlier gauge reading.
+            lines.push(event(
+                "late-3",
+                "acme",
+                "acme-2026",
+                "seats",
+                "seats",
+                "77",
+                "2026-10-31T22:00:00Z",
+            ));
+            lines.push(fixtures::with_user(
+                &event(
+                    "late-4",
+                    "globex",
+                    "globex-legacy",
+                    "active_users",
+                    "users",
+                    "1",
+                    "2026-10-31T22:30:00Z",
+                ),
+                "late-user",
+            ));
+            lines.push(event(
+                "late-5",
+                "acme",
+                "acme-2026",
+                "disk",
+                "GB",
+                "1",
+                "2026-10-30T22:00:00Z",
             ));
         }
         if i == 300 {
@@ -95,12 +177,8 @@ fn input() -> Vec<u8> {
 }
 
 /// The state a restarted pipeline rebuilds from its tables at committed point `p`.
-fn state_at(
-    full: &RunOutput,
-    p: &Progress,
-    horizon_ms: i64,
-    rules: &AnomalyRules,
-) -> (Resume, Held) {
+fn state_at(full: &RunOutput, p: &Progress, horizon_ms: i64, plan: &Plan) -> (Resume, Held) {
+    let rules = &plan.anomalies;
     let through = p.epoch;
     let accepted: Vec<_> = full
         .accepted
@@ -129,8 +207,27 @@ fn state_at(
         })
         .collect();
     let line_usage = held_at(&full.line_usage, through);
+    // Non-additive lines that can still change come back as readings, the rest as usage (see
+    // `clickhouse_restore`).
+    let forget = EventTime(forget_before);
+    let from_readings = |key: &LineKey| {
+        !plan.catalog.skus[key.sku.ix()].aggregation.is_additive()
+            && reloads_readings(plan.policy.period.end_of(key.service_period), forget)
+    };
+    let deduper = Deduplicator::new(plan.policy, plan.catalog.clone(), Vec::new().into());
+    let readings = full
+        .accepted
+        .iter()
+        .filter(|(e, a)| *e <= through && a.event.billable())
+        .filter_map(|(_, a)| {
+            let d = deduper.usage_of(a);
+            Reading::of(&d, plan.catalog.skus[d.line.sku.ix()].aggregation)
+        })
+        .filter(|(line, _, _)| from_readings(line))
+        .collect();
     let usage = line_usage
         .iter()
+        .filter(|(u, _, _)| !from_readings(&u.key))
         .map(|(u, n, _)| {
             (
                 (u.price, (u.key, u.invoice_period)),
@@ -161,6 +258,7 @@ fn state_at(
             buckets: usage_buckets.iter().map(|(b, _, _)| *b).collect(),
             anomalies: anomalies.iter().map(|(a, _, _)| a.clone()).collect(),
         },
+        readings,
     };
     (
         resume,
@@ -226,6 +324,14 @@ fn a_restart_from_any_commit_ends_where_an_uninterrupted_run_does() {
     }
 
     let full_lines = consolidate(full.invoice_lines.iter().map(|(r, _, d)| (r.clone(), *d)));
+    for meter in ["seats", "active_users", "disk"] {
+        let sku = p.catalog.sku(meter).unwrap();
+        let lines = full_lines.keys().filter(|l| l.key.sku == sku);
+        assert!(
+            lines.count() >= 4,
+            "{meter} has lines to carry across restarts"
+        );
+    }
     let full_usage = consolidate(full.line_usage.iter().map(|(r, _, d)| (r.clone(), *d)));
     let full_rated = consolidate(full.rated_usage.iter().map(|(r, _, d)| (r.clone(), *d)));
     let full_buckets = consolidate(full.usage_buckets.iter().map(|(r, _, d)| (*r, *d)));
@@ -245,7 +351,7 @@ fn a_restart_from_any_commit_ends_where_an_uninterrupted_run_does() {
     .enumerate()
     {
         for workers in [1, 2] {
-            let (resume, held) = state_at(&full, &commit, 7 * 24 * 3_600_000, &p.anomalies);
+            let (resume, held) = state_at(&full, &commit, 7 * 24 * 3_600_000, &p);
             let again =
                 run_resumed(&input, p.clone(), workers, chunk, resume, held.clone()).unwrap();
             let at = format!(

@@ -24,18 +24,21 @@ use meterflow_operators::aggregate::UsageSum;
 use meterflow_operators::anomalies::AnomalySeed;
 use meterflow_operators::dataflow::Resume;
 use meterflow_operators::dedup::DedupSeed;
+use meterflow_operators::meters::{reloads_readings, Reading};
 use meterflow_operators::progress::Progress;
 use meterflow_operators::source::Position;
 use meterflow_schemas::anomaly::{
     Anomaly, AnomalyKind, AnomalyRules, Baseline, Bucket, BucketRow, Detector, Severity,
 };
-use meterflow_schemas::catalog::{Catalog, CustomerIdx, PriceIdx, RegionIdx, SkuIdx};
+use meterflow_schemas::catalog::{
+    distinct_value, Catalog, CustomerIdx, PriceIdx, RegionIdx, SkuIdx,
+};
 use meterflow_schemas::ddl::EPOCH_TABLES;
 use meterflow_schemas::entitlement::SignalKind;
 use meterflow_schemas::hashing::EventKey;
 use meterflow_schemas::money::{Amount, Quantity};
 use meterflow_schemas::rows::{
-    Counts, EntitlementSignal, InvoiceLine, LineKey, LineKind, LineUsage, RatedRow,
+    Counts, EntitlementSignal, InvoiceLine, LineKey, LineKind, LineUsage, RatedRow, UsageDelta,
 };
 use meterflow_schemas::time::{EventTime, Period, PeriodUnit, Span};
 use serde::Deserialize;
@@ -128,6 +131,22 @@ struct LineUsageRow {
     quantity: i128,
     n: i64,
     v: u64,
+}
+
+#[derive(Row, Deserialize)]
+struct ReadingRow {
+    customer_id: String,
+    contract_id: String,
+    sku: String,
+    price_region: String,
+    service_period: String,
+    invoice_period: String,
+    rate_card: String,
+    rate_card_version: u32,
+    quantity: i128,
+    event_time_ms: i64,
+    attributes: String,
+    correction_action: String,
 }
 
 /// Maps table text back to catalog indices.
@@ -334,8 +353,18 @@ pub fn restore(
     } else {
         Default::default()
     };
+    // Lines of non-additive meters that can still change are rebuilt from their readings; the
+    // rest from their pricing input.
+    let forget = EventTime(forget_before);
+    let from_readings = |key: &LineKey| {
+        key.sku != SkuIdx::INVOICE
+            && !catalog.skus[key.sku.ix()].aggregation.is_additive()
+            && reloads_readings(period.end_of(key.service_period), forget)
+    };
+    let readings = held_readings(ch, &lookup, &upto, forget, &from_readings)?;
     let usage = line_usage
         .iter()
+        .filter(|(u, _, _)| !from_readings(&u.key))
         .map(|(u, n, _)| {
             (
                 (u.price, (u.key, u.invoice_period)),
@@ -356,6 +385,7 @@ pub fn restore(
                 buckets: usage_buckets.iter().map(|(b, _, _)| *b).collect(),
                 anomalies: anomalies.iter().map(|(a, _, _)| a.clone()).collect(),
             },
+            readings,
         },
         usage_buckets,
         anomalies,
@@ -693,4 +723,63 @@ fn held_usage(
             Ok((row, r.n as isize, r.v))
         })
         .collect()
+}
+
+/// The readings of non-additive meters on lines `wanted` picks, from the accepted billable events
+/// of epochs up to `upto`: what the meter reduce held (see `meterflow_operators::meters`).
+fn held_readings(
+    ch: &ClickHouse,
+    l: &Lookup,
+    upto: &str,
+    forget_before: EventTime,
+    wanted: &dyn Fn(&LineKey) -> bool,
+) -> Result<Vec<(LineKey, Reading, isize)>, String> {
+    let skus: Vec<String> = l
+        .catalog
+        .skus
+        .iter()
+        .filter(|s| !s.aggregation.is_additive())
+        .map(|s| format!("'{}'", s.id.replace('\\', "\\\\").replace('\'', "\\'")))
+        .collect();
+    if skus.is_empty() {
+        return Ok(Vec::new());
+    }
+    // Events of a service period that ended before `forget_before` are not wanted; the period
+    // holding `forget_before` starts no later than any wanted one.
+    let from = l.period.period_of(forget_before).0 .0;
+    let rows: Vec<ReadingRow> = ch.fetch(&format!(
+        "SELECT customer_id, contract_id, sku, price_region, service_period, invoice_period, \
+         rate_card, rate_card_version, quantity, event_time_ms, attributes, correction_action \
+         FROM {{db}}.usage_events WHERE billable = 1 AND sku IN ({}) AND event_time_ms >= {from} \
+         AND {upto}",
+        skus.join(", ")
+    ))?;
+    let mut out = Vec::new();
+    for r in rows {
+        let line = l.key(
+            &r.customer_id,
+            &r.contract_id,
+            &r.sku,
+            &r.price_region,
+            &r.service_period,
+        )?;
+        if !wanted(&line) {
+            continue;
+        }
+        let sku = &l.catalog.skus[line.sku.ix()];
+        let delta = UsageDelta {
+            line,
+            invoice_period: l.period(&r.invoice_period)?,
+            price: l.price(&r.rate_card, r.rate_card_version, line.sku, line.region)?,
+            events: if r.correction_action == "void" { -1 } else { 1 },
+            quantity: Quantity(r.quantity),
+            time: EventTime(r.event_time_ms),
+            distinct: match &sku.unique_by {
+                Some(key) => distinct_value(Some(&r.attributes), key).unwrap_or_default(),
+                None => 0,
+            },
+        };
+        out.extend(Reading::of(&delta, sku.aggregation));
+    }
+    Ok(out)
 }

@@ -3,7 +3,8 @@
 use crate::canonical::{checksum_of, sign, Canonical, CanonicalFields};
 use crate::catalog::{from_toml_str, Catalog};
 
-/// Two customers, three SKUs, a rate card with a mid-month change and a pinned contract.
+/// Two customers, six SKUs (three summed; a peak, a distinct count and a gauge), a rate card with
+/// a mid-month change and a pinned contract.
 pub const CATALOG: &str = r#"
 [[sku]]
 id = "api_calls"
@@ -16,6 +17,22 @@ unit = "tokens"
 [[sku]]
 id = "storage"
 unit = "GB"
+
+[[sku]]
+id = "seats"
+unit = "seats"
+aggregation = "max"
+
+[[sku]]
+id = "active_users"
+unit = "users"
+aggregation = "unique_count"
+unique_by = "user_id"
+
+[[sku]]
+id = "disk"
+unit = "GB"
+aggregation = "latest"
 
 [[customer]]
 id = "acme"
@@ -47,6 +64,18 @@ sku = "api_calls"
 region = "eu-west-1"
 model = "per_unit"
 unit_price = "0.0012"
+[[rate_card.price]]
+sku = "seats"
+model = "per_unit"
+unit_price = "10"
+[[rate_card.price]]
+sku = "active_users"
+model = "graduated"
+tiers = [{ up_to = "10", unit_price = "0" }, { unit_price = "2.5" }]
+[[rate_card.price]]
+sku = "disk"
+model = "per_unit"
+unit_price = "0.2"
 
 [[rate_card]]
 id = "standard"
@@ -65,6 +94,18 @@ tiers = [{ up_to = "1000", unit_price = "0.02", flat_fee = "5" }, { up_to = "100
 sku = "storage"
 model = "volume"
 tiers = [{ up_to = "100", unit_price = "0.1" }, { unit_price = "0.04", flat_fee = "2" }]
+[[rate_card.price]]
+sku = "seats"
+model = "per_unit"
+unit_price = "12"
+[[rate_card.price]]
+sku = "active_users"
+model = "graduated"
+tiers = [{ up_to = "10", unit_price = "0" }, { unit_price = "3" }]
+[[rate_card.price]]
+sku = "disk"
+model = "per_unit"
+unit_price = "0.25"
 
 [[contract]]
 id = "acme-2026"
@@ -98,6 +139,30 @@ pub fn event(
     format!(
         r#"{{"event_id":"{id}","customer_id":"{customer}","contract_id":"{contract}","sku":"{sku}","unit":"{unit}","quantity":"{quantity}","timestamp":"{time}","environment":"production"}}"#
     )
+}
+
+/// `line` (an event from [`event`]) with `metadata.attributes.user_id`.
+pub fn with_user(line: &str, user: &str) -> String {
+    line.replace(
+        r#""environment""#,
+        &format!(r#""metadata":{{"attributes":{{"user_id":"{user}"}}}},"environment""#),
+    )
+}
+
+/// The void of `line` (an event from [`event`] with id `original` and quantity `quantity`),
+/// with its own id `id`.
+pub fn void_of(line: &str, original: &str, quantity: &str, id: &str) -> String {
+    line.replace(&format!(r#""{original}""#), &format!(r#""{id}""#))
+        .replace(
+            &format!(r#""quantity":"{quantity}""#),
+            &format!(r#""quantity":"-{quantity}""#),
+        )
+        .replace(
+            r#""environment""#,
+            &format!(
+                r#""correction":{{"action":"void","original_event_id":"{original}"}},"environment""#
+            ),
+        )
 }
 
 /// An acme api_calls event (the most common shape in tests).

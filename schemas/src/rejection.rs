@@ -36,10 +36,11 @@ pub enum Reason {
     CorrectionUnknownOriginal,
     CorrectionMismatch,
     CorrectionAfterVoid,
+    AmendNotSupported,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 27] = [
+    pub const ALL: [Reason; 28] = [
         Reason::MalformedJson,
         Reason::PayloadTooLarge,
         Reason::UnknownField,
@@ -67,6 +68,7 @@ impl Reason {
         Reason::CorrectionUnknownOriginal,
         Reason::CorrectionMismatch,
         Reason::CorrectionAfterVoid,
+        Reason::AmendNotSupported,
     ];
 
     pub fn code(self) -> &'static str {
@@ -98,6 +100,7 @@ impl Reason {
             Reason::CorrectionUnknownOriginal => "correction_unknown_original",
             Reason::CorrectionMismatch => "correction_mismatch",
             Reason::CorrectionAfterVoid => "correction_after_void",
+            Reason::AmendNotSupported => "amend_not_supported",
         }
     }
 
@@ -131,6 +134,7 @@ impl Reason {
             Reason::CorrectionUnknownOriginal => "send the correction after its original event, within the dedup horizon, with the original's event_id",
             Reason::CorrectionMismatch => "a void must repeat the original's fields with the quantity negated",
             Reason::CorrectionAfterVoid => "the original was already voided; send a new event instead of correcting a voided one",
+            Reason::AmendNotSupported => "this SKU is metered by max, unique count or latest: void the original and send the corrected reading as a new event",
         }
     }
 }

@@ -65,8 +65,11 @@ pub struct UsageDelta {
     /// original, so a line whose events are all voided disappears), or 0 for an amend.
     pub events: i64,
     pub quantity: Quantity,
-    /// When the usage happened (usage buckets and anomalies).
+    /// When the usage happened (usage buckets, anomalies, `latest` meters).
     pub time: EventTime,
+    /// For a unique-count meter: the identity of the value counted (see
+    /// [`crate::catalog::distinct_value`]); 0 for other meters.
+    pub distinct: u128,
 }
 
 /// What an invoice line is about: one SKU of one contract in one service period (and price

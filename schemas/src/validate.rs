@@ -335,6 +335,7 @@ impl Validator {
                 format!("sku `{sku_id}` is metered in `{expected_unit}`, not `{unit}`"),
             );
         }
+        check_meter(&catalog.skus[sku.ix()], &correction, &attributes)?;
         let region_ix = if region.is_empty() {
             None
         } else {
@@ -494,3 +495,43 @@ fn parse_quantity(text: &str, max: Quantity) -> Checked<Quantity> {
 
 #[cfg(test)]
 mod tests;
+
+/// What a SKU's meter needs of an event beyond the contract: a non-additive meter (max, unique
+/// count, latest) cannot apply an amend (a delta to a reading it no longer has), and a
+/// unique-count meter needs the attribute it counts.
+fn check_meter(
+    sku: &crate::catalog::Sku,
+    correction: &Option<(CorrectionAction, &str)>,
+    attributes: &str,
+) -> Checked<()> {
+    use crate::catalog::Aggregation;
+    if matches!(correction, Some((CorrectionAction::Amend, _))) && !sku.aggregation.is_additive() {
+        return reject(
+            Reason::AmendNotSupported,
+            Some("correction.action"),
+            format!(
+                "sku `{}` is metered by {}: an amend cannot change a reading",
+                sku.id,
+                sku.aggregation.name()
+            ),
+        );
+    }
+    if sku.aggregation == Aggregation::UniqueCount {
+        let key = sku.unique_by.as_deref().unwrap_or_default();
+        let present = (!attributes.is_empty())
+            .then_some(attributes)
+            .and_then(|a| crate::catalog::distinct_value(Some(a), key))
+            .is_some();
+        if !present {
+            return reject(
+                Reason::MissingField,
+                Some("metadata.attributes"),
+                format!(
+                    "sku `{}` counts distinct metadata.attributes.{key}; the event has none",
+                    sku.id
+                ),
+            );
+        }
+    }
+    Ok(())
+}

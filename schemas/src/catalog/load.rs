@@ -107,8 +107,10 @@ struct SkuDef {
     unit: String,
     #[serde(default)]
     description: String,
-    /// `sum` (default) or `count`.
+    /// `sum` (default), `count`, `max`, `unique_count` or `latest`.
     aggregation: Option<String>,
+    /// For `unique_count`: the `metadata.attributes` key whose distinct values are counted.
+    unique_by: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -391,21 +393,40 @@ fn build(l: &mut Loader, files: &[(PathBuf, CatalogFile)]) {
             let aggregation = match s.aggregation.as_deref() {
                 None | Some("sum") => Aggregation::Sum,
                 Some("count") => Aggregation::Count,
+                Some("max") => Aggregation::Max,
+                Some("unique_count") => Aggregation::UniqueCount,
+                Some("latest") => Aggregation::Latest,
                 Some(other) => {
                     l.err(
                         file,
                         &entry,
                         format!("aggregation `{other}` is not supported"),
-                        "use aggregation = \"sum\" (default) or \"count\"",
+                        "use aggregation = \"sum\" (default), \"count\", \"max\", \"unique_count\" or \"latest\"",
                     );
                     Aggregation::Sum
                 }
             };
+            match (aggregation, s.unique_by.as_deref().map(str::trim)) {
+                (Aggregation::UniqueCount, None | Some("")) => l.err(
+                    file,
+                    &entry,
+                    "aggregation = \"unique_count\" needs unique_by",
+                    "name the metadata.attributes key to count distinct values of, e.g. unique_by = \"user_id\"",
+                ),
+                (Aggregation::UniqueCount, _) | (_, None) => {}
+                (other, Some(_)) => l.err(
+                    file,
+                    &entry,
+                    format!("unique_by is set but aggregation is `{}`", other.name()),
+                    "remove unique_by, or set aggregation = \"unique_count\"",
+                ),
+            }
             l.catalog.skus.push(Sku {
                 id: s.id.clone(),
                 unit: s.unit.clone(),
                 description: s.description.clone(),
                 aggregation,
+                unique_by: s.unique_by.as_ref().map(|k| k.trim().to_string()),
             });
         }
     }

@@ -129,6 +129,9 @@ pub struct Sku {
     pub description: String,
     /// How a period's events make its billable quantity.
     pub aggregation: Aggregation,
+    /// For [`Aggregation::UniqueCount`]: the `metadata.attributes` key whose distinct values
+    /// are counted.
+    pub unique_by: Option<String>,
 }
 
 /// How a meter's events add up to the quantity that is priced.
@@ -139,6 +142,44 @@ pub enum Aggregation {
     Sum,
     /// The number of events (a void takes its original back out; an amend counts nothing).
     Count,
+    /// The largest reading of the period (peak seats, peak concurrency).
+    Max,
+    /// The number of distinct values of one attribute (`unique_by`) over the period's events
+    /// (monthly active users).
+    UniqueCount,
+    /// The reading with the latest event time (a gauge: storage held at the end of the period).
+    Latest,
+}
+
+impl Aggregation {
+    pub fn name(self) -> &'static str {
+        match self {
+            Aggregation::Sum => "sum",
+            Aggregation::Count => "count",
+            Aggregation::Max => "max",
+            Aggregation::UniqueCount => "unique_count",
+            Aggregation::Latest => "latest",
+        }
+    }
+
+    /// Sum and count add up event by event; max, unique count and latest are functions of the
+    /// period's whole set of readings (see `operators::meters`).
+    pub fn is_additive(self) -> bool {
+        matches!(self, Aggregation::Sum | Aggregation::Count)
+    }
+}
+
+/// The identity of the value an event contributes to a unique-count meter: a 128-bit hash of
+/// the JSON value of `attributes[key]` (as serde_json writes it, so `"u1"` and `"\u0075\u0031"`
+/// are one value). `attributes` is the canonical JSON object of `metadata.attributes`.
+pub fn distinct_value(attributes: Option<&str>, key: &str) -> Option<u128> {
+    let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(attributes?).ok()?;
+    let value = map.get(key)?;
+    if value.is_null() {
+        return None;
+    }
+    let text = serde_json::to_string(value).ok()?;
+    Some(xxhash_rust::xxh3::xxh3_128(text.as_bytes()))
 }
 
 #[derive(Clone, Debug)]
