@@ -16,7 +16,7 @@ use differential_dataflow::difference::{Abelian, IsZero, Monoid, Multiply, Semig
 use differential_dataflow::{AsCollection, VecCollection};
 use meterflow_schemas::catalog::PriceIdx;
 use meterflow_schemas::hashing::FxBuild;
-use meterflow_schemas::money::Quantity;
+use meterflow_schemas::money::{Amount, Quantity};
 use meterflow_schemas::rows::{LineKey, UsageDelta};
 use meterflow_schemas::time::Period;
 use serde::{Deserialize, Serialize};
@@ -34,11 +34,24 @@ use crate::Epoch;
 pub struct UsageSum {
     pub events: i64,
     pub quantity: Quantity,
+    /// Per-transaction fee limits of percentage prices, summed (zero for everything else).
+    pub fee_adjustment: Amount,
+}
+
+impl UsageSum {
+    /// What one accepted event adds.
+    pub fn of(d: &UsageDelta) -> UsageSum {
+        UsageSum {
+            events: d.events,
+            quantity: d.quantity,
+            fee_adjustment: d.fee_adjustment,
+        }
+    }
 }
 
 impl IsZero for UsageSum {
     fn is_zero(&self) -> bool {
-        self.events == 0 && self.quantity == Quantity::ZERO
+        self.events == 0 && self.quantity == Quantity::ZERO && self.fee_adjustment == Amount::ZERO
     }
 }
 
@@ -46,6 +59,7 @@ impl Semigroup for UsageSum {
     fn plus_equals(&mut self, rhs: &Self) {
         self.events += rhs.events;
         self.quantity += rhs.quantity;
+        self.fee_adjustment += rhs.fee_adjustment;
     }
 }
 
@@ -59,6 +73,7 @@ impl Abelian for UsageSum {
     fn negate(&mut self) {
         self.events = -self.events;
         self.quantity = -self.quantity;
+        self.fee_adjustment = Amount(-self.fee_adjustment.0);
     }
 }
 
@@ -68,6 +83,7 @@ impl Multiply<isize> for UsageSum {
         UsageSum {
             events: self.events * *rhs as i64,
             quantity: Quantity(self.quantity.0 * *rhs as i128),
+            fee_adjustment: Amount(self.fee_adjustment.0 * *rhs as i128),
         }
     }
 }
@@ -130,9 +146,9 @@ where
                     .entry(round)
                     .or_insert_with(|| (cap.delayed(&round, 0), HashMap::default()));
                 for d in data.flat_map(|d| d.drain(..)) {
-                    let s = sums.entry(key(&d)).or_default();
-                    s.events += d.events;
-                    s.quantity += d.quantity;
+                    sums.entry(key(&d))
+                        .or_default()
+                        .plus_equals(&UsageSum::of(&d));
                 }
             });
             while let Some(entry) = pending.first_entry() {

@@ -19,7 +19,9 @@ use std::sync::Arc;
 use meterflow_schemas::catalog::{distinct_value, Aggregation, Catalog};
 use meterflow_schemas::event::{CorrectionAction, Lineage, UsageEvent};
 use meterflow_schemas::hashing::EventKey;
-use meterflow_schemas::money::Quantity;
+use meterflow_schemas::money::{Amount, Quantity};
+use meterflow_schemas::pricing::percentage::limit_adjustment;
+use meterflow_schemas::pricing::PriceModel;
 use meterflow_schemas::rejection::{Reason, Rejection};
 use meterflow_schemas::rows::{AcceptedEvent, Counts, DuplicateRow, LineKey, UsageDelta};
 use meterflow_schemas::time::EventTime;
@@ -247,6 +249,15 @@ impl Deduplicator {
                     distinct_value(attributes, key).unwrap_or_default()
                 }
                 _ => 0,
+            },
+            fee_adjustment: match &self.catalog.price(ev.price).model {
+                // A void takes back its original's adjustment (amends were rejected).
+                PriceModel::Percentage(p) if p.has_limits() => {
+                    let sign = ev.line_events().signum() as i128;
+                    let original = Quantity(ev.quantity.0 * sign);
+                    Amount(limit_adjustment(p, original).0 * sign)
+                }
+                _ => Amount::ZERO,
             },
         }
     }

@@ -112,7 +112,12 @@ pub fn meter_usage<'s>(
             },
         )
         .explode(|(line, (price, period, events, quantity))| {
-            Some(((price, (line, period)), UsageSum { events, quantity }))
+            let usage = UsageSum {
+                events,
+                quantity,
+                ..UsageSum::default()
+            };
+            Some(((price, (line, period)), usage))
         })
 }
 
@@ -151,6 +156,7 @@ pub fn period_usage<V: Ord>(
                 UsageSum {
                     events: n.events - b.events,
                     quantity: n.quantity - b.quantity,
+                    ..UsageSum::default()
                 },
             ),
             (b, n) => {
@@ -160,6 +166,7 @@ pub fn period_usage<V: Ord>(
                         UsageSum {
                             events: -b.events,
                             quantity: -b.quantity,
+                            ..UsageSum::default()
                         },
                     );
                 }
@@ -193,7 +200,12 @@ fn billed<V: Ord>(
         }
         Aggregation::Sum | Aggregation::Count => return None,
     };
-    Some((price, UsageSum { events, quantity }))
+    let usage = UsageSum {
+        events,
+        quantity,
+        ..UsageSum::default()
+    };
+    Some((price, usage))
 }
 
 #[cfg(test)]

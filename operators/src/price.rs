@@ -16,6 +16,7 @@
 
 use std::collections::BTreeMap;
 
+use differential_dataflow::difference::Semigroup;
 use differential_dataflow::VecCollection;
 use meterflow_schemas::catalog::PriceIdx;
 use meterflow_schemas::money::{minor_unit_digits, Amount, Quantity, Rounding};
@@ -75,6 +76,7 @@ pub fn price_line(
             price: segment.price,
             events: sum.events,
             quantity: sum.quantity,
+            fee_adjustment: sum.fee_adjustment,
         }));
     }
     let mut before = Charge::default();
@@ -137,20 +139,19 @@ struct Charge {
 }
 
 fn charge<'a>(usage: impl Iterator<Item = &'a (&'a (Period, SegmentPrice), UsageSum)>) -> Charge {
-    // Net events and quantity per segment price, in version order.
-    let mut per_price: BTreeMap<&SegmentPrice, (i64, Quantity)> = BTreeMap::new();
+    // Net usage per segment price, in version order.
+    let mut per_price: BTreeMap<&SegmentPrice, UsageSum> = BTreeMap::new();
     for ((_, segment), sum) in usage {
-        let e = per_price.entry(segment).or_default();
-        e.0 += sum.events;
-        e.1 += sum.quantity;
+        per_price.entry(segment).or_default().plus_equals(sum);
     }
     let prices: Vec<&SegmentPrice> = per_price.keys().copied().collect();
     let segments: Vec<Segment> = per_price
         .iter()
-        .map(|(s, (n, q))| Segment {
+        .map(|(s, u)| Segment {
             model: &s.model,
-            quantity: *q,
-            events: *n,
+            quantity: u.quantity,
+            events: u.events,
+            fee_adjustment: u.fee_adjustment,
         })
         .collect();
     let priced = price_period(&segments);

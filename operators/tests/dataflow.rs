@@ -566,6 +566,70 @@ fn an_amend_of_a_reading_is_rejected_and_a_unique_count_needs_its_attribute() {
 }
 
 #[test]
+fn per_transaction_minimum_and_maximum_fees_bound_each_payment_across_a_rate_change() {
+    let catalog = meterflow_schemas::catalog::from_toml_str(
+        &fixtures::CATALOG
+            .replacen(
+                "[[sku]]\nid = \"seats\"",
+                "[[sku]]\nid = \"payments\"\nunit = \"USD\"\n\n[[sku]]\nid = \"seats\"",
+                1,
+            )
+            .replacen(
+                "sku = \"disk\"\nmodel = \"per_unit\"\nunit_price = \"0.2\"\n",
+                "sku = \"disk\"\nmodel = \"per_unit\"\nunit_price = \"0.2\"\n[[rate_card.price]]\nsku = \"payments\"\nmodel = \"percentage\"\npercent = \"2.9\"\nfixed_fee = \"0.30\"\nmin_fee = \"0.50\"\nmax_fee = \"5\"\n",
+                1,
+            )
+            .replacen(
+                "sku = \"disk\"\nmodel = \"per_unit\"\nunit_price = \"0.25\"\n",
+                "sku = \"disk\"\nmodel = \"per_unit\"\nunit_price = \"0.25\"\n[[rate_card.price]]\nsku = \"payments\"\nmodel = \"percentage\"\npercent = \"2.5\"\nfixed_fee = \"0.25\"\nmin_fee = \"0.40\"\nmax_fee = \"4\"\n",
+                1,
+            ),
+    )
+    .unwrap();
+    let pay = |id: &str, amount: &str, day: u32| {
+        event(
+            id,
+            "acme",
+            "acme-2026",
+            "payments",
+            "USD",
+            amount,
+            &format!("2026-11-{day:02}T10:00:00Z"),
+        )
+    };
+    let t3 = pay("t3", "500", 5);
+    let records = vec![
+        pay("t1", "2", 3),
+        pay("t2", "10", 4),
+        t3.clone(),
+        // An amend cannot be bounded without the whole amount: rejected.
+        pay("t2-fix", "-1", 4).replace(
+            r#""environment""#,
+            r#""correction":{"action":"amend","original_event_id":"t2"},"environment""#,
+        ),
+        fixtures::void_of(&t3, "t3", "500", "void-t3"),
+        pay("t4", "1000", 20),
+        pay("t5", "1", 21),
+    ];
+    for (workers, chunk) in [(1, 1), (2, 1), (2, 1 << 20)] {
+        let out = run(&lines(&records), plan(catalog.clone()), workers, chunk).unwrap();
+        assert_eq!(out.counts.rejected_for(Reason::AmendNotSupported), 1);
+        let current = out.current_lines();
+        assert_eq!(current.len(), 1, "workers={workers} chunk={chunk}");
+        let (line, _) = current.iter().next().unwrap();
+        // v1: 2.00 pays the 0.50 minimum, 10.00 pays 0.59, 500.00 (capped at 5.00) is voided;
+        // v2: 1000.00 pays the 4.00 maximum, 1.00 the 0.40 minimum.
+        assert_eq!(
+            (line.events, line.quantity, line.amount_exact),
+            (4, Quantity::from_units(1013), amount("5.49")),
+            "workers={workers} chunk={chunk}"
+        );
+        let rated: Vec<_> = out.current_rated().into_keys().map(|r| r.amount).collect();
+        assert_eq!(rated, vec![amount("1.09"), amount("4.4")], "per version");
+    }
+}
+
+#[test]
 fn a_spike_and_a_silent_meter_are_found_whatever_the_epochs_and_workers() {
     use meterflow_operators::testing::consolidate;
     use meterflow_schemas::anomaly::AnomalyKind;

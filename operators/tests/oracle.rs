@@ -100,6 +100,7 @@ fn oracle(catalog: &Catalog, events: &[Ev]) -> BTreeMap<InvoiceLine, isize> {
                     model: &p.model,
                     quantity: *q,
                     events: 0,
+                    fee_adjustment: Amount::ZERO,
                 })
                 .collect::<Vec<_>>(),
         );

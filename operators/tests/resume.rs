@@ -234,6 +234,9 @@ fn state_at(full: &RunOutput, p: &Progress, horizon_ms: i64, plan: &Plan) -> (Re
                 UsageSum {
                     events: u.events * *n as i64,
                     quantity: meterflow_schemas::money::Quantity(u.quantity.0 * *n as i128),
+                    fee_adjustment: meterflow_schemas::money::Amount(
+                        u.fee_adjustment.0 * *n as i128,
+                    ),
                 },
             )
         })

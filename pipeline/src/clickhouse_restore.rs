@@ -129,6 +129,7 @@ struct LineUsageRow {
     rate_card_version: u32,
     events: i64,
     quantity: i128,
+    fee_adjustment: i128,
     n: i64,
     v: u64,
 }
@@ -371,6 +372,7 @@ pub fn restore(
                 UsageSum {
                     events: u.events * *n as i64,
                     quantity: Quantity(u.quantity.0 * *n as i128),
+                    fee_adjustment: Amount(u.fee_adjustment.0 * *n as i128),
                 },
             )
         })
@@ -700,7 +702,7 @@ fn held_usage(
     let rows: Vec<LineUsageRow> = ch.fetch(&held_query(
         "line_usage",
         "customer_id, contract_id, sku, region, service_period, invoice_period, rate_card, rate_card_version",
-        &["events", "quantity"],
+        &["events", "quantity", "fee_adjustment"],
         upto,
     ))?;
     rows.into_iter()
@@ -719,6 +721,7 @@ fn held_usage(
                 price,
                 events: r.events,
                 quantity: Quantity(r.quantity),
+                fee_adjustment: Amount(r.fee_adjustment),
             };
             Ok((row, r.n as isize, r.v))
         })
@@ -746,7 +749,12 @@ fn held_readings(
     }
     // Events of a service period that ended before `forget_before` are not wanted; the period
     // holding `forget_before` starts no later than any wanted one.
-    let from = l.period.period_of(forget_before).0 .0;
+    // (Before the first watermark nothing is forgotten.)
+    let from = if forget_before == EventTime::MIN {
+        i64::MIN
+    } else {
+        l.period.period_of(forget_before).0 .0
+    };
     let rows: Vec<ReadingRow> = ch.fetch(&format!(
         "SELECT customer_id, contract_id, sku, price_region, service_period, invoice_period, \
          rate_card, rate_card_version, quantity, event_time_ms, attributes, correction_action \
@@ -778,6 +786,8 @@ fn held_readings(
                 Some(key) => distinct_value(Some(&r.attributes), key).unwrap_or_default(),
                 None => 0,
             },
+            // Readings are never of percentage prices (those are summed).
+            fee_adjustment: Amount::ZERO,
         };
         out.extend(Reading::of(&delta, sku.aggregation));
     }

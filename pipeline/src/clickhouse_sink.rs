@@ -453,6 +453,7 @@ struct LineUsageRow<'a> {
     epoch: u64,
     generation: u32,
     batch: u64,
+    fee_adjustment: i128,
 }
 
 /// Amounts rounded to minor units, stored as `Decimal(38, 9)`.
@@ -691,6 +692,7 @@ fn insert_line_usage(
                 epoch: ch.epoch,
                 generation: n.generation,
                 batch: id.batch,
+                fee_adjustment: u.fee_adjustment.0,
             }
         })
         .collect();

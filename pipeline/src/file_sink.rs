@@ -42,7 +42,7 @@ const REJECTION_HEADER: &str =
     "reason,field,message,remediation,event_id,source,offset,raw_payload";
 const DUPLICATE_HEADER: &str = "event_id,event_time,source,offset";
 const RATED_HEADER: &str = "customer_id,contract_id,sku,region,service_period,invoice_period,rate_card,rate_card_version,model,tier,quantity,amount,currency,sign,version";
-const LINE_USAGE_HEADER: &str = "customer_id,contract_id,sku,region,service_period,invoice_period,rate_card,rate_card_version,events,quantity,sign,version";
+const LINE_USAGE_HEADER: &str = "customer_id,contract_id,sku,region,service_period,invoice_period,rate_card,rate_card_version,events,quantity,fee_adjustment,sign,version";
 const SIGNAL_HEADER: &str =
     "customer_id,contract_id,sku,period,signal,percent,at_quantity,allowance,sign,version";
 const BUCKET_HEADER: &str = "customer_id,sku,bucket_start,events,quantity,sign,version";
@@ -654,6 +654,7 @@ fn format_line_usage(n: &Names, labels: &mut Labels, u: &LineUsage, row: &mut Ve
     int(row, price.version);
     int(row, u.events);
     scaled(row, u.quantity.0, Quantity::SCALE);
+    scaled(row, u.fee_adjustment.0, Amount::SCALE);
 }
 
 #[cfg(test)]

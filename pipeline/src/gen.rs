@@ -78,11 +78,19 @@ pub struct GenSummary {
 /// How many recent records a retry may repeat.
 const RECENT: usize = 256;
 
-const SKUS: [(&str, &str); 3] = [
+/// The generated SKUs; with `--terms` also the last three: a peak meter, a distinct count and
+/// payments priced per transaction with a minimum and maximum fee (none of them take amends).
+const SKUS: [(&str, &str); 6] = [
     ("api_calls", "requests"),
     ("tokens", "tokens"),
     ("storage", "GB"),
+    ("seats", "seats"),
+    ("active_users", "users"),
+    ("payments", "USD"),
 ];
+const SEATS: usize = 3;
+const USERS: usize = 4;
+const PAYMENTS: usize = 5;
 
 /// xorshift64*: fast, deterministic, good enough for load shapes.
 pub struct Rng(u64);
@@ -119,8 +127,13 @@ pub fn catalog_toml(customers: u32, start: EventTime, days: i64, terms: bool) ->
         // Shadow billing: every contract is also priced by a proposed rate card.
         s.push_str("shadow_rate_card = \"proposal-2027\"\n\n");
     }
-    for (sku, unit) in SKUS {
+    for (sku, unit) in &SKUS[..SEATS] {
         let _ = writeln!(s, "[[sku]]\nid = \"{sku}\"\nunit = \"{unit}\"\n");
+    }
+    if terms {
+        s.push_str("[[sku]]\nid = \"seats\"\nunit = \"seats\"\naggregation = \"max\"\n\n");
+        s.push_str("[[sku]]\nid = \"active_users\"\nunit = \"users\"\naggregation = \"unique_count\"\nunique_by = \"user_id\"\n\n");
+        s.push_str("[[sku]]\nid = \"payments\"\nunit = \"USD\"\n\n");
     }
     for (version, from, api, tok1, tok2, st) in [
         (1, first, "0.0004", "0.00002", "0.00001", "0.1"),
@@ -140,12 +153,27 @@ pub fn catalog_toml(customers: u32, start: EventTime, days: i64, terms: bool) ->
         } else {
             ("", "")
         };
+        // With terms, seats are billed at their monthly peak and users by distinct count, past
+        // 20 free ones.
+        let meters = if terms {
+            format!(
+                "[[rate_card.price]]\nsku = \"seats\"\nmodel = \"per_unit\"\nunit_price = \"{}\"\n\
+                 [[rate_card.price]]\nsku = \"active_users\"\nmodel = \"graduated\"\ntiers = [{{ up_to = \"20\", unit_price = \"0\" }}, {{ unit_price = \"{}\" }}]\n\
+                 [[rate_card.price]]\nsku = \"payments\"\nmodel = \"percentage\"\npercent = \"{}\"\nfixed_fee = \"0.30\"\nmin_fee = \"0.50\"\nmax_fee = \"{}\"\n",
+                if version == 1 { "0.05" } else { "0.06" },
+                if version == 1 { "0.1" } else { "0.12" },
+                if version == 1 { "2.9" } else { "2.5" },
+                if version == 1 { "5" } else { "4" },
+            )
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             s,
             "[[rate_card]]\nid = \"standard\"\nversion = {version}\neffective_from = \"{from}\"\ncurrency = \"USD\"\n\
              [[rate_card.price]]\nsku = \"api_calls\"\n{api}\n\
              [[rate_card.price]]\nsku = \"tokens\"\nmodel = \"graduated\"\ntiers = [{{ up_to = \"1000000\", unit_price = \"{tok1}\", flat_fee = \"10\" }}, {{ unit_price = \"{tok2}\" }}]\n{tok_cost}\
-             [[rate_card.price]]\nsku = \"storage\"\nmodel = \"volume\"\ntiers = [{{ up_to = \"1000\", unit_price = \"{st}\" }}, {{ unit_price = \"0.05\", flat_fee = \"5\" }}]\n{st_cost}"
+             [[rate_card.price]]\nsku = \"storage\"\nmodel = \"volume\"\ntiers = [{{ up_to = \"1000\", unit_price = \"{st}\" }}, {{ unit_price = \"0.05\", flat_fee = \"5\" }}]\n{st_cost}{meters}"
         );
     }
     let contract_start = start.minus(Span::days(30));
@@ -156,7 +184,10 @@ pub fn catalog_toml(customers: u32, start: EventTime, days: i64, terms: bool) ->
             "[[rate_card]]\nid = \"proposal-2027\"\nversion = 1\neffective_from = \"{proposal_from}\"\ncurrency = \"USD\"\n\
              [[rate_card.price]]\nsku = \"api_calls\"\nmodel = \"per_unit\"\nunit_price = \"0.00035\"\n\
              [[rate_card.price]]\nsku = \"tokens\"\nmodel = \"volume\"\ntiers = [{{ up_to = \"500000\", unit_price = \"0.00002\" }}, {{ unit_price = \"0.000012\", flat_fee = \"5\" }}]\n\
-             [[rate_card.price]]\nsku = \"storage\"\nmodel = \"per_unit\"\nunit_price = \"0.08\"\n"
+             [[rate_card.price]]\nsku = \"storage\"\nmodel = \"per_unit\"\nunit_price = \"0.08\"\n\
+             [[rate_card.price]]\nsku = \"seats\"\nmodel = \"per_unit\"\nunit_price = \"0.055\"\n\
+             [[rate_card.price]]\nsku = \"active_users\"\nmodel = \"per_unit\"\nunit_price = \"0.09\"\n\
+             [[rate_card.price]]\nsku = \"payments\"\nmodel = \"percentage\"\npercent = \"2.4\"\nfixed_fee = \"0.25\"\nmin_fee = \"0.40\"\n"
         );
         s.push_str("[[tax]]\nid = \"vat-19\"\nname = \"VAT 19%\"\nrate = \"0.19\"\n\n[[tax]]\nid = \"gst-10\"\nname = \"GST 10%\"\nrate = \"0.1\"\n\n");
     }
@@ -254,7 +285,8 @@ pub fn write_events(args: &GenArgs, w: &mut impl Write) -> anyhow::Result<GenSum
             summary.duplicates += 1;
         } else if !originals.is_empty() && rng.chance(args.correction_rate) {
             let j = rng.below(originals.len() as u64) as usize;
-            let original = if rng.chance(0.5) {
+            // Readings of peak and distinct-count meters cannot be amended: only voided.
+            let original = if rng.chance(0.5) || originals[j].sku >= SEATS {
                 // Voided once, then never corrected again.
                 let Some(o) = originals.remove(j) else {
                     unreachable!("index below the length")
@@ -286,10 +318,18 @@ pub fn write_events(args: &GenArgs, w: &mut impl Write) -> anyhow::Result<GenSum
             }
             let customer = ((args.customers as f64) * rng.unit().powf(args.skew)) as u32
                 % args.customers.max(1);
-            let sku = rng.below(3) as usize;
+            // With terms, one event in ten is a seat reading, an active user or a payment.
+            let sku = if args.terms && rng.chance(0.1) {
+                SEATS + rng.below(3) as usize
+            } else {
+                rng.below(3) as usize
+            };
             let quantity = match sku {
                 0 => Quantity::from_units(1 + rng.below(100) as i64),
                 1 => Quantity::from_units(1 + rng.below(5000) as i64),
+                SEATS => Quantity::from_units(1 + rng.below(200) as i64),
+                USERS => Quantity::from_units(1),
+                PAYMENTS => Quantity(rng.below(20_000) as i128 * 10_000_000 + 10_000_000),
                 _ => Quantity(rng.below(10_000) as i128 * 1_000_000 + 1_000_000),
             };
             let fields = Fields {
@@ -298,11 +338,16 @@ pub fn write_events(args: &GenArgs, w: &mut impl Write) -> anyhow::Result<GenSum
                 sku,
                 quantity,
                 time: EventTime(t),
+                user: if sku == USERS {
+                    rng.below(60) as u32
+                } else {
+                    0
+                },
             };
             let checksum = rng
                 .chance(args.checksum_rate)
                 .then(|| fields.checksum(&mut canonical));
-            if rng.chance(args.cloudevents_rate) {
+            if rng.chance(args.cloudevents_rate) && sku != USERS {
                 fields.write_cloudevent(&mut line, checksum.as_deref());
             } else {
                 fields.write_native(&mut line, checksum.as_deref());
@@ -342,9 +387,28 @@ struct Fields {
     sku: usize,
     quantity: Quantity,
     time: EventTime,
+    /// For `active_users`: the user the event counts.
+    user: u32,
 }
 
 impl Fields {
+    /// The canonical `metadata.attributes` of the event (`""`: none).
+    fn attributes(&self) -> String {
+        if self.sku == USERS {
+            format!(r#"{{"user_id":"u-{}"}}"#, self.user)
+        } else {
+            String::new()
+        }
+    }
+
+    /// `,"metadata":{...}` for an event with attributes.
+    fn write_metadata(&self, s: &mut String) {
+        let a = self.attributes();
+        if !a.is_empty() {
+            let _ = write!(s, r#","metadata":{{"attributes":{a}}}"#);
+        }
+    }
+
     fn checksum(&self, c: &mut Canonical) -> String {
         let (id, customer, contract) = (
             format!("evt-{:012}", self.id),
@@ -361,6 +425,7 @@ impl Fields {
             quantity: self.quantity,
             time: self.time,
             environment: "production",
+            attributes: &self.attributes(),
             ..Default::default()
         });
         checksum_of(bytes)
@@ -373,6 +438,7 @@ impl Fields {
             r#"{{"event_id":"evt-{:012}","customer_id":"cus-{:06}","contract_id":"ctr-{:06}","sku":"{sku}","unit":"{unit}","quantity":"{}","timestamp":"{}","environment":"production""#,
             self.id, self.customer, self.customer, self.quantity, self.time
         );
+        self.write_metadata(s);
         if let Some(c) = checksum {
             let _ = write!(s, r#","checksum":"{c}""#);
         }
@@ -385,9 +451,11 @@ impl Fields {
         let (sku, unit) = SKUS[self.sku];
         let _ = write!(
             s,
-            r#"{{"event_id":"evt-{id:012}","customer_id":"cus-{:06}","contract_id":"ctr-{:06}","sku":"{sku}","unit":"{unit}","quantity":"-{quantity}","timestamp":"{}","environment":"production","correction":{{"action":"{action}","original_event_id":"evt-{:012}"}}}}"#,
+            r#"{{"event_id":"evt-{id:012}","customer_id":"cus-{:06}","contract_id":"ctr-{:06}","sku":"{sku}","unit":"{unit}","quantity":"-{quantity}","timestamp":"{}","environment":"production","correction":{{"action":"{action}","original_event_id":"evt-{:012}"}}"#,
             self.customer, self.customer, self.time, self.id
         );
+        self.write_metadata(s);
+        s.push('}');
     }
 
     fn write_cloudevent(&self, s: &mut String, checksum: Option<&str>) {

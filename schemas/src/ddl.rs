@@ -317,6 +317,13 @@ ORDER BY (customer_id, sku, bucket_start, version)",
 PARTITION BY toYYYYMM(window_start)
 ORDER BY (customer_id, sku, window_start, kind, version)",
     },
+    Migration {
+        id: 20,
+        name: "line_usage_fee_adjustment",
+        // Percentage prices with per-transaction min_fee / max_fee: what the limits changed,
+        // summed (0 for every other price, and for rows written before).
+        sql: "ALTER TABLE {db}.line_usage ADD COLUMN fee_adjustment Decimal(38, 18)",
+    },
 ];
 
 /// The table that records applied migrations (created before any migration runs).

@@ -134,7 +134,7 @@ impl Reason {
             Reason::CorrectionUnknownOriginal => "send the correction after its original event, within the dedup horizon, with the original's event_id",
             Reason::CorrectionMismatch => "a void must repeat the original's fields with the quantity negated",
             Reason::CorrectionAfterVoid => "the original was already voided; send a new event instead of correcting a voided one",
-            Reason::AmendNotSupported => "this SKU is metered by max, unique count or latest: void the original and send the corrected reading as a new event",
+            Reason::AmendNotSupported => "this SKU is metered by max, unique count or latest, or priced per transaction with a min_fee / max_fee: void the original and send the corrected event as a new one",
         }
     }
 }

@@ -70,6 +70,9 @@ pub struct UsageDelta {
     /// For a unique-count meter: the identity of the value counted (see
     /// [`crate::catalog::distinct_value`]); 0 for other meters.
     pub distinct: u128,
+    /// For a percentage price with per-transaction limits: what they change in this
+    /// transaction's fee (see [`crate::pricing::percentage::limit_adjustment`]); zero otherwise.
+    pub fee_adjustment: Amount,
 }
 
 /// What an invoice line is about: one SKU of one contract in one service period (and price
@@ -192,6 +195,8 @@ pub struct LineUsage {
     pub price: PriceIdx,
     pub events: i64,
     pub quantity: Quantity,
+    /// Per-transaction fee limits, summed (percentage prices with `min_fee` / `max_fee`).
+    pub fee_adjustment: Amount,
 }
 
 /// The accounting of a run: `received == accepted + rejected + duplicates` always holds once all

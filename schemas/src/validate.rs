@@ -335,7 +335,6 @@ impl Validator {
                 format!("sku `{sku_id}` is metered in `{expected_unit}`, not `{unit}`"),
             );
         }
-        check_meter(&catalog.skus[sku.ix()], &correction, &attributes)?;
         let region_ix = if region.is_empty() {
             None
         } else {
@@ -352,6 +351,12 @@ impl Validator {
             }
         })?;
 
+        check_meter(
+            &catalog.skus[sku.ix()],
+            &catalog.price(price).model,
+            &correction,
+            &attributes,
+        )?;
         let environment = match rules
             .billable_environments
             .iter()
@@ -496,25 +501,39 @@ fn parse_quantity(text: &str, max: Quantity) -> Checked<Quantity> {
 #[cfg(test)]
 mod tests;
 
-/// What a SKU's meter needs of an event beyond the contract: a non-additive meter (max, unique
-/// count, latest) cannot apply an amend (a delta to a reading it no longer has), and a
+/// What a SKU's meter and price need of an event beyond the contract: a non-additive meter (max,
+/// unique count, latest) cannot apply an amend (a delta to a reading it no longer has), nor can
+/// a percentage price with per-transaction limits (the bound depends on the whole amount); and a
 /// unique-count meter needs the attribute it counts.
 fn check_meter(
     sku: &crate::catalog::Sku,
+    model: &crate::pricing::PriceModel,
     correction: &Option<(CorrectionAction, &str)>,
     attributes: &str,
 ) -> Checked<()> {
     use crate::catalog::Aggregation;
-    if matches!(correction, Some((CorrectionAction::Amend, _))) && !sku.aggregation.is_additive() {
-        return reject(
-            Reason::AmendNotSupported,
-            Some("correction.action"),
-            format!(
-                "sku `{}` is metered by {}: an amend cannot change a reading",
-                sku.id,
+    use crate::pricing::PriceModel;
+    if matches!(correction, Some((CorrectionAction::Amend, _))) {
+        let why = if !sku.aggregation.is_additive() {
+            Some(format!(
+                "metered by {}: an amend cannot change a reading",
                 sku.aggregation.name()
-            ),
-        );
+            ))
+        } else if matches!(model, PriceModel::Percentage(p) if p.has_limits()) {
+            Some(
+                "priced with a per-transaction min_fee / max_fee, which bounds whole transactions"
+                    .to_string(),
+            )
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            return reject(
+                Reason::AmendNotSupported,
+                Some("correction.action"),
+                format!("sku `{}` is {why}", sku.id),
+            );
+        }
     }
     if sku.aggregation == Aggregation::UniqueCount {
         let key = sku.unique_by.as_deref().unwrap_or_default();

@@ -158,13 +158,29 @@ pub fn assert_clickhouse_matches(
     assert_eq!(distinct, accepted, "{what}: no event accepted twice");
     // Where every accepted event was billed, and what the pricing input holds.
     let placed = |sql: &str| ch.query(sql).unwrap();
-    let by_period = "SELECT service_period, invoice_period, sum(multiIf(correction_action = 'void', -1, correction_action = 'amend', 0, 1)), toString(sum(quantity)) FROM meterflow.usage_events WHERE billable = 1 GROUP BY service_period, invoice_period ORDER BY service_period, invoice_period";
-    let in_pricing = "SELECT service_period, invoice_period, sum(events * sign), toString(sum(quantity * sign)) FROM meterflow.line_usage GROUP BY service_period, invoice_period HAVING sum(sign) != 0 ORDER BY service_period, invoice_period";
+    // Summed meters: the pricing input is the accepted quantities, wherever they were billed.
+    let by_period = "SELECT service_period, invoice_period, sum(multiIf(correction_action = 'void', -1, correction_action = 'amend', 0, 1)), toString(sum(quantity)) FROM meterflow.usage_events WHERE billable = 1 AND sku NOT IN ('seats', 'active_users') GROUP BY service_period, invoice_period HAVING sum(quantity) != 0 OR sum(multiIf(correction_action = 'void', -1, correction_action = 'amend', 0, 1)) != 0 ORDER BY service_period, invoice_period";
+    let in_pricing = "SELECT service_period, invoice_period, sum(events * sign), toString(sum(quantity * sign)) FROM meterflow.line_usage WHERE sku NOT IN ('seats', 'active_users') GROUP BY service_period, invoice_period HAVING sum(sign) != 0 ORDER BY service_period, invoice_period";
     assert_eq!(
         placed(in_pricing),
         placed(by_period),
         "{what}: the pricing input holds exactly the accepted usage"
     );
+    // Peak and distinct-count meters (`gen --terms`): the pricing input of a service period is
+    // the peak, and the number of distinct users, of the readings that were not voided.
+    let standing = "billable = 1 AND correction_action = '' AND event_id NOT IN (SELECT correction_of FROM meterflow.usage_events WHERE correction_action = 'void')";
+    for (sku, measure) in [
+        ("seats", "max(quantity)"),
+        ("active_users", "uniqExact(attributes)"),
+    ] {
+        let from_events = format!("SELECT customer_id, service_period, toString({measure}) FROM meterflow.usage_events WHERE sku = '{sku}' AND {standing} GROUP BY customer_id, service_period ORDER BY customer_id, service_period");
+        let in_pricing = format!("SELECT customer_id, service_period, toString(sum(quantity * sign)) FROM meterflow.line_usage WHERE sku = '{sku}' GROUP BY customer_id, service_period HAVING sum(quantity * sign) != 0 ORDER BY customer_id, service_period");
+        assert_eq!(
+            numbers(&placed(&in_pricing)),
+            numbers(&placed(&from_events)),
+            "{what}: {sku} is billed at {measure} of its standing readings"
+        );
+    }
     assert_same(&from_clickhouse(ch), &money, what);
     assert_same(
         &table_from_clickhouse(ch, "shadow_invoice_lines"),
@@ -382,4 +398,30 @@ pub fn open_alert_keys(out: &Path) -> std::collections::BTreeSet<String> {
             )
         }))
         .collect()
+}
+
+/// Tab-separated rows with decimals written without trailing zeros (`58.000000000` → `58`).
+fn numbers(tsv: &str) -> String {
+    tsv.lines()
+        .map(|l| {
+            l.split('\t')
+                .map(|f| match f.split_once('.') {
+                    Some((int, frac))
+                        if int.parse::<i128>().is_ok()
+                            && frac.bytes().all(|b| b.is_ascii_digit()) =>
+                    {
+                        let frac = frac.trim_end_matches('0');
+                        if frac.is_empty() {
+                            int.to_string()
+                        } else {
+                            format!("{int}.{frac}")
+                        }
+                    }
+                    _ => f.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join("\t")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }

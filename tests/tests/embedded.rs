@@ -276,12 +276,41 @@ fn invoice_quantities_reconcile_with_accepted_usage() {
     )
     .unwrap();
     let out = run(s.path(), "out", "2");
-    let mut from_events: BTreeMap<Vec<String>, (i64, f64)> = BTreeMap::new();
-    for r in read_table(&out, "usage_events")
-        .unwrap()
+    let events = read_table(&out, "usage_events").unwrap();
+    // Peak and distinct-count meters (`seats`, `active_users`) bill a service period at the
+    // largest reading, or the number of distinct users, of the readings not voided.
+    let voided: std::collections::BTreeSet<&str> = events
         .iter()
-        .filter(|r| r["billable"] == "1")
-    {
+        .filter(|r| r["correction_action"] == "void")
+        .map(|r| r["correction_of"].as_str())
+        .collect();
+    type Readings = (i64, f64, std::collections::BTreeSet<String>);
+    let mut readings: BTreeMap<Vec<String>, Readings> = BTreeMap::new();
+    let mut from_events: BTreeMap<Vec<String>, (i64, f64)> = BTreeMap::new();
+    for r in events.iter().filter(|r| r["billable"] == "1") {
+        if ["seats", "active_users"].contains(&r["sku"].as_str()) {
+            let k = key(
+                r,
+                &[
+                    "customer_id",
+                    "contract_id",
+                    "sku",
+                    "price_region",
+                    "service_period",
+                ],
+            );
+            let e = readings.entry(k).or_default();
+            if r["correction_action"] == "void" {
+                e.0 -= 1;
+            } else {
+                e.0 += 1;
+                if !voided.contains(r["event_id"].as_str()) {
+                    e.1 = e.1.max(r["quantity"].parse::<f64>().unwrap());
+                    e.2.insert(r["attributes"].clone());
+                }
+            }
+            continue;
+        }
         let k = key(
             r,
             &[
@@ -304,10 +333,27 @@ fn invoice_quantities_reconcile_with_accepted_usage() {
         e.1 += r["quantity"].parse::<f64>().unwrap();
     }
     let mut from_lines: BTreeMap<Vec<String>, (i64, f64)> = BTreeMap::new();
+    let mut per_service_period: BTreeMap<Vec<String>, (i64, f64)> = BTreeMap::new();
     for r in current_rows(&read_table(&out, "invoice_lines").unwrap())
         .into_iter()
         .filter(|r| ["usage", "adjustment"].contains(&r["line_type"].as_str()))
     {
+        if ["seats", "active_users"].contains(&r["sku"].as_str()) {
+            let k = key(
+                &r,
+                &[
+                    "customer_id",
+                    "contract_id",
+                    "sku",
+                    "region",
+                    "service_period",
+                ],
+            );
+            let e = per_service_period.entry(k).or_default();
+            e.0 += r["events"].parse::<i64>().unwrap();
+            e.1 += r["quantity"].parse::<f64>().unwrap();
+            continue;
+        }
         let k = key(
             &r,
             &[
@@ -324,6 +370,26 @@ fn invoice_quantities_reconcile_with_accepted_usage() {
             (r["events"].parse().unwrap(), r["quantity"].parse().unwrap()),
         );
     }
+    assert!(
+        readings.len() > 10,
+        "the stream has peak and distinct-count meters"
+    );
+    let expected: BTreeMap<Vec<String>, (i64, f64)> = readings
+        .into_iter()
+        .filter(|(_, (n, _, _))| *n != 0)
+        .map(|(k, (n, peak, users))| {
+            let q = if k[2] == "seats" {
+                peak
+            } else {
+                users.len() as f64
+            };
+            (k, (n, q))
+        })
+        .collect();
+    assert_eq!(
+        per_service_period, expected,
+        "peak and distinct-count lines"
+    );
     assert_eq!(
         from_events.keys().collect::<Vec<_>>(),
         from_lines.keys().collect::<Vec<_>>()

@@ -227,10 +227,14 @@ fn main() -> anyhow::Result<()> {
     let mut by_line: BTreeMap<LineKey, Rated> = BTreeMap::new();
     for ((line, invoice, price_ix), (events, quantity)) in usage {
         let segment = SegmentPrice::of(price_ix, catalog.price(price_ix));
-        by_line
-            .entry(line)
-            .or_default()
-            .push(((invoice, segment), UsageSum { events, quantity }));
+        by_line.entry(line).or_default().push((
+            (invoice, segment),
+            UsageSum {
+                events,
+                quantity,
+                ..UsageSum::default()
+            },
+        ));
     }
     let (mut lines, mut rated) = (Vec::new(), Vec::new());
     for (key, mut values) in by_line {

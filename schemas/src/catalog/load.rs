@@ -201,6 +201,9 @@ struct PriceDef {
     percent: Option<DecimalText>,
     fixed_fee: Option<DecimalText>,
     free_events: Option<u32>,
+    /// Percentage model: the least and the most one transaction pays.
+    min_fee: Option<DecimalText>,
+    max_fee: Option<DecimalText>,
     /// What a unit costs the seller (cost of goods), for margin anomalies.
     unit_cost: Option<DecimalText>,
 }
@@ -921,14 +924,17 @@ fn price_model(l: &mut Loader, file: &Path, entry: &str, pd: &PriceDef) -> Optio
         || pd.package_price.is_some()
         || (pd.free_units.is_some() && pd.model != "percentage")
         || pd.rounding.is_some();
-    let percentage_keys =
-        pd.percent.is_some() || pd.fixed_fee.is_some() || pd.free_events.is_some();
+    let percentage_keys = pd.percent.is_some()
+        || pd.fixed_fee.is_some()
+        || pd.free_events.is_some()
+        || pd.min_fee.is_some()
+        || pd.max_fee.is_some();
     if percentage_keys && pd.model != "percentage" {
         l.err(
             file,
             entry,
             format!(
-                "percent, fixed_fee and free_events belong to model = \"percentage\", not {}",
+                "percent, fixed_fee, free_events, min_fee and max_fee belong to model = \"percentage\", not {}",
                 pd.model
             ),
             "remove them, or set model = \"percentage\"",
@@ -1049,11 +1055,51 @@ fn percentage(l: &mut Loader, file: &Path, entry: &str, pd: &PriceDef) -> Option
         );
         return None;
     }
+    let mut fee_limit = |key: &str, text: &Option<DecimalText>| match text {
+        Some(t) => l
+            .decimal(file, entry, key, t, Amount::parse_price)
+            .map(Some),
+        None => Some(None),
+    };
+    let min_fee = fee_limit("min_fee", &pd.min_fee)?;
+    let max_fee = fee_limit("max_fee", &pd.max_fee)?;
+    if min_fee.is_some_and(|m| m.is_negative()) || max_fee.is_some_and(|m| m.is_negative()) {
+        l.err(
+            file,
+            entry,
+            "min_fee and max_fee must not be negative",
+            "fix the per-transaction fee limits",
+        );
+        return None;
+    }
+    if let (Some(min), Some(max)) = (min_fee, max_fee) {
+        if min > max {
+            l.err(
+                file,
+                entry,
+                format!("min_fee {min} is above max_fee {max}"),
+                "make min_fee at most max_fee",
+            );
+            return None;
+        }
+    }
+    let free = free_units != Quantity::ZERO || pd.free_events.unwrap_or(0) > 0;
+    if free && (min_fee.is_some() || max_fee.is_some()) {
+        l.err(
+            file,
+            entry,
+            "min_fee / max_fee bound each transaction's fee, which free_units / free_events (per-period allowances) would make depend on the other transactions",
+            "drop free_units and free_events, or the per-transaction limits (a credit grant can stand in for an allowance)",
+        );
+        return None;
+    }
     Some(PriceModel::Percentage(Percentage {
         rate: UnitPrice(percent.0 / 100),
         fixed_fee,
         free_units,
         free_events: pd.free_events.unwrap_or(0) as i64,
+        min_fee,
+        max_fee,
     }))
 }
 
@@ -1603,6 +1649,54 @@ ends = "2027-01-01T00:00:00Z"
             .0
             .iter()
             .any(|e| e.message.contains("unknown model `stairs`")));
+    }
+
+    #[test]
+    fn meter_and_fee_limit_mistakes_name_the_fix() {
+        let base = crate::fixtures::CATALOG;
+        let messages = |toml: &str| -> Vec<String> {
+            from_toml_str(toml)
+                .unwrap_err()
+                .0
+                .iter()
+                .map(|e| format!("{} / {}", e.message, e.fix))
+                .collect()
+        };
+        let m = messages(&base.replace("unique_by = \"user_id\"\n", ""));
+        assert!(m.iter().any(|e| e.contains("needs unique_by")), "{m:?}");
+        let m = messages(&base.replace(
+            "aggregation = \"max\"",
+            "aggregation = \"max\"\nunique_by = \"x\"",
+        ));
+        assert!(m.iter().any(|e| e.contains("remove unique_by")), "{m:?}");
+        let m = messages(&base.replace("aggregation = \"max\"", "aggregation = \"peak\""));
+        assert!(m.iter().any(|e| e.contains("\"unique_count\"")), "{m:?}");
+        // A percentage price with limits, then broken three ways.
+        let with = |limits: &str| {
+            base.replace(
+                "[[rate_card.price]]\nsku = \"seats\"\nmodel = \"per_unit\"\nunit_price = \"10\"",
+                &format!("[[rate_card.price]]\nsku = \"seats\"\nmodel = \"percentage\"\npercent = \"2.9\"\nfixed_fee = \"0.30\"\n{limits}"),
+            )
+        };
+        let ok = from_toml_str(&with("min_fee = \"0.50\"\nmax_fee = \"5\"")).unwrap();
+        let seats = ok.sku("seats").unwrap();
+        let limited = ok.prices.iter().filter(|p| p.sku == seats).any(|p| {
+            matches!(&p.model, PriceModel::Percentage(x) if x.min_fee.is_some() && x.max_fee.is_some())
+        });
+        assert!(limited);
+        let m = messages(&with("min_fee = \"6\"\nmax_fee = \"5\""));
+        assert!(m.iter().any(|e| e.contains("above max_fee")), "{m:?}");
+        let m = messages(&with("min_fee = \"0.5\"\nfree_events = 3"));
+        assert!(
+            m.iter()
+                .any(|e| e.contains("drop free_units and free_events")),
+            "{m:?}"
+        );
+        let m = messages(&with("max_fee = \"-1\""));
+        assert!(
+            m.iter().any(|e| e.contains("must not be negative")),
+            "{m:?}"
+        );
     }
 
     #[test]

@@ -69,6 +69,10 @@ pub struct Percentage {
     pub free_units: Quantity,
     /// Transactions per period that are free of the fixed fee.
     pub free_events: i64,
+    /// The least and the most one transaction pays (percentage plus fixed fee); see
+    /// [`percentage::limit_adjustment`]. Not combined with free units or events.
+    pub min_fee: Option<Amount>,
+    pub max_fee: Option<Amount>,
 }
 
 impl PriceModel {
@@ -90,6 +94,9 @@ pub struct Segment<'a> {
     pub quantity: Quantity,
     /// Net events (the percentage model's per-event fee counts them).
     pub events: i64,
+    /// What per-transaction minimum and maximum fees add to the percentage model's charge, summed
+    /// over the segment's transactions (zero for other models).
+    pub fee_adjustment: Amount,
 }
 
 /// What one tier of one segment contributed.
@@ -137,6 +144,7 @@ pub fn price_period(segments: &[Segment<'_>]) -> PeriodCharge {
             period_total: total,
             events_before,
             events: seg.events.max(0),
+            fee_adjustment: seg.fee_adjustment,
         };
         match seg.model {
             PriceModel::PerUnit { unit_price } => {
@@ -165,6 +173,7 @@ pub(crate) struct SegmentContext {
     /// Events of the period before this segment, and in it.
     pub events_before: i64,
     pub events: i64,
+    pub fee_adjustment: Amount,
 }
 
 /// Lower (exclusive) bound of tier `i`: the previous tier's `up_to`, or zero.

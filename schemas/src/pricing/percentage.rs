@@ -3,8 +3,15 @@
 //! of amount per period pay no percentage and the first `free_events` transactions no fixed
 //! fee. Both positions carry across a mid-period rate change, like tiers.
 //!
-//! Per-transaction minimum and maximum fees are not supported: they need each transaction's
-//! fee before aggregation, and meterflow prices aggregated usage.
+//! Per-transaction minimum and maximum fees (`min_fee`, `max_fee`) bound what one transaction
+//! pays, percentage and fixed fee together. meterflow prices aggregated usage, so the bound is
+//! applied where each transaction is still known: as it is accepted, its
+//! [`limit_adjustment`] (what the bound adds to or takes off its fee) is computed under its own
+//! rate-card version and summed with the usage; a void takes its original's adjustment back.
+//! The period's charge is `rate × amount + fixed fee × transactions + Σ adjustments`, which is
+//! exactly `Σ clamp(rate × amountᵢ + fixed fee, min, max)`. Free units and free events are
+//! per-period allowances that would make a transaction's fee depend on the others, so the
+//! catalog refuses them together with a minimum or maximum.
 
 use super::{Percentage, SegmentContext, TierCharge};
 use crate::money::{Amount, Quantity};
@@ -22,6 +29,26 @@ pub(crate) fn charge(p: &Percentage, ctx: &SegmentContext, out: &mut Vec<TierCha
         segment: ctx.index,
         tier: 0,
         quantity: ctx.quantity,
-        amount: share + fees,
+        amount: share + fees + ctx.fee_adjustment,
     });
+}
+
+impl Percentage {
+    pub fn has_limits(&self) -> bool {
+        self.min_fee.is_some() || self.max_fee.is_some()
+    }
+}
+
+/// What the per-transaction minimum and maximum change in the fee of one transaction of
+/// `amount`: `clamp(fee) - fee` with `fee = rate × amount + fixed fee` (zero without limits).
+pub fn limit_adjustment(p: &Percentage, amount: Quantity) -> Amount {
+    let fee = p.rate.times(amount) + p.fixed_fee;
+    let mut bounded = fee;
+    if let Some(min) = p.min_fee {
+        bounded = bounded.max(min);
+    }
+    if let Some(max) = p.max_fee {
+        bounded = bounded.min(max);
+    }
+    bounded - fee
 }

@@ -33,6 +33,7 @@ fn one(model: &PriceModel, quantity: &str) -> Amount {
         model,
         quantity: q(quantity),
         events: 0,
+        fee_adjustment: Amount::ZERO,
     }])
     .total()
 }
@@ -91,11 +92,13 @@ fn a_version_change_mid_period_continues_the_tier_position() {
             model: &v1,
             quantity: q("4"),
             events: 0,
+            fee_adjustment: Amount::ZERO,
         },
         Segment {
             model: &v2,
             quantity: q("4"),
             events: 0,
+            fee_adjustment: Amount::ZERO,
         },
     ]);
     assert_eq!(charge.total(), a("4") + a("10") + a("2") + a("3") + a("2"));
@@ -117,11 +120,13 @@ fn volume_across_versions_uses_the_period_total() {
             model: &v1,
             quantity: q("4"),
             events: 0,
+            fee_adjustment: Amount::ZERO,
         },
         Segment {
             model: &v2,
             quantity: q("4"),
             events: 0,
+            fee_adjustment: Amount::ZERO,
         },
     ]);
     // total 8: v1 tier 2 (0.5) for 4, v2 tier 2 (0.2) for 4, plus v2's tier-2 fee once.
@@ -165,7 +170,7 @@ proptest! {
     fn graduated_total_is_the_sum_of_tier_slices(tiers in tiers_strategy(), units in 0i64..10_000, frac in 0i64..1_000_000_000) {
         let qty = Quantity(units as i128 * 1_000_000_000 + frac as i128);
         let m = PriceModel::Graduated { tiers: tiers.clone() };
-        let charge = price_period(&[Segment { model: &m, quantity: qty, events: 0 }]);
+        let charge = price_period(&[Segment { model: &m, quantity: qty, events: 0, fee_adjustment: Amount::ZERO }]);
         let slices: Quantity = charge.tiers.iter().map(|t| t.quantity).sum();
         prop_assert_eq!(slices, qty);
         let by_hand: Amount = charge.tiers.iter().map(|t| tiers[t.tier].unit_price.times(t.quantity)).sum::<Amount>()
@@ -177,7 +182,7 @@ proptest! {
     fn graduated_and_per_unit_are_monotonic(tiers in tiers_strategy(), x in 0i64..5_000, y in 0i64..5_000) {
         let (lo, hi) = (Quantity::from_units(x.min(y)), Quantity::from_units(x.max(y)));
         for m in [PriceModel::Graduated { tiers: tiers.clone() }, PriceModel::PerUnit { unit_price: tiers[0].unit_price }] {
-            let at = |v| price_period(&[Segment { model: &m, quantity: v, events: 0 }]).total();
+            let at = |v| price_period(&[Segment { model: &m, quantity: v, events: 0, fee_adjustment: Amount::ZERO }]).total();
             prop_assert!(at(lo) <= at(hi));
         }
     }
@@ -185,8 +190,8 @@ proptest! {
     #[test]
     fn splitting_a_segment_under_one_version_changes_nothing(tiers in tiers_strategy(), x in 0i64..5_000, y in 0i64..5_000) {
         let m = PriceModel::Graduated { tiers };
-        let whole = price_period(&[Segment { model: &m, quantity: Quantity::from_units(x + y), events: 0 }]).total();
-        let split = price_period(&[Segment { model: &m, quantity: Quantity::from_units(x), events: 0 }, Segment { model: &m, quantity: Quantity::from_units(y), events: 0 }]).total();
+        let whole = price_period(&[Segment { model: &m, quantity: Quantity::from_units(x + y), events: 0, fee_adjustment: Amount::ZERO }]).total();
+        let split = price_period(&[Segment { model: &m, quantity: Quantity::from_units(x), events: 0, fee_adjustment: Amount::ZERO }, Segment { model: &m, quantity: Quantity::from_units(y), events: 0, fee_adjustment: Amount::ZERO }]).total();
         prop_assert_eq!(whole, split);
     }
 }
@@ -239,11 +244,13 @@ fn package_carries_the_position_across_a_rate_change() {
             model: &v1,
             quantity: q("600"),
             events: 0,
+            fee_adjustment: Amount::ZERO,
         },
         Segment {
             model: &v2,
             quantity: q("600"),
             events: 0,
+            fee_adjustment: Amount::ZERO,
         },
     ]);
     assert_eq!(c.total(), a("5.5"));
@@ -270,6 +277,8 @@ fn percentage(pct: &str, fee: &str, free_units: &str, free_events: i64) -> Price
         fixed_fee: a(fee),
         free_units: q(free_units),
         free_events,
+        min_fee: None,
+        max_fee: None,
     })
 }
 
@@ -278,6 +287,7 @@ fn with_events(model: &PriceModel, quantity: &str, events: i64) -> Amount {
         model,
         quantity: q(quantity),
         events,
+        fee_adjustment: Amount::ZERO,
     }])
     .total()
 }
@@ -310,14 +320,48 @@ fn percentage_free_allowances_carry_across_a_rate_change() {
             model: &v1,
             quantity: q("30"),
             events: 1,
+            fee_adjustment: Amount::ZERO,
         },
         Segment {
             model: &v2,
             quantity: q("70"),
             events: 3,
+            fee_adjustment: Amount::ZERO,
         },
     ]);
     // v1: 30 of amount all free, 1 event free. v2: 10 more free, 60 × 2% = 1.20; 1 more free
     // event, then 2 × 0.20 = 0.40.
     assert_eq!(c.total(), a("1.6"));
+}
+
+#[test]
+fn per_transaction_limits_bound_each_transaction_not_the_period() {
+    use super::percentage::limit_adjustment;
+    // 2.9% + 0.30, at least 0.50 and at most 5.00 per transaction.
+    let PriceModel::Percentage(mut m) = percentage("2.9", "0.30", "0", 0) else {
+        unreachable!()
+    };
+    m.min_fee = Some(a("0.5"));
+    m.max_fee = Some(a("5"));
+    // 2.00 pays 0.358 → 0.50; 10.00 pays 0.59, within the bounds; 500.00 pays 14.80 → 5.00.
+    assert_eq!(limit_adjustment(&m, q("2")), a("0.142"));
+    assert_eq!(limit_adjustment(&m, q("10")), a("0"));
+    assert_eq!(limit_adjustment(&m, q("500")), a("-9.8"));
+    // Either side of the maximum: 162.06 pays 4.99974, 162.07 pays 5.00003 → 5.00.
+    assert_eq!(limit_adjustment(&m, q("162.06")), Amount::ZERO);
+    assert_eq!(limit_adjustment(&m, q("162.07")), a("-0.00003"));
+    // The period: three transactions of 2, 10 and 500 pay 0.50 + 0.59 + 5.00 = 6.09.
+    let model = PriceModel::Percentage(m.clone());
+    let adjustments = [q("2"), q("10"), q("500")]
+        .iter()
+        .map(|x| limit_adjustment(&m, *x))
+        .fold(Amount::ZERO, |s, x| s + x);
+    let total = price_period(&[Segment {
+        model: &model,
+        quantity: q("512"),
+        events: 3,
+        fee_adjustment: adjustments,
+    }])
+    .total();
+    assert_eq!(total, a("6.09"));
 }
