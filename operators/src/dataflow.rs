@@ -26,7 +26,9 @@ use crate::aggregate::{pre_aggregate, UsageRecord, UsageSum};
 use crate::anomalies::{anomalies, cost_anomalies, AnomalySeed, Start};
 use crate::decode::decode;
 use crate::dedup::{dedup, DedupSeed, Deduplicator};
-use crate::entitlements::{credit_burn_signals, entitlement_signals};
+use crate::entitlements::{
+    credit_burn_signals, entitlement_signals, reported, spend_burn_signals, Reported,
+};
 use crate::invoice::invoice;
 use crate::meters::{meter_usage, Reading};
 use crate::price::{price, Priced};
@@ -93,6 +95,8 @@ pub struct Resume {
     /// Readings of non-additive meters on lines that can still change (their pricing input
     /// is not in `usage`; see [`crate::meters::reloads_readings`]).
     pub readings: Vec<(LineKey, Reading, isize)>,
+    /// How far each planned contract's usage was reported, per service period (burn rate).
+    pub reported: Vec<Reported>,
 }
 
 impl Resume {
@@ -140,6 +144,12 @@ pub fn build<'s>(
     );
     let deduped = dedup(decoded.events, watermarks.clone(), deduper, start_watermark);
     let all_usage = deduped.usage.probe_with(&admitted);
+    let reported = reported(
+        all_usage.clone(),
+        plan.catalog.clone(),
+        resume.reported.clone(),
+        resume.first_epoch(),
+    );
     let (additive, readings) = split_meters(all_usage, &plan.catalog);
     let detected = plan.anomalies.enabled.then(|| {
         anomalies(
@@ -194,8 +204,15 @@ pub fn build<'s>(
         plan.catalog.clone(),
         plan.policy.period,
     );
+    let spend_burn = spend_burn_signals(
+        usage_lines.clone(),
+        reported,
+        plan.catalog.clone(),
+        plan.policy.period,
+    );
     let signals = entitlement_signals(usage_lines, plan.catalog.clone(), plan.policy.period)
         .concat(burn)
+        .concat(spend_burn)
         .inner;
     let costs = plan.anomalies.enabled.then(|| {
         cost_anomalies(

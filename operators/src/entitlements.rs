@@ -130,3 +130,168 @@ pub fn credit_burn_signals<'s>(
         )
         .map(|(_, s)| s)
 }
+
+/// How far a contract's usage has been reported in a service period: the end of the latest hour
+/// any of its billable events in the period falls in (voided ones included, so it only grows).
+pub type Reported = ((CustomerIdx, ContractIdx), (Period, EventTime));
+
+/// Whether a contract has a spend plan that burn-rate signals watch.
+pub fn has_spend_plan(catalog: &Catalog, contract: ContractIdx) -> bool {
+    let t = &catalog.contracts[contract.ix()].terms;
+    t.minimum_spend.is_some() || t.budget.is_some()
+}
+
+/// The `Reported` collection of contracts with a spend plan: one record per contract and
+/// service period, replaced (`-1` old, `+1` new) when a later hour is reported. `seed`: what a
+/// resumed run reloaded (every worker passes all of it; each keeps the contracts it owns),
+/// entering at `first_epoch`.
+pub fn reported<'s>(
+    usage: timely::dataflow::StreamVec<'s, Epoch, meterflow_schemas::rows::UsageDelta>,
+    catalog: Arc<Catalog>,
+    seed: Vec<Reported>,
+    first_epoch: Epoch,
+) -> VecCollection<'s, Epoch, Reported, isize> {
+    use differential_dataflow::AsCollection;
+    use std::collections::HashMap;
+    use timely::dataflow::channels::pact::Exchange;
+    use timely::dataflow::operators::generic::Operator;
+    const HOUR: i64 = 3_600_000;
+    let (index, peers) = (usage.scope().index(), usage.scope().peers());
+    let owner = |c: ContractIdx| c.0 as u64;
+    let mine: Vec<Reported> = seed
+        .into_iter()
+        .filter(|((_, c), _)| owner(*c) % peers as u64 == index as u64)
+        .collect();
+    let mut latest: HashMap<(CustomerIdx, ContractIdx, Period), EventTime> = mine
+        .iter()
+        .map(|&((cu, co), (p, t))| ((cu, co, p), t))
+        .collect();
+    usage
+        .unary_frontier(
+            Exchange::new(move |d: &meterflow_schemas::rows::UsageDelta| owner(d.line.contract)),
+            "Reported",
+            move |cap, _info| {
+                let mut seed = Some((cap, mine));
+                move |(input, _frontier), output| {
+                    if let Some((cap, rows)) = seed.take() {
+                        let at = cap.delayed(&first_epoch);
+                        let mut session = output.session(&at);
+                        for r in rows {
+                            session.give((r, first_epoch, 1));
+                        }
+                    }
+                    input.for_each_stamp(|cap, data| {
+                        let Some(&epoch) = cap.least() else { return };
+                        let mut session = output.session(&cap);
+                        for d in data.flat_map(|d| d.iter()) {
+                            let (customer, contract) = (d.line.customer, d.line.contract);
+                            if !has_spend_plan(&catalog, contract) {
+                                continue;
+                            }
+                            let hour_end = EventTime((d.time.0.div_euclid(HOUR) + 1) * HOUR);
+                            let key = (customer, contract, d.line.service_period);
+                            let before = latest.get(&key).copied();
+                            if before.is_some_and(|b| b >= hour_end) {
+                                continue;
+                            }
+                            latest.insert(key, hour_end);
+                            let k = (customer, contract);
+                            if let Some(b) = before {
+                                session.give(((k, (key.2, b)), epoch, -1));
+                            }
+                            session.give(((k, (key.2, hour_end)), epoch, 1));
+                        }
+                    });
+                }
+            },
+        )
+        .as_collection()
+}
+
+/// What the burn-rate reduce reads per contract.
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+enum BurnInput {
+    /// A usage or adjustment line's exact amount, by service period.
+    Spent(Period, meterflow_schemas::money::Amount),
+    Reported(Period, EventTime),
+}
+
+/// Burn-rate signals (`commitment_burn`, `budget_burn`): per contract with a commitment
+/// (`minimum_spend`) or a budget, the service periods whose usage spend runs ahead of the plan
+/// prorated to how far their usage has been reported (rule in
+/// `meterflow_schemas::entitlement::spend_burn`). A differential `reduce` keyed by (customer,
+/// contract) over its usage lines and `reported`; recomputed, and only the difference emitted,
+/// when either changes.
+pub fn spend_burn_signals<'s>(
+    lines: VecCollection<'s, Epoch, InvoiceLine, isize>,
+    reported: VecCollection<'s, Epoch, Reported, isize>,
+    catalog: Arc<Catalog>,
+    unit: PeriodUnit,
+) -> VecCollection<'s, Epoch, EntitlementSignal, isize> {
+    use meterflow_schemas::entitlement::{spend_burn, SignalKind};
+    use meterflow_schemas::money::Amount;
+    let planned = catalog.clone();
+    let spent = lines.flat_map(move |l| {
+        (l.kind.is_usage() && has_spend_plan(&planned, l.key.contract)).then_some((
+            (l.key.customer, l.key.contract),
+            BurnInput::Spent(l.key.service_period, l.amount_exact),
+        ))
+    });
+    let reported = reported.map(|(k, (p, t))| (k, BurnInput::Reported(p, t)));
+    spent
+        .concat(reported)
+        .reduce_named(
+            "SpendBurn",
+            move |&(customer, contract): &(CustomerIdx, ContractIdx),
+                  input: &[(&BurnInput, isize)],
+                  output: &mut Vec<(EntitlementSignal, isize)>| {
+                let terms = &catalog.contracts[contract.ix()].terms;
+                let plans: Vec<(SignalKind, Amount)> = [
+                    (SignalKind::CommitmentBurn, terms.minimum_spend),
+                    (SignalKind::BudgetBurn, terms.budget),
+                ]
+                .into_iter()
+                .filter_map(|(k, p)| p.map(|p| (k, p)))
+                .collect();
+                let mut periods: BTreeMap<Period, (Amount, EventTime)> = BTreeMap::new();
+                for (input, n) in input {
+                    match input {
+                        BurnInput::Spent(p, a) => {
+                            periods
+                                .entry(*p)
+                                .or_insert((Amount::ZERO, EventTime::MIN))
+                                .0 += Amount(a.0 * *n as i128);
+                        }
+                        BurnInput::Reported(p, t) if *n > 0 => {
+                            let e = periods.entry(*p).or_insert((Amount::ZERO, EventTime::MIN));
+                            e.1 = e.1.max(*t);
+                        }
+                        BurnInput::Reported(..) => {}
+                    }
+                }
+                let to_quantity = |a: Amount| Quantity(a.0 / 1_000_000_000);
+                for (period, (spent, reported)) in periods {
+                    let end = unit.end_of(period);
+                    for b in spend_burn(&plans, period.0, end, spent, reported) {
+                        let plan = plans.iter().find(|(k, _)| *k == b.kind).map(|p| p.1);
+                        output.push((
+                            EntitlementSignal {
+                                customer,
+                                contract,
+                                sku: SkuIdx::INVOICE,
+                                period,
+                                kind: b.kind,
+                                percent: b.projected_percent,
+                                at: to_quantity(spent),
+                                allowance: to_quantity(plan.unwrap_or(Amount::ZERO)),
+                            },
+                            1,
+                        ));
+                    }
+                }
+            },
+        )
+        .map(|(_, s)| s)
+}

@@ -35,6 +35,29 @@ pub struct SignedState<R: Ord + Clone> {
     pending: BTreeMap<Epoch, BTreeMap<R, isize>>,
     /// Rows the table holds, with their multiplicity and version.
     held: BTreeMap<R, (isize, u64)>,
+    horizon: Option<Horizon<R>>,
+}
+
+/// Rows that can no longer change need no version kept: a table whose rows carry a time (usage
+/// buckets) forgets held rows more than `span` behind the newest row it has seen. The table's
+/// sum never depends on this (changes are written as they come); only the version a very late
+/// retraction would carry does, and the dataflow never retracts rows that old.
+pub struct Horizon<R> {
+    pub time: fn(&R) -> i64,
+    pub span: i64,
+    newest: i64,
+    swept_at: i64,
+}
+
+impl<R> Horizon<R> {
+    pub fn new(time: fn(&R) -> i64, span: i64) -> Horizon<R> {
+        Horizon {
+            time,
+            span,
+            newest: i64::MIN,
+            swept_at: i64::MIN,
+        }
+    }
 }
 
 impl<R: Ord + Clone> Default for SignedState<R> {
@@ -42,6 +65,7 @@ impl<R: Ord + Clone> Default for SignedState<R> {
         SignedState {
             pending: BTreeMap::new(),
             held: BTreeMap::new(),
+            horizon: None,
         }
     }
 }
@@ -62,6 +86,24 @@ impl<R: Ord + Clone> SignedState<R> {
             }
         }
         s
+    }
+
+    /// Keeps held rows only within `horizon` of the newest (see [`Horizon`]).
+    pub fn forgetting(mut self, horizon: Horizon<R>) -> SignedState<R> {
+        self.horizon = Some(horizon);
+        self
+    }
+
+    /// Forgets held rows behind the horizon; sweeps once the newest row moved on by an eighth
+    /// of the span, so the cost is amortized.
+    fn sweep(&mut self) {
+        let Some(h) = &mut self.horizon else { return };
+        if h.newest == i64::MIN || h.newest.saturating_sub(h.swept_at) < h.span / 8 {
+            return;
+        }
+        h.swept_at = h.newest;
+        let (time, before) = (h.time, h.newest.saturating_sub(h.span));
+        self.held.retain(|r, _| time(r) >= before);
     }
 
     pub fn update(&mut self, row: R, epoch: Epoch, diff: isize) {
@@ -86,6 +128,9 @@ impl<R: Ord + Clone> SignedState<R> {
             for (row, diff) in updates {
                 if diff == 0 {
                     continue;
+                }
+                if let Some(h) = &mut self.horizon {
+                    h.newest = h.newest.max((h.time)(&row));
                 }
                 let held = self.held.entry(row.clone()).or_insert((0, epoch));
                 if diff < 0 {
@@ -116,6 +161,7 @@ impl<R: Ord + Clone> SignedState<R> {
             // Within a time, retractions first: a reader in insertion order sees old before new.
             out.extend(insertions);
         }
+        self.sweep();
         out
     }
 
@@ -154,6 +200,22 @@ mod tests {
         );
         assert_eq!(s.held().collect::<Vec<_>>(), vec![(&"c", 1)]);
         assert_eq!(s.changes(None), vec![c("d", 1, 9, 9)]);
+    }
+
+    #[test]
+    fn rows_behind_the_horizon_are_forgotten_and_the_state_stays_bounded() {
+        // Rows are (time, meter); keep 100 behind the newest.
+        let mut s: SignedState<(i64, u32)> =
+            SignedState::default().forgetting(Horizon::new(|r: &(i64, u32)| r.0, 100));
+        for t in 0..10_000i64 {
+            s.update((t, (t % 3) as u32), t as Epoch, 1);
+            let written = s.changes(None);
+            assert_eq!(written.len(), 1, "every change is still written");
+            assert!(s.held.len() <= 100 + 100 / 8 + 1, "held {}", s.held.len());
+        }
+        // A row inside the horizon keeps its version for a retraction.
+        s.update((9_990, 0), 20_000, -1);
+        assert_eq!(s.changes(None)[0].version, 9_990);
     }
 
     #[test]

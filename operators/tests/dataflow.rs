@@ -630,6 +630,54 @@ fn per_transaction_minimum_and_maximum_fees_bound_each_payment_across_a_rate_cha
 }
 
 #[test]
+fn spend_ahead_of_a_budget_burns_and_a_void_takes_the_signal_back() {
+    use meterflow_schemas::entitlement::SignalKind;
+    let catalog = meterflow_schemas::catalog::from_toml_str(&fixtures::CATALOG.replacen(
+        "id = \"acme-2026\"\ncustomer = \"acme\"",
+        "id = \"acme-2026\"\ncustomer = \"acme\"\nbudget = \"100\"",
+        1,
+    ))
+    .unwrap();
+    // 5 000 calls on the 2nd: too early in the month to judge. 40 000 more on the 6th (40.00 of
+    // spend with usage reported to 11:00, 5.46 days in): on course for about 230% of the budget.
+    let early = api("e1", "5000", "2026-11-02T10:00:00Z");
+    let big = api("e2", "40000", "2026-11-06T10:30:00Z");
+    let burns = |out: &RunOutput| -> Vec<(SignalKind, u32)> {
+        let mut current = std::collections::BTreeMap::new();
+        for (s, _, d) in &out.entitlement_signals {
+            *current.entry(s.clone()).or_insert(0isize) += d;
+        }
+        current
+            .into_iter()
+            .filter(|(s, n)| *n != 0 && s.kind == SignalKind::BudgetBurn)
+            .map(|(s, _)| (s.kind, s.percent))
+            .collect()
+    };
+    for workers in [1, 2] {
+        let only_early = run(
+            &lines(std::slice::from_ref(&early)),
+            plan(catalog.clone()),
+            workers,
+            1,
+        )
+        .unwrap();
+        assert!(burns(&only_early).is_empty(), "too early to judge");
+        let both = vec![early.clone(), big.clone()];
+        let out = run(&lines(&both), plan(catalog.clone()), workers, 1).unwrap();
+        // 45.00 over 5 days 11 hours of 30 days: 45 × 720 / 131 = 247%.
+        assert_eq!(
+            burns(&out),
+            vec![(SignalKind::BudgetBurn, 247)],
+            "workers={workers}"
+        );
+        let mut voided = both.clone();
+        voided.push(fixtures::void_of(&big, "e2", "40000", "void-e2"));
+        let out = run(&lines(&voided), plan(catalog.clone()), workers, 1).unwrap();
+        assert!(burns(&out).is_empty(), "the void brings spend back on plan");
+    }
+}
+
+#[test]
 fn a_spike_and_a_silent_meter_are_found_whatever_the_epochs_and_workers() {
     use meterflow_operators::testing::consolidate;
     use meterflow_schemas::anomaly::AnomalyKind;

@@ -9,14 +9,17 @@ use meterflow_operators::anomalies::AnomalySeed;
 use meterflow_operators::dataflow::Plan;
 use meterflow_operators::dataflow::Resume;
 use meterflow_operators::dedup::{DedupSeed, Deduplicator};
+use meterflow_operators::entitlements::{has_spend_plan, Reported};
 use meterflow_operators::meters::{reloads_readings, Reading};
 use meterflow_operators::progress::Progress;
 use meterflow_operators::testing::{consolidate, plan, run, run_resumed, Held, RunOutput};
 use meterflow_operators::Epoch;
 use meterflow_schemas::anomaly::{AnomalyKind, BucketRow, Detector};
+use meterflow_schemas::catalog::{ContractIdx, CustomerIdx};
 use meterflow_schemas::event::CorrectionAction;
 use meterflow_schemas::fixtures::{self, event};
 use meterflow_schemas::rows::LineKey;
+use meterflow_schemas::time::Period;
 use meterflow_schemas::time::{EventTime, Span};
 
 fn input() -> Vec<u8> {
@@ -262,6 +265,7 @@ fn state_at(full: &RunOutput, p: &Progress, horizon_ms: i64, plan: &Plan) -> (Re
             anomalies: anomalies.iter().map(|(a, _, _)| a.clone()).collect(),
         },
         readings,
+        reported: reported_at(full, through, plan),
     };
     (
         resume,
@@ -273,6 +277,31 @@ fn state_at(full: &RunOutput, p: &Progress, horizon_ms: i64, plan: &Plan) -> (Re
             anomalies,
         },
     )
+}
+
+/// How far planned contracts had reported usage after `through` (see `clickhouse_restore`).
+fn reported_at(full: &RunOutput, through: Epoch, plan: &Plan) -> Vec<Reported> {
+    let mut latest: BTreeMap<(CustomerIdx, ContractIdx, Period), i64> = BTreeMap::new();
+    for (_, a) in full
+        .accepted
+        .iter()
+        .filter(|(e, a)| *e <= through && a.event.billable())
+    {
+        let ev = &a.event;
+        if has_spend_plan(&plan.catalog, ev.contract) {
+            let t = latest
+                .entry((ev.customer, ev.contract, a.service_period))
+                .or_insert(i64::MIN);
+            *t = (*t).max(ev.time.0);
+        }
+    }
+    latest
+        .into_iter()
+        .map(|((cu, co, p), t)| {
+            let hour_end = EventTime((t.div_euclid(3_600_000) + 1) * 3_600_000);
+            ((cu, co), (p, hour_end))
+        })
+        .collect()
 }
 
 /// The rows a signed table holds after the epochs up to `through` are durable.

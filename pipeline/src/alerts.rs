@@ -381,14 +381,29 @@ impl Alertable for EntitlementSignal {
             SignalKind::Threshold => format!("{}% of the included {}", s.percent, s.allowance),
             SignalKind::SoftLimit => format!("the soft limit of {}", s.at),
             SignalKind::HardLimit => format!("the hard limit of {}", s.at),
-            SignalKind::CreditBurn => String::new(),
+            SignalKind::CreditBurn | SignalKind::CommitmentBurn | SignalKind::BudgetBurn => {
+                String::new()
+            }
+        };
+        let currency = catalog.currency_of(s.contract);
+        let plan = match s.kind {
+            SignalKind::CommitmentBurn => Some("commitment"),
+            SignalKind::BudgetBurn => Some("budget"),
+            _ => None,
         };
         let summary = if s.kind == SignalKind::CreditBurn {
-            let currency = catalog.currency_of(s.contract);
             if firing {
                 format!("{customer} ({contract}): prepaid credit is burning faster than planned: {} {currency} left after {period} at {} {currency} a period runs out before the grants expire", s.at, s.allowance)
             } else {
                 format!("{customer} ({contract}): prepaid credit is back on plan after {period}")
+            }
+        } else if let Some(plan) = plan {
+            if firing {
+                format!("{customer} ({contract}): usage spend in {period} is burning its {plan} faster than planned: {} {currency} so far, on course for {}% of the {} {currency} {plan}", s.at, s.percent, s.allowance)
+            } else {
+                format!(
+                    "{customer} ({contract}): usage spend in {period} is back on its {plan} plan"
+                )
             }
         } else if firing {
             format!("{customer} ({contract}) used {what} {sku} in {period}")
@@ -398,10 +413,12 @@ impl Alertable for EntitlementSignal {
             )
         };
         Alert {
+            // A burn's projected percent moves with every round of usage: it is not part of
+            // the key, so the alert pages once per period.
             dedup_key: format!(
                 "meterflow:entitlement:{customer}:{contract}:{sku}:{period}:{}:{}",
                 s.kind.as_str(),
-                s.percent
+                if plan.is_some() { 0 } else { s.percent }
             ),
             firing,
             summary,
@@ -418,7 +435,10 @@ impl Alertable for EntitlementSignal {
             class: "entitlement",
             severity: match s.kind {
                 SignalKind::HardLimit => "critical",
-                SignalKind::SoftLimit | SignalKind::CreditBurn => "warning",
+                SignalKind::SoftLimit
+                | SignalKind::CreditBurn
+                | SignalKind::CommitmentBurn
+                | SignalKind::BudgetBurn => "warning",
                 SignalKind::Threshold => "info",
             },
             customer,

@@ -24,6 +24,7 @@ use meterflow_operators::aggregate::UsageSum;
 use meterflow_operators::anomalies::AnomalySeed;
 use meterflow_operators::dataflow::Resume;
 use meterflow_operators::dedup::DedupSeed;
+use meterflow_operators::entitlements::{has_spend_plan, Reported};
 use meterflow_operators::meters::{reloads_readings, Reading};
 use meterflow_operators::progress::Progress;
 use meterflow_operators::source::Position;
@@ -31,7 +32,7 @@ use meterflow_schemas::anomaly::{
     Anomaly, AnomalyKind, AnomalyRules, Baseline, Bucket, BucketRow, Detector, Severity,
 };
 use meterflow_schemas::catalog::{
-    distinct_value, Catalog, CustomerIdx, PriceIdx, RegionIdx, SkuIdx,
+    distinct_value, Catalog, ContractIdx, CustomerIdx, PriceIdx, RegionIdx, SkuIdx,
 };
 use meterflow_schemas::ddl::EPOCH_TABLES;
 use meterflow_schemas::entitlement::SignalKind;
@@ -132,6 +133,14 @@ struct LineUsageRow {
     fee_adjustment: i128,
     n: i64,
     v: u64,
+}
+
+#[derive(Row, Deserialize)]
+struct ReportedRow {
+    customer_id: String,
+    contract_id: String,
+    service_period: String,
+    latest_ms: i64,
 }
 
 #[derive(Row, Deserialize)]
@@ -363,6 +372,7 @@ pub fn restore(
             && reloads_readings(period.end_of(key.service_period), forget)
     };
     let readings = held_readings(ch, &lookup, &upto, forget, &from_readings)?;
+    let reported = held_reported(ch, &lookup, &upto)?;
     let usage = line_usage
         .iter()
         .filter(|(u, _, _)| !from_readings(&u.key))
@@ -388,6 +398,7 @@ pub fn restore(
                 anomalies: anomalies.iter().map(|(a, _, _)| a.clone()).collect(),
             },
             readings,
+            reported,
         },
         usage_buckets,
         anomalies,
@@ -790,6 +801,29 @@ fn held_readings(
             fee_adjustment: Amount::ZERO,
         };
         out.extend(Reading::of(&delta, sku.aggregation));
+    }
+    Ok(out)
+}
+
+/// How far each contract with a spend plan had reported usage in each service period, from the
+/// billable events of epochs up to `upto` (see `meterflow_operators::entitlements::reported`).
+fn held_reported(ch: &ClickHouse, l: &Lookup, upto: &str) -> Result<Vec<Reported>, String> {
+    const HOUR: i64 = 3_600_000;
+    if !(0..l.catalog.contracts.len()).any(|c| has_spend_plan(l.catalog, ContractIdx(c as u32))) {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<ReportedRow> = ch.fetch(&format!(
+        "SELECT customer_id, contract_id, service_period, max(event_time_ms) AS latest_ms \
+         FROM {{db}}.usage_events WHERE billable = 1 AND {upto} \
+         GROUP BY customer_id, contract_id, service_period"
+    ))?;
+    let mut out = Vec::new();
+    for r in rows {
+        let key = l.key(&r.customer_id, &r.contract_id, "", "*", &r.service_period)?;
+        if has_spend_plan(l.catalog, key.contract) {
+            let hour_end = EventTime((r.latest_ms.div_euclid(HOUR) + 1) * HOUR);
+            out.push(((key.customer, key.contract), (key.service_period, hour_end)));
+        }
     }
     Ok(out)
 }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use meterflow_operators::dataflow::Signed;
-use meterflow_operators::signed::SignedState;
+use meterflow_operators::signed::{Horizon, SignedState};
 use meterflow_operators::sink::TableWriter;
 use meterflow_operators::Epoch;
 use meterflow_schemas::anomaly::{Anomaly, BucketRow};
@@ -598,12 +598,14 @@ fn format_bucket(n: &Names, _: &mut Labels, b: &BucketRow, row: &mut Vec<u8>) {
     scaled(row, b.usage.quantity.0, Quantity::SCALE);
 }
 
+/// `horizon`: how long a bucket row can still change (see `SignedState::forgetting`).
 pub fn usage_buckets_writer(
     out: &Path,
     worker: usize,
     names: Arc<Names>,
+    horizon: Horizon<BucketRow>,
 ) -> Result<SignedWriter<BucketRow>, String> {
-    signed_writer(
+    let mut w = signed_writer(
         out,
         "usage_buckets",
         BUCKET_HEADER,
@@ -611,7 +613,9 @@ pub fn usage_buckets_writer(
         names,
         None,
         format_bucket,
-    )
+    )?;
+    w.state = std::mem::take(&mut w.state).forgetting(horizon);
+    Ok(w)
 }
 
 fn format_anomaly(n: &Names, _: &mut Labels, a: &Anomaly, row: &mut Vec<u8>) {

@@ -218,10 +218,17 @@ pub fn catalog_toml(customers: u32, start: EventTime, days: i64, terms: bool) ->
 
 /// Terms for contract `c`, spread so every kind of invoice line appears.
 fn contract_terms(s: &mut String, c: u32, period_start: EventTime, promotion_from: EventTime) {
-    if c.is_multiple_of(5) {
+    if c % 10 == 5 {
+        // A commitment busy customers use up early (commitment_burn signals).
+        s.push_str("minimum_spend = \"40\"\n");
+    } else if c.is_multiple_of(5) {
         s.push_str("minimum_spend = \"400\"\n");
     } else if c % 6 == 3 {
         s.push_str("maximum_spend = \"60\"\n");
+    }
+    if c % 8 == 1 {
+        // A service budget: heavy users burn it faster than planned (budget_burn signals).
+        s.push_str("budget = \"60\"\n");
     }
     if c.is_multiple_of(4) {
         s.push_str("[[contract.fee]]\nname = \"platform\"\namount = \"49\"\n");

@@ -9,17 +9,19 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use meterflow_operators::accounting::{Latency, Totals};
 use meterflow_operators::aggregate::round_end;
-use meterflow_operators::dataflow::{execute, Cluster, Execution, Signed, WorkerIo};
+use meterflow_operators::dataflow::{execute, Cluster, Execution, Plan, Signed, WorkerIo};
 use meterflow_operators::progress::{NoProgress, ProgressStore};
-use meterflow_operators::signed::SignedState;
+use meterflow_operators::signed::{Horizon, SignedState};
 use meterflow_operators::sink::FlushPolicy;
 use meterflow_operators::sink::TableWriter;
 use meterflow_operators::source::{ChunkReader, ReadAt, StripedReader};
 use meterflow_operators::Fatal;
+use meterflow_schemas::anomaly::{BucketRow, Detector};
 use meterflow_schemas::catalog::load_dir;
 use meterflow_schemas::money::Amount;
 use meterflow_schemas::rejection::Reason;
 use meterflow_schemas::rows::{Counts, InvoiceLine};
+use meterflow_schemas::time::EventTime;
 
 use crate::clickhouse_client::ClickHouse;
 use crate::clickhouse_migrate::check_migrated;
@@ -203,6 +205,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
     let alerts_cfg = config.alerts.clone();
     let alerts_kafka = config.kafka.clone();
     let (alert_catalog, alert_unit) = (plan.catalog.clone(), plan.policy.period);
+    let bucket_span = bucket_span(&plan);
     let make_io = move |index: usize, peers: usize| -> Result<WorkerIo, String> {
         let alerts = AlertTables {
             format: &alert_format,
@@ -315,7 +318,8 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
                 usage_buckets: Box::new(ch_sink::usage_buckets(
                     connect()?,
                     names.clone(),
-                    SignedState::resumed(buckets, first_round),
+                    SignedState::resumed(buckets, first_round)
+                        .forgetting(Horizon::new(bucket_start, bucket_span)),
                 )),
                 anomalies: alerts.wrap(
                     Box::new(ch_sink::anomalies(
@@ -353,7 +357,12 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
                 Vec::new(),
             )?,
             shadow_invoice_lines: Box::new(shadow_invoice_lines_writer(&out, index, n.clone())?),
-            usage_buckets: Box::new(usage_buckets_writer(&out, index, n.clone())?),
+            usage_buckets: Box::new(usage_buckets_writer(
+                &out,
+                index,
+                n.clone(),
+                Horizon::new(bucket_start, bucket_span),
+            )?),
             anomalies: alerts.wrap(Box::new(anomalies_writer(&out, index, n)?), Vec::new())?,
             progress: Box::new(NoProgress),
             facts_flush: FlushPolicy::every(flush_every),
@@ -578,6 +587,21 @@ impl ProgressLine {
             }
         }
     }
+}
+
+/// How far behind the newest usage bucket a bucket row can still change: what the anomaly
+/// detectors hold behind the watermark, plus the dedup horizon again for the newest bucket
+/// running ahead of the watermark (tolerance, partitions that lag). The bucket writers forget
+/// rows older than that, so their state stays bounded on an unbounded stream.
+fn bucket_span(plan: &Plan) -> i64 {
+    let w = EventTime(1_800_000_000_000);
+    let horizon = plan.policy.dedup_horizon;
+    let (from, _) = Detector::new(plan.anomalies.clone(), horizon, &plan.catalog).held_from(w);
+    (w.0 - from.0) + horizon.millis()
+}
+
+fn bucket_start(b: &BucketRow) -> i64 {
+    b.start.0
 }
 
 /// What the tables that alert (`entitlement_signals`, `anomalies`) need to send alerts.

@@ -42,6 +42,11 @@ pub enum SignalKind {
     /// Prepaid credit is burning fast enough to run out before its grants expire (for that
     /// signal, `at` is the credit left and `allowance` the average burn per period).
     CreditBurn,
+    /// Usage spend is running ahead of the commitment (`minimum_spend`) prorated to how far the
+    /// period has got: at this rate it is used up before the period ends (see [`spend_burn`]).
+    CommitmentBurn,
+    /// The same against the contract's service budget (`budget`): burn exceeds plan.
+    BudgetBurn,
 }
 
 impl SignalKind {
@@ -51,6 +56,8 @@ impl SignalKind {
             SignalKind::SoftLimit => "soft_limit",
             SignalKind::HardLimit => "hard_limit",
             SignalKind::CreditBurn => "credit_burn",
+            SignalKind::CommitmentBurn => "commitment_burn",
+            SignalKind::BudgetBurn => "budget_burn",
         }
     }
     pub fn parse(text: &str) -> Option<SignalKind> {
@@ -59,6 +66,8 @@ impl SignalKind {
             SignalKind::SoftLimit,
             SignalKind::HardLimit,
             SignalKind::CreditBurn,
+            SignalKind::CommitmentBurn,
+            SignalKind::BudgetBurn,
         ]
         .into_iter()
         .find(|k| k.as_str() == text)
@@ -135,6 +144,49 @@ pub fn signals(
         start = next(start);
     }
     out
+}
+
+/// A spend burning faster than its plan (see [`spend_burn`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Burn {
+    pub kind: SignalKind,
+    /// Projected spend at the end of the period, in percent of the plan (above 100).
+    pub projected_percent: u32,
+    /// When the plan is used up at this rate (before the period ends).
+    pub exhausted_at: EventTime,
+}
+
+/// Burn-rate rule for one service period `[start, end)` of a contract: usage spend `spent` so
+/// far, with usage reported up to `reported` (the end of the latest hour any of the contract's
+/// events in the period fall in), runs ahead of a plan prorated to that point:
+/// `spent / elapsed > plan / length`. Nothing is judged before a tenth of the period has
+/// elapsed (a morning's usage says little about a month). A plan already used up counts from
+/// the start (`projected_percent` is then at least 100 at any point).
+///
+/// The rule only looks at the contract's own usage (amounts and event times), never at the
+/// clock, so it is the same in every run over the same events, whatever their order.
+pub fn spend_burn(
+    plans: &[(SignalKind, crate::money::Amount)],
+    start: EventTime,
+    end: EventTime,
+    spent: crate::money::Amount,
+    reported: EventTime,
+) -> Vec<Burn> {
+    let length = (end.0 - start.0) as i128;
+    let elapsed = (reported.0.min(end.0) - start.0) as i128;
+    if length <= 0 || elapsed * 10 < length || spent.0 <= 0 {
+        return Vec::new();
+    }
+    plans
+        .iter()
+        .filter(|(_, plan)| plan.0 > 0 && spent.0 * length > plan.0 * elapsed)
+        .map(|&(kind, plan)| Burn {
+            kind,
+            projected_percent: u32::try_from(spent.0 * length * 100 / (plan.0 * elapsed))
+                .unwrap_or(u32::MAX),
+            exhausted_at: EventTime(start.0 + (elapsed * plan.0 / spent.0) as i64),
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -224,6 +276,42 @@ mod tests {
                 ("2026-12".into(), SignalKind::Threshold, 50, q("1300")),
             ]
         );
+    }
+
+    #[test]
+    fn spend_ahead_of_the_prorated_plan_burns_and_spend_on_plan_does_not() {
+        use crate::money::Amount;
+        let a = |s: &str| Amount::parse_price(s).unwrap();
+        let (start, end) = (t("2026-11-01T00:00:00Z"), t("2026-12-01T00:00:00Z"));
+        let plans = [
+            (SignalKind::CommitmentBurn, a("3000")),
+            (SignalKind::BudgetBurn, a("6000")),
+        ];
+        // Ten days in (a third), 1000 spent: exactly on the commitment's plan, not ahead.
+        let ten_days = t("2026-11-11T00:00:00Z");
+        assert!(spend_burn(&plans, start, end, a("1000"), ten_days).is_empty());
+        // 1500: the commitment runs out on day 20 (150%); the budget is on plan at 75%.
+        let burns = spend_burn(&plans, start, end, a("1500"), ten_days);
+        assert_eq!(
+            burns,
+            vec![Burn {
+                kind: SignalKind::CommitmentBurn,
+                projected_percent: 150,
+                exhausted_at: t("2026-11-21T00:00:00Z"),
+            }]
+        );
+        // Both, at 4500 after ten days.
+        assert_eq!(spend_burn(&plans, start, end, a("4500"), ten_days).len(), 2);
+        // Too early to tell: two days in, however much was spent.
+        let two_days = t("2026-11-03T00:00:00Z");
+        assert!(spend_burn(&plans, start, end, a("9999"), two_days).is_empty());
+        // Reported past the period's end counts as the whole period.
+        let after = t("2026-12-05T00:00:00Z");
+        assert_eq!(
+            spend_burn(&plans, start, end, a("3001"), after)[0].projected_percent,
+            100
+        );
+        assert!(spend_burn(&plans, start, end, a("3000"), after).is_empty());
     }
 
     #[test]

@@ -779,7 +779,7 @@ fn entitlement_alerts_reach_a_webhook_once_each_with_retries_and_a_dead_letter_f
     {
         let want = match e["payload"]["custom_details"]["signal"].as_str().unwrap() {
             "hard_limit" => "critical",
-            "soft_limit" | "credit_burn" => "warning",
+            "soft_limit" | "credit_burn" | "commitment_burn" | "budget_burn" => "warning",
             _ => "info",
         };
         assert_eq!(e["payload"]["severity"], want, "{e}");

@@ -139,6 +139,8 @@ struct ContractDef {
     discount: Vec<DiscountDef>,
     minimum_spend: Option<DecimalText>,
     maximum_spend: Option<DecimalText>,
+    /// Planned usage spend per invoice period (burn-rate signals; bills nothing).
+    budget: Option<DecimalText>,
     #[serde(default)]
     credit: Vec<CreditDef>,
     #[serde(default)]
@@ -561,6 +563,7 @@ fn contract_terms(
         .maximum_spend
         .as_ref()
         .and_then(|t| money(l, "maximum_spend", t));
+    terms.budget = c.budget.as_ref().and_then(|t| money(l, "budget", t));
     if let (Some(lo), Some(hi)) = (terms.minimum_spend, terms.maximum_spend) {
         if hi < lo {
             l.err(

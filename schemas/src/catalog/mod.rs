@@ -118,6 +118,9 @@ pub struct ContractTerms {
     pub minimum_spend: Option<Amount>,
     /// Maximum spend per invoice period: a cap line takes off the excess.
     pub maximum_spend: Option<Amount>,
+    /// Planned usage spend per invoice period (a service budget): `budget_burn` signals when
+    /// usage runs ahead of it. Bills nothing.
+    pub budget: Option<Amount>,
     /// Prepaid credits, in burn order (priority, then earliest expiry, then as written).
     pub credits: Vec<CreditGrant>,
 }

@@ -571,6 +571,7 @@ mod tests {
                 minimum_spend: Some(c(lo)),
                 maximum_spend: Some(c(lo + span)),
                 credits: vec![],
+                budget: None,
             };
             let u: BTreeMap<SkuIdx, Amount> = [(TOKENS, c(tok)), (CALLS, c(calls))].into();
             let derived = invoice_lines(&terms, None, t(NOV), &u, 2, Rounding::HalfEven);
@@ -591,6 +592,7 @@ mod tests {
                 minimum_spend: Some(c(100_000)),
                 maximum_spend: None,
                 credits: vec![],
+                budget: None,
             };
             let invoice = |v: i64| {
                 let u: BTreeMap<SkuIdx, Amount> = [(TOKENS, c(v))].into();
