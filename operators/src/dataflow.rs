@@ -13,6 +13,7 @@ use meterflow_schemas::rows::{
     AcceptedEvent, Counts, DuplicateRow, EntitlementSignal, InvoiceLine, LineKey, LineUsage,
     RatedRow, UsageDelta,
 };
+use meterflow_schemas::time::PeriodUnit;
 use meterflow_schemas::validate::ValidationRules;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
@@ -190,6 +191,7 @@ pub fn build<'s>(
         usage.clone(),
         price_list.clone(),
         plan.catalog.clone(),
+        plan.policy.period,
         plan.rounding,
     );
     let rated = rate_join(usage, price_list);
@@ -198,7 +200,12 @@ pub fn build<'s>(
         Priced::Line(l) => Some(l),
         _ => None,
     });
-    let derived_lines = invoice(usage_lines.clone(), plan.catalog.clone(), plan.rounding);
+    let derived_lines = invoice(
+        usage_lines.clone(),
+        plan.catalog.clone(),
+        plan.policy.period,
+        plan.rounding,
+    );
     let burn = credit_burn_signals(
         derived_lines.clone(),
         plan.catalog.clone(),
@@ -420,6 +427,7 @@ fn shadow<'s>(
         isize,
     >,
     catalog: Arc<Catalog>,
+    unit: PeriodUnit,
     rounding: Rounding,
 ) -> StreamVec<'s, Epoch, Signed<InvoiceLine>> {
     let c = catalog.clone();
@@ -433,7 +441,7 @@ fn shadow<'s>(
         Priced::Line(l) => Some(l),
         _ => None,
     });
-    let derived = invoice(lines.clone(), catalog, rounding);
+    let derived = invoice(lines.clone(), catalog, unit, rounding);
     lines.concat(derived).inner
 }
 

@@ -17,9 +17,9 @@ use std::sync::Arc;
 use differential_dataflow::VecCollection;
 use meterflow_schemas::catalog::{Catalog, ContractIdx, CustomerIdx, SkuIdx};
 use meterflow_schemas::money::{minor_unit_digits, Amount, Quantity, Rounding};
-use meterflow_schemas::pricing::invoice::contract_lines;
+use meterflow_schemas::pricing::invoice::{active_share, contract_lines_prorated};
 use meterflow_schemas::rows::{InvoiceLine, LineKey};
-use meterflow_schemas::time::{EventTime, Period};
+use meterflow_schemas::time::{EventTime, Period, PeriodUnit};
 
 use crate::Epoch;
 
@@ -30,6 +30,7 @@ type LineAmount = (Period, SkuIdx, Amount, Arc<str>);
 pub fn invoice<'s>(
     lines: VecCollection<'s, Epoch, InvoiceLine, isize>,
     catalog: Arc<Catalog>,
+    unit: PeriodUnit,
     rounding: Rounding,
 ) -> VecCollection<'s, Epoch, InvoiceLine, isize> {
     // Which contracts get invoice-level lines, decided once rather than per line.
@@ -68,7 +69,13 @@ pub fn invoice<'s>(
                     .tax
                     .map(|t| &catalog.taxes[t.ix()]);
                 let digits = minor_unit_digits(&currency);
-                for (start, d) in contract_lines(terms, tax, &periods, digits, rounding) {
+                let c = &catalog.contracts[contract.ix()];
+                let share = |start: EventTime| {
+                    active_share(c.starts, c.ends, start, unit.end_of(Period(start)))
+                };
+                for (start, d) in
+                    contract_lines_prorated(terms, tax, &periods, &share, digits, rounding)
+                {
                     let period = Period(start);
                     let line = InvoiceLine {
                         key: LineKey {

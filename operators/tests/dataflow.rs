@@ -678,6 +678,39 @@ fn spend_ahead_of_a_budget_burns_and_a_void_takes_the_signal_back() {
 }
 
 #[test]
+fn a_contract_starting_mid_month_pays_its_share_of_the_fee_and_the_minimum() {
+    let catalog = meterflow_schemas::catalog::from_toml_str(&format!(
+        "{}\n[[contract]]\nid = \"acme-late\"\ncustomer = \"acme\"\nrate_card = \"standard\"\nstarts = \"2026-11-16T00:00:00Z\"\nminimum_spend = \"100\"\n[[contract.fee]]\nname = \"platform\"\namount = \"30\"\n",
+        fixtures::CATALOG
+    ))
+    .unwrap();
+    let records = vec![event(
+        "e1",
+        "acme",
+        "acme-late",
+        "api_calls",
+        "requests",
+        "1000",
+        "2026-11-20T00:00:00Z",
+    )];
+    let out = run(&lines(&records), plan(catalog), 1, 1).unwrap();
+    let got: Vec<(LineKind, Amount)> = out
+        .current_lines()
+        .into_keys()
+        .map(|l| (l.kind, l.amount))
+        .collect();
+    // 15 of 30 days: half the fee (15.00) and half the minimum (50): true-up 50 - 0.80 - 15.
+    assert_eq!(
+        got,
+        vec![
+            (LineKind::Usage, amount("0.8")),
+            (LineKind::Subscription, amount("15")),
+            (LineKind::Commitment, amount("34.2")),
+        ]
+    );
+}
+
+#[test]
 fn a_spike_and_a_silent_meter_are_found_whatever_the_epochs_and_workers() {
     use meterflow_operators::testing::consolidate;
     use meterflow_schemas::anomaly::AnomalyKind;

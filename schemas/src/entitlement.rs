@@ -172,6 +172,10 @@ pub fn spend_burn(
     spent: crate::money::Amount,
     reported: EventTime,
 ) -> Vec<Burn> {
+    if reported <= start {
+        // Nothing reported in the period yet (its usage lines may come first).
+        return Vec::new();
+    }
     let length = (end.0 - start.0) as i128;
     let elapsed = (reported.0.min(end.0) - start.0) as i128;
     if length <= 0 || elapsed * 10 < length || spent.0 <= 0 {
@@ -302,6 +306,8 @@ mod tests {
         );
         // Both, at 4500 after ten days.
         assert_eq!(spend_burn(&plans, start, end, a("4500"), ten_days).len(), 2);
+        // Nothing reported yet: nothing judged.
+        assert!(spend_burn(&plans, start, end, a("9999"), EventTime::MIN).is_empty());
         // Too early to tell: two days in, however much was spent.
         let two_days = t("2026-11-03T00:00:00Z");
         assert!(spend_burn(&plans, start, end, a("9999"), two_days).is_empty());

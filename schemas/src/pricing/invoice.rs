@@ -16,6 +16,10 @@
 //! - A discount never takes more than the amount it applies to, and never applies to a negative
 //!   amount. Discounts apply to invoice periods that start inside their `from`..`until` range.
 //! - Lines worth zero are not emitted.
+//! - Proration: in an invoice period the contract is active for only part of (it starts or ends
+//!   inside it), subscription fees, the minimum spend and the maximum spend are scaled by the
+//!   active share of the period (`active time / period length`, exact to 18 digits, half up),
+//!   before rounding. Discounts, credits and tax are not scaled: they follow the amounts.
 
 use std::collections::BTreeMap;
 
@@ -44,14 +48,62 @@ pub fn contract_lines(
     digits: u32,
     rounding: Rounding,
 ) -> Vec<(EventTime, DerivedLine)> {
+    contract_lines_prorated(terms, tax, periods, &|_| None, digits, rounding)
+}
+
+/// The part of an invoice period a contract is active in, when it is not all of it:
+/// `(active, length)` in milliseconds.
+pub type Share = Option<(i128, i128)>;
+
+/// The active share of the period `[start, end)` for a contract running `[starts, ends)`.
+pub fn active_share(
+    starts: EventTime,
+    ends: Option<EventTime>,
+    start: EventTime,
+    end: EventTime,
+) -> Share {
+    let from = starts.max(start);
+    let to = ends.map_or(end, |e| e.min(end));
+    let (active, length) = ((to.0 - from.0).max(0) as i128, (end.0 - start.0) as i128);
+    (length > 0 && active < length).then_some((active, length))
+}
+
+fn prorated(a: Amount, share: Share) -> Amount {
+    match share {
+        None => a,
+        Some((active, length)) => Amount((a.0 * active + length / 2).div_euclid(length)),
+    }
+}
+
+/// As [`contract_lines`], with fees and spend limits prorated by `share` (of each period, by
+/// its start).
+pub fn contract_lines_prorated(
+    terms: &ContractTerms,
+    tax: Option<&Tax>,
+    periods: &BTreeMap<EventTime, BTreeMap<SkuIdx, Amount>>,
+    share: &dyn Fn(EventTime) -> Share,
+    digits: u32,
+    rounding: Rounding,
+) -> Vec<(EventTime, DerivedLine)> {
     let mut balances: Vec<Amount> = terms.credits.iter().map(|g| g.amount).collect();
     let mut out = Vec::new();
     for (start, usage) in periods {
-        for line in period_lines(terms, tax, *start, usage, digits, rounding, &mut balances) {
+        let p = PeriodContext {
+            start: *start,
+            share: share(*start),
+        };
+        for line in period_lines(terms, tax, p, usage, digits, rounding, &mut balances) {
             out.push((*start, line));
         }
     }
     out
+}
+
+/// Which invoice period, and how much of it the contract is active in.
+#[derive(Clone, Copy)]
+struct PeriodContext {
+    start: EventTime,
+    share: Share,
 }
 
 /// Takes up to `wanted` from the grants usable in the period starting at `period_start`, in
@@ -160,27 +212,24 @@ pub fn invoice_lines(
     rounding: Rounding,
 ) -> Vec<DerivedLine> {
     let mut balances: Vec<Amount> = terms.credits.iter().map(|g| g.amount).collect();
-    period_lines(
-        terms,
-        tax,
-        period_start,
-        usage,
-        digits,
-        rounding,
-        &mut balances,
-    )
+    let p = PeriodContext {
+        start: period_start,
+        share: None,
+    };
+    period_lines(terms, tax, p, usage, digits, rounding, &mut balances)
 }
 
 /// One period's derived lines; burns `balances` (one per grant of `terms.credits`).
 fn period_lines(
     terms: &ContractTerms,
     tax: Option<&Tax>,
-    period_start: EventTime,
+    period: PeriodContext,
     usage: &BTreeMap<SkuIdx, Amount>,
     digits: u32,
     rounding: Rounding,
     balances: &mut [Amount],
 ) -> Vec<DerivedLine> {
+    let period_start = period.start;
     let mut out = Vec::new();
     let push = |out: &mut Vec<DerivedLine>, kind, sku, exact: Amount| -> Amount {
         let amount = exact.round_to(digits, rounding);
@@ -195,7 +244,11 @@ fn period_lines(
         amount
     };
     let mut net: Amount = usage.values().copied().sum();
-    let fees: Amount = terms.fees.iter().map(|(_, a)| *a).sum();
+    let fees: Amount = terms
+        .fees
+        .iter()
+        .map(|(_, a)| prorated(*a, period.share))
+        .sum();
     net += push(&mut out, LineKind::Subscription, SkuIdx::INVOICE, fees);
 
     let active = || {
@@ -221,12 +274,14 @@ fn period_lines(
     }
     net += push(&mut out, LineKind::Discount, SkuIdx::INVOICE, -invoice_wide);
 
-    if let Some(min) = terms.minimum_spend {
+    if let Some(min) = terms.minimum_spend.map(|m| prorated(m, period.share)) {
+        let min = min.round_to(digits, rounding);
         if net < min {
             net += push(&mut out, LineKind::Commitment, SkuIdx::INVOICE, min - net);
         }
     }
-    if let Some(max) = terms.maximum_spend {
+    if let Some(max) = terms.maximum_spend.map(|m| prorated(m, period.share)) {
+        let max = max.round_to(digits, rounding);
         if net > max {
             net += push(&mut out, LineKind::Cap, SkuIdx::INVOICE, max - net);
         }
@@ -468,6 +523,53 @@ mod tests {
             granted: t("2026-10-01T00:00:00Z"),
             expires: expires.map(t),
         }
+    }
+
+    #[test]
+    fn a_contract_active_for_part_of_a_period_pays_its_share_of_fees_and_limits() {
+        let (nov, dec) = (t(NOV), t("2026-12-01T00:00:00Z"));
+        // Starts on the 16th: 15 of November's 30 days.
+        let half = active_share(t("2026-11-16T00:00:00Z"), None, nov, dec);
+        assert_eq!(half, Some((15 * 86_400_000, 30 * 86_400_000)));
+        // Active all month: no proration; ends on the 10th: 9 days.
+        assert_eq!(
+            active_share(t("2026-01-01T00:00:00Z"), None, nov, dec),
+            None
+        );
+        let nine = active_share(t(NOV), Some(t("2026-11-10T00:00:00Z")), nov, dec);
+        assert_eq!(nine, Some((9 * 86_400_000, 30 * 86_400_000)));
+        let terms = ContractTerms {
+            fees: vec![("platform".into(), a("49"))],
+            minimum_spend: Some(a("100")),
+            ..ContractTerms::default()
+        };
+        let periods: BTreeMap<EventTime, BTreeMap<SkuIdx, Amount>> =
+            [(nov, usage(&[(TOKENS, "10")]))].into();
+        let lines = |share: Share| -> Vec<(LineKind, Amount)> {
+            contract_lines_prorated(&terms, None, &periods, &|_| share, 2, Rounding::HalfEven)
+                .into_iter()
+                .map(|(_, l)| (l.kind, l.amount))
+                .collect()
+        };
+        // Half the month: 24.50 of the fee, a minimum of 50: true-up 50 - 10 - 24.50.
+        assert_eq!(
+            lines(half),
+            vec![
+                (LineKind::Subscription, a("24.5")),
+                (LineKind::Commitment, a("15.5")),
+            ]
+        );
+        // Nine days: 49 × 9/30 = 14.70; minimum 30: true-up 5.30.
+        assert_eq!(
+            lines(nine),
+            vec![
+                (LineKind::Subscription, a("14.7")),
+                (LineKind::Commitment, a("5.3")),
+            ]
+        );
+        // A third of a month: 49/3 = 16.333... rounds once, on the line, to 16.33.
+        let third = Some((10, 30));
+        assert_eq!(lines(third)[0], (LineKind::Subscription, a("16.33")));
     }
 
     #[test]
