@@ -101,7 +101,10 @@ pub fn decode<'s>(
                     for_each_record(&chunk, |lineage, line, message| {
                         counts.received += 1;
                         match validator.validate(line, lineage, now) {
-                            Ok(ev) => {
+                            Ok(mut ev) => {
+                                if let Some(m) = message {
+                                    ev.kafka = chunk.kafka_meta(m);
+                                }
                                 max_time = max_time.max(Some(ev.time));
                                 // Messages come in runs from one partition: check the last one first.
                                 let same = |p: &PartitionTime| {

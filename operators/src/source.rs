@@ -45,7 +45,8 @@ pub struct Chunk {
 }
 
 impl Chunk {
-    /// A message's key and headers, kept on the rejections of its records.
+    /// A message's key and headers, kept on the rows (accepted events, rejections) of its
+    /// records.
     pub fn kafka_meta(&self, m: &MessageSpan) -> Option<Box<KafkaMeta>> {
         let text = |start: u32, len: u32| {
             self.meta

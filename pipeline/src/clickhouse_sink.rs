@@ -97,6 +97,8 @@ struct UsageRow<'a> {
     epoch: u64,
     generation: u32,
     batch: u64,
+    kafka_key: &'a str,
+    kafka_headers: &'a str,
 }
 
 #[derive(Row, Serialize)]
@@ -317,6 +319,8 @@ fn insert_usage(
                 epoch: *epoch,
                 generation: n.generation,
                 batch: id.batch,
+                kafka_key: e.kafka.as_ref().map_or("", |k| k.key.as_str()),
+                kafka_headers: e.kafka.as_ref().map_or("", |k| k.headers.as_str()),
             }
         })
         .collect();

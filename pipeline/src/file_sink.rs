@@ -37,9 +37,9 @@ pub const TABLES: [&str; 10] = [
     "anomalies",
 ];
 
-const USAGE_HEADER: &str = "event_id,customer_id,contract_id,sku,unit,quantity,event_time,environment,billable,region,plan,marketplace,attributes,correction_action,correction_of,rate_card,rate_card_version,price_region,service_period,invoice_period,arrival,source,offset";
+const USAGE_HEADER: &str = "event_id,customer_id,contract_id,sku,unit,quantity,event_time,environment,billable,region,plan,marketplace,attributes,correction_action,correction_of,rate_card,rate_card_version,price_region,service_period,invoice_period,arrival,source,offset,kafka_key,kafka_headers";
 const REJECTION_HEADER: &str =
-    "reason,field,message,remediation,event_id,source,offset,raw_payload";
+    "reason,field,message,remediation,event_id,source,offset,raw_payload,kafka_key,kafka_headers";
 const DUPLICATE_HEADER: &str = "event_id,event_time,source,offset";
 const RATED_HEADER: &str = "customer_id,contract_id,sku,region,service_period,invoice_period,rate_card,rate_card_version,model,tier,quantity,amount,currency,sign,version";
 const LINE_USAGE_HEADER: &str = "customer_id,contract_id,sku,region,service_period,invoice_period,rate_card,rate_card_version,events,quantity,fee_adjustment,sign,version";
@@ -345,6 +345,9 @@ fn format_usage_event(n: &Names, labels: &mut Labels, a: &AcceptedEvent, row: &m
     labels.write(n.period, row, a.invoice_period);
     field(row, a.arrival.as_str());
     n.lineage(row, e.lineage);
+    let k = e.kafka.as_deref();
+    field(row, k.map_or("", |k| k.key.as_str()));
+    field(row, k.map_or("", |k| k.headers.as_str()));
 }
 
 fn format_rejection(n: &Names, _: &mut Labels, r: &Rejection, row: &mut Vec<u8>) {
@@ -355,6 +358,9 @@ fn format_rejection(n: &Names, _: &mut Labels, r: &Rejection, row: &mut Vec<u8>)
     field(row, r.event_id.as_deref().unwrap_or(""));
     n.lineage(row, r.lineage);
     field(row, &r.raw);
+    let k = r.kafka.as_deref();
+    field(row, k.map_or("", |k| k.key.as_str()));
+    field(row, k.map_or("", |k| k.headers.as_str()));
 }
 
 fn format_duplicate(n: &Names, _: &mut Labels, d: &DuplicateRow, row: &mut Vec<u8>) {

@@ -324,6 +324,12 @@ ORDER BY (customer_id, sku, window_start, kind, version)",
         // summed (0 for every other price, and for rows written before).
         sql: "ALTER TABLE {db}.line_usage ADD COLUMN fee_adjustment Decimal(38, 18)",
     },
+    Migration {
+        id: 21,
+        name: "usage_events_kafka_key_headers",
+        // An event read from Kafka keeps its message's key and headers (JSON), as rejections do.
+        sql: "ALTER TABLE {db}.usage_events ADD COLUMN kafka_key String, ADD COLUMN kafka_headers String",
+    },
 ];
 
 /// The table that records applied migrations (created before any migration runs).

@@ -88,6 +88,8 @@ pub struct UsageEvent {
     pub metadata: Option<Box<Metadata>>,
     pub correction: Option<Box<Correction>>,
     pub lineage: Lineage,
+    /// For an event read from Kafka: its message's key and headers (lineage).
+    pub kafka: Option<Box<crate::rejection::KafkaMeta>>,
 }
 
 impl UsageEvent {

@@ -399,6 +399,7 @@ impl Validator {
             metadata: metadata(region, plan, marketplace, &attributes),
             correction,
             lineage,
+            kafka: None,
         })
     }
 

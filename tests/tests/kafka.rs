@@ -310,6 +310,23 @@ fn rejections_keep_the_kafka_key_and_headers() {
     assert!(n[0] > 50, "the stream has rejections: {counts}");
     assert!(n[1] > 0, "rejections keep their message's key: {counts}");
     assert_eq!(n[2], n[0], "every rejection keeps its message's headers");
+    // Accepted events keep them too.
+    let counts = ch
+        .query("SELECT count(), countIf(kafka_key != ''), countIf(kafka_headers = '{\"producer\":\"billing-api\"}') FROM meterflow.usage_events FORMAT TSV")
+        .unwrap();
+    let n: Vec<u64> = counts
+        .split_whitespace()
+        .map(|v| v.parse().unwrap())
+        .collect();
+    assert!(n[0] > 2000, "the stream has accepted events: {counts}");
+    assert!(
+        n[1] > 0,
+        "accepted events keep their message's key: {counts}"
+    );
+    assert_eq!(
+        n[2], n[0],
+        "every accepted event keeps its message's headers"
+    );
     let received = ch
         .query("SELECT visitParamExtractUInt(counts, 'received') FROM meterflow.sink_progress ORDER BY generation DESC, epoch DESC LIMIT 1 FORMAT TSV")
         .unwrap();
