@@ -30,7 +30,7 @@ use crate::dedup::{dedup, DedupSeed, Deduplicator};
 use crate::entitlements::{
     credit_burn_signals, entitlement_signals, reported, spend_burn_signals, Reported,
 };
-use crate::invoice::invoice;
+use crate::invoice::{billed_through, invoice, Clock, Through};
 use crate::meters::{meter_usage, Reading};
 use crate::price::{price, Priced};
 use crate::progress::{commit_progress, Progress, ProgressStore};
@@ -143,6 +143,15 @@ pub fn build<'s>(
             .iter()
             .filter(|s| s.key.route() % scope.peers() as u64 == scope.index() as u64),
     );
+    let through = billed_through(
+        watermarks.clone(),
+        plan.catalog.clone(),
+        plan.policy.period,
+        Clock {
+            first_epoch: resume.first_epoch(),
+            watermark: start_watermark,
+        },
+    );
     let deduped = dedup(decoded.events, watermarks.clone(), deduper, start_watermark);
     let all_usage = deduped.usage.probe_with(&admitted);
     let reported = reported(
@@ -189,6 +198,7 @@ pub fn build<'s>(
     let price_list = prices(scope, &plan.catalog);
     let shadow_lines = shadow(
         usage.clone(),
+        through.clone(),
         price_list.clone(),
         plan.catalog.clone(),
         plan.policy.period,
@@ -202,6 +212,7 @@ pub fn build<'s>(
     });
     let derived_lines = invoice(
         usage_lines.clone(),
+        through.clone(),
         plan.catalog.clone(),
         plan.policy.period,
         plan.rounding,
@@ -420,6 +431,7 @@ fn prices<'s>(
 /// tax), apart from the live lines.
 fn shadow<'s>(
     usage: differential_dataflow::VecCollection<'s, Epoch, UsageRecord, UsageSum>,
+    through: differential_dataflow::VecCollection<'s, Epoch, Through, isize>,
     prices: differential_dataflow::VecCollection<
         's,
         Epoch,
@@ -441,7 +453,7 @@ fn shadow<'s>(
         Priced::Line(l) => Some(l),
         _ => None,
     });
-    let derived = invoice(lines.clone(), catalog, unit, rounding);
+    let derived = invoice(lines.clone(), through, catalog, unit, rounding);
     lines.concat(derived).inner
 }
 

@@ -145,6 +145,9 @@ pub fn has_spend_plan(catalog: &Catalog, contract: ContractIdx) -> bool {
 /// service period, replaced (`-1` old, `+1` new) when a later hour is reported. `seed`: what a
 /// resumed run reloaded (every worker passes all of it; each keeps the contracts it owns),
 /// entering at `first_epoch`.
+///
+/// Each worker first keeps the latest hour it has seen per contract and period and sends on
+/// only increases, so the exchange carries a few records per contract-hour, not every event.
 pub fn reported<'s>(
     usage: timely::dataflow::StreamVec<'s, Epoch, meterflow_schemas::rows::UsageDelta>,
     catalog: Arc<Catalog>,
@@ -153,22 +156,53 @@ pub fn reported<'s>(
 ) -> VecCollection<'s, Epoch, Reported, isize> {
     use differential_dataflow::AsCollection;
     use std::collections::HashMap;
-    use timely::dataflow::channels::pact::Exchange;
+    use timely::dataflow::channels::pact::{Exchange, Pipeline};
     use timely::dataflow::operators::generic::Operator;
+    use timely::dataflow::operators::ToStream;
     const HOUR: i64 = 3_600_000;
-    let (index, peers) = (usage.scope().index(), usage.scope().peers());
+    type Key = (CustomerIdx, ContractIdx, Period);
+    let scope = usage.scope();
+    let (index, peers) = (scope.index(), scope.peers());
+    let planned: Vec<bool> = (0..catalog.contracts.len())
+        .map(|c| has_spend_plan(&catalog, ContractIdx(c as u32)))
+        .collect();
+    if !planned.iter().any(|p| *p) {
+        return Vec::<(Reported, Epoch, isize)>::new()
+            .to_stream(scope)
+            .as_collection();
+    }
     let owner = |c: ContractIdx| c.0 as u64;
+    let mut local: HashMap<Key, EventTime> = HashMap::new();
+    let increases = usage.unary(Pipeline, "ReportedHere", move |_cap, _info| {
+        move |input, output| {
+            input.for_each_stamp(|cap, data| {
+                let mut session = output.session(&cap);
+                for d in data.flat_map(|d| d.iter()) {
+                    if !planned[d.line.contract.ix()] {
+                        continue;
+                    }
+                    let hour_end = EventTime((d.time.0.div_euclid(HOUR) + 1) * HOUR);
+                    let key = (d.line.customer, d.line.contract, d.line.service_period);
+                    let seen = local.entry(key).or_insert(EventTime::MIN);
+                    if *seen < hour_end {
+                        *seen = hour_end;
+                        session.give((key, hour_end));
+                    }
+                }
+            });
+        }
+    });
     let mine: Vec<Reported> = seed
         .into_iter()
         .filter(|((_, c), _)| owner(*c) % peers as u64 == index as u64)
         .collect();
-    let mut latest: HashMap<(CustomerIdx, ContractIdx, Period), EventTime> = mine
+    let mut latest: HashMap<Key, EventTime> = mine
         .iter()
         .map(|&((cu, co), (p, t))| ((cu, co, p), t))
         .collect();
-    usage
+    increases
         .unary_frontier(
-            Exchange::new(move |d: &meterflow_schemas::rows::UsageDelta| owner(d.line.contract)),
+            Exchange::new(move |(k, _): &(Key, EventTime)| owner(k.1)),
             "Reported",
             move |cap, _info| {
                 let mut seed = Some((cap, mine));
@@ -183,19 +217,13 @@ pub fn reported<'s>(
                     input.for_each_stamp(|cap, data| {
                         let Some(&epoch) = cap.least() else { return };
                         let mut session = output.session(&cap);
-                        for d in data.flat_map(|d| d.iter()) {
-                            let (customer, contract) = (d.line.customer, d.line.contract);
-                            if !has_spend_plan(&catalog, contract) {
-                                continue;
-                            }
-                            let hour_end = EventTime((d.time.0.div_euclid(HOUR) + 1) * HOUR);
-                            let key = (customer, contract, d.line.service_period);
+                        for &(key, hour_end) in data.flat_map(|d| d.iter()) {
                             let before = latest.get(&key).copied();
                             if before.is_some_and(|b| b >= hour_end) {
                                 continue;
                             }
                             latest.insert(key, hour_end);
-                            let k = (customer, contract);
+                            let k = (key.0, key.1);
                             if let Some(b) = before {
                                 session.give(((k, (key.2, b)), epoch, -1));
                             }

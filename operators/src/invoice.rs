@@ -8,6 +8,10 @@
 //! leaves, as signed rows like every other invoice line. Contracts without terms and customers
 //! without tax skip the stage.
 //!
+//! Every invoice period from a contract's first one with usage through the period the stream
+//! has reached ([`billed_through`]) is invoiced while the contract is active, so a period
+//! without usage still bills its subscription fees and its commitment.
+//!
 //! State: one arrangement entry per usage line of a contract with terms, and one per derived
 //! line; compacted as the frontier advances. Recomputing a contract costs its periods × SKUs.
 
@@ -20,59 +24,97 @@ use meterflow_schemas::money::{minor_unit_digits, Amount, Quantity, Rounding};
 use meterflow_schemas::pricing::invoice::{active_share, contract_lines_prorated};
 use meterflow_schemas::rows::{InvoiceLine, LineKey};
 use meterflow_schemas::time::{EventTime, Period, PeriodUnit};
+use serde::{Deserialize, Serialize};
 
 use crate::Epoch;
 
 type InvoiceKey = (CustomerIdx, ContractIdx);
-/// A usage line as the invoice stage sees it: invoice period, SKU, rounded amount, currency.
-type LineAmount = (Period, SkuIdx, Amount, Arc<str>);
+
+/// What the invoice reduce reads per contract.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+enum InvoiceInput {
+    /// A usage line: invoice period, SKU, rounded amount, currency.
+    Usage(Period, SkuIdx, Amount, Arc<str>),
+    /// The invoice period the stream has reached.
+    Through(Period),
+}
+
+/// Whether a contract gets invoice-level lines (terms, or a customer with tax), by contract.
+pub fn with_terms(catalog: &Catalog) -> Vec<bool> {
+    catalog
+        .contracts
+        .iter()
+        .map(|c| c.terms != Default::default() || catalog.customers[c.customer.ix()].tax.is_some())
+        .collect()
+}
 
 pub fn invoice<'s>(
     lines: VecCollection<'s, Epoch, InvoiceLine, isize>,
+    through: VecCollection<'s, Epoch, Through, isize>,
     catalog: Arc<Catalog>,
     unit: PeriodUnit,
     rounding: Rounding,
 ) -> VecCollection<'s, Epoch, InvoiceLine, isize> {
     // Which contracts get invoice-level lines, decided once rather than per line.
-    let with_terms: Vec<bool> = catalog
-        .contracts
-        .iter()
-        .map(|c| c.terms != Default::default() || catalog.customers[c.customer.ix()].tax.is_some())
-        .collect();
+    let with_terms = with_terms(&catalog);
     let has_terms = move |l: &InvoiceLine| with_terms[l.key.contract.ix()];
+    let through = through.map(|(k, p)| (k, InvoiceInput::Through(p)));
     lines
         .flat_map(move |l| {
             let keep = l.kind.is_usage() && has_terms(&l);
             keep.then_some((
                 (l.key.customer, l.key.contract),
-                (l.invoice_period, l.key.sku, l.amount, l.currency),
+                InvoiceInput::Usage(l.invoice_period, l.key.sku, l.amount, l.currency),
             ))
         })
+        .concat(through)
         .reduce_named(
             "Invoice",
             move |&(customer, contract): &InvoiceKey,
-                  input: &[(&LineAmount, isize)],
+                  input: &[(&InvoiceInput, isize)],
                   output: &mut Vec<(InvoiceLine, isize)>| {
-                let Some(currency) = input.first().map(|((_, _, _, c), _)| c.clone()) else {
+                let mut currency = None;
+                let mut through = None;
+                let mut periods: BTreeMap<EventTime, BTreeMap<SkuIdx, Amount>> = BTreeMap::new();
+                for (i, n) in input {
+                    match i {
+                        InvoiceInput::Usage(period, sku, amount, c) => {
+                            currency.get_or_insert_with(|| c.clone());
+                            *periods
+                                .entry(period.0)
+                                .or_default()
+                                .entry(*sku)
+                                .or_default() += Amount(amount.0 * *n as i128);
+                        }
+                        InvoiceInput::Through(p) if *n > 0 => through = through.max(Some(*p)),
+                        InvoiceInput::Through(_) => {}
+                    }
+                }
+                let Some(currency) = currency else {
                     return;
                 };
-                let mut periods: BTreeMap<EventTime, BTreeMap<SkuIdx, Amount>> = BTreeMap::new();
-                for ((period, sku, amount, _), n) in input {
-                    *periods
-                        .entry(period.0)
-                        .or_default()
-                        .entry(*sku)
-                        .or_default() += Amount(amount.0 * *n as i128);
-                }
-                let terms = &catalog.contracts[contract.ix()].terms;
-                let tax = catalog.customers[customer.ix()]
-                    .tax
-                    .map(|t| &catalog.taxes[t.ix()]);
-                let digits = minor_unit_digits(&currency);
                 let c = &catalog.contracts[contract.ix()];
                 let share = |start: EventTime| {
                     active_share(c.starts, c.ends, start, unit.end_of(Period(start)))
                 };
+                // Periods without usage between the first one with usage and the one reached.
+                if let (Some(&first), Some(through)) = (periods.keys().next(), through) {
+                    let mut start = first;
+                    for _ in 0..1200 {
+                        if start > through.0 {
+                            break;
+                        }
+                        if !matches!(share(start), Some((0, _))) {
+                            periods.entry(start).or_default();
+                        }
+                        start = unit.end_of(Period(start));
+                    }
+                }
+                let terms = &c.terms;
+                let tax = catalog.customers[customer.ix()]
+                    .tax
+                    .map(|t| &catalog.taxes[t.ix()]);
+                let digits = minor_unit_digits(&currency);
                 for (start, d) in
                     contract_lines_prorated(terms, tax, &periods, &share, digits, rounding)
                 {
@@ -98,4 +140,97 @@ pub fn invoice<'s>(
             },
         )
         .map(|(_, line)| line)
+}
+
+/// The invoice period the stream has reached, per contract with invoice-level lines.
+pub type Through = ((CustomerIdx, ContractIdx), Period);
+
+/// Where the stream stands, for [`billed_through`].
+#[derive(Clone, Copy)]
+pub struct Clock {
+    pub first_epoch: Epoch,
+    /// The committed watermark of a resumed run.
+    pub watermark: Option<EventTime>,
+}
+
+/// The period of the watermark after each epoch, as one record per contract with invoice-level
+/// lines (worker 0 emits them; `-1` old, `+1` new when the watermark enters a later period).
+/// `stats`: every epoch's statistics, on every worker.
+pub fn billed_through<'s>(
+    stats: timely::dataflow::StreamVec<'s, Epoch, crate::decode::EpochStats>,
+    catalog: Arc<Catalog>,
+    unit: PeriodUnit,
+    clock: Clock,
+) -> VecCollection<'s, Epoch, Through, isize> {
+    use differential_dataflow::AsCollection;
+    use timely::dataflow::channels::pact::Pipeline;
+    use timely::dataflow::operators::generic::Operator;
+    use timely::dataflow::operators::Capability;
+    let emits = stats.scope().index() == 0;
+    let contracts: Vec<(CustomerIdx, ContractIdx)> = with_terms(&catalog)
+        .into_iter()
+        .enumerate()
+        .filter(|(_, t)| *t)
+        .map(|(i, _)| {
+            let c = ContractIdx(i as u32);
+            (catalog.contracts[i].customer, c)
+        })
+        .collect();
+    let mut tracker = crate::watermark::WatermarkTracker::starting_at(clock.watermark);
+    let mut current = clock
+        .watermark
+        .filter(|w| *w != EventTime::MIN)
+        .map(|w| unit.period_of(w));
+    let mut epochs: BTreeMap<Epoch, Capability<Epoch>> = BTreeMap::new();
+    stats
+        .unary_frontier(Pipeline, "BilledThrough", move |cap, _info| {
+            let mut start = Some(cap);
+            move |(input, frontier), output| {
+                if let Some(cap) = start.take() {
+                    if let (true, Some(p)) = (emits, current) {
+                        let at = cap.delayed(&clock.first_epoch);
+                        let mut session = output.session(&at);
+                        for k in &contracts {
+                            session.give(((*k, p), clock.first_epoch, 1));
+                        }
+                    }
+                }
+                input.for_each_stamp(|cap, data| {
+                    let Some(&epoch) = cap.least() else { return };
+                    for s in data.flat_map(|d| d.iter()) {
+                        tracker.observe(s);
+                    }
+                    epochs
+                        .entry(epoch)
+                        .or_insert_with(|| cap.delayed(&epoch, 0));
+                });
+                while let Some(entry) = epochs.first_entry() {
+                    if frontier.frontier().less_equal(entry.key()) {
+                        break;
+                    }
+                    let epoch = *entry.key();
+                    let cap = entry.remove();
+                    // The watermark after the epoch: its own events count.
+                    let w = tracker.watermark_for(epoch + 1);
+                    if w == EventTime::MIN {
+                        continue;
+                    }
+                    let p = unit.period_of(w);
+                    if current.is_some_and(|c| c >= p) {
+                        continue;
+                    }
+                    if emits {
+                        let mut session = output.session(&cap);
+                        for k in &contracts {
+                            if let Some(old) = current {
+                                session.give(((*k, old), epoch, -1));
+                            }
+                            session.give(((*k, p), epoch, 1));
+                        }
+                    }
+                    current = Some(p);
+                }
+            }
+        })
+        .as_collection()
 }

@@ -711,6 +711,51 @@ fn a_contract_starting_mid_month_pays_its_share_of_the_fee_and_the_minimum() {
 }
 
 #[test]
+fn a_month_without_usage_still_bills_the_subscription_and_the_commitment() {
+    let catalog = meterflow_schemas::catalog::from_toml_str(&fixtures::CATALOG.replacen(
+        "id = \"acme-2026\"\ncustomer = \"acme\"\nrate_card = \"standard\"\nstarts = \"2026-01-01T00:00:00Z\"\n",
+        "id = \"acme-2026\"\ncustomer = \"acme\"\nrate_card = \"standard\"\nstarts = \"2026-01-01T00:00:00Z\"\nminimum_spend = \"60\"\n[[contract.fee]]\nname = \"platform\"\namount = \"49\"\n",
+        1,
+    ))
+    .unwrap();
+    // acme uses the API in October only; globex's November usage moves the stream into
+    // November.
+    let records = vec![
+        api("a1", "1000", "2026-10-10T00:00:00Z"),
+        event(
+            "g1",
+            "globex",
+            "globex-legacy",
+            "api_calls",
+            "requests",
+            "10",
+            "2026-11-05T00:00:00Z",
+        ),
+    ];
+    for workers in [1, 2] {
+        let out = run(&lines(&records), plan(catalog.clone()), workers, 1).unwrap();
+        let acme = catalog.customer("acme").unwrap();
+        let got: Vec<(u32, LineKind, Amount)> = out
+            .current_lines()
+            .into_keys()
+            .filter(|l| l.key.customer == acme)
+            .map(|l| (l.invoice_period.0.civil().month, l.kind, l.amount))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (10, LineKind::Usage, amount("1")),
+                (10, LineKind::Subscription, amount("49")),
+                (10, LineKind::Commitment, amount("10")),
+                (11, LineKind::Subscription, amount("49")),
+                (11, LineKind::Commitment, amount("11")),
+            ],
+            "workers={workers}"
+        );
+    }
+}
+
+#[test]
 fn a_spike_and_a_silent_meter_are_found_whatever_the_epochs_and_workers() {
     use meterflow_operators::testing::consolidate;
     use meterflow_schemas::anomaly::AnomalyKind;
