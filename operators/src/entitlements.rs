@@ -303,7 +303,14 @@ pub fn spend_burn_signals<'s>(
                 for (period, (spent, reported)) in periods {
                     let end = unit.end_of(period);
                     for b in spend_burn(&plans, period.0, end, spent, reported) {
-                        let plan = plans.iter().find(|(k, _)| *k == b.kind).map(|p| p.1);
+                        let plan = plans
+                            .iter()
+                            .find(|(k, _)| *k == b.kind)
+                            .map_or(Amount::ZERO, |p| p.1);
+                        // In steps of 10%, so the row changes when the projection moves a
+                        // step, not with every round of usage.
+                        let percent = b.projected_percent / 10 * 10;
+                        let projected = Amount(plan.0 * percent as i128 / 100);
                         output.push((
                             EntitlementSignal {
                                 customer,
@@ -311,9 +318,9 @@ pub fn spend_burn_signals<'s>(
                                 sku: SkuIdx::INVOICE,
                                 period,
                                 kind: b.kind,
-                                percent: b.projected_percent,
-                                at: to_quantity(spent),
-                                allowance: to_quantity(plan.unwrap_or(Amount::ZERO)),
+                                percent,
+                                at: to_quantity(projected),
+                                allowance: to_quantity(plan),
                             },
                             1,
                         ));

@@ -399,7 +399,7 @@ impl Alertable for EntitlementSignal {
             }
         } else if let Some(plan) = plan {
             if firing {
-                format!("{customer} ({contract}): usage spend in {period} is burning its {plan} faster than planned: {} {currency} so far, on course for {}% of the {} {currency} {plan}", s.at, s.percent, s.allowance)
+                format!("{customer} ({contract}): usage spend in {period} is burning its {plan} faster than planned: on course for {}% of the {} {currency} {plan} ({} {currency})", s.percent, s.allowance, s.at)
             } else {
                 format!(
                     "{customer} ({contract}): usage spend in {period} is back on its {plan} plan"
