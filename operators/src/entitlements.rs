@@ -307,9 +307,12 @@ pub fn spend_burn_signals<'s>(
                             .iter()
                             .find(|(k, _)| *k == b.kind)
                             .map_or(Amount::ZERO, |p| p.1);
-                        // In steps of 10%, so the row changes when the projection moves a
-                        // step, not with every round of usage.
-                        let percent = b.projected_percent / 10 * 10;
+                        // A lower bound in coarse steps, so the row changes when the
+                        // projection moves a step, not with every round of usage.
+                        let percent = [1000, 500, 300, 200, 150, 100]
+                            .into_iter()
+                            .find(|s| b.projected_percent >= *s)
+                            .unwrap_or(100);
                         let projected = Amount(plan.0 * percent as i128 / 100);
                         output.push((
                             EntitlementSignal {

@@ -664,10 +664,10 @@ fn spend_ahead_of_a_budget_burns_and_a_void_takes_the_signal_back() {
         assert!(burns(&only_early).is_empty(), "too early to judge");
         let both = vec![early.clone(), big.clone()];
         let out = run(&lines(&both), plan(catalog.clone()), workers, 1).unwrap();
-        // 45.00 over 5 days 11 hours of 30 days: 45 × 720 / 131 = 247%, in steps of 10%.
+        // 45.00 over 5 days 11 hours of 30 days: 45 × 720 / 131 = 247%: at least 200%.
         assert_eq!(
             burns(&out),
-            vec![(SignalKind::BudgetBurn, 240)],
+            vec![(SignalKind::BudgetBurn, 200)],
             "workers={workers}"
         );
         let mut voided = both.clone();
