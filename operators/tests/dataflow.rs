@@ -25,6 +25,11 @@ fn amount(s: &str) -> Amount {
     Amount::parse_price(s).unwrap()
 }
 
+/// A seats reading of acme's (a peak meter).
+fn seats(id: &str, quantity: &str, time: &str) -> String {
+    event(id, "acme", "acme-2026", "seats", "seats", quantity, time)
+}
+
 #[test]
 fn duplicates_are_counted_once_and_conflicts_rejected() {
     let records = vec![
@@ -469,34 +474,10 @@ fn peak_distinct_and_latest_meters_bill_their_period_whatever_the_epochs_and_wor
 #[test]
 fn a_late_higher_peak_is_billed_as_an_adjustment_of_the_increase() {
     let records = vec![
-        event(
-            "s1",
-            "acme",
-            "acme-2026",
-            "seats",
-            "seats",
-            "10",
-            "2026-10-05T00:00:00Z",
-        ),
-        event(
-            "s2",
-            "acme",
-            "acme-2026",
-            "seats",
-            "seats",
-            "3",
-            "2026-11-02T00:00:00Z",
-        ),
+        seats("s1", "10", "2026-10-05T00:00:00Z"),
+        seats("s2", "3", "2026-11-02T00:00:00Z"),
         // Past the tolerance: October's peak rises from 10 to 25.
-        event(
-            "s3",
-            "acme",
-            "acme-2026",
-            "seats",
-            "seats",
-            "25",
-            "2026-10-30T00:00:00Z",
-        ),
+        seats("s3", "25", "2026-10-30T00:00:00Z"),
     ];
     let out = run_each_own_epoch(&records, 1);
     let seats = fixtures::catalog().sku("seats").unwrap();
@@ -526,15 +507,7 @@ fn a_late_higher_peak_is_billed_as_an_adjustment_of_the_increase() {
 #[test]
 fn an_amend_of_a_reading_is_rejected_and_a_unique_count_needs_its_attribute() {
     let records = vec![
-        event(
-            "s1",
-            "acme",
-            "acme-2026",
-            "seats",
-            "seats",
-            "10",
-            "2026-11-05T00:00:00Z",
-        ),
+        seats("s1", "10", "2026-11-05T00:00:00Z"),
         event(
             "s1-fix",
             "acme",

@@ -264,6 +264,24 @@ fn one_and_two_workers_write_the_same_money_and_lose_nothing() {
     );
 }
 
+/// The `usage_events` columns that name a line of one service period.
+const SERVICE_LINE: [&str; 5] = [
+    "customer_id",
+    "contract_id",
+    "sku",
+    "price_region",
+    "service_period",
+];
+
+/// The same in `invoice_lines`.
+const INVOICE_SERVICE_LINE: [&str; 5] = [
+    "customer_id",
+    "contract_id",
+    "sku",
+    "region",
+    "service_period",
+];
+
 /// Reconciliation: re-derive each line's quantity from the accepted events with a plain
 /// aggregation, and compare with the streaming invoice lines.
 #[test]
@@ -289,16 +307,7 @@ fn invoice_quantities_reconcile_with_accepted_usage() {
     let mut from_events: BTreeMap<Vec<String>, (i64, f64)> = BTreeMap::new();
     for r in events.iter().filter(|r| r["billable"] == "1") {
         if ["seats", "active_users"].contains(&r["sku"].as_str()) {
-            let k = key(
-                r,
-                &[
-                    "customer_id",
-                    "contract_id",
-                    "sku",
-                    "price_region",
-                    "service_period",
-                ],
-            );
+            let k = key(r, &SERVICE_LINE);
             let e = readings.entry(k).or_default();
             if r["correction_action"] == "void" {
                 e.0 -= 1;
@@ -311,17 +320,7 @@ fn invoice_quantities_reconcile_with_accepted_usage() {
             }
             continue;
         }
-        let k = key(
-            r,
-            &[
-                "customer_id",
-                "contract_id",
-                "sku",
-                "price_region",
-                "service_period",
-                "invoice_period",
-            ],
-        );
+        let k = key(r, &[&SERVICE_LINE[..], &["invoice_period"]].concat());
         let e = from_events.entry(k).or_default();
         // An original counts one event behind its line, a void takes it away, an amend
         // changes only the quantity.
@@ -339,16 +338,7 @@ fn invoice_quantities_reconcile_with_accepted_usage() {
         .filter(|r| ["usage", "adjustment"].contains(&r["line_type"].as_str()))
     {
         if ["seats", "active_users"].contains(&r["sku"].as_str()) {
-            let k = key(
-                &r,
-                &[
-                    "customer_id",
-                    "contract_id",
-                    "sku",
-                    "region",
-                    "service_period",
-                ],
-            );
+            let k = key(&r, &INVOICE_SERVICE_LINE);
             let e = per_service_period.entry(k).or_default();
             e.0 += r["events"].parse::<i64>().unwrap();
             e.1 += r["quantity"].parse::<f64>().unwrap();
@@ -356,14 +346,7 @@ fn invoice_quantities_reconcile_with_accepted_usage() {
         }
         let k = key(
             &r,
-            &[
-                "customer_id",
-                "contract_id",
-                "sku",
-                "region",
-                "service_period",
-                "invoice_period",
-            ],
+            &[&INVOICE_SERVICE_LINE[..], &["invoice_period"]].concat(),
         );
         from_lines.insert(
             k,
