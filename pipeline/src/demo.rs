@@ -19,7 +19,7 @@ use crate::run::{run, RunArgs, RunReport};
 use crate::tables::read_table;
 use crate::trace::trace;
 
-pub const CATALOG: &str = r#"# The demo catalog: three customers, three SKUs, one rate card with a change on Nov 15.
+pub const CATALOG: &str = r#"# The demo catalog: three customers, four SKUs, one rate card with a change on Nov 15.
 
 [[sku]]
 id = "api_calls"
@@ -35,6 +35,12 @@ description = "LLM tokens, graduated"
 id = "storage"
 unit = "GB"
 description = "Stored GB, volume-priced"
+
+[[sku]]
+id = "seats"
+unit = "seats"
+description = "Seats, billed at the month's peak"
+aggregation = "max"
 
 [[tax]]
 id = "us-sales"
@@ -88,6 +94,11 @@ tiers = [
   { unit_price = "0.08", flat_fee = "10" },
 ]
 
+[[rate_card.price]]
+sku = "seats"
+model = "per_unit"
+unit_price = "8"
+
 # Version 2 takes effect mid-November: cheaper API calls, pricier tokens.
 [[rate_card]]
 id = "standard"
@@ -123,12 +134,18 @@ tiers = [
   { unit_price = "0.07", flat_fee = "10" },
 ]
 
+[[rate_card.price]]
+sku = "seats"
+model = "per_unit"
+unit_price = "8"
+
 [[contract]]
 id = "acme-2026"
 customer = "acme"
 rate_card = "standard"
 starts = "2026-01-01T00:00:00Z"
 minimum_spend = "2000"      # commitment: a true-up line tops each month up to 2000
+budget = "2500"             # service budget: budget_burn when usage runs ahead of it
 
 [[contract.fee]]            # subscription
 name = "platform"
@@ -178,10 +195,11 @@ const CUSTOMERS: [(&str, &str); 4] = [
     ("hooli", "hooli-2026"),
 ];
 const HOOLI: usize = 3;
-const SKUS: [(&str, &str); 3] = [
+const SKUS: [(&str, &str); 4] = [
     ("api_calls", "requests"),
     ("tokens", "tokens"),
     ("storage", "GB"),
+    ("seats", "seats"),
 ];
 
 /// Showcase records: (event id, what should happen to it).
@@ -408,6 +426,11 @@ fn showcase(w: &mut Writer, now: EventTime) -> EventTime {
         "",
     );
     w.native("evt-amend-target", 2, 1, q(1_000), at(27), "production", "");
+    // Seat counts through the month: billed at the peak, 18.
+    for (i, seats) in [12, 18, 15].into_iter().enumerate() {
+        let id = format!("evt-seats-{}", i + 1);
+        w.native(&id, 0, 3, q(seats), at(26 - i as i64), "production", "");
+    }
     w.native(
         "evt-amend-1",
         2,

@@ -172,6 +172,16 @@ fn the_demo_shows_every_kind_of_record() {
         signals.iter().any(|r| r["signal"] == "soft_limit"),
         "the demo crosses acme's token entitlement"
     );
+    let seats: Vec<_> = current_rows(&read_table(&s.path().join("out"), "invoice_lines").unwrap())
+        .into_iter()
+        .filter(|r| r["sku"] == "seats")
+        .map(|r| (r["quantity"].clone(), r["amount"].clone()))
+        .collect();
+    assert_eq!(
+        seats,
+        vec![("18".to_string(), "144.00".to_string())],
+        "seats are billed at the month's peak"
+    );
 }
 
 #[test]
