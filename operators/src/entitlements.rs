@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use differential_dataflow::VecCollection;
 use meterflow_schemas::catalog::{Catalog, ContractIdx, CustomerIdx, SkuIdx};
-use meterflow_schemas::entitlement::signals;
+use meterflow_schemas::entitlement::{reported_through, signals};
 use meterflow_schemas::money::Quantity;
 use meterflow_schemas::rows::{EntitlementSignal, InvoiceLine};
 use meterflow_schemas::time::{EventTime, Period, PeriodUnit};
@@ -111,7 +111,6 @@ pub fn credit_burn_signals<'s>(
                 }
                 let next = |t: EventTime| unit.end_of(unit.period_of(t));
                 for b in credit_burn(grants, &used, next) {
-                    let to_quantity = |a: Amount| Quantity(a.0 / 1_000_000_000);
                     output.push((
                         EntitlementSignal {
                             customer,
@@ -120,8 +119,8 @@ pub fn credit_burn_signals<'s>(
                             period: Period(b.period),
                             kind: SignalKind::CreditBurn,
                             percent: 0,
-                            at: to_quantity(b.remaining),
-                            allowance: to_quantity(b.per_period),
+                            at: b.remaining.to_quantity(),
+                            allowance: b.per_period.to_quantity(),
                         },
                         1,
                     ));
@@ -159,7 +158,6 @@ pub fn reported<'s>(
     use timely::dataflow::channels::pact::{Exchange, Pipeline};
     use timely::dataflow::operators::generic::Operator;
     use timely::dataflow::operators::ToStream;
-    const HOUR: i64 = 3_600_000;
     type Key = (CustomerIdx, ContractIdx, Period);
     let scope = usage.scope();
     let (index, peers) = (scope.index(), scope.peers());
@@ -181,7 +179,7 @@ pub fn reported<'s>(
                     if !planned[d.line.contract.ix()] {
                         continue;
                     }
-                    let hour_end = EventTime((d.time.0.div_euclid(HOUR) + 1) * HOUR);
+                    let hour_end = reported_through(d.time);
                     let key = (d.line.customer, d.line.contract, d.line.service_period);
                     let seen = local.entry(key).or_insert(EventTime::MIN);
                     if *seen < hour_end {
@@ -299,7 +297,6 @@ pub fn spend_burn_signals<'s>(
                         BurnInput::Reported(..) => {}
                     }
                 }
-                let to_quantity = |a: Amount| Quantity(a.0 / 1_000_000_000);
                 for (period, (spent, reported)) in periods {
                     let end = unit.end_of(period);
                     for b in spend_burn(&plans, period.0, end, spent, reported) {
@@ -322,8 +319,8 @@ pub fn spend_burn_signals<'s>(
                                 period,
                                 kind: b.kind,
                                 percent,
-                                at: to_quantity(projected),
-                                allowance: to_quantity(plan),
+                                at: projected.to_quantity(),
+                                allowance: plan.to_quantity(),
                             },
                             1,
                         ));

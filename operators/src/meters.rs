@@ -28,6 +28,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use differential_dataflow::difference::{Abelian, Semigroup};
 use differential_dataflow::VecCollection;
 use meterflow_schemas::catalog::{Aggregation, Catalog, PriceIdx};
 use meterflow_schemas::money::Quantity;
@@ -151,24 +152,10 @@ pub fn period_usage<V: Ord>(
             }
         };
         match (before, now) {
-            (Some((p, b)), Some((q, n))) if p == q => give(
-                p,
-                UsageSum {
-                    events: n.events - b.events,
-                    quantity: n.quantity - b.quantity,
-                    ..UsageSum::default()
-                },
-            ),
+            (Some((p, b)), Some((q, n))) if p == q => give(p, minus(n, b)),
             (b, n) => {
                 if let Some((p, b)) = b {
-                    give(
-                        p,
-                        UsageSum {
-                            events: -b.events,
-                            quantity: -b.quantity,
-                            ..UsageSum::default()
-                        },
-                    );
+                    give(p, minus(UsageSum::default(), b));
                 }
                 if let Some((q, n)) = n {
                     give(q, n);
@@ -178,6 +165,13 @@ pub fn period_usage<V: Ord>(
         before = now;
     }
     out
+}
+
+/// `a - b`.
+fn minus(a: UsageSum, mut b: UsageSum) -> UsageSum {
+    b.negate();
+    b.plus_equals(&a);
+    b
 }
 
 /// The price and usage of a set of readings (those with a positive count).

@@ -16,6 +16,7 @@ use meterflow_operators::testing::{consolidate, plan, run, run_resumed, Held, Ru
 use meterflow_operators::Epoch;
 use meterflow_schemas::anomaly::{AnomalyKind, BucketRow, Detector};
 use meterflow_schemas::catalog::{ContractIdx, CustomerIdx};
+use meterflow_schemas::entitlement::reported_through;
 use meterflow_schemas::event::CorrectionAction;
 use meterflow_schemas::fixtures::{self, event};
 use meterflow_schemas::rows::LineKey;
@@ -165,14 +166,8 @@ fn input() -> Vec<u8> {
                 &meterflow_schemas::time::EventTime(1_792_454_400_000 + 290 * 55 * 60_000)
                     .to_string(),
             );
-            let void = original.replace("\"e290\"", "\"void-290\"").replace(
-                &format!("\"quantity\":\"{}\"", 1 + (290 * 37) % 900),
-                &format!("\"quantity\":\"-{}\"", 1 + (290 * 37) % 900),
-            );
-            lines.push(void.replace(
-                r#""environment""#,
-                r#""correction":{"action":"void","original_event_id":"e290"},"environment""#,
-            ));
+            let quantity = format!("{}", 1 + (290 * 37) % 900);
+            lines.push(fixtures::void_of(&original, "e290", &quantity, "void-290"));
         }
     }
     lines.push("{broken".into());
@@ -297,10 +292,7 @@ fn reported_at(full: &RunOutput, through: Epoch, plan: &Plan) -> Vec<Reported> {
     }
     latest
         .into_iter()
-        .map(|((cu, co, p), t)| {
-            let hour_end = EventTime((t.div_euclid(3_600_000) + 1) * 3_600_000);
-            ((cu, co), (p, hour_end))
-        })
+        .map(|((cu, co, p), t)| ((cu, co), (p, reported_through(EventTime(t)))))
         .collect()
 }
 

@@ -79,6 +79,11 @@ fn retryable(e: &clickhouse::error::Error) -> bool {
     }
 }
 
+/// The body of a single-quoted SQL string literal holding `s` (backslashes and quotes escaped).
+pub fn sql_string(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('\'', "\\'")
+}
+
 impl ClickHouse {
     pub fn connect(cfg: &ClickHouseConfig) -> Result<ClickHouse, String> {
         let mut client = Client::default()

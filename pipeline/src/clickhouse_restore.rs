@@ -35,7 +35,7 @@ use meterflow_schemas::catalog::{
     distinct_value, Catalog, ContractIdx, CustomerIdx, PriceIdx, RegionIdx, SkuIdx,
 };
 use meterflow_schemas::ddl::EPOCH_TABLES;
-use meterflow_schemas::entitlement::SignalKind;
+use meterflow_schemas::entitlement::{reported_through, SignalKind};
 use meterflow_schemas::hashing::EventKey;
 use meterflow_schemas::money::{Amount, Quantity};
 use meterflow_schemas::rows::{
@@ -44,7 +44,7 @@ use meterflow_schemas::rows::{
 use meterflow_schemas::time::{EventTime, Period, PeriodUnit, Span};
 use serde::Deserialize;
 
-use crate::clickhouse_client::{ClickHouse, Count};
+use crate::clickhouse_client::{sql_string, ClickHouse, Count};
 use crate::clickhouse_sink::RecordedOffset;
 
 /// What a restart loads.
@@ -753,7 +753,7 @@ fn held_readings(
         .skus
         .iter()
         .filter(|s| !s.aggregation.is_additive())
-        .map(|s| format!("'{}'", s.id.replace('\\', "\\\\").replace('\'', "\\'")))
+        .map(|s| format!("'{}'", sql_string(&s.id)))
         .collect();
     if skus.is_empty() {
         return Ok(Vec::new());
@@ -808,7 +808,6 @@ fn held_readings(
 /// How far each contract with a spend plan had reported usage in each service period, from the
 /// billable events of epochs up to `upto` (see `meterflow_operators::entitlements::reported`).
 fn held_reported(ch: &ClickHouse, l: &Lookup, upto: &str) -> Result<Vec<Reported>, String> {
-    const HOUR: i64 = 3_600_000;
     if !(0..l.catalog.contracts.len()).any(|c| has_spend_plan(l.catalog, ContractIdx(c as u32))) {
         return Ok(Vec::new());
     }
@@ -821,8 +820,8 @@ fn held_reported(ch: &ClickHouse, l: &Lookup, upto: &str) -> Result<Vec<Reported
     for r in rows {
         let key = l.key(&r.customer_id, &r.contract_id, "", "*", &r.service_period)?;
         if has_spend_plan(l.catalog, key.contract) {
-            let hour_end = EventTime((r.latest_ms.div_euclid(HOUR) + 1) * HOUR);
-            out.push(((key.customer, key.contract), (key.service_period, hour_end)));
+            let through = reported_through(EventTime(r.latest_ms));
+            out.push(((key.customer, key.contract), (key.service_period, through)));
         }
     }
     Ok(out)

@@ -12,7 +12,7 @@ use meterflow_schemas::money::{minor_unit_digits, Amount};
 use meterflow_schemas::rows::{InvoiceLine, LineKind};
 use meterflow_schemas::time::PeriodUnit;
 
-use crate::clickhouse_client::ClickHouse;
+use crate::clickhouse_client::{sql_string, ClickHouse};
 
 /// One current invoice line, by name.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -138,13 +138,12 @@ pub fn table_from_clickhouse(
         quantity: String,
         amount: String,
     }
-    let quote = |s: &str| s.replace('\\', "\\\\").replace('\'', "\\'");
     let mut conditions = vec!["1".to_string()];
     if let Some(c) = &filter.customer {
-        conditions.push(format!("customer_id = '{}'", quote(c)));
+        conditions.push(format!("customer_id = '{}'", sql_string(c)));
     }
     if let Some(p) = &filter.period {
-        conditions.push(format!("invoice_period = '{}'", quote(p)));
+        conditions.push(format!("invoice_period = '{}'", sql_string(p)));
     }
     let rows: Vec<R> = ch.fetch(&format!(
         "SELECT customer_id, invoice_period, contract_id, line_type, sku, service_period, region, currency, \

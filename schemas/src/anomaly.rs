@@ -426,8 +426,7 @@ pub fn cost_anomaly(
     revenue: Amount,
     cost: Amount,
 ) -> Option<Anomaly> {
-    let to_quantity = |a: Amount| Quantity(a.0 / 1_000_000_000);
-    let (revenue_q, cost_q) = (to_quantity(revenue), to_quantity(cost));
+    let (revenue_q, cost_q) = (revenue.to_quantity(), cost.to_quantity());
     if cost_q < rules.min_cost || cost.0 <= 0 {
         return None;
     }

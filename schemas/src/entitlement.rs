@@ -146,6 +146,13 @@ pub fn signals(
     out
 }
 
+/// How far an event at `t` shows a contract's usage reported: the end of the hour it falls in
+/// (the `reported` input of [`spend_burn`]).
+pub fn reported_through(t: EventTime) -> EventTime {
+    const HOUR: i64 = 3_600_000;
+    EventTime((t.0.div_euclid(HOUR) + 1) * HOUR)
+}
+
 /// A spend burning faster than its plan (see [`spend_burn`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Burn {

@@ -300,6 +300,12 @@ impl Amount {
         )
     }
 
+    /// The amount as a quantity (9 fractional digits, the rest cut off): where a signal or an
+    /// anomaly row reports money in a quantity column.
+    pub fn to_quantity(self) -> Quantity {
+        Quantity(self.0 / Q_ONE)
+    }
+
     /// Rounds to `digits` fractional digits with `rule`, returning the rounded value still at
     /// amount scale (so it can be compared and summed with unrounded amounts).
     pub fn round_to(self, digits: u32, rule: Rounding) -> Amount {
