@@ -16,7 +16,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use meterflow_schemas::catalog::{distinct_value, Aggregation, Catalog};
+use meterflow_schemas::catalog::{
+    distinct_value, Aggregation, Catalog, ContractIdx, CustomerIdx, PriceIdx, SkuIdx,
+};
 use meterflow_schemas::event::{CorrectionAction, Lineage, UsageEvent};
 use meterflow_schemas::hashing::EventKey;
 use meterflow_schemas::money::{Amount, Quantity};
@@ -24,7 +26,7 @@ use meterflow_schemas::pricing::percentage::limit_adjustment;
 use meterflow_schemas::pricing::PriceModel;
 use meterflow_schemas::rejection::{Reason, Rejection};
 use meterflow_schemas::rows::{AcceptedEvent, Counts, DuplicateRow, LineKey, UsageDelta};
-use meterflow_schemas::time::EventTime;
+use meterflow_schemas::time::{EventTime, Period};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
@@ -225,41 +227,21 @@ impl Deduplicator {
     /// The compact pricing input of an accepted billable event.
     pub fn usage_of(&self, a: &AcceptedEvent) -> UsageDelta {
         let ev = &a.event;
-        let sku = &self.catalog.skus[ev.sku.ix()];
-        UsageDelta {
-            line: LineKey {
+        usage_delta(
+            &self.catalog,
+            BilledEvent {
                 customer: ev.customer,
                 contract: ev.contract,
                 sku: ev.sku,
-                region: self.catalog.price(ev.price).region,
+                price: ev.price,
                 service_period: a.service_period,
+                invoice_period: a.invoice_period,
+                line_events: ev.line_events(),
+                quantity: ev.quantity,
+                time: ev.time,
+                attributes: ev.metadata.as_deref().and_then(|m| m.attributes.as_deref()),
             },
-            invoice_period: a.invoice_period,
-            price: ev.price,
-            events: ev.line_events(),
-            quantity: match sku.aggregation {
-                Aggregation::Count => Quantity::from_units(ev.line_events()),
-                _ => ev.quantity,
-            },
-            time: ev.time,
-            distinct: match (&sku.aggregation, &sku.unique_by) {
-                (Aggregation::UniqueCount, Some(key)) => {
-                    let attributes = ev.metadata.as_deref().and_then(|m| m.attributes.as_deref());
-                    // Validation rejected events without the attribute.
-                    distinct_value(attributes, key).unwrap_or_default()
-                }
-                _ => 0,
-            },
-            fee_adjustment: match &self.catalog.price(ev.price).model {
-                // A void takes back its original's adjustment (amends were rejected).
-                PriceModel::Percentage(p) if p.has_limits() => {
-                    let sign = ev.line_events().signum() as i128;
-                    let original = Quantity(ev.quantity.0 * sign);
-                    Amount(limit_adjustment(p, original).0 * sign)
-                }
-                _ => Amount::ZERO,
-            },
-        }
+        )
     }
 
     /// Table size changes since the last report, as gauge deltas.
@@ -416,5 +398,60 @@ pub fn dedup<'s>(
         duplicates,
         rejections,
         counts,
+    }
+}
+
+/// What pricing needs of one accepted billable event: from the dataflow, or read back from
+/// `usage_events` when a restart re-rates usage under a changed catalog.
+pub struct BilledEvent<'a> {
+    pub customer: CustomerIdx,
+    pub contract: ContractIdx,
+    pub sku: SkuIdx,
+    pub price: PriceIdx,
+    pub service_period: Period,
+    pub invoice_period: Period,
+    /// +1, or -1 for a void, 0 for an amend (see `UsageEvent::line_events`).
+    pub line_events: i64,
+    /// Signed: a void carries minus its original's quantity.
+    pub quantity: Quantity,
+    pub time: EventTime,
+    pub attributes: Option<&'a str>,
+}
+
+/// The compact pricing input of a billed event.
+pub fn usage_delta(catalog: &Catalog, e: BilledEvent) -> UsageDelta {
+    let sku = &catalog.skus[e.sku.ix()];
+    UsageDelta {
+        line: LineKey {
+            customer: e.customer,
+            contract: e.contract,
+            sku: e.sku,
+            region: catalog.price(e.price).region,
+            service_period: e.service_period,
+        },
+        invoice_period: e.invoice_period,
+        price: e.price,
+        events: e.line_events,
+        quantity: match sku.aggregation {
+            Aggregation::Count => Quantity::from_units(e.line_events),
+            _ => e.quantity,
+        },
+        time: e.time,
+        distinct: match (&sku.aggregation, &sku.unique_by) {
+            // Validation rejected events without the attribute.
+            (Aggregation::UniqueCount, Some(key)) => {
+                distinct_value(e.attributes, key).unwrap_or_default()
+            }
+            _ => 0,
+        },
+        fee_adjustment: match &catalog.price(e.price).model {
+            // A void takes back its original's adjustment (amends were rejected).
+            PriceModel::Percentage(p) if p.has_limits() => {
+                let sign = e.line_events.signum() as i128;
+                let original = Quantity(e.quantity.0 * sign);
+                Amount(limit_adjustment(p, original).0 * sign)
+            }
+            _ => Amount::ZERO,
+        },
     }
 }

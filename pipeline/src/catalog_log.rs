@@ -61,7 +61,12 @@ pub fn entries(dir: &Path) -> Result<BTreeMap<EntryKey, Value>, String> {
                             .or_else(|| item["sku"].as_str())
                             .unwrap_or("")
                             .to_string();
-                        let version = item["version"].as_u64().unwrap_or(0) as u32;
+                        // Rate cards are published in versions; a contract's `version` pins
+                        // one and is a field like any other.
+                        let version = match kind.as_str() {
+                            "rate_card" => item["version"].as_u64().unwrap_or(0) as u32,
+                            _ => 0,
+                        };
                         out.insert((kind.clone(), id, version), item);
                     }
                 }

@@ -20,10 +20,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use clickhouse::Row;
-use meterflow_operators::aggregate::UsageSum;
+use meterflow_operators::aggregate::{UsageRecord, UsageSum};
 use meterflow_operators::anomalies::AnomalySeed;
 use meterflow_operators::dataflow::Resume;
 use meterflow_operators::dedup::DedupSeed;
+use meterflow_operators::dedup::{usage_delta, BilledEvent};
 use meterflow_operators::entitlements::{has_spend_plan, Reported};
 use meterflow_operators::meters::{reloads_readings, Reading};
 use meterflow_operators::progress::Progress;
@@ -363,6 +364,18 @@ pub fn restore(
     } else {
         Default::default()
     };
+    // Usage priced under versions the catalog no longer assigns to it (a backdated version, a
+    // contract moved to another card or version) is re-rated from its events; the signed tables
+    // then write the difference as corrections.
+    let rerated = rerated_groups(catalog, period, &line_usage);
+    let rerated_deltas = rerated_events(ch, &lookup, &upto, &rerated)?;
+    if !rerated.is_empty() {
+        tracing::info!(
+            lines = rerated.len(),
+            events = rerated_deltas.len(),
+            "re-rating usage under the changed catalog"
+        );
+    }
     // Lines of non-additive meters that can still change are rebuilt from their readings; the
     // rest from their pricing input.
     let forget = EventTime(forget_before);
@@ -370,23 +383,41 @@ pub fn restore(
         key.sku != SkuIdx::INVOICE
             && !catalog.skus[key.sku.ix()].aggregation.is_additive()
             && reloads_readings(period.end_of(key.service_period), forget)
+            && !rerated.contains(&group_of(key))
     };
-    let readings = held_readings(ch, &lookup, &upto, forget, &from_readings)?;
+    let mut readings = held_readings(ch, &lookup, &upto, forget, &from_readings)?;
     let reported = held_reported(ch, &lookup, &upto)?;
-    let usage = line_usage
-        .iter()
-        .filter(|(u, _, _)| !from_readings(&u.key))
-        .map(|(u, n, _)| {
-            (
-                (u.price, (u.key, u.invoice_period)),
-                UsageSum {
-                    events: u.events * *n as i64,
-                    quantity: Quantity(u.quantity.0 * *n as i128),
-                    fee_adjustment: Amount(u.fee_adjustment.0 * *n as i128),
-                },
-            )
-        })
-        .collect();
+    let mut usage: HashMap<UsageRecord, UsageSum> = HashMap::new();
+    for (u, n, _) in &line_usage {
+        if from_readings(&u.key) || rerated.contains(&group_of(&u.key)) {
+            continue;
+        }
+        let n = *n as i128;
+        add_usage(
+            usage
+                .entry((u.price, (u.key, u.invoice_period)))
+                .or_default(),
+            &UsageSum {
+                events: u.events * n as i64,
+                quantity: Quantity(u.quantity.0 * n),
+                fee_adjustment: Amount(u.fee_adjustment.0 * n),
+            },
+        );
+    }
+    for d in &rerated_deltas {
+        let aggregation = catalog.skus[d.line.sku.ix()].aggregation;
+        if aggregation.is_additive() {
+            add_usage(
+                usage
+                    .entry((d.price, (d.line, d.invoice_period)))
+                    .or_default(),
+                &UsageSum::of(d),
+            );
+        } else {
+            readings.extend(Reading::of(d, aggregation));
+        }
+    }
+    let usage = usage.into_iter().collect();
     Ok(Restored {
         generation,
         resume: Resume {
@@ -737,6 +768,150 @@ fn held_usage(
             Ok((row, r.n as isize, r.v))
         })
         .collect()
+}
+
+/// Usage lines as a catalog change can re-rate them: (customer, contract, SKU, service period),
+/// across price regions and invoice periods.
+type Group = (CustomerIdx, ContractIdx, SkuIdx, Period);
+
+fn group_of(k: &LineKey) -> Group {
+    (k.customer, k.contract, k.sku, k.service_period)
+}
+
+fn add_usage(to: &mut UsageSum, u: &UsageSum) {
+    to.events += u.events;
+    to.quantity = Quantity(to.quantity.0 + u.quantity.0);
+    to.fee_adjustment = Amount(to.fee_adjustment.0 + u.fee_adjustment.0);
+}
+
+/// The lines whose pricing input the catalog no longer agrees with. A line is kept as it is when
+/// one version of its contract's rate card prices its whole service period and all its usage is
+/// priced by that version: published versions never change, so its events would be priced the
+/// same again. Any other line (usage under a version the contract no longer uses, or a period
+/// that several versions share) is re-rated from its events, which is exact and, for a shared
+/// period, costs one read of that period's events.
+fn rerated_groups(
+    catalog: &Catalog,
+    unit: PeriodUnit,
+    line_usage: &[(LineUsage, isize, u64)],
+) -> std::collections::BTreeSet<Group> {
+    let mut verdicts: HashMap<Group, bool> = HashMap::new();
+    for (u, _, _) in line_usage {
+        let group = group_of(&u.key);
+        let contract = &catalog.contracts[u.key.contract.ix()];
+        let p = catalog.price(u.price);
+        let keeps = {
+            let versions = catalog.versions_over(
+                contract,
+                u.key.service_period.0,
+                unit.end_of(u.key.service_period),
+            );
+            versions.len() == 1 && p.rate_card == contract.rate_card && p.version == versions[0]
+        };
+        *verdicts.entry(group).or_insert(true) &= keeps;
+    }
+    verdicts
+        .into_iter()
+        .filter(|(_, keeps)| !keeps)
+        .map(|(g, _)| g)
+        .collect()
+}
+
+#[derive(Row, Deserialize)]
+struct BilledRow {
+    event_id: String,
+    customer_id: String,
+    contract_id: String,
+    sku: String,
+    region: String,
+    quantity: i128,
+    event_time_ms: i64,
+    service_period: String,
+    invoice_period: String,
+    attributes: String,
+    correction_action: String,
+}
+
+/// The pricing input of the billable events of `groups` (epochs up to `upto`), each priced as
+/// the current catalog prices it. An event the catalog can no longer price stops the restart:
+/// accepted usage is never dropped from an invoice by a catalog change.
+fn rerated_events(
+    ch: &ClickHouse,
+    l: &Lookup,
+    upto: &str,
+    groups: &std::collections::BTreeSet<Group>,
+) -> Result<Vec<UsageDelta>, String> {
+    if groups.is_empty() {
+        return Ok(Vec::new());
+    }
+    let c = l.catalog;
+    let quoted = |names: std::collections::BTreeSet<String>| -> String {
+        names
+            .iter()
+            .map(|n| format!("'{}'", sql_string(n)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let contracts = quoted(
+        groups
+            .iter()
+            .map(|g| c.contracts[g.1.ix()].id.clone())
+            .collect(),
+    );
+    let periods = quoted(groups.iter().map(|g| l.period.label(g.3)).collect());
+    let rows: Vec<BilledRow> = ch.fetch(&format!(
+        "SELECT event_id, customer_id, contract_id, sku, region, quantity, event_time_ms, \
+         service_period, invoice_period, attributes, correction_action \
+         FROM {{db}}.usage_events WHERE billable = 1 AND contract_id IN ({contracts}) \
+         AND service_period IN ({periods}) AND {upto}"
+    ))?;
+    let mut out = Vec::new();
+    for r in rows {
+        let line = l.key(
+            &r.customer_id,
+            &r.contract_id,
+            &r.sku,
+            "*",
+            &r.service_period,
+        )?;
+        if !groups.contains(&group_of(&line)) {
+            continue;
+        }
+        let contract = &c.contracts[line.contract.ix()];
+        let time = EventTime(r.event_time_ms);
+        let region = if r.region.is_empty() {
+            None
+        } else {
+            c.region(&r.region)
+        };
+        let price = c.price_for(contract, line.sku, region, time).map_err(|miss| {
+            format!(
+                "the catalog no longer prices accepted event `{}` (contract `{}`, sku `{}`, {time}): {miss:?}; billed usage cannot be dropped by a catalog change: publish a rate-card version that prices it",
+                r.event_id, contract.id, r.sku
+            )
+        })?;
+        let line_events = match r.correction_action.as_str() {
+            "void" => -1,
+            "amend" => 0,
+            _ => 1,
+        };
+        out.push(usage_delta(
+            c,
+            BilledEvent {
+                customer: line.customer,
+                contract: line.contract,
+                sku: line.sku,
+                price,
+                service_period: line.service_period,
+                invoice_period: l.period(&r.invoice_period)?,
+                line_events,
+                quantity: Quantity(r.quantity),
+                time,
+                attributes: Some(&r.attributes),
+            },
+        ));
+    }
+    Ok(out)
 }
 
 /// The readings of non-additive meters on lines `wanted` picks, from the accepted billable events

@@ -174,6 +174,115 @@ fn clickhouse_holds_what_the_embedded_run_writes_and_a_rerun_changes_nothing() {
     assert!(totals.lines().count() > 10);
 }
 
+/// The generated catalog with a backdated change: version 3 of `standard`, effective in the
+/// middle of October (events already billed), with other prices, and `ctr-000002` pinned to
+/// version 1 (grandfathered back). Returns what the change adds to the catalog.
+fn backdate(catalog: &Path) -> String {
+    let path = catalog.join("catalog.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let v2 = text
+        .find("id = \"standard\"\nversion = 2")
+        .expect("version 2 of standard");
+    let start = text[..v2].rfind("[[rate_card]]").unwrap();
+    let end = start + 1 + text[start + 1..].find("[[rate_card]]").unwrap();
+    let v3 = text[start..end]
+        .replace("version = 2", "version = 3")
+        .replace("2026-10-01T00:00:00.000Z", "2026-10-15T12:00:00.000Z")
+        .replace("\"0.35\"", "\"0.45\"")
+        .replace("\"0.000025\"", "\"0.00003\"")
+        .replace("\"0.09\"", "\"0.11\"")
+        .replace("\"0.06\"", "\"0.08\"")
+        .replace("percent = \"2.5\"", "percent = \"2.7\"");
+    let pinned = "id = \"ctr-000002\"\ncustomer = \"cus-000002\"\nrate_card = \"standard\"\n";
+    assert!(text.contains(pinned), "ctr-000002 follows standard");
+    let changed = format!("{}{v3}{}", &text[..end], &text[end..])
+        .replace(pinned, &format!("{pinned}version = 1\n"));
+    std::fs::write(&path, changed).unwrap();
+    v3
+}
+
+#[test]
+fn a_backdated_rate_change_re_rates_billed_usage_with_signed_corrections() {
+    let f = Fixture::new("ch-backdated", 20_000);
+    let run = |out: &str| {
+        let a = f.args(out, true);
+        meterflow_ok(&a.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+    };
+    run("before");
+    let total = |ch: &ClickHouseServer| {
+        ch.query("SELECT sum(amount * sign) FROM meterflow.invoice_lines")
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let billed_before = total(&f.ch);
+    let v3 = backdate(&f.dir.path().join("catalog"));
+    assert!(v3.contains("2026-10-15T12"), "{v3}");
+    // The same input again: everything is committed, so only the catalog change is new.
+    run("after");
+    let billed_after = total(&f.ch);
+    assert_ne!(
+        billed_before, billed_after,
+        "the change re-priced billed usage"
+    );
+    // Billed usage now equals a run that had the new catalog from the start ...
+    f.assert_matches_oracle("after a backdated rate change", &[]);
+    // ... and the change was written as corrections: retractions of the billed lines and new
+    // lines, by the run that saw the change, with the earlier rows left as they were.
+    let generation = count(&f.ch, "SELECT max(generation) FROM meterflow.invoice_lines");
+    for table in ["invoice_lines", "line_usage", "rated_usage"] {
+        let retracted = count(
+            &f.ch,
+            &format!("SELECT count() FROM meterflow.{table} WHERE sign = -1 AND generation = {generation}"),
+        );
+        assert!(
+            retracted > 0,
+            "{table}: the re-rating retracted billed rows"
+        );
+    }
+    assert_eq!(
+        count(
+            &f.ch,
+            "SELECT count() FROM meterflow.line_usage WHERE sign = 1 AND generation = 1 AND rate_card_version = 3"
+        ),
+        0,
+        "nothing was billed at version 3 before the change"
+    );
+    assert!(
+        count(
+            &f.ch,
+            "SELECT sum(sign) FROM meterflow.line_usage WHERE rate_card_version = 3"
+        ) > 0,
+        "usage after the effective date moved to version 3"
+    );
+    // The pinned contract went back to version 1 for all its usage.
+    assert_eq!(
+        count(
+            &f.ch,
+            "SELECT count() FROM (SELECT rate_card_version, sum(sign) AS n FROM meterflow.line_usage WHERE contract_id = 'ctr-000002' GROUP BY rate_card_version HAVING n != 0 AND rate_card_version != 1)"
+        ),
+        0,
+        "ctr-000002 is billed at version 1 only"
+    );
+    let log = String::from_utf8(
+        meterflow_ok(&["catalog", "log", "--clickhouse-url", &f.ch.url()]).stdout,
+    )
+    .unwrap();
+    assert!(
+        log.contains("added rate_card `standard` version 3"),
+        "{log}"
+    );
+    assert!(log.contains("changed contract `ctr-000002`"), "{log}");
+    // Re-rating again finds nothing to change.
+    let rows = count(&f.ch, "SELECT count() FROM meterflow.invoice_lines");
+    run("again");
+    assert_eq!(
+        count(&f.ch, "SELECT count() FROM meterflow.invoice_lines"),
+        rows
+    );
+    assert_eq!(total(&f.ch), billed_after);
+}
+
 #[test]
 fn sigkill_at_random_points_then_restart_counts_every_unit_exactly_once() {
     let f = Fixture::new("ch-kill", 150_000);

@@ -1490,6 +1490,22 @@ ends = "2027-01-01T00:00:00Z"
     }
 
     #[test]
+    fn the_versions_over_a_range_are_those_in_effect_at_some_instant_of_it() {
+        let cat = from_toml_str(GOOD).unwrap();
+        let c1 = &cat.contracts[cat.contract("c1").unwrap().ix()];
+        let c2 = &cat.contracts[cat.contract("c2").unwrap().ix()];
+        let may = (t("2026-05-01T00:00:00Z"), t("2026-06-01T00:00:00Z"));
+        let june = (t("2026-06-01T00:00:00Z"), t("2026-07-01T00:00:00Z"));
+        assert_eq!(cat.versions_over(c1, may.0, may.1), vec![1]);
+        assert_eq!(cat.versions_over(c1, june.0, june.1), vec![2]);
+        // A range the change falls inside has both; an instant before the end is enough.
+        let spanning = (t("2026-05-31T23:59:59Z"), t("2026-06-01T00:00:00.001Z"));
+        assert_eq!(cat.versions_over(c1, spanning.0, spanning.1), vec![1, 2]);
+        // A pinned contract has its version only.
+        assert_eq!(cat.versions_over(c2, may.0, june.1), vec![1]);
+    }
+
+    #[test]
     fn region_specific_prices_win_over_the_default() {
         let cat = from_toml_str(GOOD).unwrap();
         let c2 = &cat.contracts[cat.contract("c2").unwrap().ix()];

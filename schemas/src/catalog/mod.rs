@@ -314,6 +314,29 @@ impl Catalog {
         }
     }
 
+    /// The versions of `contract`'s rate card that price some instant of `from..until`, in
+    /// order: one for a pinned contract, more where versions take effect inside the range.
+    pub fn versions_over(
+        &self,
+        contract: &Contract,
+        from: EventTime,
+        until: EventTime,
+    ) -> Vec<u32> {
+        let card = &self.rate_cards[contract.rate_card.ix()];
+        let changes = card
+            .versions
+            .iter()
+            .map(|v| v.effective_from)
+            .filter(|t| *t > from && *t < until);
+        let mut out: Vec<u32> = std::iter::once(from)
+            .chain(changes)
+            .filter_map(|t| self.version_at(contract, t).map(|v| v.version))
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
     /// The price of `sku` in `region` under `contract`'s shadow rate card: its latest version
     /// (a shadow card is a proposal as it stands, whatever its effective date).
     pub fn shadow_price_for(
