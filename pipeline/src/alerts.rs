@@ -285,20 +285,7 @@ impl KafkaAlerts {
         kafka: &crate::kafka_source::KafkaConfig,
         topic: &str,
     ) -> Result<KafkaAlerts, String> {
-        let mut c = rdkafka::ClientConfig::new();
-        c.set("bootstrap.servers", &kafka.brokers)
-            .set("acks", "all")
-            .set("enable.idempotence", "true")
-            .set("linger.ms", "5");
-        for (k, v) in &kafka.settings {
-            c.set(k, v);
-        }
-        for (k, var) in &kafka.secret_settings {
-            let v = std::env::var(var).map_err(|_| {
-                format!("kafka.secret_settings.{k} names {var}, which is not set; export it before starting meterflow")
-            })?;
-            c.set(k, v);
-        }
+        let c = kafka.producer_config()?;
         let producer = c
             .create()
             .map_err(|e| format!("cannot create the alert producer: {e}"))?;

@@ -205,33 +205,53 @@ impl Store<'_> {
 /// Records what changed in the catalog at `dir` since the log's last state. A published
 /// rate-card version is immutable: changing or removing one is refused, naming the fix.
 pub fn record(dir: &Path, actor: &str, store: &Store) -> Result<Vec<Change>, String> {
+    record_entries(&entries(dir)?, actor, store)
+}
+
+/// [`record`] for a catalog given as its entries.
+pub fn record_entries(
+    now: &BTreeMap<EntryKey, Value>,
+    actor: &str,
+    store: &Store,
+) -> Result<Vec<Change>, String> {
     let before = state(&store.read()?);
-    let now = entries(dir)?;
-    let rows = changes(&before, &now, actor, EventTime::now());
-    if let Some(r) = rows
-        .iter()
-        .find(|r| r.entity == "rate_card" && r.action != "added")
-    {
-        return Err(format!(
-            "rate_card `{}` version {} is already published and immutable, but the catalog {} it; \
-             restore it and publish the change as version {} with a later effective_from",
-            r.entity_id,
-            r.version,
-            if r.action == "removed" {
-                "removes"
-            } else {
-                "changes"
-            },
-            now.keys()
-                .filter(|k| k.0 == "rate_card" && k.1 == r.entity_id)
-                .map(|k| k.2)
-                .max()
-                .unwrap_or(r.version)
-                + 1
-        ));
-    }
+    check_immutable(&before, now)?;
+    let rows = changes(&before, now, actor, EventTime::now());
     store.append(&rows)?;
     Ok(rows)
+}
+
+/// Refuses a catalog that changes or removes a rate-card version `before` has published.
+pub fn check_immutable(
+    before: &BTreeMap<EntryKey, Value>,
+    now: &BTreeMap<EntryKey, Value>,
+) -> Result<(), String> {
+    let changed = before
+        .iter()
+        .filter(|(k, _)| k.0 == "rate_card")
+        .find(|(k, v)| now.get(*k) != Some(*v));
+    let Some((k, _)) = changed else {
+        return Ok(());
+    };
+    let next = now
+        .keys()
+        .chain(before.keys())
+        .filter(|n| n.0 == "rate_card" && n.1 == k.1)
+        .map(|n| n.2)
+        .max()
+        .unwrap_or(k.2)
+        + 1;
+    Err(format!(
+        "rate_card `{}` version {} is already published and immutable, but the catalog {} it; \
+         restore it and publish the change as version {next} with a later effective_from",
+        k.1,
+        k.2,
+        if now.contains_key(k) {
+            "changes"
+        } else {
+            "removes"
+        },
+    ))
 }
 
 /// Who records: `METERFLOW_ACTOR`, else `fallback`.

@@ -84,6 +84,15 @@ pub fn sql_string(s: &str) -> String {
     s.replace('\\', "\\\\").replace('\'', "\\'")
 }
 
+/// Quoted string literals separated by commas, for `IN (...)`.
+pub fn sql_list<S: AsRef<str>>(items: impl IntoIterator<Item = S>) -> String {
+    items
+        .into_iter()
+        .map(|s| format!("'{}'", sql_string(s.as_ref())))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 impl ClickHouse {
     pub fn connect(cfg: &ClickHouseConfig) -> Result<ClickHouse, String> {
         let mut client = Client::default()

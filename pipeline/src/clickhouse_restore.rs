@@ -45,7 +45,7 @@ use meterflow_schemas::rows::{
 use meterflow_schemas::time::{EventTime, Period, PeriodUnit, Span};
 use serde::Deserialize;
 
-use crate::clickhouse_client::{sql_string, ClickHouse, Count};
+use crate::clickhouse_client::{sql_list, ClickHouse, Count};
 use crate::clickhouse_sink::RecordedOffset;
 
 /// What a restart loads.
@@ -845,20 +845,13 @@ fn rerated_events(
         return Ok(Vec::new());
     }
     let c = l.catalog;
-    let quoted = |names: std::collections::BTreeSet<String>| -> String {
-        names
-            .iter()
-            .map(|n| format!("'{}'", sql_string(n)))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let contracts = quoted(
-        groups
-            .iter()
-            .map(|g| c.contracts[g.1.ix()].id.clone())
-            .collect(),
-    );
-    let periods = quoted(groups.iter().map(|g| l.period.label(g.3)).collect());
+    let contracts: std::collections::BTreeSet<&str> = groups
+        .iter()
+        .map(|g| c.contracts[g.1.ix()].id.as_str())
+        .collect();
+    let periods: std::collections::BTreeSet<String> =
+        groups.iter().map(|g| l.period.label(g.3)).collect();
+    let (contracts, periods) = (sql_list(contracts), sql_list(periods));
     let rows: Vec<BilledRow> = ch.fetch(&format!(
         "SELECT event_id, customer_id, contract_id, sku, region, quantity, event_time_ms, \
          service_period, invoice_period, attributes, correction_action \
@@ -923,12 +916,12 @@ fn held_readings(
     forget_before: EventTime,
     wanted: &dyn Fn(&LineKey) -> bool,
 ) -> Result<Vec<(LineKey, Reading, isize)>, String> {
-    let skus: Vec<String> = l
+    let skus: Vec<&str> = l
         .catalog
         .skus
         .iter()
         .filter(|s| !s.aggregation.is_additive())
-        .map(|s| format!("'{}'", sql_string(&s.id)))
+        .map(|s| s.id.as_str())
         .collect();
     if skus.is_empty() {
         return Ok(Vec::new());
@@ -946,7 +939,7 @@ fn held_readings(
          rate_card, rate_card_version, quantity, event_time_ms, attributes, correction_action \
          FROM {{db}}.usage_events WHERE billable = 1 AND sku IN ({}) AND event_time_ms >= {from} \
          AND {upto}",
-        skus.join(", ")
+        sql_list(skus)
     ))?;
     let mut out = Vec::new();
     for r in rows {

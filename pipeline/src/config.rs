@@ -52,6 +52,30 @@ pub struct Config {
     pub alerts: crate::alerts::AlertsConfig,
     /// Usage buckets and anomaly detection (spikes, drops, silent meters).
     pub anomalies: AnomalyRules,
+    /// Where a running pipeline gets catalog changes from.
+    pub catalog: CatalogConfig,
+}
+
+/// `[catalog]` in the config.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CatalogConfig {
+    /// The compacted Kafka topic `meterflow catalog publish` writes (on `kafka.brokers`). Empty:
+    /// the catalog is the `--catalog` directory. Set: the topic's last publish, or the directory
+    /// until the topic has one.
+    pub topic: String,
+    /// How often a pipeline with ClickHouse output looks for a changed catalog (the topic, or
+    /// the directory) and switches to it; `0s` never looks.
+    pub check_interval: Span,
+}
+
+impl Default for CatalogConfig {
+    fn default() -> Self {
+        CatalogConfig {
+            topic: String::new(),
+            check_interval: Span(5_000),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -84,6 +84,23 @@ impl KafkaConfig {
             .set("enable.partition.eof", "true")
             .set("auto.offset.reset", &self.start_from)
             .set("fetch.wait.max.ms", "10");
+        self.pass_through(&mut c)?;
+        Ok(c)
+    }
+
+    /// A producer's settings: the brokers, idempotent and acknowledged by all replicas, and the
+    /// pass-through settings.
+    pub fn producer_config(&self) -> Result<ClientConfig, String> {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers)
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5");
+        self.pass_through(&mut c)?;
+        Ok(c)
+    }
+
+    fn pass_through(&self, c: &mut ClientConfig) -> Result<(), String> {
         for (k, v) in &self.settings {
             c.set(k, v);
         }
@@ -91,7 +108,7 @@ impl KafkaConfig {
             let v = std::env::var(var).map_err(|_| format!("kafka.secret_settings.{k} names {var}, which is not set; export it before starting meterflow"))?;
             c.set(k, v);
         }
-        Ok(c)
+        Ok(())
     }
 
     pub fn check(&self) -> Result<(), String> {
@@ -247,9 +264,24 @@ pub struct KafkaReader {
     /// Keys and headers of `messages`.
     meta: Vec<u8>,
     done: bool,
+    /// Set by the catalog watcher: emit what is read, then finish (the run drains and resumes
+    /// with the new catalog).
+    stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl KafkaReader {
+    /// Finishes at the next epoch once `stop` is set.
+    pub fn stopping_on(mut self, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Self {
+        self.stop = Some(stop);
+        self
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop
+            .as_ref()
+            .is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst))
+    }
+
     /// `resume`: committed next offsets by (topic index, partition); others start per `start_from`.
     pub fn new(
         cfg: &KafkaConfig,
@@ -323,6 +355,7 @@ impl KafkaReader {
             messages: Vec::new(),
             meta: Vec::new(),
             done: false,
+            stop: None,
         })
     }
 
@@ -475,18 +508,25 @@ impl ChunkReader for KafkaReader {
         if self.done || self.assigned.is_empty() {
             return Read::Done;
         }
-        self.poll_ready();
-        let idle = self.idle_at_end();
+        let stopping = self.stopping();
+        if !stopping {
+            self.poll_ready();
+        }
+        let idle = !stopping && self.idle_at_end();
         if self.epoch_started.elapsed() < self.interval
             && self.bytes.len() < self.max_bytes
             && !idle
+            && !stopping
         {
             return Read::Pending;
         }
-        if idle && self.bytes.is_empty() {
+        if (idle || stopping) && self.bytes.is_empty() {
             self.done = true;
             return Read::Done;
         }
+        // What was read is emitted; what librdkafka fetched beyond it is read again after
+        // the switch, from the committed positions.
+        self.done = stopping;
         buf.clear();
         std::mem::swap(&mut buf, &mut self.bytes);
         let positions = self

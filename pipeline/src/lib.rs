@@ -3,6 +3,7 @@
 
 pub mod alerts;
 pub mod catalog_log;
+pub mod catalog_source;
 pub mod clickhouse_client;
 pub mod clickhouse_migrate;
 pub mod clickhouse_restore;

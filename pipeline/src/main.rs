@@ -115,6 +115,23 @@ enum CatalogCommand {
         #[command(flatten)]
         log: LogArgs,
     },
+    /// Validate a catalog directory and publish it to the compacted catalog topic, from which
+    /// running pipelines pick it up (see docs/catalog.md).
+    Publish {
+        dir: PathBuf,
+        /// Configuration file: [kafka] brokers and settings, [catalog] topic.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Overrides kafka.brokers.
+        #[arg(long)]
+        brokers: Option<String>,
+        /// Overrides catalog.topic.
+        #[arg(long)]
+        topic: Option<String>,
+        /// Who publishes (default: METERFLOW_ACTOR, else $USER); the change log records it.
+        #[arg(long)]
+        actor: Option<String>,
+    },
 }
 
 /// Where the catalog change log lives: a JSON-lines file, or ClickHouse's `catalog_changes`.
@@ -484,6 +501,59 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 print!("{}", catalog_log::render(&rows));
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Catalog {
+            command:
+                CatalogCommand::Publish {
+                    dir,
+                    config,
+                    brokers,
+                    topic,
+                    actor,
+                },
+        } => {
+            load_dir(&dir)?;
+            let mut cfg = meterflow::config::Config::load(config.as_deref())?;
+            if let Some(b) = brokers {
+                cfg.kafka.brokers = b;
+            }
+            if let Some(t) = topic {
+                cfg.catalog.topic = t;
+            }
+            let name = config
+                .as_ref()
+                .map_or("(defaults)".to_string(), |p| p.display().to_string());
+            let missing = |key: &str, fix: &str| ConfigError {
+                file: name.clone(),
+                message: format!("{key} is empty"),
+                fix: fix.to_string(),
+            };
+            if cfg.kafka.brokers.is_empty() {
+                return Err(missing(
+                    "kafka.brokers",
+                    "pass --brokers host:port or set [kafka] brokers",
+                )
+                .into());
+            }
+            if cfg.catalog.topic.is_empty() {
+                return Err(missing(
+                    "catalog.topic",
+                    "pass --topic <name> or set [catalog] topic",
+                )
+                .into());
+            }
+            let actor = actor.unwrap_or_else(|| {
+                catalog_log::actor(&std::env::var("USER").unwrap_or_else(|_| "unknown".into()))
+            });
+            let changed =
+                meterflow::catalog_source::publish(&dir, &cfg.kafka, &cfg.catalog.topic, &actor)
+                    .map_err(anyhow::Error::msg)?;
+            println!(
+                "published {changed} changed entries of {} to `{}` as {actor}",
+                dir.display(),
+                cfg.catalog.topic
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Catalog {

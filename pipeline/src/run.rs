@@ -23,6 +23,7 @@ use meterflow_schemas::rejection::Reason;
 use meterflow_schemas::rows::{Counts, InvoiceLine};
 use meterflow_schemas::time::EventTime;
 
+use crate::catalog_source::{CatalogSource, Watcher};
 use crate::clickhouse_client::ClickHouse;
 use crate::clickhouse_migrate::check_migrated;
 use crate::clickhouse_restore::{restore, Restored};
@@ -87,6 +88,20 @@ impl Input {
 
 pub fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
     let started = Instant::now();
+    loop {
+        let (mut report, switched) = run_until_catalog_change(args)?;
+        if !switched {
+            report.elapsed = started.elapsed();
+            return Ok(report);
+        }
+        tracing::info!("drained and committed; resuming with the new catalog");
+    }
+}
+
+/// One run with one catalog: until the input ends, or until a running pipeline's catalog
+/// changes (then `true`: everything read is committed and the caller resumes from there).
+fn run_until_catalog_change(args: &RunArgs) -> anyhow::Result<(RunReport, bool)> {
+    let started = Instant::now();
     let config_name = args
         .config
         .as_ref()
@@ -110,7 +125,12 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
     } else {
         None
     };
-    let catalog = load_dir(&args.catalog)?;
+    let catalog_source = CatalogSource::new(&args.catalog, &config.kafka, &config.catalog.topic);
+    let snapshot = catalog_source.snapshot().map_err(anyhow::Error::msg)?;
+    let catalog = match &snapshot.actor {
+        None => load_dir(&args.catalog)?,
+        Some(_) => catalog_source.load(&snapshot).map_err(anyhow::Error::msg)?,
+    };
     let plan = config.plan(rules, catalog);
     let mut cluster = args.cluster.clone();
     if cluster.threads == 0 {
@@ -140,9 +160,13 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
         tracing::info!(url = %config.clickhouse.url, version = %format!("{major}.{minor}"), "clickhouse connected");
         check_migrated(&ch).map_err(anyhow::Error::msg)?;
         // Every catalog a production pipeline bills with is in the change log.
-        let recorded = crate::catalog_log::record(
-            &args.catalog,
-            &crate::catalog_log::actor("meterflow run"),
+        let actor = snapshot
+            .actor
+            .clone()
+            .unwrap_or_else(|| crate::catalog_log::actor("meterflow run"));
+        let recorded = crate::catalog_log::record_entries(
+            &snapshot.entries,
+            &actor,
             &crate::catalog_log::Store::ClickHouse(&ch),
         )
         .map_err(anyhow::Error::msg)?;
@@ -206,6 +230,24 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
     let alerts_kafka = config.kafka.clone();
     let (alert_catalog, alert_unit) = (plan.catalog.clone(), plan.policy.period);
     let bucket_span = bucket_span(&plan);
+    // A pipeline that reads Kafka into ClickHouse switches to a changed catalog without a
+    // restart: the watcher sets `switch`, the readers finish their epoch, the run commits and
+    // resumes (see `catalog_source`). A cluster of processes picks changes up at its next start.
+    let switch = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let check_every = config.catalog.check_interval.millis();
+    let _watcher = (config.clickhouse.enabled()
+        && matches!(input, Input::Kafka { .. })
+        && args.cluster.addresses.len() <= 1
+        && check_every > 0)
+        .then(|| {
+            Watcher::start(
+                catalog_source.clone(),
+                snapshot.clone(),
+                Duration::from_millis(check_every as u64),
+                switch.clone(),
+            )
+        });
+    let switched = switch.clone();
     let make_io = move |index: usize, peers: usize| -> Result<WorkerIo, String> {
         let alerts = AlertTables {
             format: &alert_format,
@@ -233,14 +275,17 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
                 }
                 Box::new(r)
             }
-            Input::Kafka { cfg, partitions } => Box::new(KafkaReader::new(
-                cfg,
-                partitions,
-                index,
-                peers,
-                first_epoch,
-                &resume_positions,
-            )?),
+            Input::Kafka { cfg, partitions } => Box::new(
+                KafkaReader::new(
+                    cfg,
+                    partitions,
+                    index,
+                    peers,
+                    first_epoch,
+                    &resume_positions,
+                )?
+                .stopping_on(switch.clone()),
+            ),
         };
         if ch_cfg.enabled() {
             let names = Arc::new(ChNames {
@@ -415,7 +460,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
             bail!("accounting invariant broken: received {} != accepted {} + rejected {} + duplicates {}", report.counts.received, report.counts.accepted, report.counts.rejected, report.counts.duplicates);
         }
     }
-    Ok(report)
+    Ok((report, switched.load(std::sync::atomic::Ordering::SeqCst)))
 }
 
 fn sources_for_log(args: &RunArgs) -> Vec<String> {

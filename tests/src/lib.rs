@@ -77,3 +77,32 @@ pub fn meterflow_ok(args: &[&str]) -> Output {
     );
     out
 }
+
+/// The generated catalog with a backdated change: version 3 of `standard`, effective in the
+/// past (`effective`, where events are already billed), with other prices, and `ctr-000002`
+/// pinned to version 1 (grandfathered back). Returns the new version's TOML.
+pub fn backdate(catalog: &std::path::Path, effective: &str) -> String {
+    let path = catalog.join("catalog.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let v2 = text
+        .find("id = \"standard\"\nversion = 2")
+        .expect("version 2 of standard");
+    let start = text[..v2].rfind("[[rate_card]]").unwrap();
+    let end = start + 1 + text[start + 1..].find("[[rate_card]]").unwrap();
+    let v3 = text[start..end]
+        .replace("version = 2", "version = 3")
+        .replace("\"0.35\"", "\"0.45\"")
+        .replace("\"0.000025\"", "\"0.00003\"")
+        .replace("\"0.09\"", "\"0.11\"")
+        .replace("\"0.06\"", "\"0.08\"")
+        .replace("percent = \"2.5\"", "percent = \"2.7\"");
+    let from = v3.find("effective_from = \"").unwrap() + "effective_from = \"".len();
+    let until = from + v3[from..].find('"').unwrap();
+    let v3 = format!("{}{effective}{}", &v3[..from], &v3[until..]);
+    let pinned = "id = \"ctr-000002\"\ncustomer = \"cus-000002\"\nrate_card = \"standard\"\n";
+    assert!(text.contains(pinned), "ctr-000002 follows standard");
+    let changed = format!("{}{v3}{}", &text[..end], &text[end..])
+        .replace(pinned, &format!("{pinned}version = 1\n"));
+    std::fs::write(&path, changed).unwrap();
+    v3
+}

@@ -10,7 +10,7 @@ use meterflow_tests::oracle::{
     anomalies_from_csv, assert_clickhouse_matches, assert_invoice_has, assert_stream_has, count,
 };
 use meterflow_tests::servers::{AnswerLosingProxy, ClickHouseServer};
-use meterflow_tests::{meterflow_bin, meterflow_ok, Scratch};
+use meterflow_tests::{backdate, meterflow_bin, meterflow_ok, Scratch};
 
 /// A long stream has all of these (late: periods that closed before their events arrived).
 const EVERY_KIND: &[&str] = &[
@@ -174,33 +174,6 @@ fn clickhouse_holds_what_the_embedded_run_writes_and_a_rerun_changes_nothing() {
     assert!(totals.lines().count() > 10);
 }
 
-/// The generated catalog with a backdated change: version 3 of `standard`, effective in the
-/// middle of October (events already billed), with other prices, and `ctr-000002` pinned to
-/// version 1 (grandfathered back). Returns what the change adds to the catalog.
-fn backdate(catalog: &Path) -> String {
-    let path = catalog.join("catalog.toml");
-    let text = std::fs::read_to_string(&path).unwrap();
-    let v2 = text
-        .find("id = \"standard\"\nversion = 2")
-        .expect("version 2 of standard");
-    let start = text[..v2].rfind("[[rate_card]]").unwrap();
-    let end = start + 1 + text[start + 1..].find("[[rate_card]]").unwrap();
-    let v3 = text[start..end]
-        .replace("version = 2", "version = 3")
-        .replace("2026-10-01T00:00:00.000Z", "2026-10-15T12:00:00.000Z")
-        .replace("\"0.35\"", "\"0.45\"")
-        .replace("\"0.000025\"", "\"0.00003\"")
-        .replace("\"0.09\"", "\"0.11\"")
-        .replace("\"0.06\"", "\"0.08\"")
-        .replace("percent = \"2.5\"", "percent = \"2.7\"");
-    let pinned = "id = \"ctr-000002\"\ncustomer = \"cus-000002\"\nrate_card = \"standard\"\n";
-    assert!(text.contains(pinned), "ctr-000002 follows standard");
-    let changed = format!("{}{v3}{}", &text[..end], &text[end..])
-        .replace(pinned, &format!("{pinned}version = 1\n"));
-    std::fs::write(&path, changed).unwrap();
-    v3
-}
-
 #[test]
 fn a_backdated_rate_change_re_rates_billed_usage_with_signed_corrections() {
     let f = Fixture::new("ch-backdated", 20_000);
@@ -216,7 +189,7 @@ fn a_backdated_rate_change_re_rates_billed_usage_with_signed_corrections() {
             .to_string()
     };
     let billed_before = total(&f.ch);
-    let v3 = backdate(&f.dir.path().join("catalog"));
+    let v3 = backdate(&f.dir.path().join("catalog"), "2026-10-15T12:00:00.000Z");
     assert!(v3.contains("2026-10-15T12"), "{v3}");
     // The same input again: everything is committed, so only the catalog change is new.
     run("after");
@@ -351,7 +324,8 @@ fn an_insert_whose_answer_is_lost_is_written_once() {
 #[test]
 fn every_statement_meterflow_sends_and_every_documented_query_run_on_current_clickhouse() {
     // Record what meterflow sends to the 18.16 server: migrations, a run killed part-way (so
-    // the restart deletes and restores), and the run that finishes.
+    // the restart deletes and restores), the run that finishes, and a run that re-rates under a
+    // backdated catalog change.
     let work = Scratch::new("ch-current-sql");
     let log = work.path().join("sql.log");
     std::env::set_var("METERFLOW_SQL_LOG", &log);
@@ -362,12 +336,13 @@ fn every_statement_meterflow_sends_and_every_documented_query_run_on_current_cli
         child.kill().unwrap();
     }
     child.wait().unwrap();
-    meterflow_ok(
-        &f.args("sql", true)
-            .iter()
-            .map(|s| s.as_str())
-            .collect::<Vec<_>>(),
-    );
+    let run = || {
+        let a = f.args("sql", true);
+        meterflow_ok(&a.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+    };
+    run();
+    backdate(&f.dir.path().join("catalog"), "2026-10-15T12:00:00.000Z");
+    run();
     let dump = work.path().join("dump");
     std::fs::create_dir_all(&dump).unwrap();
     let tables = f
@@ -418,6 +393,7 @@ fn every_statement_meterflow_sends_and_every_documented_query_run_on_current_cli
         "ALTER TABLE",
         "sink_progress",
         "usage_events WHERE",
+        "contract_id IN (",
     ] {
         assert!(sent.contains(kind), "no `{kind}` statement was recorded");
     }

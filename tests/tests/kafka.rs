@@ -13,9 +13,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use meterflow_tests::kafka::{group_offsets, produce, Batching, UsageProducer};
-use meterflow_tests::oracle::{assert_clickhouse_matches, assert_invoice_has, assert_stream_has};
+use meterflow_tests::oracle::{
+    assert_clickhouse_matches, assert_invoice_has, assert_stream_has, count,
+};
 use meterflow_tests::servers::{ClickHouseServer, Tansu};
-use meterflow_tests::{meterflow_bin, meterflow_ok, Scratch};
+use meterflow_tests::{backdate, meterflow_bin, meterflow_ok, Scratch};
 use rdkafka::mocking::MockCluster;
 
 const TOPIC: &str = "usage";
@@ -32,6 +34,11 @@ struct Fixture {
 impl Fixture {
     /// `idle`: how long meterflow waits at the end of every partition before it exits.
     fn new(name: &str, events: u64, partitions: u32, idle: &str) -> Fixture {
+        Fixture::starting(name, events, partitions, idle, "2026-09-04T00:00:00Z")
+    }
+
+    /// Events from `start` on, for 20 days.
+    fn starting(name: &str, events: u64, partitions: u32, idle: &str, start: &str) -> Fixture {
         let dir = Scratch::new(name);
         let d = dir.path();
         meterflow_ok(&[
@@ -43,7 +50,7 @@ impl Fixture {
             "--customers",
             "40",
             "--start",
-            "2026-09-04T00:00:00Z",
+            start,
             "--days",
             "20",
             "--late-rate",
@@ -249,6 +256,100 @@ fn a_broker_outage_mid_stream_loses_nothing() {
     f.produce(half..f.lines.len());
     assert!(child.wait().unwrap().success());
     f.assert_matches_oracle("after a broker outage");
+}
+
+/// Waits until `sql` counts at least `n`.
+fn wait_for(ch: &ClickHouseServer, sql: &str, n: u64, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while count(ch, sql) < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_catalog_published_to_its_topic_reaches_the_running_pipeline_and_re_rates_billed_usage() {
+    // October events; the change adds a version effective on the 19th while the pipeline runs.
+    let f = Fixture::starting("kafka-catalog", 8_000, 2, "5s", "2026-10-04T00:00:00Z");
+    let d = f.dir.path();
+    let config = d.join("kafka.toml");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("\n[catalog]\ntopic = \"catalog\"\ncheck_interval = \"300ms\"\n");
+    std::fs::write(&config, text).unwrap();
+    let publish = |actor: &str| {
+        let out = Command::new(meterflow_bin())
+            .args(["catalog", "publish"])
+            .arg(d.join("catalog"))
+            .arg("--config")
+            .arg(&config)
+            .env("METERFLOW_ACTOR", actor)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let first = publish("alice");
+    assert!(first.contains("published"), "{first}");
+    // Publishing the same catalog again changes no entry.
+    assert!(publish("alice").contains("published 0 changed entries"));
+
+    let half = f.lines.len() / 2;
+    f.produce(0..half);
+    let mut child = f.spawn();
+    wait_for(
+        &f.ch,
+        "SELECT count() FROM meterflow.line_usage",
+        20,
+        "usage billed under the first catalog",
+    );
+    backdate(&d.join("catalog"), "2026-10-19T00:00:00.000Z");
+    let second = publish("bob");
+    assert!(second.contains("published 2 changed entries"), "{second}");
+    wait_for(
+        &f.ch,
+        "SELECT count() FROM meterflow.catalog_changes WHERE actor = 'bob' AND entity = 'rate_card' AND version = 3",
+        1,
+        "the running pipeline to take the new catalog",
+    );
+    f.produce(half..f.lines.len());
+    assert!(child.wait().unwrap().success());
+    let log = std::fs::read_to_string(d.join("meterflow.log")).unwrap();
+    assert!(
+        log.contains("the catalog changed"),
+        "the change reached the running process"
+    );
+    assert!(
+        count(
+            &f.ch,
+            "SELECT count() FROM meterflow.line_usage WHERE sign = -1 AND generation > 1"
+        ) > 0,
+        "billed usage was re-rated with signed corrections"
+    );
+    // The tables equal a run that had the new catalog from the start.
+    f.assert_matches_oracle("after a catalog published mid-stream");
+    let changes = String::from_utf8(
+        meterflow_ok(&["catalog", "log", "--clickhouse-url", &f.ch.url()]).stdout,
+    )
+    .unwrap();
+    assert!(
+        changes.contains("alice  added rate_card `standard` version 2"),
+        "{changes}"
+    );
+    assert!(
+        changes.contains("bob  added rate_card `standard` version 3"),
+        "{changes}"
+    );
+    assert!(
+        changes.contains("bob  changed contract `ctr-000002`"),
+        "{changes}"
+    );
 }
 
 #[test]
