@@ -426,6 +426,50 @@ mod tests {
     }
 
     #[test]
+    fn the_watcher_switches_only_to_a_valid_catalog_that_keeps_published_versions() {
+        let dir = std::env::temp_dir().join(format!("mf-catalog-watch-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("catalog.toml");
+        let write = |text: &str| std::fs::write(&file, text).unwrap();
+        write(crate::demo::CATALOG);
+        let source = CatalogSource::Dir(dir.clone());
+        let stop = Arc::new(AtomicBool::new(false));
+        let watcher = Watcher::start(
+            source.clone(),
+            source.snapshot().unwrap(),
+            Duration::from_millis(10),
+            stop.clone(),
+        );
+        let published = "unit_price = \"0.002\"";
+        assert!(crate::demo::CATALOG.contains(published));
+        // A catalog that does not load, and one that edits a published version, are refused:
+        // the pipeline goes on with the catalog it has. (Each is looked at many times over.)
+        for refused in [
+            crate::demo::CATALOG.replace(published, "unit_price = \"two cents\""),
+            crate::demo::CATALOG.replace(published, "unit_price = \"0.003\""),
+        ] {
+            write(&refused);
+            std::thread::sleep(Duration::from_millis(300));
+            assert!(!stop.load(Ordering::SeqCst), "refused:\n{refused}");
+        }
+        // A valid change (a new customer) switches.
+        write(&format!(
+            "{}\n[[customer]]\nid = \"umbrella\"\nname = \"Umbrella\"\n",
+            crate::demo::CATALOG
+        ));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !stop.load(Ordering::SeqCst) {
+            assert!(
+                Instant::now() < deadline,
+                "the watcher saw the valid change"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        drop(watcher);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn entry_keys_round_trip_and_the_digest_ignores_nothing() {
         let k: EntryKey = ("rate_card".into(), "std/eu".into(), 3);
         assert_eq!(parse_key(&entry_key(&k)), Some(k.clone()));

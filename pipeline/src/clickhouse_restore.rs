@@ -12,6 +12,10 @@
 //! 4. Rebuild what the dataflow held at `R` from rows of epochs up to `R` only: idempotency keys
 //!    inside the dedup horizon (from `usage_events`), the pricing input (from `line_usage`), and
 //!    the rows each signed table holds, so the resumed run writes only real changes.
+//! 5. Re-rate: lines whose usage the current catalog prices differently than `line_usage`
+//!    records (a backdated version, a re-pinned contract) take their pricing input from their
+//!    events in `usage_events` instead, priced under the current catalog; step 4's held rows
+//!    turn the difference into signed corrections.
 //!
 //! The names in the tables are mapped back through the current catalog. A name the catalog no
 //! longer knows stops the restart with an error that names it.
