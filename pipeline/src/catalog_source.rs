@@ -30,6 +30,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaErrorCode;
 use serde_json::{json, Value};
 
 use crate::catalog_log::{entries, EntryKey};
@@ -85,6 +86,23 @@ impl CatalogSource {
                     actor: None,
                 }),
             },
+        }
+    }
+
+    /// [`Self::snapshot`] at start-up: a broker that cannot be reached is waited for, with
+    /// backoff (the catalog must not silently fall back to an older one).
+    pub fn snapshot_when_reachable(&self) -> Result<Snapshot, String> {
+        let mut wait = Duration::from_millis(500);
+        loop {
+            match self.snapshot() {
+                Ok(s) => return Ok(s),
+                Err(e) if matches!(self, CatalogSource::Topic { .. }) => {
+                    tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "cannot read the catalog topic; retrying");
+                    std::thread::sleep(wait);
+                    wait = (wait * 2).min(Duration::from_secs(10));
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
 
@@ -147,9 +165,19 @@ pub fn read_topic(kafka: &KafkaConfig, topic: &str) -> Result<Option<Snapshot>, 
     let consumer: BaseConsumer = cfg
         .create()
         .map_err(|e| format!("cannot create a Kafka consumer for the catalog: {e}"))?;
-    let (low, high) = consumer
-        .fetch_watermarks(topic, 0, Duration::from_secs(10))
-        .map_err(|e| format!("cannot read catalog topic `{topic}`: {e}; create it with `meterflow catalog publish`"))?;
+    let (low, high) = match consumer.fetch_watermarks(topic, 0, Duration::from_secs(10)) {
+        Ok(w) => w,
+        // Nothing published yet.
+        Err(e)
+            if matches!(
+                e.rdkafka_error_code(),
+                Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic)
+            ) =>
+        {
+            return Ok(None)
+        }
+        Err(e) => return Err(format!("cannot read catalog topic `{topic}`: {e}")),
+    };
     if high <= low {
         return Ok(None);
     }

@@ -126,7 +126,9 @@ fn run_until_catalog_change(args: &RunArgs) -> anyhow::Result<(RunReport, bool)>
         None
     };
     let catalog_source = CatalogSource::new(&args.catalog, &config.kafka, &config.catalog.topic);
-    let snapshot = catalog_source.snapshot().map_err(anyhow::Error::msg)?;
+    let snapshot = catalog_source
+        .snapshot_when_reachable()
+        .map_err(anyhow::Error::msg)?;
     let catalog = match &snapshot.actor {
         None => load_dir(&args.catalog)?,
         Some(_) => catalog_source.load(&snapshot).map_err(anyhow::Error::msg)?,

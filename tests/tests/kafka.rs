@@ -277,7 +277,14 @@ fn a_catalog_published_to_its_topic_reaches_the_running_pipeline_and_re_rates_bi
     let d = f.dir.path();
     let config = d.join("kafka.toml");
     let mut text = std::fs::read_to_string(&config).unwrap();
-    text.push_str("\n[catalog]\ntopic = \"catalog\"\ncheck_interval = \"300ms\"\n");
+    // Two workers: both readers must finish at the switch, and resume from the same commit.
+    // The second half is produced while the resumed readers start. A partition read to its end
+    // does not hold the watermark back (by design), so one worker's backlog can carry it days
+    // ahead of the other's: a 30-day dedup horizon keeps those events out of order rather than
+    // too old, as the file-fed oracle, which reads in time order, sees them.
+    text.push_str(
+        "\n[catalog]\ntopic = \"catalog\"\ncheck_interval = \"300ms\"\n\n[workers]\nthreads = 2\n\n[dedup]\nhorizon = \"30d\"\n",
+    );
     std::fs::write(&config, text).unwrap();
     let publish = |actor: &str| {
         let out = Command::new(meterflow_bin())
@@ -325,6 +332,19 @@ fn a_catalog_published_to_its_topic_reaches_the_running_pipeline_and_re_rates_bi
         log.contains("the catalog changed"),
         "the change reached the running process"
     );
+    // The switch, as the log tells it (shown with --no-capture).
+    for line in log.lines().filter(|l| {
+        [
+            "the catalog changed",
+            "drained and committed",
+            "run started",
+            "re-rating",
+        ]
+        .iter()
+        .any(|m| l.contains(m))
+    }) {
+        println!("{line}");
+    }
     assert!(
         count(
             &f.ch,
