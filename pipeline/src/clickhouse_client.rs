@@ -367,7 +367,9 @@ fn log_statement(sql: &str) {
     use std::collections::HashSet;
     use std::io::Write;
     use std::sync::{Mutex, OnceLock};
-    static LOG: OnceLock<Option<Mutex<(std::fs::File, HashSet<String>)>>> = OnceLock::new();
+    /// The log file and the statements already in it.
+    type SqlLog = Mutex<(std::fs::File, HashSet<String>)>;
+    static LOG: OnceLock<Option<SqlLog>> = OnceLock::new();
     let log = LOG.get_or_init(|| {
         let path = std::env::var_os("METERFLOW_SQL_LOG")?;
         let file = std::fs::OpenOptions::new()
