@@ -106,3 +106,29 @@ pub fn backdate(catalog: &std::path::Path, effective: &str) -> String {
     std::fs::write(&path, changed).unwrap();
     v3
 }
+
+/// A spawned `meterflow run` that is killed if the test ends (or fails) while it still runs, so
+/// a failed test leaves no process retrying against servers that are gone.
+pub struct Running(pub std::process::Child);
+
+impl std::ops::Deref for Running {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}

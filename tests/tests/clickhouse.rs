@@ -3,14 +3,14 @@
 //! ClickHouse in the middle of a run — with exactly the same totals every time.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use meterflow_tests::oracle::{
     anomalies_from_csv, assert_clickhouse_matches, assert_invoice_has, assert_stream_has, count,
 };
 use meterflow_tests::servers::{AnswerLosingProxy, ClickHouseServer};
-use meterflow_tests::{backdate, meterflow_bin, meterflow_ok, Scratch};
+use meterflow_tests::{backdate, meterflow_bin, meterflow_ok, Running, Scratch};
 
 /// A long stream has all of these (late: periods that closed before their events arrived).
 const EVERY_KIND: &[&str] = &[
@@ -83,13 +83,14 @@ impl Fixture {
         a
     }
 
-    fn spawn(&self, out: &str) -> Child {
+    fn spawn(&self, out: &str) -> Running {
         Command::new(meterflow_bin())
             .args(self.args(out, true))
             .env("METERFLOW_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
+            .map(Running)
             .unwrap()
     }
 

@@ -9,7 +9,7 @@
 //! read, and Kafka interleaves partitions differently on every run; closing periods across
 //! restarts is covered by the file-fed ClickHouse test.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use meterflow_tests::kafka::{group_offsets, produce, Batching, UsageProducer};
@@ -17,7 +17,7 @@ use meterflow_tests::oracle::{
     assert_clickhouse_matches, assert_invoice_has, assert_stream_has, count,
 };
 use meterflow_tests::servers::{ClickHouseServer, Tansu};
-use meterflow_tests::{backdate, meterflow_bin, meterflow_ok, Scratch};
+use meterflow_tests::{backdate, meterflow_bin, meterflow_ok, Running, Scratch};
 use rdkafka::mocking::MockCluster;
 
 const TOPIC: &str = "usage";
@@ -140,7 +140,7 @@ impl Fixture {
         ]
     }
 
-    fn spawn(&self) -> Child {
+    fn spawn(&self) -> Running {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -152,6 +152,7 @@ impl Fixture {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
+            .map(Running)
             .unwrap()
     }
 
