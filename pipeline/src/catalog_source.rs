@@ -171,7 +171,11 @@ pub fn read_topic(kafka: &KafkaConfig, topic: &str) -> Result<Option<Snapshot>, 
         Err(e)
             if matches!(
                 e.rdkafka_error_code(),
-                Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic)
+                Some(
+                    RDKafkaErrorCode::UnknownTopicOrPartition
+                        | RDKafkaErrorCode::UnknownTopic
+                        | RDKafkaErrorCode::UnknownPartition
+                )
             ) =>
         {
             return Ok(None)
@@ -242,15 +246,31 @@ pub fn read_topic(kafka: &KafkaConfig, topic: &str) -> Result<Option<Snapshot>, 
 
 /// `meterflow catalog publish`: the directory's catalog, validated, onto the topic (created
 /// compacted if missing). Publishes the entries that differ from the topic's last publish,
-/// tombstones for removed ones, then the marker. Returns how many entries changed.
-pub fn publish(dir: &Path, kafka: &KafkaConfig, topic: &str, actor: &str) -> Result<usize, String> {
+/// tombstones for removed ones, then the marker. Returns the changes, as the change log will
+/// show them; with `dry_run`, only returns them.
+pub fn publish(
+    dir: &Path,
+    kafka: &KafkaConfig,
+    topic: &str,
+    actor: &str,
+    dry_run: bool,
+) -> Result<Vec<crate::catalog_log::Change>, String> {
     load_dir(dir).map_err(|e| e.to_string())?;
     let now = entries(dir)?;
-    ensure_topic(kafka, topic)?;
     let before = read_topic(kafka, topic)?
         .map(|s| s.entries)
         .unwrap_or_default();
     crate::catalog_log::check_immutable(&before, &now)?;
+    let changes = crate::catalog_log::changes(
+        &before,
+        &now,
+        actor,
+        meterflow_schemas::time::EventTime::now(),
+    );
+    if dry_run {
+        return Ok(changes);
+    }
+    ensure_topic(kafka, topic)?;
     let producer: BaseProducer = kafka
         .producer_config()?
         .create()
@@ -275,16 +295,13 @@ pub fn publish(dir: &Path, kafka: &KafkaConfig, topic: &str, actor: &str) -> Res
             }
         }
     };
-    let mut changed = 0;
     for (k, v) in &now {
         if before.get(k) != Some(v) {
             send(entry_key(k), Some(v.to_string()))?;
-            changed += 1;
         }
     }
     for k in before.keys().filter(|k| !now.contains_key(*k)) {
         send(entry_key(k), None)?;
-        changed += 1;
     }
     let marker = json!({
         "actor": actor,
@@ -296,7 +313,7 @@ pub fn publish(dir: &Path, kafka: &KafkaConfig, topic: &str, actor: &str) -> Res
     producer
         .flush(Duration::from_secs(30))
         .map_err(|e| format!("publishing to `{topic}`: not acknowledged: {e}"))?;
-    Ok(changed)
+    Ok(changes)
 }
 
 /// Creates the catalog topic (one partition, compacted) unless it exists.

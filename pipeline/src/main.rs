@@ -131,6 +131,9 @@ enum CatalogCommand {
         /// Who publishes (default: METERFLOW_ACTOR, else $USER); the change log records it.
         #[arg(long)]
         actor: Option<String>,
+        /// Validate and show what would change, without publishing.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -511,6 +514,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     brokers,
                     topic,
                     actor,
+                    dry_run,
                 },
         } => {
             load_dir(&dir)?;
@@ -546,11 +550,25 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let actor = actor.unwrap_or_else(|| {
                 catalog_log::actor(&std::env::var("USER").unwrap_or_else(|_| "unknown".into()))
             });
-            let changed =
-                meterflow::catalog_source::publish(&dir, &cfg.kafka, &cfg.catalog.topic, &actor)
-                    .map_err(anyhow::Error::msg)?;
+            let changes = meterflow::catalog_source::publish(
+                &dir,
+                &cfg.kafka,
+                &cfg.catalog.topic,
+                &actor,
+                dry_run,
+            )
+            .map_err(anyhow::Error::msg)?;
+            if !changes.is_empty() {
+                print!("{}", catalog_log::render(&changes));
+            }
             println!(
-                "published {changed} changed entries of {} to `{}` as {actor}",
+                "{} {} changed entries of {} to `{}` as {actor}",
+                if dry_run {
+                    "would publish"
+                } else {
+                    "published"
+                },
+                changes.len(),
                 dir.display(),
                 cfg.catalog.topic
             );

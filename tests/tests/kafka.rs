@@ -287,9 +287,10 @@ fn a_catalog_published_to_its_topic_reaches_the_running_pipeline_and_re_rates_bi
         "\n[catalog]\ntopic = \"catalog\"\ncheck_interval = \"300ms\"\n\n[workers]\nthreads = 2\n\n[dedup]\nhorizon = \"30d\"\n",
     );
     std::fs::write(&config, text).unwrap();
-    let publish = |actor: &str| {
+    let publish_with = |actor: &str, flags: &[&str]| {
         let out = Command::new(meterflow_bin())
             .args(["catalog", "publish"])
+            .args(flags)
             .arg(d.join("catalog"))
             .arg("--config")
             .arg(&config)
@@ -303,6 +304,7 @@ fn a_catalog_published_to_its_topic_reaches_the_running_pipeline_and_re_rates_bi
         );
         String::from_utf8(out.stdout).unwrap()
     };
+    let publish = |actor: &str| publish_with(actor, &[]);
     let first = publish("alice");
     assert!(first.contains("published"), "{first}");
     // Publishing the same catalog again changes no entry.
@@ -318,6 +320,23 @@ fn a_catalog_published_to_its_topic_reaches_the_running_pipeline_and_re_rates_bi
         "usage billed under the first catalog",
     );
     backdate(&d.join("catalog"), "2026-10-19T00:00:00.000Z");
+    // A dry run shows the change field by field and publishes nothing.
+    let preview = publish_with("bob", &["--dry-run"]);
+    assert!(
+        preview.contains("added rate_card `standard` version 3")
+            && preview.contains("changed contract `ctr-000002`")
+            && preview.contains("would publish 2 changed entries"),
+        "{preview}"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        count(
+            &f.ch,
+            "SELECT count() FROM meterflow.catalog_changes WHERE actor = 'bob'"
+        ),
+        0,
+        "a dry run reaches no pipeline"
+    );
     let second = publish("bob");
     assert!(second.contains("published 2 changed entries"), "{second}");
     wait_for(
