@@ -99,6 +99,12 @@ pub fn count(ch: &ClickHouseServer, sql: &str) -> u64 {
     ch.query(sql).unwrap().trim().parse().unwrap()
 }
 
+/// `meterflow catalog log` of the change log in ClickHouse.
+pub fn catalog_log(ch: &ClickHouseServer) -> String {
+    let out = crate::meterflow_ok(&["catalog", "log", "--clickhouse-url", &ch.url()]);
+    String::from_utf8(out.stdout).unwrap()
+}
+
 pub fn reasons(ch: &ClickHouseServer) -> BTreeMap<String, u64> {
     ch.query("SELECT reason, count() FROM meterflow.rejections GROUP BY reason FORMAT TabSeparated")
         .unwrap()

@@ -7,7 +7,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use meterflow_tests::oracle::{
-    anomalies_from_csv, assert_clickhouse_matches, assert_invoice_has, assert_stream_has, count,
+    anomalies_from_csv, assert_clickhouse_matches, assert_invoice_has, assert_stream_has,
+    catalog_log, count,
 };
 use meterflow_tests::servers::{AnswerLosingProxy, ClickHouseServer};
 use meterflow_tests::{backdate, meterflow_bin, meterflow_ok, Running, Scratch};
@@ -143,10 +144,7 @@ fn clickhouse_holds_what_the_embedded_run_writes_and_a_rerun_changes_nothing() {
     );
     assert_eq!(report(&["--clickhouse-url", &f.ch.url()]), from_files);
     // The run recorded the catalog it billed with; an unchanged catalog adds nothing later.
-    let log = String::from_utf8(
-        meterflow_ok(&["catalog", "log", "--clickhouse-url", &f.ch.url()]).stdout,
-    )
-    .unwrap();
+    let log = catalog_log(&f.ch);
     assert!(
         log.contains("meterflow run  added contract `ctr-000000`"),
         "{log}"
@@ -238,10 +236,7 @@ fn a_backdated_rate_change_re_rates_billed_usage_with_signed_corrections() {
         0,
         "ctr-000002 is billed at version 1 only"
     );
-    let log = String::from_utf8(
-        meterflow_ok(&["catalog", "log", "--clickhouse-url", &f.ch.url()]).stdout,
-    )
-    .unwrap();
+    let log = catalog_log(&f.ch);
     assert!(
         log.contains("added rate_card `standard` version 3"),
         "{log}"

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use meterflow_tests::kafka::{group_offsets, produce, Batching, UsageProducer};
 use meterflow_tests::oracle::{
-    assert_clickhouse_matches, assert_invoice_has, assert_stream_has, count,
+    assert_clickhouse_matches, assert_invoice_has, assert_stream_has, catalog_log, count,
 };
 use meterflow_tests::servers::{ClickHouseServer, Tansu};
 use meterflow_tests::{backdate, meterflow_bin, meterflow_ok, Running, Scratch};
@@ -374,10 +374,7 @@ fn a_catalog_published_to_its_topic_reaches_the_running_pipeline_and_re_rates_bi
     );
     // The tables equal a run that had the new catalog from the start.
     f.assert_matches_oracle("after a catalog published mid-stream");
-    let changes = String::from_utf8(
-        meterflow_ok(&["catalog", "log", "--clickhouse-url", &f.ch.url()]).stdout,
-    )
-    .unwrap();
+    let changes = catalog_log(&f.ch);
     assert!(
         changes.contains("alice  added rate_card `standard` version 2"),
         "{changes}"
