@@ -120,7 +120,7 @@ type Sums<K> = HashMap<K, UsageSum, FxBuild>;
 
 /// Each pricing round's usage on this worker, summed per `key`: for the round ending at `r`,
 /// one `(key, r, sum)` per key with a non-zero sum, once the input frontier passes `r`.
-/// `seed` (first epoch, sums) enters with the round holding that epoch.
+/// `seed` (first epoch, sums, summed per key) enters with the round holding that epoch.
 pub fn round_sums<'s, K>(
     usage: StreamVec<'s, Epoch, UsageDelta>,
     name: &str,
@@ -136,7 +136,12 @@ where
     usage.unary_frontier(Pipeline, name, move |cap, _info| {
         if !seed.is_empty() {
             let round = round_end(first_epoch, epochs_per_round);
-            pending.insert(round, (cap.delayed(&round), seed.into_iter().collect()));
+            // Seeds of one key add up (a restored line and re-rated events may share it).
+            let mut sums = Sums::<K>::default();
+            for (k, s) in seed {
+                sums.entry(k).or_default().plus_equals(&s);
+            }
+            pending.insert(round, (cap.delayed(&round), sums));
         }
         move |(input, frontier), output| {
             input.for_each_stamp(|cap, data| {

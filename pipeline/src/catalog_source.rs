@@ -284,9 +284,7 @@ pub fn publish(
             match producer.send(record) {
                 Ok(()) => return Ok(()),
                 Err((
-                    rdkafka::error::KafkaError::MessageProduction(
-                        rdkafka::types::RDKafkaErrorCode::QueueFull,
-                    ),
+                    rdkafka::error::KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
                     _,
                 )) => {
                     producer.poll(Duration::from_millis(50));
@@ -335,7 +333,7 @@ fn ensure_topic(kafka: &KafkaConfig, topic: &str) -> Result<(), String> {
     for r in results {
         match r {
             Ok(_) => tracing::info!(topic, "created the compacted catalog topic"),
-            Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((_, code)) => return Err(format!("cannot create catalog topic `{topic}`: {code}")),
         }
     }

@@ -20,7 +20,7 @@
 //! The names in the tables are mapped back through the current catalog. A name the catalog no
 //! longer knows stops the restart with an error that names it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use clickhouse::Row;
@@ -391,37 +391,28 @@ pub fn restore(
     };
     let mut readings = held_readings(ch, &lookup, &upto, forget, &from_readings)?;
     let reported = held_reported(ch, &lookup, &upto)?;
-    let mut usage: HashMap<UsageRecord, UsageSum> = HashMap::new();
-    for (u, n, _) in &line_usage {
-        if from_readings(&u.key) || rerated.contains(&group_of(&u.key)) {
-            continue;
-        }
-        let n = *n as i128;
-        add_usage(
-            usage
-                .entry((u.price, (u.key, u.invoice_period)))
-                .or_default(),
-            &UsageSum {
-                events: u.events * n as i64,
-                quantity: Quantity(u.quantity.0 * n),
-                fee_adjustment: Amount(u.fee_adjustment.0 * n),
-            },
-        );
-    }
+    // Seeds of one key add up in the dataflow, so restored lines and re-rated events simply
+    // concatenate.
+    let mut usage: Vec<(UsageRecord, UsageSum)> = line_usage
+        .iter()
+        .filter(|(u, _, _)| !from_readings(&u.key) && !rerated.contains(&group_of(&u.key)))
+        .map(|(u, n, _)| {
+            let sum = UsageSum {
+                events: u.events * *n as i64,
+                quantity: Quantity(u.quantity.0 * *n as i128),
+                fee_adjustment: Amount(u.fee_adjustment.0 * *n as i128),
+            };
+            ((u.price, (u.key, u.invoice_period)), sum)
+        })
+        .collect();
     for d in &rerated_deltas {
         let aggregation = catalog.skus[d.line.sku.ix()].aggregation;
         if aggregation.is_additive() {
-            add_usage(
-                usage
-                    .entry((d.price, (d.line, d.invoice_period)))
-                    .or_default(),
-                &UsageSum::of(d),
-            );
+            usage.push(((d.price, (d.line, d.invoice_period)), UsageSum::of(d)));
         } else {
             readings.extend(Reading::of(d, aggregation));
         }
     }
-    let usage = usage.into_iter().collect();
     Ok(Restored {
         generation,
         resume: Resume {
@@ -782,12 +773,6 @@ fn group_of(k: &LineKey) -> Group {
     (k.customer, k.contract, k.sku, k.service_period)
 }
 
-fn add_usage(to: &mut UsageSum, u: &UsageSum) {
-    to.events += u.events;
-    to.quantity = Quantity(to.quantity.0 + u.quantity.0);
-    to.fee_adjustment = Amount(to.fee_adjustment.0 + u.fee_adjustment.0);
-}
-
 /// The lines whose pricing input the catalog no longer agrees with. A line is kept as it is when
 /// one version of its contract's rate card prices its whole service period and all its usage is
 /// priced by that version: published versions never change, so its events would be priced the
@@ -798,21 +783,21 @@ fn rerated_groups(
     catalog: &Catalog,
     unit: PeriodUnit,
     line_usage: &[(LineUsage, isize, u64)],
-) -> std::collections::BTreeSet<Group> {
+) -> BTreeSet<Group> {
     let mut verdicts: HashMap<Group, bool> = HashMap::new();
     for (u, _, _) in line_usage {
-        let group = group_of(&u.key);
+        let keeps = verdicts.entry(group_of(&u.key)).or_insert(true);
+        if !*keeps {
+            continue;
+        }
         let contract = &catalog.contracts[u.key.contract.ix()];
         let p = catalog.price(u.price);
-        let keeps = {
-            let versions = catalog.versions_over(
-                contract,
-                u.key.service_period.0,
-                unit.end_of(u.key.service_period),
-            );
-            versions.len() == 1 && p.rate_card == contract.rate_card && p.version == versions[0]
-        };
-        *verdicts.entry(group).or_insert(true) &= keeps;
+        let versions = catalog.versions_over(
+            contract,
+            u.key.service_period.0,
+            unit.end_of(u.key.service_period),
+        );
+        *keeps = versions == [p.version] && p.rate_card == contract.rate_card;
     }
     verdicts
         .into_iter()
@@ -843,18 +828,17 @@ fn rerated_events(
     ch: &ClickHouse,
     l: &Lookup,
     upto: &str,
-    groups: &std::collections::BTreeSet<Group>,
+    groups: &BTreeSet<Group>,
 ) -> Result<Vec<UsageDelta>, String> {
     if groups.is_empty() {
         return Ok(Vec::new());
     }
     let c = l.catalog;
-    let contracts: std::collections::BTreeSet<&str> = groups
+    let contracts: BTreeSet<&str> = groups
         .iter()
         .map(|g| c.contracts[g.1.ix()].id.as_str())
         .collect();
-    let periods: std::collections::BTreeSet<String> =
-        groups.iter().map(|g| l.period.label(g.3)).collect();
+    let periods: BTreeSet<String> = groups.iter().map(|g| l.period.label(g.3)).collect();
     let (contracts, periods) = (sql_list(contracts), sql_list(periods));
     let rows: Vec<BilledRow> = ch.fetch(&format!(
         "SELECT event_id, customer_id, contract_id, sku, region, quantity, event_time_ms, \
