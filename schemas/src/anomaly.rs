@@ -32,11 +32,13 @@
 //! function of the usage and the watermark, not of arrival order or of restarts; a verdict that
 //! no longer holds is retracted.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::btree_map::Entry;
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::{Catalog, CustomerIdx, SkuIdx};
+use crate::hashing::FxHashMap;
 use crate::money::{Amount, Quantity};
 use crate::time::{EventTime, Span};
 
@@ -496,11 +498,61 @@ struct Meter {
     /// Buckets whose usage changed (and had usage before and after): only the verdicts that
     /// look at them may change.
     touched: Vec<i64>,
+    /// Held buckets with at least `min_events` events. A baseline needs its median there, so a
+    /// meter without any has no expectation anywhere: nothing to judge (most meters of a
+    /// platform with many small customers, and the bulk of the buckets to judge).
+    dense: u32,
 }
 
 impl Meter {
     fn at(&self, b: i64) -> Bucket {
         self.buckets.get(&b).copied().unwrap_or_default()
+    }
+
+    /// Adds `usage` to bucket `b`, keeping `dense` (`min_events` from the rules); returns the
+    /// bucket before and after.
+    fn add(&mut self, b: i64, usage: Bucket, min_events: i64) -> (Bucket, Bucket) {
+        let (before, after) = match self.buckets.entry(b) {
+            Entry::Vacant(slot) => {
+                if usage.reported() {
+                    slot.insert(usage);
+                }
+                (Bucket::default(), usage)
+            }
+            Entry::Occupied(mut slot) => {
+                let before = *slot.get();
+                let after = Bucket {
+                    events: before.events + usage.events,
+                    quantity: before.quantity + usage.quantity,
+                };
+                if after.reported() {
+                    *slot.get_mut() = after;
+                } else {
+                    slot.remove();
+                }
+                (before, after)
+            }
+        };
+        let dense = |u: Bucket| u.reported() && u.events >= min_events;
+        self.dense = self.dense + dense(after) as u32 - dense(before) as u32;
+        (before, after)
+    }
+
+    /// Forgets the buckets before `b`.
+    fn forget_before(&mut self, b: i64, min_events: i64) {
+        while let Some(entry) = self.buckets.first_entry() {
+            if *entry.key() >= b {
+                break;
+            }
+            let usage = entry.remove();
+            self.dense -= (usage.events >= min_events) as u32;
+        }
+    }
+
+    /// Whether some verdict of this meter may be an anomaly: with no bucket dense enough for
+    /// a baseline, every verdict is "none".
+    fn judgeable(&self, min_events: i64) -> bool {
+        min_events <= 0 || self.dense > 0
     }
 }
 
@@ -518,7 +570,7 @@ pub struct Detector {
     final_lag: i64,
     /// Buckets more than this many behind the closed ones are no longer needed.
     data_lag: i64,
-    meters: HashMap<MeterKey, Meter>,
+    meters: FxHashMap<MeterKey, Meter>,
     min_volume: Vec<Quantity>,
 }
 
@@ -536,7 +588,7 @@ impl Detector {
             closed_upto: i64::MIN,
             final_lag,
             data_lag,
-            meters: HashMap::new(),
+            meters: FxHashMap::default(),
             min_volume,
         }
     }
@@ -566,7 +618,11 @@ impl Detector {
     /// Restores a meter's bucket (a resumed run); emits nothing.
     pub fn seed_bucket(&mut self, key: MeterKey, start: EventTime, usage: Bucket) {
         let b = self.rules.bucket_of(start);
-        self.meters.entry(key).or_default().buckets.insert(b, usage);
+        let min_events = self.rules.min_events as i64;
+        self.meters
+            .entry(key)
+            .or_default()
+            .add(b, usage, min_events);
     }
 
     /// Restores a verdict the output already holds (a resumed run). Cost anomalies are not the
@@ -610,15 +666,9 @@ impl Detector {
     /// Adds usage to a bucket; returns the bucket before and after.
     pub fn add(&mut self, key: MeterKey, t: EventTime, usage: Bucket) -> (Bucket, Bucket) {
         let b = self.rules.bucket_of(t);
+        let min_events = self.rules.min_events as i64;
         let m = self.meters.entry(key).or_default();
-        let slot = m.buckets.entry(b).or_default();
-        let before = *slot;
-        slot.events += usage.events;
-        slot.quantity += usage.quantity;
-        let after = *slot;
-        if !after.reported() {
-            m.buckets.remove(&b);
-        }
+        let (before, after) = m.add(b, usage, min_events);
         if before.reported() && after.reported() {
             m.touched.push(b);
         } else {
@@ -639,6 +689,7 @@ impl Detector {
         let fresh_start = self.closed_upto == i64::MIN;
         let min_volume = &self.min_volume;
         let rules = &self.rules;
+        let min_events = rules.min_events as i64;
         let (reach, n) = (rules.reach(), rules.silent_after as i64);
         // A verdict looks at its own bucket, the baseline's days and weeks before it, and the
         // `silent_after` buckets before each of those.
@@ -684,6 +735,19 @@ impl Detector {
                 continue;
             }
             spans.sort_unstable();
+            if !m.judgeable(min_events) {
+                // No baseline anywhere: every verdict in the spans is "none", so only the ones
+                // held there are withdrawn.
+                for (from, to) in spans {
+                    let held: Vec<i64> = m.verdicts.range(from..to).map(|(&h, _)| h).collect();
+                    for h in held {
+                        if let Some(old) = m.verdicts.remove(&h) {
+                            out.push((old, -1));
+                        }
+                    }
+                }
+                continue;
+            }
             let mut judge_at: Vec<i64> = Vec::new();
             let mut next = i64::MIN;
             for (from, to) in spans {
@@ -716,13 +780,7 @@ impl Detector {
         }
         self.closed_upto = closed;
         self.meters.retain(|_, m| {
-            while m
-                .buckets
-                .first_key_value()
-                .is_some_and(|(&b, _)| b < forget)
-            {
-                m.buckets.pop_first();
-            }
+            m.forget_before(forget, min_events);
             while m
                 .verdicts
                 .first_key_value()
@@ -1054,6 +1112,44 @@ mod tests {
             .find(|(a, _)| a.kind == AnomalyKind::Silent)
             .unwrap();
         assert_eq!(silence.0.end.0 - silence.0.start.0, 3 * H);
+    }
+
+    #[test]
+    fn a_spike_whose_baseline_thins_below_min_events_is_withdrawn() {
+        let at = 29 * 24 + 14;
+        let shape = |h| if h == at { normal(h) * 10 } else { normal(h) };
+        let (mut d, key) = detector();
+        feed(&mut d, key, 35, shape);
+        let monday = EventTime::from_civil(2026, 10, 5).0;
+        let w = EventTime(monday + 35 * 24 * H);
+        let mut out = Vec::new();
+        d.advance(w, &mut out);
+        assert_eq!(out.len(), 1, "{out:?}");
+        let spike = out[0].0.clone();
+        assert_eq!((spike.kind, out[0].1), (AnomalyKind::Spike, 1));
+        // Corrections take back all but one event of every bucket: the spike's baseline, like
+        // every bucket of the meter, falls under `min_events`.
+        for hour in 0..35 * 24 {
+            let events = (shape(hour) + 9) / 10;
+            d.add(
+                key,
+                EventTime(monday + hour * H),
+                Bucket {
+                    events: 1 - events,
+                    quantity: Quantity::ZERO,
+                },
+            );
+        }
+        assert_eq!(d.meters[&key].dense, 0);
+        out.clear();
+        d.advance(w, &mut out);
+        assert_eq!(out, vec![(spike, -1)], "the verdict is withdrawn");
+        // A meter that never holds `min_events` in a bucket finds nothing, however it moves.
+        let (mut d, key) = detector();
+        feed(&mut d, key, 35, |h| if h == at { 20 } else { 10 });
+        out.clear();
+        d.advance(w, &mut out);
+        assert!(out.is_empty(), "{out:?}");
     }
 
     #[test]
