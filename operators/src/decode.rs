@@ -41,7 +41,7 @@ pub struct PartitionTime {
     pub source: u32,
     pub partition: i32,
     pub max_time: Option<EventTime>,
-    pub caught_up: bool,
+    pub idle: bool,
 }
 
 pub struct Decoded<'s> {
@@ -94,7 +94,7 @@ pub fn decode<'s>(
                             source: p.source,
                             partition: p.partition,
                             max_time: None,
-                            caught_up: p.caught_up,
+                            idle: p.idle,
                         })
                         .collect();
                     let mut last = 0;

@@ -63,13 +63,14 @@ impl Chunk {
     }
 }
 
-/// Whether a partition had a backlog when a chunk was cut.
+/// Whether a partition holds back the watermark when a chunk was cut.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PartitionState {
     pub source: u32,
     pub partition: i32,
-    /// Everything the broker held for the partition had been read.
-    pub caught_up: bool,
+    /// Everything the broker held for the partition had been read, and nothing had arrived
+    /// from it for a while (`kafka.idle_after`): it no longer holds back the watermark.
+    pub idle: bool,
 }
 
 /// One message within a chunk.

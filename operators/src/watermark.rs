@@ -127,16 +127,17 @@ impl EpochLateness {
 ///
 /// Files are read in order, so their watermark is the latest event time read. Kafka partitions
 /// are read side by side and one may race ahead of another (a backlog replayed after downtime):
-/// there the watermark is the minimum, over partitions that still have a backlog, of the latest
-/// time read from each, so an event waiting in a slow partition is not judged against a fast
-/// one. Partitions read to their end do not hold it back; a partition with a backlog but nothing
-/// read yet holds it where it is. The watermark never moves backwards.
+/// there the watermark is the minimum, over partitions that are not idle, of the latest time
+/// read from each, so an event waiting in a slow partition is not judged against a fast one.
+/// Idle partitions (read to their end, and nothing new from them for `kafka.idle_after`) do not
+/// hold it back; a partition with nothing read yet that is not idle (a backlog, or a producer
+/// still to write) holds it where it is. The watermark never moves backwards.
 #[derive(Default)]
 pub struct WatermarkTracker {
     pending: BTreeMap<Epoch, (Option<EventTime>, Vec<PartitionTime>)>,
     /// Latest time over all epochs folded so far.
     latest: Option<EventTime>,
-    /// Per Kafka partition: latest time read and whether it was read to its end.
+    /// Per Kafka partition: latest time read and whether it is idle.
     partitions: BTreeMap<(u32, i32), (Option<EventTime>, bool)>,
     /// The watermark handed out last.
     floor: Option<EventTime>,
@@ -175,7 +176,7 @@ impl WatermarkTracker {
                     .entry((p.source, p.partition))
                     .or_insert((None, false));
                 state.0 = state.0.max(p.max_time);
-                state.1 = p.caught_up;
+                state.1 = p.idle;
             }
         }
         self.folded_through = Some(epoch);
@@ -186,7 +187,7 @@ impl WatermarkTracker {
             let mut behind = self
                 .partitions
                 .values()
-                .filter(|(_, caught_up)| !caught_up)
+                .filter(|(_, idle)| !idle)
                 .map(|(latest, _)| *latest)
                 .peekable();
             match behind.peek() {
@@ -301,11 +302,11 @@ mod tests {
             positions: Vec::new(),
             partitions: parts
                 .iter()
-                .map(|&(partition, t, caught_up)| PartitionTime {
+                .map(|&(partition, t, idle)| PartitionTime {
                     source: 0,
                     partition,
                     max_time: t.map(EventTime),
-                    caught_up,
+                    idle,
                 })
                 .collect(),
         }
@@ -320,7 +321,7 @@ mod tests {
         // Both delivered: the slower one decides.
         w.observe(&kafka(1, &[(0, Some(9_000), false), (1, Some(100), false)]));
         assert_eq!(w.watermark_for(2), EventTime(100));
-        // Partition 0 is read to its end: only the backlogged one holds the watermark.
+        // Partition 0 is idle: only the backlogged one holds the watermark.
         w.observe(&kafka(2, &[(0, None, true), (1, Some(500), false)]));
         assert_eq!(w.watermark_for(3), EventTime(500));
         // Everything read: the latest time read anywhere.

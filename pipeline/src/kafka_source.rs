@@ -48,6 +48,11 @@ pub struct KafkaConfig {
     pub max_epoch_bytes: usize,
     /// Stop once every partition has been at its end for this long (backfills, tests).
     pub exit_when_idle: Option<Span>,
+    /// A partition read to its end stops holding back the watermark once nothing has arrived
+    /// from it for this long (or since the run started). Until then it holds it at the latest
+    /// time read from it, so an event a producer is still writing there is not judged against
+    /// another partition's burst. `0s`: a partition stops holding as soon as it is read to its end.
+    pub idle_after: Span,
     /// Any librdkafka setting, passed through (`security.protocol`, `sasl.mechanisms`, ...).
     pub settings: BTreeMap<String, String>,
     /// librdkafka settings whose values are secrets: setting name → environment variable.
@@ -64,6 +69,7 @@ impl Default for KafkaConfig {
             epoch_interval: Span(200),
             max_epoch_bytes: 8 << 20,
             exit_when_idle: None,
+            idle_after: Span(10_000),
             settings: BTreeMap::new(),
             secret_settings: BTreeMap::new(),
         }
@@ -250,6 +256,10 @@ pub struct KafkaReader {
     topic_names: Vec<CString>,
     next_offsets: BTreeMap<(u32, i32), u64>,
     at_end: BTreeSet<(u32, i32)>,
+    /// Per partition: its next offset at the last chunk and when a message last came from it
+    /// (the reader's start if none has).
+    last_seen: BTreeMap<(u32, i32), (Option<u64>, Instant)>,
+    idle_after: Duration,
     epoch: Epoch,
     epoch_started: Instant,
     interval: Duration,
@@ -326,6 +336,10 @@ impl KafkaReader {
                 .assign(&tpl)
                 .map_err(|e| format!("cannot assign Kafka partitions: {e}"))?;
         }
+        let last_seen = assigned
+            .iter()
+            .map(|&p| (p, (next_offsets.get(&p).copied(), Instant::now())))
+            .collect();
         Ok(KafkaReader {
             consumer,
             assigned,
@@ -338,8 +352,10 @@ impl KafkaReader {
                 })
                 .collect::<Result<_, _>>()?,
             topic_index,
+            last_seen,
             next_offsets,
             at_end: BTreeSet::new(),
+            idle_after: Duration::from_millis(cfg.idle_after.millis().max(0) as u64),
             epoch: first_epoch,
             epoch_started: Instant::now(),
             interval: Duration::from_millis(cfg.epoch_interval.millis().max(1) as u64),
@@ -425,6 +441,20 @@ impl KafkaReader {
                 }
             }
         }
+    }
+
+    /// Whether the partition no longer holds back the watermark: read to its end and idle for
+    /// `idle_after`. Called once per chunk, after its messages were read.
+    fn idle(&mut self, source: u32, partition: i32) -> bool {
+        let next = self.next_offsets.get(&(source, partition)).copied();
+        let seen = self
+            .last_seen
+            .entry((source, partition))
+            .or_insert((next, Instant::now()));
+        if seen.0 != next {
+            *seen = (next, Instant::now());
+        }
+        seen.1.elapsed() >= self.idle_after && self.caught_up(source, partition)
     }
 
     /// Whether everything the broker held for the partition, as of librdkafka's last fetch
@@ -520,13 +550,14 @@ impl ChunkReader for KafkaReader {
         {
             return Read::Pending;
         }
-        if (idle || stopping) && self.bytes.is_empty() {
+        if stopping && self.bytes.is_empty() {
             self.done = true;
             return Read::Done;
         }
         // What was read is emitted; what librdkafka fetched beyond it is read again after
-        // the switch, from the committed positions.
-        self.done = stopping;
+        // the switch, from the committed positions. A reader finishing because everything is
+        // idle says so in its last chunk, so the watermark reaches the latest time read.
+        self.done = stopping || idle;
         buf.clear();
         std::mem::swap(&mut buf, &mut self.bytes);
         let positions = self
@@ -538,6 +569,15 @@ impl ChunkReader for KafkaReader {
                 next_offset,
             })
             .collect();
+        let assigned = self.assigned.clone();
+        let partitions = assigned
+            .into_iter()
+            .map(|(source, partition)| PartitionState {
+                source,
+                partition,
+                idle: idle || self.idle(source, partition),
+            })
+            .collect();
         let chunk = Chunk {
             epoch: self.epoch,
             source: 0,
@@ -546,15 +586,7 @@ impl ChunkReader for KafkaReader {
             messages: std::mem::take(&mut self.messages),
             meta: std::mem::take(&mut self.meta),
             positions,
-            partitions: self
-                .assigned
-                .iter()
-                .map(|&(source, partition)| PartitionState {
-                    source,
-                    partition,
-                    caught_up: self.caught_up(source, partition),
-                })
-                .collect(),
+            partitions,
         };
         self.epoch += 1;
         self.epoch_started = Instant::now();

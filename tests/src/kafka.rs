@@ -43,6 +43,11 @@ fn key_of(line: &str) -> Option<String> {
         })
 }
 
+/// The partition [`UsageProducer`] sends a record to (records without a key: round robin).
+pub fn partition_of_record(line: &str, partitions: u32) -> Option<i32> {
+    key_of(line).map(|k| partition_of(&k, partitions))
+}
+
 /// How records are grouped into messages.
 #[derive(Clone, Copy)]
 pub struct Batching {

@@ -12,7 +12,9 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use meterflow_tests::kafka::{group_offsets, produce, Batching, UsageProducer};
+use meterflow_tests::kafka::{
+    group_offsets, partition_of_record, produce, Batching, UsageProducer,
+};
 use meterflow_tests::oracle::{
     assert_clickhouse_matches, assert_invoice_has, assert_stream_has, catalog_log, count,
 };
@@ -279,12 +281,12 @@ fn a_catalog_published_to_its_topic_reaches_the_running_pipeline_and_re_rates_bi
     let config = d.join("kafka.toml");
     let mut text = std::fs::read_to_string(&config).unwrap();
     // Two workers: both readers must finish at the switch, and resume from the same commit.
-    // The second half is produced while the resumed readers start. A partition read to its end
-    // does not hold the watermark back (by design), so one worker's backlog can carry it days
-    // ahead of the other's: a 30-day dedup horizon keeps those events out of order rather than
-    // too old, as the file-fed oracle, which reads in time order, sees them.
+    // The second half is produced while the resumed readers start: each partition holds the
+    // watermark until it is idle, so neither worker's share carries it past the other's. (When
+    // a partition stopped holding as soon as it was read to its end, a run of this test lost
+    // 564 events as too old; the hold itself is tested on its own below.)
     text.push_str(
-        "\n[catalog]\ntopic = \"catalog\"\ncheck_interval = \"300ms\"\n\n[workers]\nthreads = 2\n\n[dedup]\nhorizon = \"30d\"\n",
+        "\n[catalog]\ntopic = \"catalog\"\ncheck_interval = \"300ms\"\n\n[workers]\nthreads = 2\n",
     );
     std::fs::write(&config, text).unwrap();
     let publish_with = |actor: &str, flags: &[&str]| {
@@ -555,4 +557,99 @@ fn entitlement_alerts_are_published_to_a_kafka_topic_keyed_by_dedup_key() {
     // Entitlement signals and anomalies (the generated catalog has costs) alike.
     let current = meterflow_tests::oracle::open_alert_keys(&d.join("out"));
     assert_eq!(open, current, "what stays open is what the table holds");
+}
+
+#[test]
+fn a_partition_a_producer_is_still_writing_holds_the_watermark_until_it_is_idle() {
+    // Twenty days of events, in order, none late. Partition 0's share is waiting when meterflow
+    // starts; partition 1's arrives three seconds later, while partition 1 is read to its end.
+    // Read to its end but not yet idle (`kafka.idle_after`), partition 1 holds the watermark, so
+    // its events are judged as a file read in time order judges them. A partition that stopped
+    // holding as soon as it was at its end (`idle_after = "0s"`) lets partition 0's burst carry
+    // the watermark days ahead, and partition 1's first days become too old to bill.
+    let dir = Scratch::new("kafka-idle");
+    let d = dir.path();
+    meterflow_ok(&[
+        "gen",
+        "--out",
+        d.to_str().unwrap(),
+        "--events",
+        "3000",
+        "--customers",
+        "20",
+        "--days",
+        "20",
+        "--dup-rate",
+        "0",
+        "--late-rate",
+        "0",
+        "--invalid-rate",
+        "0",
+        "--seed",
+        "11",
+    ]);
+    let text = std::fs::read_to_string(d.join("events.jsonl")).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let share = |p: i32| -> Vec<&str> {
+        lines
+            .iter()
+            .copied()
+            .filter(|l| partition_of_record(l, 2) == Some(p))
+            .collect()
+    };
+    let (first, second) = (share(0), share(1));
+    assert!(!first.is_empty() && !second.is_empty());
+    assert_eq!(
+        first.len() + second.len(),
+        lines.len(),
+        "every record has a key"
+    );
+    let cluster = MockCluster::new(1).unwrap();
+    let run = |name: &str, idle_after: &str| -> serde_json::Value {
+        cluster.create_topic(name, 2, 1).unwrap();
+        let config = d.join(format!("{name}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "[kafka]\nbrokers = \"{}\"\ntopics = [\"{name}\"]\nexit_when_idle = \"6s\"\nidle_after = \"{idle_after}\"\n",
+                cluster.bootstrap_servers()
+            ),
+        )
+        .unwrap();
+        let mut producer = UsageProducer::new(&cluster.bootstrap_servers(), name, 2, BATCHING);
+        producer.send_lines(&first);
+        producer.flush();
+        let out = d.join(name);
+        let child = Command::new(meterflow_bin())
+            .args(["run", "-q", "-c"])
+            .arg(d.join("catalog"))
+            .arg("-o")
+            .arg(&out)
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut child = Running(child);
+        std::thread::sleep(Duration::from_secs(3));
+        producer.send_lines(&second);
+        producer.flush();
+        assert!(child.wait().unwrap().success());
+        meterflow_tests::oracle::counts_json(&out)
+    };
+    let held = run("held", "10s");
+    assert_eq!(held["received"], lines.len() as u64);
+    assert_eq!(
+        (&held["accepted"], &held["rejected"]),
+        (&serde_json::json!(lines.len()), &serde_json::json!(0)),
+        "every event billed: {held}"
+    );
+    let unheld = run("unheld", "0s");
+    let too_old = unheld["rejected_by_reason"]["timestamp_too_old"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(
+        too_old > 0,
+        "without the hold, partition 1's first days are too old: {unheld}"
+    );
 }
