@@ -486,6 +486,9 @@ pub struct Execution {
     pub resume: Arc<Resume>,
     pub totals: Totals,
     pub fatal: Fatal,
+    /// A digest of the catalog `plan` prices with. The processes of a cluster compare theirs
+    /// before reading anything.
+    pub catalog_digest: String,
 }
 
 /// How to run: threads per process, and the cluster if more than one process.
@@ -527,6 +530,50 @@ impl Cluster {
     }
 }
 
+/// Checks that every worker of every process prices with the catalog of digest `digest`.
+///
+/// Each process loads its catalog itself, so processes started with different catalog
+/// directories, or on either side of a `catalog publish`, would bill one customer's usage at
+/// two prices without knowing it. Every worker sends its digest to all workers (a dataflow of its
+/// own, before anything is read), and all of them stop with the same error on a mismatch.
+fn agree_on_catalog(worker: &mut timely::worker::Worker, digest: &str) -> Result<(), String> {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    use timely::dataflow::operators::{Input, Inspect};
+
+    let seen: Rc<RefCell<Vec<(usize, String)>>> = Rc::default();
+    let sink = seen.clone();
+    let (mut input, probe) = worker.dataflow::<u64, _, _>(move |scope| {
+        let (input, digests) = scope.new_input::<Vec<(usize, String)>>();
+        let (probe, _) = digests
+            .broadcast()
+            .inspect(move |d| sink.borrow_mut().push(d.clone()))
+            .probe();
+        (input, probe)
+    });
+    input.send((worker.index(), digest.to_string()));
+    input.close();
+    while !probe.done() {
+        worker.step();
+    }
+    let mut seen = seen.borrow().clone();
+    seen.sort();
+    let differ: Vec<String> = seen
+        .iter()
+        .filter(|(_, d)| d != digest)
+        .map(|(w, d)| format!("worker {w} has {d}"))
+        .collect();
+    if differ.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "the processes of this cluster loaded different catalogs (worker {} has {digest}; {}): \
+         give every process the same catalog directory or catalog topic, and start them again",
+        worker.index(),
+        differ.join(", ")
+    ))
+}
+
 /// Runs the dataflow to completion on every worker of this process. `make_io` builds each
 /// worker's I/O from (worker index, number of workers). `on_progress` is called on worker 0 about
 /// every `progress_every` with the running totals.
@@ -546,9 +593,17 @@ where
         resume,
         totals,
         fatal,
+        catalog_digest,
     } = run;
+    let processes = cluster.addresses.len();
     let guards = timely::execute(cluster.timely_config(), move |worker| {
         let (index, peers) = (worker.index(), worker.peers());
+        if processes > 1 {
+            if let Err(e) = agree_on_catalog(worker, &catalog_digest) {
+                fatal.set(e);
+                return;
+            }
+        }
         let io = match make_io(index, peers) {
             Ok(io) => io,
             Err(e) => {

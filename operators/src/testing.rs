@@ -232,6 +232,7 @@ fn run_with(
         resume: Arc::new(resume),
         totals: totals.clone(),
         fatal: fatal.clone(),
+        catalog_digest: String::new(),
     };
     execute(
         &Cluster::local(workers),

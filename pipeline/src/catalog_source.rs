@@ -53,7 +53,7 @@ pub enum CatalogSource {
     Dir(PathBuf),
     /// The compacted topic; the directory is used until the topic holds a publish.
     Topic {
-        kafka: KafkaConfig,
+        kafka: Box<KafkaConfig>,
         topic: String,
         dir: PathBuf,
     },
@@ -65,7 +65,7 @@ impl CatalogSource {
             CatalogSource::Dir(dir.to_path_buf())
         } else {
             CatalogSource::Topic {
-                kafka: kafka.clone(),
+                kafka: Box::new(kafka.clone()),
                 topic: topic.to_string(),
                 dir: dir.to_path_buf(),
             }
@@ -147,6 +147,13 @@ fn parse_key(key: &str) -> Option<EntryKey> {
 }
 
 /// A digest of a catalog's entries, the same for the same entries in any order.
+impl Snapshot {
+    /// A digest of the whole catalog (what a `_published` marker carries).
+    pub fn digest(&self) -> String {
+        digest(&self.entries)
+    }
+}
+
 fn digest(entries: &BTreeMap<EntryKey, Value>) -> String {
     let mut text = String::new();
     for (k, v) in entries {

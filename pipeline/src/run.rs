@@ -425,6 +425,7 @@ fn run_until_catalog_change(args: &RunArgs) -> anyhow::Result<(RunReport, bool)>
         resume: Arc::new(restored.resume),
         totals: totals.clone(),
         fatal: fatal.clone(),
+        catalog_digest: snapshot.digest(),
     };
     execute(
         &cluster,

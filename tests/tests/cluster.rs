@@ -1,12 +1,13 @@
 //! meterflow as a timely cluster: two processes on loopback compute exactly what one process does.
 
+use std::io::Read;
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
 use meterflow::tables::read_table;
 use meterflow::trace::current_rows;
-use meterflow_tests::{meterflow_bin, meterflow_ok, Scratch};
+use meterflow_tests::{backdate, meterflow_bin, meterflow_ok, Running, Scratch};
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -126,4 +127,83 @@ fn two_processes_agree_with_one() {
         c["accepted"].as_u64().unwrap()
     );
     assert_eq!(lines(&dir.join("cluster")), lines(&dir.join("single")));
+}
+
+#[test]
+fn processes_with_different_catalogs_refuse_to_bill() {
+    // Process 1 is given a catalog with a backdated price change that process 0 does not have:
+    // together they would bill one customer's usage at two prices. Both stop before reading.
+    let s = Scratch::new("cluster-catalogs");
+    let dir = s.path();
+    meterflow_ok(&[
+        "gen",
+        "--out",
+        dir.to_str().unwrap(),
+        "--events",
+        "2000",
+        "--customers",
+        "10",
+        "--seed",
+        "5",
+        "--terms",
+    ]);
+    std::fs::create_dir(dir.join("changed")).unwrap();
+    std::fs::copy(
+        dir.join("catalog/catalog.toml"),
+        dir.join("changed/catalog.toml"),
+    )
+    .unwrap();
+    backdate(&dir.join("changed"), "2026-10-19T00:00:00.000Z");
+    std::fs::write(
+        dir.join("hosts"),
+        format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port(), free_port()),
+    )
+    .unwrap();
+    let spawn = |p: &str, catalog: &str| {
+        Command::new(meterflow_bin())
+            .current_dir(dir)
+            .args([
+                "run",
+                "-i",
+                "events.jsonl",
+                "-c",
+                catalog,
+                "-o",
+                "out",
+                "-q",
+            ])
+            .args(["-n", "2", "-p", p, "--hostfile", "hosts"])
+            .env("METERFLOW_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // A process that cannot start waits for its peer forever: give both a deadline (a
+    // `Running` child is killed when the test ends).
+    let mut procs = [
+        Running(spawn("0", "catalog")),
+        Running(spawn("1", "changed")),
+    ];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    for p in procs.iter_mut() {
+        let status = loop {
+            if let Some(status) = p.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the processes did not stop"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        };
+        let mut err = String::new();
+        p.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        assert!(!status.success(), "a process billed: {err}");
+        assert!(
+            err.contains("loaded different catalogs") && err.contains("same catalog"),
+            "{err}"
+        );
+    }
+    assert!(!dir.join("out/counts.json").exists(), "nothing was billed");
 }
