@@ -403,12 +403,20 @@ fn main() -> anyhow::Result<()> {
     producer.flush();
     let offered = next as f64 / begin.elapsed().as_secs_f64();
     let total = next as u64;
+    // Wait until the poller itself has seen the last record committed: stopping it as soon as
+    // another query saw it could leave the last slices without a poll that covers them.
     let deadline = Instant::now() + Duration::from_secs(120);
-    while committed(ch.http_port, &db) < total && Instant::now() < deadline {
+    let seen = || polls.lock().unwrap().last().map_or(0, |&(_, n)| n);
+    while seen() < total && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
     stop.store(true, Ordering::Relaxed);
     poller.join().unwrap();
+    ensure!(
+        seen() >= total,
+        "meterflow committed {} of {total} records within 120 s",
+        seen()
+    );
     ensure!(child.wait()?.success(), "meterflow (latency) failed");
     let polls = polls.lock().unwrap().clone();
     let mut latencies: Vec<f64> = sent
