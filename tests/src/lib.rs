@@ -78,6 +78,25 @@ pub fn meterflow_ok(args: &[&str]) -> Output {
     out
 }
 
+/// `meterflow gen` into `out`: `events` records of `customers` customers from `seed`, with the
+/// other `gen` flags in `flags`.
+pub fn generate(out: &Path, events: u64, customers: u32, seed: u64, flags: &[&str]) {
+    let (events, customers, seed) = (events.to_string(), customers.to_string(), seed.to_string());
+    let mut args = vec![
+        "gen",
+        "--out",
+        out.to_str().expect("a UTF-8 path"),
+        "--events",
+        &events,
+        "--customers",
+        &customers,
+        "--seed",
+        &seed,
+    ];
+    args.extend_from_slice(flags);
+    meterflow_ok(&args);
+}
+
 /// The generated catalog with a backdated change: version 3 of `standard`, effective in the
 /// past (`effective`, where events are already billed), with other prices, and `ctr-000002`
 /// pinned to version 1 (grandfathered back). Returns the new version's TOML.

@@ -11,7 +11,7 @@ use meterflow_tests::oracle::{
     catalog_log, count,
 };
 use meterflow_tests::servers::{AnswerLosingProxy, ClickHouseServer};
-use meterflow_tests::{backdate, meterflow_bin, meterflow_ok, Running, Scratch};
+use meterflow_tests::{backdate, generate, meterflow_bin, meterflow_ok, Running, Scratch};
 
 /// A long stream has all of these (late: periods that closed before their events arrived).
 const EVERY_KIND: &[&str] = &[
@@ -42,22 +42,19 @@ struct Fixture {
 impl Fixture {
     fn new(name: &str, events: u64) -> Fixture {
         let dir = Scratch::new(name);
-        meterflow_ok(&[
-            "gen",
-            "--out",
-            dir.path().to_str().unwrap(),
-            "--events",
-            &events.to_string(),
-            "--customers",
-            "50",
-            "--checksum-rate",
-            "0.1",
-            "--correction-rate",
-            "0.02",
-            "--seed",
-            "5",
-            "--terms",
-        ]);
+        generate(
+            dir.path(),
+            events,
+            50,
+            5,
+            &[
+                "--checksum-rate",
+                "0.1",
+                "--correction-rate",
+                "0.02",
+                "--terms",
+            ],
+        );
         std::fs::write(dir.path().join("small.toml"), "[input]\nchunk_bytes = 131072\n\n[output]\nprice_every_epochs = 2\n\n# Sparse generated meters: low floors, so there are anomalies to compare across kills.\n[anomalies]\nmin_volume = \"1\"\nmin_events = 0\n\n[clickhouse]\nflush_interval = \"100ms\"\n").unwrap();
         let ch = ClickHouseServer::start(dir.path());
         meterflow_ok(&["migrate", "--clickhouse-url", &ch.url()]);

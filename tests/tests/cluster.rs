@@ -3,11 +3,11 @@
 use std::io::Read;
 use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 
 use meterflow::tables::read_table;
 use meterflow::trace::current_rows;
-use meterflow_tests::{backdate, meterflow_bin, meterflow_ok, Running, Scratch};
+use meterflow_tests::{backdate, generate, meterflow_bin, Running, Scratch};
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -31,22 +31,24 @@ fn lines(out: &Path) -> Vec<Vec<String>> {
     v
 }
 
+/// Starts process `p` of the two-process cluster in `dir/hosts` with `args`.
+fn spawn_process<S: AsRef<std::ffi::OsStr>>(dir: &Path, args: &[S], p: &str) -> Child {
+    Command::new(meterflow_bin())
+        .current_dir(dir)
+        .args(args)
+        .args(["-n", "2", "-p", p, "--hostfile", "hosts"])
+        .env("METERFLOW_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 #[test]
 fn two_processes_agree_with_one() {
     let s = Scratch::new("cluster");
     let dir = s.path();
-    meterflow_ok(&[
-        "gen",
-        "--out",
-        dir.to_str().unwrap(),
-        "--events",
-        "20000",
-        "--customers",
-        "30",
-        "--seed",
-        "11",
-        "--terms",
-    ]);
+    generate(dir, 20000, 30, 11, &["--terms"]);
     std::fs::write(dir.join("c.toml"), "[input]\nchunk_bytes = 16384\n").unwrap();
     std::fs::write(
         dir.join("hosts"),
@@ -71,17 +73,7 @@ fn two_processes_agree_with_one() {
         .collect()
     };
 
-    let spawn = |p: &str| {
-        Command::new(meterflow_bin())
-            .current_dir(dir)
-            .args(args("cluster"))
-            .args(["-n", "2", "-p", p, "--hostfile", "hosts"])
-            .env("METERFLOW_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
+    let spawn = |p: &str| spawn_process(dir, &args("cluster"), p);
     let (p0, p1) = (spawn("0"), spawn("1"));
     for p in [p0, p1] {
         let out = p.wait_with_output().unwrap();
@@ -135,18 +127,7 @@ fn processes_with_different_catalogs_refuse_to_bill() {
     // together they would bill one customer's usage at two prices. Both stop before reading.
     let s = Scratch::new("cluster-catalogs");
     let dir = s.path();
-    meterflow_ok(&[
-        "gen",
-        "--out",
-        dir.to_str().unwrap(),
-        "--events",
-        "2000",
-        "--customers",
-        "10",
-        "--seed",
-        "5",
-        "--terms",
-    ]);
+    generate(dir, 2000, 10, 5, &["--terms"]);
     std::fs::create_dir(dir.join("changed")).unwrap();
     std::fs::copy(
         dir.join("catalog/catalog.toml"),
@@ -160,24 +141,17 @@ fn processes_with_different_catalogs_refuse_to_bill() {
     )
     .unwrap();
     let spawn = |p: &str, catalog: &str| {
-        Command::new(meterflow_bin())
-            .current_dir(dir)
-            .args([
-                "run",
-                "-i",
-                "events.jsonl",
-                "-c",
-                catalog,
-                "-o",
-                "out",
-                "-q",
-            ])
-            .args(["-n", "2", "-p", p, "--hostfile", "hosts"])
-            .env("METERFLOW_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
+        let args = [
+            "run",
+            "-i",
+            "events.jsonl",
+            "-c",
+            catalog,
+            "-o",
+            "out",
+            "-q",
+        ];
+        spawn_process(dir, &args, p)
     };
     // A process that cannot start waits for its peer forever: give both a deadline (a
     // `Running` child is killed when the test ends).

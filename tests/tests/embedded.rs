@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use meterflow::tables::{read_table, Row};
 use meterflow::trace::current_rows;
 use meterflow_schemas::money::Amount;
-use meterflow_tests::{meterflow, meterflow_bin, meterflow_ok, Scratch};
+use meterflow_tests::{generate, meterflow, meterflow_bin, meterflow_ok, Scratch};
 
 fn counts(out: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(out.join("counts.json")).unwrap()).unwrap()
@@ -20,24 +20,21 @@ fn n(v: &serde_json::Value, k: &str) -> u64 {
 }
 
 fn gen(dir: &Path, events: u64) {
-    meterflow_ok(&[
-        "gen",
-        "--out",
-        dir.to_str().unwrap(),
-        "--events",
-        &events.to_string(),
-        "--customers",
-        "40",
-        "--checksum-rate",
-        "0.2",
-        "--cloudevents-rate",
-        "0.2",
-        "--correction-rate",
-        "0.03",
-        "--seed",
-        "7",
-        "--terms",
-    ]);
+    generate(
+        dir,
+        events,
+        40,
+        7,
+        &[
+            "--checksum-rate",
+            "0.2",
+            "--cloudevents-rate",
+            "0.2",
+            "--correction-rate",
+            "0.03",
+            "--terms",
+        ],
+    );
 }
 
 fn run(dir: &Path, out: &str, workers: &str) -> std::path::PathBuf {

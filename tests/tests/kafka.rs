@@ -19,7 +19,7 @@ use meterflow_tests::oracle::{
     assert_clickhouse_matches, assert_invoice_has, assert_stream_has, catalog_log, count,
 };
 use meterflow_tests::servers::{ClickHouseServer, Tansu};
-use meterflow_tests::{backdate, meterflow_bin, meterflow_ok, Running, Scratch};
+use meterflow_tests::{backdate, generate, meterflow_bin, meterflow_ok, Running, Scratch};
 use rdkafka::mocking::MockCluster;
 
 const TOPIC: &str = "usage";
@@ -43,30 +43,27 @@ impl Fixture {
     fn starting(name: &str, events: u64, partitions: u32, idle: &str, start: &str) -> Fixture {
         let dir = Scratch::new(name);
         let d = dir.path();
-        meterflow_ok(&[
-            "gen",
-            "--out",
-            d.to_str().unwrap(),
-            "--events",
-            &events.to_string(),
-            "--customers",
-            "40",
-            "--start",
-            start,
-            "--days",
-            "20",
-            "--late-rate",
-            "0.02",
-            "--correction-rate",
-            "0.02",
-            "--checksum-rate",
-            "0.1",
-            "--cloudevents-rate",
-            "0.05",
-            "--seed",
-            "11",
-            "--terms",
-        ]);
+        generate(
+            d,
+            events,
+            40,
+            11,
+            &[
+                "--start",
+                start,
+                "--days",
+                "20",
+                "--late-rate",
+                "0.02",
+                "--correction-rate",
+                "0.02",
+                "--checksum-rate",
+                "0.1",
+                "--cloudevents-rate",
+                "0.05",
+                "--terms",
+            ],
+        );
         let lines = std::fs::read_to_string(d.join("events.jsonl"))
             .unwrap()
             .lines()
@@ -396,19 +393,7 @@ fn rejections_keep_the_kafka_key_and_headers() {
     // librdkafka's mock cluster: tansu's sqlite storage slows to a crawl on record headers.
     let dir = Scratch::new("kafka-headers");
     let d = dir.path();
-    meterflow_ok(&[
-        "gen",
-        "--out",
-        d.to_str().unwrap(),
-        "--events",
-        "3000",
-        "--customers",
-        "20",
-        "--invalid-rate",
-        "0.05",
-        "--seed",
-        "3",
-    ]);
+    generate(d, 3000, 20, 3, &["--invalid-rate", "0.05"]);
     let text = std::fs::read_to_string(d.join("events.jsonl")).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     let cluster = MockCluster::new(1).unwrap();
@@ -483,20 +468,7 @@ fn entitlement_alerts_are_published_to_a_kafka_topic_keyed_by_dedup_key() {
     use rdkafka::Message;
     let dir = Scratch::new("kafka-alerts");
     let d = dir.path();
-    meterflow_ok(&[
-        "gen",
-        "--out",
-        d.to_str().unwrap(),
-        "--events",
-        "20000",
-        "--customers",
-        "40",
-        "--correction-rate",
-        "0.03",
-        "--seed",
-        "7",
-        "--terms",
-    ]);
+    generate(d, 20000, 40, 7, &["--correction-rate", "0.03", "--terms"]);
     let cluster = MockCluster::new(1).unwrap();
     cluster.create_topic("signals", 1, 1).unwrap();
     let config = d.join("alerts.toml");
@@ -569,25 +541,22 @@ fn a_partition_a_producer_is_still_writing_holds_the_watermark_until_it_is_idle(
     // the watermark days ahead, and partition 1's first days become too old to bill.
     let dir = Scratch::new("kafka-idle");
     let d = dir.path();
-    meterflow_ok(&[
-        "gen",
-        "--out",
-        d.to_str().unwrap(),
-        "--events",
-        "3000",
-        "--customers",
-        "20",
-        "--days",
-        "20",
-        "--dup-rate",
-        "0",
-        "--late-rate",
-        "0",
-        "--invalid-rate",
-        "0",
-        "--seed",
-        "11",
-    ]);
+    generate(
+        d,
+        3000,
+        20,
+        11,
+        &[
+            "--days",
+            "20",
+            "--dup-rate",
+            "0",
+            "--late-rate",
+            "0",
+            "--invalid-rate",
+            "0",
+        ],
+    );
     let text = std::fs::read_to_string(d.join("events.jsonl")).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     let share = |p: i32| -> Vec<&str> {
