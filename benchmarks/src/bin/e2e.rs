@@ -19,6 +19,10 @@
 //! usage: e2e [--events N] [--partitions P] [--batch N] [--rate R] [--seconds S]
 //!            [--workers W] [--dir DIR] [--customers N] [--extra 'TOML'] [--latency-only]
 //!
+//! ClickHouse's data directory is under `$TMPDIR`. On a disk where many files were created and
+//! deleted, creating ClickHouse's part files can itself become slow (ext4's inode allocator), so
+//! `TMPDIR=/dev/shm` takes the disk out of the measurement.
+//!
 //! `--extra` adds dotted keys to meterflow's config, e.g.
 //! `--extra 'output.price_every_epochs = 2\nclickhouse.flush_interval = "200ms"'`.
 
