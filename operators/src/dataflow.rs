@@ -1,6 +1,9 @@
 //! The meterflow dataflow, box by box as in the architecture picture, and its execution on one
 //! thread, several threads, or a cluster of processes.
 
+use std::cell::Cell;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -489,6 +492,12 @@ pub struct Execution {
     /// A digest of the catalog `plan` prices with. The processes of a cluster compare theirs
     /// before reading anything.
     pub catalog_digest: String,
+    /// The generation this run's sink rows carry. Process 0 starts it; the other processes of a
+    /// cluster only read the sinks and take process 0's (see [`execute`]).
+    pub generation: u32,
+    /// Set to end the run early at a committed point (a catalog change). Whichever process sets
+    /// it, every process's readers stop, and [`execute`] tells every process the run stopped.
+    pub stop: Arc<AtomicBool>,
 }
 
 /// How to run: threads per process, and the cluster if more than one process.
@@ -530,62 +539,146 @@ impl Cluster {
     }
 }
 
-/// Checks that every worker of every process prices with the catalog of digest `digest`.
+/// What the processes of a cluster agree on before anything is read.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+struct StartPoint {
+    worker: usize,
+    catalog_digest: String,
+    resumed_after: Option<Epoch>,
+    generation: u32,
+}
+
+/// Checks that every worker of every process prices with the same catalog and resumes from the
+/// same commit, and returns the sink generation of worker 0 (process 0), which every process
+/// writes with.
 ///
-/// Each process loads its catalog itself, so processes started with different catalog
-/// directories, or on either side of a `catalog publish`, would bill one customer's usage at
-/// two prices without knowing it. Every worker sends its digest to all workers (a dataflow of its
-/// own, before anything is read), and all of them stop with the same error on a mismatch.
-fn agree_on_catalog(worker: &mut timely::worker::Worker, digest: &str) -> Result<(), String> {
+/// Each process loads its catalog and reads the sinks' progress itself. Processes started with
+/// different catalog directories, or on either side of a `catalog publish`, would bill one
+/// customer's usage at two prices without knowing it; a process that read progress from another
+/// commit would read input twice or skip it. Every worker sends its start point to all workers
+/// (a dataflow of its own, before anything is read), and all of them stop with the same error on
+/// a mismatch.
+fn agree_on_start(worker: &mut timely::worker::Worker, mine: StartPoint) -> Result<u32, String> {
     use std::cell::RefCell;
     use std::rc::Rc;
     use timely::dataflow::operators::{Input, Inspect};
 
-    let seen: Rc<RefCell<Vec<(usize, String)>>> = Rc::default();
+    let seen: Rc<RefCell<Vec<StartPoint>>> = Rc::default();
     let sink = seen.clone();
     let (mut input, probe) = worker.dataflow::<u64, _, _>(move |scope| {
-        let (input, digests) = scope.new_input::<Vec<(usize, String)>>();
-        let (probe, _) = digests
+        let (input, points) = scope.new_input::<Vec<StartPoint>>();
+        let (probe, _) = points
             .broadcast()
-            .inspect(move |d| sink.borrow_mut().push(d.clone()))
+            .inspect(move |p| sink.borrow_mut().push(p.clone()))
             .probe();
         (input, probe)
     });
-    input.send((worker.index(), digest.to_string()));
+    input.send(mine.clone());
     input.close();
     while !probe.done() {
         worker.step();
     }
     let mut seen = seen.borrow().clone();
     seen.sort();
-    let differ: Vec<String> = seen
-        .iter()
-        .filter(|(_, d)| d != digest)
-        .map(|(w, d)| format!("worker {w} has {d}"))
-        .collect();
-    if differ.is_empty() {
-        return Ok(());
+    let differ = |what: fn(&StartPoint) -> String| -> Vec<String> {
+        seen.iter()
+            .filter(|p| what(p) != what(&mine))
+            .map(|p| format!("worker {} has {}", p.worker, what(p)))
+            .collect()
+    };
+    let digests = differ(|p| p.catalog_digest.clone());
+    if !digests.is_empty() {
+        return Err(format!(
+            "the processes of this cluster loaded different catalogs (worker {} has {}; {}): \
+             give every process the same catalog directory or catalog topic, and start them again",
+            mine.worker,
+            mine.catalog_digest,
+            digests.join(", ")
+        ));
     }
-    Err(format!(
-        "the processes of this cluster loaded different catalogs (worker {} has {digest}; {}): \
-         give every process the same catalog directory or catalog topic, and start them again",
-        worker.index(),
-        differ.join(", ")
-    ))
+    let commit = |p: &StartPoint| {
+        p.resumed_after
+            .map_or("no commit".to_string(), |e| format!("epoch {e}"))
+    };
+    let commits = differ(commit);
+    if !commits.is_empty() {
+        return Err(format!(
+            "the processes of this cluster resume from different commits (worker {} from {}; {}): \
+             another pipeline may be writing to the same database; stop every process of the \
+             cluster and start them together",
+            mine.worker,
+            commit(&mine),
+            commits.join(", ")
+        ));
+    }
+    Ok(seen.first().map_or(mine.generation, |p| p.generation))
+}
+
+/// A dataflow of its own that carries a stop request (the [`Execution::stop`] flag) from the
+/// worker that sees it to every worker of every process, so all readers stop, and so every
+/// process learns whether the run stopped early. A worker sends while its run is going and
+/// closes its input once the run is complete everywhere; after that, every worker has received
+/// the same requests.
+struct StopRelay {
+    input: Option<timely::dataflow::InputHandleVec<u64, ()>>,
+    sent: bool,
+    received: Rc<Cell<bool>>,
+}
+
+impl StopRelay {
+    fn new(worker: &mut timely::worker::Worker, stop: Arc<AtomicBool>) -> StopRelay {
+        use timely::dataflow::operators::{Input, Inspect};
+        let received: Rc<Cell<bool>> = Rc::default();
+        let seen = received.clone();
+        let input = worker.dataflow::<u64, _, _>(move |scope| {
+            let (input, requests) = scope.new_input::<Vec<()>>();
+            requests.broadcast().inspect(move |_| {
+                seen.set(true);
+                stop.store(true, Ordering::SeqCst);
+            });
+            input
+        });
+        StopRelay {
+            input: Some(input),
+            sent: false,
+            received,
+        }
+    }
+
+    /// Sends this process's request once, if there is one; closes the input once `complete`.
+    fn step(&mut self, stop: &AtomicBool, complete: bool) {
+        if let Some(input) = &mut self.input {
+            if !self.sent && stop.load(Ordering::SeqCst) {
+                input.send(());
+                // Now, not when the input closes: the other processes' readers wait for it.
+                input.flush();
+                self.sent = true;
+            }
+            if complete {
+                self.input = None;
+            }
+        }
+    }
+
+    /// Whether any worker asked to stop (the same answer on every worker once all are done).
+    fn stopped(&self) -> bool {
+        self.received.get()
+    }
 }
 
 /// Runs the dataflow to completion on every worker of this process. `make_io` builds each
-/// worker's I/O from (worker index, number of workers). `on_progress` is called on worker 0 about
-/// every `progress_every` with the running totals.
+/// worker's I/O from (worker index, number of workers, sink generation). `on_progress` is called
+/// on worker 0 about every `progress_every` with the running totals. Returns whether the run
+/// ended early on a stop request (the same answer in every process of a cluster).
 pub fn execute<F, G>(
     cluster: &Cluster,
     run: Execution,
     make_io: F,
     progress_every: Duration,
     on_progress: G,
-) -> Result<(), String>
+) -> Result<bool, String>
 where
-    F: Fn(usize, usize) -> Result<WorkerIo, String> + Send + Sync + 'static,
+    F: Fn(usize, usize, u32) -> Result<WorkerIo, String> + Send + Sync + 'static,
     G: Fn(&Counts) + Send + Sync + 'static,
 {
     let Execution {
@@ -594,21 +687,34 @@ where
         totals,
         fatal,
         catalog_digest,
+        generation,
+        stop,
     } = run;
     let processes = cluster.addresses.len();
     let guards = timely::execute(cluster.timely_config(), move |worker| {
         let (index, peers) = (worker.index(), worker.peers());
-        if processes > 1 {
-            if let Err(e) = agree_on_catalog(worker, &catalog_digest) {
-                fatal.set(e);
-                return;
+        let generation = if processes > 1 {
+            let mine = StartPoint {
+                worker: index,
+                catalog_digest: catalog_digest.clone(),
+                resumed_after: resume.progress.as_ref().map(|p| p.epoch),
+                generation,
+            };
+            match agree_on_start(worker, mine) {
+                Ok(g) => g,
+                Err(e) => {
+                    fatal.set(e);
+                    return false;
+                }
             }
-        }
-        let io = match make_io(index, peers) {
+        } else {
+            generation
+        };
+        let io = match make_io(index, peers, generation) {
             Ok(io) => io,
             Err(e) => {
                 fatal.set(e);
-                return;
+                return false;
             }
         };
         let (plan, totals, fatal) = (plan.clone(), totals.clone(), fatal.clone());
@@ -616,9 +722,12 @@ where
         let done = worker.dataflow::<Epoch, _, _>(|scope| {
             build(scope, &plan, io, &resume, totals, fatal.clone())
         });
+        let mut relay = StopRelay::new(worker, stop.clone());
         let mut last_report = std::time::Instant::now();
-        while worker.step_or_park(Some(Duration::from_millis(5))) {
-            if fatal.is_set() {
+        loop {
+            let complete = done.done();
+            relay.step(&stop, complete);
+            if !worker.step_or_park(Some(Duration::from_millis(5))) || fatal.is_set() {
                 break;
             }
             if index == 0 {
@@ -633,10 +742,11 @@ where
         if index == 0 {
             totals_for_progress.clock.complete_before(None);
         }
+        relay.stopped()
     })?;
-    let results = guards.join();
-    for r in results {
-        r?;
+    let mut stopped = false;
+    for r in guards.join() {
+        stopped |= r?;
     }
-    Ok(())
+    Ok(stopped)
 }

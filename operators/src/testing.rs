@@ -203,7 +203,7 @@ fn run_with(
     let fatal = Fatal::default();
     let skip = resume.progress.as_ref().map(|p| p.epoch);
     let writers = out.clone();
-    let make_io = move |index: usize, peers: usize| {
+    let make_io = move |index: usize, peers: usize, _generation: u32| {
         let mut reader = StripedReader::new(vec![(*data).clone()], chunk_bytes, index, peers);
         if let Some(e) = skip {
             reader.skip_through(e);
@@ -233,6 +233,8 @@ fn run_with(
         totals: totals.clone(),
         fatal: fatal.clone(),
         catalog_digest: String::new(),
+        generation: 1,
+        stop: Arc::default(),
     };
     execute(
         &Cluster::local(workers),

@@ -19,6 +19,12 @@
 //!
 //! The names in the tables are mapped back through the current catalog. A name the catalog no
 //! longer knows stops the restart with an error that names it.
+//!
+//! In a cluster, process 0 alone is the [`Role::Writer`] (steps 1–3). The other processes are
+//! [`Role::Reader`]s: they read progress and steps 4–5's state, which the writer's deletes (of
+//! epochs after `R`) do not touch, and nothing can commit before every process has joined the
+//! cluster. They take the writer's generation when the cluster forms, and all processes check
+//! they resume from the same `R` (`meterflow_operators::dataflow::execute`).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -267,7 +273,17 @@ impl<'a> Lookup<'a> {
     }
 }
 
-/// Runs steps 1–3 for a run whose inputs are `sources` (by index).
+/// Who restores: the one process that writes (steps 1–3), or another process of a cluster, which
+/// only reads the state it needs (steps 4–5, from rows up to the commit, which the writer does not
+/// touch) and takes the writer's generation when the cluster forms.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Role {
+    Writer,
+    Reader,
+}
+
+/// Runs the steps above for a run whose inputs are `sources` (by index). A [`Role::Reader`]'s
+/// `Restored::generation` is 0: the cluster's is the writer's.
 pub fn restore(
     ch: &ClickHouse,
     catalog: &Arc<Catalog>,
@@ -275,12 +291,19 @@ pub fn restore(
     dedup_horizon: Span,
     sources: &[String],
     anomaly_rules: &AnomalyRules,
+    role: Role,
 ) -> Result<Restored, String> {
+    let writer = role == Role::Writer;
     // A run killed in the middle of an insert may have left it running on the server; it must
     // land (or fail) before we read progress and delete what it wrote.
-    settle_inserts(ch)?;
+    if writer {
+        settle_inserts(ch)?;
+    }
     let last: Vec<ProgressRow> = ch.fetch("SELECT generation, epoch, watermark_ms, offsets, counts FROM {db}.sink_progress ORDER BY generation DESC, epoch DESC LIMIT 1")?;
-    let generation = last.first().map_or(1, |p| p.generation + 1);
+    let generation = match role {
+        Role::Writer => last.first().map_or(1, |p| p.generation + 1),
+        Role::Reader => 0,
+    };
     let progress = match last.into_iter().next() {
         None => None,
         Some(p) => {
@@ -309,12 +332,14 @@ pub fn restore(
             })
         }
     };
-    if let Some(p) = &progress {
-        // The new generation starts at `R`: later restarts resume from its rows, never from a late
-        // commit of a killed predecessor.
-        crate::clickhouse_sink::write_progress(ch, generation, p, sources)?;
+    if writer {
+        if let Some(p) = &progress {
+            // The new generation starts at `R`: later restarts resume from its rows, never from a
+            // late commit of a killed predecessor.
+            crate::clickhouse_sink::write_progress(ch, generation, p, sources)?;
+        }
+        delete_uncommitted(ch, progress.as_ref().map(|p| p.epoch))?;
     }
-    delete_uncommitted(ch, progress.as_ref().map(|p| p.epoch))?;
     let Some(progress) = progress else {
         return Ok(Restored {
             generation,

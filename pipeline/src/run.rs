@@ -26,7 +26,7 @@ use meterflow_schemas::time::EventTime;
 use crate::catalog_source::{CatalogSource, Watcher};
 use crate::clickhouse_client::ClickHouse;
 use crate::clickhouse_migrate::check_migrated;
-use crate::clickhouse_restore::{restore, Restored};
+use crate::clickhouse_restore::{restore, Restored, Role};
 use crate::clickhouse_sink::{self as ch_sink, ChNames, ClickHouseProgress};
 use crate::config::Config;
 use crate::file_sink::{
@@ -161,22 +161,30 @@ fn run_until_catalog_change(args: &RunArgs) -> anyhow::Result<(RunReport, bool)>
         let (major, minor) = ch.version().map_err(anyhow::Error::msg)?;
         tracing::info!(url = %config.clickhouse.url, version = %format!("{major}.{minor}"), "clickhouse connected");
         check_migrated(&ch).map_err(anyhow::Error::msg)?;
+        // Process 0 writes for the cluster; the others only read (see `clickhouse_restore`).
+        let role = if args.cluster.process == 0 {
+            Role::Writer
+        } else {
+            Role::Reader
+        };
         // Every catalog a production pipeline bills with is in the change log.
-        let actor = snapshot
-            .actor
-            .clone()
-            .unwrap_or_else(|| crate::catalog_log::actor("meterflow run"));
-        let recorded = crate::catalog_log::record_entries(
-            &snapshot.entries,
-            &actor,
-            &crate::catalog_log::Store::ClickHouse(&ch),
-        )
-        .map_err(anyhow::Error::msg)?;
-        if !recorded.is_empty() {
-            tracing::info!(
-                changes = recorded.len(),
-                "catalog changes recorded in catalog_changes"
-            );
+        if role == Role::Writer {
+            let actor = snapshot
+                .actor
+                .clone()
+                .unwrap_or_else(|| crate::catalog_log::actor("meterflow run"));
+            let recorded = crate::catalog_log::record_entries(
+                &snapshot.entries,
+                &actor,
+                &crate::catalog_log::Store::ClickHouse(&ch),
+            )
+            .map_err(anyhow::Error::msg)?;
+            if !recorded.is_empty() {
+                tracing::info!(
+                    changes = recorded.len(),
+                    "catalog changes recorded in catalog_changes"
+                );
+            }
         }
         restore(
             &ch,
@@ -185,6 +193,7 @@ fn run_until_catalog_change(args: &RunArgs) -> anyhow::Result<(RunReport, bool)>
             plan.policy.dedup_horizon,
             &sources,
             &plan.anomalies,
+            role,
         )
         .map_err(anyhow::Error::msg)?
     } else {
@@ -234,23 +243,22 @@ fn run_until_catalog_change(args: &RunArgs) -> anyhow::Result<(RunReport, bool)>
     let bucket_span = bucket_span(&plan);
     // A pipeline that reads Kafka into ClickHouse switches to a changed catalog without a
     // restart: the watcher sets `switch`, the readers finish their epoch, the run commits and
-    // resumes (see `catalog_source`). A cluster of processes picks changes up at its next start.
+    // resumes (see `catalog_source`). In a cluster every process watches, and the first to see
+    // the change stops the readers of all (`Execution::stop`).
     let switch = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let check_every = config.catalog.check_interval.millis();
-    let _watcher = (config.clickhouse.enabled()
-        && matches!(input, Input::Kafka { .. })
-        && args.cluster.addresses.len() <= 1
-        && check_every > 0)
-        .then(|| {
-            Watcher::start(
-                catalog_source.clone(),
-                snapshot.clone(),
-                Duration::from_millis(check_every as u64),
-                switch.clone(),
-            )
-        });
-    let switched = switch.clone();
-    let make_io = move |index: usize, peers: usize| -> Result<WorkerIo, String> {
+    let _watcher =
+        (config.clickhouse.enabled() && matches!(input, Input::Kafka { .. }) && check_every > 0)
+            .then(|| {
+                Watcher::start(
+                    catalog_source.clone(),
+                    snapshot.clone(),
+                    Duration::from_millis(check_every as u64),
+                    switch.clone(),
+                )
+            });
+    let stop = switch.clone();
+    let make_io = move |index: usize, peers: usize, generation: u32| -> Result<WorkerIo, String> {
         let alerts = AlertTables {
             format: &alert_format,
             index,
@@ -426,8 +434,10 @@ fn run_until_catalog_change(args: &RunArgs) -> anyhow::Result<(RunReport, bool)>
         totals: totals.clone(),
         fatal: fatal.clone(),
         catalog_digest: snapshot.digest(),
+        generation,
+        stop,
     };
-    execute(
+    let switched = execute(
         &cluster,
         execution,
         make_io,
@@ -463,7 +473,7 @@ fn run_until_catalog_change(args: &RunArgs) -> anyhow::Result<(RunReport, bool)>
             bail!("accounting invariant broken: received {} != accepted {} + rejected {} + duplicates {}", report.counts.received, report.counts.accepted, report.counts.rejected, report.counts.duplicates);
         }
     }
-    Ok((report, switched.load(std::sync::atomic::Ordering::SeqCst)))
+    Ok((report, switched))
 }
 
 fn sources_for_log(args: &RunArgs) -> Vec<String> {

@@ -1,21 +1,13 @@
 //! meterflow as a timely cluster: two processes on loopback compute exactly what one process does.
 
 use std::io::Read;
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use meterflow::tables::read_table;
 use meterflow::trace::current_rows;
+use meterflow_tests::servers::free_port;
 use meterflow_tests::{backdate, generate, meterflow_bin, Running, Scratch};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn lines(out: &Path) -> Vec<Vec<String>> {
     let mut v: Vec<Vec<String>> = current_rows(&read_table(out, "invoice_lines").unwrap())

@@ -18,7 +18,7 @@ use meterflow_tests::kafka::{
 use meterflow_tests::oracle::{
     assert_clickhouse_matches, assert_invoice_has, assert_stream_has, catalog_log, count,
 };
-use meterflow_tests::servers::{ClickHouseServer, Tansu};
+use meterflow_tests::servers::{free_port, ClickHouseServer, Tansu};
 use meterflow_tests::{backdate, generate, meterflow_bin, meterflow_ok, Running, Scratch};
 use rdkafka::mocking::MockCluster;
 
@@ -124,6 +124,11 @@ impl Fixture {
     }
 
     fn run_args(&self) -> Vec<String> {
+        self.run_args_with("kafka.toml")
+    }
+
+    /// The arguments of `meterflow run` with the config file `config` of the scratch directory.
+    fn run_args_with(&self, config: &str) -> Vec<String> {
         let d = self.dir.path();
         vec![
             "run".into(),
@@ -132,7 +137,7 @@ impl Fixture {
             "-o".into(),
             d.join("kafka-out").display().to_string(),
             "--config".into(),
-            d.join("kafka.toml").display().to_string(),
+            d.join(config).display().to_string(),
             "--clickhouse-url".into(),
             self.ch.url(),
             "-q".into(),
@@ -140,13 +145,21 @@ impl Fixture {
     }
 
     fn spawn(&self) -> Running {
+        self.spawn_logging_to("meterflow.log", "kafka.toml", &[])
+    }
+
+    /// Starts `meterflow run` with the config file `config` and `extra` arguments, its log
+    /// appended to `log` in the scratch directory.
+    fn spawn_logging_to(&self, log: &str, config: &str, extra: &[&str]) -> Running {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.dir.path().join("meterflow.log"))
+            .open(self.dir.path().join(log))
             .unwrap();
         Command::new(meterflow_bin())
-            .args(self.run_args())
+            .current_dir(self.dir.path())
+            .args(self.run_args_with(config))
+            .args(extra)
             .env("METERFLOW_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
@@ -272,8 +285,20 @@ fn wait_for(ch: &ClickHouseServer, sql: &str, n: u64, what: &str) {
 
 #[test]
 fn a_catalog_published_to_its_topic_reaches_the_running_pipeline_and_re_rates_billed_usage() {
+    catalog_published_mid_stream("kafka-catalog", 1);
+}
+
+#[test]
+fn a_catalog_published_to_its_topic_reaches_every_process_of_a_running_cluster() {
+    catalog_published_mid_stream("kafka-catalog-cluster", 2);
+}
+
+/// Publishes a backdated rate-card version while `processes` processes (two workers in all) read
+/// Kafka into ClickHouse; the running pipeline must switch in place, re-rate what it billed, and
+/// end with the tables of a run that had the new catalog from the start.
+fn catalog_published_mid_stream(name: &str, processes: usize) {
     // October events; the change adds a version effective on the 19th while the pipeline runs.
-    let f = Fixture::starting("kafka-catalog", 8_000, 2, "5s", "2026-10-04T00:00:00Z");
+    let f = Fixture::starting(name, 8_000, 2, "5s", "2026-10-04T00:00:00Z");
     let d = f.dir.path();
     let config = d.join("kafka.toml");
     let mut text = std::fs::read_to_string(&config).unwrap();
@@ -282,10 +307,40 @@ fn a_catalog_published_to_its_topic_reaches_the_running_pipeline_and_re_rates_bi
     // watermark until it is idle, so neither worker's share carries it past the other's. (When
     // a partition stopped holding as soon as it was read to its end, a run of this test lost
     // 564 events as too old; the hold itself is tested on its own below.)
-    text.push_str(
-        "\n[catalog]\ntopic = \"catalog\"\ncheck_interval = \"300ms\"\n\n[workers]\nthreads = 2\n",
-    );
-    std::fs::write(&config, text).unwrap();
+    text.push_str(&format!(
+        "\n[catalog]\ntopic = \"catalog\"\ncheck_interval = \"300ms\"\n\n[workers]\nthreads = {}\n",
+        2 / processes
+    ));
+    std::fs::write(&config, &text).unwrap();
+    // Process 1 of the cluster does not look for changes itself within the test: it must stop
+    // because process 0 saw one.
+    std::fs::write(
+        d.join("kafka-1.toml"),
+        text.replace("check_interval = \"300ms\"", "check_interval = \"1h\""),
+    )
+    .unwrap();
+    let hosts: Vec<String> = (0..processes)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    std::fs::write(d.join("hosts"), hosts.join("\n")).unwrap();
+    let logs: Vec<String> = (0..processes)
+        .map(|p| format!("meterflow-{p}.log"))
+        .collect();
+    let start = || -> Vec<Running> {
+        let n = processes.to_string();
+        logs.iter()
+            .enumerate()
+            .map(|(p, log)| {
+                let p = p.to_string();
+                let cluster = ["-n", &n, "-p", &p, "--hostfile", "hosts"];
+                match p.as_str() {
+                    "0" if processes == 1 => f.spawn_logging_to(log, "kafka.toml", &[]),
+                    "0" => f.spawn_logging_to(log, "kafka.toml", &cluster),
+                    _ => f.spawn_logging_to(log, "kafka-1.toml", &cluster),
+                }
+            })
+            .collect()
+    };
     let publish_with = |actor: &str, flags: &[&str]| {
         let out = Command::new(meterflow_bin())
             .args(["catalog", "publish"])
@@ -311,7 +366,7 @@ fn a_catalog_published_to_its_topic_reaches_the_running_pipeline_and_re_rates_bi
 
     let half = f.lines.len() / 2;
     f.produce(0..half);
-    let mut child = f.spawn();
+    let mut children = start();
     wait_for(
         &f.ch,
         "SELECT count() FROM meterflow.line_usage",
@@ -345,14 +400,31 @@ fn a_catalog_published_to_its_topic_reaches_the_running_pipeline_and_re_rates_bi
         "the running pipeline to take the new catalog",
     );
     f.produce(half..f.lines.len());
-    assert!(child.wait().unwrap().success());
-    let log = std::fs::read_to_string(d.join("meterflow.log")).unwrap();
+    for child in &mut children {
+        assert!(child.wait().unwrap().success());
+    }
+    let logs: Vec<String> = logs
+        .iter()
+        .map(|l| std::fs::read_to_string(d.join(l)).unwrap())
+        .collect();
     assert!(
-        log.contains("the catalog changed"),
+        logs[0].contains("the catalog changed"),
         "the change reached the running process"
     );
-    // The switch, as the log tells it (shown with --no-capture).
-    for line in log.lines().filter(|l| {
+    if processes > 1 {
+        assert!(
+            !logs[1].contains("the catalog changed"),
+            "process 1 is not watching within the test"
+        );
+    }
+    for (p, log) in logs.iter().enumerate() {
+        assert!(
+            log.contains("drained and committed; resuming with the new catalog"),
+            "process {p} switched in place"
+        );
+    }
+    // The switch, as the logs tell it (shown with --no-capture).
+    for line in logs.iter().flat_map(|l| l.lines()).filter(|l| {
         [
             "the catalog changed",
             "drained and committed",
@@ -373,6 +445,7 @@ fn a_catalog_published_to_its_topic_reaches_the_running_pipeline_and_re_rates_bi
     );
     // The tables equal a run that had the new catalog from the start.
     f.assert_matches_oracle("after a catalog published mid-stream");
+    assert_one_generation_per_start(&f.ch);
     let changes = catalog_log(&f.ch);
     assert!(
         changes.contains("alice  added rate_card `standard` version 2"),
@@ -385,6 +458,37 @@ fn a_catalog_published_to_its_topic_reaches_the_running_pipeline_and_re_rates_bi
     assert!(
         changes.contains("bob  changed contract `ctr-000002`"),
         "{changes}"
+    );
+}
+
+/// Every start of the pipeline (a process, a cluster, or a switch to a new catalog) writes with one
+/// new generation, and the latest generation holds the latest commit, which the next start
+/// resumes from. (Each process of a cluster once started a generation of its own: the later one
+/// hid the commits of the one that billed, and a restart re-read everything since.)
+fn assert_one_generation_per_start(ch: &ClickHouseServer) {
+    let rows = ch
+        .query("SELECT generation, max(epoch) FROM meterflow.sink_progress GROUP BY generation ORDER BY generation FORMAT TSV")
+        .unwrap();
+    let progress: Vec<(u32, u64)> = rows
+        .lines()
+        .map(|l| {
+            let (g, e) = l.split_once('\t').unwrap();
+            (g.parse().unwrap(), e.parse().unwrap())
+        })
+        .collect();
+    let latest = progress.iter().map(|(_, e)| *e).max().unwrap();
+    assert_eq!(
+        progress.last().unwrap().1,
+        latest,
+        "the latest generation holds the latest commit: {progress:?}"
+    );
+    let strays = count(
+        ch,
+        "SELECT count() FROM meterflow.usage_events WHERE generation NOT IN (SELECT generation FROM meterflow.sink_progress)",
+    );
+    assert_eq!(
+        strays, 0,
+        "usage_events rows of a generation that never committed"
     );
 }
 
