@@ -288,6 +288,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
+    stop_when_a_peer_is_lost();
     match dispatch(Cli::parse()) {
         Ok(code) => code,
         Err(e) => {
@@ -299,6 +300,30 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// A process of a cluster whose peer is gone cannot make progress, and timely's network threads
+/// panic. Say what happened and what to do, and stop at once: what the cluster had not committed
+/// is deleted and read again when its processes start again.
+fn stop_when_a_peer_is_lost() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.starts_with("timely communication error") {
+            eprintln!(
+                "error: lost the connection to another process of the cluster ({message}); \
+                 this process stops too: start every process of the cluster again, and it \
+                 resumes from its last commit"
+            );
+            std::process::exit(1);
+        }
+        default(info);
+    }));
 }
 
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {

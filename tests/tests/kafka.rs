@@ -253,6 +253,80 @@ fn kafka_to_clickhouse_through_sigkills_counts_every_unit_exactly_once() {
 }
 
 #[test]
+fn a_cluster_whose_processes_are_sigkilled_counts_every_unit_exactly_once() {
+    let f = Fixture::new("kafka-cluster-kill", 30_000, 2, "3s");
+    let d = f.dir.path();
+    let mut config = std::fs::read_to_string(d.join("kafka.toml")).unwrap();
+    config.push_str("\n[workers]\nthreads = 1\n");
+    std::fs::write(d.join("kafka.toml"), config).unwrap();
+    let hosts = format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port(), free_port());
+    std::fs::write(d.join("hosts"), hosts).unwrap();
+    let start = || -> Vec<Running> {
+        ["0", "1"]
+            .iter()
+            .map(|p| {
+                let log = format!("meterflow-{p}.log");
+                f.spawn_logging_to(
+                    &log,
+                    "kafka.toml",
+                    &["-n", "2", "-p", p, "--hostfile", "hosts"],
+                )
+            })
+            .collect()
+    };
+    let producer = f.produce_slowly(6, Duration::from_millis(400));
+    let mut rng = 0x9E37_79B9u64;
+    let mut kills = 0;
+    while kills < 3 {
+        let mut processes = start();
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        std::thread::sleep(Duration::from_millis(1500 + rng % 2500));
+        if processes
+            .iter_mut()
+            .any(|p| p.try_wait().unwrap().is_some())
+        {
+            // Went idle between slices: both finish.
+            for p in &mut processes {
+                assert!(p.wait().unwrap().success(), "a run failed");
+            }
+            continue;
+        }
+        let victim = (rng >> 20) as usize % 2;
+        processes[victim].kill().unwrap(); // SIGKILL
+        processes[victim].wait().unwrap();
+        kills += 1;
+        // The other process notices and stops by itself, rather than wait forever.
+        let other = &mut processes[1 - victim];
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while other.try_wait().unwrap().is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "process {} goes on without its peer",
+                1 - victim
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    producer.join().unwrap();
+    for mut p in start() {
+        assert!(p.wait().unwrap().success(), "the last run failed");
+    }
+    f.assert_matches_oracle(&format!(
+        "after {kills} SIGKILLs of one process of a cluster"
+    ));
+    assert_one_generation_per_start(&f.ch);
+    let logs = ["meterflow-0.log", "meterflow-1.log"]
+        .map(|l| std::fs::read_to_string(d.join(l)).unwrap())
+        .concat();
+    assert!(
+        logs.contains("lost the connection to another process of the cluster"),
+        "a process whose peer was killed says so"
+    );
+}
+
+#[test]
 fn a_broker_outage_mid_stream_loses_nothing() {
     let mut f = Fixture::new("kafka-outage", 30_000, 2, "6s");
     let half = f.lines.len() / 2;
