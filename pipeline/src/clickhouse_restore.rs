@@ -15,7 +15,8 @@
 //! 5. Re-rate: lines whose usage the current catalog prices differently than `line_usage`
 //!    records (a backdated version, a re-pinned contract) take their pricing input from their
 //!    events in `usage_events` instead, priced under the current catalog; step 4's held rows
-//!    turn the difference into signed corrections.
+//!    turn the difference into signed corrections. Skipped when the last commit was priced
+//!    under this very catalog (`sink_progress.catalog_digest`).
 //!
 //! The names in the tables are mapped back through the current catalog. A name the catalog no
 //! longer knows stops the restart with an error that names it.
@@ -27,12 +28,11 @@
 //! they resume from the same `R` (`meterflow_operators::dataflow::execute`).
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
 
 use clickhouse::Row;
 use meterflow_operators::aggregate::{UsageRecord, UsageSum};
 use meterflow_operators::anomalies::AnomalySeed;
-use meterflow_operators::dataflow::Resume;
+use meterflow_operators::dataflow::{Plan, Resume};
 use meterflow_operators::dedup::DedupSeed;
 use meterflow_operators::dedup::{usage_delta, BilledEvent};
 use meterflow_operators::entitlements::{has_spend_plan, Reported};
@@ -40,7 +40,7 @@ use meterflow_operators::meters::{reloads_readings, Reading};
 use meterflow_operators::progress::Progress;
 use meterflow_operators::source::Position;
 use meterflow_schemas::anomaly::{
-    Anomaly, AnomalyKind, AnomalyRules, Baseline, Bucket, BucketRow, Detector, Severity,
+    Anomaly, AnomalyKind, Baseline, Bucket, BucketRow, Detector, Severity,
 };
 use meterflow_schemas::catalog::{
     distinct_value, Catalog, ContractIdx, CustomerIdx, PriceIdx, RegionIdx, SkuIdx,
@@ -52,7 +52,7 @@ use meterflow_schemas::money::{Amount, Quantity};
 use meterflow_schemas::rows::{
     Counts, EntitlementSignal, InvoiceLine, LineKey, LineKind, LineUsage, RatedRow, UsageDelta,
 };
-use meterflow_schemas::time::{EventTime, Period, PeriodUnit, Span};
+use meterflow_schemas::time::{EventTime, Period, PeriodUnit};
 use serde::Deserialize;
 
 use crate::clickhouse_client::{sql_list, ClickHouse, Count};
@@ -80,6 +80,7 @@ struct ProgressRow {
     watermark_ms: i64,
     offsets: String,
     counts: String,
+    catalog_digest: String,
 }
 
 #[derive(Row, Deserialize)]
@@ -282,24 +283,27 @@ pub enum Role {
     Reader,
 }
 
-/// Runs the steps above for a run whose inputs are `sources` (by index). A [`Role::Reader`]'s
-/// `Restored::generation` is 0: the cluster's is the writer's.
+/// Runs the steps above for a run of `plan`, whose catalog has digest `catalog_digest` and whose
+/// inputs are `sources` (by index). A [`Role::Reader`]'s `Restored::generation` is 0: the
+/// cluster's is the writer's.
 pub fn restore(
     ch: &ClickHouse,
-    catalog: &Arc<Catalog>,
-    period: PeriodUnit,
-    dedup_horizon: Span,
+    plan: &Plan,
+    catalog_digest: &str,
     sources: &[String],
-    anomaly_rules: &AnomalyRules,
     role: Role,
 ) -> Result<Restored, String> {
+    let (catalog, period) = (&plan.catalog, plan.policy.period);
+    let (dedup_horizon, anomaly_rules) = (plan.policy.dedup_horizon, &plan.anomalies);
     let writer = role == Role::Writer;
     // A run killed in the middle of an insert may have left it running on the server; it must
     // land (or fail) before we read progress and delete what it wrote.
     if writer {
         settle_inserts(ch)?;
     }
-    let last: Vec<ProgressRow> = ch.fetch("SELECT generation, epoch, watermark_ms, offsets, counts FROM {db}.sink_progress ORDER BY generation DESC, epoch DESC LIMIT 1")?;
+    let last: Vec<ProgressRow> = ch.fetch("SELECT generation, epoch, watermark_ms, offsets, counts, catalog_digest FROM {db}.sink_progress ORDER BY generation DESC, epoch DESC LIMIT 1")?;
+    // What the committed rows are priced under ('' for commits older than the column: unknown).
+    let committed_digest = last.first().map(|p| p.catalog_digest.clone());
     let generation = match role {
         Role::Writer => last.first().map_or(1, |p| p.generation + 1),
         Role::Reader => 0,
@@ -335,8 +339,10 @@ pub fn restore(
     if writer {
         if let Some(p) = &progress {
             // The new generation starts at `R`: later restarts resume from its rows, never from a
-            // late commit of a killed predecessor.
-            crate::clickhouse_sink::write_progress(ch, generation, p, sources)?;
+            // late commit of a killed predecessor. The rows up to `R` are still priced under the
+            // committed catalog until this generation's first commit, so the row says that one.
+            let digest = committed_digest.as_deref().unwrap_or_default();
+            crate::clickhouse_sink::write_progress(ch, generation, p, sources, digest)?;
         }
         delete_uncommitted(ch, progress.as_ref().map(|p| p.epoch))?;
     }
@@ -395,8 +401,14 @@ pub fn restore(
     };
     // Usage priced under versions the catalog no longer assigns to it (a backdated version, a
     // contract moved to another card or version) is re-rated from its events; the signed tables
-    // then write the difference as corrections.
-    let rerated = rerated_groups(catalog, period, &line_usage);
+    // then write the difference as corrections. Under the catalog of the last commit nothing
+    // is priced differently, and restarts skip reading those events.
+    let unchanged = committed_digest.is_some_and(|d| !d.is_empty() && d == catalog_digest);
+    let rerated = if unchanged {
+        BTreeSet::new()
+    } else {
+        rerated_groups(catalog, period, &line_usage)
+    };
     let rerated_deltas = rerated_events(ch, &lookup, &upto, &rerated)?;
     if !rerated.is_empty() {
         tracing::info!(

@@ -880,6 +880,8 @@ pub(crate) struct ProgressRow<'a> {
     pub watermark_ms: i64,
     pub offsets: &'a str,
     pub counts: &'a str,
+    /// The digest of the catalog the committed rows are priced under.
+    pub catalog_digest: &'a str,
 }
 
 /// Commits progress into `sink_progress`, and sweeps up after a killed predecessor.
@@ -888,6 +890,8 @@ pub struct ClickHouseProgress {
     /// Source names, recorded with each offset.
     pub sources: Vec<String>,
     pub generation: u32,
+    /// The digest of the catalog this run prices with (re-rated to on start).
+    pub catalog_digest: String,
     /// The epoch this start resumed after; a predecessor's rows beyond it are garbage.
     pub resumed_after: Option<Epoch>,
     /// Until when to look for late rows of a killed predecessor.
@@ -912,6 +916,7 @@ pub(crate) fn write_progress(
     generation: u32,
     p: &Progress,
     sources: &[String],
+    catalog_digest: &str,
 ) -> Result<(), String> {
     let offsets: Vec<RecordedOffset> = p
         .positions
@@ -934,13 +939,20 @@ pub(crate) fn write_progress(
         watermark_ms: p.watermark.map_or(i64::MIN, |w| w.0),
         offsets: &offsets,
         counts: &counts,
+        catalog_digest,
     };
     ch.insert::<ProgressRow<'static>>("sink_progress", &[row])
 }
 
 impl ProgressStore for ClickHouseProgress {
     fn commit(&mut self, p: &Progress) -> Result<(), String> {
-        write_progress(&self.ch, self.generation, p, &self.sources)?;
+        write_progress(
+            &self.ch,
+            self.generation,
+            p,
+            &self.sources,
+            &self.catalog_digest,
+        )?;
         tracing::debug!(epoch = p.epoch, "progress committed");
         if let Some(group) = &mut self.group {
             group.commit(&p.positions);

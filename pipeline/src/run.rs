@@ -186,16 +186,7 @@ fn run_until_catalog_change(args: &RunArgs) -> anyhow::Result<(RunReport, bool)>
                 );
             }
         }
-        restore(
-            &ch,
-            &plan.catalog,
-            plan.policy.period,
-            plan.policy.dedup_horizon,
-            &sources,
-            &plan.anomalies,
-            role,
-        )
-        .map_err(anyhow::Error::msg)?
+        restore(&ch, &plan, &snapshot.digest(), &sources, role).map_err(anyhow::Error::msg)?
     } else {
         prepare_out_dir(&args.out)
             .with_context(|| format!("cannot prepare output directory {}", args.out.display()))?;
@@ -258,6 +249,7 @@ fn run_until_catalog_change(args: &RunArgs) -> anyhow::Result<(RunReport, bool)>
                 )
             });
     let stop = switch.clone();
+    let catalog_digest = snapshot.digest();
     let make_io = move |index: usize, peers: usize, generation: u32| -> Result<WorkerIo, String> {
         let alerts = AlertTables {
             format: &alert_format,
@@ -322,6 +314,7 @@ fn run_until_catalog_change(args: &RunArgs) -> anyhow::Result<(RunReport, bool)>
                     ch: connect()?,
                     sources: sources.clone(),
                     generation,
+                    catalog_digest: catalog_digest.clone(),
                     resumed_after: committed,
                     sweep_until: std::time::Instant::now() + Duration::from_secs(30),
                     last_sweep: None,

@@ -330,6 +330,13 @@ ORDER BY (customer_id, sku, window_start, kind, version)",
         // An event read from Kafka keeps its message's key and headers (JSON), as rejections do.
         sql: "ALTER TABLE {db}.usage_events ADD COLUMN kafka_key String, ADD COLUMN kafka_headers String",
     },
+    Migration {
+        id: 22,
+        name: "sink_progress_catalog_digest",
+        // The digest of the catalog a commit's rows are priced under: a restart under the same
+        // catalog has nothing to re-rate ('' for commits written before: re-rated as before).
+        sql: "ALTER TABLE {db}.sink_progress ADD COLUMN catalog_digest String",
+    },
 ];
 
 /// The table that records applied migrations (created before any migration runs).

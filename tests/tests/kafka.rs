@@ -231,6 +231,7 @@ fn kafka_to_clickhouse_through_sigkills_counts_every_unit_exactly_once() {
     producer.join().unwrap();
     f.run_to_the_end();
     f.assert_matches_oracle(&format!("after {kills} SIGKILLs while producing"));
+    assert_no_re_rating(&std::fs::read_to_string(f.dir.path().join("meterflow.log")).unwrap());
     // Rejections keep their message's key.
     let keyed =
         f.ch.query("SELECT countIf(kafka_key != '') FROM meterflow.rejections FORMAT TSV")
@@ -324,6 +325,7 @@ fn a_cluster_whose_processes_are_sigkilled_counts_every_unit_exactly_once() {
         logs.contains("lost the connection to another process of the cluster"),
         "a process whose peer was killed says so"
     );
+    assert_no_re_rating(&logs);
 }
 
 #[test]
@@ -532,6 +534,19 @@ fn catalog_published_mid_stream(name: &str, processes: usize) {
     assert!(
         changes.contains("bob  changed contract `ctr-000002`"),
         "{changes}"
+    );
+}
+
+/// Restarts under the catalog of the last commit re-rate nothing. (The generated catalog changes a
+/// rate card mid-period; its lines were once re-read from `usage_events` on every restart.)
+fn assert_no_re_rating(log: &str) {
+    assert!(
+        log.contains("resuming after the last committed epoch"),
+        "the runs restarted"
+    );
+    assert!(
+        !log.contains("re-rating usage"),
+        "a restart under an unchanged catalog re-rated usage"
     );
 }
 
