@@ -292,7 +292,8 @@ impl KafkaReader {
             .is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst))
     }
 
-    /// `resume`: committed next offsets by (topic index, partition); others start per `start_from`.
+    /// `resume`: committed next offsets by (topic index, partition). Other partitions start per
+    /// `start_from` on a pipeline's first start (`first_epoch` 0), and at their beginning after.
     pub fn new(
         cfg: &KafkaConfig,
         all: &[(String, i32)],
@@ -301,8 +302,16 @@ impl KafkaReader {
         first_epoch: Epoch,
         resume: &BTreeMap<(u32, i32), u64>,
     ) -> Result<KafkaReader, String> {
-        let consumer: BaseConsumer = cfg
-            .client_config()?
+        // `start_from = "latest"` is where a pipeline with no committed progress starts. Once it
+        // has committed, a partition without a position (nothing had arrived on it, or it is
+        // new) and an offset out of range are read from the beginning: what arrived while the
+        // pipeline was down is usage to bill.
+        let start_latest = cfg.start_from == "latest" && first_epoch == 0;
+        let mut client = cfg.client_config()?;
+        if !start_latest {
+            client.set("auto.offset.reset", "earliest");
+        }
+        let consumer: BaseConsumer = client
             .create()
             .map_err(|e| format!("cannot create a Kafka consumer: {e}"))?;
         let topic_index: BTreeMap<String, u32> = cfg
@@ -324,7 +333,7 @@ impl KafkaReader {
                     next_offsets.insert((source, *partition), o);
                     Offset::Offset(o as i64)
                 }
-                None if cfg.start_from == "latest" => Offset::End,
+                None if start_latest => Offset::End,
                 None => Offset::Beginning,
             };
             tpl.add_partition_offset(topic, *partition, offset)
@@ -366,7 +375,7 @@ impl KafkaReader {
             last_message: Instant::now(),
             last_end_check: Instant::now(),
             last_warning: None,
-            start_latest: cfg.start_from == "latest",
+            start_latest,
             bytes: Vec::new(),
             messages: Vec::new(),
             meta: Vec::new(),

@@ -329,6 +329,54 @@ fn a_cluster_whose_processes_are_sigkilled_counts_every_unit_exactly_once() {
 }
 
 #[test]
+fn a_partition_without_a_committed_position_is_read_from_its_beginning_after_a_restart() {
+    // `start_from = "latest"` is where a pipeline with no committed progress starts. Partition 1
+    // gets nothing before the first run commits; its records arrive while meterflow is down.
+    // The restarted pipeline must read them from the beginning, not skip to the end (it did:
+    // `latest` applied to every partition without a committed position).
+    let f = Fixture::new("kafka-latest", 4_000, 2, "3s");
+    let d = f.dir.path();
+    let share = |p: i32| -> Vec<&str> {
+        f.lines
+            .iter()
+            .map(String::as_str)
+            .filter(|l| partition_of_record(l, 2) == Some(p))
+            .collect()
+    };
+    let (first, second) = (share(0), share(1));
+    assert_eq!(
+        first.len() + second.len(),
+        f.lines.len(),
+        "every record has a key"
+    );
+    // Partition 1's share is read 20 days of event time behind partition 0's: keep it billable.
+    for config in ["kafka.toml", "oracle.toml"] {
+        let mut text = std::fs::read_to_string(d.join(config)).unwrap();
+        text.push_str("\n[dedup]\nhorizon = \"40d\"\n");
+        std::fs::write(d.join(config), text).unwrap();
+    }
+    produce(&f.broker.brokers(), TOPIC, 2, &first, BATCHING);
+    f.run_to_the_end();
+    let committed = f
+        .ch
+        .query("SELECT offsets FROM meterflow.sink_progress ORDER BY generation DESC, epoch DESC LIMIT 1 FORMAT TSV")
+        .unwrap();
+    assert!(
+        committed.contains("\"partition\":0") && !committed.contains("\"partition\":1"),
+        "the first run committed a position for partition 0 only: {committed}"
+    );
+    let config = std::fs::read_to_string(d.join("kafka.toml")).unwrap();
+    std::fs::write(
+        d.join("kafka.toml"),
+        config.replace("exit_when_idle", "start_from = \"latest\"\nexit_when_idle"),
+    )
+    .unwrap();
+    produce(&f.broker.brokers(), TOPIC, 2, &second, BATCHING);
+    f.run_to_the_end();
+    f.assert_matches_oracle("after records arrived on a partition while meterflow was down");
+}
+
+#[test]
 fn a_broker_outage_mid_stream_loses_nothing() {
     let mut f = Fixture::new("kafka-outage", 30_000, 2, "6s");
     let half = f.lines.len() / 2;
