@@ -53,11 +53,23 @@ pub struct GenArgs {
     /// Days of event time the stream spans.
     #[arg(long, default_value_t = 60)]
     pub days: i64,
+    /// Event time the stream spans as a duration (`4s`, `1h`, `30d`); overrides --days. A
+    /// stream sent live spans about as much event time as it takes to send; the 60-day default
+    /// is a backfill.
+    #[arg(long, value_parser = Span::parse)]
+    pub span: Option<Span>,
     /// Give the catalog contract terms and taxes: subscription fees, discounts (per SKU, and
     /// promotions with date ranges), minimum and maximum spend, and customer tax rates, spread
     /// over the customers; and price API calls in packages from rate-card version 2.
     #[arg(long)]
     pub terms: bool,
+}
+
+impl GenArgs {
+    /// The event time the stream spans.
+    pub fn span(&self) -> Span {
+        self.span.unwrap_or(Span::days(self.days))
+    }
 }
 
 fn parse_time(text: &str) -> Result<EventTime, String> {
@@ -118,8 +130,8 @@ impl Rng {
 
 /// The catalog for `customers` generated customers: one contract each on a rate card whose
 /// second version takes effect halfway through the generated time span.
-pub fn catalog_toml(customers: u32, start: EventTime, days: i64, terms: bool) -> String {
-    let mid = start.plus(Span::days(days / 2));
+pub fn catalog_toml(customers: u32, start: EventTime, span: Span, terms: bool) -> String {
+    let mid = start.plus(Span(span.millis() / 2));
     // Version 1 starts before the stream, so late events at its very beginning are priced too.
     let first = start.minus(Span::days(30));
     let mut s = String::new();
@@ -178,7 +190,7 @@ pub fn catalog_toml(customers: u32, start: EventTime, days: i64, terms: bool) ->
     }
     let contract_start = start.minus(Span::days(30));
     if terms {
-        let proposal_from = start.plus(Span::days(days));
+        let proposal_from = start.plus(span);
         let _ = writeln!(
             s,
             "[[rate_card]]\nid = \"proposal-2027\"\nversion = 1\neffective_from = \"{proposal_from}\"\ncurrency = \"USD\"\n\
@@ -204,12 +216,7 @@ pub fn catalog_toml(customers: u32, start: EventTime, days: i64, terms: bool) ->
         );
         let _ = writeln!(s, "[[contract]]\nid = \"ctr-{c:06}\"\ncustomer = \"cus-{c:06}\"\nrate_card = \"standard\"\nstarts = \"{contract_start}\"");
         if terms {
-            contract_terms(
-                &mut s,
-                c,
-                PeriodUnit::Month.period_of(start).0,
-                start.plus(Span::days(days / 2)),
-            );
+            contract_terms(&mut s, c, PeriodUnit::Month.period_of(start).0, mid);
         }
         s.push('\n');
     }
@@ -259,7 +266,7 @@ pub fn generate(args: &GenArgs) -> anyhow::Result<GenSummary> {
         .with_context(|| format!("cannot create {}", args.out.display()))?;
     std::fs::write(
         args.out.join("catalog").join("catalog.toml"),
-        catalog_toml(args.customers, args.start, args.days, args.terms),
+        catalog_toml(args.customers, args.start, args.span(), args.terms),
     )
     .context("cannot write the catalog")?;
     let path = args.out.join("events.jsonl");
@@ -275,7 +282,7 @@ pub fn generate(args: &GenArgs) -> anyhow::Result<GenSummary> {
 pub fn write_events(args: &GenArgs, w: &mut impl Write) -> anyhow::Result<GenSummary> {
     let mut rng = Rng::new(args.seed);
     let mut summary = GenSummary::default();
-    let span_ms = Span::days(args.days).millis();
+    let span_ms = args.span().millis();
     let mut recent: std::collections::VecDeque<Vec<u8>> =
         std::collections::VecDeque::with_capacity(RECENT);
     // Recent events that may still be corrected (native ones; never voided yet).
