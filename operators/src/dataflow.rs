@@ -560,7 +560,6 @@ struct StartPoint {
 /// a mismatch.
 fn agree_on_start(worker: &mut timely::worker::Worker, mine: StartPoint) -> Result<u32, String> {
     use std::cell::RefCell;
-    use std::rc::Rc;
     use timely::dataflow::operators::{Input, Inspect};
 
     let seen: Rc<RefCell<Vec<StartPoint>>> = Rc::default();
