@@ -492,6 +492,9 @@ pub struct Execution {
     /// A digest of the catalog `plan` prices with. The processes of a cluster compare theirs
     /// before reading anything.
     pub catalog_digest: String,
+    /// What this process reads, as far as dealing it to the workers depends on it (file sizes,
+    /// Kafka partitions). The processes of a cluster compare theirs before reading anything.
+    pub inputs: String,
     /// The generation this run's sink rows carry. Process 0 starts it; the other processes of a
     /// cluster only read the sinks and take process 0's (see [`execute`]).
     pub generation: u32,
@@ -544,18 +547,21 @@ impl Cluster {
 struct StartPoint {
     worker: usize,
     catalog_digest: String,
+    inputs: String,
     resumed_after: Option<Epoch>,
     generation: u32,
 }
 
-/// Checks that every worker of every process prices with the same catalog and resumes from the
-/// same commit, and returns the sink generation of worker 0 (process 0), which every process
+/// Checks that every worker of every process prices with the same catalog, deals the same
+/// inputs and resumes from the same commit, and returns the sink generation of worker 0 (process 0), which every process
 /// writes with.
 ///
 /// Each process loads its catalog and reads the sinks' progress itself. Processes started with
 /// different catalog directories, or on either side of a `catalog publish`, would bill one
-/// customer's usage at two prices without knowing it; a process that read progress from another
-/// commit would read input twice or skip it. Every worker sends its start point to all workers
+/// customer's usage at two prices without knowing it; processes that see different inputs
+/// (different files, or a topic whose partitions changed between their starts) would deal them
+/// differently, reading some records twice and others never; a process that read progress from
+/// another commit would read input twice or skip it. Every worker sends its start point to all workers
 /// (a dataflow of its own, before anything is read), and all of them stop with the same error on
 /// a mismatch.
 fn agree_on_start(worker: &mut timely::worker::Worker, mine: StartPoint) -> Result<u32, String> {
@@ -593,6 +599,17 @@ fn agree_on_start(worker: &mut timely::worker::Worker, mine: StartPoint) -> Resu
             mine.worker,
             mine.catalog_digest,
             digests.join(", ")
+        ));
+    }
+    let inputs = differ(|p| p.inputs.clone());
+    if !inputs.is_empty() {
+        return Err(format!(
+            "the processes of this cluster see different inputs (worker {} has {}; {}): give \
+             every process the same input files or Kafka topics, and start them again (a topic \
+             whose partitions changed while they started converges on the next start)",
+            mine.worker,
+            mine.inputs,
+            inputs.join(", ")
         ));
     }
     let commit = |p: &StartPoint| {
@@ -686,6 +703,7 @@ where
         totals,
         fatal,
         catalog_digest,
+        inputs,
         generation,
         stop,
     } = run;
@@ -696,6 +714,7 @@ where
             let mine = StartPoint {
                 worker: index,
                 catalog_digest: catalog_digest.clone(),
+                inputs: inputs.clone(),
                 resumed_after: resume.progress.as_ref().map(|p| p.epoch),
                 generation,
             };

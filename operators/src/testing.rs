@@ -233,6 +233,7 @@ fn run_with(
         totals: totals.clone(),
         fatal: fatal.clone(),
         catalog_digest: String::new(),
+        inputs: String::new(),
         generation: 1,
         stop: Arc::default(),
     };

@@ -77,6 +77,26 @@ enum Input {
 }
 
 impl Input {
+    /// What dealing this input to the workers depends on: the files' sizes (their chunks are
+    /// dealt by offset), or the Kafka partitions in dealing order.
+    fn dealt(&self) -> String {
+        match self {
+            Input::Files(paths) => {
+                let sizes: Vec<String> = paths
+                    .iter()
+                    .map(|p| std::fs::metadata(p).map_or("?".into(), |m| m.len().to_string()))
+                    .collect();
+                format!("files of {} bytes", sizes.join(", "))
+            }
+            Input::Stdin => "standard input".into(),
+            Input::Kafka { partitions, .. } => {
+                let list: Vec<String> =
+                    partitions.iter().map(|(t, p)| format!("{t}/{p}")).collect();
+                format!("Kafka partitions {}", list.join(" "))
+            }
+        }
+    }
+
     fn sources(&self) -> Vec<String> {
         match self {
             Input::Files(paths) => paths.iter().map(|p| p.display().to_string()).collect(),
@@ -250,6 +270,7 @@ fn run_until_catalog_change(args: &RunArgs) -> anyhow::Result<(RunReport, bool)>
             });
     let stop = switch.clone();
     let catalog_digest = snapshot.digest();
+    let dealt = input.dealt();
     let make_io = move |index: usize, peers: usize, generation: u32| -> Result<WorkerIo, String> {
         let alerts = AlertTables {
             format: &alert_format,
@@ -427,6 +448,7 @@ fn run_until_catalog_change(args: &RunArgs) -> anyhow::Result<(RunReport, bool)>
         totals: totals.clone(),
         fatal: fatal.clone(),
         catalog_digest: snapshot.digest(),
+        inputs: dealt,
         generation,
         stop,
     };

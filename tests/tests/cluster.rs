@@ -145,12 +145,42 @@ fn processes_with_different_catalogs_refuse_to_bill() {
         ];
         spawn_process(dir, &args, p)
     };
-    // A process that cannot start waits for its peer forever: give both a deadline (a
-    // `Running` child is killed when the test ends).
     let mut procs = [
         Running(spawn("0", "catalog")),
         Running(spawn("1", "changed")),
     ];
+    assert_all_refuse(&mut procs, &["loaded different catalogs", "same catalog"]);
+    assert!(!dir.join("out/counts.json").exists(), "nothing was billed");
+}
+
+#[test]
+fn processes_given_different_inputs_refuse_to_bill() {
+    // Process 1 is given half of the file: dealing chunks of different files by offset, the
+    // two would read some records twice and others never. Both stop before reading.
+    let s = Scratch::new("cluster-inputs");
+    let dir = s.path();
+    generate(dir, 2000, 10, 5, &[]);
+    let text = std::fs::read_to_string(dir.join("events.jsonl")).unwrap();
+    let half: Vec<&str> = text.lines().take(1000).collect();
+    std::fs::write(dir.join("half.jsonl"), half.join("\n") + "\n").unwrap();
+    std::fs::write(
+        dir.join("hosts"),
+        format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port(), free_port()),
+    )
+    .unwrap();
+    let spawn = |p: &str, input: &str| {
+        let args = ["run", "-i", input, "-c", "catalog", "-o", "out", "-q"];
+        Running(spawn_process(dir, &args, p))
+    };
+    let mut procs = [spawn("0", "events.jsonl"), spawn("1", "half.jsonl")];
+    assert_all_refuse(&mut procs, &["see different inputs", "same input files"]);
+    assert!(!dir.join("out/counts.json").exists(), "nothing was billed");
+}
+
+/// Waits for every process to exit, and checks each failed with all of `expect` in its error.
+fn assert_all_refuse(procs: &mut [Running], expect: &[&str]) {
+    // A process that cannot start waits for its peer forever: give them a deadline (a
+    // `Running` child is killed when the test ends).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     for p in procs.iter_mut() {
         let status = loop {
@@ -166,10 +196,6 @@ fn processes_with_different_catalogs_refuse_to_bill() {
         let mut err = String::new();
         p.stderr.take().unwrap().read_to_string(&mut err).unwrap();
         assert!(!status.success(), "a process billed: {err}");
-        assert!(
-            err.contains("loaded different catalogs") && err.contains("same catalog"),
-            "{err}"
-        );
+        assert!(expect.iter().all(|e| err.contains(e)), "{err}");
     }
-    assert!(!dir.join("out/counts.json").exists(), "nothing was billed");
 }
