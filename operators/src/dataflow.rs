@@ -553,17 +553,17 @@ struct StartPoint {
 }
 
 /// Checks that every worker of every process prices with the same catalog, deals the same
-/// inputs and resumes from the same commit, and returns the sink generation of worker 0 (process 0), which every process
-/// writes with.
+/// inputs and resumes from the same commit, and returns the sink generation of worker 0
+/// (process 0), which every process writes with.
 ///
 /// Each process loads its catalog and reads the sinks' progress itself. Processes started with
 /// different catalog directories, or on either side of a `catalog publish`, would bill one
 /// customer's usage at two prices without knowing it; processes that see different inputs
 /// (different files, or a topic whose partitions changed between their starts) would deal them
 /// differently, reading some records twice and others never; a process that read progress from
-/// another commit would read input twice or skip it. Every worker sends its start point to all workers
-/// (a dataflow of its own, before anything is read), and all of them stop with the same error on
-/// a mismatch.
+/// another commit would read input twice or skip it. Every worker sends its start point to all
+/// workers (a dataflow of its own, before anything is read), and all of them stop with the same
+/// error on a mismatch.
 fn agree_on_start(worker: &mut timely::worker::Worker, mine: StartPoint) -> Result<u32, String> {
     use std::cell::RefCell;
     use timely::dataflow::operators::{Input, Inspect};
@@ -585,47 +585,44 @@ fn agree_on_start(worker: &mut timely::worker::Worker, mine: StartPoint) -> Resu
     }
     let mut seen = seen.borrow().clone();
     seen.sort();
-    let differ = |what: fn(&StartPoint) -> String| -> Vec<String> {
-        seen.iter()
-            .filter(|p| what(p) != what(&mine))
-            .map(|p| format!("worker {} has {}", p.worker, what(p)))
-            .collect()
-    };
-    let digests = differ(|p| p.catalog_digest.clone());
-    if !digests.is_empty() {
-        return Err(format!(
-            "the processes of this cluster loaded different catalogs (worker {} has {}; {}): \
-             give every process the same catalog directory or catalog topic, and start them again",
-            mine.worker,
-            mine.catalog_digest,
-            digests.join(", ")
-        ));
-    }
-    let inputs = differ(|p| p.inputs.clone());
-    if !inputs.is_empty() {
-        return Err(format!(
-            "the processes of this cluster see different inputs (worker {} has {}; {}): give \
-             every process the same input files or Kafka topics, and start them again (a topic \
-             whose partitions changed while they started converges on the next start)",
-            mine.worker,
-            mine.inputs,
-            inputs.join(", ")
-        ));
-    }
-    let commit = |p: &StartPoint| {
-        p.resumed_after
-            .map_or("no commit".to_string(), |e| format!("epoch {e}"))
-    };
-    let commits = differ(commit);
-    if !commits.is_empty() {
-        return Err(format!(
-            "the processes of this cluster resume from different commits (worker {} from {}; {}): \
-             another pipeline may be writing to the same database; stop every process of the \
+    type Describe = fn(&StartPoint) -> String;
+    let checks: [(Describe, &str, &str); 3] = [
+        (
+            |p| p.catalog_digest.clone(),
+            "loaded different catalogs",
+            "give every process the same catalog directory or catalog topic, and start them again",
+        ),
+        (
+            |p| p.inputs.clone(),
+            "see different inputs",
+            "give every process the same input files or Kafka topics, and start them again (a \
+             topic whose partitions changed while they started converges on the next start)",
+        ),
+        (
+            |p| {
+                p.resumed_after.map_or("no commit".to_string(), |e| {
+                    format!("the commit of epoch {e}")
+                })
+            },
+            "resume from different commits",
+            "another pipeline may be writing to the same database; stop every process of the \
              cluster and start them together",
-            mine.worker,
-            commit(&mine),
-            commits.join(", ")
-        ));
+        ),
+    ];
+    for (describe, differ, fix) in checks {
+        let others: Vec<String> = seen
+            .iter()
+            .filter(|p| describe(p) != describe(&mine))
+            .map(|p| format!("worker {} has {}", p.worker, describe(p)))
+            .collect();
+        if !others.is_empty() {
+            return Err(format!(
+                "the processes of this cluster {differ} (worker {} has {}; {}): {fix}",
+                mine.worker,
+                describe(&mine),
+                others.join(", ")
+            ));
+        }
     }
     Ok(seen.first().map_or(mine.generation, |p| p.generation))
 }
@@ -637,6 +634,8 @@ fn agree_on_start(worker: &mut timely::worker::Worker, mine: StartPoint) -> Resu
 /// the same requests.
 struct StopRelay {
     input: Option<timely::dataflow::InputHandleVec<u64, ()>>,
+    /// This process's request (set by a watcher, or by the relay itself).
+    stop: Arc<AtomicBool>,
     sent: bool,
     received: Rc<Cell<bool>>,
 }
@@ -646,25 +645,27 @@ impl StopRelay {
         use timely::dataflow::operators::{Input, Inspect};
         let received: Rc<Cell<bool>> = Rc::default();
         let seen = received.clone();
+        let flag = stop.clone();
         let input = worker.dataflow::<u64, _, _>(move |scope| {
             let (input, requests) = scope.new_input::<Vec<()>>();
             requests.broadcast().inspect(move |_| {
                 seen.set(true);
-                stop.store(true, Ordering::SeqCst);
+                flag.store(true, Ordering::SeqCst);
             });
             input
         });
         StopRelay {
             input: Some(input),
+            stop,
             sent: false,
             received,
         }
     }
 
     /// Sends this process's request once, if there is one; closes the input once `complete`.
-    fn step(&mut self, stop: &AtomicBool, complete: bool) {
+    fn step(&mut self, complete: bool) {
         if let Some(input) = &mut self.input {
-            if !self.sent && stop.load(Ordering::SeqCst) {
+            if !self.sent && self.stop.load(Ordering::SeqCst) {
                 input.send(());
                 // Now, not when the input closes: the other processes' readers wait for it.
                 input.flush();
@@ -744,7 +745,7 @@ where
         let mut last_report = std::time::Instant::now();
         loop {
             let complete = done.done();
-            relay.step(&stop, complete);
+            relay.step(complete);
             if !worker.step_or_park(Some(Duration::from_millis(5))) || fatal.is_set() {
                 break;
             }

@@ -77,15 +77,12 @@ enum Input {
 }
 
 impl Input {
-    /// What dealing this input to the workers depends on: the files' sizes (their chunks are
-    /// dealt by offset), or the Kafka partitions in dealing order.
-    fn dealt(&self) -> String {
+    /// What dealing this input to the workers depends on: the files' sizes (`file_sizes`; their
+    /// chunks are dealt by offset), or the Kafka partitions in dealing order.
+    fn dealt(&self, file_sizes: &[u64]) -> String {
         match self {
-            Input::Files(paths) => {
-                let sizes: Vec<String> = paths
-                    .iter()
-                    .map(|p| std::fs::metadata(p).map_or("?".into(), |m| m.len().to_string()))
-                    .collect();
+            Input::Files(_) => {
+                let sizes: Vec<String> = file_sizes.iter().map(u64::to_string).collect();
                 format!("files of {} bytes", sizes.join(", "))
             }
             Input::Stdin => "standard input".into(),
@@ -159,7 +156,7 @@ fn run_until_catalog_change(args: &RunArgs) -> anyhow::Result<(RunReport, bool)>
         cluster.threads = config.workers.threads.max(1);
     }
     let input = choose_input(args, &config)?;
-    let total_bytes = match &input {
+    let file_sizes = match &input {
         Input::Files(paths) => paths
             .iter()
             .map(|p| {
@@ -167,9 +164,11 @@ fn run_until_catalog_change(args: &RunArgs) -> anyhow::Result<(RunReport, bool)>
                     .map(|f| f.len())
                     .with_context(|| format!("cannot open input {}", p.display()))
             })
-            .sum::<anyhow::Result<u64>>()?,
-        _ => 0,
+            .collect::<anyhow::Result<Vec<u64>>>()?,
+        _ => Vec::new(),
     };
+    let total_bytes: u64 = file_sizes.iter().sum();
+    let catalog_digest = snapshot.digest();
     let sources = input.sources();
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create output directory {}", args.out.display()))?;
@@ -206,7 +205,7 @@ fn run_until_catalog_change(args: &RunArgs) -> anyhow::Result<(RunReport, bool)>
                 );
             }
         }
-        restore(&ch, &plan, &snapshot.digest(), &sources, role).map_err(anyhow::Error::msg)?
+        restore(&ch, &plan, &catalog_digest, &sources, role).map_err(anyhow::Error::msg)?
     } else {
         prepare_out_dir(&args.out)
             .with_context(|| format!("cannot prepare output directory {}", args.out.display()))?;
@@ -269,8 +268,8 @@ fn run_until_catalog_change(args: &RunArgs) -> anyhow::Result<(RunReport, bool)>
                 )
             });
     let stop = switch.clone();
-    let catalog_digest = snapshot.digest();
-    let dealt = input.dealt();
+    let dealt = input.dealt(&file_sizes);
+    let progress_digest = catalog_digest.clone();
     let make_io = move |index: usize, peers: usize, generation: u32| -> Result<WorkerIo, String> {
         let alerts = AlertTables {
             format: &alert_format,
@@ -335,7 +334,7 @@ fn run_until_catalog_change(args: &RunArgs) -> anyhow::Result<(RunReport, bool)>
                     ch: connect()?,
                     sources: sources.clone(),
                     generation,
-                    catalog_digest: catalog_digest.clone(),
+                    catalog_digest: progress_digest.clone(),
                     resumed_after: committed,
                     sweep_until: std::time::Instant::now() + Duration::from_secs(30),
                     last_sweep: None,
@@ -447,7 +446,7 @@ fn run_until_catalog_change(args: &RunArgs) -> anyhow::Result<(RunReport, bool)>
         resume: Arc::new(restored.resume),
         totals: totals.clone(),
         fatal: fatal.clone(),
-        catalog_digest: snapshot.digest(),
+        catalog_digest,
         inputs: dealt,
         generation,
         stop,

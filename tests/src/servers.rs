@@ -17,6 +17,14 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Writes `dir/hosts`, the hostfile of a cluster of `processes` processes on free loopback ports.
+pub fn write_hostfile(dir: &Path, processes: usize) {
+    let hosts: String = (0..processes)
+        .map(|_| format!("127.0.0.1:{}\n", free_port()))
+        .collect();
+    std::fs::write(dir.join("hosts"), hosts).expect("hostfile");
+}
+
 fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !ready() {

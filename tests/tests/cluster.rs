@@ -6,7 +6,7 @@ use std::process::{Child, Command, Stdio};
 
 use meterflow::tables::read_table;
 use meterflow::trace::current_rows;
-use meterflow_tests::servers::free_port;
+use meterflow_tests::servers::write_hostfile;
 use meterflow_tests::{backdate, generate, meterflow_bin, Running, Scratch};
 
 fn lines(out: &Path) -> Vec<Vec<String>> {
@@ -42,11 +42,7 @@ fn two_processes_agree_with_one() {
     let dir = s.path();
     generate(dir, 20000, 30, 11, &["--terms"]);
     std::fs::write(dir.join("c.toml"), "[input]\nchunk_bytes = 16384\n").unwrap();
-    std::fs::write(
-        dir.join("hosts"),
-        format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port(), free_port()),
-    )
-    .unwrap();
+    write_hostfile(dir, 2);
     let args = |out: &str| -> Vec<String> {
         [
             "run",
@@ -127,11 +123,7 @@ fn processes_with_different_catalogs_refuse_to_bill() {
     )
     .unwrap();
     backdate(&dir.join("changed"), "2026-10-19T00:00:00.000Z");
-    std::fs::write(
-        dir.join("hosts"),
-        format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port(), free_port()),
-    )
-    .unwrap();
+    write_hostfile(dir, 2);
     let spawn = |p: &str, catalog: &str| {
         let args = [
             "run",
@@ -163,11 +155,7 @@ fn processes_given_different_inputs_refuse_to_bill() {
     let text = std::fs::read_to_string(dir.join("events.jsonl")).unwrap();
     let half: Vec<&str> = text.lines().take(1000).collect();
     std::fs::write(dir.join("half.jsonl"), half.join("\n") + "\n").unwrap();
-    std::fs::write(
-        dir.join("hosts"),
-        format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port(), free_port()),
-    )
-    .unwrap();
+    write_hostfile(dir, 2);
     let spawn = |p: &str, input: &str| {
         let args = ["run", "-i", input, "-c", "catalog", "-o", "out", "-q"];
         Running(spawn_process(dir, &args, p))

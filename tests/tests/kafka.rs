@@ -18,7 +18,7 @@ use meterflow_tests::kafka::{
 use meterflow_tests::oracle::{
     assert_clickhouse_matches, assert_invoice_has, assert_stream_has, catalog_log, count,
 };
-use meterflow_tests::servers::{free_port, ClickHouseServer, Tansu};
+use meterflow_tests::servers::{write_hostfile, ClickHouseServer, Tansu};
 use meterflow_tests::{backdate, generate, meterflow_bin, meterflow_ok, Running, Scratch};
 use rdkafka::mocking::MockCluster;
 
@@ -148,6 +148,25 @@ impl Fixture {
         self.spawn_logging_to("meterflow.log", "kafka.toml", &[])
     }
 
+    /// Starts the processes of a cluster of `processes` (one plain `meterflow run` if 1) on the
+    /// scratch directory's `hosts`, process `p` with the config file `config(p)` and its log
+    /// appended to `meterflow-<p>.log`.
+    fn spawn_processes(
+        &self,
+        processes: usize,
+        config: impl Fn(usize) -> &'static str,
+    ) -> Vec<Running> {
+        let n = processes.to_string();
+        (0..processes)
+            .map(|p| {
+                let (log, index) = (format!("meterflow-{p}.log"), p.to_string());
+                let cluster = ["-n", &n, "-p", &index, "--hostfile", "hosts"];
+                let extra: &[&str] = if processes > 1 { &cluster } else { &[] };
+                self.spawn_logging_to(&log, config(p), extra)
+            })
+            .collect()
+    }
+
     /// Starts `meterflow run` with the config file `config` and `extra` arguments, its log
     /// appended to `log` in the scratch directory.
     fn spawn_logging_to(&self, log: &str, config: &str, extra: &[&str]) -> Running {
@@ -260,21 +279,8 @@ fn a_cluster_whose_processes_are_sigkilled_counts_every_unit_exactly_once() {
     let mut config = std::fs::read_to_string(d.join("kafka.toml")).unwrap();
     config.push_str("\n[workers]\nthreads = 1\n");
     std::fs::write(d.join("kafka.toml"), config).unwrap();
-    let hosts = format!("127.0.0.1:{}\n127.0.0.1:{}\n", free_port(), free_port());
-    std::fs::write(d.join("hosts"), hosts).unwrap();
-    let start = || -> Vec<Running> {
-        ["0", "1"]
-            .iter()
-            .map(|p| {
-                let log = format!("meterflow-{p}.log");
-                f.spawn_logging_to(
-                    &log,
-                    "kafka.toml",
-                    &["-n", "2", "-p", p, "--hostfile", "hosts"],
-                )
-            })
-            .collect()
-    };
+    write_hostfile(d, 2);
+    let start = || f.spawn_processes(2, |_| "kafka.toml");
     let producer = f.produce_slowly(6, Duration::from_millis(400));
     let mut rng = 0x9E37_79B9u64;
     let mut kills = 0;
@@ -443,27 +449,12 @@ fn catalog_published_mid_stream(name: &str, processes: usize) {
         text.replace("check_interval = \"300ms\"", "check_interval = \"1h\""),
     )
     .unwrap();
-    let hosts: Vec<String> = (0..processes)
-        .map(|_| format!("127.0.0.1:{}", free_port()))
-        .collect();
-    std::fs::write(d.join("hosts"), hosts.join("\n")).unwrap();
-    let logs: Vec<String> = (0..processes)
-        .map(|p| format!("meterflow-{p}.log"))
-        .collect();
-    let start = || -> Vec<Running> {
-        let n = processes.to_string();
-        logs.iter()
-            .enumerate()
-            .map(|(p, log)| {
-                let p = p.to_string();
-                let cluster = ["-n", &n, "-p", &p, "--hostfile", "hosts"];
-                match p.as_str() {
-                    "0" if processes == 1 => f.spawn_logging_to(log, "kafka.toml", &[]),
-                    "0" => f.spawn_logging_to(log, "kafka.toml", &cluster),
-                    _ => f.spawn_logging_to(log, "kafka-1.toml", &cluster),
-                }
-            })
-            .collect()
+    write_hostfile(d, processes);
+    let start = || {
+        f.spawn_processes(processes, |p| match p {
+            0 => "kafka.toml",
+            _ => "kafka-1.toml",
+        })
     };
     let publish_with = |actor: &str, flags: &[&str]| {
         let out = Command::new(meterflow_bin())
@@ -527,9 +518,8 @@ fn catalog_published_mid_stream(name: &str, processes: usize) {
     for child in &mut children {
         assert!(child.wait().unwrap().success());
     }
-    let logs: Vec<String> = logs
-        .iter()
-        .map(|l| std::fs::read_to_string(d.join(l)).unwrap())
+    let logs: Vec<String> = (0..processes)
+        .map(|p| std::fs::read_to_string(d.join(format!("meterflow-{p}.log"))).unwrap())
         .collect();
     assert!(
         logs[0].contains("the catalog changed"),
