@@ -27,6 +27,18 @@ pub struct ClickHouseConfig {
     pub flush_rows: usize,
     /// Flush completed epochs at least this often.
     pub flush_interval: meterflow_schemas::time::Span,
+    /// How inserts travel: `lz4` (the default) trades CPU on both ends for a third of the bytes,
+    /// right across a network; `none` saves that CPU when ClickHouse runs on the same host.
+    pub compression: Compression,
+}
+
+/// `clickhouse.compression`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    #[default]
+    Lz4,
+    None,
 }
 
 impl Default for ClickHouseConfig {
@@ -38,6 +50,7 @@ impl Default for ClickHouseConfig {
             password_env: None,
             flush_rows: 100_000,
             flush_interval: meterflow_schemas::time::Span(1000),
+            compression: Compression::Lz4,
         }
     }
 }
@@ -98,7 +111,11 @@ impl ClickHouse {
         let mut client = Client::default()
             .with_url(&cfg.url)
             .with_user(&cfg.user)
-            .with_validation(false);
+            .with_validation(false)
+            .with_compression(match cfg.compression {
+                Compression::Lz4 => clickhouse::Compression::Lz4,
+                Compression::None => clickhouse::Compression::None,
+            });
         if let Some(var) = &cfg.password_env {
             let password = std::env::var(var).map_err(|_| format!("clickhouse.password_env names {var}, which is not set; export it before starting meterflow"))?;
             client = client.with_password(password);
@@ -188,7 +205,7 @@ impl ClickHouse {
         }
         let target = self.insert_target::<T>(table);
         self.retry(&format!("insert into {table}"), |c| {
-            Self::send::<T>(c, target.clone(), None, rows)
+            Self::send::<T, _, _>(c, target.clone(), None, rows, &|r| r)
         })
     }
 
@@ -198,11 +215,15 @@ impl ClickHouse {
     /// batch is in (the server wrote it and the answer was lost); none, it is sent again; some
     /// (a batch spanning partitions writes one part per partition), they are deleted and the
     /// batch is sent again. Retrying blindly would bill those rows twice.
-    pub fn insert_batch<'r, T: Row + RowWrite>(
+    ///
+    /// Each row is built from its source item by `row` as it is written (and again if the batch
+    /// is resent), so a batch never exists twice in memory.
+    pub fn insert_batch<'r, T: Row + RowWrite, S>(
         &self,
         table: &str,
         id: BatchId,
-        rows: &[T::Value<'r>],
+        rows: &'r [S],
+        row: impl Fn(&'r S) -> T::Value<'r>,
     ) -> Result<(), String> {
         if rows.is_empty() {
             return Ok(());
@@ -215,11 +236,12 @@ impl ClickHouse {
                 "meterflow-{}-{table}-g{}-b{}-a{attempt}",
                 self.database, id.generation, id.batch
             );
-            let sent = self.runtime.block_on(Self::send::<T>(
+            let sent = self.runtime.block_on(Self::send::<T, S, _>(
                 self.client.clone(),
                 target.clone(),
                 Some(&query_id),
                 rows,
+                &row,
             ));
             match sent {
                 Ok(()) => break,
@@ -308,18 +330,20 @@ impl ClickHouse {
         target
     }
 
-    async fn send<'r, T: Row + RowWrite>(
+    /// Writes `row(r)` for every `r` of `rows` in one insert.
+    async fn send<'s, 'r, T: Row + RowWrite, S, V: std::borrow::Borrow<T::Value<'r>>>(
         c: Client,
         target: String,
         query_id: Option<&str>,
-        rows: &[T::Value<'r>],
+        rows: &'s [S],
+        row: &impl Fn(&'s S) -> V,
     ) -> clickhouse::error::Result<()> {
         let mut insert = c.insert_unescaped::<T>(&target).await?;
         if let Some(id) = query_id {
             insert = insert.with_setting("query_id", id);
         }
         for r in rows {
-            insert.write(r).await?;
+            insert.write(row(r).borrow()).await?;
         }
         insert.end().await
     }

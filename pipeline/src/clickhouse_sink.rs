@@ -8,7 +8,6 @@
 //! and a resumed run writes only real changes. Progress is committed to `sink_progress` after
 //! every table is durable through the committed epoch.
 
-use std::collections::BTreeMap;
 use std::sync::{mpsc, Arc};
 
 use clickhouse::Row;
@@ -51,14 +50,28 @@ impl ChNames {
 }
 
 /// Labels of the periods a batch mentions, so rows can borrow them.
-struct PeriodLabels(BTreeMap<Period, String>);
+/// The label of every period a batch names. A batch holds a few distinct periods in long
+/// runs, so they are found by skipping repeats, and labelled once each.
+struct PeriodLabels(Vec<(Period, String)>);
 
 impl PeriodLabels {
     fn of(unit: PeriodUnit, periods: impl Iterator<Item = Period>) -> PeriodLabels {
-        PeriodLabels(periods.map(|p| (p, unit.label(p))).collect())
+        let mut seen: Vec<Period> = Vec::new();
+        let mut last = None;
+        for p in periods {
+            if last != Some(p) {
+                last = Some(p);
+                if let Err(i) = seen.binary_search(&p) {
+                    seen.insert(i, p);
+                }
+            }
+        }
+        PeriodLabels(seen.into_iter().map(|p| (p, unit.label(p))).collect())
     }
     fn get(&self, p: Period) -> &str {
-        self.0.get(&p).map_or("", |s| s.as_str())
+        self.0
+            .binary_search_by(|(q, _)| q.cmp(&p))
+            .map_or("", |i| self.0[i].1.as_str())
     }
 }
 
@@ -279,52 +292,48 @@ fn insert_usage(
         rows.iter()
             .flat_map(|(_, a)| [a.service_period, a.invoice_period]),
     );
-    let out: Vec<UsageRow> = rows
-        .iter()
-        .map(|(epoch, a)| {
-            let e = &a.event;
-            let m = e.metadata.as_deref().unwrap_or(&NO_METADATA);
-            let sku = &c.skus[e.sku.ix()];
-            let price = c.price(e.price);
-            UsageRow {
-                event_id: &e.event_id,
-                customer_id: &c.customers[e.customer.ix()].id,
-                contract_id: &c.contracts[e.contract.ix()].id,
-                sku: &sku.id,
-                unit: &sku.unit,
-                quantity: e.quantity.0,
-                event_time: seconds(e.time),
-                event_time_ms: e.time.0,
-                environment: match &e.environment {
-                    Environment::Billable(i) => &n.billable_environments[*i as usize],
-                    Environment::Other(name) => name,
-                },
-                billable: e.billable() as u8,
-                region: m.region.as_deref().unwrap_or(""),
-                plan: m.plan.as_deref().unwrap_or(""),
-                marketplace: m.marketplace.as_deref().unwrap_or(""),
-                attributes: m.attributes.as_deref().unwrap_or(""),
-                correction_action: e.correction.as_ref().map_or("", |k| k.action.as_str()),
-                correction_of: e.correction.as_ref().map_or("", |k| &k.original_event_id),
-                rate_card: &c.rate_cards[price.rate_card.ix()].id,
-                rate_card_version: price.version,
-                price_region: c.region_name(price.region),
-                service_period: labels.get(a.service_period),
-                invoice_period: labels.get(a.invoice_period),
-                arrival: a.arrival.as_str(),
-                fingerprint: e.fingerprint,
-                source: n.source(e.lineage),
-                partition: e.lineage.partition,
-                offset: e.lineage.offset,
-                epoch: *epoch,
-                generation: n.generation,
-                batch: id.batch,
-                kafka_key: e.kafka.as_ref().map_or("", |k| k.key.as_str()),
-                kafka_headers: e.kafka.as_ref().map_or("", |k| k.headers.as_str()),
-            }
-        })
-        .collect();
-    ch.insert_batch::<UsageRow<'static>>("usage_events", id, &out)
+    ch.insert_batch::<UsageRow<'static>, _>("usage_events", id, rows, |(epoch, a)| {
+        let e = &a.event;
+        let m = e.metadata.as_deref().unwrap_or(&NO_METADATA);
+        let sku = &c.skus[e.sku.ix()];
+        let price = c.price(e.price);
+        UsageRow {
+            event_id: &e.event_id,
+            customer_id: &c.customers[e.customer.ix()].id,
+            contract_id: &c.contracts[e.contract.ix()].id,
+            sku: &sku.id,
+            unit: &sku.unit,
+            quantity: e.quantity.0,
+            event_time: seconds(e.time),
+            event_time_ms: e.time.0,
+            environment: match &e.environment {
+                Environment::Billable(i) => &n.billable_environments[*i as usize],
+                Environment::Other(name) => name,
+            },
+            billable: e.billable() as u8,
+            region: m.region.as_deref().unwrap_or(""),
+            plan: m.plan.as_deref().unwrap_or(""),
+            marketplace: m.marketplace.as_deref().unwrap_or(""),
+            attributes: m.attributes.as_deref().unwrap_or(""),
+            correction_action: e.correction.as_ref().map_or("", |k| k.action.as_str()),
+            correction_of: e.correction.as_ref().map_or("", |k| &k.original_event_id),
+            rate_card: &c.rate_cards[price.rate_card.ix()].id,
+            rate_card_version: price.version,
+            price_region: c.region_name(price.region),
+            service_period: labels.get(a.service_period),
+            invoice_period: labels.get(a.invoice_period),
+            arrival: a.arrival.as_str(),
+            fingerprint: e.fingerprint,
+            source: n.source(e.lineage),
+            partition: e.lineage.partition,
+            offset: e.lineage.offset,
+            epoch: *epoch,
+            generation: n.generation,
+            batch: id.batch,
+            kafka_key: e.kafka.as_ref().map_or("", |k| k.key.as_str()),
+            kafka_headers: e.kafka.as_ref().map_or("", |k| k.headers.as_str()),
+        }
+    })
 }
 
 fn insert_rejections(
@@ -334,27 +343,23 @@ fn insert_rejections(
     rows: &[(Epoch, Rejection)],
 ) -> Result<(), String> {
     let now = seconds(EventTime::now());
-    let out: Vec<RejectionRow> = rows
-        .iter()
-        .map(|(epoch, r)| RejectionRow {
-            reason: r.reason.code(),
-            field: r.field.as_deref().unwrap_or(""),
-            message: &r.message,
-            remediation: r.reason.remediation(),
-            event_id: r.event_id.as_deref().unwrap_or(""),
-            source: n.source(r.lineage),
-            partition: r.lineage.partition,
-            offset: r.lineage.offset,
-            raw_payload: &r.raw,
-            rejected_at: now,
-            epoch: *epoch,
-            generation: n.generation,
-            batch: id.batch,
-            kafka_key: r.kafka.as_ref().map_or("", |k| k.key.as_str()),
-            kafka_headers: r.kafka.as_ref().map_or("", |k| k.headers.as_str()),
-        })
-        .collect();
-    ch.insert_batch::<RejectionRow<'static>>("rejections", id, &out)
+    ch.insert_batch::<RejectionRow<'static>, _>("rejections", id, rows, |(epoch, r)| RejectionRow {
+        reason: r.reason.code(),
+        field: r.field.as_deref().unwrap_or(""),
+        message: &r.message,
+        remediation: r.reason.remediation(),
+        event_id: r.event_id.as_deref().unwrap_or(""),
+        source: n.source(r.lineage),
+        partition: r.lineage.partition,
+        offset: r.lineage.offset,
+        raw_payload: &r.raw,
+        rejected_at: now,
+        epoch: *epoch,
+        generation: n.generation,
+        batch: id.batch,
+        kafka_key: r.kafka.as_ref().map_or("", |k| k.key.as_str()),
+        kafka_headers: r.kafka.as_ref().map_or("", |k| k.headers.as_str()),
+    })
 }
 
 fn insert_duplicates(
@@ -363,9 +368,8 @@ fn insert_duplicates(
     id: BatchId,
     rows: &[(Epoch, DuplicateRow)],
 ) -> Result<(), String> {
-    let out: Vec<DuplicateRowCh> = rows
-        .iter()
-        .map(|(epoch, d)| DuplicateRowCh {
+    ch.insert_batch::<DuplicateRowCh<'static>, _>("duplicates", id, rows, |(epoch, d)| {
+        DuplicateRowCh {
             event_id: &d.event_id,
             event_time: seconds(d.time),
             event_time_ms: d.time.0,
@@ -375,9 +379,8 @@ fn insert_duplicates(
             epoch: *epoch,
             generation: n.generation,
             batch: id.batch,
-        })
-        .collect();
-    ch.insert_batch::<DuplicateRowCh<'static>>("duplicates", id, &out)
+        }
+    })
 }
 
 /// The identity columns every derived row starts with.
@@ -588,33 +591,29 @@ fn insert_lines_into(
             .iter()
             .flat_map(|c| [c.row.key.service_period, c.row.invoice_period]),
     );
-    let out: Vec<InvoiceLineRow> = changes
-        .iter()
-        .map(|c| {
-            let l = &c.row;
-            let k = key_text(&n.catalog, &l.key);
-            InvoiceLineRow {
-                customer_id: k.customer_id,
-                contract_id: k.contract_id,
-                sku: k.sku,
-                region: k.region,
-                service_period: labels.get(l.key.service_period),
-                invoice_period: labels.get(l.invoice_period),
-                line_type: l.kind.as_str(),
-                currency: &l.currency,
-                events: l.events,
-                quantity: l.quantity.0,
-                amount: l.amount.0 / AMOUNT_TO_9,
-                amount_exact: l.amount_exact.0,
-                sign: c.sign,
-                version: c.version,
-                epoch: c.epoch,
-                generation: n.generation,
-                batch: id.batch,
-            }
-        })
-        .collect();
-    ch.insert_batch::<InvoiceLineRow<'static>>(table, id, &out)
+    ch.insert_batch::<InvoiceLineRow<'static>, _>(table, id, changes, |c| {
+        let l = &c.row;
+        let k = key_text(&n.catalog, &l.key);
+        InvoiceLineRow {
+            customer_id: k.customer_id,
+            contract_id: k.contract_id,
+            sku: k.sku,
+            region: k.region,
+            service_period: labels.get(l.key.service_period),
+            invoice_period: labels.get(l.invoice_period),
+            line_type: l.kind.as_str(),
+            currency: &l.currency,
+            events: l.events,
+            quantity: l.quantity.0,
+            amount: l.amount.0 / AMOUNT_TO_9,
+            amount_exact: l.amount_exact.0,
+            sign: c.sign,
+            version: c.version,
+            epoch: c.epoch,
+            generation: n.generation,
+            batch: id.batch,
+        }
+    })
 }
 
 fn insert_rated(
@@ -630,35 +629,31 @@ fn insert_rated(
             .iter()
             .flat_map(|c| [c.row.key.service_period, c.row.invoice_period]),
     );
-    let out: Vec<RatedRowCh> = changes
-        .iter()
-        .map(|ch| {
-            let r = &ch.row;
-            let k = key_text(c, &r.key);
-            let price = c.price(r.price);
-            RatedRowCh {
-                customer_id: k.customer_id,
-                contract_id: k.contract_id,
-                sku: k.sku,
-                region: k.region,
-                service_period: labels.get(r.key.service_period),
-                invoice_period: labels.get(r.invoice_period),
-                rate_card: &c.rate_cards[price.rate_card.ix()].id,
-                rate_card_version: price.version,
-                model: price.model.name(),
-                tier: r.tier + 1,
-                quantity: r.quantity.0,
-                amount: r.amount.0,
-                currency: &price.currency,
-                sign: ch.sign,
-                version: ch.version,
-                epoch: ch.epoch,
-                generation: n.generation,
-                batch: id.batch,
-            }
-        })
-        .collect();
-    ch.insert_batch::<RatedRowCh<'static>>("rated_usage", id, &out)
+    ch.insert_batch::<RatedRowCh<'static>, _>("rated_usage", id, changes, |ch| {
+        let r = &ch.row;
+        let k = key_text(c, &r.key);
+        let price = c.price(r.price);
+        RatedRowCh {
+            customer_id: k.customer_id,
+            contract_id: k.contract_id,
+            sku: k.sku,
+            region: k.region,
+            service_period: labels.get(r.key.service_period),
+            invoice_period: labels.get(r.invoice_period),
+            rate_card: &c.rate_cards[price.rate_card.ix()].id,
+            rate_card_version: price.version,
+            model: price.model.name(),
+            tier: r.tier + 1,
+            quantity: r.quantity.0,
+            amount: r.amount.0,
+            currency: &price.currency,
+            sign: ch.sign,
+            version: ch.version,
+            epoch: ch.epoch,
+            generation: n.generation,
+            batch: id.batch,
+        }
+    })
 }
 
 fn insert_line_usage(
@@ -674,33 +669,29 @@ fn insert_line_usage(
             .iter()
             .flat_map(|c| [c.row.key.service_period, c.row.invoice_period]),
     );
-    let out: Vec<LineUsageRow> = changes
-        .iter()
-        .map(|ch| {
-            let u = &ch.row;
-            let k = key_text(c, &u.key);
-            let price = c.price(u.price);
-            LineUsageRow {
-                customer_id: k.customer_id,
-                contract_id: k.contract_id,
-                sku: k.sku,
-                region: k.region,
-                service_period: labels.get(u.key.service_period),
-                invoice_period: labels.get(u.invoice_period),
-                rate_card: &c.rate_cards[price.rate_card.ix()].id,
-                rate_card_version: price.version,
-                events: u.events,
-                quantity: u.quantity.0,
-                sign: ch.sign,
-                version: ch.version,
-                epoch: ch.epoch,
-                generation: n.generation,
-                batch: id.batch,
-                fee_adjustment: u.fee_adjustment.0,
-            }
-        })
-        .collect();
-    ch.insert_batch::<LineUsageRow<'static>>("line_usage", id, &out)
+    ch.insert_batch::<LineUsageRow<'static>, _>("line_usage", id, changes, |ch| {
+        let u = &ch.row;
+        let k = key_text(c, &u.key);
+        let price = c.price(u.price);
+        LineUsageRow {
+            customer_id: k.customer_id,
+            contract_id: k.contract_id,
+            sku: k.sku,
+            region: k.region,
+            service_period: labels.get(u.key.service_period),
+            invoice_period: labels.get(u.invoice_period),
+            rate_card: &c.rate_cards[price.rate_card.ix()].id,
+            rate_card_version: price.version,
+            events: u.events,
+            quantity: u.quantity.0,
+            sign: ch.sign,
+            version: ch.version,
+            epoch: ch.epoch,
+            generation: n.generation,
+            batch: id.batch,
+            fee_adjustment: u.fee_adjustment.0,
+        }
+    })
 }
 
 #[derive(Row, Serialize)]
@@ -736,28 +727,24 @@ fn insert_signals(
 ) -> Result<(), String> {
     let c = &n.catalog;
     let labels = PeriodLabels::of(n.period, changes.iter().map(|c| c.row.period));
-    let out: Vec<SignalRow> = changes
-        .iter()
-        .map(|ch| {
-            let e = &ch.row;
-            SignalRow {
-                customer_id: &c.customers[e.customer.ix()].id,
-                contract_id: &c.contracts[e.contract.ix()].id,
-                sku: c.sku_id(e.sku),
-                period: labels.get(e.period),
-                signal: e.kind.as_str(),
-                percent: e.percent,
-                at_quantity: e.at.0,
-                allowance: e.allowance.0,
-                sign: ch.sign,
-                version: ch.version,
-                epoch: ch.epoch,
-                generation: n.generation,
-                batch: id.batch,
-            }
-        })
-        .collect();
-    ch.insert_batch::<SignalRow<'static>>("entitlement_signals", id, &out)
+    ch.insert_batch::<SignalRow<'static>, _>("entitlement_signals", id, changes, |ch| {
+        let e = &ch.row;
+        SignalRow {
+            customer_id: &c.customers[e.customer.ix()].id,
+            contract_id: &c.contracts[e.contract.ix()].id,
+            sku: c.sku_id(e.sku),
+            period: labels.get(e.period),
+            signal: e.kind.as_str(),
+            percent: e.percent,
+            at_quantity: e.at.0,
+            allowance: e.allowance.0,
+            sign: ch.sign,
+            version: ch.version,
+            epoch: ch.epoch,
+            generation: n.generation,
+            batch: id.batch,
+        }
+    })
 }
 
 #[derive(Row, Serialize)]
@@ -789,25 +776,21 @@ fn insert_buckets(
     changes: &[Change<BucketRow>],
 ) -> Result<(), String> {
     let c = &n.catalog;
-    let out: Vec<BucketRowCh> = changes
-        .iter()
-        .map(|ch| {
-            let b = &ch.row;
-            BucketRowCh {
-                customer_id: &c.customers[b.customer.ix()].id,
-                sku: c.sku_id(b.sku),
-                bucket_start: seconds(b.start),
-                events: b.usage.events,
-                quantity: b.usage.quantity.0,
-                sign: ch.sign,
-                version: ch.version,
-                epoch: ch.epoch,
-                generation: n.generation,
-                batch: id.batch,
-            }
-        })
-        .collect();
-    ch.insert_batch::<BucketRowCh<'static>>("usage_buckets", id, &out)
+    ch.insert_batch::<BucketRowCh<'static>, _>("usage_buckets", id, changes, |ch| {
+        let b = &ch.row;
+        BucketRowCh {
+            customer_id: &c.customers[b.customer.ix()].id,
+            sku: c.sku_id(b.sku),
+            bucket_start: seconds(b.start),
+            events: b.usage.events,
+            quantity: b.usage.quantity.0,
+            sign: ch.sign,
+            version: ch.version,
+            epoch: ch.epoch,
+            generation: n.generation,
+            batch: id.batch,
+        }
+    })
 }
 
 #[derive(Row, Serialize)]
@@ -845,31 +828,27 @@ fn insert_anomalies(
     changes: &[Change<Anomaly>],
 ) -> Result<(), String> {
     let c = &n.catalog;
-    let out: Vec<AnomalyRow> = changes
-        .iter()
-        .map(|ch| {
-            let a = &ch.row;
-            AnomalyRow {
-                customer_id: &c.customers[a.customer.ix()].id,
-                sku: c.sku_id(a.sku),
-                kind: a.kind.as_str(),
-                window_start: seconds(a.start),
-                window_end: seconds(a.end),
-                observed: a.observed.0,
-                expected: a.expected.0,
-                score: a.score_centi,
-                severity: a.severity.as_str(),
-                baseline: a.baseline.label(),
-                explanation: a.explain(c),
-                sign: ch.sign,
-                version: ch.version,
-                epoch: ch.epoch,
-                generation: n.generation,
-                batch: id.batch,
-            }
-        })
-        .collect();
-    ch.insert_batch::<AnomalyRow<'static>>("anomalies", id, &out)
+    ch.insert_batch::<AnomalyRow<'static>, _>("anomalies", id, changes, |ch| {
+        let a = &ch.row;
+        AnomalyRow {
+            customer_id: &c.customers[a.customer.ix()].id,
+            sku: c.sku_id(a.sku),
+            kind: a.kind.as_str(),
+            window_start: seconds(a.start),
+            window_end: seconds(a.end),
+            observed: a.observed.0,
+            expected: a.expected.0,
+            score: a.score_centi,
+            severity: a.severity.as_str(),
+            baseline: a.baseline.label(),
+            explanation: a.explain(c),
+            sign: ch.sign,
+            version: ch.version,
+            epoch: ch.epoch,
+            generation: n.generation,
+            batch: id.batch,
+        }
+    })
 }
 
 #[derive(Row, Serialize)]

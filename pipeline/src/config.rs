@@ -419,6 +419,17 @@ mod tests {
         assert!(e.message.ends_with("(line 2)"), "{e}");
         let e = Config::parse("[billing]\nrounding = \"nearest\"\n", "x.toml").unwrap_err();
         assert!(e.message.contains("half_even"), "{e}");
+        let e = Config::parse("[clickhouse]\ncompression = \"zstd\"\n", "x.toml").unwrap_err();
+        assert!(
+            e.message.starts_with("clickhouse.compression: unknown variant `zstd`")
+                && e.message.contains("expected `lz4` or `none`"),
+            "{e}"
+        );
+        let c = Config::parse("[clickhouse]\ncompression = \"none\"\n", "x.toml").unwrap();
+        assert_eq!(
+            c.clickhouse.compression,
+            crate::clickhouse_client::Compression::None
+        );
     }
 
     #[test]
