@@ -31,8 +31,9 @@ pub struct Change<R> {
 }
 
 pub struct SignedState<R: Ord + Clone> {
-    /// Updates not yet written, by time.
-    pending: BTreeMap<Epoch, BTreeMap<R, isize>>,
+    /// Updates not yet written, by time, in arrival order (sorted and consolidated when
+    /// written: appending is cheaper than keeping every time's updates in a sorted map).
+    pending: BTreeMap<Epoch, Vec<(R, isize)>>,
     /// Rows the table holds, with their multiplicity and version.
     held: BTreeMap<R, (isize, u64)>,
     horizon: Option<Horizon<R>>,
@@ -78,11 +79,7 @@ impl<R: Ord + Clone> SignedState<R> {
         for (row, n, version) in rows {
             if n != 0 {
                 s.held.insert(row.clone(), (n, version));
-                *s.pending
-                    .entry(round_end)
-                    .or_default()
-                    .entry(row)
-                    .or_insert(0) -= n;
+                s.update(row, round_end, -n);
             }
         }
         s
@@ -107,12 +104,20 @@ impl<R: Ord + Clone> SignedState<R> {
     }
 
     pub fn update(&mut self, row: R, epoch: Epoch, diff: isize) {
-        *self
-            .pending
-            .entry(epoch)
-            .or_default()
-            .entry(row)
-            .or_insert(0) += diff;
+        self.pending.entry(epoch).or_default().push((row, diff));
+    }
+
+    /// A time's updates in row order, one per row, with their net diff.
+    fn consolidated(mut updates: Vec<(R, isize)>) -> impl Iterator<Item = (R, isize)> {
+        updates.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut merged: Vec<(R, isize)> = Vec::with_capacity(updates.len());
+        for (row, diff) in updates {
+            match merged.last_mut() {
+                Some(last) if last.0 == row => last.1 += diff,
+                _ => merged.push((row, diff)),
+            }
+        }
+        merged.into_iter()
     }
 
     /// The changes of every time before `frontier` (all, if `None`), in time order.
@@ -125,7 +130,7 @@ impl<R: Ord + Clone> SignedState<R> {
             }
             let updates = entry.remove();
             let mut insertions = Vec::new();
-            for (row, diff) in updates {
+            for (row, diff) in Self::consolidated(updates) {
                 if diff == 0 {
                     continue;
                 }

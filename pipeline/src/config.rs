@@ -421,7 +421,8 @@ mod tests {
         assert!(e.message.contains("half_even"), "{e}");
         let e = Config::parse("[clickhouse]\ncompression = \"zstd\"\n", "x.toml").unwrap_err();
         assert!(
-            e.message.starts_with("clickhouse.compression: unknown variant `zstd`")
+            e.message
+                .starts_with("clickhouse.compression: unknown variant `zstd`")
                 && e.message.contains("expected `lz4` or `none`"),
             "{e}"
         );

@@ -595,13 +595,17 @@ impl ChunkReader for KafkaReader {
                 idle: idle || self.idle(source, partition),
             })
             .collect();
+        // The next chunk starts at this one's size rather than growing from nothing.
+        let (messages, meta) = (self.messages.capacity(), self.meta.capacity());
+        let messages = std::mem::replace(&mut self.messages, Vec::with_capacity(messages));
+        let meta = std::mem::replace(&mut self.meta, Vec::with_capacity(meta));
         let chunk = Chunk {
             epoch: self.epoch,
             source: 0,
             base_offset: 0,
             bytes: buf,
-            messages: std::mem::take(&mut self.messages),
-            meta: std::mem::take(&mut self.meta),
+            messages,
+            meta,
             positions,
             partitions,
         };
