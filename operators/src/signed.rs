@@ -108,16 +108,16 @@ impl<R: Ord + Clone> SignedState<R> {
     }
 
     /// A time's updates in row order, one per row, with their net diff.
-    fn consolidated(mut updates: Vec<(R, isize)>) -> impl Iterator<Item = (R, isize)> {
+    fn consolidated(mut updates: Vec<(R, isize)>) -> Vec<(R, isize)> {
         updates.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        let mut merged: Vec<(R, isize)> = Vec::with_capacity(updates.len());
-        for (row, diff) in updates {
-            match merged.last_mut() {
-                Some(last) if last.0 == row => last.1 += diff,
-                _ => merged.push((row, diff)),
+        updates.dedup_by(|next, kept| {
+            let same = next.0 == kept.0;
+            if same {
+                kept.1 += next.1;
             }
-        }
-        merged.into_iter()
+            same
+        });
+        updates
     }
 
     /// The changes of every time before `frontier` (all, if `None`), in time order.

@@ -49,29 +49,27 @@ impl ChNames {
     }
 }
 
-/// Labels of the periods a batch mentions, so rows can borrow them.
-/// The label of every period a batch names. A batch holds a few distinct periods in long
-/// runs, so they are found by skipping repeats, and labelled once each.
+/// Labels of the periods a batch mentions, so rows can borrow them. A batch holds a few
+/// distinct periods in long runs: repeats are skipped and each period is labelled once, in a
+/// list kept sorted.
 struct PeriodLabels(Vec<(Period, String)>);
 
 impl PeriodLabels {
     fn of(unit: PeriodUnit, periods: impl Iterator<Item = Period>) -> PeriodLabels {
-        let mut seen: Vec<Period> = Vec::new();
+        let mut labels = PeriodLabels(Vec::new());
         let mut last = None;
-        for p in periods {
-            if last != Some(p) {
-                last = Some(p);
-                if let Err(i) = seen.binary_search(&p) {
-                    seen.insert(i, p);
-                }
+        for p in periods.filter(|&p| last.replace(p) != Some(p)) {
+            if let Err(i) = labels.find(p) {
+                labels.0.insert(i, (p, unit.label(p)));
             }
         }
-        PeriodLabels(seen.into_iter().map(|p| (p, unit.label(p))).collect())
+        labels
+    }
+    fn find(&self, p: Period) -> Result<usize, usize> {
+        self.0.binary_search_by(|(q, _)| q.cmp(&p))
     }
     fn get(&self, p: Period) -> &str {
-        self.0
-            .binary_search_by(|(q, _)| q.cmp(&p))
-            .map_or("", |i| self.0[i].1.as_str())
+        self.find(p).map_or("", |i| self.0[i].1.as_str())
     }
 }
 
