@@ -27,7 +27,7 @@ use crate::catalog_source::{CatalogSource, Watcher};
 use crate::clickhouse_client::ClickHouse;
 use crate::clickhouse_migrate::check_migrated;
 use crate::clickhouse_restore::{restore, Restored, Role};
-use crate::clickhouse_sink::{self as ch_sink, ChNames, ClickHouseProgress};
+use crate::clickhouse_sink::{self as ch_sink, ChNames, ClickHouseProgress, IdRanks};
 use crate::config::Config;
 use crate::file_sink::{
     anomalies_writer, duplicates_writer, entitlement_signals_writer, invoice_lines_writer,
@@ -317,6 +317,7 @@ fn run_until_catalog_change(args: &RunArgs) -> anyhow::Result<(RunReport, bool)>
                 period,
                 generation,
                 worker: index as u32,
+                ranks: IdRanks::of(&catalog),
             });
             let connect = || ClickHouse::connect(&ch_cfg);
             // Only worker 0 receives derived rows and commits progress; it holds the restored rows.
