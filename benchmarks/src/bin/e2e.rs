@@ -193,7 +193,14 @@ impl Env<'_> {
 }
 
 /// A bare consumer reading every partition of `topic` to its end: messages and bytes per second.
-fn bare_consume(brokers: &str, topic: &str, partitions: u32, messages: usize) -> (f64, u64) {
+/// Fails when the broker stops handing out messages before all `messages` were read (the mock
+/// broker silently drops what a partition cannot hold).
+fn bare_consume(
+    brokers: &str,
+    topic: &str,
+    partitions: u32,
+    messages: usize,
+) -> anyhow::Result<(f64, u64)> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", "bench-baseline")
@@ -207,17 +214,22 @@ fn bare_consume(brokers: &str, topic: &str, partitions: u32, messages: usize) ->
     }
     consumer.assign(&tpl).expect("assign");
     let start = Instant::now();
-    let (mut n, mut bytes) = (0usize, 0u64);
+    let (mut n, mut bytes, mut last) = (0usize, 0u64, Instant::now());
     while n < messages {
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
             n += 1;
             bytes += m.payload().map_or(0, |p| p.len() as u64);
+            last = Instant::now();
         }
-        if start.elapsed() > Duration::from_secs(300) {
-            break;
+        if last.elapsed() > Duration::from_secs(10) {
+            bail!(
+                "the broker handed out {n} of the {messages} messages produced to {topic}, then \
+                 nothing for 10 s; the mock broker keeps ~5 MB per partition: raise --partitions \
+                 (or --customers, which spreads the keys)"
+            );
         }
     }
-    (start.elapsed().as_secs_f64(), bytes)
+    Ok((start.elapsed().as_secs_f64(), bytes))
 }
 
 struct Throughput {
@@ -251,7 +263,7 @@ fn throughput(
     let produce_s = t.elapsed().as_secs_f64();
     let messages = producer.messages;
     drop(producer);
-    let (baseline_s, _) = bare_consume(&env.brokers, &topic, env.partitions, messages);
+    let (baseline_s, _) = bare_consume(&env.brokers, &topic, env.partitions, messages)?;
     let cpu_before = cpu_split(env.ch);
     let start = Instant::now();
     let (mut child, db) = env.start(mode, &topic, "2s")?;
