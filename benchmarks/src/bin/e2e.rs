@@ -224,8 +224,8 @@ fn bare_consume(
         if last.elapsed() > Duration::from_secs(10) {
             bail!(
                 "the broker handed out {n} of the {messages} messages produced to {topic}, then \
-                 nothing for 10 s; the mock broker keeps ~5 MB per partition: raise --partitions \
-                 (or --customers, which spreads the keys)"
+                 nothing for 10 s; the mock broker keeps ~5 MB per partition and messages are \
+                 keyed by customer: raise --customers (spreads the keys) and --partitions"
             );
         }
     }
