@@ -1135,21 +1135,16 @@ mod tests {
         let acme = |id: &str, sku: &str, unit: &str, time: &str| {
             event(id, "acme", "acme-2026", sku, unit, "1", time)
         };
+        let globex = |id: &str, sku: &str, unit: &str, time: &str| {
+            event(id, "globex", "globex-legacy", sku, unit, "1", time)
+        };
         // Arrival order, unlike the table's: customers and SKUs out of order (`tokens` is
         // declared before `storage` in the catalog), and two events in one second whose ids
         // sort against their milliseconds (`event_time` is whole seconds in the table).
         let rows = accepted(
             &n,
             &[
-                event(
-                    "g1",
-                    "globex",
-                    "globex-legacy",
-                    "api_calls",
-                    "requests",
-                    "1",
-                    "2026-11-02T10:00:00Z",
-                ),
+                globex("g1", "api_calls", "requests", "2026-11-02T10:00:00Z"),
                 acme("a-t", "tokens", "tokens", "2026-11-01T10:00:00Z"),
                 acme("a-s", "storage", "GB", "2026-11-03T10:00:00Z"),
                 acme("a-1", "api_calls", "requests", "2026-11-01T10:00:05.900Z"),
