@@ -113,8 +113,8 @@ impl IdRanks {
 
 /// `rows` in the order of `key`, which must follow the table's `ORDER BY`. ClickHouse checks
 /// whether an inserted block is already in order and then neither sorts it nor permutes its
-/// columns: a third or more of its insert work for `usage_events`. The sort happens here
-/// instead, on the insert thread, on integer keys, and a resend sends the same order.
+/// columns (17% of its CPU per event in the benchmark, `benchmarks/RESULTS.md`). The sort
+/// happens here instead, on the insert thread, on integer keys; a resend sends the same order.
 fn in_key_order<'r, S, K: Ord>(rows: &'r [S], key: impl Fn(&'r S) -> K) -> Vec<&'r S> {
     let mut refs: Vec<&S> = rows.iter().collect();
     refs.sort_by_cached_key(|r| key(r));
