@@ -650,6 +650,33 @@ pub fn shadow_invoice_lines(
     )
 }
 
+/// Rows of an invoice line's history: labelled by their service and invoice periods.
+trait OfLine {
+    fn periods(&self) -> [Period; 2];
+}
+
+impl OfLine for InvoiceLine {
+    fn periods(&self) -> [Period; 2] {
+        [self.key.service_period, self.invoice_period]
+    }
+}
+
+impl OfLine for RatedRow {
+    fn periods(&self) -> [Period; 2] {
+        [self.key.service_period, self.invoice_period]
+    }
+}
+
+impl OfLine for LineUsage {
+    fn periods(&self) -> [Period; 2] {
+        [self.key.service_period, self.invoice_period]
+    }
+}
+
+fn line_labels<R: OfLine>(n: &ChNames, changes: &[Change<R>]) -> PeriodLabels {
+    PeriodLabels::of(n.period, changes.iter().flat_map(|c| c.row.periods()))
+}
+
 fn insert_lines_into(
     ch: &ClickHouse,
     n: &ChNames,
@@ -657,35 +684,62 @@ fn insert_lines_into(
     changes: &[Change<InvoiceLine>],
     table: &str,
 ) -> Result<(), String> {
-    let labels = PeriodLabels::of(
-        n.period,
-        changes
-            .iter()
-            .flat_map(|c| [c.row.key.service_period, c.row.invoice_period]),
-    );
-    ch.insert_batch::<InvoiceLineRow<'static>, _>(table, id, changes, |c| {
-        let l = &c.row;
-        let k = key_text(&n.catalog, &l.key);
-        InvoiceLineRow {
-            customer_id: k.customer_id,
-            contract_id: k.contract_id,
-            sku: k.sku,
-            region: k.region,
-            service_period: labels.get(l.key.service_period),
-            invoice_period: labels.get(l.invoice_period),
-            line_type: l.kind.as_str(),
-            currency: &l.currency,
-            events: l.events,
-            quantity: l.quantity.0,
-            amount: l.amount.0 / AMOUNT_TO_9,
-            amount_exact: l.amount_exact.0,
-            sign: c.sign,
-            version: c.version,
-            epoch: c.epoch,
-            generation: n.generation,
-            batch: id.batch,
-        }
+    let labels = line_labels(n, changes);
+    let changes = line_order(n, &labels, id, changes);
+    ch.insert_batch::<InvoiceLineRow<'static>, _>(table, id, &changes, |c| {
+        line_row(n, &labels, id, c)
     })
+}
+
+/// A batch in the table's `ORDER BY`, read from the row's own columns.
+fn line_order<'r>(
+    n: &'r ChNames,
+    labels: &'r PeriodLabels,
+    id: BatchId,
+    changes: &'r [Change<InvoiceLine>],
+) -> Vec<&'r Change<InvoiceLine>> {
+    in_key_order(changes, |c| {
+        let r = line_row(n, labels, id, c);
+        (
+            r.customer_id,
+            r.invoice_period,
+            r.contract_id,
+            r.sku,
+            r.region,
+            r.service_period,
+            r.line_type,
+            r.version,
+        )
+    })
+}
+
+fn line_row<'r>(
+    n: &'r ChNames,
+    labels: &'r PeriodLabels,
+    id: BatchId,
+    c: &'r Change<InvoiceLine>,
+) -> InvoiceLineRow<'r> {
+    let l = &c.row;
+    let k = key_text(&n.catalog, &l.key);
+    InvoiceLineRow {
+        customer_id: k.customer_id,
+        contract_id: k.contract_id,
+        sku: k.sku,
+        region: k.region,
+        service_period: labels.get(l.key.service_period),
+        invoice_period: labels.get(l.invoice_period),
+        line_type: l.kind.as_str(),
+        currency: &l.currency,
+        events: l.events,
+        quantity: l.quantity.0,
+        amount: l.amount.0 / AMOUNT_TO_9,
+        amount_exact: l.amount_exact.0,
+        sign: c.sign,
+        version: c.version,
+        epoch: c.epoch,
+        generation: n.generation,
+        batch: id.batch,
+    }
 }
 
 fn insert_rated(
@@ -694,38 +748,66 @@ fn insert_rated(
     id: BatchId,
     changes: &[Change<RatedRow>],
 ) -> Result<(), String> {
-    let c = &n.catalog;
-    let labels = PeriodLabels::of(
-        n.period,
-        changes
-            .iter()
-            .flat_map(|c| [c.row.key.service_period, c.row.invoice_period]),
-    );
-    ch.insert_batch::<RatedRowCh<'static>, _>("rated_usage", id, changes, |ch| {
-        let r = &ch.row;
-        let k = key_text(c, &r.key);
-        let price = c.price(r.price);
-        RatedRowCh {
-            customer_id: k.customer_id,
-            contract_id: k.contract_id,
-            sku: k.sku,
-            region: k.region,
-            service_period: labels.get(r.key.service_period),
-            invoice_period: labels.get(r.invoice_period),
-            rate_card: &c.rate_cards[price.rate_card.ix()].id,
-            rate_card_version: price.version,
-            model: price.model.name(),
-            tier: r.tier + 1,
-            quantity: r.quantity.0,
-            amount: r.amount.0,
-            currency: &price.currency,
-            sign: ch.sign,
-            version: ch.version,
-            epoch: ch.epoch,
-            generation: n.generation,
-            batch: id.batch,
-        }
+    let labels = line_labels(n, changes);
+    let changes = rated_order(n, &labels, id, changes);
+    ch.insert_batch::<RatedRowCh<'static>, _>("rated_usage", id, &changes, |c| {
+        rated_row(n, &labels, id, c)
     })
+}
+
+/// A batch in the table's `ORDER BY`, read from the row's own columns.
+fn rated_order<'r>(
+    n: &'r ChNames,
+    labels: &'r PeriodLabels,
+    id: BatchId,
+    changes: &'r [Change<RatedRow>],
+) -> Vec<&'r Change<RatedRow>> {
+    in_key_order(changes, |c| {
+        let r = rated_row(n, labels, id, c);
+        (
+            r.customer_id,
+            r.invoice_period,
+            r.contract_id,
+            r.sku,
+            r.region,
+            r.service_period,
+            r.rate_card,
+            r.rate_card_version,
+            r.tier,
+            r.version,
+        )
+    })
+}
+
+fn rated_row<'r>(
+    n: &'r ChNames,
+    labels: &'r PeriodLabels,
+    id: BatchId,
+    ch: &'r Change<RatedRow>,
+) -> RatedRowCh<'r> {
+    let (c, r) = (&n.catalog, &ch.row);
+    let k = key_text(c, &r.key);
+    let price = c.price(r.price);
+    RatedRowCh {
+        customer_id: k.customer_id,
+        contract_id: k.contract_id,
+        sku: k.sku,
+        region: k.region,
+        service_period: labels.get(r.key.service_period),
+        invoice_period: labels.get(r.invoice_period),
+        rate_card: &c.rate_cards[price.rate_card.ix()].id,
+        rate_card_version: price.version,
+        model: price.model.name(),
+        tier: r.tier + 1,
+        quantity: r.quantity.0,
+        amount: r.amount.0,
+        currency: &price.currency,
+        sign: ch.sign,
+        version: ch.version,
+        epoch: ch.epoch,
+        generation: n.generation,
+        batch: id.batch,
+    }
 }
 
 fn insert_line_usage(
@@ -734,36 +816,63 @@ fn insert_line_usage(
     id: BatchId,
     changes: &[Change<LineUsage>],
 ) -> Result<(), String> {
-    let c = &n.catalog;
-    let labels = PeriodLabels::of(
-        n.period,
-        changes
-            .iter()
-            .flat_map(|c| [c.row.key.service_period, c.row.invoice_period]),
-    );
-    ch.insert_batch::<LineUsageRow<'static>, _>("line_usage", id, changes, |ch| {
-        let u = &ch.row;
-        let k = key_text(c, &u.key);
-        let price = c.price(u.price);
-        LineUsageRow {
-            customer_id: k.customer_id,
-            contract_id: k.contract_id,
-            sku: k.sku,
-            region: k.region,
-            service_period: labels.get(u.key.service_period),
-            invoice_period: labels.get(u.invoice_period),
-            rate_card: &c.rate_cards[price.rate_card.ix()].id,
-            rate_card_version: price.version,
-            events: u.events,
-            quantity: u.quantity.0,
-            sign: ch.sign,
-            version: ch.version,
-            epoch: ch.epoch,
-            generation: n.generation,
-            batch: id.batch,
-            fee_adjustment: u.fee_adjustment.0,
-        }
+    let labels = line_labels(n, changes);
+    let changes = line_usage_order(n, &labels, id, changes);
+    ch.insert_batch::<LineUsageRow<'static>, _>("line_usage", id, &changes, |c| {
+        line_usage_row(n, &labels, id, c)
     })
+}
+
+/// A batch in the table's `ORDER BY`, read from the row's own columns.
+fn line_usage_order<'r>(
+    n: &'r ChNames,
+    labels: &'r PeriodLabels,
+    id: BatchId,
+    changes: &'r [Change<LineUsage>],
+) -> Vec<&'r Change<LineUsage>> {
+    in_key_order(changes, |c| {
+        let r = line_usage_row(n, labels, id, c);
+        (
+            r.customer_id,
+            r.contract_id,
+            r.sku,
+            r.region,
+            r.service_period,
+            r.invoice_period,
+            r.rate_card,
+            r.rate_card_version,
+            r.version,
+        )
+    })
+}
+
+fn line_usage_row<'r>(
+    n: &'r ChNames,
+    labels: &'r PeriodLabels,
+    id: BatchId,
+    ch: &'r Change<LineUsage>,
+) -> LineUsageRow<'r> {
+    let (c, u) = (&n.catalog, &ch.row);
+    let k = key_text(c, &u.key);
+    let price = c.price(u.price);
+    LineUsageRow {
+        customer_id: k.customer_id,
+        contract_id: k.contract_id,
+        sku: k.sku,
+        region: k.region,
+        service_period: labels.get(u.key.service_period),
+        invoice_period: labels.get(u.invoice_period),
+        rate_card: &c.rate_cards[price.rate_card.ix()].id,
+        rate_card_version: price.version,
+        events: u.events,
+        quantity: u.quantity.0,
+        sign: ch.sign,
+        version: ch.version,
+        epoch: ch.epoch,
+        generation: n.generation,
+        batch: id.batch,
+        fee_adjustment: u.fee_adjustment.0,
+    }
 }
 
 #[derive(Row, Serialize)]
@@ -1043,10 +1152,11 @@ mod tests {
     use std::cmp::Ordering;
 
     use meterflow_schemas::anomaly::Bucket;
+    use meterflow_schemas::catalog::PriceIdx;
     use meterflow_schemas::ddl::MIGRATIONS;
     use meterflow_schemas::fixtures::{self, event};
-    use meterflow_schemas::money::Quantity;
-    use meterflow_schemas::rows::Arrival;
+    use meterflow_schemas::money::{Amount, Quantity};
+    use meterflow_schemas::rows::{Arrival, LineKind};
     use meterflow_schemas::validate::{ValidationRules, Validator};
     use serde_json::Value;
 
@@ -1214,5 +1324,157 @@ mod tests {
         let ordered = bucket_order(&n, &changes);
         assert!(sent(&ordered));
         assert_eq!(ordered[0].row.sku, SkuIdx::INVOICE);
+    }
+
+    /// Derived-table rows out of every table's order: customers, SKUs, regions (`*` sorts
+    /// before `eu-west-1`), service and invoice periods, rate-card versions, kinds, tiers and
+    /// versions.
+    fn line_keys(c: &Catalog, unit: PeriodUnit) -> Vec<(LineKey, Period, u64, u32)> {
+        let period = |t: &str| unit.period_of(EventTime::parse_rfc3339(t).unwrap());
+        let oct = period("2026-10-05T00:00:00Z");
+        let nov = period("2026-11-05T00:00:00Z");
+        let dec = period("2026-12-05T00:00:00Z");
+        let key = |customer: &str, contract: &str, sku: &str, region: Option<&str>, p| LineKey {
+            customer: c.customer(customer).unwrap(),
+            contract: c.contract(contract).unwrap(),
+            sku: c.sku_or_invoice(sku).unwrap(),
+            region: region.map(|r| c.region(r).unwrap()),
+            service_period: p,
+        };
+        let acme = |sku, region, service, invoice, version, choice| {
+            let k = key("acme", "acme-2026", sku, region, service);
+            (k, invoice, version, choice)
+        };
+        let globex = key("globex", "globex-legacy", "api_calls", None, nov);
+        // (key, invoice period, version, which price); neighbours disagree on the columns that
+        // follow the one deciding their order (the tier follows the version: see `tier`).
+        vec![
+            acme("api_calls", None, nov, nov, 3, 0),
+            acme("api_calls", None, nov, nov, 4, 0),
+            acme("api_calls", Some("eu-west-1"), oct, nov, 1, 0),
+            acme("api_calls", None, oct, dec, 1, 0),
+            (globex, nov, 1, 0),
+            acme("tokens", None, nov, nov, 1, 1),
+            acme("api_calls", Some("eu-west-1"), nov, nov, 1, 0),
+            acme("api_calls", None, nov, nov, 2, 1),
+            acme("api_calls", None, nov, nov, 1, 0),
+            acme("api_calls", None, oct, nov, 1, 0),
+            acme("api_calls", None, oct, oct, 1, 0),
+            acme("", None, nov, nov, 1, 0),
+        ]
+    }
+
+    /// A rated row's tier, against the grain of its version.
+    fn tier(version: u64) -> u32 {
+        (version % 2) as u32
+    }
+
+    fn change<R>(row: R, version: u64) -> Change<R> {
+        Change {
+            row,
+            sign: 1,
+            version,
+            epoch: 0,
+        }
+    }
+
+    /// Checks that rows are out of `table`'s order as built and in order as sent.
+    macro_rules! sent_in_order {
+        ($table:expr, $built:expr, $sent:expr, $row:expr) => {{
+            assert!(!in_table_order($table, $built.iter().map($row)));
+            assert!(in_table_order($table, $sent.into_iter().map($row)));
+        }};
+    }
+
+    #[test]
+    fn derived_rows_are_sent_in_their_tables_order() {
+        let n = names();
+        let c = &n.catalog;
+        let v2 = PriceIdx(c.prices.iter().position(|p| p.version == 2).unwrap() as u32);
+        let keys = line_keys(c, n.period);
+        let labels = PeriodLabels::of(
+            n.period,
+            keys.iter().flat_map(|(k, p, ..)| [k.service_period, *p]),
+        );
+        let id = BatchId {
+            generation: 1,
+            batch: 1,
+        };
+        let price = |i: u32| if i == 1 { v2 } else { PriceIdx(0) };
+        let (q, a) = (
+            Quantity::parse("1").unwrap(),
+            Amount::parse_price("1").unwrap(),
+        );
+
+        let lines: Vec<_> = keys
+            .iter()
+            .map(|&(key, invoice_period, version, i)| {
+                let kind = [LineKind::Usage, LineKind::Adjustment][i as usize];
+                let kind = if key.sku == SkuIdx::INVOICE {
+                    LineKind::Tax
+                } else {
+                    kind
+                };
+                let line = InvoiceLine {
+                    key,
+                    invoice_period,
+                    kind,
+                    currency: "USD".into(),
+                    events: 1,
+                    quantity: q,
+                    amount_exact: a,
+                    amount: a,
+                };
+                change(line, version)
+            })
+            .collect();
+        sent_in_order!(
+            "invoice_lines",
+            lines,
+            line_order(&n, &labels, id, &lines),
+            |l| line_row(&n, &labels, id, l)
+        );
+
+        let rated: Vec<_> = keys
+            .iter()
+            .map(|&(key, invoice_period, version, i)| {
+                let row = RatedRow {
+                    key,
+                    invoice_period,
+                    price: price(i),
+                    tier: tier(version),
+                    quantity: q,
+                    amount: a,
+                };
+                change(row, version)
+            })
+            .collect();
+        sent_in_order!(
+            "rated_usage",
+            rated,
+            rated_order(&n, &labels, id, &rated),
+            |r| rated_row(&n, &labels, id, r)
+        );
+
+        let usage: Vec<_> = keys
+            .iter()
+            .map(|&(key, invoice_period, version, i)| {
+                let row = LineUsage {
+                    key,
+                    invoice_period,
+                    price: price(i),
+                    events: 1,
+                    quantity: q,
+                    fee_adjustment: Amount::ZERO,
+                };
+                change(row, version)
+            })
+            .collect();
+        sent_in_order!(
+            "line_usage",
+            usage,
+            line_usage_order(&n, &labels, id, &usage),
+            |u| line_usage_row(&n, &labels, id, u)
+        );
     }
 }
