@@ -114,7 +114,9 @@ impl IdRanks {
 /// `rows` in the order of `key`, which must follow the table's `ORDER BY`. ClickHouse checks
 /// whether an inserted block is already in order and then neither sorts it nor permutes its
 /// columns (17% of its CPU per event in the benchmark, `benchmarks/RESULTS.md`). The sort
-/// happens here instead, on the insert thread, on integer keys; a resend sends the same order.
+/// happens here instead, on the insert thread; a resend sends the same order. The big tables
+/// (`usage_events`, `usage_buckets`) sort on integer ranks of the ids ([`IdRanks`]); the small
+/// derived batches on their rows' own columns, built once for the key and again to be sent.
 fn in_key_order<'r, S, K: Ord>(rows: &'r [S], key: impl Fn(&'r S) -> K) -> Vec<&'r S> {
     let mut refs: Vec<&S> = rows.iter().collect();
     refs.sort_by_cached_key(|r| key(r));
