@@ -57,8 +57,9 @@ pub struct Start {
     pub first_epoch: Epoch,
     /// A resumed run (its detectors are seeded and re-emit what they hold).
     pub resumed: bool,
-    /// The watermark it resumes at (a resumed run may have none yet).
-    pub watermark: Option<EventTime>,
+    /// The watermark it resumes at, with the partitions' state behind it (see
+    /// [`WatermarkTracker::resuming`]).
+    pub watermark: WatermarkTracker,
     pub epochs_per_round: u64,
 }
 
@@ -98,7 +99,7 @@ pub fn anomalies<'s>(
     {
         detector.seed_verdict(a.clone());
     }
-    if let Some(w) = start.watermark {
+    if let Some(w) = start.watermark.floor() {
         detector.resume_at(w);
     }
 
@@ -111,7 +112,7 @@ pub fn anomalies<'s>(
     let mut anomalies_out: Out<Signed<Anomaly>> = OutputBuilder::from(anomalies_out);
     let k = start.epochs_per_round;
     let first_round = round_end(start.first_epoch, k);
-    let mut tracker = WatermarkTracker::starting_at(start.watermark);
+    let mut tracker = start.watermark;
     let mut pending: BTreeMap<Epoch, Vec<Sum>> = BTreeMap::new();
     let mut last_round: Option<Epoch> = None;
     let resumed = start.resumed;

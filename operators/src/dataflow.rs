@@ -40,7 +40,7 @@ use crate::progress::{commit_progress, Progress, ProgressStore};
 use crate::rate_join::rate_join;
 use crate::sink::{sink, FlushPolicy, TableWriter};
 use crate::source::{source, BufferPool, ChunkReader};
-use crate::watermark::LatenessPolicy;
+use crate::watermark::{LatenessPolicy, WatermarkTracker};
 use crate::{Epoch, Fatal};
 
 /// What every worker needs to build the dataflow.
@@ -108,6 +108,15 @@ impl Resume {
     pub fn first_epoch(&self) -> Epoch {
         self.progress.as_ref().map_or(0, |p| p.epoch + 1)
     }
+
+    /// The watermark as of the commit, with every partition's state behind it.
+    pub fn watermark(&self) -> WatermarkTracker {
+        self.progress
+            .as_ref()
+            .map_or_else(WatermarkTracker::default, |p| {
+                WatermarkTracker::resuming(p.watermark, &p.partitions)
+            })
+    }
 }
 
 /// Builds the dataflow in `scope`; returns a probe that completes when every output is durable.
@@ -132,9 +141,16 @@ pub fn build<'s>(
         totals.clock.clone(),
         pool.clone(),
     );
-    let decoded = decode(chunks, pool, plan.rules.clone(), plan.catalog.clone());
+    let resumed_partitions = resume.progress.as_ref().map_or(&[][..], |p| &p.partitions);
+    let decoded = decode(
+        chunks,
+        pool,
+        plan.rules.clone(),
+        plan.catalog.clone(),
+        resumed_partitions,
+    );
     let watermarks = decoded.stats.clone().broadcast();
-    let start_watermark = resume.progress.as_ref().and_then(|p| p.watermark);
+    let start_watermark = resume.watermark();
     let mut deduper = Deduplicator::new(
         plan.policy,
         plan.catalog.clone(),
@@ -152,10 +168,15 @@ pub fn build<'s>(
         plan.policy.period,
         Clock {
             first_epoch: resume.first_epoch(),
-            watermark: start_watermark,
+            watermark: start_watermark.clone(),
         },
     );
-    let deduped = dedup(decoded.events, watermarks.clone(), deduper, start_watermark);
+    let deduped = dedup(
+        decoded.events,
+        watermarks.clone(),
+        deduper,
+        start_watermark.clone(),
+    );
     let all_usage = deduped.usage.probe_with(&admitted);
     let reported = reported(
         all_usage.clone(),

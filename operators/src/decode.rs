@@ -3,9 +3,15 @@
 //!
 //! (data, time, diff): for a chunk at epoch `t`, emits at `t` every valid event on `events`, every
 //! bad record on `rejections` (raw payload, reason, message, lineage), one [`EpochStats`] on
-//! `stats` (the latest valid event time in the chunk, which feeds the watermark) and the chunk's
-//! [`Counts`]. Stateless apart from the validator's scratch buffer; holds no capabilities.
+//! `stats` (the latest valid event time in the chunk and, per Kafka partition, read so far, which
+//! feed the watermark) and the chunk's [`Counts`]. Each Kafka event carries the latest valid time
+//! before it in its partition (`stream_watermark`), which lateness is judged against.
+//!
+//! State: the latest valid time per Kafka partition (one entry per partition, restored from the
+//! commit a resumed run continues from) and the validator's scratch buffer. Holds no
+//! capabilities.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use meterflow_schemas::catalog::Catalog;
@@ -31,8 +37,9 @@ pub struct EpochStats {
     pub max_time: Option<EventTime>,
     /// Where the reader stands after the chunk (Kafka partitions), for progress commits.
     pub positions: Vec<Position>,
-    /// Per Kafka partition of the reader: the latest valid event time in the chunk and whether
-    /// the partition had been read to its end (per-partition watermarks).
+    /// Per Kafka partition of the reader: the latest valid event time read from it so far (this
+    /// chunk included) and whether the partition had been read to its end (per-partition
+    /// watermarks).
     pub partitions: Vec<PartitionTime>,
 }
 
@@ -53,11 +60,13 @@ pub struct Decoded<'s> {
 
 type Out<D> = OutputBuilder<Epoch, CapacityContainerBuilder<Vec<D>>>;
 
+/// `resumed`: the partitions' state at the commit a resumed run continues from.
 pub fn decode<'s>(
     chunks: StreamVec<'s, Epoch, Chunk>,
     pool: BufferPool,
     rules: Arc<ValidationRules>,
     catalog: Arc<Catalog>,
+    resumed: &[PartitionTime],
 ) -> Decoded<'s> {
     let mut builder = OperatorBuilder::new("Decode".to_owned(), chunks.scope());
     let mut input = builder.new_input(chunks, Pipeline);
@@ -70,6 +79,11 @@ pub fn decode<'s>(
     let mut stats_out: Out<EpochStats> = OutputBuilder::from(stats_out);
     let mut counts_out: Out<Counts> = OutputBuilder::from(counts_out);
     let mut validator = Validator::new(rules, catalog);
+    // Per partition: the latest valid event time read from it, across chunks and restarts.
+    let mut read_through: BTreeMap<(u32, i32), Option<EventTime>> = resumed
+        .iter()
+        .map(|p| ((p.source, p.partition), p.max_time))
+        .collect();
 
     builder.build(move |_capabilities| {
         move |_frontiers| {
@@ -93,7 +107,10 @@ pub fn decode<'s>(
                         .map(|p| PartitionTime {
                             source: p.source,
                             partition: p.partition,
-                            max_time: None,
+                            max_time: read_through
+                                .get(&(p.source, p.partition))
+                                .copied()
+                                .flatten(),
                             idle: p.idle,
                         })
                         .collect();
@@ -115,6 +132,7 @@ pub fn decode<'s>(
                                     last = partitions.iter().position(same).unwrap_or(last);
                                 }
                                 if let Some(p) = partitions.get_mut(last).filter(|p| same(p)) {
+                                    ev.stream_watermark = p.max_time.unwrap_or(EventTime::MIN);
                                     p.max_time = p.max_time.max(Some(ev.time));
                                 }
                                 events_s.give(ev);
@@ -128,6 +146,9 @@ pub fn decode<'s>(
                             }
                         }
                     });
+                    for p in &partitions {
+                        read_through.insert((p.source, p.partition), p.max_time);
+                    }
                     stats_h.session(&cap).give(EpochStats {
                         epoch: chunk.epoch,
                         max_time,

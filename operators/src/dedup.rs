@@ -4,7 +4,8 @@
 //! state is local), and the broadcast per-epoch stats that define the watermark.
 //!
 //! (data, time, diff): events of epoch `t` are decided once every earlier epoch is complete on
-//! both inputs (so the watermark `W(t)` is known and earlier epochs went first), in arrival order,
+//! both inputs (so the watermark `W(t)` is known and earlier epochs went first), each against the
+//! later of `W(t)` and its partition's watermark (see `watermark.rs`), in arrival order,
 //! which within an epoch is input order. Every event leaves at time `t` in exactly one of:
 //! `accepted` (with service/invoice period and arrival class, plus a compact `usage` delta when
 //! billable), `duplicates`, or `rejections` (`timestamp_too_old`, `conflicting_duplicate`,
@@ -76,7 +77,10 @@ pub struct Deduplicator {
     table: DedupTable,
     reported_keys: i64,
     reported_bytes: i64,
+    /// The epoch's rules, against its watermark.
     lateness: EpochLateness,
+    /// The rules against the last partition watermark ahead of the epoch's.
+    ahead: EpochLateness,
 }
 
 impl Deduplicator {
@@ -93,6 +97,7 @@ impl Deduplicator {
             reported_keys: 0,
             reported_bytes: 0,
             lateness: policy.at(EventTime::MIN),
+            ahead: policy.at(EventTime::MIN),
         }
     }
 
@@ -116,8 +121,18 @@ impl Deduplicator {
         self.lateness = self.policy.at(w);
     }
 
-    fn decide(&mut self, ev: UsageEvent, w: EventTime, counts: &mut Counts) -> Decision {
-        let (service, invoice, arrival) = match self.lateness.classify(ev.time) {
+    /// Judges `ev` against the later of the epoch's watermark and its partition's.
+    fn classify(&mut self, ev: &UsageEvent) -> (Verdict, EventTime) {
+        if ev.stream_watermark <= self.lateness.watermark() {
+            return (self.lateness.classify(ev.time), self.lateness.watermark());
+        }
+        self.ahead.move_to(&self.policy, ev.stream_watermark);
+        (self.ahead.classify(ev.time), ev.stream_watermark)
+    }
+
+    fn decide(&mut self, ev: UsageEvent, counts: &mut Counts) -> Decision {
+        let (verdict, w) = self.classify(&ev);
+        let (service, invoice, arrival) = match verdict {
             Verdict::TooOld => {
                 let msg = format!(
                     "event time {} is older than the watermark {w} minus the dedup horizon {}",
@@ -296,7 +311,7 @@ pub fn dedup<'s>(
     events: StreamVec<'s, Epoch, UsageEvent>,
     stats: StreamVec<'s, Epoch, EpochStats>,
     dedup: Deduplicator,
-    start_watermark: Option<EventTime>,
+    mut tracker: WatermarkTracker,
 ) -> Deduped<'s> {
     let mut builder = OperatorBuilder::new("Dedup".to_owned(), events.scope());
     let mut events_in = builder.new_input(events, Exchange::new(|e: &UsageEvent| e.route()));
@@ -313,9 +328,8 @@ pub fn dedup<'s>(
     let mut counts_out: Out<Counts> = OutputBuilder::from(counts_out);
 
     let mut dedup = dedup;
-    let mut tracker = WatermarkTracker::starting_at(start_watermark);
     let mut stash: BTreeMap<Epoch, (EpochCaps, Vec<Vec<UsageEvent>>)> = BTreeMap::new();
-    let mut current: Option<(Epoch, EventTime)> = None;
+    let mut current: Option<Epoch> = None;
 
     builder.build(move |_capabilities| {
         move |frontiers| {
@@ -341,15 +355,10 @@ pub fn dedup<'s>(
                 if events_frontier.less_than(&epoch) || stats_frontier.less_than(&epoch) {
                     break;
                 }
-                let w = match current {
-                    Some((e, w)) if e == epoch => w,
-                    _ => {
-                        let w = tracker.watermark_for(epoch);
-                        dedup.begin_epoch(w);
-                        current = Some((epoch, w));
-                        w
-                    }
-                };
+                if current != Some(epoch) {
+                    dedup.begin_epoch(tracker.watermark_for(epoch));
+                    current = Some(epoch);
+                }
                 let (caps, batch) = entry.remove();
                 let [accepted_cap, usage_cap, duplicates_cap, rejections_cap, counts_cap] =
                     &caps.caps[..]
@@ -372,7 +381,7 @@ pub fn dedup<'s>(
                     if let Some(ahead) = keys.get(i + PREFETCH_DISTANCE) {
                         dedup.table().prefetch(*ahead);
                     }
-                    match dedup.decide(ev, w, &mut counts) {
+                    match dedup.decide(ev, &mut counts) {
                         Decision::Accept(a) => {
                             if a.event.billable() {
                                 counts.billable += 1;

@@ -146,11 +146,11 @@ pub fn invoice<'s>(
 pub type Through = ((CustomerIdx, ContractIdx), Period);
 
 /// Where the stream stands, for [`billed_through`].
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub struct Clock {
     pub first_epoch: Epoch,
     /// The committed watermark of a resumed run.
-    pub watermark: Option<EventTime>,
+    pub watermark: crate::watermark::WatermarkTracker,
 }
 
 /// The period of the watermark after each epoch, as one record per contract with invoice-level
@@ -176,11 +176,8 @@ pub fn billed_through<'s>(
             (catalog.contracts[i].customer, c)
         })
         .collect();
-    let mut tracker = crate::watermark::WatermarkTracker::starting_at(clock.watermark);
-    let mut current = clock
-        .watermark
-        .filter(|w| *w != EventTime::MIN)
-        .map(|w| unit.period_of(w));
+    let mut current = clock.watermark.floor().map(|w| unit.period_of(w));
+    let mut tracker = clock.watermark;
     let mut epochs: BTreeMap<Epoch, Capability<Epoch>> = BTreeMap::new();
     stats
         .unary_frontier(Pipeline, "BilledThrough", move |cap, _info| {

@@ -3,8 +3,8 @@
 //! (data, time, diff): on worker 0, consumes the sinks' durable frontiers, the per-epoch
 //! [`EpochStats`] (event time and reader positions) and the per-epoch [`Counts`]. When every sink
 //! is durable past a pricing-round end `R` (and stats and counts for epochs up to `R` are in), it
-//! commits [`Progress`] for `R` to a [`ProgressStore`]: the reader positions, the watermark and
-//! the cumulative counts through `R`. A restart resumes exactly there: later epochs' rows are
+//! commits [`Progress`] for `R` to a [`ProgressStore`]: the reader positions, the watermark with
+//! each partition's event-time state, and the cumulative counts through `R`. A restart resumes exactly there: later epochs' rows are
 //! removed from the sinks, the input is re-read from the positions, and state is rebuilt from
 //! the tables. Commits happen only at round ends because invoice lines are priced per round.
 //!
@@ -19,7 +19,7 @@ use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::StreamVec;
 
 use crate::aggregate::round_end;
-use crate::decode::EpochStats;
+use crate::decode::{EpochStats, PartitionTime};
 use crate::source::Position;
 use crate::watermark::WatermarkTracker;
 use crate::{Epoch, Fatal};
@@ -31,6 +31,11 @@ pub struct Progress {
     pub epoch: Epoch,
     /// The watermark after `epoch` (see [`WatermarkTracker`]).
     pub watermark: Option<EventTime>,
+    /// Per Kafka partition, after `epoch`: the latest valid event time read and whether it was
+    /// idle. With the watermark, all a resumed run needs to judge lateness as an uninterrupted
+    /// run would.
+    #[serde(default)]
+    pub partitions: Vec<PartitionTime>,
     /// Where each partition's reader stood after `epoch`.
     pub positions: Vec<Position>,
     /// Cumulative counts through `epoch`.
@@ -90,7 +95,9 @@ pub fn commit_progress<'s>(
     builder.build(move |_capabilities| {
         let mut pending: BTreeMap<Epoch, (Vec<Position>, Counts)> = BTreeMap::new();
         // The same watermark the deduplicator computes, so a resumed run continues from it.
-        let mut tracker = WatermarkTracker::starting_at(start.as_ref().and_then(|p| p.watermark));
+        let mut tracker = start.as_ref().map_or_else(WatermarkTracker::default, |p| {
+            WatermarkTracker::resuming(p.watermark, &p.partitions)
+        });
         let mut committed_through = start.as_ref().map(|p| p.epoch);
         let mut committed = start.unwrap_or_default();
         committed.counts = std::mem::take(&mut committed.counts).without_gauges();
@@ -151,6 +158,7 @@ pub fn commit_progress<'s>(
             committed.epoch = target;
             committed.watermark =
                 Some(tracker.watermark_for(target + 1)).filter(|&w| w != EventTime::MIN);
+            committed.partitions = tracker.partitions();
             committed.positions = positions
                 .iter()
                 .map(|(&(source, partition), &next_offset)| Position {

@@ -20,7 +20,9 @@ use crate::memory::{Collect, SignedCollect};
 use crate::progress::{Progress, ProgressStore};
 use crate::signed::SignedState;
 use crate::sink::FlushPolicy;
-use crate::source::StripedReader;
+use crate::source::{
+    Chunk, ChunkReader, MessageSpan, PartitionState, Position, Read, StripedReader,
+};
 use crate::watermark::LatenessPolicy;
 use crate::{Epoch, Fatal};
 
@@ -98,6 +100,96 @@ pub fn run(
         Resume::default(),
         |_, _| {},
     )
+}
+
+/// Runs Kafka-like input through the dataflow on one worker: `partitions[p]` is partition `p`'s
+/// log (one record per message), and `schedule[e][p]` is how many of its next messages epoch
+/// `e` reads (what is left is read in one last epoch). A partition is idle once read to its end.
+pub fn run_messages(
+    partitions: Vec<Vec<String>>,
+    schedule: Vec<Vec<usize>>,
+    plan: Plan,
+) -> Result<RunOutput, String> {
+    let logs = Arc::new(partitions);
+    let schedule = Arc::new(schedule);
+    run_with(b"", plan, 1, 1 << 20, Resume::default(), move |io, _| {
+        io.reader = Box::new(ScheduledReader {
+            logs: logs.clone(),
+            schedule: schedule.clone(),
+            next: vec![0; logs.len()],
+            epoch: 0,
+        });
+    })
+}
+
+/// The reader of [`run_messages`].
+struct ScheduledReader {
+    logs: Arc<Vec<Vec<String>>>,
+    schedule: Arc<Vec<Vec<usize>>>,
+    next: Vec<usize>,
+    epoch: Epoch,
+}
+
+impl ChunkReader for ScheduledReader {
+    fn peek_epoch(&mut self) -> Option<Epoch> {
+        let left = self
+            .next
+            .iter()
+            .zip(self.logs.iter())
+            .any(|(n, l)| *n < l.len());
+        left.then_some(self.epoch)
+    }
+
+    fn next_chunk(&mut self, mut bytes: Vec<u8>) -> Read {
+        if self.peek_epoch().is_none() {
+            return Read::Done;
+        }
+        bytes.clear();
+        let mut messages = Vec::new();
+        let take = self.schedule.get(self.epoch as usize);
+        for (p, log) in self.logs.iter().enumerate() {
+            let n = take.map_or(usize::MAX, |t| t.get(p).copied().unwrap_or(0));
+            let end = self.next[p].saturating_add(n).min(log.len());
+            for offset in self.next[p]..end {
+                messages.push(MessageSpan {
+                    start: bytes.len() as u32,
+                    len: log[offset].len() as u32,
+                    source: 0,
+                    partition: p as i32,
+                    offset: offset as u64,
+                    meta_start: 0,
+                    key_len: 0,
+                    headers_len: 0,
+                });
+                bytes.extend_from_slice(log[offset].as_bytes());
+            }
+            self.next[p] = end;
+        }
+        let chunk = Chunk {
+            epoch: self.epoch,
+            source: 0,
+            base_offset: 0,
+            bytes,
+            messages,
+            meta: Vec::new(),
+            positions: (0..self.logs.len())
+                .map(|p| Position {
+                    source: 0,
+                    partition: p as i32,
+                    next_offset: self.next[p] as u64,
+                })
+                .collect(),
+            partitions: (0..self.logs.len())
+                .map(|p| PartitionState {
+                    source: 0,
+                    partition: p as i32,
+                    idle: self.next[p] == self.logs[p].len(),
+                })
+                .collect(),
+        };
+        self.epoch += 1;
+        Read::Chunk(chunk)
+    }
 }
 
 fn changes<R>(c: &Arc<Mutex<Vec<crate::signed::Change<R>>>>) -> Vec<Signed<R>> {

@@ -4,6 +4,14 @@
 //! (across every worker). It is known once the stats stream's frontier has passed `t - 1`, and it
 //! depends only on the input, never on the worker count or on scheduling.
 //!
+//! An event from Kafka is judged against the later of `W` and its partition's watermark: the
+//! latest valid event time before it in its own partition. A partition read without a pause
+//! never lets `W` pass its own watermark (`W` is the minimum over busy partitions), so there an
+//! event's class is a function of its partition's log alone: the same however the partitions
+//! were interleaved into epochs, however many workers read them, and however often the
+//! pipeline restarted. `W` decides only for events that arrive on a partition after it was idle
+//! while others moved on, and for files (read in fixed chunks, so also a function of the input).
+//!
 //! Against that watermark `W`, with billing periods of `period` and a `tolerance`:
 //! - an event older than `W - dedup_horizon` is too old (its duplicates may have been forgotten);
 //! - a period `P` is closed once `W >= end(P) + tolerance`; an event for a closed period is
@@ -45,7 +53,24 @@ impl LatenessPolicy {
     /// The rules for one epoch, with everything that depends only on the watermark precomputed.
     pub fn at(&self, watermark: EventTime) -> EpochLateness {
         let known = watermark != EventTime::MIN;
+        let same_periods = if known {
+            // Watermarks from `lo` to before `hi` share the open and the late-invoice period.
+            let (open, now) = (
+                self.period.period_of(watermark.minus(self.tolerance)),
+                self.period.period_of(watermark),
+            );
+            (
+                open.0.plus(self.tolerance).max(now.0),
+                self.period
+                    .end_of(open)
+                    .plus(self.tolerance)
+                    .min(self.period.end_of(now)),
+            )
+        } else {
+            (EventTime(1), EventTime(0))
+        };
         EpochLateness {
+            same_periods,
             unit: self.period,
             watermark,
             too_old_before: self.forget_before(watermark),
@@ -85,9 +110,27 @@ pub struct EpochLateness {
     late_invoice: Period,
     /// The last service period seen, as `[start, end)`: events mostly share it.
     cached: (EventTime, EventTime, Period),
+    /// The watermarks, as `[lo, hi)`, with the same `open_from` and `late_invoice`.
+    same_periods: (EventTime, EventTime),
 }
 
 impl EpochLateness {
+    pub fn watermark(&self) -> EventTime {
+        self.watermark
+    }
+
+    /// Moves these rules to a later watermark `w` (an event's partition ahead of the epoch's
+    /// watermark), recomputing periods only when `w` leaves the ones this watermark is in.
+    pub fn move_to(&mut self, policy: &LatenessPolicy, w: EventTime) {
+        let (lo, hi) = self.same_periods;
+        if w >= lo && w < hi {
+            self.watermark = w;
+            self.too_old_before = policy.forget_before(w);
+        } else {
+            *self = policy.at(w);
+        }
+    }
+
     pub fn classify(&mut self, t: EventTime) -> Verdict {
         if t < self.too_old_before {
             return Verdict::TooOld;
@@ -132,7 +175,12 @@ impl EpochLateness {
 /// Idle partitions (read to their end, and nothing new from them for `kafka.idle_after`) do not
 /// hold it back; a partition with nothing read yet that is not idle (a backlog, or a producer
 /// still to write) holds it where it is. The watermark never moves backwards.
-#[derive(Default)]
+///
+/// A commit records [`WatermarkTracker::partitions`] with the watermark, and a resumed run
+/// starts from both ([`WatermarkTracker::resuming`]): every partition's latest time and idleness
+/// are what they were at the commit, so the epochs after it are judged exactly as an
+/// uninterrupted run judges the same epochs. Nothing has to be read or re-earned first.
+#[derive(Clone, Default)]
 pub struct WatermarkTracker {
     pending: BTreeMap<Epoch, (Option<EventTime>, Vec<PartitionTime>)>,
     /// Latest time over all epochs folded so far.
@@ -145,13 +193,44 @@ pub struct WatermarkTracker {
 }
 
 impl WatermarkTracker {
-    /// A tracker that already reached `watermark` (a resumed run).
-    pub fn starting_at(watermark: Option<EventTime>) -> WatermarkTracker {
+    /// The tracker of a run resumed after a commit that recorded `watermark` and `partitions`.
+    pub fn resuming(
+        watermark: Option<EventTime>,
+        partitions: &[PartitionTime],
+    ) -> WatermarkTracker {
         WatermarkTracker {
-            latest: watermark,
+            // Every valid event read came from a file (then the watermark is the latest time)
+            // or from a partition (then its latest time is recorded).
+            latest: partitions
+                .iter()
+                .map(|p| p.max_time)
+                .fold(watermark, Option::max),
             floor: watermark,
+            partitions: partitions
+                .iter()
+                .map(|p| ((p.source, p.partition), (p.max_time, p.idle)))
+                .collect(),
             ..WatermarkTracker::default()
         }
+    }
+
+    /// The watermark handed out last (`None` before the first).
+    pub fn floor(&self) -> Option<EventTime> {
+        self.floor.filter(|&w| w != EventTime::MIN)
+    }
+
+    /// Every partition's latest time and idleness, through the epochs folded so far: what a
+    /// commit records beside the watermark.
+    pub fn partitions(&self) -> Vec<PartitionTime> {
+        self.partitions
+            .iter()
+            .map(|(&(source, partition), &(max_time, idle))| PartitionTime {
+                source,
+                partition,
+                max_time,
+                idle,
+            })
+            .collect()
     }
 
     pub fn observe(&mut self, stats: &EpochStats) {
@@ -162,6 +241,9 @@ impl WatermarkTracker {
 
     /// The watermark for `epoch`. Call only once every epoch before it has been observed, and
     /// with non-decreasing epochs.
+    ///
+    /// The watermark moves epoch by epoch, whichever epochs it is asked for: every worker and
+    /// the committer see the same value for the same epoch, however few epochs they ask about.
     pub fn watermark_for(&mut self, epoch: Epoch) -> EventTime {
         debug_assert!(self.folded_through.is_none_or(|f| f <= epoch));
         while let Some(entry) = self.pending.first_entry() {
@@ -178,25 +260,28 @@ impl WatermarkTracker {
                 state.0 = state.0.max(p.max_time);
                 state.1 = p.idle;
             }
+            self.floor = self.floor.max(self.candidate());
         }
         self.folded_through = Some(epoch);
-        let candidate = if self.partitions.is_empty() {
-            self.latest
-        } else {
-            // `None` (nothing read yet) orders first, so it holds the watermark.
-            let mut behind = self
-                .partitions
-                .values()
-                .filter(|(_, idle)| !idle)
-                .map(|(latest, _)| *latest)
-                .peekable();
-            match behind.peek() {
-                None => self.latest,
-                Some(_) => behind.min().flatten(),
-            }
-        };
-        self.floor = self.floor.max(candidate);
         self.floor.unwrap_or(EventTime::MIN)
+    }
+
+    /// The watermark the partitions' state allows now, before the never-backwards floor.
+    fn candidate(&self) -> Option<EventTime> {
+        if self.partitions.is_empty() {
+            return self.latest;
+        }
+        // `None` (nothing read yet) orders first, so it holds the watermark.
+        let mut behind = self
+            .partitions
+            .values()
+            .filter(|(_, idle)| !idle)
+            .map(|(latest, _)| *latest)
+            .peekable();
+        match behind.peek() {
+            None => self.latest,
+            Some(_) => behind.min().flatten(),
+        }
     }
 }
 
@@ -334,7 +419,7 @@ mod tests {
 
     #[test]
     fn a_resumed_tracker_holds_its_watermark_until_every_backlog_reports() {
-        let mut w = WatermarkTracker::starting_at(Some(EventTime(700)));
+        let mut w = WatermarkTracker::resuming(Some(EventTime(700)), &[]);
         w.observe(&kafka(10, &[(0, Some(5_000), false), (1, None, false)]));
         assert_eq!(w.watermark_for(10), EventTime(700));
         assert_eq!(w.watermark_for(11), EventTime(700));
@@ -343,5 +428,131 @@ mod tests {
             &[(0, Some(5_000), false), (1, Some(2_000), false)],
         ));
         assert_eq!(w.watermark_for(12), EventTime(2_000));
+    }
+
+    /// Stats of random epochs: three partitions read at different speeds, some epochs with
+    /// nothing from a partition, idleness coming and going.
+    fn random_epochs(seed: u64, n: u64) -> Vec<EpochStats> {
+        let mut state = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let mut next = move |m: u64| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 33) % m
+        };
+        let mut clock = [0i64; 3];
+        (0..n)
+            .map(|epoch| {
+                let parts: Vec<(i32, Option<i64>, bool)> = (0..3)
+                    .map(|p| {
+                        let read = next(3) > 0;
+                        if read {
+                            clock[p] += next(1_000) as i64 * (p as i64 + 1);
+                        }
+                        // Late and out-of-order records: the chunk's latest time may lag.
+                        let t = read.then(|| clock[p] - next(2_000) as i64);
+                        (p as i32, t, !read && next(2) == 0)
+                    })
+                    .collect();
+                kafka(epoch, &parts)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_tracker_resumed_from_a_commit_hands_out_the_watermarks_of_an_uninterrupted_one() {
+        for seed in 0..200 {
+            let epochs = random_epochs(seed, 40);
+            let mut uninterrupted = WatermarkTracker::default();
+            epochs.iter().for_each(|s| uninterrupted.observe(s));
+            let expected: Vec<EventTime> =
+                (0..=40).map(|e| uninterrupted.watermark_for(e)).collect();
+            for commit in 0..40u64 {
+                // What `commit_progress` records after epoch `commit`.
+                let mut committer = WatermarkTracker::default();
+                epochs.iter().for_each(|s| committer.observe(s));
+                let watermark =
+                    Some(committer.watermark_for(commit + 1)).filter(|&w| w != EventTime::MIN);
+                let mut resumed = WatermarkTracker::resuming(watermark, &committer.partitions());
+                epochs[commit as usize + 1..]
+                    .iter()
+                    .for_each(|s| resumed.observe(s));
+                for e in commit + 1..=40 {
+                    assert_eq!(
+                        resumed.watermark_for(e),
+                        expected[e as usize],
+                        "seed {seed}, resumed after epoch {commit}, watermark for epoch {e}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rules_moved_to_a_later_watermark_judge_as_rules_made_for_it() {
+        let p = policy();
+        let start = t("2026-10-30T00:00:00Z").0;
+        let mut moved = p.at(EventTime(start));
+        let mut w = start;
+        for i in 0..5_000i64 {
+            // Steps of up to ~40 minutes, across two month ends and their tolerance hours.
+            w += (i * 7_919) % 2_400_000;
+            moved.move_to(&p, EventTime(w));
+            let mut fresh = p.at(EventTime(w));
+            for back in [0, 1, 59 * 60_000, 3_600_000, 86_400_000, 8 * 86_400_000] {
+                let e = EventTime(w - back - (i % 1000));
+                assert_eq!(
+                    moved.classify(e),
+                    fresh.classify(e),
+                    "watermark {w}, event {e}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_watermark_for_an_epoch_does_not_depend_on_which_epochs_were_asked_for() {
+        // Dedup asks only for epochs with events on its worker; the committer only at round
+        // ends. A partition that becomes busy again can lower the candidate: the floor must
+        // still be the same for all of them.
+        for seed in 0..200 {
+            let epochs = random_epochs(seed, 40);
+            let mut every = WatermarkTracker::default();
+            let mut some = WatermarkTracker::default();
+            for s in &epochs {
+                every.observe(s);
+                some.observe(s);
+            }
+            for e in 0..=40 {
+                let w = every.watermark_for(e);
+                if e % 7 == 3 || e == 40 {
+                    assert_eq!(some.watermark_for(e), w, "seed {seed}, epoch {e}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn without_the_partitions_a_resumed_tracker_would_hold_the_watermark_back() {
+        // The bug the recorded partitions fix: partition 0 was read to its end and idle at the
+        // commit; forgetting that, the resumed run held the watermark until it was idle again.
+        let epochs = [
+            kafka(0, &[(0, Some(9_000), false), (1, Some(100), false)]),
+            kafka(1, &[(0, None, true), (1, Some(200), false)]),
+            kafka(2, &[(0, None, false), (1, Some(5_000), false)]),
+        ];
+        let mut committer = WatermarkTracker::default();
+        epochs[..2].iter().for_each(|s| committer.observe(s));
+        let w = Some(committer.watermark_for(2));
+        assert_eq!(w, Some(EventTime(200)));
+        let mut forgetful = WatermarkTracker::resuming(w, &[]);
+        let mut resumed = WatermarkTracker::resuming(w, &committer.partitions());
+        for t in [&mut forgetful, &mut resumed] {
+            t.observe(&epochs[2]);
+        }
+        assert_eq!(forgetful.watermark_for(3), EventTime(200));
+        assert_eq!(resumed.watermark_for(3), EventTime(5_000));
     }
 }

@@ -33,6 +33,7 @@ use clickhouse::Row;
 use meterflow_operators::aggregate::{UsageRecord, UsageSum};
 use meterflow_operators::anomalies::AnomalySeed;
 use meterflow_operators::dataflow::{Plan, Resume};
+use meterflow_operators::decode::PartitionTime;
 use meterflow_operators::dedup::DedupSeed;
 use meterflow_operators::dedup::{usage_delta, BilledEvent};
 use meterflow_operators::entitlements::{has_spend_plan, Reported};
@@ -56,7 +57,7 @@ use meterflow_schemas::time::{EventTime, Period, PeriodUnit};
 use serde::Deserialize;
 
 use crate::clickhouse_client::{sql_list, ClickHouse, Count};
-use crate::clickhouse_sink::RecordedOffset;
+use crate::clickhouse_sink::{RecordedOffset, RecordedPartition};
 
 /// What a restart loads.
 #[derive(Default)]
@@ -81,6 +82,7 @@ struct ProgressRow {
     offsets: String,
     counts: String,
     catalog_digest: String,
+    partitions: String,
 }
 
 #[derive(Row, Deserialize)]
@@ -301,7 +303,7 @@ pub fn restore(
     if writer {
         settle_inserts(ch)?;
     }
-    let last: Vec<ProgressRow> = ch.fetch("SELECT generation, epoch, watermark_ms, offsets, counts, catalog_digest FROM {db}.sink_progress ORDER BY generation DESC, epoch DESC LIMIT 1")?;
+    let last: Vec<ProgressRow> = ch.fetch("SELECT generation, epoch, watermark_ms, offsets, counts, catalog_digest, partitions FROM {db}.sink_progress ORDER BY generation DESC, epoch DESC LIMIT 1")?;
     // What the committed rows are priced under ('' for commits older than the column: unknown).
     let committed_digest = last.first().map(|p| p.catalog_digest.clone());
     let generation = match role {
@@ -332,6 +334,7 @@ pub fn restore(
                 epoch: p.epoch,
                 watermark: (p.watermark_ms != i64::MIN).then_some(EventTime(p.watermark_ms)),
                 positions,
+                partitions: restored_partitions(&p.partitions, sources)?,
                 counts,
             })
         }
@@ -471,6 +474,28 @@ pub fn restore(
         entitlement_signals,
         shadow_invoice_lines,
     })
+}
+
+/// The partitions' event-time state recorded with a commit, for the topics this run reads (''
+/// for a commit written before the column: none recorded).
+fn restored_partitions(json: &str, sources: &[String]) -> Result<Vec<PartitionTime>, String> {
+    if json.is_empty() {
+        return Ok(Vec::new());
+    }
+    let recorded: Vec<RecordedPartition> = serde_json::from_str(json)
+        .map_err(|e| format!("sink_progress.partitions is unreadable: {e}"))?;
+    Ok(recorded
+        .into_iter()
+        .filter_map(|r| {
+            let source = sources.iter().position(|s| *s == r.source)?;
+            Some(PartitionTime {
+                source: source as u32,
+                partition: r.partition,
+                max_time: r.max_time_ms.map(EventTime),
+                idle: r.idle,
+            })
+        })
+        .collect())
 }
 
 /// Deletes rows a killed predecessor's late inserts landed: an older generation and an epoch

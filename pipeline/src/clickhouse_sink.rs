@@ -1061,6 +1061,8 @@ pub(crate) struct ProgressRow<'a> {
     pub counts: &'a str,
     /// The digest of the catalog the committed rows are priced under.
     pub catalog_digest: &'a str,
+    /// Every partition's event-time state ([`RecordedPartition`], JSON).
+    pub partitions: &'a str,
 }
 
 /// Commits progress into `sink_progress`, and sweeps up after a killed predecessor.
@@ -1089,6 +1091,16 @@ pub struct RecordedOffset {
     pub next_offset: u64,
 }
 
+/// One partition's event-time state at a commit: the latest valid event time read from it and
+/// whether it was idle. Named by topic, like [`RecordedOffset`].
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RecordedPartition {
+    pub source: String,
+    pub partition: i32,
+    pub max_time_ms: Option<i64>,
+    pub idle: bool,
+}
+
 /// Writes one `sink_progress` row.
 pub(crate) fn write_progress(
     ch: &ClickHouse,
@@ -1111,6 +1123,17 @@ pub(crate) fn write_progress(
         .collect();
     let offsets = serde_json::to_string(&offsets).map_err(|e| e.to_string())?;
     let counts = serde_json::to_string(&p.counts).map_err(|e| e.to_string())?;
+    let partitions: Vec<RecordedPartition> = p
+        .partitions
+        .iter()
+        .map(|t| RecordedPartition {
+            source: sources.get(t.source as usize).cloned().unwrap_or_default(),
+            partition: t.partition,
+            max_time_ms: t.max_time.map(|t| t.0),
+            idle: t.idle,
+        })
+        .collect();
+    let partitions = serde_json::to_string(&partitions).map_err(|e| e.to_string())?;
     let row = ProgressRow {
         generation,
         epoch: p.epoch,
@@ -1119,6 +1142,7 @@ pub(crate) fn write_progress(
         offsets: &offsets,
         counts: &counts,
         catalog_digest,
+        partitions: &partitions,
     };
     ch.insert::<ProgressRow<'static>>("sink_progress", &[row])
 }

@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::CString;
 use std::time::{Duration, Instant};
 
+use meterflow_operators::progress::Progress;
 use meterflow_operators::source::{
     Chunk, ChunkReader, MessageSpan, PartitionState, Position, Read,
 };
@@ -259,6 +260,9 @@ pub struct KafkaReader {
     /// Per partition: its next offset at the last chunk and when a message last came from it
     /// (the reader's start if none has).
     last_seen: BTreeMap<(u32, i32), (Option<u64>, Instant)>,
+    /// Partitions idle at the commit this run resumed from, and nothing read from them since:
+    /// still idle, as they would be had the run not stopped.
+    idle_at_resume: BTreeSet<(u32, i32)>,
     idle_after: Duration,
     epoch: Epoch,
     epoch_started: Instant,
@@ -292,16 +296,28 @@ impl KafkaReader {
             .is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst))
     }
 
-    /// `resume`: committed next offsets by (topic index, partition). Other partitions start per
-    /// `start_from` on a pipeline's first start (`first_epoch` 0), and at their beginning after.
+    /// `resume`: the commit this run continues from. Its partitions start at their committed
+    /// next offsets; others start per `start_from` on a pipeline's first start, and at their
+    /// beginning after. A partition idle at the commit stays idle until a message arrives.
     pub fn new(
         cfg: &KafkaConfig,
         all: &[(String, i32)],
         worker: usize,
         workers: usize,
-        first_epoch: Epoch,
-        resume: &BTreeMap<(u32, i32), u64>,
+        resume: Option<&Progress>,
     ) -> Result<KafkaReader, String> {
+        let first_epoch = resume.map_or(0, |p| p.epoch + 1);
+        let resume_at: BTreeMap<(u32, i32), u64> = resume
+            .iter()
+            .flat_map(|p| &p.positions)
+            .map(|pos| ((pos.source, pos.partition), pos.next_offset))
+            .collect();
+        let idle_at_resume: BTreeSet<(u32, i32)> = resume
+            .iter()
+            .flat_map(|p| &p.partitions)
+            .filter(|p| p.idle)
+            .map(|p| (p.source, p.partition))
+            .collect();
         // `start_from = "latest"` is where a pipeline with no committed progress starts. Once it
         // has committed, a partition without a position (nothing had arrived on it, or it is
         // new) and an offset out of range are read from the beginning: what arrived while the
@@ -328,7 +344,7 @@ impl KafkaReader {
                 continue;
             }
             let source = topic_index[topic];
-            let offset = match resume.get(&(source, *partition)) {
+            let offset = match resume_at.get(&(source, *partition)) {
                 Some(&o) => {
                     next_offsets.insert((source, *partition), o);
                     Offset::Offset(o as i64)
@@ -349,7 +365,12 @@ impl KafkaReader {
             .iter()
             .map(|&p| (p, (next_offsets.get(&p).copied(), Instant::now())))
             .collect();
+        let idle_at_resume = idle_at_resume
+            .into_iter()
+            .filter(|p| assigned.contains(p))
+            .collect();
         Ok(KafkaReader {
+            idle_at_resume,
             consumer,
             assigned,
             topic_names: cfg
@@ -470,6 +491,10 @@ impl KafkaReader {
             .or_insert((next, Instant::now()));
         if seen.0 != next {
             *seen = (next, Instant::now());
+            self.idle_at_resume.remove(&(source, partition));
+        }
+        if self.idle_at_resume.contains(&(source, partition)) {
+            return true;
         }
         seen.1.elapsed() >= self.idle_after && self.caught_up(source, partition)
     }

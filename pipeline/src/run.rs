@@ -218,16 +218,7 @@ fn run_until_catalog_change(args: &RunArgs) -> anyhow::Result<(RunReport, bool)>
     let first_epoch = restored.resume.first_epoch();
     let committed = restored.resume.progress.as_ref().map(|p| p.epoch);
     let generation = restored.generation;
-    let resume_positions: BTreeMap<(u32, i32), u64> = restored
-        .resume
-        .progress
-        .iter()
-        .flat_map(|p| {
-            p.positions
-                .iter()
-                .map(|pos| ((pos.source, pos.partition), pos.next_offset))
-        })
-        .collect();
+    let resume_from = restored.resume.progress.clone();
     let first_round = round_end(first_epoch, plan.epochs_per_round);
     let held = Mutex::new(Some((
         restored.invoice_lines,
@@ -298,15 +289,8 @@ fn run_until_catalog_change(args: &RunArgs) -> anyhow::Result<(RunReport, bool)>
                 Box::new(r)
             }
             Input::Kafka { cfg, partitions } => Box::new(
-                KafkaReader::new(
-                    cfg,
-                    partitions,
-                    index,
-                    peers,
-                    first_epoch,
-                    &resume_positions,
-                )?
-                .stopping_on(switch.clone()),
+                KafkaReader::new(cfg, partitions, index, peers, resume_from.as_ref())?
+                    .stopping_on(switch.clone()),
             ),
         };
         if ch_cfg.enabled() {

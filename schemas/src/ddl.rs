@@ -337,6 +337,14 @@ ORDER BY (customer_id, sku, window_start, kind, version)",
         // catalog has nothing to re-rate ('' for commits written before: re-rated as before).
         sql: "ALTER TABLE {db}.sink_progress ADD COLUMN catalog_digest String",
     },
+    Migration {
+        id: 23,
+        name: "sink_progress_partitions",
+        // Per Kafka partition at the commit: the latest valid event time read and whether it was
+        // idle (JSON). A restart judges lateness from exactly there ('' for commits written
+        // before: the partitions start unknown, as they did).
+        sql: "ALTER TABLE {db}.sink_progress ADD COLUMN partitions String",
+    },
 ];
 
 /// The table that records applied migrations (created before any migration runs).

@@ -83,6 +83,10 @@ pub struct UsageEvent {
     pub price: PriceIdx,
     pub quantity: Quantity,
     pub time: EventTime,
+    /// For an event read from Kafka: the latest valid event time before it in its partition
+    /// (`EventTime::MIN` for the first, and for files). Lateness is judged against the later of
+    /// this and the pipeline's watermark, so an event's class follows from its partition's log.
+    pub stream_watermark: EventTime,
     pub environment: Environment,
     /// Boxed: most events carry none, and events are moved often.
     pub metadata: Option<Box<Metadata>>,

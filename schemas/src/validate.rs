@@ -395,6 +395,7 @@ impl Validator {
             price,
             quantity,
             time,
+            stream_watermark: EventTime::MIN,
             environment,
             metadata: metadata(region, plan, marketplace, &attributes),
             correction,
