@@ -439,3 +439,58 @@ fn numbers(tsv: &str) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+/// Every signed table's current rows, and where each accepted event, rejection and duplicate
+/// went, in `database`: rows summed over everything but the columns that say when and by which
+/// run they were written. Two runs that billed the same have equal states.
+pub fn billed_state(ch: &ClickHouseServer, database: &str) -> BTreeMap<String, String> {
+    const RUN_COLUMNS: &str = "'sign', 'version', 'epoch', 'generation', 'batch'";
+    let mut state = BTreeMap::new();
+    for table in [
+        "invoice_lines",
+        "rated_usage",
+        "line_usage",
+        "entitlement_signals",
+        "shadow_invoice_lines",
+        "usage_buckets",
+        "anomalies",
+    ] {
+        let columns = ch
+            .query(&format!(
+                "SELECT name FROM system.columns WHERE database = '{database}' AND table = '{table}' AND name NOT IN ({RUN_COLUMNS}) ORDER BY name FORMAT TSV"
+            ))
+            .unwrap()
+            .lines()
+            .collect::<Vec<_>>()
+            .join(", ");
+        // Summed here: ClickHouse 18.16 crashes grouping by Decimal(38, _) columns (and drops a
+        // `toString` around them from GROUP BY).
+        let signed = ch
+            .query(&format!(
+                "SELECT {columns}, sign FROM {database}.{table} FORMAT TSV"
+            ))
+            .unwrap();
+        let mut sums: BTreeMap<&str, i64> = BTreeMap::new();
+        for line in signed.lines() {
+            let (row, sign) = line.rsplit_once('\t').unwrap();
+            *sums.entry(row).or_default() += sign.parse::<i64>().unwrap();
+        }
+        let rows: String = sums
+            .iter()
+            .filter(|(_, n)| **n != 0)
+            .map(|(row, n)| format!("{row}\t{n}\n"))
+            .collect();
+        state.insert(table.to_string(), rows);
+    }
+    for (name, sql) in [
+        ("usage_events", format!("SELECT event_id, service_period, invoice_period, arrival, toString(quantity) FROM {database}.usage_events FORMAT TSV")),
+        ("rejections", format!("SELECT reason, source, partition, offset FROM {database}.rejections FORMAT TSV")),
+        ("duplicates", format!("SELECT event_id, source, partition, offset FROM {database}.duplicates FORMAT TSV")),
+    ] {
+        // Sorted here: records of one batched message share their offset.
+        let mut rows: Vec<String> = ch.query(&sql).unwrap().lines().map(str::to_string).collect();
+        rows.sort_unstable();
+        state.insert(name.to_string(), rows.join("\n"));
+    }
+    state
+}

@@ -16,7 +16,8 @@ use meterflow_tests::kafka::{
     group_offsets, partition_of_record, produce, Batching, UsageProducer,
 };
 use meterflow_tests::oracle::{
-    assert_clickhouse_matches, assert_invoice_has, assert_stream_has, catalog_log, count,
+    assert_clickhouse_matches, assert_invoice_has, assert_stream_has, billed_state, catalog_log,
+    count,
 };
 use meterflow_tests::servers::{write_hostfile, ClickHouseServer, Tansu};
 use meterflow_tests::{backdate, generate, meterflow_bin, meterflow_ok, Running, Scratch};
@@ -268,6 +269,115 @@ fn kafka_to_clickhouse_through_sigkills_counts_every_unit_exactly_once() {
         assert_eq!(
             committed, high,
             "partition {partition}: committed offset vs end"
+        );
+    }
+}
+
+#[test]
+fn late_events_across_a_period_close_are_billed_the_same_through_short_lived_restarts() {
+    // Twenty days across the September close, 3% of events 2 to 72 hours late: many land
+    // around October 1st, late for a closed September or just inside its tolerance hour.
+    // Partitions 1-3 wait in the topic in full (a backfill); partition 0 arrives in slices
+    // while meterflow runs, so the partitions are read at very different speeds. Every life of
+    // the killed pipeline is shorter than `kafka.idle_after` (10 s): no partition ever has
+    // time to become idle again after a restart.
+    let f = Fixture::starting("kafka-late-kill", 40_000, 4, "3s", "2026-09-20T00:00:00Z");
+    let d = f.dir.path();
+    let (slow, backfill): (Vec<&str>, Vec<&str>) = f
+        .lines
+        .iter()
+        .map(String::as_str)
+        .partition(|l| partition_of_record(l, f.partitions) == Some(0));
+    produce(
+        &f.broker.brokers(),
+        TOPIC,
+        f.partitions,
+        &backfill,
+        BATCHING,
+    );
+    let brokers = f.broker.brokers();
+    let slow: Vec<String> = slow.into_iter().map(str::to_string).collect();
+    let slices = slow.len().div_ceil(12);
+    let producer = std::thread::spawn(move || {
+        for slice in slow.chunks(slices) {
+            let slice: Vec<&str> = slice.iter().map(String::as_str).collect();
+            produce(&brokers, TOPIC, 4, &slice, BATCHING);
+            std::thread::sleep(Duration::from_millis(700));
+        }
+    });
+    let mut rng = 0x9E37_79B9u64;
+    let mut kills = 0;
+    while kills < 8 {
+        let mut child = f.spawn();
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        std::thread::sleep(Duration::from_millis(400 + rng % 2600));
+        match child.try_wait().unwrap() {
+            Some(status) => assert!(status.success(), "a run failed"),
+            None => {
+                child.kill().unwrap(); // SIGKILL
+                child.wait().unwrap();
+                kills += 1;
+            }
+        }
+    }
+    producer.join().unwrap();
+    f.run_to_the_end();
+
+    // The same topic, read by one uninterrupted run into its own database.
+    let reference = std::fs::read_to_string(d.join("kafka.toml"))
+        .unwrap()
+        .replace("[clickhouse]\n", "[clickhouse]\ndatabase = \"reference\"\n")
+        .replace("[kafka]\n", "[kafka]\ngroup_id = \"reference\"\n");
+    std::fs::write(d.join("reference.toml"), reference).unwrap();
+    let config = d.join("reference.toml").display().to_string();
+    meterflow_ok(&[
+        "migrate",
+        "--config",
+        &config,
+        "--clickhouse-url",
+        &f.ch.url(),
+    ]);
+    let out = d.join("reference-out").display().to_string();
+    let catalog = d.join("catalog").display().to_string();
+    meterflow_ok(&[
+        "run",
+        "-c",
+        &catalog,
+        "-o",
+        &out,
+        "--config",
+        &config,
+        "--clickhouse-url",
+        &f.ch.url(),
+        "-q",
+    ]);
+
+    let (got, want) = (
+        billed_state(&f.ch, "meterflow"),
+        billed_state(&f.ch, "reference"),
+    );
+    let adjusted = count(
+        &f.ch,
+        "SELECT count() FROM reference.usage_events WHERE service_period != invoice_period",
+    );
+    assert!(adjusted > 0, "late events billed as adjustments");
+    let in_tolerance = count(
+        &f.ch,
+        "SELECT count() FROM reference.usage_events WHERE service_period = '2026-09' AND arrival = 'out_of_order' AND event_time >= toDateTime('2026-09-30 18:00:00')",
+    );
+    assert!(
+        in_tolerance > 0,
+        "late events still inside the open September"
+    );
+    for (table, rows) in &want {
+        assert!(!rows.is_empty(), "{table}: the reference run wrote rows");
+        assert!(
+            got[table] == *rows,
+            "after {kills} SIGKILLs: {table} differs from the uninterrupted run; only after the kills: {:?}; only uninterrupted: {:?}",
+            got[table].lines().filter(|l| !rows.contains(l)).take(5).collect::<Vec<_>>(),
+            rows.lines().filter(|l| !got[table].contains(l)).take(5).collect::<Vec<_>>(),
         );
     }
 }
