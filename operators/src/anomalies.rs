@@ -35,8 +35,8 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::StreamVec;
 
 use crate::aggregate::{round_end, round_sums};
-use crate::dataflow::Signed;
 use crate::decode::EpochStats;
+use crate::signed::Signed;
 use crate::watermark::WatermarkTracker;
 use crate::Epoch;
 

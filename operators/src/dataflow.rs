@@ -38,6 +38,7 @@ use crate::meters::{meter_usage, Reading};
 use crate::price::{price, Priced};
 use crate::progress::{commit_progress, Progress, ProgressStore};
 use crate::rate_join::rate_join;
+use crate::signed::Signed;
 use crate::sink::{sink, FlushPolicy, TableWriter};
 use crate::source::{source, BufferPool, ChunkReader};
 use crate::watermark::{LatenessPolicy, WatermarkTracker};
@@ -57,9 +58,6 @@ pub struct Plan {
     /// Usage buckets and anomaly detection.
     pub anomalies: AnomalyRules,
 }
-
-/// A signed row of a derived table: (row, epoch, +1 / -1).
-pub type Signed<R> = (R, Epoch, isize);
 
 /// One worker's input and outputs. Derived tables (invoice lines, rated usage, line usage),
 /// counts and progress are gathered on worker 0; the others are written by each worker for its

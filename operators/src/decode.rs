@@ -15,7 +15,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use meterflow_schemas::catalog::Catalog;
-use meterflow_schemas::event::{Lineage, UsageEvent};
+use meterflow_schemas::event::UsageEvent;
+use meterflow_schemas::lineage::Lineage;
 use meterflow_schemas::rejection::Rejection;
 use meterflow_schemas::rows::Counts;
 use meterflow_schemas::time::EventTime;

@@ -20,8 +20,9 @@ use std::sync::Arc;
 use meterflow_schemas::catalog::{
     distinct_value, Aggregation, Catalog, ContractIdx, CustomerIdx, PriceIdx, SkuIdx,
 };
-use meterflow_schemas::event::{CorrectionAction, Lineage, UsageEvent};
+use meterflow_schemas::event::{CorrectionAction, UsageEvent};
 use meterflow_schemas::hashing::EventKey;
+use meterflow_schemas::lineage::Lineage;
 use meterflow_schemas::money::{Amount, Quantity};
 use meterflow_schemas::pricing::percentage::limit_adjustment;
 use meterflow_schemas::pricing::PriceModel;

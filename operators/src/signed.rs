@@ -18,6 +18,9 @@ use std::collections::BTreeMap;
 
 use crate::Epoch;
 
+/// A signed row of a derived table: (row, epoch, +1 / -1).
+pub type Signed<R> = (R, Epoch, isize);
+
 /// One row to write.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Change<R> {

@@ -19,7 +19,7 @@ use timely::dataflow::operators::generic::operator::source as timely_source;
 use timely::dataflow::{ProbeHandle, Scope, StreamVec};
 
 use crate::accounting::LatencyClock;
-use meterflow_schemas::rejection::KafkaMeta;
+use meterflow_schemas::lineage::KafkaMeta;
 
 use crate::{Epoch, Fatal};
 

@@ -15,9 +15,10 @@ use meterflow_schemas::time::{PeriodUnit, Span};
 use meterflow_schemas::validate::ValidationRules;
 
 use crate::accounting::Totals;
-use crate::dataflow::{execute, Cluster, Execution, Plan, Resume, Signed, WorkerIo};
+use crate::dataflow::{execute, Cluster, Execution, Plan, Resume, WorkerIo};
 use crate::memory::{Collect, SignedCollect};
 use crate::progress::{Progress, ProgressStore};
+use crate::signed::Signed;
 use crate::signed::SignedState;
 use crate::sink::FlushPolicy;
 use crate::source::{
@@ -150,10 +151,10 @@ impl ChunkReader for ScheduledReader {
         for (p, log) in self.logs.iter().enumerate() {
             let n = take.map_or(usize::MAX, |t| t.get(p).copied().unwrap_or(0));
             let end = self.next[p].saturating_add(n).min(log.len());
-            for offset in self.next[p]..end {
+            for (offset, message) in log.iter().enumerate().take(end).skip(self.next[p]) {
                 messages.push(MessageSpan {
                     start: bytes.len() as u32,
-                    len: log[offset].len() as u32,
+                    len: message.len() as u32,
                     source: 0,
                     partition: p as i32,
                     offset: offset as u64,
@@ -161,7 +162,7 @@ impl ChunkReader for ScheduledReader {
                     key_len: 0,
                     headers_len: 0,
                 });
-                bytes.extend_from_slice(log[offset].as_bytes());
+                bytes.extend_from_slice(message.as_bytes());
             }
             self.next[p] = end;
         }

@@ -1,21 +1,15 @@
-//! The meterflow application: configuration, file sources and sinks, the `run`, `demo`, `gen`
-//! and `trace` commands. The binary (`main.rs`) is a thin command-line layer over this library.
+//! The meterflow application: the commands of the `meterflow` binary and the I/O behind them.
+//! The binary (`main.rs`) only parses the command line and dispatches to [`commands`].
+//!
+//! Rooms:
+//! - [`commands`]: one file per CLI command, each owning its arguments and its `run`.
+//! - [`sources`]: what reads input: files and stdin, Kafka topics, the catalog topic.
+//! - [`sinks`]: what writes output: CSV files, ClickHouse, alerts, the catalog change log.
+//! - [`reports`]: what reads a run's output back (tables, invoice previews).
+//! - [`config`]: the typed configuration every command loads.
 
-pub mod alerts;
-pub mod catalog_log;
-pub mod catalog_source;
-pub mod clickhouse_client;
-pub mod clickhouse_migrate;
-pub mod clickhouse_restore;
-pub mod clickhouse_sink;
+pub mod commands;
 pub mod config;
-pub mod demo;
-pub mod file_sink;
-pub mod file_source;
-pub mod gen;
-pub mod kafka_source;
-pub mod preview;
-pub mod run;
-pub mod shadow;
-pub mod tables;
-pub mod trace;
+pub mod reports;
+pub mod sinks;
+pub mod sources;

@@ -19,7 +19,7 @@ use crate::time::EventTime;
 /// `[[contract.entitlement]]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entitlement {
-    pub sku: crate::catalog::SkuIdx,
+    pub sku: crate::ids::SkuIdx,
     /// Included quantity per period.
     pub included: Quantity,
     /// Percentages of the allowance that raise a signal, ascending.
@@ -205,7 +205,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::catalog::SkuIdx;
+    use crate::ids::SkuIdx;
     use crate::time::PeriodUnit;
 
     fn q(s: &str) -> Quantity {

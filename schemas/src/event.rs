@@ -7,20 +7,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::catalog::{ContractIdx, CustomerIdx, PriceIdx, SkuIdx};
 use crate::hashing::EventKey;
+use crate::lineage::{KafkaMeta, Lineage};
 use crate::money::Quantity;
 use crate::time::EventTime;
-
-/// Where a record came from: a file (by index in the run's inputs) and byte offset, or a Kafka
-/// topic (by index), partition and offset. `record` numbers the events of a batched message.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
-pub struct Lineage {
-    pub source: u32,
-    pub partition: i32,
-    pub offset: u64,
-    pub record: u32,
-}
 
 /// An explicit correction of an earlier event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -93,7 +82,7 @@ pub struct UsageEvent {
     pub correction: Option<Box<Correction>>,
     pub lineage: Lineage,
     /// For an event read from Kafka: its message's key and headers (lineage).
-    pub kafka: Option<Box<crate::rejection::KafkaMeta>>,
+    pub kafka: Option<Box<KafkaMeta>>,
 }
 
 impl UsageEvent {

@@ -13,6 +13,8 @@ pub mod event;
 #[doc(hidden)]
 pub mod fixtures;
 pub mod hashing;
+pub mod ids;
+pub mod lineage;
 pub mod money;
 pub mod pricing;
 pub mod rejection;

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::event::Lineage;
+use crate::lineage::{KafkaMeta, Lineage};
 
 /// Why a record was not accepted. The `code()` strings are stable: dashboards and alerts key on
 /// them; add new variants, never rename.
@@ -152,13 +152,6 @@ pub struct Rejection {
     pub lineage: Lineage,
     /// For a record read from Kafka: its message's key and headers.
     pub kafka: Option<Box<KafkaMeta>>,
-}
-
-/// A Kafka message's key (lossy UTF-8) and headers (a JSON object of name → value).
-#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct KafkaMeta {
-    pub key: String,
-    pub headers: String,
 }
 
 impl Rejection {

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::{ContractIdx, CustomerIdx, PriceIdx, RegionIdx, SkuIdx};
-use crate::event::{Lineage, UsageEvent};
+use crate::event::UsageEvent;
 use crate::hashing::EventKey;
+use crate::lineage::Lineage;
 use crate::money::{Amount, Quantity};
 use crate::rejection::Reason;
 use crate::time::{EventTime, Period};

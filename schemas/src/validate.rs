@@ -14,8 +14,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::canonical::{canonical_attributes, Canonical, CanonicalFields};
 use crate::catalog::{Catalog, RateMiss};
-use crate::event::{Correction, CorrectionAction, Environment, Lineage, Metadata, UsageEvent};
+use crate::event::{Correction, CorrectionAction, Environment, Metadata, UsageEvent};
 use crate::hashing::EventKey;
+use crate::lineage::Lineage;
 use crate::money::{DecimalError, Quantity};
 use crate::rejection::{Reason, Rejection};
 use crate::time::{EventTime, Span};

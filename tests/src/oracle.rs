@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use meterflow::tables::read_table;
-use meterflow::trace::current_rows;
+use meterflow::reports::tables::current_rows;
+use meterflow::reports::tables::read_table;
 use meterflow_schemas::money::{Amount, Quantity};
 
 use crate::servers::ClickHouseServer;

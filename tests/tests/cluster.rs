@@ -4,8 +4,8 @@ use std::io::Read;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use meterflow::tables::read_table;
-use meterflow::trace::current_rows;
+use meterflow::reports::tables::current_rows;
+use meterflow::reports::tables::read_table;
 use meterflow_tests::servers::write_hostfile;
 use meterflow_tests::{backdate, generate, meterflow_bin, Running, Scratch};
 

@@ -5,8 +5,8 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use meterflow::tables::{read_table, Row};
-use meterflow::trace::current_rows;
+use meterflow::reports::tables::current_rows;
+use meterflow::reports::tables::{read_table, Row};
 use meterflow_schemas::money::Amount;
 use meterflow_tests::{generate, meterflow, meterflow_bin, meterflow_ok, Scratch};
 

@@ -11,11 +11,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
-use meterflow::file_sink::{
+use meterflow::sinks::files::{
     duplicates_writer, invoice_lines_writer, prepare_out_dir, rated_usage_writer,
     rejections_writer, usage_events_writer, Names,
 };
-use meterflow::file_source::FileInput;
+use meterflow::sources::files::FileInput;
 use meterflow_operators::aggregate::UsageSum;
 use meterflow_operators::decode::records;
 use meterflow_operators::price::{price_line, Priced};
@@ -24,8 +24,9 @@ use meterflow_operators::sink::TableWriter;
 use meterflow_operators::source::{ChunkReader, Read, StripedReader};
 use meterflow_operators::watermark::{LatenessPolicy, Verdict};
 use meterflow_schemas::catalog::{load_dir, PriceIdx};
-use meterflow_schemas::event::{CorrectionAction, Lineage};
+use meterflow_schemas::event::CorrectionAction;
 use meterflow_schemas::hashing::EventKey;
+use meterflow_schemas::lineage::Lineage;
 use meterflow_schemas::money::{Quantity, Rounding};
 use meterflow_schemas::rejection::{Reason, Rejection};
 use meterflow_schemas::rows::{AcceptedEvent, Counts, DuplicateRow, InvoiceLine, LineKey};
@@ -280,7 +281,7 @@ fn main() -> anyhow::Result<()> {
         "invoice_total_exact": invoice_total.to_string(),
         "elapsed_seconds": secs,
         "events_per_second": counts.received as f64 / secs,
-        "peak_rss_bytes": meterflow::run::peak_rss_bytes(),
+        "peak_rss_bytes": meterflow::commands::run::peak_rss_bytes(),
     });
     std::fs::write(
         out.join("counts.json"),

@@ -1,6 +1,6 @@
 //! Graduated pricing: each tier prices its own slice of the period's usage.
 
-use super::{lower_bound, SegmentContext, Tier, TierCharge};
+use super::model::{lower_bound, SegmentContext, Tier, TierCharge};
 use crate::money::{Amount, Quantity};
 
 pub(crate) fn charge(tiers: &[Tier], ctx: &SegmentContext, out: &mut Vec<TierCharge>) {

@@ -6,7 +6,7 @@
 //! for the packages its usage completes: `packages(end) - packages(start)` with the period's
 //! position carried over, so one segment alone costs `packages(total) × price`.
 
-use super::{Package, SegmentContext, TierCharge};
+use super::model::{Package, SegmentContext, TierCharge};
 use crate::money::Quantity;
 
 /// Packages billed for usage up to `position`.

@@ -1,6 +1,6 @@
 //! Per-unit pricing: quantity × unit price.
 
-use super::{SegmentContext, TierCharge};
+use super::model::{SegmentContext, TierCharge};
 use crate::money::UnitPrice;
 
 pub(crate) fn charge(unit_price: UnitPrice, ctx: &SegmentContext, out: &mut Vec<TierCharge>) {

@@ -13,7 +13,7 @@
 //! per-period allowances that would make a transaction's fee depend on the others, so the
 //! catalog refuses them together with a minimum or maximum.
 
-use super::{Percentage, SegmentContext, TierCharge};
+use super::model::{Percentage, SegmentContext, TierCharge};
 use crate::money::{Amount, Quantity};
 
 pub(crate) fn charge(p: &Percentage, ctx: &SegmentContext, out: &mut Vec<TierCharge>) {

@@ -1,6 +1,7 @@
 use proptest::prelude::*;
 
 use super::*;
+use crate::money::{Amount, UnitPrice};
 
 fn q(s: &str) -> Quantity {
     Quantity::parse(s).unwrap()

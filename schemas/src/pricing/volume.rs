@@ -1,6 +1,6 @@
 //! Volume pricing: the whole quantity at the rate of the tier the period total falls in.
 
-use super::{tier_of, SegmentContext, Tier, TierCharge};
+use super::model::{tier_of, SegmentContext, Tier, TierCharge};
 use crate::money::Amount;
 
 pub(crate) fn charge(tiers: &[Tier], ctx: &SegmentContext, out: &mut Vec<TierCharge>) {

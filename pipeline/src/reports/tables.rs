@@ -68,6 +68,26 @@ pub fn parse_csv(text: &str) -> Vec<Vec<String>> {
     records
 }
 
+/// Rows of a signed table summed by their content (without `sign` and `version`): the current rows.
+pub fn current_rows(rows: &[Row]) -> Vec<Row> {
+    let mut net: BTreeMap<Row, i64> = BTreeMap::new();
+    for r in rows {
+        let sign: i64 = r
+            .get("sign")
+            .map_or("", |s| s.as_str())
+            .parse()
+            .unwrap_or(0);
+        let mut key = r.clone();
+        key.remove("sign");
+        key.remove("version");
+        *net.entry(key).or_insert(0) += sign;
+    }
+    net.into_iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(r, _)| r)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

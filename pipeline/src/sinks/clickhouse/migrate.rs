@@ -5,7 +5,7 @@ use clickhouse::Row;
 use meterflow_schemas::ddl::{for_database, MIGRATIONS, MIGRATIONS_TABLE};
 use serde::{Deserialize, Serialize};
 
-use crate::clickhouse_client::ClickHouse;
+use crate::sinks::clickhouse::client::ClickHouse;
 
 #[derive(Row, Deserialize)]
 struct Applied {

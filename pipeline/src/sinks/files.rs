@@ -10,13 +10,14 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use meterflow_operators::dataflow::Signed;
+use meterflow_operators::signed::Signed;
 use meterflow_operators::signed::{Horizon, SignedState};
 use meterflow_operators::sink::TableWriter;
 use meterflow_operators::Epoch;
 use meterflow_schemas::anomaly::{Anomaly, BucketRow};
 use meterflow_schemas::catalog::Catalog;
-use meterflow_schemas::event::{Environment, Lineage, Metadata};
+use meterflow_schemas::event::{Environment, Metadata};
+use meterflow_schemas::lineage::Lineage;
 use meterflow_schemas::money::{Amount, Quantity};
 use meterflow_schemas::rejection::Rejection;
 use meterflow_schemas::rows::{

@@ -45,11 +45,11 @@ pub struct Config {
     /// Parallelism.
     pub workers: WorkersConfig,
     /// The ClickHouse sink (production outputs); off unless `url` is set.
-    pub clickhouse: crate::clickhouse_client::ClickHouseConfig,
+    pub clickhouse: crate::sinks::clickhouse::client::ClickHouseConfig,
     /// The Kafka source (production input); off unless `brokers` is set.
-    pub kafka: crate::kafka_source::KafkaConfig,
+    pub kafka: crate::sources::kafka::KafkaConfig,
     /// Alert delivery to a webhook; off unless `webhook_url` is set.
-    pub alerts: crate::alerts::AlertsConfig,
+    pub alerts: crate::sinks::alerts::AlertsConfig,
     /// Usage buckets and anomaly detection (spikes, drops, silent meters).
     pub anomalies: AnomalyRules,
     /// Where a running pipeline gets catalog changes from.
@@ -391,7 +391,7 @@ mod tests {
 
     #[test]
     fn the_example_file_is_the_defaults() {
-        let text = include_str!("../../meterflow.example.toml");
+        let text = include_str!("../../../meterflow.example.toml");
         let c = Config::parse(text, "meterflow.example.toml").unwrap();
         let d = Config::default();
         assert_eq!(format!("{c:?}"), format!("{d:?}"));
@@ -429,7 +429,7 @@ mod tests {
         let c = Config::parse("[clickhouse]\ncompression = \"none\"\n", "x.toml").unwrap();
         assert_eq!(
             c.clickhouse.compression,
-            crate::clickhouse_client::Compression::None
+            crate::sinks::clickhouse::client::Compression::None
         );
     }
 

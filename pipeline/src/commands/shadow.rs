@@ -2,12 +2,17 @@
 //! cards. Per customer, contract and invoice period: the live total, the shadow total, and the
 //! difference in money and percent — from a run's output directory or from ClickHouse.
 
+use std::process::ExitCode;
+
+use crate::commands::invoice::InvoiceSource;
+use crate::commands::open_clickhouse;
+use crate::reports::invoice_preview::{table_from_clickhouse, table_from_output, Filter};
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use meterflow_schemas::money::{minor_unit_digits, Amount};
 
-use crate::preview::PreviewLine;
+use crate::reports::invoice_preview::PreviewLine;
 
 /// One row of the report.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -157,5 +162,34 @@ mod tests {
             ..d
         };
         assert_eq!(zero.percent(), None);
+    }
+}
+
+#[derive(clap::Subcommand)]
+pub enum ShadowCommand {
+    /// Live against shadow totals per customer, contract and invoice period, with the
+    /// difference in money and percent; from a run's output or from ClickHouse.
+    Report {
+        #[command(flatten)]
+        source: InvoiceSource,
+    },
+}
+
+impl ShadowCommand {
+    pub fn execute(self) -> anyhow::Result<ExitCode> {
+        let ShadowCommand::Report { source } = self;
+        let (_, ch) = open_clickhouse(source.config.as_deref(), source.clickhouse_url.as_ref())?;
+        let filter = Filter {
+            customer: source.customer,
+            period: source.period,
+        };
+        let read = |table: &str| match &ch {
+            Some(ch) => table_from_clickhouse(ch, table, &filter),
+            None => table_from_output(&source.out, table, &filter),
+        };
+        let live = read("invoice_lines").map_err(anyhow::Error::msg)?;
+        let shadow = read("shadow_invoice_lines").map_err(anyhow::Error::msg)?;
+        print!("{}", render(&deltas(&live, &shadow)));
+        Ok(ExitCode::SUCCESS)
     }
 }

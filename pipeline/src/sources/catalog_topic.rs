@@ -14,7 +14,7 @@
 //! A running pipeline with ClickHouse output watches its catalog source (see [`Watcher`]). When
 //! the catalog changes and the new one is valid, the Kafka readers stop at their next epoch, the
 //! dataflow drains and commits, and `meterflow run` resumes from the commit with the new catalog
-//! (re-rating billed usage it prices differently; see `clickhouse_restore`). Every worker switches
+//! (re-rating billed usage it prices differently; see `sinks::clickhouse::restore`). Every worker switches
 //! at the same committed point. A new catalog that does not load is refused with its problems in
 //! the log, and billing goes on with the catalog it has.
 
@@ -33,8 +33,8 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaErrorCode;
 use serde_json::{json, Value};
 
-use crate::catalog_log::{entries, EntryKey};
-use crate::kafka_source::KafkaConfig;
+use crate::sinks::catalog_log::{entries, EntryKey};
+use crate::sources::kafka::KafkaConfig;
 
 /// The key of the marker that closes a publish.
 const MARKER: &str = "_published";
@@ -261,14 +261,14 @@ pub fn publish(
     topic: &str,
     actor: &str,
     dry_run: bool,
-) -> Result<Vec<crate::catalog_log::Change>, String> {
+) -> Result<Vec<crate::sinks::catalog_log::Change>, String> {
     load_dir(dir).map_err(|e| e.to_string())?;
     let now = entries(dir)?;
     let before = read_topic(kafka, topic)?
         .map(|s| s.entries)
         .unwrap_or_default();
-    crate::catalog_log::check_immutable(&before, &now)?;
-    let changes = crate::catalog_log::changes(
+    crate::sinks::catalog_log::check_immutable(&before, &now)?;
+    let changes = crate::sinks::catalog_log::changes(
         &before,
         &now,
         actor,
@@ -383,7 +383,7 @@ impl Watcher {
                     continue;
                 }
                 let checked =
-                    crate::catalog_log::check_immutable(&current.entries, &snapshot.entries)
+                    crate::sinks::catalog_log::check_immutable(&current.entries, &snapshot.entries)
                         .and_then(|()| source.load(&snapshot));
                 match checked {
                     Ok(_) => {
@@ -425,7 +425,7 @@ mod tests {
     fn a_catalog_rebuilt_from_its_entries_is_the_same_catalog() {
         let dir = std::env::temp_dir().join(format!("mf-catalog-src-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("catalog.toml"), crate::demo::CATALOG).unwrap();
+        std::fs::write(dir.join("catalog.toml"), crate::commands::demo::CATALOG).unwrap();
         let from_files = load_dir(&dir).unwrap();
         let from_entries = catalog_of(&entries(&dir).unwrap()).unwrap();
         // Entries come sorted by id, so indices may differ: compare by name.
@@ -481,7 +481,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("catalog.toml");
         let write = |text: &str| std::fs::write(&file, text).unwrap();
-        write(crate::demo::CATALOG);
+        write(crate::commands::demo::CATALOG);
         let source = CatalogSource::Dir(dir.clone());
         let stop = Arc::new(AtomicBool::new(false));
         let watcher = Watcher::start(
@@ -491,12 +491,12 @@ mod tests {
             stop.clone(),
         );
         let published = "unit_price = \"0.002\"";
-        assert!(crate::demo::CATALOG.contains(published));
+        assert!(crate::commands::demo::CATALOG.contains(published));
         // A catalog that does not load, and one that edits a published version, are refused:
         // the pipeline goes on with the catalog it has. (Each is looked at many times over.)
         for refused in [
-            crate::demo::CATALOG.replace(published, "unit_price = \"two cents\""),
-            crate::demo::CATALOG.replace(published, "unit_price = \"0.003\""),
+            crate::commands::demo::CATALOG.replace(published, "unit_price = \"two cents\""),
+            crate::commands::demo::CATALOG.replace(published, "unit_price = \"0.003\""),
         ] {
             write(&refused);
             std::thread::sleep(Duration::from_millis(300));
@@ -505,7 +505,7 @@ mod tests {
         // A valid change (a new customer) switches.
         write(&format!(
             "{}\n[[customer]]\nid = \"umbrella\"\nname = \"Umbrella\"\n",
-            crate::demo::CATALOG
+            crate::commands::demo::CATALOG
         ));
         let deadline = Instant::now() + Duration::from_secs(30);
         while !stop.load(Ordering::SeqCst) {

@@ -33,7 +33,6 @@ use clickhouse::Row;
 use meterflow_operators::aggregate::{UsageRecord, UsageSum};
 use meterflow_operators::anomalies::AnomalySeed;
 use meterflow_operators::dataflow::{Plan, Resume};
-use meterflow_operators::decode::PartitionTime;
 use meterflow_operators::dedup::DedupSeed;
 use meterflow_operators::dedup::{usage_delta, BilledEvent};
 use meterflow_operators::entitlements::{has_spend_plan, Reported};
@@ -46,7 +45,6 @@ use meterflow_schemas::anomaly::{
 use meterflow_schemas::catalog::{
     distinct_value, Catalog, ContractIdx, CustomerIdx, PriceIdx, RegionIdx, SkuIdx,
 };
-use meterflow_schemas::ddl::EPOCH_TABLES;
 use meterflow_schemas::entitlement::{reported_through, SignalKind};
 use meterflow_schemas::hashing::EventKey;
 use meterflow_schemas::money::{Amount, Quantity};
@@ -56,8 +54,10 @@ use meterflow_schemas::rows::{
 use meterflow_schemas::time::{EventTime, Period, PeriodUnit};
 use serde::Deserialize;
 
-use crate::clickhouse_client::{sql_list, ClickHouse, Count};
-use crate::clickhouse_sink::{RecordedOffset, RecordedPartition};
+use crate::sinks::clickhouse::client::{sql_list, ClickHouse};
+use crate::sinks::clickhouse::progress::{
+    delete_uncommitted, restored_partitions, settle_inserts, RecordedOffset,
+};
 
 /// What a restart loads.
 #[derive(Default)]
@@ -345,7 +345,7 @@ pub fn restore(
             // late commit of a killed predecessor. The rows up to `R` are still priced under the
             // committed catalog until this generation's first commit, so the row says that one.
             let digest = committed_digest.as_deref().unwrap_or_default();
-            crate::clickhouse_sink::write_progress(ch, generation, p, sources, digest)?;
+            crate::sinks::clickhouse::progress::write_progress(ch, generation, p, sources, digest)?;
         }
         delete_uncommitted(ch, progress.as_ref().map(|p| p.epoch))?;
     }
@@ -474,84 +474,6 @@ pub fn restore(
         entitlement_signals,
         shadow_invoice_lines,
     })
-}
-
-/// The partitions' event-time state recorded with a commit, for the topics this run reads (''
-/// for a commit written before the column: none recorded).
-fn restored_partitions(json: &str, sources: &[String]) -> Result<Vec<PartitionTime>, String> {
-    if json.is_empty() {
-        return Ok(Vec::new());
-    }
-    let recorded: Vec<RecordedPartition> = serde_json::from_str(json)
-        .map_err(|e| format!("sink_progress.partitions is unreadable: {e}"))?;
-    Ok(recorded
-        .into_iter()
-        .filter_map(|r| {
-            let source = sources.iter().position(|s| *s == r.source)?;
-            Some(PartitionTime {
-                source: source as u32,
-                partition: r.partition,
-                max_time: r.max_time_ms.map(EventTime),
-                idle: r.idle,
-            })
-        })
-        .collect())
-}
-
-/// Deletes rows a killed predecessor's late inserts landed: an older generation and an epoch
-/// after the one this generation resumed from.
-pub fn sweep_stale(
-    ch: &ClickHouse,
-    generation: u32,
-    resumed_after: Option<u64>,
-) -> Result<(), String> {
-    let condition = format!(
-        "generation < {generation} AND epoch {}",
-        resumed_after.map_or(">= 0".to_string(), |e| format!("> {e}"))
-    );
-    delete_where(ch, &condition)
-}
-
-/// Deletes rows of epochs after `committed` (every row if nothing was committed).
-fn delete_uncommitted(ch: &ClickHouse, committed: Option<u64>) -> Result<(), String> {
-    let condition = match committed {
-        Some(e) => format!("epoch > {e}"),
-        None => "epoch >= 0".to_string(),
-    };
-    delete_where(ch, &condition)
-}
-
-fn delete_where(ch: &ClickHouse, condition: &str) -> Result<(), String> {
-    for table in EPOCH_TABLES {
-        let rows: Vec<Count> = ch.fetch(&format!(
-            "SELECT count() AS n FROM {{db}}.{table} WHERE {condition}"
-        ))?;
-        if rows.first().is_none_or(|c| c.n == 0) {
-            continue;
-        }
-        tracing::info!(
-            table,
-            rows = rows[0].n,
-            "removing rows of an uncommitted epoch"
-        );
-        ch.delete_where(table, condition)?;
-    }
-    Ok(())
-}
-
-/// Waits until no insert into the database is running (one left by a killed run).
-fn settle_inserts(ch: &ClickHouse) -> Result<(), String> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    loop {
-        let running: Vec<Count> = ch.fetch("SELECT count() AS n FROM system.processes WHERE startsWith(query, 'INSERT INTO {db}.')")?;
-        if running.first().is_none_or(|c| c.n == 0) {
-            return Ok(());
-        }
-        if std::time::Instant::now() > deadline {
-            return Err("inserts into the database are still running after 2 minutes; is another meterflow writing to it? One database serves one pipeline".into());
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
 }
 
 /// The rows a signed table holds: per identity (its sorting key) and version, the inserted row's

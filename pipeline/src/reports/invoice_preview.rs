@@ -12,7 +12,7 @@ use meterflow_schemas::money::{minor_unit_digits, Amount};
 use meterflow_schemas::rows::{InvoiceLine, LineKind};
 use meterflow_schemas::time::PeriodUnit;
 
-use crate::clickhouse_client::{sql_string, ClickHouse};
+use crate::sinks::clickhouse::client::{sql_string, ClickHouse};
 
 /// One current invoice line, by name.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -83,15 +83,15 @@ pub fn table_from_output(
     table: &str,
     filter: &Filter,
 ) -> Result<Vec<PreviewLine>, String> {
-    let rows = crate::tables::read_table(out, table).map_err(|e| {
+    let rows = crate::reports::tables::read_table(out, table).map_err(|e| {
         format!(
             "cannot read {}: {e}; pass the output directory of a run (-o)",
             out.join(table).display()
         )
     })?;
-    let get = |r: &crate::tables::Row, k: &str| r.get(k).cloned().unwrap_or_default();
+    let get = |r: &crate::reports::tables::Row, k: &str| r.get(k).cloned().unwrap_or_default();
     let mut lines = Vec::new();
-    for r in crate::trace::current_rows(&rows) {
+    for r in crate::reports::tables::current_rows(&rows) {
         let line = PreviewLine {
             customer: get(&r, "customer_id"),
             invoice_period: get(&r, "invoice_period"),

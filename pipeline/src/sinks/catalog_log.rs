@@ -19,7 +19,7 @@ use meterflow_schemas::time::EventTime;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::clickhouse_client::ClickHouse;
+use crate::sinks::clickhouse::client::ClickHouse;
 
 /// (entity, id, version): version is 0 for unversioned entities.
 pub type EntryKey = (String, String, u32);

@@ -11,22 +11,17 @@
 use std::sync::{mpsc, Arc};
 
 use clickhouse::Row;
-use meterflow_operators::dataflow::Signed;
-use meterflow_operators::progress::{Progress, ProgressStore};
-use meterflow_operators::signed::{Change, SignedState};
 use meterflow_operators::sink::TableWriter;
 use meterflow_operators::Epoch;
-use meterflow_schemas::anomaly::{Anomaly, BucketRow};
 use meterflow_schemas::catalog::{Catalog, CustomerIdx, SkuIdx};
-use meterflow_schemas::event::{Environment, Lineage, Metadata};
+use meterflow_schemas::event::{Environment, Metadata};
+use meterflow_schemas::lineage::Lineage;
 use meterflow_schemas::rejection::Rejection;
-use meterflow_schemas::rows::{
-    AcceptedEvent, DuplicateRow, EntitlementSignal, InvoiceLine, LineKey, LineUsage, RatedRow,
-};
+use meterflow_schemas::rows::{AcceptedEvent, DuplicateRow};
 use meterflow_schemas::time::{EventTime, Period, PeriodUnit};
 use serde::Serialize;
 
-use crate::clickhouse_client::{BatchId, ClickHouse};
+use crate::sinks::clickhouse::client::{BatchId, ClickHouse};
 
 /// What the writers need to turn indices back into names.
 pub struct ChNames {
@@ -35,7 +30,7 @@ pub struct ChNames {
     pub sources: Vec<String>,
     pub billable_environments: Vec<String>,
     pub period: PeriodUnit,
-    /// This start of the pipeline (see `clickhouse_restore`).
+    /// This start of the pipeline (see `sinks::clickhouse::restore`).
     pub generation: u32,
     /// The timely worker writing (its batches are numbered apart from other workers').
     pub worker: u32,
@@ -54,10 +49,10 @@ impl ChNames {
 /// Labels of the periods a batch mentions, so rows can borrow them. A batch holds a few
 /// distinct periods in long runs: repeats are skipped and each period is labelled once, in a
 /// list kept sorted.
-struct PeriodLabels(Vec<(Period, String)>);
+pub(crate) struct PeriodLabels(Vec<(Period, String)>);
 
 impl PeriodLabels {
-    fn of(unit: PeriodUnit, periods: impl Iterator<Item = Period>) -> PeriodLabels {
+    pub(crate) fn of(unit: PeriodUnit, periods: impl Iterator<Item = Period>) -> PeriodLabels {
         let mut labels = PeriodLabels(Vec::new());
         let mut last = None;
         for p in periods.filter(|&p| last.replace(p) != Some(p)) {
@@ -70,7 +65,7 @@ impl PeriodLabels {
     fn find(&self, p: Period) -> Result<usize, usize> {
         self.0.binary_search_by(|(q, _)| q.cmp(&p))
     }
-    fn get(&self, p: Period) -> &str {
+    pub(crate) fn get(&self, p: Period) -> &str {
         self.find(p).map_or("", |i| self.0[i].1.as_str())
     }
 }
@@ -99,10 +94,10 @@ impl IdRanks {
             skus: ranks(c.skus.iter().map(|x| x.id.as_str()), 1),
         }
     }
-    fn customer(&self, c: CustomerIdx) -> u32 {
+    pub(crate) fn customer(&self, c: CustomerIdx) -> u32 {
         self.customers[c.ix()]
     }
-    fn sku(&self, s: SkuIdx) -> u32 {
+    pub(crate) fn sku(&self, s: SkuIdx) -> u32 {
         if s == SkuIdx::INVOICE {
             0
         } else {
@@ -117,13 +112,13 @@ impl IdRanks {
 /// happens here instead, on the insert thread; a resend sends the same order. The big tables
 /// (`usage_events`, `usage_buckets`) sort on integer ranks of the ids ([`IdRanks`]); the small
 /// derived batches on their rows' own columns, built once for the key and again to be sent.
-fn in_key_order<'r, S, K: Ord>(rows: &'r [S], key: impl Fn(&'r S) -> K) -> Vec<&'r S> {
+pub(crate) fn in_key_order<'r, S, K: Ord>(rows: &'r [S], key: impl Fn(&'r S) -> K) -> Vec<&'r S> {
     let mut refs: Vec<&S> = rows.iter().collect();
     refs.sort_by_cached_key(|r| key(r));
     refs
 }
 
-fn seconds(t: EventTime) -> u32 {
+pub(crate) fn seconds(t: EventTime) -> u32 {
     t.0.div_euclid(1000).clamp(0, u32::MAX as i64) as u32
 }
 
@@ -194,26 +189,31 @@ struct DuplicateRowCh<'a> {
     batch: u64,
 }
 
-const NO_METADATA: Metadata = Metadata {
+pub(crate) const NO_METADATA: Metadata = Metadata {
     region: None,
     plan: None,
     marketplace: None,
     attributes: None,
 };
 
-type InsertFn<T> = fn(&ClickHouse, &ChNames, BatchId, &[T]) -> Result<(), String>;
+pub(crate) type InsertFn<T> = fn(&ClickHouse, &ChNames, BatchId, &[T]) -> Result<(), String>;
 
 /// Inserts a table's batches on a thread of its own, one batch at a time, so that a flush does
 /// not stall the timely worker and the tables insert side by side. The insert retries with
 /// backoff while ClickHouse is down, so a batch is either in or still being tried.
-struct Inserter<T> {
+pub(crate) struct Inserter<T> {
     batches: mpsc::Sender<Vec<T>>,
     results: mpsc::Receiver<Result<(), String>>,
     in_flight: bool,
 }
 
 impl<T: Send + 'static> Inserter<T> {
-    fn spawn(ch: ClickHouse, names: Arc<ChNames>, insert: InsertFn<T>, table: &str) -> Inserter<T> {
+    pub(crate) fn spawn(
+        ch: ClickHouse,
+        names: Arc<ChNames>,
+        insert: InsertFn<T>,
+        table: &str,
+    ) -> Inserter<T> {
         let (batches, todo) = mpsc::channel::<Vec<T>>();
         let (done, results) = mpsc::channel();
         let spawned = std::thread::Builder::new()
@@ -240,7 +240,7 @@ impl<T: Send + 'static> Inserter<T> {
         }
     }
 
-    fn start(&mut self, batch: Vec<T>) -> Result<(), String> {
+    pub(crate) fn start(&mut self, batch: Vec<T>) -> Result<(), String> {
         self.batches
             .send(batch)
             .map_err(|_| "the insert thread is gone".to_string())?;
@@ -248,7 +248,7 @@ impl<T: Send + 'static> Inserter<T> {
         Ok(())
     }
 
-    fn done(&mut self) -> Result<bool, String> {
+    pub(crate) fn done(&mut self) -> Result<bool, String> {
         if !self.in_flight {
             return Ok(true);
         }
@@ -263,7 +263,7 @@ impl<T: Send + 'static> Inserter<T> {
     }
 
     /// Waits for the batch in flight, if any.
-    fn wait(&mut self) -> Result<(), String> {
+    pub(crate) fn wait(&mut self) -> Result<(), String> {
         if !self.in_flight {
             return Ok(());
         }
@@ -457,722 +457,6 @@ fn insert_duplicates(
     })
 }
 
-/// The identity columns every derived row starts with.
-struct KeyText<'a> {
-    customer_id: &'a str,
-    contract_id: &'a str,
-    sku: &'a str,
-    region: &'a str,
-}
-
-fn key_text<'a>(c: &'a Catalog, k: &LineKey) -> KeyText<'a> {
-    KeyText {
-        customer_id: &c.customers[k.customer.ix()].id,
-        contract_id: &c.contracts[k.contract.ix()].id,
-        sku: c.sku_id(k.sku),
-        region: c.region_name(k.region),
-    }
-}
-
-#[derive(Row, Serialize)]
-struct InvoiceLineRow<'a> {
-    customer_id: &'a str,
-    contract_id: &'a str,
-    sku: &'a str,
-    region: &'a str,
-    service_period: &'a str,
-    invoice_period: &'a str,
-    line_type: &'a str,
-    currency: &'a str,
-    events: i64,
-    quantity: i128,
-    amount: i128,
-    amount_exact: i128,
-    sign: i8,
-    version: u64,
-    epoch: u64,
-    generation: u32,
-    batch: u64,
-}
-
-#[derive(Row, Serialize)]
-struct RatedRowCh<'a> {
-    customer_id: &'a str,
-    contract_id: &'a str,
-    sku: &'a str,
-    region: &'a str,
-    service_period: &'a str,
-    invoice_period: &'a str,
-    rate_card: &'a str,
-    rate_card_version: u32,
-    model: &'a str,
-    tier: u32,
-    quantity: i128,
-    amount: i128,
-    currency: &'a str,
-    sign: i8,
-    version: u64,
-    epoch: u64,
-    generation: u32,
-    batch: u64,
-}
-
-#[derive(Row, Serialize)]
-struct LineUsageRow<'a> {
-    customer_id: &'a str,
-    contract_id: &'a str,
-    sku: &'a str,
-    region: &'a str,
-    service_period: &'a str,
-    invoice_period: &'a str,
-    rate_card: &'a str,
-    rate_card_version: u32,
-    events: i64,
-    quantity: i128,
-    sign: i8,
-    version: u64,
-    epoch: u64,
-    generation: u32,
-    batch: u64,
-    fee_adjustment: i128,
-}
-
-/// Amounts rounded to minor units, stored as `Decimal(38, 9)`.
-const AMOUNT_TO_9: i128 = 1_000_000_000;
-
-/// A signed table (`invoice_lines`, `rated_usage`, `line_usage`).
-pub struct SignedTable<R: Ord + Clone> {
-    state: SignedState<R>,
-    inserter: Inserter<Change<R>>,
-}
-
-impl<R: Ord + Clone + Send + 'static> TableWriter<Signed<R>> for SignedTable<R> {
-    fn write(&mut self, _: Epoch, rows: &mut Vec<Signed<R>>) -> Result<(), String> {
-        for (r, t, d) in rows.drain(..) {
-            self.state.update(r, t, d);
-        }
-        Ok(())
-    }
-    fn flush(&mut self, frontier: Option<Epoch>) -> Result<(), String> {
-        if self.start_flush(frontier)? {
-            self.inserter.wait()?;
-        }
-        Ok(())
-    }
-    fn start_flush(&mut self, frontier: Option<Epoch>) -> Result<bool, String> {
-        self.inserter.wait()?;
-        // Each change is stamped with the round it belongs to: a restart deletes exactly the
-        // rounds after the last commit.
-        let changes = self.state.changes(frontier);
-        if changes.is_empty() {
-            return Ok(false);
-        }
-        self.inserter.start(changes)?;
-        Ok(true)
-    }
-    fn flush_done(&mut self) -> Result<bool, String> {
-        self.inserter.done()
-    }
-}
-
-fn signed<R: Ord + Clone + Send + 'static>(
-    ch: ClickHouse,
-    names: Arc<ChNames>,
-    state: SignedState<R>,
-    insert: InsertFn<Change<R>>,
-    table: &str,
-) -> SignedTable<R> {
-    SignedTable {
-        state,
-        inserter: Inserter::spawn(ch, names, insert, table),
-    }
-}
-
-impl<R: Ord + Clone> SignedTable<R> {
-    /// The rows the table holds now.
-    pub fn held(&self) -> impl Iterator<Item = (&R, isize)> {
-        self.state.held()
-    }
-}
-
-pub fn invoice_lines(
-    ch: ClickHouse,
-    names: Arc<ChNames>,
-    state: SignedState<InvoiceLine>,
-) -> SignedTable<InvoiceLine> {
-    signed(ch, names, state, insert_lines, "invoice_lines")
-}
-
-pub fn rated_usage(
-    ch: ClickHouse,
-    names: Arc<ChNames>,
-    state: SignedState<RatedRow>,
-) -> SignedTable<RatedRow> {
-    signed(ch, names, state, insert_rated, "rated_usage")
-}
-
-pub fn line_usage(
-    ch: ClickHouse,
-    names: Arc<ChNames>,
-    state: SignedState<LineUsage>,
-) -> SignedTable<LineUsage> {
-    signed(ch, names, state, insert_line_usage, "line_usage")
-}
-
-fn insert_lines(
-    ch: &ClickHouse,
-    n: &ChNames,
-    id: BatchId,
-    changes: &[Change<InvoiceLine>],
-) -> Result<(), String> {
-    insert_lines_into(ch, n, id, changes, "invoice_lines")
-}
-
-fn insert_shadow_lines(
-    ch: &ClickHouse,
-    n: &ChNames,
-    id: BatchId,
-    changes: &[Change<InvoiceLine>],
-) -> Result<(), String> {
-    insert_lines_into(ch, n, id, changes, "shadow_invoice_lines")
-}
-
-/// `shadow_invoice_lines`: invoice lines under the contracts' shadow rate cards.
-pub fn shadow_invoice_lines(
-    ch: ClickHouse,
-    names: Arc<ChNames>,
-    state: SignedState<InvoiceLine>,
-) -> SignedTable<InvoiceLine> {
-    signed(
-        ch,
-        names,
-        state,
-        insert_shadow_lines,
-        "shadow_invoice_lines",
-    )
-}
-
-/// Rows of an invoice line's history: labelled by their service and invoice periods.
-trait OfLine {
-    fn periods(&self) -> [Period; 2];
-}
-
-impl OfLine for InvoiceLine {
-    fn periods(&self) -> [Period; 2] {
-        [self.key.service_period, self.invoice_period]
-    }
-}
-
-impl OfLine for RatedRow {
-    fn periods(&self) -> [Period; 2] {
-        [self.key.service_period, self.invoice_period]
-    }
-}
-
-impl OfLine for LineUsage {
-    fn periods(&self) -> [Period; 2] {
-        [self.key.service_period, self.invoice_period]
-    }
-}
-
-fn line_labels<R: OfLine>(n: &ChNames, changes: &[Change<R>]) -> PeriodLabels {
-    PeriodLabels::of(n.period, changes.iter().flat_map(|c| c.row.periods()))
-}
-
-fn insert_lines_into(
-    ch: &ClickHouse,
-    n: &ChNames,
-    id: BatchId,
-    changes: &[Change<InvoiceLine>],
-    table: &str,
-) -> Result<(), String> {
-    let labels = line_labels(n, changes);
-    let changes = line_order(n, &labels, id, changes);
-    ch.insert_batch::<InvoiceLineRow<'static>, _>(table, id, &changes, |c| {
-        line_row(n, &labels, id, c)
-    })
-}
-
-/// A batch in the table's `ORDER BY`, read from the row's own columns.
-fn line_order<'r>(
-    n: &'r ChNames,
-    labels: &'r PeriodLabels,
-    id: BatchId,
-    changes: &'r [Change<InvoiceLine>],
-) -> Vec<&'r Change<InvoiceLine>> {
-    in_key_order(changes, |c| {
-        let r = line_row(n, labels, id, c);
-        (
-            r.customer_id,
-            r.invoice_period,
-            r.contract_id,
-            r.sku,
-            r.region,
-            r.service_period,
-            r.line_type,
-            r.version,
-        )
-    })
-}
-
-fn line_row<'r>(
-    n: &'r ChNames,
-    labels: &'r PeriodLabels,
-    id: BatchId,
-    c: &'r Change<InvoiceLine>,
-) -> InvoiceLineRow<'r> {
-    let l = &c.row;
-    let k = key_text(&n.catalog, &l.key);
-    InvoiceLineRow {
-        customer_id: k.customer_id,
-        contract_id: k.contract_id,
-        sku: k.sku,
-        region: k.region,
-        service_period: labels.get(l.key.service_period),
-        invoice_period: labels.get(l.invoice_period),
-        line_type: l.kind.as_str(),
-        currency: &l.currency,
-        events: l.events,
-        quantity: l.quantity.0,
-        amount: l.amount.0 / AMOUNT_TO_9,
-        amount_exact: l.amount_exact.0,
-        sign: c.sign,
-        version: c.version,
-        epoch: c.epoch,
-        generation: n.generation,
-        batch: id.batch,
-    }
-}
-
-fn insert_rated(
-    ch: &ClickHouse,
-    n: &ChNames,
-    id: BatchId,
-    changes: &[Change<RatedRow>],
-) -> Result<(), String> {
-    let labels = line_labels(n, changes);
-    let changes = rated_order(n, &labels, id, changes);
-    ch.insert_batch::<RatedRowCh<'static>, _>("rated_usage", id, &changes, |c| {
-        rated_row(n, &labels, id, c)
-    })
-}
-
-/// A batch in the table's `ORDER BY`, read from the row's own columns.
-fn rated_order<'r>(
-    n: &'r ChNames,
-    labels: &'r PeriodLabels,
-    id: BatchId,
-    changes: &'r [Change<RatedRow>],
-) -> Vec<&'r Change<RatedRow>> {
-    in_key_order(changes, |c| {
-        let r = rated_row(n, labels, id, c);
-        (
-            r.customer_id,
-            r.invoice_period,
-            r.contract_id,
-            r.sku,
-            r.region,
-            r.service_period,
-            r.rate_card,
-            r.rate_card_version,
-            r.tier,
-            r.version,
-        )
-    })
-}
-
-fn rated_row<'r>(
-    n: &'r ChNames,
-    labels: &'r PeriodLabels,
-    id: BatchId,
-    ch: &'r Change<RatedRow>,
-) -> RatedRowCh<'r> {
-    let (c, r) = (&n.catalog, &ch.row);
-    let k = key_text(c, &r.key);
-    let price = c.price(r.price);
-    RatedRowCh {
-        customer_id: k.customer_id,
-        contract_id: k.contract_id,
-        sku: k.sku,
-        region: k.region,
-        service_period: labels.get(r.key.service_period),
-        invoice_period: labels.get(r.invoice_period),
-        rate_card: &c.rate_cards[price.rate_card.ix()].id,
-        rate_card_version: price.version,
-        model: price.model.name(),
-        tier: r.tier + 1,
-        quantity: r.quantity.0,
-        amount: r.amount.0,
-        currency: &price.currency,
-        sign: ch.sign,
-        version: ch.version,
-        epoch: ch.epoch,
-        generation: n.generation,
-        batch: id.batch,
-    }
-}
-
-fn insert_line_usage(
-    ch: &ClickHouse,
-    n: &ChNames,
-    id: BatchId,
-    changes: &[Change<LineUsage>],
-) -> Result<(), String> {
-    let labels = line_labels(n, changes);
-    let changes = line_usage_order(n, &labels, id, changes);
-    ch.insert_batch::<LineUsageRow<'static>, _>("line_usage", id, &changes, |c| {
-        line_usage_row(n, &labels, id, c)
-    })
-}
-
-/// A batch in the table's `ORDER BY`, read from the row's own columns.
-fn line_usage_order<'r>(
-    n: &'r ChNames,
-    labels: &'r PeriodLabels,
-    id: BatchId,
-    changes: &'r [Change<LineUsage>],
-) -> Vec<&'r Change<LineUsage>> {
-    in_key_order(changes, |c| {
-        let r = line_usage_row(n, labels, id, c);
-        (
-            r.customer_id,
-            r.contract_id,
-            r.sku,
-            r.region,
-            r.service_period,
-            r.invoice_period,
-            r.rate_card,
-            r.rate_card_version,
-            r.version,
-        )
-    })
-}
-
-fn line_usage_row<'r>(
-    n: &'r ChNames,
-    labels: &'r PeriodLabels,
-    id: BatchId,
-    ch: &'r Change<LineUsage>,
-) -> LineUsageRow<'r> {
-    let (c, u) = (&n.catalog, &ch.row);
-    let k = key_text(c, &u.key);
-    let price = c.price(u.price);
-    LineUsageRow {
-        customer_id: k.customer_id,
-        contract_id: k.contract_id,
-        sku: k.sku,
-        region: k.region,
-        service_period: labels.get(u.key.service_period),
-        invoice_period: labels.get(u.invoice_period),
-        rate_card: &c.rate_cards[price.rate_card.ix()].id,
-        rate_card_version: price.version,
-        events: u.events,
-        quantity: u.quantity.0,
-        sign: ch.sign,
-        version: ch.version,
-        epoch: ch.epoch,
-        generation: n.generation,
-        batch: id.batch,
-        fee_adjustment: u.fee_adjustment.0,
-    }
-}
-
-#[derive(Row, Serialize)]
-struct SignalRow<'a> {
-    customer_id: &'a str,
-    contract_id: &'a str,
-    sku: &'a str,
-    period: &'a str,
-    signal: &'a str,
-    percent: u32,
-    at_quantity: i128,
-    allowance: i128,
-    sign: i8,
-    version: u64,
-    epoch: u64,
-    generation: u32,
-    batch: u64,
-}
-
-pub fn entitlement_signals(
-    ch: ClickHouse,
-    names: Arc<ChNames>,
-    state: SignedState<EntitlementSignal>,
-) -> SignedTable<EntitlementSignal> {
-    signed(ch, names, state, insert_signals, "entitlement_signals")
-}
-
-fn insert_signals(
-    ch: &ClickHouse,
-    n: &ChNames,
-    id: BatchId,
-    changes: &[Change<EntitlementSignal>],
-) -> Result<(), String> {
-    let c = &n.catalog;
-    let labels = PeriodLabels::of(n.period, changes.iter().map(|c| c.row.period));
-    ch.insert_batch::<SignalRow<'static>, _>("entitlement_signals", id, changes, |ch| {
-        let e = &ch.row;
-        SignalRow {
-            customer_id: &c.customers[e.customer.ix()].id,
-            contract_id: &c.contracts[e.contract.ix()].id,
-            sku: c.sku_id(e.sku),
-            period: labels.get(e.period),
-            signal: e.kind.as_str(),
-            percent: e.percent,
-            at_quantity: e.at.0,
-            allowance: e.allowance.0,
-            sign: ch.sign,
-            version: ch.version,
-            epoch: ch.epoch,
-            generation: n.generation,
-            batch: id.batch,
-        }
-    })
-}
-
-#[derive(Row, Serialize)]
-struct BucketRowCh<'a> {
-    customer_id: &'a str,
-    sku: &'a str,
-    bucket_start: u32,
-    events: i64,
-    quantity: i128,
-    sign: i8,
-    version: u64,
-    epoch: u64,
-    generation: u32,
-    batch: u64,
-}
-
-pub fn usage_buckets(
-    ch: ClickHouse,
-    names: Arc<ChNames>,
-    state: SignedState<BucketRow>,
-) -> SignedTable<BucketRow> {
-    signed(ch, names, state, insert_buckets, "usage_buckets")
-}
-
-fn insert_buckets(
-    ch: &ClickHouse,
-    n: &ChNames,
-    id: BatchId,
-    changes: &[Change<BucketRow>],
-) -> Result<(), String> {
-    let changes = bucket_order(n, changes);
-    ch.insert_batch::<BucketRowCh<'static>, _>("usage_buckets", id, &changes, |ch| {
-        bucket_row(n, id, ch)
-    })
-}
-
-/// A `usage_buckets` batch in the table's order: `(customer_id, sku, bucket_start, version)`.
-fn bucket_order<'r>(n: &ChNames, changes: &'r [Change<BucketRow>]) -> Vec<&'r Change<BucketRow>> {
-    in_key_order(changes, |ch| {
-        let b = &ch.row;
-        (
-            n.ranks.customer(b.customer),
-            n.ranks.sku(b.sku),
-            seconds(b.start),
-            ch.version,
-        )
-    })
-}
-
-fn bucket_row<'r>(n: &'r ChNames, id: BatchId, ch: &'r Change<BucketRow>) -> BucketRowCh<'r> {
-    let (c, b) = (&n.catalog, &ch.row);
-    BucketRowCh {
-        customer_id: &c.customers[b.customer.ix()].id,
-        sku: c.sku_id(b.sku),
-        bucket_start: seconds(b.start),
-        events: b.usage.events,
-        quantity: b.usage.quantity.0,
-        sign: ch.sign,
-        version: ch.version,
-        epoch: ch.epoch,
-        generation: n.generation,
-        batch: id.batch,
-    }
-}
-
-#[derive(Row, Serialize)]
-struct AnomalyRow<'a> {
-    customer_id: &'a str,
-    sku: &'a str,
-    kind: &'a str,
-    window_start: u32,
-    window_end: u32,
-    observed: i128,
-    expected: i128,
-    score: i64,
-    severity: &'a str,
-    baseline: String,
-    explanation: String,
-    sign: i8,
-    version: u64,
-    epoch: u64,
-    generation: u32,
-    batch: u64,
-}
-
-pub fn anomalies(
-    ch: ClickHouse,
-    names: Arc<ChNames>,
-    state: SignedState<Anomaly>,
-) -> SignedTable<Anomaly> {
-    signed(ch, names, state, insert_anomalies, "anomalies")
-}
-
-fn insert_anomalies(
-    ch: &ClickHouse,
-    n: &ChNames,
-    id: BatchId,
-    changes: &[Change<Anomaly>],
-) -> Result<(), String> {
-    let c = &n.catalog;
-    ch.insert_batch::<AnomalyRow<'static>, _>("anomalies", id, changes, |ch| {
-        let a = &ch.row;
-        AnomalyRow {
-            customer_id: &c.customers[a.customer.ix()].id,
-            sku: c.sku_id(a.sku),
-            kind: a.kind.as_str(),
-            window_start: seconds(a.start),
-            window_end: seconds(a.end),
-            observed: a.observed.0,
-            expected: a.expected.0,
-            score: a.score_centi,
-            severity: a.severity.as_str(),
-            baseline: a.baseline.label(),
-            explanation: a.explain(c),
-            sign: ch.sign,
-            version: ch.version,
-            epoch: ch.epoch,
-            generation: n.generation,
-            batch: id.batch,
-        }
-    })
-}
-
-#[derive(Row, Serialize)]
-pub(crate) struct ProgressRow<'a> {
-    pub generation: u32,
-    pub epoch: u64,
-    pub committed_at: u32,
-    pub watermark_ms: i64,
-    pub offsets: &'a str,
-    pub counts: &'a str,
-    /// The digest of the catalog the committed rows are priced under.
-    pub catalog_digest: &'a str,
-    /// Every partition's event-time state ([`RecordedPartition`], JSON).
-    pub partitions: &'a str,
-}
-
-/// Commits progress into `sink_progress`, and sweeps up after a killed predecessor.
-pub struct ClickHouseProgress {
-    pub ch: ClickHouse,
-    /// Source names, recorded with each offset.
-    pub sources: Vec<String>,
-    pub generation: u32,
-    /// The digest of the catalog this run prices with (re-rated to on start).
-    pub catalog_digest: String,
-    /// The epoch this start resumed after; a predecessor's rows beyond it are garbage.
-    pub resumed_after: Option<Epoch>,
-    /// Until when to look for late rows of a killed predecessor.
-    pub sweep_until: std::time::Instant,
-    /// When the last sweep ran (sweeps run at most once a second).
-    pub last_sweep: Option<std::time::Instant>,
-    /// With Kafka input: the consumer group the committed positions are mirrored to.
-    pub group: Option<crate::kafka_source::GroupOffsets>,
-}
-
-/// One recorded reader position.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct RecordedOffset {
-    pub source: String,
-    pub partition: i32,
-    pub next_offset: u64,
-}
-
-/// One partition's event-time state at a commit: the latest valid event time read from it and
-/// whether it was idle. Named by topic, like [`RecordedOffset`].
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct RecordedPartition {
-    pub source: String,
-    pub partition: i32,
-    pub max_time_ms: Option<i64>,
-    pub idle: bool,
-}
-
-/// Writes one `sink_progress` row.
-pub(crate) fn write_progress(
-    ch: &ClickHouse,
-    generation: u32,
-    p: &Progress,
-    sources: &[String],
-    catalog_digest: &str,
-) -> Result<(), String> {
-    let offsets: Vec<RecordedOffset> = p
-        .positions
-        .iter()
-        .map(|pos| RecordedOffset {
-            source: sources
-                .get(pos.source as usize)
-                .cloned()
-                .unwrap_or_default(),
-            partition: pos.partition,
-            next_offset: pos.next_offset,
-        })
-        .collect();
-    let offsets = serde_json::to_string(&offsets).map_err(|e| e.to_string())?;
-    let counts = serde_json::to_string(&p.counts).map_err(|e| e.to_string())?;
-    let partitions: Vec<RecordedPartition> = p
-        .partitions
-        .iter()
-        .map(|t| RecordedPartition {
-            source: sources.get(t.source as usize).cloned().unwrap_or_default(),
-            partition: t.partition,
-            max_time_ms: t.max_time.map(|t| t.0),
-            idle: t.idle,
-        })
-        .collect();
-    let partitions = serde_json::to_string(&partitions).map_err(|e| e.to_string())?;
-    let row = ProgressRow {
-        generation,
-        epoch: p.epoch,
-        committed_at: seconds(EventTime::now()),
-        watermark_ms: p.watermark.map_or(i64::MIN, |w| w.0),
-        offsets: &offsets,
-        counts: &counts,
-        catalog_digest,
-        partitions: &partitions,
-    };
-    ch.insert::<ProgressRow<'static>>("sink_progress", &[row])
-}
-
-impl ProgressStore for ClickHouseProgress {
-    fn commit(&mut self, p: &Progress) -> Result<(), String> {
-        write_progress(
-            &self.ch,
-            self.generation,
-            p,
-            &self.sources,
-            &self.catalog_digest,
-        )?;
-        tracing::debug!(epoch = p.epoch, "progress committed");
-        if let Some(group) = &mut self.group {
-            group.commit(&p.positions);
-        }
-        let now = std::time::Instant::now();
-        if now < self.sweep_until
-            && self
-                .last_sweep
-                .is_none_or(|t| now.duration_since(t) >= std::time::Duration::from_secs(1))
-        {
-            crate::clickhouse_restore::sweep_stale(&self.ch, self.generation, self.resumed_after)?;
-            self.last_sweep = Some(now);
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::cmp::Ordering;
@@ -1187,6 +471,10 @@ mod tests {
     use serde_json::Value;
 
     use super::*;
+    use crate::sinks::clickhouse::derived::*;
+    use meterflow_operators::signed::Change;
+    use meterflow_schemas::anomaly::BucketRow;
+    use meterflow_schemas::rows::{InvoiceLine, LineKey, LineUsage, RatedRow};
 
     fn names() -> ChNames {
         let catalog = Arc::new(fixtures::catalog());

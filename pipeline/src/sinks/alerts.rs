@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use meterflow_operators::dataflow::Signed;
+use meterflow_operators::signed::Signed;
 use meterflow_operators::signed::SignedState;
 use meterflow_operators::sink::TableWriter;
 use meterflow_operators::Epoch;
@@ -282,7 +282,7 @@ pub struct KafkaAlerts {
 
 impl KafkaAlerts {
     pub fn new(
-        kafka: &crate::kafka_source::KafkaConfig,
+        kafka: &crate::sources::kafka::KafkaConfig,
         topic: &str,
     ) -> Result<KafkaAlerts, String> {
         let c = kafka.producer_config()?;

@@ -4,34 +4,19 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
-use crate::tables::{read_table, Row};
+use crate::reports::tables::{current_rows, read_table, Row};
 
 fn get<'a>(r: &'a Row, k: &str) -> &'a str {
     r.get(k).map_or("", |s| s.as_str())
 }
 
-/// Rows of a signed table summed by their content (without `sign` and `version`): the current rows.
-pub fn current_rows(rows: &[Row]) -> Vec<Row> {
-    let mut net: BTreeMap<Row, i64> = BTreeMap::new();
-    for r in rows {
-        let sign: i64 = get(r, "sign").parse().unwrap_or(0);
-        let mut key = r.clone();
-        key.remove("sign");
-        key.remove("version");
-        *net.entry(key).or_insert(0) += sign;
-    }
-    net.into_iter()
-        .filter(|(_, n)| *n > 0)
-        .map(|(r, _)| r)
-        .collect()
-}
-
 /// Input paths by the index the tables' `source` column holds.
 fn sources(out: &Path) -> BTreeMap<String, String> {
     let text = std::fs::read_to_string(out.join("sources.csv")).unwrap_or_default();
-    crate::tables::parse_csv(&text)
+    crate::reports::tables::parse_csv(&text)
         .into_iter()
         .skip(1)
         .filter_map(|r| Some((r.first()?.clone(), r.get(1)?.clone())))
@@ -186,4 +171,20 @@ pub fn trace(out: &Path, event_id: &str) -> std::io::Result<String> {
         let _ = writeln!(s, "    remediation: {}", get(r, "remediation"));
     }
     Ok(s)
+}
+
+/// `meterflow trace`.
+#[derive(clap::Args)]
+pub struct TraceCommand {
+    /// Output directory of a run.
+    #[arg(long, short = 'o', default_value = "out")]
+    out: PathBuf,
+    event_id: String,
+}
+
+impl TraceCommand {
+    pub fn execute(self) -> anyhow::Result<ExitCode> {
+        print!("{}", trace(&self.out, &self.event_id)?);
+        Ok(ExitCode::SUCCESS)
+    }
 }

@@ -5,7 +5,8 @@
 //! where every record ended up.
 
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 use anyhow::Context;
 use meterflow_operators::dataflow::Cluster;
@@ -14,10 +15,10 @@ use meterflow_schemas::money::Quantity;
 use meterflow_schemas::rejection::Reason;
 use meterflow_schemas::time::EventTime;
 
-use crate::gen::Rng;
-use crate::run::{run, RunArgs, RunReport};
-use crate::tables::read_table;
-use crate::trace::trace;
+use crate::commands::gen::Rng;
+use crate::commands::run::{run, summarize, RunArgs, RunReport};
+use crate::commands::trace::trace;
+use crate::reports::tables::read_table;
 
 pub const CATALOG: &str = r#"# The demo catalog: three customers, four SKUs, one rate card with a change on Nov 15.
 
@@ -629,7 +630,7 @@ fn narrate(report: &RunReport, out: &Path) -> anyhow::Result<String> {
     }
     let _ = writeln!(s, "  sum(amount * sign) = 0: the voided usage is gone from the invoice, and its history stays.");
     let _ = writeln!(s, "\nTables written to {}:", out.display());
-    for t in crate::file_sink::TABLES {
+    for t in crate::sinks::files::TABLES {
         let _ = writeln!(s, "  {}/{t}/part-*.csv", out.display());
     }
     let _ = writeln!(
@@ -639,4 +640,31 @@ fn narrate(report: &RunReport, out: &Path) -> anyhow::Result<String> {
         out.display()
     );
     Ok(s)
+}
+
+/// `meterflow demo`.
+#[derive(clap::Args)]
+pub struct DemoCommand {
+    /// Directory for the sample catalog, events and outputs.
+    #[arg(long, default_value = "meterflow-demo")]
+    dir: PathBuf,
+    /// Worker threads.
+    #[arg(long, short = 'w', default_value_t = 1)]
+    workers: usize,
+}
+
+impl DemoCommand {
+    pub fn execute(self) -> anyhow::Result<ExitCode> {
+        let (report, story) = demo(&self.dir, self.workers)?;
+        println!(
+            "meterflow demo: {} records from {} through catalog {}",
+            report.counts.received,
+            self.dir.join("events.jsonl").display(),
+            self.dir.join("catalog").display()
+        );
+        println!("{}", report.preview);
+        println!("{story}");
+        summarize(&report, &self.dir.join("out"));
+        Ok(ExitCode::SUCCESS)
+    }
 }

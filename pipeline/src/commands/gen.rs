@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Context;
 use meterflow_schemas::canonical::{checksum_of, Canonical, CanonicalFields};
@@ -506,4 +507,21 @@ fn invalid_record(rng: &mut Rng, i: u64, s: &mut String) {
             r#"{{"event_id":"bad-{i}","customer_id":"cus-000001","contract_id":"ctr-000001","sku":"api_calls","unit":"GB","quantity":"1","timestamp":"2026-10-01T00:00:00Z","environment":"production"}}"#
         ),
     };
+}
+
+/// `meterflow gen`: writes the events and the catalog, and says what it wrote.
+pub fn execute(args: GenArgs) -> anyhow::Result<ExitCode> {
+    let s = generate(&args)?;
+    println!(
+        "wrote {} records ({} duplicates, {} late, {} invalid, {} corrections) to {} and a catalog of {} customers to {}",
+        s.records,
+        s.duplicates,
+        s.late,
+        s.invalid,
+        s.corrections,
+        args.out.join("events.jsonl").display(),
+        args.customers,
+        args.out.join("catalog").display()
+    );
+    Ok(ExitCode::SUCCESS)
 }

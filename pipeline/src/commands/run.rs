@@ -3,14 +3,16 @@
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use meterflow_operators::accounting::{Latency, Totals};
 use meterflow_operators::aggregate::round_end;
-use meterflow_operators::dataflow::{execute, Cluster, Execution, Plan, Signed, WorkerIo};
+use meterflow_operators::dataflow::{execute, Cluster, Execution, Plan, WorkerIo};
 use meterflow_operators::progress::{NoProgress, ProgressStore};
+use meterflow_operators::signed::Signed;
 use meterflow_operators::signed::{Horizon, SignedState};
 use meterflow_operators::sink::FlushPolicy;
 use meterflow_operators::sink::TableWriter;
@@ -23,21 +25,23 @@ use meterflow_schemas::rejection::Reason;
 use meterflow_schemas::rows::{Counts, InvoiceLine};
 use meterflow_schemas::time::EventTime;
 
-use crate::catalog_source::{CatalogSource, Watcher};
-use crate::clickhouse_client::ClickHouse;
-use crate::clickhouse_migrate::check_migrated;
-use crate::clickhouse_restore::{restore, Restored, Role};
-use crate::clickhouse_sink::{self as ch_sink, ChNames, ClickHouseProgress, IdRanks};
 use crate::config::Config;
-use crate::file_sink::{
+use crate::reports::invoice_preview;
+use crate::sinks::clickhouse::client::ClickHouse;
+use crate::sinks::clickhouse::derived as ch_derived;
+use crate::sinks::clickhouse::migrate::check_migrated;
+use crate::sinks::clickhouse::progress::ClickHouseProgress;
+use crate::sinks::clickhouse::restore::{restore, Restored, Role};
+use crate::sinks::clickhouse::sink::{self as ch_sink, ChNames, IdRanks};
+use crate::sinks::files::{
     anomalies_writer, duplicates_writer, entitlement_signals_writer, invoice_lines_writer,
     line_usage_writer, prepare_out_dir, rated_usage_writer, rejections_writer,
     shadow_invoice_lines_writer, usage_buckets_writer, usage_events_writer, write_sources,
     HeldRows, Names,
 };
-use crate::file_source::{FileInput, NoInput, StdinReader};
-use crate::kafka_source::{partitions, GroupOffsets, KafkaConfig, KafkaReader};
-use crate::preview;
+use crate::sources::catalog_topic::{CatalogSource, Watcher};
+use crate::sources::files::{FileInput, NoInput, StdinReader};
+use crate::sources::kafka::{partitions, GroupOffsets, KafkaConfig, KafkaReader};
 
 /// Everything `meterflow run` needs.
 #[derive(Clone, Debug)]
@@ -180,7 +184,7 @@ fn run_until_catalog_change(args: &RunArgs) -> anyhow::Result<(RunReport, bool)>
         let (major, minor) = ch.version().map_err(anyhow::Error::msg)?;
         tracing::info!(url = %config.clickhouse.url, version = %format!("{major}.{minor}"), "clickhouse connected");
         check_migrated(&ch).map_err(anyhow::Error::msg)?;
-        // Process 0 writes for the cluster; the others only read (see `clickhouse_restore`).
+        // Process 0 writes for the cluster; the others only read (see `sinks::clickhouse::restore`).
         let role = if args.cluster.process == 0 {
             Role::Writer
         } else {
@@ -191,11 +195,11 @@ fn run_until_catalog_change(args: &RunArgs) -> anyhow::Result<(RunReport, bool)>
             let actor = snapshot
                 .actor
                 .clone()
-                .unwrap_or_else(|| crate::catalog_log::actor("meterflow run"));
-            let recorded = crate::catalog_log::record_entries(
+                .unwrap_or_else(|| crate::sinks::catalog_log::actor("meterflow run"));
+            let recorded = crate::sinks::catalog_log::record_entries(
                 &snapshot.entries,
                 &actor,
-                &crate::catalog_log::Store::ClickHouse(&ch),
+                &crate::sinks::catalog_log::Store::ClickHouse(&ch),
             )
             .map_err(anyhow::Error::msg)?;
             if !recorded.is_empty() {
@@ -244,7 +248,7 @@ fn run_until_catalog_change(args: &RunArgs) -> anyhow::Result<(RunReport, bool)>
     let bucket_span = bucket_span(&plan);
     // A pipeline that reads Kafka into ClickHouse switches to a changed catalog without a
     // restart: the watcher sets `switch`, the readers finish their epoch, the run commits and
-    // resumes (see `catalog_source`). In a cluster every process watches, and the first to see
+    // resumes (see `sources::catalog_topic`). In a cluster every process watches, and the first to see
     // the change stops the readers of all (`Execution::stop`).
     let switch = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let check_every = config.catalog.check_interval.millis();
@@ -337,7 +341,7 @@ fn run_until_catalog_change(args: &RunArgs) -> anyhow::Result<(RunReport, bool)>
                 rejections: Box::new(ch_sink::rejections(connect()?, names.clone())),
                 duplicates: Box::new(ch_sink::duplicates(connect()?, names.clone())),
                 invoice_lines: Box::new(LinesPreview(
-                    ch_sink::invoice_lines(
+                    ch_derived::invoice_lines(
                         connect()?,
                         names.clone(),
                         SignedState::resumed(lines, first_round),
@@ -345,37 +349,37 @@ fn run_until_catalog_change(args: &RunArgs) -> anyhow::Result<(RunReport, bool)>
                     io_lines.clone(),
                     index,
                 )),
-                rated_usage: Box::new(ch_sink::rated_usage(
+                rated_usage: Box::new(ch_derived::rated_usage(
                     connect()?,
                     names.clone(),
                     SignedState::resumed(rated, first_round),
                 )),
-                line_usage: Box::new(ch_sink::line_usage(
+                line_usage: Box::new(ch_derived::line_usage(
                     connect()?,
                     names.clone(),
                     SignedState::resumed(usage, first_round),
                 )),
                 entitlement_signals: alerts.wrap(
-                    Box::new(ch_sink::entitlement_signals(
+                    Box::new(ch_derived::entitlement_signals(
                         connect()?,
                         names.clone(),
                         SignedState::resumed(signals.clone(), first_round),
                     )),
                     signals,
                 )?,
-                shadow_invoice_lines: Box::new(ch_sink::shadow_invoice_lines(
+                shadow_invoice_lines: Box::new(ch_derived::shadow_invoice_lines(
                     connect()?,
                     names.clone(),
                     SignedState::resumed(shadow, first_round),
                 )),
-                usage_buckets: Box::new(ch_sink::usage_buckets(
+                usage_buckets: Box::new(ch_derived::usage_buckets(
                     connect()?,
                     names.clone(),
                     SignedState::resumed(buckets, first_round)
                         .forgetting(Horizon::new(bucket_start, bucket_span)),
                 )),
                 anomalies: alerts.wrap(
-                    Box::new(ch_sink::anomalies(
+                    Box::new(ch_derived::anomalies(
                         connect()?,
                         names,
                         SignedState::resumed(anomalies.clone(), first_round),
@@ -452,7 +456,7 @@ fn run_until_catalog_change(args: &RunArgs) -> anyhow::Result<(RunReport, bool)>
         eprintln!();
     }
     let lines = current_lines.all();
-    let preview = preview::render(&lines, &plan.catalog, plan.policy.period);
+    let preview = invoice_preview::render(&lines, &plan.catalog, plan.policy.period);
     let report = RunReport {
         counts,
         latency: totals.clock.latency(),
@@ -507,7 +511,7 @@ fn choose_input(args: &RunArgs, config: &Config) -> anyhow::Result<Input> {
 
 /// The invoice-lines writer, also sharing the lines it holds for the preview.
 struct LinesPreview(
-    ch_sink::SignedTable<InvoiceLine>,
+    ch_derived::SignedTable<InvoiceLine>,
     Arc<HeldRows<InvoiceLine>>,
     usize,
 );
@@ -664,21 +668,20 @@ fn bucket_start(b: &BucketRow) -> i64 {
 /// What the tables that alert (`entitlement_signals`, `anomalies`) need to send alerts.
 struct AlertTables<'a> {
     /// `None`: alerting is off; `Some(None)`: to Kafka only.
-    format: &'a Option<Option<crate::alerts::Format>>,
+    format: &'a Option<Option<crate::sinks::alerts::Format>>,
     index: usize,
-    config: &'a crate::alerts::AlertsConfig,
-    kafka: &'a crate::kafka_source::KafkaConfig,
+    config: &'a crate::sinks::alerts::AlertsConfig,
+    kafka: &'a crate::sources::kafka::KafkaConfig,
     catalog: &'a Arc<meterflow_schemas::catalog::Catalog>,
     unit: meterflow_schemas::time::PeriodUnit,
     round_end: meterflow_operators::Epoch,
 }
 
-type Writer<R> =
-    Box<dyn meterflow_operators::sink::TableWriter<meterflow_operators::dataflow::Signed<R>>>;
+type Writer<R> = Box<dyn meterflow_operators::sink::TableWriter<Signed<R>>>;
 
 impl AlertTables<'_> {
     /// Worker 0 receives every row of these tables; it alone sends alerts.
-    fn wrap<R: crate::alerts::Alertable>(
+    fn wrap<R: crate::sinks::alerts::Alertable>(
         &self,
         inner: Writer<R>,
         held: Vec<(R, isize, u64)>,
@@ -686,19 +689,19 @@ impl AlertTables<'_> {
         let (Some(format), 0) = (self.format, self.index) else {
             return Ok(inner);
         };
-        let mut sinks: Vec<Box<dyn crate::alerts::AlertSink>> = Vec::new();
+        let mut sinks: Vec<Box<dyn crate::sinks::alerts::AlertSink>> = Vec::new();
         if let Some(format) = format {
-            sinks.push(Box::new(crate::alerts::Webhook::new(
+            sinks.push(Box::new(crate::sinks::alerts::Webhook::new(
                 self.config,
                 format.clone(),
             )?));
         }
         if let Some(topic) = &self.config.kafka_topic {
-            sinks.push(Box::new(crate::alerts::KafkaAlerts::new(
+            sinks.push(Box::new(crate::sinks::alerts::KafkaAlerts::new(
                 self.kafka, topic,
             )?));
         }
-        Ok(Box::new(crate::alerts::AlertingWriter::new(
+        Ok(Box::new(crate::sinks::alerts::AlertingWriter::new(
             inner,
             sinks,
             self.catalog.clone(),
@@ -707,4 +710,134 @@ impl AlertTables<'_> {
             self.round_end,
         )))
     }
+}
+
+/// `meterflow run`.
+#[derive(clap::Args)]
+pub struct RunCommand {
+    /// Input JSONL files (native events or CloudEvents, one per line); `-` reads stdin.
+    /// Without --input, the Kafka topics of the config ([kafka]) are read.
+    #[arg(long, short = 'i', num_args = 1..)]
+    input: Vec<PathBuf>,
+    /// Catalog directory (customers, contracts, SKUs, rate cards as TOML).
+    #[arg(long, short = 'c')]
+    catalog: PathBuf,
+    /// Output directory for the tables, counts.json and invoice_preview.txt.
+    #[arg(long, short = 'o', default_value = "out")]
+    out: PathBuf,
+    /// Configuration file (see meterflow.example.toml); defaults apply without one.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Write to ClickHouse at this HTTP URL (overrides clickhouse.url); resumes after the
+    /// last committed epoch.
+    #[arg(long)]
+    clickhouse_url: Option<String>,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    /// No progress line and no preview on stdout.
+    #[arg(long, short = 'q')]
+    quiet: bool,
+}
+
+impl RunCommand {
+    pub fn execute(self) -> anyhow::Result<ExitCode> {
+        let process = self.cluster.process;
+        let args = RunArgs {
+            inputs: self.input,
+            catalog: self.catalog,
+            out: self.out.clone(),
+            config: self.config,
+            clickhouse_url: self.clickhouse_url,
+            cluster: self.cluster.cluster()?,
+            quiet: self.quiet,
+        };
+        let report = run(&args)?;
+        if process != 0 {
+            eprintln!("process {process} finished; process 0 reports the totals, the preview and counts.json");
+            return Ok(ExitCode::SUCCESS);
+        }
+        if !self.quiet {
+            println!("{}", report.preview);
+        }
+        summarize(&report, &self.out);
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+#[derive(clap::Args)]
+pub struct ClusterArgs {
+    /// Worker threads per process (default: workers.threads from the config, else 1).
+    #[arg(long, short = 'w')]
+    workers: Option<usize>,
+    /// Number of processes in a timely cluster.
+    #[arg(long, short = 'n', default_value_t = 1)]
+    processes: usize,
+    /// Index of this process in the cluster.
+    #[arg(long, short = 'p', default_value_t = 0)]
+    process: usize,
+    /// File with one host:port per process.
+    #[arg(long)]
+    hostfile: Option<PathBuf>,
+}
+
+impl ClusterArgs {
+    pub fn cluster(&self) -> anyhow::Result<Cluster> {
+        let mut addresses = Vec::new();
+        if self.processes > 1 {
+            let hostfile = self.hostfile.as_ref().ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--processes {} needs --hostfile with one host:port per line",
+                    self.processes
+                )
+            })?;
+            let text = std::fs::read_to_string(hostfile).map_err(|e| {
+                anyhow::anyhow!("cannot read --hostfile {}: {e}", hostfile.display())
+            })?;
+            addresses = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .take(self.processes)
+                .map(String::from)
+                .collect();
+            if addresses.len() < self.processes {
+                anyhow::bail!(
+                    "--hostfile {} lists {} addresses but --processes is {}",
+                    hostfile.display(),
+                    addresses.len(),
+                    self.processes
+                );
+            }
+            if self.process >= self.processes {
+                anyhow::bail!(
+                    "--process {} must be below --processes {}",
+                    self.process,
+                    self.processes
+                );
+            }
+        }
+        Ok(Cluster {
+            threads: self.workers.unwrap_or(0),
+            process: self.process,
+            addresses,
+        })
+    }
+}
+
+/// The line a finished run prints to stderr: where every record went, and how fast.
+pub fn summarize(report: &RunReport, out: &std::path::Path) {
+    let c = &report.counts;
+    let secs = report.elapsed.as_secs_f64();
+    eprintln!(
+        "processed {} records in {:.2}s ({:.0}/s): accepted {}, duplicates {}, rejected {} — received = accepted + rejected + duplicates {}; peak memory {:.1} MiB; tables in {}",
+        c.received,
+        secs,
+        c.received as f64 / secs.max(1e-9),
+        c.accepted,
+        c.duplicates,
+        c.rejected,
+        if c.balanced() { "holds" } else { "BROKEN" },
+        report.peak_rss_bytes as f64 / (1 << 20) as f64,
+        out.display()
+    );
 }

@@ -1,0 +1,216 @@
+//! Committed progress in ClickHouse (`sink_progress`): what a commit records (epoch, watermark,
+//! offsets, each partition's event-time state, counts, catalog digest), and the clean-up of rows
+//! no commit covers, after a crash and from a killed predecessor's late inserts.
+use clickhouse::Row;
+use meterflow_operators::decode::PartitionTime;
+use meterflow_operators::progress::{Progress, ProgressStore};
+use meterflow_operators::Epoch;
+use meterflow_schemas::ddl::EPOCH_TABLES;
+use meterflow_schemas::time::EventTime;
+use serde::Serialize;
+
+use crate::sinks::clickhouse::client::{ClickHouse, Count};
+use crate::sinks::clickhouse::sink::seconds;
+
+#[derive(Row, Serialize)]
+pub(crate) struct ProgressRow<'a> {
+    pub generation: u32,
+    pub epoch: u64,
+    pub committed_at: u32,
+    pub watermark_ms: i64,
+    pub offsets: &'a str,
+    pub counts: &'a str,
+    /// The digest of the catalog the committed rows are priced under.
+    pub catalog_digest: &'a str,
+    /// Every partition's event-time state ([`RecordedPartition`], JSON).
+    pub partitions: &'a str,
+}
+
+/// Commits progress into `sink_progress`, and sweeps up after a killed predecessor.
+pub struct ClickHouseProgress {
+    pub ch: ClickHouse,
+    /// Source names, recorded with each offset.
+    pub sources: Vec<String>,
+    pub generation: u32,
+    /// The digest of the catalog this run prices with (re-rated to on start).
+    pub catalog_digest: String,
+    /// The epoch this start resumed after; a predecessor's rows beyond it are garbage.
+    pub resumed_after: Option<Epoch>,
+    /// Until when to look for late rows of a killed predecessor.
+    pub sweep_until: std::time::Instant,
+    /// When the last sweep ran (sweeps run at most once a second).
+    pub last_sweep: Option<std::time::Instant>,
+    /// With Kafka input: the consumer group the committed positions are mirrored to.
+    pub group: Option<crate::sources::kafka::GroupOffsets>,
+}
+
+/// One recorded reader position.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RecordedOffset {
+    pub source: String,
+    pub partition: i32,
+    pub next_offset: u64,
+}
+
+/// One partition's event-time state at a commit: the latest valid event time read from it and
+/// whether it was idle. Named by topic, like [`RecordedOffset`].
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RecordedPartition {
+    pub source: String,
+    pub partition: i32,
+    pub max_time_ms: Option<i64>,
+    pub idle: bool,
+}
+
+/// Writes one `sink_progress` row.
+pub(crate) fn write_progress(
+    ch: &ClickHouse,
+    generation: u32,
+    p: &Progress,
+    sources: &[String],
+    catalog_digest: &str,
+) -> Result<(), String> {
+    let offsets: Vec<RecordedOffset> = p
+        .positions
+        .iter()
+        .map(|pos| RecordedOffset {
+            source: sources
+                .get(pos.source as usize)
+                .cloned()
+                .unwrap_or_default(),
+            partition: pos.partition,
+            next_offset: pos.next_offset,
+        })
+        .collect();
+    let offsets = serde_json::to_string(&offsets).map_err(|e| e.to_string())?;
+    let counts = serde_json::to_string(&p.counts).map_err(|e| e.to_string())?;
+    let partitions: Vec<RecordedPartition> = p
+        .partitions
+        .iter()
+        .map(|t| RecordedPartition {
+            source: sources.get(t.source as usize).cloned().unwrap_or_default(),
+            partition: t.partition,
+            max_time_ms: t.max_time.map(|t| t.0),
+            idle: t.idle,
+        })
+        .collect();
+    let partitions = serde_json::to_string(&partitions).map_err(|e| e.to_string())?;
+    let row = ProgressRow {
+        generation,
+        epoch: p.epoch,
+        committed_at: seconds(EventTime::now()),
+        watermark_ms: p.watermark.map_or(i64::MIN, |w| w.0),
+        offsets: &offsets,
+        counts: &counts,
+        catalog_digest,
+        partitions: &partitions,
+    };
+    ch.insert::<ProgressRow<'static>>("sink_progress", &[row])
+}
+
+impl ProgressStore for ClickHouseProgress {
+    fn commit(&mut self, p: &Progress) -> Result<(), String> {
+        write_progress(
+            &self.ch,
+            self.generation,
+            p,
+            &self.sources,
+            &self.catalog_digest,
+        )?;
+        tracing::debug!(epoch = p.epoch, "progress committed");
+        if let Some(group) = &mut self.group {
+            group.commit(&p.positions);
+        }
+        let now = std::time::Instant::now();
+        if now < self.sweep_until
+            && self
+                .last_sweep
+                .is_none_or(|t| now.duration_since(t) >= std::time::Duration::from_secs(1))
+        {
+            sweep_stale(&self.ch, self.generation, self.resumed_after)?;
+            self.last_sweep = Some(now);
+        }
+        Ok(())
+    }
+}
+
+/// The partitions' event-time state recorded with a commit, for the topics this run reads (''
+/// for a commit written before the column: none recorded).
+pub(crate) fn restored_partitions(
+    json: &str,
+    sources: &[String],
+) -> Result<Vec<PartitionTime>, String> {
+    if json.is_empty() {
+        return Ok(Vec::new());
+    }
+    let recorded: Vec<RecordedPartition> = serde_json::from_str(json)
+        .map_err(|e| format!("sink_progress.partitions is unreadable: {e}"))?;
+    Ok(recorded
+        .into_iter()
+        .filter_map(|r| {
+            let source = sources.iter().position(|s| *s == r.source)?;
+            Some(PartitionTime {
+                source: source as u32,
+                partition: r.partition,
+                max_time: r.max_time_ms.map(EventTime),
+                idle: r.idle,
+            })
+        })
+        .collect())
+}
+
+/// Deletes rows a killed predecessor's late inserts landed: an older generation and an epoch
+/// after the one this generation resumed from.
+pub fn sweep_stale(
+    ch: &ClickHouse,
+    generation: u32,
+    resumed_after: Option<u64>,
+) -> Result<(), String> {
+    let condition = format!(
+        "generation < {generation} AND epoch {}",
+        resumed_after.map_or(">= 0".to_string(), |e| format!("> {e}"))
+    );
+    delete_where(ch, &condition)
+}
+
+/// Deletes rows of epochs after `committed` (every row if nothing was committed).
+pub(crate) fn delete_uncommitted(ch: &ClickHouse, committed: Option<u64>) -> Result<(), String> {
+    let condition = match committed {
+        Some(e) => format!("epoch > {e}"),
+        None => "epoch >= 0".to_string(),
+    };
+    delete_where(ch, &condition)
+}
+
+fn delete_where(ch: &ClickHouse, condition: &str) -> Result<(), String> {
+    for table in EPOCH_TABLES {
+        let rows: Vec<Count> = ch.fetch(&format!(
+            "SELECT count() AS n FROM {{db}}.{table} WHERE {condition}"
+        ))?;
+        if rows.first().is_none_or(|c| c.n == 0) {
+            continue;
+        }
+        tracing::info!(
+            table,
+            rows = rows[0].n,
+            "removing rows of an uncommitted epoch"
+        );
+        ch.delete_where(table, condition)?;
+    }
+    Ok(())
+}
+
+/// Waits until no insert into the database is running (one left by a killed run).
+pub(crate) fn settle_inserts(ch: &ClickHouse) -> Result<(), String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let running: Vec<Count> = ch.fetch("SELECT count() AS n FROM system.processes WHERE startsWith(query, 'INSERT INTO {db}.')")?;
+        if running.first().is_none_or(|c| c.n == 0) {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err("inserts into the database are still running after 2 minutes; is another meterflow writing to it? One database serves one pipeline".into());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

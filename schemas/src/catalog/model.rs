@@ -1,0 +1,370 @@
+//! The catalog in memory: customers, contracts (with their terms and entitlements), SKUs, rate
+//! cards with their effective-dated versions and prices, and the lookups from ids to dense
+//! indices.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+pub use crate::ids::{ContractIdx, CustomerIdx, PriceIdx, RateCardIdx, RegionIdx, SkuIdx, TaxIdx};
+
+use crate::hashing::FxHashMap;
+use crate::money::{Amount, UnitPrice};
+use crate::pricing::PriceModel;
+use crate::time::EventTime;
+
+#[derive(Clone, Debug)]
+pub struct Customer {
+    pub id: String,
+    pub name: String,
+    /// The tax that applies to the customer's invoices (its jurisdiction), if any.
+    pub tax: Option<TaxIdx>,
+}
+
+/// A tax rate of one jurisdiction (`[[tax]]`).
+#[derive(Clone, Debug)]
+pub struct Tax {
+    pub id: String,
+    pub name: String,
+    /// A fraction: `0.19` is 19%.
+    pub rate: UnitPrice,
+}
+
+/// A discount of a contract (`[[contract.discount]]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Discount {
+    pub name: String,
+    /// Only this SKU's usage; `None`: the whole invoice.
+    pub sku: Option<SkuIdx>,
+    pub off: DiscountOff,
+    /// The invoice periods it applies to: those starting in `from`..`until`.
+    pub from: Option<EventTime>,
+    pub until: Option<EventTime>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DiscountOff {
+    /// A fraction of the amount it applies to: `0.1` is 10% off.
+    Percent(UnitPrice),
+    /// A fixed amount per invoice period, never more than the amount it applies to.
+    Fixed(Amount),
+}
+
+impl Discount {
+    pub fn applies_in(&self, period_start: EventTime) -> bool {
+        self.from.is_none_or(|f| period_start >= f) && self.until.is_none_or(|u| period_start < u)
+    }
+}
+
+/// A prepaid credit grant of a contract (`[[contract.credit]]`): burnt down by the contract's
+/// invoices, by priority, then earliest expiry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CreditGrant {
+    pub name: String,
+    pub amount: Amount,
+    /// Lower burns first.
+    pub priority: u32,
+    /// Usable for invoice periods starting at or after this time ...
+    pub granted: EventTime,
+    /// ... and before this one.
+    pub expires: Option<EventTime>,
+}
+
+impl CreditGrant {
+    pub fn usable_in(&self, period_start: EventTime) -> bool {
+        period_start >= self.granted && self.expires.is_none_or(|e| period_start < e)
+    }
+}
+
+/// What a contract adds to each invoice beyond its usage.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ContractTerms {
+    /// Flat recurring fees per invoice period (subscriptions), by name.
+    pub fees: Vec<(String, Amount)>,
+    pub discounts: Vec<Discount>,
+    /// Minimum spend per invoice period: a commitment true-up line makes up the difference.
+    pub minimum_spend: Option<Amount>,
+    /// Maximum spend per invoice period: a cap line takes off the excess.
+    pub maximum_spend: Option<Amount>,
+    /// Planned usage spend per invoice period (a service budget): `budget_burn` signals when
+    /// usage runs ahead of it. Bills nothing.
+    pub budget: Option<Amount>,
+    /// Prepaid credits, in burn order (priority, then earliest expiry, then as written).
+    pub credits: Vec<CreditGrant>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Sku {
+    pub id: String,
+    pub unit: String,
+    pub description: String,
+    /// How a period's events make its billable quantity.
+    pub aggregation: Aggregation,
+    /// For [`Aggregation::UniqueCount`]: the `metadata.attributes` key whose distinct values
+    /// are counted.
+    pub unique_by: Option<String>,
+}
+
+/// How a meter's events add up to the quantity that is priced.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Aggregation {
+    /// The sum of the events' quantities (net of corrections).
+    #[default]
+    Sum,
+    /// The number of events (a void takes its original back out; an amend counts nothing).
+    Count,
+    /// The largest reading of the period (peak seats, peak concurrency).
+    Max,
+    /// The number of distinct values of one attribute (`unique_by`) over the period's events
+    /// (monthly active users).
+    UniqueCount,
+    /// The reading with the latest event time (a gauge: storage held at the end of the period).
+    Latest,
+}
+
+impl Aggregation {
+    pub fn name(self) -> &'static str {
+        match self {
+            Aggregation::Sum => "sum",
+            Aggregation::Count => "count",
+            Aggregation::Max => "max",
+            Aggregation::UniqueCount => "unique_count",
+            Aggregation::Latest => "latest",
+        }
+    }
+
+    /// Sum and count add up event by event; max, unique count and latest are functions of the
+    /// period's whole set of readings (see `operators::meters`).
+    pub fn is_additive(self) -> bool {
+        matches!(self, Aggregation::Sum | Aggregation::Count)
+    }
+}
+
+/// The identity of the value an event contributes to a unique-count meter: a 128-bit hash of
+/// the JSON value of `attributes[key]` (as serde_json writes it, so `"u1"` and `"\u0075\u0031"`
+/// are one value). `attributes` is the canonical JSON object of `metadata.attributes`.
+pub fn distinct_value(attributes: Option<&str>, key: &str) -> Option<u128> {
+    let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(attributes?).ok()?;
+    let value = map.get(key)?;
+    if value.is_null() {
+        return None;
+    }
+    let text = serde_json::to_string(value).ok()?;
+    Some(xxhash_rust::xxh3::xxh3_128(text.as_bytes()))
+}
+
+#[derive(Clone, Debug)]
+pub struct Contract {
+    pub id: String,
+    pub customer: CustomerIdx,
+    pub rate_card: RateCardIdx,
+    /// A pinned version (grandfathering); `None` follows the version effective at event time.
+    pub pinned_version: Option<u32>,
+    pub starts: EventTime,
+    /// Exclusive end; `None` runs until further notice.
+    pub ends: Option<EventTime>,
+    pub terms: ContractTerms,
+    /// Included quantities and limits per SKU (at most one per SKU).
+    pub entitlements: Vec<crate::entitlement::Entitlement>,
+    /// A rate card its usage is also priced by, side by side (shadow billing).
+    pub shadow: Option<RateCardIdx>,
+}
+
+impl Contract {
+    pub fn active_at(&self, t: EventTime) -> bool {
+        t >= self.starts && self.ends.is_none_or(|end| t < end)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct RateCard {
+    pub id: String,
+    pub currency: String,
+    /// Sorted by `effective_from`; immutable once published.
+    pub versions: Vec<RateCardVersion>,
+}
+
+#[derive(Clone, Debug)]
+pub struct RateCardVersion {
+    pub version: u32,
+    pub effective_from: EventTime,
+    /// Prices of this version, by SKU: region-specific entries first, then the default (if any).
+    pub prices: FxHashMap<SkuIdx, Vec<PriceIdx>>,
+}
+
+/// One priced SKU within one rate-card version.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Price {
+    pub rate_card: RateCardIdx,
+    pub version: u32,
+    pub effective_from: EventTime,
+    pub sku: SkuIdx,
+    /// `None` prices every region not priced explicitly.
+    pub region: Option<RegionIdx>,
+    pub currency: Arc<str>,
+    pub model: PriceModel,
+    /// What a unit costs to serve (cost of goods), when the rate card says: margin anomalies.
+    pub unit_cost: Option<UnitPrice>,
+}
+
+/// Why no price applies to an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RateMiss {
+    /// No version of the rate card is effective at the event time (or the pinned one is missing).
+    NoVersion,
+    /// The version has no price for the SKU (in this region).
+    SkuNotPriced,
+}
+
+/// The whole catalog, read-only once loaded; shared by all workers.
+#[derive(Clone, Debug, Default)]
+pub struct Catalog {
+    pub customers: Vec<Customer>,
+    pub contracts: Vec<Contract>,
+    pub skus: Vec<Sku>,
+    pub rate_cards: Vec<RateCard>,
+    pub prices: Vec<Price>,
+    pub regions: Vec<String>,
+    pub taxes: Vec<Tax>,
+    customer_ix: FxHashMap<String, CustomerIdx>,
+    contract_ix: FxHashMap<String, ContractIdx>,
+    sku_ix: FxHashMap<String, SkuIdx>,
+    region_ix: FxHashMap<String, RegionIdx>,
+}
+
+impl Catalog {
+    pub fn customer(&self, id: &str) -> Option<CustomerIdx> {
+        self.customer_ix.get(id).copied()
+    }
+    pub fn contract(&self, id: &str) -> Option<ContractIdx> {
+        self.contract_ix.get(id).copied()
+    }
+    pub fn sku(&self, id: &str) -> Option<SkuIdx> {
+        self.sku_ix.get(id).copied()
+    }
+    pub fn region(&self, name: &str) -> Option<RegionIdx> {
+        self.region_ix.get(name).copied()
+    }
+    pub fn region_name(&self, r: Option<RegionIdx>) -> &str {
+        r.map_or("*", |r| &self.regions[r.ix()])
+    }
+    /// A SKU's id, or `""` for [`SkuIdx::INVOICE`].
+    pub fn sku_id(&self, s: SkuIdx) -> &str {
+        if s == SkuIdx::INVOICE {
+            ""
+        } else {
+            &self.skus[s.ix()].id
+        }
+    }
+    /// The SKU named `id`; `""` is [`SkuIdx::INVOICE`].
+    pub fn sku_or_invoice(&self, id: &str) -> Option<SkuIdx> {
+        if id.is_empty() {
+            Some(SkuIdx::INVOICE)
+        } else {
+            self.sku(id)
+        }
+    }
+    /// The currency a contract bills in (its rate card's).
+    pub fn currency_of(&self, c: ContractIdx) -> &str {
+        &self.rate_cards[self.contracts[c.ix()].rate_card.ix()].currency
+    }
+    pub fn price(&self, p: PriceIdx) -> &Price {
+        &self.prices[p.ix()]
+    }
+
+    /// The rate-card version that prices `contract` at `t`: the pinned one, or the latest whose
+    /// `effective_from` is not after `t`.
+    pub fn version_at(&self, contract: &Contract, t: EventTime) -> Option<&RateCardVersion> {
+        let card = &self.rate_cards[contract.rate_card.ix()];
+        match contract.pinned_version {
+            Some(v) => card.versions.iter().find(|x| x.version == v),
+            None => card.versions.iter().rev().find(|x| x.effective_from <= t),
+        }
+    }
+
+    /// The versions of `contract`'s rate card that price some instant of `from..until`, in
+    /// order: one for a pinned contract, more where versions take effect inside the range.
+    pub fn versions_over(
+        &self,
+        contract: &Contract,
+        from: EventTime,
+        until: EventTime,
+    ) -> Vec<u32> {
+        let card = &self.rate_cards[contract.rate_card.ix()];
+        let changes = card
+            .versions
+            .iter()
+            .map(|v| v.effective_from)
+            .filter(|t| *t > from && *t < until);
+        let mut out: Vec<u32> = std::iter::once(from)
+            .chain(changes)
+            .filter_map(|t| self.version_at(contract, t).map(|v| v.version))
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// The price of `sku` in `region` under `contract`'s shadow rate card: its latest version
+    /// (a shadow card is a proposal as it stands, whatever its effective date).
+    pub fn shadow_price_for(
+        &self,
+        contract: &Contract,
+        sku: SkuIdx,
+        region: Option<RegionIdx>,
+    ) -> Option<PriceIdx> {
+        let card = &self.rate_cards[contract.shadow?.ix()];
+        let version = card.versions.last()?;
+        version.prices.get(&sku)?.iter().copied().find(|p| {
+            let r = self.prices[p.ix()].region;
+            r.is_none() || r == region
+        })
+    }
+
+    /// The price for `sku` in `region` under `contract` at `t`.
+    pub fn price_for(
+        &self,
+        contract: &Contract,
+        sku: SkuIdx,
+        region: Option<RegionIdx>,
+        t: EventTime,
+    ) -> Result<PriceIdx, RateMiss> {
+        let version = self.version_at(contract, t).ok_or(RateMiss::NoVersion)?;
+        let candidates = version.prices.get(&sku).ok_or(RateMiss::SkuNotPriced)?;
+        candidates
+            .iter()
+            .copied()
+            .find(|p| {
+                let r = self.prices[p.ix()].region;
+                r.is_none() || r == region
+            })
+            .ok_or(RateMiss::SkuNotPriced)
+    }
+
+    pub(crate) fn index(&mut self) {
+        self.customer_ix = self
+            .customers
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.id.clone(), CustomerIdx(i as u32)))
+            .collect();
+        self.contract_ix = self
+            .contracts
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.id.clone(), ContractIdx(i as u32)))
+            .collect();
+        self.sku_ix = self
+            .skus
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.id.clone(), SkuIdx(i as u32)))
+            .collect();
+        self.region_ix = self
+            .regions
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.clone(), RegionIdx(i as u32)))
+            .collect();
+    }
+}
