@@ -444,53 +444,63 @@ fn numbers(tsv: &str) -> String {
 /// went, in `database`: rows summed over everything but the columns that say when and by which
 /// run they were written. Two runs that billed the same have equal states.
 pub fn billed_state(ch: &ClickHouseServer, database: &str) -> BTreeMap<String, String> {
-    const RUN_COLUMNS: &str = "'sign', 'version', 'epoch', 'generation', 'batch'";
-    let mut state = BTreeMap::new();
-    for table in [
-        "invoice_lines",
-        "rated_usage",
-        "line_usage",
-        "entitlement_signals",
-        "shadow_invoice_lines",
-        "usage_buckets",
-        "anomalies",
-    ] {
-        let columns = ch
-            .query(&format!(
-                "SELECT name FROM system.columns WHERE database = '{database}' AND table = '{table}' AND name NOT IN ({RUN_COLUMNS}) ORDER BY name FORMAT TSV"
-            ))
-            .unwrap()
-            .lines()
-            .collect::<Vec<_>>()
-            .join(", ");
-        // Summed here: ClickHouse 18.16 crashes grouping by Decimal(38, _) columns (and drops a
-        // `toString` around them from GROUP BY).
-        let signed = ch
-            .query(&format!(
-                "SELECT {columns}, sign FROM {database}.{table} FORMAT TSV"
-            ))
-            .unwrap();
-        let mut sums: BTreeMap<&str, i64> = BTreeMap::new();
-        for line in signed.lines() {
-            let (row, sign) = line.rsplit_once('\t').unwrap();
-            *sums.entry(row).or_default() += sign.parse::<i64>().unwrap();
+    // Where each record went; the signed tables are compared on all their other columns.
+    let facts = |table: &str| match table {
+        "usage_events" => {
+            Some("event_id, service_period, invoice_period, arrival, toString(quantity)")
         }
-        let rows: String = sums
-            .iter()
-            .filter(|(_, n)| **n != 0)
-            .map(|(row, n)| format!("{row}\t{n}\n"))
-            .collect();
+        "rejections" => Some("reason, source, partition, offset"),
+        "duplicates" => Some("event_id, source, partition, offset"),
+        _ => None,
+    };
+    let mut state = BTreeMap::new();
+    for table in meterflow_schemas::ddl::EPOCH_TABLES {
+        let rows = match facts(table) {
+            Some(columns) => {
+                // Sorted here: records of one batched message share their offset.
+                let sql = format!("SELECT {columns} FROM {database}.{table} FORMAT TSV");
+                let mut rows: Vec<String> = ch
+                    .query(&sql)
+                    .unwrap()
+                    .lines()
+                    .map(str::to_string)
+                    .collect();
+                rows.sort_unstable();
+                rows.join("\n")
+            }
+            None => current_signed_rows(ch, database, table),
+        };
         state.insert(table.to_string(), rows);
     }
-    for (name, sql) in [
-        ("usage_events", format!("SELECT event_id, service_period, invoice_period, arrival, toString(quantity) FROM {database}.usage_events FORMAT TSV")),
-        ("rejections", format!("SELECT reason, source, partition, offset FROM {database}.rejections FORMAT TSV")),
-        ("duplicates", format!("SELECT event_id, source, partition, offset FROM {database}.duplicates FORMAT TSV")),
-    ] {
-        // Sorted here: records of one batched message share their offset.
-        let mut rows: Vec<String> = ch.query(&sql).unwrap().lines().map(str::to_string).collect();
-        rows.sort_unstable();
-        state.insert(name.to_string(), rows.join("\n"));
-    }
     state
+}
+
+/// A signed table's rows summed by everything but `sign` and the columns that say when and by
+/// which run a row was written; one line per row that is still there, with its count.
+fn current_signed_rows(ch: &ClickHouseServer, database: &str, table: &str) -> String {
+    const RUN_COLUMNS: &str = "'sign', 'version', 'epoch', 'generation', 'batch'";
+    let columns = ch
+        .query(&format!(
+            "SELECT name FROM system.columns WHERE database = '{database}' AND table = '{table}' AND name NOT IN ({RUN_COLUMNS}) ORDER BY name FORMAT TSV"
+        ))
+        .unwrap()
+        .lines()
+        .collect::<Vec<_>>()
+        .join(", ");
+    // Summed here: ClickHouse 18.16 crashes grouping by Decimal(38, _) columns (and drops a
+    // `toString` around them from GROUP BY).
+    let signed = ch
+        .query(&format!(
+            "SELECT {columns}, sign FROM {database}.{table} FORMAT TSV"
+        ))
+        .unwrap();
+    let mut sums: BTreeMap<&str, i64> = BTreeMap::new();
+    for line in signed.lines() {
+        let (row, sign) = line.rsplit_once('\t').unwrap();
+        *sums.entry(row).or_default() += sign.parse::<i64>().unwrap();
+    }
+    sums.iter()
+        .filter(|(_, n)| **n != 0)
+        .map(|(row, n)| format!("{row}\t{n}\n"))
+        .collect()
 }

@@ -188,6 +188,32 @@ impl Fixture {
             .unwrap()
     }
 
+    /// Starts `meterflow run` and SIGKILLs it at a random moment within `life` (ms) after its
+    /// start, again and again, until it was killed `kills` times (a run that went idle and
+    /// exited by itself is started again). Returns the number of kills.
+    fn kill_at_random_moments(&self, kills: u32, seed: u64, life: std::ops::Range<u64>) -> u32 {
+        let mut rng = seed;
+        let mut killed = 0;
+        while killed < kills {
+            let mut child = self.spawn();
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            std::thread::sleep(Duration::from_millis(
+                life.start + rng % (life.end - life.start),
+            ));
+            match child.try_wait().unwrap() {
+                Some(status) => assert!(status.success(), "a run failed"),
+                None => {
+                    child.kill().unwrap(); // SIGKILL
+                    child.wait().unwrap();
+                    killed += 1;
+                }
+            }
+        }
+        killed
+    }
+
     fn run_to_the_end(&self) {
         let args = self.run_args();
         meterflow_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
@@ -230,24 +256,7 @@ impl Fixture {
 fn kafka_to_clickhouse_through_sigkills_counts_every_unit_exactly_once() {
     let f = Fixture::new("kafka-kill", 60_000, 3, "3s");
     let producer = f.produce_slowly(8, Duration::from_millis(400));
-    let mut rng = 0x2545_F491u64;
-    let mut kills = 0;
-    while kills < 4 {
-        let mut child = f.spawn();
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        std::thread::sleep(Duration::from_millis(500 + rng % 2000));
-        match child.try_wait().unwrap() {
-            // Went idle between slices; start it again.
-            Some(status) => assert!(status.success(), "a run failed"),
-            None => {
-                child.kill().unwrap(); // SIGKILL
-                child.wait().unwrap();
-                kills += 1;
-            }
-        }
-    }
+    let kills = f.kill_at_random_moments(4, 0x2545_F491, 500..2_500);
     producer.join().unwrap();
     f.run_to_the_end();
     f.assert_matches_oracle(&format!("after {kills} SIGKILLs while producing"));
@@ -305,23 +314,7 @@ fn late_events_across_a_period_close_are_billed_the_same_through_short_lived_res
             std::thread::sleep(Duration::from_millis(700));
         }
     });
-    let mut rng = 0x9E37_79B9u64;
-    let mut kills = 0;
-    while kills < 8 {
-        let mut child = f.spawn();
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        std::thread::sleep(Duration::from_millis(400 + rng % 2600));
-        match child.try_wait().unwrap() {
-            Some(status) => assert!(status.success(), "a run failed"),
-            None => {
-                child.kill().unwrap(); // SIGKILL
-                child.wait().unwrap();
-                kills += 1;
-            }
-        }
-    }
+    let kills = f.kill_at_random_moments(8, 0x9E37_79B9, 400..3_000);
     producer.join().unwrap();
     f.run_to_the_end();
 
