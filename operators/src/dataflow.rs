@@ -529,6 +529,9 @@ pub struct Cluster {
     pub process: usize,
     /// `host:port` of every process; empty for a single process.
     pub addresses: Vec<String>,
+    /// How long a process of a cluster waits for every other to connect. A peer that died
+    /// before the cluster formed would otherwise be waited for forever (timely retries).
+    pub join_timeout: Duration,
 }
 
 impl Cluster {
@@ -537,6 +540,7 @@ impl Cluster {
             threads: threads.max(1),
             process: 0,
             addresses: Vec::new(),
+            join_timeout: Duration::from_secs(60),
         }
     }
 
@@ -702,6 +706,33 @@ impl StopRelay {
     }
 }
 
+/// Stops the process, naming the other processes, if the cluster has not formed (every process
+/// connected) within the join timeout. timely retries connections forever, so a process whose
+/// peer died while the cluster was forming would otherwise wait for it indefinitely. Nothing was
+/// read yet, so nothing is lost: every process resumes from the last commit when started again.
+fn stop_unless_joined(cluster: &Cluster, joined: Arc<AtomicBool>) {
+    let (timeout, process) = (cluster.join_timeout, cluster.process);
+    let others: Vec<String> = cluster
+        .addresses
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != process)
+        .map(|(i, a)| format!("process {i} at {a}"))
+        .collect();
+    std::thread::spawn(move || {
+        std::thread::sleep(timeout);
+        if !joined.load(Ordering::SeqCst) {
+            tracing::error!(
+                process,
+                timeout_s = timeout.as_secs(),
+                "the cluster did not form: {} did not connect; start every process of the cluster again (it resumes from its last commit), or raise workers.join_timeout",
+                others.join(", ")
+            );
+            std::process::exit(1);
+        }
+    });
+}
+
 /// Runs the dataflow to completion on every worker of this process. `make_io` builds each
 /// worker's I/O from (worker index, number of workers, sink generation). `on_progress` is called
 /// on worker 0 about every `progress_every` with the running totals. Returns whether the run
@@ -728,7 +759,12 @@ where
         stop,
     } = run;
     let processes = cluster.addresses.len();
+    let joined = Arc::new(AtomicBool::new(false));
+    if processes > 1 {
+        stop_unless_joined(cluster, joined.clone());
+    }
     let guards = timely::execute(cluster.timely_config(), move |worker| {
+        joined.store(true, Ordering::SeqCst);
         let (index, peers) = (worker.index(), worker.peers());
         let generation = if processes > 1 {
             let mine = StartPoint {

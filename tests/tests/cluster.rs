@@ -187,3 +187,53 @@ fn assert_all_refuse(procs: &mut [Running], expect: &[&str]) {
         assert!(expect.iter().all(|e| err.contains(e)), "{err}");
     }
 }
+
+#[test]
+fn a_process_whose_peer_never_connects_says_so_and_stops() {
+    // Process 0 of a two-process cluster is never started (as when it dies while the cluster
+    // forms): process 1 must not wait for it forever.
+    let s = Scratch::new("cluster-lonely");
+    let dir = s.path();
+    generate(dir, 1000, 5, 3, &[]);
+    std::fs::write(dir.join("c.toml"), "[workers]\njoin_timeout = \"2s\"\n").unwrap();
+    write_hostfile(dir, 2);
+    let args = [
+        "run",
+        "-i",
+        "events.jsonl",
+        "-c",
+        "catalog",
+        "-o",
+        "out",
+        "--config",
+        "c.toml",
+        "-q",
+    ];
+    let mut child = Running(spawn_process(dir, &args, "1"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "process 1 still waits for its peer after 60 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(
+        !status.success(),
+        "a cluster that did not form is a failure"
+    );
+    assert!(
+        stderr.contains("the cluster did not form") && stderr.contains("process 0 at 127.0.0.1:"),
+        "names the process that did not connect: {stderr}"
+    );
+}

@@ -84,7 +84,9 @@ impl Fixture {
             format!(
                 "[output]\nprice_every_epochs = 2\n\n[anomalies]\nmin_volume = \"1\"\nmin_events = 0\n\n[clickhouse]\nflush_interval = \"100ms\"\n\n\
                  [kafka]\nbrokers = \"{}\"\ntopics = [\"{TOPIC}\"]\nepoch_interval = \"100ms\"\n\
-                 exit_when_idle = \"{idle}\"\n",
+                 exit_when_idle = \"{idle}\"\n\n\
+                 # A process whose peer died while the cluster formed stops well within the tests' deadlines.\n\
+                 [workers]\njoin_timeout = \"15s\"\n",
                 broker.brokers()
             ),
         )
@@ -379,8 +381,8 @@ fn late_events_across_a_period_close_are_billed_the_same_through_short_lived_res
 fn a_cluster_whose_processes_are_sigkilled_counts_every_unit_exactly_once() {
     let f = Fixture::new("kafka-cluster-kill", 30_000, 2, "3s");
     let d = f.dir.path();
-    let mut config = std::fs::read_to_string(d.join("kafka.toml")).unwrap();
-    config.push_str("\n[workers]\nthreads = 1\n");
+    let config = std::fs::read_to_string(d.join("kafka.toml")).unwrap();
+    let config = config.replace("[workers]\n", "[workers]\nthreads = 1\n");
     std::fs::write(d.join("kafka.toml"), config).unwrap();
     write_hostfile(d, 2);
     let start = || f.spawn_processes(2, |_| "kafka.toml");
@@ -540,10 +542,11 @@ fn catalog_published_mid_stream(name: &str, processes: usize) {
     // watermark until it is idle, so neither worker's share carries it past the other's. (When
     // a partition stopped holding as soon as it was read to its end, a run of this test lost
     // 564 events as too old; the hold itself is tested on its own below.)
-    text.push_str(&format!(
-        "\n[catalog]\ntopic = \"catalog\"\ncheck_interval = \"300ms\"\n\n[workers]\nthreads = {}\n",
-        2 / processes
-    ));
+    text = text.replace(
+        "[workers]\n",
+        &format!("[workers]\nthreads = {}\n", 2 / processes),
+    );
+    text.push_str("\n[catalog]\ntopic = \"catalog\"\ncheck_interval = \"300ms\"\n");
     std::fs::write(&config, &text).unwrap();
     // Process 1 of the cluster does not look for changes itself within the test: it must stop
     // because process 0 saw one.

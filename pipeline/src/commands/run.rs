@@ -159,6 +159,8 @@ fn run_until_catalog_change(args: &RunArgs) -> anyhow::Result<(RunReport, bool)>
     if cluster.threads == 0 {
         cluster.threads = config.workers.threads.max(1);
     }
+    cluster.join_timeout =
+        Duration::from_millis(config.workers.join_timeout.millis().max(1) as u64);
     let input = choose_input(args, &config)?;
     let file_sizes = match &input {
         Input::Files(paths) => paths
@@ -820,6 +822,8 @@ impl ClusterArgs {
             threads: self.workers.unwrap_or(0),
             process: self.process,
             addresses,
+            // Replaced by workers.join_timeout once the config is read.
+            join_timeout: Duration::from_secs(60),
         })
     }
 }

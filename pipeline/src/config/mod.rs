@@ -208,11 +208,17 @@ impl Default for OutputConfig {
 pub struct WorkersConfig {
     /// Worker threads per process (`-w` overrides).
     pub threads: usize,
+    /// In a cluster: how long a process waits for every other process to connect before it
+    /// stops, naming the ones that did not (a peer may have died while the cluster formed).
+    pub join_timeout: Span,
 }
 
 impl Default for WorkersConfig {
     fn default() -> Self {
-        WorkersConfig { threads: 1 }
+        WorkersConfig {
+            threads: 1,
+            join_timeout: Span(60_000),
+        }
     }
 }
 
