@@ -504,3 +504,33 @@ fn current_signed_rows(ch: &ClickHouseServer, database: &str, table: &str) -> St
         .map(|(row, n)| format!("{row}\t{n}\n"))
         .collect()
 }
+
+/// Writes `dir/reference.toml`, the config `dir/config` with ClickHouse database `reference` and
+/// (for Kafka input) a consumer group of its own, and migrates that database. Returns the new
+/// config's path: an uninterrupted run with it is what a crashed one is compared with.
+pub fn reference_config(ch: &ClickHouseServer, dir: &Path, config: &str) -> String {
+    let text = std::fs::read_to_string(dir.join(config))
+        .unwrap()
+        .replace("[clickhouse]\n", "[clickhouse]\ndatabase = \"reference\"\n")
+        .replace("[kafka]\n", "[kafka]\ngroup_id = \"reference\"\n");
+    let path = dir.join("reference.toml");
+    std::fs::write(&path, text).unwrap();
+    let path = path.display().to_string();
+    crate::meterflow_ok(&["migrate", "--config", &path, "--clickhouse-url", &ch.url()]);
+    path
+}
+
+/// Asserts that database `meterflow` billed exactly what database `reference` did: every table
+/// of [`billed_state`] equal, and none of the reference's empty.
+pub fn assert_billed_like_reference(ch: &ClickHouseServer, what: &str) {
+    let (got, want) = (billed_state(ch, "meterflow"), billed_state(ch, "reference"));
+    for (table, rows) in &want {
+        assert!(!rows.is_empty(), "{table}: the reference run wrote rows");
+        assert!(
+            got[table] == *rows,
+            "{what}: {table} differs from the uninterrupted run; only after the kills: {:?}; only uninterrupted: {:?}",
+            got[table].lines().filter(|l| !rows.contains(l)).take(5).collect::<Vec<_>>(),
+            rows.lines().filter(|l| !got[table].contains(l)).take(5).collect::<Vec<_>>(),
+        );
+    }
+}

@@ -7,8 +7,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use meterflow_tests::oracle::{
-    anomalies_from_csv, assert_clickhouse_matches, assert_invoice_has, assert_stream_has,
-    billed_state, catalog_log, count,
+    anomalies_from_csv, assert_billed_like_reference, assert_clickhouse_matches,
+    assert_invoice_has, assert_stream_has, catalog_log, count, reference_config,
 };
 use meterflow_tests::servers::{AnswerLosingProxy, ClickHouseServer};
 use meterflow_tests::{backdate, generate, meterflow_bin, meterflow_ok, Running, Scratch};
@@ -281,39 +281,12 @@ fn sigkill_at_random_points_then_restart_counts_every_unit_exactly_once() {
     f.assert_matches_oracle(&format!("after {kills} SIGKILLs"), EVERY_KIND);
     // And row for row against an uninterrupted run of the same file into ClickHouse: every
     // signed table, and the period and arrival of every event (late ones across period closes).
-    let d = f.dir.path();
-    let small = std::fs::read_to_string(d.join("small.toml")).unwrap();
-    std::fs::write(
-        d.join("reference.toml"),
-        small.replace("[clickhouse]\n", "[clickhouse]\ndatabase = \"reference\"\n"),
-    )
-    .unwrap();
-    let config = d.join("reference.toml").display().to_string();
-    meterflow_ok(&[
-        "migrate",
-        "--config",
-        &config,
-        "--clickhouse-url",
-        &f.ch.url(),
-    ]);
+    let config = reference_config(&f.ch, f.dir.path(), "small.toml");
     let mut args = f.args("reference", true);
     let at = args.iter().position(|a| a == "--config").unwrap() + 1;
     args[at] = config;
     meterflow_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    let (got, want) = (
-        billed_state(&f.ch, "meterflow"),
-        billed_state(&f.ch, "reference"),
-    );
-    for (table, rows) in &want {
-        assert!(
-            !rows.is_empty(),
-            "{table}: the uninterrupted run wrote rows"
-        );
-        assert!(
-            got[table] == *rows,
-            "after {kills} SIGKILLs: {table} differs from the uninterrupted run"
-        );
-    }
+    assert_billed_like_reference(&f.ch, &format!("after {kills} SIGKILLs"));
 }
 
 #[test]
