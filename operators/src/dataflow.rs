@@ -111,9 +111,7 @@ impl Resume {
     pub fn watermark(&self) -> WatermarkTracker {
         self.progress
             .as_ref()
-            .map_or_else(WatermarkTracker::default, |p| {
-                WatermarkTracker::resuming(p.watermark, &p.partitions)
-            })
+            .map_or_else(WatermarkTracker::default, Progress::watermark_tracker)
     }
 }
 
@@ -535,12 +533,15 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// How long a process waits for its peers unless configured (`workers.join_timeout`).
+    pub const DEFAULT_JOIN_TIMEOUT: Duration = Duration::from_secs(60);
+
     pub fn local(threads: usize) -> Cluster {
         Cluster {
             threads: threads.max(1),
             process: 0,
             addresses: Vec::new(),
-            join_timeout: Duration::from_secs(60),
+            join_timeout: Cluster::DEFAULT_JOIN_TIMEOUT,
         }
     }
 

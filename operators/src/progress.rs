@@ -4,9 +4,9 @@
 //! [`EpochStats`] (event time and reader positions) and the per-epoch [`Counts`]. When every sink
 //! is durable past a pricing-round end `R` (and stats and counts for epochs up to `R` are in), it
 //! commits [`Progress`] for `R` to a [`ProgressStore`]: the reader positions, the watermark with
-//! each partition's event-time state, and the cumulative counts through `R`. A restart resumes exactly there: later epochs' rows are
-//! removed from the sinks, the input is re-read from the positions, and state is rebuilt from
-//! the tables. Commits happen only at round ends because invoice lines are priced per round.
+//! each partition's event-time state, and the cumulative counts through `R`. A restart resumes
+//! exactly there: later epochs' rows are removed from the sinks, the input is re-read from the
+//! positions, and state is rebuilt from the tables. Commits happen only at round ends because invoice lines are priced per round.
 //!
 //! State: the stats and counts of epochs not yet committed.
 
@@ -40,6 +40,13 @@ pub struct Progress {
     pub positions: Vec<Position>,
     /// Cumulative counts through `epoch`.
     pub counts: Counts,
+}
+
+impl Progress {
+    /// The watermark tracker of a run resumed from this commit.
+    pub fn watermark_tracker(&self) -> WatermarkTracker {
+        WatermarkTracker::resuming(self.watermark, &self.partitions)
+    }
 }
 
 /// Where progress is recorded (with the data, so both survive together).
@@ -95,9 +102,9 @@ pub fn commit_progress<'s>(
     builder.build(move |_capabilities| {
         let mut pending: BTreeMap<Epoch, (Vec<Position>, Counts)> = BTreeMap::new();
         // The same watermark the deduplicator computes, so a resumed run continues from it.
-        let mut tracker = start.as_ref().map_or_else(WatermarkTracker::default, |p| {
-            WatermarkTracker::resuming(p.watermark, &p.partitions)
-        });
+        let mut tracker = start
+            .as_ref()
+            .map_or_else(WatermarkTracker::default, Progress::watermark_tracker);
         let mut committed_through = start.as_ref().map(|p| p.epoch);
         let mut committed = start.unwrap_or_default();
         committed.counts = std::mem::take(&mut committed.counts).without_gauges();
@@ -156,8 +163,8 @@ pub fn commit_progress<'s>(
                 committed.counts.merge(&c);
             }
             committed.epoch = target;
-            committed.watermark =
-                Some(tracker.watermark_for(target + 1)).filter(|&w| w != EventTime::MIN);
+            tracker.watermark_for(target + 1);
+            committed.watermark = tracker.floor();
             committed.partitions = tracker.partitions();
             committed.positions = positions
                 .iter()

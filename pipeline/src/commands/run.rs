@@ -12,10 +12,8 @@ use meterflow_operators::accounting::{Latency, Totals};
 use meterflow_operators::aggregate::round_end;
 use meterflow_operators::dataflow::{execute, Cluster, Execution, Plan, WorkerIo};
 use meterflow_operators::progress::{NoProgress, ProgressStore};
-use meterflow_operators::signed::Signed;
-use meterflow_operators::signed::{Horizon, SignedState};
-use meterflow_operators::sink::FlushPolicy;
-use meterflow_operators::sink::TableWriter;
+use meterflow_operators::signed::{Horizon, Signed, SignedState};
+use meterflow_operators::sink::{FlushPolicy, TableWriter};
 use meterflow_operators::source::{ChunkReader, ReadAt, StripedReader};
 use meterflow_operators::Fatal;
 use meterflow_schemas::anomaly::{BucketRow, Detector};
@@ -823,7 +821,7 @@ impl ClusterArgs {
             process: self.process,
             addresses,
             // Replaced by workers.join_timeout once the config is read.
-            join_timeout: Duration::from_secs(60),
+            join_timeout: Cluster::DEFAULT_JOIN_TIMEOUT,
         })
     }
 }

@@ -4,10 +4,12 @@
 use clickhouse::Row;
 use meterflow_operators::decode::PartitionTime;
 use meterflow_operators::progress::{Progress, ProgressStore};
+use meterflow_operators::source::Position;
 use meterflow_operators::Epoch;
 use meterflow_schemas::ddl::EPOCH_TABLES;
+use meterflow_schemas::rows::Counts;
 use meterflow_schemas::time::EventTime;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::sinks::clickhouse::client::{ClickHouse, Count};
 use crate::sinks::clickhouse::sink::seconds;
@@ -134,12 +136,68 @@ impl ProgressStore for ClickHouseProgress {
     }
 }
 
+/// The row `restore` reads back.
+#[derive(Row, Deserialize)]
+struct CommittedRow {
+    generation: u32,
+    epoch: u64,
+    watermark_ms: i64,
+    offsets: String,
+    counts: String,
+    catalog_digest: String,
+    partitions: String,
+}
+
+/// The last commit, as `sink_progress` holds it.
+pub(crate) struct LastCommit {
+    pub generation: u32,
+    pub progress: Progress,
+    /// The digest of the catalog its rows are priced under ('' for commits older than the
+    /// column: unknown).
+    pub catalog_digest: String,
+}
+
+/// Reads the last commit of the latest generation, mapping recorded topic names back to the
+/// indices of `sources` (positions of topics this run does not read are left out).
+pub(crate) fn last_commit(
+    ch: &ClickHouse,
+    sources: &[String],
+) -> Result<Option<LastCommit>, String> {
+    let last: Vec<CommittedRow> = ch.fetch("SELECT generation, epoch, watermark_ms, offsets, counts, catalog_digest, partitions FROM {db}.sink_progress ORDER BY generation DESC, epoch DESC LIMIT 1")?;
+    let Some(row) = last.into_iter().next() else {
+        return Ok(None);
+    };
+    let offsets: Vec<RecordedOffset> = serde_json::from_str(&row.offsets)
+        .map_err(|e| format!("sink_progress.offsets is unreadable: {e}"))?;
+    let counts: Counts = serde_json::from_str(&row.counts)
+        .map_err(|e| format!("sink_progress.counts is unreadable: {e}"))?;
+    let positions = offsets
+        .into_iter()
+        .filter_map(|o| {
+            let source = sources.iter().position(|s| *s == o.source)?;
+            Some(Position {
+                source: source as u32,
+                partition: o.partition,
+                next_offset: o.next_offset,
+            })
+        })
+        .collect();
+    Ok(Some(LastCommit {
+        generation: row.generation,
+        progress: Progress {
+            epoch: row.epoch,
+            watermark: (row.watermark_ms != i64::MIN).then_some(EventTime(row.watermark_ms)),
+            positions,
+            partitions: restored_partitions(&row.partitions, sources)?,
+            counts,
+        },
+        catalog_digest: row.catalog_digest,
+    }))
+}
+
 /// The partitions' event-time state recorded with a commit, for the topics this run reads (''
 /// for a commit written before the column: none recorded).
-pub(crate) fn restored_partitions(
-    json: &str,
-    sources: &[String],
-) -> Result<Vec<PartitionTime>, String> {
+fn restored_partitions(json: &str, sources: &[String]) -> Result<Vec<PartitionTime>, String> {
     if json.is_empty() {
         return Ok(Vec::new());
     }

@@ -37,8 +37,6 @@ use meterflow_operators::dedup::DedupSeed;
 use meterflow_operators::dedup::{usage_delta, BilledEvent};
 use meterflow_operators::entitlements::{has_spend_plan, Reported};
 use meterflow_operators::meters::{reloads_readings, Reading};
-use meterflow_operators::progress::Progress;
-use meterflow_operators::source::Position;
 use meterflow_schemas::anomaly::{
     Anomaly, AnomalyKind, Baseline, Bucket, BucketRow, Detector, Severity,
 };
@@ -49,15 +47,13 @@ use meterflow_schemas::entitlement::{reported_through, SignalKind};
 use meterflow_schemas::hashing::EventKey;
 use meterflow_schemas::money::{Amount, Quantity};
 use meterflow_schemas::rows::{
-    Counts, EntitlementSignal, InvoiceLine, LineKey, LineKind, LineUsage, RatedRow, UsageDelta,
+    EntitlementSignal, InvoiceLine, LineKey, LineKind, LineUsage, RatedRow, UsageDelta,
 };
 use meterflow_schemas::time::{EventTime, Period, PeriodUnit};
 use serde::Deserialize;
 
 use crate::sinks::clickhouse::client::{sql_list, ClickHouse};
-use crate::sinks::clickhouse::progress::{
-    delete_uncommitted, restored_partitions, settle_inserts, RecordedOffset,
-};
+use crate::sinks::clickhouse::progress::{delete_uncommitted, last_commit, settle_inserts};
 
 /// What a restart loads.
 #[derive(Default)]
@@ -72,17 +68,6 @@ pub struct Restored {
     pub shadow_invoice_lines: Vec<(InvoiceLine, isize, u64)>,
     pub usage_buckets: Vec<(BucketRow, isize, u64)>,
     pub anomalies: Vec<(Anomaly, isize, u64)>,
-}
-
-#[derive(Row, Deserialize)]
-struct ProgressRow {
-    generation: u32,
-    epoch: u64,
-    watermark_ms: i64,
-    offsets: String,
-    counts: String,
-    catalog_digest: String,
-    partitions: String,
 }
 
 #[derive(Row, Deserialize)]
@@ -303,42 +288,14 @@ pub fn restore(
     if writer {
         settle_inserts(ch)?;
     }
-    let last: Vec<ProgressRow> = ch.fetch("SELECT generation, epoch, watermark_ms, offsets, counts, catalog_digest, partitions FROM {db}.sink_progress ORDER BY generation DESC, epoch DESC LIMIT 1")?;
+    let last = last_commit(ch, sources)?;
     // What the committed rows are priced under ('' for commits older than the column: unknown).
-    let committed_digest = last.first().map(|p| p.catalog_digest.clone());
+    let committed_digest = last.as_ref().map(|l| l.catalog_digest.clone());
     let generation = match role {
-        Role::Writer => last.first().map_or(1, |p| p.generation + 1),
+        Role::Writer => last.as_ref().map_or(1, |l| l.generation + 1),
         Role::Reader => 0,
     };
-    let progress = match last.into_iter().next() {
-        None => None,
-        Some(p) => {
-            let offsets: Vec<RecordedOffset> = serde_json::from_str(&p.offsets)
-                .map_err(|e| format!("sink_progress.offsets is unreadable: {e}"))?;
-            let counts: Counts = serde_json::from_str(&p.counts)
-                .map_err(|e| format!("sink_progress.counts is unreadable: {e}"))?;
-            let positions = offsets
-                .into_iter()
-                .filter_map(|o| {
-                    sources
-                        .iter()
-                        .position(|s| *s == o.source)
-                        .map(|i| Position {
-                            source: i as u32,
-                            partition: o.partition,
-                            next_offset: o.next_offset,
-                        })
-                })
-                .collect();
-            Some(Progress {
-                epoch: p.epoch,
-                watermark: (p.watermark_ms != i64::MIN).then_some(EventTime(p.watermark_ms)),
-                positions,
-                partitions: restored_partitions(&p.partitions, sources)?,
-                counts,
-            })
-        }
-    };
+    let progress = last.map(|l| l.progress);
     if writer {
         if let Some(p) = &progress {
             // The new generation starts at `R`: later restarts resume from its rows, never from a
