@@ -15,7 +15,7 @@ every table, and calls this script, which uses the ClickHouse engine embedded in
 Any statement that fails is printed with its error, and the exit status is 1.
 
     chdb_check.py --log sql.log --dump DIR --docs docs/clickhouse.md \
-                  [--csv-docs docs/outputs.md --csv-out DEMO_OUT]
+                  [--csv-docs docs/outputs.md --csv-out DEMO_OUT] [--describe TABLES.tsv]
 """
 
 import argparse
@@ -50,6 +50,7 @@ def main():
     ap.add_argument("--csv-docs", nargs="*", default=[], help="Markdown files whose sql blocks read CSV output under out/")
     ap.add_argument("--csv-out", help="a CSV output directory, substituted for out/")
     ap.add_argument("--http", help="also run the --docs queries on this server (the 18.16 one)")
+    ap.add_argument("--describe", help="write each table's columns, engine and keys as created (TSV) here")
     args = ap.parse_args()
 
     try:
@@ -89,6 +90,18 @@ def main():
 
         for sql in creates:
             run(sql, "meterflow's DDL")
+        if args.describe:
+            # What the migrations made, for the registry check in the Rust test: one line per
+            # column (table, "column", name, type) and per table (table, "table", engine,
+            # partition key, sorting key).
+            described = run(f"SELECT table, 'column', name, type FROM system.columns "
+                            f"WHERE database = '{args.database}' ORDER BY table, position",
+                            "describing the tables")
+            described += run(f"SELECT name, 'table', engine, partition_key, sorting_key FROM system.tables "
+                             f"WHERE database = '{args.database}' ORDER BY name",
+                             "describing the tables")
+            with open(args.describe, "w") as f:
+                f.write("\n".join(described) + "\n")
         for name in sorted(os.listdir(args.dump)):
             if name.endswith(".tsv"):
                 table = name[:-4]

@@ -8,14 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use differential_dataflow::AsCollection;
-use meterflow_schemas::anomaly::{Anomaly, AnomalyRules, BucketRow};
+use meterflow_schemas::anomaly::AnomalyRules;
 use meterflow_schemas::catalog::{Catalog, PriceIdx};
 use meterflow_schemas::money::Rounding;
-use meterflow_schemas::rejection::Rejection;
-use meterflow_schemas::rows::{
-    AcceptedEvent, Counts, DuplicateRow, EntitlementSignal, InvoiceLine, LineKey, LineUsage,
-    RatedRow, UsageDelta,
-};
+use meterflow_schemas::rows::{Counts, InvoiceLine, LineKey, LineUsage, RatedRow, UsageDelta};
+use meterflow_schemas::tables::{self, Shape, Table, Written};
 use meterflow_schemas::time::PeriodUnit;
 use meterflow_schemas::validate::ValidationRules;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
@@ -39,7 +36,7 @@ use crate::price::{price, Priced};
 use crate::progress::{commit_progress, Progress, ProgressStore};
 use crate::rate_join::rate_join;
 use crate::signed::Signed;
-use crate::sink::{sink, FlushPolicy, TableWriter};
+use crate::sink::{sink, FlushPolicy, Writers};
 use crate::source::{source, BufferPool, ChunkReader};
 use crate::watermark::{LatenessPolicy, WatermarkTracker};
 use crate::{Epoch, Fatal};
@@ -64,23 +61,43 @@ pub struct Plan {
 /// own share.
 pub struct WorkerIo {
     pub reader: Box<dyn ChunkReader>,
-    pub usage_events: Box<dyn TableWriter<AcceptedEvent>>,
-    pub rejections: Box<dyn TableWriter<Rejection>>,
-    pub duplicates: Box<dyn TableWriter<DuplicateRow>>,
-    pub invoice_lines: Box<dyn TableWriter<Signed<InvoiceLine>>>,
-    pub rated_usage: Box<dyn TableWriter<Signed<RatedRow>>>,
-    pub line_usage: Box<dyn TableWriter<Signed<LineUsage>>>,
-    pub entitlement_signals: Box<dyn TableWriter<Signed<EntitlementSignal>>>,
-    /// Invoice lines under the contracts' shadow rate cards.
-    pub shadow_invoice_lines: Box<dyn TableWriter<Signed<InvoiceLine>>>,
-    /// Usage per customer, SKU and bucket (hour), the history anomalies are judged against.
-    pub usage_buckets: Box<dyn TableWriter<Signed<BucketRow>>>,
-    pub anomalies: Box<dyn TableWriter<Signed<Anomaly>>>,
+    /// A writer per output table (see [`meterflow_schemas::tables`]); tables without one are
+    /// discarded.
+    pub writers: Writers,
     pub progress: Box<dyn ProgressStore>,
     /// When the per-worker tables flush.
     pub facts_flush: FlushPolicy,
     /// When the derived tables flush.
     pub derived_flush: FlushPolicy,
+}
+
+/// The sinks of one worker's output tables, each placed and flushed as its description says.
+struct Sinks<'s> {
+    writers: Writers,
+    facts: FlushPolicy,
+    derived: FlushPolicy,
+    fatal: Fatal,
+    durable: Vec<StreamVec<'s, Epoch, ()>>,
+}
+
+impl<'s> Sinks<'s> {
+    fn sink<D: timely::ExchangeData + Clone>(
+        &mut self,
+        rows: StreamVec<'s, Epoch, D>,
+        table: &'static Table,
+    ) {
+        let o = table.output();
+        let policy = match o.shape {
+            Shape::Facts => self.facts,
+            Shape::Signed => self.derived,
+        };
+        let writer = self.writers.take(table);
+        let fatal = self.fatal.clone();
+        self.durable.push(match o.written {
+            Written::PerWorker => sink(rows, table.name, Pipeline, writer, policy, fatal),
+            Written::Gathered => sink(rows, table.name, to_worker_zero(), writer, policy, fatal),
+        });
+    }
 }
 
 /// State a resumed run starts from, rebuilt from the sinks by the caller.
@@ -268,95 +285,31 @@ pub fn build<'s>(
     let priced = priced.concat(derived).inner;
 
     let (lines, rated_rows, line_usage) = split_priced(priced);
-    let facts = io.facts_flush;
-    let derived = io.derived_flush;
-    let mut durable = vec![
-        sink(
-            deduped.accepted,
-            "usage_events",
-            Pipeline,
-            io.usage_events,
-            facts,
-            fatal.clone(),
-        ),
-        sink(
-            decoded.rejections.concat(deduped.rejections),
-            "rejections",
-            Pipeline,
-            io.rejections,
-            facts,
-            fatal.clone(),
-        ),
-        sink(
-            deduped.duplicates,
-            "duplicates",
-            Pipeline,
-            io.duplicates,
-            facts,
-            fatal.clone(),
-        ),
-        sink(
-            lines,
-            "invoice_lines",
-            to_worker_zero(),
-            io.invoice_lines,
-            derived,
-            fatal.clone(),
-        ),
-        sink(
-            rated_rows,
-            "rated_usage",
-            to_worker_zero(),
-            io.rated_usage,
-            derived,
-            fatal.clone(),
-        ),
-        sink(
-            line_usage,
-            "line_usage",
-            to_worker_zero(),
-            io.line_usage,
-            derived,
-            fatal.clone(),
-        ),
-        sink(
-            shadow_lines,
-            "shadow_invoice_lines",
-            to_worker_zero(),
-            io.shadow_invoice_lines,
-            derived,
-            fatal.clone(),
-        ),
-        sink(
-            signals,
-            "entitlement_signals",
-            to_worker_zero(),
-            io.entitlement_signals,
-            derived,
-            fatal.clone(),
-        ),
-    ];
+    let mut out = Sinks {
+        writers: io.writers,
+        facts: io.facts_flush,
+        derived: io.derived_flush,
+        fatal: fatal.clone(),
+        durable: Vec::new(),
+    };
+    out.sink(deduped.accepted, &tables::USAGE_EVENTS);
+    out.sink(
+        decoded.rejections.concat(deduped.rejections),
+        &tables::REJECTIONS,
+    );
+    out.sink(deduped.duplicates, &tables::DUPLICATES);
+    out.sink(lines, &tables::INVOICE_LINES);
+    out.sink(rated_rows, &tables::RATED_USAGE);
+    out.sink(line_usage, &tables::LINE_USAGE);
+    out.sink(shadow_lines, &tables::SHADOW_INVOICE_LINES);
+    out.sink(signals, &tables::ENTITLEMENT_SIGNALS);
     if let Some(found) = detected {
-        durable.push(sink(
-            found.buckets,
-            "usage_buckets",
-            to_worker_zero(),
-            io.usage_buckets,
-            derived,
-            fatal.clone(),
-        ));
+        out.sink(found.buckets, &tables::USAGE_BUCKETS);
         let found_anomalies = match costs {
             Some(c) => found.anomalies.concat(c),
             None => found.anomalies,
         };
-        durable.push(sink(
-            found_anomalies,
-            "anomalies",
-            to_worker_zero(),
-            io.anomalies,
-            derived,
-            fatal.clone(),
-        ));
+        out.sink(found_anomalies, &tables::ANOMALIES);
     }
     let counts: StreamVec<'s, Epoch, Counts> = decoded.counts.concat(deduped.counts);
     let counted = sink(
@@ -367,7 +320,10 @@ pub fn build<'s>(
         FlushPolicy::every(Duration::ZERO),
         fatal.clone(),
     );
-    let all_durable = scope.concatenate(durable).concat(counted).probe_with(&done);
+    let all_durable = scope
+        .concatenate(out.durable)
+        .concat(counted)
+        .probe_with(&done);
     commit_progress(
         all_durable,
         decoded.stats.exchange(|_| 0),

@@ -16,7 +16,11 @@
 //! cannot retry is recorded as fatal for the run and the capability is kept: nothing downstream
 //! is told the data is complete.
 
+use std::any::Any;
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
+
+use meterflow_schemas::tables::Table;
 
 use timely::dataflow::channels::pact::ParallelizationContract;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
@@ -71,6 +75,40 @@ impl<D> TableWriter<D> for Discard {
     }
     fn flush(&mut self, _: Option<Epoch>) -> Result<(), String> {
         Ok(())
+    }
+}
+
+/// One worker's writers, by table: `run` opens one per registered output, the dataflow takes
+/// each as it builds the table's sink. A table without a writer is discarded.
+#[derive(Default)]
+pub struct Writers(HashMap<&'static str, Box<dyn Any>>);
+
+impl Writers {
+    /// Sets the writer of `table` (replacing any).
+    pub fn insert<D: 'static>(&mut self, table: &'static Table, writer: Box<dyn TableWriter<D>>) {
+        self.0.insert(table.name, Box::new(writer));
+    }
+
+    /// Takes the writer of `table`, or a [`Discard`] if there is none.
+    ///
+    /// Panics if the writer was opened for other rows than the dataflow produces: a wiring
+    /// mistake that every run of the table catches at once.
+    pub fn take<D: 'static>(&mut self, table: &'static Table) -> Box<dyn TableWriter<D>> {
+        match self.0.remove(table.name) {
+            None => Box::new(Discard),
+            Some(w) => *w.downcast::<Box<dyn TableWriter<D>>>().unwrap_or_else(|_| {
+                panic!(
+                    "the writer of {} does not take {} rows",
+                    table.name,
+                    std::any::type_name::<D>()
+                )
+            }),
+        }
+    }
+
+    /// The tables that have a writer.
+    pub fn tables(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.0.keys().copied()
     }
 }
 

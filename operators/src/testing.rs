@@ -11,6 +11,7 @@ use meterflow_schemas::rejection::Rejection;
 use meterflow_schemas::rows::{
     AcceptedEvent, Counts, DuplicateRow, EntitlementSignal, InvoiceLine, LineUsage, RatedRow,
 };
+use meterflow_schemas::tables;
 use meterflow_schemas::time::{PeriodUnit, Span};
 use meterflow_schemas::validate::ValidationRules;
 
@@ -20,7 +21,7 @@ use crate::memory::{Collect, SignedCollect};
 use crate::progress::{Progress, ProgressStore};
 use crate::signed::Signed;
 use crate::signed::SignedState;
-use crate::sink::FlushPolicy;
+use crate::sink::{FlushPolicy, TableWriter, Writers};
 use crate::source::{
     Chunk, ChunkReader, MessageSpan, PartitionState, Position, Read, StripedReader,
 };
@@ -193,6 +194,22 @@ impl ChunkReader for ScheduledReader {
     }
 }
 
+/// A writer that keeps every row it is given.
+fn collect<D: 'static>(rows: &Arc<Mutex<Vec<(Epoch, D)>>>) -> Box<dyn TableWriter<D>> {
+    Box::new(Collect(rows.clone()))
+}
+
+/// A signed writer resuming from held rows, keeping the changes it writes.
+fn signed_collect<R: Ord + Clone + Send + 'static>(
+    held: &Mutex<Option<SignedState<R>>>,
+    written: &Arc<Mutex<Vec<crate::signed::Change<R>>>>,
+) -> Box<dyn TableWriter<Signed<R>>> {
+    Box::new(SignedCollect::new(
+        held.lock().expect("held").take().unwrap_or_default(),
+        written.clone(),
+    ))
+}
+
 fn changes<R>(c: &Arc<Mutex<Vec<crate::signed::Change<R>>>>) -> Vec<Signed<R>> {
     std::mem::take(&mut *c.lock().expect("written"))
         .into_iter()
@@ -236,39 +253,41 @@ pub fn run_resumed(
         Arc::new(Mutex::new(Vec::new())),
         Arc::new(Mutex::new(Vec::new())),
     );
-    let w = written.clone();
-    let tables = Arc::new(tables);
-    let out = run_with(
+    let (held_tables, out) = (Arc::new(tables), written.clone());
+    let out_run = run_with(
         input,
         plan,
         workers,
         chunk_bytes,
         resume,
         move |io: &mut WorkerIo, index| {
+            let written = &out;
             if index == 0 {
-                io.invoice_lines = Box::new(SignedCollect::new(
-                    tables.0.lock().expect("held").take().unwrap_or_default(),
-                    w.0.clone(),
-                ));
-                io.rated_usage = Box::new(SignedCollect::new(
-                    tables.1.lock().expect("held").take().unwrap_or_default(),
-                    w.1.clone(),
-                ));
-                io.line_usage = Box::new(SignedCollect::new(
-                    tables.2.lock().expect("held").take().unwrap_or_default(),
-                    w.2.clone(),
-                ));
-                io.usage_buckets = Box::new(SignedCollect::new(
-                    tables.3.lock().expect("held").take().unwrap_or_default(),
-                    w.3.clone(),
-                ));
-                io.anomalies = Box::new(SignedCollect::new(
-                    tables.4.lock().expect("held").take().unwrap_or_default(),
-                    w.4.clone(),
-                ));
+                let w = &mut io.writers;
+                w.insert(
+                    &tables::INVOICE_LINES,
+                    signed_collect(&held_tables.0, &written.0),
+                );
+                w.insert(
+                    &tables::RATED_USAGE,
+                    signed_collect(&held_tables.1, &written.1),
+                );
+                w.insert(
+                    &tables::LINE_USAGE,
+                    signed_collect(&held_tables.2, &written.2),
+                );
+                w.insert(
+                    &tables::USAGE_BUCKETS,
+                    signed_collect(&held_tables.3, &written.3),
+                );
+                w.insert(
+                    &tables::ANOMALIES,
+                    signed_collect(&held_tables.4, &written.4),
+                );
             }
         },
     )?;
+    let out = out_run;
     Ok(RunOutput {
         invoice_lines: changes(&written.0),
         rated_usage: changes(&written.1),
@@ -301,18 +320,26 @@ fn run_with(
         if let Some(e) = skip {
             reader.skip_through(e);
         }
+        let mut w = Writers::default();
+        w.insert(&tables::USAGE_EVENTS, collect(&writers.accepted));
+        w.insert(&tables::REJECTIONS, collect(&writers.rejections));
+        w.insert(&tables::DUPLICATES, collect(&writers.duplicates));
+        w.insert(&tables::INVOICE_LINES, collect(&writers.invoice_lines));
+        w.insert(&tables::RATED_USAGE, collect(&writers.rated_usage));
+        w.insert(&tables::LINE_USAGE, collect(&writers.line_usage));
+        w.insert(
+            &tables::ENTITLEMENT_SIGNALS,
+            collect(&writers.entitlement_signals),
+        );
+        w.insert(
+            &tables::SHADOW_INVOICE_LINES,
+            collect(&writers.shadow_invoice_lines),
+        );
+        w.insert(&tables::USAGE_BUCKETS, collect(&writers.usage_buckets));
+        w.insert(&tables::ANOMALIES, collect(&writers.anomalies));
         let mut io = WorkerIo {
             reader: Box::new(reader),
-            usage_events: Box::new(Collect(writers.accepted.clone())),
-            rejections: Box::new(Collect(writers.rejections.clone())),
-            duplicates: Box::new(Collect(writers.duplicates.clone())),
-            invoice_lines: Box::new(Collect(writers.invoice_lines.clone())),
-            rated_usage: Box::new(Collect(writers.rated_usage.clone())),
-            line_usage: Box::new(Collect(writers.line_usage.clone())),
-            entitlement_signals: Box::new(Collect(writers.entitlement_signals.clone())),
-            shadow_invoice_lines: Box::new(Collect(writers.shadow_invoice_lines.clone())),
-            usage_buckets: Box::new(Collect(writers.usage_buckets.clone())),
-            anomalies: Box::new(Collect(writers.anomalies.clone())),
+            writers: w,
             progress: Box::new(Commits(writers.progress.clone())),
             facts_flush: FlushPolicy::every(Duration::ZERO),
             derived_flush: FlushPolicy::every(Duration::ZERO),

@@ -1,4 +1,6 @@
-//! ClickHouse tables of meterflow, as numbered migrations. Every statement runs on ClickHouse
+//! ClickHouse tables of meterflow, as numbered migrations. What the tables are after the
+//! migrations is described in [`crate::tables`]; a new table's migration is `Sql::Create` of its
+//! description. Every statement runs on ClickHouse
 //! 18.16 (what Debian ships) and on current ClickHouse: no `DateTime64`, no TTL, no codecs, no
 //! `Map`, no `LowCardinality`. Checked against both in the test suite.
 //!
@@ -19,11 +21,33 @@
 //!   table, so an insert whose answer was lost can be checked before it is sent again
 //!   (migrations 10-15).
 
+use std::borrow::Cow;
+
+use crate::tables::Table;
+
 /// One migration: applied once, in order, recorded in `schema_migrations`.
 pub struct Migration {
     pub id: u32,
     pub name: &'static str,
-    pub sql: &'static str,
+    pub sql: Sql,
+}
+
+/// A migration's statement.
+pub enum Sql {
+    /// Written out (the history before the table registry, and every `ALTER`).
+    Text(&'static str),
+    /// A new table, created as its registry description says.
+    Create(&'static Table),
+}
+
+impl Sql {
+    /// The statement, with `{db}` standing for the database.
+    pub fn text(&self) -> Cow<'static, str> {
+        match self {
+            Sql::Text(s) => Cow::Borrowed(s),
+            Sql::Create(t) => Cow::Owned(t.create_sql()),
+        }
+    }
 }
 
 /// The statements that create meterflow's tables, with `{db}` standing for the database.
@@ -31,7 +55,7 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration {
         id: 1,
         name: "usage_events",
-        sql: "CREATE TABLE IF NOT EXISTS {db}.usage_events (
+        sql: Sql::Text("CREATE TABLE IF NOT EXISTS {db}.usage_events (
     event_id String,
     customer_id String,
     contract_id String,
@@ -62,12 +86,12 @@ pub const MIGRATIONS: &[Migration] = &[
     generation UInt32
 ) ENGINE = MergeTree()
 PARTITION BY toYYYYMM(event_time)
-ORDER BY (customer_id, sku, event_time, event_id)",
+ORDER BY (customer_id, sku, event_time, event_id)"),
     },
     Migration {
         id: 2,
         name: "rejections",
-        sql: "CREATE TABLE IF NOT EXISTS {db}.rejections (
+        sql: Sql::Text("CREATE TABLE IF NOT EXISTS {db}.rejections (
     reason String,
     field String,
     message String,
@@ -82,12 +106,12 @@ ORDER BY (customer_id, sku, event_time, event_id)",
     generation UInt32
 ) ENGINE = MergeTree()
 PARTITION BY toYYYYMM(rejected_at)
-ORDER BY (reason, rejected_at, source, partition, offset)",
+ORDER BY (reason, rejected_at, source, partition, offset)"),
     },
     Migration {
         id: 3,
         name: "duplicates",
-        sql: "CREATE TABLE IF NOT EXISTS {db}.duplicates (
+        sql: Sql::Text("CREATE TABLE IF NOT EXISTS {db}.duplicates (
     event_id String,
     event_time DateTime,
     event_time_ms Int64,
@@ -98,12 +122,12 @@ ORDER BY (reason, rejected_at, source, partition, offset)",
     generation UInt32
 ) ENGINE = MergeTree()
 PARTITION BY toYYYYMM(event_time)
-ORDER BY (event_id, source, partition, offset)",
+ORDER BY (event_id, source, partition, offset)"),
     },
     Migration {
         id: 4,
         name: "invoice_lines",
-        sql: "CREATE TABLE IF NOT EXISTS {db}.invoice_lines (
+        sql: Sql::Text("CREATE TABLE IF NOT EXISTS {db}.invoice_lines (
     customer_id String,
     contract_id String,
     sku String,
@@ -121,12 +145,12 @@ ORDER BY (event_id, source, partition, offset)",
     epoch UInt64,
     generation UInt32
 ) ENGINE = MergeTree()
-ORDER BY (customer_id, invoice_period, contract_id, sku, region, service_period, line_type, version)",
+ORDER BY (customer_id, invoice_period, contract_id, sku, region, service_period, line_type, version)"),
     },
     Migration {
         id: 5,
         name: "rated_usage",
-        sql: "CREATE TABLE IF NOT EXISTS {db}.rated_usage (
+        sql: Sql::Text("CREATE TABLE IF NOT EXISTS {db}.rated_usage (
     customer_id String,
     contract_id String,
     sku String,
@@ -145,12 +169,12 @@ ORDER BY (customer_id, invoice_period, contract_id, sku, region, service_period,
     epoch UInt64,
     generation UInt32
 ) ENGINE = MergeTree()
-ORDER BY (customer_id, invoice_period, contract_id, sku, region, service_period, rate_card, rate_card_version, tier, version)",
+ORDER BY (customer_id, invoice_period, contract_id, sku, region, service_period, rate_card, rate_card_version, tier, version)"),
     },
     Migration {
         id: 6,
         name: "line_usage",
-        sql: "CREATE TABLE IF NOT EXISTS {db}.line_usage (
+        sql: Sql::Text("CREATE TABLE IF NOT EXISTS {db}.line_usage (
     customer_id String,
     contract_id String,
     sku String,
@@ -166,12 +190,12 @@ ORDER BY (customer_id, invoice_period, contract_id, sku, region, service_period,
     epoch UInt64,
     generation UInt32
 ) ENGINE = MergeTree()
-ORDER BY (customer_id, contract_id, sku, region, service_period, invoice_period, rate_card, rate_card_version, version)",
+ORDER BY (customer_id, contract_id, sku, region, service_period, invoice_period, rate_card, rate_card_version, version)"),
     },
     Migration {
         id: 7,
         name: "sink_progress",
-        sql: "CREATE TABLE IF NOT EXISTS {db}.sink_progress (
+        sql: Sql::Text("CREATE TABLE IF NOT EXISTS {db}.sink_progress (
     generation UInt32,
     epoch UInt64,
     committed_at DateTime,
@@ -179,12 +203,12 @@ ORDER BY (customer_id, contract_id, sku, region, service_period, invoice_period,
     offsets String,
     counts String
 ) ENGINE = MergeTree()
-ORDER BY (generation, epoch)",
+ORDER BY (generation, epoch)"),
     },
     Migration {
         id: 8,
         name: "catalog_changes",
-        sql: "CREATE TABLE IF NOT EXISTS {db}.catalog_changes (
+        sql: Sql::Text("CREATE TABLE IF NOT EXISTS {db}.catalog_changes (
     changed_at DateTime,
     actor String,
     entity String,
@@ -194,47 +218,47 @@ ORDER BY (generation, epoch)",
     diff String
 ) ENGINE = MergeTree()
 PARTITION BY toYYYYMM(changed_at)
-ORDER BY (entity, entity_id, changed_at)",
+ORDER BY (entity, entity_id, changed_at)"),
     },
     Migration {
         id: 9,
         name: "rejections_kafka_key_and_headers",
-        sql: "ALTER TABLE {db}.rejections ADD COLUMN kafka_key String, ADD COLUMN kafka_headers String",
+        sql: Sql::Text("ALTER TABLE {db}.rejections ADD COLUMN kafka_key String, ADD COLUMN kafka_headers String"),
     },
     Migration {
         id: 10,
         name: "usage_events_batch",
-        sql: "ALTER TABLE {db}.usage_events ADD COLUMN batch UInt64",
+        sql: Sql::Text("ALTER TABLE {db}.usage_events ADD COLUMN batch UInt64"),
     },
     Migration {
         id: 11,
         name: "rejections_batch",
-        sql: "ALTER TABLE {db}.rejections ADD COLUMN batch UInt64",
+        sql: Sql::Text("ALTER TABLE {db}.rejections ADD COLUMN batch UInt64"),
     },
     Migration {
         id: 12,
         name: "duplicates_batch",
-        sql: "ALTER TABLE {db}.duplicates ADD COLUMN batch UInt64",
+        sql: Sql::Text("ALTER TABLE {db}.duplicates ADD COLUMN batch UInt64"),
     },
     Migration {
         id: 13,
         name: "invoice_lines_batch",
-        sql: "ALTER TABLE {db}.invoice_lines ADD COLUMN batch UInt64",
+        sql: Sql::Text("ALTER TABLE {db}.invoice_lines ADD COLUMN batch UInt64"),
     },
     Migration {
         id: 14,
         name: "rated_usage_batch",
-        sql: "ALTER TABLE {db}.rated_usage ADD COLUMN batch UInt64",
+        sql: Sql::Text("ALTER TABLE {db}.rated_usage ADD COLUMN batch UInt64"),
     },
     Migration {
         id: 15,
         name: "line_usage_batch",
-        sql: "ALTER TABLE {db}.line_usage ADD COLUMN batch UInt64",
+        sql: Sql::Text("ALTER TABLE {db}.line_usage ADD COLUMN batch UInt64"),
     },
     Migration {
         id: 16,
         name: "entitlement_signals",
-        sql: "CREATE TABLE IF NOT EXISTS {db}.entitlement_signals (
+        sql: Sql::Text("CREATE TABLE IF NOT EXISTS {db}.entitlement_signals (
     customer_id String,
     contract_id String,
     sku String,
@@ -249,12 +273,12 @@ ORDER BY (entity, entity_id, changed_at)",
     generation UInt32,
     batch UInt64
 ) ENGINE = MergeTree()
-ORDER BY (customer_id, contract_id, sku, period, signal, percent, version)",
+ORDER BY (customer_id, contract_id, sku, period, signal, percent, version)"),
     },
     Migration {
         id: 17,
         name: "shadow_invoice_lines",
-        sql: "CREATE TABLE IF NOT EXISTS {db}.shadow_invoice_lines (
+        sql: Sql::Text("CREATE TABLE IF NOT EXISTS {db}.shadow_invoice_lines (
     customer_id String,
     contract_id String,
     sku String,
@@ -273,12 +297,12 @@ ORDER BY (customer_id, contract_id, sku, period, signal, percent, version)",
     generation UInt32,
     batch UInt64
 ) ENGINE = MergeTree()
-ORDER BY (customer_id, invoice_period, contract_id, sku, region, service_period, line_type, version)",
+ORDER BY (customer_id, invoice_period, contract_id, sku, region, service_period, line_type, version)"),
     },
     Migration {
         id: 18,
         name: "usage_buckets",
-        sql: "CREATE TABLE IF NOT EXISTS {db}.usage_buckets (
+        sql: Sql::Text("CREATE TABLE IF NOT EXISTS {db}.usage_buckets (
     customer_id String,
     sku String,
     bucket_start DateTime,
@@ -291,12 +315,12 @@ ORDER BY (customer_id, invoice_period, contract_id, sku, region, service_period,
     batch UInt64
 ) ENGINE = MergeTree()
 PARTITION BY toYYYYMM(bucket_start)
-ORDER BY (customer_id, sku, bucket_start, version)",
+ORDER BY (customer_id, sku, bucket_start, version)"),
     },
     Migration {
         id: 19,
         name: "anomalies",
-        sql: "CREATE TABLE IF NOT EXISTS {db}.anomalies (
+        sql: Sql::Text("CREATE TABLE IF NOT EXISTS {db}.anomalies (
     customer_id String,
     sku String,
     kind String,
@@ -315,27 +339,27 @@ ORDER BY (customer_id, sku, bucket_start, version)",
     batch UInt64
 ) ENGINE = MergeTree()
 PARTITION BY toYYYYMM(window_start)
-ORDER BY (customer_id, sku, window_start, kind, version)",
+ORDER BY (customer_id, sku, window_start, kind, version)"),
     },
     Migration {
         id: 20,
         name: "line_usage_fee_adjustment",
         // Percentage prices with per-transaction min_fee / max_fee: what the limits changed,
         // summed (0 for every other price, and for rows written before).
-        sql: "ALTER TABLE {db}.line_usage ADD COLUMN fee_adjustment Decimal(38, 18)",
+        sql: Sql::Text("ALTER TABLE {db}.line_usage ADD COLUMN fee_adjustment Decimal(38, 18)"),
     },
     Migration {
         id: 21,
         name: "usage_events_kafka_key_headers",
         // An event read from Kafka keeps its message's key and headers (JSON), as rejections do.
-        sql: "ALTER TABLE {db}.usage_events ADD COLUMN kafka_key String, ADD COLUMN kafka_headers String",
+        sql: Sql::Text("ALTER TABLE {db}.usage_events ADD COLUMN kafka_key String, ADD COLUMN kafka_headers String"),
     },
     Migration {
         id: 22,
         name: "sink_progress_catalog_digest",
         // The digest of the catalog a commit's rows are priced under: a restart under the same
         // catalog has nothing to re-rate ('' for commits written before: re-rated as before).
-        sql: "ALTER TABLE {db}.sink_progress ADD COLUMN catalog_digest String",
+        sql: Sql::Text("ALTER TABLE {db}.sink_progress ADD COLUMN catalog_digest String"),
     },
     Migration {
         id: 23,
@@ -343,7 +367,7 @@ ORDER BY (customer_id, sku, window_start, kind, version)",
         // Per Kafka partition at the commit: the latest valid event time read and whether it was
         // idle (JSON). A restart judges lateness from exactly there ('' for commits written
         // before: the partitions start unknown, as they did).
-        sql: "ALTER TABLE {db}.sink_progress ADD COLUMN partitions String",
+        sql: Sql::Text("ALTER TABLE {db}.sink_progress ADD COLUMN partitions String"),
     },
 ];
 
@@ -354,20 +378,6 @@ pub const MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS {db}.schema_migra
     applied_at DateTime
 ) ENGINE = MergeTree()
 ORDER BY id";
-
-/// Tables whose rows carry the `epoch` that wrote them (deleted beyond the last commit on restart).
-pub const EPOCH_TABLES: [&str; 10] = [
-    "usage_events",
-    "rejections",
-    "duplicates",
-    "invoice_lines",
-    "rated_usage",
-    "line_usage",
-    "entitlement_signals",
-    "shadow_invoice_lines",
-    "usage_buckets",
-    "anomalies",
-];
 
 /// A statement with the database filled in.
 pub fn for_database(sql: &str, db: &str) -> String {

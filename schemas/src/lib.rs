@@ -19,6 +19,7 @@ pub mod money;
 pub mod pricing;
 pub mod rejection;
 pub mod rows;
+pub mod tables;
 pub mod time;
 pub mod validate;
 pub mod wire;

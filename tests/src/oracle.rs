@@ -454,7 +454,7 @@ pub fn billed_state(ch: &ClickHouseServer, database: &str) -> BTreeMap<String, S
         _ => None,
     };
     let mut state = BTreeMap::new();
-    for table in meterflow_schemas::ddl::EPOCH_TABLES {
+    for table in meterflow_schemas::tables::outputs().map(|t| t.name) {
         let rows = match facts(table) {
             Some(columns) => {
                 // Sorted here: records of one batched message share their offset.

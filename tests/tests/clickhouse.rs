@@ -2,6 +2,7 @@
 //! written like the embedded run, restarts after SIGKILL at random points, and an outage of
 //! ClickHouse in the middle of a run — with exactly the same totals every time.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -376,6 +377,8 @@ fn every_statement_meterflow_sends_and_every_documented_query_run_on_current_cli
         .arg(demo.join("out"))
         .arg("--http")
         .arg(f.ch.url())
+        .arg("--describe")
+        .arg(work.path().join("current.tsv"))
         .output()
         .expect("python3 runs");
     let report = format!(
@@ -388,6 +391,25 @@ fn every_statement_meterflow_sends_and_every_documented_query_run_on_current_cli
         out.status.success(),
         "current ClickHouse refused statements:\n{report}"
     );
+    // The migrated tables are the registered ones, column for column, on both servers.
+    let current = std::fs::read_to_string(work.path().join("current.tsv")).unwrap();
+    assert_eq!(
+        registry_differences(&current),
+        Vec::<String>::new(),
+        "current ClickHouse"
+    );
+    let old = f
+        .ch
+        .query("SELECT table, 'column', name, type FROM system.columns WHERE database = 'meterflow' FORMAT TabSeparated")
+        .unwrap()
+        + &f.ch
+            .query("SELECT name, 'table', engine, partition_key, sorting_key FROM system.tables WHERE database = 'meterflow' FORMAT TabSeparated")
+            .unwrap();
+    assert_eq!(
+        registry_differences(&old),
+        Vec::<String>::new(),
+        "ClickHouse 18.16"
+    );
     let sent = std::fs::read_to_string(&log).unwrap();
     for kind in [
         "CREATE TABLE",
@@ -398,4 +420,75 @@ fn every_statement_meterflow_sends_and_every_documented_query_run_on_current_cli
     ] {
         assert!(sent.contains(kind), "no `{kind}` statement was recorded");
     }
+}
+
+/// How the tables a server describes (lines of `table, 'column', name, type` and `table,
+/// 'table', engine, partition key, sorting key`) differ from the table registry.
+fn registry_differences(described: &str) -> Vec<String> {
+    use meterflow_schemas::tables::ALL;
+    let mut columns: BTreeMap<&str, Vec<(&str, &str)>> = BTreeMap::new();
+    let mut keys: BTreeMap<&str, (&str, &str, &str)> = BTreeMap::new();
+    for line in described.lines().filter(|l| !l.is_empty()) {
+        let f: Vec<&str> = line.split('\t').collect();
+        match f[..] {
+            [t, "column", name, ty] => columns.entry(t).or_default().push((name, ty)),
+            [t, "table", engine, partition, sorting] => {
+                keys.insert(t, (engine, partition, sorting));
+            }
+            _ => panic!("unexpected line {line:?}"),
+        }
+    }
+    let mut diffs = Vec::new();
+    let made: BTreeSet<&str> = keys
+        .keys()
+        .copied()
+        .filter(|t| *t != "schema_migrations")
+        .collect();
+    let registered: BTreeSet<&str> = ALL.iter().map(|t| t.name).collect();
+    if made != registered {
+        diffs.push(format!(
+            "migrated tables {made:?}, registered {registered:?}"
+        ));
+    }
+    for t in ALL {
+        let want: Vec<(&str, &str)> = t.columns.iter().map(|c| (c.name, c.ty)).collect();
+        let got = columns.get(t.name).cloned().unwrap_or_default();
+        if got != want {
+            diffs.push(format!("{}: columns {got:?}, registered {want:?}", t.name));
+        }
+        let want = (
+            "MergeTree",
+            t.partition_by.unwrap_or(""),
+            t.order_by.join(", "),
+        );
+        match keys.get(t.name) {
+            Some(&(e, p, o)) if (e, p, o) == (want.0, want.1, want.2.as_str()) => {}
+            got => diffs.push(format!(
+                "{}: engine and keys {got:?}, registered {want:?}",
+                t.name
+            )),
+        }
+    }
+    diffs
+}
+
+#[test]
+fn docs_list_exactly_the_registered_tables() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let doc = std::fs::read_to_string(root.join("docs/clickhouse.md")).unwrap();
+    let section = doc.split("\n## Tables\n").nth(1).expect("a Tables section");
+    let section = section.split("\n## ").next().unwrap();
+    let listed: Vec<&str> = section
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split('`').next())
+        .collect();
+    let registered: Vec<&str> = meterflow_schemas::tables::ALL
+        .iter()
+        .map(|t| t.name)
+        .collect();
+    let (mut a, mut b) = (listed.clone(), registered.clone());
+    a.sort_unstable();
+    b.sort_unstable();
+    assert_eq!(a, b, "docs/clickhouse.md lists {listed:?}");
 }

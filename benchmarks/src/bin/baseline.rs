@@ -11,15 +11,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
-use meterflow::sinks::files::{
-    duplicates_writer, invoice_lines_writer, prepare_out_dir, rated_usage_writer,
-    rejections_writer, usage_events_writer, Names,
-};
+use meterflow::sinks::files::{prepare_out_dir, Names, RowsWriter, SignedWriter};
 use meterflow::sources::files::FileInput;
 use meterflow_operators::aggregate::UsageSum;
 use meterflow_operators::decode::records;
 use meterflow_operators::price::{price_line, Priced};
 use meterflow_operators::rate_join::SegmentPrice;
+use meterflow_operators::signed::SignedState;
 use meterflow_operators::sink::TableWriter;
 use meterflow_operators::source::{ChunkReader, Read, StripedReader};
 use meterflow_operators::watermark::{LatenessPolicy, Verdict};
@@ -30,6 +28,7 @@ use meterflow_schemas::lineage::Lineage;
 use meterflow_schemas::money::{Quantity, Rounding};
 use meterflow_schemas::rejection::{Reason, Rejection};
 use meterflow_schemas::rows::{AcceptedEvent, Counts, DuplicateRow, InvoiceLine, LineKey};
+use meterflow_schemas::tables;
 use meterflow_schemas::time::{EventTime, Period, PeriodUnit, Span};
 use meterflow_schemas::validate::{ValidationRules, Validator};
 
@@ -69,15 +68,23 @@ fn main() -> anyhow::Result<()> {
         billable_environments: rules.billable_environments.clone(),
         period: policy.period,
     });
-    let mut usage_out = usage_events_writer(&out, 0, names.clone()).map_err(anyhow::Error::msg)?;
-    let mut rejections_out =
-        rejections_writer(&out, 0, names.clone()).map_err(anyhow::Error::msg)?;
-    let mut duplicates_out =
-        duplicates_writer(&out, 0, names.clone()).map_err(anyhow::Error::msg)?;
-    let lines_current = Arc::default();
-    let mut lines_out =
-        invoice_lines_writer(&out, 0, names.clone(), lines_current).map_err(anyhow::Error::msg)?;
-    let mut rated_out = rated_usage_writer(&out, 0, names.clone()).map_err(anyhow::Error::msg)?;
+    let facts = |t| RowsWriter::create(&out, t, 0, names.clone());
+    let mut usage_out = facts(&tables::USAGE_EVENTS).map_err(anyhow::Error::msg)?;
+    let mut rejections_out = RowsWriter::create(&out, &tables::REJECTIONS, 0, names.clone())
+        .map_err(anyhow::Error::msg)?;
+    let mut duplicates_out = RowsWriter::create(&out, &tables::DUPLICATES, 0, names.clone())
+        .map_err(anyhow::Error::msg)?;
+    let signed = |t| SignedWriter::create(&out, t, 0, names.clone(), SignedState::default(), None);
+    let mut lines_out = signed(&tables::INVOICE_LINES).map_err(anyhow::Error::msg)?;
+    let mut rated_out = SignedWriter::create(
+        &out,
+        &tables::RATED_USAGE,
+        0,
+        names.clone(),
+        SignedState::default(),
+        None,
+    )
+    .map_err(anyhow::Error::msg)?;
 
     let mut validator = Validator::new(rules.clone(), catalog.clone());
     let mut seen: HashMap<EventKey, Seen> = HashMap::new();

@@ -630,7 +630,7 @@ fn narrate(report: &RunReport, out: &Path) -> anyhow::Result<String> {
     }
     let _ = writeln!(s, "  sum(amount * sign) = 0: the voided usage is gone from the invoice, and its history stays.");
     let _ = writeln!(s, "\nTables written to {}:", out.display());
-    for t in crate::sinks::files::TABLES {
+    for t in meterflow_schemas::tables::outputs().map(|t| t.name) {
         let _ = writeln!(s, "  {}/{t}/part-*.csv", out.display());
     }
     let _ = writeln!(

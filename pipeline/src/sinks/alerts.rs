@@ -602,3 +602,44 @@ impl<R: Alertable> TableWriter<Signed<R>> for AlertingWriter<R> {
         Ok(())
     }
 }
+/// What the tables that alert (registered with `alerts`) need to send alerts.
+pub struct AlertTables<'a> {
+    /// `None`: alerting is off; `Some(None)`: to Kafka only.
+    pub format: &'a Option<Option<Format>>,
+    pub index: usize,
+    pub config: &'a AlertsConfig,
+    pub kafka: &'a crate::sources::kafka::KafkaConfig,
+    pub catalog: &'a Arc<Catalog>,
+    pub unit: PeriodUnit,
+    pub round_end: Epoch,
+}
+
+pub type Writer<R> = Box<dyn TableWriter<Signed<R>>>;
+
+impl AlertTables<'_> {
+    /// Worker 0 receives every row of these tables; it alone sends alerts.
+    pub fn wrap<R: Alertable>(
+        &self,
+        inner: Writer<R>,
+        held: Vec<(R, isize, u64)>,
+    ) -> Result<Writer<R>, String> {
+        let (Some(format), 0) = (self.format, self.index) else {
+            return Ok(inner);
+        };
+        let mut sinks: Vec<Box<dyn AlertSink>> = Vec::new();
+        if let Some(format) = format {
+            sinks.push(Box::new(Webhook::new(self.config, format.clone())?));
+        }
+        if let Some(topic) = &self.config.kafka_topic {
+            sinks.push(Box::new(KafkaAlerts::new(self.kafka, topic)?));
+        }
+        Ok(Box::new(AlertingWriter::new(
+            inner,
+            sinks,
+            self.catalog.clone(),
+            self.unit,
+            held,
+            self.round_end,
+        )))
+    }
+}

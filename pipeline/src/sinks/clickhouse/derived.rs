@@ -11,13 +11,13 @@ use meterflow_operators::Epoch;
 use meterflow_schemas::anomaly::{Anomaly, BucketRow};
 use meterflow_schemas::catalog::Catalog;
 use meterflow_schemas::rows::{EntitlementSignal, InvoiceLine, LineKey, LineUsage, RatedRow};
+use meterflow_schemas::tables::Table;
 use meterflow_schemas::time::Period;
 use serde::Serialize;
 
 use crate::sinks::clickhouse::client::{BatchId, ClickHouse};
-use crate::sinks::clickhouse::sink::{
-    in_key_order, seconds, ChNames, InsertFn, Inserter, PeriodLabels,
-};
+use crate::sinks::clickhouse::sink::{in_key_order, seconds, ChNames, Inserter, PeriodLabels};
+use crate::sinks::Kept;
 
 /// The identity columns every derived row starts with.
 struct KeyText<'a> {
@@ -102,10 +102,12 @@ pub(super) struct LineUsageRow<'a> {
 /// Amounts rounded to minor units, stored as `Decimal(38, 9)`.
 const AMOUNT_TO_9: i128 = 1_000_000_000;
 
-/// A signed table (`invoice_lines`, `rated_usage`, `line_usage`).
+/// A signed table: the writer of every `Shape::Signed` output.
 pub struct SignedTable<R: Ord + Clone> {
     state: SignedState<R>,
     inserter: Inserter<Change<R>>,
+    /// Receives the rows held at the end of the run (see [`HeldRows`]).
+    kept: Option<Kept<R>>,
 }
 
 impl<R: Ord + Clone + Send + 'static> TableWriter<Signed<R>> for SignedTable<R> {
@@ -123,6 +125,9 @@ impl<R: Ord + Clone + Send + 'static> TableWriter<Signed<R>> for SignedTable<R> 
     }
     fn start_flush(&mut self, frontier: Option<Epoch>) -> Result<bool, String> {
         self.inserter.wait()?;
+        if let (None, Some(k)) = (frontier, &self.kept) {
+            k.set(self.state.held());
+        }
         // Each change is stamped with the round it belongs to: a restart deletes exactly the
         // rounds after the last commit.
         let changes = self.state.changes(frontier);
@@ -137,81 +142,59 @@ impl<R: Ord + Clone + Send + 'static> TableWriter<Signed<R>> for SignedTable<R> 
     }
 }
 
-fn signed<R: Ord + Clone + Send + 'static>(
-    ch: ClickHouse,
-    names: Arc<ChNames>,
-    state: SignedState<R>,
-    insert: InsertFn<Change<R>>,
-    table: &str,
-) -> SignedTable<R> {
-    SignedTable {
-        state,
-        inserter: Inserter::spawn(ch, names, insert, table),
+impl<R: ChSigned> SignedTable<R> {
+    /// A writer of `table`, holding `state` (what the table holds after a restore), inserting on a
+    /// thread of its own.
+    pub fn open(
+        ch: ClickHouse,
+        names: Arc<ChNames>,
+        table: &'static Table,
+        state: SignedState<R>,
+        kept: Option<Kept<R>>,
+    ) -> SignedTable<R> {
+        SignedTable {
+            state,
+            inserter: Inserter::spawn(ch, names, R::insert, table.name),
+            kept,
+        }
     }
 }
 
-impl<R: Ord + Clone> SignedTable<R> {
-    /// The rows the table holds now.
-    pub fn held(&self) -> impl Iterator<Item = (&R, isize)> {
-        self.state.held()
-    }
+/// Rows of a signed table, as ClickHouse receives them.
+pub trait ChSigned: Ord + Clone + Send + 'static {
+    /// Inserts one batch of changes into `table`, in the table's `ORDER BY`.
+    fn insert(
+        ch: &ClickHouse,
+        n: &ChNames,
+        id: BatchId,
+        changes: &[Change<Self>],
+        table: &str,
+    ) -> Result<(), String>;
 }
 
-pub fn invoice_lines(
-    ch: ClickHouse,
-    names: Arc<ChNames>,
-    state: SignedState<InvoiceLine>,
-) -> SignedTable<InvoiceLine> {
-    signed(ch, names, state, insert_lines, "invoice_lines")
+macro_rules! ch_signed {
+    ($($row:ty => $insert:ident),* $(,)?) => {$(
+        impl ChSigned for $row {
+            fn insert(
+                ch: &ClickHouse,
+                n: &ChNames,
+                id: BatchId,
+                changes: &[Change<Self>],
+                table: &str,
+            ) -> Result<(), String> {
+                $insert(ch, n, id, changes, table)
+            }
+        }
+    )*};
 }
 
-pub fn rated_usage(
-    ch: ClickHouse,
-    names: Arc<ChNames>,
-    state: SignedState<RatedRow>,
-) -> SignedTable<RatedRow> {
-    signed(ch, names, state, insert_rated, "rated_usage")
-}
-
-pub fn line_usage(
-    ch: ClickHouse,
-    names: Arc<ChNames>,
-    state: SignedState<LineUsage>,
-) -> SignedTable<LineUsage> {
-    signed(ch, names, state, insert_line_usage, "line_usage")
-}
-
-fn insert_lines(
-    ch: &ClickHouse,
-    n: &ChNames,
-    id: BatchId,
-    changes: &[Change<InvoiceLine>],
-) -> Result<(), String> {
-    insert_lines_into(ch, n, id, changes, "invoice_lines")
-}
-
-fn insert_shadow_lines(
-    ch: &ClickHouse,
-    n: &ChNames,
-    id: BatchId,
-    changes: &[Change<InvoiceLine>],
-) -> Result<(), String> {
-    insert_lines_into(ch, n, id, changes, "shadow_invoice_lines")
-}
-
-/// `shadow_invoice_lines`: invoice lines under the contracts' shadow rate cards.
-pub fn shadow_invoice_lines(
-    ch: ClickHouse,
-    names: Arc<ChNames>,
-    state: SignedState<InvoiceLine>,
-) -> SignedTable<InvoiceLine> {
-    signed(
-        ch,
-        names,
-        state,
-        insert_shadow_lines,
-        "shadow_invoice_lines",
-    )
+ch_signed! {
+    InvoiceLine => insert_lines,
+    RatedRow => insert_rated,
+    LineUsage => insert_line_usage,
+    EntitlementSignal => insert_signals,
+    BucketRow => insert_buckets,
+    Anomaly => insert_anomalies,
 }
 
 /// Rows of an invoice line's history: labelled by their service and invoice periods.
@@ -241,7 +224,7 @@ fn line_labels<R: OfLine>(n: &ChNames, changes: &[Change<R>]) -> PeriodLabels {
     PeriodLabels::of(n.period, changes.iter().flat_map(|c| c.row.periods()))
 }
 
-fn insert_lines_into(
+fn insert_lines(
     ch: &ClickHouse,
     n: &ChNames,
     id: BatchId,
@@ -311,12 +294,11 @@ fn insert_rated(
     n: &ChNames,
     id: BatchId,
     changes: &[Change<RatedRow>],
+    table: &str,
 ) -> Result<(), String> {
     let labels = line_labels(n, changes);
     let changes = rated_order(n, &labels, id, changes);
-    ch.insert_batch::<RatedRowCh<'static>, _>("rated_usage", id, &changes, |c| {
-        rated_row(n, &labels, id, c)
-    })
+    ch.insert_batch::<RatedRowCh<'static>, _>(table, id, &changes, |c| rated_row(n, &labels, id, c))
 }
 
 /// A batch in the table's `ORDER BY`, read from the row's own columns.
@@ -379,10 +361,11 @@ fn insert_line_usage(
     n: &ChNames,
     id: BatchId,
     changes: &[Change<LineUsage>],
+    table: &str,
 ) -> Result<(), String> {
     let labels = line_labels(n, changes);
     let changes = line_usage_order(n, &labels, id, changes);
-    ch.insert_batch::<LineUsageRow<'static>, _>("line_usage", id, &changes, |c| {
+    ch.insert_batch::<LineUsageRow<'static>, _>(table, id, &changes, |c| {
         line_usage_row(n, &labels, id, c)
     })
 }
@@ -456,23 +439,16 @@ struct SignalRow<'a> {
     batch: u64,
 }
 
-pub fn entitlement_signals(
-    ch: ClickHouse,
-    names: Arc<ChNames>,
-    state: SignedState<EntitlementSignal>,
-) -> SignedTable<EntitlementSignal> {
-    signed(ch, names, state, insert_signals, "entitlement_signals")
-}
-
 fn insert_signals(
     ch: &ClickHouse,
     n: &ChNames,
     id: BatchId,
     changes: &[Change<EntitlementSignal>],
+    table: &str,
 ) -> Result<(), String> {
     let c = &n.catalog;
     let labels = PeriodLabels::of(n.period, changes.iter().map(|c| c.row.period));
-    ch.insert_batch::<SignalRow<'static>, _>("entitlement_signals", id, changes, |ch| {
+    ch.insert_batch::<SignalRow<'static>, _>(table, id, changes, |ch| {
         let e = &ch.row;
         SignalRow {
             customer_id: &c.customers[e.customer.ix()].id,
@@ -506,24 +482,15 @@ pub(super) struct BucketRowCh<'a> {
     batch: u64,
 }
 
-pub fn usage_buckets(
-    ch: ClickHouse,
-    names: Arc<ChNames>,
-    state: SignedState<BucketRow>,
-) -> SignedTable<BucketRow> {
-    signed(ch, names, state, insert_buckets, "usage_buckets")
-}
-
 fn insert_buckets(
     ch: &ClickHouse,
     n: &ChNames,
     id: BatchId,
     changes: &[Change<BucketRow>],
+    table: &str,
 ) -> Result<(), String> {
     let changes = bucket_order(n, changes);
-    ch.insert_batch::<BucketRowCh<'static>, _>("usage_buckets", id, &changes, |ch| {
-        bucket_row(n, id, ch)
-    })
+    ch.insert_batch::<BucketRowCh<'static>, _>(table, id, &changes, |ch| bucket_row(n, id, ch))
 }
 
 /// A `usage_buckets` batch in the table's order: `(customer_id, sku, bucket_start, version)`.
@@ -582,22 +549,15 @@ struct AnomalyRow<'a> {
     batch: u64,
 }
 
-pub fn anomalies(
-    ch: ClickHouse,
-    names: Arc<ChNames>,
-    state: SignedState<Anomaly>,
-) -> SignedTable<Anomaly> {
-    signed(ch, names, state, insert_anomalies, "anomalies")
-}
-
 fn insert_anomalies(
     ch: &ClickHouse,
     n: &ChNames,
     id: BatchId,
     changes: &[Change<Anomaly>],
+    table: &str,
 ) -> Result<(), String> {
     let c = &n.catalog;
-    ch.insert_batch::<AnomalyRow<'static>, _>("anomalies", id, changes, |ch| {
+    ch.insert_batch::<AnomalyRow<'static>, _>(table, id, changes, |ch| {
         let a = &ch.row;
         AnomalyRow {
             customer_id: &c.customers[a.customer.ix()].id,

@@ -29,7 +29,7 @@ pub fn migrate(ch: &ClickHouse) -> Result<Vec<&'static str>, String> {
         if applied.iter().any(|a| a.id == m.id) {
             continue;
         }
-        ch.execute(m.sql)?;
+        ch.execute(&m.sql.text())?;
         let now = meterflow_schemas::time::EventTime::now().0 / 1000;
         ch.insert::<Record<'static>>(
             "schema_migrations",
@@ -46,10 +46,11 @@ pub fn migrate(ch: &ClickHouse) -> Result<Vec<&'static str>, String> {
 
 /// Every statement `migrate` may run, for `database`, each followed by `;` and a blank line.
 pub fn script(database: &str) -> String {
-    std::iter::once("CREATE DATABASE IF NOT EXISTS {db}")
-        .chain(std::iter::once(MIGRATIONS_TABLE))
-        .chain(MIGRATIONS.iter().map(|m| m.sql))
-        .map(|sql| format!("{};\n\n", for_database(sql, database)))
+    ["CREATE DATABASE IF NOT EXISTS {db}", MIGRATIONS_TABLE]
+        .into_iter()
+        .map(std::borrow::Cow::Borrowed)
+        .chain(MIGRATIONS.iter().map(|m| m.sql.text()))
+        .map(|sql| format!("{};\n\n", for_database(&sql, database)))
         .collect()
 }
 

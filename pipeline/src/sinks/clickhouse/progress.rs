@@ -6,8 +6,8 @@ use meterflow_operators::decode::PartitionTime;
 use meterflow_operators::progress::{Progress, ProgressStore};
 use meterflow_operators::source::Position;
 use meterflow_operators::Epoch;
-use meterflow_schemas::ddl::EPOCH_TABLES;
 use meterflow_schemas::rows::Counts;
+use meterflow_schemas::tables;
 use meterflow_schemas::time::EventTime;
 use serde::{Deserialize, Serialize};
 
@@ -241,7 +241,7 @@ pub(crate) fn delete_uncommitted(ch: &ClickHouse, committed: Option<u64>) -> Res
 }
 
 fn delete_where(ch: &ClickHouse, condition: &str) -> Result<(), String> {
-    for table in EPOCH_TABLES {
+    for table in tables::outputs().map(|t| t.name) {
         let rows: Vec<Count> = ch.fetch(&format!(
             "SELECT count() AS n FROM {{db}}.{table} WHERE {condition}"
         ))?;

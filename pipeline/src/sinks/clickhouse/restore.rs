@@ -32,6 +32,9 @@ use std::collections::{BTreeSet, HashMap};
 use clickhouse::Row;
 use meterflow_operators::aggregate::{UsageRecord, UsageSum};
 use meterflow_operators::anomalies::AnomalySeed;
+use meterflow_schemas::tables;
+
+use crate::sinks::ByTable;
 use meterflow_operators::dataflow::{Plan, Resume};
 use meterflow_operators::dedup::DedupSeed;
 use meterflow_operators::dedup::{usage_delta, BilledEvent};
@@ -61,13 +64,8 @@ pub struct Restored {
     /// The generation this start writes as.
     pub generation: u32,
     pub resume: Resume,
-    pub invoice_lines: Vec<(InvoiceLine, isize, u64)>,
-    pub rated_usage: Vec<(RatedRow, isize, u64)>,
-    pub line_usage: Vec<(LineUsage, isize, u64)>,
-    pub entitlement_signals: Vec<(EntitlementSignal, isize, u64)>,
-    pub shadow_invoice_lines: Vec<(InvoiceLine, isize, u64)>,
-    pub usage_buckets: Vec<(BucketRow, isize, u64)>,
-    pub anomalies: Vec<(Anomaly, isize, u64)>,
+    /// What each signed table holds at the commit: `Vec<(row, multiplicity, version)>`.
+    pub held: ByTable,
 }
 
 #[derive(Row, Deserialize)]
@@ -351,7 +349,7 @@ pub fn restore(
     let (buckets_from, verdicts_from) =
         Detector::new(anomaly_rules.clone(), dedup_horizon, catalog)
             .held_from(progress.watermark.unwrap_or(EventTime::MIN));
-    let (usage_buckets, anomalies) = if anomaly_rules.enabled {
+    let (usage_buckets, anomalies_held) = if anomaly_rules.enabled {
         (
             held_buckets(ch, &lookup, &upto, buckets_from)?,
             held_anomalies(ch, &lookup, &upto, verdicts_from)?,
@@ -390,6 +388,10 @@ pub fn restore(
     let reported = held_reported(ch, &lookup, &upto)?;
     // Seeds of one key add up in the dataflow, so restored lines and re-rated events simply
     // concatenate.
+    let anomalies = AnomalySeed {
+        buckets: usage_buckets.iter().map(|(b, _, _)| *b).collect(),
+        anomalies: anomalies_held.iter().map(|(a, _, _)| a.clone()).collect(),
+    };
     let mut usage: Vec<(UsageRecord, UsageSum)> = line_usage
         .iter()
         .filter(|(u, _, _)| !from_readings(&u.key) && !rerated.contains(&group_of(&u.key)))
@@ -402,6 +404,14 @@ pub fn restore(
             ((u.price, (u.key, u.invoice_period)), sum)
         })
         .collect();
+    let mut held = ByTable::default();
+    held.put(&tables::INVOICE_LINES, invoice_lines);
+    held.put(&tables::SHADOW_INVOICE_LINES, shadow_invoice_lines);
+    held.put(&tables::RATED_USAGE, rated_usage);
+    held.put(&tables::LINE_USAGE, line_usage);
+    held.put(&tables::ENTITLEMENT_SIGNALS, entitlement_signals);
+    held.put(&tables::USAGE_BUCKETS, usage_buckets);
+    held.put(&tables::ANOMALIES, anomalies_held);
     for d in &rerated_deltas {
         let aggregation = catalog.skus[d.line.sku.ix()].aggregation;
         if aggregation.is_additive() {
@@ -416,20 +426,11 @@ pub fn restore(
             progress: Some(progress),
             dedup,
             usage,
-            anomalies: AnomalySeed {
-                buckets: usage_buckets.iter().map(|(b, _, _)| *b).collect(),
-                anomalies: anomalies.iter().map(|(a, _, _)| a.clone()).collect(),
-            },
+            anomalies,
             readings,
             reported,
         },
-        usage_buckets,
-        anomalies,
-        invoice_lines,
-        rated_usage,
-        line_usage,
-        entitlement_signals,
-        shadow_invoice_lines,
+        held,
     })
 }
 

@@ -18,6 +18,7 @@ use meterflow_schemas::event::{Environment, Metadata};
 use meterflow_schemas::lineage::Lineage;
 use meterflow_schemas::rejection::Rejection;
 use meterflow_schemas::rows::{AcceptedEvent, DuplicateRow};
+use meterflow_schemas::tables::Table;
 use meterflow_schemas::time::{EventTime, Period, PeriodUnit};
 use serde::Serialize;
 
@@ -196,7 +197,8 @@ pub(crate) const NO_METADATA: Metadata = Metadata {
     attributes: None,
 };
 
-pub(crate) type InsertFn<T> = fn(&ClickHouse, &ChNames, BatchId, &[T]) -> Result<(), String>;
+/// Inserts a batch into the named table.
+pub(crate) type InsertFn<T> = fn(&ClickHouse, &ChNames, BatchId, &[T], &str) -> Result<(), String>;
 
 /// Inserts a table's batches on a thread of its own, one batch at a time, so that a flush does
 /// not stall the timely worker and the tables insert side by side. The insert retries with
@@ -216,6 +218,7 @@ impl<T: Send + 'static> Inserter<T> {
     ) -> Inserter<T> {
         let (batches, todo) = mpsc::channel::<Vec<T>>();
         let (done, results) = mpsc::channel();
+        let name = table.to_string();
         let spawned = std::thread::Builder::new()
             .name(format!("insert {table}"))
             .spawn(move || {
@@ -225,7 +228,7 @@ impl<T: Send + 'static> Inserter<T> {
                 };
                 for batch in todo {
                     id.batch += 1;
-                    if done.send(insert(&ch, &names, id, &batch)).is_err() {
+                    if done.send(insert(&ch, &names, id, &batch, &name)).is_err() {
                         break;
                     }
                 }
@@ -304,28 +307,48 @@ impl<D: Send + 'static> TableWriter<D> for FactsWriter<D> {
     }
 }
 
-fn facts<D: Send + 'static>(
-    ch: ClickHouse,
-    names: Arc<ChNames>,
-    insert: InsertFn<(Epoch, D)>,
-    table: &str,
-) -> FactsWriter<D> {
-    FactsWriter {
-        buffer: Vec::new(),
-        inserter: Inserter::spawn(ch, names, insert, table),
+impl<D: ChFact> FactsWriter<D> {
+    /// A writer of `table`'s rows, inserting on a thread of its own.
+    pub fn open(ch: ClickHouse, names: Arc<ChNames>, table: &'static Table) -> FactsWriter<D> {
+        FactsWriter {
+            buffer: Vec::new(),
+            inserter: Inserter::spawn(ch, names, D::insert, table.name),
+        }
     }
 }
 
-pub fn usage_events(ch: ClickHouse, names: Arc<ChNames>) -> FactsWriter<AcceptedEvent> {
-    facts(ch, names, insert_usage, "usage_events")
+/// Rows of a fact table, as ClickHouse receives them.
+pub trait ChFact: Send + Sized + 'static {
+    /// Inserts one batch into `table`, in the table's `ORDER BY` where that is cheap to reach.
+    fn insert(
+        ch: &ClickHouse,
+        n: &ChNames,
+        id: BatchId,
+        rows: &[(Epoch, Self)],
+        table: &str,
+    ) -> Result<(), String>;
 }
 
-pub fn rejections(ch: ClickHouse, names: Arc<ChNames>) -> FactsWriter<Rejection> {
-    facts(ch, names, insert_rejections, "rejections")
+macro_rules! ch_fact {
+    ($($row:ty => $insert:ident),* $(,)?) => {$(
+        impl ChFact for $row {
+            fn insert(
+                ch: &ClickHouse,
+                n: &ChNames,
+                id: BatchId,
+                rows: &[(Epoch, Self)],
+                table: &str,
+            ) -> Result<(), String> {
+                $insert(ch, n, id, rows, table)
+            }
+        }
+    )*};
 }
 
-pub fn duplicates(ch: ClickHouse, names: Arc<ChNames>) -> FactsWriter<DuplicateRow> {
-    facts(ch, names, insert_duplicates, "duplicates")
+ch_fact! {
+    AcceptedEvent => insert_usage,
+    Rejection => insert_rejections,
+    DuplicateRow => insert_duplicates,
 }
 
 fn insert_usage(
@@ -333,6 +356,7 @@ fn insert_usage(
     n: &ChNames,
     id: BatchId,
     rows: &[(Epoch, AcceptedEvent)],
+    table: &str,
 ) -> Result<(), String> {
     let labels = PeriodLabels::of(
         n.period,
@@ -340,9 +364,7 @@ fn insert_usage(
             .flat_map(|(_, a)| [a.service_period, a.invoice_period]),
     );
     let rows = usage_order(n, rows);
-    ch.insert_batch::<UsageRow<'static>, _>("usage_events", id, &rows, |r| {
-        usage_row(n, &labels, id, r)
-    })
+    ch.insert_batch::<UsageRow<'static>, _>(table, id, &rows, |r| usage_row(n, &labels, id, r))
 }
 
 /// A `usage_events` batch in the table's order: `(customer_id, sku, event_time, event_id)`.
@@ -415,9 +437,10 @@ fn insert_rejections(
     n: &ChNames,
     id: BatchId,
     rows: &[(Epoch, Rejection)],
+    table: &str,
 ) -> Result<(), String> {
     let now = seconds(EventTime::now());
-    ch.insert_batch::<RejectionRow<'static>, _>("rejections", id, rows, |(epoch, r)| RejectionRow {
+    ch.insert_batch::<RejectionRow<'static>, _>(table, id, rows, |(epoch, r)| RejectionRow {
         reason: r.reason.code(),
         field: r.field.as_deref().unwrap_or(""),
         message: &r.message,
@@ -441,19 +464,18 @@ fn insert_duplicates(
     n: &ChNames,
     id: BatchId,
     rows: &[(Epoch, DuplicateRow)],
+    table: &str,
 ) -> Result<(), String> {
-    ch.insert_batch::<DuplicateRowCh<'static>, _>("duplicates", id, rows, |(epoch, d)| {
-        DuplicateRowCh {
-            event_id: &d.event_id,
-            event_time: seconds(d.time),
-            event_time_ms: d.time.0,
-            source: n.source(d.lineage),
-            partition: d.lineage.partition,
-            offset: d.lineage.offset,
-            epoch: *epoch,
-            generation: n.generation,
-            batch: id.batch,
-        }
+    ch.insert_batch::<DuplicateRowCh<'static>, _>(table, id, rows, |(epoch, d)| DuplicateRowCh {
+        event_id: &d.event_id,
+        event_time: seconds(d.time),
+        event_time_ms: d.time.0,
+        source: n.source(d.lineage),
+        partition: d.lineage.partition,
+        offset: d.lineage.offset,
+        epoch: *epoch,
+        generation: n.generation,
+        batch: id.batch,
     })
 }
 
@@ -463,7 +485,6 @@ mod tests {
 
     use meterflow_schemas::anomaly::Bucket;
     use meterflow_schemas::catalog::PriceIdx;
-    use meterflow_schemas::ddl::MIGRATIONS;
     use meterflow_schemas::fixtures::{self, event};
     use meterflow_schemas::money::{Amount, Quantity};
     use meterflow_schemas::rows::{Arrival, LineKind};
@@ -489,16 +510,13 @@ mod tests {
         }
     }
 
-    /// The `ORDER BY` columns of `table`, read from the DDL meterflow migrates with.
+    /// The `ORDER BY` columns of `table`, as registered (the migrated tables are checked against
+    /// the registry in the suite).
     fn order_by(table: &str) -> Vec<&'static str> {
-        let create = format!("CREATE TABLE IF NOT EXISTS {{db}}.{table} (");
-        let sql = MIGRATIONS
-            .iter()
-            .find(|m| m.sql.starts_with(&create))
-            .expect("the table's migration")
-            .sql;
-        let key = sql.split("ORDER BY (").nth(1).expect("an ORDER BY");
-        key[..key.find(')').unwrap()].split(", ").collect()
+        meterflow_schemas::tables::named(table)
+            .expect("a registered table")
+            .order_by
+            .to_vec()
     }
 
     /// How ClickHouse orders two values of a key column: strings bytewise, numbers by value.

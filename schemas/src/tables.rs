@@ -1,0 +1,555 @@
+//! The table registry: one description per table meterflow writes, read by everything that
+//! touches a table — the dataflow's sinks (who writes it, how rows are shaped), the file sink (the
+//! CSV header), the ClickHouse sink (the table name, the order rows are sent in), restore (which
+//! tables carry epochs), `migrate` (the DDL of new tables), and the tests that hold the
+//! migrations, the sinks and `docs/clickhouse.md` to it.
+//!
+//! Adding a table is one description here, its row type, the operator that produces it, and a
+//! migration (`Sql::Create` of the description).
+
+use std::fmt::Write as _;
+
+/// A column: its name and ClickHouse type (as `DESCRIBE TABLE` prints it on 18.16 and current).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Column {
+    pub name: &'static str,
+    pub ty: &'static str,
+}
+
+const fn col(name: &'static str, ty: &'static str) -> Column {
+    Column { name, ty }
+}
+
+/// What a row of a dataflow output is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shape {
+    /// One row per fact (an event, a rejection, a duplicate), written once.
+    Facts,
+    /// Append-only signed rows: `+1` adds a row, `-1` retracts the row of the same `version`;
+    /// `sum(x * sign)` is the current truth, and the history stays (plain `MergeTree`).
+    Signed,
+}
+
+/// Which timely worker writes a dataflow output's rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Written {
+    /// Every worker writes its own share (`part-<worker>.csv`, its own inserts).
+    PerWorker,
+    /// Rows are exchanged to worker 0, which writes them all.
+    Gathered,
+}
+
+/// How the dataflow writes a table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Output {
+    pub shape: Shape,
+    pub written: Written,
+    /// The header of the table's CSV files in the embedded output (a subset of the columns).
+    pub csv: &'static str,
+    /// Rows becoming active (and going away) are also sent as alerts (`[alerts]`).
+    pub alerts: bool,
+}
+
+/// One table.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Table {
+    pub name: &'static str,
+    /// The Rust type of a row, as the dataflow produces it (for signed tables, the row that is
+    /// signed).
+    pub row: &'static str,
+    /// What a row is, in a sentence.
+    pub about: &'static str,
+    /// Every column, in the order the migrations leave them.
+    pub columns: &'static [Column],
+    pub partition_by: Option<&'static str>,
+    pub order_by: &'static [&'static str],
+    /// `None`: written outside the dataflow (progress, the catalog log).
+    pub output: Option<Output>,
+}
+
+impl Table {
+    /// The dataflow output's description (panics for tables the dataflow does not write).
+    pub fn output(&self) -> Output {
+        self.output
+            .unwrap_or_else(|| panic!("{} is not a dataflow output", self.name))
+    }
+
+    pub fn column(&self, name: &str) -> Option<&Column> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+
+    /// `CREATE TABLE` for the table as described, with `{db}` for the database. Runs on ClickHouse
+    /// 18.16 and current (plain `MergeTree`, only types both know).
+    pub fn create_sql(&self) -> String {
+        let mut sql = format!("CREATE TABLE IF NOT EXISTS {{db}}.{} (\n", self.name);
+        let columns: Vec<String> = self
+            .columns
+            .iter()
+            .map(|c| format!("    {} {}", c.name, c.ty))
+            .collect();
+        sql.push_str(&columns.join(",\n"));
+        sql.push_str("\n) ENGINE = MergeTree()");
+        if let Some(p) = self.partition_by {
+            let _ = write!(sql, "\nPARTITION BY {p}");
+        }
+        let _ = write!(sql, "\nORDER BY ({})", self.order_by.join(", "));
+        sql
+    }
+}
+
+/// Every table meterflow writes, dataflow outputs first in the order the dataflow builds them.
+pub const ALL: &[&Table] = &[
+    &USAGE_EVENTS,
+    &REJECTIONS,
+    &DUPLICATES,
+    &INVOICE_LINES,
+    &RATED_USAGE,
+    &LINE_USAGE,
+    &SHADOW_INVOICE_LINES,
+    &ENTITLEMENT_SIGNALS,
+    &USAGE_BUCKETS,
+    &ANOMALIES,
+    &SINK_PROGRESS,
+    &CATALOG_CHANGES,
+];
+
+/// The tables the dataflow writes. Their rows carry the `epoch` that wrote them: a restart
+/// deletes the rows beyond the last commit.
+pub fn outputs() -> impl Iterator<Item = &'static Table> {
+    ALL.iter().copied().filter(|t| t.output.is_some())
+}
+
+/// A registered table by name.
+pub fn named(name: &str) -> Option<&'static Table> {
+    ALL.iter().copied().find(|t| t.name == name)
+}
+
+const fn facts(csv: &'static str) -> Option<Output> {
+    Some(Output {
+        shape: Shape::Facts,
+        written: Written::PerWorker,
+        csv,
+        alerts: false,
+    })
+}
+
+const fn signed(csv: &'static str, alerts: bool) -> Option<Output> {
+    Some(Output {
+        shape: Shape::Signed,
+        written: Written::Gathered,
+        csv,
+        alerts,
+    })
+}
+
+/// Where a row came from and who wrote it.
+const WRITTEN_BY: [Column; 3] = [
+    col("epoch", "UInt64"),
+    col("generation", "UInt32"),
+    col("batch", "UInt64"),
+];
+
+pub const USAGE_EVENTS: Table = Table {
+    name: "usage_events",
+    row: "AcceptedEvent",
+    about: "one accepted event, with its price inputs and lineage",
+    columns: &[
+        col("event_id", "String"),
+        col("customer_id", "String"),
+        col("contract_id", "String"),
+        col("sku", "String"),
+        col("unit", "String"),
+        col("quantity", "Decimal(38, 9)"),
+        col("event_time", "DateTime"),
+        col("event_time_ms", "Int64"),
+        col("environment", "String"),
+        col("billable", "UInt8"),
+        col("region", "String"),
+        col("plan", "String"),
+        col("marketplace", "String"),
+        col("attributes", "String"),
+        col("correction_action", "String"),
+        col("correction_of", "String"),
+        col("rate_card", "String"),
+        col("rate_card_version", "UInt32"),
+        col("price_region", "String"),
+        col("service_period", "String"),
+        col("invoice_period", "String"),
+        col("arrival", "String"),
+        col("fingerprint", "UInt64"),
+        col("source", "String"),
+        col("partition", "Int32"),
+        col("offset", "UInt64"),
+        WRITTEN_BY[0],
+        WRITTEN_BY[1],
+        WRITTEN_BY[2],
+        col("kafka_key", "String"),
+        col("kafka_headers", "String"),
+    ],
+    partition_by: Some("toYYYYMM(event_time)"),
+    order_by: &["customer_id", "sku", "event_time", "event_id"],
+    output: facts("event_id,customer_id,contract_id,sku,unit,quantity,event_time,environment,billable,region,plan,marketplace,attributes,correction_action,correction_of,rate_card,rate_card_version,price_region,service_period,invoice_period,arrival,source,offset,kafka_key,kafka_headers"),
+};
+
+pub const REJECTIONS: Table = Table {
+    name: "rejections",
+    row: "Rejection",
+    about: "one rejected record: reason, remediation, raw payload and lineage",
+    columns: &[
+        col("reason", "String"),
+        col("field", "String"),
+        col("message", "String"),
+        col("remediation", "String"),
+        col("event_id", "String"),
+        col("source", "String"),
+        col("partition", "Int32"),
+        col("offset", "UInt64"),
+        col("raw_payload", "String"),
+        col("rejected_at", "DateTime"),
+        WRITTEN_BY[0],
+        WRITTEN_BY[1],
+        col("kafka_key", "String"),
+        col("kafka_headers", "String"),
+        WRITTEN_BY[2],
+    ],
+    partition_by: Some("toYYYYMM(rejected_at)"),
+    order_by: &["reason", "rejected_at", "source", "partition", "offset"],
+    output: facts(
+        "reason,field,message,remediation,event_id,source,offset,raw_payload,kafka_key,kafka_headers",
+    ),
+};
+
+pub const DUPLICATES: Table = Table {
+    name: "duplicates",
+    row: "DuplicateRow",
+    about: "one retry of an accepted event and where it was",
+    columns: &[
+        col("event_id", "String"),
+        col("event_time", "DateTime"),
+        col("event_time_ms", "Int64"),
+        col("source", "String"),
+        col("partition", "Int32"),
+        col("offset", "UInt64"),
+        WRITTEN_BY[0],
+        WRITTEN_BY[1],
+        WRITTEN_BY[2],
+    ],
+    partition_by: Some("toYYYYMM(event_time)"),
+    order_by: &["event_id", "source", "partition", "offset"],
+    output: facts("event_id,event_time,source,offset"),
+};
+
+/// The columns of an invoice line (`invoice_lines`, `shadow_invoice_lines`).
+const LINE_COLUMNS: &[Column] = &[
+    col("customer_id", "String"),
+    col("contract_id", "String"),
+    col("sku", "String"),
+    col("region", "String"),
+    col("service_period", "String"),
+    col("invoice_period", "String"),
+    col("line_type", "String"),
+    col("currency", "String"),
+    col("events", "Int64"),
+    col("quantity", "Decimal(38, 9)"),
+    col("amount", "Decimal(38, 9)"),
+    col("amount_exact", "Decimal(38, 18)"),
+    col("sign", "Int8"),
+    col("version", "UInt64"),
+    WRITTEN_BY[0],
+    WRITTEN_BY[1],
+    WRITTEN_BY[2],
+];
+
+const LINE_ORDER: &[&str] = &[
+    "customer_id",
+    "invoice_period",
+    "contract_id",
+    "sku",
+    "region",
+    "service_period",
+    "line_type",
+    "version",
+];
+
+const LINE_CSV: &str = "customer_id,contract_id,sku,region,service_period,invoice_period,line_type,currency,events,quantity,amount,amount_exact,sign,version";
+
+pub const INVOICE_LINES: Table = Table {
+    name: "invoice_lines",
+    row: "InvoiceLine",
+    about: "one signed state of an invoice line",
+    columns: LINE_COLUMNS,
+    partition_by: None,
+    order_by: LINE_ORDER,
+    output: signed(LINE_CSV, false),
+};
+
+pub const SHADOW_INVOICE_LINES: Table = Table {
+    name: "shadow_invoice_lines",
+    row: "InvoiceLine",
+    about: "one signed state of an invoice line under the contract's shadow rate card",
+    columns: LINE_COLUMNS,
+    partition_by: None,
+    order_by: LINE_ORDER,
+    output: signed(LINE_CSV, false),
+};
+
+pub const RATED_USAGE: Table = Table {
+    name: "rated_usage",
+    row: "RatedRow",
+    about: "one signed (line, rate-card version, tier) amount",
+    columns: &[
+        col("customer_id", "String"),
+        col("contract_id", "String"),
+        col("sku", "String"),
+        col("region", "String"),
+        col("service_period", "String"),
+        col("invoice_period", "String"),
+        col("rate_card", "String"),
+        col("rate_card_version", "UInt32"),
+        col("model", "String"),
+        col("tier", "UInt32"),
+        col("quantity", "Decimal(38, 9)"),
+        col("amount", "Decimal(38, 18)"),
+        col("currency", "String"),
+        col("sign", "Int8"),
+        col("version", "UInt64"),
+        WRITTEN_BY[0],
+        WRITTEN_BY[1],
+        WRITTEN_BY[2],
+    ],
+    partition_by: None,
+    order_by: &[
+        "customer_id",
+        "invoice_period",
+        "contract_id",
+        "sku",
+        "region",
+        "service_period",
+        "rate_card",
+        "rate_card_version",
+        "tier",
+        "version",
+    ],
+    output: signed("customer_id,contract_id,sku,region,service_period,invoice_period,rate_card,rate_card_version,model,tier,quantity,amount,currency,sign,version", false),
+};
+
+pub const LINE_USAGE: Table = Table {
+    name: "line_usage",
+    row: "LineUsage",
+    about: "one signed pricing input: usage per line and rate-card version",
+    columns: &[
+        col("customer_id", "String"),
+        col("contract_id", "String"),
+        col("sku", "String"),
+        col("region", "String"),
+        col("service_period", "String"),
+        col("invoice_period", "String"),
+        col("rate_card", "String"),
+        col("rate_card_version", "UInt32"),
+        col("events", "Int64"),
+        col("quantity", "Decimal(38, 9)"),
+        col("sign", "Int8"),
+        col("version", "UInt64"),
+        WRITTEN_BY[0],
+        WRITTEN_BY[1],
+        WRITTEN_BY[2],
+        col("fee_adjustment", "Decimal(38, 18)"),
+    ],
+    partition_by: None,
+    order_by: &[
+        "customer_id",
+        "contract_id",
+        "sku",
+        "region",
+        "service_period",
+        "invoice_period",
+        "rate_card",
+        "rate_card_version",
+        "version",
+    ],
+    output: signed("customer_id,contract_id,sku,region,service_period,invoice_period,rate_card,rate_card_version,events,quantity,fee_adjustment,sign,version", false),
+};
+
+pub const ENTITLEMENT_SIGNALS: Table = Table {
+    name: "entitlement_signals",
+    row: "EntitlementSignal",
+    about: "one signed entitlement signal: a threshold or limit a contract's usage crossed",
+    columns: &[
+        col("customer_id", "String"),
+        col("contract_id", "String"),
+        col("sku", "String"),
+        col("period", "String"),
+        col("signal", "String"),
+        col("percent", "UInt32"),
+        col("at_quantity", "Decimal(38, 9)"),
+        col("allowance", "Decimal(38, 9)"),
+        col("sign", "Int8"),
+        col("version", "UInt64"),
+        WRITTEN_BY[0],
+        WRITTEN_BY[1],
+        WRITTEN_BY[2],
+    ],
+    partition_by: None,
+    order_by: &[
+        "customer_id",
+        "contract_id",
+        "sku",
+        "period",
+        "signal",
+        "percent",
+        "version",
+    ],
+    output: signed(
+        "customer_id,contract_id,sku,period,signal,percent,at_quantity,allowance,sign,version",
+        true,
+    ),
+};
+
+pub const USAGE_BUCKETS: Table = Table {
+    name: "usage_buckets",
+    row: "BucketRow",
+    about: "one signed state of a meter's usage in a bucket (an hour)",
+    columns: &[
+        col("customer_id", "String"),
+        col("sku", "String"),
+        col("bucket_start", "DateTime"),
+        col("events", "Int64"),
+        col("quantity", "Decimal(38, 9)"),
+        col("sign", "Int8"),
+        col("version", "UInt64"),
+        WRITTEN_BY[0],
+        WRITTEN_BY[1],
+        WRITTEN_BY[2],
+    ],
+    partition_by: Some("toYYYYMM(bucket_start)"),
+    order_by: &["customer_id", "sku", "bucket_start", "version"],
+    output: signed(
+        "customer_id,sku,bucket_start,events,quantity,sign,version",
+        false,
+    ),
+};
+
+pub const ANOMALIES: Table = Table {
+    name: "anomalies",
+    row: "Anomaly",
+    about: "one signed anomaly: a spike, drop or silence of a customer's SKU",
+    columns: &[
+        col("customer_id", "String"),
+        col("sku", "String"),
+        col("kind", "String"),
+        col("window_start", "DateTime"),
+        col("window_end", "DateTime"),
+        col("observed", "Decimal(38, 9)"),
+        col("expected", "Decimal(38, 9)"),
+        col("score", "Decimal(18, 2)"),
+        col("severity", "String"),
+        col("baseline", "String"),
+        col("explanation", "String"),
+        col("sign", "Int8"),
+        col("version", "UInt64"),
+        WRITTEN_BY[0],
+        WRITTEN_BY[1],
+        WRITTEN_BY[2],
+    ],
+    partition_by: Some("toYYYYMM(window_start)"),
+    order_by: &["customer_id", "sku", "window_start", "kind", "version"],
+    output: signed("customer_id,sku,kind,window_start,window_end,observed,expected,score,severity,baseline,explanation,sign,version", true),
+};
+
+pub const SINK_PROGRESS: Table = Table {
+    name: "sink_progress",
+    row: "Progress",
+    about: "one committed point: epoch, watermark, input offsets, partitions, counts",
+    columns: &[
+        col("generation", "UInt32"),
+        col("epoch", "UInt64"),
+        col("committed_at", "DateTime"),
+        col("watermark_ms", "Int64"),
+        col("offsets", "String"),
+        col("counts", "String"),
+        col("catalog_digest", "String"),
+        col("partitions", "String"),
+    ],
+    partition_by: None,
+    order_by: &["generation", "epoch"],
+    output: None,
+};
+
+pub const CATALOG_CHANGES: Table = Table {
+    name: "catalog_changes",
+    row: "CatalogChange",
+    about: "one catalog change: who, when, which entry, and a JSON diff",
+    columns: &[
+        col("changed_at", "DateTime"),
+        col("actor", "String"),
+        col("entity", "String"),
+        col("entity_id", "String"),
+        col("version", "UInt32"),
+        col("action", "String"),
+        col("diff", "String"),
+    ],
+    partition_by: Some("toYYYYMM(changed_at)"),
+    order_by: &["entity", "entity_id", "changed_at"],
+    output: None,
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ddl::{Sql, MIGRATIONS};
+
+    #[test]
+    fn names_are_unique_and_csv_headers_name_columns() {
+        for (i, t) in ALL.iter().enumerate() {
+            assert!(
+                ALL[..i].iter().all(|u| u.name != t.name),
+                "{} twice",
+                t.name
+            );
+            for k in t.order_by {
+                assert!(
+                    t.column(k).is_some(),
+                    "{}: ORDER BY {k} is no column",
+                    t.name
+                );
+            }
+            if let Some(o) = t.output {
+                for c in o.csv.split(',') {
+                    assert!(
+                        t.column(c).is_some(),
+                        "{}: CSV column {c} is no column",
+                        t.name
+                    );
+                }
+                for c in ["epoch", "generation", "batch"] {
+                    assert!(t.column(c).is_some(), "{} lacks {c}", t.name);
+                }
+                if o.shape == Shape::Signed {
+                    assert!(o.csv.ends_with(",sign,version"), "{}", t.name);
+                }
+            }
+        }
+    }
+
+    /// Tables made by one `CREATE` and never altered: the description's DDL is the migration's,
+    /// word for word (the other tables are checked against a migrated server in the suite).
+    #[test]
+    fn a_description_renders_the_ddl_its_migration_ran() {
+        let mut checked = 0;
+        for t in ALL {
+            let touching: Vec<String> = MIGRATIONS
+                .iter()
+                .map(|m| m.sql.text().into_owned())
+                .filter(|s| s.contains(&format!("{{db}}.{} ", t.name)))
+                .collect();
+            if let [create] = &touching[..] {
+                assert_eq!(*create, t.create_sql(), "{}", t.name);
+                checked += 1;
+            }
+        }
+        assert!(checked >= 5, "only {checked} tables checked");
+        assert!(MIGRATIONS
+            .iter()
+            .all(|m| !matches!(m.sql, Sql::Create(t) if named(t.name).is_none())));
+    }
+}
