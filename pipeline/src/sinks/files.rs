@@ -59,6 +59,12 @@ pub fn prepare_out_dir(out: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+fn csv_header(table: &Table) -> Result<&'static str, String> {
+    table
+        .csv
+        .ok_or_else(|| format!("{} is not written to CSV files", table.name))
+}
+
 fn part_path(out: &Path, table: &str, worker: usize) -> PathBuf {
     out.join(table).join(format!("part-{worker}.csv"))
 }
@@ -214,7 +220,7 @@ impl<D: CsvRow> RowsWriter<D> {
         names: Arc<Names>,
     ) -> Result<Self, String> {
         Ok(RowsWriter {
-            csv: CsvFile::create(part_path(out, table.name, worker), table.output().csv)?,
+            csv: CsvFile::create(part_path(out, table.name, worker), csv_header(table)?)?,
             names,
             labels: Labels::default(),
             _rows: std::marker::PhantomData,
@@ -333,7 +339,7 @@ impl<R: Ord + Clone + CsvRow> SignedWriter<R> {
         kept: Option<Kept<R>>,
     ) -> Result<SignedWriter<R>, String> {
         Ok(SignedWriter {
-            csv: CsvFile::create(part_path(out, table.name, worker), table.output().csv)?,
+            csv: CsvFile::create(part_path(out, table.name, worker), csv_header(table)?)?,
             names,
             state,
             kept,
