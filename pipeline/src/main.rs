@@ -9,6 +9,7 @@ use meterflow::commands::demo::DemoCommand;
 use meterflow::commands::gen::{self, GenArgs};
 use meterflow::commands::invoice::InvoiceCommand;
 use meterflow::commands::migrate::MigrateCommand;
+use meterflow::commands::reconcile::ReconcileCommand;
 use meterflow::commands::run::RunCommand;
 use meterflow::commands::shadow::ShadowCommand;
 use meterflow::commands::trace::TraceCommand;
@@ -54,6 +55,8 @@ enum Command {
     },
     /// Follow one event id through the output tables.
     Trace(TraceCommand),
+    /// Recompute every usage invoice line from the accepted events and report drift (exit 3).
+    Reconcile(ReconcileCommand),
 }
 
 fn main() -> ExitCode {
@@ -113,5 +116,6 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Invoice { command } => command.execute(),
         Command::Shadow { command } => command.execute(),
         Command::Trace(c) => c.execute(),
+        Command::Reconcile(c) => c.execute(),
     }
 }

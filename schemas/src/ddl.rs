@@ -369,6 +369,12 @@ ORDER BY (customer_id, sku, window_start, kind, version)"),
         // before: the partitions start unknown, as they did).
         sql: Sql::Text("ALTER TABLE {db}.sink_progress ADD COLUMN partitions String"),
     },
+    Migration {
+        id: 24,
+        name: "reconciliation",
+        // What `meterflow reconcile` checked: one row per line and run.
+        sql: Sql::Create(&crate::tables::RECONCILIATION),
+    },
 ];
 
 /// The table that records applied migrations (created before any migration runs).

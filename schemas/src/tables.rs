@@ -112,6 +112,7 @@ pub const ALL: &[&Table] = &[
     &ANOMALIES,
     &SINK_PROGRESS,
     &CATALOG_CHANGES,
+    &RECONCILIATION,
 ];
 
 /// The tables the dataflow writes. Their rows carry the `epoch` that wrote them: a restart
@@ -401,7 +402,9 @@ pub const ENTITLEMENT_SIGNALS: Table = Table {
         "percent",
         "version",
     ],
-    csv: Some("customer_id,contract_id,sku,period,signal,percent,at_quantity,allowance,sign,version"),
+    csv: Some(
+        "customer_id,contract_id,sku,period,signal,percent,at_quantity,allowance,sign,version",
+    ),
     output: signed(true),
 };
 
@@ -494,6 +497,42 @@ pub const CATALOG_CHANGES: Table = Table {
     output: None,
 };
 
+pub const RECONCILIATION: Table = Table {
+    name: "reconciliation",
+    row: "Reconciled",
+    about: "one line checked by `meterflow reconcile`: expected from the events, billed, drift",
+    columns: &[
+        col("checked_at", "DateTime"),
+        col("run_id", "String"),
+        col("comparison", "String"),
+        col("customer_id", "String"),
+        col("contract_id", "String"),
+        col("sku", "String"),
+        col("region", "String"),
+        col("service_period", "String"),
+        col("invoice_period", "String"),
+        col("expected_events", "Int64"),
+        col("billed_events", "Int64"),
+        col("expected_quantity", "Decimal(38, 9)"),
+        col("billed_quantity", "Decimal(38, 9)"),
+        col("drift", "UInt8"),
+        col("event_ids", "String"),
+    ],
+    partition_by: Some("toYYYYMM(checked_at)"),
+    order_by: &[
+        "customer_id",
+        "comparison",
+        "contract_id",
+        "sku",
+        "region",
+        "service_period",
+        "invoice_period",
+        "checked_at",
+    ],
+    csv: Some("checked_at,run_id,comparison,customer_id,contract_id,sku,region,service_period,invoice_period,expected_events,billed_events,expected_quantity,billed_quantity,drift,event_ids"),
+    output: None,
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -515,7 +554,11 @@ mod tests {
                 );
             }
             for c in t.csv.iter().flat_map(|h| h.split(',')) {
-                assert!(t.column(c).is_some(), "{}: CSV column {c} is no column", t.name);
+                assert!(
+                    t.column(c).is_some(),
+                    "{}: CSV column {c} is no column",
+                    t.name
+                );
             }
             if let Some(o) = t.output {
                 let csv = t.csv.expect("every output is written to files too");

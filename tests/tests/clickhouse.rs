@@ -12,7 +12,9 @@ use meterflow_tests::oracle::{
     assert_invoice_has, assert_stream_has, catalog_log, count, reference_config,
 };
 use meterflow_tests::servers::{AnswerLosingProxy, ClickHouseServer};
-use meterflow_tests::{backdate, generate, meterflow_bin, meterflow_ok, Running, Scratch};
+use meterflow_tests::{
+    backdate, generate, meterflow, meterflow_bin, meterflow_ok, Running, Scratch,
+};
 
 /// A long stream has all of these (late: periods that closed before their events arrived).
 const EVERY_KIND: &[&str] = &[
@@ -345,6 +347,18 @@ fn every_statement_meterflow_sends_and_every_documented_query_run_on_current_cli
     run();
     backdate(&f.dir.path().join("catalog"), "2026-10-15T12:00:00.000Z");
     run();
+    // Reconciliation after a re-rate under a backdated change: nothing drifts.
+    let catalog = f.dir.path().join("catalog");
+    let out = meterflow(&[
+        "reconcile",
+        "-c",
+        catalog.to_str().unwrap(),
+        "--clickhouse-url",
+        &f.ch.url(),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("no drift"), "{text}");
     let dump = work.path().join("dump");
     std::fs::create_dir_all(&dump).unwrap();
     let tables = f
@@ -417,8 +431,98 @@ fn every_statement_meterflow_sends_and_every_documented_query_run_on_current_cli
         "sink_progress",
         "usage_events WHERE",
         "contract_id IN (",
+        "billable = 1 AND sku IN",
+        "reconciliation LIMIT 0",
     ] {
         assert!(sent.contains(kind), "no `{kind}` statement was recorded");
+    }
+}
+
+/// `meterflow reconcile` against ClickHouse: no drift on what a run wrote; a usage line deleted
+/// behind meterflow's back is found with the events behind it, recorded, and exits 3.
+#[test]
+fn reconcile_finds_an_invoice_line_deleted_in_clickhouse() {
+    let f = Fixture::new("ch-reconcile", 20_000);
+    let a = f.args("out", true);
+    meterflow_ok(&a.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+    let catalog = f.dir.path().join("catalog");
+    let reconcile = || {
+        let o = meterflow(&[
+            "reconcile",
+            "-c",
+            catalog.to_str().unwrap(),
+            "--clickhouse-url",
+            &f.ch.url(),
+        ]);
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+        )
+    };
+    let (code, text) = reconcile();
+    assert_eq!(code, Some(0), "{text}");
+    let checked = count(&f.ch, "SELECT count() FROM meterflow.reconciliation");
+    assert!(checked > 50, "{checked} lines checked");
+    assert_eq!(
+        count(&f.ch, "SELECT sum(drift) FROM meterflow.reconciliation"),
+        0
+    );
+
+    // The api_calls usage line with the most events loses its rows.
+    let target = f
+        .ch
+        .query("SELECT customer_id, contract_id, service_period, invoice_period, region FROM meterflow.invoice_lines WHERE sku = 'api_calls' AND line_type = 'usage' AND sign = 1 ORDER BY events DESC, customer_id LIMIT 1 FORMAT TabSeparated")
+        .unwrap();
+    let t: Vec<&str> = target.trim().split('\t').collect();
+    let line = format!(
+        "customer_id = '{}' AND contract_id = '{}' AND sku = 'api_calls' AND service_period = '{}' AND invoice_period = '{}'",
+        t[0], t[1], t[2], t[3]
+    );
+    let (region, t) = (t[4], &t[..4]);
+    let (of_lines, of_events) = (
+        format!("{line} AND region = '{region}' AND line_type = 'usage'"),
+        format!("{line} AND price_region = '{region}'"),
+    );
+    f.ch.query(&format!(
+        "ALTER TABLE meterflow.invoice_lines DELETE WHERE {of_lines}"
+    ))
+    .unwrap();
+    // Mutations run in the background on 18.16.
+    let gone = (0..200).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        count(
+            &f.ch,
+            &format!("SELECT count() FROM meterflow.invoice_lines WHERE {of_lines}"),
+        ) == 0
+    });
+    assert!(gone, "the line's rows are deleted");
+    let (code, text) = reconcile();
+    assert_eq!(code, Some(3), "{text}");
+    assert!(text.contains("DRIFT in 1 of"), "{text}");
+    assert!(
+        text.contains(&format!("{} / {} / api_calls", t[0], t[1])),
+        "{text}"
+    );
+    let drift = f
+        .ch
+        .query("SELECT customer_id, contract_id, service_period, invoice_period, toString(billed_quantity), event_ids FROM meterflow.reconciliation WHERE drift = 1 FORMAT TabSeparated")
+        .unwrap();
+    let d: Vec<&str> = drift.trim().split('\t').collect();
+    assert_eq!(&d[..4], t, "{drift}");
+    assert_eq!(d[4].parse::<f64>(), Ok(0.0), "nothing billed");
+    let ids: Vec<&str> = d[5].split(' ').collect();
+    assert_eq!(ids.len(), 10);
+    for id in ids {
+        assert_eq!(
+            count(
+                &f.ch,
+                &format!(
+                    "SELECT count() FROM meterflow.usage_events WHERE event_id = '{id}' AND {of_events}"
+                )
+            ),
+            1,
+            "{id} is an event of the line"
+        );
     }
 }
 

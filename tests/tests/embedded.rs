@@ -394,6 +394,158 @@ fn invoice_quantities_reconcile_with_accepted_usage() {
     }
 }
 
+/// `meterflow reconcile` over a run's CSV tables: no drift on what the run wrote; one edited
+/// invoice line is found, named with the events behind it, recorded, and exits 3.
+#[test]
+fn reconcile_finds_no_drift_then_an_edited_invoice_line() {
+    let s = Scratch::new("reconcile-cmd");
+    gen(s.path(), 20_000);
+    std::fs::write(
+        s.path().join("small-chunks.toml"),
+        "[input]\nchunk_bytes = 32768\n",
+    )
+    .unwrap();
+    let out = run(s.path(), "out", "2");
+    let catalog = s.path().join("catalog");
+    let reconcile = |extra: &[&str]| {
+        let mut a = vec![
+            "reconcile",
+            "-c",
+            catalog.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ];
+        a.extend(extra);
+        let o = meterflow(&a);
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+        )
+    };
+    let (code, text) = reconcile(&[]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("no drift"), "{text}");
+    let checked = read_table(&out, "reconciliation").unwrap();
+    assert!(checked.len() > 100, "{} lines checked", checked.len());
+    assert!(checked.iter().all(|r| r["drift"] == "0"));
+    // Every usage line is checked.
+    let usage_lines: std::collections::BTreeSet<Vec<String>> =
+        current_rows(&read_table(&out, "invoice_lines").unwrap())
+            .iter()
+            .filter(|r| r["line_type"] == "usage" && r["sku"] == "api_calls")
+            .map(|r| {
+                key(
+                    r,
+                    &[&INVOICE_SERVICE_LINE[..], &["invoice_period"]].concat(),
+                )
+            })
+            .collect();
+    let checked_lines: std::collections::BTreeSet<Vec<String>> = checked
+        .iter()
+        .map(|r| {
+            key(
+                r,
+                &[&INVOICE_SERVICE_LINE[..], &["invoice_period"]].concat(),
+            )
+        })
+        .collect();
+    assert!(!usage_lines.is_empty() && usage_lines.is_subset(&checked_lines));
+
+    // Bill one more unit on one api_calls line: edit the quantity of its inserted row.
+    let part = out.join("invoice_lines/part-0.csv");
+    let text = std::fs::read_to_string(&part).unwrap();
+    let mut rows = meterflow::reports::tables::parse_csv(&text);
+    let header = rows[0].clone();
+    let col = |name: &str| header.iter().position(|h| h == name).unwrap();
+    let edited = (1..rows.len())
+        .find(|&i| {
+            rows[i][col("sku")] == "api_calls"
+                && rows[i][col("line_type")] == "usage"
+                && rows[i][col("sign")] == "1"
+                && !rows[i][col("quantity")].contains('.')
+        })
+        .expect("a whole api_calls usage row");
+    let was: i64 = rows[edited][col("quantity")].parse().unwrap();
+    rows[edited][col("quantity")] = (was + 1).to_string();
+    let target: Vec<String> = [
+        "customer_id",
+        "contract_id",
+        "sku",
+        "region",
+        "service_period",
+        "invoice_period",
+    ]
+    .iter()
+    .map(|c| rows[edited][col(c)].clone())
+    .collect();
+    let csv: String = rows.iter().map(|r| r.join(",") + "\n").collect();
+    std::fs::write(&part, csv).unwrap();
+
+    let (code, text) = reconcile(&[]);
+    assert_eq!(code, Some(3), "{text}");
+    assert!(text.contains("DRIFT in 1 of"), "{text}");
+    assert!(
+        text.contains(&format!("{} / {} / api_calls", target[0], target[1])),
+        "{text}"
+    );
+    let drifting: Vec<Row> = read_table(&out, "reconciliation")
+        .unwrap()
+        .into_iter()
+        .filter(|r| r["drift"] == "1")
+        .collect();
+    assert_eq!(drifting.len(), 1);
+    let d = &drifting[0];
+    assert_eq!(
+        key(
+            d,
+            &[
+                "customer_id",
+                "contract_id",
+                "sku",
+                "region",
+                "service_period",
+                "invoice_period"
+            ]
+        ),
+        target
+    );
+    let billed: f64 = d["billed_quantity"].parse().unwrap();
+    let expected: f64 = d["expected_quantity"].parse().unwrap();
+    assert!((billed - expected - 1.0).abs() < 1e-9, "{d:?}");
+    // The events it names are accepted events of that line.
+    let events = read_table(&out, "usage_events").unwrap();
+    let ids: Vec<&str> = d["event_ids"].split(' ').collect();
+    assert!(!ids.is_empty() && ids.len() <= 10);
+    for id in ids {
+        let e = events
+            .iter()
+            .find(|e| e["event_id"] == id)
+            .expect("a named event exists");
+        assert_eq!(
+            key(
+                e,
+                &[
+                    "customer_id",
+                    "contract_id",
+                    "sku",
+                    "price_region",
+                    "service_period",
+                    "invoice_period"
+                ]
+            ),
+            target
+        );
+    }
+    // Scoped to another customer, the drift is out of sight.
+    let other = checked
+        .iter()
+        .map(|r| r["customer_id"].clone())
+        .find(|c| *c != target[0])
+        .unwrap();
+    let (code, text) = reconcile(&["--customer", &other]);
+    assert_eq!(code, Some(0), "{text}");
+}
+
 #[test]
 fn stdin_gives_the_same_result_as_a_file() {
     let s = Scratch::new("stdin");

@@ -209,7 +209,15 @@ fn pipeline_src_holds_main_lib_and_role_folders() {
     // Every command of the binary is one file under commands/.
     let main = std::fs::read_to_string(src.join("main.rs")).expect("main.rs");
     for command in [
-        "run", "demo", "gen", "migrate", "catalog", "invoice", "shadow", "trace",
+        "run",
+        "demo",
+        "gen",
+        "migrate",
+        "catalog",
+        "invoice",
+        "shadow",
+        "trace",
+        "reconcile",
     ] {
         assert!(
             src.join("commands").join(format!("{command}.rs")).exists(),

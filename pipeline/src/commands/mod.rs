@@ -8,6 +8,7 @@ pub mod demo;
 pub mod gen;
 pub mod invoice;
 pub mod migrate;
+pub mod reconcile;
 pub mod run;
 pub mod shadow;
 pub mod trace;

@@ -1,7 +1,9 @@
 //! What a run reports ([`run_report`]: counts, the progress and summary lines), and reading a
 //! run's output back, from its CSV tables or from ClickHouse: the tables themselves ([`tables`])
-//! and draft invoices ([`invoice_preview`]). Read-only.
+//! draft invoices ([`invoice_preview`]) and what reconciliation compares ([`reconcile`]).
+//! Read-only.
 
 pub mod invoice_preview;
+pub mod reconcile;
 pub mod run_report;
 pub mod tables;

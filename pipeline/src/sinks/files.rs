@@ -18,6 +18,7 @@ use meterflow_schemas::catalog::Catalog;
 use meterflow_schemas::event::{Environment, Metadata};
 use meterflow_schemas::lineage::Lineage;
 use meterflow_schemas::money::{Amount, Quantity};
+use meterflow_schemas::reconcile::Reconciled;
 use meterflow_schemas::rejection::Rejection;
 use meterflow_schemas::rows::{
     AcceptedEvent, DuplicateRow, EntitlementSignal, InvoiceLine, LineKey, LineUsage, RatedRow,
@@ -467,6 +468,38 @@ impl CsvRow for LineUsage {
         int(row, u.events);
         scaled(row, u.quantity.0, Quantity::SCALE);
         scaled(row, u.fee_adjustment.0, Amount::SCALE);
+    }
+}
+
+impl CsvRow for Reconciled {
+    fn csv(&self, _: &Names, _: &mut Labels, row: &mut Vec<u8>) {
+        let l = &self.line;
+        time_field(row, self.checked_at);
+        for v in [
+            &self.run_id,
+            self.check,
+            &l.customer_id,
+            &l.contract_id,
+            &l.sku,
+        ] {
+            field(row, v);
+        }
+        for v in [&l.region, &l.service_period, &l.invoice_period] {
+            field(row, v);
+        }
+        int(row, self.expected.events);
+        int(row, self.billed.events);
+        scaled(row, self.expected.quantity.0, Quantity::SCALE);
+        scaled(row, self.billed.quantity.0, Quantity::SCALE);
+        int(row, u8::from(self.drifts()));
+        field(
+            row,
+            &if self.drifts() {
+                self.event_ids.join(" ")
+            } else {
+                String::new()
+            },
+        );
     }
 }
 

@@ -8,6 +8,7 @@ pub mod catalog_log;
 pub mod clickhouse;
 pub mod files;
 pub mod outputs;
+pub mod reconciliation;
 
 use std::any::Any;
 use std::collections::{BTreeMap, HashMap};

@@ -1,0 +1,88 @@
+//! The `reconciliation` table: every line `meterflow reconcile` checked, appended per run to
+//! ClickHouse, or written as `reconciliation/part-0.csv` beside a run's CSV tables.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use clickhouse::Row;
+use meterflow_operators::sink::TableWriter;
+use meterflow_schemas::catalog::Catalog;
+use meterflow_schemas::reconcile::Reconciled;
+use meterflow_schemas::tables;
+use meterflow_schemas::time::PeriodUnit;
+use serde::Serialize;
+
+use crate::sinks::clickhouse::client::ClickHouse;
+use crate::sinks::clickhouse::sink::seconds;
+use crate::sinks::files::{Names, RowsWriter};
+
+#[derive(Row, Serialize)]
+struct ReconciliationRow<'a> {
+    checked_at: u32,
+    run_id: &'a str,
+    comparison: &'a str,
+    customer_id: &'a str,
+    contract_id: &'a str,
+    sku: &'a str,
+    region: &'a str,
+    service_period: &'a str,
+    invoice_period: &'a str,
+    expected_events: i64,
+    billed_events: i64,
+    expected_quantity: i128,
+    billed_quantity: i128,
+    drift: u8,
+    event_ids: String,
+}
+
+/// Replaces `out/reconciliation/` with the checked lines.
+pub fn to_files(
+    out: &Path,
+    catalog: Arc<Catalog>,
+    period: PeriodUnit,
+    checked: &[Reconciled],
+) -> Result<(), String> {
+    let table = &tables::RECONCILIATION;
+    let dir = out.join(table.name);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let names = Arc::new(Names {
+        catalog,
+        billable_environments: Vec::new(),
+        period,
+    });
+    let mut w = RowsWriter::<Reconciled>::create(out, table, 0, names)?;
+    w.write(0, &mut checked.to_vec())?;
+    w.flush(None)
+}
+
+/// Appends the checked lines to the `reconciliation` table.
+pub fn to_clickhouse(ch: &ClickHouse, checked: &[Reconciled]) -> Result<(), String> {
+    let rows: Vec<ReconciliationRow> = checked
+        .iter()
+        .map(|c| ReconciliationRow {
+            checked_at: seconds(c.checked_at),
+            run_id: &c.run_id,
+            comparison: c.check,
+            customer_id: &c.line.customer_id,
+            contract_id: &c.line.contract_id,
+            sku: &c.line.sku,
+            region: &c.line.region,
+            service_period: &c.line.service_period,
+            invoice_period: &c.line.invoice_period,
+            expected_events: c.expected.events,
+            billed_events: c.billed.events,
+            expected_quantity: c.expected.quantity.0,
+            billed_quantity: c.billed.quantity.0,
+            drift: u8::from(c.drifts()),
+            event_ids: if c.drifts() {
+                c.event_ids.join(" ")
+            } else {
+                String::new()
+            },
+        })
+        .collect();
+    for chunk in rows.chunks(100_000) {
+        ch.insert::<ReconciliationRow<'static>>(tables::RECONCILIATION.name, chunk)?;
+    }
+    Ok(())
+}
