@@ -385,6 +385,7 @@ fn every_statement_meterflow_sends_and_every_documented_query_run_on_current_cli
         .arg(&dump)
         .arg("--docs")
         .arg(root.join("docs/clickhouse.md"))
+        .arg(root.join("docs/reconcile.md"))
         .arg("--csv-docs")
         .arg(root.join("docs/outputs.md"))
         .arg("--csv-out")

@@ -340,8 +340,8 @@ pub fn restore(
         })
         .collect();
 
-    let invoice_lines = held_lines(ch, "invoice_lines", &lookup, &upto)?;
-    let shadow_invoice_lines = held_lines(ch, "shadow_invoice_lines", &lookup, &upto)?;
+    let invoice_lines = held_lines(ch, tables::INVOICE_LINES.name, &lookup, &upto)?;
+    let shadow_invoice_lines = held_lines(ch, tables::SHADOW_INVOICE_LINES.name, &lookup, &upto)?;
     let rated_usage = held_rated(ch, &lookup, &upto)?;
     let line_usage = held_usage(ch, &lookup, &upto)?;
     let entitlement_signals = held_signals(ch, &lookup, &upto)?;
@@ -494,7 +494,7 @@ fn held_rated(
     upto: &str,
 ) -> Result<Vec<(RatedRow, isize, u64)>, String> {
     let rows: Vec<RatedRowCh> = ch.fetch(&held_query(
-        "rated_usage",
+        tables::RATED_USAGE.name,
         "customer_id, contract_id, sku, region, service_period, invoice_period, rate_card, rate_card_version, tier",
         &["quantity", "amount"],
         upto,
@@ -541,7 +541,7 @@ fn held_signals(
         v: u64,
     }
     let rows: Vec<R> = ch.fetch(&held_query(
-        "entitlement_signals",
+        tables::ENTITLEMENT_SIGNALS.name,
         "customer_id, contract_id, sku, period, signal, percent",
         &["at_quantity", "allowance"],
         upto,
@@ -592,7 +592,7 @@ fn held_buckets(
         v: u64,
     }
     let rows: Vec<R> = ch.fetch(&held_query(
-        "usage_buckets",
+        tables::USAGE_BUCKETS.name,
         "customer_id, sku, bucket_start",
         &["events", "quantity"],
         &format!("{upto} AND {}", since("bucket_start", from)),
@@ -636,7 +636,7 @@ fn held_anomalies(
         v: u64,
     }
     let rows: Vec<R> = ch.fetch(&held_query(
-        "anomalies",
+        tables::ANOMALIES.name,
         // `window_end` is part of the identity (fixed for a window), so the filter below reads
         // the column, not an aggregate of it.
         "customer_id, sku, kind, window_start, window_end",
@@ -679,7 +679,7 @@ fn held_usage(
     upto: &str,
 ) -> Result<Vec<(LineUsage, isize, u64)>, String> {
     let rows: Vec<LineUsageRow> = ch.fetch(&held_query(
-        "line_usage",
+        tables::LINE_USAGE.name,
         "customer_id, contract_id, sku, region, service_period, invoice_period, rate_card, rate_card_version",
         &["events", "quantity", "fee_adjustment"],
         upto,
