@@ -9,6 +9,7 @@
 //! read, and Kafka interleaves partitions differently on every run; closing periods across
 //! restarts is covered by the file-fed ClickHouse test.
 
+use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -934,4 +935,113 @@ fn a_partition_a_producer_is_still_writing_holds_the_watermark_until_it_is_idle(
         too_old > 0,
         "without the hold, partition 1's first days are too old: {unheld}"
     );
+}
+
+/// `/metrics` of a pipeline reading Kafka: scraped while it runs, the counters reach every record
+/// of the topic, and equal what `counts.json` says when the run ends.
+#[test]
+fn metrics_are_served_while_kafka_is_read_and_agree_with_counts_json() {
+    let dir = Scratch::new("kafka-metrics");
+    let d = dir.path();
+    generate(d, 3000, 20, 3, &["--invalid-rate", "0.05"]);
+    let text = std::fs::read_to_string(d.join("events.jsonl")).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic(TOPIC, 2, 1).unwrap();
+    let mut producer = UsageProducer::new(&cluster.bootstrap_servers(), TOPIC, 2, BATCHING);
+    producer.send_lines(&lines);
+    producer.flush();
+    let port = meterflow_tests::servers::free_port();
+    let config = d.join("kafka.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[kafka]\nbrokers = \"{}\"\ntopics = [\"{TOPIC}\"]\nexit_when_idle = \"5s\"\n\n[metrics]\naddr = \"127.0.0.1:{port}\"\n",
+            cluster.bootstrap_servers()
+        ),
+    )
+    .unwrap();
+    let out = d.join("out");
+    let mut child = Command::new(meterflow_bin())
+        .args([
+            "run",
+            "-c",
+            d.join("catalog").to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+            "-q",
+        ])
+        .env("METERFLOW_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .map(Running)
+        .unwrap();
+    let scrape = || -> Option<String> {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: meterflow\r\n\r\n")
+            .ok()?;
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut s, &mut text).ok()?;
+        Some(text)
+    };
+    let value = |text: &str, series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
+    };
+    // Every record read, and each accounted for (received = accepted + rejected + duplicates).
+    let settled = |text: &str| {
+        let rejected: f64 = text
+            .lines()
+            .filter(|l| l.starts_with("meterflow_records_rejected_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        let received = value(text, "meterflow_records_received_total");
+        received == lines.len() as f64
+            && received
+                == value(text, "meterflow_events_accepted_total")
+                    + value(text, "meterflow_records_duplicate_total")
+                    + rejected
+    };
+    let mut last = String::new();
+    for _ in 0..300 {
+        std::thread::sleep(Duration::from_millis(100));
+        last = scrape().unwrap_or_default();
+        if settled(&last) {
+            break;
+        }
+    }
+    assert!(last.starts_with("HTTP/1.1 200 OK"), "{last}");
+    assert_eq!(
+        value(&last, "meterflow_records_received_total"),
+        lines.len() as f64,
+        "every record of the topic is counted while the pipeline runs"
+    );
+    assert!(child.0.wait().unwrap().success());
+    let counts: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("counts.json")).unwrap()).unwrap();
+    for (series, field) in [
+        ("meterflow_records_received_total", "received"),
+        ("meterflow_events_accepted_total", "accepted"),
+        ("meterflow_events_billable_total", "billable"),
+        ("meterflow_records_duplicate_total", "duplicates"),
+        ("meterflow_events_late_total", "late"),
+        ("meterflow_events_out_of_order_total", "out_of_order"),
+        ("meterflow_corrections_total", "corrections"),
+        ("meterflow_input_bytes_total", "bytes"),
+    ] {
+        assert_eq!(
+            value(&last, series),
+            counts[field].as_f64().unwrap(),
+            "{series}"
+        );
+    }
+    let by_reason = counts["rejected_by_reason"].as_object().unwrap();
+    assert!(!by_reason.is_empty(), "the stream has rejections");
+    for (reason, n) in by_reason {
+        let series = format!("meterflow_records_rejected_total{{reason=\"{reason}\"}}");
+        assert_eq!(value(&last, &series), n.as_f64().unwrap(), "{series}");
+    }
 }

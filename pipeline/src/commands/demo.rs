@@ -534,6 +534,7 @@ pub fn demo(dir: &Path, workers: usize) -> anyhow::Result<(RunReport, String)> {
         clickhouse_url: None,
         cluster: Cluster::local(workers),
         quiet: true,
+        metrics_addr: None,
     };
     let report = run(&args)?;
     let story = narrate(&report, &out)?;

@@ -16,6 +16,7 @@ use meterflow_operators::sink::{FlushPolicy, Writers};
 use meterflow_operators::source::{ChunkReader, ReadAt, StripedReader};
 use meterflow_operators::{Epoch, Fatal};
 use meterflow_schemas::catalog::load_dir;
+use meterflow_schemas::rows::Counts;
 
 use crate::config::Config;
 pub use crate::reports::run_report::{peak_rss_bytes, summarize, RunReport};
@@ -27,6 +28,7 @@ use crate::sinks::clickhouse::progress::ClickHouseProgress;
 use crate::sinks::clickhouse::restore::{restore, Restored, Role};
 use crate::sinks::clickhouse::sink::{ChNames, IdRanks};
 use crate::sinks::files::{prepare_out_dir, write_sources, Names};
+use crate::sinks::metrics::Metrics;
 use crate::sinks::outputs::{Open, Target};
 use crate::sinks::ByTable;
 use crate::sources::catalog_topic::{CatalogSource, Snapshot, Watcher};
@@ -46,6 +48,8 @@ pub struct RunArgs {
     pub clickhouse_url: Option<String>,
     pub cluster: Cluster,
     pub quiet: bool,
+    /// Serve Prometheus `/metrics` here (overrides `metrics.addr`).
+    pub metrics_addr: Option<String>,
 }
 
 /// Where events come from.
@@ -87,8 +91,9 @@ impl Input {
 
 pub fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
     let started = Instant::now();
+    let metrics = serve_metrics(args)?;
     loop {
-        let (mut report, switched) = run_until_catalog_change(args)?;
+        let (mut report, switched) = run_until_catalog_change(args, metrics.as_ref())?;
         if !switched {
             report.elapsed = started.elapsed();
             return Ok(report);
@@ -97,9 +102,26 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
     }
 }
 
+/// Starts serving `/metrics` when `--metrics-addr` or `metrics.addr` asks for it.
+fn serve_metrics(args: &RunArgs) -> anyhow::Result<Option<Arc<Metrics>>> {
+    let addr = match &args.metrics_addr {
+        Some(a) => a.clone(),
+        None => Config::load(args.config.as_deref())?.metrics.addr,
+    };
+    if addr.is_empty() {
+        return Ok(None);
+    }
+    let metrics = Arc::new(Metrics::new().map_err(anyhow::Error::msg)?);
+    metrics.serve(&addr).map_err(anyhow::Error::msg)?;
+    Ok(Some(metrics))
+}
+
 /// One run with one catalog: until the input ends, or until a running pipeline's catalog
 /// changes (then `true`: everything read is committed and the caller resumes from there).
-fn run_until_catalog_change(args: &RunArgs) -> anyhow::Result<(RunReport, bool)> {
+fn run_until_catalog_change(
+    args: &RunArgs,
+    metrics: Option<&Arc<Metrics>>,
+) -> anyhow::Result<(RunReport, bool)> {
     let started = Instant::now();
     let setup = Setup::load(args)?;
     std::fs::create_dir_all(&args.out)
@@ -138,7 +160,15 @@ fn run_until_catalog_change(args: &RunArgs) -> anyhow::Result<(RunReport, bool)>
         execution,
         move |index, peers, generation| wiring.worker_io(index, peers, generation),
         Duration::from_millis(250),
-        move |c| progress.show(c),
+        {
+            let (metrics, totals) = (metrics.cloned(), totals.clone());
+            move |c: &Counts| {
+                progress.show(c);
+                if let Some(m) = &metrics {
+                    m.update(c, &totals.clock.latency());
+                }
+            }
+        },
     )
     .map_err(anyhow::Error::msg)?;
     if let Some(e) = fatal.take() {
@@ -148,6 +178,9 @@ fn run_until_catalog_change(args: &RunArgs) -> anyhow::Result<(RunReport, bool)>
         eprintln!();
     }
     let report = lines.report(&totals, started.elapsed(), peak_rss_bytes());
+    if let Some(m) = metrics {
+        m.update(&report.counts, &report.latency);
+    }
     if args.cluster.process == 0 {
         report.write(&args.out)?;
     }
@@ -533,6 +566,10 @@ pub struct RunCommand {
     /// No progress line and no preview on stdout.
     #[arg(long, short = 'q')]
     quiet: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics while the run goes on (overrides
+    /// metrics.addr; e.g. 127.0.0.1:9464).
+    #[arg(long)]
+    metrics_addr: Option<String>,
 }
 
 impl RunCommand {
@@ -546,6 +583,7 @@ impl RunCommand {
             clickhouse_url: self.clickhouse_url,
             cluster: self.cluster.cluster()?,
             quiet: self.quiet,
+            metrics_addr: self.metrics_addr,
         };
         let report = run(&args)?;
         if process != 0 {

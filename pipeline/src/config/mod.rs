@@ -54,6 +54,8 @@ pub struct Config {
     pub anomalies: AnomalyRules,
     /// Where a running pipeline gets catalog changes from.
     pub catalog: CatalogConfig,
+    /// Prometheus `/metrics`; off unless `addr` is set.
+    pub metrics: crate::sinks::metrics::MetricsConfig,
 }
 
 /// `[catalog]` in the config.

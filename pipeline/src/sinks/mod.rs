@@ -7,6 +7,7 @@ pub mod alerts;
 pub mod catalog_log;
 pub mod clickhouse;
 pub mod files;
+pub mod metrics;
 pub mod outputs;
 pub mod reconciliation;
 

@@ -1,0 +1,272 @@
+//! Prometheus `/metrics` of a running pipeline (`--metrics-addr`, `[metrics] addr`; off by
+//! default): the accounting of `counts.json` as counters, updated as epochs complete, so a
+//! dashboard or an alert rule sees records received, accepted, billable, duplicated and rejected
+//! (by reason), late and out-of-order events and corrections while the run goes on.
+//!
+//! The values come from the same totals `counts.json` is written from, so at the end of a run the
+//! two agree. The exposition format is the `prometheus` crate's; the HTTP side is one small
+//! listener thread that answers `GET /metrics`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use meterflow_operators::accounting::Latency;
+use meterflow_schemas::rejection::Reason;
+use meterflow_schemas::rows::Counts;
+use prometheus::{
+    Encoder, GaugeVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+use serde::Deserialize;
+
+/// `[metrics]` in the config.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// `host:port` to serve `/metrics` on; empty: off.
+    pub addr: String,
+}
+
+/// The pipeline's metrics.
+pub struct Metrics {
+    registry: Registry,
+    received: IntCounter,
+    bytes: IntCounter,
+    accepted: IntCounter,
+    billable: IntCounter,
+    duplicates: IntCounter,
+    rejected: IntCounterVec,
+    late: IntCounter,
+    out_of_order: IntCounter,
+    corrections: IntCounter,
+    dedup_keys: IntGauge,
+    latency: GaugeVec,
+    /// What the counters have been raised to.
+    last: Mutex<Counts>,
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> Result<IntCounter, String> {
+    let c = IntCounter::new(name, help).map_err(|e| e.to_string())?;
+    r.register(Box::new(c.clone())).map_err(|e| e.to_string())?;
+    Ok(c)
+}
+
+impl Metrics {
+    pub fn new() -> Result<Metrics, String> {
+        let r = Registry::new();
+        let rejected = IntCounterVec::new(
+            Opts::new(
+                "meterflow_records_rejected_total",
+                "Records rejected, by reason code.",
+            ),
+            &["reason"],
+        )
+        .map_err(|e| e.to_string())?;
+        r.register(Box::new(rejected.clone()))
+            .map_err(|e| e.to_string())?;
+        let latency = GaugeVec::new(
+            Opts::new(
+                "meterflow_epoch_latency_seconds",
+                "Read-to-durable latency of the epochs so far (quantile 0.5, 0.99 and 1 = max).",
+            ),
+            &["quantile"],
+        )
+        .map_err(|e| e.to_string())?;
+        r.register(Box::new(latency.clone()))
+            .map_err(|e| e.to_string())?;
+        let dedup_keys = IntGauge::new(
+            "meterflow_dedup_keys",
+            "Idempotency keys the dedup tables hold.",
+        )
+        .map_err(|e| e.to_string())?;
+        r.register(Box::new(dedup_keys.clone()))
+            .map_err(|e| e.to_string())?;
+        Ok(Metrics {
+            received: counter(
+                &r,
+                "meterflow_records_received_total",
+                "Records read (events, bad records, retries).",
+            )?,
+            bytes: counter(&r, "meterflow_input_bytes_total", "Bytes of input read.")?,
+            accepted: counter(
+                &r,
+                "meterflow_events_accepted_total",
+                "Events accepted (valid, first of their idempotency key).",
+            )?,
+            billable: counter(
+                &r,
+                "meterflow_events_billable_total",
+                "Accepted events from billable environments.",
+            )?,
+            duplicates: counter(
+                &r,
+                "meterflow_records_duplicate_total",
+                "Retries of accepted events (counted, not billed).",
+            )?,
+            late: counter(
+                &r,
+                "meterflow_events_late_total",
+                "Accepted events of a closed period (billed as adjustments).",
+            )?,
+            out_of_order: counter(
+                &r,
+                "meterflow_events_out_of_order_total",
+                "Accepted events behind the watermark, inside the tolerance.",
+            )?,
+            corrections: counter(
+                &r,
+                "meterflow_corrections_total",
+                "Accepted amend and void events.",
+            )?,
+            rejected,
+            dedup_keys,
+            latency,
+            registry: r,
+            last: Mutex::new(Counts::default()),
+        })
+    }
+
+    /// Raises the counters to `c` (the run's totals so far).
+    pub fn update(&self, c: &Counts, latency: &Latency) {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let up = |counter: &IntCounter, now: u64, before: u64| {
+            counter.inc_by(now.saturating_sub(before));
+        };
+        up(&self.received, c.received, last.received);
+        up(&self.bytes, c.bytes, last.bytes);
+        up(&self.accepted, c.accepted, last.accepted);
+        up(&self.billable, c.billable, last.billable);
+        up(&self.duplicates, c.duplicates, last.duplicates);
+        up(&self.late, c.late, last.late);
+        up(&self.out_of_order, c.out_of_order, last.out_of_order);
+        up(&self.corrections, c.corrections, last.corrections);
+        for r in Reason::ALL {
+            let counter = self.rejected.with_label_values(&[r.code()]);
+            up(&counter, c.rejected_for(r), last.rejected_for(r));
+        }
+        self.dedup_keys.set(c.dedup_keys);
+        for (q, ms) in [
+            ("0.5", latency.p50_ms),
+            ("0.99", latency.p99_ms),
+            ("1", latency.max_ms),
+        ] {
+            self.latency.with_label_values(&[q]).set(ms / 1000.0);
+        }
+        *last = c.clone();
+    }
+
+    /// The metrics in the Prometheus text format.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+
+    /// Serves `/metrics` on `addr` from a thread of its own, for as long as the process runs.
+    pub fn serve(self: &Arc<Self>, addr: &str) -> Result<SocketAddr, String> {
+        let listener = TcpListener::bind(addr)
+            .map_err(|e| format!("metrics.addr `{addr}`: cannot listen: {e}"))?;
+        let bound = listener.local_addr().map_err(|e| e.to_string())?;
+        let metrics = self.clone();
+        std::thread::Builder::new()
+            .name("metrics".into())
+            .spawn(move || {
+                for stream in listener.incoming().flatten() {
+                    if let Err(e) = metrics.answer(stream) {
+                        tracing::debug!(error = %e, "metrics request");
+                    }
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        tracing::info!(addr = %bound, "serving /metrics");
+        Ok(bound)
+    }
+
+    fn answer(&self, stream: TcpStream) -> std::io::Result<()> {
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut reader = BufReader::new(stream.try_clone()?);
+        let mut request = String::new();
+        reader.read_line(&mut request)?;
+        // The headers are read and ignored.
+        let mut header = String::new();
+        while reader.read_line(&mut header)? > 2 {
+            header.clear();
+        }
+        let path = request.split_whitespace().nth(1).unwrap_or("");
+        let (status, body, kind) = if request.starts_with("GET ")
+            && (path == "/metrics" || path.starts_with("/metrics?"))
+        {
+            (
+                "200 OK",
+                self.render(),
+                TextEncoder::new().format_type().to_string(),
+            )
+        } else {
+            (
+                "404 Not Found",
+                b"meterflow serves /metrics\n".to_vec(),
+                "text/plain".to_string(),
+            )
+        };
+        let mut stream = stream;
+        write!(
+            stream,
+            "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )?;
+        stream.write_all(&body)?;
+        stream.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[test]
+    fn counters_follow_the_totals_and_are_served() {
+        let m = Arc::new(Metrics::new().unwrap());
+        let mut c = Counts {
+            received: 10,
+            accepted: 7,
+            billable: 6,
+            duplicates: 1,
+            ..Counts::default()
+        };
+        c.reject(Reason::UnknownCustomer);
+        c.reject(Reason::UnknownCustomer);
+        m.update(&c, &Latency::default());
+        c.received = 15;
+        c.accepted = 12;
+        m.update(&c, &Latency::default());
+        let addr = m.serve("127.0.0.1:0").unwrap();
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut s, &mut text).unwrap();
+        assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+        assert_eq!(value(&text, "meterflow_records_received_total"), Some(15.0));
+        assert_eq!(value(&text, "meterflow_events_accepted_total"), Some(12.0));
+        assert_eq!(value(&text, "meterflow_events_billable_total"), Some(6.0));
+        let code = Reason::UnknownCustomer.code();
+        assert_eq!(
+            value(
+                &text,
+                &format!("meterflow_records_rejected_total{{reason=\"{code}\"}}")
+            ),
+            Some(2.0)
+        );
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut s, &mut text).unwrap();
+        assert!(text.starts_with("HTTP/1.1 404"), "{text}");
+    }
+}
