@@ -37,6 +37,18 @@ fn gen(dir: &Path, events: u64) {
     );
 }
 
+/// A scratch directory with `gen` events and a config cutting them into `chunk_bytes` chunks.
+fn generated(name: &str, events: u64, chunk_bytes: u64) -> Scratch {
+    let s = Scratch::new(name);
+    gen(s.path(), events);
+    std::fs::write(
+        s.path().join("small-chunks.toml"),
+        format!("[input]\nchunk_bytes = {chunk_bytes}\n"),
+    )
+    .unwrap();
+    s
+}
+
 fn run(dir: &Path, out: &str, workers: &str) -> std::path::PathBuf {
     let out = dir.join(out);
     meterflow_ok(&[
@@ -183,13 +195,7 @@ fn the_demo_shows_every_kind_of_record() {
 
 #[test]
 fn one_and_two_workers_write_the_same_money_and_lose_nothing() {
-    let s = Scratch::new("workers");
-    gen(s.path(), 30_000);
-    std::fs::write(
-        s.path().join("small-chunks.toml"),
-        "[input]\nchunk_bytes = 65536\n",
-    )
-    .unwrap();
+    let s = generated("workers", 30_000, 65536);
     let one = run(s.path(), "out1", "1");
     let two = run(s.path(), "out2", "2");
     let (c1, c2) = (counts(&one), counts(&two));
@@ -293,13 +299,7 @@ const INVOICE_SERVICE_LINE: [&str; 5] = [
 /// aggregation, and compare with the streaming invoice lines.
 #[test]
 fn invoice_quantities_reconcile_with_accepted_usage() {
-    let s = Scratch::new("reconcile");
-    gen(s.path(), 20_000);
-    std::fs::write(
-        s.path().join("small-chunks.toml"),
-        "[input]\nchunk_bytes = 32768\n",
-    )
-    .unwrap();
+    let s = generated("reconcile", 20_000, 32768);
     let out = run(s.path(), "out", "2");
     let events = read_table(&out, "usage_events").unwrap();
     // Peak and distinct-count meters (`seats`, `active_users`) bill a service period at the
@@ -398,13 +398,7 @@ fn invoice_quantities_reconcile_with_accepted_usage() {
 /// invoice line is found, named with the events behind it, recorded, and exits 3.
 #[test]
 fn reconcile_finds_no_drift_then_an_edited_invoice_line() {
-    let s = Scratch::new("reconcile-cmd");
-    gen(s.path(), 20_000);
-    std::fs::write(
-        s.path().join("small-chunks.toml"),
-        "[input]\nchunk_bytes = 32768\n",
-    )
-    .unwrap();
+    let s = generated("reconcile-cmd", 20_000, 32768);
     let out = run(s.path(), "out", "2");
     let catalog = s.path().join("catalog");
     let reconcile = |extra: &[&str]| {
@@ -548,13 +542,7 @@ fn reconcile_finds_no_drift_then_an_edited_invoice_line() {
 
 #[test]
 fn stdin_gives_the_same_result_as_a_file() {
-    let s = Scratch::new("stdin");
-    gen(s.path(), 5_000);
-    std::fs::write(
-        s.path().join("small-chunks.toml"),
-        "[input]\nchunk_bytes = 16384\n",
-    )
-    .unwrap();
+    let s = generated("stdin", 5_000, 16384);
     let from_file = run(s.path(), "file", "1");
     let out = s.path().join("stdin");
     let mut child = Command::new(meterflow_bin())

@@ -702,20 +702,36 @@ fn assert_one_generation_per_start(ch: &ClickHouseServer) {
     );
 }
 
+/// 3000 generated records (5% invalid) produced to a two-partition topic of librdkafka's mock
+/// cluster, each message with `header` if given.
+fn on_mock_cluster(
+    name: &str,
+    header: Option<(&str, &str)>,
+) -> (
+    Scratch,
+    MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    Vec<String>,
+) {
+    let dir = Scratch::new(name);
+    generate(dir.path(), 3000, 20, 3, &["--invalid-rate", "0.05"]);
+    let text = std::fs::read_to_string(dir.path().join("events.jsonl")).unwrap();
+    let lines: Vec<String> = text.lines().map(String::from).collect();
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic(TOPIC, 2, 1).unwrap();
+    let mut producer = UsageProducer::new(&cluster.bootstrap_servers(), TOPIC, 2, BATCHING);
+    if let Some((k, v)) = header {
+        producer = producer.with_header(k, v);
+    }
+    producer.send_lines(&lines.iter().map(String::as_str).collect::<Vec<_>>());
+    producer.flush();
+    (dir, cluster, lines)
+}
+
 #[test]
 fn rejections_keep_the_kafka_key_and_headers() {
     // librdkafka's mock cluster: tansu's sqlite storage slows to a crawl on record headers.
-    let dir = Scratch::new("kafka-headers");
+    let (dir, cluster, lines) = on_mock_cluster("kafka-headers", Some(("producer", "billing-api")));
     let d = dir.path();
-    generate(d, 3000, 20, 3, &["--invalid-rate", "0.05"]);
-    let text = std::fs::read_to_string(d.join("events.jsonl")).unwrap();
-    let lines: Vec<&str> = text.lines().collect();
-    let cluster = MockCluster::new(1).unwrap();
-    cluster.create_topic(TOPIC, 2, 1).unwrap();
-    let mut producer = UsageProducer::new(&cluster.bootstrap_servers(), TOPIC, 2, BATCHING)
-        .with_header("producer", "billing-api");
-    producer.send_lines(&lines);
-    producer.flush();
     let ch = ClickHouseServer::start(d);
     meterflow_ok(&["migrate", "--clickhouse-url", &ch.url()]);
     let config = d.join("kafka.toml");
@@ -941,16 +957,8 @@ fn a_partition_a_producer_is_still_writing_holds_the_watermark_until_it_is_idle(
 /// of the topic, and equal what `counts.json` says when the run ends.
 #[test]
 fn metrics_are_served_while_kafka_is_read_and_agree_with_counts_json() {
-    let dir = Scratch::new("kafka-metrics");
+    let (dir, cluster, lines) = on_mock_cluster("kafka-metrics", None);
     let d = dir.path();
-    generate(d, 3000, 20, 3, &["--invalid-rate", "0.05"]);
-    let text = std::fs::read_to_string(d.join("events.jsonl")).unwrap();
-    let lines: Vec<&str> = text.lines().collect();
-    let cluster = MockCluster::new(1).unwrap();
-    cluster.create_topic(TOPIC, 2, 1).unwrap();
-    let mut producer = UsageProducer::new(&cluster.bootstrap_servers(), TOPIC, 2, BATCHING);
-    producer.send_lines(&lines);
-    producer.flush();
     let port = meterflow_tests::servers::free_port();
     let config = d.join("kafka.toml");
     std::fs::write(
