@@ -17,11 +17,15 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use crate::catalog::{distinct_value, Aggregation, Catalog};
+use crate::entitlement::signals;
 use crate::money::Quantity;
-use crate::time::EventTime;
+use crate::time::{EventTime, Period, PeriodUnit};
 
-/// Which comparison a reconciliation row is.
+/// Which comparison a reconciliation row is: a line's quantity and events.
 pub const EVENTS_TO_LINES: &str = "events_to_lines";
+/// A threshold or limit signal of an entitlement: whether the events call for it, and whether
+/// it is active in `entitlement_signals`.
+pub const EVENTS_TO_SIGNALS: &str = "events_to_signals";
 
 /// The identity of a line, as the tables name it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -76,6 +80,9 @@ pub struct Reconciled {
     pub run_id: String,
     pub check: &'static str,
     pub line: LineRef,
+    /// For [`EVENTS_TO_SIGNALS`]: the signal (`threshold 90%`, `soft_limit`, `hard_limit`);
+    /// empty for lines.
+    pub signal: String,
     pub expected: Tally,
     pub billed: Tally,
     /// Up to [`EVENT_IDS`] ids of the events behind the line (kept for drifting lines).
@@ -229,6 +236,7 @@ pub fn compare(
             run_id: String::new(),
             check: EVENTS_TO_LINES,
             line,
+            signal: String::new(),
             expected,
             billed,
             event_ids,
@@ -240,6 +248,7 @@ pub fn compare(
             run_id: String::new(),
             check: EVENTS_TO_LINES,
             line,
+            signal: String::new(),
             expected: Tally::default(),
             billed,
             event_ids: Vec::new(),
@@ -248,6 +257,127 @@ pub fn compare(
     out.retain(|r| r.expected != Tally::default() || r.billed != Tally::default());
     out.sort_by(|a, b| a.line.cmp(&b.line));
     out
+}
+
+/// A threshold or limit signal, as `entitlement_signals` names it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SignalRef {
+    pub customer_id: String,
+    pub contract_id: String,
+    pub sku: String,
+    /// The service period's label.
+    pub period: String,
+    /// `threshold`, `soft_limit` or `hard_limit`.
+    pub signal: String,
+    /// The threshold's percentage (0 for limits).
+    pub percent: u32,
+}
+
+impl SignalRef {
+    fn describe(&self) -> String {
+        match self.signal.as_str() {
+            "threshold" => format!("threshold {}%", self.percent),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// Whether a signal is a threshold or limit of an entitlement (the burn signals follow spend,
+/// not usage, and are not reconciled here).
+pub fn is_usage_signal(kind: &str) -> bool {
+    matches!(kind, "threshold" | "soft_limit" | "hard_limit")
+}
+
+/// The threshold and limit signals the recomputed lines call for under the entitlement rules
+/// (`crate::entitlement::signals`): usage per contract, SKU and service period is the lines'
+/// quantity summed over regions and invoice periods. With the usage behind each.
+pub fn expected_signals(
+    catalog: &Catalog,
+    unit: PeriodUnit,
+    lines: &BTreeMap<LineRef, (Tally, Vec<String>)>,
+) -> BTreeMap<SignalRef, Quantity> {
+    type Usage = BTreeMap<EventTime, Quantity>;
+    let mut usage: BTreeMap<(&str, &str, &str), Usage> = BTreeMap::new();
+    for (l, (t, _)) in lines {
+        let Some(p) = unit.parse_label(&l.service_period) else {
+            continue;
+        };
+        let key = (
+            l.customer_id.as_str(),
+            l.contract_id.as_str(),
+            l.sku.as_str(),
+        );
+        *usage.entry(key).or_default().entry(p.0).or_default() += t.quantity;
+    }
+    let mut out = BTreeMap::new();
+    for ((customer, contract, sku), by_period) in usage {
+        let (Some(c), Some(s)) = (catalog.contract(contract), catalog.sku(sku)) else {
+            continue;
+        };
+        let Some(e) = catalog.contracts[c.ix()]
+            .entitlements
+            .iter()
+            .find(|e| e.sku == s)
+        else {
+            continue;
+        };
+        for (start, signal) in signals(e, &by_period, |t| unit.end_of(Period(t))) {
+            let r = SignalRef {
+                customer_id: customer.into(),
+                contract_id: contract.into(),
+                sku: sku.into(),
+                period: unit.label(Period(start)),
+                signal: signal.kind.as_str().into(),
+                percent: signal.percent,
+            };
+            out.insert(r, by_period.get(&start).copied().unwrap_or_default());
+        }
+    }
+    out
+}
+
+/// Signals called for against signals active: one row per signal either side has. `expected`
+/// and `billed` events are 1 where the signal should be (is) active; the quantities are the
+/// period's usage from the events.
+pub fn compare_signals(
+    expected: BTreeMap<SignalRef, Quantity>,
+    active: BTreeSet<SignalRef>,
+) -> Vec<Reconciled> {
+    let mut all: BTreeMap<SignalRef, (Option<Quantity>, bool)> = BTreeMap::new();
+    for (s, q) in expected {
+        all.entry(s).or_default().0 = Some(q);
+    }
+    for s in active {
+        all.entry(s).or_default().1 = true;
+    }
+    all.into_iter()
+        .map(|(s, (usage, is_active))| {
+            let q = usage.unwrap_or_default();
+            Reconciled {
+                checked_at: EventTime::MIN,
+                run_id: String::new(),
+                check: EVENTS_TO_SIGNALS,
+                signal: s.describe(),
+                line: LineRef {
+                    customer_id: s.customer_id,
+                    contract_id: s.contract_id,
+                    sku: s.sku,
+                    region: String::new(),
+                    service_period: s.period,
+                    invoice_period: String::new(),
+                },
+                expected: Tally {
+                    events: i64::from(usage.is_some()),
+                    quantity: q,
+                },
+                billed: Tally {
+                    events: i64::from(is_active),
+                    quantity: q,
+                },
+                event_ids: Vec::new(),
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -500,7 +500,7 @@ pub const CATALOG_CHANGES: Table = Table {
 pub const RECONCILIATION: Table = Table {
     name: "reconciliation",
     row: "Reconciled",
-    about: "one line checked by `meterflow reconcile`: expected from the events, billed, drift",
+    about: "one line or signal checked by `meterflow reconcile`: expected from the events, billed, drift",
     columns: &[
         col("checked_at", "DateTime"),
         col("run_id", "String"),
@@ -511,6 +511,7 @@ pub const RECONCILIATION: Table = Table {
         col("region", "String"),
         col("service_period", "String"),
         col("invoice_period", "String"),
+        col("signal", "String"),
         col("expected_events", "Int64"),
         col("billed_events", "Int64"),
         col("expected_quantity", "Decimal(38, 9)"),
@@ -527,9 +528,10 @@ pub const RECONCILIATION: Table = Table {
         "region",
         "service_period",
         "invoice_period",
+        "signal",
         "checked_at",
     ],
-    csv: Some("checked_at,run_id,comparison,customer_id,contract_id,sku,region,service_period,invoice_period,expected_events,billed_events,expected_quantity,billed_quantity,drift,event_ids"),
+    csv: Some("checked_at,run_id,comparison,customer_id,contract_id,sku,region,service_period,invoice_period,signal,expected_events,billed_events,expected_quantity,billed_quantity,drift,event_ids"),
     output: None,
 };
 

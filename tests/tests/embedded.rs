@@ -1012,3 +1012,72 @@ fn anomalies_land_in_their_table_and_page_on_call_once_each() {
         .all(|e| e["details"]["severity"] == "critical"));
     assert_eq!(receiver.failed.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
+
+/// Reconciling the demo's entitlements: the threshold signals its usage crosses are active; one
+/// dropped from `entitlement_signals` is found, named, and exits 3.
+#[test]
+fn reconcile_finds_a_dropped_entitlement_signal() {
+    let s = Scratch::new("reconcile-signals");
+    meterflow_ok(&["demo", "--dir", s.path().to_str().unwrap()]);
+    let (catalog, out) = (s.path().join("catalog"), s.path().join("out"));
+    let reconcile = || {
+        let o = meterflow(&[
+            "reconcile",
+            "-c",
+            catalog.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--config",
+            s.path().join("meterflow.toml").to_str().unwrap(),
+        ]);
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+        )
+    };
+    let (code, text) = reconcile();
+    assert_eq!(code, Some(0), "{text}");
+    let checked = read_table(&out, "reconciliation").unwrap();
+    let signals = checked
+        .iter()
+        .filter(|r| r["comparison"] == "events_to_signals")
+        .count();
+    assert!(signals >= 3, "{text}");
+
+    // Drop the rows of the 90% threshold of one period.
+    let part = out.join("entitlement_signals/part-0.csv");
+    let text = std::fs::read_to_string(&part).unwrap();
+    let (header, rows) = text.split_once('\n').unwrap();
+    let dropped = rows
+        .lines()
+        .find(|l| l.contains(",threshold,90,"))
+        .expect("a 90% threshold signal")
+        .to_string();
+    let f: Vec<&str> = dropped.split(',').collect();
+    let (customer, contract, sku, period) = (f[0], f[1], f[2], f[3]);
+    let prefix = format!("{customer},{contract},{sku},{period},threshold,90,");
+    let kept: String = rows
+        .lines()
+        .filter(|l| !l.starts_with(&prefix))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&part, format!("{header}\n{kept}")).unwrap();
+
+    let (code, text) = reconcile();
+    assert_eq!(code, Some(3), "{text}");
+    assert!(
+        text.contains(&format!(
+            "signal {customer} / {contract} / {sku} / {period} threshold 90%: called for by the usage"
+        )),
+        "{text}"
+    );
+    let drifting: Vec<Row> = read_table(&out, "reconciliation")
+        .unwrap()
+        .into_iter()
+        .filter(|r| r["drift"] == "1")
+        .collect();
+    assert_eq!(drifting.len(), 1, "{drifting:?}");
+    assert_eq!(drifting[0]["signal"], "threshold 90%");
+    assert_eq!(drifting[0]["expected_events"], "1");
+    assert_eq!(drifting[0]["billed_events"], "0");
+}

@@ -49,8 +49,8 @@ impl ReconcileCommand {
             period: self.period.clone(),
         };
         let mut checked = match &ch {
-            Some(ch) => from_clickhouse(ch, &catalog, &scope),
-            None => from_output(&self.out, &catalog, &scope),
+            Some(ch) => from_clickhouse(ch, &catalog, cfg.billing.period, &scope),
+            None => from_output(&self.out, &catalog, cfg.billing.period, &scope),
         }
         .map_err(anyhow::Error::msg)?;
         let now = EventTime::now();

@@ -2,7 +2,7 @@
 //! CSV tables (one plain pass) or from ClickHouse (plain SQL over `usage_events`), and the drift
 //! table `meterflow reconcile` prints. The comparison itself is `meterflow_schemas::reconcile`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -10,13 +10,14 @@ use clickhouse::Row;
 use meterflow_schemas::catalog::Catalog;
 use meterflow_schemas::money::Quantity;
 use meterflow_schemas::reconcile::{
-    billed, compare, EventFacts, Expected, LineFacts, LineRef, Reconciled, Tally, EVENT_IDS,
+    billed, compare, compare_signals, expected_signals, is_usage_signal, EventFacts, Expected,
+    LineFacts, LineRef, Reconciled, SignalRef, Tally, EVENTS_TO_LINES, EVENT_IDS,
 };
 use meterflow_schemas::tables;
-use meterflow_schemas::time::EventTime;
+use meterflow_schemas::time::{EventTime, PeriodUnit};
 use serde::Deserialize;
 
-use crate::reports::tables::{read_table, Row as CsvRow};
+use crate::reports::tables::{current_rows, read_table, Row as CsvRow};
 use crate::sinks::clickhouse::client::ClickHouse;
 
 /// Which lines to check.
@@ -48,6 +49,7 @@ fn field<'r>(r: &'r CsvRow, name: &str) -> &'r str {
 pub fn from_output(
     out: &Path,
     catalog: &Catalog,
+    unit: PeriodUnit,
     scope: &Scope,
 ) -> Result<Vec<Reconciled>, String> {
     let read = |t: &tables::Table| {
@@ -95,9 +97,43 @@ pub fn from_output(
                 .map_err(|e| format!("{what}: sign: {e}"))?,
         });
     }
-    let mut checked = compare(expected.lines(catalog), billed(catalog, lines));
+    let mut active = BTreeSet::new();
+    for r in current_rows(&read(&tables::ENTITLEMENT_SIGNALS)?) {
+        if is_usage_signal(field(&r, "signal")) {
+            active.insert(SignalRef {
+                customer_id: field(&r, "customer_id").into(),
+                contract_id: field(&r, "contract_id").into(),
+                sku: field(&r, "sku").into(),
+                period: field(&r, "period").into(),
+                signal: field(&r, "signal").into(),
+                percent: field(&r, "percent").parse().unwrap_or(0),
+            });
+        }
+    }
+    Ok(finish(
+        catalog,
+        unit,
+        scope,
+        expected.lines(catalog),
+        billed(catalog, lines),
+        active,
+    ))
+}
+
+/// Both comparisons, in scope: lines, then signals.
+fn finish(
+    catalog: &Catalog,
+    unit: PeriodUnit,
+    scope: &Scope,
+    lines: BTreeMap<LineRef, (Tally, Vec<String>)>,
+    billed: BTreeMap<LineRef, Tally>,
+    active: BTreeSet<SignalRef>,
+) -> Vec<Reconciled> {
+    let signals = expected_signals(catalog, unit, &lines);
+    let mut checked = compare(lines, billed);
+    checked.extend(compare_signals(signals, active));
     checked.retain(|c| scope.keeps(&c.line));
-    Ok(checked)
+    checked
 }
 
 fn line_ref(r: &CsvRow, region: &str) -> LineRef {
@@ -154,6 +190,18 @@ struct ReadingRow {
 }
 
 #[derive(Row, Deserialize)]
+struct SignalRow {
+    customer_id: String,
+    contract_id: String,
+    sku: String,
+    period: String,
+    signal: String,
+    percent: u32,
+    #[allow(dead_code)]
+    n: i64,
+}
+
+#[derive(Row, Deserialize)]
 struct Committed {
     epoch: u64,
 }
@@ -183,6 +231,7 @@ fn in_list<'a>(values: impl Iterator<Item = &'a str>) -> String {
 pub fn from_clickhouse(
     ch: &ClickHouse,
     catalog: &Catalog,
+    unit: PeriodUnit,
     scope: &Scope,
 ) -> Result<Vec<Reconciled>, String> {
     let committed: Vec<Committed> = ch.fetch(
@@ -273,8 +322,24 @@ pub fn from_clickhouse(
             })
         })
         .collect::<Result<Vec<_>, String>>()?;
-    let mut checked = compare(lines_expected, billed(catalog, billed_lines));
-    checked.retain(|c| scope.keeps(&c.line));
+    let signals: Vec<SignalRow> = ch.fetch(&format!(
+        "SELECT customer_id, contract_id, sku, period, signal, percent, sum(sign) AS n \
+         FROM {{db}}.entitlement_signals WHERE signal IN ('threshold', 'soft_limit', 'hard_limit') AND {filter} \
+         GROUP BY customer_id, contract_id, sku, period, signal, percent HAVING n > 0"
+    ))?;
+    let active = signals
+        .into_iter()
+        .map(|r| SignalRef {
+            customer_id: r.customer_id,
+            contract_id: r.contract_id,
+            sku: r.sku,
+            period: r.period,
+            signal: r.signal,
+            percent: r.percent,
+        })
+        .collect();
+    let billed_lines = billed(catalog, billed_lines);
+    let mut checked = finish(catalog, unit, scope, lines_expected, billed_lines, active);
     // The events behind each drifting additive line (the readings' are known already).
     for c in checked
         .iter_mut()
@@ -300,23 +365,29 @@ pub fn from_clickhouse(
     Ok(checked)
 }
 
-/// The drift table: one row per drifting line, with the difference and the events behind it.
+/// The drift table: one row per drifting line or signal, with the difference and the events
+/// behind it.
 pub fn render(checked: &[Reconciled]) -> String {
-    let drifting: Vec<&Reconciled> = checked.iter().filter(|c| c.drifts()).collect();
+    let (lines, signals): (Vec<&Reconciled>, Vec<&Reconciled>) =
+        checked.iter().partition(|c| c.check == EVENTS_TO_LINES);
     let mut s = String::new();
     let _ = writeln!(
         s,
         "events ↔ invoice lines: {} lines checked (quantity and events per customer, contract, SKU, region and period)",
-        checked.len()
+        lines.len()
     );
-    if drifting.is_empty() {
+    let _ = writeln!(
+        s,
+        "events ↔ entitlements: {} threshold and limit signals checked",
+        signals.len()
+    );
+    let drifting = checked.iter().filter(|c| c.drifts()).count();
+    if drifting == 0 {
         let _ = writeln!(s, "no drift");
         return s;
     }
-    let _ = writeln!(s, "DRIFT in {} of {} lines:", drifting.len(), checked.len());
-    let mut by_customer: BTreeMap<&str, usize> = BTreeMap::new();
-    for c in &drifting {
-        *by_customer.entry(&c.line.customer_id).or_default() += 1;
+    let _ = writeln!(s, "DRIFT in {drifting} of {}:", checked.len());
+    for c in lines.iter().filter(|c| c.drifts()) {
         let l = &c.line;
         let period = if l.invoice_period.is_empty() {
             format!("service {}", l.service_period)
@@ -326,7 +397,7 @@ pub fn render(checked: &[Reconciled]) -> String {
         let region = if l.region.is_empty() { "*" } else { &l.region };
         let _ = writeln!(
             s,
-            "  {} / {} / {} / {} / {}: expected {} ({} events), billed {} ({} events), difference {} ({} events); events: {}",
+            "  line {} / {} / {} / {} / {}: expected {} ({} events), billed {} ({} events), difference {} ({} events); events: {}",
             l.customer_id,
             l.contract_id,
             l.sku,
@@ -343,6 +414,19 @@ pub fn render(checked: &[Reconciled]) -> String {
             } else {
                 c.event_ids.join(" ")
             }
+        );
+    }
+    for c in signals.iter().filter(|c| c.drifts()) {
+        let l = &c.line;
+        let (want, have) = if c.expected.events > 0 {
+            ("called for by the usage", "not active")
+        } else {
+            ("not called for by the usage", "active")
+        };
+        let _ = writeln!(
+            s,
+            "  signal {} / {} / {} / {} {}: {want} ({} in the period), {have} in entitlement_signals",
+            l.customer_id, l.contract_id, l.sku, l.service_period, c.signal, c.expected.quantity,
         );
     }
     s

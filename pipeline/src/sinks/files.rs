@@ -484,7 +484,12 @@ impl CsvRow for Reconciled {
         ] {
             field(row, v);
         }
-        for v in [&l.region, &l.service_period, &l.invoice_period] {
+        for v in [
+            &l.region,
+            &l.service_period,
+            &l.invoice_period,
+            &self.signal,
+        ] {
             field(row, v);
         }
         int(row, self.expected.events);
