@@ -162,6 +162,14 @@ impl Expected {
         }
     }
 
+    /// Adds an additive line's events and quantity summed elsewhere (by ClickHouse, over the
+    /// same events `add` would have been given).
+    pub fn add_summed(&mut self, line: LineRef, summed: Tally) {
+        let (t, _) = self.additive.entry(line).or_default();
+        t.events += summed.events;
+        t.quantity += summed.quantity;
+    }
+
     /// Every line's expected tally, with the first events behind it.
     pub fn lines(self, catalog: &Catalog) -> BTreeMap<LineRef, (Tally, Vec<String>)> {
         let mut lines = self.additive;

@@ -144,17 +144,18 @@ fn run_until_catalog_change(
     let cluster = setup.cluster.clone();
     let progress = ProgressLine::new(setup.total_bytes(), args.quiet, setup.total_bytes() == 0);
     tracing::info!(sources = ?sources_for_log(args), workers = cluster.threads, processes = cluster.addresses.len().max(1), first_epoch = restored.resume.first_epoch(), "run started");
+    let (inputs, generation) = (setup.input.dealt(&setup.file_sizes), restored.generation);
+    let (wiring, resume) = Wiring::new(args, setup, restored, kept, switch.clone());
     let execution = Execution {
-        plan: setup.plan.clone(),
-        resume: Arc::new(Resume::default()),
+        plan: wiring.plan.clone(),
+        resume: Arc::new(resume),
         totals: totals.clone(),
         fatal: fatal.clone(),
-        catalog_digest: setup.snapshot.digest(),
-        inputs: setup.input.dealt(&setup.file_sizes),
-        generation: restored.generation,
-        stop: switch.clone(),
+        catalog_digest: wiring.catalog_digest.clone(),
+        inputs,
+        generation,
+        stop: switch,
     };
-    let (wiring, execution) = Wiring::new(args, setup, restored, kept, switch, execution);
     let switched = execute(
         &cluster,
         execution,
@@ -350,18 +351,16 @@ struct Wiring {
 }
 
 impl Wiring {
-    /// The wiring, and `execution` resuming from `restored`.
+    /// The wiring, and the state the dataflow resumes from.
     fn new(
         args: &RunArgs,
         s: Setup,
         restored: Restored,
         kept: ByTable,
         switch: Arc<AtomicBool>,
-        mut execution: Execution,
-    ) -> (Wiring, Execution) {
+    ) -> (Wiring, Resume) {
         let resume_from = restored.resume.progress.clone();
         let first_round = round_end(restored.resume.first_epoch(), s.plan.epochs_per_round);
-        execution.resume = Arc::new(restored.resume);
         let wiring = Wiring {
             sources: s.input.sources(),
             input: s.input,
@@ -377,7 +376,7 @@ impl Wiring {
             alert_format: s.alert_format,
             switch,
         };
-        (wiring, execution)
+        (wiring, restored.resume)
     }
 
     fn worker_io(&self, index: usize, peers: usize, generation: u32) -> Result<WorkerIo, String> {

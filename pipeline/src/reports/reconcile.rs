@@ -65,14 +65,7 @@ pub fn from_output(
             catalog,
             EventFacts {
                 quantity: quantity(field(&r, "quantity"), &event_id)?,
-                line: LineRef {
-                    customer_id: field(&r, "customer_id").into(),
-                    contract_id: field(&r, "contract_id").into(),
-                    sku: field(&r, "sku").into(),
-                    region: field(&r, "price_region").into(),
-                    service_period: field(&r, "service_period").into(),
-                    invoice_period: field(&r, "invoice_period").into(),
-                },
+                line: line_ref(&r, "price_region"),
                 time,
                 billable: field(&r, "billable") == "1",
                 correction_action: field(&r, "correction_action").into(),
@@ -294,22 +287,14 @@ pub fn from_clickhouse(
             },
         );
     }
-    let mut lines_expected = expected.lines(catalog);
     for s in &sums {
-        let count = catalog.sku(&s.sku).is_some_and(|i| {
-            catalog.skus[i.ix()].aggregation == meterflow_schemas::catalog::Aggregation::Count
-        });
-        let q = quantity(&s.quantity, "usage_events")?;
-        let tally = Tally {
+        let summed = Tally {
             events: s.events,
-            quantity: if count {
-                Quantity(s.events as i128 * 10i128.pow(Quantity::SCALE))
-            } else {
-                q
-            },
+            quantity: quantity(&s.quantity, "usage_events")?,
         };
-        lines_expected.insert(s.line(), (tally, Vec::new()));
+        expected.add_summed(s.line(), summed);
     }
+    let lines_expected = expected.lines(catalog);
     let billed_lines = lines
         .iter()
         .map(|l| {
