@@ -106,6 +106,10 @@ pub fn commit_progress<'s>(
             .as_ref()
             .map_or_else(WatermarkTracker::default, Progress::watermark_tracker);
         let mut committed_through = start.as_ref().map(|p| p.epoch);
+        // A resumed run writes from its first epoch even if it reads nothing: a restart under a
+        // changed catalog re-rates billed usage there. Its end commits that epoch's round, so
+        // the re-rated rows (and the new catalog's digest) are committed, not redone.
+        let mut last_seen: Option<Epoch> = start.as_ref().map(|p| p.epoch + 1);
         let mut committed = start.unwrap_or_default();
         committed.counts = std::mem::take(&mut committed.counts).without_gauges();
         let mut positions: BTreeMap<(u32, i32), u64> = committed
@@ -113,7 +117,7 @@ pub fn commit_progress<'s>(
             .iter()
             .map(|p| ((p.source, p.partition), p.next_offset))
             .collect();
-        let mut last_seen: Option<Epoch> = None;
+
         move |frontiers| {
             durable_in.for_each(|_, _| {});
             stats_in.for_each(|_, data| {

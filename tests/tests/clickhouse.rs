@@ -197,6 +197,12 @@ fn a_backdated_rate_change_re_rates_billed_usage_with_signed_corrections() {
         billed_before, billed_after,
         "the change re-priced billed usage"
     );
+    // The re-rated rows are committed: the last commit covers them.
+    assert_eq!(
+        count(&f.ch, "SELECT count() FROM meterflow.invoice_lines WHERE epoch > (SELECT max(epoch) FROM meterflow.sink_progress)"),
+        0,
+        "rows beyond the last commit"
+    );
     // Billed usage now equals a run that had the new catalog from the start ...
     f.assert_matches_oracle("after a backdated rate change", &[]);
     // ... and the change was written as corrections: retractions of the billed lines and new

@@ -43,9 +43,7 @@ use meterflow_operators::meters::{reloads_readings, Reading};
 use meterflow_schemas::anomaly::{
     Anomaly, AnomalyKind, Baseline, Bucket, BucketRow, Detector, Severity,
 };
-use meterflow_schemas::catalog::{
-    distinct_value, Catalog, ContractIdx, CustomerIdx, PriceIdx, RegionIdx, SkuIdx,
-};
+use meterflow_schemas::catalog::{Catalog, ContractIdx, CustomerIdx, PriceIdx, RegionIdx, SkuIdx};
 use meterflow_schemas::entitlement::{reported_through, SignalKind};
 use meterflow_schemas::hashing::EventKey;
 use meterflow_schemas::money::{Amount, Quantity};
@@ -138,22 +136,6 @@ struct ReportedRow {
     contract_id: String,
     service_period: String,
     latest_ms: i64,
-}
-
-#[derive(Row, Deserialize)]
-struct ReadingRow {
-    customer_id: String,
-    contract_id: String,
-    sku: String,
-    price_region: String,
-    service_period: String,
-    invoice_period: String,
-    rate_card: String,
-    rate_card_version: u32,
-    quantity: i128,
-    event_time_ms: i64,
-    attributes: String,
-    correction_action: String,
 }
 
 /// Maps table text back to catalog indices.
@@ -763,9 +745,12 @@ struct BilledRow {
     correction_action: String,
 }
 
+/// The columns of a billable event that price it.
+const BILLED_COLUMNS: &str = "event_id, customer_id, contract_id, sku, region, quantity, \
+     event_time_ms, service_period, invoice_period, attributes, correction_action";
+
 /// The pricing input of the billable events of `groups` (epochs up to `upto`), each priced as
-/// the current catalog prices it. An event the catalog can no longer price stops the restart:
-/// accepted usage is never dropped from an invoice by a catalog change.
+/// the current catalog prices it.
 fn rerated_events(
     ch: &ClickHouse,
     l: &Lookup,
@@ -783,62 +768,71 @@ fn rerated_events(
     let periods: BTreeSet<String> = groups.iter().map(|g| l.period.label(g.3)).collect();
     let (contracts, periods) = (sql_list(contracts), sql_list(periods));
     let rows: Vec<BilledRow> = ch.fetch(&format!(
-        "SELECT event_id, customer_id, contract_id, sku, region, quantity, event_time_ms, \
-         service_period, invoice_period, attributes, correction_action \
-         FROM {{db}}.usage_events WHERE billable = 1 AND contract_id IN ({contracts}) \
-         AND service_period IN ({periods}) AND {upto}"
+        "SELECT {BILLED_COLUMNS} FROM {{db}}.usage_events WHERE billable = 1 \
+         AND contract_id IN ({contracts}) AND service_period IN ({periods}) AND {upto}"
     ))?;
     let mut out = Vec::new();
     for r in rows {
-        let line = l.key(
-            &r.customer_id,
-            &r.contract_id,
-            &r.sku,
-            "*",
-            &r.service_period,
-        )?;
-        if !groups.contains(&group_of(&line)) {
-            continue;
+        let delta = priced_now(l, &r)?;
+        if groups.contains(&group_of(&delta.line)) {
+            out.push(delta);
         }
-        let contract = &c.contracts[line.contract.ix()];
-        let time = EventTime(r.event_time_ms);
-        let region = if r.region.is_empty() {
-            None
-        } else {
-            c.region(&r.region)
-        };
-        let price = c.price_for(contract, line.sku, region, time).map_err(|miss| {
-            format!(
-                "the catalog no longer prices accepted event `{}` (contract `{}`, sku `{}`, {time}): {miss:?}; billed usage cannot be dropped by a catalog change: publish a rate-card version that prices it",
-                r.event_id, contract.id, r.sku
-            )
-        })?;
-        let line_events = match r.correction_action.as_str() {
-            "void" => -1,
-            "amend" => 0,
-            _ => 1,
-        };
-        out.push(usage_delta(
-            c,
-            BilledEvent {
-                customer: line.customer,
-                contract: line.contract,
-                sku: line.sku,
-                price,
-                service_period: line.service_period,
-                invoice_period: l.period(&r.invoice_period)?,
-                line_events,
-                quantity: Quantity(r.quantity),
-                time,
-                attributes: Some(&r.attributes),
-            },
-        ));
     }
     Ok(out)
 }
 
+/// An accepted event's pricing input, priced as the current catalog prices it (the rate-card
+/// version in `usage_events` is the one of the catalog that accepted it, which a backdated
+/// change may since have replaced). An event the catalog can no longer price stops the
+/// restart: accepted usage is never dropped from an invoice by a catalog change.
+fn priced_now(l: &Lookup, r: &BilledRow) -> Result<UsageDelta, String> {
+    let c = l.catalog;
+    let line = l.key(
+        &r.customer_id,
+        &r.contract_id,
+        &r.sku,
+        "*",
+        &r.service_period,
+    )?;
+    let contract = &c.contracts[line.contract.ix()];
+    let time = EventTime(r.event_time_ms);
+    let region = if r.region.is_empty() {
+        None
+    } else {
+        c.region(&r.region)
+    };
+    let price = c.price_for(contract, line.sku, region, time).map_err(|miss| {
+        format!(
+            "the catalog no longer prices accepted event `{}` (contract `{}`, sku `{}`, {time}): {miss:?}; billed usage cannot be dropped by a catalog change: publish a rate-card version that prices it",
+            r.event_id, contract.id, r.sku
+        )
+    })?;
+    let line_events = match r.correction_action.as_str() {
+        "void" => -1,
+        "amend" => 0,
+        _ => 1,
+    };
+    Ok(usage_delta(
+        c,
+        BilledEvent {
+            customer: line.customer,
+            contract: line.contract,
+            sku: line.sku,
+            price,
+            service_period: line.service_period,
+            invoice_period: l.period(&r.invoice_period)?,
+            line_events,
+            quantity: Quantity(r.quantity),
+            time,
+            attributes: Some(&r.attributes),
+        },
+    ))
+}
+
 /// The readings of non-additive meters on lines `wanted` picks, from the accepted billable events
-/// of epochs up to `upto`: what the meter reduce held (see `meterflow_operators::meters`).
+/// of epochs up to `upto`: what the meter reduce held (see `meterflow_operators::meters`), each
+/// priced as the current catalog prices it, like a re-rating (a restart after a re-rating
+/// commit must price them as the re-rating did).
 fn held_readings(
     ch: &ClickHouse,
     l: &Lookup,
@@ -864,41 +858,18 @@ fn held_readings(
     } else {
         l.period.period_of(forget_before).0 .0
     };
-    let rows: Vec<ReadingRow> = ch.fetch(&format!(
-        "SELECT customer_id, contract_id, sku, price_region, service_period, invoice_period, \
-         rate_card, rate_card_version, quantity, event_time_ms, attributes, correction_action \
-         FROM {{db}}.usage_events WHERE billable = 1 AND sku IN ({}) AND event_time_ms >= {from} \
-         AND {upto}",
+    let rows: Vec<BilledRow> = ch.fetch(&format!(
+        "SELECT {BILLED_COLUMNS} FROM {{db}}.usage_events WHERE billable = 1 AND sku IN ({}) \
+         AND event_time_ms >= {from} AND {upto}",
         sql_list(skus)
     ))?;
     let mut out = Vec::new();
     for r in rows {
-        let line = l.key(
-            &r.customer_id,
-            &r.contract_id,
-            &r.sku,
-            &r.price_region,
-            &r.service_period,
-        )?;
-        if !wanted(&line) {
-            continue;
+        let delta = priced_now(l, &r)?;
+        if wanted(&delta.line) {
+            let aggregation = l.catalog.skus[delta.line.sku.ix()].aggregation;
+            out.extend(Reading::of(&delta, aggregation));
         }
-        let sku = &l.catalog.skus[line.sku.ix()];
-        let delta = UsageDelta {
-            line,
-            invoice_period: l.period(&r.invoice_period)?,
-            price: l.price(&r.rate_card, r.rate_card_version, line.sku, line.region)?,
-            events: if r.correction_action == "void" { -1 } else { 1 },
-            quantity: Quantity(r.quantity),
-            time: EventTime(r.event_time_ms),
-            distinct: match &sku.unique_by {
-                Some(key) => distinct_value(Some(&r.attributes), key).unwrap_or_default(),
-                None => 0,
-            },
-            // Readings are never of percentage prices (those are summed).
-            fee_adjustment: Amount::ZERO,
-        };
-        out.extend(Reading::of(&delta, sku.aggregation));
     }
     Ok(out)
 }
