@@ -11,6 +11,7 @@ use meterflow::commands::invoice::InvoiceCommand;
 use meterflow::commands::migrate::MigrateCommand;
 use meterflow::commands::reconcile::ReconcileCommand;
 use meterflow::commands::run::RunCommand;
+use meterflow::commands::scorecard::ScorecardCommand;
 use meterflow::commands::shadow::ShadowCommand;
 use meterflow::commands::trace::TraceCommand;
 use meterflow::config::ConfigError;
@@ -57,6 +58,8 @@ enum Command {
     Trace(TraceCommand),
     /// Recompute every usage invoice line from the accepted events and report drift (exit 3).
     Reconcile(ReconcileCommand),
+    /// Capture rate (metered usage billed, the gap by cause) and invoice error rate.
+    Scorecard(ScorecardCommand),
 }
 
 fn main() -> ExitCode {
@@ -117,5 +120,6 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Shadow { command } => command.execute(),
         Command::Trace(c) => c.execute(),
         Command::Reconcile(c) => c.execute(),
+        Command::Scorecard(c) => c.execute(),
     }
 }

@@ -375,6 +375,12 @@ ORDER BY (customer_id, sku, window_start, kind, version)"),
         // What `meterflow reconcile` checked: one row per line and run.
         sql: Sql::Create(&crate::tables::RECONCILIATION),
     },
+    Migration {
+        id: 25,
+        name: "scorecard",
+        // What `meterflow scorecard` measured: one row per cause, key and run.
+        sql: Sql::Create(&crate::tables::SCORECARD),
+    },
 ];
 
 /// The table that records applied migrations (created before any migration runs).

@@ -20,6 +20,7 @@ pub mod pricing;
 pub mod reconcile;
 pub mod rejection;
 pub mod rows;
+pub mod scorecard;
 pub mod tables;
 pub mod time;
 pub mod validate;

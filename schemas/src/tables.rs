@@ -113,6 +113,7 @@ pub const ALL: &[&Table] = &[
     &SINK_PROGRESS,
     &CATALOG_CHANGES,
     &RECONCILIATION,
+    &SCORECARD,
 ];
 
 /// The tables the dataflow writes. Their rows carry the `epoch` that wrote them: a restart
@@ -532,6 +533,29 @@ pub const RECONCILIATION: Table = Table {
         "checked_at",
     ],
     csv: Some("checked_at,run_id,comparison,customer_id,contract_id,sku,region,service_period,invoice_period,signal,expected_events,billed_events,expected_quantity,billed_quantity,drift,event_ids"),
+    output: None,
+};
+
+pub const SCORECARD: Table = Table {
+    name: "scorecard",
+    row: "Scored",
+    about: "one number of the leak scorecard: a cause of capture or invoice error per period, customer and SKU",
+    columns: &[
+        col("computed_at", "DateTime"),
+        col("run_id", "String"),
+        col("measure", "String"),
+        col("cause", "String"),
+        col("period", "String"),
+        col("customer_id", "String"),
+        col("sku", "String"),
+        col("currency", "String"),
+        col("events", "Int64"),
+        col("quantity", "Decimal(38, 9)"),
+        col("amount", "Decimal(38, 18)"),
+    ],
+    partition_by: Some("toYYYYMM(computed_at)"),
+    order_by: &["measure", "period", "customer_id", "sku", "cause", "computed_at"],
+    csv: Some("computed_at,run_id,measure,cause,period,customer_id,sku,currency,events,quantity,amount"),
     output: None,
 };
 

@@ -365,6 +365,21 @@ fn every_statement_meterflow_sends_and_every_documented_query_run_on_current_cli
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert!(text.contains("no drift"), "{text}");
+    // The scorecard counts the backdated change's re-rating as invoice errors.
+    let out = meterflow(&[
+        "scorecard",
+        "-c",
+        catalog.to_str().unwrap(),
+        "--clickhouse-url",
+        &f.ch.url(),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    let re_rated = count(
+        &f.ch,
+        "SELECT sum(events) FROM meterflow.scorecard WHERE measure = 'invoice_error' AND cause = 're_rating' AND customer_id = '*' AND period = '*'",
+    );
+    assert!(re_rated > 0, "{text}");
     let dump = work.path().join("dump");
     std::fs::create_dir_all(&dump).unwrap();
     let tables = f
@@ -392,6 +407,7 @@ fn every_statement_meterflow_sends_and_every_documented_query_run_on_current_cli
         .arg("--docs")
         .arg(root.join("docs/clickhouse.md"))
         .arg(root.join("docs/reconcile.md"))
+        .arg(root.join("docs/scorecard.md"))
         .arg("--csv-docs")
         .arg(root.join("docs/outputs.md"))
         .arg("--csv-out")
@@ -440,6 +456,8 @@ fn every_statement_meterflow_sends_and_every_documented_query_run_on_current_cli
         "contract_id IN (",
         "billable = 1 AND sku IN",
         "reconciliation LIMIT 0",
+        "ANY INNER JOIN",
+        "HAVING countIf(sign < 0) > 0",
     ] {
         assert!(sent.contains(kind), "no `{kind}` statement was recorded");
     }
@@ -530,6 +548,85 @@ fn reconcile_finds_an_invoice_line_deleted_in_clickhouse() {
             1,
             "{id} is an event of the line"
         );
+    }
+}
+
+/// `meterflow scorecard` against ClickHouse counts what it counts over the CSV tables of the
+/// same input run without ClickHouse: every capture and invoice error total, cause by cause.
+#[test]
+fn scorecard_counts_the_same_in_clickhouse_as_in_files() {
+    let f = Fixture::new("ch-scorecard", 20_000);
+    for clickhouse in [true, false] {
+        let a = f.args(if clickhouse { "ch" } else { "files" }, clickhouse);
+        meterflow_ok(&a.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+    }
+    let catalog = f.dir.path().join("catalog");
+    let files = f.dir.path().join("files");
+    for source in [
+        &["--clickhouse-url", &f.ch.url()][..],
+        &["-o", files.to_str().unwrap()],
+    ] {
+        let mut a = vec!["scorecard", "-c", catalog.to_str().unwrap()];
+        a.extend(source);
+        meterflow_ok(&a);
+    }
+    let totals_sql = "SELECT measure, cause, period, toString(events), toString(quantity), toString(amount) FROM meterflow.scorecard WHERE customer_id = '*' AND sku = '*' ORDER BY measure, cause, period FORMAT TabSeparated";
+    let in_clickhouse: Vec<String> =
+        f.ch.query(totals_sql)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let c: Vec<&str> = l.split('\t').collect();
+                format!(
+                    "{} {} {} {} {} {}",
+                    c[0],
+                    c[1],
+                    c[2],
+                    c[3],
+                    decimal(c[4]),
+                    decimal(c[5])
+                )
+            })
+            .collect();
+    let mut in_files: Vec<String> = meterflow::reports::tables::read_table(&files, "scorecard")
+        .unwrap()
+        .iter()
+        .filter(|r| r["customer_id"] == "*" && r["sku"] == "*")
+        .map(|r| {
+            format!(
+                "{} {} {} {} {} {}",
+                r["measure"],
+                r["cause"],
+                r["period"],
+                r["events"],
+                decimal(&r["quantity"]),
+                decimal(&r["amount"])
+            )
+        })
+        .collect();
+    in_files.sort();
+    for cause in [
+        "capture metered",
+        "capture billed",
+        "capture rejected:",
+        "capture duplicate",
+        "invoice_error issued",
+        "invoice_error changed",
+    ] {
+        assert!(
+            in_files.iter().any(|l| l.starts_with(cause)),
+            "no `{cause}` in {in_files:#?}"
+        );
+    }
+    assert_eq!(in_clickhouse, in_files);
+}
+
+/// A decimal without trailing zeros.
+fn decimal(text: &str) -> String {
+    if text.contains('.') {
+        text.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        text.to_string()
     }
 }
 

@@ -1081,3 +1081,144 @@ fn reconcile_finds_a_dropped_entitlement_signal() {
     assert_eq!(drifting[0]["expected_events"], "1");
     assert_eq!(drifting[0]["billed_events"], "0");
 }
+
+/// The scorecard's capture on `gen` output, against what `gen` says it injected: of the records
+/// sent, retries are not usage; invalid ones are metered but rejected; a void takes its
+/// original's event back and an amend adds none, so
+/// capture = (records − duplicates − invalid − corrections − voids)
+///         ÷ (records − duplicates − corrections − voids).
+#[test]
+fn scorecard_capture_follows_the_rates_gen_injected() {
+    let s = Scratch::new("scorecard");
+    let o = meterflow_ok(&[
+        "gen",
+        "--out",
+        s.path().to_str().unwrap(),
+        "--events",
+        "30000",
+        "--customers",
+        "30",
+        "--invalid-rate",
+        "0.02",
+        "--dup-rate",
+        "0.06",
+        "--late-rate",
+        "0.05",
+        "--correction-rate",
+        "0.03",
+    ]);
+    let said = String::from_utf8_lossy(&o.stdout).into_owned();
+    // "wrote R records (D duplicates, L late, I invalid, C corrections) to …"
+    let numbers: Vec<i64> = said
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|w| !w.is_empty())
+        .take(5)
+        .map(|w| w.parse().unwrap())
+        .collect();
+    let [records, duplicates, _late, invalid, corrections] = numbers[..] else {
+        panic!("{said}")
+    };
+    assert!(
+        invalid > 100 && corrections > 100 && duplicates > 100,
+        "{said}"
+    );
+    let events = std::fs::read_to_string(s.path().join("events.jsonl")).unwrap();
+    let voids: std::collections::BTreeSet<&str> = events
+        .lines()
+        .filter(|l| l.contains(r#""action":"void""#))
+        .filter_map(|l| l.split(r#""event_id":""#).nth(1)?.split('"').next())
+        .collect();
+    let voids = voids.len() as i64;
+    assert!(voids > 10, "{voids} voids");
+
+    std::fs::write(
+        s.path().join("small-chunks.toml"),
+        "[input]\nchunk_bytes = 65536\n",
+    )
+    .unwrap();
+    let out = run(s.path(), "out", "2");
+    let catalog = s.path().join("catalog");
+    let o = meterflow_ok(&[
+        "scorecard",
+        "-c",
+        catalog.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    let printed = String::from_utf8_lossy(&o.stdout).into_owned();
+    let rows = read_table(&out, "scorecard").unwrap();
+    let total = |measure: &str, cause: &str, column: &str| -> i64 {
+        rows.iter()
+            .filter(|r| {
+                r["measure"] == measure
+                    && r["cause"] == cause
+                    && r["period"] == "*"
+                    && r["customer_id"] == "*"
+                    && r["sku"] == "*"
+            })
+            .map(|r| {
+                r[column]
+                    .parse::<i64>()
+                    .unwrap_or_else(|_| r[column].len() as i64)
+            })
+            .sum()
+    };
+    let metered = records - duplicates - corrections - voids;
+    let billed = metered - invalid;
+    assert_eq!(total("capture", "metered", "events"), metered, "{printed}");
+    assert_eq!(total("capture", "billed", "events"), billed, "{printed}");
+    assert_eq!(total("capture", "duplicate", "events"), duplicates);
+    let rejected: i64 = rows
+        .iter()
+        .filter(|r| {
+            r["cause"].starts_with("rejected:") && r["period"] == "*" && r["customer_id"] == "*"
+        })
+        .map(|r| r["events"].parse::<i64>().unwrap())
+        .sum();
+    assert_eq!(rejected, invalid);
+    assert!(
+        !rows.iter().any(|r| r["cause"] == "unexplained"),
+        "nothing accepted goes unbilled"
+    );
+    let rate = meterflow_schemas::scorecard::percent(billed.into(), metered.into()).unwrap();
+    assert!(
+        printed.contains(&format!("capture rate: events {rate},")),
+        "{rate} in\n{printed}"
+    );
+
+    // Invoice error: a usage line changed after its invoice is one a later invoice adjusts.
+    let lines = current_rows(&read_table(&out, "invoice_lines").unwrap());
+    let line_key = |r: &Row| {
+        [
+            "customer_id",
+            "contract_id",
+            "sku",
+            "region",
+            "service_period",
+        ]
+        .map(|c| r[c].clone())
+    };
+    let issued: std::collections::BTreeSet<_> = lines
+        .iter()
+        .filter(|r| matches!(r["line_type"].as_str(), "usage" | "adjustment"))
+        .map(line_key)
+        .collect();
+    let adjusted: std::collections::BTreeSet<_> = lines
+        .iter()
+        .filter(|r| r["line_type"] == "adjustment" && r["invoice_period"] != r["service_period"])
+        .map(line_key)
+        .collect();
+    assert!(!adjusted.is_empty(), "late usage lands in later invoices");
+    assert_eq!(
+        total("invoice_error", "issued", "events"),
+        issued.len() as i64
+    );
+    assert_eq!(
+        total("invoice_error", "changed", "events"),
+        adjusted.len() as i64
+    );
+    assert!(
+        total("invoice_error", "late_usage", "events") > 0,
+        "{printed}"
+    );
+}

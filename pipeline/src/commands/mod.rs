@@ -9,7 +9,9 @@ pub mod gen;
 pub mod invoice;
 pub mod migrate;
 pub mod reconcile;
+pub mod report;
 pub mod run;
+pub mod scorecard;
 pub mod shadow;
 pub mod trace;
 

@@ -6,4 +6,5 @@
 pub mod invoice_preview;
 pub mod reconcile;
 pub mod run_report;
+pub mod scorecard;
 pub mod tables;

@@ -23,6 +23,7 @@ use meterflow_schemas::rejection::Rejection;
 use meterflow_schemas::rows::{
     AcceptedEvent, DuplicateRow, EntitlementSignal, InvoiceLine, LineKey, LineUsage, RatedRow,
 };
+use meterflow_schemas::scorecard::Scored;
 use meterflow_schemas::tables::{self, Table};
 use meterflow_schemas::time::{EventTime, Period, PeriodUnit};
 
@@ -506,6 +507,51 @@ impl CsvRow for Reconciled {
             },
         );
     }
+}
+
+impl CsvRow for Scored {
+    fn csv(&self, _: &Names, _: &mut Labels, row: &mut Vec<u8>) {
+        time_field(row, self.computed_at);
+        let k = &self.key;
+        for v in [
+            &self.run_id,
+            self.measure,
+            &self.cause,
+            &k.period,
+            &k.customer_id,
+            &k.sku,
+            &self.currency,
+        ] {
+            field(row, v);
+        }
+        int(row, self.counted.events);
+        scaled(row, self.counted.quantity.0, Quantity::SCALE);
+        scaled(row, self.counted.amount.0, Amount::SCALE);
+    }
+}
+
+/// Replaces `out/<table>/` with `rows`: the tables a report (reconcile, scorecard) writes.
+pub fn replace_table<R: CsvRow>(
+    out: &Path,
+    table: &'static Table,
+    catalog: Arc<Catalog>,
+    period: PeriodUnit,
+    mut rows: Vec<R>,
+) -> Result<(), String> {
+    let dir = out.join(table.name);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)
+            .map_err(|e| format!("cannot clear {}: {e}", dir.display()))?;
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let names = Arc::new(Names {
+        catalog,
+        billable_environments: Vec::new(),
+        period,
+    });
+    let mut w = RowsWriter::<R>::create(out, table, 0, names)?;
+    w.write(0, &mut rows)?;
+    w.flush(None)
 }
 
 #[cfg(test)]

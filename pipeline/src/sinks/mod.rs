@@ -10,6 +10,7 @@ pub mod files;
 pub mod metrics;
 pub mod outputs;
 pub mod reconciliation;
+pub mod scorecard;
 
 use std::any::Any;
 use std::collections::{BTreeMap, HashMap};

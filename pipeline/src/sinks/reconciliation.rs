@@ -5,7 +5,6 @@ use std::path::Path;
 use std::sync::Arc;
 
 use clickhouse::Row;
-use meterflow_operators::sink::TableWriter;
 use meterflow_schemas::catalog::Catalog;
 use meterflow_schemas::reconcile::Reconciled;
 use meterflow_schemas::tables;
@@ -14,7 +13,7 @@ use serde::Serialize;
 
 use crate::sinks::clickhouse::client::ClickHouse;
 use crate::sinks::clickhouse::sink::seconds;
-use crate::sinks::files::{Names, RowsWriter};
+use crate::sinks::files::replace_table;
 
 #[derive(Row, Serialize)]
 struct ReconciliationRow<'a> {
@@ -43,17 +42,13 @@ pub fn to_files(
     period: PeriodUnit,
     checked: &[Reconciled],
 ) -> Result<(), String> {
-    let table = &tables::RECONCILIATION;
-    let dir = out.join(table.name);
-    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let names = Arc::new(Names {
+    replace_table(
+        out,
+        &tables::RECONCILIATION,
         catalog,
-        billable_environments: Vec::new(),
         period,
-    });
-    let mut w = RowsWriter::<Reconciled>::create(out, table, 0, names)?;
-    w.write(0, &mut checked.to_vec())?;
-    w.flush(None)
+        checked.to_vec(),
+    )
 }
 
 /// Appends the checked lines to the `reconciliation` table.

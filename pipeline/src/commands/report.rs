@@ -1,0 +1,61 @@
+//! What every report over a run's output (`reconcile`, `scorecard`) takes on the command line,
+//! and opens before it reads: the configuration, ClickHouse if one is selected, the catalog,
+//! and this run's time and id.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use meterflow_schemas::catalog::{load_dir, Catalog};
+use meterflow_schemas::time::EventTime;
+
+use crate::commands::open_clickhouse;
+use crate::config::Config;
+use crate::sinks::clickhouse::client::ClickHouse;
+
+/// What a report over a run's output (`reconcile`, `scorecard`) reads, and which part of it.
+#[derive(clap::Args)]
+pub struct ReportArgs {
+    /// Catalog directory (how each SKU meters, what a distinct count counts).
+    #[arg(long, short = 'c')]
+    pub catalog: PathBuf,
+    /// Output directory of an embedded run.
+    #[arg(long, short = 'o', default_value = "out")]
+    pub out: PathBuf,
+    /// Read ClickHouse at this HTTP URL instead (overrides clickhouse.url).
+    #[arg(long)]
+    pub clickhouse_url: Option<String>,
+    /// Configuration file; its [clickhouse] section selects ClickHouse.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Only this customer.
+    #[arg(long)]
+    pub customer: Option<String>,
+    /// Only this invoice period (e.g. 2026-11).
+    #[arg(long)]
+    pub period: Option<String>,
+}
+
+/// A report's inputs, opened: the config, ClickHouse if selected, the catalog, and the time and
+/// id of this run of the report.
+pub(crate) struct Report {
+    pub cfg: Config,
+    pub ch: Option<ClickHouse>,
+    pub catalog: Arc<Catalog>,
+    pub at: EventTime,
+    pub run_id: String,
+}
+
+impl ReportArgs {
+    pub(crate) fn open(&self, command: &str) -> anyhow::Result<Report> {
+        let (cfg, ch) = open_clickhouse(self.config.as_deref(), self.clickhouse_url.as_ref())?;
+        let catalog = Arc::new(load_dir(&self.catalog)?);
+        let at = EventTime::now();
+        Ok(Report {
+            cfg,
+            ch,
+            catalog,
+            at,
+            run_id: format!("{command}-{}", at.0),
+        })
+    }
+}
