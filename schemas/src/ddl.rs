@@ -373,13 +373,45 @@ ORDER BY (customer_id, sku, window_start, kind, version)"),
         id: 24,
         name: "reconciliation",
         // What `meterflow reconcile` checked: one row per line and run.
-        sql: Sql::Create(&crate::tables::RECONCILIATION),
+        sql: Sql::Text(
+            "CREATE TABLE IF NOT EXISTS {db}.reconciliation (
+    checked_at DateTime,
+    run_id String,
+    comparison String,
+    customer_id String,
+    contract_id String,
+    sku String,
+    region String,
+    service_period String,
+    invoice_period String,
+    signal String,
+    expected_events Int64,
+    billed_events Int64,
+    expected_quantity Decimal(38, 9),
+    billed_quantity Decimal(38, 9),
+    drift UInt8,
+    event_ids String
+) ENGINE = MergeTree()
+PARTITION BY toYYYYMM(checked_at)
+ORDER BY (customer_id, comparison, contract_id, sku, region, service_period, invoice_period, signal, checked_at)",
+        ),
     },
     Migration {
         id: 25,
         name: "scorecard",
         // What `meterflow scorecard` measured: one row per cause, key and run.
         sql: Sql::Create(&crate::tables::SCORECARD),
+    },
+    Migration {
+        id: 26,
+        name: "reconciliation_money",
+        // Reconciliation compares money too: what a line's usage costs and what it bills, as
+        // billed (rounded per line) and exact.
+        sql: Sql::Text(
+            "ALTER TABLE {db}.reconciliation ADD COLUMN currency String, \
+             ADD COLUMN expected_amount Decimal(38, 9), ADD COLUMN billed_amount Decimal(38, 9), \
+             ADD COLUMN expected_amount_exact Decimal(38, 18), ADD COLUMN billed_amount_exact Decimal(38, 18)",
+        ),
     },
 ];
 

@@ -13,12 +13,22 @@
 //!   took back; events = originals − voids.
 //!
 //! Billed: Σ `quantity × sign` and Σ `events × sign` of the `usage` and `adjustment` lines.
+//!
+//! Money, for additive meters: each event is priced as the catalog prices it (the rate-card
+//! version effective at its time for its contract, the price for its region), the usage of a
+//! line's service period is summed per price, and `pricing::price_period` prices it in version
+//! order, with the tier position carried across versions. The invoice period that first bills a
+//! service period bills what its usage costs; each later one (late usage, corrections) the
+//! difference it makes: `price(usage up to it) − price(usage before it)`. Compared exactly
+//! (`amount_exact`) and as billed (`amount`, rounded once per line).
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
-use crate::catalog::{distinct_value, Aggregation, Catalog};
+use crate::catalog::{distinct_value, Aggregation, Catalog, PriceIdx};
 use crate::entitlement::signals;
-use crate::money::Quantity;
+use crate::money::{minor_unit_digits, Amount, Quantity, Rounding};
+use crate::pricing::percentage::limit_adjustment;
+use crate::pricing::{price_period, PriceModel, Segment};
 use crate::time::{EventTime, Period, PeriodUnit};
 
 /// Which comparison a reconciliation row is: a line's quantity and events.
@@ -69,6 +79,7 @@ pub struct LineFacts {
     pub line_type: String,
     pub events: i64,
     pub quantity: Quantity,
+    pub money: Money,
     pub sign: i64,
 }
 
@@ -85,13 +96,36 @@ pub struct Reconciled {
     pub signal: String,
     pub expected: Tally,
     pub billed: Tally,
+    /// What the line's usage costs, for additive meters (`None`: not compared).
+    pub expected_money: Option<Money>,
+    pub billed_money: Money,
+    /// The currency of the money (the contract's).
+    pub currency: String,
     /// Up to [`EVENT_IDS`] ids of the events behind the line (kept for drifting lines).
     pub event_ids: Vec<String>,
 }
 
 impl Reconciled {
     pub fn drifts(&self) -> bool {
-        self.expected != self.billed
+        self.expected != self.billed || self.money_drifts()
+    }
+
+    pub fn money_drifts(&self) -> bool {
+        self.expected_money.is_some_and(|m| m != self.billed_money)
+    }
+}
+
+/// A line's money: exact, and as billed (rounded to the currency's minor unit once per line).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Money {
+    pub exact: Amount,
+    pub billed: Amount,
+}
+
+impl std::ops::AddAssign for Money {
+    fn add_assign(&mut self, o: Money) {
+        self.exact += o.exact;
+        self.billed += o.billed;
     }
 }
 
@@ -214,8 +248,8 @@ fn whole(n: i64) -> Quantity {
 pub fn billed(
     catalog: &Catalog,
     rows: impl IntoIterator<Item = LineFacts>,
-) -> BTreeMap<LineRef, Tally> {
-    let mut billed: BTreeMap<LineRef, Tally> = BTreeMap::new();
+) -> BTreeMap<LineRef, (Tally, Money)> {
+    let mut billed: BTreeMap<LineRef, (Tally, Money)> = BTreeMap::new();
     for r in rows {
         if !matches!(r.line_type.as_str(), "usage" | "adjustment") {
             continue;
@@ -224,22 +258,181 @@ pub fn billed(
         if !aggregation(catalog, &line.sku).is_additive() {
             line.invoice_period.clear();
         }
-        let t = billed.entry(line).or_default();
+        let (t, m) = billed.entry(line).or_default();
+        let sign = r.sign as i128;
         t.events += r.events * r.sign;
-        t.quantity += Quantity(r.quantity.0 * r.sign as i128);
+        t.quantity += Quantity(r.quantity.0 * sign);
+        *m += Money {
+            exact: Amount(r.money.exact.0 * sign),
+            billed: Amount(r.money.billed.0 * sign),
+        };
     }
     billed
 }
 
+/// The pricing input of one event: its line (`invoice_period` filled), its price, and what it
+/// adds (events as lines count them; units; per-transaction fee limits).
+#[derive(Clone, Debug)]
+pub struct PricedEvent {
+    pub line: LineRef,
+    pub price: PriceIdx,
+    pub usage: PriceUsage,
+}
+
+/// Usage at one price.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PriceUsage {
+    pub events: i64,
+    pub quantity: Quantity,
+    pub fee_adjustment: Amount,
+}
+
+impl PriceUsage {
+    /// What one event adds: `line_events` as a line counts it (an original 1, a void −1, an
+    /// amend 0) and its quantity (a count meter's units are its events).
+    pub fn of_event(
+        catalog: &Catalog,
+        price: PriceIdx,
+        line_events: i64,
+        quantity: Quantity,
+    ) -> PriceUsage {
+        let p = catalog.price(price);
+        let quantity = match catalog.skus[p.sku.ix()].aggregation {
+            Aggregation::Count => Quantity(line_events as i128 * Quantity::SCALE_ONE),
+            _ => quantity,
+        };
+        let fee_adjustment = match &p.model {
+            // A void takes back its original's adjustment (amends are refused for these).
+            PriceModel::Percentage(m) if m.has_limits() => {
+                let sign = line_events.signum() as i128;
+                let original = Quantity(quantity.0 * sign);
+                Amount(limit_adjustment(m, original).0 * sign)
+            }
+            _ => Amount::ZERO,
+        };
+        PriceUsage {
+            events: line_events,
+            quantity,
+            fee_adjustment,
+        }
+    }
+
+    fn add(&mut self, o: PriceUsage) {
+        self.events += o.events;
+        self.quantity += o.quantity;
+        self.fee_adjustment += o.fee_adjustment;
+    }
+}
+
+/// What each line of additive meters costs, recomputed from its events' usage per price.
+#[derive(Default)]
+pub struct ExpectedMoney {
+    /// Per service-period line (`invoice_period` empty): per (invoice period, price), the usage.
+    usage: BTreeMap<LineRef, BTreeMap<(Period, PriceIdx), PriceUsage>>,
+}
+
+impl ExpectedMoney {
+    /// Adds usage (of one event, or summed over events with one price).
+    pub fn add(&mut self, unit: PeriodUnit, line: &LineRef, price: PriceIdx, usage: PriceUsage) {
+        let Some(invoice) = unit.parse_label(&line.invoice_period) else {
+            return;
+        };
+        let mut group = line.clone();
+        group.invoice_period.clear();
+        self.usage
+            .entry(group)
+            .or_default()
+            .entry((invoice, price))
+            .or_default()
+            .add(usage);
+    }
+
+    /// Every line's money: per service period, each invoice period bills
+    /// `price(usage up to it) − price(usage before it)`.
+    pub fn lines(
+        &self,
+        catalog: &Catalog,
+        unit: PeriodUnit,
+        rounding: Rounding,
+    ) -> BTreeMap<LineRef, Money> {
+        let mut out = BTreeMap::new();
+        for (group, usage) in &self.usage {
+            // Usage that nets to nothing (an event and its void) is no usage at all: the
+            // pipeline's sums consolidate it away, and a line with none bills nothing (not even
+            // a first tier's flat fee).
+            let usage: BTreeMap<(Period, PriceIdx), PriceUsage> = usage
+                .iter()
+                .filter(|(_, u)| **u != PriceUsage::default())
+                .map(|(k, u)| (*k, *u))
+                .collect();
+            let invoices: BTreeSet<Period> = usage.keys().map(|(p, _)| *p).collect();
+            let mut before = Amount::ZERO;
+            for invoice in invoices {
+                let mut per_price: BTreeMap<PriceIdx, PriceUsage> = BTreeMap::new();
+                for ((_, price), u) in usage.range(..=(invoice, PriceIdx(u32::MAX))) {
+                    per_price.entry(*price).or_default().add(*u);
+                }
+                let upto = charge(catalog, &per_price);
+                let exact = upto - before;
+                before = upto;
+                let currency = per_price
+                    .keys()
+                    .next()
+                    .map_or("", |p| &*catalog.price(*p).currency);
+                let mut line = group.clone();
+                line.invoice_period = unit.label(invoice);
+                let billed = exact.round_to(minor_unit_digits(currency), rounding);
+                out.insert(line, Money { exact, billed });
+            }
+        }
+        out
+    }
+}
+
+/// The exact charge of usage per price, its segments in version order.
+fn charge(catalog: &Catalog, per_price: &BTreeMap<PriceIdx, PriceUsage>) -> Amount {
+    let mut prices: Vec<(&PriceIdx, &PriceUsage)> = per_price.iter().collect();
+    prices.sort_by_key(|(p, _)| {
+        let price = catalog.price(**p);
+        (price.effective_from, price.version, **p)
+    });
+    let segments: Vec<Segment> = prices
+        .iter()
+        .map(|(p, u)| Segment {
+            model: &catalog.price(**p).model,
+            quantity: u.quantity,
+            events: u.events,
+            fee_adjustment: u.fee_adjustment,
+        })
+        .collect();
+    price_period(&segments).total()
+}
+
 /// Every line either side knows, compared; lines both sides hold nothing for are left out.
+/// `money`: the expected money of the lines of additive meters ([`ExpectedMoney::lines`]); a
+/// line of an additive meter without events behind it is expected to bill nothing.
 pub fn compare(
+    catalog: &Catalog,
     expected: BTreeMap<LineRef, (Tally, Vec<String>)>,
-    mut billed: BTreeMap<LineRef, Tally>,
+    mut money: BTreeMap<LineRef, Money>,
+    mut billed: BTreeMap<LineRef, (Tally, Money)>,
 ) -> Vec<Reconciled> {
+    let rest: Vec<LineRef> = billed
+        .keys()
+        .filter(|l| !expected.contains_key(*l))
+        .cloned()
+        .collect();
     let mut out = Vec::new();
-    for (line, (expected, event_ids)) in expected {
-        let billed = billed.remove(&line).unwrap_or_default();
-        out.push(Reconciled {
+    let mut line_of = |line: LineRef, expected: Tally, event_ids: Vec<String>| {
+        let (billed, billed_money) = billed.remove(&line).unwrap_or_default();
+        let expected_money = aggregation(catalog, &line.sku)
+            .is_additive()
+            .then(|| money.remove(&line).unwrap_or_default());
+        let currency = catalog
+            .contract(&line.contract_id)
+            .map_or("", |c| catalog.currency_of(c))
+            .to_string();
+        Reconciled {
             checked_at: EventTime::MIN,
             run_id: String::new(),
             check: EVENTS_TO_LINES,
@@ -247,22 +440,24 @@ pub fn compare(
             signal: String::new(),
             expected,
             billed,
+            expected_money,
+            billed_money,
+            currency,
             event_ids,
-        });
+        }
+    };
+    for (line, (expected, event_ids)) in expected {
+        out.push(line_of(line, expected, event_ids));
     }
-    for (line, billed) in billed {
-        out.push(Reconciled {
-            checked_at: EventTime::MIN,
-            run_id: String::new(),
-            check: EVENTS_TO_LINES,
-            line,
-            signal: String::new(),
-            expected: Tally::default(),
-            billed,
-            event_ids: Vec::new(),
-        });
+    for line in rest {
+        out.push(line_of(line, Tally::default(), Vec::new()));
     }
-    out.retain(|r| r.expected != Tally::default() || r.billed != Tally::default());
+    out.retain(|r| {
+        r.expected != Tally::default()
+            || r.billed != Tally::default()
+            || r.expected_money.is_some_and(|m| m != Money::default())
+            || r.billed_money != Money::default()
+    });
     out.sort_by(|a, b| a.line.cmp(&b.line));
     out
 }
@@ -382,6 +577,9 @@ pub fn compare_signals(
                     events: i64::from(is_active),
                     quantity: q,
                 },
+                expected_money: None,
+                billed_money: Money::default(),
+                currency: String::new(),
                 event_ids: Vec::new(),
             }
         })
@@ -482,6 +680,7 @@ mod tests {
             line_type: "usage".into(),
             events: 1,
             quantity: Quantity::parse(q).unwrap(),
+            money: Money::default(),
             sign,
         };
         // api_calls: re-rated (retracted and inserted again) but equal; tokens billed 3 of 4;
@@ -497,10 +696,10 @@ mod tests {
             },
             lines("storage", "2", 1),
         ];
-        let checked = compare(e.lines(&c), billed(&c, billed_rows));
+        let checked = compare(&c, e.lines(&c), BTreeMap::new(), billed(&c, billed_rows));
         let drifting: Vec<(&str, Tally, Tally, &[String])> = checked
             .iter()
-            .filter(|r| r.drifts())
+            .filter(|r| r.expected != r.billed)
             .map(|r| (r.line.sku.as_str(), r.expected, r.billed, &r.event_ids[..]))
             .collect();
         assert_eq!(checked.len(), 3);
@@ -516,5 +715,54 @@ mod tests {
                 ),
             ]
         );
+    }
+
+    #[test]
+    fn money_is_the_price_of_the_usage_up_to_each_invoice_minus_before_it() {
+        let c = fixtures::catalog();
+        let unit = PeriodUnit::Month;
+        let contract = &c.contracts[c.contract("acme-2026").unwrap().ix()];
+        let tokens = c.sku("tokens").unwrap();
+        let at = |t: &str| EventTime::parse_rfc3339(t).unwrap();
+        let mut m = ExpectedMoney::default();
+        let mut add = |invoice: &str, time: &str, units: i64| {
+            let price = c.price_for(contract, tokens, None, at(time)).unwrap();
+            let usage = PriceUsage::of_event(&c, price, 1, Quantity::from_units(units));
+            m.add(unit, &line("tokens", invoice), price, usage);
+        };
+        // Version 1 until the 15th, version 2 after; 300 tokens of the 5th arrive in December.
+        add("2026-11", "2026-11-02T00:00:00Z", 800);
+        add("2026-11", "2026-11-20T00:00:00Z", 500);
+        add("2026-12", "2026-11-05T00:00:00Z", 300);
+        let lines = m.lines(&c, unit, Rounding::HalfEven);
+        // November: v1 800 × 0.01 + 5; v2 carries on at 800: 200 × 0.02, then tier 2 (flat 1)
+        // 300 × 0.004.
+        let nov = lines[&line("tokens", "2026-11")];
+        assert_eq!(nov.exact, Amount::parse("19.2").unwrap());
+        // Up to December: v1 1000 × 0.01 + 5, 100 × 0.005 + 1; v2 500 × 0.004 = 18.5.
+        let dec = lines[&line("tokens", "2026-12")];
+        assert_eq!(dec.exact, Amount::parse("-0.7").unwrap());
+        assert_eq!(dec.billed, Amount::parse("-0.7").unwrap());
+
+        // A line billed a cent off drifts in money only.
+        let mut e = Expected::default();
+        e.add(&c, event("t1", "tokens", "1300", 1));
+        let billed_rows = vec![LineFacts {
+            line: line("tokens", "2026-11"),
+            line_type: "usage".into(),
+            events: 1,
+            quantity: Quantity::parse("1300").unwrap(),
+            money: Money {
+                exact: Amount::parse("19.2").unwrap(),
+                billed: Amount::parse("19.21").unwrap(),
+            },
+            sign: 1,
+        }];
+        let mut only_nov = lines.clone();
+        only_nov.retain(|l, _| l.invoice_period == "2026-11");
+        let checked = compare(&c, e.lines(&c), only_nov, billed(&c, billed_rows));
+        assert_eq!(checked.len(), 1);
+        assert!(checked[0].money_drifts());
+        assert_eq!(checked[0].expected, checked[0].billed);
     }
 }

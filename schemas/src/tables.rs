@@ -519,6 +519,11 @@ pub const RECONCILIATION: Table = Table {
         col("billed_quantity", "Decimal(38, 9)"),
         col("drift", "UInt8"),
         col("event_ids", "String"),
+        col("currency", "String"),
+        col("expected_amount", "Decimal(38, 9)"),
+        col("billed_amount", "Decimal(38, 9)"),
+        col("expected_amount_exact", "Decimal(38, 18)"),
+        col("billed_amount_exact", "Decimal(38, 18)"),
     ],
     partition_by: Some("toYYYYMM(checked_at)"),
     order_by: &[
@@ -532,7 +537,7 @@ pub const RECONCILIATION: Table = Table {
         "signal",
         "checked_at",
     ],
-    csv: Some("checked_at,run_id,comparison,customer_id,contract_id,sku,region,service_period,invoice_period,signal,expected_events,billed_events,expected_quantity,billed_quantity,drift,event_ids"),
+    csv: Some("checked_at,run_id,comparison,customer_id,contract_id,sku,region,service_period,invoice_period,signal,expected_events,billed_events,expected_quantity,billed_quantity,currency,expected_amount,billed_amount,expected_amount_exact,billed_amount_exact,drift,event_ids"),
     output: None,
 };
 

@@ -448,6 +448,7 @@ fn reconcile_finds_no_drift_then_an_edited_invoice_line() {
     // Bill one more unit on one api_calls line: edit the quantity of its inserted row.
     let part = out.join("invoice_lines/part-0.csv");
     let text = std::fs::read_to_string(&part).unwrap();
+    let original = text.clone();
     let mut rows = meterflow::reports::tables::parse_csv(&text);
     let header = rows[0].clone();
     let col = |name: &str| header.iter().position(|h| h == name).unwrap();
@@ -538,6 +539,80 @@ fn reconcile_finds_no_drift_then_an_edited_invoice_line() {
         .unwrap();
     let (code, text) = reconcile(&["--customer", &other]);
     assert_eq!(code, Some(0), "{text}");
+
+    // Bill one cent more on one tokens line: edit the amount of its inserted row. Quantity and
+    // events still agree; the money does not.
+    let mut rows = meterflow::reports::tables::parse_csv(&original);
+    let line_key = |r: &Vec<String>| {
+        [
+            "customer_id",
+            "contract_id",
+            "sku",
+            "region",
+            "service_period",
+            "invoice_period",
+            "line_type",
+        ]
+        .map(|c| r[col(c)].clone())
+    };
+    let first = (1..rows.len())
+        .find(|&i| rows[i][col("sku")] == "tokens" && rows[i][col("line_type")] == "usage")
+        .expect("a tokens usage row");
+    // The line's current row: its inserted row of the latest version.
+    let edited = (1..rows.len())
+        .filter(|&i| line_key(&rows[i]) == line_key(&rows[first]) && rows[i][col("sign")] == "1")
+        .max_by_key(|&i| rows[i][col("version")].parse::<u64>().unwrap())
+        .unwrap();
+    let was = Amount::parse(&rows[edited][col("amount")]).unwrap();
+    let now = was + Amount::parse("0.01").unwrap();
+    rows[edited][col("amount")] = now.format_fixed(2);
+    let line: Vec<String> = [
+        "customer_id",
+        "contract_id",
+        "sku",
+        "service_period",
+        "invoice_period",
+    ]
+    .iter()
+    .map(|c| rows[edited][col(c)].clone())
+    .collect();
+    let csv: String = rows.iter().map(|r| r.join(",") + "\n").collect();
+    std::fs::write(&part, csv).unwrap();
+    let (code, text) = reconcile(&[]);
+    assert_eq!(code, Some(3), "{text}");
+    assert!(text.contains("DRIFT in 1 of"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "amount expected {} USD, billed {} USD, difference -0.01 USD",
+            was.format_fixed(2),
+            now.format_fixed(2)
+        )),
+        "{text}"
+    );
+    let drifting: Vec<Row> = read_table(&out, "reconciliation")
+        .unwrap()
+        .into_iter()
+        .filter(|r| r["drift"] == "1")
+        .collect();
+    assert_eq!(drifting.len(), 1);
+    let d = &drifting[0];
+    assert_eq!(
+        key(
+            d,
+            &[
+                "customer_id",
+                "contract_id",
+                "sku",
+                "service_period",
+                "invoice_period"
+            ]
+        ),
+        line
+    );
+    assert_eq!(d["expected_quantity"], d["billed_quantity"]);
+    assert_eq!(Amount::parse(&d["expected_amount"]).unwrap(), was);
+    assert_eq!(Amount::parse(&d["billed_amount"]).unwrap(), now);
+    assert!(!d["event_ids"].is_empty(), "{d:?}");
 }
 
 #[test]

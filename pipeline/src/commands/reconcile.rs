@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use meterflow_schemas::reconcile::Reconciled;
 
 use crate::commands::report::ReportArgs;
-use crate::reports::reconcile::{from_clickhouse, from_output, render, Scope};
+use crate::reports::reconcile::{from_clickhouse, from_output, render, Billing, Scope};
 use crate::sinks::reconciliation;
 
 /// Exit status when some line drifts.
@@ -29,9 +29,13 @@ impl ReconcileCommand {
             period: a.period.clone(),
         };
         let unit = r.cfg.billing.period;
+        let billing = Billing {
+            unit,
+            rounding: r.cfg.billing.rounding,
+        };
         let mut checked = match &r.ch {
-            Some(ch) => from_clickhouse(ch, &r.catalog, unit, &scope),
-            None => from_output(&a.out, &r.catalog, unit, &scope),
+            Some(ch) => from_clickhouse(ch, &r.catalog, billing, &scope),
+            None => from_output(&a.out, &r.catalog, billing, &scope),
         }
         .map_err(anyhow::Error::msg)?;
         for c in &mut checked {

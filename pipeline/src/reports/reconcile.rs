@@ -7,11 +7,13 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use clickhouse::Row;
-use meterflow_schemas::catalog::Catalog;
-use meterflow_schemas::money::Quantity;
+use meterflow_schemas::catalog::{Catalog, PriceIdx};
+use meterflow_schemas::money::{minor_unit_digits, Amount, Quantity, Rounding};
+use meterflow_schemas::pricing::PriceModel;
 use meterflow_schemas::reconcile::{
     billed, compare, compare_signals, expected_signals, is_usage_signal, EventFacts, Expected,
-    LineFacts, LineRef, Reconciled, SignalRef, Tally, EVENTS_TO_LINES, EVENT_IDS,
+    ExpectedMoney, LineFacts, LineRef, Money, PriceUsage, Reconciled, SignalRef, Tally,
+    EVENTS_TO_LINES, EVENT_IDS,
 };
 use meterflow_schemas::tables;
 use meterflow_schemas::time::{EventTime, PeriodUnit};
@@ -37,6 +39,52 @@ impl Scope {
     }
 }
 
+/// How lines are priced: the billing period and the rounding of a line's amount.
+#[derive(Clone, Copy, Debug)]
+pub struct Billing {
+    pub unit: PeriodUnit,
+    pub rounding: Rounding,
+}
+
+/// The price the catalog gives an accepted event now: the rate-card version effective at its
+/// time for its contract, the price for its region.
+fn price_now(
+    catalog: &Catalog,
+    contract: &str,
+    sku: &str,
+    region: &str,
+    time: EventTime,
+    event: &str,
+) -> Result<PriceIdx, String> {
+    let (Some(c), Some(s)) = (catalog.contract(contract), catalog.sku(sku)) else {
+        return Err(format!(
+            "accepted event `{event}` names contract `{contract}` or SKU `{sku}`, which the catalog does not have: pass the catalog the run used"
+        ));
+    };
+    let region = if region.is_empty() {
+        None
+    } else {
+        catalog.region(region)
+    };
+    catalog
+        .price_for(&catalog.contracts[c.ix()], s, region, time)
+        .map_err(|miss| {
+            format!("the catalog does not price accepted event `{event}` ({miss:?}): pass the catalog the run used")
+        })
+}
+
+fn line_events(correction_action: &str) -> i64 {
+    match correction_action {
+        "void" => -1,
+        "amend" => 0,
+        _ => 1,
+    }
+}
+
+fn amount(text: &str, what: &str) -> Result<Amount, String> {
+    Amount::parse(text).map_err(|e| format!("{what}: amount `{text}`: {e:?}"))
+}
+
 fn quantity(text: &str, what: &str) -> Result<Quantity, String> {
     Quantity::parse(text).map_err(|e| format!("{what}: quantity `{text}`: {e:?}"))
 }
@@ -49,7 +97,7 @@ fn field<'r>(r: &'r CsvRow, name: &str) -> &'r str {
 pub fn from_output(
     out: &Path,
     catalog: &Catalog,
-    unit: PeriodUnit,
+    billing: Billing,
     scope: &Scope,
 ) -> Result<Vec<Reconciled>, String> {
     let read = |t: &tables::Table| {
@@ -57,17 +105,34 @@ pub fn from_output(
             .map_err(|e| format!("cannot read {}/{}: {e}", out.display(), t.name))
     };
     let mut expected = Expected::default();
+    let mut money = ExpectedMoney::default();
     for r in read(&tables::USAGE_EVENTS)? {
         let event_id = field(&r, "event_id").to_string();
         let time = EventTime::parse_rfc3339(field(&r, "event_time"))
             .map_err(|e| format!("usage_events {event_id}: event_time: {e}"))?;
+        let q = quantity(field(&r, "quantity"), &event_id)?;
+        let line = line_ref(&r, "price_region");
+        let billable = field(&r, "billable") == "1";
+        if billable && is_additive(catalog, &line.sku) {
+            let price = price_now(
+                catalog,
+                &line.contract_id,
+                &line.sku,
+                field(&r, "region"),
+                time,
+                &event_id,
+            )?;
+            let events = line_events(field(&r, "correction_action"));
+            let usage = PriceUsage::of_event(catalog, price, events, q);
+            money.add(billing.unit, &line, price, usage);
+        }
         expected.add(
             catalog,
             EventFacts {
-                quantity: quantity(field(&r, "quantity"), &event_id)?,
-                line: line_ref(&r, "price_region"),
+                quantity: q,
+                line,
                 time,
-                billable: field(&r, "billable") == "1",
+                billable,
                 correction_action: field(&r, "correction_action").into(),
                 correction_of: field(&r, "correction_of").into(),
                 attributes: field(&r, "attributes").into(),
@@ -85,6 +150,10 @@ pub fn from_output(
                 .parse()
                 .map_err(|e| format!("{what}: events: {e}"))?,
             quantity: quantity(field(&r, "quantity"), what)?,
+            money: Money {
+                exact: amount(field(&r, "amount_exact"), what)?,
+                billed: amount(field(&r, "amount"), what)?,
+            },
             sign: field(&r, "sign")
                 .parse()
                 .map_err(|e| format!("{what}: sign: {e}"))?,
@@ -105,25 +174,33 @@ pub fn from_output(
     }
     Ok(finish(
         catalog,
-        unit,
+        billing,
         scope,
-        expected.lines(catalog),
+        (expected, money),
         billed(catalog, lines),
         active,
     ))
 }
 
+fn is_additive(catalog: &Catalog, sku: &str) -> bool {
+    catalog
+        .sku(sku)
+        .is_some_and(|s| catalog.skus[s.ix()].aggregation.is_additive())
+}
+
 /// Both comparisons, in scope: lines, then signals.
 fn finish(
     catalog: &Catalog,
-    unit: PeriodUnit,
+    billing: Billing,
     scope: &Scope,
-    lines: BTreeMap<LineRef, (Tally, Vec<String>)>,
-    billed: BTreeMap<LineRef, Tally>,
+    (expected, money): (Expected, ExpectedMoney),
+    billed: BTreeMap<LineRef, (Tally, Money)>,
     active: BTreeSet<SignalRef>,
 ) -> Vec<Reconciled> {
-    let signals = expected_signals(catalog, unit, &lines);
-    let mut checked = compare(lines, billed);
+    let lines = expected.lines(catalog);
+    let signals = expected_signals(catalog, billing.unit, &lines);
+    let money = money.lines(catalog, billing.unit, billing.rounding);
+    let mut checked = compare(catalog, lines, money, billed);
     checked.extend(compare_signals(signals, active));
     checked.retain(|c| scope.keeps(&c.line));
     checked
@@ -140,6 +217,25 @@ fn line_ref(r: &CsvRow, region: &str) -> LineRef {
     }
 }
 
+/// Billable events of additive meters summed per line, event region and span of time between
+/// rate-card version changes: one price applies to each such group.
+#[derive(Row, Deserialize)]
+struct UsageSums {
+    customer_id: String,
+    contract_id: String,
+    sku: String,
+    price_region: String,
+    service_period: String,
+    invoice_period: String,
+    region: String,
+    #[allow(dead_code)]
+    span: u32,
+    at: i64,
+    events: i64,
+    quantity: String,
+}
+
+/// The signed sums of a line's invoice line rows.
 #[derive(Row, Deserialize)]
 struct LineSums {
     customer_id: String,
@@ -150,30 +246,40 @@ struct LineSums {
     invoice_period: String,
     events: i64,
     quantity: String,
+    amount: String,
+    amount_exact: String,
 }
 
-impl LineSums {
-    fn line(&self) -> LineRef {
-        LineRef {
-            customer_id: self.customer_id.clone(),
-            contract_id: self.contract_id.clone(),
-            sku: self.sku.clone(),
-            region: self.region.clone(),
-            service_period: self.service_period.clone(),
-            invoice_period: self.invoice_period.clone(),
-        }
+fn line_of(
+    customer_id: &str,
+    contract_id: &str,
+    sku: &str,
+    region: &str,
+    service_period: &str,
+    invoice_period: &str,
+) -> LineRef {
+    LineRef {
+        customer_id: customer_id.into(),
+        contract_id: contract_id.into(),
+        sku: sku.into(),
+        region: region.into(),
+        service_period: service_period.into(),
+        invoice_period: invoice_period.into(),
     }
 }
 
+/// One event read whole: readings of non-additive meters, and events of prices with
+/// per-transaction fee limits (their fee depends on each transaction's size).
 #[derive(Row, Deserialize)]
-struct ReadingRow {
+struct EventRow {
     event_id: String,
     customer_id: String,
     contract_id: String,
     sku: String,
-    region: String,
+    price_region: String,
     service_period: String,
     invoice_period: String,
+    region: String,
     quantity: String,
     event_time_ms: i64,
     billable: u8,
@@ -219,12 +325,14 @@ fn in_list<'a>(values: impl Iterator<Item = &'a str>) -> String {
 }
 
 /// Reconciles what ClickHouse holds up to the last commit (rows of epochs a running pipeline has
-/// not committed yet are not compared). Additive meters are summed by ClickHouse; the readings
-/// of the other meters are read and judged as for files.
+/// not committed yet are not compared). Additive meters are summed by ClickHouse, per price
+/// (between two rate-card version changes, one price applies); the readings of the other meters,
+/// and the events of prices with per-transaction fee limits, are read one by one and judged as
+/// for files.
 pub fn from_clickhouse(
     ch: &ClickHouse,
     catalog: &Catalog,
-    unit: PeriodUnit,
+    billing: Billing,
     scope: &Scope,
 ) -> Result<Vec<Reconciled>, String> {
     let committed: Vec<Committed> = ch.fetch(
@@ -237,48 +345,87 @@ pub fn from_clickhouse(
     if let Some(c) = &scope.customer {
         let _ = write!(filter, " AND customer_id = {}", quote(c));
     }
-    let (additive, other): (Vec<_>, Vec<_>) = catalog
+    let limited = |s: &&meterflow_schemas::catalog::Sku| {
+        catalog.prices.iter().any(|p| {
+            catalog.skus[p.sku.ix()].id == s.id
+                && matches!(&p.model, PriceModel::Percentage(m) if m.has_limits())
+        })
+    };
+    let (summed, one_by_one): (Vec<_>, Vec<_>) = catalog
         .skus
         .iter()
-        .partition(|s| s.aggregation.is_additive());
-    let additive_skus = in_list(additive.iter().map(|s| s.id.as_str()));
-    let other_skus = in_list(other.iter().map(|s| s.id.as_str()));
-    let key =
-        "customer_id, contract_id, sku, price_region AS region, service_period, invoice_period";
-    let sums: Vec<LineSums> = ch.fetch(&format!(
-        "SELECT {key}, \
-         toInt64(sum(multiIf(correction_action = 'void', -1, correction_action = 'amend', 0, 1))) AS events, \
-         toString(sum(quantity)) AS quantity \
-         FROM {{db}}.usage_events WHERE billable = 1 AND sku IN {additive_skus} AND {filter} \
-         GROUP BY customer_id, contract_id, sku, region, service_period, invoice_period"
+        .partition(|s| s.aggregation.is_additive() && !limited(s));
+    let summed_skus = in_list(summed.iter().map(|s| s.id.as_str()));
+    let one_by_one_skus = in_list(one_by_one.iter().map(|s| s.id.as_str()));
+    let mut changes: Vec<i64> = catalog
+        .rate_cards
+        .iter()
+        .flat_map(|c| c.versions.iter().map(|v| v.effective_from.0))
+        .collect();
+    changes.sort_unstable();
+    changes.dedup();
+    let span = if changes.is_empty() {
+        "toUInt32(0)".to_string()
+    } else {
+        let list: Vec<String> = changes.iter().map(|t| format!("toInt64({t})")).collect();
+        format!(
+            "toUInt32(arrayCount(b -> event_time_ms >= b, [{}]))",
+            list.join(", ")
+        )
+    };
+    let key = "customer_id, contract_id, sku, price_region, service_period, invoice_period";
+    let events = "multiIf(correction_action = 'void', -1, correction_action = 'amend', 0, 1)";
+    let sums: Vec<UsageSums> = ch.fetch(&format!(
+        "SELECT {key}, region, {span} AS span, min(event_time_ms) AS at, \
+         toInt64(sum({events})) AS events, toString(sum(quantity)) AS quantity \
+         FROM {{db}}.usage_events WHERE billable = 1 AND sku IN {summed_skus} AND {filter} \
+         GROUP BY {key}, region, span"
     ))?;
-    let readings: Vec<ReadingRow> = ch.fetch(&format!(
-        "SELECT event_id, {key}, toString(quantity) AS quantity, event_time_ms, billable, \
+    let one_by_one: Vec<EventRow> = ch.fetch(&format!(
+        "SELECT event_id, {key}, region, toString(quantity) AS quantity, event_time_ms, billable, \
          correction_action, correction_of, attributes \
-         FROM {{db}}.usage_events WHERE billable = 1 AND sku IN {other_skus} AND {filter}"
+         FROM {{db}}.usage_events WHERE billable = 1 AND sku IN {one_by_one_skus} AND {filter}"
     ))?;
     let lines: Vec<LineSums> = ch.fetch(&format!(
         "SELECT customer_id, contract_id, sku, region, service_period, invoice_period, \
          toInt64(sum(events * sign)) AS events, \
-         toString(sumIf(quantity, sign > 0) - sumIf(quantity, sign < 0)) AS quantity \
+         toString(sumIf(quantity, sign > 0) - sumIf(quantity, sign < 0)) AS quantity, \
+         toString(sumIf(amount, sign > 0) - sumIf(amount, sign < 0)) AS amount, \
+         toString(sumIf(amount_exact, sign > 0) - sumIf(amount_exact, sign < 0)) AS amount_exact \
          FROM {{db}}.invoice_lines WHERE line_type IN ('usage', 'adjustment') AND {filter} \
          GROUP BY customer_id, contract_id, sku, region, service_period, invoice_period"
     ))?;
     let mut expected = Expected::default();
-    for r in readings {
+    let mut money = ExpectedMoney::default();
+    for r in one_by_one {
+        let line = line_of(
+            &r.customer_id,
+            &r.contract_id,
+            &r.sku,
+            &r.price_region,
+            &r.service_period,
+            &r.invoice_period,
+        );
+        let q = quantity(&r.quantity, &r.event_id)?;
+        let time = EventTime(r.event_time_ms);
+        if is_additive(catalog, &r.sku) {
+            let price = price_now(
+                catalog,
+                &r.contract_id,
+                &r.sku,
+                &r.region,
+                time,
+                &r.event_id,
+            )?;
+            let usage = PriceUsage::of_event(catalog, price, line_events(&r.correction_action), q);
+            money.add(billing.unit, &line, price, usage);
+        }
         expected.add(
             catalog,
             EventFacts {
-                line: LineRef {
-                    customer_id: r.customer_id,
-                    contract_id: r.contract_id,
-                    sku: r.sku,
-                    region: r.region,
-                    service_period: r.service_period,
-                    invoice_period: r.invoice_period,
-                },
-                quantity: quantity(&r.quantity, &r.event_id)?,
-                time: EventTime(r.event_time_ms),
+                line,
+                quantity: q,
+                time,
                 billable: r.billable == 1,
                 correction_action: r.correction_action,
                 correction_of: r.correction_of,
@@ -288,21 +435,50 @@ pub fn from_clickhouse(
         );
     }
     for s in &sums {
+        let line = line_of(
+            &s.customer_id,
+            &s.contract_id,
+            &s.sku,
+            &s.price_region,
+            &s.service_period,
+            &s.invoice_period,
+        );
         let summed = Tally {
             events: s.events,
             quantity: quantity(&s.quantity, "usage_events")?,
         };
-        expected.add_summed(s.line(), summed);
+        let what = format!("of {} at {}", s.customer_id, EventTime(s.at));
+        let price = price_now(
+            catalog,
+            &s.contract_id,
+            &s.sku,
+            &s.region,
+            EventTime(s.at),
+            &what,
+        )?;
+        let usage = PriceUsage::of_event(catalog, price, summed.events, summed.quantity);
+        money.add(billing.unit, &line, price, usage);
+        expected.add_summed(line, summed);
     }
-    let lines_expected = expected.lines(catalog);
     let billed_lines = lines
         .iter()
         .map(|l| {
             Ok(LineFacts {
-                line: l.line(),
+                line: line_of(
+                    &l.customer_id,
+                    &l.contract_id,
+                    &l.sku,
+                    &l.region,
+                    &l.service_period,
+                    &l.invoice_period,
+                ),
                 line_type: "usage".into(),
                 events: l.events,
                 quantity: quantity(&l.quantity, "invoice_lines")?,
+                money: Money {
+                    exact: amount(&l.amount_exact, "invoice_lines")?,
+                    billed: amount(&l.amount, "invoice_lines")?,
+                },
                 sign: 1,
             })
         })
@@ -324,7 +500,14 @@ pub fn from_clickhouse(
         })
         .collect();
     let billed_lines = billed(catalog, billed_lines);
-    let mut checked = finish(catalog, unit, scope, lines_expected, billed_lines, active);
+    let mut checked = finish(
+        catalog,
+        billing,
+        scope,
+        (expected, money),
+        billed_lines,
+        active,
+    );
     // The events behind each drifting additive line (the readings' are known already).
     for c in checked
         .iter_mut()
@@ -358,7 +541,7 @@ pub fn render(checked: &[Reconciled]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "events ↔ invoice lines: {} lines checked (quantity and events per customer, contract, SKU, region and period)",
+        "events ↔ invoice lines: {} lines checked (quantity, events and money per customer, contract, SKU, region and period)",
         lines.len()
     );
     let _ = writeln!(
@@ -380,9 +563,27 @@ pub fn render(checked: &[Reconciled]) -> String {
             format!("service {} invoice {}", l.service_period, l.invoice_period)
         };
         let region = if l.region.is_empty() { "*" } else { &l.region };
+        let money = match c.expected_money.filter(|_| c.money_drifts()) {
+            Some(m) => {
+                let digits = minor_unit_digits(&c.currency);
+                let show = |a: Amount| format!("{} {}", a.format_fixed(digits), c.currency);
+                let exact = if m.billed == c.billed_money.billed {
+                    format!(" (exact {} against {})", m.exact, c.billed_money.exact)
+                } else {
+                    String::new()
+                };
+                format!(
+                    "; amount expected {}, billed {}, difference {}{exact}",
+                    show(m.billed),
+                    show(c.billed_money.billed),
+                    show(m.billed - c.billed_money.billed)
+                )
+            }
+            None => String::new(),
+        };
         let _ = writeln!(
             s,
-            "  line {} / {} / {} / {} / {}: expected {} ({} events), billed {} ({} events), difference {} ({} events); events: {}",
+            "  line {} / {} / {} / {} / {}: expected {} ({} events), billed {} ({} events), difference {} ({} events){money}; events: {}",
             l.customer_id,
             l.contract_id,
             l.sku,

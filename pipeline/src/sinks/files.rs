@@ -497,6 +497,12 @@ impl CsvRow for Reconciled {
         int(row, self.billed.events);
         scaled(row, self.expected.quantity.0, Quantity::SCALE);
         scaled(row, self.billed.quantity.0, Quantity::SCALE);
+        field(row, &self.currency);
+        let expected = self.expected_money.unwrap_or_default();
+        scaled(row, expected.billed.0, Amount::SCALE);
+        scaled(row, self.billed_money.billed.0, Amount::SCALE);
+        scaled(row, expected.exact.0, Amount::SCALE);
+        scaled(row, self.billed_money.exact.0, Amount::SCALE);
         int(row, u8::from(self.drifts()));
         field(
             row,

@@ -33,6 +33,11 @@ struct ReconciliationRow<'a> {
     billed_quantity: i128,
     drift: u8,
     event_ids: String,
+    currency: &'a str,
+    expected_amount: i128,
+    billed_amount: i128,
+    expected_amount_exact: i128,
+    billed_amount_exact: i128,
 }
 
 /// Replaces `out/reconciliation/` with the checked lines.
@@ -71,6 +76,12 @@ pub fn to_clickhouse(ch: &ClickHouse, checked: &[Reconciled]) -> Result<(), Stri
             expected_quantity: c.expected.quantity.0,
             billed_quantity: c.billed.quantity.0,
             drift: u8::from(c.drifts()),
+            currency: &c.currency,
+            // Decimal(38, 9) from the amount's 18 digits (as billed, it has at most 9).
+            expected_amount: c.expected_money.unwrap_or_default().billed.0 / 1_000_000_000,
+            billed_amount: c.billed_money.billed.0 / 1_000_000_000,
+            expected_amount_exact: c.expected_money.unwrap_or_default().exact.0,
+            billed_amount_exact: c.billed_money.exact.0,
             event_ids: if c.drifts() {
                 c.event_ids.join(" ")
             } else {
