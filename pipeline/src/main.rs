@@ -9,6 +9,7 @@ use meterflow::commands::demo::DemoCommand;
 use meterflow::commands::gen::{self, GenArgs};
 use meterflow::commands::invoice::InvoiceCommand;
 use meterflow::commands::migrate::MigrateCommand;
+use meterflow::commands::quarantine::QuarantineCommand;
 use meterflow::commands::reconcile::ReconcileCommand;
 use meterflow::commands::run::RunCommand;
 use meterflow::commands::scorecard::ScorecardCommand;
@@ -60,6 +61,11 @@ enum Command {
     Reconcile(ReconcileCommand),
     /// Capture rate (metered usage billed, the gap by cause) and invoice error rate.
     Scorecard(ScorecardCommand),
+    /// Rejected records: list them by reason, replay their fixes.
+    Quarantine {
+        #[command(subcommand)]
+        command: QuarantineCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -121,5 +127,6 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Trace(c) => c.execute(),
         Command::Reconcile(c) => c.execute(),
         Command::Scorecard(c) => c.execute(),
+        Command::Quarantine { command } => command.execute(),
     }
 }

@@ -413,6 +413,12 @@ ORDER BY (customer_id, comparison, contract_id, sku, region, service_period, inv
              ADD COLUMN expected_amount_exact Decimal(38, 18), ADD COLUMN billed_amount_exact Decimal(38, 18)",
         ),
     },
+    Migration {
+        id: 27,
+        name: "quarantine_resolutions",
+        // Rejections resolved by `meterflow quarantine replay`.
+        sql: Sql::Create(&crate::tables::QUARANTINE_RESOLUTIONS),
+    },
 ];
 
 /// The table that records applied migrations (created before any migration runs).

@@ -17,6 +17,7 @@ pub mod ids;
 pub mod lineage;
 pub mod money;
 pub mod pricing;
+pub mod quarantine;
 pub mod reconcile;
 pub mod rejection;
 pub mod rows;

@@ -114,6 +114,7 @@ pub const ALL: &[&Table] = &[
     &CATALOG_CHANGES,
     &RECONCILIATION,
     &SCORECARD,
+    &QUARANTINE_RESOLUTIONS,
 ];
 
 /// The tables the dataflow writes. Their rows carry the `epoch` that wrote them: a restart
@@ -561,6 +562,27 @@ pub const SCORECARD: Table = Table {
     partition_by: Some("toYYYYMM(computed_at)"),
     order_by: &["measure", "period", "customer_id", "sku", "cause", "computed_at"],
     csv: Some("computed_at,run_id,measure,cause,period,customer_id,sku,currency,events,quantity,amount"),
+    output: None,
+};
+
+pub const QUARANTINE_RESOLUTIONS: Table = Table {
+    name: "quarantine_resolutions",
+    row: "Resolution",
+    about: "one rejection marked resolved: the rejected record and the replayed fix that was accepted",
+    columns: &[
+        col("resolved_at", "DateTime"),
+        col("run_id", "String"),
+        col("event_id", "String"),
+        col("reason", "String"),
+        col("rejected_source", "String"),
+        col("rejected_offset", "UInt64"),
+        col("replay_source", "String"),
+        col("replay_offset", "UInt64"),
+        col("sign", "Int8"),
+    ],
+    partition_by: Some("toYYYYMM(resolved_at)"),
+    order_by: &["event_id", "resolved_at"],
+    csv: Some("resolved_at,run_id,event_id,reason,rejected_source,rejected_offset,replay_source,replay_offset,sign"),
     output: None,
 };
 

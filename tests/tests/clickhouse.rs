@@ -380,6 +380,10 @@ fn every_statement_meterflow_sends_and_every_documented_query_run_on_current_cli
         "SELECT sum(events) FROM meterflow.scorecard WHERE measure = 'invoice_error' AND cause = 're_rating' AND customer_id = '*' AND period = '*'",
     );
     assert!(re_rated > 0, "{text}");
+    // The quarantine's statements too (nothing to resolve: no fix was sent).
+    meterflow_ok(&["quarantine", "list", "--clickhouse-url", &f.ch.url()]);
+    let resolved = meterflow_ok(&["quarantine", "resolve", "--clickhouse-url", &f.ch.url()]);
+    assert!(String::from_utf8_lossy(&resolved.stdout).contains("0 rejections resolved"));
     let dump = work.path().join("dump");
     std::fs::create_dir_all(&dump).unwrap();
     let tables = f
@@ -408,6 +412,7 @@ fn every_statement_meterflow_sends_and_every_documented_query_run_on_current_cli
         .arg(root.join("docs/clickhouse.md"))
         .arg(root.join("docs/reconcile.md"))
         .arg(root.join("docs/scorecard.md"))
+        .arg(root.join("docs/quarantine.md"))
         .arg("--csv-docs")
         .arg(root.join("docs/outputs.md"))
         .arg("--csv-out")
@@ -458,6 +463,7 @@ fn every_statement_meterflow_sends_and_every_documented_query_run_on_current_cli
         "reconciliation LIMIT 0",
         "ANY INNER JOIN",
         "HAVING countIf(sign < 0) > 0",
+        "AS rejected_epoch",
     ] {
         assert!(sent.contains(kind), "no `{kind}` statement was recorded");
     }

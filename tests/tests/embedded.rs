@@ -1297,3 +1297,162 @@ fn scorecard_capture_follows_the_rates_gen_injected() {
         "{printed}"
     );
 }
+
+/// Fixed records replayed under their original event ids: billed once (a second replay bills
+/// nothing more), their rejections marked resolved with the lineage to the fix, the accounting
+/// still balanced, and the scorecard's capture up by exactly the replayed usage.
+#[test]
+fn a_replayed_fix_is_billed_once_and_resolves_its_rejection() {
+    let s = Scratch::new("quarantine");
+    generate(s.path(), 20_000, 30, 11, &["--invalid-rate", "0.03"]);
+    // Fixes arrive weeks later: the dedup horizon must still hold their ids.
+    let config = s.path().join("replay.toml");
+    std::fs::write(
+        &config,
+        "[input]\nchunk_bytes = 65536\n\n[dedup]\nhorizon = \"120d\"\n",
+    )
+    .unwrap();
+    let (catalog, out) = (s.path().join("catalog"), s.path().join("out"));
+    let (c, o, cfg) = (
+        catalog.to_str().unwrap(),
+        out.to_str().unwrap(),
+        config.to_str().unwrap(),
+    );
+    meterflow_ok(&[
+        "run",
+        "-i",
+        s.path().join("events.jsonl").to_str().unwrap(),
+        "-c",
+        c,
+        "-o",
+        o,
+        "--config",
+        cfg,
+        "-q",
+    ]);
+    let scorecard = || {
+        meterflow_ok(&["scorecard", "-c", c, "-o", o, "--config", cfg]);
+        let rows = read_table(&out, "scorecard").unwrap();
+        let total = |cause: &str, column: &str| -> i128 {
+            rows.iter()
+                .filter(|r| {
+                    r["measure"] == "capture"
+                        && r["cause"] == cause
+                        && r["period"] == "*"
+                        && r["customer_id"] == "*"
+                })
+                .map(|r| {
+                    meterflow_schemas::money::Quantity::parse(&r[column])
+                        .unwrap()
+                        .0
+                })
+                .sum()
+        };
+        (
+            total("metered", "events"),
+            total("billed", "events"),
+            total("billed", "quantity"),
+        )
+    };
+    let before = scorecard();
+    let accepted_before = n(&counts(&out), "accepted");
+
+    // Fix the records sent in the wrong unit; add one the quarantine does not know.
+    let rejections = read_table(&out, "rejections").unwrap();
+    let wrong_unit: Vec<&Row> = rejections
+        .iter()
+        .filter(|r| r["reason"] == "unit_mismatch")
+        .collect();
+    assert!(
+        wrong_unit.len() > 20,
+        "{} unit mismatches",
+        wrong_unit.len()
+    );
+    let mut fixed: String = wrong_unit
+        .iter()
+        .map(|r| r["raw_payload"].replace(r#""unit":"GB""#, r#""unit":"requests""#) + "\n")
+        .collect();
+    fixed.push_str("{\"event_id\":\"never-rejected\",\"customer_id\":\"cus-000001\"}\n");
+    let fixed_path = s.path().join("fixed.jsonl");
+    std::fs::write(&fixed_path, &fixed).unwrap();
+    let replay = || {
+        let o = meterflow_ok(&[
+            "quarantine",
+            "replay",
+            "-c",
+            c,
+            "-o",
+            o,
+            "--config",
+            cfg,
+            "--fixed",
+            fixed_path.to_str().unwrap(),
+        ]);
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let said = replay();
+    let n_fixed = wrong_unit.len() as i128;
+    assert!(
+        said.contains(&format!("{n_fixed} accepted and billed")),
+        "{said}"
+    );
+    assert!(
+        said.contains("never-rejected: no rejection has this event_id"),
+        "{said}"
+    );
+
+    // Billed once more each (one unit each), metered unchanged: capture up by exactly them.
+    let after = scorecard();
+    assert_eq!(after.0, before.0, "metered usage is the same usage");
+    assert_eq!(after.1, before.1 + n_fixed * 1_000_000_000, "billed events");
+    assert_eq!(after.2, before.2 + n_fixed * 1_000_000_000, "billed units");
+    let counted = counts(&out);
+    assert_eq!(n(&counted, "accepted"), accepted_before + n_fixed as u64);
+    assert_eq!(
+        n(&counted, "received"),
+        n(&counted, "accepted") + n(&counted, "rejected") + n(&counted, "duplicates")
+    );
+
+    // Each resolution names the rejected record and the replayed one.
+    let resolutions = read_table(&out, "quarantine_resolutions").unwrap();
+    assert_eq!(resolutions.len(), wrong_unit.len());
+    let sources = meterflow::reports::tables::input_paths(&out);
+    let accepted = read_table(&out, "usage_events").unwrap();
+    for res in &resolutions {
+        let rejected = wrong_unit
+            .iter()
+            .find(|r| r["event_id"] == res["event_id"])
+            .expect("a fixed rejection");
+        assert_eq!(res["rejected_offset"], rejected["offset"]);
+        assert_eq!(res["reason"], "unit_mismatch");
+        assert_eq!(res["sign"], "1");
+        let replayed = accepted
+            .iter()
+            .find(|e| e["event_id"] == res["event_id"])
+            .expect("the fix is accepted");
+        assert_eq!(sources[&replayed["source"]], res["replay_source"]);
+        assert_eq!(replayed["offset"], res["replay_offset"]);
+    }
+    let listed = String::from_utf8_lossy(&meterflow_ok(&["quarantine", "list", "-o", o]).stdout)
+        .into_owned();
+    assert!(
+        listed.contains(&format!(
+            "unit_mismatch: {} rejected, {} resolved",
+            wrong_unit.len(),
+            wrong_unit.len()
+        )),
+        "{listed}"
+    );
+
+    // Replaying the same fixes again bills nothing more.
+    let said = replay();
+    assert!(said.contains("nothing to replay"), "{said}");
+    assert_eq!(scorecard(), after);
+    let o2 = meterflow(&["reconcile", "-c", c, "-o", o, "--config", cfg]);
+    assert_eq!(
+        o2.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o2.stdout)
+    );
+}

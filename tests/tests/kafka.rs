@@ -1053,3 +1053,117 @@ fn metrics_are_served_while_kafka_is_read_and_agree_with_counts_json() {
         assert_eq!(value(&last, &series), n.as_f64().unwrap(), "{series}");
     }
 }
+
+/// Fixes of rejected records sent to the pipeline's topic under their original event ids: the
+/// pipeline bills them, `quarantine resolve` marks their rejections resolved (once), and the
+/// same fixes sent again are duplicates, billed nothing more.
+#[test]
+fn fixes_sent_to_the_topic_are_billed_once_and_resolve_their_rejections() {
+    let (dir, cluster, _) = on_mock_cluster("kafka-quarantine", None);
+    let d = dir.path();
+    let ch = ClickHouseServer::start(d);
+    let url = ch.url();
+    meterflow_ok(&["migrate", "--clickhouse-url", &url]);
+    let config = d.join("kafka.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[kafka]\nbrokers = \"{}\"\ntopics = [\"{TOPIC}\"]\nexit_when_idle = \"2s\"\n\n[dedup]\nhorizon = \"120d\"\n",
+            cluster.bootstrap_servers()
+        ),
+    )
+    .unwrap();
+    let (catalog, out, cfg) = (d.join("catalog"), d.join("out"), config.to_str().unwrap());
+    let run = || {
+        meterflow_ok(&[
+            "run",
+            "-c",
+            catalog.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--config",
+            cfg,
+            "--clickhouse-url",
+            &url,
+            "-q",
+        ])
+    };
+    run();
+    let billed = || {
+        count(&ch, "SELECT sum(events * sign) FROM meterflow.invoice_lines WHERE line_type IN ('usage', 'adjustment')")
+    };
+    let before = billed();
+    let fixed: Vec<String> = ch
+        .query("SELECT raw_payload FROM meterflow.rejections WHERE reason = 'unit_mismatch' FORMAT JSONEachRow")
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["raw_payload"].as_str().unwrap().replace(r#""unit":"GB""#, r#""unit":"requests""#)
+        })
+        .collect();
+    let n = fixed.len() as u64;
+    assert!(n >= 5, "{n} unit mismatches");
+    let send = || {
+        let mut p = UsageProducer::new(&cluster.bootstrap_servers(), TOPIC, 2, BATCHING);
+        p.send_lines(&fixed.iter().map(String::as_str).collect::<Vec<_>>());
+        p.flush();
+    };
+    send();
+    run();
+    assert_eq!(billed(), before + n, "each fix billed");
+    let resolve = || {
+        String::from_utf8_lossy(
+            &meterflow_ok(&["quarantine", "resolve", "--clickhouse-url", &url]).stdout,
+        )
+        .into_owned()
+    };
+    let said = resolve();
+    assert!(said.contains(&format!("{n} rejections resolved")), "{said}");
+    assert_eq!(
+        count(&ch, &format!("SELECT count() FROM meterflow.quarantine_resolutions WHERE replay_source = '{TOPIC}' AND reason = 'unit_mismatch' AND sign = 1")),
+        n
+    );
+    // Each resolution points at the rejected record and at the accepted fix.
+    assert_eq!(
+        count(&ch, "SELECT count() FROM meterflow.quarantine_resolutions AS q ANY INNER JOIN (SELECT event_id, source AS rejected_source, offset AS rejected_offset FROM meterflow.rejections) USING event_id, rejected_source, rejected_offset"),
+        n
+    );
+    let said = resolve();
+    assert!(said.contains("0 rejections resolved"), "{said}");
+    // The same fixes again: duplicates.
+    let duplicates = count(&ch, "SELECT count() FROM meterflow.duplicates");
+    send();
+    run();
+    assert_eq!(billed(), before + n, "billed once");
+    assert_eq!(
+        count(&ch, "SELECT count() FROM meterflow.duplicates"),
+        duplicates + n
+    );
+    let listed = meterflow_ok(&[
+        "quarantine",
+        "list",
+        "--clickhouse-url",
+        &url,
+        "--reason",
+        "unit_mismatch",
+    ]);
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listed.contains(&format!("unit_mismatch: {n} rejected, {n} resolved")),
+        "{listed}"
+    );
+    // A ClickHouse pipeline is not replayed into from a second process.
+    let o = meterflow_tests::meterflow(&[
+        "quarantine",
+        "replay",
+        "-c",
+        catalog.to_str().unwrap(),
+        "--clickhouse-url",
+        &url,
+        "--fixed",
+        config.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("quarantine resolve"));
+}

@@ -8,6 +8,7 @@ pub mod demo;
 pub mod gen;
 pub mod invoice;
 pub mod migrate;
+pub mod quarantine;
 pub mod reconcile;
 pub mod report;
 pub mod run;

@@ -2,7 +2,6 @@
 //! its source and offset, the rate-card version and tiers that priced it, and the invoice line
 //! it is part of — or the rejection that stopped it, and any duplicate copies.
 
-use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -13,19 +12,9 @@ fn get<'a>(r: &'a Row, k: &str) -> &'a str {
     r.get(k).map_or("", |s| s.as_str())
 }
 
-/// Input paths by the index the tables' `source` column holds.
-fn sources(out: &Path) -> BTreeMap<String, String> {
-    let text = std::fs::read_to_string(out.join("sources.csv")).unwrap_or_default();
-    crate::reports::tables::parse_csv(&text)
-        .into_iter()
-        .skip(1)
-        .filter_map(|r| Some((r.first()?.clone(), r.get(1)?.clone())))
-        .collect()
-}
-
 pub fn trace(out: &Path, event_id: &str) -> std::io::Result<String> {
     let mut s = String::new();
-    let paths = sources(out);
+    let paths = crate::reports::tables::input_paths(out);
     let source = |r: &Row| {
         paths
             .get(get(r, "source"))

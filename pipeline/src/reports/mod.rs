@@ -4,6 +4,7 @@
 //! Read-only.
 
 pub mod invoice_preview;
+pub mod quarantine;
 pub mod reconcile;
 pub mod run_report;
 pub mod scorecard;

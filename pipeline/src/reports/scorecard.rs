@@ -3,7 +3,7 @@
 //! commit), and the report `meterflow scorecard` prints. The arithmetic is
 //! `meterflow_schemas::scorecard`; docs/scorecard.md defines every number.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -112,6 +112,13 @@ fn add_rejection(s: &mut Scorecard, catalog: &Catalog, unit: PeriodUnit, reason:
     s.rejected(key, reason, c);
 }
 
+/// Whether a rejected record counts: every record without an event id, and the first of each
+/// id not in `seen` (a fix rejected again is the same usage, not more of it; a resolved
+/// one is accepted usage now).
+fn once(seen: &mut BTreeSet<String>, event_id: &str) -> bool {
+    event_id.is_empty() || seen.insert(event_id.to_string())
+}
+
 fn field<'r>(r: &'r CsvRow, name: &str) -> &'r str {
     r.get(name).map_or("", |s| s.as_str())
 }
@@ -182,7 +189,12 @@ pub fn from_output(
             counted(u, line_events(action), quantity),
         );
     }
+    // A rejection a replayed fix resolved is not a gap: its usage is accepted now.
+    let mut seen = crate::reports::quarantine::from_output(out)?.resolved();
     for r in read(&tables::REJECTIONS)? {
+        if !once(&mut seen, field(&r, "event_id")) {
+            continue;
+        }
         add_rejection(
             &mut s,
             catalog,
@@ -276,6 +288,7 @@ impl Later {
 
 #[derive(Row, Deserialize)]
 struct Rejected {
+    event_id: String,
     reason: String,
     raw_payload: String,
 }
@@ -353,10 +366,17 @@ pub fn from_clickhouse(
         let correction = r.correction == 1;
         s.billed_later(r.line(), correction);
     }
+    // A rejection a replayed fix resolved is not a gap: its usage is accepted now.
     let rejected: Vec<Rejected> = ch.fetch(&format!(
-        "SELECT reason, raw_payload FROM {{db}}.rejections WHERE epoch <= {upto}"
+        "SELECT event_id, reason, raw_payload FROM {{db}}.rejections WHERE epoch <= {upto} \
+         AND event_id NOT IN (SELECT event_id FROM {{db}}.quarantine_resolutions \
+         GROUP BY event_id HAVING sum(sign) > 0)"
     ))?;
+    let mut seen = BTreeSet::new();
     for r in rejected {
+        if !once(&mut seen, &r.event_id) {
+            continue;
+        }
         add_rejection(&mut s, catalog, unit, &r.reason, &r.raw_payload);
     }
     let retried: Vec<Retried> = ch.fetch(&format!(

@@ -28,6 +28,16 @@ pub fn read_table(out: &Path, table: &str) -> std::io::Result<Vec<Row>> {
     Ok(rows)
 }
 
+/// A run's input paths (`sources.csv`), by the index the tables' `source` column holds.
+pub fn input_paths(out: &Path) -> BTreeMap<String, String> {
+    let text = std::fs::read_to_string(out.join("sources.csv")).unwrap_or_default();
+    parse_csv(&text)
+        .into_iter()
+        .skip(1)
+        .filter_map(|r| Some((r.first()?.clone(), r.get(1)?.clone())))
+        .collect()
+}
+
 /// RFC 4180 CSV: quoted fields may hold commas, quotes (doubled) and newlines.
 pub fn parse_csv(text: &str) -> Vec<Vec<String>> {
     let mut records = Vec::new();

@@ -18,6 +18,7 @@ use meterflow_schemas::catalog::Catalog;
 use meterflow_schemas::event::{Environment, Metadata};
 use meterflow_schemas::lineage::Lineage;
 use meterflow_schemas::money::{Amount, Quantity};
+use meterflow_schemas::quarantine::Resolution;
 use meterflow_schemas::reconcile::Reconciled;
 use meterflow_schemas::rejection::Rejection;
 use meterflow_schemas::rows::{
@@ -533,6 +534,24 @@ impl CsvRow for Scored {
         int(row, self.counted.events);
         scaled(row, self.counted.quantity.0, Quantity::SCALE);
         scaled(row, self.counted.amount.0, Amount::SCALE);
+    }
+}
+
+impl CsvRow for Resolution {
+    fn csv(&self, _: &Names, _: &mut Labels, row: &mut Vec<u8>) {
+        time_field(row, self.resolved_at);
+        for v in [
+            &self.run_id,
+            &self.event_id,
+            &self.reason,
+            &self.rejected_source,
+        ] {
+            field(row, v);
+        }
+        int(row, self.rejected_offset);
+        field(row, &self.replay_source);
+        int(row, self.replay_offset);
+        int(row, self.sign);
     }
 }
 

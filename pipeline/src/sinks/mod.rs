@@ -9,6 +9,7 @@ pub mod clickhouse;
 pub mod files;
 pub mod metrics;
 pub mod outputs;
+pub mod quarantine;
 pub mod reconciliation;
 pub mod scorecard;
 
