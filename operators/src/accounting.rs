@@ -6,7 +6,9 @@
 
 use std::sync::{Arc, Mutex};
 
+use meterflow_schemas::lag::{merge_into, PartitionLag};
 use meterflow_schemas::rows::Counts;
+use meterflow_schemas::time::EventTime;
 
 use crate::sink::TableWriter;
 use crate::Epoch;
@@ -16,6 +18,26 @@ use crate::Epoch;
 pub struct Totals {
     inner: Arc<Mutex<(Counts, Option<Epoch>, bool)>>,
     pub clock: LatencyClock,
+    pub lag: LagTotals,
+}
+
+/// The metering lag of everything this run committed, per partition read (sources by input
+/// index), and the watermark of the last commit.
+#[derive(Clone, Default)]
+pub struct LagTotals {
+    inner: Arc<Mutex<(Vec<PartitionLag>, Option<EventTime>)>>,
+}
+
+impl LagTotals {
+    pub fn add(&self, lag: &[PartitionLag], watermark: Option<EventTime>) {
+        let mut g = self.inner.lock().expect("lag lock");
+        merge_into(&mut g.0, lag);
+        g.1 = watermark.or(g.1);
+    }
+
+    pub fn snapshot(&self) -> (Vec<PartitionLag>, Option<EventTime>) {
+        self.inner.lock().expect("lag lock").clone()
+    }
 }
 
 impl Totals {

@@ -33,6 +33,7 @@ use crate::entitlements::{
 use crate::invoice::{billed_through, invoice, Clock, Through};
 use crate::meters::{meter_usage, Reading};
 use crate::price::{price, Priced};
+use crate::progress::CommitTo;
 use crate::progress::{commit_progress, Progress, ProgressStore};
 use crate::rate_join::rate_join;
 use crate::signed::Signed;
@@ -316,7 +317,7 @@ pub fn build<'s>(
         counts.clone(),
         "counts",
         to_worker_zero(),
-        Box::new(TotalsWriter(totals)),
+        Box::new(TotalsWriter(totals.clone())),
         FlushPolicy::every(Duration::ZERO),
         fatal.clone(),
     );
@@ -330,7 +331,10 @@ pub fn build<'s>(
         counts.exchange(|_| 0),
         plan.epochs_per_round,
         resume.progress.clone(),
-        io.progress,
+        CommitTo {
+            store: io.progress,
+            lag: totals.lag,
+        },
         fatal,
     );
     done

@@ -29,6 +29,7 @@ use timely::dataflow::StreamVec;
 
 use crate::source::{recycle, BufferPool, Chunk, MessageSpan, Position};
 use crate::Epoch;
+use meterflow_schemas::lag::{bucket, LagHistogram, BUCKETS};
 
 /// What one chunk says about event time and input progress.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -42,6 +43,18 @@ pub struct EpochStats {
     /// chunk included) and whether the partition had been read to its end (per-partition
     /// watermarks).
     pub partitions: Vec<PartitionTime>,
+    /// Per partition read (a file is partition 0): when the chunk was decoded, and how far its
+    /// accepted events' times lay behind that (metering lag).
+    pub lag: Vec<ChunkLag>,
+}
+
+/// How far behind the clock a chunk's accepted events of one partition were when read.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ChunkLag {
+    pub source: u32,
+    pub partition: i32,
+    pub received: EventTime,
+    pub event_to_received: LagHistogram,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -81,6 +94,8 @@ pub fn decode<'s>(
     let mut counts_out: Out<Counts> = OutputBuilder::from(counts_out);
     let mut validator = Validator::new(rules, catalog);
     // Per partition: the latest valid event time read from it, across chunks and restarts.
+    // Per partition slot of the chunk being decoded: lag counts per bucket, and the largest.
+    let mut lag_counts: Vec<(Vec<u32>, u64)> = Vec::new();
     let mut read_through: BTreeMap<(u32, i32), Option<EventTime>> = resumed
         .iter()
         .map(|p| ((p.source, p.partition), p.max_time))
@@ -116,6 +131,10 @@ pub fn decode<'s>(
                         })
                         .collect();
                     let mut last = 0;
+                    let slots = partitions.len().max(1);
+                    if lag_counts.len() < slots {
+                        lag_counts.resize_with(slots, || (vec![0; BUCKETS], 0));
+                    }
                     for_each_record(&chunk, |lineage, line, message| {
                         counts.received += 1;
                         match validator.validate(line, lineage, now) {
@@ -132,10 +151,18 @@ pub fn decode<'s>(
                                 if !partitions.get(last).is_some_and(same) {
                                     last = partitions.iter().position(same).unwrap_or(last);
                                 }
-                                if let Some(p) = partitions.get_mut(last).filter(|p| same(p)) {
-                                    ev.stream_watermark = p.max_time.unwrap_or(EventTime::MIN);
-                                    p.max_time = p.max_time.max(Some(ev.time));
-                                }
+                                let slot = match partitions.get_mut(last).filter(|p| same(p)) {
+                                    Some(p) => {
+                                        ev.stream_watermark = p.max_time.unwrap_or(EventTime::MIN);
+                                        p.max_time = p.max_time.max(Some(ev.time));
+                                        last
+                                    }
+                                    None => 0,
+                                };
+                                let lag = now.0.saturating_sub(ev.time.0).max(0) as u64;
+                                let (counts, max) = &mut lag_counts[slot];
+                                counts[bucket(lag) as usize] += 1;
+                                *max = (*max).max(lag);
                                 events_s.give(ev);
                             }
                             Err(mut r) => {
@@ -150,11 +177,31 @@ pub fn decode<'s>(
                     for p in &partitions {
                         read_through.insert((p.source, p.partition), p.max_time);
                     }
+                    let mut lag = Vec::new();
+                    for (slot, (counts, max)) in lag_counts.iter_mut().take(slots).enumerate() {
+                        if *max == 0 && counts.iter().all(|n| *n == 0) {
+                            continue;
+                        }
+                        let (source, partition) = partitions
+                            .get(slot)
+                            .map_or((chunk.source, 0), |p| (p.source, p.partition));
+                        let mut h = LagHistogram::default();
+                        h.add_dense(counts, *max);
+                        counts.iter_mut().for_each(|n| *n = 0);
+                        *max = 0;
+                        lag.push(ChunkLag {
+                            source,
+                            partition,
+                            received: now,
+                            event_to_received: h,
+                        });
+                    }
                     stats_h.session(&cap).give(EpochStats {
                         epoch: chunk.epoch,
                         max_time,
                         positions: std::mem::take(&mut chunk.positions),
                         partitions,
+                        lag,
                     });
                     counts_h.session(&cap).give(counts);
                     recycle(&pool, chunk.bytes);

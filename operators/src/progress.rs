@@ -12,14 +12,16 @@
 
 use std::collections::BTreeMap;
 
+use meterflow_schemas::lag::PartitionLag;
 use meterflow_schemas::rows::Counts;
 use meterflow_schemas::time::EventTime;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::StreamVec;
 
+use crate::accounting::LagTotals;
 use crate::aggregate::round_end;
-use crate::decode::{EpochStats, PartitionTime};
+use crate::decode::{ChunkLag, EpochStats, PartitionTime};
 use crate::source::Position;
 use crate::watermark::WatermarkTracker;
 use crate::{Epoch, Fatal};
@@ -40,6 +42,10 @@ pub struct Progress {
     pub positions: Vec<Position>,
     /// Cumulative counts through `epoch`.
     pub counts: Counts,
+    /// The metering lag of the events this commit covers (since the previous commit), per
+    /// partition read; `source` holds the input's index (the store names it).
+    #[serde(default)]
+    pub lag: Vec<PartitionLag>,
 }
 
 impl Progress {
@@ -84,6 +90,12 @@ fn commit_target(
     }
 }
 
+/// Where commits go: the store that makes them durable, and the run's metering lag totals.
+pub struct CommitTo {
+    pub store: Box<dyn ProgressStore>,
+    pub lag: LagTotals,
+}
+
 /// Commits progress on worker 0 (see the module docs). `start` is the progress a resumed run
 /// starts from.
 pub fn commit_progress<'s>(
@@ -92,15 +104,19 @@ pub fn commit_progress<'s>(
     counts: StreamVec<'s, Epoch, Counts>,
     epochs_per_round: u64,
     start: Option<Progress>,
-    mut store: Box<dyn ProgressStore>,
+    to: CommitTo,
     fatal: Fatal,
 ) {
+    let CommitTo {
+        mut store,
+        lag: lag_totals,
+    } = to;
     let mut builder = OperatorBuilder::new("CommitProgress".to_owned(), durable.scope());
     let mut durable_in = builder.new_input(durable, Pipeline);
     let mut stats_in = builder.new_input(stats, Pipeline);
     let mut counts_in = builder.new_input(counts, Pipeline);
     builder.build(move |_capabilities| {
-        let mut pending: BTreeMap<Epoch, (Vec<Position>, Counts)> = BTreeMap::new();
+        let mut pending: BTreeMap<Epoch, (Vec<Position>, Counts, Vec<ChunkLag>)> = BTreeMap::new();
         // The same watermark the deduplicator computes, so a resumed run continues from it.
         let mut tracker = start
             .as_ref()
@@ -123,11 +139,9 @@ pub fn commit_progress<'s>(
             stats_in.for_each(|_, data| {
                 for mut s in data.drain(..) {
                     tracker.observe(&s);
-                    pending
-                        .entry(s.epoch)
-                        .or_default()
-                        .0
-                        .append(&mut s.positions);
+                    let e = pending.entry(s.epoch).or_default();
+                    e.0.append(&mut s.positions);
+                    e.2.append(&mut s.lag);
                     last_seen = last_seen.max(Some(s.epoch));
                 }
             });
@@ -156,15 +170,18 @@ pub fn commit_progress<'s>(
             if committed_through.is_some_and(|c| target <= c) {
                 return;
             }
+            let now = EventTime::now();
+            committed.lag.clear();
             while let Some(entry) = pending.first_entry() {
                 if *entry.key() > target {
                     break;
                 }
-                let (ps, c) = entry.remove();
+                let (ps, c, lags) = entry.remove();
                 for p in ps {
                     positions.insert((p.source, p.partition), p.next_offset);
                 }
                 committed.counts.merge(&c);
+                add_lag(&mut committed.lag, &lags, now);
             }
             committed.epoch = target;
             tracker.watermark_for(target + 1);
@@ -179,11 +196,43 @@ pub fn commit_progress<'s>(
                 })
                 .collect();
             match store.commit(&committed) {
-                Ok(()) => committed_through = Some(target),
+                Ok(()) => {
+                    committed_through = Some(target);
+                    lag_totals.add(&committed.lag, committed.watermark);
+                }
                 Err(e) => fatal.set(format!("committing progress failed: {e}")),
             }
         }
     });
+}
+
+/// Adds chunks' lags to a commit's: each chunk's events waited from being read until `now`,
+/// when the commit covering them is written.
+fn add_lag(into: &mut Vec<PartitionLag>, chunks: &[ChunkLag], now: EventTime) {
+    for c in chunks {
+        let waited = now.0.saturating_sub(c.received.0).max(0) as u64;
+        let source = c.source.to_string();
+        let at = match into
+            .iter()
+            .position(|p| p.source == source && p.partition == c.partition)
+        {
+            Some(i) => i,
+            None => {
+                into.push(PartitionLag {
+                    source,
+                    partition: c.partition,
+                    ..PartitionLag::default()
+                });
+                into.len() - 1
+            }
+        };
+        let p = &mut into[at];
+        p.event_to_received.merge(&c.event_to_received);
+        p.received_to_committed
+            .record(waited, c.event_to_received.events());
+        p.event_to_committed
+            .merge(&c.event_to_received.shifted(waited));
+    }
 }
 
 #[cfg(test)]

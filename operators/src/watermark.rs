@@ -354,24 +354,28 @@ mod tests {
             max_time: Some(EventTime(10)),
             positions: Vec::new(),
             partitions: Vec::new(),
+            lag: Vec::new(),
         });
         w.observe(&EpochStats {
             epoch: 1,
             max_time: Some(EventTime(5)),
             positions: Vec::new(),
             partitions: Vec::new(),
+            lag: Vec::new(),
         });
         w.observe(&EpochStats {
             epoch: 2,
             max_time: Some(EventTime(30)),
             positions: Vec::new(),
             partitions: Vec::new(),
+            lag: Vec::new(),
         });
         w.observe(&EpochStats {
             epoch: 3,
             max_time: None,
             positions: Vec::new(),
             partitions: Vec::new(),
+            lag: Vec::new(),
         });
         assert_eq!(w.watermark_for(0), EventTime::MIN);
         assert_eq!(w.watermark_for(1), EventTime(10));
@@ -394,6 +398,7 @@ mod tests {
                     idle,
                 })
                 .collect(),
+            lag: Vec::new(),
         }
     }
 

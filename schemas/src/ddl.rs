@@ -419,6 +419,19 @@ ORDER BY (customer_id, comparison, contract_id, sku, region, service_period, inv
         // Rejections resolved by `meterflow quarantine replay`.
         sql: Sql::Create(&crate::tables::QUARANTINE_RESOLUTIONS),
     },
+    Migration {
+        id: 28,
+        name: "sink_progress_lag",
+        // Per partition read: the metering lag of the events a commit covers, as histograms
+        // (JSON; '' for commits written before).
+        sql: Sql::Text("ALTER TABLE {db}.sink_progress ADD COLUMN lag String"),
+    },
+    Migration {
+        id: 29,
+        name: "metering_lag",
+        // What `meterflow scorecard` measured of the metering lag, per period and partition.
+        sql: Sql::Create(&crate::tables::METERING_LAG),
+    },
 ];
 
 /// The table that records applied migrations (created before any migration runs).

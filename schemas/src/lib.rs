@@ -14,6 +14,7 @@ pub mod event;
 pub mod fixtures;
 pub mod hashing;
 pub mod ids;
+pub mod lag;
 pub mod lineage;
 pub mod money;
 pub mod pricing;

@@ -115,6 +115,7 @@ pub const ALL: &[&Table] = &[
     &RECONCILIATION,
     &SCORECARD,
     &QUARANTINE_RESOLUTIONS,
+    &METERING_LAG,
 ];
 
 /// The tables the dataflow writes. Their rows carry the `epoch` that wrote them: a restart
@@ -463,7 +464,7 @@ pub const ANOMALIES: Table = Table {
 pub const SINK_PROGRESS: Table = Table {
     name: "sink_progress",
     row: "Progress",
-    about: "one committed point: epoch, watermark, input offsets, partitions, counts",
+    about: "one committed point: epoch, watermark, input offsets, partitions, counts, metering lag",
     columns: &[
         col("generation", "UInt32"),
         col("epoch", "UInt64"),
@@ -473,6 +474,7 @@ pub const SINK_PROGRESS: Table = Table {
         col("counts", "String"),
         col("catalog_digest", "String"),
         col("partitions", "String"),
+        col("lag", "String"),
     ],
     partition_by: None,
     order_by: &["generation", "epoch"],
@@ -583,6 +585,29 @@ pub const QUARANTINE_RESOLUTIONS: Table = Table {
     partition_by: Some("toYYYYMM(resolved_at)"),
     order_by: &["event_id", "resolved_at"],
     csv: Some("resolved_at,run_id,event_id,reason,rejected_source,rejected_offset,replay_source,replay_offset,sign"),
+    output: None,
+};
+
+pub const METERING_LAG: Table = Table {
+    name: "metering_lag",
+    row: "Lagged",
+    about: "one stage of the metering lag for a period and partition read, as `meterflow scorecard` measured it",
+    columns: &[
+        col("computed_at", "DateTime"),
+        col("run_id", "String"),
+        col("period", "String"),
+        col("source", "String"),
+        col("partition", "Int32"),
+        col("stage", "String"),
+        col("events", "UInt64"),
+        col("p50_ms", "UInt64"),
+        col("p95_ms", "UInt64"),
+        col("p99_ms", "UInt64"),
+        col("max_ms", "UInt64"),
+    ],
+    partition_by: Some("toYYYYMM(computed_at)"),
+    order_by: &["period", "source", "partition", "stage", "computed_at"],
+    csv: Some("computed_at,run_id,period,source,partition,stage,events,p50_ms,p95_ms,p99_ms,max_ms"),
     output: None,
 };
 

@@ -625,6 +625,20 @@ fn scorecard_counts_the_same_in_clickhouse_as_in_files() {
         );
     }
     assert_eq!(in_clickhouse, in_files);
+    // The metering lag covers every valid event read, retries included (no record of this
+    // stream is rejected by deduplication), in both.
+    let accepted = count(&f.ch, "SELECT count() FROM meterflow.usage_events")
+        + count(&f.ch, "SELECT count() FROM meterflow.duplicates");
+    assert_eq!(
+        count(&f.ch, "SELECT events FROM meterflow.metering_lag WHERE period = '*' AND source = '*' AND stage = 'event_to_committed'"),
+        accepted
+    );
+    let lag = meterflow::reports::tables::read_table(&files, "metering_lag").unwrap();
+    let all = lag
+        .iter()
+        .find(|r| r["period"] == "*" && r["source"] == "*" && r["stage"] == "event_to_committed")
+        .expect("the lag over all partitions");
+    assert_eq!(all["events"], accepted.to_string());
 }
 
 /// A decimal without trailing zeros.

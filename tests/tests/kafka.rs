@@ -1000,6 +1000,11 @@ fn metrics_are_served_while_kafka_is_read_and_agree_with_counts_json() {
             .unwrap_or(0.0)
     };
     // Every record read, and each accounted for (received = accepted + rejected + duplicates).
+    let lag_series = |p: &str| {
+        format!(
+            "meterflow_metering_lag_seconds{{partition=\"{p}\",quantile=\"1\",source=\"{TOPIC}\",stage=\"event_to_committed\"}}"
+        )
+    };
     let settled = |text: &str| {
         let rejected: f64 = text
             .lines()
@@ -1012,6 +1017,7 @@ fn metrics_are_served_while_kafka_is_read_and_agree_with_counts_json() {
                 == value(text, "meterflow_events_accepted_total")
                     + value(text, "meterflow_records_duplicate_total")
                     + rejected
+            && ["0", "1"].iter().all(|p| value(text, &lag_series(p)) > 0.0)
     };
     let mut last = String::new();
     for _ in 0..300 {
@@ -1052,6 +1058,41 @@ fn metrics_are_served_while_kafka_is_read_and_agree_with_counts_json() {
         let series = format!("meterflow_records_rejected_total{{reason=\"{reason}\"}}");
         assert_eq!(value(&last, &series), n.as_f64().unwrap(), "{series}");
     }
+    // The metering lag covers every valid event read, retries included (this stream has no
+    // record that deduplication rejects), per partition read.
+    let lag = &counts["metering_lag_ms"];
+    let valid = counts["accepted"].as_u64().unwrap() + counts["duplicates"].as_u64().unwrap();
+    for stage in [
+        "event_to_received",
+        "received_to_committed",
+        "event_to_committed",
+    ] {
+        assert_eq!(lag["all"][stage]["events"].as_u64(), Some(valid), "{stage}");
+    }
+    let partitions = lag["partitions"].as_object().unwrap();
+    assert_eq!(partitions.len(), 2, "{lag}");
+    let through = |p: &str| {
+        lag["partitions"][p]["event_to_committed"]["max_ms"]
+            .as_f64()
+            .unwrap()
+    };
+    for p in ["0", "1"] {
+        let name = format!("{TOPIC}#{p}");
+        // Served while the run went on: at most what the run ended with (a maximum only grows).
+        let served = (value(&last, &lag_series(p)) * 1000.0).round();
+        assert!(
+            served > 0.0 && served <= through(&name),
+            "{served} against {}",
+            through(&name)
+        );
+        assert!(
+            through(&name)
+                >= lag["partitions"][&name]["event_to_received"]["max_ms"]
+                    .as_f64()
+                    .unwrap()
+        );
+    }
+    assert!(value(&last, "meterflow_watermark_lag_seconds") > 0.0);
 }
 
 /// Fixes of rejected records sent to the pipeline's topic under their original event ids: the

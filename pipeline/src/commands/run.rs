@@ -124,6 +124,7 @@ fn run_until_catalog_change(
 ) -> anyhow::Result<(RunReport, bool)> {
     let started = Instant::now();
     let setup = Setup::load(args)?;
+    let setup_sources = setup.input.sources();
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create output directory {}", args.out.display()))?;
     // Outputs: ClickHouse (resuming from its last commit), or the embedded CSV tables.
@@ -163,10 +164,12 @@ fn run_until_catalog_change(
         Duration::from_millis(250),
         {
             let (metrics, totals) = (metrics.cloned(), totals.clone());
+            let sources = setup_sources.clone();
             move |c: &Counts| {
                 progress.show(c);
                 if let Some(m) = &metrics {
                     m.update(c, &totals.clock.latency());
+                    m.update_lag(&totals.lag, &sources);
                 }
             }
         },
@@ -178,9 +181,10 @@ fn run_until_catalog_change(
     if !args.quiet && std::io::stderr().is_terminal() {
         eprintln!();
     }
-    let report = lines.report(&totals, started.elapsed(), peak_rss_bytes());
+    let report = lines.report(&totals, &setup_sources, started.elapsed(), peak_rss_bytes());
     if let Some(m) = metrics {
         m.update(&report.counts, &report.latency);
+        m.update_lag(&totals.lag, &setup_sources);
     }
     if args.cluster.process == 0 {
         report.write(&args.out)?;

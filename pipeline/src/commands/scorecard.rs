@@ -5,7 +5,11 @@
 use std::process::ExitCode;
 
 use crate::commands::report::ReportArgs;
-use crate::reports::scorecard::{from_clickhouse, from_output, render, Scope};
+use meterflow_schemas::scorecard::ALL;
+
+use crate::reports::scorecard::{
+    from_clickhouse, from_output, lag_from_clickhouse, lag_from_output, render, render_lag, Scope,
+};
 use crate::sinks::scorecard;
 
 #[derive(clap::Args)]
@@ -32,10 +36,26 @@ impl ScorecardCommand {
             row.computed_at = r.at;
             row.run_id = r.run_id.clone();
         }
-        print!("{}", render(&rows));
+        let mut lag = match &r.ch {
+            Some(ch) => lag_from_clickhouse(ch, unit),
+            None => lag_from_output(&a.out),
+        }
+        .map_err(anyhow::Error::msg)?;
+        lag.retain(|l| {
+            a.period
+                .as_ref()
+                .is_none_or(|p| *p == l.period || l.period == ALL)
+        });
+        for l in &mut lag {
+            l.computed_at = r.at;
+            l.run_id = r.run_id.clone();
+        }
+        print!("{}{}", render(&rows), render_lag(&lag));
         match &r.ch {
-            Some(ch) => scorecard::to_clickhouse(ch, &rows),
-            None => scorecard::to_files(&a.out, r.catalog, unit, &rows),
+            Some(ch) => scorecard::to_clickhouse(ch, &rows)
+                .and_then(|()| scorecard::lag_to_clickhouse(ch, &lag)),
+            None => scorecard::to_files(&a.out, r.catalog.clone(), unit, &rows)
+                .and_then(|()| scorecard::lag_to_files(&a.out, r.catalog, unit, &lag)),
         }
         .map_err(anyhow::Error::msg)?;
         Ok(ExitCode::SUCCESS)

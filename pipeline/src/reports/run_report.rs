@@ -11,6 +11,7 @@ use anyhow::{bail, Context};
 use meterflow_operators::accounting::{Latency, Totals};
 use meterflow_operators::dataflow::Plan;
 use meterflow_schemas::catalog::Catalog;
+use meterflow_schemas::lag::PartitionLag;
 use meterflow_schemas::money::Amount;
 use meterflow_schemas::rejection::Reason;
 use meterflow_schemas::rows::{Counts, InvoiceLine};
@@ -18,6 +19,7 @@ use meterflow_schemas::tables;
 use meterflow_schemas::time::PeriodUnit;
 
 use crate::reports::invoice_preview;
+use crate::sinks::clickhouse::progress::named_lag;
 use crate::sinks::{ByTable, HeldRows};
 
 /// What a run produced.
@@ -30,6 +32,8 @@ pub struct RunReport {
     pub preview: String,
     pub elapsed: Duration,
     pub peak_rss_bytes: u64,
+    /// The metering lag of what the run committed, per partition read (sources named).
+    pub lag: Vec<PartitionLag>,
 }
 
 /// The invoice lines a run holds when it ends: its preview and total.
@@ -50,9 +54,16 @@ impl LinesAtEnd {
     }
 
     /// The report of the run that has just ended.
-    pub fn report(&self, totals: &Totals, elapsed: Duration, peak_rss_bytes: u64) -> RunReport {
+    pub fn report(
+        &self,
+        totals: &Totals,
+        sources: &[String],
+        elapsed: Duration,
+        peak_rss_bytes: u64,
+    ) -> RunReport {
         let lines = self.lines.all();
         RunReport {
+            lag: named_lag(&totals.lag.snapshot().0, sources),
             counts: totals.snapshot(),
             latency: totals.clock.latency(),
             invoice_total_exact: lines
@@ -111,6 +122,7 @@ fn write_counts(out: &Path, r: &RunReport) -> anyhow::Result<()> {
         "peak_rss_bytes": r.peak_rss_bytes,
         "invoice_total_exact": r.invoice_total_exact.to_string(),
         "epoch_latency_ms": { "epochs": r.latency.epochs, "p50": r.latency.p50_ms, "p99": r.latency.p99_ms, "max": r.latency.max_ms },
+        "metering_lag_ms": lag_json(&r.lag),
     });
     std::fs::write(
         out.join("counts.json"),
@@ -118,6 +130,29 @@ fn write_counts(out: &Path, r: &RunReport) -> anyhow::Result<()> {
     )
     .context("cannot write counts.json")?;
     Ok(())
+}
+
+/// The metering lag by stage: over every partition (`all`), and per `source#partition`.
+fn lag_json(lag: &[PartitionLag]) -> serde_json::Value {
+    let stages = |p: &PartitionLag| -> serde_json::Value {
+        p.stages()
+            .into_iter()
+            .map(|(name, h)| {
+                (
+                    name.to_string(),
+                    serde_json::to_value(h.summary()).unwrap_or_default(),
+                )
+            })
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    };
+    let mut all = PartitionLag::default();
+    let mut by_partition = serde_json::Map::new();
+    for p in lag {
+        all.merge(p);
+        by_partition.insert(format!("{}#{}", p.source, p.partition), stages(p));
+    }
+    serde_json::json!({ "all": stages(&all), "partitions": by_partition })
 }
 
 /// Peak resident memory of this process (Linux `VmHWM`), in bytes.

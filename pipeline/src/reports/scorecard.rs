@@ -9,6 +9,7 @@ use std::path::Path;
 
 use clickhouse::Row;
 use meterflow_schemas::catalog::{Aggregation, Catalog};
+use meterflow_schemas::lag::{merge_into, rows as lag_rows, LagSummary, Lagged, PartitionLag};
 use meterflow_schemas::money::{minor_unit_digits, Amount, Quantity, Rounding};
 use meterflow_schemas::scorecard::{
     cause, percent, Counted, IssuedLine, Key, Scorecard, Scored, ALL, CAPTURE, INVOICE_ERROR,
@@ -623,4 +624,117 @@ fn render_worst(s: &mut String, rows: &[Scored]) {
             percent(b.into(), m.into()).unwrap_or_default()
         );
     }
+}
+
+/// The stages of the metering lag, by name.
+const STAGES: [&str; 3] = [
+    "event_to_received",
+    "received_to_committed",
+    "event_to_committed",
+];
+
+/// The metering lag of an embedded run: its `counts.json` (over the whole run; period `*`).
+pub fn lag_from_output(out: &Path) -> Result<Vec<Lagged>, String> {
+    let path = out.join("counts.json");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("{} is not JSON: {e}", path.display()))?;
+    let lag = &v["metering_lag_ms"];
+    let mut rows = Vec::new();
+    let mut add = |source: &str, partition: i32, stages: &serde_json::Value| {
+        for stage in STAGES {
+            if let Ok(summary) = serde_json::from_value::<LagSummary>(stages[stage].clone()) {
+                rows.push(Lagged {
+                    computed_at: EventTime::MIN,
+                    run_id: String::new(),
+                    period: ALL.into(),
+                    source: source.into(),
+                    partition,
+                    stage,
+                    summary,
+                });
+            }
+        }
+    };
+    if let Some(parts) = lag["partitions"].as_object() {
+        for (name, stages) in parts {
+            let (source, partition) = name.rsplit_once('#').unwrap_or((name, "0"));
+            add(source, partition.parse().unwrap_or(0), stages);
+        }
+    }
+    add(ALL, -1, &lag["all"]);
+    Ok(rows)
+}
+
+/// The metering lag in ClickHouse: every commit's, merged per period of its commit time and
+/// over all periods.
+pub fn lag_from_clickhouse(ch: &ClickHouse, unit: PeriodUnit) -> Result<Vec<Lagged>, String> {
+    #[derive(Row, Deserialize)]
+    struct Committed {
+        committed_at: u32,
+        lag: String,
+    }
+    let commits: Vec<Committed> =
+        ch.fetch("SELECT committed_at, lag FROM {db}.sink_progress WHERE lag != '' ORDER BY generation, epoch")?;
+    let mut by_period: BTreeMap<String, Vec<PartitionLag>> = BTreeMap::new();
+    for c in commits {
+        let lag: Vec<PartitionLag> = serde_json::from_str(&c.lag)
+            .map_err(|e| format!("sink_progress.lag is unreadable: {e}"))?;
+        let at = EventTime(i64::from(c.committed_at) * 1000);
+        for period in [unit.label(unit.period_of(at)), ALL.to_string()] {
+            merge_into(by_period.entry(period).or_default(), &lag);
+        }
+    }
+    Ok(lag_rows(&by_period))
+}
+
+fn duration(ms: u64) -> String {
+    match ms {
+        0..=999 => format!("{ms} ms"),
+        1_000..=59_999 => format!("{:.1} s", ms as f64 / 1000.0),
+        60_000..=3_599_999 => format!("{:.1} min", ms as f64 / 60_000.0),
+        3_600_000..=172_799_999 => format!("{:.1} h", ms as f64 / 3_600_000.0),
+        _ => format!("{:.1} d", ms as f64 / 86_400_000.0),
+    }
+}
+
+/// The printed metering lag: every stage over all partitions, then event → committed per
+/// partition (when there are several), for all periods.
+pub fn render_lag(rows: &[Lagged]) -> String {
+    let mut s = String::new();
+    let all: Vec<&Lagged> = rows.iter().filter(|r| r.period == ALL).collect();
+    if all.iter().all(|r| r.summary.events == 0) {
+        return s;
+    }
+    let _ = writeln!(s, "metering lag, all periods (p50 / p95 / p99 / max):");
+    let line = |s: &mut String, label: &str, r: &Lagged| {
+        let m = &r.summary;
+        let _ = writeln!(
+            s,
+            "  {label:<40} {:>9} {:>9} {:>9} {:>9}   ({} events)",
+            duration(m.p50_ms),
+            duration(m.p95_ms),
+            duration(m.p99_ms),
+            duration(m.max_ms),
+            m.events
+        );
+    };
+    for r in all.iter().filter(|r| r.source == ALL) {
+        line(&mut s, &r.stage.replace("_to_", " → "), r);
+    }
+    let partitions: Vec<&&Lagged> = all
+        .iter()
+        .filter(|r| r.source != ALL && r.stage == "event_to_committed")
+        .collect();
+    if partitions.len() > 1 {
+        for r in partitions {
+            line(
+                &mut s,
+                &format!("{}#{} event → committed", r.source, r.partition),
+                r,
+            );
+        }
+    }
+    s
 }

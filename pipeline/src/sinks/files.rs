@@ -16,6 +16,7 @@ use meterflow_operators::Epoch;
 use meterflow_schemas::anomaly::{Anomaly, BucketRow};
 use meterflow_schemas::catalog::Catalog;
 use meterflow_schemas::event::{Environment, Metadata};
+use meterflow_schemas::lag::Lagged;
 use meterflow_schemas::lineage::Lineage;
 use meterflow_schemas::money::{Amount, Quantity};
 use meterflow_schemas::quarantine::Resolution;
@@ -552,6 +553,21 @@ impl CsvRow for Resolution {
         field(row, &self.replay_source);
         int(row, self.replay_offset);
         int(row, self.sign);
+    }
+}
+
+impl CsvRow for Lagged {
+    fn csv(&self, _: &Names, _: &mut Labels, row: &mut Vec<u8>) {
+        time_field(row, self.computed_at);
+        for v in [&self.run_id, &self.period, &self.source] {
+            field(row, v);
+        }
+        int(row, self.partition);
+        field(row, self.stage);
+        let s = &self.summary;
+        for v in [s.events, s.p50_ms, s.p95_ms, s.p99_ms, s.max_ms] {
+            int(row, v);
+        }
     }
 }
 

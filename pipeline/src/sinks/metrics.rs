@@ -12,11 +12,14 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use meterflow_operators::accounting::Latency;
+use meterflow_operators::accounting::{LagTotals, Latency};
+use meterflow_schemas::time::EventTime;
+
+use crate::sinks::clickhouse::progress::named_lag;
 use meterflow_schemas::rejection::Reason;
 use meterflow_schemas::rows::Counts;
 use prometheus::{
-    Encoder, GaugeVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
 use serde::Deserialize;
 
@@ -42,6 +45,8 @@ pub struct Metrics {
     corrections: IntCounter,
     dedup_keys: IntGauge,
     latency: GaugeVec,
+    metering_lag: GaugeVec,
+    watermark_lag: Gauge,
     /// What the counters have been raised to.
     last: Mutex<Counts>,
 }
@@ -74,6 +79,23 @@ impl Metrics {
         )
         .map_err(|e| e.to_string())?;
         r.register(Box::new(latency.clone()))
+            .map_err(|e| e.to_string())?;
+        let metering_lag = GaugeVec::new(
+            Opts::new(
+                "meterflow_metering_lag_seconds",
+                "Metering lag of the committed events so far, per partition read: event time to received, received to committed, event time to committed (quantile 0.5, 0.95, 0.99 and 1 = max).",
+            ),
+            &["source", "partition", "stage", "quantile"],
+        )
+        .map_err(|e| e.to_string())?;
+        r.register(Box::new(metering_lag.clone()))
+            .map_err(|e| e.to_string())?;
+        let watermark_lag = Gauge::new(
+            "meterflow_watermark_lag_seconds",
+            "How far the committed watermark is behind the clock.",
+        )
+        .map_err(|e| e.to_string())?;
+        r.register(Box::new(watermark_lag.clone()))
             .map_err(|e| e.to_string())?;
         let dedup_keys = IntGauge::new(
             "meterflow_dedup_keys",
@@ -122,6 +144,8 @@ impl Metrics {
             rejected,
             dedup_keys,
             latency,
+            metering_lag,
+            watermark_lag,
             registry: r,
             last: Mutex::new(Counts::default()),
         })
@@ -154,6 +178,32 @@ impl Metrics {
             self.latency.with_label_values(&[q]).set(ms / 1000.0);
         }
         *last = c.clone();
+    }
+
+    /// Sets the metering lag gauges from what the run has committed (`sources` names the
+    /// inputs by index).
+    pub fn update_lag(&self, lag: &LagTotals, sources: &[String]) {
+        let (partitions, watermark) = lag.snapshot();
+        for p in named_lag(&partitions, sources) {
+            let partition = p.partition.to_string();
+            for (stage, h) in p.stages() {
+                let s = h.summary();
+                for (q, ms) in [
+                    ("0.5", s.p50_ms),
+                    ("0.95", s.p95_ms),
+                    ("0.99", s.p99_ms),
+                    ("1", s.max_ms),
+                ] {
+                    self.metering_lag
+                        .with_label_values(&[p.source.as_str(), &partition, stage, q])
+                        .set(ms as f64 / 1000.0);
+                }
+            }
+        }
+        if let Some(w) = watermark {
+            let behind = EventTime::now().0.saturating_sub(w.0).max(0);
+            self.watermark_lag.set(behind as f64 / 1000.0);
+        }
     }
 
     /// The metrics in the Prometheus text format.

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use clickhouse::Row;
 use meterflow_schemas::catalog::Catalog;
+use meterflow_schemas::lag::Lagged;
 use meterflow_schemas::scorecard::Scored;
 use meterflow_schemas::tables;
 use meterflow_schemas::time::PeriodUnit;
@@ -62,4 +63,50 @@ pub fn to_clickhouse(ch: &ClickHouse, rows: &[Scored]) -> Result<(), String> {
         ch.insert::<ScorecardRow<'static>>(tables::SCORECARD.name, chunk)?;
     }
     Ok(())
+}
+
+#[derive(Row, Serialize)]
+struct LagRow<'a> {
+    computed_at: u32,
+    run_id: &'a str,
+    period: &'a str,
+    source: &'a str,
+    partition: i32,
+    stage: &'a str,
+    events: u64,
+    p50_ms: u64,
+    p95_ms: u64,
+    p99_ms: u64,
+    max_ms: u64,
+}
+
+/// Replaces `out/metering_lag/` with the rows.
+pub fn lag_to_files(
+    out: &Path,
+    catalog: Arc<Catalog>,
+    period: PeriodUnit,
+    rows: &[Lagged],
+) -> Result<(), String> {
+    replace_table(out, &tables::METERING_LAG, catalog, period, rows.to_vec())
+}
+
+/// Appends the rows to the `metering_lag` table.
+pub fn lag_to_clickhouse(ch: &ClickHouse, rows: &[Lagged]) -> Result<(), String> {
+    let rows: Vec<LagRow> = rows
+        .iter()
+        .map(|r| LagRow {
+            computed_at: seconds(r.computed_at),
+            run_id: &r.run_id,
+            period: &r.period,
+            source: &r.source,
+            partition: r.partition,
+            stage: r.stage,
+            events: r.summary.events,
+            p50_ms: r.summary.p50_ms,
+            p95_ms: r.summary.p95_ms,
+            p99_ms: r.summary.p99_ms,
+            max_ms: r.summary.max_ms,
+        })
+        .collect();
+    ch.insert::<LagRow<'static>>(tables::METERING_LAG.name, &rows)
 }

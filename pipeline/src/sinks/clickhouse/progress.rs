@@ -6,6 +6,7 @@ use meterflow_operators::decode::PartitionTime;
 use meterflow_operators::progress::{Progress, ProgressStore};
 use meterflow_operators::source::Position;
 use meterflow_operators::Epoch;
+use meterflow_schemas::lag::PartitionLag;
 use meterflow_schemas::rows::Counts;
 use meterflow_schemas::tables;
 use meterflow_schemas::time::EventTime;
@@ -26,6 +27,9 @@ pub(crate) struct ProgressRow<'a> {
     pub catalog_digest: &'a str,
     /// Every partition's event-time state ([`RecordedPartition`], JSON).
     pub partitions: &'a str,
+    /// The metering lag of the events the commit covers, per partition (JSON list of
+    /// `meterflow_schemas::lag::PartitionLag`, sources by name).
+    pub lag: &'a str,
 }
 
 /// Commits progress into `sink_progress`, and sweeps up after a killed predecessor.
@@ -97,6 +101,7 @@ pub(crate) fn write_progress(
         })
         .collect();
     let partitions = serde_json::to_string(&partitions).map_err(|e| e.to_string())?;
+    let lag = serde_json::to_string(&named_lag(&p.lag, sources)).map_err(|e| e.to_string())?;
     let row = ProgressRow {
         generation,
         epoch: p.epoch,
@@ -106,8 +111,25 @@ pub(crate) fn write_progress(
         counts: &counts,
         catalog_digest,
         partitions: &partitions,
+        lag: &lag,
     };
     ch.insert::<ProgressRow<'static>>("sink_progress", &[row])
+}
+
+/// Lags with their sources named (the dataflow knows inputs by index).
+pub fn named_lag(lag: &[PartitionLag], sources: &[String]) -> Vec<PartitionLag> {
+    lag.iter()
+        .map(|l| PartitionLag {
+            source: l
+                .source
+                .parse::<usize>()
+                .ok()
+                .and_then(|i| sources.get(i))
+                .cloned()
+                .unwrap_or_else(|| l.source.clone()),
+            ..l.clone()
+        })
+        .collect()
 }
 
 impl ProgressStore for ClickHouseProgress {
@@ -190,6 +212,7 @@ pub(crate) fn last_commit(
             positions,
             partitions: restored_partitions(&row.partitions, sources)?,
             counts,
+            lag: Vec::new(),
         },
         catalog_digest: row.catalog_digest,
     }))
