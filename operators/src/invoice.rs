@@ -20,8 +20,8 @@ use std::sync::Arc;
 
 use differential_dataflow::VecCollection;
 use meterflow_schemas::catalog::{Catalog, ContractIdx, CustomerIdx, SkuIdx};
-use meterflow_schemas::money::{minor_unit_digits, Amount, Quantity, Rounding};
-use meterflow_schemas::pricing::invoice::{active_share, contract_lines_prorated};
+use meterflow_schemas::money::{Amount, Quantity, Rounding};
+use meterflow_schemas::pricing::invoice::contract_invoice;
 use meterflow_schemas::rows::{InvoiceLine, LineKey};
 use meterflow_schemas::time::{EventTime, Period, PeriodUnit};
 use serde::{Deserialize, Serialize};
@@ -93,31 +93,10 @@ pub fn invoice<'s>(
                 let Some(currency) = currency else {
                     return;
                 };
-                let c = &catalog.contracts[contract.ix()];
-                let share = |start: EventTime| {
-                    active_share(c.starts, c.ends, start, unit.end_of(Period(start)))
-                };
-                // Periods without usage between the first one with usage and the one reached.
-                if let (Some(&first), Some(through)) = (periods.keys().next(), through) {
-                    let mut start = first;
-                    for _ in 0..1200 {
-                        if start > through.0 {
-                            break;
-                        }
-                        if !matches!(share(start), Some((0, _))) {
-                            periods.entry(start).or_default();
-                        }
-                        start = unit.end_of(Period(start));
-                    }
-                }
-                let terms = &c.terms;
-                let tax = catalog.customers[customer.ix()]
-                    .tax
-                    .map(|t| &catalog.taxes[t.ix()]);
-                let digits = minor_unit_digits(&currency);
-                for (start, d) in
-                    contract_lines_prorated(terms, tax, &periods, &share, digits, rounding)
-                {
+                let derived = contract_invoice(
+                    &catalog, contract, periods, through, &currency, unit, rounding,
+                );
+                for (start, d) in derived {
                     let period = Period(start);
                     let line = InvoiceLine {
                         key: LineKey {

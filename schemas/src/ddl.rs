@@ -432,6 +432,12 @@ ORDER BY (customer_id, comparison, contract_id, sku, region, service_period, inv
         // What `meterflow scorecard` measured of the metering lag, per period and partition.
         sql: Sql::Create(&crate::tables::METERING_LAG),
     },
+    Migration {
+        id: 30,
+        name: "reconciliation_line_type",
+        // Reconciliation checks invoice-level lines and invoice totals too: which one a row is.
+        sql: Sql::Text("ALTER TABLE {db}.reconciliation ADD COLUMN line_type String"),
+    },
 ];
 
 /// The table that records applied migrations (created before any migration runs).

@@ -24,11 +24,13 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
-use crate::catalog::{distinct_value, Aggregation, Catalog, PriceIdx};
+use crate::catalog::{distinct_value, Aggregation, Catalog, PriceIdx, SkuIdx};
 use crate::entitlement::signals;
 use crate::money::{minor_unit_digits, Amount, Quantity, Rounding};
+use crate::pricing::invoice::contract_invoice;
 use crate::pricing::percentage::limit_adjustment;
 use crate::pricing::{price_period, PriceModel, Segment};
+use crate::rows::LineKind;
 use crate::time::{EventTime, Period, PeriodUnit};
 
 /// Which comparison a reconciliation row is: a line's quantity and events.
@@ -36,6 +38,9 @@ pub const EVENTS_TO_LINES: &str = "events_to_lines";
 /// A threshold or limit signal of an entitlement: whether the events call for it, and whether
 /// it is active in `entitlement_signals`.
 pub const EVENTS_TO_SIGNALS: &str = "events_to_signals";
+/// An invoice-level line (fees, discounts, commitment true-up, cap, credits, tax) recomputed
+/// from its invoice's usage and adjustment lines, and each invoice's subtotal, tax and total.
+pub const LINES_TO_TOTALS: &str = "lines_to_totals";
 
 /// The identity of a line, as the tables name it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -94,6 +99,10 @@ pub struct Reconciled {
     /// For [`EVENTS_TO_SIGNALS`]: the signal (`threshold 90%`, `soft_limit`, `hard_limit`);
     /// empty for lines.
     pub signal: String,
+    /// For [`LINES_TO_TOTALS`]: the invoice-level line type (`subscription`, `discount`,
+    /// `commitment`, `cap`, `credit`, `tax`), or `subtotal`, `tax_total`, `total` for an
+    /// invoice's totals; empty otherwise.
+    pub line_type: String,
     pub expected: Tally,
     pub billed: Tally,
     /// What the line's usage costs, for additive meters (`None`: not compared).
@@ -438,6 +447,7 @@ pub fn compare(
             check: EVENTS_TO_LINES,
             line,
             signal: String::new(),
+            line_type: String::new(),
             expected,
             billed,
             expected_money,
@@ -459,6 +469,200 @@ pub fn compare(
             || r.billed_money != Money::default()
     });
     out.sort_by(|a, b| a.line.cmp(&b.line));
+    out
+}
+
+/// An invoice's subtotal, tax and total in one currency, as the invoice preview shows them:
+/// the subtotal is every line but tax, the total the subtotal plus tax.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InvoiceTotals {
+    pub subtotal: Money,
+    pub tax: Money,
+}
+
+impl InvoiceTotals {
+    pub fn add(&mut self, kind: LineKind, m: Money) {
+        if kind == LineKind::Tax {
+            self.tax += m;
+        } else {
+            self.subtotal += m;
+        }
+    }
+
+    pub fn total(&self) -> Money {
+        let mut t = self.subtotal;
+        t += self.tax;
+        t
+    }
+
+    /// `(line_type, money)` of the three totals, as [`LINES_TO_TOTALS`] rows name them.
+    fn named(&self) -> [(&'static str, Money); 3] {
+        [
+            ("subtotal", self.subtotal),
+            ("tax_total", self.tax),
+            ("total", self.total()),
+        ]
+    }
+}
+
+/// The invoice as the events say it must be, against the invoice billed: every invoice-level
+/// line recomputed (`pricing::invoice` rules) from the usage lines' expected amounts, against
+/// the current invoice-level lines; then each invoice's (customer, invoice period, currency)
+/// subtotal, tax and total, expected (usage lines' expected amounts plus the recomputed
+/// invoice-level lines) against billed (every current line).
+///
+/// `usage`: the expected money of the usage and adjustment lines of additive meters
+/// ([`ExpectedMoney::lines`]); the lines of other meters count as billed (their quantity is
+/// checked, their money is not recomputed). `rows`: every signed row of `invoice_lines` (or
+/// their sums per line, with sign 1). The invoice periods run through the latest any line bills
+/// (the one the stream has reached); a period without usage still bills fees and commitment.
+pub fn compare_totals(
+    catalog: &Catalog,
+    unit: PeriodUnit,
+    rounding: Rounding,
+    usage: &BTreeMap<LineRef, Money>,
+    rows: impl IntoIterator<Item = LineFacts>,
+) -> Vec<Reconciled> {
+    type Key = (LineRef, LineKind);
+    let mut current: BTreeMap<Key, Money> = BTreeMap::new();
+    for r in rows {
+        let Some(kind) = LineKind::parse(&r.line_type) else {
+            continue;
+        };
+        let sign = r.sign as i128;
+        *current.entry((r.line, kind)).or_default() += Money {
+            exact: Amount(r.money.exact.0 * sign),
+            billed: Amount(r.money.billed.0 * sign),
+        };
+    }
+    current.retain(|_, m| *m != Money::default());
+    let through = current
+        .keys()
+        .filter_map(|(l, _)| unit.parse_label(&l.invoice_period))
+        .max();
+    // The usage lines the events call for: recomputed money, or as billed for other meters.
+    let mut expected_usage: BTreeMap<&LineRef, Money> = usage
+        .iter()
+        .filter(|(_, m)| **m != Money::default())
+        .map(|(l, m)| (l, *m))
+        .collect();
+    for ((l, kind), m) in &current {
+        if kind.is_usage() && !aggregation(catalog, &l.sku).is_additive() {
+            *expected_usage.entry(l).or_default() += *m;
+        }
+    }
+    // Per contract: its usage by invoice period and SKU, as the invoice reads it.
+    type Usage = BTreeMap<EventTime, BTreeMap<SkuIdx, Amount>>;
+    let mut by_contract: BTreeMap<(&str, &str), Usage> = BTreeMap::new();
+    for (l, m) in &expected_usage {
+        let (Some(p), Some(sku)) = (unit.parse_label(&l.invoice_period), catalog.sku(&l.sku))
+        else {
+            continue;
+        };
+        let contract = (l.customer_id.as_str(), l.contract_id.as_str());
+        *by_contract
+            .entry(contract)
+            .or_default()
+            .entry(p.0)
+            .or_default()
+            .entry(sku)
+            .or_default() += m.billed;
+    }
+    let mut expected: BTreeMap<Key, Money> = BTreeMap::new();
+    for ((customer, contract), periods) in by_contract {
+        let Some(c) = catalog.contract(contract) else {
+            continue;
+        };
+        let currency = catalog.currency_of(c);
+        for (start, d) in contract_invoice(catalog, c, periods, through, currency, unit, rounding) {
+            let label = unit.label(Period(start));
+            let line = LineRef {
+                customer_id: customer.into(),
+                contract_id: contract.into(),
+                sku: catalog.sku_id(d.sku).into(),
+                region: catalog.region_name(None).into(),
+                service_period: label.clone(),
+                invoice_period: label,
+            };
+            expected.insert(
+                (line, d.kind),
+                Money {
+                    exact: d.amount_exact,
+                    billed: d.amount,
+                },
+            );
+        }
+    }
+    let currency_of = |l: &LineRef| {
+        catalog
+            .contract(&l.contract_id)
+            .map_or("", |c| catalog.currency_of(c))
+            .to_string()
+    };
+    let row = |line: LineRef, line_type: &str, currency: String, e: Money, b: Money| Reconciled {
+        checked_at: EventTime::MIN,
+        run_id: String::new(),
+        check: LINES_TO_TOTALS,
+        line,
+        signal: String::new(),
+        line_type: line_type.into(),
+        expected: Tally::default(),
+        billed: Tally::default(),
+        expected_money: Some(e),
+        billed_money: b,
+        currency,
+        event_ids: Vec::new(),
+    };
+    // Per invoice: totals as billed, and with the recomputed invoice-level lines.
+    let mut totals: BTreeMap<(String, String, String), (InvoiceTotals, InvoiceTotals)> =
+        BTreeMap::new();
+    let invoice = |l: &LineRef| {
+        (
+            l.customer_id.clone(),
+            l.invoice_period.clone(),
+            currency_of(l),
+        )
+    };
+    for ((l, kind), m) in &current {
+        totals.entry(invoice(l)).or_default().1.add(*kind, *m);
+    }
+    for (l, m) in &expected_usage {
+        totals
+            .entry(invoice(l))
+            .or_default()
+            .0
+            .add(LineKind::Usage, *m);
+    }
+    for ((l, kind), m) in &expected {
+        totals.entry(invoice(l)).or_default().0.add(*kind, *m);
+    }
+    let mut out = Vec::new();
+    let derived: BTreeSet<&Key> = expected
+        .keys()
+        .chain(current.keys().filter(|(_, k)| !k.is_usage()))
+        .collect();
+    for key in derived {
+        let e = expected.get(key).copied().unwrap_or_default();
+        let b = current.get(key).copied().unwrap_or_default();
+        out.push(row(
+            key.0.clone(),
+            key.1.as_str(),
+            currency_of(&key.0),
+            e,
+            b,
+        ));
+    }
+    for ((customer, period, currency), (e, b)) in totals {
+        let line = LineRef {
+            customer_id: customer,
+            service_period: period.clone(),
+            invoice_period: period,
+            ..LineRef::default()
+        };
+        for ((name, e), (_, b)) in e.named().into_iter().zip(b.named()) {
+            out.push(row(line.clone(), name, currency.clone(), e, b));
+        }
+    }
     out
 }
 
@@ -561,6 +765,7 @@ pub fn compare_signals(
                 run_id: String::new(),
                 check: EVENTS_TO_SIGNALS,
                 signal: s.describe(),
+                line_type: String::new(),
                 line: LineRef {
                     customer_id: s.customer_id,
                     contract_id: s.contract_id,
@@ -764,5 +969,173 @@ mod tests {
         assert_eq!(checked.len(), 1);
         assert!(checked[0].money_drifts());
         assert_eq!(checked[0].expected, checked[0].billed);
+    }
+
+    /// Acme with a 49 fee, a 60 minimum spend and 19% tax; Globex without terms.
+    fn with_terms() -> Catalog {
+        let toml = fixtures::CATALOG
+            .replacen(
+                "id = \"acme\"\nname = \"Acme Corp\"\n",
+                "id = \"acme\"\nname = \"Acme Corp\"\ntax = \"de\"\n",
+                1,
+            )
+            .replacen(
+                "starts = \"2026-01-01T00:00:00Z\"\n",
+                "starts = \"2026-01-01T00:00:00Z\"\nminimum_spend = \"60\"\n[[contract.fee]]\nname = \"platform\"\namount = \"49\"\n",
+                1,
+            );
+        crate::catalog::from_toml_str(&format!(
+            "[[tax]]\nid = \"de\"\nname = \"VAT\"\nrate = \"0.19\"\n{toml}"
+        ))
+        .unwrap()
+    }
+
+    fn row(
+        contract: &str,
+        sku: &str,
+        kind: &str,
+        period: &str,
+        amount: &str,
+        sign: i64,
+    ) -> LineFacts {
+        let a = Amount::parse(amount).unwrap();
+        LineFacts {
+            line: LineRef {
+                customer_id: contract.split('-').next().unwrap().into(),
+                contract_id: contract.into(),
+                sku: sku.into(),
+                region: "*".into(),
+                service_period: period.into(),
+                invoice_period: period.into(),
+            },
+            line_type: kind.into(),
+            money: Money {
+                exact: a,
+                billed: a,
+            },
+            sign,
+            ..LineFacts::default()
+        }
+    }
+
+    /// Acme's November (usage 5.00) and December (no usage) as the pipeline bills them, and
+    /// Globex's December usage (which takes the stream into December).
+    fn billed_invoices() -> Vec<LineFacts> {
+        vec![
+            row("acme-2026", "api_calls", "usage", "2026-11", "5", 1),
+            row("acme-2026", "", "subscription", "2026-11", "49", 1),
+            row("acme-2026", "", "commitment", "2026-11", "6", 1),
+            row("acme-2026", "", "tax", "2026-11", "11.4", 1),
+            row("acme-2026", "", "subscription", "2026-12", "49", 1),
+            row("acme-2026", "", "commitment", "2026-12", "11", 1),
+            row("acme-2026", "", "tax", "2026-12", "11.4", 1),
+            row("globex-legacy", "api_calls", "usage", "2026-12", "3", 1),
+        ]
+    }
+
+    fn drifting(checked: &[Reconciled]) -> Vec<(String, String, String)> {
+        checked
+            .iter()
+            .filter(|c| c.drifts())
+            .map(|c| {
+                let l = &c.line;
+                (
+                    l.contract_id.clone(),
+                    l.invoice_period.clone(),
+                    c.line_type.clone(),
+                )
+            })
+            .collect()
+    }
+
+    fn d(contract: &str, period: &str, kind: &str) -> (String, String, String) {
+        (contract.into(), period.into(), kind.into())
+    }
+
+    /// What the events say the usage lines cost: Acme's November api_calls `acme`, Globex's
+    /// December 3.00.
+    fn events_say(acme: &str) -> BTreeMap<LineRef, Money> {
+        [
+            row("acme-2026", "api_calls", "usage", "2026-11", acme, 1),
+            row("globex-legacy", "api_calls", "usage", "2026-12", "3", 1),
+        ]
+        .into_iter()
+        .map(|r| (r.line, r.money))
+        .collect()
+    }
+
+    #[test]
+    fn invoice_level_lines_and_totals_are_recomputed_from_the_usage_lines() {
+        let c = with_terms();
+        let (unit, r) = (PeriodUnit::Month, Rounding::HalfUp);
+        let checked = compare_totals(&c, unit, r, &events_say("5"), billed_invoices());
+        assert_eq!(drifting(&checked), vec![]);
+        // Six invoice-level lines, and three totals for each of three invoices.
+        assert_eq!(checked.len(), 6 + 3 * 3);
+        let total = |customer: &str, period: &str| {
+            let t = checked
+                .iter()
+                .find(|t| {
+                    t.line.customer_id == customer
+                        && t.line.invoice_period == period
+                        && t.line_type == "total"
+                })
+                .unwrap();
+            (t.expected_money.unwrap().billed, t.billed_money.billed)
+        };
+        let a = |s: &str| Amount::parse(s).unwrap();
+        assert_eq!(total("acme", "2026-11"), (a("71.4"), a("71.4")));
+        assert_eq!(total("globex", "2026-12"), (a("3"), a("3")));
+
+        // A tax amount edited by a cent: the tax line and the invoice's tax and total drift.
+        let mut edited = billed_invoices();
+        edited[3] = row("acme-2026", "", "tax", "2026-11", "11.39", 1);
+        assert_eq!(
+            drifting(&compare_totals(&c, unit, r, &events_say("5"), edited)),
+            vec![
+                d("acme-2026", "2026-11", "tax"),
+                d("", "2026-11", "tax_total"),
+                d("", "2026-11", "total"),
+            ]
+        );
+
+        // Late usage raised November's usage to 10.00 but the true-up was not updated: the
+        // commitment line is stale (expected 1.00); the total still sums the lines billed.
+        let mut stale = billed_invoices();
+        stale.push(row("acme-2026", "api_calls", "usage", "2026-11", "5", -1));
+        stale.push(row("acme-2026", "api_calls", "usage", "2026-11", "10", 1));
+        assert_eq!(
+            drifting(&compare_totals(&c, unit, r, &events_say("10"), stale)),
+            vec![
+                d("acme-2026", "2026-11", "commitment"),
+                d("", "2026-11", "subtotal"),
+                d("", "2026-11", "total"),
+            ]
+        );
+
+        // A usage amount edited by a cent: the invoice-level lines still follow the events, the
+        // invoice's subtotal and total are a cent off.
+        let mut cent = billed_invoices();
+        cent[0] = row("acme-2026", "api_calls", "usage", "2026-11", "5.01", 1);
+        assert_eq!(
+            drifting(&compare_totals(&c, unit, r, &events_say("5"), cent)),
+            vec![d("", "2026-11", "subtotal"), d("", "2026-11", "total")]
+        );
+
+        // December's lines lost: a month without usage must still bill fee, true-up and tax.
+        let lost: Vec<LineFacts> = billed_invoices()
+            .into_iter()
+            .filter(|l| !(l.line.contract_id == "acme-2026" && l.line.invoice_period == "2026-12"))
+            .collect();
+        let got = drifting(&compare_totals(&c, unit, r, &events_say("5"), lost));
+        assert!(
+            got.contains(&d("acme-2026", "2026-12", "subscription")),
+            "{got:?}"
+        );
+        assert!(
+            got.contains(&d("acme-2026", "2026-12", "commitment")),
+            "{got:?}"
+        );
+        assert!(got.contains(&d("", "2026-12", "total")), "{got:?}");
     }
 }

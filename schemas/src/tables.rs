@@ -504,7 +504,7 @@ pub const CATALOG_CHANGES: Table = Table {
 pub const RECONCILIATION: Table = Table {
     name: "reconciliation",
     row: "Reconciled",
-    about: "one line or signal checked by `meterflow reconcile`: expected from the events, billed, drift",
+    about: "one line, signal, invoice-level line or invoice total checked by `meterflow reconcile`: expected, billed, drift",
     columns: &[
         col("checked_at", "DateTime"),
         col("run_id", "String"),
@@ -527,6 +527,7 @@ pub const RECONCILIATION: Table = Table {
         col("billed_amount", "Decimal(38, 9)"),
         col("expected_amount_exact", "Decimal(38, 18)"),
         col("billed_amount_exact", "Decimal(38, 18)"),
+        col("line_type", "String"),
     ],
     partition_by: Some("toYYYYMM(checked_at)"),
     order_by: &[
@@ -540,7 +541,7 @@ pub const RECONCILIATION: Table = Table {
         "signal",
         "checked_at",
     ],
-    csv: Some("checked_at,run_id,comparison,customer_id,contract_id,sku,region,service_period,invoice_period,signal,expected_events,billed_events,expected_quantity,billed_quantity,currency,expected_amount,billed_amount,expected_amount_exact,billed_amount_exact,drift,event_ids"),
+    csv: Some("checked_at,run_id,comparison,customer_id,contract_id,sku,region,service_period,invoice_period,signal,line_type,expected_events,billed_events,expected_quantity,billed_quantity,currency,expected_amount,billed_amount,expected_amount_exact,billed_amount_exact,drift,event_ids"),
     output: None,
 };
 

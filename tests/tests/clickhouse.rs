@@ -7,6 +7,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use meterflow_schemas::money::Amount;
 use meterflow_tests::oracle::{
     anomalies_from_csv, assert_billed_like_reference, assert_clickhouse_matches,
     assert_invoice_has, assert_stream_has, catalog_log, count, reference_config,
@@ -514,6 +515,12 @@ fn reconcile_finds_an_invoice_line_deleted_in_clickhouse() {
         format!("{line} AND region = '{region}' AND line_type = 'usage'"),
         format!("{line} AND price_region = '{region}'"),
     );
+    let amount = f
+        .ch
+        .query(&format!("SELECT toString(sum(amount * sign)) FROM meterflow.invoice_lines WHERE {of_lines} FORMAT TabSeparated"))
+        .unwrap();
+    let amount = Amount::parse(amount.trim()).unwrap();
+    assert!(amount > Amount::ZERO, "the line bills {amount}");
     f.ch.query(&format!(
         "ALTER TABLE meterflow.invoice_lines DELETE WHERE {of_lines}"
     ))
@@ -529,14 +536,32 @@ fn reconcile_finds_an_invoice_line_deleted_in_clickhouse() {
     assert!(gone, "the line's rows are deleted");
     let (code, text) = reconcile();
     assert_eq!(code, Some(3), "{text}");
-    assert!(text.contains("DRIFT in 1 of"), "{text}");
+    // The line, and its invoice's subtotal and total.
+    assert!(text.contains("DRIFT in 3 of"), "{text}");
     assert!(
         text.contains(&format!("{} / {} / api_calls", t[0], t[1])),
         "{text}"
     );
+    let totals = f
+        .ch
+        .query("SELECT customer_id, invoice_period, line_type, toString(expected_amount - billed_amount) FROM meterflow.reconciliation WHERE drift = 1 AND comparison = 'lines_to_totals' ORDER BY line_type FORMAT TabSeparated")
+        .unwrap();
+    let totals: Vec<(String, String, String, Amount)> = totals
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            let short = Amount::parse(f[3]).unwrap();
+            (f[0].into(), f[1].into(), f[2].into(), short)
+        })
+        .collect();
+    assert_eq!(
+        totals,
+        ["subtotal", "total"].map(|k| (t[0].to_string(), t[3].to_string(), k.to_string(), amount)),
+        "the invoice lacks the line's amount"
+    );
     let drift = f
         .ch
-        .query("SELECT customer_id, contract_id, service_period, invoice_period, toString(billed_quantity), event_ids FROM meterflow.reconciliation WHERE drift = 1 FORMAT TabSeparated")
+        .query("SELECT customer_id, contract_id, service_period, invoice_period, toString(billed_quantity), event_ids FROM meterflow.reconciliation WHERE drift = 1 AND comparison = 'events_to_lines' FORMAT TabSeparated")
         .unwrap();
     let d: Vec<&str> = drift.trim().split('\t').collect();
     assert_eq!(&d[..4], t, "{drift}");

@@ -580,7 +580,9 @@ fn reconcile_finds_no_drift_then_an_edited_invoice_line() {
     std::fs::write(&part, csv).unwrap();
     let (code, text) = reconcile(&[]);
     assert_eq!(code, Some(3), "{text}");
-    assert!(text.contains("DRIFT in 1 of"), "{text}");
+    // The line, and its invoice's subtotal and total (its invoice-level lines follow the
+    // events, so they do not drift).
+    assert!(text.contains("DRIFT in 3 of"), "{text}");
     assert!(
         text.contains(&format!(
             "amount expected {} USD, billed {} USD, difference -0.01 USD",
@@ -594,8 +596,30 @@ fn reconcile_finds_no_drift_then_an_edited_invoice_line() {
         .into_iter()
         .filter(|r| r["drift"] == "1")
         .collect();
-    assert_eq!(drifting.len(), 1);
-    let d = &drifting[0];
+    let (lines, totals): (Vec<Row>, Vec<Row>) = drifting
+        .into_iter()
+        .partition(|r| r["comparison"] == "events_to_lines");
+    let invoice = |r: &Row| (r["customer_id"].clone(), r["invoice_period"].clone());
+    assert_eq!(
+        totals
+            .iter()
+            .map(|r| (
+                invoice(r),
+                r["line_type"].as_str(),
+                r["comparison"].as_str()
+            ))
+            .collect::<Vec<_>>(),
+        ["subtotal", "total"].map(|t| ((line[0].clone(), line[4].clone()), t, "lines_to_totals"))
+    );
+    for t in &totals {
+        let (e, b) = (
+            Amount::parse(&t["expected_amount"]).unwrap(),
+            Amount::parse(&t["billed_amount"]).unwrap(),
+        );
+        assert_eq!(b - e, Amount::parse("0.01").unwrap(), "{t:?}");
+    }
+    assert_eq!(lines.len(), 1);
+    let d = &lines[0];
     assert_eq!(
         key(
             d,

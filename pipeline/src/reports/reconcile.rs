@@ -2,7 +2,7 @@
 //! CSV tables (one plain pass) or from ClickHouse (plain SQL over `usage_events`), and the drift
 //! table `meterflow reconcile` prints. The comparison itself is `meterflow_schemas::reconcile`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -11,9 +11,9 @@ use meterflow_schemas::catalog::{Catalog, PriceIdx};
 use meterflow_schemas::money::{minor_unit_digits, Amount, Quantity, Rounding};
 use meterflow_schemas::pricing::PriceModel;
 use meterflow_schemas::reconcile::{
-    billed, compare, compare_signals, expected_signals, is_usage_signal, EventFacts, Expected,
-    ExpectedMoney, LineFacts, LineRef, Money, PriceUsage, Reconciled, SignalRef, Tally,
-    EVENTS_TO_LINES, EVENT_IDS,
+    billed, compare, compare_signals, compare_totals, expected_signals, is_usage_signal,
+    EventFacts, Expected, ExpectedMoney, LineFacts, LineRef, Money, PriceUsage, Reconciled,
+    SignalRef, Tally, EVENTS_TO_LINES, EVENTS_TO_SIGNALS, EVENT_IDS, LINES_TO_TOTALS,
 };
 use meterflow_schemas::tables;
 use meterflow_schemas::time::{EventTime, PeriodUnit};
@@ -177,7 +177,7 @@ pub fn from_output(
         billing,
         scope,
         (expected, money),
-        billed(catalog, lines),
+        lines,
         active,
     ))
 }
@@ -188,20 +188,30 @@ fn is_additive(catalog: &Catalog, sku: &str) -> bool {
         .is_some_and(|s| catalog.skus[s.ix()].aggregation.is_additive())
 }
 
-/// Both comparisons, in scope: lines, then signals.
+/// The three comparisons, in scope: lines, signals, then invoice-level lines and totals.
+/// `invoice_lines`: the rows of `invoice_lines` (any line type).
 fn finish(
     catalog: &Catalog,
     billing: Billing,
     scope: &Scope,
     (expected, money): (Expected, ExpectedMoney),
-    billed: BTreeMap<LineRef, (Tally, Money)>,
+    invoice_lines: Vec<LineFacts>,
     active: BTreeSet<SignalRef>,
 ) -> Vec<Reconciled> {
     let lines = expected.lines(catalog);
     let signals = expected_signals(catalog, billing.unit, &lines);
     let money = money.lines(catalog, billing.unit, billing.rounding);
+    let billed = billed(catalog, invoice_lines.iter().cloned());
+    let totals = compare_totals(
+        catalog,
+        billing.unit,
+        billing.rounding,
+        &money,
+        invoice_lines,
+    );
     let mut checked = compare(catalog, lines, money, billed);
     checked.extend(compare_signals(signals, active));
+    checked.extend(totals);
     checked.retain(|c| scope.keeps(&c.line));
     checked
 }
@@ -240,6 +250,7 @@ struct UsageSums {
 struct LineSums {
     customer_id: String,
     contract_id: String,
+    line_type: String,
     sku: String,
     region: String,
     service_period: String,
@@ -387,13 +398,13 @@ pub fn from_clickhouse(
          FROM {{db}}.usage_events WHERE billable = 1 AND sku IN {one_by_one_skus} AND {filter}"
     ))?;
     let lines: Vec<LineSums> = ch.fetch(&format!(
-        "SELECT customer_id, contract_id, sku, region, service_period, invoice_period, \
+        "SELECT customer_id, contract_id, line_type, sku, region, service_period, invoice_period, \
          toInt64(sum(events * sign)) AS events, \
          toString(sumIf(quantity, sign > 0) - sumIf(quantity, sign < 0)) AS quantity, \
          toString(sumIf(amount, sign > 0) - sumIf(amount, sign < 0)) AS amount, \
          toString(sumIf(amount_exact, sign > 0) - sumIf(amount_exact, sign < 0)) AS amount_exact \
-         FROM {{db}}.invoice_lines WHERE line_type IN ('usage', 'adjustment') AND {filter} \
-         GROUP BY customer_id, contract_id, sku, region, service_period, invoice_period"
+         FROM {{db}}.invoice_lines WHERE {filter} \
+         GROUP BY customer_id, contract_id, line_type, sku, region, service_period, invoice_period"
     ))?;
     let mut expected = Expected::default();
     let mut money = ExpectedMoney::default();
@@ -472,7 +483,7 @@ pub fn from_clickhouse(
                     &l.service_period,
                     &l.invoice_period,
                 ),
-                line_type: "usage".into(),
+                line_type: l.line_type.clone(),
                 events: l.events,
                 quantity: quantity(&l.quantity, "invoice_lines")?,
                 money: Money {
@@ -499,7 +510,6 @@ pub fn from_clickhouse(
             percent: r.percent,
         })
         .collect();
-    let billed_lines = billed(catalog, billed_lines);
     let mut checked = finish(
         catalog,
         billing,
@@ -536,8 +546,14 @@ pub fn from_clickhouse(
 /// The drift table: one row per drifting line or signal, with the difference and the events
 /// behind it.
 pub fn render(checked: &[Reconciled]) -> String {
-    let (lines, signals): (Vec<&Reconciled>, Vec<&Reconciled>) =
-        checked.iter().partition(|c| c.check == EVENTS_TO_LINES);
+    let of =
+        |check: &str| -> Vec<&Reconciled> { checked.iter().filter(|c| c.check == check).collect() };
+    let (lines, signals, totals) = (
+        of(EVENTS_TO_LINES),
+        of(EVENTS_TO_SIGNALS),
+        of(LINES_TO_TOTALS),
+    );
+    let invoices = totals.iter().filter(|c| c.line_type == "total").count();
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -548,6 +564,11 @@ pub fn render(checked: &[Reconciled]) -> String {
         s,
         "events ↔ entitlements: {} threshold and limit signals checked",
         signals.len()
+    );
+    let _ = writeln!(
+        s,
+        "invoice lines ↔ totals: {} invoice-level lines (fees, discounts, true-ups, caps, credits, tax) and {invoices} invoices' subtotal, tax and total checked",
+        totals.len() - 3 * invoices
     );
     let drifting = checked.iter().filter(|c| c.drifts()).count();
     if drifting == 0 {
@@ -600,6 +621,35 @@ pub fn render(checked: &[Reconciled]) -> String {
             } else {
                 c.event_ids.join(" ")
             }
+        );
+    }
+    for c in totals.iter().filter(|c| c.drifts()) {
+        let l = &c.line;
+        let digits = minor_unit_digits(&c.currency);
+        let show = |a: Amount| format!("{} {}", a.format_fixed(digits), c.currency);
+        let expected = c.expected_money.unwrap_or_default().billed;
+        let what = if l.contract_id.is_empty() {
+            format!(
+                "invoice {} / {} {}",
+                l.customer_id, l.invoice_period, c.line_type
+            )
+        } else {
+            let sku = if l.sku.is_empty() {
+                "(invoice)"
+            } else {
+                &l.sku
+            };
+            format!(
+                "{} line {} / {} / {} / {}",
+                c.line_type, l.customer_id, l.contract_id, sku, l.invoice_period
+            )
+        };
+        let _ = writeln!(
+            s,
+            "  {what}: expected {} from the invoice's usage lines, billed {}, difference {}",
+            show(expected),
+            show(c.billed_money.billed),
+            show(expected - c.billed_money.billed)
         );
     }
     for c in signals.iter().filter(|c| c.drifts()) {

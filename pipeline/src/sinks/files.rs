@@ -492,6 +492,7 @@ impl CsvRow for Reconciled {
             &l.service_period,
             &l.invoice_period,
             &self.signal,
+            &self.line_type,
         ] {
             field(row, v);
         }

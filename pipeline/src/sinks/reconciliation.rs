@@ -38,6 +38,7 @@ struct ReconciliationRow<'a> {
     billed_amount: i128,
     expected_amount_exact: i128,
     billed_amount_exact: i128,
+    line_type: &'a str,
 }
 
 /// Replaces `out/reconciliation/` with the checked lines.
@@ -82,6 +83,7 @@ pub fn to_clickhouse(ch: &ClickHouse, checked: &[Reconciled]) -> Result<(), Stri
             billed_amount: c.billed_money.billed.0 / 1_000_000_000,
             expected_amount_exact: c.expected_money.unwrap_or_default().exact.0,
             billed_amount_exact: c.billed_money.exact.0,
+            line_type: &c.line_type,
             event_ids: if c.drifts() {
                 c.event_ids.join(" ")
             } else {

@@ -23,10 +23,10 @@
 
 use std::collections::BTreeMap;
 
-use crate::catalog::{ContractTerms, CreditGrant, DiscountOff, SkuIdx, Tax};
-use crate::money::{Amount, Rounding};
+use crate::catalog::{Catalog, ContractIdx, ContractTerms, CreditGrant, DiscountOff, SkuIdx, Tax};
+use crate::money::{minor_unit_digits, Amount, Rounding};
 use crate::rows::LineKind;
-use crate::time::EventTime;
+use crate::time::{EventTime, Period, PeriodUnit};
 
 /// One derived line: its kind, the SKU it concerns ([`SkuIdx::INVOICE`] for the whole invoice),
 /// its exact amount and its amount rounded to the minor unit.
@@ -97,6 +97,42 @@ pub fn contract_lines_prorated(
         }
     }
     out
+}
+
+/// A contract's invoice-level lines, as the pipeline bills them: `periods` holds the rounded
+/// amounts of its usage and adjustment lines per invoice period (by start) and SKU, `through`
+/// the invoice period the stream has reached. Every period from the first with usage through
+/// `through` is invoiced while the contract is active in it, so a period without usage still
+/// bills its fees and its commitment. Contracts without usage have no invoice-level lines.
+pub fn contract_invoice(
+    catalog: &Catalog,
+    contract: ContractIdx,
+    mut periods: BTreeMap<EventTime, BTreeMap<SkuIdx, Amount>>,
+    through: Option<Period>,
+    currency: &str,
+    unit: PeriodUnit,
+    rounding: Rounding,
+) -> Vec<(EventTime, DerivedLine)> {
+    let c = &catalog.contracts[contract.ix()];
+    let share =
+        |start: EventTime| active_share(c.starts, c.ends, start, unit.end_of(Period(start)));
+    if let (Some(&first), Some(through)) = (periods.keys().next(), through) {
+        let mut start = first;
+        for _ in 0..1200 {
+            if start > through.0 {
+                break;
+            }
+            if !matches!(share(start), Some((0, _))) {
+                periods.entry(start).or_default();
+            }
+            start = unit.end_of(Period(start));
+        }
+    }
+    let tax = catalog.customers[c.customer.ix()]
+        .tax
+        .map(|t| &catalog.taxes[t.ix()]);
+    let digits = minor_unit_digits(currency);
+    contract_lines_prorated(&c.terms, tax, &periods, &share, digits, rounding)
 }
 
 /// Which invoice period, and how much of it the contract is active in.
