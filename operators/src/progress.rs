@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 
-use meterflow_schemas::lag::PartitionLag;
+use meterflow_schemas::lag::{merge_into, LagHistogram, PartitionLag};
 use meterflow_schemas::rows::Counts;
 use meterflow_schemas::time::EventTime;
 use timely::dataflow::channels::pact::Pipeline;
@@ -209,30 +209,22 @@ pub fn commit_progress<'s>(
 /// Adds chunks' lags to a commit's: each chunk's events waited from being read until `now`,
 /// when the commit covering them is written.
 fn add_lag(into: &mut Vec<PartitionLag>, chunks: &[ChunkLag], now: EventTime) {
-    for c in chunks {
-        let waited = now.0.saturating_sub(c.received.0).max(0) as u64;
-        let source = c.source.to_string();
-        let at = match into
-            .iter()
-            .position(|p| p.source == source && p.partition == c.partition)
-        {
-            Some(i) => i,
-            None => {
-                into.push(PartitionLag {
-                    source,
-                    partition: c.partition,
-                    ..PartitionLag::default()
-                });
-                into.len() - 1
+    let lags: Vec<PartitionLag> = chunks
+        .iter()
+        .map(|c| {
+            let waited = now.0.saturating_sub(c.received.0).max(0) as u64;
+            let mut received_to_committed = LagHistogram::default();
+            received_to_committed.record(waited, c.event_to_received.events());
+            PartitionLag {
+                source: c.source.to_string(),
+                partition: c.partition,
+                event_to_received: c.event_to_received.clone(),
+                received_to_committed,
+                event_to_committed: c.event_to_received.shifted(waited),
             }
-        };
-        let p = &mut into[at];
-        p.event_to_received.merge(&c.event_to_received);
-        p.received_to_committed
-            .record(waited, c.event_to_received.events());
-        p.event_to_committed
-            .merge(&c.event_to_received.shifted(waited));
-    }
+        })
+        .collect();
+    merge_into(into, &lags);
 }
 
 #[cfg(test)]

@@ -22,27 +22,26 @@ pub fn bucket(ms: u64) -> u16 {
     (LINEAR as u32 + (e - 5) * SUB + sub) as u16
 }
 
-/// The smallest lag a bucket holds.
-pub fn lower(b: u16) -> u64 {
+/// The smallest lag a bucket holds, and how many milliseconds it spans.
+fn span(b: u16) -> (u64, u64) {
     let b = u64::from(b);
     if b < LINEAR {
-        return b;
+        return (b, 1);
     }
     let e = (b - LINEAR) / u64::from(SUB) + 5;
     let sub = (b - LINEAR) % u64::from(SUB);
-    (u64::from(SUB) + sub) << (e - 4)
+    ((u64::from(SUB) + sub) << (e - 4), 1 << (e - 4))
+}
+
+/// The smallest lag a bucket holds.
+pub fn lower(b: u16) -> u64 {
+    span(b).0
 }
 
 /// The largest lag a bucket holds.
 pub fn upper(b: u16) -> u64 {
-    let b = u64::from(b);
-    if b < LINEAR {
-        return b;
-    }
-    let e = (b - LINEAR) / u64::from(SUB) + 5;
-    let sub = (b - LINEAR) % u64::from(SUB);
-    let low = (u64::from(SUB) + sub) << (e - 4);
-    low + ((1u64 << (e - 4)) - 1)
+    let (low, width) = span(b);
+    low + (width - 1)
 }
 
 /// A histogram of lags in milliseconds.
@@ -136,6 +135,13 @@ impl LagHistogram {
 /// How many buckets a dense array needs to hold every lag up to `u64::MAX`.
 pub const BUCKETS: usize = LINEAR as usize + (64 - 5) * SUB as usize;
 
+/// The stages of the metering lag, by name, in order.
+pub const STAGES: [&str; 3] = [
+    "event_to_received",
+    "received_to_committed",
+    "event_to_committed",
+];
+
 /// The lag of one source partition over some epochs, stage by stage.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionLag {
@@ -156,12 +162,13 @@ impl PartitionLag {
         self.event_to_committed.merge(&o.event_to_committed);
     }
 
-    /// The stages by name.
+    /// The stages by name ([`STAGES`]).
     pub fn stages(&self) -> [(&'static str, &LagHistogram); 3] {
+        let [a, b, c] = STAGES;
         [
-            ("event_to_received", &self.event_to_received),
-            ("received_to_committed", &self.received_to_committed),
-            ("event_to_committed", &self.event_to_committed),
+            (a, &self.event_to_received),
+            (b, &self.received_to_committed),
+            (c, &self.event_to_committed),
         ]
     }
 }

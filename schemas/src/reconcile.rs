@@ -1087,40 +1087,63 @@ mod tests {
         assert_eq!(total("acme", "2026-11"), (a("71.4"), a("71.4")));
         assert_eq!(total("globex", "2026-12"), (a("3"), a("3")));
 
-        // A tax amount edited by a cent: the tax line and the invoice's tax and total drift.
-        let mut edited = billed_invoices();
-        edited[3] = row("acme-2026", "", "tax", "2026-11", "11.39", 1);
-        assert_eq!(
-            drifting(&compare_totals(&c, unit, r, &events_say("5"), edited)),
-            vec![
-                d("acme-2026", "2026-11", "tax"),
-                d("", "2026-11", "tax_total"),
-                d("", "2026-11", "total"),
-            ]
-        );
-
-        // Late usage raised November's usage to 10.00 but the true-up was not updated: the
-        // commitment line is stale (expected 1.00); the total still sums the lines billed.
-        let mut stale = billed_invoices();
-        stale.push(row("acme-2026", "api_calls", "usage", "2026-11", "5", -1));
-        stale.push(row("acme-2026", "api_calls", "usage", "2026-11", "10", 1));
-        assert_eq!(
-            drifting(&compare_totals(&c, unit, r, &events_say("10"), stale)),
-            vec![
-                d("acme-2026", "2026-11", "commitment"),
-                d("", "2026-11", "subtotal"),
-                d("", "2026-11", "total"),
-            ]
-        );
-
-        // A usage amount edited by a cent: the invoice-level lines still follow the events, the
-        // invoice's subtotal and total are a cent off.
-        let mut cent = billed_invoices();
-        cent[0] = row("acme-2026", "api_calls", "usage", "2026-11", "5.01", 1);
-        assert_eq!(
-            drifting(&compare_totals(&c, unit, r, &events_say("5"), cent)),
-            vec![d("", "2026-11", "subtotal"), d("", "2026-11", "total")]
-        );
+        let with = |at: Option<usize>, extra: &[LineFacts]| {
+            let mut rows = billed_invoices();
+            if let Some(i) = at {
+                rows[i] = extra[0].clone();
+            } else {
+                rows.extend_from_slice(extra);
+            }
+            rows
+        };
+        let cases = [
+            (
+                // A tax amount edited by a cent: the tax line and the invoice's tax and total.
+                with(
+                    Some(3),
+                    &[row("acme-2026", "", "tax", "2026-11", "11.39", 1)],
+                ),
+                "5",
+                vec![
+                    d("acme-2026", "2026-11", "tax"),
+                    d("", "2026-11", "tax_total"),
+                    d("", "2026-11", "total"),
+                ],
+            ),
+            (
+                // Late usage raised November's usage to 10.00 but the true-up was not updated:
+                // the commitment line is stale (expected 1.00); the total sums the lines billed.
+                with(
+                    None,
+                    &[
+                        row("acme-2026", "api_calls", "usage", "2026-11", "5", -1),
+                        row("acme-2026", "api_calls", "usage", "2026-11", "10", 1),
+                    ],
+                ),
+                "10",
+                vec![
+                    d("acme-2026", "2026-11", "commitment"),
+                    d("", "2026-11", "subtotal"),
+                    d("", "2026-11", "total"),
+                ],
+            ),
+            (
+                // A usage amount edited by a cent: the invoice-level lines still follow the
+                // events, the invoice's subtotal and total are a cent off.
+                with(
+                    Some(0),
+                    &[row("acme-2026", "api_calls", "usage", "2026-11", "5.01", 1)],
+                ),
+                "5",
+                vec![d("", "2026-11", "subtotal"), d("", "2026-11", "total")],
+            ),
+        ];
+        for (rows, acme, want) in cases {
+            assert_eq!(
+                drifting(&compare_totals(&c, unit, r, &events_say(acme), rows)),
+                want
+            );
+        }
 
         // December's lines lost: a month without usage must still bill fee, true-up and tax.
         let lost: Vec<LineFacts> = billed_invoices()

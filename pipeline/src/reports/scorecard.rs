@@ -9,7 +9,9 @@ use std::path::Path;
 
 use clickhouse::Row;
 use meterflow_schemas::catalog::{Aggregation, Catalog};
-use meterflow_schemas::lag::{merge_into, rows as lag_rows, LagSummary, Lagged, PartitionLag};
+use meterflow_schemas::lag::{
+    merge_into, rows as lag_rows, LagSummary, Lagged, PartitionLag, STAGES,
+};
 use meterflow_schemas::money::{minor_unit_digits, Amount, Quantity, Rounding};
 use meterflow_schemas::scorecard::{
     cause, percent, Counted, IssuedLine, Key, Scorecard, Scored, ALL, CAPTURE, INVOICE_ERROR,
@@ -625,13 +627,6 @@ fn render_worst(s: &mut String, rows: &[Scored]) {
         );
     }
 }
-
-/// The stages of the metering lag, by name.
-const STAGES: [&str; 3] = [
-    "event_to_received",
-    "received_to_committed",
-    "event_to_committed",
-];
 
 /// The metering lag of an embedded run: its `counts.json` (over the whole run; period `*`).
 pub fn lag_from_output(out: &Path) -> Result<Vec<Lagged>, String> {

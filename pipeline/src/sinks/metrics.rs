@@ -13,15 +13,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use meterflow_operators::accounting::{LagTotals, Latency};
-use meterflow_schemas::time::EventTime;
-
-use crate::sinks::clickhouse::progress::named_lag;
 use meterflow_schemas::rejection::Reason;
 use meterflow_schemas::rows::Counts;
+use meterflow_schemas::time::EventTime;
 use prometheus::{
     Encoder, Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
 use serde::Deserialize;
+
+use crate::sinks::clickhouse::progress::named_lag;
 
 /// `[metrics]` in the config.
 #[derive(Clone, Debug, Default, Deserialize)]
