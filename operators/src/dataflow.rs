@@ -33,8 +33,7 @@ use crate::entitlements::{
 use crate::invoice::{billed_through, invoice, Clock, Through};
 use crate::meters::{meter_usage, Reading};
 use crate::price::{price, Priced};
-use crate::progress::CommitTo;
-use crate::progress::{commit_progress, Progress, ProgressStore};
+use crate::progress::{commit_progress, CommitTo, Progress, ProgressStore};
 use crate::rate_join::rate_join;
 use crate::signed::Signed;
 use crate::sink::{sink, FlushPolicy, Writers};

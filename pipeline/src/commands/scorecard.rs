@@ -4,9 +4,9 @@
 
 use std::process::ExitCode;
 
-use crate::commands::report::ReportArgs;
 use meterflow_schemas::scorecard::ALL;
 
+use crate::commands::report::ReportArgs;
 use crate::reports::scorecard::{
     from_clickhouse, from_output, lag_from_clickhouse, lag_from_output, render, render_lag, Scope,
 };
