@@ -128,10 +128,10 @@ pub fn commit_progress<'s>(
         let mut last_seen: Option<Epoch> = start.as_ref().map(|p| p.epoch + 1);
         let mut committed = start.unwrap_or_default();
         committed.counts = std::mem::take(&mut committed.counts).without_gauges();
-        let mut positions: BTreeMap<(u32, i32), u64> = committed
+        let mut positions: BTreeMap<(u32, i32), Position> = committed
             .positions
             .iter()
-            .map(|p| ((p.source, p.partition), p.next_offset))
+            .map(|&p| ((p.source, p.partition), p))
             .collect();
 
         move |frontiers| {
@@ -178,7 +178,7 @@ pub fn commit_progress<'s>(
                 }
                 let (ps, c, lags) = entry.remove();
                 for p in ps {
-                    positions.insert((p.source, p.partition), p.next_offset);
+                    positions.insert((p.source, p.partition), p);
                 }
                 committed.counts.merge(&c);
                 add_lag(&mut committed.lag, &lags, now);
@@ -187,14 +187,7 @@ pub fn commit_progress<'s>(
             tracker.watermark_for(target + 1);
             committed.watermark = tracker.floor();
             committed.partitions = tracker.partitions();
-            committed.positions = positions
-                .iter()
-                .map(|(&(source, partition), &next_offset)| Position {
-                    source,
-                    partition,
-                    next_offset,
-                })
-                .collect();
+            committed.positions = positions.values().copied().collect();
             match store.commit(&committed) {
                 Ok(()) => {
                     committed_through = Some(target);

@@ -87,7 +87,8 @@ pub struct MessageSpan {
     pub headers_len: u32,
 }
 
-/// The next offset to read from a partition.
+/// The next offset to read from a partition (a file is partition 0 of its input; its offset is
+/// a byte offset).
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
 )]
@@ -95,6 +96,10 @@ pub struct Position {
     pub source: u32,
     pub partition: i32,
     pub next_offset: u64,
+    /// For a file: [`check_before`] `next_offset`, so a resumed run can tell a file that was
+    /// only appended to from one rewritten under it. 0: nothing to check (Kafka, stdin).
+    #[serde(default)]
+    pub check: u64,
 }
 
 /// What a reader has for the source.
@@ -204,70 +209,97 @@ impl ReadAt for Vec<u8> {
     }
 }
 
-/// Splits inputs into fixed-size chunks and yields those of one worker: chunk `k` (counting
-/// across all inputs in order) belongs to worker `k % workers`, and is epoch `k`. A record belongs
-/// to the chunk holding its first byte, so every record is read exactly once, whatever the
-/// number of workers.
+/// Splits inputs into fixed-size chunks and yields those of one worker: chunk `c` of an input
+/// holds the records that start in `[c·C, (c+1)·C)`, chunk `k` counting across all inputs in
+/// order is epoch `k`, and epoch `k` belongs to worker `k % workers`. So every record is read
+/// exactly once, in the same epoch whatever the number of workers.
+///
+/// A run resumed after a commit reads each input from where the commit says it stopped (see
+/// [`resume_starts`]), on the same grid: an unchanged input continues in exactly the epochs an
+/// uninterrupted run would have used. What was appended to a file the commit had read past
+/// lands in the first epochs after the commit. Each chunk's [`Chunk::positions`] records the
+/// byte after its last record, for the commit.
 pub struct StripedReader<R: ReadAt> {
     inputs: Vec<R>,
     chunk_bytes: u64,
+    /// Where each input's unread records start: 0, or where a committed run stopped.
+    starts: Vec<u64>,
     /// (input, chunk index within it, epoch) of this worker's chunks, in order.
     plan: std::collections::VecDeque<(usize, u64, Epoch)>,
 }
 
 impl<R: ReadAt> StripedReader<R> {
     pub fn new(inputs: Vec<R>, chunk_bytes: u64, worker: usize, workers: usize) -> Self {
+        let starts = vec![0; inputs.len()];
+        Self::resuming(inputs, starts, None, chunk_bytes, (worker, workers))
+    }
+
+    /// Reads input `i` from byte `starts[i]` (a record boundary), after the `committed` epoch;
+    /// `(worker, workers)` picks this worker's share.
+    pub fn resuming(
+        inputs: Vec<R>,
+        starts: Vec<u64>,
+        committed: Option<Epoch>,
+        chunk_bytes: u64,
+        (worker, workers): (usize, usize),
+    ) -> Self {
         let chunk_bytes = chunk_bytes.max(1);
         let mut plan = std::collections::VecDeque::new();
-        let mut epoch: Epoch = 0;
-        for (i, input) in inputs.iter().enumerate() {
-            let chunks = input.len().div_ceil(chunk_bytes);
-            for c in 0..chunks {
-                if epoch % workers as u64 == worker as u64 {
-                    plan.push_back((i, c, epoch));
+        let mut grid: Epoch = 0;
+        let mut last = committed;
+        for (i, (input, &start)) in inputs.iter().zip(&starts).enumerate() {
+            let len = input.len();
+            for c in 0..len.div_ceil(chunk_bytes) {
+                let k = grid + c;
+                // Only chunks with unread bytes: in their own epoch if it is still open,
+                // else (appended after the commit) in the next open one.
+                if (c + 1) * chunk_bytes > start {
+                    let epoch = last.map_or(k, |l| k.max(l + 1));
+                    if epoch % workers as u64 == worker as u64 {
+                        plan.push_back((i, c, epoch));
+                    }
+                    last = Some(epoch);
                 }
-                epoch += 1;
             }
+            grid += len.div_ceil(chunk_bytes);
         }
         StripedReader {
             inputs,
             chunk_bytes,
+            starts,
             plan,
         }
     }
 
-    /// Drops the chunks of epochs up to and including `epoch` (already committed by an earlier run).
+    /// Drops the chunks of epochs up to and including `epoch`: how a run resumes after a commit
+    /// that recorded no per-file positions (written before they existed).
     pub fn skip_through(&mut self, epoch: Epoch) {
         self.plan.retain(|p| p.2 > epoch);
     }
 
-    /// Total number of epochs across all inputs.
-    pub fn epochs(inputs: &[R], chunk_bytes: u64) -> u64 {
-        inputs
-            .iter()
-            .map(|i| i.len().div_ceil(chunk_bytes.max(1)))
-            .sum()
-    }
-
+    /// Reads chunk `chunk` of `input` into `bytes`; returns where its bytes start and where
+    /// the next record starts.
     fn read(
         &self,
         input: usize,
         chunk: u64,
         mut bytes: Vec<u8>,
-    ) -> std::io::Result<(u64, Vec<u8>)> {
+    ) -> std::io::Result<(u64, u64, Vec<u8>)> {
         bytes.clear();
         let src = &self.inputs[input];
         let size = src.len();
         let start = chunk * self.chunk_bytes;
         let end = (start + self.chunk_bytes).min(size);
-        // Skip the tail of a record that started in the previous chunk.
-        let begin = if start == 0 {
-            0
+        // Start at the first unread record: skip the tail of a record that started in the
+        // previous chunk, or what a committed run read.
+        let unread = self.starts[input];
+        let begin = if start <= unread {
+            unread
         } else {
             next_line_start(src, start - 1, size)?
         };
         if begin >= end {
-            return Ok((begin, bytes));
+            return Ok((begin, begin, bytes));
         }
         // Finish the record that crosses `end`.
         let finish = if end >= size {
@@ -277,8 +309,63 @@ impl<R: ReadAt> StripedReader<R> {
         };
         bytes.resize((finish - begin) as usize, 0);
         read_exact_at(src, begin, &mut bytes)?;
-        Ok((begin, bytes))
+        Ok((begin, finish, bytes))
     }
+}
+
+/// How many bytes before a position [`check_before`] covers.
+const CHECKED_BYTES: u64 = 64;
+
+/// A fingerprint of the (up to 64) bytes of `src` just before `at`.
+pub fn check_before<R: ReadAt>(src: &R, at: u64) -> std::io::Result<u64> {
+    let from = at.saturating_sub(CHECKED_BYTES);
+    let mut buf = [0u8; CHECKED_BYTES as usize];
+    let buf = &mut buf[..(at - from) as usize];
+    read_exact_at(src, from, buf)?;
+    Ok(meterflow_schemas::hashing::fingerprint(buf))
+}
+
+/// Where each input continues after a commit that recorded `committed` (positions of inputs by
+/// index; `names` for messages): from its recorded position, or from the start for an input the
+/// commit did not read. An input that is shorter than, or differs just before, its recorded
+/// position was truncated or rewritten after being billed: resuming it would bill other records
+/// than it holds, so this refuses, naming the input and the remedy.
+pub fn resume_starts<R: ReadAt>(
+    inputs: &[R],
+    names: &[String],
+    committed: &[Position],
+) -> Result<Vec<u64>, String> {
+    let remedy = "meterflow resumes a file where the committed run stopped and reads only what \
+                  was appended since. Put the file back as it was (appending is fine), give new \
+                  data a new file name, or start over against a new database";
+    inputs
+        .iter()
+        .enumerate()
+        .map(|(i, input)| {
+            let Some(p) = committed.iter().find(|p| p.source as usize == i) else {
+                return Ok(0);
+            };
+            let name = names.get(i).map_or("(unnamed)", String::as_str);
+            if input.len() < p.next_offset {
+                return Err(format!(
+                    "input {name} holds {} bytes, but a committed run already billed its first {}: \
+                     it was truncated or replaced. {remedy}",
+                    input.len(),
+                    p.next_offset
+                ));
+            }
+            let check = check_before(input, p.next_offset)
+                .map_err(|e| format!("cannot read input {name}: {e}"))?;
+            if p.check != 0 && check != p.check {
+                return Err(format!(
+                    "input {name} is not what a committed run billed: the bytes before offset {} \
+                     differ, so it was rewritten, not appended to. {remedy}",
+                    p.next_offset
+                ));
+            }
+            Ok(p.next_offset)
+        })
+        .collect()
 }
 
 /// The offset just after the first `\n` at or after `from` (or `size`).
@@ -321,14 +408,26 @@ impl<R: ReadAt> ChunkReader for StripedReader<R> {
         let Some((input, chunk, epoch)) = self.plan.pop_front() else {
             return Read::Done;
         };
-        match self.read(input, chunk, buf) {
-            Ok((base_offset, bytes)) => Read::Chunk(Chunk {
-                epoch,
-                source: input as u32,
-                base_offset,
-                bytes,
-                ..Chunk::default()
-            }),
+        let read = self
+            .read(input, chunk, buf)
+            .and_then(|(base_offset, next, bytes)| {
+                let check = check_before(&self.inputs[input], next)?;
+                Ok(Chunk {
+                    epoch,
+                    source: input as u32,
+                    base_offset,
+                    bytes,
+                    positions: vec![Position {
+                        source: input as u32,
+                        partition: 0,
+                        next_offset: next,
+                        check,
+                    }],
+                    ..Chunk::default()
+                })
+            });
+        match read {
+            Ok(chunk) => Read::Chunk(chunk),
             Err(e) => Read::Failed(e),
         }
     }
@@ -336,6 +435,8 @@ impl<R: ReadAt> ChunkReader for StripedReader<R> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     fn all_records(data: &[u8], chunk: u64, workers: usize) -> Vec<(Epoch, u64, Vec<u8>)> {
@@ -372,5 +473,131 @@ mod tests {
                 "epochs and offsets do not depend on workers"
             );
         }
+    }
+
+    /// Every record (epoch, offset, bytes) read by `workers` workers resuming `data` at `start`
+    /// after `committed`, and the position each chunk recorded, by epoch.
+    fn resumed_records(
+        data: &[u8],
+        start: u64,
+        committed: Option<Epoch>,
+        chunk: u64,
+        workers: usize,
+    ) -> (Vec<(Epoch, u64, Vec<u8>)>, BTreeMap<Epoch, Position>) {
+        let mut out = Vec::new();
+        let mut positions = BTreeMap::new();
+        for w in 0..workers {
+            let mut r = StripedReader::resuming(
+                vec![data.to_vec()],
+                vec![start],
+                committed,
+                chunk,
+                (w, workers),
+            );
+            while let Read::Chunk(c) = r.next_chunk(Vec::new()) {
+                for (off, line) in crate::decode::records(&c.bytes) {
+                    out.push((c.epoch, c.base_offset + off as u64, line.to_vec()));
+                }
+                positions.insert(c.epoch, c.positions[0]);
+            }
+        }
+        out.sort();
+        (out, positions)
+    }
+
+    fn lines() -> Vec<String> {
+        (0..300)
+            .map(|i| format!("record-{i}-{}\n", "y".repeat(i % 41)))
+            .collect()
+    }
+
+    #[test]
+    fn a_restart_reads_the_rest_of_a_file_in_the_epochs_of_an_uninterrupted_run() {
+        let whole = lines().concat();
+        for chunk in [1, 7, 64, 1000] {
+            let (all, positions) = resumed_records(whole.as_bytes(), 0, None, chunk, 2);
+            for (&commit, stop) in positions.iter().step_by(3) {
+                let starts = resume_starts(&[whole.as_bytes().to_vec()], &[], &[*stop]);
+                assert_eq!(starts, Ok(vec![stop.next_offset]));
+                let (rest, _) =
+                    resumed_records(whole.as_bytes(), stop.next_offset, Some(commit), chunk, 3);
+                let expected: Vec<_> = all.iter().filter(|r| r.0 > commit).cloned().collect();
+                assert_eq!(
+                    rest, expected,
+                    "chunk {chunk}, restart after epoch {commit}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_resumed_file_reads_exactly_what_was_appended() {
+        let lines = lines();
+        let first: String = lines[..120].concat();
+        let whole: String = lines.concat();
+        for chunk in [1, 7, 64, 1000, 1 << 20] {
+            // The first run reads the file as it was, and records where it stopped.
+            let (before, positions) = resumed_records(first.as_bytes(), 0, None, chunk, 2);
+            let (&commit, &stop) = positions.last_key_value().unwrap();
+            assert_eq!(stop.next_offset, first.len() as u64, "chunk {chunk}");
+            // The file grows; the resumed run checks it and reads only the rest.
+            let starts = resume_starts(&[whole.as_bytes().to_vec()], &["f".into()], &[stop]);
+            assert_eq!(starts, Ok(vec![first.len() as u64]), "chunk {chunk}");
+            let (after, _) =
+                resumed_records(whole.as_bytes(), stop.next_offset, Some(commit), chunk, 3);
+            let read: Vec<&[u8]> = before
+                .iter()
+                .chain(&after)
+                .map(|r| r.2.as_slice())
+                .collect();
+            let expected: Vec<&[u8]> = lines.iter().map(|l| l.trim_end().as_bytes()).collect();
+            assert_eq!(read, expected, "chunk {chunk}: every record once, in order");
+            assert!(
+                after.iter().all(|r| r.0 > commit),
+                "only epochs after the commit"
+            );
+            assert_eq!(
+                after,
+                resumed_records(whole.as_bytes(), stop.next_offset, Some(commit), chunk, 1).0,
+                "the same epochs with any number of workers"
+            );
+        }
+    }
+
+    #[test]
+    fn a_rewritten_or_truncated_file_is_refused_with_its_name() {
+        let original = b"{\"a\":1}\n{\"a\":2}\n".to_vec();
+        let (_, positions) = resumed_records(&original, 0, None, 4, 1);
+        let stop = *positions.last_key_value().unwrap().1;
+        let names = ["events.jsonl".to_string()];
+        let cases: [(&[u8], Option<&str>); 4] = [
+            (b"{\"a\":1}\n{\"a\":2}\n{\"a\":3}\n", None),
+            (b"{\"a\":1}\n{\"a\":9}\n{\"a\":3}\n", Some("rewritten")),
+            (b"{\"a\":1}\n", Some("truncated")),
+            (b"", Some("truncated")),
+        ];
+        for (now, refused) in cases {
+            let got = resume_starts(&[now.to_vec()], &names, &[stop]);
+            match refused {
+                None => assert_eq!(got, Ok(vec![original.len() as u64])),
+                Some(why) => {
+                    let e = got.unwrap_err();
+                    assert!(e.contains("events.jsonl") && e.contains(why), "{e}");
+                }
+            }
+        }
+        // An input the commit did not read starts at 0; one without a check is trusted.
+        let unchecked = Position { check: 0, ..stop };
+        assert_eq!(
+            resume_starts(
+                &[b"x\n".to_vec(), b"{\"a\":7}\n{\"a\":8}\n".to_vec()],
+                &[],
+                &[Position {
+                    source: 1,
+                    ..unchecked
+                }]
+            ),
+            Ok(vec![0, original.len() as u64])
+        );
     }
 }

@@ -179,6 +179,7 @@ impl ChunkReader for ScheduledReader {
                     source: 0,
                     partition: p as i32,
                     next_offset: self.next[p] as u64,
+                    check: 0,
                 })
                 .collect(),
             partitions: (0..self.logs.len())
@@ -313,13 +314,23 @@ fn run_with(
         totals.seed(p.counts.clone());
     }
     let fatal = Fatal::default();
-    let skip = resume.progress.as_ref().map(|p| p.epoch);
+    // A resumed run reads on from where the commit says the input stopped.
+    let (starts, committed) = match &resume.progress {
+        Some(p) => (
+            crate::source::resume_starts(&[(*data).clone()], &[], &p.positions)?,
+            Some(p.epoch),
+        ),
+        None => (vec![0], None),
+    };
     let writers = out.clone();
     let make_io = move |index: usize, peers: usize, _generation: u32| {
-        let mut reader = StripedReader::new(vec![(*data).clone()], chunk_bytes, index, peers);
-        if let Some(e) = skip {
-            reader.skip_through(e);
-        }
+        let reader = StripedReader::resuming(
+            vec![(*data).clone()],
+            starts.clone(),
+            committed,
+            chunk_bytes,
+            (index, peers),
+        );
         let mut w = Writers::default();
         w.insert(&tables::USAGE_EVENTS, collect(&writers.accepted));
         w.insert(&tables::REJECTIONS, collect(&writers.rejections));

@@ -174,6 +174,125 @@ fn clickhouse_holds_what_the_embedded_run_writes_and_a_rerun_changes_nothing() {
     assert!(totals.lines().count() > 10);
 }
 
+/// `text` padded with a blank line (which meterflow skips) to a whole number of `chunk` bytes.
+fn padded(text: &str, chunk: usize) -> String {
+    let pad = (chunk - (text.len() + 1) % chunk) % chunk;
+    format!("{text}{}\n", " ".repeat(pad))
+}
+
+#[test]
+fn files_appended_to_between_runs_are_billed_once_and_rewritten_ones_are_refused() {
+    let f = Fixture::new("ch-append", 12_000);
+    let d = f.dir.path();
+    // One pricing round per epoch, so every commit ends exactly where a run stopped.
+    let chunk = 65536;
+    std::fs::write(d.join("append.toml"), format!("[input]\nchunk_bytes = {chunk}\n\n[output]\nprice_every_epochs = 1\n\n[clickhouse]\nflush_interval = \"100ms\"\n")).unwrap();
+    let text = std::fs::read_to_string(d.join("events.jsonl")).unwrap();
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    let cut =
+        |from: usize, to: usize| lines[from * lines.len() / 20..to * lines.len() / 20].concat();
+    // Pieces on chunk boundaries, so the runs below cut epochs where one run over the pieces
+    // as separate files does, and must bill exactly like it; the last piece is not aligned.
+    let (a1, a2, b, c) = (
+        padded(&cut(0, 8), chunk),
+        padded(&cut(8, 14), chunk),
+        padded(&cut(14, 19), chunk),
+        cut(19, 20),
+    );
+    for (name, piece) in [("a1", &a1), ("a2", &a2), ("b", &b), ("c", &c)] {
+        std::fs::write(d.join(format!("{name}.jsonl")), piece).unwrap();
+    }
+    let path = |name: &str| d.join(name).display().to_string();
+    let run = |inputs: &[&str], out: &str, clickhouse: bool| {
+        let mut a: Vec<String> = vec!["run".into()];
+        for i in inputs {
+            a.extend(["-i".into(), path(i)]);
+        }
+        a.extend([
+            "-c".into(),
+            path("catalog"),
+            "-o".into(),
+            path(out),
+            "--config".into(),
+            path("append.toml"),
+            "-q".into(),
+        ]);
+        if clickhouse {
+            a.extend(["--clickhouse-url".into(), f.ch.url()]);
+        }
+        meterflow(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let ok = |out: std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let append = |name: &str, piece: &str| {
+        use std::io::Write as _;
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(d.join(name))
+            .unwrap();
+        file.write_all(piece.as_bytes()).unwrap();
+    };
+    // A producer writes live.jsonl; meterflow bills it, then what was appended to it, then a
+    // new file given alone.
+    std::fs::write(d.join("live.jsonl"), &a1).unwrap();
+    ok(run(&["live.jsonl"], "run1", true));
+    append("live.jsonl", &a2);
+    ok(run(&["live.jsonl"], "run2", true));
+    std::fs::copy(d.join("b.jsonl"), d.join("new.jsonl")).unwrap();
+    ok(run(&["new.jsonl"], "run3", true));
+    ok(run(&["a1.jsonl", "a2.jsonl", "b.jsonl"], "oracle", false));
+    let counts = assert_clickhouse_matches(&f.ch, &d.join("oracle"), "appended and new files");
+    assert_stream_has(&counts, &["duplicates", "rejected", "corrections"]);
+    // An append off the chunk grid, read with the file it was appended to: every record of it
+    // counted once more (which epoch it lands in may differ from a run over separate files).
+    append("new.jsonl", &c);
+    ok(run(&["live.jsonl", "new.jsonl"], "run4", true));
+    ok(run(
+        &["a1.jsonl", "a2.jsonl", "b.jsonl", "c.jsonl"],
+        "oracle-all",
+        false,
+    ));
+    let all = meterflow_tests::oracle::counts_json(&d.join("oracle-all"));
+    let rows = count(&f.ch, "SELECT (SELECT count() FROM meterflow.usage_events) + (SELECT count() FROM meterflow.rejections) + (SELECT count() FROM meterflow.duplicates)");
+    assert_eq!(
+        rows,
+        all["received"].as_u64().unwrap(),
+        "every record of the append, once"
+    );
+    assert_eq!(
+        count(
+            &f.ch,
+            "SELECT uniqExact(event_id) FROM meterflow.usage_events"
+        ),
+        count(&f.ch, "SELECT count() FROM meterflow.usage_events"),
+        "no event accepted twice"
+    );
+    // A file changed where it was already billed is refused, naming it; nothing is written.
+    let mut rewritten = std::fs::read(d.join("live.jsonl")).unwrap();
+    let at = rewritten.len() - 10;
+    rewritten[at] = if rewritten[at] == b'7' { b'8' } else { b'7' };
+    std::fs::write(d.join("live.jsonl"), &rewritten).unwrap();
+    std::fs::write(d.join("new.jsonl"), &b[..b.len() / 2]).unwrap();
+    for (input, why) in [("live.jsonl", "rewritten"), ("new.jsonl", "truncated")] {
+        let out = run(&[input], "refused", true);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(&path(input)) && stderr.contains(why),
+            "{input}: {stderr}"
+        );
+        assert!(
+            stderr.contains("appending is fine"),
+            "the error says what to do: {stderr}"
+        );
+    }
+    assert_eq!(rows, count(&f.ch, "SELECT (SELECT count() FROM meterflow.usage_events) + (SELECT count() FROM meterflow.rejections) + (SELECT count() FROM meterflow.duplicates)"));
+}
+
 #[test]
 fn a_backdated_rate_change_re_rates_billed_usage_with_signed_corrections() {
     let f = Fixture::new("ch-backdated", 20_000);

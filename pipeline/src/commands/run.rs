@@ -13,7 +13,7 @@ use meterflow_operators::aggregate::round_end;
 use meterflow_operators::dataflow::{execute, Cluster, Execution, Plan, Resume, WorkerIo};
 use meterflow_operators::progress::{NoProgress, Progress, ProgressStore};
 use meterflow_operators::sink::{FlushPolicy, Writers};
-use meterflow_operators::source::{ChunkReader, ReadAt, StripedReader};
+use meterflow_operators::source::{resume_starts, ChunkReader, ReadAt, StripedReader};
 use meterflow_operators::{Epoch, Fatal};
 use meterflow_schemas::catalog::load_dir;
 use meterflow_schemas::rows::Counts;
@@ -24,7 +24,7 @@ use crate::reports::run_report::{LinesAtEnd, ProgressLine};
 use crate::sinks::alerts::AlertTables;
 use crate::sinks::clickhouse::client::ClickHouse;
 use crate::sinks::clickhouse::migrate::check_migrated;
-use crate::sinks::clickhouse::progress::ClickHouseProgress;
+use crate::sinks::clickhouse::progress::{ClickHouseProgress, RecordedOffset};
 use crate::sinks::clickhouse::restore::{restore, Restored, Role};
 use crate::sinks::clickhouse::sink::{ChNames, IdRanks};
 use crate::sinks::files::{prepare_out_dir, write_sources, Names};
@@ -123,12 +123,13 @@ fn run_until_catalog_change(
     metrics: Option<&Arc<Metrics>>,
 ) -> anyhow::Result<(RunReport, bool)> {
     let started = Instant::now();
-    let setup = Setup::load(args)?;
+    let mut setup = Setup::load(args)?;
     let setup_sources = setup.input.sources();
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create output directory {}", args.out.display()))?;
     // Outputs: ClickHouse (resuming from its last commit), or the embedded CSV tables.
     let restored = open_outputs(args, &setup)?;
+    setup.resume_files(&restored)?;
     let totals = Totals::default();
     if let Some(p) = &restored.resume.progress {
         totals.seed(p.counts.clone());
@@ -202,6 +203,11 @@ struct Setup {
     cluster: Cluster,
     input: Input,
     file_sizes: Vec<u64>,
+    /// Where each file's unread records start: 0, or where the commit the run resumes from
+    /// stopped (see [`Setup::resume_files`]).
+    file_starts: Vec<u64>,
+    /// The commit predates per-file positions: files resume after its epoch, by chunk number.
+    resume_by_epoch: bool,
     /// `[alerts]`: `None` when alerting is off; `Some(None)`: to Kafka only.
     alert_format: Option<Option<crate::sinks::alerts::Format>>,
 }
@@ -266,13 +272,43 @@ impl Setup {
             plan,
             cluster,
             input,
+            file_starts: vec![0; file_sizes.len()],
             file_sizes,
+            resume_by_epoch: false,
             alert_format,
         })
     }
 
+    /// Where each input file continues when the run resumes a commit: from the position the
+    /// commit recorded for it (what was appended since is read), from the start if the commit
+    /// did not read it. Refuses a file truncated or rewritten under the commit, naming it.
+    fn resume_files(&mut self, restored: &Restored) -> anyhow::Result<()> {
+        let (Input::Files(_), Some(p)) = (&self.input, &restored.resume.progress) else {
+            return Ok(());
+        };
+        if restored.by_epoch_only {
+            tracing::warn!(
+                epoch = p.epoch,
+                "the last commit recorded no file positions (an older meterflow wrote it): \
+                 resuming after its epoch by chunk number, which is only right if the files are \
+                 exactly those it read"
+            );
+            self.resume_by_epoch = true;
+            return Ok(());
+        }
+        let files = open_files(&self.input, &self.file_sizes).map_err(anyhow::Error::msg)?;
+        self.file_starts = resume_starts(&files, &self.input.sources(), &p.positions)
+            .map_err(anyhow::Error::msg)?;
+        Ok(())
+    }
+
+    /// The bytes this run reads.
     fn total_bytes(&self) -> u64 {
-        self.file_sizes.iter().sum()
+        self.file_sizes
+            .iter()
+            .zip(&self.file_starts)
+            .map(|(n, s)| n - s)
+            .sum()
     }
 
     /// Watches the catalog while a pipeline reads Kafka into ClickHouse (see `switch`).
@@ -333,6 +369,22 @@ fn open_outputs(args: &RunArgs, s: &Setup) -> anyhow::Result<Restored> {
     restore(&ch, &s.plan, &s.snapshot.digest(), &sources, role).map_err(anyhow::Error::msg)
 }
 
+/// The input files, each read up to the size it had when the run started (`sizes`), so all
+/// workers plan the same chunks while a producer appends; the rest is for the next run.
+fn open_files(input: &Input, sizes: &[u64]) -> Result<Vec<FileInput>, String> {
+    let Input::Files(paths) = input else {
+        return Ok(Vec::new());
+    };
+    paths
+        .iter()
+        .zip(sizes)
+        .map(|(p, &len)| {
+            FileInput::open_upto(p, len)
+                .map_err(|e| format!("cannot open input {}: {e}", p.display()))
+        })
+        .collect()
+}
+
 /// How each worker's input and outputs are made (`make_io` of [`execute`]): shared by the
 /// workers of this process.
 struct Wiring {
@@ -346,6 +398,12 @@ struct Wiring {
     committed: Option<Epoch>,
     resume_from: Option<Progress>,
     first_round: Epoch,
+    /// Per input file: its size when the run started, and where its unread records start.
+    file_sizes: Vec<u64>,
+    file_starts: Vec<u64>,
+    resume_by_epoch: bool,
+    /// Reader positions of inputs this run does not read, carried into its commits.
+    elsewhere: Vec<RecordedOffset>,
     /// What the signed tables held at the commit, for worker 0, which writes them.
     restored: Mutex<Option<ByTable>>,
     /// Tables whose rows the run reads when it ends.
@@ -375,6 +433,10 @@ impl Wiring {
             committed: resume_from.as_ref().map(|p| p.epoch),
             resume_from,
             first_round,
+            file_sizes: s.file_sizes,
+            file_starts: s.file_starts,
+            resume_by_epoch: s.resume_by_epoch,
+            elsewhere: restored.elsewhere,
             restored: Mutex::new(Some(restored.held)),
             kept,
             alert_format: s.alert_format,
@@ -466,21 +528,27 @@ impl Wiring {
     fn reader(&self, index: usize, peers: usize) -> Result<Box<dyn ChunkReader>, String> {
         let chunk_bytes = self.config.input.chunk_bytes;
         Ok(match &self.input {
-            Input::Stdin if index == 0 => Box::new(StdinReader::new(chunk_bytes, 0)),
+            Input::Stdin if index == 0 => {
+                Box::new(StdinReader::new(chunk_bytes, 0, self.committed))
+            }
             Input::Stdin => Box::new(NoInput),
-            Input::Files(paths) => {
-                let files = paths
-                    .iter()
-                    .map(|p| {
-                        FileInput::open(p)
-                            .map_err(|e| format!("cannot open input {}: {e}", p.display()))
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                let mut r = StripedReader::new(files, chunk_bytes, index, peers);
-                if let Some(e) = self.committed {
-                    r.skip_through(e);
+            Input::Files(_) => {
+                let files = open_files(&self.input, &self.file_sizes)?;
+                if self.resume_by_epoch {
+                    let mut r = StripedReader::new(files, chunk_bytes, index, peers);
+                    r.skip_through(self.committed.unwrap_or_default());
+                    Box::new(r)
+                } else {
+                    let starts = self.file_starts.clone();
+                    let who = (index, peers);
+                    Box::new(StripedReader::resuming(
+                        files,
+                        starts,
+                        self.committed,
+                        chunk_bytes,
+                        who,
+                    ))
                 }
-                Box::new(r)
             }
             Input::Kafka { cfg, partitions } => Box::new(
                 KafkaReader::new(cfg, partitions, index, peers, self.resume_from.as_ref())?
@@ -510,6 +578,7 @@ impl Wiring {
                 Input::Kafka { cfg, .. } => Some(GroupOffsets::new(cfg)?),
                 _ => None,
             },
+            elsewhere: self.elsewhere.clone(),
         }))
     }
 }

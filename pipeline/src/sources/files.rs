@@ -6,7 +6,7 @@ use std::io::Read as _;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use meterflow_operators::source::{Chunk, ChunkReader, Read, ReadAt};
+use meterflow_operators::source::{Chunk, ChunkReader, Position, Read, ReadAt};
 use meterflow_operators::Epoch;
 
 /// A file read by offset, so every worker reads its own chunks without sharing a cursor.
@@ -20,6 +20,15 @@ impl FileInput {
         let file = File::open(path)?;
         let len = file.metadata()?.len();
         Ok(FileInput { file, len })
+    }
+
+    /// The file's first `len` bytes (what it held when the run started; a file that shrank
+    /// below fails its reads).
+    pub fn open_upto(path: &Path, len: u64) -> std::io::Result<FileInput> {
+        Ok(FileInput {
+            file: File::open(path)?,
+            len,
+        })
     }
 }
 
@@ -35,7 +44,8 @@ impl ReadAt for FileInput {
 /// Standard input, cut into chunks exactly as a file of the same bytes would be: chunk `k` holds
 /// the records that start in `[k·C, (k+1)·C)` of the stream. So epochs, and with them the
 /// watermark and every lateness decision, do not depend on how the pipe delivers the bytes.
-/// Only worker 0 reads it.
+/// Only worker 0 reads it. A resumed run reads what stdin brings as new input, in the epochs
+/// after the commit.
 pub struct StdinReader {
     chunk_bytes: u64,
     /// Stream bytes from `offset` on, read but not yet handed out.
@@ -48,13 +58,13 @@ pub struct StdinReader {
 }
 
 impl StdinReader {
-    pub fn new(chunk_bytes: u64, source: u32) -> StdinReader {
+    pub fn new(chunk_bytes: u64, source: u32, committed: Option<Epoch>) -> StdinReader {
         StdinReader {
             chunk_bytes: chunk_bytes.max(1),
             carry: Vec::new(),
             offset: 0,
             chunk: 0,
-            epoch: 0,
+            epoch: committed.map_or(0, |e| e + 1),
             source,
             done: false,
         }
@@ -112,14 +122,21 @@ impl ChunkReader for StdinReader {
         if buf.is_empty() && self.done && self.carry.is_empty() {
             return Read::Done;
         }
+        let next_offset = self.offset + buf.len() as u64;
         let chunk = Chunk {
             epoch: self.epoch,
             source: self.source,
             base_offset: self.offset,
             bytes: buf,
+            positions: vec![Position {
+                source: self.source,
+                partition: 0,
+                next_offset,
+                check: 0,
+            }],
             ..Chunk::default()
         };
-        self.offset += chunk.bytes.len() as u64;
+        self.offset = next_offset;
         self.chunk += 1;
         self.epoch += 1;
         Read::Chunk(chunk)

@@ -609,6 +609,7 @@ impl ChunkReader for KafkaReader {
                 source,
                 partition,
                 next_offset,
+                check: 0,
             })
             .collect();
         let assigned = self.assigned.clone();

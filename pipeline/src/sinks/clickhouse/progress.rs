@@ -48,6 +48,8 @@ pub struct ClickHouseProgress {
     pub last_sweep: Option<std::time::Instant>,
     /// With Kafka input: the consumer group the committed positions are mirrored to.
     pub group: Option<crate::sources::kafka::GroupOffsets>,
+    /// Positions of inputs this run does not read, carried from the commit it resumed.
+    pub elsewhere: Vec<RecordedOffset>,
 }
 
 /// One recorded reader position.
@@ -56,6 +58,13 @@ pub struct RecordedOffset {
     pub source: String,
     pub partition: i32,
     pub next_offset: u64,
+    /// For a file: [`Position::check`] (absent: nothing to check).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub check: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// One partition's event-time state at a commit: the latest valid event time read from it and
@@ -68,12 +77,13 @@ pub struct RecordedPartition {
     pub idle: bool,
 }
 
-/// Writes one `sink_progress` row.
+/// Writes one `sink_progress` row; `elsewhere`: positions of inputs this run does not read,
+/// kept so a later run that reads them again resumes them.
 pub(crate) fn write_progress(
     ch: &ClickHouse,
     generation: u32,
     p: &Progress,
-    sources: &[String],
+    (sources, elsewhere): (&[String], &[RecordedOffset]),
     catalog_digest: &str,
 ) -> Result<(), String> {
     let offsets: Vec<RecordedOffset> = p
@@ -86,7 +96,9 @@ pub(crate) fn write_progress(
                 .unwrap_or_default(),
             partition: pos.partition,
             next_offset: pos.next_offset,
+            check: pos.check,
         })
+        .chain(elsewhere.iter().cloned())
         .collect();
     let offsets = serde_json::to_string(&offsets).map_err(|e| e.to_string())?;
     let counts = serde_json::to_string(&p.counts).map_err(|e| e.to_string())?;
@@ -138,7 +150,7 @@ impl ProgressStore for ClickHouseProgress {
             &self.ch,
             self.generation,
             p,
-            &self.sources,
+            (&self.sources, &self.elsewhere),
             &self.catalog_digest,
         )?;
         tracing::debug!(epoch = p.epoch, "progress committed");
@@ -177,10 +189,15 @@ pub(crate) struct LastCommit {
     /// The digest of the catalog its rows are priced under ('' for commits older than the
     /// column: unknown).
     pub catalog_digest: String,
+    /// Positions it recorded for inputs this run does not read.
+    pub elsewhere: Vec<RecordedOffset>,
+    /// It recorded no reader position at all: written before file positions were recorded,
+    /// so a file-fed run resumes it by epoch.
+    pub by_epoch_only: bool,
 }
 
-/// Reads the last commit of the latest generation, mapping recorded topic names back to the
-/// indices of `sources` (positions of topics this run does not read are left out).
+/// Reads the last commit of the latest generation, mapping recorded input names back to the
+/// indices of `sources` (positions of inputs this run does not read are kept apart).
 pub(crate) fn last_commit(
     ch: &ClickHouse,
     sources: &[String],
@@ -193,7 +210,11 @@ pub(crate) fn last_commit(
         .map_err(|e| format!("sink_progress.offsets is unreadable: {e}"))?;
     let counts: Counts = serde_json::from_str(&row.counts)
         .map_err(|e| format!("sink_progress.counts is unreadable: {e}"))?;
-    let positions = offsets
+    let by_epoch_only = offsets.is_empty();
+    let (read, elsewhere): (Vec<_>, Vec<_>) = offsets
+        .into_iter()
+        .partition(|o| sources.contains(&o.source));
+    let positions = read
         .into_iter()
         .filter_map(|o| {
             let source = sources.iter().position(|s| *s == o.source)?;
@@ -201,6 +222,7 @@ pub(crate) fn last_commit(
                 source: source as u32,
                 partition: o.partition,
                 next_offset: o.next_offset,
+                check: o.check,
             })
         })
         .collect();
@@ -215,6 +237,8 @@ pub(crate) fn last_commit(
             lag: Vec::new(),
         },
         catalog_digest: row.catalog_digest,
+        elsewhere,
+        by_epoch_only,
     }))
 }
 

@@ -54,7 +54,9 @@ use meterflow_schemas::time::{EventTime, Period, PeriodUnit};
 use serde::Deserialize;
 
 use crate::sinks::clickhouse::client::{sql_list, ClickHouse};
-use crate::sinks::clickhouse::progress::{delete_uncommitted, last_commit, settle_inserts};
+use crate::sinks::clickhouse::progress::{
+    delete_uncommitted, last_commit, settle_inserts, RecordedOffset,
+};
 
 /// What a restart loads.
 #[derive(Default)]
@@ -64,6 +66,10 @@ pub struct Restored {
     pub resume: Resume,
     /// What each signed table holds at the commit: `Vec<(row, multiplicity, version)>`.
     pub held: ByTable,
+    /// Reader positions the commit holds for inputs this run does not read (carried on).
+    pub elsewhere: Vec<RecordedOffset>,
+    /// The commit recorded no reader position (see `LastCommit::by_epoch_only`).
+    pub by_epoch_only: bool,
 }
 
 #[derive(Row, Deserialize)]
@@ -275,6 +281,9 @@ pub fn restore(
         Role::Writer => last.as_ref().map_or(1, |l| l.generation + 1),
         Role::Reader => 0,
     };
+    let (elsewhere, by_epoch_only) = last.as_ref().map_or((Vec::new(), false), |l| {
+        (l.elsewhere.clone(), l.by_epoch_only)
+    });
     let progress = last.map(|l| l.progress);
     if writer {
         if let Some(p) = &progress {
@@ -282,7 +291,8 @@ pub fn restore(
             // late commit of a killed predecessor. The rows up to `R` are still priced under the
             // committed catalog until this generation's first commit, so the row says that one.
             let digest = committed_digest.as_deref().unwrap_or_default();
-            crate::sinks::clickhouse::progress::write_progress(ch, generation, p, sources, digest)?;
+            let named = (sources, elsewhere.as_slice());
+            crate::sinks::clickhouse::progress::write_progress(ch, generation, p, named, digest)?;
         }
         delete_uncommitted(ch, progress.as_ref().map(|p| p.epoch))?;
     }
@@ -404,6 +414,8 @@ pub fn restore(
     }
     Ok(Restored {
         generation,
+        elsewhere,
+        by_epoch_only,
         resume: Resume {
             progress: Some(progress),
             dedup,
