@@ -475,7 +475,10 @@ mod tests {
         }
     }
 
-    /// Every record (epoch, offset, bytes) read by `workers` workers resuming `data` at `start`
+    /// Records as (epoch, offset, bytes).
+    type Records = Vec<(Epoch, u64, Vec<u8>)>;
+
+    /// Every record read by `workers` workers resuming `data` at `start`
     /// after `committed`, and the position each chunk recorded, by epoch.
     fn resumed_records(
         data: &[u8],
@@ -483,7 +486,7 @@ mod tests {
         committed: Option<Epoch>,
         chunk: u64,
         workers: usize,
-    ) -> (Vec<(Epoch, u64, Vec<u8>)>, BTreeMap<Epoch, Position>) {
+    ) -> (Records, BTreeMap<Epoch, Position>) {
         let mut out = Vec::new();
         let mut positions = BTreeMap::new();
         for w in 0..workers {
