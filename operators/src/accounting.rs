@@ -122,6 +122,11 @@ impl LatencyClock {
         }
     }
 
+    /// Epochs started and not yet complete.
+    pub fn in_flight(&self) -> usize {
+        self.inner.lock().expect("clock lock").started.len()
+    }
+
     pub fn latency(&self) -> Latency {
         let mut v = self.inner.lock().expect("clock lock").micros.clone();
         if v.is_empty() {

@@ -85,9 +85,11 @@ impl Fixture {
         a
     }
 
-    fn spawn(&self, out: &str) -> Running {
+    /// `meterflow run` into ClickHouse, with `extra` arguments.
+    fn spawn(&self, out: &str, extra: &[&str]) -> Running {
         Command::new(meterflow_bin())
             .args(self.args(out, true))
+            .args(extra)
             .env("METERFLOW_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -115,13 +117,39 @@ impl Fixture {
 #[test]
 fn clickhouse_holds_what_the_embedded_run_writes_and_a_rerun_changes_nothing() {
     let f = Fixture::new("ch-basic", 20_000);
-    meterflow_ok(
-        &f.args("first", true)
-            .iter()
-            .map(|s| s.as_str())
-            .collect::<Vec<_>>(),
-    );
+    let mut first = f.args("first", true);
+    first.extend(["--metrics-addr".into(), "127.0.0.1:0".into()]);
+    meterflow_ok(&first.iter().map(|s| s.as_str()).collect::<Vec<_>>());
     f.assert_matches_oracle("first run", &["duplicates", "rejected", "corrections"]);
+    // /metrics counts every row inserted, per table: on a new database, what each table holds.
+    let metrics = std::fs::read_to_string(f.dir.path().join("first/metrics.prom")).unwrap();
+    let inserted: Vec<(&str, u64)> = metrics
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("meterflow_clickhouse_rows_inserted_total{table=\"")?;
+            let (table, n) = rest.split_once("\"} ")?;
+            Some((table, n.parse().ok()?))
+        })
+        .collect();
+    for table in [
+        "usage_events",
+        "rejections",
+        "invoice_lines",
+        "sink_progress",
+    ] {
+        assert!(
+            inserted.iter().any(|(t, _)| *t == table),
+            "{table}: {metrics}"
+        );
+    }
+    for (table, n) in inserted {
+        let held = count(&f.ch, &format!("SELECT count() FROM meterflow.{table}"));
+        assert_eq!(n, held, "rows inserted into {table}");
+    }
+    assert!(
+        metrics.contains("meterflow_epochs_in_flight 0\n"),
+        "{metrics}"
+    );
     // The invoice preview reads the same invoice from ClickHouse as from the embedded output.
     let preview = |source: &[&str]| {
         let mut a = vec!["invoice", "preview", "--customer", "cus-000000"];
@@ -384,7 +412,7 @@ fn sigkill_at_random_points_then_restart_counts_every_unit_exactly_once() {
     let mut rng = 0x9E37_79B9u64;
     let mut kills = 0;
     for attempt in 0..30 {
-        let mut child = f.spawn("killed");
+        let mut child = f.spawn("killed", &[]);
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;
@@ -421,7 +449,7 @@ fn sigkill_at_random_points_then_restart_counts_every_unit_exactly_once() {
 #[test]
 fn a_clickhouse_outage_mid_stream_loses_nothing() {
     let mut f = Fixture::new("ch-outage", 100_000);
-    let mut child = f.spawn("outage");
+    let mut child = f.spawn("outage", &["--metrics-addr", "127.0.0.1:0"]);
     std::thread::sleep(Duration::from_millis(800));
     f.ch.kill();
     std::thread::sleep(Duration::from_secs(3));
@@ -432,6 +460,23 @@ fn a_clickhouse_outage_mid_stream_loses_nothing() {
     f.ch.resume();
     assert!(child.wait().unwrap().success());
     f.assert_matches_oracle("after a ClickHouse outage", EVERY_KIND);
+    // /metrics shows the inserts that waited for ClickHouse.
+    let metrics = std::fs::read_to_string(f.dir.path().join("outage/metrics.prom")).unwrap();
+    let total = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert!(
+        total("meterflow_clickhouse_insert_retries_total{") > 0.0,
+        "{metrics}"
+    );
+    assert!(
+        total("meterflow_clickhouse_insert_seconds_sum{") > 2.0,
+        "inserts waited out the 3 s outage: {metrics}"
+    );
 }
 
 #[test]
@@ -460,7 +505,7 @@ fn every_statement_meterflow_sends_and_every_documented_query_run_on_current_cli
     let log = work.path().join("sql.log");
     std::env::set_var("METERFLOW_SQL_LOG", &log);
     let f = Fixture::new("ch-current", 80_000);
-    let mut child = f.spawn("sql");
+    let mut child = f.spawn("sql", &[]);
     std::thread::sleep(Duration::from_millis(1500));
     if child.try_wait().unwrap().is_none() {
         child.kill().unwrap();

@@ -952,7 +952,7 @@ fn entitlement_alerts_reach_a_webhook_once_each_with_retries_and_a_dead_letter_f
         std::fs::write(
             &config,
             format!(
-                "[alerts]\nwebhook_url = \"http://127.0.0.1:{}/hook\"\nformat = \"pagerduty\"\nrouting_key_env = \"METERFLOW_TEST_PD_KEY\"\nmax_attempts = {attempts}\ndead_letter = \"{}\"\n",
+                "[alerts]\nwebhook_url = \"http://127.0.0.1:{}/hook\"\nformat = \"pagerduty\"\nrouting_key_env = \"METERFLOW_TEST_PD_KEY\"\nmax_attempts = {attempts}\ndead_letter = \"{}\"\n\n[metrics]\naddr = \"127.0.0.1:0\"\n",
                 receiver.port,
                 dir.join(format!("{out}-dead.jsonl")).display()
             ),
@@ -970,10 +970,19 @@ fn entitlement_alerts_reach_a_webhook_once_each_with_retries_and_a_dead_letter_f
             config.to_str().unwrap(),
             "-q",
         ]);
+        // The run's last /metrics, per outcome.
+        let text = std::fs::read_to_string(dir.join(out).join("metrics.prom")).unwrap();
+        move |outcome: &str| -> f64 {
+            let series =
+                format!("meterflow_alerts_total{{outcome=\"{outcome}\",sink=\"webhook\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(&series)?.parse().ok())
+                .unwrap_or(0.0)
+        }
     };
     // The endpoint fails twice, then accepts: every alert arrives, none twice.
     let ok = Receiver::start(Some(2));
-    run_with(&ok, "out", 6);
+    let alerts = run_with(&ok, "out", 6);
     assert_eq!(ok.failed.load(std::sync::atomic::Ordering::SeqCst), 2);
     let events: Vec<serde_json::Value> = ok
         .bodies
@@ -1002,6 +1011,12 @@ fn entitlement_alerts_reach_a_webhook_once_each_with_retries_and_a_dead_letter_f
         "the stream has anomalies to alert"
     );
     assert_eq!(open, current);
+    // /metrics counts what the endpoint saw.
+    let sent = ok.bodies.lock().unwrap().len() as f64;
+    assert_eq!(
+        (alerts("sent"), alerts("retried"), alerts("failed")),
+        (sent, 2.0, 0.0)
+    );
     for e in events
         .iter()
         .filter(|e| e["payload"]["class"] == "entitlement")
@@ -1015,7 +1030,7 @@ fn entitlement_alerts_reach_a_webhook_once_each_with_retries_and_a_dead_letter_f
     }
     // An endpoint that stays down: the run finishes and every alert is in the dead-letter file.
     let down = Receiver::start(None);
-    run_with(&down, "down", 2);
+    let alerts = run_with(&down, "down", 2);
     let dead = std::fs::read_to_string(dir.join("down-dead.jsonl")).unwrap();
     let dead: Vec<serde_json::Value> = dead
         .lines()
@@ -1029,6 +1044,11 @@ fn entitlement_alerts_reach_a_webhook_once_each_with_retries_and_a_dead_letter_f
         down.failed.load(std::sync::atomic::Ordering::SeqCst),
         2 * events.len(),
         "two attempts each"
+    );
+    let n = events.len() as f64;
+    assert_eq!(
+        (alerts("sent"), alerts("retried"), alerts("failed")),
+        (0.0, n, n)
     );
 }
 

@@ -1052,6 +1052,16 @@ fn metrics_are_served_while_kafka_is_read_and_agree_with_counts_json() {
             "{series}"
         );
     }
+    // The capture gauge is the share of sent usage that reached billing.
+    let (billable, rejected) = (
+        counts["billable"].as_f64().unwrap(),
+        counts["rejected"].as_f64().unwrap(),
+    );
+    let capture = value(&last, "meterflow_event_capture_ratio");
+    assert!(
+        (capture - billable / (billable + rejected)).abs() < 1e-9,
+        "{capture}"
+    );
     let by_reason = counts["rejected_by_reason"].as_object().unwrap();
     assert!(!by_reason.is_empty(), "the stream has rejections");
     for (reason, n) in by_reason {

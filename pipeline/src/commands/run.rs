@@ -169,7 +169,7 @@ fn run_until_catalog_change(
             move |c: &Counts| {
                 progress.show(c);
                 if let Some(m) = &metrics {
-                    m.update(c, &totals.clock.latency());
+                    m.update(c, &totals.clock.latency(), totals.clock.in_flight());
                     m.update_lag(&totals.lag, &sources);
                 }
             }
@@ -184,8 +184,14 @@ fn run_until_catalog_change(
     }
     let report = lines.report(&totals, &setup_sources, started.elapsed(), peak_rss_bytes());
     if let Some(m) = metrics {
-        m.update(&report.counts, &report.latency);
+        m.update(&report.counts, &report.latency, totals.clock.in_flight());
         m.update_lag(&totals.lag, &setup_sources);
+        let path = args.out.join(match args.cluster.process {
+            0 => "metrics.prom".to_string(),
+            n => format!("metrics-{n}.prom"),
+        });
+        std::fs::write(&path, m.render())
+            .with_context(|| format!("cannot write {}", path.display()))?;
     }
     if args.cluster.process == 0 {
         report.write(&args.out)?;

@@ -31,6 +31,8 @@ use meterflow_schemas::time::{EventTime, PeriodUnit, Span};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::sinks::metrics::{sink_telemetry, AlertOutcome};
+
 /// `[alerts]` in the config.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -195,7 +197,10 @@ impl Webhook {
         let mut last_error = String::new();
         for attempt in 1..=self.max_attempts {
             match self.post(&body) {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    sink_telemetry().alert("webhook", AlertOutcome::Sent);
+                    return Ok(());
+                }
                 Err((error, retry)) => {
                     tracing::warn!(dedup_key = %alert.dedup_key, attempt, %error, "alert not delivered");
                     last_error = error;
@@ -203,6 +208,7 @@ impl Webhook {
                         break;
                     }
                     if attempt < self.max_attempts {
+                        sink_telemetry().alert("webhook", AlertOutcome::Retried);
                         std::thread::sleep(delay);
                         delay = (delay * 2).min(Duration::from_secs(5));
                     }
@@ -225,6 +231,7 @@ impl Webhook {
         f.sync_all()
             .map_err(|e| format!("{}: {e}", self.dead_letter.display()))?;
         tracing::error!(dedup_key = %alert.dedup_key, dead_letter = %self.dead_letter.display(), "alert dead-lettered");
+        sink_telemetry().alert("webhook", AlertOutcome::Failed);
         Ok(())
     }
 
@@ -305,7 +312,10 @@ impl AlertSink for KafkaAlerts {
                 .key(&alert.dedup_key)
                 .payload(&body);
             match self.producer.send(record) {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    sink_telemetry().alert("kafka", AlertOutcome::Sent);
+                    return Ok(());
+                }
                 Err((
                     rdkafka::error::KafkaError::MessageProduction(
                         rdkafka::types::RDKafkaErrorCode::QueueFull,
@@ -314,7 +324,10 @@ impl AlertSink for KafkaAlerts {
                 )) => {
                     self.producer.poll(Duration::from_millis(100));
                 }
-                Err((e, _)) => return Err(format!("publishing an alert to {}: {e}", self.topic)),
+                Err((e, _)) => {
+                    sink_telemetry().alert("kafka", AlertOutcome::Failed);
+                    return Err(format!("publishing an alert to {}: {e}", self.topic));
+                }
             }
             let _ = self.producer.flush(Duration::from_millis(0));
         }

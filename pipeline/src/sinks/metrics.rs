@@ -4,12 +4,16 @@
 //! (by reason), late and out-of-order events and corrections while the run goes on.
 //!
 //! The values come from the same totals `counts.json` is written from, so at the end of a run the
-//! two agree. The exposition format is the `prometheus` crate's; the HTTP side is one small
-//! listener thread that answers `GET /metrics`.
+//! two agree. The sinks report what they do from their own threads into [`sink_telemetry`]:
+//! ClickHouse insert latency, rows and retries per table, alerts sent, retried and failed. The
+//! exposition format is the `prometheus` crate's; the HTTP side is one small listener thread
+//! that answers `GET /metrics`. When a run ends, the final values are also written to
+//! `OUT/metrics.prom` (for node_exporter's textfile collector and for batch runs nobody
+//! scraped).
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use meterflow_operators::accounting::{LagTotals, Latency};
@@ -17,7 +21,8 @@ use meterflow_schemas::rejection::Reason;
 use meterflow_schemas::rows::Counts;
 use meterflow_schemas::time::EventTime;
 use prometheus::{
-    Encoder, Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Opts, Registry, TextEncoder,
 };
 use serde::Deserialize;
 
@@ -44,6 +49,8 @@ pub struct Metrics {
     out_of_order: IntCounter,
     corrections: IntCounter,
     dedup_keys: IntGauge,
+    in_flight: IntGauge,
+    capture: Gauge,
     latency: GaugeVec,
     metering_lag: GaugeVec,
     watermark_lag: Gauge,
@@ -55,6 +62,116 @@ fn counter(r: &Registry, name: &str, help: &str) -> Result<IntCounter, String> {
     let c = IntCounter::new(name, help).map_err(|e| e.to_string())?;
     r.register(Box::new(c.clone())).map_err(|e| e.to_string())?;
     Ok(c)
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> Result<IntGauge, String> {
+    let g = IntGauge::new(name, help).map_err(|e| e.to_string())?;
+    r.register(Box::new(g.clone())).map_err(|e| e.to_string())?;
+    Ok(g)
+}
+
+/// How an alert delivery ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AlertOutcome {
+    /// Delivered (a webhook answered 2xx; a Kafka producer took it, acknowledged before the
+    /// commit).
+    Sent,
+    /// One attempt failed and another follows.
+    Retried,
+    /// Given up on: written to the dead-letter file, or a Kafka error.
+    Failed,
+}
+
+impl AlertOutcome {
+    fn label(self) -> &'static str {
+        match self {
+            AlertOutcome::Sent => "sent",
+            AlertOutcome::Retried => "retried",
+            AlertOutcome::Failed => "failed",
+        }
+    }
+}
+
+/// What the sinks report from their own threads, process-wide (a few atomic adds per insert or
+/// alert, whether or not `/metrics` is served).
+pub struct SinkTelemetry {
+    insert_seconds: HistogramVec,
+    rows_inserted: IntCounterVec,
+    insert_retries: IntCounterVec,
+    alerts: IntCounterVec,
+}
+
+/// The process's [`SinkTelemetry`].
+pub fn sink_telemetry() -> &'static SinkTelemetry {
+    static TELEMETRY: LazyLock<SinkTelemetry> = LazyLock::new(SinkTelemetry::new);
+    &TELEMETRY
+}
+
+impl SinkTelemetry {
+    fn new() -> SinkTelemetry {
+        // The names and labels are constants: they are valid, or no test would pass.
+        let counters = |name: &str, help: &str, labels: &[&str]| {
+            IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric")
+        };
+        SinkTelemetry {
+            insert_seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    "meterflow_clickhouse_insert_seconds",
+                    "Time to insert one batch into a ClickHouse table, retries included.",
+                )
+                .buckets(vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                    30.0,
+                ]),
+                &["table"],
+            )
+            .expect("valid metric"),
+            rows_inserted: counters(
+                "meterflow_clickhouse_rows_inserted_total",
+                "Rows inserted into each ClickHouse table.",
+                &["table"],
+            ),
+            insert_retries: counters(
+                "meterflow_clickhouse_insert_retries_total",
+                "Failed insert attempts into each ClickHouse table that were retried.",
+                &["table"],
+            ),
+            alerts: counters(
+                "meterflow_alerts_total",
+                "Alert deliveries, per sink (webhook, kafka) and outcome (sent, retried, failed).",
+                &["sink", "outcome"],
+            ),
+        }
+    }
+
+    /// `rows` rows are in `table`, after `took`.
+    pub fn inserted(&self, table: &str, rows: usize, took: Duration) {
+        self.insert_seconds
+            .with_label_values(&[table])
+            .observe(took.as_secs_f64());
+        self.rows_inserted
+            .with_label_values(&[table])
+            .inc_by(rows as u64);
+    }
+
+    /// An insert into `table` failed and is retried.
+    pub fn insert_retried(&self, table: &str) {
+        self.insert_retries.with_label_values(&[table]).inc();
+    }
+
+    pub fn alert(&self, sink: &str, outcome: AlertOutcome) {
+        self.alerts
+            .with_label_values(&[sink, outcome.label()])
+            .inc();
+    }
+
+    fn register(&self, r: &Registry) -> Result<(), String> {
+        r.register(Box::new(self.insert_seconds.clone()))
+            .and_then(|()| r.register(Box::new(self.rows_inserted.clone())))
+            .and_then(|()| r.register(Box::new(self.insert_retries.clone())))
+            .and_then(|()| r.register(Box::new(self.alerts.clone())))
+            .map_err(|e| e.to_string())
+    }
 }
 
 impl Metrics {
@@ -104,7 +221,21 @@ impl Metrics {
         .map_err(|e| e.to_string())?;
         r.register(Box::new(dedup_keys.clone()))
             .map_err(|e| e.to_string())?;
+        let capture = Gauge::new(
+            "meterflow_event_capture_ratio",
+            "Billable accepted events ÷ (billable accepted events + rejected records) over the run's totals: the share of sent usage that reaches billing (see docs/scorecard.md).",
+        )
+        .map_err(|e| e.to_string())?;
+        r.register(Box::new(capture.clone()))
+            .map_err(|e| e.to_string())?;
+        sink_telemetry().register(&r)?;
         Ok(Metrics {
+            in_flight: gauge(
+                &r,
+                "meterflow_epochs_in_flight",
+                "Epochs read and not yet durable in every output.",
+            )?,
+            capture,
             received: counter(
                 &r,
                 "meterflow_records_received_total",
@@ -151,8 +282,9 @@ impl Metrics {
         })
     }
 
-    /// Raises the counters to `c` (the run's totals so far).
-    pub fn update(&self, c: &Counts, latency: &Latency) {
+    /// Raises the counters to `c` (the run's totals so far); `in_flight`: epochs read and not
+    /// yet durable.
+    pub fn update(&self, c: &Counts, latency: &Latency, in_flight: usize) {
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
         let up = |counter: &IntCounter, now: u64, before: u64| {
             counter.inc_by(now.saturating_sub(before));
@@ -170,6 +302,11 @@ impl Metrics {
             up(&counter, c.rejected_for(r), last.rejected_for(r));
         }
         self.dedup_keys.set(c.dedup_keys);
+        self.in_flight.set(in_flight as i64);
+        let sent = c.billable + c.rejected;
+        if sent > 0 {
+            self.capture.set(c.billable as f64 / sent as f64);
+        }
         for (q, ms) in [
             ("0.5", latency.p50_ms),
             ("0.99", latency.p99_ms),
@@ -291,10 +428,13 @@ mod tests {
         };
         c.reject(Reason::UnknownCustomer);
         c.reject(Reason::UnknownCustomer);
-        m.update(&c, &Latency::default());
+        m.update(&c, &Latency::default(), 3);
         c.received = 15;
         c.accepted = 12;
-        m.update(&c, &Latency::default());
+        m.update(&c, &Latency::default(), 1);
+        sink_telemetry().inserted("usage_events", 40, Duration::from_millis(20));
+        sink_telemetry().insert_retried("usage_events");
+        sink_telemetry().alert("webhook", AlertOutcome::Sent);
         let addr = m.serve("127.0.0.1:0").unwrap();
         let mut s = TcpStream::connect(addr).unwrap();
         s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -305,6 +445,33 @@ mod tests {
         assert_eq!(value(&text, "meterflow_records_received_total"), Some(15.0));
         assert_eq!(value(&text, "meterflow_events_accepted_total"), Some(12.0));
         assert_eq!(value(&text, "meterflow_events_billable_total"), Some(6.0));
+        assert_eq!(value(&text, "meterflow_epochs_in_flight"), Some(1.0));
+        assert_eq!(value(&text, "meterflow_event_capture_ratio"), Some(0.75));
+        let usage = "{table=\"usage_events\"}";
+        for (series, at_least) in [
+            (
+                format!("meterflow_clickhouse_rows_inserted_total{usage}"),
+                40.0,
+            ),
+            (
+                format!("meterflow_clickhouse_insert_retries_total{usage}"),
+                1.0,
+            ),
+            (
+                format!("meterflow_clickhouse_insert_seconds_count{usage}"),
+                1.0,
+            ),
+            (
+                "meterflow_alerts_total{outcome=\"sent\",sink=\"webhook\"}".into(),
+                1.0,
+            ),
+        ] {
+            // Process-wide: other tests of this binary may have added to them.
+            assert!(
+                value(&text, &series).is_some_and(|v| v >= at_least),
+                "{series}: {text}"
+            );
+        }
         let code = Reason::UnknownCustomer.code();
         assert_eq!(
             value(

@@ -12,6 +12,8 @@ use std::time::Duration;
 use clickhouse::{Client, Row, RowOwned, RowRead, RowWrite};
 use serde::Deserialize;
 
+use crate::sinks::metrics::sink_telemetry;
+
 /// `[clickhouse]` in the config.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -147,7 +149,22 @@ impl ClickHouse {
     }
 
     /// Runs `op` until it succeeds or fails in a way no retry can fix.
-    pub fn retry<T, F, Fut>(&self, what: &str, mut op: F) -> Result<T, String>
+    pub fn retry<T, F, Fut>(&self, what: &str, op: F) -> Result<T, String>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = clickhouse::error::Result<T>>,
+    {
+        self.retry_insert(what, None, op)
+    }
+
+    /// [`Self::retry`], counting the retries of an insert into `table` (see
+    /// [`sink_telemetry`]).
+    fn retry_insert<T, F, Fut>(
+        &self,
+        what: &str,
+        table: Option<&str>,
+        mut op: F,
+    ) -> Result<T, String>
     where
         F: FnMut(Client) -> Fut,
         Fut: Future<Output = clickhouse::error::Result<T>>,
@@ -164,6 +181,9 @@ impl ClickHouse {
                 }
                 Err(e) if retryable(&e) => {
                     tracing::warn!(what, attempt, error = %e, retry_in_ms = delay.as_millis() as u64, "clickhouse unavailable; retrying");
+                    if let Some(table) = table {
+                        sink_telemetry().insert_retried(table);
+                    }
                     std::thread::sleep(delay);
                     delay = (delay * 2).min(Duration::from_secs(5));
                     attempt += 1;
@@ -204,9 +224,12 @@ impl ClickHouse {
             return Ok(());
         }
         let target = self.insert_target::<T>(table);
-        self.retry(&format!("insert into {table}"), |c| {
+        let started = std::time::Instant::now();
+        self.retry_insert(&format!("insert into {table}"), Some(table), |c| {
             Self::send::<T, _, _>(c, target.clone(), None, rows, &|r| r)
-        })
+        })?;
+        sink_telemetry().inserted(table, rows.len(), started.elapsed());
+        Ok(())
     }
 
     /// Inserts one batch exactly once, even when the connection breaks mid-insert. Every row
@@ -247,6 +270,7 @@ impl ClickHouse {
                 Ok(()) => break,
                 Err(e) if retryable(&e) => {
                     tracing::warn!(table, attempt, error = %e, retry_in_ms = delay.as_millis() as u64, "clickhouse unavailable; checking whether the batch landed before retrying");
+                    sink_telemetry().insert_retried(table);
                     std::thread::sleep(delay);
                     delay = (delay * 2).min(Duration::from_secs(5));
                     let held = self.batch_rows(table, id, &query_id)?;
@@ -278,6 +302,7 @@ impl ClickHouse {
             ms = started.elapsed().as_millis() as u64,
             "clickhouse insert"
         );
+        sink_telemetry().inserted(table, rows.len(), started.elapsed());
         Ok(())
     }
 
