@@ -99,6 +99,33 @@ pub fn count(ch: &ClickHouseServer, sql: &str) -> u64 {
     ch.query(sql).unwrap().trim().parse().unwrap()
 }
 
+/// Asserts that no event id was accepted twice.
+pub fn assert_each_event_accepted_once(ch: &ClickHouseServer, what: &str) {
+    assert_eq!(
+        count(ch, "SELECT uniqExact(event_id) FROM meterflow.usage_events"),
+        count(ch, "SELECT count() FROM meterflow.usage_events"),
+        "{what}: no event accepted twice"
+    );
+}
+
+/// Events billed by usage and adjustment lines.
+pub fn billed_events(ch: &ClickHouseServer) -> u64 {
+    count(ch, "SELECT sum(events * sign) FROM meterflow.invoice_lines WHERE line_type IN ('usage', 'adjustment')")
+}
+
+/// Fixes of the records `gen` sent in the wrong unit: their raw payloads with the unit
+/// corrected, under their original event ids.
+pub fn unit_mismatch_fixes(ch: &ClickHouseServer) -> Vec<String> {
+    ch.query("SELECT raw_payload FROM meterflow.rejections WHERE reason = 'unit_mismatch' FORMAT JSONEachRow")
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["raw_payload"].as_str().unwrap().replace(r#""unit":"GB""#, r#""unit":"requests""#)
+        })
+        .collect()
+}
+
 /// `meterflow catalog log` of the change log in ClickHouse.
 pub fn catalog_log(ch: &ClickHouseServer) -> String {
     let out = crate::meterflow_ok(&["catalog", "log", "--clickhouse-url", &ch.url()]);

@@ -1,14 +1,20 @@
-//! `meterflow quarantine list|replay`: the rejected records by reason, with what fixes them; and
-//! replaying fixed records under their original event ids, so usage that was rejected gets
-//! billed — once — and its rejection is marked resolved with the lineage to its fix.
+//! `meterflow quarantine list|replay|resolve`: the rejected records by reason, with what fixes
+//! them; and replaying fixed records under their original event ids, so usage that was rejected
+//! gets billed — once — and its rejection is marked resolved with the lineage to its fix.
+//!
+//! Where a replay goes depends on the pipeline: an embedded run is run again over its inputs and
+//! the fixes; a ClickHouse pipeline fed from files takes the fixes as its next run (a new file
+//! is read whole, see `docs/clickhouse.md`); one fed from Kafka gets them produced to its topic,
+//! and bills them as it bills any event.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
+use meterflow_operators::dataflow::Cluster;
 use meterflow_schemas::quarantine::{select, Quarantined, Resolution};
-use meterflow_schemas::time::EventTime;
+use meterflow_schemas::time::{EventTime, Span};
 
 use crate::commands::open_clickhouse;
 use crate::commands::report::ReportArgs;
@@ -19,7 +25,7 @@ use crate::reports::quarantine::{
 use crate::reports::tables::{input_paths, read_table};
 use crate::sinks::clickhouse::client::ClickHouse;
 use crate::sinks::quarantine;
-use meterflow_operators::dataflow::Cluster;
+use crate::sources::kafka::{publish, KafkaConfig};
 
 #[derive(clap::Subcommand)]
 pub enum QuarantineCommand {
@@ -46,6 +52,10 @@ pub enum QuarantineCommand {
         /// The fixed records.
         #[arg(long)]
         fixed: PathBuf,
+        /// With a pipeline reading Kafka: wait up to this long (e.g. `2m`) for it to commit the
+        /// fixes, then resolve them. Without it, run `quarantine resolve` later.
+        #[arg(long, value_parser = Span::parse)]
+        wait: Option<Span>,
     },
     /// With ClickHouse: mark resolved every rejection whose event_id a later committed event
     /// was accepted with (fixes sent to the pipeline's input, e.g. its Kafka topic).
@@ -77,7 +87,11 @@ impl QuarantineCommand {
                 print!("{}", render_list(&q, reason.as_deref()));
                 Ok(ExitCode::SUCCESS)
             }
-            QuarantineCommand::Replay { report, fixed } => replay(&report, &fixed),
+            QuarantineCommand::Replay {
+                report,
+                fixed,
+                wait,
+            } => replay(&report, &fixed, wait),
             QuarantineCommand::Resolve {
                 clickhouse_url,
                 config,
@@ -103,15 +117,13 @@ struct Outcome {
     rejected: Vec<(String, String)>,
 }
 
-fn replay(a: &ReportArgs, fixed: &Path) -> anyhow::Result<ExitCode> {
+fn replay(a: &ReportArgs, fixed: &Path, wait: Option<Span>) -> anyhow::Result<ExitCode> {
     let r = a.open("replay")?;
-    if r.ch.is_some() {
-        // A ClickHouse pipeline owns its commits: a second process must not write beside it.
-        anyhow::bail!(
-            "with ClickHouse, send the fixed records to the pipeline's input (its Kafka topic), each with the event_id of the record it fixes; once the pipeline has committed them, `meterflow quarantine resolve` marks their rejections resolved (a fix sent twice is a duplicate, billed once)"
-        );
+    let q = match &r.ch {
+        Some(ch) => from_clickhouse(ch),
+        None => from_output(&a.out),
     }
-    let q = from_output(&a.out).map_err(anyhow::Error::msg)?;
+    .map_err(anyhow::Error::msg)?;
     let text = std::fs::read_to_string(fixed)
         .with_context(|| format!("cannot read --fixed {}", fixed.display()))?;
     let quarantined = q.by_event_id();
@@ -123,6 +135,11 @@ fn replay(a: &ReportArgs, fixed: &Path) -> anyhow::Result<ExitCode> {
         println!("nothing to replay");
         return Ok(ExitCode::SUCCESS);
     }
+    if let Some(ch) = &r.ch {
+        if reads_kafka(ch, &r.cfg.kafka).map_err(anyhow::Error::msg)? {
+            return replay_to_kafka(ch, &r.cfg.kafka, (&chosen, &quarantined), wait);
+        }
+    }
     // The chosen records, in a file of their own: the run reads it as a new input, so its
     // offsets are the replayed records' lineage.
     let dir = std::fs::canonicalize(&a.out)
@@ -133,14 +150,19 @@ fn replay(a: &ReportArgs, fixed: &Path) -> anyhow::Result<ExitCode> {
     let body: String = chosen.iter().map(|(_, line)| format!("{line}\n")).collect();
     std::fs::write(&replay_file, body)
         .with_context(|| format!("cannot write {}", replay_file.display()))?;
-    let mut inputs = earlier_inputs(&a.out)?;
+    // A file-fed ClickHouse pipeline resumes from its commit and reads the new file whole; an
+    // embedded run is run again over its inputs, then the fixes.
+    let mut inputs = match r.ch {
+        Some(_) => Vec::new(),
+        None => earlier_inputs(&a.out)?,
+    };
     inputs.push(replay_file.clone());
     run(&RunArgs {
         inputs,
         catalog: a.catalog.clone(),
         out: a.out.clone(),
         config: a.config.clone(),
-        clickhouse_url: None,
+        clickhouse_url: a.clickhouse_url.clone(),
         cluster: Cluster {
             threads: 0,
             process: 0,
@@ -150,6 +172,10 @@ fn replay(a: &ReportArgs, fixed: &Path) -> anyhow::Result<ExitCode> {
         quiet: true,
         metrics_addr: None,
     })?;
+    if let Some(ch) = &r.ch {
+        let ids: Vec<&str> = chosen.iter().map(|(id, _)| id.as_str()).collect();
+        return resolve_replayed(ch, &ids, &format!("{}", replay_file.display()));
+    }
     let source = replay_file.display().to_string();
     let outcome = outcome_in_files(&a.out, &source).map_err(anyhow::Error::msg)?;
     let new: Vec<Resolution> = outcome
@@ -189,6 +215,120 @@ fn replay(a: &ReportArgs, fixed: &Path) -> anyhow::Result<ExitCode> {
         println!("  rejected again: {id}: {reason}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether the pipeline writing to `ch` reads Kafka: its last commit recorded a position in
+/// one of the configured topics (else it is fed from files).
+fn reads_kafka(ch: &ClickHouse, kafka: &KafkaConfig) -> Result<bool, String> {
+    let last = crate::sinks::clickhouse::progress::last_commit(ch, &kafka.topics)?;
+    Ok(last.is_some_and(|l| !l.progress.positions.is_empty()))
+}
+
+/// Sends each chosen fix to the topic its rejected record was read from (the first topic the
+/// pipeline reads if that one is not among them), keyed by event id; then waits up to `wait`
+/// for the pipeline to commit them and resolves them.
+fn replay_to_kafka(
+    ch: &ClickHouse,
+    kafka: &KafkaConfig,
+    (chosen, quarantined): (&[(String, &str)], &BTreeMap<String, Quarantined>),
+    wait: Option<Span>,
+) -> anyhow::Result<ExitCode> {
+    let mut by_topic: BTreeMap<&str, Vec<(String, &str)>> = BTreeMap::new();
+    for (id, line) in chosen {
+        let topic = quarantined
+            .get(id)
+            .map(|q| q.source.as_str())
+            .filter(|s| kafka.topics.iter().any(|t| t == s))
+            .unwrap_or(&kafka.topics[0]);
+        by_topic.entry(topic).or_default().push((id.clone(), *line));
+    }
+    for (topic, records) in &by_topic {
+        publish(kafka, topic, records).map_err(anyhow::Error::msg)?;
+        println!("sent {} fixes to {topic}", records.len());
+    }
+    let topic = by_topic.keys().copied().collect::<Vec<_>>().join(", ");
+    let Some(wait) = wait else {
+        println!("once the pipeline has committed them, `meterflow quarantine resolve` marks their rejections resolved (or replay with --wait 2m)");
+        return Ok(ExitCode::SUCCESS);
+    };
+    let ids: Vec<&str> = chosen.iter().map(|(id, _)| id.as_str()).collect();
+    let deadline =
+        std::time::Instant::now() + std::time::Duration::from_millis(wait.millis() as u64);
+    loop {
+        let new = resolve_in_clickhouse(ch).map_err(anyhow::Error::msg)?;
+        quarantine::to_clickhouse(ch, &new).map_err(anyhow::Error::msg)?;
+        let (resolved, again) = replay_outcome(ch, &ids).map_err(anyhow::Error::msg)?;
+        if resolved.len() + again.len() >= ids.len() || std::time::Instant::now() > deadline {
+            return Ok(report_replay(&ids, &topic, &resolved, &again));
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+}
+
+/// After a file-fed pipeline's run over the fixes: resolves what it accepted, and says so.
+fn resolve_replayed(ch: &ClickHouse, ids: &[&str], source: &str) -> anyhow::Result<ExitCode> {
+    let new = resolve_in_clickhouse(ch).map_err(anyhow::Error::msg)?;
+    quarantine::to_clickhouse(ch, &new).map_err(anyhow::Error::msg)?;
+    let (resolved, again) = replay_outcome(ch, ids).map_err(anyhow::Error::msg)?;
+    Ok(report_replay(ids, source, &resolved, &again))
+}
+
+/// Of the replayed event ids: those resolved, and those rejected again (with the latest reason).
+fn replay_outcome(
+    ch: &ClickHouse,
+    ids: &[&str],
+) -> Result<(BTreeSet<String>, BTreeMap<String, String>), String> {
+    #[derive(clickhouse::Row, serde::Deserialize)]
+    struct Again {
+        event_id: String,
+        reason: String,
+    }
+    let list = format!(
+        "({})",
+        crate::sinks::clickhouse::client::sql_list(ids.iter().copied())
+    );
+    let resolved: Vec<String> = ch.fetch(&format!(
+        "SELECT event_id FROM {{db}}.quarantine_resolutions WHERE event_id IN {list} \
+         GROUP BY event_id HAVING sum(sign) > 0"
+    ))?;
+    let again: Vec<Again> = ch.fetch(&format!(
+        "SELECT event_id, argMax(reason, epoch) AS reason FROM {{db}}.rejections \
+         WHERE event_id IN {list} AND epoch <= (SELECT max(epoch) FROM {{db}}.sink_progress) \
+         GROUP BY event_id HAVING count() > 1"
+    ))?;
+    let resolved: BTreeSet<String> = resolved.into_iter().collect();
+    let again = again
+        .into_iter()
+        .filter(|a| !resolved.contains(&a.event_id))
+        .map(|a| (a.event_id, a.reason))
+        .collect();
+    Ok((resolved, again))
+}
+
+fn report_replay(
+    ids: &[&str],
+    source: &str,
+    resolved: &BTreeSet<String>,
+    again: &BTreeMap<String, String>,
+) -> ExitCode {
+    let waiting: Vec<&&str> = ids
+        .iter()
+        .filter(|id| !resolved.contains(**id) && !again.contains_key(**id))
+        .collect();
+    println!(
+        "replayed {} records from {source}: {} accepted and billed (their rejections resolved), {} rejected again, {} not committed yet",
+        ids.len(),
+        resolved.len(),
+        again.len(),
+        waiting.len()
+    );
+    for (id, reason) in again {
+        println!("  rejected again: {id}: {reason}");
+    }
+    for id in waiting {
+        println!("  not committed yet: {id}");
+    }
+    ExitCode::SUCCESS
 }
 
 /// The inputs of the run that wrote `out`, in their order (the replay comes after them, so the

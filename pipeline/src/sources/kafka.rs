@@ -175,6 +175,70 @@ pub fn partitions(cfg: &KafkaConfig) -> Result<Vec<(String, i32)>, String> {
     Ok(out)
 }
 
+/// Counts what the brokers refused to take (a delivery callback; `flush` alone does not tell).
+#[derive(Default)]
+struct Refusals(std::sync::Mutex<Vec<String>>);
+
+impl rdkafka::ClientContext for Refusals {}
+
+impl rdkafka::producer::ProducerContext for Refusals {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &rdkafka::producer::DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result {
+            self.0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(e.to_string());
+        }
+    }
+}
+
+/// Produces `records` (key, payload) to `topic` and waits until the brokers acknowledged every
+/// one (`acks = all`, idempotent, no delivery timeout): a broker that is down is waited for,
+/// saying so every 10 s; a record the brokers refuse is an error.
+pub fn publish(kafka: &KafkaConfig, topic: &str, records: &[(String, &str)]) -> Result<(), String> {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let producer: BaseProducer<Refusals> = kafka
+        .producer_config()?
+        .set("message.timeout.ms", "0")
+        .create_with_context(Refusals::default())
+        .map_err(|e| format!("cannot create a producer for {topic}: {e}"))?;
+    for (key, payload) in records {
+        loop {
+            match producer.send(BaseRecord::to(topic).key(key).payload(*payload)) {
+                Ok(()) => break,
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ),
+                    _,
+                )) => {
+                    producer.poll(Duration::from_millis(100));
+                }
+                Err((e, _)) => return Err(format!("producing to {topic}: {e}")),
+            }
+        }
+    }
+    while let Err(e) = producer.flush(Duration::from_secs(10)) {
+        tracing::warn!(topic, brokers = %kafka.brokers, error = %e, "not yet acknowledged by Kafka; waiting");
+    }
+    let refused = std::mem::take(
+        &mut *producer
+            .context()
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()),
+    );
+    match refused.first() {
+        None => Ok(()),
+        Some(e) => Err(format!(
+            "{topic}: the brokers refused {} of {} records: {e}",
+            refused.len(),
+            records.len()
+        )),
+    }
+}
+
 /// Commits the pipeline's durable positions to the consumer group, for lag monitoring only:
 /// progress itself lives with the outputs (`sink_progress`), and a failed commit here is logged,
 /// never fatal. Commits are asynchronous; the last one is made synchronously at shutdown, waiting
