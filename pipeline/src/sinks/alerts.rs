@@ -32,6 +32,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::sinks::metrics::{sink_telemetry, AlertOutcome};
+use crate::sources::kafka::Refusals;
 
 /// `[alerts]` in the config.
 #[derive(Clone, Debug, Deserialize)]
@@ -283,7 +284,7 @@ impl AlertSink for Webhook {
 /// Publishes alerts to a Kafka topic, keyed by dedup key, as the generic JSON payload. A broker
 /// that is down is waited for (never dropped): `finish` retries the flush with backoff.
 pub struct KafkaAlerts {
-    producer: rdkafka::producer::BaseProducer,
+    producer: rdkafka::producer::BaseProducer<Refusals>,
     topic: String,
 }
 
@@ -294,7 +295,7 @@ impl KafkaAlerts {
     ) -> Result<KafkaAlerts, String> {
         let c = kafka.producer_config()?;
         let producer = c
-            .create()
+            .create_with_context(Refusals::default())
             .map_err(|e| format!("cannot create the alert producer: {e}"))?;
         Ok(KafkaAlerts {
             producer,
@@ -338,7 +339,14 @@ impl AlertSink for KafkaAlerts {
         let mut delay = Duration::from_millis(200);
         loop {
             match self.producer.flush(Duration::from_secs(10)) {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    // What the brokers refused (or did not take within the delivery timeout).
+                    for error in self.producer.context().take() {
+                        tracing::error!(topic = %self.topic, %error, "alert not delivered to Kafka");
+                        sink_telemetry().alert("kafka", AlertOutcome::Failed);
+                    }
+                    return Ok(());
+                }
                 Err(e) => {
                     tracing::warn!(topic = %self.topic, error = %e, "alerts not yet acknowledged by Kafka; waiting");
                     std::thread::sleep(delay);

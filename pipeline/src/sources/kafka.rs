@@ -175,9 +175,17 @@ pub fn partitions(cfg: &KafkaConfig) -> Result<Vec<(String, i32)>, String> {
     Ok(out)
 }
 
-/// Counts what the brokers refused to take (a delivery callback; `flush` alone does not tell).
+/// Records what the brokers refused to take (a delivery callback; `flush` alone does not
+/// tell).
 #[derive(Default)]
-struct Refusals(std::sync::Mutex<Vec<String>>);
+pub struct Refusals(std::sync::Mutex<Vec<String>>);
+
+impl Refusals {
+    /// The refusals since the last call.
+    pub fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
 
 impl rdkafka::ClientContext for Refusals {}
 
@@ -222,13 +230,7 @@ pub fn publish(kafka: &KafkaConfig, topic: &str, records: &[(String, &str)]) -> 
     while let Err(e) = producer.flush(Duration::from_secs(10)) {
         tracing::warn!(topic, brokers = %kafka.brokers, error = %e, "not yet acknowledged by Kafka; waiting");
     }
-    let refused = std::mem::take(
-        &mut *producer
-            .context()
-            .0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()),
-    );
+    let refused = producer.context().take();
     match refused.first() {
         None => Ok(()),
         Some(e) => Err(format!(
