@@ -222,13 +222,14 @@ fn files_appended_to_between_runs_are_billed_once_and_rewritten_ones_are_refused
         |from: usize, to: usize| lines[from * lines.len() / 20..to * lines.len() / 20].concat();
     // Pieces on chunk boundaries, so the runs below cut epochs where one run over the pieces
     // as separate files does, and must bill exactly like it; the last piece is not aligned.
-    let (a1, a2, b, c) = (
+    let (a1, a2, b, s, c) = (
         padded(&cut(0, 8), chunk),
         padded(&cut(8, 14), chunk),
-        padded(&cut(14, 19), chunk),
+        padded(&cut(14, 17), chunk),
+        padded(&cut(17, 19), chunk),
         cut(19, 20),
     );
-    for (name, piece) in [("a1", &a1), ("a2", &a2), ("b", &b), ("c", &c)] {
+    for (name, piece) in [("a1", &a1), ("a2", &a2), ("b", &b), ("s", &s), ("c", &c)] {
         std::fs::write(d.join(format!("{name}.jsonl")), piece).unwrap();
     }
     let path = |name: &str| d.join(name).display().to_string();
@@ -267,22 +268,50 @@ fn files_appended_to_between_runs_are_billed_once_and_rewritten_ones_are_refused
         file.write_all(piece.as_bytes()).unwrap();
     };
     // A producer writes live.jsonl; meterflow bills it, then what was appended to it, then a
-    // new file given alone.
+    // new file given alone, then what standard input brings.
     std::fs::write(d.join("live.jsonl"), &a1).unwrap();
     ok(run(&["live.jsonl"], "run1", true));
     append("live.jsonl", &a2);
     ok(run(&["live.jsonl"], "run2", true));
     std::fs::copy(d.join("b.jsonl"), d.join("new.jsonl")).unwrap();
     ok(run(&["new.jsonl"], "run3", true));
-    ok(run(&["a1.jsonl", "a2.jsonl", "b.jsonl"], "oracle", false));
-    let counts = assert_clickhouse_matches(&f.ch, &d.join("oracle"), "appended and new files");
+    let mut piped = Command::new(meterflow_bin())
+        .args([
+            "run",
+            "-i",
+            "-",
+            "-c",
+            &path("catalog"),
+            "-o",
+            &path("run-stdin"),
+        ])
+        .args([
+            "--config",
+            &path("append.toml"),
+            "-q",
+            "--clickhouse-url",
+            &f.ch.url(),
+        ])
+        .env("METERFLOW_LOG", "warn")
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut piped.stdin.take().unwrap(), s.as_bytes()).unwrap();
+    assert!(piped.wait().unwrap().success());
+    ok(run(
+        &["a1.jsonl", "a2.jsonl", "b.jsonl", "s.jsonl"],
+        "oracle",
+        false,
+    ));
+    let counts =
+        assert_clickhouse_matches(&f.ch, &d.join("oracle"), "appended files, new files, stdin");
     assert_stream_has(&counts, &["duplicates", "rejected", "corrections"]);
     // An append off the chunk grid, read with the file it was appended to: every record of it
     // counted once more (which epoch it lands in may differ from a run over separate files).
     append("new.jsonl", &c);
     ok(run(&["live.jsonl", "new.jsonl"], "run4", true));
     ok(run(
-        &["a1.jsonl", "a2.jsonl", "b.jsonl", "c.jsonl"],
+        &["a1.jsonl", "a2.jsonl", "b.jsonl", "s.jsonl", "c.jsonl"],
         "oracle-all",
         false,
     ));
