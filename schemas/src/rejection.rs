@@ -37,10 +37,11 @@ pub enum Reason {
     CorrectionMismatch,
     CorrectionAfterVoid,
     AmendNotSupported,
+    SignatureKeyRetired,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 28] = [
+    pub const ALL: [Reason; 29] = [
         Reason::MalformedJson,
         Reason::PayloadTooLarge,
         Reason::UnknownField,
@@ -69,6 +70,7 @@ impl Reason {
         Reason::CorrectionMismatch,
         Reason::CorrectionAfterVoid,
         Reason::AmendNotSupported,
+        Reason::SignatureKeyRetired,
     ];
 
     pub fn code(self) -> &'static str {
@@ -101,6 +103,7 @@ impl Reason {
             Reason::CorrectionMismatch => "correction_mismatch",
             Reason::CorrectionAfterVoid => "correction_after_void",
             Reason::AmendNotSupported => "amend_not_supported",
+            Reason::SignatureKeyRetired => "signature_key_retired",
         }
     }
 
@@ -135,6 +138,7 @@ impl Reason {
             Reason::CorrectionMismatch => "a void must repeat the original's fields with the quantity negated",
             Reason::CorrectionAfterVoid => "the original was already voided; send a new event instead of correcting a voided one",
             Reason::AmendNotSupported => "this SKU is metered by max, unique count or latest, or priced per transaction with a min_fee / max_fee: void the original and send the corrected event as a new one",
+            Reason::SignatureKeyRetired => "the key was rotated out: sign with a current key (integrity.keys) and send the event again under the same event_id",
         }
     }
 }

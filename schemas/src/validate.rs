@@ -48,6 +48,8 @@ pub struct ValidationRules {
     pub integrity: IntegrityMode,
     /// HMAC keys by `signature.key_id`.
     pub keys: HashMap<String, Vec<u8>>,
+    /// Key ids rotated out: an event signed under one is rejected, valid or not.
+    pub retired_keys: Vec<String>,
     pub envelope: EnvelopeRules,
 }
 
@@ -61,6 +63,7 @@ impl Default for ValidationRules {
             max_id_bytes: 256,
             integrity: IntegrityMode::Verify,
             keys: HashMap::new(),
+            retired_keys: Vec::new(),
             envelope: EnvelopeRules::default(),
         }
     }
@@ -412,6 +415,13 @@ impl Validator {
         }
         let mut verified_signature = false;
         if let Some(sig) = &w.signature {
+            if self.rules.retired_keys.iter().any(|k| **k == *sig.key_id) {
+                return reject(
+                    Reason::SignatureKeyRetired,
+                    Some("signature.key_id"),
+                    format!("key `{}` is retired", sig.key_id),
+                );
+            }
             let Some(key) = self.rules.keys.get(sig.key_id.as_ref()) else {
                 return reject(
                     Reason::UnknownSigningKey,

@@ -1500,3 +1500,113 @@ fn a_replayed_fix_is_billed_once_and_resolves_its_rejection() {
         String::from_utf8_lossy(&o2.stdout)
     );
 }
+
+/// Signed events through `meterflow run` with a key rotation under way: both active keys
+/// verify, a retired key is refused with its own reason even when its signature is valid, a
+/// tampered quantity fails its signature, and no secret appears in any output.
+#[test]
+fn a_rotated_signing_key_is_refused_and_tampering_is_caught() {
+    use meterflow_schemas::canonical::CanonicalFields;
+    use meterflow_schemas::fixtures::{api, canonical_of, signature, CATALOG};
+    use meterflow_schemas::money::Quantity;
+    use meterflow_schemas::time::EventTime;
+    let s = Scratch::new("signing-keys");
+    let dir = s.path();
+    std::fs::create_dir_all(dir.join("catalog")).unwrap();
+    std::fs::write(dir.join("catalog/catalog.toml"), CATALOG).unwrap();
+    let t = "2026-11-01T10:00:00Z";
+    let signed = |id: &str, key_id: &str, secret: &[u8]| {
+        let canon = canonical_of(&CanonicalFields {
+            event_id: id,
+            customer_id: "acme",
+            contract_id: "acme-2026",
+            sku: "api_calls",
+            unit: "requests",
+            quantity: Quantity::from_units(3),
+            time: EventTime::parse_rfc3339(t).unwrap(),
+            environment: "production",
+            ..Default::default()
+        });
+        let sig = signature(secret, &canon);
+        api(id, "3", t).replace(
+            r#""environment""#,
+            &format!(r#""signature":{{"key_id":"{key_id}","hmac_sha256":"{sig}"}},"environment""#),
+        )
+    };
+    let (old, new, retired) = ("0ld-k3y-s3cret", "n3w-k3y-s3cret", "r3tired-s3cret");
+    let lines = [
+        signed("e-old", "2026-10", old.as_bytes()),
+        signed("e-new", "2026-11", new.as_bytes()),
+        signed("e-retired", "2026-09", retired.as_bytes()),
+        signed("e-tampered", "2026-11", new.as_bytes())
+            .replace(r#""quantity":"3""#, r#""quantity":"3000""#),
+    ];
+    std::fs::write(dir.join("events.jsonl"), lines.join("\n") + "\n").unwrap();
+    std::fs::write(
+        dir.join("signed.toml"),
+        "[integrity]\nmode = \"require_signature\"\n\n[integrity.keys]\n\"2026-09\" = { retired = true }\n\"2026-10\" = { env = \"METERFLOW_TEST_KEY_OLD\" }\n\"2026-11\" = { env = \"METERFLOW_TEST_KEY_NEW\" }\n",
+    )
+    .unwrap();
+    let out = Command::new(meterflow_bin())
+        .args(["run", "-i", dir.join("events.jsonl").to_str().unwrap()])
+        .args([
+            "-c",
+            dir.join("catalog").to_str().unwrap(),
+            "-o",
+            dir.join("out").to_str().unwrap(),
+        ])
+        .args(["--config", dir.join("signed.toml").to_str().unwrap()])
+        .env("METERFLOW_TEST_KEY_OLD", old)
+        .env("METERFLOW_TEST_KEY_NEW", new)
+        .env("METERFLOW_LOG", "debug")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rejections: BTreeMap<String, String> = read_table(&dir.join("out"), "rejections")
+        .unwrap()
+        .iter()
+        .map(|r| (r["event_id"].clone(), r["reason"].clone()))
+        .collect();
+    let want: BTreeMap<String, String> = [
+        ("e-retired", "signature_key_retired"),
+        ("e-tampered", "bad_signature"),
+    ]
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .into();
+    assert_eq!(rejections, want);
+    let mut accepted: Vec<String> = read_table(&dir.join("out"), "usage_events")
+        .unwrap()
+        .iter()
+        .map(|r| r["event_id"].clone())
+        .collect();
+    accepted.sort();
+    assert_eq!(accepted, ["e-new", "e-old"], "both active keys verify");
+    // The keys are in no log line, table or report.
+    let mut seen =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    for entry in std::fs::read_dir(dir.join("out")).unwrap() {
+        let path = entry.unwrap().path();
+        let files = if path.is_dir() {
+            std::fs::read_dir(&path)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect()
+        } else {
+            vec![path]
+        };
+        for f in files {
+            seen += &String::from_utf8_lossy(&std::fs::read(f).unwrap());
+        }
+    }
+    assert!(
+        seen.contains("signature_key_retired"),
+        "the outputs were read"
+    );
+    for secret in [old, new] {
+        assert!(!seen.contains(secret), "a key leaked into the outputs");
+    }
+}

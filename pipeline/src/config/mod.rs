@@ -132,18 +132,24 @@ impl Default for ValidationConfig {
 pub struct IntegrityConfig {
     /// off | verify (check when present) | require (checksum or signature) | require_signature.
     pub mode: IntegrityMode,
-    /// HMAC keys by `signature.key_id`; each from an environment variable or a file.
-    pub keys: BTreeMap<String, SecretSource>,
+    /// HMAC keys by `signature.key_id`; each from an environment variable or a file, or
+    /// marked retired.
+    pub keys: BTreeMap<String, SigningKey>,
 }
 
-/// Where a secret comes from. Secrets never live in the config file itself.
+/// A producer's HMAC key: where its secret comes from (never the config file itself), or that
+/// it was rotated out.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SecretSource {
+pub struct SigningKey {
     /// Name of an environment variable holding the key.
     pub env: Option<String>,
     /// Path of a file holding the key (trailing newline ignored).
     pub file: Option<PathBuf>,
+    /// Rotated out: events signed under this key id are rejected as `signature_key_retired`
+    /// (its secret is no longer needed).
+    #[serde(default)]
+    pub retired: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -313,7 +319,12 @@ impl Config {
             ));
         }
         let mut keys = HashMap::new();
+        let mut retired_keys = Vec::new();
         for (id, source) in &self.integrity.keys {
+            if source.retired {
+                retired_keys.push(id.clone());
+                continue;
+            }
             let key = match (&source.env, &source.file) {
                 (Some(var), None) => std::env::var(var).map_err(|_| {
                     err(
@@ -335,7 +346,7 @@ impl Config {
                 _ => {
                     return Err(err(
                         format!("integrity.keys.{id} needs exactly one of env or file"),
-                        "write { env = \"VAR\" } or { file = \"/path/to/key\" }",
+                        "write { env = \"VAR\" } or { file = \"/path/to/key\" }, or { retired = true } for a key rotated out",
                     ))
                 }
             };
@@ -370,6 +381,7 @@ impl Config {
             max_id_bytes: 256,
             integrity: self.integrity.mode,
             keys,
+            retired_keys,
             envelope: EnvelopeRules {
                 cloudevent_types: self.validation.cloudevent_types.clone(),
             },
@@ -456,5 +468,16 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.validation_rules("x.toml").unwrap().keys["p1"], b"s3cret");
+        let c = Config::parse(
+            "[integrity.keys.old]\nretired = true\n[integrity.keys.p1]\nenv = \"METERFLOW_TEST_KEY_SET\"\n",
+            "x.toml",
+        )
+        .unwrap();
+        let rules = c.validation_rules("x.toml").unwrap();
+        assert_eq!(rules.retired_keys, ["old"]);
+        assert!(
+            !rules.keys.contains_key("old"),
+            "a retired key needs no secret"
+        );
     }
 }

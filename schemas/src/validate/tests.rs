@@ -329,3 +329,54 @@ fn regions_pick_their_price() {
         Some(r#"{"a":"x","b":1}"#)
     );
 }
+
+#[test]
+fn keys_rotate_and_a_signature_covers_quantity_customer_and_time() {
+    let t = "2026-11-01T10:00:00Z";
+    let canon = fixtures::canonical_of(&crate::canonical::CanonicalFields {
+        event_id: "e1",
+        customer_id: "acme",
+        contract_id: "acme-2026",
+        sku: "api_calls",
+        unit: "requests",
+        quantity: Quantity::from_units(3),
+        time: EventTime::parse_rfc3339(t).unwrap(),
+        environment: "production",
+        ..Default::default()
+    });
+    let signed = |key_id: &str, secret: &[u8]| {
+        let sig = fixtures::signature(secret, &canon);
+        api("e1", "3", t).replace(
+            r#""environment""#,
+            &format!(r#""signature":{{"key_id":"{key_id}","hmac_sha256":"{sig}"}},"environment""#),
+        )
+    };
+    // Mid-rotation: the old and the new key are both active; the one before them is retired.
+    let mut rules = ValidationRules::default();
+    rules.keys.insert("2026-10".into(), b"old".to_vec());
+    rules.keys.insert("2026-11".into(), b"new".to_vec());
+    rules.retired_keys.push("2026-09".into());
+    rules.integrity = IntegrityMode::RequireSignature;
+    let mut v = validator(rules);
+    for (key_id, secret) in [("2026-10", &b"old"[..]), ("2026-11", b"new")] {
+        assert!(run(&mut v, &signed(key_id, secret)).is_ok(), "{key_id}");
+    }
+    let retired = run(&mut v, &signed("2026-09", b"older")).unwrap_err();
+    assert_eq!(retired.reason, Reason::SignatureKeyRetired);
+    assert_eq!(retired.field.as_deref(), Some("signature.key_id"));
+    // A valid signature does not carry over to a changed quantity, customer or time.
+    let good = signed("2026-11", b"new");
+    for (from, to) in [
+        (r#""quantity":"3""#, r#""quantity":"300""#),
+        (r#""customer_id":"acme""#, r#""customer_id":"globex""#),
+        (t, "2026-11-01T11:00:00Z"),
+    ] {
+        let tampered = good.replace(from, to);
+        assert_ne!(tampered, good, "{from} is in the record");
+        assert_eq!(
+            run(&mut v, &tampered).unwrap_err().reason,
+            Reason::BadSignature,
+            "{from} → {to}"
+        );
+    }
+}
