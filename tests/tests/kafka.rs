@@ -1236,3 +1236,85 @@ fn fixes_sent_to_the_topic_are_billed_once_and_resolve_their_rejections() {
         "{listed}"
     );
 }
+
+/// Events signed by the Python example producer (`deploy/examples/signing_producer.py`: decimal
+/// quantities, time zones, metadata, voids), sent through a broker: meterflow verifies every one
+/// under `require_signature`; the same events with one quantity changed fail their signature.
+#[test]
+fn events_signed_by_the_python_producer_verify_through_the_broker() {
+    let dir = Scratch::new("python-signing");
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("catalog")).unwrap();
+    std::fs::write(
+        d.join("catalog/catalog.toml"),
+        meterflow_schemas::fixtures::CATALOG,
+    )
+    .unwrap();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/examples/signing_producer.py");
+    let produced = Command::new("python3")
+        .arg(&script)
+        .args([
+            "--key-id",
+            "2026-11",
+            "--customer",
+            "acme",
+            "--contract",
+            "acme-2026",
+        ])
+        .args([
+            "--sku",
+            "api_calls",
+            "--unit",
+            "requests",
+            "--events",
+            "200",
+        ])
+        .env("METERFLOW_KEY", "py-producer-s3cret")
+        .output()
+        .unwrap();
+    assert!(
+        produced.status.success(),
+        "{}",
+        String::from_utf8_lossy(&produced.stderr)
+    );
+    let text = String::from_utf8(produced.stdout).unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    assert!(lines.len() > 200, "events and their voids");
+    // One more: a signed event whose quantity was changed after signing.
+    let tampered = lines[2].replace(r#""quantity":"0.125""#, r#""quantity":"0.126""#);
+    assert_ne!(tampered, lines[2]);
+    lines.push(&tampered);
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic(TOPIC, 2, 1).unwrap();
+    let mut producer = UsageProducer::new(&cluster.bootstrap_servers(), TOPIC, 2, BATCHING);
+    producer.send_lines(&lines);
+    producer.flush();
+    std::fs::write(
+        d.join("signed.toml"),
+        format!(
+            "[kafka]\nbrokers = \"{}\"\ntopics = [\"{TOPIC}\"]\nexit_when_idle = \"2s\"\n\n[integrity]\nmode = \"require_signature\"\n\n[integrity.keys]\n\"2026-11\" = {{ env = \"METERFLOW_TEST_PY_KEY\" }}\n",
+            cluster.bootstrap_servers()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(meterflow_bin())
+        .args(["run", "-c", d.join("catalog").to_str().unwrap()])
+        .args(["-o", d.join("out").to_str().unwrap()])
+        .args(["--config", d.join("signed.toml").to_str().unwrap(), "-q"])
+        .env("METERFLOW_TEST_PY_KEY", "py-producer-s3cret")
+        .env("METERFLOW_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let counts: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("out/counts.json")).unwrap()).unwrap();
+    assert_eq!(counts["received"], lines.len() as u64, "{counts}");
+    assert_eq!(counts["accepted"], (lines.len() - 1) as u64, "{counts}");
+    assert_eq!(counts["rejected_by_reason"]["bad_signature"], 1, "{counts}");
+    assert!(counts["corrections"].as_u64().unwrap() > 0, "{counts}");
+}
