@@ -50,6 +50,8 @@ pub struct ValidationRules {
     pub keys: HashMap<String, Vec<u8>>,
     /// Key ids rotated out: an event signed under one is rejected, valid or not.
     pub retired_keys: Vec<String>,
+    /// Customers whose events must carry a valid signature, whatever `integrity` says.
+    pub signatures_required_for: Vec<String>,
     pub envelope: EnvelopeRules,
 }
 
@@ -64,6 +66,7 @@ impl Default for ValidationRules {
             integrity: IntegrityMode::Verify,
             keys: HashMap::new(),
             retired_keys: Vec::new(),
+            signatures_required_for: Vec::new(),
             envelope: EnvelopeRules::default(),
         }
     }
@@ -282,7 +285,7 @@ impl Validator {
             correction: correction.map(|(a, o)| (a.as_str(), o)),
         };
         self.canonical.render(&fields);
-        self.check_integrity(w)?;
+        self.check_integrity(w, customer_id)?;
         let payload_fingerprint = self.canonical.payload_fingerprint();
 
         let catalog = &*self.catalog;
@@ -408,7 +411,7 @@ impl Validator {
         })
     }
 
-    fn check_integrity(&self, w: &WireEvent<'_>) -> Checked<()> {
+    fn check_integrity(&self, w: &WireEvent<'_>, customer_id: &str) -> Checked<()> {
         let mode = self.rules.integrity;
         if mode == IntegrityMode::Off {
             return Ok(());
@@ -459,6 +462,19 @@ impl Validator {
                 Some("signature"),
                 "a signature is required",
             ),
+            _ if !verified_signature
+                && self
+                    .rules
+                    .signatures_required_for
+                    .iter()
+                    .any(|c| c == customer_id) =>
+            {
+                reject(
+                    Reason::MissingIntegrity,
+                    Some("signature"),
+                    format!("customer `{customer_id}` requires signed events"),
+                )
+            }
             _ => Ok(()),
         }
     }

@@ -135,6 +135,8 @@ pub struct IntegrityConfig {
     /// HMAC keys by `signature.key_id`; each from an environment variable or a file, or
     /// marked retired.
     pub keys: BTreeMap<String, SigningKey>,
+    /// Customers whose events must be signed even when `mode` asks less of the others.
+    pub require_signature_for: Vec<String>,
 }
 
 /// A producer's HMAC key: where its secret comes from (never the config file itself), or that
@@ -358,6 +360,21 @@ impl Config {
             }
             keys.insert(id.clone(), key.into_bytes());
         }
+        if !self.integrity.require_signature_for.is_empty() {
+            if matches!(self.integrity.mode, IntegrityMode::Off) {
+                return Err(err(
+                    "integrity.require_signature_for is set but integrity.mode = off ignores signatures".into(),
+                    "set integrity.mode = \"verify\" (or stricter)",
+                ));
+            }
+            if keys.is_empty() {
+                return Err(err(
+                    "integrity.require_signature_for is set but no integrity.keys are configured"
+                        .into(),
+                    "configure those customers' keys under [integrity.keys]",
+                ));
+            }
+        }
         if matches!(self.integrity.mode, IntegrityMode::RequireSignature) && keys.is_empty() {
             return Err(err(
                 "integrity.mode = require_signature but no integrity.keys are configured".into(),
@@ -382,6 +399,7 @@ impl Config {
             integrity: self.integrity.mode,
             keys,
             retired_keys,
+            signatures_required_for: self.integrity.require_signature_for.clone(),
             envelope: EnvelopeRules {
                 cloudevent_types: self.validation.cloudevent_types.clone(),
             },
@@ -478,6 +496,27 @@ mod tests {
         assert!(
             !rules.keys.contains_key("old"),
             "a retired key needs no secret"
+        );
+        let off = Config::parse(
+            "[integrity]\nmode = \"off\"\nrequire_signature_for = [\"acme\"]\n[integrity.keys.p1]\nenv = \"METERFLOW_TEST_KEY_SET\"\n",
+            "x.toml",
+        )
+        .unwrap();
+        let e = off.validation_rules("x.toml").unwrap_err().to_string();
+        assert!(
+            e.contains("require_signature_for") && e.contains("verify"),
+            "{e}"
+        );
+        let some = Config::parse(
+            "[integrity]\nrequire_signature_for = [\"acme\"]\n[integrity.keys.p1]\nenv = \"METERFLOW_TEST_KEY_SET\"\n",
+            "x.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            some.validation_rules("x.toml")
+                .unwrap()
+                .signatures_required_for,
+            ["acme"]
         );
     }
 }

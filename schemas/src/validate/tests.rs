@@ -380,3 +380,54 @@ fn keys_rotate_and_a_signature_covers_quantity_customer_and_time() {
         );
     }
 }
+
+#[test]
+fn a_customer_can_require_signed_events_while_others_need_none() {
+    let t = "2026-11-01T10:00:00Z";
+    let canon = fixtures::canonical_of(&crate::canonical::CanonicalFields {
+        event_id: "e1",
+        customer_id: "acme",
+        contract_id: "acme-2026",
+        sku: "api_calls",
+        unit: "requests",
+        quantity: Quantity::from_units(3),
+        time: EventTime::parse_rfc3339(t).unwrap(),
+        environment: "production",
+        ..Default::default()
+    });
+    let sig = fixtures::signature(b"acme-key", &canon);
+    let mut rules = ValidationRules::default();
+    rules.keys.insert("acme".into(), b"acme-key".to_vec());
+    rules.signatures_required_for.push("acme".into());
+    let mut v = validator(rules);
+    let unsigned = run(&mut v, &api("e1", "3", t)).unwrap_err();
+    assert_eq!(unsigned.reason, Reason::MissingIntegrity);
+    assert!(unsigned.message.contains("acme"), "{}", unsigned.message);
+    let signed = api("e1", "3", t).replace(
+        r#""environment""#,
+        &format!(r#""signature":{{"key_id":"acme","hmac_sha256":"{sig}"}},"environment""#),
+    );
+    assert!(run(&mut v, &signed).is_ok());
+    // A checksum is not enough for acme; globex needs nothing.
+    let summed = api("e1", "3", t).replace(
+        r#""environment""#,
+        &format!(
+            r#""checksum":"{}","environment""#,
+            fixtures::checksum(&canon)
+        ),
+    );
+    assert_eq!(
+        run(&mut v, &summed).unwrap_err().reason,
+        Reason::MissingIntegrity
+    );
+    let globex = event(
+        "e2",
+        "globex",
+        "globex-legacy",
+        "api_calls",
+        "requests",
+        "3",
+        t,
+    );
+    assert!(run(&mut v, &globex).is_ok(), "{:?}", run(&mut v, &globex));
+}
