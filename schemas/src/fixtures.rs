@@ -178,6 +178,35 @@ pub fn api(id: &str, quantity: &str, time: &str) -> String {
     )
 }
 
+/// The canonical form of [`api`]`(id, "3", time)`.
+pub fn api_canonical(id: &str, time: &str) -> Vec<u8> {
+    canonical_of(&CanonicalFields {
+        event_id: id,
+        customer_id: "acme",
+        contract_id: "acme-2026",
+        sku: "api_calls",
+        unit: "requests",
+        quantity: crate::money::Quantity::from_units(3),
+        time: crate::time::EventTime::parse_rfc3339(time).expect("an RFC 3339 time"),
+        environment: "production",
+        ..Default::default()
+    })
+}
+
+/// `line` (an event from [`event`]) with `extra` (JSON members) before its environment.
+pub fn with_fields(line: &str, extra: &str) -> String {
+    line.replace(r#""environment""#, &format!(r#"{extra},"environment""#))
+}
+
+/// [`api`]`(id, "3", time)`, signed under `key_id` with `secret`.
+pub fn signed_api(id: &str, time: &str, key_id: &str, secret: &[u8]) -> String {
+    let sig = signature(secret, &api_canonical(id, time));
+    with_fields(
+        &api(id, "3", time),
+        &format!(r#""signature":{{"key_id":"{key_id}","hmac_sha256":"{sig}"}}"#),
+    )
+}
+
 /// Canonical bytes of `fields`.
 pub fn canonical_of(fields: &CanonicalFields<'_>) -> Vec<u8> {
     Canonical::default().render(fields).to_vec()

@@ -1506,33 +1506,13 @@ fn a_replayed_fix_is_billed_once_and_resolves_its_rejection() {
 /// tampered quantity fails its signature, and no secret appears in any output.
 #[test]
 fn a_rotated_signing_key_is_refused_and_tampering_is_caught() {
-    use meterflow_schemas::canonical::CanonicalFields;
-    use meterflow_schemas::fixtures::{api, canonical_of, signature, CATALOG};
-    use meterflow_schemas::money::Quantity;
-    use meterflow_schemas::time::EventTime;
+    use meterflow_schemas::fixtures::{signed_api, CATALOG};
     let s = Scratch::new("signing-keys");
     let dir = s.path();
     std::fs::create_dir_all(dir.join("catalog")).unwrap();
     std::fs::write(dir.join("catalog/catalog.toml"), CATALOG).unwrap();
     let t = "2026-11-01T10:00:00Z";
-    let signed = |id: &str, key_id: &str, secret: &[u8]| {
-        let canon = canonical_of(&CanonicalFields {
-            event_id: id,
-            customer_id: "acme",
-            contract_id: "acme-2026",
-            sku: "api_calls",
-            unit: "requests",
-            quantity: Quantity::from_units(3),
-            time: EventTime::parse_rfc3339(t).unwrap(),
-            environment: "production",
-            ..Default::default()
-        });
-        let sig = signature(secret, &canon);
-        api(id, "3", t).replace(
-            r#""environment""#,
-            &format!(r#""signature":{{"key_id":"{key_id}","hmac_sha256":"{sig}"}},"environment""#),
-        )
-    };
+    let signed = |id: &str, key_id: &str, secret: &[u8]| signed_api(id, t, key_id, secret);
     let (old, new, retired) = ("0ld-k3y-s3cret", "n3w-k3y-s3cret", "r3tired-s3cret");
     let lines = [
         signed("e-old", "2026-10", old.as_bytes()),

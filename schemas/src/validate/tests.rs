@@ -236,17 +236,7 @@ fn the_fingerprint_ignores_formatting_but_not_content() {
 #[test]
 fn integrity_checksums_and_signatures() {
     let t = "2026-11-01T10:00:00Z";
-    let canon = fixtures::canonical_of(&crate::canonical::CanonicalFields {
-        event_id: "e1",
-        customer_id: "acme",
-        contract_id: "acme-2026",
-        sku: "api_calls",
-        unit: "requests",
-        quantity: Quantity::from_units(3),
-        time: EventTime::parse_rfc3339(t).unwrap(),
-        environment: "production",
-        ..Default::default()
-    });
+    let canon = fixtures::api_canonical("e1", t);
     let with = |extra: &str| {
         api("e1", "3", t).replace(r#""environment""#, &format!(r#"{extra},"environment""#))
     };
@@ -333,24 +323,7 @@ fn regions_pick_their_price() {
 #[test]
 fn keys_rotate_and_a_signature_covers_quantity_customer_and_time() {
     let t = "2026-11-01T10:00:00Z";
-    let canon = fixtures::canonical_of(&crate::canonical::CanonicalFields {
-        event_id: "e1",
-        customer_id: "acme",
-        contract_id: "acme-2026",
-        sku: "api_calls",
-        unit: "requests",
-        quantity: Quantity::from_units(3),
-        time: EventTime::parse_rfc3339(t).unwrap(),
-        environment: "production",
-        ..Default::default()
-    });
-    let signed = |key_id: &str, secret: &[u8]| {
-        let sig = fixtures::signature(secret, &canon);
-        api("e1", "3", t).replace(
-            r#""environment""#,
-            &format!(r#""signature":{{"key_id":"{key_id}","hmac_sha256":"{sig}"}},"environment""#),
-        )
-    };
+    let signed = |key_id: &str, secret: &[u8]| fixtures::signed_api("e1", t, key_id, secret);
     // Mid-rotation: the old and the new key are both active; the one before them is retired.
     let mut rules = ValidationRules::default();
     rules.keys.insert("2026-10".into(), b"old".to_vec());
@@ -384,18 +357,6 @@ fn keys_rotate_and_a_signature_covers_quantity_customer_and_time() {
 #[test]
 fn a_customer_can_require_signed_events_while_others_need_none() {
     let t = "2026-11-01T10:00:00Z";
-    let canon = fixtures::canonical_of(&crate::canonical::CanonicalFields {
-        event_id: "e1",
-        customer_id: "acme",
-        contract_id: "acme-2026",
-        sku: "api_calls",
-        unit: "requests",
-        quantity: Quantity::from_units(3),
-        time: EventTime::parse_rfc3339(t).unwrap(),
-        environment: "production",
-        ..Default::default()
-    });
-    let sig = fixtures::signature(b"acme-key", &canon);
     let mut rules = ValidationRules::default();
     rules.keys.insert("acme".into(), b"acme-key".to_vec());
     rules.signatures_required_for.push("acme".into());
@@ -403,18 +364,13 @@ fn a_customer_can_require_signed_events_while_others_need_none() {
     let unsigned = run(&mut v, &api("e1", "3", t)).unwrap_err();
     assert_eq!(unsigned.reason, Reason::MissingIntegrity);
     assert!(unsigned.message.contains("acme"), "{}", unsigned.message);
-    let signed = api("e1", "3", t).replace(
-        r#""environment""#,
-        &format!(r#""signature":{{"key_id":"acme","hmac_sha256":"{sig}"}},"environment""#),
-    );
+    let signed = fixtures::signed_api("e1", t, "acme", b"acme-key");
     assert!(run(&mut v, &signed).is_ok());
     // A checksum is not enough for acme; globex needs nothing.
-    let summed = api("e1", "3", t).replace(
-        r#""environment""#,
-        &format!(
-            r#""checksum":"{}","environment""#,
-            fixtures::checksum(&canon)
-        ),
+    let canon = fixtures::api_canonical("e1", t);
+    let summed = fixtures::with_fields(
+        &api("e1", "3", t),
+        &format!(r#""checksum":"{}""#, fixtures::checksum(&canon)),
     );
     assert_eq!(
         run(&mut v, &summed).unwrap_err().reason,
