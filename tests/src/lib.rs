@@ -66,6 +66,17 @@ pub fn meterflow(args: &[&str]) -> Output {
         .expect("meterflow runs")
 }
 
+/// Runs `command` to its end and insists it succeeds (its stderr in the failure).
+pub fn run_ok(command: &mut Command) -> Output {
+    let out = command.output().expect("the command runs");
+    assert!(
+        out.status.success(),
+        "{command:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// Runs meterflow and insists it succeeds.
 pub fn meterflow_ok(args: &[&str]) -> Output {
     let out = meterflow(args);

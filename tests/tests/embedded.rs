@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use meterflow::reports::tables::current_rows;
 use meterflow::reports::tables::{read_table, Row};
 use meterflow_schemas::money::Amount;
-use meterflow_tests::{generate, meterflow, meterflow_bin, meterflow_ok, Scratch};
+use meterflow_tests::{generate, meterflow, meterflow_bin, meterflow_ok, run_ok, Scratch};
 
 fn counts(out: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(out.join("counts.json")).unwrap()).unwrap()
@@ -1527,24 +1527,19 @@ fn a_rotated_signing_key_is_refused_and_tampering_is_caught() {
         "[integrity]\nmode = \"require_signature\"\n\n[integrity.keys]\n\"2026-09\" = { retired = true }\n\"2026-10\" = { env = \"METERFLOW_TEST_KEY_OLD\" }\n\"2026-11\" = { env = \"METERFLOW_TEST_KEY_NEW\" }\n",
     )
     .unwrap();
-    let out = Command::new(meterflow_bin())
-        .args(["run", "-i", dir.join("events.jsonl").to_str().unwrap()])
-        .args([
-            "-c",
-            dir.join("catalog").to_str().unwrap(),
-            "-o",
-            dir.join("out").to_str().unwrap(),
-        ])
-        .args(["--config", dir.join("signed.toml").to_str().unwrap()])
-        .env("METERFLOW_TEST_KEY_OLD", old)
-        .env("METERFLOW_TEST_KEY_NEW", new)
-        .env("METERFLOW_LOG", "debug")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_ok(
+        Command::new(meterflow_bin())
+            .args(["run", "-i", dir.join("events.jsonl").to_str().unwrap()])
+            .args([
+                "-c",
+                dir.join("catalog").to_str().unwrap(),
+                "-o",
+                dir.join("out").to_str().unwrap(),
+            ])
+            .args(["--config", dir.join("signed.toml").to_str().unwrap()])
+            .env("METERFLOW_TEST_KEY_OLD", old)
+            .env("METERFLOW_TEST_KEY_NEW", new)
+            .env("METERFLOW_LOG", "debug"),
     );
     let rejections: BTreeMap<String, String> = read_table(&dir.join("out"), "rejections")
         .unwrap()

@@ -21,7 +21,7 @@ use meterflow_tests::oracle::{
     catalog_log, count, reference_config,
 };
 use meterflow_tests::servers::{write_hostfile, ClickHouseServer, Tansu};
-use meterflow_tests::{backdate, generate, meterflow_bin, meterflow_ok, Running, Scratch};
+use meterflow_tests::{backdate, generate, meterflow_bin, meterflow_ok, run_ok, Running, Scratch};
 use rdkafka::mocking::MockCluster;
 
 const TOPIC: &str = "usage";
@@ -540,19 +540,14 @@ fn catalog_published_mid_stream(name: &str, processes: usize) {
         })
     };
     let publish_with = |actor: &str, flags: &[&str]| {
-        let out = Command::new(meterflow_bin())
-            .args(["catalog", "publish"])
-            .args(flags)
-            .arg(d.join("catalog"))
-            .arg("--config")
-            .arg(&config)
-            .env("METERFLOW_ACTOR", actor)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let out = run_ok(
+            Command::new(meterflow_bin())
+                .args(["catalog", "publish"])
+                .args(flags)
+                .arg(d.join("catalog"))
+                .arg("--config")
+                .arg(&config)
+                .env("METERFLOW_ACTOR", actor),
         );
         String::from_utf8(out.stdout).unwrap()
     };
@@ -1252,31 +1247,26 @@ fn events_signed_by_the_python_producer_verify_through_the_broker() {
     .unwrap();
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../deploy/examples/signing_producer.py");
-    let produced = Command::new("python3")
-        .arg(&script)
-        .args([
-            "--key-id",
-            "2026-11",
-            "--customer",
-            "acme",
-            "--contract",
-            "acme-2026",
-        ])
-        .args([
-            "--sku",
-            "api_calls",
-            "--unit",
-            "requests",
-            "--events",
-            "200",
-        ])
-        .env("METERFLOW_KEY", "py-producer-s3cret")
-        .output()
-        .unwrap();
-    assert!(
-        produced.status.success(),
-        "{}",
-        String::from_utf8_lossy(&produced.stderr)
+    let produced = run_ok(
+        Command::new("python3")
+            .arg(&script)
+            .args([
+                "--key-id",
+                "2026-11",
+                "--customer",
+                "acme",
+                "--contract",
+                "acme-2026",
+            ])
+            .args([
+                "--sku",
+                "api_calls",
+                "--unit",
+                "requests",
+                "--events",
+                "200",
+            ])
+            .env("METERFLOW_KEY", "py-producer-s3cret"),
     );
     let text = String::from_utf8(produced.stdout).unwrap();
     let mut lines: Vec<&str> = text.lines().collect();
@@ -1298,18 +1288,13 @@ fn events_signed_by_the_python_producer_verify_through_the_broker() {
         ),
     )
     .unwrap();
-    let out = Command::new(meterflow_bin())
-        .args(["run", "-c", d.join("catalog").to_str().unwrap()])
-        .args(["-o", d.join("out").to_str().unwrap()])
-        .args(["--config", d.join("signed.toml").to_str().unwrap(), "-q"])
-        .env("METERFLOW_TEST_PY_KEY", "py-producer-s3cret")
-        .env("METERFLOW_LOG", "warn")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        Command::new(meterflow_bin())
+            .args(["run", "-c", d.join("catalog").to_str().unwrap()])
+            .args(["-o", d.join("out").to_str().unwrap()])
+            .args(["--config", d.join("signed.toml").to_str().unwrap(), "-q"])
+            .env("METERFLOW_TEST_PY_KEY", "py-producer-s3cret")
+            .env("METERFLOW_LOG", "warn"),
     );
     let counts: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(d.join("out/counts.json")).unwrap()).unwrap();
