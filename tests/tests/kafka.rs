@@ -981,14 +981,14 @@ fn metrics_are_served_while_kafka_is_read_and_agree_with_counts_json() {
         .spawn()
         .map(Running)
         .unwrap();
-    let scrape = || -> Option<String> {
+    let get = |path: &str| -> Option<String> {
         let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: meterflow\r\n\r\n")
-            .ok()?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: meterflow\r\n\r\n").ok()?;
         let mut text = String::new();
         std::io::Read::read_to_string(&mut s, &mut text).ok()?;
         Some(text)
     };
+    let scrape = || get("/metrics");
     let value = |text: &str, series: &str| -> f64 {
         text.lines()
             .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
@@ -1028,6 +1028,11 @@ fn metrics_are_served_while_kafka_is_read_and_agree_with_counts_json() {
         lines.len() as f64,
         "every record of the topic is counted while the pipeline runs"
     );
+    // Probes for an orchestrator: alive, and ready while it reads and commits.
+    for probe in ["/healthz", "/readyz"] {
+        let answer = get(probe).unwrap_or_default();
+        assert!(answer.starts_with("HTTP/1.1 200 OK"), "{probe}: {answer}");
+    }
     assert!(child.0.wait().unwrap().success());
     let counts: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("counts.json")).unwrap()).unwrap();

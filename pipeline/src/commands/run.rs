@@ -98,6 +98,9 @@ pub fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
             report.elapsed = started.elapsed();
             return Ok(report);
         }
+        if let Some(m) = &metrics {
+            m.not_ready("switching to a new catalog");
+        }
         tracing::info!("drained and committed; resuming with the new catalog");
     }
 }
@@ -148,6 +151,9 @@ fn run_until_catalog_change(
     tracing::info!(sources = ?sources_for_log(args), workers = cluster.threads, processes = cluster.addresses.len().max(1), first_epoch = restored.resume.first_epoch(), "run started");
     let (inputs, generation) = (setup.input.dealt(&setup.file_sizes), restored.generation);
     let (wiring, resume) = Wiring::new(args, setup, restored, kept, switch.clone());
+    if let Some(m) = metrics {
+        m.ready();
+    }
     let execution = Execution {
         plan: wiring.plan.clone(),
         resume: Arc::new(resume),

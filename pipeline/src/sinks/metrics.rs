@@ -56,6 +56,8 @@ pub struct Metrics {
     watermark_lag: Gauge,
     /// What the counters have been raised to.
     last: Mutex<Counts>,
+    /// Why the pipeline is not reading yet (`None`: it is), for `/readyz`.
+    not_ready: Mutex<Option<String>>,
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> Result<IntCounter, String> {
@@ -279,6 +281,7 @@ impl Metrics {
             watermark_lag,
             registry: r,
             last: Mutex::new(Counts::default()),
+            not_ready: Mutex::new(Some("starting".into())),
         })
     }
 
@@ -343,6 +346,16 @@ impl Metrics {
         }
     }
 
+    /// `/readyz` answers 200 from now on (the pipeline reads and commits).
+    pub fn ready(&self) {
+        *self.not_ready.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// `/readyz` answers 503 with `why` (restoring from ClickHouse, switching catalogs...).
+    pub fn not_ready(&self, why: &str) {
+        *self.not_ready.lock().unwrap_or_else(|e| e.into_inner()) = Some(why.to_string());
+    }
+
     /// The metrics in the Prometheus text format.
     pub fn render(&self) -> Vec<u8> {
         let mut out = Vec::new();
@@ -381,20 +394,27 @@ impl Metrics {
             header.clear();
         }
         let path = request.split_whitespace().nth(1).unwrap_or("");
-        let (status, body, kind) = if request.starts_with("GET ")
-            && (path == "/metrics" || path.starts_with("/metrics?"))
-        {
-            (
+        let path = path.split('?').next().unwrap_or("");
+        let text = |status: &'static str, body: String| {
+            (status, body.into_bytes(), "text/plain".to_string())
+        };
+        let (status, body, kind) = match (request.starts_with("GET "), path) {
+            (true, "/metrics") => (
                 "200 OK",
                 self.render(),
                 TextEncoder::new().format_type().to_string(),
-            )
-        } else {
-            (
+            ),
+            // Liveness: the process answers.
+            (true, "/healthz") => text("200 OK", "ok\n".into()),
+            // Readiness: the pipeline reads and commits.
+            (true, "/readyz") => match &*self.not_ready.lock().unwrap_or_else(|e| e.into_inner()) {
+                None => text("200 OK", "ready\n".into()),
+                Some(why) => text("503 Service Unavailable", format!("not ready: {why}\n")),
+            },
+            _ => text(
                 "404 Not Found",
-                b"meterflow serves /metrics\n".to_vec(),
-                "text/plain".to_string(),
-            )
+                "meterflow serves /metrics, /healthz and /readyz\n".into(),
+            ),
         };
         let mut stream = stream;
         write!(
@@ -480,10 +500,23 @@ mod tests {
             ),
             Some(2.0)
         );
-        let mut s = TcpStream::connect(addr).unwrap();
-        s.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
-        let mut text = String::new();
-        std::io::Read::read_to_string(&mut s, &mut text).unwrap();
-        assert!(text.starts_with("HTTP/1.1 404"), "{text}");
+        let get = |path: &str| {
+            let mut s = TcpStream::connect(addr).unwrap();
+            write!(s, "GET {path} HTTP/1.1\r\n\r\n").unwrap();
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut s, &mut text).unwrap();
+            text
+        };
+        assert!(get("/").starts_with("HTTP/1.1 404"));
+        assert!(get("/healthz").starts_with("HTTP/1.1 200"));
+        let starting = get("/readyz");
+        assert!(
+            starting.starts_with("HTTP/1.1 503") && starting.ends_with("not ready: starting\n"),
+            "{starting}"
+        );
+        m.ready();
+        assert!(get("/readyz").starts_with("HTTP/1.1 200"));
+        m.not_ready("switching to a new catalog");
+        assert!(get("/readyz").contains("switching to a new catalog"));
     }
 }
