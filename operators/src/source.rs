@@ -325,6 +325,16 @@ pub fn check_before<R: ReadAt>(src: &R, at: u64) -> std::io::Result<u64> {
     Ok(meterflow_schemas::hashing::fingerprint(buf))
 }
 
+/// [`check_before`] `at` for a chunk whose `bytes` end at `at`: taken from the chunk when it
+/// holds the checked bytes (it nearly always does), else read from `src`.
+fn check_at_end<R: ReadAt>(src: &R, at: u64, bytes: &[u8]) -> std::io::Result<u64> {
+    let checked = CHECKED_BYTES.min(at) as usize;
+    match bytes.len().checked_sub(checked) {
+        Some(from) => Ok(meterflow_schemas::hashing::fingerprint(&bytes[from..])),
+        None => check_before(src, at),
+    }
+}
+
 /// Where each input continues after a commit that recorded `committed` (positions of inputs by
 /// index; `names` for messages): from its recorded position, or from the start for an input the
 /// commit did not read. An input that is shorter than, or differs just before, its recorded
@@ -354,9 +364,11 @@ pub fn resume_starts<R: ReadAt>(
                     p.next_offset
                 ));
             }
-            let check = check_before(input, p.next_offset)
-                .map_err(|e| format!("cannot read input {name}: {e}"))?;
-            if p.check != 0 && check != p.check {
+            let changed = p.check != 0
+                && check_before(input, p.next_offset)
+                    .map_err(|e| format!("cannot read input {name}: {e}"))?
+                    != p.check;
+            if changed {
                 return Err(format!(
                     "input {name} is not what a committed run billed: the bytes before offset {} \
                      differ, so it was rewritten, not appended to. {remedy}",
@@ -411,7 +423,7 @@ impl<R: ReadAt> ChunkReader for StripedReader<R> {
         let read = self
             .read(input, chunk, buf)
             .and_then(|(base_offset, next, bytes)| {
-                let check = check_before(&self.inputs[input], next)?;
+                let check = check_at_end(&self.inputs[input], next, &bytes)?;
                 Ok(Chunk {
                     epoch,
                     source: input as u32,

@@ -100,8 +100,7 @@ impl QuarantineCommand {
                 let Some(ch) = ch else {
                     anyhow::bail!("`quarantine resolve` reads ClickHouse: pass --clickhouse-url or a config with [clickhouse] url; an embedded run's fixes are resolved by `quarantine replay`");
                 };
-                let new = resolve_in_clickhouse(&ch).map_err(anyhow::Error::msg)?;
-                quarantine::to_clickhouse(&ch, &new).map_err(anyhow::Error::msg)?;
+                let new = resolve_committed(&ch).map_err(anyhow::Error::msg)?;
                 println!("{} rejections resolved by fixes accepted since", new.len());
                 Ok(ExitCode::SUCCESS)
             }
@@ -255,8 +254,6 @@ fn replay_to_kafka(
     let deadline =
         std::time::Instant::now() + std::time::Duration::from_millis(wait.millis() as u64);
     loop {
-        let new = resolve_in_clickhouse(ch).map_err(anyhow::Error::msg)?;
-        quarantine::to_clickhouse(ch, &new).map_err(anyhow::Error::msg)?;
         let (resolved, again) = replay_outcome(ch, &ids).map_err(anyhow::Error::msg)?;
         if resolved.len() + again.len() >= ids.len() || std::time::Instant::now() > deadline {
             return Ok(report_replay(&ids, &topic, &resolved, &again));
@@ -267,13 +264,12 @@ fn replay_to_kafka(
 
 /// After a file-fed pipeline's run over the fixes: resolves what it accepted, and says so.
 fn resolve_replayed(ch: &ClickHouse, ids: &[&str], source: &str) -> anyhow::Result<ExitCode> {
-    let new = resolve_in_clickhouse(ch).map_err(anyhow::Error::msg)?;
-    quarantine::to_clickhouse(ch, &new).map_err(anyhow::Error::msg)?;
     let (resolved, again) = replay_outcome(ch, ids).map_err(anyhow::Error::msg)?;
     Ok(report_replay(ids, source, &resolved, &again))
 }
 
-/// Of the replayed event ids: those resolved, and those rejected again (with the latest reason).
+/// Resolves the fixes committed so far; then, of the replayed event ids: those resolved, and
+/// those rejected again (with the latest reason).
 fn replay_outcome(
     ch: &ClickHouse,
     ids: &[&str],
@@ -283,6 +279,7 @@ fn replay_outcome(
         event_id: String,
         reason: String,
     }
+    resolve_committed(ch)?;
     let list = format!(
         "({})",
         crate::sinks::clickhouse::client::sql_list(ids.iter().copied())
@@ -374,6 +371,14 @@ fn outcome_in_files(out: &Path, source: &str) -> Result<Outcome, String> {
         .map(|r| (get(r, "event_id"), get(r, "reason")))
         .collect();
     Ok(Outcome { accepted, rejected })
+}
+
+/// Marks resolved, in ClickHouse, the rejections whose fixes are committed (see
+/// [`resolve_in_clickhouse`]); returns the new resolutions.
+fn resolve_committed(ch: &ClickHouse) -> Result<Vec<Resolution>, String> {
+    let new = resolve_in_clickhouse(ch)?;
+    quarantine::to_clickhouse(ch, &new)?;
+    Ok(new)
 }
 
 /// Rejections (up to the last commit) whose event_id an event accepted in a later epoch

@@ -32,7 +32,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::sinks::metrics::{sink_telemetry, AlertOutcome};
-use crate::sources::kafka::Refusals;
+use crate::sources::kafka::{send_with_room, Refusals};
 
 /// `[alerts]` in the config.
 #[derive(Clone, Debug, Deserialize)]
@@ -306,31 +306,19 @@ impl KafkaAlerts {
 
 impl AlertSink for KafkaAlerts {
     fn deliver(&mut self, alert: &Alert) -> Result<(), String> {
-        use rdkafka::producer::{BaseRecord, Producer};
         let body = alert.payload(&Format::Json).to_string();
-        loop {
-            let record = BaseRecord::to(&self.topic)
-                .key(&alert.dedup_key)
-                .payload(&body);
-            match self.producer.send(record) {
-                Ok(()) => {
-                    sink_telemetry().alert("kafka", AlertOutcome::Sent);
-                    return Ok(());
-                }
-                Err((
-                    rdkafka::error::KafkaError::MessageProduction(
-                        rdkafka::types::RDKafkaErrorCode::QueueFull,
-                    ),
-                    _,
-                )) => {
-                    self.producer.poll(Duration::from_millis(100));
-                }
-                Err((e, _)) => {
-                    sink_telemetry().alert("kafka", AlertOutcome::Failed);
-                    return Err(format!("publishing an alert to {}: {e}", self.topic));
-                }
+        let record = rdkafka::producer::BaseRecord::to(&self.topic)
+            .key(alert.dedup_key.as_str())
+            .payload(body.as_str());
+        match send_with_room(&self.producer, record) {
+            Ok(()) => {
+                sink_telemetry().alert("kafka", AlertOutcome::Sent);
+                Ok(())
             }
-            let _ = self.producer.flush(Duration::from_millis(0));
+            Err(e) => {
+                sink_telemetry().alert("kafka", AlertOutcome::Failed);
+                Err(format!("publishing an alert to {}: {e}", self.topic))
+            }
         }
     }
 

@@ -201,6 +201,25 @@ impl rdkafka::producer::ProducerContext for Refusals {
     }
 }
 
+/// Hands `record` to `producer`, waiting while the producer's queue is full.
+pub fn send_with_room<C: rdkafka::producer::ProducerContext<DeliveryOpaque = ()>>(
+    producer: &rdkafka::producer::BaseProducer<C>,
+    mut record: rdkafka::producer::BaseRecord<'_, str, str>,
+) -> Result<(), rdkafka::error::KafkaError> {
+    use rdkafka::error::KafkaError::MessageProduction;
+    use rdkafka::types::RDKafkaErrorCode::QueueFull;
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((MessageProduction(QueueFull), back)) => {
+                producer.poll(Duration::from_millis(100));
+                record = back;
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
+}
+
 /// Produces `records` (key, payload) to `topic` and waits until the brokers acknowledged every
 /// one (`acks = all`, idempotent, no delivery timeout): a broker that is down is waited for,
 /// saying so every 10 s; a record the brokers refuse is an error.
@@ -212,20 +231,8 @@ pub fn publish(kafka: &KafkaConfig, topic: &str, records: &[(String, &str)]) -> 
         .create_with_context(Refusals::default())
         .map_err(|e| format!("cannot create a producer for {topic}: {e}"))?;
     for (key, payload) in records {
-        loop {
-            match producer.send(BaseRecord::to(topic).key(key).payload(*payload)) {
-                Ok(()) => break,
-                Err((
-                    rdkafka::error::KafkaError::MessageProduction(
-                        rdkafka::types::RDKafkaErrorCode::QueueFull,
-                    ),
-                    _,
-                )) => {
-                    producer.poll(Duration::from_millis(100));
-                }
-                Err((e, _)) => return Err(format!("producing to {topic}: {e}")),
-            }
-        }
+        let record = BaseRecord::to(topic).key(key.as_str()).payload(*payload);
+        send_with_room(&producer, record).map_err(|e| format!("producing to {topic}: {e}"))?;
     }
     while let Err(e) = producer.flush(Duration::from_secs(10)) {
         tracing::warn!(topic, brokers = %kafka.brokers, error = %e, "not yet acknowledged by Kafka; waiting");
