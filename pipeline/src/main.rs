@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use meterflow::commands::catalog::CatalogCommand;
+use meterflow::commands::dashboard::DashboardCommand;
 use meterflow::commands::demo::DemoCommand;
 use meterflow::commands::gen::{self, GenArgs};
 use meterflow::commands::invoice::InvoiceCommand;
@@ -61,6 +62,8 @@ enum Command {
     Reconcile(ReconcileCommand),
     /// Capture rate (metered usage billed, the gap by cause) and invoice error rate.
     Scorecard(ScorecardCommand),
+    /// Exec, account and ops dashboards as web pages (and JSON), over a run's output or ClickHouse.
+    Dashboard(DashboardCommand),
     /// Rejected records: list them by reason, replay their fixes.
     Quarantine {
         #[command(subcommand)]
@@ -128,5 +131,6 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Reconcile(c) => c.execute(),
         Command::Scorecard(c) => c.execute(),
         Command::Quarantine { command } => command.execute(),
+        Command::Dashboard(c) => c.execute(),
     }
 }

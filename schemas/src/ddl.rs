@@ -438,6 +438,120 @@ ORDER BY (customer_id, comparison, contract_id, sku, region, service_period, inv
         // Reconciliation checks invoice-level lines and invoice totals too: which one a row is.
         sql: Sql::Text("ALTER TABLE {db}.reconciliation ADD COLUMN line_type String"),
     },
+    // The dashboard's numbers as views (migrations 31-39), so data teams query the same
+    // definitions `meterflow dashboard` shows. Signed tables are netted with `sum(x * sign)`.
+    Migration {
+        id: 31,
+        name: "v_exec_revenue",
+        // Current invoice money per invoice period, customer, line type and currency.
+        sql: Sql::Text(
+            "CREATE VIEW IF NOT EXISTS {db}.v_exec_revenue AS \
+             SELECT invoice_period, customer_id, line_type, currency, \
+             sum(events * sign) AS events, sum(amount * sign) AS amount \
+             FROM {db}.invoice_lines \
+             GROUP BY invoice_period, customer_id, line_type, currency",
+        ),
+    },
+    Migration {
+        id: 32,
+        name: "v_exec_daily",
+        // Accepted billable usage per day (UTC), customer and SKU, from the hourly buckets.
+        sql: Sql::Text(
+            "CREATE VIEW IF NOT EXISTS {db}.v_exec_daily AS \
+             SELECT toDate(bucket_start) AS day, customer_id, sku, \
+             sum(events * sign) AS events, sum(quantity * sign) AS quantity \
+             FROM {db}.usage_buckets \
+             GROUP BY day, customer_id, sku",
+        ),
+    },
+    Migration {
+        id: 33,
+        name: "v_exec_capture",
+        // The leak scorecard as `meterflow scorecard` last recorded it.
+        sql: Sql::Text(
+            "CREATE VIEW IF NOT EXISTS {db}.v_exec_capture AS \
+             SELECT computed_at, run_id, measure, cause, period, customer_id, sku, currency, \
+             events, quantity, amount \
+             FROM {db}.scorecard \
+             WHERE run_id = (SELECT argMax(run_id, computed_at) FROM {db}.scorecard)",
+        ),
+    },
+    Migration {
+        id: 34,
+        name: "v_account_usage",
+        // Net usage per customer, contract, SKU and service period: what entitlements count.
+        sql: Sql::Text(
+            "CREATE VIEW IF NOT EXISTS {db}.v_account_usage AS \
+             SELECT customer_id, contract_id, sku, service_period, \
+             sum(events * sign) AS events, sum(quantity * sign) AS quantity \
+             FROM {db}.line_usage \
+             GROUP BY customer_id, contract_id, sku, service_period",
+        ),
+    },
+    Migration {
+        id: 35,
+        name: "v_account_signals",
+        // Entitlement and burn signals that stand now (crossed and not retracted).
+        sql: Sql::Text(
+            "CREATE VIEW IF NOT EXISTS {db}.v_account_signals AS \
+             SELECT customer_id, contract_id, sku, period, signal, percent, at_quantity, allowance \
+             FROM {db}.entitlement_signals \
+             GROUP BY customer_id, contract_id, sku, period, signal, percent, at_quantity, allowance \
+             HAVING sum(sign) > 0",
+        ),
+    },
+    Migration {
+        id: 36,
+        name: "v_ops_rejections",
+        // Rejected records per reason and day, with the fix, and how many are not resolved by a
+        // replay yet.
+        sql: Sql::Text(
+            "CREATE VIEW IF NOT EXISTS {db}.v_ops_rejections AS \
+             SELECT reason, toDate(rejected_at) AS day, any(remediation) AS remediation, \
+             count() AS records, \
+             countIf(event_id = '' OR event_id NOT IN \
+               (SELECT event_id FROM {db}.quarantine_resolutions GROUP BY event_id HAVING sum(sign) > 0)) \
+               AS unresolved \
+             FROM {db}.rejections \
+             GROUP BY reason, day",
+        ),
+    },
+    Migration {
+        id: 37,
+        name: "v_ops_arrivals",
+        // Accepted events per invoice period by arrival (on time, late, ...) and correction.
+        sql: Sql::Text(
+            "CREATE VIEW IF NOT EXISTS {db}.v_ops_arrivals AS \
+             SELECT invoice_period, arrival, correction_action, billable, count() AS events \
+             FROM {db}.usage_events \
+             GROUP BY invoice_period, arrival, correction_action, billable",
+        ),
+    },
+    Migration {
+        id: 38,
+        name: "v_ops_duplicates",
+        // Duplicate deliveries (retries, not billed) per day of their event time.
+        sql: Sql::Text(
+            "CREATE VIEW IF NOT EXISTS {db}.v_ops_duplicates AS \
+             SELECT toDate(event_time) AS day, count() AS duplicates \
+             FROM {db}.duplicates \
+             GROUP BY day",
+        ),
+    },
+    Migration {
+        id: 39,
+        name: "v_ops_anomalies",
+        // Anomalies that stand now.
+        sql: Sql::Text(
+            "CREATE VIEW IF NOT EXISTS {db}.v_ops_anomalies AS \
+             SELECT customer_id, sku, kind, window_start, window_end, observed, expected, score, \
+             severity, baseline, explanation \
+             FROM {db}.anomalies \
+             GROUP BY customer_id, sku, kind, window_start, window_end, observed, expected, score, \
+             severity, baseline, explanation \
+             HAVING sum(sign) > 0",
+        ),
+    },
 ];
 
 /// The table that records applied migrations (created before any migration runs).

@@ -86,14 +86,14 @@ pub struct Signal {
     pub allowance: Quantity,
 }
 
-/// Every signal of every period (by start) of one contract and SKU, from its net usage per
-/// period. `next` gives the start of the period after a given one (for rollover into periods
-/// without usage).
-pub fn signals(
+/// Each period's allowance and net usage (by start), from the first period with usage to the
+/// last: the allowance is `included` plus what rolled over from the period before. `next`
+/// gives the start of the period after a given one (periods without usage roll over too).
+pub fn allowances(
     e: &Entitlement,
     usage: &std::collections::BTreeMap<EventTime, Quantity>,
     next: impl Fn(EventTime) -> EventTime,
-) -> Vec<(EventTime, Signal)> {
+) -> Vec<(EventTime, Quantity, Quantity)> {
     let mut out = Vec::new();
     let (Some(&first), Some(&last)) = (usage.keys().next(), usage.keys().next_back()) else {
         return out;
@@ -103,6 +103,27 @@ pub fn signals(
     while start <= last {
         let used = usage.get(&start).copied().unwrap_or_default();
         let allowance = e.included + rolled;
+        out.push((start, allowance, used));
+        let unused = (allowance - used).max(Quantity::ZERO);
+        rolled = if e.rollover {
+            e.rollover_cap.map_or(unused, |cap| unused.min(cap))
+        } else {
+            Quantity::ZERO
+        };
+        start = next(start);
+    }
+    out
+}
+
+/// Every signal of every period (by start) of one contract and SKU, from its net usage per
+/// period (see [`allowances`] for `next`).
+pub fn signals(
+    e: &Entitlement,
+    usage: &std::collections::BTreeMap<EventTime, Quantity>,
+    next: impl Fn(EventTime) -> EventTime,
+) -> Vec<(EventTime, Signal)> {
+    let mut out = Vec::new();
+    for (start, allowance, used) in allowances(e, usage, next) {
         for &pct in &e.thresholds {
             let at = Quantity(allowance.0 * pct as i128 / 100);
             if used >= at && allowance > Quantity::ZERO {
@@ -135,13 +156,6 @@ pub fn signals(
                 }
             }
         }
-        let unused = (allowance - used).max(Quantity::ZERO);
-        rolled = if e.rollover {
-            e.rollover_cap.map_or(unused, |cap| unused.min(cap))
-        } else {
-            Quantity::ZERO
-        };
-        start = next(start);
     }
     out
 }

@@ -612,6 +612,53 @@ pub const METERING_LAG: Table = Table {
     output: None,
 };
 
+/// A view `meterflow migrate` creates over the tables: one of the dashboard's definitions, for
+/// data teams to query (the migrations named after them hold the SQL).
+pub struct View {
+    pub name: &'static str,
+    pub about: &'static str,
+}
+
+/// Every view, in migration order.
+pub const VIEWS: &[View] = &[
+    View {
+        name: "v_exec_revenue",
+        about: "current invoice money per invoice period, customer, line type and currency",
+    },
+    View {
+        name: "v_exec_daily",
+        about: "accepted billable usage per day, customer and SKU",
+    },
+    View {
+        name: "v_exec_capture",
+        about: "the leak scorecard as `meterflow scorecard` last recorded it",
+    },
+    View {
+        name: "v_account_usage",
+        about: "net usage per customer, contract, SKU and service period (what entitlements count)",
+    },
+    View {
+        name: "v_account_signals",
+        about: "entitlement and burn signals that stand now",
+    },
+    View {
+        name: "v_ops_rejections",
+        about: "rejected records per reason and day, with the fix and how many are unresolved",
+    },
+    View {
+        name: "v_ops_arrivals",
+        about: "accepted events per invoice period by arrival, correction and billability",
+    },
+    View {
+        name: "v_ops_duplicates",
+        about: "duplicate deliveries per day",
+    },
+    View {
+        name: "v_ops_anomalies",
+        about: "anomalies that stand now",
+    },
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -651,6 +698,26 @@ mod tests {
         }
     }
 
+    #[test]
+    fn every_view_is_created_by_the_migration_named_after_it() {
+        let made: Vec<&str> = MIGRATIONS
+            .iter()
+            .filter(|m| m.sql.text().starts_with("CREATE VIEW"))
+            .map(|m| m.name)
+            .collect();
+        let registered: Vec<&str> = VIEWS.iter().map(|v| v.name).collect();
+        assert_eq!(made, registered);
+        for m in MIGRATIONS.iter().filter(|m| made.contains(&m.name)) {
+            assert!(
+                m.sql
+                    .text()
+                    .starts_with(&format!("CREATE VIEW IF NOT EXISTS {{db}}.{} AS ", m.name)),
+                "{}",
+                m.name
+            );
+        }
+    }
+
     /// Tables made by one `CREATE` and never altered: the description's DDL is the migration's,
     /// word for word (the other tables are checked against a migrated server in the suite).
     #[test]
@@ -660,6 +727,7 @@ mod tests {
             let touching: Vec<String> = MIGRATIONS
                 .iter()
                 .map(|m| m.sql.text().into_owned())
+                .filter(|s| !s.starts_with("CREATE VIEW"))
                 .filter(|s| s.contains(&format!("{{db}}.{} ", t.name)))
                 .collect();
             if let [create] = &touching[..] {

@@ -4,6 +4,7 @@
 //! themselves (that is `sources/` and `sinks/`).
 
 pub mod catalog;
+pub mod dashboard;
 pub mod demo;
 pub mod gen;
 pub mod invoice;

@@ -3,6 +3,7 @@
 //! draft invoices ([`invoice_preview`]) and what reconciliation compares ([`reconcile`]).
 //! Read-only.
 
+pub mod dashboard;
 pub mod invoice_preview;
 pub mod quarantine;
 pub mod reconcile;

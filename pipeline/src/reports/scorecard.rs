@@ -473,7 +473,7 @@ pub fn render(rows: &[Scored]) -> String {
     s
 }
 
-fn sum_of(rows: &[&Scored], measure: &str, cause: &str) -> Counted {
+pub(crate) fn sum_of(rows: &[&Scored], measure: &str, cause: &str) -> Counted {
     let mut c = Counted::default();
     for r in rows
         .iter()
@@ -484,7 +484,7 @@ fn sum_of(rows: &[&Scored], measure: &str, cause: &str) -> Counted {
     c
 }
 
-fn money(rows: &[&Scored], measure: &str, cause: &str) -> String {
+pub(crate) fn money(rows: &[&Scored], measure: &str, cause: &str) -> String {
     let mut by_currency: BTreeMap<&str, Amount> = BTreeMap::new();
     for r in rows
         .iter()

@@ -69,6 +69,9 @@ pub struct ClickHouse {
     client: Client,
     runtime: tokio::runtime::Runtime,
     pub database: String,
+    /// `None`: retry forever (the pipeline and the reports). `Some(limit)`: try once, and give
+    /// up after `limit` (the dashboard, which must say that ClickHouse is down, not hang).
+    fail_fast: Option<Duration>,
 }
 
 /// Whether a failed operation may succeed if tried again.
@@ -141,7 +144,15 @@ impl ClickHouse {
             client,
             runtime,
             database: cfg.database.clone(),
+            fail_fast: None,
         })
+    }
+
+    /// This connection, trying each operation once and giving up after `limit`: for readers that
+    /// must report an outage rather than wait it out.
+    pub fn fail_fast(mut self, limit: Duration) -> ClickHouse {
+        self.fail_fast = Some(limit);
+        self
     }
 
     pub fn client(&self) -> &Client {
@@ -169,6 +180,16 @@ impl ClickHouse {
         F: FnMut(Client) -> Fut,
         Fut: Future<Output = clickhouse::error::Result<T>>,
     {
+        if let Some(limit) = self.fail_fast {
+            return match self
+                .runtime
+                .block_on(tokio::time::timeout(limit, op(self.client.clone())))
+            {
+                Ok(Ok(v)) => Ok(v),
+                Ok(Err(e)) => Err(format!("{what}: {e}")),
+                Err(_) => Err(format!("{what}: no answer within {limit:?}")),
+            };
+        }
         let mut delay = Duration::from_millis(100);
         let mut attempt = 1u32;
         loop {
@@ -201,6 +222,18 @@ impl ClickHouse {
             let sql = sql.clone();
             async move { c.query(&sql).execute().await }
         })
+    }
+
+    /// The answer to a query as text in `format` (e.g. `JSONEachRow`; `{db}` replaced).
+    pub fn fetch_text(&self, sql: &str, format: &str) -> Result<String, String> {
+        let sql = sql.replace("{db}", &self.database);
+        log_statement(&sql);
+        let bytes = self.retry(&first_words(&sql), |c| {
+            let sql = sql.clone();
+            let format = format.to_string();
+            async move { c.query(&sql).fetch_bytes(format)?.collect().await }
+        })?;
+        String::from_utf8(bytes.to_vec()).map_err(|e| format!("ClickHouse answered non-UTF-8: {e}"))
     }
 
     /// Fetches all rows of a query (with `{db}` replaced by the database).

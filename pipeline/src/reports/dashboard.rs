@@ -1,0 +1,1164 @@
+//! What `meterflow dashboard` shows: the exec, account and ops views, computed from one
+//! snapshot of a run's output ([`Facts`]) read from its CSV tables or from ClickHouse.
+//!
+//! Every number has one definition, shared by both sources: the invoice money and the capture
+//! come from the same readers as `meterflow invoice` and `meterflow scorecard`; the rest from
+//! the tables as the `v_*` views in ClickHouse define them (migrations 31-39, listed in
+//! docs/dashboard.md), which the dashboard queries when it reads ClickHouse. Amounts are exact
+//! decimals, sent as text; the pages only turn them into floats to draw charts.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use meterflow_schemas::catalog::Catalog;
+use meterflow_schemas::entitlement::allowances;
+use meterflow_schemas::lag::Lagged;
+use meterflow_schemas::money::{minor_unit_digits, Amount, Quantity, Rounding};
+use meterflow_schemas::rejection::Reason;
+use meterflow_schemas::rows::LineKind;
+use meterflow_schemas::scorecard::{cause, percent, Scored, ALL, CAPTURE, INVOICE_ERROR};
+use meterflow_schemas::time::{EventTime, Period, PeriodUnit};
+use serde::{Deserialize, Serialize};
+
+use crate::reports::invoice_preview::{self, PreviewLine};
+use crate::reports::quarantine::{resolutions_from_output, Quarantine};
+use crate::reports::scorecard::{self, sum_of};
+use crate::reports::tables::{current_rows, read_table, Row as CsvRow};
+use crate::sinks::clickhouse::client::ClickHouse;
+
+/// Usage of one customer and SKU on one day (UTC), net of corrections.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, clickhouse::Row, Deserialize)]
+pub struct Daily {
+    pub day: String,
+    pub customer_id: String,
+    pub sku: String,
+    pub events: i64,
+    pub quantity: String,
+}
+
+/// Net usage of one contract and SKU in one service period (what entitlements count).
+#[derive(Clone, Debug, Default, PartialEq, Eq, clickhouse::Row, Deserialize)]
+pub struct ServiceUsage {
+    pub customer_id: String,
+    pub contract_id: String,
+    pub sku: String,
+    pub service_period: String,
+    pub events: i64,
+    pub quantity: String,
+}
+
+/// A signal that stands now.
+#[derive(Clone, Debug, Default, PartialEq, Eq, clickhouse::Row, Deserialize, Serialize)]
+pub struct StandingSignal {
+    pub customer_id: String,
+    pub contract_id: String,
+    pub sku: String,
+    pub period: String,
+    pub signal: String,
+    pub percent: u32,
+    pub at_quantity: String,
+    pub allowance: String,
+}
+
+/// Rejected records of one reason.
+#[derive(Clone, Debug, Default, PartialEq, Eq, clickhouse::Row, Deserialize, Serialize)]
+pub struct Rejections {
+    pub reason: String,
+    pub remediation: String,
+    pub records: u64,
+    pub unresolved: u64,
+}
+
+/// Accepted events of one invoice period, arrival and correction kind.
+#[derive(Clone, Debug, Default, PartialEq, Eq, clickhouse::Row, Deserialize)]
+pub struct Arrivals {
+    pub invoice_period: String,
+    pub arrival: String,
+    pub correction_action: String,
+    pub billable: u8,
+    pub events: u64,
+}
+
+/// An anomaly that stands now.
+#[derive(Clone, Debug, Default, PartialEq, Eq, clickhouse::Row, Deserialize, Serialize)]
+pub struct Anomaly {
+    pub customer_id: String,
+    pub sku: String,
+    pub kind: String,
+    pub window_start: String,
+    pub window_end: String,
+    pub observed: String,
+    pub expected: String,
+    pub score: String,
+    pub severity: String,
+    pub explanation: String,
+}
+
+/// What the running pipeline counted of its sinks (from its `/metrics` or `metrics.prom`).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Telemetry {
+    /// Where it was read.
+    pub from: String,
+    /// `(sink, outcome) → alerts`.
+    pub alerts: Vec<(String, String, f64)>,
+    /// `table → (rows inserted, insert retries, seconds spent inserting)`.
+    pub inserts: Vec<(String, f64, f64, f64)>,
+    pub watermark_lag_seconds: Option<f64>,
+    pub epochs_in_flight: Option<f64>,
+}
+
+/// One snapshot of everything the views show.
+#[derive(Default)]
+pub struct Facts {
+    /// Where it was read: an output directory, or a ClickHouse database.
+    pub source: String,
+    pub read_at: EventTime,
+    pub lines: Vec<PreviewLine>,
+    pub scored: Vec<Scored>,
+    pub lag: Vec<Lagged>,
+    pub daily: Vec<Daily>,
+    pub service_usage: Vec<ServiceUsage>,
+    pub signals: Vec<StandingSignal>,
+    pub rejections: Vec<Rejections>,
+    pub duplicates: u64,
+    pub arrivals: Vec<Arrivals>,
+    pub anomalies: Vec<Anomaly>,
+    pub telemetry: Option<Telemetry>,
+}
+
+fn field<'r>(r: &'r CsvRow, name: &str) -> &'r str {
+    r.get(name).map_or("", |s| s.as_str())
+}
+
+fn num<T: std::str::FromStr + Default>(r: &CsvRow, name: &str) -> T {
+    field(r, name).parse().unwrap_or_default()
+}
+
+fn quantity(text: &str) -> Quantity {
+    Quantity::parse(text).unwrap_or_default()
+}
+
+/// The rows of `table` under `out`; none when the run has not written it (yet).
+fn rows_of(out: &Path, table: &str) -> Result<Vec<CsvRow>, String> {
+    if !out.join(table).exists() {
+        return Ok(Vec::new());
+    }
+    read_table(out, table).map_err(|e| format!("cannot read {}/{table}: {e}", out.display()))
+}
+
+/// Net sums of signed CSV rows by a key.
+fn net<K: Ord>(rows: &[CsvRow], key: impl Fn(&CsvRow) -> K) -> BTreeMap<K, (i64, Quantity)> {
+    let mut out: BTreeMap<K, (i64, Quantity)> = BTreeMap::new();
+    for r in rows {
+        let sign: i64 = num(r, "sign");
+        let e = out.entry(key(r)).or_default();
+        e.0 += sign * num::<i64>(r, "events");
+        let q = quantity(field(r, "quantity"));
+        e.1 += if sign < 0 { Quantity::ZERO - q } else { q };
+    }
+    out
+}
+
+impl Facts {
+    /// A snapshot of the run whose output directory is `out`.
+    pub fn from_output(out: &Path, catalog: &Catalog, unit: PeriodUnit) -> Result<Facts, String> {
+        if !out.join("counts.json").exists() && !out.join("invoice_lines").exists() {
+            return Err(format!(
+                "{} holds no run output yet; start `meterflow run -o {}` (the dashboard shows it as it is written)",
+                out.display(),
+                out.display()
+            ));
+        }
+        let lines = invoice_preview::from_output(out, &Default::default()).unwrap_or_default();
+        let scored = scorecard::from_output(out, catalog, unit, &Default::default())?;
+        let lag = scorecard::lag_from_output(out).unwrap_or_default();
+        let daily = net(&rows_of(out, "usage_buckets")?, |r| {
+            (
+                field(r, "bucket_start").get(..10).unwrap_or("").to_string(),
+                field(r, "customer_id").to_string(),
+                field(r, "sku").to_string(),
+            )
+        })
+        .into_iter()
+        .map(|((day, customer_id, sku), (events, q))| Daily {
+            day,
+            customer_id,
+            sku,
+            events,
+            quantity: q.to_string(),
+        })
+        .collect();
+        let service_usage = net(&rows_of(out, "line_usage")?, |r| {
+            (
+                field(r, "customer_id").to_string(),
+                field(r, "contract_id").to_string(),
+                field(r, "sku").to_string(),
+                field(r, "service_period").to_string(),
+            )
+        })
+        .into_iter()
+        .map(
+            |((customer_id, contract_id, sku, service_period), (events, q))| ServiceUsage {
+                customer_id,
+                contract_id,
+                sku,
+                service_period,
+                events,
+                quantity: q.to_string(),
+            },
+        )
+        .collect();
+        let signals = current_rows(&rows_of(out, "entitlement_signals")?)
+            .iter()
+            .map(|r| StandingSignal {
+                customer_id: field(r, "customer_id").into(),
+                contract_id: field(r, "contract_id").into(),
+                sku: field(r, "sku").into(),
+                period: field(r, "period").into(),
+                signal: field(r, "signal").into(),
+                percent: num(r, "percent"),
+                at_quantity: field(r, "at_quantity").into(),
+                allowance: field(r, "allowance").into(),
+            })
+            .collect();
+        let resolved = Quarantine {
+            rejected: Vec::new(),
+            resolutions: resolutions_from_output(out)?,
+        }
+        .resolved();
+        let mut by_reason: BTreeMap<String, Rejections> = BTreeMap::new();
+        for r in rows_of(out, "rejections")? {
+            let e = by_reason
+                .entry(field(&r, "reason").to_string())
+                .or_insert_with(|| Rejections {
+                    reason: field(&r, "reason").into(),
+                    remediation: field(&r, "remediation").into(),
+                    ..Default::default()
+                });
+            e.records += 1;
+            let id = field(&r, "event_id");
+            if id.is_empty() || !resolved.contains(id) {
+                e.unresolved += 1;
+            }
+        }
+        let mut arrivals: BTreeMap<(String, String, String, u8), u64> = BTreeMap::new();
+        for r in rows_of(out, "usage_events")? {
+            *arrivals
+                .entry((
+                    field(&r, "invoice_period").into(),
+                    field(&r, "arrival").into(),
+                    field(&r, "correction_action").into(),
+                    num(&r, "billable"),
+                ))
+                .or_default() += 1;
+        }
+        let anomalies = current_rows(&rows_of(out, "anomalies")?)
+            .iter()
+            .map(anomaly_of)
+            .collect();
+        let metrics = out.join("metrics.prom");
+        let telemetry = std::fs::read_to_string(&metrics)
+            .ok()
+            .map(|text| Telemetry::parse(&text, &metrics.display().to_string()));
+        Ok(Facts {
+            source: format!("output directory {}", out.display()),
+            read_at: EventTime::now(),
+            lines,
+            scored,
+            lag,
+            daily,
+            service_usage,
+            signals,
+            rejections: by_reason.into_values().collect(),
+            duplicates: rows_of(out, "duplicates")?.len() as u64,
+            arrivals: arrivals
+                .into_iter()
+                .map(
+                    |((invoice_period, arrival, correction_action, billable), events)| Arrivals {
+                        invoice_period,
+                        arrival,
+                        correction_action,
+                        billable,
+                        events,
+                    },
+                )
+                .collect(),
+            anomalies,
+            telemetry,
+        })
+    }
+
+    /// A snapshot of what is in ClickHouse (up to the last commit).
+    pub fn from_clickhouse(
+        ch: &ClickHouse,
+        catalog: &Catalog,
+        unit: PeriodUnit,
+    ) -> Result<Facts, String> {
+        #[derive(clickhouse::Row, Deserialize)]
+        struct Dups {
+            duplicates: u64,
+        }
+        let lines = invoice_preview::from_clickhouse(ch, &Default::default())?;
+        let scored = scorecard::from_clickhouse(ch, catalog, unit, &Default::default())?;
+        let lag = scorecard::lag_from_clickhouse(ch, unit)?;
+        let daily = ch.fetch(
+            "SELECT toString(day) AS day, customer_id, sku, events, toString(quantity) AS quantity \
+             FROM {db}.v_exec_daily ORDER BY day, customer_id, sku",
+        )?;
+        let service_usage = ch.fetch(
+            "SELECT customer_id, contract_id, sku, service_period, events, toString(quantity) AS quantity \
+             FROM {db}.v_account_usage",
+        )?;
+        let signals = ch.fetch(
+            "SELECT customer_id, contract_id, sku, period, signal, percent, \
+             toString(at_quantity) AS at_quantity, toString(allowance) AS allowance \
+             FROM {db}.v_account_signals",
+        )?;
+        let rejections = ch.fetch(
+            "SELECT reason, any(remediation) AS remediation, sum(records) AS records, \
+             sum(unresolved) AS unresolved FROM {db}.v_ops_rejections GROUP BY reason ORDER BY reason",
+        )?;
+        let duplicates: Vec<Dups> =
+            ch.fetch("SELECT sum(duplicates) AS duplicates FROM {db}.v_ops_duplicates")?;
+        let arrivals = ch.fetch(
+            "SELECT invoice_period, arrival, correction_action, billable, events FROM {db}.v_ops_arrivals",
+        )?;
+        let anomalies = ch.fetch(
+            "SELECT customer_id, sku, kind, \
+             concat(replaceOne(toString(window_start), ' ', 'T'), '.000Z') AS window_start, \
+             concat(replaceOne(toString(window_end), ' ', 'T'), '.000Z') AS window_end, \
+             toString(observed) AS observed, toString(expected) AS expected, toString(score) AS score, \
+             severity, explanation FROM {db}.v_ops_anomalies",
+        )?;
+        Ok(Facts {
+            source: format!("ClickHouse database {}", ch.database),
+            read_at: EventTime::now(),
+            lines,
+            scored,
+            lag,
+            daily,
+            service_usage: trimmed(service_usage),
+            signals,
+            rejections,
+            duplicates: duplicates.first().map_or(0, |d| d.duplicates),
+            arrivals,
+            anomalies,
+            telemetry: None,
+        })
+    }
+}
+
+/// ClickHouse prints decimals with all their scale (`12.500000000`); the files do not.
+fn trimmed(mut usage: Vec<ServiceUsage>) -> Vec<ServiceUsage> {
+    for u in &mut usage {
+        u.quantity = quantity(&u.quantity).to_string();
+    }
+    usage
+}
+
+fn anomaly_of(r: &CsvRow) -> Anomaly {
+    Anomaly {
+        customer_id: field(r, "customer_id").into(),
+        sku: field(r, "sku").into(),
+        kind: field(r, "kind").into(),
+        window_start: field(r, "window_start").into(),
+        window_end: field(r, "window_end").into(),
+        observed: field(r, "observed").into(),
+        expected: field(r, "expected").into(),
+        score: field(r, "score").into(),
+        severity: field(r, "severity").into(),
+        explanation: field(r, "explanation").into(),
+    }
+}
+
+impl Telemetry {
+    /// Reads the sink series out of Prometheus text (what `/metrics` serves).
+    pub fn parse(text: &str, from: &str) -> Telemetry {
+        let mut t = Telemetry {
+            from: from.into(),
+            ..Default::default()
+        };
+        let mut inserts: BTreeMap<String, (f64, f64, f64)> = BTreeMap::new();
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let Some((series, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let Ok(value) = value.parse::<f64>() else {
+                continue;
+            };
+            let (name, labels) = series.split_once('{').unwrap_or((series, ""));
+            let label = |key: &str| -> String {
+                labels
+                    .split(',')
+                    .filter_map(|kv| kv.split_once('='))
+                    .find(|(k, _)| k.trim() == key)
+                    .map(|(_, v)| v.trim().trim_end_matches('}').trim_matches('"').to_string())
+                    .unwrap_or_default()
+            };
+            match name {
+                "meterflow_alerts_total" => t.alerts.push((label("sink"), label("outcome"), value)),
+                "meterflow_clickhouse_rows_inserted_total" => {
+                    inserts.entry(label("table")).or_default().0 += value
+                }
+                "meterflow_clickhouse_insert_retries_total" => {
+                    inserts.entry(label("table")).or_default().1 += value
+                }
+                "meterflow_clickhouse_insert_seconds_sum" => {
+                    inserts.entry(label("table")).or_default().2 += value
+                }
+                "meterflow_watermark_lag_seconds" => t.watermark_lag_seconds = Some(value),
+                "meterflow_epochs_in_flight" => t.epochs_in_flight = Some(value),
+                _ => {}
+            }
+        }
+        t.inserts = inserts
+            .into_iter()
+            .map(|(table, (rows, retries, seconds))| (table, rows, retries, seconds))
+            .collect();
+        t
+    }
+}
+
+/// Money in one currency: rounded to its minor unit for display, and exact.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Money {
+    pub currency: String,
+    pub amount: String,
+    pub exact: String,
+}
+
+/// Amounts by currency.
+type ByCurrency = BTreeMap<String, Amount>;
+
+/// A SKU's events, quantity, and `(day, quantity)` per day.
+type SkuDays = (i64, Quantity, Vec<(String, String)>);
+
+fn money_of(by_currency: ByCurrency) -> Vec<Money> {
+    by_currency
+        .into_iter()
+        .map(|(currency, a)| {
+            let d = minor_unit_digits(&currency);
+            Money {
+                amount: a.round_to(d, Rounding::HalfEven).format_fixed(d),
+                exact: a.to_string(),
+                currency,
+            }
+        })
+        .collect()
+}
+
+/// Usage revenue is what usage bills: usage lines and late usage billed as adjustments.
+fn is_usage(kind: LineKind) -> bool {
+    matches!(kind, LineKind::Usage | LineKind::Adjustment)
+}
+
+/// A customer, as the pickers list it.
+#[derive(Clone, Debug, Serialize)]
+pub struct CustomerRef {
+    pub id: String,
+    pub name: String,
+}
+
+/// What the pickers offer: customers of the catalog and invoice periods with lines.
+#[derive(Clone, Debug, Serialize)]
+pub struct Choices {
+    pub source: String,
+    pub read_at: String,
+    pub customers: Vec<CustomerRef>,
+    pub periods: Vec<String>,
+}
+
+pub fn choices(f: &Facts, catalog: &Catalog) -> Choices {
+    let periods: BTreeSet<String> = f.lines.iter().map(|l| l.invoice_period.clone()).collect();
+    Choices {
+        source: f.source.clone(),
+        read_at: f.read_at.to_string(),
+        customers: catalog
+            .customers
+            .iter()
+            .map(|c| CustomerRef {
+                id: c.id.clone(),
+                name: c.name.clone(),
+            })
+            .collect(),
+        periods: periods.into_iter().collect(),
+    }
+}
+
+/// The capture rate and the gap by cause, for one scorecard key.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Capture {
+    pub metered_events: i64,
+    pub billed_events: i64,
+    /// Percentages with two decimals (`99.70%`); none when nothing was metered.
+    pub events_rate: Option<String>,
+    pub units_rate: Option<String>,
+    pub money_rate: Option<String>,
+    /// Metered but not billed, by cause (rejection reasons, uncommitted, spend cap, ...).
+    pub gap: Vec<Gap>,
+    pub issued_lines: i64,
+    pub changed_lines: i64,
+    pub invoice_error_rate: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Gap {
+    pub cause: String,
+    pub events: i64,
+    pub quantity: String,
+    pub money: String,
+}
+
+/// The capture of every customer (`customer` [`ALL`]: the scorecard's totals) or of one (the
+/// sum of its keys), in one invoice period or all (`period` [`ALL`]).
+fn capture(scored: &[Scored], period: &str, customer: &str) -> Capture {
+    let rows: Vec<&Scored> = if customer == ALL {
+        scored
+            .iter()
+            .filter(|r| r.key.period == period && r.key.customer_id == ALL && r.key.sku == ALL)
+            .collect()
+    } else {
+        scored
+            .iter()
+            .filter(|r| r.key.customer_id == customer && r.key.sku != ALL && r.key.period != ALL)
+            .filter(|r| period == ALL || r.key.period == period)
+            .collect()
+    };
+    let metered = sum_of(&rows, CAPTURE, cause::METERED);
+    let billed = sum_of(&rows, CAPTURE, cause::BILLED);
+    let cap = sum_of(&rows, CAPTURE, cause::SPEND_CAP);
+    let issued = sum_of(&rows, INVOICE_ERROR, cause::ISSUED).events;
+    let changed = sum_of(&rows, INVOICE_ERROR, cause::CHANGED).events;
+    let causes: BTreeSet<&str> = rows
+        .iter()
+        .filter(|r| r.measure == CAPTURE)
+        .map(|r| r.cause.as_str())
+        .filter(|c| {
+            c.starts_with(cause::REJECTED)
+                || [cause::UNCOMMITTED, cause::UNEXPLAINED, cause::SPEND_CAP].contains(c)
+        })
+        .collect();
+    Capture {
+        metered_events: metered.events,
+        billed_events: billed.events,
+        events_rate: percent(billed.events.into(), metered.events.into()),
+        units_rate: percent(billed.quantity.0, metered.quantity.0),
+        money_rate: percent((billed.amount + cap.amount).0, metered.amount.0),
+        gap: causes
+            .into_iter()
+            .map(|c| {
+                let n = sum_of(&rows, CAPTURE, c);
+                Gap {
+                    cause: c.to_string(),
+                    events: n.events,
+                    quantity: n.quantity.to_string(),
+                    money: scorecard::money(&rows, CAPTURE, c),
+                }
+            })
+            .collect(),
+        issued_lines: issued,
+        changed_lines: changed,
+        invoice_error_rate: percent(changed.into(), issued.into()),
+    }
+}
+
+/// The exec view.
+#[derive(Clone, Debug, Serialize)]
+pub struct Exec {
+    /// The invoice period shown (none: all of them).
+    pub period: Option<String>,
+    pub usage_revenue: Vec<Money>,
+    pub invoiced: Vec<Money>,
+    /// Per invoice period, every period: `(period, usage revenue, invoiced)`.
+    pub trend: Vec<PeriodMoney>,
+    /// Accepted billable events per day in the period shown.
+    pub daily_events: Vec<(String, i64)>,
+    pub capture: Capture,
+    /// Open anomalies by severity, and the usage revenue a drop or silence may be missing.
+    pub anomalies: BTreeMap<String, usize>,
+    pub at_risk_anomalies: Vec<Money>,
+    /// Money metered but not billed (rejections, uncommitted, unexplained).
+    pub at_risk_capture: String,
+    pub customers: Vec<CustomerMoney>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PeriodMoney {
+    pub period: String,
+    pub currency: String,
+    pub usage_revenue: String,
+    pub invoiced: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct CustomerMoney {
+    pub customer: String,
+    pub name: String,
+    pub usage_revenue: Vec<Money>,
+    pub invoiced: Vec<Money>,
+}
+
+fn period_keeps(period: Option<&str>, p: &str) -> bool {
+    period.is_none_or(|want| want == p)
+}
+
+/// Whether `day` (`YYYY-MM-DD`) falls in the period labelled `period`.
+fn day_in(unit: PeriodUnit, period: Option<&str>, day: &str) -> bool {
+    let Some(period) = period else {
+        return true;
+    };
+    let (Some(p), Ok(t)) = (
+        unit.parse_label(period),
+        EventTime::parse_rfc3339(&format!("{day}T00:00:00Z")),
+    ) else {
+        return false;
+    };
+    unit.period_of(t) == p || (t >= p.0 && t < unit.end_of(p))
+}
+
+/// The average price per unit a customer's SKU billed in an invoice period (usage lines).
+fn unit_prices(
+    lines: &[PreviewLine],
+) -> BTreeMap<(String, String, String), (Amount, Quantity, String)> {
+    let mut out: BTreeMap<(String, String, String), (Amount, Quantity, String)> = BTreeMap::new();
+    for l in lines.iter().filter(|l| is_usage(l.kind)) {
+        let e = out
+            .entry((l.customer.clone(), l.sku.clone(), l.invoice_period.clone()))
+            .or_insert((Amount::ZERO, Quantity::ZERO, l.currency.clone()));
+        e.0 += l.amount;
+        e.1 += quantity(&l.quantity);
+    }
+    out
+}
+
+pub fn exec(f: &Facts, catalog: &Catalog, unit: PeriodUnit, period: Option<&str>) -> Exec {
+    let mut usage: BTreeMap<String, Amount> = BTreeMap::new();
+    let mut invoiced: BTreeMap<String, Amount> = BTreeMap::new();
+    let mut trend: BTreeMap<(String, String), (Amount, Amount)> = BTreeMap::new();
+    let mut per_customer: BTreeMap<String, (ByCurrency, ByCurrency)> = BTreeMap::new();
+    for l in &f.lines {
+        let t = trend
+            .entry((l.invoice_period.clone(), l.currency.clone()))
+            .or_default();
+        t.1 += l.amount;
+        if is_usage(l.kind) {
+            t.0 += l.amount;
+        }
+        if !period_keeps(period, &l.invoice_period) {
+            continue;
+        }
+        let c = per_customer.entry(l.customer.clone()).or_default();
+        *invoiced.entry(l.currency.clone()).or_default() += l.amount;
+        *c.1.entry(l.currency.clone()).or_default() += l.amount;
+        if is_usage(l.kind) {
+            *usage.entry(l.currency.clone()).or_default() += l.amount;
+            *c.0.entry(l.currency.clone()).or_default() += l.amount;
+        }
+    }
+    let mut daily: BTreeMap<String, i64> = BTreeMap::new();
+    for d in f.daily.iter().filter(|d| day_in(unit, period, &d.day)) {
+        *daily.entry(d.day.clone()).or_default() += d.events;
+    }
+    let mut anomalies: BTreeMap<String, usize> = BTreeMap::new();
+    let prices = unit_prices(&f.lines);
+    let mut at_risk: BTreeMap<String, Amount> = BTreeMap::new();
+    for a in &f.anomalies {
+        let Ok(start) = EventTime::parse_rfc3339(&a.window_start) else {
+            continue;
+        };
+        let label = unit.label(unit.period_of(start));
+        if !period_keeps(period, &label) {
+            continue;
+        }
+        *anomalies.entry(a.severity.clone()).or_default() += 1;
+        let missing = quantity(&a.expected) - quantity(&a.observed);
+        if a.kind != "spike" && missing > Quantity::ZERO {
+            if let Some((amount, q, currency)) =
+                prices.get(&(a.customer_id.clone(), a.sku.clone(), label))
+            {
+                if *q > Quantity::ZERO {
+                    *at_risk.entry(currency.clone()).or_default() +=
+                        Amount(amount.0 * missing.0 / q.0);
+                }
+            }
+        }
+    }
+    let scorecard_period = period.unwrap_or(ALL);
+    let cap = capture(&f.scored, scorecard_period, ALL);
+    let rows: Vec<&Scored> = f
+        .scored
+        .iter()
+        .filter(|r| {
+            r.key.period == scorecard_period && r.key.customer_id == ALL && r.key.sku == ALL
+        })
+        .filter(|r| {
+            r.cause.starts_with(cause::REJECTED)
+                || r.cause == cause::UNCOMMITTED
+                || r.cause == cause::UNEXPLAINED
+        })
+        .collect();
+    let mut lost: BTreeMap<String, Amount> = BTreeMap::new();
+    for r in rows.iter().filter(|r| r.measure == CAPTURE) {
+        *lost.entry(r.currency.clone()).or_default() += r.counted.amount;
+    }
+    lost.retain(|c, a| !c.is_empty() && *a != Amount::ZERO);
+    let mut customers: Vec<CustomerMoney> = per_customer
+        .into_iter()
+        .map(|(customer, (u, i))| CustomerMoney {
+            name: name_of(catalog, &customer),
+            customer,
+            usage_revenue: money_of(u),
+            invoiced: money_of(i),
+        })
+        .collect();
+    customers.sort_by(|a, b| {
+        let total = |c: &CustomerMoney| {
+            c.invoiced
+                .iter()
+                .map(|m| Amount::parse(&m.exact).unwrap_or_default().0)
+                .sum::<i128>()
+        };
+        total(b).cmp(&total(a)).then(a.customer.cmp(&b.customer))
+    });
+    Exec {
+        period: period.map(String::from),
+        usage_revenue: money_of(usage),
+        invoiced: money_of(invoiced),
+        trend: trend
+            .into_iter()
+            .map(|((period, currency), (u, i))| {
+                let d = minor_unit_digits(&currency);
+                PeriodMoney {
+                    period,
+                    usage_revenue: u.round_to(d, Rounding::HalfEven).format_fixed(d),
+                    invoiced: i.round_to(d, Rounding::HalfEven).format_fixed(d),
+                    currency,
+                }
+            })
+            .collect(),
+        daily_events: daily.into_iter().collect(),
+        capture: cap,
+        anomalies,
+        at_risk_anomalies: money_of(at_risk),
+        at_risk_capture: money_of(lost)
+            .into_iter()
+            .map(|m| format!("{} {}", m.amount, m.currency))
+            .collect::<Vec<_>>()
+            .join(" + "),
+        customers,
+    }
+}
+
+fn name_of(catalog: &Catalog, customer: &str) -> String {
+    catalog
+        .customers
+        .iter()
+        .find(|c| c.id == customer)
+        .map_or_else(|| customer.to_string(), |c| c.name.clone())
+}
+
+/// The account view of one customer.
+#[derive(Clone, Debug, Serialize)]
+pub struct Account {
+    pub customer: String,
+    pub name: String,
+    /// The invoice period shown: the one asked for, or the customer's latest.
+    pub period: Option<String>,
+    pub periods: Vec<String>,
+    /// Per SKU: its unit and usage per day in the period.
+    pub usage: Vec<SkuUsage>,
+    pub entitlements: Vec<EntitlementUse>,
+    pub commitments: Vec<Commitment>,
+    pub invoice: Vec<InvoiceLine>,
+    pub invoice_total: Vec<Money>,
+    pub capture: Capture,
+    pub signals: Vec<StandingSignal>,
+    pub anomalies: Vec<Anomaly>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct SkuUsage {
+    pub sku: String,
+    pub unit: String,
+    pub events: i64,
+    pub quantity: String,
+    /// `(day, quantity)`.
+    pub days: Vec<(String, String)>,
+}
+
+/// An entitlement in one service period: what is included, used and left, and when it runs
+/// out at the rate so far.
+#[derive(Clone, Debug, Serialize)]
+pub struct EntitlementUse {
+    pub contract: String,
+    pub sku: String,
+    pub unit: String,
+    pub period: String,
+    pub included: String,
+    /// Included plus rollover.
+    pub allowance: String,
+    pub used: String,
+    pub remaining: String,
+    pub used_percent: Option<String>,
+    /// Units per day, from the period start to the end of the latest day with usage.
+    pub burn_per_day: Option<String>,
+    /// When the allowance is used up at that rate (RFC 3339), if within the period; already
+    /// used up: when the period started being over.
+    pub exhausted_at: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Commitment {
+    pub contract: String,
+    pub currency: String,
+    pub minimum_spend: Option<String>,
+    pub maximum_spend: Option<String>,
+    pub budget: Option<String>,
+    pub usage_spend: String,
+    /// What the commitment true-up line adds this period.
+    pub true_up: String,
+    pub credits_used: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct InvoiceLine {
+    pub contract: String,
+    pub line_type: String,
+    pub sku: String,
+    pub service_period: String,
+    pub region: String,
+    pub events: i64,
+    pub quantity: String,
+    pub amount: String,
+    pub currency: String,
+}
+
+/// The account view; `None` when the customer is not in the catalog.
+pub fn account(
+    f: &Facts,
+    catalog: &Catalog,
+    unit: PeriodUnit,
+    customer: &str,
+    period: Option<&str>,
+) -> Option<Account> {
+    let ix = catalog.customer(customer)?;
+    let c = &catalog.customers[ix.ix()];
+    let periods: BTreeSet<String> = f
+        .lines
+        .iter()
+        .filter(|l| l.customer == customer)
+        .map(|l| l.invoice_period.clone())
+        .collect();
+    let period = period
+        .map(String::from)
+        .or_else(|| periods.iter().next_back().cloned());
+    let period = period.as_deref();
+    let unit_of = |sku: &str| {
+        catalog
+            .sku(sku)
+            .map_or_else(String::new, |s| catalog.skus[s.ix()].unit.clone())
+    };
+    // Usage per SKU and day.
+    let mut usage: BTreeMap<String, SkuDays> = BTreeMap::new();
+    for d in f
+        .daily
+        .iter()
+        .filter(|d| d.customer_id == customer && day_in(unit, period, &d.day))
+    {
+        let e = usage.entry(d.sku.clone()).or_default();
+        e.0 += d.events;
+        e.1 += quantity(&d.quantity);
+        e.2.push((d.day.clone(), quantity(&d.quantity).to_string()));
+    }
+    // Entitlements: allowance per service period (with rollover), against net usage.
+    let mut entitlements = Vec::new();
+    let mut commitments = Vec::new();
+    let latest_day: BTreeMap<&str, &str> = f
+        .daily
+        .iter()
+        .filter(|d| d.customer_id == customer)
+        .fold(BTreeMap::new(), |mut m, d| {
+            let e = m.entry(d.sku.as_str()).or_insert(d.day.as_str());
+            if d.day.as_str() > *e {
+                *e = d.day.as_str();
+            }
+            m
+        });
+    for contract in catalog.contracts.iter().filter(|k| k.customer == ix) {
+        for e in &contract.entitlements {
+            let sku = catalog.skus[e.sku.ix()].id.clone();
+            let mut used: BTreeMap<EventTime, Quantity> = BTreeMap::new();
+            for u in f
+                .service_usage
+                .iter()
+                .filter(|u| u.contract_id == contract.id && u.sku == sku)
+            {
+                if let Some(p) = unit.parse_label(&u.service_period) {
+                    *used.entry(p.0).or_default() += quantity(&u.quantity);
+                }
+            }
+            if let Some(p) = period.and_then(|p| unit.parse_label(p)) {
+                used.entry(p.0).or_default();
+            }
+            for (start, allowance, used) in allowances(e, &used, |t| unit.end_of(Period(t))) {
+                let label = unit.label(Period(start));
+                if !period_keeps(period, &label) {
+                    continue;
+                }
+                let end = unit.end_of(Period(start));
+                let through = latest_day
+                    .get(sku.as_str())
+                    .and_then(|d| EventTime::parse_rfc3339(&format!("{d}T00:00:00Z")).ok())
+                    .map(|t| EventTime(t.0 + 86_400_000).min(end))
+                    .filter(|t| *t > start);
+                let days = through.map(|t| (t.0 - start.0) as i128);
+                let burn = days
+                    .filter(|_| used > Quantity::ZERO)
+                    .map(|ms| Quantity(used.0 * 86_400_000 / ms));
+                let exhausted = days.filter(|_| used > Quantity::ZERO).and_then(|ms| {
+                    let at = EventTime(start.0 + (ms * allowance.0 / used.0) as i64);
+                    (at < end).then_some(at)
+                });
+                entitlements.push(EntitlementUse {
+                    contract: contract.id.clone(),
+                    unit: unit_of(&sku),
+                    sku: sku.clone(),
+                    period: label,
+                    included: e.included.to_string(),
+                    allowance: allowance.to_string(),
+                    used: used.to_string(),
+                    remaining: (allowance - used).max(Quantity::ZERO).to_string(),
+                    used_percent: percent(used.0, allowance.0),
+                    burn_per_day: burn.map(|b| b.to_string()),
+                    exhausted_at: exhausted.map(|t| t.to_string()),
+                });
+            }
+        }
+        let t = &contract.terms;
+        let currency = catalog.rate_cards[contract.rate_card.ix()].currency.clone();
+        let of = |kinds: &[LineKind]| {
+            f.lines
+                .iter()
+                .filter(|l| {
+                    l.contract == contract.id
+                        && period_keeps(period, &l.invoice_period)
+                        && kinds.contains(&l.kind)
+                })
+                .fold(Amount::ZERO, |a, l| a + l.amount)
+        };
+        let fixed = |a: Amount| {
+            let d = minor_unit_digits(&currency);
+            a.round_to(d, Rounding::HalfEven).format_fixed(d)
+        };
+        if t.minimum_spend.is_some()
+            || t.maximum_spend.is_some()
+            || t.budget.is_some()
+            || !t.credits.is_empty()
+        {
+            commitments.push(Commitment {
+                contract: contract.id.clone(),
+                minimum_spend: t.minimum_spend.map(fixed),
+                maximum_spend: t.maximum_spend.map(fixed),
+                budget: t.budget.map(fixed),
+                usage_spend: fixed(of(&[LineKind::Usage, LineKind::Adjustment])),
+                true_up: fixed(of(&[LineKind::Commitment])),
+                credits_used: fixed(of(&[LineKind::Credit])),
+                currency: currency.clone(),
+            });
+        }
+    }
+    let mut total: BTreeMap<String, Amount> = BTreeMap::new();
+    let mut mine: Vec<&PreviewLine> = f
+        .lines
+        .iter()
+        .filter(|l| l.customer == customer && period_keeps(period, &l.invoice_period))
+        .collect();
+    // As an invoice reads: per contract, usage first, then fees, discounts, ..., tax.
+    mine.sort_by_key(|l| {
+        let kind = LineKind::ALL.iter().position(|k| *k == l.kind);
+        (
+            &l.invoice_period,
+            &l.contract,
+            kind,
+            &l.sku,
+            &l.service_period,
+            &l.region,
+        )
+    });
+    let invoice: Vec<InvoiceLine> = mine
+        .into_iter()
+        .map(|l| {
+            *total.entry(l.currency.clone()).or_default() += l.amount;
+            let d = minor_unit_digits(&l.currency);
+            InvoiceLine {
+                contract: l.contract.clone(),
+                line_type: l.kind.as_str().to_string(),
+                sku: l.sku.clone(),
+                service_period: l.service_period.clone(),
+                region: l.region.clone(),
+                events: l.events,
+                quantity: l.quantity.clone(),
+                amount: l.amount.round_to(d, Rounding::HalfEven).format_fixed(d),
+                currency: l.currency.clone(),
+            }
+        })
+        .collect();
+    Some(Account {
+        customer: customer.to_string(),
+        name: c.name.clone(),
+        period: period.map(String::from),
+        periods: periods.into_iter().collect(),
+        usage: usage
+            .into_iter()
+            .map(|(sku, (events, q, days))| SkuUsage {
+                unit: unit_of(&sku),
+                sku,
+                events,
+                quantity: q.to_string(),
+                days,
+            })
+            .collect(),
+        entitlements,
+        commitments,
+        invoice,
+        invoice_total: money_of(total),
+        capture: capture(&f.scored, period.unwrap_or(ALL), customer),
+        signals: f
+            .signals
+            .iter()
+            .filter(|s| s.customer_id == customer && period_keeps(period, &s.period))
+            .cloned()
+            .collect(),
+        anomalies: f
+            .anomalies
+            .iter()
+            .filter(|a| a.customer_id == customer)
+            .cloned()
+            .collect(),
+    })
+}
+
+/// The ops view.
+#[derive(Clone, Debug, Serialize)]
+pub struct Ops {
+    pub period: Option<String>,
+    pub rejections: Vec<Rejections>,
+    pub rejected: u64,
+    pub duplicates: u64,
+    pub accepted: u64,
+    pub on_time: u64,
+    /// Behind the watermark, inside the tolerance: billed in its own (still open) period.
+    pub out_of_order: u64,
+    /// Usage of a closed period, billed as an adjustment in the open one.
+    pub late: u64,
+    pub corrections: u64,
+    pub non_billable: u64,
+    /// `(stage, events, p50, p95, p99, max)` in milliseconds, all partitions.
+    pub lag: Vec<LagStage>,
+    pub telemetry: Option<Telemetry>,
+    pub anomalies: Vec<Anomaly>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct LagStage {
+    pub stage: String,
+    pub source: String,
+    pub events: u64,
+    pub p50_ms: u64,
+    pub p95_ms: u64,
+    pub p99_ms: u64,
+    pub max_ms: u64,
+}
+
+pub fn ops(f: &Facts, unit: PeriodUnit, period: Option<&str>) -> Ops {
+    let mut o = Ops {
+        period: period.map(String::from),
+        rejected: f.rejections.iter().map(|r| r.records).sum(),
+        rejections: f.rejections.clone(),
+        duplicates: f.duplicates,
+        accepted: 0,
+        on_time: 0,
+        out_of_order: 0,
+        late: 0,
+        corrections: 0,
+        non_billable: 0,
+        lag: f
+            .lag
+            .iter()
+            .filter(|l| l.period == period.unwrap_or(ALL) || (period.is_none() && l.period == ALL))
+            .map(|l| LagStage {
+                stage: l.stage.to_string(),
+                source: l.source.clone(),
+                events: l.summary.events,
+                p50_ms: l.summary.p50_ms,
+                p95_ms: l.summary.p95_ms,
+                p99_ms: l.summary.p99_ms,
+                max_ms: l.summary.max_ms,
+            })
+            .collect(),
+        telemetry: f.telemetry.clone(),
+        anomalies: f
+            .anomalies
+            .iter()
+            .filter(|a| {
+                EventTime::parse_rfc3339(&a.window_start)
+                    .is_ok_and(|t| period_keeps(period, &unit.label(unit.period_of(t))))
+            })
+            .cloned()
+            .collect(),
+    };
+    for a in f
+        .arrivals
+        .iter()
+        .filter(|a| period_keeps(period, &a.invoice_period))
+    {
+        o.accepted += a.events;
+        match a.arrival.as_str() {
+            "on_time" => o.on_time += a.events,
+            "out_of_order" => o.out_of_order += a.events,
+            _ => o.late += a.events,
+        }
+        if !a.correction_action.is_empty() {
+            o.corrections += a.events;
+        }
+        if a.billable == 0 {
+            o.non_billable += a.events;
+        }
+    }
+    for r in &mut o.rejections {
+        if r.remediation.is_empty() {
+            if let Some(reason) = Reason::ALL.iter().find(|x| x.code() == r.reason) {
+                r.remediation = reason.remediation().to_string();
+            }
+        }
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn telemetry_reads_the_sink_series_of_prometheus_text() {
+        let t = Telemetry::parse(
+            "# HELP x\nmeterflow_alerts_total{outcome=\"sent\",sink=\"webhook\"} 3\n\
+             meterflow_clickhouse_rows_inserted_total{table=\"invoice_lines\"} 12\n\
+             meterflow_clickhouse_insert_retries_total{table=\"invoice_lines\"} 2\n\
+             meterflow_clickhouse_insert_seconds_sum{table=\"invoice_lines\"} 0.5\n\
+             meterflow_watermark_lag_seconds 4\n",
+            "test",
+        );
+        assert_eq!(t.alerts, vec![("webhook".into(), "sent".into(), 3.0)]);
+        assert_eq!(t.inserts, vec![("invoice_lines".into(), 12.0, 2.0, 0.5)]);
+        assert_eq!(t.watermark_lag_seconds, Some(4.0));
+    }
+
+    #[test]
+    fn a_day_belongs_to_its_period() {
+        assert!(day_in(PeriodUnit::Month, Some("2026-11"), "2026-11-30"));
+        assert!(!day_in(PeriodUnit::Month, Some("2026-11"), "2026-12-01"));
+        assert!(day_in(PeriodUnit::Month, None, "2026-12-01"));
+        assert!(!day_in(PeriodUnit::Month, Some("bogus"), "2026-12-01"));
+    }
+}
