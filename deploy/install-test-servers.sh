@@ -3,7 +3,8 @@
 #   - ClickHouse server (Debian package; the tests start their own instance under a temp dir),
 #   - tansu, a Kafka-protocol broker (built once into ~/.cargo/bin; sqlite storage keeps offsets exact),
 #   - the build dependencies of librdkafka (OpenSSL, zlib headers, pkg-config),
-#   - chdb-core, an embedded current ClickHouse used to check every DDL statement and documented query.
+#   - chdb-core, an embedded current ClickHouse used to check every DDL statement and documented query,
+#   - headless Chromium and its driver (Debian packages) and selenium, for the dashboard's browser test.
 # Needs root (or sudo) for apt-get only when a package is missing.
 set -euo pipefail
 
@@ -12,7 +13,7 @@ as_root() {
 }
 
 missing_packages=()
-for pkg in libssl-dev zlib1g-dev pkg-config; do
+for pkg in libssl-dev zlib1g-dev pkg-config chromium chromium-driver; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing_packages+=("$pkg")
 done
 if ! command -v clickhouse-server >/dev/null 2>&1 && [ ! -x /usr/bin/clickhouse-server ] && [ ! -x /usr/sbin/clickhouse-server ]; then
@@ -35,4 +36,10 @@ if ! python3 -c 'import chdb' >/dev/null 2>&1; then
   echo "installing chdb-core" >&2
   python3 -m pip install --quiet chdb-core 2>/dev/null \
     || python3 -m pip install --quiet --break-system-packages chdb-core
+fi
+
+if ! python3 -c 'import selenium' >/dev/null 2>&1; then
+  echo "installing selenium" >&2
+  python3 -m pip install --quiet selenium 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages selenium
 fi

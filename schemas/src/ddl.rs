@@ -491,12 +491,14 @@ ORDER BY (customer_id, comparison, contract_id, sku, region, service_period, inv
     Migration {
         id: 35,
         name: "v_account_signals",
-        // Entitlement and burn signals that stand now (crossed and not retracted).
+        // Entitlement and burn signals that stand now (crossed and not retracted), with the
+        // latest version's quantities. (Grouping by a Decimal(38, _) key crashes 18.16.)
         sql: Sql::Text(
             "CREATE VIEW IF NOT EXISTS {db}.v_account_signals AS \
-             SELECT customer_id, contract_id, sku, period, signal, percent, at_quantity, allowance \
+             SELECT customer_id, contract_id, sku, period, signal, percent, \
+             argMax(at_quantity, version) AS at_quantity, argMax(allowance, version) AS allowance \
              FROM {db}.entitlement_signals \
-             GROUP BY customer_id, contract_id, sku, period, signal, percent, at_quantity, allowance \
+             GROUP BY customer_id, contract_id, sku, period, signal, percent \
              HAVING sum(sign) > 0",
         ),
     },
@@ -541,14 +543,16 @@ ORDER BY (customer_id, comparison, contract_id, sku, region, service_period, inv
     Migration {
         id: 39,
         name: "v_ops_anomalies",
-        // Anomalies that stand now.
+        // Anomalies that stand now, as their latest version describes them.
         sql: Sql::Text(
             "CREATE VIEW IF NOT EXISTS {db}.v_ops_anomalies AS \
-             SELECT customer_id, sku, kind, window_start, window_end, observed, expected, score, \
-             severity, baseline, explanation \
+             SELECT customer_id, sku, kind, window_start, \
+             argMax(window_end, version) AS window_end, argMax(observed, version) AS observed, \
+             argMax(expected, version) AS expected, argMax(score, version) AS score, \
+             argMax(severity, version) AS severity, argMax(baseline, version) AS baseline, \
+             argMax(explanation, version) AS explanation \
              FROM {db}.anomalies \
-             GROUP BY customer_id, sku, kind, window_start, window_end, observed, expected, score, \
-             severity, baseline, explanation \
+             GROUP BY customer_id, sku, kind, window_start \
              HAVING sum(sign) > 0",
         ),
     },

@@ -622,11 +622,54 @@ fn every_statement_meterflow_sends_and_every_documented_query_run_on_current_cli
     meterflow_ok(&["quarantine", "list", "--clickhouse-url", &f.ch.url()]);
     let resolved = meterflow_ok(&["quarantine", "resolve", "--clickhouse-url", &f.ch.url()]);
     assert!(String::from_utf8_lossy(&resolved.stdout).contains("0 rejections resolved"));
+    // The dashboard's reads (the v_* views) too: one snapshot, then stop.
+    {
+        let mut dashboard = meterflow_tests::Running(
+            Command::new(meterflow_tests::meterflow_bin())
+                .args([
+                    "dashboard",
+                    "-c",
+                    catalog.to_str().unwrap(),
+                    "--clickhouse-url",
+                ])
+                .arg(f.ch.url())
+                .args(["--listen", "127.0.0.1:0"])
+                .env("METERFLOW_LOG", "warn")
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(dashboard.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let addr = line
+            .split("http://")
+            .nth(1)
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap();
+        let start = std::time::Instant::now();
+        while meterflow_tests::servers::http_get(addr, "/api/exec")
+            .unwrap()
+            .0
+            != 200
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "the dashboard never read ClickHouse"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
     let dump = work.path().join("dump");
     std::fs::create_dir_all(&dump).unwrap();
     let tables = f
         .ch
-        .query("SELECT name FROM system.tables WHERE database = 'meterflow' FORMAT TabSeparated")
+        .query("SELECT name FROM system.tables WHERE database = 'meterflow' AND engine != 'View' FORMAT TabSeparated")
         .unwrap();
     for table in tables.lines() {
         let rows =
@@ -702,6 +745,8 @@ fn every_statement_meterflow_sends_and_every_documented_query_run_on_current_cli
         "ANY INNER JOIN",
         "HAVING countIf(sign < 0) > 0",
         "AS rejected_epoch",
+        "FROM meterflow.v_account_signals",
+        "FROM meterflow.v_ops_anomalies",
     ] {
         assert!(sent.contains(kind), "no `{kind}` statement was recorded");
     }
@@ -929,10 +974,24 @@ fn registry_differences(described: &str) -> Vec<String> {
         }
     }
     let mut diffs = Vec::new();
+    let views: BTreeSet<&str> = keys
+        .iter()
+        .filter(|(_, (engine, _, _))| *engine == "View")
+        .map(|(t, _)| *t)
+        .collect();
+    let registered_views: BTreeSet<&str> = meterflow_schemas::tables::VIEWS
+        .iter()
+        .map(|v| v.name)
+        .collect();
+    if views != registered_views {
+        diffs.push(format!(
+            "migrated views {views:?}, registered {registered_views:?}"
+        ));
+    }
     let made: BTreeSet<&str> = keys
         .keys()
         .copied()
-        .filter(|t| *t != "schema_migrations")
+        .filter(|t| *t != "schema_migrations" && !views.contains(t))
         .collect();
     let registered: BTreeSet<&str> = ALL.iter().map(|t| t.name).collect();
     if made != registered {
@@ -960,6 +1019,24 @@ fn registry_differences(described: &str) -> Vec<String> {
         }
     }
     diffs
+}
+
+#[test]
+fn docs_list_exactly_the_registered_views() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let doc = std::fs::read_to_string(root.join("docs/clickhouse.md")).unwrap();
+    let section = doc.split("\n## Views\n").nth(1).expect("a Views section");
+    let section = section.split("\n## ").next().unwrap();
+    let listed: Vec<&str> = section
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split('`').next())
+        .collect();
+    let registered: Vec<&str> = meterflow_schemas::tables::VIEWS
+        .iter()
+        .map(|v| v.name)
+        .collect();
+    assert_eq!(listed, registered, "docs/clickhouse.md lists {listed:?}");
 }
 
 #[test]

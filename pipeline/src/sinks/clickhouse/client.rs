@@ -181,9 +181,11 @@ impl ClickHouse {
         Fut: Future<Output = clickhouse::error::Result<T>>,
     {
         if let Some(limit) = self.fail_fast {
+            let attempt = op(self.client.clone());
+            // The timer needs the runtime: it is made inside `block_on`.
             return match self
                 .runtime
-                .block_on(tokio::time::timeout(limit, op(self.client.clone())))
+                .block_on(async move { tokio::time::timeout(limit, attempt).await })
             {
                 Ok(Ok(v)) => Ok(v),
                 Ok(Err(e)) => Err(format!("{what}: {e}")),

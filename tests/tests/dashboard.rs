@@ -1,0 +1,260 @@
+//! `meterflow dashboard` end to end: the binary serving a run's output and ClickHouse, its JSON
+//! answers, and real headless Chromium (Debian `chromium` + `chromium-driver`, driven by
+//! selenium from `tests/browser/dashboard_check.py`) checking that every number the pages show
+//! equals the same number computed from the CSV tables or with SQL.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use meterflow_tests::servers::{http_get, ClickHouseServer};
+use meterflow_tests::{generate, meterflow_bin, meterflow_ok, run_ok, Running, Scratch};
+
+/// A running `meterflow dashboard` on a free loopback port.
+struct Dashboard {
+    _child: Running,
+    addr: String,
+}
+
+impl Dashboard {
+    fn start(args: &[&str]) -> Dashboard {
+        let mut child = Running(
+            Command::new(meterflow_bin())
+                .arg("dashboard")
+                .args(args)
+                .args(["--listen", "127.0.0.1:0", "--refresh", "500ms"])
+                .env("METERFLOW_LOG", "warn")
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("meterflow dashboard starts"),
+        );
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .split("http://")
+            .nth(1)
+            .and_then(|r| r.split('/').next())
+            .unwrap_or_else(|| panic!("no address in {line:?}"))
+            .to_string();
+        Dashboard {
+            _child: child,
+            addr,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        let (code, body) = http_get(&self.addr, path).unwrap();
+        let json =
+            serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e} in {body:?}"));
+        (code, json)
+    }
+
+    /// Polls `path` until `done` holds of its answer.
+    fn wait_for(
+        &self,
+        path: &str,
+        what: &str,
+        done: impl Fn(u16, &serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let start = Instant::now();
+        loop {
+            let (code, json) = self.get(path);
+            if done(code, &json) {
+                return json;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(90),
+                "{what}: {path} still answers {code} {json}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+fn browser_check(args: &[&str]) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let out = run_ok(
+        Command::new("python3")
+            .arg(root.join("tests/browser/dashboard_check.py"))
+            .args(args),
+    );
+    println!("{}", String::from_utf8_lossy(&out.stdout));
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn the_pages_show_in_chromium_what_the_demo_output_adds_up_to() {
+    let work = Scratch::new("dashboard-files");
+    let demo = work.path().join("demo");
+    meterflow_ok(&["demo", "--dir", path_str(&demo)]);
+    let (catalog, out) = (demo.join("catalog"), demo.join("out"));
+    // The capture the page shows is the scorecard's: recorded here, compared there.
+    meterflow_ok(&["scorecard", "-c", path_str(&catalog), "-o", path_str(&out)]);
+    let d = Dashboard::start(&["-c", path_str(&catalog), "-o", path_str(&out)]);
+    d.wait_for("/api/exec", "the first read", |code, _| code == 200);
+    // Bad input is an answer that says why, never a server error.
+    let (code, json) = d.get("/api/account?customer=nobody");
+    assert_eq!(code, 404, "{json}");
+    assert!(json["empty"]
+        .as_str()
+        .unwrap()
+        .contains("no customer `nobody`"));
+    let (code, json) = d.get("/api/ops?period=last-month");
+    assert_eq!(code, 400, "{json}");
+    let (code, json) = d.get("/api/account");
+    assert_eq!(code, 400, "{json}");
+    // The rows behind an invoice line are its events, as `meterflow trace` follows them.
+    let (code, json) = d.get(
+        "/api/events?customer=acme&contract=acme-2026&sku=tokens&service_period=2026-11&period=2026-11",
+    );
+    assert_eq!(code, 200, "{json}");
+    // Non-billable events (a test environment) are there to trace, not on the line.
+    let events: Vec<&serde_json::Value> = json["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["billable"] == "1")
+        .collect();
+    let (_, account) = d.get("/api/account?customer=acme&period=2026-11");
+    let line = account["data"]["invoice"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| {
+            l["sku"] == "tokens" && l["line_type"] == "usage" && l["service_period"] == "2026-11"
+        })
+        .expect("a tokens usage line")
+        .clone();
+    let voided = events
+        .iter()
+        .filter(|e| e["correction_action"] == "void")
+        .count() as i64;
+    assert_eq!(
+        events.len() as i64 - 2 * voided,
+        line["events"].as_i64().unwrap(),
+        "the events behind {line}"
+    );
+    let shots = work.path().join("screenshots");
+    browser_check(&[
+        "--url",
+        &d.url(),
+        "--catalog",
+        path_str(&catalog),
+        "--out",
+        path_str(&out),
+        "--screenshots",
+        path_str(&shots),
+    ]);
+    for view in ["exec", "account", "ops"] {
+        let png = std::fs::read(shots.join(format!("{view}.png"))).unwrap();
+        assert!(png.starts_with(b"\x89PNG"), "{view}.png");
+    }
+}
+
+#[test]
+fn the_pages_follow_a_run_as_it_writes() {
+    let work = Scratch::new("dashboard-live");
+    generate(work.path(), 20_000, 20, 7, &["--terms"]);
+    let (catalog, out) = (work.path().join("catalog"), work.path().join("out"));
+    let d = Dashboard::start(&["-c", path_str(&catalog), "-o", path_str(&out)]);
+    // Before the run there is nothing, and the answer says what to do.
+    let json = d.wait_for("/api/exec", "the empty state", |code, json| {
+        code == 503 && json["status"]["error"].is_string()
+    });
+    assert!(
+        json["status"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("no run output yet"),
+        "{json}"
+    );
+    run_ok(
+        Command::new(meterflow_bin())
+            .args(["run", "-q", "-i"])
+            .arg(work.path().join("events.jsonl"))
+            .arg("-c")
+            .arg(&catalog)
+            .arg("-o")
+            .arg(&out),
+    );
+    // The finished run's invoice total, as the page sums it, equals the run's own.
+    let counts: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("counts.json")).unwrap()).unwrap();
+    let accepted = counts["accepted"].as_u64().unwrap();
+    let json = d.wait_for("/api/ops", "the run's output", |code, json| {
+        code == 200 && json["data"]["accepted"].as_u64() == Some(accepted)
+    });
+    assert!(json["status"]["error"].is_null(), "{json}");
+    assert_eq!(json["data"]["duplicates"], counts["duplicates"]);
+    assert_eq!(json["data"]["rejected"], counts["rejected"]);
+    assert_eq!(json["data"]["late"], counts["late"]);
+}
+
+#[test]
+fn over_clickhouse_the_pages_match_the_views_and_say_when_clickhouse_is_down() {
+    let work = Scratch::new("dashboard-clickhouse");
+    let demo = work.path().join("demo");
+    meterflow_ok(&["demo", "--dir", path_str(&demo)]);
+    let catalog = demo.join("catalog");
+    let mut ch = ClickHouseServer::start(work.path());
+    let url = ch.url();
+    meterflow_ok(&["migrate", "--clickhouse-url", &url]);
+    meterflow_ok(&[
+        "run",
+        "-q",
+        "-i",
+        path_str(&demo.join("events.jsonl")),
+        "-c",
+        path_str(&catalog),
+        "--config",
+        path_str(&demo.join("meterflow.toml")),
+        "--clickhouse-url",
+        &url,
+    ]);
+    meterflow_ok(&[
+        "scorecard",
+        "-c",
+        path_str(&catalog),
+        "--clickhouse-url",
+        &url,
+    ]);
+    let d = Dashboard::start(&["-c", path_str(&catalog), "--clickhouse-url", &url]);
+    let exec = d.wait_for("/api/exec", "the first read", |code, _| code == 200);
+    browser_check(&[
+        "--url",
+        &d.url(),
+        "--catalog",
+        path_str(&catalog),
+        "--clickhouse",
+        &url,
+    ]);
+    // ClickHouse goes away: the last numbers stay, and the page says why they are old.
+    ch.kill();
+    d.wait_for("/api/status", "the outage to show", |_, json| {
+        json["status"]["error"].is_string()
+    });
+    let (code, during) = d.get("/api/exec");
+    assert_eq!(code, 200);
+    assert_eq!(during["data"], exec["data"], "the last snapshot is served");
+    browser_check(&["--url", &d.url(), "--expect-down"]);
+    ch.resume();
+    d.wait_for("/api/status", "the recovery", |_, json| {
+        json["status"]["error"].is_null()
+    });
+    let (code, after) = d.get("/api/exec");
+    assert_eq!(code, 200);
+    assert_eq!(
+        after["data"]["usage_revenue"],
+        exec["data"]["usage_revenue"]
+    );
+}
