@@ -76,6 +76,8 @@ def expected_from_files(out, customer, included):
     latest = max(k[0] for k, n in periods.items() if n > 0)
     score = [r for r in rows(out, "scorecard") if r["measure"] == "capture" and r["period"] == "*"
              and r["customer_id"] == "*" and r["sku"] == "*"]
+    if not score:
+        sys.exit(f"{out}/scorecard is empty: run `meterflow scorecard` over the output first")
     metered = sum(int(r["events"]) for r in score if r["cause"] == "metered")
     billed = sum(int(r["events"]) for r in score if r["cause"] == "billed")
     consumption = defaultdict(Decimal)
@@ -257,6 +259,8 @@ def check(args, want):
             shown[row.get_attribute("data-reason")] = int(row.find_element(By.CSS_SELECTOR, ".records").text)
         if shown != want["rejections"]:
             fail(f"ops rejections by reason: page shows {shown}, computed {want['rejections']}")
+        if args.screenshots:
+            d.save_screenshot(os.path.join(args.screenshots, "ops.png"))
         # A reason's drill-down lists its rejected records.
         reason = sorted(want["rejections"])[0]
         d.find_element(By.CSS_SELECTOR, f"tr[data-reason='{reason}'] button.num").click()
@@ -264,8 +268,6 @@ def check(args, want):
              and len(d.find_elements(By.CSS_SELECTOR, "#rows-body tbody tr")) == want["rejections"][reason],
              f"the rejected records of {reason}")
         console_errors(d, "ops")
-        if args.screenshots:
-            d.save_screenshot(os.path.join(args.screenshots, "ops.png"))
 
         # Empty states: clear words, never a server error.
         for path, words in (("/account?customer=nobody-at-all", "no customer `nobody-at-all`"),

@@ -179,11 +179,17 @@ pub fn http_post(port: u16, body: &str) -> Result<String, String> {
 
 /// A minimal HTTP GET on loopback: the status code and the body.
 pub fn http_get(addr: &str, path: &str) -> Result<(u16, String), String> {
+    http_get_with(addr, path, &[])
+}
+
+/// [`http_get`] with extra request headers (`"Name: value"`).
+pub fn http_get_with(addr: &str, path: &str, headers: &[&str]) -> Result<(u16, String), String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(Duration::from_secs(60)))
         .map_err(|e| e.to_string())?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").map_err(|e| e.to_string())?;
+    let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{extra}\r\n").map_err(|e| e.to_string())?;
     let mut resp = String::new();
     s.read_to_string(&mut resp).map_err(|e| e.to_string())?;
     let (head, body) = resp.split_once("\r\n\r\n").ok_or("bad HTTP response")?;

@@ -8,8 +8,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use meterflow_tests::servers::{http_get, ClickHouseServer};
-use meterflow_tests::{generate, meterflow_bin, meterflow_ok, run_ok, Running, Scratch};
+use meterflow_tests::servers::{http_get, http_get_with, ClickHouseServer};
+use meterflow_tests::{generate, meterflow, meterflow_bin, meterflow_ok, run_ok, Running, Scratch};
 
 /// A running `meterflow dashboard` on a free loopback port.
 struct Dashboard {
@@ -19,10 +19,15 @@ struct Dashboard {
 
 impl Dashboard {
     fn start(args: &[&str]) -> Dashboard {
+        Dashboard::start_with(args, &[])
+    }
+
+    fn start_with(args: &[&str], env: &[(&str, &str)]) -> Dashboard {
         let mut child = Running(
             Command::new(meterflow_bin())
                 .arg("dashboard")
                 .args(args)
+                .envs(env.iter().copied())
                 .args(["--listen", "127.0.0.1:0", "--refresh", "500ms"])
                 .env("METERFLOW_LOG", "warn")
                 .stdout(Stdio::piped())
@@ -257,4 +262,64 @@ fn over_clickhouse_the_pages_match_the_views_and_say_when_clickhouse_is_down() {
         after["data"]["usage_revenue"],
         exec["data"]["usage_revenue"]
     );
+}
+
+#[test]
+fn beyond_loopback_the_dashboard_needs_its_token() {
+    let work = Scratch::new("dashboard-token");
+    let demo = work.path().join("demo");
+    meterflow_ok(&["demo", "--dir", path_str(&demo)]);
+    let (catalog, out) = (demo.join("catalog"), demo.join("out"));
+    let open = meterflow(&[
+        "dashboard",
+        "-c",
+        path_str(&catalog),
+        "-o",
+        path_str(&out),
+        "--listen",
+        "0.0.0.0:0",
+    ]);
+    assert!(!open.status.success());
+    assert!(
+        String::from_utf8_lossy(&open.stderr).contains("--token-env"),
+        "{}",
+        String::from_utf8_lossy(&open.stderr)
+    );
+    let d = Dashboard::start_with(
+        &[
+            "-c",
+            path_str(&catalog),
+            "-o",
+            path_str(&out),
+            "--token-env",
+            "DASHBOARD_TOKEN",
+        ],
+        &[("DASHBOARD_TOKEN", "s3cret-t0ken")],
+    );
+    let bearer = ["Authorization: Bearer s3cret-t0ken"];
+    let start = Instant::now();
+    while http_get_with(&d.addr, "/api/exec", &bearer).unwrap().0 != 200 {
+        assert!(start.elapsed() < Duration::from_secs(60));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for path in ["/exec", "/api/exec", "/api/events?customer=acme"] {
+        let (code, body) = http_get(&d.addr, path).unwrap();
+        assert_eq!(code, 401, "{path}: {body}");
+        let (code, _) =
+            http_get_with(&d.addr, path, &["Authorization: Bearer wrong-token!"]).unwrap();
+        assert_eq!(code, 401, "{path} with a wrong token");
+        let (code, _) = http_get_with(&d.addr, path, &bearer).unwrap();
+        assert_eq!(code, 200, "{path} with the token");
+    }
+    // Once in the address, then by cookie.
+    let (code, _) = http_get(&d.addr, "/exec?token=s3cret-t0ken").unwrap();
+    assert_eq!(code, 200);
+    let (code, _) = http_get_with(
+        &d.addr,
+        "/api/ops",
+        &["Cookie: meterflow_token=s3cret-t0ken"],
+    )
+    .unwrap();
+    assert_eq!(code, 200);
+    assert_eq!(http_get(&d.addr, "/healthz").unwrap().0, 200);
 }

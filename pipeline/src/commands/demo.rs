@@ -666,6 +666,12 @@ impl DemoCommand {
         println!("{}", report.preview);
         println!("{story}");
         summarize(&report, &self.dir.join("out"));
+        println!(
+            "\nSee it as exec, account and ops dashboards (then open http://127.0.0.1:8080/):\n  \
+             meterflow dashboard -c {} -o {}",
+            self.dir.join("catalog").display(),
+            self.dir.join("out").display()
+        );
         Ok(ExitCode::SUCCESS)
     }
 }
