@@ -37,6 +37,17 @@ def statements(text):
     return out
 
 
+def grafana_queries(path):
+    """Every panel's and template variable's SQL of a Grafana dashboard, with `${var}` filled in
+    by a value (the panels must be valid SQL whatever the variable holds)."""
+    import json
+    with open(path) as f:
+        d = json.load(f)
+    found = [v["query"] for v in d.get("templating", {}).get("list", []) if isinstance(v.get("query"), str)]
+    found += [t["rawSql"] for p in d.get("panels", []) for t in p.get("targets", []) if t.get("rawSql")]
+    return [(re.sub(r"\$\{\w+\}", "acme", q), False) for q in found]
+
+
 def sql_blocks(markdown):
     return [s for block in re.findall(r"```sql\n(.*?)```", markdown, re.S) for s in statements(block)]
 
@@ -50,6 +61,7 @@ def main():
     ap.add_argument("--csv-docs", nargs="*", default=[], help="Markdown files whose sql blocks read CSV output under out/")
     ap.add_argument("--csv-out", help="a CSV output directory, substituted for out/")
     ap.add_argument("--http", help="also run the --docs queries on this server (the 18.16 one)")
+    ap.add_argument("--grafana", nargs="*", default=[], help="Grafana dashboard JSON files whose panel SQL queries the tables")
     ap.add_argument("--describe", help="write each table's columns, engine and keys as created (TSV) here")
     args = ap.parse_args()
 
@@ -112,6 +124,9 @@ def main():
         for doc in args.docs:
             for sql, expect_none in sql_blocks(open(doc).read()):
                 run(sql, doc, "none" if expect_none else None)
+        for doc in args.grafana:
+            for sql, _ in grafana_queries(doc):
+                run(sql, doc)
         for doc in args.csv_docs:
             if not args.csv_out:
                 sys.exit("--csv-docs needs --csv-out")
@@ -124,8 +139,9 @@ def main():
     if args.http:
         import urllib.error
         import urllib.request
-        for doc in args.docs:
-            for sql, expect_none in sql_blocks(open(doc).read()):
+        for doc in args.docs + args.grafana:
+            queries = grafana_queries(doc) if doc.endswith(".json") else sql_blocks(open(doc).read())
+            for sql, expect_none in queries:
                 try:
                     with urllib.request.urlopen(args.http, data=sql.encode(), timeout=60) as r:
                         rows = [l for l in r.read().decode().splitlines() if l]

@@ -323,3 +323,33 @@ fn beyond_loopback_the_dashboard_needs_its_token() {
     assert_eq!(code, 200);
     assert_eq!(http_get(&d.addr, "/healthz").unwrap().0, 200);
 }
+
+#[test]
+fn every_grafana_panel_queries_the_provisioned_clickhouse_with_sql() {
+    // (The SQL itself runs on ClickHouse 18.16 and current ClickHouse in
+    // `every_statement_meterflow_sends_and_every_documented_query_run_on_current_clickhouse`.)
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let grafana = root.join("deploy/grafana");
+    let datasource =
+        std::fs::read_to_string(grafana.join("provisioning/datasources/clickhouse.yaml")).unwrap();
+    assert!(datasource.contains("type: grafana-clickhouse-datasource"));
+    assert!(datasource.contains("uid: meterflow-clickhouse"));
+    for view in ["exec", "account", "ops"] {
+        let path = grafana.join(format!("dashboards/meterflow-{view}.json"));
+        let d: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let panels = d["panels"].as_array().unwrap();
+        assert!(panels.len() >= 5, "{view}: {} panels", panels.len());
+        for p in panels {
+            assert_eq!(
+                p["datasource"]["uid"], "meterflow-clickhouse",
+                "{view}: {p}"
+            );
+            let sql = p["targets"][0]["rawSql"].as_str().unwrap_or_default();
+            assert!(
+                sql.starts_with("SELECT") && sql.contains("meterflow."),
+                "{view}: {p}"
+            );
+        }
+    }
+}
