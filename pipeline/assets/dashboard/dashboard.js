@@ -210,7 +210,8 @@ function renderOps(d) {
          <h2>ClickHouse inserts</h2>${table([{ t: "table" }, { t: "rows", n: 1 }, { t: "retries", n: 1 }, { t: "seconds", n: 1 }], inserts)}
          <p class="empty">from ${esc(t.from)}</p>`
       : `<p class="empty">No pipeline metrics: run with metrics on (an embedded run writes OUT/metrics.prom), or start the dashboard with --metrics-url.</p>`) +
-    card("Anomalies", table([{ t: "customer" }, { t: "SKU" }, { t: "kind" }, { t: "severity" }, { t: "window" }, { t: "why" }], an), true);
+    card(`Anomalies (${d.anomalies_total}${d.anomalies_total > d.anomalies.length ? ", the latest " + d.anomalies.length + " shown" : ""})`,
+      table([{ t: "customer" }, { t: "SKU" }, { t: "kind" }, { t: "severity" }, { t: "window" }, { t: "why" }], an), true);
 }
 
 const render = { exec: [renderExec, chartsExec], account: [renderAccount, chartsAccount], ops: [renderOps, () => {}] };

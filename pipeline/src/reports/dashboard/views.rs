@@ -652,8 +652,14 @@ pub struct Ops {
     /// `(stage, events, p50, p95, p99, max)` in milliseconds, all partitions.
     pub lag: Vec<LagStage>,
     pub telemetry: Option<Telemetry>,
+    /// The [`OPS_ANOMALIES`] latest anomalies of the period, and how many there are in all.
     pub anomalies: Vec<Anomaly>,
+    pub anomalies_total: usize,
 }
+
+/// At most this many anomalies in the ops view (a backfill can raise thousands; the
+/// account view lists a customer's in full).
+pub const OPS_ANOMALIES: usize = 200;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct LagStage {
@@ -702,7 +708,15 @@ pub fn ops(f: &Facts, unit: PeriodUnit, period: Option<&str>) -> Ops {
             })
             .cloned()
             .collect(),
+        anomalies_total: 0,
     };
+    o.anomalies_total = o.anomalies.len();
+    o.anomalies.sort_by(|a, b| {
+        b.window_start
+            .cmp(&a.window_start)
+            .then(a.customer_id.cmp(&b.customer_id))
+    });
+    o.anomalies.truncate(OPS_ANOMALIES);
     for a in f
         .arrivals
         .iter()
