@@ -1025,17 +1025,27 @@ fn registry_differences(described: &str) -> Vec<String> {
     diffs
 }
 
-#[test]
-fn docs_list_exactly_the_registered_views() {
+/// The names in the first column of the table under `## {section}` of docs/clickhouse.md.
+fn listed_in_docs(section: &str) -> Vec<String> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let doc = std::fs::read_to_string(root.join("docs/clickhouse.md")).unwrap();
-    let section = doc.split("\n## Views\n").nth(1).expect("a Views section");
-    let section = section.split("\n## ").next().unwrap();
-    let listed: Vec<&str> = section
+    let part = doc
+        .split(&format!("\n## {section}\n"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("a {section} section"));
+    part.split("\n## ")
+        .next()
+        .unwrap()
         .lines()
         .filter_map(|l| l.strip_prefix("| `"))
         .filter_map(|l| l.split('`').next())
-        .collect();
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn docs_list_exactly_the_registered_views() {
+    let listed = listed_in_docs("Views");
     let registered: Vec<&str> = meterflow_schemas::tables::VIEWS
         .iter()
         .map(|v| v.name)
@@ -1045,15 +1055,8 @@ fn docs_list_exactly_the_registered_views() {
 
 #[test]
 fn docs_list_exactly_the_registered_tables() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let doc = std::fs::read_to_string(root.join("docs/clickhouse.md")).unwrap();
-    let section = doc.split("\n## Tables\n").nth(1).expect("a Tables section");
-    let section = section.split("\n## ").next().unwrap();
-    let listed: Vec<&str> = section
-        .lines()
-        .filter_map(|l| l.strip_prefix("| `"))
-        .filter_map(|l| l.split('`').next())
-        .collect();
+    let listed = listed_in_docs("Tables");
+    let listed: Vec<&str> = listed.iter().map(String::as_str).collect();
     let registered: Vec<&str> = meterflow_schemas::tables::ALL
         .iter()
         .map(|t| t.name)
