@@ -162,3 +162,37 @@ impl Drop for Running {
         }
     }
 }
+
+/// A running `meterflow dashboard` on a free loopback port (killed when dropped).
+pub struct DashboardProcess {
+    pub child: Running,
+    /// `127.0.0.1:PORT`, as it printed when it started listening.
+    pub addr: String,
+}
+
+/// Starts `binary dashboard ARGS --listen 127.0.0.1:0` with `env`, and waits for its address.
+pub fn start_dashboard(binary: &Path, args: &[&str], env: &[(&str, &str)]) -> DashboardProcess {
+    use std::io::BufRead;
+    let mut child = Running(
+        Command::new(binary)
+            .arg("dashboard")
+            .args(args)
+            .args(["--listen", "127.0.0.1:0"])
+            .envs(env.iter().copied())
+            .env("METERFLOW_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("meterflow dashboard starts"),
+    );
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("piped stdout"))
+        .read_line(&mut line)
+        .expect("the dashboard prints its address");
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_string();
+    DashboardProcess { child, addr }
+}

@@ -624,34 +624,17 @@ fn every_statement_meterflow_sends_and_every_documented_query_run_on_current_cli
     assert!(String::from_utf8_lossy(&resolved.stdout).contains("0 rejections resolved"));
     // The dashboard's reads (the v_* views) too: one snapshot, then stop.
     {
-        let mut dashboard = meterflow_tests::Running(
-            Command::new(meterflow_tests::meterflow_bin())
-                .args([
-                    "dashboard",
-                    "-c",
-                    catalog.to_str().unwrap(),
-                    "--clickhouse-url",
-                ])
-                .arg(f.ch.url())
-                .args(["--listen", "127.0.0.1:0"])
-                .env("METERFLOW_LOG", "warn")
-                .stdout(std::process::Stdio::piped())
-                .spawn()
-                .unwrap(),
+        let dashboard = meterflow_tests::start_dashboard(
+            &meterflow_tests::meterflow_bin(),
+            &[
+                "-c",
+                catalog.to_str().unwrap(),
+                "--clickhouse-url",
+                &f.ch.url(),
+            ],
+            &[],
         );
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(dashboard.stdout.take().unwrap()),
-            &mut line,
-        )
-        .unwrap();
-        let addr = line
-            .split("http://")
-            .nth(1)
-            .unwrap()
-            .split('/')
-            .next()
-            .unwrap();
+        let addr = dashboard.addr.as_str();
         let start = std::time::Instant::now();
         while meterflow_tests::servers::http_get(addr, "/api/exec")
             .unwrap()

@@ -3,13 +3,15 @@
 //! selenium from `tests/browser/dashboard_check.py`) checking that every number the pages show
 //! equals the same number computed from the CSV tables or with SQL.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use meterflow_tests::servers::{http_get, http_get_with, ClickHouseServer};
-use meterflow_tests::{generate, meterflow, meterflow_bin, meterflow_ok, run_ok, Running, Scratch};
+use meterflow_tests::{
+    generate, meterflow, meterflow_bin, meterflow_ok, run_ok, start_dashboard, DashboardProcess,
+    Running, Scratch,
+};
 
 /// A running `meterflow dashboard` on a free loopback port.
 struct Dashboard {
@@ -23,27 +25,9 @@ impl Dashboard {
     }
 
     fn start_with(args: &[&str], env: &[(&str, &str)]) -> Dashboard {
-        let mut child = Running(
-            Command::new(meterflow_bin())
-                .arg("dashboard")
-                .args(args)
-                .envs(env.iter().copied())
-                .args(["--listen", "127.0.0.1:0", "--refresh", "500ms"])
-                .env("METERFLOW_LOG", "warn")
-                .stdout(Stdio::piped())
-                .spawn()
-                .expect("meterflow dashboard starts"),
-        );
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .split("http://")
-            .nth(1)
-            .and_then(|r| r.split('/').next())
-            .unwrap_or_else(|| panic!("no address in {line:?}"))
-            .to_string();
+        let mut all = args.to_vec();
+        all.extend(["--refresh", "500ms"]);
+        let DashboardProcess { child, addr } = start_dashboard(&meterflow_bin(), &all, env);
         Dashboard {
             _child: child,
             addr,

@@ -14,12 +14,13 @@
 //! usage: dashboard_load [--events N] [--customers N] [--loads N] [--dir DIR]
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context};
 use meterflow_benchmarks::{generate_once, meterflow_binary};
 use meterflow_tests::servers::{http_get, ClickHouseServer};
+use meterflow_tests::start_dashboard;
 
 struct Args {
     events: u64,
@@ -116,23 +117,12 @@ fn main() -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)?;
 
     let started = Instant::now();
-    let mut child = Command::new(&meterflow)
-        .args(["dashboard", "-c", catalog, "--clickhouse-url", &url])
-        .args(["--listen", "127.0.0.1:0", "--refresh", "1h"])
-        .env("METERFLOW_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut line,
-    )?;
-    let addr = line
-        .split("http://")
-        .nth(1)
-        .and_then(|r| r.split('/').next())
-        .context("dashboard address")?
-        .to_string();
+    let dashboard = start_dashboard(
+        &meterflow,
+        &["-c", catalog, "--clickhouse-url", &url, "--refresh", "1h"],
+        &[],
+    );
+    let addr = dashboard.addr.clone();
     // The first snapshot: every view's numbers read from ClickHouse at once.
     while http_get(&addr, "/api/exec").map_err(anyhow::Error::msg)?.0 != 200 {
         ensure!(
@@ -197,14 +187,13 @@ fn main() -> anyhow::Result<()> {
             ms(snapshot),
         );
     }
-    let rss = std::fs::read_to_string(format!("/proc/{}/status", child.id()))?
+    let rss = std::fs::read_to_string(format!("/proc/{}/status", dashboard.child.id()))?
         .lines()
         .find(|l| l.starts_with("VmHWM:"))
         .map(|l| l.trim_start_matches("VmHWM:").trim().to_string())
         .unwrap_or_default();
     println!("\ndashboard peak RSS: {rss}");
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(dashboard);
     drop(ch);
     let _ = std::fs::remove_dir_all(&work);
     Ok(())

@@ -209,7 +209,7 @@ fn day_in(unit: PeriodUnit, period: Option<&str>, day: &str) -> bool {
     ) else {
         return false;
     };
-    unit.period_of(t) == p || (t >= p.0 && t < unit.end_of(p))
+    unit.period_of(t) == p
 }
 
 /// The average price per unit a customer's SKU billed in an invoice period (usage lines).
