@@ -438,7 +438,7 @@ ORDER BY (customer_id, comparison, contract_id, sku, region, service_period, inv
         // Reconciliation checks invoice-level lines and invoice totals too: which one a row is.
         sql: Sql::Text("ALTER TABLE {db}.reconciliation ADD COLUMN line_type String"),
     },
-    // The dashboard's numbers as views (migrations 31-39), so data teams query the same
+    // The dashboard's numbers as views (migrations 31-42), so data teams query the same
     // definitions `meterflow dashboard` shows. Signed tables are netted with `sum(x * sign)`.
     Migration {
         id: 31,
@@ -554,6 +554,50 @@ ORDER BY (customer_id, comparison, contract_id, sku, region, service_period, inv
              FROM {db}.anomalies \
              GROUP BY customer_id, sku, kind, window_start \
              HAVING sum(sign) > 0",
+        ),
+    },
+    Migration {
+        id: 40,
+        name: "v_exec_reconciliation",
+        // What the latest `meterflow reconcile` checked, per comparison and period (the invoice
+        // period; a signal's or a non-additive line's own period when it has none): lines checked
+        // and lines drifting.
+        sql: Sql::Text(
+            "CREATE VIEW IF NOT EXISTS {db}.v_exec_reconciliation AS \
+             SELECT run_id, max(checked_at) AS checked_at, comparison, \
+             if(invoice_period = '', service_period, invoice_period) AS period, \
+             count() AS lines, sum(drift) AS drifting \
+             FROM {db}.reconciliation \
+             WHERE run_id = (SELECT argMax(run_id, checked_at) FROM {db}.reconciliation) \
+             GROUP BY run_id, comparison, period",
+        ),
+    },
+    Migration {
+        id: 41,
+        name: "v_exec_drift",
+        // The lines the latest `meterflow reconcile` found drifting, with the first events
+        // behind each.
+        sql: Sql::Text(
+            "CREATE VIEW IF NOT EXISTS {db}.v_exec_drift AS \
+             SELECT checked_at, run_id, comparison, customer_id, contract_id, sku, region, \
+             service_period, invoice_period, signal, line_type, expected_events, billed_events, \
+             expected_quantity, billed_quantity, currency, expected_amount_exact, \
+             billed_amount_exact, event_ids \
+             FROM {db}.reconciliation \
+             WHERE drift = 1 \
+             AND run_id = (SELECT argMax(run_id, checked_at) FROM {db}.reconciliation)",
+        ),
+    },
+    Migration {
+        id: 42,
+        name: "v_ops_lag",
+        // The metering lag as `meterflow scorecard` last recorded it.
+        sql: Sql::Text(
+            "CREATE VIEW IF NOT EXISTS {db}.v_ops_lag AS \
+             SELECT computed_at, run_id, period, source, partition, stage, events, \
+             p50_ms, p95_ms, p99_ms, max_ms \
+             FROM {db}.metering_lag \
+             WHERE run_id = (SELECT argMax(run_id, computed_at) FROM {db}.metering_lag)",
         ),
     },
 ];

@@ -657,6 +657,18 @@ pub const VIEWS: &[View] = &[
         name: "v_ops_anomalies",
         about: "anomalies that stand now",
     },
+    View {
+        name: "v_exec_reconciliation",
+        about: "lines the latest `meterflow reconcile` checked and found drifting, per comparison and period",
+    },
+    View {
+        name: "v_exec_drift",
+        about: "the lines the latest `meterflow reconcile` found drifting",
+    },
+    View {
+        name: "v_ops_lag",
+        about: "the metering lag as `meterflow scorecard` last recorded it",
+    },
 ];
 
 #[cfg(test)]

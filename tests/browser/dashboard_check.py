@@ -9,7 +9,8 @@ picker, and every number below must equal the computed one:
 - usage revenue and invoiced total (exec),
 - capture rate in events, from the scorecard `meterflow scorecard` recorded (exec),
 - a customer's consumption per SKU and remaining entitlement in its latest period (account),
-- rejections by reason (ops).
+- rejections by reason (ops),
+- checks drifting of checks made by the latest `meterflow reconcile` (exec; when it ran).
 
 It also checks the empty states (unknown customer, malformed period, a period without data) and
 that the browser console holds no errors. Exit status 0 when everything matched; otherwise every
@@ -91,7 +92,11 @@ def expected_from_files(out, customer, included):
     rejections = defaultdict(int)
     for r in rows(out, "rejections"):
         rejections[r["reason"]] += 1
+    checked = rows(out, "reconciliation")
+    last_run = max(checked, key=lambda r: r["checked_at"])["run_id"] if checked else None
+    checked = [r for r in checked if r["run_id"] == last_run]
     return {
+        "drifting": f"{sum(r['drift'] == '1' for r in checked)} of {len(checked)}" if checked else None,
         "usage_revenue": {c: cents(a) for c, a in usage.items()},
         "invoiced": {c: cents(a) for c, a in invoiced.items()},
         "capture_events": percent(billed, metered),
@@ -123,7 +128,11 @@ def expected_from_clickhouse(url, db, customer, included):
         url, f"SELECT sku, sum(quantity) FROM {db}.v_account_usage WHERE customer_id = '{customer}' "
              f"AND service_period = '{latest}' GROUP BY sku")})
     rejections = {r: int(n) for r, n in sql(url, f"SELECT reason, sum(records) FROM {db}.v_ops_rejections GROUP BY reason")}
+    # From the table itself, not the view the dashboard reads.
+    [[lines, drifting]] = sql(url, f"SELECT count(), sum(drift) FROM {db}.reconciliation WHERE run_id = "
+                                   f"(SELECT argMax(run_id, checked_at) FROM {db}.reconciliation)")
     return {
+        "drifting": f"{drifting} of {lines}" if int(lines) else None,
         "usage_revenue": usage,
         "invoiced": invoiced,
         "capture_events": percent(int(billed), int(metered)),
@@ -216,6 +225,11 @@ def check(args, want):
         got = text(d, "#exec-capture-events")
         if got != (want["capture_events"] or "n/a"):
             fail(f"exec capture rate (events): page shows {got!r}, computed {want['capture_events']!r}")
+        if want["drifting"] is None:
+            if not d.find_elements(By.ID, "exec-not-reconciled"):
+                fail("exec: nothing was reconciled, yet the page does not say so")
+        elif text(d, "#exec-drifting") != want["drifting"]:
+            fail(f"exec drifting checks: page shows {text(d, '#exec-drifting')!r}, computed {want['drifting']!r}")
         console_errors(d, "exec")
         if args.screenshots:
             d.save_screenshot(os.path.join(args.screenshots, "exec.png"))

@@ -734,6 +734,8 @@ fn every_statement_meterflow_sends_and_every_documented_query_run_on_current_cli
         "AS rejected_epoch",
         "FROM meterflow.v_account_signals",
         "FROM meterflow.v_ops_anomalies",
+        "FROM meterflow.v_exec_reconciliation",
+        "FROM meterflow.v_exec_drift",
     ] {
         assert!(sent.contains(kind), "no `{kind}` statement was recorded");
     }
@@ -837,6 +839,52 @@ fn reconcile_finds_an_invoice_line_deleted_in_clickhouse() {
     assert_eq!(d[4].parse::<f64>(), Ok(0.0), "nothing billed");
     let ids: Vec<&str> = d[5].split(' ').collect();
     assert_eq!(ids.len(), 10);
+    // The exec dashboard shows the drift: three checks of all, the line first with its events,
+    // and the line's money underbilled (once: the invoice totals are not counted again).
+    let dashboard = meterflow_tests::start_dashboard(
+        &meterflow_tests::meterflow_bin(),
+        &[
+            "-c",
+            catalog.to_str().unwrap(),
+            "--clickhouse-url",
+            &f.ch.url(),
+        ],
+        &[],
+    );
+    let start = std::time::Instant::now();
+    let exec = loop {
+        let (code, body) =
+            meterflow_tests::servers::http_get(&dashboard.addr, "/api/exec").unwrap();
+        if code == 200 {
+            break serde_json::from_str::<serde_json::Value>(&body).unwrap();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the dashboard never read ClickHouse: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let r = &exec["data"]["reconciliation"];
+    assert_eq!(r["drifting"], 3, "{r}");
+    assert_eq!(r["lines"].as_u64(), Some(checked), "{r}");
+    assert_eq!(
+        r["underbilled"][0]["amount"],
+        amount.format_fixed(2).as_str(),
+        "{r}"
+    );
+    assert_eq!(r["overbilled"], serde_json::json!([]), "{r}");
+    let first = &r["drifting_lines"][0];
+    let key: Vec<&str> = ["customer", "contract", "service_period", "invoice_period"]
+        .iter()
+        .map(|k| first[*k].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(key, t, "{r}");
+    assert_eq!(
+        first["difference"],
+        format!("-{}", amount.format_fixed(2)).as_str()
+    );
+    assert_eq!(first["event_ids"].as_array().unwrap().len(), 10);
+    drop(dashboard);
     for id in ids {
         assert_eq!(
             count(

@@ -7,6 +7,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use meterflow::reports::tables::{current_rows, read_table};
+use meterflow_schemas::money::Amount;
 use meterflow_tests::servers::{http_get, http_get_with, ClickHouseServer};
 use meterflow_tests::{
     generate, meterflow, meterflow_bin, meterflow_ok, run_ok, start_dashboard, DashboardProcess,
@@ -89,6 +91,8 @@ fn the_pages_show_in_chromium_what_the_demo_output_adds_up_to() {
     let (catalog, out) = (demo.join("catalog"), demo.join("out"));
     // The capture the page shows is the scorecard's: recorded here, compared there.
     meterflow_ok(&["scorecard", "-c", path_str(&catalog), "-o", path_str(&out)]);
+    // So is the reconciliation drift.
+    meterflow_ok(&["reconcile", "-c", path_str(&catalog), "-o", path_str(&out)]);
     let d = Dashboard::start(&["-c", path_str(&catalog), "-o", path_str(&out)]);
     d.wait_for("/api/exec", "the first read", |code, _| code == 200);
     // Bad input is an answer that says why, never a server error.
@@ -132,6 +136,33 @@ fn the_pages_show_in_chromium_what_the_demo_output_adds_up_to() {
         events.len() as i64 - 2 * voided,
         line["events"].as_i64().unwrap(),
         "the events behind {line}"
+    );
+    // Initech's prepaid credit: what is left is the grant less every credit line so far.
+    let used: Amount = current_rows(&read_table(&out, "invoice_lines").unwrap())
+        .iter()
+        .filter(|r| r["customer_id"] == "initech" && r["line_type"] == "credit")
+        .map(|r| -Amount::parse(&r["amount"]).unwrap())
+        .sum();
+    assert!(used > Amount::ZERO, "the demo burns initech's credit");
+    let (_, initech) = d.get("/api/account?customer=initech");
+    let credits = initech["data"]["credits"].as_array().unwrap();
+    assert_eq!(credits.len(), 1, "{initech}");
+    assert_eq!(credits[0]["grant"], "onboarding");
+    assert_eq!(credits[0]["used"], used.format_fixed(2).as_str());
+    assert_eq!(
+        credits[0]["balance"],
+        (Amount::parse("5000").unwrap() - used)
+            .format_fixed(2)
+            .as_str()
+    );
+    assert_eq!(credits[0]["status"], "active");
+    // Nothing drifts in the demo; every check the reconciliation made is counted.
+    let (_, exec) = d.get("/api/exec");
+    let r = &exec["data"]["reconciliation"];
+    assert_eq!(r["drifting"], 0, "{r}");
+    assert_eq!(
+        r["lines"].as_u64().unwrap() as usize,
+        read_table(&out, "reconciliation").unwrap().len()
     );
     let shots = work.path().join("screenshots");
     browser_check(&[
@@ -209,6 +240,9 @@ fn over_clickhouse_the_pages_match_the_views_and_say_when_clickhouse_is_down() {
         path_str(&demo.join("meterflow.toml")),
         "--clickhouse-url",
         &url,
+        // The run's counts and preview, out of the source tree.
+        "-o",
+        path_str(&work.path().join("ch-out")),
     ]);
     meterflow_ok(&[
         "scorecard",

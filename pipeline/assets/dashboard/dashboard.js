@@ -97,6 +97,7 @@ function duration(ms) {
 
 function renderExec(d) {
   const c = d.capture;
+  const r = d.reconciliation;
   const sev = Object.entries(d.anomalies).map(([s, n]) => `${n} ${s}`).join(", ") || "none";
   const gap = c.gap.map((g) => [td(esc(g.cause)), tdn(g.events), tdn(esc(g.quantity)), tdn(esc(g.money || ""))]);
   const customers = d.customers.map((x) => [
@@ -117,8 +118,25 @@ function renderExec(d) {
     card("Revenue at risk", `<div class="kpis">
       ${kpi("exec-at-risk-capture", d.at_risk_capture || "0", "metered but not billed (rejected, uncommitted)", { kind: "rejections" })}
       ${kpi("exec-at-risk-anomalies", money(d.at_risk_anomalies), "usage a drop or silence may be missing (at the customer's price)")}
+      ${kpi("exec-at-risk-drift", r ? money(r.underbilled) : "n/a", r ? "underbilled on lines reconciliation found drifting" : "not reconciled yet: run meterflow reconcile")}
       ${kpi("exec-anomalies", sev, "open anomalies")}
     </div>${table([{ t: "metered, not billed" }, { t: "events", n: 1 }, { t: "units", n: 1 }, { t: "money", n: 1 }], gap)}`) +
+    card("Reconciliation drift", r ? `<div class="kpis">
+      ${kpi("exec-drifting", `${r.drifting} of ${r.lines}`, "checks drifting (events → lines, signals, invoice totals)")}
+      ${kpi("exec-underbilled", money(r.underbilled), "events call for more than is billed")}
+      ${kpi("exec-overbilled", money(r.overbilled), "billed beyond what the events call for")}
+    </div>${table([{ t: "comparison" }, { t: "checked", n: 1 }, { t: "drifting", n: 1 }],
+      r.checks.map((c) => [td(esc(c.comparison)), tdn(c.lines), tdn(`<span class="drifting">${c.drifting}</span>`)]))}
+    ${r.drifting_lines.length ? "<h2>Drifting lines" + (r.drifting > r.drifting_lines.length ? ` (the ${r.drifting_lines.length} largest)` : "") + "</h2>" : ""}
+    ${r.drifting_lines.length ? table([{ t: "customer" }, { t: "contract" }, { t: "SKU / line" }, { t: "service period" }, { t: "events expected / billed", n: 1 },
+      { t: "quantity expected / billed", n: 1 }, { t: "billed − expected", n: 1 }], r.drifting_lines.map((l) => [td(esc(l.customer)), td(esc(l.contract)),
+      td(esc(l.sku || l.what) + (l.sku && l.what ? " · " + esc(l.what) : "")), td(esc(l.service_period)), tdn(`${l.expected_events} / ${l.billed_events}`),
+      tdn(`${esc(l.expected_quantity)} / ${esc(l.billed_quantity)}`),
+      tdn(l.sku && l.comparison === "events_to_lines"
+        ? `<button class="num" type="button" data-drill='${esc(JSON.stringify({ kind: "events", customer: l.customer, contract: l.contract, sku: l.sku, service_period: l.service_period }))}'>${esc(l.difference ? l.difference + " " + l.currency : "events")}</button>`
+        : esc(l.difference ? l.difference + " " + l.currency : ""))]), (i) => `data-drift="${i}"`) : ""}
+    <p class="empty">meterflow reconcile ${esc(r.run_id)} at ${esc(r.checked_at)}</p>`
+      : `<p class="empty" id="exec-not-reconciled">No reconciliation recorded: run <code>meterflow reconcile</code> over this output to compare every line with its events.</p>`, true) +
     card("Usage revenue by invoice period", `<div class="chart" id="chart-trend"></div>`) +
     card("Accepted events per day", `<div class="chart" id="chart-daily"></div>`) +
     card("Customers", table([{ t: "customer" }, { t: "usage revenue", n: 1 }, { t: "invoiced", n: 1 }], customers), true);
@@ -163,6 +181,11 @@ function renderAccount(d) {
       (i) => `data-entitlement="${esc(d.entitlements[i].sku)}"`), true) +
     card("Commitments, budgets and credits", table([{ t: "contract" }, { t: "usage spend", n: 1 }, { t: "minimum", n: 1 },
       { t: "true-up", n: 1 }, { t: "budget", n: 1 }, { t: "cap", n: 1 }, { t: "credits used", n: 1 }, { t: "" }], com), true) +
+    card("Prepaid credit", table([{ t: "contract" }, { t: "grant" }, { t: "granted", n: 1 }, { t: "used", n: 1 }, { t: "balance", n: 1 },
+      { t: "" }, { t: "usable from" }, { t: "expires" }, { t: "status" }], d.credits.map((g) => [td(esc(g.contract)), td(esc(g.grant)),
+      tdn(esc(g.granted)), tdn(esc(g.used)), tdn(`<span class="balance">${esc(g.balance)}</span>`), td(esc(g.currency)),
+      td(esc(g.usable_from.slice(0, 10))), td(esc(g.expires ? g.expires.slice(0, 10) : "never")), td(esc(g.status))]),
+      (i) => `data-credit="${esc(d.credits[i].grant)}"`), true) +
     card("Signals", table([{ t: "SKU" }, { t: "period" }, { t: "signal" }, { t: "%", n: 1 }, { t: "at", n: 1 }], sig)) +
     card("Invoice preview", table([{ t: "contract" }, { t: "line" }, { t: "SKU" }, { t: "service period" }, { t: "events", n: 1 },
       { t: "quantity", n: 1 }, { t: "amount", n: 1 }, { t: "" }], inv), true) +

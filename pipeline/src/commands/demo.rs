@@ -175,6 +175,12 @@ customer = "initech"
 rate_card = "standard"
 starts = "2026-03-01T00:00:00Z"
 
+[[contract.credit]]         # prepaid: burnt down by initech's invoices until it expires
+name = "onboarding"
+amount = "5000"
+granted = "2026-03-01T00:00:00Z"
+expires = "2027-03-01T00:00:00Z"
+
 [[customer]]
 id = "hooli"
 name = "Hooli"

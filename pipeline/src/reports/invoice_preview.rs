@@ -320,14 +320,9 @@ pub fn render_lines(
     s
 }
 
-/// Per contract with credit grants: its latest invoice period and a line on its credit.
-/// Replays the burn of the `credit` lines over the grants in the pipeline's order.
-fn credit_status(
-    catalog: &Catalog,
-    lines: &[PreviewLine],
-    unit: PeriodUnit,
-) -> BTreeMap<String, (String, String)> {
-    let mut out = BTreeMap::new();
+/// Credit used per contract and invoice period (label): the negated `credit` lines. Every
+/// contract with lines has an entry for each of its periods.
+pub(crate) fn credit_used(lines: &[PreviewLine]) -> BTreeMap<&str, BTreeMap<&str, Amount>> {
     let mut used: BTreeMap<&str, BTreeMap<&str, Amount>> = BTreeMap::new();
     for l in lines {
         let per_period = used.entry(&l.contract).or_default();
@@ -336,7 +331,61 @@ fn credit_status(
             *e -= l.amount;
         }
     }
-    for (contract, periods) in used {
+    used
+}
+
+/// A contract's credit grants after replaying the credit it used.
+pub(crate) struct CreditReplay {
+    /// What each grant holds after the last period replayed (in the grants' order).
+    pub balances: Vec<Amount>,
+    /// The last period replayed: its label and start.
+    pub last: Option<(String, meterflow_schemas::time::Period)>,
+    /// Credit used since the first period that used any, and how many periods that is.
+    pub burnt: Amount,
+    pub burning: i128,
+}
+
+/// Burns `used` (per invoice period label) over `grants` as the pipeline does, period by period,
+/// through the period labelled `through` (every period: `None`).
+pub(crate) fn replay_credit(
+    grants: &[meterflow_schemas::catalog::CreditGrant],
+    used: &BTreeMap<&str, Amount>,
+    unit: PeriodUnit,
+    through: Option<&str>,
+) -> CreditReplay {
+    let mut r = CreditReplay {
+        balances: grants.iter().map(|g| g.amount).collect(),
+        last: None,
+        burnt: Amount::ZERO,
+        burning: 0,
+    };
+    let through = through.and_then(|t| unit.parse_label(t));
+    for (label, amount) in used {
+        let Some(p) = unit.parse_label(label) else {
+            continue;
+        };
+        if through.is_some_and(|t| p > t) {
+            continue;
+        }
+        meterflow_schemas::pricing::invoice::burn(grants, &mut r.balances, p.0, *amount);
+        if r.burning > 0 || *amount > Amount::ZERO {
+            r.burnt += *amount;
+            r.burning += 1;
+        }
+        r.last = Some((label.to_string(), p));
+    }
+    r
+}
+
+/// Per contract with credit grants: its latest invoice period and a line on its credit.
+/// Replays the burn of the `credit` lines over the grants in the pipeline's order.
+fn credit_status(
+    catalog: &Catalog,
+    lines: &[PreviewLine],
+    unit: PeriodUnit,
+) -> BTreeMap<String, (String, String)> {
+    let mut out = BTreeMap::new();
+    for (contract, periods) in credit_used(lines) {
         let Some(ci) = catalog.contract(contract) else {
             continue;
         };
@@ -344,21 +393,12 @@ fn credit_status(
         if grants.is_empty() {
             continue;
         }
-        let mut balances: Vec<Amount> = grants.iter().map(|g| g.amount).collect();
-        let mut last = None;
-        // Burn since the first period that used credit.
-        let (mut burnt, mut burning) = (Amount::ZERO, 0i128);
-        for (label, amount) in &periods {
-            let Some(p) = unit.parse_label(label) else {
-                continue;
-            };
-            meterflow_schemas::pricing::invoice::burn(grants, &mut balances, p.0, *amount);
-            if burning > 0 || *amount > Amount::ZERO {
-                burnt += *amount;
-                burning += 1;
-            }
-            last = Some((label.to_string(), p));
-        }
+        let CreditReplay {
+            balances,
+            last,
+            burnt,
+            burning,
+        } = replay_credit(grants, &periods, unit, None);
         let Some((label, p)) = last else { continue };
         let end = unit.end_of(p);
         let remaining: Amount = grants

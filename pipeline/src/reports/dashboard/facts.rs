@@ -5,7 +5,7 @@ use std::path::Path;
 
 use meterflow_schemas::catalog::Catalog;
 use meterflow_schemas::lag::Lagged;
-use meterflow_schemas::money::Quantity;
+use meterflow_schemas::money::{minor_unit_digits, Amount, Quantity, Rounding};
 use meterflow_schemas::scorecard::Scored;
 use meterflow_schemas::time::{EventTime, PeriodUnit};
 use serde::{Deserialize, Serialize};
@@ -84,6 +84,39 @@ pub struct Anomaly {
     pub explanation: String,
 }
 
+/// What the latest `meterflow reconcile` checked in one comparison and period.
+#[derive(Clone, Debug, Default, PartialEq, Eq, clickhouse::Row, Deserialize)]
+pub struct Checked {
+    pub run_id: String,
+    pub checked_at: String,
+    pub comparison: String,
+    pub period: String,
+    pub lines: u64,
+    pub drifting: u64,
+}
+
+/// A line the latest `meterflow reconcile` found drifting. Amounts are exact.
+#[derive(Clone, Debug, Default, PartialEq, Eq, clickhouse::Row, Deserialize)]
+pub struct Drifting {
+    pub comparison: String,
+    pub customer_id: String,
+    pub contract_id: String,
+    pub sku: String,
+    pub region: String,
+    pub service_period: String,
+    pub invoice_period: String,
+    pub signal: String,
+    pub line_type: String,
+    pub expected_events: i64,
+    pub billed_events: i64,
+    pub expected_quantity: String,
+    pub billed_quantity: String,
+    pub currency: String,
+    pub expected_amount: String,
+    pub billed_amount: String,
+    pub event_ids: String,
+}
+
 /// What the running pipeline counted of its sinks (from its `/metrics` or `metrics.prom`).
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Telemetry {
@@ -113,7 +146,35 @@ pub struct Facts {
     pub duplicates: u64,
     pub arrivals: Vec<Arrivals>,
     pub anomalies: Vec<Anomaly>,
+    /// The latest reconciliation: what it checked, and the lines it found drifting.
+    pub checked: Vec<Checked>,
+    pub drifting: Vec<Drifting>,
     pub telemetry: Option<Telemetry>,
+}
+
+/// Money in one currency: rounded to its minor unit for display, and exact.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Money {
+    pub currency: String,
+    pub amount: String,
+    pub exact: String,
+}
+
+/// Amounts by currency.
+pub(super) type ByCurrency = BTreeMap<String, Amount>;
+
+pub(super) fn money_of(by_currency: ByCurrency) -> Vec<Money> {
+    by_currency
+        .into_iter()
+        .map(|(currency, a)| {
+            let d = minor_unit_digits(&currency);
+            Money {
+                amount: a.round_to(d, Rounding::HalfEven).format_fixed(d),
+                exact: a.to_string(),
+                currency,
+            }
+        })
+        .collect()
 }
 
 fn field<'r>(r: &'r CsvRow, name: &str) -> &'r str {
@@ -246,6 +307,7 @@ impl Facts {
             .iter()
             .map(anomaly_of)
             .collect();
+        let (checked, drifting) = reconciliation_of(&rows_of(out, "reconciliation")?);
         let metrics = out.join("metrics.prom");
         let telemetry = std::fs::read_to_string(&metrics)
             .ok()
@@ -274,6 +336,8 @@ impl Facts {
                 )
                 .collect(),
             anomalies,
+            checked,
+            drifting,
             telemetry,
         })
     }
@@ -320,6 +384,18 @@ impl Facts {
              toString(observed) AS observed, toString(expected) AS expected, toString(score) AS score, \
              severity, explanation FROM {db}.v_ops_anomalies",
         )?;
+        let checked = ch.fetch(
+            "SELECT run_id, concat(replaceOne(toString(checked_at), ' ', 'T'), '.000Z') AS checked_at, \
+             comparison, period, lines, drifting FROM {db}.v_exec_reconciliation \
+             ORDER BY comparison, period",
+        )?;
+        let drifting: Vec<Drifting> = ch.fetch(
+            "SELECT comparison, customer_id, contract_id, sku, region, service_period, invoice_period, \
+             signal, line_type, expected_events, billed_events, \
+             toString(expected_quantity) AS expected_quantity, toString(billed_quantity) AS billed_quantity, \
+             currency, toString(expected_amount_exact) AS expected_amount, \
+             toString(billed_amount_exact) AS billed_amount, event_ids FROM {db}.v_exec_drift",
+        )?;
         Ok(Facts {
             source: format!("ClickHouse database {}", ch.database),
             read_at: EventTime::now(),
@@ -333,6 +409,8 @@ impl Facts {
             duplicates: duplicates.first().map_or(0, |d| d.duplicates),
             arrivals,
             anomalies,
+            checked,
+            drifting,
             telemetry: None,
         })
     }
@@ -344,6 +422,59 @@ fn trimmed(mut usage: Vec<ServiceUsage>) -> Vec<ServiceUsage> {
         u.quantity = quantity(&u.quantity).to_string();
     }
     usage
+}
+
+/// What the latest reconciliation in `rows` (the `reconciliation` table) checked, per comparison
+/// and period, and the lines it found drifting; as `v_exec_reconciliation` and `v_exec_drift`.
+fn reconciliation_of(rows: &[CsvRow]) -> (Vec<Checked>, Vec<Drifting>) {
+    let Some(latest) = rows
+        .iter()
+        .max_by_key(|r| field(r, "checked_at"))
+        .map(|r| field(r, "run_id"))
+    else {
+        return Default::default();
+    };
+    let mut checked: BTreeMap<(&str, &str), Checked> = BTreeMap::new();
+    let mut drifting = Vec::new();
+    for r in rows.iter().filter(|r| field(r, "run_id") == latest) {
+        let period = match field(r, "invoice_period") {
+            "" => field(r, "service_period"),
+            p => p,
+        };
+        let c = checked
+            .entry((field(r, "comparison"), period))
+            .or_insert_with(|| Checked {
+                run_id: latest.into(),
+                comparison: field(r, "comparison").into(),
+                period: period.into(),
+                ..Default::default()
+            });
+        c.checked_at = c.checked_at.clone().max(field(r, "checked_at").into());
+        c.lines += 1;
+        if field(r, "drift") == "1" {
+            c.drifting += 1;
+            drifting.push(Drifting {
+                comparison: field(r, "comparison").into(),
+                customer_id: field(r, "customer_id").into(),
+                contract_id: field(r, "contract_id").into(),
+                sku: field(r, "sku").into(),
+                region: field(r, "region").into(),
+                service_period: field(r, "service_period").into(),
+                invoice_period: field(r, "invoice_period").into(),
+                signal: field(r, "signal").into(),
+                line_type: field(r, "line_type").into(),
+                expected_events: num(r, "expected_events"),
+                billed_events: num(r, "billed_events"),
+                expected_quantity: field(r, "expected_quantity").into(),
+                billed_quantity: field(r, "billed_quantity").into(),
+                currency: field(r, "currency").into(),
+                expected_amount: field(r, "expected_amount_exact").into(),
+                billed_amount: field(r, "billed_amount_exact").into(),
+                event_ids: field(r, "event_ids").into(),
+            });
+        }
+    }
+    (checked.into_values().collect(), drifting)
 }
 
 fn anomaly_of(r: &CsvRow) -> Anomaly {

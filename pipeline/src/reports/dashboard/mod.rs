@@ -3,12 +3,16 @@
 //!
 //! Every number has one definition, shared by both sources: the invoice money and the capture
 //! come from the same readers as `meterflow invoice` and `meterflow scorecard`; the rest from
-//! the tables as the `v_*` views in ClickHouse define them (migrations 31-39, listed in
+//! the tables as the `v_*` views in ClickHouse define them (migrations 31-42, listed in
 //! docs/dashboard.md), which the dashboard queries when it reads ClickHouse. Amounts are exact
 //! decimals, sent as text; the pages only turn them into floats to draw charts.
 
+mod credits;
 mod facts;
+mod reconciled;
 mod views;
 
+pub use credits::*;
 pub use facts::*;
+pub use reconciled::*;
 pub use views::*;

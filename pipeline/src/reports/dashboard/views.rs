@@ -11,37 +11,16 @@ use meterflow_schemas::scorecard::{cause, percent, Scored, ALL, CAPTURE, INVOICE
 use meterflow_schemas::time::{EventTime, Period, PeriodUnit};
 use serde::Serialize;
 
-use super::facts::{quantity, Anomaly, Facts, Rejections, StandingSignal, Telemetry};
+use super::credits::{credit_balances, CreditBalance};
+use super::facts::{
+    money_of, quantity, Anomaly, ByCurrency, Facts, Money, Rejections, StandingSignal, Telemetry,
+};
+use super::reconciled::{reconciliation, Reconciliation};
 use crate::reports::invoice_preview::PreviewLine;
 use crate::reports::scorecard::{self, sum_of};
 
-/// Money in one currency: rounded to its minor unit for display, and exact.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Money {
-    pub currency: String,
-    pub amount: String,
-    pub exact: String,
-}
-
-/// Amounts by currency.
-type ByCurrency = BTreeMap<String, Amount>;
-
 /// A SKU's events, quantity, and `(day, quantity)` per day.
 type SkuDays = (i64, Quantity, Vec<(String, String)>);
-
-fn money_of(by_currency: ByCurrency) -> Vec<Money> {
-    by_currency
-        .into_iter()
-        .map(|(currency, a)| {
-            let d = minor_unit_digits(&currency);
-            Money {
-                amount: a.round_to(d, Rounding::HalfEven).format_fixed(d),
-                exact: a.to_string(),
-                currency,
-            }
-        })
-        .collect()
-}
 
 /// Usage revenue is what usage bills: usage lines and late usage billed as adjustments.
 fn is_usage(kind: LineKind) -> bool {
@@ -175,6 +154,8 @@ pub struct Exec {
     pub at_risk_anomalies: Vec<Money>,
     /// Money metered but not billed (rejections, uncommitted, unexplained).
     pub at_risk_capture: String,
+    /// What the latest `meterflow reconcile` found (none: it never ran).
+    pub reconciliation: Option<Reconciliation>,
     pub customers: Vec<CustomerMoney>,
 }
 
@@ -341,6 +322,7 @@ pub fn exec(f: &Facts, catalog: &Catalog, unit: PeriodUnit, period: Option<&str>
             .map(|m| format!("{} {}", m.amount, m.currency))
             .collect::<Vec<_>>()
             .join(" + "),
+        reconciliation: reconciliation(f, catalog, period),
         customers,
     }
 }
@@ -365,6 +347,8 @@ pub struct Account {
     pub usage: Vec<SkuUsage>,
     pub entitlements: Vec<EntitlementUse>,
     pub commitments: Vec<Commitment>,
+    /// Prepaid credit grants after the period shown.
+    pub credits: Vec<CreditBalance>,
     pub invoice: Vec<InvoiceLine>,
     pub invoice_total: Vec<Money>,
     pub capture: Capture,
@@ -616,6 +600,9 @@ pub fn account(
             .collect(),
         entitlements,
         commitments,
+        credits: period.map_or_else(Vec::new, |p| {
+            credit_balances(&f.lines, catalog, unit, customer, p)
+        }),
         invoice,
         invoice_total: money_of(total),
         capture: capture(&f.scored, period.unwrap_or(ALL), customer),
