@@ -5,6 +5,7 @@
 #   - the build dependencies of librdkafka (OpenSSL, zlib headers, pkg-config),
 #   - chdb-core, an embedded current ClickHouse used to check every DDL statement and documented query,
 #   - headless Chromium and its driver (Debian packages) and selenium, for the dashboard's browser test.
+#   - botocore and jsonschema, to validate the marketplace request files `meterflow export` writes.
 # Needs root (or sudo) for apt-get only when a package is missing.
 set -euo pipefail
 
@@ -38,8 +39,12 @@ if ! python3 -c 'import chdb' >/dev/null 2>&1; then
     || python3 -m pip install --quiet --break-system-packages chdb-core
 fi
 
-if ! python3 -c 'import selenium' >/dev/null 2>&1; then
-  echo "installing selenium" >&2
-  python3 -m pip install --quiet selenium 2>/dev/null \
-    || python3 -m pip install --quiet --break-system-packages selenium
-fi
+# selenium drives Chromium; botocore (its AWS Marketplace Metering model and parameter validator)
+# and jsonschema check the marketplace request files `meterflow export` writes.
+for module in selenium botocore jsonschema; do
+  if ! python3 -c "import $module" >/dev/null 2>&1; then
+    echo "installing $module" >&2
+    python3 -m pip install --quiet "$module" 2>/dev/null \
+      || python3 -m pip install --quiet --break-system-packages "$module"
+  fi
+done

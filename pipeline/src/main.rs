@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use meterflow::commands::catalog::CatalogCommand;
 use meterflow::commands::dashboard::DashboardCommand;
 use meterflow::commands::demo::DemoCommand;
+use meterflow::commands::export::ExportCommand;
 use meterflow::commands::gen::{self, GenArgs};
 use meterflow::commands::invoice::InvoiceCommand;
 use meterflow::commands::migrate::MigrateCommand;
@@ -62,6 +63,9 @@ enum Command {
     Reconcile(ReconcileCommand),
     /// Capture rate (metered usage billed, the gap by cause) and invoice error rate.
     Scorecard(ScorecardCommand),
+    /// Marketplace metering requests (AWS, Azure, GCP) for a closed period's usage of contracts
+    /// sold through a marketplace.
+    Export(ExportCommand),
     /// Exec, account and ops dashboards as web pages (and JSON), over a run's output or ClickHouse.
     Dashboard(DashboardCommand),
     /// Rejected records: list them by reason, replay their fixes.
@@ -132,5 +136,6 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Scorecard(c) => c.execute(),
         Command::Quarantine { command } => command.execute(),
         Command::Dashboard(c) => c.execute(),
+        Command::Export(c) => c.execute(),
     }
 }

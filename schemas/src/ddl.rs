@@ -600,6 +600,12 @@ ORDER BY (customer_id, comparison, contract_id, sku, region, service_period, inv
              WHERE run_id = (SELECT argMax(run_id, computed_at) FROM {db}.metering_lag)",
         ),
     },
+    Migration {
+        id: 43,
+        name: "exports",
+        // Marketplace metering records, as `meterflow export` wrote or sent them.
+        sql: Sql::Create(&crate::tables::EXPORTS),
+    },
 ];
 
 /// The table that records applied migrations (created before any migration runs).

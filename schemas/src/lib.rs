@@ -16,6 +16,7 @@ pub mod hashing;
 pub mod ids;
 pub mod lag;
 pub mod lineage;
+pub mod marketplace;
 pub mod money;
 pub mod pricing;
 pub mod quarantine;

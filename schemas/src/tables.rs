@@ -116,6 +116,7 @@ pub const ALL: &[&Table] = &[
     &SCORECARD,
     &QUARANTINE_RESOLUTIONS,
     &METERING_LAG,
+    &EXPORTS,
 ];
 
 /// The tables the dataflow writes. Their rows carry the `epoch` that wrote them: a restart
@@ -609,6 +610,35 @@ pub const METERING_LAG: Table = Table {
     partition_by: Some("toYYYYMM(computed_at)"),
     order_by: &["period", "source", "partition", "stage", "computed_at"],
     csv: Some("computed_at,run_id,period,source,partition,stage,events,p50_ms,p95_ms,p99_ms,max_ms"),
+    output: None,
+};
+
+pub const EXPORTS: Table = Table {
+    name: "exports",
+    row: "Exported",
+    about: "one marketplace metering record `meterflow export` wrote or sent: a contract's dimension in an hour, a compensation, or a decrease no marketplace takes",
+    columns: &[
+        col("exported_at", "DateTime"),
+        col("export_id", "String"),
+        col("marketplace", "String"),
+        col("listing", "String"),
+        col("product", "String"),
+        col("contract_id", "String"),
+        col("customer_id", "String"),
+        col("marketplace_customer", "String"),
+        col("sku", "String"),
+        col("dimension", "String"),
+        col("usage_hour", "DateTime"),
+        col("record_time", "DateTime"),
+        col("record_kind", "String"),
+        col("quantity", "Decimal(38, 9)"),
+        col("record_key", "String"),
+        col("status", "String"),
+        col("request", "String"),
+    ],
+    partition_by: Some("toYYYYMM(exported_at)"),
+    order_by: &["marketplace", "listing", "contract_id", "dimension", "usage_hour", "exported_at"],
+    csv: Some("exported_at,export_id,marketplace,listing,product,contract_id,customer_id,marketplace_customer,sku,dimension,usage_hour,record_time,record_kind,quantity,record_key,status,request"),
     output: None,
 };
 

@@ -622,6 +622,45 @@ fn every_statement_meterflow_sends_and_every_documented_query_run_on_current_cli
     meterflow_ok(&["quarantine", "list", "--clickhouse-url", &f.ch.url()]);
     let resolved = meterflow_ok(&["quarantine", "resolve", "--clickhouse-url", &f.ch.url()]);
     assert!(String::from_utf8_lossy(&resolved.stdout).contains("0 rejections resolved"));
+    // A marketplace export's reads (the watermark, hourly usage, earlier exports), with the
+    // first contract sold through an Azure listing; the month before the watermark's.
+    let file = catalog.join("catalog.toml");
+    let text = std::fs::read_to_string(&file).unwrap().replacen(
+        "[[contract]]\nid = \"ctr-000001\"",
+        "[contract.marketplace]\nlisting = \"azure\"\ncustomer = \"5f1c2a9e-0000-4e2a-9c1f-7d2b8e6a4c10\"\nplan = \"standard\"\n\n[[contract]]\nid = \"ctr-000001\"",
+        1,
+    ) + "\n[[marketplace]]\nid = \"azure\"\nkind = \"azure\"\n"
+        + &["api_calls", "tokens", "storage"]
+            .map(|s| format!("\n[[marketplace.dimension]]\nsku = \"{s}\"\ndimension = \"{s}\"\n"))
+            .concat();
+    std::fs::write(&file, text).unwrap();
+    let watermark = count(
+        &f.ch,
+        "SELECT toUInt64(watermark_ms / 1000) FROM meterflow.sink_progress ORDER BY generation DESC, epoch DESC LIMIT 1",
+    );
+    let unit = meterflow_schemas::time::PeriodUnit::Month;
+    let this = unit.period_of(meterflow_schemas::time::EventTime(watermark as i64 * 1000));
+    let before = unit.label(unit.period_of(meterflow_schemas::time::EventTime(this.0 .0 - 1)));
+    let requests = work.path().join("requests");
+    let exported = meterflow(&[
+        "export",
+        "azure",
+        "-c",
+        catalog.to_str().unwrap(),
+        "--clickhouse-url",
+        &f.ch.url(),
+        "--period",
+        &before,
+        "--to",
+        requests.to_str().unwrap(),
+    ]);
+    // Its peak meters (seats, active users) cannot go to a marketplace: named, nothing written.
+    let text = String::from_utf8_lossy(&exported.stderr);
+    assert!(
+        text.contains("nothing was written") && text.contains("used SKU seats, a peak"),
+        "{text}"
+    );
+    assert!(!requests.exists());
     // The dashboard's reads (the v_* views) too: one snapshot, then stop.
     {
         let dashboard = meterflow_tests::start_dashboard(
@@ -677,6 +716,7 @@ fn every_statement_meterflow_sends_and_every_documented_query_run_on_current_cli
         .arg(root.join("docs/reconcile.md"))
         .arg(root.join("docs/scorecard.md"))
         .arg(root.join("docs/quarantine.md"))
+        .arg(root.join("docs/marketplaces.md"))
         .arg("--grafana")
         .arg(root.join("deploy/grafana/dashboards/meterflow-exec.json"))
         .arg(root.join("deploy/grafana/dashboards/meterflow-account.json"))
@@ -736,6 +776,8 @@ fn every_statement_meterflow_sends_and_every_documented_query_run_on_current_cli
         "FROM meterflow.v_ops_anomalies",
         "FROM meterflow.v_exec_reconciliation",
         "FROM meterflow.v_exec_drift",
+        "FROM meterflow.exports WHERE marketplace",
+        "AS hour, toString(sum(quantity))",
     ] {
         assert!(sent.contains(kind), "no `{kind}` statement was recorded");
     }

@@ -169,6 +169,10 @@ version = 1          # grandfathered on version 1
 starts = "2025-06-01T00:00:00Z"
 ends = "2027-06-01T00:00:00Z"
 
+[contract.marketplace]      # bought through AWS Marketplace: `meterflow export aws`
+listing = "aws-marketplace"
+customer = "cU5tMeRiD-globex"   # the CustomerIdentifier ResolveCustomer returned
+
 [[contract]]
 id = "initech-2026"
 customer = "initech"
@@ -181,6 +185,11 @@ amount = "5000"
 granted = "2026-03-01T00:00:00Z"
 expires = "2027-03-01T00:00:00Z"
 
+[contract.marketplace]      # bought through Azure Marketplace: `meterflow export azure`
+listing = "azure-marketplace"
+customer = "5f1c2a9e-3b7d-4e2a-9c1f-7d2b8e6a4c10"   # the SaaS subscription's resourceId
+plan = "standard"
+
 [[customer]]
 id = "hooli"
 name = "Hooli"
@@ -190,6 +199,59 @@ id = "hooli-2026"
 customer = "hooli"
 rate_card = "standard"
 starts = "2026-01-01T00:00:00Z"
+
+[contract.marketplace]      # bought through Google Cloud Marketplace: `meterflow export gcp`
+listing = "gcp-marketplace"
+customer = "project:hooli-prod"
+
+# Marketplace listings: the dimension each SKU is metered as, and how many SKU units one
+# marketplace unit is. Seats are a peak (max) meter: a listing cannot meter them per hour.
+[[marketplace]]
+id = "aws-marketplace"
+kind = "aws"
+product_code = "prod-mtrflw7demo"
+
+[[marketplace.dimension]]
+sku = "api_calls"
+dimension = "api_calls_1k"
+unit_size = "1000"
+
+[[marketplace.dimension]]
+sku = "tokens"
+dimension = "tokens_1k"
+unit_size = "1000"
+
+[[marketplace.dimension]]
+sku = "storage"
+dimension = "storage_gb"
+
+[[marketplace]]
+id = "azure-marketplace"
+kind = "azure"
+
+[[marketplace.dimension]]
+sku = "api_calls"
+dimension = "api-calls-1k"
+unit_size = "1000"
+
+[[marketplace.dimension]]
+sku = "tokens"
+dimension = "tokens-1k"
+unit_size = "1000"
+
+[[marketplace.dimension]]
+sku = "storage"
+dimension = "storage-gb"
+
+[[marketplace]]
+id = "gcp-marketplace"
+kind = "gcp"
+service_name = "meterflow-demo.gcpmarketplace.example.com"
+
+[[marketplace.dimension]]
+sku = "tokens"
+dimension = "tokens_1k"
+unit_size = "1000"
 "#;
 
 const DEMO_CONFIG: &str = "# The demo's configuration: defaults, except small chunks (so event time advances every few\n# records, as on a live stream) and a flush after every pricing round (so invoice_lines shows\n# every retraction instead of consolidating them away).\n[input]\nchunk_bytes = 1024\n\n[output]\nflush_interval = \"0ms\"\n\n[watermark]\ntolerance = \"1h\"\n\n[dedup]\nhorizon = \"7d\"\n";

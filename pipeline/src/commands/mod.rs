@@ -6,6 +6,7 @@
 pub mod catalog;
 pub mod dashboard;
 pub mod demo;
+pub mod export;
 pub mod gen;
 pub mod invoice;
 pub mod migrate;

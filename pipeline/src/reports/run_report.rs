@@ -16,7 +16,7 @@ use meterflow_schemas::money::Amount;
 use meterflow_schemas::rejection::Reason;
 use meterflow_schemas::rows::{Counts, InvoiceLine};
 use meterflow_schemas::tables;
-use meterflow_schemas::time::PeriodUnit;
+use meterflow_schemas::time::{EventTime, PeriodUnit};
 
 use crate::reports::invoice_preview;
 use crate::sinks::clickhouse::progress::named_lag;
@@ -34,6 +34,8 @@ pub struct RunReport {
     pub peak_rss_bytes: u64,
     /// The metering lag of what the run committed, per partition read (sources named).
     pub lag: Vec<PartitionLag>,
+    /// The event-time watermark of the last commit: periods ending before it are closed.
+    pub watermark: Option<EventTime>,
 }
 
 /// The invoice lines a run holds when it ends: its preview and total.
@@ -62,8 +64,10 @@ impl LinesAtEnd {
         peak_rss_bytes: u64,
     ) -> RunReport {
         let lines = self.lines.all();
+        let (lag, watermark) = totals.lag.snapshot();
         RunReport {
-            lag: named_lag(&totals.lag.snapshot().0, sources),
+            lag: named_lag(&lag, sources),
+            watermark,
             counts: totals.snapshot(),
             latency: totals.clock.latency(),
             invoice_total_exact: lines
@@ -123,6 +127,7 @@ fn write_counts(out: &Path, r: &RunReport) -> anyhow::Result<()> {
         "invoice_total_exact": r.invoice_total_exact.to_string(),
         "epoch_latency_ms": { "epochs": r.latency.epochs, "p50": r.latency.p50_ms, "p99": r.latency.p99_ms, "max": r.latency.max_ms },
         "metering_lag_ms": lag_json(&r.lag),
+        "watermark": r.watermark.map(|w| w.to_string()),
     });
     std::fs::write(
         out.join("counts.json"),

@@ -18,6 +18,7 @@ use meterflow_schemas::catalog::Catalog;
 use meterflow_schemas::event::{Environment, Metadata};
 use meterflow_schemas::lag::Lagged;
 use meterflow_schemas::lineage::Lineage;
+use meterflow_schemas::marketplace::Exported;
 use meterflow_schemas::money::{Amount, Quantity};
 use meterflow_schemas::quarantine::Resolution;
 use meterflow_schemas::reconcile::Reconciled;
@@ -536,6 +537,33 @@ impl CsvRow for Scored {
         int(row, self.counted.events);
         scaled(row, self.counted.quantity.0, Quantity::SCALE);
         scaled(row, self.counted.amount.0, Amount::SCALE);
+    }
+}
+
+impl CsvRow for Exported {
+    fn csv(&self, _: &Names, _: &mut Labels, row: &mut Vec<u8>) {
+        time_field(row, self.exported_at);
+        for v in [
+            &self.export_id,
+            &self.marketplace,
+            &self.listing,
+            &self.product,
+            &self.contract_id,
+            &self.customer_id,
+            &self.marketplace_customer,
+            &self.sku,
+            &self.dimension,
+        ] {
+            field(row, v);
+        }
+        time_field(row, self.usage_hour);
+        time_field(row, self.record_time);
+        field(row, &self.record_kind);
+        scaled(row, self.quantity.0, Quantity::SCALE);
+        for v in [&self.record_key, &self.status] {
+            field(row, v);
+        }
+        field(row, &self.request);
     }
 }
 

@@ -6,6 +6,7 @@
 pub mod alerts;
 pub mod catalog_log;
 pub mod clickhouse;
+pub mod exports;
 pub mod files;
 pub mod metrics;
 pub mod outputs;

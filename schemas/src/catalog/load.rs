@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 mod contracts;
 mod format;
+mod marketplaces;
 mod rate_cards;
 
 use super::model::*;
@@ -16,6 +17,7 @@ use crate::money::UnitPrice;
 use contracts::build_contracts;
 pub use format::{CatalogError, CatalogErrors};
 use format::{CatalogFile, Loader};
+use marketplaces::build_marketplaces;
 use rate_cards::build_rate_cards;
 
 /// Reads and checks every `*.toml` file below `dir`.
@@ -42,7 +44,7 @@ pub fn load_dir(dir: &Path) -> Result<Catalog, CatalogErrors> {
     for file in files {
         match std::fs::read_to_string(&file).map_err(|e| e.to_string()).and_then(|s| toml::from_str::<CatalogFile>(&s).map_err(|e| e.to_string())) {
             Ok(f) => parsed.push((file, f)),
-            Err(e) => loader.err(&file, "file", e.trim().to_string(), "fix the TOML at the line shown; allowed arrays are [[sku]], [[customer]], [[contract]], [[rate_card]]"),
+            Err(e) => loader.err(&file, "file", e.trim().to_string(), "fix the TOML at the line shown; allowed arrays are [[sku]], [[customer]], [[contract]], [[rate_card]], [[tax]], [[marketplace]]"),
         }
     }
     build(&mut loader, &parsed);
@@ -193,6 +195,7 @@ fn build(l: &mut Loader, files: &[(PathBuf, CatalogFile)]) {
     build_rate_cards(l, files);
     l.catalog.index();
     build_contracts(l, files);
+    build_marketplaces(l, files);
 }
 
 fn build_taxes(l: &mut Loader, files: &[(PathBuf, CatalogFile)]) {

@@ -168,6 +168,74 @@ pub struct Contract {
     pub entitlements: Vec<crate::entitlement::Entitlement>,
     /// A rate card its usage is also priced by, side by side (shadow billing).
     pub shadow: Option<RateCardIdx>,
+    /// The marketplace the customer bought this contract through, if any.
+    pub marketplace: Option<MarketplaceAccount>,
+}
+
+/// A cloud marketplace meterflow writes metering requests for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum MarketplaceKind {
+    Aws,
+    Azure,
+    Gcp,
+}
+
+impl MarketplaceKind {
+    pub const ALL: [MarketplaceKind; 3] = [Self::Aws, Self::Azure, Self::Gcp];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Aws => "aws",
+            Self::Azure => "azure",
+            Self::Gcp => "gcp",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<MarketplaceKind> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// A marketplace listing (`[[marketplace]]`): a product on one marketplace and the dimensions
+/// its SKUs are metered as.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listing {
+    pub id: String,
+    pub kind: MarketplaceKind,
+    /// AWS: the product code; GCP: the service name; empty for Azure (the plan is per contract).
+    pub product: String,
+    pub dimensions: Vec<Dimension>,
+}
+
+impl Listing {
+    pub fn dimension(&self, sku: SkuIdx) -> Option<&Dimension> {
+        self.dimensions.iter().find(|d| d.sku == sku)
+    }
+}
+
+/// How one SKU is metered on a listing (`[[marketplace.dimension]]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dimension {
+    pub sku: SkuIdx,
+    /// AWS: the dimension API name; Azure: the dimension id; GCP: the metric name.
+    pub name: String,
+    /// SKU units per marketplace unit (`"1000"`: a quantity of 1 is 1000 tokens).
+    pub unit_size: crate::money::Quantity,
+}
+
+/// A contract sold through a marketplace (`[contract.marketplace]`): the listing, and who the
+/// customer is there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MarketplaceAccount {
+    /// Index into [`Catalog::marketplaces`].
+    pub listing: usize,
+    /// AWS: `CustomerIdentifier`; Azure: the SaaS subscription's `resourceId`; GCP: the
+    /// `consumerId` (`project:<id>`). Empty for AWS when `aws_account_id` is used.
+    pub customer: String,
+    /// AWS: `CustomerAWSAccountId`, instead of `customer`.
+    pub aws_account_id: Option<String>,
+    /// Azure: the `planId` the customer bought.
+    pub plan: Option<String>,
 }
 
 impl Contract {
@@ -226,6 +294,7 @@ pub struct Catalog {
     pub prices: Vec<Price>,
     pub regions: Vec<String>,
     pub taxes: Vec<Tax>,
+    pub marketplaces: Vec<Listing>,
     customer_ix: FxHashMap<String, CustomerIdx>,
     contract_ix: FxHashMap<String, ContractIdx>,
     sku_ix: FxHashMap<String, SkuIdx>,

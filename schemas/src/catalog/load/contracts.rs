@@ -425,6 +425,7 @@ pub(super) fn build_contracts(l: &mut Loader, files: &[(PathBuf, CatalogFile)]) 
                     terms,
                     entitlements,
                     shadow,
+                    marketplace: None,
                 });
             }
         }

@@ -61,6 +61,8 @@ pub(super) struct CatalogFile {
     pub(super) rate_card: Vec<RateCardDef>,
     #[serde(default)]
     pub(super) tax: Vec<TaxDef>,
+    #[serde(default)]
+    pub(super) marketplace: Vec<MarketplaceDef>,
     /// Shadow rate card for every contract that names none of its own.
     pub(super) shadow_rate_card: Option<String>,
 }
@@ -140,6 +142,40 @@ pub(super) struct ContractDef {
     pub(super) entitlement: Vec<EntitlementDef>,
     /// Price this contract's usage under this rate card too, side by side (shadow billing).
     pub(super) shadow_rate_card: Option<String>,
+    /// The marketplace listing the contract was bought through.
+    pub(super) marketplace: Option<ContractMarketplaceDef>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct MarketplaceDef {
+    pub(super) id: String,
+    /// `aws`, `azure` or `gcp`.
+    pub(super) kind: String,
+    /// AWS: the product code.
+    pub(super) product_code: Option<String>,
+    /// GCP: the service name (`<product>.gcpmarketplace.example.com`).
+    pub(super) service_name: Option<String>,
+    #[serde(default)]
+    pub(super) dimension: Vec<DimensionDef>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DimensionDef {
+    pub(super) sku: String,
+    pub(super) dimension: String,
+    pub(super) unit_size: Option<DecimalText>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ContractMarketplaceDef {
+    pub(super) listing: String,
+    /// AWS `CustomerIdentifier`, Azure `resourceId`, GCP `consumerId`.
+    pub(super) customer: Option<String>,
+    pub(super) aws_account_id: Option<String>,
+    pub(super) plan: Option<String>,
 }
 
 #[derive(Deserialize)]

@@ -1,0 +1,395 @@
+//! `meterflow export aws|azure|gcp --period P`: the metered usage of contracts sold through a
+//! cloud marketplace, as that marketplace's metering requests (docs/marketplaces.md).
+//!
+//! Nothing is sent: the requests are written as files (`BatchMeterUsage` input for AWS, the
+//! `batchUsageEvent` body for Azure, the `services.report` body for GCP), and every record is
+//! appended to the `exports` table, so the next export sends only what is new and settles what
+//! changed. A period is exported once it is closed; a SKU without a dimension, or a marketplace
+//! customer missing, stops the export before anything is written.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{anyhow, bail, Context};
+use clickhouse::Row;
+use meterflow_schemas::catalog::{Aggregation, Catalog, MarketplaceKind};
+use meterflow_schemas::marketplace::{
+    plan, records_member, requests, sent_of, Exported, HourUsage, RecordKind,
+};
+use meterflow_schemas::money::Quantity;
+use meterflow_schemas::time::{EventTime, PeriodUnit};
+use serde::Deserialize;
+
+use crate::commands::report::ReportArgs;
+use crate::reports::tables::read_table;
+use crate::sinks::clickhouse::client::ClickHouse;
+use crate::sinks::exports;
+
+const MS_PER_HOUR: i64 = 3_600_000;
+
+#[derive(clap::Args)]
+pub struct ExportCommand {
+    /// The marketplace: aws, azure or gcp.
+    #[arg(value_parser = ["aws", "azure", "gcp"])]
+    marketplace: String,
+    #[command(flatten)]
+    report: ReportArgs,
+    /// Where the request files go [default: OUT/marketplace, or ./marketplace-requests when
+    /// reading ClickHouse].
+    #[arg(long)]
+    to: Option<PathBuf>,
+    /// Date compensations (usage that grew after its hour was exported) at this time's hour
+    /// instead of now (RFC 3339).
+    #[arg(long)]
+    at: Option<String>,
+}
+
+/// The period's bounds, or why it cannot be exported.
+fn closed_period(
+    unit: PeriodUnit,
+    label: &str,
+    watermark: Option<EventTime>,
+) -> anyhow::Result<(EventTime, EventTime)> {
+    let p = unit
+        .parse_label(label)
+        .ok_or_else(|| anyhow!("--period {label} is not a billing period; write it as the invoices name it (e.g. 2026-11)"))?;
+    let end = unit.end_of(p);
+    match watermark {
+        Some(w) if w >= end => Ok((p.0, end)),
+        Some(w) => bail!(
+            "period {label} is not closed: the run's watermark is at {w}, and the period closes when it passes {end}; \
+             export it then (late usage would otherwise change what was sent). Nothing was written"
+        ),
+        None => bail!(
+            "the run's output records no watermark, so whether period {label} is closed is unknown; \
+             run `meterflow run` over it again (it resumes) and export then. Nothing was written"
+        ),
+    }
+}
+
+fn watermark_of_files(out: &Path) -> anyhow::Result<Option<EventTime>> {
+    let path = out.join("counts.json");
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "cannot read {}: is it a run's output directory?",
+            path.display()
+        )
+    })?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is unreadable", path.display()))?;
+    Ok(json["watermark"]
+        .as_str()
+        .and_then(|w| EventTime::parse_rfc3339(w).ok()))
+}
+
+fn watermark_of_clickhouse(ch: &ClickHouse) -> anyhow::Result<Option<EventTime>> {
+    #[derive(Row, Deserialize)]
+    struct Last {
+        watermark_ms: i64,
+    }
+    let last: Vec<Last> = ch
+        .fetch("SELECT watermark_ms FROM {db}.sink_progress ORDER BY generation DESC, epoch DESC LIMIT 1")
+        .map_err(anyhow::Error::msg)?;
+    Ok(last
+        .first()
+        .filter(|l| l.watermark_ms != i64::MIN)
+        .map(|l| EventTime(l.watermark_ms)))
+}
+
+/// Net usage per contract, SKU and hour from accepted billable events (count meters: events),
+/// before `end`, of the contracts `keep` selects.
+fn usage_of_files(
+    out: &Path,
+    catalog: &Catalog,
+    end: EventTime,
+    keep: &dyn Fn(&str) -> bool,
+) -> anyhow::Result<Vec<HourUsage>> {
+    let mut sums: BTreeMap<(usize, usize, i64), Quantity> = BTreeMap::new();
+    for r in read_table(out, "usage_events")
+        .with_context(|| format!("cannot read {}/usage_events", out.display()))?
+    {
+        let get = |k: &str| r.get(k).map_or("", |s| s.as_str());
+        if get("billable") != "1" || !keep(get("contract_id")) {
+            continue;
+        }
+        let (Some(contract), Some(sku)) = (
+            catalog.contract(get("contract_id")),
+            catalog.sku(get("sku")),
+        ) else {
+            continue;
+        };
+        let t = EventTime::parse_rfc3339(get("event_time"))
+            .map_err(|e| anyhow!("usage_events {}: {e}", get("event_id")))?;
+        if t >= end {
+            continue;
+        }
+        let q = match catalog.skus[sku.ix()].aggregation {
+            Aggregation::Count => Quantity::from_units(match get("correction_action") {
+                "void" => -1,
+                "amend" => 0,
+                _ => 1,
+            }),
+            _ => Quantity::parse(get("quantity"))
+                .map_err(|e| anyhow!("usage_events {}: quantity: {e}", get("event_id")))?,
+        };
+        *sums
+            .entry((
+                contract.ix(),
+                sku.ix(),
+                t.0.div_euclid(MS_PER_HOUR) * MS_PER_HOUR,
+            ))
+            .or_default() += q;
+    }
+    Ok(to_hours(catalog, sums))
+}
+
+fn to_hours(catalog: &Catalog, sums: BTreeMap<(usize, usize, i64), Quantity>) -> Vec<HourUsage> {
+    sums.into_iter()
+        .map(|((c, s, h), quantity)| HourUsage {
+            contract: catalog
+                .contract(&catalog.contracts[c].id)
+                .expect("a contract"),
+            sku: catalog.sku(&catalog.skus[s].id).expect("a sku"),
+            hour: EventTime(h),
+            quantity,
+        })
+        .collect()
+}
+
+fn usage_of_clickhouse(
+    ch: &ClickHouse,
+    catalog: &Catalog,
+    end: EventTime,
+    contracts: &[&str],
+) -> anyhow::Result<Vec<HourUsage>> {
+    #[derive(Row, Deserialize)]
+    struct Hour {
+        contract_id: String,
+        sku: String,
+        hour: u32,
+        quantity: String,
+        events: i64,
+    }
+    if contracts.is_empty() {
+        return Ok(Vec::new());
+    }
+    let list: Vec<String> = contracts
+        .iter()
+        .map(|c| format!("'{}'", c.replace('\'', "\\'")))
+        .collect();
+    let hours: Vec<Hour> = ch
+        .fetch(&format!(
+            "SELECT contract_id, sku, toUInt32(intDiv(toUInt32(event_time), 3600) * 3600) AS hour, \
+             toString(sum(quantity)) AS quantity, \
+             sum(multiIf(correction_action = 'void', -1, correction_action = 'amend', 0, 1)) AS events \
+             FROM {{db}}.usage_events WHERE billable = 1 AND contract_id IN ({}) AND event_time < toDateTime({}) \
+             GROUP BY contract_id, sku, hour",
+            list.join(", "),
+            end.0 / 1000
+        ))
+        .map_err(anyhow::Error::msg)?;
+    let mut sums = BTreeMap::new();
+    for h in hours {
+        let (Some(c), Some(s)) = (catalog.contract(&h.contract_id), catalog.sku(&h.sku)) else {
+            continue;
+        };
+        let q = match catalog.skus[s.ix()].aggregation {
+            Aggregation::Count => Quantity::from_units(h.events),
+            _ => Quantity::parse(&h.quantity)
+                .map_err(|e| anyhow!("usage_events quantity {}: {e}", h.quantity))?,
+        };
+        *sums
+            .entry((c.ix(), s.ix(), i64::from(h.hour) * 1000))
+            .or_default() += q;
+    }
+    Ok(to_hours(catalog, sums))
+}
+
+impl ExportCommand {
+    pub fn execute(self) -> anyhow::Result<ExitCode> {
+        let kind = MarketplaceKind::parse(&self.marketplace).expect("clap checked it");
+        let a = &self.report;
+        let Some(label) = a.period.as_deref() else {
+            bail!("export needs --period P: the closed invoice period to export (e.g. --period 2026-11)");
+        };
+        let r = a.open("export")?;
+        let unit = r.cfg.billing.period;
+        let at = match &self.at {
+            Some(t) => EventTime::parse_rfc3339(t)
+                .map_err(|e| anyhow!("--at {t}: {e}; write it like 2026-12-01T10:00:00Z"))?,
+            None => r.at,
+        };
+        let catalog = &r.catalog;
+        let contracts: Vec<&str> = catalog
+            .contracts
+            .iter()
+            .filter(|c| {
+                c.marketplace
+                    .as_ref()
+                    .is_some_and(|m| catalog.marketplaces[m.listing].kind == kind)
+            })
+            .filter(|c| {
+                a.customer
+                    .as_deref()
+                    .is_none_or(|who| catalog.customers[c.customer.ix()].id == who)
+            })
+            .map(|c| c.id.as_str())
+            .collect();
+        let watermark = match &r.ch {
+            Some(ch) => watermark_of_clickhouse(ch)?,
+            None => watermark_of_files(&a.out)?,
+        };
+        let (from, to) = closed_period(unit, label, watermark)?;
+        let (usage, earlier) = match &r.ch {
+            Some(ch) => (
+                usage_of_clickhouse(ch, catalog, to, &contracts)?,
+                exports::from_clickhouse(ch, kind).map_err(anyhow::Error::msg)?,
+            ),
+            None => (
+                usage_of_files(&a.out, catalog, to, &|c| contracts.contains(&c))?,
+                exports::from_files(&a.out).map_err(anyhow::Error::msg)?,
+            ),
+        };
+        let sent = sent_of(kind, &earlier);
+        let records = plan(catalog, kind, &usage, &sent, (from, to), at).map_err(|unmapped| {
+            let mut s = String::from("nothing was written: usage has no marketplace dimension to be sent as:");
+            for u in &unmapped {
+                let additive = catalog.sku(&u.sku).is_some_and(|k| catalog.skus[k.ix()].aggregation.is_additive());
+                let _ = if additive {
+                    write!(
+                        s,
+                        "\n  contract {} used SKU {}, which listing {} has no dimension for: add a [[marketplace.dimension]] with sku = \"{}\" to marketplace \"{}\" in the catalog",
+                        u.contract, u.sku, u.listing, u.sku, u.listing
+                    )
+                } else {
+                    write!(
+                        s,
+                        "\n  contract {} used SKU {}, a peak or distinct-count meter, which marketplaces cannot be sent per hour: bill {} on a contract not sold through listing {}",
+                        u.contract, u.sku, u.sku, u.listing
+                    )
+                };
+            }
+            anyhow!(s)
+        })?;
+        let dir = match &self.to {
+            Some(d) => d.clone(),
+            None if r.ch.is_some() => PathBuf::from("marketplace-requests"),
+            None => a.out.join("marketplace"),
+        }
+        .join(kind.as_str())
+        .join(label);
+        let mut rows: Vec<Exported> = records
+            .iter()
+            .map(|rec| Exported {
+                exported_at: r.at,
+                export_id: r.run_id.clone(),
+                ..Exported::of(catalog, rec)
+            })
+            .collect();
+        let bodies = requests(catalog, kind, &records);
+        if !bodies.is_empty() {
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        // Rows follow the requests' order: by product, then as planned.
+        let mut sendable: Vec<usize> = (0..records.len())
+            .filter(|i| records[*i].kind != RecordKind::NotSendable)
+            .collect();
+        sendable.sort_by_key(|i| catalog.marketplaces[records[*i].listing].product.clone());
+        let mut next = 0;
+        for (n, body) in bodies.iter().enumerate() {
+            let file = dir.join(format!("{}-{:04}.json", r.run_id, n + 1));
+            std::fs::write(&file, serde_json::to_string_pretty(body)? + "\n")
+                .with_context(|| format!("cannot write {}", file.display()))?;
+            let count = body[records_member(kind)].as_array().map_or(0, Vec::len);
+            for i in &sendable[next..next + count] {
+                rows[*i].request = file.display().to_string();
+            }
+            next += count;
+        }
+        match &r.ch {
+            Some(ch) => exports::to_clickhouse(ch, &rows).map_err(anyhow::Error::msg)?,
+            None => {
+                let mut all = earlier;
+                all.extend(rows.iter().cloned());
+                exports::to_files(&a.out, r.catalog.clone(), unit, &all)
+                    .map_err(anyhow::Error::msg)?;
+            }
+        }
+        let before = earlier_in(&sent, from, to);
+        print!(
+            "{}",
+            summary(kind, label, &rows, bodies.len(), &dir, before)
+        );
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// How many records earlier exports hold for usage hours in `[from, to)`.
+fn earlier_in(
+    sent: &meterflow_schemas::marketplace::Sent,
+    from: EventTime,
+    to: EventTime,
+) -> usize {
+    sent.keys()
+        .filter(|(_, _, h)| *h >= from && *h < to)
+        .count()
+}
+
+/// What an export did, per listing and dimension.
+fn summary(
+    kind: MarketplaceKind,
+    label: &str,
+    rows: &[Exported],
+    files: usize,
+    dir: &Path,
+    before: usize,
+) -> String {
+    let mut s = String::new();
+    if rows.is_empty() {
+        let _ = match before {
+            0 => writeln!(s, "{} export of {label}: no usage of contracts sold through {} listings in {label}", kind.as_str(), kind.as_str()),
+            n => writeln!(s, "{} export of {label}: nothing new to send ({n} hours were exported before, and none changed)", kind.as_str()),
+        };
+        return s;
+    }
+    let _ = writeln!(
+        s,
+        "{} export of {label}: {} records in {files} request files under {}",
+        kind.as_str(),
+        rows.len(),
+        dir.display()
+    );
+    let mut by: BTreeMap<(&str, &str, &str, &str), (usize, Quantity)> = BTreeMap::new();
+    for e in rows {
+        let x = by
+            .entry((
+                &e.contract_id,
+                &e.dimension,
+                &e.marketplace_customer,
+                &e.record_kind,
+            ))
+            .or_default();
+        x.0 += 1;
+        x.1 += e.quantity;
+    }
+    for ((contract, dimension, customer, kind), (n, q)) in by {
+        let _ = writeln!(
+            s,
+            "  {contract:<20} {dimension:<20} {customer:<24} {kind:<13} {n:>5} records {q:>14}"
+        );
+    }
+    if rows
+        .iter()
+        .any(|e| e.record_kind == RecordKind::NotSendable.as_str())
+    {
+        let _ = writeln!(
+            s,
+            "  not_sendable: usage fell after it was exported (voids, amends); no marketplace takes negative metering. \
+             Refund or credit the difference through the marketplace; the exports table keeps the record"
+        );
+    }
+    s
+}

@@ -1,0 +1,726 @@
+//! Marketplace exports: the hourly usage of contracts sold through a cloud marketplace, planned
+//! as metering records (what to send, what was sent already, what a correction changes) and
+//! rendered as each marketplace's own metering request.
+//!
+//! Quantities are in marketplace units: SKU usage ÷ the dimension's `unit_size`. AWS and GCP take
+//! whole numbers; so that rounding loses nothing over time, the whole units of an hour are those
+//! the running total crosses in it (`⌊total to the hour's end ÷ unit⌋ − ⌊total to its start ÷
+//! unit⌋`): a remainder carries into the next hour instead of being dropped. Azure takes
+//! decimals and gets the exact quotient (9 decimals).
+//!
+//! A marketplace bills what it was sent, once per customer, dimension and hour, and refuses
+//! records dated more than a few hours back. Usage that changes after its period was exported
+//! (late events, amends, voids) is settled per export run: an increase becomes one compensating
+//! record dated at the export's hour; a decrease cannot be sent (no marketplace takes negative
+//! metering) and is reported as `not_sendable`, for a refund or credit through the marketplace.
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Value};
+
+use crate::catalog::{Catalog, ContractIdx, MarketplaceKind, SkuIdx};
+use crate::money::Quantity;
+use crate::time::EventTime;
+
+const MS_PER_HOUR: i64 = 3_600_000;
+
+/// The most records one request carries: `BatchMeterUsage` and Azure's `batchUsageEvent` take
+/// 25; GCP's `services.report` is sent in requests of 100 operations.
+pub fn batch_size(kind: MarketplaceKind) -> usize {
+    match kind {
+        MarketplaceKind::Aws | MarketplaceKind::Azure => 25,
+        MarketplaceKind::Gcp => 100,
+    }
+}
+
+/// The member of a request that lists its records.
+pub fn records_member(kind: MarketplaceKind) -> &'static str {
+    match kind {
+        MarketplaceKind::Aws => "UsageRecords",
+        MarketplaceKind::Azure => "request",
+        MarketplaceKind::Gcp => "operations",
+    }
+}
+
+/// Whether the marketplace takes whole quantities only.
+pub fn whole_units(kind: MarketplaceKind) -> bool {
+    kind != MarketplaceKind::Azure
+}
+
+/// A contract's net usage of a SKU in one hour (count meters: events), corrections included.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HourUsage {
+    pub contract: ContractIdx,
+    pub sku: SkuIdx,
+    /// The start of the hour.
+    pub hour: EventTime,
+    pub quantity: Quantity,
+}
+
+/// What was exported before for one contract, dimension and usage hour (compensations are
+/// counted against the hours they settle as a whole, see [`plan`]).
+pub type Sent = BTreeMap<(String, String, EventTime), Quantity>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RecordKind {
+    /// An hour's usage, sent for the first time.
+    Usage,
+    /// More usage for hours already sent, dated at the export's hour.
+    Compensation,
+    /// Less usage than was sent: no marketplace takes it back through metering.
+    NotSendable,
+}
+
+impl RecordKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Usage => "usage",
+            Self::Compensation => "compensation",
+            Self::NotSendable => "not_sendable",
+        }
+    }
+}
+
+/// One metering record of a contract's dimension.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub kind: RecordKind,
+    pub contract: ContractIdx,
+    pub sku: SkuIdx,
+    /// Index into the catalog's marketplaces.
+    pub listing: usize,
+    /// The usage hour it accounts for (a compensation: the first hour it settles).
+    pub usage_hour: EventTime,
+    /// The hour the record is dated (the usage hour, or the export's hour).
+    pub timestamp: EventTime,
+    /// Marketplace units (negative only for `NotSendable`).
+    pub quantity: Quantity,
+    /// Stable across runs: the same record is sent with the same key, so a marketplace (and
+    /// meterflow's `exports` table) recognises a resend.
+    pub key: String,
+}
+
+/// The whole or exact marketplace units in `total` SKU units.
+fn units(total: Quantity, unit_size: Quantity, whole: bool) -> Quantity {
+    if whole {
+        Quantity(total.0.div_euclid(unit_size.0) * Quantity::SCALE_ONE)
+    } else {
+        Quantity((total.0 * Quantity::SCALE_ONE).div_euclid(unit_size.0))
+    }
+}
+
+/// A stable key of a record: 128 bits of its identity, as a UUID (GCP's `operationId` must be one).
+pub fn record_key(
+    listing: &str,
+    customer: &str,
+    dimension: &str,
+    t: EventTime,
+    kind: RecordKind,
+) -> String {
+    let text = format!(
+        "{listing}\u{1f}{customer}\u{1f}{dimension}\u{1f}{}\u{1f}{}",
+        t.0,
+        kind.as_str()
+    );
+    let h = xxhash_rust::xxh3::xxh3_128(text.as_bytes());
+    // Version 8 (vendor-specific) and the RFC 4122 variant.
+    let h = (h & !(0xf << 76) | (0x8 << 76)) & !(0x3 << 62) | (0x2 << 62);
+    let x = format!("{h:032x}");
+    format!(
+        "{}-{}-{}-{}-{}",
+        &x[..8],
+        &x[8..12],
+        &x[12..16],
+        &x[16..20],
+        &x[20..]
+    )
+}
+
+/// The marketplace customer of a contract, as the records name it.
+pub fn customer_of(catalog: &Catalog, contract: ContractIdx) -> String {
+    catalog.contracts[contract.ix()]
+        .marketplace
+        .as_ref()
+        .map(|m| {
+            m.aws_account_id
+                .clone()
+                .unwrap_or_else(|| m.customer.clone())
+        })
+        .unwrap_or_default()
+}
+
+/// Why nothing can be exported.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unmapped {
+    pub contract: String,
+    pub sku: String,
+    pub listing: String,
+}
+
+/// Plans the records of marketplace `kind` for usage hours in `[from, to)`. `usage`: every hour
+/// of every contract up to `to` (earlier hours carry their remainders); `sent`: what earlier
+/// exports sent per (contract, dimension, usage hour); `at`: the export's time (compensations
+/// are dated at its hour). Contracts not sold through a `kind` listing are left out; usage of a
+/// SKU their listing has no dimension for is an error (nothing would be half-exported).
+pub fn plan(
+    catalog: &Catalog,
+    kind: MarketplaceKind,
+    usage: &[HourUsage],
+    sent: &Sent,
+    (from, to): (EventTime, EventTime),
+    at: EventTime,
+) -> Result<Vec<Record>, Vec<Unmapped>> {
+    let mut by_line: BTreeMap<(ContractIdx, SkuIdx), BTreeMap<EventTime, Quantity>> =
+        BTreeMap::new();
+    let mut unmapped = Vec::new();
+    for u in usage.iter().filter(|u| u.hour < to) {
+        let contract = &catalog.contracts[u.contract.ix()];
+        let Some(account) = &contract.marketplace else {
+            continue;
+        };
+        let listing = &catalog.marketplaces[account.listing];
+        if listing.kind != kind {
+            continue;
+        }
+        if listing.dimension(u.sku).is_none() {
+            if u.hour >= from && u.quantity != Quantity::ZERO {
+                let e = Unmapped {
+                    contract: contract.id.clone(),
+                    sku: catalog.skus[u.sku.ix()].id.clone(),
+                    listing: listing.id.clone(),
+                };
+                if !unmapped.contains(&e) {
+                    unmapped.push(e);
+                }
+            }
+            continue;
+        }
+        *by_line
+            .entry((u.contract, u.sku))
+            .or_default()
+            .entry(u.hour)
+            .or_default() += u.quantity;
+    }
+    if !unmapped.is_empty() {
+        return Err(unmapped);
+    }
+    let at_hour = EventTime(at.0.div_euclid(MS_PER_HOUR) * MS_PER_HOUR);
+    let mut out = Vec::new();
+    for ((contract, sku), hours) in by_line {
+        let account = catalog.contracts[contract.ix()]
+            .marketplace
+            .as_ref()
+            .expect("mapped");
+        let listing = &catalog.marketplaces[account.listing];
+        let dimension = listing.dimension(sku).expect("mapped");
+        let customer = customer_of(catalog, contract);
+        let contract_id = &catalog.contracts[contract.ix()].id;
+        let whole = whole_units(kind);
+        // Once a period of this line was exported, what changes in it is settled at the
+        // export's hour: a marketplace refuses records dated hours back.
+        let settled = sent
+            .range(
+                (contract_id.clone(), dimension.name.clone(), from)
+                    ..(contract_id.clone(), dimension.name.clone(), to),
+            )
+            .next()
+            .is_some();
+        let (mut total, mut before) = (Quantity::ZERO, Quantity::ZERO);
+        let (mut owed, mut settles) = (Quantity::ZERO, None);
+        for (hour, q) in hours {
+            total += q;
+            let now = units(total, dimension.unit_size, whole);
+            let due = now - before;
+            before = now;
+            if hour < from {
+                continue;
+            }
+            match sent.get(&(contract_id.clone(), dimension.name.clone(), hour)) {
+                None if due == Quantity::ZERO => {}
+                None if due > Quantity::ZERO && hour != at_hour && !settled => out.push(Record {
+                    kind: RecordKind::Usage,
+                    contract,
+                    sku,
+                    listing: account.listing,
+                    usage_hour: hour,
+                    timestamp: hour,
+                    quantity: due,
+                    key: record_key(
+                        &listing.id,
+                        &customer,
+                        &dimension.name,
+                        hour,
+                        RecordKind::Usage,
+                    ),
+                }),
+                // A negative hour (a void after its usage, sent nothing yet), an hour as late
+                // as the export itself, and new usage of a period exported before settle with
+                // the rest.
+                None => {
+                    owed += due;
+                    settles.get_or_insert(hour);
+                }
+                Some(was) => {
+                    if due != *was {
+                        owed += due - *was;
+                        settles.get_or_insert(hour);
+                    }
+                }
+            }
+        }
+        if let Some(first) = settles.filter(|_| owed != Quantity::ZERO) {
+            let kind = if owed > Quantity::ZERO {
+                RecordKind::Compensation
+            } else {
+                RecordKind::NotSendable
+            };
+            out.push(Record {
+                kind,
+                contract,
+                sku,
+                listing: account.listing,
+                usage_hour: first,
+                timestamp: at_hour,
+                quantity: owed,
+                key: record_key(&listing.id, &customer, &dimension.name, at_hour, kind),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// A row of the `exports` table: a record as it was written or sent.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Exported {
+    pub exported_at: EventTime,
+    pub export_id: String,
+    pub marketplace: String,
+    pub listing: String,
+    pub product: String,
+    pub contract_id: String,
+    pub customer_id: String,
+    pub marketplace_customer: String,
+    pub sku: String,
+    pub dimension: String,
+    pub usage_hour: EventTime,
+    pub record_time: EventTime,
+    pub record_kind: String,
+    pub quantity: Quantity,
+    pub record_key: String,
+    /// `written` (to a request file), `sent`, `duplicate` (the marketplace had it), `failed`,
+    /// or `not_sendable`.
+    pub status: String,
+    /// The request file it is in.
+    pub request: String,
+}
+
+impl Exported {
+    pub fn of(catalog: &Catalog, r: &Record) -> Exported {
+        let contract = &catalog.contracts[r.contract.ix()];
+        let listing = &catalog.marketplaces[r.listing];
+        Exported {
+            marketplace: listing.kind.as_str().into(),
+            listing: listing.id.clone(),
+            product: listing.product.clone(),
+            contract_id: contract.id.clone(),
+            customer_id: catalog.customers[contract.customer.ix()].id.clone(),
+            marketplace_customer: customer_of(catalog, r.contract),
+            sku: catalog.skus[r.sku.ix()].id.clone(),
+            dimension: listing
+                .dimension(r.sku)
+                .map(|d| d.name.clone())
+                .unwrap_or_default(),
+            usage_hour: r.usage_hour,
+            record_time: r.timestamp,
+            record_kind: r.kind.as_str().into(),
+            quantity: r.quantity,
+            record_key: r.key.clone(),
+            status: if r.kind == RecordKind::NotSendable {
+                "not_sendable"
+            } else {
+                "written"
+            }
+            .into(),
+            ..Default::default()
+        }
+    }
+}
+
+/// What `exports` rows of `kind` account for: every record but failed sends, per contract,
+/// dimension and usage hour.
+pub fn sent_of(kind: MarketplaceKind, rows: &[Exported]) -> Sent {
+    let mut sent = Sent::new();
+    for e in rows
+        .iter()
+        .filter(|e| e.marketplace == kind.as_str() && e.status != "failed")
+    {
+        *sent
+            .entry((e.contract_id.clone(), e.dimension.clone(), e.usage_hour))
+            .or_default() += e.quantity;
+    }
+    sent
+}
+
+fn utc(t: EventTime) -> String {
+    // Whole seconds: what every marketplace's timestamp fields take.
+    let s = t.to_string();
+    format!("{}Z", &s[..19])
+}
+
+/// The requests for `records` (sendable ones), [`batch_size`] records each, in the
+/// marketplace's own format: `BatchMeterUsage` input, Azure's `batchUsageEvent` body, or GCP's
+/// `services.report` body.
+pub fn requests(catalog: &Catalog, kind: MarketplaceKind, records: &[Record]) -> Vec<Value> {
+    let mut by_product: BTreeMap<&str, Vec<&Record>> = BTreeMap::new();
+    for r in records.iter().filter(|r| r.kind != RecordKind::NotSendable) {
+        by_product
+            .entry(&catalog.marketplaces[r.listing].product)
+            .or_default()
+            .push(r);
+    }
+    let mut out = Vec::new();
+    for (product, records) in by_product {
+        for chunk in records.chunks(batch_size(kind)) {
+            let entries: Vec<Value> = chunk.iter().map(|r| entry(catalog, kind, r)).collect();
+            let mut body = json!({ records_member(kind): entries });
+            if kind == MarketplaceKind::Aws {
+                body["ProductCode"] = json!(product);
+            }
+            out.push(body);
+        }
+    }
+    out
+}
+
+fn entry(catalog: &Catalog, kind: MarketplaceKind, r: &Record) -> Value {
+    let account = catalog.contracts[r.contract.ix()]
+        .marketplace
+        .as_ref()
+        .expect("mapped");
+    let listing = &catalog.marketplaces[r.listing];
+    let dimension = listing.dimension(r.sku).expect("mapped");
+    let whole = r.quantity.0 / Quantity::SCALE_ONE;
+    match kind {
+        MarketplaceKind::Aws => {
+            let mut e = json!({
+                "Timestamp": utc(r.timestamp),
+                "Dimension": dimension.name,
+                "Quantity": i64::try_from(whole).unwrap_or(i64::MAX),
+            });
+            match &account.aws_account_id {
+                Some(a) => e["CustomerAWSAccountId"] = json!(a),
+                None => e["CustomerIdentifier"] = json!(account.customer),
+            }
+            e
+        }
+        MarketplaceKind::Azure => json!({
+            "resourceId": account.customer,
+            "quantity": r.quantity.to_string().parse::<f64>().unwrap_or(0.0),
+            "dimension": dimension.name,
+            "effectiveStartTime": utc(r.timestamp),
+            "planId": account.plan.clone().unwrap_or_default(),
+        }),
+        MarketplaceKind::Gcp => json!({
+            "operationId": r.key,
+            "operationName": "meterflow-usage-report",
+            "consumerId": account.customer,
+            "startTime": utc(r.timestamp),
+            "endTime": utc(EventTime(r.timestamp.0 + MS_PER_HOUR)),
+            "metricValueSets": [{
+                "metricName": format!("{}/{}", listing.product, dimension.name),
+                "metricValues": [{ "int64Value": whole.to_string() }],
+            }],
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::from_toml_str;
+
+    const CATALOG: &str = r#"
+[[sku]]
+id = "tokens"
+unit = "tokens"
+
+[[sku]]
+id = "seats"
+unit = "seats"
+
+[[customer]]
+id = "acme"
+
+[[rate_card]]
+id = "std"
+version = 1
+effective_from = "2026-01-01T00:00:00Z"
+currency = "USD"
+
+[[rate_card.price]]
+sku = "tokens"
+model = "per_unit"
+unit_price = "1"
+
+[[rate_card.price]]
+sku = "seats"
+model = "per_unit"
+unit_price = "1"
+
+[[marketplace]]
+id = "aws-main"
+kind = "aws"
+product_code = "prod-abc123"
+
+[[marketplace.dimension]]
+sku = "tokens"
+dimension = "tokens_1k"
+unit_size = "1000"
+
+[[contract]]
+id = "acme-1"
+customer = "acme"
+rate_card = "std"
+starts = "2026-01-01T00:00:00Z"
+
+[contract.marketplace]
+listing = "aws-main"
+customer = "cust-1"
+"#;
+
+    fn h(hour: i64) -> EventTime {
+        EventTime(EventTime::parse_rfc3339("2026-11-01T00:00:00Z").unwrap().0 + hour * MS_PER_HOUR)
+    }
+
+    fn usage(hours: &[(i64, &str)]) -> Vec<HourUsage> {
+        hours
+            .iter()
+            .map(|(hour, q)| HourUsage {
+                contract: ContractIdx(0),
+                sku: SkuIdx(0),
+                hour: h(*hour),
+                quantity: Quantity::parse(q).unwrap(),
+            })
+            .collect()
+    }
+
+    fn quantities(records: &[Record]) -> Vec<(RecordKind, i64, String)> {
+        records
+            .iter()
+            .map(|r| {
+                (
+                    r.kind,
+                    (r.timestamp.0 - h(0).0) / MS_PER_HOUR,
+                    r.quantity.to_string(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn whole_units_carry_their_remainder_into_the_next_hour() {
+        let c = from_toml_str(CATALOG).unwrap();
+        let u = usage(&[(0, "1500"), (1, "700"), (2, "800"), (3, "0")]);
+        let r = plan(
+            &c,
+            MarketplaceKind::Aws,
+            &u,
+            &Sent::new(),
+            (h(0), h(24)),
+            h(100),
+        )
+        .unwrap();
+        // 1.5k → 1 (0.5 carried), 2.2k → 2 (1 more), 3.0k → 3 (1 more).
+        assert_eq!(
+            quantities(&r),
+            vec![
+                (RecordKind::Usage, 0, "1".into()),
+                (RecordKind::Usage, 1, "1".into()),
+                (RecordKind::Usage, 2, "1".into()),
+            ]
+        );
+        // Exporting only the second half of the day still counts the carry from before it.
+        let later = plan(
+            &c,
+            MarketplaceKind::Aws,
+            &u,
+            &Sent::new(),
+            (h(1), h(24)),
+            h(100),
+        )
+        .unwrap();
+        assert_eq!(quantities(&later), quantities(&r)[1..].to_vec());
+        // Other marketplaces' exports leave the AWS contract out.
+        assert!(plan(
+            &c,
+            MarketplaceKind::Azure,
+            &u,
+            &Sent::new(),
+            (h(0), h(24)),
+            h(100)
+        )
+        .unwrap()
+        .is_empty());
+    }
+
+    #[test]
+    fn what_was_sent_is_not_sent_again_and_changes_settle_once() {
+        let c = from_toml_str(CATALOG).unwrap();
+        let u = usage(&[(0, "2000"), (1, "3000")]);
+        let first = plan(
+            &c,
+            MarketplaceKind::Aws,
+            &u,
+            &Sent::new(),
+            (h(0), h(24)),
+            h(30),
+        )
+        .unwrap();
+        let sent: Sent = first
+            .iter()
+            .map(|r| {
+                (
+                    ("acme-1".to_string(), "tokens_1k".to_string(), r.usage_hour),
+                    r.quantity,
+                )
+            })
+            .collect();
+        assert!(
+            plan(&c, MarketplaceKind::Aws, &u, &sent, (h(0), h(24)), h(40))
+                .unwrap()
+                .is_empty()
+        );
+        // Late usage in hour 0 and a new hour of the period exported: one compensation at the
+        // export's hour, accounted for from hour 0.
+        let more = usage(&[(0, "4000"), (1, "3000"), (2, "1000")]);
+        let r = plan(&c, MarketplaceKind::Aws, &more, &sent, (h(0), h(24)), h(40)).unwrap();
+        assert_eq!(
+            quantities(&r),
+            vec![(RecordKind::Compensation, 40, "3".into())]
+        );
+        assert_eq!(r[0].usage_hour, h(0));
+        // The next day is another period, exported for the first time: its hours as they are.
+        let next = plan(&c, MarketplaceKind::Aws, &more, &sent, (h(2), h(48)), h(40)).unwrap();
+        assert_eq!(quantities(&next), vec![(RecordKind::Usage, 2, "1".into())]);
+        // A void that takes usage back cannot be sent: it is reported.
+        let less = usage(&[(0, "1000"), (1, "3000")]);
+        let r = plan(&c, MarketplaceKind::Aws, &less, &sent, (h(0), h(24)), h(40)).unwrap();
+        assert_eq!(
+            quantities(&r),
+            vec![(RecordKind::NotSendable, 40, "-1".into())]
+        );
+        assert!(requests(&c, MarketplaceKind::Aws, &r).is_empty());
+    }
+
+    #[test]
+    fn usage_of_a_sku_without_a_dimension_stops_the_export() {
+        let c = from_toml_str(CATALOG).unwrap();
+        let mut u = usage(&[(0, "2000")]);
+        u.push(HourUsage {
+            sku: SkuIdx(1),
+            ..u[0]
+        });
+        let err = plan(
+            &c,
+            MarketplaceKind::Aws,
+            &u,
+            &Sent::new(),
+            (h(0), h(24)),
+            h(30),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            vec![Unmapped {
+                contract: "acme-1".into(),
+                sku: "seats".into(),
+                listing: "aws-main".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn requests_carry_at_most_25_records_in_the_marketplace_format() {
+        let c = from_toml_str(CATALOG).unwrap();
+        let u = usage(&(0..30).map(|i| (i, "1000")).collect::<Vec<_>>());
+        let r = plan(
+            &c,
+            MarketplaceKind::Aws,
+            &u,
+            &Sent::new(),
+            (h(0), h(48)),
+            h(100),
+        )
+        .unwrap();
+        let req = requests(&c, MarketplaceKind::Aws, &r);
+        assert_eq!(req.len(), 2);
+        assert_eq!(req[0]["UsageRecords"].as_array().unwrap().len(), 25);
+        assert_eq!(
+            req[0]["UsageRecords"][0],
+            json!({"Timestamp": "2026-11-01T00:00:00Z", "CustomerIdentifier": "cust-1", "Dimension": "tokens_1k", "Quantity": 1})
+        );
+        assert_eq!(req[1]["ProductCode"], "prod-abc123");
+        // Keys are stable UUIDs, different per hour.
+        assert_eq!(
+            r[0].key,
+            plan(
+                &c,
+                MarketplaceKind::Aws,
+                &u,
+                &Sent::new(),
+                (h(0), h(48)),
+                h(100)
+            )
+            .unwrap()[0]
+                .key
+        );
+        assert_ne!(r[0].key, r[1].key);
+        assert_eq!(r[0].key.len(), 36);
+        assert_eq!(&r[0].key[14..15], "8");
+    }
+
+    #[test]
+    fn the_catalog_names_what_a_marketplace_mapping_lacks() {
+        let bad = CATALOG
+            .replace(
+                "product_code = \"prod-abc123\"",
+                "product_code = \"prod abc\"",
+            )
+            .replace(
+                "customer = \"cust-1\"",
+                "customer = \"cust-1\"\naws_account_id = \"12345\"",
+            )
+            .replace("unit_size = \"1000\"", "unit_size = \"0\"");
+        let errors = from_toml_str(&bad).unwrap_err().to_string();
+        assert!(
+            errors.contains("not an AWS Marketplace product code"),
+            "{errors}"
+        );
+        let bad = CATALOG.replace("unit_size = \"1000\"", "unit_size = \"0\"");
+        assert!(from_toml_str(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("unit_size 0 is not positive"));
+        let bad = CATALOG.replace(
+            "customer = \"cust-1\"",
+            "customer = \"cust-1\"\naws_account_id = \"123456789012\"",
+        );
+        assert!(from_toml_str(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("exactly one of customer"));
+        let bad = CATALOG.replace("listing = \"aws-main\"", "listing = \"nope\"");
+        assert!(from_toml_str(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("listing `nope` is not in the catalog"));
+        let azure = CATALOG.replace(
+            "kind = \"aws\"\nproduct_code = \"prod-abc123\"",
+            "kind = \"azure\"",
+        );
+        assert!(from_toml_str(&azure)
+            .unwrap_err()
+            .to_string()
+            .contains("resourceId"));
+    }
+}

@@ -1,0 +1,367 @@
+//! `meterflow export aws|azure|gcp` end to end over the demo (globex bought through AWS, initech
+//! through Azure, hooli through Google Cloud): every request file validated against the
+//! marketplace's published model (botocore's own validator for AWS, JSON Schemas written from the
+//! REST references for Azure and GCP, in `tests/marketplace_check.py`), the quantities sent equal
+//! to the usage summed here from `usage_events`, resends recognised, late usage compensated, a
+//! void reported as not sendable, and ClickHouse exporting the same records as the files.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+use std::process::Command;
+
+use meterflow::reports::tables::read_table;
+use meterflow_schemas::money::Quantity;
+use meterflow_tests::servers::ClickHouseServer;
+use meterflow_tests::{meterflow, meterflow_ok, run_ok, Scratch};
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// `marketplace_check.py` over request directories: `(marketplace, customer, dimension) → total`.
+fn checked(args: &[&str]) -> BTreeMap<(String, String, String), String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = run_ok(
+        Command::new("python3")
+            .arg(root.join("marketplace_check.py"))
+            .args(args),
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            let (kind, _) = f[0].split_once(' ')?;
+            (f.len() == 4).then(|| ((kind.into(), f[1].into(), f[2].into()), f[3].into()))
+        })
+        .collect()
+}
+
+/// Net billable usage of a contract's SKU before November, summed from `usage_events`.
+fn october(out: &Path, contract: &str, sku: &str) -> Quantity {
+    read_table(out, "usage_events")
+        .unwrap()
+        .iter()
+        .filter(|r| {
+            r["contract_id"] == contract
+                && r["sku"] == sku
+                && r["billable"] == "1"
+                && r["event_time"].as_str() < "2026-11-01"
+        })
+        .map(|r| Quantity::parse(&r["quantity"]).unwrap())
+        .sum()
+}
+
+fn thousands(q: Quantity) -> i128 {
+    q.0.div_euclid(Quantity::parse("1000").unwrap().0)
+}
+
+fn exports(out: &Path) -> Vec<meterflow::reports::tables::Row> {
+    read_table(out, "exports").unwrap()
+}
+
+#[test]
+fn exports_validate_against_the_marketplaces_and_settle_what_changed() {
+    let s = Scratch::new("marketplace");
+    let demo = s.path().join("demo");
+    meterflow_ok(&["demo", "--dir", path(&demo)]);
+    // The demo's events up to 2 November: October is closed, and late October usage is still
+    // within the dedup horizon (7 days) when it arrives.
+    let early: Vec<serde_json::Value> = std::fs::read_to_string(demo.join("events.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["timestamp"].as_str().is_some_and(|t| t < "2026-11-02T12"))
+        .collect();
+    let input = demo.join("events-early.jsonl");
+    let text: String = early.iter().map(|e| format!("{e}\n")).collect();
+    std::fs::write(&input, text).unwrap();
+    let catalog = demo.join("catalog");
+    let out = demo.join("out-early");
+    let run = || {
+        meterflow_ok(&[
+            "run",
+            "-q",
+            "-i",
+            path(&input),
+            "-c",
+            path(&catalog),
+            "-o",
+            path(&out),
+            "--config",
+            path(&demo.join("meterflow.toml")),
+        ])
+    };
+    run();
+    let export = |kind: &str, period: &str, at: &str| {
+        meterflow(&[
+            "export",
+            kind,
+            "-c",
+            path(&catalog),
+            "-o",
+            path(&out),
+            "--period",
+            period,
+            "--at",
+            at,
+        ])
+    };
+    for kind in ["aws", "azure"] {
+        let o = export(kind, "2026-10", "2026-12-01T00:20:00Z");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let requests = out.join("marketplace");
+    let totals = checked(&[
+        "--aws",
+        path(&requests.join("aws")),
+        "--azure",
+        path(&requests.join("azure")),
+    ]);
+    let globex = |sku| october(&out, "globex-legacy", sku);
+    let initech = |sku| october(&out, "initech-2026", sku);
+    let total = |kind: &str, who: &str, dimension: &str| {
+        totals[&(kind.into(), who.into(), dimension.into())].clone()
+    };
+    // AWS: whole units, the remainder carried, so the month sends ⌊usage ÷ unit⌋.
+    let aws = "cU5tMeRiD-globex";
+    assert_eq!(
+        total("aws", aws, "api_calls_1k"),
+        thousands(globex("api_calls")).to_string()
+    );
+    assert_eq!(
+        total("aws", aws, "tokens_1k"),
+        thousands(globex("tokens")).to_string()
+    );
+    assert_eq!(
+        total("aws", aws, "storage_gb"),
+        globex("storage")
+            .0
+            .div_euclid(Quantity::SCALE_ONE)
+            .to_string()
+    );
+    // Azure: exact quantities.
+    let azure = "5f1c2a9e-3b7d-4e2a-9c1f-7d2b8e6a4c10";
+    let exact = |q: Quantity, unit: &str| {
+        Quantity(q.0 * Quantity::SCALE_ONE / Quantity::parse(unit).unwrap().0)
+    };
+    for (dimension, sku, unit) in [
+        ("api-calls-1k", "api_calls", "1000"),
+        ("tokens-1k", "tokens", "1000"),
+        ("storage-gb", "storage", "1"),
+    ] {
+        assert_eq!(
+            Quantity::parse(&total("azure", azure, dimension)).unwrap(),
+            exact(initech(sku), unit),
+            "{dimension}"
+        );
+    }
+    let first = exports(&out);
+    assert!(first
+        .iter()
+        .all(|r| r["status"] == "written" && r["record_kind"] == "usage"));
+    assert!(
+        first.iter().all(|r| r["request"].contains("/marketplace/")),
+        "every record names its file"
+    );
+
+    // An open period: a clear error, nothing written.
+    let o = export("aws", "2026-11", "2026-12-01T00:20:00Z");
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("period 2026-11 is not closed") && err.contains("Nothing was written"),
+        "{err}"
+    );
+    assert!(!requests.join("aws/2026-11").exists());
+    // A resend of a closed period sends nothing new.
+    let o = export("aws", "2026-10", "2026-12-01T01:00:00Z");
+    assert!(String::from_utf8_lossy(&o.stdout).contains("nothing new to send"));
+    assert_eq!(exports(&out).len(), first.len());
+
+    // Late usage for October, and a void of an October event, arrive; the run resumes.
+    let before = (globex("api_calls"), globex("storage"));
+    let voided = early
+        .iter()
+        .find(|e| {
+            e["customer_id"] == "globex"
+                && e["sku"] == "storage"
+                && e["timestamp"].as_str().is_some_and(|t| t > "2026-10-30")
+                && e["timestamp"].as_str().is_some_and(|t| t < "2026-11")
+        })
+        .expect("a late-October storage event of globex");
+    let mut events = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&input)
+        .unwrap();
+    writeln!(events, r#"{{"event_id":"evt-mkt-late","customer_id":"globex","contract_id":"globex-legacy","sku":"api_calls","unit":"requests","quantity":"2500","timestamp":"2026-10-31T10:00:00Z","environment":"production"}}"#).unwrap();
+    let mut void = voided.clone();
+    void["event_id"] = "evt-mkt-void".into();
+    void["quantity"] = format!("-{}", voided["quantity"].as_str().unwrap()).into();
+    void["correction"] =
+        serde_json::json!({"action": "void", "original_event_id": voided["event_id"]});
+    writeln!(events, "{void}").unwrap();
+    drop(events);
+    run();
+    let after = (globex("api_calls"), globex("storage"));
+    assert_eq!(after.0 - before.0, Quantity::parse("2500").unwrap());
+    let o = export("aws", "2026-10", "2026-12-02T05:30:00Z");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("not_sendable"), "{text}");
+    let new: Vec<_> = exports(&out).into_iter().skip(first.len()).collect();
+    let by_kind = |kind: &str| -> Vec<(String, String, String)> {
+        new.iter()
+            .filter(|r| r["record_kind"] == kind)
+            .map(|r| {
+                (
+                    r["dimension"].clone(),
+                    r["record_time"].clone(),
+                    r["quantity"].clone(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        by_kind("compensation"),
+        vec![(
+            "api_calls_1k".into(),
+            "2026-12-02T05:00:00.000Z".into(),
+            (thousands(after.0) - thousands(before.0)).to_string()
+        )]
+    );
+    let whole = |q: Quantity| q.0.div_euclid(Quantity::SCALE_ONE);
+    assert_eq!(
+        by_kind("not_sendable"),
+        vec![(
+            "storage_gb".into(),
+            "2026-12-02T05:00:00.000Z".into(),
+            (whole(after.1) - whole(before.1)).to_string()
+        )]
+    );
+    assert_eq!(new.len(), 2, "only what changed: {new:?}");
+    // The compensation is a valid request too, and no record repeats an earlier one.
+    checked(&["--aws", path(&requests.join("aws"))]);
+
+    // Usage of a SKU the listing has no dimension for: nothing is written, and the fix is named.
+    let unmapped = std::fs::read_to_string(catalog.join("catalog.toml"))
+        .unwrap()
+        .replace(
+            "sku = \"storage\"\ndimension = \"storage_gb\"",
+            "sku = \"seats\"\ndimension = \"seats\"",
+        );
+    std::fs::write(catalog.join("catalog.toml"), unmapped).unwrap();
+    let o = meterflow(&["catalog", "check", path(&catalog)]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned() + &String::from_utf8_lossy(&o.stdout);
+    assert!(
+        err.contains("sku `seats` is not a sum or count meter"),
+        "{err}"
+    );
+    let unmapped = std::fs::read_to_string(catalog.join("catalog.toml"))
+        .unwrap()
+        .replace(
+            "[[marketplace.dimension]]\nsku = \"seats\"\ndimension = \"seats\"\n",
+            "",
+        );
+    std::fs::write(catalog.join("catalog.toml"), unmapped).unwrap();
+    let o = export("aws", "2026-10", "2026-12-02T06:30:00Z");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("nothing was written")
+            && err.contains("contract globex-legacy used SKU storage, which listing aws-marketplace has no dimension for"),
+        "{err}"
+    );
+    assert_eq!(exports(&out).len(), first.len() + 2);
+}
+
+#[test]
+fn clickhouse_exports_the_records_the_files_export() {
+    let s = Scratch::new("marketplace-ch");
+    let demo = s.path().join("demo");
+    meterflow_ok(&["demo", "--dir", path(&demo)]);
+    let catalog = demo.join("catalog");
+    let ch = ClickHouseServer::start(s.path());
+    let url = ch.url();
+    meterflow_ok(&["migrate", "--clickhouse-url", &url]);
+    meterflow_ok(&[
+        "run",
+        "-q",
+        "-i",
+        path(&demo.join("events.jsonl")),
+        "-c",
+        path(&catalog),
+        "--config",
+        path(&demo.join("meterflow.toml")),
+        "--clickhouse-url",
+        &url,
+        "-o",
+        path(&s.path().join("ch-out")),
+    ]);
+    let mut bodies = Vec::new();
+    for (source, to) in [
+        (vec!["-o", path(&demo.join("out"))], s.path().join("files")),
+        (
+            vec!["--clickhouse-url", url.as_str()],
+            s.path().join("clickhouse"),
+        ),
+    ] {
+        let mut args = vec![
+            "export",
+            "azure",
+            "-c",
+            path(&catalog),
+            "--period",
+            "2026-10",
+            "--at",
+            "2026-12-01T00:00:00Z",
+            "--to",
+            path(&to),
+        ];
+        args.extend(source);
+        meterflow_ok(&args);
+        let mut found: Vec<serde_json::Value> = std::fs::read_dir(to.join("azure/2026-10"))
+            .unwrap()
+            .flat_map(|f| {
+                let v: serde_json::Value =
+                    serde_json::from_str(&std::fs::read_to_string(f.unwrap().path()).unwrap())
+                        .unwrap();
+                v["request"].as_array().unwrap().clone()
+            })
+            .collect();
+        found.sort_by_key(|e| {
+            (
+                e["dimension"].to_string(),
+                e["effectiveStartTime"].to_string(),
+            )
+        });
+        bodies.push(found);
+    }
+    assert!(!bodies[0].is_empty());
+    assert_eq!(
+        bodies[0], bodies[1],
+        "ClickHouse and the files export the same records"
+    );
+    let recorded = ch
+        .query("SELECT count(), countIf(status = 'written') FROM meterflow.exports WHERE marketplace = 'azure' FORMAT TabSeparated")
+        .unwrap();
+    assert_eq!(
+        recorded.trim(),
+        format!("{}\t{}", bodies[1].len(), bodies[1].len())
+    );
+    // The ClickHouse export is recorded there: a resend writes nothing new.
+    let o = meterflow_ok(&[
+        "export",
+        "azure",
+        "-c",
+        path(&catalog),
+        "--period",
+        "2026-10",
+        "--clickhouse-url",
+        &url,
+        "--to",
+        path(&s.path().join("again")),
+    ]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("nothing new to send"));
+    assert!(!s.path().join("again").exists());
+}
