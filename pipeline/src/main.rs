@@ -13,6 +13,7 @@ use meterflow::commands::invoice::InvoiceCommand;
 use meterflow::commands::migrate::MigrateCommand;
 use meterflow::commands::quarantine::QuarantineCommand;
 use meterflow::commands::reconcile::ReconcileCommand;
+use meterflow::commands::revenue::RevenueCommand;
 use meterflow::commands::run::RunCommand;
 use meterflow::commands::scorecard::ScorecardCommand;
 use meterflow::commands::shadow::ShadowCommand;
@@ -66,6 +67,9 @@ enum Command {
     /// Marketplace metering requests (AWS, Azure, GCP) for a closed period's usage of contracts
     /// sold through a marketplace.
     Export(ExportCommand),
+    /// The revenue schedule (ASC 606 / IFRS 15): billed, recognised, deferred and unbilled per
+    /// contract, performance obligation and period.
+    Revenue(RevenueCommand),
     /// Exec, account and ops dashboards as web pages (and JSON), over a run's output or ClickHouse.
     Dashboard(DashboardCommand),
     /// Rejected records: list them by reason, replay their fixes.
@@ -137,5 +141,6 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Quarantine { command } => command.execute(),
         Command::Dashboard(c) => c.execute(),
         Command::Export(c) => c.execute(),
+        Command::Revenue(c) => c.execute(),
     }
 }

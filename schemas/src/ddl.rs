@@ -606,6 +606,12 @@ ORDER BY (customer_id, comparison, contract_id, sku, region, service_period, inv
         // Marketplace metering records, as `meterflow export` wrote or sent them.
         sql: Sql::Create(&crate::tables::EXPORTS),
     },
+    Migration {
+        id: 44,
+        name: "revenue_schedule",
+        // The revenue schedule, as `meterflow revenue` states and retracts its rows.
+        sql: Sql::Create(&crate::tables::REVENUE_SCHEDULE),
+    },
 ];
 
 /// The table that records applied migrations (created before any migration runs).

@@ -22,6 +22,7 @@ pub mod pricing;
 pub mod quarantine;
 pub mod reconcile;
 pub mod rejection;
+pub mod revenue;
 pub mod rows;
 pub mod scorecard;
 pub mod tables;

@@ -117,6 +117,7 @@ pub const ALL: &[&Table] = &[
     &QUARANTINE_RESOLUTIONS,
     &METERING_LAG,
     &EXPORTS,
+    &REVENUE_SCHEDULE,
 ];
 
 /// The tables the dataflow writes. Their rows carry the `epoch` that wrote them: a restart
@@ -639,6 +640,32 @@ pub const EXPORTS: Table = Table {
     partition_by: Some("toYYYYMM(exported_at)"),
     order_by: &["marketplace", "listing", "contract_id", "dimension", "usage_hour", "exported_at"],
     csv: Some("exported_at,export_id,marketplace,listing,product,contract_id,customer_id,marketplace_customer,sku,dimension,usage_hour,record_time,record_kind,quantity,record_key,status,request"),
+    output: None,
+};
+
+pub const REVENUE_SCHEDULE: Table = Table {
+    name: "revenue_schedule",
+    row: "Scheduled",
+    about: "one signed row of the revenue schedule: a contract's performance obligation in a period, billed, recognised, deferred and unbilled",
+    columns: &[
+        col("computed_at", "DateTime"),
+        col("run_id", "String"),
+        col("customer_id", "String"),
+        col("contract_id", "String"),
+        col("obligation", "String"),
+        col("service_period", "String"),
+        col("period", "String"),
+        col("currency", "String"),
+        col("catch_up", "UInt8"),
+        col("billed", "Decimal(38, 18)"),
+        col("recognised", "Decimal(38, 18)"),
+        col("deferred", "Decimal(38, 18)"),
+        col("unbilled", "Decimal(38, 18)"),
+        col("sign", "Int8"),
+    ],
+    partition_by: Some("toYYYYMM(computed_at)"),
+    order_by: &["contract_id", "period", "obligation", "service_period", "computed_at"],
+    csv: Some("computed_at,run_id,customer_id,contract_id,obligation,service_period,period,currency,catch_up,billed,recognised,deferred,unbilled,sign"),
     output: None,
 };
 

@@ -661,6 +661,21 @@ fn every_statement_meterflow_sends_and_every_documented_query_run_on_current_cli
         "{text}"
     );
     assert!(!requests.exists());
+    // The revenue schedule's reads and its signed rows, twice: the second changes nothing.
+    for changed in ["rows stated", "0 rows stated, 0 retracted"] {
+        let o = meterflow_ok(&[
+            "revenue",
+            "-c",
+            catalog.to_str().unwrap(),
+            "--clickhouse-url",
+            &f.ch.url(),
+        ]);
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            text.contains(changed) && text.contains("in every row: holds"),
+            "{text}"
+        );
+    }
     // The dashboard's reads (the v_* views) too: one snapshot, then stop.
     {
         let dashboard = meterflow_tests::start_dashboard(
@@ -717,6 +732,7 @@ fn every_statement_meterflow_sends_and_every_documented_query_run_on_current_cli
         .arg(root.join("docs/scorecard.md"))
         .arg(root.join("docs/quarantine.md"))
         .arg(root.join("docs/marketplaces.md"))
+        .arg(root.join("docs/revenue.md"))
         .arg("--grafana")
         .arg(root.join("deploy/grafana/dashboards/meterflow-exec.json"))
         .arg(root.join("deploy/grafana/dashboards/meterflow-account.json"))
@@ -778,6 +794,7 @@ fn every_statement_meterflow_sends_and_every_documented_query_run_on_current_cli
         "FROM meterflow.v_exec_drift",
         "FROM meterflow.exports WHERE marketplace",
         "AS hour, toString(sum(quantity))",
+        "FROM meterflow.revenue_schedule",
     ] {
         assert!(sent.contains(kind), "no `{kind}` statement was recorded");
     }

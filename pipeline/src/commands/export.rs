@@ -69,35 +69,6 @@ fn closed_period(
     }
 }
 
-fn watermark_of_files(out: &Path) -> anyhow::Result<Option<EventTime>> {
-    let path = out.join("counts.json");
-    let text = std::fs::read_to_string(&path).with_context(|| {
-        format!(
-            "cannot read {}: is it a run's output directory?",
-            path.display()
-        )
-    })?;
-    let json: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("{} is unreadable", path.display()))?;
-    Ok(json["watermark"]
-        .as_str()
-        .and_then(|w| EventTime::parse_rfc3339(w).ok()))
-}
-
-fn watermark_of_clickhouse(ch: &ClickHouse) -> anyhow::Result<Option<EventTime>> {
-    #[derive(Row, Deserialize)]
-    struct Last {
-        watermark_ms: i64,
-    }
-    let last: Vec<Last> = ch
-        .fetch("SELECT watermark_ms FROM {db}.sink_progress ORDER BY generation DESC, epoch DESC LIMIT 1")
-        .map_err(anyhow::Error::msg)?;
-    Ok(last
-        .first()
-        .filter(|l| l.watermark_ms != i64::MIN)
-        .map(|l| EventTime(l.watermark_ms)))
-}
-
 /// Net usage per contract, SKU and hour from accepted billable events (count meters: events),
 /// before `end`, of the contracts `keep` selects.
 fn usage_of_files(
@@ -237,10 +208,7 @@ impl ExportCommand {
             })
             .map(|c| c.id.as_str())
             .collect();
-        let watermark = match &r.ch {
-            Some(ch) => watermark_of_clickhouse(ch)?,
-            None => watermark_of_files(&a.out)?,
-        };
+        let watermark = r.watermark(&a.out)?;
         let (from, to) = closed_period(unit, label, watermark)?;
         let (usage, earlier) = match &r.ch {
             Some(ch) => (

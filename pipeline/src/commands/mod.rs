@@ -13,6 +13,7 @@ pub mod migrate;
 pub mod quarantine;
 pub mod reconcile;
 pub mod report;
+pub mod revenue;
 pub mod run;
 pub mod scorecard;
 pub mod shadow;

@@ -2,8 +2,12 @@
 //! and opens before it reads: the configuration, ClickHouse if one is selected, the catalog,
 //! and this run's time and id.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use anyhow::Context;
+use clickhouse::Row;
+use serde::Deserialize;
 
 use meterflow_schemas::catalog::{load_dir, Catalog};
 use meterflow_schemas::time::EventTime;
@@ -43,6 +47,47 @@ pub(crate) struct Report {
     pub catalog: Arc<Catalog>,
     pub at: EventTime,
     pub run_id: String,
+}
+
+/// The event-time watermark an embedded run recorded in `counts.json`.
+fn watermark_of_files(out: &Path) -> anyhow::Result<Option<EventTime>> {
+    let path = out.join("counts.json");
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "cannot read {}: is it a run's output directory?",
+            path.display()
+        )
+    })?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is unreadable", path.display()))?;
+    Ok(json["watermark"]
+        .as_str()
+        .and_then(|w| EventTime::parse_rfc3339(w).ok()))
+}
+
+/// The watermark of the last commit in ClickHouse.
+fn watermark_of_clickhouse(ch: &ClickHouse) -> anyhow::Result<Option<EventTime>> {
+    #[derive(Row, Deserialize)]
+    struct Last {
+        watermark_ms: i64,
+    }
+    let last: Vec<Last> = ch
+        .fetch("SELECT watermark_ms FROM {db}.sink_progress ORDER BY generation DESC, epoch DESC LIMIT 1")
+        .map_err(anyhow::Error::msg)?;
+    Ok(last
+        .first()
+        .filter(|l| l.watermark_ms != i64::MIN)
+        .map(|l| EventTime(l.watermark_ms)))
+}
+
+impl Report {
+    /// The run's watermark: periods that ended before it are closed.
+    pub(crate) fn watermark(&self, out: &Path) -> anyhow::Result<Option<EventTime>> {
+        match &self.ch {
+            Some(ch) => watermark_of_clickhouse(ch),
+            None => watermark_of_files(out),
+        }
+    }
 }
 
 impl ReportArgs {

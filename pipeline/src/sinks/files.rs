@@ -23,6 +23,7 @@ use meterflow_schemas::money::{Amount, Quantity};
 use meterflow_schemas::quarantine::Resolution;
 use meterflow_schemas::reconcile::Reconciled;
 use meterflow_schemas::rejection::Rejection;
+use meterflow_schemas::revenue::{is_catch_up, Scheduled};
 use meterflow_schemas::rows::{
     AcceptedEvent, DuplicateRow, EntitlementSignal, InvoiceLine, LineKey, LineUsage, RatedRow,
 };
@@ -564,6 +565,30 @@ impl CsvRow for Exported {
             field(row, v);
         }
         field(row, &self.request);
+    }
+}
+
+impl CsvRow for Scheduled {
+    fn csv(&self, _: &Names, _: &mut Labels, row: &mut Vec<u8>) {
+        time_field(row, self.computed_at);
+        let k = &self.key;
+        for v in [
+            &self.run_id,
+            &k.customer_id,
+            &k.contract_id,
+            &k.obligation,
+            &k.service_period,
+            &k.period,
+            &k.currency,
+        ] {
+            field(row, v);
+        }
+        int(row, u8::from(is_catch_up(k)));
+        let a = &self.amounts;
+        for v in [a.billed, a.recognised, a.deferred, a.unbilled] {
+            scaled(row, v.0, Amount::SCALE);
+        }
+        int(row, self.sign);
     }
 }
 

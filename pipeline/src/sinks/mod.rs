@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod outputs;
 pub mod quarantine;
 pub mod reconciliation;
+pub mod revenue;
 pub mod scorecard;
 
 use std::any::Any;

@@ -1,0 +1,186 @@
+//! `meterflow revenue`: the revenue schedule (ASC 606 / IFRS 15) of a run's invoice lines, per
+//! contract, performance obligation and period (docs/revenue.md), printed and written to the
+//! `revenue_schedule` table as signed rows: a change retracts the row it replaces.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::process::ExitCode;
+
+use anyhow::anyhow;
+use meterflow_schemas::money::{minor_unit_digits, Amount, Rounding};
+use meterflow_schemas::revenue::{
+    changes, is_catch_up, net, schedule, Amounts, BilledLine, Schedule, Scheduled,
+};
+use meterflow_schemas::time::EventTime;
+
+use crate::commands::report::ReportArgs;
+use crate::reports::invoice_preview::{self, Filter};
+use crate::sinks::revenue;
+
+#[derive(clap::Args)]
+pub struct RevenueCommand {
+    #[command(flatten)]
+    report: ReportArgs,
+    /// Recognise as of this time (RFC 3339) [default: the run's watermark]: periods that ended
+    /// by then are closed and billed.
+    #[arg(long)]
+    as_of: Option<String>,
+}
+
+impl RevenueCommand {
+    pub fn execute(self) -> anyhow::Result<ExitCode> {
+        let a = &self.report;
+        let r = a.open("revenue")?;
+        let unit = r.cfg.billing.period;
+        if let Some(p) = &a.period {
+            unit.parse_label(p)
+                .ok_or_else(|| anyhow!("--period {p} is not a billing period; write it as the invoices name it (e.g. 2026-11)"))?;
+        }
+        let as_of = match &self.as_of {
+            Some(t) => EventTime::parse_rfc3339(t).map_err(|e| anyhow!("--as-of {t}: {e}; write it like 2026-12-01T00:00:00Z"))?,
+            None => r.watermark(&a.out)?.ok_or_else(|| {
+                anyhow!("the run's output records no watermark, so which periods are closed is unknown; pass --as-of, or run `meterflow run` over it again (it resumes)")
+            })?,
+        };
+        let lines = match &r.ch {
+            Some(ch) => invoice_preview::from_clickhouse(ch, &Filter::default()),
+            None => invoice_preview::from_output(&a.out, &Filter::default()),
+        }
+        .map_err(anyhow::Error::msg)?;
+        let billed: Vec<BilledLine> = lines
+            .into_iter()
+            .filter(|l| a.customer.as_deref().is_none_or(|c| c == l.customer))
+            .map(|l| BilledLine {
+                customer: l.customer,
+                contract: l.contract,
+                invoice_period: l.invoice_period,
+                service_period: l.service_period,
+                kind: l.kind,
+                sku: l.sku,
+                amount: l.amount,
+                currency: l.currency,
+            })
+            .collect();
+        let now = schedule(&billed, unit, as_of);
+        let rows = match &r.ch {
+            Some(ch) => revenue::from_clickhouse(ch),
+            None => revenue::from_files(&a.out),
+        }
+        .map_err(anyhow::Error::msg)?;
+        let mut recorded = net(&rows);
+        if let Some(c) = &a.customer {
+            recorded.retain(|k, _| &k.customer_id == c);
+        }
+        let new: Vec<Scheduled> = changes(&recorded, &now, a.period.as_deref())
+            .into_iter()
+            .map(|(key, amounts, sign)| Scheduled {
+                computed_at: r.at,
+                run_id: r.run_id.clone(),
+                key,
+                amounts,
+                sign,
+            })
+            .collect();
+        match &r.ch {
+            Some(ch) => revenue::to_clickhouse(ch, &new).map_err(anyhow::Error::msg)?,
+            None => {
+                let mut all = rows;
+                all.extend(new.iter().cloned());
+                revenue::to_files(&a.out, r.catalog.clone(), unit, &all)
+                    .map_err(anyhow::Error::msg)?;
+            }
+        }
+        print!("{}", render(&now, a.period.as_deref(), as_of));
+        let retracted = new.iter().filter(|s| s.sign < 0).count();
+        println!(
+            "\nrevenue_schedule: {} rows stated, {retracted} retracted ({})",
+            new.len() - retracted,
+            if new.is_empty() {
+                "nothing changed since the last schedule"
+            } else {
+                "the schedule changed"
+            }
+        );
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// The rows of one invoice: `(obligation, service period, catch-up, amounts)` by customer,
+/// contract, period and currency.
+type Invoices<'a> =
+    BTreeMap<(&'a str, &'a str, &'a str, &'a str), Vec<(&'a str, &'a str, bool, Amounts)>>;
+
+fn money(a: Amount, currency: &str) -> String {
+    let d = minor_unit_digits(currency);
+    a.round_to(d, Rounding::HalfEven).format_fixed(d)
+}
+
+/// The schedule per contract and period, with each period's totals and the check that
+/// recognised + deferred = billed + unbilled.
+fn render(s: &Schedule, period: Option<&str>, as_of: EventTime) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Revenue schedule as of {as_of} (periods ended by then are closed and billed)"
+    );
+    let mut by: Invoices = BTreeMap::new();
+    for (k, a) in s
+        .iter()
+        .filter(|(k, _)| period.is_none_or(|p| p == k.period))
+    {
+        by.entry((&k.customer_id, &k.contract_id, &k.period, &k.currency))
+            .or_default()
+            .push((&k.obligation, &k.service_period, is_catch_up(k), *a));
+    }
+    if by.is_empty() {
+        let _ = writeln!(
+            out,
+            "(no invoice lines{})",
+            period.map_or(String::new(), |p| format!(" in {p}"))
+        );
+    }
+    let mut holds = true;
+    for ((customer, contract, p, currency), rows) in by {
+        let _ = writeln!(out, "\n{customer} / {contract} — {p} ({currency})");
+        let _ = writeln!(
+            out,
+            "  {:<24} {:<10} {:>14} {:>14} {:>14} {:>14}",
+            "obligation", "service", "billed", "recognised", "deferred", "unbilled"
+        );
+        let mut total = Amounts::default();
+        for (obligation, service, catch_up, a) in rows {
+            holds &= a.balances();
+            let _ = writeln!(
+                out,
+                "  {:<24} {:<10} {:>14} {:>14} {:>14} {:>14}{}",
+                obligation,
+                service,
+                money(a.billed, currency),
+                money(a.recognised, currency),
+                money(a.deferred, currency),
+                money(a.unbilled, currency),
+                if catch_up { "  catch-up" } else { "" }
+            );
+            total.billed += a.billed;
+            total.recognised += a.recognised;
+            total.deferred += a.deferred;
+            total.unbilled += a.unbilled;
+        }
+        let _ = writeln!(
+            out,
+            "  {:<24} {:<10} {:>14} {:>14} {:>14} {:>14}",
+            "total",
+            "",
+            money(total.billed, currency),
+            money(total.recognised, currency),
+            money(total.deferred, currency),
+            money(total.unbilled, currency)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nrecognised + deferred = billed + unbilled in every row: {}",
+        if holds { "holds" } else { "BROKEN" }
+    );
+    out
+}

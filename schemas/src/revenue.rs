@@ -1,0 +1,455 @@
+//! The revenue schedule (ASC 606 / IFRS 15): per contract, performance obligation and period,
+//! what is billed, what is recognised as revenue, and the contract liability (deferred) and
+//! contract asset (unbilled) between them. Computed from the current invoice lines; docs/revenue.md
+//! explains each rule with a worked example.
+//!
+//! - **Usage** (`usage:<sku>`) is recognised as consumed, in its service period. Late usage of a
+//!   closed period (an `adjustment` line) is recognised in the period that bills it, as a
+//!   `catch_up` row naming the service period it belongs to.
+//! - **Subscriptions** are recognised ratably by day over their service period.
+//! - **Commitment true-ups** are recognised when the shortfall is known: when the period closes.
+//! - **Discounts and the spend cap** are allocated pro rata (by amount) to the obligations they
+//!   apply to: a SKU's discount to that SKU's usage; an invoice discount to usage and
+//!   subscriptions; the cap to usage. They are recognised with them.
+//! - **Prepaid credit** is a contract liability: the usage it pays for is recognised in full, and
+//!   the credit line draws the liability down (`deferred` < 0, obligation `prepaid credit`).
+//! - **Tax** is not revenue and is left out.
+//!
+//! Invoices are issued when their period closes (meterflow bills in arrears): a closed period's
+//! lines are `billed`; an open period's are drafts, and what is recognised of them so far is
+//! `unbilled`. In every row `recognised + deferred = billed + unbilled`.
+
+use std::collections::BTreeMap;
+
+use crate::money::Amount;
+use crate::rows::LineKind;
+use crate::time::{EventTime, PeriodUnit};
+
+/// One current invoice line, as the schedule reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BilledLine {
+    pub customer: String,
+    pub contract: String,
+    pub invoice_period: String,
+    pub service_period: String,
+    pub kind: LineKind,
+    pub sku: String,
+    pub amount: Amount,
+    pub currency: String,
+}
+
+/// The identity of a schedule row.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ScheduleKey {
+    pub customer_id: String,
+    pub contract_id: String,
+    pub obligation: String,
+    pub service_period: String,
+    /// The period the amounts fall in (the invoice period).
+    pub period: String,
+    pub currency: String,
+}
+
+/// The amounts of a schedule row. `recognised + deferred = billed + unbilled`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Amounts {
+    pub billed: Amount,
+    pub recognised: Amount,
+    pub deferred: Amount,
+    pub unbilled: Amount,
+}
+
+impl Amounts {
+    pub fn balances(&self) -> bool {
+        self.recognised + self.deferred == self.billed + self.unbilled
+    }
+
+    fn add(&mut self, o: Amounts) {
+        self.billed += o.billed;
+        self.recognised += o.recognised;
+        self.deferred += o.deferred;
+        self.unbilled += o.unbilled;
+    }
+}
+
+pub type Schedule = BTreeMap<ScheduleKey, Amounts>;
+
+/// A row of the `revenue_schedule` table: a schedule row stated (`sign` 1) or retracted (-1).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Scheduled {
+    pub computed_at: EventTime,
+    pub run_id: String,
+    pub key: ScheduleKey,
+    pub amounts: Amounts,
+    pub sign: i8,
+}
+
+/// The schedule the signed rows state now.
+pub fn net(rows: &[Scheduled]) -> Schedule {
+    let mut out = Schedule::new();
+    for r in rows {
+        let a = out.entry(r.key.clone()).or_default();
+        let signed = |x: Amount| if r.sign < 0 { -x } else { x };
+        a.add(Amounts {
+            billed: signed(r.amounts.billed),
+            recognised: signed(r.amounts.recognised),
+            deferred: signed(r.amounts.deferred),
+            unbilled: signed(r.amounts.unbilled),
+        });
+    }
+    out.retain(|_, a| *a != Amounts::default());
+    out
+}
+
+/// Whether a row is a catch-up: revenue of a service period before the one it is recognised in.
+pub fn is_catch_up(k: &ScheduleKey) -> bool {
+    k.service_period < k.period
+}
+
+/// `a × b ÷ c` through a 256-bit product (amounts at 18 decimals overflow `i128` when
+/// multiplied), rounded toward zero. The quotient must fit `i128`.
+fn mul_div(a: i128, b: i128, c: i128) -> i128 {
+    const M: u128 = u64::MAX as u128;
+    let negative = (a < 0) ^ (b < 0) ^ (c < 0);
+    let (a, b, c) = (a.unsigned_abs(), b.unsigned_abs(), c.unsigned_abs());
+    let (a1, a0, b1, b0) = (a >> 64, a & M, b >> 64, b & M);
+    let (p00, p01, p10, p11) = (a0 * b0, a0 * b1, a1 * b0, a1 * b1);
+    let mid = (p00 >> 64) + (p01 & M) + (p10 & M);
+    let lo = (p00 & M) | (mid << 64);
+    let hi = p11 + (p01 >> 64) + (p10 >> 64) + (mid >> 64);
+    let (mut rem, mut q) = (0u128, 0u128);
+    for i in (0..256).rev() {
+        let bit = if i >= 128 {
+            (hi >> (i - 128)) & 1
+        } else {
+            (lo >> i) & 1
+        };
+        rem = (rem << 1) | bit;
+        if rem >= c {
+            rem -= c;
+            if i < 128 {
+                q |= 1 << i;
+            }
+        }
+    }
+    let q = q as i128;
+    if negative {
+        -q
+    } else {
+        q
+    }
+}
+
+/// `amount × part ÷ whole`, exact to the amount's scale (rounded toward zero).
+fn share(amount: Amount, part: Amount, whole: Amount) -> Amount {
+    if whole.0 == 0 {
+        return Amount::ZERO;
+    }
+    Amount(mul_div(amount.0, part.0, whole.0))
+}
+
+/// Spreads `amount` over `targets` pro rata to their amounts; the rounding remainder goes to the
+/// largest, so the shares sum to `amount` exactly.
+fn allocate(amount: Amount, targets: &mut [(&ScheduleKey, Amount)]) -> Vec<(ScheduleKey, Amount)> {
+    let whole: Amount = targets.iter().map(|(_, a)| *a).sum();
+    let mut out: Vec<(ScheduleKey, Amount)> = targets
+        .iter()
+        .map(|(k, a)| ((*k).clone(), share(amount, *a, whole)))
+        .collect();
+    let given: Amount = out.iter().map(|(_, a)| *a).sum();
+    if let Some(largest) = targets
+        .iter()
+        .enumerate()
+        .max_by_key(|(i, (_, a))| (*a, usize::MAX - i))
+        .map(|(i, _)| i)
+    {
+        out[largest].1 += amount - given;
+    }
+    out
+}
+
+/// The schedule of every contract and invoice period in `lines`, as of `as_of`: periods that
+/// ended by then are closed (billed, fully recognised); the open ones are recognised so far.
+pub fn schedule(lines: &[BilledLine], unit: PeriodUnit, as_of: EventTime) -> Schedule {
+    let mut invoices: BTreeMap<(&str, &str, &str, &str), Vec<&BilledLine>> = BTreeMap::new();
+    for l in lines
+        .iter()
+        .filter(|l| l.kind != LineKind::Tax && l.amount != Amount::ZERO)
+    {
+        invoices
+            .entry((&l.customer, &l.contract, &l.invoice_period, &l.currency))
+            .or_default()
+            .push(l);
+    }
+    let mut out = Schedule::new();
+    for ((customer, contract, period, currency), lines) in invoices {
+        let Some(p) = unit.parse_label(period) else {
+            continue;
+        };
+        let (start, end) = (p.0, unit.end_of(p));
+        let closed = end <= as_of;
+        let key = |obligation: String, service_period: &str| ScheduleKey {
+            customer_id: customer.to_string(),
+            contract_id: contract.to_string(),
+            obligation,
+            service_period: service_period.to_string(),
+            period: period.to_string(),
+            currency: currency.to_string(),
+        };
+        // The price of each obligation, before discounts and the cap.
+        let mut price: BTreeMap<ScheduleKey, Amount> = BTreeMap::new();
+        let mut credit = Amount::ZERO;
+        for l in &lines {
+            let k = match l.kind {
+                LineKind::Usage | LineKind::Adjustment => {
+                    key(format!("usage:{}", l.sku), &l.service_period)
+                }
+                LineKind::Subscription => key("subscription".into(), &l.service_period),
+                LineKind::Commitment => key("commitment true-up".into(), &l.service_period),
+                LineKind::Credit => {
+                    credit += l.amount;
+                    continue;
+                }
+                _ => continue,
+            };
+            *price.entry(k).or_default() += l.amount;
+        }
+        // Discounts and the cap, allocated to what they apply to.
+        let mut allocated = price.clone();
+        for l in lines
+            .iter()
+            .filter(|l| matches!(l.kind, LineKind::Discount | LineKind::Cap))
+        {
+            let usage_of = |k: &ScheduleKey| k.obligation.starts_with("usage:");
+            let applies = |k: &ScheduleKey| match (l.kind, l.sku.as_str()) {
+                (LineKind::Cap, _) => usage_of(k),
+                (_, "") => usage_of(k) || k.obligation == "subscription",
+                (_, sku) => k.obligation == format!("usage:{sku}"),
+            };
+            let mut targets: Vec<(&ScheduleKey, Amount)> = price
+                .iter()
+                .filter(|(k, a)| applies(k) && **a > Amount::ZERO)
+                .map(|(k, a)| (k, *a))
+                .collect();
+            if targets.is_empty() {
+                // Nothing it applies to bills anything: it stands as its own obligation.
+                *allocated
+                    .entry(key(l.kind.as_str().into(), &l.service_period))
+                    .or_default() += l.amount;
+                continue;
+            }
+            for (k, a) in allocate(l.amount, &mut targets) {
+                *allocated.entry(k).or_default() += a;
+            }
+        }
+        for (k, x) in allocated {
+            let recognised = if closed {
+                x
+            } else if k.obligation == "subscription" {
+                // Ratably by day: the whole days elapsed of the period.
+                let day = 86_400_000;
+                let elapsed = ((as_of.0 - start.0).max(0) / day) as i128;
+                let days = ((end.0 - start.0) / day) as i128;
+                Amount(mul_div(x.0, elapsed, days.max(1)))
+            } else if k.obligation == "commitment true-up" {
+                Amount::ZERO
+            } else {
+                x
+            };
+            let row = if closed {
+                Amounts {
+                    billed: x,
+                    recognised,
+                    deferred: Amount::ZERO,
+                    unbilled: Amount::ZERO,
+                }
+            } else {
+                Amounts {
+                    billed: Amount::ZERO,
+                    recognised,
+                    deferred: Amount::ZERO,
+                    unbilled: recognised,
+                }
+            };
+            out.entry(k).or_default().add(row);
+        }
+        if credit != Amount::ZERO {
+            // The usage credit pays for is recognised above; the credit draws the liability down.
+            let row = if closed {
+                Amounts {
+                    billed: credit,
+                    recognised: Amount::ZERO,
+                    deferred: credit,
+                    unbilled: Amount::ZERO,
+                }
+            } else {
+                Amounts {
+                    billed: Amount::ZERO,
+                    recognised: Amount::ZERO,
+                    deferred: credit,
+                    unbilled: credit,
+                }
+            };
+            out.entry(key("prepaid credit".into(), period))
+                .or_default()
+                .add(row);
+        }
+    }
+    out.retain(|_, a| *a != Amounts::default());
+    out
+}
+
+/// What a schedule changes against the one recorded before: `(key, amounts, sign)` rows that
+/// retract a recorded row (`-1`, its amounts) and state the new one (`+1`). `recorded`: the net
+/// of the signed rows written before; `only`: restrict to one period.
+pub fn changes(
+    recorded: &Schedule,
+    now: &Schedule,
+    only: Option<&str>,
+) -> Vec<(ScheduleKey, Amounts, i8)> {
+    let keeps = |k: &ScheduleKey| only.is_none_or(|p| p == k.period);
+    let mut out = Vec::new();
+    for (k, was) in recorded.iter().filter(|(k, _)| keeps(k)) {
+        if now.get(k) != Some(was) && *was != Amounts::default() {
+            out.push((k.clone(), *was, -1));
+        }
+    }
+    for (k, is) in now.iter().filter(|(k, _)| keeps(k)) {
+        if recorded.get(k) != Some(is) {
+            out.push((k.clone(), *is, 1));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(kind: LineKind, sku: &str, period: &str, service: &str, amount: &str) -> BilledLine {
+        BilledLine {
+            customer: "acme".into(),
+            contract: "acme-1".into(),
+            invoice_period: period.into(),
+            service_period: service.into(),
+            kind,
+            sku: sku.into(),
+            amount: Amount::parse(amount).unwrap(),
+            currency: "USD".into(),
+        }
+    }
+
+    fn t(s: &str) -> EventTime {
+        EventTime::parse_rfc3339(s).unwrap()
+    }
+
+    fn get(s: &Schedule, obligation: &str, period: &str) -> Amounts {
+        s.iter()
+            .filter(|(k, _)| k.obligation == obligation && k.period == period)
+            .fold(Amounts::default(), |mut a, (_, x)| {
+                a.add(*x);
+                a
+            })
+    }
+
+    fn a(s: &str) -> Amount {
+        Amount::parse(s).unwrap()
+    }
+
+    #[test]
+    fn a_closed_month_recognises_what_it_bills_with_discounts_allocated() {
+        let lines = [
+            line(LineKind::Usage, "tokens", "2026-10", "2026-10", "300"),
+            line(LineKind::Usage, "api", "2026-10", "2026-10", "100"),
+            line(LineKind::Subscription, "", "2026-10", "2026-10", "50"),
+            line(LineKind::Discount, "tokens", "2026-10", "2026-10", "-30"),
+            line(LineKind::Discount, "", "2026-10", "2026-10", "-45"),
+            line(LineKind::Tax, "", "2026-10", "2026-10", "70"),
+        ];
+        let s = schedule(&lines, PeriodUnit::Month, t("2026-11-05T00:00:00Z"));
+        // tokens: 300 − 30 − 45 × 300/450 = 240; api: 100 − 10 = 90; subscription: 50 − 5 = 45.
+        assert_eq!(get(&s, "usage:tokens", "2026-10").recognised, a("240"));
+        assert_eq!(get(&s, "usage:api", "2026-10").recognised, a("90"));
+        assert_eq!(get(&s, "subscription", "2026-10").recognised, a("45"));
+        let total: Amount = s.values().map(|x| x.billed).sum();
+        assert_eq!(total, a("375"), "the invoice's net, tax excluded");
+        assert!(s.values().all(Amounts::balances));
+    }
+
+    #[test]
+    fn an_open_month_recognises_usage_as_consumed_and_the_fee_by_day() {
+        let lines = [
+            line(LineKind::Usage, "tokens", "2026-11", "2026-11", "90"),
+            line(LineKind::Subscription, "", "2026-11", "2026-11", "30"),
+            line(LineKind::Commitment, "", "2026-11", "2026-11", "500"),
+            line(LineKind::Adjustment, "tokens", "2026-11", "2026-10", "12"),
+        ];
+        let s = schedule(&lines, PeriodUnit::Month, t("2026-11-10T12:00:00Z"));
+        let usage = get(&s, "usage:tokens", "2026-11");
+        assert_eq!(
+            (usage.billed, usage.recognised, usage.unbilled),
+            (Amount::ZERO, a("102"), a("102"))
+        );
+        // Nine whole days of thirty.
+        assert_eq!(get(&s, "subscription", "2026-11").recognised, a("9"));
+        assert_eq!(get(&s, "commitment true-up", "2026-11"), Amounts::default());
+        let catch_up: Vec<_> = s.keys().filter(|k| is_catch_up(k)).collect();
+        assert_eq!(catch_up.len(), 1);
+        assert_eq!(catch_up[0].service_period, "2026-10");
+        assert!(s.values().all(Amounts::balances));
+    }
+
+    #[test]
+    fn prepaid_credit_draws_the_liability_down_and_revenue_stays_whole() {
+        let lines = [
+            line(LineKind::Usage, "tokens", "2026-10", "2026-10", "400"),
+            line(LineKind::Credit, "", "2026-10", "2026-10", "-150"),
+        ];
+        let s = schedule(&lines, PeriodUnit::Month, t("2026-12-01T00:00:00Z"));
+        assert_eq!(get(&s, "usage:tokens", "2026-10").recognised, a("400"));
+        let c = get(&s, "prepaid credit", "2026-10");
+        assert_eq!((c.billed, c.deferred), (a("-150"), a("-150")));
+        let sum = s.values().fold(Amounts::default(), |mut x, y| {
+            x.add(*y);
+            x
+        });
+        assert_eq!(
+            (sum.recognised, sum.deferred, sum.billed),
+            (a("400"), a("-150"), a("250"))
+        );
+    }
+
+    #[test]
+    fn wide_multiplication_divides_exactly() {
+        let big = 45 * 10i128.pow(18);
+        assert_eq!(
+            mul_div(big, 300 * 10i128.pow(18), 450 * 10i128.pow(18)),
+            30 * 10i128.pow(18)
+        );
+        assert_eq!(mul_div(-7, 3, 2), -10);
+        assert_eq!(mul_div(i128::MAX, 3, 3), i128::MAX);
+    }
+
+    #[test]
+    fn a_change_retracts_the_row_it_replaces() {
+        let before = schedule(
+            &[line(LineKind::Usage, "tokens", "2026-11", "2026-11", "90")],
+            PeriodUnit::Month,
+            t("2026-11-10T00:00:00Z"),
+        );
+        let after = schedule(
+            &[line(LineKind::Usage, "tokens", "2026-11", "2026-11", "60")],
+            PeriodUnit::Month,
+            t("2026-11-10T00:00:00Z"),
+        );
+        let c = changes(&before, &after, None);
+        assert_eq!(c.len(), 2);
+        assert_eq!((c[0].1.recognised, c[0].2), (a("90"), -1));
+        assert_eq!((c[1].1.recognised, c[1].2), (a("60"), 1));
+        assert!(changes(&after, &after, None).is_empty());
+        // A line voided away entirely: only the retraction.
+        let c = changes(&before, &Schedule::new(), None);
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].2, -1);
+    }
+}

@@ -1,0 +1,168 @@
+//! `meterflow revenue` over the demo: the schedule's rows balance, a closed period recognises
+//! exactly what its invoices bill (tax excluded), and a void before the period ends takes its
+//! revenue out by signed rows.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+
+use meterflow::reports::tables::{current_rows, read_table};
+use meterflow_schemas::money::Amount;
+use meterflow_tests::{meterflow_ok, Scratch};
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+type Net = BTreeMap<(String, String, String, String), [Amount; 4]>;
+
+/// The net of the signed `revenue_schedule` rows per (contract, obligation, service period,
+/// period): billed, recognised, deferred, unbilled.
+fn schedule(out: &Path) -> Net {
+    let mut net = Net::new();
+    for r in read_table(out, "revenue_schedule").unwrap() {
+        let sign = Amount::parse(&r["sign"]).unwrap();
+        let e = net
+            .entry((
+                r["contract_id"].clone(),
+                r["obligation"].clone(),
+                r["service_period"].clone(),
+                r["period"].clone(),
+            ))
+            .or_default();
+        for (i, k) in ["billed", "recognised", "deferred", "unbilled"]
+            .iter()
+            .enumerate()
+        {
+            let a = Amount::parse(&r[*k]).unwrap();
+            e[i] += if sign < Amount::ZERO { -a } else { a };
+        }
+    }
+    net.retain(|_, a| a.iter().any(|x| *x != Amount::ZERO));
+    net
+}
+
+#[test]
+fn the_schedule_balances_recognises_what_is_billed_and_follows_a_void() {
+    let s = Scratch::new("revenue");
+    let demo = s.path().join("demo");
+    meterflow_ok(&["demo", "--dir", path(&demo)]);
+    let (catalog, out) = (demo.join("catalog"), demo.join("out"));
+    let revenue = || {
+        String::from_utf8_lossy(
+            &meterflow_ok(&["revenue", "-c", path(&catalog), "-o", path(&out)]).stdout,
+        )
+        .into_owned()
+    };
+    let text = revenue();
+    assert!(text.contains("in every row: holds"), "{text}");
+    let first = schedule(&out);
+    assert!(!first.is_empty());
+    // Every row: recognised + deferred = billed + unbilled.
+    for (k, [b, r, d, u]) in &first {
+        assert_eq!(*r + *d, *b + *u, "{k:?}");
+    }
+    // October is closed: per contract, what the schedule bills is the invoice without tax, and
+    // recognised + deferred = billed.
+    let mut invoiced: BTreeMap<String, Amount> = BTreeMap::new();
+    for r in current_rows(&read_table(&out, "invoice_lines").unwrap()) {
+        if r["invoice_period"] == "2026-10" && r["line_type"] != "tax" {
+            *invoiced.entry(r["contract_id"].clone()).or_default() +=
+                Amount::parse(&r["amount"]).unwrap();
+        }
+    }
+    let mut billed: BTreeMap<String, [Amount; 4]> = BTreeMap::new();
+    for ((contract, _, _, period), a) in &first {
+        if period == "2026-10" {
+            let e = billed.entry(contract.clone()).or_default();
+            for i in 0..4 {
+                e[i] += a[i];
+            }
+        }
+    }
+    assert_eq!(
+        billed
+            .iter()
+            .map(|(c, a)| (c.clone(), a[0]))
+            .collect::<BTreeMap<_, _>>(),
+        invoiced
+    );
+    for (c, [b, r, d, u]) in &billed {
+        assert_eq!((*u, *r + *d), (Amount::ZERO, *b), "{c}");
+    }
+    // Nothing changed: nothing written.
+    let rows = read_table(&out, "revenue_schedule").unwrap().len();
+    assert!(revenue().contains("0 rows stated, 0 retracted"));
+    assert_eq!(read_table(&out, "revenue_schedule").unwrap().len(), rows);
+
+    // A void of an acme storage event of November, before November closes.
+    let events = std::fs::read_to_string(demo.join("events.jsonl")).unwrap();
+    let original: serde_json::Value = events
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|e| {
+            e["customer_id"] == "acme"
+                && e["sku"] == "storage"
+                && e["timestamp"].as_str().is_some_and(|t| t > "2026-11-18")
+        })
+        .expect("a recent acme storage event");
+    let mut void = original.clone();
+    void["event_id"] = "evt-revenue-void".into();
+    void["quantity"] = format!("-{}", original["quantity"].as_str().unwrap()).into();
+    void["correction"] =
+        serde_json::json!({"action": "void", "original_event_id": original["event_id"]});
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(demo.join("events.jsonl"))
+        .unwrap();
+    writeln!(f, "{void}").unwrap();
+    drop(f);
+    meterflow_ok(&[
+        "run",
+        "-q",
+        "-i",
+        path(&demo.join("events.jsonl")),
+        "-c",
+        path(&catalog),
+        "-o",
+        path(&out),
+        "--config",
+        path(&demo.join("meterflow.toml")),
+    ]);
+    let text = revenue();
+    assert!(
+        text.contains("1 retracted") || text.contains("retracted"),
+        "{text}"
+    );
+    let after = schedule(&out);
+    let key = (
+        "acme-2026".to_string(),
+        "usage:storage".to_string(),
+        "2026-11".to_string(),
+        "2026-11".to_string(),
+    );
+    assert!(
+        after[&key][1] < first[&key][1],
+        "the void takes revenue out: {:?} → {:?}",
+        first[&key],
+        after[&key]
+    );
+    let new: Vec<_> = read_table(&out, "revenue_schedule")
+        .unwrap()
+        .into_iter()
+        .skip(rows)
+        .collect();
+    let retracted: Vec<_> = new.iter().filter(|r| r["sign"] == "-1").collect();
+    assert!(
+        retracted.iter().any(|r| r["contract_id"] == "acme-2026"
+            && r["obligation"] == "usage:storage"
+            && Amount::parse(&r["recognised"]).unwrap() == first[&key][1]),
+        "the row it replaces is retracted as it was: {new:?}"
+    );
+    // Only acme's November changed.
+    for (k, a) in &after {
+        if !(k.0 == "acme-2026" && k.3 == "2026-11") {
+            assert_eq!(first.get(k), Some(a), "{k:?}");
+        }
+    }
+}
