@@ -8,6 +8,7 @@ use meterflow::commands::catalog::CatalogCommand;
 use meterflow::commands::dashboard::DashboardCommand;
 use meterflow::commands::demo::DemoCommand;
 use meterflow::commands::export::ExportCommand;
+use meterflow::commands::forecast::ForecastCommand;
 use meterflow::commands::gen::{self, GenArgs};
 use meterflow::commands::invoice::InvoiceCommand;
 use meterflow::commands::migrate::MigrateCommand;
@@ -70,6 +71,9 @@ enum Command {
     /// The revenue schedule (ASC 606 / IFRS 15): billed, recognised, deferred and unbilled per
     /// contract, performance obligation and period.
     Revenue(RevenueCommand),
+    /// The revenue forecast: contracted and usage revenue for the next months, with an 80%
+    /// interval; `--backtest N` measures it on the last N closed months.
+    Forecast(ForecastCommand),
     /// Exec, account and ops dashboards as web pages (and JSON), over a run's output or ClickHouse.
     Dashboard(DashboardCommand),
     /// Rejected records: list them by reason, replay their fixes.
@@ -142,5 +146,6 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Dashboard(c) => c.execute(),
         Command::Export(c) => c.execute(),
         Command::Revenue(c) => c.execute(),
+        Command::Forecast(c) => c.execute(),
     }
 }

@@ -612,6 +612,12 @@ ORDER BY (customer_id, comparison, contract_id, sku, region, service_period, inv
         // The revenue schedule, as `meterflow revenue` states and retracts its rows.
         sql: Sql::Create(&crate::tables::REVENUE_SCHEDULE),
     },
+    Migration {
+        id: 45,
+        name: "forecast",
+        // Revenue forecasts, as `meterflow forecast` made them.
+        sql: Sql::Create(&crate::tables::FORECAST),
+    },
 ];
 
 /// The table that records applied migrations (created before any migration runs).

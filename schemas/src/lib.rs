@@ -12,6 +12,7 @@ pub mod entitlement;
 pub mod event;
 #[doc(hidden)]
 pub mod fixtures;
+pub mod forecast;
 pub mod hashing;
 pub mod ids;
 pub mod lag;

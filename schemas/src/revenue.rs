@@ -141,7 +141,7 @@ fn mul_div(a: i128, b: i128, c: i128) -> i128 {
 }
 
 /// `amount × part ÷ whole`, exact to the amount's scale (rounded toward zero).
-fn share(amount: Amount, part: Amount, whole: Amount) -> Amount {
+pub(crate) fn share(amount: Amount, part: Amount, whole: Amount) -> Amount {
     if whole.0 == 0 {
         return Amount::ZERO;
     }

@@ -118,6 +118,7 @@ pub const ALL: &[&Table] = &[
     &METERING_LAG,
     &EXPORTS,
     &REVENUE_SCHEDULE,
+    &FORECAST,
 ];
 
 /// The tables the dataflow writes. Their rows carry the `epoch` that wrote them: a restart
@@ -666,6 +667,30 @@ pub const REVENUE_SCHEDULE: Table = Table {
     partition_by: Some("toYYYYMM(computed_at)"),
     order_by: &["contract_id", "period", "obligation", "service_period", "computed_at"],
     csv: Some("computed_at,run_id,customer_id,contract_id,obligation,service_period,period,currency,catch_up,billed,recognised,deferred,unbilled,sign"),
+    output: None,
+};
+
+pub const FORECAST: Table = Table {
+    name: "forecast",
+    row: "Forecast",
+    about: "one month of one stream of the revenue forecast `meterflow forecast` made: contracted revenue of a segment, or usage revenue of a SKU and segment, with its 80% interval",
+    columns: &[
+        col("computed_at", "DateTime"),
+        col("run_id", "String"),
+        col("as_of", "DateTime"),
+        col("month", "String"),
+        col("stream", "String"),
+        col("sku", "String"),
+        col("segment", "String"),
+        col("currency", "String"),
+        col("quantity", "Decimal(38, 9)"),
+        col("amount", "Decimal(38, 18)"),
+        col("low", "Decimal(38, 18)"),
+        col("high", "Decimal(38, 18)"),
+    ],
+    partition_by: Some("toYYYYMM(computed_at)"),
+    order_by: &["month", "stream", "sku", "segment", "computed_at"],
+    csv: Some("computed_at,run_id,as_of,month,stream,sku,segment,currency,quantity,amount,low,high"),
     output: None,
 };
 

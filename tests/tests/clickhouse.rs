@@ -676,6 +676,30 @@ fn every_statement_meterflow_sends_and_every_documented_query_run_on_current_cli
             "{text}"
         );
     }
+    // The forecast's reads and its rows, and a backtest.
+    let url = f.ch.url();
+    for args in [&["--horizon", "2"][..], &["--backtest", "1"][..]] {
+        let mut all = vec![
+            "forecast",
+            "-c",
+            catalog.to_str().unwrap(),
+            "--clickhouse-url",
+            &url,
+        ];
+        all.extend(args);
+        let o = meterflow_ok(&all);
+        assert!(
+            String::from_utf8_lossy(&o.stdout).contains("usage"),
+            "{:?}",
+            o
+        );
+    }
+    assert!(
+        count(
+            &f.ch,
+            "SELECT count() FROM meterflow.forecast WHERE stream = 'usage'"
+        ) > 0
+    );
     // The dashboard's reads (the v_* views) too: one snapshot, then stop.
     {
         let dashboard = meterflow_tests::start_dashboard(
@@ -733,6 +757,7 @@ fn every_statement_meterflow_sends_and_every_documented_query_run_on_current_cli
         .arg(root.join("docs/quarantine.md"))
         .arg(root.join("docs/marketplaces.md"))
         .arg(root.join("docs/revenue.md"))
+        .arg(root.join("docs/forecast.md"))
         .arg("--grafana")
         .arg(root.join("deploy/grafana/dashboards/meterflow-exec.json"))
         .arg(root.join("deploy/grafana/dashboards/meterflow-account.json"))
@@ -795,6 +820,7 @@ fn every_statement_meterflow_sends_and_every_documented_query_run_on_current_cli
         "FROM meterflow.exports WHERE marketplace",
         "AS hour, toString(sum(quantity))",
         "FROM meterflow.revenue_schedule",
+        "AS day, toString(sum(quantity))",
     ] {
         assert!(sent.contains(kind), "no `{kind}` statement was recorded");
     }

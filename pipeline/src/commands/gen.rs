@@ -64,6 +64,13 @@ pub struct GenArgs {
     /// over the customers; and price API calls in packages from rate-card version 2.
     #[arg(long)]
     pub terms: bool,
+    /// Usage grows by this fraction every 30 days, compounding (0.1: 10% a month): a known trend
+    /// for forecast backtests. Quantities scale; the number of events does not.
+    #[arg(long, default_value_t = 0.0)]
+    pub growth: f64,
+    /// Usage on Saturdays and Sundays, as a fraction of weekdays' (weekly seasonality).
+    #[arg(long, default_value_t = 1.0)]
+    pub weekend: f64,
 }
 
 impl GenArgs {
@@ -211,9 +218,15 @@ pub fn catalog_toml(customers: u32, start: EventTime, span: Span, terms: bool) -
             1 => "tax = \"gst-10\"\n",
             _ => "",
         };
+        // Segments: one customer in ten is an enterprise, three a growth account.
+        let segment = match c % 10 {
+            0 => "enterprise",
+            1..=3 => "growth",
+            _ => "self-serve",
+        };
         let _ = writeln!(
             s,
-            "[[customer]]\nid = \"cus-{c:06}\"\nname = \"Customer {c}\"\n{tax}"
+            "[[customer]]\nid = \"cus-{c:06}\"\nname = \"Customer {c}\"\nsegment = \"{segment}\"\n{tax}"
         );
         let _ = writeln!(s, "[[contract]]\nid = \"ctr-{c:06}\"\ncustomer = \"cus-{c:06}\"\nrate_card = \"standard\"\nstarts = \"{contract_start}\"");
         if terms {
@@ -339,13 +352,27 @@ pub fn write_events(args: &GenArgs, w: &mut impl Write) -> anyhow::Result<GenSum
             } else {
                 rng.below(3) as usize
             };
+            // The trend and the week scale additive meters' quantities.
+            let intensity = {
+                let days = (t - args.start.millis()) as f64 / 86_400_000.0;
+                let weekday = (t.div_euclid(86_400_000) + 3).rem_euclid(7); // 0 = Monday
+                (1.0 + args.growth).powf(days / 30.0)
+                    * if weekday >= 5 { args.weekend } else { 1.0 }
+            };
+            let scaled = |n: u64| {
+                if intensity == 1.0 {
+                    n as i64
+                } else {
+                    ((n as f64) * intensity).round().max(1.0) as i64
+                }
+            };
             let quantity = match sku {
-                0 => Quantity::from_units(1 + rng.below(100) as i64),
-                1 => Quantity::from_units(1 + rng.below(5000) as i64),
+                0 => Quantity::from_units(scaled(1 + rng.below(100))),
+                1 => Quantity::from_units(scaled(1 + rng.below(5000))),
                 SEATS => Quantity::from_units(1 + rng.below(200) as i64),
                 USERS => Quantity::from_units(1),
                 PAYMENTS => Quantity(rng.below(20_000) as i128 * 10_000_000 + 10_000_000),
-                _ => Quantity(rng.below(10_000) as i128 * 1_000_000 + 1_000_000),
+                _ => Quantity(scaled(rng.below(10_000)) as i128 * 1_000_000 + 1_000_000),
             };
             let fields = Fields {
                 id: i,

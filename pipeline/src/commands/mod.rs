@@ -7,6 +7,7 @@ pub mod catalog;
 pub mod dashboard;
 pub mod demo;
 pub mod export;
+pub mod forecast;
 pub mod gen;
 pub mod invoice;
 pub mod migrate;

@@ -16,6 +16,7 @@ use meterflow_operators::Epoch;
 use meterflow_schemas::anomaly::{Anomaly, BucketRow};
 use meterflow_schemas::catalog::Catalog;
 use meterflow_schemas::event::{Environment, Metadata};
+use meterflow_schemas::forecast::Forecasted;
 use meterflow_schemas::lag::Lagged;
 use meterflow_schemas::lineage::Lineage;
 use meterflow_schemas::marketplace::Exported;
@@ -589,6 +590,23 @@ impl CsvRow for Scheduled {
             scaled(row, v.0, Amount::SCALE);
         }
         int(row, self.sign);
+    }
+}
+
+impl CsvRow for Forecasted {
+    fn csv(&self, _: &Names, _: &mut Labels, row: &mut Vec<u8>) {
+        time_field(row, self.computed_at);
+        field(row, &self.run_id);
+        time_field(row, self.as_of);
+        let k = &self.key;
+        for v in [&k.month, k.stream, &k.sku, &k.segment, &k.currency] {
+            field(row, v);
+        }
+        let f = &self.forecast;
+        scaled(row, f.quantity.0, Quantity::SCALE);
+        for v in [f.amount, f.low, f.high] {
+            scaled(row, v.0, Amount::SCALE);
+        }
     }
 }
 

@@ -188,6 +188,7 @@ fn build(l: &mut Loader, files: &[(PathBuf, CatalogFile)]) {
                     c.name.clone()
                 },
                 tax,
+                segment: c.segment.clone().unwrap_or_default(),
             });
         }
     }

@@ -19,6 +19,8 @@ pub struct Customer {
     pub name: String,
     /// The tax that applies to the customer's invoices (its jurisdiction), if any.
     pub tax: Option<TaxIdx>,
+    /// The customer's segment (cohort) for forecasts; empty when the catalog names none.
+    pub segment: String,
 }
 
 /// A tax rate of one jurisdiction (`[[tax]]`).

@@ -116,6 +116,8 @@ pub(super) struct CustomerDef {
     pub(super) name: String,
     /// The `[[tax]]` of the customer's jurisdiction.
     pub(super) tax: Option<String>,
+    /// The customer's segment (cohort), e.g. `enterprise`: forecasts group usage by it.
+    pub(super) segment: Option<String>,
 }
 
 #[derive(Deserialize)]

@@ -1,0 +1,391 @@
+//! The two-stream revenue forecast (docs/forecast.md):
+//!
+//! 1. **Contracted**: what contracts commit to per month, whatever the usage: subscription fees
+//!    and the minimum spend, for the months a contract runs (no renewal is assumed past `ends`).
+//! 2. **Usage**: daily usage per SKU and customer segment, forecast with additive Holt-Winters
+//!    (level, trend, weekly season; smoothing picked by the least one-step squared error), spread
+//!    over the segment's contracts by their share of the last 28 days, and priced per contract
+//!    through its rate card's price for the month (tiers apply), above the minimum spend and
+//!    below the maximum spend. Peak and distinct-count meters carry their last month forward.
+//!
+//! Statistics run in `f64` on quantities; money is priced from the forecast quantities with the
+//! exact pricing code. The 80% interval is ±1.2816 σ·√(Σ steps ahead) around each month's
+//! forecast quantity, σ being the model's one-step error, priced at its bounds.
+
+use std::collections::BTreeMap;
+
+use crate::catalog::{Catalog, ContractIdx, SkuIdx};
+use crate::money::{Amount, Quantity};
+use crate::pricing::{price_period, Segment};
+use crate::time::{EventTime, PeriodUnit};
+
+const DAY: i64 = 86_400_000;
+const SEASON: usize = 7;
+/// The standard normal quantile of 90%: a two-sided 80% interval.
+const Z80: f64 = 1.2816;
+
+/// A fitted additive Holt-Winters model of a daily series with a weekly season.
+#[derive(Clone, Debug)]
+pub struct HoltWinters {
+    level: f64,
+    trend: f64,
+    season: [f64; SEASON],
+    /// Days seen (the next forecast is for day `n`).
+    n: usize,
+    /// Root mean squared one-step error.
+    pub sigma: f64,
+}
+
+impl HoltWinters {
+    fn run(y: &[f64], alpha: f64, beta: f64, gamma: f64) -> HoltWinters {
+        let mean = |s: &[f64]| s.iter().sum::<f64>() / s.len() as f64;
+        let (first, second) = (mean(&y[..SEASON]), mean(&y[SEASON..2 * SEASON]));
+        let mut season = [0.0; SEASON];
+        for (i, s) in season.iter_mut().enumerate() {
+            *s = y[i] - first;
+        }
+        let (mut level, mut trend) = (first, (second - first) / SEASON as f64);
+        let (mut sse, mut count) = (0.0, 0usize);
+        for (t, &v) in y.iter().enumerate().skip(SEASON) {
+            let s = season[t % SEASON];
+            let e = v - (level + trend + s);
+            sse += e * e;
+            count += 1;
+            let new_level = alpha * (v - s) + (1.0 - alpha) * (level + trend);
+            trend = beta * (new_level - level) + (1.0 - beta) * trend;
+            season[t % SEASON] = gamma * (v - new_level) + (1.0 - gamma) * s;
+            level = new_level;
+        }
+        HoltWinters {
+            level,
+            trend,
+            season,
+            n: y.len(),
+            sigma: (sse / count.max(1) as f64).sqrt(),
+        }
+    }
+
+    /// Fits a series of at least two weeks; shorter ones get a flat model at their mean.
+    pub fn fit(y: &[f64]) -> HoltWinters {
+        if y.len() < 2 * SEASON {
+            let mean = if y.is_empty() {
+                0.0
+            } else {
+                y.iter().sum::<f64>() / y.len() as f64
+            };
+            let var = y.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / y.len().max(1) as f64;
+            return HoltWinters {
+                level: mean,
+                trend: 0.0,
+                season: [0.0; SEASON],
+                n: y.len(),
+                sigma: var.sqrt(),
+            };
+        }
+        let mut best: Option<HoltWinters> = None;
+        for alpha in [0.05, 0.1, 0.2, 0.3, 0.5] {
+            for beta in [0.0, 0.01, 0.03, 0.1] {
+                for gamma in [0.05, 0.1, 0.3] {
+                    let m = HoltWinters::run(y, alpha, beta, gamma);
+                    if best.as_ref().is_none_or(|b| m.sigma < b.sigma) {
+                        best = Some(m);
+                    }
+                }
+            }
+        }
+        best.expect("a grid")
+    }
+
+    /// The forecast `h` days after the last one seen (`h` ≥ 1), never below zero.
+    pub fn forecast(&self, h: usize) -> f64 {
+        (self.level + h as f64 * self.trend + self.season[(self.n + h - 1) % SEASON]).max(0.0)
+    }
+}
+
+/// Net billable usage of a contract's SKU on one day (UTC), and its net events.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DayUsage {
+    pub contract: ContractIdx,
+    pub sku: SkuIdx,
+    /// The start of the day.
+    pub day: EventTime,
+    pub quantity: Quantity,
+    pub events: i64,
+}
+
+/// One month of one stream: a SKU and segment's usage revenue, or a segment's contracted
+/// revenue (`sku` empty).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ForecastKey {
+    pub month: String,
+    /// `contracted` or `usage`.
+    pub stream: &'static str,
+    pub sku: String,
+    pub segment: String,
+    pub currency: String,
+}
+
+/// A row of the `forecast` table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Forecasted {
+    pub computed_at: EventTime,
+    pub run_id: String,
+    pub as_of: EventTime,
+    pub key: ForecastKey,
+    pub forecast: Forecast,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Forecast {
+    /// Forecast quantity (usage stream; zero for contracted).
+    pub quantity: Quantity,
+    /// The usage priced as its usage lines would bill it, before the minimum and maximum spend
+    /// (what a backtest compares with the billed usage lines).
+    pub priced: Amount,
+    pub amount: Amount,
+    pub low: Amount,
+    pub high: Amount,
+}
+
+fn to_quantity(v: f64) -> Quantity {
+    Quantity((v.max(0.0) * Quantity::SCALE_ONE as f64).round() as i128)
+}
+
+/// `amount × part ÷ whole` (zero when `whole` is).
+fn share(amount: Amount, part: Amount, whole: Amount) -> Amount {
+    if whole <= Amount::ZERO {
+        return Amount::ZERO;
+    }
+    crate::revenue::share(amount, part, whole)
+}
+
+fn price(
+    catalog: &Catalog,
+    contract: ContractIdx,
+    sku: SkuIdx,
+    at: EventTime,
+    q: Quantity,
+    events: i64,
+) -> Option<Amount> {
+    let c = &catalog.contracts[contract.ix()];
+    let p = catalog.price_for(c, sku, None, at).ok()?;
+    let model = &catalog.prices[p.ix()].model;
+    Some(
+        price_period(&[Segment {
+            model,
+            quantity: q,
+            events,
+            fee_adjustment: Amount::ZERO,
+        }])
+        .total(),
+    )
+}
+
+/// The forecast of the `months` invoice periods from the one holding `as_of` (usage before
+/// `as_of` is known; the rest of its month and the months after are forecast). `usage`: daily
+/// usage of every contract (days from `as_of` on are ignored).
+pub fn forecast(
+    catalog: &Catalog,
+    unit: PeriodUnit,
+    usage: &[DayUsage],
+    carried: &BTreeMap<(ContractIdx, SkuIdx), Quantity>,
+    as_of: EventTime,
+    months: usize,
+) -> BTreeMap<ForecastKey, Forecast> {
+    let as_of_day = EventTime(as_of.0.div_euclid(DAY) * DAY);
+    let known: Vec<&DayUsage> = usage.iter().filter(|u| u.day < as_of_day).collect();
+    let Some(first_day) = known.iter().map(|u| u.day).min() else {
+        return BTreeMap::new();
+    };
+    let days = ((as_of_day.0 - first_day.0) / DAY) as usize;
+    let segment = |c: ContractIdx| {
+        catalog.customers[catalog.contracts[c.ix()].customer.ix()]
+            .segment
+            .clone()
+    };
+    // Daily series per SKU and segment; per contract, the last 28 days (shares) and this month.
+    let current = unit.period_of(as_of_day);
+    let mut series: BTreeMap<(SkuIdx, String), Vec<f64>> = BTreeMap::new();
+    let mut recent: BTreeMap<(SkuIdx, String), BTreeMap<ContractIdx, (f64, i64)>> = BTreeMap::new();
+    let mut so_far: BTreeMap<(ContractIdx, SkuIdx), (Quantity, i64)> = BTreeMap::new();
+    for u in &known {
+        let key = (u.sku, segment(u.contract));
+        let q = u.quantity.0 as f64 / Quantity::SCALE_ONE as f64;
+        let s = series.entry(key.clone()).or_insert_with(|| vec![0.0; days]);
+        s[((u.day.0 - first_day.0) / DAY) as usize] += q;
+        if u.day.0 >= as_of_day.0 - 28 * DAY {
+            let r = recent
+                .entry(key)
+                .or_default()
+                .entry(u.contract)
+                .or_default();
+            r.0 += q;
+            r.1 += u.events;
+        }
+        let p = unit.period_of(u.day);
+        if p == current {
+            let e = so_far.entry((u.contract, u.sku)).or_default();
+            e.0 += u.quantity;
+            e.1 += u.events;
+        }
+    }
+    let mut out: BTreeMap<ForecastKey, Forecast> = BTreeMap::new();
+    type Priced = (SkuIdx, String, Quantity, [Amount; 3]);
+    let mut by_contract: BTreeMap<(ContractIdx, crate::time::Period), Vec<Priced>> =
+        BTreeMap::new();
+    // The months: their start, end, and the days of each still to forecast (steps ahead).
+    let mut month_starts = vec![current];
+    for _ in 1..months {
+        let last = *month_starts.last().expect("one");
+        month_starts.push(unit.period_of(unit.end_of(last)));
+    }
+    for ((sku, seg), y) in &series {
+        let additive = catalog.skus[sku.ix()].aggregation.is_additive();
+        let model = HoltWinters::fit(y);
+        let shares = recent
+            .get(&(*sku, seg.clone()))
+            .cloned()
+            .unwrap_or_default();
+        let total: f64 = shares.values().map(|(q, _)| q).sum();
+        for p in &month_starts {
+            let (start, end) = (p.0, unit.end_of(*p));
+            let steps: Vec<usize> = (0..((end.0 - start.0) / DAY) as usize)
+                .map(|d| start.0 + d as i64 * DAY)
+                .filter(|t| *t >= as_of_day.0)
+                .map(|t| ((t - as_of_day.0) / DAY) as usize + 1)
+                .collect();
+            let mean: f64 = steps.iter().map(|h| model.forecast(*h)).sum();
+            let spread = Z80 * model.sigma * (steps.iter().sum::<usize>() as f64).sqrt();
+            let bounds = [mean, (mean - spread).max(0.0), mean + spread];
+            for (contract, (q28, e28)) in &shares {
+                let c = &catalog.contracts[contract.ix()];
+                if !c.active_at(start) && !c.active_at(EventTime(end.0 - 1)) {
+                    continue;
+                }
+                let share = if total > 0.0 { q28 / total } else { 0.0 };
+                let (known_q, known_e) = if *p == current {
+                    so_far.get(&(*contract, *sku)).copied().unwrap_or_default()
+                } else {
+                    Default::default()
+                };
+                let mut priced = [Amount::ZERO; 3];
+                let mut quantity = Quantity::ZERO;
+                for (i, b) in bounds.iter().enumerate() {
+                    let q = if additive {
+                        known_q + to_quantity(b * share)
+                    } else {
+                        carried.get(&(*contract, *sku)).copied().unwrap_or_default()
+                    };
+                    let per_event = if *q28 > 0.0 { *e28 as f64 / q28 } else { 0.0 };
+                    let events = known_e as f64
+                        + (q.0 - known_q.0).max(0) as f64 / Quantity::SCALE_ONE as f64 * per_event;
+                    priced[i] = price(catalog, *contract, *sku, start, q, events.round() as i64)
+                        .unwrap_or_default();
+                    if i == 0 {
+                        quantity = q;
+                    }
+                }
+                by_contract.entry((*contract, *p)).or_default().push((
+                    *sku,
+                    seg.clone(),
+                    quantity,
+                    priced,
+                ));
+            }
+        }
+    }
+    // Per contract and month: the minimum spend is contracted revenue, so usage revenue is what
+    // usage adds above it, and never more than the maximum spend; spread over the SKUs by their
+    // priced usage.
+    for ((contract, p), skus) in by_contract {
+        let t = &catalog.contracts[contract.ix()].terms;
+        let floor = t.minimum_spend.unwrap_or_default();
+        let mut variable = [Amount::ZERO; 3];
+        for i in 0..3 {
+            let total: Amount = skus.iter().map(|(.., a)| a[i]).sum();
+            let capped = t.maximum_spend.map_or(total, |cap| total.min(cap));
+            variable[i] = (capped - floor).max(Amount::ZERO);
+        }
+        for (sku, seg, quantity, priced) in &skus {
+            let key = ForecastKey {
+                month: unit.label(p),
+                stream: "usage",
+                sku: catalog.skus[sku.ix()].id.clone(),
+                segment: seg.clone(),
+                currency: catalog.currency_of(contract).to_string(),
+            };
+            let f = out.entry(key).or_default();
+            f.quantity += *quantity;
+            f.priced += priced[0];
+            // Spread by the SKUs' share of the forecast, so each row's low ≤ amount ≤ high.
+            let total: Amount = skus.iter().map(|(.., a)| a[0]).sum();
+            f.amount += share(variable[0], priced[0], total);
+            f.low += share(variable[1], priced[0], total);
+            f.high += share(variable[2], priced[0], total);
+        }
+    }
+    // Contracted: fees and the minimum spend of every contract running in the month.
+    for (i, c) in catalog.contracts.iter().enumerate() {
+        for p in &month_starts {
+            let (start, end) = (p.0, unit.end_of(*p));
+            if !c.active_at(start) && !c.active_at(EventTime(end.0 - 1)) {
+                continue;
+            }
+            let fixed: Amount = c.terms.fees.iter().map(|(_, a)| *a).sum::<Amount>()
+                + c.terms.minimum_spend.unwrap_or_default();
+            if fixed == Amount::ZERO {
+                continue;
+            }
+            let key = ForecastKey {
+                month: unit.label(*p),
+                stream: "contracted",
+                sku: String::new(),
+                segment: segment(ContractIdx(i as u32)),
+                currency: catalog.currency_of(ContractIdx(i as u32)).to_string(),
+            };
+            let f = out.entry(key).or_default();
+            f.amount += fixed;
+            f.low += fixed;
+            f.high += fixed;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A week-seasonal series with a trend and deterministic noise.
+    fn series(days: usize, growth_per_day: f64) -> Vec<f64> {
+        (0..days)
+            .map(|d| {
+                let week = if d % 7 >= 5 { 0.6 } else { 1.0 };
+                let noise = 1.0 + 0.05 * (((d * 7919) % 13) as f64 / 6.0 - 1.0);
+                1000.0 * (1.0 + growth_per_day).powi(d as i32) * week * noise
+            })
+            .collect()
+    }
+
+    #[test]
+    fn holt_winters_follows_a_trend_and_a_week() {
+        let y = series(150, 0.003);
+        let model = HoltWinters::fit(&y[..120]);
+        let (mut err, mut total) = (0.0, 0.0);
+        for h in 1..=30 {
+            err += (model.forecast(h) - y[119 + h]).abs();
+            total += y[119 + h];
+        }
+        assert!(err / total < 0.05, "monthly error {:.3}", err / total);
+        // Weekends come out lower than weekdays.
+        let day = |weekday: usize| (1..=7).find(|h| (119 + h) % 7 == weekday).unwrap();
+        let (sat, mon) = (model.forecast(day(5)), model.forecast(day(0)));
+        assert!(sat < mon * 0.8, "{sat} vs {mon}");
+    }
+
+    #[test]
+    fn a_short_series_is_flat_at_its_mean() {
+        let m = HoltWinters::fit(&[10.0, 12.0, 14.0]);
+        assert_eq!(m.forecast(5), 12.0);
+    }
+}

@@ -1,0 +1,184 @@
+//! `meterflow forecast` over `gen` data with a known trend (10% a month) and weekly season
+//! (weekends at 60%): the backtest of the last three closed months beats the 10% MAPE target and
+//! the naive forecast, and the forecast table holds both streams with their intervals.
+
+use std::path::Path;
+
+use meterflow::reports::tables::read_table;
+use meterflow_schemas::money::Amount;
+use meterflow_tests::{meterflow_ok, Scratch};
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn number_after(text: &str, label: &str) -> f64 {
+    let at = text
+        .find(label)
+        .unwrap_or_else(|| panic!("no `{label}` in:\n{text}"))
+        + label.len();
+    text[at..]
+        .split('%')
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn the_backtest_beats_ten_percent_and_the_naive_forecast() {
+    let s = Scratch::new("forecast");
+    let dir = s.path();
+    meterflow_ok(&[
+        "gen",
+        "-o",
+        path(dir),
+        "--events",
+        "120000",
+        "--customers",
+        "60",
+        "--days",
+        "180",
+        "--start",
+        "2026-05-20T00:00:00Z",
+        "--growth",
+        "0.1",
+        "--weekend",
+        "0.6",
+        "--seed",
+        "3",
+    ]);
+    let (catalog, out) = (dir.join("catalog"), dir.join("out"));
+    meterflow_ok(&[
+        "run",
+        "-q",
+        "-i",
+        path(&dir.join("events.jsonl")),
+        "-c",
+        path(&catalog),
+        "-o",
+        path(&out),
+    ]);
+    let o = meterflow_ok(&[
+        "forecast",
+        "-c",
+        path(&catalog),
+        "-o",
+        path(&out),
+        "--backtest",
+        "3",
+    ]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    let (mape, naive) = (
+        number_after(&text, "\nMAPE"),
+        number_after(&text, "repeated): MAPE"),
+    );
+    assert!(mape <= 10.0, "{text}");
+    assert!(
+        mape < naive,
+        "the model should beat last month repeated:\n{text}"
+    );
+    assert!(text.contains("3 periods"), "{text}");
+    assert!(!out.join("forecast").exists(), "a backtest writes nothing");
+
+    let o = meterflow_ok(&[
+        "forecast",
+        "-c",
+        path(&catalog),
+        "-o",
+        path(&out),
+        "--horizon",
+        "3mo",
+    ]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    let rows = read_table(&out, "forecast").unwrap();
+    let months: std::collections::BTreeSet<&str> =
+        rows.iter().map(|r| r["month"].as_str()).collect();
+    assert_eq!(months.len(), 3, "{text}");
+    for r in &rows {
+        let [low, amount, high] = ["low", "amount", "high"].map(|k| Amount::parse(&r[k]).unwrap());
+        assert!(low <= amount && amount <= high, "{r:?}");
+        assert_eq!(
+            r["stream"], "usage",
+            "gen without --terms has no contracted revenue"
+        );
+    }
+    assert!(
+        rows.iter().any(|r| r["segment"] == "enterprise")
+            && rows.iter().any(|r| r["segment"] == "self-serve")
+    );
+}
+
+#[test]
+fn contracted_revenue_is_fees_and_minimums_and_usage_adds_what_is_above() {
+    let s = Scratch::new("forecast-terms");
+    let dir = s.path();
+    meterflow_ok(&[
+        "gen",
+        "-o",
+        path(dir),
+        "--events",
+        "40000",
+        "--customers",
+        "30",
+        "--days",
+        "120",
+        "--start",
+        "2026-07-01T00:00:00Z",
+        "--terms",
+        "--seed",
+        "5",
+    ]);
+    let (catalog, out) = (dir.join("catalog"), dir.join("out"));
+    meterflow_ok(&[
+        "run",
+        "-q",
+        "-i",
+        path(&dir.join("events.jsonl")),
+        "-c",
+        path(&catalog),
+        "-o",
+        path(&out),
+    ]);
+    meterflow_ok(&[
+        "forecast",
+        "-c",
+        path(&catalog),
+        "-o",
+        path(&out),
+        "--horizon",
+        "2",
+    ]);
+    let rows = read_table(&out, "forecast").unwrap();
+    // Contracted per month: every contract's fees and minimum spend, from the catalog.
+    let toml: toml::Value =
+        toml::from_str(&std::fs::read_to_string(catalog.join("catalog.toml")).unwrap()).unwrap();
+    let mut fixed = Amount::ZERO;
+    for c in toml["contract"].as_array().unwrap() {
+        for f in c
+            .get("fee")
+            .and_then(|f| f.as_array())
+            .into_iter()
+            .flatten()
+        {
+            fixed += Amount::parse(f["amount"].as_str().unwrap()).unwrap();
+        }
+        if let Some(m) = c.get("minimum_spend") {
+            fixed += Amount::parse(m.as_str().unwrap()).unwrap();
+        }
+    }
+    assert!(fixed > Amount::ZERO);
+    for month in rows
+        .iter()
+        .map(|r| r["month"].clone())
+        .collect::<std::collections::BTreeSet<_>>()
+    {
+        let contracted: Amount = rows
+            .iter()
+            .filter(|r| r["month"] == month && r["stream"] == "contracted")
+            .map(|r| Amount::parse(&r["amount"]).unwrap())
+            .sum();
+        assert_eq!(contracted, fixed, "{month}");
+    }
+}
