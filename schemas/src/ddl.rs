@@ -618,6 +618,19 @@ ORDER BY (customer_id, comparison, contract_id, sku, region, service_period, inv
         // Revenue forecasts, as `meterflow forecast` made them.
         sql: Sql::Create(&crate::tables::FORECAST),
     },
+    Migration {
+        id: 46,
+        name: "v_exec_forecast",
+        // The latest revenue forecast per month, stream and currency.
+        sql: Sql::Text(
+            "CREATE VIEW IF NOT EXISTS {db}.v_exec_forecast AS \
+             SELECT month, stream, currency, sum(amount) AS amount, sum(low) AS low, \
+             sum(high) AS high, any(as_of) AS as_of \
+             FROM {db}.forecast \
+             WHERE run_id = (SELECT argMax(run_id, computed_at) FROM {db}.forecast) \
+             GROUP BY month, stream, currency",
+        ),
+    },
 ];
 
 /// The table that records applied migrations (created before any migration runs).

@@ -751,6 +751,10 @@ pub const VIEWS: &[View] = &[
         name: "v_ops_lag",
         about: "the metering lag as `meterflow scorecard` last recorded it",
     },
+    View {
+        name: "v_exec_forecast",
+        about: "the latest revenue forecast per month, stream and currency",
+    },
 ];
 
 #[cfg(test)]

@@ -821,6 +821,7 @@ fn every_statement_meterflow_sends_and_every_documented_query_run_on_current_cli
         "AS hour, toString(sum(quantity))",
         "FROM meterflow.revenue_schedule",
         "AS day, toString(sum(quantity))",
+        "FROM meterflow.v_exec_forecast",
     ] {
         assert!(sent.contains(kind), "no `{kind}` statement was recorded");
     }

@@ -93,6 +93,8 @@ fn the_pages_show_in_chromium_what_the_demo_output_adds_up_to() {
     meterflow_ok(&["scorecard", "-c", path_str(&catalog), "-o", path_str(&out)]);
     // So is the reconciliation drift.
     meterflow_ok(&["reconcile", "-c", path_str(&catalog), "-o", path_str(&out)]);
+    // And the forecast.
+    meterflow_ok(&["forecast", "-c", path_str(&catalog), "-o", path_str(&out)]);
     let d = Dashboard::start(&["-c", path_str(&catalog), "-o", path_str(&out)]);
     d.wait_for("/api/exec", "the first read", |code, _| code == 200);
     // Bad input is an answer that says why, never a server error.
@@ -164,6 +166,19 @@ fn the_pages_show_in_chromium_what_the_demo_output_adds_up_to() {
         r["lines"].as_u64().unwrap() as usize,
         read_table(&out, "reconciliation").unwrap().len()
     );
+    // The forecast card: per month, the two streams as the forecast table sums them.
+    let months = exec["data"]["forecast"].as_array().unwrap();
+    assert!(!months.is_empty(), "{exec}");
+    let rows = read_table(&out, "forecast").unwrap();
+    for m in months {
+        let total: Amount = rows
+            .iter()
+            .filter(|r| r["month"] == m["month"].as_str().unwrap())
+            .map(|r| Amount::parse(&r["amount"]).unwrap())
+            .sum();
+        let rounded = total.round_to(2, meterflow_schemas::money::Rounding::HalfEven);
+        assert_eq!(m["total"], rounded.format_fixed(2).as_str(), "{m}");
+    }
     let shots = work.path().join("screenshots");
     browser_check(&[
         "--url",

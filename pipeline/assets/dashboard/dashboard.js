@@ -138,6 +138,12 @@ function renderExec(d) {
     <p class="empty">meterflow reconcile ${esc(r.run_id)} at ${esc(r.checked_at)}</p>`
       : `<p class="empty" id="exec-not-reconciled">No reconciliation recorded: run <code>meterflow reconcile</code> over this output to compare every line with its events.</p>`, true) +
     card("Usage revenue by invoice period", `<div class="chart" id="chart-trend"></div>`) +
+    card("Forecast", d.forecast.length
+      ? table([{ t: "month" }, { t: "contracted", n: 1 }, { t: "usage", n: 1 }, { t: "total", n: 1 }, { t: "80% interval", n: 1 }, { t: "" }],
+        d.forecast.map((m) => [td(esc(m.month)), tdn(esc(m.contracted)), tdn(esc(m.usage)), tdn(`<span class="forecast-total">${esc(m.total)}</span>`),
+          tdn(`${esc(m.low)} .. ${esc(m.high)}`), td(esc(m.currency))]), (i) => `data-forecast="${esc(d.forecast[i].month)}"`) +
+        `<p class="empty">from usage before ${esc(d.forecast[0].as_of)} (meterflow forecast)</p>`
+      : `<p class="empty" id="exec-no-forecast">No forecast yet: run <code>meterflow forecast</code> over this output.</p>`) +
     card("Accepted events per day", `<div class="chart" id="chart-daily"></div>`) +
     card("Customers", table([{ t: "customer" }, { t: "usage revenue", n: 1 }, { t: "invoiced", n: 1 }], customers), true);
 }

@@ -117,6 +117,18 @@ pub struct Drifting {
     pub event_ids: String,
 }
 
+/// One month and stream of the latest revenue forecast (`v_exec_forecast`). Amounts are exact.
+#[derive(Clone, Debug, Default, PartialEq, Eq, clickhouse::Row, Deserialize)]
+pub struct Forecasted {
+    pub month: String,
+    pub stream: String,
+    pub currency: String,
+    pub amount: String,
+    pub low: String,
+    pub high: String,
+    pub as_of: String,
+}
+
 /// What the running pipeline counted of its sinks (from its `/metrics` or `metrics.prom`).
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Telemetry {
@@ -149,6 +161,8 @@ pub struct Facts {
     /// The latest reconciliation: what it checked, and the lines it found drifting.
     pub checked: Vec<Checked>,
     pub drifting: Vec<Drifting>,
+    /// The latest revenue forecast, when `meterflow forecast` made one.
+    pub forecast: Vec<Forecasted>,
     pub telemetry: Option<Telemetry>,
 }
 
@@ -308,6 +322,7 @@ impl Facts {
             .map(anomaly_of)
             .collect();
         let (checked, drifting) = reconciliation_of(&rows_of(out, "reconciliation")?);
+        let forecast = forecast_of(&rows_of(out, "forecast")?);
         let metrics = out.join("metrics.prom");
         let telemetry = std::fs::read_to_string(&metrics)
             .ok()
@@ -338,6 +353,7 @@ impl Facts {
             anomalies,
             checked,
             drifting,
+            forecast,
             telemetry,
         })
     }
@@ -411,6 +427,11 @@ impl Facts {
             anomalies,
             checked,
             drifting,
+            forecast: ch.fetch(
+                "SELECT month, stream, currency, toString(amount) AS amount, toString(low) AS low, \
+                 toString(high) AS high, concat(replaceOne(toString(as_of), ' ', 'T'), '.000Z') AS as_of \
+                 FROM {db}.v_exec_forecast ORDER BY month, stream, currency",
+            )?,
             telemetry: None,
         })
     }
@@ -475,6 +496,38 @@ fn reconciliation_of(rows: &[CsvRow]) -> (Vec<Checked>, Vec<Drifting>) {
         }
     }
     (checked.into_values().collect(), drifting)
+}
+
+/// The forecast rows (the latest forecast) per month, stream and currency, as `v_exec_forecast`.
+fn forecast_of(rows: &[CsvRow]) -> Vec<Forecasted> {
+    let mut sums: BTreeMap<(String, String, String), [Amount; 3]> = BTreeMap::new();
+    let mut as_of = String::new();
+    for r in rows {
+        let e = sums
+            .entry((
+                field(r, "month").into(),
+                field(r, "stream").into(),
+                field(r, "currency").into(),
+            ))
+            .or_default();
+        for (i, k) in ["amount", "low", "high"].iter().enumerate() {
+            e[i] += Amount::parse(field(r, k)).unwrap_or_default();
+        }
+        as_of = field(r, "as_of").into();
+    }
+    sums.into_iter()
+        .map(
+            |((month, stream, currency), [amount, low, high])| Forecasted {
+                month,
+                stream,
+                currency,
+                amount: amount.to_string(),
+                low: low.to_string(),
+                high: high.to_string(),
+                as_of: as_of.clone(),
+            },
+        )
+        .collect()
 }
 
 fn anomaly_of(r: &CsvRow) -> Anomaly {

@@ -156,6 +156,8 @@ pub struct Exec {
     pub at_risk_capture: String,
     /// What the latest `meterflow reconcile` found (none: it never ran).
     pub reconciliation: Option<Reconciliation>,
+    /// The latest revenue forecast per month and currency (empty: none was made).
+    pub forecast: Vec<ForecastMonth>,
     pub customers: Vec<CustomerMoney>,
 }
 
@@ -323,8 +325,53 @@ pub fn exec(f: &Facts, catalog: &Catalog, unit: PeriodUnit, period: Option<&str>
             .collect::<Vec<_>>()
             .join(" + "),
         reconciliation: reconciliation(f, catalog, period),
+        forecast: forecast_months(f),
         customers,
     }
+}
+
+/// One month of the revenue forecast in one currency: its two streams and the 80% interval.
+#[derive(Clone, Debug, Serialize)]
+pub struct ForecastMonth {
+    pub month: String,
+    pub currency: String,
+    pub contracted: String,
+    pub usage: String,
+    pub total: String,
+    pub low: String,
+    pub high: String,
+    pub as_of: String,
+}
+
+fn forecast_months(f: &Facts) -> Vec<ForecastMonth> {
+    let mut by: BTreeMap<(String, String), ([Amount; 4], String)> = BTreeMap::new();
+    for r in &f.forecast {
+        let e = by.entry((r.month.clone(), r.currency.clone())).or_default();
+        let a = |s: &str| Amount::parse(s).unwrap_or_default();
+        let i = usize::from(r.stream != "contracted");
+        e.0[i] += a(&r.amount);
+        e.0[2] += a(&r.low);
+        e.0[3] += a(&r.high);
+        e.1 = r.as_of.clone();
+    }
+    by.into_iter()
+        .map(
+            |((month, currency), ([contracted, usage, low, high], as_of))| {
+                let d = minor_unit_digits(&currency);
+                let fixed = |a: Amount| a.round_to(d, Rounding::HalfEven).format_fixed(d);
+                ForecastMonth {
+                    contracted: fixed(contracted),
+                    usage: fixed(usage),
+                    total: fixed(contracted + usage),
+                    low: fixed(low),
+                    high: fixed(high),
+                    month,
+                    currency,
+                    as_of,
+                }
+            },
+        )
+        .collect()
 }
 
 fn name_of(catalog: &Catalog, customer: &str) -> String {
