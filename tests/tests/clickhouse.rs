@@ -818,9 +818,9 @@ fn every_statement_meterflow_sends_and_every_documented_query_run_on_current_cli
         "FROM meterflow.v_exec_reconciliation",
         "FROM meterflow.v_exec_drift",
         "FROM meterflow.exports WHERE marketplace",
-        "AS hour, toString(sum(quantity))",
+        "* 3600) AS bucket, toString(sum(quantity))",
         "FROM meterflow.revenue_schedule",
-        "AS day, toString(sum(quantity))",
+        "* 86400) AS bucket, toString(sum(quantity))",
         "FROM meterflow.v_exec_forecast",
     ] {
         assert!(sent.contains(kind), "no `{kind}` statement was recorded");

@@ -13,18 +13,15 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context};
-use clickhouse::Row;
-use meterflow_schemas::catalog::{Aggregation, Catalog, MarketplaceKind};
+use meterflow_schemas::catalog::MarketplaceKind;
 use meterflow_schemas::marketplace::{
     plan, records_member, requests, sent_of, Exported, HourUsage, RecordKind,
 };
 use meterflow_schemas::money::Quantity;
 use meterflow_schemas::time::{EventTime, PeriodUnit};
-use serde::Deserialize;
 
 use crate::commands::report::ReportArgs;
-use crate::reports::tables::read_table;
-use crate::sinks::clickhouse::client::ClickHouse;
+use crate::reports::net_usage;
 use crate::sinks::exports;
 
 const MS_PER_HOUR: i64 = 3_600_000;
@@ -69,113 +66,17 @@ fn closed_period(
     }
 }
 
-/// Net usage per contract, SKU and hour from accepted billable events (count meters: events),
-/// before `end`, of the contracts `keep` selects.
-fn usage_of_files(
-    out: &Path,
-    catalog: &Catalog,
-    end: EventTime,
-    keep: &dyn Fn(&str) -> bool,
-) -> anyhow::Result<Vec<HourUsage>> {
-    let mut sums: BTreeMap<(usize, usize, i64), Quantity> = BTreeMap::new();
-    for r in read_table(out, "usage_events")
-        .with_context(|| format!("cannot read {}/usage_events", out.display()))?
-    {
-        let get = |k: &str| r.get(k).map_or("", |s| s.as_str());
-        if get("billable") != "1" || !keep(get("contract_id")) {
-            continue;
-        }
-        let (Some(contract), Some(sku)) = (
-            catalog.contract(get("contract_id")),
-            catalog.sku(get("sku")),
-        ) else {
-            continue;
-        };
-        let t = EventTime::parse_rfc3339(get("event_time"))
-            .map_err(|e| anyhow!("usage_events {}: {e}", get("event_id")))?;
-        if t >= end {
-            continue;
-        }
-        let q = match catalog.skus[sku.ix()].aggregation {
-            Aggregation::Count => Quantity::from_units(match get("correction_action") {
-                "void" => -1,
-                "amend" => 0,
-                _ => 1,
-            }),
-            _ => Quantity::parse(get("quantity"))
-                .map_err(|e| anyhow!("usage_events {}: quantity: {e}", get("event_id")))?,
-        };
-        *sums
-            .entry((
-                contract.ix(),
-                sku.ix(),
-                t.0.div_euclid(MS_PER_HOUR) * MS_PER_HOUR,
-            ))
-            .or_default() += q;
-    }
-    Ok(to_hours(catalog, sums))
-}
-
-fn to_hours(catalog: &Catalog, sums: BTreeMap<(usize, usize, i64), Quantity>) -> Vec<HourUsage> {
-    sums.into_iter()
-        .map(|((c, s, h), quantity)| HourUsage {
-            contract: catalog
-                .contract(&catalog.contracts[c].id)
-                .expect("a contract"),
-            sku: catalog.sku(&catalog.skus[s].id).expect("a sku"),
-            hour: EventTime(h),
+/// The hourly usage of `contracts` before `end`.
+fn hours(buckets: net_usage::Buckets) -> Vec<HourUsage> {
+    buckets
+        .into_iter()
+        .map(|((contract, sku, hour), (quantity, _))| HourUsage {
+            contract,
+            sku,
+            hour: EventTime(hour),
             quantity,
         })
         .collect()
-}
-
-fn usage_of_clickhouse(
-    ch: &ClickHouse,
-    catalog: &Catalog,
-    end: EventTime,
-    contracts: &[&str],
-) -> anyhow::Result<Vec<HourUsage>> {
-    #[derive(Row, Deserialize)]
-    struct Hour {
-        contract_id: String,
-        sku: String,
-        hour: u32,
-        quantity: String,
-        events: i64,
-    }
-    if contracts.is_empty() {
-        return Ok(Vec::new());
-    }
-    let list: Vec<String> = contracts
-        .iter()
-        .map(|c| format!("'{}'", c.replace('\'', "\\'")))
-        .collect();
-    let hours: Vec<Hour> = ch
-        .fetch(&format!(
-            "SELECT contract_id, sku, toUInt32(intDiv(toUInt32(event_time), 3600) * 3600) AS hour, \
-             toString(sum(quantity)) AS quantity, \
-             sum(multiIf(correction_action = 'void', -1, correction_action = 'amend', 0, 1)) AS events \
-             FROM {{db}}.usage_events WHERE billable = 1 AND contract_id IN ({}) AND event_time < toDateTime({}) \
-             GROUP BY contract_id, sku, hour",
-            list.join(", "),
-            end.0 / 1000
-        ))
-        .map_err(anyhow::Error::msg)?;
-    let mut sums = BTreeMap::new();
-    for h in hours {
-        let (Some(c), Some(s)) = (catalog.contract(&h.contract_id), catalog.sku(&h.sku)) else {
-            continue;
-        };
-        let q = match catalog.skus[s.ix()].aggregation {
-            Aggregation::Count => Quantity::from_units(h.events),
-            _ => Quantity::parse(&h.quantity)
-                .map_err(|e| anyhow!("usage_events quantity {}: {e}", h.quantity))?,
-        };
-        *sums
-            .entry((c.ix(), s.ix(), i64::from(h.hour) * 1000))
-            .or_default() += q;
-    }
-    Ok(to_hours(catalog, sums))
 }
 
 impl ExportCommand {
@@ -210,16 +111,22 @@ impl ExportCommand {
             .collect();
         let watermark = r.watermark(&a.out)?;
         let (from, to) = closed_period(unit, label, watermark)?;
+        let select = net_usage::Select {
+            bucket_ms: MS_PER_HOUR,
+            before: Some(to),
+            contracts: Some(&contracts),
+        };
         let (usage, earlier) = match &r.ch {
             Some(ch) => (
-                usage_of_clickhouse(ch, catalog, to, &contracts)?,
+                net_usage::from_clickhouse(ch, catalog, &select)?,
                 exports::from_clickhouse(ch, kind).map_err(anyhow::Error::msg)?,
             ),
             None => (
-                usage_of_files(&a.out, catalog, to, &|c| contracts.contains(&c))?,
+                net_usage::from_output(&a.out, catalog, &select)?,
                 exports::from_files(&a.out).map_err(anyhow::Error::msg)?,
             ),
         };
+        let usage = hours(usage);
         let sent = sent_of(kind, &earlier);
         let records = plan(catalog, kind, &usage, &sent, (from, to), at).map_err(|unmapped| {
             let mut s = String::from("nothing was written: usage has no marketplace dimension to be sent as:");

@@ -4,23 +4,21 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{anyhow, bail};
 use clickhouse::Row;
-use meterflow_schemas::catalog::{Aggregation, Catalog, ContractIdx, SkuIdx};
+use meterflow_schemas::catalog::{Catalog, ContractIdx, SkuIdx};
 use meterflow_schemas::forecast::{forecast, DayUsage, Forecast, ForecastKey, Forecasted};
 use meterflow_schemas::money::{minor_unit_digits, Amount, Quantity, Rounding};
 use meterflow_schemas::rows::LineKind;
 use meterflow_schemas::tables;
 use meterflow_schemas::time::{EventTime, PeriodUnit};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::commands::report::ReportArgs;
 use crate::reports::invoice_preview::{self, Filter};
-use crate::reports::tables::read_table;
-use crate::sinks::clickhouse::client::ClickHouse;
+use crate::reports::net_usage;
 use crate::sinks::clickhouse::sink::seconds;
 use crate::sinks::files::replace_table;
 
@@ -42,86 +40,18 @@ pub struct ForecastCommand {
     backtest: Option<usize>,
 }
 
-fn usage_of_files(out: &Path, catalog: &Catalog) -> anyhow::Result<Vec<DayUsage>> {
-    let mut sums: BTreeMap<(u32, u32, i64), (Quantity, i64)> = BTreeMap::new();
-    for r in read_table(out, "usage_events")
-        .with_context(|| format!("cannot read {}/usage_events", out.display()))?
-    {
-        let get = |k: &str| r.get(k).map_or("", |s| s.as_str());
-        if get("billable") != "1" {
-            continue;
-        }
-        let (Some(c), Some(s)) = (
-            catalog.contract(get("contract_id")),
-            catalog.sku(get("sku")),
-        ) else {
-            continue;
-        };
-        let t = EventTime::parse_rfc3339(get("event_time"))
-            .map_err(|e| anyhow!("usage_events {}: {e}", get("event_id")))?;
-        let events = match get("correction_action") {
-            "void" => -1,
-            "amend" => 0,
-            _ => 1,
-        };
-        let q = match catalog.skus[s.ix()].aggregation {
-            Aggregation::Count => Quantity::from_units(events),
-            _ => Quantity::parse(get("quantity"))
-                .map_err(|e| anyhow!("usage_events quantity: {e}"))?,
-        };
-        let e = sums
-            .entry((c.0, s.0, t.0.div_euclid(DAY) * DAY))
-            .or_default();
-        e.0 += q;
-        e.1 += events;
-    }
-    Ok(days(sums))
-}
-
-fn days(sums: BTreeMap<(u32, u32, i64), (Quantity, i64)>) -> Vec<DayUsage> {
-    sums.into_iter()
-        .map(|((c, s, d), (quantity, events))| DayUsage {
-            contract: ContractIdx(c),
-            sku: SkuIdx(s),
-            day: EventTime(d),
+/// Daily usage of every contract.
+fn days(buckets: net_usage::Buckets) -> Vec<DayUsage> {
+    buckets
+        .into_iter()
+        .map(|((contract, sku, day), (quantity, events))| DayUsage {
+            contract,
+            sku,
+            day: EventTime(day),
             quantity,
             events,
         })
         .collect()
-}
-
-fn usage_of_clickhouse(ch: &ClickHouse, catalog: &Catalog) -> anyhow::Result<Vec<DayUsage>> {
-    #[derive(Row, Deserialize)]
-    struct Day {
-        contract_id: String,
-        sku: String,
-        day: u32,
-        quantity: String,
-        events: i64,
-    }
-    let rows: Vec<Day> = ch
-        .fetch(
-            "SELECT contract_id, sku, toUInt32(intDiv(toUInt32(event_time), 86400) * 86400) AS day, \
-             toString(sum(quantity)) AS quantity, \
-             sum(multiIf(correction_action = 'void', -1, correction_action = 'amend', 0, 1)) AS events \
-             FROM {db}.usage_events WHERE billable = 1 GROUP BY contract_id, sku, day",
-        )
-        .map_err(anyhow::Error::msg)?;
-    let mut sums = BTreeMap::new();
-    for d in rows {
-        let (Some(c), Some(s)) = (catalog.contract(&d.contract_id), catalog.sku(&d.sku)) else {
-            continue;
-        };
-        let q = match catalog.skus[s.ix()].aggregation {
-            Aggregation::Count => Quantity::from_units(d.events),
-            _ => Quantity::parse(&d.quantity)
-                .map_err(|e| anyhow!("usage_events quantity {}: {e}", d.quantity))?,
-        };
-        let e: &mut (Quantity, i64) = sums.entry((c.0, s.0, i64::from(d.day) * 1000)).or_default();
-        e.0 += q;
-        e.1 += d.events;
-    }
-    Ok(days(sums))
 }
 
 #[derive(Row, Serialize)]
@@ -198,10 +128,15 @@ impl ForecastCommand {
                 .watermark(&a.out)?
                 .ok_or_else(|| anyhow!("the run's output records no watermark; pass --as-of"))?,
         };
-        let usage = match &r.ch {
-            Some(ch) => usage_of_clickhouse(ch, &r.catalog)?,
-            None => usage_of_files(&a.out, &r.catalog)?,
+        let select = net_usage::Select {
+            bucket_ms: DAY,
+            before: None,
+            contracts: None,
         };
+        let usage = days(match &r.ch {
+            Some(ch) => net_usage::from_clickhouse(ch, &r.catalog, &select)?,
+            None => net_usage::from_output(&a.out, &r.catalog, &select)?,
+        });
         let lines = match &r.ch {
             Some(ch) => invoice_preview::from_clickhouse(ch, &Filter::default()),
             None => invoice_preview::from_output(&a.out, &Filter::default()),

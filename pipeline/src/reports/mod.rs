@@ -5,6 +5,7 @@
 
 pub mod dashboard;
 pub mod invoice_preview;
+pub mod net_usage;
 pub mod quarantine;
 pub mod reconcile;
 pub mod run_report;
