@@ -3,6 +3,34 @@
 use crate::canonical::{checksum_of, sign, Canonical, CanonicalFields};
 use crate::catalog::{from_toml_str, Catalog};
 
+/// The least a contract needs: a `tokens` SKU at 1 USD per token, customer `acme` and its
+/// contract `acme-1` from 2026. Tests append what they test (credits, a marketplace, ...).
+pub const ONE_CONTRACT: &str = r#"
+[[sku]]
+id = "tokens"
+unit = "tokens"
+
+[[customer]]
+id = "acme"
+
+[[rate_card]]
+id = "std"
+version = 1
+effective_from = "2026-01-01T00:00:00Z"
+currency = "USD"
+
+[[rate_card.price]]
+sku = "tokens"
+model = "per_unit"
+unit_price = "1"
+
+[[contract]]
+id = "acme-1"
+customer = "acme"
+rate_card = "std"
+starts = "2026-01-01T00:00:00Z"
+"#;
+
 /// Two customers, six SKUs (three summed; a peak, a distinct count and a gauge), a rate card with
 /// a mid-month change and a pinned contract.
 pub const CATALOG: &str = r#"

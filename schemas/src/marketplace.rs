@@ -439,33 +439,18 @@ mod tests {
     use super::*;
     use crate::catalog::from_toml_str;
 
-    const CATALOG: &str = r#"
-[[sku]]
-id = "tokens"
-unit = "tokens"
+    fn catalog() -> String {
+        crate::fixtures::ONE_CONTRACT.to_string() + MAPPED
+    }
+
+    const MAPPED: &str = r#"
+[contract.marketplace]
+listing = "aws-main"
+customer = "cust-1"
 
 [[sku]]
 id = "seats"
 unit = "seats"
-
-[[customer]]
-id = "acme"
-
-[[rate_card]]
-id = "std"
-version = 1
-effective_from = "2026-01-01T00:00:00Z"
-currency = "USD"
-
-[[rate_card.price]]
-sku = "tokens"
-model = "per_unit"
-unit_price = "1"
-
-[[rate_card.price]]
-sku = "seats"
-model = "per_unit"
-unit_price = "1"
 
 [[marketplace]]
 id = "aws-main"
@@ -476,16 +461,6 @@ product_code = "prod-abc123"
 sku = "tokens"
 dimension = "tokens_1k"
 unit_size = "1000"
-
-[[contract]]
-id = "acme-1"
-customer = "acme"
-rate_card = "std"
-starts = "2026-01-01T00:00:00Z"
-
-[contract.marketplace]
-listing = "aws-main"
-customer = "cust-1"
 "#;
 
     fn h(hour: i64) -> EventTime {
@@ -519,7 +494,7 @@ customer = "cust-1"
 
     #[test]
     fn whole_units_carry_their_remainder_into_the_next_hour() {
-        let c = from_toml_str(CATALOG).unwrap();
+        let c = from_toml_str(&catalog()).unwrap();
         let u = usage(&[(0, "1500"), (1, "700"), (2, "800"), (3, "0")]);
         let r = plan(
             &c,
@@ -565,7 +540,7 @@ customer = "cust-1"
 
     #[test]
     fn what_was_sent_is_not_sent_again_and_changes_settle_once() {
-        let c = from_toml_str(CATALOG).unwrap();
+        let c = from_toml_str(&catalog()).unwrap();
         let u = usage(&[(0, "2000"), (1, "3000")]);
         let first = plan(
             &c,
@@ -614,7 +589,7 @@ customer = "cust-1"
 
     #[test]
     fn usage_of_a_sku_without_a_dimension_stops_the_export() {
-        let c = from_toml_str(CATALOG).unwrap();
+        let c = from_toml_str(&catalog()).unwrap();
         let mut u = usage(&[(0, "2000")]);
         u.push(HourUsage {
             sku: SkuIdx(1),
@@ -641,7 +616,7 @@ customer = "cust-1"
 
     #[test]
     fn requests_carry_at_most_25_records_in_the_marketplace_format() {
-        let c = from_toml_str(CATALOG).unwrap();
+        let c = from_toml_str(&catalog()).unwrap();
         let u = usage(&(0..30).map(|i| (i, "1000")).collect::<Vec<_>>());
         let r = plan(
             &c,
@@ -681,7 +656,7 @@ customer = "cust-1"
 
     #[test]
     fn the_catalog_names_what_a_marketplace_mapping_lacks() {
-        let bad = CATALOG
+        let bad = catalog()
             .replace(
                 "product_code = \"prod-abc123\"",
                 "product_code = \"prod abc\"",
@@ -696,12 +671,12 @@ customer = "cust-1"
             errors.contains("not an AWS Marketplace product code"),
             "{errors}"
         );
-        let bad = CATALOG.replace("unit_size = \"1000\"", "unit_size = \"0\"");
+        let bad = catalog().replace("unit_size = \"1000\"", "unit_size = \"0\"");
         assert!(from_toml_str(&bad)
             .unwrap_err()
             .to_string()
             .contains("unit_size 0 is not positive"));
-        let bad = CATALOG.replace(
+        let bad = catalog().replace(
             "customer = \"cust-1\"",
             "customer = \"cust-1\"\naws_account_id = \"123456789012\"",
         );
@@ -709,12 +684,12 @@ customer = "cust-1"
             .unwrap_err()
             .to_string()
             .contains("exactly one of customer"));
-        let bad = CATALOG.replace("listing = \"aws-main\"", "listing = \"nope\"");
+        let bad = catalog().replace("listing = \"aws-main\"", "listing = \"nope\"");
         assert!(from_toml_str(&bad)
             .unwrap_err()
             .to_string()
             .contains("listing `nope` is not in the catalog"));
-        let azure = CATALOG.replace(
+        let azure = catalog().replace(
             "kind = \"aws\"\nproduct_code = \"prod-abc123\"",
             "kind = \"azure\"",
         );

@@ -88,32 +88,11 @@ mod tests {
     use meterflow_schemas::catalog::from_toml_str;
     use meterflow_schemas::rows::LineKind;
 
-    const CATALOG: &str = r#"
-[[sku]]
-id = "tokens"
-unit = "tokens"
+    fn catalog() -> String {
+        meterflow_schemas::fixtures::ONE_CONTRACT.to_string() + CREDITS
+    }
 
-[[customer]]
-id = "acme"
-name = "Acme"
-
-[[rate_card]]
-id = "std"
-version = 1
-effective_from = "2026-01-01T00:00:00Z"
-currency = "USD"
-
-[[rate_card.price]]
-sku = "tokens"
-model = "per_unit"
-unit_price = "1"
-
-[[contract]]
-id = "acme-1"
-customer = "acme"
-rate_card = "std"
-starts = "2026-01-01T00:00:00Z"
-
+    const CREDITS: &str = r#"
 [[contract.credit]]
 name = "launch"
 amount = "100"
@@ -150,7 +129,7 @@ priority = 2
     }
 
     fn shown(period: &str) -> Vec<(String, String, String, &'static str)> {
-        let catalog = from_toml_str(CATALOG).unwrap();
+        let catalog = from_toml_str(&catalog()).unwrap();
         let lines = [
             credit("2026-01", "70"),
             credit("2026-02", "60"),
@@ -190,7 +169,7 @@ priority = 2
 
     #[test]
     fn a_grant_left_unused_expires() {
-        let catalog = from_toml_str(CATALOG).unwrap();
+        let catalog = from_toml_str(&catalog()).unwrap();
         let lines = [credit("2026-01", "10"), credit("2026-03", "0")];
         let at = |p| credit_balances(&lines, &catalog, PeriodUnit::Month, "acme", p);
         assert_eq!(at("2026-02")[0].status, "expires after this period");
