@@ -196,3 +196,30 @@ pub fn start_dashboard(binary: &Path, args: &[&str], env: &[(&str, &str)]) -> Da
         .to_string();
     DashboardProcess { child, addr }
 }
+
+/// `meterflow demo` under `work/demo`, then the demo's events run into a fresh ClickHouse
+/// (migrated) under `work`: the demo directory and the server.
+pub fn demo_in_clickhouse(work: &Path) -> (PathBuf, servers::ClickHouseServer) {
+    let demo = work.join("demo");
+    let text = |p: &Path| p.to_str().expect("a UTF-8 path").to_string();
+    meterflow_ok(&["demo", "--dir", &text(&demo)]);
+    let ch = servers::ClickHouseServer::start(work);
+    let url = ch.url();
+    meterflow_ok(&["migrate", "--clickhouse-url", &url]);
+    meterflow_ok(&[
+        "run",
+        "-q",
+        "-i",
+        &text(&demo.join("events.jsonl")),
+        "-c",
+        &text(&demo.join("catalog")),
+        "--config",
+        &text(&demo.join("meterflow.toml")),
+        "--clickhouse-url",
+        &url,
+        // The run's counts and preview, out of the source tree.
+        "-o",
+        &text(&work.join("ch-out")),
+    ]);
+    (demo, ch)
+}

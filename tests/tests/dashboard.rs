@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use meterflow::reports::tables::{current_rows, read_table};
 use meterflow_schemas::money::Amount;
-use meterflow_tests::servers::{http_get, http_get_with, ClickHouseServer};
+use meterflow_tests::servers::{http_get, http_get_with};
 use meterflow_tests::{
     generate, meterflow, meterflow_bin, meterflow_ok, run_ok, start_dashboard, DashboardProcess,
     Running, Scratch,
@@ -238,27 +238,9 @@ fn the_pages_follow_a_run_as_it_writes() {
 #[test]
 fn over_clickhouse_the_pages_match_the_views_and_say_when_clickhouse_is_down() {
     let work = Scratch::new("dashboard-clickhouse");
-    let demo = work.path().join("demo");
-    meterflow_ok(&["demo", "--dir", path_str(&demo)]);
+    let (demo, mut ch) = meterflow_tests::demo_in_clickhouse(work.path());
     let catalog = demo.join("catalog");
-    let mut ch = ClickHouseServer::start(work.path());
     let url = ch.url();
-    meterflow_ok(&["migrate", "--clickhouse-url", &url]);
-    meterflow_ok(&[
-        "run",
-        "-q",
-        "-i",
-        path_str(&demo.join("events.jsonl")),
-        "-c",
-        path_str(&catalog),
-        "--config",
-        path_str(&demo.join("meterflow.toml")),
-        "--clickhouse-url",
-        &url,
-        // The run's counts and preview, out of the source tree.
-        "-o",
-        path_str(&work.path().join("ch-out")),
-    ]);
     meterflow_ok(&[
         "scorecard",
         "-c",

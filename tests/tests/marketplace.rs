@@ -12,7 +12,6 @@ use std::process::Command;
 
 use meterflow::reports::tables::read_table;
 use meterflow_schemas::money::Quantity;
-use meterflow_tests::servers::ClickHouseServer;
 use meterflow_tests::{meterflow, meterflow_ok, run_ok, Scratch};
 
 fn path(p: &Path) -> &str {
@@ -278,26 +277,9 @@ fn exports_validate_against_the_marketplaces_and_settle_what_changed() {
 #[test]
 fn clickhouse_exports_the_records_the_files_export() {
     let s = Scratch::new("marketplace-ch");
-    let demo = s.path().join("demo");
-    meterflow_ok(&["demo", "--dir", path(&demo)]);
+    let (demo, ch) = meterflow_tests::demo_in_clickhouse(s.path());
     let catalog = demo.join("catalog");
-    let ch = ClickHouseServer::start(s.path());
     let url = ch.url();
-    meterflow_ok(&["migrate", "--clickhouse-url", &url]);
-    meterflow_ok(&[
-        "run",
-        "-q",
-        "-i",
-        path(&demo.join("events.jsonl")),
-        "-c",
-        path(&catalog),
-        "--config",
-        path(&demo.join("meterflow.toml")),
-        "--clickhouse-url",
-        &url,
-        "-o",
-        path(&s.path().join("ch-out")),
-    ]);
     let mut bodies = Vec::new();
     for (source, to) in [
         (vec!["-o", path(&demo.join("out"))], s.path().join("files")),
