@@ -26,6 +26,10 @@ use crate::sinks::exports;
 
 const MS_PER_HOUR: i64 = 3_600_000;
 
+/// The exit status when usage fell after it was exported: the rest is written and recorded, and
+/// the decrease must be refunded or credited through the marketplace.
+pub const NOT_SENDABLE: u8 = 3;
+
 #[derive(clap::Args)]
 pub struct ExportCommand {
     /// The marketplace: aws, azure or gcp.
@@ -198,7 +202,12 @@ impl ExportCommand {
             "{}",
             summary(kind, label, &rows, bodies.len(), &dir, before)
         );
-        Ok(ExitCode::SUCCESS)
+        // Usage that fell after it was sent needs a person: exit 3, as `reconcile` does on drift.
+        Ok(if rows.iter().any(|e| e.record_kind == RecordKind::NotSendable.as_str()) {
+            ExitCode::from(NOT_SENDABLE)
+        } else {
+            ExitCode::SUCCESS
+        })
     }
 }
 
