@@ -206,7 +206,12 @@ fn exports_validate_against_the_marketplaces_and_settle_what_changed() {
     assert_eq!(after.0 - before.0, Quantity::parse("2500").unwrap());
     let o = export("aws", "2026-10", "2026-12-02T05:30:00Z");
     // The decrease needs a person: exit 3, with the rest written.
-    assert_eq!(o.status.code(), Some(3), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(text.contains("not_sendable"), "{text}");
     let new: Vec<_> = exports(&out).into_iter().skip(first.len()).collect();

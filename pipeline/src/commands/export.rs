@@ -203,11 +203,16 @@ impl ExportCommand {
             summary(kind, label, &rows, bodies.len(), &dir, before)
         );
         // Usage that fell after it was sent needs a person: exit 3, as `reconcile` does on drift.
-        Ok(if rows.iter().any(|e| e.record_kind == RecordKind::NotSendable.as_str()) {
-            ExitCode::from(NOT_SENDABLE)
-        } else {
-            ExitCode::SUCCESS
-        })
+        Ok(
+            if rows
+                .iter()
+                .any(|e| e.record_kind == RecordKind::NotSendable.as_str())
+            {
+                ExitCode::from(NOT_SENDABLE)
+            } else {
+                ExitCode::SUCCESS
+            },
+        )
     }
 }
 
