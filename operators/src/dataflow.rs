@@ -477,6 +477,23 @@ pub struct Execution {
     /// Set to end the run early at a committed point (a catalog change). Whichever process sets
     /// it, every process's readers stop, and [`execute`] tells every process the run stopped.
     pub stop: Arc<AtomicBool>,
+    /// Set with `stop` when the process is asked to shut down (SIGTERM): every process of the
+    /// cluster stops at the same committed point and [`execute`] tells every process to exit
+    /// rather than resume.
+    pub shutdown: Arc<AtomicBool>,
+}
+
+/// How a run ended.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+pub enum Ending {
+    /// Its input ended (files read to the end, Kafka idle for `exit_when_idle`).
+    InputEnded,
+    /// On a stop request (the catalog changed): the caller resumes from the commit.
+    Stopped,
+    /// On a shutdown request: everything read is committed and the caller exits.
+    ShutDown,
 }
 
 /// How to run: threads per process, and the cluster if more than one process.
@@ -616,43 +633,60 @@ fn agree_on_start(worker: &mut timely::worker::Worker, mine: StartPoint) -> Resu
 /// closes its input once the run is complete everywhere; after that, every worker has received
 /// the same requests.
 struct StopRelay {
-    input: Option<timely::dataflow::InputHandleVec<u64, ()>>,
-    /// This process's request (set by a watcher, or by the relay itself).
+    input: Option<timely::dataflow::InputHandleVec<u64, Ending>>,
+    /// This process's requests (set by a watcher, or by the relay itself).
     stop: Arc<AtomicBool>,
-    sent: bool,
-    received: Rc<Cell<bool>>,
+    shutdown: Arc<AtomicBool>,
+    sent: Ending,
+    received: Rc<Cell<Ending>>,
 }
 
 impl StopRelay {
-    fn new(worker: &mut timely::worker::Worker, stop: Arc<AtomicBool>) -> StopRelay {
+    fn new(
+        worker: &mut timely::worker::Worker,
+        stop: Arc<AtomicBool>,
+        shutdown: Arc<AtomicBool>,
+    ) -> StopRelay {
         use timely::dataflow::operators::{Input, Inspect};
-        let received: Rc<Cell<bool>> = Rc::default();
+        let received = Rc::new(Cell::new(Ending::InputEnded));
         let seen = received.clone();
-        let flag = stop.clone();
+        let (stop_flag, shutdown_flag) = (stop.clone(), shutdown.clone());
         let input = worker.dataflow::<u64, _, _>(move |scope| {
-            let (input, requests) = scope.new_input::<Vec<()>>();
-            requests.broadcast().inspect(move |_| {
-                seen.set(true);
-                flag.store(true, Ordering::SeqCst);
+            let (input, requests) = scope.new_input::<Vec<Ending>>();
+            requests.broadcast().inspect(move |&request| {
+                seen.set(seen.get().max(request));
+                if request == Ending::ShutDown {
+                    shutdown_flag.store(true, Ordering::SeqCst);
+                }
+                stop_flag.store(true, Ordering::SeqCst);
             });
             input
         });
         StopRelay {
             input: Some(input),
             stop,
-            sent: false,
+            shutdown,
+            sent: Ending::InputEnded,
             received,
         }
     }
 
-    /// Sends this process's request once, if there is one; closes the input once `complete`.
+    /// Sends this process's request when there is a new one (a stop, then perhaps a shutdown);
+    /// closes the input once `complete`.
     fn step(&mut self, complete: bool) {
         if let Some(input) = &mut self.input {
-            if !self.sent && self.stop.load(Ordering::SeqCst) {
-                input.send(());
+            let request = if self.shutdown.load(Ordering::SeqCst) {
+                Ending::ShutDown
+            } else if self.stop.load(Ordering::SeqCst) {
+                Ending::Stopped
+            } else {
+                Ending::InputEnded
+            };
+            if request > self.sent {
+                input.send(request);
                 // Now, not when the input closes: the other processes' readers wait for it.
                 input.flush();
-                self.sent = true;
+                self.sent = request;
             }
             if complete {
                 self.input = None;
@@ -660,8 +694,9 @@ impl StopRelay {
         }
     }
 
-    /// Whether any worker asked to stop (the same answer on every worker once all are done).
-    fn stopped(&self) -> bool {
+    /// Whether any worker asked to stop or shut down (the same answer on every worker once all
+    /// are done).
+    fn ending(&self) -> Ending {
         self.received.get()
     }
 }
@@ -695,15 +730,16 @@ fn stop_unless_joined(cluster: &Cluster, joined: Arc<AtomicBool>) {
 
 /// Runs the dataflow to completion on every worker of this process. `make_io` builds each
 /// worker's I/O from (worker index, number of workers, sink generation). `on_progress` is called
-/// on worker 0 about every `progress_every` with the running totals. Returns whether the run
-/// ended early on a stop request (the same answer in every process of a cluster).
+/// on worker 0 about every `progress_every` with the running totals. Returns how the run ended:
+/// at the end of its input, or early on a stop or shutdown request (the same answer in every
+/// process of a cluster).
 pub fn execute<F, G>(
     cluster: &Cluster,
     run: Execution,
     make_io: F,
     progress_every: Duration,
     on_progress: G,
-) -> Result<bool, String>
+) -> Result<Ending, String>
 where
     F: Fn(usize, usize, u32) -> Result<WorkerIo, String> + Send + Sync + 'static,
     G: Fn(&Counts) + Send + Sync + 'static,
@@ -717,6 +753,7 @@ where
         inputs,
         generation,
         stop,
+        shutdown,
     } = run;
     let processes = cluster.addresses.len();
     let joined = Arc::new(AtomicBool::new(false));
@@ -738,7 +775,7 @@ where
                 Ok(g) => g,
                 Err(e) => {
                     fatal.set(e);
-                    return false;
+                    return Ending::InputEnded;
                 }
             }
         } else {
@@ -748,7 +785,7 @@ where
             Ok(io) => io,
             Err(e) => {
                 fatal.set(e);
-                return false;
+                return Ending::InputEnded;
             }
         };
         let (plan, totals, fatal) = (plan.clone(), totals.clone(), fatal.clone());
@@ -756,7 +793,7 @@ where
         let done = worker.dataflow::<Epoch, _, _>(|scope| {
             build(scope, &plan, io, &resume, totals, fatal.clone())
         });
-        let mut relay = StopRelay::new(worker, stop.clone());
+        let mut relay = StopRelay::new(worker, stop.clone(), shutdown.clone());
         let mut last_report = std::time::Instant::now();
         loop {
             let complete = done.done();
@@ -776,11 +813,11 @@ where
         if index == 0 {
             totals_for_progress.clock.complete_before(None);
         }
-        relay.stopped()
+        relay.ending()
     })?;
-    let mut stopped = false;
+    let mut ending = Ending::InputEnded;
     for r in guards.join() {
-        stopped |= r?;
+        ending = ending.max(r?);
     }
-    Ok(stopped)
+    Ok(ending)
 }

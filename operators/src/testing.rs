@@ -367,6 +367,7 @@ fn run_with(
         inputs: String::new(),
         generation: 1,
         stop: Arc::default(),
+        shutdown: Arc::default(),
     };
     execute(
         &Cluster::local(workers),

@@ -154,6 +154,31 @@ impl std::ops::DerefMut for Running {
     }
 }
 
+impl Running {
+    /// Sends SIGTERM, as Kubernetes and systemd do to stop a process.
+    pub fn terminate(&self) {
+        let pid = self.0.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status();
+        assert!(sent.is_ok_and(|s| s.success()), "kill -TERM {pid}");
+    }
+
+    /// Waits for the process to exit, failing the test if it still runs after `limit`.
+    pub fn wait_within(&mut self, limit: std::time::Duration) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.0.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "process {} still runs {limit:?} later",
+                self.0.id()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
 impl Drop for Running {
     fn drop(&mut self) {
         if let Ok(None) = self.0.try_wait() {

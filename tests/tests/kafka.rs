@@ -285,6 +285,101 @@ fn kafka_to_clickhouse_through_sigkills_counts_every_unit_exactly_once() {
     }
 }
 
+/// Kubernetes' default `terminationGracePeriodSeconds`: a SIGTERMed pipeline must have committed
+/// and exited well within it (docs/operations.md promises it).
+const GRACE: Duration = Duration::from_secs(30);
+
+/// Rows written beyond the latest commit: what a stop left for the next start to delete.
+fn uncommitted_rows(ch: &ClickHouseServer) -> u64 {
+    ["usage_events", "rejections", "invoice_lines"]
+        .iter()
+        .map(|t| {
+            count(
+                ch,
+                &format!("SELECT count() FROM meterflow.{t} WHERE epoch > (SELECT max(epoch) FROM meterflow.sink_progress)"),
+            )
+        })
+        .sum()
+}
+
+#[test]
+fn sigterm_mid_stream_commits_what_was_read_exits_0_and_a_restart_bills_exactly_once() {
+    let f = Fixture::new("kafka-sigterm", 40_000, 3, "3s");
+    let producer = f.produce_slowly(6, Duration::from_millis(400));
+    let (mut rng, mut terminated) = (0x5DEE_CE66u64, 0);
+    while terminated < 3 {
+        let mut run = f.spawn();
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        std::thread::sleep(Duration::from_millis(1_000 + rng % 2_000));
+        if let Some(status) = run.try_wait().unwrap() {
+            assert!(status.success(), "a run failed");
+            continue;
+        }
+        run.terminate();
+        let status = run.wait_within(GRACE);
+        assert!(
+            status.success(),
+            "a SIGTERMed run commits and exits 0: {status:?}"
+        );
+        terminated += 1;
+        assert_eq!(
+            uncommitted_rows(&f.ch),
+            0,
+            "a SIGTERMed run leaves nothing uncommitted behind"
+        );
+    }
+    producer.join().unwrap();
+    f.run_to_the_end();
+    f.assert_matches_oracle(&format!("after {terminated} SIGTERMs while producing"));
+    let log = std::fs::read_to_string(f.dir.path().join("meterflow.log")).unwrap();
+    assert_eq!(
+        log.matches("shut down on request").count(),
+        3,
+        "each SIGTERMed run says it shut down"
+    );
+    assert_no_re_rating(&log);
+}
+
+#[test]
+fn sigterm_to_one_process_stops_the_whole_cluster_at_one_commit() {
+    let f = Fixture::new("kafka-cluster-sigterm", 20_000, 2, "3s");
+    let d = f.dir.path();
+    let config = std::fs::read_to_string(d.join("kafka.toml")).unwrap();
+    std::fs::write(
+        d.join("kafka.toml"),
+        config.replace("[workers]\n", "[workers]\nthreads = 1\n"),
+    )
+    .unwrap();
+    write_hostfile(d, 2);
+    let producer = f.produce_slowly(4, Duration::from_millis(500));
+    let mut processes = f.spawn_processes(2, |_| "kafka.toml");
+    std::thread::sleep(Duration::from_millis(2_500));
+    assert!(
+        processes
+            .iter_mut()
+            .all(|p| p.try_wait().unwrap().is_none()),
+        "both processes run while records arrive"
+    );
+    processes[1].terminate();
+    for (i, p) in processes.iter_mut().enumerate() {
+        let status = p.wait_within(GRACE);
+        assert!(status.success(), "process {i} exits 0: {status:?}");
+    }
+    assert_eq!(
+        uncommitted_rows(&f.ch),
+        0,
+        "the cluster stopped at one commit"
+    );
+    producer.join().unwrap();
+    for mut p in f.spawn_processes(2, |_| "kafka.toml") {
+        assert!(p.wait().unwrap().success(), "the last run failed");
+    }
+    f.assert_matches_oracle("after a SIGTERM to one process of a cluster");
+    assert_one_generation_per_start(&f.ch);
+}
+
 #[test]
 fn late_events_across_a_period_close_are_billed_the_same_through_short_lived_restarts() {
     // Twenty days across the September close, 3% of events 2 to 72 hours late: many land

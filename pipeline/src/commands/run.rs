@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use meterflow_operators::accounting::Totals;
 use meterflow_operators::aggregate::round_end;
-use meterflow_operators::dataflow::{execute, Cluster, Execution, Plan, Resume, WorkerIo};
+use meterflow_operators::dataflow::{execute, Cluster, Ending, Execution, Plan, Resume, WorkerIo};
 use meterflow_operators::progress::{NoProgress, Progress, ProgressStore};
 use meterflow_operators::sink::{FlushPolicy, Writers};
 use meterflow_operators::source::{resume_starts, ChunkReader, ReadAt, StripedReader};
@@ -34,6 +34,7 @@ use crate::sinks::ByTable;
 use crate::sources::catalog_topic::{CatalogSource, Snapshot, Watcher};
 use crate::sources::files::{FileInput, NoInput, StdinReader};
 use crate::sources::kafka::{partitions, GroupOffsets, KafkaConfig, KafkaReader};
+use crate::sources::shutdown;
 
 /// Everything `meterflow run` needs.
 #[derive(Clone, Debug)]
@@ -91,17 +92,29 @@ impl Input {
 
 pub fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
     let started = Instant::now();
+    shutdown::install();
     let metrics = serve_metrics(args)?;
     loop {
-        let (mut report, switched) = run_until_catalog_change(args, metrics.as_ref())?;
-        if !switched {
-            report.elapsed = started.elapsed();
-            return Ok(report);
+        let (mut report, ending) = run_until_catalog_change(args, metrics.as_ref())?;
+        match ending {
+            Ending::InputEnded => {}
+            Ending::ShutDown => {
+                tracing::info!(
+                    committed = report.counts.received,
+                    "shut down on request: everything read is committed; the next start \
+                     resumes from here"
+                );
+            }
+            Ending::Stopped => {
+                if let Some(m) = &metrics {
+                    m.not_ready("switching to a new catalog");
+                }
+                tracing::info!("drained and committed; resuming with the new catalog");
+                continue;
+            }
         }
-        if let Some(m) = &metrics {
-            m.not_ready("switching to a new catalog");
-        }
-        tracing::info!("drained and committed; resuming with the new catalog");
+        report.elapsed = started.elapsed();
+        return Ok(report);
     }
 }
 
@@ -119,12 +132,13 @@ fn serve_metrics(args: &RunArgs) -> anyhow::Result<Option<Arc<Metrics>>> {
     Ok(Some(metrics))
 }
 
-/// One run with one catalog: until the input ends, or until a running pipeline's catalog
-/// changes (then `true`: everything read is committed and the caller resumes from there).
+/// One run with one catalog: until the input ends, until a running pipeline's catalog changes
+/// (then [`Ending::Stopped`]: everything read is committed and the caller resumes from there),
+/// or until it is asked to shut down ([`Ending::ShutDown`], committed too).
 fn run_until_catalog_change(
     args: &RunArgs,
     metrics: Option<&Arc<Metrics>>,
-) -> anyhow::Result<(RunReport, bool)> {
+) -> anyhow::Result<(RunReport, Ending)> {
     let started = Instant::now();
     let mut setup = Setup::load(args)?;
     let setup_sources = setup.input.sources();
@@ -145,6 +159,11 @@ fn run_until_catalog_change(
     // to see the change stops the readers of all (`Execution::stop`).
     let switch = Arc::new(AtomicBool::new(false));
     let _watcher = setup.watch_catalog(&switch);
+    // SIGTERM stops a Kafka reader at the end of its epoch, through the same flag; other inputs
+    // stop at once and resume from the last commit (see `sources::shutdown`).
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let _graceful = matches!(setup.input, Input::Kafka { .. })
+        .then(|| shutdown::graceful(switch.clone(), shutdown.clone()));
     let fatal = Fatal::default();
     let cluster = setup.cluster.clone();
     let progress = ProgressLine::new(setup.total_bytes(), args.quiet, setup.total_bytes() == 0);
@@ -163,8 +182,9 @@ fn run_until_catalog_change(
         inputs,
         generation,
         stop: switch,
+        shutdown,
     };
-    let switched = execute(
+    let ending = execute(
         &cluster,
         execution,
         move |index, peers, generation| wiring.worker_io(index, peers, generation),
@@ -202,7 +222,7 @@ fn run_until_catalog_change(
     if args.cluster.process == 0 {
         report.write(&args.out)?;
     }
-    Ok((report, switched))
+    Ok((report, ending))
 }
 
 /// What a run is set up with: the config, the catalog it prices with, the input.
@@ -658,14 +678,15 @@ pub struct RunCommand {
 
 impl RunCommand {
     pub fn execute(self) -> anyhow::Result<ExitCode> {
-        let process = self.cluster.process;
+        let cluster = self.cluster.cluster()?;
+        let process = cluster.process;
         let args = RunArgs {
             inputs: self.input,
             catalog: self.catalog,
             out: self.out.clone(),
             config: self.config,
             clickhouse_url: self.clickhouse_url,
-            cluster: self.cluster.cluster()?,
+            cluster,
             quiet: self.quiet,
             metrics_addr: self.metrics_addr,
         };
@@ -688,55 +709,68 @@ pub struct ClusterArgs {
     #[arg(long, short = 'w')]
     workers: Option<usize>,
     /// Number of processes in a timely cluster.
-    #[arg(long, short = 'n', default_value_t = 1)]
+    #[arg(long, short = 'n', default_value_t = 1, env = "METERFLOW_PROCESSES")]
     processes: usize,
     /// Index of this process in the cluster.
-    #[arg(long, short = 'p', default_value_t = 0)]
-    process: usize,
+    #[arg(long, short = 'p')]
+    process: Option<usize>,
     /// File with one host:port per process.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "peers")]
     hostfile: Option<PathBuf>,
+    /// The address of process `{i}`, instead of --hostfile: e.g.
+    /// `meterflow-{i}.meterflow-peers:2101` (a StatefulSet's headless Service).
+    #[arg(long, env = "METERFLOW_PEERS")]
+    peers: Option<String>,
+    /// This process's StatefulSet pod name, instead of --process: its ordinal
+    /// (`meterflow-2` → 2) is the process index.
+    #[arg(long, env = "METERFLOW_POD_NAME", conflicts_with = "process")]
+    pod_name: Option<String>,
 }
 
 impl ClusterArgs {
     pub fn cluster(&self) -> anyhow::Result<Cluster> {
+        use crate::config::cluster;
+        let process = match (&self.process, &self.pod_name) {
+            (Some(p), _) => *p,
+            (None, Some(pod)) if self.processes > 1 => {
+                cluster::ordinal(pod).map_err(anyhow::Error::msg)?
+            }
+            _ => 0,
+        };
         let mut addresses = Vec::new();
         if self.processes > 1 {
-            let hostfile = self.hostfile.as_ref().ok_or_else(|| {
-                anyhow::anyhow!(
-                    "--processes {} needs --hostfile with one host:port per line",
+            addresses = match (&self.peers, &self.hostfile) {
+                (Some(template), _) => {
+                    cluster::peers(template, self.processes).map_err(anyhow::Error::msg)?
+                }
+                (None, Some(hostfile)) => {
+                    let text = std::fs::read_to_string(hostfile).map_err(|e| {
+                        anyhow::anyhow!("cannot read --hostfile {}: {e}", hostfile.display())
+                    })?;
+                    cluster::hostfile(&text, &hostfile.display().to_string(), self.processes)
+                        .map_err(anyhow::Error::msg)?
+                }
+                (None, None) => anyhow::bail!(
+                    "--processes {} needs --hostfile with one host:port per line, or --peers \
+                     with the address of process {{i}}",
                     self.processes
-                )
-            })?;
-            let text = std::fs::read_to_string(hostfile).map_err(|e| {
-                anyhow::anyhow!("cannot read --hostfile {}: {e}", hostfile.display())
-            })?;
-            addresses = text
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .take(self.processes)
-                .map(String::from)
-                .collect();
-            if addresses.len() < self.processes {
+                ),
+            };
+            if process >= self.processes {
                 anyhow::bail!(
-                    "--hostfile {} lists {} addresses but --processes is {}",
-                    hostfile.display(),
-                    addresses.len(),
-                    self.processes
-                );
-            }
-            if self.process >= self.processes {
-                anyhow::bail!(
-                    "--process {} must be below --processes {}",
-                    self.process,
+                    "process {process} (from {}) must be below --processes {}",
+                    if self.process.is_some() {
+                        "--process"
+                    } else {
+                        "the pod name"
+                    },
                     self.processes
                 );
             }
         }
         Ok(Cluster {
             threads: self.workers.unwrap_or(0),
-            process: self.process,
+            process,
             addresses,
             // Replaced by workers.join_timeout once the config is read.
             join_timeout: Cluster::DEFAULT_JOIN_TIMEOUT,

@@ -16,6 +16,8 @@ use meterflow_schemas::validate::{IntegrityMode, ValidationRules};
 use meterflow_schemas::wire::EnvelopeRules;
 use serde::Deserialize;
 
+pub mod cluster;
+
 /// A configuration problem, naming the key and the fix.
 #[derive(Debug, thiserror::Error)]
 #[error("configuration error in {file}: {message}\n    fix: {fix}")]
