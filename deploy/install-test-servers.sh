@@ -40,11 +40,13 @@ if ! python3 -c 'import chdb' >/dev/null 2>&1; then
 fi
 
 # selenium drives Chromium; botocore (its AWS Marketplace Metering model and parameter validator)
-# and jsonschema check the marketplace request files `meterflow export` writes.
-for module in selenium botocore jsonschema; do
+# and jsonschema check the marketplace request files `meterflow export` writes;
+# kubernetes-validate checks deploy/k8s/ offline against Kubernetes' own schemas.
+for package in selenium botocore jsonschema kubernetes-validate; do
+  module=${package//-/_}
   if ! python3 -c "import $module" >/dev/null 2>&1; then
-    echo "installing $module" >&2
-    python3 -m pip install --quiet "$module" 2>/dev/null \
-      || python3 -m pip install --quiet --break-system-packages "$module"
+    echo "installing $package" >&2
+    python3 -m pip install --quiet "$package" 2>/dev/null \
+      || python3 -m pip install --quiet --break-system-packages "$package"
   fi
 done

@@ -16,7 +16,15 @@ pub fn sibling(name: &str) -> PathBuf {
 /// Builds the `meterflow` release binary (a no-op when fresh: it lives in another package) and
 /// returns its path.
 pub fn meterflow_binary() -> anyhow::Result<PathBuf> {
-    let status = Command::new(env!("CARGO"))
+    let mut cargo = Command::new(env!("CARGO"));
+    // This toolchain's own rustc: run outside rustup's proxy, cargo would otherwise call the
+    // `rustc` proxy, which picks the toolchain a dependency's rust-toolchain.toml names (and
+    // fails where that one is not installed).
+    let rustc = Path::new(env!("CARGO")).with_file_name("rustc");
+    if rustc.exists() && std::env::var_os("RUSTC").is_none() {
+        cargo.env("RUSTC", rustc);
+    }
+    let status = cargo
         .args([
             "build",
             "--release",

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+pub mod k8s;
 pub mod kafka;
 pub mod oracle;
 pub mod servers;

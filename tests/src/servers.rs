@@ -59,6 +59,51 @@ pub struct ClickHouseServer {
 
 impl ClickHouseServer {
     pub fn start(dir: &Path) -> ClickHouseServer {
+        ClickHouseServer::start_with(dir, "", "")
+    }
+
+    /// A server that also listens for HTTPS on the returned port, with a self-signed
+    /// certificate for `localhost` and 127.0.0.1 (`<dir>/clickhouse/cert.pem`, to trust through
+    /// `SSL_CERT_FILE`), and has a user `user` with `password` (the default user stays open, for
+    /// the tests' own queries).
+    pub fn start_secured(dir: &Path, user: &str, password: &str) -> (ClickHouseServer, u16) {
+        let tls = dir.join("clickhouse");
+        std::fs::create_dir_all(&tls).expect("clickhouse dir");
+        let (cert, key) = (tls.join("cert.pem"), tls.join("key.pem"));
+        let made = Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            ])
+            .args(["-subj", "/CN=localhost"])
+            .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .expect("openssl runs");
+        assert!(
+            made.status.success(),
+            "openssl: {}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+        let https_port = free_port();
+        let config = format!(
+            "<https_port>{https_port}</https_port>
+  <openSSL><server><certificateFile>{}</certificateFile><privateKeyFile>{}</privateKeyFile><verificationMode>none</verificationMode><loadDefaultCAFile>false</loadDefaultCAFile><cacheSessions>true</cacheSessions><disableProtocols>sslv2,sslv3</disableProtocols><preferServerCiphers>true</preferServerCiphers></server></openSSL>",
+            cert.display(),
+            key.display()
+        );
+        let users = format!(
+            "<{user}><password>{password}</password><networks><ip>127.0.0.1</ip><ip>::1</ip></networks><profile>default</profile><quota>default</quota></{user}>"
+        );
+        (
+            ClickHouseServer::start_with(dir, &config, &users),
+            https_port,
+        )
+    }
+
+    fn start_with(dir: &Path, extra_config: &str, extra_users: &str) -> ClickHouseServer {
         let dir = dir.join("clickhouse");
         for sub in ["data", "tmp", "log", "user_files"] {
             std::fs::create_dir_all(dir.join(sub)).expect("clickhouse dirs");
@@ -81,6 +126,7 @@ impl ClickHouseServer {
   <default_profile>default</default_profile>
   <default_database>default</default_database>
   <mark_cache_size>268435456</mark_cache_size>
+  {extra_config}
 </yandex>
 "
             ),
@@ -88,12 +134,12 @@ impl ClickHouseServer {
         .expect("clickhouse config");
         std::fs::write(
             dir.join("users.xml"),
-            "<yandex>
+            format!("<yandex>
   <profiles><default><max_memory_usage>4000000000</max_memory_usage></default></profiles>
-  <users><default><password></password><networks><ip>127.0.0.1</ip><ip>::1</ip></networks><profile>default</profile><quota>default</quota></default></users>
+  <users><default><password></password><networks><ip>127.0.0.1</ip><ip>::1</ip></networks><profile>default</profile><quota>default</quota></default>{extra_users}</users>
   <quotas><default><interval><duration>3600</duration><queries>0</queries><errors>0</errors><result_rows>0</result_rows><read_rows>0</read_rows><execution_time>0</execution_time></interval></default></quotas>
 </yandex>
-",
+"),
         )
         .expect("clickhouse users");
         let mut s = ClickHouseServer {

@@ -522,13 +522,22 @@ fn sigkill_at_random_points_then_restart_counts_every_unit_exactly_once() {
 #[test]
 fn a_clickhouse_outage_mid_stream_loses_nothing() {
     let mut f = Fixture::new("ch-outage", 100_000);
-    let mut child = f.spawn("outage", &["--metrics-addr", "127.0.0.1:0"]);
+    let metrics = format!("127.0.0.1:{}", meterflow_tests::servers::free_port());
+    let mut child = f.spawn("outage", &["--metrics-addr", &metrics]);
     std::thread::sleep(Duration::from_millis(800));
     f.ch.kill();
     std::thread::sleep(Duration::from_secs(3));
     assert!(
         child.try_wait().unwrap().is_none(),
         "meterflow waits for ClickHouse instead of failing"
+    );
+    // Alive, but not ready while it cannot write.
+    let http_get = meterflow_tests::servers::http_get;
+    assert_eq!(http_get(&metrics, "/healthz").unwrap().0, 200);
+    let (code, why) = http_get(&metrics, "/readyz").unwrap();
+    assert!(
+        code == 503 && why.contains("ClickHouse is unreachable"),
+        "/readyz during the outage: {code} {why}"
     );
     f.ch.resume();
     assert!(child.wait().unwrap().success());

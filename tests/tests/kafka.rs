@@ -13,6 +13,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use meterflow_tests::k8s::{free_pod_port, StatefulSet};
 use meterflow_tests::kafka::{
     group_offsets, partition_of_record, produce, Batching, UsageProducer,
 };
@@ -174,6 +175,28 @@ impl Fixture {
     /// Starts `meterflow run` with the config file `config` and `extra` arguments, its log
     /// appended to `log` in the scratch directory.
     fn spawn_logging_to(&self, log: &str, config: &str, extra: &[&str]) -> Running {
+        self.spawn_with_env(log, config, extra, &[])
+    }
+
+    /// Starts the processes of a cluster as the StatefulSet of `deploy/k8s/` starts its pods:
+    /// the same environment (pod name, process count, peer template), loopback addresses for
+    /// the pods' names. Process `p` logs to `meterflow-<p>.log`.
+    fn spawn_pods(&self, sts: &StatefulSet, port: u16) -> Vec<Running> {
+        (0..sts.replicas)
+            .map(|p| {
+                let env = sts.pod_env(p, port);
+                self.spawn_with_env(&format!("meterflow-{p}.log"), "kafka.toml", &[], &env)
+            })
+            .collect()
+    }
+
+    fn spawn_with_env(
+        &self,
+        log: &str,
+        config: &str,
+        extra: &[&str],
+        env: &[(String, String)],
+    ) -> Running {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -183,6 +206,7 @@ impl Fixture {
             .current_dir(self.dir.path())
             .args(self.run_args_with(config))
             .args(extra)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env("METERFLOW_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
@@ -449,6 +473,7 @@ fn late_events_across_a_period_close_are_billed_the_same_through_short_lived_res
     assert_billed_like_reference(&f.ch, &format!("after {kills} SIGKILLs"));
 }
 
+/// The processes start as the StatefulSet of `deploy/k8s/` starts its pods (see `spawn_pods`).
 #[test]
 fn a_cluster_whose_processes_are_sigkilled_counts_every_unit_exactly_once() {
     let f = Fixture::new("kafka-cluster-kill", 30_000, 2, "3s");
@@ -456,8 +481,10 @@ fn a_cluster_whose_processes_are_sigkilled_counts_every_unit_exactly_once() {
     let config = std::fs::read_to_string(d.join("kafka.toml")).unwrap();
     let config = config.replace("[workers]\n", "[workers]\nthreads = 1\n");
     std::fs::write(d.join("kafka.toml"), config).unwrap();
-    write_hostfile(d, 2);
-    let start = || f.spawn_processes(2, |_| "kafka.toml");
+    let sts = StatefulSet::from_manifests();
+    assert_eq!(sts.replicas, 2, "the manifests' cluster is the one tested");
+    let port = free_pod_port(sts.replicas);
+    let start = || f.spawn_pods(&sts, port);
     let producer = f.produce_slowly(6, Duration::from_millis(400));
     let mut rng = 0x9E37_79B9u64;
     let mut kills = 0;

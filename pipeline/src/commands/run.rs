@@ -54,6 +54,8 @@ pub struct RunArgs {
 }
 
 /// Where events come from.
+// One per run: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Input {
     Files(Vec<PathBuf>),
     Stdin,

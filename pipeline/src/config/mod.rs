@@ -17,6 +17,7 @@ use meterflow_schemas::wire::EnvelopeRules;
 use serde::Deserialize;
 
 pub mod cluster;
+pub mod secrets;
 
 /// A configuration problem, naming the key and the fix.
 #[derive(Debug, thiserror::Error)]
@@ -329,37 +330,13 @@ impl Config {
                 retired_keys.push(id.clone());
                 continue;
             }
-            let key = match (&source.env, &source.file) {
-                (Some(var), None) => std::env::var(var).map_err(|_| {
-                    err(
-                        format!("integrity.keys.{id}: environment variable {var} is not set"),
-                        &format!(
-                            "export {var}=<the producer's HMAC key> before starting meterflow"
-                        ),
-                    )
-                })?,
-                (None, Some(path)) => std::fs::read_to_string(path)
-                    .map_err(|e| {
-                        err(
-                            format!("integrity.keys.{id}: cannot read {}: {e}", path.display()),
-                            "point file at a readable file holding the key",
-                        )
-                    })?
-                    .trim_end_matches(['\n', '\r'])
-                    .to_string(),
-                _ => {
-                    return Err(err(
-                        format!("integrity.keys.{id} needs exactly one of env or file"),
-                        "write { env = \"VAR\" } or { file = \"/path/to/key\" }, or { retired = true } for a key rotated out",
-                    ))
-                }
-            };
-            if key.is_empty() {
-                return Err(err(
-                    format!("integrity.keys.{id} is empty"),
-                    "provide a non-empty HMAC key",
-                ));
-            }
+            let what = format!("integrity.keys.{id}");
+            let key = secrets::read(&what, source.env.as_deref(), source.file.as_deref())
+                .map_err(|message| err(message, "give the producer's HMAC key through that variable or file"))?
+                .ok_or_else(|| err(
+                    format!("{what} needs exactly one of env or file"),
+                    "write { env = \"VAR\" } or { file = \"/path/to/key\" }, or { retired = true } for a key rotated out",
+                ))?;
             keys.insert(id.clone(), key.into_bytes());
         }
         if !self.integrity.require_signature_for.is_empty() {
@@ -478,7 +455,8 @@ mod tests {
         let c = Config::parse("[integrity]\nmode = \"require_signature\"\n[integrity.keys.p1]\nenv = \"METERFLOW_TEST_KEY_NOT_SET\"\n", "x.toml").unwrap();
         let e = c.validation_rules("x.toml").unwrap_err();
         assert!(
-            e.message.contains("METERFLOW_TEST_KEY_NOT_SET is not set"),
+            e.message
+                .contains("METERFLOW_TEST_KEY_NOT_SET, which is not set"),
             "{e}"
         );
         std::env::set_var("METERFLOW_TEST_KEY_SET", "s3cret");

@@ -101,6 +101,19 @@ pub struct SinkTelemetry {
     rows_inserted: IntCounterVec,
     insert_retries: IntCounterVec,
     alerts: IntCounterVec,
+    /// ClickHouse operations waiting for the server to come back (`/readyz` says so).
+    waiting_for_clickhouse: std::sync::atomic::AtomicUsize,
+}
+
+/// Held while a ClickHouse operation retries; dropped when it succeeds or gives up.
+pub struct WaitingForClickHouse;
+
+impl Drop for WaitingForClickHouse {
+    fn drop(&mut self) {
+        sink_telemetry()
+            .waiting_for_clickhouse
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// The process's [`SinkTelemetry`].
@@ -143,7 +156,22 @@ impl SinkTelemetry {
                 "Alert deliveries, per sink (webhook, kafka) and outcome (sent, retried, failed).",
                 &["sink", "outcome"],
             ),
+            waiting_for_clickhouse: std::sync::atomic::AtomicUsize::new(0),
         }
+    }
+
+    /// A ClickHouse operation found the server unreachable and retries until the guard drops.
+    pub fn waiting_for_clickhouse(&self) -> WaitingForClickHouse {
+        self.waiting_for_clickhouse
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        WaitingForClickHouse
+    }
+
+    /// Whether some ClickHouse operation waits for the server now.
+    pub fn clickhouse_unreachable(&self) -> bool {
+        self.waiting_for_clickhouse
+            .load(std::sync::atomic::Ordering::SeqCst)
+            > 0
     }
 
     /// `rows` rows are in `table`, after `took`.
@@ -408,6 +436,12 @@ impl Metrics {
             (true, "/healthz") => text("200 OK", "ok\n".into()),
             // Readiness: the pipeline reads and commits.
             (true, "/readyz") => match &*self.not_ready.lock().unwrap_or_else(|e| e.into_inner()) {
+                None if sink_telemetry().clickhouse_unreachable() => text(
+                    "503 Service Unavailable",
+                    "not ready: ClickHouse is unreachable; retrying with backoff (nothing is \
+                     lost: reading pauses once too many epochs wait)\n"
+                        .into(),
+                ),
                 None => text("200 OK", "ready\n".into()),
                 Some(why) => text("503 Service Unavailable", format!("not ready: {why}\n")),
             },

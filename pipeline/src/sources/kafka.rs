@@ -58,6 +58,8 @@ pub struct KafkaConfig {
     pub settings: BTreeMap<String, String>,
     /// librdkafka settings whose values are secrets: setting name → environment variable.
     pub secret_settings: BTreeMap<String, String>,
+    /// librdkafka settings whose values are secrets: setting name → file holding the value.
+    pub secret_files: BTreeMap<String, std::path::PathBuf>,
 }
 
 impl Default for KafkaConfig {
@@ -73,6 +75,7 @@ impl Default for KafkaConfig {
             idle_after: Span(10_000),
             settings: BTreeMap::new(),
             secret_settings: BTreeMap::new(),
+            secret_files: BTreeMap::new(),
         }
     }
 }
@@ -112,8 +115,16 @@ impl KafkaConfig {
             c.set(k, v);
         }
         for (k, var) in &self.secret_settings {
-            let v = std::env::var(var).map_err(|_| format!("kafka.secret_settings.{k} names {var}, which is not set; export it before starting meterflow"))?;
-            c.set(k, v);
+            let what = format!("kafka.secret_settings.{k}");
+            if let Some(v) = crate::config::secrets::read(&what, Some(var), None)? {
+                c.set(k, v);
+            }
+        }
+        for (k, path) in &self.secret_files {
+            let what = format!("kafka.secret_files.{k}");
+            if let Some(v) = crate::config::secrets::read(&what, None, Some(path))? {
+                c.set(k, v);
+            }
         }
         Ok(())
     }

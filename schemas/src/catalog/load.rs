@@ -80,10 +80,16 @@ pub fn from_toml_str(text: &str) -> Result<Catalog, CatalogErrors> {
     }
 }
 
-/// Every `*.toml` file below `dir` (unsorted).
+/// Every `*.toml` file below `dir` (unsorted), hidden files and directories left out: a
+/// Kubernetes ConfigMap volume holds each file twice more under `..data/` and `..<timestamp>/`,
+/// and editors and git keep their own copies in dot-directories.
 pub fn collect_toml(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
+        let entry = entry?;
+        if entry.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let path = entry.path();
         if path.is_dir() {
             collect_toml(&path, out)?;
         } else if path.extension().is_some_and(|e| e == "toml") {
@@ -241,6 +247,24 @@ fn build_taxes(l: &mut Loader, files: &[(PathBuf, CatalogFile)]) {
 mod tests {
     use super::*;
     use crate::money::Amount;
+
+    /// A ConfigMap mounted as a volume: `catalog.toml -> ..data/catalog.toml`,
+    /// `..data -> ..2026_12_05_10_00_00.1/`, which holds the file.
+    #[test]
+    fn a_catalog_mounted_from_a_configmap_is_read_once() {
+        let dir = std::env::temp_dir().join(format!("meterflow-configmap-{}", std::process::id()));
+        let stamped = dir.join("..2026_12_05_10_00_00.1");
+        std::fs::create_dir_all(&stamped).unwrap();
+        std::fs::write(stamped.join("catalog.toml"), GOOD).unwrap();
+        std::os::unix::fs::symlink("..2026_12_05_10_00_00.1", dir.join("..data")).unwrap();
+        std::os::unix::fs::symlink("..data/catalog.toml", dir.join("catalog.toml")).unwrap();
+        let mut files = Vec::new();
+        collect_toml(&dir, &mut files).unwrap();
+        assert_eq!(files, [dir.join("catalog.toml")]);
+        let catalog = load_dir(&dir).unwrap();
+        assert_eq!(catalog.skus.len(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
     use crate::pricing::PriceModel;
     use crate::time::EventTime;
 

@@ -25,6 +25,8 @@ pub struct ClickHouseConfig {
     pub user: String,
     /// Name of the environment variable holding the password (never the password itself).
     pub password_env: Option<String>,
+    /// Or the path of a file holding it (a mounted Kubernetes or Docker secret).
+    pub password_file: Option<std::path::PathBuf>,
     /// Flush a table once this many rows are waiting.
     pub flush_rows: usize,
     /// Flush completed epochs at least this often.
@@ -50,6 +52,7 @@ impl Default for ClickHouseConfig {
             database: "meterflow".into(),
             user: "default".into(),
             password_env: None,
+            password_file: None,
             flush_rows: 100_000,
             flush_interval: meterflow_schemas::time::Span(1000),
             compression: Compression::Lz4,
@@ -78,7 +81,9 @@ pub struct ClickHouse {
 fn retryable(e: &clickhouse::error::Error) -> bool {
     use clickhouse::error::Error;
     match e {
-        Error::Network(_) | Error::TimedOut => true,
+        // A certificate the client does not trust is a configuration error: waiting won't fix it.
+        Error::Network(_) => !chain(e).to_lowercase().contains("certificate"),
+        Error::TimedOut => true,
         // Server-side codes worth waiting out: timeouts, network, memory, too many parts or
         // queries, read-only table (e.g. during a restart).
         Error::BadResponse(msg) => [
@@ -95,6 +100,18 @@ fn retryable(e: &clickhouse::error::Error) -> bool {
         .any(|c| msg.contains(c)),
         _ => false,
     }
+}
+
+/// An error with its causes (a TLS failure is a few levels below "network error").
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 /// The body of a single-quoted SQL string literal holding `s` (backslashes and quotes escaped).
@@ -121,8 +138,11 @@ impl ClickHouse {
                 Compression::Lz4 => clickhouse::Compression::Lz4,
                 Compression::None => clickhouse::Compression::None,
             });
-        if let Some(var) = &cfg.password_env {
-            let password = std::env::var(var).map_err(|_| format!("clickhouse.password_env names {var}, which is not set; export it before starting meterflow"))?;
+        if let Some(password) = crate::config::secrets::read(
+            "clickhouse.password_env/password_file",
+            cfg.password_env.as_deref(),
+            cfg.password_file.as_deref(),
+        )? {
             client = client.with_password(password);
         }
         if cfg.database.is_empty()
@@ -194,6 +214,7 @@ impl ClickHouse {
         }
         let mut delay = Duration::from_millis(100);
         let mut attempt = 1u32;
+        let mut waiting = None;
         loop {
             match self.runtime.block_on(op(self.client.clone())) {
                 Ok(v) => {
@@ -207,11 +228,12 @@ impl ClickHouse {
                     if let Some(table) = table {
                         sink_telemetry().insert_retried(table);
                     }
+                    waiting.get_or_insert_with(|| sink_telemetry().waiting_for_clickhouse());
                     std::thread::sleep(delay);
                     delay = (delay * 2).min(Duration::from_secs(5));
                     attempt += 1;
                 }
-                Err(e) => return Err(format!("{what}: {e}")),
+                Err(e) => return Err(format!("{what}: {}", chain(&e))),
             }
         }
     }

@@ -1,0 +1,244 @@
+//! Secrets stay secret, and ClickHouse speaks TLS. A pipeline reads signed events from a Kafka
+//! broker (librdkafka's mock cluster) into ClickHouse over HTTPS, with known secrets: the
+//! ClickHouse password from a file and from the environment, a Kafka SASL password from a file,
+//! a producer's HMAC key from the environment. Every log line (at debug level), every error,
+//! every output file, `/metrics`, every row of every meterflow table in ClickHouse (rejections
+//! and the catalog change log included) is searched for them: none may appear.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use meterflow_tests::kafka::{Batching, UsageProducer};
+use meterflow_tests::servers::{free_port, ClickHouseServer};
+use meterflow_tests::{meterflow_bin, run_ok, Scratch};
+use rdkafka::mocking::MockCluster;
+
+const CLICKHOUSE_PASSWORD: &str = "ch-Pa55w0rd-7f3e9c1d";
+const KAFKA_PASSWORD: &str = "kafka-Pa55-0b8d2e61";
+const HMAC_KEY: &str = "hmac-K3y-a41b9e77c2";
+const WRONG_PASSWORD: &str = "wrong-Pa55-55aa11ee";
+const SECRETS: [&str; 4] = [
+    CLICKHOUSE_PASSWORD,
+    KAFKA_PASSWORD,
+    HMAC_KEY,
+    WRONG_PASSWORD,
+];
+const TOPIC: &str = "usage";
+
+fn meterflow(d: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(meterflow_bin())
+        .current_dir(d)
+        .args(args)
+        .env("METERFLOW_LOG", "debug")
+        .envs(env.iter().copied())
+        .output()
+        .expect("meterflow runs")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Signed events from the Python example producer, and one whose quantity was changed after
+/// signing (a `bad_signature` rejection).
+fn signed_events(d: &Path) -> Vec<String> {
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/signing_producer.py");
+    let produced = run_ok(
+        Command::new("python3")
+            .arg(&script)
+            .args([
+                "--key-id",
+                "2026-11",
+                "--customer",
+                "acme",
+                "--contract",
+                "acme-2026",
+            ])
+            .args([
+                "--sku",
+                "api_calls",
+                "--unit",
+                "requests",
+                "--events",
+                "300",
+            ])
+            .env("METERFLOW_KEY", HMAC_KEY),
+    );
+    let text = String::from_utf8(produced.stdout).unwrap();
+    let mut lines: Vec<String> = text.lines().map(String::from).collect();
+    let tampered = lines[2].replace(r#""quantity":"0.125""#, r#""quantity":"0.126""#);
+    assert_ne!(tampered, lines[2]);
+    lines.push(tampered);
+    std::fs::create_dir_all(d.join("catalog")).unwrap();
+    std::fs::write(
+        d.join("catalog/catalog.toml"),
+        meterflow_schemas::fixtures::CATALOG,
+    )
+    .unwrap();
+    lines
+}
+
+#[test]
+fn secrets_never_appear_in_logs_errors_outputs_metrics_or_clickhouse_and_clickhouse_speaks_tls() {
+    let dir = Scratch::new("secrets");
+    let d = dir.path();
+    let (ch, https) = ClickHouseServer::start_secured(d, "meterflow", CLICKHOUSE_PASSWORD);
+    let cert = d.join("clickhouse/cert.pem");
+    std::fs::write(d.join("ch-password"), format!("{CLICKHOUSE_PASSWORD}\n")).unwrap();
+    std::fs::write(d.join("wrong-password"), WRONG_PASSWORD).unwrap();
+    std::fs::write(d.join("kafka-password"), KAFKA_PASSWORD).unwrap();
+    let lines = signed_events(d);
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic(TOPIC, 2, 1).unwrap();
+    let mut producer = UsageProducer::new(
+        &cluster.bootstrap_servers(),
+        TOPIC,
+        2,
+        Batching { every: 3, size: 20 },
+    );
+    producer.send_lines(&lines.iter().map(String::as_str).collect::<Vec<_>>());
+    producer.flush();
+    let config = |password: &str| {
+        format!(
+            "[clickhouse]\nurl = \"https://localhost:{https}\"\nuser = \"meterflow\"\n{password}\nflush_interval = \"100ms\"\n\n\
+             [kafka]\nbrokers = \"{}\"\ntopics = [\"{TOPIC}\"]\nexit_when_idle = \"2s\"\n\
+             [kafka.settings]\n\"sasl.username\" = \"meterflow\"\n\
+             [kafka.secret_files]\n\"sasl.password\" = \"{}\"\n\n\
+             [integrity]\nmode = \"require_signature\"\n[integrity.keys]\n\"2026-11\" = {{ env = \"METERFLOW_TEST_HMAC\" }}\n",
+            cluster.bootstrap_servers(),
+            d.join("kafka-password").display()
+        )
+    };
+    let file = format!("password_file = \"{}\"", d.join("ch-password").display());
+    std::fs::write(d.join("secrets.toml"), config(&file)).unwrap();
+    std::fs::write(
+        d.join("from-env.toml"),
+        config("password_env = \"METERFLOW_TEST_CH\""),
+    )
+    .unwrap();
+    let wrong = format!("password_file = \"{}\"", d.join("wrong-password").display());
+    std::fs::write(d.join("wrong.toml"), config(&wrong)).unwrap();
+    let trusted = [
+        ("SSL_CERT_FILE", cert.to_str().unwrap()),
+        ("METERFLOW_TEST_HMAC", HMAC_KEY),
+        ("METERFLOW_TEST_CH", CLICKHOUSE_PASSWORD),
+    ];
+    let catalog = d.join("catalog");
+    let catalog = catalog.to_str().unwrap();
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let mut seen = String::new();
+
+    // Migrate with the password from the environment, run with it from a file: both over TLS.
+    let migrated = meterflow(d, &["migrate", "--config", "from-env.toml"], &trusted);
+    assert!(migrated.status.success(), "{}", text(&migrated));
+    seen += &text(&migrated);
+    let run = meterflow(
+        d,
+        &[
+            "run",
+            "-c",
+            catalog,
+            "-o",
+            "out",
+            "--config",
+            "secrets.toml",
+            "--metrics-addr",
+            &metrics,
+        ],
+        &trusted,
+    );
+    assert!(run.status.success(), "{}", text(&run));
+    seen += &text(&run);
+    let recorded = meterflow(
+        d,
+        &[
+            "catalog",
+            "record",
+            catalog,
+            "--config",
+            "secrets.toml",
+            "--actor",
+            "ops",
+        ],
+        &trusted,
+    );
+    assert!(recorded.status.success(), "{}", text(&recorded));
+    seen += &text(&recorded);
+
+    // Errors: a wrong password, and a certificate nobody vouches for. Both fail, neither says
+    // more than it should.
+    let refused = meterflow(d, &["migrate", "--config", "wrong.toml"], &trusted);
+    assert!(!refused.status.success(), "a wrong password is refused");
+    let refused = text(&refused);
+    assert!(
+        refused.contains("meterflow"),
+        "the error names the user: {refused}"
+    );
+    seen += &refused;
+    let untrusted = meterflow(d, &["migrate", "--config", "secrets.toml"], &trusted[1..]);
+    assert!(
+        !untrusted.status.success(),
+        "an unverified certificate is refused"
+    );
+    let untrusted = text(&untrusted);
+    assert!(
+        untrusted.to_lowercase().contains("certificate"),
+        "the error says why: {untrusted}"
+    );
+    seen += &untrusted;
+
+    // Outputs: counts.json, the report, the preview, metrics.prom (what /metrics served).
+    for entry in std::fs::read_dir(d.join("out")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            seen += &String::from_utf8_lossy(&std::fs::read(&path).unwrap());
+        }
+    }
+    assert!(
+        seen.contains("meterflow_records_received_total"),
+        "metrics.prom was searched"
+    );
+
+    // Every row of every meterflow table.
+    let tables = ch
+        .query("SELECT name FROM system.tables WHERE database = 'meterflow' AND engine NOT LIKE '%View' FORMAT TSV")
+        .unwrap();
+    for table in tables.lines() {
+        seen += &ch
+            .query(&format!("SELECT * FROM meterflow.{table} FORMAT TSV"))
+            .unwrap();
+    }
+    assert!(
+        seen.contains("bad_signature"),
+        "the tampered event's rejection was searched"
+    );
+    assert!(seen.contains("acme-2026"), "the billed rows were searched");
+    let changes = ch
+        .query("SELECT count() FROM meterflow.catalog_changes FORMAT TSV")
+        .unwrap();
+    assert!(
+        changes.trim().parse::<u64>().unwrap() > 0,
+        "the catalog log was searched"
+    );
+    let accepted = ch
+        .query("SELECT count() FROM meterflow.usage_events FORMAT TSV")
+        .unwrap();
+    assert!(
+        accepted.trim().parse::<u64>().unwrap() >= 300,
+        "signed events were billed"
+    );
+
+    for secret in SECRETS {
+        let at = seen.find(secret);
+        assert!(
+            at.is_none(),
+            "a secret appears: …{}…",
+            &seen[at.unwrap().saturating_sub(200)..(at.unwrap() + 50).min(seen.len())]
+        );
+    }
+}
