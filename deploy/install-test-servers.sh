@@ -14,7 +14,8 @@ as_root() {
 }
 
 missing_packages=()
-for pkg in libssl-dev zlib1g-dev pkg-config chromium chromium-driver; do
+# openssl: the test ClickHouse serves HTTPS with a certificate made by `openssl req`.
+for pkg in libssl-dev zlib1g-dev pkg-config openssl chromium chromium-driver; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing_packages+=("$pkg")
 done
 if ! command -v clickhouse-server >/dev/null 2>&1 && [ ! -x /usr/bin/clickhouse-server ] && [ ! -x /usr/sbin/clickhouse-server ]; then
