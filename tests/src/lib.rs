@@ -138,6 +138,44 @@ pub fn backdate(catalog: &std::path::Path, effective: &str) -> String {
     v3
 }
 
+/// `events` events for acme's api_calls (and their voids) signed under key id `2026-11` with
+/// `key` by the Python example producer (`deploy/examples/signing_producer.py`: decimal
+/// quantities, time zones, metadata, voids), plus one more: a signed event whose quantity was
+/// changed after signing (a `bad_signature` rejection). Writes the fixture catalog they bill
+/// against to `dir/catalog`.
+pub fn signed_by_python_producer(dir: &Path, key: &str, events: u32) -> Vec<String> {
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/signing_producer.py");
+    let produced = run_ok(
+        Command::new("python3")
+            .arg(&script)
+            .args([
+                "--key-id",
+                "2026-11",
+                "--customer",
+                "acme",
+                "--contract",
+                "acme-2026",
+            ])
+            .args(["--sku", "api_calls", "--unit", "requests"])
+            .args(["--events", &events.to_string()])
+            .env("METERFLOW_KEY", key),
+    );
+    let text = String::from_utf8(produced.stdout).expect("UTF-8 events");
+    let mut lines: Vec<String> = text.lines().map(String::from).collect();
+    assert!(lines.len() > events as usize, "events and their voids");
+    let tampered = lines[2].replace(r#""quantity":"0.125""#, r#""quantity":"0.126""#);
+    assert_ne!(tampered, lines[2]);
+    lines.push(tampered);
+    std::fs::create_dir_all(dir.join("catalog")).expect("catalog dir");
+    std::fs::write(
+        dir.join("catalog/catalog.toml"),
+        meterflow_schemas::fixtures::CATALOG,
+    )
+    .expect("catalog");
+    lines
+}
+
 /// A spawned `meterflow run` that is killed if the test ends (or fails) while it still runs, so
 /// a failed test leaves no process retrying against servers that are gone.
 pub struct Running(pub std::process::Child);

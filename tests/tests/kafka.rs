@@ -22,7 +22,10 @@ use meterflow_tests::oracle::{
     catalog_log, count, reference_config,
 };
 use meterflow_tests::servers::{write_hostfile, ClickHouseServer, Tansu};
-use meterflow_tests::{backdate, generate, meterflow_bin, meterflow_ok, run_ok, Running, Scratch};
+use meterflow_tests::{
+    backdate, generate, meterflow_bin, meterflow_ok, run_ok, signed_by_python_producer, Running,
+    Scratch,
+};
 use rdkafka::mocking::MockCluster;
 
 const TOPIC: &str = "usage";
@@ -1366,42 +1369,8 @@ fn fixes_sent_to_the_topic_are_billed_once_and_resolve_their_rejections() {
 fn events_signed_by_the_python_producer_verify_through_the_broker() {
     let dir = Scratch::new("python-signing");
     let d = dir.path();
-    std::fs::create_dir_all(d.join("catalog")).unwrap();
-    std::fs::write(
-        d.join("catalog/catalog.toml"),
-        meterflow_schemas::fixtures::CATALOG,
-    )
-    .unwrap();
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../deploy/examples/signing_producer.py");
-    let produced = run_ok(
-        Command::new("python3")
-            .arg(&script)
-            .args([
-                "--key-id",
-                "2026-11",
-                "--customer",
-                "acme",
-                "--contract",
-                "acme-2026",
-            ])
-            .args([
-                "--sku",
-                "api_calls",
-                "--unit",
-                "requests",
-                "--events",
-                "200",
-            ])
-            .env("METERFLOW_KEY", "py-producer-s3cret"),
-    );
-    let text = String::from_utf8(produced.stdout).unwrap();
-    let mut lines: Vec<&str> = text.lines().collect();
-    assert!(lines.len() > 200, "events and their voids");
-    // One more: a signed event whose quantity was changed after signing.
-    let tampered = lines[2].replace(r#""quantity":"0.125""#, r#""quantity":"0.126""#);
-    assert_ne!(tampered, lines[2]);
-    lines.push(&tampered);
+    let signed = signed_by_python_producer(d, "py-producer-s3cret", 200);
+    let lines: Vec<&str> = signed.iter().map(String::as_str).collect();
     let cluster = MockCluster::new(1).unwrap();
     cluster.create_topic(TOPIC, 2, 1).unwrap();
     let mut producer = UsageProducer::new(&cluster.bootstrap_servers(), TOPIC, 2, BATCHING);

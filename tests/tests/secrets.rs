@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 
 use meterflow_tests::kafka::{Batching, UsageProducer};
 use meterflow_tests::servers::{free_port, ClickHouseServer};
-use meterflow_tests::{meterflow_bin, run_ok, Scratch};
+use meterflow_tests::{meterflow_bin, signed_by_python_producer, Scratch};
 use rdkafka::mocking::MockCluster;
 
 const CLICKHOUSE_PASSWORD: &str = "ch-Pa55w0rd-7f3e9c1d";
@@ -43,46 +43,6 @@ fn text(o: &Output) -> String {
     )
 }
 
-/// Signed events from the Python example producer, and one whose quantity was changed after
-/// signing (a `bad_signature` rejection).
-fn signed_events(d: &Path) -> Vec<String> {
-    let script =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/signing_producer.py");
-    let produced = run_ok(
-        Command::new("python3")
-            .arg(&script)
-            .args([
-                "--key-id",
-                "2026-11",
-                "--customer",
-                "acme",
-                "--contract",
-                "acme-2026",
-            ])
-            .args([
-                "--sku",
-                "api_calls",
-                "--unit",
-                "requests",
-                "--events",
-                "300",
-            ])
-            .env("METERFLOW_KEY", HMAC_KEY),
-    );
-    let text = String::from_utf8(produced.stdout).unwrap();
-    let mut lines: Vec<String> = text.lines().map(String::from).collect();
-    let tampered = lines[2].replace(r#""quantity":"0.125""#, r#""quantity":"0.126""#);
-    assert_ne!(tampered, lines[2]);
-    lines.push(tampered);
-    std::fs::create_dir_all(d.join("catalog")).unwrap();
-    std::fs::write(
-        d.join("catalog/catalog.toml"),
-        meterflow_schemas::fixtures::CATALOG,
-    )
-    .unwrap();
-    lines
-}
-
 #[test]
 fn secrets_never_appear_in_logs_errors_outputs_metrics_or_clickhouse_and_clickhouse_speaks_tls() {
     let dir = Scratch::new("secrets");
@@ -92,7 +52,7 @@ fn secrets_never_appear_in_logs_errors_outputs_metrics_or_clickhouse_and_clickho
     std::fs::write(d.join("ch-password"), format!("{CLICKHOUSE_PASSWORD}\n")).unwrap();
     std::fs::write(d.join("wrong-password"), WRONG_PASSWORD).unwrap();
     std::fs::write(d.join("kafka-password"), KAFKA_PASSWORD).unwrap();
-    let lines = signed_events(d);
+    let lines = signed_by_python_producer(d, HMAC_KEY, 300);
     let cluster = MockCluster::new(1).unwrap();
     cluster.create_topic(TOPIC, 2, 1).unwrap();
     let mut producer = UsageProducer::new(
