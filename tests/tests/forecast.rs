@@ -2,7 +2,7 @@
 //! (weekends at 60%): the backtest of the last three closed months beats the 10% MAPE target and
 //! the naive forecast, and the forecast table holds both streams with their intervals.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use meterflow::reports::tables::read_table;
 use meterflow_schemas::money::Amount;
@@ -24,6 +24,22 @@ fn number_after(text: &str, label: &str) -> f64 {
         .trim()
         .parse()
         .unwrap()
+}
+
+/// Runs the events `gen` wrote into `dir`: returns its catalog and the run's output directory.
+fn run_generated(dir: &Path) -> (PathBuf, PathBuf) {
+    let (catalog, out) = (dir.join("catalog"), dir.join("out"));
+    meterflow_ok(&[
+        "run",
+        "-q",
+        "-i",
+        path(&dir.join("events.jsonl")),
+        "-c",
+        path(&catalog),
+        "-o",
+        path(&out),
+    ]);
+    (catalog, out)
 }
 
 #[test]
@@ -49,17 +65,7 @@ fn the_backtest_beats_ten_percent_and_the_naive_forecast() {
         "--seed",
         "3",
     ]);
-    let (catalog, out) = (dir.join("catalog"), dir.join("out"));
-    meterflow_ok(&[
-        "run",
-        "-q",
-        "-i",
-        path(&dir.join("events.jsonl")),
-        "-c",
-        path(&catalog),
-        "-o",
-        path(&out),
-    ]);
+    let (catalog, out) = run_generated(dir);
     let o = meterflow_ok(&[
         "forecast",
         "-c",
@@ -130,17 +136,7 @@ fn contracted_revenue_is_fees_and_minimums_and_usage_adds_what_is_above() {
         "--seed",
         "5",
     ]);
-    let (catalog, out) = (dir.join("catalog"), dir.join("out"));
-    meterflow_ok(&[
-        "run",
-        "-q",
-        "-i",
-        path(&dir.join("events.jsonl")),
-        "-c",
-        path(&catalog),
-        "-o",
-        path(&out),
-    ]);
+    let (catalog, out) = run_generated(dir);
     meterflow_ok(&[
         "forecast",
         "-c",
