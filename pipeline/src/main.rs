@@ -22,6 +22,11 @@ use meterflow::commands::trace::TraceCommand;
 use meterflow::config::ConfigError;
 use meterflow_schemas::catalog::CatalogErrors;
 
+/// mimalloc instead of glibc malloc: per-batch and per-key allocations on the worker threads
+/// were ~12% of `run` in the B1 profile (benchmarks/RESULTS.md, session 18).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "meterflow",
