@@ -11,7 +11,9 @@ use differential_dataflow::AsCollection;
 use meterflow_schemas::anomaly::AnomalyRules;
 use meterflow_schemas::catalog::{Catalog, PriceIdx};
 use meterflow_schemas::money::Rounding;
-use meterflow_schemas::rows::{Counts, InvoiceLine, LineKey, LineUsage, RatedRow, UsageDelta};
+use meterflow_schemas::rows::{
+    customer_hash, ByCustomer, Counts, InvoiceLine, LineKey, LineUsage, RatedRow, UsageDelta,
+};
 use meterflow_schemas::tables::{self, Shape, Table, Written};
 use meterflow_schemas::time::PeriodUnit;
 use meterflow_schemas::validate::ValidationRules;
@@ -56,9 +58,10 @@ pub struct Plan {
     pub anomalies: AnomalyRules,
 }
 
-/// One worker's input and outputs. Derived tables (invoice lines, rated usage, line usage),
-/// counts and progress are gathered on worker 0; the others are written by each worker for its
-/// own share.
+/// One worker's input and outputs. Every worker writes every output table: a fact table's rows
+/// it produced, a signed table's rows of the customers it owns (`rows::writer_of`). Only the
+/// counts and the progress commit are gathered on worker 0; the commit waits for every worker's
+/// tables to be durable (their frontiers meet in timely's progress tracking).
 pub struct WorkerIo {
     pub reader: Box<dyn ChunkReader>,
     /// A writer per output table (see [`meterflow_schemas::tables`]); tables without one are
@@ -81,22 +84,33 @@ struct Sinks<'s> {
 }
 
 impl<'s> Sinks<'s> {
-    fn sink<D: timely::ExchangeData + Clone>(
+    /// A fact table: each worker writes the rows it produced.
+    fn facts<D: timely::ExchangeData + Clone>(
         &mut self,
         rows: StreamVec<'s, Epoch, D>,
         table: &'static Table,
     ) {
         let o = table.output();
-        let policy = match o.shape {
-            Shape::Facts => self.facts,
-            Shape::Signed => self.derived,
-        };
+        debug_assert_eq!((o.shape, o.written), (Shape::Facts, Written::PerWorker));
         let writer = self.writers.take(table);
-        let fatal = self.fatal.clone();
-        self.durable.push(match o.written {
-            Written::PerWorker => sink(rows, table.name, Pipeline, writer, policy, fatal),
-            Written::Gathered => sink(rows, table.name, to_worker_zero(), writer, policy, fatal),
-        });
+        let (policy, fatal) = (self.facts, self.fatal.clone());
+        self.durable
+            .push(sink(rows, table.name, Pipeline, writer, policy, fatal));
+    }
+
+    /// A signed table: rows go to the worker that owns their customer, which writes them.
+    fn signed<R: timely::ExchangeData + Clone + ByCustomer>(
+        &mut self,
+        rows: StreamVec<'s, Epoch, Signed<R>>,
+        table: &'static Table,
+    ) {
+        let o = table.output();
+        debug_assert_eq!((o.shape, o.written), (Shape::Signed, Written::ByCustomer));
+        let writer = self.writers.take(table);
+        let (policy, fatal) = (self.derived, self.fatal.clone());
+        let by_customer = Exchange::new(|(r, _, _): &Signed<R>| customer_hash(r.customer()));
+        self.durable
+            .push(sink(rows, table.name, by_customer, writer, policy, fatal));
     }
 }
 
@@ -292,24 +306,24 @@ pub fn build<'s>(
         fatal: fatal.clone(),
         durable: Vec::new(),
     };
-    out.sink(deduped.accepted, &tables::USAGE_EVENTS);
-    out.sink(
+    out.facts(deduped.accepted, &tables::USAGE_EVENTS);
+    out.facts(
         decoded.rejections.concat(deduped.rejections),
         &tables::REJECTIONS,
     );
-    out.sink(deduped.duplicates, &tables::DUPLICATES);
-    out.sink(lines, &tables::INVOICE_LINES);
-    out.sink(rated_rows, &tables::RATED_USAGE);
-    out.sink(line_usage, &tables::LINE_USAGE);
-    out.sink(shadow_lines, &tables::SHADOW_INVOICE_LINES);
-    out.sink(signals, &tables::ENTITLEMENT_SIGNALS);
+    out.facts(deduped.duplicates, &tables::DUPLICATES);
+    out.signed(lines, &tables::INVOICE_LINES);
+    out.signed(rated_rows, &tables::RATED_USAGE);
+    out.signed(line_usage, &tables::LINE_USAGE);
+    out.signed(shadow_lines, &tables::SHADOW_INVOICE_LINES);
+    out.signed(signals, &tables::ENTITLEMENT_SIGNALS);
     if let Some(found) = detected {
-        out.sink(found.buckets, &tables::USAGE_BUCKETS);
+        out.signed(found.buckets, &tables::USAGE_BUCKETS);
         let found_anomalies = match costs {
             Some(c) => found.anomalies.concat(c),
             None => found.anomalies,
         };
-        out.sink(found_anomalies, &tables::ANOMALIES);
+        out.signed(found_anomalies, &tables::ANOMALIES);
     }
     let counts: StreamVec<'s, Epoch, Counts> = decoded.counts.concat(deduped.counts);
     let counted = sink(
@@ -378,6 +392,8 @@ fn split_meters<'s>(
     (usage.filter(move |d| additive[d.line.sku.ix()]), readings)
 }
 
+/// The counts and the progress commit: one running total and one commit record per process
+/// group, on worker 0. No table is gathered (see [`Sinks`]).
 fn to_worker_zero<D: 'static>() -> Exchange<D, impl FnMut(&D) -> u64> {
     Exchange::new(|_: &D| 0u64)
 }

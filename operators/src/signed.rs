@@ -16,6 +16,8 @@
 
 use std::collections::BTreeMap;
 
+use meterflow_schemas::rows::{writer_of, ByCustomer};
+
 use crate::Epoch;
 
 /// A signed row of a derived table: (row, epoch, +1 / -1).
@@ -62,6 +64,19 @@ impl<R> Horizon<R> {
             swept_at: i64::MIN,
         }
     }
+}
+
+/// The held rows (row, multiplicity, version) that worker `index` of `peers` writes: those of
+/// the customers it owns (see `meterflow_schemas::rows::writer_of`).
+pub fn share<R: ByCustomer + Clone>(
+    rows: &[(R, isize, u64)],
+    index: usize,
+    peers: usize,
+) -> Vec<(R, isize, u64)> {
+    rows.iter()
+        .filter(|(r, _, _)| writer_of(r.customer(), peers) == index)
+        .cloned()
+        .collect()
 }
 
 impl<R: Ord + Clone> Default for SignedState<R> {

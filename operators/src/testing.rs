@@ -100,7 +100,7 @@ pub fn run(
         workers,
         chunk_bytes,
         Resume::default(),
-        |_, _| {},
+        |_, _, _| {},
     )
 }
 
@@ -114,7 +114,7 @@ pub fn run_messages(
 ) -> Result<RunOutput, String> {
     let logs = Arc::new(partitions);
     let schedule = Arc::new(schedule);
-    run_with(b"", plan, 1, 1 << 20, Resume::default(), move |io, _| {
+    run_with(b"", plan, 1, 1 << 20, Resume::default(), move |io, _, _| {
         io.reader = Box::new(ScheduledReader {
             logs: logs.clone(),
             schedule: schedule.clone(),
@@ -200,15 +200,16 @@ fn collect<D: 'static>(rows: &Arc<Mutex<Vec<(Epoch, D)>>>) -> Box<dyn TableWrite
     Box::new(Collect(rows.clone()))
 }
 
-/// A signed writer resuming from held rows, keeping the changes it writes.
-fn signed_collect<R: Ord + Clone + Send + 'static>(
-    held: &Mutex<Option<SignedState<R>>>,
+/// A signed writer of worker `(index, peers)` resuming from its share of `held`, keeping the
+/// changes it writes.
+fn signed_collect<R: Ord + Clone + Send + meterflow_schemas::rows::ByCustomer + 'static>(
+    held: &[(R, isize, u64)],
+    (index, peers): (usize, usize),
+    first_round: Epoch,
     written: &Arc<Mutex<Vec<crate::signed::Change<R>>>>,
 ) -> Box<dyn TableWriter<Signed<R>>> {
-    Box::new(SignedCollect::new(
-        held.lock().expect("held").take().unwrap_or_default(),
-        written.clone(),
-    ))
+    let state = SignedState::resumed(crate::signed::share(held, index, peers), first_round);
+    Box::new(SignedCollect::new(state, written.clone()))
 }
 
 fn changes<R>(c: &Arc<Mutex<Vec<crate::signed::Change<R>>>>) -> Vec<Signed<R>> {
@@ -240,13 +241,6 @@ pub fn run_resumed(
     held: Held,
 ) -> Result<RunOutput, String> {
     let first_round = crate::aggregate::round_end(resume.first_epoch(), plan.epochs_per_round);
-    let tables = (
-        Mutex::new(Some(SignedState::resumed(held.invoice_lines, first_round))),
-        Mutex::new(Some(SignedState::resumed(held.rated_usage, first_round))),
-        Mutex::new(Some(SignedState::resumed(held.line_usage, first_round))),
-        Mutex::new(Some(SignedState::resumed(held.usage_buckets, first_round))),
-        Mutex::new(Some(SignedState::resumed(held.anomalies, first_round))),
-    );
     let written = (
         Arc::new(Mutex::new(Vec::new())),
         Arc::new(Mutex::new(Vec::new())),
@@ -254,38 +248,36 @@ pub fn run_resumed(
         Arc::new(Mutex::new(Vec::new())),
         Arc::new(Mutex::new(Vec::new())),
     );
-    let (held_tables, out) = (Arc::new(tables), written.clone());
+    let out = written.clone();
     let out_run = run_with(
         input,
         plan,
         workers,
         chunk_bytes,
         resume,
-        move |io: &mut WorkerIo, index| {
-            let written = &out;
-            if index == 0 {
-                let w = &mut io.writers;
-                w.insert(
-                    &tables::INVOICE_LINES,
-                    signed_collect(&held_tables.0, &written.0),
-                );
-                w.insert(
-                    &tables::RATED_USAGE,
-                    signed_collect(&held_tables.1, &written.1),
-                );
-                w.insert(
-                    &tables::LINE_USAGE,
-                    signed_collect(&held_tables.2, &written.2),
-                );
-                w.insert(
-                    &tables::USAGE_BUCKETS,
-                    signed_collect(&held_tables.3, &written.3),
-                );
-                w.insert(
-                    &tables::ANOMALIES,
-                    signed_collect(&held_tables.4, &written.4),
-                );
-            }
+        move |io: &mut WorkerIo, index, peers| {
+            // Each worker writes, and so holds, the rows of the customers it owns.
+            let (w, written) = (&mut io.writers, &out);
+            w.insert(
+                &tables::INVOICE_LINES,
+                signed_collect(&held.invoice_lines, (index, peers), first_round, &written.0),
+            );
+            w.insert(
+                &tables::RATED_USAGE,
+                signed_collect(&held.rated_usage, (index, peers), first_round, &written.1),
+            );
+            w.insert(
+                &tables::LINE_USAGE,
+                signed_collect(&held.line_usage, (index, peers), first_round, &written.2),
+            );
+            w.insert(
+                &tables::USAGE_BUCKETS,
+                signed_collect(&held.usage_buckets, (index, peers), first_round, &written.3),
+            );
+            w.insert(
+                &tables::ANOMALIES,
+                signed_collect(&held.anomalies, (index, peers), first_round, &written.4),
+            );
         },
     )?;
     let out = out_run;
@@ -305,7 +297,7 @@ fn run_with(
     workers: usize,
     chunk_bytes: u64,
     resume: Resume,
-    adapt: impl Fn(&mut WorkerIo, usize) + Send + Sync + 'static,
+    adapt: impl Fn(&mut WorkerIo, usize, usize) + Send + Sync + 'static,
 ) -> Result<RunOutput, String> {
     let data = Arc::new(input.to_vec());
     let out = Outputs::default();
@@ -355,7 +347,7 @@ fn run_with(
             facts_flush: FlushPolicy::every(Duration::ZERO),
             derived_flush: FlushPolicy::every(Duration::ZERO),
         };
-        adapt(&mut io, index);
+        adapt(&mut io, index, peers);
         Ok(io)
     };
     let run = Execution {

@@ -144,6 +144,46 @@ impl LineKind {
     }
 }
 
+/// A row of a signed table, by its customer. Every worker writes the signed rows of the customers
+/// it owns ([`writer_of`]): all versions of a row, and every alert about one of its keys, meet on
+/// one worker, which holds them (their versions, the alerts open) without asking the others.
+pub trait ByCustomer {
+    fn customer(&self) -> CustomerIdx;
+}
+
+/// Which of `peers` workers writes the signed rows of `customer`: the exchange that routes the
+/// rows (`hash % peers`) and a resumed run handing each worker the rows it held use this one
+/// function, so the rows a restart restores are where the re-derived rows arrive.
+pub fn writer_of(customer: CustomerIdx, peers: usize) -> usize {
+    (customer_hash(customer) % peers.max(1) as u64) as usize
+}
+
+/// The hash [`writer_of`] takes modulo the workers (the top half of a multiplicative hash, so
+/// consecutive customers spread over any number of workers).
+pub fn customer_hash(customer: CustomerIdx) -> u64 {
+    (u64::from(customer.0).wrapping_mul(0x9E37_79B9_7F4A_7C15)) >> 32
+}
+
+macro_rules! by_customer {
+    ($($row:ty => |$r:ident| $e:expr),* $(,)?) => {$(
+        impl ByCustomer for $row {
+            fn customer(&self) -> CustomerIdx {
+                let $r = self;
+                $e
+            }
+        }
+    )*};
+}
+
+by_customer!(
+    InvoiceLine => |r| r.key.customer,
+    RatedRow => |r| r.key.customer,
+    LineUsage => |r| r.key.customer,
+    EntitlementSignal => |r| r.customer,
+    crate::anomaly::BucketRow => |r| r.customer,
+    crate::anomaly::Anomaly => |r| r.customer,
+);
+
 /// One invoice line (signed on output).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct InvoiceLine {

@@ -33,10 +33,11 @@ pub enum Shape {
 /// Which timely worker writes a dataflow output's rows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Written {
-    /// Every worker writes its own share (`part-<worker>.csv`, its own inserts).
+    /// Every worker writes the rows it produced (`part-<worker>.csv`, its own inserts).
     PerWorker,
-    /// Rows are exchanged to worker 0, which writes them all.
-    Gathered,
+    /// Rows are exchanged to the worker that owns their customer (`rows::writer_of`), which
+    /// writes them (`part-<worker>.csv`, its own inserts): no worker writes the whole table.
+    ByCustomer,
 }
 
 /// How the dataflow writes a table.
@@ -141,7 +142,7 @@ const FACTS: Option<Output> = Some(Output {
 const fn signed(alerts: bool) -> Option<Output> {
     Some(Output {
         shape: Shape::Signed,
-        written: Written::Gathered,
+        written: Written::ByCustomer,
         alerts,
     })
 }

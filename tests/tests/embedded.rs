@@ -68,6 +68,17 @@ fn run(dir: &Path, out: &str, workers: &str) -> std::path::PathBuf {
     out
 }
 
+/// The CSV parts of `table` in a run's output, one per worker that wrote it, in worker order.
+fn parts(out: &Path, table: &str) -> Vec<std::path::PathBuf> {
+    let mut parts: Vec<_> = std::fs::read_dir(out.join(table))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "csv"))
+        .collect();
+    parts.sort();
+    parts
+}
+
 fn key(r: &Row, cols: &[&str]) -> Vec<String> {
     cols.iter()
         .map(|c| r.get(*c).cloned().unwrap_or_default())
@@ -275,6 +286,45 @@ fn one_and_two_workers_write_the_same_money_and_lose_nothing() {
         current(&one).iter().any(|l| l[6] == "adjustment"),
         "late events produced adjustments"
     );
+
+    // Every signed table holds the same rows after consolidation, and none is written by one
+    // worker alone: with two workers, each writes the rows of the customers it owns.
+    let signed = meterflow_schemas::tables::outputs()
+        .filter(|t| t.output().shape == meterflow_schemas::tables::Shape::Signed);
+    let mut split = 0;
+    for table in signed.map(|t| t.name) {
+        let current = |out: &Path| {
+            let mut v = current_rows(&read_table(out, table).unwrap());
+            v.sort();
+            v
+        };
+        let held = current(&one);
+        assert_eq!(held, current(&two), "{table}");
+        let customers: Vec<std::collections::BTreeSet<String>> = parts(&two, table)
+            .iter()
+            .map(|p| {
+                let rows =
+                    meterflow::reports::tables::parse_csv(&std::fs::read_to_string(p).unwrap());
+                rows[1..].iter().map(|r| r[0].clone()).collect()
+            })
+            .collect();
+        assert_eq!(customers.len(), 2, "{table}: one part per worker");
+        assert!(
+            customers[0].is_disjoint(&customers[1]),
+            "{table}: a customer's rows are written by one worker"
+        );
+        if customers.iter().all(|c| !c.is_empty()) {
+            split += 1;
+        }
+        if table != "anomalies" && table != "entitlement_signals" {
+            assert!(held.len() > 40, "{table} has rows of many customers");
+            assert!(
+                customers.iter().all(|c| !c.is_empty()),
+                "{table}: both workers write"
+            );
+        }
+    }
+    assert!(split >= 5, "{split} tables written by both workers");
 }
 
 /// The `usage_events` columns that name a line of one service period.
@@ -446,20 +496,28 @@ fn reconcile_finds_no_drift_then_an_edited_invoice_line() {
     assert!(!usage_lines.is_empty() && usage_lines.is_subset(&checked_lines));
 
     // Bill one more unit on one api_calls line: edit the quantity of its inserted row.
-    let part = out.join("invoice_lines/part-0.csv");
-    let text = std::fs::read_to_string(&part).unwrap();
-    let original = text.clone();
-    let mut rows = meterflow::reports::tables::parse_csv(&text);
-    let header = rows[0].clone();
-    let col = |name: &str| header.iter().position(|h| h == name).unwrap();
-    let edited = (1..rows.len())
-        .find(|&i| {
+    // Each worker writes the lines of its own customers: take the first part that has one.
+    let whole_api_calls = |rows: &[Vec<String>]| {
+        let col = |name: &str| rows[0].iter().position(|h| h == name).unwrap();
+        (1..rows.len()).find(|&i| {
             rows[i][col("sku")] == "api_calls"
                 && rows[i][col("line_type")] == "usage"
                 && rows[i][col("sign")] == "1"
                 && !rows[i][col("quantity")].contains('.')
         })
+    };
+    let (part, text, edited) = parts(&out, "invoice_lines")
+        .into_iter()
+        .find_map(|part| {
+            let text = std::fs::read_to_string(&part).unwrap();
+            let i = whole_api_calls(&meterflow::reports::tables::parse_csv(&text))?;
+            Some((part, text, i))
+        })
         .expect("a whole api_calls usage row");
+    let original = text.clone();
+    let mut rows = meterflow::reports::tables::parse_csv(&text);
+    let header = rows[0].clone();
+    let col = |name: &str| header.iter().position(|h| h == name).unwrap();
     let was: i64 = rows[edited][col("quantity")].parse().unwrap();
     rows[edited][col("quantity")] = (was + 1).to_string();
     let target: Vec<String> = [
@@ -1164,8 +1222,11 @@ fn reconcile_finds_a_dropped_entitlement_signal() {
     assert!(signals >= 3, "{text}");
 
     // Drop the rows of the 90% threshold of one period.
-    let part = out.join("entitlement_signals/part-0.csv");
-    let text = std::fs::read_to_string(&part).unwrap();
+    let (part, text) = parts(&out, "entitlement_signals")
+        .into_iter()
+        .map(|p| (p.clone(), std::fs::read_to_string(&p).unwrap()))
+        .find(|(_, text)| text.contains(",threshold,90,"))
+        .expect("a part with a 90% threshold signal");
     let (header, rows) = text.split_once('\n').unwrap();
     let dropped = rows
         .lines()

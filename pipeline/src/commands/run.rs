@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -29,7 +29,7 @@ use crate::sinks::clickhouse::restore::{restore, Restored, Role};
 use crate::sinks::clickhouse::sink::{ChNames, IdRanks};
 use crate::sinks::files::{prepare_out_dir, write_sources, Names};
 use crate::sinks::metrics::Metrics;
-use crate::sinks::outputs::{Open, Target};
+use crate::sinks::outputs::{share_of, Open, Target};
 use crate::sinks::ByTable;
 use crate::sources::catalog_topic::{CatalogSource, Snapshot, Watcher};
 use crate::sources::files::{FileInput, NoInput, StdinReader};
@@ -438,8 +438,8 @@ struct Wiring {
     resume_by_epoch: bool,
     /// Reader positions of inputs this run does not read, carried into its commits.
     elsewhere: Vec<RecordedOffset>,
-    /// What the signed tables held at the commit, for worker 0, which writes them.
-    restored: Mutex<Option<ByTable>>,
+    /// What the signed tables held at the commit; each worker takes its share.
+    restored: ByTable,
     /// Tables whose rows the run reads when it ends.
     kept: ByTable,
     alert_format: Option<Option<crate::sinks::alerts::Format>>,
@@ -471,7 +471,7 @@ impl Wiring {
             file_starts: s.file_starts,
             resume_by_epoch: s.resume_by_epoch,
             elsewhere: restored.elsewhere,
-            restored: Mutex::new(Some(restored.held)),
+            restored: restored.held,
             kept,
             alert_format: s.alert_format,
             switch,
@@ -525,14 +525,11 @@ impl Wiring {
                 let policy = FlushPolicy::every(every);
                 (target, Box::new(NoProgress) as Box<_>, policy, policy)
             };
-        // Only worker 0 receives derived rows (and alerts); it holds the restored rows.
-        let restored = match index {
-            0 => self.restored.lock().expect("restored rows").take(),
-            _ => None,
-        };
+        // Each worker writes the signed rows (and sends the alerts) of the customers it owns,
+        // so it holds their restored rows.
+        let restored = share_of(&self.restored, index, peers);
         let alerts = AlertTables {
             format: &self.alert_format,
-            index,
             config: &self.config.alerts,
             kafka: &self.config.kafka,
             catalog: &plan.catalog,
@@ -544,7 +541,7 @@ impl Wiring {
             target: &target,
             plan,
             first_round: self.first_round,
-            restored: restored.unwrap_or_default(),
+            restored,
             kept: &self.kept,
             alerts: &alerts,
             writers: Writers::default(),

@@ -228,7 +228,9 @@ impl Webhook {
             .append(true)
             .open(&self.dead_letter)
             .map_err(|e| format!("cannot open {}: {e}", self.dead_letter.display()))?;
-        writeln!(f, "{line}").map_err(|e| format!("{}: {e}", self.dead_letter.display()))?;
+        // One write per line: the workers of a run append to the same file.
+        f.write_all(format!("{line}\n").as_bytes())
+            .map_err(|e| format!("{}: {e}", self.dead_letter.display()))?;
         f.sync_all()
             .map_err(|e| format!("{}: {e}", self.dead_letter.display()))?;
         tracing::error!(dedup_key = %alert.dedup_key, dead_letter = %self.dead_letter.display(), "alert dead-lettered");
@@ -611,11 +613,11 @@ impl<R: Alertable> TableWriter<Signed<R>> for AlertingWriter<R> {
         Ok(())
     }
 }
+
 /// What the tables that alert (registered with `alerts`) need to send alerts.
 pub struct AlertTables<'a> {
     /// `None`: alerting is off; `Some(None)`: to Kafka only.
     pub format: &'a Option<Option<Format>>,
-    pub index: usize,
     pub config: &'a AlertsConfig,
     pub kafka: &'a crate::sources::kafka::KafkaConfig,
     pub catalog: &'a Arc<Catalog>,
@@ -626,13 +628,14 @@ pub struct AlertTables<'a> {
 pub type Writer<R> = Box<dyn TableWriter<Signed<R>>>;
 
 impl AlertTables<'_> {
-    /// Worker 0 receives every row of these tables; it alone sends alerts.
+    /// Each worker receives the rows of the customers it owns, and sends their alerts: every
+    /// change of one alert's key reaches the same worker, which knows which alerts are open.
     pub fn wrap<R: Alertable>(
         &self,
         inner: Writer<R>,
         held: Vec<(R, isize, u64)>,
     ) -> Result<Writer<R>, String> {
-        let (Some(format), 0) = (self.format, self.index) else {
+        let Some(format) = self.format else {
             return Ok(inner);
         };
         let mut sinks: Vec<Box<dyn AlertSink>> = Vec::new();

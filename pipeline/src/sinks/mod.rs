@@ -44,9 +44,14 @@ impl ByTable {
 
     /// A copy of `table`'s value.
     pub fn get<T: Clone + 'static>(&self, table: &'static Table) -> Option<T> {
+        self.peek(table).cloned()
+    }
+
+    /// `table`'s value (`None` if there is none; panics if it is not a `T`, as [`ByTable::take`]).
+    pub fn peek<T: 'static>(&self, table: &'static Table) -> Option<&T> {
         let v = self.0.get(table.name)?;
         Some(
-            v.downcast_ref::<T>().cloned().unwrap_or_else(|| {
+            v.downcast_ref::<T>().unwrap_or_else(|| {
                 panic!("{} holds no {}", table.name, std::any::type_name::<T>())
             }),
         )

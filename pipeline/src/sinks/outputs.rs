@@ -7,13 +7,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use meterflow_operators::dataflow::Plan;
-use meterflow_operators::signed::{Horizon, Signed, SignedState};
+use meterflow_operators::signed::{share, Horizon, Signed, SignedState};
 use meterflow_operators::sink::{TableWriter, Writers};
 use meterflow_operators::Epoch;
 use meterflow_schemas::anomaly::{Anomaly, BucketRow, Detector};
 use meterflow_schemas::rejection::Rejection;
 use meterflow_schemas::rows::{
-    AcceptedEvent, DuplicateRow, EntitlementSignal, InvoiceLine, LineUsage, RatedRow,
+    AcceptedEvent, ByCustomer, DuplicateRow, EntitlementSignal, InvoiceLine, LineUsage, RatedRow,
 };
 use meterflow_schemas::tables::{self, Shape, Table};
 use meterflow_schemas::time::EventTime;
@@ -30,8 +30,9 @@ pub trait FactRow: CsvRow + ChFact {}
 
 impl<R: CsvRow + ChFact> FactRow for R {}
 
-/// Rows of a signed table (`Shape::Signed`), for every sink.
-pub trait SignedRow: CsvRow + ChSigned {
+/// Rows of a signed table (`Shape::Signed`), for every sink, written by the worker that owns
+/// their customer.
+pub trait SignedRow: CsvRow + ChSigned + ByCustomer + Send + Sync {
     /// How long a held row can still change, so the writer can forget it afterwards (`None`:
     /// rows are held for the whole run).
     fn horizon(_plan: &Plan) -> Option<Horizon<Self>> {
@@ -108,6 +109,36 @@ pub fn each(v: &mut impl Visit) -> Result<(), String> {
     Ok(())
 }
 
+/// Worker `index` of `peers`'s share of the rows the signed tables held at the last commit: the
+/// rows of the customers it owns, which the dataflow routes to it (see `Written::ByCustomer`).
+pub fn share_of(restored: &ByTable, index: usize, peers: usize) -> ByTable {
+    struct Share<'a> {
+        restored: &'a ByTable,
+        index: usize,
+        peers: usize,
+        mine: ByTable,
+    }
+    impl Visit for Share<'_> {
+        fn facts<R: FactRow>(&mut self, _: &'static Table) -> Result<(), String> {
+            Ok(())
+        }
+        fn signed<R: SignedRow>(&mut self, table: &'static Table) -> Result<(), String> {
+            if let Some(rows) = self.restored.peek::<Vec<(R, isize, u64)>>(table) {
+                self.mine.put(table, share(rows, self.index, self.peers));
+            }
+            Ok(())
+        }
+    }
+    let mut s = Share {
+        restored,
+        index,
+        peers,
+        mine: ByTable::default(),
+    };
+    each(&mut s).expect("sharing held rows cannot fail");
+    s.mine
+}
+
 /// Where a run's tables go.
 pub enum Target {
     /// CSV files under this directory.
@@ -126,7 +157,8 @@ pub struct Open<'a> {
     pub plan: &'a Plan,
     /// The first pricing round this run writes (restored rows are held as of before it).
     pub first_round: Epoch,
-    /// The rows the signed tables held at the last commit (for the worker that writes them).
+    /// This worker's share of the rows the signed tables held at the last commit
+    /// ([`share_of`]).
     pub restored: ByTable,
     /// Tables whose held rows the run reads when it ends: a `HeldRows` each.
     pub kept: &'a ByTable,
