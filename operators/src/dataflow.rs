@@ -72,6 +72,10 @@ pub struct WorkerIo {
     pub facts_flush: FlushPolicy,
     /// When the derived tables flush.
     pub derived_flush: FlushPolicy,
+    /// In a cluster of processes, the run report's invoice lines: gathered on worker 0 and
+    /// given to this writer (every worker has one; only worker 0's receives rows). `None` in a
+    /// single process, whose table writers share the rows they hold instead.
+    pub report: Option<Box<dyn crate::sink::TableWriter<Signed<InvoiceLine>>>>,
 }
 
 /// The sinks of one worker's output tables, each placed and flushed as its description says.
@@ -312,6 +316,18 @@ pub fn build<'s>(
         &tables::REJECTIONS,
     );
     out.facts(deduped.duplicates, &tables::DUPLICATES);
+    if let Some(report) = io.report {
+        let (policy, fatal) = (out.derived, out.fatal.clone());
+        let gathered = sink(
+            lines.clone(),
+            "report",
+            to_worker_zero(),
+            report,
+            policy,
+            fatal,
+        );
+        out.durable.push(gathered);
+    }
     out.signed(lines, &tables::INVOICE_LINES);
     out.signed(rated_rows, &tables::RATED_USAGE);
     out.signed(line_usage, &tables::LINE_USAGE);
@@ -392,8 +408,9 @@ fn split_meters<'s>(
     (usage.filter(move |d| additive[d.line.sku.ix()]), readings)
 }
 
-/// The counts and the progress commit: one running total and one commit record per process
-/// group, on worker 0. No table is gathered (see [`Sinks`]).
+/// The counts, the progress commit and, in a cluster of processes, the run report's invoice
+/// lines: one running total, one commit record and one report, on worker 0. No table is
+/// gathered (see [`Sinks`]).
 fn to_worker_zero<D: 'static>() -> Exchange<D, impl FnMut(&D) -> u64> {
     Exchange::new(|_: &D| 0u64)
 }

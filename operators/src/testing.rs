@@ -346,6 +346,7 @@ fn run_with(
             progress: Box::new(Commits(writers.progress.clone())),
             facts_flush: FlushPolicy::every(Duration::ZERO),
             derived_flush: FlushPolicy::every(Duration::ZERO),
+            report: None,
         };
         adapt(&mut io, index, peers);
         Ok(io)

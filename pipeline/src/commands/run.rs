@@ -12,11 +12,12 @@ use meterflow_operators::accounting::Totals;
 use meterflow_operators::aggregate::round_end;
 use meterflow_operators::dataflow::{execute, Cluster, Ending, Execution, Plan, Resume, WorkerIo};
 use meterflow_operators::progress::{NoProgress, Progress, ProgressStore};
-use meterflow_operators::sink::{FlushPolicy, Writers};
+use meterflow_operators::sink::{Discard, FlushPolicy, TableWriter, Writers};
 use meterflow_operators::source::{resume_starts, ChunkReader, ReadAt, StripedReader};
 use meterflow_operators::{Epoch, Fatal};
 use meterflow_schemas::catalog::load_dir;
 use meterflow_schemas::rows::Counts;
+use meterflow_schemas::tables;
 
 use crate::config::Config;
 pub use crate::reports::run_report::{peak_rss_bytes, summarize, RunReport};
@@ -154,7 +155,7 @@ fn run_until_catalog_change(
         totals.seed(p.counts.clone());
     }
     let mut kept = ByTable::default();
-    let lines = LinesAtEnd::keep(&mut kept, &setup.plan);
+    let lines = Arc::new(LinesAtEnd::keep(&mut kept, &setup.plan));
     // A pipeline that reads Kafka into ClickHouse switches to a changed catalog without a
     // restart: the watcher sets `switch`, the readers finish their epoch, the run commits and
     // resumes (see `sources::catalog_topic`). In a cluster every process watches, and the first
@@ -171,7 +172,8 @@ fn run_until_catalog_change(
     let progress = ProgressLine::new(setup.total_bytes(), args.quiet, setup.total_bytes() == 0);
     tracing::info!(sources = ?sources_for_log(args), workers = cluster.threads, processes = cluster.addresses.len().max(1), first_epoch = restored.resume.first_epoch(), "run started");
     let (inputs, generation) = (setup.input.dealt(&setup.file_sizes), restored.generation);
-    let (wiring, resume) = Wiring::new(args, setup, restored, kept, switch.clone());
+    let (wiring, resume) =
+        Wiring::new(args, setup, restored, (kept, lines.clone()), switch.clone());
     if let Some(m) = metrics {
         m.ready();
     }
@@ -442,6 +444,10 @@ struct Wiring {
     restored: ByTable,
     /// Tables whose rows the run reads when it ends.
     kept: ByTable,
+    /// The invoice lines of the run report.
+    lines: Arc<LinesAtEnd>,
+    /// Processes in the cluster (1: this one alone).
+    processes: usize,
     alert_format: Option<Option<crate::sinks::alerts::Format>>,
     switch: Arc<AtomicBool>,
 }
@@ -452,7 +458,7 @@ impl Wiring {
         args: &RunArgs,
         s: Setup,
         restored: Restored,
-        kept: ByTable,
+        (kept, lines): (ByTable, Arc<LinesAtEnd>),
         switch: Arc<AtomicBool>,
     ) -> (Wiring, Resume) {
         let resume_from = restored.resume.progress.clone();
@@ -473,6 +479,8 @@ impl Wiring {
             elsewhere: restored.elsewhere,
             restored: restored.held,
             kept,
+            lines,
+            processes: s.cluster.addresses.len().max(1),
             alert_format: s.alert_format,
             switch,
         };
@@ -536,13 +544,29 @@ impl Wiring {
             unit: plan.policy.period,
             round_end: self.first_round,
         };
+        // In a cluster, no process holds every customer's lines: the report's are gathered on
+        // worker 0 by the dataflow, and the table writers keep none.
+        let no_kept = ByTable::default();
+        let (kept, report) = if self.processes > 1 {
+            let report: Box<dyn TableWriter<_>> = match index {
+                0 => {
+                    let all = self.restored.peek(&tables::INVOICE_LINES);
+                    let held = all.cloned().unwrap_or_default();
+                    self.lines.gathered(held, self.first_round)
+                }
+                _ => Box::new(Discard),
+            };
+            (&no_kept, Some(report))
+        } else {
+            (&self.kept, None)
+        };
         let writers = Open {
             worker: index,
             target: &target,
             plan,
             first_round: self.first_round,
             restored,
-            kept: &self.kept,
+            kept,
             alerts: &alerts,
             writers: Writers::default(),
         }
@@ -553,6 +577,7 @@ impl Wiring {
             progress,
             facts_flush,
             derived_flush,
+            report,
         })
     }
 

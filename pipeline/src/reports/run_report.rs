@@ -20,7 +20,34 @@ use meterflow_schemas::time::{EventTime, PeriodUnit};
 
 use crate::reports::invoice_preview;
 use crate::sinks::clickhouse::progress::named_lag;
-use crate::sinks::{ByTable, HeldRows};
+use crate::sinks::{ByTable, HeldRows, Kept};
+use meterflow_operators::signed::{Signed, SignedState};
+use meterflow_operators::sink::TableWriter;
+use meterflow_operators::Epoch;
+
+/// Every invoice line of a cluster's run, on worker 0 (see [`LinesAtEnd::gathered`]).
+struct GatheredLines {
+    state: SignedState<InvoiceLine>,
+    kept: Kept<InvoiceLine>,
+}
+
+impl TableWriter<Signed<InvoiceLine>> for GatheredLines {
+    fn write(&mut self, _: Epoch, rows: &mut Vec<Signed<InvoiceLine>>) -> Result<(), String> {
+        for (r, epoch, diff) in rows.drain(..) {
+            self.state.update(r, epoch, diff);
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self, frontier: Option<Epoch>) -> Result<(), String> {
+        // Applies the completed times' changes to the held rows; nothing is written.
+        self.state.changes(frontier);
+        if frontier.is_none() {
+            self.kept.set(self.state.held());
+        }
+        Ok(())
+    }
+}
 
 /// What a run produced.
 pub struct RunReport {
@@ -53,6 +80,23 @@ impl LinesAtEnd {
             catalog: plan.catalog.clone(),
             period: plan.policy.period,
         }
+    }
+
+    /// In a cluster of processes, worker 0's writer of the invoice lines the dataflow gathers
+    /// for the report (`WorkerIo::report`), starting from every line held at the commit; the
+    /// table writers then keep none (each holds only its own customers' lines).
+    pub fn gathered(
+        &self,
+        held: Vec<(InvoiceLine, isize, u64)>,
+        first_round: Epoch,
+    ) -> Box<dyn TableWriter<Signed<InvoiceLine>>> {
+        Box::new(GatheredLines {
+            state: SignedState::resumed(held, first_round),
+            kept: Kept {
+                rows: self.lines.clone(),
+                worker: 0,
+            },
+        })
     }
 
     /// The report of the run that has just ended.

@@ -1,6 +1,7 @@
 //! The embedded output: one directory per table under `--out`, one CSV file per worker
-//! (`usage_events/part-0.csv`, ...), with a header row. Derived tables are written by worker 0
-//! only, consolidated per flush, with a `sign` column (+1 add, -1 retract) and the flush `batch`.
+//! (`usage_events/part-0.csv`, ...), with a header row. Each worker writes the derived (signed)
+//! rows of the customers it owns, consolidated per flush, with a `sign` column (+1 add, -1
+//! retract) and a `version`: a customer's rows are all in one part.
 //! Query them with anything that reads CSV, e.g. `clickhouse local`, DuckDB or pandas; see
 //! `docs/outputs.md`.
 
