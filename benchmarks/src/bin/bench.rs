@@ -221,11 +221,12 @@ fn main() -> anyhow::Result<()> {
             r.counts["dedup_bytes_per_key"].as_f64().unwrap_or(0.0)
         );
     }
-    let w2 = best("meterflow -w 2");
+    let (w1, w2) = (best("meterflow -w 1"), best("meterflow -w 2"));
     println!(
-        "\nmeterflow -w 2: {:.0} events/s, {:.2}x the baseline",
+        "\nmeterflow -w 2: {:.0} events/s, {:.2}x the baseline; scaling -w 2 / -w 1: {:.2}x",
         received / w2,
-        baseline_secs / w2
+        baseline_secs / w2,
+        w1 / w2
     );
     Ok(())
 }

@@ -90,11 +90,55 @@ impl Report {
     }
 }
 
+/// Now, once it is a later second than the time of every report run recorded in ClickHouse.
+/// Runs are recorded in whole seconds and the dashboards show the latest, so two runs in one
+/// second (a reconcile right after another) must not tie: the second waits for the next second.
+fn after_every_recorded_run(ch: &ClickHouse) -> EventTime {
+    #[derive(Row, Deserialize)]
+    struct Latest {
+        at: u32,
+    }
+    let latest: Result<Vec<Latest>, String> = ch.fetch(
+        "SELECT toUInt32(max(t)) AS at FROM (\
+         SELECT max(checked_at) AS t FROM {db}.reconciliation \
+         UNION ALL SELECT max(computed_at) AS t FROM {db}.scorecard \
+         UNION ALL SELECT max(computed_at) AS t FROM {db}.metering_lag \
+         UNION ALL SELECT max(computed_at) AS t FROM {db}.forecast)",
+    );
+    let latest = match latest {
+        Ok(rows) => rows.first().map_or(0, |l| i64::from(l.at)),
+        Err(e) => {
+            // An unmigrated database: the command itself says so when it writes.
+            tracing::debug!(error = %e, "cannot read the latest report run");
+            0
+        }
+    };
+    loop {
+        let now = EventTime::now();
+        let wait = (latest + 1) * 1000 - now.0;
+        if wait <= 0 {
+            return now;
+        }
+        if wait > 2000 {
+            // A recorded run ahead of this clock (another host's): no point waiting for it.
+            tracing::warn!(
+                latest_run = latest,
+                "a recorded report run is ahead of this clock"
+            );
+            return now;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(wait as u64));
+    }
+}
+
 impl ReportArgs {
     pub(crate) fn open(&self, command: &str) -> anyhow::Result<Report> {
         let (cfg, ch) = open_clickhouse(self.config.as_deref(), self.clickhouse_url.as_ref())?;
         let catalog = Arc::new(load_dir(&self.catalog)?);
-        let at = EventTime::now();
+        let at = match &ch {
+            Some(ch) => after_every_recorded_run(ch),
+            None => EventTime::now(),
+        };
         Ok(Report {
             cfg,
             ch,
