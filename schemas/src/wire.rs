@@ -468,7 +468,17 @@ pub fn decode_into<'a>(
     };
     de.deserialize_map(TopSeed(&mut top))
         .and_then(|_| de.end())
-        .map_err(classify)?;
+        .map_err(|e| match text.strip_prefix('\u{FEFF}') {
+            // Said apart, as the fix is the producer's setting, not its JSON.
+            Some(_) => Rejection::new(
+                Reason::MalformedJson,
+                None,
+                "starts with a byte-order mark (U+FEFF): JSON text must not have one (RFC 8259 \
+                 section 8.1); write UTF-8 without BOM"
+                    .to_string(),
+            ),
+            None => classify(e),
+        })?;
     if top.envelope.specversion.is_none() {
         let env = &top.envelope;
         let ce_key = [
@@ -687,6 +697,10 @@ mod tests {
         );
         assert_eq!(err(r#"{"event_id":"a""#).reason, Reason::MalformedJson);
         assert_eq!(err("[1,2]").reason, Reason::MalformedJson);
+        let bom = err("\u{FEFF}{\"event_id\":\"a\"}");
+        assert_eq!(bom.reason, Reason::MalformedJson);
+        assert!(bom.message.contains("byte-order mark"), "{}", bom.message);
+        assert!(!err("{\"event_id\":").message.contains("byte-order"));
         assert_eq!(err(r#"{"a":1} trailing"#).reason, Reason::MalformedJson);
     }
 
