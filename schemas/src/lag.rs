@@ -234,6 +234,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn lags_of_years_keep_their_percentiles() {
+        // An event stamped decades back (year 0 is rejected, but a backfill of old usage is
+        // not) must not saturate at 2^31 ms or any other width.
+        for ms in [1u64 << 31, 1 << 35, 1 << 40, 60_000_000_000_000] {
+            let mut h = LagHistogram::default();
+            h.record(ms, 3);
+            h.record(1, 1);
+            let p99 = h.quantile(0.99);
+            assert_eq!(h.summary().max_ms, ms);
+            assert!(p99 <= ms && p99 >= ms - ms / 16, "{ms}: p99 {p99}");
+        }
+    }
+
+    #[test]
     fn buckets_are_ordered_and_within_a_sixteenth() {
         let mut last = 0;
         for ms in (0..100_000u64).chain([1 << 40, u64::MAX / 2, u64::MAX]) {
