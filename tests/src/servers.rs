@@ -69,24 +69,7 @@ impl ClickHouseServer {
     pub fn start_secured(dir: &Path, user: &str, password: &str) -> (ClickHouseServer, u16) {
         let tls = dir.join("clickhouse");
         std::fs::create_dir_all(&tls).expect("clickhouse dir");
-        let (cert, key) = (tls.join("cert.pem"), tls.join("key.pem"));
-        let made = Command::new("openssl")
-            .args([
-                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-            ])
-            .args(["-subj", "/CN=localhost"])
-            .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
-            .arg("-keyout")
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert)
-            .output()
-            .expect("openssl runs");
-        assert!(
-            made.status.success(),
-            "openssl: {}",
-            String::from_utf8_lossy(&made.stderr)
-        );
+        let (cert, key) = self_signed_certificate(&tls);
         let https_port = free_port();
         let config = format!(
             "<https_port>{https_port}</https_port>
@@ -247,10 +230,36 @@ pub fn http_get_with(addr: &str, path: &str, headers: &[&str]) -> Result<(u16, S
     Ok((code, body.to_string()))
 }
 
+/// A self-signed certificate for `localhost` and 127.0.0.1 (`cert.pem`, `key.pem` in `dir`),
+/// made with the `openssl` command.
+pub fn self_signed_certificate(dir: &Path) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args(["-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl runs");
+    assert!(
+        made.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    (cert, key)
+}
+
 /// A tansu broker on sqlite storage.
 pub struct Tansu {
     child: Option<Child>,
     pub port: u16,
+    /// The port clients are told to connect to, when not `port` (a TLS proxy in front).
+    pub advertised: Option<u16>,
     bin: PathBuf,
     dir: PathBuf,
 }
@@ -260,6 +269,7 @@ impl Tansu {
         let mut t = Tansu {
             child: None,
             port: free_port(),
+            advertised: None,
             bin: find_binary("tansu", &[]),
             dir: dir.to_path_buf(),
         };
@@ -270,6 +280,7 @@ impl Tansu {
     /// Starts the broker (again) on the same port and storage.
     pub fn resume(&mut self) {
         let url = format!("tcp://127.0.0.1:{}", self.port);
+        let advertised = format!("tcp://127.0.0.1:{}", self.advertised.unwrap_or(self.port));
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -281,7 +292,7 @@ impl Tansu {
                 "--listener-url",
                 &url,
                 "--advertised-listener-url",
-                &url,
+                &advertised,
                 "--storage-engine",
                 // tansu resolves the path against its working directory.
                 "sqlite://tansu.db",

@@ -202,3 +202,74 @@ fn secrets_never_appear_in_logs_errors_outputs_metrics_or_clickhouse_and_clickho
         );
     }
 }
+
+/// Kafka over TLS: the tansu broker is reachable only through a TLS listener (a proxy holding a
+/// self-signed certificate, advertised as the broker's address), and a pipeline configured with
+/// `security.protocol = "ssl"` and the certificate as its CA reads every record through it.
+#[test]
+fn kafka_over_tls_reads_every_record() {
+    use std::io::{BufRead, BufReader};
+    let s = Scratch::new("kafka-tls");
+    let d = s.path();
+    meterflow_tests::generate(d, 2000, 10, 5, &[]);
+    let events = std::fs::read_to_string(d.join("events.jsonl")).unwrap();
+    let lines: Vec<&str> = events.lines().collect();
+    let mut tansu = meterflow_tests::servers::Tansu::start(d);
+    tansu.create_topic(TOPIC, 2);
+    let single = Batching { every: 0, size: 0 };
+    meterflow_tests::kafka::produce(&tansu.brokers(), TOPIC, 2, &lines, single);
+
+    // From now on the broker tells clients to connect to the TLS port, and only TLS is there.
+    let (cert, key) = meterflow_tests::servers::self_signed_certificate(d);
+    let tls_port = free_port();
+    let proxy_py = Path::new(env!("CARGO_MANIFEST_DIR")).join("tls_proxy.py");
+    let mut proxy = Command::new("python3")
+        .arg(&proxy_py)
+        .args([cert.to_str().unwrap(), key.to_str().unwrap()])
+        .args([tls_port.to_string(), tansu.port.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs the TLS proxy");
+    let mut proxy_out = BufReader::new(proxy.stdout.take().unwrap());
+    let mut first = String::new();
+    proxy_out.read_line(&mut first).unwrap();
+    assert_eq!(first.trim(), "listening");
+    tansu.kill();
+    tansu.advertised = Some(tls_port);
+    tansu.resume();
+
+    let config = d.join("tls.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[kafka]\nbrokers = \"127.0.0.1:{tls_port}\"\ntopics = [\"{TOPIC}\"]\n\
+             exit_when_idle = \"2s\"\n\n[kafka.settings]\n\"security.protocol\" = \"ssl\"\n\
+             \"ssl.ca.location\" = \"{}\"\n",
+            cert.display()
+        ),
+    )
+    .unwrap();
+    let o = meterflow(
+        d,
+        &[
+            "run", "-c", "catalog", "-o", "out", "--config", "tls.toml", "-q",
+        ],
+        &[],
+    );
+    let _ = proxy.kill();
+    let handshakes = {
+        let mut rest = String::new();
+        let _ = std::io::Read::read_to_string(&mut proxy_out, &mut rest);
+        rest.lines().filter(|l| l.starts_with("tls ")).count()
+    };
+    let _ = proxy.wait();
+    assert!(o.status.success(), "{}", text(&o));
+    let counts: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("out/counts.json")).unwrap()).unwrap();
+    assert_eq!(
+        counts["received"],
+        lines.len() as u64,
+        "every record read over TLS"
+    );
+    assert!(handshakes >= 1, "the pipeline spoke TLS to the broker");
+}
