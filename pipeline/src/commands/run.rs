@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -440,8 +440,9 @@ struct Wiring {
     resume_by_epoch: bool,
     /// Reader positions of inputs this run does not read, carried into its commits.
     elsewhere: Vec<RecordedOffset>,
-    /// What the signed tables held at the commit; each worker takes its share.
-    restored: ByTable,
+    /// What the signed tables held at the commit, and how many of this process's workers have
+    /// still to take their share; dropped once the last one has (it can be large).
+    restored: Mutex<(ByTable, usize)>,
     /// Tables whose rows the run reads when it ends.
     kept: ByTable,
     /// The invoice lines of the run report.
@@ -477,7 +478,7 @@ impl Wiring {
             file_starts: s.file_starts,
             resume_by_epoch: s.resume_by_epoch,
             elsewhere: restored.elsewhere,
-            restored: restored.held,
+            restored: Mutex::new((restored.held, s.cluster.threads.max(1))),
             kept,
             lines,
             processes: s.cluster.addresses.len().max(1),
@@ -535,7 +536,23 @@ impl Wiring {
             };
         // Each worker writes the signed rows (and sends the alerts) of the customers it owns,
         // so it holds their restored rows.
-        let restored = share_of(&self.restored, index, peers);
+        // In a cluster, worker 0 also starts the run report from every restored invoice line.
+        let report_all = self.processes > 1 && index == 0;
+        let (restored, all_lines) = {
+            let mut held = self.restored.lock().expect("restored rows");
+            let share = share_of(&held.0, index, peers);
+            let all_lines: Option<Vec<_>> = report_all.then(|| {
+                held.0
+                    .peek(&tables::INVOICE_LINES)
+                    .cloned()
+                    .unwrap_or_default()
+            });
+            held.1 = held.1.saturating_sub(1);
+            if held.1 == 0 {
+                held.0 = ByTable::default();
+            }
+            (share, all_lines)
+        };
         let alerts = AlertTables {
             format: &self.alert_format,
             config: &self.config.alerts,
@@ -548,13 +565,9 @@ impl Wiring {
         // worker 0 by the dataflow, and the table writers keep none.
         let no_kept = ByTable::default();
         let (kept, report) = if self.processes > 1 {
-            let report: Box<dyn TableWriter<_>> = match index {
-                0 => {
-                    let all = self.restored.peek(&tables::INVOICE_LINES);
-                    let held = all.cloned().unwrap_or_default();
-                    self.lines.gathered(held, self.first_round)
-                }
-                _ => Box::new(Discard),
+            let report: Box<dyn TableWriter<_>> = match all_lines {
+                Some(held) => self.lines.gathered(held, self.first_round),
+                None => Box::new(Discard),
             };
             (&no_kept, Some(report))
         } else {
