@@ -603,8 +603,30 @@ ORDER BY (customer_id, comparison, contract_id, sku, region, service_period, inv
     Migration {
         id: 43,
         name: "exports",
-        // Marketplace metering records, as `meterflow export` wrote or sent them.
-        sql: Sql::Create(&crate::tables::EXPORTS),
+        // Marketplace metering records, as `meterflow export` wrote them.
+        sql: Sql::Text(
+            "CREATE TABLE IF NOT EXISTS {db}.exports (
+    exported_at DateTime,
+    export_id String,
+    marketplace String,
+    listing String,
+    product String,
+    contract_id String,
+    customer_id String,
+    marketplace_customer String,
+    sku String,
+    dimension String,
+    usage_hour DateTime,
+    record_time DateTime,
+    record_kind String,
+    quantity Decimal(38, 9),
+    record_key String,
+    status String,
+    request String
+) ENGINE = MergeTree()
+PARTITION BY toYYYYMM(exported_at)
+ORDER BY (marketplace, listing, contract_id, dimension, usage_hour, exported_at)",
+        ),
     },
     Migration {
         id: 44,
@@ -629,6 +651,15 @@ ORDER BY (customer_id, comparison, contract_id, sku, region, service_period, inv
              FROM {db}.forecast \
              WHERE run_id = (SELECT argMax(run_id, computed_at) FROM {db}.forecast) \
              GROUP BY month, stream, currency",
+        ),
+    },
+    Migration {
+        id: 47,
+        name: "exports_answers",
+        // `export --send`: the marketplace's id of each record and why it was not sent
+        // ('' for records written to files).
+        sql: Sql::Text(
+            "ALTER TABLE {db}.exports ADD COLUMN response_id String, ADD COLUMN detail String",
         ),
     },
 ];

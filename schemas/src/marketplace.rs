@@ -160,15 +160,17 @@ pub struct Unmapped {
 /// Plans the records of marketplace `kind` for usage hours in `[from, to)`. `usage`: every hour
 /// of every contract up to `to` (earlier hours carry their remainders); `sent`: what earlier
 /// exports sent per (contract, dimension, usage hour); `at`: the export's time (compensations
-/// are dated at its hour). Contracts not sold through a `kind` listing are left out; usage of a
-/// SKU their listing has no dimension for is an error (nothing would be half-exported).
+/// are dated at its hour); `oldest`: for a live send, the oldest hour the marketplace takes a
+/// record dated at (earlier hours are settled together at the export's hour, as a
+/// compensation). Contracts not sold through a `kind` listing are left out; usage of a SKU their
+/// listing has no dimension for is an error (nothing would be half-exported).
 pub fn plan(
     catalog: &Catalog,
     kind: MarketplaceKind,
     usage: &[HourUsage],
     sent: &Sent,
     (from, to): (EventTime, EventTime),
-    at: EventTime,
+    (at, oldest): (EventTime, Option<EventTime>),
 ) -> Result<Vec<Record>, Vec<Unmapped>> {
     let mut by_line: BTreeMap<(ContractIdx, SkuIdx), BTreeMap<EventTime, Quantity>> =
         BTreeMap::new();
@@ -237,7 +239,12 @@ pub fn plan(
             }
             match sent.get(&(contract_id.clone(), dimension.name.clone(), hour)) {
                 None if due == Quantity::ZERO => {}
-                None if due > Quantity::ZERO && hour != at_hour && !settled => out.push(Record {
+                None if due > Quantity::ZERO
+                    && hour != at_hour
+                    && !settled
+                    && oldest.is_none_or(|o| hour >= o) =>
+                {
+                    out.push(Record {
                     kind: RecordKind::Usage,
                     contract,
                     sku,
@@ -252,10 +259,11 @@ pub fn plan(
                         hour,
                         RecordKind::Usage,
                     ),
-                }),
+                    })
+                }
                 // A negative hour (a void after its usage, sent nothing yet), an hour as late
-                // as the export itself, and new usage of a period exported before settle with
-                // the rest.
+                // as the export itself or older than a live send may date, and new usage of a
+                // period exported before settle with the rest.
                 None => {
                     owed += due;
                     settles.get_or_insert(hour);
@@ -312,6 +320,11 @@ pub struct Exported {
     pub status: String,
     /// The request file it is in.
     pub request: String,
+    /// The marketplace's id of the record when it was sent (AWS `MeteringRecordId`, Azure
+    /// `usageEventId`, GCP `operationId`).
+    pub response_id: String,
+    /// Why a record was not sent (the marketplace's answer or the request's error).
+    pub detail: String,
 }
 
 impl Exported {
@@ -502,7 +515,7 @@ unit_size = "1000"
             &u,
             &Sent::new(),
             (h(0), h(24)),
-            h(100),
+            (h(100), None),
         )
         .unwrap();
         // 1.5k → 1 (0.5 carried), 2.2k → 2 (1 more), 3.0k → 3 (1 more).
@@ -521,7 +534,7 @@ unit_size = "1000"
             &u,
             &Sent::new(),
             (h(1), h(24)),
-            h(100),
+            (h(100), None),
         )
         .unwrap();
         assert_eq!(quantities(&later), quantities(&r)[1..].to_vec());
@@ -532,7 +545,7 @@ unit_size = "1000"
             &u,
             &Sent::new(),
             (h(0), h(24)),
-            h(100)
+            (h(100), None)
         )
         .unwrap()
         .is_empty());
@@ -548,7 +561,7 @@ unit_size = "1000"
             &u,
             &Sent::new(),
             (h(0), h(24)),
-            h(30),
+            (h(30), None),
         )
         .unwrap();
         let sent: Sent = first
@@ -561,25 +574,25 @@ unit_size = "1000"
             })
             .collect();
         assert!(
-            plan(&c, MarketplaceKind::Aws, &u, &sent, (h(0), h(24)), h(40))
+            plan(&c, MarketplaceKind::Aws, &u, &sent, (h(0), h(24)), (h(40), None))
                 .unwrap()
                 .is_empty()
         );
         // Late usage in hour 0 and a new hour of the period exported: one compensation at the
         // export's hour, accounted for from hour 0.
         let more = usage(&[(0, "4000"), (1, "3000"), (2, "1000")]);
-        let r = plan(&c, MarketplaceKind::Aws, &more, &sent, (h(0), h(24)), h(40)).unwrap();
+        let r = plan(&c, MarketplaceKind::Aws, &more, &sent, (h(0), h(24)), (h(40), None)).unwrap();
         assert_eq!(
             quantities(&r),
             vec![(RecordKind::Compensation, 40, "3".into())]
         );
         assert_eq!(r[0].usage_hour, h(0));
         // The next day is another period, exported for the first time: its hours as they are.
-        let next = plan(&c, MarketplaceKind::Aws, &more, &sent, (h(2), h(48)), h(40)).unwrap();
+        let next = plan(&c, MarketplaceKind::Aws, &more, &sent, (h(2), h(48)), (h(40), None)).unwrap();
         assert_eq!(quantities(&next), vec![(RecordKind::Usage, 2, "1".into())]);
         // A void that takes usage back cannot be sent: it is reported.
         let less = usage(&[(0, "1000"), (1, "3000")]);
-        let r = plan(&c, MarketplaceKind::Aws, &less, &sent, (h(0), h(24)), h(40)).unwrap();
+        let r = plan(&c, MarketplaceKind::Aws, &less, &sent, (h(0), h(24)), (h(40), None)).unwrap();
         assert_eq!(
             quantities(&r),
             vec![(RecordKind::NotSendable, 40, "-1".into())]
@@ -601,7 +614,7 @@ unit_size = "1000"
             &u,
             &Sent::new(),
             (h(0), h(24)),
-            h(30),
+            (h(30), None),
         )
         .unwrap_err();
         assert_eq!(
@@ -615,6 +628,45 @@ unit_size = "1000"
     }
 
     #[test]
+    fn a_live_send_settles_hours_older_than_the_marketplace_takes_at_the_export_hour() {
+        let c = from_toml_str(&catalog()).unwrap();
+        let u = usage(&(0..10).map(|i| (i, "1000")).collect::<Vec<_>>());
+        let r = plan(
+            &c,
+            MarketplaceKind::Aws,
+            &u,
+            &Sent::new(),
+            (h(0), h(24)),
+            (EventTime(h(30).0 + 60_000), Some(h(6))),
+        )
+        .unwrap();
+        let mut expected: Vec<(RecordKind, i64, String)> = (6..10)
+            .map(|i| (RecordKind::Usage, i, "1".into()))
+            .collect();
+        // Hours 0-5: six units in one record at the export's hour, settling from hour 0.
+        expected.push((RecordKind::Compensation, 30, "6".into()));
+        assert_eq!(quantities(&r), expected);
+        assert_eq!(r.last().unwrap().usage_hour, h(0));
+        // What a live send sent counts as sent: nothing is planned twice.
+        let mut sent = Sent::new();
+        for x in &r {
+            *sent
+                .entry(("acme-1".into(), "tokens_1k".into(), x.usage_hour))
+                .or_default() += x.quantity;
+        }
+        let again = plan(
+            &c,
+            MarketplaceKind::Aws,
+            &u,
+            &sent,
+            (h(0), h(24)),
+            (h(31), Some(h(26))),
+        )
+        .unwrap();
+        assert!(again.is_empty(), "{again:?}");
+    }
+
+    #[test]
     fn requests_carry_at_most_25_records_in_the_marketplace_format() {
         let c = from_toml_str(&catalog()).unwrap();
         let u = usage(&(0..30).map(|i| (i, "1000")).collect::<Vec<_>>());
@@ -624,7 +676,7 @@ unit_size = "1000"
             &u,
             &Sent::new(),
             (h(0), h(48)),
-            h(100),
+            (h(100), None),
         )
         .unwrap();
         let req = requests(&c, MarketplaceKind::Aws, &r);
@@ -644,7 +696,7 @@ unit_size = "1000"
                 &u,
                 &Sent::new(),
                 (h(0), h(48)),
-                h(100)
+                (h(100), None)
             )
             .unwrap()[0]
                 .key

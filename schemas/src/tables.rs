@@ -619,7 +619,7 @@ pub const METERING_LAG: Table = Table {
 pub const EXPORTS: Table = Table {
     name: "exports",
     row: "Exported",
-    about: "one marketplace metering record `meterflow export` wrote or sent: a contract's dimension in an hour, a compensation, or a decrease no marketplace takes",
+    about: "one marketplace metering record `meterflow export` wrote or sent: a contract's dimension in an hour, a compensation, or a decrease no marketplace takes; a sent record keeps the marketplace's answer",
     columns: &[
         col("exported_at", "DateTime"),
         col("export_id", "String"),
@@ -638,10 +638,12 @@ pub const EXPORTS: Table = Table {
         col("record_key", "String"),
         col("status", "String"),
         col("request", "String"),
+        col("response_id", "String"),
+        col("detail", "String"),
     ],
     partition_by: Some("toYYYYMM(exported_at)"),
     order_by: &["marketplace", "listing", "contract_id", "dimension", "usage_hour", "exported_at"],
-    csv: Some("exported_at,export_id,marketplace,listing,product,contract_id,customer_id,marketplace_customer,sku,dimension,usage_hour,record_time,record_kind,quantity,record_key,status,request"),
+    csv: Some("exported_at,export_id,marketplace,listing,product,contract_id,customer_id,marketplace_customer,sku,dimension,usage_hour,record_time,record_kind,quantity,record_key,status,request,response_id,detail"),
     output: None,
 };
 

@@ -1,13 +1,15 @@
 //! `meterflow export aws|azure|gcp --period P`: the metered usage of contracts sold through a
 //! cloud marketplace, as that marketplace's metering requests (docs/marketplaces.md).
 //!
-//! Nothing is sent: the requests are written as files (`BatchMeterUsage` input for AWS, the
-//! `batchUsageEvent` body for Azure, the `services.report` body for GCP), and every record is
-//! appended to the `exports` table, so the next export sends only what is new and settles what
-//! changed. A period is exported once it is closed; a SKU without a dimension, or a marketplace
-//! customer missing, stops the export before anything is written.
+//! The requests are written as files (`BatchMeterUsage` input for AWS, the `batchUsageEvent`
+//! body for Azure, the `services.report` body for GCP) and, with `--send`, sent to the
+//! marketplace ([`crate::sinks::marketplace`]); every record is appended to the `exports` table
+//! with its status, so the next export sends only what is new, settles what changed and sends
+//! again what failed. A period is exported once it is closed; a SKU without a dimension, a
+//! marketplace customer missing, or `[exports]` credentials missing stop the export before
+//! anything is written or sent.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -15,20 +17,25 @@ use std::process::ExitCode;
 use anyhow::{anyhow, bail, Context};
 use meterflow_schemas::catalog::MarketplaceKind;
 use meterflow_schemas::marketplace::{
-    plan, records_member, requests, sent_of, Exported, HourUsage, RecordKind,
+    plan, records_member, requests, sent_of, Exported, HourUsage, Record, RecordKind,
 };
 use meterflow_schemas::money::Quantity;
 use meterflow_schemas::time::{EventTime, PeriodUnit};
 
-use crate::commands::report::ReportArgs;
+use crate::commands::report::{Report, ReportArgs};
 use crate::reports::net_usage;
 use crate::sinks::exports;
+use crate::sinks::marketplace::{self, Status};
 
 const MS_PER_HOUR: i64 = 3_600_000;
 
 /// The exit status when usage fell after it was exported: the rest is written and recorded, and
 /// the decrease must be refunded or credited through the marketplace.
 pub const NOT_SENDABLE: u8 = 3;
+
+/// The exit status when a marketplace did not take some records (`failed` in `exports`): the
+/// rest is sent and recorded, and the next export plans the failed ones again.
+pub const NOT_SENT: u8 = 4;
 
 #[derive(clap::Args)]
 pub struct ExportCommand {
@@ -45,6 +52,10 @@ pub struct ExportCommand {
     /// instead of now (RFC 3339).
     #[arg(long)]
     at: Option<String>,
+    /// Also send the requests to the marketplace, as `[exports.<marketplace>]` in the config
+    /// says, and record each record's answer (docs/marketplaces.md). Without it nothing is sent.
+    #[arg(long)]
+    send: bool,
 }
 
 /// The period's bounds, or why it cannot be exported.
@@ -115,6 +126,15 @@ impl ExportCommand {
             .collect();
         let watermark = r.watermark(&a.out)?;
         let (from, to) = closed_period(unit, label, watermark)?;
+        // Credentials and endpoints are checked before anything is planned or written.
+        let mut sender = if self.send {
+            Some(marketplace::connect(kind, &r.cfg.exports).map_err(|e| {
+                anyhow!("{e}. Nothing was sent or written")
+            })?)
+        } else {
+            None
+        };
+        let oldest = sender.as_ref().and_then(|_| marketplace::oldest_hour(kind, at));
         let select = net_usage::Select {
             bucket_ms: MS_PER_HOUR,
             before: Some(to),
@@ -132,7 +152,7 @@ impl ExportCommand {
         };
         let usage = hours(usage);
         let sent = sent_of(kind, &earlier);
-        let records = plan(catalog, kind, &usage, &sent, (from, to), at).map_err(|unmapped| {
+        let records = plan(catalog, kind, &usage, &sent, (from, to), (at, oldest)).map_err(|unmapped| {
             let mut s = String::from("nothing was written: usage has no marketplace dimension to be sent as:");
             for u in &unmapped {
                 let additive = catalog.sku(&u.sku).is_some_and(|k| catalog.skus[k.ix()].aggregation.is_additive());
@@ -152,6 +172,16 @@ impl ExportCommand {
             }
             anyhow!(s)
         })?;
+        // A record dated at an hour a record of the same key was taken at (a second export's
+        // compensation within one hour) would be refused as a duplicate: it waits.
+        let taken: HashSet<&str> = earlier
+            .iter()
+            .filter(|e| e.status != Status::Failed.as_str())
+            .map(|e| e.record_key.as_str())
+            .collect();
+        let (records, held): (Vec<Record>, Vec<Record>) = records
+            .into_iter()
+            .partition(|rec| !taken.contains(rec.key.as_str()));
         let dir = match &self.to {
             Some(d) => d.clone(),
             None if r.ch.is_some() => PathBuf::from("marketplace-requests"),
@@ -177,31 +207,68 @@ impl ExportCommand {
             .filter(|i| records[*i].kind != RecordKind::NotSendable)
             .collect();
         sendable.sort_by_key(|i| catalog.marketplaces[records[*i].listing].product.clone());
+        let mut recorded = Recorded {
+            earlier,
+            r: &r,
+            out: &a.out,
+        };
         let mut next = 0;
         for (n, body) in bodies.iter().enumerate() {
             let file = dir.join(format!("{}-{:04}.json", r.run_id, n + 1));
             std::fs::write(&file, serde_json::to_string_pretty(body)? + "\n")
                 .with_context(|| format!("cannot write {}", file.display()))?;
             let count = body[records_member(kind)].as_array().map_or(0, Vec::len);
-            for i in &sendable[next..next + count] {
+            let these = &sendable[next..next + count];
+            next += count;
+            for i in these {
                 rows[*i].request = file.display().to_string();
             }
-            next += count;
-        }
-        match &r.ch {
-            Some(ch) => exports::to_clickhouse(ch, &rows).map_err(anyhow::Error::msg)?,
-            None => {
-                let mut all = earlier;
-                all.extend(rows.iter().cloned());
-                exports::to_files(&a.out, r.catalog.clone(), unit, &all)
-                    .map_err(anyhow::Error::msg)?;
+            let Some(sender) = sender.as_mut() else {
+                continue;
+            };
+            let product = &catalog.marketplaces[records[these[0]].listing].product;
+            let outcomes = sender.send(product, body);
+            for (i, o) in these.iter().zip(outcomes) {
+                rows[*i].status = o.status.as_str().into();
+                rows[*i].response_id = o.id;
+                rows[*i].detail = o.detail;
             }
+            // Recorded request by request: a record sent is never planned again, even if the
+            // export stops before its end.
+            recorded.add(these.iter().map(|i| rows[*i].clone()).collect())?;
         }
+        let unsent: Vec<Exported> = if sender.is_some() {
+            rows.iter()
+                .filter(|e| e.record_kind == RecordKind::NotSendable.as_str())
+                .cloned()
+                .collect()
+        } else {
+            rows.clone()
+        };
+        recorded.add(unsent)?;
         let before = earlier_in(&sent, from, to);
         print!(
             "{}",
             summary(kind, label, &rows, bodies.len(), &dir, before)
         );
+        for h in &held {
+            println!(
+                "  held: a {} record of contract {} is dated {}, which an earlier export's record of the same dimension took; export again after that hour",
+                h.kind.as_str(),
+                catalog.contracts[h.contract.ix()].id,
+                h.timestamp
+            );
+        }
+        let failed = rows
+            .iter()
+            .filter(|e| e.status == Status::Failed.as_str())
+            .count();
+        if failed > 0 {
+            println!(
+                "  failed: {failed} records were not taken (their detail in exports says why); the next export sends them again"
+            );
+            return Ok(ExitCode::from(NOT_SENT));
+        }
         // Usage that fell after it was sent needs a person: exit 3, as `reconcile` does on drift.
         Ok(
             if rows
@@ -213,6 +280,35 @@ impl ExportCommand {
                 ExitCode::SUCCESS
             },
         )
+    }
+}
+
+/// The `exports` table, as the export appends to it.
+struct Recorded<'a> {
+    /// Every row of earlier exports (files: the table is rewritten with them).
+    earlier: Vec<Exported>,
+    r: &'a Report,
+    out: &'a Path,
+}
+
+impl Recorded<'_> {
+    fn add(&mut self, rows: Vec<Exported>) -> anyhow::Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        match &self.r.ch {
+            Some(ch) => exports::to_clickhouse(ch, &rows).map_err(anyhow::Error::msg),
+            None => {
+                self.earlier.extend(rows);
+                exports::to_files(
+                    self.out,
+                    self.r.catalog.clone(),
+                    self.r.cfg.billing.period,
+                    &self.earlier,
+                )
+                .map_err(anyhow::Error::msg)
+            }
+        }
     }
 }
 
@@ -251,7 +347,7 @@ fn summary(
         rows.len(),
         dir.display()
     );
-    let mut by: BTreeMap<(&str, &str, &str, &str), (usize, Quantity)> = BTreeMap::new();
+    let mut by: BTreeMap<(&str, &str, &str, &str, &str), (usize, Quantity)> = BTreeMap::new();
     for e in rows {
         let x = by
             .entry((
@@ -259,15 +355,16 @@ fn summary(
                 &e.dimension,
                 &e.marketplace_customer,
                 &e.record_kind,
+                &e.status,
             ))
             .or_default();
         x.0 += 1;
         x.1 += e.quantity;
     }
-    for ((contract, dimension, customer, kind), (n, q)) in by {
+    for ((contract, dimension, customer, kind, status), (n, q)) in by {
         let _ = writeln!(
             s,
-            "  {contract:<20} {dimension:<20} {customer:<24} {kind:<13} {n:>5} records {q:>14}"
+            "  {contract:<20} {dimension:<20} {customer:<24} {kind:<13} {status:<12} {n:>5} records {q:>14}"
         );
     }
     if rows

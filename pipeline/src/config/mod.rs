@@ -59,6 +59,8 @@ pub struct Config {
     pub catalog: CatalogConfig,
     /// Prometheus `/metrics`; off unless `addr` is set.
     pub metrics: crate::sinks::metrics::MetricsConfig,
+    /// How `meterflow export --send` reaches each marketplace.
+    pub exports: crate::sinks::marketplace::ExportsConfig,
 }
 
 /// `[catalog]` in the config.

@@ -17,8 +17,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
 use meterflow_operators::signed::Signed;
 use meterflow_operators::signed::SignedState;
 use meterflow_operators::sink::TableWriter;
@@ -31,6 +29,7 @@ use meterflow_schemas::time::{EventTime, PeriodUnit, Span};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::sinks::http::{with_retries, Failure, Http};
 use crate::sinks::metrics::{sink_telemetry, AlertOutcome};
 use crate::sources::kafka::{send_with_room, Refusals};
 
@@ -156,26 +155,12 @@ pub struct Webhook {
     url_text: String,
     format: Format,
     max_attempts: u32,
-    timeout: Duration,
     dead_letter: PathBuf,
-    runtime: tokio::runtime::Runtime,
-    client: hyper_util::client::legacy::Client<
-        hyper_tls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
-        Full<Bytes>,
-    >,
+    http: Http,
 }
 
 impl Webhook {
     pub fn new(cfg: &AlertsConfig, format: Format) -> Result<Webhook, String> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| format!("cannot start the alert sender: {e}"))?;
-        let client = {
-            let _guard = runtime.enter();
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build(hyper_tls::HttpsConnector::new())
-        };
         Ok(Webhook {
             url: cfg
                 .webhook_url
@@ -184,38 +169,41 @@ impl Webhook {
             url_text: cfg.webhook_url.clone(),
             format,
             max_attempts: cfg.max_attempts,
-            timeout: Duration::from_millis(cfg.timeout.millis().max(1) as u64),
             dead_letter: cfg.dead_letter.clone(),
-            runtime,
-            client,
+            http: Http::new(
+                "alert sender",
+                Duration::from_millis(cfg.timeout.millis().max(1) as u64),
+            )?,
         })
     }
 
     /// Delivers one alert: retried with backoff, dead-lettered when it cannot be.
     pub fn deliver(&self, alert: &Alert) -> Result<(), String> {
         let body = alert.payload(&self.format).to_string();
-        let mut delay = Duration::from_millis(200);
-        let mut last_error = String::new();
-        for attempt in 1..=self.max_attempts {
-            match self.post(&body) {
-                Ok(()) => {
-                    sink_telemetry().alert("webhook", AlertOutcome::Sent);
+        let headers = [("content-type", "application/json".to_string())];
+        let delivered = with_retries(
+            self.max_attempts,
+            || {
+                let answer = self
+                    .http
+                    .post(&self.url, &headers, body.clone().into_bytes())
+                    .map_err(|f| {
+                        tracing::warn!(dedup_key = %alert.dedup_key, error = %f.error, "alert not delivered");
+                        f
+                    })?;
+                if answer.is_success() {
                     return Ok(());
                 }
-                Err((error, retry)) => {
-                    tracing::warn!(dedup_key = %alert.dedup_key, attempt, %error, "alert not delivered");
-                    last_error = error;
-                    if !retry {
-                        break;
-                    }
-                    if attempt < self.max_attempts {
-                        sink_telemetry().alert("webhook", AlertOutcome::Retried);
-                        std::thread::sleep(delay);
-                        delay = (delay * 2).min(Duration::from_secs(5));
-                    }
-                }
-            }
-        }
+                let f = Failure::of(&answer);
+                tracing::warn!(dedup_key = %alert.dedup_key, error = %f.error, "alert not delivered");
+                Err(f)
+            },
+            |_, _| sink_telemetry().alert("webhook", AlertOutcome::Retried),
+        );
+        let Err(last_error) = delivered else {
+            sink_telemetry().alert("webhook", AlertOutcome::Sent);
+            return Ok(());
+        };
         let line = json!({
             "at": EventTime::now().to_string(),
             "url": self.url_text,
@@ -236,34 +224,6 @@ impl Webhook {
         tracing::error!(dedup_key = %alert.dedup_key, dead_letter = %self.dead_letter.display(), "alert dead-lettered");
         sink_telemetry().alert("webhook", AlertOutcome::Failed);
         Ok(())
-    }
-
-    /// One POST; the error says whether a retry may succeed.
-    fn post(&self, body: &str) -> Result<(), (String, bool)> {
-        let request = hyper::Request::post(self.url.clone())
-            .header("content-type", "application/json")
-            .header("user-agent", "meterflow")
-            .body(Full::new(Bytes::from(body.to_string())))
-            .map_err(|e| (e.to_string(), false))?;
-        self.runtime.block_on(async {
-            let response = tokio::time::timeout(self.timeout, self.client.request(request))
-                .await
-                .map_err(|_| (format!("no answer within {:?}", self.timeout), true))?
-                .map_err(|e| (e.to_string(), true))?;
-            let status = response.status();
-            let text = response
-                .into_body()
-                .collect()
-                .await
-                .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
-                .unwrap_or_default();
-            if status.is_success() {
-                Ok(())
-            } else {
-                let retry = status.as_u16() == 429 || status.is_server_error();
-                Err((format!("HTTP {status}: {}", text.trim()), retry))
-            }
-        })
     }
 }
 

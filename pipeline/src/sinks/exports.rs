@@ -36,6 +36,8 @@ struct ExportRow {
     record_key: String,
     status: String,
     request: String,
+    response_id: String,
+    detail: String,
 }
 
 fn time(s: u32) -> EventTime {
@@ -75,6 +77,8 @@ pub fn from_files(out: &Path) -> Result<Vec<Exported>, String> {
                 record_key: text(r, "record_key"),
                 status: text(r, "status"),
                 request: text(r, "request"),
+                response_id: text(r, "response_id"),
+                detail: text(r, "detail"),
             })
         })
         .collect()
@@ -95,7 +99,7 @@ pub fn from_clickhouse(ch: &ClickHouse, kind: MarketplaceKind) -> Result<Vec<Exp
     let rows: Vec<ExportRow> = ch.fetch(&format!(
         "SELECT exported_at, export_id, marketplace, listing, product, contract_id, customer_id, \
          marketplace_customer, sku, dimension, usage_hour, record_time, record_kind, quantity, \
-         record_key, status, request FROM {{db}}.exports WHERE marketplace = '{}'",
+         record_key, status, request, response_id, detail FROM {{db}}.exports WHERE marketplace = '{}'",
         kind.as_str()
     ))?;
     Ok(rows
@@ -118,6 +122,8 @@ pub fn from_clickhouse(ch: &ClickHouse, kind: MarketplaceKind) -> Result<Vec<Exp
             record_key: r.record_key,
             status: r.status,
             request: r.request,
+            response_id: r.response_id,
+            detail: r.detail,
         })
         .collect())
 }
@@ -144,6 +150,8 @@ pub fn to_clickhouse(ch: &ClickHouse, new: &[Exported]) -> Result<(), String> {
             record_key: e.record_key.clone(),
             status: e.status.clone(),
             request: e.request.clone(),
+            response_id: e.response_id.clone(),
+            detail: e.detail.clone(),
         })
         .collect();
     ch.insert::<ExportRow>(tables::EXPORTS.name, &rows)

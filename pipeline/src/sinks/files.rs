@@ -563,10 +563,15 @@ impl CsvRow for Exported {
         time_field(row, self.record_time);
         field(row, &self.record_kind);
         scaled(row, self.quantity.0, Quantity::SCALE);
-        for v in [&self.record_key, &self.status] {
+        for v in [
+            &self.record_key,
+            &self.status,
+            &self.request,
+            &self.response_id,
+        ] {
             field(row, v);
         }
-        field(row, &self.request);
+        field(row, &self.detail);
     }
 }
 

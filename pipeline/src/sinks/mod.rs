@@ -8,6 +8,8 @@ pub mod catalog_log;
 pub mod clickhouse;
 pub mod exports;
 pub mod files;
+pub mod http;
+pub mod marketplace;
 pub mod metrics;
 pub mod outputs;
 pub mod quarantine;
