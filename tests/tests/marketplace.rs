@@ -353,3 +353,265 @@ fn clickhouse_exports_the_records_the_files_export() {
     assert!(String::from_utf8_lossy(&o.stdout).contains("nothing new to send"));
     assert!(!s.path().join("again").exists());
 }
+
+/// `tests/marketplace_endpoint.py` on a free loopback port (killed when dropped).
+struct Endpoint {
+    child: meterflow_tests::Running,
+    url: String,
+}
+
+const AWS_KEY_ID: &str = "AKIDMETERFLOWTEST";
+const AWS_SECRET: &str = "aws-s3cr3t/for+the+test";
+const AZURE_SECRET: &str = "azure-s3cr3t&=";
+const GCP_TOKEN: &str = "ya29.gcp-test-token";
+
+impl Endpoint {
+    fn start(dir: &Path, now: &str) -> Endpoint {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let port_file = dir.join("endpoint.port");
+        let child = meterflow_tests::Running(
+            Command::new("python3")
+                .arg(root.join("marketplace_endpoint.py"))
+                .args(["--port-file", path(&port_file), "--now", now])
+                .env("ENDPOINT_AWS_KEY_ID", AWS_KEY_ID)
+                .env("ENDPOINT_AWS_SECRET", AWS_SECRET)
+                .env("ENDPOINT_AZURE_TENANT", "tenant-1")
+                .env("ENDPOINT_AZURE_CLIENT_ID", "meterflow-offer")
+                .env("ENDPOINT_AZURE_SECRET", AZURE_SECRET)
+                .env("ENDPOINT_GCP_TOKEN", GCP_TOKEN)
+                .spawn()
+                .expect("python3 runs the endpoint"),
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let port = loop {
+            if let Ok(p) = std::fs::read_to_string(&port_file) {
+                break p;
+            }
+            assert!(std::time::Instant::now() < deadline, "the endpoint did not start");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        Endpoint {
+            child,
+            url: format!("http://127.0.0.1:{}", port.trim()),
+        }
+    }
+
+    fn call(&self, method: &str, what: &str, body: &str) -> serde_json::Value {
+        let script = "import sys, urllib.request as u; \
+                      r = u.Request(sys.argv[1], data=sys.argv[3].encode() if sys.argv[2] == 'POST' else None, method=sys.argv[2]); \
+                      print(u.urlopen(r).read().decode())";
+        let out = run_ok(Command::new("python3").args([
+            "-c",
+            script,
+            &format!("{}/{what}", self.url),
+            method,
+            body,
+        ]));
+        serde_json::from_slice(&out.stdout).expect("the endpoint answers JSON")
+    }
+
+    fn control(&self, c: serde_json::Value) {
+        self.call("POST", "control", &c.to_string());
+    }
+
+    fn received(&self) -> serde_json::Value {
+        self.call("GET", "received", "")
+    }
+}
+
+#[test]
+fn exports_are_sent_to_the_marketplaces_and_every_answer_is_recorded() {
+    let s = Scratch::new("marketplace-send");
+    let demo = s.path().join("demo");
+    meterflow_ok(&["demo", "--dir", path(&demo)]);
+    let (catalog, out) = (demo.join("catalog"), demo.join("out"));
+    let at = "2026-12-01T00:20:00Z";
+    let endpoint = Endpoint::start(s.path(), at);
+    assert!(endpoint.child.id() > 0);
+    let token_file = s.path().join("gcp-token");
+    std::fs::write(&token_file, format!("{GCP_TOKEN}\n")).unwrap();
+    let config = s.path().join("send.toml");
+    let url = &endpoint.url;
+    std::fs::write(
+        &config,
+        std::fs::read_to_string(demo.join("meterflow.toml")).unwrap()
+            + &format!(
+                "\n[exports]\nmax_attempts = 3\ntimeout = \"10s\"\n\
+                 \n[exports.aws]\nendpoint = \"{url}\"\n\
+                 \n[exports.azure]\ntenant_id = \"tenant-1\"\nclient_id = \"meterflow-offer\"\n\
+                 client_secret_env = \"METERFLOW_TEST_AZURE_SECRET\"\nlogin_endpoint = \"{url}\"\nendpoint = \"{url}\"\n\
+                 \n[exports.gcp]\naccess_token_file = \"{}\"\nendpoint = \"{url}\"\n",
+                path(&token_file)
+            ),
+    )
+    .unwrap();
+    let export = |kind: &str, aws_secret: Option<&str>| {
+        let mut c = Command::new(meterflow_tests::meterflow_bin());
+        c.args([
+            "export",
+            kind,
+            "-c",
+            path(&catalog),
+            "-o",
+            path(&out),
+            "--period",
+            "2026-10",
+            "--at",
+            at,
+            "--config",
+            path(&config),
+            "--send",
+        ])
+        .env("METERFLOW_LOG", "warn")
+        .env("AWS_ACCESS_KEY_ID", AWS_KEY_ID)
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_SESSION_TOKEN")
+        .env("METERFLOW_TEST_AZURE_SECRET", AZURE_SECRET);
+        if let Some(secret) = aws_secret {
+            c.env("AWS_SECRET_ACCESS_KEY", secret);
+        }
+        let o = c.output().expect("meterflow runs");
+        let text = String::from_utf8_lossy(&o.stdout).into_owned()
+            + &String::from_utf8_lossy(&o.stderr);
+        for secret in [AWS_SECRET, AZURE_SECRET, GCP_TOKEN] {
+            assert!(!text.contains(secret), "a secret in the output: {text}");
+        }
+        (o.status.code(), text)
+    };
+    let rows = |kind: &str| -> Vec<meterflow::reports::tables::Row> {
+        if !out.join("exports").exists() {
+            return Vec::new();
+        }
+        exports(&out)
+            .into_iter()
+            .filter(|r| r["marketplace"] == kind)
+            .collect()
+    };
+    let last_export = |kind: &str| -> Vec<meterflow::reports::tables::Row> {
+        let all = rows(kind);
+        let id = all.last().map(|r| r["export_id"].clone()).unwrap_or_default();
+        all.into_iter().filter(|r| r["export_id"] == id).collect()
+    };
+
+    // Credentials missing: the key is named, and nothing is sent or written.
+    let (code, text) = export("aws", None);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("exports.aws.secret_access_key_env/secret_access_key_file names AWS_SECRET_ACCESS_KEY, which is not set")
+            && text.contains("Nothing was sent or written"),
+        "{text}"
+    );
+    assert!(rows("aws").is_empty());
+    assert_eq!(endpoint.received()["requests"], 0);
+
+    // A wrong secret: AWS refuses the signature; every record is failed, with the reason.
+    let (code, text) = export("aws", Some("not-the-secret"));
+    assert_eq!(code, Some(4), "{text}");
+    let failed = last_export("aws");
+    assert!(!failed.is_empty());
+    assert!(
+        failed.iter().all(|r| r["status"] == "failed"
+            && r["detail"].contains("InvalidSignatureException")),
+        "{failed:?}"
+    );
+
+    // The customer unsubscribed, and AWS throttles once: retried, then refused per record.
+    endpoint.control(serde_json::json!({"refuse": ["cU5tMeRiD-globex"], "throttle": 1}));
+    let (code, text) = export("aws", Some(AWS_SECRET));
+    assert_eq!(code, Some(4), "{text}");
+    assert!(last_export("aws")
+        .iter()
+        .all(|r| r["status"] == "failed" && r["detail"].starts_with("CustomerNotSubscribed")));
+
+    // Subscribed again: everything is sent, once, dated within AWS's 6 hours.
+    endpoint.control(serde_json::json!({}));
+    let (code, text) = export("aws", Some(AWS_SECRET));
+    assert_eq!(code, Some(0), "{text}");
+    let sent = last_export("aws");
+    assert!(
+        sent.iter().all(|r| r["status"] == "sent"
+            && !r["response_id"].is_empty()
+            && r["record_time"] == "2026-12-01T00:00:00.000Z"
+            && r["record_kind"] == "compensation"),
+        "October is older than AWS takes: settled at the export's hour: {sent:?}"
+    );
+    let received = endpoint.received();
+    let totals = &received["totals"];
+    let globex = |sku| october(&out, "globex-legacy", sku);
+    let aws = |dimension: &str| totals[format!("aws|cU5tMeRiD-globex|{dimension}")].as_f64();
+    assert_eq!(
+        aws("api_calls_1k"),
+        Some(thousands(globex("api_calls")) as f64)
+    );
+    assert_eq!(aws("tokens_1k"), Some(thousands(globex("tokens")) as f64));
+    assert_eq!(
+        aws("storage_gb"),
+        Some(globex("storage").0.div_euclid(Quantity::SCALE_ONE) as f64)
+    );
+    // A resend finds nothing new and calls no one.
+    let calls = received["requests"].clone();
+    let (code, text) = export("aws", Some(AWS_SECRET));
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("nothing new to send"), "{text}");
+    assert_eq!(endpoint.received()["requests"], calls);
+
+    // Azure down for longer than the attempts: failed, then sent once it is back.
+    endpoint.control(serde_json::json!({"unavailable": 3}));
+    let (code, text) = export("azure", None);
+    assert_eq!(code, Some(4), "{text}");
+    assert!(last_export("azure")
+        .iter()
+        .all(|r| r["status"] == "failed" && r["detail"].contains("(after 3 attempts)")));
+    endpoint.control(serde_json::json!({}));
+    let (code, text) = export("azure", None);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(last_export("azure")
+        .iter()
+        .all(|r| r["status"] == "sent" && !r["response_id"].is_empty()));
+    let initech = |sku| october(&out, "initech-2026", sku);
+    let totals = endpoint.received()["totals"].clone();
+    for (dimension, sku, unit) in [
+        ("api-calls-1k", "api_calls", 1000),
+        ("tokens-1k", "tokens", 1000),
+        ("storage-gb", "storage", 1),
+    ] {
+        let sent = totals[format!("azure|5f1c2a9e-3b7d-4e2a-9c1f-7d2b8e6a4c10|{dimension}")]
+            .as_f64()
+            .unwrap();
+        let usage = initech(sku).0 as f64 / Quantity::SCALE_ONE as f64 / unit as f64;
+        assert!((sent - usage).abs() < 1e-6, "{dimension}: sent {sent}, used {usage}");
+    }
+
+    // GCP takes October's hours as they are: one operation per hour, all sent. The demo's GCP
+    // customer used nothing in October, so globex moves to Google Cloud for this export.
+    let text = std::fs::read_to_string(catalog.join("catalog.toml")).unwrap();
+    let moved = text
+        .replace(
+            "listing = \"aws-marketplace\"\ncustomer = \"cU5tMeRiD-globex\"",
+            "listing = \"gcp-marketplace\"\ncustomer = \"project:globex-prod\"",
+        )
+        .replace(
+            "service_name = \"meterflow-demo.gcpmarketplace.example.com\"\n",
+            "service_name = \"meterflow-demo.gcpmarketplace.example.com\"\n\
+             [[marketplace.dimension]]\nsku = \"api_calls\"\ndimension = \"api_calls_1k\"\nunit_size = \"1000\"\n\
+             [[marketplace.dimension]]\nsku = \"storage\"\ndimension = \"storage_gb\"\n",
+        );
+    assert_ne!(moved, text);
+    std::fs::write(catalog.join("catalog.toml"), moved).unwrap();
+    let (code, text) = export("gcp", None);
+    assert_eq!(code, Some(0), "{text}");
+    let gcp = last_export("gcp");
+    assert!(gcp.len() > 100, "{} hours", gcp.len());
+    assert!(gcp.iter().all(|r| r["status"] == "sent"
+        && r["response_id"] == r["record_key"]
+        && r["record_kind"] == "usage"));
+    let totals = endpoint.received()["totals"].clone();
+    let gcp = |dimension: &str| {
+        totals[format!("gcp|project:globex-prod|meterflow-demo.gcpmarketplace.example.com/{dimension}")]
+            .as_f64()
+    };
+    assert_eq!(gcp("tokens_1k"), Some(thousands(globex("tokens")) as f64));
+    assert_eq!(gcp("api_calls_1k"), Some(thousands(globex("api_calls")) as f64));
+    let problems = endpoint.received()["problems"].clone();
+    assert_eq!(problems, serde_json::json!([]), "requests the marketplaces would refuse");
+}

@@ -92,17 +92,29 @@ pub fn oldest_hour(kind: MarketplaceKind, at: EventTime) -> Option<EventTime> {
 }
 
 /// `[exports]` in the config: how `meterflow export --send` reaches each marketplace.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ExportsConfig {
     pub aws: AwsConfig,
     pub azure: AzureConfig,
     pub gcp: GcpConfig,
     /// Attempts per request (throttled, a marketplace error, no answer) before its records
-    /// are recorded as failed [default 5].
-    pub max_attempts: Option<u32>,
-    /// Per-request timeout [default "30s"].
-    pub timeout: Option<Span>,
+    /// are recorded as failed.
+    pub max_attempts: u32,
+    /// Per-request timeout.
+    pub timeout: Span,
+}
+
+impl Default for ExportsConfig {
+    fn default() -> Self {
+        ExportsConfig {
+            aws: AwsConfig::default(),
+            azure: AzureConfig::default(),
+            gcp: GcpConfig::default(),
+            max_attempts: 5,
+            timeout: Span(30_000),
+        }
+    }
 }
 
 /// `[exports.aws]`: AWS Marketplace Metering Service.
@@ -217,8 +229,8 @@ fn url(key: &str, text: &str) -> Result<hyper::Uri, String> {
 
 /// The sender of `kind`, or what in `[exports]` is missing or wrong (nothing is sent then).
 pub fn connect(kind: MarketplaceKind, cfg: &ExportsConfig) -> Result<Box<dyn Marketplace>, String> {
-    let max_attempts = cfg.max_attempts.unwrap_or(5).max(1);
-    let timeout = cfg.timeout.map_or(30_000, |t| t.millis().max(1));
+    let max_attempts = cfg.max_attempts.max(1);
+    let timeout = cfg.timeout.millis().max(1);
     let http = Http::new(
         "marketplace sender",
         Duration::from_millis(timeout as u64),

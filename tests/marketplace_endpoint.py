@@ -1,0 +1,318 @@
+#!/usr/bin/env python3
+"""A local stand-in for the three marketplace metering APIs, for `meterflow export --send` tests.
+
+It answers as the services do and refuses what they would refuse, checking each request with the
+services' own published models where one exists:
+
+- AWS Marketplace Metering `BatchMeterUsage` (POST /, JSON 1.1): the Signature Version 4 of
+  the request recomputed with botocore's own signer from the test's credentials; the body parsed
+  back into the operation's input, checked by botocore's parameter validator against the model
+  botocore ships, and serialized again by botocore's JSON serializer, which must give the same
+  body and headers; records whole-hour and no older than 6 hours by this endpoint's clock
+  (`--now`). Answers per record: `Success` (a resend of the same record gets its first id),
+  `DuplicateRecord` (same customer, dimension and hour, another quantity), or
+  `CustomerNotSubscribed` for customers the test refuses.
+- Azure `batchUsageEvent` (POST /api/batchUsageEvent?api-version=2018-08-31) with a bearer token
+  from the client-credentials grant (POST /<tenant>/oauth2/token): the body against the JSON
+  Schema written from the REST reference; events no older than 24 hours; `Accepted` or
+  `Duplicate` per resource, plan, dimension and hour.
+- GCP `services.report` (POST /v1/services/<name>:report) with a bearer token: the body against
+  its JSON Schema; operations recognised by id; a metric outside the service is a report error.
+
+POST /control takes `{"refuse": [customers], "unavailable": n, "throttle": n}` (the next n
+requests answer 503, or AWS `ThrottlingException`). GET /received returns what was accepted:
+`{"totals": {"aws|customer|dimension": quantity, ...}, "requests": n, "problems": [...]}`, where
+`problems` lists every request refused for its shape or signature (a correct sender has none).
+
+    marketplace_endpoint.py --port-file F --now 2026-12-01T00:20:00Z
+    env: ENDPOINT_AWS_KEY_ID, ENDPOINT_AWS_SECRET, ENDPOINT_AZURE_TENANT, ENDPOINT_AZURE_CLIENT_ID,
+         ENDPOINT_AZURE_SECRET, ENDPOINT_GCP_TOKEN
+"""
+
+import argparse
+import calendar
+import datetime
+import hmac
+import json
+import os
+import sys
+import threading
+import urllib.parse
+import uuid
+from collections import defaultdict
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+AZURE_RESOURCE = "20e940b3-4c77-4b0b-9a53-9e16a1b010a7"
+AZURE_TOKEN = "azure-token-" + uuid.uuid4().hex
+HOUR = 3600
+
+lock = threading.Lock()
+state = {
+    "refuse": set(),
+    "unavailable": 0,
+    "throttle": 0,
+    "requests": 0,
+    "problems": [],
+    "totals": defaultdict(float),
+    "aws": {},  # (product, customer, dimension, ts) -> (quantity, id)
+    "azure": set(),  # (resource, plan, dimension, hour)
+    "gcp": set(),  # operation ids
+}
+
+
+class Refused(Exception):
+    def __init__(self, status, body, problem=True):
+        super().__init__(json.dumps(body))
+        self.status, self.body, self.problem = status, body, problem
+
+
+def epoch(text):
+    return calendar.timegm(datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").timetuple())
+
+
+def within(ts, max_age, now):
+    if ts % HOUR:
+        raise Refused(400, {"message": f"{ts} is not the start of an hour"})
+    if ts < now - max_age or ts > now + 300:
+        raise Refused(400, {"message": f"timestamp {ts} is out of bounds at {now}"})
+
+
+def aws(handler, body, now):
+    import botocore.session
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+    from botocore.serialize import create_serializer
+    from botocore.validate import ParamValidator
+
+    model = botocore.session.get_session().get_service_model("meteringmarketplace")
+    op = model.operation_model("BatchMeterUsage")
+    h = {k.lower(): v for k, v in handler.headers.items()}
+    # The signature, recomputed by botocore over the headers the client says it signed.
+    auth = h.get("authorization", "")
+    try:
+        parts = dict(p.strip().split("=", 1) for p in auth.split(" ", 1)[1].split(","))
+        key_id, date, region, service, _ = parts["Credential"].split("/")
+    except (IndexError, ValueError, KeyError):
+        raise Refused(403, {"__type": "MissingAuthenticationTokenException", "message": "no SigV4 authorization"})
+    if key_id != os.environ["ENDPOINT_AWS_KEY_ID"]:
+        raise Refused(403, {"__type": "UnrecognizedClientException", "message": "unknown access key"}, problem=False)
+    if service != model.metadata["signingName"] or region != "us-east-1":
+        raise Refused(403, {"__type": "InvalidSignatureException", "message": f"signed for {service} in {region}"})
+    signed = parts["SignedHeaders"].split(";")
+    for needed in ("host", "x-amz-date", "x-amz-target", "content-type"):
+        if needed not in signed:
+            raise Refused(403, {"__type": "InvalidSignatureException", "message": f"{needed} is not signed"})
+    amz_date = h["x-amz-date"]
+    skew = abs(calendar.timegm(datetime.datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").timetuple())
+               - calendar.timegm(datetime.datetime.now(datetime.timezone.utc).timetuple()))
+    if skew > 900 or date != amz_date[:8]:
+        raise Refused(403, {"__type": "InvalidSignatureException", "message": "request time too skewed"})
+    req = AWSRequest(method="POST", url=f"http://{h['host']}{handler.path}", data=body,
+                     headers={k: h[k] for k in signed})
+    req.context["timestamp"] = amz_date
+    signer = SigV4Auth(Credentials(key_id, os.environ["ENDPOINT_AWS_SECRET"], h.get("x-amz-security-token")),
+                       service, region)
+    expected = signer.signature(signer.string_to_sign(req, signer.canonical_request(req)), req)
+    if not hmac.compare_digest(expected, parts.get("Signature", "")):
+        raise Refused(403, {"__type": "InvalidSignatureException",
+                            "message": "The request signature we calculated does not match the signature you provided"},
+                      problem=False)
+    # The body: the operation's input, validated and serialized again by botocore.
+    wire = json.loads(body)
+    params = json.loads(body)
+    for r in params.get("UsageRecords", []):
+        if isinstance(r.get("Timestamp"), (int, float)):
+            r["Timestamp"] = datetime.datetime.fromtimestamp(r["Timestamp"], datetime.timezone.utc)
+    report = ParamValidator().validate(params, op.input_shape)
+    if report.has_errors():
+        raise Refused(400, {"__type": "ValidationException", "message": report.generate_report()})
+    again = create_serializer("json").serialize_to_request(params, op)
+    if json.loads(again["body"]) != wire:
+        raise Refused(400, {"__type": "SerializationException", "message": f"botocore sends {again['body']!r}"})
+    for k, v in again["headers"].items():
+        if h.get(k.lower()) != v:
+            raise Refused(400, {"__type": "SerializationException", "message": f"{k}: {h.get(k.lower())!r}, not {v!r}"})
+    with lock:
+        if state["throttle"] > 0:
+            state["throttle"] -= 1
+            raise Refused(400, {"__type": "com.amazonaws.awsmpmeteringservice#ThrottlingException",
+                                "message": "Rate exceeded"}, problem=False)
+    results = []
+    for r in wire["UsageRecords"]:
+        within(r["Timestamp"], 6 * HOUR, now)
+        who = r.get("CustomerIdentifier") or r.get("CustomerAWSAccountId")
+        key = (wire["ProductCode"], who, r["Dimension"], r["Timestamp"])
+        with lock:
+            if who in state["refuse"]:
+                results.append({"UsageRecord": r, "Status": "CustomerNotSubscribed"})
+                continue
+            if key in state["aws"]:
+                q, rid = state["aws"][key]
+                results.append({"UsageRecord": r, "MeteringRecordId": rid,
+                                "Status": "Success" if q == r["Quantity"] else "DuplicateRecord"})
+                continue
+            rid = str(uuid.uuid4())
+            state["aws"][key] = (r["Quantity"], rid)
+            state["totals"][f"aws|{who}|{r['Dimension']}"] += r["Quantity"]
+        results.append({"UsageRecord": r, "MeteringRecordId": rid, "Status": "Success"})
+    return {"Results": results, "UnprocessedRecords": []}
+
+
+def schema_errors(schema_file, body):
+    import jsonschema
+
+    with open(os.path.join(ROOT, "schemas", schema_file)) as f:
+        schema = json.load(f)
+    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(body), key=lambda e: e.path)
+    return "; ".join(f"{'/'.join(map(str, e.path))}: {e.message}" for e in errors[:5])
+
+
+def bearer(handler, token):
+    if handler.headers.get("Authorization") != f"Bearer {token}":
+        raise Refused(401, {"error": {"code": 401, "message": "invalid or missing bearer token"}})
+
+
+def azure_token(body):
+    form = dict(urllib.parse.parse_qsl(body.decode()))
+    if form.get("grant_type") != "client_credentials" or form.get("resource") != AZURE_RESOURCE:
+        raise Refused(400, {"error": "invalid_request", "error_description": f"unexpected form {sorted(form)}"})
+    if form.get("client_id") != os.environ["ENDPOINT_AZURE_CLIENT_ID"] or \
+            form.get("client_secret") != os.environ["ENDPOINT_AZURE_SECRET"]:
+        raise Refused(401, {"error": "invalid_client",
+                            "error_description": "AADSTS7000215: Invalid client secret provided."}, problem=False)
+    return {"token_type": "Bearer", "expires_in": "3599", "access_token": AZURE_TOKEN}
+
+
+def azure(handler, body, now):
+    bearer(handler, AZURE_TOKEN)
+    payload = json.loads(body)
+    problems = schema_errors("azure-batch-usage-event.schema.json", payload)
+    if problems:
+        raise Refused(400, {"message": problems, "code": "BadArgument"})
+    result = []
+    for e in payload["request"]:
+        key = (e["resourceId"], e["planId"], e["dimension"], e["effectiveStartTime"])
+        out = dict(e, usageEventId=str(uuid.uuid4()),
+                   messageTime=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+        ts = epoch(e["effectiveStartTime"])
+        if ts < now - 24 * HOUR:
+            out.update(status="Expired", error={"message": "effectiveStartTime is more than 24 hours ago"})
+        else:
+            within(ts, 24 * HOUR, now)
+            with lock:
+                if key in state["azure"]:
+                    out.update(status="Duplicate")
+                else:
+                    state["azure"].add(key)
+                    state["totals"][f"azure|{e['resourceId']}|{e['dimension']}"] += e["quantity"]
+                    out.update(status="Accepted")
+        result.append(out)
+    return {"result": result, "count": len(result)}
+
+
+def gcp(handler, body, service):
+    bearer(handler, os.environ["ENDPOINT_GCP_TOKEN"])
+    payload = json.loads(body)
+    problems = schema_errors("gcp-services-report.schema.json", payload)
+    if problems:
+        raise Refused(400, {"error": {"code": 400, "message": problems}})
+    errors = []
+    for op in payload["operations"]:
+        for mv in op["metricValueSets"]:
+            if not mv["metricName"].startswith(service + "/"):
+                errors.append({"operationId": op["operationId"],
+                               "status": {"code": 3, "message": f"metric {mv['metricName']} is not of {service}"}})
+                break
+        else:
+            with lock:
+                if op["operationId"] in state["gcp"]:
+                    continue
+                state["gcp"].add(op["operationId"])
+                for mv in op["metricValueSets"]:
+                    for v in mv["metricValues"]:
+                        state["totals"][f"gcp|{op['consumerId']}|{mv['metricName']}"] += int(v["int64Value"])
+    return {"reportErrors": errors, "serviceConfigId": "2026-12-01r0"} if errors else {"serviceConfigId": "2026-12-01r0"}
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    now = 0
+
+    def log_message(self, *args):
+        pass
+
+    def answer(self, status, body):
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):
+        if self.path == "/received":
+            with lock:
+                self.answer(200, {"totals": dict(state["totals"]), "requests": state["requests"],
+                                  "problems": state["problems"]})
+        else:
+            self.answer(404, {"message": "not found"})
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        path = urllib.parse.urlsplit(self.path)
+        try:
+            if path.path == "/control":
+                with lock:
+                    c = json.loads(body)
+                    state["refuse"] = set(c.get("refuse", []))
+                    state["unavailable"] = c.get("unavailable", 0)
+                    state["throttle"] = c.get("throttle", 0)
+                return self.answer(200, {})
+            with lock:
+                state["requests"] += 1
+                if state["unavailable"] > 0:
+                    state["unavailable"] -= 1
+                    raise Refused(503, {"message": "service unavailable"}, problem=False)
+            if path.path.endswith("/oauth2/token"):
+                tenant = path.path.split("/")[1]
+                if tenant != os.environ["ENDPOINT_AZURE_TENANT"]:
+                    raise Refused(400, {"error": "invalid_tenant", "error_description": f"tenant {tenant}"})
+                return self.answer(200, azure_token(body))
+            if path.path == "/api/batchUsageEvent":
+                if urllib.parse.parse_qs(path.query).get("api-version") != ["2018-08-31"]:
+                    raise Refused(400, {"message": f"api-version in {path.query!r}"})
+                return self.answer(200, azure(self, body, self.now))
+            if path.path.startswith("/v1/services/") and path.path.endswith(":report"):
+                return self.answer(200, gcp(self, body, path.path[len("/v1/services/"):-len(":report")]))
+            if path.path == "/" and "X-Amz-Target" in self.headers:
+                return self.answer(200, aws(self, body, self.now))
+            raise Refused(404, {"message": f"no such API: POST {self.path}"})
+        except Refused as r:
+            if r.problem:
+                with lock:
+                    state["problems"].append(f"POST {self.path}: {r.body}")
+            self.answer(r.status, r.body)
+        except Exception as e:  # a malformed request is a problem of the sender
+            with lock:
+                state["problems"].append(f"POST {self.path}: {type(e).__name__}: {e}")
+            self.answer(400, {"message": str(e)})
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--port-file", required=True)
+    ap.add_argument("--now", required=True, help="this endpoint's clock for time limits (RFC 3339)")
+    a = ap.parse_args()
+    Handler.now = epoch(a.now)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    tmp = a.port_file + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(str(server.server_address[1]))
+    os.replace(tmp, a.port_file)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
