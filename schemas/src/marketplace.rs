@@ -218,15 +218,15 @@ pub fn plan(
         let customer = customer_of(catalog, contract);
         let contract_id = &catalog.contracts[contract.ix()].id;
         let whole = whole_units(kind);
-        // Once a period of this line was exported, what changes in it is settled at the
-        // export's hour: a marketplace refuses records dated hours back.
-        let settled = sent
+        // What changes in hours up to the last one sent is settled at the export's hour (a
+        // marketplace bills an hour once); hours after it are new usage, dated at their hour.
+        let last_sent = sent
             .range(
                 (contract_id.clone(), dimension.name.clone(), from)
                     ..(contract_id.clone(), dimension.name.clone(), to),
             )
-            .next()
-            .is_some();
+            .next_back()
+            .map(|((_, _, hour), _)| *hour);
         let (mut total, mut before) = (Quantity::ZERO, Quantity::ZERO);
         let (mut owed, mut settles) = (Quantity::ZERO, None);
         for (hour, q) in hours {
@@ -241,7 +241,7 @@ pub fn plan(
                 None if due == Quantity::ZERO => {}
                 None if due > Quantity::ZERO
                     && hour != at_hour
-                    && !settled
+                    && last_sent.is_none_or(|last| hour > last)
                     && oldest.is_none_or(|o| hour >= o) =>
                 {
                     out.push(Record {
@@ -262,8 +262,8 @@ pub fn plan(
                     })
                 }
                 // A negative hour (a void after its usage, sent nothing yet), an hour as late
-                // as the export itself or older than a live send may date, and new usage of a
-                // period exported before settle with the rest.
+                // as the export itself or older than a live send may date, and new usage of an
+                // hour before the last one sent settle with the rest.
                 None => {
                     owed += due;
                     settles.get_or_insert(hour);
@@ -578,15 +578,18 @@ unit_size = "1000"
                 .unwrap()
                 .is_empty()
         );
-        // Late usage in hour 0 and a new hour of the period exported: one compensation at the
-        // export's hour, accounted for from hour 0.
+        // Late usage in hour 0 settles in one compensation at the export's hour, accounted for
+        // from hour 0; hour 2, after the last hour sent, is new usage dated at its hour.
         let more = usage(&[(0, "4000"), (1, "3000"), (2, "1000")]);
         let r = plan(&c, MarketplaceKind::Aws, &more, &sent, (h(0), h(24)), (h(40), None)).unwrap();
         assert_eq!(
             quantities(&r),
-            vec![(RecordKind::Compensation, 40, "3".into())]
+            vec![
+                (RecordKind::Usage, 2, "1".into()),
+                (RecordKind::Compensation, 40, "2".into())
+            ]
         );
-        assert_eq!(r[0].usage_hour, h(0));
+        assert_eq!(r[1].usage_hour, h(0));
         // The next day is another period, exported for the first time: its hours as they are.
         let next = plan(&c, MarketplaceKind::Aws, &more, &sent, (h(2), h(48)), (h(40), None)).unwrap();
         assert_eq!(quantities(&next), vec![(RecordKind::Usage, 2, "1".into())]);

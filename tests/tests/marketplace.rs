@@ -615,3 +615,151 @@ fn exports_are_sent_to_the_marketplaces_and_every_answer_is_recorded() {
     let problems = endpoint.received()["problems"].clone();
     assert_eq!(problems, serde_json::json!([]), "requests the marketplaces would refuse");
 }
+
+#[test]
+fn follow_exports_each_hour_as_the_watermark_closes_it_and_settles_late_usage() {
+    let s = Scratch::new("marketplace-follow");
+    let demo = s.path().join("demo");
+    meterflow_ok(&["demo", "--dir", path(&demo)]);
+    let ch = meterflow_tests::servers::ClickHouseServer::start(s.path());
+    let url = ch.url();
+    meterflow_ok(&["migrate", "--clickhouse-url", &url]);
+    let catalog = demo.join("catalog");
+    let events: Vec<String> = std::fs::read_to_string(demo.join("events.jsonl"))
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    // The demo's events from `from` to `to`, in file order.
+    let between = |from: &str, to: &str| -> String {
+        events
+            .iter()
+            .filter(|l| {
+                serde_json::from_str::<serde_json::Value>(l).is_ok_and(|e| {
+                    e["timestamp"].as_str().is_some_and(|t| t >= from && t < to)
+                })
+            })
+            .map(|l| format!("{l}\n"))
+            .collect()
+    };
+    let input = s.path().join("events.jsonl");
+    let run = || {
+        meterflow_ok(&[
+            "run",
+            "-q",
+            "-i",
+            path(&input),
+            "-c",
+            path(&catalog),
+            "--config",
+            path(&demo.join("meterflow.toml")),
+            "--clickhouse-url",
+            &url,
+            "-o",
+            path(&s.path().join("run-out")),
+        ]);
+    };
+    let first_days = between("", "2026-10-26");
+    std::fs::write(&input, &first_days).unwrap();
+    run();
+
+    // Embedded output cannot be followed: its tables are rewritten while a run runs.
+    let o = meterflow(&[
+        "export", "aws", "--follow", "-c", path(&catalog), "-o", path(&demo.join("out")),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--follow reads a running pipeline's ClickHouse"));
+
+    let requests = s.path().join("requests");
+    let mut follow = meterflow_tests::Running(
+        Command::new(meterflow_tests::meterflow_bin())
+            .args([
+                "export",
+                "aws",
+                "--follow",
+                "--every",
+                "1s",
+                "-c",
+                path(&catalog),
+                "--clickhouse-url",
+                &url,
+                "--to",
+                path(&requests),
+            ])
+            .env("METERFLOW_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("meterflow export --follow starts"),
+    );
+    let sql = |q: &str| ch.query(&format!("{q} FORMAT TabSeparated")).unwrap();
+    // What the exports hold per dimension must become ⌊usage before the closed hour ÷ unit⌋.
+    let settled = || {
+        let closed = sql("SELECT intDiv(watermark_ms, 3600000) * 3600 FROM meterflow.sink_progress ORDER BY generation DESC, epoch DESC LIMIT 1");
+        let used = |sku: &str, unit: &str| {
+            sql(&format!(
+                "SELECT toString(toInt64(intDiv(sum(quantity), {unit}))) FROM meterflow.usage_events \
+                 WHERE contract_id = 'globex-legacy' AND sku = '{sku}' AND billable = 1 \
+                 AND toUInt32(event_time) < {}",
+                closed.trim()
+            ))
+            .trim()
+            .to_string()
+        };
+        let expected: BTreeMap<String, String> = [
+            ("api_calls_1k", used("api_calls", "1000")),
+            ("storage_gb", used("storage", "1")),
+            ("tokens_1k", used("tokens", "1000")),
+        ]
+        .into_iter()
+        .map(|(d, q)| (d.to_string(), q))
+        .collect();
+        let exported: BTreeMap<String, String> = sql(
+            "SELECT dimension, toString(toInt64(sum(quantity))) FROM meterflow.exports \
+             WHERE marketplace = 'aws' GROUP BY dimension",
+        )
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .map(|(d, q)| (d.to_string(), q.to_string()))
+        .collect();
+        (expected, exported)
+    };
+    let wait_settled = || {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+        loop {
+            let (expected, exported) = settled();
+            if expected == exported {
+                return expected;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the follow never caught up: expected {expected:?}, exported {exported:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+    };
+    let first = wait_settled();
+    assert!(first.values().all(|q| q != "0"), "{first:?}");
+    let hours = sql("SELECT count() FROM meterflow.exports WHERE record_kind = 'usage'");
+    assert!(hours.trim().parse::<u32>().unwrap() > 24, "one record per hour: {hours}");
+
+    // The run goes on: first a late globex event for an hour already sent, then a week more.
+    let mut more = first_days.clone();
+    more.push_str(r#"{"event_id":"evt-follow-late","customer_id":"globex","contract_id":"globex-legacy","sku":"api_calls","unit":"requests","quantity":"2500","timestamp":"2026-10-24T02:00:00Z","environment":"production"}"#);
+    more.push('\n');
+    more.push_str(&between("2026-10-26", "2026-11-02"));
+    std::fs::write(&input, more).unwrap();
+    run();
+    let second = wait_settled();
+    assert_ne!(first, second);
+    let late = sql(
+        "SELECT count() FROM meterflow.exports WHERE record_kind = 'compensation' \
+         AND dimension = 'api_calls_1k' AND usage_hour = toDateTime('2026-10-24 02:00:00')",
+    );
+    assert_eq!(late.trim(), "1", "the late usage settles once, as a compensation");
+
+    follow.terminate();
+    let status = follow.wait_within(std::time::Duration::from_secs(20));
+    assert!(status.success(), "{status:?}");
+    // Every request written validates, and no customer, dimension and hour repeats.
+    checked(&["--aws", path(&requests.join("aws"))]);
+}

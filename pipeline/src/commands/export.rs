@@ -13,6 +13,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context};
 use meterflow_schemas::catalog::MarketplaceKind;
@@ -20,7 +22,7 @@ use meterflow_schemas::marketplace::{
     plan, records_member, requests, sent_of, Exported, HourUsage, Record, RecordKind,
 };
 use meterflow_schemas::money::Quantity;
-use meterflow_schemas::time::{EventTime, PeriodUnit};
+use meterflow_schemas::time::{EventTime, PeriodUnit, Span};
 
 use crate::commands::report::{Report, ReportArgs};
 use crate::reports::net_usage;
@@ -56,6 +58,17 @@ pub struct ExportCommand {
     /// says, and record each record's answer (docs/marketplaces.md). Without it nothing is sent.
     #[arg(long)]
     send: bool,
+    /// Keep exporting: every `--every`, the hours the run's committed watermark has closed,
+    /// until SIGTERM or SIGINT (instead of one closed `--period`).
+    #[arg(long)]
+    follow: bool,
+    /// How often `--follow` looks for closed hours (e.g. 5m, 30s).
+    #[arg(long, default_value = "5m", value_parser = parse_span)]
+    every: Span,
+}
+
+fn parse_span(s: &str) -> Result<Span, String> {
+    Span::parse(s).map_err(|e| format!("{e}; write it like 5m or 30s"))
 }
 
 /// The period's bounds, or why it cannot be exported.
@@ -94,20 +107,52 @@ fn hours(buckets: net_usage::Buckets) -> Vec<HourUsage> {
         .collect()
 }
 
+/// What one pass of an export is about.
+struct Pass<'a> {
+    kind: MarketplaceKind,
+    label: String,
+    /// The usage hours it exports.
+    hours: (EventTime, EventTime),
+    /// The export's time (compensations are dated at its hour) and run id.
+    at: EventTime,
+    run_id: String,
+    contracts: &'a [&'a str],
+}
+
+/// What a pass did.
+struct Done {
+    failed: usize,
+    not_sendable: bool,
+}
+
+impl Done {
+    fn exit_code(&self) -> ExitCode {
+        if self.failed > 0 {
+            ExitCode::from(NOT_SENT)
+        } else if self.not_sendable {
+            // Usage that fell after it was sent needs a person, as `reconcile` on drift.
+            ExitCode::from(NOT_SENDABLE)
+        } else {
+            ExitCode::SUCCESS
+        }
+    }
+}
+
 impl ExportCommand {
     pub fn execute(self) -> anyhow::Result<ExitCode> {
         let kind = MarketplaceKind::parse(&self.marketplace).expect("clap checked it");
         let a = &self.report;
-        let Some(label) = a.period.as_deref() else {
-            bail!("export needs --period P: the closed invoice period to export (e.g. --period 2026-11)");
+        let label = match (a.period.as_deref(), self.follow) {
+            (Some(_), true) => bail!(
+                "--follow exports the hours as they close; give it no --period (export a closed period with --period P alone)"
+            ),
+            (None, false) => bail!(
+                "export needs --period P: the closed invoice period to export (e.g. --period 2026-11), or --follow"
+            ),
+            (label, _) => label,
         };
         let r = a.open("export")?;
         let unit = r.cfg.billing.period;
-        let at = match &self.at {
-            Some(t) => EventTime::parse_rfc3339(t)
-                .map_err(|e| anyhow!("--at {t}: {e}; write it like 2026-12-01T10:00:00Z"))?,
-            None => r.at,
-        };
         let catalog = &r.catalog;
         let contracts: Vec<&str> = catalog
             .contracts
@@ -124,8 +169,6 @@ impl ExportCommand {
             })
             .map(|c| c.id.as_str())
             .collect();
-        let watermark = r.watermark(&a.out)?;
-        let (from, to) = closed_period(unit, label, watermark)?;
         // Credentials and endpoints are checked before anything is planned or written.
         let mut sender = if self.send {
             Some(marketplace::connect(kind, &r.cfg.exports).map_err(|e| {
@@ -134,11 +177,124 @@ impl ExportCommand {
         } else {
             None
         };
+        let Some(label) = label else {
+            if r.ch.is_none() {
+                bail!(
+                    "--follow reads a running pipeline's ClickHouse (--clickhouse-url or [clickhouse] url): an embedded run \
+                     rewrites its CSV tables while it runs. Export its closed periods with --period P once it has ended"
+                );
+            }
+            return self.follow(&r, kind, &contracts, sender);
+        };
+        let at = match &self.at {
+            Some(t) => EventTime::parse_rfc3339(t)
+                .map_err(|e| anyhow!("--at {t}: {e}; write it like 2026-12-01T10:00:00Z"))?,
+            None => r.at,
+        };
+        let watermark = r.watermark(&a.out)?;
+        let hours = closed_period(unit, label, watermark)?;
+        let pass = Pass {
+            kind,
+            label: label.to_string(),
+            hours,
+            at,
+            run_id: r.run_id.clone(),
+            contracts: &contracts,
+        };
+        let done = self.pass(&r, &pass, sender.as_deref_mut())?;
+        Ok(done.exit_code())
+    }
+
+    /// `--follow`: every `--every`, the hours the committed watermark has closed in its current
+    /// period (and the rest of the period before, once it closes), until SIGTERM or SIGINT.
+    /// Usage that arrives late for an hour already sent settles as a compensation.
+    fn follow(
+        &self,
+        r: &Report,
+        kind: MarketplaceKind,
+        contracts: &[&str],
+        mut sender: Option<Box<dyn marketplace::Marketplace>>,
+    ) -> anyhow::Result<ExitCode> {
+        let unit = r.cfg.billing.period;
+        let every = std::time::Duration::from_millis(self.every.millis().max(1) as u64);
+        let (stop, shutdown) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+        crate::sources::shutdown::install();
+        let _graceful = crate::sources::shutdown::graceful(stop.clone(), shutdown);
+        let mut last_period = None;
+        let mut failing = false;
+        println!(
+            "{} export following the run's watermark every {}; SIGTERM or SIGINT stops it",
+            kind.as_str(),
+            self.every
+        );
+        while !stop.load(Ordering::SeqCst) {
+            let closed = match r.watermark(&self.report.out) {
+                Ok(Some(w)) => Some(EventTime(w.0.div_euclid(MS_PER_HOUR) * MS_PER_HOUR)),
+                Ok(None) => None,
+                Err(e) => {
+                    // The output or ClickHouse is not readable yet: tried again next time.
+                    tracing::warn!(error = %e, "cannot read the run's watermark");
+                    None
+                }
+            };
+            if let Some(closed) = closed {
+                let current = unit.period_of(EventTime(closed.0 - 1));
+                let mut periods = vec![];
+                if let Some(before) = last_period.filter(|p| *p != current) {
+                    periods.push((before, unit.end_of(before)));
+                }
+                periods.push((current, closed));
+                failing = false;
+                for (p, to) in periods {
+                    let at = EventTime::now();
+                    let pass = Pass {
+                        kind,
+                        label: unit.label(p),
+                        hours: (p.0, to),
+                        at,
+                        run_id: format!("export-{}", at.0),
+                        contracts,
+                    };
+                    match self.pass(r, &pass, sender.as_deref_mut()) {
+                        Ok(done) => failing |= done.failed > 0,
+                        Err(e) => {
+                            // Nothing of a failed pass was sent unrecorded: tried again next time.
+                            tracing::error!(error = %e, period = %pass.label, "export pass failed");
+                            failing = true;
+                        }
+                    }
+                }
+                last_period = Some(current);
+            }
+            let until = std::time::Instant::now() + every;
+            while std::time::Instant::now() < until && !stop.load(Ordering::SeqCst) {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
+        println!("{} export stopped", kind.as_str());
+        Ok(if failing {
+            ExitCode::from(NOT_SENT)
+        } else {
+            ExitCode::SUCCESS
+        })
+    }
+
+    /// Plans, writes, sends (with `sender`) and records one period's records.
+    fn pass(
+        &self,
+        r: &Report,
+        p: &Pass,
+        mut sender: Option<&mut (dyn marketplace::Marketplace + 'static)>,
+    ) -> anyhow::Result<Done> {
+        let a = &self.report;
+        let (kind, label, at) = (p.kind, p.label.as_str(), p.at);
+        let (from, to) = p.hours;
+        let catalog = &r.catalog;
         let oldest = sender.as_ref().and_then(|_| marketplace::oldest_hour(kind, at));
         let select = net_usage::Select {
             bucket_ms: MS_PER_HOUR,
             before: Some(to),
-            contracts: Some(&contracts),
+            contracts: Some(p.contracts),
         };
         let (usage, earlier) = match &r.ch {
             Some(ch) => (
@@ -192,8 +348,8 @@ impl ExportCommand {
         let mut rows: Vec<Exported> = records
             .iter()
             .map(|rec| Exported {
-                exported_at: r.at,
-                export_id: r.run_id.clone(),
+                exported_at: at,
+                export_id: p.run_id.clone(),
                 ..Exported::of(catalog, rec)
             })
             .collect();
@@ -209,12 +365,12 @@ impl ExportCommand {
         sendable.sort_by_key(|i| catalog.marketplaces[records[*i].listing].product.clone());
         let mut recorded = Recorded {
             earlier,
-            r: &r,
+            r,
             out: &a.out,
         };
         let mut next = 0;
         for (n, body) in bodies.iter().enumerate() {
-            let file = dir.join(format!("{}-{:04}.json", r.run_id, n + 1));
+            let file = dir.join(format!("{}-{:04}.json", p.run_id, n + 1));
             std::fs::write(&file, serde_json::to_string_pretty(body)? + "\n")
                 .with_context(|| format!("cannot write {}", file.display()))?;
             let count = body[records_member(kind)].as_array().map_or(0, Vec::len);
@@ -267,19 +423,13 @@ impl ExportCommand {
             println!(
                 "  failed: {failed} records were not taken (their detail in exports says why); the next export sends them again"
             );
-            return Ok(ExitCode::from(NOT_SENT));
         }
-        // Usage that fell after it was sent needs a person: exit 3, as `reconcile` does on drift.
-        Ok(
-            if rows
+        Ok(Done {
+            failed,
+            not_sendable: rows
                 .iter()
-                .any(|e| e.record_kind == RecordKind::NotSendable.as_str())
-            {
-                ExitCode::from(NOT_SENDABLE)
-            } else {
-                ExitCode::SUCCESS
-            },
-        )
+                .any(|e| e.record_kind == RecordKind::NotSendable.as_str()),
+        })
     }
 }
 

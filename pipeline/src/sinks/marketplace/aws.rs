@@ -14,7 +14,7 @@ use meterflow_schemas::time::EventTime;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::{all_failed, Marketplace, Outcome, Status};
+use super::outcome::{all_failed, Marketplace, Outcome, Status};
 use crate::sinks::http::{with_retries, Failure, Http};
 
 const TARGET: &str = "AWSMPMeteringService.BatchMeterUsage";

@@ -9,7 +9,7 @@
 
 use serde_json::Value;
 
-use super::{all_failed, Marketplace, Outcome, Status};
+use super::outcome::{all_failed, Marketplace, Outcome, Status};
 use crate::sinks::http::{form_encode, with_retries, Failure, Http};
 
 /// The resource a token for the marketplace metering API is asked for (Azure's fixed id).

@@ -7,7 +7,7 @@
 
 use serde_json::Value;
 
-use super::{all_failed, Marketplace, Outcome, Status};
+use super::outcome::{all_failed, Marketplace, Outcome, Status};
 use crate::sinks::http::{with_retries, Failure, Http};
 
 pub struct Gcp {

@@ -11,6 +11,9 @@
 pub mod aws;
 pub mod azure;
 pub mod gcp;
+pub mod outcome;
+
+pub use outcome::{all_failed, Marketplace, Outcome, Status};
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -18,65 +21,9 @@ use std::time::Duration;
 use meterflow_schemas::catalog::MarketplaceKind;
 use meterflow_schemas::time::{EventTime, Span};
 use serde::Deserialize;
-use serde_json::Value;
 
 use crate::config::secrets;
 use crate::sinks::http::Http;
-
-/// What a marketplace answered for one record.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Status {
-    /// Accepted: the marketplace bills it.
-    Sent,
-    /// The marketplace holds a record for this customer, dimension and hour already (a resend
-    /// after a crash between send and record, or another sender): not billed again.
-    Duplicate,
-    /// Not taken (refused, or the request failed): the next export plans it again.
-    Failed,
-}
-
-impl Status {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Sent => "sent",
-            Status::Duplicate => "duplicate",
-            Status::Failed => "failed",
-        }
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Outcome {
-    pub status: Status,
-    /// The marketplace's id of the record (AWS `MeteringRecordId`, Azure `usageEventId`, GCP
-    /// `operationId`), when it gave one.
-    pub id: String,
-    /// Why, for anything but `sent`.
-    pub detail: String,
-}
-
-impl Outcome {
-    pub fn new(status: Status, id: String, detail: &str) -> Outcome {
-        Outcome {
-            status,
-            id,
-            detail: detail.into(),
-        }
-    }
-}
-
-/// `n` records of a request that could not be sent.
-pub fn all_failed(n: usize, why: &str) -> Vec<Outcome> {
-    vec![Outcome::new(Status::Failed, String::new(), why); n]
-}
-
-/// A marketplace's metering API.
-pub trait Marketplace {
-    /// Sends one request (`product`: the listing's product code, or GCP service name); one
-    /// outcome per record of `body`, in its order. Never fails as a whole: a request that
-    /// cannot be sent makes every record `Failed`, with the reason.
-    fn send(&mut self, product: &str, body: &Value) -> Vec<Outcome>;
-}
 
 /// The oldest usage hour a live send may date a record at (AWS takes timestamps up to 6 hours
 /// old, Azure up to 24): earlier hours are sent together as one record at the export's hour.
