@@ -226,6 +226,16 @@ impl Fixture {
         let mut killed = 0;
         while killed < kills {
             let mut child = self.spawn();
+            if killed == 0 {
+                // The first kill comes after a commit, so a restart resumes from one however
+                // slowly this machine commits (the later kills fall wherever the timing puts them).
+                wait_for(
+                    &self.ch,
+                    "SELECT max(visitParamExtractUInt(counts, 'received')) FROM meterflow.sink_progress",
+                    1,
+                    "the first commit",
+                );
+            }
             rng ^= rng << 13;
             rng ^= rng >> 7;
             rng ^= rng << 17;
