@@ -245,20 +245,20 @@ pub fn plan(
                     && oldest.is_none_or(|o| hour >= o) =>
                 {
                     out.push(Record {
-                    kind: RecordKind::Usage,
-                    contract,
-                    sku,
-                    listing: account.listing,
-                    usage_hour: hour,
-                    timestamp: hour,
-                    quantity: due,
-                    key: record_key(
-                        &listing.id,
-                        &customer,
-                        &dimension.name,
-                        hour,
-                        RecordKind::Usage,
-                    ),
+                        kind: RecordKind::Usage,
+                        contract,
+                        sku,
+                        listing: account.listing,
+                        usage_hour: hour,
+                        timestamp: hour,
+                        quantity: due,
+                        key: record_key(
+                            &listing.id,
+                            &customer,
+                            &dimension.name,
+                            hour,
+                            RecordKind::Usage,
+                        ),
                     })
                 }
                 // A negative hour (a void after its usage, sent nothing yet), an hour as late
@@ -573,15 +573,28 @@ unit_size = "1000"
                 )
             })
             .collect();
-        assert!(
-            plan(&c, MarketplaceKind::Aws, &u, &sent, (h(0), h(24)), (h(40), None))
-                .unwrap()
-                .is_empty()
-        );
+        assert!(plan(
+            &c,
+            MarketplaceKind::Aws,
+            &u,
+            &sent,
+            (h(0), h(24)),
+            (h(40), None)
+        )
+        .unwrap()
+        .is_empty());
         // Late usage in hour 0 settles in one compensation at the export's hour, accounted for
         // from hour 0; hour 2, after the last hour sent, is new usage dated at its hour.
         let more = usage(&[(0, "4000"), (1, "3000"), (2, "1000")]);
-        let r = plan(&c, MarketplaceKind::Aws, &more, &sent, (h(0), h(24)), (h(40), None)).unwrap();
+        let r = plan(
+            &c,
+            MarketplaceKind::Aws,
+            &more,
+            &sent,
+            (h(0), h(24)),
+            (h(40), None),
+        )
+        .unwrap();
         assert_eq!(
             quantities(&r),
             vec![
@@ -591,11 +604,27 @@ unit_size = "1000"
         );
         assert_eq!(r[1].usage_hour, h(0));
         // The next day is another period, exported for the first time: its hours as they are.
-        let next = plan(&c, MarketplaceKind::Aws, &more, &sent, (h(2), h(48)), (h(40), None)).unwrap();
+        let next = plan(
+            &c,
+            MarketplaceKind::Aws,
+            &more,
+            &sent,
+            (h(2), h(48)),
+            (h(40), None),
+        )
+        .unwrap();
         assert_eq!(quantities(&next), vec![(RecordKind::Usage, 2, "1".into())]);
         // A void that takes usage back cannot be sent: it is reported.
         let less = usage(&[(0, "1000"), (1, "3000")]);
-        let r = plan(&c, MarketplaceKind::Aws, &less, &sent, (h(0), h(24)), (h(40), None)).unwrap();
+        let r = plan(
+            &c,
+            MarketplaceKind::Aws,
+            &less,
+            &sent,
+            (h(0), h(24)),
+            (h(40), None),
+        )
+        .unwrap();
         assert_eq!(
             quantities(&r),
             vec![(RecordKind::NotSendable, 40, "-1".into())]

@@ -387,7 +387,10 @@ impl Endpoint {
             if let Ok(p) = std::fs::read_to_string(&port_file) {
                 break p;
             }
-            assert!(std::time::Instant::now() < deadline, "the endpoint did not start");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the endpoint did not start"
+            );
             std::thread::sleep(std::time::Duration::from_millis(50));
         };
         Endpoint {
@@ -471,8 +474,8 @@ fn exports_are_sent_to_the_marketplaces_and_every_answer_is_recorded() {
             c.env("AWS_SECRET_ACCESS_KEY", secret);
         }
         let o = c.output().expect("meterflow runs");
-        let text = String::from_utf8_lossy(&o.stdout).into_owned()
-            + &String::from_utf8_lossy(&o.stderr);
+        let text =
+            String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
         for secret in [AWS_SECRET, AZURE_SECRET, GCP_TOKEN] {
             assert!(!text.contains(secret), "a secret in the output: {text}");
         }
@@ -489,7 +492,10 @@ fn exports_are_sent_to_the_marketplaces_and_every_answer_is_recorded() {
     };
     let last_export = |kind: &str| -> Vec<meterflow::reports::tables::Row> {
         let all = rows(kind);
-        let id = all.last().map(|r| r["export_id"].clone()).unwrap_or_default();
+        let id = all
+            .last()
+            .map(|r| r["export_id"].clone())
+            .unwrap_or_default();
         all.into_iter().filter(|r| r["export_id"] == id).collect()
     };
 
@@ -510,8 +516,9 @@ fn exports_are_sent_to_the_marketplaces_and_every_answer_is_recorded() {
     let failed = last_export("aws");
     assert!(!failed.is_empty());
     assert!(
-        failed.iter().all(|r| r["status"] == "failed"
-            && r["detail"].contains("InvalidSignatureException")),
+        failed
+            .iter()
+            .all(|r| r["status"] == "failed" && r["detail"].contains("InvalidSignatureException")),
         "{failed:?}"
     );
 
@@ -579,7 +586,10 @@ fn exports_are_sent_to_the_marketplaces_and_every_answer_is_recorded() {
             .as_f64()
             .unwrap();
         let usage = initech(sku).0 as f64 / Quantity::SCALE_ONE as f64 / unit as f64;
-        assert!((sent - usage).abs() < 1e-6, "{dimension}: sent {sent}, used {usage}");
+        assert!(
+            (sent - usage).abs() < 1e-6,
+            "{dimension}: sent {sent}, used {usage}"
+        );
     }
 
     // GCP takes October's hours as they are: one operation per hour, all sent. The demo's GCP
@@ -607,13 +617,22 @@ fn exports_are_sent_to_the_marketplaces_and_every_answer_is_recorded() {
         && r["record_kind"] == "usage"));
     let totals = endpoint.received()["totals"].clone();
     let gcp = |dimension: &str| {
-        totals[format!("gcp|project:globex-prod|meterflow-demo.gcpmarketplace.example.com/{dimension}")]
-            .as_f64()
+        totals[format!(
+            "gcp|project:globex-prod|meterflow-demo.gcpmarketplace.example.com/{dimension}"
+        )]
+        .as_f64()
     };
     assert_eq!(gcp("tokens_1k"), Some(thousands(globex("tokens")) as f64));
-    assert_eq!(gcp("api_calls_1k"), Some(thousands(globex("api_calls")) as f64));
+    assert_eq!(
+        gcp("api_calls_1k"),
+        Some(thousands(globex("api_calls")) as f64)
+    );
     let problems = endpoint.received()["problems"].clone();
-    assert_eq!(problems, serde_json::json!([]), "requests the marketplaces would refuse");
+    assert_eq!(
+        problems,
+        serde_json::json!([]),
+        "requests the marketplaces would refuse"
+    );
 }
 
 #[test]
@@ -635,9 +654,8 @@ fn follow_exports_each_hour_as_the_watermark_closes_it_and_settles_late_usage() 
         events
             .iter()
             .filter(|l| {
-                serde_json::from_str::<serde_json::Value>(l).is_ok_and(|e| {
-                    e["timestamp"].as_str().is_some_and(|t| t >= from && t < to)
-                })
+                serde_json::from_str::<serde_json::Value>(l)
+                    .is_ok_and(|e| e["timestamp"].as_str().is_some_and(|t| t >= from && t < to))
             })
             .map(|l| format!("{l}\n"))
             .collect()
@@ -665,10 +683,17 @@ fn follow_exports_each_hour_as_the_watermark_closes_it_and_settles_late_usage() 
 
     // Embedded output cannot be followed: its tables are rewritten while a run runs.
     let o = meterflow(&[
-        "export", "aws", "--follow", "-c", path(&catalog), "-o", path(&demo.join("out")),
+        "export",
+        "aws",
+        "--follow",
+        "-c",
+        path(&catalog),
+        "-o",
+        path(&demo.join("out")),
     ]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("--follow reads a running pipeline's ClickHouse"));
+    assert!(String::from_utf8_lossy(&o.stderr)
+        .contains("--follow reads a running pipeline's ClickHouse"));
 
     let requests = s.path().join("requests");
     let mut follow = meterflow_tests::Running(
@@ -740,7 +765,10 @@ fn follow_exports_each_hour_as_the_watermark_closes_it_and_settles_late_usage() 
     let first = wait_settled();
     assert!(first.values().all(|q| q != "0"), "{first:?}");
     let hours = sql("SELECT count() FROM meterflow.exports WHERE record_kind = 'usage'");
-    assert!(hours.trim().parse::<u32>().unwrap() > 24, "one record per hour: {hours}");
+    assert!(
+        hours.trim().parse::<u32>().unwrap() > 24,
+        "one record per hour: {hours}"
+    );
 
     // The run goes on: first a late globex event for an hour already sent, then a week more.
     let mut more = first_days.clone();
@@ -755,7 +783,11 @@ fn follow_exports_each_hour_as_the_watermark_closes_it_and_settles_late_usage() 
         "SELECT count() FROM meterflow.exports WHERE record_kind = 'compensation' \
          AND dimension = 'api_calls_1k' AND usage_hour = toDateTime('2026-10-24 02:00:00')",
     );
-    assert_eq!(late.trim(), "1", "the late usage settles once, as a compensation");
+    assert_eq!(
+        late.trim(),
+        "1",
+        "the late usage settles once, as a compensation"
+    );
 
     follow.terminate();
     let status = follow.wait_within(std::time::Duration::from_secs(20));

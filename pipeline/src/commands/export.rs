@@ -171,9 +171,10 @@ impl ExportCommand {
             .collect();
         // Credentials and endpoints are checked before anything is planned or written.
         let mut sender = if self.send {
-            Some(marketplace::connect(kind, &r.cfg.exports).map_err(|e| {
-                anyhow!("{e}. Nothing was sent or written")
-            })?)
+            Some(
+                marketplace::connect(kind, &r.cfg.exports)
+                    .map_err(|e| anyhow!("{e}. Nothing was sent or written"))?,
+            )
         } else {
             None
         };
@@ -217,7 +218,10 @@ impl ExportCommand {
     ) -> anyhow::Result<ExitCode> {
         let unit = r.cfg.billing.period;
         let every = std::time::Duration::from_millis(self.every.millis().max(1) as u64);
-        let (stop, shutdown) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+        let (stop, shutdown) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+        );
         crate::sources::shutdown::install();
         let _graceful = crate::sources::shutdown::graceful(stop.clone(), shutdown);
         let mut last_period = None;
@@ -290,7 +294,9 @@ impl ExportCommand {
         let (kind, label, at) = (p.kind, p.label.as_str(), p.at);
         let (from, to) = p.hours;
         let catalog = &r.catalog;
-        let oldest = sender.as_ref().and_then(|_| marketplace::oldest_hour(kind, at));
+        let oldest = sender
+            .as_ref()
+            .and_then(|_| marketplace::oldest_hour(kind, at));
         let select = net_usage::Select {
             bucket_ms: MS_PER_HOUR,
             before: Some(to),

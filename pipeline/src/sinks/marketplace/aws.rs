@@ -91,14 +91,20 @@ pub fn authorization(
 /// `20261204T101500Z` for a time.
 fn amz_date(t: EventTime) -> String {
     let s = t.to_string();
-    format!("{}T{}Z", s[..10].replace('-', ""), s[11..19].replace(':', ""))
+    format!(
+        "{}T{}Z",
+        s[..10].replace('-', ""),
+        s[11..19].replace(':', "")
+    )
 }
 
 /// Epoch seconds of an RFC 3339 or epoch-seconds timestamp.
 fn seconds(v: &Value) -> Option<i64> {
     match v {
         Value::Number(n) => n.as_f64().map(|f| f as i64),
-        Value::String(s) => EventTime::parse_rfc3339(s).ok().map(|t| t.0.div_euclid(1000)),
+        Value::String(s) => EventTime::parse_rfc3339(s)
+            .ok()
+            .map(|t| t.0.div_euclid(1000)),
         _ => None,
     }
 }

@@ -72,7 +72,9 @@ fn outcomes(body: &Value, answer: &Value) -> Vec<Outcome> {
                 other => Outcome::new(
                     Status::Failed,
                     id,
-                    &format!("{other}: {message}").trim_end_matches([':', ' ']).to_string(),
+                    &format!("{other}: {message}")
+                        .trim_end_matches([':', ' '])
+                        .to_string(),
                 ),
             }
         })
@@ -117,7 +119,10 @@ impl Azure {
         let token = json["access_token"]
             .as_str()
             .ok_or_else(|| {
-                Failure::permanent(format!("{} answered without an access_token", self.token_url))
+                Failure::permanent(format!(
+                    "{} answered without an access_token",
+                    self.token_url
+                ))
             })?
             .to_string();
         self.token = Some(token.clone());
@@ -130,7 +135,9 @@ impl Azure {
             ("content-type", "application/json".to_string()),
             ("authorization", format!("Bearer {token}")),
         ];
-        let answer = self.http.post(&self.usage_url, &headers, payload.to_vec())?;
+        let answer = self
+            .http
+            .post(&self.usage_url, &headers, payload.to_vec())?;
         let json: Value = serde_json::from_str(&answer.body).unwrap_or(Value::Null);
         if answer.is_success() && json.is_object() {
             return Ok(json);
@@ -186,8 +193,14 @@ mod tests {
             .map(|o| (o.status, o.id, o.detail))
             .collect();
         assert_eq!(got[0], (Status::Sent, "u-a".into(), String::new()));
-        assert_eq!((got[1].0, got[1].1.as_str()), (Status::Duplicate, "u-first"));
-        assert_eq!(got[2], (Status::Failed, "u-c".into(), "Expired: too old".into()));
+        assert_eq!(
+            (got[1].0, got[1].1.as_str()),
+            (Status::Duplicate, "u-first")
+        );
+        assert_eq!(
+            got[2],
+            (Status::Failed, "u-c".into(), "Expired: too old".into())
+        );
         assert_eq!(got[3].0, Status::Failed);
     }
 }

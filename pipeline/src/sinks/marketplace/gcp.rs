@@ -20,7 +20,10 @@ pub struct Gcp {
 
 /// The outcome of each operation of `body` from a `services.report` answer.
 fn outcomes(body: &Value, answer: &Value) -> Vec<Outcome> {
-    let errors = answer["reportErrors"].as_array().cloned().unwrap_or_default();
+    let errors = answer["reportErrors"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     body["operations"]
         .as_array()
         .map(Vec::as_slice)
@@ -28,7 +31,10 @@ fn outcomes(body: &Value, answer: &Value) -> Vec<Outcome> {
         .iter()
         .map(|op| {
             let id = op["operationId"].as_str().unwrap_or_default().to_string();
-            match errors.iter().find(|e| e["operationId"].as_str() == Some(&id)) {
+            match errors
+                .iter()
+                .find(|e| e["operationId"].as_str() == Some(&id))
+            {
                 None => Outcome::new(Status::Sent, id, ""),
                 Some(e) => {
                     let detail = format!(
@@ -54,7 +60,9 @@ impl Gcp {
         if answer.is_success() && json.is_object() {
             return Ok(json);
         }
-        let message = json["error"]["message"].as_str().unwrap_or(answer.body.trim());
+        let message = json["error"]["message"]
+            .as_str()
+            .unwrap_or(answer.body.trim());
         Err(Failure {
             error: format!("HTTP {}: {message}", answer.status),
             retry: answer.is_transient(),

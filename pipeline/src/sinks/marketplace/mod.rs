@@ -178,10 +178,7 @@ fn url(key: &str, text: &str) -> Result<hyper::Uri, String> {
 pub fn connect(kind: MarketplaceKind, cfg: &ExportsConfig) -> Result<Box<dyn Marketplace>, String> {
     let max_attempts = cfg.max_attempts.max(1);
     let timeout = cfg.timeout.millis().max(1);
-    let http = Http::new(
-        "marketplace sender",
-        Duration::from_millis(timeout as u64),
-    )?;
+    let http = Http::new("marketplace sender", Duration::from_millis(timeout as u64))?;
     let trimmed = |s: &str| s.trim_end_matches('/').to_string();
     Ok(match kind {
         MarketplaceKind::Aws => {
@@ -255,7 +252,11 @@ pub fn connect(kind: MarketplaceKind, cfg: &ExportsConfig) -> Result<Box<dyn Mar
                 http,
                 token_url: url(
                     "azure.login_endpoint",
-                    &format!("{}/{}/oauth2/token", trimmed(&c.login_endpoint), c.tenant_id),
+                    &format!(
+                        "{}/{}/oauth2/token",
+                        trimmed(&c.login_endpoint),
+                        c.tenant_id
+                    ),
                 )?,
                 usage_url: url(
                     "azure.endpoint",
@@ -300,7 +301,10 @@ mod tests {
     fn live_sends_date_records_within_what_each_marketplace_takes() {
         let at = EventTime::parse_rfc3339("2026-12-04T10:40:00Z").unwrap();
         let t = |s| Some(EventTime::parse_rfc3339(s).unwrap());
-        assert_eq!(oldest_hour(MarketplaceKind::Aws, at), t("2026-12-04T05:00:00Z"));
+        assert_eq!(
+            oldest_hour(MarketplaceKind::Aws, at),
+            t("2026-12-04T05:00:00Z")
+        );
         assert_eq!(
             oldest_hour(MarketplaceKind::Azure, at),
             t("2026-12-03T11:00:00Z")
@@ -323,7 +327,10 @@ mod tests {
         cfg.azure.tenant_id = "t".into();
         cfg.azure.client_id = "c".into();
         let e = connect(MarketplaceKind::Azure, &cfg).err().unwrap();
-        assert!(e.contains("client_secret_env/client_secret_file: neither is set"), "{e}");
+        assert!(
+            e.contains("client_secret_env/client_secret_file: neither is set"),
+            "{e}"
+        );
         std::env::set_var("METERFLOW_TEST_AZURE_SECRET", "s3cr3t-azure");
         cfg.azure.client_secret_env = Some("METERFLOW_TEST_AZURE_SECRET".into());
         cfg.azure.login_endpoint = "ftp://login".into();
