@@ -14,8 +14,8 @@ use meterflow_schemas::time::EventTime;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::outcome::{all_failed, Marketplace, Outcome, Status};
-use crate::sinks::http::{with_retries, Failure, Http};
+use super::outcome::{answered, Marketplace, Outcome, Status};
+use crate::sinks::http::{Failure, Http};
 
 const TARGET: &str = "AWSMPMeteringService.BatchMeterUsage";
 const CONTENT_TYPE: &str = "application/x-amz-json-1.1";
@@ -245,14 +245,13 @@ impl Marketplace for Aws {
     fn send(&mut self, _product: &str, body: &Value) -> Vec<Outcome> {
         let payload = wire(body).to_string().into_bytes();
         let n = body["UsageRecords"].as_array().map_or(0, Vec::len);
-        match with_retries(
+        answered(
+            "BatchMeterUsage",
+            n,
             self.max_attempts,
             || self.attempt(&payload),
-            |attempt, error| tracing::warn!(attempt, %error, "BatchMeterUsage retried"),
-        ) {
-            Ok(answer) => outcomes(body, &answer),
-            Err(e) => all_failed(n, &format!("BatchMeterUsage: {e}")),
-        }
+            |answer| outcomes(body, answer),
+        )
     }
 }
 

@@ -9,8 +9,8 @@
 
 use serde_json::Value;
 
-use super::outcome::{all_failed, Marketplace, Outcome, Status};
-use crate::sinks::http::{form_encode, with_retries, Failure, Http};
+use super::outcome::{answered, Marketplace, Outcome, Status};
+use crate::sinks::http::{form_encode, Failure, Http};
 
 /// The resource a token for the marketplace metering API is asked for (Azure's fixed id).
 pub const METERING_RESOURCE: &str = "20e940b3-4c77-4b0b-9a53-9e16a1b010a7";
@@ -162,14 +162,13 @@ impl Marketplace for Azure {
     fn send(&mut self, _product: &str, body: &Value) -> Vec<Outcome> {
         let payload = body.to_string().into_bytes();
         let n = body["request"].as_array().map_or(0, Vec::len);
-        match with_retries(
+        answered(
+            "batchUsageEvent",
+            n,
             self.max_attempts,
             || self.attempt(&payload),
-            |attempt, error| tracing::warn!(attempt, %error, "batchUsageEvent retried"),
-        ) {
-            Ok(answer) => outcomes(body, &answer),
-            Err(e) => all_failed(n, &format!("batchUsageEvent: {e}")),
-        }
+            |answer| outcomes(body, answer),
+        )
     }
 }
 

@@ -7,8 +7,8 @@
 
 use serde_json::Value;
 
-use super::outcome::{all_failed, Marketplace, Outcome, Status};
-use crate::sinks::http::{with_retries, Failure, Http};
+use super::outcome::{all_failed, answered, Marketplace, Outcome, Status};
+use crate::sinks::http::{Failure, Http};
 
 pub struct Gcp {
     pub(super) http: Http,
@@ -79,14 +79,13 @@ impl Marketplace for Gcp {
             Err(e) => return all_failed(n, &format!("services.report: {url}: {e}")),
         };
         let payload = body.to_string().into_bytes();
-        match with_retries(
+        answered(
+            "services.report",
+            n,
             self.max_attempts,
             || self.attempt(&url, &payload),
-            |attempt, error| tracing::warn!(attempt, %error, "services.report retried"),
-        ) {
-            Ok(answer) => outcomes(body, &answer),
-            Err(e) => all_failed(n, &format!("services.report: {e}")),
-        }
+            |answer| outcomes(body, answer),
+        )
     }
 }
 

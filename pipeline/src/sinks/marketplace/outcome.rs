@@ -3,6 +3,8 @@
 
 use serde_json::Value;
 
+use crate::sinks::http::{with_retries, Failure};
+
 /// What a marketplace answered for one record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Status {
@@ -56,4 +58,23 @@ pub trait Marketplace {
     /// outcome per record of `body`, in its order. Never fails as a whole: a request that
     /// cannot be sent makes every record `Failed`, with the reason.
     fn send(&mut self, product: &str, body: &Value) -> Vec<Outcome>;
+}
+
+/// One request to `api` of `n` records, retried as [`with_retries`] does: the `outcomes` of its
+/// answer, or every record failed with the error.
+pub fn answered(
+    api: &str,
+    n: usize,
+    max_attempts: u32,
+    attempt: impl FnMut() -> Result<Value, Failure>,
+    outcomes: impl FnOnce(&Value) -> Vec<Outcome>,
+) -> Vec<Outcome> {
+    match with_retries(
+        max_attempts,
+        attempt,
+        |attempt, error| tracing::warn!(attempt, %error, api, "marketplace request retried"),
+    ) {
+        Ok(answer) => outcomes(&answer),
+        Err(e) => all_failed(n, &format!("{api}: {e}")),
+    }
 }
