@@ -39,7 +39,7 @@ use crate::progress::{commit_progress, CommitTo, Progress, ProgressStore};
 use crate::rate_join::rate_join;
 use crate::signed::Signed;
 use crate::sink::{sink, FlushPolicy, Writers};
-use crate::source::{source, BufferPool, ChunkReader};
+use crate::source::{source, BufferPool, ChunkReader, FlowControl};
 use crate::watermark::{LatenessPolicy, WatermarkTracker};
 use crate::{Epoch, Fatal};
 
@@ -52,6 +52,8 @@ pub struct Plan {
     pub rounding: Rounding,
     /// How many epochs a source may run ahead of deduplicated work.
     pub max_epochs_ahead: u64,
+    /// Input bytes a source may have read whose outputs are not yet durable.
+    pub max_unwritten_bytes: u64,
     /// Invoice lines are re-priced once per this many epochs.
     pub epochs_per_round: u64,
     /// Usage buckets and anomaly detection.
@@ -163,11 +165,16 @@ pub fn build<'s>(
     let admitted = ProbeHandle::new();
     let pool = BufferPool::default();
     let done = ProbeHandle::new();
+    let flow = FlowControl {
+        admitted: admitted.clone(),
+        max_epochs_ahead: plan.max_epochs_ahead,
+        durable: done.clone(),
+        max_unwritten_bytes: plan.max_unwritten_bytes,
+    };
     let chunks = source(
         scope,
         io.reader,
-        admitted.clone(),
-        plan.max_epochs_ahead,
+        flow,
         fatal.clone(),
         totals.clock.clone(),
         pool.clone(),

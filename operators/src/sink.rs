@@ -11,8 +11,8 @@
 //! A writer may flush in the background ([`TableWriter::start_flush`]): the worker goes on
 //! buffering rows while the flush runs, one flush per table at a time, and the capability moves
 //! only when it has finished. A writer that cannot make progress (a database down) retries with
-//! backoff; its frontier stops, the sources stop `max_epochs_ahead` later, so memory stays
-//! bounded. A writer error it
+//! backoff; its frontier stops, and the sources stop once what they read since holds
+//! `max_unwritten_bytes`, so memory stays bounded. A writer error it
 //! cannot retry is recorded as fatal for the run and the capability is kept: nothing downstream
 //! is told the data is complete.
 

@@ -7,8 +7,11 @@
 //! cuts its partitions' messages into one chunk per epoch interval, and records the offsets
 //! reached so progress can be committed with the outputs.
 //!
-//! Flow control: a worker does not start an epoch more than `max_epochs_ahead` beyond what the
-//! whole dataflow has completed, so state stashed for unfinished epochs stays bounded.
+//! Flow control, two bounds: a worker does not start an epoch more than `max_epochs_ahead`
+//! beyond what deduplication has completed (state stashed for unfinished epochs stays bounded),
+//! nor read more once the chunks it handed out whose outputs are not yet durable hold
+//! `max_unwritten_bytes` (rows waiting for a slow or stopped output stay bounded: the reader
+//! pauses, and a Kafka backlog waits in the broker instead of in memory).
 //!
 //! Errors: an I/O error keeps the capability (downstream must not believe the input complete),
 //! records the error for the driver and stops reading; the driver then fails the run.
@@ -134,11 +137,69 @@ pub fn recycle(pool: &BufferPool, mut buf: Vec<u8>) {
     }
 }
 
+/// How far a source may read ahead (see the module documentation).
+pub struct FlowControl {
+    /// Completes as deduplication finishes epochs.
+    pub admitted: ProbeHandle<Epoch>,
+    pub max_epochs_ahead: u64,
+    /// Completes as every output of an epoch is durable.
+    pub durable: ProbeHandle<Epoch>,
+    pub max_unwritten_bytes: u64,
+}
+
+/// The chunks a worker handed out whose outputs are not yet durable, and how long reading has
+/// waited for them.
+#[derive(Default)]
+struct Unwritten {
+    chunks: std::collections::VecDeque<(Epoch, u64)>,
+    bytes: u64,
+    waiting_since: Option<std::time::Instant>,
+    warned: bool,
+}
+
+impl Unwritten {
+    /// Whether reading must wait: forgets the chunks `durable` has passed, then compares.
+    fn full(&mut self, durable: &ProbeHandle<Epoch>, max: u64) -> bool {
+        let first_open = durable.with_frontier(|f| f.as_option().copied());
+        while let Some(&(epoch, bytes)) = self.chunks.front() {
+            if first_open.is_some_and(|open| epoch >= open) {
+                break;
+            }
+            self.chunks.pop_front();
+            self.bytes -= bytes;
+        }
+        let full = self.bytes >= max;
+        match (full, self.waiting_since) {
+            (true, None) => self.waiting_since = Some(std::time::Instant::now()),
+            (true, Some(since)) if !self.warned && since.elapsed().as_secs() >= 5 => {
+                self.warned = true;
+                tracing::warn!(
+                    unwritten_bytes = self.bytes,
+                    max_unwritten_bytes = max,
+                    "reading paused for 5 s: the outputs of what was read are not durable yet \
+                     (ClickHouse slow or down?); input waits in its source, not in memory"
+                );
+            }
+            (false, Some(since)) => {
+                if self.warned {
+                    tracing::info!(
+                        paused_ms = since.elapsed().as_millis() as u64,
+                        "reading resumed: the outputs caught up"
+                    );
+                }
+                self.waiting_since = None;
+                self.warned = false;
+            }
+            _ => {}
+        }
+        full
+    }
+}
+
 pub fn source<'s>(
     scope: Scope<'s, Epoch>,
     mut reader: Box<dyn ChunkReader>,
-    completed: ProbeHandle<Epoch>,
-    max_epochs_ahead: u64,
+    flow: FlowControl,
     fatal: Fatal,
     clock: LatencyClock,
     pool: BufferPool,
@@ -146,6 +207,7 @@ pub fn source<'s>(
     timely_source(scope, "Source", move |capability, info| {
         let activator = Rc::new(scope.activator_for(info.address));
         let mut cap = Some(capability);
+        let mut unwritten = Unwritten::default();
         move |output| {
             let Some(c) = cap.as_mut() else { return };
             if fatal.is_set() {
@@ -158,15 +220,24 @@ pub fn source<'s>(
             if *c.time() < epoch {
                 c.downgrade(&epoch);
             }
-            let done_through = completed.with_frontier(|f| f.as_option().copied());
-            if done_through.is_some_and(|done| epoch > done + max_epochs_ahead) {
+            let done_through = flow.admitted.with_frontier(|f| f.as_option().copied());
+            if done_through.is_some_and(|done| epoch > done + flow.max_epochs_ahead) {
                 activator.activate();
+                return;
+            }
+            if unwritten.full(&flow.durable, flow.max_unwritten_bytes) {
+                // Outputs take seconds to catch up (a flush, a database back): look again soon
+                // without spinning a core.
+                activator.activate_after(std::time::Duration::from_millis(2));
                 return;
             }
             let buf = pool.borrow_mut().pop().unwrap_or_default();
             match reader.next_chunk(buf) {
                 Read::Chunk(chunk) => {
                     clock.start(chunk.epoch);
+                    let bytes = chunk.bytes.len() as u64;
+                    unwritten.chunks.push_back((chunk.epoch, bytes));
+                    unwritten.bytes += bytes;
                     output.session(&c).give(chunk);
                     match reader.peek_epoch() {
                         Some(next) => c.downgrade(&next),

@@ -81,6 +81,7 @@ pub fn plan(catalog: Catalog) -> Plan {
         },
         rounding: Rounding::HalfEven,
         max_epochs_ahead: 16,
+        max_unwritten_bytes: 256 << 20,
         epochs_per_round: 1,
         anomalies: meterflow_schemas::anomaly::AnomalyRules::default(),
     }

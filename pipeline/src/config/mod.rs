@@ -93,6 +93,10 @@ pub struct InputConfig {
     pub chunk_bytes: u64,
     /// How many epochs a reader may run ahead of completed work (bounds memory).
     pub max_epochs_ahead: u64,
+    /// Bytes of input a reader (one per worker) may have read whose outputs are not yet durable;
+    /// beyond it reading pauses until the outputs catch up (bounds memory while an output is slow
+    /// or down).
+    pub max_unwritten_bytes: u64,
 }
 
 impl Default for InputConfig {
@@ -100,6 +104,7 @@ impl Default for InputConfig {
         InputConfig {
             chunk_bytes: 4 << 20,
             max_epochs_ahead: 8,
+            max_unwritten_bytes: 256 << 20,
         }
     }
 }
@@ -398,6 +403,7 @@ impl Config {
             },
             rounding: self.billing.rounding,
             max_epochs_ahead: self.input.max_epochs_ahead.max(1),
+            max_unwritten_bytes: self.input.max_unwritten_bytes.max(1),
             epochs_per_round: self.output.price_every_epochs.max(1),
             anomalies: self.anomalies.clone(),
         }

@@ -355,6 +355,8 @@ pub struct KafkaReader {
     exit_when_idle: Option<Duration>,
     last_message: Instant,
     last_end_check: Instant,
+    /// When the source last asked for a chunk: a long gap means flow control held the reader.
+    last_asked: Instant,
     last_warning: Option<Instant>,
     start_latest: bool,
     bytes: Vec<u8>,
@@ -479,6 +481,7 @@ impl KafkaReader {
                 .map(|s| Duration::from_millis(s.millis().max(0) as u64)),
             last_message: Instant::now(),
             last_end_check: Instant::now(),
+            last_asked: Instant::now(),
             last_warning: None,
             start_latest,
             bytes: Vec::new(),
@@ -563,6 +566,19 @@ impl KafkaReader {
                 }
             }
         }
+    }
+
+    /// After the reader was held back (its outputs were not durable, e.g. ClickHouse stopped),
+    /// time spent not reading is not time idle: messages that arrived meanwhile wait unread, and
+    /// an end seen before proves nothing about now. Every partition's quiet period, and the
+    /// exit-when-idle one, start again.
+    fn restart_quiet_clocks(&mut self) {
+        let now = Instant::now();
+        for seen in self.last_seen.values_mut() {
+            seen.1 = now;
+        }
+        self.last_message = now;
+        self.at_end.clear();
     }
 
     /// Whether the partition no longer holds back the watermark: read to its end and idle for
@@ -664,6 +680,10 @@ impl ChunkReader for KafkaReader {
         if self.done || self.assigned.is_empty() {
             return Read::Done;
         }
+        if self.last_asked.elapsed() >= Duration::from_secs(1) {
+            self.restart_quiet_clocks();
+        }
+        self.last_asked = Instant::now();
         let stopping = self.stopping();
         if !stopping {
             self.poll_ready();
