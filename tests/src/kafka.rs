@@ -111,12 +111,28 @@ pub struct UsageProducer {
 impl UsageProducer {
     /// An idempotent producer (no duplicates from producer retries).
     pub fn new(brokers: &str, topic: &str, partitions: u32, batching: Batching) -> UsageProducer {
-        let producer = ClientConfig::new()
+        UsageProducer::with_settings(brokers, topic, partitions, batching, &[])
+    }
+
+    /// As [`UsageProducer::new`], with librdkafka `settings` on top (e.g. `compression.type`).
+    pub fn with_settings(
+        brokers: &str,
+        topic: &str,
+        partitions: u32,
+        batching: Batching,
+        settings: &[(&str, &str)],
+    ) -> UsageProducer {
+        let mut config = ClientConfig::new();
+        config
             .set("bootstrap.servers", brokers)
             .set("enable.idempotence", "true")
             .set("linger.ms", "5")
             .set("queue.buffering.max.messages", "1000000")
-            .set("queue.buffering.max.kbytes", "1048576")
+            .set("queue.buffering.max.kbytes", "1048576");
+        for (k, v) in settings {
+            config.set(*k, *v);
+        }
+        let producer = config
             .create_with_context(Deliveries::default())
             .expect("producer");
         UsageProducer {

@@ -58,6 +58,17 @@ pub struct ClickHouseServer {
 }
 
 impl ClickHouseServer {
+    /// A server another process started and still runs (`dir`: its scratch directory), on
+    /// `http_port`; dropping this leaves it running.
+    pub fn attach(dir: &Path, http_port: u16) -> ClickHouseServer {
+        ClickHouseServer {
+            child: None,
+            dir: dir.to_path_buf(),
+            http_port,
+            config: dir.join("clickhouse/config.xml"),
+        }
+    }
+
     pub fn start(dir: &Path) -> ClickHouseServer {
         ClickHouseServer::start_with(dir, "", "")
     }
