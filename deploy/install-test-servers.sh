@@ -41,9 +41,10 @@ if ! python3 -c 'import chdb' >/dev/null 2>&1; then
 fi
 
 # selenium drives Chromium; botocore (its AWS Marketplace Metering model and parameter validator)
-# and jsonschema check the marketplace request files `meterflow export` writes;
-# kubernetes-validate checks deploy/k8s/ offline against Kubernetes' own schemas.
-for package in selenium botocore jsonschema kubernetes-validate; do
+# and jsonschema check the marketplace request files `meterflow export` writes; cryptography
+# lets the marketplace stand-in verify Google service account JWTs; kubernetes-validate checks
+# deploy/k8s/ offline against Kubernetes' own schemas.
+for package in selenium botocore jsonschema cryptography kubernetes-validate; do
   module=${package//-/_}
   if ! python3 -c "import $module" >/dev/null 2>&1; then
     echo "installing $package" >&2

@@ -19,17 +19,27 @@ services' own published models where one exists:
 - GCP `services.report` (POST /v1/services/<name>:report) with a bearer token: the body against
   its JSON Schema; operations recognised by id; a metric outside the service is a report error.
 
+Tokens: Azure's client-credentials grant (POST /<tenant>/oauth2/token), Azure managed identity
+(GET /metadata/identity/oauth2/token with `Metadata: true`, as the instance metadata service),
+and Google's JWT bearer grant (POST /gcp/token: the assertion's RS256 signature verified with the
+service account's public key, its issuer, audience, scope and lifetime checked). Azure and GCP
+requests must carry a token this endpoint issued (or `ENDPOINT_GCP_TOKEN`).
+
 POST /control takes `{"refuse": [customers], "unavailable": n, "throttle": n}` (the next n
-requests answer 503, or AWS `ThrottlingException`). GET /received returns what was accepted:
+requests answer 503, or AWS `ThrottlingException`), and optionally `"gcp_key_file": path`
+(writes a new service account key there, its `token_uri` this endpoint) and `"token_uses": n`
+(each token issued from then on is good for n requests, then answered 401). GET /received returns what was accepted:
 `{"totals": {"aws|customer|dimension": quantity, ...}, "requests": n, "problems": [...]}`, where
-`problems` lists every request refused for its shape or signature (a correct sender has none).
+`problems` lists every request refused for its shape or signature (a correct sender has none);
+`tokens_issued` counts tokens per grant.
 
     marketplace_endpoint.py --port-file F --now 2026-12-01T00:20:00Z
     env: ENDPOINT_AWS_KEY_ID, ENDPOINT_AWS_SECRET, ENDPOINT_AZURE_TENANT, ENDPOINT_AZURE_CLIENT_ID,
-         ENDPOINT_AZURE_SECRET, ENDPOINT_GCP_TOKEN
+         ENDPOINT_AZURE_SECRET, ENDPOINT_GCP_TOKEN, ENDPOINT_AZURE_MI_CLIENT_ID (optional)
 """
 
 import argparse
+import base64
 import calendar
 import datetime
 import hmac
@@ -44,7 +54,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 AZURE_RESOURCE = "20e940b3-4c77-4b0b-9a53-9e16a1b010a7"
-AZURE_TOKEN = "azure-token-" + uuid.uuid4().hex
 HOUR = 3600
 
 lock = threading.Lock()
@@ -58,7 +67,19 @@ state = {
     "aws": {},  # (product, customer, dimension, ts) -> (quantity, id)
     "azure": set(),  # (resource, plan, dimension, hour)
     "gcp": set(),  # operation ids
+    "tokens": {},  # token -> requests it may still make (None: unlimited)
+    "token_uses": None,
+    "tokens_issued": defaultdict(int),
+    "gcp_key": None,  # (private key, client_email, token_uri)
 }
+
+
+def issue(grant):
+    token = f"{grant}-{uuid.uuid4().hex}"
+    with lock:
+        state["tokens"][token] = state["token_uses"]
+        state["tokens_issued"][grant] += 1
+    return token
 
 
 class Refused(Exception):
@@ -169,9 +190,81 @@ def schema_errors(schema_file, body):
     return "; ".join(f"{'/'.join(map(str, e.path))}: {e.message}" for e in errors[:5])
 
 
-def bearer(handler, token):
-    if handler.headers.get("Authorization") != f"Bearer {token}":
-        raise Refused(401, {"error": {"code": 401, "message": "invalid or missing bearer token"}})
+def bearer(handler, fixed=None):
+    """The request's bearer token must be `fixed` or one this endpoint issued and not used up."""
+    auth = handler.headers.get("Authorization") or ""
+    token = auth[len("Bearer "):] if auth.startswith("Bearer ") else None
+    if token is not None and token == fixed:
+        return
+    with lock:
+        left = state["tokens"].get(token, 0) if token else 0
+        if left is None:
+            return
+        if left > 0:
+            state["tokens"][token] = left - 1
+            return
+    # An expired token is no problem of the sender's shape: it must fetch a new one.
+    raise Refused(401, {"error": {"code": 401, "message": "invalid, expired or missing bearer token"}},
+                  problem=token is None)
+
+
+def b64url(text):
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def write_gcp_key(path, token_uri):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption()).decode()
+    email = "meterflow-metering@acme-saas.iam.gserviceaccount.com"
+    with open(path, "w") as f:
+        json.dump({"type": "service_account", "project_id": "acme-saas", "private_key_id": uuid.uuid4().hex,
+                   "private_key": pem, "client_email": email, "client_id": "1234567890",
+                   "token_uri": token_uri}, f)
+    state["gcp_key"] = (key, email, token_uri)
+
+
+def gcp_token(body):
+    """Google's JWT bearer grant: the assertion must be signed by the service account's key."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+    form = dict(urllib.parse.parse_qsl(body.decode()))
+    if form.get("grant_type") != "urn:ietf:params:oauth:grant-type:jwt-bearer" or "assertion" not in form:
+        raise Refused(400, {"error": "invalid_request", "error_description": f"unexpected form {sorted(form)}"})
+    if state["gcp_key"] is None:
+        raise Refused(400, {"error": "invalid_grant", "error_description": "no service account"})
+    key, email, token_uri = state["gcp_key"]
+    head, claims, signature = form["assertion"].split(".")
+    try:
+        key.public_key().verify(b64url(signature), f"{head}.{claims}".encode(), padding.PKCS1v15(), hashes.SHA256())
+    except Exception:
+        raise Refused(400, {"error": "invalid_grant", "error_description": "Invalid JWT Signature."})
+    header, c = json.loads(b64url(head)), json.loads(b64url(claims))
+    now = calendar.timegm(datetime.datetime.now(datetime.timezone.utc).timetuple())
+    wrong = [name for name, ok in [
+        ("alg", header.get("alg") == "RS256"),
+        ("iss", c.get("iss") == email),
+        ("aud", c.get("aud") == token_uri),
+        ("scope", "https://www.googleapis.com/auth/servicecontrol" in c.get("scope", "").split()),
+        ("iat", abs(c.get("iat", 0) - now) <= 300),
+        ("exp", 0 < c.get("exp", 0) - c.get("iat", 0) <= 3600),
+    ] if not ok]
+    if wrong:
+        raise Refused(400, {"error": "invalid_grant", "error_description": f"bad JWT claims {wrong}: {header} {c}"})
+    return {"access_token": issue("gcp-sa"), "expires_in": 3599, "token_type": "Bearer"}
+
+
+def azure_managed_identity(handler, query):
+    q = dict(urllib.parse.parse_qsl(query))
+    want_client = os.environ.get("ENDPOINT_AZURE_MI_CLIENT_ID")
+    if handler.headers.get("Metadata") != "true" or q.get("api-version") != "2018-02-01" \
+            or q.get("resource") != AZURE_RESOURCE or (want_client and q.get("client_id") != want_client):
+        raise Refused(400, {"error": "invalid_request",
+                            "error_description": f"Metadata header {handler.headers.get('Metadata')!r}, query {q}"})
+    return {"access_token": issue("azure-mi"), "expires_in": "86399", "resource": AZURE_RESOURCE,
+            "token_type": "Bearer"}
 
 
 def azure_token(body):
@@ -182,11 +275,11 @@ def azure_token(body):
             form.get("client_secret") != os.environ["ENDPOINT_AZURE_SECRET"]:
         raise Refused(401, {"error": "invalid_client",
                             "error_description": "AADSTS7000215: Invalid client secret provided."}, problem=False)
-    return {"token_type": "Bearer", "expires_in": "3599", "access_token": AZURE_TOKEN}
+    return {"token_type": "Bearer", "expires_in": "3599", "access_token": issue("azure-secret")}
 
 
 def azure(handler, body, now):
-    bearer(handler, AZURE_TOKEN)
+    bearer(handler)
     payload = json.loads(body)
     problems = schema_errors("azure-batch-usage-event.schema.json", payload)
     if problems:
@@ -252,10 +345,18 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def do_GET(self):
-        if self.path == "/received":
+        path = urllib.parse.urlsplit(self.path)
+        if path.path == "/received":
             with lock:
                 self.answer(200, {"totals": dict(state["totals"]), "requests": state["requests"],
-                                  "problems": state["problems"]})
+                                  "problems": state["problems"], "tokens_issued": dict(state["tokens_issued"])})
+        elif path.path == "/metadata/identity/oauth2/token":
+            try:
+                self.answer(200, azure_managed_identity(self, path.query))
+            except Refused as r:
+                with lock:
+                    state["problems"].append(f"GET {self.path}: {r.body}")
+                self.answer(r.status, r.body)
         else:
             self.answer(404, {"message": "not found"})
 
@@ -269,12 +370,19 @@ class Handler(BaseHTTPRequestHandler):
                     state["refuse"] = set(c.get("refuse", []))
                     state["unavailable"] = c.get("unavailable", 0)
                     state["throttle"] = c.get("throttle", 0)
+                    if "token_uses" in c:
+                        state["token_uses"] = c["token_uses"]
+                    if "gcp_key_file" in c:
+                        host, port = self.server.server_address[:2]
+                        write_gcp_key(c["gcp_key_file"], f"http://{host}:{port}/gcp/token")
                 return self.answer(200, {})
             with lock:
                 state["requests"] += 1
                 if state["unavailable"] > 0:
                     state["unavailable"] -= 1
                     raise Refused(503, {"message": "service unavailable"}, problem=False)
+            if path.path == "/gcp/token":
+                return self.answer(200, gcp_token(body))
             if path.path.endswith("/oauth2/token"):
                 tenant = path.path.split("/")[1]
                 if tenant != os.environ["ENDPOINT_AZURE_TENANT"]:

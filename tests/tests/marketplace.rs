@@ -435,19 +435,28 @@ fn exports_are_sent_to_the_marketplaces_and_every_answer_is_recorded() {
     std::fs::write(&token_file, format!("{GCP_TOKEN}\n")).unwrap();
     let config = s.path().join("send.toml");
     let url = &endpoint.url;
-    std::fs::write(
-        &config,
-        std::fs::read_to_string(demo.join("meterflow.toml")).unwrap()
-            + &format!(
-                "\n[exports]\nmax_attempts = 3\ntimeout = \"10s\"\n\
-                 \n[exports.aws]\nendpoint = \"{url}\"\n\
-                 \n[exports.azure]\ntenant_id = \"tenant-1\"\nclient_id = \"meterflow-offer\"\n\
-                 client_secret_env = \"METERFLOW_TEST_AZURE_SECRET\"\nlogin_endpoint = \"{url}\"\nendpoint = \"{url}\"\n\
-                 \n[exports.gcp]\naccess_token_file = \"{}\"\nendpoint = \"{url}\"\n",
-                path(&token_file)
-            ),
-    )
-    .unwrap();
+    // `azure`, `gcp`: how each authenticates (the config is rewritten between phases).
+    let write_config = |azure: &str, gcp: &str| {
+        std::fs::write(
+            &config,
+            std::fs::read_to_string(demo.join("meterflow.toml")).unwrap()
+                + &format!(
+                    "\n[exports]\nmax_attempts = 3\ntimeout = \"10s\"\n\
+                     \n[exports.aws]\nendpoint = \"{url}\"\n\
+                     \n[exports.azure]\n{azure}\nendpoint = \"{url}\"\n\
+                     \n[exports.gcp]\n{gcp}\nendpoint = \"{url}\"\n"
+                ),
+        )
+        .unwrap();
+    };
+    let gcp_key = s.path().join("gcp-service-account.json");
+    write_config(
+        &format!(
+            "tenant_id = \"tenant-1\"\nclient_id = \"meterflow-offer\"\n\
+             client_secret_env = \"METERFLOW_TEST_AZURE_SECRET\"\nlogin_endpoint = \"{url}\""
+        ),
+        &format!("access_token_file = \"{}\"", path(&token_file)),
+    );
     let export = |kind: &str, aws_secret: Option<&str>| {
         let mut c = Command::new(meterflow_tests::meterflow_bin());
         c.args([
@@ -569,9 +578,20 @@ fn exports_are_sent_to_the_marketplaces_and_every_answer_is_recorded() {
     assert!(last_export("azure")
         .iter()
         .all(|r| r["status"] == "failed" && r["detail"].contains("(after 3 attempts)")));
-    endpoint.control(serde_json::json!({}));
+    // Back, and meterflow now runs where Azure gives it a managed identity (and Google a
+    // service account key); every token is good for one request, so each later request must
+    // fetch a new one.
+    write_config(
+        &format!(
+            "managed_identity = true\nmanaged_identity_client_id = \"mi-client-1\"\n\
+             managed_identity_endpoint = \"{url}/metadata/identity/oauth2/token\""
+        ),
+        &format!("service_account_key_file = \"{}\"", path(&gcp_key)),
+    );
+    endpoint.control(serde_json::json!({"gcp_key_file": path(&gcp_key), "token_uses": 1}));
     let (code, text) = export("azure", None);
     assert_eq!(code, Some(0), "{text}");
+    assert!(endpoint.received()["tokens_issued"]["azure-mi"].as_u64() >= Some(1));
     assert!(last_export("azure")
         .iter()
         .all(|r| r["status"] == "sent" && !r["response_id"].is_empty()));
@@ -612,6 +632,11 @@ fn exports_are_sent_to_the_marketplaces_and_every_answer_is_recorded() {
     assert_eq!(code, Some(0), "{text}");
     let gcp = last_export("gcp");
     assert!(gcp.len() > 100, "{} hours", gcp.len());
+    // More than one request, each with a token of its own, signed for by the key.
+    let issued = endpoint.received()["tokens_issued"]["gcp-sa"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(issued >= 2, "{issued} service account tokens");
     assert!(gcp.iter().all(|r| r["status"] == "sent"
         && r["response_id"] == r["record_key"]
         && r["record_kind"] == "usage"));

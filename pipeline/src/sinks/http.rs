@@ -31,6 +31,7 @@ impl Answer {
 }
 
 /// Why a request failed, and whether a retry may succeed.
+#[derive(Debug)]
 pub struct Failure {
     pub error: String,
     pub retry: bool,
@@ -93,7 +94,25 @@ impl Http {
         headers: &[(&str, String)],
         body: Vec<u8>,
     ) -> Result<Answer, Failure> {
-        let mut request = hyper::Request::post(url.clone()).header("user-agent", "meterflow");
+        self.request(hyper::Method::POST, url, headers, body)
+    }
+
+    /// One GET with `headers`, answered as [`Http::post`] is.
+    pub fn get(&self, url: &hyper::Uri, headers: &[(&str, String)]) -> Result<Answer, Failure> {
+        self.request(hyper::Method::GET, url, headers, Vec::new())
+    }
+
+    fn request(
+        &self,
+        method: hyper::Method,
+        url: &hyper::Uri,
+        headers: &[(&str, String)],
+        body: Vec<u8>,
+    ) -> Result<Answer, Failure> {
+        let mut request = hyper::Request::builder()
+            .method(method)
+            .uri(url.clone())
+            .header("user-agent", "meterflow");
         for (name, value) in headers {
             request = request.header(*name, value);
         }

@@ -1,5 +1,6 @@
 //! Azure Marketplace metering service `batchUsageEvent`, with a bearer token from Microsoft Entra
-//! ID (the client-credentials grant of the app registered for the SaaS offer).
+//! ID: the client-credentials grant of the app registered for the SaaS offer, or the managed
+//! identity of the VM, AKS node or app meterflow runs on ([`super::tokens`]).
 //!
 //! Each event's answer is matched by resource, dimension and hour: `Accepted` is `sent` (its
 //! `usageEventId` kept), `Duplicate` is `duplicate` (Azure holds an event for that resource,
@@ -10,18 +11,27 @@
 use serde_json::Value;
 
 use super::outcome::{answered, Marketplace, Outcome, Status};
+use super::tokens::{ManagedIdentity, Token};
 use crate::sinks::http::{form_encode, Failure, Http};
 
 /// The resource a token for the marketplace metering API is asked for (Azure's fixed id).
 pub const METERING_RESOURCE: &str = "20e940b3-4c77-4b0b-9a53-9e16a1b010a7";
 
+/// How the sender gets its tokens.
+pub enum Credential {
+    ClientSecret {
+        token_url: hyper::Uri,
+        client_id: String,
+        client_secret: String,
+    },
+    ManagedIdentity(ManagedIdentity),
+}
+
 pub struct Azure {
     pub(super) http: Http,
-    pub(super) token_url: hyper::Uri,
+    pub(super) credential: Credential,
     pub(super) usage_url: hyper::Uri,
-    pub(super) client_id: String,
-    pub(super) client_secret: String,
-    pub(super) token: Option<String>,
+    pub(super) token: Option<Token>,
     pub(super) max_attempts: u32,
 }
 
@@ -83,50 +93,36 @@ fn outcomes(body: &Value, answer: &Value) -> Vec<Outcome> {
 
 impl Azure {
     fn token(&mut self) -> Result<String, Failure> {
-        if let Some(t) = &self.token {
-            return Ok(t.clone());
+        if let Some(t) = self.token.as_ref().filter(|t| t.fresh()) {
+            return Ok(t.value.clone());
         }
-        let form = format!(
-            "grant_type=client_credentials&client_id={}&client_secret={}&resource={}",
-            form_encode(&self.client_id),
-            form_encode(&self.client_secret),
-            METERING_RESOURCE
-        );
-        let answer = self.http.post(
-            &self.token_url,
-            &[(
-                "content-type",
-                "application/x-www-form-urlencoded".to_string(),
-            )],
-            form.into_bytes(),
-        )?;
-        if !answer.is_success() {
-            // The answer names the problem (wrong secret, unknown client); never the secret.
-            let json: Value = serde_json::from_str(&answer.body).unwrap_or(Value::Null);
-            let why = json["error_description"]
-                .as_str()
-                .or_else(|| json["error"].as_str())
-                .unwrap_or(answer.body.trim());
-            return Err(Failure {
-                error: format!(
-                    "no token from {} (HTTP {}): {why}",
-                    self.token_url, answer.status
-                ),
-                retry: answer.is_transient(),
-            });
-        }
-        let json: Value = serde_json::from_str(&answer.body).unwrap_or(Value::Null);
-        let token = json["access_token"]
-            .as_str()
-            .ok_or_else(|| {
-                Failure::permanent(format!(
-                    "{} answered without an access_token",
-                    self.token_url
-                ))
-            })?
-            .to_string();
+        let token = match &self.credential {
+            Credential::ManagedIdentity(identity) => identity.fetch(&self.http)?,
+            Credential::ClientSecret {
+                token_url,
+                client_id,
+                client_secret,
+            } => {
+                let form = format!(
+                    "grant_type=client_credentials&client_id={}&client_secret={}&resource={}",
+                    form_encode(client_id),
+                    form_encode(client_secret),
+                    METERING_RESOURCE
+                );
+                let answer = self.http.post(
+                    token_url,
+                    &[(
+                        "content-type",
+                        "application/x-www-form-urlencoded".to_string(),
+                    )],
+                    form.into_bytes(),
+                )?;
+                // The answer names the problem (wrong secret, unknown client); never the secret.
+                Token::from_answer(&answer, &token_url.to_string())?
+            }
+        };
         self.token = Some(token.clone());
-        Ok(token)
+        Ok(token.value)
     }
 
     fn attempt(&mut self, payload: &[u8]) -> Result<Value, Failure> {

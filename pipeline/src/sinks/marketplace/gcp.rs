@@ -1,5 +1,6 @@
 //! Google Cloud Service Control `services.report`, for a SaaS product sold on Google Cloud
-//! Marketplace, with an OAuth access token of the service account the product reports as.
+//! Marketplace, with an OAuth access token of the service account the product reports as: from
+//! its key file, renewed as tokens expire ([`super::tokens`]), or given ready-made.
 //!
 //! Service Control recognises an operation it had by its `operationId` (the record key); an
 //! operation it refuses comes back in `reportErrors` and is `failed`, with its message, and
@@ -8,13 +9,22 @@
 use serde_json::Value;
 
 use super::outcome::{all_failed, answered, Marketplace, Outcome, Status};
+use super::tokens::{ServiceAccount, Token};
 use crate::sinks::http::{Failure, Http};
+
+/// How the sender gets its tokens.
+pub enum Credential {
+    ServiceAccount(ServiceAccount),
+    /// A token given ready-made: used until refused.
+    Ready(String),
+}
 
 pub struct Gcp {
     pub(super) http: Http,
     /// Up to `/v1/services/`; the service name and `:report` follow.
     pub(super) endpoint: String,
-    pub(super) token: String,
+    pub(super) credential: Credential,
+    pub(super) token: Option<Token>,
     pub(super) max_attempts: u32,
 }
 
@@ -50,15 +60,37 @@ fn outcomes(body: &Value, answer: &Value) -> Vec<Outcome> {
 }
 
 impl Gcp {
-    fn attempt(&self, url: &hyper::Uri, payload: &[u8]) -> Result<Value, Failure> {
+    fn token(&mut self) -> Result<String, Failure> {
+        if let Some(t) = self.token.as_ref().filter(|t| t.fresh()) {
+            return Ok(t.value.clone());
+        }
+        let token = match &self.credential {
+            Credential::ServiceAccount(account) => account.fetch(&self.http)?,
+            Credential::Ready(value) => Token::fixed(value.clone()),
+        };
+        self.token = Some(token.clone());
+        Ok(token.value)
+    }
+
+    fn attempt(&mut self, url: &hyper::Uri, payload: &[u8]) -> Result<Value, Failure> {
         let headers = [
             ("content-type", "application/json".to_string()),
-            ("authorization", format!("Bearer {}", self.token)),
+            ("authorization", format!("Bearer {}", self.token()?)),
         ];
         let answer = self.http.post(url, &headers, payload.to_vec())?;
         let json: Value = serde_json::from_str(&answer.body).unwrap_or(Value::Null);
         if answer.is_success() && json.is_object() {
             return Ok(json);
+        }
+        if answer.status == 401 {
+            if let Credential::ServiceAccount(_) = self.credential {
+                // An expired or revoked token: the retry asks for a new one.
+                self.token = None;
+                return Err(Failure::transient(format!(
+                    "HTTP 401: {}",
+                    answer.body.trim()
+                )));
+            }
         }
         let message = json["error"]["message"]
             .as_str()

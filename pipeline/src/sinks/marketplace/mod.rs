@@ -12,6 +12,7 @@ pub mod aws;
 pub mod azure;
 pub mod gcp;
 pub mod outcome;
+pub mod tokens;
 
 pub use outcome::{all_failed, Marketplace, Outcome, Status};
 
@@ -107,6 +108,14 @@ pub struct AzureConfig {
     pub client_secret_file: Option<PathBuf>,
     pub login_endpoint: String,
     pub endpoint: String,
+    /// Tokens from the managed identity of the VM, AKS node or app meterflow runs on instead of
+    /// the application's client secret (`tenant_id`, `client_id` and the secret are then unused).
+    pub managed_identity: bool,
+    /// A user-assigned identity's client id; empty: the system-assigned identity.
+    pub managed_identity_client_id: String,
+    /// The instance metadata service's token endpoint (App Service and Container Apps set
+    /// `IDENTITY_ENDPOINT`, which wins).
+    pub managed_identity_endpoint: String,
 }
 
 impl Default for AzureConfig {
@@ -118,6 +127,10 @@ impl Default for AzureConfig {
             client_secret_file: None,
             login_endpoint: "https://login.microsoftonline.com".into(),
             endpoint: "https://marketplaceapi.microsoft.com".into(),
+            managed_identity: false,
+            managed_identity_client_id: String::new(),
+            managed_identity_endpoint: "http://169.254.169.254/metadata/identity/oauth2/token"
+                .into(),
         }
     }
 }
@@ -126,8 +139,11 @@ impl Default for AzureConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GcpConfig {
-    /// An OAuth access token of the service account the product reports as (e.g. from
-    /// workload identity, or `gcloud auth print-access-token`).
+    /// The JSON key of the service account the product reports as: meterflow signs its own
+    /// token requests and renews tokens as they expire.
+    pub service_account_key_file: Option<PathBuf>,
+    /// Or a ready OAuth access token of that account (e.g. `gcloud auth print-access-token`),
+    /// used until it is refused.
     pub access_token_env: Option<String>,
     pub access_token_file: Option<PathBuf>,
     pub endpoint: String,
@@ -136,6 +152,7 @@ pub struct GcpConfig {
 impl Default for GcpConfig {
     fn default() -> Self {
         GcpConfig {
+            service_account_key_file: None,
             access_token_env: None,
             access_token_file: None,
             endpoint: "https://servicecontrol.googleapis.com".into(),
@@ -231,33 +248,46 @@ pub fn connect(kind: MarketplaceKind, cfg: &ExportsConfig) -> Result<Box<dyn Mar
         }
         MarketplaceKind::Azure => {
             let c = &cfg.azure;
-            for (key, v) in [("tenant_id", &c.tenant_id), ("client_id", &c.client_id)] {
-                if v.is_empty() {
-                    return Err(format!(
-                        "exports.azure.{key} is not set; write the {} of the Entra ID application registered for the SaaS offer",
-                        key.replace('_', " ")
-                    ));
+            let credential = if c.managed_identity {
+                azure::Credential::ManagedIdentity(tokens::ManagedIdentity::new(
+                    &c.managed_identity_endpoint,
+                    &c.managed_identity_client_id,
+                    azure::METERING_RESOURCE,
+                )?)
+            } else {
+                for (key, v) in [("tenant_id", &c.tenant_id), ("client_id", &c.client_id)] {
+                    if v.is_empty() {
+                        return Err(format!(
+                            "exports.azure.{key} is not set; write the {} of the Entra ID application registered for the SaaS offer (or set exports.azure.managed_identity = true)",
+                            key.replace('_', " ")
+                        ));
+                    }
                 }
-            }
-            let client_secret = secret(
-                "azure",
-                "client_secret",
-                (&c.client_secret_env, &c.client_secret_file),
-                None,
-            )?
-            .ok_or_else(|| {
-                "exports.azure.client_secret_env/client_secret_file: neither is set; name the environment variable or file holding the application's client secret".to_string()
-            })?;
+                let client_secret = secret(
+                    "azure",
+                    "client_secret",
+                    (&c.client_secret_env, &c.client_secret_file),
+                    None,
+                )?
+                .ok_or_else(|| {
+                    "exports.azure.client_secret_env/client_secret_file: neither is set; name the environment variable or file holding the application's client secret (or set exports.azure.managed_identity = true)".to_string()
+                })?;
+                azure::Credential::ClientSecret {
+                    token_url: url(
+                        "azure.login_endpoint",
+                        &format!(
+                            "{}/{}/oauth2/token",
+                            trimmed(&c.login_endpoint),
+                            c.tenant_id
+                        ),
+                    )?,
+                    client_id: c.client_id.clone(),
+                    client_secret,
+                }
+            };
             Box::new(azure::Azure {
                 http,
-                token_url: url(
-                    "azure.login_endpoint",
-                    &format!(
-                        "{}/{}/oauth2/token",
-                        trimmed(&c.login_endpoint),
-                        c.tenant_id
-                    ),
-                )?,
+                credential,
                 usage_url: url(
                     "azure.endpoint",
                     &format!(
@@ -265,28 +295,33 @@ pub fn connect(kind: MarketplaceKind, cfg: &ExportsConfig) -> Result<Box<dyn Mar
                         trimmed(&c.endpoint)
                     ),
                 )?,
-                client_id: c.client_id.clone(),
-                client_secret,
                 token: None,
                 max_attempts,
             })
         }
         MarketplaceKind::Gcp => {
             let c = &cfg.gcp;
-            let token = secret(
+            let ready = secret(
                 "gcp",
                 "access_token",
                 (&c.access_token_env, &c.access_token_file),
                 None,
-            )?
-            .ok_or_else(|| {
-                "exports.gcp.access_token_env/access_token_file: neither is set; name the environment variable or file holding an OAuth access token of the product's service account".to_string()
-            })?;
+            )?;
+            let credential = match (&c.service_account_key_file, ready) {
+                (Some(_), Some(_)) => return Err("exports.gcp: give either service_account_key_file or access_token_env/access_token_file, not both".into()),
+                (Some(path), None) => gcp::Credential::ServiceAccount(tokens::ServiceAccount::load(
+                    "exports.gcp.service_account_key_file",
+                    path,
+                )?),
+                (None, Some(token)) => gcp::Credential::Ready(token),
+                (None, None) => return Err("exports.gcp: no credential; set service_account_key_file to the product's service account key (JSON), or name an access token with access_token_env or access_token_file".into()),
+            };
             url("gcp.endpoint", &c.endpoint)?;
             Box::new(gcp::Gcp {
                 http,
                 endpoint: format!("{}/v1/services/", trimmed(&c.endpoint)),
-                token,
+                credential,
+                token: None,
                 max_attempts,
             })
         }
@@ -340,6 +375,9 @@ mod tests {
             "{e}"
         );
         let e = connect(MarketplaceKind::Gcp, &cfg).err().unwrap();
-        assert!(e.contains("exports.gcp.access_token_env"), "{e}");
+        assert!(
+            e.contains("exports.gcp: no credential; set service_account_key_file"),
+            "{e}"
+        );
     }
 }
