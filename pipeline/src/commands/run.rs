@@ -138,6 +138,9 @@ fn serve_metrics(args: &RunArgs) -> anyhow::Result<Option<Arc<Metrics>>> {
 /// One run with one catalog: until the input ends, until a running pipeline's catalog changes
 /// (then [`Ending::Stopped`]: everything read is committed and the caller resumes from there),
 /// or until it is asked to shut down ([`Ending::ShutDown`], committed too).
+/// How long a failed run may take to stop before the process exits regardless.
+const STUCK_AFTER_FAILURE: Duration = Duration::from_secs(30);
+
 fn run_until_catalog_change(
     args: &RunArgs,
     metrics: Option<&Arc<Metrics>>,
@@ -168,6 +171,13 @@ fn run_until_catalog_change(
     let _graceful = matches!(setup.input, Input::Kafka { .. })
         .then(|| shutdown::graceful(switch.clone(), shutdown.clone()));
     let fatal = Fatal::default();
+    // A failed run whose workers cannot stop (one blocked on an output that retries forever)
+    // exits anyway: what it wrote past the last commit is deleted by the next start, as after a
+    // SIGKILL.
+    let _watchdog = fatal.watchdog(STUCK_AFTER_FAILURE, |why| {
+        tracing::error!(error = %why, grace_s = STUCK_AFTER_FAILURE.as_secs(), "the run failed and its workers did not stop; exiting");
+        std::process::exit(1);
+    });
     let cluster = setup.cluster.clone();
     let progress = ProgressLine::new(setup.total_bytes(), args.quiet, setup.total_bytes() == 0);
     tracing::info!(sources = ?sources_for_log(args), workers = cluster.threads, processes = cluster.addresses.len().max(1), first_epoch = restored.resume.first_epoch(), "run started");
