@@ -628,6 +628,84 @@ fn a_broker_outage_mid_stream_loses_nothing() {
     f.assert_matches_oracle("after a broker outage");
 }
 
+#[test]
+fn a_stopped_clickhouse_pauses_reading_at_max_unwritten_bytes_and_loses_nothing() {
+    let f = Fixture::new("kafka-clickhouse-stopped", 20_000, 2, "4s");
+    let d = f.dir.path();
+    let port = meterflow_tests::servers::free_port();
+    // Small bounds, so that the few megabytes of this stream are many times what may wait.
+    let (max_unwritten, max_epoch) = (65_536u64, 65_536u64);
+    let config = std::fs::read_to_string(d.join("kafka.toml"))
+        .unwrap()
+        .replace(
+            "[kafka]\n",
+            &format!("[kafka]\nmax_epoch_bytes = {max_epoch}\n"),
+        );
+    std::fs::write(
+        d.join("paused.toml"),
+        format!("[input]\nmax_unwritten_bytes = {max_unwritten}\n\n[metrics]\naddr = \"127.0.0.1:{port}\"\n\n{config}"),
+    )
+    .unwrap();
+    // Two workers: worker 0 also writes the commit records, and blocks while one is in flight
+    // to the stopped server; worker 1 only reads and must pause at the bound by itself.
+    let mut child = f.spawn_logging_to("meterflow.log", "paused.toml", &["-w", "2"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while meterflow_tests::servers::http_get(&format!("127.0.0.1:{port}"), "/readyz")
+        .map_or(true, |(status, _)| status != 200)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "meterflow never got ready"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // ClickHouse stops answering (an insert in flight hangs), then the whole stream arrives.
+    let pid = f.ch.pid().unwrap().to_string();
+    run_ok(Command::new("kill").args(["-STOP", &pid]));
+    f.produce(0..f.lines.len());
+    std::thread::sleep(Duration::from_secs(8));
+    let log = std::fs::read_to_string(d.join("meterflow.log")).unwrap();
+    run_ok(Command::new("kill").args(["-CONT", &pid]));
+    let paused: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("reading paused for 5 s"))
+        .collect();
+    assert!(
+        !paused.is_empty(),
+        "a reader pauses at input.max_unwritten_bytes while ClickHouse is stopped: {log}"
+    );
+    // What it held when it paused: the bound, plus the chunk that crossed it (at most
+    // max_epoch_bytes and one message more, a batch of 20 records).
+    let largest = 20 * f.lines.iter().map(String::len).max().unwrap() as u64;
+    for line in &paused {
+        // Without the terminal colours the log may carry.
+        let mut plain = String::new();
+        let mut escape = false;
+        for c in line.chars() {
+            match (escape, c) {
+                (false, '\u{1b}') => escape = true,
+                (true, 'm') => escape = false,
+                (false, c) => plain.push(c),
+                _ => {}
+            }
+        }
+        let held: u64 = plain
+            .split(" unwritten_bytes=")
+            .nth(1)
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.trim_matches(|c: char| !c.is_ascii_digit()).parse().ok())
+            .expect("the pause names the bytes held");
+        assert!(
+            held >= max_unwritten && held <= max_unwritten + max_epoch + largest,
+            "{line}"
+        );
+    }
+    assert!(child.wait().unwrap().success());
+    let log = std::fs::read_to_string(d.join("meterflow.log")).unwrap();
+    assert!(log.contains("reading resumed"), "{log}");
+    f.assert_matches_oracle("after ClickHouse was stopped with the stream waiting in the broker");
+}
+
 /// Waits until `sql` counts at least `n`.
 fn wait_for(ch: &ClickHouseServer, sql: &str, n: u64, what: &str) {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);

@@ -496,6 +496,8 @@ pub struct AlertingWriter<R: Alertable> {
     rows: BTreeMap<R, isize>,
     /// Dedup keys alerted as active.
     alerted: BTreeSet<String>,
+    /// The frontier of the flush running in the background, whose alerts follow it.
+    flushing: Option<Option<Epoch>>,
 }
 
 impl<R: Alertable> AlertingWriter<R> {
@@ -526,6 +528,7 @@ impl<R: Alertable> AlertingWriter<R> {
             unit,
             rows,
             alerted,
+            flushing: None,
         }
     }
 }
@@ -540,6 +543,35 @@ impl<R: Alertable> TableWriter<Signed<R>> for AlertingWriter<R> {
 
     fn flush(&mut self, frontier: Option<Epoch>) -> Result<(), String> {
         self.inner.flush(frontier)?;
+        self.alert_changes(frontier)
+    }
+
+    /// The table's rows flush in the background; the alerts follow once they are durable, so a
+    /// slow or stopped ClickHouse does not block the worker (which must go on reading until
+    /// `input.max_unwritten_bytes`, and stepping the rest of the dataflow).
+    fn start_flush(&mut self, frontier: Option<Epoch>) -> Result<bool, String> {
+        if !self.inner.start_flush(frontier)? {
+            return Ok(false);
+        }
+        self.flushing = Some(frontier);
+        Ok(true)
+    }
+
+    fn flush_done(&mut self) -> Result<bool, String> {
+        if !self.inner.flush_done()? {
+            return Ok(false);
+        }
+        if let Some(frontier) = self.flushing.take() {
+            self.alert_changes(frontier)?;
+        }
+        Ok(true)
+    }
+}
+
+impl<R: Alertable> AlertingWriter<R> {
+    /// Sends the alerts the table's changes before `frontier` open or close (the rows are
+    /// durable by now).
+    fn alert_changes(&mut self, frontier: Option<Epoch>) -> Result<(), String> {
         let mut touched: BTreeMap<String, R> = BTreeMap::new();
         for c in self.state.changes(frontier) {
             let n = self.rows.entry(c.row.clone()).or_default();
