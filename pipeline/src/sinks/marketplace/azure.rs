@@ -82,9 +82,7 @@ fn outcomes(body: &Value, answer: &Value) -> Vec<Outcome> {
                 other => Outcome::new(
                     Status::Failed,
                     id,
-                    &format!("{other}: {message}")
-                        .trim_end_matches([':', ' '])
-                        .to_string(),
+                    format!("{other}: {message}").trim_end_matches([':', ' ']),
                 ),
             }
         })

@@ -256,7 +256,7 @@ mod tests {
         assert_eq!(parts.len(), 3);
         let decode = |s: &str| {
             let mut b = s.replace('-', "+").replace('_', "/");
-            while b.len() % 4 != 0 {
+            while !b.len().is_multiple_of(4) {
                 b.push('=');
             }
             openssl::base64::decode_block(&b).unwrap()
