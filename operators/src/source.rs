@@ -158,6 +158,12 @@ struct Unwritten {
 }
 
 impl Unwritten {
+    /// A chunk of `bytes` handed out at `epoch`.
+    fn read(&mut self, epoch: Epoch, bytes: u64) {
+        self.chunks.push_back((epoch, bytes));
+        self.bytes += bytes;
+    }
+
     /// Whether reading must wait: forgets the chunks `durable` has passed, then compares.
     fn full(&mut self, durable: &ProbeHandle<Epoch>, max: u64) -> bool {
         let first_open = durable.with_frontier(|f| f.as_option().copied());
@@ -235,9 +241,7 @@ pub fn source<'s>(
             match reader.next_chunk(buf) {
                 Read::Chunk(chunk) => {
                     clock.start(chunk.epoch);
-                    let bytes = chunk.bytes.len() as u64;
-                    unwritten.chunks.push_back((chunk.epoch, bytes));
-                    unwritten.bytes += bytes;
+                    unwritten.read(chunk.epoch, chunk.bytes.len() as u64);
                     output.session(&c).give(chunk);
                     match reader.peek_epoch() {
                         Some(next) => c.downgrade(&next),

@@ -663,8 +663,15 @@ fn a_stopped_clickhouse_pauses_reading_at_max_unwritten_bytes_and_loses_nothing(
     let pid = f.ch.pid().unwrap().to_string();
     run_ok(Command::new("kill").args(["-STOP", &pid]));
     f.produce(0..f.lines.len());
-    std::thread::sleep(Duration::from_secs(8));
-    let log = std::fs::read_to_string(d.join("meterflow.log")).unwrap();
+    // A reader says so 5 s into its pause; a loaded machine may take a while to reach it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let log = loop {
+        let log = std::fs::read_to_string(d.join("meterflow.log")).unwrap();
+        if log.contains("reading paused for 5 s") || std::time::Instant::now() > deadline {
+            break log;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
     run_ok(Command::new("kill").args(["-CONT", &pid]));
     let paused: Vec<&str> = log
         .lines()

@@ -11,19 +11,15 @@
 use serde_json::Value;
 
 use super::outcome::{answered, Marketplace, Outcome, Status};
-use super::tokens::{ManagedIdentity, Token};
-use crate::sinks::http::{form_encode, Failure, Http};
+use super::tokens::{Cached, ClientSecret, ManagedIdentity};
+use crate::sinks::http::{Failure, Http};
 
 /// The resource a token for the marketplace metering API is asked for (Azure's fixed id).
 pub const METERING_RESOURCE: &str = "20e940b3-4c77-4b0b-9a53-9e16a1b010a7";
 
 /// How the sender gets its tokens.
 pub enum Credential {
-    ClientSecret {
-        token_url: hyper::Uri,
-        client_id: String,
-        client_secret: String,
-    },
+    ClientSecret(ClientSecret),
     ManagedIdentity(ManagedIdentity),
 }
 
@@ -31,7 +27,7 @@ pub struct Azure {
     pub(super) http: Http,
     pub(super) credential: Credential,
     pub(super) usage_url: hyper::Uri,
-    pub(super) token: Option<Token>,
+    pub(super) token: Cached,
     pub(super) max_attempts: u32,
 }
 
@@ -91,36 +87,11 @@ fn outcomes(body: &Value, answer: &Value) -> Vec<Outcome> {
 
 impl Azure {
     fn token(&mut self) -> Result<String, Failure> {
-        if let Some(t) = self.token.as_ref().filter(|t| t.fresh()) {
-            return Ok(t.value.clone());
-        }
-        let token = match &self.credential {
-            Credential::ManagedIdentity(identity) => identity.fetch(&self.http)?,
-            Credential::ClientSecret {
-                token_url,
-                client_id,
-                client_secret,
-            } => {
-                let form = format!(
-                    "grant_type=client_credentials&client_id={}&client_secret={}&resource={}",
-                    form_encode(client_id),
-                    form_encode(client_secret),
-                    METERING_RESOURCE
-                );
-                let answer = self.http.post(
-                    token_url,
-                    &[(
-                        "content-type",
-                        "application/x-www-form-urlencoded".to_string(),
-                    )],
-                    form.into_bytes(),
-                )?;
-                // The answer names the problem (wrong secret, unknown client); never the secret.
-                Token::from_answer(&answer, &token_url.to_string())?
-            }
-        };
-        self.token = Some(token.clone());
-        Ok(token.value)
+        let http = &self.http;
+        self.token.get(|| match &self.credential {
+            Credential::ManagedIdentity(identity) => identity.fetch(http),
+            Credential::ClientSecret(grant) => grant.fetch(http),
+        })
     }
 
     fn attempt(&mut self, payload: &[u8]) -> Result<Value, Failure> {
@@ -138,7 +109,7 @@ impl Azure {
         }
         if answer.status == 401 {
             // An expired token: the retry asks for a new one.
-            self.token = None;
+            self.token.forget();
             return Err(Failure::transient(format!(
                 "HTTP 401: {}",
                 answer.body.trim()

@@ -9,7 +9,7 @@
 use serde_json::Value;
 
 use super::outcome::{all_failed, answered, Marketplace, Outcome, Status};
-use super::tokens::{ServiceAccount, Token};
+use super::tokens::{Cached, ServiceAccount, Token};
 use crate::sinks::http::{Failure, Http};
 
 /// How the sender gets its tokens.
@@ -24,7 +24,7 @@ pub struct Gcp {
     /// Up to `/v1/services/`; the service name and `:report` follow.
     pub(super) endpoint: String,
     pub(super) credential: Credential,
-    pub(super) token: Option<Token>,
+    pub(super) token: Cached,
     pub(super) max_attempts: u32,
 }
 
@@ -61,15 +61,11 @@ fn outcomes(body: &Value, answer: &Value) -> Vec<Outcome> {
 
 impl Gcp {
     fn token(&mut self) -> Result<String, Failure> {
-        if let Some(t) = self.token.as_ref().filter(|t| t.fresh()) {
-            return Ok(t.value.clone());
-        }
-        let token = match &self.credential {
-            Credential::ServiceAccount(account) => account.fetch(&self.http)?,
-            Credential::Ready(value) => Token::fixed(value.clone()),
-        };
-        self.token = Some(token.clone());
-        Ok(token.value)
+        let http = &self.http;
+        self.token.get(|| match &self.credential {
+            Credential::ServiceAccount(account) => account.fetch(http),
+            Credential::Ready(value) => Ok(Token::fixed(value.clone())),
+        })
     }
 
     fn attempt(&mut self, url: &hyper::Uri, payload: &[u8]) -> Result<Value, Failure> {
@@ -85,7 +81,7 @@ impl Gcp {
         if answer.status == 401 {
             if let Credential::ServiceAccount(_) = self.credential {
                 // An expired or revoked token: the retry asks for a new one.
-                self.token = None;
+                self.token.forget();
                 return Err(Failure::transient(format!(
                     "HTTP 401: {}",
                     answer.body.trim()

@@ -272,7 +272,7 @@ pub fn connect(kind: MarketplaceKind, cfg: &ExportsConfig) -> Result<Box<dyn Mar
                 .ok_or_else(|| {
                     "exports.azure.client_secret_env/client_secret_file: neither is set; name the environment variable or file holding the application's client secret (or set exports.azure.managed_identity = true)".to_string()
                 })?;
-                azure::Credential::ClientSecret {
+                azure::Credential::ClientSecret(tokens::ClientSecret {
                     token_url: url(
                         "azure.login_endpoint",
                         &format!(
@@ -283,7 +283,8 @@ pub fn connect(kind: MarketplaceKind, cfg: &ExportsConfig) -> Result<Box<dyn Mar
                     )?,
                     client_id: c.client_id.clone(),
                     client_secret,
-                }
+                    resource: azure::METERING_RESOURCE,
+                })
             };
             Box::new(azure::Azure {
                 http,
@@ -295,7 +296,7 @@ pub fn connect(kind: MarketplaceKind, cfg: &ExportsConfig) -> Result<Box<dyn Mar
                         trimmed(&c.endpoint)
                     ),
                 )?,
-                token: None,
+                token: tokens::Cached::default(),
                 max_attempts,
             })
         }
@@ -321,7 +322,7 @@ pub fn connect(kind: MarketplaceKind, cfg: &ExportsConfig) -> Result<Box<dyn Mar
                 http,
                 endpoint: format!("{}/v1/services/", trimmed(&c.endpoint)),
                 credential,
-                token: None,
+                token: tokens::Cached::default(),
                 max_attempts,
             })
         }

@@ -6,7 +6,7 @@
 //! - an Azure managed identity: the instance metadata service of a VM or AKS node (IMDS), or the
 //!   identity endpoint App Service and Container Apps give a process (`IDENTITY_ENDPOINT` and
 //!   `IDENTITY_HEADER`);
-//! - Azure's client-credentials grant of the offer's Entra ID application (`azure.rs` uses it).
+//! - Azure's client-credentials grant of the offer's Entra ID application.
 //!
 //! A token is used until a minute before its `expires_in`, or until the marketplace answers 401.
 
@@ -73,6 +73,66 @@ impl Token {
             value,
             renew_at: Instant::now() + Duration::from_secs(seconds.saturating_sub(60).max(1)),
         })
+    }
+}
+
+/// The token in use, fetched again once it is stale or was refused.
+#[derive(Default)]
+pub struct Cached(Option<Token>);
+
+impl Cached {
+    pub fn get(
+        &mut self,
+        fetch: impl FnOnce() -> Result<Token, Failure>,
+    ) -> Result<String, Failure> {
+        if let Some(t) = self.0.as_ref().filter(|t| t.fresh()) {
+            return Ok(t.value.clone());
+        }
+        let token = fetch()?;
+        let value = token.value.clone();
+        self.0 = Some(token);
+        Ok(value)
+    }
+
+    /// The marketplace answered 401: the next request fetches a new token.
+    pub fn forget(&mut self) {
+        self.0 = None;
+    }
+}
+
+/// One OAuth token request: `form` posted to `url`.
+fn post_form(http: &Http, url: &hyper::Uri, form: String) -> Result<Answer, Failure> {
+    http.post(
+        url,
+        &[(
+            "content-type",
+            "application/x-www-form-urlencoded".to_string(),
+        )],
+        form.into_bytes(),
+    )
+}
+
+/// An Entra ID application's client-credentials grant, for `resource`.
+pub struct ClientSecret {
+    pub token_url: hyper::Uri,
+    pub client_id: String,
+    pub client_secret: String,
+    pub resource: &'static str,
+}
+
+impl ClientSecret {
+    pub fn fetch(&self, http: &Http) -> Result<Token, Failure> {
+        let form = format!(
+            "grant_type=client_credentials&client_id={}&client_secret={}&resource={}",
+            form_encode(&self.client_id),
+            form_encode(&self.client_secret),
+            self.resource
+        );
+        // The answer names the problem (wrong secret, unknown client); never the secret.
+        Token::from_answer(
+            &post_form(http, &self.token_url, form)?,
+            &self.token_url.to_string(),
+        )
     }
 }
 
@@ -174,14 +234,7 @@ impl ServiceAccount {
             "grant_type={}&assertion={assertion}",
             form_encode("urn:ietf:params:oauth:grant-type:jwt-bearer")
         );
-        let answer = http.post(
-            &self.token_uri,
-            &[(
-                "content-type",
-                "application/x-www-form-urlencoded".to_string(),
-            )],
-            form.into_bytes(),
-        )?;
+        let answer = post_form(http, &self.token_uri, form)?;
         Token::from_answer(&answer, &format!("{} for {}", self.token_uri, self.email))
     }
 }
