@@ -643,11 +643,13 @@ fn a_stopped_clickhouse_pauses_reading_at_max_unwritten_bytes_and_loses_nothing(
         );
     std::fs::write(
         d.join("paused.toml"),
-        format!("[input]\nmax_unwritten_bytes = {max_unwritten}\n\n[metrics]\naddr = \"127.0.0.1:{port}\"\n\n{config}"),
+        format!("[input]\nmax_unwritten_bytes = {max_unwritten}\nmax_epochs_ahead = 1000000\n\n[metrics]\naddr = \"127.0.0.1:{port}\"\n\n{config}"),
     )
     .unwrap();
     // Two workers: worker 0 also writes the commit records, and blocks while one is in flight
-    // to the stopped server; worker 1 only reads and must pause at the bound by itself.
+    // to the stopped server; worker 1 only reads and must pause at the bound by itself. The
+    // dedup bound (`max_epochs_ahead`) is lifted: with worker 0 blocked, deduplication of its
+    // keys stops, and that bound would otherwise hold worker 1 first.
     let mut child = f.spawn_logging_to("meterflow.log", "paused.toml", &["-w", "2"]);
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while meterflow_tests::servers::http_get(&format!("127.0.0.1:{port}"), "/readyz")
