@@ -141,13 +141,32 @@ impl<R: Ord + Clone> SignedState<R> {
     /// The changes of every time before `frontier` (all, if `None`), in time order.
     pub fn changes(&mut self, frontier: Option<Epoch>) -> Vec<Change<R>> {
         let mut out = Vec::new();
+        self.drain(frontier, |c| {
+            out.push(c);
+            Ok::<(), std::convert::Infallible>(())
+        })
+        .unwrap_or_else(|never| match never {});
+        out
+    }
+
+    /// Hands the changes of every time before `frontier` (all, if `None`) to `emit`, in time
+    /// order, without gathering them first: a flush of a large table (usage buckets) then costs
+    /// no copy of all its changes. On an error from `emit` the changes not yet handed over are
+    /// lost to this state, so the caller must treat the error as fatal for the run.
+    pub fn drain<E>(
+        &mut self,
+        frontier: Option<Epoch>,
+        mut emit: impl FnMut(Change<R>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut insertions = Vec::new();
         while let Some(entry) = self.pending.first_entry() {
             let epoch = *entry.key();
             if frontier.is_some_and(|f| epoch >= f) {
                 break;
             }
             let updates = entry.remove();
-            let mut insertions = Vec::new();
+            // Within a time, retractions first: a reader in insertion order sees old before new.
+            // Rows are distinct after consolidation, so the two passes see the same state.
             for (row, diff) in Self::consolidated(updates) {
                 if diff == 0 {
                     continue;
@@ -155,37 +174,69 @@ impl<R: Ord + Clone> SignedState<R> {
                 if let Some(h) = &mut self.horizon {
                     h.newest = h.newest.max((h.time)(&row));
                 }
-                let held = self.held.entry(row.clone()).or_insert((0, epoch));
-                if diff < 0 {
-                    for _ in 0..diff.unsigned_abs() {
-                        out.push(Change {
-                            row: row.clone(),
-                            sign: -1,
-                            version: held.1,
-                            epoch,
-                        });
-                    }
-                } else {
-                    held.1 = epoch;
-                    for _ in 0..diff {
-                        insertions.push(Change {
-                            row: row.clone(),
-                            sign: 1,
-                            version: epoch,
-                            epoch,
-                        });
-                    }
+                if diff > 0 {
+                    insertions.push((row, diff));
+                    continue;
                 }
-                held.0 += diff;
-                if held.0 == 0 {
-                    self.held.remove(&row);
-                }
+                let version = match self.held.get_mut(&row) {
+                    Some(held) => {
+                        let version = held.1;
+                        held.0 += diff;
+                        if held.0 == 0 {
+                            self.held.remove(&row);
+                        }
+                        version
+                    }
+                    None => {
+                        self.held.insert(row.clone(), (diff, epoch));
+                        epoch
+                    }
+                };
+                Self::repeat(row, -1, version, epoch, diff.unsigned_abs(), &mut emit)?;
             }
-            // Within a time, retractions first: a reader in insertion order sees old before new.
-            out.extend(insertions);
+            for (row, diff) in insertions.drain(..) {
+                match self.held.get_mut(&row) {
+                    Some(held) => {
+                        held.0 += diff;
+                        held.1 = epoch;
+                        if held.0 == 0 {
+                            self.held.remove(&row);
+                        }
+                    }
+                    None => {
+                        self.held.insert(row.clone(), (diff, epoch));
+                    }
+                }
+                Self::repeat(row, 1, epoch, epoch, diff.unsigned_abs(), &mut emit)?;
+            }
         }
         self.sweep();
-        out
+        Ok(())
+    }
+
+    /// `times` copies of one change (a row's net diff can exceed one).
+    fn repeat<E>(
+        row: R,
+        sign: i8,
+        version: u64,
+        epoch: Epoch,
+        times: usize,
+        emit: &mut impl FnMut(Change<R>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        for _ in 1..times {
+            emit(Change {
+                row: row.clone(),
+                sign,
+                version,
+                epoch,
+            })?;
+        }
+        emit(Change {
+            row,
+            sign,
+            version,
+            epoch,
+        })
     }
 
     /// The rows the table holds now.

@@ -365,24 +365,25 @@ impl<R: Ord + Clone + CsvRow> TableWriter<Signed<R>> for SignedWriter<R> {
     }
 
     fn flush(&mut self, frontier: Option<Epoch>) -> Result<(), String> {
-        let changes = self.state.changes(frontier);
+        let (csv, names, labels) = (&mut self.csv, &self.names, &mut self.labels);
+        let mut written = false;
+        self.state.drain(frontier, |c| {
+            written = true;
+            c.row.csv(names, labels, &mut csv.row);
+            csv.row
+                .extend_from_slice(if c.sign > 0 { b"1," } else { b"-1," });
+            int(&mut csv.row, c.version);
+            csv.end_row()
+        })?;
         // The preview reads the rows once the run is over: copying them at every flush would
         // cost a copy of the whole table each time.
         if let (None, Some(kept)) = (frontier, &self.kept) {
             kept.set(self.state.held());
         }
-        if changes.is_empty() {
-            return Ok(());
+        if written {
+            self.csv.flush()?;
         }
-        for c in changes {
-            c.row.csv(&self.names, &mut self.labels, &mut self.csv.row);
-            self.csv
-                .row
-                .extend_from_slice(if c.sign > 0 { b"1," } else { b"-1," });
-            int(&mut self.csv.row, c.version);
-            self.csv.end_row()?;
-        }
-        self.csv.flush()
+        Ok(())
     }
 }
 
