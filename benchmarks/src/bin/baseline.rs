@@ -1,9 +1,14 @@
 //! The naive baseline: the same work as `meterflow run` — read, parse, validate, dedup with a
-//! horizon, classify lateness, aggregate, price, write the same tables — in one thread with
-//! std HashMaps, pricing once at the end. It shares meterflow's pure functions (validation,
-//! pricing math, CSV writers) so the comparison measures the engine, not different code.
+//! horizon, classify lateness, aggregate, price, sum usage buckets, judge anomalies, find
+//! entitlement crossings, write the same tables — in one thread with std HashMaps, computing
+//! every derived table once at the end. It shares meterflow's pure functions (validation,
+//! pricing math, the anomaly detector, entitlement rules, CSV writers) so the comparison
+//! measures the engine, not different code.
 //!
-//! usage: baseline <events.jsonl> <catalog dir> <out dir> [chunk bytes]
+//! `--core` skips what the first baseline skipped (usage buckets, anomalies, line usage,
+//! entitlement signals): the figure every B1 ratio before session 21 was measured against.
+//!
+//! usage: baseline <events.jsonl> <catalog dir> <out dir> [chunk bytes] [--core]
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -21,16 +26,150 @@ use meterflow_operators::signed::SignedState;
 use meterflow_operators::sink::TableWriter;
 use meterflow_operators::source::{ChunkReader, Read, StripedReader};
 use meterflow_operators::watermark::{LatenessPolicy, Verdict};
-use meterflow_schemas::catalog::{load_dir, PriceIdx};
+use meterflow_schemas::anomaly::{
+    cost_anomaly, AnomalyRules, Bucket, BucketRow, Detector, MeterKey,
+};
+use meterflow_schemas::catalog::{load_dir, Catalog, PriceIdx};
+use meterflow_schemas::entitlement::signals;
 use meterflow_schemas::event::CorrectionAction;
 use meterflow_schemas::hashing::EventKey;
 use meterflow_schemas::lineage::Lineage;
-use meterflow_schemas::money::{Quantity, Rounding};
+use meterflow_schemas::money::{Amount, Quantity, Rounding};
 use meterflow_schemas::rejection::{Reason, Rejection};
-use meterflow_schemas::rows::{AcceptedEvent, Counts, DuplicateRow, InvoiceLine, LineKey};
+use meterflow_schemas::rows::{
+    AcceptedEvent, Counts, DuplicateRow, EntitlementSignal, InvoiceLine, LineKey, LineUsage,
+    RatedRow,
+};
 use meterflow_schemas::tables;
 use meterflow_schemas::time::{EventTime, Period, PeriodUnit, Span};
 use meterflow_schemas::validate::{ValidationRules, Validator};
+
+/// The derived tables the core baseline skips, computed once at the end from the final state.
+struct Derived<'a> {
+    catalog: &'a Arc<Catalog>,
+    out: &'a std::path::Path,
+    names: &'a Arc<Names>,
+    period: PeriodUnit,
+}
+
+impl Derived<'_> {
+    fn write<R: Ord + Clone + meterflow::sinks::files::CsvRow>(
+        &self,
+        table: &'static tables::Table,
+        mut rows: Vec<(R, u64, isize)>,
+    ) -> anyhow::Result<()> {
+        let mut w = SignedWriter::create(
+            self.out,
+            table,
+            0,
+            self.names.clone(),
+            SignedState::default(),
+            None,
+        )
+        .map_err(anyhow::Error::msg)?;
+        w.write(0, &mut rows).map_err(anyhow::Error::msg)?;
+        w.flush(None).map_err(anyhow::Error::msg)
+    }
+
+    fn line_usage(&self, rows: Vec<(LineUsage, u64, isize)>) -> anyhow::Result<()> {
+        self.write(&tables::LINE_USAGE, rows)
+    }
+
+    /// Per contract and entitled SKU: the thresholds and limits its usage lines cross.
+    fn entitlements(&self, lines: &[(InvoiceLine, u64, isize)]) -> anyhow::Result<()> {
+        type Usage = BTreeMap<EventTime, Quantity>;
+        let mut by_key: BTreeMap<_, Usage> = BTreeMap::new();
+        for (l, _, _) in lines {
+            let entitled = self.catalog.contracts[l.key.contract.ix()]
+                .entitlements
+                .iter()
+                .any(|e| e.sku == l.key.sku);
+            if l.kind.is_usage() && entitled {
+                *by_key
+                    .entry((l.key.customer, l.key.contract, l.key.sku))
+                    .or_default()
+                    .entry(l.key.service_period.0)
+                    .or_default() += l.quantity;
+            }
+        }
+        let unit = self.period;
+        let next = |t: EventTime| unit.end_of(unit.period_of(t));
+        let mut rows = Vec::new();
+        for ((customer, contract, sku), usage) in by_key {
+            let contract_row = &self.catalog.contracts[contract.ix()];
+            let Some(e) = contract_row.entitlements.iter().find(|e| e.sku == sku) else {
+                continue;
+            };
+            for (start, s) in signals(e, &usage, next) {
+                let signal = EntitlementSignal {
+                    customer,
+                    contract,
+                    sku,
+                    period: Period(start),
+                    kind: s.kind,
+                    percent: s.percent,
+                    at: s.at,
+                    allowance: s.allowance,
+                };
+                rows.push((signal, 0, 1));
+            }
+        }
+        self.write(&tables::ENTITLEMENT_SIGNALS, rows)
+    }
+
+    /// Every bucket's final usage, and the anomalies the detector finds in them once the
+    /// watermark has passed the whole input; cost anomalies from the rated rows.
+    fn buckets_and_anomalies(
+        &self,
+        buckets: HashMap<(MeterKey, i64), Bucket>,
+        rules: AnomalyRules,
+        horizon: Span,
+        rated: &[(RatedRow, u64, isize)],
+        watermark: EventTime,
+    ) -> anyhow::Result<()> {
+        let bucket_ms = rules.bucket.millis();
+        let mut detector = Detector::new(rules.clone(), horizon, self.catalog);
+        // Meter by meter, in time order: each meter's buckets are appended, not scattered.
+        let mut buckets: Vec<_> = buckets.into_iter().collect();
+        buckets.sort_unstable_by_key(|&(k, _)| k);
+        let mut rows = Vec::with_capacity(buckets.len());
+        for ((key, b), usage) in buckets {
+            if usage == Bucket::default() {
+                continue;
+            }
+            let start = EventTime(b * bucket_ms);
+            detector.add(key, start, usage);
+            let row = BucketRow {
+                customer: key.0,
+                sku: key.1,
+                start,
+                usage,
+            };
+            rows.push((row, 0, 1));
+        }
+        self.write(&tables::USAGE_BUCKETS, rows)?;
+        let mut verdicts = Vec::new();
+        detector.advance(watermark, &mut verdicts);
+        let mut anomalies: Vec<_> = verdicts.into_iter().map(|(a, n)| (a, 0, n)).collect();
+        let mut costs: BTreeMap<_, (Amount, Amount)> = BTreeMap::new();
+        for (r, _, _) in rated {
+            if let Some(unit_cost) = self.catalog.price(r.price).unit_cost {
+                let c = costs
+                    .entry((r.key.customer, r.key.sku, r.key.service_period))
+                    .or_default();
+                c.0 += r.amount;
+                c.1 += unit_cost.times(r.quantity);
+            }
+        }
+        for ((customer, sku, period), (revenue, cost)) in costs {
+            let window = (period.0, self.period.end_of(period));
+            if let Some(a) = cost_anomaly(&rules, (customer, sku), window, revenue, cost) {
+                anomalies.push((a, 0, 1));
+            }
+        }
+        self.write(&tables::ANOMALIES, anomalies)
+    }
+}
 
 struct Seen {
     fingerprint: u64,
@@ -39,10 +178,12 @@ struct Seen {
 }
 
 fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
+    let mut args: Vec<String> = std::env::args().collect();
+    let core_only = args.iter().any(|a| a == "--core");
+    args.retain(|a| a != "--core");
     anyhow::ensure!(
         args.len() >= 4,
-        "usage: baseline <events.jsonl> <catalog dir> <out dir> [chunk bytes]"
+        "usage: baseline <events.jsonl> <catalog dir> <out dir> [chunk bytes] [--core]"
     );
     let (input, catalog_dir, out) = (
         PathBuf::from(&args[1]),
@@ -89,6 +230,9 @@ fn main() -> anyhow::Result<()> {
     let mut validator = Validator::new(rules.clone(), catalog.clone());
     let mut seen: HashMap<EventKey, Seen> = HashMap::new();
     let mut usage: HashMap<(LineKey, Period, PriceIdx), (i64, Quantity)> = HashMap::new();
+    let anomaly_rules = AnomalyRules::default();
+    let bucket_ms = anomaly_rules.bucket.millis();
+    let mut buckets: HashMap<(MeterKey, i64), Bucket> = HashMap::new();
     let mut counts = Counts::default();
     let mut watermark = EventTime::MIN;
     let mut evict_at = 1 << 20;
@@ -204,6 +348,12 @@ fn main() -> anyhow::Result<()> {
                 let e = usage.entry((line, invoice, ev.price)).or_default();
                 e.0 += ev.line_events();
                 e.1 += ev.quantity;
+                if !core_only {
+                    let bucket = ev.time.0.div_euclid(bucket_ms);
+                    let b = buckets.entry(((ev.customer, ev.sku), bucket)).or_default();
+                    b.events += ev.line_events();
+                    b.quantity += ev.quantity;
+                }
             }
             accepted.push(AcceptedEvent {
                 event: ev,
@@ -244,7 +394,7 @@ fn main() -> anyhow::Result<()> {
             },
         ));
     }
-    let (mut lines, mut rated) = (Vec::new(), Vec::new());
+    let (mut lines, mut rated, mut line_usage) = (Vec::new(), Vec::new(), Vec::new());
     for (key, mut values) in by_line {
         values.sort();
         let input: Vec<(&(Period, SegmentPrice), _)> =
@@ -253,9 +403,27 @@ fn main() -> anyhow::Result<()> {
             match p {
                 Priced::Line(l) => lines.push((l, 0, 1)),
                 Priced::Rated(r) => rated.push((r, 0, 1)),
+                Priced::Usage(u) if !core_only => line_usage.push((u, 0, 1)),
                 Priced::Usage(_) => {}
             }
         }
+    }
+    if !core_only {
+        let derived = Derived {
+            catalog: &catalog,
+            out: &out,
+            names: &names,
+            period: policy.period,
+        };
+        derived.line_usage(line_usage)?;
+        derived.entitlements(&lines)?;
+        derived.buckets_and_anomalies(
+            buckets,
+            anomaly_rules,
+            policy.dedup_horizon,
+            &rated,
+            watermark,
+        )?;
     }
     let invoice_total: meterflow_schemas::money::Amount = lines
         .iter()

@@ -1,7 +1,13 @@
 //! The end-to-end benchmark: generates N events (default 10M: ~5% duplicates, 1% late, 0.5%
 //! invalid), runs `meterflow run` with 1 and 2 workers and the naive baseline on them, checks
-//! that all three agree on the counts and the invoice total, and prints events/s, epoch latency,
-//! peak RSS and dedup bytes per key side by side.
+//! that all of them agree on the counts and the invoice total and that meterflow's signed tables
+//! (invoice lines, rated usage, line usage, usage buckets, anomalies, entitlement signals) hold
+//! exactly the baseline's rows once signs are summed, and prints events/s, epoch latency, peak
+//! RSS and dedup bytes per key side by side.
+//!
+//! Two baselines run: the full one (the same tables as meterflow, which the ratios are measured
+//! against) and the core one (`baseline --core`: no usage buckets, anomalies, line usage or
+//! entitlement signals), the figure B1 ratios were measured against until session 21.
 //!
 //! usage: bench [--events N] [--dir DIR] [--out DIR] [--customers N] [--chunk-bytes N]
 //!              [--checksum-rate F] [--runs N]
@@ -10,6 +16,7 @@
 //! by default on tmpfs (`/dev/shm`) so the numbers measure meterflow rather than the disk. Pass
 //! `--out DIR` on a disk to measure with the disk in the loop.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -81,6 +88,54 @@ fn counts(out: &Path) -> anyhow::Result<Value> {
     )?)?)
 }
 
+/// The derived tables the baseline and meterflow must agree on, row for row.
+const SIGNED_TABLES: &[&str] = &[
+    "invoice_lines",
+    "rated_usage",
+    "line_usage",
+    "usage_buckets",
+    "anomalies",
+    "entitlement_signals",
+];
+
+/// A signed table's rows (every part) with their net multiplicity: the table as a reader sees it
+/// once `sign` is summed. The last two columns of every signed table are `sign` and `version`.
+fn consolidated(out: &Path, table: &str) -> anyhow::Result<HashMap<String, i64>> {
+    let mut rows: HashMap<String, i64> = HashMap::new();
+    for part in std::fs::read_dir(out.join(table))? {
+        let text = std::fs::read_to_string(part?.path())?;
+        for line in text.lines().skip(1) {
+            let mut fields = line.rsplitn(3, ',');
+            let (_version, sign, row) = (fields.next(), fields.next(), fields.next());
+            let (Some(sign), Some(row)) = (sign, row) else {
+                bail!("{table}: a row without sign and version: {line}");
+            };
+            *rows.entry(row.to_owned()).or_default() += sign.parse::<i64>()?;
+        }
+    }
+    rows.retain(|_, n| *n != 0);
+    Ok(rows)
+}
+
+/// Fails unless every signed table of `b` holds the same rows as `a`'s.
+fn same_tables(a: &Path, b: &Path, name: &str) -> anyhow::Result<()> {
+    for table in SIGNED_TABLES {
+        let (x, y) = (consolidated(a, table)?, consolidated(b, table)?);
+        if x != y {
+            let missing = x.keys().filter(|k| y.get(*k) != x.get(*k)).take(3);
+            let extra = y.keys().filter(|k| x.get(*k) != y.get(*k)).take(3);
+            bail!(
+                "{name} disagrees with the baseline on {table} ({} rows against {}): baseline only {:?}, {name} only {:?}",
+                y.len(),
+                x.len(),
+                missing.collect::<Vec<_>>(),
+                extra.collect::<Vec<_>>()
+            );
+        }
+    }
+    Ok(())
+}
+
 struct Measured {
     name: String,
     seconds: f64,
@@ -120,18 +175,29 @@ fn main() -> anyhow::Result<()> {
 
     let mut results: Vec<Measured> = Vec::new();
     for round in 0..args.runs {
-        let out = args.out.join("baseline");
-        let secs = run(Command::new(&baseline).args([
-            events.to_str().unwrap(),
-            catalog.to_str().unwrap(),
-            out.to_str().unwrap(),
-            &args.chunk_bytes.to_string(),
-        ]))?;
-        results.push(Measured {
-            name: format!("baseline (1 thread, HashMaps) #{round}"),
-            seconds: secs,
-            counts: counts(&out)?,
-        });
+        // The full baseline runs last: meterflow's tables are compared with the ones it left.
+        for (name, flags) in [
+            (
+                "core baseline (skips buckets, anomalies, entitlements)",
+                &["--core"][..],
+            ),
+            ("baseline (1 thread, HashMaps)", &[][..]),
+        ] {
+            let out = args.out.join("baseline");
+            let secs = run(Command::new(&baseline)
+                .args([
+                    events.to_str().unwrap(),
+                    catalog.to_str().unwrap(),
+                    out.to_str().unwrap(),
+                    &args.chunk_bytes.to_string(),
+                ])
+                .args(flags))?;
+            results.push(Measured {
+                name: format!("{name} #{round}"),
+                seconds: secs,
+                counts: counts(&out)?,
+            });
+        }
         for workers in [1, 2] {
             let out = args.out.join(format!("w{workers}"));
             let secs = run(Command::new(&meterflow).env("METERFLOW_LOG", "warn").args([
@@ -148,6 +214,11 @@ fn main() -> anyhow::Result<()> {
                 &workers.to_string(),
                 "--quiet",
             ]))?;
+            same_tables(
+                &args.out.join("baseline"),
+                &out,
+                &format!("meterflow -w {workers}"),
+            )?;
             results.push(Measured {
                 name: format!("meterflow -w {workers} #{round}"),
                 seconds: secs,
@@ -187,6 +258,7 @@ fn main() -> anyhow::Result<()> {
             .fold(f64::INFINITY, f64::min)
     };
     let baseline_secs = best("baseline");
+    let core_secs = best("core baseline");
     println!(
         "\n{} records ({:.2} GB): {} accepted, {} duplicates, {} rejected, {} late; invoice total {} (all runs agree)",
         received,
@@ -197,8 +269,8 @@ fn main() -> anyhow::Result<()> {
         reference["late"],
         reference["invoice_total_exact"].as_str().unwrap_or("?")
     );
-    println!("\n| run | seconds | events/s | vs baseline | epoch latency p50 / p99 (ms) | peak RSS (MiB) | dedup bytes/key |");
-    println!("|---|---:|---:|---:|---:|---:|---:|");
+    println!("\n| run | seconds | events/s | vs baseline | vs core baseline | epoch latency p50 / p99 (ms) | peak RSS (MiB) | dedup bytes/key |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     for r in &results {
         let lat = &r.counts["epoch_latency_ms"];
         let latency = if lat.is_null() {
@@ -211,11 +283,12 @@ fn main() -> anyhow::Result<()> {
             )
         };
         println!(
-            "| {} | {:.2} | {:.0} | {:.2}x | {} | {:.0} | {:.1} |",
+            "| {} | {:.2} | {:.0} | {:.2}x | {:.2}x | {} | {:.0} | {:.1} |",
             r.name,
             r.seconds,
             received / r.seconds,
             baseline_secs / r.seconds,
+            core_secs / r.seconds,
             latency,
             r.counts["peak_rss_bytes"].as_f64().unwrap_or(0.0) / (1 << 20) as f64,
             r.counts["dedup_bytes_per_key"].as_f64().unwrap_or(0.0)
@@ -223,9 +296,10 @@ fn main() -> anyhow::Result<()> {
     }
     let (w1, w2) = (best("meterflow -w 1"), best("meterflow -w 2"));
     println!(
-        "\nmeterflow -w 2: {:.0} events/s, {:.2}x the baseline; scaling -w 2 / -w 1: {:.2}x",
+        "\nmeterflow -w 2: {:.0} events/s, {:.2}x the baseline, {:.2}x the core baseline; scaling -w 2 / -w 1: {:.2}x",
         received / w2,
         baseline_secs / w2,
+        core_secs / w2,
         w1 / w2
     );
     Ok(())
