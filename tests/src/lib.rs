@@ -8,19 +8,26 @@ pub mod k8s;
 pub mod kafka;
 pub mod oracle;
 pub mod servers;
+pub mod signed_tables;
 
 /// The `meterflow` binary built alongside these tests.
 pub fn meterflow_bin() -> PathBuf {
+    built_bin("meterflow")
+}
+
+/// A binary of the workspace (`meterflow`, the benchmarks' `baseline`) built alongside these
+/// tests.
+pub fn built_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> → target/<profile>/meterflow
+    // target/<profile>/deps/<test> → target/<profile>/<name>
     let dir = exe
         .parent()
         .and_then(Path::parent)
         .expect("target profile directory");
-    let bin = dir.join("meterflow");
+    let bin = dir.join(name);
     assert!(
         bin.exists(),
-        "{} is missing: build the workspace first (cargo build --workspace)",
+        "{} is missing: build the workspace first (cargo build --workspace --all-targets)",
         bin.display()
     );
     bin

@@ -8,6 +8,11 @@
 //! `--core` skips what the first baseline skipped (usage buckets, anomalies, line usage,
 //! entitlement signals): the figure every B1 ratio before session 21 was measured against.
 //!
+//! It covers the data `meterflow gen` writes without `--terms` (sum meters, per-unit and
+//! graduated prices, corrections; no contract terms, taxes or unique-count meters): the bench
+//! checks its tables equal meterflow's, so data it does not cover fails the bench instead of
+//! measuring meterflow against less work.
+//!
 //! usage: baseline <events.jsonl> <catalog dir> <out dir> [chunk bytes] [--core]
 
 use std::collections::{BTreeMap, HashMap};
@@ -446,6 +451,7 @@ fn main() -> anyhow::Result<()> {
         "accepted": counts.accepted,
         "billable": counts.billable,
         "duplicates": counts.duplicates,
+        "corrections": counts.corrections,
         "rejected": counts.rejected,
         "late": counts.late,
         "out_of_order": counts.out_of_order,

@@ -16,13 +16,13 @@
 //! by default on tmpfs (`/dev/shm`) so the numbers measure meterflow rather than the disk. Pass
 //! `--out DIR` on a disk to measure with the disk in the loop.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
 use meterflow_benchmarks::{generate_once, meterflow_binary, sibling};
+use meterflow_tests::signed_tables::{same_tables, BASELINE_TABLES};
 use serde_json::Value;
 
 struct Args {
@@ -86,54 +86,6 @@ fn counts(out: &Path) -> anyhow::Result<Value> {
     Ok(serde_json::from_str(&std::fs::read_to_string(
         out.join("counts.json"),
     )?)?)
-}
-
-/// The derived tables the baseline and meterflow must agree on, row for row.
-const SIGNED_TABLES: &[&str] = &[
-    "invoice_lines",
-    "rated_usage",
-    "line_usage",
-    "usage_buckets",
-    "anomalies",
-    "entitlement_signals",
-];
-
-/// A signed table's rows (every part) with their net multiplicity: the table as a reader sees it
-/// once `sign` is summed. The last two columns of every signed table are `sign` and `version`.
-fn consolidated(out: &Path, table: &str) -> anyhow::Result<HashMap<String, i64>> {
-    let mut rows: HashMap<String, i64> = HashMap::new();
-    for part in std::fs::read_dir(out.join(table))? {
-        let text = std::fs::read_to_string(part?.path())?;
-        for line in text.lines().skip(1) {
-            let mut fields = line.rsplitn(3, ',');
-            let (_version, sign, row) = (fields.next(), fields.next(), fields.next());
-            let (Some(sign), Some(row)) = (sign, row) else {
-                bail!("{table}: a row without sign and version: {line}");
-            };
-            *rows.entry(row.to_owned()).or_default() += sign.parse::<i64>()?;
-        }
-    }
-    rows.retain(|_, n| *n != 0);
-    Ok(rows)
-}
-
-/// Fails unless every signed table of `b` holds the same rows as `a`'s.
-fn same_tables(a: &Path, b: &Path, name: &str) -> anyhow::Result<()> {
-    for table in SIGNED_TABLES {
-        let (x, y) = (consolidated(a, table)?, consolidated(b, table)?);
-        if x != y {
-            let missing = x.keys().filter(|k| y.get(*k) != x.get(*k)).take(3);
-            let extra = y.keys().filter(|k| x.get(*k) != y.get(*k)).take(3);
-            bail!(
-                "{name} disagrees with the baseline on {table} ({} rows against {}): baseline only {:?}, {name} only {:?}",
-                y.len(),
-                x.len(),
-                missing.collect::<Vec<_>>(),
-                extra.collect::<Vec<_>>()
-            );
-        }
-    }
-    Ok(())
 }
 
 struct Measured {
@@ -214,11 +166,13 @@ fn main() -> anyhow::Result<()> {
                 &workers.to_string(),
                 "--quiet",
             ]))?;
+            let name = format!("meterflow -w {workers}");
             same_tables(
-                &args.out.join("baseline"),
-                &out,
-                &format!("meterflow -w {workers}"),
-            )?;
+                (&args.out.join("baseline"), "the baseline"),
+                (&out, &name),
+                BASELINE_TABLES,
+            )
+            .map_err(anyhow::Error::msg)?;
             results.push(Measured {
                 name: format!("meterflow -w {workers} #{round}"),
                 seconds: secs,
