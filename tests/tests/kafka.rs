@@ -322,6 +322,94 @@ fn kafka_to_clickhouse_through_sigkills_counts_every_unit_exactly_once() {
     }
 }
 
+/// The newest generation (one per start of the pipeline) that wrote `usage_events` rows.
+fn newest_generation(ch: &ClickHouseServer) -> u64 {
+    count(ch, "SELECT max(generation) FROM meterflow.usage_events")
+}
+
+/// Where each worker's `usage_events` rows of generations after `after` stand, as (worker,
+/// latest epoch written), and the latest committed epoch.
+fn epochs_by_worker(ch: &ClickHouseServer, after: u64) -> (Vec<(u64, u64)>, u64) {
+    // A row's batch carries its writer in the top 24 bits (`BatchId`).
+    let tsv = ch
+        .query(&format!(
+            "SELECT intDiv(batch, 1099511627776) AS w, max(epoch) FROM meterflow.usage_events \
+             WHERE generation > {after} GROUP BY w ORDER BY w FORMAT TSV"
+        ))
+        .unwrap();
+    let by_worker = tsv
+        .lines()
+        .map(|l| {
+            let (w, e) = l.split_once('\t').unwrap();
+            (w.parse().unwrap(), e.parse().unwrap())
+        })
+        .collect();
+    (
+        by_worker,
+        count(ch, "SELECT max(epoch) FROM meterflow.sink_progress"),
+    )
+}
+
+/// Issue 22's exactly-once case made deliberate: every worker writes its own rows, so a kill can
+/// land while one worker's rows are durable for a later epoch than the other's. Each kill here
+/// waits until ClickHouse shows exactly that (both workers written, their latest epochs apart,
+/// rows past the last commit), then SIGKILLs at once. The restarts must still bill every unit
+/// once.
+#[test]
+fn sigkills_while_workers_stand_at_different_epochs_count_every_unit_exactly_once() {
+    let f = Fixture::new("kafka-skew-kill", 60_000, 3, "3s");
+    let d = f.dir.path();
+    let config = std::fs::read_to_string(d.join("kafka.toml")).unwrap();
+    let config = config.replace("[workers]\n", "[workers]\nthreads = 2\n");
+    std::fs::write(d.join("kafka.toml"), config).unwrap();
+    let producer = f.produce_slowly(10, Duration::from_millis(400));
+    let mut seen = Vec::new();
+    let mut attempts = 0;
+    while seen.len() < 3 {
+        attempts += 1;
+        assert!(
+            attempts <= 12,
+            "caught workers apart only {seen:?} in 12 runs"
+        );
+        // Only this start's rows count: a killed run's rows past the commit stay until the
+        // next start has deleted them.
+        let before = newest_generation(&f.ch);
+        let mut child = f.spawn();
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        let mut apart = None;
+        while apart.is_none() && std::time::Instant::now() < deadline {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            let (by_worker, committed) = epochs_by_worker(&f.ch, before);
+            if let [(_, a), (_, b)] = by_worker[..] {
+                if a != b && a.max(b) > committed {
+                    apart = Some((a, b, committed));
+                }
+            }
+            if apart.is_none() {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        match child.try_wait().unwrap() {
+            Some(status) => assert!(status.success(), "a run failed"),
+            None => {
+                child.kill().unwrap(); // SIGKILL
+                child.wait().unwrap();
+                if let Some(a) = apart {
+                    seen.push(a);
+                }
+            }
+        }
+    }
+    eprintln!("killed with the workers' rows apart (worker 0, worker 1, committed): {seen:?}");
+    producer.join().unwrap();
+    f.run_to_the_end();
+    f.assert_matches_oracle(&format!(
+        "after SIGKILLs with the workers' rows at different epochs (worker 0, worker 1, committed): {seen:?}"
+    ));
+}
+
 /// Kubernetes' default `terminationGracePeriodSeconds`: a SIGTERMed pipeline must have committed
 /// and exited well within it (docs/operations.md promises it).
 const GRACE: Duration = Duration::from_secs(30);
