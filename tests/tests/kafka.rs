@@ -410,6 +410,81 @@ fn sigkills_while_workers_stand_at_different_epochs_count_every_unit_exactly_onc
     ));
 }
 
+/// The same for a cluster of two processes started as the StatefulSet starts its pods (one
+/// worker each): one process is SIGKILLed while ClickHouse shows its rows and its peer's at
+/// different epochs; the peer notices and stops; the cluster restarts from the commit.
+#[test]
+fn a_cluster_killed_while_its_processes_stand_at_different_epochs_counts_every_unit_exactly_once() {
+    let f = Fixture::new("kafka-cluster-skew-kill", 30_000, 2, "3s");
+    let d = f.dir.path();
+    let config = std::fs::read_to_string(d.join("kafka.toml")).unwrap();
+    let config = config.replace("[workers]\n", "[workers]\nthreads = 1\n");
+    std::fs::write(d.join("kafka.toml"), config).unwrap();
+    let sts = StatefulSet::from_manifests();
+    let port = free_pod_port(sts.replicas);
+    let producer = f.produce_slowly(8, Duration::from_millis(400));
+    let mut seen = Vec::new();
+    let mut attempts = 0;
+    while seen.len() < 2 {
+        attempts += 1;
+        assert!(
+            attempts <= 10,
+            "caught the processes apart only {seen:?} in 10 runs"
+        );
+        let before = newest_generation(&f.ch);
+        let mut processes = f.spawn_pods(&sts, port);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let mut apart = None;
+        while apart.is_none() && std::time::Instant::now() < deadline {
+            if processes
+                .iter_mut()
+                .any(|p| p.try_wait().unwrap().is_some())
+            {
+                break;
+            }
+            let (by_worker, committed) = epochs_by_worker(&f.ch, before);
+            if let [(_, a), (_, b)] = by_worker[..] {
+                if a != b && a.max(b) > committed {
+                    apart = Some((a, b, committed));
+                }
+            }
+            if apart.is_none() {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        if apart.is_none() {
+            // Went idle between slices, or never apart: let both finish.
+            for p in &mut processes {
+                p.kill().unwrap();
+                p.wait().unwrap();
+            }
+            continue;
+        }
+        let victim = attempts % 2;
+        processes[victim].kill().unwrap(); // SIGKILL
+        processes[victim].wait().unwrap();
+        seen.extend(apart);
+        let other = &mut processes[1 - victim];
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while other.try_wait().unwrap().is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "process {} goes on without its peer",
+                1 - victim
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    eprintln!("killed with the processes' rows apart (worker 0, worker 1, committed): {seen:?}");
+    producer.join().unwrap();
+    for mut p in f.spawn_pods(&sts, port) {
+        assert!(p.wait().unwrap().success(), "the last run failed");
+    }
+    f.assert_matches_oracle(&format!(
+        "after SIGKILLs of a cluster process with the processes' rows at different epochs (worker 0, worker 1, committed): {seen:?}"
+    ));
+}
+
 /// Kubernetes' default `terminationGracePeriodSeconds`: a SIGTERMed pipeline must have committed
 /// and exited well within it (docs/operations.md promises it).
 const GRACE: Duration = Duration::from_secs(30);
