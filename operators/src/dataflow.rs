@@ -312,8 +312,8 @@ pub fn build<'s>(
     let (lines, rated_rows, line_usage) = split_priced(priced);
     let mut out = Sinks {
         writers: io.writers,
-        facts: io.facts_flush,
-        derived: io.derived_flush,
+        facts: io.facts_flush.with_rounds(plan.epochs_per_round),
+        derived: io.derived_flush.with_rounds(plan.epochs_per_round),
         fatal: fatal.clone(),
         durable: Vec::new(),
     };

@@ -2,9 +2,9 @@
 //! how far the table is durable.
 //!
 //! (data, time, diff): consumes rows as they arrive. Once the input frontier has passed some
-//! epochs and the [`FlushPolicy`] says so (enough rows, enough time, or the input is complete), it
-//! asks the writer to make everything durable, then downgrades its output capability to that
-//! frontier. The output carries no data: its frontier *is* the table's durable frontier, which
+//! epochs and the [`FlushPolicy`] says so (enough rows, enough time, a pricing round complete, or
+//! the input is complete), it asks the writer to make everything durable, then downgrades its
+//! output capability to that frontier. The output carries no data: its frontier *is* the table's durable frontier, which
 //! the progress committer waits for before recording input offsets. So progress never runs ahead
 //! of the data. Holds one capability: the first epoch not yet durable.
 //!
@@ -26,6 +26,7 @@ use timely::dataflow::channels::pact::ParallelizationContract;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::StreamVec;
 
+use crate::aggregate::round_end;
 use crate::{Epoch, Fatal};
 
 /// Receives one table's rows.
@@ -54,6 +55,13 @@ pub struct FlushPolicy {
     pub max_rows: usize,
     /// Flush completed epochs at least this often.
     pub max_delay: Duration,
+    /// Flush as soon as a pricing round of this many epochs is complete (every row of its
+    /// epochs is in), `min_delay` after the last flush at the earliest: the round, not a timer
+    /// of its own, sets when rows become durable. 0: `max_delay` alone.
+    pub epochs_per_round: u64,
+    /// The least time between two flushes started by a completed round (bounds the inserts per
+    /// table and second while a backlog completes rounds quickly).
+    pub min_delay: Duration,
 }
 
 impl FlushPolicy {
@@ -61,7 +69,23 @@ impl FlushPolicy {
         FlushPolicy {
             max_rows: usize::MAX,
             max_delay,
+            epochs_per_round: 0,
+            min_delay: max_delay,
         }
+    }
+
+    /// The same, also flushing as each pricing round of `epochs_per_round` epochs completes.
+    pub fn with_rounds(self, epochs_per_round: u64) -> FlushPolicy {
+        FlushPolicy {
+            epochs_per_round,
+            ..self
+        }
+    }
+
+    /// Whether the round holding `first` (the first epoch not yet durable) is complete at
+    /// `frontier`.
+    fn round_complete(&self, first: Epoch, frontier: Epoch) -> bool {
+        self.epochs_per_round > 0 && frontier > round_end(first, self.epochs_per_round)
     }
 }
 
@@ -180,12 +204,20 @@ where
             if !advanced {
                 return;
             }
+            let elapsed = last_flush.elapsed();
+            let round = frontier.is_some_and(|f| policy.round_complete(*c.time(), f));
             let due = frontier.is_none()
                 || waiting == 0
                 || waiting >= policy.max_rows
-                || last_flush.elapsed() >= policy.max_delay;
+                || elapsed >= policy.max_delay
+                || (round && elapsed >= policy.min_delay);
             if !due {
-                activator.activate_after(policy.max_delay.saturating_sub(last_flush.elapsed()));
+                let wait = if round {
+                    policy.min_delay.min(policy.max_delay)
+                } else {
+                    policy.max_delay
+                };
+                activator.activate_after(wait.saturating_sub(elapsed));
                 return;
             }
             match writer.start_flush(frontier) {
@@ -216,4 +248,21 @@ where
         }
     });
     durable
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_round_is_complete_once_the_frontier_passes_its_last_epoch() {
+        let p = FlushPolicy::every(Duration::from_secs(1)).with_rounds(2);
+        // Rounds of two epochs: 0-1, 2-3, 4-5.
+        assert!(!p.round_complete(2, 3), "epoch 3 may still bring rows");
+        assert!(p.round_complete(2, 4));
+        assert!(p.round_complete(3, 4));
+        assert!(p.round_complete(0, 9));
+        let timer_only = FlushPolicy::every(Duration::from_secs(1));
+        assert!(!timer_only.round_complete(2, 9));
+    }
 }

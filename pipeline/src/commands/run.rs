@@ -515,9 +515,14 @@ impl Wiring {
                     generation,
                     worker: index as u32,
                 };
+                let millis = |s: meterflow_schemas::time::Span| {
+                    Duration::from_millis(s.millis().max(0) as u64)
+                };
                 let policy = FlushPolicy {
                     max_rows: ch.flush_rows,
-                    max_delay: Duration::from_millis(ch.flush_interval.millis().max(0) as u64),
+                    max_delay: millis(ch.flush_interval),
+                    epochs_per_round: 0,
+                    min_delay: millis(ch.min_flush_interval),
                 };
                 let target = Target::ClickHouse {
                     cfg: ch.clone(),

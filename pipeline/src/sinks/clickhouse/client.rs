@@ -31,6 +31,9 @@ pub struct ClickHouseConfig {
     pub flush_rows: usize,
     /// Flush completed epochs at least this often.
     pub flush_interval: meterflow_schemas::time::Span,
+    /// Flush as soon as a pricing round is complete, once this long after the last flush: the
+    /// round sets the latency, and this bounds inserts per table and second under a backlog.
+    pub min_flush_interval: meterflow_schemas::time::Span,
     /// How inserts travel: `lz4` (the default) trades CPU on both ends for a third of the bytes,
     /// right across a network; `none` saves that CPU when ClickHouse runs on the same host.
     pub compression: Compression,
@@ -55,6 +58,7 @@ impl Default for ClickHouseConfig {
             password_file: None,
             flush_rows: 100_000,
             flush_interval: meterflow_schemas::time::Span(1000),
+            min_flush_interval: meterflow_schemas::time::Span(250),
             compression: Compression::Lz4,
         }
     }
