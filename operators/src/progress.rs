@@ -6,11 +6,20 @@
 //! commits [`Progress`] for `R` to a [`ProgressStore`]: the reader positions, the watermark with
 //! each partition's event-time state, and the cumulative counts through `R`. A restart resumes
 //! exactly there: later epochs' rows are removed from the sinks, the input is re-read from the
-//! positions, and state is rebuilt from the tables. Commits happen only at round ends because invoice lines are priced per round.
+//! positions, and state is rebuilt from the tables. Commits happen only at round ends because
+//! invoice lines are priced per round.
 //!
-//! State: the stats and counts of epochs not yet committed.
+//! The store writes on a thread of its own ([`Committer`]), in commit order: worker 0 goes on
+//! with the dataflow while a commit record travels to ClickHouse (or waits there while it is
+//! down). A record still in flight when the process dies is only a later restart point lost:
+//! the restart resumes from the commit before it, as after any kill. The run ends once the
+//! last record is written.
+//!
+//! State: the stats and counts of epochs not yet committed, and the records not yet written.
 
 use std::collections::BTreeMap;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
 
 use meterflow_schemas::lag::{merge_into, LagHistogram, PartitionLag};
 use meterflow_schemas::rows::Counts;
@@ -56,7 +65,7 @@ impl Progress {
 }
 
 /// Where progress is recorded (with the data, so both survive together).
-pub trait ProgressStore: 'static {
+pub trait ProgressStore: Send + 'static {
     fn commit(&mut self, progress: &Progress) -> Result<(), String>;
 }
 
@@ -107,10 +116,7 @@ pub fn commit_progress<'s>(
     to: CommitTo,
     fatal: Fatal,
 ) {
-    let CommitTo {
-        mut store,
-        lag: lag_totals,
-    } = to;
+    let mut committer = Committer::spawn(to, fatal.clone());
     let mut builder = OperatorBuilder::new("CommitProgress".to_owned(), durable.scope());
     let mut durable_in = builder.new_input(durable, Pipeline);
     let mut stats_in = builder.new_input(stats, Pipeline);
@@ -188,15 +194,65 @@ pub fn commit_progress<'s>(
             committed.watermark = tracker.floor();
             committed.partitions = tracker.partitions();
             committed.positions = positions.values().copied().collect();
-            match store.commit(&committed) {
-                Ok(()) => {
-                    committed_through = Some(target);
-                    lag_totals.add(&committed.lag, committed.watermark);
-                }
-                Err(e) => fatal.set(format!("committing progress failed: {e}")),
-            }
+            committer.commit(committed.clone());
+            committed_through = Some(target);
         }
     });
+}
+
+/// Writes commit records to the store on a thread of its own, in order. Dropping it waits
+/// until every record handed to it is written (or the store failed, which is fatal).
+struct Committer {
+    records: Option<mpsc::Sender<Progress>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Committer {
+    fn spawn(to: CommitTo, fatal: Fatal) -> Committer {
+        let CommitTo {
+            mut store,
+            lag: lag_totals,
+        } = to;
+        let (records, queue) = mpsc::channel::<Progress>();
+        let thread = std::thread::Builder::new()
+            .name("commit progress".into())
+            .spawn(move || {
+                for p in queue {
+                    if fatal.is_set() {
+                        return;
+                    }
+                    match store.commit(&p) {
+                        // The lag of what this commit covers counts once it is durable.
+                        Ok(()) => lag_totals.add(&p.lag, p.watermark),
+                        Err(e) => {
+                            fatal.set(format!("committing progress failed: {e}"));
+                            return;
+                        }
+                    }
+                }
+            })
+            .expect("a thread for progress commits");
+        Committer {
+            records: Some(records),
+            thread: Some(thread),
+        }
+    }
+
+    fn commit(&mut self, p: Progress) {
+        // A send fails only once the thread stopped on a failed commit, already fatal.
+        if let Some(records) = &self.records {
+            let _ = records.send(p);
+        }
+    }
+}
+
+impl Drop for Committer {
+    fn drop(&mut self) {
+        self.records = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// Adds chunks' lags to a commit's: each chunk's events waited from being read until `now`,

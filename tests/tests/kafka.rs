@@ -809,10 +809,9 @@ fn a_stopped_clickhouse_pauses_reading_at_max_unwritten_bytes_and_loses_nothing(
         format!("[input]\nmax_unwritten_bytes = {max_unwritten}\nmax_epochs_ahead = 1000000\n\n[metrics]\naddr = \"127.0.0.1:{port}\"\n\n{config}"),
     )
     .unwrap();
-    // Two workers: worker 0 also writes the commit records, and blocks while one is in flight
-    // to the stopped server; worker 1 only reads and must pause at the bound by itself. The
-    // dedup bound (`max_epochs_ahead`) is lifted: with worker 0 blocked, deduplication of its
-    // keys stops, and that bound would otherwise hold worker 1 first.
+    // Two workers, each of which must pause at the byte bound by itself: commit records are
+    // written on a thread of their own, so worker 0 does not block on the stopped server
+    // either. The dedup bound (`max_epochs_ahead`) is lifted so that only the byte bound holds.
     let mut child = f.spawn_logging_to("meterflow.log", "paused.toml", &["-w", "2"]);
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while meterflow_tests::servers::http_get(&format!("127.0.0.1:{port}"), "/readyz")
@@ -832,7 +831,9 @@ fn a_stopped_clickhouse_pauses_reading_at_max_unwritten_bytes_and_loses_nothing(
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let log = loop {
         let log = std::fs::read_to_string(d.join("meterflow.log")).unwrap();
-        if log.contains("reading paused for 5 s") || std::time::Instant::now() > deadline {
+        if log.matches("reading paused for 5 s").count() >= 2
+            || std::time::Instant::now() > deadline
+        {
             break log;
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -842,9 +843,10 @@ fn a_stopped_clickhouse_pauses_reading_at_max_unwritten_bytes_and_loses_nothing(
         .lines()
         .filter(|l| l.contains("reading paused for 5 s"))
         .collect();
-    assert!(
-        !paused.is_empty(),
-        "a reader pauses at input.max_unwritten_bytes while ClickHouse is stopped: {log}"
+    assert_eq!(
+        paused.len(),
+        2,
+        "each of the two readers pauses once at input.max_unwritten_bytes while ClickHouse is stopped: {log}"
     );
     // What it held when it paused: the bound, plus the chunk that crossed it (at most
     // max_epoch_bytes and one message more, a batch of 20 records).
