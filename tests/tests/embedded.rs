@@ -782,6 +782,35 @@ fn a_bad_config_stops_start_up_naming_the_key() {
     );
 }
 
+/// A log read from a file or a collector (stderr is not a terminal) is plain text: no colour
+/// escape codes around levels and fields.
+#[test]
+fn logs_written_to_a_file_carry_no_colour_codes() {
+    let s = Scratch::new("plainlog");
+    gen(s.path(), 200);
+    let out = Command::new(meterflow_bin())
+        .args([
+            "run",
+            "-i",
+            s.path().join("events.jsonl").to_str().unwrap(),
+            "-c",
+            s.path().join("catalog").to_str().unwrap(),
+            "-o",
+            s.path().join("o").to_str().unwrap(),
+        ])
+        .env("METERFLOW_LOG", "info")
+        .env_remove("NO_COLOR")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("INFO"), "the run logs at info: {log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour codes in a piped log: {log:?}"
+    );
+}
+
 #[test]
 fn catalog_check_lists_every_problem_with_its_fix() {
     let s = Scratch::new("badcatalog");

@@ -852,18 +852,7 @@ fn a_stopped_clickhouse_pauses_reading_at_max_unwritten_bytes_and_loses_nothing(
     // max_epoch_bytes and one message more, a batch of 20 records).
     let largest = 20 * f.lines.iter().map(String::len).max().unwrap() as u64;
     for line in &paused {
-        // Without the terminal colours the log may carry.
-        let mut plain = String::new();
-        let mut escape = false;
-        for c in line.chars() {
-            match (escape, c) {
-                (false, '\u{1b}') => escape = true,
-                (true, 'm') => escape = false,
-                (false, c) => plain.push(c),
-                _ => {}
-            }
-        }
-        let held: u64 = plain
+        let held: u64 = line
             .split(" unwritten_bytes=")
             .nth(1)
             .and_then(|v| v.split_whitespace().next())
