@@ -63,17 +63,10 @@ pub fn entitlement_signals<'s>(
                 }
                 let next = |t: EventTime| unit.end_of(unit.period_of(t));
                 for (start, s) in signals(e, &usage, next) {
-                    let signal = EntitlementSignal {
-                        customer,
-                        contract,
-                        sku,
-                        period: Period(start),
-                        kind: s.kind,
-                        percent: s.percent,
-                        at: s.at,
-                        allowance: s.allowance,
-                    };
-                    output.push((signal, 1));
+                    output.push((
+                        EntitlementSignal::of((customer, contract, sku), start, &s),
+                        1,
+                    ));
                 }
             },
         )

@@ -216,6 +216,27 @@ pub struct EntitlementSignal {
     pub allowance: Quantity,
 }
 
+impl EntitlementSignal {
+    /// The row of `signal`, found for `key` (customer, contract, SKU) in the service period
+    /// starting at `start`.
+    pub fn of(
+        (customer, contract, sku): (CustomerIdx, ContractIdx, SkuIdx),
+        start: EventTime,
+        signal: &crate::entitlement::Signal,
+    ) -> EntitlementSignal {
+        EntitlementSignal {
+            customer,
+            contract,
+            sku,
+            period: Period(start),
+            kind: signal.kind,
+            percent: signal.percent,
+            at: signal.at,
+            allowance: signal.allowance,
+        }
+    }
+}
+
 /// One tier of one price contributing to an invoice line (signed on output).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct RatedRow {

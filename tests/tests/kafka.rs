@@ -350,6 +350,29 @@ fn epochs_by_worker(ch: &ClickHouseServer, after: u64) -> (Vec<(u64, u64)>, u64)
     )
 }
 
+/// Polls ClickHouse until the rows of starts after generation `before` stand at different
+/// epochs for the two workers, one of them past the last commit: returns (worker 0's latest
+/// epoch, worker 1's, the committed one), or `None` once `ended` says a process exited or after
+/// `limit`.
+fn wait_until_apart(
+    ch: &ClickHouseServer,
+    before: u64,
+    limit: Duration,
+    mut ended: impl FnMut() -> bool,
+) -> Option<(u64, u64, u64)> {
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline && !ended() {
+        let (by_worker, committed) = epochs_by_worker(ch, before);
+        if let [(_, a), (_, b)] = by_worker[..] {
+            if a != b && a.max(b) > committed {
+                return Some((a, b, committed));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    None
+}
+
 /// Issue 22's exactly-once case made deliberate: every worker writes its own rows, so a kill can
 /// land while one worker's rows are durable for a later epoch than the other's. Each kill here
 /// waits until ClickHouse shows exactly that (both workers written, their latest epochs apart,
@@ -375,22 +398,9 @@ fn sigkills_while_workers_stand_at_different_epochs_count_every_unit_exactly_onc
         // next start has deleted them.
         let before = newest_generation(&f.ch);
         let mut child = f.spawn();
-        let deadline = std::time::Instant::now() + Duration::from_secs(15);
-        let mut apart = None;
-        while apart.is_none() && std::time::Instant::now() < deadline {
-            if child.try_wait().unwrap().is_some() {
-                break;
-            }
-            let (by_worker, committed) = epochs_by_worker(&f.ch, before);
-            if let [(_, a), (_, b)] = by_worker[..] {
-                if a != b && a.max(b) > committed {
-                    apart = Some((a, b, committed));
-                }
-            }
-            if apart.is_none() {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        }
+        let apart = wait_until_apart(&f.ch, before, Duration::from_secs(15), || {
+            child.try_wait().unwrap().is_some()
+        });
         match child.try_wait().unwrap() {
             Some(status) => assert!(status.success(), "a run failed"),
             None => {
@@ -433,25 +443,11 @@ fn a_cluster_killed_while_its_processes_stand_at_different_epochs_counts_every_u
         );
         let before = newest_generation(&f.ch);
         let mut processes = f.spawn_pods(&sts, port);
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        let mut apart = None;
-        while apart.is_none() && std::time::Instant::now() < deadline {
-            if processes
+        let apart = wait_until_apart(&f.ch, before, Duration::from_secs(20), || {
+            processes
                 .iter_mut()
                 .any(|p| p.try_wait().unwrap().is_some())
-            {
-                break;
-            }
-            let (by_worker, committed) = epochs_by_worker(&f.ch, before);
-            if let [(_, a), (_, b)] = by_worker[..] {
-                if a != b && a.max(b) > committed {
-                    apart = Some((a, b, committed));
-                }
-            }
-            if apart.is_none() {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        }
+        });
         if apart.is_none() {
             // Went idle between slices, or never apart: let both finish.
             for p in &mut processes {

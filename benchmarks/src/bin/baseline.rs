@@ -106,17 +106,11 @@ impl Derived<'_> {
                 continue;
             };
             for (start, s) in signals(e, &usage, next) {
-                let signal = EntitlementSignal {
-                    customer,
-                    contract,
-                    sku,
-                    period: Period(start),
-                    kind: s.kind,
-                    percent: s.percent,
-                    at: s.at,
-                    allowance: s.allowance,
-                };
-                rows.push((signal, 0, 1));
+                rows.push((
+                    EntitlementSignal::of((customer, contract, sku), start, &s),
+                    0,
+                    1,
+                ));
             }
         }
         self.write(&tables::ENTITLEMENT_SIGNALS, rows)
