@@ -218,7 +218,7 @@ impl Default for OutputConfig {
     fn default() -> Self {
         OutputConfig {
             flush_interval: Span(1000),
-            price_every_epochs: 2,
+            price_every_epochs: 4,
         }
     }
 }

@@ -69,7 +69,7 @@ impl Default for KafkaConfig {
             topics: vec!["usage".into()],
             group_id: "meterflow".into(),
             start_from: "earliest".into(),
-            epoch_interval: Span(200),
+            epoch_interval: Span(100),
             max_epoch_bytes: 8 << 20,
             exit_when_idle: None,
             idle_after: Span(10_000),
