@@ -4,9 +4,9 @@
 //! (data, time, diff): consumes rows as they arrive. Once the input frontier has passed some
 //! epochs and the [`FlushPolicy`] says so (enough rows, enough time, a pricing round complete, or
 //! the input is complete), it asks the writer to make everything durable, then downgrades its
-//! output capability to that frontier. The output carries no data: its frontier *is* the table's durable frontier, which
-//! the progress committer waits for before recording input offsets. So progress never runs ahead
-//! of the data. Holds one capability: the first epoch not yet durable.
+//! output capability to that frontier. The output carries no data: its frontier *is* the table's
+//! durable frontier, which the progress committer waits for before recording input offsets. So
+//! progress never runs ahead of the data. Holds one capability: the first epoch not yet durable.
 //!
 //! A writer may flush in the background ([`TableWriter::start_flush`]): the worker goes on
 //! buffering rows while the flush runs, one flush per table at a time, and the capability moves
