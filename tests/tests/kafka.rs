@@ -141,6 +141,25 @@ impl Fixture {
         })
     }
 
+    /// Produces each of `parts` slowly, one after the other. Slowly, as every kill's part was:
+    /// a burst would let two partitions run days ahead of the third (see the session 21 note on
+    /// issue 22).
+    fn produce_parts_slowly(&self, parts: impl Iterator<Item = std::ops::Range<usize>>) {
+        for part in parts {
+            self.produce_range_slowly(part, 6, Duration::from_millis(300))
+                .join()
+                .unwrap();
+        }
+    }
+
+    /// Worker threads per process in `kafka.toml`.
+    fn set_threads(&self, threads: usize) {
+        let path = self.dir.path().join("kafka.toml");
+        let config = std::fs::read_to_string(&path).unwrap();
+        let config = config.replace("[workers]\n", &format!("[workers]\nthreads = {threads}\n"));
+        std::fs::write(path, config).unwrap();
+    }
+
     /// The lines in `parts` consecutive ranges: each deliberate kill gets a fresh one to read
     /// while it waits for its moment, however slowly the machine starts a run.
     fn parts(&self, parts: usize) -> Vec<std::ops::Range<usize>> {
@@ -402,10 +421,7 @@ fn wait_until_apart(
 #[ignore = "finds a pre-existing exactly-once bug in some runs: a duplicate whose original was committed before a kill is accepted again after the restart (accepted +1 against the oracle; session 21 note on issue 22); run with --run-ignored to reproduce"]
 fn sigkills_while_workers_stand_at_different_epochs_count_every_unit_exactly_once() {
     let f = Fixture::new("kafka-skew-kill", 60_000, 3, "3s");
-    let d = f.dir.path();
-    let config = std::fs::read_to_string(d.join("kafka.toml")).unwrap();
-    let config = config.replace("[workers]\n", "[workers]\nthreads = 2\n");
-    std::fs::write(d.join("kafka.toml"), config).unwrap();
+    f.set_threads(2);
     let mut parts = f.parts(12).into_iter();
     let mut seen = Vec::new();
     let mut attempts = 0;
@@ -440,13 +456,7 @@ fn sigkills_while_workers_stand_at_different_epochs_count_every_unit_exactly_onc
         }
     }
     eprintln!("killed with the workers' rows apart (worker 0, worker 1, committed): {seen:?}");
-    // The rest as slowly as before: a burst would let two partitions run days ahead of the
-    // third (see the session 21 note on issue 22).
-    for rest in parts {
-        f.produce_range_slowly(rest, 6, Duration::from_millis(300))
-            .join()
-            .unwrap();
-    }
+    f.produce_parts_slowly(parts);
     f.run_to_the_end();
     f.assert_matches_oracle(&format!(
         "after SIGKILLs with the workers' rows at different epochs (worker 0, worker 1, committed): {seen:?}"
@@ -460,10 +470,7 @@ fn sigkills_while_workers_stand_at_different_epochs_count_every_unit_exactly_onc
 #[ignore = "finds a pre-existing exactly-once bug in some runs: a duplicate whose original was committed before a kill is accepted again after the restart (accepted +1 against the oracle; session 21 note on issue 22); run with --run-ignored to reproduce"]
 fn a_cluster_killed_while_its_processes_stand_at_different_epochs_counts_every_unit_exactly_once() {
     let f = Fixture::new("kafka-cluster-skew-kill", 30_000, 2, "3s");
-    let d = f.dir.path();
-    let config = std::fs::read_to_string(d.join("kafka.toml")).unwrap();
-    let config = config.replace("[workers]\n", "[workers]\nthreads = 1\n");
-    std::fs::write(d.join("kafka.toml"), config).unwrap();
+    f.set_threads(1);
     let sts = StatefulSet::from_manifests();
     let port = free_pod_port(sts.replicas);
     let mut parts = f.parts(10).into_iter();
@@ -512,13 +519,7 @@ fn a_cluster_killed_while_its_processes_stand_at_different_epochs_counts_every_u
         }
     }
     eprintln!("killed with the processes' rows apart (worker 0, worker 1, committed): {seen:?}");
-    // The rest as slowly as before: a burst would let two partitions run days ahead of the
-    // third (see the session 21 note on issue 22).
-    for rest in parts {
-        f.produce_range_slowly(rest, 6, Duration::from_millis(300))
-            .join()
-            .unwrap();
-    }
+    f.produce_parts_slowly(parts);
     for mut p in f.spawn_pods(&sts, port) {
         assert!(p.wait().unwrap().success(), "the last run failed");
     }
@@ -695,10 +696,8 @@ fn late_events_across_a_period_close_are_billed_the_same_through_short_lived_res
 #[test]
 fn a_cluster_whose_processes_are_sigkilled_counts_every_unit_exactly_once() {
     let f = Fixture::new("kafka-cluster-kill", 30_000, 2, "3s");
+    f.set_threads(1);
     let d = f.dir.path();
-    let config = std::fs::read_to_string(d.join("kafka.toml")).unwrap();
-    let config = config.replace("[workers]\n", "[workers]\nthreads = 1\n");
-    std::fs::write(d.join("kafka.toml"), config).unwrap();
     let sts = StatefulSet::from_manifests();
     assert_eq!(sts.replicas, 2, "the manifests' cluster is the one tested");
     let port = free_pod_port(sts.replicas);
