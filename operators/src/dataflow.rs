@@ -198,7 +198,7 @@ pub fn build<'s>(
         resume
             .dedup
             .iter()
-            .filter(|s| s.key.route() % scope.peers() as u64 == scope.index() as u64),
+            .filter(|s| s.route % scope.peers() as u64 == scope.index() as u64),
     );
     let through = billed_through(
         watermarks.clone(),

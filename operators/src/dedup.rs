@@ -57,6 +57,9 @@ type Out<D> = OutputBuilder<Epoch, CapacityContainerBuilder<Vec<D>>>;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DedupSeed {
     pub key: EventKey,
+    /// Which worker holds the key: the route of the event that carried it, so a correction's
+    /// key lives with its original's (see [`UsageEvent::route`]), where its retries are judged.
+    pub route: u64,
     pub fingerprint: u64,
     pub time: EventTime,
     pub voided: bool,

@@ -35,6 +35,7 @@ fn input() -> Vec<u8> {
     // straddle commits), a month end crossing and late October events.
     let mut sent = Vec::new();
     let mut readings: Vec<(String, String)> = Vec::new();
+    let mut corrections: Vec<String> = Vec::new();
     for i in 0..600i64 {
         let minute = i * 55;
         let t = meterflow_schemas::time::EventTime(1_792_454_400_000 + minute * 60_000);
@@ -154,6 +155,23 @@ fn input() -> Vec<u8> {
                 "2026-10-30T22:00:00Z",
             ));
         }
+        if i == 150 {
+            // Amend an earlier api_calls event: take back half of it.
+            let original = sent[141].clone();
+            let q = 1 + (141 * 37) % 900;
+            let amend = fixtures::void_of(&original, "e141", &q.to_string(), "amend-141")
+                .replace(
+                    &format!(r#""quantity":"-{q}""#),
+                    &format!(r#""quantity":"-{}""#, q / 2),
+                )
+                .replace(r#""action":"void""#, r#""action":"amend""#);
+            lines.push(amend.clone());
+            corrections.push(amend);
+        }
+        if i == 430 || i == 590 {
+            // Retries of the corrections, rounds after them (across restart points).
+            lines.extend(corrections.iter().cloned());
+        }
         if i == 300 {
             // Void an earlier event.
             let original = event(
@@ -167,7 +185,9 @@ fn input() -> Vec<u8> {
                     .to_string(),
             );
             let quantity = format!("{}", 1 + (290 * 37) % 900);
-            lines.push(fixtures::void_of(&original, "e290", &quantity, "void-290"));
+            let void = fixtures::void_of(&original, "e290", &quantity, "void-290");
+            lines.push(void.clone());
+            corrections.push(void);
         }
     }
     lines.push("{broken".into());
@@ -199,6 +219,7 @@ fn state_at(full: &RunOutput, p: &Progress, horizon_ms: i64, plan: &Plan) -> (Re
         .filter(|e| e.time.0 >= forget_before)
         .map(|e| DedupSeed {
             key: e.key,
+            route: e.route(),
             fingerprint: e.fingerprint,
             time: e.time,
             voided: voided.contains(&e.key),
@@ -332,7 +353,7 @@ fn a_restart_from_any_commit_ends_where_an_uninterrupted_run_does() {
     let chunk = 2048;
     let full = run(&input, p.clone(), 1, chunk).unwrap();
     assert!(full.counts.balanced());
-    assert!(full.counts.late >= 2 && full.counts.duplicates > 0 && full.counts.corrections == 1);
+    assert!(full.counts.late >= 2 && full.counts.duplicates > 0 && full.counts.corrections == 2);
     assert!(full.progress.len() >= 5, "commits: {}", full.progress.len());
     let last = full.progress.last().unwrap();
     assert_eq!(

@@ -75,6 +75,8 @@ pub struct Restored {
 #[derive(Row, Deserialize)]
 struct KeyRow {
     event_id: String,
+    /// The original's id for a correction, else empty.
+    correction_of: String,
     fingerprint: u64,
     event_time_ms: i64,
 }
@@ -313,7 +315,7 @@ pub fn restore(
     let forget_before = progress
         .watermark
         .map_or(i64::MIN, |w| w.minus(dedup_horizon).0);
-    let keys: Vec<KeyRow> = ch.fetch(&format!("SELECT event_id, fingerprint, event_time_ms FROM {{db}}.usage_events WHERE event_time_ms >= {forget_before} AND {upto}"))?;
+    let keys: Vec<KeyRow> = ch.fetch(&format!("SELECT event_id, correction_of, fingerprint, event_time_ms FROM {{db}}.usage_events WHERE event_time_ms >= {forget_before} AND {upto}"))?;
     let voids: Vec<VoidRow> = ch.fetch(&format!("SELECT correction_of FROM {{db}}.usage_events WHERE correction_action = 'void' AND event_time_ms >= {forget_before} AND {upto}"))?;
     let voided: std::collections::HashSet<EventKey> = voids
         .iter()
@@ -323,8 +325,13 @@ pub fn restore(
         .into_iter()
         .map(|k| {
             let key = EventKey::of(&k.event_id);
+            let owner = match k.correction_of.as_str() {
+                "" => key,
+                original => EventKey::of(original),
+            };
             DedupSeed {
                 key,
+                route: owner.route(),
                 fingerprint: k.fingerprint,
                 time: EventTime(k.event_time_ms),
                 voided: voided.contains(&key),
