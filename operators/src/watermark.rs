@@ -179,7 +179,9 @@ impl EpochLateness {
 /// A commit records [`WatermarkTracker::partitions`] with the watermark, and a resumed run
 /// starts from both ([`WatermarkTracker::resuming`]): every partition's latest time and idleness
 /// are what they were at the commit, so the epochs after it are judged exactly as an
-/// uninterrupted run judges the same epochs. Nothing has to be read or re-earned first.
+/// uninterrupted run judges the same epochs. Nothing has to be read or re-earned first. (One
+/// exception, decided by the Kafka reader: a partition that was idle but has a backlog now is
+/// not idle, since an uninterrupted run would have read those messages as they came.)
 #[derive(Clone, Default)]
 pub struct WatermarkTracker {
     pending: BTreeMap<Epoch, (Option<EventTime>, Vec<PartitionTime>)>,

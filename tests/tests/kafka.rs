@@ -418,7 +418,6 @@ fn wait_until_apart(
 /// rows past the last commit), then SIGKILLs at once. The restarts must still bill every unit
 /// once.
 #[test]
-#[ignore = "finds a pre-existing exactly-once bug in some runs: a duplicate whose original was committed before a kill is accepted again after the restart (accepted +1 against the oracle; session 21 note on issue 22); run with --run-ignored to reproduce"]
 fn sigkills_while_workers_stand_at_different_epochs_count_every_unit_exactly_once() {
     let f = Fixture::new("kafka-skew-kill", 60_000, 3, "3s");
     f.set_threads(2);
@@ -467,7 +466,6 @@ fn sigkills_while_workers_stand_at_different_epochs_count_every_unit_exactly_onc
 /// worker each): one process is SIGKILLed while ClickHouse shows its rows and its peer's at
 /// different epochs; the peer notices and stops; the cluster restarts from the commit.
 #[test]
-#[ignore = "finds a pre-existing exactly-once bug in some runs: a duplicate whose original was committed before a kill is accepted again after the restart (accepted +1 against the oracle; session 21 note on issue 22); run with --run-ignored to reproduce"]
 fn a_cluster_killed_while_its_processes_stand_at_different_epochs_counts_every_unit_exactly_once() {
     let f = Fixture::new("kafka-cluster-skew-kill", 30_000, 2, "3s");
     f.set_threads(1);
@@ -690,6 +688,51 @@ fn late_events_across_a_period_close_are_billed_the_same_through_short_lived_res
         "late events still inside the open September"
     );
     assert_billed_like_reference(&f.ch, &format!("after {kills} SIGKILLs"));
+}
+
+#[test]
+fn a_backlog_on_partitions_idle_at_the_commit_is_judged_as_an_uninterrupted_run_judges_it() {
+    // The first run reads four days and exits when idle, so its last commit records every
+    // partition idle. Sixteen more days then wait in the topic. Partitions idle at the commit
+    // but holding a backlog must hold the watermark until read: counted idle, the first
+    // partition read carried it days past the others, and their events were judged too old.
+    let f = Fixture::new("kafka-idle-backlog", 30_000, 3, "3s");
+    let d = f.dir.path();
+    let split = f.lines.len() / 5;
+    let lines: Vec<&str> = f.lines.iter().map(String::as_str).collect();
+    let brokers = f.broker.brokers();
+    produce(&brokers, TOPIC, f.partitions, &lines[..split], BATCHING);
+    f.run_to_the_end();
+    produce(&brokers, TOPIC, f.partitions, &lines[split..], BATCHING);
+    f.run_to_the_end();
+
+    let config = reference_config(&f.ch, d, "kafka.toml");
+    let out = d.join("reference-out").display().to_string();
+    let catalog = d.join("catalog").display().to_string();
+    meterflow_ok(&[
+        "run",
+        "-c",
+        &catalog,
+        "-o",
+        &out,
+        "--config",
+        &config,
+        "--clickhouse-url",
+        &f.ch.url(),
+        "-q",
+    ]);
+    let too_old = |db: &str| {
+        count(
+            &f.ch,
+            &format!("SELECT count() FROM {db}.rejections WHERE reason = 'timestamp_too_old'"),
+        )
+    };
+    assert_eq!(
+        too_old("meterflow"),
+        too_old("reference"),
+        "events judged too old"
+    );
+    assert_billed_like_reference(&f.ch, "after a run that exited idle and a backlog");
 }
 
 /// The processes start as the StatefulSet of `deploy/k8s/` starts its pods (see `spawn_pods`).

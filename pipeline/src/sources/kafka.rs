@@ -384,7 +384,8 @@ impl KafkaReader {
 
     /// `resume`: the commit this run continues from. Its partitions start at their committed
     /// next offsets; others start per `start_from` on a pipeline's first start, and at their
-    /// beginning after. A partition idle at the commit stays idle until a message arrives.
+    /// beginning after. A partition idle at the commit stays idle until a message arrives, if
+    /// the broker holds nothing past its committed offset now.
     pub fn new(
         cfg: &KafkaConfig,
         all: &[(String, i32)],
@@ -451,9 +452,25 @@ impl KafkaReader {
             .iter()
             .map(|&p| (p, (next_offsets.get(&p).copied(), Instant::now())))
             .collect();
+        // Idle at the commit and nothing arrived since: still idle. A partition that has a
+        // backlog now (producers wrote while the pipeline was down, or it exited when idle) holds
+        // the watermark until it is read, as any partition with unread messages does; were it
+        // still counted idle, the first other partition read would carry the watermark past its
+        // backlog, and the backlog's events would be judged late or too old.
         let idle_at_resume = idle_at_resume
             .into_iter()
             .filter(|p| assigned.contains(p))
+            .filter(|&(source, partition)| {
+                let topic = &cfg.topics[source as usize];
+                match consumer.fetch_watermarks(topic, partition, Duration::from_secs(5)) {
+                    Ok((low, high)) => match next_offsets.get(&(source, partition)) {
+                        Some(&next) => next as i64 >= high,
+                        None => high <= low,
+                    },
+                    // Unknown: hold the watermark until the partition is idle again.
+                    Err(_) => false,
+                }
+            })
             .collect();
         Ok(KafkaReader {
             idle_at_resume,
