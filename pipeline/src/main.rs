@@ -27,6 +27,27 @@ use meterflow_schemas::catalog::CatalogErrors;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+extern "C" {
+    /// mimalloc's own option setter (`mimalloc.h`), linked in with the allocator.
+    fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
+}
+
+/// `mi_option_purge_delay` in `mimalloc.h`'s `mi_option_e`.
+const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
+
+/// Memory freed for more than 1 s goes back to the OS (mimalloc's default is 10 ms). Each
+/// pricing round builds and drops its hash tables, so with 10 ms the same memory went back to
+/// the OS and was faulted in again, zeroed, every round: 13% of `run -w 1` on B1 was the kernel
+/// clearing (huge) pages. With 1 s: −13% wall time on B1 `-w 1`, −10% on `-w 2`, the same peak
+/// RSS (benchmarks/RESULTS.md, session 22). An environment's `MIMALLOC_PURGE_DELAY` still wins.
+fn tune_allocator() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: called first thing in `main`, before any other thread exists (the setter is
+        // not thread safe); the option id and value are plain integers.
+        unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, 1000) };
+    }
+}
+
 #[derive(Parser)]
 #[command(
     name = "meterflow",
@@ -89,6 +110,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    tune_allocator();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("METERFLOW_LOG")
