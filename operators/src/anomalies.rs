@@ -131,6 +131,8 @@ pub fn anomalies<'s>(
             }
         };
         let mut reemit = resumed;
+        // Kept across rounds with its capacity (drained each round).
+        let mut changed: HashMap<BucketRow, isize, FxBuild> = HashMap::default();
         move |frontiers| {
             stats_in.for_each(|_cap, data| data.iter().for_each(|s| tracker.observe(s)));
             sums_in.for_each_stamp(|cap, data| {
@@ -177,7 +179,6 @@ pub fn anomalies<'s>(
                     rounds.push(l);
                 }
             }
-            let mut changed: HashMap<BucketRow, isize, FxBuild> = HashMap::default();
             let mut verdicts = Vec::new();
             for r in rounds {
                 let sums = pending.remove(&r).unwrap_or_default();
