@@ -298,6 +298,26 @@ impl Fixture {
         meterflow_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
     }
 
+    /// The same topic, read by one uninterrupted run into its own database, `reference`.
+    fn run_reference(&self) {
+        let d = self.dir.path();
+        let config = reference_config(&self.ch, d, "kafka.toml");
+        let out = d.join("reference-out").display().to_string();
+        let catalog = d.join("catalog").display().to_string();
+        meterflow_ok(&[
+            "run",
+            "-c",
+            &catalog,
+            "-o",
+            &out,
+            "--config",
+            &config,
+            "--clickhouse-url",
+            &self.ch.url(),
+            "-q",
+        ]);
+    }
+
     fn assert_matches_oracle(&self, what: &str) {
         let d = self.dir.path();
         meterflow_ok(&[
@@ -630,7 +650,6 @@ fn late_events_across_a_period_close_are_billed_the_same_through_short_lived_res
     // the killed pipeline is shorter than `kafka.idle_after` (10 s): no partition ever has
     // time to become idle again after a restart.
     let f = Fixture::starting("kafka-late-kill", 40_000, 4, "3s", "2026-09-20T00:00:00Z");
-    let d = f.dir.path();
     let (slow, backfill): (Vec<&str>, Vec<&str>) = f
         .lines
         .iter()
@@ -657,22 +676,7 @@ fn late_events_across_a_period_close_are_billed_the_same_through_short_lived_res
     producer.join().unwrap();
     f.run_to_the_end();
 
-    // The same topic, read by one uninterrupted run into its own database.
-    let config = reference_config(&f.ch, d, "kafka.toml");
-    let out = d.join("reference-out").display().to_string();
-    let catalog = d.join("catalog").display().to_string();
-    meterflow_ok(&[
-        "run",
-        "-c",
-        &catalog,
-        "-o",
-        &out,
-        "--config",
-        &config,
-        "--clickhouse-url",
-        &f.ch.url(),
-        "-q",
-    ]);
+    f.run_reference();
 
     let adjusted = count(
         &f.ch,
@@ -697,7 +701,6 @@ fn a_backlog_on_partitions_idle_at_the_commit_is_judged_as_an_uninterrupted_run_
     // but holding a backlog must hold the watermark until read: counted idle, the first
     // partition read carried it days past the others, and their events were judged too old.
     let f = Fixture::new("kafka-idle-backlog", 30_000, 3, "3s");
-    let d = f.dir.path();
     let split = f.lines.len() / 5;
     let lines: Vec<&str> = f.lines.iter().map(String::as_str).collect();
     let brokers = f.broker.brokers();
@@ -706,21 +709,7 @@ fn a_backlog_on_partitions_idle_at_the_commit_is_judged_as_an_uninterrupted_run_
     produce(&brokers, TOPIC, f.partitions, &lines[split..], BATCHING);
     f.run_to_the_end();
 
-    let config = reference_config(&f.ch, d, "kafka.toml");
-    let out = d.join("reference-out").display().to_string();
-    let catalog = d.join("catalog").display().to_string();
-    meterflow_ok(&[
-        "run",
-        "-c",
-        &catalog,
-        "-o",
-        &out,
-        "--config",
-        &config,
-        "--clickhouse-url",
-        &f.ch.url(),
-        "-q",
-    ]);
+    f.run_reference();
     let too_old = |db: &str| {
         count(
             &f.ch,
