@@ -5,7 +5,9 @@
   validator against the AWS Marketplace Metering Service model botocore ships (types, required
   members, lengths, 0 <= Quantity <= 2^31-1, at most 25 records), plus what the service enforces
   beyond the model: whole-hour timestamps, exactly one of CustomerIdentifier and
-  CustomerAWSAccountId, and one record per customer, dimension and hour across the files.
+  CustomerAWSAccountId, and one record per customer, dimension and hour across the files; a
+  record's UsageAllocations add up to its Quantity, with tag keys and values matching the model's
+  pattern (botocore's validator checks lengths, not patterns).
 - Azure: every file is a `batchUsageEvent` body, checked against the JSON Schema written from
   the REST reference (tests/schemas/azure-batch-usage-event.schema.json), and one event per
   resource, dimension and hour across the files.
@@ -13,7 +15,8 @@
   tests/schemas/gcp-services-report.schema.json, with unique operation ids.
 
 Prints `records: N` per marketplace and the sum of quantities per (customer, dimension), which the
-caller compares with the usage it computed. Exit status 1 on the first invalid file.
+caller compares with the usage it computed, and for AWS the allocated quantity per (customer,
+dimension, tags). Exit status 1 on the first invalid file.
 
     marketplace_check.py (--aws DIR | --azure DIR | --gcp DIR)...
 """
@@ -22,11 +25,14 @@ import argparse
 import glob
 import json
 import os
+import re
 import sys
 from collections import defaultdict
 from datetime import datetime, timezone
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+# AWS allocated quantity per (customer, dimension, "key=value,..." tags).
+ALLOCATED = defaultdict(int)
 
 
 def files(d):
@@ -47,6 +53,8 @@ def check_aws(d):
 
     model = botocore.session.get_session().get_service_model("meteringmarketplace")
     shape = model.operation_model("BatchMeterUsage").input_shape
+    tag_shape = model.shape_for("Tag")
+    patterns = {k: re.compile(tag_shape.members[k].metadata["pattern"]) for k in ("Key", "Value")}
     seen, totals, n = set(), defaultdict(int), 0
     for path in files(d):
         with open(path) as f:
@@ -65,6 +73,18 @@ def check_aws(d):
                 sys.exit(f"{path}: {key} twice: AWS answers DuplicateRecord")
             seen.add(key)
             totals[(r[who[0]], r["Dimension"])] += r["Quantity"]
+            allocations = r.get("UsageAllocations")
+            if allocations is not None:
+                allocated = sum(a["AllocatedUsageQuantity"] for a in allocations)
+                if allocated != r["Quantity"]:
+                    sys.exit(f"{path}: {key}: allocations add up to {allocated}, not {r['Quantity']}")
+                for a in allocations:
+                    for tag in a.get("Tags", []):
+                        for k in ("Key", "Value"):
+                            if not patterns[k].match(tag[k]):
+                                sys.exit(f"{path}: tag {k} {tag[k]!r} does not match {patterns[k].pattern}")
+                    tags = ",".join(f"{t['Key']}={t['Value']}" for t in a.get("Tags", []))
+                    ALLOCATED[(r[who[0]], r["Dimension"], tags)] += a["AllocatedUsageQuantity"]
             n += 1
     return n, totals
 
@@ -122,6 +142,8 @@ def main():
         print(f"{kind} records: {sum(n for n, _ in found)}")
         for (who, dimension), q in sorted(totals.items()):
             print(f"{kind} total\t{who}\t{dimension}\t{q:g}")
+    for (who, dimension, tags), q in sorted(ALLOCATED.items()):
+        print(f"aws allocated\t{who}\t{dimension}\t{tags}\t{q}")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,11 @@
 //! (late events, amends, voids) is settled per export run: an increase becomes one compensating
 //! record dated at the export's hour; a decrease cannot be sent (no marketplace takes negative
 //! metering) and is reported as `not_sendable`, for a refund or credit through the marketplace.
+//!
+//! An AWS dimension with `allocation_tags` splits each record's quantity into `UsageAllocations`
+//! by the values of those event attributes, in proportion to each tag set's usage behind the
+//! record, by largest remainder (see [`allocate`]): the allocations always add up to the
+//! record's quantity, as `BatchMeterUsage` requires.
 
 use std::collections::BTreeMap;
 
@@ -48,13 +53,108 @@ pub fn whole_units(kind: MarketplaceKind) -> bool {
 }
 
 /// A contract's net usage of a SKU in one hour (count meters: events), corrections included.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HourUsage {
     pub contract: ContractIdx,
     pub sku: SkuIdx,
     /// The start of the hour.
     pub hour: EventTime,
     pub quantity: Quantity,
+    /// The allocation tags of this part of the hour's usage (see [`tags_of`]); empty when the
+    /// dimension has none, or the events carried none of them.
+    pub tags: Tags,
+}
+
+/// Allocation tags: (attribute key, value) in the order the dimension names the keys.
+pub type Tags = Vec<(String, String)>;
+
+/// Whether `s` is 1 to `max` characters of AWS's tag pattern `^[a-zA-Z0-9+ -=._:\/@]+$` (the
+/// class ` -=` is every character from space to `=`).
+pub fn aws_tag_text(s: &str, max: usize) -> bool {
+    !s.is_empty() && s.chars().count() <= max && s.chars().all(aws_tag_char)
+}
+
+fn aws_tag_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || (' '..='=').contains(&c) || "._:/@+".contains(c)
+}
+
+/// The allocation tags of an event from its canonical `metadata.attributes` JSON: each of `keys`
+/// it carries (not null), its value as text (a string as is, anything else as JSON), with
+/// characters AWS refuses in a tag value replaced by `_` and cut to 256 characters.
+pub fn tags_of(attributes: &str, keys: &[String]) -> Tags {
+    if keys.is_empty() || attributes.is_empty() {
+        return Tags::new();
+    }
+    let Ok(map) = serde_json::from_str::<serde_json::Map<String, Value>>(attributes) else {
+        return Tags::new();
+    };
+    keys.iter()
+        .filter_map(|k| {
+            let text = match map.get(k)? {
+                Value::Null => return None,
+                Value::String(s) => s.clone(),
+                v => v.to_string(),
+            };
+            let value: String = text
+                .chars()
+                .map(|c| if aws_tag_char(c) { c } else { '_' })
+                .take(256)
+                .collect();
+            (!value.is_empty()).then(|| (k.clone(), value))
+        })
+        .collect()
+}
+
+/// The allocation tag keys of `sku` for `contract` on its `kind` listing (none if not sold there).
+pub fn allocation_tags(
+    catalog: &Catalog,
+    kind: MarketplaceKind,
+    contract: ContractIdx,
+    sku: SkuIdx,
+) -> &[String] {
+    catalog.contracts[contract.ix()]
+        .marketplace
+        .as_ref()
+        .map(|a| &catalog.marketplaces[a.listing])
+        .filter(|l| l.kind == kind)
+        .and_then(|l| l.dimension(sku))
+        .map_or(&[], |d| d.allocation_tags.as_slice())
+}
+
+/// Splits `quantity` whole units over tag sets in proportion to their `shares` of the usage
+/// behind it, by largest remainder (ties: tag order); tag sets whose net usage is not positive
+/// get nothing. Without a positive share, all of it is one untagged allocation. The parts add
+/// up to `quantity` exactly and none is negative.
+pub fn allocate(quantity: Quantity, shares: &BTreeMap<Tags, Quantity>) -> Vec<(Tags, Quantity)> {
+    let units = quantity.0.div_euclid(Quantity::SCALE_ONE);
+    let positive: Vec<(&Tags, i128)> = shares
+        .iter()
+        .filter(|(_, q)| q.0 > 0)
+        .map(|(t, q)| (t, q.0))
+        .collect();
+    let total: i128 = positive.iter().map(|(_, q)| q).sum();
+    if units <= 0 || total == 0 {
+        return vec![(Tags::new(), Quantity(units.max(0) * Quantity::SCALE_ONE))];
+    }
+    let mut parts: Vec<(&Tags, i128, i128)> = positive
+        .iter()
+        .map(|&(t, q)| (t, units * q / total, units * q % total))
+        .collect();
+    let mut left = units - parts.iter().map(|p| p.1).sum::<i128>();
+    let mut order: Vec<usize> = (0..parts.len()).collect();
+    order.sort_by(|&a, &b| parts[b].2.cmp(&parts[a].2).then(a.cmp(&b)));
+    for i in order {
+        if left == 0 {
+            break;
+        }
+        parts[i].1 += 1;
+        left -= 1;
+    }
+    parts
+        .into_iter()
+        .filter(|p| p.1 > 0)
+        .map(|(t, n, _)| (t.clone(), Quantity(n * Quantity::SCALE_ONE)))
+        .collect()
 }
 
 /// What was exported before for one contract, dimension and usage hour (compensations are
@@ -95,6 +195,9 @@ pub struct Record {
     pub timestamp: EventTime,
     /// Marketplace units (negative only for `NotSendable`).
     pub quantity: Quantity,
+    /// AWS `UsageAllocations` (whole units adding up to `quantity`); empty when the dimension
+    /// has no allocation tags.
+    pub allocations: Vec<(Tags, Quantity)>,
     /// Stable across runs: the same record is sent with the same key, so a marketplace (and
     /// meterflow's `exports` table) recognises a resend.
     pub key: String,
@@ -172,8 +275,9 @@ pub fn plan(
     (from, to): (EventTime, EventTime),
     (at, oldest): (EventTime, Option<EventTime>),
 ) -> Result<Vec<Record>, Vec<Unmapped>> {
-    let mut by_line: BTreeMap<(ContractIdx, SkuIdx), BTreeMap<EventTime, Quantity>> =
-        BTreeMap::new();
+    // Per hour: the net usage, and its parts per allocation tag set.
+    type Hours = BTreeMap<EventTime, (Quantity, BTreeMap<Tags, Quantity>)>;
+    let mut by_line: BTreeMap<(ContractIdx, SkuIdx), Hours> = BTreeMap::new();
     let mut unmapped = Vec::new();
     for u in usage.iter().filter(|u| u.hour < to) {
         let contract = &catalog.contracts[u.contract.ix()];
@@ -197,11 +301,13 @@ pub fn plan(
             }
             continue;
         }
-        *by_line
+        let hour = by_line
             .entry((u.contract, u.sku))
             .or_default()
             .entry(u.hour)
-            .or_default() += u.quantity;
+            .or_default();
+        hour.0 += u.quantity;
+        *hour.1.entry(u.tags.clone()).or_default() += u.quantity;
     }
     if !unmapped.is_empty() {
         return Err(unmapped);
@@ -229,7 +335,17 @@ pub fn plan(
             .map(|((_, _, hour), _)| *hour);
         let (mut total, mut before) = (Quantity::ZERO, Quantity::ZERO);
         let (mut owed, mut settles) = (Quantity::ZERO, None);
-        for (hour, q) in hours {
+        let tagged = !dimension.allocation_tags.is_empty();
+        let allocations = |q: Quantity, shares: &BTreeMap<Tags, Quantity>| {
+            if tagged {
+                allocate(q, shares)
+            } else {
+                Vec::new()
+            }
+        };
+        // A compensation's allocations follow the usage of the hours it settles.
+        let mut settled: BTreeMap<Tags, Quantity> = BTreeMap::new();
+        for (hour, (q, shares)) in hours {
             total += q;
             let now = units(total, dimension.unit_size, whole);
             let due = now - before;
@@ -252,6 +368,7 @@ pub fn plan(
                         usage_hour: hour,
                         timestamp: hour,
                         quantity: due,
+                        allocations: allocations(due, &shares),
                         key: record_key(
                             &listing.id,
                             &customer,
@@ -267,11 +384,13 @@ pub fn plan(
                 None => {
                     owed += due;
                     settles.get_or_insert(hour);
+                    add_shares(&mut settled, &shares);
                 }
                 Some(was) => {
                     if due != *was {
                         owed += due - *was;
                         settles.get_or_insert(hour);
+                        add_shares(&mut settled, &shares);
                     }
                 }
             }
@@ -290,11 +409,22 @@ pub fn plan(
                 usage_hour: first,
                 timestamp: at_hour,
                 quantity: owed,
+                allocations: if kind == RecordKind::Compensation {
+                    allocations(owed, &settled)
+                } else {
+                    Vec::new()
+                },
                 key: record_key(&listing.id, &customer, &dimension.name, at_hour, kind),
             });
         }
     }
     Ok(out)
+}
+
+fn add_shares(into: &mut BTreeMap<Tags, Quantity>, shares: &BTreeMap<Tags, Quantity>) {
+    for (t, q) in shares {
+        *into.entry(t.clone()).or_default() += *q;
+    }
 }
 
 /// A row of the `exports` table: a record as it was written or sent.
@@ -424,6 +554,22 @@ fn entry(catalog: &Catalog, kind: MarketplaceKind, r: &Record) -> Value {
                 Some(a) => e["CustomerAWSAccountId"] = json!(a),
                 None => e["CustomerIdentifier"] = json!(account.customer),
             }
+            if !r.allocations.is_empty() {
+                e["UsageAllocations"] = r
+                    .allocations
+                    .iter()
+                    .map(|(tags, q)| {
+                        let mut a = json!({ "AllocatedUsageQuantity": q.0 / Quantity::SCALE_ONE });
+                        if !tags.is_empty() {
+                            a["Tags"] = tags
+                                .iter()
+                                .map(|(k, v)| json!({ "Key": k, "Value": v }))
+                                .collect();
+                        }
+                        a
+                    })
+                    .collect();
+            }
             e
         }
         MarketplaceKind::Azure => json!({
@@ -488,6 +634,39 @@ unit_size = "1000"
                 sku: SkuIdx(0),
                 hour: h(*hour),
                 quantity: Quantity::parse(q).unwrap(),
+                tags: Tags::new(),
+            })
+            .collect()
+    }
+
+    /// The AWS records of usage hours `[from, to)` for an export at hour `at` (not a live send).
+    fn aws_plan(
+        c: &Catalog,
+        u: &[HourUsage],
+        sent: &Sent,
+        (from, to): (i64, i64),
+        at: i64,
+    ) -> Vec<Record> {
+        plan(
+            c,
+            MarketplaceKind::Aws,
+            u,
+            sent,
+            (h(from), h(to)),
+            (h(at), None),
+        )
+        .unwrap()
+    }
+
+    /// What an export of `records` (of the test contract's tokens) recorded as sent.
+    fn sent_by(records: &[Record]) -> Sent {
+        records
+            .iter()
+            .map(|r| {
+                (
+                    ("acme-1".to_string(), "tokens_1k".to_string(), r.usage_hour),
+                    r.quantity,
+                )
             })
             .collect()
     }
@@ -509,15 +688,7 @@ unit_size = "1000"
     fn whole_units_carry_their_remainder_into_the_next_hour() {
         let c = from_toml_str(&catalog()).unwrap();
         let u = usage(&[(0, "1500"), (1, "700"), (2, "800"), (3, "0")]);
-        let r = plan(
-            &c,
-            MarketplaceKind::Aws,
-            &u,
-            &Sent::new(),
-            (h(0), h(24)),
-            (h(100), None),
-        )
-        .unwrap();
+        let r = aws_plan(&c, &u, &Sent::new(), (0, 24), 100);
         // 1.5k → 1 (0.5 carried), 2.2k → 2 (1 more), 3.0k → 3 (1 more).
         assert_eq!(
             quantities(&r),
@@ -528,15 +699,7 @@ unit_size = "1000"
             ]
         );
         // Exporting only the second half of the day still counts the carry from before it.
-        let later = plan(
-            &c,
-            MarketplaceKind::Aws,
-            &u,
-            &Sent::new(),
-            (h(1), h(24)),
-            (h(100), None),
-        )
-        .unwrap();
+        let later = aws_plan(&c, &u, &Sent::new(), (1, 24), 100);
         assert_eq!(quantities(&later), quantities(&r)[1..].to_vec());
         // Other marketplaces' exports leave the AWS contract out.
         assert!(plan(
@@ -555,46 +718,13 @@ unit_size = "1000"
     fn what_was_sent_is_not_sent_again_and_changes_settle_once() {
         let c = from_toml_str(&catalog()).unwrap();
         let u = usage(&[(0, "2000"), (1, "3000")]);
-        let first = plan(
-            &c,
-            MarketplaceKind::Aws,
-            &u,
-            &Sent::new(),
-            (h(0), h(24)),
-            (h(30), None),
-        )
-        .unwrap();
-        let sent: Sent = first
-            .iter()
-            .map(|r| {
-                (
-                    ("acme-1".to_string(), "tokens_1k".to_string(), r.usage_hour),
-                    r.quantity,
-                )
-            })
-            .collect();
-        assert!(plan(
-            &c,
-            MarketplaceKind::Aws,
-            &u,
-            &sent,
-            (h(0), h(24)),
-            (h(40), None)
-        )
-        .unwrap()
-        .is_empty());
+        let first = aws_plan(&c, &u, &Sent::new(), (0, 24), 30);
+        let sent = sent_by(&first);
+        assert!(aws_plan(&c, &u, &sent, (0, 24), 40).is_empty());
         // Late usage in hour 0 settles in one compensation at the export's hour, accounted for
         // from hour 0; hour 2, after the last hour sent, is new usage dated at its hour.
         let more = usage(&[(0, "4000"), (1, "3000"), (2, "1000")]);
-        let r = plan(
-            &c,
-            MarketplaceKind::Aws,
-            &more,
-            &sent,
-            (h(0), h(24)),
-            (h(40), None),
-        )
-        .unwrap();
+        let r = aws_plan(&c, &more, &sent, (0, 24), 40);
         assert_eq!(
             quantities(&r),
             vec![
@@ -604,27 +734,11 @@ unit_size = "1000"
         );
         assert_eq!(r[1].usage_hour, h(0));
         // The next day is another period, exported for the first time: its hours as they are.
-        let next = plan(
-            &c,
-            MarketplaceKind::Aws,
-            &more,
-            &sent,
-            (h(2), h(48)),
-            (h(40), None),
-        )
-        .unwrap();
+        let next = aws_plan(&c, &more, &sent, (2, 48), 40);
         assert_eq!(quantities(&next), vec![(RecordKind::Usage, 2, "1".into())]);
         // A void that takes usage back cannot be sent: it is reported.
         let less = usage(&[(0, "1000"), (1, "3000")]);
-        let r = plan(
-            &c,
-            MarketplaceKind::Aws,
-            &less,
-            &sent,
-            (h(0), h(24)),
-            (h(40), None),
-        )
-        .unwrap();
+        let r = aws_plan(&c, &less, &sent, (0, 24), 40);
         assert_eq!(
             quantities(&r),
             vec![(RecordKind::NotSendable, 40, "-1".into())]
@@ -638,7 +752,7 @@ unit_size = "1000"
         let mut u = usage(&[(0, "2000")]);
         u.push(HourUsage {
             sku: SkuIdx(1),
-            ..u[0]
+            ..u[0].clone()
         });
         let err = plan(
             &c,
@@ -702,15 +816,7 @@ unit_size = "1000"
     fn requests_carry_at_most_25_records_in_the_marketplace_format() {
         let c = from_toml_str(&catalog()).unwrap();
         let u = usage(&(0..30).map(|i| (i, "1000")).collect::<Vec<_>>());
-        let r = plan(
-            &c,
-            MarketplaceKind::Aws,
-            &u,
-            &Sent::new(),
-            (h(0), h(48)),
-            (h(100), None),
-        )
-        .unwrap();
+        let r = aws_plan(&c, &u, &Sent::new(), (0, 48), 100);
         let req = requests(&c, MarketplaceKind::Aws, &r);
         assert_eq!(req.len(), 2);
         assert_eq!(req[0]["UsageRecords"].as_array().unwrap().len(), 25);
@@ -722,16 +828,7 @@ unit_size = "1000"
         // Keys are stable UUIDs, different per hour.
         assert_eq!(
             r[0].key,
-            plan(
-                &c,
-                MarketplaceKind::Aws,
-                &u,
-                &Sent::new(),
-                (h(0), h(48)),
-                (h(100), None)
-            )
-            .unwrap()[0]
-                .key
+            aws_plan(&c, &u, &Sent::new(), (0, 48), 100)[0].key
         );
         assert_ne!(r[0].key, r[1].key);
         assert_eq!(r[0].key.len(), 36);
@@ -781,5 +878,177 @@ unit_size = "1000"
             .unwrap_err()
             .to_string()
             .contains("resourceId"));
+    }
+
+    fn tags(pairs: &[(&str, &str)]) -> Tags {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn allocations_add_up_to_the_quantity_by_largest_remainder() {
+        let q = |s: &str| Quantity::parse(s).unwrap();
+        let shares: BTreeMap<Tags, Quantity> = [
+            (tags(&[("project", "a")]), q("1")),
+            (tags(&[("project", "b")]), q("1")),
+            (tags(&[("project", "c")]), q("1")),
+            (tags(&[("project", "d")]), q("-2")),
+        ]
+        .into_iter()
+        .collect();
+        // 10 over three equal shares: 3, 3, 3 and the remainder to the first in tag order.
+        let a = allocate(q("10"), &shares);
+        let parts: Vec<(String, String)> = a
+            .iter()
+            .map(|(t, n)| (t[0].1.clone(), n.to_string()))
+            .collect();
+        assert_eq!(
+            parts,
+            vec![
+                ("a".into(), "4".into()),
+                ("b".into(), "3".into()),
+                ("c".into(), "3".into())
+            ]
+        );
+        // Proportional: 7 units over 2 000 and 500 → 5.6 and 1.4 → 6 and 1.
+        let shares: BTreeMap<Tags, Quantity> = [
+            (tags(&[("project", "x")]), q("2000")),
+            (Tags::new(), q("500")),
+        ]
+        .into_iter()
+        .collect();
+        let a = allocate(q("7"), &shares);
+        assert_eq!(
+            a,
+            vec![(Tags::new(), q("1")), (tags(&[("project", "x")]), q("6"))]
+        );
+        // Nothing positive to go by: one untagged allocation of everything.
+        assert_eq!(
+            allocate(q("3"), &BTreeMap::new()),
+            vec![(Tags::new(), q("3"))]
+        );
+        for total in 0..40 {
+            let a = allocate(Quantity::from_units(total), &shares);
+            let sum: i128 = a.iter().map(|(_, n)| n.0).sum();
+            assert_eq!(sum, Quantity::from_units(total).0, "{total}");
+            assert!(a.iter().all(|(_, n)| n.0 >= 0));
+        }
+    }
+
+    #[test]
+    fn tags_come_from_the_attributes_in_the_dimension_order_and_are_made_sendable() {
+        let keys = ["project".to_string(), "team".to_string()];
+        assert_eq!(
+            tags_of(r#"{"team":"ml","project":"alpha"}"#, &keys),
+            tags(&[("project", "alpha"), ("team", "ml")])
+        );
+        assert_eq!(
+            tags_of(r#"{"project":42,"team":null}"#, &keys),
+            tags(&[("project", "42")])
+        );
+        assert_eq!(
+            tags_of(r#"{"project":"a?b{c}é"}"#, &keys),
+            tags(&[("project", "a_b_c__")])
+        );
+        assert!(aws_tag_text("a_b_c__", 256));
+        assert_eq!(tags_of("", &keys), Tags::new());
+        assert_eq!(tags_of("not json", &keys), Tags::new());
+        assert!(aws_tag_text("cost-center:eu/1@x", 100));
+        assert!(!aws_tag_text("a?b", 100) && !aws_tag_text("", 100));
+    }
+
+    #[test]
+    fn records_of_a_tagged_dimension_carry_usage_allocations() {
+        let c = from_toml_str(&catalog().replace(
+            "unit_size = \"1000\"",
+            "unit_size = \"1000\"\nallocation_tags = [\"project\"]",
+        ))
+        .unwrap();
+        let at = |hour: i64, q: &str, project: Option<&str>| HourUsage {
+            contract: ContractIdx(0),
+            sku: SkuIdx(0),
+            hour: h(hour),
+            quantity: Quantity::parse(q).unwrap(),
+            tags: project.map_or_else(Tags::new, |p| tags(&[("project", p)])),
+        };
+        let u = vec![
+            at(0, "1500", Some("alpha")),
+            at(0, "1500", Some("beta")),
+            at(0, "1000", None),
+            at(1, "2000", Some("beta")),
+        ];
+        let r = aws_plan(&c, &u, &Sent::new(), (0, 24), 30);
+        assert_eq!(
+            quantities(&r),
+            vec![
+                (RecordKind::Usage, 0, "4".into()),
+                (RecordKind::Usage, 1, "2".into())
+            ]
+        );
+        let body = &requests(&c, MarketplaceKind::Aws, &r)[0];
+        assert_eq!(
+            body["UsageRecords"][0]["UsageAllocations"],
+            json!([
+                { "AllocatedUsageQuantity": 1 },
+                { "AllocatedUsageQuantity": 2, "Tags": [{ "Key": "project", "Value": "alpha" }] },
+                { "AllocatedUsageQuantity": 1, "Tags": [{ "Key": "project", "Value": "beta" }] },
+            ])
+        );
+        // Late usage of hour 0 settles as a compensation, allocated by the hours it settles.
+        let sent = sent_by(&r);
+        let mut more = u.clone();
+        more.push(at(0, "3000", Some("gamma")));
+        let r = aws_plan(&c, &more, &sent, (0, 24), 40);
+        assert_eq!(
+            quantities(&r),
+            vec![(RecordKind::Compensation, 40, "3".into())]
+        );
+        let sum: i128 = r[0].allocations.iter().map(|(_, q)| q.0).sum();
+        assert_eq!(sum, r[0].quantity.0);
+        let untagged = from_toml_str(&catalog()).unwrap();
+        let plain = aws_plan(&untagged, &u, &Sent::new(), (0, 24), 30);
+        assert!(plain.iter().all(|r| r.allocations.is_empty()));
+        assert!(
+            requests(&untagged, MarketplaceKind::Aws, &plain)[0]["UsageRecords"][0]
+                .get("UsageAllocations")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn the_catalog_refuses_allocation_tags_aws_would_refuse() {
+        let with = |tags: &str| {
+            from_toml_str(&catalog().replace(
+                "unit_size = \"1000\"",
+                &format!("unit_size = \"1000\"\nallocation_tags = {tags}"),
+            ))
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+        };
+        assert!(with(r#"["project", "team"]"#).is_ok());
+        assert!(with(r#"["a", "b", "c", "d", "e", "f"]"#)
+            .unwrap_err()
+            .contains("at most 5"));
+        assert!(with(r#"["pro{ject}"]"#)
+            .unwrap_err()
+            .contains("not an AWS tag key"));
+        assert!(with(r#"["team", "team"]"#)
+            .unwrap_err()
+            .contains("named twice"));
+        let azure = catalog()
+            .replace(
+                "kind = \"aws\"\nproduct_code = \"prod-abc123\"",
+                "kind = \"azure\"",
+            )
+            .replace(
+                "unit_size = \"1000\"",
+                "unit_size = \"1000\"\nallocation_tags = [\"project\"]",
+            );
+        assert!(from_toml_str(&azure)
+            .unwrap_err()
+            .to_string()
+            .contains("allocation_tags are for AWS listings"));
     }
 }

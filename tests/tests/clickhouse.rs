@@ -827,9 +827,9 @@ fn every_statement_meterflow_sends_and_every_documented_query_run_on_current_cli
         "FROM meterflow.v_exec_reconciliation",
         "FROM meterflow.v_exec_drift",
         "FROM meterflow.exports WHERE marketplace",
-        "* 3600) AS bucket, toString(sum(quantity))",
+        "* 3600) AS bucket, attributes AS attributes, toString(sum(quantity))",
         "FROM meterflow.revenue_schedule",
-        "* 86400) AS bucket, toString(sum(quantity))",
+        "* 86400) AS bucket, '' AS attributes, toString(sum(quantity))",
         "FROM meterflow.v_exec_forecast",
     ] {
         assert!(sent.contains(kind), "no `{kind}` statement was recorded");

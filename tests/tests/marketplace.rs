@@ -36,6 +36,43 @@ fn checked(args: &[&str]) -> BTreeMap<(String, String, String), String> {
         .collect()
 }
 
+/// `marketplace_check.py --aws dir`'s allocated quantities: `(dimension, "key=value" tags) →
+/// units`, every record's allocations having added up to its quantity.
+fn allocated(dir: &Path) -> BTreeMap<(String, String), i128> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = run_ok(
+        Command::new("python3")
+            .arg(root.join("marketplace_check.py"))
+            .args(["--aws", path(dir)]),
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            (f[0] == "aws allocated").then(|| ((f[2].into(), f[3].into()), f[4].parse().unwrap()))
+        })
+        .collect()
+}
+
+/// Net billable usage of a contract's SKU before November per `project` attribute ("" for
+/// events without one), summed from `usage_events`.
+fn october_by_project(out: &Path, contract: &str, sku: &str) -> BTreeMap<String, Quantity> {
+    let mut by = BTreeMap::new();
+    for r in read_table(out, "usage_events").unwrap().iter().filter(|r| {
+        r["contract_id"] == contract
+            && r["sku"] == sku
+            && r["billable"] == "1"
+            && r["event_time"].as_str() < "2026-11-01"
+    }) {
+        let project = serde_json::from_str::<serde_json::Value>(&r["attributes"])
+            .ok()
+            .and_then(|a| a["project"].as_str().map(|p| format!("project={p}")))
+            .unwrap_or_default();
+        *by.entry(project).or_insert(Quantity::ZERO) += Quantity::parse(&r["quantity"]).unwrap();
+    }
+    by
+}
+
 /// Net billable usage of a contract's SKU before November, summed from `usage_events`.
 fn october(out: &Path, contract: &str, sku: &str) -> Quantity {
     read_table(out, "usage_events")
@@ -139,6 +176,33 @@ fn exports_validate_against_the_marketplaces_and_settle_what_changed() {
             .div_euclid(Quantity::SCALE_ONE)
             .to_string()
     );
+    // AWS records of a dimension with allocation tags split their units by project, in
+    // proportion to each project's usage behind the record: the month's allocations follow
+    // each project's usage to within the rounding of its records.
+    let allocations = allocated(&requests.join("aws"));
+    for (dimension, sku) in [("api_calls_1k", "api_calls"), ("tokens_1k", "tokens")] {
+        let usage = october_by_project(&out, "globex-legacy", sku);
+        assert_eq!(
+            usage.len(),
+            4,
+            "three projects and untagged usage: {usage:?}"
+        );
+        let sent: i128 = total("aws", aws, dimension).parse().unwrap();
+        let parts: BTreeMap<&String, i128> = allocations
+            .iter()
+            .filter(|((d, _), _)| d == dimension)
+            .map(|((_, tags), q)| (tags, *q))
+            .collect();
+        assert_eq!(parts.values().sum::<i128>(), sent, "{dimension}: {parts:?}");
+        for (project, q) in &usage {
+            let got = parts.get(project).copied().unwrap_or_default();
+            let want = q.0 / Quantity::parse("1000").unwrap().0;
+            assert!(
+                (got - want).abs() <= 3 + sent / 20,
+                "{dimension} {project:?}: allocated {got}, usage {q} ({parts:?})"
+            );
+        }
+    }
     // Azure: exact quantities.
     let azure = "5f1c2a9e-3b7d-4e2a-9c1f-7d2b8e6a4c10";
     let exact = |q: Quantity, unit: &str| {
@@ -286,48 +350,52 @@ fn clickhouse_exports_the_records_the_files_export() {
     let (demo, ch) = meterflow_tests::demo_in_clickhouse(s.path());
     let catalog = demo.join("catalog");
     let url = ch.url();
-    let mut bodies = Vec::new();
-    for (source, to) in [
-        (vec!["-o", path(&demo.join("out"))], s.path().join("files")),
-        (
-            vec!["--clickhouse-url", url.as_str()],
-            s.path().join("clickhouse"),
-        ),
-    ] {
-        let mut args = vec![
-            "export",
-            "azure",
-            "-c",
-            path(&catalog),
-            "--period",
-            "2026-10",
-            "--at",
-            "2026-12-01T00:00:00Z",
-            "--to",
-            path(&to),
-        ];
-        args.extend(source);
-        meterflow_ok(&args);
-        let mut found: Vec<serde_json::Value> = std::fs::read_dir(to.join("azure/2026-10"))
-            .unwrap()
-            .flat_map(|f| {
-                let v: serde_json::Value =
-                    serde_json::from_str(&std::fs::read_to_string(f.unwrap().path()).unwrap())
-                        .unwrap();
-                v["request"].as_array().unwrap().clone()
-            })
-            .collect();
-        found.sort_by_key(|e| {
+    // `kind`'s October records exported from the files and from ClickHouse, each sorted.
+    let both = |kind: &str, member: &str| -> Vec<Vec<String>> {
+        let mut bodies = Vec::new();
+        for (source, to) in [
             (
-                e["dimension"].to_string(),
-                e["effectiveStartTime"].to_string(),
-            )
-        });
-        bodies.push(found);
-    }
-    assert!(!bodies[0].is_empty());
+                vec!["-o", path(&demo.join("out"))],
+                s.path().join(format!("{kind}-files")),
+            ),
+            (
+                vec!["--clickhouse-url", url.as_str()],
+                s.path().join(format!("{kind}-clickhouse")),
+            ),
+        ] {
+            let mut args = vec![
+                "export",
+                kind,
+                "-c",
+                path(&catalog),
+                "--period",
+                "2026-10",
+                "--at",
+                "2026-12-01T00:00:00Z",
+                "--to",
+                path(&to),
+            ];
+            args.extend(source);
+            meterflow_ok(&args);
+            let mut found: Vec<String> = std::fs::read_dir(to.join(kind).join("2026-10"))
+                .unwrap()
+                .flat_map(|f| {
+                    let v: serde_json::Value =
+                        serde_json::from_str(&std::fs::read_to_string(f.unwrap().path()).unwrap())
+                            .unwrap();
+                    v[member].as_array().unwrap().clone()
+                })
+                .map(|r| r.to_string())
+                .collect();
+            found.sort();
+            bodies.push(found);
+        }
+        bodies
+    };
+    let azure = both("azure", "request");
+    assert!(!azure[0].is_empty());
     assert_eq!(
-        bodies[0], bodies[1],
+        azure[0], azure[1],
         "ClickHouse and the files export the same records"
     );
     let recorded = ch
@@ -335,7 +403,7 @@ fn clickhouse_exports_the_records_the_files_export() {
         .unwrap();
     assert_eq!(
         recorded.trim(),
-        format!("{}\t{}", bodies[1].len(), bodies[1].len())
+        format!("{}\t{}", azure[1].len(), azure[1].len())
     );
     // The ClickHouse export is recorded there: a resend writes nothing new.
     let o = meterflow_ok(&[
@@ -352,6 +420,15 @@ fn clickhouse_exports_the_records_the_files_export() {
     ]);
     assert!(String::from_utf8_lossy(&o.stdout).contains("nothing new to send"));
     assert!(!s.path().join("again").exists());
+
+    // AWS, whose allocations ClickHouse reads from the events' attributes grouped there.
+    let aws = both("aws", "UsageRecords");
+    let allocated = aws[1].iter().filter(|r| r.contains("\"Tags\"")).count();
+    assert!(allocated > 10, "tagged allocations: {allocated}");
+    assert_eq!(
+        aws[0], aws[1],
+        "ClickHouse and the files export the same AWS records and allocations"
+    );
 }
 
 /// `tests/marketplace_endpoint.py` on a free loopback port (killed when dropped).

@@ -215,11 +215,13 @@ product_code = "prod-mtrflw7demo"
 sku = "api_calls"
 dimension = "api_calls_1k"
 unit_size = "1000"
+allocation_tags = ["project"]  # each record's UsageAllocations: its units split by project
 
 [[marketplace.dimension]]
 sku = "tokens"
 dimension = "tokens_1k"
 unit_size = "1000"
+allocation_tags = ["project"]
 
 [[marketplace.dimension]]
 sku = "storage"
@@ -385,8 +387,15 @@ pub fn events() -> Vec<String> {
             1 => Quantity::from_units(100 + rng.below(4000) as i64),
             _ => Quantity(rng.below(2000) as i128 * 1_000_000_000 / 10),
         };
+        // Globex tags most of its API and token usage with the project it was for; its AWS
+        // listing splits what it sends by that tag (`allocation_tags`).
+        let project = ["search", "chat", "batch"][(i % 3) as usize];
+        let tagged;
         let region = if c == 0 && sku == 0 && i % 3 == 0 {
             r#","metadata":{"region":"eu-west-1","plan":"pro","attributes":{"endpoint":"/v1/chat"}}"#
+        } else if c == 1 && sku < 2 && i % 4 != 0 {
+            tagged = format!(r#","metadata":{{"attributes":{{"project":"{project}"}}}}"#);
+            &tagged
         } else {
             ""
         };

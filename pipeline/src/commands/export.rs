@@ -98,11 +98,12 @@ fn closed_period(
 fn hours(buckets: net_usage::Buckets) -> Vec<HourUsage> {
     buckets
         .into_iter()
-        .map(|((contract, sku, hour), (quantity, _))| HourUsage {
+        .map(|((contract, sku, hour, tags), (quantity, _))| HourUsage {
             contract,
             sku,
             hour: EventTime(hour),
             quantity,
+            tags,
         })
         .collect()
 }
@@ -301,6 +302,7 @@ impl ExportCommand {
             bucket_ms: MS_PER_HOUR,
             before: Some(to),
             contracts: Some(p.contracts),
+            allocation: Some(kind),
         };
         let (usage, earlier) = match &r.ch {
             Some(ch) => (

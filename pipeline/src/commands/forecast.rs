@@ -44,7 +44,7 @@ pub struct ForecastCommand {
 fn days(buckets: net_usage::Buckets) -> Vec<DayUsage> {
     buckets
         .into_iter()
-        .map(|((contract, sku, day), (quantity, events))| DayUsage {
+        .map(|((contract, sku, day, _), (quantity, events))| DayUsage {
             contract,
             sku,
             day: EventTime(day),
@@ -132,6 +132,7 @@ impl ForecastCommand {
             bucket_ms: DAY,
             before: None,
             contracts: None,
+            allocation: None,
         };
         let usage = days(match &r.ch {
             Some(ch) => net_usage::from_clickhouse(ch, &r.catalog, &select)?,

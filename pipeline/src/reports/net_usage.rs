@@ -8,7 +8,8 @@ use std::path::Path;
 
 use anyhow::{anyhow, Context};
 use clickhouse::Row;
-use meterflow_schemas::catalog::{Aggregation, Catalog, ContractIdx, SkuIdx};
+use meterflow_schemas::catalog::{Aggregation, Catalog, ContractIdx, MarketplaceKind, SkuIdx};
+use meterflow_schemas::marketplace::{allocation_tags, tags_of, Tags};
 use meterflow_schemas::money::Quantity;
 use meterflow_schemas::time::EventTime;
 use serde::Deserialize;
@@ -16,19 +17,29 @@ use serde::Deserialize;
 use crate::reports::tables::read_table;
 use crate::sinks::clickhouse::client::{sql_list, ClickHouse};
 
-/// `(contract, SKU, bucket start in ms) → (net quantity, net events)`.
-pub type Buckets = BTreeMap<(ContractIdx, SkuIdx, i64), (Quantity, i64)>;
+/// `(contract, SKU, bucket start in ms, allocation tags) → (net quantity, net events)`.
+pub type Buckets = BTreeMap<(ContractIdx, SkuIdx, i64, Tags), (Quantity, i64)>;
 
 /// Which events count: those before `before`, of the contracts `contracts` names (all: `None`).
+/// With `allocation`, usage is split by the allocation tags its dimension on that marketplace's
+/// listing names (see `meterflow_schemas::marketplace::tags_of`); otherwise tags stay empty.
 pub struct Select<'a> {
     pub bucket_ms: i64,
     pub before: Option<EventTime>,
     pub contracts: Option<&'a [&'a str]>,
+    pub allocation: Option<MarketplaceKind>,
 }
 
 impl Select<'_> {
     fn keeps(&self, contract: &str) -> bool {
         self.contracts.is_none_or(|c| c.contains(&contract))
+    }
+
+    fn tags(&self, catalog: &Catalog, c: ContractIdx, s: SkuIdx, attributes: &str) -> Tags {
+        match self.allocation {
+            Some(kind) => tags_of(attributes, allocation_tags(catalog, kind, c, s)),
+            None => Tags::new(),
+        }
     }
 }
 
@@ -43,15 +54,16 @@ fn net_events(correction_action: &str) -> i64 {
 fn add(
     catalog: &Catalog,
     out: &mut Buckets,
-    (c, s, bucket): (ContractIdx, SkuIdx, i64),
+    key: (ContractIdx, SkuIdx, i64, Tags),
     quantity: Quantity,
     events: i64,
 ) {
+    let s = key.1;
     let q = match catalog.skus[s.ix()].aggregation {
         Aggregation::Count => Quantity::from_units(events),
         _ => quantity,
     };
-    let e = out.entry((c, s, bucket)).or_default();
+    let e = out.entry(key).or_default();
     e.0 += q;
     e.1 += events;
 }
@@ -80,10 +92,11 @@ pub fn from_output(out: &Path, catalog: &Catalog, select: &Select) -> anyhow::Re
         let quantity = Quantity::parse(get("quantity"))
             .map_err(|e| anyhow!("usage_events {}: quantity: {e}", get("event_id")))?;
         let bucket = t.0.div_euclid(select.bucket_ms) * select.bucket_ms;
+        let tags = select.tags(catalog, c, s, get("attributes"));
         add(
             catalog,
             &mut buckets,
-            (c, s, bucket),
+            (c, s, bucket, tags),
             quantity,
             net_events(get("correction_action")),
         );
@@ -102,6 +115,7 @@ pub fn from_clickhouse(
         contract_id: String,
         sku: String,
         bucket: u32,
+        attributes: String,
         quantity: String,
         events: i64,
     }
@@ -116,12 +130,17 @@ pub fn from_clickhouse(
         filter += &format!(" AND event_time < toDateTime({})", b.0.div_euclid(1000));
     }
     let secs = select.bucket_ms / 1000;
+    // Split by attributes only when allocations are asked for (tags are read from them here).
+    let attributes = match select.allocation {
+        Some(_) => "attributes",
+        None => "''",
+    };
     let rows: Vec<Bucket> = ch
         .fetch(&format!(
             "SELECT contract_id, sku, toUInt32(intDiv(toUInt32(event_time), {secs}) * {secs}) AS bucket, \
-             toString(sum(quantity)) AS quantity, \
+             {attributes} AS attributes, toString(sum(quantity)) AS quantity, \
              sum(multiIf(correction_action = 'void', -1, correction_action = 'amend', 0, 1)) AS events \
-             FROM {{db}}.usage_events WHERE billable = 1{filter} GROUP BY contract_id, sku, bucket"
+             FROM {{db}}.usage_events WHERE billable = 1{filter} GROUP BY contract_id, sku, bucket, attributes"
         ))
         .map_err(anyhow::Error::msg)?;
     let mut buckets = Buckets::new();
@@ -131,10 +150,11 @@ pub fn from_clickhouse(
         };
         let quantity = Quantity::parse(&b.quantity)
             .map_err(|e| anyhow!("usage_events quantity {}: {e}", b.quantity))?;
+        let tags = select.tags(catalog, c, s, &b.attributes);
         add(
             catalog,
             &mut buckets,
-            (c, s, i64::from(b.bucket) * 1000),
+            (c, s, i64::from(b.bucket) * 1000, tags),
             quantity,
             b.events,
         );

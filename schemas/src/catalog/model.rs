@@ -223,6 +223,9 @@ pub struct Dimension {
     pub name: String,
     /// SKU units per marketplace unit (`"1000"`: a quantity of 1 is 1000 tokens).
     pub unit_size: crate::money::Quantity,
+    /// AWS only: the `metadata.attributes` keys whose values tag the usage, so each record's
+    /// quantity is split into `UsageAllocations` by them (at most 5; none: no allocations).
+    pub allocation_tags: Vec<String>,
 }
 
 /// A contract sold through a marketplace (`[contract.marketplace]`): the listing, and who the

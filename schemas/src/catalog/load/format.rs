@@ -168,6 +168,7 @@ pub(super) struct DimensionDef {
     pub(super) sku: String,
     pub(super) dimension: String,
     pub(super) unit_size: Option<DecimalText>,
+    pub(super) allocation_tags: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]

@@ -16,6 +16,49 @@ fn aws_product_code(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || "-/=:_.@".contains(c))
 }
 
+/// What is wrong with a dimension's `allocation_tags`, with the fix. AWS takes 1 to 5 tags per
+/// allocation, each key 1–100 characters of `^[a-zA-Z0-9+ -=._:\/@]+$`.
+fn allocation_problem(kind: MarketplaceKind, tags: &[String]) -> Option<(String, &'static str)> {
+    if tags.is_empty() {
+        return None;
+    }
+    if kind != MarketplaceKind::Aws {
+        return Some((
+            format!(
+                "allocation_tags are for AWS listings; {} records take no allocations",
+                kind.as_str()
+            ),
+            "remove allocation_tags",
+        ));
+    }
+    if tags.len() > 5 {
+        return Some((
+            format!(
+                "{} allocation_tags; AWS takes at most 5 tags per allocation",
+                tags.len()
+            ),
+            "keep the 5 attributes finance splits usage by",
+        ));
+    }
+    if let Some(bad) = tags
+        .iter()
+        .find(|t| !crate::marketplace::aws_tag_text(t, 100))
+    {
+        return Some((
+            format!("allocation tag `{bad}` is not an AWS tag key"),
+            "name a metadata.attributes key of 1 to 100 letters, digits, spaces and +-=._:/@",
+        ));
+    }
+    let distinct: BTreeSet<&String> = tags.iter().collect();
+    if distinct.len() != tags.len() {
+        return Some((
+            "an allocation tag is named twice".into(),
+            "name each attribute once",
+        ));
+    }
+    None
+}
+
 fn build_listing(l: &mut Loader, file: &Path, m: &MarketplaceDef) -> Option<Listing> {
     let entry = format!("marketplace \"{}\"", m.id);
     let Some(kind) = MarketplaceKind::parse(&m.kind) else {
@@ -111,10 +154,16 @@ fn build_listing(l: &mut Loader, file: &Path, m: &MarketplaceDef) -> Option<List
             );
             continue;
         }
+        let allocation_tags = d.allocation_tags.clone().unwrap_or_default();
+        if let Some((message, fix)) = allocation_problem(kind, &allocation_tags) {
+            l.err(file, &what, message, fix);
+            continue;
+        }
         dimensions.push(Dimension {
             sku,
             name: name.to_string(),
             unit_size,
+            allocation_tags,
         });
     }
     Some(Listing {
