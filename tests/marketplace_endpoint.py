@@ -25,8 +25,9 @@ and Google's JWT bearer grant (POST /gcp/token: the assertion's RS256 signature 
 service account's public key, its issuer, audience, scope and lifetime checked). Azure and GCP
 requests must carry a token this endpoint issued (or `ENDPOINT_GCP_TOKEN`).
 
-POST /control takes `{"refuse": [customers], "unavailable": n, "throttle": n}` (the next n
-requests answer 503, or AWS `ThrottlingException`), and optionally `"gcp_key_file": path`
+POST /control takes `{"refuse": [customers], "unavailable": n, "throttle": n, "hang": n}` (the
+next n requests answer 503, or AWS `ThrottlingException`; the next n AWS requests are taken and
+billed, then answered only a minute later: a sender killed meanwhile never learns it), and optionally `"gcp_key_file": path`
 (writes a new service account key there, its `token_uri` this endpoint) and `"token_uses": n`
 (each token issued from then on is good for n requests, then answered 401). GET /received returns what was accepted:
 `{"totals": {"aws|customer|dimension": quantity, ...}, "requests": n, "problems": [...]}`, where
@@ -47,6 +48,7 @@ import json
 import os
 import sys
 import threading
+import time
 import urllib.parse
 import uuid
 from collections import defaultdict
@@ -61,6 +63,7 @@ state = {
     "refuse": set(),
     "unavailable": 0,
     "throttle": 0,
+    "hang": 0,
     "requests": 0,
     "problems": [],
     "totals": defaultdict(float),
@@ -178,6 +181,11 @@ def aws(handler, body, now):
             state["aws"][key] = (r["Quantity"], rid)
             state["totals"][f"aws|{who}|{r['Dimension']}"] += r["Quantity"]
         results.append({"UsageRecord": r, "MeteringRecordId": rid, "Status": "Success"})
+    with lock:
+        hang = state["hang"] > 0
+        state["hang"] -= hang
+    if hang:
+        time.sleep(60)
     return {"Results": results, "UnprocessedRecords": []}
 
 
@@ -370,6 +378,7 @@ class Handler(BaseHTTPRequestHandler):
                     state["refuse"] = set(c.get("refuse", []))
                     state["unavailable"] = c.get("unavailable", 0)
                     state["throttle"] = c.get("throttle", 0)
+                    state["hang"] = c.get("hang", 0)
                     if "token_uses" in c:
                         state["token_uses"] = c["token_uses"]
                     if "gcp_key_file" in c:

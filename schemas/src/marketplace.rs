@@ -489,14 +489,73 @@ impl Exported {
     }
 }
 
+/// The status of a record's row written just before its request is sent: until the answer's
+/// row follows, whether the marketplace took it is unknown (the export may have died meanwhile).
+pub const SENDING: &str = "sending";
+
+/// The rows that stand: every row but the [`SENDING`] rows their answer followed (a row of the
+/// same record key, not itself `sending`, written at the same export time or later).
+pub fn settled(rows: &[Exported]) -> impl Iterator<Item = &Exported> {
+    let mut answered: std::collections::HashMap<&str, EventTime> = Default::default();
+    for e in rows.iter().filter(|e| e.status != SENDING) {
+        let t = answered
+            .entry(e.record_key.as_str())
+            .or_insert(e.exported_at);
+        *t = (*t).max(e.exported_at);
+    }
+    rows.iter().filter(move |e| {
+        e.status != SENDING
+            || answered
+                .get(e.record_key.as_str())
+                .is_none_or(|t| *t < e.exported_at)
+    })
+}
+
+/// Records sent by an export that died before their answer was recorded: the marketplace may
+/// or may not bill them. They count as sent (never planned again as new records, which could
+/// bill twice) until the next export with `--send` resends them exactly as they were sent.
+pub fn in_doubt(rows: &[Exported]) -> Vec<&Exported> {
+    settled(rows).filter(|e| e.status == SENDING).collect()
+}
+
+/// The status of a record in doubt whose resend was not taken either: a person checks whether
+/// the marketplace billed it (docs/marketplaces.md). It counts as sent.
+pub const IN_DOUBT: &str = "in_doubt";
+
+/// `row`'s record as a request of its own, taken from the request `body` it was sent in: the
+/// same entry, so the marketplace recognises a resend (AWS and Azure by customer, dimension and
+/// hour; GCP by operation id). `None` if the body does not hold it.
+pub fn resend_request(kind: MarketplaceKind, row: &Exported, body: &Value) -> Option<Value> {
+    let member = records_member(kind);
+    let when = utc(row.record_time);
+    let entry = body[member].as_array()?.iter().find(|e| match kind {
+        MarketplaceKind::Aws => {
+            let who = e
+                .get("CustomerIdentifier")
+                .or_else(|| e.get("CustomerAWSAccountId"));
+            who.and_then(Value::as_str) == Some(&row.marketplace_customer)
+                && e["Dimension"] == row.dimension.as_str()
+                && e["Timestamp"] == when.as_str()
+        }
+        MarketplaceKind::Azure => {
+            e["resourceId"] == row.marketplace_customer.as_str()
+                && e["dimension"] == row.dimension.as_str()
+                && e["effectiveStartTime"] == when.as_str()
+        }
+        MarketplaceKind::Gcp => e["operationId"] == row.record_key.as_str(),
+    })?;
+    let mut one = json!({ member: [entry] });
+    if kind == MarketplaceKind::Aws {
+        one["ProductCode"] = body["ProductCode"].clone();
+    }
+    Some(one)
+}
+
 /// What `exports` rows of `kind` account for: every record but failed sends, per contract,
-/// dimension and usage hour.
+/// dimension and usage hour (a record in doubt counts as sent).
 pub fn sent_of(kind: MarketplaceKind, rows: &[Exported]) -> Sent {
     let mut sent = Sent::new();
-    for e in rows
-        .iter()
-        .filter(|e| e.marketplace == kind.as_str() && e.status != "failed")
-    {
+    for e in settled(rows).filter(|e| e.marketplace == kind.as_str() && e.status != "failed") {
         *sent
             .entry((e.contract_id.clone(), e.dimension.clone(), e.usage_hour))
             .or_default() += e.quantity;
@@ -1050,5 +1109,49 @@ unit_size = "1000"
             .unwrap_err()
             .to_string()
             .contains("allocation_tags are for AWS listings"));
+    }
+
+    #[test]
+    fn a_record_being_sent_counts_as_sent_until_its_answer_settles_it() {
+        let c = from_toml_str(&catalog()).unwrap();
+        let r = aws_plan(&c, &usage(&[(0, "2000")]), &Sent::new(), (0, 24), 30);
+        let row = |status: &str, at: i64| Exported {
+            exported_at: h(at),
+            status: status.into(),
+            ..Exported::of(&c, &r[0])
+        };
+        let hour0 = ("acme-1".to_string(), "tokens_1k".to_string(), h(0));
+        // Died while sending: in doubt, and counted as sent (never planned anew).
+        let died = vec![row(SENDING, 30)];
+        assert_eq!(in_doubt(&died).len(), 1);
+        assert_eq!(
+            sent_of(MarketplaceKind::Aws, &died)[&hour0].to_string(),
+            "2"
+        );
+        // Its answer (now, or from a later export's resend) settles it, counted once.
+        for answered in [
+            vec![row(SENDING, 30), row("sent", 30)],
+            vec![row(SENDING, 30), row("duplicate", 32)],
+        ] {
+            assert!(in_doubt(&answered).is_empty());
+            assert_eq!(settled(&answered).count(), 1);
+            assert_eq!(
+                sent_of(MarketplaceKind::Aws, &answered)[&hour0].to_string(),
+                "2"
+            );
+        }
+        // A failed answer: not sent, planned again; a sending row after an older answer of the
+        // same key (a replanned record being sent again) is in doubt again.
+        let failed = vec![row(SENDING, 30), row("failed", 30)];
+        assert!(sent_of(MarketplaceKind::Aws, &failed).is_empty());
+        let again = vec![row("failed", 30), row(SENDING, 31)];
+        assert_eq!(in_doubt(&again).len(), 1);
+        // A resend that was not taken either stays counted as sent, for a person to check.
+        let doubtful = vec![row(SENDING, 30), row(IN_DOUBT, 32)];
+        assert!(in_doubt(&doubtful).is_empty());
+        assert_eq!(
+            sent_of(MarketplaceKind::Aws, &doubtful)[&hour0].to_string(),
+            "2"
+        );
     }
 }

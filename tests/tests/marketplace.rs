@@ -576,13 +576,22 @@ fn exports_are_sent_to_the_marketplaces_and_every_answer_is_recorded() {
             .filter(|r| r["marketplace"] == kind)
             .collect()
     };
+    // The answers of the last export (each sent record was first recorded as `sending`).
     let last_export = |kind: &str| -> Vec<meterflow::reports::tables::Row> {
         let all = rows(kind);
         let id = all
             .last()
             .map(|r| r["export_id"].clone())
             .unwrap_or_default();
-        all.into_iter().filter(|r| r["export_id"] == id).collect()
+        let (sending, answers): (Vec<_>, Vec<_>) = all
+            .into_iter()
+            .filter(|r| r["export_id"] == id)
+            .partition(|r| r["status"] == "sending");
+        assert!(
+            sending.len() <= answers.len(),
+            "an answer follows every record sent"
+        );
+        answers
     };
 
     // Credentials missing: the key is named, and nothing is sent or written.
@@ -735,6 +744,107 @@ fn exports_are_sent_to_the_marketplaces_and_every_answer_is_recorded() {
         serde_json::json!([]),
         "requests the marketplaces would refuse"
     );
+}
+
+/// An export killed after AWS took its records but before their answer was recorded: the next
+/// export, an hour later, resends those very records (dated as they were), which AWS recognises,
+/// instead of planning them anew at its own hour, which AWS would bill a second time.
+#[test]
+fn an_export_killed_while_sending_resends_the_same_records_and_bills_once() {
+    let s = Scratch::new("marketplace-kill");
+    let demo = s.path().join("demo");
+    meterflow_ok(&["demo", "--dir", path(&demo)]);
+    let (catalog, out) = (demo.join("catalog"), demo.join("out"));
+    let endpoint = Endpoint::start(s.path(), "2026-12-01T02:30:00Z");
+    let config = s.path().join("send.toml");
+    std::fs::write(
+        &config,
+        std::fs::read_to_string(demo.join("meterflow.toml")).unwrap()
+            + &format!(
+                "\n[exports]\nmax_attempts = 3\ntimeout = \"10s\"\n\n[exports.aws]\nendpoint = \"{}\"\n",
+                endpoint.url
+            ),
+    )
+    .unwrap();
+    let export = |at: &str| {
+        let mut c = Command::new(meterflow_tests::meterflow_bin());
+        c.args([
+            "export",
+            "aws",
+            "-c",
+            path(&catalog),
+            "-o",
+            path(&out),
+            "--period",
+            "2026-10",
+            "--at",
+            at,
+            "--config",
+            path(&config),
+            "--send",
+        ])
+        .env("METERFLOW_LOG", "warn")
+        .env("AWS_ACCESS_KEY_ID", AWS_KEY_ID)
+        .env("AWS_SECRET_ACCESS_KEY", AWS_SECRET)
+        .env_remove("AWS_SESSION_TOKEN");
+        c
+    };
+    // AWS takes and bills the first request, then answers only after a minute; the export is
+    // killed before.
+    endpoint.control(serde_json::json!({ "hang": 1 }));
+    let mut first = meterflow_tests::Running(export("2026-12-01T00:20:00Z").spawn().unwrap());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while endpoint.received()["totals"]
+        .as_object()
+        .is_none_or(|t| t.is_empty())
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "AWS never got the request"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let billed = endpoint.received()["totals"].clone();
+    let rows = exports(&out);
+    assert!(
+        !rows.is_empty() && rows.iter().all(|r| r["status"] == "sending"),
+        "recorded as being sent, no answer: {rows:?}"
+    );
+
+    // The next export, two hours later.
+    let o = run_ok(&mut export("2026-12-01T02:20:00Z"));
+    let text = String::from_utf8_lossy(&o.stdout);
+    let received = endpoint.received();
+    assert_eq!(
+        received["totals"], billed,
+        "AWS billed the records once: {text}"
+    );
+    assert!(text.contains("resent compensation"), "{text}");
+    let globex = |sku| october(&out, "globex-legacy", sku);
+    assert_eq!(
+        billed["aws|cU5tMeRiD-globex|tokens_1k"].as_f64(),
+        Some(thousands(globex("tokens")) as f64)
+    );
+    let rows = exports(&out);
+    let answered: Vec<_> = rows.iter().filter(|r| r["status"] != "sending").collect();
+    assert_eq!(
+        answered.len(),
+        rows.len() / 2,
+        "one answer per record: {rows:?}"
+    );
+    assert!(
+        answered.iter().all(|r| r["status"] == "sent"
+            && r["record_time"] == "2026-12-01T00:00:00.000Z"
+            && !r["response_id"].is_empty()),
+        "resent as dated first, and taken: {answered:?}"
+    );
+    // Settled: a third export sends nothing.
+    let calls = received["requests"].clone();
+    let o = run_ok(&mut export("2026-12-01T02:25:00Z"));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("nothing new to send"));
+    assert_eq!(endpoint.received()["requests"], calls);
 }
 
 #[test]

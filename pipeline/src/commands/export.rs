@@ -19,7 +19,8 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail, Context};
 use meterflow_schemas::catalog::MarketplaceKind;
 use meterflow_schemas::marketplace::{
-    plan, records_member, requests, sent_of, Exported, HourUsage, Record, RecordKind,
+    in_doubt, plan, records_member, requests, resend_request, sent_of, settled, Exported,
+    HourUsage, Record, RecordKind, IN_DOUBT, SENDING,
 };
 use meterflow_schemas::money::Quantity;
 use meterflow_schemas::time::{EventTime, PeriodUnit, Span};
@@ -338,8 +339,7 @@ impl ExportCommand {
         })?;
         // A record dated at an hour a record of the same key was taken at (a second export's
         // compensation within one hour) would be refused as a duplicate: it waits.
-        let taken: HashSet<&str> = earlier
-            .iter()
+        let taken: HashSet<&str> = settled(&earlier)
             .filter(|e| e.status != Status::Failed.as_str())
             .map(|e| e.record_key.as_str())
             .collect();
@@ -376,6 +376,24 @@ impl ExportCommand {
             r,
             out: &a.out,
         };
+        // First, the records an earlier export died sending, exactly as they were sent.
+        let doubtful = match sender.as_mut() {
+            Some(sender) => resend_in_doubt(kind, &mut **sender, &mut recorded, at)?,
+            None => in_doubt(&recorded.earlier)
+                .iter()
+                .filter(|e| e.marketplace == kind.as_str())
+                .count(),
+        };
+        if doubtful > 0 {
+            println!(
+                "  in doubt: {doubtful} records an earlier export sent without recording the answer stay counted as sent; {}",
+                if sender.is_some() {
+                    "their resend was not taken either: check in the marketplace whether it billed them (exports.status = 'in_doubt'; docs/marketplaces.md)"
+                } else {
+                    "export with --send to resend them as they were sent"
+                }
+            );
+        }
         let mut next = 0;
         for (n, body) in bodies.iter().enumerate() {
             let file = dir.join(format!("{}-{:04}.json", p.run_id, n + 1));
@@ -391,6 +409,18 @@ impl ExportCommand {
                 continue;
             };
             let product = &catalog.marketplaces[records[these[0]].listing].product;
+            // Recorded as being sent first: should the export die before the answer's rows
+            // land, the next export resends these very records instead of planning them anew
+            // (a compensation planned anew would be dated at a later hour, and billed again).
+            recorded.add(
+                these
+                    .iter()
+                    .map(|i| Exported {
+                        status: SENDING.into(),
+                        ..rows[*i].clone()
+                    })
+                    .collect(),
+            )?;
             let outcomes = sender.send(product, body);
             for (i, o) in these.iter().zip(outcomes) {
                 rows[*i].status = o.status.as_str().into();
@@ -434,11 +464,73 @@ impl ExportCommand {
         }
         Ok(Done {
             failed,
-            not_sendable: rows
-                .iter()
-                .any(|e| e.record_kind == RecordKind::NotSendable.as_str()),
+            not_sendable: doubtful > 0
+                || rows
+                    .iter()
+                    .any(|e| e.record_kind == RecordKind::NotSendable.as_str()),
         })
     }
+}
+
+/// Resends each record of `kind` an earlier export died sending (see `in_doubt`), alone and
+/// exactly as its request file holds it, and records the answer: `sent` or `duplicate` settle
+/// it; if it is not taken (or its file is gone), it becomes `in_doubt` for a person to check,
+/// still counted as sent. Returns how many stay in doubt.
+fn resend_in_doubt(
+    kind: MarketplaceKind,
+    sender: &mut dyn marketplace::Marketplace,
+    recorded: &mut Recorded,
+    at: EventTime,
+) -> anyhow::Result<usize> {
+    let doubtful: Vec<Exported> = in_doubt(&recorded.earlier)
+        .into_iter()
+        .filter(|e| e.marketplace == kind.as_str())
+        .cloned()
+        .collect();
+    let mut left = 0;
+    for row in doubtful {
+        let request = std::fs::read_to_string(&row.request)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .and_then(|body| resend_request(kind, &row, &body));
+        let (status, response_id, detail) = match request {
+            Some(one) => {
+                let o = sender.send(&row.product, &one).remove(0);
+                match o.status {
+                    Status::Failed => (
+                        IN_DOUBT.to_string(),
+                        o.id,
+                        format!(
+                            "resent after an export died sending it, not taken: {}",
+                            o.detail
+                        ),
+                    ),
+                    s => (s.as_str().to_string(), o.id, o.detail),
+                }
+            }
+            None => (
+                IN_DOUBT.to_string(),
+                String::new(),
+                format!(
+                    "an export died sending it, and its request file {} no longer holds it",
+                    row.request
+                ),
+            ),
+        };
+        left += usize::from(status == IN_DOUBT);
+        println!(
+            "  resent {} {} of {} at {}: {status}",
+            row.record_kind, row.dimension, row.contract_id, row.record_time
+        );
+        recorded.add(vec![Exported {
+            exported_at: at.max(row.exported_at),
+            status,
+            response_id,
+            detail,
+            ..row
+        }])?;
+    }
+    Ok(left)
 }
 
 /// The `exports` table, as the export appends to it.
