@@ -499,6 +499,31 @@ impl Endpoint {
     }
 }
 
+/// `meterflow export <kind> --send` of October from an embedded run's output, dating
+/// compensations at `at`, with the test's AWS access key id (the secret is the caller's).
+fn send_october(kind: &str, (catalog, out, config): (&Path, &Path, &Path), at: &str) -> Command {
+    let mut c = Command::new(meterflow_tests::meterflow_bin());
+    c.args([
+        "export",
+        kind,
+        "-c",
+        path(catalog),
+        "-o",
+        path(out),
+        "--period",
+        "2026-10",
+        "--at",
+        at,
+        "--config",
+        path(config),
+        "--send",
+    ])
+    .env("METERFLOW_LOG", "warn")
+    .env("AWS_ACCESS_KEY_ID", AWS_KEY_ID)
+    .env_remove("AWS_SESSION_TOKEN");
+    c
+}
+
 #[test]
 fn exports_are_sent_to_the_marketplaces_and_every_answer_is_recorded() {
     let s = Scratch::new("marketplace-send");
@@ -535,27 +560,9 @@ fn exports_are_sent_to_the_marketplaces_and_every_answer_is_recorded() {
         &format!("access_token_file = \"{}\"", path(&token_file)),
     );
     let export = |kind: &str, aws_secret: Option<&str>| {
-        let mut c = Command::new(meterflow_tests::meterflow_bin());
-        c.args([
-            "export",
-            kind,
-            "-c",
-            path(&catalog),
-            "-o",
-            path(&out),
-            "--period",
-            "2026-10",
-            "--at",
-            at,
-            "--config",
-            path(&config),
-            "--send",
-        ])
-        .env("METERFLOW_LOG", "warn")
-        .env("AWS_ACCESS_KEY_ID", AWS_KEY_ID)
-        .env_remove("AWS_SECRET_ACCESS_KEY")
-        .env_remove("AWS_SESSION_TOKEN")
-        .env("METERFLOW_TEST_AZURE_SECRET", AZURE_SECRET);
+        let mut c = send_october(kind, (&catalog, &out, &config), at);
+        c.env_remove("AWS_SECRET_ACCESS_KEY")
+            .env("METERFLOW_TEST_AZURE_SECRET", AZURE_SECRET);
         if let Some(secret) = aws_secret {
             c.env("AWS_SECRET_ACCESS_KEY", secret);
         }
@@ -767,26 +774,8 @@ fn an_export_killed_while_sending_resends_the_same_records_and_bills_once() {
     )
     .unwrap();
     let export = |at: &str| {
-        let mut c = Command::new(meterflow_tests::meterflow_bin());
-        c.args([
-            "export",
-            "aws",
-            "-c",
-            path(&catalog),
-            "-o",
-            path(&out),
-            "--period",
-            "2026-10",
-            "--at",
-            at,
-            "--config",
-            path(&config),
-            "--send",
-        ])
-        .env("METERFLOW_LOG", "warn")
-        .env("AWS_ACCESS_KEY_ID", AWS_KEY_ID)
-        .env("AWS_SECRET_ACCESS_KEY", AWS_SECRET)
-        .env_remove("AWS_SESSION_TOKEN");
+        let mut c = send_october("aws", (&catalog, &out, &config), at);
+        c.env("AWS_SECRET_ACCESS_KEY", AWS_SECRET);
         c
     };
     // AWS takes and bills the first request, then answers only after a minute; the export is
