@@ -36,6 +36,7 @@
 //! `--extra` adds dotted keys to meterflow's config, e.g.
 //! `--extra 'output.price_every_epochs = 2\nclickhouse.flush_interval = "200ms"'`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -245,6 +246,8 @@ struct Throughput {
     /// CPU seconds while meterflow ran: meterflow (incl. its exit-when-idle wait), ClickHouse,
     /// broker.
     cpu: [f64; 3],
+    /// Rows meterflow wrote to each ClickHouse table of the run.
+    rows: BTreeMap<String, u64>,
 }
 
 fn throughput(
@@ -304,7 +307,20 @@ fn throughput(
     };
     let cpu_after = cpu_split(env.ch);
     let cpu: Vec<f64> = (0..3).map(|i| cpu_after[i] - cpu_before[i]).collect();
+    let rows = env
+        .ch
+        .query(&format!(
+            "SELECT table, sum(rows) FROM system.parts WHERE database = '{db}' AND active GROUP BY table FORMAT TSV"
+        ))
+        .map_err(anyhow::Error::msg)?
+        .lines()
+        .filter_map(|l| {
+            let (t, n) = l.split_once('\t')?;
+            Some((t.to_string(), n.parse().ok()?))
+        })
+        .collect();
     Ok(Throughput {
+        rows,
         cpu: [cpu[0], cpu[1], cpu[2]],
         mode: mode.to_string(),
         messages,
@@ -551,6 +567,40 @@ fn main() -> anyhow::Result<()> {
             r.mode, r.meterflow_s, r.cpu[0], r.cpu[1], r.cpu[2]
         );
     }
+    // What the inserts cost ClickHouse grows with rows, so each table's rows per accepted event.
+    println!("\nClickHouse rows written per accepted event (rows / `usage_events` rows):\n");
+    println!(
+        "| table | {} |",
+        results.iter().map(|r| r.mode.as_str()).collect::<Vec<_>>().join(" | ")
+    );
+    println!("|---|{}", "---:|".repeat(results.len()));
+    let tables: std::collections::BTreeSet<&String> =
+        results.iter().flat_map(|r| r.rows.keys()).collect();
+    let per_event = |r: &Throughput, table: &str| {
+        let accepted = r.rows.get("usage_events").copied().unwrap_or(0).max(1) as f64;
+        r.rows.get(table).copied().unwrap_or(0) as f64 / accepted
+    };
+    for table in tables.iter().filter(|t| !t.starts_with(".inner")) {
+        println!(
+            "| {table} | {} |",
+            results
+                .iter()
+                .map(|r| format!("{:.3}", per_event(r, table)))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        );
+    }
+    println!(
+        "| all tables | {} |",
+        results
+            .iter()
+            .map(|r| {
+                let all: f64 = tables.iter().map(|t| per_event(r, t)).sum();
+                format!("{all:.3}")
+            })
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
     println!(
         "\nlatency at {offered:.0} events/s offered for {} s ({} slices of 10 ms): event produced → committed in ClickHouse p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; peak RSS {latency_rss:.0} MiB",
         args.seconds,
