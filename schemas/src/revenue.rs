@@ -11,8 +11,11 @@
 //! - **Discounts and the spend cap** are allocated pro rata (by amount) to the obligations they
 //!   apply to: a SKU's discount to that SKU's usage; an invoice discount to usage and
 //!   subscriptions; the cap to usage. They are recognised with them.
-//! - **Prepaid credit** is a contract liability: the usage it pays for is recognised in full, and
-//!   the credit line draws the liability down (`deferred` < 0, obligation `prepaid credit`).
+//! - **Prepaid credit** is a contract liability: the prepayment opens it when the grant is made
+//!   (obligation `prepaid credit:<grant>`, billed and deferred), the usage it pays for is
+//!   recognised in full while the credit line draws the liability down (`deferred` < 0,
+//!   obligation `prepaid credit`), and what a grant still holds when it expires is breakage,
+//!   recognised once the last period it could pay for closes.
 //! - **Tax** is not revenue and is left out.
 //!
 //! Invoices are issued when their period closes (meterflow bills in arrears): a closed period's
@@ -21,7 +24,9 @@
 
 use std::collections::BTreeMap;
 
+use crate::catalog::CreditGrant;
 use crate::money::Amount;
+use crate::pricing::invoice::burn;
 use crate::rows::LineKind;
 use crate::time::{EventTime, PeriodUnit};
 
@@ -299,6 +304,85 @@ pub fn schedule(lines: &[BilledLine], unit: PeriodUnit, as_of: EventTime) -> Sch
     out
 }
 
+/// A contract's prepaid credit grants, as the schedule reads them.
+pub struct Prepaid<'a> {
+    pub customer: String,
+    pub contract: String,
+    pub currency: String,
+    /// In burn order, as the catalog holds them.
+    pub grants: &'a [CreditGrant],
+}
+
+/// Adds the opening and the end of each prepaid credit liability to `out` (the drawdown is in
+/// [`schedule`], from the invoices' credit lines):
+/// - the grant, in the period it is granted in, as of its grant time: billed and deferred (the
+///   prepayment is invoiced when the grant is made, and owed back as service);
+/// - its breakage: what the grant still holds when it expires, recognised (and the liability
+///   released) in the last period it could pay for, once that period closed. What each grant
+///   holds follows from replaying the credit lines in period order through the burn order
+///   pricing used ([`burn`]).
+pub fn prepaid_credit(
+    out: &mut Schedule,
+    prepaid: &[Prepaid],
+    lines: &[BilledLine],
+    unit: PeriodUnit,
+    as_of: EventTime,
+) {
+    for p in prepaid.iter().filter(|p| !p.grants.is_empty()) {
+        let mut used: BTreeMap<EventTime, Amount> = BTreeMap::new();
+        for l in lines
+            .iter()
+            .filter(|l| l.kind == LineKind::Credit && l.contract == p.contract)
+        {
+            if let Some(period) = unit.parse_label(&l.invoice_period) {
+                *used.entry(period.0).or_default() -= l.amount;
+            }
+        }
+        let mut balances: Vec<Amount> = p.grants.iter().map(|g| g.amount).collect();
+        for (start, wanted) in used {
+            burn(p.grants, &mut balances, start, wanted);
+        }
+        let mut add = |grant: &CreditGrant, period: crate::time::Period, amounts: Amounts| {
+            let label = unit.label(period);
+            out.entry(ScheduleKey {
+                customer_id: p.customer.clone(),
+                contract_id: p.contract.clone(),
+                obligation: format!("prepaid credit:{}", grant.name),
+                service_period: label.clone(),
+                period: label,
+                currency: p.currency.clone(),
+            })
+            .or_default()
+            .add(amounts);
+        };
+        for (grant, left) in p.grants.iter().zip(balances) {
+            if grant.granted > as_of || grant.amount == Amount::ZERO {
+                continue;
+            }
+            let opened = Amounts {
+                billed: grant.amount,
+                deferred: grant.amount,
+                ..Amounts::default()
+            };
+            add(grant, unit.period_of(grant.granted), opened);
+            let Some(expires) = grant.expires else {
+                continue;
+            };
+            // The last period that could use it: the one holding the instant before it expires.
+            let last = unit.period_of(EventTime(expires.0 - 1));
+            if left > Amount::ZERO && unit.end_of(last) <= as_of && expires > grant.granted {
+                let breakage = Amounts {
+                    recognised: left,
+                    deferred: -left,
+                    ..Amounts::default()
+                };
+                add(grant, last, breakage);
+            }
+        }
+    }
+    out.retain(|_, a| *a != Amounts::default());
+}
+
 /// What a schedule changes against the one recorded before: `(key, amounts, sign)` rows that
 /// retract a recorded row (`-1`, its amounts) and state the new one (`+1`). `recorded`: the net
 /// of the signed rows written before; `only`: restrict to one period.
@@ -417,6 +501,98 @@ mod tests {
             (sum.recognised, sum.deferred, sum.billed),
             (a("400"), a("-150"), a("250"))
         );
+    }
+
+    fn grant(name: &str, amount: &str, priority: u32, granted: &str, expires: &str) -> CreditGrant {
+        CreditGrant {
+            name: name.into(),
+            amount: a(amount),
+            priority,
+            granted: t(granted),
+            expires: Some(t(expires)),
+        }
+    }
+
+    #[test]
+    fn a_grant_opens_the_liability_and_what_it_holds_at_expiry_is_breakage() {
+        // Two grants in burn order: "promo" (expires with October) burns before "prepaid".
+        let grants = [
+            grant(
+                "promo",
+                "100",
+                0,
+                "2026-09-01T00:00:00Z",
+                "2026-11-01T00:00:00Z",
+            ),
+            grant(
+                "prepaid",
+                "1000",
+                1,
+                "2026-09-15T00:00:00Z",
+                "2027-01-01T00:00:00Z",
+            ),
+        ];
+        let lines = [
+            line(LineKind::Usage, "tokens", "2026-09", "2026-09", "40"),
+            line(LineKind::Credit, "", "2026-09", "2026-09", "-40"),
+            line(LineKind::Usage, "tokens", "2026-10", "2026-10", "500"),
+            line(LineKind::Credit, "", "2026-10", "2026-10", "-500"),
+            line(LineKind::Usage, "tokens", "2026-11", "2026-11", "200"),
+            line(LineKind::Credit, "", "2026-11", "2026-11", "-200"),
+        ];
+        let prepaid = [Prepaid {
+            customer: "acme".into(),
+            contract: "acme-1".into(),
+            currency: "USD".into(),
+            grants: &grants,
+        }];
+        let at = |as_of: &str| {
+            let mut s = schedule(&lines, PeriodUnit::Month, t(as_of));
+            prepaid_credit(&mut s, &prepaid, &lines, PeriodUnit::Month, t(as_of));
+            s
+        };
+        // Mid-September: "prepaid" is granted, "promo" has not expired, September is open.
+        let s = at("2026-09-20T00:00:00Z");
+        let promo = get(&s, "prepaid credit:promo", "2026-09");
+        assert_eq!((promo.billed, promo.deferred), (a("100"), a("100")));
+        assert_eq!(
+            get(&s, "prepaid credit:prepaid", "2026-09").deferred,
+            a("1000")
+        );
+        assert_eq!(
+            get(&s, "prepaid credit:promo", "2026-10"),
+            Amounts::default()
+        );
+        // After October: promo paid 40 in September and 60 of October's 500, so nothing is left of
+        // it; "prepaid" paid October's other 440.
+        let s = at("2026-12-31T00:00:00Z");
+        assert_eq!(
+            get(&s, "prepaid credit:promo", "2026-10"),
+            Amounts::default()
+        );
+        // "prepaid" expires with December, which has not closed yet: no breakage yet.
+        assert_eq!(
+            get(&s, "prepaid credit:prepaid", "2026-12"),
+            Amounts::default()
+        );
+        // Once December closed, the 360 it still holds (1000 - 440 - 200) is recognised.
+        let s = at("2027-01-01T00:00:00Z");
+        let b = get(&s, "prepaid credit:prepaid", "2026-12");
+        assert_eq!(
+            (b.recognised, b.deferred, b.billed),
+            (a("360"), a("-360"), a("0"))
+        );
+        // The liability nets to zero and every row balances.
+        let credit = s
+            .iter()
+            .filter(|(k, _)| k.obligation.starts_with("prepaid credit"))
+            .fold(Amounts::default(), |mut x, (_, y)| {
+                x.add(*y);
+                x
+            });
+        assert_eq!(credit.deferred, a("0"));
+        assert_eq!(credit.billed, a("1100") - a("740"));
+        assert!(s.values().all(Amounts::balances));
     }
 
     #[test]

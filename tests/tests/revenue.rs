@@ -90,6 +90,19 @@ fn the_schedule_balances_recognises_what_is_billed_and_follows_a_void() {
     for (c, [b, r, d, u]) in &billed {
         assert_eq!((*u, *r + *d), (Amount::ZERO, *b), "{c}");
     }
+    // Initech's onboarding credit, prepaid when granted (March): the prepayment opens the
+    // liability that its credit lines draw down.
+    let grant = first[&(
+        "initech-2026".to_string(),
+        "prepaid credit:onboarding".to_string(),
+        "2026-03".to_string(),
+        "2026-03".to_string(),
+    )];
+    let five_thousand = Amount::parse("5000").unwrap();
+    assert_eq!(
+        grant,
+        [five_thousand, Amount::ZERO, five_thousand, Amount::ZERO]
+    );
     // Nothing changed: nothing written.
     let rows = read_table(&out, "revenue_schedule").unwrap().len();
     assert!(revenue().contains("0 rows stated, 0 retracted"));

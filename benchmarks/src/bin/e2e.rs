@@ -571,7 +571,11 @@ fn main() -> anyhow::Result<()> {
     println!("\nClickHouse rows written per accepted event (rows / `usage_events` rows):\n");
     println!(
         "| table | {} |",
-        results.iter().map(|r| r.mode.as_str()).collect::<Vec<_>>().join(" | ")
+        results
+            .iter()
+            .map(|r| r.mode.as_str())
+            .collect::<Vec<_>>()
+            .join(" | ")
     );
     println!("|---|{}", "---:|".repeat(results.len()));
     let tables: std::collections::BTreeSet<&String> =

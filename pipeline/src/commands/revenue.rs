@@ -7,9 +7,11 @@ use std::fmt::Write as _;
 use std::process::ExitCode;
 
 use anyhow::anyhow;
+use meterflow_schemas::catalog::ContractIdx;
 use meterflow_schemas::money::{minor_unit_digits, Amount, Rounding};
 use meterflow_schemas::revenue::{
-    changes, is_catch_up, net, schedule, Amounts, BilledLine, Schedule, Scheduled,
+    changes, is_catch_up, net, prepaid_credit, schedule, Amounts, BilledLine, Prepaid, Schedule,
+    Scheduled,
 };
 use meterflow_schemas::time::EventTime;
 
@@ -61,7 +63,21 @@ impl RevenueCommand {
                 currency: l.currency,
             })
             .collect();
-        let now = schedule(&billed, unit, as_of);
+        let mut now = schedule(&billed, unit, as_of);
+        let catalog = &r.catalog;
+        let prepaid: Vec<Prepaid> = catalog
+            .contracts
+            .iter()
+            .enumerate()
+            .map(|(i, c)| Prepaid {
+                customer: catalog.customers[c.customer.ix()].id.clone(),
+                contract: c.id.clone(),
+                currency: catalog.currency_of(ContractIdx(i as u32)).to_string(),
+                grants: &c.terms.credits,
+            })
+            .filter(|p| a.customer.as_deref().is_none_or(|c| c == p.customer))
+            .collect();
+        prepaid_credit(&mut now, &prepaid, &billed, unit, as_of);
         let rows = match &r.ch {
             Some(ch) => revenue::from_clickhouse(ch),
             None => revenue::from_files(&a.out),
@@ -144,7 +160,7 @@ fn render(s: &Schedule, period: Option<&str>, as_of: EventTime) -> String {
         let _ = writeln!(out, "\n{customer} / {contract} — {p} ({currency})");
         let _ = writeln!(
             out,
-            "  {:<24} {:<10} {:>14} {:>14} {:>14} {:>14}",
+            "  {:<28} {:<10} {:>14} {:>14} {:>14} {:>14}",
             "obligation", "service", "billed", "recognised", "deferred", "unbilled"
         );
         let mut total = Amounts::default();
@@ -152,7 +168,7 @@ fn render(s: &Schedule, period: Option<&str>, as_of: EventTime) -> String {
             holds &= a.balances();
             let _ = writeln!(
                 out,
-                "  {:<24} {:<10} {:>14} {:>14} {:>14} {:>14}{}",
+                "  {:<28} {:<10} {:>14} {:>14} {:>14} {:>14}{}",
                 obligation,
                 service,
                 money(a.billed, currency),
@@ -168,7 +184,7 @@ fn render(s: &Schedule, period: Option<&str>, as_of: EventTime) -> String {
         }
         let _ = writeln!(
             out,
-            "  {:<24} {:<10} {:>14} {:>14} {:>14} {:>14}",
+            "  {:<28} {:<10} {:>14} {:>14} {:>14} {:>14}",
             "total",
             "",
             money(total.billed, currency),
