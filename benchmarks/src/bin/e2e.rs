@@ -29,6 +29,11 @@
 //! A stream sent live spans about as much event time as it takes to send: `--span 10s` for 1M
 //! events at the targeted rates.
 //!
+//! The `-files` runs read the same topics into CSV files under the work directory instead of
+//! ClickHouse (ClickHouse stays up, idle): what the rest of the box gives without it. They have
+//! no commits to watch, so their time is the process's, less its idle wait (to ~0.1 s), and
+//! without the `migrate` the ClickHouse runs' time includes.
+//!
 //! ClickHouse's data directory is under `$TMPDIR`. On a disk where many files were created and
 //! deleted, creating ClickHouse's part files can itself become slow (ext4's inode allocator), so
 //! `TMPDIR=/dev/shm` takes the disk out of the measurement.
@@ -125,6 +130,15 @@ fn committed(port: u16, db: &str) -> u64 {
     .unwrap_or(0)
 }
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Sink {
+    ClickHouse,
+    Files,
+}
+
+/// How long meterflow waits on an idle topic before it exits, in the throughput runs.
+const IDLE_S: f64 = 2.0;
+
 struct Env<'a> {
     meterflow: &'a Path,
     work: &'a Path,
@@ -137,26 +151,40 @@ struct Env<'a> {
 }
 
 impl Env<'_> {
-    /// Migrates a fresh database and starts meterflow on `topic`.
-    fn start(&self, name: &str, topic: &str, idle: &str) -> anyhow::Result<(Child, String)> {
+    /// Migrates a fresh database and starts meterflow on `topic`, writing to ClickHouse or, with
+    /// `Sink::Files`, only to CSV files under the work directory (ClickHouse left out).
+    fn start(
+        &self,
+        name: &str,
+        topic: &str,
+        idle: &str,
+        sink: Sink,
+    ) -> anyhow::Result<(Child, String)> {
         let db = format!("bench_{name}");
         let config = self.work.join(format!("{name}.toml"));
+        let clickhouse = match sink {
+            Sink::ClickHouse => format!(
+                "clickhouse.url = \"{}\"\nclickhouse.database = \"{db}\"\n",
+                self.ch.url()
+            ),
+            Sink::Files => String::new(),
+        };
         std::fs::write(
             &config,
             format!(
-                "clickhouse.url = \"{}\"\nclickhouse.database = \"{db}\"\nkafka.brokers = \"{}\"\n\
+                "{clickhouse}kafka.brokers = \"{}\"\n\
                  kafka.topics = [\"{topic}\"]\nkafka.exit_when_idle = \"{idle}\"\n{}\n",
-                self.ch.url(),
-                self.brokers,
-                self.extra
+                self.brokers, self.extra
             ),
         )?;
-        check(
-            Command::new(self.meterflow)
-                .args(["migrate", "--config", config.to_str().unwrap()])
-                .output()?,
-            "meterflow migrate",
-        )?;
+        if sink == Sink::ClickHouse {
+            check(
+                Command::new(self.meterflow)
+                    .args(["migrate", "--config", config.to_str().unwrap()])
+                    .output()?,
+                "meterflow migrate",
+            )?;
+        }
         let log = std::fs::File::create(self.work.join(format!("{name}.log")))?;
         let child = Command::new(self.meterflow)
             .args([
@@ -248,6 +276,9 @@ struct Throughput {
     cpu: [f64; 3],
     /// Rows meterflow wrote to each ClickHouse table of the run.
     rows: BTreeMap<String, u64>,
+    /// Distinct buckets `usage_buckets` holds at the end: the fewest rows any writer of the
+    /// table could have written.
+    buckets: u64,
 }
 
 fn throughput(
@@ -256,6 +287,7 @@ fn throughput(
     lines: &[&str],
     mode: &str,
     batching: Batching,
+    sink: Sink,
 ) -> anyhow::Result<Throughput> {
     let topic = format!("usage-{mode}");
     cluster.create_topic(&topic, env.partitions as i32, 1)?;
@@ -269,10 +301,23 @@ fn throughput(
     let (baseline_s, _) = bare_consume(&env.brokers, &topic, env.partitions, messages)?;
     let cpu_before = cpu_split(env.ch);
     let start = Instant::now();
-    let (mut child, db) = env.start(mode, &topic, "2s")?;
+    let (mut child, db) = env.start(mode, &topic, &format!("{IDLE_S}s"), sink)?;
     let total = lines.len() as u64;
     let mut commits: Vec<(f64, u64)> = Vec::new();
     let meterflow_s = loop {
+        if sink == Sink::Files {
+            // No commit to watch: the run ends `IDLE_S` after the last message (to ~0.1 s).
+            ensure!(child.wait()?.success(), "meterflow ({mode}) failed");
+            let counts: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
+                env.work.join(format!("{mode}-out/counts.json")),
+            )?)?;
+            ensure!(
+                counts["received"].as_u64() == Some(total),
+                "meterflow ({mode}) read {} of {total} records",
+                counts["received"]
+            );
+            break start.elapsed().as_secs_f64() - IDLE_S;
+        }
         let n = committed(env.ch.http_port, &db);
         let at = start.elapsed().as_secs_f64();
         if commits.last().is_none_or(|&(_, last)| n > last) {
@@ -290,7 +335,10 @@ fn throughput(
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    ensure!(child.wait()?.success(), "meterflow ({mode}) failed");
+    ensure!(
+        sink == Sink::Files || child.wait()?.success(),
+        "meterflow ({mode}) failed"
+    );
     // Between the commits that first cover 10% and 90% of the records. Work done before the
     // first of them is committed with it, so with only a few commits in between (a short run,
     // a long flush interval) the figure says little: it is left out below five. It is also
@@ -307,6 +355,20 @@ fn throughput(
     };
     let cpu_after = cpu_split(env.ch);
     let cpu: Vec<f64> = (0..3).map(|i| cpu_after[i] - cpu_before[i]).collect();
+    if sink == Sink::Files {
+        return Ok(Throughput {
+            rows: BTreeMap::new(),
+            buckets: 0,
+            cpu: [cpu[0], cpu[1], cpu[2]],
+            mode: mode.to_string(),
+            messages,
+            produce_s,
+            baseline_s,
+            meterflow_s,
+            steady,
+            rss_mib: env.peak_rss_mib(mode)?,
+        });
+    }
     let rows = env
         .ch
         .query(&format!(
@@ -319,8 +381,18 @@ fn throughput(
             Some((t.to_string(), n.parse().ok()?))
         })
         .collect();
+    let buckets = env
+        .ch
+        .query(&format!(
+            "SELECT count() FROM (SELECT customer_id, sku, bucket_start FROM {db}.usage_buckets \
+             GROUP BY customer_id, sku, bucket_start HAVING sum(sign) > 0) FORMAT TSV"
+        ))
+        .map_err(anyhow::Error::msg)?
+        .trim()
+        .parse()?;
     Ok(Throughput {
         rows,
+        buckets,
         cpu: [cpu[0], cpu[1], cpu[2]],
         mode: mode.to_string(),
         messages,
@@ -410,28 +482,40 @@ fn main() -> anyhow::Result<()> {
     );
 
     let mut results = Vec::new();
-    for (mode, batching) in [
-        ("single", Batching { every: 0, size: 1 }),
+    // The same topics read into CSV files instead of ClickHouse: what the box gives with
+    // ClickHouse taken out of the run.
+    for (mode, batching, sink) in [
+        ("single", Batching { every: 0, size: 1 }, Sink::ClickHouse),
         (
             "batched",
             Batching {
                 every: 1,
                 size: args.batch,
             },
+            Sink::ClickHouse,
+        ),
+        ("single-files", Batching { every: 0, size: 1 }, Sink::Files),
+        (
+            "batched-files",
+            Batching {
+                every: 1,
+                size: args.batch,
+            },
+            Sink::Files,
         ),
     ] {
         if args.latency_only {
             break;
         }
         eprintln!("throughput: {mode}");
-        results.push(throughput(&env, &cluster, &lines, mode, batching)?);
+        results.push(throughput(&env, &cluster, &lines, mode, batching, sink)?);
     }
 
     // Latency at a fixed offered load.
     eprintln!("latency: {} events/s for {} s", args.rate, args.seconds);
     let topic = "usage-latency";
     cluster.create_topic(topic, args.partitions as i32, 1)?;
-    let (mut child, db) = env.start("latency", topic, "3s")?;
+    let (mut child, db) = env.start("latency", topic, "3s", Sink::ClickHouse)?;
     std::thread::sleep(Duration::from_secs(2)); // meterflow connects and restores
     let polls: Arc<Mutex<Vec<(Instant, u64)>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
@@ -534,7 +618,7 @@ fn main() -> anyhow::Result<()> {
         args.partitions,
         args.workers
     );
-    println!("| messages | Kafka messages | produce (s) | bare consumer: msgs/s | bare consumer: events/s | meterflow → ClickHouse: s | events/s | sustained events/s (commits 10%→90%) | vs bare consumer | peak RSS (MiB) |");
+    println!("| messages | Kafka messages | produce (s) | bare consumer: msgs/s | bare consumer: events/s | meterflow → ClickHouse (files for `-files`): s | events/s | sustained events/s (commits 10%→90%) | vs bare consumer | peak RSS (MiB) |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in &results {
         let events = lines.len() as f64;
@@ -568,6 +652,7 @@ fn main() -> anyhow::Result<()> {
         );
     }
     // What the inserts cost ClickHouse grows with rows, so each table's rows per accepted event.
+    let results: Vec<&Throughput> = results.iter().filter(|r| !r.rows.is_empty()).collect();
     println!("\nClickHouse rows written per accepted event (rows / `usage_events` rows):\n");
     println!(
         "| table | {} |",
@@ -594,6 +679,17 @@ fn main() -> anyhow::Result<()> {
                 .join(" | ")
         );
     }
+    println!(
+        "| usage_buckets: distinct buckets held (the floor) | {} |",
+        results
+            .iter()
+            .map(|r| {
+                let accepted = r.rows.get("usage_events").copied().unwrap_or(0).max(1) as f64;
+                format!("{:.3}", r.buckets as f64 / accepted)
+            })
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
     println!(
         "| all tables | {} |",
         results
