@@ -427,13 +427,19 @@ mod tests {
         EventTime::parse_rfc3339(s).unwrap()
     }
 
+    fn total<'a>(rows: impl Iterator<Item = &'a Amounts>) -> Amounts {
+        rows.fold(Amounts::default(), |mut a, x| {
+            a.add(*x);
+            a
+        })
+    }
+
     fn get(s: &Schedule, obligation: &str, period: &str) -> Amounts {
-        s.iter()
-            .filter(|(k, _)| k.obligation == obligation && k.period == period)
-            .fold(Amounts::default(), |mut a, (_, x)| {
-                a.add(*x);
-                a
-            })
+        total(
+            s.iter()
+                .filter(|(k, _)| k.obligation == obligation && k.period == period)
+                .map(|(_, a)| a),
+        )
     }
 
     fn a(s: &str) -> Amount {
@@ -493,10 +499,7 @@ mod tests {
         assert_eq!(get(&s, "usage:tokens", "2026-10").recognised, a("400"));
         let c = get(&s, "prepaid credit", "2026-10");
         assert_eq!((c.billed, c.deferred), (a("-150"), a("-150")));
-        let sum = s.values().fold(Amounts::default(), |mut x, y| {
-            x.add(*y);
-            x
-        });
+        let sum = total(s.values());
         assert_eq!(
             (sum.recognised, sum.deferred, sum.billed),
             (a("400"), a("-150"), a("250"))
@@ -583,13 +586,11 @@ mod tests {
             (a("360"), a("-360"), a("0"))
         );
         // The liability nets to zero and every row balances.
-        let credit = s
-            .iter()
-            .filter(|(k, _)| k.obligation.starts_with("prepaid credit"))
-            .fold(Amounts::default(), |mut x, (_, y)| {
-                x.add(*y);
-                x
-            });
+        let credit = total(
+            s.iter()
+                .filter(|(k, _)| k.obligation.starts_with("prepaid credit"))
+                .map(|(_, a)| a),
+        );
         assert_eq!(credit.deferred, a("0"));
         assert_eq!(credit.billed, a("1100") - a("740"));
         assert!(s.values().all(Amounts::balances));

@@ -355,41 +355,10 @@ fn throughput(
     };
     let cpu_after = cpu_split(env.ch);
     let cpu: Vec<f64> = (0..3).map(|i| cpu_after[i] - cpu_before[i]).collect();
-    if sink == Sink::Files {
-        return Ok(Throughput {
-            rows: BTreeMap::new(),
-            buckets: 0,
-            cpu: [cpu[0], cpu[1], cpu[2]],
-            mode: mode.to_string(),
-            messages,
-            produce_s,
-            baseline_s,
-            meterflow_s,
-            steady,
-            rss_mib: env.peak_rss_mib(mode)?,
-        });
-    }
-    let rows = env
-        .ch
-        .query(&format!(
-            "SELECT table, sum(rows) FROM system.parts WHERE database = '{db}' AND active GROUP BY table FORMAT TSV"
-        ))
-        .map_err(anyhow::Error::msg)?
-        .lines()
-        .filter_map(|l| {
-            let (t, n) = l.split_once('\t')?;
-            Some((t.to_string(), n.parse().ok()?))
-        })
-        .collect();
-    let buckets = env
-        .ch
-        .query(&format!(
-            "SELECT count() FROM (SELECT customer_id, sku, bucket_start FROM {db}.usage_buckets \
-             GROUP BY customer_id, sku, bucket_start HAVING sum(sign) > 0) FORMAT TSV"
-        ))
-        .map_err(anyhow::Error::msg)?
-        .trim()
-        .parse()?;
+    let (rows, buckets) = match sink {
+        Sink::Files => (BTreeMap::new(), 0),
+        Sink::ClickHouse => rows_written(env.ch, &db)?,
+    };
     Ok(Throughput {
         rows,
         buckets,
@@ -402,6 +371,30 @@ fn throughput(
         steady,
         rss_mib: env.peak_rss_mib(mode)?,
     })
+}
+
+/// Rows written to each table of `db`, and the distinct buckets `usage_buckets` holds.
+fn rows_written(ch: &ClickHouseServer, db: &str) -> anyhow::Result<(BTreeMap<String, u64>, u64)> {
+    let rows = ch
+        .query(&format!(
+            "SELECT table, sum(rows) FROM system.parts WHERE database = '{db}' AND active GROUP BY table FORMAT TSV"
+        ))
+        .map_err(anyhow::Error::msg)?
+        .lines()
+        .filter_map(|l| {
+            let (t, n) = l.split_once('\t')?;
+            Some((t.to_string(), n.parse().ok()?))
+        })
+        .collect();
+    let buckets = ch
+        .query(&format!(
+            "SELECT count() FROM (SELECT customer_id, sku, bucket_start FROM {db}.usage_buckets \
+             GROUP BY customer_id, sku, bucket_start HAVING sum(sign) > 0) FORMAT TSV"
+        ))
+        .map_err(anyhow::Error::msg)?
+        .trim()
+        .parse()?;
+    Ok((rows, buckets))
 }
 
 /// CPU seconds (user + system) from a `/proc/<pid>/stat` line: its own (fields 14, 15) or its
