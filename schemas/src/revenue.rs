@@ -16,6 +16,12 @@
 //!   recognised in full while the credit line draws the liability down (`deferred` < 0,
 //!   obligation `prepaid credit`), and what a grant still holds when it expires is breakage,
 //!   recognised once the last period it could pay for closes.
+//! - **Promotional credit** (a grant marked `promotional`) was never paid for: it is a price
+//!   concession, allocated like an invoice discount to what the invoice it pays bills (usage,
+//!   subscriptions, true-ups), and opens no liability and leaves no breakage.
+//!
+//! Which grant paid how much of each invoice's credit line follows from replaying the credit
+//! lines in period order through the burn order pricing used ([`burn`]).
 //! - **Tax** is not revenue and is left out.
 //!
 //! Invoices are issued when their period closes (meterflow bills in arrears): a closed period's
@@ -173,9 +179,76 @@ fn allocate(amount: Amount, targets: &mut [(&ScheduleKey, Amount)]) -> Vec<(Sche
     out
 }
 
+/// A contract's credit grants, as the schedule reads them.
+pub struct Credits<'a> {
+    pub customer: String,
+    pub contract: String,
+    pub currency: String,
+    /// In burn order, as the catalog holds them.
+    pub grants: &'a [CreditGrant],
+}
+
+/// What each of a contract's grants paid of its invoices: per invoice period (label), the amount
+/// taken from each grant; and what each grant holds after the last one.
+struct Burnt {
+    paid: BTreeMap<String, Vec<Amount>>,
+    left: Vec<Amount>,
+}
+
+/// Replays a contract's credit lines in period order through pricing's burn order.
+fn replay(c: &Credits, lines: &[BilledLine], unit: PeriodUnit) -> Burnt {
+    let mut used: BTreeMap<EventTime, (String, Amount)> = BTreeMap::new();
+    for l in lines
+        .iter()
+        .filter(|l| l.kind == LineKind::Credit && l.contract == c.contract)
+    {
+        if let Some(period) = unit.parse_label(&l.invoice_period) {
+            let e = used
+                .entry(period.0)
+                .or_insert_with(|| (l.invoice_period.clone(), Amount::ZERO));
+            e.1 -= l.amount;
+        }
+    }
+    let mut left: Vec<Amount> = c.grants.iter().map(|g| g.amount).collect();
+    let mut paid = BTreeMap::new();
+    for (start, (label, wanted)) in used {
+        let before = left.clone();
+        burn(c.grants, &mut left, start, wanted);
+        paid.insert(
+            label,
+            before.iter().zip(&left).map(|(b, a)| *b - *a).collect(),
+        );
+    }
+    Burnt { paid, left }
+}
+
 /// The schedule of every contract and invoice period in `lines`, as of `as_of`: periods that
 /// ended by then are closed (billed, fully recognised); the open ones are recognised so far.
-pub fn schedule(lines: &[BilledLine], unit: PeriodUnit, as_of: EventTime) -> Schedule {
+/// `credits`: the contracts' credit grants (the lines' credit is taken as prepaid for a contract
+/// not in it).
+pub fn schedule(
+    lines: &[BilledLine],
+    credits: &[Credits],
+    unit: PeriodUnit,
+    as_of: EventTime,
+) -> Schedule {
+    let burnt: Vec<Burnt> = credits.iter().map(|c| replay(c, lines, unit)).collect();
+    // The promotional part of each invoice's credit (positive), per (contract, invoice period).
+    let mut promotional: BTreeMap<(&str, &str), Amount> = BTreeMap::new();
+    for (c, b) in credits.iter().zip(&burnt) {
+        for (period, paid) in &b.paid {
+            let free: Amount = c
+                .grants
+                .iter()
+                .zip(paid)
+                .filter(|(g, _)| g.promotional)
+                .map(|(_, p)| *p)
+                .sum();
+            if free != Amount::ZERO {
+                promotional.insert((c.contract.as_str(), period.as_str()), free);
+            }
+        }
+    }
     let mut invoices: BTreeMap<(&str, &str, &str, &str), Vec<&BilledLine>> = BTreeMap::new();
     for l in lines
         .iter()
@@ -247,6 +320,27 @@ pub fn schedule(lines: &[BilledLine], unit: PeriodUnit, as_of: EventTime) -> Sch
                 *allocated.entry(k).or_default() += a;
             }
         }
+        // Promotional credit lowers the price of what the invoice bills, like an invoice discount.
+        // It never takes more than the credit line does.
+        let free = promotional
+            .get(&(contract, period))
+            .map_or(Amount::ZERO, |f| if -*f < credit { credit } else { -*f });
+        if free != Amount::ZERO {
+            credit -= free;
+            let mut targets: Vec<(&ScheduleKey, Amount)> = allocated
+                .iter()
+                .filter(|(_, a)| **a > Amount::ZERO)
+                .map(|(k, a)| (k, *a))
+                .collect();
+            let shares = if targets.is_empty() {
+                vec![(key("promotional credit".into(), period), free)]
+            } else {
+                allocate(free, &mut targets)
+            };
+            for (k, a) in shares {
+                *allocated.entry(k).or_default() += a;
+            }
+        }
         for (k, x) in allocated {
             let recognised = if closed {
                 x
@@ -300,87 +394,63 @@ pub fn schedule(lines: &[BilledLine], unit: PeriodUnit, as_of: EventTime) -> Sch
                 .add(row);
         }
     }
+    for (c, b) in credits.iter().zip(&burnt) {
+        prepaid_credit(&mut out, c, &b.left, unit, as_of);
+    }
     out.retain(|_, a| *a != Amounts::default());
     out
 }
 
-/// A contract's prepaid credit grants, as the schedule reads them.
-pub struct Prepaid<'a> {
-    pub customer: String,
-    pub contract: String,
-    pub currency: String,
-    /// In burn order, as the catalog holds them.
-    pub grants: &'a [CreditGrant],
-}
-
 /// Adds the opening and the end of each prepaid credit liability to `out` (the drawdown is in
-/// [`schedule`], from the invoices' credit lines):
+/// the invoices' credit lines):
 /// - the grant, in the period it is granted in, as of its grant time: billed and deferred (the
 ///   prepayment is invoiced when the grant is made, and owed back as service);
 /// - its breakage: what the grant still holds when it expires, recognised (and the liability
-///   released) in the last period it could pay for, once that period closed. What each grant
-///   holds follows from replaying the credit lines in period order through the burn order
-///   pricing used ([`burn`]).
-pub fn prepaid_credit(
+///   released) in the last period it could pay for, once that period closed.
+fn prepaid_credit(
     out: &mut Schedule,
-    prepaid: &[Prepaid],
-    lines: &[BilledLine],
+    c: &Credits,
+    left: &[Amount],
     unit: PeriodUnit,
     as_of: EventTime,
 ) {
-    for p in prepaid.iter().filter(|p| !p.grants.is_empty()) {
-        let mut used: BTreeMap<EventTime, Amount> = BTreeMap::new();
-        for l in lines
-            .iter()
-            .filter(|l| l.kind == LineKind::Credit && l.contract == p.contract)
-        {
-            if let Some(period) = unit.parse_label(&l.invoice_period) {
-                *used.entry(period.0).or_default() -= l.amount;
-            }
+    let mut add = |grant: &CreditGrant, period: crate::time::Period, amounts: Amounts| {
+        let label = unit.label(period);
+        out.entry(ScheduleKey {
+            customer_id: c.customer.clone(),
+            contract_id: c.contract.clone(),
+            obligation: format!("prepaid credit:{}", grant.name),
+            service_period: label.clone(),
+            period: label,
+            currency: c.currency.clone(),
+        })
+        .or_default()
+        .add(amounts);
+    };
+    for (grant, left) in c.grants.iter().zip(left) {
+        if grant.promotional || grant.granted > as_of || grant.amount == Amount::ZERO {
+            continue;
         }
-        let mut balances: Vec<Amount> = p.grants.iter().map(|g| g.amount).collect();
-        for (start, wanted) in used {
-            burn(p.grants, &mut balances, start, wanted);
-        }
-        let mut add = |grant: &CreditGrant, period: crate::time::Period, amounts: Amounts| {
-            let label = unit.label(period);
-            out.entry(ScheduleKey {
-                customer_id: p.customer.clone(),
-                contract_id: p.contract.clone(),
-                obligation: format!("prepaid credit:{}", grant.name),
-                service_period: label.clone(),
-                period: label,
-                currency: p.currency.clone(),
-            })
-            .or_default()
-            .add(amounts);
+        let opened = Amounts {
+            billed: grant.amount,
+            deferred: grant.amount,
+            ..Amounts::default()
         };
-        for (grant, left) in p.grants.iter().zip(balances) {
-            if grant.granted > as_of || grant.amount == Amount::ZERO {
-                continue;
-            }
-            let opened = Amounts {
-                billed: grant.amount,
-                deferred: grant.amount,
+        add(grant, unit.period_of(grant.granted), opened);
+        let Some(expires) = grant.expires else {
+            continue;
+        };
+        // The last period that could use it: the one holding the instant before it expires.
+        let last = unit.period_of(EventTime(expires.0 - 1));
+        if *left > Amount::ZERO && unit.end_of(last) <= as_of && expires > grant.granted {
+            let breakage = Amounts {
+                recognised: *left,
+                deferred: -*left,
                 ..Amounts::default()
             };
-            add(grant, unit.period_of(grant.granted), opened);
-            let Some(expires) = grant.expires else {
-                continue;
-            };
-            // The last period that could use it: the one holding the instant before it expires.
-            let last = unit.period_of(EventTime(expires.0 - 1));
-            if left > Amount::ZERO && unit.end_of(last) <= as_of && expires > grant.granted {
-                let breakage = Amounts {
-                    recognised: left,
-                    deferred: -left,
-                    ..Amounts::default()
-                };
-                add(grant, last, breakage);
-            }
+            add(grant, last, breakage);
         }
     }
-    out.retain(|_, a| *a != Amounts::default());
 }
 
 /// What a schedule changes against the one recorded before: `(key, amounts, sign)` rows that
@@ -456,7 +526,7 @@ mod tests {
             line(LineKind::Discount, "", "2026-10", "2026-10", "-45"),
             line(LineKind::Tax, "", "2026-10", "2026-10", "70"),
         ];
-        let s = schedule(&lines, PeriodUnit::Month, t("2026-11-05T00:00:00Z"));
+        let s = schedule(&lines, &[], PeriodUnit::Month, t("2026-11-05T00:00:00Z"));
         // tokens: 300 − 30 − 45 × 300/450 = 240; api: 100 − 10 = 90; subscription: 50 − 5 = 45.
         assert_eq!(get(&s, "usage:tokens", "2026-10").recognised, a("240"));
         assert_eq!(get(&s, "usage:api", "2026-10").recognised, a("90"));
@@ -474,7 +544,7 @@ mod tests {
             line(LineKind::Commitment, "", "2026-11", "2026-11", "500"),
             line(LineKind::Adjustment, "tokens", "2026-11", "2026-10", "12"),
         ];
-        let s = schedule(&lines, PeriodUnit::Month, t("2026-11-10T12:00:00Z"));
+        let s = schedule(&lines, &[], PeriodUnit::Month, t("2026-11-10T12:00:00Z"));
         let usage = get(&s, "usage:tokens", "2026-11");
         assert_eq!(
             (usage.billed, usage.recognised, usage.unbilled),
@@ -495,7 +565,7 @@ mod tests {
             line(LineKind::Usage, "tokens", "2026-10", "2026-10", "400"),
             line(LineKind::Credit, "", "2026-10", "2026-10", "-150"),
         ];
-        let s = schedule(&lines, PeriodUnit::Month, t("2026-12-01T00:00:00Z"));
+        let s = schedule(&lines, &[], PeriodUnit::Month, t("2026-12-01T00:00:00Z"));
         assert_eq!(get(&s, "usage:tokens", "2026-10").recognised, a("400"));
         let c = get(&s, "prepaid credit", "2026-10");
         assert_eq!((c.billed, c.deferred), (a("-150"), a("-150")));
@@ -513,7 +583,94 @@ mod tests {
             priority,
             granted: t(granted),
             expires: Some(t(expires)),
+            promotional: false,
         }
+    }
+
+    fn credits(grants: &[CreditGrant]) -> [Credits<'_>; 1] {
+        [Credits {
+            customer: "acme".into(),
+            contract: "acme-1".into(),
+            currency: "USD".into(),
+            grants,
+        }]
+    }
+
+    /// September, October and November invoices paid in full by credit.
+    fn paid_by_credit() -> Vec<BilledLine> {
+        vec![
+            line(LineKind::Usage, "tokens", "2026-09", "2026-09", "40"),
+            line(LineKind::Credit, "", "2026-09", "2026-09", "-40"),
+            line(LineKind::Usage, "tokens", "2026-10", "2026-10", "300"),
+            line(LineKind::Usage, "api", "2026-10", "2026-10", "100"),
+            line(LineKind::Credit, "", "2026-10", "2026-10", "-400"),
+            line(LineKind::Usage, "tokens", "2026-11", "2026-11", "200"),
+            line(LineKind::Credit, "", "2026-11", "2026-11", "-200"),
+        ]
+    }
+
+    #[test]
+    fn promotional_credit_lowers_the_price_of_what_it_pays_and_opens_no_liability() {
+        // A free 100 (burns first) and a prepaid 1 000.
+        let mut promo = grant(
+            "promo",
+            "100",
+            0,
+            "2026-09-01T00:00:00Z",
+            "2026-11-01T00:00:00Z",
+        );
+        promo.promotional = true;
+        let prepaid = grant(
+            "prepaid",
+            "1000",
+            1,
+            "2026-09-01T00:00:00Z",
+            "2027-01-01T00:00:00Z",
+        );
+        let grants = [promo.clone(), prepaid];
+        let lines = paid_by_credit();
+        let s = schedule(
+            &lines,
+            &credits(&grants),
+            PeriodUnit::Month,
+            t("2027-01-01T00:00:00Z"),
+        );
+        assert!(s.values().all(Amounts::balances));
+        // September: the promotion paid all 40, so the usage earned nothing and nothing is owed.
+        assert_eq!(get(&s, "usage:tokens", "2026-09").recognised, a("0"));
+        assert_eq!(get(&s, "prepaid credit", "2026-09"), Amounts::default());
+        // October: the promotion's other 60 lowers tokens and api pro rata (300:100), the prepaid
+        // grant draws its liability down by the remaining 340.
+        assert_eq!(get(&s, "usage:tokens", "2026-10").recognised, a("255"));
+        assert_eq!(get(&s, "usage:api", "2026-10").recognised, a("85"));
+        let drawn = get(&s, "prepaid credit", "2026-10");
+        assert_eq!((drawn.billed, drawn.deferred), (a("-340"), a("-340")));
+        // The promotion opens no liability and leaves no breakage.
+        assert!(s.keys().all(|k| k.obligation != "prepaid credit:promo"));
+        assert_eq!(
+            get(&s, "prepaid credit:prepaid", "2026-12").recognised,
+            a("1000") - a("340") - a("200")
+        );
+
+        // Free credit alone: it pays everything, it earns nothing, and the 360 it held at expiry
+        // is not revenue either.
+        promo.amount = a("1000");
+        promo.expires = Some(t("2027-01-01T00:00:00Z"));
+        let only = [promo];
+        let s = schedule(
+            &lines,
+            &credits(&only),
+            PeriodUnit::Month,
+            t("2027-01-01T00:00:00Z"),
+        );
+        let sum = total(s.values());
+        assert_eq!(
+            (sum.billed, sum.recognised, sum.deferred),
+            (a("0"), a("0"), a("0"))
+        );
+        assert!(s
+            .keys()
+            .all(|k| !k.obligation.starts_with("prepaid credit")));
     }
 
     #[test]
@@ -543,17 +700,7 @@ mod tests {
             line(LineKind::Usage, "tokens", "2026-11", "2026-11", "200"),
             line(LineKind::Credit, "", "2026-11", "2026-11", "-200"),
         ];
-        let prepaid = [Prepaid {
-            customer: "acme".into(),
-            contract: "acme-1".into(),
-            currency: "USD".into(),
-            grants: &grants,
-        }];
-        let at = |as_of: &str| {
-            let mut s = schedule(&lines, PeriodUnit::Month, t(as_of));
-            prepaid_credit(&mut s, &prepaid, &lines, PeriodUnit::Month, t(as_of));
-            s
-        };
+        let at = |as_of: &str| schedule(&lines, &credits(&grants), PeriodUnit::Month, t(as_of));
         // Mid-September: "prepaid" is granted, "promo" has not expired, September is open.
         let s = at("2026-09-20T00:00:00Z");
         let promo = get(&s, "prepaid credit:promo", "2026-09");
@@ -611,11 +758,13 @@ mod tests {
     fn a_change_retracts_the_row_it_replaces() {
         let before = schedule(
             &[line(LineKind::Usage, "tokens", "2026-11", "2026-11", "90")],
+            &[],
             PeriodUnit::Month,
             t("2026-11-10T00:00:00Z"),
         );
         let after = schedule(
             &[line(LineKind::Usage, "tokens", "2026-11", "2026-11", "60")],
+            &[],
             PeriodUnit::Month,
             t("2026-11-10T00:00:00Z"),
         );

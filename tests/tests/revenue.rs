@@ -179,3 +179,86 @@ fn the_schedule_balances_recognises_what_is_billed_and_follows_a_void() {
         }
     }
 }
+
+/// Per contract: billed, recognised, deferred, unbilled over every row.
+fn per_contract(net: &Net) -> BTreeMap<String, [Amount; 4]> {
+    let mut out: BTreeMap<String, [Amount; 4]> = BTreeMap::new();
+    for ((contract, ..), a) in net {
+        let e = out.entry(contract.clone()).or_default();
+        for i in 0..4 {
+            e[i] += a[i];
+        }
+    }
+    out
+}
+
+#[test]
+fn a_promotional_grant_lowers_revenue_by_what_it_paid_and_opens_no_liability() {
+    let s = Scratch::new("revenue-promo");
+    let demo = s.path().join("demo");
+    meterflow_ok(&["demo", "--dir", path(&demo)]);
+    let (catalog, out) = (demo.join("catalog"), demo.join("out"));
+    meterflow_ok(&["revenue", "-c", path(&catalog), "-o", path(&out)]);
+    let prepaid_only = schedule(&out);
+
+    // The same events, with a free 100 for initech that burns before its onboarding credit
+    // (same priority, earlier expiry) and expires with October.
+    let promo_catalog = s.path().join("catalog");
+    std::fs::create_dir_all(&promo_catalog).unwrap();
+    let text = std::fs::read_to_string(catalog.join("catalog.toml")).unwrap();
+    let onboarding = "[[contract.credit]]         # prepaid";
+    assert!(text.contains(onboarding));
+    let launch = "[[contract.credit]]\nname = \"launch\"\namount = \"100\"\n\
+                  granted = \"2026-03-01T00:00:00Z\"\nexpires = \"2026-11-01T00:00:00Z\"\n\
+                  promotional = true\n\n";
+    std::fs::write(
+        promo_catalog.join("catalog.toml"),
+        text.replacen(onboarding, &format!("{launch}{onboarding}"), 1),
+    )
+    .unwrap();
+    let promo_out = s.path().join("out");
+    meterflow_ok(&[
+        "run",
+        "-q",
+        "-i",
+        path(&demo.join("events.jsonl")),
+        "-c",
+        path(&promo_catalog),
+        "-o",
+        path(&promo_out),
+        "--config",
+        path(&demo.join("meterflow.toml")),
+    ]);
+    let text = String::from_utf8_lossy(
+        &meterflow_ok(&["revenue", "-c", path(&promo_catalog), "-o", path(&promo_out)]).stdout,
+    )
+    .into_owned();
+    assert!(text.contains("in every row: holds"), "{text}");
+    let with_promo = schedule(&promo_out);
+
+    // No liability for the free grant; the prepaid one is opened as before.
+    assert!(with_promo.keys().all(|k| k.1 != "prepaid credit:launch"));
+    assert!(with_promo.keys().any(|k| k.1 == "prepaid credit:onboarding"));
+    // Initech's invoices bill the same (credit paid them either way), but 100 less of their
+    // usage is revenue and 100 less of the prepaid liability is drawn down.
+    let (before, after) = (per_contract(&prepaid_only), per_contract(&with_promo));
+    let hundred = Amount::parse("100").unwrap();
+    let (b, a) = (before["initech-2026"], after["initech-2026"]);
+    assert_eq!(a[0], b[0], "billed");
+    assert_eq!(a[1], b[1] - hundred, "recognised");
+    assert_eq!(a[2], b[2] + hundred, "deferred");
+    assert_eq!(a[3], b[3], "unbilled");
+    let drawn = |net: &Net| -> Amount {
+        net.iter()
+            .filter(|(k, _)| k.0 == "initech-2026" && k.1 == "prepaid credit")
+            .map(|(_, a)| a[0])
+            .sum()
+    };
+    assert_eq!(drawn(&with_promo), drawn(&prepaid_only) + hundred);
+    // Every other contract is untouched.
+    for (c, totals) in &before {
+        if c != "initech-2026" {
+            assert_eq!(after.get(c), Some(totals), "{c}");
+        }
+    }
+}

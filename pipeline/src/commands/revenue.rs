@@ -10,8 +10,7 @@ use anyhow::anyhow;
 use meterflow_schemas::catalog::ContractIdx;
 use meterflow_schemas::money::{minor_unit_digits, Amount, Rounding};
 use meterflow_schemas::revenue::{
-    changes, is_catch_up, net, prepaid_credit, schedule, Amounts, BilledLine, Prepaid, Schedule,
-    Scheduled,
+    changes, is_catch_up, net, schedule, Amounts, BilledLine, Credits, Schedule, Scheduled,
 };
 use meterflow_schemas::time::EventTime;
 
@@ -63,13 +62,12 @@ impl RevenueCommand {
                 currency: l.currency,
             })
             .collect();
-        let mut now = schedule(&billed, unit, as_of);
         let catalog = &r.catalog;
-        let prepaid: Vec<Prepaid> = catalog
+        let credits: Vec<Credits> = catalog
             .contracts
             .iter()
             .enumerate()
-            .map(|(i, c)| Prepaid {
+            .map(|(i, c)| Credits {
                 customer: catalog.customers[c.customer.ix()].id.clone(),
                 contract: c.id.clone(),
                 currency: catalog.currency_of(ContractIdx(i as u32)).to_string(),
@@ -77,7 +75,7 @@ impl RevenueCommand {
             })
             .filter(|p| a.customer.as_deref().is_none_or(|c| c == p.customer))
             .collect();
-        prepaid_credit(&mut now, &prepaid, &billed, unit, as_of);
+        let now = schedule(&billed, &credits, unit, as_of);
         let rows = match &r.ch {
             Some(ch) => revenue::from_clickhouse(ch),
             None => revenue::from_files(&a.out),

@@ -58,8 +58,8 @@ impl Discount {
     }
 }
 
-/// A prepaid credit grant of a contract (`[[contract.credit]]`): burnt down by the contract's
-/// invoices, by priority, then earliest expiry.
+/// A credit grant of a contract (`[[contract.credit]]`): burnt down by the contract's invoices,
+/// by priority, then earliest expiry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CreditGrant {
     pub name: String,
@@ -70,6 +70,9 @@ pub struct CreditGrant {
     pub granted: EventTime,
     /// ... and before this one.
     pub expires: Option<EventTime>,
+    /// Given free (a concession that lowers the price of what it pays for), not prepaid by the
+    /// customer (a contract liability). Pricing burns both alike; the revenue schedule does not.
+    pub promotional: bool,
 }
 
 impl CreditGrant {

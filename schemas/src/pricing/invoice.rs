@@ -558,6 +558,7 @@ mod tests {
             priority,
             granted: t("2026-10-01T00:00:00Z"),
             expires: expires.map(t),
+            promotional: false,
         }
     }
 

@@ -1,4 +1,4 @@
-//! The account view's prepaid credit: per grant, what was granted, used and is left after the
+//! The account view's credit (prepaid and promotional): per grant, what was granted, used and is left after the
 //! period shown, and whether it can still be used.
 
 use meterflow_schemas::catalog::Catalog;
@@ -13,6 +13,8 @@ use crate::reports::invoice_preview::{credit_used, replay_credit, PreviewLine};
 pub struct CreditBalance {
     pub contract: String,
     pub grant: String,
+    /// Given free rather than prepaid (docs/revenue.md: no liability, a price concession).
+    pub promotional: bool,
     pub currency: String,
     pub granted: String,
     /// RFC 3339; usable for invoice periods starting before it. None: never expires.
@@ -69,6 +71,7 @@ pub fn credit_balances(
             out.push(CreditBalance {
                 contract: contract.id.clone(),
                 grant: g.name.clone(),
+                promotional: g.promotional,
                 currency: currency.clone(),
                 granted: fixed(g.amount),
                 usable_from: g.granted.to_string(),

@@ -93,6 +93,7 @@ fn contract_terms(
                 priority: g.priority,
                 granted,
                 expires,
+                promotional: g.promotional,
             });
         }
     }

@@ -203,6 +203,8 @@ pub(super) struct CreditDef {
     pub(super) priority: u32,
     pub(super) granted: String,
     pub(super) expires: Option<String>,
+    #[serde(default)]
+    pub(super) promotional: bool,
 }
 
 #[derive(Deserialize)]
