@@ -1,12 +1,13 @@
 //! The two-stream revenue forecast (docs/forecast.md):
 //!
 //! 1. **Contracted**: what contracts commit to per month, whatever the usage: subscription fees
-//!    and the minimum spend, for the months a contract runs (no renewal is assumed past `ends`).
+//!    and the minimum spend, for the months a contract runs (no renewal is assumed past `ends`),
+//!    prorated and net of discounts as the invoice would bill them.
 //! 2. **Usage**: daily usage per SKU and customer segment, forecast with additive Holt-Winters
 //!    (level, trend, weekly season; smoothing picked by the least one-step squared error), spread
 //!    over the segment's contracts by their share of the last 28 days, and priced per contract
-//!    through its rate card's price for the month (tiers apply), above the minimum spend and
-//!    below the maximum spend. Peak and distinct-count meters carry their last month forward.
+//!    through its rate card's price for the month (tiers apply), then through the contract's
+//!    invoice: what it adds above the contracted part, after discounts and the maximum spend. Peak and distinct-count meters carry their last month forward.
 //!
 //! Statistics run in `f64` on quantities; money is priced from the forecast quantities with the
 //! exact pricing code. The 80% interval is ±1.2816 σ·√(Σ steps ahead) around each month's
@@ -15,7 +16,8 @@
 use std::collections::BTreeMap;
 
 use crate::catalog::{Catalog, ContractIdx, SkuIdx};
-use crate::money::{Amount, Quantity};
+use crate::money::{minor_unit_digits, Amount, Quantity, Rounding};
+use crate::pricing::invoice::{active_share, net_before_credit};
 use crate::pricing::{price_period, Segment};
 use crate::time::{EventTime, PeriodUnit};
 
@@ -191,6 +193,7 @@ pub fn forecast(
     carried: &BTreeMap<(ContractIdx, SkuIdx), Quantity>,
     as_of: EventTime,
     months: usize,
+    rounding: Rounding,
 ) -> BTreeMap<ForecastKey, Forecast> {
     let as_of_day = EventTime(as_of.0.div_euclid(DAY) * DAY);
     let known: Vec<&DayUsage> = usage.iter().filter(|u| u.day < as_of_day).collect();
@@ -294,17 +297,53 @@ pub fn forecast(
             }
         }
     }
-    // Per contract and month: the minimum spend is contracted revenue, so usage revenue is what
-    // usage adds above it, and never more than the maximum spend; spread over the SKUs by their
-    // priced usage.
+    // Per contract and month, each priced through the contract's invoice (before credits and
+    // tax): contracted revenue is what it bills without usage (fees and the minimum spend,
+    // prorated to the part of the month the contract runs, net of the discounts that take from
+    // them); usage revenue is what usage adds to that, spread over the SKUs by their priced usage.
+    let invoice =
+        |contract: ContractIdx, p: crate::time::Period, usage: &BTreeMap<SkuIdx, Amount>| {
+            let c = &catalog.contracts[contract.ix()];
+            let digits = minor_unit_digits(catalog.currency_of(contract));
+            let share = active_share(c.starts, c.ends, p.0, unit.end_of(p));
+            net_before_credit(&c.terms, p.0, share, usage, digits, rounding)
+        };
+    let mut contracted: BTreeMap<(ContractIdx, crate::time::Period), Amount> = BTreeMap::new();
+    for (i, c) in catalog.contracts.iter().enumerate() {
+        for p in &month_starts {
+            let (start, end) = (p.0, unit.end_of(*p));
+            if !c.active_at(start) && !c.active_at(EventTime(end.0 - 1)) {
+                continue;
+            }
+            let contract = ContractIdx(i as u32);
+            let fixed = invoice(contract, *p, &BTreeMap::new());
+            contracted.insert((contract, *p), fixed);
+            if fixed == Amount::ZERO {
+                continue;
+            }
+            let key = ForecastKey {
+                month: unit.label(*p),
+                stream: "contracted",
+                sku: String::new(),
+                segment: segment(contract),
+                currency: catalog.currency_of(contract).to_string(),
+            };
+            let f = out.entry(key).or_default();
+            f.amount += fixed;
+            f.low += fixed;
+            f.high += fixed;
+        }
+    }
     for ((contract, p), skus) in by_contract {
-        let t = &catalog.contracts[contract.ix()].terms;
-        let floor = t.minimum_spend.unwrap_or_default();
+        let fixed = contracted.get(&(contract, p)).copied().unwrap_or_default();
+        let digits = minor_unit_digits(catalog.currency_of(contract));
         let mut variable = [Amount::ZERO; 3];
-        for i in 0..3 {
-            let total: Amount = skus.iter().map(|(.., a)| a[i]).sum();
-            let capped = t.maximum_spend.map_or(total, |cap| total.min(cap));
-            variable[i] = (capped - floor).max(Amount::ZERO);
+        for (i, v) in variable.iter_mut().enumerate() {
+            let mut usage: BTreeMap<SkuIdx, Amount> = BTreeMap::new();
+            for (sku, _, _, priced) in &skus {
+                *usage.entry(*sku).or_default() += priced[i].round_to(digits, rounding);
+            }
+            *v = (invoice(contract, p, &usage) - fixed).max(Amount::ZERO);
         }
         for (sku, seg, quantity, priced) in &skus {
             let key = ForecastKey {
@@ -322,31 +361,6 @@ pub fn forecast(
             f.amount += share(variable[0], priced[0], total);
             f.low += share(variable[1], priced[0], total);
             f.high += share(variable[2], priced[0], total);
-        }
-    }
-    // Contracted: fees and the minimum spend of every contract running in the month.
-    for (i, c) in catalog.contracts.iter().enumerate() {
-        for p in &month_starts {
-            let (start, end) = (p.0, unit.end_of(*p));
-            if !c.active_at(start) && !c.active_at(EventTime(end.0 - 1)) {
-                continue;
-            }
-            let fixed: Amount = c.terms.fees.iter().map(|(_, a)| *a).sum::<Amount>()
-                + c.terms.minimum_spend.unwrap_or_default();
-            if fixed == Amount::ZERO {
-                continue;
-            }
-            let key = ForecastKey {
-                month: unit.label(*p),
-                stream: "contracted",
-                sku: String::new(),
-                segment: segment(ContractIdx(i as u32)),
-                currency: catalog.currency_of(ContractIdx(i as u32)).to_string(),
-            };
-            let f = out.entry(key).or_default();
-            f.amount += fixed;
-            f.low += fixed;
-            f.high += fixed;
         }
     }
     out
@@ -381,6 +395,53 @@ mod tests {
         let day = |weekday: usize| (1..=7).find(|h| (119 + h) % 7 == weekday).unwrap();
         let (sat, mon) = (model.forecast(day(5)), model.forecast(day(0)));
         assert!(sat < mon * 0.8, "{sat} vs {mon}");
+    }
+
+    #[test]
+    fn both_streams_are_priced_through_the_invoice_prorated_and_discounted() {
+        // A 300 monthly fee and 10% off the invoice, for a contract starting mid-November; 10
+        // tokens (at 1 USD) a day so far.
+        let text = crate::fixtures::ONE_CONTRACT.replace(
+            "starts = \"2026-01-01T00:00:00Z\"",
+            "starts = \"2026-11-16T00:00:00Z\"\n\
+             [[contract.fee]]\nname = \"platform\"\namount = \"300\"\n\
+             [[contract.discount]]\nname = \"launch\"\npercent = \"10\"",
+        );
+        let catalog = crate::catalog::from_toml_str(&text).unwrap();
+        let t = |s: &str| EventTime::parse_rfc3339(s).unwrap();
+        let usage: Vec<DayUsage> = (16..20)
+            .map(|d| DayUsage {
+                contract: ContractIdx(0),
+                sku: SkuIdx(0),
+                day: t(&format!("2026-11-{d}T00:00:00Z")),
+                quantity: Quantity::from_units(10),
+                events: 1,
+            })
+            .collect();
+        let f = forecast(
+            &catalog,
+            PeriodUnit::Month,
+            &usage,
+            &BTreeMap::new(),
+            t("2026-11-20T00:00:00Z"),
+            2,
+            Rounding::HalfEven,
+        );
+        let get = |month: &str, stream: &str| {
+            f.iter()
+                .find(|(k, _)| k.month == month && k.stream == stream)
+                .map(|(_, v)| *v)
+                .unwrap()
+        };
+        let a = |s: &str| Amount::parse(s).unwrap();
+        // November: half the month's fee (150), less 10%.
+        assert_eq!(get("2026-11", "contracted").amount, a("135"));
+        assert_eq!(get("2026-12", "contracted").amount, a("270"));
+        // Usage: 40 known and 11 days at 10 to come; it earns 90% of its price.
+        let nov = get("2026-11", "usage");
+        assert_eq!((nov.priced, nov.amount), (a("150"), a("135")));
+        let dec = get("2026-12", "usage");
+        assert_eq!((dec.priced, dec.amount), (a("310"), a("279")));
     }
 
     #[test]

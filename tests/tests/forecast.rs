@@ -147,24 +147,45 @@ fn contracted_revenue_is_fees_and_minimums_and_usage_adds_what_is_above() {
         "2",
     ]);
     let rows = read_table(&out, "forecast").unwrap();
-    // Contracted per month: every contract's fees and minimum spend, from the catalog.
+    // Contracted per month: what each contract's invoice bills without usage, from the catalog:
+    // its fees less the invoice-wide discounts in effect that month, raised to its minimum spend.
     let toml: toml::Value =
         toml::from_str(&std::fs::read_to_string(catalog.join("catalog.toml")).unwrap()).unwrap();
-    let mut fixed = Amount::ZERO;
+    let amount = |v: &toml::Value| Amount::parse(v.as_str().unwrap()).unwrap();
+    let fixed = |month_start: &str| -> Amount {
+        let mut total = Amount::ZERO;
+        for c in toml["contract"].as_array().unwrap() {
+            let list = |k: &str| {
+                c.get(k)
+                    .and_then(|f| f.as_array())
+                    .cloned()
+                    .unwrap_or_default()
+            };
+            let mut net: Amount = list("fee").iter().map(|f| amount(&f["amount"])).sum();
+            for d in list("discount") {
+                let applies = d.get("sku").is_none()
+                    && d.get("from")
+                        .is_none_or(|f| f.as_str().unwrap() <= month_start)
+                    && d.get("until")
+                        .is_none_or(|u| month_start < u.as_str().unwrap());
+                if applies && net > Amount::ZERO {
+                    // gen writes invoice-wide discounts as fixed amounts only.
+                    let off = amount(d.get("amount").expect("a fixed invoice discount")).min(net);
+                    net -= off;
+                }
+            }
+            total += c.get("minimum_spend").map_or(net, |m| net.max(amount(m)));
+        }
+        total
+    };
+    let mut seen_fee_and_minimum = false;
     for c in toml["contract"].as_array().unwrap() {
-        for f in c
-            .get("fee")
-            .and_then(|f| f.as_array())
-            .into_iter()
-            .flatten()
-        {
-            fixed += Amount::parse(f["amount"].as_str().unwrap()).unwrap();
-        }
-        if let Some(m) = c.get("minimum_spend") {
-            fixed += Amount::parse(m.as_str().unwrap()).unwrap();
-        }
+        seen_fee_and_minimum |= c.get("fee").is_some() && c.get("minimum_spend").is_some();
     }
-    assert!(fixed > Amount::ZERO);
+    assert!(
+        seen_fee_and_minimum,
+        "a contract whose minimum spend covers its fee"
+    );
     for month in rows
         .iter()
         .map(|r| r["month"].clone())
@@ -175,6 +196,8 @@ fn contracted_revenue_is_fees_and_minimums_and_usage_adds_what_is_above() {
             .filter(|r| r["month"] == month && r["stream"] == "contracted")
             .map(|r| Amount::parse(&r["amount"]).unwrap())
             .sum();
+        let fixed = fixed(&format!("{month}-01T00:00:00Z"));
+        assert!(fixed > Amount::ZERO);
         assert_eq!(contracted, fixed, "{month}");
     }
 }

@@ -230,7 +230,14 @@ fn a_promotional_grant_lowers_revenue_by_what_it_paid_and_opens_no_liability() {
         path(&demo.join("meterflow.toml")),
     ]);
     let text = String::from_utf8_lossy(
-        &meterflow_ok(&["revenue", "-c", path(&promo_catalog), "-o", path(&promo_out)]).stdout,
+        &meterflow_ok(&[
+            "revenue",
+            "-c",
+            path(&promo_catalog),
+            "-o",
+            path(&promo_out),
+        ])
+        .stdout,
     )
     .into_owned();
     assert!(text.contains("in every row: holds"), "{text}");
@@ -238,7 +245,9 @@ fn a_promotional_grant_lowers_revenue_by_what_it_paid_and_opens_no_liability() {
 
     // No liability for the free grant; the prepaid one is opened as before.
     assert!(with_promo.keys().all(|k| k.1 != "prepaid credit:launch"));
-    assert!(with_promo.keys().any(|k| k.1 == "prepaid credit:onboarding"));
+    assert!(with_promo
+        .keys()
+        .any(|k| k.1 == "prepaid credit:onboarding"));
     // Initech's invoices bill the same (credit paid them either way), but 100 less of their
     // usage is revenue and 100 less of the prepaid liability is drawn down.
     let (before, after) = (per_contract(&prepaid_only), per_contract(&with_promo));

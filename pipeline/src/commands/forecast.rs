@@ -144,10 +144,21 @@ impl ForecastCommand {
         }
         .map_err(anyhow::Error::msg)?;
         if let Some(n) = self.backtest {
-            return backtest(&r.catalog, unit, &usage, &lines, watermark, n);
+            return backtest(
+                &r.catalog,
+                unit,
+                &usage,
+                &lines,
+                watermark,
+                n,
+                r.cfg.billing.rounding,
+            );
         }
         let carried = carried(&r.catalog, unit, &lines, watermark);
-        let f = forecast(&r.catalog, unit, &usage, &carried, watermark, months);
+        let rounding = r.cfg.billing.rounding;
+        let f = forecast(
+            &r.catalog, unit, &usage, &carried, watermark, months, rounding,
+        );
         if f.is_empty() {
             bail!("no billable usage before {watermark} to forecast from");
         }
@@ -254,6 +265,7 @@ fn backtest(
     lines: &[invoice_preview::PreviewLine],
     watermark: EventTime,
     n: usize,
+    rounding: Rounding,
 ) -> anyhow::Result<ExitCode> {
     let mut first = unit.period_of(watermark);
     for _ in 0..n {
@@ -274,6 +286,7 @@ fn backtest(
         &carried(catalog, unit, lines, cutoff),
         cutoff,
         n,
+        rounding,
     );
     let mut predicted: BTreeMap<String, (Amount, Amount, Amount)> = BTreeMap::new();
     for (k, v) in f.iter().filter(|(k, _)| k.stream == "usage") {

@@ -255,6 +255,29 @@ pub fn invoice_lines(
     period_lines(terms, tax, p, usage, digits, rounding, &mut balances)
 }
 
+/// What one invoice period of a contract bills before credits and tax: its usage (rounded
+/// amounts by SKU), fees, discounts, the commitment true-up and the cap, with fees and spend
+/// limits prorated by `share`. How the forecast prices a period it has not seen.
+pub fn net_before_credit(
+    terms: &ContractTerms,
+    period_start: EventTime,
+    share: Share,
+    usage: &BTreeMap<SkuIdx, Amount>,
+    digits: u32,
+    rounding: Rounding,
+) -> Amount {
+    let p = PeriodContext {
+        start: period_start,
+        share,
+    };
+    // No credit balances: nothing burns.
+    let derived: Amount = period_lines(terms, None, p, usage, digits, rounding, &mut [])
+        .iter()
+        .map(|l| l.amount)
+        .sum();
+    usage.values().copied().sum::<Amount>() + derived
+}
+
 /// One period's derived lines; burns `balances` (one per grant of `terms.credits`).
 fn period_lines(
     terms: &ContractTerms,
