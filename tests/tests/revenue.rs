@@ -71,15 +71,7 @@ fn the_schedule_balances_recognises_what_is_billed_and_follows_a_void() {
                 Amount::parse(&r["amount"]).unwrap();
         }
     }
-    let mut billed: BTreeMap<String, [Amount; 4]> = BTreeMap::new();
-    for ((contract, _, _, period), a) in &first {
-        if period == "2026-10" {
-            let e = billed.entry(contract.clone()).or_default();
-            for i in 0..4 {
-                e[i] += a[i];
-            }
-        }
-    }
+    let billed = per_contract(&first, Some("2026-10"));
     assert_eq!(
         billed
             .iter()
@@ -180,10 +172,13 @@ fn the_schedule_balances_recognises_what_is_billed_and_follows_a_void() {
     }
 }
 
-/// Per contract: billed, recognised, deferred, unbilled over every row.
-fn per_contract(net: &Net) -> BTreeMap<String, [Amount; 4]> {
+/// Per contract: billed, recognised, deferred, unbilled over every row (of one period).
+fn per_contract(net: &Net, period: Option<&str>) -> BTreeMap<String, [Amount; 4]> {
     let mut out: BTreeMap<String, [Amount; 4]> = BTreeMap::new();
-    for ((contract, ..), a) in net {
+    for ((contract, _, _, p), a) in net {
+        if period.is_some_and(|only| only != p) {
+            continue;
+        }
         let e = out.entry(contract.clone()).or_default();
         for i in 0..4 {
             e[i] += a[i];
@@ -250,7 +245,7 @@ fn a_promotional_grant_lowers_revenue_by_what_it_paid_and_opens_no_liability() {
         .any(|k| k.1 == "prepaid credit:onboarding"));
     // Initech's invoices bill the same (credit paid them either way), but 100 less of their
     // usage is revenue and 100 less of the prepaid liability is drawn down.
-    let (before, after) = (per_contract(&prepaid_only), per_contract(&with_promo));
+    let (before, after) = (per_contract(&prepaid_only, None), per_contract(&with_promo, None));
     let hundred = Amount::parse("100").unwrap();
     let (b, a) = (before["initech-2026"], after["initech-2026"]);
     assert_eq!(a[0], b[0], "billed");

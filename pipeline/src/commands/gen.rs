@@ -259,10 +259,10 @@ fn contract_terms(s: &mut String, c: u32, period_start: EventTime, promotion_fro
     }
     if c % 9 == 2 {
         // A prepaid grant for four months (heavy users burn it faster: credit_burn signals),
-        // and a smaller one that expires mid-stream and burns first.
+        // and a smaller free one that expires mid-stream and burns first.
         let prepaid_expires = period_start.plus(Span::days(122));
         let _ = writeln!(s, "[[contract.credit]]\nname = \"prepaid\"\namount = \"300\"\ngranted = \"{period_start}\"\nexpires = \"{prepaid_expires}\"\n\
-             [[contract.credit]]\nname = \"welcome\"\namount = \"40\"\ngranted = \"{period_start}\"\nexpires = \"{promotion_from}\"");
+             [[contract.credit]]\nname = \"welcome\"\namount = \"40\"\ngranted = \"{period_start}\"\nexpires = \"{promotion_from}\"\npromotional = true");
     }
     if c.is_multiple_of(3) {
         s.push_str("[[contract.entitlement]]\nsku = \"tokens\"\nincluded = \"400000\"\nsoft_limit = \"800000\"\nhard_limit = \"1200000\"\nrollover = true\nrollover_cap = \"100000\"\n");
