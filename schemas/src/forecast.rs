@@ -7,7 +7,8 @@
 //!    (level, trend, weekly season; smoothing picked by the least one-step squared error), spread
 //!    over the segment's contracts by their share of the last 28 days, and priced per contract
 //!    through its rate card's price for the month (tiers apply), then through the contract's
-//!    invoice: what it adds above the contracted part, after discounts and the maximum spend. Peak and distinct-count meters carry their last month forward.
+//!    invoice: what it adds above the contracted part, after discounts and the maximum spend.
+//!    Peak and distinct-count meters carry their last month forward.
 //!
 //! Statistics run in `f64` on quantities; money is priced from the forecast quantities with the
 //! exact pricing code. The 80% interval is ±1.2816 σ·√(Σ steps ahead) around each month's

@@ -19,10 +19,10 @@
 //! - **Promotional credit** (a grant marked `promotional`) was never paid for: it is a price
 //!   concession, allocated like an invoice discount to what the invoice it pays bills (usage,
 //!   subscriptions, true-ups), and opens no liability and leaves no breakage.
+//! - **Tax** is not revenue and is left out.
 //!
 //! Which grant paid how much of each invoice's credit line follows from replaying the credit
 //! lines in period order through the burn order pricing used ([`burn`]).
-//! - **Tax** is not revenue and is left out.
 //!
 //! Invoices are issued when their period closes (meterflow bills in arrears): a closed period's
 //! lines are `billed`; an open period's are drafts, and what is recognised of them so far is
@@ -188,10 +188,10 @@ pub struct Credits<'a> {
     pub grants: &'a [CreditGrant],
 }
 
-/// What each of a contract's grants paid of its invoices: per invoice period (label), the amount
-/// taken from each grant; and what each grant holds after the last one.
+/// What a contract's promotional grants paid of each of its invoices (per invoice period label,
+/// positive), and what each grant holds after the last one.
 struct Burnt {
-    paid: BTreeMap<String, Vec<Amount>>,
+    free: BTreeMap<String, Amount>,
     left: Vec<Amount>,
 }
 
@@ -210,16 +210,22 @@ fn replay(c: &Credits, lines: &[BilledLine], unit: PeriodUnit) -> Burnt {
         }
     }
     let mut left: Vec<Amount> = c.grants.iter().map(|g| g.amount).collect();
-    let mut paid = BTreeMap::new();
+    let mut free = BTreeMap::new();
     for (start, (label, wanted)) in used {
         let before = left.clone();
         burn(c.grants, &mut left, start, wanted);
-        paid.insert(
-            label,
-            before.iter().zip(&left).map(|(b, a)| *b - *a).collect(),
-        );
+        let paid: Amount = c
+            .grants
+            .iter()
+            .zip(before.iter().zip(&left))
+            .filter(|(g, _)| g.promotional)
+            .map(|(_, (b, a))| *b - *a)
+            .sum();
+        if paid != Amount::ZERO {
+            free.insert(label, paid);
+        }
     }
-    Burnt { paid, left }
+    Burnt { free, left }
 }
 
 /// The schedule of every contract and invoice period in `lines`, as of `as_of`: periods that
@@ -232,23 +238,10 @@ pub fn schedule(
     unit: PeriodUnit,
     as_of: EventTime,
 ) -> Schedule {
-    let burnt: Vec<Burnt> = credits.iter().map(|c| replay(c, lines, unit)).collect();
-    // The promotional part of each invoice's credit (positive), per (contract, invoice period).
-    let mut promotional: BTreeMap<(&str, &str), Amount> = BTreeMap::new();
-    for (c, b) in credits.iter().zip(&burnt) {
-        for (period, paid) in &b.paid {
-            let free: Amount = c
-                .grants
-                .iter()
-                .zip(paid)
-                .filter(|(g, _)| g.promotional)
-                .map(|(_, p)| *p)
-                .sum();
-            if free != Amount::ZERO {
-                promotional.insert((c.contract.as_str(), period.as_str()), free);
-            }
-        }
-    }
+    let burnt: BTreeMap<&str, Burnt> = credits
+        .iter()
+        .map(|c| (c.contract.as_str(), replay(c, lines, unit)))
+        .collect();
     let mut invoices: BTreeMap<(&str, &str, &str, &str), Vec<&BilledLine>> = BTreeMap::new();
     for l in lines
         .iter()
@@ -322,9 +315,10 @@ pub fn schedule(
         }
         // Promotional credit lowers the price of what the invoice bills, like an invoice discount.
         // It never takes more than the credit line does.
-        let free = promotional
-            .get(&(contract, period))
-            .map_or(Amount::ZERO, |f| if -*f < credit { credit } else { -*f });
+        let free = burnt
+            .get(contract)
+            .and_then(|b| b.free.get(period))
+            .map_or(Amount::ZERO, |f| (-*f).max(credit));
         if free != Amount::ZERO {
             credit -= free;
             let mut targets: Vec<(&ScheduleKey, Amount)> = allocated
@@ -394,8 +388,8 @@ pub fn schedule(
                 .add(row);
         }
     }
-    for (c, b) in credits.iter().zip(&burnt) {
-        prepaid_credit(&mut out, c, &b.left, unit, as_of);
+    for c in credits {
+        prepaid_credit(&mut out, c, &burnt[c.contract.as_str()].left, unit, as_of);
     }
     out.retain(|_, a| *a != Amounts::default());
     out

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use meterflow::reports::tables::{current_rows, read_table};
 use meterflow_schemas::money::Amount;
@@ -42,18 +42,43 @@ fn schedule(out: &Path) -> Net {
     net
 }
 
-#[test]
-fn the_schedule_balances_recognises_what_is_billed_and_follows_a_void() {
-    let s = Scratch::new("revenue");
+/// Writes and runs the demo in `s`: its directory, catalog and output.
+fn demo(s: &Scratch) -> (PathBuf, PathBuf, PathBuf) {
     let demo = s.path().join("demo");
     meterflow_ok(&["demo", "--dir", path(&demo)]);
     let (catalog, out) = (demo.join("catalog"), demo.join("out"));
-    let revenue = || {
-        String::from_utf8_lossy(
-            &meterflow_ok(&["revenue", "-c", path(&catalog), "-o", path(&out)]).stdout,
-        )
-        .into_owned()
-    };
+    (demo, catalog, out)
+}
+
+/// `meterflow run` of the demo's events with `catalog` into `out`.
+fn run(demo: &Path, catalog: &Path, out: &Path) {
+    meterflow_ok(&[
+        "run",
+        "-q",
+        "-i",
+        path(&demo.join("events.jsonl")),
+        "-c",
+        path(catalog),
+        "-o",
+        path(out),
+        "--config",
+        path(&demo.join("meterflow.toml")),
+    ]);
+}
+
+/// `meterflow revenue` over `out`: what it prints.
+fn revenue(catalog: &Path, out: &Path) -> String {
+    String::from_utf8_lossy(
+        &meterflow_ok(&["revenue", "-c", path(catalog), "-o", path(out)]).stdout,
+    )
+    .into_owned()
+}
+
+#[test]
+fn the_schedule_balances_recognises_what_is_billed_and_follows_a_void() {
+    let s = Scratch::new("revenue");
+    let (demo, catalog, out) = demo(&s);
+    let revenue = || revenue(&catalog, &out);
     let text = revenue();
     assert!(text.contains("in every row: holds"), "{text}");
     let first = schedule(&out);
@@ -122,18 +147,7 @@ fn the_schedule_balances_recognises_what_is_billed_and_follows_a_void() {
         .unwrap();
     writeln!(f, "{void}").unwrap();
     drop(f);
-    meterflow_ok(&[
-        "run",
-        "-q",
-        "-i",
-        path(&demo.join("events.jsonl")),
-        "-c",
-        path(&catalog),
-        "-o",
-        path(&out),
-        "--config",
-        path(&demo.join("meterflow.toml")),
-    ]);
+    run(&demo, &catalog, &out);
     let text = revenue();
     assert!(
         text.contains("1 retracted") || text.contains("retracted"),
@@ -190,10 +204,8 @@ fn per_contract(net: &Net, period: Option<&str>) -> BTreeMap<String, [Amount; 4]
 #[test]
 fn a_promotional_grant_lowers_revenue_by_what_it_paid_and_opens_no_liability() {
     let s = Scratch::new("revenue-promo");
-    let demo = s.path().join("demo");
-    meterflow_ok(&["demo", "--dir", path(&demo)]);
-    let (catalog, out) = (demo.join("catalog"), demo.join("out"));
-    meterflow_ok(&["revenue", "-c", path(&catalog), "-o", path(&out)]);
+    let (demo, catalog, out) = demo(&s);
+    revenue(&catalog, &out);
     let prepaid_only = schedule(&out);
 
     // The same events, with a free 100 for initech that burns before its onboarding credit
@@ -212,29 +224,8 @@ fn a_promotional_grant_lowers_revenue_by_what_it_paid_and_opens_no_liability() {
     )
     .unwrap();
     let promo_out = s.path().join("out");
-    meterflow_ok(&[
-        "run",
-        "-q",
-        "-i",
-        path(&demo.join("events.jsonl")),
-        "-c",
-        path(&promo_catalog),
-        "-o",
-        path(&promo_out),
-        "--config",
-        path(&demo.join("meterflow.toml")),
-    ]);
-    let text = String::from_utf8_lossy(
-        &meterflow_ok(&[
-            "revenue",
-            "-c",
-            path(&promo_catalog),
-            "-o",
-            path(&promo_out),
-        ])
-        .stdout,
-    )
-    .into_owned();
+    run(&demo, &promo_catalog, &promo_out);
+    let text = revenue(&promo_catalog, &promo_out);
     assert!(text.contains("in every row: holds"), "{text}");
     let with_promo = schedule(&promo_out);
 
@@ -245,7 +236,10 @@ fn a_promotional_grant_lowers_revenue_by_what_it_paid_and_opens_no_liability() {
         .any(|k| k.1 == "prepaid credit:onboarding"));
     // Initech's invoices bill the same (credit paid them either way), but 100 less of their
     // usage is revenue and 100 less of the prepaid liability is drawn down.
-    let (before, after) = (per_contract(&prepaid_only, None), per_contract(&with_promo, None));
+    let (before, after) = (
+        per_contract(&prepaid_only, None),
+        per_contract(&with_promo, None),
+    );
     let hundred = Amount::parse("100").unwrap();
     let (b, a) = (before["initech-2026"], after["initech-2026"]);
     assert_eq!(a[0], b[0], "billed");
