@@ -662,6 +662,12 @@ ORDER BY (marketplace, listing, contract_id, dimension, usage_hour, exported_at)
             "ALTER TABLE {db}.exports ADD COLUMN response_id String, ADD COLUMN detail String",
         ),
     },
+    Migration {
+        id: 48,
+        name: "exports_allocations",
+        // AWS `UsageAllocations` of each record as JSON ('' when it has none).
+        sql: Sql::Text("ALTER TABLE {db}.exports ADD COLUMN allocations String"),
+    },
 ];
 
 /// The table that records applied migrations (created before any migration runs).

@@ -455,6 +455,9 @@ pub struct Exported {
     pub response_id: String,
     /// Why a record was not sent (the marketplace's answer or the request's error).
     pub detail: String,
+    /// AWS `UsageAllocations` as JSON (see [`allocations_json`]); empty when the record has
+    /// none.
+    pub allocations: String,
 }
 
 impl Exported {
@@ -478,6 +481,7 @@ impl Exported {
             record_kind: r.kind.as_str().into(),
             quantity: r.quantity,
             record_key: r.key.clone(),
+            allocations: allocations_json(&r.allocations),
             status: if r.kind == RecordKind::NotSendable {
                 "not_sendable"
             } else {
@@ -487,6 +491,26 @@ impl Exported {
             ..Default::default()
         }
     }
+}
+
+/// A record's allocations as the `exports` table keeps them: a JSON array of
+/// `{"quantity": <whole units>, "tags": {"<key>": "<value>", ...}}` in the order they are sent
+/// (untagged usage has `"tags": {}`), or `""` when there are none.
+pub fn allocations_json(allocations: &[(Tags, Quantity)]) -> String {
+    if allocations.is_empty() {
+        return String::new();
+    }
+    let parts: Vec<Value> = allocations
+        .iter()
+        .map(|(tags, q)| {
+            let tags: serde_json::Map<String, Value> = tags
+                .iter()
+                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                .collect();
+            json!({ "quantity": q.0 / Quantity::SCALE_ONE, "tags": tags })
+        })
+        .collect();
+    Value::Array(parts).to_string()
 }
 
 /// The status of a record's row written just before its request is sent: until the answer's

@@ -640,10 +640,11 @@ pub const EXPORTS: Table = Table {
         col("request", "String"),
         col("response_id", "String"),
         col("detail", "String"),
+        col("allocations", "String"),
     ],
     partition_by: Some("toYYYYMM(exported_at)"),
     order_by: &["marketplace", "listing", "contract_id", "dimension", "usage_hour", "exported_at"],
-    csv: Some("exported_at,export_id,marketplace,listing,product,contract_id,customer_id,marketplace_customer,sku,dimension,usage_hour,record_time,record_kind,quantity,record_key,status,request,response_id,detail"),
+    csv: Some("exported_at,export_id,marketplace,listing,product,contract_id,customer_id,marketplace_customer,sku,dimension,usage_hour,record_time,record_kind,quantity,record_key,status,request,response_id,detail,allocations"),
     output: None,
 };
 

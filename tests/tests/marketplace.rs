@@ -203,6 +203,29 @@ fn exports_validate_against_the_marketplaces_and_settle_what_changed() {
             );
         }
     }
+    // The exports table keeps each AWS record's allocations as its request file sent them.
+    let mut kept: BTreeMap<(String, String), i128> = BTreeMap::new();
+    for r in exports(&out).iter().filter(|r| r["marketplace"] == "aws") {
+        if r["allocations"].is_empty() {
+            continue;
+        }
+        let parts: Vec<serde_json::Value> = serde_json::from_str(&r["allocations"]).unwrap();
+        for p in parts {
+            let tags: Vec<String> = p["tags"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap()))
+                .collect();
+            *kept
+                .entry((r["dimension"].clone(), tags.join(",")))
+                .or_default() += i128::from(p["quantity"].as_i64().unwrap());
+        }
+    }
+    assert_eq!(
+        kept, allocations,
+        "exports.allocations against the request files"
+    );
     // Azure: exact quantities.
     let azure = "5f1c2a9e-3b7d-4e2a-9c1f-7d2b8e6a4c10";
     let exact = |q: Quantity, unit: &str| {

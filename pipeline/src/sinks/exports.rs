@@ -38,6 +38,7 @@ struct ExportRow {
     request: String,
     response_id: String,
     detail: String,
+    allocations: String,
 }
 
 fn time(s: u32) -> EventTime {
@@ -79,6 +80,7 @@ pub fn from_files(out: &Path) -> Result<Vec<Exported>, String> {
                 request: text(r, "request"),
                 response_id: text(r, "response_id"),
                 detail: text(r, "detail"),
+                allocations: text(r, "allocations"),
             })
         })
         .collect()
@@ -99,7 +101,7 @@ pub fn from_clickhouse(ch: &ClickHouse, kind: MarketplaceKind) -> Result<Vec<Exp
     let rows: Vec<ExportRow> = ch.fetch(&format!(
         "SELECT exported_at, export_id, marketplace, listing, product, contract_id, customer_id, \
          marketplace_customer, sku, dimension, usage_hour, record_time, record_kind, quantity, \
-         record_key, status, request, response_id, detail FROM {{db}}.exports WHERE marketplace = '{}'",
+         record_key, status, request, response_id, detail, allocations FROM {{db}}.exports WHERE marketplace = '{}'",
         kind.as_str()
     ))?;
     Ok(rows
@@ -124,6 +126,7 @@ pub fn from_clickhouse(ch: &ClickHouse, kind: MarketplaceKind) -> Result<Vec<Exp
             request: r.request,
             response_id: r.response_id,
             detail: r.detail,
+            allocations: r.allocations,
         })
         .collect())
 }
@@ -152,6 +155,7 @@ pub fn to_clickhouse(ch: &ClickHouse, new: &[Exported]) -> Result<(), String> {
             request: e.request.clone(),
             response_id: e.response_id.clone(),
             detail: e.detail.clone(),
+            allocations: e.allocations.clone(),
         })
         .collect();
     ch.insert::<ExportRow>(tables::EXPORTS.name, &rows)

@@ -569,10 +569,11 @@ impl CsvRow for Exported {
             &self.status,
             &self.request,
             &self.response_id,
+            &self.detail,
+            &self.allocations,
         ] {
             field(row, v);
         }
-        field(row, &self.detail);
     }
 }
 
