@@ -10,6 +10,12 @@
 //!    invoice: what it adds above the contracted part, after discounts and the maximum spend.
 //!    Peak and distinct-count meters carry their last month forward.
 //!
+//! Both are revenue, so prepaid credit does not lower them (it pays for what they bill), but
+//! **promotional credit** does: each contract's grants are burnt in pricing's order, from what
+//! they held at the start of the first month, against each month's forecast invoice; what the
+//! promotional grants pay of it lowers the contracted and the usage part in proportion (as the
+//! revenue schedule allocates it).
+//!
 //! Statistics run in `f64` on quantities; money is priced from the forecast quantities with the
 //! exact pricing code. The 80% interval is ±1.2816 σ·√(Σ steps ahead) around each month's
 //! forecast quantity, σ being the model's one-step error, priced at its bounds.
@@ -18,7 +24,7 @@ use std::collections::BTreeMap;
 
 use crate::catalog::{Catalog, ContractIdx, SkuIdx};
 use crate::money::{minor_unit_digits, Amount, Quantity, Rounding};
-use crate::pricing::invoice::{active_share, net_before_credit};
+use crate::pricing::invoice::{active_share, burn_split, net_before_credit};
 use crate::pricing::{price_period, Segment};
 use crate::time::{EventTime, PeriodUnit};
 
@@ -184,6 +190,16 @@ fn price(
     )
 }
 
+/// What the forecast carries in from the invoices before its first month.
+#[derive(Clone, Debug, Default)]
+pub struct Carried {
+    /// The last month's billed quantity of each contract's peak and distinct-count meters.
+    pub meters: BTreeMap<(ContractIdx, SkuIdx), Quantity>,
+    /// What each of a contract's credit grants held at the start of the first month, in the
+    /// catalog's order; a contract not here holds its grants in full.
+    pub credit_left: BTreeMap<ContractIdx, Vec<Amount>>,
+}
+
 /// The forecast of the `months` invoice periods from the one holding `as_of` (usage before
 /// `as_of` is known; the rest of its month and the months after are forecast). `usage`: daily
 /// usage of every contract (days from `as_of` on are ignored).
@@ -191,7 +207,7 @@ pub fn forecast(
     catalog: &Catalog,
     unit: PeriodUnit,
     usage: &[DayUsage],
-    carried: &BTreeMap<(ContractIdx, SkuIdx), Quantity>,
+    carried: &Carried,
     as_of: EventTime,
     months: usize,
     rounding: Rounding,
@@ -278,7 +294,11 @@ pub fn forecast(
                     let q = if additive {
                         known_q + to_quantity(b * share)
                     } else {
-                        carried.get(&(*contract, *sku)).copied().unwrap_or_default()
+                        carried
+                            .meters
+                            .get(&(*contract, *sku))
+                            .copied()
+                            .unwrap_or_default()
                     };
                     let per_event = if *q28 > 0.0 { *e28 as f64 / q28 } else { 0.0 };
                     let events = known_e as f64
@@ -309,43 +329,71 @@ pub fn forecast(
             let share = active_share(c.starts, c.ends, p.0, unit.end_of(p));
             net_before_credit(&c.terms, p.0, share, usage, digits, rounding)
         };
-    let mut contracted: BTreeMap<(ContractIdx, crate::time::Period), Amount> = BTreeMap::new();
+    type Month = (ContractIdx, crate::time::Period);
+    let mut contracted: BTreeMap<Month, Amount> = BTreeMap::new();
     for (i, c) in catalog.contracts.iter().enumerate() {
         for p in &month_starts {
             let (start, end) = (p.0, unit.end_of(*p));
-            if !c.active_at(start) && !c.active_at(EventTime(end.0 - 1)) {
-                continue;
+            if c.active_at(start) || c.active_at(EventTime(end.0 - 1)) {
+                let contract = ContractIdx(i as u32);
+                contracted.insert((contract, *p), invoice(contract, *p, &BTreeMap::new()));
             }
-            let contract = ContractIdx(i as u32);
-            let fixed = invoice(contract, *p, &BTreeMap::new());
-            contracted.insert((contract, *p), fixed);
-            if fixed == Amount::ZERO {
-                continue;
-            }
-            let key = ForecastKey {
-                month: unit.label(*p),
-                stream: "contracted",
-                sku: String::new(),
-                segment: segment(contract),
-                currency: catalog.currency_of(contract).to_string(),
-            };
-            let f = out.entry(key).or_default();
-            f.amount += fixed;
-            f.low += fixed;
-            f.high += fixed;
         }
     }
-    for ((contract, p), skus) in by_contract {
+    // What usage adds to each invoice, at the forecast and its bounds.
+    let mut variable: BTreeMap<Month, [Amount; 3]> = BTreeMap::new();
+    for (&(contract, p), skus) in &by_contract {
         let fixed = contracted.get(&(contract, p)).copied().unwrap_or_default();
         let digits = minor_unit_digits(catalog.currency_of(contract));
-        let mut variable = [Amount::ZERO; 3];
-        for (i, v) in variable.iter_mut().enumerate() {
+        let v = variable.entry((contract, p)).or_default();
+        for (i, v) in v.iter_mut().enumerate() {
             let mut usage: BTreeMap<SkuIdx, Amount> = BTreeMap::new();
-            for (sku, _, _, priced) in &skus {
+            for (sku, _, _, priced) in skus {
                 *usage.entry(*sku).or_default() += priced[i].round_to(digits, rounding);
             }
             *v = (invoice(contract, p, &usage) - fixed).max(Amount::ZERO);
         }
+    }
+    let promotional = promotional_credit(catalog, &carried.credit_left, &month_starts, |m| {
+        let fixed = contracted.get(&m).copied().unwrap_or_default();
+        variable
+            .get(&m)
+            .copied()
+            .unwrap_or_default()
+            .map(|v| fixed + v)
+    });
+    // What promotional credit pays of a month's invoice, split over its contracted part (the
+    // first) and its usage part (the rest), at the forecast and its bounds.
+    let paid = |m: Month| -> [(Amount, Amount); 3] {
+        let fixed = contracted.get(&m).copied().unwrap_or_default();
+        let var = variable.get(&m).copied().unwrap_or_default();
+        let free = promotional.get(&m).copied().unwrap_or_default();
+        std::array::from_fn(|i| {
+            let of_fixed = share(free[i], fixed, fixed + var[i]);
+            (of_fixed, free[i] - of_fixed)
+        })
+    };
+    for (&(contract, p), &fixed) in &contracted {
+        if fixed == Amount::ZERO {
+            continue;
+        }
+        let key = ForecastKey {
+            month: unit.label(p),
+            stream: "contracted",
+            sku: String::new(),
+            segment: segment(contract),
+            currency: catalog.currency_of(contract).to_string(),
+        };
+        let free = paid((contract, p));
+        let f = out.entry(key).or_default();
+        f.amount += fixed - free[0].0;
+        f.low += fixed - free[1].0;
+        f.high += fixed - free[2].0;
+    }
+    for ((contract, p), skus) in by_contract {
+        let free = paid((contract, p));
+        let v = variable.get(&(contract, p)).copied().unwrap_or_default();
+        let earned: [Amount; 3] = std::array::from_fn(|i| v[i] - free[i].1);
         for (sku, seg, quantity, priced) in &skus {
             let key = ForecastKey {
                 month: unit.label(p),
@@ -359,9 +407,44 @@ pub fn forecast(
             f.priced += priced[0];
             // Spread by the SKUs' share of the forecast, so each row's low ≤ amount ≤ high.
             let total: Amount = skus.iter().map(|(.., a)| a[0]).sum();
-            f.amount += share(variable[0], priced[0], total);
-            f.low += share(variable[1], priced[0], total);
-            f.high += share(variable[2], priced[0], total);
+            f.amount += share(earned[0], priced[0], total);
+            f.low += share(earned[1], priced[0], total);
+            f.high += share(earned[2], priced[0], total);
+        }
+    }
+    out
+}
+
+/// What each contract's promotional grants pay of its forecast invoices, per month, at the
+/// forecast and its bounds: its grants burnt in pricing's order from what they held at the
+/// start of the first month (`left`), month by month, against `wanted` (what the invoice bills
+/// before credit, per bound). Contracts with no promotional grant are left out.
+fn promotional_credit(
+    catalog: &Catalog,
+    left: &BTreeMap<ContractIdx, Vec<Amount>>,
+    months: &[crate::time::Period],
+    wanted: impl Fn((ContractIdx, crate::time::Period)) -> [Amount; 3],
+) -> BTreeMap<(ContractIdx, crate::time::Period), [Amount; 3]> {
+    let mut out = BTreeMap::new();
+    for (i, c) in catalog.contracts.iter().enumerate() {
+        let grants = &c.terms.credits;
+        if !grants.iter().any(|g| g.promotional) {
+            continue;
+        }
+        let contract = ContractIdx(i as u32);
+        let start = left
+            .get(&contract)
+            .cloned()
+            .unwrap_or_else(|| grants.iter().map(|g| g.amount).collect());
+        let mut balances = [start.clone(), start.clone(), start];
+        for p in months {
+            let want = wanted((contract, *p));
+            let free: [Amount; 3] = std::array::from_fn(|b| {
+                burn_split(grants, &mut balances[b], p.0, want[b].max(Amount::ZERO)).1
+            });
+            if free.iter().any(|f| *f != Amount::ZERO) {
+                out.insert((contract, *p), free);
+            }
         }
     }
     out
@@ -398,15 +481,17 @@ mod tests {
         assert!(sat < mon * 0.8, "{sat} vs {mon}");
     }
 
-    #[test]
-    fn both_streams_are_priced_through_the_invoice_prorated_and_discounted() {
-        // A 300 monthly fee and 10% off the invoice, for a contract starting mid-November; 10
-        // tokens (at 1 USD) a day so far.
+    /// A contract starting mid-November with a 300 monthly fee, 10% off the invoice and
+    /// `extra` terms; 10 tokens (at 1 USD) a day so far. The forecast of November and December
+    /// as of 20 November, with `credit_left`.
+    fn mid_november(extra: &str, credit_left: &[Amount]) -> BTreeMap<ForecastKey, Forecast> {
         let text = crate::fixtures::ONE_CONTRACT.replace(
             "starts = \"2026-01-01T00:00:00Z\"",
-            "starts = \"2026-11-16T00:00:00Z\"\n\
-             [[contract.fee]]\nname = \"platform\"\namount = \"300\"\n\
-             [[contract.discount]]\nname = \"launch\"\npercent = \"10\"",
+            &format!(
+                "starts = \"2026-11-16T00:00:00Z\"\n\
+                 [[contract.fee]]\nname = \"platform\"\namount = \"300\"\n\
+                 [[contract.discount]]\nname = \"launch\"\npercent = \"10\"\n{extra}"
+            ),
         );
         let catalog = crate::catalog::from_toml_str(&text).unwrap();
         let t = |s: &str| EventTime::parse_rfc3339(s).unwrap();
@@ -419,30 +504,77 @@ mod tests {
                 events: 1,
             })
             .collect();
-        let f = forecast(
+        let mut carried = Carried::default();
+        if !credit_left.is_empty() {
+            carried
+                .credit_left
+                .insert(ContractIdx(0), credit_left.to_vec());
+        }
+        forecast(
             &catalog,
             PeriodUnit::Month,
             &usage,
-            &BTreeMap::new(),
+            &carried,
             t("2026-11-20T00:00:00Z"),
             2,
             Rounding::HalfEven,
-        );
-        let get = |month: &str, stream: &str| {
-            f.iter()
-                .find(|(k, _)| k.month == month && k.stream == stream)
-                .map(|(_, v)| *v)
-                .unwrap()
-        };
-        let a = |s: &str| Amount::parse(s).unwrap();
+        )
+    }
+
+    fn get(f: &BTreeMap<ForecastKey, Forecast>, month: &str, stream: &str) -> Forecast {
+        f.iter()
+            .find(|(k, _)| k.month == month && k.stream == stream)
+            .map(|(_, v)| *v)
+            .unwrap()
+    }
+
+    fn a(s: &str) -> Amount {
+        Amount::parse(s).unwrap()
+    }
+
+    #[test]
+    fn both_streams_are_priced_through_the_invoice_prorated_and_discounted() {
+        let f = mid_november("", &[]);
         // November: half the month's fee (150), less 10%.
-        assert_eq!(get("2026-11", "contracted").amount, a("135"));
-        assert_eq!(get("2026-12", "contracted").amount, a("270"));
+        assert_eq!(get(&f, "2026-11", "contracted").amount, a("135"));
+        assert_eq!(get(&f, "2026-12", "contracted").amount, a("270"));
         // Usage: 40 known and 11 days at 10 to come; it earns 90% of its price.
-        let nov = get("2026-11", "usage");
+        let nov = get(&f, "2026-11", "usage");
         assert_eq!((nov.priced, nov.amount), (a("150"), a("135")));
-        let dec = get("2026-12", "usage");
+        let dec = get(&f, "2026-12", "usage");
         assert_eq!((dec.priced, dec.amount), (a("310"), a("279")));
+    }
+
+    #[test]
+    fn promotional_credit_lowers_the_forecast_and_prepaid_credit_does_not() {
+        // A free welcome grant (150 of 200 left) burns first, then a prepaid 1 000.
+        let grants = "[[contract.credit]]\nname = \"welcome\"\namount = \"200\"\n\
+                      granted = \"2026-11-01T00:00:00Z\"\npromotional = true\n\
+                      [[contract.credit]]\nname = \"prepaid\"\namount = \"1000\"\n\
+                      granted = \"2026-11-01T00:00:00Z\"\npriority = 1";
+        let f = mid_november(grants, &[a("150"), a("1000")]);
+        // November bills 135 + 135 before credit: the welcome grant's 150 pays half of each.
+        let (fixed, usage) = (
+            get(&f, "2026-11", "contracted"),
+            get(&f, "2026-11", "usage"),
+        );
+        assert_eq!((fixed.amount, usage.amount), (a("60"), a("60")));
+        assert_eq!(usage.priced, a("150"), "the usage's price is not lowered");
+        for r in [fixed, usage] {
+            assert!(r.low <= r.amount && r.amount <= r.high, "{r:?}");
+        }
+        // December: the welcome grant is spent; the prepaid grant pays it, which is revenue.
+        assert_eq!(get(&f, "2026-12", "contracted").amount, a("270"));
+        assert_eq!(get(&f, "2026-12", "usage").amount, a("279"));
+        // A welcome 400 in full, left to the forecast: all of November's 270, then 130 of
+        // December's 549.
+        let f = mid_november(&grants.replace("\"200\"", "\"400\""), &[]);
+        let total = |m: &str| get(&f, m, "contracted").amount + get(&f, m, "usage").amount;
+        assert_eq!((total("2026-11"), total("2026-12")), (a("0"), a("419")));
+        // Prepaid only: the forecast is the one without credit.
+        let prepaid = "[[contract.credit]]\nname = \"prepaid\"\namount = \"1000\"\n\
+                       granted = \"2026-11-01T00:00:00Z\"";
+        assert_eq!(mid_november(prepaid, &[]), mid_november("", &[]));
     }
 
     #[test]

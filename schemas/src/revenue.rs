@@ -22,7 +22,8 @@
 //! - **Tax** is not revenue and is left out.
 //!
 //! Which grant paid how much of each invoice's credit line follows from replaying the credit
-//! lines in period order through the burn order pricing used ([`burn`]).
+//! lines in period order through the burn order pricing used
+//! ([`burn`](crate::pricing::invoice::burn)).
 //!
 //! Invoices are issued when their period closes (meterflow bills in arrears): a closed period's
 //! lines are `billed`; an open period's are drafts, and what is recognised of them so far is
@@ -32,7 +33,7 @@ use std::collections::BTreeMap;
 
 use crate::catalog::CreditGrant;
 use crate::money::Amount;
-use crate::pricing::invoice::burn;
+use crate::pricing::invoice::burn_split;
 use crate::rows::LineKind;
 use crate::time::{EventTime, PeriodUnit};
 
@@ -212,15 +213,7 @@ fn replay(c: &Credits, lines: &[BilledLine], unit: PeriodUnit) -> Burnt {
     let mut left: Vec<Amount> = c.grants.iter().map(|g| g.amount).collect();
     let mut free = BTreeMap::new();
     for (start, (label, wanted)) in used {
-        let before = left.clone();
-        burn(c.grants, &mut left, start, wanted);
-        let paid: Amount = c
-            .grants
-            .iter()
-            .zip(before.iter().zip(&left))
-            .filter(|(g, _)| g.promotional)
-            .map(|(_, (b, a))| *b - *a)
-            .sum();
+        let (_, paid) = burn_split(c.grants, &mut left, start, wanted);
         if paid != Amount::ZERO {
             free.insert(label, paid);
         }

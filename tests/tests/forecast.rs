@@ -116,6 +116,103 @@ fn the_backtest_beats_ten_percent_and_the_naive_forecast() {
     );
 }
 
+/// Per month of the `forecast` table: the forecast revenue, both streams.
+fn monthly(out: &Path) -> std::collections::BTreeMap<String, Amount> {
+    let mut by_month = std::collections::BTreeMap::new();
+    for r in read_table(out, "forecast").unwrap() {
+        *by_month.entry(r["month"].clone()).or_default() += Amount::parse(&r["amount"]).unwrap();
+    }
+    by_month
+}
+
+#[test]
+fn a_promotional_grant_lowers_the_forecast_by_what_it_pays_and_a_prepaid_one_does_not() {
+    let s = Scratch::new("forecast-credit");
+    let dir = s.path();
+    meterflow_ok(&[
+        "gen",
+        "-o",
+        path(dir),
+        "--events",
+        "20000",
+        "--customers",
+        "20",
+        "--days",
+        "90",
+        "--start",
+        "2026-07-01T00:00:00Z",
+        "--terms",
+        "--seed",
+        "7",
+    ]);
+    let catalog = dir.join("catalog");
+    let file = catalog.join("catalog.toml");
+    let original = std::fs::read_to_string(&file).unwrap();
+    let forecast = |grant: Option<(&str, bool)>| {
+        let mut toml: toml::Value = toml::from_str(&original).unwrap();
+        let contracts = toml["contract"].as_array_mut().unwrap();
+        // A contract whose minimum spend bills at least 100 every month.
+        let c = contracts
+            .iter_mut()
+            .find(|c| {
+                c.get("minimum_spend").is_some_and(|m| {
+                    Amount::parse(m.as_str().unwrap()).unwrap() >= Amount::parse("100").unwrap()
+                }) && c.get("ends").is_none()
+            })
+            .expect("a contract with a minimum spend of 100 or more");
+        if let Some((amount, promotional)) = grant {
+            let credits = c
+                .as_table_mut()
+                .unwrap()
+                .entry("credit")
+                .or_insert(toml::Value::Array(Vec::new()));
+            credits
+                .as_array_mut()
+                .unwrap()
+                .push(toml::Value::Table(toml::toml! {
+                    name = "launch"
+                    amount = amount
+                    granted = "2026-09-01T00:00:00Z"
+                    priority = 0
+                    promotional = promotional
+                }));
+        }
+        std::fs::write(&file, toml::to_string(&toml).unwrap()).unwrap();
+        let (catalog, out) = run_generated(dir);
+        let o = meterflow_ok(&[
+            "forecast",
+            "-c",
+            path(&catalog),
+            "-o",
+            path(&out),
+            "--horizon",
+            "2",
+            "--as-of",
+            "2026-09-15T00:00:00Z",
+        ]);
+        println!("{}", String::from_utf8_lossy(&o.stdout));
+        monthly(&out)
+    };
+    let without = forecast(None);
+    assert_eq!(
+        without.keys().collect::<Vec<_>>(),
+        ["2026-09", "2026-10"],
+        "{without:?}"
+    );
+    // Prepaid credit pays for revenue: the forecast does not move.
+    assert_eq!(forecast(Some(("150", false))), without);
+    // A free 150 granted for September on: its invoice (at least 100) takes all it can in
+    // September, the rest in October.
+    let with = forecast(Some(("150", true)));
+    let lower = |m: &str| without[m] - with[m];
+    let september = lower("2026-09");
+    assert!(
+        september >= Amount::parse("100").unwrap() && september <= Amount::parse("150").unwrap(),
+        "September: {september}"
+    );
+    assert_eq!(september + lower("2026-10"), Amount::parse("150").unwrap());
+}
+
 #[test]
 fn contracted_revenue_is_fees_and_minimums_and_usage_adds_what_is_above() {
     let s = Scratch::new("forecast-terms");

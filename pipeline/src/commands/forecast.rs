@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use anyhow::{anyhow, bail};
 use clickhouse::Row;
 use meterflow_schemas::catalog::{Catalog, ContractIdx, SkuIdx};
-use meterflow_schemas::forecast::{forecast, DayUsage, Forecast, ForecastKey, Forecasted};
+use meterflow_schemas::forecast::{forecast, Carried, DayUsage, Forecast, ForecastKey, Forecasted};
 use meterflow_schemas::money::{minor_unit_digits, Amount, Quantity, Rounding};
 use meterflow_schemas::rows::LineKind;
 use meterflow_schemas::tables;
@@ -70,16 +70,17 @@ struct ForecastRow<'a> {
     high: i128,
 }
 
-/// What the period before `at`'s billed of each contract's peak and distinct-count meters: the
-/// forecast carries it forward.
+/// What the forecast carries in from the invoices before the period holding `at`: what the
+/// period before billed of each contract's peak and distinct-count meters, and what each
+/// contract's credit grants held after it (its credit lines replayed in pricing's burn order).
 fn carried(
     catalog: &Catalog,
     unit: PeriodUnit,
     lines: &[invoice_preview::PreviewLine],
     at: EventTime,
-) -> BTreeMap<(ContractIdx, SkuIdx), Quantity> {
+) -> Carried {
     let before = unit.label(unit.period_of(EventTime(unit.period_of(at).0 .0 - 1)));
-    let mut out = BTreeMap::new();
+    let mut meters: BTreeMap<(ContractIdx, SkuIdx), Quantity> = BTreeMap::new();
     for l in lines
         .iter()
         .filter(|l| l.kind == LineKind::Usage && l.service_period == before)
@@ -88,10 +89,22 @@ fn carried(
             continue;
         };
         if !catalog.skus[s.ix()].aggregation.is_additive() {
-            *out.entry((c, s)).or_default() += Quantity::parse(&l.quantity).unwrap_or_default();
+            *meters.entry((c, s)).or_default() += Quantity::parse(&l.quantity).unwrap_or_default();
         }
     }
-    out
+    let credit_left = invoice_preview::credit_used(lines)
+        .into_iter()
+        .filter_map(|(contract, used)| {
+            let c = catalog.contract(contract)?;
+            let grants = &catalog.contracts[c.ix()].terms.credits;
+            let replayed = invoice_preview::replay_credit(grants, &used, unit, Some(&before));
+            (!grants.is_empty()).then_some((c, replayed.balances))
+        })
+        .collect();
+    Carried {
+        meters,
+        credit_left,
+    }
 }
 
 /// `bound` moved by as much as `priced` differs from `amount` (the part of usage above the

@@ -166,6 +166,24 @@ pub fn burn(
     used
 }
 
+/// As [`burn`]; also returns what the promotional grants paid of what it took.
+pub fn burn_split(
+    grants: &[CreditGrant],
+    balances: &mut [Amount],
+    period_start: EventTime,
+    wanted: Amount,
+) -> (Amount, Amount) {
+    let before = balances.to_vec();
+    let used = burn(grants, balances, period_start, wanted);
+    let promotional = grants
+        .iter()
+        .zip(before.iter().zip(balances.iter()))
+        .filter(|(g, _)| g.promotional)
+        .map(|(_, (b, a))| *b - *a)
+        .sum();
+    (used, promotional)
+}
+
 /// A period after which prepaid credit is projected to run out before its grants expire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CreditBurn {
