@@ -597,7 +597,9 @@ fn summary(
         rows.len(),
         dir.display()
     );
-    let mut by: BTreeMap<(&str, &str, &str, &str, &str), (usize, Quantity)> = BTreeMap::new();
+    // Records and units per (contract, dimension, marketplace customer, kind, status).
+    type Group<'a> = (&'a str, &'a str, &'a str, &'a str, &'a str);
+    let mut by: BTreeMap<Group, (usize, Quantity)> = BTreeMap::new();
     for e in rows {
         let x = by
             .entry((

@@ -187,9 +187,8 @@ impl Webhook {
                 let answer = self
                     .http
                     .post(&self.url, &headers, body.clone().into_bytes())
-                    .map_err(|f| {
+                    .inspect_err(|f| {
                         tracing::warn!(dedup_key = %alert.dedup_key, error = %f.error, "alert not delivered");
-                        f
                     })?;
                 if answer.is_success() {
                     return Ok(());
