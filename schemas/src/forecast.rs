@@ -1,8 +1,9 @@
 //! The two-stream revenue forecast (docs/forecast.md):
 //!
 //! 1. **Contracted**: what contracts commit to per month, whatever the usage: subscription fees
-//!    and the minimum spend, for the months a contract runs (no renewal is assumed past `ends`),
-//!    prorated and net of discounts as the invoice would bill them.
+//!    and the minimum spend, for the months a contract runs (past `ends` only as its
+//!    `[contract.renewal]` assumes, weighted by its likelihood), prorated and net of discounts
+//!    as the invoice would bill them.
 //! 2. **Usage**: daily usage per SKU and customer segment, forecast with additive Holt-Winters
 //!    (level, trend, weekly season; smoothing picked by the least one-step squared error), spread
 //!    over the segment's contracts by their share of the last 28 days, and priced per contract
@@ -22,8 +23,8 @@
 
 use std::collections::BTreeMap;
 
-use crate::catalog::{Catalog, ContractIdx, SkuIdx};
-use crate::money::{minor_unit_digits, Amount, Quantity, Rounding};
+use crate::catalog::{Catalog, Contract, ContractIdx, SkuIdx};
+use crate::money::{minor_unit_digits, Amount, Quantity, Rounding, UnitPrice};
 use crate::pricing::invoice::{active_share, burn_split, net_before_credit};
 use crate::pricing::{price_period, Segment};
 use crate::time::{EventTime, PeriodUnit};
@@ -278,8 +279,7 @@ pub fn forecast(
             let spread = Z80 * model.sigma * (steps.iter().sum::<usize>() as f64).sqrt();
             let bounds = [mean, (mean - spread).max(0.0), mean + spread];
             for (contract, (q28, e28)) in &shares {
-                let c = &catalog.contracts[contract.ix()];
-                if !c.active_at(start) && !c.active_at(EventTime(end.0 - 1)) {
+                if runs(&catalog.contracts[contract.ix()], start, end).is_none() {
                     continue;
                 }
                 let share = if total > 0.0 { q28 / total } else { 0.0 };
@@ -326,17 +326,20 @@ pub fn forecast(
         |contract: ContractIdx, p: crate::time::Period, usage: &BTreeMap<SkuIdx, Amount>| {
             let c = &catalog.contracts[contract.ix()];
             let digits = minor_unit_digits(catalog.currency_of(contract));
-            let share = active_share(c.starts, c.ends, p.0, unit.end_of(p));
+            let end = unit.end_of(p);
+            let ends = runs(c, p.0, end).map_or(c.ends, |r| r.ends);
+            let share = active_share(c.starts, ends, p.0, end);
             net_before_credit(&c.terms, p.0, share, usage, digits, rounding)
         };
     type Month = (ContractIdx, crate::time::Period);
     let mut contracted: BTreeMap<Month, Amount> = BTreeMap::new();
+    let mut weights: BTreeMap<Month, [UnitPrice; 3]> = BTreeMap::new();
     for (i, c) in catalog.contracts.iter().enumerate() {
         for p in &month_starts {
-            let (start, end) = (p.0, unit.end_of(*p));
-            if c.active_at(start) || c.active_at(EventTime(end.0 - 1)) {
+            if let Some(run) = runs(c, p.0, unit.end_of(*p)) {
                 let contract = ContractIdx(i as u32);
                 contracted.insert((contract, *p), invoice(contract, *p, &BTreeMap::new()));
+                weights.insert((contract, *p), run.weights);
             }
         }
     }
@@ -354,23 +357,25 @@ pub fn forecast(
             *v = (invoice(contract, p, &usage) - fixed).max(Amount::ZERO);
         }
     }
-    let promotional = promotional_credit(catalog, &carried.credit_left, &month_starts, |m| {
-        let fixed = contracted.get(&m).copied().unwrap_or_default();
-        variable
-            .get(&m)
-            .copied()
-            .unwrap_or_default()
-            .map(|v| fixed + v)
-    });
-    // What promotional credit pays of a month's invoice, split over its contracted part (the
-    // first) and its usage part (the rest), at the forecast and its bounds.
-    let paid = |m: Month| -> [(Amount, Amount); 3] {
+    // Both parts at the weight each bound gives the month (renewals).
+    let weighted = |m: Month| -> [(Amount, Amount); 3] {
         let fixed = contracted.get(&m).copied().unwrap_or_default();
         let var = variable.get(&m).copied().unwrap_or_default();
+        let w = weights.get(&m).copied().unwrap_or_default();
+        std::array::from_fn(|i| (fixed.times_fraction(w[i]), var[i].times_fraction(w[i])))
+    };
+    let promotional = promotional_credit(catalog, &carried.credit_left, &month_starts, |m| {
+        weighted(m).map(|(fixed, var)| fixed + var)
+    });
+    // What each bound of a month earns of its contracted part and of its usage part: what
+    // promotional credit pays of the invoice comes off both in proportion.
+    let earned = |m: Month| -> [(Amount, Amount); 3] {
+        let parts = weighted(m);
         let free = promotional.get(&m).copied().unwrap_or_default();
         std::array::from_fn(|i| {
-            let of_fixed = share(free[i], fixed, fixed + var[i]);
-            (of_fixed, free[i] - of_fixed)
+            let (fixed, var) = parts[i];
+            let of_fixed = share(free[i], fixed, fixed + var);
+            (fixed - of_fixed, var - (free[i] - of_fixed))
         })
     };
     for (&(contract, p), &fixed) in &contracted {
@@ -384,16 +389,15 @@ pub fn forecast(
             segment: segment(contract),
             currency: catalog.currency_of(contract).to_string(),
         };
-        let free = paid((contract, p));
+        let [amount, low, high] = earned((contract, p)).map(|(fixed, _)| fixed);
         let f = out.entry(key).or_default();
-        f.amount += fixed - free[0].0;
-        f.low += fixed - free[1].0;
-        f.high += fixed - free[2].0;
+        f.amount += amount;
+        f.low += low;
+        f.high += high;
     }
     for ((contract, p), skus) in by_contract {
-        let free = paid((contract, p));
-        let v = variable.get(&(contract, p)).copied().unwrap_or_default();
-        let earned: [Amount; 3] = std::array::from_fn(|i| v[i] - free[i].1);
+        let earned = earned((contract, p)).map(|(_, var)| var);
+        let weight = weights.get(&(contract, p)).copied().unwrap_or_default()[0];
         for (sku, seg, quantity, priced) in &skus {
             let key = ForecastKey {
                 month: unit.label(p),
@@ -403,8 +407,8 @@ pub fn forecast(
                 currency: catalog.currency_of(contract).to_string(),
             };
             let f = out.entry(key).or_default();
-            f.quantity += *quantity;
-            f.priced += priced[0];
+            f.quantity += Quantity(quantity.0 * weight.0 / Quantity::SCALE_ONE);
+            f.priced += priced[0].times_fraction(weight);
             // Spread by the SKUs' share of the forecast, so each row's low ≤ amount ≤ high.
             let total: Amount = skus.iter().map(|(.., a)| a[0]).sum();
             f.amount += share(earned[0], priced[0], total);
@@ -413,6 +417,57 @@ pub fn forecast(
         }
     }
     out
+}
+
+/// How a contract runs in the period `[start, end)`, counting the renewals the catalog assumes
+/// past its `ends` (`[contract.renewal]`).
+struct Run {
+    /// The end its invoice for the period is prorated to: its own, or that of the last
+    /// renewal term the period reaches into.
+    ends: Option<EventTime>,
+    /// What its amounts count at, per bound (forecast, low, high): 1 in its own term; in its
+    /// k-th renewal, the likelihood to the k-th power for the forecast, 0 for the low bound (it
+    /// does not renew) and 1 for the high one. A period partly in one term and partly in
+    /// another counts each part by its length.
+    weights: [UnitPrice; 3],
+}
+
+/// `None` when the contract does not run in the period at all, renewals included.
+fn runs(c: &Contract, start: EventTime, end: EventTime) -> Option<Run> {
+    let one = 10i128.pow(UnitPrice::SCALE);
+    let overlap = |from: EventTime, to: Option<EventTime>| -> i128 {
+        let to = to.map_or(end, |t| t.min(end));
+        i128::from((to.0 - from.max(start).0).max(0))
+    };
+    let own = overlap(c.starts, c.ends);
+    let mut ends = c.ends;
+    // Per bound: the weighted time (ms × weight) and the time the contract runs.
+    let mut weighted = [own * one; 3];
+    let mut total = own;
+    if let (Some(first), Some(r)) = (c.ends, c.renewal) {
+        let mut chance = one;
+        let mut k = 0;
+        loop {
+            let from = first.plus_months(k * r.term_months);
+            if from >= end {
+                break;
+            }
+            k += 1;
+            let to = first.plus_months(k * r.term_months);
+            chance = chance * r.likelihood.0 / one;
+            let part = overlap(from.max(c.starts), Some(to));
+            if part > 0 {
+                weighted[0] += part * chance;
+                weighted[2] += part * one;
+                total += part;
+                ends = Some(to);
+            }
+        }
+    }
+    (total > 0).then(|| Run {
+        ends,
+        weights: weighted.map(|w| UnitPrice(w / total)),
+    })
 }
 
 /// What each contract's promotional grants pay of its forecast invoices, per month, at the
@@ -485,10 +540,24 @@ mod tests {
     /// `extra` terms; 10 tokens (at 1 USD) a day so far. The forecast of November and December
     /// as of 20 November, with `credit_left`.
     fn mid_november(extra: &str, credit_left: &[Amount]) -> BTreeMap<ForecastKey, Forecast> {
+        mid_november_until("", extra, credit_left)
+    }
+
+    /// As [`mid_november`], the contract ending at `ends` (RFC 3339; empty: open-ended).
+    fn mid_november_until(
+        ends: &str,
+        extra: &str,
+        credit_left: &[Amount],
+    ) -> BTreeMap<ForecastKey, Forecast> {
+        let ends = if ends.is_empty() {
+            String::new()
+        } else {
+            format!("ends = \"{ends}\"\n")
+        };
         let text = crate::fixtures::ONE_CONTRACT.replace(
             "starts = \"2026-01-01T00:00:00Z\"",
             &format!(
-                "starts = \"2026-11-16T00:00:00Z\"\n\
+                "starts = \"2026-11-16T00:00:00Z\"\n{ends}\
                  [[contract.fee]]\nname = \"platform\"\namount = \"300\"\n\
                  [[contract.discount]]\nname = \"launch\"\npercent = \"10\"\n{extra}"
             ),
@@ -525,7 +594,7 @@ mod tests {
         f.iter()
             .find(|(k, _)| k.month == month && k.stream == stream)
             .map(|(_, v)| *v)
-            .unwrap()
+            .unwrap_or_else(|| panic!("no {stream} row for {month}: {f:?}"))
     }
 
     fn a(s: &str) -> Amount {
@@ -575,6 +644,50 @@ mod tests {
         let prepaid = "[[contract.credit]]\nname = \"prepaid\"\namount = \"1000\"\n\
                        granted = \"2026-11-01T00:00:00Z\"";
         assert_eq!(mid_november(prepaid, &[]), mid_november("", &[]));
+    }
+
+    #[test]
+    fn a_contract_that_renews_is_forecast_past_its_end_at_its_likelihood() {
+        let renewal = "[contract.renewal]\nterm_months = 12\nlikelihood = \"0.8\"";
+        // Ending with November, renewed for December at 80%: the forecast is 80% of what it
+        // bills if it renews, the low bound what it bills if not (nothing), the high bound all.
+        let f = mid_november_until("2026-12-01T00:00:00Z", renewal, &[]);
+        let dec = get(&f, "2026-12", "contracted");
+        assert_eq!(
+            (dec.amount, dec.low, dec.high),
+            (a("216"), a("0"), a("270"))
+        );
+        let dec = get(&f, "2026-12", "usage");
+        assert_eq!(
+            (dec.amount, dec.low, dec.high),
+            (a("223.2"), a("0"), a("279"))
+        );
+        assert_eq!(
+            dec.priced,
+            a("248"),
+            "80% of the 310 December's usage is priced at"
+        );
+        // November is its own term: certain.
+        let nov = get(&f, "2026-11", "contracted");
+        assert_eq!(
+            (nov.amount, nov.low, nov.high),
+            (a("135"), a("135"), a("135"))
+        );
+        // Ending mid-December: 15 days certain and 16 days at 80%, of a whole month's 270.
+        let f = mid_november_until("2026-12-16T00:00:00Z", renewal, &[]);
+        let dec = get(&f, "2026-12", "contracted");
+        let near = |got: Amount, want: &str| {
+            assert!(
+                (got - a(want)).0.abs() < a("0.000001").0,
+                "{got} against {want}"
+            );
+        };
+        near(dec.low, "130.645161290"); // 270 × 15/31
+        near(dec.amount, "242.129032258"); // 270 × (15 + 16 × 0.8)/31
+        assert_eq!(dec.high, a("270"));
+        // Without a renewal the contract is not forecast past its end.
+        let f = mid_november_until("2026-12-01T00:00:00Z", "", &[]);
+        assert!(f.keys().all(|k| k.month == "2026-11"), "{f:?}");
     }
 
     #[test]

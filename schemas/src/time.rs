@@ -132,6 +132,16 @@ impl EventTime {
         EventTime(days_from_civil(year, month, day) * MS_PER_DAY)
     }
 
+    /// This time `months` calendar months later, at the same time of day; a day past the end
+    /// of the target month is its last day (31 January + 1 month is 28 or 29 February).
+    pub fn plus_months(self, months: u32) -> EventTime {
+        let c = self.civil();
+        let index = c.year * 12 + i64::from(c.month - 1) + i64::from(months);
+        let (year, month) = (index.div_euclid(12), index.rem_euclid(12) as u32 + 1);
+        let day = c.day.min(days_in_month(year, month));
+        EventTime(EventTime::from_civil(year, month, day).0 + self.0.rem_euclid(MS_PER_DAY))
+    }
+
     /// The wall clock, for the clock-skew check only.
     pub fn now() -> EventTime {
         let d = std::time::SystemTime::now()
@@ -371,6 +381,27 @@ mod tests {
 
     fn t(s: &str) -> EventTime {
         EventTime::parse_rfc3339(s).unwrap()
+    }
+
+    #[test]
+    fn months_are_added_on_the_calendar() {
+        let t = |s: &str| EventTime::parse_rfc3339(s).unwrap();
+        assert_eq!(
+            t("2026-01-31T10:30:00Z").plus_months(1),
+            t("2026-02-28T10:30:00Z")
+        );
+        assert_eq!(
+            t("2028-01-31T00:00:00Z").plus_months(1),
+            t("2028-02-29T00:00:00Z")
+        );
+        assert_eq!(
+            t("2026-11-16T00:00:00Z").plus_months(14),
+            t("2028-01-16T00:00:00Z")
+        );
+        assert_eq!(
+            t("2026-12-01T00:00:00Z").plus_months(0),
+            t("2026-12-01T00:00:00Z")
+        );
     }
 
     #[test]

@@ -125,10 +125,8 @@ fn monthly(out: &Path) -> std::collections::BTreeMap<String, Amount> {
     by_month
 }
 
-#[test]
-fn a_promotional_grant_lowers_the_forecast_by_what_it_pays_and_a_prepaid_one_does_not() {
-    let s = Scratch::new("forecast-credit");
-    let dir = s.path();
+/// 90 days of `gen --terms` data from July into `dir`; returns its catalog file's text.
+fn generated_with_terms(dir: &Path) -> String {
     meterflow_ok(&[
         "gen",
         "-o",
@@ -145,53 +143,71 @@ fn a_promotional_grant_lowers_the_forecast_by_what_it_pays_and_a_prepaid_one_doe
         "--seed",
         "7",
     ]);
-    let catalog = dir.join("catalog");
-    let file = catalog.join("catalog.toml");
-    let original = std::fs::read_to_string(&file).unwrap();
+    std::fs::read_to_string(dir.join("catalog/catalog.toml")).unwrap()
+}
+
+/// The forecast of September and October as of 15 September, per month, after `edit` changed
+/// (in `original`, the catalog `gen` wrote) an open-ended contract whose minimum spend bills at
+/// least 100 every month, and the pipeline ran again.
+fn forecast_after(
+    dir: &Path,
+    original: &str,
+    edit: impl Fn(&mut toml::Table),
+) -> std::collections::BTreeMap<String, Amount> {
+    let mut toml: toml::Value = toml::from_str(original).unwrap();
+    let c = toml["contract"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|c| {
+            c.get("minimum_spend").is_some_and(|m| {
+                Amount::parse(m.as_str().unwrap()).unwrap() >= Amount::parse("100").unwrap()
+            }) && c.get("ends").is_none()
+        })
+        .expect("a contract with a minimum spend of 100 or more");
+    edit(c.as_table_mut().unwrap());
+    std::fs::write(
+        dir.join("catalog/catalog.toml"),
+        toml::to_string(&toml).unwrap(),
+    )
+    .unwrap();
+    let (catalog, out) = run_generated(dir);
+    let o = meterflow_ok(&[
+        "forecast",
+        "-c",
+        path(&catalog),
+        "-o",
+        path(&out),
+        "--horizon",
+        "2",
+        "--as-of",
+        "2026-09-15T00:00:00Z",
+    ]);
+    println!("{}", String::from_utf8_lossy(&o.stdout));
+    monthly(&out)
+}
+
+#[test]
+fn a_promotional_grant_lowers_the_forecast_by_what_it_pays_and_a_prepaid_one_does_not() {
+    let s = Scratch::new("forecast-credit");
+    let dir = s.path();
+    let original = generated_with_terms(dir);
     let forecast = |grant: Option<(&str, bool)>| {
-        let mut toml: toml::Value = toml::from_str(&original).unwrap();
-        let contracts = toml["contract"].as_array_mut().unwrap();
-        // A contract whose minimum spend bills at least 100 every month.
-        let c = contracts
-            .iter_mut()
-            .find(|c| {
-                c.get("minimum_spend").is_some_and(|m| {
-                    Amount::parse(m.as_str().unwrap()).unwrap() >= Amount::parse("100").unwrap()
-                }) && c.get("ends").is_none()
-            })
-            .expect("a contract with a minimum spend of 100 or more");
-        if let Some((amount, promotional)) = grant {
-            let credits = c
-                .as_table_mut()
-                .unwrap()
-                .entry("credit")
-                .or_insert(toml::Value::Array(Vec::new()));
-            credits
-                .as_array_mut()
-                .unwrap()
-                .push(toml::Value::Table(toml::toml! {
-                    name = "launch"
-                    amount = amount
-                    granted = "2026-09-01T00:00:00Z"
-                    priority = 0
-                    promotional = promotional
-                }));
-        }
-        std::fs::write(&file, toml::to_string(&toml).unwrap()).unwrap();
-        let (catalog, out) = run_generated(dir);
-        let o = meterflow_ok(&[
-            "forecast",
-            "-c",
-            path(&catalog),
-            "-o",
-            path(&out),
-            "--horizon",
-            "2",
-            "--as-of",
-            "2026-09-15T00:00:00Z",
-        ]);
-        println!("{}", String::from_utf8_lossy(&o.stdout));
-        monthly(&out)
+        forecast_after(dir, &original, |c| {
+            if let Some((amount, promotional)) = grant {
+                let credits = c.entry("credit").or_insert(toml::Value::Array(Vec::new()));
+                credits
+                    .as_array_mut()
+                    .unwrap()
+                    .push(toml::Value::Table(toml::toml! {
+                        name = "launch"
+                        amount = amount
+                        granted = "2026-09-01T00:00:00Z"
+                        priority = 0
+                        promotional = promotional
+                    }));
+            }
+        })
     };
     let without = forecast(None);
     assert_eq!(
@@ -211,6 +227,42 @@ fn a_promotional_grant_lowers_the_forecast_by_what_it_pays_and_a_prepaid_one_doe
         "September: {september}"
     );
     assert_eq!(september + lower("2026-10"), Amount::parse("150").unwrap());
+}
+
+#[test]
+fn a_contract_past_its_end_is_forecast_at_its_renewal_likelihood() {
+    let s = Scratch::new("forecast-renewal");
+    let dir = s.path();
+    let original = generated_with_terms(dir);
+    let forecast = |renewal: Option<&str>| {
+        forecast_after(dir, &original, |c| {
+            c.insert("ends".into(), "2026-10-01T00:00:00Z".into());
+            if let Some(likelihood) = renewal {
+                c.insert(
+                    "renewal".into(),
+                    toml::Value::Table(toml::toml! {
+                        term_months = 12
+                        likelihood = likelihood
+                    }),
+                );
+            }
+        })
+    };
+    let open_ended = forecast_after(dir, &original, |_| {});
+    let ending = forecast(None);
+    // September is inside its term whatever happens after.
+    assert_eq!(ending["2026-09"], open_ended["2026-09"]);
+    // October: without a renewal it is not forecast at all; renewed for sure, as if it ran on.
+    let october = open_ended["2026-10"] - ending["2026-10"];
+    assert!(october >= Amount::parse("100").unwrap(), "{october}");
+    assert_eq!(forecast(Some("1"))["2026-10"], open_ended["2026-10"]);
+    // At 50%, half of it.
+    let half = forecast(Some("0.5"))["2026-10"] - ending["2026-10"];
+    let want = Amount(october.0 / 2);
+    assert!(
+        (half - want).0.abs() <= Amount::parse("0.000001").unwrap().0,
+        "{half} against half of {october}"
+    );
 }
 
 #[test]

@@ -458,6 +458,33 @@ ends = "2027-01-01T00:00:00Z"
         assert!(e.contains("unknown sku `nope`"), "{e}");
         let e = with("[[contract.fee]]\nname = \"x\"\namount = \"-1\"\n");
         assert!(e.contains("negative"), "{e}");
+        let e = with("[contract.renewal]\nterm_months = 12\n");
+        assert!(
+            e.contains("contract without `ends`") && e.contains("set `ends`"),
+            "{e}"
+        );
+        let ends = "ends = \"2027-01-01T00:00:00Z\"\n";
+        let e = with(&format!("{ends}[contract.renewal]\nterm_months = 0\n"));
+        assert!(e.contains("term_months = 0 is not from 1 to 120"), "{e}");
+        let e = with(&format!(
+            "{ends}[contract.renewal]\nterm_months = 12\nlikelihood = \"1.5\"\n"
+        ));
+        assert!(e.contains("likelihood `1.5` is not from 0 to 1"), "{e}");
+        let e = with(&format!("{ends}[contract.renewal]\nterm = 12\n"));
+        assert!(e.contains("unknown field `term`"), "{e}");
+        let ok = GOOD.replace(
+            "rate_card = \"std\"\nstarts = \"2026-01-01T00:00:00Z\"\n",
+            &format!(
+                "rate_card = \"std\"\nstarts = \"2026-01-01T00:00:00Z\"\n{ends}\
+                 [contract.renewal]\nterm_months = 12\n"
+            ),
+        );
+        let renewal = from_toml_str(&ok).unwrap().contracts[0].renewal.unwrap();
+        assert_eq!(
+            (renewal.term_months, renewal.likelihood),
+            (12, UnitPrice::parse("1").unwrap()),
+            "likelihood defaults to 1"
+        );
         let text = GOOD.replace(
             "[[customer]]\nid = \"acme\"\n",
             "[[customer]]\nid = \"acme\"\ntax = \"mars\"\n",

@@ -175,6 +175,19 @@ pub struct Contract {
     pub shadow: Option<RateCardIdx>,
     /// The marketplace the customer bought this contract through, if any.
     pub marketplace: Option<MarketplaceAccount>,
+    /// How the forecast carries the contract past `ends` (billing does not).
+    pub renewal: Option<Renewal>,
+}
+
+/// A contract's renewal as the revenue forecast assumes it (`[contract.renewal]`): past `ends`
+/// it runs on the same terms for `term_months` at a time, each renewal with `likelihood`.
+/// Billing is not affected: events after `ends` are rejected until the catalog extends the
+/// contract.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Renewal {
+    pub term_months: u32,
+    /// A fraction from 0 to 1: `0.9` is a 90% chance that each term renews.
+    pub likelihood: UnitPrice,
 }
 
 /// A cloud marketplace meterflow writes metering requests for.

@@ -413,6 +413,10 @@ pub(super) fn build_contracts(l: &mut Loader, files: &[(PathBuf, CatalogFile)]) 
                     }
                 }
             };
+            let renewal = c
+                .renewal
+                .as_ref()
+                .and_then(|r| renewal(l, file, &entry, r, c.ends.is_some()));
             if let (Some(customer), Some(card), Some(starts), Some(ends)) =
                 (customer, card, starts, ends)
             {
@@ -427,8 +431,62 @@ pub(super) fn build_contracts(l: &mut Loader, files: &[(PathBuf, CatalogFile)]) 
                     entitlements,
                     shadow,
                     marketplace: None,
+                    renewal,
                 });
             }
         }
     }
+}
+
+/// A contract's `[contract.renewal]`: a term of 1 to 120 months, a likelihood from 0 to 1, on
+/// a contract that ends.
+fn renewal(
+    l: &mut Loader,
+    file: &Path,
+    entry: &str,
+    r: &RenewalDef,
+    ends: bool,
+) -> Option<Renewal> {
+    if !ends {
+        l.err(
+            file,
+            entry,
+            "[contract.renewal] on a contract without `ends`: it runs until further notice, so there is nothing to renew",
+            "set `ends` (exclusive) to the end of the current term, or remove [contract.renewal]",
+        );
+        return None;
+    }
+    if !(1..=120).contains(&r.term_months) {
+        l.err(
+            file,
+            entry,
+            format!(
+                "renewal.term_months = {} is not from 1 to 120",
+                r.term_months
+            ),
+            "give the length of each renewal term in months, e.g. term_months = 12",
+        );
+        return None;
+    }
+    let one = UnitPrice::parse("1").expect("one");
+    let likelihood = match &r.likelihood {
+        None => one,
+        Some(text) => {
+            let v = l.decimal(file, entry, "renewal.likelihood", text, UnitPrice::parse)?;
+            if v.is_negative() || v > one {
+                l.err(
+                    file,
+                    entry,
+                    format!("renewal.likelihood `{}` is not from 0 to 1", text.0),
+                    "write the chance that each term renews as a fraction, e.g. \"0.9\" for 90%",
+                );
+                return None;
+            }
+            v
+        }
+    };
+    Some(Renewal {
+        term_months: r.term_months,
+        likelihood,
+    })
 }

@@ -146,6 +146,16 @@ pub(super) struct ContractDef {
     pub(super) shadow_rate_card: Option<String>,
     /// The marketplace listing the contract was bought through.
     pub(super) marketplace: Option<ContractMarketplaceDef>,
+    /// How the forecast carries the contract past `ends`.
+    pub(super) renewal: Option<RenewalDef>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RenewalDef {
+    pub(super) term_months: u32,
+    /// A fraction from 0 to 1 (default 1).
+    pub(super) likelihood: Option<DecimalText>,
 }
 
 #[derive(Deserialize)]
