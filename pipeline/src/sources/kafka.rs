@@ -93,7 +93,13 @@ impl KafkaConfig {
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "true")
             .set("auto.offset.reset", &self.start_from)
-            .set("fetch.wait.max.ms", "10");
+            .set("fetch.wait.max.ms", "10")
+            // librdkafka stops fetching for every partition of a consumer once its queue holds
+            // this many messages (default 100 000). With one small event per message a worker
+            // drains that faster than fetches refill it, and waits: 300 000 read a 1M-message
+            // backlog 25-50% faster (benchmarks/RESULTS.md, session 25). The queue stays
+            // bounded by `queued.max.messages.kbytes` too.
+            .set("queued.min.messages", "300000");
         self.pass_through(&mut c)?;
         Ok(c)
     }
