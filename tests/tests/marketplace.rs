@@ -940,6 +940,15 @@ fn follow_exports_each_hour_as_the_watermark_closes_it_and_settles_late_usage() 
             .spawn()
             .expect("meterflow export --follow starts"),
     );
+    // Its reports, read as they come: a full pipe would stop the follow.
+    let reports = {
+        let mut out = follow.0.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut out, &mut text).unwrap();
+            text
+        })
+    };
     let sql = |q: &str| ch.query(&format!("{q} FORMAT TabSeparated")).unwrap();
     // What the exports hold per dimension must become ⌊usage before the closed hour ÷ unit⌋.
     let settled = || {
@@ -1016,6 +1025,13 @@ fn follow_exports_each_hour_as_the_watermark_closes_it_and_settles_late_usage() 
     follow.terminate();
     let status = follow.wait_within(std::time::Duration::from_secs(20));
     assert!(status.success(), "{status:?}");
+    // It reported what it exported, and kept quiet while nothing was new.
+    let reports = reports.join().unwrap();
+    assert!(
+        reports.contains("aws export of 2026-10:") && reports.contains("aws export of 2026-11:"),
+        "{reports}"
+    );
+    assert!(!reports.contains("nothing new to send"), "{reports}");
     // Every request written validates, and no customer, dimension and hour repeats.
     checked(&["--aws", path(&requests.join("aws"))]);
 }

@@ -119,6 +119,9 @@ struct Pass<'a> {
     at: EventTime,
     run_id: String,
     contracts: &'a [&'a str],
+    /// A pass of `--follow`: it says nothing when there is nothing new (it runs every few
+    /// seconds, and its output is a service's log).
+    following: bool,
 }
 
 /// What a pass did.
@@ -203,6 +206,7 @@ impl ExportCommand {
             at,
             run_id: r.run_id.clone(),
             contracts: &contracts,
+            following: false,
         };
         let done = self.pass(&r, &pass, sender.as_deref_mut())?;
         Ok(done.exit_code())
@@ -260,6 +264,7 @@ impl ExportCommand {
                         at,
                         run_id: format!("export-{}", at.0),
                         contracts,
+                        following: true,
                     };
                     match self.pass(r, &pass, sender.as_deref_mut()) {
                         Ok(done) => failing |= done.failed > 0,
@@ -441,10 +446,12 @@ impl ExportCommand {
         };
         recorded.add(unsent)?;
         let before = earlier_in(&sent, from, to);
-        print!(
-            "{}",
-            summary(kind, label, &rows, bodies.len(), &dir, before)
-        );
+        if !(p.following && rows.is_empty() && doubtful == 0) {
+            print!(
+                "{}",
+                summary(kind, label, &rows, bodies.len(), &dir, before)
+            );
+        }
         for h in &held {
             println!(
                 "  held: a {} record of contract {} is dated {}, which an earlier export's record of the same dimension took; export again after that hour",
