@@ -33,7 +33,7 @@ use std::collections::BTreeMap;
 
 use crate::catalog::CreditGrant;
 use crate::money::Amount;
-use crate::pricing::invoice::burn_split;
+use crate::pricing::invoice::{replay_credit, CreditReplay};
 use crate::rows::LineKind;
 use crate::time::{EventTime, PeriodUnit};
 
@@ -189,36 +189,17 @@ pub struct Credits<'a> {
     pub grants: &'a [CreditGrant],
 }
 
-/// What a contract's promotional grants paid of each of its invoices (per invoice period label,
-/// positive), and what each grant holds after the last one.
-struct Burnt {
-    free: BTreeMap<String, Amount>,
-    left: Vec<Amount>,
-}
-
-/// Replays a contract's credit lines in period order through pricing's burn order.
-fn replay(c: &Credits, lines: &[BilledLine], unit: PeriodUnit) -> Burnt {
-    let mut used: BTreeMap<EventTime, (String, Amount)> = BTreeMap::new();
+/// Replays a contract's credit lines through pricing's burn order: what its promotional grants
+/// paid of each invoice, and what each grant holds after the last.
+fn replay(c: &Credits, lines: &[BilledLine], unit: PeriodUnit) -> CreditReplay {
+    let mut used: BTreeMap<&str, Amount> = BTreeMap::new();
     for l in lines
         .iter()
         .filter(|l| l.kind == LineKind::Credit && l.contract == c.contract)
     {
-        if let Some(period) = unit.parse_label(&l.invoice_period) {
-            let e = used
-                .entry(period.0)
-                .or_insert_with(|| (l.invoice_period.clone(), Amount::ZERO));
-            e.1 -= l.amount;
-        }
+        *used.entry(l.invoice_period.as_str()).or_default() -= l.amount;
     }
-    let mut left: Vec<Amount> = c.grants.iter().map(|g| g.amount).collect();
-    let mut free = BTreeMap::new();
-    for (start, (label, wanted)) in used {
-        let (_, paid) = burn_split(c.grants, &mut left, start, wanted);
-        if paid != Amount::ZERO {
-            free.insert(label, paid);
-        }
-    }
-    Burnt { free, left }
+    replay_credit(c.grants, &used, unit, None)
 }
 
 /// The schedule of every contract and invoice period in `lines`, as of `as_of`: periods that
@@ -231,7 +212,7 @@ pub fn schedule(
     unit: PeriodUnit,
     as_of: EventTime,
 ) -> Schedule {
-    let burnt: BTreeMap<&str, Burnt> = credits
+    let burnt: BTreeMap<&str, CreditReplay> = credits
         .iter()
         .map(|c| (c.contract.as_str(), replay(c, lines, unit)))
         .collect();
@@ -310,7 +291,7 @@ pub fn schedule(
         // It never takes more than the credit line does.
         let free = burnt
             .get(contract)
-            .and_then(|b| b.free.get(period))
+            .and_then(|b| b.promotional.get(period))
             .map_or(Amount::ZERO, |f| (-*f).max(credit));
         if free != Amount::ZERO {
             credit -= free;
@@ -382,7 +363,13 @@ pub fn schedule(
         }
     }
     for c in credits {
-        prepaid_credit(&mut out, c, &burnt[c.contract.as_str()].left, unit, as_of);
+        prepaid_credit(
+            &mut out,
+            c,
+            &burnt[c.contract.as_str()].balances,
+            unit,
+            as_of,
+        );
     }
     out.retain(|_, a| *a != Amounts::default());
     out

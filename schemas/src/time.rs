@@ -386,22 +386,18 @@ mod tests {
     #[test]
     fn months_are_added_on_the_calendar() {
         let t = |s: &str| EventTime::parse_rfc3339(s).unwrap();
-        assert_eq!(
-            t("2026-01-31T10:30:00Z").plus_months(1),
-            t("2026-02-28T10:30:00Z")
-        );
-        assert_eq!(
-            t("2028-01-31T00:00:00Z").plus_months(1),
-            t("2028-02-29T00:00:00Z")
-        );
-        assert_eq!(
-            t("2026-11-16T00:00:00Z").plus_months(14),
-            t("2028-01-16T00:00:00Z")
-        );
-        assert_eq!(
-            t("2026-12-01T00:00:00Z").plus_months(0),
-            t("2026-12-01T00:00:00Z")
-        );
+        for (from, months, to) in [
+            ("2026-01-31T10:30:00Z", 1, "2026-02-28T10:30:00Z"),
+            ("2028-01-31T00:00:00Z", 1, "2028-02-29T00:00:00Z"),
+            ("2026-11-16T00:00:00Z", 14, "2028-01-16T00:00:00Z"),
+            ("2026-12-01T00:00:00Z", 0, "2026-12-01T00:00:00Z"),
+        ] {
+            assert_eq!(
+                t(from).plus_months(months),
+                t(to),
+                "{from} + {months} months"
+            );
+        }
     }
 
     #[test]

@@ -26,6 +26,13 @@ fn number_after(text: &str, label: &str) -> f64 {
         .unwrap()
 }
 
+/// `meterflow forecast` over a run's output, with `args`.
+fn forecast(catalog: &Path, out: &Path, args: &[&str]) -> std::process::Output {
+    let mut all = vec!["forecast", "-c", path(catalog), "-o", path(out)];
+    all.extend_from_slice(args);
+    meterflow_ok(&all)
+}
+
 /// Runs the events `gen` wrote into `dir`: returns its catalog and the run's output directory.
 fn run_generated(dir: &Path) -> (PathBuf, PathBuf) {
     let (catalog, out) = (dir.join("catalog"), dir.join("out"));
@@ -66,15 +73,7 @@ fn the_backtest_beats_ten_percent_and_the_naive_forecast() {
         "3",
     ]);
     let (catalog, out) = run_generated(dir);
-    let o = meterflow_ok(&[
-        "forecast",
-        "-c",
-        path(&catalog),
-        "-o",
-        path(&out),
-        "--backtest",
-        "3",
-    ]);
+    let o = forecast(&catalog, &out, &["--backtest", "3"]);
     let text = String::from_utf8_lossy(&o.stdout);
     let (mape, naive) = (
         number_after(&text, "\nMAPE"),
@@ -88,15 +87,7 @@ fn the_backtest_beats_ten_percent_and_the_naive_forecast() {
     assert!(text.contains("3 periods"), "{text}");
     assert!(!out.join("forecast").exists(), "a backtest writes nothing");
 
-    let o = meterflow_ok(&[
-        "forecast",
-        "-c",
-        path(&catalog),
-        "-o",
-        path(&out),
-        "--horizon",
-        "3mo",
-    ]);
+    let o = forecast(&catalog, &out, &["--horizon", "3mo"]);
     let text = String::from_utf8_lossy(&o.stdout);
     let rows = read_table(&out, "forecast").unwrap();
     let months: std::collections::BTreeSet<&str> =
@@ -172,17 +163,11 @@ fn forecast_after(
     )
     .unwrap();
     let (catalog, out) = run_generated(dir);
-    let o = meterflow_ok(&[
-        "forecast",
-        "-c",
-        path(&catalog),
-        "-o",
-        path(&out),
-        "--horizon",
-        "2",
-        "--as-of",
-        "2026-09-15T00:00:00Z",
-    ]);
+    let o = forecast(
+        &catalog,
+        &out,
+        &["--horizon", "2", "--as-of", "2026-09-15T00:00:00Z"],
+    );
     println!("{}", String::from_utf8_lossy(&o.stdout));
     monthly(&out)
 }
@@ -192,7 +177,7 @@ fn a_promotional_grant_lowers_the_forecast_by_what_it_pays_and_a_prepaid_one_doe
     let s = Scratch::new("forecast-credit");
     let dir = s.path();
     let original = generated_with_terms(dir);
-    let forecast = |grant: Option<(&str, bool)>| {
+    let with_grant = |grant: Option<(&str, bool)>| {
         forecast_after(dir, &original, |c| {
             if let Some((amount, promotional)) = grant {
                 let credits = c.entry("credit").or_insert(toml::Value::Array(Vec::new()));
@@ -209,17 +194,17 @@ fn a_promotional_grant_lowers_the_forecast_by_what_it_pays_and_a_prepaid_one_doe
             }
         })
     };
-    let without = forecast(None);
+    let without = with_grant(None);
     assert_eq!(
         without.keys().collect::<Vec<_>>(),
         ["2026-09", "2026-10"],
         "{without:?}"
     );
     // Prepaid credit pays for revenue: the forecast does not move.
-    assert_eq!(forecast(Some(("150", false))), without);
+    assert_eq!(with_grant(Some(("150", false))), without);
     // A free 150 granted for September on: its invoice (at least 100) takes all it can in
     // September, the rest in October.
-    let with = forecast(Some(("150", true)));
+    let with = with_grant(Some(("150", true)));
     let lower = |m: &str| without[m] - with[m];
     let september = lower("2026-09");
     assert!(
@@ -234,7 +219,7 @@ fn a_contract_past_its_end_is_forecast_at_its_renewal_likelihood() {
     let s = Scratch::new("forecast-renewal");
     let dir = s.path();
     let original = generated_with_terms(dir);
-    let forecast = |renewal: Option<&str>| {
+    let with_renewal = |renewal: Option<&str>| {
         forecast_after(dir, &original, |c| {
             c.insert("ends".into(), "2026-10-01T00:00:00Z".into());
             if let Some(likelihood) = renewal {
@@ -249,15 +234,15 @@ fn a_contract_past_its_end_is_forecast_at_its_renewal_likelihood() {
         })
     };
     let open_ended = forecast_after(dir, &original, |_| {});
-    let ending = forecast(None);
+    let ending = with_renewal(None);
     // September is inside its term whatever happens after.
     assert_eq!(ending["2026-09"], open_ended["2026-09"]);
     // October: without a renewal it is not forecast at all; renewed for sure, as if it ran on.
     let october = open_ended["2026-10"] - ending["2026-10"];
     assert!(october >= Amount::parse("100").unwrap(), "{october}");
-    assert_eq!(forecast(Some("1"))["2026-10"], open_ended["2026-10"]);
+    assert_eq!(with_renewal(Some("1"))["2026-10"], open_ended["2026-10"]);
     // At 50%, half of it.
-    let half = forecast(Some("0.5"))["2026-10"] - ending["2026-10"];
+    let half = with_renewal(Some("0.5"))["2026-10"] - ending["2026-10"];
     let want = Amount(october.0 / 2);
     assert!(
         (half - want).0.abs() <= Amount::parse("0.000001").unwrap().0,
@@ -286,15 +271,7 @@ fn contracted_revenue_is_fees_and_minimums_and_usage_adds_what_is_above() {
         "5",
     ]);
     let (catalog, out) = run_generated(dir);
-    meterflow_ok(&[
-        "forecast",
-        "-c",
-        path(&catalog),
-        "-o",
-        path(&out),
-        "--horizon",
-        "2",
-    ]);
+    forecast(&catalog, &out, &["--horizon", "2"]);
     let rows = read_table(&out, "forecast").unwrap();
     // Contracted per month: what each contract's invoice bills without usage, from the catalog:
     // its fees less the invoice-wide discounts in effect that month, raised to its minimum spend.

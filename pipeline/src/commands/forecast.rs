@@ -11,6 +11,7 @@ use clickhouse::Row;
 use meterflow_schemas::catalog::{Catalog, ContractIdx, SkuIdx};
 use meterflow_schemas::forecast::{forecast, Carried, DayUsage, Forecast, ForecastKey, Forecasted};
 use meterflow_schemas::money::{minor_unit_digits, Amount, Quantity, Rounding};
+use meterflow_schemas::pricing::invoice::replay_credit;
 use meterflow_schemas::rows::LineKind;
 use meterflow_schemas::tables;
 use meterflow_schemas::time::{EventTime, PeriodUnit};
@@ -97,7 +98,7 @@ fn carried(
         .filter_map(|(contract, used)| {
             let c = catalog.contract(contract)?;
             let grants = &catalog.contracts[c.ix()].terms.credits;
-            let replayed = invoice_preview::replay_credit(grants, &used, unit, Some(&before));
+            let replayed = replay_credit(grants, &used, unit, Some(&before));
             (!grants.is_empty()).then_some((c, replayed.balances))
         })
         .collect();

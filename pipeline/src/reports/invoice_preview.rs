@@ -9,6 +9,7 @@ use std::path::Path;
 
 use meterflow_schemas::catalog::Catalog;
 use meterflow_schemas::money::{minor_unit_digits, Amount};
+use meterflow_schemas::pricing::invoice::{replay_credit, CreditReplay};
 use meterflow_schemas::rows::{InvoiceLine, LineKind};
 use meterflow_schemas::time::PeriodUnit;
 
@@ -334,49 +335,6 @@ pub(crate) fn credit_used(lines: &[PreviewLine]) -> BTreeMap<&str, BTreeMap<&str
     used
 }
 
-/// A contract's credit grants after replaying the credit it used.
-pub(crate) struct CreditReplay {
-    /// What each grant holds after the last period replayed (in the grants' order).
-    pub balances: Vec<Amount>,
-    /// The last period replayed: its label and start.
-    pub last: Option<(String, meterflow_schemas::time::Period)>,
-    /// Credit used since the first period that used any, and how many periods that is.
-    pub burnt: Amount,
-    pub burning: i128,
-}
-
-/// Burns `used` (per invoice period label) over `grants` as the pipeline does, period by period,
-/// through the period labelled `through` (every period: `None`).
-pub(crate) fn replay_credit(
-    grants: &[meterflow_schemas::catalog::CreditGrant],
-    used: &BTreeMap<&str, Amount>,
-    unit: PeriodUnit,
-    through: Option<&str>,
-) -> CreditReplay {
-    let mut r = CreditReplay {
-        balances: grants.iter().map(|g| g.amount).collect(),
-        last: None,
-        burnt: Amount::ZERO,
-        burning: 0,
-    };
-    let through = through.and_then(|t| unit.parse_label(t));
-    for (label, amount) in used {
-        let Some(p) = unit.parse_label(label) else {
-            continue;
-        };
-        if through.is_some_and(|t| p > t) {
-            continue;
-        }
-        meterflow_schemas::pricing::invoice::burn(grants, &mut r.balances, p.0, *amount);
-        if r.burning > 0 || *amount > Amount::ZERO {
-            r.burnt += *amount;
-            r.burning += 1;
-        }
-        r.last = Some((label.to_string(), p));
-    }
-    r
-}
-
 /// Per contract with credit grants: its latest invoice period and a line on its credit.
 /// Replays the burn of the `credit` lines over the grants in the pipeline's order.
 fn credit_status(
@@ -398,6 +356,7 @@ fn credit_status(
             last,
             burnt,
             burning,
+            ..
         } = replay_credit(grants, &periods, unit, None);
         let Some((label, p)) = last else { continue };
         let end = unit.end_of(p);

@@ -184,6 +184,55 @@ pub fn burn_split(
     (used, promotional)
 }
 
+/// A contract's credit grants after replaying the credit its invoices used.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CreditReplay {
+    /// What each grant holds after the last period replayed (in the grants' order).
+    pub balances: Vec<Amount>,
+    /// The last period replayed: its label and start.
+    pub last: Option<(String, Period)>,
+    /// Credit used since the first period that used any, and how many periods that is.
+    pub burnt: Amount,
+    pub burning: i128,
+    /// What the promotional grants paid of each period's credit, by label (periods where they
+    /// paid something).
+    pub promotional: BTreeMap<String, Amount>,
+}
+
+/// Burns `used` (credit taken per invoice period label, positive) over `grants` as pricing
+/// does, period by period in time order, through the period labelled `through` (every period:
+/// `None`). Labels `unit` cannot read are skipped.
+pub fn replay_credit(
+    grants: &[CreditGrant],
+    used: &BTreeMap<&str, Amount>,
+    unit: PeriodUnit,
+    through: Option<&str>,
+) -> CreditReplay {
+    let mut r = CreditReplay {
+        balances: grants.iter().map(|g| g.amount).collect(),
+        ..CreditReplay::default()
+    };
+    let through = through.and_then(|t| unit.parse_label(t));
+    let mut periods: Vec<(Period, &str, Amount)> = used
+        .iter()
+        .filter_map(|(label, amount)| Some((unit.parse_label(label)?, *label, *amount)))
+        .filter(|(p, ..)| through.is_none_or(|t| *p <= t))
+        .collect();
+    periods.sort_by_key(|(p, ..)| *p);
+    for (p, label, amount) in periods {
+        let (_, free) = burn_split(grants, &mut r.balances, p.0, amount);
+        if free != Amount::ZERO {
+            r.promotional.insert(label.to_string(), free);
+        }
+        if r.burning > 0 || amount > Amount::ZERO {
+            r.burnt += amount;
+            r.burning += 1;
+        }
+        r.last = Some((label.to_string(), p));
+    }
+    r
+}
+
 /// A period after which prepaid credit is projected to run out before its grants expire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CreditBurn {

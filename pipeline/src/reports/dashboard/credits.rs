@@ -6,7 +6,9 @@ use meterflow_schemas::money::{minor_unit_digits, Amount, Rounding};
 use meterflow_schemas::time::{EventTime, PeriodUnit};
 use serde::Serialize;
 
-use crate::reports::invoice_preview::{credit_used, replay_credit, PreviewLine};
+use meterflow_schemas::pricing::invoice::replay_credit;
+
+use crate::reports::invoice_preview::{credit_used, PreviewLine};
 
 /// One credit grant of a contract after the invoice period shown.
 #[derive(Clone, Debug, Serialize)]
