@@ -568,12 +568,24 @@ fn sigterm_mid_stream_commits_what_was_read_exits_0_and_a_restart_bills_exactly_
     let f = Fixture::new("kafka-sigterm", 40_000, 3, "3s");
     let producer = f.produce_slowly(6, Duration::from_millis(400));
     let (mut rng, mut terminated) = (0x5DEE_CE66u64, 0);
+    let commits = || count(&f.ch, "SELECT count() FROM meterflow.sink_progress");
     while terminated < 3 {
+        let before = commits();
         let mut run = f.spawn();
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;
         std::thread::sleep(Duration::from_millis(1_000 + rng % 2_000));
+        // Mid-stream: stopped once it has committed something of its own, so that the next
+        // start resumes from a commit (on a loaded machine, start-up alone can outlast the
+        // sleep, and a run stopped before reading anything leaves nothing to resume from).
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while commits() == before && std::time::Instant::now() < deadline {
+            if run.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
         if let Some(status) = run.try_wait().unwrap() {
             assert!(status.success(), "a run failed");
             continue;
