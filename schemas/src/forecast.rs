@@ -260,6 +260,16 @@ pub fn forecast(
         let last = *month_starts.last().expect("one");
         month_starts.push(unit.period_of(unit.end_of(last)));
     }
+    // How each contract runs in each month (its renewals included), once.
+    type Month = (ContractIdx, crate::time::Period);
+    let mut running: BTreeMap<Month, Run> = BTreeMap::new();
+    for (i, c) in catalog.contracts.iter().enumerate() {
+        for p in &month_starts {
+            if let Some(run) = runs(c, p.0, unit.end_of(*p)) {
+                running.insert((ContractIdx(i as u32), *p), run);
+            }
+        }
+    }
     for ((sku, seg), y) in &series {
         let additive = catalog.skus[sku.ix()].aggregation.is_additive();
         let model = HoltWinters::fit(y);
@@ -279,7 +289,7 @@ pub fn forecast(
             let spread = Z80 * model.sigma * (steps.iter().sum::<usize>() as f64).sqrt();
             let bounds = [mean, (mean - spread).max(0.0), mean + spread];
             for (contract, (q28, e28)) in &shares {
-                if runs(&catalog.contracts[contract.ix()], start, end).is_none() {
+                if !running.contains_key(&(*contract, *p)) {
                     continue;
                 }
                 let share = if total > 0.0 { q28 / total } else { 0.0 };
@@ -327,22 +337,15 @@ pub fn forecast(
             let c = &catalog.contracts[contract.ix()];
             let digits = minor_unit_digits(catalog.currency_of(contract));
             let end = unit.end_of(p);
-            let ends = runs(c, p.0, end).map_or(c.ends, |r| r.ends);
+            let ends = running.get(&(contract, p)).map_or(c.ends, |r| r.ends);
             let share = active_share(c.starts, ends, p.0, end);
             net_before_credit(&c.terms, p.0, share, usage, digits, rounding)
         };
-    type Month = (ContractIdx, crate::time::Period);
-    let mut contracted: BTreeMap<Month, Amount> = BTreeMap::new();
-    let mut weights: BTreeMap<Month, [UnitPrice; 3]> = BTreeMap::new();
-    for (i, c) in catalog.contracts.iter().enumerate() {
-        for p in &month_starts {
-            if let Some(run) = runs(c, p.0, unit.end_of(*p)) {
-                let contract = ContractIdx(i as u32);
-                contracted.insert((contract, *p), invoice(contract, *p, &BTreeMap::new()));
-                weights.insert((contract, *p), run.weights);
-            }
-        }
-    }
+    let contracted: BTreeMap<Month, Amount> = running
+        .keys()
+        .map(|&(contract, p)| ((contract, p), invoice(contract, p, &BTreeMap::new())))
+        .collect();
+    let weights = |m: &Month| running.get(m).map_or_else(Default::default, |r| r.weights);
     // What usage adds to each invoice, at the forecast and its bounds.
     let mut variable: BTreeMap<Month, [Amount; 3]> = BTreeMap::new();
     for (&(contract, p), skus) in &by_contract {
@@ -361,7 +364,7 @@ pub fn forecast(
     let weighted = |m: Month| -> [(Amount, Amount); 3] {
         let fixed = contracted.get(&m).copied().unwrap_or_default();
         let var = variable.get(&m).copied().unwrap_or_default();
-        let w = weights.get(&m).copied().unwrap_or_default();
+        let w = weights(&m);
         std::array::from_fn(|i| (fixed.times_fraction(w[i]), var[i].times_fraction(w[i])))
     };
     let promotional = promotional_credit(catalog, &carried.credit_left, &month_starts, |m| {
@@ -397,7 +400,7 @@ pub fn forecast(
     }
     for ((contract, p), skus) in by_contract {
         let earned = earned((contract, p)).map(|(_, var)| var);
-        let weight = weights.get(&(contract, p)).copied().unwrap_or_default()[0];
+        let weight = weights(&(contract, p))[0];
         for (sku, seg, quantity, priced) in &skus {
             let key = ForecastKey {
                 month: unit.label(p),

@@ -98,8 +98,12 @@ fn carried(
         .filter_map(|(contract, used)| {
             let c = catalog.contract(contract)?;
             let grants = &catalog.contracts[c.ix()].terms.credits;
-            let replayed = replay_credit(grants, &used, unit, Some(&before));
-            (!grants.is_empty()).then_some((c, replayed.balances))
+            (!grants.is_empty()).then(|| {
+                (
+                    c,
+                    replay_credit(grants, &used, unit, Some(&before)).balances,
+                )
+            })
         })
         .collect();
     Carried {
