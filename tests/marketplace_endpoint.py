@@ -19,7 +19,9 @@ services' own published models where one exists:
 - GCP `services.report` (POST /v1/services/<name>:report) with a bearer token: the body against
   its JSON Schema; operations recognised by id; a metric outside the service is a report error.
 
-Tokens: Azure's client-credentials grant (POST /<tenant>/oauth2/token), Azure managed identity
+Tokens: Azure's client-credentials grant (POST /<tenant>/oauth2/token; the client secret, or a client
+assertion: its RS256 signature verified with a certificate registered by `x5t` thumbprint, its audience,
+issuer, subject, lifetime and unique `jti` checked), Azure managed identity
 (GET /metadata/identity/oauth2/token with `Metadata: true`, as the instance metadata service),
 and Google's JWT bearer grant (POST /gcp/token: the assertion's RS256 signature verified with the
 service account's public key, its issuer, audience, scope and lifetime checked). Azure and GCP
@@ -28,7 +30,8 @@ requests must carry a token this endpoint issued (or `ENDPOINT_GCP_TOKEN`).
 POST /control takes `{"refuse": [customers], "unavailable": n, "throttle": n, "hang": n}` (the
 next n requests answer 503, or AWS `ThrottlingException`; the next n AWS requests are taken and
 billed, then answered only a minute later: a sender killed meanwhile never learns it), and optionally `"gcp_key_file": path`
-(writes a new service account key there, its `token_uri` this endpoint) and `"token_uses": n`
+(writes a new service account key there, its `token_uri` this endpoint), `"azure_certificate_file": path` (writes a
+certificate and its key there and registers the certificate on the offer's application) and `"token_uses": n`
 (each token issued from then on is good for n requests, then answered 401). GET /received returns what was accepted:
 `{"totals": {"aws|customer|dimension": quantity, ...}, "requests": n, "problems": [...]}`, where
 `problems` lists every request refused for its shape or signature (a correct sender has none);
@@ -74,6 +77,8 @@ state = {
     "token_uses": None,
     "tokens_issued": defaultdict(int),
     "gcp_key": None,  # (private key, client_email, token_uri)
+    "azure_certificates": {},  # x5t (SHA-1 thumbprint, base64url) -> certificate registered on the offer's app
+    "assertion_ids": set(),  # the jti of every client assertion taken (a replay is refused)
 }
 
 
@@ -275,12 +280,81 @@ def azure_managed_identity(handler, query):
             "token_type": "Bearer"}
 
 
-def azure_token(body):
+def write_azure_certificate(path):
+    """A self-signed certificate and its key (the key first, as `az ad sp create-for-rbac
+    --create-cert` writes them), registered on the offer's application."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "meterflow-metering")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=365)).sign(key, hashes.SHA256()))
+    with open(path, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                                  serialization.NoEncryption()))
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    x5t = base64.urlsafe_b64encode(cert.fingerprint(hashes.SHA1())).decode().rstrip("=")
+    state["azure_certificates"][x5t] = cert
+
+
+def azure_certificate_proof(form, token_url):
+    """A client assertion as Entra ID checks it: signed RS256 by a certificate registered on the
+    application (named by `x5t`), for this token endpoint, by and about the client, short-lived,
+    its `jti` never seen before."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+    if form.get("client_assertion_type") != "urn:ietf:params:oauth:client-assertion-type:jwt-bearer":
+        raise Refused(400, {"error": "invalid_request",
+                            "error_description": f"client_assertion_type {form.get('client_assertion_type')!r}"})
+    head, claims, signature = form["client_assertion"].split(".")
+    header, c = json.loads(b64url(head)), json.loads(b64url(claims))
+    cert = state["azure_certificates"].get(header.get("x5t"))
+    if cert is None:
+        raise Refused(401, {"error": "invalid_client", "error_description":
+                            f"AADSTS700027: The certificate with identifier used to sign the client assertion "
+                            f"is not registered on application. [Reason - The key was not found., Thumbprint of "
+                            f"key used by client: '{header.get('x5t')}']"}, problem=False)
+    try:
+        cert.public_key().verify(b64url(signature), f"{head}.{claims}".encode(), padding.PKCS1v15(), hashes.SHA256())
+    except Exception:
+        raise Refused(401, {"error": "invalid_client",
+                            "error_description": "AADSTS700027: Client assertion contains an invalid signature."})
+    sha256 = base64.urlsafe_b64encode(cert.fingerprint(hashes.SHA256())).decode().rstrip("=")
+    now = calendar.timegm(datetime.datetime.now(datetime.timezone.utc).timetuple())
+    client = os.environ["ENDPOINT_AZURE_CLIENT_ID"]
+    wrong = [name for name, ok in [
+        ("alg", header.get("alg") == "RS256"),
+        ("x5t#S256", header.get("x5t#S256", sha256) == sha256),
+        ("aud", c.get("aud") == token_url),
+        ("iss", c.get("iss") == client),
+        ("sub", c.get("sub") == client),
+        ("jti", bool(c.get("jti")) and c.get("jti") not in state["assertion_ids"]),
+        ("nbf", c.get("nbf", 0) <= now + 300),
+        ("exp", now - 300 <= c.get("exp", 0) and 0 < c.get("exp", 0) - c.get("nbf", now) <= 3600),
+    ] if not ok]
+    if wrong:
+        raise Refused(400, {"error": "invalid_client", "error_description": f"bad client assertion {wrong}: {header} {c}"})
+    state["assertion_ids"].add(c["jti"])
+
+
+def azure_token(body, token_url):
     form = dict(urllib.parse.parse_qsl(body.decode()))
     if form.get("grant_type") != "client_credentials" or form.get("resource") != AZURE_RESOURCE:
         raise Refused(400, {"error": "invalid_request", "error_description": f"unexpected form {sorted(form)}"})
-    if form.get("client_id") != os.environ["ENDPOINT_AZURE_CLIENT_ID"] or \
-            form.get("client_secret") != os.environ["ENDPOINT_AZURE_SECRET"]:
+    if form.get("client_id") != os.environ["ENDPOINT_AZURE_CLIENT_ID"]:
+        raise Refused(400, {"error": "unauthorized_client",
+                            "error_description": f"AADSTS700016: Application {form.get('client_id')!r} not found"})
+    if "client_assertion" in form:
+        if "client_secret" in form:
+            raise Refused(400, {"error": "invalid_request", "error_description": "both a secret and an assertion"})
+        with lock:
+            azure_certificate_proof(form, token_url)
+        return {"token_type": "Bearer", "expires_in": "3599", "access_token": issue("azure-certificate")}
+    if form.get("client_secret") != os.environ["ENDPOINT_AZURE_SECRET"]:
         raise Refused(401, {"error": "invalid_client",
                             "error_description": "AADSTS7000215: Invalid client secret provided."}, problem=False)
     return {"token_type": "Bearer", "expires_in": "3599", "access_token": issue("azure-secret")}
@@ -384,6 +458,8 @@ class Handler(BaseHTTPRequestHandler):
                     if "gcp_key_file" in c:
                         host, port = self.server.server_address[:2]
                         write_gcp_key(c["gcp_key_file"], f"http://{host}:{port}/gcp/token")
+                    if "azure_certificate_file" in c:
+                        write_azure_certificate(c["azure_certificate_file"])
                 return self.answer(200, {})
             with lock:
                 state["requests"] += 1
@@ -396,7 +472,8 @@ class Handler(BaseHTTPRequestHandler):
                 tenant = path.path.split("/")[1]
                 if tenant != os.environ["ENDPOINT_AZURE_TENANT"]:
                     raise Refused(400, {"error": "invalid_tenant", "error_description": f"tenant {tenant}"})
-                return self.answer(200, azure_token(body))
+                host, port = self.server.server_address[:2]
+                return self.answer(200, azure_token(body, f"http://{host}:{port}{path.path}"))
             if path.path == "/api/batchUsageEvent":
                 if urllib.parse.parse_qs(path.query).get("api-version") != ["2018-08-31"]:
                     raise Refused(400, {"message": f"api-version in {path.query!r}"})

@@ -776,6 +776,121 @@ fn exports_are_sent_to_the_marketplaces_and_every_answer_is_recorded() {
     );
 }
 
+/// The offer's Entra ID application proves itself with a certificate instead of a secret: a
+/// certificate the application does not know is refused (each record failed, with Entra's
+/// reason); the registered one gets a token, and October reaches Azure in full.
+#[test]
+fn an_azure_application_certificate_signs_for_its_tokens_and_an_unregistered_one_is_refused() {
+    let s = Scratch::new("marketplace-cert");
+    let demo = s.path().join("demo");
+    meterflow_ok(&["demo", "--dir", path(&demo)]);
+    let (catalog, out) = (demo.join("catalog"), demo.join("out"));
+    let at = "2026-12-01T00:20:00Z";
+    let endpoint = Endpoint::start(s.path(), at);
+    let registered = s.path().join("registered.pem");
+    endpoint
+        .control(serde_json::json!({"azure_certificate_file": path(&registered), "token_uses": 1}));
+    let (stranger, stranger_key) = (s.path().join("stranger.pem"), s.path().join("stranger.key"));
+    run_ok(Command::new("openssl").args([
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "30",
+        "-subj",
+        "/CN=stranger",
+        "-keyout",
+        path(&stranger_key),
+        "-out",
+        path(&stranger),
+    ]));
+    let config = s.path().join("send.toml");
+    let export = |certificate: &str| {
+        std::fs::write(
+            &config,
+            std::fs::read_to_string(demo.join("meterflow.toml")).unwrap()
+                + &format!(
+                    "\n[exports]\nmax_attempts = 2\ntimeout = \"10s\"\n\n[exports.azure]\n\
+                     tenant_id = \"tenant-1\"\nclient_id = \"meterflow-offer\"\n{certificate}\n\
+                     login_endpoint = \"{url}\"\nendpoint = \"{url}\"\n",
+                    url = endpoint.url
+                ),
+        )
+        .unwrap();
+        let o = send_october("azure", (&catalog, &out, &config), at)
+            .output()
+            .expect("meterflow runs");
+        let text =
+            String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+        assert!(!text.contains("PRIVATE KEY"), "a key in the output: {text}");
+        (o.status.code(), text)
+    };
+    let answers = || -> Vec<meterflow::reports::tables::Row> {
+        let all: Vec<_> = exports(&out)
+            .into_iter()
+            .filter(|r| r["marketplace"] == "azure")
+            .collect();
+        let id = all.last().map(|r| r["export_id"].clone()).unwrap();
+        all.into_iter()
+            .filter(|r| r["export_id"] == id && r["status"] != "sending")
+            .collect()
+    };
+
+    let (code, text) = export(&format!(
+        "client_certificate_file = \"{}\"\nclient_certificate_key_file = \"{}\"",
+        path(&stranger),
+        path(&stranger_key)
+    ));
+    assert_eq!(code, Some(4), "{text}");
+    let failed = answers();
+    assert!(!failed.is_empty());
+    assert!(
+        failed
+            .iter()
+            .all(|r| r["status"] == "failed" && r["detail"].contains("AADSTS700027")),
+        "{failed:?}"
+    );
+    assert_eq!(
+        endpoint.received()["tokens_issued"]["azure-certificate"],
+        serde_json::Value::Null
+    );
+
+    let (code, text) = export(&format!(
+        "client_certificate_file = \"{}\"",
+        path(&registered)
+    ));
+    assert_eq!(code, Some(0), "{text}");
+    let sent = answers();
+    assert!(sent.iter().all(|r| r["status"] == "sent"), "{sent:?}");
+    let received = endpoint.received();
+    // October is older than Azure takes: settled at the export's hour, one event per
+    // dimension, in one request, with a token the certificate signed for.
+    assert_eq!(sent.len(), 3, "{sent:?}");
+    assert_eq!(
+        received["tokens_issued"]["azure-certificate"], 1,
+        "{received}"
+    );
+    for (dimension, sku, unit) in [
+        ("api-calls-1k", "api_calls", 1000),
+        ("tokens-1k", "tokens", 1000),
+        ("storage-gb", "storage", 1),
+    ] {
+        let sent = received["totals"]
+            [format!("azure|5f1c2a9e-3b7d-4e2a-9c1f-7d2b8e6a4c10|{dimension}")]
+        .as_f64()
+        .unwrap();
+        let usage =
+            october(&out, "initech-2026", sku).0 as f64 / Quantity::SCALE_ONE as f64 / unit as f64;
+        assert!(
+            (sent - usage).abs() < 1e-6,
+            "{dimension}: sent {sent}, used {usage}"
+        );
+    }
+    assert_eq!(received["problems"], serde_json::json!([]));
+}
+
 /// An export killed after AWS took its records but before their answer was recorded: the next
 /// export, an hour later, resends those very records (dated as they were), which AWS recognises,
 /// instead of planning them anew at its own hour, which AWS would bill a second time.

@@ -1,6 +1,7 @@
 //! Azure Marketplace metering service `batchUsageEvent`, with a bearer token from Microsoft Entra
-//! ID: the client-credentials grant of the app registered for the SaaS offer, or the managed
-//! identity of the VM, AKS node or app meterflow runs on ([`super::tokens`]).
+//! ID: the client-credentials grant of the app registered for the SaaS offer (by its secret or a
+//! certificate), or the managed identity of the VM, AKS node or app meterflow runs on
+//! ([`super::tokens`]).
 //!
 //! Each event's answer is matched by resource, dimension and hour: `Accepted` is `sent` (its
 //! `usageEventId` kept), `Duplicate` is `duplicate` (Azure holds an event for that resource,
@@ -11,7 +12,7 @@
 use serde_json::Value;
 
 use super::outcome::{answered, Marketplace, Outcome, Status};
-use super::tokens::{Cached, ClientSecret, ManagedIdentity};
+use super::tokens::{Cached, ClientCredentials, ManagedIdentity};
 use crate::sinks::http::{Failure, Http};
 
 /// The resource a token for the marketplace metering API is asked for (Azure's fixed id).
@@ -19,7 +20,8 @@ pub const METERING_RESOURCE: &str = "20e940b3-4c77-4b0b-9a53-9e16a1b010a7";
 
 /// How the sender gets its tokens.
 pub enum Credential {
-    ClientSecret(ClientSecret),
+    /// The offer's Entra ID application, by its secret or certificate.
+    Application(ClientCredentials),
     ManagedIdentity(ManagedIdentity),
 }
 
@@ -90,7 +92,7 @@ impl Azure {
         let http = &self.http;
         self.token.get(|| match &self.credential {
             Credential::ManagedIdentity(identity) => identity.fetch(http),
-            Credential::ClientSecret(grant) => grant.fetch(http),
+            Credential::Application(grant) => grant.fetch(http),
         })
     }
 

@@ -106,6 +106,14 @@ pub struct AzureConfig {
     pub client_id: String,
     pub client_secret_env: Option<String>,
     pub client_secret_file: Option<PathBuf>,
+    /// Or a certificate registered on the application (PEM), instead of a secret: each token
+    /// request carries a client assertion signed with its private key, which is in the same
+    /// file or in `client_certificate_key_file`.
+    pub client_certificate_file: Option<PathBuf>,
+    pub client_certificate_key_file: Option<PathBuf>,
+    /// The password of an encrypted private key.
+    pub client_certificate_password_env: Option<String>,
+    pub client_certificate_password_file: Option<PathBuf>,
     pub login_endpoint: String,
     pub endpoint: String,
     /// Tokens from the managed identity of the VM, AKS node or app meterflow runs on instead of
@@ -125,6 +133,10 @@ impl Default for AzureConfig {
             client_id: String::new(),
             client_secret_env: None,
             client_secret_file: None,
+            client_certificate_file: None,
+            client_certificate_key_file: None,
+            client_certificate_password_env: None,
+            client_certificate_password_file: None,
             login_endpoint: "https://login.microsoftonline.com".into(),
             endpoint: "https://marketplaceapi.microsoft.com".into(),
             managed_identity: false,
@@ -268,11 +280,27 @@ pub fn connect(kind: MarketplaceKind, cfg: &ExportsConfig) -> Result<Box<dyn Mar
                     "client_secret",
                     (&c.client_secret_env, &c.client_secret_file),
                     None,
-                )?
-                .ok_or_else(|| {
-                    "exports.azure.client_secret_env/client_secret_file: neither is set; name the environment variable or file holding the application's client secret (or set exports.azure.managed_identity = true)".to_string()
-                })?;
-                azure::Credential::ClientSecret(tokens::ClientSecret {
+                )?;
+                let proof = match (client_secret, &c.client_certificate_file) {
+                    (Some(_), Some(_)) => return Err("exports.azure: give either client_secret_env/client_secret_file or client_certificate_file, not both".into()),
+                    (Some(secret), None) => tokens::ClientProof::Secret(secret),
+                    (None, Some(path)) => {
+                        let password = secret(
+                            "azure",
+                            "client_certificate_password",
+                            (&c.client_certificate_password_env, &c.client_certificate_password_file),
+                            None,
+                        )?;
+                        tokens::ClientProof::Certificate(tokens::Certificate::load(
+                            "exports.azure.client_certificate_file",
+                            path,
+                            c.client_certificate_key_file.as_deref(),
+                            password.as_deref(),
+                        )?)
+                    }
+                    (None, None) => return Err("exports.azure.client_secret_env/client_secret_file: neither is set; name the environment variable or file holding the application's client secret, or give client_certificate_file (or set exports.azure.managed_identity = true)".into()),
+                };
+                azure::Credential::Application(tokens::ClientCredentials {
                     token_url: url(
                         "azure.login_endpoint",
                         &format!(
@@ -282,7 +310,7 @@ pub fn connect(kind: MarketplaceKind, cfg: &ExportsConfig) -> Result<Box<dyn Mar
                         ),
                     )?,
                     client_id: c.client_id.clone(),
-                    client_secret,
+                    proof,
                     resource: azure::METERING_RESOURCE,
                 })
             };
@@ -368,6 +396,24 @@ mod tests {
             "{e}"
         );
         std::env::set_var("METERFLOW_TEST_AZURE_SECRET", "s3cr3t-azure");
+        cfg.azure.client_secret_env = Some("METERFLOW_TEST_AZURE_SECRET".into());
+        cfg.azure.client_certificate_file = Some("/nonexistent/metering.pem".into());
+        let e = connect(MarketplaceKind::Azure, &cfg).err().unwrap();
+        assert!(
+            e.contains(
+                "give either client_secret_env/client_secret_file or client_certificate_file"
+            ),
+            "{e}"
+        );
+        cfg.azure.client_secret_env = None;
+        let e = connect(MarketplaceKind::Azure, &cfg).err().unwrap();
+        assert!(
+            e.starts_with(
+                "exports.azure.client_certificate_file: cannot read /nonexistent/metering.pem"
+            ),
+            "{e}"
+        );
+        cfg.azure.client_certificate_file = None;
         cfg.azure.client_secret_env = Some("METERFLOW_TEST_AZURE_SECRET".into());
         cfg.azure.login_endpoint = "ftp://login".into();
         let e = connect(MarketplaceKind::Azure, &cfg).err().unwrap();
