@@ -668,6 +668,18 @@ ORDER BY (marketplace, listing, contract_id, dimension, usage_hour, exported_at)
         // AWS `UsageAllocations` of each record as JSON ('' when it has none).
         sql: Sql::Text("ALTER TABLE {db}.exports ADD COLUMN allocations String"),
     },
+    Migration {
+        id: 49,
+        name: "v_exec_recognition",
+        // The revenue schedule as it stands (signed rows netted) per period and currency.
+        sql: Sql::Text(
+            "CREATE VIEW IF NOT EXISTS {db}.v_exec_recognition AS \
+             SELECT period, currency, sum(billed * sign) AS billed, \
+             sum(recognised * sign) AS recognised, sum(deferred * sign) AS deferred, \
+             sum(unbilled * sign) AS unbilled \
+             FROM {db}.revenue_schedule GROUP BY period, currency",
+        ),
+    },
 ];
 
 /// The table that records applied migrations (created before any migration runs).

@@ -759,6 +759,10 @@ pub const VIEWS: &[View] = &[
         name: "v_exec_forecast",
         about: "the latest revenue forecast per month, stream and currency",
     },
+    View {
+        name: "v_exec_recognition",
+        about: "the revenue schedule as it stands (signed rows netted) per period and currency",
+    },
 ];
 
 #[cfg(test)]

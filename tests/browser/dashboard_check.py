@@ -10,7 +10,8 @@ picker, and every number below must equal the computed one:
 - capture rate in events, from the scorecard `meterflow scorecard` recorded (exec),
 - a customer's consumption per SKU and remaining entitlement in its latest period (account),
 - rejections by reason (ops),
-- checks drifting of checks made by the latest `meterflow reconcile` (exec; when it ran).
+- checks drifting of checks made by the latest `meterflow reconcile` (exec; when it ran),
+- the contract liability each period of the revenue schedule leaves (exec; when `meterflow revenue` ran).
 
 It also checks the empty states (unknown customer, malformed period, a period without data) and
 that the browser console holds no errors. Exit status 0 when everything matched; otherwise every
@@ -92,11 +93,15 @@ def expected_from_files(out, customer, included):
     rejections = defaultdict(int)
     for r in rows(out, "rejections"):
         rejections[r["reason"]] += 1
+    deferred = defaultdict(Decimal)
+    for r in rows(out, "revenue_schedule"):
+        deferred[(r["period"], r["currency"])] += Decimal(r["deferred"]) * int(r["sign"])
     checked = rows(out, "reconciliation")
     last_run = max(checked, key=lambda r: r["checked_at"])["run_id"] if checked else None
     checked = [r for r in checked if r["run_id"] == last_run]
     return {
         "drifting": f"{sum(r['drift'] == '1' for r in checked)} of {len(checked)}" if checked else None,
+        "liability": liability(deferred),
         "usage_revenue": {c: cents(a) for c, a in usage.items()},
         "invoiced": {c: cents(a) for c, a in invoiced.items()},
         "capture_events": percent(billed, metered),
@@ -106,6 +111,16 @@ def expected_from_files(out, customer, included):
         "used": {s: used[s] for s in included},
         "rejections": dict(rejections),
     }
+
+
+def liability(deferred):
+    """The contract liability each period of the revenue schedule leaves: `(period, currency) ->
+    cents`, the running sum of the net `deferred` of that currency's periods up to it."""
+    held, out = defaultdict(Decimal), {}
+    for (period, currency), x in sorted(deferred.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        held[currency] += x
+        out[(period, currency)] = cents(held[currency])
+    return out
 
 
 def sql(url, query):
@@ -131,8 +146,11 @@ def expected_from_clickhouse(url, db, customer, included):
     # From the table itself, not the view the dashboard reads.
     [[lines, drifting]] = sql(url, f"SELECT count(), sum(drift) FROM {db}.reconciliation WHERE run_id = "
                                    f"(SELECT argMax(run_id, checked_at) FROM {db}.reconciliation)")
+    deferred = {(p, c): Decimal(x) for p, c, x in sql(
+        url, f"SELECT period, currency, sum(deferred * sign) FROM {db}.revenue_schedule GROUP BY period, currency")}
     return {
         "drifting": f"{drifting} of {lines}" if int(lines) else None,
+        "liability": liability(deferred),
         "usage_revenue": usage,
         "invoiced": invoiced,
         "capture_events": percent(int(billed), int(metered)),
@@ -230,6 +248,13 @@ def check(args, want):
                 fail("exec: nothing was reconciled, yet the page does not say so")
         elif text(d, "#exec-drifting") != want["drifting"]:
             fail(f"exec drifting checks: page shows {text(d, '#exec-drifting')!r}, computed {want['drifting']!r}")
+        if not want["liability"]:
+            if not d.find_elements(By.ID, "exec-no-recognition"):
+                fail("exec: no revenue schedule was made, yet the page does not say so")
+        for (period, currency), expected in want["liability"].items():
+            got = text(d, f'tr[data-recognition="{period} {currency}"] .liability')
+            if got != expected:
+                fail(f"exec contract liability after {period} ({currency}): page shows {got!r}, computed {expected!r}")
         console_errors(d, "exec")
         if args.screenshots:
             d.save_screenshot(os.path.join(args.screenshots, "exec.png"))

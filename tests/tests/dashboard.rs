@@ -95,6 +95,8 @@ fn the_pages_show_in_chromium_what_the_demo_output_adds_up_to() {
     meterflow_ok(&["reconcile", "-c", path_str(&catalog), "-o", path_str(&out)]);
     // And the forecast.
     meterflow_ok(&["forecast", "-c", path_str(&catalog), "-o", path_str(&out)]);
+    // And the revenue schedule.
+    meterflow_ok(&["revenue", "-c", path_str(&catalog), "-o", path_str(&out)]);
     let d = Dashboard::start(&["-c", path_str(&catalog), "-o", path_str(&out)]);
     d.wait_for("/api/exec", "the first read", |code, _| code == 200);
     // Bad input is an answer that says why, never a server error.
@@ -179,6 +181,63 @@ fn the_pages_show_in_chromium_what_the_demo_output_adds_up_to() {
         let rounded = total.round_to(2, meterflow_schemas::money::Rounding::HalfEven);
         assert_eq!(m["total"], rounded.format_fixed(2).as_str(), "{m}");
     }
+    // The revenue recognition card: per period, the schedule's signed rows netted; the contract
+    // liability each period leaves is every `deferred` up to it, and after the last period it is
+    // what the schedule defers in all (initech's prepaid credit not yet used).
+    let periods = exec["data"]["recognition"].as_array().unwrap();
+    assert!(periods.len() >= 2, "{exec}");
+    let schedule = read_table(&out, "revenue_schedule").unwrap();
+    let net = |period: Option<&str>, column: &str| -> Amount {
+        schedule
+            .iter()
+            .filter(|r| period.is_none_or(|p| r["period"].as_str() <= p))
+            .map(|r| {
+                let x = Amount::parse(&r[column]).unwrap();
+                if r["sign"] == "-1" {
+                    -x
+                } else {
+                    x
+                }
+            })
+            .sum()
+    };
+    let cents = |a: Amount| {
+        a.round_to(2, meterflow_schemas::money::Rounding::HalfEven)
+            .format_fixed(2)
+    };
+    for p in periods {
+        let period = p["period"].as_str().unwrap();
+        let only = |column| {
+            net(Some(period), column) - {
+                let before: Vec<&str> = periods
+                    .iter()
+                    .map(|q| q["period"].as_str().unwrap())
+                    .filter(|q| *q < period)
+                    .collect();
+                before.last().map_or(Amount::ZERO, |b| net(Some(b), column))
+            }
+        };
+        assert_eq!(p["currency"], "USD", "{p}");
+        assert_eq!(p["recognised"], cents(only("recognised")).as_str(), "{p}");
+        assert_eq!(p["billed"], cents(only("billed")).as_str(), "{p}");
+        assert_eq!(
+            p["liability"],
+            cents(net(Some(period), "deferred")).as_str(),
+            "{p}"
+        );
+        assert_eq!(
+            p["asset"],
+            cents(net(Some(period), "unbilled")).as_str(),
+            "{p}"
+        );
+        assert_eq!(p["balances"], true, "{p}");
+    }
+    let last = periods.last().unwrap();
+    assert_eq!(last["liability"], cents(net(None, "deferred")).as_str());
+    assert_ne!(
+        last["liability"], "0.00",
+        "initech's prepaid credit is a liability"
+    );
     let shots = work.path().join("screenshots");
     browser_check(&[
         "--url",

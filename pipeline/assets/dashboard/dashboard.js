@@ -144,6 +144,14 @@ function renderExec(d) {
           tdn(`${esc(m.low)} .. ${esc(m.high)}`), td(esc(m.currency))]), (i) => `data-forecast="${esc(d.forecast[i].month)}"`) +
         `<p class="empty">from usage before ${esc(d.forecast[0].as_of)} (meterflow forecast)</p>`
       : `<p class="empty" id="exec-no-forecast">No forecast yet: run <code>meterflow forecast</code> over this output.</p>`) +
+    card("Revenue recognition (ASC 606)", d.recognition.length
+      ? table([{ t: "period" }, { t: "billed", n: 1 }, { t: "recognised", n: 1 }, { t: "deferred", n: 1 }, { t: "unbilled", n: 1 },
+        { t: "contract liability", n: 1 }, { t: "contract asset", n: 1 }, { t: "" }],
+        d.recognition.map((r) => [td(esc(r.period)), tdn(esc(r.billed)), tdn(`<span class="recognised">${esc(r.recognised)}</span>`), tdn(esc(r.deferred)),
+          tdn(esc(r.unbilled)), tdn(`<span class="liability">${esc(r.liability)}</span>`), tdn(esc(r.asset)), td(esc(r.currency) + (r.balances ? "" : " ⚠ does not balance"))]),
+        (i) => `data-recognition="${esc(d.recognition[i].period + " " + d.recognition[i].currency)}"`) +
+        `<p class="empty">recognised + deferred = billed + unbilled in every period; the liability and the asset are what the periods up to each one leave (meterflow revenue)</p>`
+      : `<p class="empty" id="exec-no-recognition">No revenue schedule yet: run <code>meterflow revenue</code> over this output.</p>`, true) +
     card("Accepted events per day", `<div class="chart" id="chart-daily"></div>`) +
     card("Customers", table([{ t: "customer" }, { t: "usage revenue", n: 1 }, { t: "invoiced", n: 1 }], customers), true);
 }

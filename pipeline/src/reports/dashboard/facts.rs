@@ -129,6 +129,18 @@ pub struct Forecasted {
     pub as_of: String,
 }
 
+/// The revenue schedule as it stands (signed rows netted) per period and currency
+/// (`v_exec_recognition`). Amounts are exact.
+#[derive(Clone, Debug, Default, PartialEq, Eq, clickhouse::Row, Deserialize)]
+pub struct Recognised {
+    pub period: String,
+    pub currency: String,
+    pub billed: String,
+    pub recognised: String,
+    pub deferred: String,
+    pub unbilled: String,
+}
+
 /// What the running pipeline counted of its sinks (from its `/metrics` or `metrics.prom`).
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Telemetry {
@@ -163,6 +175,8 @@ pub struct Facts {
     pub drifting: Vec<Drifting>,
     /// The latest revenue forecast, when `meterflow forecast` made one.
     pub forecast: Vec<Forecasted>,
+    /// The revenue schedule, when `meterflow revenue` made one.
+    pub recognition: Vec<Recognised>,
     pub telemetry: Option<Telemetry>,
 }
 
@@ -323,6 +337,7 @@ impl Facts {
             .collect();
         let (checked, drifting) = reconciliation_of(&rows_of(out, "reconciliation")?);
         let forecast = forecast_of(&rows_of(out, "forecast")?);
+        let recognition = recognition_of(&rows_of(out, "revenue_schedule")?);
         let metrics = out.join("metrics.prom");
         let telemetry = std::fs::read_to_string(&metrics)
             .ok()
@@ -354,6 +369,7 @@ impl Facts {
             checked,
             drifting,
             forecast,
+            recognition,
             telemetry,
         })
     }
@@ -431,6 +447,11 @@ impl Facts {
                 "SELECT month, stream, currency, toString(amount) AS amount, toString(low) AS low, \
                  toString(high) AS high, concat(replaceOne(toString(as_of), ' ', 'T'), '.000Z') AS as_of \
                  FROM {db}.v_exec_forecast ORDER BY month, stream, currency",
+            )?,
+            recognition: ch.fetch(
+                "SELECT period, currency, toString(billed) AS billed, \
+                 toString(recognised) AS recognised, toString(deferred) AS deferred, \
+                 toString(unbilled) AS unbilled FROM {db}.v_exec_recognition ORDER BY period, currency",
             )?,
             telemetry: None,
         })
@@ -525,6 +546,35 @@ fn forecast_of(rows: &[CsvRow]) -> Vec<Forecasted> {
                 low: low.to_string(),
                 high: high.to_string(),
                 as_of: as_of.clone(),
+            },
+        )
+        .collect()
+}
+
+/// The revenue schedule rows netted (`x × sign`) per period and currency, as
+/// `v_exec_recognition`.
+fn recognition_of(rows: &[CsvRow]) -> Vec<Recognised> {
+    const AMOUNTS: [&str; 4] = ["billed", "recognised", "deferred", "unbilled"];
+    let mut sums: BTreeMap<(String, String), [Amount; 4]> = BTreeMap::new();
+    for r in rows {
+        let e = sums
+            .entry((field(r, "period").into(), field(r, "currency").into()))
+            .or_default();
+        let retracted = num::<i8>(r, "sign") < 0;
+        for (i, k) in AMOUNTS.iter().enumerate() {
+            let x = Amount::parse(field(r, k)).unwrap_or_default();
+            e[i] += if retracted { -x } else { x };
+        }
+    }
+    sums.into_iter()
+        .map(
+            |((period, currency), [billed, recognised, deferred, unbilled])| Recognised {
+                period,
+                currency,
+                billed: billed.to_string(),
+                recognised: recognised.to_string(),
+                deferred: deferred.to_string(),
+                unbilled: unbilled.to_string(),
             },
         )
         .collect()

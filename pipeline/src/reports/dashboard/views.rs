@@ -158,6 +158,8 @@ pub struct Exec {
     pub reconciliation: Option<Reconciliation>,
     /// The latest revenue forecast per month and currency (empty: none was made).
     pub forecast: Vec<ForecastMonth>,
+    /// The revenue schedule per period and currency (empty: `meterflow revenue` never ran).
+    pub recognition: Vec<RecognitionPeriod>,
     pub customers: Vec<CustomerMoney>,
 }
 
@@ -326,8 +328,62 @@ pub fn exec(f: &Facts, catalog: &Catalog, unit: PeriodUnit, period: Option<&str>
             .join(" + "),
         reconciliation: reconciliation(f, catalog, period),
         forecast: forecast_months(f),
+        recognition: recognition_periods(f),
         customers,
     }
+}
+
+/// One period of the revenue schedule in one currency (docs/revenue.md), with the balances it
+/// leaves: the contract liability (deferred revenue) and the contract asset (unbilled
+/// receivable), summed over this period and every one before it.
+#[derive(Clone, Debug, Serialize)]
+pub struct RecognitionPeriod {
+    pub period: String,
+    pub currency: String,
+    pub billed: String,
+    pub recognised: String,
+    pub deferred: String,
+    pub unbilled: String,
+    pub liability: String,
+    pub asset: String,
+    /// `recognised + deferred = billed + unbilled`, as every schedule row keeps it.
+    pub balances: bool,
+}
+
+fn recognition_periods(f: &Facts) -> Vec<RecognitionPeriod> {
+    let mut rows: Vec<&super::facts::Recognised> = f.recognition.iter().collect();
+    rows.sort_by(|a, b| (&a.currency, &a.period).cmp(&(&b.currency, &b.period)));
+    let mut held: BTreeMap<&str, (Amount, Amount)> = BTreeMap::new();
+    let mut out: Vec<RecognitionPeriod> = rows
+        .into_iter()
+        .map(|r| {
+            let a = |s: &str| Amount::parse(s).unwrap_or_default();
+            let (billed, recognised, deferred, unbilled) = (
+                a(&r.billed),
+                a(&r.recognised),
+                a(&r.deferred),
+                a(&r.unbilled),
+            );
+            let balance = held.entry(r.currency.as_str()).or_default();
+            balance.0 += deferred;
+            balance.1 += unbilled;
+            let d = minor_unit_digits(&r.currency);
+            let fixed = |a: Amount| a.round_to(d, Rounding::HalfEven).format_fixed(d);
+            RecognitionPeriod {
+                period: r.period.clone(),
+                currency: r.currency.clone(),
+                billed: fixed(billed),
+                recognised: fixed(recognised),
+                deferred: fixed(deferred),
+                unbilled: fixed(unbilled),
+                liability: fixed(balance.0),
+                asset: fixed(balance.1),
+                balances: recognised + deferred == billed + unbilled,
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| (&a.period, &a.currency).cmp(&(&b.period, &b.currency)));
+    out
 }
 
 /// One month of the revenue forecast in one currency: its two streams and the 80% interval.
