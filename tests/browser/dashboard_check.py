@@ -11,7 +11,8 @@ picker, and every number below must equal the computed one:
 - a customer's consumption per SKU and remaining entitlement in its latest period (account),
 - rejections by reason (ops),
 - checks drifting of checks made by the latest `meterflow reconcile` (exec; when it ran),
-- the contract liability each period of the revenue schedule leaves (exec; when `meterflow revenue` ran).
+- the contract liability each period of the revenue schedule leaves (exec), and the customer's revenue
+  schedule rows in its latest period (account), when `meterflow revenue` ran.
 
 It also checks the empty states (unknown customer, malformed period, a period without data) and
 that the browser console holds no errors. Exit status 0 when everything matched; otherwise every
@@ -94,14 +95,20 @@ def expected_from_files(out, customer, included):
     for r in rows(out, "rejections"):
         rejections[r["reason"]] += 1
     deferred = defaultdict(Decimal)
+    revenue = defaultdict(lambda: [Decimal(0)] * 4)
     for r in rows(out, "revenue_schedule"):
         deferred[(r["period"], r["currency"])] += Decimal(r["deferred"]) * int(r["sign"])
+        if r["customer_id"] == customer and r["period"] == latest:
+            net = revenue[(r["contract_id"], r["obligation"], r["service_period"])]
+            for i, column in enumerate(("billed", "recognised", "deferred", "unbilled")):
+                net[i] += Decimal(r[column]) * int(r["sign"])
     checked = rows(out, "reconciliation")
     last_run = max(checked, key=lambda r: r["checked_at"])["run_id"] if checked else None
     checked = [r for r in checked if r["run_id"] == last_run]
     return {
         "drifting": f"{sum(r['drift'] == '1' for r in checked)} of {len(checked)}" if checked else None,
         "liability": liability(deferred),
+        "revenue": {k: cents(a[1]) for k, a in revenue.items() if any(a)},
         "usage_revenue": {c: cents(a) for c, a in usage.items()},
         "invoiced": {c: cents(a) for c, a in invoiced.items()},
         "capture_events": percent(billed, metered),
@@ -148,9 +155,15 @@ def expected_from_clickhouse(url, db, customer, included):
                                    f"(SELECT argMax(run_id, checked_at) FROM {db}.reconciliation)")
     deferred = {(p, c): Decimal(x) for p, c, x in sql(
         url, f"SELECT period, currency, sum(deferred * sign) FROM {db}.revenue_schedule GROUP BY period, currency")}
+    revenue = {(k, o, s): cents(r) for k, o, s, r, *others in sql(
+        url, f"SELECT contract_id, obligation, service_period, sum(recognised * sign), sum(billed * sign), "
+             f"sum(deferred * sign), sum(unbilled * sign) FROM {db}.revenue_schedule "
+             f"WHERE customer_id = '{customer}' AND period = '{latest}' "
+             f"GROUP BY contract_id, obligation, service_period") if any(map(Decimal, [r, *others]))}
     return {
         "drifting": f"{drifting} of {lines}" if int(lines) else None,
         "liability": liability(deferred),
+        "revenue": revenue,
         "usage_revenue": usage,
         "invoiced": invoiced,
         "capture_events": percent(int(billed), int(metered)),
@@ -286,6 +299,13 @@ def check(args, want):
                 got = cells[0].text if cells else None
                 if got is None or Decimal(got) != q:
                     fail(f"account {args.customer} {sku} entitlement {key}: page shows {got!r}, computed {q}")
+        shown = {e.get_attribute("data-revenue"): e.find_element(By.CSS_SELECTOR, ".recognised").text
+                 for e in d.find_elements(By.CSS_SELECTOR, "tr[data-revenue]")}
+        computed = {" ".join(k): v for k, v in want["revenue"].items()}
+        if shown != computed:
+            fail(f"account {args.customer} revenue schedule in {want['period']}: page shows {shown}, computed {computed}")
+        if not computed and not d.find_elements(By.ID, "account-no-revenue"):
+            fail(f"account {args.customer}: no revenue schedule in {want['period']}, yet the page does not say so")
         console_errors(d, "account")
         if args.screenshots:
             d.save_screenshot(os.path.join(args.screenshots, "account.png"))

@@ -831,7 +831,7 @@ fn every_statement_meterflow_sends_and_every_documented_query_run_on_current_cli
         "FROM meterflow.revenue_schedule",
         "* 86400) AS bucket, '' AS attributes, toString(sum(quantity))",
         "FROM meterflow.v_exec_forecast",
-        "FROM meterflow.v_exec_recognition",
+        "AS recognised, toString(sum(deferred * sign))",
     ] {
         assert!(sent.contains(kind), "no `{kind}` statement was recorded");
     }

@@ -3,6 +3,7 @@
 //! selenium from `tests/browser/dashboard_check.py`) checking that every number the pages show
 //! equals the same number computed from the CSV tables or with SQL.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -231,6 +232,46 @@ fn the_pages_show_in_chromium_what_the_demo_output_adds_up_to() {
             "{p}"
         );
         assert_eq!(p["balances"], true, "{p}");
+    }
+    // The account's revenue schedule: initech's rows of October, netted, as the table holds them.
+    let (_, october) = d.get("/api/account?customer=initech&period=2026-10");
+    let shown = october["data"]["revenue"].as_array().unwrap();
+    let mut expected: BTreeMap<(String, String, String), [Amount; 4]> = BTreeMap::new();
+    for r in schedule
+        .iter()
+        .filter(|r| r["customer_id"] == "initech" && r["period"] == "2026-10")
+    {
+        let e = expected
+            .entry((
+                r["contract_id"].clone(),
+                r["obligation"].clone(),
+                r["service_period"].clone(),
+            ))
+            .or_default();
+        for (i, column) in ["billed", "recognised", "deferred", "unbilled"]
+            .iter()
+            .enumerate()
+        {
+            let x = Amount::parse(&r[*column]).unwrap();
+            e[i] += if r["sign"] == "-1" { -x } else { x };
+        }
+    }
+    expected.retain(|_, a| a.iter().any(|x| *x != Amount::ZERO));
+    assert!(
+        shown.iter().any(|r| r["obligation"] == "prepaid credit"),
+        "initech's credit pays October: {october}"
+    );
+    assert_eq!(shown.len(), expected.len(), "{october}");
+    for r in shown {
+        let key = (
+            r["contract"].as_str().unwrap().to_string(),
+            r["obligation"].as_str().unwrap().to_string(),
+            r["service_period"].as_str().unwrap().to_string(),
+        );
+        assert_eq!(r["billed"], cents(expected[&key][0]).as_str(), "{r}");
+        assert_eq!(r["recognised"], cents(expected[&key][1]).as_str(), "{r}");
+        assert_eq!(r["deferred"], cents(expected[&key][2]).as_str(), "{r}");
+        assert_eq!(r["balances"], true, "{r}");
     }
     let last = periods.last().unwrap();
     assert_eq!(last["liability"], cents(net(None, "deferred")).as_str());

@@ -547,14 +547,40 @@ fn send_october(kind: &str, (catalog, out, config): (&Path, &Path, &Path), at: &
     c
 }
 
-#[test]
-fn exports_are_sent_to_the_marketplaces_and_every_answer_is_recorded() {
-    let s = Scratch::new("marketplace-send");
+/// The demo's output in a scratch directory, and the marketplace stand-in with its clock at `at`.
+fn demo_and_endpoint(name: &str, at: &str) -> (Scratch, std::path::PathBuf, Endpoint) {
+    let s = Scratch::new(name);
     let demo = s.path().join("demo");
     meterflow_ok(&["demo", "--dir", path(&demo)]);
-    let (catalog, out) = (demo.join("catalog"), demo.join("out"));
-    let at = "2026-12-01T00:20:00Z";
     let endpoint = Endpoint::start(s.path(), at);
+    (s, demo, endpoint)
+}
+
+/// What Azure took for initech's SaaS subscription equals initech's October usage per dimension.
+fn initech_reached_azure(received: &serde_json::Value, out: &Path) {
+    for (dimension, sku, unit) in [
+        ("api-calls-1k", "api_calls", 1000),
+        ("tokens-1k", "tokens", 1000),
+        ("storage-gb", "storage", 1),
+    ] {
+        let sent = received["totals"]
+            [format!("azure|5f1c2a9e-3b7d-4e2a-9c1f-7d2b8e6a4c10|{dimension}")]
+        .as_f64()
+        .unwrap();
+        let usage =
+            october(out, "initech-2026", sku).0 as f64 / Quantity::SCALE_ONE as f64 / unit as f64;
+        assert!(
+            (sent - usage).abs() < 1e-6,
+            "{dimension}: sent {sent}, used {usage}"
+        );
+    }
+}
+
+#[test]
+fn exports_are_sent_to_the_marketplaces_and_every_answer_is_recorded() {
+    let at = "2026-12-01T00:20:00Z";
+    let (s, demo, endpoint) = demo_and_endpoint("marketplace-send", at);
+    let (catalog, out) = (demo.join("catalog"), demo.join("out"));
     assert!(endpoint.child.id() > 0);
     let token_file = s.path().join("gcp-token");
     std::fs::write(&token_file, format!("{GCP_TOKEN}\n")).unwrap();
@@ -711,22 +737,7 @@ fn exports_are_sent_to_the_marketplaces_and_every_answer_is_recorded() {
     assert!(last_export("azure")
         .iter()
         .all(|r| r["status"] == "sent" && !r["response_id"].is_empty()));
-    let initech = |sku| october(&out, "initech-2026", sku);
-    let totals = endpoint.received()["totals"].clone();
-    for (dimension, sku, unit) in [
-        ("api-calls-1k", "api_calls", 1000),
-        ("tokens-1k", "tokens", 1000),
-        ("storage-gb", "storage", 1),
-    ] {
-        let sent = totals[format!("azure|5f1c2a9e-3b7d-4e2a-9c1f-7d2b8e6a4c10|{dimension}")]
-            .as_f64()
-            .unwrap();
-        let usage = initech(sku).0 as f64 / Quantity::SCALE_ONE as f64 / unit as f64;
-        assert!(
-            (sent - usage).abs() < 1e-6,
-            "{dimension}: sent {sent}, used {usage}"
-        );
-    }
+    initech_reached_azure(&endpoint.received(), &out);
 
     // GCP takes October's hours as they are: one operation per hour, all sent. The demo's GCP
     // customer used nothing in October, so globex moves to Google Cloud for this export.
@@ -781,15 +792,11 @@ fn exports_are_sent_to_the_marketplaces_and_every_answer_is_recorded() {
 /// reason); the registered one gets a token, and October reaches Azure in full.
 #[test]
 fn an_azure_application_certificate_signs_for_its_tokens_and_an_unregistered_one_is_refused() {
-    let s = Scratch::new("marketplace-cert");
-    let demo = s.path().join("demo");
-    meterflow_ok(&["demo", "--dir", path(&demo)]);
-    let (catalog, out) = (demo.join("catalog"), demo.join("out"));
     let at = "2026-12-01T00:20:00Z";
-    let endpoint = Endpoint::start(s.path(), at);
+    let (s, demo, endpoint) = demo_and_endpoint("marketplace-cert", at);
+    let (catalog, out) = (demo.join("catalog"), demo.join("out"));
     let registered = s.path().join("registered.pem");
-    endpoint
-        .control(serde_json::json!({"azure_certificate_file": path(&registered), "token_uses": 1}));
+    endpoint.control(serde_json::json!({"azure_certificate_file": path(&registered)}));
     let (stranger, stranger_key) = (s.path().join("stranger.pem"), s.path().join("stranger.key"));
     run_ok(Command::new("openssl").args([
         "req",
@@ -872,22 +879,7 @@ fn an_azure_application_certificate_signs_for_its_tokens_and_an_unregistered_one
         received["tokens_issued"]["azure-certificate"], 1,
         "{received}"
     );
-    for (dimension, sku, unit) in [
-        ("api-calls-1k", "api_calls", 1000),
-        ("tokens-1k", "tokens", 1000),
-        ("storage-gb", "storage", 1),
-    ] {
-        let sent = received["totals"]
-            [format!("azure|5f1c2a9e-3b7d-4e2a-9c1f-7d2b8e6a4c10|{dimension}")]
-        .as_f64()
-        .unwrap();
-        let usage =
-            october(&out, "initech-2026", sku).0 as f64 / Quantity::SCALE_ONE as f64 / unit as f64;
-        assert!(
-            (sent - usage).abs() < 1e-6,
-            "{dimension}: sent {sent}, used {usage}"
-        );
-    }
+    initech_reached_azure(&received, &out);
     assert_eq!(received["problems"], serde_json::json!([]));
 }
 
@@ -896,11 +888,8 @@ fn an_azure_application_certificate_signs_for_its_tokens_and_an_unregistered_one
 /// instead of planning them anew at its own hour, which AWS would bill a second time.
 #[test]
 fn an_export_killed_while_sending_resends_the_same_records_and_bills_once() {
-    let s = Scratch::new("marketplace-kill");
-    let demo = s.path().join("demo");
-    meterflow_ok(&["demo", "--dir", path(&demo)]);
+    let (s, demo, endpoint) = demo_and_endpoint("marketplace-kill", "2026-12-01T02:30:00Z");
     let (catalog, out) = (demo.join("catalog"), demo.join("out"));
-    let endpoint = Endpoint::start(s.path(), "2026-12-01T02:30:00Z");
     let config = s.path().join("send.toml");
     std::fs::write(
         &config,

@@ -204,6 +204,13 @@ function renderAccount(d) {
     card("Signals", table([{ t: "SKU" }, { t: "period" }, { t: "signal" }, { t: "%", n: 1 }, { t: "at", n: 1 }], sig)) +
     card("Invoice preview", table([{ t: "contract" }, { t: "line" }, { t: "SKU" }, { t: "service period" }, { t: "events", n: 1 },
       { t: "quantity", n: 1 }, { t: "amount", n: 1 }, { t: "" }], inv), true) +
+    card("Revenue schedule (ASC 606)", d.revenue.length
+      ? table([{ t: "contract" }, { t: "obligation" }, { t: "service period" }, { t: "billed", n: 1 }, { t: "recognised", n: 1 },
+        { t: "deferred", n: 1 }, { t: "unbilled", n: 1 }, { t: "" }], d.revenue.map((r) => [td(esc(r.contract)), td(esc(r.obligation)),
+        td(esc(r.service_period) + (r.catch_up ? " (catch-up)" : "")), tdn(esc(r.billed)), tdn(`<span class="recognised">${esc(r.recognised)}</span>`),
+        tdn(esc(r.deferred)), tdn(esc(r.unbilled)), td(esc(r.currency) + (r.balances ? "" : " ⚠ does not balance"))]),
+        (i) => `data-revenue="${esc(d.revenue[i].contract + " " + d.revenue[i].obligation + " " + d.revenue[i].service_period)}"`)
+      : `<p class="empty" id="account-no-revenue">No revenue schedule for this period: run <code>meterflow revenue</code> over this output.</p>`, true) +
     card("Anomalies", table([{ t: "SKU" }, { t: "kind" }, { t: "severity" }, { t: "window" }, { t: "why" }], an), true);
 }
 function chartsAccount(d) {

@@ -129,10 +129,13 @@ pub struct Forecasted {
     pub as_of: String,
 }
 
-/// The revenue schedule as it stands (signed rows netted) per period and currency
-/// (`v_exec_recognition`). Amounts are exact.
+/// A row of the revenue schedule as it stands: its signed rows netted. Amounts are exact.
 #[derive(Clone, Debug, Default, PartialEq, Eq, clickhouse::Row, Deserialize)]
-pub struct Recognised {
+pub struct ScheduleRow {
+    pub customer_id: String,
+    pub contract_id: String,
+    pub obligation: String,
+    pub service_period: String,
     pub period: String,
     pub currency: String,
     pub billed: String,
@@ -176,7 +179,7 @@ pub struct Facts {
     /// The latest revenue forecast, when `meterflow forecast` made one.
     pub forecast: Vec<Forecasted>,
     /// The revenue schedule, when `meterflow revenue` made one.
-    pub recognition: Vec<Recognised>,
+    pub schedule: Vec<ScheduleRow>,
     pub telemetry: Option<Telemetry>,
 }
 
@@ -337,7 +340,7 @@ impl Facts {
             .collect();
         let (checked, drifting) = reconciliation_of(&rows_of(out, "reconciliation")?);
         let forecast = forecast_of(&rows_of(out, "forecast")?);
-        let recognition = recognition_of(&rows_of(out, "revenue_schedule")?);
+        let schedule = schedule_of(&rows_of(out, "revenue_schedule")?);
         let metrics = out.join("metrics.prom");
         let telemetry = std::fs::read_to_string(&metrics)
             .ok()
@@ -369,7 +372,7 @@ impl Facts {
             checked,
             drifting,
             forecast,
-            recognition,
+            schedule,
             telemetry,
         })
     }
@@ -448,11 +451,21 @@ impl Facts {
                  toString(high) AS high, concat(replaceOne(toString(as_of), ' ', 'T'), '.000Z') AS as_of \
                  FROM {db}.v_exec_forecast ORDER BY month, stream, currency",
             )?,
-            recognition: ch.fetch(
-                "SELECT period, currency, toString(billed) AS billed, \
-                 toString(recognised) AS recognised, toString(deferred) AS deferred, \
-                 toString(unbilled) AS unbilled FROM {db}.v_exec_recognition ORDER BY period, currency",
-            )?,
+            schedule: ch
+                .fetch::<ScheduleRow>(
+                    "SELECT customer_id, contract_id, obligation, service_period, period, currency, \
+                     toString(sum(billed * sign)) AS billed, toString(sum(recognised * sign)) AS recognised, \
+                     toString(sum(deferred * sign)) AS deferred, toString(sum(unbilled * sign)) AS unbilled \
+                     FROM {db}.revenue_schedule \
+                     GROUP BY customer_id, contract_id, obligation, service_period, period, currency",
+                )?
+                .into_iter()
+                .filter(|r| {
+                    [&r.billed, &r.recognised, &r.deferred, &r.unbilled]
+                        .iter()
+                        .any(|x| Amount::parse(x).unwrap_or_default() != Amount::ZERO)
+                })
+                .collect(),
             telemetry: None,
         })
     }
@@ -551,14 +564,22 @@ fn forecast_of(rows: &[CsvRow]) -> Vec<Forecasted> {
         .collect()
 }
 
-/// The revenue schedule rows netted (`x × sign`) per period and currency, as
-/// `v_exec_recognition`.
-fn recognition_of(rows: &[CsvRow]) -> Vec<Recognised> {
+/// The revenue schedule as it stands: the signed rows netted (`x × sign`) per row key; rows
+/// that net to nothing are left out.
+fn schedule_of(rows: &[CsvRow]) -> Vec<ScheduleRow> {
+    const KEY: [&str; 6] = [
+        "customer_id",
+        "contract_id",
+        "obligation",
+        "service_period",
+        "period",
+        "currency",
+    ];
     const AMOUNTS: [&str; 4] = ["billed", "recognised", "deferred", "unbilled"];
-    let mut sums: BTreeMap<(String, String), [Amount; 4]> = BTreeMap::new();
+    let mut sums: BTreeMap<[String; 6], [Amount; 4]> = BTreeMap::new();
     for r in rows {
         let e = sums
-            .entry((field(r, "period").into(), field(r, "currency").into()))
+            .entry(KEY.map(|k| field(r, k).to_string()))
             .or_default();
         let retracted = num::<i8>(r, "sign") < 0;
         for (i, k) in AMOUNTS.iter().enumerate() {
@@ -567,14 +588,21 @@ fn recognition_of(rows: &[CsvRow]) -> Vec<Recognised> {
         }
     }
     sums.into_iter()
+        .filter(|(_, a)| a.iter().any(|x| *x != Amount::ZERO))
         .map(
-            |((period, currency), [billed, recognised, deferred, unbilled])| Recognised {
-                period,
-                currency,
-                billed: billed.to_string(),
-                recognised: recognised.to_string(),
-                deferred: deferred.to_string(),
-                unbilled: unbilled.to_string(),
+            |([customer_id, contract_id, obligation, service_period, period, currency], a)| {
+                ScheduleRow {
+                    customer_id,
+                    contract_id,
+                    obligation,
+                    service_period,
+                    period,
+                    currency,
+                    billed: a[0].to_string(),
+                    recognised: a[1].to_string(),
+                    deferred: a[2].to_string(),
+                    unbilled: a[3].to_string(),
+                }
             },
         )
         .collect()

@@ -13,7 +13,8 @@ use serde::Serialize;
 
 use super::credits::{credit_balances, CreditBalance};
 use super::facts::{
-    money_of, quantity, Anomaly, ByCurrency, Facts, Money, Rejections, StandingSignal, Telemetry,
+    money_of, quantity, Anomaly, ByCurrency, Facts, Money, Rejections, ScheduleRow, StandingSignal,
+    Telemetry,
 };
 use super::reconciled::{reconciliation, Reconciliation};
 use crate::reports::invoice_preview::PreviewLine;
@@ -333,57 +334,107 @@ pub fn exec(f: &Facts, catalog: &Catalog, unit: PeriodUnit, period: Option<&str>
     }
 }
 
-/// One period of the revenue schedule in one currency (docs/revenue.md), with the balances it
-/// leaves: the contract liability (deferred revenue) and the contract asset (unbilled
-/// receivable), summed over this period and every one before it.
+/// Amounts of the revenue schedule (docs/revenue.md), rounded to the currency's minor unit.
 #[derive(Clone, Debug, Serialize)]
-pub struct RecognitionPeriod {
+pub struct Recognised {
     pub period: String,
     pub currency: String,
     pub billed: String,
     pub recognised: String,
     pub deferred: String,
     pub unbilled: String,
-    pub liability: String,
-    pub asset: String,
-    /// `recognised + deferred = billed + unbilled`, as every schedule row keeps it.
+    /// `recognised + deferred = billed + unbilled` (exactly, before rounding), as every
+    /// schedule row keeps it.
     pub balances: bool,
 }
 
+/// `[billed, recognised, deferred, unbilled]` of a schedule row.
+fn amounts_of(r: &ScheduleRow) -> [Amount; 4] {
+    [&r.billed, &r.recognised, &r.deferred, &r.unbilled]
+        .map(|x| Amount::parse(x).unwrap_or_default())
+}
+
+fn recognised(period: &str, currency: &str, [b, r, d, u]: [Amount; 4]) -> Recognised {
+    let digits = minor_unit_digits(currency);
+    let fixed = |a: Amount| a.round_to(digits, Rounding::HalfEven).format_fixed(digits);
+    Recognised {
+        period: period.to_string(),
+        currency: currency.to_string(),
+        billed: fixed(b),
+        recognised: fixed(r),
+        deferred: fixed(d),
+        unbilled: fixed(u),
+        balances: r + d == b + u,
+    }
+}
+
+/// One period of the revenue schedule in one currency, all contracts, with the balances it
+/// leaves: the contract liability (deferred revenue) and the contract asset (unbilled
+/// receivable), summed over this period and every one before it.
+#[derive(Clone, Debug, Serialize)]
+pub struct RecognitionPeriod {
+    #[serde(flatten)]
+    pub amounts: Recognised,
+    pub liability: String,
+    pub asset: String,
+}
+
 fn recognition_periods(f: &Facts) -> Vec<RecognitionPeriod> {
-    let mut rows: Vec<&super::facts::Recognised> = f.recognition.iter().collect();
-    rows.sort_by(|a, b| (&a.currency, &a.period).cmp(&(&b.currency, &b.period)));
+    // By currency, then period: the balances run in period order.
+    let mut sums: BTreeMap<(&str, &str), [Amount; 4]> = BTreeMap::new();
+    for r in &f.schedule {
+        let e = sums.entry((&r.currency, &r.period)).or_default();
+        for (s, x) in e.iter_mut().zip(amounts_of(r)) {
+            *s += x;
+        }
+    }
     let mut held: BTreeMap<&str, (Amount, Amount)> = BTreeMap::new();
-    let mut out: Vec<RecognitionPeriod> = rows
+    let mut out: Vec<RecognitionPeriod> = sums
         .into_iter()
-        .map(|r| {
-            let a = |s: &str| Amount::parse(s).unwrap_or_default();
-            let (billed, recognised, deferred, unbilled) = (
-                a(&r.billed),
-                a(&r.recognised),
-                a(&r.deferred),
-                a(&r.unbilled),
-            );
-            let balance = held.entry(r.currency.as_str()).or_default();
-            balance.0 += deferred;
-            balance.1 += unbilled;
-            let d = minor_unit_digits(&r.currency);
-            let fixed = |a: Amount| a.round_to(d, Rounding::HalfEven).format_fixed(d);
+        .map(|((currency, period), a)| {
+            let balance = held.entry(currency).or_default();
+            balance.0 += a[2];
+            balance.1 += a[3];
+            let digits = minor_unit_digits(currency);
+            let fixed = |a: Amount| a.round_to(digits, Rounding::HalfEven).format_fixed(digits);
             RecognitionPeriod {
-                period: r.period.clone(),
-                currency: r.currency.clone(),
-                billed: fixed(billed),
-                recognised: fixed(recognised),
-                deferred: fixed(deferred),
-                unbilled: fixed(unbilled),
+                amounts: recognised(period, currency, a),
                 liability: fixed(balance.0),
                 asset: fixed(balance.1),
-                balances: recognised + deferred == billed + unbilled,
             }
         })
         .collect();
-    out.sort_by(|a, b| (&a.period, &a.currency).cmp(&(&b.period, &b.currency)));
+    out.sort_by(|a, b| {
+        let (a, b) = (&a.amounts, &b.amounts);
+        (&a.period, &a.currency).cmp(&(&b.period, &b.currency))
+    });
     out
+}
+
+/// A row of a customer's revenue schedule in the period shown.
+#[derive(Clone, Debug, Serialize)]
+pub struct ScheduleLine {
+    pub contract: String,
+    pub obligation: String,
+    pub service_period: String,
+    /// Revenue of a closed service period recognised late (late usage).
+    pub catch_up: bool,
+    #[serde(flatten)]
+    pub amounts: Recognised,
+}
+
+fn schedule_lines(f: &Facts, customer: &str, period: Option<&str>) -> Vec<ScheduleLine> {
+    f.schedule
+        .iter()
+        .filter(|r| r.customer_id == customer && period_keeps(period, &r.period))
+        .map(|r| ScheduleLine {
+            contract: r.contract_id.clone(),
+            obligation: r.obligation.clone(),
+            service_period: r.service_period.clone(),
+            catch_up: r.service_period < r.period,
+            amounts: recognised(&r.period, &r.currency, amounts_of(r)),
+        })
+        .collect()
 }
 
 /// One month of the revenue forecast in one currency: its two streams and the 80% interval.
@@ -452,6 +503,8 @@ pub struct Account {
     pub commitments: Vec<Commitment>,
     /// Prepaid credit grants after the period shown.
     pub credits: Vec<CreditBalance>,
+    /// The revenue schedule's rows in the period shown (empty: `meterflow revenue` never ran).
+    pub revenue: Vec<ScheduleLine>,
     pub invoice: Vec<InvoiceLine>,
     pub invoice_total: Vec<Money>,
     pub capture: Capture,
@@ -706,6 +759,7 @@ pub fn account(
         credits: period.map_or_else(Vec::new, |p| {
             credit_balances(&f.lines, catalog, unit, customer, p)
         }),
+        revenue: schedule_lines(f, customer, period),
         invoice,
         invoice_total: money_of(total),
         capture: capture(&f.scored, period.unwrap_or(ALL), customer),
