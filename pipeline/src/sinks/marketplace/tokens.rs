@@ -165,6 +165,8 @@ pub struct Certificate {
     /// SHA-1 and SHA-256 of the certificate's DER: how the assertion names it (`x5t`,
     /// `x5t#S256`).
     thumbprints: (Vec<u8>, Vec<u8>),
+    /// Whole days until the certificate expires, when it was read (under 30: a warning).
+    pub days_left: i32,
 }
 
 impl Certificate {
@@ -239,6 +241,15 @@ impl Certificate {
                 cert.not_after()
             ));
         }
+        let days_left = now.diff(cert.not_after()).map_or(0, |d| d.days);
+        if days_left < 30 {
+            tracing::warn!(
+                certificate = %path.display(),
+                expires = %cert.not_after(),
+                days_left,
+                "the Azure application's certificate expires soon: upload a new one to the application and mount it here"
+            );
+        }
         let digest = |d: MessageDigest| {
             cert.digest(d)
                 .map(|b| b.to_vec())
@@ -250,6 +261,7 @@ impl Certificate {
                 digest(MessageDigest::sha256())?,
             ),
             key,
+            days_left,
         })
     }
 
@@ -508,6 +520,7 @@ mod tests {
         )
         .unwrap();
         let c = Certificate::load(what, &both, None, None).unwrap();
+        assert!((364..=365).contains(&c.days_left), "{}", c.days_left);
         let audience = "https://login.microsoftonline.com/tenant-1/oauth2/token";
         let jwt = c.assertion("offer-app", audience, 1_780_000_000).unwrap();
         assert!(verifies(&jwt, &key));
@@ -561,6 +574,16 @@ mod tests {
         assert!(e.contains("cannot decrypt") && !e.contains("wrong"), "{e}");
         let c = Certificate::load(what, &cert_file, Some(&key_file), Some("pa55")).unwrap();
         assert!(verifies(&c.assertion("a", "b", 1).unwrap(), &key));
+
+        // A certificate that expires in 10 days still works (with a warning).
+        let (soon, soon_key) = certificate(10);
+        std::fs::write(
+            &both,
+            [soon_key.private_key_to_pem_pkcs8().unwrap(), soon].concat(),
+        )
+        .unwrap();
+        let c = Certificate::load(what, &both, None, None).unwrap();
+        assert!((9..=10).contains(&c.days_left), "{}", c.days_left);
 
         // Another certificate's key, an expired certificate, a key with no certificate.
         let (_, other) = certificate(365);
