@@ -120,6 +120,21 @@ fn the_schedule_balances_recognises_what_is_billed_and_follows_a_void() {
         grant,
         [five_thousand, Amount::ZERO, five_thousand, Amount::ZERO]
     );
+    // After October the liability left is the grant less what its credit lines drew down, as
+    // every deferred amount of the contract up to October sums to.
+    let drawn: Amount = first
+        .iter()
+        .filter(|(k, _)| k.0 == "initech-2026" && k.3.as_str() <= "2026-10")
+        .map(|(_, a)| a[2])
+        .sum();
+    assert_eq!(drawn, Amount::parse("4029.45").unwrap());
+    assert!(
+        text.contains("initech / initech-2026 — 2026-10 (USD)")
+            && text.contains(
+                "after 2026-10: contract liability (deferred revenue) 4029.45, contract asset (unbilled) 0.00"
+            ),
+        "{text}"
+    );
     // Nothing changed: nothing written.
     let rows = read_table(&out, "revenue_schedule").unwrap().len();
     assert!(revenue().contains("0 rows stated, 0 retracted"));

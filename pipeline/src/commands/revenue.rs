@@ -190,6 +190,21 @@ fn render(s: &Schedule, period: Option<&str>, as_of: EventTime) -> String {
             money(total.deferred, currency),
             money(total.unbilled, currency)
         );
+        // What this period and every one before it leave on the contract's balance sheet.
+        let (liability, asset) = s
+            .iter()
+            .filter(|(k, _)| {
+                k.contract_id == contract && k.currency == currency && k.period.as_str() <= p
+            })
+            .fold((Amount::ZERO, Amount::ZERO), |(l, a), (_, x)| {
+                (l + x.deferred, a + x.unbilled)
+            });
+        let _ = writeln!(
+            out,
+            "  after {p}: contract liability (deferred revenue) {}, contract asset (unbilled) {}",
+            money(liability, currency),
+            money(asset, currency)
+        );
     }
     let _ = writeln!(
         out,
