@@ -113,6 +113,65 @@ pub fn net(rows: &[Scheduled]) -> Schedule {
     out
 }
 
+/// The accounts a period's journal entry posts to, in the order it lists them.
+pub const ACCOUNTS: [&str; 4] = [
+    "accounts receivable",
+    "contract asset (unbilled receivable)",
+    "contract liability (deferred revenue)",
+    "revenue",
+];
+
+/// One line of a period's journal entry: an account, debited or credited.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JournalLine {
+    pub period: String,
+    pub currency: String,
+    pub account: &'static str,
+    pub debit: Amount,
+    pub credit: Amount,
+}
+
+/// The journal entry of each period (and currency) of `s`, all contracts: what was billed
+/// debits accounts receivable, what is earned before it is billed debits the contract asset,
+/// what is billed before it is earned credits the contract liability, and what is recognised
+/// credits revenue (a negative amount swaps the side). Each entry balances because every row
+/// does: billed + unbilled = recognised + deferred. Accounts that net to zero are left out.
+pub fn journal(s: &Schedule, period: Option<&str>) -> Vec<JournalLine> {
+    let mut by: BTreeMap<(&str, &str), [Amount; 4]> = BTreeMap::new();
+    for (k, a) in s
+        .iter()
+        .filter(|(k, _)| period.is_none_or(|p| p == k.period))
+    {
+        let e = by.entry((&k.period, &k.currency)).or_default();
+        // Debit-positive: receivable and asset are debits, liability and revenue credits.
+        e[0] += a.billed;
+        e[1] += a.unbilled;
+        e[2] -= a.deferred;
+        e[3] -= a.recognised;
+    }
+    let mut out = Vec::new();
+    for ((period, currency), net) in by {
+        for (account, x) in ACCOUNTS.iter().zip(net) {
+            if x == Amount::ZERO {
+                continue;
+            }
+            let (debit, credit) = if x > Amount::ZERO {
+                (x, Amount::ZERO)
+            } else {
+                (Amount::ZERO, -x)
+            };
+            out.push(JournalLine {
+                period: period.to_string(),
+                currency: currency.to_string(),
+                account,
+                debit,
+                credit,
+            });
+        }
+    }
+    out
+}
+
 /// Whether a row is a catch-up: revenue of a service period before the one it is recognised in.
 pub fn is_catch_up(k: &ScheduleKey) -> bool {
     k.service_period < k.period
@@ -715,6 +774,70 @@ mod tests {
         assert_eq!(credit.deferred, a("0"));
         assert_eq!(credit.billed, a("1100") - a("740"));
         assert!(s.values().all(Amounts::balances));
+    }
+
+    #[test]
+    fn each_period_posts_a_balanced_journal_entry() {
+        // A prepayment granted in September, usage it pays in October, and an open November.
+        let k = |obligation: &str, period: &str| ScheduleKey {
+            customer_id: "c".into(),
+            contract_id: "k".into(),
+            obligation: obligation.into(),
+            service_period: period.into(),
+            period: period.into(),
+            currency: "USD".into(),
+        };
+        let row = |b: &str, r: &str, d: &str, u: &str| Amounts {
+            billed: a(b),
+            recognised: a(r),
+            deferred: a(d),
+            unbilled: a(u),
+        };
+        let s: Schedule = [
+            (
+                k("prepaid credit:p", "2026-09"),
+                row("1000", "0", "1000", "0"),
+            ),
+            (k("usage:tokens", "2026-10"), row("300", "300", "0", "0")),
+            (
+                k("prepaid credit", "2026-10"),
+                row("-300", "0", "-300", "0"),
+            ),
+            (k("usage:tokens", "2026-11"), row("0", "120", "0", "120")),
+        ]
+        .into_iter()
+        .collect();
+        let j = journal(&s, None);
+        let lines = |p: &str| -> Vec<(&str, Amount, Amount)> {
+            j.iter()
+                .filter(|l| l.period == p)
+                .map(|l| (l.account, l.debit, l.credit))
+                .collect()
+        };
+        let z = Amount::ZERO;
+        assert_eq!(
+            lines("2026-09"),
+            [
+                ("accounts receivable", a("1000"), z),
+                ("contract liability (deferred revenue)", z, a("1000"))
+            ]
+        );
+        // The invoice nets to nothing: the liability pays for the revenue.
+        assert_eq!(
+            lines("2026-10"),
+            [
+                ("contract liability (deferred revenue)", a("300"), z),
+                ("revenue", z, a("300"))
+            ]
+        );
+        assert_eq!(
+            lines("2026-11"),
+            [
+                ("contract asset (unbilled receivable)", a("120"), z),
+                ("revenue", z, a("120"))
+            ]
+        );
+        assert_eq!(journal(&s, Some("2026-11")).len(), 2);
     }
 
     #[test]

@@ -139,6 +139,63 @@ fn the_schedule_balances_recognises_what_is_billed_and_follows_a_void() {
     let rows = read_table(&out, "revenue_schedule").unwrap().len();
     assert!(revenue().contains("0 rows stated, 0 retracted"));
     assert_eq!(read_table(&out, "revenue_schedule").unwrap().len(), rows);
+    // The journal: every period's entry balances, and what it credits to revenue is what the
+    // period recognises.
+    let journal = String::from_utf8_lossy(
+        &meterflow_ok(&[
+            "revenue",
+            "-c",
+            path(&catalog),
+            "-o",
+            path(&out),
+            "--journal",
+        ])
+        .stdout,
+    )
+    .into_owned();
+    let entries = journal
+        .split("Journal entries (all contracts)")
+        .nth(1)
+        .expect("a journal");
+    let mut periods = 0;
+    for entry in entries.split("\n\n").filter(|e| e.contains("account")) {
+        let period = entry.trim().split(' ').next().unwrap().to_string();
+        let amounts = |label: &str| -> Vec<String> {
+            entry
+                .lines()
+                .find(|l| l.trim_start().starts_with(label))
+                .map(|l| {
+                    l.trim_start()[label.len()..]
+                        .split_whitespace()
+                        .map(String::from)
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let total = amounts("total");
+        assert_eq!(total.len(), 2, "{entry}");
+        assert_eq!(total[0], total[1], "debits = credits: {entry}");
+        let recognised: Amount = first
+            .iter()
+            .filter(|(k, _)| k.3 == period)
+            .map(|(_, a)| a[1])
+            .sum();
+        let revenue_line = amounts("revenue");
+        if recognised != Amount::ZERO {
+            assert_eq!(
+                revenue_line.last().map(String::as_str),
+                Some(
+                    recognised
+                        .round_to(2, meterflow_schemas::money::Rounding::HalfEven)
+                        .format_fixed(2)
+                        .as_str()
+                ),
+                "{entry}"
+            );
+        }
+        periods += 1;
+    }
+    assert!(periods >= 3, "{journal}");
 
     // A void of an acme storage event of November, before November closes.
     let events = std::fs::read_to_string(demo.join("events.jsonl")).unwrap();

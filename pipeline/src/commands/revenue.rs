@@ -10,7 +10,8 @@ use anyhow::anyhow;
 use meterflow_schemas::catalog::ContractIdx;
 use meterflow_schemas::money::{minor_unit_digits, Amount, Rounding};
 use meterflow_schemas::revenue::{
-    changes, is_catch_up, net, schedule, Amounts, BilledLine, Credits, Schedule, Scheduled,
+    changes, is_catch_up, journal, net, schedule, Amounts, BilledLine, Credits, JournalLine,
+    Schedule, Scheduled,
 };
 use meterflow_schemas::time::EventTime;
 
@@ -26,6 +27,10 @@ pub struct RevenueCommand {
     /// by then are closed and billed.
     #[arg(long)]
     as_of: Option<String>,
+    /// Also print each period's journal entry for the general ledger: accounts receivable,
+    /// contract asset, contract liability and revenue, debited and credited (all contracts).
+    #[arg(long)]
+    journal: bool,
 }
 
 impl RevenueCommand {
@@ -105,6 +110,9 @@ impl RevenueCommand {
             }
         }
         print!("{}", render(&now, a.period.as_deref(), as_of));
+        if self.journal {
+            print!("{}", render_journal(&now, a.period.as_deref()));
+        }
         let retracted = new.iter().filter(|s| s.sign < 0).count();
         println!(
             "\nrevenue_schedule: {} rows stated, {retracted} retracted ({})",
@@ -127,6 +135,47 @@ type Invoices<'a> =
 fn money(a: Amount, currency: &str) -> String {
     let d = minor_unit_digits(currency);
     a.round_to(d, Rounding::HalfEven).format_fixed(d)
+}
+
+/// Each period's journal entry, with its debit and credit totals.
+fn render_journal(s: &Schedule, period: Option<&str>) -> String {
+    let mut out = String::from("\nJournal entries (all contracts)\n");
+    let lines = journal(s, period);
+    let mut entries: BTreeMap<(&str, &str), Vec<&JournalLine>> = BTreeMap::new();
+    for l in &lines {
+        entries.entry((&l.period, &l.currency)).or_default().push(l);
+    }
+    for ((p, currency), lines) in entries {
+        let _ = writeln!(out, "\n{p} ({currency})");
+        let _ = writeln!(out, "  {:<40} {:>14} {:>14}", "account", "debit", "credit");
+        let (mut debits, mut credits) = (Amount::ZERO, Amount::ZERO);
+        for l in lines {
+            debits += l.debit;
+            credits += l.credit;
+            let side = |x: Amount| {
+                if x == Amount::ZERO {
+                    String::new()
+                } else {
+                    money(x, currency)
+                }
+            };
+            let _ = writeln!(
+                out,
+                "  {:<40} {:>14} {:>14}",
+                l.account,
+                side(l.debit),
+                side(l.credit)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "  {:<40} {:>14} {:>14}",
+            "total",
+            money(debits, currency),
+            money(credits, currency)
+        );
+    }
+    out
 }
 
 /// The schedule per contract and period, with each period's totals and the check that
