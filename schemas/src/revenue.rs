@@ -76,7 +76,7 @@ impl Amounts {
         self.recognised + self.deferred == self.billed + self.unbilled
     }
 
-    fn add(&mut self, o: Amounts) {
+    pub fn add(&mut self, o: Amounts) {
         self.billed += o.billed;
         self.recognised += o.recognised;
         self.deferred += o.deferred;

@@ -6,6 +6,7 @@ use std::path::Path;
 use meterflow_schemas::catalog::Catalog;
 use meterflow_schemas::lag::Lagged;
 use meterflow_schemas::money::{minor_unit_digits, Amount, Quantity, Rounding};
+use meterflow_schemas::revenue::{self, Amounts, Schedule, ScheduleKey};
 use meterflow_schemas::scorecard::Scored;
 use meterflow_schemas::time::{EventTime, PeriodUnit};
 use serde::{Deserialize, Serialize};
@@ -129,21 +130,6 @@ pub struct Forecasted {
     pub as_of: String,
 }
 
-/// A row of the revenue schedule as it stands: its signed rows netted. Amounts are exact.
-#[derive(Clone, Debug, Default, PartialEq, Eq, clickhouse::Row, Deserialize)]
-pub struct ScheduleRow {
-    pub customer_id: String,
-    pub contract_id: String,
-    pub obligation: String,
-    pub service_period: String,
-    pub period: String,
-    pub currency: String,
-    pub billed: String,
-    pub recognised: String,
-    pub deferred: String,
-    pub unbilled: String,
-}
-
 /// What the running pipeline counted of its sinks (from its `/metrics` or `metrics.prom`).
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Telemetry {
@@ -178,8 +164,9 @@ pub struct Facts {
     pub drifting: Vec<Drifting>,
     /// The latest revenue forecast, when `meterflow forecast` made one.
     pub forecast: Vec<Forecasted>,
-    /// The revenue schedule, when `meterflow revenue` made one.
-    pub schedule: Vec<ScheduleRow>,
+    /// The revenue schedule as it stands (its signed rows netted), when `meterflow revenue`
+    /// made one.
+    pub schedule: Schedule,
     pub telemetry: Option<Telemetry>,
 }
 
@@ -340,7 +327,7 @@ impl Facts {
             .collect();
         let (checked, drifting) = reconciliation_of(&rows_of(out, "reconciliation")?);
         let forecast = forecast_of(&rows_of(out, "forecast")?);
-        let schedule = schedule_of(&rows_of(out, "revenue_schedule")?);
+        let schedule = revenue::net(&crate::sinks::revenue::from_files(out)?);
         let metrics = out.join("metrics.prom");
         let telemetry = std::fs::read_to_string(&metrics)
             .ok()
@@ -451,21 +438,7 @@ impl Facts {
                  toString(high) AS high, concat(replaceOne(toString(as_of), ' ', 'T'), '.000Z') AS as_of \
                  FROM {db}.v_exec_forecast ORDER BY month, stream, currency",
             )?,
-            schedule: ch
-                .fetch::<ScheduleRow>(
-                    "SELECT customer_id, contract_id, obligation, service_period, period, currency, \
-                     toString(sum(billed * sign)) AS billed, toString(sum(recognised * sign)) AS recognised, \
-                     toString(sum(deferred * sign)) AS deferred, toString(sum(unbilled * sign)) AS unbilled \
-                     FROM {db}.revenue_schedule \
-                     GROUP BY customer_id, contract_id, obligation, service_period, period, currency",
-                )?
-                .into_iter()
-                .filter(|r| {
-                    [&r.billed, &r.recognised, &r.deferred, &r.unbilled]
-                        .iter()
-                        .any(|x| Amount::parse(x).unwrap_or_default() != Amount::ZERO)
-                })
-                .collect(),
+            schedule: schedule_from_clickhouse(ch)?,
             telemetry: None,
         })
     }
@@ -564,48 +537,51 @@ fn forecast_of(rows: &[CsvRow]) -> Vec<Forecasted> {
         .collect()
 }
 
-/// The revenue schedule as it stands: the signed rows netted (`x × sign`) per row key; rows
-/// that net to nothing are left out.
-fn schedule_of(rows: &[CsvRow]) -> Vec<ScheduleRow> {
-    const KEY: [&str; 6] = [
-        "customer_id",
-        "contract_id",
-        "obligation",
-        "service_period",
-        "period",
-        "currency",
-    ];
-    const AMOUNTS: [&str; 4] = ["billed", "recognised", "deferred", "unbilled"];
-    let mut sums: BTreeMap<[String; 6], [Amount; 4]> = BTreeMap::new();
-    for r in rows {
-        let e = sums
-            .entry(KEY.map(|k| field(r, k).to_string()))
-            .or_default();
-        let retracted = num::<i8>(r, "sign") < 0;
-        for (i, k) in AMOUNTS.iter().enumerate() {
-            let x = Amount::parse(field(r, k)).unwrap_or_default();
-            e[i] += if retracted { -x } else { x };
-        }
+/// The revenue schedule as it stands, netted by ClickHouse (`sum(x × sign)` per row key); rows
+/// that net to nothing are left out, as [`revenue::net`] leaves them.
+fn schedule_from_clickhouse(ch: &ClickHouse) -> Result<Schedule, String> {
+    #[derive(clickhouse::Row, Deserialize)]
+    struct Netted {
+        customer_id: String,
+        contract_id: String,
+        obligation: String,
+        service_period: String,
+        period: String,
+        currency: String,
+        billed: String,
+        recognised: String,
+        deferred: String,
+        unbilled: String,
     }
-    sums.into_iter()
-        .filter(|(_, a)| a.iter().any(|x| *x != Amount::ZERO))
-        .map(
-            |([customer_id, contract_id, obligation, service_period, period, currency], a)| {
-                ScheduleRow {
-                    customer_id,
-                    contract_id,
-                    obligation,
-                    service_period,
-                    period,
-                    currency,
-                    billed: a[0].to_string(),
-                    recognised: a[1].to_string(),
-                    deferred: a[2].to_string(),
-                    unbilled: a[3].to_string(),
-                }
-            },
-        )
-        .collect()
+    let rows: Vec<Netted> = ch.fetch(
+        "SELECT customer_id, contract_id, obligation, service_period, period, currency, \
+         toString(sum(billed * sign)) AS billed, toString(sum(recognised * sign)) AS recognised, \
+         toString(sum(deferred * sign)) AS deferred, toString(sum(unbilled * sign)) AS unbilled \
+         FROM {db}.revenue_schedule \
+         GROUP BY customer_id, contract_id, obligation, service_period, period, currency",
+    )?;
+    let amount = |x: &str| Amount::parse(x).unwrap_or_default();
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let amounts = Amounts {
+                billed: amount(&r.billed),
+                recognised: amount(&r.recognised),
+                deferred: amount(&r.deferred),
+                unbilled: amount(&r.unbilled),
+            };
+            let key = ScheduleKey {
+                customer_id: r.customer_id,
+                contract_id: r.contract_id,
+                obligation: r.obligation,
+                service_period: r.service_period,
+                period: r.period,
+                currency: r.currency,
+            };
+            (key, amounts)
+        })
+        .filter(|(_, a)| *a != Amounts::default())
+        .collect())
 }
 
 fn anomaly_of(r: &CsvRow) -> Anomaly {

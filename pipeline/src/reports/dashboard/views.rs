@@ -6,6 +6,7 @@ use meterflow_schemas::catalog::Catalog;
 use meterflow_schemas::entitlement::allowances;
 use meterflow_schemas::money::{minor_unit_digits, Amount, Quantity, Rounding};
 use meterflow_schemas::rejection::Reason;
+use meterflow_schemas::revenue::{is_catch_up, Amounts};
 use meterflow_schemas::rows::LineKind;
 use meterflow_schemas::scorecard::{cause, percent, Scored, ALL, CAPTURE, INVOICE_ERROR};
 use meterflow_schemas::time::{EventTime, Period, PeriodUnit};
@@ -13,8 +14,7 @@ use serde::Serialize;
 
 use super::credits::{credit_balances, CreditBalance};
 use super::facts::{
-    money_of, quantity, Anomaly, ByCurrency, Facts, Money, Rejections, ScheduleRow, StandingSignal,
-    Telemetry,
+    money_of, quantity, Anomaly, ByCurrency, Facts, Money, Rejections, StandingSignal, Telemetry,
 };
 use super::reconciled::{reconciliation, Reconciliation};
 use crate::reports::invoice_preview::PreviewLine;
@@ -348,23 +348,17 @@ pub struct Recognised {
     pub balances: bool,
 }
 
-/// `[billed, recognised, deferred, unbilled]` of a schedule row.
-fn amounts_of(r: &ScheduleRow) -> [Amount; 4] {
-    [&r.billed, &r.recognised, &r.deferred, &r.unbilled]
-        .map(|x| Amount::parse(x).unwrap_or_default())
-}
-
-fn recognised(period: &str, currency: &str, [b, r, d, u]: [Amount; 4]) -> Recognised {
+fn recognised(period: &str, currency: &str, a: &Amounts) -> Recognised {
     let digits = minor_unit_digits(currency);
     let fixed = |a: Amount| a.round_to(digits, Rounding::HalfEven).format_fixed(digits);
     Recognised {
         period: period.to_string(),
         currency: currency.to_string(),
-        billed: fixed(b),
-        recognised: fixed(r),
-        deferred: fixed(d),
-        unbilled: fixed(u),
-        balances: r + d == b + u,
+        billed: fixed(a.billed),
+        recognised: fixed(a.recognised),
+        deferred: fixed(a.deferred),
+        unbilled: fixed(a.unbilled),
+        balances: a.balances(),
     }
 }
 
@@ -381,24 +375,21 @@ pub struct RecognitionPeriod {
 
 fn recognition_periods(f: &Facts) -> Vec<RecognitionPeriod> {
     // By currency, then period: the balances run in period order.
-    let mut sums: BTreeMap<(&str, &str), [Amount; 4]> = BTreeMap::new();
-    for r in &f.schedule {
-        let e = sums.entry((&r.currency, &r.period)).or_default();
-        for (s, x) in e.iter_mut().zip(amounts_of(r)) {
-            *s += x;
-        }
+    let mut sums: BTreeMap<(&str, &str), Amounts> = BTreeMap::new();
+    for (k, a) in &f.schedule {
+        sums.entry((&k.currency, &k.period)).or_default().add(*a);
     }
     let mut held: BTreeMap<&str, (Amount, Amount)> = BTreeMap::new();
     let mut out: Vec<RecognitionPeriod> = sums
         .into_iter()
         .map(|((currency, period), a)| {
             let balance = held.entry(currency).or_default();
-            balance.0 += a[2];
-            balance.1 += a[3];
+            balance.0 += a.deferred;
+            balance.1 += a.unbilled;
             let digits = minor_unit_digits(currency);
             let fixed = |a: Amount| a.round_to(digits, Rounding::HalfEven).format_fixed(digits);
             RecognitionPeriod {
-                amounts: recognised(period, currency, a),
+                amounts: recognised(period, currency, &a),
                 liability: fixed(balance.0),
                 asset: fixed(balance.1),
             }
@@ -426,13 +417,13 @@ pub struct ScheduleLine {
 fn schedule_lines(f: &Facts, customer: &str, period: Option<&str>) -> Vec<ScheduleLine> {
     f.schedule
         .iter()
-        .filter(|r| r.customer_id == customer && period_keeps(period, &r.period))
-        .map(|r| ScheduleLine {
-            contract: r.contract_id.clone(),
-            obligation: r.obligation.clone(),
-            service_period: r.service_period.clone(),
-            catch_up: r.service_period < r.period,
-            amounts: recognised(&r.period, &r.currency, amounts_of(r)),
+        .filter(|(k, _)| k.customer_id == customer && period_keeps(period, &k.period))
+        .map(|(k, a)| ScheduleLine {
+            contract: k.contract_id.clone(),
+            obligation: k.obligation.clone(),
+            service_period: k.service_period.clone(),
+            catch_up: is_catch_up(k),
+            amounts: recognised(&k.period, &k.currency, a),
         })
         .collect()
 }
