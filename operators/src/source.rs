@@ -116,6 +116,10 @@ pub enum Read {
 }
 
 /// Yields this worker's chunks in increasing epoch order.
+///
+/// A reader of Kafka partitions emits a chunk at its first epoch, even one stopped before it
+/// read anything: that chunk's [`Chunk::partitions`] are how the watermark learns the
+/// partitions exist and waits for them (a partition it has not heard of cannot hold it back).
 pub trait ChunkReader: 'static {
     /// The epoch of the next chunk, without reading it.
     fn peek_epoch(&mut self) -> Option<Epoch>;

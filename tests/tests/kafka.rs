@@ -654,6 +654,81 @@ fn sigterm_to_one_process_stops_the_whole_cluster_at_one_commit() {
 }
 
 #[test]
+fn a_sigterm_before_a_worker_read_anything_leaves_its_partition_holding_the_watermark() {
+    // Two workers, one partition each. Partition 0 holds a backlog reaching into October;
+    // partition 1 is still empty when SIGTERM comes, and epochs are cut by size only, so
+    // worker 1 has emitted no chunk yet. Its partition must still be in the commit, not idle
+    // and with nothing read, holding the watermark: were it left out, the watermark recorded
+    // would be partition 0's, and partition 1's September events, produced after the stop,
+    // would be billed as late October adjustments or refused as too old on the next start.
+    let f = Fixture::starting(
+        "kafka-sigterm-unread",
+        20_000,
+        2,
+        "30s",
+        "2026-09-22T00:00:00Z",
+    );
+    f.set_threads(2);
+    let path = f.dir.path().join("kafka.toml");
+    let config = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        config.replace(
+            "epoch_interval = \"100ms\"\n",
+            "epoch_interval = \"600s\"\nmax_epoch_bytes = 262144\n",
+        ),
+    )
+    .unwrap();
+    let (first, second): (Vec<&str>, Vec<&str>) = f
+        .lines
+        .iter()
+        .map(String::as_str)
+        .partition(|l| partition_of_record(l, f.partitions) != Some(1));
+    let brokers = f.broker.brokers();
+    produce(&brokers, TOPIC, f.partitions, &first, BATCHING);
+    let mut run = f.spawn();
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(run.try_wait().unwrap().is_none(), "the run reads");
+    run.terminate();
+    assert!(run.wait_within(GRACE).success(), "the run exits 0");
+    let partitions = f
+        .ch
+        .query("SELECT partitions FROM meterflow.sink_progress ORDER BY generation DESC, epoch DESC LIMIT 1 FORMAT TSV")
+        .unwrap();
+    assert!(
+        partitions.contains(r#"{"source":"usage","partition":1,"max_time_ms":null,"idle":false}"#),
+        "the commit names the partition nothing was read from: {partitions}"
+    );
+    assert!(
+        partitions.contains(r#""partition":0,"max_time_ms":17"#),
+        "the commit covers events of partition 0: {partitions}"
+    );
+
+    produce(&brokers, TOPIC, f.partitions, &second, BATCHING);
+    std::fs::write(
+        &path,
+        config.replace("exit_when_idle = \"30s\"", "exit_when_idle = \"3s\""),
+    )
+    .unwrap();
+    f.run_to_the_end();
+    f.run_reference();
+    let judged = |db: &str, sql: &str| count(&f.ch, &sql.replace("{db}", db));
+    for sql in [
+        "SELECT count() FROM {db}.rejections WHERE reason = 'timestamp_too_old'",
+        "SELECT count() FROM {db}.usage_events WHERE arrival = 'late'",
+    ] {
+        assert_eq!(judged("meterflow", sql), judged("reference", sql), "{sql}");
+    }
+    let september =
+        "SELECT count() FROM {db}.usage_events WHERE service_period = '2026-09' AND partition = 1";
+    assert!(
+        judged("meterflow", september) > 1_000,
+        "partition 1 holds September's usage"
+    );
+    assert_billed_like_reference(&f.ch, "after a SIGTERM before one worker read anything");
+}
+
+#[test]
 fn late_events_across_a_period_close_are_billed_the_same_through_short_lived_restarts() {
     // Twenty days across the September close, 3% of events 2 to 72 hours late: many land
     // around October 1st, late for a closed September or just inside its tolerance hour.

@@ -370,6 +370,9 @@ pub struct KafkaReader {
     /// Keys and headers of `messages`.
     meta: Vec<u8>,
     done: bool,
+    /// Whether a chunk was emitted: the first one names this reader's partitions to the
+    /// watermark, and must be emitted even when the reader stops before reading anything.
+    reported: bool,
     /// Set by the catalog watcher: emit what is read, then finish (the run drains and resumes
     /// with the new catalog).
     stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
@@ -511,6 +514,7 @@ impl KafkaReader {
             messages: Vec::new(),
             meta: Vec::new(),
             done: false,
+            reported: false,
             stop: None,
         })
     }
@@ -719,7 +723,12 @@ impl ChunkReader for KafkaReader {
         {
             return Read::Pending;
         }
-        if stopping && self.bytes.is_empty() {
+        // A reader stopped with nothing read ends without another chunk, unless it never
+        // emitted one: its partitions would then be unknown to the watermark, which the other
+        // readers' partitions alone would carry past them; the commit would record that
+        // watermark, and after the restart this reader's first events would be judged late or
+        // too old against it (an uninterrupted run holds the watermark for them).
+        if stopping && self.bytes.is_empty() && self.reported {
             self.done = true;
             return Read::Done;
         }
@@ -764,6 +773,79 @@ impl ChunkReader for KafkaReader {
         };
         self.epoch += 1;
         self.epoch_started = Instant::now();
+        self.reported = true;
         Read::Chunk(chunk)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::mocking::MockCluster;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+
+    fn reader(
+        cluster: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
+        worker: usize,
+    ) -> (KafkaReader, Arc<AtomicBool>) {
+        let cfg = KafkaConfig {
+            brokers: cluster.bootstrap_servers(),
+            // Long enough that no chunk is cut by time while the test runs.
+            epoch_interval: Span(60_000),
+            ..KafkaConfig::default()
+        };
+        let all = [("usage".to_string(), 0), ("usage".to_string(), 1)];
+        let stop = Arc::new(AtomicBool::new(false));
+        let reader = KafkaReader::new(&cfg, &all, worker, 2, None)
+            .unwrap()
+            .stopping_on(stop.clone());
+        (reader, stop)
+    }
+
+    fn chunk(read: Read) -> Chunk {
+        match read {
+            Read::Chunk(c) => c,
+            Read::Pending => panic!("pending"),
+            Read::Done => panic!("done"),
+            Read::Failed(e) => panic!("failed: {e}"),
+        }
+    }
+
+    #[test]
+    fn a_reader_stopped_before_its_first_chunk_still_names_its_partitions() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("usage", 2, 1).unwrap();
+        let (mut reader, stop) = reader(&cluster, 1);
+        assert!(matches!(reader.next_chunk(Vec::new()), Read::Pending));
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Its first and last chunk, at the run's first epoch: nothing read, its partition not
+        // idle, so the watermark waits for it (in this run and, through the commit, the next).
+        let last = chunk(reader.next_chunk(Vec::new()));
+        assert_eq!(last.epoch, 0);
+        assert!(last.bytes.is_empty() && last.positions.is_empty());
+        assert_eq!(
+            last.partitions,
+            [PartitionState {
+                source: 0,
+                partition: 1,
+                idle: false
+            }]
+        );
+        assert!(matches!(reader.next_chunk(Vec::new()), Read::Done));
+        assert_eq!(reader.peek_epoch(), None);
+    }
+
+    #[test]
+    fn a_reader_stopped_with_nothing_new_after_a_chunk_ends_without_another() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("usage", 2, 1).unwrap();
+        let (mut reader, stop) = reader(&cluster, 0);
+        reader.epoch_started -= Duration::from_secs(120);
+        let first = chunk(reader.next_chunk(Vec::new()));
+        assert_eq!((first.epoch, first.partitions.len()), (0, 1));
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(matches!(reader.next_chunk(Vec::new()), Read::Done));
+        assert_eq!(reader.peek_epoch(), None);
     }
 }
