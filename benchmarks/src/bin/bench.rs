@@ -10,8 +10,11 @@
 //! entitlement signals), the figure B1 ratios were measured against until session 21.
 //!
 //! usage: bench [--events N] [--dir DIR] [--out DIR] [--customers N] [--chunk-bytes N]
-//!              [--checksum-rate F] [--runs N]
+//!              [--checksum-rate F] [--runs N] [--no-cluster]
 //!
+//! Each round also runs meterflow as a cluster of two processes with one worker each, on
+//! loopback (issue 22's scaling figure: against one process `-w 1` in the same run); the
+//! cluster's peak RSS is process 0's. `--no-cluster` skips it.
 //! `--dir` holds the generated input (cached between runs); `--out` receives the output tables,
 //! by default on tmpfs (`/dev/shm`) so the numbers measure meterflow rather than the disk. Pass
 //! `--out DIR` on a disk to measure with the disk in the loop.
@@ -33,6 +36,8 @@ struct Args {
     chunk_bytes: u64,
     checksum_rate: f64,
     runs: usize,
+    /// Also run a cluster of two processes with one worker each (issue 22's scaling figure).
+    cluster: bool,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -49,6 +54,7 @@ fn parse_args() -> anyhow::Result<Args> {
         chunk_bytes: 4 << 20,
         checksum_rate: 0.0,
         runs: 1,
+        cluster: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -61,6 +67,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--chunk-bytes" => a.chunk_bytes = value()?.parse()?,
             "--checksum-rate" => a.checksum_rate = value()?.parse()?,
             "--runs" => a.runs = value()?.parse()?,
+            "--no-cluster" => a.cluster = false,
             other => bail!("unknown flag {other}; see the header of benchmarks/src/bin/bench.rs"),
         }
     }
@@ -172,13 +179,46 @@ fn main() -> anyhow::Result<()> {
                 counts: counts(&out)?,
             });
         }
+        if args.cluster {
+            let out = args.out.join("cluster");
+            let secs = run_cluster(&meterflow, &args.out, |process| {
+                vec![
+                    "run".into(),
+                    "--input".into(),
+                    events.display().to_string(),
+                    "--catalog".into(),
+                    catalog.display().to_string(),
+                    "--out".into(),
+                    out.display().to_string(),
+                    "--config".into(),
+                    config.display().to_string(),
+                    "-w".into(),
+                    "1".into(),
+                    "-n".into(),
+                    "2".into(),
+                    "-p".into(),
+                    process.to_string(),
+                    "--hostfile".into(),
+                    args.out.join("hosts").display().to_string(),
+                    "--quiet".into(),
+                ]
+            })?;
+            results.push(Measured {
+                name: format!("{CLUSTER} #{round}"),
+                seconds: secs,
+                counts: counts(&out)?,
+            });
+        }
         // Checked after the round's timed runs: the comparison holds both tables in memory,
         // and the page reclaim after it would slow whatever runs next.
-        for workers in [1, 2] {
-            let name = format!("meterflow -w {workers}");
+        let clustered = args.cluster.then_some(("cluster", CLUSTER));
+        for (dir, name) in [("w1", "meterflow -w 1"), ("w2", "meterflow -w 2")]
+            .into_iter()
+            .chain(clustered)
+        {
             same_tables(
                 (&args.out.join("baseline"), "the baseline"),
-                (&args.out.join(format!("w{workers}")), &name),
+                (&args.out.join(dir), name),
                 BASELINE_TABLES,
             )
             .map_err(anyhow::Error::msg)?;
@@ -260,5 +300,50 @@ fn main() -> anyhow::Result<()> {
         core_secs / w2,
         w1 / w2
     );
+    if args.cluster {
+        let c = best(CLUSTER);
+        println!(
+            "{CLUSTER}: {:.0} events/s, {:.2}x the baseline; scaling against one process -w 1: {:.2}x",
+            received / c,
+            baseline_secs / c,
+            w1 / c
+        );
+    }
     Ok(())
+}
+
+const CLUSTER: &str = "meterflow 2 processes x 1 worker";
+
+/// Runs a cluster of two processes on loopback (a hostfile of free ports in `dir`), each with
+/// the arguments `args(process)`; the time from the first start to the last exit.
+fn run_cluster(
+    meterflow: &Path,
+    dir: &Path,
+    args: impl Fn(usize) -> Vec<String>,
+) -> anyhow::Result<f64> {
+    std::fs::create_dir_all(dir)?;
+    meterflow_tests::servers::write_hostfile(dir, 2);
+    let start = Instant::now();
+    let children = (0..2)
+        .map(|p| {
+            Command::new(meterflow)
+                .env("METERFLOW_LOG", "warn")
+                .args(args(p))
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .with_context(|| format!("cannot start process {p} of the cluster"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    for (p, child) in children.into_iter().enumerate() {
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!(
+                "process {p} of the cluster failed:\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    Ok(start.elapsed().as_secs_f64())
 }
