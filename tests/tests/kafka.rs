@@ -933,6 +933,85 @@ fn a_partition_without_a_committed_position_is_read_from_its_beginning_after_a_r
 }
 
 #[test]
+fn start_from_latest_never_reads_the_history_of_a_partition_quiet_until_the_first_commit() {
+    // Both partitions hold history when the pipeline first starts, with `start_from =
+    // "latest"`: the owner bills from here on (the history was billed elsewhere). Partition 1
+    // gets nothing new before the first run commits; then new records arrive on it. The
+    // restarted pipeline must read those, and not partition 1's history: without a committed
+    // position it read the partition from its beginning, billing the history.
+    let f = Fixture::new("kafka-latest-quiet", 4_000, 2, "6s");
+    let d = f.dir.path();
+    let share = |p: i32| -> Vec<&str> {
+        f.lines
+            .iter()
+            .map(String::as_str)
+            .filter(|l| partition_of_record(l, 2) == Some(p))
+            .collect()
+    };
+    let (zero, one) = (share(0), share(1));
+    let (old0, new0) = zero.split_at(zero.len() / 2);
+    let (old1, new1) = one.split_at(one.len() / 2);
+    let brokers = f.broker.brokers();
+    produce(&brokers, TOPIC, 2, &[old0, old1].concat(), BATCHING);
+    let config = std::fs::read_to_string(d.join("kafka.toml")).unwrap();
+    std::fs::write(
+        d.join("kafka.toml"),
+        config.replace("exit_when_idle", "start_from = \"latest\"\nexit_when_idle")
+            + "\n[dedup]\nhorizon = \"40d\"\n",
+    )
+    .unwrap();
+    // The first run starts at the end of both partitions, then reads what arrives on
+    // partition 0 only.
+    let mut run = f.spawn();
+    wait_for(
+        &f.ch,
+        "SELECT count() FROM meterflow.sink_progress",
+        1,
+        "the first commit",
+    );
+    produce(&brokers, TOPIC, 2, new0, BATCHING);
+    assert!(
+        run.wait().unwrap().success(),
+        "the first run exits when idle"
+    );
+    let read_from = |p: i32| {
+        count(
+            &f.ch,
+            &format!(
+                "SELECT count() FROM (SELECT offset FROM meterflow.usage_events WHERE partition = {p} UNION ALL SELECT offset FROM meterflow.rejections WHERE partition = {p} UNION ALL SELECT offset FROM meterflow.duplicates WHERE partition = {p})"
+            ),
+        )
+    };
+    assert_eq!(
+        read_from(0),
+        new0.len() as u64,
+        "partition 0: what arrived after the start"
+    );
+    assert_eq!(read_from(1), 0, "partition 1: nothing arrived yet");
+    let committed = f
+        .ch
+        .query("SELECT offsets FROM meterflow.sink_progress ORDER BY generation DESC, epoch DESC LIMIT 1 FORMAT TSV")
+        .unwrap();
+    assert!(
+        committed.contains("\"partition\":1"),
+        "the commit records where partition 1 was started: {committed}"
+    );
+
+    produce(&brokers, TOPIC, 2, new1, BATCHING);
+    f.run_to_the_end();
+    assert_eq!(
+        read_from(0),
+        new0.len() as u64,
+        "partition 0 after the restart"
+    );
+    assert_eq!(
+        read_from(1),
+        new1.len() as u64,
+        "partition 1: what arrived after the first start, and none of its history"
+    );
+}
+
+#[test]
 fn a_broker_outage_mid_stream_loses_nothing() {
     let mut f = Fixture::new("kafka-outage", 30_000, 2, "6s");
     let half = f.lines.len() / 2;

@@ -364,7 +364,6 @@ pub struct KafkaReader {
     /// When the source last asked for a chunk: a long gap means flow control held the reader.
     last_asked: Instant,
     last_warning: Option<Instant>,
-    start_latest: bool,
     bytes: Vec<u8>,
     messages: Vec<MessageSpan>,
     /// Keys and headers of `messages`.
@@ -445,7 +444,15 @@ impl KafkaReader {
                     next_offsets.insert((source, *partition), o);
                     Offset::Offset(o as i64)
                 }
-                None if start_latest => Offset::End,
+                // Where the partition ends now, recorded as its position: every commit then
+                // names it, even when nothing arrives on it before the run stops. Without a
+                // position, a restart reads a partition from its beginning, and the history
+                // `latest` was chosen to skip would be billed.
+                None if start_latest => {
+                    let end = end_offset(&consumer, topic, *partition)?;
+                    next_offsets.insert((source, *partition), end);
+                    Offset::Offset(end as i64)
+                }
                 None => Offset::Beginning,
             };
             tpl.add_partition_offset(topic, *partition, offset)
@@ -509,7 +516,6 @@ impl KafkaReader {
             last_end_check: Instant::now(),
             last_asked: Instant::now(),
             last_warning: None,
-            start_latest,
             bytes: Vec::new(),
             messages: Vec::new(),
             meta: Vec::new(),
@@ -680,7 +686,9 @@ impl KafkaReader {
             self.at_end.contains(&(source, partition))
                 || match self.next_offsets.get(&(source, partition)) {
                     Some(&next) => next as i64 >= high,
-                    None => self.start_latest || high <= low,
+                    // Never read and no position: started at its beginning (`latest` records
+                    // the end it started at as a position).
+                    None => high <= low,
                 }
         });
         if unreachable {
@@ -695,6 +703,31 @@ impl KafkaReader {
             );
         }
         at_end
+    }
+}
+
+/// The offset a partition's next message will get (its high watermark), asked of the broker.
+/// A broker that does not answer is asked again with backoff, for about a minute, before the
+/// start fails: nothing has been read yet, so nothing is lost.
+fn end_offset(consumer: &BaseConsumer, topic: &str, partition: i32) -> Result<u64, String> {
+    const ATTEMPTS: u32 = 6;
+    let mut pause = Duration::from_millis(500);
+    let mut attempt = 1;
+    loop {
+        match consumer.fetch_watermarks(topic, partition, Duration::from_secs(5)) {
+            Ok((_, high)) => return Ok(high.max(0) as u64),
+            Err(e) if attempt < ATTEMPTS => {
+                tracing::warn!(topic, partition, error = %e, attempt, "kafka.start_from = \"latest\": cannot ask the broker where the partition ends; retrying");
+                std::thread::sleep(pause);
+                pause *= 2;
+                attempt += 1;
+            }
+            Err(e) => {
+                return Err(format!(
+                    "kafka.start_from = \"latest\": the broker did not say where {topic} partition {partition} ends ({e}); check kafka.brokers and that the broker is up, then start again (nothing was read)"
+                ))
+            }
+        }
     }
 }
 
