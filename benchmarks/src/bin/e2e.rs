@@ -21,7 +21,11 @@
 //!
 //! usage: e2e [--events N] [--partitions P] [--batch N] [--rate R] [--seconds S]
 //!            [--workers W] [--dir DIR] [--customers N] [--span D] [--extra 'TOML']
-//!            [--latency-only]
+//!            [--latency-only] [--scaling]
+//!
+//! `--scaling` runs only issue 22's scaling figure: meterflow with one worker, then two, on the
+//! same topics (one event per message, and batched), ClickHouse in the loop, and prints `-w 2`
+//! against `-w 1` for each.
 //!
 //! `--span` is the event time the generated stream spans (`meterflow gen --span`; 60 days if
 //! not given). The default is a backfill: 60 days of usage replayed in seconds, so most
@@ -72,6 +76,8 @@ struct Args {
     /// Dotted TOML keys added to meterflow's config.
     extra: String,
     latency_only: bool,
+    /// Only the scaling runs: one and two workers on the same topics, ClickHouse in the loop.
+    scaling: bool,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -87,6 +93,7 @@ fn parse_args() -> anyhow::Result<Args> {
         dir: PathBuf::from("target/bench-data"),
         extra: String::new(),
         latency_only: false,
+        scaling: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -102,6 +109,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--span" => a.span = Some(value()?),
             "--dir" => a.dir = PathBuf::from(value()?),
             "--latency-only" => a.latency_only = true,
+            "--scaling" => a.scaling = true,
             "--extra" => a.extra = value()?.replace("\\n", "\n"),
             other => bail!("unknown flag {other}; see the header of benchmarks/src/bin/e2e.rs"),
         }
@@ -139,6 +147,7 @@ enum Sink {
 /// How long meterflow waits on an idle topic before it exits, in the throughput runs.
 const IDLE_S: f64 = 2.0;
 
+#[derive(Clone)]
 struct Env<'a> {
     meterflow: &'a Path,
     work: &'a Path,
@@ -474,6 +483,10 @@ fn main() -> anyhow::Result<()> {
         args.workers
     );
 
+    if args.scaling {
+        return scaling(&env, &cluster, &lines, args.batch);
+    }
+
     let mut results = Vec::new();
     // The same topics read into CSV files instead of ClickHouse: what the box gives with
     // ClickHouse taken out of the run.
@@ -705,6 +718,62 @@ fn main() -> anyhow::Result<()> {
     drop(ch);
     if std::env::var_os("E2E_DEBUG").is_none() {
         let _ = std::fs::remove_dir_all(&work);
+    }
+    Ok(())
+}
+
+/// `-w 1` and `-w 2` draining the same topics into ClickHouse, one event per message and
+/// batched: events/s of each, and their ratio.
+fn scaling(
+    env: &Env,
+    cluster: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    lines: &[&str],
+    batch: usize,
+) -> anyhow::Result<()> {
+    let events = lines.len() as f64;
+    println!(
+        "\n{} records, {} partitions, ClickHouse 18.16, librdkafka mock broker; all on this machine\n",
+        lines.len(),
+        env.partitions
+    );
+    println!("| messages | `-w 1` events/s | `-w 2` events/s | `-w 2` / `-w 1` | `-w 1` / `-w 2` CPU-s (meterflow) |");
+    println!("|---|---:|---:|---:|---:|");
+    for (mode, batching) in [
+        ("single", Batching { every: 0, size: 1 }),
+        (
+            "batched",
+            Batching {
+                every: 1,
+                size: batch,
+            },
+        ),
+    ] {
+        let mut runs = Vec::new();
+        for workers in [1, 2] {
+            let env = Env {
+                workers,
+                ..env.clone()
+            };
+            let name = format!("{mode}_w{workers}");
+            eprintln!("throughput: {name}");
+            runs.push(throughput(
+                &env,
+                cluster,
+                lines,
+                &name,
+                batching,
+                Sink::ClickHouse,
+            )?);
+        }
+        let (one, two) = (&runs[0], &runs[1]);
+        println!(
+            "| {mode} | {:.0} | {:.0} | {:.2}x | {:.2} / {:.2} |",
+            events / one.meterflow_s,
+            events / two.meterflow_s,
+            one.meterflow_s / two.meterflow_s,
+            one.cpu[0],
+            two.cpu[0]
+        );
     }
     Ok(())
 }
