@@ -105,6 +105,15 @@ impl Fixture {
         }
     }
 
+    /// The records that go to partition `p`, in order.
+    fn records_of(&self, p: i32) -> Vec<&str> {
+        self.lines
+            .iter()
+            .map(String::as_str)
+            .filter(|l| partition_of_record(l, self.partitions) == Some(p))
+            .collect()
+    }
+
     fn produce(&self, range: std::ops::Range<usize>) {
         let lines: Vec<&str> = self.lines[range].iter().map(String::as_str).collect();
         produce(
@@ -892,14 +901,7 @@ fn a_partition_without_a_committed_position_is_read_from_its_beginning_after_a_r
     // `latest` applied to every partition without a committed position).
     let f = Fixture::new("kafka-latest", 4_000, 2, "3s");
     let d = f.dir.path();
-    let share = |p: i32| -> Vec<&str> {
-        f.lines
-            .iter()
-            .map(String::as_str)
-            .filter(|l| partition_of_record(l, 2) == Some(p))
-            .collect()
-    };
-    let (first, second) = (share(0), share(1));
+    let (first, second) = (f.records_of(0), f.records_of(1));
     assert_eq!(
         first.len() + second.len(),
         f.lines.len(),
@@ -941,14 +943,7 @@ fn start_from_latest_never_reads_the_history_of_a_partition_quiet_until_the_firs
     // position it read the partition from its beginning, billing the history.
     let f = Fixture::new("kafka-latest-quiet", 4_000, 2, "6s");
     let d = f.dir.path();
-    let share = |p: i32| -> Vec<&str> {
-        f.lines
-            .iter()
-            .map(String::as_str)
-            .filter(|l| partition_of_record(l, 2) == Some(p))
-            .collect()
-    };
-    let (zero, one) = (share(0), share(1));
+    let (zero, one) = (f.records_of(0), f.records_of(1));
     let (old0, new0) = zero.split_at(zero.len() / 2);
     let (old1, new1) = one.split_at(one.len() / 2);
     let brokers = f.broker.brokers();
