@@ -6,11 +6,13 @@
 //! - **Usage** (`usage:<sku>`) is recognised as consumed, in its service period. Late usage of a
 //!   closed period (an `adjustment` line) is recognised in the period that bills it, as a
 //!   `catch_up` row naming the service period it belongs to.
-//! - **Subscriptions** are recognised ratably by day over their service period.
+//! - **Subscriptions** are recognised ratably by day over their service period. Each fee is an
+//!   obligation of its own (`subscription:<fee>`): the invoice's subscription line is allocated
+//!   across a contract's fees by their list prices, their standalone selling prices.
 //! - **Commitment true-ups** are recognised when the shortfall is known: when the period closes.
 //! - **Discounts and the spend cap** are allocated pro rata (by amount) to the obligations they
 //!   apply to: a SKU's discount to that SKU's usage; an invoice discount to usage and
-//!   subscriptions; the cap to usage. They are recognised with them.
+//!   subscription fees; the cap to usage. They are recognised with them.
 //! - **Prepaid credit** is a contract liability: the prepayment opens it when the grant is made
 //!   (obligation `prepaid credit:<grant>`, billed and deferred), the usage it pays for is
 //!   recognised in full while the credit line draws the liability down (`deferred` < 0,
@@ -221,6 +223,12 @@ pub(crate) fn share(amount: Amount, part: Amount, whole: Amount) -> Amount {
 
 /// Spreads `amount` over `targets` pro rata to their amounts; the rounding remainder goes to the
 /// largest, so the shares sum to `amount` exactly.
+/// A subscription fee's obligation (`subscription:<fee>`, or `subscription` for a contract
+/// whose fees the schedule was not told).
+fn is_subscription(k: &ScheduleKey) -> bool {
+    k.obligation == "subscription" || k.obligation.starts_with("subscription:")
+}
+
 fn allocate(amount: Amount, targets: &mut [(&ScheduleKey, Amount)]) -> Vec<(ScheduleKey, Amount)> {
     let whole: Amount = targets.iter().map(|(_, a)| *a).sum();
     let mut out: Vec<(ScheduleKey, Amount)> = targets
@@ -239,18 +247,21 @@ fn allocate(amount: Amount, targets: &mut [(&ScheduleKey, Amount)]) -> Vec<(Sche
     out
 }
 
-/// A contract's credit grants, as the schedule reads them.
-pub struct Credits<'a> {
+/// What the schedule reads of a contract's terms: its credit grants and its subscription fees.
+pub struct Terms<'a> {
     pub customer: String,
     pub contract: String,
     pub currency: String,
     /// In burn order, as the catalog holds them.
     pub grants: &'a [CreditGrant],
+    /// Its subscription fees at list price, by name: each is an obligation of its own, and the
+    /// invoice's subscription line is allocated across them by these prices.
+    pub fees: &'a [(String, Amount)],
 }
 
 /// Replays a contract's credit lines through pricing's burn order: what its promotional grants
 /// paid of each invoice, and what each grant holds after the last.
-fn replay(c: &Credits, lines: &[BilledLine], unit: PeriodUnit) -> CreditReplay {
+fn replay(c: &Terms, lines: &[BilledLine], unit: PeriodUnit) -> CreditReplay {
     let mut used: BTreeMap<&str, Amount> = BTreeMap::new();
     for l in lines
         .iter()
@@ -267,13 +278,17 @@ fn replay(c: &Credits, lines: &[BilledLine], unit: PeriodUnit) -> CreditReplay {
 /// not in it).
 pub fn schedule(
     lines: &[BilledLine],
-    credits: &[Credits],
+    terms: &[Terms],
     unit: PeriodUnit,
     as_of: EventTime,
 ) -> Schedule {
-    let burnt: BTreeMap<&str, CreditReplay> = credits
+    let burnt: BTreeMap<&str, CreditReplay> = terms
         .iter()
         .map(|c| (c.contract.as_str(), replay(c, lines, unit)))
+        .collect();
+    let fees: BTreeMap<&str, &[(String, Amount)]> = terms
+        .iter()
+        .map(|c| (c.contract.as_str(), c.fees))
         .collect();
     let mut invoices: BTreeMap<(&str, &str, &str, &str), Vec<&BilledLine>> = BTreeMap::new();
     for l in lines
@@ -308,7 +323,30 @@ pub fn schedule(
                 LineKind::Usage | LineKind::Adjustment => {
                     key(format!("usage:{}", l.sku), &l.service_period)
                 }
-                LineKind::Subscription => key("subscription".into(), &l.service_period),
+                LineKind::Subscription => {
+                    // One obligation per fee, the line allocated by the fees' list prices (their
+                    // standalone selling prices; proration scales them all alike).
+                    let list: Vec<(ScheduleKey, Amount)> = fees
+                        .get(contract)
+                        .into_iter()
+                        .flat_map(|f| f.iter())
+                        .filter(|(_, a)| *a > Amount::ZERO)
+                        .map(|(name, a)| {
+                            (key(format!("subscription:{name}"), &l.service_period), *a)
+                        })
+                        .collect();
+                    let mut targets: Vec<(&ScheduleKey, Amount)> =
+                        list.iter().map(|(k, a)| (k, *a)).collect();
+                    if targets.is_empty() {
+                        *price
+                            .entry(key("subscription".into(), &l.service_period))
+                            .or_default() += l.amount;
+                    }
+                    for (k, a) in allocate(l.amount, &mut targets) {
+                        *price.entry(k).or_default() += a;
+                    }
+                    continue;
+                }
                 LineKind::Commitment => key("commitment true-up".into(), &l.service_period),
                 LineKind::Credit => {
                     credit += l.amount;
@@ -327,7 +365,7 @@ pub fn schedule(
             let usage_of = |k: &ScheduleKey| k.obligation.starts_with("usage:");
             let applies = |k: &ScheduleKey| match (l.kind, l.sku.as_str()) {
                 (LineKind::Cap, _) => usage_of(k),
-                (_, "") => usage_of(k) || k.obligation == "subscription",
+                (_, "") => usage_of(k) || is_subscription(k),
                 (_, sku) => k.obligation == format!("usage:{sku}"),
             };
             let mut targets: Vec<(&ScheduleKey, Amount)> = price
@@ -371,7 +409,7 @@ pub fn schedule(
         for (k, x) in allocated {
             let recognised = if closed {
                 x
-            } else if k.obligation == "subscription" {
+            } else if is_subscription(&k) {
                 // Ratably by day: the whole days elapsed of the period.
                 let day = 86_400_000;
                 let elapsed = ((as_of.0 - start.0).max(0) / day) as i128;
@@ -421,7 +459,7 @@ pub fn schedule(
                 .add(row);
         }
     }
-    for c in credits {
+    for c in terms {
         prepaid_credit(
             &mut out,
             c,
@@ -442,7 +480,7 @@ pub fn schedule(
 ///   released) in the last period it could pay for, once that period closed.
 fn prepaid_credit(
     out: &mut Schedule,
-    c: &Credits,
+    c: &Terms,
     left: &[Amount],
     unit: PeriodUnit,
     as_of: EventTime,
@@ -570,6 +608,51 @@ mod tests {
     }
 
     #[test]
+    fn each_fee_is_an_obligation_allocated_by_its_list_price() {
+        // Platform 40 and support 20 a month, prorated to half of October: a 30 line. The
+        // invoice discount of 12 goes to usage 90 and the fees 30 by amount: 9 and 3.
+        let fees = [
+            ("platform".to_string(), a("40")),
+            ("support".to_string(), a("20")),
+        ];
+        let terms = [Terms {
+            customer: "acme".into(),
+            contract: "acme-1".into(),
+            currency: "USD".into(),
+            grants: &[],
+            fees: &fees,
+        }];
+        let lines = [
+            line(LineKind::Usage, "tokens", "2026-10", "2026-10", "90"),
+            line(LineKind::Subscription, "", "2026-10", "2026-10", "30"),
+            line(LineKind::Discount, "", "2026-10", "2026-10", "-12"),
+        ];
+        let s = schedule(&lines, &terms, PeriodUnit::Month, t("2026-11-05T00:00:00Z"));
+        assert_eq!(
+            get(&s, "subscription:platform", "2026-10").recognised,
+            a("18")
+        );
+        assert_eq!(
+            get(&s, "subscription:support", "2026-10").recognised,
+            a("9")
+        );
+        assert_eq!(get(&s, "usage:tokens", "2026-10").recognised, a("81"));
+        assert_eq!(get(&s, "subscription", "2026-10"), Amounts::default());
+        // Open, ten whole days of November's thirty: each fee by day, each exact to 18 digits.
+        let open = [line(LineKind::Subscription, "", "2026-11", "2026-11", "60")];
+        let s = schedule(&open, &terms, PeriodUnit::Month, t("2026-11-11T06:00:00Z"));
+        let platform = get(&s, "subscription:platform", "2026-11");
+        let support = get(&s, "subscription:support", "2026-11");
+        assert_eq!(platform.recognised, a("13.333333333333333333"));
+        assert_eq!(support.recognised, a("6.666666666666666666"));
+        assert_eq!(
+            platform.unbilled + support.unbilled,
+            a("19.999999999999999999")
+        );
+        assert!(s.values().all(Amounts::balances));
+    }
+
+    #[test]
     fn an_open_month_recognises_usage_as_consumed_and_the_fee_by_day() {
         let lines = [
             line(LineKind::Usage, "tokens", "2026-11", "2026-11", "90"),
@@ -620,12 +703,13 @@ mod tests {
         }
     }
 
-    fn credits(grants: &[CreditGrant]) -> [Credits<'_>; 1] {
-        [Credits {
+    fn credits(grants: &[CreditGrant]) -> [Terms<'_>; 1] {
+        [Terms {
             customer: "acme".into(),
             contract: "acme-1".into(),
             currency: "USD".into(),
             grants,
+            fees: &[],
         }]
     }
 

@@ -10,8 +10,8 @@ use anyhow::anyhow;
 use meterflow_schemas::catalog::ContractIdx;
 use meterflow_schemas::money::{minor_unit_digits, Amount, Rounding};
 use meterflow_schemas::revenue::{
-    changes, is_catch_up, journal, net, schedule, Amounts, BilledLine, Credits, JournalLine,
-    Schedule, Scheduled,
+    changes, is_catch_up, journal, net, schedule, Amounts, BilledLine, JournalLine, Schedule,
+    Scheduled, Terms,
 };
 use meterflow_schemas::time::EventTime;
 
@@ -68,19 +68,20 @@ impl RevenueCommand {
             })
             .collect();
         let catalog = &r.catalog;
-        let credits: Vec<Credits> = catalog
+        let terms: Vec<Terms> = catalog
             .contracts
             .iter()
             .enumerate()
-            .map(|(i, c)| Credits {
+            .map(|(i, c)| Terms {
                 customer: catalog.customers[c.customer.ix()].id.clone(),
                 contract: c.id.clone(),
                 currency: catalog.currency_of(ContractIdx(i as u32)).to_string(),
                 grants: &c.terms.credits,
+                fees: &c.terms.fees,
             })
             .filter(|p| a.customer.as_deref().is_none_or(|c| c == p.customer))
             .collect();
-        let now = schedule(&billed, &credits, unit, as_of);
+        let now = schedule(&billed, &terms, unit, as_of);
         let rows = match &r.ch {
             Some(ch) => revenue::from_clickhouse(ch),
             None => revenue::from_files(&a.out),
