@@ -107,6 +107,24 @@ fn the_schedule_balances_recognises_what_is_billed_and_follows_a_void() {
     for (c, [b, r, d, u]) in &billed {
         assert_eq!((*u, *r + *d), (Amount::ZERO, *b), "{c}");
     }
+    // A fee is an obligation of its own, named after it: acme's platform fee recognises its
+    // October subscription line (acme's only discount is on tokens).
+    let fee: Amount = current_rows(&read_table(&out, "invoice_lines").unwrap())
+        .iter()
+        .filter(|r| {
+            r["contract_id"] == "acme-2026"
+                && r["invoice_period"] == "2026-10"
+                && r["line_type"] == "subscription"
+        })
+        .map(|r| Amount::parse(&r["amount"]).unwrap())
+        .sum();
+    let october = |o: &str| {
+        let p = "2026-10".to_string();
+        ("acme-2026".to_string(), o.to_string(), p.clone(), p)
+    };
+    assert!(fee > Amount::ZERO);
+    assert_eq!(first[&october("subscription:platform")][1], fee);
+    assert!(!first.contains_key(&october("subscription")));
     // Initech's onboarding credit, prepaid when granted (March): the prepayment opens the
     // liability that its credit lines draw down.
     let grant = first[&(
