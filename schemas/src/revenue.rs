@@ -328,8 +328,9 @@ pub fn schedule(
                     // standalone selling prices; proration scales them all alike).
                     let list: Vec<(ScheduleKey, Amount)> = fees
                         .get(contract)
-                        .into_iter()
-                        .flat_map(|f| f.iter())
+                        .copied()
+                        .unwrap_or_default()
+                        .iter()
                         .filter(|(_, a)| *a > Amount::ZERO)
                         .map(|(name, a)| {
                             (key(format!("subscription:{name}"), &l.service_period), *a)

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use clickhouse::Row;
 use meterflow_schemas::catalog::Catalog;
 use meterflow_schemas::money::Amount;
-use meterflow_schemas::revenue::{is_catch_up, Amounts, ScheduleKey, Scheduled};
+use meterflow_schemas::revenue::{is_catch_up, Amounts, Schedule, ScheduleKey, Scheduled};
 use meterflow_schemas::tables;
 use meterflow_schemas::time::{EventTime, PeriodUnit};
 use serde::{Deserialize, Serialize};
@@ -116,6 +116,54 @@ pub fn from_clickhouse(ch: &ClickHouse) -> Result<Vec<Scheduled>, String> {
             },
             sign: r.sign,
         })
+        .collect())
+}
+
+/// The schedule as it stands, netted by ClickHouse (`sum(x × sign)` per row key, the sums as
+/// exact text) instead of read row by row; rows that net to nothing are left out, as
+/// [`meterflow_schemas::revenue::net`] leaves them.
+pub fn netted_from_clickhouse(ch: &ClickHouse) -> Result<Schedule, String> {
+    #[derive(clickhouse::Row, Deserialize)]
+    struct Netted {
+        customer_id: String,
+        contract_id: String,
+        obligation: String,
+        service_period: String,
+        period: String,
+        currency: String,
+        billed: String,
+        recognised: String,
+        deferred: String,
+        unbilled: String,
+    }
+    let rows: Vec<Netted> = ch.fetch(
+        "SELECT customer_id, contract_id, obligation, service_period, period, currency, \
+         toString(sum(billed * sign)) AS billed, toString(sum(recognised * sign)) AS recognised, \
+         toString(sum(deferred * sign)) AS deferred, toString(sum(unbilled * sign)) AS unbilled \
+         FROM {db}.revenue_schedule \
+         GROUP BY customer_id, contract_id, obligation, service_period, period, currency",
+    )?;
+    let amount = |x: &str| Amount::parse(x).unwrap_or_default();
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let amounts = Amounts {
+                billed: amount(&r.billed),
+                recognised: amount(&r.recognised),
+                deferred: amount(&r.deferred),
+                unbilled: amount(&r.unbilled),
+            };
+            let key = ScheduleKey {
+                customer_id: r.customer_id,
+                contract_id: r.contract_id,
+                obligation: r.obligation,
+                service_period: r.service_period,
+                period: r.period,
+                currency: r.currency,
+            };
+            (key, amounts)
+        })
+        .filter(|(_, a)| *a != Amounts::default())
         .collect())
 }
 

@@ -6,7 +6,7 @@ use std::path::Path;
 use meterflow_schemas::catalog::Catalog;
 use meterflow_schemas::lag::Lagged;
 use meterflow_schemas::money::{minor_unit_digits, Amount, Quantity, Rounding};
-use meterflow_schemas::revenue::{self, Amounts, Schedule, ScheduleKey};
+use meterflow_schemas::revenue::{self, Schedule};
 use meterflow_schemas::scorecard::Scored;
 use meterflow_schemas::time::{EventTime, PeriodUnit};
 use serde::{Deserialize, Serialize};
@@ -438,7 +438,7 @@ impl Facts {
                  toString(high) AS high, concat(replaceOne(toString(as_of), ' ', 'T'), '.000Z') AS as_of \
                  FROM {db}.v_exec_forecast ORDER BY month, stream, currency",
             )?,
-            schedule: schedule_from_clickhouse(ch)?,
+            schedule: crate::sinks::revenue::netted_from_clickhouse(ch)?,
             telemetry: None,
         })
     }
@@ -535,53 +535,6 @@ fn forecast_of(rows: &[CsvRow]) -> Vec<Forecasted> {
             },
         )
         .collect()
-}
-
-/// The revenue schedule as it stands, netted by ClickHouse (`sum(x × sign)` per row key); rows
-/// that net to nothing are left out, as [`revenue::net`] leaves them.
-fn schedule_from_clickhouse(ch: &ClickHouse) -> Result<Schedule, String> {
-    #[derive(clickhouse::Row, Deserialize)]
-    struct Netted {
-        customer_id: String,
-        contract_id: String,
-        obligation: String,
-        service_period: String,
-        period: String,
-        currency: String,
-        billed: String,
-        recognised: String,
-        deferred: String,
-        unbilled: String,
-    }
-    let rows: Vec<Netted> = ch.fetch(
-        "SELECT customer_id, contract_id, obligation, service_period, period, currency, \
-         toString(sum(billed * sign)) AS billed, toString(sum(recognised * sign)) AS recognised, \
-         toString(sum(deferred * sign)) AS deferred, toString(sum(unbilled * sign)) AS unbilled \
-         FROM {db}.revenue_schedule \
-         GROUP BY customer_id, contract_id, obligation, service_period, period, currency",
-    )?;
-    let amount = |x: &str| Amount::parse(x).unwrap_or_default();
-    Ok(rows
-        .into_iter()
-        .map(|r| {
-            let amounts = Amounts {
-                billed: amount(&r.billed),
-                recognised: amount(&r.recognised),
-                deferred: amount(&r.deferred),
-                unbilled: amount(&r.unbilled),
-            };
-            let key = ScheduleKey {
-                customer_id: r.customer_id,
-                contract_id: r.contract_id,
-                obligation: r.obligation,
-                service_period: r.service_period,
-                period: r.period,
-                currency: r.currency,
-            };
-            (key, amounts)
-        })
-        .filter(|(_, a)| *a != Amounts::default())
-        .collect())
 }
 
 fn anomaly_of(r: &CsvRow) -> Anomaly {
