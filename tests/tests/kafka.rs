@@ -1007,6 +1007,88 @@ fn start_from_latest_never_reads_the_history_of_a_partition_quiet_until_the_firs
 }
 
 #[test]
+fn a_first_run_under_latest_killed_before_its_first_commit_resumes_where_it_started() {
+    // `start_from = "latest"`: the pipeline bills what arrives from its first start on. The
+    // first run (a cluster of two processes) reads what arrives after it started, then dies by
+    // SIGKILL before it has committed any of it (epochs close by size only, and the records never fill one). The
+    // restart must bill those records: it skipped them, starting from the end as it was then,
+    // since nothing recorded where the first run had started.
+    let f = Fixture::new("kafka-latest-killed", 4_000, 2, "30s");
+    let d = f.dir.path();
+    let lines: Vec<&str> = f.lines.iter().map(String::as_str).collect();
+    let (history, arrived) = lines.split_at(lines.len() / 2);
+    let brokers = f.broker.brokers();
+    produce(&brokers, TOPIC, 2, history, BATCHING);
+    let config = std::fs::read_to_string(d.join("kafka.toml")).unwrap();
+    let latest = config.replace("exit_when_idle", "start_from = \"latest\"\nexit_when_idle");
+    std::fs::write(
+        d.join("kafka.toml"),
+        latest.replace(
+            "epoch_interval = \"100ms\"\n",
+            "epoch_interval = \"600s\"\nmax_epoch_bytes = 268435456\n",
+        ),
+    )
+    .unwrap();
+    // A cluster of two processes, process 1 started first: it waits for process 0 to record
+    // where the pipeline starts, and starts there too.
+    write_hostfile(d, 2);
+    let mut one = f.spawn_logging_to(
+        "meterflow-1.log",
+        "kafka.toml",
+        &["-n", "2", "-p", "1", "--hostfile", "hosts"],
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let mut zero = f.spawn_logging_to(
+        "meterflow-0.log",
+        "kafka.toml",
+        &["-n", "2", "-p", "0", "--hostfile", "hosts"],
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    for log in ["meterflow-0.log", "meterflow-1.log"] {
+        while !std::fs::read_to_string(d.join(log))
+            .unwrap_or_default()
+            .contains("run started")
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{log}: the run starts"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    produce(&brokers, TOPIC, 2, arrived, BATCHING);
+    // Time for the run to read them; what the test checks holds whether it has or not.
+    std::thread::sleep(Duration::from_secs(2));
+    for run in [&mut zero, &mut one] {
+        assert!(
+            run.try_wait().unwrap().is_none(),
+            "the first run is reading"
+        );
+    }
+    assert_eq!(
+        count(&f.ch, "SELECT max(epoch) FROM meterflow.sink_progress"),
+        0,
+        "nothing past the start is committed"
+    );
+    for run in [&mut zero, &mut one] {
+        run.kill().unwrap(); // SIGKILL
+        run.wait().unwrap();
+    }
+
+    let restart = latest.replace("exit_when_idle = \"30s\"", "exit_when_idle = \"3s\"");
+    std::fs::write(d.join("kafka.toml"), restart).unwrap();
+    f.run_to_the_end();
+    assert_eq!(
+        count(
+            &f.ch,
+            "SELECT count() FROM (SELECT offset FROM meterflow.usage_events UNION ALL SELECT offset FROM meterflow.rejections UNION ALL SELECT offset FROM meterflow.duplicates)"
+        ),
+        arrived.len() as u64,
+        "every record that arrived after the first start, once, and none of the history"
+    );
+}
+
+#[test]
 fn a_broker_outage_mid_stream_loses_nothing() {
     let mut f = Fixture::new("kafka-outage", 30_000, 2, "6s");
     let half = f.lines.len() / 2;

@@ -25,7 +25,7 @@ use crate::reports::run_report::{LinesAtEnd, ProgressLine};
 use crate::sinks::alerts::AlertTables;
 use crate::sinks::clickhouse::client::ClickHouse;
 use crate::sinks::clickhouse::migrate::check_migrated;
-use crate::sinks::clickhouse::progress::{ClickHouseProgress, RecordedOffset};
+use crate::sinks::clickhouse::progress::{write_progress, ClickHouseProgress, RecordedOffset};
 use crate::sinks::clickhouse::restore::{restore, Restored, Role};
 use crate::sinks::clickhouse::sink::{ChNames, IdRanks};
 use crate::sinks::files::{prepare_out_dir, write_sources, Names};
@@ -34,7 +34,7 @@ use crate::sinks::outputs::{share_of, Open, Target};
 use crate::sinks::ByTable;
 use crate::sources::catalog_topic::{CatalogSource, Snapshot, Watcher};
 use crate::sources::files::{FileInput, NoInput, StdinReader};
-use crate::sources::kafka::{partitions, GroupOffsets, KafkaConfig, KafkaReader};
+use crate::sources::kafka::{latest_start, partitions, GroupOffsets, KafkaConfig, KafkaReader};
 use crate::sources::shutdown;
 
 /// Everything `meterflow run` needs.
@@ -376,11 +376,21 @@ impl Setup {
 /// embedded output directory.
 fn open_outputs(args: &RunArgs, s: &Setup) -> anyhow::Result<Restored> {
     let sources = s.input.sources();
+    // `kafka.start_from = "latest"` starts where every partition ends, as a commit of an empty
+    // epoch 0 (see `sources::kafka::latest_start`), taken only when there is no commit yet.
+    let start_at_end = || match &s.input {
+        Input::Kafka { cfg, partitions } if cfg.start_from == "latest" => {
+            latest_start(cfg, partitions).map(Some)
+        }
+        _ => Ok(None),
+    };
     if !s.config.clickhouse.enabled() {
         prepare_out_dir(&args.out)
             .with_context(|| format!("cannot prepare output directory {}", args.out.display()))?;
         write_sources(&args.out, &sources).context("cannot write sources.csv")?;
-        return Ok(Restored::default());
+        let mut fresh = Restored::default();
+        fresh.resume.progress = start_at_end().map_err(anyhow::Error::msg)?;
+        return Ok(fresh);
     }
     let ch = ClickHouse::connect(&s.config.clickhouse).map_err(anyhow::Error::msg)?;
     let (major, minor) = ch.version().map_err(anyhow::Error::msg)?;
@@ -412,7 +422,47 @@ fn open_outputs(args: &RunArgs, s: &Setup) -> anyhow::Result<Restored> {
             );
         }
     }
-    restore(&ch, &s.plan, &s.snapshot.digest(), &sources, role).map_err(anyhow::Error::msg)
+    let digest = s.snapshot.digest();
+    let mut restored =
+        restore(&ch, &s.plan, &digest, &sources, role).map_err(anyhow::Error::msg)?;
+    if restored.resume.progress.is_some() {
+        return Ok(restored);
+    }
+    // No commit yet. Under `latest`, the writer records where the pipeline starts before
+    // anything is read, so a run killed before its own first commit resumes there; the other
+    // processes of a cluster wait for that record and start from it too.
+    match role {
+        Role::Writer => {
+            let Some(start) = start_at_end().map_err(anyhow::Error::msg)? else {
+                return Ok(restored);
+            };
+            write_progress(&ch, restored.generation, &start, (&sources, &[]), &digest)
+                .map_err(anyhow::Error::msg)?;
+            tracing::info!(
+                partitions = start.positions.len(),
+                "kafka.start_from = latest: every partition's end recorded as where the pipeline starts"
+            );
+            restored.resume.progress = Some(start);
+            Ok(restored)
+        }
+        Role::Reader if matches!(&s.input, Input::Kafka { cfg, .. } if cfg.start_from == "latest") =>
+        {
+            let deadline = Instant::now() + s.cluster.join_timeout.max(Duration::from_secs(60));
+            tracing::info!("kafka.start_from = latest: waiting for process 0 to record where the pipeline starts");
+            loop {
+                std::thread::sleep(Duration::from_millis(200));
+                let r =
+                    restore(&ch, &s.plan, &digest, &sources, role).map_err(anyhow::Error::msg)?;
+                if r.resume.progress.is_some() {
+                    return Ok(r);
+                }
+                if Instant::now() > deadline {
+                    bail!("kafka.start_from = latest: process 0 has not recorded where the pipeline starts in sink_progress; start process 0 of the cluster (it records each partition's end before anything is read), then this one again");
+                }
+            }
+        }
+        Role::Reader => Ok(restored),
+    }
 }
 
 /// The input files, each read up to the size it had when the run started (`sizes`), so all

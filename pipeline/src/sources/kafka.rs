@@ -92,7 +92,9 @@ impl KafkaConfig {
             .set("group.id", &self.group_id)
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "true")
-            .set("auto.offset.reset", &self.start_from)
+            // Every partition with a recorded position starts there (`start_from = "latest"`
+            // records each one's end before the first epoch); the others from their beginning.
+            .set("auto.offset.reset", "earliest")
             .set("fetch.wait.max.ms", "10")
             // librdkafka stops fetching for every partition of a consumer once its queue holds
             // this many messages (default 100 000). With one small event per message a worker
@@ -391,8 +393,8 @@ impl KafkaReader {
     }
 
     /// `resume`: the commit this run continues from. Its partitions start at their committed
-    /// next offsets; others start per `start_from` on a pipeline's first start, and at their
-    /// beginning after. A partition idle at the commit stays idle until a message arrives, if
+    /// next offsets, others at their beginning (`start_from = "latest"` is a commit: see
+    /// [`latest_start`]). A partition idle at the commit stays idle until a message arrives, if
     /// the broker holds nothing past its committed offset now.
     pub fn new(
         cfg: &KafkaConfig,
@@ -413,16 +415,12 @@ impl KafkaReader {
             .filter(|p| p.idle)
             .map(|p| (p.source, p.partition))
             .collect();
-        // `start_from = "latest"` is where a pipeline with no committed progress starts. Once it
-        // has committed, a partition without a position (nothing had arrived on it, or it is
-        // new) and an offset out of range are read from the beginning: what arrived while the
-        // pipeline was down is usage to bill.
-        let start_latest = cfg.start_from == "latest" && first_epoch == 0;
-        let mut client = cfg.client_config()?;
-        if !start_latest {
-            client.set("auto.offset.reset", "earliest");
-        }
-        let consumer: BaseConsumer = client
+        // A partition without a position (a new one, or one empty when the pipeline first
+        // started from `earliest`) and an offset out of range are read from the beginning: what
+        // arrived while the pipeline was down is usage to bill. (`start_from = "latest"` is a
+        // commit written before the first epoch: see [`latest_start`].)
+        let consumer: BaseConsumer = cfg
+            .client_config()?
             .create()
             .map_err(|e| format!("cannot create a Kafka consumer: {e}"))?;
         let topic_index: BTreeMap<String, u32> = cfg
@@ -443,15 +441,6 @@ impl KafkaReader {
                 Some(&o) => {
                     next_offsets.insert((source, *partition), o);
                     Offset::Offset(o as i64)
-                }
-                // Where the partition ends now, recorded as its position: every commit then
-                // names it, even when nothing arrives on it before the run stops. Without a
-                // position, a restart reads a partition from its beginning, and the history
-                // `latest` was chosen to skip would be billed.
-                None if start_latest => {
-                    let end = end_offset(&consumer, topic, *partition)?;
-                    next_offsets.insert((source, *partition), end);
-                    Offset::Offset(end as i64)
                 }
                 None => Offset::Beginning,
             };
@@ -704,6 +693,42 @@ impl KafkaReader {
         }
         at_end
     }
+}
+
+/// Where a pipeline with no committed progress starts under `start_from = "latest"`: the commit
+/// of an empty epoch 0, each of `all`'s partitions positioned at its end now. The run resumes
+/// from it as from any commit, and with ClickHouse it is recorded before anything is read: a
+/// first run killed before its own first commit restarts from these positions, not from the
+/// end as it is then, which would skip what arrived in between. Every later commit names every
+/// partition, so no restart reads the history `latest` was chosen to skip.
+pub fn latest_start(cfg: &KafkaConfig, all: &[(String, i32)]) -> Result<Progress, String> {
+    let consumer: BaseConsumer = cfg
+        .client_config()?
+        .create()
+        .map_err(|e| format!("cannot create a Kafka consumer: {e}"))?;
+    let mut positions = Vec::with_capacity(all.len());
+    for (topic, partition) in all {
+        let source = cfg
+            .topics
+            .iter()
+            .position(|t| t == topic)
+            .ok_or_else(|| format!("Kafka topic `{topic}` is not in kafka.topics"))?
+            as u32;
+        positions.push(Position {
+            source,
+            partition: *partition,
+            next_offset: end_offset(&consumer, topic, *partition)?,
+            check: 0,
+        });
+    }
+    Ok(Progress {
+        epoch: 0,
+        watermark: None,
+        partitions: Vec::new(),
+        positions,
+        counts: Default::default(),
+        lag: Vec::new(),
+    })
 }
 
 /// The offset a partition's next message will get (its high watermark), asked of the broker.
