@@ -23,7 +23,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::catalog::{Catalog, Contract, ContractIdx, SkuIdx};
+use crate::catalog::{Catalog, Contract, ContractIdx, SkuIdx, TermFee};
 use crate::money::{minor_unit_digits, Amount, Quantity, Rounding, UnitPrice};
 use crate::pricing::invoice::{active_share, burn_split, net_before_credit};
 use crate::pricing::{price_period, Segment};
@@ -339,7 +339,20 @@ pub fn forecast(
             let end = unit.end_of(p);
             let ends = running.get(&(contract, p)).map_or(c.ends, |r| r.ends);
             let share = active_share(c.starts, ends, p.0, end);
-            net_before_credit(&c.terms, p.0, share, usage, digits, rounding)
+            // Terms starting in the month bill their fee in advance; renewals carry them on.
+            let term_fees = c
+                .terms
+                .term_fees
+                .iter()
+                .map(|f| {
+                    TermFee {
+                        until: ends,
+                        ..f.clone()
+                    }
+                    .due(p.0, end, false)
+                })
+                .sum();
+            net_before_credit(&c.terms, p.0, (share, term_fees), usage, digits, rounding)
         };
     let contracted: BTreeMap<Month, Amount> = running
         .keys()

@@ -33,9 +33,9 @@
 
 use std::collections::BTreeMap;
 
-use crate::catalog::CreditGrant;
+use crate::catalog::{CreditGrant, Term, TermFee};
 use crate::money::Amount;
-use crate::pricing::invoice::{replay_credit, CreditReplay};
+use crate::pricing::invoice::{active_share, prorated, replay_credit, CreditReplay};
 use crate::rows::LineKind;
 use crate::time::{EventTime, PeriodUnit};
 
@@ -252,11 +252,17 @@ pub struct Terms<'a> {
     pub customer: String,
     pub contract: String,
     pub currency: String,
+    /// When the contract starts and ends: the share of a period its fees bill.
+    pub span: (EventTime, Option<EventTime>),
     /// In burn order, as the catalog holds them.
     pub grants: &'a [CreditGrant],
     /// Its subscription fees at list price, by name: each is an obligation of its own, and the
-    /// invoice's subscription line is allocated across them by these prices.
+    /// invoice's subscription line is allocated across them by what each bills in the period
+    /// (these prices, prorated alike).
     pub fees: &'a [(String, Amount)],
+    /// Its fees billed in advance per term: obligations too, allocated by what each bills in
+    /// the period (its terms starting there), and recognised over their terms.
+    pub term_fees: &'a [TermFee],
 }
 
 /// Replays a contract's credit lines through pricing's burn order: what its promotional grants
@@ -286,10 +292,14 @@ pub fn schedule(
         .iter()
         .map(|c| (c.contract.as_str(), replay(c, lines, unit)))
         .collect();
-    let fees: BTreeMap<&str, &[(String, Amount)]> = terms
-        .iter()
-        .map(|c| (c.contract.as_str(), c.fees))
-        .collect();
+    let by_contract: BTreeMap<&str, &Terms> =
+        terms.iter().map(|c| (c.contract.as_str(), c)).collect();
+    // The first period each contract is invoiced for: it bills the term running at its start.
+    let mut first: BTreeMap<&str, &str> = BTreeMap::new();
+    for l in lines {
+        let f = first.entry(&l.contract).or_insert(&l.invoice_period);
+        *f = (*f).min(&l.invoice_period);
+    }
     let mut invoices: BTreeMap<(&str, &str, &str, &str), Vec<&BilledLine>> = BTreeMap::new();
     for l in lines
         .iter()
@@ -317,6 +327,8 @@ pub fn schedule(
         };
         // The price of each obligation, before discounts and the cap.
         let mut price: BTreeMap<ScheduleKey, Amount> = BTreeMap::new();
+        // The terms each term fee's obligation bills in this period.
+        let mut terms_of: BTreeMap<ScheduleKey, Vec<Term>> = BTreeMap::new();
         let mut credit = Amount::ZERO;
         for l in &lines {
             let k = match l.kind {
@@ -324,18 +336,25 @@ pub fn schedule(
                     key(format!("usage:{}", l.sku), &l.service_period)
                 }
                 LineKind::Subscription => {
-                    // One obligation per fee, the line allocated by the fees' list prices (their
-                    // standalone selling prices; proration scales them all alike).
-                    let list: Vec<(ScheduleKey, Amount)> = fees
-                        .get(contract)
-                        .copied()
-                        .unwrap_or_default()
-                        .iter()
-                        .filter(|(_, a)| *a > Amount::ZERO)
-                        .map(|(name, a)| {
-                            (key(format!("subscription:{name}"), &l.service_period), *a)
-                        })
-                        .collect();
+                    // One obligation per fee, the line allocated by what each fee bills in the
+                    // period: its list price (its standalone selling price) prorated to the
+                    // part of the period the contract runs, or the terms starting in it.
+                    let mut list: Vec<(ScheduleKey, Amount)> = Vec::new();
+                    if let Some(c) = by_contract.get(contract) {
+                        let share = active_share(c.span.0, c.span.1, start, end);
+                        for (name, a) in c.fees {
+                            let k = key(format!("subscription:{name}"), &l.service_period);
+                            list.push((k, prorated(*a, share)));
+                        }
+                        let first = first.get(contract) == Some(&period);
+                        for f in c.term_fees {
+                            let k = key(format!("subscription:{}", f.name), &l.service_period);
+                            let billed = f.billed_in(start, end, first);
+                            list.push((k.clone(), billed.iter().map(|t| t.amount).sum()));
+                            terms_of.entry(k).or_default().extend(billed);
+                        }
+                    }
+                    list.retain(|(_, a)| *a > Amount::ZERO);
                     let mut targets: Vec<(&ScheduleKey, Amount)> =
                         list.iter().map(|(k, a)| (k, *a)).collect();
                     if targets.is_empty() {
@@ -408,6 +427,10 @@ pub fn schedule(
             }
         }
         for (k, x) in allocated {
+            if let Some(terms) = terms_of.get(&k) {
+                over_terms(&mut out, &k, x, terms, end, unit, as_of);
+                continue;
+            }
             let recognised = if closed {
                 x
             } else if is_subscription(&k) {
@@ -471,6 +494,100 @@ pub fn schedule(
     }
     out.retain(|_, a| *a != Amounts::default());
     out
+}
+
+/// Whole days from `from` to `to` (none if `to` is not after it).
+fn days(from: EventTime, to: EventTime) -> i128 {
+    ((to.0 - from.0).max(0) / 86_400_000) as i128
+}
+
+/// Adds the rows of a term fee's obligation `k` to `out`: `x` (its share of the subscription
+/// line of the invoice period ending at `end`, after discounts) is billed there in advance, and
+/// recognised ratably by day over its `terms`. The billing period recognises the days of the
+/// terms elapsed by its end (a term billed late, in a contract's first invoice, catches up
+/// there), and holds the rest as a contract liability (`deferred`); each later period of the
+/// terms recognises its days and draws the liability down, as a row of its own (that period
+/// is its service period). An open billing period is a draft: what is recognised of it so far
+/// is unbilled, and nothing is deferred yet.
+fn over_terms(
+    out: &mut Schedule,
+    k: &ScheduleKey,
+    x: Amount,
+    terms: &[Term],
+    end: EventTime,
+    unit: PeriodUnit,
+    as_of: EventTime,
+) {
+    // Each term's share of `x` (by what it bills; the remainder to the last), ...
+    let billed: Amount = terms.iter().map(|t| t.amount).sum();
+    let mut parts: Vec<Amount> = terms.iter().map(|t| share(x, t.amount, billed)).collect();
+    let given: Amount = parts.iter().copied().sum();
+    if let Some(last) = parts.last_mut() {
+        *last += x - given;
+    }
+    // ... and what of it is recognised by `at`, by the term's days elapsed.
+    let by = |at: EventTime| -> Amount {
+        let at = at.min(as_of);
+        terms
+            .iter()
+            .zip(&parts)
+            .map(|(t, &of_x)| {
+                if at >= t.end {
+                    of_x
+                } else {
+                    Amount(mul_div(
+                        of_x.0,
+                        days(t.start, at),
+                        days(t.start, t.end).max(1),
+                    ))
+                }
+            })
+            .sum()
+    };
+    let recognised = by(end);
+    let row = if end <= as_of {
+        Amounts {
+            billed: x,
+            recognised,
+            deferred: x - recognised,
+            unbilled: Amount::ZERO,
+        }
+    } else {
+        Amounts {
+            recognised,
+            unbilled: recognised,
+            ..Amounts::default()
+        }
+    };
+    out.entry(k.clone()).or_default().add(row);
+    if end > as_of {
+        return;
+    }
+    let last = terms.iter().map(|t| t.end).max().unwrap_or(end);
+    let mut from = end;
+    for _ in 0..12_000 {
+        if from >= last || from >= as_of {
+            break;
+        }
+        let p = unit.period_of(from);
+        let to = unit.end_of(p);
+        let drawn = by(to) - by(from);
+        if drawn != Amount::ZERO {
+            let label = unit.label(p);
+            let later = ScheduleKey {
+                service_period: label.clone(),
+                period: label,
+                ..k.clone()
+            };
+            let row = Amounts {
+                recognised: drawn,
+                deferred: -drawn,
+                ..Amounts::default()
+            };
+            out.entry(later).or_default().add(row);
+        }
+        from = to;
+    }
 }
 
 /// Adds the opening and the end of each prepaid credit liability to `out` (the drawdown is in
@@ -620,8 +737,10 @@ mod tests {
             customer: "acme".into(),
             contract: "acme-1".into(),
             currency: "USD".into(),
+            span: (t("2026-10-01T00:00:00Z"), None),
             grants: &[],
             fees: &fees,
+            term_fees: &[],
         }];
         let lines = [
             line(LineKind::Usage, "tokens", "2026-10", "2026-10", "90"),
@@ -704,13 +823,86 @@ mod tests {
         }
     }
 
+    /// The schedule of a contract from 1 January 2026 whose only fee is 365 a year (one a day),
+    /// billed in advance, as of `as_of`, from its subscription `lines`.
+    fn annual(lines: &[(&str, &str)], as_of: &str) -> Schedule {
+        let fee = [TermFee {
+            name: "support".into(),
+            amount: a("365"),
+            months: 12,
+            anchor: t("2026-01-01T00:00:00Z"),
+            until: None,
+        }];
+        let terms = [Terms {
+            customer: "acme".into(),
+            contract: "acme-1".into(),
+            currency: "USD".into(),
+            span: (t("2026-01-01T00:00:00Z"), None),
+            grants: &[],
+            fees: &[],
+            term_fees: &fee,
+        }];
+        let lines: Vec<BilledLine> = lines
+            .iter()
+            .map(|(period, amount)| line(LineKind::Subscription, "", period, period, amount))
+            .collect();
+        schedule(&lines, &terms, PeriodUnit::Month, t(as_of))
+    }
+
+    fn at(s: &Schedule, period: &str) -> (Amount, Amount, Amount, Amount) {
+        let x = get(s, "subscription:support", period);
+        (x.billed, x.recognised, x.deferred, x.unbilled)
+    }
+
+    #[test]
+    fn an_annual_fee_billed_in_advance_is_deferred_and_recognised_by_day_over_its_term() {
+        let s = annual(&[("2026-01", "365")], "2026-04-10T00:00:00Z");
+        let z = Amount::ZERO;
+        // January bills the year and earns its 31 days; the rest is a contract liability.
+        assert_eq!(at(&s, "2026-01"), (a("365"), a("31"), a("334"), z));
+        // Each later month earns its days out of the liability.
+        assert_eq!(at(&s, "2026-02"), (z, a("28"), a("-28"), z));
+        assert_eq!(at(&s, "2026-03"), (z, a("31"), a("-31"), z));
+        // April is open: the 9 whole days elapsed by the 10th.
+        assert_eq!(at(&s, "2026-04"), (z, a("9"), a("-9"), z));
+        assert!(s.values().all(Amounts::balances));
+        let deferred: Amount = s.values().map(|x| x.deferred).sum();
+        assert_eq!(deferred, a("266"), "the liability left: 365 - 99 days");
+        // After the term, everything is recognised and nothing deferred.
+        let s = annual(&[("2026-01", "365")], "2027-01-05T00:00:00Z");
+        let recognised: Amount = s.values().map(|x| x.recognised).sum();
+        assert_eq!(recognised, a("365"));
+        assert_eq!(s.values().map(|x| x.deferred).sum::<Amount>(), z);
+        assert_eq!(at(&s, "2026-12"), (z, a("31"), a("-31"), z));
+    }
+
+    #[test]
+    fn a_term_billed_late_catches_up_the_days_already_served() {
+        // The first invoice is March's: it bills the term that started on 1 January, and
+        // recognises January and February's days with March's.
+        let s = annual(&[("2026-03", "365")], "2026-04-01T00:00:00Z");
+        assert_eq!(
+            at(&s, "2026-03"),
+            (a("365"), a("90"), a("275"), Amount::ZERO)
+        );
+        // While March is open, its draft line is unbilled as far as it is earned.
+        let s = annual(&[("2026-03", "365")], "2026-03-11T00:00:00Z");
+        assert_eq!(
+            at(&s, "2026-03"),
+            (Amount::ZERO, a("69"), Amount::ZERO, a("69"))
+        );
+        assert_eq!(s.len(), 1, "nothing after an open billing period: {s:?}");
+    }
+
     fn credits(grants: &[CreditGrant]) -> [Terms<'_>; 1] {
         [Terms {
             customer: "acme".into(),
             contract: "acme-1".into(),
             currency: "USD".into(),
+            span: (t("2026-01-01T00:00:00Z"), None),
             grants,
             fees: &[],
+            term_fees: &[],
         }]
     }
 

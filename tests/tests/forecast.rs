@@ -287,7 +287,20 @@ fn contracted_revenue_is_fees_and_minimums_and_usage_adds_what_is_above() {
                     .cloned()
                     .unwrap_or_default()
             };
-            let mut net: Amount = list("fee").iter().map(|f| amount(&f["amount"])).sum();
+            // A fee with a term is billed in the months its terms start in (the contract's
+            // start month, then every `term_months`), the others every month.
+            let month_index =
+                |t: &str| t[..4].parse::<i64>().unwrap() * 12 + t[5..7].parse::<i64>().unwrap();
+            let since_start = month_index(month_start) - month_index(c["starts"].as_str().unwrap());
+            let mut net: Amount = list("fee")
+                .iter()
+                .filter(|f| {
+                    f.get("term_months").is_none_or(|m| {
+                        since_start >= 0 && since_start % m.as_integer().unwrap() == 0
+                    })
+                })
+                .map(|f| amount(&f["amount"]))
+                .sum();
             for d in list("discount") {
                 let applies = d.get("sku").is_none()
                     && d.get("from")

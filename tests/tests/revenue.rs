@@ -292,6 +292,63 @@ fn per_contract(net: &Net, period: Option<&str>) -> BTreeMap<String, [Amount; 4]
 }
 
 #[test]
+fn an_annual_fee_is_billed_in_advance_and_recognised_by_day_over_its_term() {
+    // Globex adds an annual support plan of 1200 on 15 October; its contract ends on 1 June
+    // 2027, so the first term runs 229 of its 365 days and bills that share, in advance, on
+    // October's invoice. October earns its 17 days of the term; the rest is deferred revenue
+    // that November (open, as of the stream's watermark on the 21st) draws down by its days.
+    let s = Scratch::new("revenue-annual");
+    let (_, catalog, out) = demo(&s);
+    let text = revenue(&catalog, &out);
+    assert!(text.contains("in every row: holds"), "{text}");
+    let subscription: Vec<(String, Amount)> =
+        current_rows(&read_table(&out, "invoice_lines").unwrap())
+            .iter()
+            .filter(|r| r["contract_id"] == "globex-legacy" && r["line_type"] == "subscription")
+            .map(|r| {
+                (
+                    r["invoice_period"].clone(),
+                    Amount::parse(&r["amount"]).unwrap(),
+                )
+            })
+            .collect();
+    // 1200 × 229 / 365 = 752.876..., rounded once on the line.
+    let term = Amount::parse("752.88").unwrap();
+    assert_eq!(
+        subscription,
+        [("2026-10".to_string(), term)],
+        "billed once, in advance"
+    );
+    let net = schedule(&out);
+    let row = |period: &str| {
+        let key = (
+            "globex-legacy".to_string(),
+            "subscription:support".to_string(),
+            period.to_string(),
+            period.to_string(),
+        );
+        net.get(&key)
+            .copied()
+            .unwrap_or_else(|| panic!("no {key:?} row in {net:?}"))
+    };
+    let by_day = |days: i128| Amount(term.0 * days / 229);
+    let [billed, recognised, deferred, unbilled] = row("2026-10");
+    assert_eq!((billed, unbilled), (term, Amount::ZERO));
+    assert_eq!(recognised, by_day(17), "15 to 31 October");
+    assert_eq!(deferred, term - by_day(17));
+    let [billed, recognised, deferred, unbilled] = row("2026-11");
+    assert_eq!((billed, unbilled), (Amount::ZERO, Amount::ZERO));
+    assert!(
+        recognised > Amount::ZERO && recognised <= by_day(30),
+        "{recognised}"
+    );
+    assert_eq!(deferred, -recognised, "drawn from the liability");
+    assert!(!net.keys().any(|k| k.0 == "globex-legacy"
+        && k.1 == "subscription:support"
+        && k.3.as_str() > "2026-11"));
+}
+
+#[test]
 fn a_promotional_grant_lowers_revenue_by_what_it_paid_and_opens_no_liability() {
     let s = Scratch::new("revenue-promo");
     let (demo, catalog, out) = demo(&s);

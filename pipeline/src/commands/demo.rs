@@ -169,6 +169,12 @@ version = 1          # grandfathered on version 1
 starts = "2025-06-01T00:00:00Z"
 ends = "2027-06-01T00:00:00Z"
 
+[[contract.fee]]            # an annual support plan added on 15 October: billed in advance,
+name = "support"            # recognised by day over its term (`meterflow revenue`); the
+amount = "1200"             # contract ends first, so the first term runs to 1 June and
+term_months = 12            # bills its share, 229 of 365 days
+starts = "2026-10-15T00:00:00Z"
+
 [contract.marketplace]      # bought through AWS Marketplace: `meterflow export aws`
 listing = "aws-marketplace"
 customer = "cU5tMeRiD-globex"   # the CustomerIdentifier ResolveCustomer returned

@@ -59,9 +59,10 @@ pub struct GenArgs {
     /// is a backfill.
     #[arg(long, value_parser = Span::parse)]
     pub span: Option<Span>,
-    /// Give the catalog contract terms and taxes: subscription fees, discounts (per SKU, and
-    /// promotions with date ranges), minimum and maximum spend, and customer tax rates, spread
-    /// over the customers; and price API calls in packages from rate-card version 2.
+    /// Give the catalog contract terms and taxes: subscription fees (monthly, and annual ones
+    /// billed in advance), discounts (per SKU, and promotions with date ranges), minimum and
+    /// maximum spend, and customer tax rates, spread over the customers; and price API calls
+    /// in packages from rate-card version 2.
     #[arg(long)]
     pub terms: bool,
     /// Usage grows by this fraction every 30 days, compounding (0.1: 10% a month): a known trend
@@ -253,6 +254,11 @@ fn contract_terms(s: &mut String, c: u32, period_start: EventTime, promotion_fro
     }
     if c.is_multiple_of(4) {
         s.push_str("[[contract.fee]]\nname = \"platform\"\namount = \"49\"\n");
+    }
+    if c % 10 == 3 {
+        // An annual fee, billed in advance: the contract started before the stream, so the
+        // first invoice bills the running term.
+        s.push_str("[[contract.fee]]\nname = \"support\"\namount = \"600\"\nterm_months = 12\n");
     }
     if c.is_multiple_of(7) {
         s.push_str("[[contract.discount]]\nname = \"tokens 12.5% off\"\nsku = \"tokens\"\npercent = \"12.5\"\n");

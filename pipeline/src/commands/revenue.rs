@@ -76,8 +76,10 @@ impl RevenueCommand {
                 customer: catalog.customers[c.customer.ix()].id.clone(),
                 contract: c.id.clone(),
                 currency: catalog.currency_of(ContractIdx(i as u32)).to_string(),
+                span: (c.starts, c.ends),
                 grants: &c.terms.credits,
                 fees: &c.terms.fees,
+                term_fees: &c.terms.term_fees,
             })
             .filter(|p| a.customer.as_deref().is_none_or(|c| c == p.customer))
             .collect();

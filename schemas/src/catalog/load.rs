@@ -392,6 +392,7 @@ ends = "2027-01-01T00:00:00Z"
             "rate_card = \"std\"\nstarts = \"2026-01-01T00:00:00Z\"\n",
             "rate_card = \"std\"\nstarts = \"2026-01-01T00:00:00Z\"\nminimum_spend = \"100\"\nmaximum_spend = \"1000.50\"\n\
              [[contract.fee]]\nname = \"platform\"\namount = \"49\"\n\
+             [[contract.fee]]\nname = \"support\"\namount = \"1200\"\nterm_months = 12\n\
              [[contract.discount]]\nsku = \"tokens\"\npercent = \"12.5\"\n\
              [[contract.discount]]\nname = \"launch\"\namount = \"5\"\nfrom = \"2026-02-01T00:00:00Z\"\nuntil = \"2026-03-01T00:00:00Z\"\n",
         );
@@ -402,6 +403,16 @@ ends = "2027-01-01T00:00:00Z"
         assert_eq!(
             t.fees,
             vec![("platform".to_string(), Amount::parse_price("49").unwrap())]
+        );
+        assert_eq!(
+            t.term_fees,
+            vec![TermFee {
+                name: "support".into(),
+                amount: Amount::parse_price("1200").unwrap(),
+                months: 12,
+                anchor: EventTime::parse_rfc3339("2026-01-01T00:00:00Z").unwrap(),
+                until: None,
+            }]
         );
         assert_eq!(t.minimum_spend, Some(Amount::parse_price("100").unwrap()));
         assert_eq!(
@@ -458,6 +469,23 @@ ends = "2027-01-01T00:00:00Z"
         assert!(e.contains("unknown sku `nope`"), "{e}");
         let e = with("[[contract.fee]]\nname = \"x\"\namount = \"-1\"\n");
         assert!(e.contains("negative"), "{e}");
+        let e = with("[[contract.fee]]\nname = \"x\"\namount = \"1\"\nterm_months = 0\n");
+        assert!(
+            e.contains("fee \"x\": term_months = 0 is not from 1 to 120")
+                && e.contains("12 for an annual fee"),
+            "{e}"
+        );
+        let e = with(
+            "[[contract.fee]]\nname = \"x\"\namount = \"1\"\nstarts = \"2026-02-01T00:00:00Z\"\n",
+        );
+        assert!(e.contains("fee \"x\" has starts but no term_months"), "{e}");
+        let e = with("[[contract.fee]]\nname = \"x\"\namount = \"1\"\nterm_months = 12\nstarts = \"2025-12-01T00:00:00Z\"\n");
+        assert!(
+            e.contains("outside the contract") && e.contains("while the contract runs"),
+            "{e}"
+        );
+        let e = with("[[contract.fee]]\nname = \"x\"\namount = \"1\"\n[[contract.fee]]\nname = \"x\"\namount = \"2\"\nterm_months = 12\n");
+        assert!(e.contains("two fees are named \"x\""), "{e}");
         let e = with("[contract.renewal]\nterm_months = 12\n");
         assert!(
             e.contains("contract without `ends`") && e.contains("set `ends`"),

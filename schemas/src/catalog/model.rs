@@ -81,11 +81,89 @@ impl CreditGrant {
     }
 }
 
+/// A fee billed in advance for a term of whole months (`[[contract.fee]]` with `term_months`,
+/// an annual subscription): the whole amount on the invoice of the period each term starts in.
+/// The first term starts with the contract (or at the fee's own `starts`), each next one
+/// `months` later.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TermFee {
+    pub name: String,
+    pub amount: Amount,
+    pub months: u32,
+    /// When the first term starts.
+    pub anchor: EventTime,
+    /// The contract's end: no term starts at or after it, and a term it cuts short is billed
+    /// its share (by time) of the amount.
+    pub until: Option<EventTime>,
+}
+
+/// One term of a [`TermFee`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Term {
+    pub start: EventTime,
+    /// Where the service ends: the term's end, or the contract's if that comes first.
+    pub end: EventTime,
+    /// What the term bills: the fee, times the share of the term the contract runs (exact to
+    /// 18 digits, half up).
+    pub amount: Amount,
+}
+
+impl TermFee {
+    /// The `k`-th term (0: the one the contract starts with), if it starts before the contract
+    /// ends.
+    fn term(&self, k: u32) -> Option<Term> {
+        let start = self.anchor.plus_months(self.months.checked_mul(k)?);
+        let full_end = self.anchor.plus_months(self.months.checked_mul(k + 1)?);
+        if self.until.is_some_and(|u| start >= u) {
+            return None;
+        }
+        let end = self.until.map_or(full_end, |u| u.min(full_end));
+        let (part, whole) = ((end.0 - start.0) as i128, (full_end.0 - start.0) as i128);
+        let amount = if part == whole {
+            self.amount
+        } else {
+            Amount((self.amount.0 * part + whole / 2).div_euclid(whole))
+        };
+        Some(Term { start, end, amount })
+    }
+
+    /// The terms an invoice period `[from, to)` bills: those starting in it; and for the first
+    /// period a contract is invoiced for (`first`), also the term running at its start, billed
+    /// late in that period (the periods before it were not invoiced).
+    pub fn billed_in(&self, from: EventTime, to: EventTime, first: bool) -> Vec<Term> {
+        let mut out = Vec::new();
+        // Every term before `skip` ends a month or more before `from`.
+        let (a, f) = (self.anchor.civil(), from.civil());
+        let months_before = (f.year - a.year) * 12 + i64::from(f.month) - i64::from(a.month);
+        let skip = (months_before / i64::from(self.months.max(1)) - 1).clamp(0, u32::MAX as i64);
+        for k in skip as u32..(skip as u32).saturating_add(12_000) {
+            let Some(t) = self.term(k) else { break };
+            if t.start >= to {
+                break;
+            }
+            if t.start >= from || (first && t.end > from) {
+                out.push(t);
+            }
+        }
+        out
+    }
+
+    /// What the invoice period `[from, to)` bills of this fee (see [`TermFee::billed_in`]).
+    pub fn due(&self, from: EventTime, to: EventTime, first: bool) -> Amount {
+        self.billed_in(from, to, first)
+            .iter()
+            .map(|t| t.amount)
+            .sum()
+    }
+}
+
 /// What a contract adds to each invoice beyond its usage.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ContractTerms {
     /// Flat recurring fees per invoice period (subscriptions), by name.
     pub fees: Vec<(String, Amount)>,
+    /// Fees billed in advance per term of months (annual subscriptions).
+    pub term_fees: Vec<TermFee>,
     pub discounts: Vec<Discount>,
     /// Minimum spend per invoice period: a commitment true-up line makes up the difference.
     pub minimum_spend: Option<Amount>,

@@ -45,10 +45,11 @@ pub fn contract_lines(
     terms: &ContractTerms,
     tax: Option<&Tax>,
     periods: &BTreeMap<EventTime, BTreeMap<SkuIdx, Amount>>,
+    unit: PeriodUnit,
     digits: u32,
     rounding: Rounding,
 ) -> Vec<(EventTime, DerivedLine)> {
-    contract_lines_prorated(terms, tax, periods, &|_| None, digits, rounding)
+    contract_lines_prorated(terms, tax, periods, unit, &|_| None, digits, rounding)
 }
 
 /// The part of an invoice period a contract is active in, when it is not all of it:
@@ -68,7 +69,7 @@ pub fn active_share(
     (length > 0 && active < length).then_some((active, length))
 }
 
-fn prorated(a: Amount, share: Share) -> Amount {
+pub(crate) fn prorated(a: Amount, share: Share) -> Amount {
     match share {
         None => a,
         Some((active, length)) => Amount((a.0 * active + length / 2).div_euclid(length)),
@@ -76,21 +77,26 @@ fn prorated(a: Amount, share: Share) -> Amount {
 }
 
 /// As [`contract_lines`], with fees and spend limits prorated by `share` (of each period, by
-/// its start).
+/// its start). Term fees are billed in the periods their terms start in, and the first period
+/// also bills the term running at its start ([`TermFee::billed_in`]).
 pub fn contract_lines_prorated(
     terms: &ContractTerms,
     tax: Option<&Tax>,
     periods: &BTreeMap<EventTime, BTreeMap<SkuIdx, Amount>>,
+    unit: PeriodUnit,
     share: &dyn Fn(EventTime) -> Share,
     digits: u32,
     rounding: Rounding,
 ) -> Vec<(EventTime, DerivedLine)> {
     let mut balances: Vec<Amount> = terms.credits.iter().map(|g| g.amount).collect();
     let mut out = Vec::new();
+    let first = periods.keys().next().copied();
     for (start, usage) in periods {
+        let end = unit.end_of(Period(*start));
         let p = PeriodContext {
             start: *start,
             share: share(*start),
+            term_fees: term_fees_due(terms, *start, end, first == Some(*start)),
         };
         for line in period_lines(terms, tax, p, usage, digits, rounding, &mut balances) {
             out.push((*start, line));
@@ -132,14 +138,31 @@ pub fn contract_invoice(
         .tax
         .map(|t| &catalog.taxes[t.ix()]);
     let digits = minor_unit_digits(currency);
-    contract_lines_prorated(&c.terms, tax, &periods, &share, digits, rounding)
+    contract_lines_prorated(&c.terms, tax, &periods, unit, &share, digits, rounding)
 }
 
-/// Which invoice period, and how much of it the contract is active in.
+/// What the term fees of `terms` bill in the invoice period `[start, end)`; `first`: the first
+/// period the contract is invoiced for.
+pub fn term_fees_due(
+    terms: &ContractTerms,
+    start: EventTime,
+    end: EventTime,
+    first: bool,
+) -> Amount {
+    terms
+        .term_fees
+        .iter()
+        .map(|f| f.due(start, end, first))
+        .sum()
+}
+
+/// Which invoice period, how much of it the contract is active in, and what its term fees bill
+/// in it.
 #[derive(Clone, Copy)]
 struct PeriodContext {
     start: EventTime,
     share: Share,
+    term_fees: Amount,
 }
 
 /// Takes up to `wanted` from the grants usable in the period starting at `period_start`, in
@@ -318,17 +341,19 @@ pub fn invoice_lines(
     let p = PeriodContext {
         start: period_start,
         share: None,
+        term_fees: Amount::ZERO,
     };
     period_lines(terms, tax, p, usage, digits, rounding, &mut balances)
 }
 
 /// What one invoice period of a contract bills before credits and tax: its usage (rounded
 /// amounts by SKU), fees, discounts, the commitment true-up and the cap, with fees and spend
-/// limits prorated by `share`. How the forecast prices a period it has not seen.
+/// limits prorated by `share`, and `term_fees` ([`term_fees_due`]). How the forecast prices a
+/// period it has not seen.
 pub fn net_before_credit(
     terms: &ContractTerms,
     period_start: EventTime,
-    share: Share,
+    (share, term_fees): (Share, Amount),
     usage: &BTreeMap<SkuIdx, Amount>,
     digits: u32,
     rounding: Rounding,
@@ -336,6 +361,7 @@ pub fn net_before_credit(
     let p = PeriodContext {
         start: period_start,
         share,
+        term_fees,
     };
     // No credit balances: nothing burns.
     let derived: Amount = period_lines(terms, None, p, usage, digits, rounding, &mut [])
@@ -374,7 +400,8 @@ fn period_lines(
         .fees
         .iter()
         .map(|(_, a)| prorated(*a, period.share))
-        .sum();
+        .sum::<Amount>()
+        + period.term_fees;
     net += push(&mut out, LineKind::Subscription, SkuIdx::INVOICE, fees);
 
     let active = || {
@@ -652,6 +679,92 @@ mod tests {
         }
     }
 
+    /// The subscription line of each month a contract with a monthly fee of 10 and an annual
+    /// fee of 1200 (from `starts`, until `ends`) is invoiced for, from `first` through `last`.
+    fn subscriptions(
+        starts: &str,
+        ends: Option<&str>,
+        first: &str,
+        last: &str,
+    ) -> Vec<(String, Amount)> {
+        let terms = ContractTerms {
+            fees: vec![("platform".into(), a("10"))],
+            term_fees: vec![crate::catalog::TermFee {
+                name: "support".into(),
+                amount: a("1200"),
+                months: 12,
+                anchor: t(starts),
+                until: ends.map(t),
+            }],
+            ..ContractTerms::default()
+        };
+        let unit = PeriodUnit::Month;
+        let mut periods: BTreeMap<EventTime, BTreeMap<SkuIdx, Amount>> = BTreeMap::new();
+        let mut p = t(first);
+        while p <= t(last) {
+            periods.insert(p, usage(&[(TOKENS, "1")]));
+            p = unit.end_of(Period(p));
+        }
+        contract_lines(&terms, None, &periods, unit, 2, Rounding::HalfEven)
+            .into_iter()
+            .filter(|(_, l)| l.kind == LineKind::Subscription)
+            .map(|(start, l)| (unit.label(Period(start)), l.amount))
+            .collect()
+    }
+
+    #[test]
+    fn a_term_fee_is_billed_in_advance_in_the_period_each_term_starts_in() {
+        let got = subscriptions(
+            "2026-03-15T00:00:00Z",
+            None,
+            "2026-03-01T00:00:00Z",
+            "2027-04-01T00:00:00Z",
+        );
+        assert_eq!(got.len(), 14, "every month bills the monthly fee: {got:?}");
+        for (month, amount) in &got {
+            let expected = match month.as_str() {
+                // The terms start on 15 March 2026 and 15 March 2027.
+                "2026-03" | "2027-03" => a("1210"),
+                _ => a("10"),
+            };
+            assert_eq!(*amount, expected, "{month}");
+        }
+    }
+
+    #[test]
+    fn the_first_invoiced_period_bills_the_term_running_at_its_start() {
+        // The contract started in January; its first usage is in May, so May is the first
+        // invoice: it bills the term that started in January (the months before were never
+        // invoiced), and the next term is billed in January 2027.
+        let got = subscriptions(
+            "2026-01-01T00:00:00Z",
+            None,
+            "2026-05-01T00:00:00Z",
+            "2027-01-01T00:00:00Z",
+        );
+        let annual: Vec<&str> = got
+            .iter()
+            .filter(|(_, x)| *x > a("10"))
+            .map(|(m, _)| m.as_str())
+            .collect();
+        assert_eq!(annual, ["2026-05", "2027-01"]);
+    }
+
+    #[test]
+    fn a_term_cut_short_by_the_contract_end_bills_its_share() {
+        // 15 March to 15 September 2026: 184 of the term's 365 days. 1200 × 184 / 365 =
+        // 604.93150..., rounded once on the line with the monthly fee: 614.93. No term starts
+        // at or after the end.
+        let got = subscriptions(
+            "2026-03-15T00:00:00Z",
+            Some("2026-09-15T00:00:00Z"),
+            "2026-03-01T00:00:00Z",
+            "2027-04-01T00:00:00Z",
+        );
+        assert_eq!(got[0], ("2026-03".to_string(), a("614.93")));
+        assert!(got[1..].iter().all(|(_, a)| *a == self::a("10")), "{got:?}");
+    }
+
     #[test]
     fn a_contract_active_for_part_of_a_period_pays_its_share_of_fees_and_limits() {
         let (nov, dec) = (t(NOV), t("2026-12-01T00:00:00Z"));
@@ -673,10 +786,18 @@ mod tests {
         let periods: BTreeMap<EventTime, BTreeMap<SkuIdx, Amount>> =
             [(nov, usage(&[(TOKENS, "10")]))].into();
         let lines = |share: Share| -> Vec<(LineKind, Amount)> {
-            contract_lines_prorated(&terms, None, &periods, &|_| share, 2, Rounding::HalfEven)
-                .into_iter()
-                .map(|(_, l)| (l.kind, l.amount))
-                .collect()
+            contract_lines_prorated(
+                &terms,
+                None,
+                &periods,
+                PeriodUnit::Month,
+                &|_| share,
+                2,
+                Rounding::HalfEven,
+            )
+            .into_iter()
+            .map(|(_, l)| (l.kind, l.amount))
+            .collect()
         };
         // Half the month: 24.50 of the fee, a minimum of 50: true-up 50 - 10 - 24.50.
         assert_eq!(
@@ -722,12 +843,18 @@ mod tests {
             (t("2026-12-01T00:00:00Z"), usage(&[(TOKENS, "200")])),
         ]
         .into();
-        let credit: Vec<(EventTime, Amount)> =
-            contract_lines(&terms, Some(&vat()), &periods, 2, Rounding::HalfEven)
-                .into_iter()
-                .filter(|(_, l)| l.kind == LineKind::Credit)
-                .map(|(p, l)| (p, l.amount))
-                .collect();
+        let credit: Vec<(EventTime, Amount)> = contract_lines(
+            &terms,
+            Some(&vat()),
+            &periods,
+            PeriodUnit::Month,
+            2,
+            Rounding::HalfEven,
+        )
+        .into_iter()
+        .filter(|(_, l)| l.kind == LineKind::Credit)
+        .map(|(p, l)| (p, l.amount))
+        .collect();
         assert_eq!(
             credit,
             vec![
@@ -737,7 +864,14 @@ mod tests {
             ]
         );
         // A fully credited period owes no tax.
-        let lines = contract_lines(&terms, Some(&vat()), &periods, 2, Rounding::HalfEven);
+        let lines = contract_lines(
+            &terms,
+            Some(&vat()),
+            &periods,
+            PeriodUnit::Month,
+            2,
+            Rounding::HalfEven,
+        );
         assert!(lines
             .iter()
             .all(|(p, l)| l.kind != LineKind::Tax || *p == t("2026-09-01T00:00:00Z")));
@@ -751,7 +885,15 @@ mod tests {
         };
         let periods: BTreeMap<EventTime, BTreeMap<SkuIdx, Amount>> =
             [(t("2026-11-01T00:00:00Z"), usage(&[(TOKENS, "60")]))].into();
-        assert!(contract_lines(&terms, None, &periods, 2, Rounding::HalfEven).is_empty());
+        assert!(contract_lines(
+            &terms,
+            None,
+            &periods,
+            PeriodUnit::Month,
+            2,
+            Rounding::HalfEven
+        )
+        .is_empty());
     }
 
     #[test]
@@ -800,6 +942,7 @@ mod tests {
                 minimum_spend: Some(c(lo)),
                 maximum_spend: Some(c(lo + span)),
                 credits: vec![],
+                term_fees: vec![],
                 budget: None,
             };
             let u: BTreeMap<SkuIdx, Amount> = [(TOKENS, c(tok)), (CALLS, c(calls))].into();
@@ -821,6 +964,7 @@ mod tests {
                 minimum_spend: Some(c(100_000)),
                 maximum_spend: None,
                 credits: vec![],
+                term_fees: vec![],
                 budget: None,
             };
             let invoice = |v: i64| {

@@ -9,14 +9,17 @@ use super::format::*;
 use crate::catalog::model::*;
 use crate::entitlement::Entitlement;
 use crate::money::{minor_unit_digits, Amount, Quantity, Rounding, UnitPrice, AMOUNT_SCALE};
+use crate::time::EventTime;
 
-/// A contract's fees, discounts and spend bounds, checked against its currency's minor unit.
+/// A contract's fees, discounts and spend bounds, checked against its currency's minor unit;
+/// `span`: when the contract starts and ends (its term fees' terms run from its start).
 fn contract_terms(
     l: &mut Loader,
     file: &Path,
     entry: &str,
     c: &ContractDef,
     currency: Option<&str>,
+    span: Option<(EventTime, Option<EventTime>)>,
 ) -> ContractTerms {
     let digits = currency.map_or(AMOUNT_SCALE, minor_unit_digits);
     let money = |l: &mut Loader, key: &str, text: &DecimalText| -> Option<Amount> {
@@ -46,8 +49,59 @@ fn contract_terms(
     };
     let mut terms = ContractTerms::default();
     for f in &c.fee {
-        if let Some(a) = money(l, &format!("fee \"{}\" amount", f.name), &f.amount) {
-            terms.fees.push((f.name.clone(), a));
+        let Some(a) = money(l, &format!("fee \"{}\" amount", f.name), &f.amount) else {
+            continue;
+        };
+        if terms.fees.iter().any(|(n, _)| *n == f.name)
+            || terms.term_fees.iter().any(|t| t.name == f.name)
+        {
+            l.err(
+                file,
+                entry,
+                format!("two fees are named \"{}\"", f.name),
+                "give each fee of a contract its own name (the revenue schedule reports each as an obligation)",
+            );
+            continue;
+        }
+        let what = format!("fee \"{}\"", f.name);
+        match (f.term_months, span) {
+            (None, _) if f.starts.is_some() => l.err(
+                file,
+                entry,
+                format!("{what} has starts but no term_months"),
+                "a fee billed every invoice period runs with the contract: remove starts, or give the fee term_months",
+            ),
+            (None, _) => terms.fees.push((f.name.clone(), a)),
+            (Some(months @ 1..=120), Some((contract_starts, until))) => {
+                let anchor = match &f.starts {
+                    None => Some(contract_starts),
+                    Some(text) => l.time(file, entry, &format!("{what} starts"), text),
+                };
+                let Some(anchor) = anchor else { continue };
+                if anchor < contract_starts || until.is_some_and(|u| anchor >= u) {
+                    l.err(
+                        file,
+                        entry,
+                        format!("{what} starts {anchor}, outside the contract ({contract_starts} to {})", until.map_or("open-ended".to_string(), |u| u.to_string())),
+                        "start the fee's first term while the contract runs",
+                    );
+                    continue;
+                }
+                terms.term_fees.push(TermFee {
+                    name: f.name.clone(),
+                    amount: a,
+                    months,
+                    anchor,
+                    until,
+                });
+            }
+            (Some(1..=120), None) => {} // The contract's `starts` is reported already.
+            (Some(months), _) => l.err(
+                file,
+                entry,
+                format!("{what}: term_months = {months} is not from 1 to 120"),
+                "write term_months as the months one payment covers (12 for an annual fee), or omit it to bill the fee every invoice period",
+            ),
         }
     }
     terms.minimum_spend = c
@@ -358,7 +412,8 @@ pub(super) fn build_contracts(l: &mut Loader, files: &[(PathBuf, CatalogFile)]) 
                 }
             }
             let currency = card.map(|i| l.catalog.rate_cards[i].currency.clone());
-            let terms = contract_terms(l, file, &entry, c, currency.as_deref());
+            let span = starts.zip(ends);
+            let terms = contract_terms(l, file, &entry, c, currency.as_deref(), span);
             let entitlements = entitlements(l, file, &entry, &c.entitlement);
             let shadow = match c
                 .shadow_rate_card

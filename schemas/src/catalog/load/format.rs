@@ -81,6 +81,11 @@ pub(super) struct TaxDef {
 pub(super) struct FeeDef {
     pub(super) name: String,
     pub(super) amount: DecimalText,
+    /// Billed in advance per term of this many months (12: an annual fee), not every period.
+    pub(super) term_months: Option<u32>,
+    /// With `term_months`: when the first term starts (an add-on bought mid-contract); the
+    /// contract's start if absent.
+    pub(super) starts: Option<String>,
 }
 
 #[derive(Deserialize)]
