@@ -292,13 +292,20 @@ fn contracted_revenue_is_fees_and_minimums_and_usage_adds_what_is_above() {
             let month_index =
                 |t: &str| t[..4].parse::<i64>().unwrap() * 12 + t[5..7].parse::<i64>().unwrap();
             let since_start = month_index(month_start) - month_index(c["starts"].as_str().unwrap());
-            let mut net: Amount = list("fee")
+            let due = |f: &toml::Value| {
+                f.get("term_months")
+                    .is_none_or(|m| since_start >= 0 && since_start % m.as_integer().unwrap() == 0)
+            };
+            let fees = list("fee");
+            let mut net: Amount = fees
                 .iter()
-                .filter(|f| {
-                    f.get("term_months").is_none_or(|m| {
-                        since_start >= 0 && since_start % m.as_integer().unwrap() == 0
-                    })
-                })
+                .filter(|f| due(f))
+                .map(|f| amount(&f["amount"]))
+                .sum();
+            // A term's fee is outside the month's minimum spend.
+            let in_advance: Amount = fees
+                .iter()
+                .filter(|f| f.get("term_months").is_some() && due(f))
                 .map(|f| amount(&f["amount"]))
                 .sum();
             for d in list("discount") {
@@ -313,7 +320,8 @@ fn contracted_revenue_is_fees_and_minimums_and_usage_adds_what_is_above() {
                     net -= off;
                 }
             }
-            total += c.get("minimum_spend").map_or(net, |m| net.max(amount(m)));
+            let own = net - in_advance;
+            total += c.get("minimum_spend").map_or(own, |m| own.max(amount(m))) + in_advance;
         }
         total
     };

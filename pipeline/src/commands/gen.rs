@@ -255,7 +255,7 @@ fn contract_terms(s: &mut String, c: u32, period_start: EventTime, promotion_fro
     if c.is_multiple_of(4) {
         s.push_str("[[contract.fee]]\nname = \"platform\"\namount = \"49\"\n");
     }
-    if c % 10 == 3 {
+    if c % 10 == 8 {
         // An annual fee, billed in advance: the contract started before the stream, so the
         // first invoice bills the running term.
         s.push_str("[[contract.fee]]\nname = \"support\"\namount = \"600\"\nterm_months = 12\n");

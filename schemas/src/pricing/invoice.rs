@@ -427,16 +427,29 @@ fn period_lines(
     }
     net += push(&mut out, LineKind::Discount, SkuIdx::INVOICE, -invoice_wide);
 
+    // The minimum and maximum spend bound what the period bills for itself: a fee billed in
+    // advance for a term of months neither meets one month's commitment nor is waived by its cap.
+    let in_advance = period.term_fees.round_to(digits, rounding);
     if let Some(min) = terms.minimum_spend.map(|m| prorated(m, period.share)) {
         let min = min.round_to(digits, rounding);
-        if net < min {
-            net += push(&mut out, LineKind::Commitment, SkuIdx::INVOICE, min - net);
+        if net - in_advance < min {
+            net += push(
+                &mut out,
+                LineKind::Commitment,
+                SkuIdx::INVOICE,
+                min - (net - in_advance),
+            );
         }
     }
     if let Some(max) = terms.maximum_spend.map(|m| prorated(m, period.share)) {
         let max = max.round_to(digits, rounding);
-        if net > max {
-            net += push(&mut out, LineKind::Cap, SkuIdx::INVOICE, max - net);
+        if net - in_advance > max {
+            net += push(
+                &mut out,
+                LineKind::Cap,
+                SkuIdx::INVOICE,
+                max - (net - in_advance),
+            );
         }
     }
     let used = burn(&terms.credits, balances, period_start, net);
@@ -763,6 +776,54 @@ mod tests {
         );
         assert_eq!(got[0], ("2026-03".to_string(), a("614.93")));
         assert!(got[1..].iter().all(|(_, a)| *a == self::a("10")), "{got:?}");
+    }
+
+    #[test]
+    fn a_term_fee_neither_meets_the_minimum_spend_nor_is_cut_by_the_cap() {
+        let annual = crate::catalog::TermFee {
+            name: "support".into(),
+            amount: a("1200"),
+            months: 12,
+            anchor: t(NOV),
+            until: None,
+        };
+        let periods: BTreeMap<EventTime, BTreeMap<SkuIdx, Amount>> =
+            [(t(NOV), usage(&[(TOKENS, "80")]))].into();
+        let lines = |minimum: &str, maximum: &str| -> Vec<(LineKind, Amount)> {
+            let terms = ContractTerms {
+                term_fees: vec![annual.clone()],
+                minimum_spend: Some(a(minimum)),
+                maximum_spend: Some(a(maximum)),
+                ..ContractTerms::default()
+            };
+            contract_lines(
+                &terms,
+                None,
+                &periods,
+                PeriodUnit::Month,
+                2,
+                Rounding::HalfEven,
+            )
+            .into_iter()
+            .map(|(_, l)| (l.kind, l.amount))
+            .collect()
+        };
+        // November bills the year (1200) and 80 of usage: a minimum of 100 still tops the
+        // month's own spend up by 20, and a maximum of 50 takes 30 off it, not 1230.
+        assert_eq!(
+            lines("100", "500"),
+            vec![
+                (LineKind::Subscription, a("1200")),
+                (LineKind::Commitment, a("20")),
+            ]
+        );
+        assert_eq!(
+            lines("10", "50"),
+            vec![
+                (LineKind::Subscription, a("1200")),
+                (LineKind::Cap, a("-30")),
+            ]
+        );
     }
 
     #[test]
