@@ -319,6 +319,14 @@ fn an_annual_fee_is_billed_in_advance_and_recognised_by_day_over_its_term() {
         [("2026-10".to_string(), term)],
         "billed once, in advance"
     );
+    // The invoice preview says what the line bills: the fee, its term, in advance.
+    let preview = std::fs::read_to_string(out.join("invoice_preview.txt")).unwrap();
+    assert!(
+        preview.lines().any(|l| l
+            .contains("· support, 2026-10-15 to 2027-06-01, billed in advance")
+            && l.trim_end().ends_with("752.88 USD")),
+        "{preview}"
+    );
     let net = schedule(&out);
     let row = |period: &str| {
         let key = (

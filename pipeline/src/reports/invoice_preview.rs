@@ -8,10 +8,10 @@ use std::fmt::Write;
 use std::path::Path;
 
 use meterflow_schemas::catalog::Catalog;
-use meterflow_schemas::money::{minor_unit_digits, Amount};
-use meterflow_schemas::pricing::invoice::{replay_credit, CreditReplay};
+use meterflow_schemas::money::{minor_unit_digits, Amount, Rounding};
+use meterflow_schemas::pricing::invoice::{active_share, prorated, replay_credit, CreditReplay};
 use meterflow_schemas::rows::{InvoiceLine, LineKind};
-use meterflow_schemas::time::PeriodUnit;
+use meterflow_schemas::time::{EventTime, PeriodUnit};
 
 use crate::sinks::clickhouse::client::{sql_string, ClickHouse};
 
@@ -204,6 +204,13 @@ pub fn render_lines(
     let credit_notes = catalog
         .map(|c| credit_status(c, &lines, unit))
         .unwrap_or_default();
+    // The first period each contract is invoiced for (it bills the term fees running then).
+    let mut first: BTreeMap<String, String> = BTreeMap::new();
+    for l in &lines {
+        first
+            .entry(l.contract.clone())
+            .or_insert_with(|| l.invoice_period.clone());
+    }
     lines.retain(|l| filter.keeps(l));
     if lines.is_empty() {
         s.push_str("(no billable usage)\n");
@@ -235,11 +242,11 @@ pub fn render_lines(
         let mut totals: BTreeMap<&str, BTreeMap<LineKind, Amount>> = BTreeMap::new();
         for l in &rows {
             let digits = minor_unit_digits(&l.currency);
-            let unit = catalog
+            let sku_unit = catalog
                 .and_then(|c| c.sku(&l.sku).map(|i| c.skus[i.ix()].unit.as_str()))
                 .unwrap_or("");
             let quantity = if l.kind.is_usage() {
-                format!("{} {unit}", l.quantity).trim_end().to_string()
+                format!("{} {sku_unit}", l.quantity).trim_end().to_string()
             } else {
                 String::new()
             };
@@ -264,6 +271,23 @@ pub fn render_lines(
                 l.amount.format_fixed(digits),
                 l.currency
             );
+            if let (LineKind::Subscription, Some(catalog)) = (l.kind, catalog) {
+                let first = first.get(&l.contract) == Some(&l.invoice_period);
+                for (fee, amount) in
+                    fees_billed(catalog, &l.contract, &l.invoice_period, first, unit)
+                {
+                    let _ = writeln!(
+                        s,
+                        "  {:<18} {:<72} {:>10} {}",
+                        "",
+                        format!("· {fee}"),
+                        amount
+                            .round_to(digits, Rounding::HalfUp)
+                            .format_fixed(digits),
+                        l.currency
+                    );
+                }
+            }
             *totals
                 .entry(&l.currency)
                 .or_default()
@@ -319,6 +343,54 @@ pub fn render_lines(
         }
     }
     s
+}
+
+/// The fees behind a contract's subscription line in the invoice period `period` (`first`: the
+/// first period it is invoiced for), when the line alone does not say: each fee and what it
+/// bills, a fee billed in advance with its term. Exact amounts: the line rounds their sum once,
+/// the preview each one for display.
+/// Empty for a contract with one fee billed every period.
+fn fees_billed(
+    catalog: &Catalog,
+    contract: &str,
+    period: &str,
+    first: bool,
+    unit: PeriodUnit,
+) -> Vec<(String, Amount)> {
+    let (Some(c), Some(p)) = (catalog.contract(contract), unit.parse_label(period)) else {
+        return Vec::new();
+    };
+    let c = &catalog.contracts[c.ix()];
+    let (start, end) = (p.0, unit.end_of(p));
+    let share = active_share(c.starts, c.ends, start, end);
+    let mut out: Vec<(String, Amount)> = c
+        .terms
+        .fees
+        .iter()
+        .map(|(name, a)| (name.clone(), prorated(*a, share)))
+        .collect();
+    let day = |t: EventTime| {
+        let d = t.civil();
+        format!("{:04}-{:02}-{:02}", d.year, d.month, d.day)
+    };
+    let mut in_advance = false;
+    for f in &c.terms.term_fees {
+        for t in f.billed_in(start, end, first) {
+            in_advance = true;
+            let term = format!(
+                "{}, {} to {}, billed in advance",
+                f.name,
+                day(t.start),
+                day(t.end)
+            );
+            out.push((term, t.amount));
+        }
+    }
+    if !in_advance && out.len() < 2 {
+        return Vec::new();
+    }
+    out.retain(|(_, a)| *a != Amount::ZERO);
+    out
 }
 
 /// Credit used per contract and invoice period (label): the negated `credit` lines. Every

@@ -69,7 +69,7 @@ pub fn active_share(
     (length > 0 && active < length).then_some((active, length))
 }
 
-pub(crate) fn prorated(a: Amount, share: Share) -> Amount {
+pub fn prorated(a: Amount, share: Share) -> Amount {
     match share {
         None => a,
         Some((active, length)) => Amount((a.0 * active + length / 2).div_euclid(length)),
