@@ -13,6 +13,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use meterflow::reports::tables::read_table;
 use meterflow_tests::k8s::{free_pod_port, StatefulSet};
 use meterflow_tests::kafka::{
     group_offsets, partition_of_record, produce, Batching, UsageProducer,
@@ -1086,6 +1087,62 @@ fn a_first_run_under_latest_killed_before_its_first_commit_resumes_where_it_star
         arrived.len() as u64,
         "every record that arrived after the first start, once, and none of the history"
     );
+}
+
+#[test]
+fn start_from_latest_into_files_bills_what_arrives_after_the_start_and_none_of_the_history() {
+    // Without ClickHouse the start is not recorded (nothing to resume into), but the run
+    // starts from it as from a commit: every partition at its end, the first epoch after it.
+    let f = Fixture::new("kafka-latest-files", 2_000, 2, "6s");
+    let d = f.dir.path();
+    let lines: Vec<&str> = f.lines.iter().map(String::as_str).collect();
+    let (history, arrived) = lines.split_at(lines.len() / 2);
+    let brokers = f.broker.brokers();
+    produce(&brokers, TOPIC, 2, history, BATCHING);
+    let config = std::fs::read_to_string(d.join("kafka.toml")).unwrap();
+    std::fs::write(
+        d.join("files.toml"),
+        config.replace("exit_when_idle", "start_from = \"latest\"\nexit_when_idle")
+            + "\n[dedup]\nhorizon = \"40d\"\n",
+    )
+    .unwrap();
+    let out = d.join("files-out");
+    let log = std::fs::File::create(d.join("files.log")).unwrap();
+    let mut run = Running(
+        Command::new(meterflow_bin())
+            .args(["run", "-q", "-c"])
+            .arg(d.join("catalog"))
+            .arg("-o")
+            .arg(&out)
+            .arg("--config")
+            .arg(d.join("files.toml"))
+            .env("METERFLOW_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(d.join("files.log"))
+        .unwrap_or_default()
+        .contains("run started")
+    {
+        assert!(std::time::Instant::now() < deadline, "the run starts");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    produce(&brokers, TOPIC, 2, arrived, BATCHING);
+    assert!(run.wait().unwrap().success(), "the run exits when idle");
+    let read: usize = ["usage_events", "rejections", "duplicates"]
+        .iter()
+        .map(|t| read_table(&out, t).unwrap().len())
+        .sum();
+    assert_eq!(
+        read,
+        arrived.len(),
+        "every record that arrived after the start, once, and none of the history"
+    );
+    let invoiced = read_table(&out, "invoice_lines").unwrap();
+    assert!(!invoiced.is_empty(), "what arrived is billed");
 }
 
 #[test]
