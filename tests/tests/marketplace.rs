@@ -1126,6 +1126,22 @@ fn follow_exports_each_hour_as_the_watermark_closes_it_and_settles_late_usage() 
         "the late usage settles once, as a compensation"
     );
 
+    // Late usage for October once the follow has moved on to November (its watermark is in
+    // November now): October is still within reach of late events, so it settles too. A
+    // follow that passed over October only once, when November began, never sent it.
+    let mut more = std::fs::read_to_string(&input).unwrap();
+    more.push_str(r#"{"event_id":"evt-follow-late-october","customer_id":"globex","contract_id":"globex-legacy","sku":"tokens","unit":"tokens","quantity":"50000","timestamp":"2026-10-31T23:00:00Z","environment":"production"}"#);
+    more.push('\n');
+    std::fs::write(&input, more).unwrap();
+    run();
+    let third = wait_settled();
+    assert_ne!(second["tokens_1k"], third["tokens_1k"]);
+    let late = sql(
+        "SELECT toString(toInt64(sum(quantity))) FROM meterflow.exports \
+         WHERE dimension = 'tokens_1k' AND usage_hour = toDateTime('2026-10-31 23:00:00')",
+    );
+    assert_eq!(late.trim(), "50", "late October usage is sent for its hour");
+
     follow.terminate();
     let status = follow.wait_within(std::time::Duration::from_secs(20));
     assert!(status.success(), "{status:?}");

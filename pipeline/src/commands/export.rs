@@ -9,7 +9,7 @@
 //! marketplace customer missing, or `[exports]` credentials missing stop the export before
 //! anything is written or sent.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -213,8 +213,9 @@ impl ExportCommand {
     }
 
     /// `--follow`: every `--every`, the hours the committed watermark has closed in its current
-    /// period (and the rest of the period before, once it closes), until SIGTERM or SIGINT.
-    /// Usage that arrives late for an hour already sent settles as a compensation.
+    /// period, and the earlier periods late usage can still reach (`dedup.horizon` behind the
+    /// watermark), until SIGTERM or SIGINT. Usage that arrives late for an hour already sent
+    /// settles as a compensation.
     fn follow(
         &self,
         r: &Report,
@@ -249,10 +250,18 @@ impl ExportCommand {
             };
             if let Some(closed) = closed {
                 let current = unit.period_of(EventTime(closed.0 - 1));
-                let mut periods = vec![];
-                if let Some(before) = last_period.filter(|p| *p != current) {
-                    periods.push((before, unit.end_of(before)));
+                // Every closed period late usage can still be billed in (events up to
+                // `dedup.horizon` behind the watermark are), and the one this follow saw last:
+                // late usage that lands after the pass that closed its period settles too.
+                let mut earlier = BTreeSet::new();
+                earlier.extend(last_period.filter(|p| *p != current));
+                let mut p = unit.period_of(closed.minus(r.cfg.dedup.horizon));
+                while p < current {
+                    earlier.insert(p);
+                    p = unit.period_of(unit.end_of(p));
                 }
+                let mut periods: Vec<_> =
+                    earlier.into_iter().map(|p| (p, unit.end_of(p))).collect();
                 periods.push((current, closed));
                 failing = false;
                 for (p, to) in periods {
