@@ -115,6 +115,23 @@ impl Fixture {
             .collect()
     }
 
+    /// Produces the first half of the records, the history a `latest` start skips; returns the
+    /// other half, and `kafka.toml` as it is with `start_from = "latest"`.
+    fn history_then_latest(&self) -> (Vec<&str>, String) {
+        let lines: Vec<&str> = self.lines.iter().map(String::as_str).collect();
+        let (history, arrived) = lines.split_at(lines.len() / 2);
+        produce(
+            &self.broker.brokers(),
+            TOPIC,
+            self.partitions,
+            history,
+            BATCHING,
+        );
+        let config = std::fs::read_to_string(self.dir.path().join("kafka.toml")).unwrap();
+        let latest = config.replace("exit_when_idle", "start_from = \"latest\"\nexit_when_idle");
+        (arrived.to_vec(), latest)
+    }
+
     fn produce(&self, range: std::ops::Range<usize>) {
         let lines: Vec<&str> = self.lines[range].iter().map(String::as_str).collect();
         produce(
@@ -1016,12 +1033,8 @@ fn a_first_run_under_latest_killed_before_its_first_commit_resumes_where_it_star
     // since nothing recorded where the first run had started.
     let f = Fixture::new("kafka-latest-killed", 4_000, 2, "30s");
     let d = f.dir.path();
-    let lines: Vec<&str> = f.lines.iter().map(String::as_str).collect();
-    let (history, arrived) = lines.split_at(lines.len() / 2);
     let brokers = f.broker.brokers();
-    produce(&brokers, TOPIC, 2, history, BATCHING);
-    let config = std::fs::read_to_string(d.join("kafka.toml")).unwrap();
-    let latest = config.replace("exit_when_idle", "start_from = \"latest\"\nexit_when_idle");
+    let (arrived, latest) = f.history_then_latest();
     std::fs::write(
         d.join("kafka.toml"),
         latest.replace(
@@ -1044,20 +1057,10 @@ fn a_first_run_under_latest_killed_before_its_first_commit_resumes_where_it_star
         "kafka.toml",
         &["-n", "2", "-p", "0", "--hostfile", "hosts"],
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     for log in ["meterflow-0.log", "meterflow-1.log"] {
-        while !std::fs::read_to_string(d.join(log))
-            .unwrap_or_default()
-            .contains("run started")
-        {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{log}: the run starts"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_for_log(&d.join(log), "run started");
     }
-    produce(&brokers, TOPIC, 2, arrived, BATCHING);
+    produce(&brokers, TOPIC, 2, &arrived, BATCHING);
     // Time for the run to read them; what the test checks holds whether it has or not.
     std::thread::sleep(Duration::from_secs(2));
     for run in [&mut zero, &mut one] {
@@ -1095,15 +1098,10 @@ fn start_from_latest_into_files_bills_what_arrives_after_the_start_and_none_of_t
     // starts from it as from a commit: every partition at its end, the first epoch after it.
     let f = Fixture::new("kafka-latest-files", 2_000, 2, "6s");
     let d = f.dir.path();
-    let lines: Vec<&str> = f.lines.iter().map(String::as_str).collect();
-    let (history, arrived) = lines.split_at(lines.len() / 2);
-    let brokers = f.broker.brokers();
-    produce(&brokers, TOPIC, 2, history, BATCHING);
-    let config = std::fs::read_to_string(d.join("kafka.toml")).unwrap();
+    let (arrived, latest) = f.history_then_latest();
     std::fs::write(
         d.join("files.toml"),
-        config.replace("exit_when_idle", "start_from = \"latest\"\nexit_when_idle")
-            + "\n[dedup]\nhorizon = \"40d\"\n",
+        latest + "\n[dedup]\nhorizon = \"40d\"\n",
     )
     .unwrap();
     let out = d.join("files-out");
@@ -1122,15 +1120,8 @@ fn start_from_latest_into_files_bills_what_arrives_after_the_start_and_none_of_t
             .spawn()
             .unwrap(),
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !std::fs::read_to_string(d.join("files.log"))
-        .unwrap_or_default()
-        .contains("run started")
-    {
-        assert!(std::time::Instant::now() < deadline, "the run starts");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    produce(&brokers, TOPIC, 2, arrived, BATCHING);
+    wait_for_log(&d.join("files.log"), "run started");
+    produce(&f.broker.brokers(), TOPIC, 2, &arrived, BATCHING);
     assert!(run.wait().unwrap().success(), "the run exits when idle");
     let read: usize = ["usage_events", "rejections", "duplicates"]
         .iter()
@@ -1243,6 +1234,22 @@ fn a_stopped_clickhouse_pauses_reading_at_max_unwritten_bytes_and_loses_nothing(
 }
 
 /// Waits until `sql` counts at least `n`.
+/// Waits (up to a minute) until the log at `path` says `what`.
+fn wait_for_log(path: &std::path::Path, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .contains(what)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} never said `{what}`",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn wait_for(ch: &ClickHouseServer, sql: &str, n: u64, what: &str) {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while count(ch, sql) < n {
