@@ -35,7 +35,7 @@ use std::collections::BTreeMap;
 
 use crate::catalog::{CreditGrant, Term, TermFee};
 use crate::money::Amount;
-use crate::pricing::invoice::{active_share, prorated, replay_credit, CreditReplay};
+use crate::pricing::invoice::{fees_billed, replay_credit, CreditReplay};
 use crate::rows::LineKind;
 use crate::time::{EventTime, PeriodUnit};
 
@@ -341,17 +341,14 @@ pub fn schedule(
                     // part of the period the contract runs, or the terms starting in it.
                     let mut list: Vec<(ScheduleKey, Amount)> = Vec::new();
                     if let Some(c) = by_contract.get(contract) {
-                        let share = active_share(c.span.0, c.span.1, start, end);
-                        for (name, a) in c.fees {
-                            let k = key(format!("subscription:{name}"), &l.service_period);
-                            list.push((k, prorated(*a, share)));
-                        }
                         let first = first.get(contract) == Some(&period);
-                        for f in c.term_fees {
-                            let k = key(format!("subscription:{}", f.name), &l.service_period);
-                            let billed = f.billed_in(start, end, first);
-                            list.push((k.clone(), billed.iter().map(|t| t.amount).sum()));
-                            terms_of.entry(k).or_default().extend(billed);
+                        let fees = (c.fees, c.term_fees);
+                        for fee in fees_billed(fees, c.span, (start, end), first) {
+                            let k = key(format!("subscription:{}", fee.name), &l.service_period);
+                            if !fee.terms.is_empty() {
+                                terms_of.entry(k.clone()).or_default().extend(fee.terms);
+                            }
+                            list.push((k, fee.amount));
                         }
                     }
                     list.retain(|(_, a)| *a > Amount::ZERO);

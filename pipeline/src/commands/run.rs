@@ -378,12 +378,11 @@ fn open_outputs(args: &RunArgs, s: &Setup) -> anyhow::Result<Restored> {
     let sources = s.input.sources();
     // `kafka.start_from = "latest"` starts where every partition ends, as a commit of an empty
     // epoch 0 (see `sources::kafka::latest_start`), taken only when there is no commit yet.
-    let start_at_end = || match &s.input {
-        Input::Kafka { cfg, partitions } if cfg.start_from == "latest" => {
-            latest_start(cfg, partitions).map(Some)
-        }
-        _ => Ok(None),
+    let latest = match &s.input {
+        Input::Kafka { cfg, partitions } if cfg.start_from == "latest" => Some((cfg, partitions)),
+        _ => None,
     };
+    let start_at_end = || latest.map(|(cfg, all)| latest_start(cfg, all)).transpose();
     if !s.config.clickhouse.enabled() {
         prepare_out_dir(&args.out)
             .with_context(|| format!("cannot prepare output directory {}", args.out.display()))?;
@@ -445,8 +444,7 @@ fn open_outputs(args: &RunArgs, s: &Setup) -> anyhow::Result<Restored> {
             restored.resume.progress = Some(start);
             Ok(restored)
         }
-        Role::Reader if matches!(&s.input, Input::Kafka { cfg, .. } if cfg.start_from == "latest") =>
-        {
+        Role::Reader if latest.is_some() => {
             let deadline = Instant::now() + s.cluster.join_timeout.max(Duration::from_secs(60));
             tracing::info!("kafka.start_from = latest: waiting for process 0 to record where the pipeline starts");
             loop {

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use meterflow_schemas::catalog::Catalog;
 use meterflow_schemas::money::{minor_unit_digits, Amount, Rounding};
-use meterflow_schemas::pricing::invoice::{active_share, prorated, replay_credit, CreditReplay};
+use meterflow_schemas::pricing::invoice::{fees_billed, replay_credit, CreditReplay};
 use meterflow_schemas::rows::{InvoiceLine, LineKind};
 use meterflow_schemas::time::{EventTime, PeriodUnit};
 
@@ -274,7 +274,7 @@ pub fn render_lines(
             if let (LineKind::Subscription, Some(catalog)) = (l.kind, catalog) {
                 let first = first.get(&l.contract) == Some(&l.invoice_period);
                 for (fee, amount) in
-                    fees_billed(catalog, &l.contract, &l.invoice_period, first, unit)
+                    fee_breakdown(catalog, &l.contract, &l.invoice_period, first, unit)
                 {
                     let _ = writeln!(
                         s,
@@ -350,7 +350,7 @@ pub fn render_lines(
 /// bills, a fee billed in advance with its term. Exact amounts: the line rounds their sum once,
 /// the preview each one for display.
 /// Empty for a contract with one fee billed every period.
-fn fees_billed(
+fn fee_breakdown(
     catalog: &Catalog,
     contract: &str,
     period: &str,
@@ -361,29 +361,24 @@ fn fees_billed(
         return Vec::new();
     };
     let c = &catalog.contracts[c.ix()];
-    let (start, end) = (p.0, unit.end_of(p));
-    let share = active_share(c.starts, c.ends, start, end);
-    let mut out: Vec<(String, Amount)> = c
-        .terms
-        .fees
-        .iter()
-        .map(|(name, a)| (name.clone(), prorated(*a, share)))
-        .collect();
     let day = |t: EventTime| {
         let d = t.civil();
         format!("{:04}-{:02}-{:02}", d.year, d.month, d.day)
     };
+    let fees = (&c.terms.fees[..], &c.terms.term_fees[..]);
+    let mut out = Vec::new();
     let mut in_advance = false;
-    for f in &c.terms.term_fees {
-        for t in f.billed_in(start, end, first) {
+    for fee in fees_billed(fees, (c.starts, c.ends), (p.0, unit.end_of(p)), first) {
+        if fee.terms.is_empty() {
+            out.push((fee.name.to_string(), fee.amount));
+        }
+        for t in fee.terms {
             in_advance = true;
-            let term = format!(
-                "{}, {} to {}, billed in advance",
-                f.name,
-                day(t.start),
-                day(t.end)
-            );
-            out.push((term, t.amount));
+            let (from, to) = (day(t.start), day(t.end));
+            out.push((
+                format!("{}, {from} to {to}, billed in advance", fee.name),
+                t.amount,
+            ));
         }
     }
     if !in_advance && out.len() < 2 {

@@ -10,6 +10,7 @@ pub use crate::ids::{ContractIdx, CustomerIdx, PriceIdx, RateCardIdx, RegionIdx,
 
 use crate::hashing::FxHashMap;
 use crate::money::{Amount, UnitPrice};
+use crate::pricing::invoice::{active_share, prorated};
 use crate::pricing::PriceModel;
 use crate::time::EventTime;
 
@@ -118,12 +119,9 @@ impl TermFee {
             return None;
         }
         let end = self.until.map_or(full_end, |u| u.min(full_end));
-        let (part, whole) = ((end.0 - start.0) as i128, (full_end.0 - start.0) as i128);
-        let amount = if part == whole {
-            self.amount
-        } else {
-            Amount((self.amount.0 * part + whole / 2).div_euclid(whole))
-        };
+        // Prorated like a fee of a period the contract runs part of.
+        let share = active_share(start, self.until, start, full_end);
+        let amount = prorated(self.amount, share);
         Some(Term { start, end, amount })
     }
 

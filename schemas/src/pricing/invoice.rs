@@ -23,7 +23,9 @@
 
 use std::collections::BTreeMap;
 
-use crate::catalog::{Catalog, ContractIdx, ContractTerms, CreditGrant, DiscountOff, SkuIdx, Tax};
+use crate::catalog::{
+    Catalog, ContractIdx, ContractTerms, CreditGrant, DiscountOff, SkuIdx, Tax, Term, TermFee,
+};
 use crate::money::{minor_unit_digits, Amount, Rounding};
 use crate::rows::LineKind;
 use crate::time::{EventTime, Period, PeriodUnit};
@@ -139,6 +141,44 @@ pub fn contract_invoice(
         .map(|t| &catalog.taxes[t.ix()]);
     let digits = minor_unit_digits(currency);
     contract_lines_prorated(&c.terms, tax, &periods, unit, &share, digits, rounding)
+}
+
+/// What one fee of a contract bills in an invoice period.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FeeBilled<'a> {
+    pub name: &'a str,
+    /// Exact: the subscription line rounds the sum of a period's fees once.
+    pub amount: Amount,
+    /// For a fee billed in advance: the terms it bills in the period (empty for a fee of every
+    /// period).
+    pub terms: Vec<Term>,
+}
+
+/// What each fee bills in the invoice period `[start, end)` of a contract running `span`
+/// (`first`: the first period it is invoiced for): a fee of every period its list price prorated
+/// to the part of the period the contract runs, a fee billed in advance the terms it bills there
+/// ([`TermFee::billed_in`]). Their sum is what the subscription line bills before rounding.
+pub fn fees_billed<'a>(
+    (fees, term_fees): (&'a [(String, Amount)], &'a [TermFee]),
+    span: (EventTime, Option<EventTime>),
+    (start, end): (EventTime, EventTime),
+    first: bool,
+) -> Vec<FeeBilled<'a>> {
+    let share = active_share(span.0, span.1, start, end);
+    let every_period = fees.iter().map(|(name, a)| FeeBilled {
+        name,
+        amount: prorated(*a, share),
+        terms: Vec::new(),
+    });
+    let in_advance = term_fees.iter().map(|f| {
+        let terms = f.billed_in(start, end, first);
+        FeeBilled {
+            name: &f.name,
+            amount: terms.iter().map(|t| t.amount).sum(),
+            terms,
+        }
+    });
+    every_period.chain(in_advance).collect()
 }
 
 /// What the term fees of `terms` bill in the invoice period `[start, end)`; `first`: the first
@@ -432,24 +472,16 @@ fn period_lines(
     let in_advance = period.term_fees.round_to(digits, rounding);
     if let Some(min) = terms.minimum_spend.map(|m| prorated(m, period.share)) {
         let min = min.round_to(digits, rounding);
-        if net - in_advance < min {
-            net += push(
-                &mut out,
-                LineKind::Commitment,
-                SkuIdx::INVOICE,
-                min - (net - in_advance),
-            );
+        let own = net - in_advance;
+        if own < min {
+            net += push(&mut out, LineKind::Commitment, SkuIdx::INVOICE, min - own);
         }
     }
     if let Some(max) = terms.maximum_spend.map(|m| prorated(m, period.share)) {
         let max = max.round_to(digits, rounding);
-        if net - in_advance > max {
-            net += push(
-                &mut out,
-                LineKind::Cap,
-                SkuIdx::INVOICE,
-                max - (net - in_advance),
-            );
+        let own = net - in_advance;
+        if own > max {
+            net += push(&mut out, LineKind::Cap, SkuIdx::INVOICE, max - own);
         }
     }
     let used = burn(&terms.credits, balances, period_start, net);
