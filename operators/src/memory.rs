@@ -37,9 +37,7 @@ impl<R: Ord + Clone> SignedCollect<R> {
 
 impl<R: Ord + Clone + 'static> TableWriter<(R, Epoch, isize)> for SignedCollect<R> {
     fn write(&mut self, _: Epoch, rows: &mut Vec<(R, Epoch, isize)>) -> Result<(), String> {
-        for (r, t, d) in rows.drain(..) {
-            self.state.update(r, t, d);
-        }
+        self.state.extend(rows.drain(..));
         Ok(())
     }
     fn flush(&mut self, frontier: Option<Epoch>) -> Result<(), String> {

@@ -125,6 +125,19 @@ impl<R: Ord + Clone> SignedState<R> {
         self.pending.entry(epoch).or_default().push((row, diff));
     }
 
+    /// [`update`](Self::update) for a batch: a run of rows of one time (a batch usually is one)
+    /// costs one lookup of that time, not one per row.
+    pub fn extend(&mut self, rows: impl IntoIterator<Item = Signed<R>>) {
+        let mut rows = rows.into_iter().peekable();
+        while let Some(&(_, epoch, _)) = rows.peek() {
+            let updates = self.pending.entry(epoch).or_default();
+            updates.reserve(rows.size_hint().0);
+            while let Some((row, _, diff)) = rows.next_if(|(_, t, _)| *t == epoch) {
+                updates.push((row, diff));
+            }
+        }
+    }
+
     /// A time's updates in row order, one per row, with their net diff.
     fn consolidated(mut updates: Vec<(R, isize)>) -> Vec<(R, isize)> {
         updates.sort_unstable_by(|a, b| a.0.cmp(&b.0));
@@ -274,6 +287,27 @@ mod tests {
         );
         assert_eq!(s.held().collect::<Vec<_>>(), vec![(&"c", 1)]);
         assert_eq!(s.changes(None), vec![c("d", 1, 9, 9)]);
+    }
+
+    #[test]
+    fn a_batch_of_several_times_is_the_same_as_one_update_at_a_time() {
+        let batch = vec![
+            ("a", 3, 1),
+            ("b", 3, 1),
+            ("a", 5, -1),
+            ("c", 3, 1),
+            ("c", 5, 1),
+            ("b", 5, -1),
+        ];
+        let mut one_by_one = SignedState::default();
+        for (r, t, d) in batch.clone() {
+            one_by_one.update(r, t, d);
+        }
+        let mut batched = SignedState::default();
+        batched.extend(batch);
+        let expected = one_by_one.changes(None);
+        assert_eq!(expected.len(), 6);
+        assert_eq!(batched.changes(None), expected);
     }
 
     #[test]

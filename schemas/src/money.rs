@@ -134,19 +134,26 @@ pub fn push_scaled(buf: &mut Vec<u8>, v: i128, scale: u32) {
     }
     let abs = v.unsigned_abs();
     let one = 10u128.pow(scale);
-    let (whole, mut frac) = if abs <= u64::MAX as u128 && one <= u64::MAX as u128 {
-        (
-            (abs as u64 / one as u64) as u128,
-            (abs as u64 % one as u64) as u128,
-        )
+    // Nearly every value fits 64 bits: 128-bit division and formatting cost several times more.
+    if abs <= u64::MAX as u128 && one <= u64::MAX as u128 {
+        let (abs, one) = (abs as u64, one as u64);
+        push_parts(buf, abs / one, abs % one, scale);
     } else {
-        (abs / one, abs % one)
-    };
+        push_parts(buf, abs / one, abs % one, scale);
+    }
+}
+
+/// `whole`, then `.` and the `scale` digits of `frac` without trailing zeros (none if zero).
+fn push_parts<T>(buf: &mut Vec<u8>, whole: T, mut frac: T, scale: u32)
+where
+    T: itoa::Integer + Copy + Eq + From<u8> + std::ops::Rem<Output = T> + std::ops::Div<Output = T>,
+{
+    let (zero, ten) = (T::from(0), T::from(10));
     buf.extend_from_slice(itoa::Buffer::new().format(whole).as_bytes());
-    if frac != 0 {
+    if frac != zero {
         let mut digits = scale as usize;
-        while frac % 10 == 0 {
-            frac /= 10;
+        while frac % ten == zero {
+            frac = frac / ten;
             digits -= 1;
         }
         buf.push(b'.');
@@ -457,6 +464,18 @@ mod tests {
             let mut b = Vec::new();
             push_scaled(&mut b, v, 18);
             prop_assert_eq!(String::from_utf8(b).unwrap(), Amount(v).to_string());
+        }
+
+        /// The 64-bit path, which nearly every quantity and amount takes.
+        #[test]
+        fn push_scaled_matches_display_within_64_bits(v in any::<i64>(), frac in 0i128..1000) {
+            let v = v as i128;
+            for (scale, small) in [(9, v), (9, frac * 1_000_000), (18, v), (18, frac * 10i128.pow(15))] {
+                let mut b = Vec::new();
+                push_scaled(&mut b, small, scale);
+                let expected = if scale == 9 { Quantity(small).to_string() } else { Amount(small).to_string() };
+                prop_assert_eq!(String::from_utf8(b).unwrap(), expected);
+            }
         }
 
         #[test]

@@ -33,9 +33,7 @@ struct GatheredLines {
 
 impl TableWriter<Signed<InvoiceLine>> for GatheredLines {
     fn write(&mut self, _: Epoch, rows: &mut Vec<Signed<InvoiceLine>>) -> Result<(), String> {
-        for (r, epoch, diff) in rows.drain(..) {
-            self.state.update(r, epoch, diff);
-        }
+        self.state.extend(rows.drain(..));
         Ok(())
     }
 

@@ -534,9 +534,7 @@ impl<R: Alertable> AlertingWriter<R> {
 
 impl<R: Alertable> TableWriter<Signed<R>> for AlertingWriter<R> {
     fn write(&mut self, epoch: Epoch, rows: &mut Vec<Signed<R>>) -> Result<(), String> {
-        for (r, t, d) in rows.iter() {
-            self.state.update(r.clone(), *t, *d);
-        }
+        self.state.extend(rows.iter().cloned());
         self.inner.write(epoch, rows)
     }
 

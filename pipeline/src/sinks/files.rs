@@ -358,9 +358,7 @@ impl<R: Ord + Clone + CsvRow> SignedWriter<R> {
 
 impl<R: Ord + Clone + CsvRow> TableWriter<Signed<R>> for SignedWriter<R> {
     fn write(&mut self, _: Epoch, rows: &mut Vec<Signed<R>>) -> Result<(), String> {
-        for (r, epoch, diff) in rows.drain(..) {
-            self.state.update(r, epoch, diff);
-        }
+        self.state.extend(rows.drain(..));
         Ok(())
     }
 

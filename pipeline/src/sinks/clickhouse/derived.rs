@@ -112,9 +112,7 @@ pub struct SignedTable<R: Ord + Clone> {
 
 impl<R: Ord + Clone + Send + 'static> TableWriter<Signed<R>> for SignedTable<R> {
     fn write(&mut self, _: Epoch, rows: &mut Vec<Signed<R>>) -> Result<(), String> {
-        for (r, t, d) in rows.drain(..) {
-            self.state.update(r, t, d);
-        }
+        self.state.extend(rows.drain(..));
         Ok(())
     }
     fn flush(&mut self, frontier: Option<Epoch>) -> Result<(), String> {
