@@ -33,7 +33,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::catalog::{CreditGrant, Term, TermFee};
+use crate::catalog::{CreditGrant, Fee, Term, TermFee};
 use crate::money::Amount;
 use crate::pricing::invoice::{fees_billed, replay_credit, CreditReplay};
 use crate::rows::LineKind;
@@ -221,14 +221,14 @@ pub(crate) fn share(amount: Amount, part: Amount, whole: Amount) -> Amount {
     Amount(mul_div(amount.0, part.0, whole.0))
 }
 
-/// Spreads `amount` over `targets` pro rata to their amounts; the rounding remainder goes to the
-/// largest, so the shares sum to `amount` exactly.
 /// A subscription fee's obligation (`subscription:<fee>`, or `subscription` for a contract
 /// whose fees the schedule was not told).
 fn is_subscription(k: &ScheduleKey) -> bool {
     k.obligation == "subscription" || k.obligation.starts_with("subscription:")
 }
 
+/// Spreads `amount` over `targets` pro rata to their amounts; the rounding remainder goes to the
+/// largest, so the shares sum to `amount` exactly.
 fn allocate(amount: Amount, targets: &mut [(&ScheduleKey, Amount)]) -> Vec<(ScheduleKey, Amount)> {
     let whole: Amount = targets.iter().map(|(_, a)| *a).sum();
     let mut out: Vec<(ScheduleKey, Amount)> = targets
@@ -256,12 +256,13 @@ pub struct Terms<'a> {
     pub span: (EventTime, Option<EventTime>),
     /// In burn order, as the catalog holds them.
     pub grants: &'a [CreditGrant],
-    /// Its subscription fees at list price, by name: each is an obligation of its own, and the
-    /// invoice's subscription line is allocated across them by what each bills in the period
-    /// (these prices, prorated alike).
-    pub fees: &'a [(String, Amount)],
-    /// Its fees billed in advance per term: obligations too, allocated by what each bills in
-    /// the period (its terms starting there), and recognised over their terms.
+    /// Its subscription fees, by name: each is an obligation of its own, and the invoice's
+    /// subscription line is allocated across them by the standalone selling price of what each
+    /// bills in the period (prorated alike).
+    pub fees: &'a [Fee],
+    /// Its fees billed in advance per term: obligations too, allocated by the standalone selling
+    /// price of what each bills in the period (its terms starting there), and recognised over
+    /// their terms.
     pub term_fees: &'a [TermFee],
 }
 
@@ -336,9 +337,9 @@ pub fn schedule(
                     key(format!("usage:{}", l.sku), &l.service_period)
                 }
                 LineKind::Subscription => {
-                    // One obligation per fee, the line allocated by what each fee bills in the
-                    // period: its list price (its standalone selling price) prorated to the
-                    // part of the period the contract runs, or the terms starting in it.
+                    // One obligation per fee, the line allocated by the standalone selling
+                    // price of what each fee bills in the period: prorated to the part of the
+                    // period the contract runs, or of the terms starting in it.
                     let mut list: Vec<(ScheduleKey, Amount)> = Vec::new();
                     if let Some(c) = by_contract.get(contract) {
                         let first = first.get(contract) == Some(&period);
@@ -348,7 +349,7 @@ pub fn schedule(
                             if !fee.terms.is_empty() {
                                 terms_of.entry(k.clone()).or_default().extend(fee.terms);
                             }
-                            list.push((k, fee.amount));
+                            list.push((k, fee.ssp));
                         }
                     }
                     list.retain(|(_, a)| *a > Amount::ZERO);
@@ -515,9 +516,9 @@ fn over_terms(
     unit: PeriodUnit,
     as_of: EventTime,
 ) {
-    // Each term's share of `x` (by what it bills; the remainder to the last), ...
-    let billed: Amount = terms.iter().map(|t| t.amount).sum();
-    let mut parts: Vec<Amount> = terms.iter().map(|t| share(x, t.amount, billed)).collect();
+    // Each term's share of `x` (by its standalone selling price; the remainder to the last), ...
+    let whole: Amount = terms.iter().map(|t| t.ssp).sum();
+    let mut parts: Vec<Amount> = terms.iter().map(|t| share(x, t.ssp, whole)).collect();
     let given: Amount = parts.iter().copied().sum();
     if let Some(last) = parts.last_mut() {
         *last += x - given;
@@ -726,10 +727,7 @@ mod tests {
     fn each_fee_is_an_obligation_allocated_by_its_list_price() {
         // Platform 40 and support 20 a month, prorated to half of October: a 30 line. The
         // invoice discount of 12 goes to usage 90 and the fees 30 by amount: 9 and 3.
-        let fees = [
-            ("platform".to_string(), a("40")),
-            ("support".to_string(), a("20")),
-        ];
+        let fees = [Fee::new("platform", a("40")), Fee::new("support", a("20"))];
         let terms = [Terms {
             customer: "acme".into(),
             contract: "acme-1".into(),
@@ -765,6 +763,115 @@ mod tests {
         assert_eq!(
             platform.unbilled + support.unbilled,
             a("19.999999999999999999")
+        );
+        assert!(s.values().all(Amounts::balances));
+    }
+
+    /// A contract from 1 October 2026 with `fees` and `term_fees`.
+    fn bundle<'a>(fees: &'a [Fee], term_fees: &'a [TermFee]) -> Terms<'a> {
+        Terms {
+            customer: "acme".into(),
+            contract: "acme-1".into(),
+            currency: "USD".into(),
+            span: (t("2026-10-01T00:00:00Z"), None),
+            grants: &[],
+            fees,
+            term_fees,
+        }
+    }
+
+    #[test]
+    fn a_fee_in_a_bundle_takes_its_share_by_its_standalone_selling_price() {
+        // Platform 100 a month includes onboarding help, which bills nothing but sells for 25
+        // on its own: the 100 line is 80 platform and 20 onboarding. The invoice discount of
+        // 20 then goes to usage 100, platform 80 and onboarding 20 by amount: 10, 8 and 2.
+        let fees = [
+            Fee::new("platform", a("100")),
+            Fee {
+                name: "onboarding".into(),
+                amount: Amount::ZERO,
+                ssp: a("25"),
+            },
+        ];
+        let lines = [
+            line(LineKind::Usage, "tokens", "2026-10", "2026-10", "100"),
+            line(LineKind::Subscription, "", "2026-10", "2026-10", "100"),
+            line(LineKind::Discount, "", "2026-10", "2026-10", "-20"),
+        ];
+        let s = schedule(
+            &lines,
+            &[bundle(&fees, &[])],
+            PeriodUnit::Month,
+            t("2026-11-05T00:00:00Z"),
+        );
+        let recognised = |o: &str| get(&s, o, "2026-10").recognised;
+        assert_eq!(recognised("subscription:platform"), a("72"));
+        assert_eq!(recognised("subscription:onboarding"), a("18"));
+        assert_eq!(recognised("usage:tokens"), a("90"));
+        assert!(s.values().all(Amounts::balances));
+        // Sold at list prices (no ssp), the bundled fee would earn nothing.
+        let list = [
+            Fee::new("platform", a("100")),
+            Fee::new("onboarding", Amount::ZERO),
+        ];
+        let s = schedule(
+            &lines,
+            &[bundle(&list, &[])],
+            PeriodUnit::Month,
+            t("2026-11-05T00:00:00Z"),
+        );
+        assert_eq!(
+            get(&s, "subscription:platform", "2026-10").recognised,
+            a("90")
+        );
+        assert_eq!(
+            get(&s, "subscription:onboarding", "2026-10"),
+            Amounts::default()
+        );
+    }
+
+    #[test]
+    fn a_term_included_in_a_monthly_fee_is_deferred_over_its_term_by_its_share() {
+        // Platform 146 a month includes a year of training from 1 October that sells for 584
+        // on its own. October bills 146: platform 146 x 146/730 = 29.2, training 116.8, which
+        // is recognised by day over the year's 365 days (0.32 a day) and deferred until then.
+        // November bills 146 again, all platform: its training term started in October.
+        let fees = [Fee::new("platform", a("146"))];
+        let training = [TermFee {
+            name: "training".into(),
+            amount: Amount::ZERO,
+            ssp: a("584"),
+            months: 12,
+            anchor: t("2026-10-01T00:00:00Z"),
+            until: None,
+        }];
+        let lines = [
+            line(LineKind::Subscription, "", "2026-10", "2026-10", "146"),
+            line(LineKind::Subscription, "", "2026-11", "2026-11", "146"),
+        ];
+        let s = schedule(
+            &lines,
+            &[bundle(&fees, &training)],
+            PeriodUnit::Month,
+            t("2026-12-05T00:00:00Z"),
+        );
+        assert_eq!(
+            get(&s, "subscription:platform", "2026-10").recognised,
+            a("29.2")
+        );
+        let october = get(&s, "subscription:training", "2026-10");
+        assert_eq!(
+            (october.billed, october.recognised, october.deferred),
+            (a("116.8"), a("9.92"), a("106.88"))
+        );
+        assert_eq!(
+            get(&s, "subscription:platform", "2026-11").recognised,
+            a("146")
+        );
+        let november = get(&s, "subscription:training", "2026-11");
+        assert_eq!(
+            (november.billed, november.recognised, november.deferred),
+            (Amount::ZERO, a("9.6"), a("-9.6"))
         );
         assert!(s.values().all(Amounts::balances));
     }
@@ -826,6 +933,7 @@ mod tests {
         let fee = [TermFee {
             name: "support".into(),
             amount: a("365"),
+            ssp: a("365"),
             months: 12,
             anchor: t("2026-01-01T00:00:00Z"),
             until: None,

@@ -107,8 +107,9 @@ fn the_schedule_balances_recognises_what_is_billed_and_follows_a_void() {
     for (c, [b, r, d, u]) in &billed {
         assert_eq!((*u, *r + *d), (Amount::ZERO, *b), "{c}");
     }
-    // A fee is an obligation of its own, named after it: acme's platform fee recognises its
-    // October subscription line (acme's only discount is on tokens).
+    // A fee is an obligation of its own, named after it: acme's October subscription line
+    // (acme's only discount is on tokens) is allocated across its platform fee (49) and the
+    // onboarding help that comes with it (bills 0, sells for 15 alone) by 49 : 15.
     let fee: Amount = current_rows(&read_table(&out, "invoice_lines").unwrap())
         .iter()
         .filter(|r| {
@@ -123,7 +124,14 @@ fn the_schedule_balances_recognises_what_is_billed_and_follows_a_void() {
         ("acme-2026".to_string(), o.to_string(), p.clone(), p)
     };
     assert!(fee > Amount::ZERO);
-    assert_eq!(first[&october("subscription:platform")][1], fee);
+    let platform = first[&october("subscription:platform")][1];
+    let onboarding = first[&october("subscription:onboarding")][1];
+    assert_eq!(platform + onboarding, fee);
+    assert_eq!(
+        onboarding,
+        Amount(fee.0 * 15 / 64),
+        "the bundled fee's share by its standalone selling price"
+    );
     assert!(!first.contains_key(&october("subscription")));
     // Initech's onboarding credit, prepaid when granted (March): the prepayment opens the
     // liability that its credit lines draw down.

@@ -152,6 +152,11 @@ budget = "2500"             # service budget: budget_burn when usage runs ahead 
 name = "platform"
 amount = "49"
 
+[[contract.fee]]            # onboarding help comes with the platform: it bills nothing, but
+name = "onboarding"         # sells for 15 on its own, so the revenue schedule allocates
+amount = "0"                # the platform's 49 across both by 49 : 15
+ssp = "15"
+
 [[contract.discount]]       # 10% off tokens
 sku = "tokens"
 percent = "10"

@@ -381,10 +381,11 @@ fn fee_breakdown(
             ));
         }
     }
+    // A fee included at no charge (one with only a standalone selling price) bills nothing.
+    out.retain(|(_, a)| *a != Amount::ZERO);
     if !in_advance && out.len() < 2 {
         return Vec::new();
     }
-    out.retain(|(_, a)| *a != Amount::ZERO);
     out
 }
 

@@ -392,6 +392,7 @@ ends = "2027-01-01T00:00:00Z"
             "rate_card = \"std\"\nstarts = \"2026-01-01T00:00:00Z\"\n",
             "rate_card = \"std\"\nstarts = \"2026-01-01T00:00:00Z\"\nminimum_spend = \"100\"\nmaximum_spend = \"1000.50\"\n\
              [[contract.fee]]\nname = \"platform\"\namount = \"49\"\n\
+             [[contract.fee]]\nname = \"onboarding\"\namount = \"0\"\nssp = \"15\"\n\
              [[contract.fee]]\nname = \"support\"\namount = \"1200\"\nterm_months = 12\n\
              [[contract.discount]]\nsku = \"tokens\"\npercent = \"12.5\"\n\
              [[contract.discount]]\nname = \"launch\"\namount = \"5\"\nfrom = \"2026-02-01T00:00:00Z\"\nuntil = \"2026-03-01T00:00:00Z\"\n",
@@ -402,13 +403,21 @@ ends = "2027-01-01T00:00:00Z"
         let t = &c.contracts[0].terms;
         assert_eq!(
             t.fees,
-            vec![("platform".to_string(), Amount::parse_price("49").unwrap())]
+            vec![
+                Fee::new("platform", Amount::parse_price("49").unwrap()),
+                Fee {
+                    name: "onboarding".into(),
+                    amount: Amount::ZERO,
+                    ssp: Amount::parse_price("15").unwrap(),
+                }
+            ]
         );
         assert_eq!(
             t.term_fees,
             vec![TermFee {
                 name: "support".into(),
                 amount: Amount::parse_price("1200").unwrap(),
+                ssp: Amount::parse_price("1200").unwrap(),
                 months: 12,
                 anchor: EventTime::parse_rfc3339("2026-01-01T00:00:00Z").unwrap(),
                 until: None,
@@ -486,6 +495,13 @@ ends = "2027-01-01T00:00:00Z"
         );
         let e = with("[[contract.fee]]\nname = \"x\"\namount = \"1\"\n[[contract.fee]]\nname = \"x\"\namount = \"2\"\nterm_months = 12\n");
         assert!(e.contains("two fees are named \"x\""), "{e}");
+        let e = with("[[contract.fee]]\nname = \"x\"\namount = \"10\"\nssp = \"0\"\n");
+        assert!(
+            e.contains("fee \"x\" bills 10 but its ssp is 0") && e.contains("sells for on its own"),
+            "{e}"
+        );
+        let e = with("[[contract.fee]]\nname = \"x\"\namount = \"0\"\nssp = \"-5\"\n");
+        assert!(e.contains("fee \"x\" ssp -5 is negative"), "{e}");
         let e = with("[contract.renewal]\nterm_months = 12\n");
         assert!(
             e.contains("contract without `ends`") && e.contains("set `ends`"),

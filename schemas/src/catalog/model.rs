@@ -90,6 +90,9 @@ impl CreditGrant {
 pub struct TermFee {
     pub name: String,
     pub amount: Amount,
+    /// Its standalone selling price per term (the revenue schedule allocates by it); its amount
+    /// unless the catalog says otherwise.
+    pub ssp: Amount,
     pub months: u32,
     /// When the first term starts.
     pub anchor: EventTime,
@@ -107,6 +110,8 @@ pub struct Term {
     /// What the term bills: the fee, times the share of the term the contract runs (exact to
     /// 18 digits, half up).
     pub amount: Amount,
+    /// The fee's standalone selling price, prorated like `amount`.
+    pub ssp: Amount,
 }
 
 impl TermFee {
@@ -121,8 +126,13 @@ impl TermFee {
         let end = self.until.map_or(full_end, |u| u.min(full_end));
         // Prorated like a fee of a period the contract runs part of.
         let share = active_share(start, self.until, start, full_end);
-        let amount = prorated(self.amount, share);
-        Some(Term { start, end, amount })
+        let (amount, ssp) = (prorated(self.amount, share), prorated(self.ssp, share));
+        Some(Term {
+            start,
+            end,
+            amount,
+            ssp,
+        })
     }
 
     /// The terms an invoice period `[from, to)` bills: those starting in it; and for the first
@@ -155,11 +165,35 @@ impl TermFee {
     }
 }
 
+/// A fee billed every invoice period (a subscription).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fee {
+    pub name: String,
+    /// What it bills per invoice period.
+    pub amount: Amount,
+    /// Its standalone selling price per invoice period: what it would sell for on its own
+    /// (ASC 606-10-32-31). The revenue schedule allocates the subscription line across a
+    /// contract's fees by it. Its amount unless the catalog says otherwise (a fee included in a
+    /// bundle bills 0 but has a price of its own).
+    pub ssp: Amount,
+}
+
+impl Fee {
+    /// A fee sold at its standalone selling price.
+    pub fn new(name: impl Into<String>, amount: Amount) -> Self {
+        Fee {
+            name: name.into(),
+            amount,
+            ssp: amount,
+        }
+    }
+}
+
 /// What a contract adds to each invoice beyond its usage.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ContractTerms {
     /// Flat recurring fees per invoice period (subscriptions), by name.
-    pub fees: Vec<(String, Amount)>,
+    pub fees: Vec<Fee>,
     /// Fees billed in advance per term of months (annual subscriptions).
     pub term_fees: Vec<TermFee>,
     pub discounts: Vec<Discount>,

@@ -24,7 +24,7 @@
 use std::collections::BTreeMap;
 
 use crate::catalog::{
-    Catalog, ContractIdx, ContractTerms, CreditGrant, DiscountOff, SkuIdx, Tax, Term, TermFee,
+    Catalog, ContractIdx, ContractTerms, CreditGrant, DiscountOff, Fee, SkuIdx, Tax, Term, TermFee,
 };
 use crate::money::{minor_unit_digits, Amount, Rounding};
 use crate::rows::LineKind;
@@ -149,6 +149,8 @@ pub struct FeeBilled<'a> {
     pub name: &'a str,
     /// Exact: the subscription line rounds the sum of a period's fees once.
     pub amount: Amount,
+    /// Its standalone selling price for what it bills, prorated like `amount`.
+    pub ssp: Amount,
     /// For a fee billed in advance: the terms it bills in the period (empty for a fee of every
     /// period).
     pub terms: Vec<Term>,
@@ -159,15 +161,16 @@ pub struct FeeBilled<'a> {
 /// to the part of the period the contract runs, a fee billed in advance the terms it bills there
 /// ([`TermFee::billed_in`]). Their sum is what the subscription line bills before rounding.
 pub fn fees_billed<'a>(
-    (fees, term_fees): (&'a [(String, Amount)], &'a [TermFee]),
+    (fees, term_fees): (&'a [Fee], &'a [TermFee]),
     span: (EventTime, Option<EventTime>),
     (start, end): (EventTime, EventTime),
     first: bool,
 ) -> Vec<FeeBilled<'a>> {
     let share = active_share(span.0, span.1, start, end);
-    let every_period = fees.iter().map(|(name, a)| FeeBilled {
-        name,
-        amount: prorated(*a, share),
+    let every_period = fees.iter().map(|f| FeeBilled {
+        name: &f.name,
+        amount: prorated(f.amount, share),
+        ssp: prorated(f.ssp, share),
         terms: Vec::new(),
     });
     let in_advance = term_fees.iter().map(|f| {
@@ -175,6 +178,7 @@ pub fn fees_billed<'a>(
         FeeBilled {
             name: &f.name,
             amount: terms.iter().map(|t| t.amount).sum(),
+            ssp: terms.iter().map(|t| t.ssp).sum(),
             terms,
         }
     });
@@ -439,7 +443,7 @@ fn period_lines(
     let fees: Amount = terms
         .fees
         .iter()
-        .map(|(_, a)| prorated(*a, period.share))
+        .map(|f| prorated(f.amount, period.share))
         .sum::<Amount>()
         + period.term_fees;
     net += push(&mut out, LineKind::Subscription, SkuIdx::INVOICE, fees);
@@ -582,7 +586,10 @@ mod tests {
     #[test]
     fn subscription_fees_are_one_line() {
         let terms = ContractTerms {
-            fees: vec![("platform".into(), a("49")), ("support".into(), a("10.50"))],
+            fees: vec![
+                Fee::new("platform", a("49")),
+                Fee::new("support", a("10.50")),
+            ],
             ..Default::default()
         };
         assert_eq!(
@@ -607,7 +614,7 @@ mod tests {
     #[test]
     fn a_fixed_discount_never_exceeds_what_it_applies_to() {
         let terms = ContractTerms {
-            fees: vec![("platform".into(), a("3"))],
+            fees: vec![Fee::new("platform", a("3"))],
             discounts: vec![fixed(None, "50"), fixed(Some(TOKENS), "7")],
             ..Default::default()
         };
@@ -645,7 +652,7 @@ mod tests {
     #[test]
     fn a_commitment_tops_up_to_the_minimum_exactly() {
         let terms = ContractTerms {
-            fees: vec![("platform".into(), a("49"))],
+            fees: vec![Fee::new("platform", a("49"))],
             discounts: vec![percent(None, "10")],
             minimum_spend: Some(a("400")),
             ..Default::default()
@@ -733,10 +740,11 @@ mod tests {
         last: &str,
     ) -> Vec<(String, Amount)> {
         let terms = ContractTerms {
-            fees: vec![("platform".into(), a("10"))],
+            fees: vec![Fee::new("platform", a("10"))],
             term_fees: vec![crate::catalog::TermFee {
                 name: "support".into(),
                 amount: a("1200"),
+                ssp: a("1200"),
                 months: 12,
                 anchor: t(starts),
                 until: ends.map(t),
@@ -815,6 +823,7 @@ mod tests {
         let annual = crate::catalog::TermFee {
             name: "support".into(),
             amount: a("1200"),
+            ssp: a("1200"),
             months: 12,
             anchor: t(NOV),
             until: None,
@@ -872,7 +881,7 @@ mod tests {
         let nine = active_share(t(NOV), Some(t("2026-11-10T00:00:00Z")), nov, dec);
         assert_eq!(nine, Some((9 * 86_400_000, 30 * 86_400_000)));
         let terms = ContractTerms {
-            fees: vec![("platform".into(), a("49"))],
+            fees: vec![Fee::new("platform", a("49"))],
             minimum_spend: Some(a("100")),
             ..ContractTerms::default()
         };
@@ -1030,7 +1039,7 @@ mod tests {
         ) {
             let c = |v: i64| Amount(v as i128 * 10i128.pow(16));
             let terms = ContractTerms {
-                fees: vec![("fee".into(), c(fee))],
+                fees: vec![Fee::new("fee", c(fee))],
                 discounts: vec![percent(Some(TOKENS), &pct.to_string()), fixed(None, "1")],
                 minimum_spend: Some(c(lo)),
                 maximum_spend: Some(c(lo + span)),
@@ -1052,7 +1061,7 @@ mod tests {
         fn totals_are_monotonic_in_usage(tok in cents(), extra in cents(), pct in 0u32..100) {
             let c = |v: i64| Amount(v as i128 * 10i128.pow(16));
             let terms = ContractTerms {
-                fees: vec![("fee".into(), c(4900))],
+                fees: vec![Fee::new("fee", c(4900))],
                 discounts: vec![percent(None, &pct.to_string())],
                 minimum_spend: Some(c(100_000)),
                 maximum_spend: None,

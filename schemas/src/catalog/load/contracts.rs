@@ -52,7 +52,23 @@ fn contract_terms(
         let Some(a) = money(l, &format!("fee \"{}\" amount", f.name), &f.amount) else {
             continue;
         };
-        if terms.fees.iter().any(|(n, _)| *n == f.name)
+        let ssp = match &f.ssp {
+            None => a,
+            Some(text) => match money(l, &format!("fee \"{}\" ssp", f.name), text) {
+                Some(ssp) if ssp == Amount::ZERO && a != Amount::ZERO => {
+                    l.err(
+                        file,
+                        entry,
+                        format!("fee \"{}\" bills {a} but its ssp is 0", f.name),
+                        "write ssp as what the fee sells for on its own, or drop it (the amount is then its standalone selling price)",
+                    );
+                    continue;
+                }
+                Some(ssp) => ssp,
+                None => continue,
+            },
+        };
+        if terms.fees.iter().any(|fee| fee.name == f.name)
             || terms.term_fees.iter().any(|t| t.name == f.name)
         {
             l.err(
@@ -71,7 +87,11 @@ fn contract_terms(
                 format!("{what} has starts but no term_months"),
                 "a fee billed every invoice period runs with the contract: remove starts, or give the fee term_months",
             ),
-            (None, _) => terms.fees.push((f.name.clone(), a)),
+            (None, _) => terms.fees.push(Fee {
+                name: f.name.clone(),
+                amount: a,
+                ssp,
+            }),
             (Some(months @ 1..=120), Some((contract_starts, until))) => {
                 let anchor = match &f.starts {
                     None => Some(contract_starts),
@@ -90,6 +110,7 @@ fn contract_terms(
                 terms.term_fees.push(TermFee {
                     name: f.name.clone(),
                     amount: a,
+                    ssp,
                     months,
                     anchor,
                     until,

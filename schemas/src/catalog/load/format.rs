@@ -81,6 +81,9 @@ pub(super) struct TaxDef {
 pub(super) struct FeeDef {
     pub(super) name: String,
     pub(super) amount: DecimalText,
+    /// Its standalone selling price (per period, or per term with `term_months`), if it is not
+    /// `amount`: what the revenue schedule allocates the contract's fees by.
+    pub(super) ssp: Option<DecimalText>,
     /// Billed in advance per term of this many months (12: an annual fee), not every period.
     pub(super) term_months: Option<u32>,
     /// With `term_months`: when the first term starts (an add-on bought mid-contract); the
