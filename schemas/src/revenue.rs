@@ -791,6 +791,7 @@ mod tests {
                 name: "onboarding".into(),
                 amount: Amount::ZERO,
                 ssp: a("25"),
+                changes: vec![],
             },
         ];
         let lines = [
@@ -844,6 +845,7 @@ mod tests {
             months: 12,
             anchor: t("2026-10-01T00:00:00Z"),
             until: None,
+            changes: vec![],
         }];
         let lines = [
             line(LineKind::Subscription, "", "2026-10", "2026-10", "146"),
@@ -872,6 +874,53 @@ mod tests {
         assert_eq!(
             (november.billed, november.recognised, november.deferred),
             (Amount::ZERO, a("9.6"), a("-9.6"))
+        );
+        assert!(s.values().all(Amounts::balances));
+    }
+
+    #[test]
+    fn an_upgrade_mid_term_is_billed_when_it_happens_and_recognised_over_the_rest_of_the_term() {
+        // 365 a year from 1 October 2026 (one a day), upgraded to 730 on 1 April 2027 with 183
+        // of the term's 365 days left: April bills 183 more, recognised at one more a day
+        // until the term ends on 1 October.
+        let support = [TermFee {
+            name: "support".into(),
+            amount: a("365"),
+            ssp: a("365"),
+            months: 12,
+            anchor: t("2026-10-01T00:00:00Z"),
+            until: None,
+            changes: vec![crate::catalog::FeeChange {
+                from: t("2027-04-01T00:00:00Z"),
+                amount: a("730"),
+                ssp: a("730"),
+            }],
+        }];
+        let lines = [
+            line(LineKind::Subscription, "", "2026-10", "2026-10", "365"),
+            line(LineKind::Subscription, "", "2027-04", "2027-04", "183"),
+        ];
+        let s = schedule(
+            &lines,
+            &[bundle(&[], &support)],
+            PeriodUnit::Month,
+            t("2027-10-05T00:00:00Z"),
+        );
+        let march = get(&s, "subscription:support", "2027-03");
+        assert_eq!((march.billed, march.recognised), (Amount::ZERO, a("31")));
+        // April: 30 days of the term and 30 of the upgrade; the upgrade's other 153 deferred.
+        let april = get(&s, "subscription:support", "2027-04");
+        assert_eq!(
+            (april.billed, april.recognised, april.deferred),
+            (a("183"), a("60"), a("123"))
+        );
+        let may = get(&s, "subscription:support", "2027-05");
+        assert_eq!((may.recognised, may.deferred), (a("62"), a("-62")));
+        // By the term's end, all of what it billed is recognised and nothing stays deferred.
+        let all = total(s.values());
+        assert_eq!(
+            (all.billed, all.recognised, all.deferred),
+            (a("548"), a("548"), Amount::ZERO)
         );
         assert!(s.values().all(Amounts::balances));
     }
@@ -937,6 +986,7 @@ mod tests {
             months: 12,
             anchor: t("2026-01-01T00:00:00Z"),
             until: None,
+            changes: vec![],
         }];
         let terms = [Terms {
             customer: "acme".into(),

@@ -423,3 +423,79 @@ fn a_promotional_grant_lowers_revenue_by_what_it_paid_and_opens_no_liability() {
         }
     }
 }
+
+#[test]
+fn an_upgrade_mid_term_bills_the_rest_of_the_term_once_and_leaves_what_was_billed_alone() {
+    // Globex's support plan (1200 a year from 15 October, its contract ending on 1 June 2027)
+    // is upgraded to 2400 on 2 November: November bills the increase for the 211 days from
+    // the upgrade to the contract's end, 1200 x 211/365; October's invoice stays as it was.
+    let s = Scratch::new("revenue-upgrade");
+    let (demo, catalog, _) = demo(&s);
+    let toml = catalog.join("catalog.toml");
+    let text = std::fs::read_to_string(&toml).unwrap();
+    let starts = "starts = \"2026-10-15T00:00:00Z\"\n";
+    assert_eq!(
+        text.matches(starts).count(),
+        1,
+        "globex's support fee starts once"
+    );
+    let upgraded = text.replace(
+        starts,
+        &format!("{starts}\n[[contract.fee.change]]\nfrom = \"2026-11-02T00:00:00Z\"\namount = \"2400\"\n"),
+    );
+    std::fs::write(&toml, upgraded).unwrap();
+    let out = s.path().join("upgraded");
+    run(&demo, &catalog, &out);
+    let mut subscription: Vec<(String, Amount)> =
+        current_rows(&read_table(&out, "invoice_lines").unwrap())
+            .iter()
+            .filter(|r| r["contract_id"] == "globex-legacy" && r["line_type"] == "subscription")
+            .map(|r| {
+                (
+                    r["invoice_period"].clone(),
+                    Amount::parse(&r["amount"]).unwrap(),
+                )
+            })
+            .collect();
+    subscription.sort();
+    let p = |s: &str| Amount::parse(s).unwrap();
+    assert_eq!(
+        subscription,
+        [
+            ("2026-10".to_string(), p("752.88")),
+            ("2026-11".to_string(), p("693.70"))
+        ]
+    );
+    let preview = std::fs::read_to_string(out.join("invoice_preview.txt")).unwrap();
+    assert!(
+        preview.lines().any(
+            |l| l.contains("· support, 2026-11-02 to 2027-06-01, upgrade")
+                && l.trim_end().ends_with("693.70 USD")
+        ),
+        "{preview}"
+    );
+    let text = revenue(&catalog, &out);
+    assert!(text.contains("in every row: holds"), "{text}");
+    // November is open (the stream's watermark is on the 21st): the upgrade's days so far are
+    // recognised and unbilled, nothing of it is billed yet.
+    let net = schedule(&out);
+    let key = |period: &str| {
+        (
+            "globex-legacy".to_string(),
+            "subscription:support".to_string(),
+            period.to_string(),
+            period.to_string(),
+        )
+    };
+    let [billed, recognised, _, unbilled] = net[&key("2026-11")];
+    assert_eq!(billed, Amount::ZERO);
+    assert!(
+        unbilled > Amount::ZERO && unbilled < p("693.70"),
+        "{unbilled}"
+    );
+    assert!(
+        recognised > unbilled,
+        "the term's own November days too: {recognised}"
+    );
+    assert_eq!(net[&key("2026-10")][0], p("752.88"));
+}

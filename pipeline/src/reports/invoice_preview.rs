@@ -375,10 +375,12 @@ fn fee_breakdown(
         for t in fee.terms {
             in_advance = true;
             let (from, to) = (day(t.start), day(t.end));
-            out.push((
-                format!("{}, {from} to {to}, billed in advance", fee.name),
-                t.amount,
-            ));
+            let what = if t.upgrade {
+                "upgrade"
+            } else {
+                "billed in advance"
+            };
+            out.push((format!("{}, {from} to {to}, {what}", fee.name), t.amount));
         }
     }
     // A fee included at no charge (one with only a standalone selling price) bills nothing.

@@ -409,6 +409,7 @@ ends = "2027-01-01T00:00:00Z"
                     name: "onboarding".into(),
                     amount: Amount::ZERO,
                     ssp: Amount::parse_price("15").unwrap(),
+                    changes: vec![],
                 }
             ]
         );
@@ -421,6 +422,7 @@ ends = "2027-01-01T00:00:00Z"
                 months: 12,
                 anchor: EventTime::parse_rfc3339("2026-01-01T00:00:00Z").unwrap(),
                 until: None,
+                changes: vec![],
             }]
         );
         assert_eq!(t.minimum_spend, Some(Amount::parse_price("100").unwrap()));
@@ -500,6 +502,26 @@ ends = "2027-01-01T00:00:00Z"
             e.contains("fee \"x\" bills 10 but its ssp is 0") && e.contains("sells for on its own"),
             "{e}"
         );
+        let change =
+            |from: &str| format!("[[contract.fee.change]]\nfrom = \"{from}\"\namount = \"20\"\n");
+        let fee = "[[contract.fee]]\nname = \"x\"\namount = \"10\"\n";
+        let e = with(&format!("{fee}{}", change("2025-12-01T00:00:00Z")));
+        assert!(
+            e.contains("fee \"x\": change from 2025-12-01T00:00:00.000Z is not while the fee runs")
+                && e.contains("write the first price as the fee's amount"),
+            "{e}"
+        );
+        let e = with(&format!(
+            "{fee}{}{}",
+            change("2026-05-01T00:00:00Z"),
+            change("2026-04-01T00:00:00Z")
+        ));
+        assert!(e.contains("is not after the change before it"), "{e}");
+        let e = with(&format!(
+            "{fee}term_months = 12\nstarts = \"2026-03-01T00:00:00Z\"\n{}",
+            change("2026-02-01T00:00:00Z")
+        ));
+        assert!(e.contains("is not after its first term starts"), "{e}");
         let e = with("[[contract.fee]]\nname = \"x\"\namount = \"0\"\nssp = \"-5\"\n");
         assert!(e.contains("fee \"x\" ssp -5 is negative"), "{e}");
         let e = with("[contract.renewal]\nterm_months = 12\n");

@@ -99,6 +99,26 @@ pub struct TermFee {
     /// The contract's end: no term starts at or after it, and a term it cuts short is billed
     /// its share (by time) of the amount.
     pub until: Option<EventTime>,
+    /// Later prices, by when they apply, in order (see [`TermFee::terms`]).
+    pub changes: Vec<FeeChange>,
+}
+
+/// A fee's new price from `from` on (`[[contract.fee.change]]`): an upgrade or a downgrade.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FeeChange {
+    pub from: EventTime,
+    pub amount: Amount,
+    pub ssp: Amount,
+}
+
+/// A fee's (amount, standalone selling price) at `at`: the last of `changes` from at or before
+/// it, else `base`.
+fn price_at(base: (Amount, Amount), changes: &[FeeChange], at: EventTime) -> (Amount, Amount) {
+    changes
+        .iter()
+        .rev()
+        .find(|c| c.from <= at)
+        .map_or(base, |c| (c.amount, c.ssp))
 }
 
 /// One term of a [`TermFee`].
@@ -112,27 +132,51 @@ pub struct Term {
     pub amount: Amount,
     /// The fee's standalone selling price, prorated like `amount`.
     pub ssp: Amount,
+    /// An upgrade inside a term: it bills the price's increase from `start` to the term's end.
+    pub upgrade: bool,
 }
 
 impl TermFee {
-    /// The `k`-th term (0: the one the contract starts with), if it starts before the contract
-    /// ends.
-    fn term(&self, k: u32) -> Option<Term> {
+    /// What the `k`-th term (0: the one the contract starts with) bills, if it starts before
+    /// the contract ends: first the term itself, at the price in effect when it starts; then
+    /// one part per upgrade inside it, from the upgrade to the term's end, billing the price's
+    /// increase for that share of the term (prorated by time, like a term the contract cuts
+    /// short). A downgrade inside a term bills nothing back: it applies from the next term.
+    fn terms(&self, k: u32) -> Option<Vec<Term>> {
         let start = self.anchor.plus_months(self.months.checked_mul(k)?);
         let full_end = self.anchor.plus_months(self.months.checked_mul(k + 1)?);
         if self.until.is_some_and(|u| start >= u) {
             return None;
         }
         let end = self.until.map_or(full_end, |u| u.min(full_end));
+        let base = (self.amount, self.ssp);
+        let (mut amount, mut ssp) = price_at(base, &self.changes, start);
         // Prorated like a fee of a period the contract runs part of.
-        let share = active_share(start, self.until, start, full_end);
-        let (amount, ssp) = (prorated(self.amount, share), prorated(self.ssp, share));
-        Some(Term {
-            start,
-            end,
-            amount,
-            ssp,
-        })
+        let part = |from: EventTime, (amount, ssp): (Amount, Amount)| {
+            let share = active_share(from, self.until, start, full_end);
+            Term {
+                start: from,
+                end,
+                amount: prorated(amount, share),
+                ssp: prorated(ssp, share),
+                upgrade: from > start,
+            }
+        };
+        let mut out = vec![part(start, (amount, ssp))];
+        for c in self
+            .changes
+            .iter()
+            .filter(|c| c.from > start && c.from < end)
+        {
+            if c.amount > amount {
+                out.push(part(
+                    c.from,
+                    (c.amount - amount, (c.ssp - ssp).max(Amount::ZERO)),
+                ));
+                (amount, ssp) = (c.amount, c.ssp);
+            }
+        }
+        Some(out)
     }
 
     /// The terms an invoice period `[from, to)` bills: those starting in it; and for the first
@@ -145,13 +189,15 @@ impl TermFee {
         let months_before = (f.year - a.year) * 12 + i64::from(f.month) - i64::from(a.month);
         let skip = (months_before / i64::from(self.months.max(1)) - 1).clamp(0, u32::MAX as i64);
         for k in skip as u32..(skip as u32).saturating_add(12_000) {
-            let Some(t) = self.term(k) else { break };
-            if t.start >= to {
+            let Some(terms) = self.terms(k) else { break };
+            if terms[0].start >= to {
                 break;
             }
-            if t.start >= from || (first && t.end > from) {
-                out.push(t);
-            }
+            out.extend(
+                terms
+                    .into_iter()
+                    .filter(|t| t.start < to && (t.start >= from || (first && t.end > from))),
+            );
         }
         out
     }
@@ -176,16 +222,25 @@ pub struct Fee {
     /// contract's fees by it. Its amount unless the catalog says otherwise (a fee included in a
     /// bundle bills 0 but has a price of its own).
     pub ssp: Amount,
+    /// Later prices, by when they apply, in order: each from the first invoice period starting
+    /// at or after its `from`.
+    pub changes: Vec<FeeChange>,
 }
 
 impl Fee {
-    /// A fee sold at its standalone selling price.
+    /// A fee sold at its standalone selling price, at one price.
     pub fn new(name: impl Into<String>, amount: Amount) -> Self {
         Fee {
             name: name.into(),
             amount,
             ssp: amount,
+            changes: Vec::new(),
         }
+    }
+
+    /// Its (amount, standalone selling price) for the invoice period starting at `start`.
+    pub fn price_for(&self, start: EventTime) -> (Amount, Amount) {
+        price_at((self.amount, self.ssp), &self.changes, start)
     }
 }
 

@@ -167,11 +167,14 @@ pub fn fees_billed<'a>(
     first: bool,
 ) -> Vec<FeeBilled<'a>> {
     let share = active_share(span.0, span.1, start, end);
-    let every_period = fees.iter().map(|f| FeeBilled {
-        name: &f.name,
-        amount: prorated(f.amount, share),
-        ssp: prorated(f.ssp, share),
-        terms: Vec::new(),
+    let every_period = fees.iter().map(|f| {
+        let (amount, ssp) = f.price_for(start);
+        FeeBilled {
+            name: &f.name,
+            amount: prorated(amount, share),
+            ssp: prorated(ssp, share),
+            terms: Vec::new(),
+        }
     });
     let in_advance = term_fees.iter().map(|f| {
         let terms = f.billed_in(start, end, first);
@@ -443,7 +446,7 @@ fn period_lines(
     let fees: Amount = terms
         .fees
         .iter()
-        .map(|f| prorated(f.amount, period.share))
+        .map(|f| prorated(f.price_for(period.start).0, period.share))
         .sum::<Amount>()
         + period.term_fees;
     net += push(&mut out, LineKind::Subscription, SkuIdx::INVOICE, fees);
@@ -748,6 +751,7 @@ mod tests {
                 months: 12,
                 anchor: t(starts),
                 until: ends.map(t),
+                changes: vec![],
             }],
             ..ContractTerms::default()
         };
@@ -779,6 +783,64 @@ mod tests {
                 // The terms start on 15 March 2026 and 15 March 2027.
                 "2026-03" | "2027-03" => a("1210"),
                 _ => a("10"),
+            };
+            assert_eq!(*amount, expected, "{month}");
+        }
+    }
+
+    #[test]
+    fn a_price_change_bills_from_its_period_and_an_upgrade_mid_term_bills_the_rest_of_the_term() {
+        use crate::catalog::FeeChange;
+        let change = |from: &str, amount: &str| FeeChange {
+            from: t(from),
+            amount: a(amount),
+            ssp: a(amount),
+        };
+        let terms = ContractTerms {
+            // 10 a month, 20 from mid-June: from July, the first period starting after.
+            fees: vec![Fee {
+                changes: vec![change("2026-06-15T00:00:00Z", "20")],
+                ..Fee::new("platform", a("10"))
+            }],
+            // 1 200 a year from 1 January 2026; upgraded to 2 400 on 2 July (183 of the term's
+            // 365 days left: 1 200 x 183/365 = 601.64 more, billed in July); downgraded to 600
+            // on 1 March 2027, which bills nothing back and applies from the next term.
+            term_fees: vec![crate::catalog::TermFee {
+                name: "support".into(),
+                amount: a("1200"),
+                ssp: a("1200"),
+                months: 12,
+                anchor: t("2026-01-01T00:00:00Z"),
+                until: None,
+                changes: vec![
+                    change("2026-07-02T00:00:00Z", "2400"),
+                    change("2027-03-01T00:00:00Z", "600"),
+                ],
+            }],
+            ..ContractTerms::default()
+        };
+        let unit = PeriodUnit::Month;
+        let mut periods: BTreeMap<EventTime, BTreeMap<SkuIdx, Amount>> = BTreeMap::new();
+        let mut p = t("2026-01-01T00:00:00Z");
+        while p <= t("2028-02-01T00:00:00Z") {
+            periods.insert(p, usage(&[(TOKENS, "1")]));
+            p = unit.end_of(Period(p));
+        }
+        let got: Vec<(String, Amount)> =
+            contract_lines(&terms, None, &periods, unit, 2, Rounding::HalfEven)
+                .into_iter()
+                .filter(|(_, l)| l.kind == LineKind::Subscription)
+                .map(|(start, l)| (unit.label(Period(start)), l.amount))
+                .collect();
+        assert_eq!(got.len(), 26, "{got:?}");
+        for (month, amount) in &got {
+            let expected = match month.as_str() {
+                "2026-01" => a("1210"),
+                "2026-02" | "2026-03" | "2026-04" | "2026-05" | "2026-06" => a("10"),
+                "2026-07" => a("621.64"),
+                "2027-01" => a("2420"),
+                "2028-01" => a("620"),
+                _ => a("20"),
             };
             assert_eq!(*amount, expected, "{month}");
         }
@@ -827,6 +889,7 @@ mod tests {
             months: 12,
             anchor: t(NOV),
             until: None,
+            changes: vec![],
         };
         let periods: BTreeMap<EventTime, BTreeMap<SkuIdx, Amount>> =
             [(t(NOV), usage(&[(TOKENS, "80")]))].into();

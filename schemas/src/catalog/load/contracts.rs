@@ -47,27 +47,69 @@ fn contract_terms(
         }
         Some(a)
     };
+    // A price: its amount and its standalone selling price (the amount unless given).
+    let price = |l: &mut Loader, what: &str, amount: &DecimalText, ssp: &Option<DecimalText>| {
+        let a = money(l, &format!("{what} amount"), amount)?;
+        let Some(text) = ssp else { return Some((a, a)) };
+        match money(l, &format!("{what} ssp"), text)? {
+            ssp if ssp == Amount::ZERO && a != Amount::ZERO => {
+                l.err(
+                    file,
+                    entry,
+                    format!("{what} bills {a} but its ssp is 0"),
+                    "write ssp as what the fee sells for on its own, or drop it (the amount is then its standalone selling price)",
+                );
+                None
+            }
+            ssp => Some((a, ssp)),
+        }
+    };
     let mut terms = ContractTerms::default();
     for f in &c.fee {
-        let Some(a) = money(l, &format!("fee \"{}\" amount", f.name), &f.amount) else {
+        let what = format!("fee \"{}\"", f.name);
+        let Some((a, ssp)) = price(l, &what, &f.amount, &f.ssp) else {
             continue;
         };
-        let ssp = match &f.ssp {
-            None => a,
-            Some(text) => match money(l, &format!("fee \"{}\" ssp", f.name), text) {
-                Some(ssp) if ssp == Amount::ZERO && a != Amount::ZERO => {
-                    l.err(
-                        file,
-                        entry,
-                        format!("fee \"{}\" bills {a} but its ssp is 0", f.name),
-                        "write ssp as what the fee sells for on its own, or drop it (the amount is then its standalone selling price)",
-                    );
-                    continue;
-                }
-                Some(ssp) => ssp,
-                None => continue,
-            },
+        let mut changes: Vec<FeeChange> = Vec::new();
+        for ch in &f.change {
+            let (Some(from), Some((amount, ssp))) = (
+                l.time(file, entry, &format!("{what} change from"), &ch.from),
+                price(
+                    l,
+                    &format!("{what} change from {}", ch.from),
+                    &ch.amount,
+                    &ch.ssp,
+                ),
+            ) else {
+                continue;
+            };
+            if changes.last().is_some_and(|last| last.from >= from) {
+                l.err(
+                    file,
+                    entry,
+                    format!("{what}: change from {from} is not after the change before it"),
+                    "list a fee's changes in the order they apply, each from a later time",
+                );
+                continue;
+            }
+            changes.push(FeeChange { from, amount, ssp });
+        }
+        let fee_starts = match (&f.starts, span) {
+            (Some(_), _) => None, // Checked with the term below.
+            (None, span) => span.map(|s| s.0),
         };
+        let ends = span.and_then(|s| s.1);
+        if let Some(ch) = changes.iter().find(|ch| {
+            fee_starts.is_some_and(|s| ch.from <= s) || ends.is_some_and(|e| ch.from >= e)
+        }) {
+            l.err(
+                file,
+                entry,
+                format!("{what}: change from {} is not while the fee runs", ch.from),
+                "a change applies after the fee starts and before the contract ends: write the first price as the fee's amount",
+            );
+            continue;
+        }
         if terms.fees.iter().any(|fee| fee.name == f.name)
             || terms.term_fees.iter().any(|t| t.name == f.name)
         {
@@ -79,7 +121,6 @@ fn contract_terms(
             );
             continue;
         }
-        let what = format!("fee \"{}\"", f.name);
         match (f.term_months, span) {
             (None, _) if f.starts.is_some() => l.err(
                 file,
@@ -91,6 +132,7 @@ fn contract_terms(
                 name: f.name.clone(),
                 amount: a,
                 ssp,
+                changes,
             }),
             (Some(months @ 1..=120), Some((contract_starts, until))) => {
                 let anchor = match &f.starts {
@@ -98,6 +140,15 @@ fn contract_terms(
                     Some(text) => l.time(file, entry, &format!("{what} starts"), text),
                 };
                 let Some(anchor) = anchor else { continue };
+                if let Some(ch) = changes.iter().find(|ch| ch.from <= anchor) {
+                    l.err(
+                        file,
+                        entry,
+                        format!("{what}: change from {} is not after its first term starts ({anchor})", ch.from),
+                        "a change applies after the fee starts: write the first price as the fee's amount",
+                    );
+                    continue;
+                }
                 if anchor < contract_starts || until.is_some_and(|u| anchor >= u) {
                     l.err(
                         file,
@@ -114,6 +165,7 @@ fn contract_terms(
                     months,
                     anchor,
                     until,
+                    changes,
                 });
             }
             (Some(1..=120), None) => {} // The contract's `starts` is reported already.

@@ -89,6 +89,17 @@ pub(super) struct FeeDef {
     /// With `term_months`: when the first term starts (an add-on bought mid-contract); the
     /// contract's start if absent.
     pub(super) starts: Option<String>,
+    /// Later prices (`[[contract.fee.change]]`), in the order they apply.
+    #[serde(default)]
+    pub(super) change: Vec<FeeChangeDef>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FeeChangeDef {
+    pub(super) from: String,
+    pub(super) amount: DecimalText,
+    pub(super) ssp: Option<DecimalText>,
 }
 
 #[derive(Deserialize)]
