@@ -25,7 +25,7 @@ use std::collections::BTreeMap;
 
 use crate::catalog::{Catalog, Contract, ContractIdx, SkuIdx, TermFee};
 use crate::money::{minor_unit_digits, Amount, Quantity, Rounding, UnitPrice};
-use crate::pricing::invoice::{active_share, burn_split, net_before_credit};
+use crate::pricing::invoice::{burn_split, net_before_credit};
 use crate::pricing::{price_period, Segment};
 use crate::time::{EventTime, PeriodUnit};
 
@@ -338,7 +338,6 @@ pub fn forecast(
             let digits = minor_unit_digits(catalog.currency_of(contract));
             let end = unit.end_of(p);
             let ends = running.get(&(contract, p)).map_or(c.ends, |r| r.ends);
-            let share = active_share(c.starts, ends, p.0, end);
             // Terms starting in the month bill their fee in advance; renewals carry them on.
             let term_fees = c
                 .terms
@@ -352,7 +351,15 @@ pub fn forecast(
                     .due(p.0, end, false)
                 })
                 .sum();
-            net_before_credit(&c.terms, p.0, (share, term_fees), usage, digits, rounding)
+            let span = (c.starts, ends);
+            net_before_credit(
+                &c.terms,
+                (p.0, end),
+                (span, term_fees),
+                usage,
+                digits,
+                rounding,
+            )
         };
     let contracted: BTreeMap<Month, Amount> = running
         .keys()

@@ -222,8 +222,7 @@ pub struct Fee {
     /// contract's fees by it. Its amount unless the catalog says otherwise (a fee included in a
     /// bundle bills 0 but has a price of its own).
     pub ssp: Amount,
-    /// Later prices, by when they apply, in order: each from the first invoice period starting
-    /// at or after its `from`.
+    /// Later prices, by when they apply, in order (see [`Fee::billed`]).
     pub changes: Vec<FeeChange>,
 }
 
@@ -238,9 +237,32 @@ impl Fee {
         }
     }
 
-    /// Its (amount, standalone selling price) for the invoice period starting at `start`.
-    pub fn price_for(&self, start: EventTime) -> (Amount, Amount) {
-        price_at((self.amount, self.ssp), &self.changes, start)
+    /// What it bills for the invoice period `[start, end)` of a contract running `span`, and
+    /// its standalone selling price for that: the price in effect when the period starts, for
+    /// the part of the period the contract runs; and for each upgrade inside the period, the
+    /// increase for the part from the upgrade on (both prorated by time, exact to 18 digits,
+    /// half up). A downgrade inside a period bills nothing back: it applies from the next one.
+    pub fn billed(
+        &self,
+        (start, end): (EventTime, EventTime),
+        span: (EventTime, Option<EventTime>),
+    ) -> (Amount, Amount) {
+        let (mut amount, mut ssp) = price_at((self.amount, self.ssp), &self.changes, start);
+        let share = active_share(span.0, span.1, start, end);
+        let (mut billed, mut billed_ssp) = (prorated(amount, share), prorated(ssp, share));
+        for c in self
+            .changes
+            .iter()
+            .filter(|c| c.from > start && c.from < end)
+        {
+            if c.amount > amount {
+                let share = active_share(span.0.max(c.from), span.1, start, end);
+                billed += prorated(c.amount - amount, share);
+                billed_ssp += prorated((c.ssp - ssp).max(Amount::ZERO), share);
+                (amount, ssp) = (c.amount, c.ssp);
+            }
+        }
+        (billed, billed_ssp)
     }
 }
 

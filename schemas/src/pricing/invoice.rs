@@ -51,8 +51,11 @@ pub fn contract_lines(
     digits: u32,
     rounding: Rounding,
 ) -> Vec<(EventTime, DerivedLine)> {
-    contract_lines_prorated(terms, tax, periods, unit, &|_| None, digits, rounding)
+    contract_lines_prorated(terms, tax, periods, unit, ALWAYS, digits, rounding)
 }
+
+/// The span of a contract that runs in every period.
+const ALWAYS: (EventTime, Option<EventTime>) = (EventTime::MIN, None);
 
 /// The part of an invoice period a contract is active in, when it is not all of it:
 /// `(active, length)` in milliseconds.
@@ -78,15 +81,16 @@ pub fn prorated(a: Amount, share: Share) -> Amount {
     }
 }
 
-/// As [`contract_lines`], with fees and spend limits prorated by `share` (of each period, by
-/// its start). Term fees are billed in the periods their terms start in, and the first period
-/// also bills the term running at its start ([`TermFee::billed_in`]).
+/// As [`contract_lines`] for a contract running `span` (from, until): fees and spend limits
+/// are prorated to the part of each period it runs. Term fees are billed in the periods their
+/// terms start in, and the first period also bills the term running at its start
+/// ([`TermFee::billed_in`]).
 pub fn contract_lines_prorated(
     terms: &ContractTerms,
     tax: Option<&Tax>,
     periods: &BTreeMap<EventTime, BTreeMap<SkuIdx, Amount>>,
     unit: PeriodUnit,
-    share: &dyn Fn(EventTime) -> Share,
+    span: (EventTime, Option<EventTime>),
     digits: u32,
     rounding: Rounding,
 ) -> Vec<(EventTime, DerivedLine)> {
@@ -97,7 +101,8 @@ pub fn contract_lines_prorated(
         let end = unit.end_of(Period(*start));
         let p = PeriodContext {
             start: *start,
-            share: share(*start),
+            share: active_share(span.0, span.1, *start, end),
+            fees: fees_due(terms, (*start, end), span),
             term_fees: term_fees_due(terms, *start, end, first == Some(*start)),
         };
         for line in period_lines(terms, tax, p, usage, digits, rounding, &mut balances) {
@@ -124,6 +129,7 @@ pub fn contract_invoice(
     let c = &catalog.contracts[contract.ix()];
     let share =
         |start: EventTime| active_share(c.starts, c.ends, start, unit.end_of(Period(start)));
+    let span = (c.starts, c.ends);
     if let (Some(&first), Some(through)) = (periods.keys().next(), through) {
         let mut start = first;
         for _ in 0..1200 {
@@ -140,7 +146,7 @@ pub fn contract_invoice(
         .tax
         .map(|t| &catalog.taxes[t.ix()]);
     let digits = minor_unit_digits(currency);
-    contract_lines_prorated(&c.terms, tax, &periods, unit, &share, digits, rounding)
+    contract_lines_prorated(&c.terms, tax, &periods, unit, span, digits, rounding)
 }
 
 /// What one fee of a contract bills in an invoice period.
@@ -157,8 +163,8 @@ pub struct FeeBilled<'a> {
 }
 
 /// What each fee bills in the invoice period `[start, end)` of a contract running `span`
-/// (`first`: the first period it is invoiced for): a fee of every period its list price prorated
-/// to the part of the period the contract runs, a fee billed in advance the terms it bills there
+/// (`first`: the first period it is invoiced for): a fee of every period its price prorated to
+/// the part of the period the contract runs ([`Fee::billed`]), a fee billed in advance the terms it bills there
 /// ([`TermFee::billed_in`]). Their sum is what the subscription line bills before rounding.
 pub fn fees_billed<'a>(
     (fees, term_fees): (&'a [Fee], &'a [TermFee]),
@@ -166,13 +172,12 @@ pub fn fees_billed<'a>(
     (start, end): (EventTime, EventTime),
     first: bool,
 ) -> Vec<FeeBilled<'a>> {
-    let share = active_share(span.0, span.1, start, end);
     let every_period = fees.iter().map(|f| {
-        let (amount, ssp) = f.price_for(start);
+        let (amount, ssp) = f.billed((start, end), span);
         FeeBilled {
             name: &f.name,
-            amount: prorated(amount, share),
-            ssp: prorated(ssp, share),
+            amount,
+            ssp,
             terms: Vec::new(),
         }
     });
@@ -186,6 +191,16 @@ pub fn fees_billed<'a>(
         }
     });
     every_period.chain(in_advance).collect()
+}
+
+/// What the fees of every period of `terms` bill in the invoice period `[start, end)` of a
+/// contract running `span` ([`Fee::billed`]).
+pub fn fees_due(
+    terms: &ContractTerms,
+    period: (EventTime, EventTime),
+    span: (EventTime, Option<EventTime>),
+) -> Amount {
+    terms.fees.iter().map(|f| f.billed(period, span).0).sum()
 }
 
 /// What the term fees of `terms` bill in the invoice period `[start, end)`; `first`: the first
@@ -209,6 +224,8 @@ pub fn term_fees_due(
 struct PeriodContext {
     start: EventTime,
     share: Share,
+    /// What its fees of every period bill ([`fees_due`]).
+    fees: Amount,
     term_fees: Amount,
 }
 
@@ -385,29 +402,32 @@ pub fn invoice_lines(
     rounding: Rounding,
 ) -> Vec<DerivedLine> {
     let mut balances: Vec<Amount> = terms.credits.iter().map(|g| g.amount).collect();
+    // At the prices in effect when the period starts.
     let p = PeriodContext {
         start: period_start,
         share: None,
+        fees: fees_due(terms, (period_start, period_start), ALWAYS),
         term_fees: Amount::ZERO,
     };
     period_lines(terms, tax, p, usage, digits, rounding, &mut balances)
 }
 
-/// What one invoice period of a contract bills before credits and tax: its usage (rounded
-/// amounts by SKU), fees, discounts, the commitment true-up and the cap, with fees and spend
-/// limits prorated by `share`, and `term_fees` ([`term_fees_due`]). How the forecast prices a
-/// period it has not seen.
+/// What the invoice period `[start, end)` of a contract running `span` bills before credits
+/// and tax: its usage (rounded amounts by SKU), fees, discounts, the commitment true-up and the
+/// cap, with fees and spend limits prorated to the part of the period it runs, and
+/// `term_fees` ([`term_fees_due`]). How the forecast prices a period it has not seen.
 pub fn net_before_credit(
     terms: &ContractTerms,
-    period_start: EventTime,
-    (share, term_fees): (Share, Amount),
+    (start, end): (EventTime, EventTime),
+    (span, term_fees): ((EventTime, Option<EventTime>), Amount),
     usage: &BTreeMap<SkuIdx, Amount>,
     digits: u32,
     rounding: Rounding,
 ) -> Amount {
     let p = PeriodContext {
-        start: period_start,
-        share,
+        start,
+        share: active_share(span.0, span.1, start, end),
+        fees: fees_due(terms, (start, end), span),
         term_fees,
     };
     // No credit balances: nothing burns.
@@ -443,12 +463,7 @@ fn period_lines(
         amount
     };
     let mut net: Amount = usage.values().copied().sum();
-    let fees: Amount = terms
-        .fees
-        .iter()
-        .map(|f| prorated(f.price_for(period.start).0, period.share))
-        .sum::<Amount>()
-        + period.term_fees;
+    let fees = period.fees + period.term_fees;
     net += push(&mut out, LineKind::Subscription, SkuIdx::INVOICE, fees);
 
     let active = || {
@@ -789,7 +804,7 @@ mod tests {
     }
 
     #[test]
-    fn a_price_change_bills_from_its_period_and_an_upgrade_mid_term_bills_the_rest_of_the_term() {
+    fn an_upgrade_bills_the_rest_of_its_period_or_term_and_a_downgrade_applies_from_the_next() {
         use crate::catalog::FeeChange;
         let change = |from: &str, amount: &str| FeeChange {
             from: t(from),
@@ -797,9 +812,14 @@ mod tests {
             ssp: a(amount),
         };
         let terms = ContractTerms {
-            // 10 a month, 20 from mid-June: from July, the first period starting after.
+            // 10 a month, upgraded to 20 on 15 June: June bills 10 and 10 x 16/30 more for
+            // its last 16 days (15.33), July on 20. Downgraded to 15 on 10 May 2027: May still
+            // bills 20, June on 15.
             fees: vec![Fee {
-                changes: vec![change("2026-06-15T00:00:00Z", "20")],
+                changes: vec![
+                    change("2026-06-15T00:00:00Z", "20"),
+                    change("2027-05-10T00:00:00Z", "15"),
+                ],
                 ..Fee::new("platform", a("10"))
             }],
             // 1 200 a year from 1 January 2026; upgraded to 2 400 on 2 July (183 of the term's
@@ -836,14 +856,26 @@ mod tests {
         for (month, amount) in &got {
             let expected = match month.as_str() {
                 "2026-01" => a("1210"),
-                "2026-02" | "2026-03" | "2026-04" | "2026-05" | "2026-06" => a("10"),
+                "2026-02" | "2026-03" | "2026-04" | "2026-05" => a("10"),
+                "2026-06" => a("15.33"),
                 "2026-07" => a("621.64"),
+                "2026-08" | "2026-09" | "2026-10" | "2026-11" | "2026-12" => a("20"),
                 "2027-01" => a("2420"),
-                "2028-01" => a("620"),
-                _ => a("20"),
+                "2027-02" | "2027-03" | "2027-04" | "2027-05" => a("20"),
+                "2028-01" => a("615"),
+                _ => a("15"),
             };
             assert_eq!(*amount, expected, "{month}");
         }
+        // A contract ending on 20 November, its fee upgraded from 30 to 60 on the 11th:
+        // 30 x 19/30 for the part it runs, and 30 x 9/30 more from the upgrade to its end.
+        let fee = Fee {
+            changes: vec![change("2026-11-11T00:00:00Z", "60")],
+            ..Fee::new("x", a("30"))
+        };
+        let span = (t("2026-01-01T00:00:00Z"), Some(t("2026-11-20T00:00:00Z")));
+        let billed = fee.billed((t(NOV), t("2026-12-01T00:00:00Z")), span);
+        assert_eq!(billed, (a("28"), a("28")));
     }
 
     #[test]
@@ -950,13 +982,13 @@ mod tests {
         };
         let periods: BTreeMap<EventTime, BTreeMap<SkuIdx, Amount>> =
             [(nov, usage(&[(TOKENS, "10")]))].into();
-        let lines = |share: Share| -> Vec<(LineKind, Amount)> {
+        let lines = |span: (EventTime, Option<EventTime>)| -> Vec<(LineKind, Amount)> {
             contract_lines_prorated(
                 &terms,
                 None,
                 &periods,
                 PeriodUnit::Month,
-                &|_| share,
+                span,
                 2,
                 Rounding::HalfEven,
             )
@@ -966,7 +998,7 @@ mod tests {
         };
         // Half the month: 24.50 of the fee, a minimum of 50: true-up 50 - 10 - 24.50.
         assert_eq!(
-            lines(half),
+            lines((t("2026-11-16T00:00:00Z"), None)),
             vec![
                 (LineKind::Subscription, a("24.5")),
                 (LineKind::Commitment, a("15.5")),
@@ -974,15 +1006,15 @@ mod tests {
         );
         // Nine days: 49 × 9/30 = 14.70; minimum 30: true-up 5.30.
         assert_eq!(
-            lines(nine),
+            lines((nov, Some(t("2026-11-10T00:00:00Z")))),
             vec![
                 (LineKind::Subscription, a("14.7")),
                 (LineKind::Commitment, a("5.3")),
             ]
         );
         // A third of a month: 49/3 = 16.333... rounds once, on the line, to 16.33.
-        let third = Some((10, 30));
-        assert_eq!(lines(third)[0], (LineKind::Subscription, a("16.33")));
+        let third = lines((t("2026-11-21T00:00:00Z"), None));
+        assert_eq!(third[0], (LineKind::Subscription, a("16.33")));
     }
 
     #[test]
