@@ -66,6 +66,22 @@ fn run(demo: &Path, catalog: &Path, out: &Path) {
     ]);
 }
 
+/// The current subscription lines of `contract` in `out`: (invoice period, amount), by period.
+fn subscription_lines(out: &Path, contract: &str) -> Vec<(String, Amount)> {
+    let mut lines: Vec<(String, Amount)> = current_rows(&read_table(out, "invoice_lines").unwrap())
+        .iter()
+        .filter(|r| r["contract_id"] == contract && r["line_type"] == "subscription")
+        .map(|r| {
+            (
+                r["invoice_period"].clone(),
+                Amount::parse(&r["amount"]).unwrap(),
+            )
+        })
+        .collect();
+    lines.sort();
+    lines
+}
+
 /// `meterflow revenue` over `out`: what it prints.
 fn revenue(catalog: &Path, out: &Path) -> String {
     String::from_utf8_lossy(
@@ -309,17 +325,7 @@ fn an_annual_fee_is_billed_in_advance_and_recognised_by_day_over_its_term() {
     let (_, catalog, out) = demo(&s);
     let text = revenue(&catalog, &out);
     assert!(text.contains("in every row: holds"), "{text}");
-    let subscription: Vec<(String, Amount)> =
-        current_rows(&read_table(&out, "invoice_lines").unwrap())
-            .iter()
-            .filter(|r| r["contract_id"] == "globex-legacy" && r["line_type"] == "subscription")
-            .map(|r| {
-                (
-                    r["invoice_period"].clone(),
-                    Amount::parse(&r["amount"]).unwrap(),
-                )
-            })
-            .collect();
+    let subscription = subscription_lines(&out, "globex-legacy");
     // 1200 × 229 / 365 = 752.876..., rounded once on the line.
     let term = Amount::parse("752.88").unwrap();
     assert_eq!(
@@ -446,18 +452,7 @@ fn an_upgrade_mid_term_bills_the_rest_of_the_term_once_and_leaves_what_was_bille
     std::fs::write(&toml, upgraded).unwrap();
     let out = s.path().join("upgraded");
     run(&demo, &catalog, &out);
-    let mut subscription: Vec<(String, Amount)> =
-        current_rows(&read_table(&out, "invoice_lines").unwrap())
-            .iter()
-            .filter(|r| r["contract_id"] == "globex-legacy" && r["line_type"] == "subscription")
-            .map(|r| {
-                (
-                    r["invoice_period"].clone(),
-                    Amount::parse(&r["amount"]).unwrap(),
-                )
-            })
-            .collect();
-    subscription.sort();
+    let subscription = subscription_lines(&out, "globex-legacy");
     let p = |s: &str| Amount::parse(s).unwrap();
     assert_eq!(
         subscription,
