@@ -431,7 +431,7 @@ fn a_promotional_grant_lowers_revenue_by_what_it_paid_and_opens_no_liability() {
 }
 
 #[test]
-fn an_upgrade_mid_term_bills_the_rest_of_the_term_once_and_leaves_what_was_billed_alone() {
+fn an_upgrade_bills_the_rest_of_its_term_or_period_once_and_leaves_what_was_billed_alone() {
     // Globex's support plan (1200 a year from 15 October, its contract ending on 1 June 2027)
     // is upgraded to 2400 on 2 November: November bills the increase for the 211 days from
     // the upgrade to the contract's end, 1200 x 211/365; October's invoice stays as it was.
@@ -448,6 +448,14 @@ fn an_upgrade_mid_term_bills_the_rest_of_the_term_once_and_leaves_what_was_bille
     let upgraded = text.replace(
         starts,
         &format!("{starts}\n[[contract.fee.change]]\nfrom = \"2026-11-02T00:00:00Z\"\namount = \"2400\"\n"),
+    );
+    // And acme's platform fee, 49 a month, goes to 99 on 11 November: November bills 49 and
+    // 50 x 20/30 more for its last 20 days.
+    let platform = "name = \"platform\"\namount = \"49\"\n";
+    assert_eq!(upgraded.matches(platform).count(), 1);
+    let upgraded = upgraded.replace(
+        platform,
+        &format!("{platform}\n[[contract.fee.change]]\nfrom = \"2026-11-11T00:00:00Z\"\namount = \"99\"\n"),
     );
     std::fs::write(&toml, upgraded).unwrap();
     let out = s.path().join("upgraded");
@@ -469,6 +477,26 @@ fn an_upgrade_mid_term_bills_the_rest_of_the_term_once_and_leaves_what_was_bille
         ),
         "{preview}"
     );
+    assert_eq!(
+        subscription_lines(&out, "acme-2026")
+            .into_iter()
+            .filter(|(p, _)| p.as_str() >= "2026-10")
+            .collect::<Vec<_>>(),
+        [
+            ("2026-10".to_string(), p("49")),
+            ("2026-11".to_string(), p("82.33"))
+        ]
+    );
+    for (fee, amount) in [
+        ("platform", "49.00"),
+        ("platform, 2026-11-11 to 2026-12-01, upgrade", "33.33"),
+    ] {
+        assert!(
+            preview.lines().any(|l| l.contains(&format!("· {fee} "))
+                && l.trim_end().ends_with(&format!("{amount} USD"))),
+            "{fee}: {preview}"
+        );
+    }
     let text = revenue(&catalog, &out);
     assert!(text.contains("in every row: holds"), "{text}");
     // November is open (the stream's watermark is on the 21st): the upgrade's days so far are

@@ -370,7 +370,12 @@ fn fee_breakdown(
     let mut in_advance = false;
     for fee in fees_billed(fees, (c.starts, c.ends), (p.0, unit.end_of(p)), first) {
         if fee.terms.is_empty() {
-            out.push((fee.name.to_string(), fee.amount));
+            let upgraded: Amount = fee.upgrades.iter().map(|u| u.amount).sum();
+            out.push((fee.name.to_string(), fee.amount - upgraded));
+            for u in &fee.upgrades {
+                let (from, to) = (day(u.start), day(u.end));
+                out.push((format!("{}, {from} to {to}, upgrade", fee.name), u.amount));
+            }
         }
         for t in fee.terms {
             in_advance = true;

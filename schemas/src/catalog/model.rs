@@ -111,6 +111,26 @@ pub struct FeeChange {
     pub ssp: Amount,
 }
 
+/// What `price` (amount, standalone selling price) bills from `from` on in the period (or
+/// term) `[start, end)`, serving until `until`: its share by time of the part `runs` covers.
+/// An upgrade if it starts after the period does.
+fn part(
+    from: EventTime,
+    (amount, ssp): (Amount, Amount),
+    runs: (EventTime, Option<EventTime>),
+    (start, end): (EventTime, EventTime),
+    until: EventTime,
+) -> Term {
+    let share = active_share(runs.0, runs.1, start, end);
+    Term {
+        start: from,
+        end: until,
+        amount: prorated(amount, share),
+        ssp: prorated(ssp, share),
+        upgrade: from > start,
+    }
+}
+
 /// A fee's (amount, standalone selling price) at `at`: the last of `changes` from at or before
 /// it, else `base`.
 fn price_at(base: (Amount, Amount), changes: &[FeeChange], at: EventTime) -> (Amount, Amount) {
@@ -152,16 +172,7 @@ impl TermFee {
         let base = (self.amount, self.ssp);
         let (mut amount, mut ssp) = price_at(base, &self.changes, start);
         // Prorated like a fee of a period the contract runs part of.
-        let part = |from: EventTime, (amount, ssp): (Amount, Amount)| {
-            let share = active_share(from, self.until, start, full_end);
-            Term {
-                start: from,
-                end,
-                amount: prorated(amount, share),
-                ssp: prorated(ssp, share),
-                upgrade: from > start,
-            }
-        };
+        let part = |from, price| part(from, price, (from, self.until), (start, full_end), end);
         let mut out = vec![part(start, (amount, ssp))];
         for c in self
             .changes
@@ -244,25 +255,41 @@ impl Fee {
     /// half up). A downgrade inside a period bills nothing back: it applies from the next one.
     pub fn billed(
         &self,
-        (start, end): (EventTime, EventTime),
+        period: (EventTime, EventTime),
         span: (EventTime, Option<EventTime>),
     ) -> (Amount, Amount) {
+        self.parts(period, span)
+            .iter()
+            .fold((Amount::ZERO, Amount::ZERO), |(a, s), p| {
+                (a + p.amount, s + p.ssp)
+            })
+    }
+
+    /// The parts of what it bills in the invoice period `[start, end)` ([`Fee::billed`]): the
+    /// period at its starting price, then one per upgrade inside it (`upgrade`, from its
+    /// `start`).
+    pub fn parts(
+        &self,
+        (start, end): (EventTime, EventTime),
+        span: (EventTime, Option<EventTime>),
+    ) -> Vec<Term> {
         let (mut amount, mut ssp) = price_at((self.amount, self.ssp), &self.changes, start);
-        let share = active_share(span.0, span.1, start, end);
-        let (mut billed, mut billed_ssp) = (prorated(amount, share), prorated(ssp, share));
+        let part = |from, price| part(from, price, (span.0.max(from), span.1), (start, end), end);
+        let mut out = vec![part(start, (amount, ssp))];
         for c in self
             .changes
             .iter()
             .filter(|c| c.from > start && c.from < end)
         {
             if c.amount > amount {
-                let share = active_share(span.0.max(c.from), span.1, start, end);
-                billed += prorated(c.amount - amount, share);
-                billed_ssp += prorated((c.ssp - ssp).max(Amount::ZERO), share);
+                out.push(part(
+                    c.from,
+                    (c.amount - amount, (c.ssp - ssp).max(Amount::ZERO)),
+                ));
                 (amount, ssp) = (c.amount, c.ssp);
             }
         }
-        (billed, billed_ssp)
+        out
     }
 }
 

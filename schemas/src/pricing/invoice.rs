@@ -160,6 +160,9 @@ pub struct FeeBilled<'a> {
     /// For a fee billed in advance: the terms it bills in the period (empty for a fee of every
     /// period).
     pub terms: Vec<Term>,
+    /// For a fee of every period: the upgrades inside the period, each billing the increase
+    /// from its `start` (included in `amount`).
+    pub upgrades: Vec<Term>,
 }
 
 /// What each fee bills in the invoice period `[start, end)` of a contract running `span`
@@ -173,12 +176,13 @@ pub fn fees_billed<'a>(
     first: bool,
 ) -> Vec<FeeBilled<'a>> {
     let every_period = fees.iter().map(|f| {
-        let (amount, ssp) = f.billed((start, end), span);
+        let parts = f.parts((start, end), span);
         FeeBilled {
             name: &f.name,
-            amount,
-            ssp,
+            amount: parts.iter().map(|p| p.amount).sum(),
+            ssp: parts.iter().map(|p| p.ssp).sum(),
             terms: Vec::new(),
+            upgrades: parts.into_iter().filter(|p| p.upgrade).collect(),
         }
     });
     let in_advance = term_fees.iter().map(|f| {
@@ -188,6 +192,7 @@ pub fn fees_billed<'a>(
             amount: terms.iter().map(|t| t.amount).sum(),
             ssp: terms.iter().map(|t| t.ssp).sum(),
             terms,
+            upgrades: Vec::new(),
         }
     });
     every_period.chain(in_advance).collect()
