@@ -330,6 +330,9 @@ pub fn schedule(
         let mut price: BTreeMap<ScheduleKey, Amount> = BTreeMap::new();
         // The terms each term fee's obligation bills in this period.
         let mut terms_of: BTreeMap<ScheduleKey, Vec<Term>> = BTreeMap::new();
+        // A fee of every period upgraded inside this one: where each part of what it bills
+        // starts being served, and its standalone selling price.
+        let mut parts_of: BTreeMap<ScheduleKey, Vec<(EventTime, Amount)>> = BTreeMap::new();
         let mut credit = Amount::ZERO;
         for l in &lines {
             let k = match l.kind {
@@ -348,6 +351,12 @@ pub fn schedule(
                             let k = key(format!("subscription:{}", fee.name), &l.service_period);
                             if !fee.terms.is_empty() {
                                 terms_of.entry(k.clone()).or_default().extend(fee.terms);
+                            }
+                            if !fee.upgrades.is_empty() {
+                                let upgraded: Amount = fee.upgrades.iter().map(|u| u.ssp).sum();
+                                let parts = std::iter::once((start, fee.ssp - upgraded))
+                                    .chain(fee.upgrades.iter().map(|u| (u.start, u.ssp)));
+                                parts_of.entry(k.clone()).or_default().extend(parts);
                             }
                             list.push((k, fee.ssp));
                         }
@@ -432,11 +441,25 @@ pub fn schedule(
             let recognised = if closed {
                 x
             } else if is_subscription(&k) {
-                // Ratably by day: the whole days elapsed of the period.
+                // Ratably by day: the whole days elapsed of the period, or of each part of an
+                // upgraded fee from where it starts being served (its share of `x` by its
+                // standalone selling price).
                 let day = 86_400_000;
-                let elapsed = ((as_of.0 - start.0).max(0) / day) as i128;
-                let days = ((end.0 - start.0) / day) as i128;
-                Amount(mul_div(x.0, elapsed, days.max(1)))
+                let by_day = |x: Amount, from: EventTime| {
+                    let elapsed = ((as_of.0 - from.0).max(0) / day) as i128;
+                    let days = ((end.0 - from.0) / day) as i128;
+                    Amount(mul_div(x.0, elapsed, days.max(1)))
+                };
+                match parts_of.get(&k) {
+                    None => by_day(x, start),
+                    Some(parts) => {
+                        let whole: Amount = parts.iter().map(|p| p.1).sum();
+                        parts
+                            .iter()
+                            .map(|&(from, ssp)| by_day(share(x, ssp, whole), from))
+                            .sum()
+                    }
+                }
             } else if k.obligation == "commitment true-up" {
                 Amount::ZERO
             } else {
@@ -923,6 +946,32 @@ mod tests {
             (a("548"), a("548"), Amount::ZERO)
         );
         assert!(s.values().all(Amounts::balances));
+    }
+
+    #[test]
+    fn an_upgrade_inside_an_open_month_earns_from_the_upgrade_on() {
+        // 30 a month from 1 October, 60 from 11 November: November bills 30 + 30 x 20/30 = 50.
+        // As of the 21st, the 30 has earned 20 of its 30 days (20) and the upgrade's 20 has
+        // earned 10 of its 20 days (10): 30, not 50 x 20/30.
+        let fees = [Fee {
+            changes: vec![crate::catalog::FeeChange {
+                from: t("2026-11-11T00:00:00Z"),
+                amount: a("60"),
+                ssp: a("60"),
+            }],
+            ..Fee::new("platform", a("30"))
+        }];
+        let lines = [line(LineKind::Subscription, "", "2026-11", "2026-11", "50")];
+        let terms = [bundle(&fees, &[])];
+        let s = schedule(&lines, &terms, PeriodUnit::Month, t("2026-11-21T00:00:00Z"));
+        let november = get(&s, "subscription:platform", "2026-11");
+        assert_eq!((november.recognised, november.unbilled), (a("30"), a("30")));
+        // Closed, all of it.
+        let s = schedule(&lines, &terms, PeriodUnit::Month, t("2026-12-02T00:00:00Z"));
+        assert_eq!(
+            get(&s, "subscription:platform", "2026-11").recognised,
+            a("50")
+        );
     }
 
     #[test]
