@@ -131,6 +131,28 @@ fn part(
     }
 }
 
+/// What a fee priced `base`, then `changes`, bills for `[start, end)` (a period or a term), as
+/// `part(from, price)` prices a part: the price in effect at `start`, then each upgrade inside
+/// (the increase, from the upgrade on). A downgrade inside adds nothing: it applies from the
+/// next period or term.
+fn upgraded_parts(
+    base: (Amount, Amount),
+    changes: &[FeeChange],
+    (start, end): (EventTime, EventTime),
+    part: impl Fn(EventTime, (Amount, Amount)) -> Term,
+) -> Vec<Term> {
+    let (mut amount, mut ssp) = price_at(base, changes, start);
+    let mut out = vec![part(start, (amount, ssp))];
+    for c in changes.iter().filter(|c| c.from > start && c.from < end) {
+        if c.amount > amount {
+            let increase = (c.amount - amount, (c.ssp - ssp).max(Amount::ZERO));
+            out.push(part(c.from, increase));
+            (amount, ssp) = (c.amount, c.ssp);
+        }
+    }
+    out
+}
+
 /// A fee's (amount, standalone selling price) at `at`: the last of `changes` from at or before
 /// it, else `base`.
 fn price_at(base: (Amount, Amount), changes: &[FeeChange], at: EventTime) -> (Amount, Amount) {
@@ -169,25 +191,10 @@ impl TermFee {
             return None;
         }
         let end = self.until.map_or(full_end, |u| u.min(full_end));
-        let base = (self.amount, self.ssp);
-        let (mut amount, mut ssp) = price_at(base, &self.changes, start);
         // Prorated like a fee of a period the contract runs part of.
         let part = |from, price| part(from, price, (from, self.until), (start, full_end), end);
-        let mut out = vec![part(start, (amount, ssp))];
-        for c in self
-            .changes
-            .iter()
-            .filter(|c| c.from > start && c.from < end)
-        {
-            if c.amount > amount {
-                out.push(part(
-                    c.from,
-                    (c.amount - amount, (c.ssp - ssp).max(Amount::ZERO)),
-                ));
-                (amount, ssp) = (c.amount, c.ssp);
-            }
-        }
-        Some(out)
+        let base = (self.amount, self.ssp);
+        Some(upgraded_parts(base, &self.changes, (start, end), part))
     }
 
     /// The terms an invoice period `[from, to)` bills: those starting in it; and for the first
@@ -273,23 +280,8 @@ impl Fee {
         (start, end): (EventTime, EventTime),
         span: (EventTime, Option<EventTime>),
     ) -> Vec<Term> {
-        let (mut amount, mut ssp) = price_at((self.amount, self.ssp), &self.changes, start);
         let part = |from, price| part(from, price, (span.0.max(from), span.1), (start, end), end);
-        let mut out = vec![part(start, (amount, ssp))];
-        for c in self
-            .changes
-            .iter()
-            .filter(|c| c.from > start && c.from < end)
-        {
-            if c.amount > amount {
-                out.push(part(
-                    c.from,
-                    (c.amount - amount, (c.ssp - ssp).max(Amount::ZERO)),
-                ));
-                (amount, ssp) = (c.amount, c.ssp);
-            }
-        }
-        out
+        upgraded_parts((self.amount, self.ssp), &self.changes, (start, end), part)
     }
 }
 
