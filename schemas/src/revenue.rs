@@ -349,13 +349,10 @@ pub fn schedule(
                         let fees = (c.fees, c.term_fees);
                         for fee in fees_billed(fees, c.span, (start, end), first) {
                             let k = key(format!("subscription:{}", fee.name), &l.service_period);
-                            if !fee.terms.is_empty() {
-                                terms_of.entry(k.clone()).or_default().extend(fee.terms);
-                            }
-                            if !fee.upgrades.is_empty() {
-                                let upgraded: Amount = fee.upgrades.iter().map(|u| u.ssp).sum();
-                                let parts = std::iter::once((start, fee.ssp - upgraded))
-                                    .chain(fee.upgrades.iter().map(|u| (u.start, u.ssp)));
+                            if fee.in_advance && !fee.parts.is_empty() {
+                                terms_of.entry(k.clone()).or_default().extend(fee.parts);
+                            } else if fee.parts.len() > 1 {
+                                let parts = fee.parts.iter().map(|p| (p.start, p.ssp));
                                 parts_of.entry(k.clone()).or_default().extend(parts);
                             }
                             list.push((k, fee.ssp));

@@ -369,23 +369,20 @@ fn fee_breakdown(
     let mut out = Vec::new();
     let mut in_advance = false;
     for fee in fees_billed(fees, (c.starts, c.ends), (p.0, unit.end_of(p)), first) {
-        if fee.terms.is_empty() {
-            let upgraded: Amount = fee.upgrades.iter().map(|u| u.amount).sum();
-            out.push((fee.name.to_string(), fee.amount - upgraded));
-            for u in &fee.upgrades {
-                let (from, to) = (day(u.start), day(u.end));
-                out.push((format!("{}, {from} to {to}, upgrade", fee.name), u.amount));
-            }
-        }
-        for t in fee.terms {
-            in_advance = true;
-            let (from, to) = (day(t.start), day(t.end));
-            let what = if t.upgrade {
-                "upgrade"
-            } else {
-                "billed in advance"
+        in_advance |= fee.in_advance && !fee.parts.is_empty();
+        for t in &fee.parts {
+            let name = match (t.upgrade, fee.in_advance) {
+                (false, false) => fee.name.to_string(),
+                (upgrade, _) => {
+                    let what = if upgrade {
+                        "upgrade"
+                    } else {
+                        "billed in advance"
+                    };
+                    format!("{}, {} to {}, {what}", fee.name, day(t.start), day(t.end))
+                }
             };
-            out.push((format!("{}, {from} to {to}, {what}", fee.name), t.amount));
+            out.push((name, t.amount));
         }
     }
     // A fee included at no charge (one with only a standalone selling price) bills nothing.

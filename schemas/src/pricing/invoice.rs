@@ -157,44 +157,37 @@ pub struct FeeBilled<'a> {
     pub amount: Amount,
     /// Its standalone selling price for what it bills, prorated like `amount`.
     pub ssp: Amount,
-    /// For a fee billed in advance: the terms it bills in the period (empty for a fee of every
-    /// period).
-    pub terms: Vec<Term>,
-    /// For a fee of every period: the upgrades inside the period, each billing the increase
-    /// from its `start` (included in `amount`).
-    pub upgrades: Vec<Term>,
+    /// What it bills, part by part (`amount` is their sum): for a fee of every period, the
+    /// period at its starting price, then each upgrade inside it ([`Fee::parts`]); for a fee
+    /// billed in advance, the terms (and upgrades of terms) it bills in the period.
+    pub parts: Vec<Term>,
+    /// A fee billed in advance per term (its parts are terms, recognised over them).
+    pub in_advance: bool,
 }
 
 /// What each fee bills in the invoice period `[start, end)` of a contract running `span`
 /// (`first`: the first period it is invoiced for): a fee of every period its price prorated to
-/// the part of the period the contract runs ([`Fee::billed`]), a fee billed in advance the terms it bills there
-/// ([`TermFee::billed_in`]). Their sum is what the subscription line bills before rounding.
+/// the part of the period the contract runs ([`Fee::billed`]), a fee billed in advance the
+/// terms it bills there ([`TermFee::billed_in`]). Their sum is what the subscription line bills before rounding.
 pub fn fees_billed<'a>(
     (fees, term_fees): (&'a [Fee], &'a [TermFee]),
     span: (EventTime, Option<EventTime>),
     (start, end): (EventTime, EventTime),
     first: bool,
 ) -> Vec<FeeBilled<'a>> {
-    let every_period = fees.iter().map(|f| {
-        let parts = f.parts((start, end), span);
-        FeeBilled {
-            name: &f.name,
-            amount: parts.iter().map(|p| p.amount).sum(),
-            ssp: parts.iter().map(|p| p.ssp).sum(),
-            terms: Vec::new(),
-            upgrades: parts.into_iter().filter(|p| p.upgrade).collect(),
-        }
-    });
-    let in_advance = term_fees.iter().map(|f| {
-        let terms = f.billed_in(start, end, first);
-        FeeBilled {
-            name: &f.name,
-            amount: terms.iter().map(|t| t.amount).sum(),
-            ssp: terms.iter().map(|t| t.ssp).sum(),
-            terms,
-            upgrades: Vec::new(),
-        }
-    });
+    let billed = |name: &'a str, parts: Vec<Term>, in_advance: bool| FeeBilled {
+        name,
+        amount: parts.iter().map(|p| p.amount).sum(),
+        ssp: parts.iter().map(|p| p.ssp).sum(),
+        parts,
+        in_advance,
+    };
+    let every_period = fees
+        .iter()
+        .map(|f| billed(&f.name, f.parts((start, end), span), false));
+    let in_advance = term_fees
+        .iter()
+        .map(|f| billed(&f.name, f.billed_in(start, end, first), true));
     every_period.chain(in_advance).collect()
 }
 
