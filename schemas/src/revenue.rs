@@ -9,6 +9,9 @@
 //! - **Subscriptions** are recognised ratably by day over their service period. Each fee is an
 //!   obligation of its own (`subscription:<fee>`): the invoice's subscription line is allocated
 //!   across a contract's fees by their list prices, their standalone selling prices.
+//! - **A ramp** (a fee whose price steps were agreed at signing) is one price for the contract's
+//!   term: what it bills over the term is recognised on a straight line by its standalone
+//!   selling price, and its obligation is stated as one position (asset or liability).
 //! - **Commitment true-ups** are recognised when the shortfall is known: when the period closes.
 //! - **Discounts and the spend cap** are allocated pro rata (by amount) to the obligations they
 //!   apply to: a SKU's discount to that SKU's usage; an invoice discount to usage and
@@ -347,7 +350,13 @@ pub fn schedule(
                     if let Some(c) = by_contract.get(contract) {
                         let first = first.get(contract) == Some(&period);
                         let fees = (c.fees, c.term_fees);
-                        for fee in fees_billed(fees, c.span, (start, end), first) {
+                        for mut fee in fees_billed(fees, c.span, (start, end), first) {
+                            if fee.ramp {
+                                // Within the period a ramp weighs in with what it bills; its
+                                // value is spread over the contract's term by `ramp` below.
+                                fee.ssp = fee.amount;
+                                fee.parts.iter_mut().for_each(|p| p.ssp = p.amount);
+                            }
                             let k = key(format!("subscription:{}", fee.name), &l.service_period);
                             if fee.in_advance && !fee.parts.is_empty() {
                                 terms_of.entry(k.clone()).or_default().extend(fee.parts);
@@ -509,9 +518,119 @@ pub fn schedule(
             unit,
             as_of,
         );
+        if let Some(first) = first.get(c.contract.as_str()) {
+            ramp(&mut out, c, first, unit, as_of);
+        }
     }
     out.retain(|_, a| *a != Amounts::default());
     out
+}
+
+/// Spreads what each ramp fee of `c` ([`Fee::ramp`]) bills over the contract's term by its
+/// standalone selling price: a ramp's steps were agreed at signing, so its consideration is
+/// one price for the whole term (ASC 606-10-32-28), not each period's. The rows computed from
+/// the invoices recognise each period's list price (by day, like any fee); this adds to the
+/// fee's rows of the periods from `first` (the contract's first invoiced period, which catches
+/// up on any before it) to the one `as_of` falls in the difference between that and the
+/// ramp's straight line: what the fee bills over the whole term, times the share of its
+/// standalone selling price served by then. Billing does not change, so the fee's obligation
+/// is then stated as one position ([`restate`]): a contract liability while it has billed
+/// more than it earned, a contract asset while it has earned more; zero at the term's end.
+fn ramp(out: &mut Schedule, c: &Terms, first: &str, unit: PeriodUnit, as_of: EventTime) {
+    let Some(until) = c.span.1 else { return };
+    let every_period = c.fees.iter().filter(|f| f.ramp).map(|f| {
+        let mut parts = Vec::new();
+        let mut p = unit.period_of(c.span.0);
+        while p.0 < until {
+            let end = unit.end_of(p);
+            parts.extend(f.parts((p.0, end), c.span));
+            p = unit.period_of(end);
+        }
+        (&f.name, parts)
+    });
+    let in_advance = c
+        .term_fees
+        .iter()
+        .filter(|f| f.ramp)
+        .map(|f| (&f.name, f.billed_in(f.anchor, until, false)));
+    for (name, parts) in every_period.chain(in_advance) {
+        // What the parts recognise by `at` at their list prices (`of`: amount) or at their
+        // standalone selling prices (`of`: ssp), each by day over its service.
+        let by = |at: EventTime, of: fn(&Term) -> Amount| -> Amount {
+            parts
+                .iter()
+                .map(|p| match at >= p.end {
+                    true => of(p),
+                    false => Amount(mul_div(
+                        of(p).0,
+                        days(p.start, at),
+                        days(p.start, p.end).max(1),
+                    )),
+                })
+                .sum()
+        };
+        let amount: fn(&Term) -> Amount = |p| p.amount;
+        let ssp: fn(&Term) -> Amount = |p| p.ssp;
+        let (billed, value) = (by(until, amount), by(until, ssp));
+        let Some(mut p) = unit.parse_label(first) else {
+            continue;
+        };
+        if value <= Amount::ZERO {
+            continue;
+        }
+        // The straight line's lead on the list price by `at`.
+        let ahead = |at: EventTime| share(billed, by(at, ssp), value) - by(at, amount);
+        let key = |period: String| ScheduleKey {
+            customer_id: c.customer.clone(),
+            contract_id: c.contract.clone(),
+            obligation: format!("subscription:{name}"),
+            service_period: period.clone(),
+            period,
+            currency: c.currency.clone(),
+        };
+        let mut before = Amount::ZERO;
+        for _ in 0..12_000 {
+            if p.0 >= as_of || p.0 >= until {
+                break;
+            }
+            let end = unit.end_of(p);
+            let now = ahead(end.min(as_of));
+            out.entry(key(unit.label(p))).or_default().recognised += now - before;
+            before = now;
+            p = unit.period_of(end);
+        }
+        restate(out, &key(String::new()));
+    }
+}
+
+/// States the rows of `of`'s obligation (every service period and period) as one position,
+/// period by period: each row's `recognised` against its `billed` moves the position, a
+/// contract liability (`deferred`) while billing is ahead, a contract asset (`unbilled`) while
+/// revenue is.
+fn restate(out: &mut Schedule, of: &ScheduleKey) {
+    let mut rows: Vec<(&ScheduleKey, &mut Amounts)> = out
+        .iter_mut()
+        .filter(|(k, _)| {
+            (&k.customer_id, &k.contract_id, &k.obligation, &k.currency)
+                == (
+                    &of.customer_id,
+                    &of.contract_id,
+                    &of.obligation,
+                    &of.currency,
+                )
+        })
+        .collect();
+    rows.sort_by(|a, b| {
+        (&a.0.period, &a.0.service_period).cmp(&(&b.0.period, &b.0.service_period))
+    });
+    let zero = Amount::ZERO;
+    let mut position = zero; // billed less recognised so far: > 0 a liability, < 0 an asset
+    for (_, a) in rows {
+        let next = position + a.billed - a.recognised;
+        a.deferred = next.max(zero) - position.max(zero);
+        a.unbilled = (-next).max(zero) - (-position).max(zero);
+        position = next;
+    }
 }
 
 /// Whole days from `from` to `to` (none if `to` is not after it).
@@ -808,6 +927,7 @@ mod tests {
         let fees = [
             Fee::new("platform", a("100")),
             Fee {
+                ramp: false,
                 name: "onboarding".into(),
                 amount: Amount::ZERO,
                 ssp: a("25"),
@@ -859,6 +979,7 @@ mod tests {
         // November bills 146 again, all platform: its training term started in October.
         let fees = [Fee::new("platform", a("146"))];
         let training = [TermFee {
+            ramp: false,
             name: "training".into(),
             amount: Amount::ZERO,
             ssp: a("584"),
@@ -904,6 +1025,7 @@ mod tests {
         // of the term's 365 days left: April bills 183 more, recognised at one more a day
         // until the term ends on 1 October.
         let support = [TermFee {
+            ramp: false,
             name: "support".into(),
             amount: a("365"),
             ssp: a("365"),
@@ -1011,6 +1133,188 @@ mod tests {
         );
     }
 
+    /// A contract from 1 January 2026 to `until`, with `fees` and `term_fees`.
+    fn committed<'a>(fees: &'a [Fee], term_fees: &'a [TermFee], until: &str) -> Terms<'a> {
+        Terms {
+            span: (t("2026-01-01T00:00:00Z"), Some(t(until))),
+            ..bundle(fees, term_fees)
+        }
+    }
+
+    /// Each month of `year` (`"2026"`) and its subscription line (`amount(month)`, 1-based).
+    fn monthly(year: &str, amount: impl Fn(u32) -> &'static str) -> Vec<BilledLine> {
+        (1..=12)
+            .map(|m| {
+                let p = format!("{year}-{m:02}");
+                line(LineKind::Subscription, "", &p, &p, amount(m))
+            })
+            .collect()
+    }
+
+    fn in_year(s: &Schedule, obligation: &str, year: &str) -> Amounts {
+        total(
+            s.iter()
+                .filter(|(k, _)| k.obligation == obligation && k.period.starts_with(year))
+                .map(|(_, a)| a),
+        )
+    }
+
+    #[test]
+    fn a_ramp_agreed_at_signing_is_recognised_on_a_straight_line_over_the_term() {
+        // Three years from 1 January 2026: support 100 the first year, 120 the second, 140
+        // the third, billed in advance each year, the steps agreed at signing; platform 50 a
+        // month besides. The 360 of support is one price for the three years: 120 a year.
+        let step = |from: &str, amount: &str| crate::catalog::FeeChange {
+            from: t(from),
+            amount: a(amount),
+            ssp: a("100"),
+        };
+        let support = [TermFee {
+            name: "support".into(),
+            amount: a("100"),
+            ssp: a("100"),
+            months: 12,
+            anchor: t("2026-01-01T00:00:00Z"),
+            until: Some(t("2029-01-01T00:00:00Z")),
+            changes: vec![
+                step("2027-01-01T00:00:00Z", "120"),
+                step("2028-01-01T00:00:00Z", "140"),
+            ],
+            ramp: true,
+        }];
+        let fees = [Fee::new("platform", a("50"))];
+        let terms = [committed(&fees, &support, "2029-01-01T00:00:00Z")];
+        let mut lines = Vec::new();
+        for (year, support) in [("2026", "150"), ("2027", "170"), ("2028", "190")] {
+            lines.extend(monthly(year, |m| if m == 1 { support } else { "50" }));
+        }
+        let s = schedule(&lines, &terms, PeriodUnit::Month, t("2029-01-05T00:00:00Z"));
+        assert!(s.values().all(Amounts::balances));
+        let year = |y| in_year(&s, "subscription:support", y);
+        let zero = Amount::ZERO;
+        // The first year earns 20 more than it bills: a contract asset, unwound in the third.
+        assert_eq!(
+            (year("2026").billed, year("2026").recognised),
+            (a("100"), a("120"))
+        );
+        assert_eq!(
+            (year("2026").unbilled, year("2026").deferred),
+            (a("20"), zero)
+        );
+        assert_eq!(
+            (
+                year("2027").billed,
+                year("2027").recognised,
+                year("2027").unbilled
+            ),
+            (a("120"), a("120"), zero)
+        );
+        assert_eq!(
+            (
+                year("2028").billed,
+                year("2028").recognised,
+                year("2028").unbilled
+            ),
+            (a("140"), a("120"), a("-20"))
+        );
+        // By day within a year: January 2026 earns 120 x 31/365.
+        assert_eq!(
+            get(&s, "subscription:support", "2026-01").recognised,
+            a("10.191780821917808218")
+        );
+        // The other fee earns what it bills, every month: a ramp weighs in with its amount.
+        for period in ["2026-01", "2027-01", "2028-01", "2028-06"] {
+            assert_eq!(get(&s, "subscription:platform", period).recognised, a("50"));
+        }
+        // Midway the year's 100, billed in advance, is still ahead of the 120 x 181/365 earned:
+        // one position, a liability, not a liability beside an asset.
+        let s = schedule(&lines, &terms, PeriodUnit::Month, t("2026-07-01T00:00:00Z"));
+        let half = in_year(&s, "subscription:support", "2026");
+        assert!(half.recognised > a("59.50") && half.recognised < a("59.51"));
+        assert_eq!(
+            (half.deferred, half.unbilled),
+            (a("100") - half.recognised, Amount::ZERO)
+        );
+        // The 100 pays for 304 days at 120 a year: the liability runs out in November, which
+        // starts the asset.
+        let s = schedule(&lines, &terms, PeriodUnit::Month, t("2026-12-01T00:00:00Z"));
+        let november = get(&s, "subscription:support", "2026-11");
+        assert!(november.deferred < Amount::ZERO && november.unbilled > Amount::ZERO);
+        assert_eq!(november.unbilled - november.deferred, november.recognised);
+    }
+
+    #[test]
+    fn a_monthly_ramp_earns_its_average_every_month_free_months_included() {
+        // A year from 1 January 2026: 10 a month, then 20 from July: 180, 15 a month.
+        let ramp = |amount: &str, from: &str, to: &str| Fee {
+            changes: vec![crate::catalog::FeeChange {
+                from: t(from),
+                amount: a(to),
+                ssp: a(amount),
+            }],
+            ramp: true,
+            ..Fee::new("platform", a(amount))
+        };
+        let fees = [ramp("10", "2026-07-01T00:00:00Z", "20")];
+        let terms = [committed(&fees, &[], "2027-01-01T00:00:00Z")];
+        let lines = monthly("2026", |m| if m <= 6 { "10" } else { "20" });
+        let s = schedule(&lines, &terms, PeriodUnit::Month, t("2027-01-05T00:00:00Z"));
+        let month = |p| get(&s, "subscription:platform", p);
+        let jan = month("2026-01");
+        assert_eq!(
+            (jan.billed, jan.recognised, jan.unbilled),
+            (a("10"), a("15"), a("5"))
+        );
+        let jul = month("2026-07");
+        assert_eq!(
+            (jul.billed, jul.recognised, jul.unbilled),
+            (a("20"), a("15"), a("-5"))
+        );
+        let all = total(s.values());
+        assert_eq!((all.billed, all.recognised), (a("180"), a("180")));
+        assert_eq!((all.unbilled, all.deferred), (Amount::ZERO, Amount::ZERO));
+        assert!(s.values().all(Amounts::balances));
+        // Three months free, then 40: 360 over twelve months, 30 each, free ones included
+        // (they have no invoice line: the ramp's rows are their own).
+        let fees = [ramp("0", "2026-04-01T00:00:00Z", "40")];
+        let fees = [Fee {
+            ssp: a("40"),
+            changes: vec![crate::catalog::FeeChange {
+                ssp: a("40"),
+                ..fees[0].changes[0]
+            }],
+            ..fees[0].clone()
+        }];
+        let terms = [committed(&fees, &[], "2027-01-01T00:00:00Z")];
+        let lines = monthly("2026", |m| if m <= 3 { "0" } else { "40" });
+        let s = schedule(&lines, &terms, PeriodUnit::Month, t("2027-01-05T00:00:00Z"));
+        for p in ["2026-01", "2026-03", "2026-04", "2026-12"] {
+            assert_eq!(
+                get(&s, "subscription:platform", p).recognised,
+                a("30"),
+                "{p}"
+            );
+        }
+        let march = get(&s, "subscription:platform", "2026-03");
+        assert_eq!((march.billed, march.unbilled), (Amount::ZERO, a("30")));
+        assert!(s.values().all(Amounts::balances));
+        // Without the ramp, each month earns what it bills.
+        let list = [Fee {
+            ramp: false,
+            ..fees[0].clone()
+        }];
+        let terms = [committed(&list, &[], "2027-01-01T00:00:00Z")];
+        let s = schedule(&lines, &terms, PeriodUnit::Month, t("2027-01-05T00:00:00Z"));
+        assert_eq!(
+            get(&s, "subscription:platform", "2026-03"),
+            Amounts::default()
+        );
+        assert_eq!(
+            get(&s, "subscription:platform", "2026-04").recognised,
+            a("40")
+        );
+    }
+
     fn grant(name: &str, amount: &str, priority: u32, granted: &str, expires: &str) -> CreditGrant {
         CreditGrant {
             name: name.into(),
@@ -1026,6 +1330,7 @@ mod tests {
     /// billed in advance, as of `as_of`, from its subscription `lines`.
     fn annual(lines: &[(&str, &str)], as_of: &str) -> Schedule {
         let fee = [TermFee {
+            ramp: false,
             name: "support".into(),
             amount: a("365"),
             ssp: a("365"),

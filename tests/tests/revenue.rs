@@ -522,3 +522,74 @@ fn an_upgrade_bills_the_rest_of_its_term_or_period_once_and_leaves_what_was_bill
     );
     assert_eq!(net[&key("2026-10")][0], p("752.88"));
 }
+
+#[test]
+fn a_ramp_agreed_at_signing_bills_as_before_and_is_recognised_on_a_straight_line() {
+    // Globex's support plan (1200 a year from 15 October; the contract ends on 1 June 2027,
+    // 229 days later) steps to 2400 a year on 1 January, a step agreed at signing
+    // (`ramp = true`). It bills as it would without the flag: 752.88 in advance in October,
+    // the step's increase in January. But its revenue is one price for the 229 days:
+    // 1200 x 229/365 + 1200 x 151/365 = 1249.32, so October's 17 days earn 92.74, not 55.89.
+    let s = Scratch::new("revenue-ramp");
+    let (demo, catalog, out) = demo(&s);
+    revenue(&catalog, &out);
+    let plain = schedule(&out);
+    let toml = catalog.join("catalog.toml");
+    let text = std::fs::read_to_string(&toml).unwrap();
+    let starts = "starts = \"2026-10-15T00:00:00Z\"\n";
+    assert_eq!(text.matches(starts).count(), 1);
+    std::fs::write(
+        &toml,
+        text.replace(
+            starts,
+            &format!("{starts}ramp = true\n\n[[contract.fee.change]]\nfrom = \"2027-01-01T00:00:00Z\"\namount = \"2400\"\n"),
+        ),
+    )
+    .unwrap();
+    let ramp_out = s.path().join("ramp");
+    run(&demo, &catalog, &ramp_out);
+    let p = |s: &str| Amount::parse(s).unwrap();
+    assert_eq!(
+        subscription_lines(&ramp_out, "globex-legacy"),
+        [("2026-10".to_string(), p("752.88"))],
+        "billed as before: the step is in January"
+    );
+    let text = revenue(&catalog, &ramp_out);
+    assert!(text.contains("in every row: holds"), "{text}");
+    let ramp = schedule(&ramp_out);
+    let key = |period: &str| {
+        (
+            "globex-legacy".to_string(),
+            "subscription:support".to_string(),
+            period.to_string(),
+            period.to_string(),
+        )
+    };
+    // October: billed in advance, so one position, a liability: what was billed less what
+    // the straight line earned.
+    let [billed, recognised, deferred, unbilled] = ramp[&key("2026-10")];
+    assert_eq!(billed, p("752.88"));
+    assert!(
+        recognised > p("92.743") && recognised < p("92.745"),
+        "{recognised}"
+    );
+    assert_eq!((deferred, unbilled), (billed - recognised, Amount::ZERO));
+    assert!(plain[&key("2026-10")][1] < p("55.90"));
+    // November, open: the straight line's days so far, drawn from that liability.
+    let [billed, recognised, deferred, unbilled] = ramp[&key("2026-11")];
+    let plain_november = plain[&key("2026-11")][1];
+    assert_eq!((billed, unbilled), (Amount::ZERO, Amount::ZERO));
+    assert_eq!(deferred, -recognised);
+    // 1249.32 / 1200 x 365 / 229 as much a day as the list price.
+    assert!(
+        recognised > Amount(plain_november.0 * 1659 / 1000)
+            && recognised < Amount(plain_november.0 * 1660 / 1000),
+        "{recognised} against {plain_november}"
+    );
+    // Every other row is as it was.
+    for (k, a) in &plain {
+        if k.1 != "subscription:support" {
+            assert_eq!(ramp.get(k), Some(a), "{k:?}");
+        }
+    }
+}

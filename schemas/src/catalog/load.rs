@@ -406,6 +406,7 @@ ends = "2027-01-01T00:00:00Z"
             vec![
                 Fee::new("platform", Amount::parse_price("49").unwrap()),
                 Fee {
+                    ramp: false,
                     name: "onboarding".into(),
                     amount: Amount::ZERO,
                     ssp: Amount::parse_price("15").unwrap(),
@@ -416,6 +417,7 @@ ends = "2027-01-01T00:00:00Z"
         assert_eq!(
             t.term_fees,
             vec![TermFee {
+                ramp: false,
                 name: "support".into(),
                 amount: Amount::parse_price("1200").unwrap(),
                 ssp: Amount::parse_price("1200").unwrap(),
@@ -524,6 +526,22 @@ ends = "2027-01-01T00:00:00Z"
         assert!(e.contains("is not after its first term starts"), "{e}");
         let e = with("[[contract.fee]]\nname = \"x\"\namount = \"0\"\nssp = \"-5\"\n");
         assert!(e.contains("fee \"x\" ssp -5 is negative"), "{e}");
+        let e = with(&format!(
+            "{fee}ramp = true\n{}",
+            change("2026-05-01T00:00:00Z")
+        ));
+        assert!(
+            e.contains("fee \"x\" is a ramp but the contract has no ends")
+                && e.contains("give the contract its ends"),
+            "{e}"
+        );
+        let e = with(
+            "ends = \"2027-01-01T00:00:00Z\"\n[[contract.fee]]\nname = \"x\"\namount = \"0\"\nramp = true\n",
+        );
+        assert!(
+            e.contains("fee \"x\" is a ramp that starts free, with no ssp"),
+            "{e}"
+        );
         let e = with("[contract.renewal]\nterm_months = 12\n");
         assert!(
             e.contains("contract without `ends`") && e.contains("set `ends`"),
@@ -546,6 +564,25 @@ ends = "2027-01-01T00:00:00Z"
             ),
         );
         let renewal = from_toml_str(&ok).unwrap().contracts[0].renewal.unwrap();
+        // A ramp's steps sell for what the fee sold for before them, unless they say otherwise;
+        // a later modification's new price is its own standalone selling price.
+        let stepped = |ramp: &str| {
+            let text = GOOD.replace(
+                "rate_card = \"std\"\nstarts = \"2026-01-01T00:00:00Z\"\n",
+                &format!(
+                    "rate_card = \"std\"\nstarts = \"2026-01-01T00:00:00Z\"\n{ends}{fee}{ramp}{}{}\
+                     ssp = \"25\"\n{}",
+                    change("2026-03-01T00:00:00Z"),
+                    change("2026-05-01T00:00:00Z"),
+                    change("2026-07-01T00:00:00Z"),
+                ),
+            );
+            let fee = from_toml_str(&text).unwrap().contracts[0].terms.fees[0].clone();
+            let ssps: Vec<String> = fee.changes.iter().map(|c| c.ssp.to_string()).collect();
+            (fee.ramp, ssps.join(" "))
+        };
+        assert_eq!(stepped("ramp = true\n"), (true, "10 25 25".to_string()));
+        assert_eq!(stepped(""), (false, "20 25 20".to_string()));
         assert_eq!(
             (renewal.term_months, renewal.likelihood),
             (12, UnitPrice::parse("1").unwrap()),

@@ -101,6 +101,10 @@ pub struct TermFee {
     pub until: Option<EventTime>,
     /// Later prices, by when they apply, in order (see [`TermFee::terms`]).
     pub changes: Vec<FeeChange>,
+    /// Its changes are price steps agreed when the contract was signed (a ramp deal), not later
+    /// modifications: the revenue schedule spreads what it bills over the contract's whole term
+    /// (see [`Fee::ramp`]).
+    pub ramp: bool,
 }
 
 /// A fee's new price from `from` on (`[[contract.fee.change]]`): an upgrade or a downgrade.
@@ -242,6 +246,11 @@ pub struct Fee {
     pub ssp: Amount,
     /// Later prices, by when they apply, in order (see [`Fee::billed`]).
     pub changes: Vec<FeeChange>,
+    /// Its changes are price steps agreed when the contract was signed (a ramp deal: 100 the
+    /// first year, 120 the second), not later modifications. Billing is the same either way;
+    /// the revenue schedule allocates what a ramp bills over the contract's whole term by its
+    /// standalone selling price, which a step keeps unless it says otherwise.
+    pub ramp: bool,
 }
 
 impl Fee {
@@ -252,6 +261,7 @@ impl Fee {
             amount,
             ssp: amount,
             changes: Vec::new(),
+            ramp: false,
         }
     }
 

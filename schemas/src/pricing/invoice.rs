@@ -163,6 +163,8 @@ pub struct FeeBilled<'a> {
     pub parts: Vec<Term>,
     /// A fee billed in advance per term (its parts are terms, recognised over them).
     pub in_advance: bool,
+    /// A ramp ([`Fee::ramp`]): its price steps were agreed at signing.
+    pub ramp: bool,
 }
 
 /// What each fee bills in the invoice period `[start, end)` of a contract running `span`
@@ -175,19 +177,20 @@ pub fn fees_billed<'a>(
     (start, end): (EventTime, EventTime),
     first: bool,
 ) -> Vec<FeeBilled<'a>> {
-    let billed = |name: &'a str, parts: Vec<Term>, in_advance: bool| FeeBilled {
+    let billed = |name: &'a str, parts: Vec<Term>, in_advance: bool, ramp: bool| FeeBilled {
         name,
         amount: parts.iter().map(|p| p.amount).sum(),
         ssp: parts.iter().map(|p| p.ssp).sum(),
         parts,
         in_advance,
+        ramp,
     };
     let every_period = fees
         .iter()
-        .map(|f| billed(&f.name, f.parts((start, end), span), false));
+        .map(|f| billed(&f.name, f.parts((start, end), span), false, f.ramp));
     let in_advance = term_fees
         .iter()
-        .map(|f| billed(&f.name, f.billed_in(start, end, first), true));
+        .map(|f| billed(&f.name, f.billed_in(start, end, first), true, f.ramp));
     every_period.chain(in_advance).collect()
 }
 
@@ -758,6 +761,7 @@ mod tests {
         let terms = ContractTerms {
             fees: vec![Fee::new("platform", a("10"))],
             term_fees: vec![crate::catalog::TermFee {
+                ramp: false,
                 name: "support".into(),
                 amount: a("1200"),
                 ssp: a("1200"),
@@ -824,6 +828,7 @@ mod tests {
             // 365 days left: 1 200 x 183/365 = 601.64 more, billed in July); downgraded to 600
             // on 1 March 2027, which bills nothing back and applies from the next term.
             term_fees: vec![crate::catalog::TermFee {
+                ramp: false,
                 name: "support".into(),
                 amount: a("1200"),
                 ssp: a("1200"),
@@ -913,6 +918,7 @@ mod tests {
     #[test]
     fn a_term_fee_neither_meets_the_minimum_spend_nor_is_cut_by_the_cap() {
         let annual = crate::catalog::TermFee {
+            ramp: false,
             name: "support".into(),
             amount: a("1200"),
             ssp: a("1200"),

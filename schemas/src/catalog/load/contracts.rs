@@ -70,9 +70,28 @@ fn contract_terms(
         let Some((a, ssp)) = price(l, &what, &f.amount, &f.ssp) else {
             continue;
         };
+        let ssp_of_fee = ssp;
+        if f.ramp && ssp == Amount::ZERO {
+            l.err(
+                file,
+                entry,
+                format!("{what} is a ramp that starts free, with no ssp"),
+                "write ssp as what the fee sells for on its own (per period, or per term with term_months): a ramp spreads what it bills over the term by it",
+            );
+            continue;
+        }
+        if f.ramp && span.is_some_and(|s| s.1.is_none()) {
+            l.err(
+                file,
+                entry,
+                format!("{what} is a ramp but the contract has no ends"),
+                "a ramp's steps are spread over the term the customer committed to: give the contract its ends, or drop ramp",
+            );
+            continue;
+        }
         let mut changes: Vec<FeeChange> = Vec::new();
         for ch in &f.change {
-            let (Some(from), Some((amount, ssp))) = (
+            let (Some(from), Some((amount, mut ssp))) = (
                 l.time(file, entry, &format!("{what} change from"), &ch.from),
                 price(
                     l,
@@ -83,6 +102,11 @@ fn contract_terms(
             ) else {
                 continue;
             };
+            if f.ramp && ch.ssp.is_none() {
+                // A step of a ramp changes the price, not the service: it sells for what the
+                // fee sold for before it.
+                ssp = changes.last().map_or(ssp_of_fee, |c: &FeeChange| c.ssp);
+            }
             if changes.last().is_some_and(|last| last.from >= from) {
                 l.err(
                     file,
@@ -133,6 +157,7 @@ fn contract_terms(
                 amount: a,
                 ssp,
                 changes,
+                ramp: f.ramp,
             }),
             (Some(months @ 1..=120), Some((contract_starts, until))) => {
                 let anchor = match &f.starts {
@@ -166,6 +191,7 @@ fn contract_terms(
                     anchor,
                     until,
                     changes,
+                    ramp: f.ramp,
                 });
             }
             (Some(1..=120), None) => {} // The contract's `starts` is reported already.

@@ -92,6 +92,9 @@ pub(super) struct FeeDef {
     /// Later prices (`[[contract.fee.change]]`), in the order they apply.
     #[serde(default)]
     pub(super) change: Vec<FeeChangeDef>,
+    /// Its changes are price steps agreed at signing (a ramp deal), not later modifications.
+    #[serde(default)]
+    pub(super) ramp: bool,
 }
 
 #[derive(Deserialize)]
