@@ -538,14 +538,27 @@ fn a_ramp_agreed_at_signing_bills_as_before_and_is_recognised_on_a_straight_line
     let text = std::fs::read_to_string(&toml).unwrap();
     let starts = "starts = \"2026-10-15T00:00:00Z\"\n";
     assert_eq!(text.matches(starts).count(), 1);
-    std::fs::write(
-        &toml,
-        text.replace(
-            starts,
-            &format!("{starts}ramp = true\n\n[[contract.fee.change]]\nfrom = \"2027-01-01T00:00:00Z\"\namount = \"2400\"\n"),
-        ),
-    )
-    .unwrap();
+    let text = text.replace(
+        starts,
+        &format!("{starts}ramp = true\n\n[[contract.fee.change]]\nfrom = \"2027-01-01T00:00:00Z\"\namount = \"2400\"\n"),
+    );
+    // And acme's platform fee, on a contract now ending with 2026, steps from 49 to 99 on
+    // 11 November: billed as an upgrade would be, and listed as the ramp's step.
+    let (acme, platform) = (
+        "id = \"acme-2026\"\n",
+        "name = \"platform\"\namount = \"49\"\n",
+    );
+    assert_eq!(
+        (text.matches(acme).count(), text.matches(platform).count()),
+        (1, 1)
+    );
+    let text = text
+        .replace(acme, &format!("{acme}ends = \"2027-01-01T00:00:00Z\"\n"))
+        .replace(
+            platform,
+            &format!("{platform}ramp = true\n\n[[contract.fee.change]]\nfrom = \"2026-11-11T00:00:00Z\"\namount = \"99\"\n"),
+        );
+    std::fs::write(&toml, text).unwrap();
     let ramp_out = s.path().join("ramp");
     run(&demo, &catalog, &ramp_out);
     let p = |s: &str| Amount::parse(s).unwrap();
@@ -553,6 +566,24 @@ fn a_ramp_agreed_at_signing_bills_as_before_and_is_recognised_on_a_straight_line
         subscription_lines(&ramp_out, "globex-legacy"),
         [("2026-10".to_string(), p("752.88"))],
         "billed as before: the step is in January"
+    );
+    assert_eq!(
+        subscription_lines(&ramp_out, "acme-2026")
+            .into_iter()
+            .filter(|(p, _)| p.as_str() >= "2026-10")
+            .collect::<Vec<_>>(),
+        [
+            ("2026-10".to_string(), p("49")),
+            ("2026-11".to_string(), p("82.33"))
+        ]
+    );
+    let preview = std::fs::read_to_string(ramp_out.join("invoice_preview.txt")).unwrap();
+    assert!(
+        preview.lines().any(
+            |l| l.contains("· platform, 2026-11-11 to 2026-12-01, ramp step")
+                && l.trim_end().ends_with("33.33 USD")
+        ),
+        "{preview}"
     );
     let text = revenue(&catalog, &ramp_out);
     assert!(text.contains("in every row: holds"), "{text}");
@@ -586,9 +617,11 @@ fn a_ramp_agreed_at_signing_bills_as_before_and_is_recognised_on_a_straight_line
             && recognised < Amount(plain_november.0 * 1660 / 1000),
         "{recognised} against {plain_november}"
     );
-    // Every other row is as it was.
+    // Every other row is as it was, but acme's fees' (its platform ramps, and the step
+    // raises November's line that onboarding shares).
     for (k, a) in &plain {
-        if k.1 != "subscription:support" {
+        let acme_fee = k.0 == "acme-2026" && k.1.starts_with("subscription:");
+        if k.1 != "subscription:support" && !acme_fee {
             assert_eq!(ramp.get(k), Some(a), "{k:?}");
         }
     }

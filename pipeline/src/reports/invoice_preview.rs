@@ -374,10 +374,11 @@ fn fee_breakdown(
             let name = match (t.upgrade, fee.in_advance) {
                 (false, false) => fee.name.to_string(),
                 (upgrade, _) => {
-                    let what = if upgrade {
-                        "upgrade"
-                    } else {
-                        "billed in advance"
+                    // A ramp's step was agreed at signing: not an upgrade the customer bought.
+                    let what = match (upgrade, fee.ramp) {
+                        (true, true) => "ramp step",
+                        (true, false) => "upgrade",
+                        (false, _) => "billed in advance",
                     };
                     format!("{}, {} to {}, {what}", fee.name, day(t.start), day(t.end))
                 }
