@@ -24,6 +24,9 @@
 //! - **Promotional credit** (a grant marked `promotional`) was never paid for: it is a price
 //!   concession, allocated like an invoice discount to what the invoice it pays bills (usage,
 //!   subscriptions, true-ups), and opens no liability and leaves no breakage.
+//! - **A material right** (a free grant the customer got for signing) is an obligation of its
+//!   own: it takes a share of the fees by its standalone selling price, deferred, and is
+//!   recognised as the grant is redeemed, or when it expires.
 //! - **Tax** is not revenue and is left out.
 //!
 //! Which grant paid how much of each invoice's credit line follows from replaying the credit
@@ -298,6 +301,11 @@ pub fn schedule(
         .collect();
     let by_contract: BTreeMap<&str, &Terms> =
         terms.iter().map(|c| (c.contract.as_str(), c)).collect();
+    let rights: BTreeMap<&str, Rights> = terms
+        .iter()
+        .filter_map(|c| Some((c.contract.as_str(), Rights::of(c, unit)?)))
+        .collect();
+    let mut taken = Taken::new();
     // The first period each contract is invoiced for: it bills the term running at its start.
     let mut first: BTreeMap<&str, &str> = BTreeMap::new();
     for l in lines {
@@ -439,6 +447,19 @@ pub fn schedule(
                 *allocated.entry(k).or_default() += a;
             }
         }
+        // A material right takes its share of what the fees bill (by standalone selling
+        // price), deferred until it is redeemed.
+        if let Some(r) = rights.get(contract) {
+            let mut took = Amount::ZERO;
+            for (_, x) in allocated.iter_mut().filter(|(k, _)| is_subscription(k)) {
+                let take = r.take(*x);
+                *x -= take;
+                took += take;
+            }
+            if closed {
+                *taken.entry((contract, period)).or_default() += took;
+            }
+        }
         for (k, x) in allocated {
             if let Some(terms) = terms_of.get(&k) {
                 over_terms(&mut out, &k, x, terms, end, unit, as_of);
@@ -518,8 +539,14 @@ pub fn schedule(
             unit,
             as_of,
         );
-        if let Some(first) = first.get(c.contract.as_str()) {
-            ramp(&mut out, c, first, unit, as_of);
+        let Some(first) = first.get(c.contract.as_str()) else {
+            continue;
+        };
+        let r = rights.get(c.contract.as_str());
+        ramp(&mut out, c, first, r, unit, as_of);
+        if let Some(r) = r {
+            let paid = &burnt[c.contract.as_str()].paid;
+            material_rights(&mut out, c, r, (first, &taken, paid), unit, as_of);
         }
     }
     out.retain(|_, a| *a != Amounts::default());
@@ -536,7 +563,14 @@ pub fn schedule(
 /// standalone selling price served by then. Billing does not change, so the fee's obligation
 /// is then stated as one position ([`restate`]): a contract liability while it has billed
 /// more than it earned, a contract asset while it has earned more; zero at the term's end.
-fn ramp(out: &mut Schedule, c: &Terms, first: &str, unit: PeriodUnit, as_of: EventTime) {
+fn ramp(
+    out: &mut Schedule,
+    c: &Terms,
+    first: &str,
+    rights: Option<&Rights>,
+    unit: PeriodUnit,
+    as_of: EventTime,
+) {
     let Some(until) = c.span.1 else { return };
     let every_period = c.fees.iter().filter(|f| f.ramp).map(|f| {
         let mut parts = Vec::new();
@@ -595,11 +629,171 @@ fn ramp(out: &mut Schedule, c: &Terms, first: &str, unit: PeriodUnit, as_of: Eve
             }
             let end = unit.end_of(p);
             let now = ahead(end.min(as_of));
-            out.entry(key(unit.label(p))).or_default().recognised += now - before;
+            // What the contract's material rights take of the fee is not the fee's revenue.
+            let shift = now - before;
+            let shift = shift - rights.map_or(Amount::ZERO, |r| r.take(shift));
+            out.entry(key(unit.label(p))).or_default().recognised += shift;
             before = now;
             p = unit.period_of(end);
         }
         restate(out, &key(String::new()));
+    }
+}
+
+/// What the material rights took of each contract's fees, per closed invoice period:
+/// (contract, period label) → amount.
+type Taken<'a> = BTreeMap<(&'a str, &'a str), Amount>;
+
+/// A contract's material rights ([`CreditGrant::material_right`]) and what they take of its
+/// fees: the rights' standalone selling prices against the fees' over the contract's term.
+struct Rights {
+    /// Each right (its index among the contract's grants) and its standalone selling price:
+    /// its amount times the share expected to be redeemed.
+    grants: Vec<(usize, Amount)>,
+    /// The rights' standalone selling prices, summed.
+    value: Amount,
+    /// The fees' standalone selling prices over the term, summed.
+    fees_value: Amount,
+    /// What the fees bill at list price in each invoice period of the term, by its start.
+    list: Vec<(EventTime, Amount)>,
+    /// The term's end.
+    until: EventTime,
+}
+
+impl Rights {
+    fn of(c: &Terms, unit: PeriodUnit) -> Option<Rights> {
+        let until = c.span.1?;
+        let grants: Vec<(usize, Amount)> = c
+            .grants
+            .iter()
+            .enumerate()
+            .filter_map(|(i, g)| Some((i, g.amount.times_fraction(g.material_right?))))
+            .filter(|(_, v)| *v > Amount::ZERO)
+            .collect();
+        if grants.is_empty() {
+            return None;
+        }
+        let (mut list, mut fees_value) = (Vec::new(), Amount::ZERO);
+        let mut p = unit.period_of(c.span.0);
+        for _ in 0..12_000 {
+            if p.0 >= until {
+                break;
+            }
+            let end = unit.end_of(p);
+            let (mut amount, mut ssp) = (Amount::ZERO, Amount::ZERO);
+            for f in c.fees {
+                let (a, s) = f.billed((p.0, end), c.span);
+                (amount, ssp) = (amount + a, ssp + s);
+            }
+            for t in c
+                .term_fees
+                .iter()
+                .flat_map(|f| f.billed_in(p.0, end, false))
+            {
+                (amount, ssp) = (amount + t.amount, ssp + t.ssp);
+            }
+            list.push((p.0, amount));
+            fees_value += ssp;
+            p = unit.period_of(end);
+        }
+        let value = grants.iter().map(|g| g.1).sum();
+        Some(Rights {
+            grants,
+            value,
+            fees_value,
+            list,
+            until,
+        })
+    }
+
+    /// The rights' share of `x`, an amount the fees bill.
+    fn take(&self, x: Amount) -> Amount {
+        share(x, self.value, self.value + self.fees_value)
+    }
+}
+
+/// Adds the rows of a contract's material rights (obligation `material right:<grant>`) to
+/// `out`, period by period from `first` (the contract's first invoiced period) to the one
+/// `as_of` falls in. Each closed period bills what the rights took of its fees (`taken`),
+/// split by their standalone selling prices. Each right recognises the consideration it is
+/// expected to get over the term (what it took so far, and its share of the fees still to be
+/// billed at list price) in proportion to how much of it has been redeemed (`paid`: what each
+/// grant paid of each period's credit, against its amount times the share expected to be
+/// redeemed), and all of it once it expired or the term ended. Each right's obligation is
+/// stated as one position ([`restate`]): a liability while the customer has paid for more
+/// of it than it used, an asset while it used more.
+fn material_rights(
+    out: &mut Schedule,
+    c: &Terms,
+    r: &Rights,
+    (first, taken, paid): (&str, &Taken, &BTreeMap<String, Vec<Amount>>),
+    unit: PeriodUnit,
+    as_of: EventTime,
+) {
+    let Some(mut p) = unit.parse_label(first) else {
+        return;
+    };
+    let key = |name: &str, period: String| ScheduleKey {
+        customer_id: c.customer.clone(),
+        contract_id: c.contract.clone(),
+        obligation: format!("material right:{name}"),
+        service_period: period.clone(),
+        period,
+        currency: c.currency.clone(),
+    };
+    let (mut took, mut redeemed) = (Amount::ZERO, vec![Amount::ZERO; r.grants.len()]);
+    let mut before = vec![Amount::ZERO; r.grants.len()];
+    for _ in 0..12_000 {
+        if p.0 >= as_of || p.0 >= r.until {
+            break;
+        }
+        let (end, label) = (unit.end_of(p), unit.label(p));
+        let closed = end <= as_of;
+        let now_taken = taken
+            .get(&(c.contract.as_str(), label.as_str()))
+            .copied()
+            .unwrap_or_default();
+        took += now_taken;
+        // What the rights will have taken by the term's end: so far, and their share of what
+        // the fees are still to bill (this period too while it is open).
+        let to_come: Amount = r
+            .list
+            .iter()
+            .filter(|(start, _)| *start > p.0 || (*start == p.0 && !closed))
+            .map(|(_, a)| *a)
+            .sum();
+        let expected = took + r.take(to_come);
+        // What the rights took in a closed period, split by their standalone selling prices
+        // (in the order of `r.grants`).
+        let keys: Vec<ScheduleKey> = r
+            .grants
+            .iter()
+            .map(|&(i, _)| key(&c.grants[i].name, label.clone()))
+            .collect();
+        let mut targets: Vec<(&ScheduleKey, Amount)> =
+            keys.iter().zip(&r.grants).map(|(k, g)| (k, g.1)).collect();
+        let billed = allocate(now_taken, &mut targets);
+        for (j, &(i, v)) in r.grants.iter().enumerate() {
+            let g = &c.grants[i];
+            redeemed[j] += paid
+                .get(&label)
+                .and_then(|x| x.get(i))
+                .copied()
+                .unwrap_or_default();
+            let last = g.expires.map_or(r.until, |e| e.min(r.until));
+            let over = closed && end >= last;
+            // Redeemed so far, of what is expected to be.
+            let exercised = if over { v } else { redeemed[j].min(v) };
+            let recognised = share(share(expected, v, r.value), exercised, v);
+            let row = out.entry(keys[j].clone()).or_default();
+            row.billed += billed[j].1;
+            row.recognised += recognised - before[j];
+            before[j] = recognised;
+        }
+        p = unit.period_of(end);
+    }
+    for &(i, _) in &r.grants {
+        restate(out, &key(&c.grants[i].name, String::new()));
     }
 }
 
@@ -1315,6 +1509,99 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_material_right_takes_its_share_of_the_fees_and_is_recognised_as_it_is_redeemed() {
+        // 2026, platform 100 a month (1200 over the term), and a free 300 the customer got for
+        // signing: a material right, worth 300 on its own. It takes 300 / (1200 + 300) = 20%
+        // of what the fees bill. The credit pays January to March (100 each), so those fees
+        // earn nothing themselves; the right is recognised as it is redeemed, a third a month,
+        // of the 20% of April to December's fees it will take (180): 60 a month.
+        let fees = [Fee::new("platform", a("100"))];
+        let right = |redemption: &str| CreditGrant {
+            material_right: Some(crate::money::UnitPrice::parse(redemption).unwrap()),
+            promotional: true,
+            ..grant(
+                "welcome",
+                "300",
+                0,
+                "2026-01-01T00:00:00Z",
+                "2027-01-01T00:00:00Z",
+            )
+        };
+        let grants = [right("1")];
+        let terms = [Terms {
+            grants: &grants,
+            ..committed(&fees, &[], "2027-01-01T00:00:00Z")
+        }];
+        let mut lines = monthly("2026", |_| "100");
+        for p in ["2026-01", "2026-02", "2026-03"] {
+            lines.push(line(LineKind::Credit, "", p, p, "-100"));
+        }
+        let s = schedule(&lines, &terms, PeriodUnit::Month, t("2027-01-05T00:00:00Z"));
+        assert!(s.values().all(Amounts::balances));
+        let right_in = |p| get(&s, "material right:welcome", p);
+        let platform = |p| get(&s, "subscription:platform", p).recognised;
+        assert_eq!(platform("2026-01"), Amount::ZERO);
+        // January: the right is a third redeemed, of the 220 it then expects to take.
+        let jan = right_in("2026-01");
+        assert_eq!(
+            (jan.billed, jan.recognised, jan.unbilled),
+            (
+                Amount::ZERO,
+                a("73.333333333333333333"),
+                a("73.333333333333333333")
+            )
+        );
+        let by_march: Amount = ["2026-01", "2026-02", "2026-03"]
+            .iter()
+            .map(|p| right_in(p).recognised)
+            .sum();
+        assert_eq!(by_march, a("180"));
+        // April on: the fee earns 80, the right takes 20 of what it bills, and the asset its
+        // early recognition left is paid down.
+        assert_eq!(platform("2026-04"), a("80"));
+        let apr = right_in("2026-04");
+        assert_eq!(
+            (apr.billed, apr.recognised, apr.unbilled),
+            (a("20"), Amount::ZERO, a("-20"))
+        );
+        let all = total(s.values());
+        assert_eq!((all.billed, all.recognised), (a("900"), a("900")));
+        assert_eq!((all.deferred, all.unbilled), (Amount::ZERO, Amount::ZERO));
+        // As a price concession instead, the fees earn what they bill after the credit.
+        let concession = [CreditGrant {
+            material_right: None,
+            ..grants[0].clone()
+        }];
+        let terms = [Terms {
+            grants: &concession,
+            ..committed(&fees, &[], "2027-01-01T00:00:00Z")
+        }];
+        let s = schedule(&lines, &terms, PeriodUnit::Month, t("2027-01-05T00:00:00Z"));
+        assert_eq!(
+            get(&s, "subscription:platform", "2026-04").recognised,
+            a("100")
+        );
+        assert!(!s.keys().any(|k| k.obligation.starts_with("material right")));
+        // Half of it expected to be redeemed: worth 150, it takes 150 / 1350 of the fees. By
+        // February 150 is redeemed: all it expects (1/9 of February to December's 1000) is
+        // recognised. March's fee is paid by the grant too, so the right takes nothing of it:
+        // the estimate falls to 1/9 of 900, and March recognises the difference back.
+        let grants = [right("0.5")];
+        let terms = [Terms {
+            grants: &grants,
+            ..committed(&fees, &[], "2027-01-01T00:00:00Z")
+        }];
+        let s = schedule(&lines, &terms, PeriodUnit::Month, t("2027-01-05T00:00:00Z"));
+        let right_in = |p| get(&s, "material right:welcome", p).recognised;
+        let by_february = right_in("2026-01") + right_in("2026-02");
+        assert_eq!(by_february, a("111.111111111111111111"));
+        assert_eq!(right_in("2026-03"), a("100") - by_february);
+        let all = total(s.values());
+        assert_eq!((all.billed, all.recognised), (a("900"), a("900")));
+        assert!(s.values().all(Amounts::balances));
+    }
+
     fn grant(name: &str, amount: &str, priority: u32, granted: &str, expires: &str) -> CreditGrant {
         CreditGrant {
             name: name.into(),
@@ -1323,6 +1610,7 @@ mod tests {
             granted: t(granted),
             expires: Some(t(expires)),
             promotional: false,
+            material_right: None,
         }
     }
 

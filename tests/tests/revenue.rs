@@ -626,3 +626,56 @@ fn a_ramp_agreed_at_signing_bills_as_before_and_is_recognised_on_a_straight_line
         }
     }
 }
+
+#[test]
+fn a_material_right_takes_its_share_of_the_fees_and_is_recognised_when_redeemed() {
+    // Globex got a free 300 for signing, a material right: it pays 300 of October's invoice
+    // (1770.28) like any credit, and takes a share of the support plan's 752.88, the
+    // contract's only fee, by 300 : 752.88. Redeemed in full in October, it is recognised
+    // there, exactly what it took.
+    let s = Scratch::new("revenue-material-right");
+    let (demo, catalog, out) = demo(&s);
+    revenue(&catalog, &out);
+    let plain = schedule(&out);
+    let toml = catalog.join("catalog.toml");
+    let text = std::fs::read_to_string(&toml).unwrap();
+    let marketplace = "[contract.marketplace]      # bought through AWS Marketplace";
+    assert_eq!(text.matches(marketplace).count(), 1);
+    let right = "[[contract.credit]]\nname = \"signing\"\namount = \"300\"\n\
+                 granted = \"2025-06-01T00:00:00Z\"\nmaterial_right = true\n\n";
+    std::fs::write(
+        &toml,
+        text.replace(marketplace, &format!("{right}{marketplace}")),
+    )
+    .unwrap();
+    let right_out = s.path().join("right");
+    run(&demo, &catalog, &right_out);
+    let text = revenue(&catalog, &right_out);
+    assert!(text.contains("in every row: holds"), "{text}");
+    assert!(text.contains("material right:signing"), "{text}");
+    let net = schedule(&right_out);
+    let key = |obligation: &str| {
+        (
+            "globex-legacy".to_string(),
+            obligation.to_string(),
+            "2026-10".to_string(),
+            "2026-10".to_string(),
+        )
+    };
+    let p = |s: &str| Amount::parse(s).unwrap();
+    let [billed, recognised, deferred, unbilled] = net[&key("material right:signing")];
+    assert!(billed > p("100") && billed < p("300"), "{billed}");
+    assert_eq!(recognised, billed, "redeemed in full in October");
+    assert_eq!((deferred, unbilled), (Amount::ZERO, Amount::ZERO));
+    // October bills 300 less (the credit), and the right's share comes out of the support
+    // plan's: its own revenue is lower by more than its share of the credit.
+    let october = |net: &Net| -> Amount {
+        net.iter()
+            .filter(|(k, _)| k.0 == "globex-legacy" && k.3 == "2026-10")
+            .map(|(_, a)| a[0])
+            .sum()
+    };
+    assert_eq!(october(&net), october(&plain) - p("300"));
+    let support = |net: &Net| net[&key("subscription:support")][0];
+    assert!(support(&net) + billed < support(&plain), "{net:?}");
+}

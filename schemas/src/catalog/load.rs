@@ -542,6 +542,31 @@ ends = "2027-01-01T00:00:00Z"
             e.contains("fee \"x\" is a ramp that starts free, with no ssp"),
             "{e}"
         );
+        let credit = "[[contract.credit]]\nname = \"w\"\namount = \"300\"\ngranted = \"2026-01-01T00:00:00Z\"\n";
+        let right = format!("{credit}material_right = true\n");
+        let e = with(&format!("{fee}{right}"));
+        assert!(
+            e.contains("credit \"w\" is a material right but the contract has no ends"),
+            "{e}"
+        );
+        let e = with(&format!("ends = \"2027-01-01T00:00:00Z\"\n{right}"));
+        assert!(
+            e.contains("credit \"w\" is a material right but the contract has no fees")
+                && e.contains("promotional = true"),
+            "{e}"
+        );
+        let e = with(&format!("{credit}redemption = \"0.5\"\n"));
+        assert!(
+            e.contains("has a redemption but is not a material right"),
+            "{e}"
+        );
+        let e = with(&format!(
+            "ends = \"2027-01-01T00:00:00Z\"\n{fee}{right}redemption = \"1.5\"\n"
+        ));
+        assert!(
+            e.contains("credit \"w\" redemption `1.5` is not above 0 and at most 1"),
+            "{e}"
+        );
         let e = with("[contract.renewal]\nterm_months = 12\n");
         assert!(
             e.contains("contract without `ends`") && e.contains("set `ends`"),

@@ -74,6 +74,12 @@ pub struct CreditGrant {
     /// Given free (a concession that lowers the price of what it pays for), not prepaid by the
     /// customer (a contract liability). Pricing burns both alike; the revenue schedule does not.
     pub promotional: bool,
+    /// A free grant the customer got for signing the contract, which it would not get
+    /// otherwise: a material right (ASC 606-10-55-42), with the share of it expected to be
+    /// redeemed (0 to 1). The revenue schedule allocates it a share of the contract's fees by
+    /// its standalone selling price (amount × that share), deferred until it is redeemed or
+    /// expires. Such a grant is also `promotional`.
+    pub material_right: Option<UnitPrice>,
 }
 
 impl CreditGrant {

@@ -285,6 +285,8 @@ pub struct CreditReplay {
     /// What the promotional grants paid of each period's credit, by label (periods where they
     /// paid something).
     pub promotional: BTreeMap<String, Amount>,
+    /// What each grant paid of each period's credit (in the grants' order), by label.
+    pub paid: BTreeMap<String, Vec<Amount>>,
 }
 
 /// Burns `used` (credit taken per invoice period label, positive) over `grants` as pricing
@@ -308,7 +310,10 @@ pub fn replay_credit(
         .collect();
     periods.sort_by_key(|(p, ..)| *p);
     for (p, label, amount) in periods {
+        let before = r.balances.clone();
         let (_, free) = burn_split(grants, &mut r.balances, p.0, amount);
+        let paid = before.iter().zip(&r.balances).map(|(b, a)| *b - *a);
+        r.paid.insert(label.to_string(), paid.collect());
         if free != Amount::ZERO {
             r.promotional.insert(label.to_string(), free);
         }
@@ -747,6 +752,7 @@ mod tests {
             granted: t("2026-10-01T00:00:00Z"),
             expires: expires.map(t),
             promotional: false,
+            material_right: None,
         }
     }
 

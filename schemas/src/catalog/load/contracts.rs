@@ -230,7 +230,58 @@ fn contract_terms(
             Some(t) => l.time(file, entry, &format!("{what} expires"), t).map(Some),
             None => Some(None),
         };
-        if let (Some(amount), Some(granted), Some(expires)) = (amount, granted, expires) {
+        let material_right = match (g.material_right, &g.redemption) {
+            (false, None) => Some(None),
+            (false, Some(_)) => {
+                l.err(
+                    file,
+                    entry,
+                    format!("{what} has a redemption but is not a material right"),
+                    "redemption is the share of a material right expected to be redeemed: set material_right = true, or drop redemption",
+                );
+                None
+            }
+            (true, _) if span.is_some_and(|s| s.1.is_none()) => {
+                l.err(
+                    file,
+                    entry,
+                    format!("{what} is a material right but the contract has no ends"),
+                    "a material right takes its share of the fees of the term the customer committed to: give the contract its ends, or make the grant promotional = true (a price concession)",
+                );
+                None
+            }
+            (true, _) if terms.fees.is_empty() && terms.term_fees.is_empty() => {
+                l.err(
+                    file,
+                    entry,
+                    format!("{what} is a material right but the contract has no fees"),
+                    "a material right takes its share of what the customer pays for the contract: with usage only, make the grant promotional = true (a price concession)",
+                );
+                None
+            }
+            (true, None) => Some(Some(UnitPrice::parse("1").expect("one"))),
+            (true, Some(text)) => {
+                let key = format!("{what} redemption");
+                match l.decimal(file, entry, &key, text, UnitPrice::parse) {
+                    Some(v) if v > UnitPrice::ZERO && v <= UnitPrice::parse("1").expect("one") => {
+                        Some(Some(v))
+                    }
+                    Some(_) => {
+                        l.err(
+                            file,
+                            entry,
+                            format!("{key} `{}` is not above 0 and at most 1", text.0),
+                            "write the share of the grant expected to be redeemed as a fraction, e.g. \"0.8\" for 80%",
+                        );
+                        None
+                    }
+                    None => None,
+                }
+            }
+        };
+        if let (Some(amount), Some(granted), Some(expires), Some(material_right)) =
+            (amount, granted, expires, material_right)
+        {
             if expires.is_some_and(|e| e <= granted) {
                 l.err(
                     file,
@@ -246,7 +297,8 @@ fn contract_terms(
                 priority: g.priority,
                 granted,
                 expires,
-                promotional: g.promotional,
+                promotional: g.promotional || material_right.is_some(),
+                material_right,
             });
         }
     }

@@ -237,6 +237,11 @@ pub(super) struct CreditDef {
     pub(super) expires: Option<String>,
     #[serde(default)]
     pub(super) promotional: bool,
+    /// Free, and a material right the customer got for signing (implies `promotional`).
+    #[serde(default)]
+    pub(super) material_right: bool,
+    /// With `material_right`: the share of it expected to be redeemed (default 1).
+    pub(super) redemption: Option<DecimalText>,
 }
 
 #[derive(Deserialize)]
