@@ -628,11 +628,11 @@ fn ramp(
                 break;
             }
             let end = unit.end_of(p);
+            // What the contract's material rights take of the fee is not the fee's revenue
+            // (taken of the running total, so that the shifts still sum to zero exactly).
             let now = ahead(end.min(as_of));
-            // What the contract's material rights take of the fee is not the fee's revenue.
-            let shift = now - before;
-            let shift = shift - rights.map_or(Amount::ZERO, |r| r.take(shift));
-            out.entry(key(unit.label(p))).or_default().recognised += shift;
+            let now = now - rights.map_or(Amount::ZERO, |r| r.take(now));
+            out.entry(key(unit.label(p))).or_default().recognised += now - before;
             before = now;
             p = unit.period_of(end);
         }
@@ -710,6 +710,16 @@ impl Rights {
     fn take(&self, x: Amount) -> Amount {
         share(x, self.value, self.value + self.fees_value)
     }
+
+    /// The `j`-th right's part of `x`, an amount the rights take, by their standalone selling
+    /// prices: the last takes what the others leave, so the parts sum to `x` exactly.
+    fn part(&self, j: usize, x: Amount) -> Amount {
+        let of = |g: &(usize, Amount)| share(x, g.1, self.value);
+        match j + 1 == self.grants.len() {
+            true => x - self.grants[..j].iter().map(of).sum::<Amount>(),
+            false => of(&self.grants[j]),
+        }
+    }
 }
 
 /// Adds the rows of a contract's material rights (obligation `material right:<grant>`) to
@@ -742,18 +752,18 @@ fn material_rights(
         currency: c.currency.clone(),
     };
     let (mut took, mut redeemed) = (Amount::ZERO, vec![Amount::ZERO; r.grants.len()]);
-    let mut before = vec![Amount::ZERO; r.grants.len()];
+    // Each right's billed and recognised so far.
+    let mut before = vec![(Amount::ZERO, Amount::ZERO); r.grants.len()];
     for _ in 0..12_000 {
         if p.0 >= as_of || p.0 >= r.until {
             break;
         }
         let (end, label) = (unit.end_of(p), unit.label(p));
         let closed = end <= as_of;
-        let now_taken = taken
+        took += taken
             .get(&(c.contract.as_str(), label.as_str()))
             .copied()
             .unwrap_or_default();
-        took += now_taken;
         // What the rights will have taken by the term's end: so far, and their share of what
         // the fees are still to bill (this period too while it is open).
         let to_come: Amount = r
@@ -763,16 +773,6 @@ fn material_rights(
             .map(|(_, a)| *a)
             .sum();
         let expected = took + r.take(to_come);
-        // What the rights took in a closed period, split by their standalone selling prices
-        // (in the order of `r.grants`).
-        let keys: Vec<ScheduleKey> = r
-            .grants
-            .iter()
-            .map(|&(i, _)| key(&c.grants[i].name, label.clone()))
-            .collect();
-        let mut targets: Vec<(&ScheduleKey, Amount)> =
-            keys.iter().zip(&r.grants).map(|(k, g)| (k, g.1)).collect();
-        let billed = allocate(now_taken, &mut targets);
         for (j, &(i, v)) in r.grants.iter().enumerate() {
             let g = &c.grants[i];
             redeemed[j] += paid
@@ -784,11 +784,14 @@ fn material_rights(
             let over = closed && end >= last;
             // Redeemed so far, of what is expected to be.
             let exercised = if over { v } else { redeemed[j].min(v) };
-            let recognised = share(share(expected, v, r.value), exercised, v);
-            let row = out.entry(keys[j].clone()).or_default();
-            row.billed += billed[j].1;
-            row.recognised += recognised - before[j];
-            before[j] = recognised;
+            // Running totals, so that what a right bills and what it recognises come out
+            // equal to the last digit once it is over.
+            let billed = r.part(j, took);
+            let recognised = share(r.part(j, expected), exercised, v);
+            let row = out.entry(key(&g.name, label.clone())).or_default();
+            row.billed += billed - before[j].0;
+            row.recognised += recognised - before[j].1;
+            before[j] = (billed, recognised);
         }
         p = unit.period_of(end);
     }
@@ -1600,6 +1603,150 @@ mod tests {
         let all = total(s.values());
         assert_eq!((all.billed, all.recognised), (a("900"), a("900")));
         assert!(s.values().all(Amounts::balances));
+    }
+
+    /// A contract's fee, as the property test draws it: its price, whether its steps are a
+    /// ramp, and its changes (days after the contract's start, new amount).
+    type DrawnFee = (u32, bool, Vec<(u32, u32)>);
+
+    /// The fee a [`DrawnFee`] describes, as the catalog loader would build it: a free fee
+    /// sells for 15, a ramp's step keeps the standalone selling price before it.
+    fn drawn_changes(
+        (amount, ramp, changes): &DrawnFee,
+        after: EventTime,
+        until: EventTime,
+    ) -> (Amount, Amount, Vec<crate::catalog::FeeChange>) {
+        let price = |x: u32| Amount::parse_price(&x.to_string()).unwrap();
+        let ssp = if *amount == 0 {
+            price(15)
+        } else {
+            price(*amount)
+        };
+        let mut out: Vec<crate::catalog::FeeChange> = Vec::new();
+        let day = 86_400_000;
+        for &(days, to) in changes {
+            let from = EventTime(after.0 + i64::from(days) * day);
+            if from >= until || out.last().is_some_and(|c| c.from >= from) {
+                continue;
+            }
+            let before = out.last().map_or(ssp, |c| c.ssp);
+            let to_ssp = match (*ramp, to) {
+                (true, _) => before,
+                (false, 0) => price(15),
+                (false, x) => price(x),
+            };
+            out.push(crate::catalog::FeeChange {
+                from,
+                amount: price(to),
+                ssp: to_ssp,
+            });
+        }
+        (price(*amount), ssp, out)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// Any contract with fees (changed, ramped, billed every period or per term), usage and
+        /// a free grant (a concession or a material right): every row balances at any time,
+        /// and once the contract is over every obligation has recognised exactly what it
+        /// billed, leaving no contract asset or liability.
+        #[test]
+        fn every_obligation_recognises_exactly_what_it_bills_by_the_end(
+            months in 3u32..=24,
+            fee in (proptest::sample::select(vec![0u32, 10, 49, 100, 250]), proptest::bool::ANY,
+                    proptest::collection::vec((1u32..700, proptest::sample::select(vec![0u32, 20, 75, 300])), 0..3)),
+            term in proptest::option::of((
+                proptest::sample::select(vec![1u32, 3, 12]),
+                0u32..3,
+                (proptest::sample::select(vec![120u32, 1200]), proptest::bool::ANY,
+                 proptest::collection::vec((1u32..700, proptest::sample::select(vec![60u32, 2400])), 0..2)),
+            )),
+            free in proptest::option::of((
+                proptest::sample::select(vec![100u32, 300, 1000]),
+                proptest::sample::select(vec!["", "1", "0.5"]),
+            )),
+            usage in proptest::collection::vec(0u32..400, 24),
+            as_of_day in 0u32..800,
+        ) {
+            let start = t("2026-01-01T00:00:00Z");
+            let until = start.plus_months(months);
+            let (amount, ssp, changes) = drawn_changes(&fee, start, until);
+            let fees = [Fee { amount, ssp, changes, ramp: fee.1, ..Fee::new("platform", amount) }];
+            let term_fees: Vec<TermFee> = term
+                .iter()
+                .filter_map(|(months_per, offset, drawn)| {
+                    let anchor = start.plus_months(*offset);
+                    (anchor < until).then(|| {
+                        let (amount, ssp, changes) = drawn_changes(drawn, anchor, until);
+                        TermFee {
+                            name: "support".into(),
+                            amount,
+                            ssp,
+                            months: *months_per,
+                            anchor,
+                            until: Some(until),
+                            changes,
+                            ramp: drawn.1,
+                        }
+                    })
+                })
+                .collect();
+            let grants: Vec<CreditGrant> = free
+                .iter()
+                .map(|(amount, redemption)| CreditGrant {
+                    promotional: true,
+                    material_right: (!redemption.is_empty())
+                        .then(|| crate::money::UnitPrice::parse(redemption).unwrap()),
+                    ..grant("welcome", &amount.to_string(), 0, "2026-01-01T00:00:00Z", "2030-01-01T00:00:00Z")
+                })
+                .collect();
+            let terms = [Terms {
+                grants: &grants,
+                span: (start, Some(until)),
+                ..bundle(&fees, &term_fees)
+            }];
+            // The invoices pricing would make: the fees (rounded once per line), the usage, and
+            // the credit burnt against both.
+            let unit = PeriodUnit::Month;
+            let mut lines = Vec::new();
+            let mut balances: Vec<Amount> = grants.iter().map(|g| g.amount).collect();
+            let mut p = unit.period_of(start);
+            let mut k = 0;
+            while p.0 < until {
+                let end = unit.end_of(p);
+                let label = unit.label(p);
+                let billed: Amount = fees_billed((&fees, &term_fees), terms[0].span, (p.0, end), k == 0)
+                    .iter()
+                    .map(|f| f.amount)
+                    .sum();
+                let subscription = billed.round_to(2, crate::money::Rounding::HalfUp);
+                let used = Amount::parse_price(&usage[k].to_string()).unwrap();
+                let credit = crate::pricing::invoice::burn(&grants, &mut balances, p.0, subscription + used);
+                for (kind, x) in [(LineKind::Subscription, subscription), (LineKind::Usage, used), (LineKind::Credit, -credit)] {
+                    let sku = if kind == LineKind::Usage { "tokens" } else { "" };
+                    lines.push(BilledLine { amount: x, ..line(kind, sku, &label, &label, "0") });
+                }
+                p = unit.period_of(end);
+                k += 1;
+            }
+            let day = 86_400_000;
+            let some_time = EventTime(start.0 + i64::from(as_of_day) * day);
+            let s = schedule(&lines, &terms, unit, some_time);
+            proptest::prop_assert!(s.values().all(Amounts::balances), "{:?}", s);
+            let over = schedule(&lines, &terms, unit, unit.end_of(unit.period_of(until)));
+            proptest::prop_assert!(over.values().all(Amounts::balances));
+            let mut by: BTreeMap<&str, Amounts> = BTreeMap::new();
+            for (k, a) in &over {
+                by.entry(k.obligation.as_str()).or_default().add(*a);
+            }
+            let billed: Amount = lines.iter().map(|l| l.amount).sum();
+            let all = total(over.values());
+            proptest::prop_assert_eq!(all.billed, billed);
+            for (obligation, a) in by {
+                proptest::prop_assert_eq!(a.recognised, a.billed, "{}", obligation);
+                proptest::prop_assert_eq!((a.deferred, a.unbilled), (Amount::ZERO, Amount::ZERO), "{}", obligation);
+            }
+        }
     }
 
     fn grant(name: &str, amount: &str, priority: u32, granted: &str, expires: &str) -> CreditGrant {
