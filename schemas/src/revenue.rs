@@ -1646,8 +1646,9 @@ mod tests {
 
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
-        /// Any contract with fees (changed, ramped, billed every period or per term), usage and
-        /// a free grant (a concession or a material right): every row balances at any time,
+        /// Any contract with fees (changed, ramped, billed every period or per term), usage, an
+        /// invoice discount and a free grant (a concession or a material right): every row
+        /// balances at any time,
         /// and once the contract is over every obligation has recognised exactly what it
         /// billed, leaving no contract asset or liability.
         #[test]
@@ -1666,6 +1667,7 @@ mod tests {
                 proptest::sample::select(vec!["", "1", "0.5"]),
             )),
             usage in proptest::collection::vec(0u32..400, 24),
+            discount in proptest::bool::ANY,
             as_of_day in 0u32..800,
         ) {
             let start = t("2026-01-01T00:00:00Z");
@@ -1721,8 +1723,13 @@ mod tests {
                     .sum();
                 let subscription = billed.round_to(2, crate::money::Rounding::HalfUp);
                 let used = Amount::parse_price(&usage[k].to_string()).unwrap();
-                let credit = crate::pricing::invoice::burn(&grants, &mut balances, p.0, subscription + used);
-                for (kind, x) in [(LineKind::Subscription, subscription), (LineKind::Usage, used), (LineKind::Credit, -credit)] {
+                // 10% off the invoice, some contracts.
+                let off = match discount {
+                    true => -(subscription + used).times_fraction(crate::money::UnitPrice::parse("0.1").unwrap()),
+                    false => Amount::ZERO,
+                };
+                let credit = crate::pricing::invoice::burn(&grants, &mut balances, p.0, subscription + used + off);
+                for (kind, x) in [(LineKind::Subscription, subscription), (LineKind::Usage, used), (LineKind::Discount, off), (LineKind::Credit, -credit)] {
                     let sku = if kind == LineKind::Usage { "tokens" } else { "" };
                     lines.push(BilledLine { amount: x, ..line(kind, sku, &label, &label, "0") });
                 }
