@@ -161,6 +161,11 @@ fn the_pages_show_in_chromium_what_the_demo_output_adds_up_to() {
             .as_str()
     );
     assert_eq!(credits[0]["status"], "active");
+    assert_eq!(
+        (&credits[0]["promotional"], &credits[0]["material_right"]),
+        (&serde_json::json!(false), &serde_json::json!(false)),
+        "prepaid"
+    );
     // Nothing drifts in the demo; every check the reconciliation made is counted.
     let (_, exec) = d.get("/api/exec");
     let r = &exec["data"]["reconciliation"];

@@ -197,7 +197,7 @@ function renderAccount(d) {
       { t: "true-up", n: 1 }, { t: "budget", n: 1 }, { t: "cap", n: 1 }, { t: "credits used", n: 1 }, { t: "" }], com), true) +
     card("Credit", table([{ t: "contract" }, { t: "grant" }, { t: "granted", n: 1 }, { t: "used", n: 1 }, { t: "balance", n: 1 },
       { t: "" }, { t: "usable from" }, { t: "expires" }, { t: "status" }], d.credits.map((g) => [td(esc(g.contract)),
-      td(esc(g.grant) + (g.promotional ? " (promotional)" : "")),
+      td(esc(g.grant) + (g.material_right ? " (material right)" : g.promotional ? " (promotional)" : "")),
       tdn(esc(g.granted)), tdn(esc(g.used)), tdn(`<span class="balance">${esc(g.balance)}</span>`), td(esc(g.currency)),
       td(esc(g.usable_from.slice(0, 10))), td(esc(g.expires ? g.expires.slice(0, 10) : "never")), td(esc(g.status))]),
       (i) => `data-credit="${esc(d.credits[i].grant)}"`), true) +

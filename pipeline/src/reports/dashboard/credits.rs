@@ -1,4 +1,4 @@
-//! The account view's credit (prepaid and promotional): per grant, what was granted, used and is left after the
+//! The account view's credit (prepaid, promotional and material rights): per grant, what was granted, used and is left after the
 //! period shown, and whether it can still be used.
 
 use meterflow_schemas::catalog::Catalog;
@@ -17,6 +17,9 @@ pub struct CreditBalance {
     pub grant: String,
     /// Given free rather than prepaid (docs/revenue.md: no liability, a price concession).
     pub promotional: bool,
+    /// Given free for signing, a material right (docs/revenue.md: a share of the fees,
+    /// deferred until it is redeemed).
+    pub material_right: bool,
     pub currency: String,
     pub granted: String,
     /// RFC 3339; usable for invoice periods starting before it. None: never expires.
@@ -74,6 +77,7 @@ pub fn credit_balances(
                 contract: contract.id.clone(),
                 grant: g.name.clone(),
                 promotional: g.promotional,
+                material_right: g.material_right.is_some(),
                 currency: currency.clone(),
                 granted: fixed(g.amount),
                 usable_from: g.granted.to_string(),
