@@ -40,7 +40,7 @@
 use std::collections::BTreeMap;
 
 use crate::catalog::{CreditGrant, Fee, Term, TermFee};
-use crate::money::Amount;
+use crate::money::{Amount, Rounding};
 use crate::pricing::invoice::{fees_billed, replay_credit, CreditReplay};
 use crate::rows::LineKind;
 use crate::time::{EventTime, PeriodUnit};
@@ -976,6 +976,111 @@ fn prepaid_credit(
     }
 }
 
+/// What a contract has yet to recognise of what it is contracted to pay for, as of a time:
+/// its remaining performance obligations (ASC 606-10-50-13).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Remaining {
+    pub customer: String,
+    pub contract: String,
+    pub currency: String,
+    /// All of it.
+    pub total: Amount,
+    /// What of it is expected to be recognised within the horizon.
+    pub within: Amount,
+}
+
+/// The remaining performance obligations of each contract as of `as_of`: what its fees (and
+/// material rights) have billed or will bill up to the contract's end, less what the schedule
+/// has recognised of them by then, and the part the schedule expects to recognise within
+/// `months`. The invoices to come are each later period's subscription line at list price,
+/// rounded to `digits(currency)`; a contract without an end is committed to its invoice periods
+/// as they come, so what remains of it is what its open period has yet to earn. Usage is left
+/// out: variable consideration, recognised as it is used (ASC 606-10-50-14(b)). So are
+/// true-ups, and credit the invoices to come might use.
+pub fn remaining(
+    lines: &[BilledLine],
+    terms: &[Terms],
+    unit: PeriodUnit,
+    as_of: EventTime,
+    months: u32,
+    digits: impl Fn(&str) -> u32,
+) -> Vec<Remaining> {
+    let mut all = lines.to_vec();
+    // A time by which every period there is, or will be, has ended.
+    let mut last_end = lines
+        .iter()
+        .filter_map(|l| unit.parse_label(&l.invoice_period))
+        .chain([unit.period_of(as_of)])
+        .map(|p| unit.end_of(p))
+        .max()
+        .unwrap_or(as_of);
+    for c in terms {
+        let Some(until) = c.span.1 else { continue };
+        // After the last period invoiced so far, and after the one `as_of` falls in.
+        let Some(last) = lines
+            .iter()
+            .filter(|l| l.contract == c.contract)
+            .filter_map(|l| unit.parse_label(&l.invoice_period))
+            .max()
+        else {
+            continue;
+        };
+        let mut p = unit.period_of(unit.end_of(last.max(unit.period_of(as_of))));
+        while p.0 < until {
+            let end = unit.end_of(p);
+            let fees = fees_billed((c.fees, c.term_fees), c.span, (p.0, end), false);
+            let amount: Amount = fees.iter().map(|f| f.amount).sum();
+            let label = unit.label(p);
+            all.push(BilledLine {
+                customer: c.customer.clone(),
+                contract: c.contract.clone(),
+                invoice_period: label.clone(),
+                service_period: label,
+                kind: LineKind::Subscription,
+                sku: String::new(),
+                amount: amount.round_to(digits(&c.currency), Rounding::HalfEven),
+                currency: c.currency.clone(),
+            });
+            last_end = last_end.max(end);
+            p = unit.period_of(end);
+        }
+    }
+    // What the contracts' fees and rights have recognised by each time.
+    let fixed = |s: &Schedule| {
+        let mut by: BTreeMap<(String, String, String), Amount> = BTreeMap::new();
+        for (k, a) in s
+            .iter()
+            .filter(|(k, _)| is_subscription(k) || k.obligation.starts_with("material right:"))
+        {
+            let key = (
+                k.customer_id.clone(),
+                k.contract_id.clone(),
+                k.currency.clone(),
+            );
+            *by.entry(key).or_default() += a.recognised;
+        }
+        by
+    };
+    let now = fixed(&schedule(lines, terms, unit, as_of));
+    let soon = fixed(&schedule(&all, terms, unit, as_of.plus_months(months)));
+    let over = fixed(&schedule(&all, terms, unit, last_end));
+    over.into_iter()
+        .map(|((customer, contract, currency), by_end)| {
+            let key = (customer.clone(), contract.clone(), currency.clone());
+            let so_far = now.get(&key).copied().unwrap_or_default();
+            let by_then = soon.get(&key).copied().unwrap_or_default();
+            Remaining {
+                customer,
+                contract,
+                currency,
+                total: by_end - so_far,
+                within: by_then - so_far,
+            }
+        })
+        .filter(|r| r.total != Amount::ZERO)
+        .collect()
+}
+
 /// What a schedule changes against the one recorded before: `(key, amounts, sign)` rows that
 /// retract a recorded row (`-1`, its amounts) and state the new one (`+1`). `recorded`: the net
 /// of the signed rows written before; `only`: restrict to one period.
@@ -1438,6 +1543,76 @@ mod tests {
         let november = get(&s, "subscription:support", "2026-11");
         assert!(november.deferred < Amount::ZERO && november.unbilled > Amount::ZERO);
         assert_eq!(november.unbilled - november.deferred, november.recognised);
+    }
+
+    #[test]
+    fn what_remains_is_what_the_fees_will_bill_less_what_they_have_earned() {
+        // The three-year ramp (support 100, 120, 140 a year) as of 1 July 2026, with the
+        // first year's invoice in: 360 in all, 120 x 181/365 earned, 120 due in the next
+        // twelve months (a year of its straight line).
+        let step = |from: &str, amount: &str| crate::catalog::FeeChange {
+            from: t(from),
+            amount: a(amount),
+            ssp: a("100"),
+        };
+        let support = [TermFee {
+            name: "support".into(),
+            amount: a("100"),
+            ssp: a("100"),
+            months: 12,
+            anchor: t("2026-01-01T00:00:00Z"),
+            until: Some(t("2029-01-01T00:00:00Z")),
+            changes: vec![
+                step("2027-01-01T00:00:00Z", "120"),
+                step("2028-01-01T00:00:00Z", "140"),
+            ],
+            ramp: true,
+        }];
+        let terms = [committed(&[], &support, "2029-01-01T00:00:00Z")];
+        let lines = [line(
+            LineKind::Subscription,
+            "",
+            "2026-01",
+            "2026-01",
+            "100",
+        )];
+        let as_of = t("2026-07-01T00:00:00Z");
+        let left = remaining(&lines, &terms, PeriodUnit::Month, as_of, 12, |_| 2);
+        assert_eq!(left.len(), 1);
+        let s = schedule(&lines, &terms, PeriodUnit::Month, as_of);
+        let earned = total(s.values()).recognised;
+        assert!(earned > a("59.50") && earned < a("59.51"), "{earned}");
+        assert_eq!(left[0].total, a("360") - earned);
+        let year = left[0].within - a("120");
+        assert!(year.0.abs() < 1000, "{:?}", left[0]);
+        // Without the ramp: 300.41 remains too, but the next twelve months bring the rest of
+        // the first term (100 x 184/365) and 181 days of the second (120 x 181/365).
+        let list = [TermFee {
+            ramp: false,
+            ..support[0].clone()
+        }];
+        let terms = [committed(&[], &list, "2029-01-01T00:00:00Z")];
+        let left = remaining(&lines, &terms, PeriodUnit::Month, as_of, 12, |_| 2);
+        let earned = total(schedule(&lines, &terms, PeriodUnit::Month, as_of).values()).recognised;
+        assert_eq!(left[0].total, a("360") - earned);
+        assert!(
+            left[0].within > a("109.9") && left[0].within < a("110"),
+            "{:?}",
+            left[0]
+        );
+        // A contract without an end owes what its open period has yet to earn.
+        let fees = [Fee::new("platform", a("30"))];
+        let terms = [bundle(&fees, &[])];
+        let open = [line(LineKind::Subscription, "", "2026-11", "2026-11", "30")];
+        let left = remaining(
+            &open,
+            &terms,
+            PeriodUnit::Month,
+            t("2026-11-11T00:00:00Z"),
+            12,
+            |_| 2,
+        );
+        assert_eq!((left[0].total, left[0].within), (a("20"), a("20")));
     }
 
     #[test]

@@ -617,6 +617,35 @@ fn a_ramp_agreed_at_signing_bills_as_before_and_is_recognised_on_a_straight_line
             && recognised < Amount(plain_november.0 * 1660 / 1000),
         "{recognised} against {plain_november}"
     );
+    // What remains of the plan: the 752.88 billed and January's step (496.44, at list price,
+    // not billed yet), less what the straight line has recognised by now.
+    let rpo = String::from_utf8_lossy(
+        &meterflow_ok(&[
+            "revenue",
+            "-c",
+            path(&catalog),
+            "-o",
+            path(&ramp_out),
+            "--rpo",
+        ])
+        .stdout,
+    )
+    .into_owned();
+    let globex = rpo
+        .lines()
+        .skip_while(|l| !l.starts_with("Remaining performance obligations"))
+        .find(|l| l.contains("globex / globex-legacy"))
+        .unwrap_or_else(|| panic!("{rpo}"));
+    let earned = ramp[&key("2026-10")][1] + ramp[&key("2026-11")][1];
+    let left = (p("752.88") + p("496.44") - earned)
+        .round_to(2, meterflow_schemas::money::Rounding::HalfEven)
+        .format_fixed(2);
+    let columns: Vec<&str> = globex.split_whitespace().collect();
+    assert_eq!(
+        columns[columns.len() - 4..],
+        [left.as_str(), "0.00", left.as_str(), "USD"],
+        "all of it within 12 months, the contract ends in June: {globex}"
+    );
     // Every other row is as it was, but acme's fees' (its platform ramps, and the step
     // raises November's line that onboarding shares).
     for (k, a) in &plain {

@@ -10,8 +10,8 @@ use anyhow::anyhow;
 use meterflow_schemas::catalog::ContractIdx;
 use meterflow_schemas::money::{minor_unit_digits, Amount, Rounding};
 use meterflow_schemas::revenue::{
-    changes, is_catch_up, journal, net, schedule, Amounts, BilledLine, JournalLine, Schedule,
-    Scheduled, Terms,
+    changes, is_catch_up, journal, net, remaining, schedule, Amounts, BilledLine, JournalLine,
+    Remaining, Schedule, Scheduled, Terms,
 };
 use meterflow_schemas::time::EventTime;
 
@@ -31,6 +31,11 @@ pub struct RevenueCommand {
     /// contract asset, contract liability and revenue, debited and credited (all contracts).
     #[arg(long)]
     journal: bool,
+    /// Also print each contract's remaining performance obligations: what its fees (and
+    /// material rights) have yet to recognise up to its end, and how much of it within the
+    /// next 12 months (usage left out: it is recognised as it is used).
+    #[arg(long)]
+    rpo: bool,
 }
 
 impl RevenueCommand {
@@ -116,6 +121,10 @@ impl RevenueCommand {
         if self.journal {
             print!("{}", render_journal(&now, a.period.as_deref()));
         }
+        if self.rpo {
+            let left = remaining(&billed, &terms, unit, as_of, 12, minor_unit_digits);
+            print!("{}", render_remaining(&left, as_of));
+        }
         let retracted = new.iter().filter(|s| s.sign < 0).count();
         println!(
             "\nrevenue_schedule: {} rows stated, {retracted} retracted ({})",
@@ -138,6 +147,44 @@ type Invoices<'a> =
 fn money(a: Amount, currency: &str) -> String {
     let d = minor_unit_digits(currency);
     a.round_to(d, Rounding::HalfEven).format_fixed(d)
+}
+
+/// The remaining performance obligations, per contract, with totals per currency.
+fn render_remaining(left: &[Remaining], as_of: EventTime) -> String {
+    let mut out = format!(
+        "\nRemaining performance obligations as of {as_of}: contracted fees not yet recognised \
+         (usage is recognised as it is used, and left out)\n"
+    );
+    let _ = writeln!(
+        out,
+        "  {:<40} {:>16} {:>14} {:>14}",
+        "customer / contract", "next 12 months", "later", "total"
+    );
+    let mut totals: BTreeMap<&str, (Amount, Amount)> = BTreeMap::new();
+    for r in left {
+        let c = r.currency.as_str();
+        let _ = writeln!(
+            out,
+            "  {:<40} {:>16} {:>14} {:>14}  {c}",
+            format!("{} / {}", r.customer, r.contract),
+            money(r.within, c),
+            money(r.total - r.within, c),
+            money(r.total, c),
+        );
+        let t = totals.entry(c).or_default();
+        (t.0, t.1) = (t.0 + r.within, t.1 + r.total);
+    }
+    for (c, (within, total)) in totals {
+        let _ = writeln!(
+            out,
+            "  {:<40} {:>16} {:>14} {:>14}  {c}",
+            "total",
+            money(within, c),
+            money(total - within, c),
+            money(total, c),
+        );
+    }
+    out
 }
 
 /// Each period's journal entry, with its debit and credit totals.
