@@ -1016,19 +1016,22 @@ pub fn remaining(
         .unwrap_or(as_of);
     for c in terms {
         let Some(until) = c.span.1 else { continue };
-        // After the last period invoiced so far, and after the one `as_of` falls in.
-        let Some(last) = lines
+        // After the last period invoiced so far, and after the one `as_of` falls in; a contract
+        // not invoiced yet (signed, not started) from its first period, or the open one.
+        let last = lines
             .iter()
             .filter(|l| l.contract == c.contract)
             .filter_map(|l| unit.parse_label(&l.invoice_period))
-            .max()
-        else {
-            continue;
+            .max();
+        let mut p = match last {
+            Some(last) => unit.period_of(unit.end_of(last.max(unit.period_of(as_of)))),
+            None => unit.period_of(c.span.0.max(as_of)),
         };
-        let mut p = unit.period_of(unit.end_of(last.max(unit.period_of(as_of))));
+        let mut first = last.is_none();
         while p.0 < until {
             let end = unit.end_of(p);
-            let fees = fees_billed((c.fees, c.term_fees), c.span, (p.0, end), false);
+            let fees = fees_billed((c.fees, c.term_fees), c.span, (p.0, end), first);
+            first = false;
             let amount: Amount = fees.iter().map(|f| f.amount).sum();
             let label = unit.label(p);
             all.push(BilledLine {
@@ -1600,6 +1603,18 @@ mod tests {
             "{:?}",
             left[0]
         );
+        // Signed, not started (as of 15 November 2025): all of it remains, and the first
+        // term's days to 15 November 2026 (318 of 365) fall within 12 months.
+        let left = remaining(
+            &[],
+            &terms,
+            PeriodUnit::Month,
+            t("2025-11-15T00:00:00Z"),
+            12,
+            |_| 2,
+        );
+        assert_eq!(left[0].total, a("360"));
+        assert_eq!(left[0].within, Amount(mul_div(a("100").0, 318, 365)));
         // A contract without an end owes what its open period has yet to earn.
         let fees = [Fee::new("platform", a("30"))];
         let terms = [bundle(&fees, &[])];
