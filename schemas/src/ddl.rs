@@ -680,6 +680,12 @@ ORDER BY (marketplace, listing, contract_id, dimension, usage_hour, exported_at)
              FROM {db}.revenue_schedule GROUP BY period, currency",
         ),
     },
+    Migration {
+        id: 50,
+        name: "remaining_obligations",
+        // Remaining performance obligations, as `meterflow revenue --rpo` found them.
+        sql: Sql::Create(&crate::tables::REMAINING_OBLIGATIONS),
+    },
 ];
 
 /// The table that records applied migrations (created before any migration runs).

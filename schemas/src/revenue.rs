@@ -39,60 +39,19 @@
 
 use std::collections::BTreeMap;
 
-use crate::catalog::{CreditGrant, Fee, Term, TermFee};
+use crate::catalog::{CreditGrant, Term};
 use crate::money::{Amount, Rounding};
 use crate::pricing::invoice::{fees_billed, replay_credit, CreditReplay};
 use crate::rows::LineKind;
 use crate::time::{EventTime, PeriodUnit};
 
-/// One current invoice line, as the schedule reads it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BilledLine {
-    pub customer: String,
-    pub contract: String,
-    pub invoice_period: String,
-    pub service_period: String,
-    pub kind: LineKind,
-    pub sku: String,
-    pub amount: Amount,
-    pub currency: String,
-}
+mod model;
+mod term;
 
-/// The identity of a schedule row.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ScheduleKey {
-    pub customer_id: String,
-    pub contract_id: String,
-    pub obligation: String,
-    pub service_period: String,
-    /// The period the amounts fall in (the invoice period).
-    pub period: String,
-    pub currency: String,
-}
-
-/// The amounts of a schedule row. `recognised + deferred = billed + unbilled`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Amounts {
-    pub billed: Amount,
-    pub recognised: Amount,
-    pub deferred: Amount,
-    pub unbilled: Amount,
-}
-
-impl Amounts {
-    pub fn balances(&self) -> bool {
-        self.recognised + self.deferred == self.billed + self.unbilled
-    }
-
-    pub fn add(&mut self, o: Amounts) {
-        self.billed += o.billed;
-        self.recognised += o.recognised;
-        self.deferred += o.deferred;
-        self.unbilled += o.unbilled;
-    }
-}
-
-pub type Schedule = BTreeMap<ScheduleKey, Amounts>;
+pub(crate) use model::share;
+use model::{days, is_subscription, mul_div};
+pub use model::{Amounts, BilledLine, Schedule, ScheduleKey, Terms};
+use term::{material_rights, ramp, Rights, Taken};
 
 /// A row of the `revenue_schedule` table: a schedule row stated (`sign` 1) or retracted (-1).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -185,54 +144,6 @@ pub fn is_catch_up(k: &ScheduleKey) -> bool {
     k.service_period < k.period
 }
 
-/// `a × b ÷ c` through a 256-bit product (amounts at 18 decimals overflow `i128` when
-/// multiplied), rounded toward zero. The quotient must fit `i128`.
-fn mul_div(a: i128, b: i128, c: i128) -> i128 {
-    const M: u128 = u64::MAX as u128;
-    let negative = (a < 0) ^ (b < 0) ^ (c < 0);
-    let (a, b, c) = (a.unsigned_abs(), b.unsigned_abs(), c.unsigned_abs());
-    let (a1, a0, b1, b0) = (a >> 64, a & M, b >> 64, b & M);
-    let (p00, p01, p10, p11) = (a0 * b0, a0 * b1, a1 * b0, a1 * b1);
-    let mid = (p00 >> 64) + (p01 & M) + (p10 & M);
-    let lo = (p00 & M) | (mid << 64);
-    let hi = p11 + (p01 >> 64) + (p10 >> 64) + (mid >> 64);
-    let (mut rem, mut q) = (0u128, 0u128);
-    for i in (0..256).rev() {
-        let bit = if i >= 128 {
-            (hi >> (i - 128)) & 1
-        } else {
-            (lo >> i) & 1
-        };
-        rem = (rem << 1) | bit;
-        if rem >= c {
-            rem -= c;
-            if i < 128 {
-                q |= 1 << i;
-            }
-        }
-    }
-    let q = q as i128;
-    if negative {
-        -q
-    } else {
-        q
-    }
-}
-
-/// `amount × part ÷ whole`, exact to the amount's scale (rounded toward zero).
-pub(crate) fn share(amount: Amount, part: Amount, whole: Amount) -> Amount {
-    if whole.0 == 0 {
-        return Amount::ZERO;
-    }
-    Amount(mul_div(amount.0, part.0, whole.0))
-}
-
-/// A subscription fee's obligation (`subscription:<fee>`, or `subscription` for a contract
-/// whose fees the schedule was not told).
-fn is_subscription(k: &ScheduleKey) -> bool {
-    k.obligation == "subscription" || k.obligation.starts_with("subscription:")
-}
-
 /// Spreads `amount` over `targets` pro rata to their amounts; the rounding remainder goes to the
 /// largest, so the shares sum to `amount` exactly.
 fn allocate(amount: Amount, targets: &mut [(&ScheduleKey, Amount)]) -> Vec<(ScheduleKey, Amount)> {
@@ -251,25 +162,6 @@ fn allocate(amount: Amount, targets: &mut [(&ScheduleKey, Amount)]) -> Vec<(Sche
         out[largest].1 += amount - given;
     }
     out
-}
-
-/// What the schedule reads of a contract's terms: its credit grants and its subscription fees.
-pub struct Terms<'a> {
-    pub customer: String,
-    pub contract: String,
-    pub currency: String,
-    /// When the contract starts and ends: the share of a period its fees bill.
-    pub span: (EventTime, Option<EventTime>),
-    /// In burn order, as the catalog holds them.
-    pub grants: &'a [CreditGrant],
-    /// Its subscription fees, by name: each is an obligation of its own, and the invoice's
-    /// subscription line is allocated across them by the standalone selling price of what each
-    /// bills in the period (prorated alike).
-    pub fees: &'a [Fee],
-    /// Its fees billed in advance per term: obligations too, allocated by the standalone selling
-    /// price of what each bills in the period (its terms starting there), and recognised over
-    /// their terms.
-    pub term_fees: &'a [TermFee],
 }
 
 /// Replays a contract's credit lines through pricing's burn order: what its promotional grants
@@ -553,288 +445,6 @@ pub fn schedule(
     out
 }
 
-/// Spreads what each ramp fee of `c` ([`Fee::ramp`]) bills over the contract's term by its
-/// standalone selling price: a ramp's steps were agreed at signing, so its consideration is
-/// one price for the whole term (ASC 606-10-32-28), not each period's. The rows computed from
-/// the invoices recognise each period's list price (by day, like any fee); this adds to the
-/// fee's rows of the periods from `first` (the contract's first invoiced period, which catches
-/// up on any before it) to the one `as_of` falls in the difference between that and the
-/// ramp's straight line: what the fee bills over the whole term, times the share of its
-/// standalone selling price served by then. Billing does not change, so the fee's obligation
-/// is then stated as one position ([`restate`]): a contract liability while it has billed
-/// more than it earned, a contract asset while it has earned more; zero at the term's end.
-fn ramp(
-    out: &mut Schedule,
-    c: &Terms,
-    first: &str,
-    rights: Option<&Rights>,
-    unit: PeriodUnit,
-    as_of: EventTime,
-) {
-    let Some(until) = c.span.1 else { return };
-    let every_period = c.fees.iter().filter(|f| f.ramp).map(|f| {
-        let mut parts = Vec::new();
-        let mut p = unit.period_of(c.span.0);
-        while p.0 < until {
-            let end = unit.end_of(p);
-            parts.extend(f.parts((p.0, end), c.span));
-            p = unit.period_of(end);
-        }
-        (&f.name, parts)
-    });
-    let in_advance = c
-        .term_fees
-        .iter()
-        .filter(|f| f.ramp)
-        .map(|f| (&f.name, f.billed_in(f.anchor, until, false)));
-    for (name, parts) in every_period.chain(in_advance) {
-        // What the parts recognise by `at` at their list prices (`of`: amount) or at their
-        // standalone selling prices (`of`: ssp), each by day over its service.
-        let by = |at: EventTime, of: fn(&Term) -> Amount| -> Amount {
-            parts
-                .iter()
-                .map(|p| match at >= p.end {
-                    true => of(p),
-                    false => Amount(mul_div(
-                        of(p).0,
-                        days(p.start, at),
-                        days(p.start, p.end).max(1),
-                    )),
-                })
-                .sum()
-        };
-        let amount: fn(&Term) -> Amount = |p| p.amount;
-        let ssp: fn(&Term) -> Amount = |p| p.ssp;
-        let (billed, value) = (by(until, amount), by(until, ssp));
-        let Some(mut p) = unit.parse_label(first) else {
-            continue;
-        };
-        if value <= Amount::ZERO {
-            continue;
-        }
-        // The straight line's lead on the list price by `at`.
-        let ahead = |at: EventTime| share(billed, by(at, ssp), value) - by(at, amount);
-        let key = |period: String| ScheduleKey {
-            customer_id: c.customer.clone(),
-            contract_id: c.contract.clone(),
-            obligation: format!("subscription:{name}"),
-            service_period: period.clone(),
-            period,
-            currency: c.currency.clone(),
-        };
-        let mut before = Amount::ZERO;
-        for _ in 0..12_000 {
-            if p.0 >= as_of || p.0 >= until {
-                break;
-            }
-            let end = unit.end_of(p);
-            // What the contract's material rights take of the fee is not the fee's revenue
-            // (taken of the running total, so that the shifts still sum to zero exactly).
-            let now = ahead(end.min(as_of));
-            let now = now - rights.map_or(Amount::ZERO, |r| r.take(now));
-            out.entry(key(unit.label(p))).or_default().recognised += now - before;
-            before = now;
-            p = unit.period_of(end);
-        }
-        restate(out, &key(String::new()));
-    }
-}
-
-/// What the material rights took of each contract's fees, per closed invoice period:
-/// (contract, period label) → amount.
-type Taken<'a> = BTreeMap<(&'a str, &'a str), Amount>;
-
-/// A contract's material rights ([`CreditGrant::material_right`]) and what they take of its
-/// fees: the rights' standalone selling prices against the fees' over the contract's term.
-struct Rights {
-    /// Each right (its index among the contract's grants) and its standalone selling price:
-    /// its amount times the share expected to be redeemed.
-    grants: Vec<(usize, Amount)>,
-    /// The rights' standalone selling prices, summed.
-    value: Amount,
-    /// The fees' standalone selling prices over the term, summed.
-    fees_value: Amount,
-    /// What the fees bill at list price in each invoice period of the term, by its start.
-    list: Vec<(EventTime, Amount)>,
-    /// The term's end.
-    until: EventTime,
-}
-
-impl Rights {
-    fn of(c: &Terms, unit: PeriodUnit) -> Option<Rights> {
-        let until = c.span.1?;
-        let grants: Vec<(usize, Amount)> = c
-            .grants
-            .iter()
-            .enumerate()
-            .filter_map(|(i, g)| Some((i, g.amount.times_fraction(g.material_right?))))
-            .filter(|(_, v)| *v > Amount::ZERO)
-            .collect();
-        if grants.is_empty() {
-            return None;
-        }
-        let (mut list, mut fees_value) = (Vec::new(), Amount::ZERO);
-        let mut p = unit.period_of(c.span.0);
-        for _ in 0..12_000 {
-            if p.0 >= until {
-                break;
-            }
-            let end = unit.end_of(p);
-            let (mut amount, mut ssp) = (Amount::ZERO, Amount::ZERO);
-            for f in c.fees {
-                let (a, s) = f.billed((p.0, end), c.span);
-                (amount, ssp) = (amount + a, ssp + s);
-            }
-            for t in c
-                .term_fees
-                .iter()
-                .flat_map(|f| f.billed_in(p.0, end, false))
-            {
-                (amount, ssp) = (amount + t.amount, ssp + t.ssp);
-            }
-            list.push((p.0, amount));
-            fees_value += ssp;
-            p = unit.period_of(end);
-        }
-        let value = grants.iter().map(|g| g.1).sum();
-        Some(Rights {
-            grants,
-            value,
-            fees_value,
-            list,
-            until,
-        })
-    }
-
-    /// The rights' share of `x`, an amount the fees bill.
-    fn take(&self, x: Amount) -> Amount {
-        share(x, self.value, self.value + self.fees_value)
-    }
-
-    /// The `j`-th right's part of `x`, an amount the rights take, by their standalone selling
-    /// prices: the last takes what the others leave, so the parts sum to `x` exactly.
-    fn part(&self, j: usize, x: Amount) -> Amount {
-        let of = |g: &(usize, Amount)| share(x, g.1, self.value);
-        match j + 1 == self.grants.len() {
-            true => x - self.grants[..j].iter().map(of).sum::<Amount>(),
-            false => of(&self.grants[j]),
-        }
-    }
-}
-
-/// Adds the rows of a contract's material rights (obligation `material right:<grant>`) to
-/// `out`, period by period from `first` (the contract's first invoiced period) to the one
-/// `as_of` falls in. Each closed period bills what the rights took of its fees (`taken`),
-/// split by their standalone selling prices. Each right recognises the consideration it is
-/// expected to get over the term (what it took so far, and its share of the fees still to be
-/// billed at list price) in proportion to how much of it has been redeemed (`paid`: what each
-/// grant paid of each period's credit, against its amount times the share expected to be
-/// redeemed), and all of it once it expired or the term ended. Each right's obligation is
-/// stated as one position ([`restate`]): a liability while the customer has paid for more
-/// of it than it used, an asset while it used more.
-fn material_rights(
-    out: &mut Schedule,
-    c: &Terms,
-    r: &Rights,
-    (first, taken, paid): (&str, &Taken, &BTreeMap<String, Vec<Amount>>),
-    unit: PeriodUnit,
-    as_of: EventTime,
-) {
-    let Some(mut p) = unit.parse_label(first) else {
-        return;
-    };
-    let key = |name: &str, period: String| ScheduleKey {
-        customer_id: c.customer.clone(),
-        contract_id: c.contract.clone(),
-        obligation: format!("material right:{name}"),
-        service_period: period.clone(),
-        period,
-        currency: c.currency.clone(),
-    };
-    let (mut took, mut redeemed) = (Amount::ZERO, vec![Amount::ZERO; r.grants.len()]);
-    // Each right's billed and recognised so far.
-    let mut before = vec![(Amount::ZERO, Amount::ZERO); r.grants.len()];
-    for _ in 0..12_000 {
-        if p.0 >= as_of || p.0 >= r.until {
-            break;
-        }
-        let (end, label) = (unit.end_of(p), unit.label(p));
-        let closed = end <= as_of;
-        took += taken
-            .get(&(c.contract.as_str(), label.as_str()))
-            .copied()
-            .unwrap_or_default();
-        // What the rights will have taken by the term's end: so far, and their share of what
-        // the fees are still to bill (this period too while it is open).
-        let to_come: Amount = r
-            .list
-            .iter()
-            .filter(|(start, _)| *start > p.0 || (*start == p.0 && !closed))
-            .map(|(_, a)| *a)
-            .sum();
-        let expected = took + r.take(to_come);
-        for (j, &(i, v)) in r.grants.iter().enumerate() {
-            let g = &c.grants[i];
-            redeemed[j] += paid
-                .get(&label)
-                .and_then(|x| x.get(i))
-                .copied()
-                .unwrap_or_default();
-            let last = g.expires.map_or(r.until, |e| e.min(r.until));
-            let over = closed && end >= last;
-            // Redeemed so far, of what is expected to be.
-            let exercised = if over { v } else { redeemed[j].min(v) };
-            // Running totals, so that what a right bills and what it recognises come out
-            // equal to the last digit once it is over.
-            let billed = r.part(j, took);
-            let recognised = share(r.part(j, expected), exercised, v);
-            let row = out.entry(key(&g.name, label.clone())).or_default();
-            row.billed += billed - before[j].0;
-            row.recognised += recognised - before[j].1;
-            before[j] = (billed, recognised);
-        }
-        p = unit.period_of(end);
-    }
-    for &(i, _) in &r.grants {
-        restate(out, &key(&c.grants[i].name, String::new()));
-    }
-}
-
-/// States the rows of `of`'s obligation (every service period and period) as one position,
-/// period by period: each row's `recognised` against its `billed` moves the position, a
-/// contract liability (`deferred`) while billing is ahead, a contract asset (`unbilled`) while
-/// revenue is.
-fn restate(out: &mut Schedule, of: &ScheduleKey) {
-    let mut rows: Vec<(&ScheduleKey, &mut Amounts)> = out
-        .iter_mut()
-        .filter(|(k, _)| {
-            (&k.customer_id, &k.contract_id, &k.obligation, &k.currency)
-                == (
-                    &of.customer_id,
-                    &of.contract_id,
-                    &of.obligation,
-                    &of.currency,
-                )
-        })
-        .collect();
-    rows.sort_by(|a, b| {
-        (&a.0.period, &a.0.service_period).cmp(&(&b.0.period, &b.0.service_period))
-    });
-    let zero = Amount::ZERO;
-    let mut position = zero; // billed less recognised so far: > 0 a liability, < 0 an asset
-    for (_, a) in rows {
-        let next = position + a.billed - a.recognised;
-        a.deferred = next.max(zero) - position.max(zero);
-        a.unbilled = (-next).max(zero) - (-position).max(zero);
-        position = next;
-    }
-}
-
-/// Whole days from `from` to `to` (none if `to` is not after it).
-fn days(from: EventTime, to: EventTime) -> i128 {
-    ((to.0 - from.0).max(0) / 86_400_000) as i128
-}
-
 /// Adds the rows of a term fee's obligation `k` to `out`: `x` (its share of the subscription
 /// line of the invoice period ending at `end`, after discounts) is billed there in advance, and
 /// recognised ratably by day over its `terms`. The billing period recognises the days of the
@@ -989,6 +599,15 @@ pub struct Remaining {
     pub within: Amount,
 }
 
+/// A row of the `remaining_obligations` table: what remained of a contract as of a time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Obligated {
+    pub computed_at: EventTime,
+    pub run_id: String,
+    pub as_of: EventTime,
+    pub remaining: Remaining,
+}
+
 /// The remaining performance obligations of each contract as of `as_of`: what its fees (and
 /// material rights) have billed or will bill up to the contract's end, less what the schedule
 /// has recognised of them by then, and the part the schedule expects to recognise within
@@ -1110,6 +729,7 @@ pub fn changes(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::catalog::{Fee, TermFee};
 
     fn line(kind: LineKind, sku: &str, period: &str, service: &str, amount: &str) -> BilledLine {
         BilledLine {

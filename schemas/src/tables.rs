@@ -120,6 +120,7 @@ pub const ALL: &[&Table] = &[
     &EXPORTS,
     &REVENUE_SCHEDULE,
     &FORECAST,
+    &REMAINING_OBLIGATIONS,
 ];
 
 /// The tables the dataflow writes. Their rows carry the `epoch` that wrote them: a restart
@@ -671,6 +672,26 @@ pub const REVENUE_SCHEDULE: Table = Table {
     partition_by: Some("toYYYYMM(computed_at)"),
     order_by: &["contract_id", "period", "obligation", "service_period", "computed_at"],
     csv: Some("computed_at,run_id,customer_id,contract_id,obligation,service_period,period,currency,catch_up,billed,recognised,deferred,unbilled,sign"),
+    output: None,
+};
+
+pub const REMAINING_OBLIGATIONS: Table = Table {
+    name: "remaining_obligations",
+    row: "Obligated",
+    about: "what a contract's fees and material rights had yet to recognise as of a time, and the part due within 12 months (`meterflow revenue --rpo`)",
+    columns: &[
+        col("computed_at", "DateTime"),
+        col("run_id", "String"),
+        col("as_of", "DateTime"),
+        col("customer_id", "String"),
+        col("contract_id", "String"),
+        col("currency", "String"),
+        col("within_12_months", "Decimal(38, 18)"),
+        col("total", "Decimal(38, 18)"),
+    ],
+    partition_by: Some("toYYYYMM(computed_at)"),
+    order_by: &["contract_id", "as_of", "computed_at"],
+    csv: Some("computed_at,run_id,as_of,customer_id,contract_id,currency,within_12_months,total"),
     output: None,
 };
 

@@ -670,20 +670,39 @@ fn every_statement_meterflow_sends_and_every_documented_query_run_on_current_cli
         "{text}"
     );
     assert!(!requests.exists());
-    // The revenue schedule's reads and its signed rows, twice: the second changes nothing.
-    for changed in ["rows stated", "0 rows stated, 0 retracted"] {
-        let o = meterflow_ok(&[
+    // The revenue schedule's reads and its signed rows, twice: the second changes nothing,
+    // and writes the remaining performance obligations.
+    for (changed, rpo) in [
+        ("rows stated", None),
+        ("0 rows stated, 0 retracted", Some("--rpo")),
+    ] {
+        let url = f.ch.url();
+        let mut args = vec![
             "revenue",
             "-c",
             catalog.to_str().unwrap(),
             "--clickhouse-url",
-            &f.ch.url(),
-        ]);
+            &url,
+        ];
+        args.extend(rpo);
+        let o = meterflow_ok(&args);
         let text = String::from_utf8_lossy(&o.stdout);
         assert!(
             text.contains(changed) && text.contains("in every row: holds"),
             "{text}"
         );
+        if rpo.is_some() {
+            let written = text
+                .lines()
+                .find_map(|l| l.strip_prefix("remaining_obligations: "))
+                .and_then(|l| l.split(' ').next())
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("{text}"));
+            assert_eq!(
+                count(&f.ch, "SELECT count() FROM meterflow.remaining_obligations"),
+                written
+            );
+        }
     }
     // The forecast's reads and its rows, and a backtest.
     let url = f.ch.url();

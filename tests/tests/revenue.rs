@@ -646,6 +646,15 @@ fn a_ramp_agreed_at_signing_bills_as_before_and_is_recognised_on_a_straight_line
         [left.as_str(), "0.00", left.as_str(), "USD"],
         "all of it within 12 months, the contract ends in June: {globex}"
     );
+    // And the same, exact, in the remaining_obligations table.
+    let table = read_table(&ramp_out, "remaining_obligations").unwrap();
+    let row = table
+        .iter()
+        .find(|r| r["contract_id"] == "globex-legacy")
+        .unwrap_or_else(|| panic!("{table:?}"));
+    let total = Amount::parse(&row["total"]).unwrap();
+    assert_eq!(total, p("752.88") + p("496.44") - earned);
+    assert_eq!(row["within_12_months"], row["total"]);
     // Every other row is as it was, but acme's fees' (its platform ramps, and the step
     // raises November's line that onboarding shares).
     for (k, a) in &plain {

@@ -11,7 +11,7 @@ use meterflow_schemas::catalog::ContractIdx;
 use meterflow_schemas::money::{minor_unit_digits, Amount, Rounding};
 use meterflow_schemas::revenue::{
     changes, is_catch_up, journal, net, remaining, schedule, Amounts, BilledLine, JournalLine,
-    Remaining, Schedule, Scheduled, Terms,
+    Obligated, Remaining, Schedule, Scheduled, Terms,
 };
 use meterflow_schemas::time::EventTime;
 
@@ -124,6 +124,19 @@ impl RevenueCommand {
         if self.rpo {
             let left = remaining(&billed, &terms, unit, as_of, 12, minor_unit_digits);
             print!("{}", render_remaining(&left, as_of));
+            let rows: Vec<Obligated> = left
+                .into_iter()
+                .map(|remaining| Obligated {
+                    computed_at: r.at,
+                    run_id: r.run_id.clone(),
+                    as_of,
+                    remaining,
+                })
+                .collect();
+            let n = rows.len();
+            let to = (a.out.as_path(), r.catalog.clone(), unit);
+            revenue::remaining_to(r.ch.as_ref(), to, rows).map_err(anyhow::Error::msg)?;
+            println!("remaining_obligations: {n} rows written");
         }
         let retracted = new.iter().filter(|s| s.sign < 0).count();
         println!(

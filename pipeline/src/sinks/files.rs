@@ -25,7 +25,7 @@ use meterflow_schemas::money::{Amount, Quantity};
 use meterflow_schemas::quarantine::Resolution;
 use meterflow_schemas::reconcile::Reconciled;
 use meterflow_schemas::rejection::Rejection;
-use meterflow_schemas::revenue::{is_catch_up, Scheduled};
+use meterflow_schemas::revenue::{is_catch_up, Obligated, Scheduled};
 use meterflow_schemas::rows::{
     AcceptedEvent, DuplicateRow, EntitlementSignal, InvoiceLine, LineKey, LineUsage, RatedRow,
 };
@@ -596,6 +596,21 @@ impl CsvRow for Scheduled {
             scaled(row, v.0, Amount::SCALE);
         }
         int(row, self.sign);
+    }
+}
+
+impl CsvRow for Obligated {
+    fn csv(&self, _: &Names, _: &mut Labels, row: &mut Vec<u8>) {
+        time_field(row, self.computed_at);
+        field(row, &self.run_id);
+        time_field(row, self.as_of);
+        let r = &self.remaining;
+        for v in [&r.customer, &r.contract, &r.currency] {
+            field(row, v);
+        }
+        for v in [r.within, r.total] {
+            scaled(row, v.0, Amount::SCALE);
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! The `revenue_schedule` table: the signed rows `meterflow revenue` states and retracts,
-//! appended to ClickHouse, or kept as `revenue_schedule/part-0.csv` beside a run's CSV tables.
+//! appended to ClickHouse, or kept as `revenue_schedule/part-0.csv` beside a run's CSV tables;
+//! and the `remaining_obligations` table `meterflow revenue --rpo` writes.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -7,7 +8,9 @@ use std::sync::Arc;
 use clickhouse::Row;
 use meterflow_schemas::catalog::Catalog;
 use meterflow_schemas::money::Amount;
-use meterflow_schemas::revenue::{is_catch_up, Amounts, Schedule, ScheduleKey, Scheduled};
+use meterflow_schemas::revenue::{
+    is_catch_up, Amounts, Obligated, Schedule, ScheduleKey, Scheduled,
+};
 use meterflow_schemas::tables;
 use meterflow_schemas::time::{EventTime, PeriodUnit};
 use serde::{Deserialize, Serialize};
@@ -189,4 +192,42 @@ pub fn to_clickhouse(ch: &ClickHouse, new: &[Scheduled]) -> Result<(), String> {
         })
         .collect();
     ch.insert::<ScheduleRow>(tables::REVENUE_SCHEDULE.name, &rows)
+}
+
+#[derive(Row, Serialize)]
+struct ObligatedRow<'a> {
+    computed_at: u32,
+    run_id: &'a str,
+    as_of: u32,
+    customer_id: &'a str,
+    contract_id: &'a str,
+    currency: &'a str,
+    within_12_months: i128,
+    total: i128,
+}
+
+/// Writes what remained of each contract: appended to ClickHouse (each `--rpo` a snapshot of
+/// its own, by `run_id`), or in place of the last snapshot beside a run's CSV tables.
+pub fn remaining_to(
+    ch: Option<&ClickHouse>,
+    (out, catalog, period): (&Path, Arc<Catalog>, PeriodUnit),
+    rows: Vec<Obligated>,
+) -> Result<(), String> {
+    let Some(ch) = ch else {
+        return replace_table(out, &tables::REMAINING_OBLIGATIONS, catalog, period, rows);
+    };
+    let rows: Vec<ObligatedRow> = rows
+        .iter()
+        .map(|o| ObligatedRow {
+            computed_at: seconds(o.computed_at),
+            run_id: &o.run_id,
+            as_of: seconds(o.as_of),
+            customer_id: &o.remaining.customer,
+            contract_id: &o.remaining.contract,
+            currency: &o.remaining.currency,
+            within_12_months: o.remaining.within.0,
+            total: o.remaining.total.0,
+        })
+        .collect();
+    ch.insert::<ObligatedRow<'static>>(tables::REMAINING_OBLIGATIONS.name, &rows)
 }
