@@ -1084,17 +1084,15 @@ mod tests {
         )
     }
 
-    #[test]
-    fn a_ramp_agreed_at_signing_is_recognised_on_a_straight_line_over_the_term() {
-        // Three years from 1 January 2026: support 100 the first year, 120 the second, 140
-        // the third, billed in advance each year, the steps agreed at signing; platform 50 a
-        // month besides. The 360 of support is one price for the three years: 120 a year.
+    /// Support for three years from 1 January 2026 at 100, 120 and 140 a year, billed in
+    /// advance each year, the steps agreed at signing (each sells for 100: the same service).
+    fn three_year_ramp() -> TermFee {
         let step = |from: &str, amount: &str| crate::catalog::FeeChange {
             from: t(from),
             amount: a(amount),
             ssp: a("100"),
         };
-        let support = [TermFee {
+        TermFee {
             name: "support".into(),
             amount: a("100"),
             ssp: a("100"),
@@ -1106,7 +1104,15 @@ mod tests {
                 step("2028-01-01T00:00:00Z", "140"),
             ],
             ramp: true,
-        }];
+        }
+    }
+
+    #[test]
+    fn a_ramp_agreed_at_signing_is_recognised_on_a_straight_line_over_the_term() {
+        // Three years from 1 January 2026: support 100 the first year, 120 the second, 140
+        // the third, billed in advance each year, the steps agreed at signing; platform 50 a
+        // month besides. The 360 of support is one price for the three years: 120 a year.
+        let support = [three_year_ramp()];
         let fees = [Fee::new("platform", a("50"))];
         let terms = [committed(&fees, &support, "2029-01-01T00:00:00Z")];
         let mut lines = Vec::new();
@@ -1173,24 +1179,7 @@ mod tests {
         // The three-year ramp (support 100, 120, 140 a year) as of 1 July 2026, with the
         // first year's invoice in: 360 in all, 120 x 181/365 earned, 120 due in the next
         // twelve months (a year of its straight line).
-        let step = |from: &str, amount: &str| crate::catalog::FeeChange {
-            from: t(from),
-            amount: a(amount),
-            ssp: a("100"),
-        };
-        let support = [TermFee {
-            name: "support".into(),
-            amount: a("100"),
-            ssp: a("100"),
-            months: 12,
-            anchor: t("2026-01-01T00:00:00Z"),
-            until: Some(t("2029-01-01T00:00:00Z")),
-            changes: vec![
-                step("2027-01-01T00:00:00Z", "120"),
-                step("2028-01-01T00:00:00Z", "140"),
-            ],
-            ramp: true,
-        }];
+        let support = [three_year_ramp()];
         let terms = [committed(&[], &support, "2029-01-01T00:00:00Z")];
         let lines = [line(
             LineKind::Subscription,
