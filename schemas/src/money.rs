@@ -278,6 +278,9 @@ impl Quantity {
 }
 
 impl UnitPrice {
+    /// One: a whole (a fraction's upper bound).
+    pub const ONE: UnitPrice = UnitPrice(Q_ONE);
+
     /// `quantity × price`, exactly.
     pub fn times(self, q: Quantity) -> Amount {
         Amount(

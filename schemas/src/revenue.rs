@@ -49,7 +49,7 @@ mod model;
 mod term;
 
 pub(crate) use model::share;
-use model::{days, is_subscription, mul_div};
+use model::{by_day, is_subscription};
 pub use model::{Amounts, BilledLine, Schedule, ScheduleKey, Terms};
 use term::{material_rights, ramp, Rights, Taken};
 
@@ -363,19 +363,14 @@ pub fn schedule(
                 // Ratably by day: the whole days elapsed of the period, or of each part of an
                 // upgraded fee from where it starts being served (its share of `x` by its
                 // standalone selling price).
-                let day = 86_400_000;
-                let by_day = |x: Amount, from: EventTime| {
-                    let elapsed = ((as_of.0 - from.0).max(0) / day) as i128;
-                    let days = ((end.0 - from.0) / day) as i128;
-                    Amount(mul_div(x.0, elapsed, days.max(1)))
-                };
+                let earned = |x: Amount, from: EventTime| by_day(x, (from, end), as_of);
                 match parts_of.get(&k) {
-                    None => by_day(x, start),
+                    None => earned(x, start),
                     Some(parts) => {
                         let whole: Amount = parts.iter().map(|p| p.1).sum();
                         parts
                             .iter()
-                            .map(|&(from, ssp)| by_day(share(x, ssp, whole), from))
+                            .map(|&(from, ssp)| earned(share(x, ssp, whole), from))
                             .sum()
                     }
                 }
@@ -475,17 +470,7 @@ fn over_terms(
         terms
             .iter()
             .zip(&parts)
-            .map(|(t, &of_x)| {
-                if at >= t.end {
-                    of_x
-                } else {
-                    Amount(mul_div(
-                        of_x.0,
-                        days(t.start, at),
-                        days(t.start, t.end).max(1),
-                    ))
-                }
-            })
+            .map(|(t, &of_x)| by_day(of_x, (t.start, t.end), at))
             .sum()
     };
     let recognised = by(end);
@@ -610,8 +595,8 @@ pub struct Obligated {
 
 /// The remaining performance obligations of each contract as of `as_of`: what its fees (and
 /// material rights) have billed or will bill up to the contract's end, less what the schedule
-/// has recognised of them by then, and the part the schedule expects to recognise within
-/// `months`. The invoices to come are each later period's subscription line at list price,
+/// of `lines` as of then (`now`) has recognised of them, and the part the schedule expects to
+/// recognise within `months`. The invoices to come are each later period's subscription line at list price,
 /// rounded to `digits(currency)`; a contract without an end is committed to its invoice periods
 /// as they come, so what remains of it is what its open period has yet to earn. Usage is left
 /// out: variable consideration, recognised as it is used (ASC 606-10-50-14(b)). So are
@@ -619,6 +604,7 @@ pub struct Obligated {
 pub fn remaining(
     lines: &[BilledLine],
     terms: &[Terms],
+    now: &Schedule,
     unit: PeriodUnit,
     as_of: EventTime,
     months: u32,
@@ -642,15 +628,14 @@ pub fn remaining(
             .filter(|l| l.contract == c.contract)
             .filter_map(|l| unit.parse_label(&l.invoice_period))
             .max();
-        let mut p = match last {
+        let from = match last {
             Some(last) => unit.period_of(unit.end_of(last.max(unit.period_of(as_of)))),
             None => unit.period_of(c.span.0.max(as_of)),
         };
-        let mut first = last.is_none();
-        while p.0 < until {
+        for p in unit.periods(from, until) {
             let end = unit.end_of(p);
+            let first = last.is_none() && p == from;
             let fees = fees_billed((c.fees, c.term_fees), c.span, (p.0, end), first);
-            first = false;
             let amount: Amount = fees.iter().map(|f| f.amount).sum();
             let label = unit.label(p);
             all.push(BilledLine {
@@ -664,7 +649,6 @@ pub fn remaining(
                 currency: c.currency.clone(),
             });
             last_end = last_end.max(end);
-            p = unit.period_of(end);
         }
     }
     // What the contracts' fees and rights have recognised by each time.
@@ -683,7 +667,7 @@ pub fn remaining(
         }
         by
     };
-    let now = fixed(&schedule(lines, terms, unit, as_of));
+    let now = fixed(now);
     let soon = fixed(&schedule(&all, terms, unit, as_of.plus_months(months)));
     let over = fixed(&schedule(&all, terms, unit, last_end));
     over.into_iter()
@@ -728,6 +712,7 @@ pub fn changes(
 
 #[cfg(test)]
 mod tests {
+    use super::model::mul_div;
     use super::*;
     use crate::catalog::{Fee, TermFee};
 
@@ -904,14 +889,8 @@ mod tests {
         // November bills 146 again, all platform: its training term started in October.
         let fees = [Fee::new("platform", a("146"))];
         let training = [TermFee {
-            ramp: false,
-            name: "training".into(),
-            amount: Amount::ZERO,
             ssp: a("584"),
-            months: 12,
-            anchor: t("2026-10-01T00:00:00Z"),
-            until: None,
-            changes: vec![],
+            ..TermFee::new("training", Amount::ZERO, 12, t("2026-10-01T00:00:00Z"))
         }];
         let lines = [
             line(LineKind::Subscription, "", "2026-10", "2026-10", "146"),
@@ -950,18 +929,12 @@ mod tests {
         // of the term's 365 days left: April bills 183 more, recognised at one more a day
         // until the term ends on 1 October.
         let support = [TermFee {
-            ramp: false,
-            name: "support".into(),
-            amount: a("365"),
-            ssp: a("365"),
-            months: 12,
-            anchor: t("2026-10-01T00:00:00Z"),
-            until: None,
             changes: vec![crate::catalog::FeeChange {
                 from: t("2027-04-01T00:00:00Z"),
                 amount: a("730"),
                 ssp: a("730"),
             }],
+            ..TermFee::new("support", a("365"), 12, t("2026-10-01T00:00:00Z"))
         }];
         let lines = [
             line(LineKind::Subscription, "", "2026-10", "2026-10", "365"),
@@ -1174,6 +1147,12 @@ mod tests {
         assert_eq!(november.unbilled - november.deferred, november.recognised);
     }
 
+    /// What remains of `terms` as of `as_of`, 12 months ahead, in cents.
+    fn remaining_as_of(lines: &[BilledLine], terms: &[Terms], as_of: EventTime) -> Vec<Remaining> {
+        let now = schedule(lines, terms, PeriodUnit::Month, as_of);
+        remaining(lines, terms, &now, PeriodUnit::Month, as_of, 12, |_| 2)
+    }
+
     #[test]
     fn what_remains_is_what_the_fees_will_bill_less_what_they_have_earned() {
         // The three-year ramp (support 100, 120, 140 a year) as of 1 July 2026, with the
@@ -1189,7 +1168,7 @@ mod tests {
             "100",
         )];
         let as_of = t("2026-07-01T00:00:00Z");
-        let left = remaining(&lines, &terms, PeriodUnit::Month, as_of, 12, |_| 2);
+        let left = remaining_as_of(&lines, &terms, as_of);
         assert_eq!(left.len(), 1);
         let s = schedule(&lines, &terms, PeriodUnit::Month, as_of);
         let earned = total(s.values()).recognised;
@@ -1204,7 +1183,7 @@ mod tests {
             ..support[0].clone()
         }];
         let terms = [committed(&[], &list, "2029-01-01T00:00:00Z")];
-        let left = remaining(&lines, &terms, PeriodUnit::Month, as_of, 12, |_| 2);
+        let left = remaining_as_of(&lines, &terms, as_of);
         let earned = total(schedule(&lines, &terms, PeriodUnit::Month, as_of).values()).recognised;
         assert_eq!(left[0].total, a("360") - earned);
         assert!(
@@ -1214,28 +1193,14 @@ mod tests {
         );
         // Signed, not started (as of 15 November 2025): all of it remains, and the first
         // term's days to 15 November 2026 (318 of 365) fall within 12 months.
-        let left = remaining(
-            &[],
-            &terms,
-            PeriodUnit::Month,
-            t("2025-11-15T00:00:00Z"),
-            12,
-            |_| 2,
-        );
+        let left = remaining_as_of(&[], &terms, t("2025-11-15T00:00:00Z"));
         assert_eq!(left[0].total, a("360"));
         assert_eq!(left[0].within, Amount(mul_div(a("100").0, 318, 365)));
         // A contract without an end owes what its open period has yet to earn.
         let fees = [Fee::new("platform", a("30"))];
         let terms = [bundle(&fees, &[])];
         let open = [line(LineKind::Subscription, "", "2026-11", "2026-11", "30")];
-        let left = remaining(
-            &open,
-            &terms,
-            PeriodUnit::Month,
-            t("2026-11-11T00:00:00Z"),
-            12,
-            |_| 2,
-        );
+        let left = remaining_as_of(&open, &terms, t("2026-11-11T00:00:00Z"));
         assert_eq!((left[0].total, left[0].within), (a("20"), a("20")));
     }
 
@@ -1570,16 +1535,12 @@ mod tests {
     /// The schedule of a contract from 1 January 2026 whose only fee is 365 a year (one a day),
     /// billed in advance, as of `as_of`, from its subscription `lines`.
     fn annual(lines: &[(&str, &str)], as_of: &str) -> Schedule {
-        let fee = [TermFee {
-            ramp: false,
-            name: "support".into(),
-            amount: a("365"),
-            ssp: a("365"),
-            months: 12,
-            anchor: t("2026-01-01T00:00:00Z"),
-            until: None,
-            changes: vec![],
-        }];
+        let fee = [TermFee::new(
+            "support",
+            a("365"),
+            12,
+            t("2026-01-01T00:00:00Z"),
+        )];
         let terms = [Terms {
             customer: "acme".into(),
             contract: "acme-1".into(),

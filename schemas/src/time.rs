@@ -344,6 +344,12 @@ impl PeriodUnit {
         }
     }
 
+    /// The periods from `first` on, each starting before `until`.
+    pub fn periods(self, first: Period, until: EventTime) -> impl Iterator<Item = Period> {
+        std::iter::successors(Some(first), move |&p| Some(self.period_of(self.end_of(p))))
+            .take_while(move |p| p.0 < until)
+    }
+
     /// The period a [`PeriodUnit::label`] names.
     pub fn parse_label(self, label: &str) -> Option<Period> {
         let b = label.as_bytes();

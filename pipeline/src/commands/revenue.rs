@@ -122,7 +122,7 @@ impl RevenueCommand {
             print!("{}", render_journal(&now, a.period.as_deref()));
         }
         if self.rpo {
-            let left = remaining(&billed, &terms, unit, as_of, 12, minor_unit_digits);
+            let left = remaining(&billed, &terms, &now, unit, as_of, 12, minor_unit_digits);
             print!("{}", render_remaining(&left, as_of));
             let rows: Vec<Obligated> = left
                 .into_iter()

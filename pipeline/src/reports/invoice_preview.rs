@@ -371,17 +371,16 @@ fn fee_breakdown(
     for fee in fees_billed(fees, (c.starts, c.ends), (p.0, unit.end_of(p)), first) {
         in_advance |= fee.in_advance && !fee.parts.is_empty();
         for t in &fee.parts {
-            let name = match (t.upgrade, fee.in_advance) {
-                (false, false) => fee.name.to_string(),
-                (upgrade, _) => {
-                    // A ramp's step was agreed at signing: not an upgrade the customer bought.
-                    let what = match (upgrade, fee.ramp) {
-                        (true, true) => "ramp step",
-                        (true, false) => "upgrade",
-                        (false, _) => "billed in advance",
-                    };
-                    format!("{}, {} to {}, {what}", fee.name, day(t.start), day(t.end))
-                }
+            let what = match (t.upgrade, fee.in_advance) {
+                (false, false) => None,
+                (false, true) => Some("billed in advance"),
+                // A ramp's step was agreed at signing: not an upgrade the customer bought.
+                (true, _) if fee.ramp => Some("ramp step"),
+                (true, _) => Some("upgrade"),
+            };
+            let name = match what {
+                None => fee.name.to_string(),
+                Some(what) => format!("{}, {} to {}, {what}", fee.name, day(t.start), day(t.end)),
             };
             out.push((name, t.amount));
         }

@@ -221,7 +221,7 @@ fn build_taxes(l: &mut Loader, files: &[(PathBuf, CatalogFile)]) {
             let Some(rate) = l.decimal(file, &entry, "rate", &t.rate, UnitPrice::parse) else {
                 continue;
             };
-            if rate.is_negative() || rate > UnitPrice::parse("1").expect("one") {
+            if rate.is_negative() || rate > UnitPrice::ONE {
                 l.err(
                     file,
                     &entry,
@@ -416,16 +416,12 @@ ends = "2027-01-01T00:00:00Z"
         );
         assert_eq!(
             t.term_fees,
-            vec![TermFee {
-                ramp: false,
-                name: "support".into(),
-                amount: Amount::parse_price("1200").unwrap(),
-                ssp: Amount::parse_price("1200").unwrap(),
-                months: 12,
-                anchor: EventTime::parse_rfc3339("2026-01-01T00:00:00Z").unwrap(),
-                until: None,
-                changes: vec![],
-            }]
+            vec![TermFee::new(
+                "support",
+                Amount::parse_price("1200").unwrap(),
+                12,
+                EventTime::parse_rfc3339("2026-01-01T00:00:00Z").unwrap()
+            )]
         );
         assert_eq!(t.minimum_spend, Some(Amount::parse_price("100").unwrap()));
         assert_eq!(

@@ -189,6 +189,21 @@ pub struct Term {
 }
 
 impl TermFee {
+    /// A fee of `amount` per term of `months` from `anchor`, sold at its standalone selling
+    /// price, at one price, on a contract without an end.
+    pub fn new(name: impl Into<String>, amount: Amount, months: u32, anchor: EventTime) -> Self {
+        TermFee {
+            name: name.into(),
+            amount,
+            ssp: amount,
+            months,
+            anchor,
+            until: None,
+            changes: Vec::new(),
+            ramp: false,
+        }
+    }
+
     /// What the `k`-th term (0: the one the contract starts with) bills, if it starts before
     /// the contract ends: first the term itself, at the price in effect when it starts; then
     /// one part per upgrade inside it, from the upgrade to the term's end, billing the price's

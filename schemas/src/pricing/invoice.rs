@@ -254,6 +254,32 @@ pub fn burn(
     used
 }
 
+/// As [`burn`]; returns what each grant paid (in the grants' order) instead.
+fn burn_each(
+    grants: &[CreditGrant],
+    balances: &mut [Amount],
+    period_start: EventTime,
+    wanted: Amount,
+) -> Vec<Amount> {
+    let before = balances.to_vec();
+    burn(grants, balances, period_start, wanted);
+    before
+        .iter()
+        .zip(balances.iter())
+        .map(|(b, a)| *b - *a)
+        .collect()
+}
+
+/// What the promotional grants of `grants` paid of `paid` (what each grant paid).
+fn promotional_of(grants: &[CreditGrant], paid: &[Amount]) -> Amount {
+    grants
+        .iter()
+        .zip(paid)
+        .filter(|(g, _)| g.promotional)
+        .map(|(_, x)| *x)
+        .sum()
+}
+
 /// As [`burn`]; also returns what the promotional grants paid of what it took.
 pub fn burn_split(
     grants: &[CreditGrant],
@@ -261,15 +287,8 @@ pub fn burn_split(
     period_start: EventTime,
     wanted: Amount,
 ) -> (Amount, Amount) {
-    let before = balances.to_vec();
-    let used = burn(grants, balances, period_start, wanted);
-    let promotional = grants
-        .iter()
-        .zip(before.iter().zip(balances.iter()))
-        .filter(|(g, _)| g.promotional)
-        .map(|(_, (b, a))| *b - *a)
-        .sum();
-    (used, promotional)
+    let paid = burn_each(grants, balances, period_start, wanted);
+    (paid.iter().copied().sum(), promotional_of(grants, &paid))
 }
 
 /// A contract's credit grants after replaying the credit its invoices used.
@@ -310,10 +329,9 @@ pub fn replay_credit(
         .collect();
     periods.sort_by_key(|(p, ..)| *p);
     for (p, label, amount) in periods {
-        let before = r.balances.clone();
-        let (_, free) = burn_split(grants, &mut r.balances, p.0, amount);
-        let paid = before.iter().zip(&r.balances).map(|(b, a)| *b - *a);
-        r.paid.insert(label.to_string(), paid.collect());
+        let paid = burn_each(grants, &mut r.balances, p.0, amount);
+        let free = promotional_of(grants, &paid);
+        r.paid.insert(label.to_string(), paid);
         if free != Amount::ZERO {
             r.promotional.insert(label.to_string(), free);
         }
@@ -767,14 +785,8 @@ mod tests {
         let terms = ContractTerms {
             fees: vec![Fee::new("platform", a("10"))],
             term_fees: vec![crate::catalog::TermFee {
-                ramp: false,
-                name: "support".into(),
-                amount: a("1200"),
-                ssp: a("1200"),
-                months: 12,
-                anchor: t(starts),
                 until: ends.map(t),
-                changes: vec![],
+                ..crate::catalog::TermFee::new("support", a("1200"), 12, t(starts))
             }],
             ..ContractTerms::default()
         };
@@ -834,17 +846,11 @@ mod tests {
             // 365 days left: 1 200 x 183/365 = 601.64 more, billed in July); downgraded to 600
             // on 1 March 2027, which bills nothing back and applies from the next term.
             term_fees: vec![crate::catalog::TermFee {
-                ramp: false,
-                name: "support".into(),
-                amount: a("1200"),
-                ssp: a("1200"),
-                months: 12,
-                anchor: t("2026-01-01T00:00:00Z"),
-                until: None,
                 changes: vec![
                     change("2026-07-02T00:00:00Z", "2400"),
                     change("2027-03-01T00:00:00Z", "600"),
                 ],
+                ..crate::catalog::TermFee::new("support", a("1200"), 12, t("2026-01-01T00:00:00Z"))
             }],
             ..ContractTerms::default()
         };
@@ -923,16 +929,7 @@ mod tests {
 
     #[test]
     fn a_term_fee_neither_meets_the_minimum_spend_nor_is_cut_by_the_cap() {
-        let annual = crate::catalog::TermFee {
-            ramp: false,
-            name: "support".into(),
-            amount: a("1200"),
-            ssp: a("1200"),
-            months: 12,
-            anchor: t(NOV),
-            until: None,
-            changes: vec![],
-        };
+        let annual = crate::catalog::TermFee::new("support", a("1200"), 12, t(NOV));
         let periods: BTreeMap<EventTime, BTreeMap<SkuIdx, Amount>> =
             [(t(NOV), usage(&[(TOKENS, "80")]))].into();
         let lines = |minimum: &str, maximum: &str| -> Vec<(LineKind, Amount)> {

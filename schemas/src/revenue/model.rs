@@ -125,6 +125,15 @@ pub struct Terms<'a> {
 }
 
 /// Whole days from `from` to `to` (none if `to` is not after it).
-pub(crate) fn days(from: EventTime, to: EventTime) -> i128 {
+fn days(from: EventTime, to: EventTime) -> i128 {
     ((to.0 - from.0).max(0) / 86_400_000) as i128
+}
+
+/// What `x`, earned by day over `[from, to)`, has earned by `at`: the whole days elapsed against
+/// the whole days of the service, and all of it once `at` reaches `to`.
+pub(crate) fn by_day(x: Amount, (from, to): (EventTime, EventTime), at: EventTime) -> Amount {
+    if at >= to {
+        return x;
+    }
+    Amount(mul_div(x.0, days(from, at), days(from, to).max(1)))
 }

@@ -4,9 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use super::model::{days, mul_div, share, Amounts, Schedule, ScheduleKey, Terms};
+use super::model::{by_day, share, Amounts, Schedule, ScheduleKey, Terms};
 use crate::catalog::Term;
 use crate::money::Amount;
+use crate::pricing::invoice::fees_billed;
 use crate::time::{EventTime, PeriodUnit};
 
 /// Spreads what each ramp fee of `c` ([`Fee::ramp`]) bills over the contract's term by its
@@ -29,13 +30,10 @@ pub(super) fn ramp(
 ) {
     let Some(until) = c.span.1 else { return };
     let every_period = c.fees.iter().filter(|f| f.ramp).map(|f| {
-        let mut parts = Vec::new();
-        let mut p = unit.period_of(c.span.0);
-        while p.0 < until {
-            let end = unit.end_of(p);
-            parts.extend(f.parts((p.0, end), c.span));
-            p = unit.period_of(end);
-        }
+        let parts = unit
+            .periods(unit.period_of(c.span.0), until)
+            .flat_map(|p| f.parts((p.0, unit.end_of(p)), c.span))
+            .collect::<Vec<_>>();
         (&f.name, parts)
     });
     let in_advance = c
@@ -49,20 +47,13 @@ pub(super) fn ramp(
         let by = |at: EventTime, of: fn(&Term) -> Amount| -> Amount {
             parts
                 .iter()
-                .map(|p| match at >= p.end {
-                    true => of(p),
-                    false => Amount(mul_div(
-                        of(p).0,
-                        days(p.start, at),
-                        days(p.start, p.end).max(1),
-                    )),
-                })
+                .map(|p| by_day(of(p), (p.start, p.end), at))
                 .sum()
         };
         let amount: fn(&Term) -> Amount = |p| p.amount;
         let ssp: fn(&Term) -> Amount = |p| p.ssp;
         let (billed, value) = (by(until, amount), by(until, ssp));
-        let Some(mut p) = unit.parse_label(first) else {
+        let Some(first) = unit.parse_label(first) else {
             continue;
         };
         if value <= Amount::ZERO {
@@ -79,18 +70,13 @@ pub(super) fn ramp(
             currency: c.currency.clone(),
         };
         let mut before = Amount::ZERO;
-        for _ in 0..12_000 {
-            if p.0 >= as_of || p.0 >= until {
-                break;
-            }
-            let end = unit.end_of(p);
+        for p in unit.periods(first, until.min(as_of)) {
             // What the contract's material rights take of the fee is not the fee's revenue
             // (taken of the running total, so that the shifts still sum to zero exactly).
-            let now = ahead(end.min(as_of));
+            let now = ahead(unit.end_of(p).min(as_of));
             let now = now - rights.map_or(Amount::ZERO, |r| r.take(now));
             out.entry(key(unit.label(p))).or_default().recognised += now - before;
             before = now;
-            p = unit.period_of(end);
         }
         restate(out, &key(String::new()));
     }
@@ -130,27 +116,10 @@ impl Rights {
             return None;
         }
         let (mut list, mut fees_value) = (Vec::new(), Amount::ZERO);
-        let mut p = unit.period_of(c.span.0);
-        for _ in 0..12_000 {
-            if p.0 >= until {
-                break;
-            }
-            let end = unit.end_of(p);
-            let (mut amount, mut ssp) = (Amount::ZERO, Amount::ZERO);
-            for f in c.fees {
-                let (a, s) = f.billed((p.0, end), c.span);
-                (amount, ssp) = (amount + a, ssp + s);
-            }
-            for t in c
-                .term_fees
-                .iter()
-                .flat_map(|f| f.billed_in(p.0, end, false))
-            {
-                (amount, ssp) = (amount + t.amount, ssp + t.ssp);
-            }
-            list.push((p.0, amount));
-            fees_value += ssp;
-            p = unit.period_of(end);
+        for p in unit.periods(unit.period_of(c.span.0), until) {
+            let fees = fees_billed((c.fees, c.term_fees), c.span, (p.0, unit.end_of(p)), false);
+            list.push((p.0, fees.iter().map(|f| f.amount).sum()));
+            fees_value += fees.iter().map(|f| f.ssp).sum::<Amount>();
         }
         let value = grants.iter().map(|g| g.1).sum();
         Some(Rights {
@@ -196,7 +165,7 @@ pub(super) fn material_rights(
     unit: PeriodUnit,
     as_of: EventTime,
 ) {
-    let Some(mut p) = unit.parse_label(first) else {
+    let Some(first) = unit.parse_label(first) else {
         return;
     };
     let key = |name: &str, period: String| ScheduleKey {
@@ -210,10 +179,7 @@ pub(super) fn material_rights(
     let (mut took, mut redeemed) = (Amount::ZERO, vec![Amount::ZERO; r.grants.len()]);
     // Each right's billed and recognised so far.
     let mut before = vec![(Amount::ZERO, Amount::ZERO); r.grants.len()];
-    for _ in 0..12_000 {
-        if p.0 >= as_of || p.0 >= r.until {
-            break;
-        }
+    for p in unit.periods(first, r.until.min(as_of)) {
         let (end, label) = (unit.end_of(p), unit.label(p));
         let closed = end <= as_of;
         took += taken
@@ -249,7 +215,6 @@ pub(super) fn material_rights(
             row.recognised += recognised - before[j].1;
             before[j] = (billed, recognised);
         }
-        p = unit.period_of(end);
     }
     for &(i, _) in &r.grants {
         restate(out, &key(&c.grants[i].name, String::new()));

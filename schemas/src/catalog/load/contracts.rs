@@ -259,13 +259,11 @@ fn contract_terms(
                 );
                 None
             }
-            (true, None) => Some(Some(UnitPrice::parse("1").expect("one"))),
+            (true, None) => Some(Some(UnitPrice::ONE)),
             (true, Some(text)) => {
                 let key = format!("{what} redemption");
                 match l.decimal(file, entry, &key, text, UnitPrice::parse) {
-                    Some(v) if v > UnitPrice::ZERO && v <= UnitPrice::parse("1").expect("one") => {
-                        Some(Some(v))
-                    }
+                    Some(v) if v > UnitPrice::ZERO && v <= UnitPrice::ONE => Some(Some(v)),
                     Some(_) => {
                         l.err(
                             file,
@@ -674,12 +672,11 @@ fn renewal(
         );
         return None;
     }
-    let one = UnitPrice::parse("1").expect("one");
     let likelihood = match &r.likelihood {
-        None => one,
+        None => UnitPrice::ONE,
         Some(text) => {
             let v = l.decimal(file, entry, "renewal.likelihood", text, UnitPrice::parse)?;
-            if v.is_negative() || v > one {
+            if v.is_negative() || v > UnitPrice::ONE {
                 l.err(
                     file,
                     entry,
