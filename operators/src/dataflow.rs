@@ -27,6 +27,7 @@ use timely::dataflow::{ProbeHandle, Scope, StreamVec};
 use crate::accounting::{Totals, TotalsWriter};
 use crate::aggregate::{pre_aggregate, UsageRecord, UsageSum};
 use crate::anomalies::{anomalies, cost_anomalies, AnomalySeed, Start};
+pub use crate::cluster::Cluster;
 use crate::decode::decode;
 use crate::dedup::{dedup, DedupSeed, Deduplicator};
 use crate::entitlements::{
@@ -536,52 +537,6 @@ pub enum Ending {
     ShutDown,
 }
 
-/// How to run: threads per process, and the cluster if more than one process.
-#[derive(Clone, Debug)]
-pub struct Cluster {
-    pub threads: usize,
-    pub process: usize,
-    /// `host:port` of every process; empty for a single process.
-    pub addresses: Vec<String>,
-    /// How long a process of a cluster waits for every other to connect. A peer that died
-    /// before the cluster formed would otherwise be waited for forever (timely retries).
-    pub join_timeout: Duration,
-}
-
-impl Cluster {
-    /// How long a process waits for its peers unless configured (`workers.join_timeout`).
-    pub const DEFAULT_JOIN_TIMEOUT: Duration = Duration::from_secs(60);
-
-    pub fn local(threads: usize) -> Cluster {
-        Cluster {
-            threads: threads.max(1),
-            process: 0,
-            addresses: Vec::new(),
-            join_timeout: Cluster::DEFAULT_JOIN_TIMEOUT,
-        }
-    }
-
-    fn timely_config(&self) -> timely::Config {
-        let communication = if self.addresses.len() > 1 {
-            timely::CommunicationConfig::Cluster {
-                threads: self.threads,
-                process: self.process,
-                addresses: self.addresses.clone(),
-                report: false,
-                zerocopy: false,
-            }
-        } else if self.threads > 1 {
-            timely::CommunicationConfig::Process(self.threads)
-        } else {
-            timely::CommunicationConfig::Thread
-        };
-        timely::Config {
-            communication,
-            worker: timely::WorkerConfig::default(),
-        }
-    }
-}
-
 /// What the processes of a cluster agree on before anything is read.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 struct StartPoint {
@@ -742,7 +697,7 @@ impl StopRelay {
 }
 
 /// Stops the process, naming the other processes, if the cluster has not formed (every process
-/// connected) within the join timeout. timely retries connections forever, so a process whose
+/// connected) within the join timeout. Connections are retried forever, so a process whose
 /// peer died while the cluster was forming would otherwise wait for it indefinitely. Nothing was
 /// read yet, so nothing is lost: every process resumes from the last commit when started again.
 fn stop_unless_joined(cluster: &Cluster, joined: Arc<AtomicBool>) {
@@ -800,7 +755,9 @@ where
     if processes > 1 {
         stop_unless_joined(cluster, joined.clone());
     }
-    let guards = timely::execute(cluster.timely_config(), move |worker| {
+    let (builders, others) = cluster.communication()?;
+    let config = timely::WorkerConfig::default();
+    let guards = timely::execute::execute_from(builders, others, config, move |worker| {
         joined.store(true, Ordering::SeqCst);
         let (index, peers) = (worker.index(), worker.peers());
         let generation = if processes > 1 {

@@ -8,6 +8,7 @@
 pub mod accounting;
 pub mod aggregate;
 pub mod anomalies;
+pub mod cluster;
 pub mod dataflow;
 pub mod decode;
 pub mod dedup;
