@@ -43,7 +43,7 @@ const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
 ///
 /// No transparent huge pages for the process either: mimalloc asks for them on its arenas, and
 /// a purge of part of one, faulted back in, had the kernel zero a whole 2 MiB page again. That
-/// was still 13% of `run -w 1` (session 32, twice the system time); without: −9% wall time on
+/// was still 13% of `run -w 1` (session 32, twice the system time); without: −11% wall time on
 /// B1 `-w 1`, −7% on `-w 2`, 10% less peak RSS. `MIMALLOC_ALLOW_THP=1` keeps them.
 fn tune_allocator() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
