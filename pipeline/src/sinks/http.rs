@@ -3,15 +3,37 @@
 //! OpenSSL (which librdkafka links already), a timeout per request, and retries with backoff for
 //! what a retry may fix.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
+use hyper_tls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
 
-type Client = hyper_util::client::legacy::Client<
-    hyper_tls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
-    Full<Bytes>,
->;
+type Client = hyper_util::client::legacy::Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// A connector for `http://` and `https://` URLs, with TLS settings every HTTPS client of the
+/// process shares. Building them reads and parses the system's CA certificates, milliseconds of
+/// CPU each time; a run opens a ClickHouse client per table per worker, and building the settings
+/// for each cost B2 a tenth of meterflow's CPU in its first seconds (benchmarks/RESULTS.md,
+/// session 33). They are built on first use, once.
+pub fn https_connector(
+    keepalive: Option<Duration>,
+) -> Result<HttpsConnector<HttpConnector>, String> {
+    static TLS: OnceLock<Result<native_tls::TlsConnector, String>> = OnceLock::new();
+    let tls = TLS
+        .get_or_init(|| {
+            native_tls::TlsConnector::new().map_err(|e| {
+                format!("cannot set up TLS from the system's OpenSSL and CA certificates: {e}")
+            })
+        })
+        .clone()?;
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_keepalive(keepalive);
+    Ok(HttpsConnector::from((http, tls.into())))
+}
 
 /// An answer: its status code and body.
 pub struct Answer {
@@ -74,10 +96,11 @@ impl Http {
             .enable_all()
             .build()
             .map_err(|e| format!("cannot start the {what}: {e}"))?;
+        let connector = https_connector(None)?;
         let client = {
             let _guard = runtime.enter();
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build(hyper_tls::HttpsConnector::new())
+                .build(connector)
         };
         Ok(Http {
             runtime,

@@ -134,7 +134,14 @@ pub fn sql_list<S: AsRef<str>>(items: impl IntoIterator<Item = S>) -> String {
 
 impl ClickHouse {
     pub fn connect(cfg: &ClickHouseConfig) -> Result<ClickHouse, String> {
-        let mut client = Client::default()
+        // The crate's own default client, but on the process's shared TLS settings (see
+        // `https_connector`), and an error rather than a panic where TLS cannot be set up.
+        let connector = crate::sinks::http::https_connector(Some(Duration::from_secs(60)))?;
+        let http =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(2))
+                .build(connector);
+        let mut client = Client::with_http_client(http)
             .with_url(&cfg.url)
             .with_user(&cfg.user)
             .with_validation(false)
