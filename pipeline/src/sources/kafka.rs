@@ -449,6 +449,19 @@ impl KafkaReader {
             assigned.push((source, *partition));
         }
         if !assigned.is_empty() {
+            // Know the partitions' leaders before assigning them: a partition assigned while its
+            // leader is unknown waits librdkafka's fixed 500 ms before asking again for where to
+            // start, so every start and restart read nothing for half a second (B2, session 33).
+            // Should the request fail, librdkafka still finds the leaders, only later.
+            for topic in assigned
+                .iter()
+                .map(|&(source, _)| &cfg.topics[source as usize])
+                .collect::<BTreeSet<_>>()
+            {
+                if let Err(e) = consumer.fetch_metadata(Some(topic), Duration::from_secs(5)) {
+                    tracing::debug!(topic, error = %e, "kafka metadata before assigning failed");
+                }
+            }
             consumer
                 .assign(&tpl)
                 .map_err(|e| format!("cannot assign Kafka partitions: {e}"))?;
