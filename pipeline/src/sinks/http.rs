@@ -1,7 +1,8 @@
 //! One HTTP(S) client for what meterflow sends out of the dataflow: alert webhooks and marketplace
 //! metering requests. HTTP/1 on a small tokio runtime of its own, TLS through the system's
 //! OpenSSL (which librdkafka links already), a timeout per request, and retries with backoff for
-//! what a retry may fix.
+//! what a retry may fix. And the TLS settings every HTTPS connection of the process shares,
+//! ClickHouse's included ([`https_connector`]).
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -14,10 +15,10 @@ use hyper_util::client::legacy::connect::HttpConnector;
 type Client = hyper_util::client::legacy::Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// A connector for `http://` and `https://` URLs, with TLS settings every HTTPS client of the
-/// process shares. Building them reads and parses the system's CA certificates, milliseconds of
-/// CPU each time; a run opens a ClickHouse client per table per worker, and building the settings
-/// for each cost B2 a tenth of meterflow's CPU in its first seconds (benchmarks/RESULTS.md,
-/// session 33). They are built on first use, once.
+/// process shares. Building them reads and parses the system's CA certificates, 42 ms of CPU on
+/// the 2-core machine of benchmarks/RESULTS.md; a run opens a ClickHouse client per table per
+/// worker, and building the settings for each cost B2 a fifth of meterflow's CPU (session 33).
+/// They are built on first use, once.
 pub fn https_connector(
     keepalive: Option<Duration>,
 ) -> Result<HttpsConnector<HttpConnector>, String> {
