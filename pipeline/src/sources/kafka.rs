@@ -452,13 +452,14 @@ impl KafkaReader {
             // Know the partitions' leaders before assigning them: a partition assigned while its
             // leader is unknown waits librdkafka's fixed 500 ms before asking again for where to
             // start, so every start and restart read nothing for half a second (B2, session 33).
-            // Should the request fail, librdkafka still finds the leaders, only later.
+            // Should the request fail or take more than a second (a broker down at start),
+            // librdkafka still finds the leaders, only later.
             for topic in assigned
                 .iter()
                 .map(|&(source, _)| &cfg.topics[source as usize])
                 .collect::<BTreeSet<_>>()
             {
-                if let Err(e) = consumer.fetch_metadata(Some(topic), Duration::from_secs(5)) {
+                if let Err(e) = consumer.fetch_metadata(Some(topic), Duration::from_secs(1)) {
                     tracing::debug!(topic, error = %e, "kafka metadata before assigning failed");
                 }
             }
