@@ -364,7 +364,59 @@ fn insert_usage(
             .flat_map(|(_, a)| [a.service_period, a.invoice_period]),
     );
     let rows = usage_order(n, rows);
-    ch.insert_batch::<UsageRow<'static>, _>(table, id, &rows, |r| usage_row(n, &labels, id, r))
+    ch.insert_batch::<UsageRow<'static>, _>(table, id, &rows, |r| {
+        prefetch_usage(&rows, r);
+        usage_row(n, &labels, id, r)
+    })
+}
+
+/// Asks the CPU to start loading what encoding the rows a few places on will read. A batch's
+/// rows were built by a worker on another core and are visited in the table's key order, not
+/// in the order they lie in memory, and each carries its Kafka key and headers in a box of its
+/// own: in B2, `usage_row` spent three quarters of its time waiting for a row, then for its
+/// box, to arrive from memory (benchmarks/RESULTS.md, session 33). A hint only: nothing is
+/// read, so nothing can fault.
+fn prefetch_usage(sorted: &[&(Epoch, AcceptedEvent)], current: &&(Epoch, AcceptedEvent)) {
+    let at = (current as *const _ as usize).wrapping_sub(sorted.as_ptr() as usize)
+        / std::mem::size_of::<&(Epoch, AcceptedEvent)>();
+    if let Some(row) = sorted.get(at + 8) {
+        prefetch(*row);
+    }
+    if let Some((_, a)) = sorted.get(at + 4) {
+        prefetch_bytes(a.event.event_id.as_bytes());
+        if let Some(k) = a.event.kafka.as_deref() {
+            prefetch(k);
+        }
+    }
+    if let Some(k) = sorted
+        .get(at + 2)
+        .and_then(|(_, a)| a.event.kafka.as_deref())
+    {
+        prefetch_bytes(k.key.as_bytes());
+        prefetch_bytes(k.headers.as_bytes());
+    }
+}
+
+fn prefetch<T>(t: &T) {
+    prefetch_range(t as *const T as *const u8, size_of::<T>());
+}
+
+fn prefetch_bytes(bytes: &[u8]) {
+    prefetch_range(bytes.as_ptr(), bytes.len());
+}
+
+fn prefetch_range(start: *const u8, len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    for line in (0..len).step_by(64) {
+        // SAFETY: a prefetch is a hint: it reads nothing and never faults, whatever the address.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                start.wrapping_add(line) as *const i8,
+            )
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (start, len);
 }
 
 /// A `usage_events` batch in the table's order: `(customer_id, sku, event_time, event_id)`.
