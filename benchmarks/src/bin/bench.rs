@@ -326,24 +326,42 @@ fn run_cluster(
     let start = Instant::now();
     let children = (0..2)
         .map(|p| {
+            // Output to a file, not a pipe: nothing reads a pipe while both are watched below.
+            let log = std::fs::File::create(dir.join(format!("process-{p}.log")))?;
             Command::new(meterflow)
                 .env("METERFLOW_LOG", "warn")
                 .args(args(p))
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
+                .stdout(log.try_clone()?)
+                .stderr(log)
                 .spawn()
                 .with_context(|| format!("cannot start process {p} of the cluster"))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    for (p, child) in children.into_iter().enumerate() {
-        let out = child.wait_with_output()?;
-        if !out.status.success() {
-            bail!(
-                "process {p} of the cluster failed:\n{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
+    // Watch both: a process whose peer failed waits for it forever, as a cluster's processes
+    // do, so the first failure stops the other and is reported with its own output.
+    let mut running: Vec<Option<std::process::Child>> = children.into_iter().map(Some).collect();
+    while running.iter().any(Option::is_some) {
+        for p in 0..running.len() {
+            let Some(child) = running[p].as_mut() else {
+                continue;
+            };
+            let Some(status) = child.try_wait()? else {
+                continue;
+            };
+            running[p] = None;
+            if !status.success() {
+                for mut other in running.iter_mut().filter_map(Option::take) {
+                    let _ = other.kill();
+                    let _ = other.wait();
+                }
+                let log = dir.join(format!("process-{p}.log"));
+                bail!(
+                    "process {p} of the cluster failed ({status}):\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
         }
+        std::thread::sleep(std::time::Duration::from_millis(1));
     }
     Ok(start.elapsed().as_secs_f64())
 }
