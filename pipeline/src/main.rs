@@ -127,6 +127,9 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // A log line that cannot be written is dropped. Reporting it, as the subscriber does by
+        // default, panics on a closed stderr: see `meterflow::say!`.
+        .log_internal_errors(false)
         // Colours for a terminal only: log files and collectors get plain text.
         .with_ansi(
             std::io::IsTerminal::is_terminal(&std::io::stderr())
@@ -138,7 +141,7 @@ fn main() -> ExitCode {
     match dispatch(Cli::parse()) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            meterflow::say!("error: {e:#}");
             if e.is::<ConfigError>() || e.is::<CatalogErrors>() {
                 ExitCode::from(2)
             } else {
@@ -161,7 +164,7 @@ fn stop_when_a_peer_is_lost() {
             .or_else(|| payload.downcast_ref::<&str>().copied())
             .unwrap_or_default();
         if message.starts_with("timely communication error") {
-            eprintln!(
+            meterflow::say!(
                 "error: lost the connection to another process of the cluster ({message}); \
                  this process stops too: start every process of the cluster again, and it \
                  resumes from its last commit"

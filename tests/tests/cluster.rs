@@ -253,3 +253,31 @@ fn a_process_whose_peer_never_connects_says_so_and_stops() {
         &["the cluster did not form", "process 0 at 127.0.0.1:"],
     );
 }
+
+#[test]
+fn a_process_whose_logs_nobody_reads_still_stops_when_the_cluster_does_not_form() {
+    // As above, with stderr closed: whatever read the logs went away. Writing the error must not
+    // be what fails, or the process waits for its peer for ever and ignores SIGTERM too.
+    let s = Scratch::new("cluster-lonely-unread");
+    let dir = s.path();
+    generate(dir, 1000, 5, 3, &[]);
+    std::fs::write(dir.join("c.toml"), "[workers]\njoin_timeout = \"2s\"\n").unwrap();
+    write_hostfile(dir, 2);
+    let args = [
+        "run",
+        "-i",
+        "events.jsonl",
+        "-c",
+        "catalog",
+        "-o",
+        "out",
+        "--config",
+        "c.toml",
+        "-q",
+    ];
+    let mut lonely = Running(spawn_process(dir, &args, "1"));
+    drop(lonely.stderr.take());
+    let status = lonely.wait_within(std::time::Duration::from_secs(60));
+    assert_eq!(status.code(), Some(1), "{status:?}");
+    assert!(!dir.join("out/counts.json").exists(), "nothing was billed");
+}

@@ -754,6 +754,66 @@ fn stdin_gives_the_same_result_as_a_file() {
     }
 }
 
+/// Whether `pid` has a handler installed for SIGTERM (bit 15 of `SigCgt` in its status).
+fn catches_sigterm(pid: u32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1 << (15 - 1)) != 0)
+}
+
+#[test]
+fn sigterm_stops_a_run_whose_logs_nobody_reads() {
+    // Whatever read the run's stderr went away (a supervisor's pipe, a restarted collector).
+    // The run must go on (at `info` it writes log lines as it reads), and a signal must still
+    // stop it (at `warn` the first line it writes is the one saying it stops).
+    let s = generated("sigterm-no-reader", 1_000, 16384);
+    for level in ["info", "warn"] {
+        let mut child = meterflow_tests::Running(
+            Command::new(meterflow_bin())
+                .args(["run", "--input", "-", "--catalog"])
+                .arg(s.path().join("catalog"))
+                .arg("--out")
+                .arg(s.path().join(format!("out-{level}")))
+                .arg("--quiet")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .env("METERFLOW_LOG", level)
+                .spawn()
+                .unwrap(),
+        );
+        drop(child.stdout.take());
+        drop(child.stderr.take());
+        // Some events, and stdin left open: the run waits for more, as a tailed stream does.
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(&std::fs::read(s.path().join("events.jsonl")).unwrap())
+            .unwrap_or_else(|e| {
+                panic!("{level}: the run must go on when nobody reads its logs: {e}")
+            });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !catches_sigterm(child.id()) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{level}: SIGTERM never taken over"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "{level}: the run stopped on its own"
+        );
+        child.terminate();
+        let status = child.wait_within(std::time::Duration::from_secs(30));
+        // A run reading files stops at once on a signal, with 128 + SIGTERM.
+        assert_eq!(status.code(), Some(128 + 15), "{level}: {status:?}");
+        drop(stdin);
+    }
+}
+
 #[test]
 fn a_bad_config_stops_start_up_naming_the_key() {
     let s = Scratch::new("badconfig");

@@ -1,6 +1,6 @@
 //! `meterflow run`: files (or stdin) in, output tables, counts and an invoice preview out.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write as _};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
@@ -220,7 +220,7 @@ fn run_until_catalog_change(
         bail!("{e}");
     }
     if !args.quiet && std::io::stderr().is_terminal() {
-        eprintln!();
+        crate::say!();
     }
     let report = lines.report(&totals, &setup_sources, started.elapsed(), peak_rss_bytes());
     if let Some(m) = metrics {
@@ -792,11 +792,12 @@ impl RunCommand {
         };
         let report = run(&args)?;
         if process != 0 {
-            eprintln!("process {process} finished; process 0 reports the totals, the preview and counts.json");
+            crate::say!("process {process} finished; process 0 reports the totals, the preview and counts.json");
             return Ok(ExitCode::SUCCESS);
         }
         if !self.quiet {
-            println!("{}", report.preview);
+            // The run has committed: a reader that closed stdout early (`| head`) is no failure.
+            let _ = writeln!(std::io::stdout(), "{}", report.preview);
         }
         summarize(&report, &self.out);
         Ok(ExitCode::SUCCESS)

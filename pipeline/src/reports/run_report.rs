@@ -2,7 +2,7 @@
 //! the summary line when it ends.
 
 use std::collections::BTreeMap;
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write as _};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -255,7 +255,7 @@ impl ProgressLine {
             c.rejected
         );
         if self.terminal {
-            eprint!("\r{line}");
+            let _ = write!(std::io::stderr(), "\r{line}");
         } else {
             let mut last = self.last_log.lock().expect("progress");
             if last.elapsed() >= Duration::from_secs(5) {
@@ -270,7 +270,7 @@ impl ProgressLine {
 pub fn summarize(report: &RunReport, out: &Path) {
     let c = &report.counts;
     let secs = report.elapsed.as_secs_f64();
-    eprintln!(
+    crate::say!(
         "processed {} records in {:.2}s ({:.0}/s): accepted {}, duplicates {}, rejected {} — received = accepted + rejected + duplicates {}; peak memory {:.1} MiB; tables in {}",
         c.received,
         secs,

@@ -74,7 +74,7 @@ fn watch() {
                 r.stop.store(true, Ordering::SeqCst);
             }
             _ => {
-                eprintln!(
+                crate::say!(
                     "meterflow: stopped by {} at once: a run writing to ClickHouse resumes \
                      from its last commit when started again; tables written as files by this \
                      run are incomplete: run it again",
