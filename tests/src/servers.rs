@@ -9,7 +9,31 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+/// A loopback port free for a server a test starts (ClickHouse, a broker, a cluster's process).
+///
+/// Taken below the kernel's ephemeral range, not from it: a port that the kernel handed out
+/// for a probe and that was then released can be handed out again, before the server binds it,
+/// as the local port of any outgoing connection (the Kafka and ClickHouse clients of the tests
+/// running beside); the server then fails to start. Below that range only this function hands
+/// ports out: each test process starts at its own place (spread by process id), goes on from
+/// there, and skips any port it cannot bind now.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    let (base, span) = (10_000u32, ephemeral_low.saturating_sub(10_000));
+    if span >= 1000 {
+        let start = std::process::id().wrapping_mul(7919);
+        for _ in 0..span {
+            let port = base + start.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+            if TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+                return port as u16;
+            }
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .expect("bind")
         .local_addr()
