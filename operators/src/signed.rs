@@ -153,7 +153,13 @@ impl<R: Ord + Clone> SignedState<R> {
 
     /// The changes of every time before `frontier` (all, if `None`), in time order.
     pub fn changes(&mut self, frontier: Option<Epoch>) -> Vec<Change<R>> {
-        let mut out = Vec::new();
+        // Sized once for a change per update (more only where a row's net diff exceeds one):
+        // grown push by push, it was copied over again at every doubling (B2, session 34).
+        let due = match frontier {
+            Some(f) => self.pending.range(..f).map(|(_, u)| u.len()).sum(),
+            None => self.pending.values().map(Vec::len).sum(),
+        };
+        let mut out = Vec::with_capacity(due);
         self.drain(frontier, |c| {
             out.push(c);
             Ok::<(), std::convert::Infallible>(())
@@ -178,6 +184,7 @@ impl<R: Ord + Clone> SignedState<R> {
                 break;
             }
             let updates = entry.remove();
+            insertions.reserve(updates.len());
             // Within a time, retractions first: a reader in insertion order sees old before new.
             // Rows are distinct after consolidation, so the two passes see the same state.
             for (row, diff) in Self::consolidated(updates) {
