@@ -32,7 +32,6 @@
 //! function of the usage and the watermark, not of arrival order or of restarts; a verdict that
 //! no longer holds is retracted.
 
-use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -43,6 +42,7 @@ use crate::money::{Amount, Quantity};
 use crate::time::{EventTime, Span};
 
 mod rules;
+mod series;
 
 pub use rules::AnomalyRules;
 use rules::DAY_MS;
@@ -304,7 +304,7 @@ pub type MeterKey = (CustomerIdx, SkuIdx);
 
 #[derive(Default)]
 struct Meter {
-    buckets: BTreeMap<i64, Bucket>,
+    buckets: series::Series,
     /// The current verdict of each bucket that has one.
     verdicts: BTreeMap<i64, Anomaly>,
     /// Buckets that gained or lost all their usage since the last evaluation: every verdict
@@ -321,33 +321,13 @@ struct Meter {
 
 impl Meter {
     fn at(&self, b: i64) -> Bucket {
-        self.buckets.get(&b).copied().unwrap_or_default()
+        self.buckets.get(b).unwrap_or_default()
     }
 
     /// Adds `usage` to bucket `b`, keeping `dense` (`min_events` from the rules); returns the
     /// bucket before and after.
     fn add(&mut self, b: i64, usage: Bucket, min_events: i64) -> (Bucket, Bucket) {
-        let (before, after) = match self.buckets.entry(b) {
-            Entry::Vacant(slot) => {
-                if usage.reported() {
-                    slot.insert(usage);
-                }
-                (Bucket::default(), usage)
-            }
-            Entry::Occupied(mut slot) => {
-                let before = *slot.get();
-                let after = Bucket {
-                    events: before.events + usage.events,
-                    quantity: before.quantity + usage.quantity,
-                };
-                if after.reported() {
-                    *slot.get_mut() = after;
-                } else {
-                    slot.remove();
-                }
-                (before, after)
-            }
-        };
+        let (before, after) = self.buckets.add(b, usage);
         let dense = |u: Bucket| u.reported() && u.events >= min_events;
         self.dense = self.dense + dense(after) as u32 - dense(before) as u32;
         (before, after)
@@ -355,11 +335,7 @@ impl Meter {
 
     /// Forgets the buckets before `b`.
     fn forget_before(&mut self, b: i64, min_events: i64) {
-        while let Some(entry) = self.buckets.first_entry() {
-            if *entry.key() >= b {
-                break;
-            }
-            let usage = entry.remove();
+        while let Some(usage) = self.buckets.pop_before(b) {
             self.dense -= (usage.events >= min_events) as u32;
         }
     }
@@ -465,7 +441,7 @@ impl Detector {
         let mut rows = Vec::new();
         let mut verdicts = Vec::new();
         for (&(customer, sku), m) in &self.meters {
-            for (&b, &usage) in &m.buckets {
+            for (b, usage) in m.buckets.iter() {
                 rows.push(BucketRow {
                     customer,
                     sku,
@@ -514,11 +490,11 @@ impl Detector {
             .chain((1..=rules.weeks as i64).map(|k| k * week))
             .collect();
         for (&key, m) in self.meters.iter_mut() {
-            let last_data = m.buckets.keys().next_back().copied();
+            let last_data = m.buckets.last();
             // Buckets that close now (from the first one on, after a fresh start: the watermark
             // may have jumped far ahead of the usage).
             let first_closing = if fresh_start {
-                m.buckets.keys().next().copied()
+                m.buckets.first()
             } else {
                 Some(self.closed_upto)
             }
@@ -675,7 +651,7 @@ impl Judge<'_> {
     /// `min_volume`; with what they expected in all.
     fn silent_at(&self, e: i64, n: i64) -> Option<(Quantity, Baseline)> {
         // Cheap test first: most buckets are not the end of `n` empty ones.
-        if self.meter.buckets.range(e - n + 1..=e).next().is_some() {
+        if self.meter.buckets.first_within(e - n + 1, e).is_some() {
             return None;
         }
         let mut expected = Quantity::ZERO;
@@ -697,12 +673,8 @@ impl Judge<'_> {
         let week = 7 * per_day;
         // Known from the first reported bucket within reach; `h` itself counts.
         let reach_from = h - self.rules.reach();
-        let first = self
-            .meter
-            .buckets
-            .range(reach_from..=h)
-            .find(|(_, b)| b.reported())
-            .map(|(&b, _)| b)?;
+        // Only reported buckets are held.
+        let first = self.meter.buckets.first_within(reach_from, h)?;
         let known = |b: i64| b >= first;
         // At most 8 weeks or 5 days: fixed arrays, no allocation (this runs for every meter
         // and bucket).
