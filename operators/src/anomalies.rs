@@ -184,7 +184,11 @@ pub fn anomalies<'s>(
             }
             let mut verdicts = Vec::new();
             for r in rounds {
-                let sums = pending.remove(&r).unwrap_or_default();
+                let mut sums = pending.remove(&r).unwrap_or_default();
+                // Meter by meter, each in time order: a meter's buckets then grow at their end
+                // (they come pre-aggregated in hash order, which inserted each new bucket in
+                // the middle of its meter's), and one meter is looked up while it is in cache.
+                sums.sort_unstable_by_key(|&(key, t, _)| (key, t));
                 for (key, t, usage) in sums {
                     let (before, after) = detector.add(key, t, usage);
                     let row = |u: Bucket| BucketRow {
