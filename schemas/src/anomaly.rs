@@ -43,6 +43,7 @@ use crate::time::{EventTime, Span};
 
 mod rules;
 mod series;
+pub use series::Bucket;
 
 pub use rules::AnomalyRules;
 use rules::DAY_MS;
@@ -273,21 +274,6 @@ pub fn cost_anomaly(
         },
         baseline: Baseline::Margin(rules.min_margin_percent),
     })
-}
-
-/// Usage of one meter in one bucket.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
-pub struct Bucket {
-    pub events: i64,
-    pub quantity: Quantity,
-}
-
-impl Bucket {
-    fn reported(&self) -> bool {
-        self.events != 0 || self.quantity != Quantity::ZERO
-    }
 }
 
 /// A bucket of one meter, as written to `usage_buckets` (signed on output).

@@ -8,7 +8,24 @@
 
 use std::collections::VecDeque;
 
-use super::Bucket;
+use serde::{Deserialize, Serialize};
+
+use crate::money::Quantity;
+
+/// Usage of one meter in one bucket.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct Bucket {
+    pub events: i64,
+    pub quantity: Quantity,
+}
+
+impl Bucket {
+    pub(super) fn reported(&self) -> bool {
+        self.events != 0 || self.quantity != Quantity::ZERO
+    }
+}
 
 /// Bucket numbers and their usage side by side (a pair would be padded to 48 bytes by the
 /// usage's 16-byte alignment; apart they take 40).
@@ -97,7 +114,6 @@ impl Series {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::money::Quantity;
     use std::collections::BTreeMap;
 
     fn usage(events: i64, q: i128) -> Bucket {
