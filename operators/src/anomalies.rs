@@ -15,7 +15,7 @@
 //! State: the detector (bounded by the dedup horizon plus the baseline's reach) and one map of
 //! sums per unfinished round (bounded by the source's flow control).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use differential_dataflow::VecCollection;
@@ -23,7 +23,6 @@ use meterflow_schemas::anomaly::{
     cost_anomaly, Anomaly, AnomalyRules, Bucket, BucketRow, Detector, MeterKey,
 };
 use meterflow_schemas::catalog::{Catalog, CustomerIdx, SkuIdx};
-use meterflow_schemas::hashing::FxBuild;
 use meterflow_schemas::money::Amount;
 use meterflow_schemas::rows::{customer_hash, RatedRow, UsageDelta};
 use meterflow_schemas::time::{EventTime, Period, PeriodUnit, Span};
@@ -135,7 +134,7 @@ pub fn anomalies<'s>(
         };
         let mut reemit = resumed;
         // Kept across rounds with its capacity (drained each round).
-        let mut changed: HashMap<BucketRow, isize, FxBuild> = HashMap::default();
+        let mut changed: Vec<(BucketRow, isize)> = Vec::new();
         move |frontiers| {
             stats_in.for_each(|_cap, data| data.iter().for_each(|s| tracker.observe(s)));
             sums_in.for_each_stamp(|cap, data| {
@@ -189,8 +188,21 @@ pub fn anomalies<'s>(
                 // (they come pre-aggregated in hash order, which inserted each new bucket in
                 // the middle of its meter's), and one meter is looked up while it is in cache.
                 sums.sort_unstable_by_key(|&(key, t, _)| (key, t));
+                // One sum per bucket (each worker sends its own): a bucket's change in the round
+                // is then its total before (-1) and after (+1), distinct from every other row.
+                sums.dedup_by(|next, kept| {
+                    let same = (next.0, next.1) == (kept.0, kept.1);
+                    if same {
+                        kept.2.events += next.2.events;
+                        kept.2.quantity += next.2.quantity;
+                    }
+                    same
+                });
                 for (key, t, usage) in sums {
                     let (before, after) = detector.add(key, t, usage);
+                    if before == after {
+                        continue;
+                    }
                     let row = |u: Bucket| BucketRow {
                         customer: key.0,
                         sku: key.1,
@@ -198,10 +210,10 @@ pub fn anomalies<'s>(
                         usage: u,
                     };
                     if before != Bucket::default() {
-                        *changed.entry(row(before)).or_default() -= 1;
+                        changed.push((row(before), -1));
                     }
                     if after != Bucket::default() {
-                        *changed.entry(row(after)).or_default() += 1;
+                        changed.push((row(after), 1));
                     }
                 }
                 // The watermark after the round: the round's own usage counts (dedup judges an
@@ -210,10 +222,8 @@ pub fn anomalies<'s>(
                 detector.advance(tracker.watermark_for(r + 1), &mut verdicts);
                 let (cb, ca) = (held_b.delayed(&r), held_a.delayed(&r));
                 let mut s = buckets_h.session(&cb);
-                for (row, n) in changed.drain() {
-                    if n != 0 {
-                        s.give((row, r, n));
-                    }
+                for (row, n) in changed.drain(..) {
+                    s.give((row, r, n));
                 }
                 drop(s);
                 let mut s = anomalies_h.session(&ca);
