@@ -225,11 +225,10 @@ fn assert_all_refuse(procs: &mut [Running], expect: &[&str]) {
     }
 }
 
-#[test]
-fn a_process_whose_peer_never_connects_says_so_and_stops() {
-    // Process 0 of a two-process cluster is never started (as when it dies while the cluster
-    // forms): process 1 must not wait for it forever.
-    let s = Scratch::new("cluster-lonely");
+/// Process 1 of a two-process cluster whose process 0 is never started (as when it dies while
+/// the cluster forms), with a join timeout of 2 s.
+fn lonely_process(name: &str) -> (Scratch, Running) {
+    let s = Scratch::new(name);
     let dir = s.path();
     generate(dir, 1000, 5, 3, &[]);
     std::fs::write(dir.join("c.toml"), "[workers]\njoin_timeout = \"2s\"\n").unwrap();
@@ -246,10 +245,17 @@ fn a_process_whose_peer_never_connects_says_so_and_stops() {
         "c.toml",
         "-q",
     ];
-    let mut lonely = [Running(spawn_process(dir, &args, "1"))];
+    let lonely = Running(spawn_process(dir, &args, "1"));
+    (s, lonely)
+}
+
+#[test]
+fn a_process_whose_peer_never_connects_says_so_and_stops() {
+    // Process 1 must not wait for its peer forever.
+    let (_s, lonely) = lonely_process("cluster-lonely");
     // Names the process that did not connect.
     assert_all_refuse(
-        &mut lonely,
+        &mut [lonely],
         &["the cluster did not form", "process 0 at 127.0.0.1:"],
     );
 }
@@ -258,26 +264,12 @@ fn a_process_whose_peer_never_connects_says_so_and_stops() {
 fn a_process_whose_logs_nobody_reads_still_stops_when_the_cluster_does_not_form() {
     // As above, with stderr closed: whatever read the logs went away. Writing the error must not
     // be what fails, or the process waits for its peer for ever and ignores SIGTERM too.
-    let s = Scratch::new("cluster-lonely-unread");
-    let dir = s.path();
-    generate(dir, 1000, 5, 3, &[]);
-    std::fs::write(dir.join("c.toml"), "[workers]\njoin_timeout = \"2s\"\n").unwrap();
-    write_hostfile(dir, 2);
-    let args = [
-        "run",
-        "-i",
-        "events.jsonl",
-        "-c",
-        "catalog",
-        "-o",
-        "out",
-        "--config",
-        "c.toml",
-        "-q",
-    ];
-    let mut lonely = Running(spawn_process(dir, &args, "1"));
+    let (s, mut lonely) = lonely_process("cluster-lonely-unread");
     drop(lonely.stderr.take());
     let status = lonely.wait_within(std::time::Duration::from_secs(60));
     assert_eq!(status.code(), Some(1), "{status:?}");
-    assert!(!dir.join("out/counts.json").exists(), "nothing was billed");
+    assert!(
+        !s.path().join("out/counts.json").exists(),
+        "nothing was billed"
+    );
 }
