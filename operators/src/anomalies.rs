@@ -133,8 +133,6 @@ pub fn anomalies<'s>(
             }
         };
         let mut reemit = resumed;
-        // Kept across rounds with its capacity (drained each round).
-        let mut changed: Vec<(BucketRow, isize)> = Vec::new();
         move |frontiers| {
             stats_in.for_each(|_cap, data| data.iter().for_each(|s| tracker.observe(s)));
             sums_in.for_each_stamp(|cap, data| {
@@ -193,11 +191,12 @@ pub fn anomalies<'s>(
                 sums.dedup_by(|next, kept| {
                     let same = (next.0, next.1) == (kept.0, kept.1);
                     if same {
-                        kept.2.events += next.2.events;
-                        kept.2.quantity += next.2.quantity;
+                        kept.2 = kept.2 + next.2;
                     }
                     same
                 });
+                let (cb, ca) = (held_b.delayed(&r), held_a.delayed(&r));
+                let mut s = buckets_h.session(&cb);
                 for (key, t, usage) in sums {
                     let (before, after) = detector.add(key, t, usage);
                     if before == after {
@@ -210,22 +209,17 @@ pub fn anomalies<'s>(
                         usage: u,
                     };
                     if before != Bucket::default() {
-                        changed.push((row(before), -1));
+                        s.give((row(before), r, -1));
                     }
                     if after != Bucket::default() {
-                        changed.push((row(after), 1));
+                        s.give((row(after), r, 1));
                     }
                 }
+                drop(s);
                 // The watermark after the round: the round's own usage counts (dedup judges an
                 // epoch by the watermark before it). At the end of the input this closes every
                 // bucket the input has passed, however the input was cut into epochs.
                 detector.advance(tracker.watermark_for(r + 1), &mut verdicts);
-                let (cb, ca) = (held_b.delayed(&r), held_a.delayed(&r));
-                let mut s = buckets_h.session(&cb);
-                for (row, n) in changed.drain(..) {
-                    s.give((row, r, n));
-                }
-                drop(s);
                 let mut s = anomalies_h.session(&ca);
                 for (a, n) in verdicts.drain(..) {
                     s.give((a, r, n));

@@ -27,6 +27,16 @@ impl Bucket {
     }
 }
 
+impl std::ops::Add for Bucket {
+    type Output = Bucket;
+    fn add(self, other: Bucket) -> Bucket {
+        Bucket {
+            events: self.events + other.events,
+            quantity: self.quantity + other.quantity,
+        }
+    }
+}
+
 /// Bucket numbers and their usage side by side (a pair would be padded to 48 bytes by the
 /// usage's 16-byte alignment; apart they take 40).
 #[derive(Default)]
@@ -62,10 +72,7 @@ impl Series {
             }
             Ok(at) => {
                 let before = self.usage[at];
-                let after = Bucket {
-                    events: before.events + usage.events,
-                    quantity: before.quantity + usage.quantity,
-                };
+                let after = before + usage;
                 if after.reported() {
                     self.usage[at] = after;
                 } else {
