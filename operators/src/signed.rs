@@ -14,6 +14,7 @@
 //! from restored state and emits them again in the first pricing round. The state absorbs that
 //! emission against the held rows, so the table only sees the real changes.
 
+use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 
 use meterflow_schemas::rows::{writer_of, ByCustomer};
@@ -215,16 +216,19 @@ impl<R: Ord + Clone> SignedState<R> {
                 Self::repeat(row, -1, version, epoch, diff.unsigned_abs(), &mut emit)?;
             }
             for (row, diff) in insertions.drain(..) {
-                match self.held.get_mut(&row) {
-                    Some(held) => {
-                        held.0 += diff;
-                        held.1 = epoch;
-                        if held.0 == 0 {
-                            self.held.remove(&row);
+                // One descent: an inserted row is nearly always new to the table (its copy is
+                // wasted only when the table already holds the same row).
+                match self.held.entry(row.clone()) {
+                    Entry::Occupied(mut held) => {
+                        let (n, version) = held.get_mut();
+                        *n += diff;
+                        *version = epoch;
+                        if *n == 0 {
+                            held.remove();
                         }
                     }
-                    None => {
-                        self.held.insert(row.clone(), (diff, epoch));
+                    Entry::Vacant(slot) => {
+                        slot.insert((diff, epoch));
                     }
                 }
                 Self::repeat(row, 1, epoch, epoch, diff.unsigned_abs(), &mut emit)?;
