@@ -11,6 +11,8 @@ use crate::lineage::{KafkaMeta, Lineage};
 use crate::money::Quantity;
 use crate::time::EventTime;
 
+mod compact;
+
 /// An explicit correction of an earlier event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum CorrectionAction {
@@ -58,7 +60,9 @@ pub struct Metadata {
 }
 
 /// A usage event that passed validation.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+/// Serialized in a compact form of its own (see [`compact`]): it is what crosses between the
+/// processes of a cluster most.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct UsageEvent {
     pub key: EventKey,
     /// Fingerprint of the payload (everything but the id and integrity fields): tells a retry
