@@ -2,7 +2,7 @@
 //!
 //! Half of the events a process reads cross to the process that owns their key (dedup), and
 //! timely encodes whatever crosses with bincode, which writes every integer at its full width:
-//! 124 bytes for a 16-character event id, more than the JSON line it was decoded from. Here an
+//! 124 bytes for an event with a 16-character id and no optional parts. Here an
 //! event is one byte string: integers as LEB128 varints (signed ones zigzagged), the two keys
 //! left out (each is the hash of its event id, computed again on arrival), and the optional
 //! parts behind one byte of flags: about 50 bytes for the same event.
