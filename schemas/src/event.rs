@@ -60,7 +60,8 @@ pub struct Metadata {
 }
 
 /// A usage event that passed validation.
-/// Serialized in a compact form of its own (see [`compact`]): it is what crosses between the
+///
+/// Serialized in a compact form of its own (`event/compact.rs`): it is what crosses between the
 /// processes of a cluster most.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct UsageEvent {
