@@ -301,6 +301,24 @@ mod tests {
     }
 
     #[test]
+    fn inserting_a_row_the_table_already_holds_adds_to_it() {
+        let mut s = SignedState::default();
+        s.update("a", 3, 1);
+        s.update("a", 5, 1);
+        assert_eq!(s.changes(None), vec![c("a", 1, 3, 3), c("a", 1, 5, 5)]);
+        assert_eq!(s.held().collect::<Vec<_>>(), vec![(&"a", 2)]);
+        // A retraction carries the version of the latest insertion.
+        s.update("a", 6, -1);
+        assert_eq!(s.changes(None), vec![c("a", -1, 5, 6)]);
+        assert_eq!(s.held().collect::<Vec<_>>(), vec![(&"a", 1)]);
+        // A row retracted before the table held it, then inserted: nothing of it is left held.
+        s.update("z", 7, -1);
+        s.update("z", 8, 1);
+        assert_eq!(s.changes(None), vec![c("z", -1, 7, 7), c("z", 1, 8, 8)]);
+        assert_eq!(s.held().collect::<Vec<_>>(), vec![(&"a", 1)]);
+    }
+
+    #[test]
     fn a_batch_of_several_times_is_the_same_as_one_update_at_a_time() {
         let batch = vec![
             ("a", 3, 1),
