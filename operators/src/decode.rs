@@ -65,8 +65,14 @@ pub struct PartitionTime {
     pub idle: bool,
 }
 
+/// The valid events of one chunk that one worker deduplicates, in input order: `(worker,
+/// events)`. A chunk's events cross to their key's worker as one item per worker instead of one
+/// item each, so an event is moved once on its way (into this vector), not copied again into an
+/// exchange buffer, and a cluster sends a few large messages per chunk instead of one per 8 KiB.
+pub type Bound = (u64, Vec<UsageEvent>);
+
 pub struct Decoded<'s> {
-    pub events: StreamVec<'s, Epoch, UsageEvent>,
+    pub events: StreamVec<'s, Epoch, Bound>,
     pub rejections: StreamVec<'s, Epoch, Rejection>,
     pub stats: StreamVec<'s, Epoch, EpochStats>,
     pub counts: StreamVec<'s, Epoch, Counts>,
@@ -82,13 +88,14 @@ pub fn decode<'s>(
     catalog: Arc<Catalog>,
     resumed: &[PartitionTime],
 ) -> Decoded<'s> {
+    let peers = chunks.scope().peers() as u64;
     let mut builder = OperatorBuilder::new("Decode".to_owned(), chunks.scope());
     let mut input = builder.new_input(chunks, Pipeline);
     let (events_out, events) = builder.new_output();
     let (rejections_out, rejections) = builder.new_output();
     let (stats_out, stats) = builder.new_output();
     let (counts_out, counts) = builder.new_output();
-    let mut events_out: Out<UsageEvent> = OutputBuilder::from(events_out);
+    let mut events_out: Out<Bound> = OutputBuilder::from(events_out);
     let mut rejections_out: Out<Rejection> = OutputBuilder::from(rejections_out);
     let mut stats_out: Out<EpochStats> = OutputBuilder::from(stats_out);
     let mut counts_out: Out<Counts> = OutputBuilder::from(counts_out);
@@ -100,6 +107,8 @@ pub fn decode<'s>(
         .iter()
         .map(|p| ((p.source, p.partition), p.max_time))
         .collect();
+    // Each worker's share of the last chunk: the next share is allocated at about that size.
+    let mut last_share: Vec<usize> = vec![0; peers as usize];
 
     builder.build(move |_capabilities| {
         move |_frontiers| {
@@ -129,6 +138,10 @@ pub fn decode<'s>(
                                 .flatten(),
                             idle: p.idle,
                         })
+                        .collect();
+                    let mut bound: Vec<Vec<UsageEvent>> = last_share
+                        .iter()
+                        .map(|&n| Vec::with_capacity(n + n / 8))
                         .collect();
                     let mut last = 0;
                     let slots = partitions.len().max(1);
@@ -163,7 +176,7 @@ pub fn decode<'s>(
                                 let (counts, max) = &mut lag_counts[slot];
                                 counts[bucket(lag) as usize] += 1;
                                 *max = (*max).max(lag);
-                                events_s.give(ev);
+                                bound[(ev.route() % peers) as usize].push(ev);
                             }
                             Err(mut r) => {
                                 counts.reject(r.reason);
@@ -174,6 +187,12 @@ pub fn decode<'s>(
                             }
                         }
                     });
+                    for (worker, events) in bound.into_iter().enumerate() {
+                        last_share[worker] = events.len();
+                        if !events.is_empty() {
+                            events_s.give((worker as u64, events));
+                        }
+                    }
                     for p in &partitions {
                         read_through.insert((p.source, p.partition), p.max_time);
                     }

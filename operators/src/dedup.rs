@@ -36,7 +36,7 @@ use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::StreamVec;
 
-use crate::decode::EpochStats;
+use crate::decode::{Bound, EpochStats};
 use crate::dedup_table::{payload_of, DedupTable, Seen};
 use crate::watermark::{EpochLateness, LatenessPolicy, Verdict, WatermarkTracker};
 use crate::Epoch;
@@ -312,13 +312,14 @@ fn in_stream_order(mut batch: Vec<Vec<UsageEvent>>) -> Vec<Vec<UsageEvent>> {
 }
 
 pub fn dedup<'s>(
-    events: StreamVec<'s, Epoch, UsageEvent>,
+    events: StreamVec<'s, Epoch, Bound>,
     stats: StreamVec<'s, Epoch, EpochStats>,
     dedup: Deduplicator,
     mut tracker: WatermarkTracker,
 ) -> Deduped<'s> {
     let mut builder = OperatorBuilder::new("Dedup".to_owned(), events.scope());
-    let mut events_in = builder.new_input(events, Exchange::new(|e: &UsageEvent| e.route()));
+    // Each item holds the events of a chunk this worker owns (see `decode::Bound`).
+    let mut events_in = builder.new_input(events, Exchange::new(|b: &Bound| b.0));
     let mut stats_in = builder.new_input(stats, Pipeline);
     let (accepted_out, accepted) = builder.new_output();
     let (usage_out, usage) = builder.new_output();
@@ -348,8 +349,12 @@ pub fn dedup<'s>(
                         Vec::new(),
                     )
                 });
-                // Keep the containers as they came: no copying of events.
-                entry.1.extend(data.map(std::mem::take));
+                // Keep the chunks' runs as they came: no copying of events.
+                for container in data {
+                    entry
+                        .1
+                        .extend(container.drain(..).map(|(_, events)| events));
+                }
             });
 
             let (events_frontier, stats_frontier) =
