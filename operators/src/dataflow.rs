@@ -10,6 +10,7 @@ use std::time::Duration;
 use differential_dataflow::AsCollection;
 use meterflow_schemas::anomaly::AnomalyRules;
 use meterflow_schemas::catalog::{Catalog, PriceIdx};
+use meterflow_schemas::hashing::dedup_worker;
 use meterflow_schemas::money::Rounding;
 use meterflow_schemas::rows::{
     customer_hash, ByCustomer, Counts, InvoiceLine, LineKey, LineUsage, RatedRow, UsageDelta,
@@ -199,7 +200,7 @@ pub fn build<'s>(
         resume
             .dedup
             .iter()
-            .filter(|s| s.route % scope.peers() as u64 == scope.index() as u64),
+            .filter(|s| dedup_worker(s.route, scope.peers()) == scope.index()),
     );
     let through = billed_through(
         watermarks.clone(),

@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use meterflow_schemas::catalog::Catalog;
 use meterflow_schemas::event::UsageEvent;
+use meterflow_schemas::hashing::dedup_worker;
 use meterflow_schemas::lineage::Lineage;
 use meterflow_schemas::rejection::Rejection;
 use meterflow_schemas::rows::Counts;
@@ -88,7 +89,7 @@ pub fn decode<'s>(
     catalog: Arc<Catalog>,
     resumed: &[PartitionTime],
 ) -> Decoded<'s> {
-    let peers = chunks.scope().peers() as u64;
+    let peers = chunks.scope().peers();
     let mut builder = OperatorBuilder::new("Decode".to_owned(), chunks.scope());
     let mut input = builder.new_input(chunks, Pipeline);
     let (events_out, events) = builder.new_output();
@@ -108,7 +109,7 @@ pub fn decode<'s>(
         .map(|p| ((p.source, p.partition), p.max_time))
         .collect();
     // Each worker's share of the last chunk: the next share is allocated at about that size.
-    let mut last_share: Vec<usize> = vec![0; peers as usize];
+    let mut last_share: Vec<usize> = vec![0; peers];
 
     builder.build(move |_capabilities| {
         move |_frontiers| {
@@ -176,7 +177,7 @@ pub fn decode<'s>(
                                 let (counts, max) = &mut lag_counts[slot];
                                 counts[bucket(lag) as usize] += 1;
                                 *max = (*max).max(lag);
-                                bound[(ev.route() % peers) as usize].push(ev);
+                                bound[dedup_worker(ev.route(), peers)].push(ev);
                             }
                             Err(mut r) => {
                                 counts.reject(r.reason);

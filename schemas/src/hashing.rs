@@ -21,6 +21,14 @@ impl EventKey {
     }
 }
 
+/// The worker, of `peers`, that deduplicates events of `route` (`UsageEvent::route`): timely's
+/// own mapping of an exchange key (a mask for a power of two, the remainder otherwise, the same
+/// worker either way). Decode sends a chunk's events there as one item, and a resumed run seeds
+/// each worker with the keys it will judge.
+pub fn dedup_worker(route: u64, peers: usize) -> usize {
+    (route % peers.max(1) as u64) as usize
+}
+
 /// 64-bit fingerprint of arbitrary bytes.
 pub fn fingerprint(bytes: &[u8]) -> u64 {
     xxhash_rust::xxh3::xxh3_64(bytes)

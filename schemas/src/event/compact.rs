@@ -25,9 +25,16 @@ const STREAM_WATERMARK: u8 = 16;
 
 impl Serialize for UsageEvent {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut out = Vec::with_capacity(64 + self.event_id.len());
-        encode(self, &mut out);
-        s.serialize_bytes(&out)
+        // timely serializes what crosses three times (it measures twice, then writes): the
+        // encoding goes into one buffer per thread, not into an allocation each time.
+        thread_local! {
+            static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        BUFFER.with_borrow_mut(|out| {
+            out.clear();
+            encode(self, out);
+            s.serialize_bytes(out)
+        })
     }
 }
 
