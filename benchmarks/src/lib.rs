@@ -6,6 +6,24 @@ use std::process::Command;
 
 use anyhow::{ensure, Context};
 
+/// When the command line asks for help (`-h` or `--help` anywhere), prints the harness's own
+/// header comment (`source`: its file, through `include_str!`), which says what it measures and
+/// how it is called, and exits 0.
+pub fn help_from_header(source: &str) {
+    if !std::env::args().skip(1).any(|a| a == "-h" || a == "--help") {
+        return;
+    }
+    let mut text = String::new();
+    for line in source.lines().take_while(|l| l.starts_with("//!")) {
+        let line = line.trim_start_matches("//!");
+        text.push_str(line.strip_prefix(' ').unwrap_or(line));
+        text.push('\n');
+    }
+    // A closed pipe (`bench --help | head`) is not an error worth a panic.
+    let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
+    std::process::exit(0);
+}
+
 /// A binary next to the running one (target/release).
 pub fn sibling(name: &str) -> PathBuf {
     std::env::current_exe()

@@ -98,3 +98,30 @@ fn the_bench_baseline_and_meterflow_write_the_same_tables() {
         same_tables((&baseline, "the baseline"), (&out, &name), BASELINE_TABLES).unwrap();
     }
 }
+
+#[test]
+fn every_benchmark_harness_says_how_it_is_called() {
+    for harness in [
+        "anomaly_eval",
+        "baseline",
+        "bench",
+        "crash_trials",
+        "dashboard_load",
+        "e2e",
+        "soak",
+    ] {
+        for flag in ["--help", "-h"] {
+            let out = Command::new(built_bin(harness)).arg(flag).output().unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(out.status.success(), "{harness} {flag}: {out:?}");
+            assert!(
+                text.contains(&format!("usage: {harness}")),
+                "{harness} {flag} printed no usage line:\n{text}"
+            );
+            assert!(
+                !text.contains("//!") && !text.contains("fn main"),
+                "{harness} {flag} printed source, not its header:\n{text}"
+            );
+        }
+    }
+}

@@ -125,6 +125,7 @@ fn args() -> Args {
 }
 
 fn main() {
+    meterflow_benchmarks::help_from_header(include_str!("anomaly_eval.rs"));
     let a = args();
     let rules = AnomalyRules::default();
     let min_volume = rules.min_volume.0 as f64 / Quantity::SCALE_ONE as f64;

@@ -177,6 +177,7 @@ struct Seen {
 }
 
 fn main() -> anyhow::Result<()> {
+    meterflow_benchmarks::help_from_header(include_str!("baseline.rs"));
     let mut args: Vec<String> = std::env::args().collect();
     let core_only = args.iter().any(|a| a == "--core");
     args.retain(|a| a != "--core");

@@ -68,7 +68,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--checksum-rate" => a.checksum_rate = value()?.parse()?,
             "--runs" => a.runs = value()?.parse()?,
             "--no-cluster" => a.cluster = false,
-            other => bail!("unknown flag {other}; see the header of benchmarks/src/bin/bench.rs"),
+            other => bail!("unknown flag {other}; `bench --help` says what it takes"),
         }
     }
     Ok(a)
@@ -102,6 +102,7 @@ struct Measured {
 }
 
 fn main() -> anyhow::Result<()> {
+    meterflow_benchmarks::help_from_header(include_str!("bench.rs"));
     let args = parse_args()?;
     let meterflow = meterflow_binary()?;
     let baseline = sibling("baseline");

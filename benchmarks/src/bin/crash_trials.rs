@@ -52,7 +52,7 @@ fn args() -> anyhow::Result<Args> {
             "--trials" => a.trials = value.parse()?,
             "--seed" => a.seed = value.parse()?,
             "--dir" => a.dir = value.into(),
-            _ => bail!("unknown flag {flag}; see the usage line in the source"),
+            _ => bail!("unknown flag {flag}; `crash_trials --help` says what it takes"),
         }
     }
     Ok(a)
@@ -117,6 +117,7 @@ impl Pipeline<'_> {
 }
 
 fn main() -> anyhow::Result<()> {
+    meterflow_benchmarks::help_from_header(include_str!("crash_trials.rs"));
     let a = args()?;
     let meterflow = meterflow_binary()?;
     let _ = std::fs::remove_dir_all(&a.dir);

@@ -44,7 +44,9 @@ fn args() -> anyhow::Result<Args> {
             "--customers" => a.customers = value.parse()?,
             "--loads" => a.loads = value.parse()?,
             "--dir" => a.dir = value.into(),
-            other => anyhow::bail!("unknown flag {other}"),
+            other => {
+                anyhow::bail!("unknown flag {other}; `dashboard_load --help` says what it takes")
+            }
         }
     }
     Ok(a)
@@ -59,6 +61,7 @@ fn ms(d: Duration) -> String {
 }
 
 fn main() -> anyhow::Result<()> {
+    meterflow_benchmarks::help_from_header(include_str!("dashboard_load.rs"));
     let a = args()?;
     let meterflow = meterflow_binary()?;
     let data = a.dir.join(format!("dash-{}-{}", a.events, a.customers));

@@ -111,7 +111,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--latency-only" => a.latency_only = true,
             "--scaling" => a.scaling = true,
             "--extra" => a.extra = value()?.replace("\\n", "\n"),
-            other => bail!("unknown flag {other}; see the header of benchmarks/src/bin/e2e.rs"),
+            other => bail!("unknown flag {other}; `e2e --help` says what it takes"),
         }
     }
     Ok(a)
@@ -442,6 +442,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 fn main() -> anyhow::Result<()> {
+    meterflow_benchmarks::help_from_header(include_str!("e2e.rs"));
     let args = parse_args()?;
     let meterflow = meterflow_binary()?;
     let mut name = format!("e2e-{}-events-{}-customers", args.events, args.customers);

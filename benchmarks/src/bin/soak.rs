@@ -97,7 +97,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--dir" => a.dir = PathBuf::from(value()?),
             "--report" => a.report = PathBuf::from(value()?),
             "--extra" => a.extra = value()?.replace("\\n", "\n"),
-            other => bail!("unknown flag {other}; see the header of benchmarks/src/bin/soak.rs"),
+            other => bail!("unknown flag {other}; `soak --help` says what it takes"),
         }
     }
     ensure!(
@@ -194,6 +194,7 @@ fn check_only(port: &str, oracle: &str) -> anyhow::Result<()> {
 }
 
 fn main() -> anyhow::Result<()> {
+    meterflow_benchmarks::help_from_header(include_str!("soak.rs"));
     let argv: Vec<String> = std::env::args().collect();
     if argv.get(1).map(String::as_str) == Some("--check-only") && argv.len() == 4 {
         return check_only(&argv[2], &argv[3]);
