@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use differential_dataflow::AsCollection;
 use meterflow_schemas::anomaly::AnomalyRules;
-use meterflow_schemas::catalog::{Catalog, PriceIdx};
+use meterflow_schemas::catalog::Catalog;
 use meterflow_schemas::hashing::dedup_worker;
 use meterflow_schemas::money::Rounding;
 use meterflow_schemas::rows::{
@@ -259,16 +259,14 @@ pub fn build<'s>(
         plan.catalog.clone(),
         plan.epochs_per_round,
     ));
-    let price_list = prices(scope, &plan.catalog);
     let shadow_lines = shadow(
         usage.clone(),
         through.clone(),
-        price_list.clone(),
         plan.catalog.clone(),
         plan.policy.period,
         plan.rounding,
     );
-    let rated = rate_join(usage, price_list);
+    let rated = rate_join(usage, plan.catalog.clone());
     let priced = price(rated, plan.rounding);
     let usage_lines = priced.clone().flat_map(|p| match p {
         Priced::Line(l) => Some(l),
@@ -424,41 +422,12 @@ fn to_worker_zero<D: 'static>() -> Exchange<D, impl FnMut(&D) -> u64> {
     Exchange::new(|_: &D| 0u64)
 }
 
-/// The catalog's prices as a collection, introduced by worker 0 at the first epoch.
-fn prices<'s>(
-    scope: Scope<'s, Epoch>,
-    catalog: &Catalog,
-) -> differential_dataflow::VecCollection<
-    's,
-    Epoch,
-    (PriceIdx, meterflow_schemas::catalog::Price),
-    isize,
-> {
-    let mine: Vec<_> = if scope.index() == 0 {
-        catalog
-            .prices
-            .iter()
-            .enumerate()
-            .map(|(i, p)| ((PriceIdx(i as u32), p.clone()), 0 as Epoch, 1isize))
-            .collect()
-    } else {
-        Vec::new()
-    };
-    mine.to_stream(scope).as_collection()
-}
-
 /// Shadow billing: the usage of contracts with a shadow rate card, priced by that card's latest
 /// version (usage lines, then the contract's fees, discounts, commitments, caps, credits and
 /// tax), apart from the live lines.
 fn shadow<'s>(
     usage: differential_dataflow::VecCollection<'s, Epoch, UsageRecord, UsageSum>,
     through: differential_dataflow::VecCollection<'s, Epoch, Through, isize>,
-    prices: differential_dataflow::VecCollection<
-        's,
-        Epoch,
-        (PriceIdx, meterflow_schemas::catalog::Price),
-        isize,
-    >,
     catalog: Arc<Catalog>,
     unit: PeriodUnit,
     rounding: Rounding,
@@ -470,7 +439,7 @@ fn shadow<'s>(
         let price = c.shadow_price_for(contract, line.sku, line.region)?;
         Some((price, (line, period)))
     });
-    let lines = price(rate_join(shadow_usage, prices), rounding).flat_map(|p| match p {
+    let lines = price(rate_join(shadow_usage, catalog.clone()), rounding).flat_map(|p| match p {
         Priced::Line(l) => Some(l),
         _ => None,
     });

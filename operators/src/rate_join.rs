@@ -1,15 +1,17 @@
 //! The rate join: attaches to each usage aggregate the price (rate-card version, SKU, region)
 //! that rates it.
 //!
-//! (data, time, diff): a differential join of usage `(price, (line, invoice_period))` with diff
-//! [`UsageSum`] against the price collection `(price, Price)`; emits
-//! `(line, (invoice_period, SegmentPrice))` with the usage as diff. A price that changes in the
-//! catalog re-rates the usage it joins with, as retractions and insertions.
+//! (data, time, diff): maps usage `(price, (line, invoice_period))` with diff [`UsageSum`] to
+//! `(line, (invoice_period, SegmentPrice))` with the same diff, the price looked up in the
+//! catalog the dataflow was built with. A dataflow's catalog never changes: a catalog change
+//! drains and commits the run and builds a new dataflow, whose restored usage is then rated by the
+//! new prices (and the sinks retract what the old ones billed). So a lookup is all the join ever
+//! did, and it keeps no arrangement of the usage by price.
 
 use std::sync::Arc;
 
 use differential_dataflow::VecCollection;
-use meterflow_schemas::catalog::{Price, PriceIdx};
+use meterflow_schemas::catalog::{Catalog, Price, PriceIdx};
 use std::hash::{Hash, Hasher};
 
 use meterflow_schemas::hashing::FxHasher;
@@ -76,9 +78,10 @@ pub type RatedUsage<'s> = VecCollection<'s, Epoch, (LineKey, (Period, SegmentPri
 
 pub fn rate_join<'s>(
     usage: VecCollection<'s, Epoch, UsageRecord, UsageSum>,
-    prices: VecCollection<'s, Epoch, (PriceIdx, Price), isize>,
+    catalog: Arc<Catalog>,
 ) -> RatedUsage<'s> {
-    usage.join_map(prices, |price_ix, (line, invoice_period), price| {
-        (*line, (*invoice_period, SegmentPrice::of(*price_ix, price)))
+    usage.map(move |(price_ix, (line, invoice_period))| {
+        let price = SegmentPrice::of(price_ix, catalog.price(price_ix));
+        (line, (invoice_period, price))
     })
 }
