@@ -267,7 +267,7 @@ pub fn build<'s>(
         plan.rounding,
     );
     let rated = rate_join(usage, plan.catalog.clone());
-    let priced = price(rated, plan.rounding);
+    let priced = price(rated, plan.catalog.clone(), plan.rounding);
     let usage_lines = priced.clone().flat_map(|p| match p {
         Priced::Line(l) => Some(l),
         _ => None,
@@ -439,7 +439,12 @@ fn shadow<'s>(
         let price = c.shadow_price_for(contract, line.sku, line.region)?;
         Some((price, (line, period)))
     });
-    let lines = price(rate_join(shadow_usage, catalog.clone()), rounding).flat_map(|p| match p {
+    let lines = price(
+        rate_join(shadow_usage, catalog.clone()),
+        catalog.clone(),
+        rounding,
+    )
+    .flat_map(|p| match p {
         Priced::Line(l) => Some(l),
         _ => None,
     });

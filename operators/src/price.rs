@@ -22,7 +22,9 @@ use std::collections::BTreeMap;
 
 use differential_dataflow::difference::{IsZero, Semigroup};
 use differential_dataflow::{AsCollection, VecCollection};
-use meterflow_schemas::catalog::PriceIdx;
+use std::sync::Arc;
+
+use meterflow_schemas::catalog::{Catalog, PriceIdx};
 use meterflow_schemas::hashing::FxHashMap;
 use meterflow_schemas::money::{minor_unit_digits, Amount, Quantity, Rounding};
 use meterflow_schemas::pricing::{price_period, Segment};
@@ -56,6 +58,7 @@ struct Line {
 
 pub fn price<'s>(
     rated: RatedUsage<'s>,
+    catalog: Arc<Catalog>,
     rounding: Rounding,
 ) -> VecCollection<'s, Epoch, Priced, isize> {
     type Pending = BTreeMap<Epoch, (Capability<Epoch>, Vec<(Rated, UsageSum)>)>;
@@ -107,7 +110,7 @@ pub fn price<'s>(
                         let line = lines.get_mut(&key).expect("a changed key is held");
                         let input: Vec<(&(Period, SegmentPrice), UsageSum)> =
                             line.usage.iter().map(|(v, s)| (v, *s)).collect();
-                        let mut rows = price_line(&key, &input, rounding);
+                        let mut rows = price_line(&catalog, &key, &input, rounding);
                         rows.sort_unstable();
                         difference(&line.rows, &rows, |row, diff| {
                             session.give((row.clone(), t, diff))
@@ -154,6 +157,7 @@ fn difference(old: &[Priced], new: &[Priced], mut emit: impl FnMut(&Priced, isiz
 /// Lines and rated rows of one key, from its accumulated usage (sorted by invoice period, then
 /// segment price).
 pub fn price_line(
+    catalog: &Catalog,
     key: &LineKey,
     input: &[(&(Period, SegmentPrice), UsageSum)],
     rounding: Rounding,
@@ -161,7 +165,10 @@ pub fn price_line(
     let mut out = Vec::new();
     let mut invoice_periods: Vec<Period> = input.iter().map(|((p, _), _)| *p).collect();
     invoice_periods.dedup();
-    let Some(currency) = input.first().map(|((_, s), _)| s.currency.clone()) else {
+    let Some(currency) = input
+        .first()
+        .map(|((_, s), _)| catalog.price(s.price).currency.clone())
+    else {
         return out;
     };
     let digits = minor_unit_digits(&currency);
@@ -177,7 +184,7 @@ pub fn price_line(
     }
     let mut before = Charge::default();
     for period in invoice_periods {
-        let upto = charge(input.iter().filter(|((p, _), _)| *p <= period));
+        let upto = charge(catalog, input.iter().filter(|((p, _), _)| *p <= period));
         let (mut events, mut quantity) = (0i64, Quantity::ZERO);
         for ((_, _), sum) in input.iter().filter(|((p, _), _)| *p == period) {
             events += sum.events;
@@ -234,7 +241,10 @@ struct Charge {
     tiers: BTreeMap<(PriceIdx, u32), (Quantity, Amount)>,
 }
 
-fn charge<'a>(usage: impl Iterator<Item = &'a (&'a (Period, SegmentPrice), UsageSum)>) -> Charge {
+fn charge<'a>(
+    catalog: &Catalog,
+    usage: impl Iterator<Item = &'a (&'a (Period, SegmentPrice), UsageSum)>,
+) -> Charge {
     // Net usage per segment price, in version order.
     let mut per_price: BTreeMap<&SegmentPrice, UsageSum> = BTreeMap::new();
     for ((_, segment), sum) in usage {
@@ -244,7 +254,7 @@ fn charge<'a>(usage: impl Iterator<Item = &'a (&'a (Period, SegmentPrice), Usage
     let segments: Vec<Segment> = per_price
         .iter()
         .map(|(s, u)| Segment {
-            model: &s.model,
+            model: &catalog.price(s.price).model,
             quantity: u.quantity,
             events: u.events,
             fee_adjustment: u.fee_adjustment,
@@ -268,7 +278,7 @@ fn charge<'a>(usage: impl Iterator<Item = &'a (&'a (Period, SegmentPrice), Usage
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
+    use std::sync::Mutex;
 
     use differential_dataflow::input::Input;
     use meterflow_schemas::catalog::{CustomerIdx, PriceIdx, SkuIdx};
@@ -314,9 +324,10 @@ mod tests {
             let (o, r) = (ours.clone(), theirs.clone());
             timely::execute(timely::Config::process(workers), move |worker| {
                 let (o, r, catalog) = (o.clone(), r.clone(), catalog.clone());
+                let reference = catalog.clone();
                 let mut input = worker.dataflow::<Epoch, _, _>(|scope| {
                     let (input, rated) = scope.new_collection::<Rated, UsageSum>();
-                    price(rated.clone(), Rounding::HalfEven)
+                    price(rated.clone(), catalog.clone(), Rounding::HalfEven)
                         .inner
                         .inspect(move |x| o.lock().unwrap().push(x.clone()));
                     rated
@@ -325,7 +336,7 @@ mod tests {
                             move |key: &LineKey,
                                   input: &[(&(Period, SegmentPrice), UsageSum)],
                                   output: &mut Vec<(Priced, isize)>| {
-                                for row in price_line(key, input, Rounding::HalfEven) {
+                                for row in price_line(&reference, key, input, Rounding::HalfEven) {
                                     output.push((row, 1));
                                 }
                             },
@@ -376,7 +387,7 @@ mod tests {
                             fee_adjustment: Amount::ZERO,
                         };
                         let rated = (key, (invoice_period, segment));
-                        given.push((rated.clone(), sum));
+                        given.push((rated, sum));
                         input.update(rated, sum);
                     }
                 }

@@ -399,7 +399,7 @@ fn main() -> anyhow::Result<()> {
         values.sort();
         let input: Vec<(&(Period, SegmentPrice), _)> =
             values.iter().map(|(v, s)| (v, *s)).collect();
-        for p in price_line(&key, &input, Rounding::HalfEven) {
+        for p in price_line(&catalog, &key, &input, Rounding::HalfEven) {
             match p {
                 Priced::Line(l) => lines.push((l, 0, 1)),
                 Priced::Rated(r) => rated.push((r, 0, 1)),
