@@ -19,11 +19,10 @@
 
 use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use differential_dataflow::difference::{IsZero, Semigroup};
 use differential_dataflow::{AsCollection, VecCollection};
-use std::sync::Arc;
-
 use meterflow_schemas::catalog::{Catalog, PriceIdx};
 use meterflow_schemas::hashing::FxHashMap;
 use meterflow_schemas::money::{minor_unit_digits, Amount, Quantity, Rounding};
