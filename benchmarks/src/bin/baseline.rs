@@ -204,11 +204,11 @@ fn main() -> anyhow::Result<()> {
         dedup_horizon: Span::days(7),
     };
     prepare_out_dir(&out)?;
-    let names = Arc::new(Names {
-        catalog: catalog.clone(),
-        billable_environments: rules.billable_environments.clone(),
-        period: policy.period,
-    });
+    let names = Arc::new(Names::new(
+        catalog.clone(),
+        rules.billable_environments.clone(),
+        policy.period,
+    ));
     let facts = |t| RowsWriter::create(&out, t, 0, names.clone());
     let mut usage_out = facts(&tables::USAGE_EVENTS).map_err(anyhow::Error::msg)?;
     let mut rejections_out = RowsWriter::create(&out, &tables::REJECTIONS, 0, names.clone())

@@ -583,11 +583,7 @@ impl Wiring {
                     policy,
                 )
             } else {
-                let names = Names {
-                    catalog,
-                    billable_environments,
-                    period,
-                };
+                let names = Names::new(catalog, billable_environments, period);
                 let every =
                     Duration::from_millis(self.config.output.flush_interval.millis().max(0) as u64);
                 let target = Target::Files {

@@ -15,9 +15,10 @@ use meterflow_operators::signed::SignedState;
 use meterflow_operators::sink::TableWriter;
 use meterflow_operators::Epoch;
 use meterflow_schemas::anomaly::{Anomaly, BucketRow};
-use meterflow_schemas::catalog::Catalog;
+use meterflow_schemas::catalog::{Catalog, CustomerIdx, SkuIdx};
 use meterflow_schemas::event::{Environment, Metadata};
 use meterflow_schemas::forecast::Forecasted;
+use meterflow_schemas::ids::ContractIdx;
 use meterflow_schemas::lag::Lagged;
 use meterflow_schemas::lineage::Lineage;
 use meterflow_schemas::marketplace::Exported;
@@ -40,6 +41,22 @@ pub struct Names {
     pub catalog: Arc<Catalog>,
     pub billable_environments: Vec<String>,
     pub period: PeriodUnit,
+    /// The catalog's ids as CSV fields, quoted where they must be and each followed by its
+    /// comma: rows name them constantly, so each is escaped once instead of once per row.
+    fields: CatalogFields,
+}
+
+struct CatalogFields {
+    customers: Vec<Box<[u8]>>,
+    contracts: Vec<Box<[u8]>>,
+    /// Per SKU: its id and its unit.
+    skus: Vec<(Box<[u8]>, Box<[u8]>)>,
+}
+
+fn as_field(s: &str) -> Box<[u8]> {
+    let mut f = Vec::with_capacity(s.len() + 1);
+    field(&mut f, s);
+    f.into_boxed_slice()
 }
 
 /// `sources.csv`: the inputs of the run, by the index the tables' `source` column uses.
@@ -188,6 +205,45 @@ fn time_field(row: &mut Vec<u8>, t: EventTime) {
 }
 
 impl Names {
+    pub fn new(
+        catalog: Arc<Catalog>,
+        billable_environments: Vec<String>,
+        period: PeriodUnit,
+    ) -> Names {
+        let fields = CatalogFields {
+            customers: catalog.customers.iter().map(|c| as_field(&c.id)).collect(),
+            contracts: catalog.contracts.iter().map(|c| as_field(&c.id)).collect(),
+            skus: catalog
+                .skus
+                .iter()
+                .map(|s| (as_field(&s.id), as_field(&s.unit)))
+                .collect(),
+        };
+        Names {
+            catalog,
+            billable_environments,
+            period,
+            fields,
+        }
+    }
+
+    fn customer(&self, row: &mut Vec<u8>, c: CustomerIdx) {
+        row.extend_from_slice(&self.fields.customers[c.ix()]);
+    }
+
+    fn contract(&self, row: &mut Vec<u8>, c: ContractIdx) {
+        row.extend_from_slice(&self.fields.contracts[c.ix()]);
+    }
+
+    /// A SKU's id (empty for [`SkuIdx::INVOICE`], as `Catalog::sku_id`).
+    fn sku(&self, row: &mut Vec<u8>, s: SkuIdx) {
+        if s == SkuIdx::INVOICE {
+            row.push(b',');
+        } else {
+            row.extend_from_slice(&self.fields.skus[s.ix()].0);
+        }
+    }
+
     /// `source` is the input's index in `sources.csv`; `offset` the record's byte offset in it.
     fn lineage(&self, row: &mut Vec<u8>, l: Lineage) {
         int(row, l.source);
@@ -196,9 +252,9 @@ impl Names {
 
     fn line_key(&self, labels: &mut Labels, row: &mut Vec<u8>, k: &LineKey) {
         let c = &self.catalog;
-        field(row, &c.customers[k.customer.ix()].id);
-        field(row, &c.contracts[k.contract.ix()].id);
-        field(row, c.sku_id(k.sku));
+        self.customer(row, k.customer);
+        self.contract(row, k.contract);
+        self.sku(row, k.sku);
         field(row, c.region_name(k.region));
         labels.write(self.period, row, k.service_period);
     }
@@ -262,11 +318,11 @@ impl CsvRow for AcceptedEvent {
         let c = &n.catalog;
         let e = &a.event;
         field(row, &e.event_id);
-        field(row, &c.customers[e.customer.ix()].id);
-        field(row, &c.contracts[e.contract.ix()].id);
-        let sku = &c.skus[e.sku.ix()];
-        field(row, &sku.id);
-        field(row, &sku.unit);
+        n.customer(row, e.customer);
+        n.contract(row, e.contract);
+        let (sku, unit) = &n.fields.skus[e.sku.ix()];
+        row.extend_from_slice(sku);
+        row.extend_from_slice(unit);
         scaled(row, e.quantity.0, Quantity::SCALE);
         time_field(row, e.time);
         match &e.environment {
@@ -420,10 +476,9 @@ impl CsvRow for RatedRow {
 impl CsvRow for EntitlementSignal {
     fn csv(&self, n: &Names, labels: &mut Labels, row: &mut Vec<u8>) {
         let e = self;
-        let c = &n.catalog;
-        field(row, &c.customers[e.customer.ix()].id);
-        field(row, &c.contracts[e.contract.ix()].id);
-        field(row, c.sku_id(e.sku));
+        n.customer(row, e.customer);
+        n.contract(row, e.contract);
+        n.sku(row, e.sku);
         labels.write(n.period, row, e.period);
         field(row, e.kind.as_str());
         int(row, e.percent);
@@ -435,9 +490,8 @@ impl CsvRow for EntitlementSignal {
 impl CsvRow for BucketRow {
     fn csv(&self, n: &Names, _: &mut Labels, row: &mut Vec<u8>) {
         let b = self;
-        let c = &n.catalog;
-        field(row, &c.customers[b.customer.ix()].id);
-        field(row, c.sku_id(b.sku));
+        n.customer(row, b.customer);
+        n.sku(row, b.sku);
         time_field(row, b.start);
         int(row, b.usage.events);
         scaled(row, b.usage.quantity.0, Quantity::SCALE);
@@ -448,8 +502,8 @@ impl CsvRow for Anomaly {
     fn csv(&self, n: &Names, _: &mut Labels, row: &mut Vec<u8>) {
         let a = self;
         let c = &n.catalog;
-        field(row, &c.customers[a.customer.ix()].id);
-        field(row, c.sku_id(a.sku));
+        n.customer(row, a.customer);
+        n.sku(row, a.sku);
         field(row, a.kind.as_str());
         time_field(row, a.start);
         time_field(row, a.end);
@@ -678,11 +732,7 @@ pub fn replace_table<R: CsvRow>(
             .map_err(|e| format!("cannot clear {}: {e}", dir.display()))?;
     }
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let names = Arc::new(Names {
-        catalog,
-        billable_environments: Vec::new(),
-        period,
-    });
+    let names = Arc::new(Names::new(catalog, Vec::new(), period));
     let mut w = RowsWriter::<R>::create(out, table, 0, names)?;
     w.write(0, &mut rows)?;
     w.flush(None)
