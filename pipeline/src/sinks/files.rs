@@ -46,14 +46,17 @@ pub struct Names {
     fields: CatalogFields,
 }
 
+/// A CSV field as a row holds it: escaped, and followed by its comma.
+type Field = Box<[u8]>;
+
 struct CatalogFields {
-    customers: Vec<Box<[u8]>>,
-    contracts: Vec<Box<[u8]>>,
+    customers: Vec<Field>,
+    contracts: Vec<Field>,
     /// Per SKU: its id and its unit.
-    skus: Vec<(Box<[u8]>, Box<[u8]>)>,
+    skus: Vec<(Field, Field)>,
 }
 
-fn as_field(s: &str) -> Box<[u8]> {
+fn as_field(s: &str) -> Field {
     let mut f = Vec::with_capacity(s.len() + 1);
     field(&mut f, s);
     f.into_boxed_slice()
