@@ -379,7 +379,7 @@ mod tests {
                             service_period: month(next(2) as i64),
                         };
                         let invoice_period = month(next(3) as i64);
-                        let segment = SegmentPrice::of(price, catalog.price(price));
+                        let segment = SegmentPrice::of(&catalog, price);
                         let sum = UsageSum {
                             events: 1,
                             quantity: Quantity::from_units(next(5_000) as i64 + 1),

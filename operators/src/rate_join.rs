@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use differential_dataflow::VecCollection;
-use meterflow_schemas::catalog::{Catalog, Price, PriceIdx};
+use meterflow_schemas::catalog::{Catalog, PriceIdx};
 
 use meterflow_schemas::rows::LineKey;
 use meterflow_schemas::time::{EventTime, Period};
@@ -32,7 +32,9 @@ pub struct SegmentPrice {
 }
 
 impl SegmentPrice {
-    pub fn of(price_ix: PriceIdx, price: &Price) -> SegmentPrice {
+    /// The segment price of `catalog`'s price `price_ix`.
+    pub fn of(catalog: &Catalog, price_ix: PriceIdx) -> SegmentPrice {
+        let price = catalog.price(price_ix);
         SegmentPrice {
             effective_from: price.effective_from,
             version: price.version,
@@ -48,7 +50,6 @@ pub fn rate_join<'s>(
     catalog: Arc<Catalog>,
 ) -> RatedUsage<'s> {
     usage.map(move |(price_ix, (line, invoice_period))| {
-        let price = SegmentPrice::of(price_ix, catalog.price(price_ix));
-        (line, (invoice_period, price))
+        (line, (invoice_period, SegmentPrice::of(&catalog, price_ix)))
     })
 }

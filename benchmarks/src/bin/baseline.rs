@@ -384,7 +384,7 @@ fn main() -> anyhow::Result<()> {
     type Rated = Vec<((Period, SegmentPrice), UsageSum)>;
     let mut by_line: BTreeMap<LineKey, Rated> = BTreeMap::new();
     for ((line, invoice, price_ix), (events, quantity)) in usage {
-        let segment = SegmentPrice::of(price_ix, catalog.price(price_ix));
+        let segment = SegmentPrice::of(&catalog, price_ix);
         by_line.entry(line).or_default().push((
             (invoice, segment),
             UsageSum {

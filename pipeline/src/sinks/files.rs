@@ -238,6 +238,13 @@ impl Names {
         row.extend_from_slice(&self.fields.contracts[c.ix()]);
     }
 
+    /// An event's SKU: its id, then its unit.
+    fn sku_and_unit(&self, row: &mut Vec<u8>, s: SkuIdx) {
+        let (id, unit) = &self.fields.skus[s.ix()];
+        row.extend_from_slice(id);
+        row.extend_from_slice(unit);
+    }
+
     /// A SKU's id (empty for [`SkuIdx::INVOICE`], as `Catalog::sku_id`).
     fn sku(&self, row: &mut Vec<u8>, s: SkuIdx) {
         if s == SkuIdx::INVOICE {
@@ -323,9 +330,7 @@ impl CsvRow for AcceptedEvent {
         field(row, &e.event_id);
         n.customer(row, e.customer);
         n.contract(row, e.contract);
-        let (sku, unit) = &n.fields.skus[e.sku.ix()];
-        row.extend_from_slice(sku);
-        row.extend_from_slice(unit);
+        n.sku_and_unit(row, e.sku);
         scaled(row, e.quantity.0, Quantity::SCALE);
         time_field(row, e.time);
         match &e.environment {
